@@ -1,0 +1,42 @@
+//! Training clock and learning rate resources.
+
+use bevy_ecs::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Where the run is. Advanced by the runner and the optimizer systems; saved in checkpoints.
+#[derive(Resource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Clock {
+    /// Current epoch, 0-based.
+    pub epoch: u64,
+    /// Micro-batch index inside the current epoch, 0-based.
+    pub batch_in_epoch: u64,
+    /// Micro-batches processed since the start of the run (forward + backward passes).
+    pub micro_step: u64,
+    /// Optimizer steps taken since the start of the run.
+    pub step: u64,
+    /// Training samples seen since the start of the run.
+    pub samples_seen: u64,
+    /// Micro-batches per epoch (known once the loader is built).
+    pub batches_per_epoch: u64,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    pub accumulate: u64,
+}
+
+impl Clock {
+    /// True when the micro-batch just processed completes an accumulation window (or ends the epoch), so the
+    /// optimizer should step.
+    pub fn at_accumulation_boundary(&self) -> bool {
+        let a = self.accumulate.max(1);
+        (self.batch_in_epoch + 1) % a == 0 || self.batch_in_epoch + 1 == self.batches_per_epoch
+    }
+}
+
+/// The learning rate in effect for the next optimizer step (before any per-parameter [`LrScale`](crate::LrScale)),
+/// and the momentum / beta1 that schedules may drive.
+#[derive(Resource, Clone, Copy, Debug, PartialEq)]
+pub struct LearningRate {
+    /// Base learning rate for this step.
+    pub lr: f64,
+    /// Momentum (SGD) or beta1 (Adam family) for this step.
+    pub momentum: f64,
+}

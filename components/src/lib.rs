@@ -1,0 +1,22 @@
+//! ECS data of the training engine: components, resources and the model graph IR.
+//!
+//! Nothing here runs training code; behaviour lives in `ecstrain-systems`. The split follows design.md:
+//! parameter entities carry identity, names and markers ([`param`]); the numbers they name live in contiguous
+//! arenas ([`arena`]); everything global to a run is a resource ([`clock`], [`batch`], [`metrics`], [`run`]);
+//! the model is a static graph described as data ([`graph`]).
+
+pub mod arena;
+pub mod batch;
+pub mod clock;
+pub mod graph;
+pub mod metrics;
+pub mod param;
+pub mod run;
+
+pub use arena::{Arena, Grads, OptimizerState, Params};
+pub use batch::{Batch, Mode, Targets};
+pub use clock::{Clock, LearningRate};
+pub use graph::{Activation, Graph, Node, OpKind, ParamRef, ValueId, ValueInfo};
+pub use metrics::{Meter, MetricEvent, Metrics};
+pub use param::{Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
+pub use run::{RunFailure, RunInfo, RunSettings, RunTimer, StopRequest, TrainingState};

@@ -1,0 +1,90 @@
+//! Run-wide resources: resolved settings, the run directory, stop requests and fitness tracking.
+
+use std::path::PathBuf;
+
+use bevy_ecs::prelude::*;
+
+/// Settings every system may need, resolved from the `run:` section of the config.
+#[derive(Resource, Clone, Debug, PartialEq)]
+pub struct RunSettings {
+    /// Epochs to train.
+    pub epochs: u64,
+    /// Samples per micro-batch.
+    pub batch: usize,
+    /// Micro-batches per optimizer step (from `nbs`).
+    pub accumulate: u64,
+    /// Base seed of every random stream.
+    pub seed: u64,
+    /// Optimizer steps between training log records.
+    pub log_interval: u64,
+    /// Epochs between validation passes.
+    pub val_interval: u64,
+    /// Save a numbered checkpoint every this many epochs (0 = never; last and best are always kept).
+    pub save_period: u64,
+    /// Epochs without fitness improvement before stopping (0 = never stop early).
+    pub patience: u64,
+    /// Metric whose improvement selects the best checkpoint (e.g. `accuracy`, `loss`).
+    pub fitness_metric: String,
+    /// True when a larger fitness value is better.
+    pub fitness_maximize: bool,
+    /// Headless: plain log lines instead of a progress bar.
+    pub headless: bool,
+}
+
+/// Where this run writes and what it is.
+#[derive(Resource, Clone, Debug)]
+pub struct RunInfo {
+    /// The run directory (`runs/train`, `runs/train2`, ...).
+    pub dir: PathBuf,
+    /// Path of the config file the run came from.
+    pub config_path: PathBuf,
+    /// The fully resolved config as YAML text (written to `config.yaml` and into checkpoints).
+    pub resolved_config_yaml: String,
+}
+
+/// Set by any system (early stopping, a signal handler, a plugin) to end the run after the current step.
+#[derive(Resource, Clone, Debug, Default)]
+pub struct StopRequest {
+    /// Why the run should stop, when it should.
+    pub reason: Option<String>,
+}
+
+/// Fitness tracking across epochs for the best checkpoint and early stopping.
+#[derive(Resource, Clone, Debug, Default)]
+pub struct TrainingState {
+    /// Best fitness so far.
+    pub best_fitness: Option<f64>,
+    /// Epoch (0-based) of the best fitness.
+    pub best_epoch: Option<u64>,
+    /// Validation metrics at the best epoch.
+    pub best_metrics: std::collections::BTreeMap<String, f64>,
+    /// True when the latest validation improved the best fitness (read by the checkpoint system).
+    pub improved: bool,
+    /// Epochs since the last improvement.
+    pub epochs_without_improvement: u64,
+}
+
+/// Wall-clock bookkeeping for throughput and ETA.
+#[derive(Resource, Clone, Debug)]
+pub struct RunTimer {
+    /// When the run started.
+    pub start: std::time::Instant,
+    /// When the current epoch started.
+    pub epoch_start: std::time::Instant,
+    /// Seconds spent in training steps (excludes validation and checkpointing).
+    pub train_seconds: f64,
+    /// When the last training log record was written, and the samples seen then.
+    pub last_log: (std::time::Instant, u64),
+}
+
+impl Default for RunTimer {
+    fn default() -> Self {
+        let now = std::time::Instant::now();
+        RunTimer { start: now, epoch_start: now, train_seconds: 0.0, last_log: (now, 0) }
+    }
+}
+
+/// Set when a system fails in a way that should end the run with exit code 1 (e.g. a checkpoint that cannot
+/// be written).
+#[derive(Resource, Clone, Debug, Default)]
+pub struct RunFailure(pub Option<String>);

@@ -1,0 +1,197 @@
+//! From a loaded config to a ready [`App`]: every name looked up, every file opened, the model built and
+//! checked against the data, every resource inserted. All of it happens before the run directory exists,
+//! so bad input exits 2 with nothing written.
+
+use std::path::PathBuf;
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::*;
+use ecstrain_kernels::Device;
+use ecstrain_systems::data::{Loader, TrainLoader, ValLoader};
+use ecstrain_systems::graph::Activations;
+use ecstrain_systems::optim::OptimizerSettings;
+use ecstrain_systems::schedule::systems::Scheduler;
+
+use crate::app::App;
+use crate::config::{resolved_yaml, LoadedConfig, RunSection};
+use crate::error::{usage, EngineError};
+use crate::registry::{ScheduleContext, TaskContext};
+use crate::summary::model_summary;
+
+/// An assembled run: the app with every resource in place, and what `check` prints.
+pub struct Assembly {
+    /// The app, ready to run.
+    pub app: App,
+    /// The config (after overrides).
+    pub loaded: LoadedConfig,
+    /// The resolved config as YAML.
+    pub resolved_yaml: String,
+    /// The model summary table.
+    pub summary: String,
+    /// Notices for the user (ignored options and the like).
+    pub notices: Vec<String>,
+}
+
+fn check_run_section(r: &RunSection) -> Result<(), String> {
+    let checks: [(bool, &str, String); 13] = [
+        (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
+        (r.batch >= 1, "run.batch", "must be at least 1".into()),
+        (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
+        (r.lrf >= 0.0 && r.lrf.is_finite(), "run.lrf", format!("must be >= 0, got {}", r.lrf)),
+        ((0.0..1.0).contains(&r.momentum), "run.momentum", format!("must be in [0, 1), got {}", r.momentum)),
+        ((0.0..1.0).contains(&r.beta2), "run.beta2", format!("must be in [0, 1), got {}", r.beta2)),
+        (r.eps > 0.0, "run.eps", format!("must be positive, got {}", r.eps)),
+        (r.weight_decay >= 0.0, "run.weight_decay", format!("must be >= 0, got {}", r.weight_decay)),
+        (r.warmup_epochs >= 0.0, "run.warmup_epochs", format!("must be >= 0, got {}", r.warmup_epochs)),
+        ((0.0..=1.0).contains(&r.warmup_start_factor), "run.warmup_start_factor", "must be in [0, 1]".into()),
+        (r.nbs >= 1, "run.nbs", "must be at least 1".into()),
+        (r.log_interval >= 1 && r.val_interval >= 1, "run.log_interval / run.val_interval", "must be at least 1".into()),
+        (r.top_k >= 1, "run.top_k", "must be at least 1".into()),
+    ];
+    for (ok, key, msg) in checks {
+        if !ok {
+            return Err(format!("{key} {msg}"));
+        }
+    }
+    if !(r.resume.is_null() || r.resume == serde_json::Value::Bool(false)) {
+        return Err("run.resume: resuming is not implemented yet; valid value: false".into());
+    }
+    Ok(())
+}
+
+/// Builds the run described by `loaded` into `app` (which already has its plugins).
+pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<Assembly, EngineError> {
+    let file = loaded.path.display().to_string();
+    let err = |m: String| usage(format!("{file}: {m}"));
+    let cfg = &loaded.config;
+    let r = &cfg.run;
+    let mut notices = Vec::new();
+
+    check_run_section(r).map_err(err)?;
+    let device = Device::parse(&r.device).map_err(|e| err(format!("run.device: {e}")))?;
+    device.ensure_available().map_err(|e| err(format!("run.device: {e}")))?;
+    if r.amp && device == Device::Cpu {
+        notices.push("run.amp is ignored on the CPU (training runs in f32)".into());
+    }
+
+    // Names first: a typo should not cost a data load.
+    let model_entry = app.registry.model(&cfg.model.arch).map_err(err)?.clone();
+    let task_entry = app.registry.task(&r.task).map_err(err)?.clone();
+    let opt_entry = app.registry.optimizer(&r.optimizer).map_err(err)?.clone();
+    let sched_entry = app.registry.scheduler(&r.scheduler).map_err(err)?.clone();
+    if cfg.datasets.len() != 1 {
+        return Err(err(format!(
+            "datasets: exactly one dataset is supported per run, found {} ({})",
+            cfg.datasets.len(),
+            cfg.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let (ds_name, ds) = cfg.datasets.iter().next().expect("one dataset");
+    let ds_entry = app.registry.dataset(&format!("datasets.{ds_name}.builder"), &ds.builder).map_err(err)?.clone();
+
+    let mut options = serde_json::Map::new();
+    if let Some(t) = &cfg.model.model_type {
+        let preset = model_entry.presets.iter().find(|(n, _)| n.eq_ignore_ascii_case(t)).ok_or_else(|| {
+            let names: Vec<&str> = model_entry.presets.iter().map(|(n, _)| *n).collect();
+            err(crate::error::unknown_name("model type", "model.type", t, &names))
+        })?;
+        let v: serde_json::Value = serde_json::from_str(preset.1).expect("presets are valid JSON");
+        options.extend(v.as_object().expect("presets are objects").clone());
+    }
+    options.extend(cfg.model.options.clone());
+
+    // Data.
+    let root = ds.root.clone().unwrap_or_else(|| PathBuf::from("."));
+    let splits = (ds_entry.build)(&ds.options, &root).map_err(|m| err(format!("datasets.{ds_name}: {m}")))?;
+    if splits.train.is_empty() {
+        return Err(err(format!("datasets.{ds_name}: the train split ({}) has no samples", splits.train.describe())));
+    }
+
+    // Model.
+    let built = (model_entry.build)(&serde_json::Value::Object(options), splits.train.sample_shape()).map_err(err)?;
+    let graph = built.builder.finish(&mut app.world, built.output, r.seed);
+    let n_params = app.world.resource::<Params>().0.len();
+    let capacity = r.batch;
+    let input_len: usize = splits.train.sample_shape().iter().product();
+
+    // Task.
+    let ctx = TaskContext {
+        run: r,
+        output_shape: graph.output_shape(),
+        train: splits.train.as_ref(),
+        val: splits.val.as_deref(),
+        capacity,
+    };
+    (task_entry.install)(&mut app, &ctx).map_err(err)?;
+    let fitness_metric = r.fitness.clone().unwrap_or_else(|| task_entry.fitness.0.to_string());
+    let fitness_maximize = match r.fitness_mode.as_deref() {
+        None if r.fitness.is_none() => task_entry.fitness.1,
+        None => !fitness_metric.contains("loss"),
+        Some("max") => true,
+        Some("min") => false,
+        Some(o) => return Err(err(format!("run.fitness_mode: unknown mode `{o}`; valid choices: max, min"))),
+    };
+
+    // Loaders, clock, schedule.
+    let train_loader = Loader::new(splits.train.clone(), r.batch, true, r.drop_last, r.seed);
+    let batches = train_loader.batches_per_epoch() as u64;
+    if batches == 0 {
+        return Err(err(format!(
+            "run.drop_last: the train split has {} samples, fewer than one batch of {}",
+            splits.train.len(),
+            r.batch
+        )));
+    }
+    let accumulate = ((r.nbs as f64 / r.batch as f64).round() as u64).max(1);
+    let steps_per_epoch = batches.div_ceil(accumulate);
+    let total_steps = steps_per_epoch * r.epochs;
+    let scheduler = (sched_entry.build)(&ScheduleContext { run: r, total_steps, steps_per_epoch }).map_err(err)?;
+    let weight_decay = r.weight_decay * (r.batch as f64 * accumulate as f64) / r.nbs as f64;
+
+    let targets = splits.train.empty_targets(capacity);
+    let w = &mut app.world;
+    w.insert_resource(Activations::plan(&graph, capacity));
+    w.insert_resource(Batch::with_capacity(capacity, input_len, targets));
+    w.insert_resource(TrainLoader(train_loader));
+    if let Some(val) = &splits.val {
+        w.insert_resource(ValLoader { loader: Loader::new(val.clone(), r.batch, false, false, r.seed), cursor: 0 });
+    } else {
+        notices.push(format!("datasets.{ds_name} has no val split: no validation, no best checkpoint"));
+    }
+    w.insert_resource(OptimizerState::new(&r.optimizer.to_ascii_lowercase(), opt_entry.state, n_params));
+    w.insert_resource(OptimizerSettings {
+        weight_decay,
+        nesterov: r.nesterov,
+        dampening: r.dampening,
+        beta2: r.beta2,
+        eps: r.eps,
+    });
+    (opt_entry.install)(&mut app);
+    let w = &mut app.world;
+    w.insert_resource(Scheduler(scheduler));
+    w.insert_resource(LearningRate { lr: r.lr0, momentum: r.momentum });
+    w.insert_resource(Clock { batches_per_epoch: batches, accumulate, ..Default::default() });
+    w.insert_resource(RunSettings {
+        epochs: r.epochs,
+        batch: r.batch,
+        accumulate,
+        seed: r.seed,
+        log_interval: r.log_interval,
+        val_interval: r.val_interval,
+        save_period: r.save_period.max(0) as u64,
+        patience: r.patience,
+        fitness_metric,
+        fitness_maximize,
+        headless,
+    });
+    w.insert_resource(Mode::Train);
+    w.init_resource::<Metrics>();
+    w.init_resource::<StopRequest>();
+    w.init_resource::<TrainingState>();
+    w.init_resource::<RunTimer>();
+    w.init_resource::<RunFailure>();
+    let summary = model_summary(&mut app.world, &graph);
+    app.world.insert_resource(graph);
+    let resolved = resolved_yaml(cfg);
+    Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices })
+}

@@ -1,0 +1,58 @@
+//! Engine errors and their exit codes (design.md): 2 for bad usage, config or data; 1 for a failure
+//! during the run.
+
+/// An error that ends the process.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad usage, config or data: detected before anything is written. Exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// A failure while running. Exit code 1.
+    #[error("{0}")]
+    Run(String),
+}
+
+impl EngineError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EngineError::Usage(_) => 2,
+            EngineError::Run(_) => 1,
+        }
+    }
+}
+
+/// Shorthand for a usage error.
+pub fn usage(msg: impl Into<String>) -> EngineError {
+    EngineError::Usage(msg.into())
+}
+
+/// The closest candidate to `name` (Jaro-Winkler, case-insensitive), if it is close enough to suggest.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(s, _)| *s > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// "unknown X `name`" with a suggestion and the valid choices.
+pub fn unknown_name(what: &str, key: &str, name: &str, valid: &[&str]) -> String {
+    let hint = did_you_mean(name, valid.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+    format!("{key}: unknown {what} `{name}`{hint}; registered: {}", valid.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(did_you_mean("adamx", ["sgd", "adamw"]), Some("adamw"));
+        assert_eq!(did_you_mean("zzz", ["sgd", "adamw"]), None);
+        let m = unknown_name("model", "model.arch", "mpl", &["mlp"]);
+        assert!(m.contains("did you mean `mlp`") && m.contains("registered: mlp"), "{m}");
+    }
+}

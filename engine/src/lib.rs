@@ -1,0 +1,16 @@
+//! Assembly of the training engine: the CLI, the YAML config, the registry, the [`App`](app::App) and its
+//! plugins, and the runner that drives the schedules.
+
+pub mod app;
+pub mod assemble;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod plugins;
+pub mod registry;
+pub mod run_dir;
+pub mod runner;
+pub mod summary;
+
+pub use app::{App, Plugin};
+pub use error::EngineError;

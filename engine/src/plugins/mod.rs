@@ -1,0 +1,27 @@
+//! Built-in plugins. Every engine feature is one, installed through the same [`Plugin`](crate::app::Plugin)
+//! API a user plugin uses; [`DefaultPlugins`] is the set `engine` runs with.
+
+pub mod builtins;
+pub mod checkpoint;
+pub mod core;
+pub mod logging;
+
+use crate::app::{App, Plugin};
+
+/// Registry entries, the step pipeline, logging and checkpointing.
+pub struct DefaultPlugins;
+
+impl Plugin for DefaultPlugins {
+    fn build(&self, app: &mut App) {
+        app.add_plugin(builtins::BuiltinModels)
+            .add_plugin(builtins::BuiltinDatasets)
+            .add_plugin(builtins::BuiltinTasks)
+            .add_plugin(builtins::BuiltinOptimizers)
+            .add_plugin(builtins::BuiltinSchedulers)
+            .add_plugin(core::CorePlugin)
+            .add_plugin(logging::JsonlLogPlugin)
+            .add_plugin(logging::ConsolePlugin)
+            .add_plugin(logging::SummaryPlugin)
+            .add_plugin(checkpoint::CheckpointPlugin);
+    }
+}

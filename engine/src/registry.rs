@@ -1,0 +1,181 @@
+//! The registry: name -> builder for models, datasets, tasks, optimizers and LR schedulers (LAVIS's
+//! `registry`). Plugins fill it; configs refer to entries by name; lookups of unknown names fail with the
+//! registered names and a suggestion.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use ecstrain_systems::data::Dataset;
+use ecstrain_systems::models::ModelBuildFn;
+use ecstrain_systems::schedule::lr::LrScheduler;
+
+use crate::app::App;
+use crate::config::RunSection;
+use crate::error::unknown_name;
+
+/// A registered model.
+#[derive(Clone)]
+pub struct ModelEntry {
+    /// Builds the graph from the `model:` options and the data's sample shape.
+    pub build: ModelBuildFn,
+    /// Presets by `model.type` name: JSON objects of options.
+    pub presets: &'static [(&'static str, &'static str)],
+    /// One line for `engine list`.
+    pub doc: &'static str,
+}
+
+/// The splits a dataset builder opened.
+pub struct DatasetSplits {
+    /// Training split.
+    pub train: Arc<dyn Dataset>,
+    /// Validation split, if configured.
+    pub val: Option<Arc<dyn Dataset>>,
+}
+
+/// A dataset builder: `(options, root) -> splits`, or a message naming the file or key at fault.
+pub type DatasetBuildFn = fn(&serde_json::Map<String, serde_json::Value>, &Path) -> Result<DatasetSplits, String>;
+
+/// A registered dataset builder.
+#[derive(Clone)]
+pub struct DatasetEntry {
+    /// Opens the splits.
+    pub build: DatasetBuildFn,
+    /// One line for `engine list`.
+    pub doc: &'static str,
+}
+
+/// What a task needs to know to install itself.
+pub struct TaskContext<'a> {
+    /// The `run:` section.
+    pub run: &'a RunSection,
+    /// Per-sample shape of the model output.
+    pub output_shape: &'a [usize],
+    /// The training split.
+    pub train: &'a dyn Dataset,
+    /// The validation split.
+    pub val: Option<&'a dyn Dataset>,
+    /// Largest batch the run will see.
+    pub capacity: usize,
+}
+
+/// A registered task.
+#[derive(Clone)]
+pub struct TaskEntry {
+    /// Checks the model and data fit the task, inserts its resources and adds its Loss and validation systems.
+    pub install: fn(&mut App, &TaskContext) -> Result<(), String>,
+    /// Default fitness metric and whether larger is better.
+    pub fitness: (&'static str, bool),
+    /// One line for `engine list`.
+    pub doc: &'static str,
+}
+
+/// A registered optimizer.
+#[derive(Clone)]
+pub struct OptimizerEntry {
+    /// Names of its state arenas (PyTorch's state keys), each the size of the parameter arena.
+    pub state: &'static [&'static str],
+    /// Adds its update system to the Optimize set.
+    pub install: fn(&mut App),
+    /// One line for `engine list`.
+    pub doc: &'static str,
+}
+
+/// Inputs of a scheduler builder.
+pub struct ScheduleContext<'a> {
+    /// The `run:` section.
+    pub run: &'a RunSection,
+    /// Optimizer steps in the whole run.
+    pub total_steps: u64,
+    /// Optimizer steps per epoch.
+    pub steps_per_epoch: u64,
+}
+
+/// A registered LR schedule.
+#[derive(Clone)]
+pub struct SchedulerEntry {
+    /// Builds the schedule.
+    pub build: fn(&ScheduleContext) -> Result<LrScheduler, String>,
+    /// One line for `engine list`.
+    pub doc: &'static str,
+}
+
+/// Name -> entry maps, one per kind. Names are matched case-insensitively (stored lower-case).
+#[derive(Default, Clone)]
+pub struct Registry {
+    /// Models by name.
+    pub models: BTreeMap<String, ModelEntry>,
+    /// Datasets by builder name.
+    pub datasets: BTreeMap<String, DatasetEntry>,
+    /// Tasks by name.
+    pub tasks: BTreeMap<String, TaskEntry>,
+    /// Optimizers by name.
+    pub optimizers: BTreeMap<String, OptimizerEntry>,
+    /// LR schedules by name.
+    pub schedulers: BTreeMap<String, SchedulerEntry>,
+}
+
+fn find<'a, T>(map: &'a BTreeMap<String, T>, what: &str, key: &str, name: &str) -> Result<&'a T, String> {
+    map.get(&name.to_ascii_lowercase()).ok_or_else(|| {
+        let names: Vec<&str> = map.keys().map(String::as_str).collect();
+        unknown_name(what, key, name, &names)
+    })
+}
+
+impl Registry {
+    /// Registers a model.
+    pub fn register_model(&mut self, name: &str, entry: ModelEntry) {
+        self.models.insert(name.to_ascii_lowercase(), entry);
+    }
+    /// Registers a dataset builder.
+    pub fn register_dataset(&mut self, name: &str, entry: DatasetEntry) {
+        self.datasets.insert(name.to_ascii_lowercase(), entry);
+    }
+    /// Registers a task.
+    pub fn register_task(&mut self, name: &str, entry: TaskEntry) {
+        self.tasks.insert(name.to_ascii_lowercase(), entry);
+    }
+    /// Registers an optimizer.
+    pub fn register_optimizer(&mut self, name: &str, entry: OptimizerEntry) {
+        self.optimizers.insert(name.to_ascii_lowercase(), entry);
+    }
+    /// Registers an LR schedule.
+    pub fn register_scheduler(&mut self, name: &str, entry: SchedulerEntry) {
+        self.schedulers.insert(name.to_ascii_lowercase(), entry);
+    }
+
+    /// The model named `name` (error lists the registered models).
+    pub fn model(&self, name: &str) -> Result<&ModelEntry, String> {
+        find(&self.models, "model", "model.arch", name)
+    }
+    /// The dataset builder named `name`.
+    pub fn dataset(&self, key: &str, name: &str) -> Result<&DatasetEntry, String> {
+        find(&self.datasets, "dataset builder", key, name)
+    }
+    /// The task named `name`.
+    pub fn task(&self, name: &str) -> Result<&TaskEntry, String> {
+        find(&self.tasks, "task", "run.task", name)
+    }
+    /// The optimizer named `name`.
+    pub fn optimizer(&self, name: &str) -> Result<&OptimizerEntry, String> {
+        find(&self.optimizers, "optimizer", "run.optimizer", name)
+    }
+    /// The LR schedule named `name`.
+    pub fn scheduler(&self, name: &str) -> Result<&SchedulerEntry, String> {
+        find(&self.schedulers, "scheduler", "run.scheduler", name)
+    }
+
+    /// `(kind, [(name, doc)])` for `engine list`.
+    pub fn listing(&self) -> Vec<(&'static str, Vec<(String, &'static str)>)> {
+        fn l<T>(m: &BTreeMap<String, T>, doc: impl Fn(&T) -> &'static str) -> Vec<(String, &'static str)> {
+            m.iter().map(|(k, v)| (k.clone(), doc(v))).collect()
+        }
+        vec![
+            ("models", l(&self.models, |e| e.doc)),
+            ("datasets", l(&self.datasets, |e| e.doc)),
+            ("tasks", l(&self.tasks, |e| e.doc)),
+            ("optimizers", l(&self.optimizers, |e| e.doc)),
+            ("schedulers", l(&self.schedulers, |e| e.doc)),
+        ]
+    }
+}

@@ -1,0 +1,106 @@
+//! The epoch runner: creates the run directory, then drives the schedules in their documented order
+//! (see `ecstrain_systems::sets`): RunStart; per epoch EpochStart, TrainStep per batch, the validation pass
+//! (ValidationStep per batch, ValidationEnd), EpochEnd; RunEnd. `Flush` runs after each so loggers write.
+
+use std::fs::File;
+use std::io::BufWriter;
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::*;
+use ecstrain_systems::data::ValLoader;
+use ecstrain_systems::logging::jsonl::JsonlLog;
+use ecstrain_systems::logging::write_atomic;
+use ecstrain_systems::sets::*;
+
+use crate::app::App;
+use crate::assemble::Assembly;
+use crate::error::EngineError;
+use crate::run_dir::choose_run_dir;
+
+fn flush(app: &mut App) {
+    app.run(Flush);
+    app.world.resource_mut::<Messages<MetricEvent>>().update();
+}
+
+fn failed(app: &App) -> Option<String> {
+    app.world.resource::<RunFailure>().0.clone()
+}
+
+/// One validation pass over the val split (no-op without one).
+pub fn validate(app: &mut App) {
+    let Some(batches) = app.world.get_resource::<ValLoader>().map(|v| v.loader.batches_per_epoch()) else {
+        return;
+    };
+    app.world.resource_mut::<ValLoader>().cursor = 0;
+    *app.world.resource_mut::<Mode>() = Mode::Eval;
+    for _ in 0..batches {
+        app.run(ValidationStep);
+    }
+    *app.world.resource_mut::<Mode>() = Mode::Train;
+    app.run(ValidationEnd);
+    flush(app);
+}
+
+/// Creates the run directory (config.yaml, metrics.jsonl, checkpoints/) and trains.
+pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
+    let Assembly { mut app, loaded, resolved_yaml, summary, notices } = assembly;
+    let dir = choose_run_dir(&loaded.config.run.save_dir, loaded.config.run.exist_ok);
+    let io = |what: &str, e: std::io::Error| EngineError::Run(format!("cannot {what} in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io("create the run directory", e))?;
+    write_atomic(&dir.join("config.yaml"), resolved_yaml.as_bytes()).map_err(|e| io("write config.yaml", e))?;
+    let jsonl = File::create(dir.join("metrics.jsonl")).map_err(|e| io("create metrics.jsonl", e))?;
+    app.world.insert_resource(JsonlLog(BufWriter::new(jsonl)));
+    app.world.insert_resource(RunInfo {
+        dir: dir.clone(),
+        config_path: loaded.path.clone(),
+        resolved_config_yaml: resolved_yaml,
+    });
+    for n in &notices {
+        println!("note: {n}");
+    }
+    println!("{summary}run directory: {}", dir.display());
+    run_epochs(&mut app)?;
+    Ok(dir)
+}
+
+/// Drives the schedules until the epochs are done or a stop is requested.
+pub fn run_epochs(app: &mut App) -> Result<(), EngineError> {
+    *app.world.resource_mut::<RunTimer>() = RunTimer::default();
+    app.run(RunStart);
+    flush(app);
+    let settings = app.world.resource::<RunSettings>().clone();
+    let first = app.world.resource::<Clock>().epoch;
+    for epoch in first..settings.epochs {
+        {
+            let mut c = app.world.resource_mut::<Clock>();
+            c.epoch = epoch;
+            c.batch_in_epoch = 0;
+        }
+        app.run(EpochStart);
+        let batches = app.world.resource::<Clock>().batches_per_epoch;
+        let t0 = std::time::Instant::now();
+        for _ in 0..batches {
+            app.run(TrainStep);
+            flush(app);
+        }
+        app.world.resource_mut::<RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
+        if (epoch + 1) % settings.val_interval == 0 || epoch + 1 == settings.epochs {
+            validate(app);
+        }
+        app.run(EpochEnd);
+        flush(app);
+        if let Some(f) = failed(app) {
+            return Err(EngineError::Run(f));
+        }
+        app.world.resource_mut::<Clock>().epoch = epoch + 1;
+        if app.world.resource::<StopRequest>().reason.is_some() {
+            break;
+        }
+    }
+    app.run(RunEnd);
+    flush(app);
+    match failed(app) {
+        Some(f) => Err(EngineError::Run(f)),
+        None => Ok(()),
+    }
+}

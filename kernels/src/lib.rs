@@ -1,0 +1,19 @@
+//! Numeric core of the engine: tensors, devices and the CPU kernels (forward and backward) of every op.
+//!
+//! Nothing here knows about the ECS. Kernels work on flat, contiguous buffers with the shapes written in
+//! their doc comments (llm.c style); the graph executor in `ecstrain-systems` calls them in order.
+//! Each op lives in its own module under [`ops`] with its CPU kernel and its tests (values, a finite-difference
+//! gradient check and a float64 reference check); CUDA sources will sit next to them.
+
+pub mod device;
+pub mod dtype;
+pub mod float;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod tensor;
+
+pub use device::{Device, DeviceError};
+pub use dtype::DType;
+pub use float::Float;
+pub use tensor::{Tensor, TensorError};

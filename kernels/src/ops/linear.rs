@@ -1,0 +1,453 @@
+//! Fully connected layer (PyTorch `nn.Linear`): `out = inp @ weight^T + bias`, and a plain matmul.
+//!
+//! The matrix products go through the `gemm` crate (packed, SIMD, optionally rayon-parallel microkernels).
+//! Transposes are never materialised: they are expressed with row/column strides, which `gemm` packs anyway.
+
+use std::any::TypeId;
+
+use crate::Float;
+
+use super::bias_add::bias_add_backward;
+
+/// Below this many multiply-adds (m*n*k) a product runs on the calling thread: splitting a small product
+/// across rayon threads costs more in synchronisation than it saves.
+pub const GEMM_PAR_MIN_FLOPS: usize = 64 * 64 * 64;
+
+/// Memory extent (in elements) a `rows x cols` matrix with strides `rs`, `cs` touches.
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// `dst[m, n] = lhs[m, k] @ rhs[k, n]` (or `+=` when `accumulate`), every matrix given by its slice and its
+/// row / column strides in elements. Bounds are checked here once so the `unsafe` call into `gemm` is sound.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    lhs: &[T],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[T],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        dst.len() >= extent(m, n, dst_rs, dst_cs),
+        "gemm: dst too small"
+    );
+    assert!(
+        lhs.len() >= extent(m, k, lhs_rs, lhs_cs),
+        "gemm: lhs too small"
+    );
+    assert!(
+        rhs.len() >= extent(k, n, rhs_rs, rhs_cs),
+        "gemm: rhs too small"
+    );
+
+    let is_native =
+        TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>();
+    if !is_native {
+        // `gemm` panics on element types it does not know; `Float` is a public trait, so keep a correct
+        // (slow) path for any other implementor.
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = T::ZERO;
+                for p in 0..k {
+                    acc += lhs[i * lhs_rs + p * lhs_cs] * rhs[p * rhs_rs + j * rhs_cs];
+                }
+                let d = &mut dst[i * dst_rs + j * dst_cs];
+                *d = if accumulate { *d + acc } else { acc };
+            }
+        }
+        return;
+    }
+
+    let threads = rayon::current_num_threads();
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= GEMM_PAR_MIN_FLOPS && threads > 1
+    {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: T is f32 or f64 (checked above), the extents of all three matrices were checked against their
+    // slices, dst is a unique borrow so it cannot alias lhs/rhs, and every stride is non-negative.
+    // gemm computes dst = alpha*dst + beta*lhs@rhs and ignores dst entirely when read_dst is false.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Plain row-major matrix product.
+///
+/// a: [M, K], b: [K, N], out: [M, N]. `out = a @ b`, or `out += a @ b` when `accumulate`.
+pub fn matmul<T: Float>(
+    out: &mut [T],
+    a: &[T],
+    b: &[T],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert_eq!(out.len(), m * n, "matmul: out must be [M, N]");
+    assert_eq!(a.len(), m * k, "matmul: a must be [M, K]");
+    assert_eq!(b.len(), k * n, "matmul: b must be [K, N]");
+    gemm_strided(m, n, k, out, n, 1, accumulate, a, k, 1, b, n, 1);
+}
+
+/// Linear layer forward: `out = inp @ weight^T + bias` (overwrites `out`).
+///
+/// inp: [B, C], weight: [OC, C] (PyTorch layout), bias: [OC] or None, out: [B, OC].
+pub fn linear_forward<T: Float>(
+    out: &mut [T],
+    inp: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    b: usize,
+    c: usize,
+    oc: usize,
+) {
+    assert_eq!(out.len(), b * oc, "linear_forward: out must be [B, OC]");
+    assert_eq!(inp.len(), b * c, "linear_forward: inp must be [B, C]");
+    assert_eq!(
+        weight.len(),
+        oc * c,
+        "linear_forward: weight must be [OC, C]"
+    );
+    let accumulate = match bias {
+        Some(bias) => {
+            assert_eq!(bias.len(), oc, "linear_forward: bias must be [OC]");
+            // Seed every row with the bias and let gemm accumulate onto it: saves a second pass over out.
+            if oc > 0 {
+                for row in out.chunks_exact_mut(oc) {
+                    row.copy_from_slice(bias);
+                }
+            }
+            true
+        }
+        None => false,
+    };
+    // weight^T as a [C, OC] matrix: element (k, j) is weight[j * C + k], i.e. row stride 1, column stride C.
+    gemm_strided(b, oc, c, out, oc, 1, accumulate, inp, c, 1, weight, 1, c);
+}
+
+/// Linear layer backward.
+///
+/// dout: [B, OC], inp: [B, C], weight: [OC, C]; dinp: [B, C] (overwritten; None when the input needs no
+/// gradient, e.g. the first layer), dweight: [OC, C] (accumulated: `+= dout^T @ inp`), dbias: [OC]
+/// (accumulated: `+=` column sums of dout; None when the layer has no bias).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<T: Float>(
+    dinp: Option<&mut [T]>,
+    dweight: &mut [T],
+    dbias: Option<&mut [T]>,
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    b: usize,
+    c: usize,
+    oc: usize,
+) {
+    assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
+    assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
+    assert_eq!(
+        weight.len(),
+        oc * c,
+        "linear_backward: weight must be [OC, C]"
+    );
+    assert_eq!(
+        dweight.len(),
+        oc * c,
+        "linear_backward: dweight must be [OC, C]"
+    );
+    if let Some(dinp) = dinp {
+        assert_eq!(dinp.len(), b * c, "linear_backward: dinp must be [B, C]");
+        // dinp[B, C] = dout[B, OC] @ weight[OC, C]
+        gemm_strided(b, c, oc, dinp, c, 1, false, dout, oc, 1, weight, c, 1);
+    }
+    // dweight[OC, C] += dout^T[OC, B] @ inp[B, C]; dout^T element (o, i) is dout[i * OC + o].
+    gemm_strided(oc, c, b, dweight, c, 1, true, dout, 1, oc, inp, c, 1);
+    if let Some(dbias) = dbias {
+        assert_eq!(dbias.len(), oc, "linear_backward: dbias must be [OC]");
+        bias_add_backward(dbias, dout, b, oc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::*;
+
+    /// Naive f64 reference straight from the definition: out[i, o] = bias[o] + sum_k inp[i, k] * w[o, k].
+    fn ref_forward(
+        inp: &[f64],
+        w: &[f64],
+        bias: Option<&[f64]>,
+        b: usize,
+        c: usize,
+        oc: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0.0; b * oc];
+        for i in 0..b {
+            for o in 0..oc {
+                let mut s = bias.map_or(0.0, |bb| bb[o]);
+                for k in 0..c {
+                    s += inp[i * c + k] * w[o * c + k];
+                }
+                out[i * oc + o] = s;
+            }
+        }
+        out
+    }
+
+    /// Naive f64 reference gradients: (dinp, dweight, dbias) for the loss sum(dout * out).
+    fn ref_backward(
+        dout: &[f64],
+        inp: &[f64],
+        w: &[f64],
+        b: usize,
+        c: usize,
+        oc: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let mut dinp = vec![0.0; b * c];
+        let mut dw = vec![0.0; oc * c];
+        let mut db = vec![0.0; oc];
+        for i in 0..b {
+            for o in 0..oc {
+                let g = dout[i * oc + o];
+                db[o] += g;
+                for k in 0..c {
+                    dinp[i * c + k] += g * w[o * c + k];
+                    dw[o * c + k] += g * inp[i * c + k];
+                }
+            }
+        }
+        (dinp, dw, db)
+    }
+
+    #[test]
+    fn hand_checked_values() {
+        // inp [[1, 2], [3, 4]], weight rows [1, 0], [0, 1], [1, 1], bias [0.5, -1, 2].
+        let inp = [1.0f32, 2.0, 3.0, 4.0];
+        let w = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let bias = [0.5f32, -1.0, 2.0];
+        let mut out = [0.0f32; 6];
+        linear_forward(&mut out, &inp, &w, Some(&bias), 2, 2, 3);
+        assert_eq!(out, [1.5, 1.0, 5.0, 3.5, 3.0, 9.0]);
+        linear_forward(&mut out, &inp, &w, None, 2, 2, 3);
+        assert_eq!(out, [1.0, 2.0, 3.0, 3.0, 4.0, 7.0]);
+
+        let dout = [1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let mut dinp = [9.0f32; 4];
+        let mut dw = [0.0f32; 6];
+        let mut db = [0.0f32; 3];
+        linear_backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            &dout,
+            &inp,
+            &w,
+            2,
+            2,
+            3,
+        );
+        assert_eq!(dinp, [2.0, 1.0, 0.0, 1.0]);
+        assert_eq!(dw, [1.0, 2.0, 3.0, 4.0, 1.0, 2.0]);
+        assert_eq!(db, [1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn matmul_hand_checked_and_accumulates() {
+        // [[1, 2, 3], [4, 5, 6]] @ [[1, 0], [0, 1], [1, 1]] = [[4, 5], [10, 11]]
+        let a = [1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [1.0f64, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let mut out = [f64::NAN; 4];
+        matmul(&mut out, &a, &b, 2, 3, 2, false);
+        assert_eq!(out, [4.0, 5.0, 10.0, 11.0]);
+        matmul(&mut out, &a, &b, 2, 3, 2, true);
+        assert_eq!(out, [8.0, 10.0, 20.0, 22.0]);
+        // K = 0: the product is empty, so out becomes 0 (or is left alone when accumulating).
+        let mut out = [7.0f32; 4];
+        matmul(&mut out, &[], &[], 2, 0, 2, true);
+        assert_eq!(out, [7.0; 4]);
+        matmul(&mut out, &[], &[], 2, 0, 2, false);
+        assert_eq!(out, [0.0; 4]);
+    }
+
+    fn check_against_reference(b: usize, c: usize, oc: usize, seed: u64) {
+        let inp = round_f32(&uniform(seed, b * c, -1.0, 1.0));
+        let w = round_f32(&uniform(seed + 1, oc * c, -1.0, 1.0));
+        let bias = round_f32(&uniform(seed + 2, oc, -1.0, 1.0));
+        let dout = round_f32(&uniform(seed + 3, b * oc, -1.0, 1.0));
+        let want = ref_forward(&inp, &w, Some(&bias), b, c, oc);
+        let (want_dinp, want_dw, want_db) = ref_backward(&dout, &inp, &w, b, c, oc);
+
+        // f64 kernel: only reassociation differences.
+        let mut out = vec![0.0f64; b * oc];
+        linear_forward(&mut out, &inp, &w, Some(&bias), b, c, oc);
+        assert_close_scaled("f64 out", &out, &want, 1e-12);
+        let (mut dinp, mut dw, mut db) =
+            (vec![0.0f64; b * c], vec![0.0f64; oc * c], vec![0.0f64; oc]);
+        linear_backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            &dout,
+            &inp,
+            &w,
+            b,
+            c,
+            oc,
+        );
+        assert_close_scaled("f64 dinp", &dinp, &want_dinp, 1e-12);
+        assert_close_scaled("f64 dweight", &dw, &want_dw, 1e-12);
+        assert_close_scaled("f64 dbias", &db, &want_db, 1e-12);
+
+        // f32 kernel: single-precision rounding of long sums.
+        let (inp32, w32, bias32, dout32) = (to_f32(&inp), to_f32(&w), to_f32(&bias), to_f32(&dout));
+        let mut out = vec![0.0f32; b * oc];
+        linear_forward(&mut out, &inp32, &w32, Some(&bias32), b, c, oc);
+        assert_close_scaled("f32 out", &out, &want, 1e-5);
+        let (mut dinp, mut dw, mut db) =
+            (vec![0.0f32; b * c], vec![0.0f32; oc * c], vec![0.0f32; oc]);
+        linear_backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            &dout32,
+            &inp32,
+            &w32,
+            b,
+            c,
+            oc,
+        );
+        assert_close_scaled("f32 dinp", &dinp, &want_dinp, 1e-5);
+        assert_close_scaled("f32 dweight", &dw, &want_dw, 1e-5);
+        assert_close_scaled("f32 dbias", &db, &want_db, 1e-5);
+    }
+
+    #[test]
+    fn matches_f64_reference_small() {
+        check_against_reference(5, 7, 3, 10);
+        check_against_reference(1, 1, 1, 20);
+        check_against_reference(17, 33, 9, 30);
+    }
+
+    #[test]
+    fn matches_f64_reference_on_the_parallel_gemm_path() {
+        // 128 * 784 * 512 multiply-adds is far above GEMM_PAR_MIN_FLOPS in all three products.
+        assert!(128 * 784 * 512 >= GEMM_PAR_MIN_FLOPS);
+        check_against_reference(128, 784, 512, 40);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (b, c, oc) = (3, 4, 5);
+        let mut inp = uniform(1, b * c, -1.0, 1.0);
+        let mut w = uniform(2, oc * c, -1.0, 1.0);
+        let mut bias = uniform(3, oc, -1.0, 1.0);
+        let dout = uniform(4, b * oc, -1.0, 1.0);
+        let (mut dinp, mut dw, mut db) = (vec![0.0; b * c], vec![0.0; oc * c], vec![0.0; oc]);
+        linear_backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            &dout,
+            &inp,
+            &w,
+            b,
+            c,
+            oc,
+        );
+
+        let loss = |inp: &[f64], w: &[f64], bias: &[f64]| {
+            let mut out = vec![0.0; b * oc];
+            linear_forward(&mut out, inp, w, Some(bias), b, c, oc);
+            dot(&dout, &out)
+        };
+        let (w0, bias0) = (w.clone(), bias.clone());
+        check_grad("dinp", &mut inp, &dinp, |x| loss(x, &w0, &bias0));
+        let inp0 = inp.clone();
+        check_grad("dweight", &mut w, &dw, |x| loss(&inp0, x, &bias0));
+        check_grad("dbias", &mut bias, &db, |x| loss(&inp0, &w0, x));
+    }
+
+    #[test]
+    fn parameter_gradients_accumulate_and_input_gradient_overwrites() {
+        let (b, c, oc) = (4, 6, 3);
+        let inp = uniform(5, b * c, -1.0, 1.0);
+        let w = uniform(6, oc * c, -1.0, 1.0);
+        let dout = uniform(7, b * oc, -1.0, 1.0);
+        let (mut dinp, mut dw, mut db) = (vec![0.0; b * c], vec![0.0; oc * c], vec![0.0; oc]);
+        linear_backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            &dout,
+            &inp,
+            &w,
+            b,
+            c,
+            oc,
+        );
+        let (dinp1, dw1, db1) = (dinp.clone(), dw.clone(), db.clone());
+        linear_backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            &dout,
+            &inp,
+            &w,
+            b,
+            c,
+            oc,
+        );
+        assert_close("dinp overwritten", &dinp, &dinp1, 0.0, 0.0);
+        let twice = |v: &[f64]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
+        assert_close("dweight doubled", &dw, &twice(&dw1), 1e-15, 1e-15);
+        assert_close("dbias doubled", &db, &twice(&db1), 1e-15, 1e-15);
+        // Without dinp / dbias only dweight moves.
+        linear_backward(None, &mut dw, None, &dout, &inp, &w, b, c, oc);
+        assert_close(
+            "dweight tripled",
+            &dw,
+            &dw1.iter().map(|x| 3.0 * x).collect::<Vec<_>>(),
+            1e-14,
+            1e-15,
+        );
+        assert_close("dbias untouched", &db, &twice(&db1), 0.0, 0.0);
+    }
+}

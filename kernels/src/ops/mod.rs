@@ -1,0 +1,37 @@
+//! One module per op: the public forward/backward functions on flat buffers, the CPU kernel and the tests.
+//!
+//! Conventions shared by every op:
+//! - buffers are flat, contiguous and row-major, with the shapes in each function's doc comment;
+//! - kernels are generic over [`crate::Float`]: `f32` for training, `f64` as the reference in tests;
+//! - gradients of parameters accumulate (`+=`, so micro-batches can accumulate), gradients of activations
+//!   and inputs overwrite (`=`);
+//! - nothing allocates: the caller passes every buffer (the `gemm` crate may use scratch space internally);
+//! - large buffers are split across rayon threads, small ones run on the calling thread.
+
+pub mod bias_add;
+pub mod dropout;
+pub mod gelu;
+pub mod linear;
+pub mod mse;
+pub mod relu;
+pub mod sigmoid;
+pub mod softmax_cross_entropy;
+pub mod tanh;
+
+mod par;
+
+#[cfg(test)]
+pub(crate) mod gradcheck;
+
+pub use bias_add::{bias_add_backward, bias_add_forward};
+pub use dropout::{dropout_backward, dropout_forward, dropout_keep};
+pub use gelu::{gelu_backward, gelu_forward, GeluApprox};
+pub use linear::{linear_backward, linear_forward, matmul};
+pub use mse::{mse_backward, mse_forward};
+pub use relu::{relu_backward, relu_forward};
+pub use sigmoid::{sigmoid_backward, sigmoid_forward};
+pub use softmax_cross_entropy::{
+    softmax_cross_entropy_backward, softmax_cross_entropy_forward, top_k_correct,
+    CrossEntropyError, CrossEntropyOptions,
+};
+pub use tanh::{tanh_backward, tanh_forward};

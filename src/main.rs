@@ -1,0 +1,5 @@
+//! The `engine` binary.
+
+fn main() {
+    std::process::exit(ecstrain::engine::cli::main());
+}

@@ -1,0 +1,117 @@
+//! Checkpoint systems: `checkpoints/last.safetensors` after every epoch, `best.safetensors` when the fitness
+//! improves, `epochN.safetensors` every `save_period` epochs.
+//!
+//! Layout of a checkpoint file: every parameter as an F32 tensor under its dotted name (so PyTorch's
+//! `load_state_dict` and the pip `safetensors` package read it directly); each optimizer state arena as one
+//! flat F32 tensor `optimizer.<state name>` (same layout as the parameters, in entity order); metadata
+//! (strings): `format`, `clock` (JSON), `optimizer`, `optimizer_step`, `lr`, `training_state` (JSON),
+//! `param_order` (JSON list of names in arena order) and `config` (the resolved YAML).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{
+    Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings,
+    TrainingState,
+};
+
+use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
+
+/// Value of the `format` metadata key.
+pub const CHECKPOINT_FORMAT: &str = "ecstrain-checkpoint/1";
+
+/// Writes one checkpoint file atomically from the given state.
+#[allow(clippy::too_many_arguments)]
+pub fn write_checkpoint<'a>(
+    path: &Path,
+    params_iter: impl Iterator<Item = (&'a ParamInfo, &'a ParamSlice)>,
+    params: &Params,
+    opt: Option<&OptimizerState>,
+    clock: &Clock,
+    lr: &LearningRate,
+    state: &TrainingState,
+    config_yaml: &str,
+) -> Result<(), CheckpointError> {
+    let mut entries: Vec<(&ParamInfo, &ParamSlice)> = params_iter.collect();
+    entries.sort_by_key(|(_, s)| s.offset);
+    let mut tensors: Vec<(String, Vec<usize>, TensorData)> = entries
+        .iter()
+        .map(|(info, slice)| (info.name.clone(), info.shape.clone(), TensorData::F32(params.0.get(**slice))))
+        .collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), CHECKPOINT_FORMAT.to_string());
+    if let Some(opt) = opt {
+        for (name, arena) in &opt.buffers {
+            tensors.push((format!("optimizer.{name}"), vec![arena.len()], TensorData::F32(&arena.data)));
+        }
+        meta.insert("optimizer".into(), opt.optimizer.clone());
+        meta.insert("optimizer_step".into(), opt.step.to_string());
+    }
+    meta.insert("clock".into(), serde_json::to_string(clock).expect("clock serialises"));
+    meta.insert("lr".into(), format!("{:e}", lr.lr));
+    meta.insert(
+        "training_state".into(),
+        serde_json::json!({
+            "best_fitness": state.best_fitness,
+            "best_epoch": state.best_epoch,
+            "epochs_without_improvement": state.epochs_without_improvement,
+        })
+        .to_string(),
+    );
+    let order: Vec<&str> = entries.iter().map(|(i, _)| i.name.as_str()).collect();
+    meta.insert("param_order".into(), serde_json::to_string(&order).expect("names serialise"));
+    meta.insert("config".into(), config_yaml.to_string());
+    save_safetensors(path, &tensors, &meta)
+}
+
+/// Everything a checkpoint system reads.
+#[derive(bevy_ecs::system::SystemParam)]
+pub struct CheckpointSources<'w, 's> {
+    query: Query<'w, 's, (&'static ParamInfo, &'static ParamSlice)>,
+    params: Res<'w, Params>,
+    opt: Option<Res<'w, OptimizerState>>,
+    clock: Res<'w, Clock>,
+    lr: Res<'w, LearningRate>,
+    state: Res<'w, TrainingState>,
+    info: Res<'w, RunInfo>,
+}
+
+impl CheckpointSources<'_, '_> {
+    fn save(&self, file: &str, failure: &mut RunFailure) {
+        let path = self.info.dir.join("checkpoints").join(file);
+        let r = write_checkpoint(
+            &path,
+            self.query.iter(),
+            &self.params,
+            self.opt.as_deref(),
+            &self.clock,
+            &self.lr,
+            &self.state,
+            &self.info.resolved_config_yaml,
+        );
+        if let Err(e) = r {
+            failure.0.get_or_insert(format!("cannot write checkpoint: {e}"));
+        }
+    }
+}
+
+/// EpochEnd: `last.safetensors`.
+pub fn save_last(src: CheckpointSources, mut failure: ResMut<RunFailure>) {
+    src.save("last.safetensors", &mut failure);
+}
+
+/// ValidationEnd / Checkpoint: `best.safetensors` when the fitness improved.
+pub fn save_best(src: CheckpointSources, mut failure: ResMut<RunFailure>) {
+    if src.state.improved {
+        src.save("best.safetensors", &mut failure);
+    }
+}
+
+/// EpochEnd: `epoch<N>.safetensors` every `save_period` epochs (1-based N).
+pub fn save_periodic(src: CheckpointSources, settings: Res<RunSettings>, mut failure: ResMut<RunFailure>) {
+    let e = src.clock.epoch + 1;
+    if settings.save_period > 0 && e % settings.save_period == 0 {
+        src.save(&format!("epoch{e}.safetensors"), &mut failure);
+    }
+}

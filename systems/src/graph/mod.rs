@@ -1,0 +1,12 @@
+//! Building the model graph and executing it: [`builder`] turns a model description into a
+//! [`Graph`](ecstrain_components::Graph) plus parameter entities and arenas; [`exec`] runs it forward and
+//! backward on planned buffers; [`init`] holds PyTorch's default initialisations.
+
+pub mod builder;
+pub mod exec;
+pub mod init;
+pub mod systems;
+
+pub use builder::{GraphBuilder, GraphError, ParamHandle};
+pub use exec::{backward, forward, Activations};
+pub use init::Init;

@@ -1,0 +1,48 @@
+//! The Forward and Backward systems: run the graph on the current batch.
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{Batch, Clock, Grads, Graph, Mode, Params, RunSettings};
+use ecstrain_kernels::rng::Rng;
+
+use super::{backward, forward, Activations};
+
+/// Per-micro-batch seed for stochastic ops (dropout): a function of the run seed and the micro-step only.
+fn step_seed(settings: &RunSettings, clock: &Clock) -> u64 {
+    Rng::derive(settings.seed, &[0x57E9, clock.micro_step]).next_u64()
+}
+
+/// Forward: graph output for the current batch into [`Activations`].
+pub fn forward_system(
+    graph: Res<Graph>,
+    params: Res<Params>,
+    mut acts: ResMut<Activations>,
+    batch: Res<Batch>,
+    mode: Res<Mode>,
+    clock: Res<Clock>,
+    settings: Res<RunSettings>,
+) {
+    forward(&graph, &params.0.data, &mut acts, &batch.inputs, batch.size, *mode, step_seed(&settings, &clock));
+}
+
+/// Backward: parameter gradients of the current batch, accumulated into [`Grads`].
+pub fn backward_system(
+    graph: Res<Graph>,
+    params: Res<Params>,
+    mut grads: ResMut<Grads>,
+    mut acts: ResMut<Activations>,
+    batch: Res<Batch>,
+    mode: Res<Mode>,
+    clock: Res<Clock>,
+    settings: Res<RunSettings>,
+) {
+    backward(
+        &graph,
+        &params.0.data,
+        &mut grads.0.data,
+        &mut acts,
+        &batch.inputs,
+        batch.size,
+        *mode,
+        step_seed(&settings, &clock),
+    );
+}

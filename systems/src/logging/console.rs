@@ -1,0 +1,96 @@
+//! The terminal: a progress bar per epoch on a terminal (indicatif); one plain line per log record when
+//! headless (stdout not a terminal, or `--headless`), the form cluster logs want.
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{Clock, MetricEvent, RunSettings, RunTimer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Console state: the current epoch's bar when interactive.
+#[derive(Resource, Default)]
+pub struct Console {
+    /// The epoch's progress bar (interactive mode only).
+    pub bar: Option<ProgressBar>,
+}
+
+/// EpochStart: a fresh bar for the epoch (interactive mode).
+pub fn console_epoch_start(mut console: ResMut<Console>, clock: Res<Clock>, settings: Res<RunSettings>) {
+    if settings.headless {
+        return;
+    }
+    let bar = ProgressBar::new(clock.batches_per_epoch);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {}/{}", clock.epoch + 1, settings.epochs));
+    console.bar = Some(bar);
+}
+
+/// Log (training): advances the bar by one batch.
+pub fn console_tick(console: Res<Console>) {
+    if let Some(bar) = &console.bar {
+        bar.inc(1);
+    }
+}
+
+fn fmt_values(e: &MetricEvent) -> String {
+    e.values
+        .iter()
+        .map(|(k, v)| if k == "lr" { format!("{k} {v:.3e}") } else { format!("{k} {v:.4}") })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+fn fmt_duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// Flush: prints records (headless) or updates the bar message and prints epoch summaries (interactive).
+pub fn console_print(
+    mut events: MessageReader<MetricEvent>,
+    mut console: ResMut<Console>,
+    settings: Res<RunSettings>,
+    clock: Res<Clock>,
+    timer: Res<RunTimer>,
+) {
+    for e in events.read() {
+        match (e.split.as_str(), settings.headless) {
+            ("train", true) => {
+                let total = settings.epochs * clock.batches_per_epoch;
+                let done = clock.micro_step.max(1);
+                let elapsed = timer.start.elapsed().as_secs_f64();
+                let eta = elapsed / done as f64 * total.saturating_sub(done) as f64;
+                println!(
+                    "step {}  epoch {}/{}  {}  eta {}",
+                    e.step,
+                    e.epoch + 1,
+                    settings.epochs,
+                    fmt_values(e),
+                    fmt_duration(eta)
+                );
+            }
+            ("train", false) => {
+                if let (Some(bar), Some(loss)) = (&console.bar, e.values.get("loss")) {
+                    bar.set_message(format!("loss {loss:.4}"));
+                }
+            }
+            ("val", _) => {
+                if let Some(bar) = console.bar.take() {
+                    bar.finish_and_clear();
+                }
+                println!("epoch {}/{}  val  {}", e.epoch + 1, settings.epochs, fmt_values(e));
+            }
+            ("epoch", _) => {
+                if let Some(bar) = console.bar.take() {
+                    bar.finish_and_clear();
+                }
+                if settings.headless {
+                    println!("epoch {}/{}  {}", e.epoch + 1, settings.epochs, fmt_values(e));
+                }
+            }
+            _ => {}
+        }
+    }
+}

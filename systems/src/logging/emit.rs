@@ -1,0 +1,114 @@
+//! Systems that produce [`MetricEvent`]s from meters and the clock.
+
+use std::collections::BTreeMap;
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{
+    Clock, LearningRate, MetricEvent, Metrics, RunSettings, RunTimer, StopRequest, TrainingState,
+};
+
+/// Run condition: an optimizer step just completed at a multiple of `log_interval` (or the epoch ended).
+pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>) -> bool {
+    let end_of_epoch = clock.batch_in_epoch == clock.batches_per_epoch;
+    let boundary_step = clock.step > 0 && clock.step % settings.log_interval.max(1) == 0;
+    // `advance_clock` ran already: a step that just finished moved `step` and `batch_in_epoch`.
+    end_of_epoch || (boundary_step && clock.micro_step % clock.accumulate.max(1) == 0)
+}
+
+/// Log (training): one `train` record with the epoch's running loss, the lr and the throughput since the
+/// previous record.
+pub fn emit_train_record(
+    clock: Res<Clock>,
+    metrics: Res<Metrics>,
+    lr: Res<LearningRate>,
+    mut timer: ResMut<RunTimer>,
+    mut out: MessageWriter<MetricEvent>,
+) {
+    let now = std::time::Instant::now();
+    let (t0, s0) = timer.last_log;
+    let dt = now.duration_since(t0).as_secs_f64().max(1e-9);
+    let mut values = BTreeMap::new();
+    if let Some(m) = metrics.train.get("loss") {
+        values.insert("loss".to_string(), m.mean());
+    }
+    values.insert("lr".to_string(), lr.lr);
+    values.insert("samples_per_s".to_string(), (clock.samples_seen - s0) as f64 / dt);
+    timer.last_log = (now, clock.samples_seen);
+    out.write(MetricEvent { split: "train".into(), step: clock.step, epoch: clock.epoch, values });
+}
+
+/// ValidationEnd / Summarize: validation meters -> `Metrics::last_val`, and a `val` record.
+pub fn summarize_validation(clock: Res<Clock>, mut metrics: ResMut<Metrics>, mut out: MessageWriter<MetricEvent>) {
+    let values: BTreeMap<String, f64> = metrics.val.iter().map(|(k, m)| (k.clone(), m.mean())).collect();
+    for m in metrics.val.values_mut() {
+        m.reset();
+    }
+    metrics.last_val = values.clone();
+    out.write(MetricEvent { split: "val".into(), step: clock.step, epoch: clock.epoch, values });
+}
+
+/// ValidationEnd / Fitness: tracks the best fitness and requests a stop after `patience` epochs without
+/// improvement (Ultralytics' EarlyStopping).
+pub fn update_fitness(
+    clock: Res<Clock>,
+    metrics: Res<Metrics>,
+    settings: Res<RunSettings>,
+    mut state: ResMut<TrainingState>,
+    mut stop: ResMut<StopRequest>,
+) {
+    let Some(&f) = metrics.last_val.get(&settings.fitness_metric) else {
+        state.improved = false;
+        return;
+    };
+    let better = match state.best_fitness {
+        None => f.is_finite(),
+        Some(b) => {
+            if settings.fitness_maximize {
+                f > b
+            } else {
+                f < b
+            }
+        }
+    };
+    state.improved = better;
+    if better {
+        state.best_fitness = Some(f);
+        state.best_epoch = Some(clock.epoch);
+        state.best_metrics = metrics.last_val.clone();
+        state.epochs_without_improvement = 0;
+    } else {
+        state.epochs_without_improvement += 1;
+        if settings.patience > 0 && state.epochs_without_improvement >= settings.patience && stop.reason.is_none() {
+            stop.reason = Some(format!(
+                "early stopping: no improvement of {} for {} epochs (best at epoch {})",
+                settings.fitness_metric,
+                settings.patience,
+                state.best_epoch.map_or(0, |e| e + 1)
+            ));
+        }
+    }
+}
+
+/// EpochEnd: one `epoch` record (training loss of the epoch, latest validation metrics prefixed `val_`, lr,
+/// epoch time), then resets the training meters.
+pub fn emit_epoch_record(
+    clock: Res<Clock>,
+    mut metrics: ResMut<Metrics>,
+    lr: Res<LearningRate>,
+    timer: Res<RunTimer>,
+    mut out: MessageWriter<MetricEvent>,
+) {
+    let mut values = BTreeMap::new();
+    for (k, m) in &metrics.train {
+        values.insert(format!("train_{k}"), m.mean());
+    }
+    for (k, v) in &metrics.last_val {
+        values.insert(format!("val_{k}"), *v);
+    }
+    values.insert("lr".into(), lr.lr);
+    values.insert("epoch_time_s".into(), timer.epoch_start.elapsed().as_secs_f64());
+    for m in metrics.train.values_mut() {
+        m.reset();
+    }
+    out.write(MetricEvent { split: "epoch".into(), step: clock.step, epoch: clock.epoch, values });
+}

@@ -1,0 +1,22 @@
+//! Logging: systems that turn meters into [`MetricEvent`]s ([`emit`]), and loggers that consume them in the
+//! [`Flush`](crate::sets::Flush) schedule: `metrics.jsonl` ([`jsonl`]), the terminal ([`console`]); and the
+//! end-of-run `summary.json` ([`summary`]).
+
+pub mod console;
+pub mod emit;
+pub mod jsonl;
+pub mod summary;
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,131 @@
+//! Bad input: every case exits 2 with a message naming the problem, and writes nothing.
+
+mod common;
+
+use common::*;
+
+/// Runs a config that must be rejected; returns the message. Checks exit code 2 and no run directory.
+fn rejected(name: &str, yaml_edit: impl Fn(String) -> String, extra: &[&str]) -> String {
+    let dir = scratch(name);
+    let save = dir.join("run");
+    let cfg = write_config(&dir, "bad.yaml", &yaml_edit(digits_yaml(&save)));
+    let mut args = vec!["--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = engine(&args);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{name}: expected exit 2, got {:?}\n{msg}", out.status.code());
+    assert!(!save.exists(), "{name}: the run directory was created for a rejected config");
+    assert!(msg.contains("bad.yaml") || name == "missing_config", "{name}: message does not name the file:\n{msg}");
+    assert!(!msg.contains("panicked"), "{name}: panic instead of an error:\n{msg}");
+    msg
+}
+
+#[test]
+fn missing_config_file() {
+    let out = engine(&["--config", "/nonexistent/dir/x.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let m = text(&out);
+    assert!(m.contains("config file not found") && m.contains("/nonexistent/dir/x.yaml"), "{m}");
+}
+
+#[test]
+fn yaml_syntax_error_names_the_line() {
+    let m = rejected("syntax", |y| y.replace("epochs: 2", "epochs: [2"), &[]);
+    assert!(m.contains("line 16"), "{m}");
+}
+
+#[test]
+fn unknown_key_lists_valid_keys() {
+    let m = rejected("unknown_key", |y| y.replace("epochs: 2", "epoch: 2"), &[]);
+    assert!(m.contains("unknown field `epoch`") && m.contains("epochs") && m.contains("lr0"), "{m}");
+    let m = rejected("unknown_model_key", |y| y.replace("hidden_sizes", "hiden_sizes"), &[]);
+    assert!(m.contains("hiden_sizes") && m.contains("hidden_sizes"), "{m}");
+}
+
+#[test]
+fn wrong_type_names_the_line() {
+    let m = rejected("wrong_type", |y| y.replace("batch: 64", "batch: sixty-four"), &[]);
+    assert!(m.contains("line 17") && m.contains("invalid u64") && m.contains("batch: sixty-four"), "{m}");
+    let m = rejected("wrong_type_set", |y| y, &["--set", "run.lr0=fast"]);
+    assert!(m.contains("run.lr0") && m.contains("invalid type"), "{m}");
+}
+
+#[test]
+fn unknown_registry_names_list_registered_names() {
+    let m = rejected("unknown_model", |y| y.replace("arch: mlp", "arch: mlpp"), &[]);
+    assert!(m.contains("unknown model `mlpp`") && m.contains("did you mean `mlp`") && m.contains("registered: mlp"), "{m}");
+    let m = rejected("unknown_dataset", |y| y.replace("builder: npy", "builder: numpy"), &[]);
+    assert!(m.contains("unknown dataset builder `numpy`") && m.contains("npy"), "{m}");
+    let m = rejected("unknown_optimizer", |y| y.replace("optimizer: AdamW", "optimizer: AdamX"), &[]);
+    assert!(m.contains("unknown optimizer `AdamX`") && m.contains("adamw") && m.contains("sgd"), "{m}");
+    let m = rejected("unknown_task", |y| y, &["--set", "run.task=clasification"]);
+    assert!(m.contains("unknown task `clasification`") && m.contains("did you mean `classification`"), "{m}");
+    let m = rejected("unknown_scheduler", |y| y, &["--set", "run.scheduler=cosin"]);
+    assert!(m.contains("unknown scheduler `cosin`") && m.contains("cosine"), "{m}");
+}
+
+#[test]
+fn missing_npy_file_names_the_file() {
+    let m = rejected("missing_npy", |y| y.replace("train_x.npy", "nope_x.npy"), &[]);
+    assert!(m.contains("nope_x.npy"), "{m}");
+}
+
+#[test]
+fn unsupported_npy_dtype_names_dtype_and_choices() {
+    let dir = scratch("bad_dtype_data");
+    // A valid .npy v1.0 file of int32 ('<i4'), a dtype the reader does not take.
+    let header = "{'descr': '<i4', 'fortran_order': False, 'shape': (1437, 64), }";
+    let mut h = header.to_string();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, 1437 * 64 * 4));
+    let bad = dir.join("x_i4.npy");
+    std::fs::write(&bad, bytes).unwrap();
+    let badp = bad.display().to_string();
+    let m = rejected("bad_dtype", |y| {
+        let r = repo().display().to_string();
+        y.replace(&format!("{r}/data/digits/train_x.npy"), &badp)
+    }, &[]);
+    assert!(m.contains("x_i4.npy") && m.contains("<i4") && m.contains("float32"), "{m}");
+}
+
+#[test]
+fn data_shape_mismatch_names_both_sides() {
+    let m = rejected("shape", |y| y.replace("input_size: 64", "input_size: 784"), &[]);
+    assert!(m.contains("input_size is 784") && m.contains("64 features"), "{m}");
+    let m = rejected("classes", |y| y.replace("output_size: 10", "output_size: 5"), &[]);
+    assert!(m.contains("labels") && m.contains("go up to 9") && m.contains("5 outputs"), "{m}");
+}
+
+#[test]
+fn bad_values_and_devices_are_rejected() {
+    let m = rejected("lr", |y| y, &["--set", "run.lr0=-1"]);
+    assert!(m.contains("run.lr0"), "{m}");
+    let m = rejected("device", |y| y, &["--set", "run.device=tpu"]);
+    assert!(m.contains("run.device") && m.contains("cuda"), "{m}");
+    let m = rejected("cuda", |y| y, &["--set", "run.device=cuda:0"]);
+    assert!(m.contains("not available"), "{m}");
+    let m = rejected("preset", |y| y.replace("arch: mlp", "arch: mlp\n  type: digitz"), &[]);
+    assert!(m.contains("model.type") && m.contains("did you mean `digits`"), "{m}");
+}
+
+#[test]
+fn list_and_check_work() {
+    let out = engine(&["list"]);
+    assert_eq!(out.status.code(), Some(0));
+    let m = text(&out);
+    for name in ["mlp", "npy", "classification", "sgd", "adamw", "cosine", "linear"] {
+        assert!(m.contains(name), "engine list misses {name}:\n{m}");
+    }
+    let out = engine(&["check", "--config", "configs/digits_mlp.yaml"]);
+    let m = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{m}");
+    assert!(m.contains("total params 85002") && m.contains("layers.4") && m.contains("config OK"), "{m}");
+    let out = engine(&["--bogus-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}

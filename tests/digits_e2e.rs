@@ -1,0 +1,96 @@
+//! The default example end to end: `engine --config configs/digits_mlp.yaml` trains to the accuracy bar and
+//! writes every file of the run-directory contract; the checkpoint loads in Python's `safetensors`; the
+//! same seed gives the same parameters; an existing directory gets a numbered sibling.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn default_config_trains_to_accuracy_and_writes_the_run_directory() {
+    let dir = scratch("digits_default");
+    let save = dir.join("run");
+    let out = engine(&["--config", "configs/digits_mlp.yaml", "--set", &format!("run.save_dir={}", save.display())]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    for f in ["config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.safetensors", "checkpoints/best.safetensors"] {
+        assert!(save.join(f).is_file(), "missing {f}");
+    }
+    let s = summary(&save);
+    let best = s["best"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(best >= 0.975, "best val accuracy {best} < 0.975\n{log}");
+    assert_eq!(s["epochs_completed"], 30);
+    assert!(s["samples_per_s"].as_f64().unwrap() > 0.0);
+    assert!(s["wall_time_s"].as_f64().unwrap() > 0.0);
+
+    // metrics.jsonl: one JSON object per line, with a val record per epoch.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(save.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let vals: Vec<&serde_json::Value> = lines.iter().filter(|l| l["split"] == "val").collect();
+    assert_eq!(vals.len(), 30);
+    for v in &vals {
+        assert!(v["step"].is_u64() && v["epoch"].is_u64() && v["accuracy"].is_f64() && v["loss"].is_f64(), "{v}");
+    }
+    assert!(lines.iter().any(|l| l["split"] == "train" && l["loss"].is_f64() && l["lr"].is_f64()));
+
+    // config.yaml is the resolved config: it runs as-is and has every default filled in.
+    let cfg = std::fs::read_to_string(save.join("config.yaml")).unwrap();
+    assert!(cfg.contains("lr0: 0.001") && cfg.contains("nbs: 64") && cfg.contains("arch: mlp"), "{cfg}");
+    let out = engine(&["check", "--config", save.join("config.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The checkpoint loads in Python's safetensors with every parameter under its dotted name.
+    let out = Command::new("python3")
+        .arg(repo().join("tests/scripts/check_safetensors.py"))
+        .arg(save.join("checkpoints/best.safetensors"))
+        .args([
+            "layers.0.weight=256x64",
+            "layers.0.bias=256",
+            "layers.2.weight=256x256",
+            "layers.2.bias=256",
+            "layers.4.weight=10x256",
+            "layers.4.bias=10",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "python safetensors check failed (is `pip install safetensors numpy` done?):\n{}", text(&out));
+}
+
+#[test]
+fn same_seed_gives_the_same_parameters_and_dirs_are_numbered() {
+    let dir = scratch("digits_seed");
+    let save = dir.join("run");
+    let cfg = write_config(&dir, "c.yaml", &digits_yaml(&save));
+    let c = cfg.to_str().unwrap();
+    for _ in 0..2 {
+        let out = engine(&["--config", c, "--set", "model.dropout=0.2"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    assert!(dir.join("run2").is_dir(), "second run should get a numbered sibling directory");
+    let load = |p: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(p).unwrap();
+    let a = load(&save.join("checkpoints/last.safetensors"));
+    let b = load(&dir.join("run2/checkpoints/last.safetensors"));
+    assert_eq!(a.tensors, b.tensors, "same seed, different parameters");
+    // A different seed gives different parameters.
+    let out = engine(&["--config", c, "--set", "run.seed=1", "--set", "run.exist_ok=true"]);
+    assert_eq!(out.status.code(), Some(0));
+    let c1 = load(&save.join("checkpoints/last.safetensors"));
+    assert_ne!(a.tensors["layers.0.weight"], c1.tensors["layers.0.weight"]);
+    // The checkpoint carries optimizer state, clock and config for a later resume.
+    for k in ["optimizer.exp_avg", "optimizer.exp_avg_sq"] {
+        assert!(a.tensors.contains_key(k), "missing {k}");
+    }
+    for k in ["clock", "optimizer_step", "config", "format"] {
+        assert!(a.metadata.contains_key(k), "missing metadata {k}");
+    }
+}
