@@ -63,6 +63,20 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
     Ok(dir)
 }
 
+/// One training micro-batch outside the epoch loop (benchmarks, tools): wraps to a new epoch when the
+/// current one is exhausted, then runs TrainStep and Flush.
+pub fn train_step(app: &mut App) {
+    let c = app.world.resource::<Clock>();
+    if c.batch_in_epoch >= c.batches_per_epoch {
+        let mut c = app.world.resource_mut::<Clock>();
+        c.epoch += 1;
+        c.batch_in_epoch = 0;
+        app.run(EpochStart);
+    }
+    app.run(TrainStep);
+    flush(app);
+}
+
 /// Drives the schedules until the epochs are done or a stop is requested.
 pub fn run_epochs(app: &mut App) -> Result<(), EngineError> {
     *app.world.resource_mut::<RunTimer>() = RunTimer::default();

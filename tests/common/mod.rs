@@ -37,7 +37,6 @@ pub fn write_config(dir: &Path, name: &str, yaml: &str) -> PathBuf {
 
 /// A small valid digits config writing into `save_dir`; tests replace pieces of it.
 pub fn digits_yaml(save_dir: &Path) -> String {
-    let r = repo();
     let r = repo().display().to_string();
     [
         "model:".to_string(),

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
-use ecstrain_systems::data::{NpyDataset, NpySplitFiles, TargetSpec};
+use ecstrain_systems::data::{NpyDataset, NpySplitFiles, SyntheticDataset, SyntheticOptions, TargetSpec};
 use ecstrain_systems::optim::at_accumulation_boundary;
 use ecstrain_systems::schedule::lr::{LrSchedule, LrScheduler, Warmup};
 use ecstrain_systems::sets::*;
@@ -61,8 +61,23 @@ fn build_npy(options: &serde_json::Map<String, serde_json::Value>, root: &Path) 
     Ok(DatasetSplits { train: Arc::new(train), val: val.map(|v| Arc::new(v) as _) })
 }
 
+fn build_synthetic(options: &serde_json::Map<String, serde_json::Value>, _root: &Path) -> Result<DatasetSplits, String> {
+    let o: SyntheticOptions =
+        serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
+    let train = SyntheticDataset::generate(&o, o.train_samples, 0)?;
+    let val = (o.val_samples > 0).then(|| SyntheticDataset::generate(&o, o.val_samples, 1)).transpose()?;
+    Ok(DatasetSplits { train: Arc::new(train), val: val.map(|v| Arc::new(v) as _) })
+}
+
 impl Plugin for BuiltinDatasets {
     fn build(&self, app: &mut App) {
+        app.registry.register_dataset(
+            "synthetic",
+            DatasetEntry {
+                build: build_synthetic,
+                doc: "random normal inputs and uniform labels in memory: shape, classes, train_samples, val_samples, seed",
+            },
+        );
         app.registry.register_dataset(
             "npy",
             DatasetEntry {
