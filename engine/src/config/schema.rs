@@ -73,6 +73,7 @@ mod d {
         val_interval: u64 = 1;
         save_period: i64 = -1;
         top_k: usize = 5;
+        resume: serde_json::Value = serde_json::Value::Bool(false);
     }
 }
 
@@ -159,8 +160,8 @@ pub struct RunSection {
     /// Reuse `save_dir` if it exists.
     #[serde(default)]
     pub exist_ok: bool,
-    /// Resume from a checkpoint: `false`, or a path to a `last.safetensors`.
-    #[serde(default)]
+    /// Resume from a checkpoint (not implemented yet: only `false` is accepted).
+    #[serde(default = "d::resume")]
     pub resume: serde_json::Value,
     /// Optimizer steps between training log records.
     #[serde(default = "d::log_interval")]
