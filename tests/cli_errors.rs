@@ -37,9 +37,9 @@ fn yaml_syntax_error_names_the_line() {
 #[test]
 fn unknown_key_lists_valid_keys() {
     let m = rejected("unknown_key", |y| y.replace("epochs: 2", "epoch: 2"), &[]);
-    assert!(m.contains("unknown field `epoch`") && m.contains("epochs") && m.contains("lr0"), "{m}");
+    assert!(m.contains("unknown field `epoch`") && m.contains("did you mean `epochs`") && m.contains("lr0"), "{m}");
     let m = rejected("unknown_model_key", |y| y.replace("hidden_sizes", "hiden_sizes"), &[]);
-    assert!(m.contains("hiden_sizes") && m.contains("hidden_sizes"), "{m}");
+    assert!(m.contains("hiden_sizes") && m.contains("did you mean `hidden_sizes`"), "{m}");
 }
 
 #[test]

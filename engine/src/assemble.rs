@@ -62,7 +62,7 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
 /// Builds the run described by `loaded` into `app` (which already has its plugins).
 pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<Assembly, EngineError> {
     let file = loaded.path.display().to_string();
-    let err = |m: String| usage(format!("{file}: {m}"));
+    let err = |m: String| usage(crate::config::load::with_suggestion(format!("{file}: {m}")));
     let cfg = &loaded.config;
     let r = &cfg.run;
     let mut notices = Vec::new();

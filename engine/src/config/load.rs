@@ -27,6 +27,21 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_
     serde_saphyr::from_str_with_options(text, yaml_options())
 }
 
+/// Adds "did you mean `x`?" to serde's "unknown field `y`, expected one of a, b, ..." messages.
+pub fn with_suggestion(msg: String) -> String {
+    let Some(start) = msg.find("unknown field `") else { return msg };
+    let rest = &msg[start + "unknown field `".len()..];
+    let Some(end) = rest.find('`') else { return msg };
+    let field = &rest[..end];
+    let Some(list_at) = rest.find("expected one of ") else { return msg };
+    let list = rest[list_at + "expected one of ".len()..].lines().next().unwrap_or("");
+    let candidates: Vec<&str> = list.split(", ").map(|c| c.trim_matches('`')).collect();
+    match crate::error::did_you_mean(field, candidates.iter().copied()) {
+        Some(s) => format!("{msg}\n(did you mean `{s}`?)"),
+        None => msg,
+    }
+}
+
 /// Splits `section.key=value` into a key path and a YAML-parsed value (`0.01`, `true`, `[1, 2]`, `AdamW`).
 pub fn parse_override(s: &str) -> Result<(Vec<String>, serde_json::Value), EngineError> {
     let (key, value) = s
@@ -69,14 +84,14 @@ pub fn load_config(path: &Path, overrides: &[String]) -> Result<LoadedConfig, En
         }
     })?;
     let mut config: Config =
-        from_yaml(&text).map_err(|e| usage(format!("{}: invalid config: {e}", path.display())))?;
+        from_yaml(&text).map_err(|e| usage(with_suggestion(format!("{}: invalid config: {e}", path.display()))))?;
     if !overrides.is_empty() {
         let mut value = serde_json::to_value(&config).expect("a parsed config serialises");
         for raw in overrides {
             let (key, v) = parse_override(raw)?;
             apply(&mut value, &key, v, raw)?;
             config = serde_json::from_value(value.clone())
-                .map_err(|e| usage(format!("{}: after --set {raw}: {e}", path.display())))?;
+                .map_err(|e| usage(with_suggestion(format!("{}: after --set {raw}: {e}", path.display()))))?;
         }
     }
     Ok(LoadedConfig { path: path.to_path_buf(), config })
