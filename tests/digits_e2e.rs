@@ -94,3 +94,39 @@ fn same_seed_gives_the_same_parameters_and_dirs_are_numbered() {
         assert!(a.metadata.contains_key(k), "missing metadata {k}");
     }
 }
+
+#[test]
+fn resumed_run_continues_exactly() {
+    let dir = scratch("digits_resume");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let yaml = |save: &Path| {
+        digits_yaml(save).replace("epochs: 2", "epochs: 4\n  scheduler: constant") + "  seed: 3\n"
+    };
+    let ca = write_config(&dir, "a.yaml", &yaml(&a).replace("hidden_sizes: [32]", "hidden_sizes: [32]\n  dropout: 0.2"));
+    let cb = write_config(&dir, "b.yaml", &yaml(&b).replace("hidden_sizes: [32]", "hidden_sizes: [32]\n  dropout: 0.2"));
+    let run = |args: &[&str]| {
+        let out = engine(args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        text(&out)
+    };
+    run(&["--config", ca.to_str().unwrap()]);
+    run(&["--config", cb.to_str().unwrap(), "--set", "run.epochs=2"]);
+    let log = run(&["--config", cb.to_str().unwrap(), "--set", "run.resume=true"]);
+    assert!(log.contains("resuming from") && log.contains("at epoch 3"), "{log}");
+    assert!(!dir.join("b2").exists(), "a resumed run must continue in its own directory");
+    let load = |p: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(p).unwrap();
+    let full = load(&a.join("checkpoints/last.safetensors"));
+    let resumed = load(&b.join("checkpoints/last.safetensors"));
+    assert_eq!(full.tensors, resumed.tensors, "2 + 2 resumed epochs differ from 4 uninterrupted epochs");
+    assert_eq!(full.metadata["optimizer_step"], resumed.metadata["optimizer_step"]);
+    let vals = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"split\":\"val\"")).count();
+    assert_eq!(vals, 4, "metrics.jsonl of the resumed run should hold all 4 epochs");
+
+    // A checkpoint that does not fit the model is rejected with exit 2.
+    let out = engine(&["--config", cb.to_str().unwrap(), "--set", "run.resume=true", "--set", "model.hidden_sizes=[16]"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("layers.0.weight") && text(&out).contains("shape"), "{}", text(&out));
+    let out = engine(&["--config", cb.to_str().unwrap(), "--set", "run.resume=/nonexistent/last.safetensors"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("checkpoint not found"), "{}", text(&out));
+}

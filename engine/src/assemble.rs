@@ -30,6 +30,8 @@ pub struct Assembly {
     pub summary: String,
     /// Notices for the user (ignored options and the like).
     pub notices: Vec<String>,
+    /// The checkpoint this run resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
 }
 
 fn check_run_section(r: &RunSection) -> Result<(), String> {
@@ -52,9 +54,6 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
         if !ok {
             return Err(format!("{key} {msg}"));
         }
-    }
-    if !(r.resume.is_null() || r.resume == serde_json::Value::Bool(false)) {
-        return Err("run.resume: resuming is not implemented yet; valid value: false".into());
     }
     Ok(())
 }
@@ -192,6 +191,12 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     w.init_resource::<RunFailure>();
     let summary = model_summary(&mut app.world, &graph);
     app.world.insert_resource(graph);
+    let resumed_from = crate::resume::resume_path(&r.resume, &r.save_dir).map_err(err)?;
+    if let Some(p) = &resumed_from {
+        crate::resume::restore(&mut app, p).map_err(err)?;
+        let c = app.world.resource::<Clock>();
+        notices.push(format!("resuming from {} at epoch {} (step {})", p.display(), c.epoch + 1, c.step));
+    }
     let resolved = resolved_yaml(cfg);
-    Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices })
+    Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from })
 }

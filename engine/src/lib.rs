@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod plugins;
 pub mod registry;
+pub mod resume;
 pub mod run_dir;
 pub mod runner;
 pub mod summary;

@@ -2,7 +2,6 @@
 //! (see `ecstrain_systems::sets`): RunStart; per epoch EpochStart, TrainStep per batch, the validation pass
 //! (ValidationStep per batch, ValidationEnd), EpochEnd; RunEnd. `Flush` runs after each so loggers write.
 
-use std::fs::File;
 use std::io::BufWriter;
 
 use bevy_ecs::prelude::*;
@@ -43,12 +42,22 @@ pub fn validate(app: &mut App) {
 
 /// Creates the run directory (config.yaml, metrics.jsonl, checkpoints/) and trains.
 pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
-    let Assembly { mut app, loaded, resolved_yaml, summary, notices } = assembly;
-    let dir = choose_run_dir(&loaded.config.run.save_dir, loaded.config.run.exist_ok);
+    let Assembly { mut app, loaded, resolved_yaml, summary, notices, resumed_from } = assembly;
+    // A resumed run continues in the directory of its checkpoint and appends to its metrics.jsonl.
+    let dir = match &resumed_from {
+        Some(ck) => crate::resume::run_dir_of(ck),
+        None => choose_run_dir(&loaded.config.run.save_dir, loaded.config.run.exist_ok),
+    };
     let io = |what: &str, e: std::io::Error| EngineError::Run(format!("cannot {what} in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io("create the run directory", e))?;
     write_atomic(&dir.join("config.yaml"), resolved_yaml.as_bytes()).map_err(|e| io("write config.yaml", e))?;
-    let jsonl = File::create(dir.join("metrics.jsonl")).map_err(|e| io("create metrics.jsonl", e))?;
+    let jsonl = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed_from.is_some())
+        .truncate(resumed_from.is_none())
+        .open(dir.join("metrics.jsonl"))
+        .map_err(|e| io("create metrics.jsonl", e))?;
     app.world.insert_resource(JsonlLog(BufWriter::new(jsonl)));
     app.world.insert_resource(RunInfo {
         dir: dir.clone(),

@@ -160,7 +160,7 @@ pub struct RunSection {
     /// Reuse `save_dir` if it exists.
     #[serde(default)]
     pub exist_ok: bool,
-    /// Resume from a checkpoint (not implemented yet: only `false` is accepted).
+    /// Resume: `false`, `true` / `auto` (`<save_dir>/checkpoints/last.safetensors`), or a checkpoint path.
     #[serde(default = "d::resume")]
     pub resume: serde_json::Value,
     /// Optimizer steps between training log records.

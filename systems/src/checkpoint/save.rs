@@ -56,6 +56,7 @@ pub fn write_checkpoint<'a>(
             "best_fitness": state.best_fitness,
             "best_epoch": state.best_epoch,
             "epochs_without_improvement": state.epochs_without_improvement,
+            "best_metrics": state.best_metrics,
         })
         .to_string(),
     );

@@ -1,0 +1,96 @@
+//! Resuming a run from a checkpoint (`run.resume: true` for `<save_dir>/checkpoints/last.safetensors`, or a
+//! path). Restores parameters by name, the optimizer state arenas and step, the clock and the fitness
+//! tracking. Every random stream is a pure function of (seed, epoch / micro-step), so restoring the clock
+//! restores the data order and dropout masks too: the resumed run continues exactly.
+
+use std::path::{Path, PathBuf};
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{Clock, OptimizerState, ParamInfo, ParamSlice, Params, TrainingState};
+use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
+use ecstrain_systems::checkpoint::CHECKPOINT_FORMAT;
+
+use crate::app::App;
+
+/// The checkpoint a `run.resume` value points at, or `None` for a fresh run.
+pub fn resume_path(resume: &serde_json::Value, save_dir: &Path) -> Result<Option<PathBuf>, String> {
+    match resume {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => Ok(None),
+        serde_json::Value::Bool(true) => Ok(Some(save_dir.join("checkpoints").join("last.safetensors"))),
+        serde_json::Value::String(s) if s == "auto" => Ok(Some(save_dir.join("checkpoints").join("last.safetensors"))),
+        serde_json::Value::String(s) => Ok(Some(PathBuf::from(s))),
+        other => Err(format!("run.resume: expected false, true, auto or a checkpoint path, got {other}")),
+    }
+}
+
+/// The run directory a checkpoint belongs to (`<dir>/checkpoints/x.safetensors` -> `<dir>`).
+pub fn run_dir_of(checkpoint: &Path) -> PathBuf {
+    checkpoint.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Loads `path` into the assembled app; every mismatch with the model or optimizer is an error message.
+pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
+    if !path.is_file() {
+        return Err(format!("run.resume: checkpoint not found: {}", path.display()));
+    }
+    let ck = load_safetensors(path).map_err(|e| format!("run.resume: {e}"))?;
+    let p = path.display();
+    if ck.metadata.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        return Err(format!("run.resume: {p} is not an engine checkpoint (format {CHECKPOINT_FORMAT} expected)"));
+    }
+    // Parameters, by name.
+    let mut q = app.world.query::<(&ParamInfo, &ParamSlice)>();
+    let entries: Vec<(ParamInfo, ParamSlice)> = q.iter(&app.world).map(|(i, s)| (i.clone(), *s)).collect();
+    let mut params = app.world.resource_mut::<Params>();
+    for (info, slice) in &entries {
+        let t = ck.tensors.get(&info.name).ok_or_else(|| format!("run.resume: {p} has no parameter `{}`", info.name))?;
+        let data = t.data.as_f32().ok_or_else(|| format!("run.resume: {p}: `{}` is not f32", info.name))?;
+        if t.shape != info.shape {
+            return Err(format!(
+                "run.resume: {p}: `{}` has shape {:?} but the model's is {:?}",
+                info.name, t.shape, info.shape
+            ));
+        }
+        params.0.get_mut(*slice).copy_from_slice(data);
+    }
+    // Optimizer state.
+    let mut opt = app.world.resource_mut::<OptimizerState>();
+    let saved_opt = ck.metadata.get("optimizer").cloned().unwrap_or_default();
+    if saved_opt != opt.optimizer {
+        return Err(format!("run.resume: {p} was written by optimizer `{saved_opt}`, this run uses `{}`", opt.optimizer));
+    }
+    for (name, arena) in opt.buffers.iter_mut() {
+        let key = format!("optimizer.{name}");
+        let t = ck.tensors.get(&key).ok_or_else(|| format!("run.resume: {p} has no `{key}`"))?;
+        let data = t.data.as_f32().filter(|d| d.len() == arena.len()).ok_or_else(|| {
+            format!("run.resume: {p}: `{key}` does not match the parameter arena ({} elements)", arena.len())
+        })?;
+        arena.data.copy_from_slice(data);
+    }
+    opt.step = ck.metadata.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
+    // Clock: the checkpoint was written at the end of epoch `clock.epoch`; continue with the next one.
+    let saved: Clock = ck
+        .metadata
+        .get("clock")
+        .and_then(|c| serde_json::from_str(c).ok())
+        .ok_or_else(|| format!("run.resume: {p} has no readable clock"))?;
+    let mut clock = app.world.resource_mut::<Clock>();
+    if saved.batches_per_epoch != clock.batches_per_epoch || saved.accumulate != clock.accumulate {
+        return Err(format!(
+            "run.resume: {p} was written with {} batches per epoch and accumulate {}, this run has {} and {} (batch, nbs or data changed)",
+            saved.batches_per_epoch, saved.accumulate, clock.batches_per_epoch, clock.accumulate
+        ));
+    }
+    *clock = Clock { epoch: saved.epoch + 1, batch_in_epoch: 0, ..saved };
+    // Fitness tracking.
+    if let Some(ts) = ck.metadata.get("training_state").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+        let mut state = app.world.resource_mut::<TrainingState>();
+        state.best_fitness = ts["best_fitness"].as_f64();
+        state.best_epoch = ts["best_epoch"].as_u64();
+        state.epochs_without_improvement = ts["epochs_without_improvement"].as_u64().unwrap_or(0);
+        if let Some(m) = ts["best_metrics"].as_object() {
+            state.best_metrics = m.iter().filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect();
+        }
+    }
+    Ok(())
+}
