@@ -110,6 +110,9 @@ pub struct UnaryReference<'a> {
     pub df: &'a dyn Fn(f64) -> f64,
 }
 
+/// An activation backward `(dinp, dout, inp)`.
+pub type BackwardFn<'a, T> = &'a dyn Fn(&mut [T], &[T], &[T]);
+
 /// The f32 and f64 instantiations of an activation's forward and backward (`backward(dinp, dout, inp)`).
 pub struct UnaryKernels<'a> {
     /// forward, f32.
@@ -117,9 +120,9 @@ pub struct UnaryKernels<'a> {
     /// forward, f64.
     pub fwd64: &'a dyn Fn(&mut [f64], &[f64]),
     /// backward, f32.
-    pub bwd32: &'a dyn Fn(&mut [f32], &[f32], &[f32]),
+    pub bwd32: BackwardFn<'a, f32>,
     /// backward, f64.
-    pub bwd64: &'a dyn Fn(&mut [f64], &[f64], &[f64]),
+    pub bwd64: BackwardFn<'a, f64>,
 }
 
 /// The float64 reference check and the finite-difference check every activation runs:
