@@ -11,6 +11,8 @@ pub mod float;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+#[macro_use]
+pub mod simd;
 pub mod tensor;
 
 pub use device::{Device, DeviceError};

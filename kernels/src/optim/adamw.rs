@@ -101,7 +101,7 @@ pub fn adamw_step<T: Float>(
 /// The fused per-element loop over one chunk. Each line mirrors one torch tensor op, in torch's order, so
 /// that the f32 rounding follows the reference.
 #[inline(always)]
-fn update<T: Float, const WD: bool>(
+fn update_body<T: Float, const WD: bool>(
     param: &mut [T],
     grad: &[T],
     exp_avg: &mut [T],
@@ -127,6 +127,11 @@ fn update<T: Float, const WD: bool>(
         *p = pv;
     }
 }
+
+crate::multiversion!(
+    /// [`update_body`] compiled for the best instruction set of the CPU.
+    fn update<T: Float; const WD: bool>(param: &mut [T], grad: &[T], exp_avg: &mut [T], exp_avg_sq: &mut [T], c: Coeffs<T>) => update_body
+);
 
 #[cfg(test)]
 mod tests {

@@ -111,7 +111,7 @@ pub fn sgd_step<T: Float>(
 /// The fused per-element loop over one chunk. `MOMENTUM == false` ignores `buf` (it may be empty);
 /// `FIRST` selects the buffer initialisation of step 1.
 #[inline(always)]
-fn update<
+fn update_body<
     T: Float,
     const WD: bool,
     const MOMENTUM: bool,
@@ -143,6 +143,13 @@ fn update<
         *p += c.neg_lr * d;
     }
 }
+
+crate::multiversion!(
+    /// [`update_body`] compiled for the best instruction set of the CPU.
+    fn update<T: Float; const WD: bool; const MOMENTUM: bool; const FIRST: bool; const NESTEROV: bool>(
+        param: &mut [T], grad: &[T], buf: &mut [T], c: Coeffs<T>
+    ) => update_body
+);
 
 #[cfg(test)]
 mod tests {
