@@ -53,7 +53,10 @@ fn wrong_type_names_the_line() {
 #[test]
 fn unknown_registry_names_list_registered_names() {
     let m = rejected("unknown_model", |y| y.replace("arch: mlp", "arch: mlpp"), &[]);
-    assert!(m.contains("unknown model `mlpp`") && m.contains("did you mean `mlp`") && m.contains("registered: mlp"), "{m}");
+    assert!(
+        m.contains("unknown model `mlpp`") && m.contains("did you mean `mlp`") && m.contains("registered: mlp"),
+        "{m}"
+    );
     let m = rejected("unknown_dataset", |y| y.replace("builder: npy", "builder: numpy"), &[]);
     assert!(m.contains("unknown dataset builder `numpy`") && m.contains("npy"), "{m}");
     let m = rejected("unknown_optimizer", |y| y.replace("optimizer: AdamW", "optimizer: AdamX"), &[]);
@@ -76,7 +79,7 @@ fn unsupported_npy_dtype_names_dtype_and_choices() {
     // A valid .npy v1.0 file of int32 ('<i4'), a dtype the reader does not take.
     let header = "{'descr': '<i4', 'fortran_order': False, 'shape': (1437, 64), }";
     let mut h = header.to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
@@ -87,10 +90,14 @@ fn unsupported_npy_dtype_names_dtype_and_choices() {
     let bad = dir.join("x_i4.npy");
     std::fs::write(&bad, bytes).unwrap();
     let badp = bad.display().to_string();
-    let m = rejected("bad_dtype", |y| {
-        let r = repo().display().to_string();
-        y.replace(&format!("{r}/data/digits/train_x.npy"), &badp)
-    }, &[]);
+    let m = rejected(
+        "bad_dtype",
+        |y| {
+            let r = repo().display().to_string();
+            y.replace(&format!("{r}/data/digits/train_x.npy"), &badp)
+        },
+        &[],
+    );
     assert!(m.contains("x_i4.npy") && m.contains("<i4") && m.contains("float32"), "{m}");
 }
 

@@ -20,7 +20,9 @@ fn default_config_trains_to_accuracy_and_writes_the_run_directory() {
     let out = engine(&["--config", "configs/digits_mlp.yaml", "--set", &format!("run.save_dir={}", save.display())]);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    for f in ["config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.safetensors", "checkpoints/best.safetensors"] {
+    for f in
+        ["config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.safetensors", "checkpoints/best.safetensors"]
+    {
         assert!(save.join(f).is_file(), "missing {f}");
     }
     let s = summary(&save);
@@ -63,7 +65,11 @@ fn default_config_trains_to_accuracy_and_writes_the_run_directory() {
         ])
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "python safetensors check failed (is `pip install safetensors numpy` done?):\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "python safetensors check failed (is `pip install safetensors numpy` done?):\n{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -99,11 +105,11 @@ fn same_seed_gives_the_same_parameters_and_dirs_are_numbered() {
 fn resumed_run_continues_exactly() {
     let dir = scratch("digits_resume");
     let (a, b) = (dir.join("a"), dir.join("b"));
-    let yaml = |save: &Path| {
-        digits_yaml(save).replace("epochs: 2", "epochs: 4\n  scheduler: constant") + "  seed: 3\n"
-    };
-    let ca = write_config(&dir, "a.yaml", &yaml(&a).replace("hidden_sizes: [32]", "hidden_sizes: [32]\n  dropout: 0.2"));
-    let cb = write_config(&dir, "b.yaml", &yaml(&b).replace("hidden_sizes: [32]", "hidden_sizes: [32]\n  dropout: 0.2"));
+    let yaml = |save: &Path| digits_yaml(save).replace("epochs: 2", "epochs: 4\n  scheduler: constant") + "  seed: 3\n";
+    let ca =
+        write_config(&dir, "a.yaml", &yaml(&a).replace("hidden_sizes: [32]", "hidden_sizes: [32]\n  dropout: 0.2"));
+    let cb =
+        write_config(&dir, "b.yaml", &yaml(&b).replace("hidden_sizes: [32]", "hidden_sizes: [32]\n  dropout: 0.2"));
     let run = |args: &[&str]| {
         let out = engine(args);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -119,11 +125,16 @@ fn resumed_run_continues_exactly() {
     let resumed = load(&b.join("checkpoints/last.safetensors"));
     assert_eq!(full.tensors, resumed.tensors, "2 + 2 resumed epochs differ from 4 uninterrupted epochs");
     assert_eq!(full.metadata["optimizer_step"], resumed.metadata["optimizer_step"]);
-    let vals = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"split\":\"val\"")).count();
+    let vals = std::fs::read_to_string(b.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"split\":\"val\""))
+        .count();
     assert_eq!(vals, 4, "metrics.jsonl of the resumed run should hold all 4 epochs");
 
     // A checkpoint that does not fit the model is rejected with exit 2.
-    let out = engine(&["--config", cb.to_str().unwrap(), "--set", "run.resume=true", "--set", "model.hidden_sizes=[16]"]);
+    let out =
+        engine(&["--config", cb.to_str().unwrap(), "--set", "run.resume=true", "--set", "model.hidden_sizes=[16]"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("layers.0.weight") && text(&out).contains("shape"), "{}", text(&out));
     let out = engine(&["--config", cb.to_str().unwrap(), "--set", "run.resume=/nonexistent/last.safetensors"]);

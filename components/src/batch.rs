@@ -35,7 +35,13 @@ pub struct Batch {
 impl Batch {
     /// An empty batch with room for `capacity` samples of `input_len` elements.
     pub fn with_capacity(capacity: usize, input_len: usize, targets: Targets) -> Batch {
-        Batch { inputs: vec![0.0; capacity * input_len], input_len, targets, size: 0, indices: Vec::with_capacity(capacity) }
+        Batch {
+            inputs: vec![0.0; capacity * input_len],
+            input_len,
+            targets,
+            size: 0,
+            indices: Vec::with_capacity(capacity),
+        }
     }
 
     /// The valid input rows.

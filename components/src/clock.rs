@@ -27,7 +27,7 @@ impl Clock {
     /// optimizer should step.
     pub fn at_accumulation_boundary(&self) -> bool {
         let a = self.accumulate.max(1);
-        (self.batch_in_epoch + 1) % a == 0 || self.batch_in_epoch + 1 == self.batches_per_epoch
+        (self.batch_in_epoch + 1).is_multiple_of(a) || self.batch_in_epoch + 1 == self.batches_per_epoch
     }
 }
 

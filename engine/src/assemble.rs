@@ -47,7 +47,11 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
         (r.warmup_epochs >= 0.0, "run.warmup_epochs", format!("must be >= 0, got {}", r.warmup_epochs)),
         ((0.0..=1.0).contains(&r.warmup_start_factor), "run.warmup_start_factor", "must be in [0, 1]".into()),
         (r.nbs >= 1, "run.nbs", "must be at least 1".into()),
-        (r.log_interval >= 1 && r.val_interval >= 1, "run.log_interval / run.val_interval", "must be at least 1".into()),
+        (
+            r.log_interval >= 1 && r.val_interval >= 1,
+            "run.log_interval / run.val_interval",
+            "must be at least 1".into(),
+        ),
         (r.top_k >= 1, "run.top_k", "must be at least 1".into()),
     ];
     for (ok, key, msg) in checks {

@@ -77,7 +77,12 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
             for n in &asm.notices {
                 println!("note: {n}");
             }
-            println!("# resolved config ({})\n{}\n# model\n{}", asm.loaded.path.display(), asm.resolved_yaml, asm.summary);
+            println!(
+                "# resolved config ({})\n{}\n# model\n{}",
+                asm.loaded.path.display(),
+                asm.resolved_yaml,
+                asm.summary
+            );
             println!("config OK");
             Ok(())
         }

@@ -27,13 +27,19 @@ pub fn usage(msg: impl Into<String>) -> EngineError {
     EngineError::Usage(msg.into())
 }
 
-/// The closest candidate to `name` (Jaro-Winkler, case-insensitive), if it is close enough to suggest.
+/// The closest candidate to `name` (case-insensitive; the better of Jaro-Winkler and normalised
+/// Damerau-Levenshtein similarity, so both prefix typos and swapped letters are caught), if close enough.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lower = name.to_ascii_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(&lower, &c.to_ascii_lowercase()), c))
-        .filter(|(s, _)| *s > 0.8)
+        .map(|c| {
+            let c_low = c.to_ascii_lowercase();
+            let score =
+                strsim::jaro_winkler(&lower, &c_low).max(strsim::normalized_damerau_levenshtein(&lower, &c_low));
+            (score, c)
+        })
+        .filter(|(s, _)| *s > 0.6)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
 }

@@ -43,7 +43,8 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     let entries: Vec<(ParamInfo, ParamSlice)> = q.iter(&app.world).map(|(i, s)| (i.clone(), *s)).collect();
     let mut params = app.world.resource_mut::<Params>();
     for (info, slice) in &entries {
-        let t = ck.tensors.get(&info.name).ok_or_else(|| format!("run.resume: {p} has no parameter `{}`", info.name))?;
+        let t =
+            ck.tensors.get(&info.name).ok_or_else(|| format!("run.resume: {p} has no parameter `{}`", info.name))?;
         let data = t.data.as_f32().ok_or_else(|| format!("run.resume: {p}: `{}` is not f32", info.name))?;
         if t.shape != info.shape {
             return Err(format!(
@@ -57,7 +58,10 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     let mut opt = app.world.resource_mut::<OptimizerState>();
     let saved_opt = ck.metadata.get("optimizer").cloned().unwrap_or_default();
     if saved_opt != opt.optimizer {
-        return Err(format!("run.resume: {p} was written by optimizer `{saved_opt}`, this run uses `{}`", opt.optimizer));
+        return Err(format!(
+            "run.resume: {p} was written by optimizer `{saved_opt}`, this run uses `{}`",
+            opt.optimizer
+        ));
     }
     for (name, arena) in opt.buffers.iter_mut() {
         let key = format!("optimizer.{name}");
@@ -83,7 +87,8 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     }
     *clock = Clock { epoch: saved.epoch + 1, batch_in_epoch: 0, ..saved };
     // Fitness tracking.
-    if let Some(ts) = ck.metadata.get("training_state").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+    if let Some(ts) = ck.metadata.get("training_state").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+    {
         let mut state = app.world.resource_mut::<TrainingState>();
         state.best_fitness = ts["best_fitness"].as_f64();
         state.best_epoch = ts["best_epoch"].as_u64();

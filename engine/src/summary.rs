@@ -15,10 +15,9 @@ pub fn model_summary(world: &mut World, graph: &Graph) -> String {
     out.push_str(&format!("{:<14} {:<22} {:<14} {:>12}\n", "layer", "op", "output", "params"));
     for node in &graph.nodes {
         let (op, params) = match &node.op {
-            OpKind::Linear { in_features, out_features, weight, bias } => (
-                format!("Linear({in_features}, {out_features})"),
-                weight.slice.len + bias.map_or(0, |b| b.slice.len),
-            ),
+            OpKind::Linear { in_features, out_features, weight, bias } => {
+                (format!("Linear({in_features}, {out_features})"), weight.slice.len + bias.map_or(0, |b| b.slice.len))
+            }
             OpKind::Activation(a) => (format!("{a:?}"), 0),
             OpKind::Dropout { p } => (format!("Dropout({p})"), 0),
         };

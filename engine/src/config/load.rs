@@ -59,7 +59,12 @@ pub fn parse_override(s: &str) -> Result<(Vec<String>, serde_json::Value), Engin
     Ok((path, value))
 }
 
-fn apply(root: &mut serde_json::Value, path: &[String], value: serde_json::Value, raw: &str) -> Result<(), EngineError> {
+fn apply(
+    root: &mut serde_json::Value,
+    path: &[String],
+    value: serde_json::Value,
+    raw: &str,
+) -> Result<(), EngineError> {
     let mut node = root;
     for (i, k) in path.iter().enumerate() {
         let obj = node

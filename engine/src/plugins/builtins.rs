@@ -43,7 +43,8 @@ struct NpyOptions {
 }
 
 fn build_npy(options: &serde_json::Map<String, serde_json::Value>, root: &Path) -> Result<DatasetSplits, String> {
-    let o: NpyOptions = serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
+    let o: NpyOptions =
+        serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
     let train = NpyDataset::open(&o.train, root)?;
     let val = o.val.as_ref().map(|v| NpyDataset::open(v, root)).transpose()?;
     if let Some(v) = &val {
@@ -61,7 +62,10 @@ fn build_npy(options: &serde_json::Map<String, serde_json::Value>, root: &Path) 
     Ok(DatasetSplits { train: Arc::new(train), val: val.map(|v| Arc::new(v) as _) })
 }
 
-fn build_synthetic(options: &serde_json::Map<String, serde_json::Value>, _root: &Path) -> Result<DatasetSplits, String> {
+fn build_synthetic(
+    options: &serde_json::Map<String, serde_json::Value>,
+    _root: &Path,
+) -> Result<DatasetSplits, String> {
     let o: SyntheticOptions =
         serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
     let train = SyntheticDataset::generate(&o, o.train_samples, 0)?;
@@ -195,7 +199,10 @@ impl Plugin for BuiltinSchedulers {
     fn build(&self, app: &mut App) {
         app.registry.register_scheduler(
             "constant",
-            SchedulerEntry { build: |c| with_warmup(c, |_| LrSchedule::Constant), doc: "lr0 throughout (after warm-up)" },
+            SchedulerEntry {
+                build: |c| with_warmup(c, |_| LrSchedule::Constant),
+                doc: "lr0 throughout (after warm-up)",
+            },
         );
         app.registry.register_scheduler(
             "linear",

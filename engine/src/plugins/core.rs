@@ -5,7 +5,9 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{MetricEvent, RunTimer};
 use ecstrain_systems::data::loader::{load_train_batch, load_val_batch, shuffle_train};
 use ecstrain_systems::graph::systems::{backward_system, forward_system};
-use ecstrain_systems::logging::emit::{at_log_interval, emit_epoch_record, emit_train_record, summarize_validation, update_fitness};
+use ecstrain_systems::logging::emit::{
+    at_log_interval, emit_epoch_record, emit_train_record, summarize_validation, update_fitness,
+};
 use ecstrain_systems::optim::{at_accumulation_boundary, zero_grads};
 use ecstrain_systems::schedule::systems::{advance_clock, update_lr};
 use ecstrain_systems::sets::*;
@@ -31,7 +33,9 @@ impl Plugin for CorePlugin {
                 load_train_batch.in_set(StepSet::Load),
                 forward_system.in_set(StepSet::Forward),
                 backward_system.in_set(StepSet::Backward),
-                (zero_grads.run_if(at_accumulation_boundary), advance_clock, update_lr).chain().in_set(StepSet::Schedule),
+                (zero_grads.run_if(at_accumulation_boundary), advance_clock, update_lr)
+                    .chain()
+                    .in_set(StepSet::Schedule),
                 emit_train_record.run_if(at_log_interval).in_set(StepSet::Log),
             ),
         );
@@ -41,7 +45,10 @@ impl Plugin for CorePlugin {
         );
         app.add_systems(
             ValidationEnd,
-            (summarize_validation.in_set(ValidationEndSet::Summarize), update_fitness.in_set(ValidationEndSet::Fitness)),
+            (
+                summarize_validation.in_set(ValidationEndSet::Summarize),
+                update_fitness.in_set(ValidationEndSet::Fitness),
+            ),
         );
         app.add_systems(EpochEnd, emit_epoch_record);
     }

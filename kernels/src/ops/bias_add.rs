@@ -13,11 +13,7 @@ const COL_BLOCK: usize = 64;
 ///
 /// out_inplace: [B, N], bias: [N].
 pub fn bias_add_forward<T: Float>(out_inplace: &mut [T], bias: &[T], b: usize, n: usize) {
-    assert_eq!(
-        out_inplace.len(),
-        b * n,
-        "bias_add_forward: out must be [B, N]"
-    );
+    assert_eq!(out_inplace.len(), b * n, "bias_add_forward: out must be [B, N]");
     assert_eq!(bias.len(), n, "bias_add_forward: bias must be [N]");
     if n == 0 {
         return;
@@ -30,9 +26,7 @@ pub fn bias_add_forward<T: Float>(out_inplace: &mut [T], bias: &[T], b: usize, n
     if b * n >= PAR_MIN_ELEMS && b > 1 {
         // Rows in groups so each task carries at least ~PAR_MIN_ELEMS / 4 elements.
         let rows_per_task = (PAR_MIN_ELEMS / 4).div_ceil(n).max(1);
-        out_inplace
-            .par_chunks_mut(rows_per_task * n)
-            .for_each(|rows| rows.chunks_exact_mut(n).for_each(add_row));
+        out_inplace.par_chunks_mut(rows_per_task * n).for_each(|rows| rows.chunks_exact_mut(n).for_each(add_row));
     } else {
         out_inplace.chunks_exact_mut(n).for_each(add_row);
     }
@@ -66,15 +60,9 @@ pub fn bias_add_backward<T: Float>(dbias: &mut [T], dout: &[T], b: usize, n: usi
     // Parallel over column blocks: each task owns a disjoint piece of dbias, so no reduction is needed and
     // the result is identical to the sequential one.
     if b * n >= PAR_MIN_ELEMS && n > COL_BLOCK {
-        dbias
-            .par_chunks_mut(COL_BLOCK)
-            .enumerate()
-            .for_each(|(blk, d)| column_sums_block(d, dout, blk * COL_BLOCK, n));
+        dbias.par_chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, d)| column_sums_block(d, dout, blk * COL_BLOCK, n));
     } else {
-        dbias
-            .chunks_mut(COL_BLOCK)
-            .enumerate()
-            .for_each(|(blk, d)| column_sums_block(d, dout, blk * COL_BLOCK, n));
+        dbias.chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, d)| column_sums_block(d, dout, blk * COL_BLOCK, n));
     }
 }
 
@@ -84,10 +72,7 @@ mod tests {
     use crate::ops::gradcheck::*;
 
     fn ref_forward(x: &[f64], bias: &[f64], n: usize) -> Vec<f64> {
-        x.iter()
-            .enumerate()
-            .map(|(i, &v)| v + bias[i % n])
-            .collect()
+        x.iter().enumerate().map(|(i, &v)| v + bias[i % n]).collect()
     }
 
     fn ref_backward(dout: &[f64], b: usize, n: usize) -> Vec<f64> {
@@ -157,12 +142,6 @@ mod tests {
         bias_add_backward(&mut db, &dout, 8, 100);
         let once = db.clone();
         bias_add_backward(&mut db, &dout, 8, 100);
-        assert_close(
-            "doubled",
-            &db,
-            &once.iter().map(|v| 2.0 * v).collect::<Vec<_>>(),
-            1e-15,
-            0.0,
-        );
+        assert_close("doubled", &db, &once.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 1e-15, 0.0);
     }
 }

@@ -46,10 +46,7 @@ pub fn dropout_keep(seed: u64, index: usize, p: f64) -> bool {
 /// Checks `p` and returns the scale of kept elements, or None when everything is dropped (`p == 1`,
 /// where PyTorch returns zeros rather than multiplying by infinity).
 fn scale_for<T: Float>(p: f64) -> Option<T> {
-    assert!(
-        (0.0..=1.0).contains(&p),
-        "dropout probability must be in [0, 1], got {p}"
-    );
+    assert!((0.0..=1.0).contains(&p), "dropout probability must be in [0, 1], got {p}");
     if p >= 1.0 {
         None
     } else {
@@ -62,11 +59,7 @@ fn scale_for<T: Float>(p: f64) -> Option<T> {
 ///
 /// inp: [N], out: [N].
 pub fn dropout_forward<T: Float>(out: &mut [T], inp: &[T], p: f64, seed: u64) {
-    assert_eq!(
-        out.len(),
-        inp.len(),
-        "dropout_forward: out and inp lengths differ"
-    );
+    assert_eq!(out.len(), inp.len(), "dropout_forward: out and inp lengths differ");
     let Some(scale) = scale_for::<T>(p) else {
         out.fill(T::ZERO);
         return;
@@ -76,13 +69,7 @@ pub fn dropout_forward<T: Float>(out: &mut [T], inp: &[T], p: f64, seed: u64) {
         return;
     }
     let key = seed_key(seed);
-    map_indexed(out, inp, |i, x: T| {
-        if keep_with_key(key, i, p) {
-            x * scale
-        } else {
-            T::ZERO
-        }
-    });
+    map_indexed(out, inp, |i, x: T| if keep_with_key(key, i, p) { x * scale } else { T::ZERO });
 }
 
 /// Dropout backward: `dinp[i] = keep(seed, i) ? dout[i] / (1 - p) : 0` with the mask recomputed from
@@ -108,8 +95,7 @@ mod tests {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
             z ^ (z >> 31)
         }
-        let u = (mix(mix(seed) ^ (i as u64).wrapping_mul(0xD6E8FEB86659FD93)) >> 11) as f64
-            / 2f64.powi(53);
+        let u = (mix(mix(seed) ^ (i as u64).wrapping_mul(0xD6E8FEB86659FD93)) >> 11) as f64 / 2f64.powi(53);
         u >= p
     }
 
@@ -123,14 +109,7 @@ mod tests {
         assert_eq!(y, [0.0; 4]);
         dropout_forward(&mut y, &x, 0.5, 1);
         for i in 0..4 {
-            assert_eq!(
-                y[i],
-                if dropout_keep(1, i, 0.5) {
-                    2.0 * x[i]
-                } else {
-                    0.0
-                }
-            );
+            assert_eq!(y[i], if dropout_keep(1, i, 0.5) { 2.0 * x[i] } else { 0.0 });
         }
         let mut d = [9.0f32; 4];
         dropout_backward(&mut d, &[1.0; 4], 0.5, 1);
@@ -143,15 +122,7 @@ mod tests {
     fn matches_reference_on_both_paths_and_keeps_about_one_minus_p() {
         for (n, p, seed) in [(37usize, 0.3, 5u64), (100_000, 0.25, 6)] {
             let x = round_f32(&uniform(seed, n, -1.0, 1.0));
-            let want: Vec<f64> = (0..n)
-                .map(|i| {
-                    if ref_keep(seed, i, p) {
-                        x[i] / (1.0 - p)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let want: Vec<f64> = (0..n).map(|i| if ref_keep(seed, i, p) { x[i] / (1.0 - p) } else { 0.0 }).collect();
             let mut y = vec![0.0f64; n];
             dropout_forward(&mut y, &x, p, seed);
             assert_close("f64 forward", &y, &want, 1e-12, 0.0);
@@ -168,9 +139,7 @@ mod tests {
                 // Binomial(n, 0.75): standard deviation ~137, so 1% is > 7 sigma.
                 let kept = (0..n).filter(|&i| dropout_keep(seed, i, p)).count() as f64 / n as f64;
                 assert!((kept - (1.0 - p)).abs() < 0.01, "kept fraction {kept}");
-                let other = (0..n)
-                    .filter(|&i| dropout_keep(seed + 1, i, p) != dropout_keep(seed, i, p))
-                    .count();
+                let other = (0..n).filter(|&i| dropout_keep(seed + 1, i, p) != dropout_keep(seed, i, p)).count();
                 assert!(other > n / 4, "a new seed must give a new mask");
             }
         }

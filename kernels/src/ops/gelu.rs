@@ -83,31 +83,9 @@ mod tests {
         let x = [1.0f64, -1.0, 0.0, 2.0];
         let mut y = [0.0; 4];
         gelu_forward(&mut y, &x, GeluApprox::None);
-        assert_close(
-            "exact",
-            &y,
-            &[
-                0.8413447460685429,
-                -0.15865525393145707,
-                0.0,
-                1.9544997361036416,
-            ],
-            1e-14,
-            1e-16,
-        );
+        assert_close("exact", &y, &[0.8413447460685429, -0.15865525393145707, 0.0, 1.9544997361036416], 1e-14, 1e-16);
         gelu_forward(&mut y, &x, GeluApprox::Tanh);
-        assert_close(
-            "tanh",
-            &y,
-            &[
-                0.8411919906082768,
-                -0.15880800939172324,
-                0.0,
-                1.954597694087775,
-            ],
-            1e-14,
-            1e-16,
-        );
+        assert_close("tanh", &y, &[0.8411919906082768, -0.15880800939172324, 0.0, 1.954597694087775], 1e-14, 1e-16);
         // The derivative at 0 is 1/2 for both forms.
         let mut d = [0.0; 1];
         gelu_backward(&mut d, &[1.0], &[0.0], GeluApprox::None);
@@ -121,8 +99,7 @@ mod tests {
         // Phi(x) = (1 + erf(x / sqrt 2)) / 2, phi(x) = e^(-x^2/2) / sqrt(2 pi)
         let phi_cdf = |x: f64| 0.5 * (1.0 + erf_f64(x / 2f64.sqrt()));
         let f = |x: f64| x * phi_cdf(x);
-        let df =
-            |x: f64| phi_cdf(x) + x * (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let df = |x: f64| phi_cdf(x) + x * (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
         let k = UnaryKernels {
             fwd32: &|o, i| gelu_forward(o, i, GeluApprox::None),
             fwd64: &|o, i| gelu_forward(o, i, GeluApprox::None),
@@ -131,13 +108,7 @@ mod tests {
         };
         let x = uniform(1, 64, -4.0, 4.0);
         let x_large = uniform(2, 40_000, -4.0, 4.0);
-        check_unary(
-            "gelu exact",
-            &k,
-            &UnaryReference { f: &f, df: &df },
-            &x,
-            &x_large,
-        );
+        check_unary("gelu exact", &k, &UnaryReference { f: &f, df: &df }, &x, &x_large);
     }
 
     #[test]
@@ -156,12 +127,6 @@ mod tests {
         };
         let x = uniform(1, 64, -4.0, 4.0);
         let x_large = uniform(2, 40_000, -4.0, 4.0);
-        check_unary(
-            "gelu tanh",
-            &k,
-            &UnaryReference { f: &f, df: &df },
-            &x,
-            &x_large,
-        );
+        check_unary("gelu tanh", &k, &UnaryReference { f: &f, df: &df }, &x, &x_large);
     }
 }

@@ -48,22 +48,12 @@ pub fn to_f32(v: &[f64]) -> Vec<f32> {
 }
 
 /// Asserts `|got - want| <= atol + rtol * |want|` element by element, naming the first offender.
-pub fn assert_close<G: Copy + Into<f64>>(
-    what: &str,
-    got: &[G],
-    want: &[f64],
-    rtol: f64,
-    atol: f64,
-) {
+pub fn assert_close<G: Copy + Into<f64>>(what: &str, got: &[G], want: &[f64], rtol: f64, atol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let g: f64 = g.into();
         let tol = atol + rtol * w.abs();
-        assert!(
-            (g - w).abs() <= tol,
-            "{what}[{i}]: got {g}, want {w} (|diff| {} > tol {tol})",
-            (g - w).abs()
-        );
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (|diff| {} > tol {tol})", (g - w).abs());
     }
 }
 
@@ -131,13 +121,7 @@ pub struct UnaryKernels<'a> {
 /// on a large buffer (so both the sequential and the rayon path are covered), then the f64 backward against
 /// central differences of the f64 forward on the small buffer. `x` holds the small inputs, `x_large`
 /// the large ones; both should avoid non-differentiable points by more than [`H`].
-pub fn check_unary(
-    name: &str,
-    k: &UnaryKernels<'_>,
-    r: &UnaryReference<'_>,
-    x: &[f64],
-    x_large: &[f64],
-) {
+pub fn check_unary(name: &str, k: &UnaryKernels<'_>, r: &UnaryReference<'_>, x: &[f64], x_large: &[f64]) {
     for (xs, seed) in [(x, 100u64), (x_large, 200)] {
         let xs = round_f32(xs);
         let n = xs.len();

@@ -11,7 +11,7 @@ use super::bias_add::bias_add_backward;
 
 /// Below this many multiply-adds (m*n*k) a product runs on the calling thread: splitting a small product
 /// across rayon threads costs more in synchronisation than it saves.
-pub const GEMM_PAR_MIN_FLOPS: usize = 64 * 64 * 64;
+pub const GEMM_PAR_MIN_FLOPS: usize = 256 * 256 * 128;
 
 /// Memory extent (in elements) a `rows x cols` matrix with strides `rs`, `cs` touches.
 fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
@@ -43,21 +43,11 @@ fn gemm_strided<T: Float>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        dst.len() >= extent(m, n, dst_rs, dst_cs),
-        "gemm: dst too small"
-    );
-    assert!(
-        lhs.len() >= extent(m, k, lhs_rs, lhs_cs),
-        "gemm: lhs too small"
-    );
-    assert!(
-        rhs.len() >= extent(k, n, rhs_rs, rhs_cs),
-        "gemm: rhs too small"
-    );
+    assert!(dst.len() >= extent(m, n, dst_rs, dst_cs), "gemm: dst too small");
+    assert!(lhs.len() >= extent(m, k, lhs_rs, lhs_cs), "gemm: lhs too small");
+    assert!(rhs.len() >= extent(k, n, rhs_rs, rhs_cs), "gemm: rhs too small");
 
-    let is_native =
-        TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>();
+    let is_native = TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>();
     if !is_native {
         // `gemm` panics on element types it does not know; `Float` is a public trait, so keep a correct
         // (slow) path for any other implementor.
@@ -75,8 +65,7 @@ fn gemm_strided<T: Float>(
     }
 
     let threads = rayon::current_num_threads();
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= GEMM_PAR_MIN_FLOPS && threads > 1
-    {
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= GEMM_PAR_MIN_FLOPS && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -112,15 +101,7 @@ fn gemm_strided<T: Float>(
 /// Plain row-major matrix product.
 ///
 /// a: [M, K], b: [K, N], out: [M, N]. `out = a @ b`, or `out += a @ b` when `accumulate`.
-pub fn matmul<T: Float>(
-    out: &mut [T],
-    a: &[T],
-    b: &[T],
-    m: usize,
-    k: usize,
-    n: usize,
-    accumulate: bool,
-) {
+pub fn matmul<T: Float>(out: &mut [T], a: &[T], b: &[T], m: usize, k: usize, n: usize, accumulate: bool) {
     assert_eq!(out.len(), m * n, "matmul: out must be [M, N]");
     assert_eq!(a.len(), m * k, "matmul: a must be [M, K]");
     assert_eq!(b.len(), k * n, "matmul: b must be [K, N]");
@@ -141,11 +122,7 @@ pub fn linear_forward<T: Float>(
 ) {
     assert_eq!(out.len(), b * oc, "linear_forward: out must be [B, OC]");
     assert_eq!(inp.len(), b * c, "linear_forward: inp must be [B, C]");
-    assert_eq!(
-        weight.len(),
-        oc * c,
-        "linear_forward: weight must be [OC, C]"
-    );
+    assert_eq!(weight.len(), oc * c, "linear_forward: weight must be [OC, C]");
     let accumulate = match bias {
         Some(bias) => {
             assert_eq!(bias.len(), oc, "linear_forward: bias must be [OC]");
@@ -182,16 +159,8 @@ pub fn linear_backward<T: Float>(
 ) {
     assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
     assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
-    assert_eq!(
-        weight.len(),
-        oc * c,
-        "linear_backward: weight must be [OC, C]"
-    );
-    assert_eq!(
-        dweight.len(),
-        oc * c,
-        "linear_backward: dweight must be [OC, C]"
-    );
+    assert_eq!(weight.len(), oc * c, "linear_backward: weight must be [OC, C]");
+    assert_eq!(dweight.len(), oc * c, "linear_backward: dweight must be [OC, C]");
     if let Some(dinp) = dinp {
         assert_eq!(dinp.len(), b * c, "linear_backward: dinp must be [B, C]");
         // dinp[B, C] = dout[B, OC] @ weight[OC, C]
@@ -211,14 +180,7 @@ mod tests {
     use crate::ops::gradcheck::*;
 
     /// Naive f64 reference straight from the definition: out[i, o] = bias[o] + sum_k inp[i, k] * w[o, k].
-    fn ref_forward(
-        inp: &[f64],
-        w: &[f64],
-        bias: Option<&[f64]>,
-        b: usize,
-        c: usize,
-        oc: usize,
-    ) -> Vec<f64> {
+    fn ref_forward(inp: &[f64], w: &[f64], bias: Option<&[f64]>, b: usize, c: usize, oc: usize) -> Vec<f64> {
         let mut out = vec![0.0; b * oc];
         for i in 0..b {
             for o in 0..oc {
@@ -273,17 +235,7 @@ mod tests {
         let mut dinp = [9.0f32; 4];
         let mut dw = [0.0f32; 6];
         let mut db = [0.0f32; 3];
-        linear_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &dout,
-            &inp,
-            &w,
-            2,
-            2,
-            3,
-        );
+        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, 2, 2, 3);
         assert_eq!(dinp, [2.0, 1.0, 0.0, 1.0]);
         assert_eq!(dw, [1.0, 2.0, 3.0, 4.0, 1.0, 2.0]);
         assert_eq!(db, [1.0, 1.0, 1.0]);
@@ -319,19 +271,8 @@ mod tests {
         let mut out = vec![0.0f64; b * oc];
         linear_forward(&mut out, &inp, &w, Some(&bias), b, c, oc);
         assert_close_scaled("f64 out", &out, &want, 1e-12);
-        let (mut dinp, mut dw, mut db) =
-            (vec![0.0f64; b * c], vec![0.0f64; oc * c], vec![0.0f64; oc]);
-        linear_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &dout,
-            &inp,
-            &w,
-            b,
-            c,
-            oc,
-        );
+        let (mut dinp, mut dw, mut db) = (vec![0.0f64; b * c], vec![0.0f64; oc * c], vec![0.0f64; oc]);
+        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, b, c, oc);
         assert_close_scaled("f64 dinp", &dinp, &want_dinp, 1e-12);
         assert_close_scaled("f64 dweight", &dw, &want_dw, 1e-12);
         assert_close_scaled("f64 dbias", &db, &want_db, 1e-12);
@@ -341,19 +282,8 @@ mod tests {
         let mut out = vec![0.0f32; b * oc];
         linear_forward(&mut out, &inp32, &w32, Some(&bias32), b, c, oc);
         assert_close_scaled("f32 out", &out, &want, 1e-5);
-        let (mut dinp, mut dw, mut db) =
-            (vec![0.0f32; b * c], vec![0.0f32; oc * c], vec![0.0f32; oc]);
-        linear_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &dout32,
-            &inp32,
-            &w32,
-            b,
-            c,
-            oc,
-        );
+        let (mut dinp, mut dw, mut db) = (vec![0.0f32; b * c], vec![0.0f32; oc * c], vec![0.0f32; oc]);
+        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout32, &inp32, &w32, b, c, oc);
         assert_close_scaled("f32 dinp", &dinp, &want_dinp, 1e-5);
         assert_close_scaled("f32 dweight", &dw, &want_dw, 1e-5);
         assert_close_scaled("f32 dbias", &db, &want_db, 1e-5);
@@ -381,17 +311,7 @@ mod tests {
         let mut bias = uniform(3, oc, -1.0, 1.0);
         let dout = uniform(4, b * oc, -1.0, 1.0);
         let (mut dinp, mut dw, mut db) = (vec![0.0; b * c], vec![0.0; oc * c], vec![0.0; oc]);
-        linear_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &dout,
-            &inp,
-            &w,
-            b,
-            c,
-            oc,
-        );
+        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, b, c, oc);
 
         let loss = |inp: &[f64], w: &[f64], bias: &[f64]| {
             let mut out = vec![0.0; b * oc];
@@ -412,42 +332,16 @@ mod tests {
         let w = uniform(6, oc * c, -1.0, 1.0);
         let dout = uniform(7, b * oc, -1.0, 1.0);
         let (mut dinp, mut dw, mut db) = (vec![0.0; b * c], vec![0.0; oc * c], vec![0.0; oc]);
-        linear_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &dout,
-            &inp,
-            &w,
-            b,
-            c,
-            oc,
-        );
+        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, b, c, oc);
         let (dinp1, dw1, db1) = (dinp.clone(), dw.clone(), db.clone());
-        linear_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &dout,
-            &inp,
-            &w,
-            b,
-            c,
-            oc,
-        );
+        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, b, c, oc);
         assert_close("dinp overwritten", &dinp, &dinp1, 0.0, 0.0);
         let twice = |v: &[f64]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
         assert_close("dweight doubled", &dw, &twice(&dw1), 1e-15, 1e-15);
         assert_close("dbias doubled", &db, &twice(&db1), 1e-15, 1e-15);
         // Without dinp / dbias only dweight moves.
         linear_backward(None, &mut dw, None, &dout, &inp, &w, b, c, oc);
-        assert_close(
-            "dweight tripled",
-            &dw,
-            &dw1.iter().map(|x| 3.0 * x).collect::<Vec<_>>(),
-            1e-14,
-            1e-15,
-        );
+        assert_close("dweight tripled", &dw, &dw1.iter().map(|x| 3.0 * x).collect::<Vec<_>>(), 1e-14, 1e-15);
         assert_close("dbias untouched", &db, &twice(&db1), 0.0, 0.0);
     }
 }

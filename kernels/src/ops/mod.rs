@@ -31,7 +31,7 @@ pub use mse::{mse_backward, mse_forward};
 pub use relu::{relu_backward, relu_forward};
 pub use sigmoid::{sigmoid_backward, sigmoid_forward};
 pub use softmax_cross_entropy::{
-    softmax_cross_entropy_backward, softmax_cross_entropy_forward, top_k_correct,
-    CrossEntropyError, CrossEntropyOptions,
+    softmax_cross_entropy_backward, softmax_cross_entropy_forward, top_k_correct, CrossEntropyError,
+    CrossEntropyOptions,
 };
 pub use tanh::{tanh_backward, tanh_forward};

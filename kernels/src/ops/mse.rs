@@ -8,11 +8,7 @@ use crate::Float;
 /// pred, target: [N] (any shape, flattened). The sum is accumulated in f64 over fixed ranges, so the
 /// result does not depend on the thread count. Returns 0 for empty inputs (PyTorch gives NaN).
 pub fn mse_forward<T: Float>(pred: &[T], target: &[T]) -> T {
-    assert_eq!(
-        pred.len(),
-        target.len(),
-        "mse_forward: pred and target lengths differ"
-    );
+    assert_eq!(pred.len(), target.len(), "mse_forward: pred and target lengths differ");
     let n = pred.len();
     if n == 0 {
         return T::ZERO;
@@ -70,9 +66,7 @@ mod tests {
                 s += (pred[i] - target[i]) * (pred[i] - target[i]);
             }
             let want = s / n as f64;
-            let want_d: Vec<f64> = (0..n)
-                .map(|i| 0.5 * 2.0 * (pred[i] - target[i]) / n as f64)
-                .collect();
+            let want_d: Vec<f64> = (0..n).map(|i| 0.5 * 2.0 * (pred[i] - target[i]) / n as f64).collect();
 
             assert!((mse_forward(&pred, &target) - want).abs() <= 1e-12 * want);
             let mut d = vec![0.0f64; n];

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 /// Smallest element count for which elementwise kernels split the work across rayon threads.
-pub const PAR_MIN_ELEMS: usize = 1 << 14;
+pub const PAR_MIN_ELEMS: usize = 1 << 17;
 
 /// Elements per rayon task in elementwise kernels: large enough to amortise task overhead, small enough
 /// that work stealing balances the load.
@@ -26,23 +26,17 @@ where
     U: Sync + Copy,
     F: Fn(U) -> T + Sync,
 {
-    assert_eq!(
-        out.len(),
-        inp.len(),
-        "map_unary: out and inp lengths differ"
-    );
+    assert_eq!(out.len(), inp.len(), "map_unary: out and inp lengths differ");
     if out.len() < PAR_MIN_ELEMS {
         for (o, &x) in out.iter_mut().zip(inp) {
             *o = f(x);
         }
     } else {
-        out.par_chunks_mut(PAR_CHUNK)
-            .zip(inp.par_chunks(PAR_CHUNK))
-            .for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = f(x);
-                }
-            });
+        out.par_chunks_mut(PAR_CHUNK).zip(inp.par_chunks(PAR_CHUNK)).for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        });
     }
 }
 
@@ -56,29 +50,20 @@ where
     U: Sync + Copy,
     F: Fn(U, U) -> T + Sync,
 {
-    assert_eq!(
-        out.len(),
-        a.len(),
-        "map_binary: out and first input lengths differ"
-    );
-    assert_eq!(
-        out.len(),
-        b.len(),
-        "map_binary: out and second input lengths differ"
-    );
+    assert_eq!(out.len(), a.len(), "map_binary: out and first input lengths differ");
+    assert_eq!(out.len(), b.len(), "map_binary: out and second input lengths differ");
     if out.len() < PAR_MIN_ELEMS {
         for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
             *o = f(x, y);
         }
     } else {
-        out.par_chunks_mut(PAR_CHUNK)
-            .zip(a.par_chunks(PAR_CHUNK))
-            .zip(b.par_chunks(PAR_CHUNK))
-            .for_each(|((o, x), y)| {
+        out.par_chunks_mut(PAR_CHUNK).zip(a.par_chunks(PAR_CHUNK)).zip(b.par_chunks(PAR_CHUNK)).for_each(
+            |((o, x), y)| {
                 for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
                     *o = f(x, y);
                 }
-            });
+            },
+        );
     }
 }
 
@@ -92,25 +77,18 @@ where
     U: Sync + Copy,
     F: Fn(usize, U) -> T + Sync,
 {
-    assert_eq!(
-        out.len(),
-        inp.len(),
-        "map_indexed: out and inp lengths differ"
-    );
+    assert_eq!(out.len(), inp.len(), "map_indexed: out and inp lengths differ");
     if out.len() < PAR_MIN_ELEMS {
         for (i, (o, &x)) in out.iter_mut().zip(inp).enumerate() {
             *o = f(i, x);
         }
     } else {
-        out.par_chunks_mut(PAR_CHUNK)
-            .zip(inp.par_chunks(PAR_CHUNK))
-            .enumerate()
-            .for_each(|(c, (o, x))| {
-                let base = c * PAR_CHUNK;
-                for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                    *o = f(base + j, x);
-                }
-            });
+        out.par_chunks_mut(PAR_CHUNK).zip(inp.par_chunks(PAR_CHUNK)).enumerate().for_each(|(c, (o, x))| {
+            let base = c * PAR_CHUNK;
+            for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                *o = f(base + j, x);
+            }
+        });
     }
 }
 
@@ -143,39 +121,21 @@ where
 /// `data[i * item_len .. (i + 1) * item_len]` (a row of a `[n, item_len]` buffer). `f(first_item, rows)`
 /// processes the rows of one range and returns their sum. Deterministic in the same way: fixed ranges,
 /// partials added in order. `item_len` must be non-zero and `data.len()` must be `n * item_len`.
-pub fn blocked_sum_rows_mut<T, F>(
-    data: &mut [T],
-    item_len: usize,
-    n: usize,
-    parallel: bool,
-    f: F,
-) -> f64
+pub fn blocked_sum_rows_mut<T, F>(data: &mut [T], item_len: usize, n: usize, parallel: bool, f: F) -> f64
 where
     T: Send,
     F: Fn(usize, &mut [T]) -> f64 + Sync,
 {
     assert!(item_len > 0, "blocked_sum_rows_mut: zero-length items");
-    assert_eq!(
-        data.len(),
-        n * item_len,
-        "blocked_sum_rows_mut: data must hold n items"
-    );
+    assert_eq!(data.len(), n * item_len, "blocked_sum_rows_mut: data must hold n items");
     let per_block = n.div_ceil(SUM_BLOCKS).max(1);
     let mut partial = [0.0f64; SUM_BLOCKS];
     // zip stops at the shorter side: with fewer than SUM_BLOCKS ranges the trailing partials stay 0.
     let body = |(blk, (p, rows)): (usize, (&mut f64, &mut [T]))| *p = f(blk * per_block, rows);
     if parallel {
-        partial
-            .par_iter_mut()
-            .zip(data.par_chunks_mut(per_block * item_len))
-            .enumerate()
-            .for_each(body);
+        partial.par_iter_mut().zip(data.par_chunks_mut(per_block * item_len)).enumerate().for_each(body);
     } else {
-        partial
-            .iter_mut()
-            .zip(data.chunks_mut(per_block * item_len))
-            .enumerate()
-            .for_each(body);
+        partial.iter_mut().zip(data.chunks_mut(per_block * item_len)).enumerate().for_each(body);
     }
     partial.iter().sum()
 }
@@ -207,9 +167,7 @@ mod tests {
 
     #[test]
     fn blocked_sum_is_identical_in_parallel_and_sequentially() {
-        let v: Vec<f64> = (0..100_003)
-            .map(|i| ((i * 7919) % 1000) as f64 * 1e-3 + 0.1)
-            .collect();
+        let v: Vec<f64> = (0..100_003).map(|i| ((i * 7919) % 1000) as f64 * 1e-3 + 0.1).collect();
         let f = |lo: usize, hi: usize| v[lo..hi].iter().sum::<f64>();
         let s = blocked_sum(v.len(), false, f);
         let p = blocked_sum(v.len(), true, f);
@@ -231,10 +189,7 @@ mod tests {
                     (rows.len() / 3) as f64
                 });
                 assert_eq!(s, n as f64);
-                assert!(data
-                    .chunks_exact(3)
-                    .enumerate()
-                    .all(|(i, r)| r.iter().all(|&x| x == i as u32 + 1)));
+                assert!(data.chunks_exact(3).enumerate().all(|(i, r)| r.iter().all(|&x| x == i as u32 + 1)));
             }
         }
     }

@@ -16,12 +16,7 @@ pub fn relu_forward<T: Float>(out: &mut [T], inp: &[T]) {
 ///
 /// dinp, dout, inp: [N].
 pub fn relu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
-    map_binary(
-        dinp,
-        dout,
-        inp,
-        |g: T, x: T| if x > T::ZERO { g } else { T::ZERO },
-    );
+    map_binary(dinp, dout, inp, |g: T, x: T| if x > T::ZERO { g } else { T::ZERO });
 }
 
 #[cfg(test)]

@@ -43,22 +43,10 @@ mod tests {
         let mut y = [0.0; 5];
         sigmoid_forward(&mut y, &x);
         // sigmoid(2) = 0.8807970779778823; extreme inputs saturate without overflow or NaN.
-        assert_close(
-            "sigmoid",
-            &y,
-            &[0.5, 0.8807970779778823, 0.11920292202211755, 0.0, 1.0],
-            1e-15,
-            1e-300,
-        );
+        assert_close("sigmoid", &y, &[0.5, 0.8807970779778823, 0.11920292202211755, 0.0, 1.0], 1e-15, 1e-300);
         let mut d = [9.0; 5];
         sigmoid_backward(&mut d, &[1.0, 1.0, 1.0, 1.0, 1.0], &x);
-        assert_close(
-            "dsigmoid",
-            &d,
-            &[0.25, 0.10499358540350652, 0.10499358540350652, 0.0, 0.0],
-            1e-14,
-            1e-300,
-        );
+        assert_close("dsigmoid", &d, &[0.25, 0.10499358540350652, 0.10499358540350652, 0.0, 0.0], 1e-14, 1e-300);
     }
 
     #[test]
@@ -73,12 +61,6 @@ mod tests {
         };
         let x = uniform(1, 64, -6.0, 6.0);
         let x_large = uniform(2, 50_000, -6.0, 6.0);
-        check_unary(
-            "sigmoid",
-            &k,
-            &UnaryReference { f: &f, df: &df },
-            &x,
-            &x_large,
-        );
+        check_unary("sigmoid", &k, &UnaryReference { f: &f, df: &df }, &x, &x_large);
     }
 }

@@ -88,32 +88,16 @@ pub fn softmax_cross_entropy_forward<T: Float>(
     v: usize,
     opts: &CrossEntropyOptions,
 ) -> Result<T, CrossEntropyError> {
-    assert_eq!(
-        logits.len(),
-        b * v,
-        "softmax_cross_entropy_forward: logits must be [B, V]"
-    );
-    assert_eq!(
-        probs.len(),
-        b * v,
-        "softmax_cross_entropy_forward: probs must be [B, V]"
-    );
-    assert_eq!(
-        targets.len(),
-        b,
-        "softmax_cross_entropy_forward: targets must be [B]"
-    );
+    assert_eq!(logits.len(), b * v, "softmax_cross_entropy_forward: logits must be [B, V]");
+    assert_eq!(probs.len(), b * v, "softmax_cross_entropy_forward: probs must be [B, V]");
+    assert_eq!(targets.len(), b, "softmax_cross_entropy_forward: targets must be [B]");
     let eps = opts.label_smoothing;
     if !(0.0..=1.0).contains(&eps) {
         return Err(CrossEntropyError::LabelSmoothingOutOfRange { value: eps });
     }
     for (row, &label) in targets.iter().enumerate() {
         if !is_ignored(label, opts) && (label < 0 || label as u64 >= v as u64) {
-            return Err(CrossEntropyError::LabelOutOfRange {
-                row,
-                label,
-                classes: v,
-            });
+            return Err(CrossEntropyError::LabelOutOfRange { row, label, classes: v });
         }
     }
     if v == 0 {
@@ -172,21 +156,9 @@ pub fn softmax_cross_entropy_backward<T: Float>(
     opts: &CrossEntropyOptions,
     dloss: T,
 ) {
-    assert_eq!(
-        dlogits.len(),
-        b * v,
-        "softmax_cross_entropy_backward: dlogits must be [B, V]"
-    );
-    assert_eq!(
-        probs.len(),
-        b * v,
-        "softmax_cross_entropy_backward: probs must be [B, V]"
-    );
-    assert_eq!(
-        targets.len(),
-        b,
-        "softmax_cross_entropy_backward: targets must be [B]"
-    );
+    assert_eq!(dlogits.len(), b * v, "softmax_cross_entropy_backward: dlogits must be [B, V]");
+    assert_eq!(probs.len(), b * v, "softmax_cross_entropy_backward: probs must be [B, V]");
+    assert_eq!(targets.len(), b, "softmax_cross_entropy_backward: targets must be [B]");
     if v == 0 {
         return;
     }
@@ -205,10 +177,7 @@ pub fn softmax_cross_entropy_backward<T: Float>(
             d.fill(T::ZERO);
             return;
         }
-        assert!(
-            t >= 0 && (t as u64) < v as u64,
-            "softmax_cross_entropy_backward: target {t} not in [0, {v})"
-        );
+        assert!(t >= 0 && (t as u64) < v as u64, "softmax_cross_entropy_backward: target {t} not in [0, {v})");
         for (d, &p) in d.iter_mut().zip(p) {
             *d = (p - smooth_per_class) * scale;
         }
@@ -221,10 +190,7 @@ pub fn softmax_cross_entropy_backward<T: Float>(
     };
     if b > 1 && b * v >= PAR_MIN_ELEMS {
         let r = rows_per_task(v);
-        dlogits
-            .par_chunks_mut(r * v)
-            .zip(probs.par_chunks(r * v).zip(targets.par_chunks(r)))
-            .for_each(rows);
+        dlogits.par_chunks_mut(r * v).zip(probs.par_chunks(r * v).zip(targets.par_chunks(r))).for_each(rows);
     } else {
         rows((dlogits, (probs, targets)));
     }
@@ -235,13 +201,7 @@ pub fn softmax_cross_entropy_backward<T: Float>(
 /// logits: [B, V], targets: [B]. A row counts when fewer than `k` logits are strictly larger than the
 /// target's, so ties are resolved in the target's favour. Targets outside `[0, V)` (e.g. an ignore index)
 /// and rows whose target logit is NaN never count.
-pub fn top_k_correct<T: Float>(
-    logits: &[T],
-    targets: &[i64],
-    b: usize,
-    v: usize,
-    k: usize,
-) -> usize {
+pub fn top_k_correct<T: Float>(logits: &[T], targets: &[i64], b: usize, v: usize, k: usize) -> usize {
     assert_eq!(logits.len(), b * v, "top_k_correct: logits must be [B, V]");
     assert_eq!(targets.len(), b, "top_k_correct: targets must be [B]");
     if v == 0 || k == 0 {
@@ -259,17 +219,9 @@ pub fn top_k_correct<T: Float>(
         x.iter().filter(|&&xj| xj > xt).take(k).count() < k
     };
     if b > 1 && b * v >= PAR_MIN_ELEMS {
-        logits
-            .par_chunks_exact(v)
-            .zip(targets.par_iter())
-            .filter(|(x, &t)| hit(x, t))
-            .count()
+        logits.par_chunks_exact(v).zip(targets.par_iter()).filter(|(x, &t)| hit(x, t)).count()
     } else {
-        logits
-            .chunks_exact(v)
-            .zip(targets)
-            .filter(|(x, &t)| hit(x, t))
-            .count()
+        logits.chunks_exact(v).zip(targets).filter(|(x, &t)| hit(x, t)).count()
     }
 }
 
@@ -312,12 +264,7 @@ mod tests {
                 continue;
             }
             for j in 0..v {
-                let q = eps / v as f64
-                    + if j == targets[i] as usize {
-                        1.0 - eps
-                    } else {
-                        0.0
-                    };
+                let q = eps / v as f64 + if j == targets[i] as usize { 1.0 - eps } else { 0.0 };
                 dlogits[i * v + j] = (probs[i * v + j] - q) / n_valid as f64;
             }
         }
@@ -325,10 +272,7 @@ mod tests {
     }
 
     fn opts(ignore: Option<i64>, eps: f64) -> CrossEntropyOptions {
-        CrossEntropyOptions {
-            ignore_index: ignore,
-            label_smoothing: eps,
-        }
+        CrossEntropyOptions { ignore_index: ignore, label_smoothing: eps }
     }
 
     #[test]
@@ -339,19 +283,12 @@ mod tests {
         let logits = [1.0f64, 2.0, 0.5, -1.0, 0.0, 3.0];
         let targets = [1i64, 2];
         let (want, want_p, _) = reference(&logits, &targets, 2, 3, None, 0.0);
-        assert!(
-            (want - 0.2651263439326872).abs() < 1e-15,
-            "reference gives {want}"
-        );
+        assert!((want - 0.2651263439326872).abs() < 1e-15, "reference gives {want}");
         let (want_s, _, _) = reference(&logits, &targets, 2, 3, None, 0.1);
-        assert!(
-            (want_s - 0.4234596772660205).abs() < 1e-15,
-            "reference gives {want_s}"
-        );
+        assert!((want_s - 0.4234596772660205).abs() < 1e-15, "reference gives {want_s}");
 
         let mut p = [0.0f64; 6];
-        let loss = softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 3, &opts(None, 0.0))
-            .unwrap();
+        let loss = softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 3, &opts(None, 0.0)).unwrap();
         assert!((loss - 0.2651263439326872).abs() < 1e-15);
         assert_close("probs", &p, &want_p, 1e-15, 1e-16);
         // Row 0 softmax: e^[1, 2, 0.5] / (e + e^2 + e^0.5), in Python float64.
@@ -362,19 +299,11 @@ mod tests {
             1e-12,
             0.0,
         );
-        let loss = softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 3, &opts(None, 0.1))
-            .unwrap();
+        let loss = softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 3, &opts(None, 0.1)).unwrap();
         assert!((loss - 0.4234596772660205).abs() < 1e-15);
 
         let mut p32 = [0.0f32; 6];
-        let l32 = softmax_cross_entropy_forward(
-            &mut p32,
-            &to_f32(&logits),
-            &targets,
-            2,
-            3,
-            &opts(None, 0.0),
-        );
+        let l32 = softmax_cross_entropy_forward(&mut p32, &to_f32(&logits), &targets, 2, 3, &opts(None, 0.0));
         assert!((l32.unwrap() as f64 - 0.2651263439326872).abs() < 1e-6);
     }
 
@@ -392,13 +321,7 @@ mod tests {
     fn matches_f64_reference() {
         // Small (sequential) and 64 x 1000 (parallel rows) cases, with and without smoothing and ignores.
         for (b, v) in [(7usize, 11usize), (64, 1000)] {
-            for (ignore, eps) in [
-                (None, 0.0),
-                (None, 0.1),
-                (Some(-100), 0.0),
-                (Some(-100), 0.25),
-                (Some(3), 0.1),
-            ] {
+            for (ignore, eps) in [(None, 0.0), (None, 0.1), (Some(-100), 0.0), (Some(-100), 0.25), (Some(3), 0.1)] {
                 let (logits, targets) = random_case(b as u64 * 31 + v as u64, b, v, ignore);
                 let o = opts(ignore, eps);
                 let (want, want_p, want_d) = reference(&logits, &targets, b, v, ignore, eps);
@@ -406,12 +329,8 @@ mod tests {
                 let want_d: Vec<f64> = want_d.iter().map(|d| d * dloss).collect();
 
                 let mut p = vec![0.0f64; b * v];
-                let loss =
-                    softmax_cross_entropy_forward(&mut p, &logits, &targets, b, v, &o).unwrap();
-                assert!(
-                    (loss - want).abs() <= 1e-12 * want.abs(),
-                    "f64 loss {loss} vs {want}"
-                );
+                let loss = softmax_cross_entropy_forward(&mut p, &logits, &targets, b, v, &o).unwrap();
+                assert!((loss - want).abs() <= 1e-12 * want.abs(), "f64 loss {loss} vs {want}");
                 assert_close("f64 probs", &p, &want_p, 1e-12, 1e-15);
                 let mut d = vec![f64::NAN; b * v];
                 softmax_cross_entropy_backward(&mut d, &p, &targets, b, v, &o, dloss);
@@ -419,12 +338,8 @@ mod tests {
 
                 let logits32 = to_f32(&logits);
                 let mut p = vec![0.0f32; b * v];
-                let loss =
-                    softmax_cross_entropy_forward(&mut p, &logits32, &targets, b, v, &o).unwrap();
-                assert!(
-                    (loss as f64 - want).abs() <= 1e-5 * want.abs(),
-                    "f32 loss {loss} vs {want}"
-                );
+                let loss = softmax_cross_entropy_forward(&mut p, &logits32, &targets, b, v, &o).unwrap();
+                assert!((loss as f64 - want).abs() <= 1e-5 * want.abs(), "f32 loss {loss} vs {want}");
                 assert_close("f32 probs", &p, &want_p, 1e-5, 1e-7);
                 let mut d = vec![f32::NAN; b * v];
                 softmax_cross_entropy_backward(&mut d, &p, &targets, b, v, &o, dloss as f32);
@@ -436,13 +351,7 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         let (b, v) = (4, 5);
-        for (ignore, eps) in [
-            (None, 0.0),
-            (None, 0.2),
-            (Some(-100), 0.0),
-            (Some(-100), 0.3),
-            (Some(0), 0.1),
-        ] {
+        for (ignore, eps) in [(None, 0.0), (None, 0.2), (Some(-100), 0.0), (Some(-100), 0.3), (Some(0), 0.1)] {
             let (mut logits, targets) = random_case(9, b, v, ignore);
             let o = opts(ignore, eps);
             let dloss = 1.3;
@@ -451,16 +360,9 @@ mod tests {
             let mut d = vec![0.0; b * v];
             softmax_cross_entropy_backward(&mut d, &p, &targets, b, v, &o, dloss);
             let mut scratch = vec![0.0; b * v];
-            check_grad(
-                &format!("dlogits ignore={ignore:?} eps={eps}"),
-                &mut logits,
-                &d,
-                |x| {
-                    dloss
-                        * softmax_cross_entropy_forward(&mut scratch, x, &targets, b, v, &o)
-                            .unwrap()
-                },
-            );
+            check_grad(&format!("dlogits ignore={ignore:?} eps={eps}"), &mut logits, &d, |x| {
+                dloss * softmax_cross_entropy_forward(&mut scratch, x, &targets, b, v, &o).unwrap()
+            });
         }
     }
 
@@ -474,25 +376,13 @@ mod tests {
             ([-100, 1], opts(None, 0.0), 0, -100),
             ([1, -100], opts(Some(-1), 0.0), 1, -100),
         ] {
-            let err =
-                softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 3, &o).unwrap_err();
-            assert_eq!(
-                err,
-                CrossEntropyError::LabelOutOfRange {
-                    row: bad_row,
-                    label: bad,
-                    classes: 3
-                }
-            );
+            let err = softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 3, &o).unwrap_err();
+            assert_eq!(err, CrossEntropyError::LabelOutOfRange { row: bad_row, label: bad, classes: 3 });
             assert!(err.to_string().contains("not a class index"));
         }
         assert_eq!(p, [7.0; 6]);
-        let err = softmax_cross_entropy_forward(&mut p, &logits, &[0, 1], 2, 3, &opts(None, 1.5))
-            .unwrap_err();
-        assert_eq!(
-            err,
-            CrossEntropyError::LabelSmoothingOutOfRange { value: 1.5 }
-        );
+        let err = softmax_cross_entropy_forward(&mut p, &logits, &[0, 1], 2, 3, &opts(None, 1.5)).unwrap_err();
+        assert_eq!(err, CrossEntropyError::LabelSmoothingOutOfRange { value: 1.5 });
     }
 
     #[test]
@@ -501,10 +391,7 @@ mod tests {
         let targets = [-100i64, -100];
         let o = opts(Some(-100), 0.1);
         let mut p = [0.0; 4];
-        assert_eq!(
-            softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 2, &o).unwrap(),
-            0.0
-        );
+        assert_eq!(softmax_cross_entropy_forward(&mut p, &logits, &targets, 2, 2, &o).unwrap(), 0.0);
         // probs are still written.
         assert!((p[0] + p[1] - 1.0).abs() < 1e-15);
         let mut d = [f64::NAN; 4];
@@ -518,18 +405,14 @@ mod tests {
         // would be -inf, yet its -log p = lse - x is finite, so the smoothed loss stays finite.
         let logits = [1000.0f32, -1000.0, 0.0];
         let mut p = [0.0f32; 3];
-        let loss =
-            softmax_cross_entropy_forward(&mut p, &logits, &[0], 1, 3, &opts(None, 0.3)).unwrap();
+        let loss = softmax_cross_entropy_forward(&mut p, &logits, &[0], 1, 3, &opts(None, 0.3)).unwrap();
         assert_eq!(p, [1.0, 0.0, 0.0]);
         // (1 - 0.3) * 0 + 0.3 * mean(0, 2000, 1000) = 300
         assert!((loss - 300.0).abs() < 1e-3, "{loss}");
         let mut d = [0.0f32; 3];
         softmax_cross_entropy_backward(&mut d, &p, &[0], 1, 3, &opts(None, 0.3), 1.0);
         assert!(d.iter().all(|x| x.is_finite()));
-        assert!(
-            (d.iter().sum::<f32>()).abs() < 1e-6,
-            "softmax gradients sum to 0 per row"
-        );
+        assert!((d.iter().sum::<f32>()).abs() < 1e-6, "softmax gradients sum to 0 per row");
     }
 
     fn top_k_reference(logits: &[f64], targets: &[i64], v: usize, k: usize) -> usize {

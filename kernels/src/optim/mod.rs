@@ -22,7 +22,7 @@ pub use sgd::{sgd_step, SgdConfig};
 use rayon::prelude::*;
 
 /// Slices at least this long are updated in parallel; below it the rayon overhead outweighs the gain.
-pub const PAR_THRESHOLD: usize = 32 * 1024;
+pub const PAR_THRESHOLD: usize = 128 * 1024;
 
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance across cores and
 /// to keep each task's working set within L2.
@@ -35,10 +35,7 @@ where
     F: Fn(&mut [T], &[T]) + Sync,
 {
     if param.len() >= PAR_THRESHOLD {
-        param
-            .par_chunks_mut(PAR_CHUNK)
-            .zip(grad.par_chunks(PAR_CHUNK))
-            .for_each(|(p, g)| f(p, g));
+        param.par_chunks_mut(PAR_CHUNK).zip(grad.par_chunks(PAR_CHUNK)).for_each(|(p, g)| f(p, g));
     } else {
         f(param, grad);
     }

@@ -32,13 +32,7 @@ pub struct SgdConfig {
 impl Default for SgdConfig {
     /// torch's defaults, except `lr`, which torch requires explicitly: 1e-3 here.
     fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            momentum: 0.0,
-            dampening: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-        }
+        Self { lr: 1e-3, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
     }
 }
 
@@ -58,18 +52,8 @@ struct Coeffs<T> {
 /// (weight-decayed) gradient, as torch initialises it lazily; afterwards it is accumulated. With
 /// `cfg.momentum == 0` the buffer is not touched and may be empty. All non-empty slices must have the same
 /// length. Runs in parallel for slices of at least [`PAR_THRESHOLD`](super::PAR_THRESHOLD) elements.
-pub fn sgd_step<T: Float>(
-    param: &mut [T],
-    grad: &[T],
-    momentum_buf: &mut [T],
-    cfg: &SgdConfig,
-    step: u64,
-) {
-    assert_eq!(
-        param.len(),
-        grad.len(),
-        "sgd_step: param and grad lengths differ"
-    );
+pub fn sgd_step<T: Float>(param: &mut [T], grad: &[T], momentum_buf: &mut [T], cfg: &SgdConfig, step: u64) {
+    assert_eq!(param.len(), grad.len(), "sgd_step: param and grad lengths differ");
     assert!(step >= 1, "sgd_step: step is 1-based");
     let c = Coeffs {
         neg_lr: T::from_f64(-cfg.lr),
@@ -81,19 +65,11 @@ pub fn sgd_step<T: Float>(
     // leak into the gradient. Each configuration gets its own monomorphised loop free of per-element branches.
     let wd = cfg.weight_decay != 0.0;
     if cfg.momentum == 0.0 {
-        let kernel = if wd {
-            update::<T, true, false, false, false>
-        } else {
-            update::<T, false, false, false, false>
-        };
+        let kernel = if wd { update::<T, true, false, false, false> } else { update::<T, false, false, false, false> };
         for_each_chunk2(param, grad, |p, g| kernel(p, g, &mut [], c));
         return;
     }
-    assert_eq!(
-        param.len(),
-        momentum_buf.len(),
-        "sgd_step: param and momentum_buf lengths differ"
-    );
+    assert_eq!(param.len(), momentum_buf.len(), "sgd_step: param and momentum_buf lengths differ");
     let first = step == 1;
     let kernel = match (wd, first, cfg.nesterov) {
         (false, false, false) => update::<T, false, true, false, false>,
@@ -111,13 +87,7 @@ pub fn sgd_step<T: Float>(
 /// The fused per-element loop over one chunk. `MOMENTUM == false` ignores `buf` (it may be empty);
 /// `FIRST` selects the buffer initialisation of step 1.
 #[inline(always)]
-fn update_body<
-    T: Float,
-    const WD: bool,
-    const MOMENTUM: bool,
-    const FIRST: bool,
-    const NESTEROV: bool,
->(
+fn update_body<T: Float, const WD: bool, const MOMENTUM: bool, const FIRST: bool, const NESTEROV: bool>(
     param: &mut [T],
     grad: &[T],
     buf: &mut [T],
@@ -133,11 +103,7 @@ fn update_body<
     for ((p, &g), b) in param.iter_mut().zip(grad).zip(buf.iter_mut()) {
         let g = if WD { g + c.weight_decay * *p } else { g };
         // torch: buf.mul_(momentum).add_(g, alpha=1 - dampening), i.e. the product is rounded before the add.
-        let nb = if FIRST {
-            g
-        } else {
-            *b * c.momentum + c.grad_scale * g
-        };
+        let nb = if FIRST { g } else { *b * c.momentum + c.grad_scale * g };
         *b = nb;
         let d = if NESTEROV { g + c.momentum * nb } else { nb };
         *p += c.neg_lr * d;
@@ -157,11 +123,7 @@ mod tests {
     use crate::optim::test_support::{check_trajectory, Reference};
 
     fn config(hp: &serde_json::Value) -> SgdConfig {
-        let f = |k: &str| {
-            hp[k]
-                .as_f64()
-                .unwrap_or_else(|| panic!("hyper_parameters.{k}"))
-        };
+        let f = |k: &str| hp[k].as_f64().unwrap_or_else(|| panic!("hyper_parameters.{k}"));
         SgdConfig {
             lr: f("lr"),
             momentum: f("momentum"),
@@ -226,29 +188,17 @@ mod tests {
     /// Every SGD case in the reference file is covered by a test above.
     #[test]
     fn all_sgd_reference_cases_are_tested() {
-        let tested = [
-            "sgd",
-            "sgd_momentum",
-            "sgd_nesterov",
-            "sgd_weight_decay",
-            "sgd_momentum_dampening_wd",
-            "sgd_nesterov_wd",
-        ];
+        let tested =
+            ["sgd", "sgd_momentum", "sgd_nesterov", "sgd_weight_decay", "sgd_momentum_dampening_wd", "sgd_nesterov_wd"];
         let r = Reference::load();
         for name in r.names_of_class("torch.optim.SGD") {
-            assert!(
-                tested.contains(&name.as_str()),
-                "untested SGD reference case {name}"
-            );
+            assert!(tested.contains(&name.as_str()), "untested SGD reference case {name}");
         }
     }
 
     #[test]
     fn momentum_zero_accepts_empty_buffer() {
-        let cfg = SgdConfig {
-            lr: 0.5,
-            ..Default::default()
-        };
+        let cfg = SgdConfig { lr: 0.5, ..Default::default() };
         let mut p = [1.0f32, 2.0];
         sgd_step(&mut p, &[2.0, -2.0], &mut [], &cfg, 3);
         assert_eq!(p, [0.0, 3.0]);
@@ -258,42 +208,24 @@ mod tests {
     /// the threshold) bit for bit, for every momentum variant and over several steps.
     #[test]
     fn parallel_path_is_bit_identical_to_sequential() {
-        let n = 100_000;
+        let n = 3 * super::super::PAR_THRESHOLD + 1234;
         assert!(n >= super::super::PAR_THRESHOLD);
         let piece = super::super::PAR_THRESHOLD / 2 - 7; // deliberately not aligned with PAR_CHUNK
         for nesterov in [false, true] {
-            let cfg = SgdConfig {
-                lr: 0.01,
-                momentum: 0.9,
-                dampening: 0.1,
-                weight_decay: 0.01,
-                nesterov,
-            };
+            let cfg = SgdConfig { lr: 0.01, momentum: 0.9, dampening: 0.1, weight_decay: 0.01, nesterov };
             let mut p_par: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin()).collect();
             let mut b_par = vec![0.0f32; n];
             let mut p_seq = p_par.clone();
             let mut b_seq = b_par.clone();
             for step in 1..=3u64 {
-                let g: Vec<f32> = (0..n)
-                    .map(|i| ((i as f32) * 0.11 + step as f32).cos())
-                    .collect();
+                let g: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.11 + step as f32).cos()).collect();
                 sgd_step(&mut p_par, &g, &mut b_par, &cfg, step);
-                for ((p, g), b) in p_seq
-                    .chunks_mut(piece)
-                    .zip(g.chunks(piece))
-                    .zip(b_seq.chunks_mut(piece))
-                {
+                for ((p, g), b) in p_seq.chunks_mut(piece).zip(g.chunks(piece)).zip(b_seq.chunks_mut(piece)) {
                     sgd_step(p, g, b, &cfg, step);
                 }
             }
-            assert!(p_par
-                .iter()
-                .zip(&p_seq)
-                .all(|(a, b)| a.to_bits() == b.to_bits()));
-            assert!(b_par
-                .iter()
-                .zip(&b_seq)
-                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(p_par.iter().zip(&p_seq).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(b_par.iter().zip(&b_seq).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 }

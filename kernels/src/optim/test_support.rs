@@ -27,28 +27,16 @@ fn matrix(v: &Value) -> Vec<Vec<f64>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        })
+        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
         .collect()
 }
 
 impl Reference {
     /// Parses the reference file embedded at compile time.
     pub fn load() -> Self {
-        let v: Value =
-            serde_json::from_str(include_str!("../../../tests/reference/optimizers.json")).unwrap();
+        let v: Value = serde_json::from_str(include_str!("../../../tests/reference/optimizers.json")).unwrap();
         Self {
-            initial_params: v["initial_params"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect(),
+            initial_params: v["initial_params"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
             grads: matrix(&v["grads"]),
             optimizers: v["optimizers"].clone(),
         }
@@ -92,12 +80,7 @@ fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 
 /// Asserts the f32 run within 1e-6 and the f64 run within 1e-12 of torch at every step, and prints both
 /// maxima (visible with `--nocapture`).
-pub(crate) fn check_trajectory(
-    name: &str,
-    f32_run: &[Vec<f64>],
-    f64_run: &[Vec<f64>],
-    case: &Case,
-) {
+pub(crate) fn check_trajectory(name: &str, f32_run: &[Vec<f64>], f64_run: &[Vec<f64>], case: &Case) {
     let e32 = max_abs_diff(f32_run, &case.params_f32);
     let e64 = max_abs_diff(f64_run, &case.params_f64);
     println!("{name}: max |f32 - torch f32| = {e32:.3e}, max |f64 - torch f64| = {e64:.3e}");

@@ -288,37 +288,22 @@ pub fn save_safetensors(
     let mut names = BTreeSet::new();
     for (name, shape, data) in tensors {
         if !names.insert(name.as_str()) {
-            return Err(invalid(
-                name,
-                "the name is used by more than one tensor".into(),
-            ));
+            return Err(invalid(name, "the name is used by more than one tensor".into()));
         }
         if name == "__metadata__" {
-            return Err(invalid(
-                name,
-                "the name is reserved by the safetensors format".into(),
-            ));
+            return Err(invalid(name, "the name is reserved by the safetensors format".into()));
         }
         let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if elements != Some(data.len()) {
-            return Err(invalid(
-                name,
-                format!("shape {shape:?} does not match its {} values", data.len()),
-            ));
+            return Err(invalid(name, format!("shape {shape:?} does not match its {} values", data.len())));
         }
     }
 
-    let views = tensors
-        .iter()
-        .map(|(name, shape, data)| (name.as_str(), BorrowedView { shape, data: *data }));
+    let views = tensors.iter().map(|(name, shape, data)| (name.as_str(), BorrowedView { shape, data: *data }));
     // An empty map is passed as None: safetensors 0.8 writes invalid JSON (`{},"__metadata__":{}}`)
     // for an empty metadata map when there are also no tensors.
-    let info: Option<HashMap<String, String>> =
-        (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
-    let format = |reason: String| CheckpointError::Format {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let info: Option<HashMap<String, String>> = (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
+    let format = |reason: String| CheckpointError::Format { path: path.to_path_buf(), reason };
     let bytes = safetensors::serialize(views, info).map_err(|e| format(e.to_string()))?;
     // Re-parse the header (cheap: no tensor data is touched) so that an encoder bug can never
     // replace a good checkpoint with one that does not load.
@@ -338,12 +323,10 @@ pub fn save_safetensors(
 
     let written = (|| {
         let mut file = File::create(&tmp).map_err(io_err(&tmp, "creating the temporary file"))?;
-        file.write_all(&bytes)
-            .map_err(io_err(&tmp, "writing the temporary file"))?;
+        file.write_all(&bytes).map_err(io_err(&tmp, "writing the temporary file"))?;
         // The data must be on disk before the rename makes it visible under the final name;
         // otherwise a power loss can leave a renamed but empty file.
-        file.sync_all()
-            .map_err(io_err(&tmp, "flushing the temporary file to disk"))?;
+        file.sync_all().map_err(io_err(&tmp, "flushing the temporary file to disk"))?;
         drop(file);
         fs::rename(&tmp, path).map_err(io_err(path, "renaming the temporary file over"))
     })();
@@ -358,13 +341,7 @@ pub fn save_safetensors(
 /// Flushes a directory so that a rename inside it survives a crash.
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
-    let io_err = |op: &'static str| {
-        move |source| CheckpointError::Io {
-            path: dir.to_path_buf(),
-            op,
-            source,
-        }
-    };
+    let io_err = |op: &'static str| move |source| CheckpointError::Io { path: dir.to_path_buf(), op, source };
     File::open(dir)
         .map_err(io_err("opening the checkpoint directory"))?
         .sync_all()
@@ -382,24 +359,14 @@ fn sync_dir(_dir: &Path) -> Result<(), CheckpointError> {
 /// The file is memory-mapped and each tensor is copied once into owned memory. Tensors of a dtype
 /// other than F32, F64 or I64 give [`CheckpointError::UnsupportedDtype`].
 pub fn load_safetensors(path: &Path) -> Result<LoadedCheckpoint, CheckpointError> {
-    let io_err = |op: &'static str| {
-        move |source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            op,
-            source,
-        }
-    };
-    let format = |reason: String| CheckpointError::Format {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let io_err = |op: &'static str| move |source| CheckpointError::Io { path: path.to_path_buf(), op, source };
+    let format = |reason: String| CheckpointError::Format { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(io_err("opening the checkpoint"))?;
     // SAFETY: read-only map; checkpoints are replaced by rename, never rewritten in place, so the
     // mapped file is not modified while it is read.
     let mmap = unsafe { Mmap::map(&file) }.map_err(io_err("memory-mapping the checkpoint"))?;
     // read_metadata checks the header and that the declared offsets exactly cover the data.
-    let (header_len, meta) =
-        SafeTensors::read_metadata(&mmap).map_err(|e| format(e.to_string()))?;
+    let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| format(e.to_string()))?;
     let data_start = 8 + header_len;
 
     let mut checkpoint = LoadedCheckpoint {
@@ -420,22 +387,13 @@ pub fn load_safetensors(path: &Path) -> Result<LoadedCheckpoint, CheckpointError
             .ok_or_else(|| format(format!("tensor '{name}' points outside the file")))?;
         let data = match info.dtype {
             Dtype::F32 => LoadedData::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4-byte chunk")))
-                    .collect(),
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4-byte chunk"))).collect(),
             ),
             Dtype::F64 => LoadedData::F64(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-                    .collect(),
+                bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk"))).collect(),
             ),
             Dtype::I64 => LoadedData::I64(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-                    .collect(),
+                bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8-byte chunk"))).collect(),
             ),
             other => {
                 return Err(CheckpointError::UnsupportedDtype {
@@ -445,13 +403,7 @@ pub fn load_safetensors(path: &Path) -> Result<LoadedCheckpoint, CheckpointError
                 })
             }
         };
-        checkpoint.tensors.insert(
-            name,
-            LoadedTensor {
-                shape: info.shape.clone(),
-                data,
-            },
-        );
+        checkpoint.tensors.insert(name, LoadedTensor { shape: info.shape.clone(), data });
     }
     Ok(checkpoint)
 }
@@ -468,8 +420,7 @@ mod tests {
         fn new(tag: &str) -> TempDir {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("ecstrain-ckpt-{tag}-{}-{n}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("ecstrain-ckpt-{tag}-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
@@ -483,10 +434,7 @@ mod tests {
     }
 
     fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -507,11 +455,7 @@ mod tests {
             ("loss_scale".to_string(), vec![], TensorData::F32(&scalar)),
             ("empty".to_string(), vec![0, 5], TensorData::F32(&[])),
         ];
-        let metadata = meta(&[
-            ("step", "10"),
-            ("config", "{\"lr\": 0.1}"),
-            ("unicode", "é✓"),
-        ]);
+        let metadata = meta(&[("step", "10"), ("config", "{\"lr\": 0.1}"), ("unicode", "é✓")]);
         save_safetensors(&path, &tensors, &metadata).unwrap();
 
         let loaded = load_safetensors(&path).unwrap();
@@ -543,23 +487,15 @@ mod tests {
         let dir = TempDir::new("overwrite");
         let path = dir.0.join("model.safetensors");
         let first = vec![1.0f32; 100];
-        save_safetensors(
-            &path,
-            &[("w".to_string(), vec![100], TensorData::F32(&first))],
-            &meta(&[("step", "1")]),
-        )
-        .unwrap();
+        save_safetensors(&path, &[("w".to_string(), vec![100], TensorData::F32(&first))], &meta(&[("step", "1")]))
+            .unwrap();
         let tmp = dir.0.join("model.safetensors.tmp");
         assert!(!tmp.exists());
 
         // Overwrite with a smaller file holding different tensors.
         let second = [2i64, 3];
-        save_safetensors(
-            &path,
-            &[("n".to_string(), vec![2], TensorData::I64(&second))],
-            &meta(&[("step", "2")]),
-        )
-        .unwrap();
+        save_safetensors(&path, &[("n".to_string(), vec![2], TensorData::I64(&second))], &meta(&[("step", "2")]))
+            .unwrap();
         assert!(!tmp.exists());
         let entries: Vec<_> = fs::read_dir(&dir.0).unwrap().collect();
         assert_eq!(entries.len(), 1, "only the checkpoint itself is left");
@@ -582,10 +518,7 @@ mod tests {
         let path = dir.0.join("bad.safetensors");
         let data = [1.0f32; 6];
         let cases = [
-            (
-                vec![("w".to_string(), vec![2, 2], TensorData::F32(&data))],
-                "does not match its 6 values",
-            ),
+            (vec![("w".to_string(), vec![2, 2], TensorData::F32(&data))], "does not match its 6 values"),
             (
                 vec![
                     ("w".to_string(), vec![6], TensorData::F32(&data)),
@@ -593,22 +526,13 @@ mod tests {
                 ],
                 "more than one tensor",
             ),
-            (
-                vec![("__metadata__".to_string(), vec![6], TensorData::F32(&data))],
-                "reserved",
-            ),
+            (vec![("__metadata__".to_string(), vec![6], TensorData::F32(&data))], "reserved"),
         ];
         for (tensors, problem) in cases {
             let err = save_safetensors(&path, &tensors, &BTreeMap::new()).unwrap_err();
             let msg = err.to_string();
-            assert!(
-                matches!(err, CheckpointError::InvalidTensor { .. }),
-                "{msg}"
-            );
-            assert!(
-                msg.starts_with(&path.display().to_string()) && msg.contains(problem),
-                "{msg}"
-            );
+            assert!(matches!(err, CheckpointError::InvalidTensor { .. }), "{msg}");
+            assert!(msg.starts_with(&path.display().to_string()) && msg.contains(problem), "{msg}");
             assert!(!path.exists());
         }
     }
@@ -618,12 +542,7 @@ mod tests {
         let dir = TempDir::new("corrupt");
         let good = dir.0.join("good.safetensors");
         let w = [1.0f32, 2.0, 3.0, 4.0];
-        save_safetensors(
-            &good,
-            &[("w".to_string(), vec![4], TensorData::F32(&w))],
-            &meta(&[("k", "v")]),
-        )
-        .unwrap();
+        save_safetensors(&good, &[("w".to_string(), vec![4], TensorData::F32(&w))], &meta(&[("k", "v")])).unwrap();
         let bytes = fs::read(&good).unwrap();
 
         let mut huge_len = bytes.clone();
@@ -645,10 +564,7 @@ mod tests {
             fs::write(&path, &content).unwrap();
             let err = load_safetensors(&path).unwrap_err();
             let msg = err.to_string();
-            assert!(
-                matches!(err, CheckpointError::Format { .. }),
-                "{name}: {msg}"
-            );
+            assert!(matches!(err, CheckpointError::Format { .. }), "{name}: {msg}");
             assert!(msg.starts_with(&path.display().to_string()), "{msg}");
             assert!(msg.contains("not a valid safetensors checkpoint"), "{msg}");
         }
@@ -671,10 +587,7 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = load_safetensors(&path).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            matches!(err, CheckpointError::UnsupportedDtype { .. }),
-            "{msg}"
-        );
+        assert!(matches!(err, CheckpointError::UnsupportedDtype { .. }), "{msg}");
         assert!(msg.contains("'counts'") && msg.contains("I32"), "{msg}");
     }
 }

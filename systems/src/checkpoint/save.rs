@@ -12,8 +12,7 @@ use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings,
-    TrainingState,
+    Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings, TrainingState,
 };
 
 use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
@@ -112,7 +111,7 @@ pub fn save_best(src: CheckpointSources, mut failure: ResMut<RunFailure>) {
 /// EpochEnd: `epoch<N>.safetensors` every `save_period` epochs (1-based N).
 pub fn save_periodic(src: CheckpointSources, settings: Res<RunSettings>, mut failure: ResMut<RunFailure>) {
     let e = src.clock.epoch + 1;
-    if settings.save_period > 0 && e % settings.save_period == 0 {
+    if settings.save_period > 0 && e.is_multiple_of(settings.save_period) {
         src.save(&format!("epoch{e}.safetensors"), &mut failure);
     }
 }

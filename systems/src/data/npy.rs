@@ -173,10 +173,7 @@ impl NpyArray {
     ///
     /// Trailing bytes after the data are ignored, as `numpy.load` does.
     pub fn open(path: &Path) -> Result<NpyArray, NpyError> {
-        let io_err = |source| NpyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err = |source| NpyError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io_err)?;
         // SAFETY: the map is read-only. Mapping is only unsound if another process truncates or
         // rewrites the file while it is mapped; data files are not modified during training, which is
@@ -246,11 +243,7 @@ impl NpyArray {
         if row < self.rows() {
             Ok(())
         } else {
-            Err(NpyError::RowOutOfRange {
-                path: self.path.clone(),
-                row,
-                rows: self.rows(),
-            })
+            Err(NpyError::RowOutOfRange { path: self.path.clone(), row, rows: self.rows() })
         }
     }
 
@@ -258,11 +251,7 @@ impl NpyArray {
         if expected == actual {
             Ok(())
         } else {
-            Err(NpyError::BufferLength {
-                path: self.path.clone(),
-                expected,
-                actual,
-            })
+            Err(NpyError::BufferLength { path: self.path.clone(), expected, actual })
         }
     }
 
@@ -313,11 +302,7 @@ impl NpyArray {
     pub fn label(&self, row: usize) -> Result<i64, NpyError> {
         let row_len = self.row_len();
         if row_len != 1 {
-            return Err(NpyError::NotLabelArray {
-                path: self.path.clone(),
-                shape: self.shape.clone(),
-                row_len,
-            });
+            return Err(NpyError::NotLabelArray { path: self.path.clone(), shape: self.shape.clone(), row_len });
         }
         self.check_row(row)?;
         self.element_to_i64(self.row_bytes(row), row)
@@ -346,11 +331,7 @@ impl NpyArray {
     /// first offending element.
     pub fn to_i64_vec(&self) -> Result<Vec<i64>, NpyError> {
         let size = self.dtype.size_in_bytes();
-        self.bytes()
-            .chunks_exact(size)
-            .enumerate()
-            .map(|(index, chunk)| self.element_to_i64(chunk, index))
-            .collect()
+        self.bytes().chunks_exact(size).enumerate().map(|(index, chunk)| self.element_to_i64(chunk, index)).collect()
     }
 
     /// Converts one element (exactly `size_in_bytes` bytes) to `i64`; `index` is used in errors.
@@ -358,18 +339,10 @@ impl NpyArray {
         let float = |value: f64| {
             // The range check keeps `as` from silently saturating huge values; -2^63 is exact in
             // f64 and 2^63 is the first value out of range.
-            if value.is_finite()
-                && value.fract() == 0.0
-                && value >= i64::MIN as f64
-                && value < -(i64::MIN as f64)
-            {
+            if value.is_finite() && value.fract() == 0.0 && value >= i64::MIN as f64 && value < -(i64::MIN as f64) {
                 Ok(value as i64)
             } else {
-                Err(NpyError::NotIntegerLabels {
-                    path: self.path.clone(),
-                    row: index,
-                    value,
-                })
+                Err(NpyError::NotIntegerLabels { path: self.path.clone(), row: index, value })
             }
         };
         match self.dtype {
@@ -431,22 +404,14 @@ struct Header {
 /// Validates the preamble, header and size of a mapped file.
 fn parse_file(path: &Path, bytes: &[u8]) -> Result<Header, NpyError> {
     let file_len = bytes.len() as u64;
-    let truncated = |expected_bytes: u64| NpyError::Truncated {
-        path: path.to_path_buf(),
-        expected_bytes,
-        actual_bytes: file_len,
-    };
-    let bad = |reason: String| NpyError::BadHeader {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let truncated =
+        |expected_bytes: u64| NpyError::Truncated { path: path.to_path_buf(), expected_bytes, actual_bytes: file_len };
+    let bad = |reason: String| NpyError::BadHeader { path: path.to_path_buf(), reason };
 
     // A non-empty prefix of the magic string is a cut-off .npy file; anything else is not one.
     let magic_len = bytes.len().min(MAGIC.len());
     if bytes.is_empty() || bytes[..magic_len] != MAGIC[..magic_len] {
-        return Err(NpyError::NotNpy {
-            path: path.to_path_buf(),
-        });
+        return Err(NpyError::NotNpy { path: path.to_path_buf() });
     }
     if bytes.len() < 8 {
         return Err(truncated(10));
@@ -456,11 +421,7 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Header, NpyError> {
     let len_bytes = match (major, minor) {
         (1, 0) => 2,
         (2, 0) | (3, 0) => 4,
-        _ => {
-            return Err(bad(format!(
-                "unsupported format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"
-            )))
-        }
+        _ => return Err(bad(format!("unsupported format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"))),
     };
     let header_start = 8 + len_bytes;
     if bytes.len() < header_start {
@@ -478,10 +439,7 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Header, NpyError> {
     let raw = &bytes[header_start..data_offset];
     // Versions 1 and 2 are latin-1; version 3 is UTF-8.
     let text: Vec<char> = if major == 3 {
-        std::str::from_utf8(raw)
-            .map_err(|e| bad(format!("header is not valid UTF-8: {e}")))?
-            .chars()
-            .collect()
+        std::str::from_utf8(raw).map_err(|e| bad(format!("header is not valid UTF-8: {e}")))?.chars().collect()
     } else {
         raw.iter().map(|&b| char::from(b)).collect()
     };
@@ -497,9 +455,7 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Header, NpyError> {
         supported: SUPPORTED_DTYPES,
     })?;
     if dict.fortran_order {
-        return Err(NpyError::FortranOrder {
-            path: path.to_path_buf(),
-        });
+        return Err(NpyError::FortranOrder { path: path.to_path_buf() });
     }
     let data_len = dict
         .shape
@@ -510,12 +466,7 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Header, NpyError> {
     if file_len < needed {
         return Err(truncated(needed));
     }
-    Ok(Header {
-        dtype,
-        shape: dict.shape,
-        data_offset,
-        data_len,
-    })
+    Ok(Header { dtype, shape: dict.shape, data_offset, data_len })
 }
 
 /// Maps a NumPy type string to a supported dtype. Only little-endian (or byte-order-free) forms are
@@ -629,10 +580,7 @@ impl<'a> HeaderParser<'a> {
         }
         self.skip_ws();
         if self.pos != self.text.len() {
-            return Err(format!(
-                "trailing text after the dict: {}",
-                self.describe_here()
-            ));
+            return Err(format!("trailing text after the dict: {}", self.describe_here()));
         }
         let missing = |key: &str| format!("missing key '{key}'");
         let (descr, descr_text) = descr.ok_or_else(|| missing("descr"))?;
@@ -650,9 +598,7 @@ impl<'a> HeaderParser<'a> {
 
     fn parse_value(&mut self, depth: usize) -> Result<Value, String> {
         if depth > MAX_HEADER_DEPTH {
-            return Err(format!(
-                "values nested deeper than {MAX_HEADER_DEPTH} levels"
-            ));
+            return Err(format!("values nested deeper than {MAX_HEADER_DEPTH} levels"));
         }
         self.skip_ws();
         match self.peek() {
@@ -675,22 +621,14 @@ impl<'a> HeaderParser<'a> {
                     match self.peek() {
                         Some(',') => self.pos += 1,
                         Some(c) if c == close => {}
-                        _ => {
-                            return Err(format!(
-                                "expected ',' or {close:?}: {}",
-                                self.describe_here()
-                            ))
-                        }
+                        _ => return Err(format!("expected ',' or {close:?}: {}", self.describe_here())),
                     }
                 }
             }
             Some(c) if c == '-' || c.is_ascii_digit() => self.parse_int(),
             Some(c) if c.is_ascii_alphabetic() => {
                 let start = self.pos;
-                while self
-                    .peek()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
+                while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
                     self.pos += 1;
                 }
                 let word: String = self.text[start..self.pos].iter().collect();
@@ -766,8 +704,7 @@ fn to_shape(value: &Value, text: &str) -> Result<Vec<usize>, String> {
     items
         .iter()
         .map(|item| match item {
-            Value::Int(n) => usize::try_from(*n)
-                .map_err(|_| format!("'shape' {text} has an invalid dimension {n}")),
+            Value::Int(n) => usize::try_from(*n).map_err(|_| format!("'shape' {text} has an invalid dimension {n}")),
             _ => Err(format!("'shape' is {text}, not a tuple of integers")),
         })
         .collect()
@@ -895,8 +832,7 @@ mod tests {
         fn new(tag: &str) -> TempDir {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("ecstrain-npy-{tag}-{}-{n}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("ecstrain-npy-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
@@ -968,35 +904,14 @@ mod tests {
             write_npy(&dir.path("a.npy"), &shape, &f32s).unwrap();
             check("a.npy", DType::F32, f32s.clone());
             write_npy(&dir.path("b.npy"), &shape, &f64s).unwrap();
-            check(
-                "b.npy",
-                DType::F64,
-                f64s.iter().map(|&v| v as f32).collect(),
-            );
+            check("b.npy", DType::F64, f64s.iter().map(|&v| v as f32).collect());
             write_npy(&dir.path("c.npy"), &shape, &u8s).unwrap();
-            check(
-                "c.npy",
-                DType::U8,
-                u8s.iter().map(|&v| f32::from(v)).collect(),
-            );
+            check("c.npy", DType::U8, u8s.iter().map(|&v| f32::from(v)).collect());
             write_npy(&dir.path("d.npy"), &shape, &i64s).unwrap();
-            check(
-                "d.npy",
-                DType::I64,
-                i64s.iter().map(|&v| v as f32).collect(),
-            );
+            check("d.npy", DType::I64, i64s.iter().map(|&v| v as f32).collect());
+            assert_eq!(NpyArray::open(&dir.path("d.npy")).unwrap().to_i64_vec().unwrap(), i64s);
             assert_eq!(
-                NpyArray::open(&dir.path("d.npy"))
-                    .unwrap()
-                    .to_i64_vec()
-                    .unwrap(),
-                i64s
-            );
-            assert_eq!(
-                NpyArray::open(&dir.path("c.npy"))
-                    .unwrap()
-                    .to_i64_vec()
-                    .unwrap(),
+                NpyArray::open(&dir.path("c.npy")).unwrap().to_i64_vec().unwrap(),
                 u8s.iter().map(|&v| i64::from(v)).collect::<Vec<_>>()
             );
         }
@@ -1005,12 +920,7 @@ mod tests {
     #[test]
     fn written_header_is_padded_to_64_bytes() {
         let dir = TempDir::new("padding");
-        for shape in [
-            vec![],
-            vec![3],
-            vec![2, 3],
-            vec![1, 2, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-        ] {
+        for shape in [vec![], vec![3], vec![2, 3], vec![1, 2, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1]] {
             let path = dir.path("p.npy");
             let len: usize = shape.iter().product();
             write_npy(&path, &shape, &vec![1.5f64; len]).unwrap();
@@ -1038,14 +948,7 @@ mod tests {
         let a = NpyArray::open(&empty).unwrap();
         assert_eq!((a.rows(), a.row_len()), (0, 64));
         assert!(a.is_empty() && a.to_f32_vec().is_empty());
-        assert!(matches!(
-            a.read_row_f32(0, &mut [0.0; 64]),
-            Err(NpyError::RowOutOfRange {
-                row: 0,
-                rows: 0,
-                ..
-            })
-        ));
+        assert!(matches!(a.read_row_f32(0, &mut [0.0; 64]), Err(NpyError::RowOutOfRange { row: 0, rows: 0, .. })));
     }
 
     #[test]
@@ -1090,18 +993,9 @@ mod tests {
     fn header_syntax_variants() {
         let dir = TempDir::new("syntax");
         let ok = [
-            (
-                "{\"shape\": (2L, 1L), \"fortran_order\": False, \"descr\": \"|u1\"}",
-                vec![2, 1],
-            ),
-            (
-                "{'descr':'u1','fortran_order':False,'shape':[2],}\n",
-                vec![2],
-            ),
-            (
-                "  { 'descr' : '<u1' , 'fortran_order' : False , 'shape' : ( 2 , ) , }  ",
-                vec![2],
-            ),
+            ("{\"shape\": (2L, 1L), \"fortran_order\": False, \"descr\": \"|u1\"}", vec![2, 1]),
+            ("{'descr':'u1','fortran_order':False,'shape':[2],}\n", vec![2]),
+            ("  { 'descr' : '<u1' , 'fortran_order' : False , 'shape' : ( 2 , ) , }  ", vec![2]),
         ];
         for (i, (header, shape)) in ok.into_iter().enumerate() {
             let path = write_raw(&dir, &format!("ok{i}.npy"), &raw_npy(header, &[3, 4]));
@@ -1132,14 +1026,8 @@ mod tests {
         assert!(matches!(err, NpyError::NotIntegerLabels { row: 2, value, .. } if value == 2.5));
         let msg = err.to_string();
         assert!(msg.starts_with(&floats.display().to_string()), "{msg}");
-        assert!(
-            msg.contains("2.5") && msg.contains("not an integer"),
-            "{msg}"
-        );
-        assert!(matches!(
-            a.to_i64_vec(),
-            Err(NpyError::NotIntegerLabels { row: 2, .. })
-        ));
+        assert!(msg.contains("2.5") && msg.contains("not an integer"), "{msg}");
+        assert!(matches!(a.to_i64_vec(), Err(NpyError::NotIntegerLabels { row: 2, .. })));
 
         let nan = dir.path("nan.npy");
         write_npy(&nan, &[2], &[f64::NAN, 1e30]).unwrap();
@@ -1149,10 +1037,7 @@ mod tests {
         let matrix = dir.path("m.npy");
         write_npy(&matrix, &[2, 2], &[1i64, 2, 3, 4]).unwrap();
         let err = NpyArray::open(&matrix).unwrap().label(0).unwrap_err();
-        assert!(
-            matches!(err, NpyError::NotLabelArray { row_len: 2, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, NpyError::NotLabelArray { row_len: 2, .. }), "{err}");
     }
 
     #[test]
@@ -1161,29 +1046,14 @@ mod tests {
         let path = dir.path("x.npy");
         write_npy(&path, &[2, 3], &[0.0f32; 6]).unwrap();
         let a = NpyArray::open(&path).unwrap();
-        assert!(matches!(
-            a.read_row_f32(0, &mut [0.0; 2]),
-            Err(NpyError::BufferLength {
-                expected: 3,
-                actual: 2,
-                ..
-            })
-        ));
+        assert!(matches!(a.read_row_f32(0, &mut [0.0; 2]), Err(NpyError::BufferLength { expected: 3, actual: 2, .. })));
         assert!(matches!(
             a.read_rows_f32(&[0, 1], &mut [0.0; 5]),
-            Err(NpyError::BufferLength {
-                expected: 6,
-                actual: 5,
-                ..
-            })
+            Err(NpyError::BufferLength { expected: 6, actual: 5, .. })
         ));
         assert!(matches!(
             a.read_rows_f32(&[0, 2], &mut [0.0; 6]),
-            Err(NpyError::RowOutOfRange {
-                row: 2,
-                rows: 2,
-                ..
-            })
+            Err(NpyError::RowOutOfRange { row: 2, rows: 2, .. })
         ));
         let err = write_npy(&dir.path("y.npy"), &[2, 3], &[0.0f32; 5]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
@@ -1247,22 +1117,13 @@ mod tests {
             let path = write_raw(&dir, "d.npy", &raw_npy(&header, &[0; 16]));
             let err = NpyArray::open(&path).unwrap_err();
             assert!(matches!(err, NpyError::UnsupportedDtype { .. }), "{err}");
-            assert_message(
-                &err,
-                &path,
-                &[&format!("unsupported dtype '{descr}'"), SUPPORTED_DTYPES],
-            );
+            assert_message(&err, &path, &[&format!("unsupported dtype '{descr}'"), SUPPORTED_DTYPES]);
         }
         // A structured dtype is a list, not a string; it is still reported as a dtype problem.
-        let header =
-            "{'descr': [('a', '<f4'), ('b', '<i8')], 'fortran_order': False, 'shape': (1,)}";
+        let header = "{'descr': [('a', '<f4'), ('b', '<i8')], 'fortran_order': False, 'shape': (1,)}";
         let path = write_raw(&dir, "s.npy", &raw_npy(header, &[0; 12]));
         let err = NpyArray::open(&path).unwrap_err();
-        assert_message(
-            &err,
-            &path,
-            &["unsupported dtype '[('a', '<f4'), ('b', '<i8')]'"],
-        );
+        assert_message(&err, &path, &["unsupported dtype '[('a', '<f4'), ('b', '<i8')]'"]);
     }
 
     #[test]
@@ -1286,27 +1147,14 @@ mod tests {
         // Data cut short.
         let path = write_raw(&dir, "short.npy", &bytes[..bytes.len() - 1]);
         let err = NpyArray::open(&path).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                NpyError::Truncated {
-                    expected_bytes: 288,
-                    actual_bytes: 287,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, NpyError::Truncated { expected_bytes: 288, actual_bytes: 287, .. }), "{err}");
         assert_message(&err, &path, &["truncated", "288", "287"]);
 
         // Header cut short, and preamble cut short.
         for cut in [50, 9, 3] {
             let path = write_raw(&dir, "cut.npy", &bytes[..cut]);
             let err = NpyArray::open(&path).unwrap_err();
-            assert!(
-                matches!(err, NpyError::Truncated { .. }),
-                "cut {cut}: {err}"
-            );
+            assert!(matches!(err, NpyError::Truncated { .. }), "cut {cut}: {err}");
             assert_message(&err, &path, &["truncated"]);
         }
     }
@@ -1325,7 +1173,10 @@ mod tests {
             ("{'descr': '<f4, 'fortran_order': False, 'shape': (3,)}", "expected ','"),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (3,)} junk", "trailing text"),
             ("{'descr': '<f4', 'fortran_order': Nope, 'shape': (3,)}", "unknown name 'Nope'"),
-            ("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999999999999999999999,)}", "too large"),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999999999999999999999,)}",
+                "too large",
+            ),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4)}", "too large to address"),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (3,", "ends unexpectedly"),
         ];
@@ -1362,10 +1213,7 @@ mod tests {
         let dir = TempDir::new("missing");
         let path = dir.path("does-not-exist.npy");
         let err = NpyArray::open(&path).unwrap_err();
-        assert!(
-            matches!(&err, NpyError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound),
-            "{err}"
-        );
+        assert!(matches!(&err, NpyError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound), "{err}");
         assert_message(&err, &path, &["cannot read file"]);
     }
 }

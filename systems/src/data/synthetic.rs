@@ -37,7 +37,10 @@ impl SyntheticDataset {
     /// Generates `samples` samples; `stream` separates the train and val splits.
     pub fn generate(o: &SyntheticOptions, samples: usize, stream: u64) -> Result<SyntheticDataset, String> {
         if o.classes == 0 || o.shape.is_empty() || o.shape.contains(&0) {
-            return Err(format!("synthetic: classes must be >= 1 and shape non-empty with sizes >= 1, got classes {} shape {:?}", o.classes, o.shape));
+            return Err(format!(
+                "synthetic: classes must be >= 1 and shape non-empty with sizes >= 1, got classes {} shape {:?}",
+                o.classes, o.shape
+            ));
         }
         let len: usize = o.shape.iter().product();
         let mut rng = Rng::derive(o.seed, &[0x5E7, stream]);

@@ -7,8 +7,7 @@
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Activation, Arena, Grads, Graph, Node, NoDecay, OpKind, ParamInfo, ParamRef, ParamSlice, Params, ValueId,
-    ValueInfo,
+    Activation, Arena, Grads, Graph, NoDecay, Node, OpKind, ParamInfo, ParamRef, ParamSlice, Params, ValueId, ValueInfo,
 };
 use ecstrain_kernels::rng::Rng;
 
@@ -107,13 +106,18 @@ impl GraphBuilder {
     pub fn linear(&mut self, name: &str, x: ValueId, out_features: usize, bias: bool) -> Result<ValueId, GraphError> {
         let shape = self.shape(x).to_vec();
         if shape.len() != 1 {
-            return Err(GraphError::Shape { node: name.into(), expected: "[in_features] (flatten first)".into(), got: shape });
+            return Err(GraphError::Shape {
+                node: name.into(),
+                expected: "[in_features] (flatten first)".into(),
+                got: shape,
+            });
         }
         if out_features == 0 {
             return Err(GraphError::Invalid { node: name.into(), message: "out_features must be at least 1".into() });
         }
         let in_features = shape[0];
-        let weight = self.param(&format!("{name}.weight"), &[out_features, in_features], Init::torch_default(in_features));
+        let weight =
+            self.param(&format!("{name}.weight"), &[out_features, in_features], Init::torch_default(in_features));
         let bias = bias.then(|| self.param(&format!("{name}.bias"), &[out_features], Init::torch_default(in_features)));
         Ok(self.push(name, PendingOp::Linear { in_features, out_features, weight, bias }, x, vec![out_features]))
     }
@@ -127,7 +131,10 @@ impl GraphBuilder {
     /// `nn.Dropout(p)`.
     pub fn dropout(&mut self, name: &str, x: ValueId, p: f64) -> Result<ValueId, GraphError> {
         if !(0.0..1.0).contains(&p) {
-            return Err(GraphError::Invalid { node: name.into(), message: format!("dropout p must be in [0, 1), got {p}") });
+            return Err(GraphError::Invalid {
+                node: name.into(),
+                message: format!("dropout p must be in [0, 1), got {p}"),
+            });
         }
         let shape = self.shape(x).to_vec();
         Ok(self.push(name, PendingOp::Ready(OpKind::Dropout { p }), x, shape))

@@ -113,11 +113,11 @@ fn activation_backward(act: Activation, dx: &mut [f32], dy: &[f32], x: &[f32]) {
 }
 
 /// Two disjoint mutable parameter-gradient slices (a weight and its bias) from one arena.
-fn weight_and_bias<'a>(
-    grads: &'a mut [f32],
+fn weight_and_bias(
+    grads: &mut [f32],
     w: std::ops::Range<usize>,
     b: Option<std::ops::Range<usize>>,
-) -> (&'a mut [f32], Option<&'a mut [f32]>) {
+) -> (&mut [f32], Option<&mut [f32]>) {
     match b {
         None => (&mut grads[w], None),
         Some(b) if b.start >= w.end => {
@@ -135,6 +135,7 @@ fn weight_and_bias<'a>(
 /// Runs the graph backward for `n` rows. The caller (the task's loss system) has written the gradient of the
 /// loss with respect to the output into `acts.grads[graph.output]`. Parameter gradients accumulate into `grads`.
 /// `seed` must be the one given to [`forward`] for the same micro-batch.
+#[allow(clippy::too_many_arguments)] // the buffers of one pass; a struct would only rename them
 pub fn backward(
     graph: &Graph,
     params: &[f32],

@@ -25,6 +25,7 @@ pub fn forward_system(
 }
 
 /// Backward: parameter gradients of the current batch, accumulated into [`Grads`].
+#[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn backward_system(
     graph: Res<Graph>,
     params: Res<Params>,

@@ -7,12 +7,16 @@ use ecstrain_components::{
     Clock, LearningRate, MetricEvent, Metrics, RunSettings, RunTimer, StopRequest, TrainingState,
 };
 
-/// Run condition: an optimizer step just completed at a multiple of `log_interval` (or the epoch ended).
-pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>) -> bool {
+/// Run condition: an optimizer step that is a multiple of `log_interval` just completed, or the epoch ended.
+pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>, mut last_logged: Local<Option<u64>>) -> bool {
+    // `advance_clock` ran already, so `step` counts the step that just finished.
     let end_of_epoch = clock.batch_in_epoch == clock.batches_per_epoch;
-    let boundary_step = clock.step > 0 && clock.step % settings.log_interval.max(1) == 0;
-    // `advance_clock` ran already: a step that just finished moved `step` and `batch_in_epoch`.
-    end_of_epoch || (boundary_step && clock.micro_step % clock.accumulate.max(1) == 0)
+    let new_step = *last_logged != Some(clock.step);
+    let due = end_of_epoch || (new_step && clock.step > 0 && clock.step.is_multiple_of(settings.log_interval.max(1)));
+    if due {
+        *last_logged = Some(clock.step);
+    }
+    due
 }
 
 /// Log (training): one `train` record with the epoch's running loss, the lr and the throughput since the

@@ -66,7 +66,11 @@ pub fn build(options: &serde_json::Value, input_shape: &[usize]) -> Result<Built
         }
     }
     let act = Activation::parse(&o.activation).ok_or_else(|| {
-        format!("model.activation: unknown activation `{}`; valid choices: {}", o.activation, Activation::NAMES.join(", "))
+        format!(
+            "model.activation: unknown activation `{}`; valid choices: {}",
+            o.activation,
+            Activation::NAMES.join(", ")
+        )
     })?;
     if o.hidden_sizes.contains(&0) {
         return Err("model.hidden_sizes: every size must be at least 1".into());
@@ -110,7 +114,14 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["layers.0.bias", "layers.0.weight", "layers.2.bias", "layers.2.weight", "layers.4.bias", "layers.4.weight"]
+            [
+                "layers.0.bias",
+                "layers.0.weight",
+                "layers.2.bias",
+                "layers.2.weight",
+                "layers.4.bias",
+                "layers.4.weight"
+            ]
         );
     }
 

@@ -2,17 +2,17 @@
 //! momentum (Ultralytics warm-up, one-cycle) drive Adam's beta1 as Ultralytics does.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Frozen, Grads, LearningRate, LrScale, NoDecay, OptimizerState, ParamSlice, Params};
+use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params};
 use ecstrain_kernels::optim::adamw::{adamw_step, AdamWConfig};
 
-use super::OptimizerSettings;
+use super::{OptimizerSettings, TrainableParam};
 
 /// Names of AdamW's state arenas (PyTorch's state keys).
 pub const STATE: &[&str] = &["exp_avg", "exp_avg_sq"];
 
 /// Optimize: one AdamW step over every trainable parameter.
 pub fn adamw_update(
-    query: Query<(&ParamSlice, Has<NoDecay>, Option<&LrScale>), Without<Frozen>>,
+    query: Query<TrainableParam, Without<Frozen>>,
     mut params: ResMut<Params>,
     grads: Res<Grads>,
     mut state: ResMut<OptimizerState>,

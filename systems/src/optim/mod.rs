@@ -10,6 +10,14 @@ pub mod sgd;
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Clock, Grads};
 
+/// What an optimizer reads of each trainable parameter entity: its slice, whether it is exempt from weight
+/// decay, and its learning-rate scale.
+pub type TrainableParam = (
+    &'static ecstrain_components::ParamSlice,
+    Has<ecstrain_components::NoDecay>,
+    Option<&'static ecstrain_components::LrScale>,
+);
+
 /// Hyper-parameters shared by the optimizers that the schedule does not drive.
 #[derive(Resource, Clone, Debug, PartialEq)]
 pub struct OptimizerSettings {

@@ -1,17 +1,17 @@
 //! SGD (momentum, dampening, Nesterov, coupled weight decay) as a system.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Frozen, Grads, LearningRate, LrScale, NoDecay, OptimizerState, ParamSlice, Params};
+use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params};
 use ecstrain_kernels::optim::sgd::{sgd_step, SgdConfig};
 
-use super::OptimizerSettings;
+use super::{OptimizerSettings, TrainableParam};
 
 /// Names of SGD's state arenas (PyTorch's state keys).
 pub const STATE: &[&str] = &["momentum_buffer"];
 
 /// Optimize: one SGD step over every trainable parameter.
 pub fn sgd_update(
-    query: Query<(&ParamSlice, Has<NoDecay>, Option<&LrScale>), Without<Frozen>>,
+    query: Query<TrainableParam, Without<Frozen>>,
     mut params: ResMut<Params>,
     grads: Res<Grads>,
     mut state: ResMut<OptimizerState>,

@@ -95,34 +95,24 @@ impl LrSchedule {
     pub fn factor_at(&self, t: u64) -> f64 {
         match *self {
             LrSchedule::Constant => 1.0,
-            LrSchedule::ConstantFactor {
-                factor,
-                total_steps,
-            } => {
+            LrSchedule::ConstantFactor { factor, total_steps } => {
                 if t < total_steps {
                     factor
                 } else {
                     1.0
                 }
             }
-            LrSchedule::Cosine {
-                total_steps,
-                final_factor,
-            } => {
+            LrSchedule::Cosine { total_steps, final_factor } => {
                 let cos = (PI * progress(t, total_steps)).cos();
                 final_factor + (1.0 - final_factor) * (1.0 + cos) / 2.0
             }
-            LrSchedule::Linear {
-                total_steps,
-                start_factor,
-                end_factor,
-            } => start_factor + (end_factor - start_factor) * progress(t, total_steps),
+            LrSchedule::Linear { total_steps, start_factor, end_factor } => {
+                start_factor + (end_factor - start_factor) * progress(t, total_steps)
+            }
             // powf (C pow) rather than repeated multiplication: exact to the last ulp, and no drift over
             // long runs as torch's recursive product has.
             LrSchedule::Exponential { gamma } => gamma.powf(t as f64),
-            LrSchedule::Polynomial { total_steps, power } => {
-                (1.0 - progress(t, total_steps)).powf(power)
-            }
+            LrSchedule::Polynomial { total_steps, power } => (1.0 - progress(t, total_steps)).powf(power),
             LrSchedule::Step { step_size, gamma } => gamma.powf((t / step_size.max(1)) as f64),
         }
     }
@@ -138,11 +128,7 @@ impl Warmup {
 impl LrScheduler {
     /// A scheduler without warm-up.
     pub fn new(base_lr: f64, schedule: LrSchedule) -> Self {
-        Self {
-            base_lr,
-            warmup: None,
-            schedule,
-        }
+        Self { base_lr, warmup: None, schedule }
     }
 
     /// The factor of `base_lr` in effect for optimizer step `step` (0-based): the warm-up factor during the
@@ -175,12 +161,7 @@ mod tests {
         let r = reference();
         let case = &r["schedulers"][name];
         assert_eq!(r["base_lr"].as_f64().unwrap(), sched.base_lr);
-        let want: Vec<f64> = case["lr"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let want: Vec<f64> = case["lr"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         assert_eq!(want.len(), 100);
         let mut worst = 0.0f64;
         for (t, &w) in want.iter().enumerate() {
@@ -189,35 +170,19 @@ mod tests {
             assert!(err <= 1e-12, "{name}: step {t}: lr {got}, torch {w}");
             worst = worst.max(err);
         }
-        println!(
-            "{name}: max |lr - torch| = {worst:.3e} ({})",
-            case["torch"].as_str().unwrap()
-        );
+        println!("{name}: max |lr - torch| = {worst:.3e} ({})", case["torch"].as_str().unwrap());
     }
 
     #[test]
     fn cosine_annealing_matches_torch() {
         // CosineAnnealingLR(T_max=100, eta_min=0.001) at base 0.1.
-        check(
-            "cosine_annealing",
-            LrScheduler::new(
-                0.1,
-                LrSchedule::Cosine {
-                    total_steps: 100,
-                    final_factor: 0.01,
-                },
-            ),
-        );
+        check("cosine_annealing", LrScheduler::new(0.1, LrSchedule::Cosine { total_steps: 100, final_factor: 0.01 }));
     }
 
     #[test]
     fn linear_matches_torch() {
         // LinearLR(start_factor=1.0, end_factor=0.01, total_iters=100).
-        let s = LrSchedule::Linear {
-            total_steps: 100,
-            start_factor: 1.0,
-            end_factor: 0.01,
-        };
+        let s = LrSchedule::Linear { total_steps: 100, start_factor: 1.0, end_factor: 0.01 };
         check("linear", LrScheduler::new(0.1, s));
     }
 
@@ -226,14 +191,8 @@ mod tests {
         // SequentialLR([LinearLR(0.01, 1.0, 10), CosineAnnealingLR(T_max=90, eta_min=0.001)], milestones=[10]).
         let sched = LrScheduler {
             base_lr: 0.1,
-            warmup: Some(Warmup {
-                steps: 10,
-                start_factor: 0.01,
-            }),
-            schedule: LrSchedule::Cosine {
-                total_steps: 90,
-                final_factor: 0.01,
-            },
+            warmup: Some(Warmup { steps: 10, start_factor: 0.01 }),
+            schedule: LrSchedule::Cosine { total_steps: 90, final_factor: 0.01 },
         };
         check("extra_warmup_then_cosine", sched);
     }
@@ -241,47 +200,23 @@ mod tests {
     #[test]
     fn constant_factor_matches_torch() {
         // ConstantLR(factor=0.5, total_iters=10).
-        let s = LrSchedule::ConstantFactor {
-            factor: 0.5,
-            total_steps: 10,
-        };
+        let s = LrSchedule::ConstantFactor { factor: 0.5, total_steps: 10 };
         check("extra_constant", LrScheduler::new(0.1, s));
     }
 
     #[test]
     fn exponential_matches_torch() {
-        check(
-            "exponential",
-            LrScheduler::new(0.1, LrSchedule::Exponential { gamma: 0.95 }),
-        );
+        check("exponential", LrScheduler::new(0.1, LrSchedule::Exponential { gamma: 0.95 }));
     }
 
     #[test]
     fn polynomial_matches_torch() {
-        check(
-            "polynomial",
-            LrScheduler::new(
-                0.1,
-                LrSchedule::Polynomial {
-                    total_steps: 100,
-                    power: 2.0,
-                },
-            ),
-        );
+        check("polynomial", LrScheduler::new(0.1, LrSchedule::Polynomial { total_steps: 100, power: 2.0 }));
     }
 
     #[test]
     fn step_matches_torch() {
-        check(
-            "step",
-            LrScheduler::new(
-                0.1,
-                LrSchedule::Step {
-                    step_size: 30,
-                    gamma: 0.1,
-                },
-            ),
-        );
+        check("step", LrScheduler::new(0.1, LrSchedule::Step { step_size: 30, gamma: 0.1 }));
     }
 
     #[test]
@@ -292,23 +227,13 @@ mod tests {
 
     #[test]
     fn schedules_hold_their_end_value() {
-        let cos = LrSchedule::Cosine {
-            total_steps: 50,
-            final_factor: 0.1,
-        };
+        let cos = LrSchedule::Cosine { total_steps: 50, final_factor: 0.1 };
         assert!((cos.factor_at(50) - 0.1).abs() < 1e-15);
         assert_eq!(cos.factor_at(50), cos.factor_at(5000));
-        let lin = LrSchedule::Linear {
-            total_steps: 10,
-            start_factor: 1.0,
-            end_factor: 0.25,
-        };
+        let lin = LrSchedule::Linear { total_steps: 10, start_factor: 1.0, end_factor: 0.25 };
         assert_eq!(lin.factor_at(10), 0.25);
         assert_eq!(lin.factor_at(11), 0.25);
-        let poly = LrSchedule::Polynomial {
-            total_steps: 10,
-            power: 1.0,
-        };
+        let poly = LrSchedule::Polynomial { total_steps: 10, power: 1.0 };
         assert_eq!(poly.factor_at(10), 0.0);
         assert_eq!(poly.factor_at(20), 0.0);
     }
@@ -317,30 +242,14 @@ mod tests {
     fn warmup_ramps_into_the_main_schedule() {
         let s = LrScheduler {
             base_lr: 1.0,
-            warmup: Some(Warmup {
-                steps: 4,
-                start_factor: 0.2,
-            }),
-            schedule: LrSchedule::Linear {
-                total_steps: 10,
-                start_factor: 1.0,
-                end_factor: 0.0,
-            },
+            warmup: Some(Warmup { steps: 4, start_factor: 0.2 }),
+            schedule: LrSchedule::Linear { total_steps: 10, start_factor: 1.0, end_factor: 0.0 },
         };
         let got: Vec<f64> = (0..6).map(|t| s.factor_at(t)).collect();
         let want = [0.2, 0.4, 0.6, 0.8, 1.0, 0.9];
-        assert!(
-            got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-15),
-            "{got:?}"
-        );
+        assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-15), "{got:?}");
         // A zero-step warm-up is no warm-up.
-        let none = LrScheduler {
-            warmup: Some(Warmup {
-                steps: 0,
-                start_factor: 0.0,
-            }),
-            ..s
-        };
+        let none = LrScheduler { warmup: Some(Warmup { steps: 0, start_factor: 0.0 }), ..s };
         assert_eq!(none.factor_at(0), 1.0);
     }
 }
