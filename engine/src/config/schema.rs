@@ -191,19 +191,3 @@ impl Default for RunSection {
         serde_json::from_value(serde_json::json!({})).expect("every run key has a default")
     }
 }
-
-impl RunSection {
-    /// Every key of the `run:` section (for documentation and messages).
-    pub fn keys() -> Vec<String> {
-        match serde_json::to_value(RunSection::default()) {
-            Ok(serde_json::Value::Object(m)) => {
-                let mut k: Vec<String> = m.keys().cloned().collect();
-                k.extend(["fitness".to_string(), "fitness_mode".into(), "threads".into()]);
-                k.sort();
-                k.dedup();
-                k
-            }
-            _ => Vec::new(),
-        }
-    }
-}
