@@ -77,7 +77,8 @@ impl App {
         let mut schedules = Schedules::default();
         for label in schedule_labels() {
             let mut s = Schedule::new(label);
-            s.set_executor(SingleThreadedExecutor::default());
+            // `new()`, not `default()`: only `new()` applies deferred commands at the end of the schedule.
+            s.set_executor(SingleThreadedExecutor::new());
             schedules.insert(s);
         }
         world.insert_resource(schedules);
