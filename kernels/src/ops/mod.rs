@@ -8,13 +8,24 @@
 //! - nothing allocates: the caller passes every buffer (the `gemm` crate may use scratch space internally);
 //! - large buffers are split across rayon threads, small ones run on the calling thread.
 
+pub mod attention;
+pub mod batch_norm;
 pub mod bias_add;
+pub mod bmm;
+pub mod concat;
+pub mod conv2d;
 pub mod dropout;
+pub mod embedding;
 pub mod gelu;
+pub mod layer_norm;
 pub mod linear;
 pub mod mse;
+pub mod permute;
+pub mod pool;
 pub mod relu;
 pub mod sigmoid;
+pub mod silu;
+pub mod softmax;
 pub mod softmax_cross_entropy;
 pub mod tanh;
 
