@@ -67,6 +67,36 @@ impl Activation {
     }
 }
 
+/// Hyper-parameters of a 2-D convolution (PyTorch `nn.Conv2d`), pairs as (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size.
+    pub kernel: (usize, usize),
+    /// Stride.
+    pub stride: (usize, usize),
+    /// Zero padding on each side.
+    pub padding: (usize, usize),
+    /// Dilation.
+    pub dilation: (usize, usize),
+    /// Channel groups.
+    pub groups: usize,
+}
+
+/// Window of a 2-D pooling op, pairs as (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dSpec {
+    /// Window size.
+    pub kernel: (usize, usize),
+    /// Stride.
+    pub stride: (usize, usize),
+    /// Implicit padding on each side.
+    pub padding: (usize, usize),
+}
+
 /// What a node computes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OpKind {
@@ -83,6 +113,40 @@ pub enum OpKind {
     },
     /// An element-wise activation.
     Activation(Activation),
+    /// 2-D convolution over a `[C, H, W]` sample.
+    Conv2d {
+        /// Geometry.
+        spec: Conv2dSpec,
+        /// Input height and width.
+        in_hw: (usize, usize),
+        /// Output height and width.
+        out_hw: (usize, usize),
+        /// Weight `[out_channels, in_channels / groups, kh, kw]`.
+        weight: ParamRef,
+        /// Optional bias `[out_channels]`.
+        bias: Option<ParamRef>,
+    },
+    /// Max pooling over `[C, H, W]` (PyTorch floor mode; padding counts as -inf).
+    MaxPool2d {
+        /// Window.
+        spec: Pool2dSpec,
+        /// Input `[C, H, W]`.
+        in_chw: (usize, usize, usize),
+    },
+    /// Average pooling over `[C, H, W]` (PyTorch floor mode, padding counted in the divisor).
+    AvgPool2d {
+        /// Window.
+        spec: Pool2dSpec,
+        /// Input `[C, H, W]`.
+        in_chw: (usize, usize, usize),
+    },
+    /// Mean over H and W: `[C, H, W]` -> `[C]`.
+    GlobalAvgPool {
+        /// Input `[C, H, W]`.
+        in_chw: (usize, usize, usize),
+    },
+    /// Same elements, new per-sample shape (flatten, reshape).
+    Reshape,
     /// Inverted dropout with drop probability `p`, active in training mode only.
     Dropout {
         /// Probability of zeroing an element.

@@ -18,6 +18,14 @@ pub fn model_summary(world: &mut World, graph: &Graph) -> String {
             OpKind::Linear { in_features, out_features, weight, bias } => {
                 (format!("Linear({in_features}, {out_features})"), weight.slice.len + bias.map_or(0, |b| b.slice.len))
             }
+            OpKind::Conv2d { spec, weight, bias, .. } => (
+                format!("Conv2d({}, {}, {:?})", spec.in_channels, spec.out_channels, spec.kernel),
+                weight.slice.len + bias.map_or(0, |b| b.slice.len),
+            ),
+            OpKind::MaxPool2d { spec, .. } => (format!("MaxPool2d({:?})", spec.kernel), 0),
+            OpKind::AvgPool2d { spec, .. } => (format!("AvgPool2d({:?})", spec.kernel), 0),
+            OpKind::GlobalAvgPool { .. } => ("GlobalAvgPool".to_string(), 0),
+            OpKind::Reshape => ("Reshape".to_string(), 0),
             OpKind::Activation(a) => (format!("{a:?}"), 0),
             OpKind::Dropout { p } => (format!("Dropout({p})"), 0),
         };

@@ -15,11 +15,19 @@ use serde::Deserialize;
 use crate::app::{App, Plugin};
 use crate::registry::*;
 
-/// `mlp`.
+/// `mlp`, `cnn`.
 pub struct BuiltinModels;
 
 impl Plugin for BuiltinModels {
     fn build(&self, app: &mut App) {
+        app.registry.register_model(
+            "cnn",
+            ModelEntry {
+                build: models::cnn::build,
+                presets: models::cnn::PRESETS,
+                doc: "conv stack + MLP head: input_shape, channels, kernel, stride, padding, pool, activation, hidden_sizes, output_size, dropout, bias",
+            },
+        );
         app.registry.register_model(
             "mlp",
             ModelEntry {

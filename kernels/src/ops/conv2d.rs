@@ -1,1 +1,832 @@
-//! placeholder: being written
+//! 2-D convolution (PyTorch `nn.Conv2d` / `F.conv2d`): NCHW input, `[OC, C/groups, KH, KW]` weight, optional
+//! bias, with stride, zero padding, dilation and groups.
+//!
+//! Lowered to matrix products (im2col, as in Caffe / llm.c-style CPU trainers). For one sample and one group
+//! (`Cg = C/groups` input channels, `OCg = OC/groups` output channels, `Kg = Cg*KH*KW`, `P = OH*OW`):
+//! - forward: gather the receptive fields into `col[Kg, P]`, then `out_g[OCg, P] = W_g[OCg, Kg] @ col`;
+//! - weight gradient: gather them transposed into `colT[P, Kg]`, then `dW_g += dout_g[OCg, P] @ colT`;
+//! - input gradient: `dcol[Kg, P] = W_g^T[Kg, OCg] @ dout_g`, then col2im scatter-adds `dcol` onto the input
+//!   gradient (overlapping patches accumulate).
+//!
+//! Every product goes through [`matmul`]. It takes plain row-major operands, so the transposed operands are
+//! materialised: `colT` is gathered directly in that layout (no extra pass), and `W^T` is copied once per
+//! backward call (`OC*Kg` elements, negligible next to the products).
+//!
+//! Parallelism: the samples are split into at most [`CONV_SLOTS`] contiguous ranges ("slots"); each slot owns
+//! its piece of the caller's scratch buffer (hence [`Conv2dGeom::col_len`] grows with the slot count) and the
+//! slots run as rayon tasks when the convolution is large. Samples are independent except for the weight
+//! gradient, which each slot sums on its own; the slot sums are then added in slot order. The slot count
+//! depends only on the batch size, never on the thread count, so results are bit-identical on any number of
+//! threads.
+
+use rayon::prelude::*;
+
+use super::linear::matmul;
+use super::par::PAR_MIN_ELEMS;
+use crate::Float;
+
+/// Most samples processed concurrently, each with its own column buffer in the scratch space. Fixed (not the
+/// thread count) so the weight-gradient summation order, hence the rounded result, is machine-independent;
+/// 8 keeps the scratch space small while feeding the cores of a typical CPU.
+pub const CONV_SLOTS: usize = 8;
+
+/// Below this many multiply-adds per product pass (`N*OC*Kg*P`), the slots run one after the other on the
+/// calling thread: a rayon fork/join costs a few microseconds, as much as a small convolution.
+pub const CONV_PAR_MIN_MACS: usize = 1 << 20;
+
+/// Geometry of a 2-D convolution (PyTorch `nn.Conv2d` arguments plus the input shape).
+///
+/// Input [N, C, H, W], weight [OC, C/groups, KH, KW], bias `[OC]`, output [N, OC, OH, OW] with
+/// `OH = (H + 2*pad_h - dil_h*(KH-1) - 1) / stride_h + 1` (same for W). Tuples are `(height, width)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeom {
+    /// Batch size N (0 is allowed: nothing to compute).
+    pub n: usize,
+    /// Input channels C.
+    pub c: usize,
+    /// Input height H.
+    pub h: usize,
+    /// Input width W.
+    pub w: usize,
+    /// Output channels OC.
+    pub oc: usize,
+    /// Kernel height KH.
+    pub kh: usize,
+    /// Kernel width KW.
+    pub kw: usize,
+    /// Stride (height, width), at least 1.
+    pub stride: (usize, usize),
+    /// Zero padding on each side (height, width).
+    pub padding: (usize, usize),
+    /// Dilation (height, width), at least 1.
+    pub dilation: (usize, usize),
+    /// Groups: input and output channels are split into `groups` independent convolutions.
+    pub groups: usize,
+}
+
+/// Sizes derived once from a valid [`Conv2dGeom`].
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    oh: usize,
+    ow: usize,
+    /// OH*OW.
+    p: usize,
+    /// Input channels per group.
+    cg: usize,
+    /// Output channels per group.
+    ocg: usize,
+    /// Cg*KH*KW: the reduction length of every product.
+    kg: usize,
+    /// Column buffer of one slot: Kg*P.
+    col_slot: usize,
+    /// OC*Kg: the weight length.
+    wlen: usize,
+    /// Samples per slot (the last slot may get fewer).
+    per_slot: usize,
+    /// Slots the scratch space is sized for: min(N, CONV_SLOTS).
+    slots: usize,
+}
+
+/// Output extent of one spatial axis, `None` when the (dilated) kernel does not fit the padded input.
+fn out_extent(size: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
+    let span = dil.checked_mul(k - 1)?.checked_add(1)?;
+    let padded = pad.checked_mul(2)?.checked_add(size)?;
+    if padded < span {
+        return None;
+    }
+    Some((padded - span) / stride + 1)
+}
+
+impl Conv2dGeom {
+    /// Output spatial size `(OH, OW)`, or why the geometry is invalid: zero channels, kernel, stride,
+    /// dilation, groups or input size, channels not divisible by `groups`, or a dilated kernel larger than
+    /// the padded input (empty output).
+    pub fn out_hw(&self) -> Result<(usize, usize), String> {
+        if self.c == 0 || self.oc == 0 {
+            return Err(format!("conv2d: channel counts must be positive (C = {}, OC = {})", self.c, self.oc));
+        }
+        if self.groups == 0 {
+            return Err("conv2d: groups must be positive".into());
+        }
+        if !self.c.is_multiple_of(self.groups) || !self.oc.is_multiple_of(self.groups) {
+            return Err(format!(
+                "conv2d: C = {} and OC = {} must both be divisible by groups = {}",
+                self.c, self.oc, self.groups
+            ));
+        }
+        if self.kh == 0 || self.kw == 0 {
+            return Err(format!("conv2d: kernel size must be positive (got {}x{})", self.kh, self.kw));
+        }
+        if self.stride.0 == 0 || self.stride.1 == 0 {
+            return Err(format!("conv2d: stride must be positive (got {:?})", self.stride));
+        }
+        if self.dilation.0 == 0 || self.dilation.1 == 0 {
+            return Err(format!("conv2d: dilation must be positive (got {:?})", self.dilation));
+        }
+        if self.h == 0 || self.w == 0 {
+            return Err(format!("conv2d: input size must be positive (got {}x{})", self.h, self.w));
+        }
+        let oh = out_extent(self.h, self.kh, self.stride.0, self.padding.0, self.dilation.0);
+        let ow = out_extent(self.w, self.kw, self.stride.1, self.padding.1, self.dilation.1);
+        match (oh, ow) {
+            (Some(oh), Some(ow)) => Ok((oh, ow)),
+            _ => Err(format!(
+                "conv2d: dilated kernel {}x{} (dilation {:?}) does not fit the padded input {}x{} (padding {:?}): \
+                 empty output",
+                self.kh, self.kw, self.dilation, self.h, self.w, self.padding
+            )),
+        }
+    }
+
+    /// Length of the scratch buffer `col` that [`conv2d_forward`] and [`conv2d_backward`] need:
+    /// `min(N, CONV_SLOTS) * (Kg*OH*OW + OC*Kg)` with `Kg = C/groups*KH*KW`, i.e. per concurrently processed
+    /// sample one column matrix plus one weight-gradient partial (the first slot's partial space holds `W^T`
+    /// instead). The forward pass only uses the column matrices. 0 for an invalid geometry (the kernels then
+    /// panic with the [`Conv2dGeom::out_hw`] error).
+    pub fn col_len(&self) -> usize {
+        match self.dims() {
+            Ok(d) => d.slots * (d.col_slot + d.wlen),
+            Err(_) => 0,
+        }
+    }
+
+    fn dims(&self) -> Result<Dims, String> {
+        let (oh, ow) = self.out_hw()?;
+        let cg = self.c / self.groups;
+        let kg = cg * self.kh * self.kw;
+        let p = oh * ow;
+        let slots = self.n.min(CONV_SLOTS);
+        Ok(Dims {
+            oh,
+            ow,
+            p,
+            cg,
+            ocg: self.oc / self.groups,
+            kg,
+            col_slot: kg * p,
+            wlen: self.oc * kg,
+            per_slot: if slots == 0 { 1 } else { self.n.div_ceil(slots) },
+            slots,
+        })
+    }
+
+    /// Dims, panicking with the geometry error (the kernels' contract: callers validate with `out_hw`).
+    fn dims_or_panic(&self) -> Dims {
+        self.dims().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Whether the convolution is a plain per-pixel channel mix (1x1 kernel, stride 1, no padding): the
+    /// column matrix is then the input itself and im2col / col2im are skipped.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.padding == (0, 0)
+    }
+}
+
+/// Output indices `o` in `[lo, hi)` whose input coordinate `o*stride + off - pad` lies in `[0, size)`, for
+/// `o < out` (`off` = kernel tap * dilation). Lets the gather loops split each row into zero / copy / zero
+/// segments instead of bounds-testing every element.
+fn valid_range(off: usize, pad: usize, stride: usize, size: usize, out: usize) -> (usize, usize) {
+    let lo = if pad > off { (pad - off).div_ceil(stride) } else { 0 };
+    let hi = if size + pad > off { ((size + pad - off - 1) / stride + 1).min(out) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// Gathers the receptive fields of one group of one sample into `col[Kg, P]` (row `k = (c*KH + ki)*KW + kj`,
+/// column `p = oy*OW + ox`); taps in the padding are 0.
+///
+/// x: [Cg, H, W], col: at least [Kg, P].
+fn im2col<T: Float>(col: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
+    let (h, w) = (g.h, g.w);
+    let ((sh, sw), (ph, pw), (dh, dw)) = (g.stride, g.padding, g.dilation);
+    for c in 0..d.cg {
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.kh {
+            let (y0, y1) = valid_range(ki * dh, ph, sh, h, d.oh);
+            for kj in 0..g.kw {
+                let (x0, x1) = valid_range(kj * dw, pw, sw, w, d.ow);
+                let k = (c * g.kh + ki) * g.kw + kj;
+                let rows = &mut col[k * d.p..(k + 1) * d.p];
+                for (oy, row) in rows.chunks_exact_mut(d.ow).enumerate() {
+                    if oy < y0 || oy >= y1 {
+                        row.fill(T::ZERO);
+                        continue;
+                    }
+                    row[..x0].fill(T::ZERO);
+                    row[x1..].fill(T::ZERO);
+                    if x0 < x1 {
+                        let src = &plane[(oy * sh + ki * dh - ph) * w..][x0 * sw + kj * dw - pw..];
+                        if sw == 1 {
+                            row[x0..x1].copy_from_slice(&src[..x1 - x0]);
+                        } else {
+                            for (r, &v) in row[x0..x1].iter_mut().zip(src.iter().step_by(sw)) {
+                                *r = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Like [`im2col`] but transposed: `colT[P, Kg]`, element `(p, k)` at `p*Kg + k` (the right-hand operand of
+/// the weight-gradient product `dout_g @ colT`).
+///
+/// x: [Cg, H, W], col_t: at least [P, Kg].
+fn im2col_t<T: Float>(col_t: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
+    let (h, w) = (g.h, g.w);
+    let ((sh, sw), (ph, pw), (dh, dw)) = (g.stride, g.padding, g.dilation);
+    let col_t = &mut col_t[..d.col_slot];
+    col_t.fill(T::ZERO);
+    for c in 0..d.cg {
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.kh {
+            let (y0, y1) = valid_range(ki * dh, ph, sh, h, d.oh);
+            for kj in 0..g.kw {
+                let (x0, x1) = valid_range(kj * dw, pw, sw, w, d.ow);
+                let k = (c * g.kh + ki) * g.kw + kj;
+                for oy in y0..y1 {
+                    let src = &plane[(oy * sh + ki * dh - ph) * w..];
+                    for ox in x0..x1 {
+                        col_t[(oy * d.ow + ox) * d.kg + k] = src[ox * sw + kj * dw - pw];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx = 0`, then every entry of `col[Kg, P]` is added onto the input position it
+/// was gathered from (overlapping patches accumulate; padding taps are dropped). Overwrites `dx`.
+///
+/// dx: [Cg, H, W], col: at least [Kg, P].
+fn col2im<T: Float>(dx: &mut [T], col: &[T], g: &Conv2dGeom, d: &Dims) {
+    let (h, w) = (g.h, g.w);
+    let ((sh, sw), (ph, pw), (dh, dw)) = (g.stride, g.padding, g.dilation);
+    dx.fill(T::ZERO);
+    for c in 0..d.cg {
+        let plane = &mut dx[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.kh {
+            let (y0, y1) = valid_range(ki * dh, ph, sh, h, d.oh);
+            for kj in 0..g.kw {
+                let (x0, x1) = valid_range(kj * dw, pw, sw, w, d.ow);
+                if x0 == x1 {
+                    continue;
+                }
+                let k = (c * g.kh + ki) * g.kw + kj;
+                for oy in y0..y1 {
+                    let row = &col[k * d.p + oy * d.ow..][x0..x1];
+                    let dst = &mut plane[(oy * sh + ki * dh - ph) * w..][x0 * sw + kj * dw - pw..];
+                    for (dv, &v) in dst.iter_mut().step_by(sw).zip(row) {
+                        *dv += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` on every item, as rayon tasks when `parallel`, else in order on the calling thread. Items own
+/// disjoint buffers, so the results do not depend on which path ran.
+fn for_each_slot<I, F>(items: I, parallel: bool, work: F)
+where
+    I: Iterator + Send,
+    I::Item: Send,
+    F: Fn(I::Item) + Sync,
+{
+    if parallel {
+        let work = &work;
+        rayon::scope(|s| {
+            for item in items {
+                s.spawn(move |_| work(item));
+            }
+        });
+    } else {
+        items.for_each(work);
+    }
+}
+
+/// Whether a convolution pass is worth splitting across rayon threads.
+fn run_parallel(g: &Conv2dGeom, d: &Dims) -> bool {
+    let macs = g.n.saturating_mul(g.oc).saturating_mul(d.kg).saturating_mul(d.p);
+    d.slots > 1 && macs >= CONV_PAR_MIN_MACS && rayon::current_num_threads() > 1
+}
+
+/// Convolution forward (overwrites `out`): `out[n, o] = bias[o] + sum_{c in group(o), ki, kj}
+/// weight[o, c, ki, kj] * inp[n, c, oy*sh + ki*dh - ph, ox*sw + kj*dw - pw]` (zero outside the input).
+///
+/// out: [N, OC, OH, OW], inp: [N, C, H, W], weight: [OC, C/groups, KH, KW], bias: `[OC]` or None,
+/// col: scratch of at least [`Conv2dGeom::col_len`] elements (contents ignored and clobbered).
+/// Panics on an invalid geometry (see [`Conv2dGeom::out_hw`]) or wrong buffer lengths.
+pub fn conv2d_forward<T: Float>(
+    out: &mut [T],
+    inp: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    col: &mut [T],
+    g: &Conv2dGeom,
+) {
+    let d = g.dims_or_panic();
+    let (in_len, out_len) = (g.c * g.h * g.w, g.oc * d.p);
+    assert_eq!(out.len(), g.n * out_len, "conv2d_forward: out must be [N, OC, OH, OW]");
+    assert_eq!(inp.len(), g.n * in_len, "conv2d_forward: inp must be [N, C, H, W]");
+    assert_eq!(weight.len(), d.wlen, "conv2d_forward: weight must be [OC, C/groups, KH, KW]");
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), g.oc, "conv2d_forward: bias must be [OC]");
+    }
+    assert!(col.len() >= g.col_len(), "conv2d_forward: col must hold at least col_len() elements");
+    if g.n == 0 {
+        return;
+    }
+    let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
+
+    let items = col[..d.slots * d.col_slot]
+        .chunks_mut(d.col_slot)
+        .zip(out.chunks_mut(d.per_slot * out_len))
+        .zip(inp.chunks(d.per_slot * in_len));
+    for_each_slot(items, run_parallel(g, &d), |((col, outs), inps)| {
+        for (o, x) in outs.chunks_exact_mut(out_len).zip(inps.chunks_exact(in_len)) {
+            for gi in 0..g.groups {
+                let x_g = &x[gi * gin..(gi + 1) * gin];
+                let o_g = &mut o[gi * gout..(gi + 1) * gout];
+                let w_g = &weight[gi * d.ocg * d.kg..(gi + 1) * d.ocg * d.kg];
+                // Seed every output row with its bias and let the product accumulate onto it (saves a pass).
+                let accumulate = match bias {
+                    Some(bias) => {
+                        for (row, &b) in o_g.chunks_exact_mut(d.p).zip(&bias[gi * d.ocg..(gi + 1) * d.ocg]) {
+                            row.fill(b);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                if g.is_pointwise() {
+                    matmul(o_g, w_g, x_g, d.ocg, d.kg, d.p, accumulate);
+                } else {
+                    im2col(col, x_g, g, &d);
+                    matmul(o_g, w_g, col, d.ocg, d.kg, d.p, accumulate);
+                }
+            }
+        }
+    });
+}
+
+/// Convolution backward.
+///
+/// dout: [N, OC, OH, OW], inp: [N, C, H, W], weight: [OC, C/groups, KH, KW];
+/// dinp: [N, C, H, W] (overwritten; None when the input needs no gradient, e.g. the first layer),
+/// dweight: [OC, C/groups, KH, KW] (accumulated: `+=`), dbias: `[OC]` (accumulated: `+=` the sums of dout over
+/// N, OH, OW; None when the layer has no bias), col: scratch of at least [`Conv2dGeom::col_len`] elements.
+/// Bit-identical for any rayon thread count. Panics on an invalid geometry or wrong buffer lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Float>(
+    dinp: Option<&mut [T]>,
+    dweight: &mut [T],
+    dbias: Option<&mut [T]>,
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    col: &mut [T],
+    g: &Conv2dGeom,
+) {
+    let d = g.dims_or_panic();
+    let (in_len, out_len) = (g.c * g.h * g.w, g.oc * d.p);
+    assert_eq!(dout.len(), g.n * out_len, "conv2d_backward: dout must be [N, OC, OH, OW]");
+    assert_eq!(inp.len(), g.n * in_len, "conv2d_backward: inp must be [N, C, H, W]");
+    assert_eq!(weight.len(), d.wlen, "conv2d_backward: weight must be [OC, C/groups, KH, KW]");
+    assert_eq!(dweight.len(), d.wlen, "conv2d_backward: dweight must be [OC, C/groups, KH, KW]");
+    if let Some(dinp) = &dinp {
+        assert_eq!(dinp.len(), g.n * in_len, "conv2d_backward: dinp must be [N, C, H, W]");
+    }
+    assert!(col.len() >= g.col_len(), "conv2d_backward: col must hold at least col_len() elements");
+    if let Some(dbias) = dbias {
+        assert_eq!(dbias.len(), g.oc, "conv2d_backward: dbias must be [OC]");
+        bias_grad(dbias, dout, g.n, g.oc, d.p);
+    }
+    if g.n == 0 {
+        return;
+    }
+    let parallel = run_parallel(g, &d);
+    let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
+    let gw = d.ocg * d.kg;
+
+    // Scratch layout: [slots column matrices | W^T | partials of slots 1..]. Slot 0 accumulates straight into
+    // dweight, so its partial space is free for W^T.
+    let (cols, rest) = col[..g.col_len()].split_at_mut(d.slots * d.col_slot);
+    let (wt, partials) = rest.split_at_mut(d.wlen);
+    if dinp.is_some() {
+        // W^T per group: wt_g[k, o] = w_g[o, k], the left operand of dcol = W_g^T @ dout_g.
+        for gi in 0..g.groups {
+            let (w_g, wt_g) = (&weight[gi * gw..(gi + 1) * gw], &mut wt[gi * gw..(gi + 1) * gw]);
+            for o in 0..d.ocg {
+                for k in 0..d.kg {
+                    wt_g[k * d.ocg + o] = w_g[o * d.kg + k];
+                }
+            }
+        }
+    }
+    let wt: &[T] = wt;
+
+    let used = g.n.div_ceil(d.per_slot);
+    let dinp_chunks = dinp.map(|di| di.chunks_mut(d.per_slot * in_len)).into_iter().flatten().map(Some);
+    let items = cols
+        .chunks_mut(d.col_slot)
+        .zip(std::iter::once(&mut *dweight).chain(partials.chunks_mut(d.wlen)))
+        .enumerate()
+        .zip(dout.chunks(d.per_slot * out_len).zip(inp.chunks(d.per_slot * in_len)))
+        .zip(dinp_chunks.chain(std::iter::repeat_with(|| None)));
+    for_each_slot(items, parallel, |(((slot, (col, dw)), (douts, inps)), dinps)| {
+        // Weight gradient of this slot's samples: slot 0 adds onto dweight (it is accumulated anyway), the
+        // others overwrite their partial with the first sample and accumulate the rest.
+        for (i, (go, x)) in douts.chunks_exact(out_len).zip(inps.chunks_exact(in_len)).enumerate() {
+            let accumulate = slot == 0 || i > 0;
+            for gi in 0..g.groups {
+                im2col_t(col, &x[gi * gin..(gi + 1) * gin], g, &d);
+                let (dw_g, go_g) = (&mut dw[gi * gw..(gi + 1) * gw], &go[gi * gout..(gi + 1) * gout]);
+                matmul(dw_g, go_g, &col[..d.col_slot], d.ocg, d.p, d.kg, accumulate);
+            }
+        }
+        let Some(dinps) = dinps else { return };
+        for (dx, go) in dinps.chunks_exact_mut(in_len).zip(douts.chunks_exact(out_len)) {
+            for gi in 0..g.groups {
+                let (dx_g, go_g) = (&mut dx[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
+                let wt_g = &wt[gi * gw..(gi + 1) * gw];
+                if g.is_pointwise() {
+                    // The column matrix is the input itself: dcol is dx.
+                    matmul(dx_g, wt_g, go_g, d.kg, d.ocg, d.p, false);
+                } else {
+                    let dcol = &mut col[..d.col_slot];
+                    matmul(dcol, wt_g, go_g, d.kg, d.ocg, d.p, false);
+                    col2im(dx_g, dcol, g, &d);
+                }
+            }
+        }
+    });
+
+    // Add the partials of slots 1.. in slot order: fixed order, so the same bits on any thread count. They are
+    // summed first and added once, so dweight picks up one rounding at its own magnitude.
+    if used > 1 {
+        let partials = &partials[..(used - 1) * d.wlen];
+        for (j, dw) in dweight.iter_mut().enumerate() {
+            let mut s = partials[j];
+            for p in partials[j..].iter().step_by(d.wlen).skip(1) {
+                s += *p;
+            }
+            *dw += s;
+        }
+    }
+}
+
+/// `dbias[o] += sum over n, p of dout[n, o, p]`, summed in f64 (a bias sees N*OH*OW terms, thousands for a
+/// typical CNN layer, too many for a plain f32 running sum). Parallel over channels when large: each task
+/// owns whole channels, so the result does not depend on the split.
+fn bias_grad<T: Float>(dbias: &mut [T], dout: &[T], n: usize, oc: usize, p: usize) {
+    let channel = |(o, db): (usize, &mut T)| {
+        let mut s = 0.0f64;
+        for i in 0..n {
+            s += dout[(i * oc + o) * p..][..p].iter().map(|v| v.to_f64()).sum::<f64>();
+        }
+        *db += T::from_f64(s);
+    };
+    if dout.len() >= PAR_MIN_ELEMS && oc > 1 {
+        dbias.par_iter_mut().enumerate().for_each(channel);
+    } else {
+        dbias.iter_mut().enumerate().for_each(channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::*;
+
+    #[allow(clippy::too_many_arguments)]
+    fn geom(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        oc: usize,
+        kh: usize,
+        kw: usize,
+        stride: (usize, usize),
+        padding: (usize, usize),
+        dilation: (usize, usize),
+        groups: usize,
+    ) -> Conv2dGeom {
+        Conv2dGeom { n, c, h, w, oc, kh, kw, stride, padding, dilation, groups }
+    }
+
+    /// The input coordinate tap `(ki, kj)` of output `(oy, ox)` reads, or None in the padding.
+    fn tap(g: &Conv2dGeom, oy: usize, ox: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
+        let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.padding.0 as isize;
+        let ix = (ox * g.stride.1 + kj * g.dilation.1) as isize - g.padding.1 as isize;
+        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+            None
+        } else {
+            Some((iy as usize, ix as usize))
+        }
+    }
+
+    /// Calls `f(out_index, inp_index, weight_index)` for every term of the convolution sum: the direct
+    /// 7-loop definition (n, o, oy, ox, c, ki, kj), shared by the reference forward and backward.
+    fn for_each_term(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
+        let (oh, ow) = g.out_hw().unwrap();
+        let (cg, ocg) = (g.c / g.groups, g.oc / g.groups);
+        for n in 0..g.n {
+            for o in 0..g.oc {
+                let grp = o / ocg;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let oi = ((n * g.oc + o) * oh + oy) * ow + ox;
+                        for ci in 0..cg {
+                            let c = grp * cg + ci;
+                            for ki in 0..g.kh {
+                                for kj in 0..g.kw {
+                                    if let Some((iy, ix)) = tap(g, oy, ox, ki, kj) {
+                                        let ii = ((n * g.c + c) * g.h + iy) * g.w + ix;
+                                        let wi = ((o * cg + ci) * g.kh + ki) * g.kw + kj;
+                                        f(oi, ii, wi);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Naive f64 reference forward, straight from the definition.
+    fn ref_forward(inp: &[f64], w: &[f64], bias: Option<&[f64]>, g: &Conv2dGeom) -> Vec<f64> {
+        let (oh, ow) = g.out_hw().unwrap();
+        let p = oh * ow;
+        let mut out: Vec<f64> = (0..g.n * g.oc * p).map(|i| bias.map_or(0.0, |b| b[(i / p) % g.oc])).collect();
+        for_each_term(g, |oi, ii, wi| out[oi] += inp[ii] * w[wi]);
+        out
+    }
+
+    /// Naive f64 reference gradients (dinp, dweight, dbias) of the loss sum(dout * out).
+    fn ref_backward(dout: &[f64], inp: &[f64], w: &[f64], g: &Conv2dGeom) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (oh, ow) = g.out_hw().unwrap();
+        let p = oh * ow;
+        let mut dinp = vec![0.0; inp.len()];
+        let mut dw = vec![0.0; w.len()];
+        let mut db = vec![0.0; g.oc];
+        for (i, &v) in dout.iter().enumerate() {
+            db[(i / p) % g.oc] += v;
+        }
+        for_each_term(g, |oi, ii, wi| {
+            dinp[ii] += dout[oi] * w[wi];
+            dw[wi] += dout[oi] * inp[ii];
+        });
+        (dinp, dw, db)
+    }
+
+    fn lens(g: &Conv2dGeom) -> (usize, usize, usize) {
+        let (oh, ow) = g.out_hw().unwrap();
+        (g.n * g.c * g.h * g.w, g.oc * (g.c / g.groups) * g.kh * g.kw, g.n * g.oc * oh * ow)
+    }
+
+    /// Runs the kernel (forward and full backward) in `T` and returns everything widened to f64.
+    fn run_kernel<T: Float>(
+        inp: &[f64],
+        w: &[f64],
+        bias: Option<&[f64]>,
+        dout: &[f64],
+        g: &Conv2dGeom,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let cv = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let back = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
+        let (inp, w, dout) = (cv(inp), cv(w), cv(dout));
+        let bias = bias.map(cv);
+        let (il, wl, ol) = lens(g);
+        // NaN-filled scratch and outputs: any element read before being written shows up.
+        let nan = T::from_f64(f64::NAN);
+        let mut col = vec![nan; g.col_len()];
+        let mut out = vec![nan; ol];
+        conv2d_forward(&mut out, &inp, &w, bias.as_deref(), &mut col, g);
+        let mut dinp = vec![nan; il];
+        let mut dw = vec![T::ZERO; wl];
+        let mut db = vec![T::ZERO; g.oc];
+        conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, g);
+        (back(&out), back(&dinp), back(&dw), back(&db))
+    }
+
+    /// Forward and backward of the f64 kernel (1e-12) and the f32 kernel (1e-5) against the naive reference.
+    fn check_against_reference(g: &Conv2dGeom, with_bias: bool, seed: u64, check_f64: bool) {
+        let (il, wl, ol) = lens(g);
+        let inp = round_f32(&uniform(seed, il, -1.0, 1.0));
+        let w = round_f32(&uniform(seed + 1, wl, -1.0, 1.0));
+        let bias = round_f32(&uniform(seed + 2, g.oc, -1.0, 1.0));
+        let bias = with_bias.then_some(&bias[..]);
+        let dout = round_f32(&uniform(seed + 3, ol, -1.0, 1.0));
+        let want = ref_forward(&inp, &w, bias, g);
+        let (want_dinp, want_dw, want_db) = ref_backward(&dout, &inp, &w, g);
+
+        let mut cases = vec![("f32", 1e-5)];
+        if check_f64 {
+            cases.push(("f64", 1e-12));
+        }
+        for (ty, tol) in cases {
+            let (out, dinp, dw, db) = if ty == "f32" {
+                run_kernel::<f32>(&inp, &w, bias, &dout, g)
+            } else {
+                run_kernel::<f64>(&inp, &w, bias, &dout, g)
+            };
+            assert_close_scaled(&format!("{ty} out {g:?}"), &out, &want, tol);
+            assert_close_scaled(&format!("{ty} dinp {g:?}"), &dinp, &want_dinp, tol);
+            assert_close_scaled(&format!("{ty} dweight {g:?}"), &dw, &want_dw, tol);
+            assert_close_scaled(&format!("{ty} dbias {g:?}"), &db, &want_db, tol);
+        }
+    }
+
+    #[test]
+    fn hand_checked_values() {
+        // inp 1..9 as a 3x3 image, kernel [[1, 2], [3, 4]].
+        let inp: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let w = [1.0f32, 2.0, 3.0, 4.0];
+        let g = geom(1, 1, 3, 3, 1, 2, 2, (1, 1), (0, 0), (1, 1), 1);
+        assert_eq!(g.out_hw(), Ok((2, 2)));
+        let mut col = vec![0.0f32; g.col_len()];
+        let mut out = [0.0f32; 4];
+        conv2d_forward(&mut out, &inp, &w, Some(&[0.5]), &mut col, &g);
+        // out[0,0] = 1*1 + 2*2 + 3*4 + 4*5 = 37, then 47, 67, 77; plus the bias.
+        assert_eq!(out, [37.5, 47.5, 67.5, 77.5]);
+
+        let (mut dinp, mut dw, mut db) = ([9.0f32; 9], [0.0f32; 4], [0.0f32; 1]);
+        conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &[1.0; 4], &inp, &w, &mut col, &g);
+        // dw[a, b] = sum of the 2x2 block of inputs starting at (a, b); dinp = sum of the taps covering it.
+        assert_eq!(dw, [12.0, 16.0, 24.0, 28.0]);
+        assert_eq!(db, [4.0]);
+        assert_eq!(dinp, [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0]);
+
+        // Stride 2, padding 1: windows start at -1 and 1 on both axes.
+        let g = geom(1, 1, 3, 3, 1, 2, 2, (2, 2), (1, 1), (1, 1), 1);
+        assert_eq!(g.out_hw(), Ok((2, 2)));
+        let mut col = vec![0.0f32; g.col_len()];
+        conv2d_forward(&mut out, &inp, &w, None, &mut col, &g);
+        // (0,0): only x[0,0]*w[1,1] = 4; (0,1): x[0,1]*3 + x[0,2]*4 = 18; (1,0): x[1,0]*2 + x[2,0]*4 = 36;
+        // (1,1): x[1,1]*1 + x[1,2]*2 + x[2,1]*3 + x[2,2]*4 = 77.
+        assert_eq!(out, [4.0, 18.0, 36.0, 77.0]);
+
+        // Dilation 2 on a 3x3 input: a single output reading the four corners.
+        let g = geom(1, 1, 3, 3, 1, 2, 2, (1, 1), (0, 0), (2, 2), 1);
+        assert_eq!(g.out_hw(), Ok((1, 1)));
+        let mut col = vec![0.0f32; g.col_len()];
+        conv2d_forward(&mut out[..1], &inp, &w, None, &mut col, &g);
+        assert_eq!(out[0], 1.0 + 2.0 * 3.0 + 3.0 * 7.0 + 4.0 * 9.0);
+    }
+
+    #[test]
+    fn matches_f64_reference() {
+        let s = |v| (v, v);
+        let cases = [
+            // plain 3x3, bias
+            (geom(2, 3, 7, 6, 4, 3, 3, s(1), s(0), s(1), 1), true),
+            // non-square kernel, stride 2, padding 1, no bias
+            (geom(2, 3, 8, 7, 5, 3, 2, s(2), s(1), s(1), 1), false),
+            // dilation 2 with asymmetric stride / padding
+            (geom(1, 2, 9, 9, 3, 3, 3, (1, 2), (1, 2), s(2), 1), true),
+            // groups 2, non-square kernel, padding on one axis only
+            (geom(3, 4, 6, 5, 6, 2, 3, s(1), (1, 0), s(1), 2), true),
+            // depthwise (groups = C), stride 2, no bias
+            (geom(2, 4, 5, 5, 4, 3, 3, s(2), s(1), s(1), 4), false),
+            // depthwise with channel multiplier 2, dilation (2, 1)
+            (geom(2, 3, 6, 7, 6, 3, 3, (2, 1), s(1), (2, 1), 3), true),
+            // 1x1 pointwise fast path, and a 1x1 with stride 2 (not the fast path)
+            (geom(2, 5, 4, 3, 6, 1, 1, s(1), s(0), s(1), 1), true),
+            (geom(2, 5, 5, 4, 6, 1, 1, s(2), s(0), s(1), 1), false),
+            // padding wider than the kernel: border outputs are bias only
+            (geom(1, 2, 3, 3, 2, 2, 2, s(1), s(3), s(1), 1), true),
+            // more samples than CONV_SLOTS, not a multiple of it: uneven slots
+            (geom(11, 2, 5, 4, 3, 3, 3, s(1), s(1), s(1), 1), true),
+        ];
+        for (i, (g, bias)) in cases.iter().enumerate() {
+            check_against_reference(g, *bias, 100 + 10 * i as u64, true);
+        }
+    }
+
+    #[test]
+    fn matches_reference_at_cnn_benchmark_shapes() {
+        // The W2 CNN: 1 -> 32 channels at 28x28 and 32 -> 64 at 14x14, 3x3, padding 1, batch 8. Both are
+        // above CONV_PAR_MIN_MACS, so the slots run as rayon tasks.
+        let g1 = geom(8, 1, 28, 28, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1);
+        let g2 = geom(8, 32, 14, 14, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1);
+        for g in [&g1, &g2] {
+            assert!(g.n * g.oc * g.c * 9 * g.h * g.w >= CONV_PAR_MIN_MACS);
+        }
+        check_against_reference(&g1, true, 7, false);
+        check_against_reference(&g2, true, 8, false);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let g = geom(8, 32, 14, 14, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1);
+        let (il, wl, ol) = lens(&g);
+        let inp = uniform(1, il, -1.0, 1.0);
+        let w = uniform(2, wl, -1.0, 1.0);
+        let bias = uniform(3, g.oc, -1.0, 1.0);
+        let dout = uniform(4, ol, -1.0, 1.0);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run_kernel::<f32>(&inp, &w, Some(&bias), &dout, &g))
+        };
+        let (a, b) = (run(1), run(3));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&a.0) == bits(&b.0), "out differs");
+        assert!(bits(&a.1) == bits(&b.1), "dinp differs");
+        assert!(bits(&a.2) == bits(&b.2), "dweight differs");
+        assert!(bits(&a.3) == bits(&b.3), "dbias differs");
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        // Groups 2, non-square kernel, stride (2, 1), padding 1, dilation (1, 2): 160 + 48 + 4 coordinates.
+        let g = geom(2, 4, 5, 4, 4, 3, 2, (2, 1), (1, 1), (1, 2), 2);
+        let (il, wl, ol) = lens(&g);
+        let mut inp = uniform(1, il, -1.0, 1.0);
+        let mut w = uniform(2, wl, -1.0, 1.0);
+        let mut bias = uniform(3, g.oc, -1.0, 1.0);
+        let dout = uniform(4, ol, -1.0, 1.0);
+        let mut col = vec![0.0; g.col_len()];
+        let (mut dinp, mut dw, mut db) = (vec![0.0; il], vec![0.0; wl], vec![0.0; g.oc]);
+        conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, &g);
+
+        let loss = |inp: &[f64], w: &[f64], bias: &[f64]| {
+            let mut out = vec![0.0; ol];
+            let mut col = vec![0.0; g.col_len()];
+            conv2d_forward(&mut out, inp, w, Some(bias), &mut col, &g);
+            dot(&dout, &out)
+        };
+        let (w0, bias0) = (w.clone(), bias.clone());
+        check_grad("dinp", &mut inp, &dinp, |x| loss(x, &w0, &bias0));
+        let inp0 = inp.clone();
+        check_grad("dweight", &mut w, &dw, |x| loss(&inp0, x, &bias0));
+        check_grad("dbias", &mut bias, &db, |x| loss(&inp0, &w0, x));
+    }
+
+    #[test]
+    fn parameter_gradients_accumulate_and_input_gradient_overwrites() {
+        // 10 samples: slot 0 adds straight onto dweight, the other slots go through partials.
+        let g = geom(10, 2, 5, 5, 3, 3, 3, (1, 1), (1, 1), (1, 1), 1);
+        let (il, wl, ol) = lens(&g);
+        let inp = uniform(5, il, -1.0, 1.0);
+        let w = uniform(6, wl, -1.0, 1.0);
+        let dout = uniform(7, ol, -1.0, 1.0);
+        let mut col = vec![0.0; g.col_len()];
+        let (mut dinp, mut dw, mut db) = (vec![0.0; il], vec![0.0; wl], vec![0.0; g.oc]);
+        conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, &g);
+        let (dinp1, dw1, db1) = (dinp.clone(), dw.clone(), db.clone());
+        conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, &g);
+        assert_close("dinp overwritten", &dinp, &dinp1, 0.0, 0.0);
+        let times = |v: &[f64], k: f64| v.iter().map(|x| k * x).collect::<Vec<_>>();
+        assert_close("dweight doubled", &dw, &times(&dw1, 2.0), 1e-14, 1e-14);
+        assert_close("dbias doubled", &db, &times(&db1, 2.0), 1e-14, 1e-14);
+        // Without dinp / dbias only dweight moves.
+        conv2d_backward(None, &mut dw, None, &dout, &inp, &w, &mut col, &g);
+        assert_close("dweight tripled", &dw, &times(&dw1, 3.0), 1e-14, 1e-14);
+        assert_close("dbias untouched", &db, &times(&db1, 2.0), 0.0, 0.0);
+    }
+
+    #[test]
+    fn geometry_errors() {
+        let ok = geom(2, 4, 8, 8, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2);
+        assert_eq!(ok.out_hw(), Ok((8, 8)));
+        assert_eq!(ok.col_len(), 2 * (2 * 9 * 64 + 6 * 2 * 9));
+        let bad = [
+            Conv2dGeom { c: 0, ..ok },
+            Conv2dGeom { oc: 0, ..ok },
+            Conv2dGeom { groups: 0, ..ok },
+            Conv2dGeom { groups: 3, ..ok }, // C = 4 not divisible
+            Conv2dGeom { oc: 5, ..ok },     // OC = 5 not divisible by 2
+            Conv2dGeom { kh: 0, ..ok },
+            Conv2dGeom { stride: (1, 0), ..ok },
+            Conv2dGeom { dilation: (0, 1), ..ok },
+            Conv2dGeom { h: 0, ..ok },
+            Conv2dGeom { kw: 11, ..ok },                           // 11 > 8 + 2
+            Conv2dGeom { dilation: (5, 1), ..ok },                 // 5*2 + 1 = 11 > 10
+            Conv2dGeom { padding: (usize::MAX / 2 + 1, 0), ..ok }, // overflow
+        ];
+        for g in bad {
+            assert!(g.out_hw().is_err(), "{g:?} should be rejected");
+            assert_eq!(g.col_len(), 0);
+        }
+        // The output size follows PyTorch's floor formula.
+        assert_eq!(Conv2dGeom { stride: (2, 3), padding: (0, 0), ..ok }.out_hw(), Ok((3, 2)));
+        assert_eq!(Conv2dGeom { dilation: (2, 2), padding: (0, 2), ..ok }.out_hw(), Ok((4, 8)));
+        // A kernel exactly as large as the padded input gives a 1x1 output.
+        assert_eq!(Conv2dGeom { kh: 10, kw: 10, ..ok }.out_hw(), Ok((1, 1)));
+        // An empty batch is valid and a no-op.
+        let empty = Conv2dGeom { n: 0, ..ok };
+        assert_eq!(empty.col_len(), 0);
+        conv2d_forward::<f32>(&mut [], &[], &[0.0; 6 * 2 * 9], None, &mut [], &empty);
+    }
+
+    #[test]
+    #[should_panic(expected = "divisible by groups")]
+    fn kernels_panic_on_invalid_geometry() {
+        let g = geom(1, 3, 4, 4, 2, 1, 1, (1, 1), (0, 0), (1, 1), 2);
+        conv2d_forward::<f32>(&mut [0.0; 32], &[0.0; 48], &[0.0; 3], None, &mut [], &g);
+    }
+}

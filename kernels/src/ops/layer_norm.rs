@@ -1,1 +1,470 @@
-//! placeholder: being written
+//! Layer normalisation over the last dimension (PyTorch's `nn.LayerNorm(dim)`): per row
+//! `out = (x - mean) * rstd * weight + bias` with `rstd = 1 / sqrt(var + eps)` and the biased variance.
+//!
+//! The forward saves each row's mean and rstd so the backward need not recompute them.
+
+use rayon::prelude::*;
+
+use super::par::{rows_per_task, PAR_MIN_ELEMS};
+use crate::Float;
+
+/// Columns per block in the parameter-gradient pass: each block's f64 accumulators live in a fixed stack
+/// array, and 64 columns of a row span a few cache lines.
+const COL_BLOCK: usize = 64;
+
+/// Fixed number of row ranges the parameter-gradient pass splits the rows into when there is a single
+/// column block (small `dim`, many rows). Fixed, not the thread count, so the summation order (hence the
+/// rounded gradient) does not depend on the machine.
+const ROW_RANGES: usize = 16;
+
+/// A group of rows in the forward, as zipped by rayon: (out, inp), (save_mean, save_rstd).
+type FwdGroup<'a, T> = ((&'a mut [T], &'a [T]), (&'a mut [T], &'a mut [T]));
+
+/// A group of rows in the input-gradient pass: (dinp, dout), (inp, (save_mean, save_rstd)).
+type BwdGroup<'a, T> = ((&'a mut [T], &'a [T]), (&'a [T], (&'a [T], &'a [T])));
+
+/// Layer norm forward (overwrites `out`, `save_mean`, `save_rstd`). Mean and variance are accumulated in
+/// f64 (two passes, so no cancellation from `E[x^2] - E[x]^2`). `weight` / `bias` are `None` for
+/// `elementwise_affine=False` (or `bias=False`).
+///
+/// inp: [rows, dim], weight: [dim], bias: [dim], out: [rows, dim], save_mean: [rows], save_rstd: [rows].
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward<T: Float>(
+    out: &mut [T],
+    save_mean: &mut [T],
+    save_rstd: &mut [T],
+    inp: &[T],
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    rows: usize,
+    dim: usize,
+    eps: f64,
+) {
+    assert_eq!(inp.len(), rows * dim, "layer_norm_forward: inp must be [rows, dim]");
+    assert_eq!(out.len(), rows * dim, "layer_norm_forward: out must be [rows, dim]");
+    assert_eq!(save_mean.len(), rows, "layer_norm_forward: save_mean must be [rows]");
+    assert_eq!(save_rstd.len(), rows, "layer_norm_forward: save_rstd must be [rows]");
+    assert!(weight.is_none_or(|w| w.len() == dim), "layer_norm_forward: weight must be [dim]");
+    assert!(bias.is_none_or(|b| b.len() == dim), "layer_norm_forward: bias must be [dim]");
+    if dim == 0 {
+        return;
+    }
+    let inv_dim = 1.0 / dim as f64;
+    let row = |y: &mut [T], x: &[T], sm: &mut T, sr: &mut T| {
+        let mean = x.iter().map(|&v| v.to_f64()).sum::<f64>() * inv_dim;
+        let var = x.iter().map(|&v| (v.to_f64() - mean).powi(2)).sum::<f64>() * inv_dim;
+        let (mean, rstd) = (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()));
+        *sm = mean;
+        *sr = rstd;
+        for (j, (y, &v)) in y.iter_mut().zip(x).enumerate() {
+            let mut n = (v - mean) * rstd;
+            if let Some(w) = weight {
+                n *= w[j];
+            }
+            if let Some(b) = bias {
+                n += b[j];
+            }
+            *y = n;
+        }
+    };
+    let group = |((y, x), (sm, sr)): FwdGroup<'_, T>| {
+        for (((y, x), sm), sr) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(sm).zip(sr) {
+            row(y, x, sm, sr);
+        }
+    };
+    if rows > 1 && rows * dim >= PAR_MIN_ELEMS {
+        let r = rows_per_task(dim);
+        out.par_chunks_mut(r * dim)
+            .zip(inp.par_chunks(r * dim))
+            .zip(save_mean.par_chunks_mut(r).zip(save_rstd.par_chunks_mut(r)))
+            .for_each(group);
+    } else {
+        group(((out, inp), (save_mean, save_rstd)));
+    }
+}
+
+/// Layer norm backward. Overwrites `dinp` with
+/// `rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))`, `g = dout * weight`, `xhat = (x - mean) * rstd`;
+/// accumulates `dweight += sum_rows dout * xhat` and `dbias += sum_rows dout` (pass `None` to skip either).
+///
+/// dout, inp: [rows, dim], save_mean, save_rstd: [rows] (from the forward), weight: [dim],
+/// dinp: [rows, dim], dweight, dbias: [dim].
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward<T: Float>(
+    dinp: &mut [T],
+    dweight: Option<&mut [T]>,
+    dbias: Option<&mut [T]>,
+    dout: &[T],
+    inp: &[T],
+    save_mean: &[T],
+    save_rstd: &[T],
+    weight: Option<&[T]>,
+    rows: usize,
+    dim: usize,
+) {
+    assert_eq!(inp.len(), rows * dim, "layer_norm_backward: inp must be [rows, dim]");
+    assert_eq!(dout.len(), rows * dim, "layer_norm_backward: dout must be [rows, dim]");
+    assert_eq!(dinp.len(), rows * dim, "layer_norm_backward: dinp must be [rows, dim]");
+    assert_eq!(save_mean.len(), rows, "layer_norm_backward: save_mean must be [rows]");
+    assert_eq!(save_rstd.len(), rows, "layer_norm_backward: save_rstd must be [rows]");
+    assert!(weight.is_none_or(|w| w.len() == dim), "layer_norm_backward: weight must be [dim]");
+    assert!(dweight.as_ref().is_none_or(|w| w.len() == dim), "layer_norm_backward: dweight must be [dim]");
+    assert!(dbias.as_ref().is_none_or(|b| b.len() == dim), "layer_norm_backward: dbias must be [dim]");
+    if dim == 0 {
+        return;
+    }
+    let parallel = rows * dim >= PAR_MIN_ELEMS;
+    input_grad(dinp, dout, inp, save_mean, save_rstd, weight, rows, dim, parallel);
+    if dweight.is_some() || dbias.is_some() {
+        let ctx = ParamCtx { dout, inp, save_mean, save_rstd, rows, dim };
+        if dim <= COL_BLOCK && parallel && rows > 1 {
+            param_grads_row_split(dweight, dbias, &ctx);
+        } else {
+            param_grads_cols(dweight, dbias, 0, dim, &ctx, parallel);
+        }
+    }
+}
+
+/// The `dinp` part of [`layer_norm_backward`], row by row (rows are independent: parallel over groups).
+#[allow(clippy::too_many_arguments)]
+fn input_grad<T: Float>(
+    dinp: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    save_mean: &[T],
+    save_rstd: &[T],
+    weight: Option<&[T]>,
+    rows: usize,
+    dim: usize,
+    parallel: bool,
+) {
+    let inv_dim = 1.0 / dim as f64;
+    let w = |j: usize| weight.map_or(T::ONE, |w| w[j]);
+    let row = |dx: &mut [T], dy: &[T], x: &[T], mean: T, rstd: T| {
+        // The two row reductions, in f64: they are differences of O(dim) terms.
+        let (mut s_g, mut s_gx) = (0.0f64, 0.0f64);
+        for (j, (&g, &v)) in dy.iter().zip(x).enumerate() {
+            let g = (g * w(j)).to_f64();
+            s_g += g;
+            s_gx += g * ((v - mean) * rstd).to_f64();
+        }
+        let (mean_g, mean_gx) = (T::from_f64(s_g * inv_dim), T::from_f64(s_gx * inv_dim));
+        for (j, ((dx, &g), &v)) in dx.iter_mut().zip(dy).zip(x).enumerate() {
+            let xhat = (v - mean) * rstd;
+            *dx = rstd * (g * w(j) - mean_g - xhat * mean_gx);
+        }
+    };
+    let group = |((dx, dy), (x, (sm, sr))): BwdGroup<'_, T>| {
+        let rows = dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim));
+        for (((dx, dy), x), (&mean, &rstd)) in rows.zip(sm.iter().zip(sr)) {
+            row(dx, dy, x, mean, rstd);
+        }
+    };
+    if parallel && rows > 1 {
+        let r = rows_per_task(dim);
+        dinp.par_chunks_mut(r * dim)
+            .zip(dout.par_chunks(r * dim))
+            .zip(inp.par_chunks(r * dim).zip(save_mean.par_chunks(r).zip(save_rstd.par_chunks(r))))
+            .for_each(group);
+    } else {
+        group(((dinp, dout), (inp, (save_mean, save_rstd))));
+    }
+}
+
+/// Read-only inputs of the parameter-gradient pass.
+struct ParamCtx<'a, T> {
+    dout: &'a [T],
+    inp: &'a [T],
+    save_mean: &'a [T],
+    save_rstd: &'a [T],
+    rows: usize,
+    dim: usize,
+}
+
+/// f64 partial sums `(sum dout * xhat, sum dout)` of up to [`COL_BLOCK`] columns.
+type BlockSums = ([f64; COL_BLOCK], [f64; COL_BLOCK]);
+
+/// Partial sums of columns `[lo, lo + w)` (`w <= COL_BLOCK`) over rows `[r0, r1)`, rows in order.
+fn block_sums<T: Float>(ctx: &ParamCtx<'_, T>, lo: usize, w: usize, r0: usize, r1: usize) -> BlockSums {
+    let (mut sw, mut sb) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
+    for r in r0..r1 {
+        let (mean, rstd) = (ctx.save_mean[r], ctx.save_rstd[r]);
+        let base = r * ctx.dim + lo;
+        for (k, (&g, &v)) in ctx.dout[base..base + w].iter().zip(&ctx.inp[base..base + w]).enumerate() {
+            sw[k] += (g * ((v - mean) * rstd)).to_f64();
+            sb[k] += g.to_f64();
+        }
+    }
+    (sw, sb)
+}
+
+/// Adds block sums to the (optional) gradient slices of one column block.
+fn add_block<T: Float>(dw: Option<&mut [T]>, db: Option<&mut [T]>, sums: &BlockSums) {
+    if let Some(dw) = dw {
+        for (d, &s) in dw.iter_mut().zip(&sums.0) {
+            *d += T::from_f64(s);
+        }
+    }
+    if let Some(db) = db {
+        for (d, &s) in db.iter_mut().zip(&sums.1) {
+            *d += T::from_f64(s);
+        }
+    }
+}
+
+/// Parameter gradients of columns `[lo, hi)`, whose gradient slices are `dw` / `db`. In parallel it halves
+/// the column range (at a block boundary) with `rayon::join` until one block is left: every column is summed
+/// over all rows in order either way, so both paths give the same bits. Recursion instead of `par_chunks`
+/// because the two optional slices must be split together.
+fn param_grads_cols<T: Float>(
+    dw: Option<&mut [T]>,
+    db: Option<&mut [T]>,
+    lo: usize,
+    hi: usize,
+    ctx: &ParamCtx<'_, T>,
+    parallel: bool,
+) {
+    let blocks = (hi - lo).div_ceil(COL_BLOCK);
+    if parallel && blocks > 1 {
+        let mid = (blocks / 2) * COL_BLOCK;
+        let (dw0, dw1) = match dw {
+            Some(d) => {
+                let (a, b) = d.split_at_mut(mid);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        let (db0, db1) = match db {
+            Some(d) => {
+                let (a, b) = d.split_at_mut(mid);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        rayon::join(
+            || param_grads_cols(dw0, db0, lo, lo + mid, ctx, parallel),
+            || param_grads_cols(dw1, db1, lo + mid, hi, ctx, parallel),
+        );
+        return;
+    }
+    let (mut dw, mut db) = (dw, db);
+    for b in 0..blocks {
+        let (c0, c1) = (b * COL_BLOCK, ((b + 1) * COL_BLOCK).min(hi - lo));
+        let sums = block_sums(ctx, lo + c0, c1 - c0, 0, ctx.rows);
+        add_block(dw.as_deref_mut().map(|d| &mut d[c0..c1]), db.as_deref_mut().map(|d| &mut d[c0..c1]), &sums);
+    }
+}
+
+/// Parameter gradients when `dim <= 64` (one column block) and there are many rows: [`ROW_RANGES`] fixed row
+/// ranges summed in parallel, their partials then added in range order (deterministic).
+fn param_grads_row_split<T: Float>(dw: Option<&mut [T]>, db: Option<&mut [T]>, ctx: &ParamCtx<'_, T>) {
+    let per_range = ctx.rows.div_ceil(ROW_RANGES);
+    let mut partial = [([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]); ROW_RANGES];
+    partial.par_iter_mut().enumerate().for_each(|(k, p)| {
+        let r0 = (k * per_range).min(ctx.rows);
+        let r1 = (r0 + per_range).min(ctx.rows);
+        *p = block_sums(ctx, 0, ctx.dim, r0, r1);
+    });
+    let mut total = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
+    for p in &partial {
+        for k in 0..ctx.dim {
+            total.0[k] += p.0[k];
+            total.1[k] += p.1[k];
+        }
+    }
+    add_block(dw, db, &total);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::*;
+
+    const EPS: f64 = 1e-5;
+
+    struct Reference {
+        out: Vec<f64>,
+        mean: Vec<f64>,
+        rstd: Vec<f64>,
+        dinp: Vec<f64>,
+        dweight: Vec<f64>,
+        dbias: Vec<f64>,
+    }
+
+    /// Naive f64 reference from the definition, with the backward derived by the textbook chain rule
+    /// through var and mean (a different route from the kernel's closed form):
+    /// dxhat = dy * w, dvar = sum dxhat (x - mu) (-1/2) (var + eps)^(-3/2),
+    /// dmu = -sum dxhat * rstd + dvar * sum -2 (x - mu) / D, dx = dxhat * rstd + dvar * 2 (x - mu) / D + dmu / D.
+    fn reference(x: &[f64], w: &[f64], b: &[f64], dy: &[f64], rows: usize, d: usize) -> Reference {
+        let mut r = Reference {
+            out: vec![0.0; rows * d],
+            mean: vec![0.0; rows],
+            rstd: vec![0.0; rows],
+            dinp: vec![0.0; rows * d],
+            dweight: vec![0.0; d],
+            dbias: vec![0.0; d],
+        };
+        let df = d as f64;
+        for i in 0..rows {
+            let x = &x[i * d..(i + 1) * d];
+            let dy = &dy[i * d..(i + 1) * d];
+            let mu = x.iter().sum::<f64>() / df;
+            let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / df;
+            let rstd = 1.0 / (var + EPS).sqrt();
+            r.mean[i] = mu;
+            r.rstd[i] = rstd;
+            let mut dvar = 0.0;
+            for j in 0..d {
+                let xhat = (x[j] - mu) * rstd;
+                r.out[i * d + j] = xhat * w[j] + b[j];
+                r.dweight[j] += dy[j] * xhat;
+                r.dbias[j] += dy[j];
+                dvar += dy[j] * w[j] * (x[j] - mu) * -0.5 * (var + EPS).powf(-1.5);
+            }
+            let mut dmu = 0.0;
+            for j in 0..d {
+                dmu += -dy[j] * w[j] * rstd + dvar * -2.0 * (x[j] - mu) / df;
+            }
+            for j in 0..d {
+                r.dinp[i * d + j] = dy[j] * w[j] * rstd + dvar * 2.0 * (x[j] - mu) / df + dmu / df;
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn hand_checked_values() {
+        // Row [1, 2, 3, 4]: mean 2.5, biased var 1.25; with eps = 1e-5 the values are (x - 2.5) / sqrt(1.25001)
+        // (numpy float64).
+        let x = [1.0f64, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0];
+        let (mut y, mut m, mut r) = ([0.0; 8], [0.0; 2], [0.0; 2]);
+        layer_norm_forward(&mut y, &mut m, &mut r, &x, None, None, 2, 4, 1e-5);
+        let want = [-1.3416354199689269, -0.447211806656309, 0.447211806656309, 1.3416354199689269];
+        assert_close("row 0", &y[..4], &want, 1e-14, 0.0);
+        // A constant row normalises to 0 (variance 0, rstd = 1/sqrt(eps)), not NaN.
+        assert_eq!(&y[4..], &[0.0; 4]);
+        assert_eq!(m, [2.5, 5.0]);
+        assert_close("rstd", &r, &[1.0 / 1.25001f64.sqrt(), 1.0 / 1e-5f64.sqrt()], 1e-15, 0.0);
+        // With affine parameters: out = xhat * w + b.
+        let (w, b) = ([2.0, 0.0, -1.0, 1.0], [0.5, 0.5, 0.5, -0.5]);
+        layer_norm_forward(&mut y, &mut m, &mut r, &x, Some(&w), Some(&b), 2, 4, 1e-5);
+        let want_aff: Vec<f64> = (0..4).map(|j| want[j] * w[j] + b[j]).collect();
+        assert_close("affine row 0", &y[..4], &want_aff, 1e-14, 1e-16);
+        // dout = 1 everywhere: dinp = 0 (a shift of the row changes nothing), dbias = rows, dweight = sum xhat.
+        let mut dx = [9.0; 8];
+        let (mut dw, mut db) = ([0.0; 4], [0.0; 4]);
+        layer_norm_backward(&mut dx, Some(&mut dw), Some(&mut db), &[1.0; 8], &x, &m, &r, None, 2, 4);
+        assert_close("dinp", &dx, &[0.0; 8], 0.0, 1e-12);
+        assert_eq!(db, [2.0; 4]);
+        assert_close("dweight", &dw, &want, 1e-14, 0.0);
+    }
+
+    fn case(seed: u64, rows: usize, d: usize) -> [Vec<f64>; 4] {
+        [
+            round_f32(&uniform(seed, rows * d, -2.0, 3.0)),
+            round_f32(&uniform(seed + 1, d, 0.5, 1.5)),
+            round_f32(&uniform(seed + 2, d, -0.5, 0.5)),
+            round_f32(&uniform(seed + 3, rows * d, -1.0, 1.0)),
+        ]
+    }
+
+    #[test]
+    fn matches_f64_reference() {
+        // Sequential; 300 x 500 (parallel rows, parallel column blocks); 3000 x 48 (parallel rows, row-split
+        // parameter sums); dim 1 (output = bias).
+        for (rows, d, seed) in [(5usize, 7usize, 1u64), (300, 500, 2), (3000, 48, 3), (4, 1, 4)] {
+            let [x, w, b, dy] = case(seed, rows, d);
+            let r = reference(&x, &w, &b, &dy, rows, d);
+            let init_w = round_f32(&uniform(seed + 4, d, -1.0, 1.0));
+            let init_b = round_f32(&uniform(seed + 5, d, -1.0, 1.0));
+            let want_dw: Vec<f64> = r.dweight.iter().zip(&init_w).map(|(a, b)| a + b).collect();
+            let want_db: Vec<f64> = r.dbias.iter().zip(&init_b).map(|(a, b)| a + b).collect();
+
+            let (mut y, mut m, mut s) = (vec![0.0f64; rows * d], vec![0.0f64; rows], vec![0.0f64; rows]);
+            layer_norm_forward(&mut y, &mut m, &mut s, &x, Some(&w), Some(&b), rows, d, EPS);
+            assert_close("f64 out", &y, &r.out, 1e-12, 1e-12);
+            assert_close("f64 mean", &m, &r.mean, 1e-12, 1e-14);
+            assert_close("f64 rstd", &s, &r.rstd, 1e-12, 0.0);
+            let mut dx = vec![f64::NAN; rows * d];
+            let (mut dw, mut db) = (init_w.clone(), init_b.clone());
+            layer_norm_backward(&mut dx, Some(&mut dw), Some(&mut db), &dy, &x, &m, &s, Some(&w), rows, d);
+            assert_close_scaled("f64 dinp", &dx, &r.dinp, 1e-12);
+            assert_close_scaled("f64 dweight", &dw, &want_dw, 1e-12);
+            assert_close_scaled("f64 dbias", &db, &want_db, 1e-12);
+
+            let (x32, w32, b32, dy32) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
+            let (mut y, mut m, mut s) = (vec![0.0f32; rows * d], vec![0.0f32; rows], vec![0.0f32; rows]);
+            layer_norm_forward(&mut y, &mut m, &mut s, &x32, Some(&w32), Some(&b32), rows, d, EPS);
+            assert_close_scaled("f32 out", &y, &r.out, 1e-5);
+            assert_close("f32 rstd", &s, &r.rstd, 1e-6, 0.0);
+            let mut dx = vec![f32::NAN; rows * d];
+            let (mut dw, mut db) = (to_f32(&init_w), to_f32(&init_b));
+            layer_norm_backward(&mut dx, Some(&mut dw), Some(&mut db), &dy32, &x32, &m, &s, Some(&w32), rows, d);
+            assert_close_scaled("f32 dinp", &dx, &r.dinp, 1e-5);
+            assert_close_scaled("f32 dweight", &dw, &want_dw, 1e-5);
+            assert_close_scaled("f32 dbias", &db, &want_db, 1e-5);
+
+            // No affine parameters: same as weight 1, bias 0; dinp is written even without dweight/dbias.
+            let (ones, zeros) = (vec![1.0; d], vec![0.0; d]);
+            let r = reference(&x, &ones, &zeros, &dy, rows, d);
+            let (mut y, mut m, mut s) = (vec![0.0f64; rows * d], vec![0.0f64; rows], vec![0.0f64; rows]);
+            layer_norm_forward(&mut y, &mut m, &mut s, &x, None, None, rows, d, EPS);
+            assert_close("f64 out, no affine", &y, &r.out, 1e-12, 1e-12);
+            let mut dx = vec![f64::NAN; rows * d];
+            layer_norm_backward(&mut dx, None, None, &dy, &x, &m, &s, None, rows, d);
+            assert_close_scaled("f64 dinp, no affine", &dx, &r.dinp, 1e-12);
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (rows, d) = (3, 5);
+        let [mut x, mut w, mut b, _] = case(5, rows, d);
+        let g = uniform(9, rows * d, -1.0, 1.0);
+        let (mut y, mut m, mut s) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
+        layer_norm_forward(&mut y, &mut m, &mut s, &x, Some(&w), Some(&b), rows, d, EPS);
+        let (mut dx, mut dw, mut db) = (vec![0.0; rows * d], vec![0.0; d], vec![0.0; d]);
+        layer_norm_backward(&mut dx, Some(&mut dw), Some(&mut db), &g, &x, &m, &s, Some(&w), rows, d);
+
+        let mut loss = |x: &[f64], w: &[f64], b: &[f64]| {
+            layer_norm_forward(&mut y, &mut m, &mut s, x, Some(w), Some(b), rows, d, EPS);
+            dot(&g, &y)
+        };
+        let (w0, b0, x0) = (w.clone(), b.clone(), x.clone());
+        check_grad("dinp", &mut x, &dx, |v| loss(v, &w0, &b0));
+        check_grad("dweight", &mut w, &dw, |v| loss(&x0, v, &b0));
+        check_grad("dbias", &mut b, &db, |v| loss(&x0, &w0, v));
+    }
+
+    #[test]
+    fn parameter_gradients_accumulate_and_are_deterministic() {
+        // Calling the backward twice doubles the parameter gradients (+=) but leaves dinp as one call's
+        // value (=); the row-split and column-block reductions give the same bits on every run.
+        for (rows, d) in [(4usize, 6usize), (3000, 48), (300, 500)] {
+            let [x, w, b, dy] = case(11, rows, d);
+            let (x, w, b, dy) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
+            let (mut y, mut m, mut s) = (vec![0.0f32; rows * d], vec![0.0f32; rows], vec![0.0f32; rows]);
+            layer_norm_forward(&mut y, &mut m, &mut s, &x, Some(&w), Some(&b), rows, d, EPS);
+            let run = |dw: &mut [f32], db: &mut [f32]| {
+                let mut dx = vec![0.0f32; rows * d];
+                layer_norm_backward(&mut dx, Some(dw), Some(db), &dy, &x, &m, &s, Some(&w), rows, d);
+                dx
+            };
+            let (mut dw1, mut db1) = (vec![0.0f32; d], vec![0.0f32; d]);
+            let dx1 = run(&mut dw1, &mut db1);
+            let (mut dw2, mut db2) = (vec![0.0f32; d], vec![0.0f32; d]);
+            let _ = run(&mut dw2, &mut db2);
+            assert_eq!((&dw1, &db1), (&dw2, &db2), "repeatable bit for bit");
+            let dx2 = run(&mut dw2, &mut db2);
+            assert_eq!(dx1, dx2);
+            let twice = |v: &[f32]| v.iter().map(|&a| 2.0 * a).collect::<Vec<f32>>();
+            assert_eq!(dw2, twice(&dw1));
+            assert_eq!(db2, twice(&db1));
+            // Only one of the two parameter gradients requested.
+            let mut db3 = vec![0.0f32; d];
+            let mut dx3 = vec![0.0f32; rows * d];
+            layer_norm_backward(&mut dx3, None, Some(&mut db3), &dy, &x, &m, &s, Some(&w), rows, d);
+            assert_eq!(db3, db1);
+        }
+    }
+}

@@ -7,7 +7,8 @@
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Activation, Arena, Grads, Graph, NoDecay, Node, OpKind, ParamInfo, ParamRef, ParamSlice, Params, ValueId, ValueInfo,
+    Activation, Arena, Conv2dSpec, Grads, Graph, NoDecay, Node, OpKind, ParamInfo, ParamRef, ParamSlice, Params,
+    Pool2dSpec, ValueId, ValueInfo,
 };
 use ecstrain_kernels::rng::Rng;
 
@@ -48,8 +49,31 @@ struct ParamSpec {
 }
 
 enum PendingOp {
-    Linear { in_features: usize, out_features: usize, weight: ParamHandle, bias: Option<ParamHandle> },
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        weight: ParamHandle,
+        bias: Option<ParamHandle>,
+    },
+    Conv2d {
+        spec: Conv2dSpec,
+        in_hw: (usize, usize),
+        out_hw: (usize, usize),
+        weight: ParamHandle,
+        bias: Option<ParamHandle>,
+    },
     Ready(OpKind),
+}
+
+/// Input `(C, H, W)`, output height, output width of a pooling op.
+type PoolShapes = ((usize, usize, usize), usize, usize);
+
+/// Output size of a convolution or pooling window along one axis (PyTorch floor mode), or `None` when the
+/// window does not fit.
+fn window_out(size: usize, kernel: usize, stride: usize, padding: usize, dilation: usize) -> Option<usize> {
+    let span = dilation * (kernel.checked_sub(1)?) + 1;
+    let padded = size + 2 * padding;
+    (stride > 0 && kernel > 0 && padded >= span).then(|| (padded - span) / stride + 1)
 }
 
 struct PendingNode {
@@ -122,6 +146,113 @@ impl GraphBuilder {
         Ok(self.push(name, PendingOp::Linear { in_features, out_features, weight, bias }, x, vec![out_features]))
     }
 
+    fn chw(&self, name: &str, x: ValueId) -> Result<(usize, usize, usize), GraphError> {
+        match *self.shape(x) {
+            [c, h, w] => Ok((c, h, w)),
+            ref other => {
+                Err(GraphError::Shape { node: name.into(), expected: "[C, H, W]".into(), got: other.to_vec() })
+            }
+        }
+    }
+
+    /// `nn.Conv2d` named `name` (parameters `name.weight` `[oc, c/groups, kh, kw]`, `name.bias`) on a `[C, H, W]`
+    /// input.
+    pub fn conv2d(&mut self, name: &str, x: ValueId, spec: Conv2dSpec, bias: bool) -> Result<ValueId, GraphError> {
+        let (c, h, w) = self.chw(name, x)?;
+        let invalid = |message: String| GraphError::Invalid { node: name.into(), message };
+        if spec.in_channels != c {
+            return Err(GraphError::Shape {
+                node: name.into(),
+                expected: format!("[{}, H, W]", spec.in_channels),
+                got: vec![c, h, w],
+            });
+        }
+        if spec.groups == 0
+            || !c.is_multiple_of(spec.groups)
+            || !spec.out_channels.is_multiple_of(spec.groups)
+            || spec.out_channels == 0
+        {
+            return Err(invalid(format!(
+                "groups {} must divide in_channels {c} and out_channels {} (both >= 1)",
+                spec.groups, spec.out_channels
+            )));
+        }
+        let oh = window_out(h, spec.kernel.0, spec.stride.0, spec.padding.0, spec.dilation.0);
+        let ow = window_out(w, spec.kernel.1, spec.stride.1, spec.padding.1, spec.dilation.1);
+        let (Some(oh), Some(ow)) = (oh, ow) else {
+            return Err(invalid(format!(
+                "kernel {:?} (dilation {:?}, padding {:?}, stride {:?}) does not fit a {h}x{w} input",
+                spec.kernel, spec.dilation, spec.padding, spec.stride
+            )));
+        };
+        let fan_in = (c / spec.groups) * spec.kernel.0 * spec.kernel.1;
+        let weight = self.param(
+            &format!("{name}.weight"),
+            &[spec.out_channels, c / spec.groups, spec.kernel.0, spec.kernel.1],
+            Init::torch_default(fan_in),
+        );
+        let bias = bias.then(|| self.param(&format!("{name}.bias"), &[spec.out_channels], Init::torch_default(fan_in)));
+        let op = PendingOp::Conv2d { spec, in_hw: (h, w), out_hw: (oh, ow), weight, bias };
+        Ok(self.push(name, op, x, vec![spec.out_channels, oh, ow]))
+    }
+
+    fn pool_out(&self, name: &str, x: ValueId, spec: Pool2dSpec) -> Result<PoolShapes, GraphError> {
+        let (c, h, w) = self.chw(name, x)?;
+        let invalid = |message: String| GraphError::Invalid { node: name.into(), message };
+        if 2 * spec.padding.0 > spec.kernel.0 || 2 * spec.padding.1 > spec.kernel.1 {
+            return Err(invalid(format!(
+                "padding {:?} must be at most half the kernel {:?}",
+                spec.padding, spec.kernel
+            )));
+        }
+        let oh = window_out(h, spec.kernel.0, spec.stride.0, spec.padding.0, 1);
+        let ow = window_out(w, spec.kernel.1, spec.stride.1, spec.padding.1, 1);
+        match (oh, ow) {
+            (Some(oh), Some(ow)) => Ok(((c, h, w), oh, ow)),
+            _ => Err(invalid(format!(
+                "pooling window {:?} (stride {:?}) does not fit a {h}x{w} input",
+                spec.kernel, spec.stride
+            ))),
+        }
+    }
+
+    /// `nn.MaxPool2d`.
+    pub fn max_pool2d(&mut self, name: &str, x: ValueId, spec: Pool2dSpec) -> Result<ValueId, GraphError> {
+        let (in_chw, oh, ow) = self.pool_out(name, x, spec)?;
+        Ok(self.push(name, PendingOp::Ready(OpKind::MaxPool2d { spec, in_chw }), x, vec![in_chw.0, oh, ow]))
+    }
+
+    /// `nn.AvgPool2d` (count_include_pad = True).
+    pub fn avg_pool2d(&mut self, name: &str, x: ValueId, spec: Pool2dSpec) -> Result<ValueId, GraphError> {
+        let (in_chw, oh, ow) = self.pool_out(name, x, spec)?;
+        Ok(self.push(name, PendingOp::Ready(OpKind::AvgPool2d { spec, in_chw }), x, vec![in_chw.0, oh, ow]))
+    }
+
+    /// `nn.AdaptiveAvgPool2d(1)` followed by flatten: `[C, H, W]` -> `[C]`.
+    pub fn global_avg_pool(&mut self, name: &str, x: ValueId) -> Result<ValueId, GraphError> {
+        let in_chw = self.chw(name, x)?;
+        Ok(self.push(name, PendingOp::Ready(OpKind::GlobalAvgPool { in_chw }), x, vec![in_chw.0]))
+    }
+
+    /// Reinterprets a sample as `shape` (same element count).
+    pub fn reshape(&mut self, name: &str, x: ValueId, shape: &[usize]) -> Result<ValueId, GraphError> {
+        let have = self.shape(x).to_vec();
+        if have.iter().product::<usize>() != shape.iter().product::<usize>() {
+            return Err(GraphError::Shape {
+                node: name.into(),
+                expected: format!("{} elements to reshape into {shape:?}", shape.iter().product::<usize>()),
+                got: have,
+            });
+        }
+        Ok(self.push(name, PendingOp::Ready(OpKind::Reshape), x, shape.to_vec()))
+    }
+
+    /// `nn.Flatten()`: `[...]` -> `[numel]`.
+    pub fn flatten(&mut self, name: &str, x: ValueId) -> ValueId {
+        let n = self.shape(x).iter().product::<usize>();
+        self.push(name, PendingOp::Ready(OpKind::Reshape), x, vec![n])
+    }
+
     /// An element-wise activation.
     pub fn activation(&mut self, name: &str, x: ValueId, act: Activation) -> ValueId {
         let shape = self.shape(x).to_vec();
@@ -177,6 +308,9 @@ impl GraphBuilder {
                         weight: refs[weight.0],
                         bias: bias.map(|b| refs[b.0]),
                     },
+                    PendingOp::Conv2d { spec, in_hw, out_hw, weight, bias } => {
+                        OpKind::Conv2d { spec, in_hw, out_hw, weight: refs[weight.0], bias: bias.map(|b| refs[b.0]) }
+                    }
                     PendingOp::Ready(op) => op,
                 };
                 Node { name: n.name, op, input: n.input, output: n.output }

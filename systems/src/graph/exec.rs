@@ -8,7 +8,7 @@
 //! micro-batches of an accumulation window add up); activation gradients overwrite.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Activation, Graph, Mode, OpKind, ValueId};
+use ecstrain_components::{Activation, Conv2dSpec, Graph, Mode, OpKind, Pool2dSpec, ValueId};
 use ecstrain_kernels::ops;
 use ecstrain_kernels::rng::Rng;
 
@@ -21,6 +21,10 @@ pub struct Activations {
     pub values: Vec<Vec<f32>>,
     /// `grads[v]`: same shapes as `values`.
     pub grads: Vec<Vec<f32>>,
+    /// `argmax[v]`: for max-pool outputs, the input position of each output element; empty otherwise.
+    pub argmax: Vec<Vec<u32>>,
+    /// Scratch shared by the ops that need it in turn (convolution column buffers), sized for the largest.
+    pub scratch: Vec<f32>,
 }
 
 impl Activations {
@@ -28,21 +32,68 @@ impl Activations {
     pub fn plan(graph: &Graph, capacity: usize) -> Activations {
         let sizes: Vec<usize> =
             graph.values.iter().enumerate().map(|(i, v)| if i == 0 { 0 } else { v.numel() * capacity }).collect();
+        let mut argmax = vec![Vec::new(); graph.values.len()];
+        let mut scratch = 0;
+        for node in &graph.nodes {
+            match &node.op {
+                OpKind::MaxPool2d { .. } => argmax[node.output.0] = vec![0; sizes[node.output.0]],
+                OpKind::Conv2d { spec, in_hw, .. } => {
+                    scratch = scratch.max(conv_geom(spec, *in_hw, capacity).col_len())
+                }
+                _ => {}
+            }
+        }
         Activations {
             capacity,
             values: sizes.iter().map(|&n| vec![0.0; n]).collect(),
             grads: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            argmax,
+            scratch: vec![0.0; scratch],
         }
     }
 
     /// Bytes held by the plan (for the model summary).
     pub fn bytes(&self) -> usize {
-        4 * (self.values.iter().map(Vec::len).sum::<usize>() + self.grads.iter().map(Vec::len).sum::<usize>())
+        4 * (self.values.iter().map(Vec::len).sum::<usize>()
+            + self.grads.iter().map(Vec::len).sum::<usize>()
+            + self.argmax.iter().map(Vec::len).sum::<usize>()
+            + self.scratch.len())
     }
 
     /// The valid part of the graph output for a batch of `n` rows.
     pub fn output<'a>(&'a self, graph: &Graph, n: usize) -> &'a [f32] {
         &self.values[graph.output.0][..n * graph.values[graph.output.0].numel()]
+    }
+}
+
+/// Kernel geometry of a convolution node for a batch of `n`.
+pub fn conv_geom(spec: &Conv2dSpec, in_hw: (usize, usize), n: usize) -> ops::conv2d::Conv2dGeom {
+    ops::conv2d::Conv2dGeom {
+        n,
+        c: spec.in_channels,
+        h: in_hw.0,
+        w: in_hw.1,
+        oc: spec.out_channels,
+        kh: spec.kernel.0,
+        kw: spec.kernel.1,
+        stride: spec.stride,
+        padding: spec.padding,
+        dilation: spec.dilation,
+        groups: spec.groups,
+    }
+}
+
+/// Kernel geometry of a pooling node for a batch of `n`.
+pub fn pool_geom(spec: &Pool2dSpec, in_chw: (usize, usize, usize), n: usize) -> ops::pool::Pool2dGeom {
+    ops::pool::Pool2dGeom {
+        n,
+        c: in_chw.0,
+        h: in_chw.1,
+        w: in_chw.2,
+        kh: spec.kernel.0,
+        kw: spec.kernel.1,
+        stride: spec.stride,
+        padding: spec.padding,
     }
 }
 
@@ -69,10 +120,11 @@ fn io<'a>(
 pub fn forward(graph: &Graph, params: &[f32], acts: &mut Activations, input: &[f32], n: usize, mode: Mode, seed: u64) {
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
     let input = &input[..n * graph.values[0].numel()];
+    let Activations { values, argmax, scratch, .. } = acts;
     for (idx, node) in graph.nodes.iter().enumerate() {
         let out_len = n * graph.values[node.output.0].numel();
         let in_len = n * graph.values[node.input.0].numel();
-        let (x, y) = io(&mut acts.values, input, node.input, node.output);
+        let (x, y) = io(values, input, node.input, node.output);
         let (x, y) = (&x[..in_len], &mut y[..out_len]);
         match &node.op {
             OpKind::Linear { in_features, out_features, weight, bias } => {
@@ -80,6 +132,18 @@ pub fn forward(graph: &Graph, params: &[f32], acts: &mut Activations, input: &[f
                 let b = bias.map(|b| &params[b.slice.range()]);
                 ops::linear::linear_forward(y, x, w, b, n, *in_features, *out_features);
             }
+            OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
+                let g = conv_geom(spec, *in_hw, n);
+                let w = &params[weight.slice.range()];
+                let b = bias.map(|b| &params[b.slice.range()]);
+                ops::conv2d::conv2d_forward(y, x, w, b, &mut scratch[..g.col_len()], &g);
+            }
+            OpKind::MaxPool2d { spec, in_chw } => {
+                ops::pool::max_pool2d_forward(y, &mut argmax[node.output.0][..out_len], x, &pool_geom(spec, *in_chw, n))
+            }
+            OpKind::AvgPool2d { spec, in_chw } => ops::pool::avg_pool2d_forward(y, x, &pool_geom(spec, *in_chw, n)),
+            OpKind::GlobalAvgPool { in_chw: (c, h, w) } => ops::pool::global_avg_pool_forward(y, x, n, *c, *h, *w),
+            OpKind::Reshape => y.copy_from_slice(x),
             OpKind::Activation(act) => activation_forward(*act, y, x),
             OpKind::Dropout { p } => {
                 if mode == Mode::Train && *p > 0.0 {
@@ -146,7 +210,7 @@ pub fn backward(
     mode: Mode,
     seed: u64,
 ) {
-    let Activations { values, grads: dvals, .. } = acts;
+    let Activations { values, grads: dvals, argmax, scratch, .. } = acts;
     let input = &input[..n * graph.values[0].numel()];
     for (idx, node) in graph.nodes.iter().enumerate().rev() {
         let out_len = n * graph.values[node.output.0].numel();
@@ -162,6 +226,33 @@ pub fn backward(
                 let w = &params[weight.slice.range()];
                 let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
                 ops::linear::linear_backward(dx, dw, db, dy, x, w, n, *in_features, *out_features);
+            }
+            OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
+                let g = conv_geom(spec, *in_hw, n);
+                let w = &params[weight.slice.range()];
+                let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
+                ops::conv2d::conv2d_backward(dx, dw, db, dy, x, w, &mut scratch[..g.col_len()], &g);
+            }
+            OpKind::MaxPool2d { spec, in_chw } => {
+                if let Some(dx) = dx {
+                    let am = &argmax[node.output.0][..out_len];
+                    ops::pool::max_pool2d_backward(dx, dy, am, &pool_geom(spec, *in_chw, n));
+                }
+            }
+            OpKind::AvgPool2d { spec, in_chw } => {
+                if let Some(dx) = dx {
+                    ops::pool::avg_pool2d_backward(dx, dy, &pool_geom(spec, *in_chw, n));
+                }
+            }
+            OpKind::GlobalAvgPool { in_chw: (c, h, w) } => {
+                if let Some(dx) = dx {
+                    ops::pool::global_avg_pool_backward(dx, dy, n, *c, *h, *w);
+                }
+            }
+            OpKind::Reshape => {
+                if let Some(dx) = dx {
+                    dx.copy_from_slice(dy);
+                }
             }
             OpKind::Activation(act) => {
                 if let Some(dx) = dx {

@@ -1,6 +1,7 @@
 //! Built-in model builders. Each turns the `model:` options of a config (everything but `arch` and `type`)
 //! and the dataset's per-sample input shape into a graph; the engine registers them by name.
 
+pub mod cnn;
 pub mod mlp;
 
 use crate::graph::GraphBuilder;

@@ -1,0 +1,42 @@
+//! Full training steps (load, forward, loss, backward, optimizer, schedule, log plumbing) through the real
+//! ECS pipeline, for the workloads of ../shared/bench: W1 (784-512-512-10 MLP, AdamW, batch 128) from
+//! configs/bench_w1_mlp.yaml and W2 (the two-conv CNN, SGD Nesterov, batch 128) from configs/bench_w2_cnn.yaml.
+//! `benches/side_by_side.sh` runs them next to the PyTorch baseline.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::train_step, App};
+
+fn app(config: &str) -> App {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::set_current_dir(root).unwrap();
+    let loaded = load_config(&root.join(config), &[]).unwrap();
+    let threads = loaded.config.run.threads.unwrap_or(2);
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let mut app = assemble(default_app(), loaded, true).unwrap().app;
+    // The JSONL logger writes into a run directory; the benchmark gives it a sink instead.
+    let sink = std::fs::File::create(if cfg!(unix) { "/dev/null" } else { "NUL" }).unwrap();
+    app.world.insert_resource(ecstrain::systems::logging::jsonl::JsonlLog(std::io::BufWriter::new(sink)));
+    for _ in 0..20 {
+        train_step(&mut app);
+    }
+    app
+}
+
+fn bench(c: &mut Criterion, group: &str, config: &str) {
+    let mut app = app(config);
+    let mut g = c.benchmark_group(group);
+    g.sample_size(30);
+    g.bench_function("train_step_b128", |b| b.iter(|| train_step(&mut app)));
+    g.finish();
+}
+
+fn w1(c: &mut Criterion) {
+    bench(c, "w1_mlp", "configs/bench_w1_mlp.yaml");
+}
+
+fn w2(c: &mut Criterion) {
+    bench(c, "w2_cnn", "configs/bench_w2_cnn.yaml");
+}
+
+criterion_group!(benches, w1, w2);
+criterion_main!(benches);
