@@ -141,3 +141,27 @@ fn resumed_run_continues_exactly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("checkpoint not found"), "{}", text(&out));
 }
+
+#[test]
+fn digits_cnn_config_trains_and_its_checkpoint_loads_in_python() {
+    let dir = scratch("digits_cnn");
+    let save = dir.join("run");
+    let out = engine(&["--config", "configs/digits_cnn.yaml", "--set", &format!("run.save_dir={}", save.display())]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let best = summary(&save)["best"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(best >= 0.97, "digits CNN best val accuracy {best} < 0.97\n{log}");
+    let out = Command::new("python3")
+        .arg(repo().join("tests/scripts/check_safetensors.py"))
+        .arg(save.join("checkpoints/best.safetensors"))
+        .args([
+            "features.0.weight=16x1x3x3",
+            "features.0.bias=16",
+            "features.3.weight=32x16x3x3",
+            "classifier.0.weight=64x128",
+            "classifier.2.weight=10x64",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "python safetensors check failed:\n{}", text(&out));
+}

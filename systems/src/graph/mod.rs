@@ -6,6 +6,8 @@ pub mod builder;
 pub mod exec;
 pub mod init;
 pub mod systems;
+#[cfg(test)]
+mod tests;
 
 pub use builder::{GraphBuilder, GraphError, ParamHandle};
 pub use exec::{backward, forward, Activations};
