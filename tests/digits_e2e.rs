@@ -165,3 +165,20 @@ fn digits_cnn_config_trains_and_its_checkpoint_loads_in_python() {
         .expect("python3 runs");
     assert!(out.status.success(), "python safetensors check failed:\n{}", text(&out));
 }
+
+#[test]
+fn digits_sequential_config_written_in_yaml_trains() {
+    let dir = scratch("digits_sequential");
+    let save = dir.join("run");
+    let out =
+        engine(&["--config", "configs/digits_sequential.yaml", "--set", &format!("run.save_dir={}", save.display())]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let best = summary(&save)["best"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(best >= 0.97, "digits sequential best val accuracy {best} < 0.97\n{log}");
+    let ck =
+        ecstrain::systems::checkpoint::safetensors_io::load_safetensors(&save.join("checkpoints/best.safetensors"))
+            .unwrap();
+    assert_eq!(ck.tensors["layers.1.weight"].shape, vec![16, 1, 3, 3]);
+    assert_eq!(ck.tensors["layers.11.weight"].shape, vec![10, 64]);
+}

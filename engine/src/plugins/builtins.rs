@@ -15,11 +15,19 @@ use serde::Deserialize;
 use crate::app::{App, Plugin};
 use crate::registry::*;
 
-/// `mlp`, `cnn`.
+/// `mlp`, `cnn`, `sequential`.
 pub struct BuiltinModels;
 
 impl Plugin for BuiltinModels {
     fn build(&self, app: &mut App) {
+        app.registry.register_model(
+            "sequential",
+            ModelEntry {
+                build: models::sequential::build,
+                presets: &[],
+                doc: "a layer list written in YAML: layers: [{type: conv2d|linear|max_pool2d|avg_pool2d|global_avg_pool|flatten|reshape|relu|gelu|gelu_tanh|tanh|sigmoid|dropout, ...}]",
+            },
+        );
         app.registry.register_model(
             "cnn",
             ModelEntry {

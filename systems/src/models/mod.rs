@@ -3,6 +3,7 @@
 
 pub mod cnn;
 pub mod mlp;
+pub mod sequential;
 
 use crate::graph::GraphBuilder;
 use ecstrain_components::ValueId;
