@@ -113,6 +113,13 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     // Model.
     let built = (model_entry.build)(&serde_json::Value::Object(options), splits.train.sample_shape()).map_err(err)?;
     let graph = built.builder.finish(&mut app.world, built.output, r.seed);
+    if let Some(path) = &cfg.model.pretrained {
+        notices.push(crate::weights::load_pretrained(&mut app.world, path, cfg.model.strict).map_err(err)?);
+    }
+    if !cfg.model.freeze.is_empty() {
+        let n = crate::weights::freeze(&mut app.world, &cfg.model.freeze).map_err(err)?;
+        notices.push(format!("froze {n} parameters (model.freeze)"));
+    }
     let n_params = app.world.resource::<Params>().0.len();
     let capacity = r.batch;
     let input_len: usize = splits.train.sample_shape().iter().product();

@@ -12,6 +12,7 @@ pub mod resume;
 pub mod run_dir;
 pub mod runner;
 pub mod summary;
+pub mod weights;
 
 pub use app::{App, Plugin};
 pub use error::EngineError;

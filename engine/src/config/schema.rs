@@ -27,6 +27,15 @@ pub struct ModelSection {
     /// Optional preset of the model (LAVIS's `model_type`); explicit keys override its values.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
+    /// Initial weights: a safetensors file whose tensors are matched to parameters by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
+    /// With `pretrained`: fail unless every parameter is found and every tensor used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    /// Name prefixes of parameters to freeze (e.g. `features.` or `layers.0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
     /// Builder options.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
