@@ -68,5 +68,42 @@ fn adamw(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, linear, elementwise, adamw);
+fn conv_pool(c: &mut Criterion) {
+    use ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dGeom};
+    use ops::pool::{max_pool2d_backward, max_pool2d_forward, Pool2dGeom};
+    // The first W2 block at batch 128: Conv(1 -> 32, 3x3, pad 1) on 28x28, then MaxPool 2.
+    let g = Conv2dGeom {
+        n: 128,
+        c: 1,
+        h: 28,
+        w: 28,
+        oc: 32,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        padding: (1, 1),
+        dilation: (1, 1),
+        groups: 1,
+    };
+    let (x, w, b) = (randn(128 * 28 * 28, 10), randn(32 * 9, 11), randn(32, 12));
+    let mut y = vec![0.0f32; 128 * 32 * 28 * 28];
+    let mut col = vec![0.0f32; g.col_len()];
+    c.bench_function("w2_conv1_forward", |bn| bn.iter(|| conv2d_forward(&mut y, &x, &w, Some(&b), &mut col, &g)));
+    let (mut dw, mut db) = (vec![0.0f32; 32 * 9], vec![0.0f32; 32]);
+    let dy = randn(y.len(), 13);
+    c.bench_function("w2_conv1_backward_no_dx", |bn| {
+        bn.iter(|| conv2d_backward(None, &mut dw, Some(&mut db), &dy, &x, &w, &mut col, &g))
+    });
+    let pg = Pool2dGeom { n: 128, c: 32, h: 28, w: 28, kh: 2, kw: 2, stride: (2, 2), padding: (0, 0) };
+    let mut p = vec![0.0f32; 128 * 32 * 14 * 14];
+    let mut am = vec![0u32; p.len()];
+    // After the ReLU of the pipeline: half the inputs are exactly 0 (ties), as in training.
+    let yr: Vec<f32> = randn(y.len(), 15).into_iter().map(|v| v.max(0.0)).collect();
+    c.bench_function("w2_maxpool1_forward", |bn| bn.iter(|| max_pool2d_forward(&mut p, &mut am, &yr, &pg)));
+    let dp = randn(p.len(), 14);
+    let mut dx = vec![0.0f32; y.len()];
+    c.bench_function("w2_maxpool1_backward", |bn| bn.iter(|| max_pool2d_backward(&mut dx, &dp, &am, &pg)));
+}
+
+criterion_group!(benches, linear, elementwise, adamw, conv_pool);
 criterion_main!(benches);
