@@ -14,7 +14,8 @@
 
 use rayon::prelude::*;
 
-use super::bmm::{gemm_strided, Mat, BATCH_PAR_MIN_FLOPS};
+use super::bmm::BATCH_PAR_MIN_FLOPS;
+use super::gemm::{gemm_strided, Mat};
 use super::par::{rows_per_task, PAR_MIN_ELEMS};
 use crate::Float;
 

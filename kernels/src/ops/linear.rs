@@ -3,27 +3,15 @@
 //! The matrix products go through the `gemm` crate (packed, SIMD, optionally rayon-parallel microkernels).
 //! Transposes are never materialised: they are expressed with row/column strides, which `gemm` packs anyway.
 
-use std::any::TypeId;
-
 use crate::Float;
 
 use super::bias_add::bias_add_backward;
 
-/// Below this many multiply-adds (m*n*k) a product runs on the calling thread: splitting a small product
-/// across rayon threads costs more in synchronisation than it saves.
-pub const GEMM_PAR_MIN_FLOPS: usize = 256 * 256 * 128;
-
-/// Memory extent (in elements) a `rows x cols` matrix with strides `rs`, `cs` touches.
-fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * rs + (cols - 1) * cs + 1
-    }
-}
+use super::gemm::Mat;
+pub use super::gemm::GEMM_PAR_MIN_FLOPS;
 
 /// `dst[m, n] = lhs[m, k] @ rhs[k, n]` (or `+=` when `accumulate`), every matrix given by its slice and its
-/// row / column strides in elements. Bounds are checked here once so the `unsafe` call into `gemm` is sound.
+/// row / column strides in elements, through the shared gemm wrapper.
 #[allow(clippy::too_many_arguments)]
 fn gemm_strided<T: Float>(
     m: usize,
@@ -40,62 +28,9 @@ fn gemm_strided<T: Float>(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= extent(m, n, dst_rs, dst_cs), "gemm: dst too small");
-    assert!(lhs.len() >= extent(m, k, lhs_rs, lhs_cs), "gemm: lhs too small");
-    assert!(rhs.len() >= extent(k, n, rhs_rs, rhs_cs), "gemm: rhs too small");
-
-    let is_native = TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>();
-    if !is_native {
-        // `gemm` panics on element types it does not know; `Float` is a public trait, so keep a correct
-        // (slow) path for any other implementor.
-        for i in 0..m {
-            for j in 0..n {
-                let mut acc = T::ZERO;
-                for p in 0..k {
-                    acc += lhs[i * lhs_rs + p * lhs_cs] * rhs[p * rhs_rs + j * rhs_cs];
-                }
-                let d = &mut dst[i * dst_rs + j * dst_cs];
-                *d = if accumulate { *d + acc } else { acc };
-            }
-        }
-        return;
-    }
-
-    let threads = rayon::current_num_threads();
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= GEMM_PAR_MIN_FLOPS && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: T is f32 or f64 (checked above), the extents of all three matrices were checked against their
-    // slices, dst is a unique borrow so it cannot alias lhs/rhs, and every stride is non-negative.
-    // gemm computes dst = alpha*dst + beta*lhs@rhs and ignores dst entirely when read_dst is false.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    let lhs = Mat { data: lhs, rs: lhs_rs, cs: lhs_cs };
+    let rhs = Mat { data: rhs, rs: rhs_rs, cs: rhs_cs };
+    super::gemm::gemm_strided(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, T::ONE, true);
 }
 
 /// Plain row-major matrix product.

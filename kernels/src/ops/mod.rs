@@ -17,6 +17,7 @@ pub mod conv2d;
 pub mod dropout;
 pub mod embedding;
 pub mod gelu;
+pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
 pub mod mse;
