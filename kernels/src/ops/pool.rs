@@ -125,6 +125,21 @@ fn max_pool_row_body<T: Float>(
     kh: usize,
     kw: usize,
 ) {
+    if kh == 2 && kw == 2 && sw == 2 {
+        // The common 2x2 / stride-2 window: all four candidates in registers, no running value in memory.
+        let (r0, r1) = (y0 * w, (y0 + 1) * w);
+        for (ox, (b, id)) in best.iter_mut().zip(idx.iter_mut()).enumerate() {
+            let (i0, i2) = (r0 + 2 * ox, r1 + 2 * ox);
+            let (a, bb, c, d) = (x[i0], x[i0 + 1], x[i2], x[i2 + 1]);
+            // Row-major order with strict `>`: ties keep the earlier element, as the general path does.
+            let (m01, j01) = if bb > a { (bb, i0 + 1) } else { (a, i0) };
+            let (m23, j23) = if d > c { (d, i2 + 1) } else { (c, i2) };
+            let (m, j) = if m23 > m01 { (m23, j23) } else { (m01, j01) };
+            *b = m;
+            *id = j as u32;
+        }
+        return;
+    }
     for ky in 0..kh {
         let row = (y0 + ky) * w;
         for kx in 0..kw {
@@ -666,6 +681,27 @@ mod tests {
             assert_close(&format!("f32 avg out {what}"), &out, &ao, 1e-5, 1e-6);
             avg_pool2d_backward(&mut dx, &dout32, g);
             assert_close(&format!("f32 avg dinp {what}"), &dx, &ad, 1e-5, 1e-6);
+        }
+    }
+
+    /// ReLU'd inputs (runs of exact zeros) exercise the tie rule of the 2x2 / stride-2 fast path and of the
+    /// unpadded row scan: ties go to the first maximum in row-major window order, as in the reference.
+    #[test]
+    fn max_pool_ties_pick_the_first_maximum() {
+        for g in [geom(2, 3, 8, 6, 2, 2, (2, 2), (0, 0)), geom(1, 2, 7, 7, 3, 3, (2, 2), (0, 0))] {
+            let (oh, ow) = g.out_hw().unwrap();
+            let nin = g.n * g.c * g.h * g.w;
+            let x: Vec<f64> = uniform(77, nin, -1.0, 1.0).into_iter().map(|v| round_f32(&[v])[0].max(0.0)).collect();
+            let dout = vec![1.0; g.n * g.c * oh * ow];
+            let (mo, ma, ..) = ref_pools(&x, &dout, &g);
+            let xf: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+            let mut out = vec![0.0f32; mo.len()];
+            let mut am = vec![0u32; mo.len()];
+            max_pool2d_forward(&mut out, &mut am, &xf, &g);
+            assert_eq!(am, ma, "{g:?}: argmax differs from the reference on ties");
+            for (a, b) in out.iter().zip(&mo) {
+                assert_eq!(*a as f64, *b);
+            }
         }
     }
 

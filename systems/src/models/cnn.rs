@@ -1,4 +1,5 @@
-//! `cnn`: a configurable convolution stack — per entry of `channels`: `Conv2d -> activation [-> MaxPool2d]` —
+//! `cnn`: a configurable convolution stack — per entry of `channels`: `Conv2d -> activation [-> MaxPool2d]`
+//! (executed as `Conv2d -> MaxPool2d -> activation` when that is exact) —
 //! then flatten and an MLP head. The W2 benchmark network is `channels: [32, 64], kernel: 3, pool: 2,
 //! hidden_sizes: [128]` on `[1, 28, 28]` (421,642 parameters).
 //!
@@ -134,13 +135,22 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
             groups: 1,
         };
         x = g.conv2d(&format!("features.{idx}"), x, spec, o.bias).map_err(e)?;
-        x = g.activation(&format!("features.{}", idx + 1), x, act);
-        idx += 2;
-        if o.pool > 1 {
-            let p = Pool2dSpec { kernel: (o.pool, o.pool), stride: (o.pool, o.pool), padding: (0, 0) };
-            x = g.max_pool2d(&format!("features.{idx}"), x, p).map_err(e)?;
-            idx += 1;
+        let (act_name, pool_name) = (format!("features.{}", idx + 1), format!("features.{}", idx + 2));
+        let pool = Pool2dSpec { kernel: (o.pool, o.pool), stride: (o.pool, o.pool), padding: (0, 0) };
+        // A max pool commutes with a non-decreasing activation (ReLU, tanh, sigmoid), values and gradients
+        // alike, so pool first: the activation then runs on a quarter of the elements, and the pool scans raw
+        // convolution outputs instead of ReLU's runs of exact zeros. Names keep the PyTorch module order.
+        let monotonic = matches!(act, Activation::Relu | Activation::Tanh | Activation::Sigmoid);
+        if o.pool > 1 && monotonic {
+            x = g.max_pool2d(&pool_name, x, pool).map_err(e)?;
+            x = g.activation(&act_name, x, act);
+        } else {
+            x = g.activation(&act_name, x, act);
+            if o.pool > 1 {
+                x = g.max_pool2d(&pool_name, x, pool).map_err(e)?;
+            }
         }
+        idx += if o.pool > 1 { 3 } else { 2 };
     }
     x = g.flatten("flatten", x);
     let mut idx = 0;
