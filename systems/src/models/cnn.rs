@@ -153,17 +153,7 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
         idx += if o.pool > 1 { 3 } else { 2 };
     }
     x = g.flatten("flatten", x);
-    let mut idx = 0;
-    for &h in &o.hidden_sizes {
-        x = g.linear(&format!("classifier.{idx}"), x, h, o.bias).map_err(e)?;
-        x = g.activation(&format!("classifier.{}", idx + 1), x, act);
-        idx += 2;
-        if o.dropout > 0.0 {
-            x = g.dropout(&format!("classifier.{idx}"), x, o.dropout).map_err(e)?;
-            idx += 1;
-        }
-    }
-    let out = g.linear(&format!("classifier.{idx}"), x, o.output_size, o.bias).map_err(e)?;
+    let out = super::linear_stack(&mut g, x, "classifier", &o.hidden_sizes, o.output_size, act, o.dropout, o.bias)?;
     Ok(BuiltModel { builder: g, output: out })
 }
 

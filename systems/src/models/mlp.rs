@@ -82,18 +82,8 @@ pub fn build(options: &serde_json::Value, input_shape: &[usize]) -> Result<Built
         return Err(format!("model.dropout must be in [0, 1), got {}", o.dropout));
     }
     let mut g = GraphBuilder::new("mlp", input_shape);
-    let mut x = g.input();
-    let mut idx = 0;
-    for &h in &o.hidden_sizes {
-        x = g.linear(&format!("layers.{idx}"), x, h, o.bias).map_err(|e| e.to_string())?;
-        x = g.activation(&format!("layers.{}", idx + 1), x, act);
-        idx += 2;
-        if o.dropout > 0.0 {
-            x = g.dropout(&format!("layers.{idx}"), x, o.dropout).map_err(|e| e.to_string())?;
-            idx += 1;
-        }
-    }
-    let out = g.linear(&format!("layers.{idx}"), x, o.output_size, o.bias).map_err(|e| e.to_string())?;
+    let x = g.input();
+    let out = super::linear_stack(&mut g, x, "layers", &o.hidden_sizes, o.output_size, act, o.dropout, o.bias)?;
     Ok(BuiltModel { builder: g, output: out })
 }
 
