@@ -182,7 +182,8 @@ pub fn max_pool2d_forward<T: Float>(out: &mut [T], argmax: &mut [u32], inp: &[T]
     let unpadded = ph == 0 && pw == 0;
     let plane = |o: &mut [T], am: &mut [u32], x: &[T]| {
         #[allow(clippy::eq_op)]
-        if unpadded && !x.iter().any(|v| *v != *v) {
+        // A non-short-circuiting fold so the NaN scan vectorises (`any` stops early and stays scalar).
+        if unpadded && !x.iter().fold(false, |nan, v| nan | (*v != *v)) {
             // Without padding no window is clipped: scan one window offset (ky, kx) across a whole output row
             // at a time (see `max_pool_row_body`).
             for oy in 0..oh {
