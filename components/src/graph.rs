@@ -6,7 +6,7 @@
 
 use bevy_ecs::prelude::*;
 
-use crate::ParamSlice;
+use crate::{Arena, ParamSlice};
 
 /// Index of a value (an activation tensor) in [`Graph::values`]. Value 0 is the model input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,11 +48,13 @@ pub enum Activation {
     Tanh,
     /// 1 / (1 + e^-x).
     Sigmoid,
+    /// x * sigmoid(x) (swish).
+    Silu,
 }
 
 impl Activation {
     /// Names accepted in configs.
-    pub const NAMES: &'static [&'static str] = &["relu", "gelu", "gelu_tanh", "tanh", "sigmoid"];
+    pub const NAMES: &'static [&'static str] = &["relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu"];
 
     /// Parses a config name.
     pub fn parse(s: &str) -> Option<Activation> {
@@ -62,6 +64,7 @@ impl Activation {
             "gelu_tanh" => Some(Activation::GeluTanh),
             "tanh" => Some(Activation::Tanh),
             "sigmoid" => Some(Activation::Sigmoid),
+            "silu" | "swish" => Some(Activation::Silu),
             _ => None,
         }
     }
@@ -97,11 +100,14 @@ pub struct Pool2dSpec {
     pub padding: (usize, usize),
 }
 
-/// What a node computes.
+/// What a node computes. Shapes are per sample; the batch dimension is implicit.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OpKind {
-    /// `y = x W^T + b` over the last dimension.
+    /// `y = x W^T + b` over the last dimension of `[rows.., in_features]` (PyTorch applies `nn.Linear` to the
+    /// last axis, so a `[T, D]` token matrix is `rows = T`).
     Linear {
+        /// Product of the leading per-sample dimensions (1 for a flat sample).
+        rows: usize,
         /// Input features.
         in_features: usize,
         /// Output features.
@@ -152,6 +158,162 @@ pub enum OpKind {
         /// Probability of zeroing an element.
         p: f64,
     },
+    /// `nn.BatchNorm2d` over `[C, H, W]`: batch statistics in training (updating the running statistics with
+    /// PyTorch's momentum rule), running statistics in evaluation.
+    BatchNorm2d {
+        /// Channels.
+        channels: usize,
+        /// H * W.
+        hw: usize,
+        /// Added to the variance.
+        eps: f64,
+        /// Weight of the new batch statistic in the running average.
+        momentum: f64,
+        /// Optional scale `[C]`.
+        weight: Option<ParamRef>,
+        /// Optional shift `[C]`.
+        bias: Option<ParamRef>,
+        /// `running_mean [C]`, then `running_var [C]`, then `num_batches_tracked [1]`, in the [`Buffers`] arena.
+        stats: ParamSlice,
+    },
+    /// `nn.LayerNorm(dim)` over the last dimension.
+    LayerNorm {
+        /// Normalised dimension (the last).
+        dim: usize,
+        /// Added to the variance.
+        eps: f64,
+        /// Optional scale `[dim]`.
+        weight: Option<ParamRef>,
+        /// Optional shift `[dim]`.
+        bias: Option<ParamRef>,
+    },
+    /// Element-wise sum of two inputs of one shape (residual connections).
+    Add,
+    /// Concatenation of the inputs along a per-sample axis.
+    Concat {
+        /// Per-sample axis.
+        axis: usize,
+    },
+    /// Multi-head scaled dot-product self-attention on a fused projection: input `[T, 3D]` laid out as
+    /// `[T, 3, heads, D / heads]` (q, k, v; PyTorch's `qkv(x).reshape(B, T, 3, H, D/H)`), output `[T, D]`
+    /// with the heads merged back.
+    Attention {
+        /// Heads.
+        heads: usize,
+        /// Tokens T.
+        tokens: usize,
+        /// Model width D (the output's last dimension).
+        dim: usize,
+        /// Each token attends only to itself and earlier tokens.
+        causal: bool,
+    },
+    /// Axis permutation of the sample (`x.permute(0, 1 + perm...)` in PyTorch terms).
+    Permute {
+        /// Input per-sample shape.
+        in_shape: Vec<usize>,
+        /// Output axis `a` is input axis `perm[a]`.
+        perm: Vec<usize>,
+    },
+    /// Prepends a learned token: `[T, D]` -> `[T + 1, D]` (a ViT class token, parameter `[1, 1, D]`).
+    PrependToken {
+        /// The token.
+        token: ParamRef,
+    },
+    /// Adds a learned tensor of the sample's shape to every sample (a position embedding `[1, T, D]`).
+    AddParam {
+        /// The added tensor.
+        param: ParamRef,
+    },
+    /// Mean over tokens: `[T, D]` -> `[D]`.
+    TokenMean,
+    /// One token: `[T, D]` -> `[D]` (the class token of a ViT).
+    SelectToken {
+        /// Token index.
+        index: usize,
+    },
+    /// Nearest-neighbour upsampling of `[C, H, W]` by integer factors.
+    Upsample {
+        /// (height, width) factors.
+        factor: (usize, usize),
+        /// Input `[C, H, W]`.
+        in_chw: (usize, usize, usize),
+    },
+    /// Vector quantisation of `[D, H, W]` against a codebook `[K, D]` with the straight-through estimator;
+    /// its loss `codebook + beta * commitment` is added to the task's loss (weighted by the task).
+    VectorQuantize {
+        /// Codebook `[codes, dim]`.
+        codebook: ParamRef,
+        /// Codes K.
+        codes: usize,
+        /// Code dimension D (channels).
+        dim: usize,
+        /// Positions H * W.
+        positions: usize,
+        /// Weight of the commitment term.
+        beta: f64,
+    },
+}
+
+impl OpKind {
+    /// Every parameter the op uses.
+    pub fn params(&self) -> Vec<ParamRef> {
+        match self {
+            OpKind::Linear { weight, bias, .. } | OpKind::Conv2d { weight, bias, .. } => {
+                std::iter::once(*weight).chain(*bias).collect()
+            }
+            OpKind::BatchNorm2d { weight, bias, .. } | OpKind::LayerNorm { weight, bias, .. } => {
+                weight.iter().chain(bias.iter()).copied().collect()
+            }
+            OpKind::PrependToken { token: p } | OpKind::AddParam { param: p } => vec![*p],
+            OpKind::VectorQuantize { codebook, .. } => vec![*codebook],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Mutable references to every parameter (to fill in entities once they are spawned).
+    pub fn params_mut(&mut self) -> Vec<&mut ParamRef> {
+        match self {
+            OpKind::Linear { weight, bias, .. } | OpKind::Conv2d { weight, bias, .. } => {
+                std::iter::once(weight).chain(bias.as_mut()).collect()
+            }
+            OpKind::BatchNorm2d { weight, bias, .. } | OpKind::LayerNorm { weight, bias, .. } => {
+                weight.iter_mut().chain(bias.iter_mut()).collect()
+            }
+            OpKind::PrependToken { token: p } | OpKind::AddParam { param: p } => vec![p],
+            OpKind::VectorQuantize { codebook, .. } => vec![codebook],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A short description for the model summary (`Conv2d(1, 32, (3, 3))`).
+    pub fn label(&self) -> String {
+        match self {
+            OpKind::Linear { in_features, out_features, .. } => format!("Linear({in_features}, {out_features})"),
+            OpKind::Conv2d { spec, .. } => {
+                format!("Conv2d({}, {}, {:?})", spec.in_channels, spec.out_channels, spec.kernel)
+            }
+            OpKind::MaxPool2d { spec, .. } => format!("MaxPool2d({:?})", spec.kernel),
+            OpKind::AvgPool2d { spec, .. } => format!("AvgPool2d({:?})", spec.kernel),
+            OpKind::GlobalAvgPool { .. } => "GlobalAvgPool".into(),
+            OpKind::Reshape => "Reshape".into(),
+            OpKind::Activation(a) => format!("{a:?}"),
+            OpKind::Dropout { p } => format!("Dropout({p})"),
+            OpKind::BatchNorm2d { channels, .. } => format!("BatchNorm2d({channels})"),
+            OpKind::LayerNorm { dim, .. } => format!("LayerNorm({dim})"),
+            OpKind::Add => "Add".into(),
+            OpKind::Concat { axis } => format!("Concat(axis {axis})"),
+            OpKind::Attention { heads, causal, .. } => {
+                format!("Attention({heads} heads{})", if *causal { ", causal" } else { "" })
+            }
+            OpKind::Permute { perm, .. } => format!("Permute({perm:?})"),
+            OpKind::PrependToken { .. } => "PrependToken".into(),
+            OpKind::AddParam { .. } => "AddParam".into(),
+            OpKind::TokenMean => "TokenMean".into(),
+            OpKind::SelectToken { index } => format!("SelectToken({index})"),
+            OpKind::Upsample { factor, .. } => format!("Upsample({factor:?})"),
+            OpKind::VectorQuantize { codes, dim, .. } => format!("VectorQuantize({codes}, {dim})"),
+        }
+    }
 }
 
 /// One op application.
@@ -161,10 +323,33 @@ pub struct Node {
     pub name: String,
     /// The op.
     pub op: OpKind,
-    /// Input value.
-    pub input: ValueId,
+    /// Input values (one for most ops; two for `Add`; any number for `Concat`).
+    pub inputs: Vec<ValueId>,
     /// Output value.
     pub output: ValueId,
+}
+
+/// A non-trainable tensor of the model (batch-norm running statistics), saved in checkpoints under its
+/// PyTorch name but never touched by an optimizer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferEntry {
+    /// Dotted name (`layer1.0.bn1.running_mean`).
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Place in the [`Buffers`] arena.
+    pub slice: ParamSlice,
+    /// Stored as an integer in checkpoints (`num_batches_tracked` is an int64 in PyTorch).
+    pub integer: bool,
+}
+
+/// The model's buffers: one f32 arena and the named entries in it.
+#[derive(Resource, Clone, Debug, Default, PartialEq)]
+pub struct Buffers {
+    /// Every buffer, back to back.
+    pub arena: Arena,
+    /// Names and slices.
+    pub entries: Vec<BufferEntry>,
 }
 
 /// A static model graph.

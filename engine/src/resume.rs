@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Clock, OptimizerState, ParamInfo, ParamSlice, Params, TrainingState};
+use ecstrain_components::{Clock, OptimizerState, TrainingState};
 use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
 use ecstrain_systems::checkpoint::CHECKPOINT_FORMAT;
 
@@ -38,21 +38,13 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     if ck.metadata.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         return Err(format!("run.resume: {p} is not an engine checkpoint (format {CHECKPOINT_FORMAT} expected)"));
     }
-    // Parameters, by name.
-    let mut q = app.world.query::<(&ParamInfo, &ParamSlice)>();
-    let entries: Vec<(ParamInfo, ParamSlice)> = q.iter(&app.world).map(|(i, s)| (i.clone(), *s)).collect();
-    let mut params = app.world.resource_mut::<Params>();
-    for (info, slice) in &entries {
-        let t =
-            ck.tensors.get(&info.name).ok_or_else(|| format!("run.resume: {p} has no parameter `{}`", info.name))?;
-        let data = t.data.as_f32().ok_or_else(|| format!("run.resume: {p}: `{}` is not f32", info.name))?;
-        if t.shape != info.shape {
-            return Err(format!(
-                "run.resume: {p}: `{}` has shape {:?} but the model's is {:?}",
-                info.name, t.shape, info.shape
-            ));
+    // Parameters and buffers, by name.
+    for (name, shape, slot) in crate::weights::model_tensors(&mut app.world) {
+        let t = ck.tensors.get(&name).ok_or_else(|| format!("run.resume: {p} has no tensor `{name}`"))?;
+        if t.shape != shape {
+            return Err(format!("run.resume: {p}: `{name}` has shape {:?} but the model's is {shape:?}", t.shape));
         }
-        params.0.get_mut(*slice).copy_from_slice(data);
+        crate::weights::copy_into(&mut app.world, &slot, t).map_err(|e| format!("run.resume: {p}: `{name}` {e}"))?;
     }
     // Optimizer state.
     let mut opt = app.world.resource_mut::<OptimizerState>();

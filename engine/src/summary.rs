@@ -2,7 +2,7 @@
 //! parameter counts, totals, and the memory the run needs.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Frozen, Graph, OpKind, OptimizerState, ParamInfo, ParamSlice, Params};
+use ecstrain_components::{Buffers, Frozen, Graph, OptimizerState, ParamInfo, ParamSlice, Params};
 use ecstrain_systems::graph::Activations;
 
 fn mib(bytes: usize) -> String {
@@ -14,21 +14,7 @@ pub fn model_summary(world: &mut World, graph: &Graph) -> String {
     let mut out = String::new();
     out.push_str(&format!("{:<14} {:<22} {:<14} {:>12}\n", "layer", "op", "output", "params"));
     for node in &graph.nodes {
-        let (op, params) = match &node.op {
-            OpKind::Linear { in_features, out_features, weight, bias } => {
-                (format!("Linear({in_features}, {out_features})"), weight.slice.len + bias.map_or(0, |b| b.slice.len))
-            }
-            OpKind::Conv2d { spec, weight, bias, .. } => (
-                format!("Conv2d({}, {}, {:?})", spec.in_channels, spec.out_channels, spec.kernel),
-                weight.slice.len + bias.map_or(0, |b| b.slice.len),
-            ),
-            OpKind::MaxPool2d { spec, .. } => (format!("MaxPool2d({:?})", spec.kernel), 0),
-            OpKind::AvgPool2d { spec, .. } => (format!("AvgPool2d({:?})", spec.kernel), 0),
-            OpKind::GlobalAvgPool { .. } => ("GlobalAvgPool".to_string(), 0),
-            OpKind::Reshape => ("Reshape".to_string(), 0),
-            OpKind::Activation(a) => (format!("{a:?}"), 0),
-            OpKind::Dropout { p } => (format!("Dropout({p})"), 0),
-        };
+        let (op, params) = (node.op.label(), node.op.params().iter().map(|p| p.slice.len).sum::<usize>());
         let shape = format!("{:?}", graph.values[node.output.0].shape);
         out.push_str(&format!("{:<14} {:<22} {:<14} {:>12}\n", node.name, op, shape, params));
     }
@@ -43,7 +29,8 @@ pub fn model_summary(world: &mut World, graph: &Graph) -> String {
     let param_bytes = world.resource::<Params>().0.len() * 4;
     let state_bytes = world.get_resource::<OptimizerState>().map_or(0, |s| s.buffers.len() * param_bytes);
     let act_bytes = world.get_resource::<Activations>().map_or(0, Activations::bytes);
-    out.push_str(&format!("total params {total}, trainable {trainable}\n"));
+    let buffers = world.get_resource::<Buffers>().map_or(0, |b| b.arena.len());
+    out.push_str(&format!("total params {total}, trainable {trainable}, buffers {buffers}\n"));
     out.push_str(&format!(
         "memory: params {}, grads {}, optimizer state {}, activations {} (batch {}), total {}\n",
         mib(param_bytes),

@@ -1,51 +1,98 @@
-//! `model.pretrained` and `model.freeze`: initial weights from a safetensors file matched by parameter name
+//! `model.pretrained` and `model.freeze`: initial weights from a safetensors file matched by tensor name
 //! (with a report of missing and unexpected names, and a strict mode), and Frozen markers by name prefix.
 
 use std::path::Path;
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Frozen, ParamInfo, ParamSlice, Params};
-use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
+use ecstrain_components::{Buffers, Frozen, ParamInfo, ParamSlice, Params};
+use ecstrain_systems::checkpoint::safetensors_io::{load_safetensors, LoadedData, LoadedTensor};
 
-/// Copies every tensor of `path` whose name is a parameter into the parameter arena. Returns a one-line
-/// report; a shape mismatch, a non-f32 tensor, or (with `strict`) any missing or unexpected name is an error.
+/// Where a named model tensor lives: a parameter in the [`Params`] arena or a buffer in the [`Buffers`] arena.
+#[derive(Clone, Debug)]
+pub enum Slot {
+    /// A trainable parameter.
+    Param(ParamSlice),
+    /// A buffer; `integer` ones (counters) may be stored as int64.
+    Buffer {
+        /// Place in the buffer arena.
+        slice: ParamSlice,
+        /// Stored as int64 by PyTorch.
+        integer: bool,
+    },
+}
+
+/// Every named tensor of the model (parameters, then buffers) with its shape and slot.
+pub fn model_tensors(world: &mut World) -> Vec<(String, Vec<usize>, Slot)> {
+    let mut q = world.query::<(&ParamInfo, &ParamSlice)>();
+    let mut out: Vec<(String, Vec<usize>, Slot)> =
+        q.iter(world).map(|(i, s)| (i.name.clone(), i.shape.clone(), Slot::Param(*s))).collect();
+    if let Some(b) = world.get_resource::<Buffers>() {
+        out.extend(
+            b.entries
+                .iter()
+                .map(|e| (e.name.clone(), e.shape.clone(), Slot::Buffer { slice: e.slice, integer: e.integer })),
+        );
+    }
+    out
+}
+
+/// Copies a loaded tensor into its slot. Floats must be f32; integer buffers also accept int64. The caller has
+/// checked the shape. Errors name the tensor's dtype.
+pub fn copy_into(world: &mut World, slot: &Slot, t: &LoadedTensor) -> Result<(), String> {
+    let wrong = || format!("is {} where float32 is expected", t.data.dtype_name());
+    match slot {
+        Slot::Param(s) => {
+            world.resource_mut::<Params>().0.get_mut(*s).copy_from_slice(t.data.as_f32().ok_or_else(wrong)?);
+        }
+        Slot::Buffer { slice, integer } => {
+            let mut b = world.resource_mut::<Buffers>();
+            let dst = b.arena.get_mut(*slice);
+            match (&t.data, integer) {
+                (LoadedData::I64(v), true) => dst.iter_mut().zip(v).for_each(|(d, &s)| *d = s as f32),
+                (LoadedData::F32(v), _) => dst.copy_from_slice(v),
+                _ => return Err(wrong()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies every tensor of `path` whose name is a parameter or buffer into the model. Returns a one-line
+/// report; a shape mismatch, a wrong dtype, or (with `strict`) any missing or unexpected name is an error.
 pub fn load_pretrained(world: &mut World, path: &Path, strict: bool) -> Result<String, String> {
     let p = path.display();
     if !path.is_file() {
         return Err(format!("model.pretrained: file not found: {p}"));
     }
     let ck = load_safetensors(path).map_err(|e| format!("model.pretrained: {e}"))?;
-    let mut q = world.query::<(&ParamInfo, &ParamSlice)>();
-    let params: Vec<(ParamInfo, ParamSlice)> = q.iter(world).map(|(i, s)| (i.clone(), *s)).collect();
-    let mut arena = world.resource_mut::<Params>();
+    let targets = model_tensors(world);
     let (mut loaded, mut missing) = (0, Vec::new());
-    for (info, slice) in &params {
-        let Some(t) = ck.tensors.get(&info.name) else {
-            missing.push(info.name.clone());
+    for (name, shape, slot) in &targets {
+        let Some(t) = ck.tensors.get(name) else {
+            missing.push(name.clone());
             continue;
         };
-        if t.shape != info.shape {
+        if &t.shape != shape {
             return Err(format!(
-                "model.pretrained: {p}: `{}` has shape {:?} but the model's is {:?}",
-                info.name, t.shape, info.shape
+                "model.pretrained: {p}: `{name}` has shape {:?} but the model's is {shape:?}",
+                t.shape
             ));
         }
-        let data = t.data.as_f32().ok_or_else(|| format!("model.pretrained: {p}: `{}` is not float32", info.name))?;
-        arena.0.get_mut(*slice).copy_from_slice(data);
+        copy_into(world, slot, t).map_err(|e| format!("model.pretrained: {p}: `{name}` {e}"))?;
         loaded += 1;
     }
-    // An engine checkpoint also holds optimizer state (`optimizer.*`): not parameters, not "unexpected".
+    // An engine checkpoint also holds optimizer state (`optimizer.*`): not model tensors, not "unexpected".
     let unexpected: Vec<&String> = ck
         .tensors
         .keys()
-        .filter(|k| !k.starts_with("optimizer.") && !params.iter().any(|(i, _)| &i.name == *k))
+        .filter(|k| !k.starts_with("optimizer.") && !targets.iter().any(|(n, _, _)| n == *k))
         .collect();
     if strict && (!missing.is_empty() || !unexpected.is_empty()) {
         return Err(format!("model.pretrained (strict): {p}: missing {missing:?}, unexpected {unexpected:?}"));
     }
     Ok(format!(
-        "loaded {loaded} of {} parameters from {p}; missing: {missing:?}; unexpected: {unexpected:?}",
-        params.len()
+        "loaded {loaded} of {} tensors from {p}; missing: {missing:?}; unexpected: {unexpected:?}",
+        targets.len()
     ))
 }
 

@@ -8,6 +8,7 @@
 pub mod device;
 pub mod dtype;
 pub mod float;
+pub mod metrics;
 pub mod ops;
 pub mod optim;
 pub mod rng;

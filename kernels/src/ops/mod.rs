@@ -8,6 +8,7 @@
 //! - nothing allocates: the caller passes every buffer (the `gemm` crate may use scratch space internally);
 //! - large buffers are split across rayon threads, small ones run on the calling thread.
 
+pub mod add;
 pub mod attention;
 pub mod batch_norm;
 pub mod bias_add;
@@ -29,6 +30,8 @@ pub mod silu;
 pub mod softmax;
 pub mod softmax_cross_entropy;
 pub mod tanh;
+pub mod upsample;
+pub mod vector_quantize;
 
 mod par;
 

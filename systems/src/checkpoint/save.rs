@@ -1,7 +1,8 @@
 //! Checkpoint systems: `checkpoints/last.safetensors` after every epoch, `best.safetensors` when the fitness
 //! improves, `epochN.safetensors` every `save_period` epochs.
 //!
-//! Layout of a checkpoint file: every parameter as an F32 tensor under its dotted name (so PyTorch's
+//! Layout of a checkpoint file: every parameter and buffer (batch-norm statistics; `num_batches_tracked` as
+//! I64, as PyTorch stores it) as a tensor under its dotted name (so PyTorch's
 //! `load_state_dict` and the pip `safetensors` package read it directly); each optimizer state arena as one
 //! flat F32 tensor `optimizer.<state name>` (same layout as the parameters, in entity order); metadata
 //! (strings): `format`, `clock` (JSON), `optimizer`, `optimizer_step`, `lr`, `training_state` (JSON),
@@ -12,7 +13,7 @@ use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings, TrainingState,
+    Buffers, Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings, TrainingState,
 };
 
 use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
@@ -26,6 +27,7 @@ pub fn write_checkpoint<'a>(
     path: &Path,
     params_iter: impl Iterator<Item = (&'a ParamInfo, &'a ParamSlice)>,
     params: &Params,
+    buffers: Option<&Buffers>,
     opt: Option<&OptimizerState>,
     clock: &Clock,
     lr: &LearningRate,
@@ -38,6 +40,16 @@ pub fn write_checkpoint<'a>(
         .iter()
         .map(|(info, slice)| (info.name.clone(), info.shape.clone(), TensorData::F32(params.0.get(**slice))))
         .collect();
+    // Integer buffers are counters kept as f32 in the arena; PyTorch stores them as int64.
+    let ints: Vec<Vec<i64>> = buffers
+        .map(|b| b.entries.iter().map(|e| b.arena.get(e.slice).iter().map(|&v| v as i64).collect()).collect())
+        .unwrap_or_default();
+    if let Some(b) = buffers {
+        for (e, ints) in b.entries.iter().zip(&ints) {
+            let data = if e.integer { TensorData::I64(ints) } else { TensorData::F32(b.arena.get(e.slice)) };
+            tensors.push((e.name.clone(), e.shape.clone(), data));
+        }
+    }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), CHECKPOINT_FORMAT.to_string());
     if let Some(opt) = opt {
@@ -70,6 +82,7 @@ pub fn write_checkpoint<'a>(
 pub struct CheckpointSources<'w, 's> {
     query: Query<'w, 's, (&'static ParamInfo, &'static ParamSlice)>,
     params: Res<'w, Params>,
+    buffers: Option<Res<'w, Buffers>>,
     opt: Option<Res<'w, OptimizerState>>,
     clock: Res<'w, Clock>,
     lr: Res<'w, LearningRate>,
@@ -84,6 +97,7 @@ impl CheckpointSources<'_, '_> {
             &path,
             self.query.iter(),
             &self.params,
+            self.buffers.as_deref(),
             self.opt.as_deref(),
             &self.clock,
             &self.lr,

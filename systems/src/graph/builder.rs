@@ -6,9 +6,11 @@
 //! use the same layout), and initialises them from the run seed.
 
 use bevy_ecs::prelude::*;
+use std::collections::HashMap;
+
 use ecstrain_components::{
-    Activation, Arena, Conv2dSpec, Grads, Graph, NoDecay, Node, OpKind, ParamInfo, ParamRef, ParamSlice, Params,
-    Pool2dSpec, ValueId, ValueInfo,
+    Activation, Arena, BufferEntry, Buffers, Conv2dSpec, Grads, Graph, NoDecay, Node, OpKind, ParamInfo, ParamRef,
+    ParamSlice, Params, Pool2dSpec, ValueId, ValueInfo,
 };
 use ecstrain_kernels::rng::Rng;
 
@@ -37,10 +39,6 @@ pub enum GraphError {
     },
 }
 
-/// Handle to a parameter declared in a builder (index into its parameter list).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ParamHandle(usize);
-
 struct ParamSpec {
     name: String,
     shape: Vec<usize>,
@@ -48,21 +46,9 @@ struct ParamSpec {
     no_decay: bool,
 }
 
-enum PendingOp {
-    Linear {
-        in_features: usize,
-        out_features: usize,
-        weight: ParamHandle,
-        bias: Option<ParamHandle>,
-    },
-    Conv2d {
-        spec: Conv2dSpec,
-        in_hw: (usize, usize),
-        out_hw: (usize, usize),
-        weight: ParamHandle,
-        bias: Option<ParamHandle>,
-    },
-    Ready(OpKind),
+struct BufferSpec {
+    entry: BufferEntry,
+    init: f32,
 }
 
 /// Input `(C, H, W)`, output height, output width of a pooling op.
@@ -76,19 +62,13 @@ fn window_out(size: usize, kernel: usize, stride: usize, padding: usize, dilatio
     (stride > 0 && kernel > 0 && padded >= span).then(|| (padded - span) / stride + 1)
 }
 
-struct PendingNode {
-    name: String,
-    op: PendingOp,
-    input: ValueId,
-    output: ValueId,
-}
-
 /// Accumulates values, ops and parameters; see the module docs.
 pub struct GraphBuilder {
     arch: String,
     values: Vec<ValueInfo>,
-    nodes: Vec<PendingNode>,
+    nodes: Vec<Node>,
     params: Vec<ParamSpec>,
+    buffers: Vec<BufferSpec>,
 }
 
 impl GraphBuilder {
@@ -99,6 +79,7 @@ impl GraphBuilder {
             values: vec![ValueInfo { shape: input_shape.to_vec() }],
             nodes: Vec::new(),
             params: Vec::new(),
+            buffers: Vec::new(),
         }
     }
 
@@ -112,38 +93,63 @@ impl GraphBuilder {
         &self.values[v.0].shape
     }
 
-    /// Declares a parameter. 1-d parameters get [`NoDecay`] (biases, norm weights), as Ultralytics and timm do.
-    pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> ParamHandle {
-        self.params.push(ParamSpec { name: name.to_string(), shape: shape.to_vec(), init, no_decay: shape.len() <= 1 });
-        ParamHandle(self.params.len() - 1)
+    /// Declares a parameter; its place in the arena is fixed now, its entity is spawned by [`Self::finish`].
+    /// 1-d parameters get [`NoDecay`] (biases, norm weights), as Ultralytics and timm do.
+    pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> ParamRef {
+        self.param_with_decay(name, shape, init, shape.len() <= 1)
     }
 
-    fn push(&mut self, name: &str, op: PendingOp, input: ValueId, out_shape: Vec<usize>) -> ValueId {
+    /// [`Self::param`] with an explicit weight-decay choice (ViT class tokens and position embeddings are
+    /// excluded from decay by timm, although they are not 1-d).
+    pub fn param_with_decay(&mut self, name: &str, shape: &[usize], init: Init, decay: bool) -> ParamRef {
+        let slice = ParamSlice { offset: self.num_params(), len: shape.iter().product() };
+        self.params.push(ParamSpec { name: name.to_string(), shape: shape.to_vec(), init, no_decay: !decay });
+        ParamRef { entity: Entity::PLACEHOLDER, slice }
+    }
+
+    /// Declares a non-trainable buffer filled with `init` (batch-norm running statistics).
+    pub fn buffer(&mut self, name: &str, shape: &[usize], init: f32, integer: bool) -> ParamSlice {
+        let offset = self.buffers.iter().map(|b| b.entry.slice.len).sum();
+        let slice = ParamSlice { offset, len: shape.iter().product() };
+        let entry = BufferEntry { name: name.to_string(), shape: shape.to_vec(), slice, integer };
+        self.buffers.push(BufferSpec { entry, init });
+        slice
+    }
+
+    /// Appends a node computing `op` from `inputs` into a new value of per-sample shape `out_shape`.
+    pub fn push_op(&mut self, name: &str, op: OpKind, inputs: &[ValueId], out_shape: Vec<usize>) -> ValueId {
         self.values.push(ValueInfo { shape: out_shape });
         let output = ValueId(self.values.len() - 1);
-        self.nodes.push(PendingNode { name: name.to_string(), op, input, output });
+        self.nodes.push(Node { name: name.to_string(), op, inputs: inputs.to_vec(), output });
         output
     }
 
+    fn push(&mut self, name: &str, op: OpKind, input: ValueId, out_shape: Vec<usize>) -> ValueId {
+        self.push_op(name, op, &[input], out_shape)
+    }
+
     /// `nn.Linear(in, out_features, bias)` named `name` (parameters `name.weight`, `name.bias`), applied to the
-    /// last dimension of a flat input `[in]`.
+    /// last dimension of the input (`[in]`, or `[T, in]` for tokens).
     pub fn linear(&mut self, name: &str, x: ValueId, out_features: usize, bias: bool) -> Result<ValueId, GraphError> {
         let shape = self.shape(x).to_vec();
-        if shape.len() != 1 {
+        if shape.is_empty() || shape.len() > 2 {
             return Err(GraphError::Shape {
                 node: name.into(),
-                expected: "[in_features] (flatten first)".into(),
+                expected: "[in_features] or [tokens, in_features] (flatten first)".into(),
                 got: shape,
             });
         }
         if out_features == 0 {
             return Err(GraphError::Invalid { node: name.into(), message: "out_features must be at least 1".into() });
         }
-        let in_features = shape[0];
+        let in_features = *shape.last().expect("checked non-empty");
+        let rows = shape[..shape.len() - 1].iter().product();
         let weight =
             self.param(&format!("{name}.weight"), &[out_features, in_features], Init::torch_default(in_features));
         let bias = bias.then(|| self.param(&format!("{name}.bias"), &[out_features], Init::torch_default(in_features)));
-        Ok(self.push(name, PendingOp::Linear { in_features, out_features, weight, bias }, x, vec![out_features]))
+        let mut out_shape = shape;
+        *out_shape.last_mut().expect("checked non-empty") = out_features;
+        Ok(self.push(name, OpKind::Linear { rows, in_features, out_features, weight, bias }, x, out_shape))
     }
 
     fn chw(&self, name: &str, x: ValueId) -> Result<(usize, usize, usize), GraphError> {
@@ -192,7 +198,7 @@ impl GraphBuilder {
             Init::torch_default(fan_in),
         );
         let bias = bias.then(|| self.param(&format!("{name}.bias"), &[spec.out_channels], Init::torch_default(fan_in)));
-        let op = PendingOp::Conv2d { spec, in_hw: (h, w), out_hw: (oh, ow), weight, bias };
+        let op = OpKind::Conv2d { spec, in_hw: (h, w), out_hw: (oh, ow), weight, bias };
         Ok(self.push(name, op, x, vec![spec.out_channels, oh, ow]))
     }
 
@@ -219,19 +225,19 @@ impl GraphBuilder {
     /// `nn.MaxPool2d`.
     pub fn max_pool2d(&mut self, name: &str, x: ValueId, spec: Pool2dSpec) -> Result<ValueId, GraphError> {
         let (in_chw, oh, ow) = self.pool_out(name, x, spec)?;
-        Ok(self.push(name, PendingOp::Ready(OpKind::MaxPool2d { spec, in_chw }), x, vec![in_chw.0, oh, ow]))
+        Ok(self.push(name, OpKind::MaxPool2d { spec, in_chw }, x, vec![in_chw.0, oh, ow]))
     }
 
     /// `nn.AvgPool2d` (count_include_pad = True).
     pub fn avg_pool2d(&mut self, name: &str, x: ValueId, spec: Pool2dSpec) -> Result<ValueId, GraphError> {
         let (in_chw, oh, ow) = self.pool_out(name, x, spec)?;
-        Ok(self.push(name, PendingOp::Ready(OpKind::AvgPool2d { spec, in_chw }), x, vec![in_chw.0, oh, ow]))
+        Ok(self.push(name, OpKind::AvgPool2d { spec, in_chw }, x, vec![in_chw.0, oh, ow]))
     }
 
     /// `nn.AdaptiveAvgPool2d(1)` followed by flatten: `[C, H, W]` -> `[C]`.
     pub fn global_avg_pool(&mut self, name: &str, x: ValueId) -> Result<ValueId, GraphError> {
         let in_chw = self.chw(name, x)?;
-        Ok(self.push(name, PendingOp::Ready(OpKind::GlobalAvgPool { in_chw }), x, vec![in_chw.0]))
+        Ok(self.push(name, OpKind::GlobalAvgPool { in_chw }, x, vec![in_chw.0]))
     }
 
     /// Reinterprets a sample as `shape` (same element count).
@@ -244,19 +250,19 @@ impl GraphBuilder {
                 got: have,
             });
         }
-        Ok(self.push(name, PendingOp::Ready(OpKind::Reshape), x, shape.to_vec()))
+        Ok(self.push(name, OpKind::Reshape, x, shape.to_vec()))
     }
 
     /// `nn.Flatten()`: `[...]` -> `[numel]`.
     pub fn flatten(&mut self, name: &str, x: ValueId) -> ValueId {
         let n = self.shape(x).iter().product::<usize>();
-        self.push(name, PendingOp::Ready(OpKind::Reshape), x, vec![n])
+        self.push(name, OpKind::Reshape, x, vec![n])
     }
 
     /// An element-wise activation.
     pub fn activation(&mut self, name: &str, x: ValueId, act: Activation) -> ValueId {
         let shape = self.shape(x).to_vec();
-        self.push(name, PendingOp::Ready(OpKind::Activation(act)), x, shape)
+        self.push(name, OpKind::Activation(act), x, shape)
     }
 
     /// `nn.Dropout(p)`.
@@ -268,7 +274,153 @@ impl GraphBuilder {
             });
         }
         let shape = self.shape(x).to_vec();
-        Ok(self.push(name, PendingOp::Ready(OpKind::Dropout { p }), x, shape))
+        Ok(self.push(name, OpKind::Dropout { p }, x, shape))
+    }
+
+    fn invalid(name: &str, message: String) -> GraphError {
+        GraphError::Invalid { node: name.into(), message }
+    }
+
+    fn tokens(&self, name: &str, x: ValueId) -> Result<(usize, usize), GraphError> {
+        match *self.shape(x) {
+            [t, d] => Ok((t, d)),
+            ref other => Err(GraphError::Shape { node: name.into(), expected: "[T, D]".into(), got: other.to_vec() }),
+        }
+    }
+
+    /// `nn.BatchNorm2d(C, eps, momentum, affine)` on `[C, H, W]`: parameters `name.weight` (ones) and
+    /// `name.bias` (zeros), buffers `name.running_mean` (zeros), `name.running_var` (ones) and
+    /// `name.num_batches_tracked`.
+    pub fn batch_norm2d(
+        &mut self,
+        name: &str,
+        x: ValueId,
+        eps: f64,
+        momentum: f64,
+        affine: bool,
+    ) -> Result<ValueId, GraphError> {
+        let (c, h, w) = self.chw(name, x)?;
+        if !(eps > 0.0) || !(0.0..=1.0).contains(&momentum) {
+            return Err(Self::invalid(name, format!("eps must be > 0 and momentum in [0, 1], got {eps} and {momentum}")));
+        }
+        let weight = affine.then(|| self.param(&format!("{name}.weight"), &[c], Init::Ones));
+        let bias = affine.then(|| self.param(&format!("{name}.bias"), &[c], Init::Zeros));
+        let stats = self.buffer(&format!("{name}.running_mean"), &[c], 0.0, false);
+        self.buffer(&format!("{name}.running_var"), &[c], 1.0, false);
+        self.buffer(&format!("{name}.num_batches_tracked"), &[], 0.0, true);
+        let stats = ParamSlice { offset: stats.offset, len: 2 * c + 1 };
+        let op = OpKind::BatchNorm2d { channels: c, hw: h * w, eps, momentum, weight, bias, stats };
+        Ok(self.push(name, op, x, vec![c, h, w]))
+    }
+
+    /// `nn.LayerNorm(D, eps)` over the last dimension: parameters `name.weight` (ones), `name.bias` (zeros).
+    pub fn layer_norm(&mut self, name: &str, x: ValueId, eps: f64, affine: bool) -> Result<ValueId, GraphError> {
+        let shape = self.shape(x).to_vec();
+        let Some(&dim) = shape.last() else {
+            return Err(GraphError::Shape { node: name.into(), expected: "[.., D]".into(), got: shape });
+        };
+        if !(eps > 0.0) {
+            return Err(Self::invalid(name, format!("eps must be > 0, got {eps}")));
+        }
+        let weight = affine.then(|| self.param(&format!("{name}.weight"), &[dim], Init::Ones));
+        let bias = affine.then(|| self.param(&format!("{name}.bias"), &[dim], Init::Zeros));
+        Ok(self.push(name, OpKind::LayerNorm { dim, eps, weight, bias }, x, shape))
+    }
+
+    /// `a + b` (a residual connection); both of one shape.
+    pub fn add(&mut self, name: &str, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        if sa != sb {
+            return Err(GraphError::Shape { node: name.into(), expected: format!("{sa:?} (the first input)"), got: sb });
+        }
+        Ok(self.push_op(name, OpKind::Add, &[a, b], sa))
+    }
+
+    /// `torch.cat(inputs, dim=1 + axis)`: concatenation along a per-sample axis.
+    pub fn concat(&mut self, name: &str, inputs: &[ValueId], axis: usize) -> Result<ValueId, GraphError> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|&v| self.shape(v)).collect();
+        let shape = ecstrain_kernels::ops::concat::concat_shape(&shapes, axis)
+            .map_err(|e| Self::invalid(name, format!("cannot concatenate {shapes:?} on axis {axis}: {e}")))?;
+        Ok(self.push_op(name, OpKind::Concat { axis }, inputs, shape))
+    }
+
+    /// Multi-head self-attention on a fused `[T, 3D]` projection (see [`OpKind::Attention`]) -> `[T, D]`.
+    pub fn attention(&mut self, name: &str, qkv: ValueId, heads: usize, causal: bool) -> Result<ValueId, GraphError> {
+        let (t, d3) = self.tokens(name, qkv)?;
+        if !d3.is_multiple_of(3) || heads == 0 || !(d3 / 3).is_multiple_of(heads) || d3 == 0 {
+            return Err(Self::invalid(
+                name,
+                format!("the fused projection width {d3} must be 3 * D with D a multiple of heads ({heads})"),
+            ));
+        }
+        let dim = d3 / 3;
+        Ok(self.push(name, OpKind::Attention { heads, tokens: t, dim, causal }, qkv, vec![t, dim]))
+    }
+
+    /// Permutes the sample's axes: output axis `a` is input axis `perm[a]`.
+    pub fn permute(&mut self, name: &str, x: ValueId, perm: &[usize]) -> Result<ValueId, GraphError> {
+        let in_shape = self.shape(x).to_vec();
+        ecstrain_kernels::ops::permute::validate_perm(perm, in_shape.len())
+            .map_err(|e| Self::invalid(name, format!("permutation {perm:?} of a {in_shape:?} sample: {e}")))?;
+        let out = ecstrain_kernels::ops::permute::permuted_shape(&in_shape, perm);
+        Ok(self.push(name, OpKind::Permute { in_shape, perm: perm.to_vec() }, x, out))
+    }
+
+    /// Prepends the learned token `param_name` (`[1, 1, D]`, zeros as timm's `cls_token`): `[T, D]` -> `[T+1, D]`.
+    pub fn prepend_token(&mut self, name: &str, param_name: &str, x: ValueId) -> Result<ValueId, GraphError> {
+        let (t, d) = self.tokens(name, x)?;
+        let token = self.param_with_decay(param_name, &[1, 1, d], Init::Zeros, false);
+        Ok(self.push(name, OpKind::PrependToken { token }, x, vec![t + 1, d]))
+    }
+
+    /// Adds the learned tensor `param_name` (`[1, ..sample shape]`, N(0, std^2), no weight decay) to every
+    /// sample: a position embedding.
+    pub fn add_param(&mut self, name: &str, param_name: &str, x: ValueId, std: f64) -> ValueId {
+        let shape = self.shape(x).to_vec();
+        let pshape: Vec<usize> = std::iter::once(1).chain(shape.iter().copied()).collect();
+        let param = self.param_with_decay(param_name, &pshape, Init::Normal { std }, false);
+        self.push(name, OpKind::AddParam { param }, x, shape)
+    }
+
+    /// Mean over tokens: `[T, D]` -> `[D]`.
+    pub fn token_mean(&mut self, name: &str, x: ValueId) -> Result<ValueId, GraphError> {
+        let (_, d) = self.tokens(name, x)?;
+        Ok(self.push(name, OpKind::TokenMean, x, vec![d]))
+    }
+
+    /// Token `index`: `[T, D]` -> `[D]`.
+    pub fn select_token(&mut self, name: &str, x: ValueId, index: usize) -> Result<ValueId, GraphError> {
+        let (t, d) = self.tokens(name, x)?;
+        if index >= t {
+            return Err(Self::invalid(name, format!("token {index} of {t}")));
+        }
+        Ok(self.push(name, OpKind::SelectToken { index }, x, vec![d]))
+    }
+
+    /// `nn.Upsample(scale_factor=(fh, fw), mode="nearest")` on `[C, H, W]`.
+    pub fn upsample(&mut self, name: &str, x: ValueId, factor: (usize, usize)) -> Result<ValueId, GraphError> {
+        let in_chw = self.chw(name, x)?;
+        if factor.0 == 0 || factor.1 == 0 {
+            return Err(Self::invalid(name, format!("scale factors must be >= 1, got {factor:?}")));
+        }
+        let out = vec![in_chw.0, in_chw.1 * factor.0, in_chw.2 * factor.1];
+        Ok(self.push(name, OpKind::Upsample { factor, in_chw }, x, out))
+    }
+
+    /// A VQ-VAE quantiser on `[D, H, W]` with a codebook `name.embedding.weight` `[codes, D]` initialised
+    /// U(-1/K, 1/K) as in the original VQ-VAE code.
+    pub fn vector_quantize(&mut self, name: &str, x: ValueId, codes: usize, beta: f64) -> Result<ValueId, GraphError> {
+        let (d, h, w) = self.chw(name, x)?;
+        if codes == 0 || !(beta >= 0.0) {
+            return Err(Self::invalid(name, format!("codes must be >= 1 and beta >= 0, got {codes} and {beta}")));
+        }
+        if x.0 == 0 {
+            return Err(Self::invalid(name, "cannot quantise the model input itself".into()));
+        }
+        let codebook =
+            self.param(&format!("{name}.embedding.weight"), &[codes, d], Init::Uniform { bound: 1.0 / codes as f64 });
+        let op = OpKind::VectorQuantize { codebook, codes, dim: d, positions: h * w, beta };
+        Ok(self.push(name, op, x, vec![d, h, w]))
     }
 
     /// Total parameter elements declared so far.
@@ -276,13 +428,13 @@ impl GraphBuilder {
         self.params.iter().map(|p| p.shape.iter().product::<usize>()).sum()
     }
 
-    /// Spawns parameter entities, allocates and initialises the [`Params`] and [`Grads`] arenas, and returns
-    /// the graph with `output` as the value the task reads.
+    /// Spawns parameter entities, allocates and initialises the [`Params`], [`Grads`] and [`Buffers`] arenas,
+    /// and returns the graph with `output` as the value the task reads.
     pub fn finish(self, world: &mut World, output: ValueId, seed: u64) -> Graph {
         let total = self.num_params();
         let mut params = Arena::zeros(total);
         let mut rng = Rng::derive(seed, &[0x1A17]);
-        let mut refs = Vec::with_capacity(self.params.len());
+        let mut entity_at = HashMap::with_capacity(self.params.len());
         let mut offset = 0;
         for spec in &self.params {
             let len: usize = spec.shape.iter().product();
@@ -292,30 +444,23 @@ impl GraphBuilder {
             if spec.no_decay {
                 e.insert(NoDecay);
             }
-            refs.push(ParamRef { entity: e.id(), slice });
+            entity_at.insert(offset, e.id());
             offset += len;
         }
         world.insert_resource(Params(params));
         world.insert_resource(Grads(Arena::zeros(total)));
-        let nodes = self
-            .nodes
-            .into_iter()
-            .map(|n| {
-                let op = match n.op {
-                    PendingOp::Linear { in_features, out_features, weight, bias } => OpKind::Linear {
-                        in_features,
-                        out_features,
-                        weight: refs[weight.0],
-                        bias: bias.map(|b| refs[b.0]),
-                    },
-                    PendingOp::Conv2d { spec, in_hw, out_hw, weight, bias } => {
-                        OpKind::Conv2d { spec, in_hw, out_hw, weight: refs[weight.0], bias: bias.map(|b| refs[b.0]) }
-                    }
-                    PendingOp::Ready(op) => op,
-                };
-                Node { name: n.name, op, input: n.input, output: n.output }
-            })
-            .collect();
+        let mut buffers = Buffers::default();
+        for b in self.buffers {
+            buffers.arena.data.extend(std::iter::repeat_n(b.init, b.entry.slice.len));
+            buffers.entries.push(b.entry);
+        }
+        world.insert_resource(buffers);
+        let mut nodes = self.nodes;
+        for node in &mut nodes {
+            for p in node.op.params_mut() {
+                p.entity = entity_at[&p.slice.offset];
+            }
+        }
         Graph { arch: self.arch, values: self.values, nodes, output }
     }
 }

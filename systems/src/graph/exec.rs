@@ -1,16 +1,31 @@
 //! Forward and backward execution of a [`Graph`] on planned buffers.
 //!
 //! [`Activations`] holds one buffer per value and one gradient buffer per value, sized once for the largest
-//! batch (`capacity`); a smaller batch uses the leading rows. Nothing is allocated per step. Value 0 (the
-//! input) has no buffer: it is read from the batch, and no gradient flows into it.
+//! batch (`capacity`); a smaller batch uses the leading rows. Per-node state the backward needs (max-pool
+//! argmax, normalisation statistics, attention probabilities, codebook assignments) lives in per-node
+//! buffers planned at the same time. Nothing is allocated per step. Value 0 (the input) has no buffer: it is
+//! read from the batch, and no gradient flows into it.
 //!
 //! Gradient conventions (as the kernels): parameter gradients accumulate into the [`Grads`] arena (so
-//! micro-batches of an accumulation window add up); activation gradients overwrite.
+//! micro-batches of an accumulation window add up); activation gradients overwrite, except that a value read
+//! by several ops (a residual branch point) receives the sum: the first consumer visited by the backward
+//! writes, later ones compute into a scratch buffer and add it.
+//!
+//! [`Grads`]: ecstrain_components::Grads
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Activation, Conv2dSpec, Graph, Mode, OpKind, Pool2dSpec, ValueId};
 use ecstrain_kernels::ops;
 use ecstrain_kernels::rng::Rng;
+
+/// Statistics of an op that contributes its own loss term (a VQ layer): read by the task for logging.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AuxStats {
+    /// The op's unweighted loss (`codebook + beta * commitment` for VQ).
+    pub loss: f64,
+    /// Codebook perplexity of the batch.
+    pub perplexity: f64,
+}
 
 /// Planned activation and activation-gradient buffers for a graph.
 #[derive(Resource, Debug)]
@@ -21,34 +36,70 @@ pub struct Activations {
     pub values: Vec<Vec<f32>>,
     /// `grads[v]`: same shapes as `values`.
     pub grads: Vec<Vec<f32>>,
-    /// `argmax[v]`: for max-pool outputs, the input position of each output element; empty otherwise.
-    pub argmax: Vec<Vec<u32>>,
-    /// Scratch shared by the ops that need it in turn (convolution column buffers), sized for the largest.
+    /// `saved[node]`: float state a node's backward reads (normalisation statistics, attention q/k/v and
+    /// probabilities); empty for most nodes.
+    pub saved: Vec<Vec<f32>>,
+    /// `indices[node]`: integer state (max-pool argmax; VQ code indices followed by per-code counts).
+    pub indices: Vec<Vec<u32>>,
+    /// `aux[node]`: statistics of loss-contributing ops of the last forward.
+    pub aux: Vec<Option<AuxStats>>,
+    /// Weight the task gives the auxiliary losses (`vq_weight`); the backward adds their gradients scaled by it.
+    pub aux_weight: f32,
+    /// Scratch shared by the ops that need it in turn (convolution columns, attention gradients).
     pub scratch: Vec<f32>,
+    /// Gradient staging for values with several consumers, sized for the largest value.
+    pub grad_tmp: Vec<f32>,
+    /// Per value: whether the current backward has written its gradient yet.
+    pub written: Vec<bool>,
+}
+
+/// Lengths of one attention node's saved regions for `n` samples: (q/k/v permuted, probabilities, heads out).
+fn attention_lens(heads: usize, tokens: usize, dim: usize, n: usize) -> (usize, usize, usize) {
+    (3 * n * tokens * dim, n * heads * tokens * tokens, n * tokens * dim)
 }
 
 impl Activations {
     /// Plans buffers for batches of up to `capacity` samples.
     pub fn plan(graph: &Graph, capacity: usize) -> Activations {
+        let numel = |v: ValueId| graph.values[v.0].numel();
         let sizes: Vec<usize> =
             graph.values.iter().enumerate().map(|(i, v)| if i == 0 { 0 } else { v.numel() * capacity }).collect();
-        let mut argmax = vec![Vec::new(); graph.values.len()];
+        let mut saved = vec![Vec::new(); graph.nodes.len()];
+        let mut indices = vec![Vec::new(); graph.nodes.len()];
+        let mut aux = vec![None; graph.nodes.len()];
         let mut scratch = 0;
-        for node in &graph.nodes {
+        for (idx, node) in graph.nodes.iter().enumerate() {
             match &node.op {
-                OpKind::MaxPool2d { .. } => argmax[node.output.0] = vec![0; sizes[node.output.0]],
+                OpKind::MaxPool2d { .. } => indices[idx] = vec![0; sizes[node.output.0]],
                 OpKind::Conv2d { spec, in_hw, .. } => {
                     scratch = scratch.max(conv_geom(spec, *in_hw, capacity).col_len())
+                }
+                OpKind::BatchNorm2d { channels, .. } => saved[idx] = vec![0.0; 2 * channels],
+                OpKind::LayerNorm { dim, .. } => saved[idx] = vec![0.0; 2 * capacity * numel(node.output) / dim],
+                OpKind::Attention { heads, tokens, dim, .. } => {
+                    let (qkv, att, out) = attention_lens(*heads, *tokens, *dim, capacity);
+                    saved[idx] = vec![0.0; qkv + att + out];
+                    scratch = scratch.max(qkv + att + out);
+                }
+                OpKind::VectorQuantize { codes, positions, .. } => {
+                    indices[idx] = vec![0; capacity * positions + codes];
+                    aux[idx] = Some(AuxStats::default());
                 }
                 _ => {}
             }
         }
+        let largest = sizes.iter().copied().max().unwrap_or(0).max(capacity * numel(ValueId(0)));
         Activations {
             capacity,
             values: sizes.iter().map(|&n| vec![0.0; n]).collect(),
             grads: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            argmax,
+            saved,
+            indices,
+            aux,
+            aux_weight: 1.0,
             scratch: vec![0.0; scratch],
+            grad_tmp: vec![0.0; largest],
+            written: vec![false; graph.values.len()],
         }
     }
 
@@ -56,13 +107,20 @@ impl Activations {
     pub fn bytes(&self) -> usize {
         4 * (self.values.iter().map(Vec::len).sum::<usize>()
             + self.grads.iter().map(Vec::len).sum::<usize>()
-            + self.argmax.iter().map(Vec::len).sum::<usize>()
-            + self.scratch.len())
+            + self.saved.iter().map(Vec::len).sum::<usize>()
+            + self.indices.iter().map(Vec::len).sum::<usize>()
+            + self.scratch.len()
+            + self.grad_tmp.len())
     }
 
     /// The valid part of the graph output for a batch of `n` rows.
     pub fn output<'a>(&'a self, graph: &Graph, n: usize) -> &'a [f32] {
         &self.values[graph.output.0][..n * graph.values[graph.output.0].numel()]
+    }
+
+    /// Sum of the auxiliary losses of the last forward (0 when the graph has none).
+    pub fn aux_loss(&self) -> f64 {
+        self.aux.iter().flatten().map(|a| a.loss).sum()
     }
 }
 
@@ -103,56 +161,188 @@ pub fn dropout_seed(run_seed: u64, micro_step: u64, node: usize) -> u64 {
     Rng::derive(run_seed, &[0xD0, micro_step, node as u64]).next_u64()
 }
 
-/// `(input rows, output rows)` of a node: the input borrowed from the batch for value 0.
-fn io<'a>(
-    bufs: &'a mut [Vec<f32>],
-    batch_input: &'a [f32],
-    input: ValueId,
-    output: ValueId,
-) -> (&'a [f32], &'a mut [f32]) {
-    debug_assert!(input.0 < output.0, "graph values are created in topological order");
-    let (lo, hi) = bufs.split_at_mut(output.0);
-    let x: &[f32] = if input.0 == 0 { batch_input } else { &lo[input.0] };
-    (x, &mut hi[0])
+/// The batch-including shape and permutation of a per-sample permute, on the stack.
+fn batched_perm(n: usize, in_shape: &[usize], perm: &[usize]) -> ([usize; 8], [usize; 8], usize) {
+    let r = in_shape.len() + 1;
+    assert!(r <= 8, "permute of rank {} (at most 7 per-sample axes)", r - 1);
+    let (mut shape, mut p) = ([0usize; 8], [0usize; 8]);
+    shape[0] = n;
+    shape[1..r].copy_from_slice(in_shape);
+    for (a, &src) in perm.iter().enumerate() {
+        p[a + 1] = src + 1;
+    }
+    (shape, p, r)
 }
 
-/// Runs the graph forward on `n` rows of `input` (`[n, numel(input)]`) with parameters `params`.
-pub fn forward(graph: &Graph, params: &[f32], acts: &mut Activations, input: &[f32], n: usize, mode: Mode, seed: u64) {
+/// `(outer, inner)` of a concatenation input: rows before the axis (times the batch) and the contiguous run
+/// it contributes to each row.
+fn concat_runs(shape: &[usize], axis: usize, n: usize) -> (usize, usize) {
+    (n * shape[..axis].iter().product::<usize>(), shape[axis..].iter().product())
+}
+
+/// Runs the graph forward on `n` rows of `input` (`[n, numel(input)]`) with parameters `params`; in training
+/// mode batch norms update their running statistics in `buffers`.
+#[allow(clippy::too_many_arguments)] // the buffers of one pass; a struct would only rename them
+pub fn forward(
+    graph: &Graph,
+    params: &[f32],
+    buffers: &mut [f32],
+    acts: &mut Activations,
+    input: &[f32],
+    n: usize,
+    mode: Mode,
+    seed: u64,
+) {
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
+    let cap = acts.capacity;
     let input = &input[..n * graph.values[0].numel()];
-    let Activations { values, argmax, scratch, .. } = acts;
+    let Activations { values, saved, indices, aux, scratch, .. } = acts;
+    let numel = |v: ValueId| graph.values[v.0].numel();
+    let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
     for (idx, node) in graph.nodes.iter().enumerate() {
-        let out_len = n * graph.values[node.output.0].numel();
-        let in_len = n * graph.values[node.input.0].numel();
-        let (x, y) = io(values, input, node.input, node.output);
-        let (x, y) = (&x[..in_len], &mut y[..out_len]);
+        // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
+        let mut out_buf = std::mem::take(&mut values[node.output.0]);
+        let y = &mut out_buf[..n * numel(node.output)];
+        let read = |i: usize| -> &[f32] {
+            let v = node.inputs[i];
+            if v.0 == 0 {
+                input
+            } else {
+                &values[v.0][..n * numel(v)]
+            }
+        };
+        let x = read(0);
         match &node.op {
-            OpKind::Linear { in_features, out_features, weight, bias } => {
-                let w = &params[weight.slice.range()];
-                let b = bias.map(|b| &params[b.slice.range()]);
-                ops::linear::linear_forward(y, x, w, b, n, *in_features, *out_features);
+            OpKind::Linear { rows, in_features, out_features, weight, bias } => {
+                let b = bias.as_ref().map(p);
+                ops::linear::linear_forward(y, x, p(weight), b, n * rows, *in_features, *out_features);
             }
             OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
                 let g = conv_geom(spec, *in_hw, n);
-                let w = &params[weight.slice.range()];
-                let b = bias.map(|b| &params[b.slice.range()]);
-                ops::conv2d::conv2d_forward(y, x, w, b, &mut scratch[..g.col_len()], &g);
+                let b = bias.as_ref().map(p);
+                ops::conv2d::conv2d_forward(y, x, p(weight), b, &mut scratch[..g.col_len()], &g);
             }
             OpKind::MaxPool2d { spec, in_chw } => {
-                ops::pool::max_pool2d_forward(y, &mut argmax[node.output.0][..out_len], x, &pool_geom(spec, *in_chw, n))
+                let am = &mut indices[idx][..y.len()];
+                ops::pool::max_pool2d_forward(y, am, x, &pool_geom(spec, *in_chw, n))
             }
             OpKind::AvgPool2d { spec, in_chw } => ops::pool::avg_pool2d_forward(y, x, &pool_geom(spec, *in_chw, n)),
             OpKind::GlobalAvgPool { in_chw: (c, h, w) } => ops::pool::global_avg_pool_forward(y, x, n, *c, *h, *w),
             OpKind::Reshape => y.copy_from_slice(x),
             OpKind::Activation(act) => activation_forward(*act, y, x),
-            OpKind::Dropout { p } => {
-                if mode == Mode::Train && *p > 0.0 {
-                    ops::dropout::dropout_forward(y, x, *p, dropout_seed(seed, 0, idx));
+            OpKind::Dropout { p: prob } => {
+                if mode == Mode::Train && *prob > 0.0 {
+                    ops::dropout::dropout_forward(y, x, *prob, dropout_seed(seed, 0, idx));
                 } else {
                     y.copy_from_slice(x);
                 }
             }
+            OpKind::BatchNorm2d { channels: c, hw, eps, momentum, weight, bias, stats } => {
+                let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
+                let (rm, rest) = buffers[stats.range()].split_at_mut(*c);
+                let (rv, tracked) = rest.split_at_mut(*c);
+                if mode == Mode::Train {
+                    let (sm, si) = saved[idx].split_at_mut(*c);
+                    ops::batch_norm::batch_norm_forward_train(y, sm, si, rm, rv, x, w, b, n, *c, *hw, *eps, *momentum);
+                    tracked[0] += 1.0;
+                } else {
+                    ops::batch_norm::batch_norm_forward_eval(y, x, rm, rv, w, b, n, *c, *hw, *eps);
+                }
+            }
+            OpKind::LayerNorm { dim, eps, weight, bias } => {
+                let rows = y.len() / dim;
+                let half = saved[idx].len() / 2;
+                let (sm, sr) = saved[idx].split_at_mut(half);
+                let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
+                ops::layer_norm::layer_norm_forward(y, &mut sm[..rows], &mut sr[..rows], x, w, b, rows, *dim, *eps);
+            }
+            OpKind::Add => ops::add::add_forward(y, x, read(1)),
+            OpKind::Concat { axis } => {
+                let (rows, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
+                let row_len = y.len() / rows.max(1);
+                let mut at = 0;
+                for (i, &v) in node.inputs.iter().enumerate() {
+                    let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
+                    let src = read(i);
+                    for r in 0..rows {
+                        y[r * row_len + at..r * row_len + at + run].copy_from_slice(&src[r * run..(r + 1) * run]);
+                    }
+                    at += run;
+                }
+            }
+            OpKind::Attention { heads, tokens: t, dim: d, causal } => {
+                let (h, hd) = (*heads, d / heads);
+                let (qkv_cap, att_cap, _) = attention_lens(h, *t, *d, cap);
+                let (qkv_len, att_len, out_len) = attention_lens(h, *t, *d, n);
+                let (qkv, rest) = saved[idx].split_at_mut(qkv_cap);
+                let (att, heads_out) = rest.split_at_mut(att_cap);
+                let qkv = &mut qkv[..qkv_len];
+                ops::permute::permute(qkv, x, &[n, *t, 3, h, hd], &[2, 0, 3, 1, 4]).expect("shapes checked at build");
+                let (q, kv) = qkv.split_at(out_len);
+                let (k, v) = kv.split_at(out_len);
+                let heads_out = &mut heads_out[..out_len];
+                ops::attention::attention_forward(heads_out, &mut att[..att_len], q, k, v, n, h, *t, hd, *causal);
+                ops::attention::merge_heads(y, heads_out, n, h, *t, hd);
+            }
+            OpKind::Permute { in_shape, perm } => {
+                let (shape, perm, r) = batched_perm(n, in_shape, perm);
+                ops::permute::permute(y, x, &shape[..r], &perm[..r]).expect("shapes checked at build");
+            }
+            OpKind::PrependToken { token } => {
+                let (tok, d) = (p(token), token.slice.len);
+                let per_in = numel(node.inputs[0]);
+                for (ys, xs) in y.chunks_exact_mut(per_in + d).zip(x.chunks_exact(per_in)) {
+                    ys[..d].copy_from_slice(tok);
+                    ys[d..].copy_from_slice(xs);
+                }
+            }
+            OpKind::AddParam { param } => {
+                let add = p(param);
+                for (ys, xs) in y.chunks_exact_mut(add.len()).zip(x.chunks_exact(add.len())) {
+                    ops::add::add_forward(ys, xs, add);
+                }
+            }
+            OpKind::TokenMean => {
+                let d = numel(node.output);
+                let t = numel(node.inputs[0]) / d;
+                for (ys, xs) in y.chunks_exact_mut(d).zip(x.chunks_exact(t * d)) {
+                    for (j, yv) in ys.iter_mut().enumerate() {
+                        // f64 accumulation: the mean of a few hundred tokens stays exact to f32 rounding.
+                        let sum: f64 = (0..t).map(|i| xs[i * d + j] as f64).sum();
+                        *yv = (sum / t as f64) as f32;
+                    }
+                }
+            }
+            OpKind::SelectToken { index } => {
+                let d = numel(node.output);
+                let per_in = numel(node.inputs[0]);
+                for (ys, xs) in y.chunks_exact_mut(d).zip(x.chunks_exact(per_in)) {
+                    ys.copy_from_slice(&xs[index * d..(index + 1) * d]);
+                }
+            }
+            OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => {
+                ops::upsample::upsample_nearest2d_forward(y, x, n, *c, *h, *w, *fh, *fw)
+            }
+            OpKind::VectorQuantize { codebook, codes, dim, positions, beta } => {
+                let (ind, counts) = indices[idx].split_at_mut(cap * positions);
+                let stats = ops::vector_quantize::vq_forward(
+                    y,
+                    &mut ind[..n * positions],
+                    counts,
+                    x,
+                    p(codebook),
+                    n,
+                    *dim,
+                    *positions,
+                    *codes,
+                );
+                aux[idx] = Some(AuxStats {
+                    loss: (1.0 + beta) * stats.mse as f64,
+                    perplexity: stats.perplexity as f64,
+                });
+            }
         }
+        values[node.output.0] = out_buf;
     }
 }
 
@@ -163,6 +353,7 @@ fn activation_forward(act: Activation, y: &mut [f32], x: &[f32]) {
         Activation::GeluTanh => ops::gelu::gelu_forward(y, x, ops::gelu::GeluApprox::Tanh),
         Activation::Tanh => ops::tanh::tanh_forward(y, x),
         Activation::Sigmoid => ops::sigmoid::sigmoid_forward(y, x),
+        Activation::Silu => ops::silu::silu_forward(y, x),
     }
 }
 
@@ -173,6 +364,7 @@ fn activation_backward(act: Activation, dx: &mut [f32], dy: &[f32], x: &[f32]) {
         Activation::GeluTanh => ops::gelu::gelu_backward(dx, dy, x, ops::gelu::GeluApprox::Tanh),
         Activation::Tanh => ops::tanh::tanh_backward(dx, dy, x),
         Activation::Sigmoid => ops::sigmoid::sigmoid_backward(dx, dy, x),
+        Activation::Silu => ops::silu::silu_backward(dx, dy, x),
     }
 }
 
@@ -196,6 +388,66 @@ fn weight_and_bias(
     }
 }
 
+/// Gradient slices of two optional parameters (a norm's weight and bias), either of which may be absent.
+fn optional_pair<'a>(
+    grads: &'a mut [f32],
+    w: Option<&ecstrain_components::ParamRef>,
+    b: Option<&ecstrain_components::ParamRef>,
+) -> (Option<&'a mut [f32]>, Option<&'a mut [f32]>) {
+    match (w, b) {
+        (Some(w), b) => {
+            let (dw, db) = weight_and_bias(grads, w.slice.range(), b.map(|b| b.slice.range()));
+            (Some(dw), db)
+        }
+        (None, Some(b)) => (None, Some(&mut grads[b.slice.range()])),
+        (None, None) => (None, None),
+    }
+}
+
+/// Where an input's gradient goes during the backward: straight into its buffer the first time, through
+/// the staging buffer and an add when another consumer has already written it.
+struct GradSink<'a> {
+    dvals: &'a mut [Vec<f32>],
+    tmp: &'a mut [f32],
+    written: &'a mut [bool],
+}
+
+impl GradSink<'_> {
+    /// Calls `f` with the gradient slice of value `v` (`len` elements), or `None` for the model input.
+    fn with(&mut self, v: ValueId, len: usize, f: impl FnOnce(Option<&mut [f32]>)) {
+        if v.0 == 0 {
+            f(None);
+        } else if self.written[v.0] {
+            f(Some(&mut self.tmp[..len]));
+            ops::add::add_assign(&mut self.dvals[v.0][..len], &self.tmp[..len]);
+        } else {
+            f(Some(&mut self.dvals[v.0][..len]));
+            self.written[v.0] = true;
+        }
+    }
+
+    /// Like [`Self::with`] for kernels that always write an input gradient: the model input's goes to the
+    /// staging buffer and is dropped.
+    fn with_required(&mut self, v: ValueId, len: usize, f: impl FnOnce(&mut [f32])) {
+        if v.0 == 0 {
+            f(&mut self.tmp[..len]);
+        } else {
+            self.with(v, len, |dx| f(dx.expect("not the input")));
+        }
+    }
+
+    /// Routes `dy` unchanged into `v`'s gradient (an identity's backward): a copy or an add, no staging.
+    fn pass_through(&mut self, v: ValueId, dy: &[f32]) {
+        if v.0 == 0 {
+        } else if self.written[v.0] {
+            ops::add::add_assign(&mut self.dvals[v.0][..dy.len()], dy);
+        } else {
+            self.dvals[v.0][..dy.len()].copy_from_slice(dy);
+            self.written[v.0] = true;
+        }
+    }
+}
+
 /// Runs the graph backward for `n` rows. The caller (the task's loss system) has written the gradient of the
 /// loss with respect to the output into `acts.grads[graph.output]`. Parameter gradients accumulate into `grads`.
 /// `seed` must be the one given to [`forward`] for the same micro-batch.
@@ -210,64 +462,194 @@ pub fn backward(
     mode: Mode,
     seed: u64,
 ) {
-    let Activations { values, grads: dvals, argmax, scratch, .. } = acts;
+    let cap = acts.capacity;
+    let aux_weight = acts.aux_weight;
+    let Activations { values, grads: dvals, saved, indices, scratch, grad_tmp, written, .. } = acts;
     let input = &input[..n * graph.values[0].numel()];
+    let numel = |v: ValueId| graph.values[v.0].numel();
+    let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
+    written.fill(false);
     for (idx, node) in graph.nodes.iter().enumerate().rev() {
-        let out_len = n * graph.values[node.output.0].numel();
-        let in_len = n * graph.values[node.input.0].numel();
-        let x: &[f32] = if node.input.0 == 0 { input } else { &values[node.input.0][..in_len] };
-        // The input's gradient is needed unless the input is the data itself.
-        let needs_dx = node.input.0 != 0;
-        let (lo, hi) = dvals.split_at_mut(node.output.0);
-        let dy = &hi[0][..out_len];
-        let dx: Option<&mut [f32]> = if needs_dx { Some(&mut lo[node.input.0][..in_len]) } else { None };
+        let dy_buf = std::mem::take(&mut dvals[node.output.0]);
+        let dy = &dy_buf[..n * numel(node.output)];
+        let read = |i: usize| -> &[f32] {
+            let v = node.inputs[i];
+            if v.0 == 0 {
+                input
+            } else {
+                &values[v.0][..n * numel(v)]
+            }
+        };
+        let (xv, x) = (node.inputs[0], read(0));
+        let in_len = x.len();
+        let mut sink = GradSink { dvals, tmp: grad_tmp, written };
         match &node.op {
-            OpKind::Linear { in_features, out_features, weight, bias } => {
-                let w = &params[weight.slice.range()];
+            OpKind::Linear { rows, in_features, out_features, weight, bias } => sink.with(xv, in_len, |dx| {
                 let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
-                ops::linear::linear_backward(dx, dw, db, dy, x, w, n, *in_features, *out_features);
-            }
-            OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
+                ops::linear::linear_backward(dx, dw, db, dy, x, p(weight), n * rows, *in_features, *out_features);
+            }),
+            OpKind::Conv2d { spec, in_hw, weight, bias, .. } => sink.with(xv, in_len, |dx| {
                 let g = conv_geom(spec, *in_hw, n);
-                let w = &params[weight.slice.range()];
                 let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
-                ops::conv2d::conv2d_backward(dx, dw, db, dy, x, w, &mut scratch[..g.col_len()], &g);
-            }
-            OpKind::MaxPool2d { spec, in_chw } => {
+                ops::conv2d::conv2d_backward(dx, dw, db, dy, x, p(weight), &mut scratch[..g.col_len()], &g);
+            }),
+            OpKind::MaxPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
-                    let am = &argmax[node.output.0][..out_len];
+                    let am = &indices[idx][..dy.len()];
                     ops::pool::max_pool2d_backward(dx, dy, am, &pool_geom(spec, *in_chw, n));
                 }
-            }
-            OpKind::AvgPool2d { spec, in_chw } => {
+            }),
+            OpKind::AvgPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     ops::pool::avg_pool2d_backward(dx, dy, &pool_geom(spec, *in_chw, n));
                 }
-            }
-            OpKind::GlobalAvgPool { in_chw: (c, h, w) } => {
+            }),
+            OpKind::GlobalAvgPool { in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     ops::pool::global_avg_pool_backward(dx, dy, n, *c, *h, *w);
                 }
-            }
-            OpKind::Reshape => {
-                if let Some(dx) = dx {
-                    dx.copy_from_slice(dy);
-                }
-            }
-            OpKind::Activation(act) => {
+            }),
+            OpKind::Reshape => sink.pass_through(xv, dy),
+            OpKind::Activation(act) => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     activation_backward(*act, dx, dy, x);
                 }
-            }
-            OpKind::Dropout { p } => {
-                if let Some(dx) = dx {
-                    if mode == Mode::Train && *p > 0.0 {
-                        ops::dropout::dropout_backward(dx, dy, *p, dropout_seed(seed, 0, idx));
-                    } else {
-                        dx.copy_from_slice(dy);
-                    }
+            }),
+            OpKind::Dropout { p: prob } => {
+                if mode == Mode::Train && *prob > 0.0 {
+                    sink.with(xv, in_len, |dx| {
+                        if let Some(dx) = dx {
+                            ops::dropout::dropout_backward(dx, dy, *prob, dropout_seed(seed, 0, idx));
+                        }
+                    })
+                } else {
+                    sink.pass_through(xv, dy)
                 }
             }
+            OpKind::BatchNorm2d { channels: c, hw, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
+                let (sm, si) = saved[idx].split_at(*c);
+                let (dw, db) = optional_pair(grads, weight.as_ref(), bias.as_ref());
+                let w = weight.as_ref().map(p);
+                ops::batch_norm::batch_norm_backward(dx, dw, db, dy, x, sm, si, w, n, *c, *hw);
+            }),
+            OpKind::LayerNorm { dim, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
+                let rows = dy.len() / dim;
+                let (sm, sr) = saved[idx].split_at(saved[idx].len() / 2);
+                let (dw, db) = optional_pair(grads, weight.as_ref(), bias.as_ref());
+                let w = weight.as_ref().map(p);
+                ops::layer_norm::layer_norm_backward(dx, dw, db, dy, x, &sm[..rows], &sr[..rows], w, rows, *dim);
+            }),
+            OpKind::Add => {
+                sink.pass_through(node.inputs[0], dy);
+                sink.pass_through(node.inputs[1], dy);
+            }
+            OpKind::Concat { axis } => {
+                let (rows, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
+                let row_len = dy.len() / rows.max(1);
+                let mut at = 0;
+                for &v in &node.inputs {
+                    let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
+                    sink.with(v, rows * run, |dx| {
+                        if let Some(dx) = dx {
+                            for r in 0..rows {
+                                dx[r * run..(r + 1) * run]
+                                    .copy_from_slice(&dy[r * row_len + at..r * row_len + at + run]);
+                            }
+                        }
+                    });
+                    at += run;
+                }
+            }
+            OpKind::Attention { heads, tokens: t, dim: d, causal } => sink.with_required(xv, in_len, |dx| {
+                let (h, hd) = (*heads, d / heads);
+                let (qkv_cap, _, _) = attention_lens(h, *t, *d, cap);
+                let (qkv_len, att_len, out_len) = attention_lens(h, *t, *d, n);
+                let (qkv, rest) = saved[idx].split_at(qkv_cap);
+                let att = &rest[..att_len];
+                let (q, kv) = qkv[..qkv_len].split_at(out_len);
+                let (k, v) = kv.split_at(out_len);
+                let (dqkv, rest) = scratch.split_at_mut(qkv_len);
+                let (dheads, ds) = rest.split_at_mut(out_len);
+                ops::attention::split_heads(dheads, dy, n, h, *t, hd);
+                let (dq, dkv) = dqkv.split_at_mut(out_len);
+                let (dk, dv) = dkv.split_at_mut(out_len);
+                let ds = &mut ds[..att_len];
+                ops::attention::attention_backward(dq, dk, dv, dheads, q, k, v, att, ds, n, h, *t, hd, *causal);
+                ops::permute::permute_backward(dx, dqkv, &[n, *t, 3, h, hd], &[2, 0, 3, 1, 4])
+                    .expect("shapes checked at build");
+            }),
+            OpKind::Permute { in_shape, perm } => sink.with(xv, in_len, |dx| {
+                if let Some(dx) = dx {
+                    let (shape, perm, r) = batched_perm(n, in_shape, perm);
+                    ops::permute::permute_backward(dx, dy, &shape[..r], &perm[..r]).expect("shapes checked at build");
+                }
+            }),
+            OpKind::PrependToken { token } => {
+                let d = token.slice.len;
+                let per_in = numel(xv);
+                let dt = &mut grads[token.slice.range()];
+                for ys in dy.chunks_exact(per_in + d) {
+                    ops::add::add_assign(dt, &ys[..d]);
+                }
+                sink.with(xv, in_len, |dx| {
+                    if let Some(dx) = dx {
+                        for (ys, xs) in dy.chunks_exact(per_in + d).zip(dx.chunks_exact_mut(per_in)) {
+                            xs.copy_from_slice(&ys[d..]);
+                        }
+                    }
+                });
+            }
+            OpKind::AddParam { param } => {
+                let dp = &mut grads[param.slice.range()];
+                for ys in dy.chunks_exact(param.slice.len) {
+                    ops::add::add_assign(dp, ys);
+                }
+                sink.pass_through(xv, dy);
+            }
+            OpKind::TokenMean => sink.with(xv, in_len, |dx| {
+                if let Some(dx) = dx {
+                    let d = numel(node.output);
+                    let t = numel(xv) / d;
+                    let inv = 1.0 / t as f32;
+                    for (ys, xs) in dy.chunks_exact(d).zip(dx.chunks_exact_mut(t * d)) {
+                        for row in xs.chunks_exact_mut(d) {
+                            row.iter_mut().zip(ys).for_each(|(g, &gy)| *g = gy * inv);
+                        }
+                    }
+                }
+            }),
+            OpKind::SelectToken { index } => sink.with(xv, in_len, |dx| {
+                if let Some(dx) = dx {
+                    let d = numel(node.output);
+                    for (ys, xs) in dy.chunks_exact(d).zip(dx.chunks_exact_mut(numel(xv))) {
+                        xs.fill(0.0);
+                        xs[index * d..(index + 1) * d].copy_from_slice(ys);
+                    }
+                }
+            }),
+            OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| {
+                if let Some(dx) = dx {
+                    ops::upsample::upsample_nearest2d_backward(dx, dy, n, *c, *h, *w, *fh, *fw);
+                }
+            }),
+            OpKind::VectorQuantize { codebook, codes, dim, positions, beta } => sink.with_required(xv, in_len, |dx| {
+                let ind = &indices[idx][..n * positions];
+                ops::vector_quantize::vq_backward(
+                    dx,
+                    &mut grads[codebook.slice.range()],
+                    dy,
+                    x,
+                    p(codebook),
+                    ind,
+                    n,
+                    *dim,
+                    *positions,
+                    *codes,
+                    *beta as f32,
+                    aux_weight,
+                );
+            }),
         }
+        dvals[node.output.0] = dy_buf;
     }
 }

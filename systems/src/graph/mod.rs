@@ -9,6 +9,6 @@ pub mod systems;
 #[cfg(test)]
 mod tests;
 
-pub use builder::{GraphBuilder, GraphError, ParamHandle};
+pub use builder::{GraphBuilder, GraphError};
 pub use exec::{backward, forward, Activations};
 pub use init::Init;

@@ -1,9 +1,10 @@
-//! Whole-graph checks of the executor's wiring: gradients of a small conv net through `forward` / `backward`
-//! against central finite differences of the same forward pass (f32, so tolerances are loose; each op's own
-//! float64 checks live in its kernel module).
+//! Whole-graph checks of the executor's wiring: gradients of small nets (a conv net, a residual net with batch
+//! norm, a branch point and a concatenation, a transformer block) through `forward` / `backward` against
+//! central finite differences of the same forward pass (f32, so tolerances are loose; each op's own float64
+//! checks live in its kernel module; a wiring mistake shows as an O(1) error).
 
 use bevy_ecs::world::World;
-use ecstrain_components::{Activation, Conv2dSpec, Grads, Mode, Params, Pool2dSpec};
+use ecstrain_components::{Activation, Buffers, Conv2dSpec, Grads, Mode, Params, Pool2dSpec};
 use ecstrain_kernels::rng::Rng;
 
 use super::{backward, forward, Activations, GraphBuilder};
@@ -39,8 +40,152 @@ fn loss(
     n: usize,
     w: &[f32],
 ) -> f64 {
-    forward(graph, params, acts, x, n, Mode::Train, 0);
+    let mut buffers = vec![0.0; 1 << 12];
+    forward(graph, params, &mut buffers, acts, x, n, Mode::Train, 0);
     acts.output(graph, n).iter().zip(w).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+}
+
+fn conv(c: usize, oc: usize) -> Conv2dSpec {
+    Conv2dSpec {
+        in_channels: c,
+        out_channels: oc,
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1),
+        dilation: (1, 1),
+        groups: 1,
+    }
+}
+
+/// conv -> BN -> relu -> conv -> BN, added to a 1x1-conv shortcut of the block input (the block input feeds
+/// two ops), then concatenated with an upsampled avg-pooled branch of the same value, pooled and classified.
+fn residual_net(world: &mut World) -> ecstrain_components::Graph {
+    let mut g = GraphBuilder::new("test", &[2 * 4 * 4]);
+    let x = g.input();
+    let x = g.reshape("input", x, &[2, 4, 4]).unwrap();
+    let stem = g.conv2d("stem", x, conv(2, 3), false).unwrap();
+    let h = g.conv2d("conv1", stem, conv(3, 3), false).unwrap();
+    let h = g.batch_norm2d("bn1", h, 1e-5, 0.1, true).unwrap();
+    let h = g.activation("act1", h, Activation::Tanh);
+    let h = g.conv2d("conv2", h, conv(3, 3), false).unwrap();
+    let h = g.batch_norm2d("bn2", h, 1e-5, 0.1, true).unwrap();
+    let mut one = conv(3, 3);
+    one.kernel = (1, 1);
+    one.padding = (0, 0);
+    let s = g.conv2d("shortcut", stem, one, true).unwrap();
+    let h = g.add("add", h, s).unwrap();
+    let h = g.activation("act2", h, Activation::Silu);
+    let p = g.avg_pool2d("pool", stem, Pool2dSpec { kernel: (2, 2), stride: (2, 2), padding: (0, 0) }).unwrap();
+    let p = g.upsample("up", p, (2, 2)).unwrap();
+    let h = g.concat("cat", &[h, p, stem], 0).unwrap();
+    let h = g.global_avg_pool("gap", h).unwrap();
+    let out = g.linear("fc", h, 4, true).unwrap();
+    g.finish(world, out, 7)
+}
+
+/// A pre-norm transformer block on patch tokens with a class token and position embedding.
+fn transformer(world: &mut World, causal: bool, cls: bool) -> ecstrain_components::Graph {
+    let mut g = GraphBuilder::new("test", &[4 * 4]);
+    let x = g.input();
+    let x = g.reshape("input", x, &[1, 4, 4]).unwrap();
+    let mut patch = conv(1, 8);
+    patch.kernel = (2, 2);
+    patch.stride = (2, 2);
+    patch.padding = (0, 0);
+    let x = g.conv2d("patch", x, patch, true).unwrap();
+    let x = g.reshape("flat", x, &[8, 4]).unwrap();
+    let mut x = g.permute("tokens", x, &[1, 0]).unwrap();
+    if cls {
+        x = g.prepend_token("cls", "cls_token", x).unwrap();
+    }
+    let x = g.add_param("pos", "pos_embed", x, 0.5);
+    let h = g.layer_norm("norm1", x, 1e-6, true).unwrap();
+    let h = g.linear("qkv", h, 24, true).unwrap();
+    let h = g.attention("attn", h, 2, causal).unwrap();
+    let h = g.linear("proj", h, 8, true).unwrap();
+    let x = g.add("res1", x, h).unwrap();
+    let h = g.layer_norm("norm2", x, 1e-6, true).unwrap();
+    let h = g.linear("fc1", h, 16, true).unwrap();
+    let h = g.activation("gelu", h, Activation::Gelu);
+    let h = g.linear("fc2", h, 8, true).unwrap();
+    let x = g.add("res2", x, h).unwrap();
+    let x = if cls { g.select_token("pool", x, 0).unwrap() } else { g.token_mean("pool", x).unwrap() };
+    let out = g.linear("head", x, 3, true).unwrap();
+    g.finish(world, out, 9)
+}
+
+/// Backward of `graph` against central differences over every `stride`-th parameter.
+fn check_graph(world: &World, graph: &ecstrain_components::Graph, n: usize, h: f32, stride: usize, what: &str) {
+    let mut rng = Rng::new(11);
+    let x: Vec<f32> = (0..n * graph.values[0].numel()).map(|_| rng.normal() as f32).collect();
+    let outs = n * graph.output_shape().iter().product::<usize>();
+    let w: Vec<f32> = (0..outs).map(|_| rng.normal() as f32).collect();
+    let mut acts = Activations::plan(graph, n);
+    let mut params = world.resource::<Params>().0.data.clone();
+    let mut grads = world.resource::<Grads>().0.data.clone();
+    let mut buffers = world.resource::<Buffers>().arena.data.clone();
+    forward(graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
+    acts.grads[graph.output.0][..outs].copy_from_slice(&w);
+    backward(graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+    let mut worst = 0.0f64;
+    for k in (0..params.len()).step_by(stride) {
+        let orig = params[k];
+        params[k] = orig + h;
+        let lp = loss(graph, &params, &mut acts, &x, n, &w);
+        params[k] = orig - h;
+        let lm = loss(graph, &params, &mut acts, &x, n, &w);
+        params[k] = orig;
+        let numeric = (lp - lm) / (2.0 * h as f64);
+        let err = (numeric - grads[k] as f64).abs() / (1.0 + numeric.abs());
+        worst = worst.max(err);
+    }
+    assert!(worst < 2e-2, "{what}: graph gradient mismatch {worst}");
+}
+
+#[test]
+fn residual_net_gradients_match_finite_differences() {
+    let mut world = World::new();
+    let graph = residual_net(&mut world);
+    check_graph(&world, &graph, 3, 1e-2, 1, "residual net");
+}
+
+#[test]
+fn transformer_gradients_match_finite_differences() {
+    for (causal, cls) in [(false, true), (true, false)] {
+        let mut world = World::new();
+        let graph = transformer(&mut world, causal, cls);
+        check_graph(&world, &graph, 3, 1e-2, 1, &format!("transformer (causal {causal}, cls {cls})"));
+    }
+}
+
+#[test]
+fn batch_norm_running_statistics_follow_pytorch_momentum() {
+    // One training forward: running_mean = 0.9 * 0 + 0.1 * batch mean; num_batches_tracked = 1; eval mode uses
+    // the running statistics and leaves them alone.
+    let mut world = World::new();
+    let mut g = GraphBuilder::new("test", &[1, 1, 2]);
+    let x = g.input();
+    let y = g.batch_norm2d("bn", x, 1e-5, 0.1, true).unwrap();
+    let graph = g.finish(&mut world, y, 0);
+    let entries = world.resource::<Buffers>().entries.clone();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]);
+    let params = world.resource::<Params>().0.data.clone();
+    let mut buffers = world.resource::<Buffers>().arena.data.clone();
+    assert_eq!(buffers, [0.0, 1.0, 0.0]);
+    let mut acts = Activations::plan(&graph, 2);
+    let x = [1.0f32, 3.0, 5.0, 7.0];
+    forward(&graph, &params, &mut buffers, &mut acts, &x, 2, Mode::Train, 0);
+    // mean 4, biased var 5, unbiased 20/3.
+    let want = [0.4, 0.9 + 0.1 * 20.0 / 3.0, 1.0];
+    for (b, w) in buffers.iter().zip(want) {
+        assert!((*b as f64 - w).abs() < 1e-6, "{buffers:?} vs {want:?}");
+    }
+    let before = buffers.clone();
+    forward(&graph, &params, &mut buffers, &mut acts, &x, 2, Mode::Eval, 0);
+    assert_eq!(buffers, before);
+    let y0 = (1.0 - 0.4) / (want[1] as f32 + 1e-5).sqrt();
+    assert!((acts.output(&graph, 2)[0] - y0).abs() < 1e-5);
 }
 
 fn check(max_pool: bool) {
@@ -54,7 +199,8 @@ fn check(max_pool: bool) {
     let mut params = world.resource::<Params>().0.data.clone();
     let mut grads = world.resource::<Grads>().0.data.clone();
 
-    forward(&graph, &params, &mut acts, &x, n, Mode::Train, 0);
+    let mut buffers = Vec::new();
+    forward(&graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
     let out = graph.output.0;
     acts.grads[out][..n * 4].copy_from_slice(&w);
     backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
