@@ -21,11 +21,13 @@ pub enum Slot {
     },
 }
 
-/// Every named tensor of the model (parameters, then buffers) with its shape and slot.
+/// Every named tensor of the model (parameters in arena order, then buffers) with its shape and slot.
 pub fn model_tensors(world: &mut World) -> Vec<(String, Vec<usize>, Slot)> {
     let mut q = world.query::<(&ParamInfo, &ParamSlice)>();
+    let mut params: Vec<(&ParamInfo, &ParamSlice)> = q.iter(world).collect();
+    params.sort_by_key(|(_, s)| s.offset);
     let mut out: Vec<(String, Vec<usize>, Slot)> =
-        q.iter(world).map(|(i, s)| (i.name.clone(), i.shape.clone(), Slot::Param(*s))).collect();
+        params.iter().map(|(i, s)| (i.name.clone(), i.shape.clone(), Slot::Param(**s))).collect();
     if let Some(b) = world.get_resource::<Buffers>() {
         out.extend(
             b.entries
