@@ -82,6 +82,10 @@ mod d {
         val_interval: u64 = 1;
         save_period: i64 = -1;
         top_k: usize = 5;
+        recon_loss: String = "mse".into();
+        recon_weight: f64 = 1.0;
+        vq_weight: f64 = 1.0;
+        data_range: f64 = 1.0;
         resume: serde_json::Value = serde_json::Value::Bool(false);
     }
 }
@@ -187,6 +191,18 @@ pub struct RunSection {
     /// Label smoothing of the cross-entropy loss (classification).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Reconstruction loss, `mse` or `l1` (reconstruction).
+    #[serde(default = "d::recon_loss")]
+    pub recon_loss: String,
+    /// Weight of the reconstruction term of the loss (reconstruction).
+    #[serde(default = "d::recon_weight")]
+    pub recon_weight: f64,
+    /// Weight of the graph's auxiliary losses, e.g. a VQ layer's codebook + commitment loss (reconstruction).
+    #[serde(default = "d::vq_weight")]
+    pub vq_weight: f64,
+    /// Peak value of the data for PSNR and SSIM: 1 for images in [0, 1], 255 for bytes (reconstruction).
+    #[serde(default = "d::data_range")]
+    pub data_range: f64,
     /// Drop the last incomplete training batch of each epoch.
     #[serde(default)]
     pub drop_last: bool,

@@ -15,17 +15,41 @@ use serde::Deserialize;
 use crate::app::{App, Plugin};
 use crate::registry::*;
 
-/// `mlp`, `cnn`, `sequential`.
+/// `mlp`, `cnn`, `resnet`, `vit`, `autoencoder`, `sequential`.
 pub struct BuiltinModels;
 
 impl Plugin for BuiltinModels {
     fn build(&self, app: &mut App) {
         app.registry.register_model(
+            "resnet",
+            ModelEntry {
+                build: models::resnet::build,
+                presets: models::resnet::PRESETS,
+                doc: "CIFAR-style ResNet (depth 6n+2, BasicBlocks, torchvision names): input_shape, depth, width, output_size, bn_eps, bn_momentum",
+            },
+        );
+        app.registry.register_model(
+            "vit",
+            ModelEntry {
+                build: models::vit::build,
+                presets: models::vit::PRESETS,
+                doc: "Vision Transformer (pre-norm, timm names): input_shape, patch, dim, depth, heads, mlp_ratio, pool (cls|mean), output_size, norm_eps, qkv_bias, causal, activation",
+            },
+        );
+        app.registry.register_model(
+            "autoencoder",
+            ModelEntry {
+                build: models::autoencoder::build,
+                presets: models::autoencoder::PRESETS,
+                doc: "conv autoencoder, a VQ-VAE with codes > 0: input_shape, channels, latent_dim, codes, beta, activation, output_activation",
+            },
+        );
+        app.registry.register_model(
             "sequential",
             ModelEntry {
                 build: models::sequential::build,
                 presets: &[],
-                doc: "a layer list written in YAML: layers: [{type: conv2d|linear|max_pool2d|avg_pool2d|global_avg_pool|flatten|reshape|relu|gelu|gelu_tanh|tanh|sigmoid|dropout, ...}]",
+                doc: "a layer list written in YAML: layers: [{type: conv2d|linear|max_pool2d|avg_pool2d|global_avg_pool|flatten|reshape|batch_norm2d|layer_norm|upsample|residual|relu|gelu|gelu_tanh|tanh|sigmoid|silu|dropout, ...}]",
             },
         );
         app.registry.register_model(
@@ -108,7 +132,7 @@ impl Plugin for BuiltinDatasets {
     }
 }
 
-/// `classification`.
+/// `classification`, `reconstruction`, `regression`, `embedding`.
 pub struct BuiltinTasks;
 
 fn install_classification(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
@@ -149,6 +173,118 @@ fn install_classification(app: &mut App, ctx: &TaskContext) -> Result<(), String
     Ok(())
 }
 
+/// Checks that every split has dense float targets of `numel(output)` values (regression, embedding) and
+/// returns that count.
+fn dense_target_len(task: &str, ctx: &TaskContext) -> Result<usize, String> {
+    let numel: usize = ctx.output_shape.iter().product();
+    for (split, ds) in [("train", Some(ctx.train)), ("val", ctx.val)] {
+        let Some(ds) = ds else { continue };
+        match ds.target_spec() {
+            TargetSpec::Dense { len } if len == numel => {}
+            TargetSpec::Dense { len } => {
+                return Err(format!(
+                    "task {task}: {split} targets of {} have shape [{len}] per sample but the model output has shape {:?} ({numel} values); they must have the same number of values",
+                    ds.describe(),
+                    ctx.output_shape
+                ))
+            }
+            TargetSpec::Classes { .. } => {
+                return Err(format!(
+                    "task {task} needs float targets (a float32 or float64 array of shape [N, {numel}]); {split} targets of {} are integer class labels",
+                    ds.describe()
+                ))
+            }
+        }
+    }
+    Ok(numel)
+}
+
+fn install_reconstruction(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
+    use ecstrain_systems::tasks::reconstruction::*;
+    let r = ctx.run;
+    let loss = ReconLoss::parse(&r.recon_loss)?;
+    for (key, v) in [("recon_weight", r.recon_weight), ("vq_weight", r.vq_weight)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(format!("run.{key} must be a finite number >= 0, got {v}"));
+        }
+    }
+    if !(r.data_range.is_finite() && r.data_range > 0.0) {
+        return Err(format!(
+            "run.data_range must be > 0 (the peak value of the data: 1 for [0, 1], 255 for bytes), got {}",
+            r.data_range
+        ));
+    }
+    let numel: usize = ctx.output_shape.iter().product();
+    if numel == 0 {
+        return Err(format!("task reconstruction needs a non-empty model output, got shape {:?}", ctx.output_shape));
+    }
+    let train_spec = ctx.train.target_spec();
+    if let Some(val) = ctx.val {
+        let same = match (&train_spec, val.target_spec()) {
+            (TargetSpec::Classes { .. }, TargetSpec::Classes { .. }) => true,
+            (TargetSpec::Dense { len: a }, TargetSpec::Dense { len: b }) => *a == b,
+            _ => false,
+        };
+        if !same {
+            let kind = |t: &TargetSpec| match t {
+                TargetSpec::Classes { .. } => "integer class labels".to_string(),
+                TargetSpec::Dense { len } => format!("dense targets of {len} values per sample"),
+            };
+            return Err(format!(
+                "task reconstruction: train targets of {} are {} but val targets of {} are {}; both splits need the same kind of targets",
+                ctx.train.describe(),
+                kind(&train_spec),
+                val.describe(),
+                kind(&val.target_spec())
+            ));
+        }
+    }
+    let target = match train_spec {
+        TargetSpec::Dense { len } if len == numel => ReconTarget::Dense,
+        _ => {
+            let input_shape = ctx.train.sample_shape();
+            let input_numel: usize = input_shape.iter().product();
+            if input_numel != numel {
+                return Err(format!(
+                    "task reconstruction: the model output has shape {:?} ({numel} values) but the input has shape {input_shape:?} ({input_numel} values); an autoencoder must reproduce its input (or the dataset must have dense targets of {numel} values per sample)",
+                    ctx.output_shape
+                ));
+            }
+            ReconTarget::Input
+        }
+    };
+    app.insert_resource(ReconstructionTask::new(
+        loss,
+        r.recon_weight,
+        r.vq_weight,
+        r.data_range,
+        target,
+        ctx.output_shape,
+    ));
+    app.add_systems(TrainStep, reconstruction_loss.in_set(StepSet::Loss));
+    app.add_systems(ValidationStep, reconstruction_eval.in_set(StepSet::Loss));
+    Ok(())
+}
+
+fn install_regression(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
+    use ecstrain_systems::tasks::regression::*;
+    let outputs = dense_target_len("regression", ctx)?;
+    app.insert_resource(RegressionTask::new(outputs));
+    app.add_systems(TrainStep, regression_loss.in_set(StepSet::Loss));
+    app.add_systems(ValidationStep, regression_eval.in_set(StepSet::Loss));
+    app.add_systems(ValidationEnd, regression_r2.before(ValidationEndSet::Summarize));
+    Ok(())
+}
+
+fn install_embedding(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
+    use ecstrain_systems::tasks::embedding::*;
+    let dim = dense_target_len("embedding", ctx)?;
+    app.insert_resource(EmbeddingTask::new(dim));
+    app.add_systems(TrainStep, embedding_loss.in_set(StepSet::Loss));
+    app.add_systems(ValidationStep, embedding_eval.in_set(StepSet::Loss));
+    Ok(())
+}
+
 impl Plugin for BuiltinTasks {
     fn build(&self, app: &mut App) {
         app.registry.register_task(
@@ -157,6 +293,30 @@ impl Plugin for BuiltinTasks {
                 install: install_classification,
                 fitness: ("accuracy", true),
                 doc: "softmax cross-entropy; val loss, accuracy, top-k accuracy",
+            },
+        );
+        app.registry.register_task(
+            "reconstruction",
+            TaskEntry {
+                install: install_reconstruction,
+                fitness: ("psnr", true),
+                doc: "autoencoders, VQ-VAE: recon_loss (mse|l1) * recon_weight + VQ loss * vq_weight against the input (or dense targets); val loss, mse, psnr, ssim (data_range)",
+            },
+        );
+        app.registry.register_task(
+            "regression",
+            TaskEntry {
+                install: install_regression,
+                fitness: ("r2", true),
+                doc: "MSE against dense float targets; val loss, mse, mae, r2 (over the whole val set)",
+            },
+        );
+        app.registry.register_task(
+            "embedding",
+            TaskEntry {
+                install: install_embedding,
+                fitness: ("cosine", true),
+                doc: "embedding regression with the cosine loss 1 - cos(out, target); val loss, cosine",
             },
         );
     }

@@ -11,7 +11,6 @@ use ecstrain_components::{Activation, Conv2dSpec, Pool2dSpec};
 use serde::Deserialize;
 
 use super::{parse_options, BuiltModel};
-use crate::graph::GraphBuilder;
 
 /// Options of the `cnn` model.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,26 +88,7 @@ pub const PRESETS: &[(&str, &str)] = &[
 /// Builds the CNN graph for samples of `data_shape`.
 pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltModel, String> {
     let o: CnnOptions = parse_options("model", options)?;
-    let data_numel: usize = data_shape.iter().product();
-    let shape = o.input_shape.clone().unwrap_or_else(|| data_shape.to_vec());
-    if shape.len() != 3 || shape.contains(&0) {
-        return Err(format!(
-            "model.input_shape must be [C, H, W] with sizes >= 1, got {shape:?} (data samples: {data_shape:?})"
-        ));
-    }
-    if shape.iter().product::<usize>() != data_numel {
-        return Err(format!(
-            "model.input_shape {shape:?} has {} elements but the training data has {data_numel} per sample (shape {data_shape:?})",
-            shape.iter().product::<usize>()
-        ));
-    }
-    let act = Activation::parse(&o.activation).ok_or_else(|| {
-        format!(
-            "model.activation: unknown activation `{}`; valid choices: {}",
-            o.activation,
-            Activation::NAMES.join(", ")
-        )
-    })?;
+    let act = super::parse_activation(&o.activation)?;
     if o.kernel == 0 || o.stride == 0 || o.channels.contains(&0) || o.hidden_sizes.contains(&0) || o.output_size == 0 {
         return Err("model: kernel, stride, channels, hidden_sizes and output_size must all be at least 1".into());
     }
@@ -116,11 +96,7 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
         return Err(format!("model.dropout must be in [0, 1), got {}", o.dropout));
     }
     let e = |e: crate::graph::GraphError| format!("model: {e}");
-    let mut g = GraphBuilder::new("cnn", data_shape);
-    let mut x = g.input();
-    if data_shape != shape.as_slice() {
-        x = g.reshape("input", x, &shape).map_err(e)?;
-    }
+    let (mut g, mut x, _) = super::image_input("cnn", o.input_shape.as_deref(), data_shape)?;
     let padding = o.padding.unwrap_or(o.kernel / 2);
     let mut idx = 0;
     for &oc in &o.channels {

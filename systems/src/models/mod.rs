@@ -1,9 +1,12 @@
 //! Built-in model builders. Each turns the `model:` options of a config (everything but `arch` and `type`)
 //! and the dataset's per-sample input shape into a graph; the engine registers them by name.
 
+pub mod autoencoder;
 pub mod cnn;
 pub mod mlp;
+pub mod resnet;
 pub mod sequential;
+pub mod vit;
 
 use crate::graph::GraphBuilder;
 use ecstrain_components::ValueId;
@@ -50,4 +53,58 @@ pub fn linear_stack(
 /// Deserialises builder options, turning serde's message into one that names the section.
 pub fn parse_options<T: serde::de::DeserializeOwned>(section: &str, v: &serde_json::Value) -> Result<T, String> {
     serde_json::from_value(v.clone()).map_err(|e| format!("{section}: {e}"))
+}
+
+/// The model input viewed as an image: `input_shape` (`[C, H, W]`, from the config) or the data's own shape,
+/// with flat data of the same element count reshaped (node `input`). Returns the builder and the image value.
+pub fn image_input(
+    arch: &str,
+    input_shape: Option<&[usize]>,
+    data_shape: &[usize],
+) -> Result<(GraphBuilder, ValueId, (usize, usize, usize)), String> {
+    let data_numel: usize = data_shape.iter().product();
+    let shape = input_shape.map(<[usize]>::to_vec).unwrap_or_else(|| data_shape.to_vec());
+    let [c, h, w] = shape[..] else {
+        return Err(format!(
+            "model.input_shape must be [C, H, W] with sizes >= 1, got {shape:?} (data samples: {data_shape:?})"
+        ));
+    };
+    if c == 0 || h == 0 || w == 0 {
+        return Err(format!("model.input_shape must be [C, H, W] with sizes >= 1, got {shape:?}"));
+    }
+    if c * h * w != data_numel {
+        return Err(format!(
+            "model.input_shape {shape:?} has {} elements but the training data has {data_numel} per sample (shape {data_shape:?})",
+            c * h * w
+        ));
+    }
+    let mut g = GraphBuilder::new(arch, data_shape);
+    let mut x = g.input();
+    if data_shape != shape.as_slice() {
+        x = g.reshape("input", x, &shape).map_err(|e| format!("model: {e}"))?;
+    }
+    Ok((g, x, (c, h, w)))
+}
+
+/// Parses `model.activation`, listing the valid names on error.
+pub fn parse_activation(name: &str) -> Result<ecstrain_components::Activation, String> {
+    ecstrain_components::Activation::parse(name).ok_or_else(|| {
+        format!(
+            "model.activation: unknown activation `{name}`; valid choices: {}",
+            ecstrain_components::Activation::NAMES.join(", ")
+        )
+    })
+}
+
+/// A `[kernel x kernel]` convolution spec with "same" padding for odd kernels.
+pub fn conv_spec(in_channels: usize, out_channels: usize, kernel: usize, stride: usize) -> ecstrain_components::Conv2dSpec {
+    ecstrain_components::Conv2dSpec {
+        in_channels,
+        out_channels,
+        kernel: (kernel, kernel),
+        stride: (stride, stride),
+        padding: (kernel / 2, kernel / 2),
+        dilation: (1, 1),
+        groups: 1,
+    }
 }

@@ -14,7 +14,7 @@
 //!     - {type: linear, out_features: 10}
 //! ```
 
-use ecstrain_components::{Activation, Conv2dSpec, Pool2dSpec};
+use ecstrain_components::{Activation, Conv2dSpec, Pool2dSpec, ValueId};
 use serde::Deserialize;
 
 use super::{parse_options, BuiltModel};
@@ -127,11 +127,53 @@ pub enum Layer {
     Tanh,
     /// `nn.Sigmoid`.
     Sigmoid,
+    /// `nn.SiLU`.
+    Silu,
     /// `nn.Dropout(p)`.
     Dropout {
         /// Drop probability.
         p: f64,
     },
+    /// `nn.BatchNorm2d(C)` over a `[C, H, W]` sample (parameters `weight`, `bias`; buffers `running_mean`,
+    /// `running_var`, `num_batches_tracked`).
+    BatchNorm2d {
+        /// Added to the variance.
+        #[serde(default = "bn_eps")]
+        eps: f64,
+        /// Weight of the new batch statistic in the running average.
+        #[serde(default = "bn_momentum")]
+        momentum: f64,
+        /// Learned scale and shift.
+        #[serde(default = "yes")]
+        affine: bool,
+    },
+    /// `nn.LayerNorm(D)` over the last dimension.
+    LayerNorm {
+        /// Added to the variance.
+        #[serde(default = "bn_eps")]
+        eps: f64,
+        /// Learned scale and shift.
+        #[serde(default = "yes")]
+        affine: bool,
+    },
+    /// `nn.Upsample(scale_factor, mode="nearest")` on `[C, H, W]`.
+    Upsample {
+        /// Integer scale factor (one number or `[h, w]`).
+        scale: Pair,
+    },
+    /// `x + f(x)` where `f` is the nested layer list (a PyTorch module whose `layers` attribute is that
+    /// `nn.Sequential`: parameters `layers.<i>.layers.<j>.*`). `f` must keep the shape.
+    Residual {
+        /// The residual branch.
+        layers: Vec<Layer>,
+    },
+}
+
+fn bn_eps() -> f64 {
+    1e-5
+}
+fn bn_momentum() -> f64 {
+    0.1
 }
 
 /// Options of the `sequential` model.
@@ -149,16 +191,28 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
         return Err("model.layers: a sequential model needs at least one layer".into());
     }
     let mut g = GraphBuilder::new("sequential", data_shape);
-    let mut x = g.input();
-    for (i, layer) in o.layers.iter().enumerate() {
-        let name = format!("layers.{i}");
-        let e = |e: crate::graph::GraphError| format!("model.layers[{i}]: {e}");
+    let x = g.input();
+    let out = append_layers(&mut g, x, &o.layers, "layers", "model.layers")?;
+    Ok(BuiltModel { builder: g, output: out })
+}
+
+/// Appends `layers` to `x`, naming layer `i` `{prefix}.{i}` and reporting errors as `{path}[i]`.
+fn append_layers(
+    g: &mut GraphBuilder,
+    mut x: ValueId,
+    layers: &[Layer],
+    prefix: &str,
+    path: &str,
+) -> Result<ValueId, String> {
+    for (i, layer) in layers.iter().enumerate() {
+        let name = format!("{prefix}.{i}");
+        let e = |e: crate::graph::GraphError| format!("{path}[{i}]: {e}");
         let act = |g: &mut GraphBuilder, a| g.activation(&name, x, a);
         x = match layer {
             Layer::Linear { out_features, bias } => g.linear(&name, x, *out_features, *bias).map_err(e)?,
             Layer::Conv2d { out_channels, kernel, stride, padding, dilation, groups, bias } => {
                 let Some(&c) = g.shape(x).first() else {
-                    return Err(format!("model.layers[{i}]: conv2d needs a [C, H, W] input"));
+                    return Err(format!("{path}[{i}]: conv2d needs a [C, H, W] input"));
                 };
                 let spec = Conv2dSpec {
                     in_channels: c,
@@ -184,15 +238,28 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
             Layer::GlobalAvgPool => g.global_avg_pool(&name, x).map_err(e)?,
             Layer::Flatten => g.flatten(&name, x),
             Layer::Reshape { shape } => g.reshape(&name, x, shape).map_err(e)?,
-            Layer::Relu => act(&mut g, Activation::Relu),
-            Layer::Gelu => act(&mut g, Activation::Gelu),
-            Layer::GeluTanh => act(&mut g, Activation::GeluTanh),
-            Layer::Tanh => act(&mut g, Activation::Tanh),
-            Layer::Sigmoid => act(&mut g, Activation::Sigmoid),
+            Layer::Relu => act(g, Activation::Relu),
+            Layer::Gelu => act(g, Activation::Gelu),
+            Layer::GeluTanh => act(g, Activation::GeluTanh),
+            Layer::Tanh => act(g, Activation::Tanh),
+            Layer::Sigmoid => act(g, Activation::Sigmoid),
+            Layer::Silu => act(g, Activation::Silu),
             Layer::Dropout { p } => g.dropout(&name, x, *p).map_err(e)?,
+            Layer::BatchNorm2d { eps, momentum, affine } => g.batch_norm2d(&name, x, *eps, *momentum, *affine).map_err(e)?,
+            Layer::LayerNorm { eps, affine } => g.layer_norm(&name, x, *eps, *affine).map_err(e)?,
+            Layer::Upsample { scale } => g.upsample(&name, x, scale.hw()).map_err(e)?,
+            Layer::Residual { layers } => {
+                if layers.is_empty() {
+                    return Err(format!("{path}[{i}]: a residual needs at least one layer"));
+                }
+                let branch = append_layers(g, x, layers, &format!("{name}.layers"), &format!("{path}[{i}].layers"))?;
+                g.add(&format!("{name}.add"), x, branch).map_err(|err| {
+                    format!("{path}[{i}]: the residual branch must keep the shape {:?}: {err}", g.shape(x))
+                })?
+            }
         };
     }
-    Ok(BuiltModel { builder: g, output: x })
+    Ok(x)
 }
 
 #[cfg(test)]
@@ -228,5 +295,41 @@ mod tests {
         assert!(e.contains("layers[0]") && e.contains("[C, H, W]"), "{e}");
         let e = build(&json!({"layers": [{"type": "reshape", "shape": [2, 8, 8]}]}), &[64]).err().unwrap();
         assert!(e.contains("layers[0]") && e.contains("128 elements"), "{e}");
+        let e = build(
+            &json!({"layers": [{"type": "reshape", "shape": [1, 8, 8]},
+                {"type": "residual", "layers": [{"type": "conv2d", "out_channels": 2, "kernel": 1}]}]}),
+            &[64],
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("layers[1]") && e.contains("keep the shape [1, 8, 8]"), "{e}");
+    }
+
+    #[test]
+    fn residual_blocks_with_norms_nest_their_names() {
+        let layers = json!({"layers": [
+            {"type": "reshape", "shape": [1, 8, 8]},
+            {"type": "conv2d", "out_channels": 4, "kernel": 3, "padding": 1, "bias": false},
+            {"type": "batch_norm2d"},
+            {"type": "residual", "layers": [
+                {"type": "conv2d", "out_channels": 4, "kernel": 3, "padding": 1},
+                {"type": "silu"},
+                {"type": "upsample", "scale": 2},
+                {"type": "avg_pool2d", "kernel": 2}
+            ]},
+            {"type": "global_avg_pool"},
+            {"type": "layer_norm"},
+            {"type": "linear", "out_features": 10}
+        ]});
+        let m = build(&layers, &[64]).unwrap();
+        let mut world = bevy_ecs::world::World::new();
+        let g = m.builder.finish(&mut world, m.output, 0);
+        assert_eq!(g.output_shape(), &[10]);
+        let names: Vec<String> =
+            world.query::<&ecstrain_components::ParamInfo>().iter(&world).map(|p| p.name.clone()).collect();
+        for n in ["layers.2.weight", "layers.3.layers.0.weight", "layers.5.bias", "layers.6.weight"] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+        assert!(world.resource::<ecstrain_components::Buffers>().entries.iter().any(|b| b.name == "layers.2.running_mean"));
     }
 }

@@ -2,3 +2,6 @@
 //! the validation metrics; the engine registers each by name.
 
 pub mod classification;
+pub mod embedding;
+pub mod reconstruction;
+pub mod regression;

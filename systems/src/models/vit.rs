@@ -1,0 +1,205 @@
+//! `vit`: a Vision Transformer (Dosovitskiy et al. 2021) with pre-norm blocks: patch embedding by a strided
+//! convolution, an optional class token, a learned position embedding, `depth` blocks of
+//! `x + attn(norm1(x))`, `x + mlp(norm2(x))` (MLP: Linear -> GELU -> Linear), a final LayerNorm, then the class
+//! token (`pool: cls`) or the token mean (`pool: mean`) into a linear head. The W3 benchmark network is the
+//! `w3` preset (540,170 parameters).
+//!
+//! Parameter names follow timm's `VisionTransformer`: `patch_embed.proj`, `cls_token` `[1, 1, D]`,
+//! `pos_embed` `[1, T, D]`, `blocks.i.norm1`, `blocks.i.attn.qkv`, `blocks.i.attn.proj`, `blocks.i.norm2`,
+//! `blocks.i.mlp.fc1`, `blocks.i.mlp.fc2`, `norm`, `head`. Initialisation: PyTorch's layer defaults, the
+//! class token zeros and the position embedding N(0, 0.02^2) (the W3 twin's choices); neither token nor
+//! position embedding is weight-decayed (timm's `no_weight_decay`).
+
+use serde::Deserialize;
+
+use super::{parse_options, BuiltModel};
+use crate::graph::{GraphBuilder, GraphError};
+use ecstrain_components::{Activation, Conv2dSpec, ValueId};
+
+/// Options of the `vit` model.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VitOptions {
+    /// Per-sample input shape `[C, H, W]` (flat data of the same size is viewed in it); default: the data's.
+    #[serde(default)]
+    pub input_shape: Option<Vec<usize>>,
+    /// Square patch size; must divide H and W.
+    #[serde(default = "default_patch")]
+    pub patch: usize,
+    /// Model width D.
+    #[serde(default = "default_dim")]
+    pub dim: usize,
+    /// Transformer blocks.
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// Attention heads; must divide `dim`.
+    #[serde(default = "default_heads")]
+    pub heads: usize,
+    /// MLP hidden width as a multiple of `dim`.
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+    /// `cls` (class token) or `mean` (average of the patch tokens).
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// Output features (classes).
+    pub output_size: usize,
+    /// LayerNorm epsilon (PyTorch's default 1e-5; timm uses 1e-6).
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+    /// Biases in the fused q/k/v projection.
+    #[serde(default = "default_true")]
+    pub qkv_bias: bool,
+    /// Causal attention mask (each token sees only itself and earlier tokens).
+    #[serde(default)]
+    pub causal: bool,
+    /// `gelu` (exact, default) or `gelu_tanh` in the MLP.
+    #[serde(default = "default_activation")]
+    pub activation: String,
+}
+
+fn default_patch() -> usize {
+    4
+}
+fn default_dim() -> usize {
+    128
+}
+fn default_depth() -> usize {
+    4
+}
+fn default_heads() -> usize {
+    4
+}
+fn default_mlp_ratio() -> f64 {
+    2.0
+}
+fn default_pool() -> String {
+    "cls".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_activation() -> String {
+    "gelu".into()
+}
+
+/// Presets selectable with `model.type`.
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "w3",
+        r#"{"input_shape": [1, 28, 28], "patch": 4, "dim": 128, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "output_size": 10}"#,
+    ),
+    (
+        "digits",
+        r#"{"input_shape": [1, 8, 8], "patch": 4, "dim": 64, "depth": 2, "heads": 4, "mlp_ratio": 2.0, "output_size": 10}"#,
+    ),
+];
+
+/// One pre-norm block; returns its output.
+fn block(g: &mut GraphBuilder, o: &VitOptions, i: usize, x: ValueId, act: Activation) -> Result<ValueId, GraphError> {
+    let p = format!("blocks.{i}");
+    let hidden = (o.dim as f64 * o.mlp_ratio).round() as usize;
+    let h = g.layer_norm(&format!("{p}.norm1"), x, o.norm_eps, true)?;
+    let h = g.linear(&format!("{p}.attn.qkv"), h, 3 * o.dim, o.qkv_bias)?;
+    let h = g.attention(&format!("{p}.attn"), h, o.heads, o.causal)?;
+    let h = g.linear(&format!("{p}.attn.proj"), h, o.dim, true)?;
+    let x = g.add(&format!("{p}.add1"), x, h)?;
+    let h = g.layer_norm(&format!("{p}.norm2"), x, o.norm_eps, true)?;
+    let h = g.linear(&format!("{p}.mlp.fc1"), h, hidden, true)?;
+    let h = g.activation(&format!("{p}.mlp.act"), h, act);
+    let h = g.linear(&format!("{p}.mlp.fc2"), h, o.dim, true)?;
+    g.add(&format!("{p}.add2"), x, h)
+}
+
+/// Builds the ViT graph for samples of `data_shape`.
+pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltModel, String> {
+    let o: VitOptions = parse_options("model", options)?;
+    let cls = match o.pool.as_str() {
+        "cls" => true,
+        "mean" => false,
+        other => return Err(format!("model.pool: unknown pooling `{other}`; valid choices: cls, mean")),
+    };
+    let act = super::parse_activation(&o.activation)?;
+    if o.patch == 0 || o.dim == 0 || o.depth == 0 || o.heads == 0 || o.output_size == 0 {
+        return Err("model: patch, dim, depth, heads and output_size must all be at least 1".into());
+    }
+    if !o.dim.is_multiple_of(o.heads) {
+        return Err(format!("model.heads ({}) must divide model.dim ({})", o.heads, o.dim));
+    }
+    if !(o.mlp_ratio > 0.0) || (o.dim as f64 * o.mlp_ratio).round() < 1.0 {
+        return Err(format!("model.mlp_ratio must be > 0, got {}", o.mlp_ratio));
+    }
+    let (mut g, x, (c, h, w)) = super::image_input("vit", o.input_shape.as_deref(), data_shape)?;
+    if !h.is_multiple_of(o.patch) || !w.is_multiple_of(o.patch) {
+        return Err(format!("model.patch ({}) must divide the image size {h}x{w}", o.patch));
+    }
+    let e = |e: GraphError| format!("model: {e}");
+    let spec = Conv2dSpec {
+        in_channels: c,
+        out_channels: o.dim,
+        kernel: (o.patch, o.patch),
+        stride: (o.patch, o.patch),
+        padding: (0, 0),
+        dilation: (1, 1),
+        groups: 1,
+    };
+    let tokens = (h / o.patch) * (w / o.patch);
+    let x = g.conv2d("patch_embed.proj", x, spec, true).map_err(e)?;
+    // [D, gh, gw] -> [D, T] -> [T, D]: PyTorch's `x.flatten(2).transpose(1, 2)`.
+    let x = g.reshape("patch_embed.flatten", x, &[o.dim, tokens]).map_err(e)?;
+    let mut x = g.permute("patch_embed.transpose", x, &[1, 0]).map_err(e)?;
+    if cls {
+        x = g.prepend_token("cls", "cls_token", x).map_err(e)?;
+    }
+    x = g.add_param("pos", "pos_embed", x, 0.02);
+    for i in 0..o.depth {
+        x = block(&mut g, &o, i, x, act).map_err(e)?;
+    }
+    let x = g.layer_norm("norm", x, o.norm_eps, true).map_err(e)?;
+    let x = if cls { g.select_token("pool", x, 0) } else { g.token_mean("pool", x) }.map_err(e)?;
+    let out = g.linear("head", x, o.output_size, true).map_err(e)?;
+    Ok(BuiltModel { builder: g, output: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn w3_preset_has_the_benchmark_parameter_count_and_timm_names() {
+        let opts: serde_json::Value = serde_json::from_str(PRESETS[0].1).unwrap();
+        let m = build(&opts, &[784]).unwrap();
+        assert_eq!(m.builder.num_params(), 540_170);
+        let mut world = bevy_ecs::world::World::new();
+        let graph = m.builder.finish(&mut world, m.output, 0);
+        assert_eq!(graph.output_shape(), &[10]);
+        let names: Vec<String> =
+            world.query::<&ecstrain_components::ParamInfo>().iter(&world).map(|p| p.name.clone()).collect();
+        for n in [
+            "patch_embed.proj.weight",
+            "cls_token",
+            "pos_embed",
+            "blocks.3.attn.qkv.weight",
+            "blocks.0.attn.proj.bias",
+            "blocks.1.mlp.fc2.weight",
+            "blocks.2.norm1.weight",
+            "norm.bias",
+            "head.weight",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_options() {
+        let e = build(&json!({"output_size": 3, "patch": 3, "input_shape": [1, 8, 8]}), &[64]).err().unwrap();
+        assert!(e.contains("must divide the image size 8x8"), "{e}");
+        let e = build(&json!({"output_size": 3, "heads": 3, "input_shape": [1, 8, 8]}), &[64]).err().unwrap();
+        assert!(e.contains("heads (3) must divide model.dim (128)"), "{e}");
+        let e = build(&json!({"output_size": 3, "pool": "max", "input_shape": [1, 8, 8]}), &[64]).err().unwrap();
+        assert!(e.contains("cls, mean"), "{e}");
+    }
+}

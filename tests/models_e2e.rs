@@ -1,0 +1,75 @@
+//! End to end: the ResNet, ViT and autoencoder configs shipped in configs/ train to their targets, and a run
+//! with batch-norm buffers resumes exactly.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn summary(save: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(save.join("summary.json")).unwrap()).unwrap()
+}
+
+/// Trains `config` into a scratch directory (extra `--set` overrides in `sets`) and returns the save dir.
+fn train(name: &str, config: &str, sets: &[&str]) -> std::path::PathBuf {
+    let save = scratch(name).join("run");
+    let mut args = vec!["--config".to_string(), config.to_string(), "--set".into(), format!("run.save_dir={}", save.display())];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = engine(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    save
+}
+
+#[test]
+fn digits_resnet_config_reaches_97_percent() {
+    let save = train("digits_resnet", "configs/digits_resnet.yaml", &[]);
+    let best = summary(&save)["best"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(best >= 0.97, "digits ResNet best val accuracy {best} < 0.97");
+    let ck =
+        ecstrain::systems::checkpoint::safetensors_io::load_safetensors(&save.join("checkpoints/best.safetensors"))
+            .unwrap();
+    // Batch-norm statistics travel with the weights, under PyTorch's names and dtypes.
+    assert_eq!(ck.tensors["layer2.0.downsample.1.running_var"].shape, vec![32]);
+    let tracked = ck.tensors["bn1.num_batches_tracked"].data.as_i64().expect("int64 counter")[0];
+    assert!(tracked > 0, "num_batches_tracked {tracked}");
+}
+
+#[test]
+fn digits_vit_config_reaches_97_percent() {
+    let save = train("digits_vit", "configs/digits_vit.yaml", &[]);
+    let best = summary(&save)["best"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(best >= 0.97, "digits ViT best val accuracy {best} < 0.97");
+}
+
+#[test]
+fn resnet_run_resumes_exactly_with_batch_norm_statistics() {
+    let dir = scratch("resnet_resume");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let common = ["model.type=resnet8", "model.width=4", "run.scheduler=constant", "run.seed=5"];
+    let run = |save: &Path, extra: &[&str]| {
+        let mut args = vec!["--config", "configs/digits_resnet.yaml"];
+        let save_set = format!("run.save_dir={}", save.display());
+        let mut sets: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        sets.push(save_set);
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        for s in &sets {
+            args.push("--set");
+            args.push(s);
+        }
+        let out = engine(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    run(&a, &["run.epochs=3"]);
+    run(&b, &["run.epochs=2"]);
+    run(&b, &["run.epochs=3", "run.resume=true"]);
+    let load = |p: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(p).unwrap();
+    let full = load(&a.join("checkpoints/last.safetensors"));
+    let resumed = load(&b.join("checkpoints/last.safetensors"));
+    assert!(full.tensors.contains_key("layer1.0.bn2.running_mean"));
+    assert_eq!(full.tensors, resumed.tensors, "2 + 1 resumed epochs differ from 3 uninterrupted epochs");
+}
