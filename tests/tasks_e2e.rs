@@ -190,3 +190,29 @@ fn embedding_fits_a_linear_projection_by_cosine() {
     assert_eq!(out.status.code(), Some(2), "{msg}");
     assert!(msg.contains("float targets") && msg.contains("embedding"), "{msg}");
 }
+
+#[test]
+fn vq_autoencoder_reports_image_and_codebook_metrics() {
+    let dir = scratch("tasks_vq");
+    let save = dir.join("run");
+    let out = engine(&[
+        "--config",
+        "configs/digits_autoencoder.yaml",
+        "--set",
+        "run.epochs=1",
+        "--set",
+        &format!("run.save_dir={}", save.display()),
+    ]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let v = &val_records(&save)[0];
+    for k in ["loss", "recon_loss", "mse", "psnr", "ssim", "vq_loss", "perplexity"] {
+        assert!(metric(v, k).is_finite(), "{k} in {v}");
+    }
+    // loss = recon_weight * recon + vq_weight * vq with both weights 1.
+    let sum = metric(v, "recon_loss") + metric(v, "vq_loss");
+    assert!((metric(v, "loss") - sum).abs() < 1e-9 * sum.max(1.0), "{v}");
+    assert!((-1.0..=1.0).contains(&metric(v, "ssim")) && metric(v, "perplexity") >= 1.0, "{v}");
+    let epoch = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
+    assert!(epoch.contains("\"train_vq_loss\"") && epoch.contains("\"train_perplexity\""), "{epoch}");
+}

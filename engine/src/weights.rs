@@ -68,11 +68,21 @@ pub fn load_pretrained(world: &mut World, path: &Path, strict: bool) -> Result<S
     }
     let ck = load_safetensors(path).map_err(|e| format!("model.pretrained: {e}"))?;
     let targets = model_tensors(world);
-    let (mut loaded, mut missing) = (0, Vec::new());
+    let (mut loaded, mut missing, mut notes) = (0, Vec::new(), Vec::new());
     for (name, shape, slot) in &targets {
         let Some(t) = ck.tensors.get(name) else {
             missing.push(name.clone());
             continue;
+        };
+        let resized;
+        let t = match interpolate_pos_embed(name, t, shape) {
+            Some(Ok((r, note))) => {
+                notes.push(note);
+                resized = r;
+                &resized
+            }
+            Some(Err(e)) => return Err(format!("model.pretrained: {p}: {e}")),
+            None => t,
         };
         if &t.shape != shape {
             return Err(format!(
@@ -93,9 +103,55 @@ pub fn load_pretrained(world: &mut World, path: &Path, strict: bool) -> Result<S
         return Err(format!("model.pretrained (strict): {p}: missing {missing:?}, unexpected {unexpected:?}"));
     }
     Ok(format!(
-        "loaded {loaded} of {} tensors from {p}; missing: {missing:?}; unexpected: {unexpected:?}",
-        targets.len()
+        "loaded {loaded} of {} tensors from {p}; missing: {missing:?}; unexpected: {unexpected:?}{}",
+        targets.len(),
+        notes.iter().map(|n| format!("; {n}")).collect::<String>()
     ))
+}
+
+/// Side of a square patch grid of `tokens` tokens, if it is one.
+fn grid_side(tokens: usize) -> Option<usize> {
+    let s = (tokens as f64).sqrt().round() as usize;
+    (s * s == tokens).then_some(s)
+}
+
+/// A ViT position embedding (`...pos_embed`, `[1, T, D]`) saved for another square patch grid, resized to the
+/// model's grid as BLIP-2's `interpolate_pos_embed` does: the leading extra tokens (the class token) are kept,
+/// the grid is resized bicubically (`align_corners=False`). `None` when the tensor is not such a case.
+fn interpolate_pos_embed(
+    name: &str,
+    t: &LoadedTensor,
+    want: &[usize],
+) -> Option<Result<(LoadedTensor, String), String>> {
+    let (&[1, t_old, d_old], &[1, t_new, d]) = (t.shape.as_slice(), want) else { return None };
+    if !name.ends_with("pos_embed") || t_old == t_new || d_old != d {
+        return None;
+    }
+    // Extra tokens: whatever the model's token count has beyond a square grid (0 or 1 for a class token).
+    let extra = (0..=t_new.min(t_old)).find(|&e| grid_side(t_new - e).is_some() && grid_side(t_old - e).is_some())?;
+    let (old, new) = (grid_side(t_old - extra)?, grid_side(t_new - extra)?);
+    let Some(src) = t.data.as_f32() else {
+        return Some(Err(format!("`{name}` is {} where float32 is expected", t.data.dtype_name())));
+    };
+    // [T, D] token-major -> [D, old, old] planes, resize, back to tokens.
+    let grid = &src[extra * d..];
+    let mut planes = vec![0.0f32; d * old * old];
+    for (tok, row) in grid.chunks_exact(d).enumerate() {
+        for (ch, &v) in row.iter().enumerate() {
+            planes[ch * old * old + tok] = v;
+        }
+    }
+    let mut resized = vec![0.0f32; d * new * new];
+    ecstrain_kernels::ops::interpolate::bicubic_resize(&mut resized, &planes, d, old, old, new, new);
+    let mut out = src[..extra * d].to_vec();
+    out.resize(t_new * d, 0.0);
+    for tok in 0..new * new {
+        for ch in 0..d {
+            out[(extra + tok) * d + ch] = resized[ch * new * new + tok];
+        }
+    }
+    let note = format!("interpolated `{name}` from a {old}x{old} to a {new}x{new} patch grid");
+    Some(Ok((LoadedTensor { shape: want.to_vec(), data: LoadedData::F32(out) }, note)))
 }
 
 /// Marks every parameter whose name starts with one of `prefixes` [`Frozen`]; a prefix that matches nothing is

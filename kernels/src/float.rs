@@ -55,8 +55,10 @@ pub trait Float:
     fn erf(self) -> Self;
 }
 
+/// Implements [`Float`] for a primitive type, with the given functions for `exp`, `tanh` and `erf` (f32 uses
+/// the vectorisable approximations below, f64 the exact reference implementations).
 macro_rules! impl_float {
-    ($t:ty) => {
+    ($t:ty, exp: $exp:path, tanh: $tanh:path, erf: $erf:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -70,7 +72,7 @@ macro_rules! impl_float {
             }
             #[inline(always)]
             fn exp(self) -> Self {
-                <$t>::exp(self)
+                $exp(self)
             }
             #[inline(always)]
             fn ln(self) -> Self {
@@ -82,7 +84,7 @@ macro_rules! impl_float {
             }
             #[inline(always)]
             fn tanh(self) -> Self {
-                <$t>::tanh(self)
+                $tanh(self)
             }
             #[inline(always)]
             fn abs(self) -> Self {
@@ -106,13 +108,150 @@ macro_rules! impl_float {
             }
             #[inline(always)]
             fn erf(self) -> Self {
-                erf_f64(self as f64) as $t
+                $erf(self)
             }
         }
     };
 }
-impl_float!(f32);
-impl_float!(f64);
+impl_float!(f32, exp: exp_f32, tanh: tanh_f32, erf: erf_f32);
+impl_float!(f64, exp: f64::exp, tanh: f64::tanh, erf: erf_f64);
+
+// ---------------------------------------------------------------------------------------------------------
+// Vectorisable f32 exp / tanh / erf.
+//
+// libm's `expf` / `tanhf` and the f64 `erf` are opaque scalar calls, so an element-wise loop that uses them
+// cannot be vectorised. The functions below are straight-line code: polynomials, comparisons that LLVM turns
+// into selects (both sides are always computed), bit casts and integer adds, with no table lookups and no
+// branches on the value, so the loops in `ops::par` vectorise (and `multiversion!` can widen them to AVX2 /
+// AVX-512). They use no `mul_add`: Rust never contracts `a * b + c`, so every instruction set gives
+// bit-identical results, and the SSE2 baseline does not fall back to a software FMA.
+// ---------------------------------------------------------------------------------------------------------
+
+/// 1.5 * 2^23. For |v| < 2^22, `v + ROUND_MAGIC` rounds v to the nearest integer (ties to even) and leaves
+/// that integer in the low mantissa bits, so `(v + ROUND_MAGIC).to_bits() - ROUND_MAGIC.to_bits()` is it as
+/// an i32 (no `round`, which is a libm call on SSE2, and no saturating float-to-int conversion).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+/// ln 2 split for Cody–Waite reduction: `LN2_HI` has 9 significant bits, so `n * LN2_HI` is exact for
+/// |n| <= 2^15 and `x - n * LN2_HI` is exact; `LN2_LO` = ln 2 - `LN2_HI` rounded to f32.
+const LN2_HI: f32 = 0.693_359_375;
+const LN2_LO: f32 = -0.000_212_194_44;
+/// e^r = 1 + r + r^2 (P0 + P1 r + P2 r^2 + P3 r^3 + P4 r^4) on |r| <= ln2/2: a degree-6 minimax fit for
+/// relative error (3.7e-9 with these f32 coefficients, about 0.06 ulp).
+const EXP_P0: f32 = 0.5;
+const EXP_P1: f32 = 0.166_665_35;
+const EXP_P2: f32 = 0.041_667_24;
+const EXP_P3: f32 = 0.008_367_435;
+const EXP_P4: f32 = 0.001_386_342_7;
+/// Inputs above this give +inf: e^x overflows f32 for x > 88.7228... (the clamp only keeps n <= 128).
+const EXP_HI: f32 = 88.8;
+/// Inputs below this give +0: e^-104 < 2^-150, half the smallest subnormal.
+const EXP_LO: f32 = -104.0;
+
+/// Cody–Waite reduction x = n ln2 + r (|r| <= ln2/2 up to rounding) and the polynomial: returns (e^r, n).
+/// Valid for |x| <= about 2^21 (in practice the callers clamp to [-104, 88.8]).
+#[inline(always)]
+fn exp_reduce_f32(x: f32) -> (f32, i32) {
+    let k = x * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let n = k - ROUND_MAGIC;
+    let ni = (k.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let q = EXP_P0 + r * (EXP_P1 + r * (EXP_P2 + r * (EXP_P3 + r * EXP_P4)));
+    (1.0 + (r + (r * r) * q), ni)
+}
+
+/// 2^n for -126 <= n <= 127, from the exponent bits (a shift and an add, no table).
+#[inline(always)]
+fn pow2i_f32(n: i32) -> f32 {
+    f32::from_bits((n.wrapping_add(127) as u32) << 23)
+}
+
+/// e^x for x in [-87, 88] (n stays in the normal-exponent range): the core shared by `tanh` and `erf`.
+#[inline(always)]
+fn exp_core_f32(x: f32) -> f32 {
+    let (p, n) = exp_reduce_f32(x);
+    p * pow2i_f32(n)
+}
+
+/// e^x in f32, within 1 ulp of the correctly rounded value over the whole range (subnormal results
+/// included), +inf for x > 88.7228, +0 below about -103.97, NaN for NaN.
+///
+/// The scale 2^n is applied in two steps, 2^(n>>1) then 2^(n - (n>>1)), so n may range over [-150, 128]:
+/// results in the subnormal range are rounded once (not flushed to zero), and e^x just below f32::MAX does
+/// not overflow early. The clamps compare so that NaN passes through unchanged.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    let x = if x > EXP_HI { EXP_HI } else { x };
+    let x = if x < EXP_LO { EXP_LO } else { x };
+    let (p, n) = exp_reduce_f32(x);
+    let n1 = n >> 1;
+    p * pow2i_f32(n1) * pow2i_f32(n.wrapping_sub(n1))
+}
+
+/// Below this |x|, tanh uses its odd polynomial; above, 1 - 2 / (e^(2|x|) + 1).
+const TANH_SMALL: f32 = 0.625;
+/// tanh(x) rounds to 1 in f32 for x > 9.01 (1 - tanh x < 2^-25); clamping keeps e^(2x) finite.
+const TANH_CLAMP: f32 = 9.1;
+/// tanh x = x + x^3 (T0 + T1 x^2 + ... + T4 x^8) on |x| <= 0.625: minimax for relative error (4.5e-9).
+const TANH_T0: f32 = -0.333_332_8;
+const TANH_T1: f32 = 0.133_314_06;
+const TANH_T2: f32 = -0.053_736_515;
+const TANH_T3: f32 = 0.020_628_167;
+const TANH_T4: f32 = -0.005_692_296_7;
+
+/// tanh in f32, within 2 ulp: an odd polynomial for |x| < 0.625 (no cancellation near 0, tanh(-0) = -0),
+/// else 1 - 2 / (e^(2|x|) + 1) with the vectorisable exp; the sign is copied from x. NaN gives NaN.
+#[inline(always)]
+fn tanh_f32(x: f32) -> f32 {
+    let ax = x.abs();
+    let ax = if ax > TANH_CLAMP { TANH_CLAMP } else { ax };
+    let a2 = ax * ax;
+    let small = ax + ax * a2 * (TANH_T0 + a2 * (TANH_T1 + a2 * (TANH_T2 + a2 * (TANH_T3 + a2 * TANH_T4))));
+    let big = 1.0 - 2.0 / (exp_core_f32(2.0 * ax) + 1.0);
+    let r = if ax < TANH_SMALL { small } else { big };
+    r.copysign(x)
+}
+
+/// Below this |x|, erf uses its odd polynomial; above, 1 - e^(-x^2) Q(x).
+const ERF_SMALL: f32 = 0.875;
+/// erf(x) rounds to 1 in f32 for x > 3.93 (erfc(3.95) = 2.3e-8 < 2^-25); the clamp keeps the fit's range.
+const ERF_CLAMP: f32 = 3.95;
+/// erf x = x + x (S0 + S1 x^2 + ... + S5 x^10) on |x| <= 0.875 (S0 = 2/sqrt(pi) - 1, so the leading term
+/// x is exact): minimax for relative error (1.4e-8).
+const ERF_S0: f32 = 0.128_379_15;
+const ERF_S1: f32 = -0.376_125_07;
+const ERF_S2: f32 = 0.112_819_63;
+const ERF_S3: f32 = -0.026_772_28;
+const ERF_S4: f32 = 0.005_002_021;
+const ERF_S5: f32 = -0.000_603_880_6;
+/// erfc(x) e^(x^2) = Q0 + Q1 t + ... + Q8 t^8 with t = x - 2, on 0.875 <= x <= 3.95: minimax for the
+/// absolute error of erfc (6e-9); centring at 2 keeps the coefficients small, so Horner does not cancel.
+const ERF_Q0: f32 = 0.255_395_35;
+const ERF_Q1: f32 = -0.106_798_19;
+const ERF_Q2: f32 = 0.041_810_818;
+const ERF_Q3: f32 = -0.015_418_32;
+const ERF_Q4: f32 = 0.005_459_005;
+const ERF_Q5: f32 = -0.001_944_415_5;
+const ERF_Q6: f32 = 0.000_465_808_12;
+const ERF_Q7: f32 = -0.000_148_784_78;
+const ERF_Q8: f32 = 0.000_142_869_83;
+
+/// The error function in f32, within about 2e-7 absolute and a few ulp: an odd polynomial for
+/// |x| < 0.875 (full relative accuracy near 0, erf(-0) = -0), else 1 - e^(-x^2) Q(|x|); the sign is copied
+/// from x, |x| >= 3.95 gives exactly +-1, NaN gives NaN.
+#[inline(always)]
+fn erf_f32(x: f32) -> f32 {
+    let ax = x.abs();
+    let ax = if ax > ERF_CLAMP { ERF_CLAMP } else { ax };
+    let a2 = ax * ax;
+    let small = ax + ax * (ERF_S0 + a2 * (ERF_S1 + a2 * (ERF_S2 + a2 * (ERF_S3 + a2 * (ERF_S4 + a2 * ERF_S5)))));
+    let t = ax - 2.0;
+    let q = ERF_Q0
+        + t * (ERF_Q1
+            + t * (ERF_Q2 + t * (ERF_Q3 + t * (ERF_Q4 + t * (ERF_Q5 + t * (ERF_Q6 + t * (ERF_Q7 + t * ERF_Q8)))))));
+    let big = 1.0 - exp_core_f32(-a2) * q;
+    let r = if ax < ERF_SMALL { small } else { big };
+    r.copysign(x)
+}
 
 /// The error function in float64, to about 1e-15 relative (W. J. Cody's rational approximations, as in
 /// most libm implementations), so the exact GELU matches PyTorch's `erf` form.
@@ -200,5 +339,134 @@ mod tests {
             let got = erf_f64(x);
             assert!((got - want).abs() < 1e-14, "erf({x}) = {got}, want {want}");
         }
+    }
+
+    /// Distance from `got` to the exact value `want`, in units of the f32 ulp at `want` (2^-149 in the
+    /// subnormal range; +-inf counts as +-2^128, one ulp past f32::MAX).
+    fn ulp_err(got: f32, want: f64) -> f64 {
+        let g = if got.is_infinite() { got.signum() as f64 * 2f64.powi(128) } else { got as f64 };
+        let w = want.clamp(-(2f64.powi(128)), 2f64.powi(128));
+        let e = (w.abs().max(f32::MIN_POSITIVE as f64)).log2().floor() as i32;
+        (g - w).abs() / 2f64.powi(e.max(-126) - 23)
+    }
+
+    /// A splitmix64 stream of f32 bit patterns (deterministic).
+    fn random_f32s(n: usize, seed: u64) -> impl Iterator<Item = f32> {
+        let mut s = seed;
+        (0..n).map(move |_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            f32::from_bits((z ^ (z >> 31)) as u32)
+        })
+    }
+
+    /// Max ulp and absolute error of `f` against `reference` over `xs` (NaN inputs skipped).
+    fn max_errors(xs: impl Iterator<Item = f32>, f: impl Fn(f32) -> f32, reference: impl Fn(f64) -> f64) -> (f64, f64) {
+        let (mut ulp, mut abs) = (0.0f64, 0.0f64);
+        for x in xs.filter(|x| !x.is_nan()) {
+            let (got, want) = (f(x), reference(x as f64));
+            let u = ulp_err(got, want);
+            assert!(u.is_finite(), "f({x:e}) = {got:e}, want {want:e}");
+            ulp = ulp.max(u);
+            if want.is_finite() && got.is_finite() {
+                abs = abs.max((got as f64 - want).abs());
+            }
+        }
+        (ulp, abs)
+    }
+
+    fn sweep(lo: f64, hi: f64, step: f64) -> impl Iterator<Item = f32> {
+        let n = ((hi - lo) / step).round() as usize;
+        (0..=n).map(move |i| (lo + i as f64 * step) as f32)
+    }
+
+    #[test]
+    fn f32_exp_is_within_one_ulp() {
+        let e = |x: f32| <f32 as Float>::exp(x);
+        let (u1, _) = max_errors(sweep(-100.0, 100.0, 1e-3), e, f64::exp);
+        // Random bit patterns over the whole f32 line, and densely over the range where e^x is finite.
+        let (u2, _) = max_errors(random_f32s(2_000_000, 1), e, f64::exp);
+        let (u3, _) = max_errors(
+            random_f32s(3_000_000, 2).map(|v| (v.to_bits() >> 9) as f32 / 8_388_608.0 * 193.0 - 104.0),
+            e,
+            f64::exp,
+        );
+        println!("exp max ulp: sweep {u1:.3}, random bits {u2:.3}, random in [-104, 89] {u3:.3}");
+        assert!(u1.max(u2).max(u3) <= 1.0, "exp max ulp {u1} {u2} {u3}");
+    }
+
+    #[test]
+    fn f32_tanh_is_within_two_ulp() {
+        let t = |x: f32| <f32 as Float>::tanh(x);
+        let (u1, a1) = max_errors(sweep(-6.0, 6.0, 1e-4), t, f64::tanh);
+        let (u2, a2) = max_errors(sweep(-12.0, 12.0, 1e-3), t, f64::tanh);
+        let (u3, a3) = max_errors(random_f32s(2_000_000, 3), t, f64::tanh);
+        println!("tanh max ulp {u1:.3} {u2:.3} {u3:.3}, max abs {a1:.3e} {a2:.3e} {a3:.3e}");
+        assert!(u1.max(u2).max(u3) <= 2.0, "tanh max ulp {u1} {u2} {u3}");
+        assert!(a1.max(a2).max(a3) <= 1.2e-7, "tanh max abs {a1} {a2} {a3}");
+    }
+
+    #[test]
+    fn f32_erf_is_within_two_ulp() {
+        let f = |x: f32| <f32 as Float>::erf(x);
+        let (u1, a1) = max_errors(sweep(-6.0, 6.0, 1e-4), f, erf_f64);
+        let (u2, a2) = max_errors(random_f32s(1_000_000, 4), f, erf_f64);
+        println!("erf max ulp {u1:.3} {u2:.3}, max abs {a1:.3e} {a2:.3e}");
+        assert!(u1.max(u2) <= 2.0, "erf max ulp {u1} {u2}");
+        assert!(a1.max(a2) <= 1.2e-7, "erf max abs {a1} {a2}");
+    }
+
+    #[test]
+    fn f32_special_values() {
+        let exp = <f32 as Float>::exp;
+        let tanh = <f32 as Float>::tanh;
+        let erf = <f32 as Float>::erf;
+        for f in [exp, tanh, erf] {
+            assert!(f(f32::NAN).is_nan() && f(-f32::NAN).is_nan());
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-0.0), 1.0);
+        assert_eq!(exp(1.0), std::f32::consts::E);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(f32::MAX), f32::INFINITY);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert_eq!(exp(88.72284), f32::INFINITY);
+        assert!(exp(88.72283).is_finite() && exp(88.72283) > 3.4e38);
+        assert_eq!(exp(f32::NEG_INFINITY).to_bits(), 0);
+        assert_eq!(exp(f32::MIN).to_bits(), 0);
+        assert_eq!(exp(-104.0).to_bits(), 0);
+        assert_eq!(exp(-103.98).to_bits(), 0);
+        // Subnormal results are rounded, not flushed: e^-103.97 is about 0.51 * 2^-149.
+        assert_eq!(exp(-103.97).to_bits(), 1);
+        assert_eq!(exp(-100.0), 1e-100f64.exp().max((-100f64).exp()) as f32);
+        assert!(exp(-88.0) > 0.0 && exp(-88.0) < f32::MIN_POSITIVE);
+        assert_eq!(exp(1e-30), 1.0);
+        for (x, want) in [(0.0f32, 0.0f32), (-0.0, -0.0), (f32::INFINITY, 1.0), (f32::NEG_INFINITY, -1.0)] {
+            assert_eq!(tanh(x).to_bits(), want.to_bits(), "tanh({x})");
+            assert_eq!(erf(x).to_bits(), want.to_bits(), "erf({x})");
+        }
+        assert_eq!(tanh(9.02), 1.0);
+        assert_eq!(tanh(-50.0), -1.0);
+        assert_eq!(tanh(f32::MAX), 1.0);
+        assert_eq!(tanh(1e-30), 1e-30);
+        assert_eq!(tanh(f32::from_bits(1)), f32::from_bits(1));
+        assert_eq!(erf(3.95), 1.0);
+        assert_eq!(erf(-10.0), -1.0);
+        assert_eq!(erf(f32::MIN), -1.0);
+        assert!(erf(3.8) < 1.0);
+        let tiny = 1e-20f32;
+        assert!(ulp_err(erf(tiny), erf_f64(tiny as f64)) <= 1.0);
+    }
+
+    #[test]
+    fn f64_functions_are_the_exact_references() {
+        for x in sweep(-30.0, 30.0, 1e-3).map(f64::from).chain([f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, 710.0]) {
+            assert_eq!(<f64 as Float>::exp(x).to_bits(), x.exp().to_bits());
+            assert_eq!(<f64 as Float>::tanh(x).to_bits(), x.tanh().to_bits());
+            assert_eq!(<f64 as Float>::erf(x).to_bits(), erf_f64(x).to_bits());
+        }
+        assert!(<f64 as Float>::erf(f64::NAN).is_nan());
     }
 }

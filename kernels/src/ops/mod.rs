@@ -19,6 +19,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod gelu;
 pub mod gemm;
+pub mod interpolate;
 pub mod layer_norm;
 pub mod linear;
 pub mod mse;

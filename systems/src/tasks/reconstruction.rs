@@ -142,7 +142,7 @@ impl ReconstructionTask {
 }
 
 /// The valid target rows of the batch for a task with `numel` values per sample.
-fn target<'a>(batch: &'a Batch, kind: ReconTarget, numel: usize) -> &'a [f32] {
+fn target(batch: &Batch, kind: ReconTarget, numel: usize) -> &[f32] {
     let len = batch.size * numel;
     match (kind, &batch.targets) {
         (ReconTarget::Input, _) => &batch.inputs[..len],
