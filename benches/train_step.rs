@@ -1,6 +1,7 @@
 //! Full training steps (load, forward, loss, backward, optimizer, schedule, log plumbing) through the real
 //! ECS pipeline, for the workloads of ../shared/bench: W1 (784-512-512-10 MLP, AdamW, batch 128) from
-//! configs/bench_w1_mlp.yaml and W2 (the two-conv CNN, SGD Nesterov, batch 128) from configs/bench_w2_cnn.yaml.
+//! configs/bench_w1_mlp.yaml, W2 (the two-conv CNN, SGD Nesterov, batch 128) from configs/bench_w2_cnn.yaml and
+//! W3 (the 4-block ViT, AdamW, batch 64) from configs/bench_w3_vit.yaml.
 //! `benches/side_by_side.sh` runs them next to the PyTorch baseline.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -22,21 +23,25 @@ fn app(config: &str) -> App {
     app
 }
 
-fn bench(c: &mut Criterion, group: &str, config: &str) {
+fn bench(c: &mut Criterion, group: &str, config: &str, batch: usize) {
     let mut app = app(config);
     let mut g = c.benchmark_group(group);
     g.sample_size(30);
-    g.bench_function("train_step_b128", |b| b.iter(|| train_step(&mut app)));
+    g.bench_function(format!("train_step_b{batch}"), |b| b.iter(|| train_step(&mut app)));
     g.finish();
 }
 
 fn w1(c: &mut Criterion) {
-    bench(c, "w1_mlp", "configs/bench_w1_mlp.yaml");
+    bench(c, "w1_mlp", "configs/bench_w1_mlp.yaml", 128);
 }
 
 fn w2(c: &mut Criterion) {
-    bench(c, "w2_cnn", "configs/bench_w2_cnn.yaml");
+    bench(c, "w2_cnn", "configs/bench_w2_cnn.yaml", 128);
 }
 
-criterion_group!(benches, w1, w2);
+fn w3(c: &mut Criterion) {
+    bench(c, "w3_vit", "configs/bench_w3_vit.yaml", 64);
+}
+
+criterion_group!(benches, w1, w2, w3);
 criterion_main!(benches);

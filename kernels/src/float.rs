@@ -377,6 +377,11 @@ mod tests {
         (ulp, abs)
     }
 
+    /// Maps random bits to a uniform f32 in [lo, hi).
+    fn uniform(bits: f32, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((bits.to_bits() >> 8) as f32 / 16_777_216.0)
+    }
+
     fn sweep(lo: f64, hi: f64, step: f64) -> impl Iterator<Item = f32> {
         let n = ((hi - lo) / step).round() as usize;
         (0..=n).map(move |i| (lo + i as f64 * step) as f32)
@@ -398,24 +403,26 @@ mod tests {
     }
 
     #[test]
-    fn f32_tanh_is_within_two_ulp() {
+    fn f32_tanh_is_within_one_and_a_half_ulp() {
         let t = |x: f32| <f32 as Float>::tanh(x);
         let (u1, a1) = max_errors(sweep(-6.0, 6.0, 1e-4), t, f64::tanh);
         let (u2, a2) = max_errors(sweep(-12.0, 12.0, 1e-3), t, f64::tanh);
         let (u3, a3) = max_errors(random_f32s(2_000_000, 3), t, f64::tanh);
-        println!("tanh max ulp {u1:.3} {u2:.3} {u3:.3}, max abs {a1:.3e} {a2:.3e} {a3:.3e}");
-        assert!(u1.max(u2).max(u3) <= 2.0, "tanh max ulp {u1} {u2} {u3}");
-        assert!(a1.max(a2).max(a3) <= 1.2e-7, "tanh max abs {a1} {a2} {a3}");
+        let (u4, a4) = max_errors(random_f32s(2_000_000, 5).map(|v| uniform(v, -10.0, 10.0)), t, f64::tanh);
+        println!("tanh max ulp {u1:.3} {u2:.3} {u3:.3} {u4:.3}, max abs {a1:.3e} {a2:.3e} {a3:.3e} {a4:.3e}");
+        assert!(u1.max(u2).max(u3).max(u4) <= 1.5, "tanh max ulp {u1} {u2} {u3} {u4}");
+        assert!(a1.max(a2).max(a3).max(a4) <= 1e-7, "tanh max abs {a1} {a2} {a3} {a4}");
     }
 
     #[test]
-    fn f32_erf_is_within_two_ulp() {
+    fn f32_erf_is_within_one_and_a_half_ulp() {
         let f = |x: f32| <f32 as Float>::erf(x);
         let (u1, a1) = max_errors(sweep(-6.0, 6.0, 1e-4), f, erf_f64);
         let (u2, a2) = max_errors(random_f32s(1_000_000, 4), f, erf_f64);
-        println!("erf max ulp {u1:.3} {u2:.3}, max abs {a1:.3e} {a2:.3e}");
-        assert!(u1.max(u2) <= 2.0, "erf max ulp {u1} {u2}");
-        assert!(a1.max(a2) <= 1.2e-7, "erf max abs {a1} {a2}");
+        let (u3, a3) = max_errors(random_f32s(1_000_000, 6).map(|v| uniform(v, -4.5, 4.5)), f, erf_f64);
+        println!("erf max ulp {u1:.3} {u2:.3} {u3:.3}, max abs {a1:.3e} {a2:.3e} {a3:.3e}");
+        assert!(u1.max(u2).max(u3) <= 1.5, "erf max ulp {u1} {u2} {u3}");
+        assert!(a1.max(a2).max(a3) <= 1e-7, "erf max abs {a1} {a2} {a3}");
     }
 
     #[test]
@@ -440,7 +447,7 @@ mod tests {
         assert_eq!(exp(-103.98).to_bits(), 0);
         // Subnormal results are rounded, not flushed: e^-103.97 is about 0.51 * 2^-149.
         assert_eq!(exp(-103.97).to_bits(), 1);
-        assert_eq!(exp(-100.0), 1e-100f64.exp().max((-100f64).exp()) as f32);
+        assert!(ulp_err(exp(-100.0), (-100f64).exp()) <= 1.0);
         assert!(exp(-88.0) > 0.0 && exp(-88.0) < f32::MIN_POSITIVE);
         assert_eq!(exp(1e-30), 1.0);
         for (x, want) in [(0.0f32, 0.0f32), (-0.0, -0.0), (f32::INFINITY, 1.0), (f32::NEG_INFINITY, -1.0)] {
