@@ -73,3 +73,18 @@ fn resnet_run_resumes_exactly_with_batch_norm_statistics() {
     assert!(full.tensors.contains_key("layer1.0.bn2.running_mean"));
     assert_eq!(full.tensors, resumed.tensors, "2 + 1 resumed epochs differ from 3 uninterrupted epochs");
 }
+
+#[test]
+fn digits_autoencoder_config_gains_6_db_psnr_over_its_first_epoch() {
+    let save = train("digits_autoencoder", "configs/digits_autoencoder.yaml", &[]);
+    let psnr: Vec<f64> = std::fs::read_to_string(save.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["split"] == "val")
+        .map(|r| r["psnr"].as_f64().expect("val records carry psnr"))
+        .collect();
+    assert_eq!(psnr.len(), 30);
+    let best = summary(&save)["best"]["metrics"]["psnr"].as_f64().unwrap();
+    assert!(best >= psnr[0] + 6.0, "VQ-VAE best val PSNR {best} dB vs {} dB after epoch 1: < +6 dB", psnr[0]);
+}
