@@ -148,7 +148,7 @@ const EXP_HI: f32 = 88.8;
 const EXP_LO: f32 = -104.0;
 
 /// Cody–Waite reduction x = n ln2 + r (|r| <= ln2/2 up to rounding) and the polynomial: returns (e^r, n).
-/// Valid for |x| <= about 2^21 (in practice the callers clamp to [-104, 88.8]).
+/// Accurate for |x| <= about 2e4 (n * `LN2_HI` exact); the callers clamp to [-104, 88.8] or less.
 #[inline(always)]
 fn exp_reduce_f32(x: f32) -> (f32, i32) {
     let k = x * std::f32::consts::LOG2_E + ROUND_MAGIC;
@@ -173,8 +173,8 @@ fn exp_core_f32(x: f32) -> f32 {
 }
 
 /// e^x in f32: error below 1 ulp of the exact value over the whole range, subnormal results included
-/// (measured max 0.98 ulp; a correctly rounded result is within 0.5), +inf for x > 88.7228, +0 below
-/// about -103.97, NaN for NaN.
+/// (max 0.994 ulp over every f32, checked exhaustively against f64; correct rounding would be 0.5); +inf
+/// for x > 88.7228, +0 below about -103.97, NaN for NaN.
 ///
 /// The scale 2^n is applied in two steps, 2^(n>>1) then 2^(n - (n>>1)), so n may range over [-150, 128]:
 /// results in the subnormal range are rounded once (not flushed to zero), and e^x just below f32::MAX does
@@ -199,9 +199,10 @@ const TANH_T2: f32 = -0.053_736_515;
 const TANH_T3: f32 = 0.020_628_167;
 const TANH_T4: f32 = -0.005_692_296_7;
 
-/// tanh in f32, within 1.3 ulp of the exact value (measured 1.28 ulp, 7.6e-8 absolute): an odd polynomial
-/// for |x| < 0.625 (no cancellation near 0, tanh(-0) = -0), else 1 - 2 / (e^(2|x|) + 1) with the
-/// vectorisable exp; the sign is copied from x, |x| > 9.01 gives exactly +-1, NaN gives NaN.
+/// tanh in f32, within 1.34 ulp of the exact value (max 1.332 ulp, 7.9e-8 absolute over every f32, checked
+/// exhaustively): an odd polynomial for |x| < 0.625 (no cancellation near 0, tanh(-0) = -0), else
+/// 1 - 2 / (e^(2|x|) + 1) with the vectorisable exp; the sign is copied from x, |x| > 9.01 gives exactly
+/// +-1, NaN gives NaN.
 #[inline(always)]
 fn tanh_f32(x: f32) -> f32 {
     let ax = x.abs();
@@ -237,10 +238,10 @@ const ERF_Q6: f32 = 0.000_465_808_12;
 const ERF_Q7: f32 = -0.000_148_784_78;
 const ERF_Q8: f32 = 0.000_142_869_83;
 
-/// The error function in f32, within 1.2 ulp of the exact value (measured 1.11 ulp, 6.7e-8 absolute): an odd
-/// polynomial for |x| < 0.875 (full relative accuracy near 0, erf(-0) = -0), else 1 - e^(-x^2) Q(|x|) (the
-/// rounding of x^2 costs under 1e-9 absolute); the sign is copied from x, |x| >= 3.95 gives exactly +-1,
-/// NaN gives NaN.
+/// The error function in f32, within 1.24 ulp of the exact value (max 1.234 ulp, 7.4e-8 absolute over every
+/// f32 in (0, 4), checked exhaustively against `erf_f64`): an odd polynomial for |x| < 0.875 (full relative
+/// accuracy near 0, erf(-0) = -0), else 1 - e^(-x^2) Q(|x|) (the rounding of x^2 costs under 1e-9
+/// absolute); the sign is copied from x, |x| >= 3.95 gives exactly +-1, NaN gives NaN.
 #[inline(always)]
 fn erf_f32(x: f32) -> f32 {
     let ax = x.abs();
