@@ -79,19 +79,7 @@ fn head_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T
             let row = &mut att[i * t..(i + 1) * t];
             let visible = if causal { i + 1 } else { t };
             let (seen, masked) = row.split_at_mut(visible);
-            let mut max = seen[0];
-            for &s in seen.iter() {
-                max = max.max(s);
-            }
-            let mut sum = T::ZERO;
-            for s in seen.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = T::ONE / sum;
-            for s in seen.iter_mut() {
-                *s *= inv;
-            }
+            super::softmax::softmax_in_place(seen);
             masked.fill(T::ZERO);
         }
         // out[r0..r1] = att[r0..r1, 0..kn] @ v[0..kn]

@@ -1,6 +1,6 @@
 //! GELU activation, exact (erf) or tanh-approximated, as PyTorch's `nn.GELU(approximate=...)`.
 
-use super::par::{map_binary, map_unary};
+use super::par::{map_binary_chunks, map_unary_chunks};
 use crate::Float;
 
 /// Which GELU formula to use (PyTorch's `approximate` argument).
@@ -20,53 +20,95 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_COEFF: f64 = 0.044715;
 
-/// Forward value of one element.
+/// Exact GELU of one element: `x * Phi(x)`.
 #[inline(always)]
-fn gelu<T: Float>(x: T, approx: GeluApprox) -> T {
-    let half = T::from_f64(0.5);
-    match approx {
-        GeluApprox::None => half * x * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf()),
-        GeluApprox::Tanh => {
-            let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_COEFF) * x * x * x);
-            half * x * (T::ONE + u.tanh())
-        }
-    }
+fn gelu_exact<T: Float>(x: T) -> T {
+    T::from_f64(0.5) * x * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf())
 }
 
-/// Derivative of one element.
+/// Tanh-approximated GELU of one element.
 #[inline(always)]
-fn gelu_grad<T: Float>(x: T, approx: GeluApprox) -> T {
+fn gelu_tanh<T: Float>(x: T) -> T {
+    let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_COEFF) * x * x * x);
+    T::from_f64(0.5) * x * (T::ONE + u.tanh())
+}
+
+/// d/dx [x Phi(x)] = Phi(x) + x phi(x).
+#[inline(always)]
+fn gelu_exact_grad<T: Float>(x: T) -> T {
     let half = T::from_f64(0.5);
-    match approx {
-        // d/dx [x Phi(x)] = Phi(x) + x phi(x)
-        GeluApprox::None => {
-            let cdf = half * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf());
-            let pdf = T::from_f64(INV_SQRT_2PI) * (-half * x * x).exp();
-            cdf + x * pdf
-        }
-        // d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'
-        GeluApprox::Tanh => {
-            let x2 = x * x;
-            let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_COEFF) * x2 * x);
-            let du = T::from_f64(SQRT_2_OVER_PI) * (T::ONE + T::from_f64(3.0 * GELU_COEFF) * x2);
-            let t = u.tanh();
-            half * (T::ONE + t) + half * x * (T::ONE - t * t) * du
-        }
+    let cdf = half * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf());
+    let pdf = T::from_f64(INV_SQRT_2PI) * (-half * x * x).exp();
+    cdf + x * pdf
+}
+
+/// d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'.
+#[inline(always)]
+fn gelu_tanh_grad<T: Float>(x: T) -> T {
+    let half = T::from_f64(0.5);
+    let x2 = x * x;
+    let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_COEFF) * x2 * x);
+    let du = T::from_f64(SQRT_2_OVER_PI) * (T::ONE + T::from_f64(3.0 * GELU_COEFF) * x2);
+    let t = u.tanh();
+    half * (T::ONE + t) + half * x * (T::ONE - t * t) * du
+}
+
+// One loop per formula, each compiled for AVX-512 / AVX2 / baseline: the per-element bodies (erf, exp, tanh
+// polynomials) are too large to be inlined into a generic closure-taking loop, and a call per element keeps
+// the loop scalar.
+// Index loops, not `zip().for_each()`: the iterator adapter's `fold` is a separate generic function that is
+// not always inlined into the AVX-512 copy, and would then run at the baseline width.
+#[inline(always)]
+fn fwd_exact_body<T: Float>(out: &mut [T], inp: &[T]) {
+    let n = out.len().min(inp.len());
+    for i in 0..n {
+        out[i] = gelu_exact(inp[i]);
     }
 }
+#[inline(always)]
+fn fwd_tanh_body<T: Float>(out: &mut [T], inp: &[T]) {
+    let n = out.len().min(inp.len());
+    for i in 0..n {
+        out[i] = gelu_tanh(inp[i]);
+    }
+}
+#[inline(always)]
+fn bwd_exact_body<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
+    let n = dinp.len().min(dout.len()).min(inp.len());
+    for i in 0..n {
+        dinp[i] = dout[i] * gelu_exact_grad(inp[i]);
+    }
+}
+#[inline(always)]
+fn bwd_tanh_body<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
+    let n = dinp.len().min(dout.len()).min(inp.len());
+    for i in 0..n {
+        dinp[i] = dout[i] * gelu_tanh_grad(inp[i]);
+    }
+}
+crate::multiversion!(fn fwd_exact<T: Float>(out: &mut [T], inp: &[T]) => fwd_exact_body);
+crate::multiversion!(fn fwd_tanh<T: Float>(out: &mut [T], inp: &[T]) => fwd_tanh_body);
+crate::multiversion!(fn bwd_exact<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) => bwd_exact_body);
+crate::multiversion!(fn bwd_tanh<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) => bwd_tanh_body);
 
 /// GELU forward (overwrites `out`).
 ///
 /// inp: [N], out: [N].
 pub fn gelu_forward<T: Float>(out: &mut [T], inp: &[T], approx: GeluApprox) {
-    map_unary(out, inp, |x: T| gelu(x, approx));
+    match approx {
+        GeluApprox::None => map_unary_chunks(out, inp, fwd_exact::<T>),
+        GeluApprox::Tanh => map_unary_chunks(out, inp, fwd_tanh::<T>),
+    }
 }
 
 /// GELU backward: `dinp = dout * gelu'(inp)` (overwrites `dinp`).
 ///
 /// dinp, dout, inp: [N].
 pub fn gelu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T], approx: GeluApprox) {
-    map_binary(dinp, dout, inp, |g: T, x: T| g * gelu_grad(x, approx));
+    match approx {
+        GeluApprox::None => map_binary_chunks(dinp, dout, inp, bwd_exact::<T>),
+        GeluApprox::Tanh => map_binary_chunks(dinp, dout, inp, bwd_tanh::<T>),
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,47 @@ where
     }
 }
 
+/// Calls `f(out_chunk, inp_chunk)` on matching chunks of the two buffers: once on the whole buffers when they
+/// are small, on [`PAR_CHUNK`]-sized pieces in parallel otherwise. For element-wise kernels whose per-element
+/// function is too large to inline into [`map_unary`]'s loop: `f` is then a loop compiled with
+/// `multiversion!`, called once per chunk.
+///
+/// Panics if the lengths differ.
+pub fn map_unary_chunks<T, U, F>(out: &mut [T], inp: &[U], f: F)
+where
+    T: Send,
+    U: Sync,
+    F: Fn(&mut [T], &[U]) + Sync,
+{
+    assert_eq!(out.len(), inp.len(), "map_unary_chunks: out and inp lengths differ");
+    if out.len() < PAR_MIN_ELEMS {
+        f(out, inp);
+    } else {
+        out.par_chunks_mut(PAR_CHUNK).zip(inp.par_chunks(PAR_CHUNK)).for_each(|(o, x)| f(o, x));
+    }
+}
+
+/// [`map_unary_chunks`] with two inputs (`dinp = f(dout, inp)` chunk by chunk).
+///
+/// Panics if the lengths differ.
+pub fn map_binary_chunks<T, U, F>(out: &mut [T], a: &[U], b: &[U], f: F)
+where
+    T: Send,
+    U: Sync,
+    F: Fn(&mut [T], &[U], &[U]) + Sync,
+{
+    assert_eq!(out.len(), a.len(), "map_binary_chunks: out and first input lengths differ");
+    assert_eq!(out.len(), b.len(), "map_binary_chunks: out and second input lengths differ");
+    if out.len() < PAR_MIN_ELEMS {
+        f(out, a, b);
+    } else {
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(a.par_chunks(PAR_CHUNK))
+            .zip(b.par_chunks(PAR_CHUNK))
+            .for_each(|((o, x), y)| f(o, x, y));
+    }
+}
+
 /// `out[i] = f(i, inp[i])` with the global index `i`, in parallel when the buffers are large (for
 /// counter-based random masks, whose value must not depend on how the work was split).
 ///

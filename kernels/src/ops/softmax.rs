@@ -46,25 +46,86 @@ fn row_max<T: Float>(x: &[T]) -> T {
     x.iter().fold(x[0], |m, &v| m.max(v))
 }
 
+/// Independent accumulators per reduction: a serial chain of `max` or `+` cannot be vectorised (the compiler
+/// may not reorder float operations), sixteen interleaved ones can. The order is fixed, so results are the
+/// same on every machine.
+const LANES: usize = 16;
+
+/// [`row_max`] over [`LANES`] interleaved accumulators (the same value: max is exact in any order).
+#[inline(always)]
+fn lane_max<T: Float>(x: &[T]) -> T {
+    let mut acc = [x[0]; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    rem.iter().fold(acc.iter().fold(x[0], |m, &v| m.max(v)), |m, &v| m.max(v))
+}
+
+/// `y = e^(x - m)` element-wise, returning the f64 sum of `y` over [`LANES`] interleaved accumulators.
+#[inline(always)]
+fn exp_shift_sum<T: Float>(y: &mut [T], x: &[T], m: T) -> f64 {
+    for (y, &v) in y.iter_mut().zip(x) {
+        *y = (v - m).exp();
+    }
+    let mut acc = [0.0f64; LANES];
+    let chunks = y.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v.to_f64();
+        }
+    }
+    acc.iter().sum::<f64>() + rem.iter().map(|v| v.to_f64()).sum::<f64>()
+}
+
+#[inline(always)]
+fn softmax_row_body<T: Float>(y: &mut [T], x: &[T]) {
+    let m = lane_max(x);
+    let inv = T::from_f64(1.0 / exp_shift_sum(y, x, m));
+    for y in y.iter_mut() {
+        *y *= inv;
+    }
+}
+crate::multiversion!(fn softmax_row<T: Float>(y: &mut [T], x: &[T]) => softmax_row_body);
+
+#[inline(always)]
+fn softmax_in_place_body<T: Float>(row: &mut [T]) {
+    let m = lane_max(row);
+    // e^(x - m) in place: the same loop as `exp_shift_sum`, reading and writing one buffer.
+    for v in row.iter_mut() {
+        *v = (*v - m).exp();
+    }
+    let mut acc = [0.0f64; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v.to_f64();
+        }
+    }
+    let sum = acc.iter().sum::<f64>() + rem.iter().map(|v| v.to_f64()).sum::<f64>();
+    let inv = T::from_f64(1.0 / sum);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+crate::multiversion!(
+    /// Softmax of one row in place (max subtracted, f64 sum): the row primitive of [`softmax_forward`],
+    /// shared with attention.
+    pub(crate) fn softmax_in_place<T: Float>(row: &mut [T]) => softmax_in_place_body
+);
+
 /// Softmax forward: `out[r, j] = e^(x[r, j] - m_r) / sum_k e^(x[r, k] - m_r)` with `m_r` the row max
 /// (overwrites `out`). A row of all `-inf` gives NaN, as in PyTorch.
 ///
 /// inp: [rows, dim], out: [rows, dim].
 pub fn softmax_forward<T: Float>(out: &mut [T], inp: &[T], rows: usize, dim: usize) {
     check_shapes("softmax_forward", [out.len(), inp.len(), inp.len()], rows, dim);
-    for_rows(out, inp, inp, rows, dim, |y, x, _| {
-        let m = row_max(x);
-        let mut sum = 0.0f64;
-        for (y, &v) in y.iter_mut().zip(x) {
-            let e = (v - m).exp();
-            *y = e;
-            sum += e.to_f64();
-        }
-        let inv = T::from_f64(1.0 / sum);
-        for y in y.iter_mut() {
-            *y *= inv;
-        }
-    });
+    for_rows(out, inp, inp, rows, dim, |y, x, _| softmax_row(y, x));
 }
 
 /// Softmax backward from the forward output: `dinp = y * (dout - sum_j dout_j * y_j)` per row
