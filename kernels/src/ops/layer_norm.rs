@@ -23,6 +23,126 @@ type FwdGroup<'a, T> = ((&'a mut [T], &'a [T]), (&'a mut [T], &'a mut [T]));
 /// A group of rows in the input-gradient pass: (dinp, dout), (inp, (save_mean, save_rstd)).
 type BwdGroup<'a, T> = ((&'a mut [T], &'a [T]), (&'a [T], (&'a [T], &'a [T])));
 
+/// f64 accumulators per row reduction: interleaved so the loop vectorises (a single chain of float adds
+/// cannot be reordered by the compiler); the order is fixed, so results do not depend on the machine.
+const LANES: usize = 8;
+
+/// `sum_j f(j)` for `j < n` over [`LANES`] interleaved f64 accumulators.
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let full = n / LANES * LANES;
+    let mut j = 0;
+    while j < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(j + l);
+        }
+        j += LANES;
+    }
+    let tail: f64 = (full..n).map(&f).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// One row of the forward: mean and variance in f64 (two passes), then the normalised, scaled row.
+#[inline(always)]
+fn fwd_row_body<T: Float>(
+    y: &mut [T],
+    x: &[T],
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    eps: f64,
+    sm: &mut T,
+    sr: &mut T,
+) {
+    let dim = x.len().min(y.len());
+    let inv_dim = 1.0 / dim as f64;
+    let mean = lane_sum(dim, |j| x[j].to_f64()) * inv_dim;
+    let var = lane_sum(dim, |j| {
+        let d = x[j].to_f64() - mean;
+        d * d
+    }) * inv_dim;
+    let (mean, rstd) = (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()));
+    *sm = mean;
+    *sr = rstd;
+    match (weight, bias) {
+        (Some(w), Some(b)) => {
+            let (w, b) = (&w[..dim], &b[..dim]);
+            for j in 0..dim {
+                y[j] = (x[j] - mean) * rstd * w[j] + b[j];
+            }
+        }
+        (Some(w), None) => {
+            let w = &w[..dim];
+            for j in 0..dim {
+                y[j] = (x[j] - mean) * rstd * w[j];
+            }
+        }
+        (None, Some(b)) => {
+            let b = &b[..dim];
+            for j in 0..dim {
+                y[j] = (x[j] - mean) * rstd + b[j];
+            }
+        }
+        (None, None) => {
+            for j in 0..dim {
+                y[j] = (x[j] - mean) * rstd;
+            }
+        }
+    }
+}
+crate::multiversion!(
+    #[allow(clippy::too_many_arguments)]
+    fn fwd_row<T: Float>(
+        y: &mut [T],
+        x: &[T],
+        weight: Option<&[T]>,
+        bias: Option<&[T]>,
+        eps: f64,
+        sm: &mut T,
+        sr: &mut T,
+    ) => fwd_row_body
+);
+
+/// One row of the input gradient: the two row reductions in f64 (they are differences of O(dim) terms), then
+/// `rstd * (g - mean(g) - xhat * mean(g xhat))`.
+#[inline(always)]
+fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T) {
+    let dim = dx.len().min(dy.len()).min(x.len());
+    let inv_dim = 1.0 / dim as f64;
+    let (s_g, s_gx) = match weight {
+        Some(w) => {
+            let w = &w[..dim];
+            let s_g = lane_sum(dim, |j| (dy[j] * w[j]).to_f64());
+            let s_gx = lane_sum(dim, |j| (dy[j] * w[j]).to_f64() * ((x[j] - mean) * rstd).to_f64());
+            (s_g, s_gx)
+        }
+        None => {
+            let s_g = lane_sum(dim, |j| dy[j].to_f64());
+            let s_gx = lane_sum(dim, |j| dy[j].to_f64() * ((x[j] - mean) * rstd).to_f64());
+            (s_g, s_gx)
+        }
+    };
+    let (mean_g, mean_gx) = (T::from_f64(s_g * inv_dim), T::from_f64(s_gx * inv_dim));
+    match weight {
+        Some(w) => {
+            let w = &w[..dim];
+            for j in 0..dim {
+                let xhat = (x[j] - mean) * rstd;
+                dx[j] = rstd * (dy[j] * w[j] - mean_g - xhat * mean_gx);
+            }
+        }
+        None => {
+            for j in 0..dim {
+                let xhat = (x[j] - mean) * rstd;
+                dx[j] = rstd * (dy[j] - mean_g - xhat * mean_gx);
+            }
+        }
+    }
+}
+crate::multiversion!(
+    fn bwd_row<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T) => bwd_row_body
+);
+
 /// Layer norm forward (overwrites `out`, `save_mean`, `save_rstd`). Mean and variance are accumulated in
 /// f64 (two passes, so no cancellation from `E[x^2] - E[x]^2`). `weight` / `bias` are `None` for
 /// `elementwise_affine=False` (or `bias=False`).
@@ -49,24 +169,7 @@ pub fn layer_norm_forward<T: Float>(
     if dim == 0 {
         return;
     }
-    let inv_dim = 1.0 / dim as f64;
-    let row = |y: &mut [T], x: &[T], sm: &mut T, sr: &mut T| {
-        let mean = x.iter().map(|&v| v.to_f64()).sum::<f64>() * inv_dim;
-        let var = x.iter().map(|&v| (v.to_f64() - mean).powi(2)).sum::<f64>() * inv_dim;
-        let (mean, rstd) = (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()));
-        *sm = mean;
-        *sr = rstd;
-        for (j, (y, &v)) in y.iter_mut().zip(x).enumerate() {
-            let mut n = (v - mean) * rstd;
-            if let Some(w) = weight {
-                n *= w[j];
-            }
-            if let Some(b) = bias {
-                n += b[j];
-            }
-            *y = n;
-        }
-    };
+    let row = |y: &mut [T], x: &[T], sm: &mut T, sr: &mut T| fwd_row(y, x, weight, bias, eps, sm, sr);
     let group = |((y, x), (sm, sr)): FwdGroup<'_, T>| {
         for (((y, x), sm), sr) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(sm).zip(sr) {
             row(y, x, sm, sr);
@@ -138,22 +241,7 @@ fn input_grad<T: Float>(
     dim: usize,
     parallel: bool,
 ) {
-    let inv_dim = 1.0 / dim as f64;
-    let w = |j: usize| weight.map_or(T::ONE, |w| w[j]);
-    let row = |dx: &mut [T], dy: &[T], x: &[T], mean: T, rstd: T| {
-        // The two row reductions, in f64: they are differences of O(dim) terms.
-        let (mut s_g, mut s_gx) = (0.0f64, 0.0f64);
-        for (j, (&g, &v)) in dy.iter().zip(x).enumerate() {
-            let g = (g * w(j)).to_f64();
-            s_g += g;
-            s_gx += g * ((v - mean) * rstd).to_f64();
-        }
-        let (mean_g, mean_gx) = (T::from_f64(s_g * inv_dim), T::from_f64(s_gx * inv_dim));
-        for (j, ((dx, &g), &v)) in dx.iter_mut().zip(dy).zip(x).enumerate() {
-            let xhat = (v - mean) * rstd;
-            *dx = rstd * (g * w(j) - mean_g - xhat * mean_gx);
-        }
-    };
+    let row = |dx: &mut [T], dy: &[T], x: &[T], mean: T, rstd: T| bwd_row(dx, dy, x, weight, mean, rstd);
     let group = |((dx, dy), (x, (sm, sr))): BwdGroup<'_, T>| {
         let rows = dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim));
         for (((dx, dy), x), (&mean, &rstd)) in rows.zip(sm.iter().zip(sr)) {

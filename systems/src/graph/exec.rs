@@ -436,6 +436,18 @@ impl GradSink<'_> {
         }
     }
 
+    /// Routes the node's whole output gradient `dy_buf` (first `len` elements valid) unchanged into `v`'s
+    /// gradient when `v` has not been written yet and its buffer has the same size: the buffers are swapped
+    /// instead of copied (the output's gradient is read by no other node). Otherwise a copy or an add.
+    fn pass_through_owned(&mut self, v: ValueId, dy_buf: &mut Vec<f32>, len: usize) {
+        if v.0 != 0 && !self.written[v.0] && self.dvals[v.0].len() == dy_buf.len() {
+            std::mem::swap(&mut self.dvals[v.0], dy_buf);
+            self.written[v.0] = true;
+        } else {
+            self.pass_through(v, &dy_buf[..len]);
+        }
+    }
+
     /// Routes `dy` unchanged into `v`'s gradient (an identity's backward): a copy or an add, no staging.
     fn pass_through(&mut self, v: ValueId, dy: &[f32]) {
         if v.0 == 0 {
@@ -470,8 +482,24 @@ pub fn backward(
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
     written.fill(false);
     for (idx, node) in graph.nodes.iter().enumerate().rev() {
-        let dy_buf = std::mem::take(&mut dvals[node.output.0]);
-        let dy = &dy_buf[..n * numel(node.output)];
+        let mut dy_buf = std::mem::take(&mut dvals[node.output.0]);
+        let out_len = n * numel(node.output);
+        // Identity backwards (reshape; the second input of an add) can hand the buffer itself on: the output
+        // gradient is read by no other node.
+        if let Some(v) = match node.op {
+            OpKind::Reshape => Some(node.inputs[0]),
+            OpKind::Add => {
+                let mut sink = GradSink { dvals, tmp: grad_tmp, written };
+                sink.pass_through(node.inputs[0], &dy_buf[..out_len]);
+                Some(node.inputs[1])
+            }
+            _ => None,
+        } {
+            GradSink { dvals, tmp: grad_tmp, written }.pass_through_owned(v, &mut dy_buf, out_len);
+            dvals[node.output.0] = dy_buf;
+            continue;
+        }
+        let dy = &dy_buf[..out_len];
         let read = |i: usize| -> &[f32] {
             let v = node.inputs[i];
             if v.0 == 0 {
@@ -509,7 +537,7 @@ pub fn backward(
                     ops::pool::global_avg_pool_backward(dx, dy, n, *c, *h, *w);
                 }
             }),
-            OpKind::Reshape => sink.pass_through(xv, dy),
+            OpKind::Reshape | OpKind::Add => unreachable!("handled before the match"),
             OpKind::Activation(act) => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     activation_backward(*act, dx, dy, x);
@@ -539,10 +567,6 @@ pub fn backward(
                 let w = weight.as_ref().map(p);
                 ops::layer_norm::layer_norm_backward(dx, dw, db, dy, x, &sm[..rows], &sr[..rows], w, rows, *dim);
             }),
-            OpKind::Add => {
-                sink.pass_through(node.inputs[0], dy);
-                sink.pass_through(node.inputs[1], dy);
-            }
             OpKind::Concat { axis } => {
                 let (rows, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
                 let row_len = dy.len() / rows.max(1);
