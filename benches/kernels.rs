@@ -1,5 +1,7 @@
 //! Kernel micro-benchmarks at the W1 shapes (batch 128, 784 -> 512 -> 512 -> 10): linear forward and
-//! backward, ReLU, fused softmax + cross-entropy, and the AdamW update over the whole 669,706-parameter arena.
+//! backward, ReLU, fused softmax + cross-entropy, and the AdamW update over the whole 669,706-parameter arena;
+//! the W2 convolution and pool; and `gemm_ceiling`: a 512^3 f32 product through the engine's gemm wrapper,
+//! the machine's GEMM ceiling that train-step throughput is compared with (FLOP/s = elem/s).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ecstrain::kernels::ops;
@@ -105,5 +107,16 @@ fn conv_pool(c: &mut Criterion) {
     c.bench_function("w2_maxpool1_backward", |bn| bn.iter(|| max_pool2d_backward(&mut dx, &dp, &am, &pg)));
 }
 
-criterion_group!(benches, linear, elementwise, adamw, conv_pool);
+fn gemm_ceiling(c: &mut Criterion) {
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(2).build_global();
+    let n = 512;
+    let (a, b) = (randn(n * n, 7), randn(n * n, 8));
+    let mut out = vec![0.0f32; n * n];
+    let mut g = c.benchmark_group("gemm_ceiling");
+    g.throughput(Throughput::Elements((2 * n * n * n) as u64));
+    g.bench_function("512x512x512", |bn| bn.iter(|| ops::linear::matmul(&mut out, &a, &b, n, n, n, false)));
+    g.finish();
+}
+
+criterion_group!(benches, linear, elementwise, adamw, conv_pool, gemm_ceiling);
 criterion_main!(benches);
