@@ -52,9 +52,28 @@ fn default_scale<T: Float>(d: usize) -> T {
     T::from_f64(1.0 / (d as f64).sqrt())
 }
 
-/// Attention forward for one (batch, head): q, k, v, out: [T, D]; att: [T, T] (written).
+/// The q, k, v rows of one (batch, head): row `i` of q is `q[i * rs .. i * rs + D]` (and so for k, v). With
+/// the `[B, H, T, D]` layout `rs = D`; read straight out of a fused `[B, T, 3, H, D]` projection, `rs = 3HD`.
+#[derive(Clone, Copy)]
+struct HeadInputs<'a, T> {
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    rs: usize,
+}
+
+/// Attention forward for one (batch, head): q, k, v as [`HeadInputs`]; `out` row `i` at `out[i * out_rs..]`
+/// (D elements written per row); att: [T, T] (written).
 #[allow(clippy::too_many_arguments)]
-fn head_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T], t: usize, d: usize, causal: bool) {
+fn head_forward<T: Float>(
+    out: &mut [T],
+    out_rs: usize,
+    att: &mut [T],
+    x: HeadInputs<'_, T>,
+    t: usize,
+    d: usize,
+    causal: bool,
+) {
     let scale = default_scale::<T>(d);
     for (r0, r1) in row_blocks(t, causal) {
         // Keys this block of queries can see.
@@ -68,8 +87,8 @@ fn head_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T
             t,
             1,
             false,
-            Mat::rows(&q[r0 * d..r1 * d], d),
-            Mat::rows_t(&k[..kn * d], d),
+            Mat { data: &x.q[r0 * x.rs..], rs: x.rs, cs: 1 },
+            Mat { data: x.k, rs: 1, cs: x.rs },
             scale,
             false,
         );
@@ -87,12 +106,12 @@ fn head_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T
             r1 - r0,
             d,
             kn,
-            &mut out[r0 * d..r1 * d],
-            d,
+            &mut out[r0 * out_rs..],
+            out_rs,
             1,
             false,
             Mat { data: &att[r0 * t..], rs: t, cs: 1 },
-            Mat::rows(&v[..kn * d], d),
+            Mat { data: x.v, rs: x.rs, cs: 1 },
             T::ONE,
             false,
         );
@@ -129,7 +148,8 @@ pub fn attention_forward<T: Float>(
     }
     let per_head = |(i, (out_h, att_h)): (usize, (&mut [T], &mut [T]))| {
         let s = i * td..(i + 1) * td;
-        head_forward(out_h, att_h, &q[s.clone()], &k[s.clone()], &v[s], t, d, causal);
+        let x = HeadInputs { q: &q[s.clone()], k: &k[s.clone()], v: &v[s], rs: d };
+        head_forward(out_h, d, att_h, x, t, d, causal);
     };
     if split_heads_across_threads(b * h, t, d) {
         out.par_chunks_mut(td).zip(att.par_chunks_mut(tt)).enumerate().for_each(per_head);
@@ -138,28 +158,40 @@ pub fn attention_forward<T: Float>(
     }
 }
 
-/// The gradient buffers of one (batch, head) in [`head_backward`]: dq, dk, dv: [T, D]; ds: [T, T] scratch.
-struct HeadGrads<'a, T> {
-    dq: &'a mut [T],
-    dk: &'a mut [T],
-    dv: &'a mut [T],
-    ds: &'a mut [T],
+/// Where one (batch, head) writes dq, dk, dv: three `[T, D]` buffers, or the q / k / v slots of one fused
+/// `[T, 3, H, D]` gradient (row stride `rs`, slot offsets `off`), written in turn.
+enum HeadGrads<'a, T> {
+    Split { dq: &'a mut [T], dk: &'a mut [T], dv: &'a mut [T] },
+    Fused { buf: &'a mut [T], off: [usize; 3], rs: usize },
 }
 
-/// Attention backward for one (batch, head): dout, q, k, v: [T, D]; att: [T, T] (saved probabilities).
+impl<T> HeadGrads<'_, T> {
+    /// Rows `r0..` of gradient `which` (0 = q, 1 = k, 2 = v) and their row stride.
+    fn rows(&mut self, which: usize, r0: usize, d: usize) -> (&mut [T], usize) {
+        match self {
+            HeadGrads::Split { dq, dk, dv } => {
+                let buf: &mut [T] = [dq, dk, dv].into_iter().nth(which).expect("0..3");
+                (&mut buf[r0 * d..], d)
+            }
+            HeadGrads::Fused { buf, off, rs } => (&mut buf[off[which] + r0 * *rs..], *rs),
+        }
+    }
+}
+
+/// Attention backward for one (batch, head): `dout` row `i` at `dout[i * dout_rs..]`; q, k, v as
+/// [`HeadInputs`]; att: [T, T] (saved probabilities); ds: [T, T] scratch.
 #[allow(clippy::too_many_arguments)]
 fn head_backward<T: Float>(
-    g: HeadGrads<'_, T>,
+    mut g: HeadGrads<'_, T>,
+    ds: &mut [T],
     dout: &[T],
-    q: &[T],
-    k: &[T],
-    v: &[T],
+    dout_rs: usize,
+    x: HeadInputs<'_, T>,
     att: &[T],
     t: usize,
     d: usize,
     causal: bool,
 ) {
-    let HeadGrads { dq, dk, dv, ds } = g;
     let scale = default_scale::<T>(d);
     for (r0, r1) in row_blocks(t, causal) {
         let kn = if causal { r1 } else { t };
@@ -172,8 +204,8 @@ fn head_backward<T: Float>(
             t,
             1,
             false,
-            Mat::rows(&dout[r0 * d..r1 * d], d),
-            Mat::rows_t(&v[..kn * d], d),
+            Mat { data: &dout[r0 * dout_rs..], rs: dout_rs, cs: 1 },
+            Mat { data: x.v, rs: 1, cs: x.rs },
             T::ONE,
             false,
         );
@@ -195,16 +227,17 @@ fn head_backward<T: Float>(
             masked.fill(T::ZERO);
         }
         // dq[r0..r1] = dS[r0..r1, 0..kn] @ k[0..kn]
+        let (dq, dq_rs) = g.rows(0, r0, d);
         gemm_strided(
             r1 - r0,
             d,
             kn,
-            &mut dq[r0 * d..r1 * d],
-            d,
+            dq,
+            dq_rs,
             1,
             false,
             Mat { data: &ds[r0 * t..], rs: t, cs: 1 },
-            Mat::rows(&k[..kn * d], d),
+            Mat { data: x.k, rs: x.rs, cs: 1 },
             T::ONE,
             false,
         );
@@ -213,17 +246,19 @@ fn head_backward<T: Float>(
     for (c0, c1) in row_blocks(t, causal) {
         let qs = if causal { c0 } else { 0 };
         // dv[c0..c1] = P[qs..T, c0..c1]^T @ dout[qs..T]; dk[c0..c1] = dS[qs..T, c0..c1]^T @ q[qs..T].
-        for (dst, probs, rhs) in [(&mut *dv, att, dout), (&mut *dk, &*ds, q)] {
+        let sources: [(usize, &[T], &[T], usize); 2] = [(2, att, dout, dout_rs), (1, &*ds, x.q, x.rs)];
+        for (which, probs, rhs, rhs_rs) in sources {
+            let (dst, dst_rs) = g.rows(which, c0, d);
             gemm_strided(
                 c1 - c0,
                 d,
                 t - qs,
-                &mut dst[c0 * d..c1 * d],
-                d,
+                dst,
+                dst_rs,
                 1,
                 false,
                 Mat { data: &probs[qs * t + c0..], rs: 1, cs: t },
-                Mat::rows(&rhs[qs * d..], d),
+                Mat { data: &rhs[qs * rhs_rs..], rs: rhs_rs, cs: 1 },
                 T::ONE,
                 false,
             );
@@ -266,9 +301,10 @@ pub fn attention_backward<T: Float>(
     type Item<'a, T> = (usize, (((&'a mut [T], &'a mut [T]), &'a mut [T]), &'a mut [T]));
     let per_head = |(i, (((dq, dk), dv), ds)): Item<'_, T>| {
         let s = i * td..(i + 1) * td;
-        let g = HeadGrads { dq, dk, dv, ds };
+        let g = HeadGrads::Split { dq, dk, dv };
         let att_h = &att[i * tt..(i + 1) * tt];
-        head_backward(g, &dout[s.clone()], &q[s.clone()], &k[s.clone()], &v[s], att_h, t, d, causal);
+        let x = HeadInputs { q: &q[s.clone()], k: &k[s.clone()], v: &v[s.clone()], rs: d };
+        head_backward(g, ds, &dout[s], d, x, att_h, t, d, causal);
     };
     if split_heads_across_threads(b * h, t, d) {
         dq.par_chunks_mut(td)
@@ -284,6 +320,88 @@ pub fn attention_backward<T: Float>(
             .zip(scratch.chunks_mut(tt))
             .enumerate()
             .for_each(per_head);
+    }
+}
+
+/// Multi-head self-attention straight from a fused projection, without materialising the heads: `qkv` is
+/// `[B, T, 3, H, D]` (PyTorch's `qkv(x).reshape(B, T, 3, H, D)`: q, k, v of head `h` at channel offsets
+/// `h*D`, `HD + h*D`, `2HD + h*D`), `out` is `[B, T, H*D]` with the heads merged (overwritten); att:
+/// [B, H, T, T] (saved for [`attention_fused_backward`]). Equal to split + [`attention_forward`] +
+/// [`merge_heads`], minus the copies. Parallel over batch items.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fused_forward<T: Float>(
+    out: &mut [T],
+    att: &mut [T],
+    qkv: &[T],
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) {
+    let (hd, tt) = (h * d, t * t);
+    assert!(d > 0, "attention_fused_forward: head size D must be at least 1");
+    assert_eq!(qkv.len(), b * t * 3 * hd, "attention_fused_forward: qkv must be [B, T, 3, H, D]");
+    assert_eq!(out.len(), b * t * hd, "attention_fused_forward: out must be [B, T, H*D]");
+    assert_eq!(att.len(), b * h * tt, "attention_fused_forward: att must be [B, H, T, T]");
+    if t == 0 {
+        return;
+    }
+    let per_item = |(i, (out_i, att_i)): (usize, (&mut [T], &mut [T]))| {
+        let x_i = &qkv[i * t * 3 * hd..(i + 1) * t * 3 * hd];
+        for (hh, att_h) in att_i.chunks_exact_mut(tt).enumerate() {
+            let o = hh * d;
+            let x = HeadInputs { q: &x_i[o..], k: &x_i[hd + o..], v: &x_i[2 * hd + o..], rs: 3 * hd };
+            head_forward(&mut out_i[o..], hd, att_h, x, t, d, causal);
+        }
+    };
+    if split_heads_across_threads(b, t, d * h) {
+        out.par_chunks_mut(t * hd).zip(att.par_chunks_mut(h * tt)).enumerate().for_each(per_item);
+    } else {
+        out.chunks_mut(t * hd).zip(att.chunks_mut(h * tt)).enumerate().for_each(per_item);
+    }
+}
+
+/// Backward of [`attention_fused_forward`]: writes the q / k / v gradients into `dqkv` (`[B, T, 3, H, D]`,
+/// overwritten) from `dout` (`[B, T, H*D]`); scratch: [B, H, T, T] (see [`attention_backward_scratch_len`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fused_backward<T: Float>(
+    dqkv: &mut [T],
+    dout: &[T],
+    qkv: &[T],
+    att: &[T],
+    scratch: &mut [T],
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) {
+    let (hd, tt) = (h * d, t * t);
+    assert!(d > 0, "attention_fused_backward: head size D must be at least 1");
+    assert_eq!(qkv.len(), b * t * 3 * hd, "attention_fused_backward: qkv must be [B, T, 3, H, D]");
+    assert_eq!(dqkv.len(), b * t * 3 * hd, "attention_fused_backward: dqkv must be [B, T, 3, H, D]");
+    assert_eq!(dout.len(), b * t * hd, "attention_fused_backward: dout must be [B, T, H*D]");
+    assert_eq!(att.len(), b * h * tt, "attention_fused_backward: att must be [B, H, T, T]");
+    assert_eq!(scratch.len(), attention_backward_scratch_len(b, h, t), "attention_fused_backward: scratch length");
+    if t == 0 {
+        return;
+    }
+    let per_item = |(i, (dx_i, ds_i)): (usize, (&mut [T], &mut [T]))| {
+        let x_i = &qkv[i * t * 3 * hd..(i + 1) * t * 3 * hd];
+        let dout_i = &dout[i * t * hd..(i + 1) * t * hd];
+        for (hh, ds) in ds_i.chunks_exact_mut(tt).enumerate() {
+            let o = hh * d;
+            let x = HeadInputs { q: &x_i[o..], k: &x_i[hd + o..], v: &x_i[2 * hd + o..], rs: 3 * hd };
+            let g = HeadGrads::Fused { buf: &mut *dx_i, off: [o, hd + o, 2 * hd + o], rs: 3 * hd };
+            let att_h = &att[(i * h + hh) * tt..(i * h + hh + 1) * tt];
+            head_backward(g, ds, &dout_i[o..], hd, x, att_h, t, d, causal);
+        }
+    };
+    if split_heads_across_threads(b, t, d * h) {
+        dqkv.par_chunks_mut(t * 3 * hd).zip(scratch.par_chunks_mut(h * tt)).enumerate().for_each(per_item);
+    } else {
+        dqkv.chunks_mut(t * 3 * hd).zip(scratch.chunks_mut(h * tt)).enumerate().for_each(per_item);
     }
 }
 
@@ -669,5 +787,43 @@ mod tests {
         assert_eq!(split[((h + 2) * t + 5) * d + 7], inp[(t + 5) * h * d + 2 * d + 7]);
         merge_heads(&mut merged, &split, b, h, t, d);
         assert!(merged == inp);
+    }
+
+    /// The fused-layout entry points equal permute + [`attention_forward`] / [`attention_backward`] + merge.
+    #[test]
+    fn fused_layout_matches_split_heads() {
+        for (b, h, t, d, causal) in [(2usize, 3usize, 5usize, 4usize, false), (3, 2, 70, 8, true), (8, 4, 50, 32, false)] {
+            let hd = h * d;
+            let qkv = uniform(31, b * t * 3 * hd, -1.0, 1.0);
+            let dout = uniform(32, b * t * hd, -1.0, 1.0);
+            // Reference: [B, T, 3, H, D] -> [3, B, H, T, D], the plain kernels, heads merged back.
+            let mut split = vec![0.0; qkv.len()];
+            crate::ops::permute::permute(&mut split, &qkv, &[b, t, 3, h, d], &[2, 0, 3, 1, 4]).unwrap();
+            let n = b * h * t * d;
+            let (q, k, v) = (&split[..n], &split[n..2 * n], &split[2 * n..]);
+            let (mut heads, mut att) = (vec![0.0; n], vec![0.0; b * h * t * t]);
+            attention_forward(&mut heads, &mut att, q, k, v, b, h, t, d, causal);
+            let mut want = vec![0.0; b * t * hd];
+            merge_heads(&mut want, &heads, b, h, t, d);
+            let mut dheads = vec![0.0; n];
+            split_heads(&mut dheads, &dout, b, h, t, d);
+            let mut dsplit = vec![0.0; 3 * n];
+            let mut scratch = vec![0.0; attention_backward_scratch_len(b, h, t)];
+            {
+                let (dq, rest) = dsplit.split_at_mut(n);
+                let (dk, dv) = rest.split_at_mut(n);
+                attention_backward(dq, dk, dv, &dheads, q, k, v, &att, &mut scratch, b, h, t, d, causal);
+            }
+            let mut want_dqkv = vec![0.0; qkv.len()];
+            crate::ops::permute::permute_backward(&mut want_dqkv, &dsplit, &[b, t, 3, h, d], &[2, 0, 3, 1, 4]).unwrap();
+
+            let (mut out, mut att2) = (vec![f64::NAN; b * t * hd], vec![f64::NAN; b * h * t * t]);
+            attention_fused_forward(&mut out, &mut att2, &qkv, b, h, t, d, causal);
+            assert_close("fused forward", &out, &want, 1e-12, 1e-12);
+            assert_close("fused probabilities", &att2, &att, 1e-12, 1e-12);
+            let mut dqkv = vec![f64::NAN; qkv.len()];
+            attention_fused_backward(&mut dqkv, &dout, &qkv, &att2, &mut scratch, b, h, t, d, causal);
+            assert_close("fused backward", &dqkv, &want_dqkv, 1e-12, 1e-12);
+        }
     }
 }

@@ -198,6 +198,10 @@ fn valid_range(off: usize, pad: usize, stride: usize, size: usize, out: usize) -
 fn im2col<T: Float>(col: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
     let (h, w) = (g.h, g.w);
     let ((sh, sw), (ph, pw), (dh, dw)) = (g.stride, g.padding, g.dilation);
+    if sh == 1 && sw == 1 && d.ow == w {
+        im2col_shift(col, x, g, d);
+        return;
+    }
     for c in 0..d.cg {
         let plane = &x[c * h * w..(c + 1) * h * w];
         for ki in 0..g.kh {
@@ -222,6 +226,49 @@ fn im2col<T: Float>(col: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
                                 *r = v;
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride 1 with `OW == W` (e.g. a "same"-padded convolution): every column row is then the
+/// input plane shifted by one constant flat offset `(ki*dh - ph)*W + (kj*dw - pw)`, so it is one contiguous copy
+/// (instead of one short copy per output row) followed by zeroing the taps that fall in the padding: whole
+/// rows above / below the input and the few columns that wrapped around a row edge.
+///
+/// x: [Cg, H, W], col: at least [Kg, P].
+fn im2col_shift<T: Float>(col: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
+    let (h, w) = (g.h, g.w);
+    let ((ph, pw), (dh, dw)) = (g.padding, g.dilation);
+    let hw = h * w;
+    for c in 0..d.cg {
+        let plane = &x[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            let (y0, y1) = valid_range(ki * dh, ph, 1, h, d.oh);
+            for kj in 0..g.kw {
+                let (x0, x1) = valid_range(kj * dw, pw, 1, w, d.ow);
+                let k = (c * g.kh + ki) * g.kw + kj;
+                let row = &mut col[k * d.p..(k + 1) * d.p];
+                // Flat offset from output index p to input index p + off (may be negative).
+                let off = (ki * dh) as isize * w as isize + (kj * dw) as isize - (ph * w + pw) as isize;
+                let (lo, hi) = (y0 * d.ow, y1 * d.ow);
+                // Clip so that p + off stays inside the plane; the clipped entries are padding taps.
+                let lo_c = lo.max((-off).max(0) as usize).min(hi);
+                let hi_c = hi.min((hw as isize - off).max(0) as usize).max(lo_c);
+                row[..lo_c].fill(T::ZERO);
+                row[hi_c..].fill(T::ZERO);
+                if x0 >= x1 {
+                    row[lo_c..hi_c].fill(T::ZERO);
+                    continue;
+                }
+                let src = (lo_c as isize + off) as usize;
+                row[lo_c..hi_c].copy_from_slice(&plane[src..src + (hi_c - lo_c)]);
+                if x0 > 0 || x1 < d.ow {
+                    for r in row[lo..hi].chunks_exact_mut(d.ow) {
+                        r[..x0].fill(T::ZERO);
+                        r[x1..].fill(T::ZERO);
                     }
                 }
             }

@@ -53,9 +53,9 @@ pub struct Activations {
     pub written: Vec<bool>,
 }
 
-/// Lengths of one attention node's saved regions for `n` samples: (q/k/v permuted, probabilities, heads out).
-fn attention_lens(heads: usize, tokens: usize, dim: usize, n: usize) -> (usize, usize, usize) {
-    (3 * n * tokens * dim, n * heads * tokens * tokens, n * tokens * dim)
+/// Length of one attention node's saved probabilities (and of its backward scratch) for `n` samples.
+fn attention_len(heads: usize, tokens: usize, n: usize) -> usize {
+    ops::attention::attention_att_len(n, heads, tokens)
 }
 
 impl Activations {
@@ -76,10 +76,9 @@ impl Activations {
                 }
                 OpKind::BatchNorm2d { channels, .. } => saved[idx] = vec![0.0; 2 * channels],
                 OpKind::LayerNorm { dim, .. } => saved[idx] = vec![0.0; 2 * capacity * numel(node.output) / dim],
-                OpKind::Attention { heads, tokens, dim, .. } => {
-                    let (qkv, att, out) = attention_lens(*heads, *tokens, *dim, capacity);
-                    saved[idx] = vec![0.0; qkv + att + out];
-                    scratch = scratch.max(qkv + att + out);
+                OpKind::Attention { heads, tokens, .. } => {
+                    saved[idx] = vec![0.0; attention_len(*heads, *tokens, capacity)];
+                    scratch = scratch.max(attention_len(*heads, *tokens, capacity));
                 }
                 OpKind::VectorQuantize { codes, positions, .. } => {
                     indices[idx] = vec![0; capacity * positions + codes];
@@ -271,18 +270,9 @@ pub fn forward(
                 }
             }
             OpKind::Attention { heads, tokens: t, dim: d, causal } => {
-                let (h, hd) = (*heads, d / heads);
-                let (qkv_cap, att_cap, _) = attention_lens(h, *t, *d, cap);
-                let (qkv_len, att_len, out_len) = attention_lens(h, *t, *d, n);
-                let (qkv, rest) = saved[idx].split_at_mut(qkv_cap);
-                let (att, heads_out) = rest.split_at_mut(att_cap);
-                let qkv = &mut qkv[..qkv_len];
-                ops::permute::permute(qkv, x, &[n, *t, 3, h, hd], &[2, 0, 3, 1, 4]).expect("shapes checked at build");
-                let (q, kv) = qkv.split_at(out_len);
-                let (k, v) = kv.split_at(out_len);
-                let heads_out = &mut heads_out[..out_len];
-                ops::attention::attention_forward(heads_out, &mut att[..att_len], q, k, v, n, h, *t, hd, *causal);
-                ops::attention::merge_heads(y, heads_out, n, h, *t, hd);
+                // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
+                let att = &mut saved[idx][..attention_len(*heads, *t, n)];
+                ops::attention::attention_fused_forward(y, att, x, n, *heads, *t, d / heads, *causal);
             }
             OpKind::Permute { in_shape, perm } => {
                 let (shape, perm, r) = batched_perm(n, in_shape, perm);
@@ -474,7 +464,6 @@ pub fn backward(
     mode: Mode,
     seed: u64,
 ) {
-    let cap = acts.capacity;
     let aux_weight = acts.aux_weight;
     let Activations { values, grads: dvals, saved, indices, scratch, grad_tmp, written, .. } = acts;
     let input = &input[..n * graph.values[0].numel()];
@@ -585,22 +574,9 @@ pub fn backward(
                 }
             }
             OpKind::Attention { heads, tokens: t, dim: d, causal } => sink.with_required(xv, in_len, |dx| {
-                let (h, hd) = (*heads, d / heads);
-                let (qkv_cap, _, _) = attention_lens(h, *t, *d, cap);
-                let (qkv_len, att_len, out_len) = attention_lens(h, *t, *d, n);
-                let (qkv, rest) = saved[idx].split_at(qkv_cap);
-                let att = &rest[..att_len];
-                let (q, kv) = qkv[..qkv_len].split_at(out_len);
-                let (k, v) = kv.split_at(out_len);
-                let (dqkv, rest) = scratch.split_at_mut(qkv_len);
-                let (dheads, ds) = rest.split_at_mut(out_len);
-                ops::attention::split_heads(dheads, dy, n, h, *t, hd);
-                let (dq, dkv) = dqkv.split_at_mut(out_len);
-                let (dk, dv) = dkv.split_at_mut(out_len);
-                let ds = &mut ds[..att_len];
-                ops::attention::attention_backward(dq, dk, dv, dheads, q, k, v, att, ds, n, h, *t, hd, *causal);
-                ops::permute::permute_backward(dx, dqkv, &[n, *t, 3, h, hd], &[2, 0, 3, 1, 4])
-                    .expect("shapes checked at build");
+                let len = attention_len(*heads, *t, n);
+                let (att, ds) = (&saved[idx][..len], &mut scratch[..len]);
+                ops::attention::attention_fused_backward(dx, dy, x, att, ds, n, *heads, *t, d / heads, *causal);
             }),
             OpKind::Permute { in_shape, perm } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
