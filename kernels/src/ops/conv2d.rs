@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use super::gemm::{gemm_strided, Mat};
 use super::linear::matmul;
 use super::par::PAR_MIN_ELEMS;
 use crate::Float;
@@ -457,22 +458,10 @@ pub fn conv2d_backward<T: Float>(
     let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
     let gw = d.ocg * d.kg;
 
-    // Scratch layout: [slots column matrices | W^T | partials of slots 1..]. Slot 0 accumulates straight into
-    // dweight, so its partial space is free for W^T.
+    // Scratch layout: [slots column matrices | unused (one weight length) | partials of slots 1..]. Slot 0
+    // accumulates straight into dweight.
     let (cols, rest) = col[..g.col_len()].split_at_mut(d.slots * d.col_slot);
-    let (wt, partials) = rest.split_at_mut(d.wlen);
-    if dinp.is_some() {
-        // W^T per group: wt_g[k, o] = w_g[o, k], the left operand of dcol = W_g^T @ dout_g.
-        for gi in 0..g.groups {
-            let (w_g, wt_g) = (&weight[gi * gw..(gi + 1) * gw], &mut wt[gi * gw..(gi + 1) * gw]);
-            for o in 0..d.ocg {
-                for k in 0..d.kg {
-                    wt_g[k * d.ocg + o] = w_g[o * d.kg + k];
-                }
-            }
-        }
-    }
-    let wt: &[T] = wt;
+    let partials = &mut rest[d.wlen..];
 
     let used = g.n.div_ceil(d.per_slot);
     let dinp_chunks = dinp.map(|di| di.chunks_mut(d.per_slot * in_len)).into_iter().flatten().map(Some);
@@ -488,22 +477,31 @@ pub fn conv2d_backward<T: Float>(
         for (i, (go, x)) in douts.chunks_exact(out_len).zip(inps.chunks_exact(in_len)).enumerate() {
             let accumulate = slot == 0 || i > 0;
             for gi in 0..g.groups {
-                im2col_t(col, &x[gi * gin..(gi + 1) * gin], g, &d);
-                let (dw_g, go_g) = (&mut dw[gi * gw..(gi + 1) * gw], &go[gi * gout..(gi + 1) * gout]);
-                matmul(dw_g, go_g, &col[..d.col_slot], d.ocg, d.p, d.kg, accumulate);
+                let (x_g, go_g) = (&x[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
+                let dw_g = &mut dw[gi * gw..(gi + 1) * gw];
+                // dW_g[OCg, Kg] (+)= dout_g[OCg, P] @ col^T[P, Kg]: the transpose is a stride (gemm packs it).
+                let col_g: &[T] = if g.is_pointwise() {
+                    x_g
+                } else {
+                    im2col(col, x_g, g, &d);
+                    &col[..d.col_slot]
+                };
+                let (lhs, rhs) = (Mat::rows(go_g, d.p), Mat::rows_t(col_g, d.p));
+                gemm_strided(d.ocg, d.kg, d.p, dw_g, d.kg, 1, accumulate, lhs, rhs, T::ONE, false);
             }
         }
         let Some(dinps) = dinps else { return };
         for (dx, go) in dinps.chunks_exact_mut(in_len).zip(douts.chunks_exact(out_len)) {
             for gi in 0..g.groups {
                 let (dx_g, go_g) = (&mut dx[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
-                let wt_g = &wt[gi * gw..(gi + 1) * gw];
+                // dcol[Kg, P] = W_g^T[Kg, OCg] @ dout_g[OCg, P], the transpose again a stride.
+                let (lhs, rhs) = (Mat::rows_t(&weight[gi * gw..(gi + 1) * gw], d.kg), Mat::rows(go_g, d.p));
                 if g.is_pointwise() {
                     // The column matrix is the input itself: dcol is dx.
-                    matmul(dx_g, wt_g, go_g, d.kg, d.ocg, d.p, false);
+                    gemm_strided(d.kg, d.p, d.ocg, dx_g, d.p, 1, false, lhs, rhs, T::ONE, false);
                 } else {
                     let dcol = &mut col[..d.col_slot];
-                    matmul(dcol, wt_g, go_g, d.kg, d.ocg, d.p, false);
+                    gemm_strided(d.kg, d.p, d.ocg, dcol, d.p, 1, false, lhs, rhs, T::ONE, false);
                     col2im(dx_g, dcol, g, &d);
                 }
             }

@@ -36,7 +36,6 @@ impl<'a, T> Mat<'a, T> {
         Mat { data, rs: cols, cs: 1 }
     }
 
-    }
 }
 
 /// `dst[m, n] = scale * lhs[m, k] @ rhs[k, n]`, or `dst += scale * lhs @ rhs` when `accumulate`; `dst` is
