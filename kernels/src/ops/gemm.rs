@@ -36,6 +36,10 @@ impl<'a, T> Mat<'a, T> {
         Mat { data, rs: cols, cs: 1 }
     }
 
+    /// The transpose of a row-major matrix with `cols` columns, without copying.
+    pub fn rows_t(data: &'a [T], cols: usize) -> Self {
+        Mat { data, rs: 1, cs: cols }
+    }
 }
 
 /// `dst[m, n] = scale * lhs[m, k] @ rhs[k, n]`, or `dst += scale * lhs @ rhs` when `accumulate`; `dst` is
