@@ -4,13 +4,17 @@
 //! Lowered to matrix products (im2col, as in Caffe / llm.c-style CPU trainers). For one sample and one group
 //! (`Cg = C/groups` input channels, `OCg = OC/groups` output channels, `Kg = Cg*KH*KW`, `P = OH*OW`):
 //! - forward: gather the receptive fields into `col[Kg, P]`, then `out_g[OCg, P] = W_g[OCg, Kg] @ col`;
-//! - weight gradient: gather them transposed into `colT[P, Kg]`, then `dW_g += dout_g[OCg, P] @ colT`;
+//! - weight gradient: gather them again into `col`, then `dW_g += dout_g[OCg, P] @ col^T`;
 //! - input gradient: `dcol[Kg, P] = W_g^T[Kg, OCg] @ dout_g`, then col2im scatter-adds `dcol` onto the input
 //!   gradient (overlapping patches accumulate).
 //!
-//! Every product goes through [`matmul`]. It takes plain row-major operands, so the transposed operands are
-//! materialised: `colT` is gathered directly in that layout (no extra pass), and `W^T` is copied once per
-//! backward call (`OC*Kg` elements, negligible next to the products).
+//! Every product goes through the strided gemm wrapper ([`gemm_strided`]): the transposed operands (`col^T`,
+//! `W^T`) are strides, never copies (gemm packs its operands anyway). For stride 1 with `OW == W` (a
+//! "same"-padded convolution) im2col and col2im move whole shifted planes instead of one short row at a time.
+//! Layers with one input channel per group (`C/groups == 1`: a first layer on grey-scale input, depthwise
+//! convolutions) compute the forward and the weight gradient directly (`conv2d_direct.rs`): a reduction of
+//! only KH*KW terms is too short for gemm. The bias gradient is summed per slot in the same pass as the weight
+//! gradient (while the sample's output gradient is in cache).
 //!
 //! Parallelism: the samples are split into at most [`CONV_SLOTS`] contiguous ranges ("slots"); each slot owns
 //! its piece of the caller's scratch buffer (hence [`Conv2dGeom::col_len`] grows with the slot count) and the
@@ -21,8 +25,10 @@
 
 use rayon::prelude::*;
 
+#[path = "conv2d_direct.rs"]
+mod direct;
+
 use super::gemm::{gemm_strided, Mat};
-use super::linear::matmul;
 use super::par::PAR_MIN_ELEMS;
 use crate::Float;
 
@@ -86,6 +92,14 @@ struct Dims {
     per_slot: usize,
     /// Slots the scratch space is sized for: min(N, CONV_SLOTS).
     slots: usize,
+}
+
+impl Dims {
+    /// Whether the products take the direct path of [`direct`] (one input channel per group: the reduction
+    /// is only KH*KW long, too short for gemm) rather than gemm. The input gradient always uses gemm.
+    fn direct(&self) -> bool {
+        self.cg == 1 && self.kg > 1
+    }
 }
 
 /// Output extent of one spatial axis, `None` when the (dilated) kernel does not fit the padded input.
@@ -277,41 +291,18 @@ fn im2col_shift<T: Float>(col: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
     }
 }
 
-/// Like [`im2col`] but transposed: `colT[P, Kg]`, element `(p, k)` at `p*Kg + k` (the right-hand operand of
-/// the weight-gradient product `dout_g @ colT`).
-///
-/// x: [Cg, H, W], col_t: at least [P, Kg].
-fn im2col_t<T: Float>(col_t: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
-    let (h, w) = (g.h, g.w);
-    let ((sh, sw), (ph, pw), (dh, dw)) = (g.stride, g.padding, g.dilation);
-    let col_t = &mut col_t[..d.col_slot];
-    col_t.fill(T::ZERO);
-    for c in 0..d.cg {
-        let plane = &x[c * h * w..(c + 1) * h * w];
-        for ki in 0..g.kh {
-            let (y0, y1) = valid_range(ki * dh, ph, sh, h, d.oh);
-            for kj in 0..g.kw {
-                let (x0, x1) = valid_range(kj * dw, pw, sw, w, d.ow);
-                let k = (c * g.kh + ki) * g.kw + kj;
-                for oy in y0..y1 {
-                    let src = &plane[(oy * sh + ki * dh - ph) * w..];
-                    for ox in x0..x1 {
-                        col_t[(oy * d.ow + ox) * d.kg + k] = src[ox * sw + kj * dw - pw];
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The adjoint of [`im2col`]: `dx = 0`, then every entry of `col[Kg, P]` is added onto the input position it
 /// was gathered from (overlapping patches accumulate; padding taps are dropped). Overwrites `dx`.
 ///
-/// dx: [Cg, H, W], col: at least [Kg, P].
-fn col2im<T: Float>(dx: &mut [T], col: &[T], g: &Conv2dGeom, d: &Dims) {
+/// dx: [Cg, H, W], col: at least [Kg, P] (may be clobbered).
+fn col2im<T: Float>(dx: &mut [T], col: &mut [T], g: &Conv2dGeom, d: &Dims) {
     let (h, w) = (g.h, g.w);
     let ((sh, sw), (ph, pw), (dh, dw)) = (g.stride, g.padding, g.dilation);
     dx.fill(T::ZERO);
+    if sh == 1 && sw == 1 && d.ow == w {
+        col2im_shift(dx, col, g, d);
+        return;
+    }
     for c in 0..d.cg {
         let plane = &mut dx[c * h * w..(c + 1) * h * w];
         for ki in 0..g.kh {
@@ -334,21 +325,78 @@ fn col2im<T: Float>(dx: &mut [T], col: &[T], g: &Conv2dGeom, d: &Dims) {
     }
 }
 
-/// Runs `work` on every item, as rayon tasks when `parallel`, else in order on the calling thread. Items own
-/// disjoint buffers, so the results do not depend on which path ran.
+/// The adjoint of [`im2col_shift`] (stride 1, `OW == W`), adding onto `dx`: every column row is added onto the
+/// input plane at one constant flat offset, in one contiguous pass, after its padding taps (the columns that
+/// wrapped around a row edge, which would otherwise land on the neighbouring row) are zeroed in `col`.
+///
+/// dx: [Cg, H, W], col: at least [Kg, P] (clobbered).
+fn col2im_shift<T: Float>(dx: &mut [T], col: &mut [T], g: &Conv2dGeom, d: &Dims) {
+    let (h, w) = (g.h, g.w);
+    let ((ph, pw), (dh, dw)) = (g.padding, g.dilation);
+    let hw = h * w;
+    for c in 0..d.cg {
+        let plane = &mut dx[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            let (y0, y1) = valid_range(ki * dh, ph, 1, h, d.oh);
+            for kj in 0..g.kw {
+                let (x0, x1) = valid_range(kj * dw, pw, 1, w, d.ow);
+                if x0 >= x1 || y0 >= y1 {
+                    continue;
+                }
+                let k = (c * g.kh + ki) * g.kw + kj;
+                let row = &mut col[k * d.p..(k + 1) * d.p];
+                let off = (ki * dh) as isize * w as isize + (kj * dw) as isize - (ph * w + pw) as isize;
+                let (lo, hi) = (y0 * d.ow, y1 * d.ow);
+                if x0 > 0 || x1 < d.ow {
+                    for r in row[lo..hi].chunks_exact_mut(d.ow) {
+                        r[..x0].fill(T::ZERO);
+                        r[x1..].fill(T::ZERO);
+                    }
+                }
+                // Only padding taps lie outside [lo_c, hi_c) (see im2col_shift).
+                let lo_c = lo.max((-off).max(0) as usize).min(hi);
+                let hi_c = hi.min((hw as isize - off).max(0) as usize).max(lo_c);
+                let dst = (lo_c as isize + off) as usize;
+                for (dv, &v) in plane[dst..dst + (hi_c - lo_c)].iter_mut().zip(&row[lo_c..hi_c]) {
+                    *dv += v;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` on every item (at most [`CONV_SLOTS`] of them), as rayon tasks when `parallel`, else in order on
+/// the calling thread. Items own disjoint buffers, so the results do not depend on which path ran. The tasks
+/// are forked with `rayon::join` over a stack array (`rayon::scope`'s spawns box every job: an allocation per
+/// slot in every step).
 fn for_each_slot<I, F>(items: I, parallel: bool, work: F)
 where
     I: Iterator + Send,
     I::Item: Send,
     F: Fn(I::Item) + Sync,
 {
-    if parallel {
-        let work = &work;
-        rayon::scope(|s| {
-            for item in items {
-                s.spawn(move |_| work(item));
+    fn run<It: Send, F: Fn(It) + Sync>(items: &mut [Option<It>], work: &F) {
+        match items.len() {
+            0 => {}
+            1 => {
+                if let Some(item) = items[0].take() {
+                    work(item);
+                }
             }
-        });
+            len => {
+                let (a, b) = items.split_at_mut(len / 2);
+                rayon::join(|| run(a, work), || run(b, work));
+            }
+        }
+    }
+    if parallel {
+        let mut buf: [Option<I::Item>; CONV_SLOTS] = std::array::from_fn(|_| None);
+        let mut used = 0;
+        for (b, item) in buf.iter_mut().zip(items) {
+            *b = Some(item);
+            used += 1;
+        }
+        run(&mut buf[..used], &work);
     } else {
         items.for_each(work);
     }
@@ -392,12 +440,19 @@ pub fn conv2d_forward<T: Float>(
         .chunks_mut(d.col_slot)
         .zip(out.chunks_mut(d.per_slot * out_len))
         .zip(inp.chunks(d.per_slot * in_len));
-    for_each_slot(items, run_parallel(g, &d), |((col, outs), inps)| {
+    let parallel = run_parallel(g, &d);
+    for_each_slot(items, parallel, |((col, outs), inps)| {
         for (o, x) in outs.chunks_exact_mut(out_len).zip(inps.chunks_exact(in_len)) {
             for gi in 0..g.groups {
                 let x_g = &x[gi * gin..(gi + 1) * gin];
                 let o_g = &mut o[gi * gout..(gi + 1) * gout];
                 let w_g = &weight[gi * d.ocg * d.kg..(gi + 1) * d.ocg * d.kg];
+                if d.direct() {
+                    im2col(col, x_g, g, &d);
+                    let b_g = bias.map(|b| &b[gi * d.ocg..(gi + 1) * d.ocg]);
+                    direct::forward(o_g, &col[..d.col_slot], w_g, b_g, d.p, d.kg);
+                    continue;
+                }
                 // Seed every output row with its bias and let the product accumulate onto it (saves a pass).
                 let accumulate = match bias {
                     Some(bias) => {
@@ -408,12 +463,14 @@ pub fn conv2d_forward<T: Float>(
                     }
                     None => false,
                 };
-                if g.is_pointwise() {
-                    matmul(o_g, w_g, x_g, d.ocg, d.kg, d.p, accumulate);
+                let col_g: &[T] = if g.is_pointwise() {
+                    x_g
                 } else {
                     im2col(col, x_g, g, &d);
-                    matmul(o_g, w_g, col, d.ocg, d.kg, d.p, accumulate);
-                }
+                    &col[..d.col_slot]
+                };
+                let (lhs, rhs) = (Mat::rows(w_g, d.kg), Mat::rows(col_g, d.p));
+                gemm_strided(d.ocg, d.p, d.kg, o_g, d.p, 1, accumulate, lhs, rhs, T::ONE, !parallel);
             }
         }
     });
@@ -447,9 +504,8 @@ pub fn conv2d_backward<T: Float>(
         assert_eq!(dinp.len(), g.n * in_len, "conv2d_backward: dinp must be [N, C, H, W]");
     }
     assert!(col.len() >= g.col_len(), "conv2d_backward: col must hold at least col_len() elements");
-    if let Some(dbias) = dbias {
+    if let Some(dbias) = &dbias {
         assert_eq!(dbias.len(), g.oc, "conv2d_backward: dbias must be [OC]");
-        bias_grad(dbias, dout, g.n, g.oc, d.p);
     }
     if g.n == 0 {
         return;
@@ -458,27 +514,55 @@ pub fn conv2d_backward<T: Float>(
     let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
     let gw = d.ocg * d.kg;
 
-    // Scratch layout: [slots column matrices | unused (one weight length) | partials of slots 1..]. Slot 0
-    // accumulates straight into dweight.
+    // Scratch layout: [slots column matrices | bias-gradient partials | weight-gradient partials of slots 1..].
+    // Slot 0 accumulates straight into dweight. The bias partials (one per slot, so that dbias gets a single
+    // addition, the same bits as one sum over the batch) live in the weight-length gap that col_len reserves
+    // for slot 0's (unneeded) weight partial; when they do not fit there (C/groups*KH*KW < slots), the bias
+    // gradient is a separate pass.
     let (cols, rest) = col[..g.col_len()].split_at_mut(d.slots * d.col_slot);
-    let partials = &mut rest[d.wlen..];
+    let (db_partials, partials) = rest.split_at_mut(d.wlen);
+    let fuse_bias = d.slots <= d.kg;
+    let dbias = match dbias {
+        Some(db) if !fuse_bias => {
+            bias_grad(db, dout, g.n, g.oc, d.p);
+            None
+        }
+        db => db,
+    };
+    let has_bias = dbias.is_some();
 
     let used = g.n.div_ceil(d.per_slot);
     let dinp_chunks = dinp.map(|di| di.chunks_mut(d.per_slot * in_len)).into_iter().flatten().map(Some);
     let items = cols
         .chunks_mut(d.col_slot)
         .zip(std::iter::once(&mut *dweight).chain(partials.chunks_mut(d.wlen)))
+        .zip(db_partials.chunks_mut(g.oc).map(Some).chain(std::iter::repeat_with(|| None)))
         .enumerate()
         .zip(dout.chunks(d.per_slot * out_len).zip(inp.chunks(d.per_slot * in_len)))
         .zip(dinp_chunks.chain(std::iter::repeat_with(|| None)));
-    for_each_slot(items, parallel, |(((slot, (col, dw)), (douts, inps)), dinps)| {
-        // Weight gradient of this slot's samples: slot 0 adds onto dweight (it is accumulated anyway), the
-        // others overwrite their partial with the first sample and accumulate the rest.
+    for_each_slot(items, parallel, |(((slot, ((col, dw), db)), (douts, inps)), dinps)| {
+        // Weight and bias gradients of this slot's samples: slot 0 adds onto dweight (it is accumulated
+        // anyway), the other weight partials and all bias partials start from zero.
+        let mut db = if has_bias { db } else { None };
+        if let Some(db) = db.as_deref_mut() {
+            db.fill(T::ZERO);
+        }
         for (i, (go, x)) in douts.chunks_exact(out_len).zip(inps.chunks_exact(in_len)).enumerate() {
             let accumulate = slot == 0 || i > 0;
+            if let Some(db) = db.as_deref_mut() {
+                direct::row_sums(db, go, d.p);
+            }
             for gi in 0..g.groups {
                 let (x_g, go_g) = (&x[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
                 let dw_g = &mut dw[gi * gw..(gi + 1) * gw];
+                if d.direct() {
+                    if !accumulate {
+                        dw_g.fill(T::ZERO);
+                    }
+                    im2col(col, x_g, g, &d);
+                    direct::weight_grad(dw_g, go_g, &col[..d.col_slot], d.p, d.kg);
+                    continue;
+                }
                 // dW_g[OCg, Kg] (+)= dout_g[OCg, P] @ col^T[P, Kg]: the transpose is a stride (gemm packs it).
                 let col_g: &[T] = if g.is_pointwise() {
                     x_g
@@ -487,7 +571,7 @@ pub fn conv2d_backward<T: Float>(
                     &col[..d.col_slot]
                 };
                 let (lhs, rhs) = (Mat::rows(go_g, d.p), Mat::rows_t(col_g, d.p));
-                gemm_strided(d.ocg, d.kg, d.p, dw_g, d.kg, 1, accumulate, lhs, rhs, T::ONE, false);
+                gemm_strided(d.ocg, d.kg, d.p, dw_g, d.kg, 1, accumulate, lhs, rhs, T::ONE, !parallel);
             }
         }
         let Some(dinps) = dinps else { return };
@@ -495,13 +579,14 @@ pub fn conv2d_backward<T: Float>(
             for gi in 0..g.groups {
                 let (dx_g, go_g) = (&mut dx[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
                 // dcol[Kg, P] = W_g^T[Kg, OCg] @ dout_g[OCg, P], the transpose again a stride.
-                let (lhs, rhs) = (Mat::rows_t(&weight[gi * gw..(gi + 1) * gw], d.kg), Mat::rows(go_g, d.p));
+                let lhs = Mat::rows_t(&weight[gi * gw..(gi + 1) * gw], d.kg);
+                let rhs = Mat::rows(go_g, d.p);
                 if g.is_pointwise() {
                     // The column matrix is the input itself: dcol is dx.
-                    gemm_strided(d.kg, d.p, d.ocg, dx_g, d.p, 1, false, lhs, rhs, T::ONE, false);
+                    gemm_strided(d.kg, d.p, d.ocg, dx_g, d.p, 1, false, lhs, rhs, T::ONE, !parallel);
                 } else {
                     let dcol = &mut col[..d.col_slot];
-                    gemm_strided(d.kg, d.p, d.ocg, dcol, d.p, 1, false, lhs, rhs, T::ONE, false);
+                    gemm_strided(d.kg, d.p, d.ocg, dcol, d.p, 1, false, lhs, rhs, T::ONE, !parallel);
                     col2im(dx_g, dcol, g, &d);
                 }
             }
@@ -509,16 +594,25 @@ pub fn conv2d_backward<T: Float>(
     });
 
     // Add the partials of slots 1.. in slot order: fixed order, so the same bits on any thread count. They are
-    // summed first and added once, so dweight picks up one rounding at its own magnitude.
+    // summed first and added once, so dweight / dbias pick up one rounding at their own magnitude.
     if used > 1 {
-        let partials = &partials[..(used - 1) * d.wlen];
-        for (j, dw) in dweight.iter_mut().enumerate() {
-            let mut s = partials[j];
-            for p in partials[j..].iter().step_by(d.wlen).skip(1) {
-                s += *p;
-            }
-            *dw += s;
+        add_partials(dweight, &partials[..(used - 1) * d.wlen]);
+    }
+    if let Some(dbias) = dbias {
+        add_partials(dbias, &db_partials[..used * g.oc]);
+    }
+}
+
+/// `dst[j] += p_1[j] + p_2[j] + ...` for the partials `p_i` laid out one after the other (`dst.len()` each),
+/// summed in order first.
+fn add_partials<T: Float>(dst: &mut [T], partials: &[T]) {
+    let len = dst.len();
+    for (j, v) in dst.iter_mut().enumerate() {
+        let mut s = partials[j];
+        for p in partials[j..].iter().step_by(len).skip(1) {
+            s += *p;
         }
+        *v += s;
     }
 }
 
@@ -763,6 +857,94 @@ mod tests {
         }
         check_against_reference(&g1, true, 7, false);
         check_against_reference(&g2, true, 8, false);
+    }
+
+    #[test]
+    fn direct_path_for_one_input_channel_per_group_matches_f64_reference() {
+        // C/groups = 1 takes the direct (non-gemm) forward and weight gradient. Output rows shorter than, equal
+        // to and not a multiple of the 32-wide register block, OC/groups not a multiple of 4, with and without
+        // bias, strides, paddings, dilations, and batches above CONV_SLOTS.
+        let s = |v| (v, v);
+        let cases = [
+            // the W2 first layer at a small batch (same padding: the shifted-plane im2col)
+            (geom(3, 1, 28, 28, 32, 3, 3, s(1), s(1), s(1), 1), true),
+            (geom(2, 1, 9, 7, 5, 3, 3, s(1), s(1), s(1), 1), false),
+            (geom(2, 1, 11, 10, 6, 3, 2, (2, 1), (1, 0), s(1), 1), true),
+            (geom(1, 1, 13, 12, 3, 3, 3, s(1), s(2), s(2), 1), true),
+            (geom(2, 1, 12, 12, 7, 5, 5, (2, 3), (2, 1), (1, 2), 1), false),
+            // depthwise, with a channel multiplier, and padding wider than the kernel
+            (geom(2, 3, 8, 9, 6, 3, 3, s(1), s(1), s(1), 3), true),
+            (geom(1, 2, 4, 4, 2, 2, 2, s(1), s(3), s(1), 2), true),
+            // 9 samples: uneven slots; a 1x2 kernel has KH*KW = 2 < slots, so the bias gradient is its own pass
+            (geom(9, 1, 6, 40, 4, 1, 2, s(1), (0, 1), s(1), 1), true),
+            (geom(11, 1, 8, 8, 9, 3, 3, s(1), s(1), s(1), 1), true),
+        ];
+        for (i, (g, bias)) in cases.iter().enumerate() {
+            check_against_reference(g, *bias, 300 + 10 * i as u64, true);
+        }
+    }
+
+    #[test]
+    fn same_padding_shifted_planes_match_f64_reference() {
+        // Stride 1 with OW == W: im2col / col2im move whole shifted planes. Dilation, non-square kernels,
+        // padding on one axis only, groups, and a 1-pixel-wide input.
+        let s = |v| (v, v);
+        let cases = [
+            (geom(2, 3, 7, 6, 4, 3, 3, s(1), s(1), s(1), 1), true),
+            (geom(2, 3, 9, 8, 4, 5, 5, s(1), s(2), s(1), 1), false),
+            (geom(1, 2, 9, 9, 3, 3, 3, s(1), s(2), s(2), 1), true),
+            (geom(2, 4, 6, 7, 4, 3, 1, s(1), (1, 0), s(1), 2), true),
+            (geom(2, 2, 5, 6, 3, 1, 3, s(1), (0, 1), s(1), 1), true),
+            (geom(2, 2, 6, 1, 3, 3, 1, s(1), (1, 0), s(1), 1), true),
+            (geom(10, 3, 5, 5, 4, 3, 3, s(1), s(1), s(1), 1), true),
+        ];
+        for (i, (g, bias)) in cases.iter().enumerate() {
+            let (_, ow) = g.out_hw().unwrap();
+            assert_eq!(ow, g.w, "{g:?} must take the shifted-plane path");
+            check_against_reference(g, *bias, 500 + 10 * i as u64, true);
+        }
+        // Finite differences through the shifted planes (gemm path) and the direct path.
+        for g in [geom(2, 2, 5, 4, 3, 3, 3, s(1), s(2), s(2), 1), geom(2, 1, 5, 6, 3, 3, 3, s(1), s(1), s(1), 1)] {
+            let (il, wl, ol) = lens(&g);
+            let mut inp = uniform(1, il, -1.0, 1.0);
+            let mut w = uniform(2, wl, -1.0, 1.0);
+            let mut bias = uniform(3, g.oc, -1.0, 1.0);
+            let dout = uniform(4, ol, -1.0, 1.0);
+            let mut col = vec![0.0; g.col_len()];
+            let (mut dinp, mut dw, mut db) = (vec![0.0; il], vec![0.0; wl], vec![0.0; g.oc]);
+            conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, &g);
+            let loss = |inp: &[f64], w: &[f64], bias: &[f64]| {
+                let mut out = vec![0.0; ol];
+                let mut col = vec![0.0; g.col_len()];
+                conv2d_forward(&mut out, inp, w, Some(bias), &mut col, &g);
+                dot(&dout, &out)
+            };
+            let (w0, bias0) = (w.clone(), bias.clone());
+            check_grad("dinp", &mut inp, &dinp, |x| loss(x, &w0, &bias0));
+            let inp0 = inp.clone();
+            check_grad("dweight", &mut w, &dw, |x| loss(&inp0, x, &bias0));
+            check_grad("dbias", &mut bias, &db, |x| loss(&inp0, &w0, x));
+        }
+    }
+
+    #[test]
+    fn direct_path_does_not_depend_on_the_thread_count() {
+        let g = geom(16, 1, 28, 28, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1);
+        let (il, wl, ol) = lens(&g);
+        let inp = uniform(1, il, -1.0, 1.0);
+        let w = uniform(2, wl, -1.0, 1.0);
+        let bias = uniform(3, g.oc, -1.0, 1.0);
+        let dout = uniform(4, ol, -1.0, 1.0);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run_kernel::<f32>(&inp, &w, Some(&bias), &dout, &g))
+        };
+        let (a, b) = (run(1), run(3));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (name, x, y) in [("out", &a.0, &b.0), ("dinp", &a.1, &b.1), ("dweight", &a.2, &b.2), ("dbias", &a.3, &b.3)]
+        {
+            assert!(bits(x) == bits(y), "{name} differs");
+        }
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! Direct (non-gemm) products for convolutions with one input channel per group (`Cg = 1`: the first layer of
+//! an image model on grey-scale input, depthwise convolutions). Their reduction length is just `Kg = KH*KW`
+//! (9 for a 3x3 kernel), far too short for a packed gemm to pay off: gemm spends its time packing and in
+//! edge kernels. Here every output row is computed in registers from the (small, cache-resident) column matrix
+//! of one sample: `out[o, p] = bias[o] + sum_t w[o, t] * col[t, p]`, and the weight gradient is `Kg` dot
+//! products per output channel, `dw[o, t] += sum_p dout[o, p] * col[t, p]`.
+//!
+//! Summation order is fixed (taps in order, then a fixed lane reduction), and Rust never contracts to FMA, so
+//! the AVX-512, AVX2 and baseline builds chosen by [`crate::multiversion!`] give identical bits.
+
+use crate::Float;
+
+/// Output elements per register block of one output channel (2 AVX-512 registers of f32).
+const B: usize = 32;
+/// Output channels computed together, so every column load feeds `OB` multiply-adds.
+const OB: usize = 4;
+
+/// `out[o, p] = bias[o] + sum_t w[o, t] * col[t, p]` for `O` output channels.
+///
+/// out: [O, P], col: [Kg, P], w: [O, Kg], bias: [O].
+#[inline(always)]
+fn forward_rows_body<T: Float, const O: usize>(out: &mut [T], col: &[T], w: &[T], bias: &[T], p: usize, kg: usize) {
+    let (out, col, w, bias) = (&mut out[..O * p], &col[..kg * p], &w[..O * kg], &bias[..O]);
+    if p < B {
+        for jj in 0..p {
+            for o in 0..O {
+                let mut a = bias[o];
+                for t in 0..kg {
+                    a += w[o * kg + t] * col[t * p + jj];
+                }
+                out[o * p + jj] = a;
+            }
+        }
+        return;
+    }
+    // Blocks of B outputs; a last partial block is recomputed as the (overlapping) block ending at P: the same
+    // arithmetic, so the overlap is rewritten with identical values.
+    let mut j = 0;
+    loop {
+        let mut acc = [[T::ZERO; B]; O];
+        for (a, &b) in acc.iter_mut().zip(bias) {
+            *a = [b; B];
+        }
+        for t in 0..kg {
+            let c: &[T; B] = col[t * p + j..][..B].try_into().unwrap();
+            for (o, a) in acc.iter_mut().enumerate() {
+                let wt = w[o * kg + t];
+                for l in 0..B {
+                    a[l] += wt * c[l];
+                }
+            }
+        }
+        for (o, a) in acc.iter().enumerate() {
+            out[o * p + j..][..B].copy_from_slice(a);
+        }
+        if j + B == p {
+            break;
+        }
+        j = (j + B).min(p - B);
+    }
+}
+
+crate::multiversion!(
+    fn forward_rows<T: Float; const O: usize>(out: &mut [T], col: &[T], w: &[T], bias: &[T], p: usize, kg: usize) => forward_rows_body
+);
+
+/// `dw[o, t] += sum_p dout[o, p] * col[t, p]` for `O` output channels.
+///
+/// dw: [O, Kg], dout: [O, P], col: [Kg, P].
+#[inline(always)]
+fn weight_grad_rows_body<T: Float, const O: usize>(dw: &mut [T], dout: &[T], col: &[T], p: usize, kg: usize) {
+    let (dw, dout, col) = (&mut dw[..O * kg], &dout[..O * p], &col[..kg * p]);
+    let blocks = p / B * B;
+    let rem = p - blocks;
+    // The tail of every dout row, zero-padded to a full block (copied once, reused for every tap).
+    let mut dtail = [[T::ZERO; B]; O];
+    for (o, dt) in dtail.iter_mut().enumerate() {
+        dt[..rem].copy_from_slice(&dout[o * p + blocks..(o + 1) * p]);
+    }
+    for t in 0..kg {
+        let c_row = &col[t * p..(t + 1) * p];
+        let mut acc = [[T::ZERO; B]; O];
+        for j in (0..blocks).step_by(B) {
+            let c: &[T; B] = c_row[j..j + B].try_into().unwrap();
+            for (o, a) in acc.iter_mut().enumerate() {
+                let d: &[T; B] = dout[o * p + j..][..B].try_into().unwrap();
+                for l in 0..B {
+                    a[l] += d[l] * c[l];
+                }
+            }
+        }
+        if rem > 0 {
+            let mut c = [T::ZERO; B];
+            c[..rem].copy_from_slice(&c_row[blocks..]);
+            for (a, d) in acc.iter_mut().zip(&dtail) {
+                for l in 0..B {
+                    a[l] += d[l] * c[l];
+                }
+            }
+        }
+        for (o, a) in acc.iter().enumerate() {
+            dw[o * kg + t] += lane_sum(a);
+        }
+    }
+}
+
+/// Sum of a block's lanes by pairwise halving (a fixed order).
+#[inline(always)]
+fn lane_sum<T: Float>(a: &[T; B]) -> T {
+    let mut s = *a;
+    let mut w = B;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            s[l] += s[l + w];
+        }
+    }
+    s[0]
+}
+
+crate::multiversion!(
+    fn weight_grad_rows<T: Float; const O: usize>(dw: &mut [T], dout: &[T], col: &[T], p: usize, kg: usize) => weight_grad_rows_body
+);
+
+/// Forward of one sample and one group with `Cg = 1`: `out[o, p] = bias[o] + sum_t w[o, t] * col[t, p]`.
+///
+/// out: [OCg, P] (overwritten), col: [Kg, P] (the sample's column matrix), w: [OCg, Kg], bias: [OCg] or None.
+pub(super) fn forward<T: Float>(out: &mut [T], col: &[T], w: &[T], bias: Option<&[T]>, p: usize, kg: usize) {
+    let ocg = w.len() / kg;
+    let zeros = [T::ZERO; OB];
+    let mut o = 0;
+    while o < ocg {
+        let bias_at = |o: usize, n: usize| bias.map_or(&zeros[..n], |b| &b[o..o + n]);
+        let out_o = &mut out[o * p..];
+        let w_o = &w[o * kg..];
+        if o + OB <= ocg {
+            forward_rows::<T, OB>(out_o, col, w_o, bias_at(o, OB), p, kg);
+            o += OB;
+        } else {
+            forward_rows::<T, 1>(out_o, col, w_o, bias_at(o, 1), p, kg);
+            o += 1;
+        }
+    }
+}
+
+/// Weight gradient of one sample and one group with `Cg = 1`: `dw[o, t] += sum_p dout[o, p] * col[t, p]`.
+///
+/// dw: [OCg, Kg] (accumulated), dout: [OCg, P], col: [Kg, P].
+pub(super) fn weight_grad<T: Float>(dw: &mut [T], dout: &[T], col: &[T], p: usize, kg: usize) {
+    let ocg = dw.len() / kg;
+    let mut o = 0;
+    while o < ocg {
+        let (dw_o, dout_o) = (&mut dw[o * kg..], &dout[o * p..]);
+        if o + OB <= ocg {
+            weight_grad_rows::<T, OB>(dw_o, dout_o, col, p, kg);
+            o += OB;
+        } else {
+            weight_grad_rows::<T, 1>(dw_o, dout_o, col, p, kg);
+            o += 1;
+        }
+    }
+}
+
+/// `db[o] += sum_p dout[o, p]`: lane sums of `B` columns (the tail folded into the first lanes), then a
+/// pairwise lane reduction (a fixed order).
+///
+/// db: [O], dout: [O, P].
+#[inline(always)]
+fn row_sums_body<T: Float>(db: &mut [T], dout: &[T], p: usize) {
+    let blocks = p / B * B;
+    for (o, dbo) in db.iter_mut().enumerate() {
+        let row = &dout[o * p..(o + 1) * p];
+        let mut s = [T::ZERO; B];
+        for j in (0..blocks).step_by(B) {
+            let d: &[T; B] = row[j..j + B].try_into().unwrap();
+            for l in 0..B {
+                s[l] += d[l];
+            }
+        }
+        for (l, &v) in row[blocks..].iter().enumerate() {
+            s[l] += v;
+        }
+        *dbo += lane_sum(&s);
+    }
+}
+
+crate::multiversion!(
+    /// `db[o] += sum_p dout[o, p]` (the bias gradient of one sample).
+    ///
+    /// db: [O], dout: [O, P].
+    pub(super) fn row_sums<T: Float>(db: &mut [T], dout: &[T], p: usize) => row_sums_body
+);
