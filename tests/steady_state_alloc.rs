@@ -4,9 +4,11 @@
 //! adds) and the digits VQ-VAE (quantiser, upsampling, the reconstruction task with PSNR / SSIM). A counting global
 //! allocator records a backtrace for every allocation in the measured window.
 //!
-//! Known exception, asserted rather than hidden: the `gemm` crate (0.19) allocates its packing workspace
+//! Known exceptions, asserted rather than hidden: the `gemm` crate (0.19) allocates its packing workspace
 //! inside every matrix product and offers no way to pass one in; those allocations (about 20 per W1 step)
-//! are recognised by `gemm_common` in their backtrace. Anything else fails the test.
+//! are recognised by `gemm_common` in their backtrace. And rayon's global job queue (a crossbeam `Injector`)
+//! allocates one block per 63 jobs pushed from outside the pool (amortised, a few per hundred parallel
+//! calls), recognised by `crossbeam_deque::deque::Block`. Anything else fails the test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -72,14 +74,15 @@ fn allocations(config: &str, overrides: &[&str]) -> (Vec<String>, usize) {
     COUNTING.store(false, Ordering::SeqCst);
     let traces = std::mem::take(&mut *TRACES.lock().unwrap());
     let total = traces.len();
-    (traces.into_iter().filter(|t| !t.contains("gemm_common")).collect(), total)
+    let exempt = |t: &String| t.contains("gemm_common") || t.contains("crossbeam_deque::deque::Block");
+    (traces.into_iter().filter(|t| !exempt(t)).collect(), total)
 }
 
 #[test]
 fn training_step_does_not_allocate_after_warm_up() {
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("configs/bench_w1_mlp.yaml", &["datasets.synthetic.train_samples=2048"]),
-        //W2 ("configs/bench_w2_cnn.yaml", &["datasets.synthetic.train_samples=2048", "run.batch=32", "run.nbs=32"]),
+        ("configs/bench_w2_cnn.yaml", &["datasets.synthetic.train_samples=2048", "run.batch=32", "run.nbs=32"]),
         ("configs/bench_w3_vit.yaml", &["datasets.synthetic.train_samples=2048", "run.batch=16", "run.nbs=16"]),
         ("configs/digits_resnet.yaml", &[]),
         ("configs/digits_autoencoder.yaml", &[]),
@@ -87,7 +90,7 @@ fn training_step_does_not_allocate_after_warm_up() {
     // One test runs them in turn: the counting allocator is global to the process.
     for (config, overrides) in cases {
         let (ours, total) = allocations(config, overrides);
-        assert!(ours.is_empty(), "{config}: {} allocations outside gemm in 8 steps; first:\n{}", ours.len(), ours[0]);
-        eprintln!("{config}: {total} allocations in 8 steps, all inside gemm's packing workspace");
+        assert!(ours.is_empty(), "{config}: {} allocations outside gemm / rayon's queue in 8 steps; first:\n{}", ours.len(), ours[0]);
+        eprintln!("{config}: {total} allocations in 8 steps, all in gemm's packing workspace or rayon's queue");
     }
 }
