@@ -217,13 +217,7 @@ fn head_backward<T: Float>(
             let row = &mut ds[i * t..(i + 1) * t];
             let visible = if causal { i + 1 } else { t };
             let (seen, masked) = row.split_at_mut(visible);
-            let mut pdp = T::ZERO;
-            for (&pj, &dpj) in p.iter().zip(seen.iter()) {
-                pdp += pj * dpj;
-            }
-            for (s, &pj) in seen.iter_mut().zip(p) {
-                *s = scale * pj * (*s - pdp);
-            }
+            super::softmax::softmax_backward_in_place(seen, &p[..visible], scale);
             masked.fill(T::ZERO);
         }
         // dq[r0..r1] = dS[r0..r1, 0..kn] @ k[0..kn]

@@ -43,6 +43,30 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// `(sum_j f(j).0, sum_j f(j).1)` for `j < n`: two sums in one pass, each over [`LANES`] interleaved f64
+/// accumulators.
+#[inline(always)]
+fn lane_sum2(n: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
+    let (mut a0, mut a1) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let full = n / LANES * LANES;
+    let mut j = 0;
+    while j < full {
+        for l in 0..LANES {
+            let (x, y) = f(j + l);
+            a0[l] += x;
+            a1[l] += y;
+        }
+        j += LANES;
+    }
+    let (mut t0, mut t1) = (0.0, 0.0);
+    for j in full..n {
+        let (x, y) = f(j);
+        t0 += x;
+        t1 += y;
+    }
+    (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
+}
+
 /// One row of the forward: mean and variance in f64 (two passes), then the normalised, scaled row.
 #[inline(always)]
 fn fwd_row_body<T: Float>(
@@ -112,15 +136,15 @@ fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>,
     let (s_g, s_gx) = match weight {
         Some(w) => {
             let w = &w[..dim];
-            let s_g = lane_sum(dim, |j| (dy[j] * w[j]).to_f64());
-            let s_gx = lane_sum(dim, |j| (dy[j] * w[j]).to_f64() * ((x[j] - mean) * rstd).to_f64());
-            (s_g, s_gx)
+            lane_sum2(dim, |j| {
+                let g = (dy[j] * w[j]).to_f64();
+                (g, g * ((x[j] - mean) * rstd).to_f64())
+            })
         }
-        None => {
-            let s_g = lane_sum(dim, |j| dy[j].to_f64());
-            let s_gx = lane_sum(dim, |j| dy[j].to_f64() * ((x[j] - mean) * rstd).to_f64());
-            (s_g, s_gx)
-        }
+        None => lane_sum2(dim, |j| {
+            let g = dy[j].to_f64();
+            (g, g * ((x[j] - mean) * rstd).to_f64())
+        }),
     };
     let (mean_g, mean_gx) = (T::from_f64(s_g * inv_dim), T::from_f64(s_gx * inv_dim));
     match weight {

@@ -113,6 +113,34 @@ fn softmax_in_place_body<T: Float>(row: &mut [T]) {
         *v *= inv;
     }
 }
+/// `ds = scale * p * (ds - sum_j p_j ds_j)`: the softmax backward of one row in place (`ds` holds the
+/// gradient with respect to the probabilities `p` on entry), with the dot product over [`LANES`] interleaved
+/// accumulators so the loop vectorises.
+#[inline(always)]
+fn softmax_backward_in_place_body<T: Float>(ds: &mut [T], p: &[T], scale: T) {
+    let n = ds.len().min(p.len());
+    let mut acc = [T::ZERO; LANES];
+    let full = n / LANES * LANES;
+    let mut j = 0;
+    while j < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += p[j + l] * ds[j + l];
+        }
+        j += LANES;
+    }
+    let mut dot = acc.iter().fold(T::ZERO, |s, &v| s + v);
+    for j in full..n {
+        dot += p[j] * ds[j];
+    }
+    for j in 0..n {
+        ds[j] = scale * p[j] * (ds[j] - dot);
+    }
+}
+crate::multiversion!(
+    /// Softmax backward of one row in place, scaled (the row primitive attention's backward uses).
+    pub(crate) fn softmax_backward_in_place<T: Float>(ds: &mut [T], p: &[T], scale: T) => softmax_backward_in_place_body
+);
+
 crate::multiversion!(
     /// Softmax of one row in place (max subtracted, f64 sum): the row primitive of [`softmax_forward`],
     /// shared with attention.
