@@ -5,7 +5,13 @@
 //! `benches/side_by_side.sh` runs them next to the PyTorch baseline.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::{in_pool, train_step}, App};
+use ecstrain::engine::{
+    assemble::assemble,
+    cli::default_app,
+    config::load_config,
+    runner::{in_pool, train_step},
+    App,
+};
 
 fn app(config: &str) -> App {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

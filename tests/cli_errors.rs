@@ -54,7 +54,9 @@ fn wrong_type_names_the_line() {
 fn unknown_registry_names_list_registered_names() {
     let m = rejected("unknown_model", |y| y.replace("arch: mlp", "arch: mlpp"), &[]);
     assert!(
-        m.contains("unknown model `mlpp`") && m.contains("did you mean `mlp`") && m.contains("registered: autoencoder, cnn, mlp, resnet, sequential, vit"),
+        m.contains("unknown model `mlpp`")
+            && m.contains("did you mean `mlp`")
+            && m.contains("registered: autoencoder, cnn, mlp, resnet, sequential, vit"),
         "{m}"
     );
     let m = rejected("unknown_dataset", |y| y.replace("builder: npy", "builder: numpy"), &[]);

@@ -14,7 +14,8 @@ fn summary(save: &Path) -> serde_json::Value {
 /// Trains `config` into a scratch directory (extra `--set` overrides in `sets`) and returns the save dir.
 fn train(name: &str, config: &str, sets: &[&str]) -> std::path::PathBuf {
     let save = scratch(name).join("run");
-    let mut args = vec!["--config".to_string(), config.to_string(), "--set".into(), format!("run.save_dir={}", save.display())];
+    let mut args =
+        vec!["--config".to_string(), config.to_string(), "--set".into(), format!("run.save_dir={}", save.display())];
     for s in sets {
         args.push("--set".into());
         args.push(s.to_string());

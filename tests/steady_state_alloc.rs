@@ -90,7 +90,12 @@ fn training_step_does_not_allocate_after_warm_up() {
     // One test runs them in turn: the counting allocator is global to the process.
     for (config, overrides) in cases {
         let (ours, total) = allocations(config, overrides);
-        assert!(ours.is_empty(), "{config}: {} allocations outside gemm / rayon's queue in 8 steps; first:\n{}", ours.len(), ours[0]);
+        assert!(
+            ours.is_empty(),
+            "{config}: {} allocations outside gemm / rayon's queue in 8 steps; first:\n{}",
+            ours.len(),
+            ours[0]
+        );
         eprintln!("{config}: {total} allocations in 8 steps, all in gemm's packing workspace or rayon's queue");
     }
 }

@@ -50,7 +50,10 @@ fn build(f: models::ModelBuildFn, opts: serde_json::Value) -> BuiltModel {
 fn mlp_reproduces_pytorch() {
     check(
         "mlp",
-        build(models::mlp::build, json!({"input_size": 64, "hidden_sizes": [32, 16], "activation": "gelu", "output_size": 10})),
+        build(
+            models::mlp::build,
+            json!({"input_size": 64, "hidden_sizes": [32, 16], "activation": "gelu", "output_size": 10}),
+        ),
     );
 }
 

@@ -17,7 +17,8 @@ pub use arena::{Arena, Grads, OptimizerState, Params};
 pub use batch::{Batch, Mode, Targets};
 pub use clock::{Clock, LearningRate};
 pub use graph::{
-    Activation, BufferEntry, Buffers, Conv2dSpec, Graph, Node, OpKind, ParamRef, Pool2dSpec, ValueId, ValueInfo};
+    Activation, BufferEntry, Buffers, Conv2dSpec, Graph, Node, OpKind, ParamRef, Pool2dSpec, ValueId, ValueInfo,
+};
 pub use metrics::{Meter, MetricEvent, Metrics};
 pub use param::{Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
 pub use run::{RunFailure, RunInfo, RunSettings, RunTimer, StopRequest, TrainingState};

@@ -22,9 +22,9 @@ pub fn add_assign<T: Float>(dst: &mut [T], src: &[T]) {
     if dst.len() >= super::par::PAR_MIN_ELEMS {
         dst.par_chunks_mut(super::par::PAR_CHUNK)
             .zip(src.par_chunks(super::par::PAR_CHUNK))
-            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = *d + s));
+            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));
     } else {
-        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
     }
 }
 

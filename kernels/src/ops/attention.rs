@@ -786,7 +786,9 @@ mod tests {
     /// The fused-layout entry points equal permute + [`attention_forward`] / [`attention_backward`] + merge.
     #[test]
     fn fused_layout_matches_split_heads() {
-        for (b, h, t, d, causal) in [(2usize, 3usize, 5usize, 4usize, false), (3, 2, 70, 8, true), (8, 4, 50, 32, false)] {
+        for (b, h, t, d, causal) in
+            [(2usize, 3usize, 5usize, 4usize, false), (3, 2, 70, 8, true), (8, 4, 50, 32, false)]
+        {
             let hd = h * d;
             let qkv = uniform(31, b * t * 3 * hd, -1.0, 1.0);
             let dout = uniform(32, b * t * hd, -1.0, 1.0);

@@ -13,7 +13,8 @@ use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Buffers, Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings, TrainingState,
+    Buffers, Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings,
+    TrainingState,
 };
 
 use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};

@@ -300,8 +300,11 @@ impl GraphBuilder {
         affine: bool,
     ) -> Result<ValueId, GraphError> {
         let (c, h, w) = self.chw(name, x)?;
-        if !(eps > 0.0) || !(0.0..=1.0).contains(&momentum) {
-            return Err(Self::invalid(name, format!("eps must be > 0 and momentum in [0, 1], got {eps} and {momentum}")));
+        if eps.is_nan() || eps <= 0.0 || !(0.0..=1.0).contains(&momentum) {
+            return Err(Self::invalid(
+                name,
+                format!("eps must be > 0 and momentum in [0, 1], got {eps} and {momentum}"),
+            ));
         }
         let weight = affine.then(|| self.param(&format!("{name}.weight"), &[c], Init::Ones));
         let bias = affine.then(|| self.param(&format!("{name}.bias"), &[c], Init::Zeros));
@@ -319,7 +322,7 @@ impl GraphBuilder {
         let Some(&dim) = shape.last() else {
             return Err(GraphError::Shape { node: name.into(), expected: "[.., D]".into(), got: shape });
         };
-        if !(eps > 0.0) {
+        if eps.is_nan() || eps <= 0.0 {
             return Err(Self::invalid(name, format!("eps must be > 0, got {eps}")));
         }
         let weight = affine.then(|| self.param(&format!("{name}.weight"), &[dim], Init::Ones));
@@ -331,7 +334,11 @@ impl GraphBuilder {
     pub fn add(&mut self, name: &str, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
         if sa != sb {
-            return Err(GraphError::Shape { node: name.into(), expected: format!("{sa:?} (the first input)"), got: sb });
+            return Err(GraphError::Shape {
+                node: name.into(),
+                expected: format!("{sa:?} (the first input)"),
+                got: sb,
+            });
         }
         Ok(self.push_op(name, OpKind::Add, &[a, b], sa))
     }
@@ -411,7 +418,7 @@ impl GraphBuilder {
     /// U(-1/K, 1/K) as in the original VQ-VAE code.
     pub fn vector_quantize(&mut self, name: &str, x: ValueId, codes: usize, beta: f64) -> Result<ValueId, GraphError> {
         let (d, h, w) = self.chw(name, x)?;
-        if codes == 0 || !(beta >= 0.0) {
+        if codes == 0 || beta.is_nan() || beta < 0.0 {
             return Err(Self::invalid(name, format!("codes must be >= 1 and beta >= 0, got {codes} and {beta}")));
         }
         if x.0 == 0 {

@@ -326,10 +326,8 @@ pub fn forward(
                     *positions,
                     *codes,
                 );
-                aux[idx] = Some(AuxStats {
-                    loss: (1.0 + beta) * stats.mse as f64,
-                    perplexity: stats.perplexity as f64,
-                });
+                aux[idx] =
+                    Some(AuxStats { loss: (1.0 + beta) * stats.mse as f64, perplexity: stats.perplexity as f64 });
             }
         }
         values[node.output.0] = out_buf;

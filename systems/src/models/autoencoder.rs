@@ -60,10 +60,7 @@ fn default_none() -> String {
 
 /// Presets selectable with `model.type`.
 pub const PRESETS: &[(&str, &str)] = &[
-    (
-        "digits",
-        r#"{"input_shape": [1, 8, 8], "channels": [32, 64], "latent_dim": 8, "output_activation": "sigmoid"}"#,
-    ),
+    ("digits", r#"{"input_shape": [1, 8, 8], "channels": [32, 64], "latent_dim": 8, "output_activation": "sigmoid"}"#),
     (
         "digits_vq",
         r#"{"input_shape": [1, 8, 8], "channels": [32, 64], "latent_dim": 16, "codes": 64, "output_activation": "sigmoid"}"#,
@@ -76,7 +73,9 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
     let act = super::parse_activation(&o.activation)?;
     let out_act = match o.output_activation.as_str() {
         "none" => None,
-        other => Some(super::parse_activation(other).map_err(|e| e.replace("model.activation", "model.output_activation"))?),
+        other => {
+            Some(super::parse_activation(other).map_err(|e| e.replace("model.activation", "model.output_activation"))?)
+        }
     };
     if o.channels.is_empty() || o.channels.contains(&0) || o.latent_dim == 0 {
         return Err("model.channels needs at least one width, and every width and latent_dim must be >= 1".into());

@@ -55,13 +55,12 @@ pub fn parse_options<T: serde::de::DeserializeOwned>(section: &str, v: &serde_js
     serde_json::from_value(v.clone()).map_err(|e| format!("{section}: {e}"))
 }
 
+/// An image model's graph builder, its input viewed as `[C, H, W]`, and `(C, H, W)`.
+pub type ImageInput = (GraphBuilder, ValueId, (usize, usize, usize));
+
 /// The model input viewed as an image: `input_shape` (`[C, H, W]`, from the config) or the data's own shape,
 /// with flat data of the same element count reshaped (node `input`). Returns the builder and the image value.
-pub fn image_input(
-    arch: &str,
-    input_shape: Option<&[usize]>,
-    data_shape: &[usize],
-) -> Result<(GraphBuilder, ValueId, (usize, usize, usize)), String> {
+pub fn image_input(arch: &str, input_shape: Option<&[usize]>, data_shape: &[usize]) -> Result<ImageInput, String> {
     let data_numel: usize = data_shape.iter().product();
     let shape = input_shape.map(<[usize]>::to_vec).unwrap_or_else(|| data_shape.to_vec());
     let [c, h, w] = shape[..] else {
@@ -97,7 +96,12 @@ pub fn parse_activation(name: &str) -> Result<ecstrain_components::Activation, S
 }
 
 /// A `[kernel x kernel]` convolution spec with "same" padding for odd kernels.
-pub fn conv_spec(in_channels: usize, out_channels: usize, kernel: usize, stride: usize) -> ecstrain_components::Conv2dSpec {
+pub fn conv_spec(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+) -> ecstrain_components::Conv2dSpec {
     ecstrain_components::Conv2dSpec {
         in_channels,
         out_channels,

@@ -67,6 +67,7 @@ struct Ctx {
 
 impl Ctx {
     /// conv (no bias) -> batch norm.
+    #[allow(clippy::too_many_arguments)]
     fn conv_bn(
         &self,
         g: &mut GraphBuilder,
@@ -83,7 +84,14 @@ impl Ctx {
     }
 
     /// torchvision's `BasicBlock`: conv3x3-bn-relu-conv3x3-bn, plus the (projected) input, then relu.
-    fn basic_block(&self, g: &mut GraphBuilder, name: &str, x: ValueId, out: usize, stride: usize) -> Result<ValueId, GraphError> {
+    fn basic_block(
+        &self,
+        g: &mut GraphBuilder,
+        name: &str,
+        x: ValueId,
+        out: usize,
+        stride: usize,
+    ) -> Result<ValueId, GraphError> {
         let c = g.shape(x)[0];
         let h = self.conv_bn(g, &format!("{name}.conv1"), &format!("{name}.bn1"), x, out, 3, stride)?;
         let h = g.activation(&format!("{name}.relu1"), h, Activation::Relu);
@@ -102,7 +110,7 @@ impl Ctx {
 /// Builds the ResNet graph for samples of `data_shape`.
 pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltModel, String> {
     let o: ResNetOptions = parse_options("model", options)?;
-    if o.depth < 8 || (o.depth - 2) % 6 != 0 {
+    if o.depth < 8 || !(o.depth - 2).is_multiple_of(6) {
         return Err(format!("model.depth must be 6n + 2 with n >= 1 (8, 20, 32, 44, 56, 110), got {}", o.depth));
     }
     if o.width == 0 || o.output_size == 0 {

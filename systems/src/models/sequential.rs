@@ -245,7 +245,9 @@ fn append_layers(
             Layer::Sigmoid => act(g, Activation::Sigmoid),
             Layer::Silu => act(g, Activation::Silu),
             Layer::Dropout { p } => g.dropout(&name, x, *p).map_err(e)?,
-            Layer::BatchNorm2d { eps, momentum, affine } => g.batch_norm2d(&name, x, *eps, *momentum, *affine).map_err(e)?,
+            Layer::BatchNorm2d { eps, momentum, affine } => {
+                g.batch_norm2d(&name, x, *eps, *momentum, *affine).map_err(e)?
+            }
             Layer::LayerNorm { eps, affine } => g.layer_norm(&name, x, *eps, *affine).map_err(e)?,
             Layer::Upsample { scale } => g.upsample(&name, x, scale.hw()).map_err(e)?,
             Layer::Residual { layers } => {
@@ -330,6 +332,10 @@ mod tests {
         for n in ["layers.2.weight", "layers.3.layers.0.weight", "layers.5.bias", "layers.6.weight"] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
-        assert!(world.resource::<ecstrain_components::Buffers>().entries.iter().any(|b| b.name == "layers.2.running_mean"));
+        assert!(world
+            .resource::<ecstrain_components::Buffers>()
+            .entries
+            .iter()
+            .any(|b| b.name == "layers.2.running_mean"));
     }
 }

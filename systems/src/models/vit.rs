@@ -128,7 +128,7 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
     if !o.dim.is_multiple_of(o.heads) {
         return Err(format!("model.heads ({}) must divide model.dim ({})", o.heads, o.dim));
     }
-    if !(o.mlp_ratio > 0.0) || (o.dim as f64 * o.mlp_ratio).round() < 1.0 {
+    if o.mlp_ratio.is_nan() || o.mlp_ratio <= 0.0 || (o.dim as f64 * o.mlp_ratio).round() < 1.0 {
         return Err(format!("model.mlp_ratio must be > 0, got {}", o.mlp_ratio));
     }
     let (mut g, x, (c, h, w)) = super::image_input("vit", o.input_shape.as_deref(), data_shape)?;
