@@ -138,3 +138,34 @@ fn list_and_check_work() {
     let out = engine(&["--bogus-flag"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn model_options_and_batch_norm_batches_are_checked_before_training() {
+    // A ResNet on 4x4x4 views ends on 1x1 maps; batch 2 over 1437 samples leaves a last batch of one.
+    let resnet = |y: String| {
+        y.replace(
+            "  arch: mlp\n  input_size: 64\n  hidden_sizes: [32]\n",
+            "  arch: resnet\n  depth: 8\n  width: 4\n  input_shape: [4, 4, 4]\n",
+        )
+    };
+    let m = rejected("bn_last_batch", resnet, &["--set", "run.batch=2"]);
+    assert!(m.contains("layer3.0.bn1") && m.contains("drop_last") && m.contains("1437"), "{m}");
+    let m = rejected("resnet_depth", resnet, &["--set", "model.depth=9"]);
+    assert!(m.contains("6n + 2"), "{m}");
+    let vit = |y: String| {
+        y.replace(
+            "  arch: mlp\n  input_size: 64\n  hidden_sizes: [32]\n",
+            "  arch: vit\n  input_shape: [1, 8, 8]\n  patch: 3\n",
+        )
+    };
+    let m = rejected("vit_patch", vit, &[]);
+    assert!(m.contains("model.patch (3) must divide the image size 8x8"), "{m}");
+    let seq = |y: String| {
+        y.replace(
+            "  arch: mlp\n  input_size: 64\n  hidden_sizes: [32]\n  output_size: 10\n",
+            "  arch: sequential\n  layers:\n    - {type: reshape, shape: [1, 8, 8]}\n    - {type: batchnorm}\n",
+        )
+    };
+    let m = rejected("sequential_layer", seq, &[]);
+    assert!(m.contains("unknown variant `batchnorm`") && m.contains("batch_norm2d"), "{m}");
+}

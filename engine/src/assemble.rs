@@ -152,6 +152,22 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
             r.batch
         )));
     }
+    // Batch norm in training needs more than one value per channel (PyTorch raises otherwise): a last batch of
+    // one sample reaching a 1x1 feature map would have none to spare.
+    let smallest_batch =
+        if r.drop_last || splits.train.len() % r.batch == 0 { r.batch } else { splits.train.len() % r.batch };
+    for node in &graph.nodes {
+        if let ecstrain_components::OpKind::BatchNorm2d { hw, .. } = node.op {
+            if smallest_batch * hw <= 1 {
+                return Err(err(format!(
+                    "{}: batch norm over 1x1 maps would see a training batch of {smallest_batch} sample (the train split has {} samples, batch {}): it needs more than one value per channel; set run.drop_last: true or change run.batch",
+                    node.name,
+                    splits.train.len(),
+                    r.batch
+                )));
+            }
+        }
+    }
     let accumulate = ((r.nbs as f64 / r.batch as f64).round() as u64).max(1);
     let steps_per_epoch = batches.div_ceil(accumulate);
     let total_steps = steps_per_epoch * r.epochs;
