@@ -187,6 +187,11 @@ pub enum OpKind {
         /// Optional shift `[dim]`.
         bias: Option<ParamRef>,
     },
+    /// Softmax over the last dimension.
+    Softmax {
+        /// Size of the last dimension.
+        dim: usize,
+    },
     /// Element-wise sum of two inputs of one shape (residual connections).
     Add,
     /// Concatenation of the inputs along a per-sample axis.
@@ -300,6 +305,7 @@ impl OpKind {
             OpKind::Dropout { p } => format!("Dropout({p})"),
             OpKind::BatchNorm2d { channels, .. } => format!("BatchNorm2d({channels})"),
             OpKind::LayerNorm { dim, .. } => format!("LayerNorm({dim})"),
+            OpKind::Softmax { .. } => "Softmax".into(),
             OpKind::Add => "Add".into(),
             OpKind::Concat { axis } => format!("Concat(axis {axis})"),
             OpKind::Attention { heads, causal, .. } => {

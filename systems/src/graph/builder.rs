@@ -330,6 +330,15 @@ impl GraphBuilder {
         Ok(self.push(name, OpKind::LayerNorm { dim, eps, weight, bias }, x, shape))
     }
 
+    /// `nn.Softmax(dim=-1)`: softmax over the last dimension.
+    pub fn softmax(&mut self, name: &str, x: ValueId) -> Result<ValueId, GraphError> {
+        let shape = self.shape(x).to_vec();
+        match shape.last() {
+            Some(&dim) if dim > 0 => Ok(self.push(name, OpKind::Softmax { dim }, x, shape)),
+            _ => Err(GraphError::Shape { node: name.into(), expected: "[.., D] with D >= 1".into(), got: shape }),
+        }
+    }
+
     /// `a + b` (a residual connection); both of one shape.
     pub fn add(&mut self, name: &str, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());

@@ -255,6 +255,7 @@ pub fn forward(
                 let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
                 ops::layer_norm::layer_norm_forward(y, &mut sm[..rows], &mut sr[..rows], x, w, b, rows, *dim, *eps);
             }
+            OpKind::Softmax { dim } => ops::softmax::softmax_forward(y, x, y.len() / dim, *dim),
             OpKind::Add => ops::add::add_forward(y, x, read(1)),
             OpKind::Concat { axis } => {
                 let (rows, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
@@ -525,6 +526,13 @@ pub fn backward(
                 }
             }),
             OpKind::Reshape | OpKind::Add => unreachable!("handled before the match"),
+            OpKind::Softmax { dim } => sink.with(xv, in_len, |dx| {
+                if let Some(dx) = dx {
+                    // The backward reads the forward's output (the probabilities), as PyTorch's does.
+                    let y = &values[node.output.0][..dy.len()];
+                    ops::softmax::softmax_backward(dx, dy, y, dy.len() / dim, *dim);
+                }
+            }),
             OpKind::Activation(act) => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     activation_backward(*act, dx, dy, x);

@@ -159,6 +159,22 @@ fn transformer_gradients_match_finite_differences() {
 }
 
 #[test]
+fn softmax_and_permute_gradients_match_finite_differences() {
+    // [12] -> [3, 4] -> linear over the last axis -> softmax -> [5, 3] (permute) -> flatten -> linear.
+    let mut world = World::new();
+    let mut g = GraphBuilder::new("test", &[12]);
+    let x = g.input();
+    let x = g.reshape("view", x, &[3, 4]).unwrap();
+    let x = g.linear("proj", x, 5, true).unwrap();
+    let x = g.softmax("softmax", x).unwrap();
+    let x = g.permute("swap", x, &[1, 0]).unwrap();
+    let x = g.flatten("flat", x);
+    let out = g.linear("head", x, 2, true).unwrap();
+    let graph = g.finish(&mut world, out, 3);
+    check_graph(&world, &graph, 3, 1e-2, 1, "softmax + permute");
+}
+
+#[test]
 fn batch_norm_running_statistics_follow_pytorch_momentum() {
     // One training forward: running_mean = 0.9 * 0 + 0.1 * batch mean; num_batches_tracked = 1; eval mode uses
     // the running statistics and leaves them alone.

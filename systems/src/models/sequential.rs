@@ -129,6 +129,13 @@ pub enum Layer {
     Sigmoid,
     /// `nn.SiLU`.
     Silu,
+    /// `nn.Softmax(dim=-1)`: softmax over the last dimension.
+    Softmax,
+    /// `x.permute(0, *[1 + d for d in dims])`: reorders the per-sample axes.
+    Permute {
+        /// New order of the per-sample axes (a permutation of 0..rank).
+        dims: Vec<usize>,
+    },
     /// `nn.Dropout(p)`.
     Dropout {
         /// Drop probability.
@@ -244,6 +251,8 @@ fn append_layers(
             Layer::Tanh => act(g, Activation::Tanh),
             Layer::Sigmoid => act(g, Activation::Sigmoid),
             Layer::Silu => act(g, Activation::Silu),
+            Layer::Softmax => g.softmax(&name, x).map_err(e)?,
+            Layer::Permute { dims } => g.permute(&name, x, dims).map_err(e)?,
             Layer::Dropout { p } => g.dropout(&name, x, *p).map_err(e)?,
             Layer::BatchNorm2d { eps, momentum, affine } => {
                 g.batch_norm2d(&name, x, *eps, *momentum, *affine).map_err(e)?
@@ -320,6 +329,10 @@ mod tests {
                 {"type": "avg_pool2d", "kernel": 2}
             ]},
             {"type": "global_avg_pool"},
+            {"type": "reshape", "shape": [2, 2]},
+            {"type": "permute", "dims": [1, 0]},
+            {"type": "softmax"},
+            {"type": "flatten"},
             {"type": "layer_norm"},
             {"type": "linear", "out_features": 10}
         ]});
@@ -329,7 +342,7 @@ mod tests {
         assert_eq!(g.output_shape(), &[10]);
         let names: Vec<String> =
             world.query::<&ecstrain_components::ParamInfo>().iter(&world).map(|p| p.name.clone()).collect();
-        for n in ["layers.2.weight", "layers.3.layers.0.weight", "layers.5.bias", "layers.6.weight"] {
+        for n in ["layers.2.weight", "layers.3.layers.0.weight", "layers.9.bias", "layers.10.weight"] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
         assert!(world
