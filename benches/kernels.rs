@@ -118,5 +118,24 @@ fn gemm_ceiling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, linear, elementwise, adamw, conv_pool, gemm_ceiling);
+/// One W3 attention layer (batch 64, 4 heads, 50 tokens, head size 32) on the fused q/k/v layout.
+fn attention_w3(c: &mut Criterion) {
+    use ecstrain::kernels::ops::attention::{attention_fused_backward, attention_fused_forward};
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(2).build_global();
+    let (b, h, t, d) = (64, 4, 50, 32);
+    let qkv = randn(b * t * 3 * h * d, 9);
+    let dout = randn(b * t * h * d, 10);
+    let (mut out, mut att) = (vec![0.0f32; b * t * h * d], vec![0.0f32; b * h * t * t]);
+    let (mut dqkv, mut scratch) = (vec![0.0f32; qkv.len()], vec![0.0f32; b * h * t * t]);
+    let mut g = c.benchmark_group("attention_w3");
+    g.throughput(Throughput::Elements((2 * 2 * b * h * t * t * d) as u64));
+    g.bench_function("forward", |bn| bn.iter(|| attention_fused_forward(&mut out, &mut att, &qkv, b, h, t, d, false)));
+    g.throughput(Throughput::Elements((4 * 2 * b * h * t * t * d) as u64));
+    g.bench_function("backward", |bn| {
+        bn.iter(|| attention_fused_backward(&mut dqkv, &dout, &qkv, &att, &mut scratch, b, h, t, d, false))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, linear, elementwise, adamw, conv_pool, gemm_ceiling, attention_w3);
 criterion_main!(benches);
