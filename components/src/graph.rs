@@ -146,6 +146,13 @@ pub enum OpKind {
         /// Input `[C, H, W]`.
         in_chw: (usize, usize, usize),
     },
+    /// `nn.AdaptiveAvgPool2d((OH, OW))`: `[C, H, W]` -> `[C, OH, OW]`, bins as PyTorch's.
+    AdaptiveAvgPool2d {
+        /// Input `[C, H, W]`.
+        in_chw: (usize, usize, usize),
+        /// Output height and width.
+        out_hw: (usize, usize),
+    },
     /// Mean over H and W: `[C, H, W]` -> `[C]`.
     GlobalAvgPool {
         /// Input `[C, H, W]`.
@@ -300,6 +307,7 @@ impl OpKind {
             OpKind::MaxPool2d { spec, .. } => format!("MaxPool2d({:?})", spec.kernel),
             OpKind::AvgPool2d { spec, .. } => format!("AvgPool2d({:?})", spec.kernel),
             OpKind::GlobalAvgPool { .. } => "GlobalAvgPool".into(),
+            OpKind::AdaptiveAvgPool2d { out_hw, .. } => format!("AdaptiveAvgPool2d({out_hw:?})"),
             OpKind::Reshape => "Reshape".into(),
             OpKind::Activation(a) => format!("{a:?}"),
             OpKind::Dropout { p } => format!("Dropout({p})"),

@@ -234,6 +234,21 @@ impl GraphBuilder {
         Ok(self.push(name, OpKind::AvgPool2d { spec, in_chw }, x, vec![in_chw.0, oh, ow]))
     }
 
+    /// `nn.AdaptiveAvgPool2d((OH, OW))`: `[C, H, W]` -> `[C, OH, OW]`.
+    pub fn adaptive_avg_pool2d(
+        &mut self,
+        name: &str,
+        x: ValueId,
+        out_hw: (usize, usize),
+    ) -> Result<ValueId, GraphError> {
+        let in_chw = self.chw(name, x)?;
+        if out_hw.0 == 0 || out_hw.1 == 0 {
+            return Err(Self::invalid(name, format!("output size must be at least 1x1, got {out_hw:?}")));
+        }
+        let op = OpKind::AdaptiveAvgPool2d { in_chw, out_hw };
+        Ok(self.push(name, op, x, vec![in_chw.0, out_hw.0, out_hw.1]))
+    }
+
     /// `nn.AdaptiveAvgPool2d(1)` followed by flatten: `[C, H, W]` -> `[C]`.
     pub fn global_avg_pool(&mut self, name: &str, x: ValueId) -> Result<ValueId, GraphError> {
         let in_chw = self.chw(name, x)?;

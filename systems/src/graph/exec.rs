@@ -227,6 +227,9 @@ pub fn forward(
             }
             OpKind::AvgPool2d { spec, in_chw } => ops::pool::avg_pool2d_forward(y, x, &pool_geom(spec, *in_chw, n)),
             OpKind::GlobalAvgPool { in_chw: (c, h, w) } => ops::pool::global_avg_pool_forward(y, x, n, *c, *h, *w),
+            OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
+                ops::pool::adaptive_avg_pool2d_forward(y, x, n, *c, *h, *w, *oh, *ow)
+            }
             OpKind::Reshape => y.copy_from_slice(x),
             OpKind::Activation(act) => activation_forward(*act, y, x),
             OpKind::Dropout { p: prob } => {
@@ -518,6 +521,11 @@ pub fn backward(
             OpKind::AvgPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     ops::pool::avg_pool2d_backward(dx, dy, &pool_geom(spec, *in_chw, n));
+                }
+            }),
+            OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => sink.with(xv, in_len, |dx| {
+                if let Some(dx) = dx {
+                    ops::pool::adaptive_avg_pool2d_backward(dx, dy, n, *c, *h, *w, *oh, *ow);
                 }
             }),
             OpKind::GlobalAvgPool { in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| {

@@ -77,6 +77,9 @@ fn residual_net(world: &mut World) -> ecstrain_components::Graph {
     let h = g.activation("act2", h, Activation::Silu);
     let p = g.avg_pool2d("pool", stem, Pool2dSpec { kernel: (2, 2), stride: (2, 2), padding: (0, 0) }).unwrap();
     let p = g.upsample("up", p, (2, 2)).unwrap();
+    // Overlapping adaptive bins (2 -> 3) and back (3 -> 4): both directions of the bin rule.
+    let p = g.adaptive_avg_pool2d("adapt1", p, (3, 3)).unwrap();
+    let p = g.adaptive_avg_pool2d("adapt2", p, (4, 4)).unwrap();
     let h = g.concat("cat", &[h, p, stem], 0).unwrap();
     let h = g.global_avg_pool("gap", h).unwrap();
     let out = g.linear("fc", h, 4, true).unwrap();

@@ -110,6 +110,11 @@ pub enum Layer {
     },
     /// Global average pooling `[C, H, W]` -> `[C]`.
     GlobalAvgPool,
+    /// `nn.AdaptiveAvgPool2d(output_size)`: `[C, H, W]` -> `[C, OH, OW]`.
+    AdaptiveAvgPool2d {
+        /// Output size (one number or `[h, w]`).
+        output_size: Pair,
+    },
     /// `nn.Flatten()`.
     Flatten,
     /// View the sample as `shape`.
@@ -243,6 +248,7 @@ fn append_layers(
                 g.avg_pool2d(&name, x, spec).map_err(e)?
             }
             Layer::GlobalAvgPool => g.global_avg_pool(&name, x).map_err(e)?,
+            Layer::AdaptiveAvgPool2d { output_size } => g.adaptive_avg_pool2d(&name, x, output_size.hw()).map_err(e)?,
             Layer::Flatten => g.flatten(&name, x),
             Layer::Reshape { shape } => g.reshape(&name, x, shape).map_err(e)?,
             Layer::Relu => act(g, Activation::Relu),
