@@ -94,12 +94,16 @@ fn head_forward<T: Float>(
         );
         // Softmax in place over the visible keys, while the scores are still in cache; the rest of the row
         // (masked, or never written by this block's gemm) becomes exactly 0.
-        for i in r0..r1 {
-            let row = &mut att[i * t..(i + 1) * t];
-            let visible = if causal { i + 1 } else { t };
-            let (seen, masked) = row.split_at_mut(visible);
-            super::softmax::softmax_in_place(seen);
-            masked.fill(T::ZERO);
+        if causal {
+            for i in r0..r1 {
+                let row = &mut att[i * t..(i + 1) * t];
+                let (seen, masked) = row.split_at_mut(i + 1);
+                super::softmax::softmax_in_place(seen);
+                masked.fill(T::ZERO);
+            }
+        } else {
+            // Every key is visible: the whole block of rows in one call.
+            super::softmax::softmax_rows_in_place(&mut att[r0 * t..r1 * t], t);
         }
         // out[r0..r1] = att[r0..r1, 0..kn] @ v[0..kn]
         gemm_strided(

@@ -141,6 +141,39 @@ crate::multiversion!(
     pub(crate) fn softmax_backward_in_place<T: Float>(ds: &mut [T], p: &[T], scale: T) => softmax_backward_in_place_body
 );
 
+/// Softmax of each `row_len`-long row of `buf` in place, with the row sum accumulated in `T` over
+/// [`LANES`] interleaved accumulators: attention's rows (one per query, a few hundred keys at most) need no
+/// f64 sum, and one dispatch for all rows of a head instead of one per row keeps short rows cheap.
+#[inline(always)]
+fn softmax_rows_in_place_body<T: Float>(buf: &mut [T], row_len: usize) {
+    if row_len == 0 {
+        return;
+    }
+    for row in buf.chunks_exact_mut(row_len) {
+        let m = lane_max(row);
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+        }
+        let mut acc = [T::ZERO; LANES];
+        let chunks = row.chunks_exact(LANES);
+        let rem = chunks.remainder();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        let sum = acc.iter().fold(T::ZERO, |s, &v| s + v) + rem.iter().fold(T::ZERO, |s, &v| s + v);
+        let inv = T::ONE / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+crate::multiversion!(
+    /// See [`softmax_rows_in_place_body`].
+    pub(crate) fn softmax_rows_in_place<T: Float>(buf: &mut [T], row_len: usize) => softmax_rows_in_place_body
+);
+
 crate::multiversion!(
     /// Softmax of one row in place (max subtracted, f64 sum): the row primitive of [`softmax_forward`],
     /// shared with attention.
@@ -356,6 +389,23 @@ mod tests {
         for r in [0, 57, rows - 1] {
             softmax_forward(&mut one, &x[r * dim..(r + 1) * dim], 1, dim);
             assert_eq!(&big[r * dim..(r + 1) * dim], &one[..]);
+        }
+    }
+
+    #[test]
+    fn rows_in_place_matches_the_forward() {
+        // The attention row primitive (T-precision lanes, one call per block of rows) against the f64-summed
+        // forward: identical in f64 up to rounding, within f32 rounding in f32.
+        for (rows, dim) in [(3usize, 1usize), (4, 15), (5, 50), (2, 333)] {
+            let x = uniform(77, rows * dim, -6.0, 6.0);
+            let mut want = vec![0.0; rows * dim];
+            softmax_forward(&mut want, &x, rows, dim);
+            let mut got = x.clone();
+            softmax_rows_in_place(&mut got, dim);
+            assert_close("rows in place f64", &got, &want, 1e-12, 1e-15);
+            let mut got32 = to_f32(&x);
+            softmax_rows_in_place(&mut got32, dim);
+            assert_close("rows in place f32", &got32, &want, 1e-5, 1e-7);
         }
     }
 }
