@@ -89,3 +89,48 @@ fn digits_autoencoder_config_gains_6_db_psnr_over_its_first_epoch() {
     let best = summary(&save)["best"]["metrics"]["psnr"].as_f64().unwrap();
     assert!(best >= psnr[0] + 6.0, "VQ-VAE best val PSNR {best} dB vs {} dB after epoch 1: < +6 dB", psnr[0]);
 }
+
+/// Writes the digits as token sequences: each pixel (0..16 in the original data, stored / 16) becomes the id
+/// `round(16 x)` of a 17-word vocabulary; labels are copied. Returns the config text.
+fn token_digits(dir: &Path, save: &Path, corrupt: bool) -> String {
+    use ecstrain::systems::data::npy::{write_npy, NpyArray};
+    for split in ["train", "val"] {
+        let x = NpyArray::open(&repo().join(format!("data/digits/{split}_x.npy"))).unwrap();
+        let mut ids: Vec<f32> = x.to_f32_vec().iter().map(|v| (v * 16.0).round()).collect();
+        if corrupt && split == "val" {
+            ids[5 * 64 + 3] = 17.0; // sample 5: one id past the vocabulary
+        }
+        write_npy(&dir.join(format!("{split}_x.npy")), &[ids.len() / 64, 64], &ids).unwrap();
+        std::fs::copy(repo().join(format!("data/digits/{split}_y.npy")), dir.join(format!("{split}_y.npy"))).unwrap();
+    }
+    let d = dir.display();
+    format!(
+        "model:\n  arch: sequential\n  layers:\n    - {{type: embedding, num_embeddings: 17, embedding_dim: 8}}\n    - {{type: flatten}}\n    - {{type: linear, out_features: 64}}\n    - {{type: relu}}\n    - {{type: linear, out_features: 10}}\n\
+         datasets:\n  tokens:\n    builder: npy\n    train: {{x: {d}/train_x.npy, y: {d}/train_y.npy}}\n    val: {{x: {d}/val_x.npy, y: {d}/val_y.npy}}\n\
+         run:\n  epochs: 12\n  batch: 64\n  optimizer: AdamW\n  lr0: 0.003\n  save_dir: {}\n",
+        save.display()
+    )
+}
+
+#[test]
+fn embedding_model_trains_on_token_ids_and_bad_ids_exit_2() {
+    let dir = scratch("tokens");
+    let save = dir.join("run");
+    let cfg = write_config(&dir, "tokens.yaml", &token_digits(&dir, &save, false));
+    let out = engine(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let best = summary(&save)["best"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(best >= 0.9, "token-embedding digits best val accuracy {best} < 0.9");
+
+    let bad = scratch("tokens_bad");
+    let save = bad.join("run");
+    let cfg = write_config(&bad, "tokens.yaml", &token_digits(&bad, &save, true));
+    let out = engine(&["--config", cfg.to_str().unwrap()]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(
+        msg.contains("layers.0") && msg.contains("val_x.npy") && msg.contains("sample 5") && msg.contains("0..17"),
+        "{msg}"
+    );
+    assert!(!save.exists() && !msg.contains("panicked"), "{msg}");
+}

@@ -194,6 +194,16 @@ pub enum OpKind {
         /// Optional shift `[dim]`.
         bias: Option<ParamRef>,
     },
+    /// `nn.Embedding(vocab, dim)`: each element of a `[T]` sample of integer ids (stored as floats, checked
+    /// when the run is assembled) becomes its `[dim]` row of the table: `[T]` -> `[T, dim]`.
+    Embedding {
+        /// Table rows (valid ids are `0..vocab`).
+        vocab: usize,
+        /// Row width.
+        dim: usize,
+        /// Table `[vocab, dim]`.
+        weight: ParamRef,
+    },
     /// Softmax over the last dimension.
     Softmax {
         /// Size of the last dimension.
@@ -278,6 +288,7 @@ impl OpKind {
             }
             OpKind::PrependToken { token: p } | OpKind::AddParam { param: p } => vec![*p],
             OpKind::VectorQuantize { codebook, .. } => vec![*codebook],
+            OpKind::Embedding { weight, .. } => vec![*weight],
             _ => Vec::new(),
         }
     }
@@ -293,6 +304,7 @@ impl OpKind {
             }
             OpKind::PrependToken { token: p } | OpKind::AddParam { param: p } => vec![p],
             OpKind::VectorQuantize { codebook, .. } => vec![codebook],
+            OpKind::Embedding { weight, .. } => vec![weight],
             _ => Vec::new(),
         }
     }
@@ -314,6 +326,7 @@ impl OpKind {
             OpKind::BatchNorm2d { channels, .. } => format!("BatchNorm2d({channels})"),
             OpKind::LayerNorm { dim, .. } => format!("LayerNorm({dim})"),
             OpKind::Softmax { .. } => "Softmax".into(),
+            OpKind::Embedding { vocab, dim, .. } => format!("Embedding({vocab}, {dim})"),
             OpKind::Add => "Add".into(),
             OpKind::Concat { axis } => format!("Concat(axis {axis})"),
             OpKind::Attention { heads, causal, .. } => {

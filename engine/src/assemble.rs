@@ -152,6 +152,18 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
             r.batch
         )));
     }
+    // Embedding ids come from the data: every one must be an integer in 0..vocab, checked here so a bad file is
+    // an error naming it rather than a failure mid-run.
+    for node in &graph.nodes {
+        if let ecstrain_components::OpKind::Embedding { vocab, .. } = node.op {
+            for (split, ds) in [("train", Some(&splits.train)), ("val", splits.val.as_ref())] {
+                let Some(ds) = ds else { continue };
+                check_token_ids(ds.as_ref(), vocab).map_err(|m| {
+                    err(format!("{}: {split} data {}: {m} (valid ids: 0..{vocab})", node.name, ds.describe()))
+                })?;
+            }
+        }
+    }
     // Batch norm in training needs more than one value per channel (PyTorch raises otherwise): a last batch of
     // one sample reaching a 1x1 feature map would have none to spare.
     let smallest_batch =
@@ -226,4 +238,22 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     }
     let resolved = resolved_yaml(cfg);
     Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from })
+}
+
+/// Checks that every input value of `ds` is an integer id in `0..vocab`; the message names the first bad one.
+fn check_token_ids(ds: &dyn ecstrain_systems::data::Dataset, vocab: usize) -> Result<(), String> {
+    let per: usize = ds.sample_shape().iter().product();
+    let chunk = 1024.min(ds.len()).max(1);
+    let mut buf = vec![0.0f32; chunk * per];
+    let mut indices = Vec::with_capacity(chunk);
+    for start in (0..ds.len()).step_by(chunk) {
+        indices.clear();
+        indices.extend(start..(start + chunk).min(ds.len()));
+        let vals = &mut buf[..indices.len() * per];
+        ds.read_inputs(&indices, vals);
+        if let Some(pos) = vals.iter().position(|&v| v.fract() != 0.0 || v < 0.0 || v >= vocab as f32) {
+            return Err(format!("sample {} holds token id {}", start + pos / per.max(1), vals[pos]));
+        }
+    }
+    Ok(())
 }

@@ -49,7 +49,7 @@ impl Plugin for BuiltinModels {
             ModelEntry {
                 build: models::sequential::build,
                 presets: &[],
-                doc: "a layer list written in YAML: layers: [{type: conv2d|linear|max_pool2d|avg_pool2d|adaptive_avg_pool2d|global_avg_pool|flatten|reshape|permute|batch_norm2d|layer_norm|upsample|residual|relu|gelu|gelu_tanh|tanh|sigmoid|silu|softmax|dropout, ...}]",
+                doc: "a layer list written in YAML: layers: [{type: conv2d|linear|max_pool2d|avg_pool2d|adaptive_avg_pool2d|global_avg_pool|embedding|token_mean|flatten|reshape|permute|batch_norm2d|layer_norm|upsample|residual|relu|gelu|gelu_tanh|tanh|sigmoid|silu|softmax|dropout, ...}]",
             },
         );
         app.registry.register_model(

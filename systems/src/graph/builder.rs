@@ -345,6 +345,33 @@ impl GraphBuilder {
         Ok(self.push(name, OpKind::LayerNorm { dim, eps, weight, bias }, x, shape))
     }
 
+    /// `nn.Embedding(vocab, dim)` named `name` (table `name.weight`, N(0, 1) as PyTorch) on a `[T]` sample of
+    /// integer ids: `[T]` -> `[T, dim]`. Ids read from data are checked when the run is assembled.
+    pub fn embedding(&mut self, name: &str, x: ValueId, vocab: usize, dim: usize) -> Result<ValueId, GraphError> {
+        let t = match *self.shape(x) {
+            [t] => t,
+            ref other => {
+                return Err(GraphError::Shape {
+                    node: name.into(),
+                    expected: "[T] (token ids)".into(),
+                    got: other.to_vec(),
+                })
+            }
+        };
+        if vocab == 0 || dim == 0 {
+            return Err(Self::invalid(name, format!("vocab and dim must be at least 1, got {vocab} and {dim}")));
+        }
+        if x.0 != 0 {
+            // Ids are checked once, in the data; ids computed by earlier layers could not be.
+            return Err(Self::invalid(
+                name,
+                "an embedding reads token ids from the data: make it the first layer".into(),
+            ));
+        }
+        let weight = self.param(&format!("{name}.weight"), &[vocab, dim], Init::Normal { std: 1.0 });
+        Ok(self.push(name, OpKind::Embedding { vocab, dim, weight }, x, vec![t, dim]))
+    }
+
     /// `nn.Softmax(dim=-1)`: softmax over the last dimension.
     pub fn softmax(&mut self, name: &str, x: ValueId) -> Result<ValueId, GraphError> {
         let shape = self.shape(x).to_vec();

@@ -41,6 +41,8 @@ pub struct Activations {
     pub saved: Vec<Vec<f32>>,
     /// `indices[node]`: integer state (max-pool argmax; VQ code indices followed by per-code counts).
     pub indices: Vec<Vec<u32>>,
+    /// `ids[node]`: an embedding's token ids of the last forward, as integers.
+    pub ids: Vec<Vec<i64>>,
     /// `aux[node]`: statistics of loss-contributing ops of the last forward.
     pub aux: Vec<Option<AuxStats>>,
     /// Weight the task gives the auxiliary losses (`vq_weight`); the backward adds their gradients scaled by it.
@@ -67,6 +69,7 @@ impl Activations {
         let mut saved = vec![Vec::new(); graph.nodes.len()];
         let mut indices = vec![Vec::new(); graph.nodes.len()];
         let mut aux = vec![None; graph.nodes.len()];
+        let mut ids = vec![Vec::new(); graph.nodes.len()];
         let mut scratch = 0;
         for (idx, node) in graph.nodes.iter().enumerate() {
             match &node.op {
@@ -80,6 +83,7 @@ impl Activations {
                     saved[idx] = vec![0.0; attention_len(*heads, *tokens, capacity)];
                     scratch = scratch.max(attention_len(*heads, *tokens, capacity));
                 }
+                OpKind::Embedding { .. } => ids[idx] = vec![0; capacity * numel(node.inputs[0])],
                 OpKind::VectorQuantize { codes, positions, .. } => {
                     indices[idx] = vec![0; capacity * positions + codes];
                     aux[idx] = Some(AuxStats::default());
@@ -94,6 +98,7 @@ impl Activations {
             grads: sizes.iter().map(|&n| vec![0.0; n]).collect(),
             saved,
             indices,
+            ids,
             aux,
             aux_weight: 1.0,
             scratch: vec![0.0; scratch],
@@ -108,6 +113,7 @@ impl Activations {
             + self.grads.iter().map(Vec::len).sum::<usize>()
             + self.saved.iter().map(Vec::len).sum::<usize>()
             + self.indices.iter().map(Vec::len).sum::<usize>()
+            + 2 * self.ids.iter().map(Vec::len).sum::<usize>()
             + self.scratch.len()
             + self.grad_tmp.len())
     }
@@ -195,7 +201,7 @@ pub fn forward(
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
     let cap = acts.capacity;
     let input = &input[..n * graph.values[0].numel()];
-    let Activations { values, saved, indices, aux, scratch, .. } = acts;
+    let Activations { values, saved, indices, ids, aux, scratch, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
     for (idx, node) in graph.nodes.iter().enumerate() {
@@ -259,6 +265,16 @@ pub fn forward(
                 ops::layer_norm::layer_norm_forward(y, &mut sm[..rows], &mut sr[..rows], x, w, b, rows, *dim, *eps);
             }
             OpKind::Softmax { dim } => ops::softmax::softmax_forward(y, x, y.len() / dim, *dim),
+            OpKind::Embedding { vocab, dim, weight } => {
+                let ids = &mut ids[idx][..x.len()];
+                for (id, &v) in ids.iter_mut().zip(x) {
+                    *id = v as i64;
+                }
+                // Ids from data were checked against the vocabulary when the run was assembled; ids computed
+                // inside a graph would be a model-building error.
+                ops::embedding::embedding_forward(y, ids, p(weight), *vocab, *dim)
+                    .expect("embedding ids are checked when the run is assembled");
+            }
             OpKind::Add => ops::add::add_forward(y, x, read(1)),
             OpKind::Concat { axis } => {
                 let (rows, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
@@ -467,7 +483,7 @@ pub fn backward(
     seed: u64,
 ) {
     let aux_weight = acts.aux_weight;
-    let Activations { values, grads: dvals, saved, indices, scratch, grad_tmp, written, .. } = acts;
+    let Activations { values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, .. } = acts;
     let input = &input[..n * graph.values[0].numel()];
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
@@ -534,6 +550,11 @@ pub fn backward(
                 }
             }),
             OpKind::Reshape | OpKind::Add => unreachable!("handled before the match"),
+            OpKind::Embedding { vocab, dim, weight } => {
+                // Ids are not differentiable: only the table gets a gradient.
+                let ids = &ids[idx][..in_len];
+                ops::embedding::embedding_backward(&mut grads[weight.slice.range()], dy, ids, *vocab, *dim);
+            }
             OpKind::Softmax { dim } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     // The backward reads the forward's output (the probabilities), as PyTorch's does.

@@ -178,6 +178,46 @@ fn softmax_and_permute_gradients_match_finite_differences() {
 }
 
 #[test]
+fn embedding_gradients_match_finite_differences() {
+    // Token ids -> embedding -> linear over the tokens -> mean -> head; ids repeat so table rows accumulate.
+    let mut world = World::new();
+    let mut g = GraphBuilder::new("test", &[6]);
+    let x = g.input();
+    let x = g.embedding("embed", x, 4, 3).unwrap();
+    let x = g.linear("mix", x, 5, true).unwrap();
+    let x = g.activation("act", x, Activation::Tanh);
+    let x = g.token_mean("pool", x).unwrap();
+    let out = g.linear("head", x, 2, true).unwrap();
+    let graph = g.finish(&mut world, out, 4);
+    let n = 3;
+    let ids: Vec<f32> = (0..n * 6).map(|i| ((i * 7 + 1) % 4) as f32).collect();
+    let w: Vec<f32> = (0..n * 2).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut acts = Activations::plan(&graph, n);
+    let mut params = world.resource::<Params>().0.data.clone();
+    let mut grads = world.resource::<Grads>().0.data.clone();
+    let mut buffers = Vec::new();
+    forward(&graph, &params, &mut buffers, &mut acts, &ids, n, Mode::Train, 0);
+    acts.grads[graph.output.0][..n * 2].copy_from_slice(&w);
+    backward(&graph, &params, &mut grads, &mut acts, &ids, n, Mode::Train, 0);
+    let h = 1e-2f32;
+    for k in 0..params.len() {
+        let orig = params[k];
+        params[k] = orig + h;
+        let lp = loss(&graph, &params, &mut acts, &ids, n, &w);
+        params[k] = orig - h;
+        let lm = loss(&graph, &params, &mut acts, &ids, n, &w);
+        params[k] = orig;
+        let numeric = (lp - lm) / (2.0 * h as f64);
+        let err = (numeric - grads[k] as f64).abs() / (1.0 + numeric.abs());
+        assert!(err < 2e-2, "embedding net: parameter {k}: {} vs {numeric}", grads[k]);
+    }
+    let mut g = GraphBuilder::new("test", &[6]);
+    let x = g.input();
+    let x = g.reshape("view", x, &[6]).unwrap();
+    assert!(g.embedding("embed", x, 4, 3).unwrap_err().to_string().contains("first layer"));
+}
+
+#[test]
 fn batch_norm_running_statistics_follow_pytorch_momentum() {
     // One training forward: running_mean = 0.9 * 0 + 0.1 * batch mean; num_batches_tracked = 1; eval mode uses
     // the running statistics and leaves them alone.

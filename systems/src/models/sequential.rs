@@ -136,6 +136,15 @@ pub enum Layer {
     Silu,
     /// `nn.Softmax(dim=-1)`: softmax over the last dimension.
     Softmax,
+    /// `nn.Embedding(num_embeddings, embedding_dim)` on a `[T]` sample of integer token ids.
+    Embedding {
+        /// Vocabulary size.
+        num_embeddings: usize,
+        /// Row width.
+        embedding_dim: usize,
+    },
+    /// Mean over tokens: `[T, D]` -> `[D]`.
+    TokenMean,
     /// `x.permute(0, *[1 + d for d in dims])`: reorders the per-sample axes.
     Permute {
         /// New order of the per-sample axes (a permutation of 0..rank).
@@ -258,6 +267,10 @@ fn append_layers(
             Layer::Sigmoid => act(g, Activation::Sigmoid),
             Layer::Silu => act(g, Activation::Silu),
             Layer::Softmax => g.softmax(&name, x).map_err(e)?,
+            Layer::Embedding { num_embeddings, embedding_dim } => {
+                g.embedding(&name, x, *num_embeddings, *embedding_dim).map_err(e)?
+            }
+            Layer::TokenMean => g.token_mean(&name, x).map_err(e)?,
             Layer::Permute { dims } => g.permute(&name, x, dims).map_err(e)?,
             Layer::Dropout { p } => g.dropout(&name, x, *p).map_err(e)?,
             Layer::BatchNorm2d { eps, momentum, affine } => {
