@@ -32,21 +32,29 @@ pub fn bias_add_forward<T: Float>(out_inplace: &mut [T], bias: &[T], b: usize, n
     }
 }
 
-/// Sums the rows of `dout` over columns `[lo, lo + acc.len())` into `dbias` (accumulating).
-fn column_sums_block<T: Float>(dbias_block: &mut [T], dout: &[T], lo: usize, n: usize) {
-    let w = dbias_block.len();
+/// Sums the rows of `dout` over columns `[lo, lo + dbias_block.len())` into `dbias_block` (accumulating).
+/// Index loops, compiled per instruction set (`multiversion!`): each column keeps its own chain of adds in
+/// row order, so every version gives the same bits.
+#[inline(always)]
+fn column_sums_body<T: Float>(dbias_block: &mut [T], dout: &[T], lo: usize, n: usize) {
+    let w = dbias_block.len().min(COL_BLOCK);
     let mut acc = [T::ZERO; COL_BLOCK];
+    let acc = &mut acc[..w];
     // Sum into a zeroed block first and add once, so the accumulated gradient does not pick up B roundings
     // at its own (possibly large) magnitude.
-    for row in dout.chunks_exact(n) {
-        for (a, &g) in acc[..w].iter_mut().zip(&row[lo..lo + w]) {
-            *a += g;
+    for r in 0..dout.len() / n {
+        let row = &dout[r * n + lo..r * n + lo + w];
+        for k in 0..w {
+            acc[k] += row[k];
         }
     }
-    for (d, &a) in dbias_block.iter_mut().zip(&acc[..w]) {
-        *d += a;
+    for k in 0..w {
+        dbias_block[k] += acc[k];
     }
 }
+crate::multiversion!(
+    fn column_sums_block<T: Float>(dbias_block: &mut [T], dout: &[T], lo: usize, n: usize) => column_sums_body
+);
 
 /// Bias gradient: `dbias[j] += sum_i dout[i, j]` (accumulates, it is a parameter gradient).
 ///

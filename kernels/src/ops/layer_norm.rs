@@ -298,17 +298,37 @@ type BlockSums = ([f64; COL_BLOCK], [f64; COL_BLOCK]);
 
 /// Partial sums of columns `[lo, lo + w)` (`w <= COL_BLOCK`) over rows `[r0, r1)`, rows in order.
 fn block_sums<T: Float>(ctx: &ParamCtx<'_, T>, lo: usize, w: usize, r0: usize, r1: usize) -> BlockSums {
-    let (mut sw, mut sb) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
+    let mut out = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
+    block_sums_into(&mut out, ctx, lo, w, r0, r1);
+    out
+}
+
+/// [`block_sums`] as index loops compiled per instruction set: each column keeps its own f64 chain in row
+/// order, so every version gives the same bits.
+#[inline(always)]
+fn block_sums_body<T: Float>(out: &mut BlockSums, ctx: &ParamCtx<'_, T>, lo: usize, w: usize, r0: usize, r1: usize) {
+    let w = w.min(COL_BLOCK);
+    let (sw, sb) = (&mut out.0[..w], &mut out.1[..w]);
     for r in r0..r1 {
         let (mean, rstd) = (ctx.save_mean[r], ctx.save_rstd[r]);
         let base = r * ctx.dim + lo;
-        for (k, (&g, &v)) in ctx.dout[base..base + w].iter().zip(&ctx.inp[base..base + w]).enumerate() {
-            sw[k] += (g * ((v - mean) * rstd)).to_f64();
-            sb[k] += g.to_f64();
+        let (g, v) = (&ctx.dout[base..base + w], &ctx.inp[base..base + w]);
+        for k in 0..w {
+            sw[k] += (g[k] * ((v[k] - mean) * rstd)).to_f64();
+            sb[k] += g[k].to_f64();
         }
     }
-    (sw, sb)
 }
+crate::multiversion!(
+    fn block_sums_into<T: Float>(
+        out: &mut BlockSums,
+        ctx: &ParamCtx<'_, T>,
+        lo: usize,
+        w: usize,
+        r0: usize,
+        r1: usize,
+    ) => block_sums_body
+);
 
 /// Adds block sums to the (optional) gradient slices of one column block.
 fn add_block<T: Float>(dw: Option<&mut [T]>, db: Option<&mut [T]>, sums: &BlockSums) {
