@@ -905,25 +905,7 @@ mod tests {
         }
         // Finite differences through the shifted planes (gemm path) and the direct path.
         for g in [geom(2, 2, 5, 4, 3, 3, 3, s(1), s(2), s(2), 1), geom(2, 1, 5, 6, 3, 3, 3, s(1), s(1), s(1), 1)] {
-            let (il, wl, ol) = lens(&g);
-            let mut inp = uniform(1, il, -1.0, 1.0);
-            let mut w = uniform(2, wl, -1.0, 1.0);
-            let mut bias = uniform(3, g.oc, -1.0, 1.0);
-            let dout = uniform(4, ol, -1.0, 1.0);
-            let mut col = vec![0.0; g.col_len()];
-            let (mut dinp, mut dw, mut db) = (vec![0.0; il], vec![0.0; wl], vec![0.0; g.oc]);
-            conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, &g);
-            let loss = |inp: &[f64], w: &[f64], bias: &[f64]| {
-                let mut out = vec![0.0; ol];
-                let mut col = vec![0.0; g.col_len()];
-                conv2d_forward(&mut out, inp, w, Some(bias), &mut col, &g);
-                dot(&dout, &out)
-            };
-            let (w0, bias0) = (w.clone(), bias.clone());
-            check_grad("dinp", &mut inp, &dinp, |x| loss(x, &w0, &bias0));
-            let inp0 = inp.clone();
-            check_grad("dweight", &mut w, &dw, |x| loss(&inp0, x, &bias0));
-            check_grad("dbias", &mut bias, &db, |x| loss(&inp0, &w0, x));
+            check_finite_differences(&g);
         }
     }
 
@@ -971,19 +953,24 @@ mod tests {
     fn gradients_match_finite_differences() {
         // Groups 2, non-square kernel, stride (2, 1), padding 1, dilation (1, 2): 160 + 48 + 4 coordinates.
         let g = geom(2, 4, 5, 4, 4, 3, 2, (2, 1), (1, 1), (1, 2), 2);
-        let (il, wl, ol) = lens(&g);
+        check_finite_differences(&g);
+    }
+
+    /// The f64 backward of `g` against central differences of the f64 forward, for the input, the weight and
+    /// the bias.
+    fn check_finite_differences(g: &Conv2dGeom) {
+        let (il, wl, ol) = lens(g);
         let mut inp = uniform(1, il, -1.0, 1.0);
         let mut w = uniform(2, wl, -1.0, 1.0);
         let mut bias = uniform(3, g.oc, -1.0, 1.0);
         let dout = uniform(4, ol, -1.0, 1.0);
         let mut col = vec![0.0; g.col_len()];
         let (mut dinp, mut dw, mut db) = (vec![0.0; il], vec![0.0; wl], vec![0.0; g.oc]);
-        conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, &g);
-
+        conv2d_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, &mut col, g);
         let loss = |inp: &[f64], w: &[f64], bias: &[f64]| {
             let mut out = vec![0.0; ol];
             let mut col = vec![0.0; g.col_len()];
-            conv2d_forward(&mut out, inp, w, Some(bias), &mut col, &g);
+            conv2d_forward(&mut out, inp, w, Some(bias), &mut col, g);
             dot(&dout, &out)
         };
         let (w0, bias0) = (w.clone(), bias.clone());

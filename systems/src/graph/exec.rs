@@ -185,6 +185,15 @@ fn concat_runs(shape: &[usize], axis: usize, n: usize) -> (usize, usize) {
     (n * shape[..axis].iter().product::<usize>(), shape[axis..].iter().product())
 }
 
+/// The first `n` rows of value `v`: the batch input for value 0, its planned buffer otherwise.
+fn value_rows<'a>(graph: &Graph, values: &'a [Vec<f32>], input: &'a [f32], v: ValueId, n: usize) -> &'a [f32] {
+    if v.0 == 0 {
+        input
+    } else {
+        &values[v.0][..n * graph.values[v.0].numel()]
+    }
+}
+
 /// Runs the graph forward on `n` rows of `input` (`[n, numel(input)]`) with parameters `params`; in training
 /// mode batch norms update their running statistics in `buffers`.
 #[allow(clippy::too_many_arguments)] // the buffers of one pass; a struct would only rename them
@@ -208,14 +217,7 @@ pub fn forward(
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
         let mut out_buf = std::mem::take(&mut values[node.output.0]);
         let y = &mut out_buf[..n * numel(node.output)];
-        let read = |i: usize| -> &[f32] {
-            let v = node.inputs[i];
-            if v.0 == 0 {
-                input
-            } else {
-                &values[v.0][..n * numel(v)]
-            }
-        };
+        let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
         let x = read(0);
         match &node.op {
             OpKind::Linear { rows, in_features, out_features, weight, bias } => {
@@ -507,14 +509,7 @@ pub fn backward(
             continue;
         }
         let dy = &dy_buf[..out_len];
-        let read = |i: usize| -> &[f32] {
-            let v = node.inputs[i];
-            if v.0 == 0 {
-                input
-            } else {
-                &values[v.0][..n * numel(v)]
-            }
-        };
+        let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
         let (xv, x) = (node.inputs[0], read(0));
         let in_len = x.len();
         let mut sink = GradSink { dvals, tmp: grad_tmp, written };
