@@ -37,7 +37,7 @@ fn optimizer_app(name: &str, hp: &Value, extra: usize) -> (App, Entity) {
     app.insert_resource(Grads(Arena::zeros(n)));
     app.insert_resource(OptimizerState::new(name, entry.state, n));
     let momentum = hp.get("momentum").and_then(Value::as_f64).unwrap_or_else(|| hp["betas"][0].as_f64().unwrap_or(0.0));
-    app.insert_resource(LearningRate { lr: hp["lr"].as_f64().unwrap(), momentum });
+    app.insert_resource(LearningRate::uniform(hp["lr"].as_f64().unwrap(), momentum));
     app.insert_resource(OptimizerSettings {
         weight_decay: hp["weight_decay"].as_f64().unwrap(),
         nesterov: hp.get("nesterov").and_then(Value::as_bool).unwrap_or(false),

@@ -37,6 +37,21 @@ impl Clock {
 pub struct LearningRate {
     /// Base learning rate for this step.
     pub lr: f64,
+    /// Learning rate of [`Bias`](crate::Bias) parameters: equal to `lr` except during an Ultralytics-style
+    /// warm-up, which ramps biases down from `warmup_bias_lr` while the other groups ramp up from 0.
+    pub bias_lr: f64,
     /// Momentum (SGD) or beta1 (Adam family) for this step.
     pub momentum: f64,
+}
+
+impl LearningRate {
+    /// One learning rate for every group, and `momentum`.
+    pub fn uniform(lr: f64, momentum: f64) -> Self {
+        Self { lr, bias_lr: lr, momentum }
+    }
+
+    /// The learning rate of one parameter: `bias_lr` for biases, else `lr`, times its [`LrScale`](crate::LrScale).
+    pub fn for_param(&self, bias: bool, scale: Option<&crate::LrScale>) -> f64 {
+        (if bias { self.bias_lr } else { self.lr }) * scale.map_or(1.0, |s| s.0)
+    }
 }

@@ -20,5 +20,5 @@ pub use graph::{
     Activation, BufferEntry, Buffers, Conv2dSpec, Graph, Node, OpKind, ParamRef, Pool2dSpec, ValueId, ValueInfo,
 };
 pub use metrics::{Meter, MetricEvent, Metrics};
-pub use param::{Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
+pub use param::{Bias, Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
 pub use run::{RunFailure, RunInfo, RunSettings, RunTimer, StopRequest, TrainingState};

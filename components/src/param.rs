@@ -2,7 +2,7 @@
 //!
 //! Each trainable tensor is one entity: a [`ParamInfo`] (its PyTorch-style dotted name and shape), a
 //! [`ParamSlice`] (where its numbers live in the parameter, gradient and optimizer-state arenas: the same
-//! offset in each), and optional markers a plugin or the config can add ([`NoDecay`], [`Frozen`], [`LrScale`]).
+//! offset in each), and optional markers a plugin or the config can add ([`NoDecay`], [`Bias`], [`Frozen`], [`LrScale`]).
 
 use bevy_ecs::prelude::*;
 
@@ -34,6 +34,11 @@ impl ParamSlice {
 /// Marker: no weight decay for this parameter (biases, norm weights and other 1-d parameters).
 #[derive(Component, Clone, Copy, Debug, Default)]
 pub struct NoDecay;
+
+/// Marker: a bias vector (a parameter whose name ends in `bias`). Ultralytics' warm-up ramps biases from
+/// `warmup_bias_lr` rather than from 0, so the optimizers give these [`LearningRate::bias_lr`](crate::LearningRate).
+#[derive(Component, Clone, Copy, Debug, Default)]
+pub struct Bias;
 
 /// Marker: the optimizer leaves this parameter untouched.
 #[derive(Component, Clone, Copy, Debug, Default)]

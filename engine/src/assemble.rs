@@ -207,7 +207,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     (opt_entry.install)(&mut app);
     let w = &mut app.world;
     w.insert_resource(Scheduler(scheduler));
-    w.insert_resource(LearningRate { lr: r.lr0, momentum: r.momentum });
+    w.insert_resource(LearningRate::uniform(r.lr0, r.momentum));
     w.insert_resource(Clock { batches_per_epoch: batches, accumulate, ..Default::default() });
     w.insert_resource(RunSettings {
         epochs: r.epochs,

@@ -1,15 +1,14 @@
-//! Registry entries of the built-in models, datasets, tasks, optimizers and LR schedules.
+//! Registry entries of the built-in models, datasets and tasks (optimizers: `optimizers.rs`, LR schedules:
+//! `schedulers.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
 use ecstrain_systems::data::{NpyDataset, NpySplitFiles, SyntheticDataset, SyntheticOptions, TargetSpec};
-use ecstrain_systems::optim::at_accumulation_boundary;
-use ecstrain_systems::schedule::lr::{LrSchedule, LrScheduler, Warmup};
+use ecstrain_systems::models;
 use ecstrain_systems::sets::*;
 use ecstrain_systems::tasks::classification::{classification_eval, classification_loss, ClassificationTask};
-use ecstrain_systems::{models, optim};
 use serde::Deserialize;
 
 use crate::app::{App, Plugin};
@@ -317,87 +316,6 @@ impl Plugin for BuiltinTasks {
                 install: install_embedding,
                 fitness: ("cosine", true),
                 doc: "embedding regression with the cosine loss 1 - cos(out, target); val loss, cosine",
-            },
-        );
-    }
-}
-
-/// `sgd`, `adamw`.
-pub struct BuiltinOptimizers;
-
-impl Plugin for BuiltinOptimizers {
-    fn build(&self, app: &mut App) {
-        app.registry.register_optimizer(
-            "sgd",
-            OptimizerEntry {
-                state: optim::sgd::STATE,
-                install: |app| {
-                    app.add_systems(
-                        TrainStep,
-                        optim::sgd::sgd_update.run_if(at_accumulation_boundary).in_set(StepSet::Optimize),
-                    );
-                },
-                doc: "SGD as torch.optim.SGD: momentum, dampening, nesterov, weight_decay",
-            },
-        );
-        app.registry.register_optimizer(
-            "adamw",
-            OptimizerEntry {
-                state: optim::adamw::STATE,
-                install: |app| {
-                    app.add_systems(
-                        TrainStep,
-                        optim::adamw::adamw_update.run_if(at_accumulation_boundary).in_set(StepSet::Optimize),
-                    );
-                },
-                doc: "AdamW as torch.optim.AdamW: betas (momentum, beta2), eps, decoupled weight_decay",
-            },
-        );
-    }
-}
-
-/// `constant`, `linear`, `cosine`, each after an optional linear warm-up.
-pub struct BuiltinSchedulers;
-
-fn with_warmup(ctx: &ScheduleContext, main: impl Fn(u64) -> LrSchedule) -> Result<LrScheduler, String> {
-    let r = ctx.run;
-    let warm = (r.warmup_epochs * ctx.steps_per_epoch as f64).round() as u64;
-    let warm = warm.min(ctx.total_steps);
-    let rest = ctx.total_steps - warm;
-    Ok(LrScheduler {
-        base_lr: r.lr0,
-        warmup: (warm > 0).then_some(Warmup { steps: warm, start_factor: r.warmup_start_factor }),
-        schedule: main(rest.max(1)),
-    })
-}
-
-impl Plugin for BuiltinSchedulers {
-    fn build(&self, app: &mut App) {
-        app.registry.register_scheduler(
-            "constant",
-            SchedulerEntry {
-                build: |c| with_warmup(c, |_| LrSchedule::Constant),
-                doc: "lr0 throughout (after warm-up)",
-            },
-        );
-        app.registry.register_scheduler(
-            "linear",
-            SchedulerEntry {
-                build: |c| {
-                    let f = c.run.lrf;
-                    with_warmup(c, |n| LrSchedule::Linear { total_steps: n, start_factor: 1.0, end_factor: f })
-                },
-                doc: "linear from lr0 to lr0*lrf over the run (torch LinearLR)",
-            },
-        );
-        app.registry.register_scheduler(
-            "cosine",
-            SchedulerEntry {
-                build: |c| {
-                    let f = c.run.lrf;
-                    with_warmup(c, |n| LrSchedule::Cosine { total_steps: n, final_factor: f })
-                },
-                doc: "cosine from lr0 to lr0*lrf over the run (torch CosineAnnealingLR)",
             },
         );
     }

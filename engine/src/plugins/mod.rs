@@ -5,6 +5,8 @@ pub mod builtins;
 pub mod checkpoint;
 pub mod core;
 pub mod logging;
+pub mod optimizers;
+pub mod schedulers;
 
 use crate::app::{App, Plugin};
 
@@ -16,8 +18,8 @@ impl Plugin for DefaultPlugins {
         app.add_plugin(builtins::BuiltinModels)
             .add_plugin(builtins::BuiltinDatasets)
             .add_plugin(builtins::BuiltinTasks)
-            .add_plugin(builtins::BuiltinOptimizers)
-            .add_plugin(builtins::BuiltinSchedulers)
+            .add_plugin(optimizers::BuiltinOptimizers)
+            .add_plugin(schedulers::BuiltinSchedulers)
             .add_plugin(core::CorePlugin)
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)

@@ -9,8 +9,8 @@ use bevy_ecs::prelude::*;
 use std::collections::HashMap;
 
 use ecstrain_components::{
-    Activation, Arena, BufferEntry, Buffers, Conv2dSpec, Grads, Graph, NoDecay, Node, OpKind, ParamInfo, ParamRef,
-    ParamSlice, Params, Pool2dSpec, ValueId, ValueInfo,
+    Activation, Arena, Bias, BufferEntry, Buffers, Conv2dSpec, Grads, Graph, NoDecay, Node, OpKind, ParamInfo,
+    ParamRef, ParamSlice, Params, Pool2dSpec, ValueId, ValueInfo,
 };
 use ecstrain_kernels::rng::Rng;
 
@@ -501,6 +501,9 @@ impl GraphBuilder {
             let mut e = world.spawn((ParamInfo { name: spec.name.clone(), shape: spec.shape.clone() }, slice));
             if spec.no_decay {
                 e.insert(NoDecay);
+            }
+            if spec.name.ends_with("bias") {
+                e.insert(Bias);
             }
             entity_at.insert(offset, e.id());
             offset += len;

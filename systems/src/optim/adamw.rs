@@ -23,9 +23,9 @@ pub fn adamw_update(
     let step = state.step;
     let (m, rest) = state.buffers.split_at_mut(1);
     let (m, v) = (&mut m[0].1, &mut rest[0].1);
-    for (slice, no_decay, scale) in &query {
+    for (slice, no_decay, bias, scale) in &query {
         let cfg = AdamWConfig {
-            lr: lr.lr * scale.map_or(1.0, |s| s.0),
+            lr: lr.for_param(bias, scale),
             beta1: lr.momentum,
             beta2: settings.beta2,
             eps: settings.eps,

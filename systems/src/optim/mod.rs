@@ -11,10 +11,12 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Clock, Grads};
 
 /// What an optimizer reads of each trainable parameter entity: its slice, whether it is exempt from weight
-/// decay, and its learning-rate scale.
+/// decay, whether it is a bias (its lr is [`LearningRate::bias_lr`](ecstrain_components::LearningRate)), and its
+/// learning-rate scale.
 pub type TrainableParam = (
     &'static ecstrain_components::ParamSlice,
     Has<ecstrain_components::NoDecay>,
+    Has<ecstrain_components::Bias>,
     Option<&'static ecstrain_components::LrScale>,
 );
 

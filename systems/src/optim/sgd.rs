@@ -21,9 +21,9 @@ pub fn sgd_update(
     state.step += 1;
     let step = state.step;
     let buf = &mut state.buffers[0].1;
-    for (slice, no_decay, scale) in &query {
+    for (slice, no_decay, bias, scale) in &query {
         let cfg = SgdConfig {
-            lr: lr.lr * scale.map_or(1.0, |s| s.0),
+            lr: lr.for_param(bias, scale),
             momentum: lr.momentum,
             dampening: settings.dampening,
             weight_decay: if no_decay { 0.0 } else { settings.weight_decay },

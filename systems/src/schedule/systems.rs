@@ -22,4 +22,5 @@ pub fn advance_clock(mut clock: ResMut<Clock>, batch: Res<Batch>) {
 /// Schedule (and run start): the learning rate for optimizer step `clock.step`.
 pub fn update_lr(clock: Res<Clock>, scheduler: Res<Scheduler>, mut lr: ResMut<LearningRate>) {
     lr.lr = scheduler.0.lr_at(clock.step);
+    lr.bias_lr = lr.lr;
 }
