@@ -13,10 +13,10 @@ use ecstrain::engine::{
     App,
 };
 
-fn app(config: &str) -> App {
+fn app(config: &str, overrides: &[String]) -> App {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(root).unwrap();
-    let loaded = load_config(&root.join(config), &[]).unwrap();
+    let loaded = load_config(&root.join(config), overrides).unwrap();
     let threads = loaded.config.run.threads.unwrap_or(2);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let mut app = assemble(default_app(), loaded, true).unwrap().app;
@@ -30,10 +30,15 @@ fn app(config: &str) -> App {
 }
 
 fn bench(c: &mut Criterion, group: &str, config: &str, batch: usize) {
-    let mut app = app(config);
+    bench_variant(c, group, config, &format!("train_step_b{batch}"), &[]);
+}
+
+/// One benchmark of `config` with `overrides` applied, named `group/name`.
+fn bench_variant(c: &mut Criterion, group: &str, config: &str, name: &str, overrides: &[String]) {
+    let mut app = app(config, overrides);
     let mut g = c.benchmark_group(group);
     g.sample_size(30);
-    g.bench_function(format!("train_step_b{batch}"), |b| {
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             // As `engine` runs its epochs: inside the pool (see `runner::in_pool`).
             in_pool(|| {
@@ -52,6 +57,14 @@ fn w1(c: &mut Criterion) {
     bench(c, "w1_mlp", "configs/bench_w1_mlp.yaml", 128);
 }
 
+/// W1 and W3 with every module as its own node (`model.fuse: false`): the gain of the fused linear +
+/// activation kernels, measured in the same run as the fused steps.
+fn unfused(c: &mut Criterion) {
+    let off = ["model.fuse=false".to_string()];
+    bench_variant(c, "unfused", "configs/bench_w1_mlp.yaml", "w1_mlp_b128", &off);
+    bench_variant(c, "unfused", "configs/bench_w3_vit.yaml", "w3_vit_b64", &off);
+}
+
 fn w2(c: &mut Criterion) {
     bench(c, "w2_cnn", "configs/bench_w2_cnn.yaml", 128);
 }
@@ -60,5 +73,5 @@ fn w3(c: &mut Criterion) {
     bench(c, "w3_vit", "configs/bench_w3_vit.yaml", 64);
 }
 
-criterion_group!(benches, w1, w2, w3);
+criterion_group!(benches, w1, w2, w3, unfused);
 criterion_main!(benches);

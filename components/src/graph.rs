@@ -35,40 +35,8 @@ pub struct ParamRef {
     pub slice: ParamSlice,
 }
 
-/// Element-wise activation functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// max(x, 0).
-    Relu,
-    /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default).
-    Gelu,
-    /// GELU with the tanh approximation.
-    GeluTanh,
-    /// tanh(x).
-    Tanh,
-    /// 1 / (1 + e^-x).
-    Sigmoid,
-    /// x * sigmoid(x) (swish).
-    Silu,
-}
-
-impl Activation {
-    /// Names accepted in configs.
-    pub const NAMES: &'static [&'static str] = &["relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu"];
-
-    /// Parses a config name.
-    pub fn parse(s: &str) -> Option<Activation> {
-        match s.to_ascii_lowercase().as_str() {
-            "relu" => Some(Activation::Relu),
-            "gelu" => Some(Activation::Gelu),
-            "gelu_tanh" => Some(Activation::GeluTanh),
-            "tanh" => Some(Activation::Tanh),
-            "sigmoid" => Some(Activation::Sigmoid),
-            "silu" | "swish" => Some(Activation::Silu),
-            _ => None,
-        }
-    }
-}
+/// Element-wise activation functions (defined next to their kernels).
+pub use ecstrain_kernels::ops::activation::Activation;
 
 /// Hyper-parameters of a 2-D convolution (PyTorch `nn.Conv2d`), pairs as (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +84,10 @@ pub enum OpKind {
         weight: ParamRef,
         /// Optional bias `[out_features]`.
         bias: Option<ParamRef>,
+        /// The activation applied to the result, when the graph's fusion pass has folded the activation node
+        /// that read this output into the linear node (builders always leave it `None`). The pre-activation
+        /// then lives in the node's saved buffer for the backward.
+        act: Option<Activation>,
     },
     /// An element-wise activation.
     Activation(Activation),
@@ -312,7 +284,12 @@ impl OpKind {
     /// A short description for the model summary (`Conv2d(1, 32, (3, 3))`).
     pub fn label(&self) -> String {
         match self {
-            OpKind::Linear { in_features, out_features, .. } => format!("Linear({in_features}, {out_features})"),
+            OpKind::Linear { in_features, out_features, act: None, .. } => {
+                format!("Linear({in_features}, {out_features})")
+            }
+            OpKind::Linear { in_features, out_features, act: Some(a), .. } => {
+                format!("Linear({in_features}, {out_features}) + {a:?}")
+            }
             OpKind::Conv2d { spec, .. } => {
                 format!("Conv2d({}, {}, {:?})", spec.in_channels, spec.out_channels, spec.kernel)
             }

@@ -112,7 +112,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
 
     // Model.
     let built = (model_entry.build)(&serde_json::Value::Object(options), splits.train.sample_shape()).map_err(err)?;
-    let graph = built.builder.finish(&mut app.world, built.output, r.seed);
+    let mut graph = built.builder.finish(&mut app.world, built.output, r.seed);
+    if cfg.model.fuse {
+        ecstrain_systems::graph::fuse_linear_activation(&mut graph);
+    }
     if let Some(path) = &cfg.model.pretrained {
         notices.push(crate::weights::load_pretrained(&mut app.world, path, cfg.model.strict).map_err(err)?);
     }

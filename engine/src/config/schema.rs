@@ -36,6 +36,10 @@ pub struct ModelSection {
     /// Name prefixes of parameters to freeze (e.g. `features.` or `layers.0`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
+    /// Run each linear layer and the activation that reads it as one fused kernel (the same numbers, one pass
+    /// fewer); `false` runs every module as its own node, for benchmarks and debugging.
+    #[serde(default = "d::yes", skip_serializing_if = "is_true")]
+    pub fuse: bool,
     /// Builder options.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -54,6 +58,11 @@ pub struct DatasetSection {
     pub options: serde_json::Map<String, serde_json::Value>,
 }
 
+/// For `skip_serializing_if`: a `true` flag is the default and need not be written out.
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 macro_rules! defaults {
     ($($f:ident: $t:ty = $v:expr;)*) => {
         $(pub(super) fn $f() -> $t { $v })*
@@ -62,6 +71,7 @@ macro_rules! defaults {
 
 mod d {
     defaults! {
+        yes: bool = true;
         task: String = "classification".into();
         epochs: u64 = 100;
         batch: usize = 64;

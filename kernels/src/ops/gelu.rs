@@ -53,6 +53,18 @@ fn gelu_tanh_grad<T: Float>(x: T) -> T {
     half * (T::ONE + t) + half * x * (T::ONE - t * t) * du
 }
 
+/// One element of the exact GELU backward: `g * gelu'(x)`.
+#[inline(always)]
+pub(crate) fn backward_exact_elem<T: Float>(g: T, x: T) -> T {
+    g * gelu_exact_grad(x)
+}
+
+/// One element of the tanh-approximated GELU backward.
+#[inline(always)]
+pub(crate) fn backward_tanh_elem<T: Float>(g: T, x: T) -> T {
+    g * gelu_tanh_grad(x)
+}
+
 // One loop per formula, each compiled for AVX-512 / AVX2 / baseline: the per-element bodies (erf, exp, tanh
 // polynomials) are too large to be inlined into a generic closure-taking loop, and a call per element keeps
 // the loop scalar.
@@ -76,14 +88,14 @@ fn fwd_tanh_body<T: Float>(out: &mut [T], inp: &[T]) {
 fn bwd_exact_body<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
     let n = dinp.len().min(dout.len()).min(inp.len());
     for i in 0..n {
-        dinp[i] = dout[i] * gelu_exact_grad(inp[i]);
+        dinp[i] = backward_exact_elem(dout[i], inp[i]);
     }
 }
 #[inline(always)]
 fn bwd_tanh_body<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
     let n = dinp.len().min(dout.len()).min(inp.len());
     for i in 0..n {
-        dinp[i] = dout[i] * gelu_tanh_grad(inp[i]);
+        dinp[i] = backward_tanh_elem(dout[i], inp[i]);
     }
 }
 crate::multiversion!(fn fwd_exact<T: Float>(out: &mut [T], inp: &[T]) => fwd_exact_body);

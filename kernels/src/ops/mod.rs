@@ -8,6 +8,7 @@
 //! - nothing allocates: the caller passes every buffer (the `gemm` crate may use scratch space internally);
 //! - large buffers are split across rayon threads, small ones run on the calling thread.
 
+pub mod activation;
 pub mod add;
 pub mod attention;
 pub mod batch_norm;
@@ -22,6 +23,7 @@ pub mod gemm;
 pub mod interpolate;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_act;
 pub mod mse;
 pub mod permute;
 pub mod pool;

@@ -16,7 +16,17 @@ pub fn relu_forward<T: Float>(out: &mut [T], inp: &[T]) {
 ///
 /// dinp, dout, inp: [N].
 pub fn relu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
-    map_binary(dinp, dout, inp, |g: T, x: T| if x > T::ZERO { g } else { T::ZERO });
+    map_binary(dinp, dout, inp, backward_elem);
+}
+
+/// One element of [`relu_backward`].
+#[inline(always)]
+pub(crate) fn backward_elem<T: Float>(g: T, x: T) -> T {
+    if x > T::ZERO {
+        g
+    } else {
+        T::ZERO
+    }
 }
 
 #[cfg(test)]

@@ -26,10 +26,14 @@ pub fn sigmoid_forward<T: Float>(out: &mut [T], inp: &[T]) {
 ///
 /// dinp, dout, inp: [N].
 pub fn sigmoid_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
-    map_binary(dinp, dout, inp, |g: T, x: T| {
-        let s = sigmoid(x);
-        g * s * (T::ONE - s)
-    });
+    map_binary(dinp, dout, inp, backward_elem);
+}
+
+/// One element of [`sigmoid_backward`].
+#[inline(always)]
+pub(crate) fn backward_elem<T: Float>(g: T, x: T) -> T {
+    let s = sigmoid(x);
+    g * s * (T::ONE - s)
 }
 
 #[cfg(test)]

@@ -27,10 +27,14 @@ pub fn silu_forward<T: Float>(out: &mut [T], inp: &[T]) {
 ///
 /// dinp, dout, inp: [N].
 pub fn silu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
-    map_binary(dinp, dout, inp, |g: T, x: T| {
-        let s = sigmoid(x);
-        g * s * (T::ONE + x * (T::ONE - s))
-    });
+    map_binary(dinp, dout, inp, backward_elem);
+}
+
+/// One element of [`silu_backward`].
+#[inline(always)]
+pub(crate) fn backward_elem<T: Float>(g: T, x: T) -> T {
+    let s = sigmoid(x);
+    g * s * (T::ONE + x * (T::ONE - s))
 }
 
 #[cfg(test)]

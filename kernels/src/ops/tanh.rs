@@ -15,10 +15,14 @@ pub fn tanh_forward<T: Float>(out: &mut [T], inp: &[T]) {
 ///
 /// dinp, dout, inp: [N].
 pub fn tanh_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
-    map_binary(dinp, dout, inp, |g: T, x: T| {
-        let t = x.tanh();
-        g * (T::ONE - t * t)
-    });
+    map_binary(dinp, dout, inp, backward_elem);
+}
+
+/// One element of [`tanh_backward`].
+#[inline(always)]
+pub(crate) fn backward_elem<T: Float>(g: T, x: T) -> T {
+    let t = x.tanh();
+    g * (T::ONE - t * t)
 }
 
 #[cfg(test)]

@@ -149,7 +149,7 @@ impl GraphBuilder {
         let bias = bias.then(|| self.param(&format!("{name}.bias"), &[out_features], Init::torch_default(in_features)));
         let mut out_shape = shape;
         *out_shape.last_mut().expect("checked non-empty") = out_features;
-        Ok(self.push(name, OpKind::Linear { rows, in_features, out_features, weight, bias }, x, out_shape))
+        Ok(self.push(name, OpKind::Linear { rows, in_features, out_features, weight, bias, act: None }, x, out_shape))
     }
 
     fn chw(&self, name: &str, x: ValueId) -> Result<(usize, usize, usize), GraphError> {

@@ -14,7 +14,7 @@
 //! [`Grads`]: ecstrain_components::Grads
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Activation, Conv2dSpec, Graph, Mode, OpKind, Pool2dSpec, ValueId};
+use ecstrain_components::{Conv2dSpec, Graph, Mode, OpKind, Pool2dSpec, ValueId};
 use ecstrain_kernels::ops;
 use ecstrain_kernels::rng::Rng;
 
@@ -64,8 +64,12 @@ impl Activations {
     /// Plans buffers for batches of up to `capacity` samples.
     pub fn plan(graph: &Graph, capacity: usize) -> Activations {
         let numel = |v: ValueId| graph.values[v.0].numel();
+        // Only values some node writes get buffers: the input is read from the batch, and a value a fusion
+        // rewrite left without a producer is never read.
+        let mut produced = vec![false; graph.values.len()];
+        graph.nodes.iter().for_each(|n| produced[n.output.0] = true);
         let sizes: Vec<usize> =
-            graph.values.iter().enumerate().map(|(i, v)| if i == 0 { 0 } else { v.numel() * capacity }).collect();
+            graph.values.iter().enumerate().map(|(i, v)| if produced[i] { v.numel() * capacity } else { 0 }).collect();
         let mut saved = vec![Vec::new(); graph.nodes.len()];
         let mut indices = vec![Vec::new(); graph.nodes.len()];
         let mut aux = vec![None; graph.nodes.len()];
@@ -74,6 +78,8 @@ impl Activations {
         for (idx, node) in graph.nodes.iter().enumerate() {
             match &node.op {
                 OpKind::MaxPool2d { .. } => indices[idx] = vec![0; sizes[node.output.0]],
+                // A fused activation's input (the pre-activation) is kept for the backward.
+                OpKind::Linear { act: Some(_), .. } => saved[idx] = vec![0.0; sizes[node.output.0]],
                 OpKind::Conv2d { spec, in_hw, .. } => {
                     scratch = scratch.max(conv_geom(spec, *in_hw, capacity).col_len())
                 }
@@ -220,9 +226,16 @@ pub fn forward(
         let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
         let x = read(0);
         match &node.op {
-            OpKind::Linear { rows, in_features, out_features, weight, bias } => {
+            OpKind::Linear { rows, in_features, out_features, weight, bias, act } => {
                 let b = bias.as_ref().map(p);
-                ops::linear::linear_forward(y, x, p(weight), b, n * rows, *in_features, *out_features);
+                let (rows, c, oc) = (n * rows, *in_features, *out_features);
+                match act {
+                    None => ops::linear::linear_forward(y, x, p(weight), b, rows, c, oc),
+                    Some(a) => {
+                        let pre = &mut saved[idx][..y.len()];
+                        ops::linear_act::linear_act_forward(y, pre, x, p(weight), b, *a, rows, c, oc)
+                    }
+                }
             }
             OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
                 let g = conv_geom(spec, *in_hw, n);
@@ -239,7 +252,7 @@ pub fn forward(
                 ops::pool::adaptive_avg_pool2d_forward(y, x, n, *c, *h, *w, *oh, *ow)
             }
             OpKind::Reshape => y.copy_from_slice(x),
-            OpKind::Activation(act) => activation_forward(*act, y, x),
+            OpKind::Activation(act) => ops::activation::activation_forward(*act, y, x),
             OpKind::Dropout { p: prob } => {
                 if mode == Mode::Train && *prob > 0.0 {
                     ops::dropout::dropout_forward(y, x, *prob, dropout_seed(seed, 0, idx));
@@ -353,28 +366,6 @@ pub fn forward(
             }
         }
         values[node.output.0] = out_buf;
-    }
-}
-
-fn activation_forward(act: Activation, y: &mut [f32], x: &[f32]) {
-    match act {
-        Activation::Relu => ops::relu::relu_forward(y, x),
-        Activation::Gelu => ops::gelu::gelu_forward(y, x, ops::gelu::GeluApprox::None),
-        Activation::GeluTanh => ops::gelu::gelu_forward(y, x, ops::gelu::GeluApprox::Tanh),
-        Activation::Tanh => ops::tanh::tanh_forward(y, x),
-        Activation::Sigmoid => ops::sigmoid::sigmoid_forward(y, x),
-        Activation::Silu => ops::silu::silu_forward(y, x),
-    }
-}
-
-fn activation_backward(act: Activation, dx: &mut [f32], dy: &[f32], x: &[f32]) {
-    match act {
-        Activation::Relu => ops::relu::relu_backward(dx, dy, x),
-        Activation::Gelu => ops::gelu::gelu_backward(dx, dy, x, ops::gelu::GeluApprox::None),
-        Activation::GeluTanh => ops::gelu::gelu_backward(dx, dy, x, ops::gelu::GeluApprox::Tanh),
-        Activation::Tanh => ops::tanh::tanh_backward(dx, dy, x),
-        Activation::Sigmoid => ops::sigmoid::sigmoid_backward(dx, dy, x),
-        Activation::Silu => ops::silu::silu_backward(dx, dy, x),
     }
 }
 
@@ -508,16 +499,32 @@ pub fn backward(
             dvals[node.output.0] = dy_buf;
             continue;
         }
+        if let OpKind::Linear { rows, in_features, out_features, weight, bias, act: Some(a) } = &node.op {
+            // The output gradient is read by no other node (its readers ran before this one in the backward),
+            // so the fused kernel turns it into the pre-activation gradient in place.
+            let (xv, x) = (node.inputs[0], value_rows(graph, values, input, node.inputs[0], n));
+            let (dy, pre) = (&mut dy_buf[..out_len], &saved[idx][..out_len]);
+            GradSink { dvals, tmp: grad_tmp, written }.with(xv, x.len(), |dx| {
+                let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
+                let (rows, c, oc) = (n * rows, *in_features, *out_features);
+                ops::linear_act::linear_act_backward(dx, dw, db, dy, pre, x, p(weight), *a, rows, c, oc);
+            });
+            dvals[node.output.0] = dy_buf;
+            continue;
+        }
         let dy = &dy_buf[..out_len];
         let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
         let (xv, x) = (node.inputs[0], read(0));
         let in_len = x.len();
         let mut sink = GradSink { dvals, tmp: grad_tmp, written };
         match &node.op {
-            OpKind::Linear { rows, in_features, out_features, weight, bias } => sink.with(xv, in_len, |dx| {
-                let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
-                ops::linear::linear_backward(dx, dw, db, dy, x, p(weight), n * rows, *in_features, *out_features);
-            }),
+            OpKind::Linear { rows, in_features, out_features, weight, bias, act: None } => {
+                sink.with(xv, in_len, |dx| {
+                    let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
+                    ops::linear::linear_backward(dx, dw, db, dy, x, p(weight), n * rows, *in_features, *out_features);
+                })
+            }
+            OpKind::Linear { act: Some(_), .. } => unreachable!("handled before the match"),
             OpKind::Conv2d { spec, in_hw, weight, bias, .. } => sink.with(xv, in_len, |dx| {
                 let g = conv_geom(spec, *in_hw, n);
                 let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
@@ -559,7 +566,7 @@ pub fn backward(
             }),
             OpKind::Activation(act) => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
-                    activation_backward(*act, dx, dy, x);
+                    ops::activation::activation_backward(*act, dx, dy, x);
                 }
             }),
             OpKind::Dropout { p: prob } => {

@@ -1,9 +1,10 @@
 //! Building the model graph and executing it: [`builder`] turns a model description into a
-//! [`Graph`](ecstrain_components::Graph) plus parameter entities and arenas; [`exec`] runs it forward and
+//! [`Graph`](ecstrain_components::Graph) plus parameter entities and arenas; [`fuse`] merges node pairs into fused kernels; [`exec`] runs it forward and
 //! backward on planned buffers; [`init`] holds PyTorch's default initialisations.
 
 pub mod builder;
 pub mod exec;
+pub mod fuse;
 pub mod init;
 pub mod systems;
 #[cfg(test)]
@@ -11,4 +12,5 @@ mod tests;
 
 pub use builder::{GraphBuilder, GraphError};
 pub use exec::{backward, forward, Activations};
+pub use fuse::fuse_linear_activation;
 pub use init::Init;

@@ -290,3 +290,65 @@ fn conv_net_gradients_match_finite_differences_avg_pool() {
 fn conv_net_gradients_match_finite_differences_max_pool() {
     check(true);
 }
+
+/// Output and parameter gradients of one forward + backward of `graph` on fixed random data.
+fn run_once(world: &World, graph: &ecstrain_components::Graph, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(21);
+    let x: Vec<f32> = (0..n * graph.values[0].numel()).map(|_| rng.normal() as f32).collect();
+    let outs = n * graph.output_shape().iter().product::<usize>();
+    let w: Vec<f32> = (0..outs).map(|_| rng.normal() as f32).collect();
+    let mut acts = Activations::plan(graph, n);
+    let params = world.resource::<Params>().0.data.clone();
+    let mut grads = world.resource::<Grads>().0.data.clone();
+    let mut buffers = world.resource::<Buffers>().arena.data.clone();
+    forward(graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
+    let out = acts.output(graph, n).to_vec();
+    acts.grads[graph.output.0][..outs].copy_from_slice(&w);
+    backward(graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+    (out, grads)
+}
+
+/// An MLP whose layers exercise every fusion case: linear + relu (fused), linear + gelu (fused), a linear
+/// read by two nodes (not fused), and a linear that is the graph output (not fused).
+fn fusable_mlp(world: &mut World) -> ecstrain_components::Graph {
+    let mut g = GraphBuilder::new("test", &[6]);
+    let x = g.input();
+    let h = g.linear("fc1", x, 8, true).unwrap();
+    let h = g.activation("act1", h, Activation::Relu);
+    let h = g.linear("fc2", h, 8, false).unwrap();
+    let h = g.activation("act2", h, Activation::Gelu);
+    let b = g.linear("branch", h, 8, true).unwrap();
+    let a = g.activation("act3", b, Activation::Sigmoid);
+    let h = g.add("res", a, b).unwrap();
+    let out = g.linear("head", h, 3, true).unwrap();
+    g.finish(world, out, 5)
+}
+
+#[test]
+fn fusion_folds_only_sole_readers_and_keeps_every_number() {
+    for build in [fusable_mlp as fn(&mut World) -> _, |w: &mut World| transformer(w, false, true)] {
+        let (mut w1, mut w2) = (World::new(), World::new());
+        let plain = build(&mut w1);
+        let mut fused = build(&mut w2);
+        let count = super::fuse_linear_activation(&mut fused);
+        let labels: Vec<String> = fused.nodes.iter().map(|n| n.op.label()).collect();
+        assert!(count >= 1, "nothing fused: {labels:?}");
+        assert_eq!(fused.nodes.len(), plain.nodes.len() - count);
+        let (out_p, grads_p) = run_once(&w1, &plain, 5);
+        let (out_f, grads_f) = run_once(&w2, &fused, 5);
+        let same =
+            |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same(&out_p, &out_f), "outputs differ after fusion ({labels:?})");
+        assert!(same(&grads_p, &grads_f), "gradients differ after fusion ({labels:?})");
+        check_graph(&w2, &fused, 3, 1e-2, 1, &format!("fused graph {labels:?}"));
+    }
+    let mut w = World::new();
+    let mut g = fusable_mlp(&mut w);
+    assert_eq!(super::fuse_linear_activation(&mut g), 2, "fc1 + relu and fc2 + gelu; not the branch, not the head");
+    let labels: Vec<String> = g.nodes.iter().map(|n| n.op.label()).collect();
+    assert_eq!(labels[..2], ["Linear(6, 8) + Relu".to_string(), "Linear(8, 8) + Gelu".to_string()]);
+    // The fused-away values get no buffers.
+    let acts = Activations::plan(&g, 4);
+    let empty = acts.values.iter().skip(1).filter(|v| v.is_empty()).count();
+    assert_eq!(empty, 2);
+}
