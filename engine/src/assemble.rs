@@ -9,6 +9,7 @@ use ecstrain_components::*;
 use ecstrain_kernels::Device;
 use ecstrain_systems::data::{Loader, TrainLoader, ValLoader};
 use ecstrain_systems::graph::Activations;
+use ecstrain_systems::optim::clip::{GradClip, GradNorm};
 use ecstrain_systems::optim::OptimizerSettings;
 use ecstrain_systems::schedule::systems::Scheduler;
 
@@ -35,7 +36,8 @@ pub struct Assembly {
 }
 
 fn check_run_section(r: &RunSection) -> Result<(), String> {
-    let checks: [(bool, &str, String); 13] = [
+    let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
+    let checks: [(bool, &str, String); 15] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
         (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
@@ -53,6 +55,12 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
             "must be at least 1".into(),
         ),
         (r.top_k >= 1, "run.top_k", "must be at least 1".into()),
+        (clip_ok(r.clip_grad_norm), "run.clip_grad_norm", format!("must be >= 0 (0 = off), got {}", r.clip_grad_norm)),
+        (
+            clip_ok(r.clip_grad_value),
+            "run.clip_grad_value",
+            format!("must be >= 0 (0 = off), got {}", r.clip_grad_value),
+        ),
     ];
     for (ok, key, msg) in checks {
         if !ok {
@@ -209,6 +217,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     });
     (opt_entry.install)(&mut app);
     let w = &mut app.world;
+    if r.clip_grad_norm > 0.0 || r.clip_grad_value > 0.0 {
+        w.insert_resource(GradClip { max_norm: r.clip_grad_norm, max_value: r.clip_grad_value });
+        w.init_resource::<GradNorm>();
+    }
     w.insert_resource(Scheduler(scheduler));
     w.insert_resource(LearningRate::uniform(r.lr0, r.momentum));
     w.insert_resource(Clock { batches_per_epoch: batches, accumulate, ..Default::default() });

@@ -150,6 +150,13 @@ pub struct RunSection {
     /// LR factor at the first warm-up step.
     #[serde(default)]
     pub warmup_start_factor: f64,
+    /// Clip every gradient element to [-v, v] before the optimizer step (0 = off; torch `clip_grad_value_`).
+    #[serde(default)]
+    pub clip_grad_value: f64,
+    /// Scale the gradients so their joint L2 norm is at most this before the optimizer step (0 = off; torch
+    /// `clip_grad_norm_`; Ultralytics clips at 10.0). Applied after `clip_grad_value`.
+    #[serde(default)]
+    pub clip_grad_norm: f64,
     /// Nominal batch size: gradients accumulate over max(round(nbs / batch), 1) batches.
     #[serde(default = "d::nbs")]
     pub nbs: usize,

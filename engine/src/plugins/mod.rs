@@ -3,6 +3,7 @@
 
 pub mod builtins;
 pub mod checkpoint;
+pub mod clipping;
 pub mod core;
 pub mod logging;
 pub mod optimizers;
@@ -21,6 +22,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(optimizers::BuiltinOptimizers)
             .add_plugin(schedulers::BuiltinSchedulers)
             .add_plugin(core::CorePlugin)
+            .add_plugin(clipping::GradClipPlugin)
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)
             .add_plugin(logging::SummaryPlugin)

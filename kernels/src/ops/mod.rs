@@ -36,7 +36,7 @@ pub mod tanh;
 pub mod upsample;
 pub mod vector_quantize;
 
-mod par;
+pub(crate) mod par;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;

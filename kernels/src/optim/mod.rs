@@ -14,6 +14,7 @@
 //! No kernel allocates.
 
 pub mod adamw;
+pub mod clip;
 pub mod sgd;
 
 pub use adamw::{adamw_step, AdamWConfig};

@@ -25,6 +25,7 @@ pub fn emit_train_record(
     clock: Res<Clock>,
     metrics: Res<Metrics>,
     lr: Res<LearningRate>,
+    grad_norm: Option<Res<crate::optim::clip::GradNorm>>,
     mut timer: ResMut<RunTimer>,
     mut out: MessageWriter<MetricEvent>,
 ) {
@@ -36,6 +37,9 @@ pub fn emit_train_record(
         values.insert("loss".to_string(), m.mean());
     }
     values.insert("lr".to_string(), lr.lr);
+    if let Some(g) = grad_norm.and_then(|g| g.0) {
+        values.insert("grad_norm".to_string(), g);
+    }
     values.insert("samples_per_s".to_string(), (clock.samples_seen - s0) as f64 / dt);
     timer.last_log = (now, clock.samples_seen);
     out.write(MetricEvent { split: "train".into(), step: clock.step, epoch: clock.epoch, values });

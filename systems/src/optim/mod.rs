@@ -5,6 +5,7 @@
 //! [`NoDecay`](ecstrain_components::NoDecay); [`Frozen`](ecstrain_components::Frozen) parameters are skipped.
 
 pub mod adamw;
+pub mod clip;
 pub mod sgd;
 
 use bevy_ecs::prelude::*;
