@@ -16,7 +16,10 @@ use ecstrain::systems::sets::{RunStart, StepSet, TrainStep};
 /// (before Reduce, after Reduce, logged norm) per optimizer step.
 /// The tests share the probe's static, so they run one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-static SEEN: Mutex<Vec<(Vec<f32>, Vec<f32>, Option<f64>)>> = Mutex::new(Vec::new());
+static SEEN: Mutex<Vec<Probe>> = Mutex::new(Vec::new());
+
+/// Gradients before Reduce, after Reduce, and the logged norm, of one optimizer step.
+type Probe = (Vec<f32>, Vec<f32>, Option<f64>);
 
 fn freeze_first_layer(mut commands: Commands, params: Query<(Entity, &ParamInfo)>) {
     for (e, info) in &params {
@@ -38,7 +41,7 @@ fn after(grads: Res<Grads>, norm: Option<Res<GradNorm>>) {
 }
 
 /// Runs one epoch with `overrides` and returns what the probe saw, plus the frozen layer's arena range.
-fn run(tag: &str, overrides: &[&str]) -> (Vec<(Vec<f32>, Vec<f32>, Option<f64>)>, FrozenRanges) {
+fn run(tag: &str, overrides: &[&str]) -> (Vec<Probe>, FrozenRanges) {
     SEEN.lock().unwrap().clear();
     let dir = scratch(tag);
     let cfg = write_config(&dir, "c.yaml", &digits_yaml(&dir.join("run")).replace("epochs: 2", "epochs: 1"));
