@@ -2,12 +2,13 @@
 //!
 //! Nothing here runs training code; behaviour lives in `ecstrain-systems`. The split follows design.md:
 //! parameter entities carry identity, names and markers ([`param`]); the numbers they name live in contiguous
-//! arenas ([`arena`]); everything global to a run is a resource ([`clock`], [`batch`], [`metrics`], [`run`]);
+//! arenas ([`arena`]); everything global to a run is a resource ([`clock`], [`batch`], [`metrics`], [`run`], [`ema`]);
 //! the model is a static graph described as data ([`graph`]).
 
 pub mod arena;
 pub mod batch;
 pub mod clock;
+pub mod ema;
 pub mod graph;
 pub mod metrics;
 pub mod param;
@@ -16,6 +17,7 @@ pub mod run;
 pub use arena::{Arena, Grads, OptimizerState, Params};
 pub use batch::{Batch, Mode, Targets};
 pub use clock::{Clock, LearningRate};
+pub use ema::{EmaShadow, EmaWeights};
 pub use graph::{
     Activation, BufferEntry, Buffers, Conv2dSpec, Graph, Node, OpKind, ParamRef, Pool2dSpec, ValueId, ValueInfo,
 };

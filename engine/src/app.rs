@@ -56,6 +56,7 @@ pub fn schedule_labels() -> Vec<bevy_ecs::schedule::InternedScheduleLabel> {
         EpochStart.intern(),
         TrainStep.intern(),
         EpochEnd.intern(),
+        ValidationStart.intern(),
         ValidationStep.intern(),
         ValidationEnd.intern(),
         RunEnd.intern(),

@@ -37,7 +37,7 @@ pub struct Assembly {
 
 fn check_run_section(r: &RunSection) -> Result<(), String> {
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
-    let checks: [(bool, &str, String); 15] = [
+    let checks: [(bool, &str, String); 17] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
         (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
@@ -55,6 +55,8 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
             "must be at least 1".into(),
         ),
         (r.top_k >= 1, "run.top_k", "must be at least 1".into()),
+        ((0.0..1.0).contains(&r.ema_decay), "run.ema_decay", format!("must be in [0, 1), got {}", r.ema_decay)),
+        (r.ema_tau > 0.0 && r.ema_tau.is_finite(), "run.ema_tau", format!("must be > 0, got {}", r.ema_tau)),
         (clip_ok(r.clip_grad_norm), "run.clip_grad_norm", format!("must be >= 0 (0 = off), got {}", r.clip_grad_norm)),
         (
             clip_ok(r.clip_grad_value),
@@ -243,6 +245,23 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     w.init_resource::<TrainingState>();
     w.init_resource::<RunTimer>();
     w.init_resource::<RunFailure>();
+    if r.ema {
+        // Tracks every parameter; starts as a copy of the (possibly pretrained) weights, as ModelEMA does.
+        let ids: Vec<Entity> = app.world.query_filtered::<Entity, With<ParamSlice>>().iter(&app.world).collect();
+        for e in ids {
+            app.world.entity_mut(e).insert(EmaShadow);
+        }
+        let w = &app.world;
+        let ema = EmaWeights {
+            params: w.resource::<Params>().0.clone(),
+            buffers: w.resource::<Buffers>().arena.clone(),
+            updates: 0,
+            decay: r.ema_decay,
+            tau: r.ema_tau,
+            swapped: false,
+        };
+        app.world.insert_resource(ema);
+    }
     let summary = model_summary(&mut app.world, &graph);
     app.world.insert_resource(graph);
     let resumed_from = crate::resume::resume_path(&r.resume, &r.save_dir).map_err(err)?;

@@ -1,12 +1,12 @@
 //! Resuming a run from a checkpoint (`run.resume: true` for `<save_dir>/checkpoints/last.safetensors`, or a
 //! path). Restores parameters by name, the optimizer state arenas and step, the clock and the fitness
-//! tracking. Every random stream is a pure function of (seed, epoch / micro-step), so restoring the clock
+//! tracking, and with `run.ema` the averages and their update count. Every random stream is a pure function of (seed, epoch / micro-step), so restoring the clock
 //! restores the data order and dropout masks too: the resumed run continues exactly.
 
 use std::path::{Path, PathBuf};
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Clock, OptimizerState, TrainingState};
+use ecstrain_components::{Buffers, Clock, EmaWeights, OptimizerState, Params, TrainingState};
 use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
 use ecstrain_systems::checkpoint::CHECKPOINT_FORMAT;
 
@@ -38,13 +38,33 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     if ck.metadata.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         return Err(format!("run.resume: {p} is not an engine checkpoint (format {CHECKPOINT_FORMAT} expected)"));
     }
-    // Parameters and buffers, by name.
-    for (name, shape, slot) in crate::weights::model_tensors(&mut app.world) {
-        let t = ck.tensors.get(&name).ok_or_else(|| format!("run.resume: {p} has no tensor `{name}`"))?;
-        if t.shape != shape {
-            return Err(format!("run.resume: {p}: `{name}` has shape {:?} but the model's is {shape:?}", t.shape));
+    // Parameters and buffers, by name (with `prefix`).
+    let load = |app: &mut App, prefix: &str| -> Result<(), String> {
+        for (name, shape, slot) in crate::weights::model_tensors(&mut app.world) {
+            let key = format!("{prefix}{name}");
+            let t = ck.tensors.get(&key).ok_or_else(|| format!("run.resume: {p} has no tensor `{key}`"))?;
+            if t.shape != shape {
+                return Err(format!("run.resume: {p}: `{key}` has shape {:?} but the model's is {shape:?}", t.shape));
+            }
+            crate::weights::copy_into(&mut app.world, &slot, t).map_err(|e| format!("run.resume: {p}: `{key}` {e}"))?;
         }
-        crate::weights::copy_into(&mut app.world, &slot, t).map_err(|e| format!("run.resume: {p}: `{name}` {e}"))?;
+        Ok(())
+    };
+    load(app, "")?;
+    // An EMA run saved the averages under the plain names and the training weights under `train.`.
+    let saved_with_ema = ck.tensors.keys().any(|k| k.starts_with("train."));
+    let updates = ck.metadata.get("ema_updates").and_then(|u| u.parse().ok()).unwrap_or(0);
+    if app.world.contains_resource::<EmaWeights>() {
+        let (params, buffers) =
+            (app.world.resource::<Params>().0.clone(), app.world.resource::<Buffers>().arena.clone());
+        let mut ema = app.world.resource_mut::<EmaWeights>();
+        ema.params = params;
+        ema.buffers = buffers;
+        // From a checkpoint without averages the EMA starts afresh from its weights, as ModelEMA would.
+        ema.updates = if saved_with_ema { updates } else { 0 };
+    }
+    if saved_with_ema {
+        load(app, "train.")?;
     }
     // Optimizer state.
     let mut opt = app.world.resource_mut::<OptimizerState>();

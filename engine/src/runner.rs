@@ -31,6 +31,7 @@ pub fn validate(app: &mut App) {
         return;
     };
     app.world.resource_mut::<ValLoader>().cursor = 0;
+    app.run(ValidationStart);
     *app.world.resource_mut::<Mode>() = Mode::Eval;
     for _ in 0..batches {
         app.run(ValidationStep);

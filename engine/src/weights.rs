@@ -93,11 +93,14 @@ pub fn load_pretrained(world: &mut World, path: &Path, strict: bool) -> Result<S
         copy_into(world, slot, t).map_err(|e| format!("model.pretrained: {p}: `{name}` {e}"))?;
         loaded += 1;
     }
-    // An engine checkpoint also holds optimizer state (`optimizer.*`): not model tensors, not "unexpected".
+    // An engine checkpoint also holds optimizer state (`optimizer.*`) and, with EMA, the training weights
+    // (`train.*`; the plain names are the averages): not model tensors, not "unexpected".
     let unexpected: Vec<&String> = ck
         .tensors
         .keys()
-        .filter(|k| !k.starts_with("optimizer.") && !targets.iter().any(|(n, _, _)| n == *k))
+        .filter(|k| {
+            !k.starts_with("optimizer.") && !k.starts_with("train.") && !targets.iter().any(|(n, _, _)| n == *k)
+        })
         .collect();
     if strict && (!missing.is_empty() || !unexpected.is_empty()) {
         return Err(format!("model.pretrained (strict): {p}: missing {missing:?}, unexpected {unexpected:?}"));

@@ -8,6 +8,7 @@
 //! | [`EpochStart`] | before each epoch | data order (shuffle), meters reset |
 //! | [`TrainStep`] | each micro-batch | the [`StepSet`] chain |
 //! | [`EpochEnd`] | after each epoch's last step | epoch logs |
+//! | [`ValidationStart`] | before a validation pass | swap in evaluation weights (EMA) |
 //! | [`ValidationStep`] | each validation batch | load, forward, metrics |
 //! | [`ValidationEnd`] | after a validation pass | metric summary, fitness, best/last checkpoints, early stop |
 //! | [`RunEnd`] | once, at the end | summary, final checkpoint |
@@ -29,6 +30,9 @@ pub struct TrainStep;
 /// Runs after every epoch.
 #[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EpochEnd;
+/// Runs before each validation pass (e.g. the EMA plugin swaps the averaged weights in).
+#[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ValidationStart;
 /// Runs once per validation batch.
 #[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ValidationStep;

@@ -72,6 +72,8 @@ macro_rules! defaults {
 mod d {
     defaults! {
         yes: bool = true;
+        ema_decay: f64 = 0.9999;
+        ema_tau: f64 = 2000.0;
         task: String = "classification".into();
         epochs: u64 = 100;
         batch: usize = 64;
@@ -157,6 +159,16 @@ pub struct RunSection {
     /// `clip_grad_norm_`; Ultralytics clips at 10.0). Applied after `clip_grad_value`.
     #[serde(default)]
     pub clip_grad_norm: f64,
+    /// Keep an exponential moving average of the weights (Ultralytics' ModelEMA) and validate, select the best
+    /// checkpoint and stop early on it.
+    #[serde(default)]
+    pub ema: bool,
+    /// EMA: asymptotic decay.
+    #[serde(default = "d::ema_decay")]
+    pub ema_decay: f64,
+    /// EMA: the decay ramps up as `ema_decay * (1 - exp(-updates / ema_tau))`.
+    #[serde(default = "d::ema_tau")]
+    pub ema_tau: f64,
     /// Nominal batch size: gradients accumulate over max(round(nbs / batch), 1) batches.
     #[serde(default = "d::nbs")]
     pub nbs: usize,

@@ -5,6 +5,7 @@ pub mod builtins;
 pub mod checkpoint;
 pub mod clipping;
 pub mod core;
+pub mod ema;
 pub mod logging;
 pub mod optimizers;
 pub mod schedulers;
@@ -23,6 +24,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(schedulers::BuiltinSchedulers)
             .add_plugin(core::CorePlugin)
             .add_plugin(clipping::GradClipPlugin)
+            .add_plugin(ema::EmaPlugin)
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)
             .add_plugin(logging::SummaryPlugin)

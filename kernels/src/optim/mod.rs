@@ -15,6 +15,7 @@
 
 pub mod adamw;
 pub mod clip;
+pub mod ema;
 pub mod sgd;
 
 pub use adamw::{adamw_step, AdamWConfig};

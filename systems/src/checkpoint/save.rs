@@ -7,14 +7,18 @@
 //! flat F32 tensor `optimizer.<state name>` (same layout as the parameters, in entity order); metadata
 //! (strings): `format`, `clock` (JSON), `optimizer`, `optimizer_step`, `lr`, `training_state` (JSON),
 //! `param_order` (JSON list of names in arena order) and `config` (the resolved YAML).
+//!
+//! With `run.ema` the dotted names hold the moving averages (the model that was validated, the one to deploy
+//! or fine-tune from), and the training weights go under `train.<name>` with the `ema_updates` count, so a
+//! resumed run continues both exactly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Buffers, Clock, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure, RunInfo, RunSettings,
-    TrainingState,
+    Arena, Buffers, Clock, EmaWeights, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure,
+    RunInfo, RunSettings, TrainingState,
 };
 
 use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
@@ -29,6 +33,7 @@ pub fn write_checkpoint<'a>(
     params_iter: impl Iterator<Item = (&'a ParamInfo, &'a ParamSlice)>,
     params: &Params,
     buffers: Option<&Buffers>,
+    ema: Option<&EmaWeights>,
     opt: Option<&OptimizerState>,
     clock: &Clock,
     lr: &LearningRate,
@@ -37,22 +42,37 @@ pub fn write_checkpoint<'a>(
 ) -> Result<(), CheckpointError> {
     let mut entries: Vec<(&ParamInfo, &ParamSlice)> = params_iter.collect();
     entries.sort_by_key(|(_, s)| s.offset);
-    let mut tensors: Vec<(String, Vec<usize>, TensorData)> = entries
-        .iter()
-        .map(|(info, slice)| (info.name.clone(), info.shape.clone(), TensorData::F32(params.0.get(**slice))))
-        .collect();
+    // The model under its own names, and with EMA the training weights under `train.`: which arena holds
+    // which depends on whether the averages are swapped in (during a validation pass) or not.
+    let empty = Arena::default();
+    let buffer_arena = buffers.map_or(&empty, |b| &b.arena);
+    let sets: Vec<(&str, &Arena, &Arena)> = match ema {
+        None => vec![("", &params.0, buffer_arena)],
+        Some(e) if e.swapped => vec![("", &params.0, buffer_arena), ("train.", &e.params, &e.buffers)],
+        Some(e) => vec![("", &e.params, &e.buffers), ("train.", &params.0, buffer_arena)],
+    };
+    let no_entries = Vec::new();
+    let buffer_entries = buffers.map_or(&no_entries, |b| &b.entries);
     // Integer buffers are counters kept as f32 in the arena; PyTorch stores them as int64.
-    let ints: Vec<Vec<i64>> = buffers
-        .map(|b| b.entries.iter().map(|e| b.arena.get(e.slice).iter().map(|&v| v as i64).collect()).collect())
-        .unwrap_or_default();
-    if let Some(b) = buffers {
-        for (e, ints) in b.entries.iter().zip(&ints) {
-            let data = if e.integer { TensorData::I64(ints) } else { TensorData::F32(b.arena.get(e.slice)) };
-            tensors.push((e.name.clone(), e.shape.clone(), data));
+    let ints: Vec<Vec<Vec<i64>>> = sets
+        .iter()
+        .map(|(_, _, b)| buffer_entries.iter().map(|e| b.get(e.slice).iter().map(|&v| v as i64).collect()).collect())
+        .collect();
+    let mut tensors: Vec<(String, Vec<usize>, TensorData)> = Vec::new();
+    for ((prefix, p, b), ints) in sets.iter().zip(&ints) {
+        for (info, slice) in &entries {
+            tensors.push((format!("{prefix}{}", info.name), info.shape.clone(), TensorData::F32(p.get(**slice))));
+        }
+        for (e, ints) in buffer_entries.iter().zip(ints) {
+            let data = if e.integer { TensorData::I64(ints) } else { TensorData::F32(b.get(e.slice)) };
+            tensors.push((format!("{prefix}{}", e.name), e.shape.clone(), data));
         }
     }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), CHECKPOINT_FORMAT.to_string());
+    if let Some(e) = ema {
+        meta.insert("ema_updates".into(), e.updates.to_string());
+    }
     if let Some(opt) = opt {
         for (name, arena) in &opt.buffers {
             tensors.push((format!("optimizer.{name}"), vec![arena.len()], TensorData::F32(&arena.data)));
@@ -84,6 +104,7 @@ pub struct CheckpointSources<'w, 's> {
     query: Query<'w, 's, (&'static ParamInfo, &'static ParamSlice)>,
     params: Res<'w, Params>,
     buffers: Option<Res<'w, Buffers>>,
+    ema: Option<Res<'w, EmaWeights>>,
     opt: Option<Res<'w, OptimizerState>>,
     clock: Res<'w, Clock>,
     lr: Res<'w, LearningRate>,
@@ -99,6 +120,7 @@ impl CheckpointSources<'_, '_> {
             self.query.iter(),
             &self.params,
             self.buffers.as_deref(),
+            self.ema.as_deref(),
             self.opt.as_deref(),
             &self.clock,
             &self.lr,

@@ -6,6 +6,7 @@
 
 pub mod adamw;
 pub mod clip;
+pub mod ema;
 pub mod sgd;
 
 use bevy_ecs::prelude::*;
