@@ -37,7 +37,7 @@ pub struct Assembly {
 
 fn check_run_section(r: &RunSection) -> Result<(), String> {
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
-    let checks: [(bool, &str, String); 17] = [
+    let checks: [(bool, &str, String); 19] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
         (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
@@ -57,6 +57,12 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
         (r.top_k >= 1, "run.top_k", "must be at least 1".into()),
         ((0.0..1.0).contains(&r.ema_decay), "run.ema_decay", format!("must be in [0, 1), got {}", r.ema_decay)),
         (r.ema_tau > 0.0 && r.ema_tau.is_finite(), "run.ema_tau", format!("must be > 0, got {}", r.ema_tau)),
+        (
+            r.layer_decay.is_none_or(|d| d > 0.0 && d <= 1.0),
+            "run.layer_decay",
+            format!("must be in (0, 1], got {:?}", r.layer_decay),
+        ),
+        (r.accum_grad_iters.is_none_or(|a| a >= 1), "run.accum_grad_iters", "must be at least 1".into()),
         (clip_ok(r.clip_grad_norm), "run.clip_grad_norm", format!("must be >= 0 (0 = off), got {}", r.clip_grad_norm)),
         (
             clip_ok(r.clip_grad_value),
@@ -133,6 +139,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         let n = crate::weights::freeze(&mut app.world, &cfg.model.freeze).map_err(err)?;
         notices.push(format!("froze {n} parameters (model.freeze)"));
     }
+    if let Some(decay) = r.layer_decay {
+        let n = crate::param_groups::apply_layer_decay(&mut app.world, decay).map_err(err)?;
+        notices.push(format!("layer-wise lr decay {decay} on {n} parameters (run.layer_decay)"));
+    }
     let n_params = app.world.resource::<Params>().0.len();
     let capacity = r.batch;
     let input_len: usize = splits.train.sample_shape().iter().product();
@@ -193,11 +203,15 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
             }
         }
     }
-    let accumulate = ((r.nbs as f64 / r.batch as f64).round() as u64).max(1);
+    // Ultralytics: accumulate to the nominal batch and scale the weight decay with it; LAVIS: a fixed count.
+    let accumulate = r.accum_grad_iters.unwrap_or(((r.nbs as f64 / r.batch as f64).round() as u64).max(1));
     let steps_per_epoch = batches.div_ceil(accumulate);
     let total_steps = steps_per_epoch * r.epochs;
     let scheduler = (sched_entry.build)(&ScheduleContext { run: r, total_steps, steps_per_epoch }).map_err(err)?;
-    let weight_decay = r.weight_decay * (r.batch as f64 * accumulate as f64) / r.nbs as f64;
+    let weight_decay = match r.accum_grad_iters {
+        Some(_) => r.weight_decay,
+        None => r.weight_decay * (r.batch as f64 * accumulate as f64) / r.nbs as f64,
+    };
 
     let targets = splits.train.empty_targets(capacity);
     let w = &mut app.world;

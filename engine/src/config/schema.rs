@@ -169,6 +169,15 @@ pub struct RunSection {
     /// EMA: the decay ramps up as `ema_decay * (1 - exp(-updates / ema_tau))`.
     #[serde(default = "d::ema_tau")]
     pub ema_tau: f64,
+    /// Layer-wise learning-rate decay for transformers (BEiT / BLIP-2): block k of `depth` trains at
+    /// `layer_decay^(depth - k)` times the rate, the embeddings at `layer_decay^(depth + 1)`, the head and final
+    /// norm at the full rate. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_decay: Option<f64>,
+    /// LAVIS's gradient accumulation: optimizer steps every this many batches, weight decay unscaled
+    /// (overrides the `nbs` rule when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accum_grad_iters: Option<u64>,
     /// Nominal batch size: gradients accumulate over max(round(nbs / batch), 1) batches.
     #[serde(default = "d::nbs")]
     pub nbs: usize,
