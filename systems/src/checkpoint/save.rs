@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn scalars_round_trip_bit_for_bit() {
-        let tiny = 5.6305183407943405e-18f32 as f64;
+        let tiny = 5.630_518e-18_f32 as f64;
         let scalars = vec![("mu_product".to_string(), tiny), ("x".to_string(), 0.1 + 0.2)];
         let back = decode_scalars(&encode_scalars(&scalars)).unwrap();
         for (n, v) in &scalars {
