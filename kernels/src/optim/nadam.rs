@@ -227,7 +227,7 @@ pub(crate) mod tests {
         for (t, g) in r.grads.iter().enumerate() {
             let step = t as u64 + 1;
             mu_product *= mu(&cfg, step as f64);
-            // Emulate an f64 product through the f32 entry point: only the value passed in changes.
+            // The same update written out in f64; only the product differs from the kernel (never rounded to f32).
             let exact = mu_product;
             let t64 = step as f64;
             let (mu_t, mu_next) = (mu(&cfg, t64), mu(&cfg, t64 + 1.0));
