@@ -173,3 +173,20 @@ fn model_options_and_batch_norm_batches_are_checked_before_training() {
     let m = rejected("sequential_layer", seq, &[]);
     assert!(m.contains("unknown variant `batchnorm`") && m.contains("batch_norm2d"), "{m}");
 }
+
+#[test]
+fn optimizer_hyper_parameters_out_of_range_name_the_key_and_range() {
+    for (set, key, range) in [
+        ("run.alpha=1.5", "run.alpha", "[0, 1)"),
+        ("run.rho=-0.1", "run.rho", "[0, 1]"),
+        ("run.momentum_decay=-1", "run.momentum_decay", ">= 0"),
+        ("run.lr_decay=-0.5", "run.lr_decay", ">= 0"),
+        ("run.initial_accumulator_value=-1", "run.initial_accumulator_value", ">= 0"),
+        ("run.eps=0", "run.eps", "positive"),
+    ] {
+        let m = rejected(&format!("range_{key}"), |y| y, &["--set", set]);
+        assert!(m.contains(key) && m.contains(range), "{set}: {m}");
+    }
+    let m = rejected("bool_key", |y| y, &["--set", "run.amsgrad=maybe"]);
+    assert!(m.contains("run.amsgrad"), "{m}");
+}

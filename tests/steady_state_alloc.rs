@@ -1,8 +1,9 @@
 //! No allocation in the steady-state training step: after warm-up, a training step (load, forward, loss,
 //! backward, optimizer, schedule, log plumbing) makes no heap allocation of its own, for every model family:
 //! the W1 MLP, the W2 CNN, the W3 ViT (attention, layer norm, tokens), the digits ResNet (batch norm, residual
-//! adds) and the digits VQ-VAE (quantiser, upsampling, the reconstruction task with PSNR / SSIM). A counting global
-//! allocator records a backtrace for every allocation in the measured window.
+//! adds) and the digits VQ-VAE (quantiser, upsampling, the reconstruction task with PSNR / SSIM), and for every
+//! registered optimizer (on the digits MLP). A counting global allocator records a backtrace for every
+//! allocation in the measured window.
 //!
 //! Known exceptions, asserted rather than hidden: the `gemm` crate (0.19) allocates its packing workspace
 //! inside every matrix product and offers no way to pass one in; those allocations (about 20 per W1 step)
@@ -97,5 +98,27 @@ fn training_step_does_not_allocate_after_warm_up() {
             ours[0]
         );
         eprintln!("{config}: {total} allocations in 8 steps, all in gemm's packing workspace or rayon's queue");
+    }
+    // Every optimizer, with its optional state buffers switched on.
+    let optimizers: [&[&str]; 9] = [
+        &["run.optimizer=SGD", "run.nesterov=true"],
+        &["run.optimizer=Adam", "run.amsgrad=true"],
+        &["run.optimizer=AdamW", "run.amsgrad=true"],
+        &["run.optimizer=Adamax"],
+        &["run.optimizer=NAdam", "run.decoupled_weight_decay=true"],
+        &["run.optimizer=RAdam"],
+        &["run.optimizer=RMSProp", "run.centered=true"],
+        &["run.optimizer=Adagrad", "run.lr_decay=0.01"],
+        &["run.optimizer=Adadelta"],
+    ];
+    for sets in optimizers {
+        let (ours, total) = allocations("configs/digits_mlp.yaml", sets);
+        assert!(
+            ours.is_empty(),
+            "{sets:?}: {} allocations outside gemm / rayon's queue; first:\n{}",
+            ours.len(),
+            ours[0]
+        );
+        eprintln!("digits MLP {sets:?}: {total} allocations in 8 steps, all in gemm or rayon's queue");
     }
 }

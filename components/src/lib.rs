@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod param;
 pub mod run;
 
-pub use arena::{Arena, Grads, OptimizerState, Params};
+pub use arena::{Arena, Grads, OptimizerState, Params, StateLayout};
 pub use batch::{Batch, Mode, Targets};
 pub use clock::{Clock, LearningRate};
 pub use ema::{EmaShadow, EmaWeights};

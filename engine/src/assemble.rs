@@ -36,16 +36,28 @@ pub struct Assembly {
 }
 
 fn check_run_section(r: &RunSection) -> Result<(), String> {
+    // Half-open unit interval, finite (NaN fails every comparison).
+    let unit = |v: f64| (0.0..1.0).contains(&v);
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
-    let checks: [(bool, &str, String); 19] = [
+    let non_negative = |v: f64| v >= 0.0 && v.is_finite();
+    let checks: [(bool, &str, String); 24] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
         (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
         (r.lrf >= 0.0 && r.lrf.is_finite(), "run.lrf", format!("must be >= 0, got {}", r.lrf)),
-        ((0.0..1.0).contains(&r.momentum), "run.momentum", format!("must be in [0, 1), got {}", r.momentum)),
-        ((0.0..1.0).contains(&r.beta2), "run.beta2", format!("must be in [0, 1), got {}", r.beta2)),
-        (r.eps > 0.0, "run.eps", format!("must be positive, got {}", r.eps)),
-        (r.weight_decay >= 0.0, "run.weight_decay", format!("must be >= 0, got {}", r.weight_decay)),
+        (unit(r.momentum), "run.momentum", format!("must be in [0, 1), got {}", r.momentum)),
+        (unit(r.beta2), "run.beta2", format!("must be in [0, 1), got {}", r.beta2)),
+        (r.eps > 0.0 && r.eps.is_finite(), "run.eps", format!("must be positive, got {}", r.eps)),
+        (non_negative(r.weight_decay), "run.weight_decay", format!("must be >= 0, got {}", r.weight_decay)),
+        (non_negative(r.momentum_decay), "run.momentum_decay", format!("must be >= 0, got {}", r.momentum_decay)),
+        (unit(r.alpha), "run.alpha", format!("must be in [0, 1), got {}", r.alpha)),
+        (non_negative(r.lr_decay), "run.lr_decay", format!("must be >= 0, got {}", r.lr_decay)),
+        (
+            non_negative(r.initial_accumulator_value),
+            "run.initial_accumulator_value",
+            format!("must be >= 0, got {}", r.initial_accumulator_value),
+        ),
+        ((0.0..=1.0).contains(&r.rho), "run.rho", format!("must be in [0, 1], got {}", r.rho)),
         (r.warmup_epochs >= 0.0, "run.warmup_epochs", format!("must be >= 0, got {}", r.warmup_epochs)),
         ((0.0..=1.0).contains(&r.warmup_start_factor), "run.warmup_start_factor", "must be in [0, 1]".into()),
         (r.nbs >= 1, "run.nbs", "must be at least 1".into()),
@@ -223,14 +235,25 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     } else {
         notices.push(format!("datasets.{ds_name} has no val split: no validation, no best checkpoint"));
     }
-    w.insert_resource(OptimizerState::new(&r.optimizer.to_ascii_lowercase(), opt_entry.state, n_params));
-    w.insert_resource(OptimizerSettings {
+    let settings = OptimizerSettings {
         weight_decay,
+        momentum: r.momentum,
         nesterov: r.nesterov,
         dampening: r.dampening,
         beta2: r.beta2,
         eps: r.eps,
-    });
+        amsgrad: r.amsgrad,
+        decoupled_weight_decay: r.decoupled_weight_decay,
+        momentum_decay: r.momentum_decay,
+        alpha: r.alpha,
+        centered: r.centered,
+        lr_decay: r.lr_decay,
+        initial_accumulator_value: r.initial_accumulator_value,
+        rho: r.rho,
+    };
+    let layout = (opt_entry.state)(&settings);
+    w.insert_resource(OptimizerState::from_layout(&r.optimizer.to_ascii_lowercase(), &layout, n_params));
+    w.insert_resource(settings);
     (opt_entry.install)(&mut app);
     let w = &mut app.world;
     if r.clip_grad_norm > 0.0 || r.clip_grad_value > 0.0 {

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use ecstrain_components::StateLayout;
 use ecstrain_systems::data::Dataset;
 use ecstrain_systems::models::ModelBuildFn;
+use ecstrain_systems::optim::OptimizerSettings;
 use ecstrain_systems::schedule::lr::LrScheduler;
 
 use crate::app::App;
@@ -73,8 +75,9 @@ pub struct TaskEntry {
 /// A registered optimizer.
 #[derive(Clone)]
 pub struct OptimizerEntry {
-    /// Names of its state arenas (PyTorch's state keys), each the size of the parameter arena.
-    pub state: &'static [&'static str],
+    /// Its state for the given settings: arenas (PyTorch's state keys, each the size of the parameter arena,
+    /// with their initial value) and scalars.
+    pub state: fn(&OptimizerSettings) -> StateLayout,
     /// Adds its update system to the Optimize set.
     pub install: fn(&mut App),
     /// One line for `engine list`.

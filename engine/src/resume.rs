@@ -1,6 +1,7 @@
 //! Resuming a run from a checkpoint (`run.resume: true` for `<save_dir>/checkpoints/last.safetensors`, or a
-//! path). Restores parameters by name, the optimizer state arenas and step, the clock and the fitness
-//! tracking, and with `run.ema` the averages and their update count. Every random stream is a pure function of (seed, epoch / micro-step), so restoring the clock
+//! path). Restores parameters by name, the optimizer state arenas, scalars and step, the clock and the
+//! fitness tracking, and with `run.ema` the averages and their update count. Every random stream is a pure
+//! function of (seed, epoch / micro-step), so restoring the clock
 //! restores the data order and dropout masks too: the resumed run continues exactly.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Buffers, Clock, EmaWeights, OptimizerState, Params, TrainingState};
 use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
-use ecstrain_systems::checkpoint::CHECKPOINT_FORMAT;
+use ecstrain_systems::checkpoint::{decode_scalars, CHECKPOINT_FORMAT, OPTIMIZER_SCALARS_KEY};
 
 use crate::app::App;
 
@@ -82,6 +83,20 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
             format!("run.resume: {p}: `{key}` does not match the parameter arena ({} elements)", arena.len())
         })?;
         arena.data.copy_from_slice(data);
+    }
+    // Scalar state (NAdam's mu_product). Only optimizers that have scalars need the key, so checkpoints
+    // written without it (SGD, AdamW, or before the key existed) still load.
+    if !opt.scalars.is_empty() {
+        let saved = match ck.metadata.get(OPTIMIZER_SCALARS_KEY) {
+            None => Default::default(),
+            Some(text) => decode_scalars(text)
+                .ok_or_else(|| format!("run.resume: {p}: metadata `{OPTIMIZER_SCALARS_KEY}` is not readable"))?,
+        };
+        for (name, value) in opt.scalars.iter_mut() {
+            *value = *saved
+                .get(name)
+                .ok_or_else(|| format!("run.resume: {p} has no optimizer scalar `{name}` ({OPTIMIZER_SCALARS_KEY})"))?;
+        }
     }
     opt.step = ck.metadata.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
     // Clock: the checkpoint was written at the end of epoch `clock.epoch`; continue with the next one.

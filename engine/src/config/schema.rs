@@ -84,6 +84,9 @@ mod d {
         momentum: f64 = 0.9;
         beta2: f64 = 0.999;
         eps: f64 = 1e-8;
+        momentum_decay: f64 = 4e-3;
+        alpha: f64 = 0.99;
+        rho: f64 = 0.9;
         weight_decay: f64 = 0.01;
         warmup_epochs: f64 = 0.0;
         nbs: usize = 64;
@@ -115,7 +118,8 @@ pub struct RunSection {
     /// Samples per batch (per process).
     #[serde(default = "d::batch")]
     pub batch: usize,
-    /// Registered optimizer, case-insensitive (`SGD`, `AdamW`).
+    /// Registered optimizer, case-insensitive: `SGD`, `Adam`, `AdamW`, `Adamax`, `NAdam`, `RAdam`, `RMSProp`,
+    /// `Adagrad`, `Adadelta`.
     #[serde(default = "d::optimizer")]
     pub optimizer: String,
     /// LR schedule: `constant`, `linear` (lr0 -> lr0*lrf), `cosine` (lr0 -> lr0*lrf).
@@ -127,13 +131,15 @@ pub struct RunSection {
     /// Final learning rate as a fraction of lr0.
     #[serde(default = "d::lrf")]
     pub lrf: f64,
-    /// SGD momentum, or beta1 of the Adam family (as Ultralytics).
+    /// SGD and RMSprop momentum, or beta1 of the Adam family (Adam, AdamW, Adamax, NAdam, RAdam), as
+    /// Ultralytics. RMSprop therefore gets 0.9 by default where torch's default is 0; set 0 for torch's.
     #[serde(default = "d::momentum")]
     pub momentum: f64,
     /// Adam family: beta2.
     #[serde(default = "d::beta2")]
     pub beta2: f64,
-    /// Adam family: epsilon.
+    /// Epsilon of the Adam family, RMSprop, Adagrad and Adadelta (torch's defaults differ for the last two:
+    /// 1e-10 and 1e-6).
     #[serde(default = "d::eps")]
     pub eps: f64,
     /// SGD: Nesterov momentum.
@@ -142,6 +148,31 @@ pub struct RunSection {
     /// SGD: dampening.
     #[serde(default)]
     pub dampening: f64,
+    /// Adam, AdamW: the AMSGrad variant (normalise by the running maximum of the second moment).
+    #[serde(default)]
+    pub amsgrad: bool,
+    /// Adam, NAdam, RAdam: decay the parameters as AdamW does (`p *= 1 - lr * weight_decay`) instead of adding
+    /// an L2 term to the gradient (AdamW always decouples).
+    #[serde(default)]
+    pub decoupled_weight_decay: bool,
+    /// NAdam: momentum decay psi, `mu_t = beta1 * (1 - 0.5 * 0.96^(t * psi))`.
+    #[serde(default = "d::momentum_decay")]
+    pub momentum_decay: f64,
+    /// RMSprop: smoothing constant of the running averages.
+    #[serde(default = "d::alpha")]
+    pub alpha: f64,
+    /// RMSprop: normalise by the centered second moment (an estimate of the gradient's variance).
+    #[serde(default)]
+    pub centered: bool,
+    /// Adagrad: learning-rate decay, step t uses `lr / (1 + (t - 1) * lr_decay)`.
+    #[serde(default)]
+    pub lr_decay: f64,
+    /// Adagrad: value the sum of squared gradients starts at.
+    #[serde(default)]
+    pub initial_accumulator_value: f64,
+    /// Adadelta: decay of its running averages.
+    #[serde(default = "d::rho")]
+    pub rho: f64,
     /// Weight decay (scaled by batch * accumulate / nbs, as Ultralytics); biases and other 1-d parameters
     /// get none.
     #[serde(default = "d::weight_decay")]

@@ -4,4 +4,7 @@
 pub mod safetensors_io;
 pub mod save;
 
-pub use save::{save_best, save_last, save_periodic, write_checkpoint, CHECKPOINT_FORMAT};
+pub use save::{
+    decode_scalars, encode_scalars, save_best, save_last, save_periodic, write_checkpoint, CHECKPOINT_FORMAT,
+    OPTIMIZER_SCALARS_KEY,
+};

@@ -5,7 +5,9 @@
 //! I64, as PyTorch stores it) as a tensor under its dotted name (so PyTorch's
 //! `load_state_dict` and the pip `safetensors` package read it directly); each optimizer state arena as one
 //! flat F32 tensor `optimizer.<state name>` (same layout as the parameters, in entity order); metadata
-//! (strings): `format`, `clock` (JSON), `optimizer`, `optimizer_step`, `lr`, `training_state` (JSON),
+//! (strings): `format`, `clock` (JSON), `optimizer`, `optimizer_step`, `optimizer_scalars` (only for an
+//! optimizer with scalar state such as NAdam's `mu_product`: a JSON object of name -> decimal string, written
+//! as Rust's shortest round-trip form so it parses back bit for bit), `lr`, `training_state` (JSON),
 //! `param_order` (JSON list of names in arena order) and `config` (the resolved YAML).
 //!
 //! With `run.ema` the dotted names hold the moving averages (the model that was validated, the one to deploy
@@ -25,6 +27,25 @@ use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
 
 /// Value of the `format` metadata key.
 pub const CHECKPOINT_FORMAT: &str = "ecstrain-checkpoint/1";
+
+/// Metadata key of the optimizer's scalar state. Optional: checkpoints of optimizers without scalars (and
+/// those written before it existed) do not have it.
+pub const OPTIMIZER_SCALARS_KEY: &str = "optimizer_scalars";
+
+/// The `optimizer_scalars` metadata value: `{"name": "<f64 in shortest round-trip decimal>"}`. Strings, not
+/// JSON numbers, because serde_json's default number parser is not correctly rounded and the value must
+/// come back bit for bit.
+pub fn encode_scalars(scalars: &[(String, f64)]) -> String {
+    let m: serde_json::Map<String, serde_json::Value> =
+        scalars.iter().map(|(n, v)| (n.clone(), serde_json::Value::String(format!("{v:?}")))).collect();
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Parses an [`encode_scalars`] value back (None when it is not one).
+pub fn decode_scalars(text: &str) -> Option<BTreeMap<String, f64>> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.as_object()?.iter().map(|(k, v)| Some((k.clone(), v.as_str()?.parse::<f64>().ok()?))).collect()
+}
 
 /// Writes one checkpoint file atomically from the given state.
 #[allow(clippy::too_many_arguments)]
@@ -79,6 +100,9 @@ pub fn write_checkpoint<'a>(
         }
         meta.insert("optimizer".into(), opt.optimizer.clone());
         meta.insert("optimizer_step".into(), opt.step.to_string());
+        if !opt.scalars.is_empty() {
+            meta.insert(OPTIMIZER_SCALARS_KEY.into(), encode_scalars(&opt.scalars));
+        }
     }
     meta.insert("clock".into(), serde_json::to_string(clock).expect("clock serialises"));
     meta.insert("lr".into(), format!("{:e}", lr.lr));
@@ -150,5 +174,21 @@ pub fn save_periodic(src: CheckpointSources, settings: Res<RunSettings>, mut fai
     let e = src.clock.epoch + 1;
     if settings.save_period > 0 && e.is_multiple_of(settings.save_period) {
         src.save(&format!("epoch{e}.safetensors"), &mut failure);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_round_trip_bit_for_bit() {
+        let tiny = 5.630_518e-18_f32 as f64;
+        let scalars = vec![("mu_product".to_string(), tiny), ("x".to_string(), 0.1 + 0.2)];
+        let back = decode_scalars(&encode_scalars(&scalars)).unwrap();
+        for (n, v) in &scalars {
+            assert_eq!(back[n].to_bits(), v.to_bits(), "{n}");
+        }
+        assert!(decode_scalars("{\"a\": 1}").is_none() && decode_scalars("nope").is_none());
     }
 }

@@ -1,13 +1,19 @@
 //! SGD (momentum, dampening, Nesterov, coupled weight decay) as a system.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params};
+use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 use ecstrain_kernels::optim::sgd::{sgd_step, SgdConfig};
 
-use super::{OptimizerSettings, TrainableParam};
+use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
 
-/// Names of SGD's state arenas (PyTorch's state keys).
+/// Names of SGD's state arenas (PyTorch's state keys). The buffer exists even without momentum, so a
+/// schedule may switch momentum on and checkpoints keep one layout.
 pub const STATE: &[&str] = &["momentum_buffer"];
+
+/// SGD's state: [`STATE`], zero-initialised.
+pub fn layout(_: &OptimizerSettings) -> StateLayout {
+    StateLayout::zeros(STATE)
+}
 
 /// Optimize: one SGD step over every trainable parameter.
 pub fn sgd_update(
@@ -18,9 +24,11 @@ pub fn sgd_update(
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
 ) {
+    let state = &mut *state;
     state.step += 1;
     let step = state.step;
-    let buf = &mut state.buffers[0].1;
+    let [buf] = buffers_by_name(&mut state.buffers, ["momentum_buffer"]);
+    let buf = required("sgd", "momentum_buffer", buf);
     for (slice, no_decay, bias, scale) in &query {
         let cfg = SgdConfig {
             lr: lr.for_param(bias, scale),

@@ -1,0 +1,41 @@
+//! Adamax (infinity-norm Adam, coupled weight decay) as a system; beta1 is `LearningRate.momentum`.
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
+use ecstrain_kernels::optim::adamax::{adamax_step, AdamaxConfig};
+
+use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
+
+/// Names of Adamax's state arenas (PyTorch's state keys).
+pub const STATE: &[&str] = &["exp_avg", "exp_inf"];
+
+/// Adamax's state: [`STATE`], zero-initialised.
+pub fn layout(_: &OptimizerSettings) -> StateLayout {
+    StateLayout::zeros(STATE)
+}
+
+/// Optimize: one Adamax step over every trainable parameter.
+pub fn adamax_update(
+    query: Query<TrainableParam, Without<Frozen>>,
+    mut params: ResMut<Params>,
+    grads: Res<Grads>,
+    mut state: ResMut<OptimizerState>,
+    lr: Res<LearningRate>,
+    settings: Res<OptimizerSettings>,
+) {
+    let state = &mut *state;
+    state.step += 1;
+    let step = state.step;
+    let [m, u] = buffers_by_name(&mut state.buffers, ["exp_avg", "exp_inf"]);
+    let (m, u) = (required("adamax", "exp_avg", m), required("adamax", "exp_inf", u));
+    for (slice, no_decay, bias, scale) in &query {
+        let cfg = AdamaxConfig {
+            lr: lr.for_param(bias, scale),
+            beta1: lr.momentum,
+            beta2: settings.beta2,
+            eps: settings.eps,
+            weight_decay: if no_decay { 0.0 } else { settings.weight_decay },
+        };
+        adamax_step(params.0.get_mut(*slice), grads.0.get(*slice), m.get_mut(*slice), u.get_mut(*slice), &cfg, step);
+    }
+}
