@@ -44,12 +44,14 @@ fn records(path: &Path) -> Vec<Value> {
 fn assert_logged(records: &[Value], sched: &Schedule, bias_lr: bool, momentum: bool) -> Vec<u64> {
     assert!(!records.is_empty());
     let mut steps = Vec::new();
+    let worst = std::cell::Cell::new(0.0f64);
     for r in records {
         let step = r["step"].as_u64().unwrap();
         let want: StepValues = sched.at(step);
         let close = |key: &str, w: f64| {
             let got = r[key].as_f64().unwrap_or_else(|| panic!("step {step}: no `{key}` in {r}"));
             assert!((got - w).abs() <= 1e-12, "step {step}: {key} {got}, closed form {w}");
+            worst.set(worst.get().max((got - w).abs()));
         };
         close("lr", want.lr);
         if bias_lr {
@@ -64,6 +66,7 @@ fn assert_logged(records: &[Value], sched: &Schedule, bias_lr: bool, momentum: b
         }
         steps.push(step);
     }
+    println!("{} records: max |logged - closed form| = {:.3e}", records.len(), worst.get());
     steps
 }
 
