@@ -128,11 +128,46 @@ fn bad_values_and_devices_are_rejected() {
 }
 
 #[test]
+fn bad_schedule_values_name_the_key_and_the_range() {
+    let m = rejected("pct_start", |y| y, &["--set", "run.scheduler=one_cycle", "--set", "run.pct_start=1.5"]);
+    assert!(m.contains("run.pct_start must be in (0, 1), got 1.5"), "{m}");
+    let m = rejected("milestones", |y| y, &["--set", "run.scheduler=multistep", "--set", "run.milestones=[5,3]"]);
+    assert!(m.contains("run.milestones must be strictly increasing"), "{m}");
+    let m = rejected("gamma", |y| y, &["--set", "run.scheduler=step", "--set", "run.gamma=-0.1"]);
+    assert!(m.contains("run.gamma must be a positive number"), "{m}");
+    let m = rejected("yolo_variant", |y| y, &["--set", "run.scheduler=yolo_cos", "--set", "run.yolo_variant=v5"]);
+    assert!(m.contains("run.yolo_variant") && m.contains("current, legacy"), "{m}");
+    let m = rejected("cos_lr", |y| y, &["--set", "run.scheduler=step", "--set", "run.cos_lr=true"]);
+    assert!(m.contains("run.cos_lr") && m.contains("yolo_linear"), "{m}");
+    let m = rejected(
+        "lavis_warmup",
+        |y| y,
+        &["--set", "run.scheduler=linear_warmup_cosine", "--set", "run.warmup_epochs=1"],
+    );
+    assert!(m.contains("run.warmup_epochs") && m.contains("run.warmup_steps"), "{m}");
+}
+
+#[test]
 fn list_and_check_work() {
     let out = engine(&["list"]);
     assert_eq!(out.status.code(), Some(0));
     let m = text(&out);
-    for name in ["mlp", "npy", "classification", "sgd", "adamw", "cosine", "linear"] {
+    for name in [
+        "mlp",
+        "npy",
+        "classification",
+        "sgd",
+        "adamw",
+        "cosine",
+        "linear",
+        "one_cycle",
+        "multistep",
+        "cosine_restarts",
+        "linear_warmup_cosine",
+        "linear_warmup_step",
+        "yolo_linear",
+        "yolo_cos",
+    ] {
         assert!(m.contains(name), "engine list misses {name}:\n{m}");
     }
     let out = engine(&["check", "--config", "configs/digits_mlp.yaml"]);

@@ -109,7 +109,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let model_entry = app.registry.model(&cfg.model.arch).map_err(err)?.clone();
     let task_entry = app.registry.task(&r.task).map_err(err)?.clone();
     let opt_entry = app.registry.optimizer(&r.optimizer).map_err(err)?.clone();
-    let sched_entry = app.registry.scheduler(&r.scheduler).map_err(err)?.clone();
+    let sched_name = crate::plugins::schedulers::scheduler_name(r).map_err(err)?;
+    let sched_entry = app.registry.scheduler(&sched_name).map_err(err)?.clone();
     if cfg.datasets.len() != 1 {
         return Err(err(format!(
             "datasets: exactly one dataset is supported per run, found {} ({})",
@@ -219,7 +220,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let accumulate = r.accum_grad_iters.unwrap_or(((r.nbs as f64 / r.batch as f64).round() as u64).max(1));
     let steps_per_epoch = batches.div_ceil(accumulate);
     let total_steps = steps_per_epoch * r.epochs;
-    let scheduler = (sched_entry.build)(&ScheduleContext { run: r, total_steps, steps_per_epoch }).map_err(err)?;
+    let sched_ctx = ScheduleContext { run: r, epochs: r.epochs, steps_per_epoch, total_steps, accumulate };
+    let scheduler = (sched_entry.build)(&sched_ctx).map_err(err)?;
     let weight_decay = match r.accum_grad_iters {
         Some(_) => r.weight_decay,
         None => r.weight_decay * (r.batch as f64 * accumulate as f64) / r.nbs as f64,

@@ -10,7 +10,7 @@ use ecstrain_components::StateLayout;
 use ecstrain_systems::data::Dataset;
 use ecstrain_systems::models::ModelBuildFn;
 use ecstrain_systems::optim::OptimizerSettings;
-use ecstrain_systems::schedule::lr::LrScheduler;
+use ecstrain_systems::schedule::Schedule;
 
 use crate::app::App;
 use crate::config::RunSection;
@@ -84,21 +84,27 @@ pub struct OptimizerEntry {
     pub doc: &'static str,
 }
 
-/// Inputs of a scheduler builder.
+/// Inputs of a scheduler builder. Schedules are indexed by optimizer step: with gradient accumulation a step
+/// spans `accumulate` micro-batches, and epoch-based schedules (LAVIS, Ultralytics) count `steps_per_epoch`
+/// optimizer steps per epoch.
 pub struct ScheduleContext<'a> {
-    /// The `run:` section.
+    /// The `run:` section (lr0, lrf, momentum and the schedule keys).
     pub run: &'a RunSection,
-    /// Optimizer steps in the whole run.
-    pub total_steps: u64,
-    /// Optimizer steps per epoch.
+    /// Epochs of the run.
+    pub epochs: u64,
+    /// Optimizer steps per epoch (the last, partial accumulation window of an epoch is a step too).
     pub steps_per_epoch: u64,
+    /// Optimizer steps in the whole run (`epochs * steps_per_epoch`).
+    pub total_steps: u64,
+    /// Micro-batches per optimizer step.
+    pub accumulate: u64,
 }
 
 /// A registered LR schedule.
 #[derive(Clone)]
 pub struct SchedulerEntry {
-    /// Builds the schedule.
-    pub build: fn(&ScheduleContext) -> Result<LrScheduler, String>,
+    /// Builds the schedule, or explains which `run.` key is out of range.
+    pub build: fn(&ScheduleContext) -> Result<Schedule, String>,
     /// One line for `engine list`.
     pub doc: &'static str,
 }

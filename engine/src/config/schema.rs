@@ -89,6 +89,20 @@ mod d {
         rho: f64 = 0.9;
         weight_decay: f64 = 0.01;
         warmup_epochs: f64 = 0.0;
+        gamma: f64 = 0.1;
+        step_size: u64 = 30;
+        power: f64 = 1.0;
+        pct_start: f64 = 0.3;
+        div_factor: f64 = 25.0;
+        final_div_factor: f64 = 1e4;
+        base_momentum: f64 = 0.85;
+        max_momentum: f64 = 0.95;
+        restart_epochs: u64 = 10;
+        restart_mult: u64 = 1;
+        lr_decay_rate: f64 = 0.9;
+        warmup_bias_lr: f64 = 0.1;
+        warmup_momentum: f64 = 0.8;
+        yolo_variant: String = "current".into();
         nbs: usize = 64;
         patience: u64 = 100;
         device: String = "cpu".into();
@@ -122,7 +136,9 @@ pub struct RunSection {
     /// `Adagrad`, `Adadelta`.
     #[serde(default = "d::optimizer")]
     pub optimizer: String,
-    /// LR schedule: `constant`, `linear` (lr0 -> lr0*lrf), `cosine` (lr0 -> lr0*lrf).
+    /// LR schedule (`engine list`): torch-like `constant`, `linear` and `cosine` (lr0 -> lr0*lrf), `exponential`,
+    /// `polynomial`, `step`, `multistep`, `cosine_restarts`, `one_cycle`; LAVIS `linear_warmup_cosine`,
+    /// `linear_warmup_step`; Ultralytics `yolo_linear`, `yolo_cos`.
     #[serde(default = "d::scheduler")]
     pub scheduler: String,
     /// Initial learning rate.
@@ -177,12 +193,73 @@ pub struct RunSection {
     /// get none.
     #[serde(default = "d::weight_decay")]
     pub weight_decay: f64,
-    /// Linear warm-up length in epochs (fractional allowed), from `warmup_start_factor * lr0` to the schedule.
+    /// Warm-up length in epochs (fractional allowed): for the torch-like schedules a linear ramp from
+    /// `warmup_start_factor * lr0` into the schedule; for the Ultralytics ones their bias / momentum warm-up.
     #[serde(default = "d::warmup_epochs")]
     pub warmup_epochs: f64,
     /// LR factor at the first warm-up step.
     #[serde(default)]
     pub warmup_start_factor: f64,
+    /// `step` and `multistep`: lr factor at each decay; `exponential`: lr factor per epoch.
+    #[serde(default = "d::gamma")]
+    pub gamma: f64,
+    /// `step`: epochs between two decays by `gamma` (counted from the end of the warm-up).
+    #[serde(default = "d::step_size")]
+    pub step_size: u64,
+    /// `multistep`: epochs at which the lr is multiplied by `gamma`, strictly increasing (counted from the end
+    /// of the warm-up, as torch's `SequentialLR`).
+    #[serde(default)]
+    pub milestones: Vec<u64>,
+    /// `polynomial`: exponent of the decay from lr0 to 0 (1 = linear).
+    #[serde(default = "d::power")]
+    pub power: f64,
+    /// `one_cycle`: fraction of the run over which the lr rises to its peak lr0, in (0, 1).
+    #[serde(default = "d::pct_start")]
+    pub pct_start: f64,
+    /// `one_cycle`: the lr starts at lr0 / div_factor.
+    #[serde(default = "d::div_factor")]
+    pub div_factor: f64,
+    /// `one_cycle`: the lr ends at lr0 / div_factor / final_div_factor.
+    #[serde(default = "d::final_div_factor")]
+    pub final_div_factor: f64,
+    /// `one_cycle`: momentum (SGD) or beta1 (Adam family) at the lr peak.
+    #[serde(default = "d::base_momentum")]
+    pub base_momentum: f64,
+    /// `one_cycle`: momentum or beta1 at the start and the end of the cycle.
+    #[serde(default = "d::max_momentum")]
+    pub max_momentum: f64,
+    /// `cosine_restarts`: epochs of the first cosine cycle (torch `T_0`).
+    #[serde(default = "d::restart_epochs")]
+    pub restart_epochs: u64,
+    /// `cosine_restarts`: each cycle is this many times longer than the previous one (torch `T_mult`).
+    #[serde(default = "d::restart_mult")]
+    pub restart_mult: u64,
+    /// LAVIS schedules: the lr never falls below this.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// LAVIS schedules: lr of the first warm-up step (LAVIS `warmup_lr`; default lr0, i.e. no ramp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_lr: Option<f64>,
+    /// LAVIS schedules: warm-up length in optimizer steps; the warm-up only happens inside epoch 0.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// `linear_warmup_step`: lr factor per epoch (LAVIS `lr_decay_rate`), floored at `min_lr`.
+    #[serde(default = "d::lr_decay_rate")]
+    pub lr_decay_rate: f64,
+    /// Ultralytics schedules: bias lr at the start of the `warmup_epochs` warm-up (it falls to the lr).
+    #[serde(default = "d::warmup_bias_lr")]
+    pub warmup_bias_lr: f64,
+    /// Ultralytics schedules: SGD momentum at the start of the warm-up (it rises to `momentum`).
+    #[serde(default = "d::warmup_momentum")]
+    pub warmup_momentum: f64,
+    /// Ultralytics schedules: `current` (Ultralytics main: warm-up of round(warmup_epochs * steps) steps, epoch e
+    /// at lr0*lf(e)) or `legacy` (YOLOv5 / Ultralytics 8.0.x: at least 100 warm-up steps, epoch e at
+    /// lr0*lf(e-1)).
+    #[serde(default = "d::yolo_variant")]
+    pub yolo_variant: String,
+    /// Ultralytics' `cos_lr`: `true` turns `linear` into `cosine` and `yolo_linear` into `yolo_cos`.
+    #[serde(default)]
+    pub cos_lr: bool,
     /// Clip every gradient element to [-v, v] before the optimizer step (0 = off; torch `clip_grad_value_`).
     #[serde(default)]
     pub clip_grad_value: f64,

@@ -7,6 +7,21 @@ use ecstrain_components::{
     Clock, LearningRate, MetricEvent, Metrics, RunSettings, RunTimer, StopRequest, TrainingState,
 };
 
+use crate::schedule::systems::Scheduler;
+
+/// Records `lr`, and `bias_lr` / `momentum` when the run's schedule drives them (an Ultralytics warm-up,
+/// one-cycle), so a log shows every value the schedule sets.
+fn insert_schedule_values(values: &mut BTreeMap<String, f64>, lr: &LearningRate, scheduler: Option<&Scheduler>) {
+    values.insert("lr".to_string(), lr.lr);
+    let Some(s) = scheduler else { return };
+    if s.0.separate_bias_lr() {
+        values.insert("bias_lr".to_string(), lr.bias_lr);
+    }
+    if s.0.drives_momentum() {
+        values.insert("momentum".to_string(), lr.momentum);
+    }
+}
+
 /// Run condition: an optimizer step that is a multiple of `log_interval` just completed, or the epoch ended.
 pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>, mut last_logged: Local<Option<u64>>) -> bool {
     // `advance_clock` ran already, so `step` counts the step that just finished.
@@ -19,13 +34,14 @@ pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>, mut last_l
     due
 }
 
-/// Log (training): one `train` record with the epoch's running loss, the lr and the throughput since the
-/// previous record.
+/// Log (training): one `train` record with the epoch's running loss, the lr (with the bias lr and momentum
+/// where the schedule drives them) for the next step, and the throughput since the previous record.
 pub fn emit_train_record(
     clock: Res<Clock>,
     metrics: Res<Metrics>,
     lr: Res<LearningRate>,
     grad_norm: Option<Res<crate::optim::clip::GradNorm>>,
+    scheduler: Option<Res<Scheduler>>,
     mut timer: ResMut<RunTimer>,
     mut out: MessageWriter<MetricEvent>,
 ) {
@@ -36,7 +52,7 @@ pub fn emit_train_record(
     if let Some(m) = metrics.train.get("loss") {
         values.insert("loss".to_string(), m.mean());
     }
-    values.insert("lr".to_string(), lr.lr);
+    insert_schedule_values(&mut values, &lr, scheduler.as_deref());
     if let Some(g) = grad_norm.and_then(|g| g.0) {
         values.insert("grad_norm".to_string(), g);
     }
@@ -97,12 +113,13 @@ pub fn update_fitness(
     }
 }
 
-/// EpochEnd: one `epoch` record (training loss of the epoch, latest validation metrics prefixed `val_`, lr,
-/// epoch time), then resets the training meters.
+/// EpochEnd: one `epoch` record (training loss of the epoch, latest validation metrics prefixed `val_`, lr
+/// (bias lr, momentum) as in the train record, epoch time), then resets the training meters.
 pub fn emit_epoch_record(
     clock: Res<Clock>,
     mut metrics: ResMut<Metrics>,
     lr: Res<LearningRate>,
+    scheduler: Option<Res<Scheduler>>,
     timer: Res<RunTimer>,
     mut out: MessageWriter<MetricEvent>,
 ) {
@@ -113,7 +130,7 @@ pub fn emit_epoch_record(
     for (k, v) in &metrics.last_val {
         values.insert(format!("val_{k}"), *v);
     }
-    values.insert("lr".into(), lr.lr);
+    insert_schedule_values(&mut values, &lr, scheduler.as_deref());
     values.insert("epoch_time_s".into(), timer.epoch_start.elapsed().as_secs_f64());
     for m in metrics.train.values_mut() {
         m.reset();

@@ -3,11 +3,11 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Batch, Clock, LearningRate};
 
-use super::lr::LrScheduler;
+use super::Schedule;
 
-/// The run's learning-rate schedule.
+/// The run's schedule.
 #[derive(Resource, Clone, Debug)]
-pub struct Scheduler(pub LrScheduler);
+pub struct Scheduler(pub Schedule);
 
 /// Schedule: counts the micro-batch (and the optimizer step when it ended a window).
 pub fn advance_clock(mut clock: ResMut<Clock>, batch: Res<Batch>) {
@@ -19,8 +19,13 @@ pub fn advance_clock(mut clock: ResMut<Clock>, batch: Res<Batch>) {
     clock.samples_seen += batch.size as u64;
 }
 
-/// Schedule (and run start): the learning rate for optimizer step `clock.step`.
+/// Schedule (and run start): the lr, bias lr and (if the schedule drives it) momentum for optimizer step
+/// `clock.step`. A schedule that leaves momentum alone keeps the configured one.
 pub fn update_lr(clock: Res<Clock>, scheduler: Res<Scheduler>, mut lr: ResMut<LearningRate>) {
-    lr.lr = scheduler.0.lr_at(clock.step);
-    lr.bias_lr = lr.lr;
+    let v = scheduler.0.at(clock.step);
+    lr.lr = v.lr;
+    lr.bias_lr = v.bias_lr;
+    if let Some(m) = v.momentum {
+        lr.momentum = m;
+    }
 }
