@@ -87,7 +87,7 @@ pub struct ScheduleContext<'a> {
     pub run: &'a RunSection,
     /// Optimizer steps in the whole run.
     pub total_steps: u64,
-    /// Optimizer steps per epoch.
+    /// Optimizer steps per epoch (per inner epoch in an iteration-based run).
     pub steps_per_epoch: u64,
 }
 
