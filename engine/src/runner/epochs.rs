@@ -1,6 +1,6 @@
 //! The epoch loop, the default: every epoch is one pass over the training data, in a fresh seeded order.
 
-use ecstrain_components::Clock;
+use ecstrain_components::{Clock, RunTimer};
 use ecstrain_systems::sets::*;
 
 use super::{begin, finish, finish_epoch, flush};
@@ -26,7 +26,7 @@ pub fn run_epochs(app: &mut App) -> Result<(), EngineError> {
             app.run(TrainStep);
             flush(app);
         }
-        app.world.resource_mut::<ecstrain_components::RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
+        app.world.resource_mut::<RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
         if finish_epoch(app, epoch, &settings)? {
             break;
         }
