@@ -148,6 +148,22 @@ fn bad_schedule_values_name_the_key_and_the_range() {
 }
 
 #[test]
+fn iteration_settings_are_checked() {
+    let m = rejected("max_iters_zero", |y| y, &["--set", "run.max_iters=0", "--set", "run.iters_per_inner_epoch=1"]);
+    assert!(m.contains("run.max_iters") && m.contains("at least 1"), "{m}");
+    let m = rejected("ipie_zero", |y| y, &["--set", "run.max_iters=10", "--set", "run.iters_per_inner_epoch=0"]);
+    assert!(m.contains("run.iters_per_inner_epoch") && m.contains("1..=10"), "{m}");
+    let m = rejected("ipie_big", |y| y, &["--set", "run.max_iters=10", "--set", "run.iters_per_inner_epoch=11"]);
+    assert!(m.contains("run.iters_per_inner_epoch must be in 1..=10") && m.contains("got 11"), "{m}");
+    let m = rejected("ipie_alone", |y| y, &["--set", "run.iters_per_inner_epoch=5"]);
+    assert!(m.contains("run.iters_per_inner_epoch needs run.max_iters"), "{m}");
+    let m = rejected("max_iters_alone", |y| y, &["--set", "run.max_iters=10"]);
+    assert!(m.contains("run.max_iters needs run.iters_per_inner_epoch") && m.contains("1..=10"), "{m}");
+    let m = rejected("max_iters_type", |y| y, &["--set", "run.max_iters=-3"]);
+    assert!(m.contains("run.max_iters"), "{m}");
+}
+
+#[test]
 fn list_and_check_work() {
     let out = engine(&["list"]);
     assert_eq!(out.status.code(), Some(0));

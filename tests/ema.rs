@@ -74,6 +74,19 @@ fn averages_follow_model_ema_and_checkpoints_hold_them() {
     let ts: serde_json::Value = serde_json::from_str(&best.metadata["training_state"]).unwrap();
     let e = ts["best_epoch"].as_u64().unwrap() as usize;
     assert_eq!(flat(&best, ""), at_epoch_end[e], "best checkpoint (epoch {e}): not that epoch's averages");
+    // `engine eval` of the best checkpoint scores the averages: the best val accuracy the run recorded.
+    let out = engine(&["eval", "--config", cfg.to_str().unwrap(), "--checkpoint", "best"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let acc: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let best_acc = ts["best_metrics"]["accuracy"].as_f64().unwrap();
+    assert!((acc - best_acc).abs() < 1e-12, "eval of best: accuracy {acc}, recorded {best_acc}");
     // A model trained with EMA loads as `pretrained` from its plain names (the averages).
     let pretrained = format!("  arch: mlp\n  pretrained: {}", save.join("checkpoints/last.safetensors").display());
     let yaml2 = digits_yaml(&dir.join("run2")).replace("epochs: 2", "epochs: 1").replace("  arch: mlp", &pretrained);

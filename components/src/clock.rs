@@ -6,9 +6,15 @@ use serde::{Deserialize, Serialize};
 /// Where the run is. Advanced by the runner and the optimizer systems; saved in checkpoints.
 #[derive(Resource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Clock {
-    /// Current epoch, 0-based.
+    /// Current epoch, 0-based: the unit of validation, checkpoints and records (an inner epoch of an
+    /// iteration-based run).
     pub epoch: u64,
-    /// Micro-batch index inside the current epoch, 0-based.
+    /// Current pass over the training data, 0-based; its number seeds the data order. Equal to `epoch` in
+    /// epoch-based runs; an iteration-based run wraps the data independently of its inner epochs. (Absent
+    /// from older checkpoints, hence the serde default.)
+    #[serde(default)]
+    pub data_epoch: u64,
+    /// Micro-batch index inside the current pass over the data, 0-based.
     pub batch_in_epoch: u64,
     /// Micro-batches processed since the start of the run (forward + backward passes).
     pub micro_step: u64,
@@ -16,15 +22,15 @@ pub struct Clock {
     pub step: u64,
     /// Training samples seen since the start of the run.
     pub samples_seen: u64,
-    /// Micro-batches per epoch (known once the loader is built).
+    /// Micro-batches per pass over the training data (known once the loader is built).
     pub batches_per_epoch: u64,
     /// Micro-batches per optimizer step (gradient accumulation).
     pub accumulate: u64,
 }
 
 impl Clock {
-    /// True when the micro-batch just processed completes an accumulation window (or ends the epoch), so the
-    /// optimizer should step.
+    /// True when the micro-batch just processed completes an accumulation window (or ends the pass over the
+    /// data), so the optimizer should step.
     pub fn at_accumulation_boundary(&self) -> bool {
         let a = self.accumulate.max(1);
         (self.batch_in_epoch + 1).is_multiple_of(a) || self.batch_in_epoch + 1 == self.batches_per_epoch

@@ -23,4 +23,4 @@ pub use graph::{
 };
 pub use metrics::{Meter, MetricEvent, Metrics};
 pub use param::{Bias, Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
-pub use run::{RunFailure, RunInfo, RunSettings, RunTimer, StopRequest, TrainingState};
+pub use run::{IterPlan, RunFailure, RunInfo, RunSettings, RunTimer, StopRequest, TrainingState};

@@ -7,8 +7,10 @@ use bevy_ecs::prelude::*;
 /// Settings every system may need, resolved from the `run:` section of the config.
 #[derive(Resource, Clone, Debug, PartialEq)]
 pub struct RunSettings {
-    /// Epochs to train.
+    /// Epochs to train (inner epochs of an iteration-based run: `iters.inner_epochs()`).
     pub epochs: u64,
+    /// Set for an iteration-based run (`run.max_iters`): its length in optimizer steps.
+    pub iters: Option<IterPlan>,
     /// Samples per micro-batch.
     pub batch: usize,
     /// Micro-batches per optimizer step (from `nbs`).
@@ -17,11 +19,11 @@ pub struct RunSettings {
     pub seed: u64,
     /// Optimizer steps between training log records.
     pub log_interval: u64,
-    /// Epochs between validation passes.
+    /// Epochs (inner epochs) between validation passes.
     pub val_interval: u64,
     /// Save a numbered checkpoint every this many epochs (0 = never; last and best are always kept).
     pub save_period: u64,
-    /// Epochs without fitness improvement before stopping (0 = never stop early).
+    /// Validations without fitness improvement before stopping (0 = never stop early).
     pub patience: u64,
     /// Metric whose improvement selects the best checkpoint (e.g. `accuracy`, `loss`).
     pub fitness_metric: String,
@@ -29,6 +31,45 @@ pub struct RunSettings {
     pub fitness_maximize: bool,
     /// Headless: plain log lines instead of a progress bar.
     pub headless: bool,
+}
+
+impl RunSettings {
+    /// "epochs", or "inner epochs" in an iteration-based run: the unit in messages.
+    pub fn epoch_word(&self) -> &'static str {
+        if self.iters.is_some() {
+            "inner epochs"
+        } else {
+            "epochs"
+        }
+    }
+}
+
+/// The length of an iteration-based run (as LAVIS's RunnerIters): `max_iters` optimizer steps in all,
+/// validated and checkpointed every `iters_per_inner_epoch` steps (an inner epoch); the data loader wraps
+/// across passes over the data on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IterPlan {
+    /// Optimizer steps in the whole run.
+    pub max_iters: u64,
+    /// Optimizer steps per inner epoch (the last one is shorter when it does not divide `max_iters`).
+    pub iters_per_inner_epoch: u64,
+}
+
+impl IterPlan {
+    /// Inner epochs in the run.
+    pub fn inner_epochs(&self) -> u64 {
+        self.max_iters.div_ceil(self.iters_per_inner_epoch.max(1))
+    }
+
+    /// The optimizer step at which inner epoch `epoch` (0-based) ends.
+    pub fn end_step(&self, epoch: u64) -> u64 {
+        (epoch + 1).saturating_mul(self.iters_per_inner_epoch).min(self.max_iters)
+    }
+
+    /// True when optimizer step `step` (counted after it completed) closes an inner epoch.
+    pub fn ends_inner_epoch(&self, step: u64) -> bool {
+        step > 0 && (step.is_multiple_of(self.iters_per_inner_epoch.max(1)) || step == self.max_iters)
+    }
 }
 
 /// Where this run writes and what it is.
@@ -60,7 +101,7 @@ pub struct TrainingState {
     pub best_metrics: std::collections::BTreeMap<String, f64>,
     /// True when the latest validation improved the best fitness (read by the checkpoint system).
     pub improved: bool,
-    /// Epochs since the last improvement.
+    /// Validations (one per epoch by default) since the last improvement.
     pub epochs_without_improvement: u64,
 }
 

@@ -21,6 +21,7 @@
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{IntoScheduleConfigs, ScheduleLabel, Schedules, SingleThreadedExecutor};
 use bevy_ecs::system::ScheduleSystem;
+use ecstrain_components::RunInfo;
 use ecstrain_systems::sets::*;
 
 use crate::registry::Registry;
@@ -53,6 +54,7 @@ pub struct App {
 pub fn schedule_labels() -> Vec<bevy_ecs::schedule::InternedScheduleLabel> {
     vec![
         RunStart.intern(),
+        DataEpochStart.intern(),
         EpochStart.intern(),
         TrainStep.intern(),
         EpochEnd.intern(),
@@ -101,6 +103,10 @@ impl App {
             )
                 .chain(),
         );
+        // Checkpoints and logs go into the run directory: an evaluation-only pass has none and writes nothing.
+        for set in [ValidationEndSet::Checkpoint, ValidationEndSet::Log] {
+            app.schedules().configure_sets(ValidationEnd, set.run_if(resource_exists::<RunInfo>));
+        }
         app
     }
 

@@ -90,6 +90,25 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
     Ok(())
 }
 
+/// The length of an iteration-based run (`run.max_iters`, `run.iters_per_inner_epoch`: both or neither), or
+/// `None` for an epoch-based one.
+fn iter_plan(r: &RunSection) -> Result<Option<IterPlan>, String> {
+    match (r.max_iters, r.iters_per_inner_epoch) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => {
+            Err("run.iters_per_inner_epoch needs run.max_iters (optimizer steps in the whole run)".into())
+        }
+        (Some(0), _) => Err("run.max_iters must be at least 1 (optimizer steps in the whole run)".into()),
+        (Some(m), None) => Err(format!(
+            "run.max_iters needs run.iters_per_inner_epoch: optimizer steps between validation passes, in 1..={m}"
+        )),
+        (Some(m), Some(i)) if i < 1 || i > m => {
+            Err(format!("run.iters_per_inner_epoch must be in 1..={m} (1..=run.max_iters), got {i}"))
+        }
+        (Some(max_iters), Some(iters_per_inner_epoch)) => Ok(Some(IterPlan { max_iters, iters_per_inner_epoch })),
+    }
+}
+
 /// Builds the run described by `loaded` into `app` (which already has its plugins).
 pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<Assembly, EngineError> {
     let file = loaded.path.display().to_string();
@@ -99,6 +118,15 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let mut notices = Vec::new();
 
     check_run_section(r).map_err(err)?;
+    let iters = iter_plan(r).map_err(err)?;
+    if let Some(it) = iters {
+        notices.push(format!(
+            "iteration-based run: {} optimizer steps in {} inner epochs of {} (run.epochs is ignored)",
+            it.max_iters,
+            it.inner_epochs(),
+            it.iters_per_inner_epoch
+        ));
+    }
     let device = Device::parse(&r.device).map_err(|e| err(format!("run.device: {e}")))?;
     device.ensure_available().map_err(|e| err(format!("run.device: {e}")))?;
     if r.amp && device == Device::Cpu {
@@ -219,8 +247,13 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     // Ultralytics: accumulate to the nominal batch and scale the weight decay with it; LAVIS: a fixed count.
     let accumulate = r.accum_grad_iters.unwrap_or(((r.nbs as f64 / r.batch as f64).round() as u64).max(1));
     let steps_per_epoch = batches.div_ceil(accumulate);
-    let total_steps = steps_per_epoch * r.epochs;
-    let sched_ctx = ScheduleContext { run: r, epochs: r.epochs, steps_per_epoch, total_steps, accumulate };
+    // An iteration-based run's schedule spans max_iters, and its "epochs" (warm-up, epoch-based schedules) are
+    // inner epochs, as LAVIS's RunnerIters counts them.
+    let (total_steps, schedule_epoch, epochs) = match iters {
+        Some(it) => (it.max_iters, it.iters_per_inner_epoch, it.max_iters.div_ceil(it.iters_per_inner_epoch)),
+        None => (steps_per_epoch * r.epochs, steps_per_epoch, r.epochs),
+    };
+    let sched_ctx = ScheduleContext { run: r, epochs, steps_per_epoch: schedule_epoch, total_steps, accumulate };
     let scheduler = (sched_entry.build)(&sched_ctx).map_err(err)?;
     let weight_decay = match r.accum_grad_iters {
         Some(_) => r.weight_decay,
@@ -266,7 +299,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     w.insert_resource(LearningRate::uniform(r.lr0, r.momentum));
     w.insert_resource(Clock { batches_per_epoch: batches, accumulate, ..Default::default() });
     w.insert_resource(RunSettings {
-        epochs: r.epochs,
+        epochs: iters.map_or(r.epochs, |it| it.inner_epochs()),
+        iters,
         batch: r.batch,
         accumulate,
         seed: r.seed,

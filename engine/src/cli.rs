@@ -1,5 +1,6 @@
-//! The command line: `engine --config x.yaml [--set k=v ...] [--headless]` trains; `engine check` validates
-//! and prints the resolved config and model summary; `engine list` prints the registry.
+//! The command line: `engine --config x.yaml [--set k=v ...] [--headless]` trains; `engine eval` runs one
+//! validation pass of a checkpoint; `engine check` validates and prints the resolved config and model summary;
+//! `engine list` prints the registry.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -8,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
 use crate::assemble::assemble;
-use crate::config::load_config;
+use crate::config::{load_config, LoadedConfig};
 use crate::error::EngineError;
+use crate::eval::{checkpoint_path, evaluate, Split};
 use crate::plugins::DefaultPlugins;
 
 /// A data-oriented, ECS-style deep-learning training engine.
@@ -38,11 +40,27 @@ pub struct RunArgs {
     pub headless: bool,
 }
 
+/// Options of `engine eval`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// The config (and overrides) the model was trained with.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// `best` or `last` of the latest run directory of the config's run.save_dir, or a checkpoint path.
+    #[arg(long, value_name = "best|last|PATH")]
+    pub checkpoint: String,
+    /// The split to evaluate.
+    #[arg(long, value_enum, default_value_t = Split::Val)]
+    pub split: Split,
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train (the default).
     Train(RunArgs),
+    /// Evaluate a checkpoint: one validation pass of the config's model on a split; writes nothing.
+    Eval(EvalArgs),
     /// Validate a config: print the resolved config and the model summary; train nothing.
     Check(RunArgs),
     /// List the registered models, datasets, tasks, optimizers and schedules.
@@ -56,7 +74,8 @@ pub fn default_app() -> App {
     app
 }
 
-fn loaded_assembly(args: &RunArgs) -> Result<crate::assemble::Assembly, EngineError> {
+/// The config of `args` with its overrides, and whether the console is headless; sizes the thread pool.
+fn load_args(args: &RunArgs) -> Result<(LoadedConfig, bool), EngineError> {
     let path = args.config.clone().ok_or_else(|| crate::error::usage("missing --config <file.yaml>"))?;
     let loaded = load_config(&path, &args.set)?;
     if let Some(n) = loaded.config.run.threads {
@@ -64,7 +83,33 @@ fn loaded_assembly(args: &RunArgs) -> Result<crate::assemble::Assembly, EngineEr
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
     }
     let headless = args.headless || loaded.config.run.headless || !std::io::stdout().is_terminal();
+    Ok((loaded, headless))
+}
+
+fn loaded_assembly(args: &RunArgs) -> Result<crate::assemble::Assembly, EngineError> {
+    let (loaded, headless) = load_args(args)?;
     assemble(default_app(), loaded, headless)
+}
+
+/// `engine eval`: assembles as training would (without resuming), evaluates, prints one metric a line.
+fn eval(args: &EvalArgs) -> Result<(), EngineError> {
+    let (mut loaded, headless) = load_args(&args.run)?;
+    // The weights come from --checkpoint; a resume setting of the training config must not load (or fail on)
+    // another file first.
+    loaded.config.run.resume = serde_json::Value::Bool(false);
+    let run = &loaded.config.run;
+    let ckpt = checkpoint_path(&args.checkpoint, &run.save_dir, run.exist_ok).map_err(crate::error::usage)?;
+    let mut asm = assemble(default_app(), loaded, headless)?;
+    for n in &asm.notices {
+        println!("note: {n}");
+    }
+    let result = evaluate(&mut asm, &ckpt, args.split)?;
+    println!("evaluated {} on the {} split ({} samples)", ckpt.display(), args.split.name(), result.samples);
+    for (name, value) in &result.metrics {
+        // `{}` prints the shortest text that reads back as the same f64, as metrics.jsonl does.
+        println!("{name:<16} {value}");
+    }
+    Ok(())
 }
 
 /// Runs the command line; returns the process exit code.
@@ -72,6 +117,7 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
     match cli.command {
         None => crate::runner::train(loaded_assembly(&cli.train)?).map(|_| ()),
         Some(Command::Train(a)) => crate::runner::train(loaded_assembly(&a)?).map(|_| ()),
+        Some(Command::Eval(a)) => eval(&a),
         Some(Command::Check(a)) => {
             let asm = loaded_assembly(&a)?;
             for n in &asm.notices {

@@ -6,6 +6,7 @@ pub mod assemble;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod param_groups;
 pub mod plugins;
 pub mod registry;

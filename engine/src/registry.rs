@@ -90,9 +90,10 @@ pub struct OptimizerEntry {
 pub struct ScheduleContext<'a> {
     /// The `run:` section (lr0, lrf, momentum and the schedule keys).
     pub run: &'a RunSection,
-    /// Epochs of the run.
+    /// Epochs of the run (inner epochs in an iteration-based run).
     pub epochs: u64,
-    /// Optimizer steps per epoch (the last, partial accumulation window of an epoch is a step too).
+    /// Optimizer steps per epoch (per inner epoch in an iteration-based run; the last, partial accumulation
+    /// window of an epoch is a step too).
     pub steps_per_epoch: u64,
     /// Optimizer steps in the whole run (`epochs * steps_per_epoch`).
     pub total_steps: u64,

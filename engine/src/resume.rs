@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Buffers, Clock, EmaWeights, OptimizerState, Params, TrainingState};
+use ecstrain_components::{Buffers, Clock, EmaWeights, IterPlan, OptimizerState, Params, RunSettings, TrainingState};
 use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
 use ecstrain_systems::checkpoint::{decode_scalars, CHECKPOINT_FORMAT, OPTIMIZER_SCALARS_KEY};
 
@@ -39,19 +39,8 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     if ck.metadata.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         return Err(format!("run.resume: {p} is not an engine checkpoint (format {CHECKPOINT_FORMAT} expected)"));
     }
-    // Parameters and buffers, by name (with `prefix`).
-    let load = |app: &mut App, prefix: &str| -> Result<(), String> {
-        for (name, shape, slot) in crate::weights::model_tensors(&mut app.world) {
-            let key = format!("{prefix}{name}");
-            let t = ck.tensors.get(&key).ok_or_else(|| format!("run.resume: {p} has no tensor `{key}`"))?;
-            if t.shape != shape {
-                return Err(format!("run.resume: {p}: `{key}` has shape {:?} but the model's is {shape:?}", t.shape));
-            }
-            crate::weights::copy_into(&mut app.world, &slot, t).map_err(|e| format!("run.resume: {p}: `{key}` {e}"))?;
-        }
-        Ok(())
-    };
-    load(app, "")?;
+    // Parameters and buffers, by name.
+    crate::weights::load_model_exact(&mut app.world, &ck, path, "run.resume", "")?;
     // An EMA run saved the averages under the plain names and the training weights under `train.`.
     let saved_with_ema = ck.tensors.keys().any(|k| k.starts_with("train."));
     let updates = ck.metadata.get("ema_updates").and_then(|u| u.parse().ok()).unwrap_or(0);
@@ -65,7 +54,7 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
         ema.updates = if saved_with_ema { updates } else { 0 };
     }
     if saved_with_ema {
-        load(app, "train.")?;
+        crate::weights::load_model_exact(&mut app.world, &ck, path, "run.resume", "train.")?;
     }
     // Optimizer state.
     let mut opt = app.world.resource_mut::<OptimizerState>();
@@ -99,12 +88,14 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
         }
     }
     opt.step = ck.metadata.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
-    // Clock: the checkpoint was written at the end of epoch `clock.epoch`; continue with the next one.
+    // Clock: the checkpoint was written at the end of epoch `clock.epoch`; continue with the next one, at the
+    // saved place in the data (an iteration-based run stops mid-pass; an epoch runner starts each pass anew).
     let saved: Clock = ck
         .metadata
         .get("clock")
         .and_then(|c| serde_json::from_str(c).ok())
         .ok_or_else(|| format!("run.resume: {p} has no readable clock"))?;
+    let iters = app.world.resource::<RunSettings>().iters;
     let mut clock = app.world.resource_mut::<Clock>();
     if saved.batches_per_epoch != clock.batches_per_epoch || saved.accumulate != clock.accumulate {
         return Err(format!(
@@ -112,7 +103,8 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
             saved.batches_per_epoch, saved.accumulate, clock.batches_per_epoch, clock.accumulate
         ));
     }
-    *clock = Clock { epoch: saved.epoch + 1, batch_in_epoch: 0, ..saved };
+    check_run_kind(&saved, iters).map_err(|m| format!("run.resume: {p} {m}"))?;
+    *clock = Clock { epoch: saved.epoch + 1, ..saved };
     // Fitness tracking.
     if let Some(ts) = ck.metadata.get("training_state").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
     {
@@ -125,4 +117,24 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A checkpoint continues exactly only in a run of its own kind: an epoch-based run resumes at the end of a
+/// pass over the data, an iteration-based one at the end of one of its inner epochs (the same
+/// `iters_per_inner_epoch`).
+fn check_run_kind(saved: &Clock, iters: Option<IterPlan>) -> Result<(), String> {
+    match iters {
+        Some(it) if saved.step != it.end_step(saved.epoch) => Err(format!(
+            "was written at step {} after {} epochs, not at the end of an inner epoch of this run (run.max_iters {}, run.iters_per_inner_epoch {}); resume with the run.max_iters / run.iters_per_inner_epoch it was trained with",
+            saved.step,
+            saved.epoch + 1,
+            it.max_iters,
+            it.iters_per_inner_epoch
+        )),
+        None if saved.batch_in_epoch != saved.batches_per_epoch => Err(format!(
+            "was written in the middle of a pass over the data (batch {} of {}) by an iteration-based run; resume it with its run.max_iters and run.iters_per_inner_epoch",
+            saved.batch_in_epoch, saved.batches_per_epoch
+        )),
+        _ => Ok(()),
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Buffers, Frozen, ParamInfo, ParamSlice, Params};
-use ecstrain_systems::checkpoint::safetensors_io::{load_safetensors, LoadedData, LoadedTensor};
+use ecstrain_systems::checkpoint::safetensors_io::{load_safetensors, LoadedCheckpoint, LoadedData, LoadedTensor};
 
 /// Where a named model tensor lives: a parameter in the [`Params`] arena or a buffer in the [`Buffers`] arena.
 #[derive(Clone, Debug)]
@@ -55,6 +55,29 @@ pub fn copy_into(world: &mut World, slot: &Slot, t: &LoadedTensor) -> Result<(),
                 _ => return Err(wrong()),
             }
         }
+    }
+    Ok(())
+}
+
+/// Copies every parameter and buffer of the model from `ck` (read from `path`): each must be there under its
+/// name with the model's shape; other tensors (optimizer state) are ignored. `key` starts every message (the
+/// option that named the file: `run.resume`, `--checkpoint`). `prefix` is prepended to every name (`train.`:
+/// the training weights of an EMA checkpoint, whose plain names hold the averages).
+pub fn load_model_exact(
+    world: &mut World,
+    ck: &LoadedCheckpoint,
+    path: &Path,
+    key: &str,
+    prefix: &str,
+) -> Result<(), String> {
+    let p = path.display();
+    for (name, shape, slot) in model_tensors(world) {
+        let name = format!("{prefix}{name}");
+        let t = ck.tensors.get(&name).ok_or_else(|| format!("{key}: {p} has no tensor `{name}`"))?;
+        if t.shape != shape {
+            return Err(format!("{key}: {p}: `{name}` has shape {:?} but the model's is {shape:?}", t.shape));
+        }
+        copy_into(world, &slot, t).map_err(|e| format!("{key}: {p}: `{name}` {e}"))?;
     }
     Ok(())
 }

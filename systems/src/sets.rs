@@ -5,7 +5,8 @@
 //! | schedule | when | what goes in |
 //! |---|---|---|
 //! | [`RunStart`] | once, before the first epoch | banners, initial logs |
-//! | [`EpochStart`] | before each epoch | data order (shuffle), meters reset |
+//! | [`DataEpochStart`] | before each pass over the training data | data order (shuffle) |
+//! | [`EpochStart`] | before each epoch | timers, progress bar |
 //! | [`TrainStep`] | each micro-batch | the [`StepSet`] chain |
 //! | [`EpochEnd`] | after each epoch's last step | epoch logs |
 //! | [`ValidationStart`] | before a validation pass | swap in evaluation weights (EMA) |
@@ -21,7 +22,11 @@ use bevy_ecs::schedule::{ScheduleLabel, SystemSet};
 /// Runs once before training.
 #[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RunStart;
-/// Runs before every epoch.
+/// Runs before every pass over the training data: right before [`EpochStart`] in an epoch-based run, and
+/// whenever the loader wraps in an iteration-based one (whose inner epochs are not passes over the data).
+#[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DataEpochStart;
+/// Runs before every epoch (inner epoch of an iteration-based run).
 #[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EpochStart;
 /// Runs once per training micro-batch.
@@ -86,7 +91,8 @@ impl StepSet {
     ];
 }
 
-/// The stages of the end of a validation pass.
+/// The stages of the end of a validation pass. `Checkpoint` and `Log` write into the run directory, so they run
+/// only when there is one (a training run; not `engine eval`).
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ValidationEndSet {
     /// Turn meters into results (`Metrics::last_val`).

@@ -126,9 +126,16 @@ pub struct RunSection {
     /// Registered task (`classification`).
     #[serde(default = "d::task")]
     pub task: String,
-    /// Epochs to train.
+    /// Epochs to train (ignored when `max_iters` is set).
     #[serde(default = "d::epochs")]
     pub epochs: u64,
+    /// Iteration-based run (LAVIS RunnerIters): optimizer steps in the whole run; replaces `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_iters: Option<u64>,
+    /// With `max_iters`: optimizer steps per inner epoch, the unit of validation, checkpoints, early stopping
+    /// and epoch records (1..=max_iters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iters_per_inner_epoch: Option<u64>,
     /// Samples per batch (per process).
     #[serde(default = "d::batch")]
     pub batch: usize,
@@ -289,7 +296,7 @@ pub struct RunSection {
     /// Nominal batch size: gradients accumulate over max(round(nbs / batch), 1) batches.
     #[serde(default = "d::nbs")]
     pub nbs: usize,
-    /// Epochs without improvement of the fitness metric before stopping (0 = never).
+    /// Epochs (inner epochs) without improvement of the fitness metric before stopping (0 = never).
     #[serde(default = "d::patience")]
     pub patience: u64,
     /// Validation metric that selects the best checkpoint (default: the task's, e.g. `accuracy`).
@@ -325,10 +332,10 @@ pub struct RunSection {
     /// Optimizer steps between training log records.
     #[serde(default = "d::log_interval")]
     pub log_interval: u64,
-    /// Epochs between validation passes.
+    /// Epochs (inner epochs) between validation passes.
     #[serde(default = "d::val_interval")]
     pub val_interval: u64,
-    /// Save `epochN.safetensors` every this many epochs (<= 0: never).
+    /// Save `epochN.safetensors` every this many epochs or inner epochs (<= 0: never).
     #[serde(default = "d::save_period")]
     pub save_period: i64,
     /// k of the top-k accuracy metric (classification).

@@ -26,7 +26,8 @@ impl Plugin for CorePlugin {
     fn build(&self, app: &mut App) {
         app.world.init_resource::<Messages<MetricEvent>>();
         app.add_systems(RunStart, update_lr);
-        app.add_systems(EpochStart, (shuffle_train, start_epoch_timer));
+        app.add_systems(DataEpochStart, shuffle_train);
+        app.add_systems(EpochStart, start_epoch_timer);
         app.add_systems(
             TrainStep,
             (

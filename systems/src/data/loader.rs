@@ -88,9 +88,9 @@ pub struct ValLoader {
     pub cursor: usize,
 }
 
-/// EpochStart: draws this epoch's order.
+/// DataEpochStart: draws the order of this pass over the data.
 pub fn shuffle_train(clock: Res<Clock>, mut loader: ResMut<TrainLoader>) {
-    loader.0.set_epoch(clock.epoch);
+    loader.0.set_epoch(clock.data_epoch);
 }
 
 /// Load (training): assembles the clock's current batch.

@@ -10,14 +10,21 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Console {
     /// The epoch's progress bar (interactive mode only).
     pub bar: Option<ProgressBar>,
+    /// Optimizer step at the start of the epoch: an iteration-based run's bar counts steps from it.
+    pub start_step: u64,
 }
 
-/// EpochStart: a fresh bar for the epoch (interactive mode).
+/// EpochStart: a fresh bar for the epoch (interactive mode): micro-batches of the pass over the data, or the
+/// optimizer steps of an inner epoch.
 pub fn console_epoch_start(mut console: ResMut<Console>, clock: Res<Clock>, settings: Res<RunSettings>) {
     if settings.headless {
         return;
     }
-    let bar = ProgressBar::new(clock.batches_per_epoch);
+    let len = match settings.iters {
+        Some(it) => it.end_step(clock.epoch).saturating_sub(clock.step),
+        None => clock.batches_per_epoch,
+    };
+    let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}")
             .expect("static template")
@@ -25,12 +32,16 @@ pub fn console_epoch_start(mut console: ResMut<Console>, clock: Res<Clock>, sett
     );
     bar.set_prefix(format!("epoch {}/{}", clock.epoch + 1, settings.epochs));
     console.bar = Some(bar);
+    console.start_step = clock.step;
 }
 
-/// Log (training): advances the bar by one batch.
-pub fn console_tick(console: Res<Console>) {
+/// Log (training): advances the bar by one batch (or to the steps done in an iteration-based run).
+pub fn console_tick(console: Res<Console>, clock: Res<Clock>, settings: Res<RunSettings>) {
     if let Some(bar) = &console.bar {
-        bar.inc(1);
+        match settings.iters {
+            Some(_) => bar.set_position(clock.step - console.start_step),
+            None => bar.inc(1),
+        }
     }
 }
 
@@ -58,8 +69,11 @@ pub fn console_print(
     for e in events.read() {
         match (e.split.as_str(), settings.headless) {
             ("train", true) => {
-                let total = settings.epochs * clock.batches_per_epoch;
-                let done = clock.micro_step.max(1);
+                // Progress in micro-batches, or in optimizer steps when the run is counted in them.
+                let (total, done) = match settings.iters {
+                    Some(it) => (it.max_iters, clock.step.max(1)),
+                    None => (settings.epochs * clock.batches_per_epoch, clock.micro_step.max(1)),
+                };
                 let elapsed = timer.start.elapsed().as_secs_f64();
                 let eta = elapsed / done as f64 * total.saturating_sub(done) as f64;
                 println!(

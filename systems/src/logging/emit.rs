@@ -25,7 +25,15 @@ fn insert_schedule_values(values: &mut BTreeMap<String, f64>, lr: &LearningRate,
 /// Run condition: an optimizer step that is a multiple of `log_interval` just completed, or the epoch ended.
 pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>, mut last_logged: Local<Option<u64>>) -> bool {
     // `advance_clock` ran already, so `step` counts the step that just finished.
-    let end_of_epoch = clock.batch_in_epoch == clock.batches_per_epoch;
+    let end_of_epoch = match settings.iters {
+        // An inner epoch ends on the micro-batch that completes its last step (`batch_in_epoch` >= 1 here).
+        Some(it) => {
+            let stepped = clock.batch_in_epoch.is_multiple_of(clock.accumulate.max(1))
+                || clock.batch_in_epoch == clock.batches_per_epoch;
+            stepped && it.ends_inner_epoch(clock.step)
+        }
+        None => clock.batch_in_epoch == clock.batches_per_epoch,
+    };
     let new_step = *last_logged != Some(clock.step);
     let due = end_of_epoch || (new_step && clock.step > 0 && clock.step.is_multiple_of(settings.log_interval.max(1)));
     if due {
@@ -71,8 +79,8 @@ pub fn summarize_validation(clock: Res<Clock>, mut metrics: ResMut<Metrics>, mut
     out.write(MetricEvent { split: "val".into(), step: clock.step, epoch: clock.epoch, values });
 }
 
-/// ValidationEnd / Fitness: tracks the best fitness and requests a stop after `patience` epochs without
-/// improvement (Ultralytics' EarlyStopping).
+/// ValidationEnd / Fitness: tracks the best fitness and requests a stop after `patience` validations without
+/// improvement (Ultralytics' EarlyStopping; one validation per epoch or inner epoch by default).
 pub fn update_fitness(
     clock: Res<Clock>,
     metrics: Res<Metrics>,
@@ -104,9 +112,10 @@ pub fn update_fitness(
         state.epochs_without_improvement += 1;
         if settings.patience > 0 && state.epochs_without_improvement >= settings.patience && stop.reason.is_none() {
             stop.reason = Some(format!(
-                "early stopping: no improvement of {} for {} epochs (best at epoch {})",
+                "early stopping: no improvement of {} for {} {} (best at epoch {})",
                 settings.fitness_metric,
                 settings.patience,
+                settings.epoch_word(),
                 state.best_epoch.map_or(0, |e| e + 1)
             ));
         }

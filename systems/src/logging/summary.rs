@@ -28,7 +28,7 @@ pub fn write_summary(
 ) {
     let wall = timer.start.elapsed().as_secs_f64();
     let sps = clock.samples_seen as f64 / timer.train_seconds.max(1e-9);
-    let summary = json!({
+    let mut summary = json!({
         "epochs_completed": clock.epoch,
         "epochs": settings.epochs,
         "steps": clock.step,
@@ -46,6 +46,10 @@ pub fn write_summary(
         "stop_reason": stop.reason,
         "run_dir": info.dir.display().to_string(),
     });
+    if let Some(it) = settings.iters {
+        summary["max_iters"] = it.max_iters.into();
+        summary["iters_per_inner_epoch"] = it.iters_per_inner_epoch.into();
+    }
     let text = serde_json::to_string_pretty(&summary).expect("json values serialise") + "\n";
     if let Err(e) = super::write_atomic(&info.dir.join("summary.json"), text.as_bytes()) {
         failure.0.get_or_insert(format!("cannot write summary.json: {e}"));
@@ -63,8 +67,9 @@ pub fn write_summary(
         .map(|v| format!("final {} {v:.4}", settings.fitness_metric))
         .unwrap_or_default();
     println!(
-        "done: {} epochs, {} steps in {:.2}s ({:.0} samples/s)  {best}  {fin}\nresults in {}",
+        "done: {} {}, {} steps in {:.2}s ({:.0} samples/s)  {best}  {fin}\nresults in {}",
         clock.epoch,
+        settings.epoch_word(),
         clock.step,
         wall,
         sps,

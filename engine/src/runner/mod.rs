@@ -1,6 +1,15 @@
-//! The epoch runner: creates the run directory, then drives the schedules in their documented order
-//! (see `ecstrain_systems::sets`): RunStart; per epoch EpochStart, TrainStep per batch, the validation pass
-//! (ValidationStep per batch, ValidationEnd), EpochEnd; RunEnd. `Flush` runs after each so loggers write.
+//! The runners: `train` creates the run directory, then a loop drives the schedules in their documented order
+//! (see `ecstrain_systems::sets`): RunStart; per epoch EpochStart, TrainStep per micro-batch (DataEpochStart
+//! before each pass over the training data), the validation pass (ValidationStep per batch, ValidationEnd),
+//! EpochEnd; RunEnd. `Flush` runs after each so loggers write. Two loops share that frame: [`run_epochs`] (the
+//! default; an epoch is one pass over the data) and [`run_iters`] (`run.max_iters`: inner epochs of a fixed
+//! number of optimizer steps, the data wrapping on its own).
+
+mod epochs;
+mod iters;
+
+pub use epochs::run_epochs;
+pub use iters::run_iters;
 
 use std::io::BufWriter;
 
@@ -25,10 +34,11 @@ fn failed(app: &App) -> Option<String> {
     app.world.resource::<RunFailure>().0.clone()
 }
 
-/// One validation pass over the val split (no-op without one).
-pub fn validate(app: &mut App) {
+/// One validation pass over the val loader: ValidationStep per batch in `Mode::Eval`, then ValidationEnd, without
+/// flushing the records. False (and nothing run) when there is no val loader.
+pub fn validation_pass(app: &mut App) -> bool {
     let Some(batches) = app.world.get_resource::<ValLoader>().map(|v| v.loader.batches_per_epoch()) else {
-        return;
+        return false;
     };
     app.world.resource_mut::<ValLoader>().cursor = 0;
     app.run(ValidationStart);
@@ -38,7 +48,55 @@ pub fn validate(app: &mut App) {
     }
     *app.world.resource_mut::<Mode>() = Mode::Train;
     app.run(ValidationEnd);
+    true
+}
+
+/// One validation pass over the val split, its records flushed to the loggers (no-op without one).
+pub fn validate(app: &mut App) {
+    if validation_pass(app) {
+        flush(app);
+    }
+}
+
+/// Trains with the loop the settings ask for: [`run_iters`] when `run.max_iters` is set, else [`run_epochs`].
+pub fn run(app: &mut App) -> Result<(), EngineError> {
+    match app.world.resource::<RunSettings>().iters {
+        Some(plan) => run_iters(app, plan),
+        None => run_epochs(app),
+    }
+}
+
+/// The start of either loop: a fresh timer and RunStart; returns the settings.
+fn begin(app: &mut App) -> RunSettings {
+    *app.world.resource_mut::<RunTimer>() = RunTimer::default();
+    app.run(RunStart);
     flush(app);
+    app.world.resource::<RunSettings>().clone()
+}
+
+/// The tail of every epoch, once its training steps are done: validation when due, EpochEnd, the failure check;
+/// then the clock moves to the next epoch. Returns true when a stop was requested.
+fn finish_epoch(app: &mut App, epoch: u64, settings: &RunSettings) -> Result<bool, EngineError> {
+    if (epoch + 1).is_multiple_of(settings.val_interval) || epoch + 1 == settings.epochs {
+        validate(app);
+    }
+    app.run(EpochEnd);
+    flush(app);
+    if let Some(f) = failed(app) {
+        return Err(EngineError::Run(f));
+    }
+    app.world.resource_mut::<Clock>().epoch = epoch + 1;
+    Ok(app.world.resource::<StopRequest>().reason.is_some())
+}
+
+/// The end of either loop: RunEnd and the final failure check.
+fn finish(app: &mut App) -> Result<(), EngineError> {
+    app.run(RunEnd);
+    flush(app);
+    match failed(app) {
+        Some(f) => Err(EngineError::Run(f)),
+        None => Ok(()),
+    }
 }
 
 /// Creates the run directory (config.yaml, metrics.jsonl, checkpoints/) and trains.
@@ -69,7 +127,7 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
         println!("note: {n}");
     }
     println!("{summary}run directory: {}", dir.display());
-    in_pool(|| run_epochs(&mut app))?;
+    in_pool(|| run(&mut app))?;
     Ok(dir)
 }
 
@@ -88,51 +146,11 @@ pub fn train_step(app: &mut App) {
     if c.batch_in_epoch >= c.batches_per_epoch {
         let mut c = app.world.resource_mut::<Clock>();
         c.epoch += 1;
+        c.data_epoch = c.epoch;
         c.batch_in_epoch = 0;
+        app.run(DataEpochStart);
         app.run(EpochStart);
     }
     app.run(TrainStep);
     flush(app);
-}
-
-/// Drives the schedules until the epochs are done or a stop is requested.
-pub fn run_epochs(app: &mut App) -> Result<(), EngineError> {
-    *app.world.resource_mut::<RunTimer>() = RunTimer::default();
-    app.run(RunStart);
-    flush(app);
-    let settings = app.world.resource::<RunSettings>().clone();
-    let first = app.world.resource::<Clock>().epoch;
-    for epoch in first..settings.epochs {
-        {
-            let mut c = app.world.resource_mut::<Clock>();
-            c.epoch = epoch;
-            c.batch_in_epoch = 0;
-        }
-        app.run(EpochStart);
-        let batches = app.world.resource::<Clock>().batches_per_epoch;
-        let t0 = std::time::Instant::now();
-        for _ in 0..batches {
-            app.run(TrainStep);
-            flush(app);
-        }
-        app.world.resource_mut::<RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
-        if (epoch + 1) % settings.val_interval == 0 || epoch + 1 == settings.epochs {
-            validate(app);
-        }
-        app.run(EpochEnd);
-        flush(app);
-        if let Some(f) = failed(app) {
-            return Err(EngineError::Run(f));
-        }
-        app.world.resource_mut::<Clock>().epoch = epoch + 1;
-        if app.world.resource::<StopRequest>().reason.is_some() {
-            break;
-        }
-    }
-    app.run(RunEnd);
-    flush(app);
-    match failed(app) {
-        Some(f) => Err(EngineError::Run(f)),
-        None => Ok(()),
-    }
 }

@@ -1,0 +1,98 @@
+//! `engine eval`: one validation pass of a trained model, writing nothing. The app is assembled exactly as for
+//! training (same validation, exit 2 on bad input; `run.resume` is ignored), every parameter and buffer is
+//! loaded from the checkpoint (names and shapes must match the model; other tensors such as optimizer state are
+//! ignored, so any safetensors file with the model's tensors works), and the val (or train) split runs through
+//! ValidationStep and ValidationEnd in `Mode::Eval`. With no run directory the checkpoint and log stages of
+//! ValidationEnd do not run, and Flush is never called: the metrics come back to the caller to print.
+
+use std::path::{Path, PathBuf};
+
+use ecstrain_components::Metrics;
+use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
+use ecstrain_systems::data::{Loader, TrainLoader, ValLoader};
+
+use crate::assemble::Assembly;
+use crate::error::{usage, EngineError};
+use crate::run_dir::latest_run_dir;
+use crate::runner::{in_pool, validation_pass};
+
+/// The split `engine eval` runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// The dataset's val split (as validation during training).
+    Val,
+    /// The train split, in order, without shuffling or dropping a last partial batch.
+    Train,
+}
+
+impl Split {
+    /// The split's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Val => "val",
+            Split::Train => "train",
+        }
+    }
+}
+
+/// The checkpoint `--checkpoint` names: `best` or `last` is `<run dir>/checkpoints/{best,last}.safetensors` in
+/// the latest run directory of the config (see [`latest_run_dir`]); anything else is a path (`./best` for a
+/// file of that name).
+pub fn checkpoint_path(choice: &str, save_dir: &Path, exist_ok: bool) -> Result<PathBuf, String> {
+    if choice != "best" && choice != "last" {
+        return Ok(PathBuf::from(choice));
+    }
+    let dir = latest_run_dir(save_dir, exist_ok).ok_or_else(|| {
+        format!(
+            "--checkpoint {choice}: no run directory {} (run.save_dir of the config): train first, or give a checkpoint path",
+            save_dir.display()
+        )
+    })?;
+    Ok(dir.join("checkpoints").join(format!("{choice}.safetensors")))
+}
+
+/// The result of an evaluation: what ran, and the metrics in name order.
+pub struct Evaluation {
+    /// Samples in the evaluated split.
+    pub samples: usize,
+    /// Metric name and value, as a validation record holds them.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// Loads `checkpoint` into the assembled app and runs one validation pass over `split`.
+pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<Evaluation, EngineError> {
+    let p = checkpoint.display();
+    if !checkpoint.is_file() {
+        let hint = if checkpoint.ends_with("best.safetensors") {
+            " (best is written only by runs that validate; --checkpoint last is the final state)"
+        } else {
+            ""
+        };
+        return Err(usage(format!("--checkpoint: checkpoint not found: {p}{hint}")));
+    }
+    let ck = load_safetensors(checkpoint).map_err(|e| usage(format!("--checkpoint: {p}: {e}")))?;
+    let app = &mut asm.app;
+    crate::weights::load_model_exact(&mut app.world, &ck, checkpoint, "--checkpoint", "").map_err(usage)?;
+    // The checkpoint's plain names are the model to score (with EMA they already hold the averages): no
+    // further swap into averages of this run's fresh weights.
+    app.world.remove_resource::<ecstrain_components::EmaWeights>();
+    match split {
+        Split::Train => {
+            let train = &app.world.resource::<TrainLoader>().0;
+            let loader = Loader::new(train.dataset().clone(), train.batch_size(), false, false, 0);
+            app.world.insert_resource(ValLoader { loader, cursor: 0 });
+        }
+        Split::Val if !app.world.contains_resource::<ValLoader>() => {
+            let names: Vec<&String> = asm.loaded.config.datasets.keys().collect();
+            return Err(usage(format!(
+                "--split val: datasets.{} has no val split; use --split train",
+                names.first().map_or("?", |n| n.as_str())
+            )));
+        }
+        Split::Val => {}
+    }
+    let samples = app.world.resource::<ValLoader>().loader.dataset().len();
+    in_pool(|| validation_pass(app));
+    let metrics = app.world.resource::<Metrics>().last_val.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    Ok(Evaluation { samples, metrics })
+}
