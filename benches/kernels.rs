@@ -137,5 +137,38 @@ fn attention_w3(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, linear, elementwise, adamw, conv_pool, gemm_ceiling, attention_w3);
+/// The activation backward with the bias gradient: the unfused pair (activation backward into a second
+/// buffer, then the bias column sums) against the fused in-place pass of `ops::linear_act`, at the W1 hidden
+/// layer (128 x 512, ReLU) and the W3 MLP (64 x 50 tokens x 256, GELU). The in-place kernel restores its
+/// input each iteration; that copy is timed alone as well.
+fn bias_act(c: &mut Criterion) {
+    use ecstrain::kernels::ops::activation::{activation_backward, Activation};
+    use ecstrain::kernels::ops::linear_act::act_backward_with_bias_sums;
+    let mut g = c.benchmark_group("bias_act_backward");
+    for (name, rows, n, act) in
+        [("w1_relu_128x512", 128, 512, Activation::Relu), ("w3_gelu_3200x256", 3200, 256, Activation::Gelu)]
+    {
+        let (pre, dy) = (randn(rows * n, 20), randn(rows * n, 21));
+        let (mut dpre, mut db) = (vec![0.0f32; rows * n], vec![0.0f32; n]);
+        g.throughput(Throughput::Elements((rows * n) as u64));
+        g.bench_function(BenchmarkId::new("unfused", name), |b| {
+            b.iter(|| {
+                activation_backward(act, &mut dpre, &dy, &pre);
+                ops::bias_add_backward(&mut db, &dpre, rows, n);
+            })
+        });
+        // In place: each iteration restores the gradient first; the copy alone is timed too, to subtract.
+        let mut d = dy.clone();
+        g.bench_function(BenchmarkId::new("fused_with_copy", name), |b| {
+            b.iter(|| {
+                d.copy_from_slice(&dy);
+                act_backward_with_bias_sums(act, &mut d, &pre, Some(&mut db), rows, n)
+            })
+        });
+        g.bench_function(BenchmarkId::new("copy_only", name), |b| b.iter(|| d.copy_from_slice(&dy)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, linear, elementwise, adamw, conv_pool, gemm_ceiling, attention_w3, bias_act);
 criterion_main!(benches);

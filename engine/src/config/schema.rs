@@ -36,9 +36,10 @@ pub struct ModelSection {
     /// Name prefixes of parameters to freeze (e.g. `features.` or `layers.0`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
-    /// Run each linear layer and the activation that reads it as one fused kernel (the same numbers, one pass
-    /// fewer); `false` runs every module as its own node, for benchmarks and debugging.
-    #[serde(default = "d::yes", skip_serializing_if = "is_true")]
+    /// Run each linear layer and the activation that reads it as one node whose backward works in place (the
+    /// same numbers, one `[batch, features]` gradient buffer fewer per pair). Off by default: on the AVX2 EPYC
+    /// it was measured on, the in-place backward was slower than the separate ops (benches/README.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fuse: bool,
     /// Builder options.
     #[serde(flatten)]
@@ -58,11 +59,6 @@ pub struct DatasetSection {
     pub options: serde_json::Map<String, serde_json::Value>,
 }
 
-/// For `skip_serializing_if`: a `true` flag is the default and need not be written out.
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
 macro_rules! defaults {
     ($($f:ident: $t:ty = $v:expr;)*) => {
         $(pub(super) fn $f() -> $t { $v })*
@@ -71,7 +67,6 @@ macro_rules! defaults {
 
 mod d {
     defaults! {
-        yes: bool = true;
         ema_decay: f64 = 0.9999;
         ema_tau: f64 = 2000.0;
         task: String = "classification".into();

@@ -1,25 +1,22 @@
 //! A linear layer fused with the activation that follows it: `out = act(inp @ weight^T + bias)`.
 //!
 //! Forward: the bias seeds the product (as in [`linear_forward`]), the activation reads the pre-activation,
-//! which is kept for the backward. Backward: one pass over `[B, OC]` turns the output gradient into the
-//! pre-activation gradient *in place* and sums its columns into the bias gradient at the same time, where the
-//! unfused pair makes two passes (activation backward into a separate buffer, then column sums) and needs a
-//! second `[B, OC]` gradient buffer. The two matrix products follow on the pre-activation gradient.
+//! which is kept for the backward. Backward: the output gradient becomes the pre-activation gradient *in
+//! place*, its columns are summed into the bias gradient, and the two matrix products follow; the unfused
+//! pair needs a second `[B, OC]` gradient buffer for the pre-activation (the graph saves one buffer per fused
+//! pair).
 //!
 //! Every element is computed by the same expression as in the unfused ops (the activation modules share their
-//! per-element derivative with this kernel, and the column sums run in the same order), so the fused and the
+//! per-element derivative with this kernel, and the column sums are the same function), so the fused and the
 //! unfused graphs train bit for bit alike.
 
 use rayon::prelude::*;
 
 use super::activation::{self, activation_forward, Activation};
+use super::bias_add::bias_add_backward;
 use super::linear::{linear_backward, linear_forward};
 use super::par::{PAR_CHUNK, PAR_MIN_ELEMS};
 use crate::Float;
-
-/// Columns per task of the fused backward pass: a block's partial sums fit in a stack array and each row's
-/// slice of the block spans a few cache lines (the width `bias_add_backward` uses, hence its summation order).
-const COL_BLOCK: usize = 64;
 
 /// Fused forward: `pre = inp @ weight^T + bias`, `out = act(pre)` (both overwritten).
 ///
@@ -64,7 +61,12 @@ pub fn linear_act_backward<T: Float>(
     linear_backward(dinp, dweight, None, dout, inp, weight, b, c, oc);
 }
 
-/// `d = d * act'(pre)` in place, and `dbias += column sums of the new d` in the same pass.
+/// `d = d * act'(pre)` in place, then `dbias += column sums of the new d`.
+///
+/// Two passes, as the unfused pair makes, but over one buffer: the pre-activation gradient needs no buffer of
+/// its own. (A single pass over column blocks that also summed was measured slower on an AVX2 EPYC: strided
+/// read-modify-write rows and short inner loops cost more than the second streaming read saves; see
+/// `benches/kernels.rs`, `bias_act_backward`.)
 ///
 /// d, pre: [B, N], dbias: [N] or None.
 pub fn act_backward_with_bias_sums<T: Float>(
@@ -78,82 +80,28 @@ pub fn act_backward_with_bias_sums<T: Float>(
     assert_eq!(d.len(), b * n, "act_backward_with_bias_sums: d must be [B, N]");
     assert_eq!(pre.len(), b * n, "act_backward_with_bias_sums: pre must be [B, N]");
     macro_rules! dispatch {
-        ($f:ident, $($args:expr),*) => {
+        ($d:expr, $p:expr) => {
             match act.code() {
-                activation::RELU => $f::<T, { activation::RELU }>($($args),*),
-                activation::GELU => $f::<T, { activation::GELU }>($($args),*),
-                activation::GELU_TANH => $f::<T, { activation::GELU_TANH }>($($args),*),
-                activation::TANH => $f::<T, { activation::TANH }>($($args),*),
-                activation::SIGMOID => $f::<T, { activation::SIGMOID }>($($args),*),
-                _ => $f::<T, { activation::SILU }>($($args),*),
+                activation::RELU => inplace::<T, { activation::RELU }>($d, $p),
+                activation::GELU => inplace::<T, { activation::GELU }>($d, $p),
+                activation::GELU_TANH => inplace::<T, { activation::GELU_TANH }>($d, $p),
+                activation::TANH => inplace::<T, { activation::TANH }>($d, $p),
+                activation::SIGMOID => inplace::<T, { activation::SIGMOID }>($d, $p),
+                _ => inplace::<T, { activation::SILU }>($d, $p),
             }
         };
     }
-    let Some(dbias) = dbias else {
-        // No bias: a plain in-place element-wise pass.
-        if d.len() < PAR_MIN_ELEMS {
-            dispatch!(inplace, d, pre);
-        } else {
-            d.par_chunks_mut(PAR_CHUNK).zip(pre.par_chunks(PAR_CHUNK)).for_each(|(d, p)| dispatch!(inplace, d, p));
-        }
-        return;
-    };
-    assert_eq!(dbias.len(), n, "act_backward_with_bias_sums: dbias must be [N]");
-    if n == 0 {
-        return;
-    }
-    let base = SharedMut(d.as_mut_ptr());
-    let block = |blk: usize, db: &mut [T]| {
-        // SAFETY: the block owns columns [blk * COL_BLOCK, blk * COL_BLOCK + db.len()) of every row of `d`;
-        // blocks are disjoint, so no two tasks touch the same element, and `d` outlives the parallel loop.
-        let d = unsafe { std::slice::from_raw_parts_mut(base.get(), b * n) };
-        dispatch!(block_pass, d, pre, db, blk * COL_BLOCK, n);
-    };
-    if b * n >= PAR_MIN_ELEMS && n > COL_BLOCK {
-        dbias.par_chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, db)| block(blk, db));
+    if d.len() < PAR_MIN_ELEMS {
+        dispatch!(d, pre);
     } else {
-        dbias.chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, db)| block(blk, db));
+        d.par_chunks_mut(PAR_CHUNK).zip(pre.par_chunks(PAR_CHUNK)).for_each(|(d, p)| dispatch!(d, p));
+    }
+    if let Some(dbias) = dbias {
+        bias_add_backward(dbias, d, b, n);
     }
 }
 
-/// A raw pointer that may cross threads: each task writes a disjoint set of elements through it.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-// SAFETY: only used for disjoint column blocks (see `act_backward_with_bias_sums`).
-unsafe impl<T> Send for SharedMut<T> {}
-unsafe impl<T> Sync for SharedMut<T> {}
-impl<T> SharedMut<T> {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper rather than its field).
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
-/// Columns `[lo, lo + db.len())` of every row: the in-place activation backward and the column sums. Each
-/// column keeps its own chain of adds in row order, into a zeroed block added to `db` once, exactly as
-/// `bias_add_backward` sums.
-#[inline(always)]
-fn block_pass_body<T: Float, const ACT: u8>(d: &mut [T], pre: &[T], db: &mut [T], lo: usize, n: usize) {
-    let w = db.len().min(COL_BLOCK);
-    let mut acc = [T::ZERO; COL_BLOCK];
-    let acc = &mut acc[..w];
-    for r in 0..d.len() / n {
-        let (row, x) = (&mut d[r * n + lo..r * n + lo + w], &pre[r * n + lo..r * n + lo + w]);
-        for k in 0..w {
-            let g = activation::backward_elem::<T, ACT>(row[k], x[k]);
-            row[k] = g;
-            acc[k] += g;
-        }
-    }
-    for k in 0..w {
-        db[k] += acc[k];
-    }
-}
-crate::multiversion!(
-    fn block_pass<T: Float; const ACT: u8>(d: &mut [T], pre: &[T], db: &mut [T], lo: usize, n: usize) => block_pass_body
-);
-
-/// In-place activation backward over one chunk (no bias).
+/// In-place activation backward over one chunk.
 #[inline(always)]
 fn inplace_body<T: Float, const ACT: u8>(d: &mut [T], pre: &[T]) {
     let n = d.len().min(pre.len());

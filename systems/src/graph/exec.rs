@@ -166,10 +166,11 @@ pub fn pool_geom(spec: &Pool2dSpec, in_chw: (usize, usize, usize), n: usize) -> 
     }
 }
 
-/// Seed of the dropout mask of node `node` at micro-step `micro_step`: a pure function so backward recomputes
-/// the forward mask and a resumed run draws the same masks.
-pub fn dropout_seed(run_seed: u64, micro_step: u64, node: usize) -> u64 {
-    Rng::derive(run_seed, &[0xD0, micro_step, node as u64]).next_u64()
+/// Seed of the dropout mask of the dropout node writing value `value` at micro-step `micro_step`: a pure
+/// function so backward recomputes the forward mask and a resumed run draws the same masks. Keyed by the
+/// output value, not the node's position, so graph rewrites that remove other nodes keep every mask.
+pub fn dropout_seed(run_seed: u64, micro_step: u64, value: usize) -> u64 {
+    Rng::derive(run_seed, &[0xD0, micro_step, value as u64]).next_u64()
 }
 
 /// The batch-including shape and permutation of a per-sample permute, on the stack.
@@ -255,7 +256,7 @@ pub fn forward(
             OpKind::Activation(act) => ops::activation::activation_forward(*act, y, x),
             OpKind::Dropout { p: prob } => {
                 if mode == Mode::Train && *prob > 0.0 {
-                    ops::dropout::dropout_forward(y, x, *prob, dropout_seed(seed, 0, idx));
+                    ops::dropout::dropout_forward(y, x, *prob, dropout_seed(seed, 0, node.output.0));
                 } else {
                     y.copy_from_slice(x);
                 }
@@ -573,7 +574,7 @@ pub fn backward(
                 if mode == Mode::Train && *prob > 0.0 {
                     sink.with(xv, in_len, |dx| {
                         if let Some(dx) = dx {
-                            ops::dropout::dropout_backward(dx, dy, *prob, dropout_seed(seed, 0, idx));
+                            ops::dropout::dropout_backward(dx, dy, *prob, dropout_seed(seed, 0, node.output.0));
                         }
                     })
                 } else {

@@ -1,7 +1,8 @@
 //! Graph rewrites that merge adjacent nodes into fused kernels, applied once after a model is built.
 //!
-//! Builders describe models one PyTorch module at a time (`Linear`, then `ReLU`); the executor is faster when
-//! a pair runs as one kernel. A rewrite changes only how the graph is executed: parameter names, shapes and
+//! Builders describe models one PyTorch module at a time (`Linear`, then `ReLU`); a rewrite runs a pair as one
+//! kernel (here: one gradient buffer fewer, the activation backward in place). A rewrite changes only how the
+//! graph is executed: parameter names, shapes and
 //! every computed number stay the same (the fused kernels are bit-identical to the pairs they replace).
 
 use ecstrain_components::{Graph, OpKind, ValueId};
