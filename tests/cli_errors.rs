@@ -121,6 +121,10 @@ fn bad_values_and_devices_are_rejected() {
     assert!(m.contains("not available"), "{m}");
     let m = rejected("preset", |y| y.replace("arch: mlp", "arch: mlp\n  type: digitz"), &[]);
     assert!(m.contains("model.type") && m.contains("did you mean `digits`"), "{m}");
+    let m = rejected("warmup", |y| y, &["--set", "run.warmup_epochs=5", "--set", "run.scheduler=cosine"]);
+    assert!(m.contains("run.warmup_epochs") && m.contains("longer than the run"), "{m}");
+    let m = rejected("patience", |y| y, &["--set", "run.patience=-1"]);
+    assert!(m.contains("patience"), "{m}");
     let m = rejected("clip", |y| y, &["--set", "run.clip_grad_norm=-1"]);
     assert!(m.contains("run.clip_grad_norm") && m.contains(">= 0"), "{m}");
     let m = rejected("fuse", |y| y, &["--set", "model.fuse=maybe"]);

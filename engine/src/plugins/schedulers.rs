@@ -67,7 +67,12 @@ fn no_generic_warmup(run: &RunSection, name: &str, instead: &str) -> Result<(), 
 fn with_warmup(ctx: &ScheduleContext, main: impl FnOnce(u64) -> LrSchedule) -> Result<Schedule, String> {
     let r = ctx.run;
     let warm = (r.warmup_epochs * ctx.steps_per_epoch as f64).round() as u64;
-    let warm = warm.min(ctx.total_steps);
+    if warm > ctx.total_steps {
+        return Err(format!(
+            "run.warmup_epochs ({}) is longer than the run ({} epochs, {} optimizer steps); it must be at most run.epochs",
+            r.warmup_epochs, ctx.epochs, ctx.total_steps
+        ));
+    }
     let rest = ctx.total_steps - warm;
     Ok(Schedule::Torch(LrScheduler {
         base_lr: r.lr0,
