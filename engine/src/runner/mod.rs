@@ -110,6 +110,10 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
     let io = |what: &str, e: std::io::Error| EngineError::Run(format!("cannot {what} in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io("create the run directory", e))?;
     write_atomic(&dir.join("config.yaml"), resolved_yaml.as_bytes()).map_err(|e| io("write config.yaml", e))?;
+    if resumed_from.is_some() {
+        let step = app.world.resource::<Clock>().step;
+        trim_metrics(&dir.join("metrics.jsonl"), step).map_err(|e| io("trim metrics.jsonl", e))?;
+    }
     let jsonl = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -129,6 +133,24 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
     println!("{summary}run directory: {}", dir.display());
     in_pool(|| run(&mut app))?;
     Ok(dir)
+}
+
+/// Drops the records a killed run wrote after its last checkpoint (step > `step`, the checkpoint's) and a
+/// half-written last line, so the resumed run's log continues as if it had never stopped. Atomic.
+fn trim_metrics(path: &std::path::Path, step: u64) -> std::io::Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let mut kept = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let record: Option<serde_json::Value> = line.ends_with('\n').then(|| serde_json::from_str(line).ok()).flatten();
+        match record.and_then(|r| r["step"].as_u64()) {
+            Some(s) if s <= step => kept.push_str(line),
+            _ => {}
+        }
+    }
+    if kept.len() != text.len() {
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Runs `f` on a thread of rayon's global pool. The kernels fork parallel work dozens of times per step; forked
