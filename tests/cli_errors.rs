@@ -125,6 +125,10 @@ fn bad_values_and_devices_are_rejected() {
     assert!(m.contains("run.warmup_epochs") && m.contains("longer than the run"), "{m}");
     let m = rejected("patience", |y| y, &["--set", "run.patience=-1"]);
     assert!(m.contains("patience"), "{m}");
+    let m = rejected("amp", |y| y, &["--set", "run.amp=fp8"]);
+    assert!(m.contains("run.amp") && m.contains("bf16"), "{m}");
+    let m = rejected("amp_backoff", |y| y, &["--set", "run.amp_backoff=1.5"]);
+    assert!(m.contains("run.amp_backoff"), "{m}");
     let m = rejected("clip", |y| y, &["--set", "run.clip_grad_norm=-1"]);
     assert!(m.contains("run.clip_grad_norm") && m.contains(">= 0"), "{m}");
     let m = rejected("fuse", |y| y, &["--set", "model.fuse=maybe"]);

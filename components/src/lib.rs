@@ -5,6 +5,7 @@
 //! arenas ([`arena`]); everything global to a run is a resource ([`clock`], [`batch`], [`metrics`], [`run`], [`ema`]);
 //! the model is a static graph described as data ([`graph`]).
 
+pub mod amp;
 pub mod arena;
 pub mod batch;
 pub mod clock;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod param;
 pub mod run;
 
+pub use amp::{AmpMode, LossScaler};
 pub use arena::{Arena, Grads, OptimizerState, Params, StateLayout};
 pub use batch::{Batch, Mode, Targets};
 pub use clock::{Clock, LearningRate};

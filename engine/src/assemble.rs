@@ -35,12 +35,27 @@ pub struct Assembly {
     pub resumed_from: Option<PathBuf>,
 }
 
+/// `run.amp`: false / off, true / f16 (Ultralytics' `amp: True`), bf16.
+fn parse_amp(v: &serde_json::Value) -> Result<AmpMode, String> {
+    match v {
+        serde_json::Value::Bool(false) => Ok(AmpMode::Off),
+        serde_json::Value::Bool(true) => Ok(AmpMode::F16),
+        serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "off" | "false" | "fp32" => Ok(AmpMode::Off),
+            "f16" | "fp16" | "true" => Ok(AmpMode::F16),
+            "bf16" => Ok(AmpMode::Bf16),
+            _ => Err(format!("run.amp: unknown precision `{s}`; valid choices: off, bf16, f16 (or false / true)")),
+        },
+        other => Err(format!("run.amp: expected off, bf16, f16, false or true, got {other}")),
+    }
+}
+
 fn check_run_section(r: &RunSection) -> Result<(), String> {
     // Half-open unit interval, finite (NaN fails every comparison).
     let unit = |v: f64| (0.0..1.0).contains(&v);
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
     let non_negative = |v: f64| v >= 0.0 && v.is_finite();
-    let checks: [(bool, &str, String); 24] = [
+    let checks: [(bool, &str, String); 28] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
         (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
@@ -75,6 +90,22 @@ fn check_run_section(r: &RunSection) -> Result<(), String> {
             format!("must be in (0, 1], got {:?}", r.layer_decay),
         ),
         (r.accum_grad_iters.is_none_or(|a| a >= 1), "run.accum_grad_iters", "must be at least 1".into()),
+        (
+            r.amp_init_scale > 0.0 && r.amp_init_scale.is_finite(),
+            "run.amp_init_scale",
+            format!("must be > 0, got {}", r.amp_init_scale),
+        ),
+        (
+            r.amp_growth > 1.0 && r.amp_growth.is_finite(),
+            "run.amp_growth",
+            format!("must be > 1, got {}", r.amp_growth),
+        ),
+        (
+            r.amp_backoff > 0.0 && r.amp_backoff < 1.0,
+            "run.amp_backoff",
+            format!("must be in (0, 1), got {}", r.amp_backoff),
+        ),
+        (r.amp_growth_interval >= 1, "run.amp_growth_interval", "must be at least 1".into()),
         (clip_ok(r.clip_grad_norm), "run.clip_grad_norm", format!("must be >= 0 (0 = off), got {}", r.clip_grad_norm)),
         (
             clip_ok(r.clip_grad_value),
@@ -129,8 +160,12 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     }
     let device = Device::parse(&r.device).map_err(|e| err(format!("run.device: {e}")))?;
     device.ensure_available().map_err(|e| err(format!("run.device: {e}")))?;
-    if r.amp && device == Device::Cpu {
-        notices.push("run.amp is ignored on the CPU (training runs in f32)".into());
+    let amp = parse_amp(&r.amp).map_err(err)?;
+    if amp != AmpMode::Off && device == Device::Cpu {
+        notices.push(match amp {
+            AmpMode::F16 => "run.amp: f16 autocast needs CUDA; on the CPU the run computes in f32 with f16's dynamic loss scaling active".into(),
+            _ => "run.amp: bf16 autocast needs CUDA; on the CPU the run computes in f32".to_string(),
+        });
     }
 
     // Names first: a typo should not cost a data load.
@@ -291,6 +326,17 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     w.insert_resource(settings);
     (opt_entry.install)(&mut app);
     let w = &mut app.world;
+    if amp == AmpMode::F16 {
+        w.insert_resource(LossScaler {
+            scale: r.amp_init_scale,
+            growth: r.amp_growth,
+            backoff: r.amp_backoff,
+            growth_interval: r.amp_growth_interval,
+            good_steps: 0,
+            skip_step: false,
+            skipped: 0,
+        });
+    }
     if r.clip_grad_norm > 0.0 || r.clip_grad_value > 0.0 {
         w.insert_resource(GradClip { max_norm: r.clip_grad_norm, max_value: r.clip_grad_value });
         w.init_resource::<GradNorm>();

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Buffers, Clock, EmaWeights, IterPlan, OptimizerState, Params, RunSettings, TrainingState};
+use ecstrain_components::{
+    Buffers, Clock, EmaWeights, IterPlan, LossScaler, OptimizerState, Params, RunSettings, TrainingState,
+};
 use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
 use ecstrain_systems::checkpoint::{decode_scalars, CHECKPOINT_FORMAT, OPTIMIZER_SCALARS_KEY};
 
@@ -55,6 +57,15 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     }
     if saved_with_ema {
         crate::weights::load_model_exact(&mut app.world, &ck, path, "run.resume", "train.")?;
+    }
+    // The loss scale continues where it was (a checkpoint without one leaves the configured initial scale).
+    if let (Some(mut scaler), Some(state)) = (
+        app.world.get_resource_mut::<LossScaler>(),
+        ck.metadata.get("loss_scaler").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
+    ) {
+        scaler.scale = state["scale"].as_f64().unwrap_or(scaler.scale);
+        scaler.good_steps = state["good_steps"].as_u64().unwrap_or(0);
+        scaler.skipped = state["skipped"].as_u64().unwrap_or(0);
     }
     // Optimizer state.
     let mut opt = app.world.resource_mut::<OptimizerState>();

@@ -67,6 +67,11 @@ macro_rules! defaults {
 
 mod d {
     defaults! {
+        amp: serde_json::Value = serde_json::Value::Bool(false);
+        amp_init_scale: f64 = 65536.0;
+        amp_growth_interval: u64 = 2000;
+        amp_growth: f64 = 2.0;
+        amp_backoff: f64 = 0.5;
         ema_decay: f64 = 0.9999;
         ema_tau: f64 = 2000.0;
         task: String = "classification".into();
@@ -306,9 +311,22 @@ pub struct RunSection {
     /// Seed of every random stream (initialisation, shuffling, dropout).
     #[serde(default)]
     pub seed: u64,
-    /// Mixed precision (CUDA only; ignored with a notice on the CPU, as Ultralytics does).
-    #[serde(default)]
-    pub amp: bool,
+    /// Mixed precision: `false` / `off`, `bf16`, or `f16` (`true` = f16, as Ultralytics' `amp: True`). Autocast
+    /// needs CUDA; f16's dynamic loss scaling (torch GradScaler) runs on every device.
+    #[serde(default = "d::amp")]
+    pub amp: serde_json::Value,
+    /// f16 loss scaling: the first scale (torch 2^16).
+    #[serde(default = "d::amp_init_scale")]
+    pub amp_init_scale: f64,
+    /// f16 loss scaling: finite steps in a row before the scale grows.
+    #[serde(default = "d::amp_growth_interval")]
+    pub amp_growth_interval: u64,
+    /// f16 loss scaling: growth factor.
+    #[serde(default = "d::amp_growth")]
+    pub amp_growth: f64,
+    /// f16 loss scaling: factor after a step with inf / NaN gradients (the step is skipped).
+    #[serde(default = "d::amp_backoff")]
+    pub amp_backoff: f64,
     /// Data-loading worker threads (0 = load in the training thread).
     #[serde(default)]
     pub workers: usize,

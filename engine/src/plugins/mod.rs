@@ -1,6 +1,7 @@
 //! Built-in plugins. Every engine feature is one, installed through the same [`Plugin`](crate::app::Plugin)
 //! API a user plugin uses; [`DefaultPlugins`] is the set `engine` runs with.
 
+pub mod amp;
 pub mod builtins;
 pub mod checkpoint;
 pub mod clipping;
@@ -25,6 +26,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(core::CorePlugin)
             .add_plugin(clipping::GradClipPlugin)
             .add_plugin(ema::EmaPlugin)
+            .add_plugin(amp::AmpPlugin)
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)
             .add_plugin(logging::SummaryPlugin)

@@ -4,7 +4,7 @@
 
 use bevy_ecs::prelude::*;
 use ecstrain_systems::optim;
-use ecstrain_systems::optim::at_accumulation_boundary;
+use ecstrain_systems::optim::loss_scale::optimizer_step_due;
 use ecstrain_systems::sets::*;
 
 use crate::app::{App, Plugin};
@@ -15,7 +15,7 @@ pub struct BuiltinOptimizers;
 
 /// Adds `system` to the Optimize set of the train step, on accumulation boundaries only.
 fn install<M>(app: &mut App, system: impl IntoScheduleConfigs<bevy_ecs::system::ScheduleSystem, M>) {
-    app.add_systems(TrainStep, system.run_if(at_accumulation_boundary).in_set(StepSet::Optimize));
+    app.add_systems(TrainStep, system.run_if(optimizer_step_due).in_set(StepSet::Optimize));
 }
 
 impl Plugin for BuiltinOptimizers {

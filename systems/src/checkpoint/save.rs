@@ -12,15 +12,15 @@
 //!
 //! With `run.ema` the dotted names hold the moving averages (the model that was validated, the one to deploy
 //! or fine-tune from), and the training weights go under `train.<name>` with the `ema_updates` count, so a
-//! resumed run continues both exactly.
+//! resumed run continues both exactly. With f16 loss scaling the scaler's state is the `loss_scaler` entry.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Arena, Buffers, Clock, EmaWeights, LearningRate, OptimizerState, ParamInfo, ParamSlice, Params, RunFailure,
-    RunInfo, RunSettings, TrainingState,
+    Arena, Buffers, Clock, EmaWeights, LearningRate, LossScaler, OptimizerState, ParamInfo, ParamSlice, Params,
+    RunFailure, RunInfo, RunSettings, TrainingState,
 };
 
 use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
@@ -55,6 +55,7 @@ pub fn write_checkpoint<'a>(
     params: &Params,
     buffers: Option<&Buffers>,
     ema: Option<&EmaWeights>,
+    scaler: Option<&LossScaler>,
     opt: Option<&OptimizerState>,
     clock: &Clock,
     lr: &LearningRate,
@@ -94,6 +95,10 @@ pub fn write_checkpoint<'a>(
     if let Some(e) = ema {
         meta.insert("ema_updates".into(), e.updates.to_string());
     }
+    if let Some(s) = scaler {
+        let state = serde_json::json!({"scale": s.scale, "good_steps": s.good_steps, "skipped": s.skipped});
+        meta.insert("loss_scaler".into(), state.to_string());
+    }
     if let Some(opt) = opt {
         for (name, arena) in &opt.buffers {
             tensors.push((format!("optimizer.{name}"), vec![arena.len()], TensorData::F32(&arena.data)));
@@ -129,6 +134,7 @@ pub struct CheckpointSources<'w, 's> {
     params: Res<'w, Params>,
     buffers: Option<Res<'w, Buffers>>,
     ema: Option<Res<'w, EmaWeights>>,
+    scaler: Option<Res<'w, LossScaler>>,
     opt: Option<Res<'w, OptimizerState>>,
     clock: Res<'w, Clock>,
     lr: Res<'w, LearningRate>,
@@ -145,6 +151,7 @@ impl CheckpointSources<'_, '_> {
             &self.params,
             self.buffers.as_deref(),
             self.ema.as_deref(),
+            self.scaler.as_deref(),
             self.opt.as_deref(),
             &self.clock,
             &self.lr,

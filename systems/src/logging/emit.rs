@@ -44,11 +44,13 @@ pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>, mut last_l
 
 /// Log (training): one `train` record with the epoch's running loss, the lr (with the bias lr and momentum
 /// where the schedule drives them) for the next step, and the throughput since the previous record.
+#[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn emit_train_record(
     clock: Res<Clock>,
     metrics: Res<Metrics>,
     lr: Res<LearningRate>,
     grad_norm: Option<Res<crate::optim::clip::GradNorm>>,
+    scaler: Option<Res<ecstrain_components::LossScaler>>,
     scheduler: Option<Res<Scheduler>>,
     mut timer: ResMut<RunTimer>,
     mut out: MessageWriter<MetricEvent>,
@@ -63,6 +65,9 @@ pub fn emit_train_record(
     insert_schedule_values(&mut values, &lr, scheduler.as_deref());
     if let Some(g) = grad_norm.and_then(|g| g.0) {
         values.insert("grad_norm".to_string(), g);
+    }
+    if let Some(s) = scaler {
+        values.insert("loss_scale".to_string(), s.scale);
     }
     values.insert("samples_per_s".to_string(), (clock.samples_seen - s0) as f64 / dt);
     timer.last_log = (now, clock.samples_seen);
