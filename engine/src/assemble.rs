@@ -2,6 +2,7 @@
 //! checked against the data, every resource inserted. All of it happens before the run directory exists,
 //! so bad input exits 2 with nothing written.
 
+use ecstrain_systems::data::Dataset;
 use std::path::PathBuf;
 
 use bevy_ecs::prelude::*;
@@ -197,7 +198,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
 
     // Data.
     let root = ds.root.clone().unwrap_or_else(|| PathBuf::from("."));
-    let splits = (ds_entry.build)(&ds.options, &root).map_err(|m| err(format!("datasets.{ds_name}: {m}")))?;
+    let raw = (ds_entry.build)(&ds.options, &root).map_err(|m| err(format!("datasets.{ds_name}: {m}")))?;
+    let splits =
+        crate::pipelines::build_pipelines(&app.registry, &format!("datasets.{ds_name}"), &raw, &ds.processors, r.seed)
+            .map_err(err)?;
     if splits.train.is_empty() {
         return Err(err(format!("datasets.{ds_name}: the train split ({}) has no samples", splits.train.describe())));
     }
@@ -228,7 +232,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         run: r,
         output_shape: graph.output_shape(),
         train: splits.train.as_ref(),
-        val: splits.val.as_deref(),
+        val: splits.val.as_deref().map(|v| v as &dyn ecstrain_systems::data::Dataset),
         capacity,
     };
     (task_entry.install)(&mut app, &ctx).map_err(err)?;
@@ -403,7 +407,7 @@ fn check_token_ids(ds: &dyn ecstrain_systems::data::Dataset, vocab: usize) -> Re
         indices.clear();
         indices.extend(start..(start + chunk).min(ds.len()));
         let vals = &mut buf[..indices.len() * per];
-        ds.read_inputs(&indices, vals);
+        ds.read_inputs(&indices, vals)?;
         if let Some(pos) = vals.iter().position(|&v| v.fract() != 0.0 || v < 0.0 || v >= vocab as f32) {
             return Err(format!("sample {} holds token id {}", start + pos / per.max(1), vals[pos]));
         }

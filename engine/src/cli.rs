@@ -63,8 +63,11 @@ pub enum Command {
     Eval(EvalArgs),
     /// Validate a config: print the resolved config and the model summary; train nothing.
     Check(RunArgs),
-    /// List the registered models, datasets, tasks, optimizers and schedules.
+    /// List the registered models, datasets, processors, tasks, optimizers and schedules.
     List,
+    /// Dataset tools: pack an image folder into .npy shards, benchmark a config's input pipeline.
+    #[command(subcommand)]
+    Data(crate::data_cmd::DataCommand),
 }
 
 /// The app `engine` runs: every built-in plugin.
@@ -132,6 +135,7 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
             println!("config OK");
             Ok(())
         }
+        Some(Command::Data(d)) => crate::data_cmd::run(&d),
         Some(Command::List) => {
             for (kind, entries) in default_app().registry.listing() {
                 println!("{kind}:");

@@ -6,10 +6,11 @@
 //! ValidationEnd do not run, and Flush is never called: the metrics come back to the caller to print.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ecstrain_components::Metrics;
 use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
-use ecstrain_systems::data::{Loader, TrainLoader, ValLoader};
+use ecstrain_systems::data::{Dataset, Loader, Pipeline, TrainLoader, ValLoader};
 
 use crate::assemble::Assembly;
 use crate::error::{usage, EngineError};
@@ -78,8 +79,15 @@ pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<E
     app.world.remove_resource::<ecstrain_components::EmaWeights>();
     match split {
         Split::Train => {
+            // The training samples as validation sees them: through the eval processors, no augmentation.
+            let (name, ds) = asm.loaded.config.datasets.iter().next().expect("assembly checked one dataset");
+            let key = format!("datasets.{name}.processors.eval");
+            let procs = crate::pipelines::build_processors(&app.registry, &key, &ds.processors.eval).map_err(usage)?;
             let train = &app.world.resource::<TrainLoader>().0;
-            let loader = Loader::new(train.dataset().clone(), train.batch_size(), false, false, 0);
+            let seed = asm.loaded.config.run.seed;
+            let pipe = Pipeline::new(train.pipeline().dataset().clone(), procs, seed, 1)
+                .map_err(|m| usage(format!("{key}: {m}")))?;
+            let loader = Loader::new(Arc::new(pipe), train.batch_size(), false, false, 0);
             app.world.insert_resource(ValLoader { loader, cursor: 0 });
         }
         Split::Val if !app.world.contains_resource::<ValLoader>() => {
@@ -91,7 +99,7 @@ pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<E
         }
         Split::Val => {}
     }
-    let samples = app.world.resource::<ValLoader>().loader.dataset().len();
+    let samples = app.world.resource::<ValLoader>().loader.pipeline().len();
     in_pool(|| validation_pass(app));
     let metrics = app.world.resource::<Metrics>().last_val.iter().map(|(k, v)| (k.clone(), *v)).collect();
     Ok(Evaluation { samples, metrics })

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ecstrain_components::StateLayout;
-use ecstrain_systems::data::Dataset;
+use ecstrain_systems::data::{Dataset, Processor};
 use ecstrain_systems::models::ModelBuildFn;
 use ecstrain_systems::optim::OptimizerSettings;
 use ecstrain_systems::schedule::Schedule;
@@ -43,6 +43,19 @@ pub type DatasetBuildFn = fn(&serde_json::Map<String, serde_json::Value>, &Path)
 pub struct DatasetEntry {
     /// Opens the splits.
     pub build: DatasetBuildFn,
+    /// One line for `engine list`.
+    pub doc: &'static str,
+}
+
+/// A processor builder: options (a JSON map, `{}` when none were given) -> the processor, or a message naming
+/// the bad option and its valid values.
+pub type ProcessorBuildFn = fn(&serde_json::Value) -> Result<Box<dyn Processor>, String>;
+
+/// A registered processor.
+#[derive(Clone)]
+pub struct ProcessorEntry {
+    /// Builds the processor.
+    pub build: ProcessorBuildFn,
     /// One line for `engine list`.
     pub doc: &'static str,
 }
@@ -117,6 +130,8 @@ pub struct Registry {
     pub models: BTreeMap<String, ModelEntry>,
     /// Datasets by builder name.
     pub datasets: BTreeMap<String, DatasetEntry>,
+    /// Processors by name.
+    pub processors: BTreeMap<String, ProcessorEntry>,
     /// Tasks by name.
     pub tasks: BTreeMap<String, TaskEntry>,
     /// Optimizers by name.
@@ -141,6 +156,10 @@ impl Registry {
     pub fn register_dataset(&mut self, name: &str, entry: DatasetEntry) {
         self.datasets.insert(name.to_ascii_lowercase(), entry);
     }
+    /// Registers a processor.
+    pub fn register_processor(&mut self, name: &str, entry: ProcessorEntry) {
+        self.processors.insert(name.to_ascii_lowercase(), entry);
+    }
     /// Registers a task.
     pub fn register_task(&mut self, name: &str, entry: TaskEntry) {
         self.tasks.insert(name.to_ascii_lowercase(), entry);
@@ -161,6 +180,10 @@ impl Registry {
     /// The dataset builder named `name`.
     pub fn dataset(&self, key: &str, name: &str) -> Result<&DatasetEntry, String> {
         find(&self.datasets, "dataset builder", key, name)
+    }
+    /// The processor named `name`; `key` is the config position for the message.
+    pub fn processor(&self, key: &str, name: &str) -> Result<&ProcessorEntry, String> {
+        find(&self.processors, "processor", key, name)
     }
     /// The task named `name`.
     pub fn task(&self, name: &str) -> Result<&TaskEntry, String> {
@@ -183,6 +206,7 @@ impl Registry {
         vec![
             ("models", l(&self.models, |e| e.doc)),
             ("datasets", l(&self.datasets, |e| e.doc)),
+            ("processors", l(&self.processors, |e| e.doc)),
             ("tasks", l(&self.tasks, |e| e.doc)),
             ("optimizers", l(&self.optimizers, |e| e.doc)),
             ("schedulers", l(&self.schedulers, |e| e.doc)),

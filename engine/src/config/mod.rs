@@ -6,4 +6,4 @@ pub mod load;
 pub mod schema;
 
 pub use load::{load_config, parse_override, resolved_yaml, LoadedConfig};
-pub use schema::{Config, DatasetSection, ModelSection, RunSection};
+pub use schema::{Config, DatasetSection, ModelSection, RunSection, SplitProcessors};

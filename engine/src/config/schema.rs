@@ -54,9 +54,33 @@ pub struct DatasetSection {
     /// Directory that relative paths are resolved against (default: the working directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
+    /// Per-split processors (LAVIS's train / eval processors): lists of registered processor names with
+    /// options, run on every sample between the dataset and the batch.
+    #[serde(default, skip_serializing_if = "SplitProcessors::is_empty")]
+    pub processors: SplitProcessors,
     /// Builder options (for `npy`: `train`, `val`, `test` with `x` and `y` files).
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `datasets.<name>.processors:` — the processor list of the training split and of the evaluation splits.
+/// Each entry is a name, `name: {options}`, or `{name: ..., options...}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitProcessors {
+    /// Applied to training samples (augmentation lives here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train: Vec<serde_json::Value>,
+    /// Applied to validation and test samples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval: Vec<serde_json::Value>,
+}
+
+impl SplitProcessors {
+    /// No processors on either split.
+    pub fn is_empty(&self) -> bool {
+        self.train.is_empty() && self.eval.is_empty()
+    }
 }
 
 macro_rules! defaults {

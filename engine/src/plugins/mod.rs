@@ -6,9 +6,11 @@ pub mod builtins;
 pub mod checkpoint;
 pub mod clipping;
 pub mod core;
+pub mod datasets;
 pub mod ema;
 pub mod logging;
 pub mod optimizers;
+pub mod processors;
 pub mod schedulers;
 
 use crate::app::{App, Plugin};
@@ -19,7 +21,8 @@ pub struct DefaultPlugins;
 impl Plugin for DefaultPlugins {
     fn build(&self, app: &mut App) {
         app.add_plugin(builtins::BuiltinModels)
-            .add_plugin(builtins::BuiltinDatasets)
+            .add_plugin(datasets::BuiltinDatasets)
+            .add_plugin(processors::BuiltinProcessors)
             .add_plugin(builtins::BuiltinTasks)
             .add_plugin(optimizers::BuiltinOptimizers)
             .add_plugin(schedulers::BuiltinSchedulers)

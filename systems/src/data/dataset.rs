@@ -6,6 +6,7 @@ use ecstrain_components::Targets;
 use serde::Deserialize;
 
 use super::npy::NpyArray;
+use super::sample::Sample;
 
 /// What a dataset's targets are.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +24,11 @@ pub enum TargetSpec {
 }
 
 /// One split of a dataset: random access to samples by index.
+///
+/// A dataset implements [`Dataset::read_sample`] (one sample, any shape its files hold) and may override
+/// [`Dataset::read_inputs`] with a faster bulk gather when its samples have a fixed shape (the `npy` memmap
+/// converts whole batches in parallel). Reads fail only on data that changed or broke after the dataset was
+/// opened and checked; the message names the file.
 pub trait Dataset: Send + Sync {
     /// Human-readable origin for messages (a file path, a dataset name).
     fn describe(&self) -> String;
@@ -32,12 +38,40 @@ pub trait Dataset: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Per-sample input shape.
+    /// Per-sample input shape: of every sample when [`Dataset::fixed_shape`], else of the first one.
     fn sample_shape(&self) -> &[usize];
+    /// Whether every sample has [`Dataset::sample_shape`] (an image folder of mixed sizes does not).
+    fn fixed_shape(&self) -> bool {
+        true
+    }
     /// What the targets are.
     fn target_spec(&self) -> TargetSpec;
-    /// Writes the inputs of `indices` into `out` (`[indices.len(), numel(sample_shape)]`), as f32.
-    fn read_inputs(&self, indices: &[usize], out: &mut [f32]);
+    /// Class names by index, when the dataset has them (an image folder's sorted subfolders); the run
+    /// directory records them.
+    fn class_names(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// Reads sample `index`'s input into `out` (its values and shape), reusing `out`'s buffers.
+    fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), DataError>;
+    /// Writes the inputs of `indices` into `out` (`[indices.len(), numel(sample_shape)]`), as f32. Only for
+    /// fixed-shape datasets; the default reads sample by sample.
+    fn read_inputs(&self, indices: &[usize], out: &mut [f32]) -> Result<(), DataError> {
+        let len: usize = self.sample_shape().iter().product();
+        let mut sample = Sample::default();
+        for (row, &i) in out.chunks_exact_mut(len.max(1)).zip(indices) {
+            self.read_sample(i, &mut sample)?;
+            if sample.data.len() != len {
+                return Err(format!(
+                    "{}: sample {i} has shape {:?}, expected {:?}",
+                    self.describe(),
+                    sample.shape,
+                    self.sample_shape()
+                ));
+            }
+            row.copy_from_slice(&sample.data);
+        }
+        Ok(())
+    }
     /// Writes the targets of `indices` into `out`, reusing its buffers.
     fn read_targets(&self, indices: &[usize], out: &mut Targets);
     /// A target buffer of the right kind with room for `capacity` samples.
@@ -121,8 +155,12 @@ impl Dataset for NpyDataset {
             Some(y) => TargetSpec::Dense { len: y.row_len() },
         }
     }
-    fn read_inputs(&self, indices: &[usize], out: &mut [f32]) {
-        self.x.read_rows_f32(indices, out).expect("loader indices are in range");
+    fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), DataError> {
+        let row = out.reset(&self.sample_shape);
+        self.x.read_row_f32(index, row).map_err(|e| e.to_string())
+    }
+    fn read_inputs(&self, indices: &[usize], out: &mut [f32]) -> Result<(), DataError> {
+        self.x.read_rows_f32(indices, out).map_err(|e| e.to_string())
     }
     fn read_targets(&self, indices: &[usize], out: &mut Targets) {
         match (out, &self.labels, &self.dense) {

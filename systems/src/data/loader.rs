@@ -3,15 +3,16 @@
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Batch, Clock};
+use ecstrain_components::{Batch, Clock, RunFailure};
 use ecstrain_kernels::rng::Rng;
 
-use super::Dataset;
+use super::{DataError, Dataset, Pipeline};
 
 /// Walks a dataset in batches; the order of an epoch is a pure function of (seed, epoch), so a resumed or
 /// repeated run sees the same order.
 pub struct Loader {
-    dataset: Arc<dyn Dataset>,
+    pipeline: Arc<Pipeline>,
+    epoch: u64,
     order: Vec<usize>,
     batch: usize,
     shuffle: bool,
@@ -21,14 +22,14 @@ pub struct Loader {
 
 impl Loader {
     /// A loader over `dataset` with batches of `batch` samples.
-    pub fn new(dataset: Arc<dyn Dataset>, batch: usize, shuffle: bool, drop_last: bool, seed: u64) -> Loader {
-        let order = (0..dataset.len()).collect();
-        Loader { dataset, order, batch: batch.max(1), shuffle, drop_last, seed }
+    pub fn new(pipeline: Arc<Pipeline>, batch: usize, shuffle: bool, drop_last: bool, seed: u64) -> Loader {
+        let order = (0..pipeline.len()).collect();
+        Loader { pipeline, epoch: 0, order, batch: batch.max(1), shuffle, drop_last, seed }
     }
 
-    /// The dataset.
-    pub fn dataset(&self) -> &Arc<dyn Dataset> {
-        &self.dataset
+    /// The pipeline (dataset and processors).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
     }
 
     /// Samples per batch.
@@ -48,6 +49,7 @@ impl Loader {
 
     /// Sets the sample order for `epoch` (a fresh permutation when shuffling; identity otherwise).
     pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
         for (i, o) in self.order.iter_mut().enumerate() {
             *o = i;
         }
@@ -62,7 +64,7 @@ impl Loader {
     }
 
     /// Fills `out` with batch `b` of the current epoch.
-    pub fn fill(&self, b: usize, out: &mut Batch) {
+    pub fn fill(&self, b: usize, out: &mut Batch) -> Result<(), DataError> {
         let start = b * self.batch;
         let end = (start + self.batch).min(self.order.len());
         let idx = &self.order[start..end];
@@ -70,8 +72,9 @@ impl Loader {
         out.indices.extend_from_slice(idx);
         out.size = idx.len();
         let len = out.input_len;
-        self.dataset.read_inputs(idx, &mut out.inputs[..idx.len() * len]);
-        self.dataset.read_targets(idx, &mut out.targets);
+        self.pipeline.fill_rows(idx, self.epoch, &mut out.inputs[..idx.len() * len])?;
+        self.pipeline.read_targets(idx, &mut out.targets);
+        Ok(())
     }
 }
 
@@ -94,13 +97,22 @@ pub fn shuffle_train(clock: Res<Clock>, mut loader: ResMut<TrainLoader>) {
 }
 
 /// Load (training): assembles the clock's current batch.
-pub fn load_train_batch(clock: Res<Clock>, loader: Res<TrainLoader>, mut batch: ResMut<Batch>) {
-    loader.0.fill(clock.batch_in_epoch as usize, &mut batch);
+pub fn load_train_batch(
+    clock: Res<Clock>,
+    loader: Res<TrainLoader>,
+    mut batch: ResMut<Batch>,
+    mut failure: ResMut<RunFailure>,
+) {
+    if let Err(m) = loader.0.fill(clock.batch_in_epoch as usize, &mut batch) {
+        failure.0.get_or_insert(m);
+    }
 }
 
 /// Load (validation): assembles the next validation batch.
-pub fn load_val_batch(mut val: ResMut<ValLoader>, mut batch: ResMut<Batch>) {
+pub fn load_val_batch(mut val: ResMut<ValLoader>, mut batch: ResMut<Batch>, mut failure: ResMut<RunFailure>) {
     let b = val.cursor;
-    val.loader.fill(b, &mut batch);
+    if let Err(m) = val.loader.fill(b, &mut batch) {
+        failure.0.get_or_insert(m);
+    }
     val.cursor += 1;
 }

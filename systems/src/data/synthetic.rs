@@ -5,7 +5,7 @@ use ecstrain_components::Targets;
 use ecstrain_kernels::rng::Rng;
 use serde::Deserialize;
 
-use super::{Dataset, TargetSpec};
+use super::{Dataset, Sample, TargetSpec};
 
 /// Options of one `synthetic` split.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -63,11 +63,17 @@ impl Dataset for SyntheticDataset {
     fn target_spec(&self) -> TargetSpec {
         TargetSpec::Classes { num_classes: self.classes }
     }
-    fn read_inputs(&self, indices: &[usize], out: &mut [f32]) {
+    fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), String> {
+        let len: usize = self.shape.iter().product();
+        out.reset(&self.shape).copy_from_slice(&self.inputs[index * len..(index + 1) * len]);
+        Ok(())
+    }
+    fn read_inputs(&self, indices: &[usize], out: &mut [f32]) -> Result<(), String> {
         let len: usize = self.shape.iter().product();
         for (row, &i) in out.chunks_exact_mut(len).zip(indices) {
             row.copy_from_slice(&self.inputs[i * len..(i + 1) * len]);
         }
+        Ok(())
     }
     fn read_targets(&self, indices: &[usize], out: &mut Targets) {
         if let Targets::Classes(v) = out {
