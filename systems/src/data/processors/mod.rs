@@ -5,6 +5,29 @@
 //! `(run.seed, split, data epoch, sample index)`, so the augmentation of a sample does not depend on which
 //! worker processed it, in which order, on how many processes the data is sharded, or on whether the run was
 //! resumed.
+//!
+//! Each processor module has a `build(&serde_json::Value)` (the registry's builder) parsing its options with
+//! serde; the image kernels they share are in [`resample`] (resizing), [`pad`] (padding + cropping) and
+//! [`color`] (torchvision's colour adjustments). Results follow `torchvision.transforms.v2` on float images
+//! (checked against tests/reference/processors.json).
+
+pub mod center_crop;
+pub mod color;
+pub mod color_jitter;
+pub mod flip;
+pub mod image;
+pub mod normalize;
+pub mod options;
+pub mod pad;
+pub mod random_crop;
+pub mod random_resized_crop;
+pub mod resample;
+pub mod resize;
+pub mod scale;
+pub mod to_float;
+
+#[cfg(test)]
+mod reference_tests;
 
 use ecstrain_kernels::rng::Rng;
 
@@ -73,7 +96,7 @@ mod tests {
         assert_eq!(split_entry(&json!({"to_float": null})).unwrap(), ("to_float".into(), json!({})));
         assert_eq!(split_entry(&json!({"name": "resize", "size": 8})).unwrap(), ("resize".into(), json!({"size": 8})));
         assert!(split_entry(&json!(3)).is_err());
-        assert!(split_entry(&json!({"a": 1})).unwrap_err().contains("`a`"));
+        assert!(split_entry(&json!({"a": 1})).err().unwrap().contains("`a`"));
         assert!(split_entry(&json!({"a": {}, "b": {}})).is_err());
     }
 }

@@ -1,0 +1,155 @@
+//! Option parsing shared by the processors: serde structs with `deny_unknown_fields`, plus the option types
+//! several processors take (sizes, value ranges), each with a message that names its key.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Parses a processor's options (`{}` when none were given). Unknown keys fail with serde's "unknown field
+/// `x`, expected one of ..." (the valid options); a value of the wrong type fails with its key named, which
+/// serde_json's own message does not do.
+pub fn parse<T: DeserializeOwned>(options: &Value) -> Result<T, String> {
+    let options = if options.is_null() { Value::Object(Default::default()) } else { options.clone() };
+    let Value::Object(map) = &options else {
+        return Err(format!("options must be a map of keys, got {options}"));
+    };
+    serde_json::from_value::<T>(options.clone()).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+            return msg;
+        }
+        // Find the culprit: the key whose value alone reproduces a failure that is not a missing field.
+        for (key, value) in map {
+            let alone = Value::Object([(key.clone(), value.clone())].into_iter().collect());
+            if let Err(e) = serde_json::from_value::<T>(alone) {
+                let m = e.to_string();
+                if !m.starts_with("missing field") {
+                    return format!("option `{key}`: {m}");
+                }
+            }
+        }
+        msg
+    })
+}
+
+/// An output size: one number (its meaning depends on the processor: the smaller edge for `resize`, a square
+/// for the crops) or `[height, width]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Value")]
+pub enum Size {
+    /// One number.
+    One(usize),
+    /// `[height, width]`.
+    Hw(usize, usize),
+}
+
+impl TryFrom<Value> for Size {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Size, String> {
+        let positive = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as usize);
+        let bad = || format!("must be a positive integer or [height, width] of positive integers, got {v}");
+        match &v {
+            Value::Array(a) if a.len() == 1 => positive(&a[0]).map(Size::One).ok_or_else(bad),
+            Value::Array(a) if a.len() == 2 => match (positive(&a[0]), positive(&a[1])) {
+                (Some(h), Some(w)) => Ok(Size::Hw(h, w)),
+                _ => Err(bad()),
+            },
+            other => positive(other).map(Size::One).ok_or_else(bad),
+        }
+    }
+}
+
+impl Size {
+    /// `(height, width)`, a single number meaning a square.
+    pub fn square_or_hw(self) -> (usize, usize) {
+        match self {
+            Size::One(s) => (s, s),
+            Size::Hw(h, w) => (h, w),
+        }
+    }
+}
+
+/// A number or a `[min, max]` pair, as torchvision's ColorJitter and RandomResizedCrop take them.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "Value")]
+pub enum NumberOrRange {
+    /// One number.
+    One(f64),
+    /// `[min, max]`.
+    Range([f64; 2]),
+}
+
+impl TryFrom<Value> for NumberOrRange {
+    type Error = String;
+    fn try_from(v: Value) -> Result<NumberOrRange, String> {
+        let bad = || format!("must be a number or a [min, max] pair of numbers, got {v}");
+        match &v {
+            Value::Number(n) => n.as_f64().map(NumberOrRange::One).ok_or_else(bad),
+            Value::Array(a) if a.len() == 2 => match (a[0].as_f64(), a[1].as_f64()) {
+                (Some(lo), Some(hi)) => Ok(NumberOrRange::Range([lo, hi])),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Per-channel values (`normalize`'s mean and std): one number for every channel or a list, one per channel.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct PerChannel(pub Vec<f32>);
+
+impl TryFrom<Value> for PerChannel {
+    type Error = String;
+    fn try_from(v: Value) -> Result<PerChannel, String> {
+        let bad = || format!("must be a number or a non-empty list of numbers (one per channel), got {v}");
+        match &v {
+            Value::Number(n) => Ok(PerChannel(vec![n.as_f64().ok_or_else(bad)? as f32])),
+            Value::Array(a) if !a.is_empty() => {
+                a.iter().map(|x| x.as_f64().map(|f| f as f32).ok_or_else(bad)).collect::<Result<_, _>>().map(PerChannel)
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Reads a `[min, max]` option: both finite and `min <= max`.
+pub fn ordered_pair(key: &str, v: [f64; 2]) -> Result<(f64, f64), String> {
+    if !(v[0].is_finite() && v[1].is_finite() && v[0] <= v[1]) {
+        return Err(format!("`{key}` must be [min, max] with finite min <= max, got [{}, {}]", v[0], v[1]));
+    }
+    Ok((v[0], v[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Opts {
+        size: Size,
+        #[serde(default)]
+        p: f64,
+    }
+
+    #[test]
+    fn sizes_and_messages_name_the_key() {
+        let o: Opts = parse(&json!({"size": 4})).unwrap();
+        assert_eq!(o.size, Size::One(4));
+        let o: Opts = parse(&json!({"size": [3, 5]})).unwrap();
+        assert_eq!(o.size.square_or_hw(), (3, 5));
+        assert_eq!(parse::<Opts>(&json!({"size": [7]})).unwrap().size, Size::One(7));
+        let e = parse::<Opts>(&json!({"size": 0})).err().unwrap();
+        assert!(e.contains("option `size`") && e.contains("positive"), "{e}");
+        let e = parse::<Opts>(&json!({"size": 3, "q": 1})).err().unwrap();
+        assert!(e.contains("unknown field `q`") && e.contains("`size`") && e.contains("`p`"), "{e}");
+        let e = parse::<Opts>(&json!({"size": 3, "p": "half"})).err().unwrap();
+        assert!(e.contains("option `p`") && e.contains("invalid type"), "{e}");
+        let e = parse::<Opts>(&json!({})).err().unwrap();
+        assert!(e.contains("missing field `size`"), "{e}");
+        assert!(parse::<Opts>(&json!([1])).err().unwrap().contains("map"));
+    }
+}
