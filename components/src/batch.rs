@@ -16,6 +16,40 @@ pub enum Targets {
     },
 }
 
+/// One extra per-sample array of a batch (a dataset's `extra` files: auxiliary targets, weights, masks), as
+/// f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtraArray {
+    /// The name the dataset gave it (`datasets.<name>.train.extra.<name>`).
+    pub name: String,
+    /// Values per sample.
+    pub len: usize,
+    /// Values, `[capacity, len]` row-major; the batch's first `size` rows are valid.
+    pub values: Vec<f32>,
+}
+
+/// The extra per-sample arrays of a batch, in the order of the dataset's `extra_specs`. Empty for datasets
+/// without any; allocated once for the batch capacity.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras(pub Vec<ExtraArray>);
+
+impl Extras {
+    /// Buffers for `specs` (`(name, values per sample)`) with room for `capacity` samples.
+    pub fn with_capacity(specs: &[(String, usize)], capacity: usize) -> Extras {
+        Extras(
+            specs
+                .iter()
+                .map(|(name, len)| ExtraArray { name: name.clone(), len: *len, values: vec![0.0; capacity * len] })
+                .collect(),
+        )
+    }
+
+    /// The array called `name`, if the dataset has one.
+    pub fn get(&self, name: &str) -> Option<&ExtraArray> {
+        self.0.iter().find(|a| a.name == name)
+    }
+}
+
 /// The batch being processed. Buffers are allocated once for the largest batch and reused: `size` says how
 /// many rows are valid (the last batch of an epoch may be smaller).
 #[derive(Resource, Clone, Debug)]
@@ -30,6 +64,8 @@ pub struct Batch {
     pub size: usize,
     /// Dataset indices of the valid rows (for debugging, augmentation seeds and data-order checks).
     pub indices: Vec<usize>,
+    /// Extra per-sample arrays, gathered for the valid rows (empty unless the dataset has some).
+    pub extras: Extras,
 }
 
 impl Batch {
@@ -41,6 +77,7 @@ impl Batch {
             targets,
             size: 0,
             indices: Vec::with_capacity(capacity),
+            extras: Extras::default(),
         }
     }
 

@@ -17,7 +17,7 @@ pub mod run;
 
 pub use amp::{AmpMode, LossScaler};
 pub use arena::{Arena, Grads, OptimizerState, Params, StateLayout};
-pub use batch::{Batch, Mode, Targets};
+pub use batch::{Batch, ExtraArray, Extras, Mode, Targets};
 pub use clock::{Clock, LearningRate};
 pub use ema::{EmaShadow, EmaWeights};
 pub use graph::{

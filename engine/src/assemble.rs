@@ -199,6 +199,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     // Data.
     let root = ds.root.clone().unwrap_or_else(|| PathBuf::from("."));
     let raw = (ds_entry.build)(&ds.options, &root).map_err(|m| err(format!("datasets.{ds_name}: {m}")))?;
+    notices.extend(raw.notices.iter().map(|n| format!("datasets.{ds_name}: {n}")));
     let splits =
         crate::pipelines::build_pipelines(&app.registry, &format!("datasets.{ds_name}"), &raw, &ds.processors, r.seed)
             .map_err(err)?;
@@ -302,7 +303,9 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let targets = splits.train.empty_targets(capacity);
     let w = &mut app.world;
     w.insert_resource(Activations::plan(&graph, capacity));
-    w.insert_resource(Batch::with_capacity(capacity, input_len, targets));
+    let mut batch = Batch::with_capacity(capacity, input_len, targets);
+    batch.extras = Extras::with_capacity(&splits.train.extra_specs(), capacity);
+    w.insert_resource(batch);
     w.insert_resource(TrainLoader(train_loader));
     if let Some(val) = &splits.val {
         w.insert_resource(ValLoader { loader: Loader::new(val.clone(), r.batch, false, false, r.seed), cursor: 0 });

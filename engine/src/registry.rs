@@ -33,6 +33,17 @@ pub struct DatasetSplits {
     pub train: Arc<dyn Dataset>,
     /// Validation split, if configured.
     pub val: Option<Arc<dyn Dataset>>,
+    /// Test split, if configured: opened and checked, not used by the runner yet.
+    pub test: Option<Arc<dyn Dataset>>,
+    /// Messages for the run's output (`note: ...`), e.g. the corrupt images a split skipped.
+    pub notices: Vec<String>,
+}
+
+impl DatasetSplits {
+    /// Train and optional val splits, no test split, no notices.
+    pub fn new(train: Arc<dyn Dataset>, val: Option<Arc<dyn Dataset>>) -> DatasetSplits {
+        DatasetSplits { train, val, test: None, notices: Vec::new() }
+    }
 }
 
 /// A dataset builder: `(options, root) -> splits`, or a message naming the file or key at fault.

@@ -15,7 +15,7 @@ use std::io::BufWriter;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::*;
-use ecstrain_systems::data::ValLoader;
+use ecstrain_systems::data::{class_map_json, Dataset, TrainLoader, ValLoader};
 use ecstrain_systems::logging::jsonl::JsonlLog;
 use ecstrain_systems::logging::write_atomic;
 use ecstrain_systems::sets::*;
@@ -99,7 +99,8 @@ fn finish(app: &mut App) -> Result<(), EngineError> {
     }
 }
 
-/// Creates the run directory (config.yaml, metrics.jsonl, checkpoints/) and trains.
+/// Creates the run directory (config.yaml, classes.json when the dataset names its classes, metrics.jsonl,
+/// checkpoints/) and trains.
 pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
     let Assembly { mut app, loaded, resolved_yaml, summary, notices, resumed_from } = assembly;
     // A resumed run continues in the directory of its checkpoint and appends to its metrics.jsonl.
@@ -110,6 +111,12 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
     let io = |what: &str, e: std::io::Error| EngineError::Run(format!("cannot {what} in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io("create the run directory", e))?;
     write_atomic(&dir.join("config.yaml"), resolved_yaml.as_bytes()).map_err(|e| io("write config.yaml", e))?;
+    // The class-to-index map, so predictions can be named without the dataset (torchvision's class_to_idx).
+    let names = app.world.get_resource::<TrainLoader>().and_then(|l| l.0.pipeline().class_names());
+    if let Some(names) = names {
+        write_atomic(&dir.join("classes.json"), class_map_json(&names).as_bytes())
+            .map_err(|e| io("write classes.json", e))?;
+    }
     if resumed_from.is_some() {
         let step = app.world.resource::<Clock>().step;
         trim_metrics(&dir.join("metrics.jsonl"), step).map_err(|e| io("trim metrics.jsonl", e))?;

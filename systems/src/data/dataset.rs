@@ -1,12 +1,7 @@
-//! The dataset abstraction the loader reads from, and the built-in `npy` dataset.
+//! The dataset abstraction the loader reads from.
 
-use std::path::{Path, PathBuf};
-
-use ecstrain_components::Targets;
-use serde::Deserialize;
-
-use super::npy::NpyArray;
 use super::sample::Sample;
+use ecstrain_components::{Extras, Targets};
 
 /// What a dataset's targets are.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +67,23 @@ pub trait Dataset: Send + Sync {
         }
         Ok(())
     }
+    /// Extra per-sample arrays beside inputs and targets (`(name, values per sample)`), in the order
+    /// [`Dataset::read_extras`] fills them. None by default.
+    fn extra_specs(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
+    /// Writes the extra arrays of `indices` into `out` (buffers made by `Extras::with_capacity` from
+    /// [`Dataset::extra_specs`]; the first `indices.len()` rows of each). No-op by default.
+    fn read_extras(&self, indices: &[usize], out: &mut Extras) -> Result<(), DataError> {
+        let _ = (indices, out);
+        Ok(())
+    }
+    /// The caption of sample `index`, when the dataset has captions (annotation records with `caption`).
+    /// Captions are kept for tasks that want them; no built-in task reads them.
+    fn caption(&self, index: usize) -> Option<&str> {
+        let _ = index;
+        None
+    }
     /// Writes the targets of `indices` into `out`, reusing its buffers.
     fn read_targets(&self, indices: &[usize], out: &mut Targets);
     /// A target buffer of the right kind with room for `capacity` samples.
@@ -83,96 +95,5 @@ pub trait Dataset: Send + Sync {
     }
 }
 
-/// Files of one split of an `npy` dataset.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NpySplitFiles {
-    /// Inputs: an array `[N, ...]` (float32, float64, uint8 or int64).
-    pub x: PathBuf,
-    /// Targets: `[N]` integer class labels, or `[N, ...]` floats for dense targets.
-    pub y: PathBuf,
-}
-
-/// The `npy` dataset: inputs and targets in two memory-mapped .npy files.
-pub struct NpyDataset {
-    x: NpyArray,
-    sample_shape: Vec<usize>,
-    labels: Option<Vec<i64>>,
-    num_classes: usize,
-    dense: Option<NpyArray>,
-}
-
-/// Failure to open an `npy` split, with the file named.
+/// Failure to open or read a dataset, with the file named.
 pub type DataError = String;
-
-impl NpyDataset {
-    /// Opens a split, checking that x and y agree on the number of samples and that labels are valid.
-    pub fn open(files: &NpySplitFiles, root: &Path) -> Result<NpyDataset, DataError> {
-        let xp = root.join(&files.x);
-        let yp = root.join(&files.y);
-        let x = NpyArray::open(&xp).map_err(|e| e.to_string())?;
-        let y = NpyArray::open(&yp).map_err(|e| e.to_string())?;
-        if x.shape().is_empty() {
-            return Err(format!("{}: inputs must have a leading sample dimension, got a scalar", xp.display()));
-        }
-        if y.shape().first() != x.shape().first() {
-            return Err(format!(
-                "{} has {} samples but {} has {}: x and y must have the same first dimension",
-                xp.display(),
-                x.rows(),
-                yp.display(),
-                y.shape().first().copied().unwrap_or(0)
-            ));
-        }
-        let sample_shape = x.shape()[1..].to_vec();
-        let integer = matches!(y.dtype(), ecstrain_kernels::DType::I64 | ecstrain_kernels::DType::U8);
-        if y.shape().len() == 1 && integer {
-            let labels = y.to_i64_vec().map_err(|e| e.to_string())?;
-            if let Some((row, &bad)) = labels.iter().enumerate().find(|(_, &l)| l < 0) {
-                return Err(format!("{}: label {bad} at row {row} is negative", yp.display()));
-            }
-            let num_classes = labels.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0);
-            Ok(NpyDataset { x, sample_shape, labels: Some(labels), num_classes, dense: None })
-        } else {
-            Ok(NpyDataset { x, sample_shape, labels: None, num_classes: 0, dense: Some(y) })
-        }
-    }
-}
-
-impl Dataset for NpyDataset {
-    fn describe(&self) -> String {
-        self.x.path().display().to_string()
-    }
-    fn len(&self) -> usize {
-        self.x.rows()
-    }
-    fn sample_shape(&self) -> &[usize] {
-        &self.sample_shape
-    }
-    fn target_spec(&self) -> TargetSpec {
-        match &self.dense {
-            None => TargetSpec::Classes { num_classes: self.num_classes },
-            Some(y) => TargetSpec::Dense { len: y.row_len() },
-        }
-    }
-    fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), DataError> {
-        let row = out.reset(&self.sample_shape);
-        self.x.read_row_f32(index, row).map_err(|e| e.to_string())
-    }
-    fn read_inputs(&self, indices: &[usize], out: &mut [f32]) -> Result<(), DataError> {
-        self.x.read_rows_f32(indices, out).map_err(|e| e.to_string())
-    }
-    fn read_targets(&self, indices: &[usize], out: &mut Targets) {
-        match (out, &self.labels, &self.dense) {
-            (Targets::Classes(v), Some(labels), _) => {
-                v.clear();
-                v.extend(indices.iter().map(|&i| labels[i]));
-            }
-            (Targets::Dense { values, target_len }, _, Some(y)) => {
-                values.resize(indices.len() * *target_len, 0.0);
-                y.read_rows_f32(indices, values).expect("loader indices are in range");
-            }
-            _ => unreachable!("target buffer kind comes from empty_targets"),
-        }
-    }
-}

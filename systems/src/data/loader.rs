@@ -74,7 +74,7 @@ impl Loader {
         let len = out.input_len;
         self.pipeline.fill_rows(idx, self.epoch, &mut out.inputs[..idx.len() * len])?;
         self.pipeline.read_targets(idx, &mut out.targets);
-        Ok(())
+        self.pipeline.read_extras(idx, &mut out.extras)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Memory-mapped reader and simple writer for NumPy `.npy` files.
 //!
 //! The reader handles format versions 1.0, 2.0 and 3.0 of little-endian, C-ordered arrays of
-//! `float32`, `float64`, `uint8` and `int64`. The file is mapped rather than read so that a data set
+//! `float32`, `float64`, `float16`, `bfloat16`, `uint8` and `int64`. NumPy has no bfloat16 dtype: the
+//! `ml_dtypes` package saves one as a 2-byte void (`<V2`), which is read as bfloat16, and
+//! [`NpyArray::open_as_bf16`] reinterprets `uint16` / `int16` storage holding bfloat16 bits. The file is mapped rather than read so that a data set
 //! larger than RAM can be sampled row by row; rows are converted to `f32` on the fly while a batch is
 //! assembled.
 //!
@@ -22,7 +24,11 @@ use rayon::prelude::*;
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
 /// The dtypes this reader understands, as quoted in [`NpyError::UnsupportedDtype`].
-pub const SUPPORTED_DTYPES: &str = "float32 (<f4), float64 (<f8), uint8 (|u1), int64 (<i8)";
+pub const SUPPORTED_DTYPES: &str = "float32 (<f4), float64 (<f8), float16 (<f2), bfloat16 (<V2 as ml_dtypes \
+     saves it, or <u2 / <i2 bits with the dataset option dtype: bfloat16), uint8 (|u1), int64 (<i8)";
+
+/// The storage [`NpyArray::open_as_bf16`] reinterprets as bfloat16 bits.
+pub const BF16_STORAGE: &str = "2-byte storage holding bfloat16 bits: <u2, <i2, |V2, <V2";
 
 /// Gathers of at least this many elements are converted in parallel; below it rayon's scheduling
 /// overhead costs more than the conversion itself.
@@ -173,13 +179,24 @@ impl NpyArray {
     ///
     /// Trailing bytes after the data are ignored, as `numpy.load` does.
     pub fn open(path: &Path) -> Result<NpyArray, NpyError> {
+        NpyArray::open_impl(path, false)
+    }
+
+    /// Opens `path` like [`NpyArray::open`], reading its elements as bfloat16 bit patterns: the storage must
+    /// be 2 bytes wide (`<u2`, `<i2` or a 2-byte void, as [`BF16_STORAGE`] lists), since NumPy itself cannot
+    /// name bfloat16 and tools store it under those types.
+    pub fn open_as_bf16(path: &Path) -> Result<NpyArray, NpyError> {
+        NpyArray::open_impl(path, true)
+    }
+
+    fn open_impl(path: &Path, bf16_bits: bool) -> Result<NpyArray, NpyError> {
         let io_err = |source| NpyError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io_err)?;
         // SAFETY: the map is read-only. Mapping is only unsound if another process truncates or
         // rewrites the file while it is mapped; data files are not modified during training, which is
         // the same assumption every mmap-based loader (numpy.memmap included) makes.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-        let header = parse_file(path, &mmap)?;
+        let header = parse_file(path, &mmap, bf16_bits)?;
         Ok(NpyArray {
             path: path.to_path_buf(),
             dtype: header.dtype,
@@ -350,8 +367,8 @@ impl NpyArray {
             DType::I64 => Ok(i64::from_le_bytes(le_array(bytes))),
             DType::F32 => float(f64::from(f32::from_le_bytes(le_array(bytes)))),
             DType::F64 => float(f64::from_le_bytes(le_array(bytes))),
-            // open() only produces the four dtypes above.
-            other => unreachable!("NpyArray never holds dtype {other}"),
+            DType::F16 => float(f64::from(half::f16::from_bits(u16::from_le_bytes(le_array(bytes))))),
+            DType::BF16 => float(f64::from(half::bf16::from_bits(u16::from_le_bytes(le_array(bytes))))),
         }
     }
 }
@@ -389,7 +406,17 @@ fn convert_to_f32(dtype: DType, src: &[u8], dst: &mut [f32]) {
                 *d = i64::from_le_bytes(le_array(s)) as f32;
             }
         }
-        other => unreachable!("NpyArray never holds dtype {other}"),
+        // Both widen exactly; element by element because the data may be unaligned for u16.
+        DType::F16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::f16::from_bits(u16::from_le_bytes(le_array(s))).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::bf16::from_bits(u16::from_le_bytes(le_array(s))).to_f32();
+            }
+        }
     }
 }
 
@@ -402,7 +429,7 @@ struct Header {
 }
 
 /// Validates the preamble, header and size of a mapped file.
-fn parse_file(path: &Path, bytes: &[u8]) -> Result<Header, NpyError> {
+fn parse_file(path: &Path, bytes: &[u8], bf16_bits: bool) -> Result<Header, NpyError> {
     let file_len = bytes.len() as u64;
     let truncated =
         |expected_bytes: u64| NpyError::Truncated { path: path.to_path_buf(), expected_bytes, actual_bytes: file_len };
@@ -445,14 +472,19 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Header, NpyError> {
     };
     let dict = HeaderParser::new(&text).parse_header().map_err(bad)?;
 
-    let dtype = match &dict.descr {
-        Value::Str(descr) => dtype_from_descr(descr),
+    let descr = match &dict.descr {
+        Value::Str(descr) => Some(descr.as_str()),
         _ => None,
-    }
-    .ok_or_else(|| NpyError::UnsupportedDtype {
+    };
+    let (dtype, supported) = if bf16_bits {
+        (descr.filter(|d| matches!(*d, "<u2" | "<i2" | "|V2" | "<V2" | "V2")).map(|_| DType::BF16), BF16_STORAGE)
+    } else {
+        (descr.and_then(dtype_from_descr), SUPPORTED_DTYPES)
+    };
+    let dtype = dtype.ok_or_else(|| NpyError::UnsupportedDtype {
         path: path.to_path_buf(),
         descr: dict.descr_text.clone(),
-        supported: SUPPORTED_DTYPES,
+        supported,
     })?;
     if dict.fortran_order {
         return Err(NpyError::FortranOrder { path: path.to_path_buf() });
@@ -477,6 +509,9 @@ fn dtype_from_descr(descr: &str) -> Option<DType> {
         "<f8" => Some(DType::F64),
         "|u1" | "<u1" | "=u1" | "u1" => Some(DType::U8),
         "<i8" => Some(DType::I64),
+        "<f2" => Some(DType::F16),
+        // ml_dtypes' bfloat16 is a 2-byte void to NumPy; no other common dtype is saved that way.
+        "<V2" | "|V2" | "V2" => Some(DType::BF16),
         _ => None,
     }
 }
@@ -711,15 +746,18 @@ fn to_shape(value: &Value, text: &str) -> Result<Vec<usize>, String> {
 }
 
 mod sealed {
-    /// Keeps [`super::NpyElement`] closed to the four types the reader supports.
+    /// Keeps [`super::NpyElement`] closed to the types the reader supports.
     pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
     impl Sealed for f32 {}
     impl Sealed for f64 {}
     impl Sealed for u8 {}
     impl Sealed for i64 {}
 }
 
-/// An element type that [`write_npy`] can store (`f32`, `f64`, `u8`, `i64`).
+/// An element type that [`write_npy`] can store (`f32`, `f64`, `u8`, `i64`, `half::f16`, `half::bf16`; the
+/// last as `<V2`, the way `ml_dtypes` saves it).
 ///
 /// The trait is sealed so that every file written can be read back by [`NpyArray::open`].
 pub trait NpyElement: Copy + sealed::Sealed {
@@ -749,6 +787,8 @@ impl_npy_element!(f32, "<f4", DType::F32);
 impl_npy_element!(f64, "<f8", DType::F64);
 impl_npy_element!(u8, "|u1", DType::U8);
 impl_npy_element!(i64, "<i8", DType::I64);
+impl_npy_element!(half::f16, "<f2", DType::F16);
+impl_npy_element!(half::bf16, "<V2", DType::BF16);
 
 /// Builds the preamble and padded header for an array; version 1.0 unless the header needs more
 /// than 65535 bytes, in which case version 2.0 (as numpy does).
@@ -915,6 +955,41 @@ mod tests {
                 u8s.iter().map(|&v| i64::from(v)).collect::<Vec<_>>()
             );
         }
+    }
+
+    #[test]
+    fn half_precision_storage() {
+        let dir = TempDir::new("half");
+        // Values exact in both formats, plus f16's smallest subnormal and bf16's range.
+        let values = [1.0f32, -2.5, 0.099975586, 65504.0, 5.9604645e-8, 0.0];
+        let f16s: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+        write_npy(&dir.path("h.npy"), &[2, 3], &f16s).unwrap();
+        let a = NpyArray::open(&dir.path("h.npy")).unwrap();
+        assert_eq!(a.dtype(), DType::F16);
+        assert_eq!(a.to_f32_vec(), values);
+        let bf = [1.0f32, -2.5, 3.140625, 1e38, -0.0, 7.0];
+        let bf16s: Vec<half::bf16> = bf.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        write_npy(&dir.path("b.npy"), &[6], &bf16s).unwrap();
+        let bytes = std::fs::read(dir.path("b.npy")).unwrap();
+        assert!(String::from_utf8_lossy(&bytes[..64]).contains("'descr': '<V2'"));
+        let a = NpyArray::open(&dir.path("b.npy")).unwrap();
+        assert_eq!(a.dtype(), DType::BF16);
+        let want: Vec<f32> = bf16s.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(a.to_f32_vec(), want);
+        assert!(a.to_i64_vec().unwrap_err().to_string().contains("-2.5"));
+        // The exact bytes ml_dtypes writes for np.array([1.0, -2.5, 3.140625], dtype=bfloat16).
+        let header = "{'descr': '<V2', 'fortran_order': False, 'shape': (3,), }";
+        let mut raw = raw_npy(header, &[0x80, 0x3f, 0x20, 0xc0, 0x49, 0x40]);
+        let path = write_raw(&dir, "ml.npy", &raw);
+        assert_eq!(NpyArray::open(&path).unwrap().to_f32_vec(), vec![1.0, -2.5, 3.140625]);
+        // The same bits as <u2 need the explicit bfloat16 request; other storage is refused then.
+        let at = raw.windows(3).position(|w| w == b"<V2").unwrap();
+        raw[at..at + 3].copy_from_slice(b"<u2");
+        let path = write_raw(&dir, "u2.npy", &raw);
+        assert!(matches!(NpyArray::open(&path), Err(NpyError::UnsupportedDtype { .. })));
+        assert_eq!(NpyArray::open_as_bf16(&path).unwrap().to_f32_vec(), vec![1.0, -2.5, 3.140625]);
+        let err = NpyArray::open_as_bf16(&dir.path("h.npy")).unwrap_err();
+        assert_message(&err, &dir.path("h.npy"), &["unsupported dtype '<f2'", BF16_STORAGE]);
     }
 
     #[test]
@@ -1112,7 +1187,7 @@ mod tests {
     #[test]
     fn unsupported_dtypes() {
         let dir = TempDir::new("dtype");
-        for descr in ["<i4", ">f4", "|b1", "O", "<f2", "<U3"] {
+        for descr in ["<i4", ">f4", "|b1", "O", ">f2", "<u2", "|V4", "<U3"] {
             let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1,), }}");
             let path = write_raw(&dir, "d.npy", &raw_npy(&header, &[0; 16]));
             let err = NpyArray::open(&path).unwrap_err();

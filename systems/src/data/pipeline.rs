@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use ecstrain_components::Targets;
+use ecstrain_components::{Extras, Targets};
 use ecstrain_kernels::rng::Rng;
 use rayon::prelude::*;
 
@@ -155,5 +155,14 @@ impl Dataset for Pipeline {
     }
     fn empty_targets(&self, capacity: usize) -> Targets {
         self.dataset.empty_targets(capacity)
+    }
+    fn extra_specs(&self) -> Vec<(String, usize)> {
+        self.dataset.extra_specs()
+    }
+    fn read_extras(&self, indices: &[usize], out: &mut Extras) -> Result<(), DataError> {
+        self.dataset.read_extras(indices, out)
+    }
+    fn caption(&self, index: usize) -> Option<&str> {
+        self.dataset.caption(index)
     }
 }

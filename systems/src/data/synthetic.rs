@@ -13,55 +13,87 @@ use super::{Dataset, Sample, TargetSpec};
 pub struct SyntheticOptions {
     /// Per-sample input shape, e.g. `[784]` or `[1, 28, 28]`.
     pub shape: Vec<usize>,
-    /// Number of classes; labels are uniform in `0..classes`.
+    /// What the targets are: `classes` (uniform labels in `0..classes`, the default) or `dense`
+    /// (`target_len` standard-normal values per sample).
+    #[serde(default = "default_targets")]
+    pub targets: String,
+    /// Number of classes (`targets: classes`).
+    #[serde(default)]
     pub classes: usize,
+    /// Values per dense target (`targets: dense`).
+    #[serde(default)]
+    pub target_len: usize,
     /// Samples in the training split.
     pub train_samples: usize,
     /// Samples in the validation split (0 = no validation split).
     #[serde(default)]
     pub val_samples: usize,
+    /// Samples in the test split (0 = none; not used by the runner yet).
+    #[serde(default)]
+    pub test_samples: usize,
     /// Seed of the generator (independent of `run.seed`).
     #[serde(default)]
     pub seed: u64,
 }
 
-/// Standard-normal inputs and uniform labels.
+fn default_targets() -> String {
+    "classes".into()
+}
+
+/// Standard-normal inputs; uniform labels or standard-normal dense targets.
 pub struct SyntheticDataset {
     shape: Vec<usize>,
-    classes: usize,
+    samples: usize,
     inputs: Vec<f32>,
-    labels: Vec<i64>,
+    targets: SyntheticTargets,
+}
+
+enum SyntheticTargets {
+    Classes { classes: usize, labels: Vec<i64> },
+    Dense { len: usize, values: Vec<f32> },
 }
 
 impl SyntheticDataset {
     /// Generates `samples` samples; `stream` separates the train and val splits.
     pub fn generate(o: &SyntheticOptions, samples: usize, stream: u64) -> Result<SyntheticDataset, String> {
-        if o.classes == 0 || o.shape.is_empty() || o.shape.contains(&0) {
-            return Err(format!(
-                "synthetic: classes must be >= 1 and shape non-empty with sizes >= 1, got classes {} shape {:?}",
-                o.classes, o.shape
-            ));
+        if o.shape.is_empty() || o.shape.contains(&0) {
+            return Err(format!("shape: must be non-empty with sizes >= 1, got {:?}", o.shape));
         }
         let len: usize = o.shape.iter().product();
         let mut rng = Rng::derive(o.seed, &[0x5E7, stream]);
         let inputs = (0..samples * len).map(|_| rng.normal() as f32).collect();
-        let labels = (0..samples).map(|_| rng.below(o.classes as u64) as i64).collect();
-        Ok(SyntheticDataset { shape: o.shape.clone(), classes: o.classes, inputs, labels })
+        let targets = match o.targets.as_str() {
+            "classes" if o.classes >= 1 => SyntheticTargets::Classes {
+                classes: o.classes,
+                labels: (0..samples).map(|_| rng.below(o.classes as u64) as i64).collect(),
+            },
+            "classes" => return Err("classes: must be >= 1 with targets: classes".into()),
+            "dense" if o.target_len >= 1 => SyntheticTargets::Dense {
+                len: o.target_len,
+                values: (0..samples * o.target_len).map(|_| rng.normal() as f32).collect(),
+            },
+            "dense" => return Err("target_len: must be >= 1 with targets: dense".into()),
+            other => return Err(format!("targets: unknown kind `{other}`; valid choices: classes, dense")),
+        };
+        Ok(SyntheticDataset { shape: o.shape.clone(), samples, inputs, targets })
     }
 }
 
 impl Dataset for SyntheticDataset {
     fn describe(&self) -> String {
-        format!("synthetic {:?} x {}", self.shape, self.labels.len())
+        format!("synthetic {:?} x {}", self.shape, self.samples)
     }
     fn len(&self) -> usize {
-        self.labels.len()
+        self.samples
     }
     fn sample_shape(&self) -> &[usize] {
         &self.shape
     }
     fn target_spec(&self) -> TargetSpec {
-        TargetSpec::Classes { num_classes: self.classes }
+        match &self.targets {
+            SyntheticTargets::Classes { classes, .. } => TargetSpec::Classes { num_classes: *classes },
+            SyntheticTargets::Dense { len, .. } => TargetSpec::Dense { len: *len },
+        }
     }
     fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), String> {
         let len: usize = self.shape.iter().product();
@@ -76,9 +108,54 @@ impl Dataset for SyntheticDataset {
         Ok(())
     }
     fn read_targets(&self, indices: &[usize], out: &mut Targets) {
-        if let Targets::Classes(v) = out {
-            v.clear();
-            v.extend(indices.iter().map(|&i| self.labels[i]));
+        match (&self.targets, out) {
+            (SyntheticTargets::Classes { labels, .. }, Targets::Classes(v)) => {
+                v.clear();
+                v.extend(indices.iter().map(|&i| labels[i]));
+            }
+            (SyntheticTargets::Dense { len, values }, Targets::Dense { values: out, .. }) => {
+                out.clear();
+                for &i in indices {
+                    out.extend_from_slice(&values[i * len..(i + 1) * len]);
+                }
+            }
+            _ => unreachable!("target buffer kind comes from empty_targets"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(yaml_like: serde_json::Value) -> SyntheticOptions {
+        serde_json::from_value(yaml_like).unwrap()
+    }
+
+    #[test]
+    fn classes_and_dense_targets() {
+        let o = options(serde_json::json!({"shape": [2, 3], "classes": 4, "train_samples": 5}));
+        let ds = SyntheticDataset::generate(&o, 5, 0).unwrap();
+        assert_eq!((ds.len(), ds.target_spec()), (5, TargetSpec::Classes { num_classes: 4 }));
+        let mut t = ds.empty_targets(5);
+        ds.read_targets(&[0, 1, 2, 3, 4], &mut t);
+        assert!(matches!(&t, Targets::Classes(v) if v.iter().all(|l| (0..4).contains(l))));
+
+        let o = options(serde_json::json!({"shape": [3], "targets": "dense", "target_len": 2, "train_samples": 4}));
+        let ds = SyntheticDataset::generate(&o, 4, 0).unwrap();
+        assert_eq!(ds.target_spec(), TargetSpec::Dense { len: 2 });
+        let mut t = ds.empty_targets(4);
+        ds.read_targets(&[3, 3], &mut t);
+        let Targets::Dense { values, target_len: 2 } = &t else { panic!("{t:?}") };
+        assert_eq!((values.len(), values[0..2] == values[2..4]), (4, true));
+        // The same seed and stream give the same data; another stream differs.
+        let again = SyntheticDataset::generate(&o, 4, 0).unwrap();
+        let other = SyntheticDataset::generate(&o, 4, 1).unwrap();
+        assert!(ds.inputs == again.inputs && ds.inputs != other.inputs);
+
+        let e = SyntheticDataset::generate(&options(serde_json::json!({"shape": [3], "train_samples": 1})), 1, 0);
+        assert!(e.err().unwrap().contains("classes: must be >= 1"));
+        let o = options(serde_json::json!({"shape": [3], "targets": "boxes", "train_samples": 1}));
+        assert!(SyntheticDataset::generate(&o, 1, 0).err().unwrap().contains("valid choices: classes, dense"));
     }
 }
