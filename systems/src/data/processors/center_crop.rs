@@ -36,7 +36,7 @@ pub fn build(options: &Value) -> Result<Box<dyn Processor>, String> {
 /// The zero padding and the crop box (in padded coordinates) of a centre crop of `ch x cw` from `h x w`.
 pub fn center_crop_box(h: usize, w: usize, ch: usize, cw: usize) -> (Padding, CropBox) {
     let before = |c: usize, n: usize| c.saturating_sub(n) / 2;
-    let after = |c: usize, n: usize| (c.saturating_sub(n) + 1) / 2;
+    let after = |c: usize, n: usize| c.saturating_sub(n).div_ceil(2);
     let pad = Padding { left: before(cw, w), top: before(ch, h), right: after(cw, w), bottom: after(ch, h) };
     let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
     let anchor = |n: usize, c: usize| ((n - c) as f64 / 2.0).round_ties_even() as usize;

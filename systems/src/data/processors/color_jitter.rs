@@ -37,7 +37,7 @@ fn range(key: &str, v: Option<NumberOrRange>, hue: bool) -> Result<Option<(f64, 
     let (lo, hi) = match v {
         None => return Ok(None),
         Some(NumberOrRange::One(x)) => {
-            if !(x >= 0.0) || (hue && x > 0.5) || !x.is_finite() {
+            if !x.is_finite() || x < 0.0 || (hue && x > 0.5) {
                 let valid = if hue { "in [0, 0.5]" } else { ">= 0" };
                 return Err(format!("`{key}` as one number must be {valid}, got {x}"));
             }

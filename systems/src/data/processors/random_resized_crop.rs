@@ -164,15 +164,17 @@ mod tests {
     #[test]
     fn same_key_same_crop_and_bad_options() {
         let p = build(&json!({"size": [4, 5]})).unwrap();
-        let run = |i: u64| {
+        let run_at = |epoch: u64, i: u64| {
             let mut s = Sample::default();
             for (k, v) in s.reset(&[3, 20, 24]).iter_mut().enumerate() {
                 *v = (k % 13) as f32 / 13.0;
             }
-            p.apply(&mut s, &mut Vec::new(), &mut Rng::derive(3, &[0xA06, 0, 2, i])).unwrap();
+            p.apply(&mut s, &mut Vec::new(), &mut Rng::derive(3, &[0xA06, 0, epoch, i])).unwrap();
             assert_eq!(s.shape, vec![3, 4, 5]);
             s.data
         };
+        let run = |i: u64| run_at(2, i);
+        assert_ne!(run_at(2, 7), run_at(3, 7));
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
         let e = build(&json!({"size": 4, "scale": [0.5, 0.1]})).err().unwrap();

@@ -99,6 +99,24 @@ mod tests {
     }
 
     #[test]
+    fn steady_state_reuses_its_two_buffers() {
+        // Both passes, and the height-only pass that swaps: after two samples no buffer is reallocated.
+        for size in [json!([5, 7]), json!([5, 11]), json!([14, 4])] {
+            let p = build(&json!({ "size": size })).unwrap();
+            let (mut s, mut scratch) = (Sample::default(), Vec::new());
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                s.reset(&[3, 9, 11]).fill(0.5);
+                p.apply(&mut s, &mut scratch, &mut Rng::new(0)).unwrap();
+                let mut ptrs = [s.data.as_ptr() as usize, scratch.as_ptr() as usize];
+                ptrs.sort();
+                seen.push(ptrs);
+            }
+            assert!(seen[2..].windows(2).all(|w| w[0] == w[1]), "{size}: {seen:?}");
+        }
+    }
+
+    #[test]
     fn bad_options_name_the_key() {
         let e = build(&json!({"size": 0})).err().unwrap();
         assert!(e.contains("option `size`") && e.contains("positive"), "{e}");
