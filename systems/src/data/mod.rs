@@ -10,7 +10,7 @@ pub mod sample;
 pub mod synthetic;
 
 pub use dataset::{DataError, Dataset, NpyDataset, NpySplitFiles, TargetSpec};
-pub use loader::{Loader, TrainLoader, ValLoader};
+pub use loader::{loader_pool, Loader, LoaderPool, TrainLoader, ValLoader};
 pub use pipeline::Pipeline;
 pub use processors::Processor;
 pub use sample::{Sample, ShapeInfo};
