@@ -202,6 +202,7 @@ fn a_read_failure_ends_the_run_at_its_step_without_training_on_a_stale_batch() {
             train.0.order()[5 * 16 + 3]
         };
         let mut app = flaky_app(&dir, Some(bad), workers);
+        assert_eq!(loader_threads() > 0, workers > 0, "workers {workers}: loader threads");
         let result = runner::in_pool(|| runner::run(&mut app));
         match result {
             Err(EngineError::Run(m)) => assert!(m.contains(&format!("flaky: sample {bad} cannot be read")), "{m}"),
@@ -219,6 +220,24 @@ fn a_read_failure_ends_the_run_at_its_step_without_training_on_a_stale_batch() {
         assert!(params(&app) == params(&reference), "workers {workers}: the failed step changed the parameters");
         assert!(grads(&app) == grads(&reference), "workers {workers}: the failed step accumulated gradients");
     }
+    // Dropping the apps stopped their loader threads (the producers are joined; the pools' threads exit on
+    // their own shortly after). Only this test builds loaders in this process.
+    let t0 = std::time::Instant::now();
+    while loader_threads() > 0 {
+        assert!(t0.elapsed().as_secs() < 10, "{} loader threads still running", loader_threads());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Threads of this process named `ecstrain-loader...` (the name is cut to 15 bytes in /proc).
+fn loader_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.starts_with("ecstrain-loader"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[test]

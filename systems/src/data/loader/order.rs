@@ -58,18 +58,18 @@ pub struct EpochOrder {
     epoch: Option<u64>,
     /// The whole dataset's permutation of that epoch (the same on every rank).
     perm: Vec<usize>,
-    /// This rank's positions of the padded (or cut) permutation: what its batches are made of.
+    /// This rank's positions of the padded (or cut) permutation: what its batches are made of. Empty with a
+    /// world of 1, whose part is the permutation itself (no second copy of a large index).
     part: Vec<usize>,
+    /// The part is all of `perm` (a world of 1).
+    whole: bool,
 }
 
 impl EpochOrder {
     /// An order with room for `spec`'s dataset, not yet computed for any epoch.
     pub fn new(spec: &OrderSpec) -> EpochOrder {
-        EpochOrder {
-            epoch: None,
-            perm: Vec::with_capacity(spec.len),
-            part: Vec::with_capacity(spec.samples_per_epoch()),
-        }
+        let part = if spec.shard.world > 1 { spec.samples_per_epoch() } else { 0 };
+        EpochOrder { epoch: None, perm: Vec::with_capacity(spec.len), part: Vec::with_capacity(part), whole: false }
     }
 
     /// Makes this the order of `epoch` (no-op when it already is).
@@ -88,7 +88,8 @@ impl EpochOrder {
         let world = spec.shard.world.max(1);
         let total = spec.samples_per_epoch() * world;
         self.part.clear();
-        if spec.len > 0 {
+        self.whole = world == 1;
+        if !self.whole && spec.len > 0 {
             self.part.extend((spec.shard.rank..total).step_by(world).map(|i| self.perm[i % spec.len]));
         }
     }
@@ -100,14 +101,19 @@ impl EpochOrder {
 
     /// This rank's samples of the epoch, in order.
     pub fn samples(&self) -> &[usize] {
-        &self.part
+        if self.whole {
+            &self.perm
+        } else {
+            &self.part
+        }
     }
 
     /// The dataset indices of batch `b` (the last batch may be shorter; empty past the end).
     pub fn batch(&self, spec: &OrderSpec, b: usize) -> &[usize] {
-        let start = (b * spec.batch).min(self.part.len());
-        let end = (start + spec.batch).min(self.part.len());
-        &self.part[start..end]
+        let part = self.samples();
+        let start = (b * spec.batch).min(part.len());
+        let end = (start + spec.batch).min(part.len());
+        &part[start..end]
     }
 }
 
