@@ -17,7 +17,7 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let o = v.as_object_mut().unwrap();
-            for k in ["samples_per_s", "epoch_time_s", "time", "eta_s", "data_wait"] {
+            for k in ["samples_per_s", "epoch_time_s", "time", "eta_s", "data_wait", "data_wait_frac"] {
                 o.remove(k);
                 if let Some(m) = o.get_mut("values").and_then(|m| m.as_object_mut()) {
                     m.remove(k);

@@ -2,8 +2,8 @@
 //! backward, optimizer, schedule, log plumbing) makes no heap allocation of its own, for every model family:
 //! the W1 MLP, the W2 CNN, the W3 ViT (attention, layer norm, tokens), the digits ResNet (batch norm, residual
 //! adds) and the digits VQ-VAE (quantiser, upsampling, the reconstruction task with PSNR / SSIM), and for every
-//! registered optimizer (on the digits MLP). A counting global allocator records a backtrace for every
-//! allocation in the measured window.
+//! registered optimizer (on the digits MLP), and with the background loader (`run.workers`), whose threads
+//! count too. A counting global allocator records a backtrace for every allocation in the measured window.
 //!
 //! Known exceptions, asserted rather than hidden: the `gemm` crate (0.19) allocates its packing workspace
 //! inside every matrix product and offers no way to pass one in; those allocations (about 20 per W1 step)
@@ -81,12 +81,16 @@ fn allocations(config: &str, overrides: &[&str]) -> (Vec<String>, usize) {
 
 #[test]
 fn training_step_does_not_allocate_after_warm_up() {
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 7] = [
         ("configs/bench_w1_mlp.yaml", &["datasets.synthetic.train_samples=2048"]),
         ("configs/bench_w2_cnn.yaml", &["datasets.synthetic.train_samples=2048", "run.batch=32", "run.nbs=32"]),
         ("configs/bench_w3_vit.yaml", &["datasets.synthetic.train_samples=2048", "run.batch=16", "run.nbs=16"]),
         ("configs/digits_resnet.yaml", &[]),
         ("configs/digits_autoencoder.yaml", &[]),
+        // The background loader: its producer thread and pool recycle buffers too (counted: the allocator is
+        // global). W1's 16 batches per pass make the producer wrap into the next pass inside the window.
+        ("configs/digits_mlp.yaml", &["run.workers=2"]),
+        ("configs/bench_w1_mlp.yaml", &["datasets.synthetic.train_samples=2048", "run.workers=2", "run.prefetch=3"]),
     ];
     // One test runs them in turn: the counting allocator is global to the process.
     for (config, overrides) in cases {

@@ -25,4 +25,4 @@ pub use graph::{
 };
 pub use metrics::{Meter, MetricEvent, Metrics};
 pub use param::{Bias, Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
-pub use run::{IterPlan, RunFailure, RunInfo, RunSettings, RunTimer, StopRequest, TrainingState};
+pub use run::{DataWait, IterPlan, RunFailure, RunInfo, RunSettings, RunTimer, Shard, StopRequest, TrainingState};

@@ -31,6 +31,49 @@ pub struct RunSettings {
     pub fitness_maximize: bool,
     /// Headless: plain log lines instead of a progress bar.
     pub headless: bool,
+    /// This process's part of the training data in a data-parallel run (rank 0 of 1 otherwise).
+    pub shard: Shard,
+}
+
+/// One process's part of the training data: rank `rank` of `world` processes, split as
+/// `torch.utils.data.DistributedSampler` splits it (every rank sees the same epoch permutation, padded to a
+/// multiple of `world`, and takes every `world`-th position from `rank` on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shard {
+    /// This process's index, `0..world`.
+    pub rank: usize,
+    /// Processes sharing the data, at least 1.
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { rank: 0, world: 1 }
+    }
+}
+
+impl Shard {
+    /// Rank `rank` of `world`; the message names the valid range when they do not fit together.
+    pub fn new(rank: usize, world: usize) -> Result<Shard, String> {
+        if world == 0 {
+            return Err("the world size (processes sharing the data) must be at least 1".into());
+        }
+        if rank >= world {
+            return Err(format!("rank {rank} is out of range for a world of {world} processes (valid: 0..{world})"));
+        }
+        Ok(Shard { rank, world })
+    }
+
+    /// Samples this rank sees per epoch out of `n`: `ceil(n / world)` (the permutation is padded by repeating
+    /// its start), or `floor(n / world)` with `drop_last` (its tail is cut), as DistributedSampler counts.
+    pub fn samples(&self, n: usize, drop_last: bool) -> usize {
+        let world = self.world.max(1);
+        if drop_last {
+            n / world
+        } else {
+            n.div_ceil(world)
+        }
+    }
 }
 
 impl RunSettings {
@@ -125,7 +168,29 @@ impl Default for RunTimer {
     }
 }
 
-/// Set when a system fails in a way that should end the run with exit code 1 (e.g. a checkpoint that cannot
-/// be written).
+/// How long training steps waited for their batch (the Load stage: the whole assembly when loading on the
+/// training thread, the blocking receive when a background loader prefetches). Accumulated for the train
+/// records (since the last one) and the epoch record; the loggers reset their part.
+#[derive(Resource, Clone, Debug, Default)]
+pub struct DataWait {
+    /// Seconds waited since the last train record, and the training steps (micro-batches) they cover.
+    pub interval: (f64, u64),
+    /// Seconds waited in the current epoch, and its training steps.
+    pub epoch: (f64, u64),
+}
+
+impl DataWait {
+    /// Records one step's wait.
+    pub fn add(&mut self, seconds: f64) {
+        self.interval.0 += seconds;
+        self.interval.1 += 1;
+        self.epoch.0 += seconds;
+        self.epoch.1 += 1;
+    }
+}
+
+/// Set when a system fails in a way that should end the run with exit code 1 (e.g. a sample that cannot be
+/// read, a checkpoint that cannot be written). The steps stop at once: the stages after Load do not run on
+/// a batch that failed to load, and the runner ends the run after the step.
 #[derive(Resource, Clone, Debug, Default)]
 pub struct RunFailure(pub Option<String>);

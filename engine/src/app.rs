@@ -21,7 +21,7 @@
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{IntoScheduleConfigs, ScheduleLabel, Schedules, SingleThreadedExecutor};
 use bevy_ecs::system::ScheduleSystem;
-use ecstrain_components::RunInfo;
+use ecstrain_components::{RunFailure, RunInfo};
 use ecstrain_systems::sets::*;
 
 use crate::registry::Registry;
@@ -66,6 +66,11 @@ pub fn schedule_labels() -> Vec<bevy_ecs::schedule::InternedScheduleLabel> {
     ]
 }
 
+/// Run condition: no system has reported a [`RunFailure`] (true when the resource is absent).
+pub fn no_failure(failure: Option<Res<RunFailure>>) -> bool {
+    failure.is_none_or(|f| f.0.is_none())
+}
+
 impl Default for App {
     fn default() -> Self {
         Self::new()
@@ -92,6 +97,13 @@ impl App {
                 label,
                 (order[0], order[1], order[2], order[3], order[4], order[5], order[6], order[7], order[8]).chain(),
             );
+        }
+        // A step whose batch failed to load (or that follows any failure) stops after Load: nothing trains on,
+        // scores or logs a stale batch; the runner ends the run after the step.
+        for label in [TrainStep.intern(), ValidationStep.intern()] {
+            for &set in &order[1..] {
+                app.schedules().configure_sets(label, set.run_if(no_failure));
+            }
         }
         app.schedules().configure_sets(
             ValidationEnd,

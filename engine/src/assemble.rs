@@ -8,15 +8,17 @@ use std::path::PathBuf;
 use bevy_ecs::prelude::*;
 use ecstrain_components::*;
 use ecstrain_kernels::Device;
-use ecstrain_systems::data::{Loader, TrainLoader, ValLoader};
+use ecstrain_systems::data::{loader_pool, Loader, TrainLoader, ValLoader};
 use ecstrain_systems::graph::Activations;
 use ecstrain_systems::optim::clip::{GradClip, GradNorm};
 use ecstrain_systems::optim::OptimizerSettings;
 use ecstrain_systems::schedule::systems::Scheduler;
 
 use crate::app::App;
-use crate::config::{resolved_yaml, LoadedConfig, RunSection};
+use crate::config::{resolved_yaml, Config, LoadedConfig, RunSection};
 use crate::error::{usage, EngineError};
+use crate::pipelines::{build_pipelines, SplitPipelines};
+use crate::registry::{DatasetEntry, Registry};
 use crate::registry::{ScheduleContext, TaskContext};
 use crate::summary::model_summary;
 
@@ -51,14 +53,16 @@ fn parse_amp(v: &serde_json::Value) -> Result<AmpMode, String> {
     }
 }
 
-fn check_run_section(r: &RunSection) -> Result<(), String> {
+/// Checks the `run:` values that serde cannot (ranges, positivity); the message names the key.
+pub fn check_run_section(r: &RunSection) -> Result<(), String> {
     // Half-open unit interval, finite (NaN fails every comparison).
     let unit = |v: f64| (0.0..1.0).contains(&v);
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
     let non_negative = |v: f64| v >= 0.0 && v.is_finite();
-    let checks: [(bool, &str, String); 28] = [
+    let checks: [(bool, &str, String); 29] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
+        (r.prefetch >= 1, "run.prefetch", "must be at least 1 (batches the background loader keeps ready)".into()),
         (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
         (r.lrf >= 0.0 && r.lrf.is_finite(), "run.lrf", format!("must be >= 0, got {}", r.lrf)),
         (unit(r.momentum), "run.momentum", format!("must be in [0, 1), got {}", r.momentum)),
@@ -175,15 +179,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let opt_entry = app.registry.optimizer(&r.optimizer).map_err(err)?.clone();
     let sched_name = crate::plugins::schedulers::scheduler_name(r).map_err(err)?;
     let sched_entry = app.registry.scheduler(&sched_name).map_err(err)?.clone();
-    if cfg.datasets.len() != 1 {
-        return Err(err(format!(
-            "datasets: exactly one dataset is supported per run, found {} ({})",
-            cfg.datasets.len(),
-            cfg.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
-        )));
-    }
-    let (ds_name, ds) = cfg.datasets.iter().next().expect("one dataset");
-    let ds_entry = app.registry.dataset(&format!("datasets.{ds_name}.builder"), &ds.builder).map_err(err)?.clone();
+    let (ds_name, ds_entry) = dataset_entry(&app.registry, cfg).map_err(err)?;
 
     let mut options = serde_json::Map::new();
     if let Some(t) = &cfg.model.model_type {
@@ -197,15 +193,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     options.extend(cfg.model.options.clone());
 
     // Data.
-    let root = ds.root.clone().unwrap_or_else(|| PathBuf::from("."));
-    let raw = (ds_entry.build)(&ds.options, &root).map_err(|m| err(format!("datasets.{ds_name}: {m}")))?;
-    notices.extend(raw.notices.iter().map(|n| format!("datasets.{ds_name}: {n}")));
-    let splits =
-        crate::pipelines::build_pipelines(&app.registry, &format!("datasets.{ds_name}"), &raw, &ds.processors, r.seed)
-            .map_err(err)?;
-    if splits.train.is_empty() {
-        return Err(err(format!("datasets.{ds_name}: the train split ({}) has no samples", splits.train.describe())));
-    }
+    let (splits, data_notices) = open_splits(&app.registry, cfg, &ds_entry).map_err(err)?;
+    notices.extend(data_notices);
 
     // Model.
     let built = (model_entry.build)(&serde_json::Value::Object(options), splits.train.sample_shape()).map_err(err)?;
@@ -246,16 +235,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         Some(o) => return Err(err(format!("run.fitness_mode: unknown mode `{o}`; valid choices: max, min"))),
     };
 
-    // Loaders, clock, schedule.
-    let train_loader = Loader::new(splits.train.clone(), r.batch, true, r.drop_last, r.seed);
+    // Loaders, clock, schedule. The shard is rank 0 of 1 until a data-parallel launcher sets it.
+    let shard = Shard::default();
+    let (train_loader, val_loader) = build_loaders(r, shard, &splits).map_err(err)?;
     let batches = train_loader.batches_per_epoch() as u64;
-    if batches == 0 {
-        return Err(err(format!(
-            "run.drop_last: the train split has {} samples, fewer than one batch of {}",
-            splits.train.len(),
-            r.batch
-        )));
-    }
     // Embedding ids come from the data: every one must be an integer in 0..vocab, checked here so a bad file is
     // an error naming it rather than a failure mid-run.
     for node in &graph.nodes {
@@ -270,15 +253,15 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     }
     // Batch norm in training needs more than one value per channel (PyTorch raises otherwise): a last batch of
     // one sample reaching a 1x1 feature map would have none to spare.
-    let smallest_batch =
-        if r.drop_last || splits.train.len() % r.batch == 0 { r.batch } else { splits.train.len() % r.batch };
+    let per_epoch = train_loader.samples_per_epoch();
+    let smallest_batch = if r.drop_last || per_epoch % r.batch == 0 { r.batch } else { per_epoch % r.batch };
     for node in &graph.nodes {
         if let ecstrain_components::OpKind::BatchNorm2d { hw, .. } = node.op {
             if smallest_batch * hw <= 1 {
                 return Err(err(format!(
                     "{}: batch norm over 1x1 maps would see a training batch of {smallest_batch} sample (the train split has {} samples, batch {}): it needs more than one value per channel; set run.drop_last: true or change run.batch",
                     node.name,
-                    splits.train.len(),
+                    per_epoch,
                     r.batch
                 )));
             }
@@ -307,8 +290,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     batch.extras = Extras::with_capacity(&splits.train.extra_specs(), capacity);
     w.insert_resource(batch);
     w.insert_resource(TrainLoader(train_loader));
-    if let Some(val) = &splits.val {
-        w.insert_resource(ValLoader { loader: Loader::new(val.clone(), r.batch, false, false, r.seed), cursor: 0 });
+    if let Some(loader) = val_loader {
+        w.insert_resource(ValLoader { loader, cursor: 0 });
     } else {
         notices.push(format!("datasets.{ds_name} has no val split: no validation, no best checkpoint"));
     }
@@ -364,6 +347,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         fitness_metric,
         fitness_maximize,
         headless,
+        shard,
     });
     w.insert_resource(Mode::Train);
     w.init_resource::<Metrics>();
@@ -398,6 +382,67 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     }
     let resolved = resolved_yaml(cfg);
     Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from })
+}
+
+/// The run's one dataset: its name under `datasets:` and its registry entry (looked up before any data is read).
+pub fn dataset_entry(registry: &Registry, cfg: &Config) -> Result<(String, DatasetEntry), String> {
+    if cfg.datasets.len() != 1 {
+        return Err(format!(
+            "datasets: exactly one dataset is supported per run, found {} ({})",
+            cfg.datasets.len(),
+            cfg.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let (name, ds) = cfg.datasets.iter().next().expect("one dataset");
+    let entry = registry.dataset(&format!("datasets.{name}.builder"), &ds.builder)?.clone();
+    Ok((name.clone(), entry))
+}
+
+/// Opens the run's dataset with `entry` and chains its splits with their processors; the train split must
+/// have samples.
+pub fn open_splits(
+    registry: &Registry,
+    cfg: &Config,
+    entry: &DatasetEntry,
+) -> Result<(SplitPipelines, Vec<String>), String> {
+    let (name, ds) = cfg.datasets.iter().next().expect("dataset_entry checked one dataset");
+    let root = ds.root.clone().unwrap_or_else(|| PathBuf::from("."));
+    let raw = (entry.build)(&ds.options, &root).map_err(|m| format!("datasets.{name}: {m}"))?;
+    let notices = raw.notices.iter().map(|n| format!("datasets.{name}: {n}")).collect();
+    let splits = build_pipelines(registry, &format!("datasets.{name}"), &raw, &ds.processors, cfg.run.seed)?;
+    if splits.train.is_empty() {
+        return Err(format!("datasets.{name}: the train split ({}) has no samples", splits.train.describe()));
+    }
+    Ok((splits, notices))
+}
+
+/// The train loader (shuffled, `run.drop_last`, this rank's `shard`) and the val loader (in order, whole
+/// split on every rank), both prefetching on one shared pool of `run.workers` threads when it is >= 1.
+pub fn build_loaders(
+    r: &RunSection,
+    shard: Shard,
+    splits: &SplitPipelines,
+) -> Result<(Loader, Option<Loader>), String> {
+    let mut train = Loader::new(splits.train.clone(), r.batch, true, r.drop_last, r.seed).with_shard(shard);
+    if train.batches_per_epoch() == 0 {
+        let per_rank = match shard.world {
+            1 => String::new(),
+            w => format!(" ({} per rank of {w})", train.samples_per_epoch()),
+        };
+        return Err(format!(
+            "run.drop_last: the train split has {} samples{per_rank}, fewer than one batch of {}",
+            splits.train.len(),
+            r.batch
+        ));
+    }
+    let mut val = splits.val.as_ref().map(|v| Loader::new(v.clone(), r.batch, false, false, r.seed));
+    if r.workers > 0 {
+        let pool = loader_pool(r.workers).map_err(|m| format!("run.workers: {m}"))?;
+        let prefetch = |l: Loader| l.with_prefetch(pool.clone(), r.prefetch).map_err(|m| format!("run.workers: {m}"));
+        train = prefetch(train)?;
+        val = val.map(prefetch).transpose()?;
+    }
+    Ok((train, val))
 }
 
 /// Checks that every input value of `ds` is an integer id in `0..vocab`; the message names the first bad one.

@@ -78,7 +78,7 @@ pub fn default_app() -> App {
 }
 
 /// The config of `args` with its overrides, and whether the console is headless; sizes the thread pool.
-fn load_args(args: &RunArgs) -> Result<(LoadedConfig, bool), EngineError> {
+pub(crate) fn load_args(args: &RunArgs) -> Result<(LoadedConfig, bool), EngineError> {
     let path = args.config.clone().ok_or_else(|| crate::error::usage("missing --config <file.yaml>"))?;
     let loaded = load_config(&path, &args.set)?;
     if let Some(n) = loaded.config.run.threads {

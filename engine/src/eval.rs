@@ -101,6 +101,9 @@ pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<E
     }
     let samples = app.world.resource::<ValLoader>().loader.pipeline().len();
     in_pool(|| validation_pass(app));
+    if let Some(f) = &app.world.resource::<ecstrain_components::RunFailure>().0 {
+        return Err(EngineError::Run(f.clone()));
+    }
     let metrics = app.world.resource::<Metrics>().last_val.iter().map(|(k, v)| (k.clone(), *v)).collect();
     Ok(Evaluation { samples, metrics })
 }

@@ -98,6 +98,7 @@ mod d {
         amp_backoff: f64 = 0.5;
         ema_decay: f64 = 0.9999;
         ema_tau: f64 = 2000.0;
+        prefetch: usize = 2;
         task: String = "classification".into();
         epochs: u64 = 100;
         batch: usize = 64;
@@ -351,9 +352,14 @@ pub struct RunSection {
     /// f16 loss scaling: factor after a step with inf / NaN gradients (the step is skipped).
     #[serde(default = "d::amp_backoff")]
     pub amp_backoff: f64,
-    /// Data-loading worker threads (0 = load in the training thread).
+    /// Data-loading threads. 0: each batch is assembled on the training thread when the step needs it. N >= 1:
+    /// a background thread assembles batches ahead of the steps (rows in parallel on a pool of N threads of
+    /// its own, not the compute threads) into a queue of `prefetch` batches; the results are identical.
     #[serde(default)]
     pub workers: usize,
+    /// With `workers` >= 1: batches the background loader keeps ready (at least 1).
+    #[serde(default = "d::prefetch")]
+    pub prefetch: usize,
     /// Compute threads for the CPU kernels (default: all cores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,

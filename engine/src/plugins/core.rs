@@ -2,7 +2,7 @@
 //! and the training log records.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{MetricEvent, RunTimer};
+use ecstrain_components::{DataWait, MetricEvent, RunTimer};
 use ecstrain_systems::data::loader::{load_train_batch, load_val_batch, shuffle_train};
 use ecstrain_systems::graph::systems::{backward_system, forward_system};
 use ecstrain_systems::logging::emit::{
@@ -25,6 +25,7 @@ fn start_epoch_timer(mut timer: ResMut<RunTimer>) {
 impl Plugin for CorePlugin {
     fn build(&self, app: &mut App) {
         app.world.init_resource::<Messages<MetricEvent>>();
+        app.world.init_resource::<DataWait>();
         app.add_systems(RunStart, update_lr);
         app.add_systems(DataEpochStart, shuffle_train);
         app.add_systems(EpochStart, start_epoch_timer);

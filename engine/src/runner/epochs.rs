@@ -3,7 +3,7 @@
 use ecstrain_components::{Clock, RunTimer};
 use ecstrain_systems::sets::*;
 
-use super::{begin, finish, finish_epoch, flush};
+use super::{begin, finish, finish_epoch, step};
 use crate::app::App;
 use crate::error::EngineError;
 
@@ -23,8 +23,7 @@ pub fn run_epochs(app: &mut App) -> Result<(), EngineError> {
         let batches = app.world.resource::<Clock>().batches_per_epoch;
         let t0 = std::time::Instant::now();
         for _ in 0..batches {
-            app.run(TrainStep);
-            flush(app);
+            step(app)?;
         }
         app.world.resource_mut::<RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
         if finish_epoch(app, epoch, &settings)? {

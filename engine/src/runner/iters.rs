@@ -8,7 +8,7 @@
 use ecstrain_components::{Clock, IterPlan, RunTimer};
 use ecstrain_systems::sets::*;
 
-use super::{begin, finish, finish_epoch, flush};
+use super::{begin, finish, finish_epoch, step};
 use crate::app::App;
 use crate::error::EngineError;
 
@@ -33,8 +33,7 @@ pub fn run_iters(app: &mut App, plan: IterPlan) -> Result<(), EngineError> {
                 c.batch_in_epoch = 0;
                 app.run(DataEpochStart);
             }
-            app.run(TrainStep);
-            flush(app);
+            step(app)?;
         }
         app.world.resource_mut::<RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
         if finish_epoch(app, epoch, &settings)? {

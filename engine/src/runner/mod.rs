@@ -30,12 +30,22 @@ fn flush(app: &mut App) {
     app.world.resource_mut::<Messages<MetricEvent>>().update();
 }
 
-fn failed(app: &App) -> Option<String> {
-    app.world.resource::<RunFailure>().0.clone()
+fn failed(app: &App) -> Option<&str> {
+    app.world.resource::<RunFailure>().0.as_deref()
+}
+
+/// The failure of the run so far, as the error that ends it.
+fn check_failure(app: &App) -> Result<(), EngineError> {
+    match app.world.resource::<RunFailure>().0.as_ref() {
+        Some(f) => Err(EngineError::Run(f.clone())),
+        None => Ok(()),
+    }
 }
 
 /// One validation pass over the val loader: ValidationStep per batch in `Mode::Eval`, then ValidationEnd, without
-/// flushing the records. False (and nothing run) when there is no val loader.
+/// flushing the records. False (and nothing run) when there is no val loader. A batch that fails to load ends
+/// the pass there, without ValidationEnd (no metrics or checkpoint from part of the split); the
+/// [`RunFailure`] says why.
 pub fn validation_pass(app: &mut App) -> bool {
     let Some(batches) = app.world.get_resource::<ValLoader>().map(|v| v.loader.batches_per_epoch()) else {
         return false;
@@ -45,9 +55,14 @@ pub fn validation_pass(app: &mut App) -> bool {
     *app.world.resource_mut::<Mode>() = Mode::Eval;
     for _ in 0..batches {
         app.run(ValidationStep);
+        if failed(app).is_some() {
+            break;
+        }
     }
     *app.world.resource_mut::<Mode>() = Mode::Train;
-    app.run(ValidationEnd);
+    if failed(app).is_none() {
+        app.run(ValidationEnd);
+    }
     true
 }
 
@@ -80,11 +95,11 @@ fn finish_epoch(app: &mut App, epoch: u64, settings: &RunSettings) -> Result<boo
     if (epoch + 1).is_multiple_of(settings.val_interval) || epoch + 1 == settings.epochs {
         validate(app);
     }
+    // A failed validation writes no epoch record or checkpoint.
+    check_failure(app)?;
     app.run(EpochEnd);
     flush(app);
-    if let Some(f) = failed(app) {
-        return Err(EngineError::Run(f));
-    }
+    check_failure(app)?;
     app.world.resource_mut::<Clock>().epoch = epoch + 1;
     Ok(app.world.resource::<StopRequest>().reason.is_some())
 }
@@ -93,10 +108,15 @@ fn finish_epoch(app: &mut App, epoch: u64, settings: &RunSettings) -> Result<boo
 fn finish(app: &mut App) -> Result<(), EngineError> {
     app.run(RunEnd);
     flush(app);
-    match failed(app) {
-        Some(f) => Err(EngineError::Run(f)),
-        None => Ok(()),
-    }
+    check_failure(app)
+}
+
+/// One training micro-batch of a loop: TrainStep and Flush; a failure (a batch that could not be read) ends
+/// the run here, before another step.
+fn step(app: &mut App) -> Result<(), EngineError> {
+    app.run(TrainStep);
+    flush(app);
+    check_failure(app)
 }
 
 /// Creates the run directory (config.yaml, classes.json when the dataset names its classes, metrics.jsonl,

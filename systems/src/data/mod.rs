@@ -22,7 +22,7 @@ pub use annotations::{AnnotationDataset, AnnotationOptions};
 pub use csv_table::{CsvOptions, CsvTable};
 pub use dataset::{DataError, Dataset, TargetSpec};
 pub use image_folder::{ImageFolderDataset, ImageFolderOptions};
-pub use loader::{Loader, TrainLoader, ValLoader};
+pub use loader::{loader_pool, Loader, LoaderPool, TrainLoader, ValLoader};
 pub use npy_dataset::{class_map_json, NpyDataset, NpyOptions, NpySplitFiles};
 pub use npy_shards::{FileList, ShardedArray};
 pub use pipeline::Pipeline;

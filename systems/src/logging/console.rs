@@ -48,7 +48,7 @@ pub fn console_tick(console: Res<Console>, clock: Res<Clock>, settings: Res<RunS
 fn fmt_values(e: &MetricEvent) -> String {
     e.values
         .iter()
-        .map(|(k, v)| if k == "lr" { format!("{k} {v:.3e}") } else { format!("{k} {v:.4}") })
+        .map(|(k, v)| if k == "lr" || k == "data_wait" { format!("{k} {v:.3e}") } else { format!("{k} {v:.4}") })
         .collect::<Vec<_>>()
         .join("  ")
 }

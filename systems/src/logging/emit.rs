@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Clock, LearningRate, MetricEvent, Metrics, RunSettings, RunTimer, StopRequest, TrainingState,
+    Clock, DataWait, LearningRate, MetricEvent, Metrics, RunSettings, RunTimer, StopRequest, TrainingState,
 };
 
 use crate::schedule::systems::Scheduler;
@@ -42,8 +42,18 @@ pub fn at_log_interval(clock: Res<Clock>, settings: Res<RunSettings>, mut last_l
     due
 }
 
+/// `data_wait` (mean seconds a training step waited for its batch) and `data_wait_frac` (the waits' share of
+/// `wall` seconds) from a (seconds, steps) total; nothing when no step was recorded.
+fn insert_data_wait(values: &mut BTreeMap<String, f64>, (seconds, steps): (f64, u64), wall: f64) {
+    if steps > 0 {
+        values.insert("data_wait".to_string(), seconds / steps as f64);
+        values.insert("data_wait_frac".to_string(), (seconds / wall.max(1e-9)).clamp(0.0, 1.0));
+    }
+}
+
 /// Log (training): one `train` record with the epoch's running loss, the lr (with the bias lr and momentum
-/// where the schedule drives them) for the next step, and the throughput since the previous record.
+/// where the schedule drives them) for the next step, and the throughput and data wait since the previous
+/// record.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn emit_train_record(
     clock: Res<Clock>,
@@ -53,6 +63,7 @@ pub fn emit_train_record(
     scaler: Option<Res<ecstrain_components::LossScaler>>,
     scheduler: Option<Res<Scheduler>>,
     mut timer: ResMut<RunTimer>,
+    mut wait: ResMut<DataWait>,
     mut out: MessageWriter<MetricEvent>,
 ) {
     let now = std::time::Instant::now();
@@ -70,6 +81,7 @@ pub fn emit_train_record(
         values.insert("loss_scale".to_string(), s.scale);
     }
     values.insert("samples_per_s".to_string(), (clock.samples_seen - s0) as f64 / dt);
+    insert_data_wait(&mut values, std::mem::take(&mut wait.interval), dt);
     timer.last_log = (now, clock.samples_seen);
     out.write(MetricEvent { split: "train".into(), step: clock.step, epoch: clock.epoch, values });
 }
@@ -128,13 +140,15 @@ pub fn update_fitness(
 }
 
 /// EpochEnd: one `epoch` record (training loss of the epoch, latest validation metrics prefixed `val_`, lr
-/// (bias lr, momentum) as in the train record, epoch time), then resets the training meters.
+/// (bias lr, momentum) as in the train record, epoch time, the epoch's data wait), then resets the training
+/// meters.
 pub fn emit_epoch_record(
     clock: Res<Clock>,
     mut metrics: ResMut<Metrics>,
     lr: Res<LearningRate>,
     scheduler: Option<Res<Scheduler>>,
     timer: Res<RunTimer>,
+    mut wait: ResMut<DataWait>,
     mut out: MessageWriter<MetricEvent>,
 ) {
     let mut values = BTreeMap::new();
@@ -145,7 +159,9 @@ pub fn emit_epoch_record(
         values.insert(format!("val_{k}"), *v);
     }
     insert_schedule_values(&mut values, &lr, scheduler.as_deref());
-    values.insert("epoch_time_s".into(), timer.epoch_start.elapsed().as_secs_f64());
+    let epoch_time = timer.epoch_start.elapsed().as_secs_f64();
+    values.insert("epoch_time_s".into(), epoch_time);
+    insert_data_wait(&mut values, std::mem::take(&mut wait.epoch), epoch_time);
     for m in metrics.train.values_mut() {
         m.reset();
     }
