@@ -139,8 +139,10 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
         Some(Command::List) => {
             for (kind, entries) in default_app().registry.listing() {
                 println!("{kind}:");
+                // Docs start in one column per kind, past its longest name (processor names run long).
+                let width = entries.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(16);
                 for (name, doc) in entries {
-                    println!("  {name:<16} {doc}");
+                    println!("  {name:<width$} {doc}");
                 }
             }
             Ok(())
