@@ -456,3 +456,19 @@ fn pack_trains_like_the_image_folder() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("bad.png") && !out3.exists(), "{}", text(&out));
 }
+
+#[test]
+fn malformed_splits_name_their_key() {
+    let dir = scratch("ds_keys");
+    let err = |builder: &str, options: serde_json::Value| open(builder, options, &dir).err().unwrap();
+    let e = err("image_folder", serde_json::json!({"train": 5}));
+    assert!(e.starts_with("train: ") && e.contains("a directory path, or {path: directory}"), "{e}");
+    let e = err("npy", serde_json::json!({"train": {"x": 5, "y": "y.npy"}}));
+    assert!(e.starts_with("train: ") && e.contains("a list of .npy shard paths"), "{e}");
+    let e = err("csv", serde_json::json!({"train": "t.csv", "val": {"file": "v.csv", "colour": 1}}));
+    assert!(e.starts_with("val: ") && e.contains("a CSV file path"), "{e}");
+    let e = err("image_folder", serde_json::json!({"train": "t", "channels": 4}));
+    assert!(e.contains("channels: 4") && e.contains("valid choices: 1 (grey), 3 (RGB)"), "{e}");
+    let e = err("synthetic", serde_json::json!({"shape": [2], "targets": "dense", "train_samples": 2}));
+    assert!(e.contains("target_len: must be >= 1"), "{e}");
+}
