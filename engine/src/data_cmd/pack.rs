@@ -96,7 +96,7 @@ fn output_size(args: &PackArgs, splits: &[Split]) -> Result<(usize, usize), Stri
     let sizes: Vec<(usize, usize)> = files.par_iter().map(|p| image_size(p)).collect::<Result<_, _>>()?;
     if let Some(k) = sizes.iter().position(|&s| s != sizes[0]) {
         return Err(format!(
-            "the images have different sizes ({} is {}x{}, {} is {}x{}); pass --size H W (or --size S) to resize \
+            "the images have different sizes ({} is {}x{} (height x width), {} is {}x{}); pass --size H W (or --size S) to resize \
              them to one size",
             files[0].display(),
             sizes[0].0,
@@ -122,6 +122,13 @@ fn decode_shard(files: &[PathBuf], channels: usize, (h, w): (usize, usize)) -> R
     Ok(out)
 }
 
+/// The shard files written for one split, relative to the output directory.
+struct PackedSplit {
+    name: String,
+    images: Vec<String>,
+    labels: Vec<String>,
+}
+
 /// Which failures are the input's fault (exit 2) and which the output's (exit 1).
 enum Failure {
     Input(String),
@@ -129,12 +136,7 @@ enum Failure {
 }
 
 /// Writes every split's shards and `classes.json` into `dir`; returns each split's shard file names.
-fn write_all(
-    args: &PackArgs,
-    splits: &[Split],
-    size: (usize, usize),
-    dir: &Path,
-) -> Result<Vec<(String, Vec<String>, Vec<String>)>, Failure> {
+fn write_all(args: &PackArgs, splits: &[Split], size: (usize, usize), dir: &Path) -> Result<Vec<PackedSplit>, Failure> {
     let out_err = |p: &Path, e: std::io::Error| Failure::Output(format!("{}: cannot write: {e}", p.display()));
     let mut listing = Vec::new();
     for s in splits {
@@ -152,7 +154,7 @@ fn write_all(
             xs.push(format!("{}/{x}", s.name));
             ys.push(format!("{}/{y}", s.name));
         }
-        listing.push((s.name.clone(), xs, ys));
+        listing.push(PackedSplit { name: s.name.clone(), images: xs, labels: ys });
     }
     let classes = dir.join("classes.json");
     std::fs::write(&classes, class_map_json(&splits[0].folder.classes)).map_err(|e| out_err(&classes, e))?;
@@ -160,12 +162,13 @@ fn write_all(
 }
 
 /// The dataset YAML that trains from the packed shards.
-fn yaml_snippet(out: &Path, listing: &[(String, Vec<String>, Vec<String>)]) -> String {
+fn yaml_snippet(out: &Path, listing: &[PackedSplit]) -> String {
     let list = |v: &[String]| format!("[{}]", v.join(", "));
-    let mut y =
-        format!("datasets:\n  packed:\n    builder: npy\n    root: {}\n    classes: classes.json\n", out.display());
-    for (name, xs, ys) in listing {
-        y.push_str(&format!("    {name}:\n      x: {}\n      y: {}\n", list(xs), list(ys)));
+    // The root as a JSON string (valid YAML), so any path survives.
+    let root = serde_json::Value::String(out.display().to_string());
+    let mut y = format!("datasets:\n  packed:\n    builder: npy\n    root: {root}\n    classes: classes.json\n");
+    for s in listing {
+        y.push_str(&format!("    {}:\n      x: {}\n      y: {}\n", s.name, list(&s.images), list(&s.labels)));
     }
     y
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
-use super::image_decode::{decode_image, DecodedImage};
+use super::image_decode::decode_image;
 use super::sample::Sample;
 use super::DataError;
 
@@ -38,6 +38,9 @@ impl ImageReadOptions {
         }
     }
 }
+
+/// What verifying one image keeps: its `(height, width)`, and its pixels when caching.
+type Verified = ((usize, usize), Option<Vec<u8>>);
 
 /// The verified images of one split.
 pub struct ImageSet {
@@ -79,7 +82,12 @@ impl ImageSet {
     pub fn open(paths: Vec<PathBuf>, options: &ImageReadOptions) -> Result<(ImageSet, Skipped), DataError> {
         options.check()?;
         let channels = options.channels;
-        let decoded: Vec<Result<DecodedImage, String>> = paths.par_iter().map(|p| decode_image(p, channels)).collect();
+        // Only the sizes are kept (and the pixels with `cache`), so verifying a folder larger than memory
+        // holds one decoded image per worker at a time.
+        let decoded: Vec<Result<Verified, String>> = paths
+            .par_iter()
+            .map(|p| decode_image(p, channels).map(|img| ((img.height, img.width), options.cache.then_some(img.data))))
+            .collect();
         let bad: Vec<&String> = decoded.iter().filter_map(|r| r.as_ref().err()).collect();
         if !bad.is_empty() && !options.skip_corrupt {
             let more = match bad.len() {
@@ -94,12 +102,12 @@ impl ImageSet {
         let mut cache = options.cache.then(|| Vec::with_capacity(paths.len()));
         for (i, (path, r)) in paths.into_iter().zip(decoded).enumerate() {
             match r {
-                Ok(img) => {
+                Ok((size, pixels)) => {
                     skipped.kept.push(i);
                     kept_paths.push(path);
-                    sizes.push((img.height, img.width));
-                    if let Some(c) = &mut cache {
-                        c.push(img.data);
+                    sizes.push(size);
+                    if let (Some(c), Some(p)) = (&mut cache, pixels) {
+                        c.push(p);
                     }
                 }
                 Err(m) => skipped.errors.push(m),

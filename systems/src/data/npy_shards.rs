@@ -15,7 +15,7 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
 /// One file, or a list of shards concatenated along the first axis (`x: [a.npy, b.npy]`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a .npy file path, or a list of .npy shard paths")]
 pub enum FileList {
     /// A single file.
     One(PathBuf),
