@@ -169,7 +169,7 @@ impl Dataset for Flaky {
 
 fn build_flaky(o: &serde_json::Map<String, serde_json::Value>, _root: &Path) -> Result<DatasetSplits, String> {
     let fail_at = o.get("fail_at").and_then(|v| v.as_u64()).map(|v| v as usize);
-    Ok(DatasetSplits { train: std::sync::Arc::new(Flaky { fail_at }), val: None })
+    Ok(DatasetSplits::new(std::sync::Arc::new(Flaky { fail_at }), None))
 }
 
 /// The flaky run assembled in-process with its dataset registered, logging into `dir`.

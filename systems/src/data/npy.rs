@@ -900,7 +900,6 @@ pub fn write_npy<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> io:
 mod tests {
     use super::*;
 
-
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
 

@@ -105,7 +105,8 @@ impl Loader {
         let targets = self.pipeline.empty_targets(self.walk.spec.batch);
         let len: usize = self.pipeline.sample_shape().iter().product();
         let mut template = Batch::with_capacity(self.walk.spec.batch, len, targets);
-        template.extras = ecstrain_components::Extras::with_capacity(&self.pipeline.extra_specs(), self.walk.spec.batch);
+        template.extras =
+            ecstrain_components::Extras::with_capacity(&self.pipeline.extra_specs(), self.walk.spec.batch);
         self.prefetch = Some(Prefetcher::start(self.pipeline.clone(), self.walk, pool, depth, &template)?);
         Ok(self)
     }

@@ -11,7 +11,8 @@ use super::*;
 use crate::data::{Sample, SyntheticDataset, SyntheticOptions, TargetSpec};
 
 fn synthetic(n: usize) -> Arc<Pipeline> {
-    let o: SyntheticOptions = serde_json::from_value(serde_json::json!({"shape": [3], "classes": 4, "train_samples": n, "seed": 1})).unwrap();
+    let o: SyntheticOptions =
+        serde_json::from_value(serde_json::json!({"shape": [3], "classes": 4, "train_samples": n, "seed": 1})).unwrap();
     Arc::new(Pipeline::plain(Arc::new(SyntheticDataset::generate(&o, n, 0).unwrap())).unwrap())
 }
 
