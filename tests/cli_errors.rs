@@ -117,8 +117,19 @@ fn bad_values_and_devices_are_rejected() {
     assert!(m.contains("run.lr0"), "{m}");
     let m = rejected("device", |y| y, &["--set", "run.device=tpu"]);
     assert!(m.contains("run.device") && m.contains("cuda"), "{m}");
-    let m = rejected("cuda", |y| y, &["--set", "run.device=cuda:0"]);
-    assert!(m.contains("not available"), "{m}");
+    // A machine without a GPU: `run.device=cuda` says no CUDA driver / device was found. With a GPU, a bad
+    // ordinal is rejected instead.
+    match ecstrain::kernels::cuda::probe(0) {
+        Err(_) => {
+            let m = rejected("cuda", |y| y, &["--set", "run.device=cuda"]);
+            assert!(m.contains("run.device") && m.contains("not available") && m.contains("no CUDA"), "{m}");
+        }
+        Ok(info) => {
+            let bad = format!("run.device=cuda:{}", info.device_count);
+            let m = rejected("cuda", |y| y, &["--set", &bad]);
+            assert!(m.contains("does not exist"), "{m}");
+        }
+    }
     let m = rejected("preset", |y| y.replace("arch: mlp", "arch: mlp\n  type: digitz"), &[]);
     assert!(m.contains("model.type") && m.contains("did you mean `digits`"), "{m}");
     let m = rejected("warmup", |y| y, &["--set", "run.warmup_epochs=5", "--set", "run.scheduler=cosine"]);

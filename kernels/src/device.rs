@@ -1,8 +1,8 @@
 //! Where tensors live and kernels run.
 //!
-//! The CPU is always available. CUDA devices are named now (`cuda`, `cuda:N`) so configs and error messages
-//! are stable; the CUDA backend (cudarc + NVRTC-compiled `.cu` sources next to each op) plugs in behind
-//! [`Device::Cuda`] and [`Device::ensure_available`].
+//! The CPU is always available. A CUDA device (`cuda`, `cuda:N`) is checked by [`Device::ensure_available`]
+//! through [`crate::cuda::probe`]: the driver library, the device and NVRTC must all be present, and their
+//! absence is an error in words, never a panic.
 
 use std::fmt;
 
@@ -50,10 +50,14 @@ impl Device {
     pub fn ensure_available(self) -> Result<(), DeviceError> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(_) => Err(DeviceError::Unavailable {
-                device: self,
-                reason: "this build has no CUDA backend yet; use device: cpu".into(),
-            }),
+            Device::Cuda(n) => {
+                let unavailable = |reason: String| DeviceError::Unavailable { device: self, reason };
+                crate::cuda::probe(n).map_err(unavailable)?;
+                if !crate::cuda::probe::nvrtc_present() {
+                    return Err(unavailable(crate::cuda::compile::CompileFailure::NoNvrtc.to_string()));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -78,6 +82,10 @@ mod tests {
         assert_eq!(Device::parse("cuda:3").unwrap(), Device::Cuda(3));
         assert_eq!(Device::parse("1").unwrap(), Device::Cuda(1));
         assert!(Device::parse("tpu").is_err());
-        assert!(Device::Cuda(0).ensure_available().is_err());
+        // Without a driver the error says so; with a GPU, cuda:0 is available.
+        match Device::Cuda(0).ensure_available() {
+            Err(e) => assert!(e.to_string().contains("no CUDA"), "{e}"),
+            Ok(()) => assert!(crate::cuda::probe(0).is_ok()),
+        }
     }
 }

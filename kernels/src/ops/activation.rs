@@ -107,3 +107,88 @@ pub(crate) fn backward_elem<T: Float, const ACT: u8>(g: T, x: T) -> T {
         _ => silu::backward_elem(g, x),
     }
 }
+
+/// The CUDA kernels of every activation (`activation.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "activation",
+    code: include_str!("activation.cu"),
+    kernels: &[
+        "activation_forward_f32",
+        "activation_backward_f32",
+        "activation_forward_f16",
+        "activation_backward_f16",
+        "activation_forward_bf16",
+        "activation_backward_bf16",
+    ],
+};
+
+/// Host side of `activation.cu`.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{Activation, CUDA};
+    use crate::cuda::{Gpu, GpuError};
+
+    /// `y = act(x)` on the GPU (f32). y, x: [n].
+    pub fn forward(gpu: &Gpu, act: Activation, y: &mut CudaViewMut<f32>, x: &CudaView<f32>) -> Result<(), GpuError> {
+        let n = x.len();
+        assert_eq!(y.len(), n, "activation forward: y and x lengths differ");
+        let f = gpu.function(&CUDA, "activation_forward_f32")?;
+        let code = act.code() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(y).arg(x).arg(&n).arg(&code);
+        // SAFETY: the argument list matches the kernel signature (T*, const T*, size_t, int) and both buffers
+        // hold n elements.
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    /// `dx = dy * act'(x)` on the GPU (f32, overwrites dx). dx, dy, x: [n].
+    pub fn backward(
+        gpu: &Gpu,
+        act: Activation,
+        dx: &mut CudaViewMut<f32>,
+        dy: &CudaView<f32>,
+        x: &CudaView<f32>,
+    ) -> Result<(), GpuError> {
+        let n = x.len();
+        assert!(dx.len() == n && dy.len() == n, "activation backward: lengths differ");
+        let f = gpu.function(&CUDA, "activation_backward_f32")?;
+        let code = act.code() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(dx).arg(dy).arg(x).arg(&n).arg(&code);
+        // SAFETY: as in `forward`, for (T*, const T*, const T*, size_t, int).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::cuda::testing::*;
+        use crate::rng::Rng;
+
+        /// Every activation on the GPU against the CPU kernel, forward and backward, on fresh inputs.
+        #[test]
+        fn activations_match_cpu() {
+            let Some(gpu) = gpu_or_skip("activations_match_cpu") else { return };
+            let mut rng = Rng::new(test_seed("activations_match_cpu"));
+            let n = 100_003; // not a multiple of the block
+            let x: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 * 8.0 - 4.0).collect();
+            let g: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
+            let (dx_dev, dg_dev) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());
+            for &name in Activation::NAMES {
+                let act = Activation::parse(name).unwrap();
+                let (mut want_y, mut want_dx) = (vec![0.0; n], vec![0.0; n]);
+                super::super::activation_forward(act, &mut want_y, &x);
+                super::super::activation_backward(act, &mut want_dx, &g, &x);
+                let mut y = poisoned(gpu, n).unwrap();
+                forward(gpu, act, &mut y.as_view_mut(), &dx_dev.as_view()).unwrap();
+                assert_close(&format!("{name} forward"), &gpu.download(&y).unwrap(), &want_y, 1e-6, 1e-5);
+                let mut dx = poisoned(gpu, n).unwrap();
+                backward(gpu, act, &mut dx.as_view_mut(), &dg_dev.as_view(), &dx_dev.as_view()).unwrap();
+                assert_close(&format!("{name} backward"), &gpu.download(&dx).unwrap(), &want_dx, 1e-6, 1e-5);
+            }
+        }
+    }
+}

@@ -168,6 +168,176 @@ crate::multiversion!(
     ) => update_body
 );
 
+/// The CUDA kernel of Adam / AdamW / AMSGrad (`adam.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "adam", code: include_str!("adam.cu"), kernels: &["adam_step_f32"] };
+
+/// Host side of `adam.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{AdamConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+
+    /// The segment of elements `start..end` updated with `cfg` at 1-based `step`: the coefficients
+    /// [`adam_step`](super::adam_step) computes, in the same f64 arithmetic.
+    pub fn segment(cfg: &AdamConfig, step: u64, start: usize, end: usize) -> Segment {
+        let t = step as f64;
+        let bc1 = 1.0 - cfg.beta1.powf(t);
+        let bc2 = 1.0 - cfg.beta2.powf(t);
+        let w = (1.0 - cfg.beta1) as f32;
+        let from_start = w.abs() < 0.5;
+        let wd = cfg.weight_decay != 0.0;
+        let mut flags = 0;
+        if wd && !cfg.decoupled_weight_decay {
+            flags |= 1;
+        }
+        if wd && cfg.decoupled_weight_decay {
+            flags |= 2;
+        }
+        if cfg.amsgrad {
+            flags |= 4;
+        }
+        if from_start {
+            flags |= 8;
+        }
+        let mut c = [0.0f32; 12];
+        c[0] = (1.0 - cfg.lr * cfg.weight_decay) as f32;
+        c[1] = cfg.weight_decay as f32;
+        c[2] = if from_start { w } else { w - 1.0 };
+        c[3] = cfg.beta2 as f32;
+        c[4] = (1.0 - cfg.beta2) as f32;
+        c[5] = bc2.powf(0.5) as f32;
+        c[6] = cfg.eps as f32;
+        c[7] = (-(cfg.lr / bc1)) as f32;
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded). `vmax` is read and written only by
+    /// AMSGrad segments; pass any buffer of the arena's length otherwise.
+    pub fn step(
+        gpu: &Gpu,
+        p: &mut CudaViewMut<f32>,
+        g: &CudaView<f32>,
+        m: &mut CudaViewMut<f32>,
+        v: &mut CudaViewMut<f32>,
+        vmax: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = p.len();
+        assert!(g.len() == n && m.len() == n && v.len() == n, "adam step: arena lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "adam step: a segment lies outside the arena");
+        assert!(!table.host.iter().any(|s| s.flags & 4 != 0) || vmax.len() == n, "adam step: AMSGrad needs vmax");
+        let f = gpu.function(&CUDA, "adam_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(p).arg(g).arg(m).arg(v).arg(vmax).arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match adam_step_f32's signature; every buffer holds n elements (vmax only
+        // where AMSGrad reads it) and the table holds nsegs sorted segments inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::cuda::testing::*;
+        use crate::rng::Rng;
+
+        /// Several steps over an arena of three segments (Adam with coupled decay, AdamW, AMSGrad) and one
+        /// frozen gap equal the CPU kernel bit for bit.
+        #[test]
+        fn fused_adam_matches_cpu_bitwise() {
+            let Some(gpu) = gpu_or_skip("fused_adam_matches_cpu_bitwise") else { return };
+            let mut rng = Rng::new(test_seed("fused_adam_matches_cpu_bitwise"));
+            let n = 70_000;
+            let ranges = [(0usize, 30_000usize), (30_000, 50_000), (60_000, 70_000)];
+            let cfgs = [
+                AdamConfig {
+                    lr: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.1,
+                    decoupled_weight_decay: false,
+                    amsgrad: false,
+                },
+                AdamConfig {
+                    lr: 3e-3,
+                    beta1: 0.6,
+                    beta2: 0.99,
+                    eps: 1e-6,
+                    weight_decay: 0.05,
+                    decoupled_weight_decay: true,
+                    amsgrad: false,
+                },
+                AdamConfig {
+                    lr: 1e-2,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.0,
+                    decoupled_weight_decay: true,
+                    amsgrad: true,
+                },
+            ];
+            let mut p: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let (mut m, mut v, mut vm) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+            let (mut dp, mut dm, mut dv, mut dvm) =
+                (gpu.upload(&p).unwrap(), gpu.upload(&m).unwrap(), gpu.upload(&v).unwrap(), gpu.upload(&vm).unwrap());
+            let mut table = SegmentTable::new(gpu, ranges.len()).unwrap();
+            for step in 1..=5u64 {
+                let g: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+                for (&(a, b), cfg) in ranges.iter().zip(&cfgs) {
+                    super::super::adam_step(
+                        &mut p[a..b],
+                        &g[a..b],
+                        &mut m[a..b],
+                        &mut v[a..b],
+                        &mut vm[a..b],
+                        cfg,
+                        step,
+                    );
+                }
+                for (k, (&(a, b), cfg)) in ranges.iter().zip(&cfgs).enumerate() {
+                    table.host[k] = segment(cfg, step, a, b);
+                }
+                table.upload(gpu).unwrap();
+                let dg = gpu.upload(&g).unwrap();
+                step_fn(gpu, &mut dp, &dg, &mut dm, &mut dv, &mut dvm, &table);
+            }
+            for (what, d, h) in [("param", &dp, &p), ("exp_avg", &dm, &m), ("exp_avg_sq", &dv, &v)] {
+                let got = gpu.download(d).unwrap();
+                let diff = got.iter().zip(h.iter()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(diff, 0, "{what}: {diff} elements differ from the CPU");
+            }
+            let got = gpu.download(&dvm).unwrap();
+            assert_eq!(&got[60_000..], &vm[60_000..], "max_exp_avg_sq differs");
+        }
+
+        fn step_fn(
+            gpu: &Gpu,
+            p: &mut cudarc::driver::CudaSlice<f32>,
+            g: &cudarc::driver::CudaSlice<f32>,
+            m: &mut cudarc::driver::CudaSlice<f32>,
+            v: &mut cudarc::driver::CudaSlice<f32>,
+            vm: &mut cudarc::driver::CudaSlice<f32>,
+            table: &SegmentTable,
+        ) {
+            step(
+                gpu,
+                &mut p.as_view_mut(),
+                &g.as_view(),
+                &mut m.as_view_mut(),
+                &mut v.as_view_mut(),
+                &mut vm.as_view_mut(),
+                table,
+            )
+            .unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

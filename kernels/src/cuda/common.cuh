@@ -1,0 +1,76 @@
+// Prepended to every kernel source (compile.rs). Loads and stores convert through float so one template
+// body serves f32, f16 and bf16 tensors; arithmetic and accumulation are always f32.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+typedef __half f16;
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const f16 *p, size_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float ld(const bf16 *p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void st(float *p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(f16 *p, size_t i, float v) { p[i] = __float2half_rn(v); }
+__device__ __forceinline__ void st(bf16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+// A grid-stride loop over [0, n): launches size the grid to the device, not to n (launch.rs).
+#define FOR_EACH(i, n) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)blockDim.x * gridDim.x)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block; every thread gets the result. `shared` holds 32 floats. Block size: a multiple of 32.
+__device__ __forceinline__ float block_sum(float v, float *shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); // `shared` may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// Max over the block; every thread gets the result. `shared` holds 32 floats.
+__device__ __forceinline__ float block_max(float v, float *shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : -__int_as_float(0x7f800000); // -inf (NVRTC has no INFINITY macro)
+    return warp_max(v);
+}
+
+// SplitMix64's finaliser: the counter-based hash the dropout masks are built from (as ops/dropout.rs).
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// One parameter's range of an arena and its step coefficients (cuda/segments.rs).
+struct Segment {
+    unsigned long long start, end;
+    float c[12];
+    unsigned int flags, pad;
+};
+
+// The segment holding element i, or nullptr (a frozen parameter). `segs` is sorted by start.
+__device__ __forceinline__ const Segment *find_segment(const Segment *segs, int nsegs, size_t i) {
+    int lo = 0, hi = nsegs - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) >> 1;
+        if (i < segs[mid].start) hi = mid - 1;
+        else if (i >= segs[mid].end) lo = mid + 1;
+        else return &segs[mid];
+    }
+    return nullptr;
+}

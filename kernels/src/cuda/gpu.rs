@@ -1,0 +1,130 @@
+//! One opened GPU: context, streams, cuBLAS handle and the loaded kernel modules.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig};
+
+use super::compile::{compile, CompileFailure};
+use super::probe::{nvrtc_present, probe, GpuInfo};
+use super::source::KernelSource;
+
+/// Errors of the CUDA backend.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// No usable device (no driver, no GPU, bad ordinal): a user-facing message.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A kernel source did not compile.
+    #[error(transparent)]
+    Compile(#[from] CompileFailure),
+    /// A driver call failed.
+    #[error("CUDA driver error: {0:?}")]
+    Driver(DriverError),
+    /// A cuBLAS call failed.
+    #[error("cuBLAS error: {0:?}")]
+    Blas(cudarc::cublas::result::CublasError),
+}
+
+impl From<DriverError> for GpuError {
+    fn from(e: DriverError) -> Self {
+        GpuError::Driver(e)
+    }
+}
+
+impl From<cudarc::cublas::result::CublasError> for GpuError {
+    fn from(e: cudarc::cublas::result::CublasError) -> Self {
+        GpuError::Blas(e)
+    }
+}
+
+/// An opened device. Kernels run on [`Gpu::stream`] in issue order; input copies run on
+/// [`Gpu::copy_stream`] so they overlap compute.
+pub struct Gpu {
+    /// What the driver reported when the device was probed.
+    pub info: GpuInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    copy_stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    /// Loaded entry points by (source name, kernel name); a source is compiled and loaded whole on first use.
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Gpu {
+    /// Opens `cuda:ordinal`, after checking (without panicking) that the driver, the device and NVRTC exist.
+    pub fn open(ordinal: usize) -> Result<Gpu, GpuError> {
+        let info = probe(ordinal).map_err(GpuError::Unavailable)?;
+        if !nvrtc_present() {
+            return Err(CompileFailure::NoNvrtc.into());
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.new_stream()?;
+        let copy_stream = ctx.new_stream()?;
+        let blas = CudaBlas::new(stream.clone())?;
+        Ok(Gpu { info, ctx, stream, copy_stream, blas, functions: Mutex::new(HashMap::new()) })
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The compute stream every kernel and cuBLAS call is issued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The stream host-to-device input copies run on.
+    pub fn copy_stream(&self) -> &Arc<CudaStream> {
+        &self.copy_stream
+    }
+
+    /// The cuBLAS handle (bound to the compute stream).
+    pub fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
+    /// Entry point `kernel` of `src`, compiling (or reading from the cache) and loading the source first.
+    pub fn function(&self, src: &'static KernelSource, kernel: &'static str) -> Result<CudaFunction, GpuError> {
+        let mut map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(&(src.name, kernel)) {
+            return Ok(f.clone());
+        }
+        let ptx = compile(src, &self.info.arch())?;
+        let module = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
+        for k in src.kernels {
+            map.insert((src.name, *k), module.load_function(k)?);
+        }
+        map.get(&(src.name, kernel))
+            .cloned()
+            .ok_or_else(|| CompileFailure::MissingKernel { name: src.name.into(), kernel: kernel.into() }.into())
+    }
+
+    /// A grid-stride launch over `n` elements sized to this device.
+    pub fn elementwise(&self, n: usize) -> LaunchConfig {
+        super::launch::elementwise(n, self.info.multiprocessors)
+    }
+
+    /// Copies `host` into a new device buffer (compute stream).
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, GpuError> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+
+    /// Copies `dev` back into a new host vector (waits for the compute stream).
+    pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>, GpuError> {
+        Ok(self.stream.clone_dtoh(dev)?)
+    }
+
+    /// Waits for every kernel issued so far.
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(self.stream.synchronize()?)
+    }
+}
