@@ -166,6 +166,12 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let device = Device::parse(&r.device).map_err(|e| err(format!("run.device: {e}")))?;
     device.ensure_available().map_err(|e| err(format!("run.device: {e}")))?;
     let amp = parse_amp(&r.amp).map_err(err)?;
+    if device != Device::Cpu {
+        crate::cuda_run::check_run(r, amp != AmpMode::Off).map_err(err)?;
+        if cfg.model.fuse {
+            return Err(err("model.fuse: the fused linear + activation is CPU-only; set model.fuse: false for run.device: cuda".into()));
+        }
+    }
     if amp != AmpMode::Off && device == Device::Cpu {
         notices.push(match amp {
             AmpMode::F16 => "run.amp: f16 autocast needs CUDA; on the CPU the run computes in f32 with f16's dynamic loss scaling active".into(),
@@ -380,6 +386,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         let c = app.world.resource::<Clock>();
         notices.push(format!("resuming from {} at epoch {} (step {})", p.display(), c.epoch + 1, c.step));
     }
+    crate::cuda_run::install(&mut app.world, device, capacity).map_err(err)?;
     let resolved = resolved_yaml(cfg);
     Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from })
 }

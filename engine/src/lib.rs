@@ -5,6 +5,7 @@ pub mod app;
 pub mod assemble;
 pub mod cli;
 pub mod config;
+pub mod cuda_run;
 pub mod data_cmd;
 pub mod error;
 pub mod eval;

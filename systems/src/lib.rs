@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod graph;
 pub mod logging;
 pub mod models;

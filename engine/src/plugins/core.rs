@@ -4,6 +4,7 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::{DataWait, MetricEvent, RunTimer};
 use ecstrain_systems::data::loader::{load_train_batch, load_val_batch, shuffle_train};
+use ecstrain_systems::device::on_cpu;
 use ecstrain_systems::graph::systems::{backward_system, forward_system};
 use ecstrain_systems::logging::emit::{
     at_log_interval, emit_epoch_record, emit_train_record, summarize_validation, update_fitness,
@@ -33,9 +34,9 @@ impl Plugin for CorePlugin {
             TrainStep,
             (
                 load_train_batch.in_set(StepSet::Load),
-                forward_system.in_set(StepSet::Forward),
-                backward_system.in_set(StepSet::Backward),
-                (zero_grads.run_if(at_accumulation_boundary), advance_clock, update_lr)
+                forward_system.run_if(on_cpu).in_set(StepSet::Forward),
+                backward_system.run_if(on_cpu).in_set(StepSet::Backward),
+                (zero_grads.run_if(at_accumulation_boundary).run_if(on_cpu), advance_clock, update_lr)
                     .chain()
                     .in_set(StepSet::Schedule),
                 emit_train_record.run_if(at_log_interval).in_set(StepSet::Log),
@@ -43,7 +44,7 @@ impl Plugin for CorePlugin {
         );
         app.add_systems(
             ValidationStep,
-            (load_val_batch.in_set(StepSet::Load), forward_system.in_set(StepSet::Forward)),
+            (load_val_batch.in_set(StepSet::Load), forward_system.run_if(on_cpu).in_set(StepSet::Forward)),
         );
         app.add_systems(
             ValidationEnd,

@@ -6,6 +6,7 @@ pub mod builtins;
 pub mod checkpoint;
 pub mod clipping;
 pub mod core;
+pub mod cuda;
 pub mod datasets;
 pub mod ema;
 pub mod logging;
@@ -27,6 +28,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(optimizers::BuiltinOptimizers)
             .add_plugin(schedulers::BuiltinSchedulers)
             .add_plugin(core::CorePlugin)
+            .add_plugin(cuda::CudaPlugin)
             .add_plugin(clipping::GradClipPlugin)
             .add_plugin(ema::EmaPlugin)
             .add_plugin(amp::AmpPlugin)

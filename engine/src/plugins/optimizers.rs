@@ -3,6 +3,7 @@
 //! `AdamW`, `RMSProp`, ...) since lookups are case-insensitive.
 
 use bevy_ecs::prelude::*;
+use ecstrain_systems::device::on_cpu;
 use ecstrain_systems::optim;
 use ecstrain_systems::optim::loss_scale::optimizer_step_due;
 use ecstrain_systems::sets::*;
@@ -15,7 +16,8 @@ pub struct BuiltinOptimizers;
 
 /// Adds `system` to the Optimize set of the train step, on accumulation boundaries only.
 fn install<M>(app: &mut App, system: impl IntoScheduleConfigs<bevy_ecs::system::ScheduleSystem, M>) {
-    app.add_systems(TrainStep, system.run_if(optimizer_step_due).in_set(StepSet::Optimize));
+    // The host update; on a CUDA run the device's fused update (plugins/cuda.rs) takes its place.
+    app.add_systems(TrainStep, system.run_if(optimizer_step_due).run_if(on_cpu).in_set(StepSet::Optimize));
 }
 
 impl Plugin for BuiltinOptimizers {

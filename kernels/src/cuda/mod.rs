@@ -16,6 +16,7 @@ pub mod segments;
 pub mod source;
 pub mod testing;
 
+pub use cudarc;
 pub use gpu::{Gpu, GpuError};
 pub use probe::{probe, GpuInfo};
 pub use segments::{Segment, SegmentTable};

@@ -1,0 +1,58 @@
+//! Assembly of a `run.device: cuda` run: what the CUDA path supports (checked before any data is read where
+//! the config alone decides, and once the graph is built for its ops), and the device state it trains on.
+
+use std::sync::Arc;
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{Buffers, Frozen, Graph, OptimizerState, ParamSlice, Params};
+use ecstrain_kernels::cuda::Gpu;
+use ecstrain_kernels::Device;
+use ecstrain_systems::device::state::GpuState;
+use ecstrain_systems::device::{support, ComputeDevice};
+
+use crate::config::RunSection;
+
+/// Config-level checks of a CUDA run: features whose device path is not wired yet are an error, not a
+/// silent fallback.
+pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
+    let opt = r.optimizer.to_ascii_lowercase();
+    if !support::OPTIMIZERS.contains(&opt.as_str()) {
+        return Err(format!(
+            "run.optimizer: `{}` has no fused CUDA update yet; on run.device: cuda the valid choices are {}",
+            r.optimizer,
+            support::OPTIMIZERS.join(", ")
+        ));
+    }
+    let unsupported = [
+        (r.ema, "run.ema"),
+        (r.clip_grad_norm > 0.0 || r.clip_grad_value > 0.0, "run.clip_grad_norm / run.clip_grad_value"),
+        (amp_on, "run.amp"),
+    ];
+    for (on, key) in unsupported {
+        if on {
+            return Err(format!("{key}: not yet available with run.device: cuda; turn it off or use run.device: cpu"));
+        }
+    }
+    Ok(())
+}
+
+/// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`].
+pub fn install(world: &mut World, device: Device, capacity: usize) -> Result<(), String> {
+    let Device::Cuda(ordinal) = device else { return Ok(()) };
+    support::check_graph(world.resource::<Graph>()).map_err(|m| format!("run.device: {m}"))?;
+    let gpu = Arc::new(Gpu::open(ordinal).map_err(|e| format!("run.device: {e}"))?);
+    let trainable = world.query_filtered::<&ParamSlice, Without<Frozen>>().iter(world).count();
+    let state = GpuState::new(
+        gpu,
+        world.resource::<Graph>(),
+        world.resource::<Params>(),
+        world.resource::<Buffers>(),
+        world.resource::<OptimizerState>(),
+        trainable,
+        capacity,
+    )
+    .map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the run's state: {e}"))?;
+    world.insert_resource(state);
+    world.insert_resource(ComputeDevice(device));
+    Ok(())
+}

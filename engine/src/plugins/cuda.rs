@@ -1,0 +1,46 @@
+//! Training on a CUDA device: the device twins of forward, backward, gradient zeroing and the optimizer,
+//! plus the copies between host and device arenas, all gated by `on_cuda` (assembly inserts
+//! `ComputeDevice` and `GpuState` for a `run.device: cuda` run). See `ecstrain_systems::device`.
+
+use bevy_ecs::prelude::*;
+use ecstrain_systems::device::on_cuda;
+use ecstrain_systems::device::systems::*;
+use ecstrain_systems::logging::emit::emit_epoch_record;
+use ecstrain_systems::optim::at_accumulation_boundary;
+use ecstrain_systems::optim::loss_scale::optimizer_step_due;
+use ecstrain_systems::sets::*;
+
+use crate::app::{App, Plugin};
+
+/// The CUDA step pipeline.
+pub struct CudaPlugin;
+
+impl Plugin for CudaPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_systems(
+            TrainStep,
+            (
+                gpu_sync_up.in_set(StepSet::Load),
+                gpu_upload_batch.in_set(StepSet::Preprocess),
+                gpu_forward.in_set(StepSet::Forward),
+                gpu_backward.in_set(StepSet::Backward),
+                gpu_adam_update.run_if(optimizer_step_due).in_set(StepSet::Optimize),
+                gpu_zero_grads.run_if(at_accumulation_boundary).in_set(StepSet::Schedule),
+            )
+                .run_if(on_cuda),
+        );
+        app.add_systems(
+            ValidationStep,
+            (
+                gpu_sync_up.in_set(StepSet::Load),
+                gpu_upload_batch.in_set(StepSet::Preprocess),
+                gpu_forward.in_set(StepSet::Forward),
+            )
+                .run_if(on_cuda),
+        );
+        // The host reads the arenas in these schedules (checkpoints, the summary): copy them down first.
+        app.add_systems(ValidationEnd, gpu_sync_down.run_if(on_cuda).before(ValidationEndSet::Summarize));
+        app.add_systems(EpochEnd, gpu_sync_down.run_if(on_cuda).before(emit_epoch_record));
+        app.add_systems(RunEnd, gpu_sync_down.run_if(on_cuda));
+    }
+}

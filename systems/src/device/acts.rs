@@ -1,0 +1,110 @@
+//! Device twin of [`Activations`](crate::graph::Activations): one buffer per produced value and per value
+//! gradient, per-node saved state, shared scratch; planned once for the largest batch, never reallocated.
+
+use ecstrain_components::{Graph, OpKind, ValueId};
+use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
+use ecstrain_kernels::cuda::{Gpu, GpuError};
+use ecstrain_kernels::ops;
+
+use crate::graph::exec::conv_geom;
+
+/// Planned device buffers of a graph.
+pub struct GpuActivations {
+    /// Rows (samples) each buffer can hold.
+    pub capacity: usize,
+    /// The batch input `[capacity, numel(input)]`, copied up each step.
+    pub input: CudaSlice<f32>,
+    /// `values[v]`; `None` for the input and for values no node writes.
+    pub values: Vec<Option<CudaSlice<f32>>>,
+    /// `grads[v]`, same shapes as `values`.
+    pub grads: Vec<Option<CudaSlice<f32>>>,
+    /// Per node: float state its backward reads (normalisation statistics).
+    pub saved: Vec<Option<CudaSlice<f32>>>,
+    /// Per node: integer state (max-pool argmax).
+    pub indices: Vec<Option<CudaSlice<u32>>>,
+    /// Scratch shared by the ops that need it in turn (convolution columns).
+    pub scratch: Option<CudaSlice<f32>>,
+    /// Gradient staging for values with several consumers.
+    pub grad_tmp: CudaSlice<f32>,
+    /// Per value: whether the current backward has written its gradient yet.
+    pub written: Vec<bool>,
+    /// A single 1.0 (the increment of batch norm's `num_batches_tracked`).
+    pub ones: CudaSlice<f32>,
+}
+
+impl std::fmt::Debug for GpuActivations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuActivations").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+/// A zeroed device buffer of `n` elements, `None` when `n` is 0.
+fn buffer<T>(gpu: &Gpu, n: usize) -> Result<Option<CudaSlice<T>>, GpuError>
+where
+    T: ecstrain_kernels::cuda::cudarc::driver::DeviceRepr + ecstrain_kernels::cuda::cudarc::driver::ValidAsZeroBits,
+{
+    if n == 0 {
+        Ok(None)
+    } else {
+        Ok(Some(gpu.stream().alloc_zeros::<T>(n)?))
+    }
+}
+
+impl GpuActivations {
+    /// Plans device buffers for batches of up to `capacity` samples (the same plan as the host's).
+    pub fn plan(gpu: &Gpu, graph: &Graph, capacity: usize) -> Result<GpuActivations, GpuError> {
+        let numel = |v: ValueId| graph.values[v.0].numel();
+        let mut produced = vec![false; graph.values.len()];
+        graph.nodes.iter().for_each(|n| produced[n.output.0] = true);
+        let sizes: Vec<usize> =
+            (0..graph.values.len()).map(|i| if produced[i] { numel(ValueId(i)) * capacity } else { 0 }).collect();
+        let mut saved = Vec::with_capacity(graph.nodes.len());
+        let mut indices = Vec::with_capacity(graph.nodes.len());
+        let mut scratch = 0;
+        for node in &graph.nodes {
+            let (mut s, mut ix) = (0, 0);
+            match &node.op {
+                OpKind::MaxPool2d { .. } => ix = sizes[node.output.0],
+                OpKind::Conv2d { spec, in_hw, .. } => {
+                    scratch = scratch.max(ops::conv2d::cuda::col_len(&conv_geom(spec, *in_hw, capacity)))
+                }
+                OpKind::BatchNorm2d { channels, .. } => s = 2 * channels,
+                OpKind::LayerNorm { dim, .. } => s = 2 * capacity * numel(node.output) / dim,
+                _ => {}
+            }
+            saved.push(buffer(gpu, s)?);
+            indices.push(buffer(gpu, ix)?);
+        }
+        let largest = sizes.iter().copied().max().unwrap_or(0).max(capacity * numel(ValueId(0))).max(1);
+        let mut values = Vec::with_capacity(sizes.len());
+        let mut grads = Vec::with_capacity(sizes.len());
+        for &n in &sizes {
+            values.push(buffer(gpu, n)?);
+            grads.push(buffer(gpu, n)?);
+        }
+        Ok(GpuActivations {
+            capacity,
+            input: gpu.stream().alloc_zeros(capacity * numel(ValueId(0)).max(1))?,
+            values,
+            grads,
+            saved,
+            indices,
+            scratch: buffer(gpu, scratch)?,
+            grad_tmp: gpu.stream().alloc_zeros(largest)?,
+            written: vec![false; graph.values.len()],
+            ones: gpu.upload(&[1.0f32])?,
+        })
+    }
+
+    /// Device bytes held by the plan.
+    pub fn bytes(&self) -> usize {
+        let f = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |s| s.len());
+        4 * (self.input.len()
+            + self.values.iter().map(f).sum::<usize>()
+            + self.grads.iter().map(f).sum::<usize>()
+            + self.saved.iter().map(f).sum::<usize>()
+            + self.indices.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
+            + f(&self.scratch)
+            + self.grad_tmp.len())
+    }
+}

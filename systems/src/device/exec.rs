@@ -1,0 +1,454 @@
+//! Forward and backward of a [`Graph`] on the device: the host executor ([`crate::graph::exec`]) op for op,
+//! with every kernel call replaced by its CUDA twin (`ops::<op>::cuda::<fn>`, same arguments) on
+//! [`GpuActivations`]. The gradient conventions are the host's: parameter gradients accumulate, a value read
+//! by several ops receives the sum of their gradients (the first writes, later ones go through `grad_tmp`
+//! and an add).
+//!
+//! Only the ops of [`super::support::op_supported`] are implemented; assembly rejects the others before a
+//! run starts, so meeting one here is a bug.
+
+use std::ops::Range;
+
+use ecstrain_components::{Graph, Mode, OpKind, ParamRef, ValueId};
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use ecstrain_kernels::cuda::{Gpu, GpuError};
+use ecstrain_kernels::ops;
+
+use super::acts::GpuActivations;
+use crate::graph::exec::{conv_geom, dropout_seed, pool_geom};
+
+/// The first `n` rows of value `v`: the uploaded batch for value 0, its planned buffer otherwise.
+fn rows<'a>(
+    graph: &Graph,
+    values: &'a [Option<CudaSlice<f32>>],
+    input: &'a CudaSlice<f32>,
+    v: ValueId,
+    n: usize,
+) -> CudaView<'a, f32> {
+    let len = n * graph.values[v.0].numel();
+    match v.0 {
+        0 => input.slice(..len),
+        i => values[i].as_ref().expect("every value a node reads was produced and planned").slice(..len),
+    }
+}
+
+fn unsupported(op: &OpKind) -> ! {
+    unreachable!("assembly rejects ops the CUDA executor does not run: {op:?}")
+}
+
+/// Runs the graph forward on the first `n` rows of `acts.input`; in training mode batch norms update their
+/// running statistics in `buffers` (the device buffer arena).
+#[allow(clippy::too_many_arguments)] // the buffers of one pass, as the host executor's
+pub fn forward(
+    gpu: &Gpu,
+    graph: &Graph,
+    params: &CudaSlice<f32>,
+    buffers: &mut CudaSlice<f32>,
+    acts: &mut GpuActivations,
+    n: usize,
+    mode: Mode,
+    seed: u64,
+) -> Result<(), GpuError> {
+    assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
+    let GpuActivations { input, values, saved, indices, scratch, ones, .. } = acts;
+    let numel = |v: ValueId| graph.values[v.0].numel();
+    let p = |r: &ParamRef| params.slice(r.slice.range());
+    for (idx, node) in graph.nodes.iter().enumerate() {
+        // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
+        let mut out_buf = values[node.output.0].take().expect("every produced value has a buffer");
+        let result = (|| -> Result<(), GpuError> {
+            let mut y = out_buf.slice_mut(..n * numel(node.output));
+            let read = |i: usize| rows(graph, values, input, node.inputs[i], n);
+            let x = read(0);
+            match &node.op {
+                OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
+                    let b = bias.as_ref().map(p);
+                    ops::linear::cuda::linear_forward(
+                        gpu,
+                        &mut y,
+                        &x,
+                        &p(weight),
+                        b.as_ref(),
+                        n * r,
+                        *in_features,
+                        *out_features,
+                    )
+                }
+                OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
+                    let g = conv_geom(spec, *in_hw, n);
+                    let b = bias.as_ref().map(p);
+                    let s = scratch.as_mut().expect("convolutions plan scratch");
+                    let mut col = s.slice_mut(..ops::conv2d::cuda::col_len(&g));
+                    ops::conv2d::cuda::conv2d_forward(gpu, &mut y, &x, &p(weight), b.as_ref(), &mut col, &g)
+                }
+                OpKind::MaxPool2d { spec, in_chw } => {
+                    let len = y.len();
+                    let mut am = indices[idx].as_mut().expect("max pools plan argmax").slice_mut(..len);
+                    ops::pool::cuda::max_pool2d_forward(gpu, &mut y, &mut am, &x, &pool_geom(spec, *in_chw, n))
+                }
+                OpKind::AvgPool2d { spec, in_chw } => {
+                    ops::pool::cuda::avg_pool2d_forward(gpu, &mut y, &x, &pool_geom(spec, *in_chw, n))
+                }
+                OpKind::GlobalAvgPool { in_chw: (c, h, w) } => {
+                    ops::pool::cuda::global_avg_pool_forward(gpu, &mut y, &x, n, *c, *h, *w)
+                }
+                OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
+                    ops::pool::cuda::adaptive_avg_pool2d_forward(gpu, &mut y, &x, n, *c, *h, *w, *oh, *ow)
+                }
+                OpKind::Reshape => Ok(gpu.stream().memcpy_dtod(&x, &mut y)?),
+                OpKind::Activation(act) => ops::activation::cuda::forward(gpu, *act, &mut y, &x),
+                OpKind::Dropout { p: prob } => {
+                    if mode == Mode::Train && *prob > 0.0 {
+                        let s = dropout_seed(seed, 0, node.output.0);
+                        ops::dropout::cuda::dropout_forward(gpu, &mut y, &x, *prob, s)
+                    } else {
+                        Ok(gpu.stream().memcpy_dtod(&x, &mut y)?)
+                    }
+                }
+                OpKind::BatchNorm2d { channels: c, hw, eps, momentum, weight, bias, stats } => {
+                    let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
+                    let mut st = buffers.slice_mut(stats.range());
+                    let (mut rm, mut rest) = st.split_at_mut(*c);
+                    let (mut rv, mut tracked) = rest.split_at_mut(*c);
+                    if mode == Mode::Train {
+                        let sv = saved[idx].as_mut().expect("batch norms plan saved statistics");
+                        let (mut sm, mut si) = sv.split_at_mut(*c);
+                        ops::batch_norm::cuda::batch_norm_forward_train(
+                            gpu,
+                            &mut y,
+                            &mut sm,
+                            &mut si,
+                            &mut rm,
+                            &mut rv,
+                            &x,
+                            w.as_ref(),
+                            b.as_ref(),
+                            n,
+                            *c,
+                            *hw,
+                            *eps,
+                            *momentum,
+                        )?;
+                        // num_batches_tracked += 1, on the device like the statistics it counts.
+                        ops::add::cuda::add_assign(gpu, &mut tracked.slice_mut(..1), &ones.slice(..1))
+                    } else {
+                        ops::batch_norm::cuda::batch_norm_forward_eval(
+                            gpu,
+                            &mut y,
+                            &x,
+                            &rm.slice(..),
+                            &rv.slice(..),
+                            w.as_ref(),
+                            b.as_ref(),
+                            n,
+                            *c,
+                            *hw,
+                            *eps,
+                        )
+                    }
+                }
+                OpKind::LayerNorm { dim, eps, weight, bias } => {
+                    let r = y.len() / dim;
+                    let sv = saved[idx].as_mut().expect("layer norms plan saved statistics");
+                    let half = sv.len() / 2;
+                    let (mut sm, mut sr) = sv.split_at_mut(half);
+                    let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
+                    ops::layer_norm::cuda::layer_norm_forward(
+                        gpu,
+                        &mut y,
+                        &mut sm.slice_mut(..r),
+                        &mut sr.slice_mut(..r),
+                        &x,
+                        w.as_ref(),
+                        b.as_ref(),
+                        r,
+                        *dim,
+                        *eps,
+                    )
+                }
+                OpKind::Softmax { dim } => {
+                    let r = y.len() / dim;
+                    ops::softmax::cuda::softmax_forward(gpu, &mut y, &x, r, *dim)
+                }
+                OpKind::Add => ops::add::cuda::add_forward(gpu, &mut y, &x, &read(1)),
+                op => unsupported(op),
+            }
+        })();
+        values[node.output.0] = Some(out_buf);
+        result?;
+    }
+    Ok(())
+}
+
+/// Calls `f` with the gradient views of a weight and its optional bias, both inside the gradient arena.
+fn with_weight_and_bias<R>(
+    grads: &mut CudaSlice<f32>,
+    w: Range<usize>,
+    b: Option<Range<usize>>,
+    f: impl FnOnce(&mut CudaViewMut<f32>, Option<&mut CudaViewMut<f32>>) -> R,
+) -> R {
+    match b {
+        None => f(&mut grads.slice_mut(w), None),
+        Some(b) if b.start >= w.end => {
+            let (mut lo, mut hi) = grads.split_at_mut(b.start);
+            let (mut dw, mut db) = (lo.slice_mut(w), hi.slice_mut(..b.len()));
+            f(&mut dw, Some(&mut db))
+        }
+        Some(b) => {
+            assert!(w.start >= b.end, "weight and bias slices overlap");
+            let (mut lo, mut hi) = grads.split_at_mut(w.start);
+            let (mut dw, mut db) = (hi.slice_mut(..w.len()), lo.slice_mut(b));
+            f(&mut dw, Some(&mut db))
+        }
+    }
+}
+
+/// Calls `f` with the gradient views of a norm's optional weight and bias.
+fn with_optional_pair<R>(
+    grads: &mut CudaSlice<f32>,
+    w: Option<&ParamRef>,
+    b: Option<&ParamRef>,
+    f: impl FnOnce(Option<&mut CudaViewMut<f32>>, Option<&mut CudaViewMut<f32>>) -> R,
+) -> R {
+    match (w, b) {
+        (Some(w), b) => with_weight_and_bias(grads, w.slice.range(), b.map(|b| b.slice.range()), |dw, db| f(Some(dw), db)),
+        (None, Some(b)) => f(None, Some(&mut grads.slice_mut(b.slice.range()))),
+        (None, None) => f(None, None),
+    }
+}
+
+/// Where an input's gradient goes during the backward (the host's `GradSink`, on device buffers).
+struct GradSink<'a> {
+    gpu: &'a Gpu,
+    dvals: &'a mut [Option<CudaSlice<f32>>],
+    tmp: &'a mut CudaSlice<f32>,
+    written: &'a mut [bool],
+}
+
+impl GradSink<'_> {
+    /// Calls `f` with the gradient view of value `v` (`len` elements), or `None` for the model input.
+    fn with(
+        &mut self,
+        v: ValueId,
+        len: usize,
+        f: impl FnOnce(Option<&mut CudaViewMut<f32>>) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        if v.0 == 0 {
+            f(None)
+        } else if self.written[v.0] {
+            f(Some(&mut self.tmp.slice_mut(..len)))?;
+            let dst = self.dvals[v.0].as_mut().expect("planned gradient");
+            ops::add::cuda::add_assign(self.gpu, &mut dst.slice_mut(..len), &self.tmp.slice(..len))
+        } else {
+            let dst = self.dvals[v.0].as_mut().expect("planned gradient");
+            f(Some(&mut dst.slice_mut(..len)))?;
+            self.written[v.0] = true;
+            Ok(())
+        }
+    }
+
+    /// Like [`Self::with`] for kernels that always write an input gradient: the model input's goes to the
+    /// staging buffer and is dropped.
+    fn with_required(
+        &mut self,
+        v: ValueId,
+        len: usize,
+        f: impl FnOnce(&mut CudaViewMut<f32>) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        if v.0 == 0 {
+            f(&mut self.tmp.slice_mut(..len))
+        } else {
+            self.with(v, len, |dx| f(dx.expect("not the input")))
+        }
+    }
+
+    /// Routes `dy` unchanged into `v`'s gradient (an identity's backward): a copy or an add.
+    fn pass_through(&mut self, v: ValueId, dy: &CudaView<f32>) -> Result<(), GpuError> {
+        if v.0 == 0 {
+            return Ok(());
+        }
+        let len = dy.len();
+        let dst = self.dvals[v.0].as_mut().expect("planned gradient");
+        if self.written[v.0] {
+            ops::add::cuda::add_assign(self.gpu, &mut dst.slice_mut(..len), dy)
+        } else {
+            self.gpu.stream().memcpy_dtod(dy, &mut dst.slice_mut(..len))?;
+            self.written[v.0] = true;
+            Ok(())
+        }
+    }
+
+    /// Hands the whole output gradient buffer on to `v` when `v` has none written yet and the buffers have
+    /// the same size (a swap instead of a copy); otherwise a copy or an add.
+    fn pass_through_owned(&mut self, v: ValueId, dy_buf: &mut CudaSlice<f32>, len: usize) -> Result<(), GpuError> {
+        if v.0 != 0 && !self.written[v.0] {
+            if let Some(dst) = self.dvals[v.0].as_mut() {
+                if dst.len() == dy_buf.len() {
+                    std::mem::swap(dst, dy_buf);
+                    self.written[v.0] = true;
+                    return Ok(());
+                }
+            }
+        }
+        self.pass_through(v, &dy_buf.slice(..len))
+    }
+}
+
+/// Runs the graph backward for `n` rows. The gradient of the loss with respect to the output is in
+/// `acts.grads[graph.output]` (copied up from the task); parameter gradients accumulate into `grads`.
+/// `seed` must be the one given to [`forward`] for the same micro-batch.
+#[allow(clippy::too_many_arguments)] // the buffers of one pass, as the host executor's
+pub fn backward(
+    gpu: &Gpu,
+    graph: &Graph,
+    params: &CudaSlice<f32>,
+    grads: &mut CudaSlice<f32>,
+    acts: &mut GpuActivations,
+    n: usize,
+    mode: Mode,
+    seed: u64,
+) -> Result<(), GpuError> {
+    let GpuActivations { input, values, grads: dvals, saved, indices, scratch, grad_tmp, written, .. } = acts;
+    let numel = |v: ValueId| graph.values[v.0].numel();
+    let p = |r: &ParamRef| params.slice(r.slice.range());
+    written.fill(false);
+    for (idx, node) in graph.nodes.iter().enumerate().rev() {
+        let mut dy_buf = dvals[node.output.0].take().expect("every produced value has a gradient buffer");
+        let out_len = n * numel(node.output);
+        let result = (|| -> Result<(), GpuError> {
+            let mut sink = GradSink { gpu, dvals, tmp: grad_tmp, written };
+            // Identity backwards hand the buffer itself on: the output gradient is read by no other node.
+            match node.op {
+                OpKind::Reshape => return sink.pass_through_owned(node.inputs[0], &mut dy_buf, out_len),
+                OpKind::Add => {
+                    sink.pass_through(node.inputs[0], &dy_buf.slice(..out_len))?;
+                    return sink.pass_through_owned(node.inputs[1], &mut dy_buf, out_len);
+                }
+                _ => {}
+            }
+            let dy = dy_buf.slice(..out_len);
+            let (xv, x) = (node.inputs[0], rows(graph, values, input, node.inputs[0], n));
+            let in_len = x.len();
+            match &node.op {
+                OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
+                    sink.with(xv, in_len, |dx| {
+                        with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
+                            ops::linear::cuda::linear_backward(
+                                gpu,
+                                dx,
+                                dw,
+                                db,
+                                &dy,
+                                &x,
+                                &p(weight),
+                                n * r,
+                                *in_features,
+                                *out_features,
+                            )
+                        })
+                    })
+                }
+                OpKind::Conv2d { spec, in_hw, weight, bias, .. } => sink.with(xv, in_len, |dx| {
+                    let g = conv_geom(spec, *in_hw, n);
+                    let s = scratch.as_mut().expect("convolutions plan scratch");
+                    let mut col = s.slice_mut(..ops::conv2d::cuda::col_len(&g));
+                    with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
+                        ops::conv2d::cuda::conv2d_backward(gpu, dx, dw, db, &dy, &x, &p(weight), &mut col, &g)
+                    })
+                }),
+                OpKind::MaxPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => {
+                        let am = indices[idx].as_ref().expect("max pools plan argmax").slice(..dy.len());
+                        ops::pool::cuda::max_pool2d_backward(gpu, dx, &dy, &am, &pool_geom(spec, *in_chw, n))
+                    }
+                    None => Ok(()),
+                }),
+                OpKind::AvgPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => ops::pool::cuda::avg_pool2d_backward(gpu, dx, &dy, &pool_geom(spec, *in_chw, n)),
+                    None => Ok(()),
+                }),
+                OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => sink.with(xv, in_len, |dx| {
+                    match dx {
+                        Some(dx) => {
+                            ops::pool::cuda::adaptive_avg_pool2d_backward(gpu, dx, &dy, n, *c, *h, *w, *oh, *ow)
+                        }
+                        None => Ok(()),
+                    }
+                }),
+                OpKind::GlobalAvgPool { in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => ops::pool::cuda::global_avg_pool_backward(gpu, dx, &dy, n, *c, *h, *w),
+                    None => Ok(()),
+                }),
+                OpKind::Softmax { dim } => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => {
+                        // The backward reads the forward's output (the probabilities), as PyTorch's does.
+                        let y = values[node.output.0].as_ref().expect("planned value").slice(..dy.len());
+                        ops::softmax::cuda::softmax_backward(gpu, dx, &dy, &y, dy.len() / dim, *dim)
+                    }
+                    None => Ok(()),
+                }),
+                OpKind::Activation(act) => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => ops::activation::cuda::backward(gpu, *act, dx, &dy, &x),
+                    None => Ok(()),
+                }),
+                OpKind::Dropout { p: prob } => {
+                    if mode == Mode::Train && *prob > 0.0 {
+                        let s = dropout_seed(seed, 0, node.output.0);
+                        sink.with(xv, in_len, |dx| match dx {
+                            Some(dx) => ops::dropout::cuda::dropout_backward(gpu, dx, &dy, *prob, s),
+                            None => Ok(()),
+                        })
+                    } else {
+                        sink.pass_through(xv, &dy)
+                    }
+                }
+                OpKind::BatchNorm2d { channels: c, hw, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
+                    let sv = saved[idx].as_ref().expect("batch norms plan saved statistics");
+                    let (sm, si) = sv.split_at(*c);
+                    let w = weight.as_ref().map(p);
+                    with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
+                        ops::batch_norm::cuda::batch_norm_backward(
+                            gpu,
+                            dx,
+                            dw,
+                            db,
+                            &dy,
+                            &x,
+                            &sm,
+                            &si.slice(..*c),
+                            w.as_ref(),
+                            n,
+                            *c,
+                            *hw,
+                        )
+                    })
+                }),
+                OpKind::LayerNorm { dim, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
+                    let r = dy.len() / dim;
+                    let sv = saved[idx].as_ref().expect("layer norms plan saved statistics");
+                    let (sm, sr) = sv.split_at(sv.len() / 2);
+                    let w = weight.as_ref().map(p);
+                    with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
+                        ops::layer_norm::cuda::layer_norm_backward(
+                            gpu,
+                            dx,
+                            dw,
+                            db,
+                            &dy,
+                            &x,
+                            &sm.slice(..r),
+                            &sr.slice(..r),
+                            w.as_ref(),
+                            r,
+                            *dim,
+                        )
+                    })
+                }),
+                op => unsupported(op),
+            }
+        })();
+        dvals[node.output.0] = Some(dy_buf);
+        result?;
+    }
+    Ok(())
+}

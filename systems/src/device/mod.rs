@@ -1,0 +1,33 @@
+//! Training on a CUDA device: the model's state and activations live on the GPU, the same graph runs there.
+//!
+//! What stays on the host: the data loader (batches are assembled on the CPU and copied up), the task's loss
+//! and metrics (the graph output is copied down and its gradient back up: a `[batch, outputs]` transfer per
+//! step), logging and checkpoints (the arenas are copied down before anything reads them on the host).
+//! What runs on the device: the graph forward and backward ([`exec`]), gradient zeroing and the fused
+//! optimizer update (one launch over the arenas).
+//!
+//! Every system here runs only when [`on_cuda`] holds; their CPU twins are gated by [`on_cpu`], so one
+//! schedule serves both devices.
+
+pub mod acts;
+pub mod exec;
+pub mod state;
+pub mod support;
+pub mod systems;
+
+use bevy_ecs::prelude::*;
+use ecstrain_kernels::Device;
+
+/// The device a run computes on (`run.device`), inserted by assembly.
+#[derive(Resource, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ComputeDevice(pub Device);
+
+/// Run condition: the run computes on the CPU (also when no device was set, as in unit tests).
+pub fn on_cpu(device: Option<Res<ComputeDevice>>) -> bool {
+    device.is_none_or(|d| d.0 == Device::Cpu)
+}
+
+/// Run condition: the run computes on a CUDA device.
+pub fn on_cuda(device: Option<Res<ComputeDevice>>) -> bool {
+    device.is_some_and(|d| matches!(d.0, Device::Cuda(_)))
+}

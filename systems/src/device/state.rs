@@ -1,0 +1,130 @@
+//! The run's state on the device: parameter, gradient, buffer and optimizer-state arenas (one contiguous
+//! allocation each, the host layout), the planned activations and the optimizer's segment table.
+//!
+//! The host arenas stay the copy that checkpoints, logging and resume read. Two flags keep the copies
+//! honest: `device_stale` (the host changed: assembly, resume, loaded weights; the next step uploads) and
+//! `host_stale` (the device trained; the arenas are copied down before validation ends, an epoch ends or
+//! the run ends, i.e. before anything on the host reads them).
+
+use std::sync::Arc;
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{Buffers, Graph, OptimizerState, Params};
+use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
+use ecstrain_kernels::cuda::{Gpu, GpuError, SegmentTable};
+
+use super::acts::GpuActivations;
+
+/// Device copies of the arenas and activations of one run.
+#[derive(Resource)]
+pub struct GpuState {
+    /// The device.
+    pub gpu: Arc<Gpu>,
+    /// Parameter arena (the host [`Params`] layout).
+    pub params: CudaSlice<f32>,
+    /// Gradient arena.
+    pub grads: CudaSlice<f32>,
+    /// Non-trainable buffers (batch-norm running statistics); at least one element so it always exists.
+    pub buffers: CudaSlice<f32>,
+    /// Optimizer state buffers by name, in the host order.
+    pub opt: Vec<(String, CudaSlice<f32>)>,
+    /// One segment per trainable parameter, refilled each optimizer step.
+    pub segments: SegmentTable,
+    /// Planned activations.
+    pub acts: GpuActivations,
+    /// A one-element buffer for kernel arguments a configuration never reads (AMSGrad's `vmax` without
+    /// AMSGrad), so no step allocates.
+    pub placeholder: CudaSlice<f32>,
+    /// The host arenas changed since the last upload.
+    pub device_stale: bool,
+    /// The device arenas changed since the last download.
+    pub host_stale: bool,
+}
+
+impl std::fmt::Debug for GpuState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuState").field("gpu", &self.gpu).field("params", &self.params.len()).finish_non_exhaustive()
+    }
+}
+
+impl GpuState {
+    /// Allocates every arena and the activation plan on `gpu` (contents are uploaded by the first step).
+    pub fn new(
+        gpu: Arc<Gpu>,
+        graph: &Graph,
+        params: &Params,
+        buffers: &Buffers,
+        opt: &OptimizerState,
+        trainable: usize,
+        capacity: usize,
+    ) -> Result<GpuState, GpuError> {
+        let s = gpu.stream().clone();
+        let n = params.0.len();
+        Ok(GpuState {
+            params: s.alloc_zeros(n.max(1))?,
+            grads: s.alloc_zeros(n.max(1))?,
+            buffers: s.alloc_zeros(buffers.arena.len().max(1))?,
+            opt: opt
+                .buffers
+                .iter()
+                .map(|(name, a)| Ok((name.clone(), s.alloc_zeros(a.len().max(1))?)))
+                .collect::<Result<_, GpuError>>()?,
+            segments: SegmentTable::new(&gpu, trainable)?,
+            acts: GpuActivations::plan(&gpu, graph, capacity)?,
+            placeholder: s.alloc_zeros(1)?,
+            gpu,
+            device_stale: true,
+            host_stale: false,
+        })
+    }
+
+    /// Copies the host arenas up (gradients are zeroed: a step starts from an empty accumulation window).
+    pub fn upload(&mut self, params: &Params, buffers: &Buffers, opt: &OptimizerState) -> Result<(), GpuError> {
+        let s = self.gpu.stream().clone();
+        let n = params.0.len();
+        s.memcpy_htod(&params.0.data[..], &mut self.params.slice_mut(..n))?;
+        s.memset_zeros(&mut self.grads)?;
+        let nb = buffers.arena.len();
+        if nb > 0 {
+            s.memcpy_htod(&buffers.arena.data[..], &mut self.buffers.slice_mut(..nb))?;
+        }
+        for ((name, host), (dname, dev)) in opt.buffers.iter().zip(self.opt.iter_mut()) {
+            debug_assert_eq!(name, dname);
+            if !host.is_empty() {
+                s.memcpy_htod(&host.data[..], &mut dev.slice_mut(..host.len()))?;
+            }
+        }
+        self.device_stale = false;
+        Ok(())
+    }
+
+    /// Copies the device arenas down into the host ones (waits for the stream).
+    pub fn download(
+        &mut self,
+        params: &mut Params,
+        buffers: &mut Buffers,
+        opt: &mut OptimizerState,
+    ) -> Result<(), GpuError> {
+        let s = self.gpu.stream().clone();
+        let n = params.0.len();
+        s.memcpy_dtoh(&self.params.slice(..n), &mut params.0.data[..])?;
+        let nb = buffers.arena.len();
+        if nb > 0 {
+            s.memcpy_dtoh(&self.buffers.slice(..nb), &mut buffers.arena.data[..])?;
+        }
+        for ((_, host), (_, dev)) in opt.buffers.iter_mut().zip(self.opt.iter()) {
+            let len = host.len();
+            if len > 0 {
+                s.memcpy_dtoh(&dev.slice(..len), &mut host.data[..])?;
+            }
+        }
+        s.synchronize()?;
+        self.host_stale = false;
+        Ok(())
+    }
+
+    /// The optimizer state buffer called `name`.
+    pub fn opt_buffer(&mut self, name: &str) -> Option<&mut CudaSlice<f32>> {
+        self.opt.iter_mut().find(|(n, _)| n == name).map(|(_, b)| b)
+    }
+}
