@@ -68,6 +68,8 @@ pub enum Command {
     /// Dataset tools: pack an image folder into .npy shards, benchmark a config's input pipeline.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),
+    /// Kernel throughput on a device beside its measured ceilings (copy bandwidth, GEMM rate).
+    Bench(crate::bench_cmd::BenchArgs),
 }
 
 /// The app `engine` runs: every built-in plugin.
@@ -136,6 +138,7 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Some(Command::Data(d)) => crate::data_cmd::run(&d),
+        Some(Command::Bench(b)) => crate::bench_cmd::run(&b),
         Some(Command::List) => {
             for (kind, entries) in default_app().registry.listing() {
                 println!("{kind}:");

@@ -56,3 +56,18 @@ pub fn install(world: &mut World, device: Device, capacity: usize) -> Result<(),
     world.insert_resource(ComputeDevice(device));
     Ok(())
 }
+
+/// `engine bench --device cuda[:N]`: the device kernels beside the measured copy bandwidth and cuBLAS rate.
+pub fn bench(device: Device, elements: Option<usize>) -> Result<(), String> {
+    let Device::Cuda(ordinal) = device else { return Ok(()) };
+    let gpu = Gpu::open(ordinal).map_err(|e| e.to_string())?;
+    println!(
+        "device cuda:{ordinal} ({}, compute {}.{}, {} SMs, {:.1} GiB)",
+        gpu.info.name,
+        gpu.info.compute_capability.0,
+        gpu.info.compute_capability.1,
+        gpu.info.multiprocessors,
+        gpu.info.total_mem as f64 / (1u64 << 30) as f64
+    );
+    ecstrain_kernels::cuda::bench::print_benchmarks(&gpu, elements.unwrap_or(64 << 20)).map_err(|e| e.to_string())
+}

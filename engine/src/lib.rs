@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod assemble;
+pub mod bench_cmd;
 pub mod cli;
 pub mod config;
 pub mod cuda_run;

@@ -5,6 +5,7 @@
 //! Each op lives in its own module under [`ops`] with its CPU kernel and its tests (values, a finite-difference
 //! gradient check and a float64 reference check); CUDA sources will sit next to them.
 
+pub mod bench;
 pub mod cuda;
 pub mod device;
 pub mod dtype;

@@ -1,0 +1,43 @@
+//! `engine bench [--device cpu|cuda[:N]] [--elements N]`: kernel throughput on a device beside its measured
+//! ceilings (copy bandwidth for memory-bound kernels, a large GEMM for matrix products).
+
+use clap::Args;
+use ecstrain_kernels::Device;
+
+use crate::error::EngineError;
+
+/// Arguments of `engine bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Device to measure: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Elements per memory-bound kernel (default 16M on the CPU, 64M on a GPU).
+    #[arg(long)]
+    pub elements: Option<usize>,
+}
+
+/// Runs the kernel benchmarks and prints one line per kernel.
+pub fn run(args: &BenchArgs) -> Result<(), EngineError> {
+    let usage = |m: String| EngineError::Usage(format!("engine bench: {m}"));
+    let device = Device::parse(&args.device).map_err(|e| usage(format!("--device: {e}")))?;
+    if args.elements == Some(0) {
+        return Err(usage("--elements must be at least 1".into()));
+    }
+    match device {
+        Device::Cpu => {
+            let n = args.elements.unwrap_or(16 << 20);
+            println!("device cpu, {} threads, {n} elements per memory-bound kernel", rayon::current_num_threads());
+            let (copy, gemm) = ecstrain_kernels::bench::cpu_ceilings(n);
+            println!("ceilings: {:.1} GB/s copy, {:.1} GFLOP/s {}", copy.gb_per_s(), gemm.gflop_per_s(), gemm.name);
+            for row in ecstrain_kernels::bench::cpu_kernels(n) {
+                println!("{}", row.line(copy.gb_per_s(), gemm.gflop_per_s()));
+            }
+            Ok(())
+        }
+        Device::Cuda(_) => {
+            device.ensure_available().map_err(|e| usage(format!("--device: {e}")))?;
+            crate::cuda_run::bench(device, args.elements).map_err(EngineError::Run)
+        }
+    }
+}
