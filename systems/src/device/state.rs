@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Buffers, Graph, OptimizerState, Params};
-use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
 use ecstrain_kernels::cuda::{Gpu, GpuError, SegmentTable};
 
 use super::acts::GpuActivations;
@@ -32,6 +32,10 @@ pub struct GpuState {
     pub segments: SegmentTable,
     /// Planned activations.
     pub acts: GpuActivations,
+    /// Page-locked staging for the batch input (`[capacity, input_len]`): the copy up runs asynchronously
+    /// on the copy stream, overlapping whatever the compute stream still has queued (the previous step's
+    /// optimizer); cudarc's per-buffer events order it against the kernels that read the input.
+    pub pinned_input: PinnedHostSlice<f32>,
     /// A one-element buffer for kernel arguments a configuration never reads (AMSGrad's `vmax` without
     /// AMSGrad), so no step allocates.
     pub placeholder: CudaSlice<f32>,
@@ -47,6 +51,11 @@ impl std::fmt::Debug for GpuState {
     }
 }
 
+/// Elements of the planned input buffer: `[capacity, numel(input)]`, at least one.
+fn acts_input_len(graph: &Graph, capacity: usize) -> usize {
+    (capacity * graph.values[0].numel()).max(1)
+}
+
 impl GpuState {
     /// Allocates every arena and the activation plan on `gpu` (contents are uploaded by the first step).
     pub fn new(
@@ -60,7 +69,11 @@ impl GpuState {
     ) -> Result<GpuState, GpuError> {
         let s = gpu.stream().clone();
         let n = params.0.len();
+        let input_len = acts_input_len(graph, capacity);
+        // SAFETY: the staging buffer is written (the batch copied in) before every copy that reads it.
+        let pinned_input = unsafe { gpu.context().alloc_pinned::<f32>(input_len) }?;
         Ok(GpuState {
+            pinned_input,
             params: s.alloc_zeros(n.max(1))?,
             grads: s.alloc_zeros(n.max(1))?,
             buffers: s.alloc_zeros(buffers.arena.len().max(1))?,

@@ -61,13 +61,20 @@ pub fn gpu_sync_down(
     }
 }
 
-/// Preprocess: copies the batch's inputs into the device input buffer.
+/// Preprocess: stages the batch's inputs in page-locked memory and copies them up on the copy stream.
 pub fn gpu_upload_batch(mut gpu: ResMut<GpuState>, batch: Res<Batch>, mut failure: ResMut<RunFailure>) {
     let len = batch.size * batch.input_len;
-    let gpu = &mut *gpu;
-    let stream = gpu.gpu.stream().clone();
-    if let Err(e) = stream.memcpy_htod(&batch.inputs[..len], &mut gpu.acts.input.slice_mut(..len)) {
-        fail(&mut failure, "batch upload", e.into());
+    let g = &mut *gpu;
+    let run = || -> Result<(), GpuError> {
+        // Waits for the previous copy out of the staging buffer (long done: a whole step ago).
+        let staging = g.pinned_input.as_mut_slice()?;
+        staging[..len].copy_from_slice(&batch.inputs[..len]);
+        // The whole planned input: rows past the batch are stale and never read.
+        g.gpu.copy_stream().memcpy_htod(&g.pinned_input, &mut g.acts.input)?;
+        Ok(())
+    };
+    if let Err(e) = run() {
+        fail(&mut failure, "batch upload", e);
     }
 }
 
