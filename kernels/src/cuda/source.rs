@@ -12,7 +12,28 @@ pub struct KernelSource {
 }
 
 /// Every kernel source of the crate, one per op (the NVRTC compile test walks this list).
-pub static ALL: &[&KernelSource] = &[&crate::ops::activation::CUDA, &crate::optim::adam::CUDA];
+pub static ALL: &[&KernelSource] = &[
+    &crate::ops::activation::CUDA,
+    &crate::optim::adam::CUDA,
+    // helper nn (layer ops)
+    &crate::ops::bias_add::CUDA,
+    &crate::ops::add::CUDA,
+    &crate::ops::softmax_cross_entropy::CUDA,
+    &crate::ops::mse::CUDA,
+    &crate::ops::conv2d::CUDA,
+    &crate::ops::pool::CUDA,
+    &crate::ops::batch_norm::CUDA,
+    &crate::ops::dropout::CUDA,
+    &crate::ops::layer_norm::CUDA,
+    &crate::ops::softmax::CUDA,
+    &crate::ops::attention::CUDA,
+    &crate::ops::embedding::CUDA,
+    &crate::ops::permute::CUDA,
+    &crate::ops::upsample::CUDA,
+    &crate::ops::linear_act::CUDA,
+    &crate::ops::concat::CUDA,
+    &crate::ops::vector_quantize::CUDA,
+];
 
 /// `ptxas` for the optional assembly check: `ECSTRAIN_PTXAS`, `ptxas` on `PATH`, the toolkit's, or the pip
 /// wheel's `nvidia/cuda_nvcc/bin/ptxas` next to a `nvidia/cuda_nvrtc/lib` on `LD_LIBRARY_PATH`.

@@ -28,6 +28,17 @@ pub fn add_assign<T: Float>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// The CUDA kernels of this op (`add.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "add",
+    code: include_str!("add.cu"),
+    kernels: &["add_forward_f32", "add_assign_f32"],
+};
+
+/// Host side of `add.cu`.
+#[path = "add_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

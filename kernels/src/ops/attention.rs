@@ -469,6 +469,17 @@ pub fn merge_heads_backward<T: Float>(dinp: &mut [T], dout: &[T], b: usize, h: u
     split_heads(dinp, dout, b, h, t, d);
 }
 
+/// The CUDA row kernels of attention (`attention.cu`: the masked softmax and its backward).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "attention",
+    code: include_str!("attention.cu"),
+    kernels: &["attn_softmax_f32", "attn_softmax_backward_f32"],
+};
+
+/// Host side of attention on the GPU (cuBLAS + `attention.cu`).
+#[path = "attention_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

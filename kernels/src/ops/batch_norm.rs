@@ -326,6 +326,17 @@ pub fn batch_norm_backward<T: Float>(
     }
 }
 
+/// The CUDA kernels of batch normalisation (`batch_norm.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "batch_norm",
+    code: include_str!("batch_norm.cu"),
+    kernels: &["bn_forward_train_f32", "bn_forward_eval_f32", "bn_backward_f32"],
+};
+
+/// Host side of `batch_norm.cu`.
+#[path = "batch_norm_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,17 @@ pub fn bias_add_backward<T: Float>(dbias: &mut [T], dout: &[T], b: usize, n: usi
     }
 }
 
+/// The CUDA kernels of this op (`bias_add.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "bias_add",
+    code: include_str!("bias_add.cu"),
+    kernels: &["bias_add_forward_f32", "bias_add_backward_f32"],
+};
+
+/// Host side of `bias_add.cu`.
+#[path = "bias_add_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

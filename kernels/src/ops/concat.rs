@@ -134,6 +134,14 @@ pub fn concat_backward<T: Float>(
     Ok(())
 }
 
+/// The CUDA kernel of concatenation (`concat.cu`: a strided block copy).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "concat", code: include_str!("concat.cu"), kernels: &["strided_copy_f32"] };
+
+/// Host side of `concat.cu`.
+#[path = "concat_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

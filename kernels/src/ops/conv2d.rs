@@ -634,6 +634,17 @@ fn bias_grad<T: Float>(dbias: &mut [T], dout: &[T], n: usize, oc: usize, p: usiz
     }
 }
 
+/// The CUDA kernels of the convolution (`conv2d.cu`: im2col, col2im, bias add and bias gradient).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "conv2d",
+    code: include_str!("conv2d.cu"),
+    kernels: &["conv_im2col_f32", "conv_col2im_f32", "conv_bias_add_f32", "conv_bias_grad_f32"],
+};
+
+/// Host side of the convolution on the GPU (cuBLAS + `conv2d.cu`).
+#[path = "conv2d_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

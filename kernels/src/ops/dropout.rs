@@ -81,6 +81,14 @@ pub fn dropout_backward<T: Float>(dinp: &mut [T], dout: &[T], p: f64, seed: u64)
     dropout_forward(dinp, dout, p, seed);
 }
 
+/// The CUDA kernel of dropout (`dropout.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "dropout", code: include_str!("dropout.cu"), kernels: &["dropout_f32"] };
+
+/// Host side of `dropout.cu`.
+#[path = "dropout_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,17 @@ pub fn embedding_backward<T: Float>(dtable: &mut [T], dout: &[T], ids: &[i64], v
     }
 }
 
+/// The CUDA kernels of the embedding (`embedding.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "embedding",
+    code: include_str!("embedding.cu"),
+    kernels: &["embedding_forward_f32", "embedding_backward_f32"],
+};
+
+/// Host side of `embedding.cu`.
+#[path = "embedding_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,3 +118,7 @@ pub(crate) fn gemm_strided<T: Float>(
         );
     }
 }
+
+/// Host side of the GPU matrix products (cuBLAS).
+#[path = "gemm_cuda.rs"]
+pub mod cuda;

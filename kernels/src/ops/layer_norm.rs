@@ -407,6 +407,17 @@ fn param_grads_row_split<T: Float>(dw: Option<&mut [T]>, db: Option<&mut [T]>, c
     add_block(dw, db, &total);
 }
 
+/// The CUDA kernels of layer normalisation (`layer_norm.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "layer_norm",
+    code: include_str!("layer_norm.cu"),
+    kernels: &["ln_forward_f32", "ln_backward_input_f32", "ln_backward_params_f32"],
+};
+
+/// Host side of `layer_norm.cu`.
+#[path = "layer_norm_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,10 @@ pub fn linear_backward<T: Float>(
     }
 }
 
+/// Host side of the linear layer on the GPU (cuBLAS + the bias kernels).
+#[path = "linear_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,18 @@ fn inplace_body<T: Float, const ACT: u8>(d: &mut [T], pre: &[T]) {
 }
 crate::multiversion!(fn inplace<T: Float; const ACT: u8>(d: &mut [T], pre: &[T]) => inplace_body);
 
+/// The CUDA kernel of the fused backward (`linear_act.cu`, compiled after `activation.cu`, whose device
+/// functions it uses).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "linear_act",
+    code: concat!(include_str!("activation.cu"), "\n", include_str!("linear_act.cu")),
+    kernels: &["act_backward_inplace_f32"],
+};
+
+/// Host side of the fused linear + activation on the GPU.
+#[path = "linear_act_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

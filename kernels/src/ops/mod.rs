@@ -39,6 +39,9 @@ pub mod vector_quantize;
 pub(crate) mod par;
 
 #[cfg(test)]
+pub(crate) mod cuda_test_util;
+
+#[cfg(test)]
 pub(crate) mod gradcheck;
 
 pub use bias_add::{bias_add_backward, bias_add_forward};

@@ -251,6 +251,14 @@ fn gather_rows<T: Float>(out: &mut [T], first_row: usize, inp: &[T], dims: &[usi
     }
 }
 
+/// The CUDA kernel of the permutations (`permute.cu`: a strided gather).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "permute", code: include_str!("permute.cu"), kernels: &["strided_gather_f32"] };
+
+/// Host side of `permute.cu`.
+#[path = "permute_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -450,6 +450,24 @@ pub fn global_avg_pool_backward<T: Float>(dinp: &mut [T], dout: &[T], n: usize, 
     adaptive_avg_pool2d_backward(dinp, dout, n, c, h, w, 1, 1);
 }
 
+/// The CUDA kernels of the pools (`pool.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "pool",
+    code: include_str!("pool.cu"),
+    kernels: &[
+        "max_pool_forward_f32",
+        "max_pool_backward_f32",
+        "avg_pool_forward_f32",
+        "avg_pool_backward_f32",
+        "adaptive_avg_pool_forward_f32",
+        "adaptive_avg_pool_backward_f32",
+    ],
+};
+
+/// Host side of `pool.cu`.
+#[path = "pool_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -237,6 +237,17 @@ pub fn log_softmax_backward<T: Float>(dinp: &mut [T], dout: &[T], out: &[T], row
     });
 }
 
+/// The CUDA kernels of softmax and log-softmax (`softmax.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "softmax",
+    code: include_str!("softmax.cu"),
+    kernels: &["softmax_forward_f32", "softmax_backward_f32", "log_softmax_forward_f32", "log_softmax_backward_f32"],
+};
+
+/// Host side of `softmax.cu`.
+#[path = "softmax_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,6 +104,17 @@ pub fn upsample_nearest2d_backward<T: Float>(
     });
 }
 
+/// The CUDA kernels of nearest upsampling (`upsample.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "upsample",
+    code: include_str!("upsample.cu"),
+    kernels: &["upsample_nearest_forward_f32", "upsample_nearest_backward_f32"],
+};
+
+/// Host side of `upsample.cu`.
+#[path = "upsample_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

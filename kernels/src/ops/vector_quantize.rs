@@ -262,6 +262,17 @@ pub fn vq_backward<T: Float>(
     }
 }
 
+/// The CUDA kernels of vector quantisation (`vector_quantize.cu`).
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "vector_quantize",
+    code: include_str!("vector_quantize.cu"),
+    kernels: &["vq_nearest_f32", "vq_stats_f32", "vq_backward_dz_f32", "vq_backward_codebook_f32"],
+};
+
+/// Host side of `vector_quantize.cu`.
+#[path = "vector_quantize_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,67 @@
+//! Host side of `add.cu`: the GPU twins of [`add_forward`](super::add_forward) and
+//! [`add_assign`](super::add_assign), bit-identical to them.
+
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::CUDA;
+use crate::cuda::{Gpu, GpuError};
+
+/// `out = a + b` on the GPU (overwrites `out`). out, a, b: [N].
+pub fn add_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, a: &CudaView<f32>, b: &CudaView<f32>) -> Result<(), GpuError> {
+    let n = out.len();
+    assert!(a.len() == n && b.len() == n, "add_forward: out, a and b differ in length");
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&CUDA, "add_forward_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(out).arg(a).arg(b).arg(&n);
+    // SAFETY: (float*, const float*, const float*, size_t); every buffer holds n elements.
+    unsafe { l.launch(gpu.elementwise(n)) }?;
+    Ok(())
+}
+
+/// `dst += src` on the GPU. dst, src: [N].
+pub fn add_assign(gpu: &Gpu, dst: &mut CudaViewMut<f32>, src: &CudaView<f32>) -> Result<(), GpuError> {
+    let n = dst.len();
+    assert_eq!(src.len(), n, "add_assign: dst and src differ in length");
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&CUDA, "add_assign_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(dst).arg(src).arg(&n);
+    // SAFETY: (float*, const float*, size_t); both buffers hold n elements.
+    unsafe { l.launch(gpu.elementwise(n)) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    /// Both ops equal the CPU bit for bit (one f32 addition per element), on sizes that are not multiples
+    /// of the block, one element included.
+    #[test]
+    fn add_matches_cpu_bitwise() {
+        let Some(gpu) = gpu_or_skip("add_matches_cpu_bitwise") else { return };
+        let mut rng = seeded("add_matches_cpu_bitwise");
+        for n in [1usize, 255, 100_003] {
+            let a = rand_vec(&mut rng, n, -3.0, 3.0);
+            let b = rand_vec(&mut rng, n, -3.0, 3.0);
+            let mut want = vec![0.0f32; n];
+            super::super::add_forward(&mut want, &a, &b);
+            let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+            let mut out = poisoned(gpu, n).unwrap();
+            add_forward(gpu, &mut out.as_view_mut(), &da.as_view(), &db.as_view()).unwrap();
+            assert_bitwise(&format!("add_forward n{n}"), &gpu.download(&out).unwrap(), &want);
+            let mut acc = a.clone();
+            super::super::add_assign(&mut acc, &b);
+            let mut dacc = gpu.upload(&a).unwrap();
+            add_assign(gpu, &mut dacc.as_view_mut(), &db.as_view()).unwrap();
+            assert_bitwise(&format!("add_assign n{n}"), &gpu.download(&dacc).unwrap(), &acc);
+        }
+    }
+}

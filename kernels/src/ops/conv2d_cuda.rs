@@ -1,0 +1,316 @@
+//! Host side of `conv2d.cu`: the GPU twins of [`conv2d_forward`](super::conv2d_forward) and
+//! [`conv2d_backward`](super::conv2d_backward), lowered to cuBLAS as on the CPU.
+//!
+//! The caller's `col` scratch (at least [`Conv2dGeom::col_len`](super::Conv2dGeom::col_len) elements, as on
+//! the CPU) holds the column matrices of `S = col.len() / (Kg*P)` samples of one group at a time (at least
+//! min(N, 8)), so each group's product is one strided-batched GEMM over those samples with the weight shared
+//! (stride 0):
+//! - forward: im2col, then `out_g[s] = W_g @ col[s]`; then the bias is added;
+//! - weight gradient: im2col, then `dW_g += dout_g[s] @ col[s]^T` sample by sample (a sum over samples, so
+//!   one GEMM each, accumulating);
+//! - input gradient: `dcol[s] = W_g^T @ dout_g[s]` (batched), then col2im gathers it into `dinp` (overwrite);
+//! - bias gradient: one block per channel sums `dout` over samples and pixels.
+//!
+//! 1x1 stride-1 unpadded convolutions skip im2col / col2im: the input (or its gradient) is the column
+//! matrix.
+
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{Conv2dGeom, CUDA};
+use crate::cuda::launch::BLOCK;
+use crate::cuda::{Gpu, GpuError};
+use crate::ops::gemm::cuda::gemm_strided_batched;
+
+/// The geometry as the kernels read it (`struct ConvDims` in conv2d.cu: same fields, same order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct ConvDims {
+    c: i64,
+    h: i64,
+    w: i64,
+    oc: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    dh: i64,
+    dw: i64,
+    oh: i64,
+    ow: i64,
+    cg: i64,
+    kg: i64,
+    p: i64,
+}
+
+// SAFETY: plain `repr(C)` i64 fields, the layout of `struct ConvDims` in conv2d.cu.
+unsafe impl DeviceRepr for ConvDims {}
+
+/// Sizes of one convolution, derived once per call.
+struct Plan {
+    dims: ConvDims,
+    /// C*H*W and OC*P: one sample of the input and of the output.
+    in_len: usize,
+    out_len: usize,
+    /// Cg*H*W and OCg*P: one group of one sample.
+    gin: usize,
+    gout: usize,
+    ocg: usize,
+    kg: usize,
+    p: usize,
+    /// Samples whose column matrices fit `col` at once.
+    chunk: usize,
+    pointwise: bool,
+}
+
+fn plan(g: &Conv2dGeom, col_len: usize, what: &str) -> Plan {
+    let d = g.dims_or_panic();
+    assert!(col_len >= g.col_len(), "{what}: col must hold at least col_len() = {} elements", g.col_len());
+    let i = |v: usize| v as i64;
+    let dims = ConvDims {
+        c: i(g.c),
+        h: i(g.h),
+        w: i(g.w),
+        oc: i(g.oc),
+        kh: i(g.kh),
+        kw: i(g.kw),
+        sh: i(g.stride.0),
+        sw: i(g.stride.1),
+        ph: i(g.padding.0),
+        pw: i(g.padding.1),
+        dh: i(g.dilation.0),
+        dw: i(g.dilation.1),
+        oh: i(d.oh),
+        ow: i(d.ow),
+        cg: i(d.cg),
+        kg: i(d.kg),
+        p: i(d.p),
+    };
+    Plan {
+        dims,
+        in_len: g.c * g.h * g.w,
+        out_len: g.oc * d.p,
+        gin: d.cg * g.h * g.w,
+        gout: d.ocg * d.p,
+        ocg: d.ocg,
+        kg: d.kg,
+        p: d.p,
+        chunk: (col_len / d.col_slot.max(1)).clamp(1, g.n.max(1)),
+        pointwise: g.is_pointwise(),
+    }
+}
+
+/// Launches `kernel` (im2col or col2im) over `elems` elements for `samples` samples of group `gi`.
+#[allow(clippy::too_many_arguments)]
+fn lower(
+    gpu: &Gpu,
+    kernel: &'static str,
+    dst: &mut CudaViewMut<f32>,
+    src: &CudaView<f32>,
+    samples: usize,
+    gi: usize,
+    pl: &Plan,
+    elems: usize,
+) -> Result<(), GpuError> {
+    let f = gpu.function(&CUDA, kernel)?;
+    let gi = gi as i32;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(dst).arg(src).arg(&samples).arg(&gi).arg(&pl.dims);
+    // SAFETY: (float*, const float*, size_t, int, ConvDims) as declared; the caller sliced dst and src to
+    // start at the chunk's first sample, and they hold the `samples` samples the kernel indexes.
+    unsafe { l.launch(gpu.elementwise(elems)) }?;
+    Ok(())
+}
+
+/// Convolution forward on the GPU (overwrites `out`).
+///
+/// out: [N, OC, OH, OW], inp: [N, C, H, W], weight: [OC, C/groups, KH, KW], bias: `[OC]` or None, col:
+/// scratch of at least [`Conv2dGeom::col_len`](super::Conv2dGeom::col_len) elements (clobbered). Panics on
+/// an invalid geometry or wrong lengths, as the CPU does.
+pub fn conv2d_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    weight: &CudaView<f32>,
+    bias: Option<&CudaView<f32>>,
+    col: &mut CudaViewMut<f32>,
+    g: &Conv2dGeom,
+) -> Result<(), GpuError> {
+    let pl = plan(g, col.len(), "conv2d_forward");
+    assert_eq!(out.len(), g.n * pl.out_len, "conv2d_forward: out must be [N, OC, OH, OW]");
+    assert_eq!(inp.len(), g.n * pl.in_len, "conv2d_forward: inp must be [N, C, H, W]");
+    assert_eq!(weight.len(), g.oc * pl.kg, "conv2d_forward: weight must be [OC, C/groups, KH, KW]");
+    if g.n == 0 {
+        return Ok(());
+    }
+    let wg = pl.ocg * pl.kg;
+    for n0 in (0..g.n).step_by(pl.chunk) {
+        let s = pl.chunk.min(g.n - n0);
+        for gi in 0..g.groups {
+            let w_g = weight.slice(gi * wg..(gi + 1) * wg);
+            let mut o = out.slice_mut(n0 * pl.out_len + gi * pl.gout..);
+            if pl.pointwise {
+                let x = inp.slice(n0 * pl.in_len + gi * pl.gin..);
+                gemm_strided_batched(gpu, s, pl.ocg, pl.p, pl.kg, &w_g, false, 0, &x, false, pl.in_len, &mut o, pl.out_len, 1.0, 0.0)?;
+            } else {
+                let x = inp.slice(n0 * pl.in_len..);
+                lower(gpu, "conv_im2col_f32", col, &x, s, gi, &pl, s * pl.kg * pl.p)?;
+                let cv = col.slice(..);
+                gemm_strided_batched(gpu, s, pl.ocg, pl.p, pl.kg, &w_g, false, 0, &cv, false, pl.kg * pl.p, &mut o, pl.out_len, 1.0, 0.0)?;
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), g.oc, "conv2d_forward: bias must be [OC]");
+        let total = out.len();
+        let f = gpu.function(&CUDA, "conv_bias_add_f32")?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(out).arg(bias).arg(&total).arg(&g.oc).arg(&pl.p);
+        // SAFETY: (float*, const float*, size_t, size_t, size_t); out holds total = N*OC*P, bias OC elements.
+        unsafe { l.launch(gpu.elementwise(total)) }?;
+    }
+    Ok(())
+}
+
+/// Convolution backward on the GPU.
+///
+/// dout: [N, OC, OH, OW], inp: [N, C, H, W], weight: [OC, C/groups, KH, KW]; dinp: [N, C, H, W]
+/// (overwritten; None when not needed), dweight (accumulated `+=`), dbias: `[OC]` (accumulated; None
+/// without a bias), col: scratch of at least [`Conv2dGeom::col_len`](super::Conv2dGeom::col_len) elements.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    gpu: &Gpu,
+    dinp: Option<&mut CudaViewMut<f32>>,
+    dweight: &mut CudaViewMut<f32>,
+    dbias: Option<&mut CudaViewMut<f32>>,
+    dout: &CudaView<f32>,
+    inp: &CudaView<f32>,
+    weight: &CudaView<f32>,
+    col: &mut CudaViewMut<f32>,
+    g: &Conv2dGeom,
+) -> Result<(), GpuError> {
+    let pl = plan(g, col.len(), "conv2d_backward");
+    assert_eq!(dout.len(), g.n * pl.out_len, "conv2d_backward: dout must be [N, OC, OH, OW]");
+    assert_eq!(inp.len(), g.n * pl.in_len, "conv2d_backward: inp must be [N, C, H, W]");
+    assert_eq!(weight.len(), g.oc * pl.kg, "conv2d_backward: weight must be [OC, C/groups, KH, KW]");
+    assert_eq!(dweight.len(), g.oc * pl.kg, "conv2d_backward: dweight must be [OC, C/groups, KH, KW]");
+    if let Some(dinp) = &dinp {
+        assert_eq!(dinp.len(), g.n * pl.in_len, "conv2d_backward: dinp must be [N, C, H, W]");
+    }
+    if let Some(dbias) = &dbias {
+        assert_eq!(dbias.len(), g.oc, "conv2d_backward: dbias must be [OC]");
+    }
+    if g.n == 0 {
+        return Ok(());
+    }
+    if let Some(dbias) = dbias {
+        let f = gpu.function(&CUDA, "conv_bias_grad_f32")?;
+        let cfg = LaunchConfig { grid_dim: (g.oc.min(1 << 16) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(dbias).arg(dout).arg(&g.n).arg(&g.oc).arg(&pl.p);
+        // SAFETY: (float*, const float*, size_t, size_t, size_t); dbias holds OC, dout N*OC*P elements.
+        unsafe { l.launch(cfg) }?;
+    }
+    let wg = pl.ocg * pl.kg;
+    let mut dinp = dinp;
+    for n0 in (0..g.n).step_by(pl.chunk) {
+        let s = pl.chunk.min(g.n - n0);
+        for gi in 0..g.groups {
+            // Weight gradient: dW_g += dout_g[i] @ col[i]^T, one sample at a time (they all add into dW_g).
+            if !pl.pointwise {
+                lower(gpu, "conv_im2col_f32", col, &inp.slice(n0 * pl.in_len..), s, gi, &pl, s * pl.kg * pl.p)?;
+            }
+            let mut dw_g = dweight.slice_mut(gi * wg..(gi + 1) * wg);
+            for i in 0..s {
+                let go = dout.slice((n0 + i) * pl.out_len + gi * pl.gout..);
+                let x = if pl.pointwise {
+                    inp.slice((n0 + i) * pl.in_len + gi * pl.gin..)
+                } else {
+                    col.slice(i * pl.kg * pl.p..)
+                };
+                gemm_strided_batched(gpu, 1, pl.ocg, pl.kg, pl.p, &go, false, 0, &x, true, 0, &mut dw_g, 0, 1.0, 1.0)?;
+            }
+            // Input gradient: dcol[i] = W_g^T @ dout_g[i] (batched), scattered back by col2im.
+            if let Some(dinp) = dinp.as_deref_mut() {
+                let w_g = weight.slice(gi * wg..(gi + 1) * wg);
+                let go = dout.slice(n0 * pl.out_len + gi * pl.gout..);
+                if pl.pointwise {
+                    let mut dx = dinp.slice_mut(n0 * pl.in_len + gi * pl.gin..);
+                    gemm_strided_batched(gpu, s, pl.kg, pl.p, pl.ocg, &w_g, true, 0, &go, false, pl.out_len, &mut dx, pl.in_len, 1.0, 0.0)?;
+                } else {
+                    gemm_strided_batched(gpu, s, pl.kg, pl.p, pl.ocg, &w_g, true, 0, &go, false, pl.out_len, col, pl.kg * pl.p, 1.0, 0.0)?;
+                    let cv = col.slice(..);
+                    let mut dx = dinp.slice_mut(n0 * pl.in_len..);
+                    lower(gpu, "conv_col2im_f32", &mut dx, &cv, s, gi, &pl, s * pl.gin)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    #[allow(clippy::too_many_arguments)]
+    fn geom(n: usize, c: usize, h: usize, w: usize, oc: usize, k: (usize, usize), stride: (usize, usize), padding: (usize, usize), dilation: (usize, usize), groups: usize) -> Conv2dGeom {
+        Conv2dGeom { n, c, h, w, oc, kh: k.0, kw: k.1, stride, padding, dilation, groups }
+    }
+
+    /// Forward and backward (dinp overwritten, dweight / dbias accumulated onto non-zero values) against
+    /// the CPU for 3x3 "same", strided + padded, dilated, grouped, depthwise, pointwise (1x1) and
+    /// rectangular kernels; batch 1, small batches and 11 samples (more than one chunk of `col`).
+    /// Tolerance: sums of Kg (<= 72) or N*P (<= 11*49) f32 products in different orders (cuBLAS may use
+    /// FMA): error ~ sqrt(terms) * 6e-8 * sum|terms| < 1e-4 here, so atol 2e-4 + rtol 1e-4; a wrong tap
+    /// or index is off by O(0.1).
+    #[test]
+    fn conv2d_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("conv2d_matches_cpu") else { return };
+        let mut rng = seeded("conv2d_matches_cpu");
+        let cases = [
+            geom(1, 3, 7, 7, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+            geom(2, 4, 9, 8, 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+            geom(3, 2, 10, 11, 3, (3, 2), (1, 2), (2, 0), (2, 1), 1),
+            geom(2, 6, 7, 5, 4, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+            geom(3, 4, 6, 6, 8, (3, 3), (2, 1), (1, 1), (1, 1), 4),
+            geom(11, 8, 5, 6, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+            geom(11, 3, 8, 7, 4, (5, 5), (2, 2), (2, 2), (1, 1), 1),
+        ];
+        for g in cases {
+            let (oh, ow) = g.out_hw().unwrap();
+            let (in_len, out_len, wlen) = (g.n * g.c * g.h * g.w, g.n * g.oc * oh * ow, g.oc * g.c / g.groups * g.kh * g.kw);
+            let x = rand_vec(&mut rng, in_len, -1.0, 1.0);
+            let w = rand_vec(&mut rng, wlen, -1.0, 1.0);
+            let bias = rand_vec(&mut rng, g.oc, -1.0, 1.0);
+            let dout = rand_vec(&mut rng, out_len, -1.0, 1.0);
+            let dw0 = rand_vec(&mut rng, wlen, -1.0, 1.0);
+            let db0 = rand_vec(&mut rng, g.oc, -1.0, 1.0);
+            let mut col = vec![0.0f32; g.col_len()];
+            let mut want = vec![0.0f32; out_len];
+            super::super::conv2d_forward(&mut want, &x, &w, Some(&bias), &mut col, &g);
+            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; in_len], dw0.clone(), db0.clone());
+            super::super::conv2d_backward(Some(&mut want_dx), &mut want_dw, Some(&mut want_db), &dout, &x, &w, &mut col, &g);
+
+            let (dx_in, dw_in, db_in, dgo) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap(), gpu.upload(&dout).unwrap());
+            let mut dcol = poisoned(gpu, g.col_len()).unwrap();
+            let mut out = poisoned(gpu, out_len).unwrap();
+            let bv = db_in.as_view();
+            conv2d_forward(gpu, &mut out.as_view_mut(), &dx_in.as_view(), &dw_in.as_view(), Some(&bv), &mut dcol.as_view_mut(), &g).unwrap();
+            let what = format!("conv2d {g:?}");
+            assert_close(&format!("{what} forward"), &gpu.download(&out).unwrap(), &want, 2e-4, 1e-4);
+
+            let mut dx = poisoned(gpu, in_len).unwrap();
+            let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
+            let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
+            conv2d_backward(gpu, Some(&mut dxv), &mut dw.as_view_mut(), Some(&mut dbv), &dgo.as_view(), &dx_in.as_view(), &dw_in.as_view(), &mut dcol.as_view_mut(), &g)
+                .unwrap();
+            assert_close(&format!("{what} dinp"), &gpu.download(&dx).unwrap(), &want_dx, 2e-4, 1e-4);
+            assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
+            assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 2e-4, 1e-4);
+        }
+    }
+}

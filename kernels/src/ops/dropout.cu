@@ -1,0 +1,12 @@
+// Inverted dropout with the counter-based mask of ops/dropout.rs (its CPU twin): element i is kept iff
+// splitmix64(key ^ i * INDEX_MUL), as a 53-bit uniform in [0, 1), is >= p, where key = splitmix64(seed) is
+// computed on the host. splitmix64(x) = mix64(x + GOLDEN) with common.cuh's mix64. Kept elements are
+// multiplied by scale = 1 / (1 - p) (rounded to f32 on the host, as the CPU does). out, inp: [n].
+extern "C" __global__ void dropout_f32(float *out, const float *inp, size_t n, unsigned long long key, double p,
+                                       float scale) {
+    FOR_EACH(i, n) {
+        const unsigned long long bits = mix64((key ^ ((unsigned long long)i * 0xD6E8FEB86659FD93ull)) + 0x9E3779B97F4A7C15ull);
+        const double u = (double)(bits >> 11) * (1.0 / 9007199254740992.0); // exact: a 53-bit integer / 2^53
+        out[i] = u >= p ? __fmul_rn(inp[i], scale) : 0.0f;
+    }
+}

@@ -1,0 +1,68 @@
+//! Host side of `dropout.cu`: the GPU twins of [`dropout_forward`](super::dropout_forward) and
+//! [`dropout_backward`](super::dropout_backward), with the CPU's mask bit for bit (same counter hash) and
+//! the same outputs.
+
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::{scale_for, seed_key, CUDA};
+use crate::cuda::{Gpu, GpuError};
+
+/// Dropout forward on the GPU: `out[i] = keep(seed, i) ? inp[i] / (1 - p) : 0` (overwrites; `p == 1`
+/// gives zeros). out, inp: [N]. Panics when `p` is outside [0, 1], as the CPU does (configs are checked
+/// at assembly).
+pub fn dropout_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, p: f64, seed: u64) -> Result<(), GpuError> {
+    let n = out.len();
+    assert_eq!(inp.len(), n, "dropout_forward: out and inp lengths differ");
+    let Some(scale) = scale_for::<f32>(p) else {
+        gpu.stream().memset_zeros(out)?;
+        return Ok(());
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let key = seed_key(seed);
+    let f = gpu.function(&CUDA, "dropout_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(out).arg(inp).arg(&n).arg(&key).arg(&p).arg(&scale);
+    // SAFETY: (float*, const float*, size_t, unsigned long long, double, float); both buffers hold n.
+    unsafe { l.launch(gpu.elementwise(n)) }?;
+    Ok(())
+}
+
+/// Dropout backward on the GPU: the forward's mask (recomputed from `seed`) applied to `dout`
+/// (overwrites `dinp`). dinp, dout: [N].
+pub fn dropout_backward(gpu: &Gpu, dinp: &mut CudaViewMut<f32>, dout: &CudaView<f32>, p: f64, seed: u64) -> Result<(), GpuError> {
+    dropout_forward(gpu, dinp, dout, p, seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    /// Forward and backward equal the CPU bit for bit (same mask, same f32 product) for several p
+    /// (0, 1 and in between), seeds and sizes, 1 and odd ones included.
+    #[test]
+    fn dropout_matches_cpu_bitwise() {
+        let Some(gpu) = gpu_or_skip("dropout_matches_cpu_bitwise") else { return };
+        let mut rng = seeded("dropout_matches_cpu_bitwise");
+        for n in [1usize, 1000, 100_003] {
+            let x = rand_vec(&mut rng, n, -2.0, 2.0);
+            let dx = gpu.upload(&x).unwrap();
+            for p in [0.0, 0.1, 0.5, 0.9, 1.0] {
+                let seed = rng.next_u64();
+                let mut want = vec![0.0f32; n];
+                super::super::dropout_forward(&mut want, &x, p, seed);
+                let mut out = poisoned(gpu, n).unwrap();
+                dropout_forward(gpu, &mut out.as_view_mut(), &dx.as_view(), p, seed).unwrap();
+                assert_bitwise(&format!("dropout n{n} p{p}"), &gpu.download(&out).unwrap(), &want);
+                let mut want_b = vec![0.0f32; n];
+                super::super::dropout_backward(&mut want_b, &x, p, seed);
+                let mut back = poisoned(gpu, n).unwrap();
+                dropout_backward(gpu, &mut back.as_view_mut(), &dx.as_view(), p, seed).unwrap();
+                assert_bitwise(&format!("dropout backward n{n} p{p}"), &gpu.download(&back).unwrap(), &want_b);
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The GPU twin of the strided gemm wrapper: row-major matrix products through cuBLAS (SGEMM), with
+//! transposed operands and strided batches. Every GPU op that multiplies matrices (linear, conv2d, bmm,
+//! attention) calls through here, so the row-major to column-major translation lives in one place.
+//!
+//! cuBLAS is column-major. A row-major `[r, c]` buffer read column-major is its transpose `[c, r]`, so the
+//! row-major product `C[m, n] = op(A)[m, k] @ op(B)[k, n]` is issued as the column-major product
+//! `C^T[n, m] = op(B)^T[n, k] @ op(A)^T[k, m]`: B goes first, A second, and each keeps its own transpose flag.
+
+use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaView, CudaViewMut};
+
+use crate::cuda::{Gpu, GpuError};
+
+/// Elements a batch of `batch` items of `item` elements each, `stride` apart, spans.
+fn span(batch: usize, stride: usize, item: usize) -> usize {
+    if batch == 0 || item == 0 {
+        0
+    } else {
+        (batch - 1) * stride + item
+    }
+}
+
+/// A size as cuBLAS's `int`, or a panic naming the operand (a product this large is a caller bug: buffers
+/// would be over 8 GiB per matrix row-stride).
+fn int(v: usize, what: &str) -> i32 {
+    i32::try_from(v).unwrap_or_else(|_| panic!("gemm: {what} = {v} does not fit cuBLAS's 32-bit int"))
+}
+
+/// `c[m, n] = alpha * op(a)[m, k] @ op(b)[k, n] + beta * c` for dense row-major matrices.
+///
+/// a: [M, K] (or [K, M] when `trans_a`), b: [K, N] (or [N, K] when `trans_b`), c: [M, N]. With `beta == 0`
+/// `c` is not read (cuBLAS's contract), so it may hold garbage, NaN included. K = 0 gives `c = beta * c`.
+/// Runs on the compute stream. Panics when a buffer is too small.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    gpu: &Gpu,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &CudaView<f32>,
+    trans_a: bool,
+    b: &CudaView<f32>,
+    trans_b: bool,
+    c: &mut CudaViewMut<f32>,
+    alpha: f32,
+    beta: f32,
+) -> Result<(), GpuError> {
+    gemm_strided_batched(gpu, 1, m, n, k, a, trans_a, 0, b, trans_b, 0, c, 0, alpha, beta)
+}
+
+/// `c[i] = alpha * op(a[i]) @ op(b[i]) + beta * c[i]` for `i < batch`, item `i` of each operand starting at
+/// `i * stride` elements (a stride of 0 reuses one matrix for every item, e.g. a shared weight).
+///
+/// Items as in [`gemm`]: a[i]: [M, K] (or [K, M] when `trans_a`), b[i]: [K, N] (or [N, K]), c[i]: [M, N];
+/// every item is dense row-major. The output items must not overlap (`stride_c >= M*N` unless batch is 1).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided_batched(
+    gpu: &Gpu,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &CudaView<f32>,
+    trans_a: bool,
+    stride_a: usize,
+    b: &CudaView<f32>,
+    trans_b: bool,
+    stride_b: usize,
+    c: &mut CudaViewMut<f32>,
+    stride_c: usize,
+    alpha: f32,
+    beta: f32,
+) -> Result<(), GpuError> {
+    let a = MatRef { data: a, trans: trans_a, ld: if trans_a { m } else { k }, stride: stride_a };
+    let b = MatRef { data: b, trans: trans_b, ld: if trans_b { k } else { n }, stride: stride_b };
+    gemm_general(gpu, batch, m, n, k, a, b, MatMut { data: c, ld: n, stride: stride_c }, alpha, beta)
+}
+
+/// A row-major input operand of [`gemm_general`]: its buffer, whether `op` transposes it, the row stride
+/// of the stored matrix (`ld`, at least its column count) and the distance between batch items.
+pub struct MatRef<'a, 'v> {
+    /// The buffer; item `i` starts at `i * stride`.
+    pub data: &'a CudaView<'v, f32>,
+    /// Whether the stored matrix is the transpose of the operand.
+    pub trans: bool,
+    /// Row stride of the stored matrix in elements.
+    pub ld: usize,
+    /// Batch stride in elements (0: one matrix shared by every item).
+    pub stride: usize,
+}
+
+/// The row-major output operand of [`gemm_general`]: buffer, row stride (at least N) and batch stride.
+pub struct MatMut<'a, 'v> {
+    /// The buffer; item `i` starts at `i * stride`.
+    pub data: &'a mut CudaViewMut<'v, f32>,
+    /// Row stride in elements.
+    pub ld: usize,
+    /// Batch stride in elements.
+    pub stride: usize,
+}
+
+/// Elements a stored `rows x cols` matrix with row stride `ld` spans.
+fn extent(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+/// The general strided-batched product `c[i] = alpha * op(a[i]) @ op(b[i]) + beta * c[i]` with explicit
+/// row strides, for operands that are row blocks of wider buffers (e.g. one head of a fused `[T, 3HD]`
+/// projection: row stride 3HD, the heads D apart). Shapes as in [`gemm_strided_batched`]; panics when an
+/// operand does not fit its buffer or a row stride is shorter than its row.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_general(
+    gpu: &Gpu,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<'_, '_>,
+    b: MatRef<'_, '_>,
+    c: MatMut<'_, '_>,
+    alpha: f32,
+    beta: f32,
+) -> Result<(), GpuError> {
+    if batch == 0 || m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
+    let (br, bc) = if b.trans { (n, k) } else { (k, n) };
+    for (what, rows, cols, ld, stride, len) in [
+        ("a", ar, ac, a.ld, a.stride, a.data.len()),
+        ("b", br, bc, b.ld, b.stride, b.data.len()),
+        ("c", m, n, c.ld, c.stride, c.data.len()),
+    ] {
+        assert!(ld >= cols, "gemm: {what}'s row stride {ld} is shorter than its {cols} columns");
+        let need = span(batch, stride, extent(rows, cols, ld));
+        assert!(len >= need, "gemm: {what} holds {len} elements, needs {need}");
+    }
+    // Output items must be disjoint: whole blocks of rows apart, or side by side within each row (heads
+    // of a [T, H*D] buffer: stride D, row stride H*D).
+    let disjoint = c.stride >= extent(m, n, c.ld) || (c.stride >= n && c.stride * (batch - 1) + n <= c.ld);
+    assert!(batch == 1 || disjoint, "gemm: output items overlap (stride_c {}, ldc {})", c.stride, c.ld);
+    if k == 0 && beta == 0.0 {
+        // An empty reduction: c = 0. Zeroed here (row by row: c may be a row block of a wider buffer) rather
+        // than trusting cuBLAS's handling of K = 0 with a C that may hold NaN (0 * NaN is NaN).
+        for i in 0..batch {
+            for r in 0..m {
+                let o = i * c.stride + r * c.ld;
+                gpu.stream().memset_zeros(&mut c.data.slice_mut(o..o + n))?;
+            }
+        }
+        return Ok(());
+    }
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    // cuBLAS sees each row-major buffer as its column-major transpose, with the row stride as the leading
+    // dimension (at least 1, as cuBLAS requires even for an empty K).
+    let gemm = GemmConfig {
+        transa: op(b.trans),
+        transb: op(a.trans),
+        m: int(n, "N"),
+        n: int(m, "M"),
+        k: int(k, "K"),
+        alpha,
+        lda: int(b.ld.max(1), "ldb"),
+        ldb: int(a.ld.max(1), "lda"),
+        beta,
+        ldc: int(c.ld.max(1), "ldc"),
+    };
+    if batch == 1 {
+        // SAFETY: the extents of all three operands were checked above against their views; cuBLAS runs on
+        // the compute stream the views belong to.
+        unsafe { gpu.blas().gemm(gemm, b.data, a.data, c.data) }?;
+    } else {
+        let cfg = StridedBatchedConfig {
+            gemm,
+            batch_size: int(batch, "batch"),
+            stride_a: b.stride as i64,
+            stride_b: a.stride as i64,
+            stride_c: c.stride as i64,
+        };
+        // SAFETY: as above, for every item of the batch.
+        unsafe { gpu.blas().gemm_strided_batched(cfg, b.data, a.data, c.data) }?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+    use crate::ops::gemm::{gemm_strided, Mat};
+
+    /// CPU reference through the CPU gemm wrapper, with the same transposes expressed as strides.
+    #[allow(clippy::too_many_arguments)]
+    fn cpu(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32], alpha: f32, acc: bool) {
+        let am = if ta { Mat::rows_t(a, m) } else { Mat::rows(a, k) };
+        let bm = if tb { Mat::rows_t(b, k) } else { Mat::rows(b, n) };
+        gemm_strided(m, n, k, c, n, 1, acc, am, bm, alpha, false);
+    }
+
+    /// Every transpose combination, overwrite and accumulate, odd sizes, a batch of 1 and of 3 (with a
+    /// shared, stride-0 operand), against the CPU wrapper. Tolerance: both sides sum K products in f32 in
+    /// different orders (and cuBLAS may use FMA), so the error grows like sqrt(K) * eps * sum|a_i b_i|;
+    /// with |a|, |b| <= 1 and K <= 77 an absolute 1e-4 plus relative 1e-4 is ample and still catches any
+    /// wrong element (those are off by O(1)).
+    #[test]
+    fn gemm_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("gemm_matches_cpu") else { return };
+        let mut rng = seeded("gemm_matches_cpu");
+        for &(m, n, k) in &[(1usize, 1usize, 1usize), (5, 7, 3), (33, 17, 77), (64, 1, 9), (2, 130, 0)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for batch in [1usize, 3] {
+                    let share_b = batch > 1; // b is one matrix reused by every item (stride 0)
+                    let a = rand_vec(&mut rng, batch * m * k, -1.0, 1.0);
+                    let b = rand_vec(&mut rng, if share_b { k * n } else { batch * k * n }, -1.0, 1.0);
+                    let c0 = rand_vec(&mut rng, batch * m * n, -1.0, 1.0);
+                    for acc in [false, true] {
+                        let alpha = 0.75f32;
+                        let mut want = c0.clone();
+                        for i in 0..batch {
+                            let bi = if share_b { &b[..] } else { &b[i * k * n..(i + 1) * k * n] };
+                            cpu(m, n, k, &a[i * m * k..(i + 1) * m * k], ta, bi, tb, &mut want[i * m * n..(i + 1) * m * n], alpha, acc);
+                        }
+                        let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+                        let mut dc = if acc { gpu.upload(&c0).unwrap() } else { poisoned(gpu, c0.len()).unwrap() };
+                        let sb = if share_b { 0 } else { k * n };
+                        let beta = if acc { 1.0 } else { 0.0 };
+                        if batch == 1 {
+                            gemm(gpu, m, n, k, &da.as_view(), ta, &db.as_view(), tb, &mut dc.as_view_mut(), alpha, beta).unwrap();
+                        } else {
+                            gemm_strided_batched(
+                                gpu, batch, m, n, k, &da.as_view(), ta, m * k, &db.as_view(), tb, sb,
+                                &mut dc.as_view_mut(), m * n, alpha, beta,
+                            )
+                            .unwrap();
+                        }
+                        let what = format!("gemm m{m} n{n} k{k} ta{ta} tb{tb} batch{batch} acc{acc}");
+                        assert_close(&what, &gpu.download(&dc).unwrap(), &want, 1e-4, 1e-4);
+                    }
+                }
+            }
+        }
+    }
+}

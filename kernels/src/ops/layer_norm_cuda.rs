@@ -1,0 +1,182 @@
+//! Host side of `layer_norm.cu`: the GPU twins of [`layer_norm_forward`](super::layer_norm_forward) (with
+//! the saved mean / rstd) and [`layer_norm_backward`](super::layer_norm_backward), with the CPU's
+//! formulas and roundings.
+
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+use super::CUDA;
+use crate::cuda::launch::BLOCK;
+use crate::cuda::{Gpu, GpuError};
+
+/// A null device pointer, for an absent optional buffer (the kernels test for null).
+const NULL: u64 = 0;
+
+/// Most blocks a per-row kernel is launched with (it loops over further rows).
+const MAX_ROW_BLOCKS: usize = 1 << 16;
+
+fn per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Layer norm forward on the GPU (overwrites `out`, `save_mean`, `save_rstd`).
+/// inp, out: [rows, dim], weight / bias: [dim] or None, save_mean / save_rstd: [rows].
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    save_mean: &mut CudaViewMut<f32>,
+    save_rstd: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    weight: Option<&CudaView<f32>>,
+    bias: Option<&CudaView<f32>>,
+    rows: usize,
+    dim: usize,
+    eps: f64,
+) -> Result<(), GpuError> {
+    assert_eq!(inp.len(), rows * dim, "layer_norm_forward: inp must be [rows, dim]");
+    assert_eq!(out.len(), rows * dim, "layer_norm_forward: out must be [rows, dim]");
+    assert_eq!(save_mean.len(), rows, "layer_norm_forward: save_mean must be [rows]");
+    assert_eq!(save_rstd.len(), rows, "layer_norm_forward: save_rstd must be [rows]");
+    assert!(weight.is_none_or(|w| w.len() == dim), "layer_norm_forward: weight must be [dim]");
+    assert!(bias.is_none_or(|b| b.len() == dim), "layer_norm_forward: bias must be [dim]");
+    if dim == 0 || rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&CUDA, "ln_forward_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(out).arg(save_mean).arg(save_rstd).arg(inp);
+    match weight {
+        Some(w) => l.arg(w),
+        None => l.arg(&NULL),
+    };
+    match bias {
+        Some(b) => l.arg(b),
+        None => l.arg(&NULL),
+    };
+    l.arg(&rows).arg(&dim).arg(&eps);
+    // SAFETY: (float* x3, const float* x3, size_t, size_t, double) as declared; lengths checked; absent
+    // weight / bias are null pointers, which the kernel tests.
+    unsafe { l.launch(per_row(rows)) }?;
+    Ok(())
+}
+
+/// Layer norm backward on the GPU: overwrites `dinp`; accumulates `dweight += sum_rows dout * xhat` and
+/// `dbias += sum_rows dout` (None skips either). dout, inp, dinp: [rows, dim]; save_mean, save_rstd:
+/// [rows]; weight, dweight, dbias: [dim].
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward(
+    gpu: &Gpu,
+    dinp: &mut CudaViewMut<f32>,
+    dweight: Option<&mut CudaViewMut<f32>>,
+    dbias: Option<&mut CudaViewMut<f32>>,
+    dout: &CudaView<f32>,
+    inp: &CudaView<f32>,
+    save_mean: &CudaView<f32>,
+    save_rstd: &CudaView<f32>,
+    weight: Option<&CudaView<f32>>,
+    rows: usize,
+    dim: usize,
+) -> Result<(), GpuError> {
+    assert_eq!(inp.len(), rows * dim, "layer_norm_backward: inp must be [rows, dim]");
+    assert_eq!(dout.len(), rows * dim, "layer_norm_backward: dout must be [rows, dim]");
+    assert_eq!(dinp.len(), rows * dim, "layer_norm_backward: dinp must be [rows, dim]");
+    assert_eq!(save_mean.len(), rows, "layer_norm_backward: save_mean must be [rows]");
+    assert_eq!(save_rstd.len(), rows, "layer_norm_backward: save_rstd must be [rows]");
+    assert!(weight.is_none_or(|w| w.len() == dim), "layer_norm_backward: weight must be [dim]");
+    assert!(dweight.as_ref().is_none_or(|w| w.len() == dim), "layer_norm_backward: dweight must be [dim]");
+    assert!(dbias.as_ref().is_none_or(|b| b.len() == dim), "layer_norm_backward: dbias must be [dim]");
+    if dim == 0 || rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&CUDA, "ln_backward_input_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(dinp).arg(dout).arg(inp).arg(save_mean).arg(save_rstd);
+    match weight {
+        Some(w) => l.arg(w),
+        None => l.arg(&NULL),
+    };
+    l.arg(&rows).arg(&dim);
+    // SAFETY: (float*, const float* x5, size_t, size_t); lengths checked; an absent weight is null.
+    unsafe { l.launch(per_row(rows)) }?;
+    if dweight.is_none() && dbias.is_none() {
+        return Ok(());
+    }
+    let f = gpu.function(&CUDA, "ln_backward_params_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    match dweight {
+        Some(d) => l.arg(d),
+        None => l.arg(&NULL),
+    };
+    match dbias {
+        Some(d) => l.arg(d),
+        None => l.arg(&NULL),
+    };
+    l.arg(dout).arg(inp).arg(save_mean).arg(save_rstd).arg(&rows).arg(&dim);
+    // SAFETY: (float* x2, const float* x4, size_t, size_t); lengths checked; absent gradients are null.
+    unsafe { l.launch(gpu.elementwise(dim)) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    /// Forward (outputs and saved statistics) and backward (dinp; dweight / dbias accumulated onto
+    /// non-zero values) against the CPU, with and without affine parameters, one row and many, widths
+    /// below and above the block.
+    ///
+    /// Tolerances: the row statistics are f64 sums in another order rounded to f32 (equal or 1 ulp: rtol
+    /// 1e-6); outputs use the CPU's f32 formula on them, so a 1-ulp statistic moves |xhat| <= ~4 outputs by
+    /// <= ~1e-6 (atol 5e-6 + rtol 1e-5). The backward is fed the CPU's saved statistics; its row sums are
+    /// f64 in another order (atol 1e-5 + rtol 1e-5 for dinp, whose terms are O(rstd)); the parameter
+    /// gradients are the CPU's column sums in row order (1e-6).
+    #[test]
+    fn layer_norm_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("layer_norm_matches_cpu") else { return };
+        let mut rng = seeded("layer_norm_matches_cpu");
+        for &(rows, dim, affine) in &[(1usize, 8usize, true), (7, 300, true), (33, 5, false), (4, 1025, true)] {
+            let len = rows * dim;
+            let x = rand_vec(&mut rng, len, -2.0, 3.0);
+            let w = rand_vec(&mut rng, dim, 0.5, 1.5);
+            let b = rand_vec(&mut rng, dim, -1.0, 1.0);
+            let dout = rand_vec(&mut rng, len, -1.0, 1.0);
+            let dw0 = rand_vec(&mut rng, dim, -1.0, 1.0);
+            let db0 = rand_vec(&mut rng, dim, -1.0, 1.0);
+            let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
+            let what = format!("layer_norm rows{rows} dim{dim} affine {affine}");
+            let (mut want, mut want_sm, mut want_sr) = (vec![0.0f32; len], vec![0.0f32; rows], vec![0.0f32; rows]);
+            super::super::layer_norm_forward(&mut want, &mut want_sm, &mut want_sr, &x, wo, bo, rows, dim, 1e-5);
+            let (dx, dw, db) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
+            let (wv, bv) = (dw.as_view(), db.as_view());
+            let (wov, bov) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
+            let (mut out, mut sm, mut sr) = (poisoned(gpu, len).unwrap(), poisoned(gpu, rows).unwrap(), poisoned(gpu, rows).unwrap());
+            layer_norm_forward(gpu, &mut out.as_view_mut(), &mut sm.as_view_mut(), &mut sr.as_view_mut(), &dx.as_view(), wov, bov, rows, dim, 1e-5)
+                .unwrap();
+            assert_close(&format!("{what} save_mean"), &gpu.download(&sm).unwrap(), &want_sm, 1e-7, 1e-6);
+            assert_close(&format!("{what} save_rstd"), &gpu.download(&sr).unwrap(), &want_sr, 0.0, 1e-6);
+            assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want, 5e-6, 1e-5);
+
+            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], dw0.clone(), db0.clone());
+            super::super::layer_norm_backward(
+                &mut want_dx,
+                affine.then_some(&mut want_dw[..]),
+                affine.then_some(&mut want_db[..]),
+                &dout, &x, &want_sm, &want_sr, wo, rows, dim,
+            );
+            let (dgo, dsm, dsr) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_sm).unwrap(), gpu.upload(&want_sr).unwrap());
+            let mut ddx = poisoned(gpu, len).unwrap();
+            let (mut ddw, mut ddb) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
+            let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
+            layer_norm_backward(
+                gpu, &mut ddx.as_view_mut(), affine.then_some(&mut ddwv), affine.then_some(&mut ddbv),
+                &dgo.as_view(), &dx.as_view(), &dsm.as_view(), &dsr.as_view(), wov, rows, dim,
+            )
+            .unwrap();
+            assert_close(&format!("{what} dinp"), &gpu.download(&ddx).unwrap(), &want_dx, 1e-5, 1e-5);
+            assert_close(&format!("{what} dweight"), &gpu.download(&ddw).unwrap(), &want_dw, 1e-6, 1e-6);
+            assert_close(&format!("{what} dbias"), &gpu.download(&ddb).unwrap(), &want_db, 1e-6, 1e-6);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! GPU twins of [`linear_act_forward`](super::linear_act_forward),
+//! [`linear_act_backward`](super::linear_act_backward) and
+//! [`act_backward_with_bias_sums`](super::act_backward_with_bias_sums): the GPU linear layer and
+//! activation kernels, with the pre-activation gradient formed in place in `dout` as on the CPU.
+
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::CUDA;
+use crate::cuda::{Gpu, GpuError};
+use crate::ops::activation::{self, Activation};
+use crate::ops::{bias_add, linear};
+
+/// Fused forward on the GPU: `pre = inp @ weight^T + bias`, `out = act(pre)` (both overwritten).
+/// inp: [B, C], weight: [OC, C], bias: [OC] or None, pre, out: [B, OC].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_act_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    pre: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    weight: &CudaView<f32>,
+    bias: Option<&CudaView<f32>>,
+    act: Activation,
+    b: usize,
+    c: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    assert_eq!(out.len(), b * oc, "linear_act_forward: out must be [B, OC]");
+    linear::cuda::linear_forward(gpu, pre, inp, weight, bias, b, c, oc)?;
+    if b * oc == 0 {
+        return Ok(());
+    }
+    activation::cuda::forward(gpu, act, out, &pre.slice(..))
+}
+
+/// Fused backward on the GPU. `dout` holds the gradient of `out` on entry and that of `pre` on return.
+/// `dinp` is overwritten (None: not needed); `dweight` and `dbias` accumulate.
+/// dout, pre: [B, OC], inp: [B, C], weight: [OC, C]; dinp: [B, C], dweight: [OC, C], dbias: [OC].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_act_backward(
+    gpu: &Gpu,
+    dinp: Option<&mut CudaViewMut<f32>>,
+    dweight: &mut CudaViewMut<f32>,
+    dbias: Option<&mut CudaViewMut<f32>>,
+    dout: &mut CudaViewMut<f32>,
+    pre: &CudaView<f32>,
+    inp: &CudaView<f32>,
+    weight: &CudaView<f32>,
+    act: Activation,
+    b: usize,
+    c: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    act_backward_with_bias_sums(gpu, act, dout, pre, dbias, b, oc)?;
+    linear::cuda::linear_backward(gpu, dinp, dweight, None, &dout.slice(..), inp, weight, b, c, oc)
+}
+
+/// `d = d * act'(pre)` in place on the GPU, then `dbias += column sums of d` (when given).
+/// d, pre: [B, N], dbias: [N] or None.
+pub fn act_backward_with_bias_sums(
+    gpu: &Gpu,
+    act: Activation,
+    d: &mut CudaViewMut<f32>,
+    pre: &CudaView<f32>,
+    dbias: Option<&mut CudaViewMut<f32>>,
+    b: usize,
+    n: usize,
+) -> Result<(), GpuError> {
+    assert_eq!(d.len(), b * n, "act_backward_with_bias_sums: d must be [B, N]");
+    assert_eq!(pre.len(), b * n, "act_backward_with_bias_sums: pre must be [B, N]");
+    let len = b * n;
+    if len > 0 {
+        let f = gpu.function(&CUDA, "act_backward_inplace_f32")?;
+        let code = act.code() as i32;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(&mut *d).arg(pre).arg(&len).arg(&code);
+        // SAFETY: (float*, const float*, size_t, int); d and pre hold len elements.
+        unsafe { l.launch(gpu.elementwise(len)) }?;
+    }
+    if let Some(dbias) = dbias {
+        bias_add::cuda::bias_add_backward(gpu, dbias, &d.slice(..), b, n)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    /// Forward (pre and out) and backward (dout turned into the pre-activation gradient in place, dinp,
+    /// accumulated dweight / dbias) against the CPU for every activation, batch 1 and more.
+    /// Tolerances: the products as in the linear test (atol 2e-4 + rtol 1e-4); the activations add CUDA
+    /// libm vs the CPU's polynomials (~1e-6 relative), well inside that; dbias sums B such values
+    /// (atol 1e-4).
+    #[test]
+    fn linear_act_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("linear_act_matches_cpu") else { return };
+        let mut rng = seeded("linear_act_matches_cpu");
+        for &name in Activation::NAMES {
+            let act = Activation::parse(name).unwrap();
+            for &(b, c, oc) in &[(1usize, 9usize, 5usize), (33, 40, 17)] {
+                let inp = rand_vec(&mut rng, b * c, -1.0, 1.0);
+                let w = rand_vec(&mut rng, oc * c, -1.0, 1.0);
+                let bias = rand_vec(&mut rng, oc, -1.0, 1.0);
+                let g = rand_vec(&mut rng, b * oc, -1.0, 1.0);
+                let dw0 = rand_vec(&mut rng, oc * c, -1.0, 1.0);
+                let db0 = rand_vec(&mut rng, oc, -1.0, 1.0);
+                let (mut want_out, mut want_pre) = (vec![0.0f32; b * oc], vec![0.0f32; b * oc]);
+                super::super::linear_act_forward(&mut want_out, &mut want_pre, &inp, &w, Some(&bias), act, b, c, oc);
+                let (mut want_dx, mut want_dw, mut want_db, mut want_d) = (vec![0.0f32; b * c], dw0.clone(), db0.clone(), g.clone());
+                super::super::linear_act_backward(Some(&mut want_dx), &mut want_dw, Some(&mut want_db), &mut want_d, &want_pre, &inp, &w, act, b, c, oc);
+
+                let what = format!("linear_act {name} {b}x{c}x{oc}");
+                let (di, dwt, dbs) = (gpu.upload(&inp).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap());
+                let (mut out, mut pre) = (poisoned(gpu, b * oc).unwrap(), poisoned(gpu, b * oc).unwrap());
+                let bv = dbs.as_view();
+                linear_act_forward(gpu, &mut out.as_view_mut(), &mut pre.as_view_mut(), &di.as_view(), &dwt.as_view(), Some(&bv), act, b, c, oc).unwrap();
+                assert_close(&format!("{what} pre"), &gpu.download(&pre).unwrap(), &want_pre, 2e-4, 1e-4);
+                assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want_out, 2e-4, 1e-4);
+
+                // The backward from the CPU's pre-activation, so only the backward's own rounding differs.
+                let dpre = gpu.upload(&want_pre).unwrap();
+                let (mut dd, mut dx) = (gpu.upload(&g).unwrap(), poisoned(gpu, b * c).unwrap());
+                let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
+                let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
+                linear_act_backward(
+                    gpu, Some(&mut dxv), &mut dw.as_view_mut(), Some(&mut dbv), &mut dd.as_view_mut(),
+                    &dpre.as_view(), &di.as_view(), &dwt.as_view(), act, b, c, oc,
+                )
+                .unwrap();
+                assert_close(&format!("{what} dpre"), &gpu.download(&dd).unwrap(), &want_d, 1e-6, 1e-5);
+                assert_close(&format!("{what} dinp"), &gpu.download(&dx).unwrap(), &want_dx, 2e-4, 1e-4);
+                assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
+                assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 1e-4, 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! GPU twins of [`matmul`](super::matmul), [`linear_forward`](super::linear_forward) and
+//! [`linear_backward`](super::linear_backward): cuBLAS products through [`gemm::cuda`](super::super::gemm::cuda)
+//! plus the bias kernels of [`bias_add::cuda`](super::super::bias_add::cuda).
+
+use cudarc::driver::{CudaView, CudaViewMut};
+
+use crate::cuda::{Gpu, GpuError};
+use crate::ops::bias_add::cuda as bias;
+use crate::ops::gemm::cuda::gemm;
+
+/// `out = a @ b`, or `out += a @ b` when `accumulate`, on the GPU. a: [M, K], b: [K, N], out: [M, N].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    a: &CudaView<f32>,
+    b: &CudaView<f32>,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) -> Result<(), GpuError> {
+    assert_eq!(out.len(), m * n, "matmul: out must be [M, N]");
+    assert_eq!(a.len(), m * k, "matmul: a must be [M, K]");
+    assert_eq!(b.len(), k * n, "matmul: b must be [K, N]");
+    gemm(gpu, m, n, k, a, false, b, false, out, 1.0, if accumulate { 1.0 } else { 0.0 })
+}
+
+/// Linear forward on the GPU: `out = inp @ weight^T + bias` (overwrites `out`).
+///
+/// inp: [B, C], weight: [OC, C], bias: [OC] or None, out: [B, OC].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    weight: &CudaView<f32>,
+    bias: Option<&CudaView<f32>>,
+    b: usize,
+    c: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    assert_eq!(out.len(), b * oc, "linear_forward: out must be [B, OC]");
+    assert_eq!(inp.len(), b * c, "linear_forward: inp must be [B, C]");
+    assert_eq!(weight.len(), oc * c, "linear_forward: weight must be [OC, C]");
+    // weight is stored [OC, C], so weight^T is the transposed operand.
+    gemm(gpu, b, oc, c, inp, false, weight, true, out, 1.0, 0.0)?;
+    if let Some(bias_v) = bias {
+        assert_eq!(bias_v.len(), oc, "linear_forward: bias must be [OC]");
+        bias::bias_add_forward(gpu, out, bias_v, b, oc)?;
+    }
+    Ok(())
+}
+
+/// Linear backward on the GPU.
+///
+/// dout: [B, OC], inp: [B, C], weight: [OC, C]; dinp: [B, C] (overwritten; None when not needed),
+/// dweight: [OC, C] (accumulated: `+= dout^T @ inp`), dbias: [OC] (accumulated column sums of dout; None
+/// without a bias).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    gpu: &Gpu,
+    dinp: Option<&mut CudaViewMut<f32>>,
+    dweight: &mut CudaViewMut<f32>,
+    dbias: Option<&mut CudaViewMut<f32>>,
+    dout: &CudaView<f32>,
+    inp: &CudaView<f32>,
+    weight: &CudaView<f32>,
+    b: usize,
+    c: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
+    assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
+    assert_eq!(weight.len(), oc * c, "linear_backward: weight must be [OC, C]");
+    assert_eq!(dweight.len(), oc * c, "linear_backward: dweight must be [OC, C]");
+    if let Some(dinp) = dinp {
+        assert_eq!(dinp.len(), b * c, "linear_backward: dinp must be [B, C]");
+        // dinp[B, C] = dout[B, OC] @ weight[OC, C]
+        gemm(gpu, b, c, oc, dout, false, weight, false, dinp, 1.0, 0.0)?;
+    }
+    // dweight[OC, C] += dout^T[OC, B] @ inp[B, C]
+    gemm(gpu, oc, c, b, dout, true, inp, false, dweight, 1.0, 1.0)?;
+    if let Some(dbias) = dbias {
+        assert_eq!(dbias.len(), oc, "linear_backward: dbias must be [OC]");
+        bias::bias_add_backward(gpu, dbias, dout, b, oc)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    /// Forward (with and without bias), backward (with and without dinp / dbias; parameter gradients
+    /// accumulated onto non-zero values) and matmul against the CPU, for batches of 1 and more and odd
+    /// widths. Tolerance: K-term f32 dot products summed in different orders (cuBLAS may also fuse
+    /// multiply-adds): error ~ sqrt(K) * 6e-8 * sum|terms|; with |x| <= 1 and K <= 300 that is below 1e-4,
+    /// so atol 2e-4 + rtol 1e-4, far below any indexing error.
+    #[test]
+    fn linear_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("linear_matches_cpu") else { return };
+        let mut rng = seeded("linear_matches_cpu");
+        for &(b, c, oc) in &[(1usize, 1usize, 1usize), (1, 37, 10), (5, 7, 3), (33, 300, 129)] {
+            let inp = rand_vec(&mut rng, b * c, -1.0, 1.0);
+            let w = rand_vec(&mut rng, oc * c, -1.0, 1.0);
+            let bias = rand_vec(&mut rng, oc, -1.0, 1.0);
+            let dout = rand_vec(&mut rng, b * oc, -1.0, 1.0);
+            let dw0 = rand_vec(&mut rng, oc * c, -1.0, 1.0);
+            let db0 = rand_vec(&mut rng, oc, -1.0, 1.0);
+            let (d_inp, d_w, d_bias, d_dout) =
+                (gpu.upload(&inp).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap(), gpu.upload(&dout).unwrap());
+            for with_bias in [true, false] {
+                let mut want = vec![0.0f32; b * oc];
+                super::super::linear_forward(&mut want, &inp, &w, with_bias.then_some(&bias[..]), b, c, oc);
+                let mut out = poisoned(gpu, b * oc).unwrap();
+                let bv = d_bias.as_view();
+                linear_forward(gpu, &mut out.as_view_mut(), &d_inp.as_view(), &d_w.as_view(), with_bias.then_some(&bv), b, c, oc)
+                    .unwrap();
+                assert_close(&format!("linear_forward {b}x{c}x{oc} bias {with_bias}"), &gpu.download(&out).unwrap(), &want, 2e-4, 1e-4);
+
+                let (mut want_dinp, mut want_dw, mut want_db) = (vec![0.0f32; b * c], dw0.clone(), db0.clone());
+                super::super::linear_backward(
+                    with_bias.then_some(&mut want_dinp[..]),
+                    &mut want_dw,
+                    with_bias.then_some(&mut want_db[..]),
+                    &dout,
+                    &inp,
+                    &w,
+                    b,
+                    c,
+                    oc,
+                );
+                let mut dinp = poisoned(gpu, b * c).unwrap();
+                let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
+                let (mut dinp_v, mut db_v) = (dinp.as_view_mut(), db.as_view_mut());
+                linear_backward(
+                    gpu,
+                    with_bias.then_some(&mut dinp_v),
+                    &mut dw.as_view_mut(),
+                    with_bias.then_some(&mut db_v),
+                    &d_dout.as_view(),
+                    &d_inp.as_view(),
+                    &d_w.as_view(),
+                    b,
+                    c,
+                    oc,
+                )
+                .unwrap();
+                let what = format!("linear_backward {b}x{c}x{oc} bias {with_bias}");
+                assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
+                if with_bias {
+                    assert_close(&format!("{what} dinp"), &gpu.download(&dinp).unwrap(), &want_dinp, 2e-4, 1e-4);
+                    // Same column sums as the CPU, in the same order: bitwise.
+                    assert_bitwise(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db);
+                } else {
+                    assert_bitwise(&format!("{what} dbias untouched"), &gpu.download(&db).unwrap(), &db0);
+                }
+            }
+            // matmul: a = inp [B, C] @ w viewed as [C, OC].
+            for acc in [false, true] {
+                let mut want = dout.clone();
+                super::super::matmul(&mut want, &inp, &w, b, c, oc, acc);
+                let mut out = if acc { gpu.upload(&dout).unwrap() } else { poisoned(gpu, b * oc).unwrap() };
+                matmul(gpu, &mut out.as_view_mut(), &d_inp.as_view(), &d_w.as_view(), b, c, oc, acc).unwrap();
+                assert_close(&format!("matmul {b}x{c}x{oc} acc {acc}"), &gpu.download(&out).unwrap(), &want, 2e-4, 1e-4);
+            }
+        }
+    }
+}

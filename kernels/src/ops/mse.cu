@@ -1,0 +1,29 @@
+// Mean squared error; the CPU twin is ops/mse.rs. pred, target, dpred: [n].
+
+// loss[0] = mean((pred - target)^2), in ONE block so the f64 sum has a fixed order (the same bits every
+// run, no atomics): thread i sums elements i, i + blockDim, ... in f64, then thread 0 adds the warp sums
+// in order. The difference is rounded to f32 first, as on the CPU. n == 0 gives 0.
+extern "C" __global__ void mse_forward_f32(float *loss, const float *pred, const float *target, size_t n) {
+    __shared__ double part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    double acc = 0.0;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const double d = (double)__fsub_rn(pred[i], target[i]);
+        acc += d * d;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int w = 0; w < warps; ++w) total += part[w];
+        loss[0] = n == 0 ? 0.0f : (float)(total / (double)n);
+    }
+}
+
+// dpred = (pred - target) * scale with scale = dloss * (2 / n) rounded on the host as the CPU does: the
+// CPU's bits.
+extern "C" __global__ void mse_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
+                                            float scale) {
+    FOR_EACH(i, n) dpred[i] = __fmul_rn(__fsub_rn(pred[i], target[i]), scale);
+}

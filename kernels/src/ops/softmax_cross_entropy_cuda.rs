@@ -1,0 +1,180 @@
+//! Host side of `softmax_cross_entropy.cu`: the GPU twins of
+//! [`softmax_cross_entropy_forward`](super::softmax_cross_entropy_forward) and
+//! [`softmax_cross_entropy_backward`](super::softmax_cross_entropy_backward).
+//!
+//! The forward writes the mean loss to a caller-provided device scalar (no host synchronisation); read it
+//! with [`download_loss`] when it is needed on the host.
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+use super::{CrossEntropyOptions, CUDA};
+use crate::cuda::launch::BLOCK;
+use crate::cuda::{Gpu, GpuError};
+
+/// Grid-stride row kernels never need more blocks than this (the rows loop inside the kernel).
+const MAX_ROW_BLOCKS: usize = 1 << 16;
+
+/// The options as kernel arguments: (has_ignore, ignore, keep = 1 - eps, smooth = eps, spc = eps / V).
+fn opts_args(opts: &CrossEntropyOptions, v: usize) -> (i32, i64, f32, f32, f32) {
+    let eps = opts.label_smoothing;
+    assert!(
+        (0.0..=1.0).contains(&eps),
+        "softmax_cross_entropy: label_smoothing must be in [0, 1], got {eps} (run.label_smoothing is validated at assembly)"
+    );
+    let spc = if v == 0 { 0.0 } else { (eps / v as f64) as f32 };
+    (opts.ignore_index.is_some() as i32, opts.ignore_index.unwrap_or(0), (1.0 - eps) as f32, eps as f32, spc)
+}
+
+/// Softmax + cross-entropy forward on the GPU: writes the probabilities (every row) and the mean loss over
+/// the rows that are not ignored into `loss[0]` (a device scalar: `loss` holds exactly one element).
+///
+/// logits, probs: [B, V], targets: [B] (class ids). As on the CPU every row ignored gives a loss of 0. The
+/// CPU's target check would need the targets on the host, so here a target outside `[0, V)` (and not the
+/// ignore index) makes the loss NaN instead (assembly range-checks the labels first). The loss is summed
+/// in f64 in one block in a fixed order: the same bits every run.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_cross_entropy_forward(
+    gpu: &Gpu,
+    probs: &mut CudaViewMut<f32>,
+    logits: &CudaView<f32>,
+    targets: &CudaView<i64>,
+    b: usize,
+    v: usize,
+    opts: &CrossEntropyOptions,
+    loss: &mut CudaViewMut<f32>,
+) -> Result<(), GpuError> {
+    assert_eq!(logits.len(), b * v, "softmax_cross_entropy_forward: logits must be [B, V]");
+    assert_eq!(probs.len(), b * v, "softmax_cross_entropy_forward: probs must be [B, V]");
+    assert_eq!(targets.len(), b, "softmax_cross_entropy_forward: targets must be [B]");
+    assert_eq!(loss.len(), 1, "softmax_cross_entropy_forward: loss must be one device scalar");
+    let (has_ignore, ignore, keep, smooth, _) = opts_args(opts, v);
+    if b * v > 0 {
+        let f = gpu.function(&CUDA, "sce_probs_f32")?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(&mut *probs).arg(logits).arg(&b).arg(&v);
+        // SAFETY: (float*, const float*, size_t, size_t); probs and logits hold b*v elements.
+        unsafe { l.launch(crate::cuda::launch::per_row(b.min(MAX_ROW_BLOCKS))) }?;
+    }
+    // One block of 1024 threads (32 warps, one row per warp at a time) for the deterministic reduction.
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    let f = gpu.function(&CUDA, "sce_loss_f32")?;
+    let probs_ro = probs.slice(..);
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(loss).arg(&probs_ro).arg(logits).arg(targets).arg(&b).arg(&v).arg(&has_ignore).arg(&ignore).arg(&keep).arg(&smooth);
+    // SAFETY: (float*, const float*, const float*, const long long*, size_t, size_t, int, long long, float,
+    // float) as declared; loss holds 1, probs / logits b*v and targets b elements. An empty batch writes 0.
+    unsafe { l.launch(cfg) }?;
+    Ok(())
+}
+
+/// Copies a device loss scalar to the host (synchronises the compute stream: call it when the value is
+/// actually needed, e.g. for logging).
+pub fn download_loss(gpu: &Gpu, loss: &CudaSlice<f32>) -> Result<f32, GpuError> {
+    Ok(gpu.download(loss)?.first().copied().unwrap_or(0.0))
+}
+
+/// Softmax + cross-entropy backward on the GPU (overwrites `dlogits`): `(p - (1 - eps) one_hot(t) - eps / V)
+/// * dloss / n_valid` for rows not ignored, 0 for ignored rows (and everywhere when all are ignored); the
+/// CPU's bits for the same probabilities.
+///
+/// probs: [B, V] (from the forward), targets: [B], dlogits: [B, V], dloss: the upstream gradient. Where
+/// the CPU panics on a target outside `[0, V)`, this writes a NaN row.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_cross_entropy_backward(
+    gpu: &Gpu,
+    dlogits: &mut CudaViewMut<f32>,
+    probs: &CudaView<f32>,
+    targets: &CudaView<i64>,
+    b: usize,
+    v: usize,
+    opts: &CrossEntropyOptions,
+    dloss: f32,
+) -> Result<(), GpuError> {
+    assert_eq!(dlogits.len(), b * v, "softmax_cross_entropy_backward: dlogits must be [B, V]");
+    assert_eq!(probs.len(), b * v, "softmax_cross_entropy_backward: probs must be [B, V]");
+    assert_eq!(targets.len(), b, "softmax_cross_entropy_backward: targets must be [B]");
+    if b * v == 0 {
+        return Ok(());
+    }
+    let (has_ignore, ignore, keep, _, spc) = opts_args(opts, v);
+    // With an ignore index every block recounts the valid rows, so keep the grid to what fills the device.
+    let blocks = if has_ignore != 0 { b.min(gpu.info.multiprocessors * 8) } else { b.min(MAX_ROW_BLOCKS) };
+    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let f = gpu.function(&CUDA, "sce_backward_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(dlogits).arg(probs).arg(targets).arg(&b).arg(&v).arg(&has_ignore).arg(&ignore).arg(&keep).arg(&spc).arg(&dloss);
+    // SAFETY: (float*, const float*, const long long*, size_t, size_t, int, long long, float, float, float);
+    // dlogits / probs hold b*v and targets b elements.
+    unsafe { l.launch(cfg) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    /// Forward (probabilities and loss) and backward against the CPU on fresh logits: plain, with an
+    /// ignore index hitting some rows, with label smoothing, with every row ignored; batches of 1 and more;
+    /// class counts below and above the block (and one with a very confident row, where -log p underflows
+    /// and the loss kernel falls back to the logits).
+    ///
+    /// Tolerances: probabilities differ by the exp implementations (CPU polynomial <= 1.34 ulp, CUDA expf
+    /// <= 2 ulp) and the order of the row sums: a few ulp, so atol 1e-6 + rtol 1e-5. The loss: each row's
+    /// value has f32 error ~ 1e-7 * |lse| on either side, averaged in f64: rtol 1e-5 + atol 1e-5. The
+    /// backward is fed the CPU's probabilities and must then be bitwise equal (same f32 operations).
+    #[test]
+    fn softmax_cross_entropy_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("softmax_cross_entropy_matches_cpu") else { return };
+        let mut rng = seeded("softmax_cross_entropy_matches_cpu");
+        let cases: [(usize, usize, Option<i64>, f64); 6] =
+            [(1, 10, None, 0.0), (37, 5, None, 0.0), (64, 1000, Some(-100), 0.0), (19, 301, None, 0.1), (8, 7, Some(3), 0.2), (4, 3, Some(1), 0.0)];
+        for (case, &(b, v, ignore, eps)) in cases.iter().enumerate() {
+            let mut logits = rand_vec(&mut rng, b * v, -4.0, 4.0);
+            if b > 1 {
+                logits[v] = 120.0; // row 1: a near-one-hot row, its other probabilities underflow
+            }
+            let mut targets: Vec<i64> = (0..b).map(|_| rng.below(v as u64) as i64).collect();
+            if let Some(ig) = ignore {
+                for t in targets.iter_mut().step_by(3) {
+                    *t = ig;
+                }
+                if case == 5 {
+                    targets.fill(ig); // every row ignored
+                }
+            }
+            let opts = CrossEntropyOptions { ignore_index: ignore, label_smoothing: eps };
+            let mut want_p = vec![0.0f32; b * v];
+            let want_loss = super::super::softmax_cross_entropy_forward(&mut want_p, &logits, &targets, b, v, &opts).unwrap();
+            let (dl, dt) = (gpu.upload(&logits).unwrap(), gpu.upload(&targets).unwrap());
+            let (mut dp, mut dloss) = (poisoned(gpu, b * v).unwrap(), poisoned(gpu, 1).unwrap());
+            softmax_cross_entropy_forward(gpu, &mut dp.as_view_mut(), &dl.as_view(), &dt.as_view(), b, v, &opts, &mut dloss.as_view_mut())
+                .unwrap();
+            let what = format!("sce b{b} v{v} ignore {ignore:?} eps {eps}");
+            assert_close(&format!("{what} probs"), &gpu.download(&dp).unwrap(), &want_p, 1e-6, 1e-5);
+            assert_close(&format!("{what} loss"), &[download_loss(gpu, &dloss).unwrap()], &[want_loss], 1e-5, 1e-5);
+
+            let mut want_d = vec![0.0f32; b * v];
+            super::super::softmax_cross_entropy_backward(&mut want_d, &want_p, &targets, b, v, &opts, 0.7);
+            let dprobs = gpu.upload(&want_p).unwrap();
+            let mut dd = poisoned(gpu, b * v).unwrap();
+            softmax_cross_entropy_backward(gpu, &mut dd.as_view_mut(), &dprobs.as_view(), &dt.as_view(), b, v, &opts, 0.7).unwrap();
+            assert_bitwise(&format!("{what} dlogits"), &gpu.download(&dd).unwrap(), &want_d);
+        }
+    }
+
+    /// A target outside [0, V) makes the device loss NaN (the CPU returns an error instead).
+    #[test]
+    fn bad_target_gives_nan_loss() {
+        let Some(gpu) = gpu_or_skip("bad_target_gives_nan_loss") else { return };
+        let (b, v) = (3usize, 4usize);
+        let dl = gpu.upload(&vec![0.5f32; b * v]).unwrap();
+        let dt = gpu.upload(&[0i64, 4, 1]).unwrap();
+        let (mut dp, mut dloss) = (poisoned(gpu, b * v).unwrap(), poisoned(gpu, 1).unwrap());
+        let opts = CrossEntropyOptions::default();
+        softmax_cross_entropy_forward(gpu, &mut dp.as_view_mut(), &dl.as_view(), &dt.as_view(), b, v, &opts, &mut dloss.as_view_mut())
+            .unwrap();
+        assert!(download_loss(gpu, &dloss).unwrap().is_nan());
+    }
+}

@@ -1,0 +1,96 @@
+// Vector quantisation with the straight-through estimator; the CPU twin is ops/vector_quantize.rs.
+// z, out, dz, dout: [n, d, p] (channels first); codebook, dcodebook: [k, d]; indices: [n*p]; counts: [k].
+// Distances and gradients use the CPU's f32 operations in its order (_rn), so codes, outputs and gradients
+// are the CPU's bits.
+
+// One thread per position: the nearest code by the direct sum of squares over d in ascending order (ties
+// and NaN distances keep the smaller code, as on the CPU), its row gathered into out, its count bumped
+// (integer atomics: exact in any order; counts is zeroed by the host first).
+extern "C" __global__ void vq_nearest_f32(unsigned int *indices, unsigned int *counts, float *out, const float *z,
+                                          const float *codebook, size_t n, size_t d, size_t p, size_t k) {
+    FOR_EACH(row, n * p) {
+        const size_t s = row / p, pos = row % p;
+        const float *zs = z + s * d * p + pos;
+        float best = 0.0f;
+        unsigned int bi = 0;
+        for (size_t c = 0; c < k; ++c) {
+            const float *e = codebook + c * d;
+            float dist = 0.0f;
+            for (size_t j = 0; j < d; ++j) {
+                const float t = __fsub_rn(zs[j * p], e[j]);
+                dist = __fadd_rn(dist, __fmul_rn(t, t));
+            }
+            if (c == 0 || dist < best) {
+                best = dist;
+                bi = (unsigned int)c;
+            }
+        }
+        indices[row] = bi;
+        atomicAdd(&counts[bi], 1u);
+        for (size_t j = 0; j < d; ++j) out[s * d * p + j * p + pos] = codebook[(size_t)bi * d + j];
+    }
+}
+
+// stats[0] = mean (z - out)^2 (differences in f64, as the CPU), stats[1] = perplexity exp(-sum q ln q) of the
+// counts; ONE block, fixed order (deterministic). Empty input: 0 and 1.
+extern "C" __global__ void vq_stats_f32(float *stats, const float *z, const float *out, const unsigned int *counts,
+                                        size_t m, size_t rows, size_t k) {
+    __shared__ double part[32], ent[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    double s = 0.0, h = 0.0;
+    for (size_t i = threadIdx.x; i < m; i += blockDim.x) {
+        const double t = (double)z[i] - (double)out[i];
+        s += t * t;
+    }
+    for (size_t c = threadIdx.x; c < k; c += blockDim.x)
+        if (counts[c] > 0) {
+            const double q = (double)counts[c] / (double)rows;
+            h -= q * log(q);
+        }
+    for (int o = 16; o > 0; o >>= 1) {
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+        h += __shfl_xor_sync(0xffffffffu, h, o);
+    }
+    if (lane == 0) {
+        part[warp] = s;
+        ent[warp] = h;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double ts = 0.0, th = 0.0;
+        for (int w = 0; w < warps; ++w) {
+            ts += part[w];
+            th += ent[w];
+        }
+        stats[0] = m == 0 ? 0.0f : (float)(ts / (double)m);
+        stats[1] = rows == 0 ? 1.0f : (float)exp(th);
+    }
+}
+
+// dz = dout + zscale * (z - e[k*]) (overwrites).
+extern "C" __global__ void vq_backward_dz_f32(float *dz, const float *dout, const float *z, const float *codebook,
+                                              const unsigned int *indices, size_t n, size_t d, size_t p, float zscale) {
+    FOR_EACH(i, n * d * p) {
+        const size_t s = i / (d * p), j = (i / p) % d, pos = i % p;
+        const float e = codebook[(size_t)indices[s * p + pos] * d + j];
+        dz[i] = __fadd_rn(dout[i], __fmul_rn(zscale, __fsub_rn(z[i], e)));
+    }
+}
+
+// dcodebook[c, j] += escale * (e[c, j] - z[n, j, p]) for every position assigned to code c, positions in
+// order, added straight onto the gradient as the CPU does: one thread per codebook element.
+extern "C" __global__ void vq_backward_codebook_f32(float *dcodebook, const float *z, const float *codebook,
+                                                    const unsigned int *indices, size_t n, size_t d, size_t p,
+                                                    size_t k, float escale) {
+    FOR_EACH(e, k * d) {
+        const size_t c = e / d, j = e % d;
+        const float ev = codebook[e];
+        float v = dcodebook[e];
+        for (size_t row = 0; row < n * p; ++row) {
+            if (indices[row] != (unsigned int)c) continue;
+            const size_t s = row / p, pos = row % p;
+            v = __fadd_rn(v, __fmul_rn(escale, __fsub_rn(ev, z[s * d * p + j * p + pos])));
+        }
+        dcodebook[e] = v;
+    }
+}

@@ -1,0 +1,152 @@
+//! Host side of `vector_quantize.cu`: the GPU twins of [`vq_forward`](super::vq_forward) and
+//! [`vq_backward`](super::vq_backward) with the straight-through estimator. Codes, outputs, counts and
+//! gradients are the CPU's bits; the statistics (MSE, perplexity) go to a two-element device buffer
+//! instead of being returned, so the step does not synchronise.
+
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+use super::CUDA;
+use crate::cuda::{Gpu, GpuError};
+
+/// VQ forward on the GPU: nearest codes into `indices` (ties to the smallest code), `out[n, :, p] =
+/// e[k*]`, `counts[k]` (overwritten), and `stats = [mse, perplexity]` (a two-element device buffer; the
+/// CPU returns them as [`VqStats`](super::VqStats)).
+///
+/// out, z: [N, D, P]; indices: [N*P]; counts: [K]; codebook: [K, D]; stats: [2]. Panics on wrong lengths,
+/// `K = 0` with positions to assign, or sizes beyond u32, as the CPU does.
+#[allow(clippy::too_many_arguments)]
+pub fn vq_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    indices: &mut CudaViewMut<u32>,
+    counts: &mut CudaViewMut<u32>,
+    z: &CudaView<f32>,
+    codebook: &CudaView<f32>,
+    n: usize,
+    d: usize,
+    p: usize,
+    k: usize,
+    stats: &mut CudaViewMut<f32>,
+) -> Result<(), GpuError> {
+    assert_eq!(z.len(), n * d * p, "vq_forward: z must be [N, D, P]");
+    assert_eq!(out.len(), n * d * p, "vq_forward: out must be [N, D, P]");
+    assert_eq!(indices.len(), n * p, "vq_forward: indices must be [N*P]");
+    assert_eq!(counts.len(), k, "vq_forward: counts must be [K]");
+    assert_eq!(codebook.len(), k * d, "vq_forward: codebook must be [K, D]");
+    assert_eq!(stats.len(), 2, "vq_forward: stats must be [2] (mse, perplexity)");
+    assert!(k <= u32::MAX as usize, "vq_forward: K = {k} codes do not fit u32 indices");
+    assert!(n * p <= u32::MAX as usize, "vq_forward: N*P = {} positions do not fit u32 counts", n * p);
+    let rows = n * p;
+    if k > 0 {
+        gpu.stream().memset_zeros(counts)?;
+    }
+    if rows > 0 {
+        assert!(k > 0, "vq_forward: empty codebook (K = 0)");
+        let f = gpu.function(&CUDA, "vq_nearest_f32")?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(indices).arg(&mut *counts).arg(&mut *out).arg(z).arg(codebook).arg(&n).arg(&d).arg(&p).arg(&k);
+        // SAFETY: (unsigned*, unsigned*, float*, const float*, const float*, size_t x4); lengths checked.
+        unsafe { l.launch(gpu.elementwise(rows)) }?;
+    }
+    let m = n * d * p;
+    let f = gpu.function(&CUDA, "vq_stats_f32")?;
+    let (out_ro, counts_ro) = (out.slice(..), counts.slice(..));
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(stats).arg(z).arg(&out_ro).arg(&counts_ro).arg(&m).arg(&rows).arg(&k);
+    // SAFETY: (float*, const float*, const float*, const unsigned*, size_t x3); stats holds 2, z / out m and
+    // counts k elements.
+    unsafe { l.launch(cfg) }?;
+    Ok(())
+}
+
+/// VQ backward on the GPU (straight-through): `dz = dout + vq_weight * beta * 2 (z - e[k*]) / M`
+/// (overwrites), `dcodebook[k*] += vq_weight * 2 (e[k*] - z) / M` (accumulates), M = N*D*P.
+/// dz, dout, z: [N, D, P]; dcodebook, codebook: [K, D]; indices: [N*P] (in range: the forward wrote them).
+#[allow(clippy::too_many_arguments)]
+pub fn vq_backward(
+    gpu: &Gpu,
+    dz: &mut CudaViewMut<f32>,
+    dcodebook: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    z: &CudaView<f32>,
+    codebook: &CudaView<f32>,
+    indices: &CudaView<u32>,
+    n: usize,
+    d: usize,
+    p: usize,
+    k: usize,
+    beta: f32,
+    vq_weight: f32,
+) -> Result<(), GpuError> {
+    let m = n * d * p;
+    assert_eq!(dz.len(), m, "vq_backward: dz must be [N, D, P]");
+    assert_eq!(dout.len(), m, "vq_backward: dout must be [N, D, P]");
+    assert_eq!(z.len(), m, "vq_backward: z must be [N, D, P]");
+    assert_eq!(dcodebook.len(), k * d, "vq_backward: dcodebook must be [K, D]");
+    assert_eq!(codebook.len(), k * d, "vq_backward: codebook must be [K, D]");
+    assert_eq!(indices.len(), n * p, "vq_backward: indices must be [N*P]");
+    if m == 0 {
+        return Ok(());
+    }
+    // The CPU's f32 scales, in its arithmetic.
+    let two_over_m = (2.0 / m as f64) as f32;
+    let (zscale, escale) = (vq_weight * beta * two_over_m, vq_weight * two_over_m);
+    let f = gpu.function(&CUDA, "vq_backward_dz_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(dz).arg(dout).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p).arg(&zscale);
+    // SAFETY: (float*, const float* x3, const unsigned*, size_t x3, float); lengths checked.
+    unsafe { l.launch(gpu.elementwise(m)) }?;
+    let f = gpu.function(&CUDA, "vq_backward_codebook_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(dcodebook).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p).arg(&k).arg(&escale);
+    // SAFETY: (float*, const float* x2, const unsigned*, size_t x4, float); lengths checked.
+    unsafe { l.launch(gpu.elementwise(k * d)) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::testing::*;
+    use crate::ops::cuda_test_util::*;
+
+    /// Forward (indices, counts, out bitwise; mse / perplexity within 1e-6 relative: f64 sums in another
+    /// order rounded to f32) and backward (bitwise: same f32 operations in the same order) against the CPU;
+    /// one sample and several, a duplicated code (ties go to the smaller index), odd sizes.
+    #[test]
+    fn vector_quantize_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("vector_quantize_matches_cpu") else { return };
+        let mut rng = seeded("vector_quantize_matches_cpu");
+        for &(n, d, p, k) in &[(1usize, 3usize, 5usize, 4usize), (3, 8, 49, 17), (2, 1, 300, 9)] {
+            let z = rand_vec(&mut rng, n * d * p, -1.0, 1.0);
+            let mut cb = rand_vec(&mut rng, k * d, -1.0, 1.0);
+            let (a, b) = cb.split_at_mut(d);
+            b[..d].copy_from_slice(a); // codes 0 and 1 equal: every tie must pick 0
+            let dout = rand_vec(&mut rng, n * d * p, -1.0, 1.0);
+            let dcb0 = rand_vec(&mut rng, k * d, -1.0, 1.0);
+            let (mut want, mut want_idx, mut want_cnt) = (vec![0.0f32; z.len()], vec![0u32; n * p], vec![0u32; k]);
+            let st = super::super::vq_forward(&mut want, &mut want_idx, &mut want_cnt, &z, &cb, n, d, p, k);
+            let what = format!("vq n{n} d{d} p{p} k{k}");
+            let (dzv, dcb) = (gpu.upload(&z).unwrap(), gpu.upload(&cb).unwrap());
+            let mut out = poisoned(gpu, z.len()).unwrap();
+            let (mut idx, mut cnt) = (gpu.upload(&vec![u32::MAX; n * p]).unwrap(), gpu.upload(&vec![7u32; k]).unwrap());
+            let mut stats = poisoned(gpu, 2).unwrap();
+            vq_forward(gpu, &mut out.as_view_mut(), &mut idx.as_view_mut(), &mut cnt.as_view_mut(), &dzv.as_view(), &dcb.as_view(), n, d, p, k, &mut stats.as_view_mut())
+                .unwrap();
+            assert_eq!(gpu.download(&idx).unwrap(), want_idx, "{what}: indices differ");
+            assert_eq!(gpu.download(&cnt).unwrap(), want_cnt, "{what}: counts differ");
+            assert_bitwise(&format!("{what} out"), &gpu.download(&out).unwrap(), &want);
+            assert_close(&format!("{what} stats"), &gpu.download(&stats).unwrap(), &[st.mse, st.perplexity], 0.0, 1e-6);
+
+            let (mut want_dz, mut want_dcb) = (vec![0.0f32; z.len()], dcb0.clone());
+            super::super::vq_backward(&mut want_dz, &mut want_dcb, &dout, &z, &cb, &want_idx, n, d, p, k, 0.25, 0.8);
+            let (dgo, didx) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_idx).unwrap());
+            let (mut ddz, mut ddcb) = (poisoned(gpu, z.len()).unwrap(), gpu.upload(&dcb0).unwrap());
+            vq_backward(gpu, &mut ddz.as_view_mut(), &mut ddcb.as_view_mut(), &dgo.as_view(), &dzv.as_view(), &dcb.as_view(), &didx.as_view(), n, d, p, k, 0.25, 0.8)
+                .unwrap();
+            assert_bitwise(&format!("{what} dz"), &gpu.download(&ddz).unwrap(), &want_dz);
+            assert_bitwise(&format!("{what} dcodebook"), &gpu.download(&ddcb).unwrap(), &want_dcb);
+        }
+    }
+}
