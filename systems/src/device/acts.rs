@@ -50,6 +50,18 @@ where
     }
 }
 
+/// Scratch of a convolution on the device: the column matrices of the whole batch when they fit in 64M
+/// elements (one batched GEMM per group instead of one per couple of samples), never less than the CPU
+/// kernel's minimum [`Conv2dGeom::col_len`](ops::conv2d::Conv2dGeom::col_len).
+pub fn conv_col_len(g: &ops::conv2d::Conv2dGeom) -> usize {
+    const CAP: usize = 64 << 20;
+    let per_sample = match g.out_hw() {
+        Ok((oh, ow)) => g.c / g.groups.max(1) * g.kh * g.kw * oh * ow,
+        Err(_) => 0,
+    };
+    g.col_len().max((g.n * per_sample).min(CAP))
+}
+
 impl GpuActivations {
     /// Plans device buffers for batches of up to `capacity` samples (the same plan as the host's).
     pub fn plan(gpu: &Gpu, graph: &Graph, capacity: usize) -> Result<GpuActivations, GpuError> {
@@ -66,7 +78,7 @@ impl GpuActivations {
             match &node.op {
                 OpKind::MaxPool2d { .. } => ix = sizes[node.output.0],
                 OpKind::Conv2d { spec, in_hw, .. } => {
-                    scratch = scratch.max(ops::conv2d::cuda::col_len(&conv_geom(spec, *in_hw, capacity)))
+                    scratch = scratch.max(conv_col_len(&conv_geom(spec, *in_hw, capacity)))
                 }
                 OpKind::BatchNorm2d { channels, .. } => s = 2 * channels,
                 OpKind::LayerNorm { dim, .. } => s = 2 * capacity * numel(node.output) / dim,

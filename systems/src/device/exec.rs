@@ -78,7 +78,7 @@ pub fn forward(
                     let g = conv_geom(spec, *in_hw, n);
                     let b = bias.as_ref().map(p);
                     let s = scratch.as_mut().expect("convolutions plan scratch");
-                    let mut col = s.slice_mut(..ops::conv2d::cuda::col_len(&g));
+                    let mut col = s.slice_mut(..super::acts::conv_col_len(&g));
                     ops::conv2d::cuda::conv2d_forward(gpu, &mut y, &x, &p(weight), b.as_ref(), &mut col, &g)
                 }
                 OpKind::MaxPool2d { spec, in_chw } => {
@@ -351,7 +351,7 @@ pub fn backward(
                 OpKind::Conv2d { spec, in_hw, weight, bias, .. } => sink.with(xv, in_len, |dx| {
                     let g = conv_geom(spec, *in_hw, n);
                     let s = scratch.as_mut().expect("convolutions plan scratch");
-                    let mut col = s.slice_mut(..ops::conv2d::cuda::col_len(&g));
+                    let mut col = s.slice_mut(..super::acts::conv_col_len(&g));
                     with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
                         ops::conv2d::cuda::conv2d_backward(gpu, dx, dw, db, &dy, &x, &p(weight), &mut col, &g)
                     })

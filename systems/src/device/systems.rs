@@ -65,7 +65,7 @@ pub fn gpu_sync_down(
 pub fn gpu_upload_batch(mut gpu: ResMut<GpuState>, batch: Res<Batch>, mut failure: ResMut<RunFailure>) {
     let len = batch.size * batch.input_len;
     let g = &mut *gpu;
-    let run = || -> Result<(), GpuError> {
+    let mut run = || -> Result<(), GpuError> {
         // Waits for the previous copy out of the staging buffer (long done: a whole step ago).
         let staging = g.pinned_input.as_mut_slice()?;
         staging[..len].copy_from_slice(&batch.inputs[..len]);
@@ -93,7 +93,7 @@ pub fn gpu_forward(
     let n = batch.size;
     let g = &mut *gpu;
     let device = g.gpu.clone();
-    let run = || -> Result<(), GpuError> {
+    let mut run = || -> Result<(), GpuError> {
         exec::forward(&device, &graph, &g.params, &mut g.buffers, &mut g.acts, n, *mode, step_seed(&settings, &clock))?;
         let out = graph.output.0;
         let len = n * graph.values[out].numel();
@@ -122,7 +122,7 @@ pub fn gpu_backward(
     let n = batch.size;
     let g = &mut *gpu;
     let device = g.gpu.clone();
-    let run = || -> Result<(), GpuError> {
+    let mut run = || -> Result<(), GpuError> {
         let out = graph.output.0;
         let len = n * graph.values[out].numel();
         let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
