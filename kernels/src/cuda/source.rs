@@ -12,7 +12,18 @@ pub struct KernelSource {
 }
 
 /// Every kernel source of the crate, one per op (the NVRTC compile test walks this list).
-pub static ALL: &[&KernelSource] = &[&crate::ops::activation::CUDA, &crate::optim::adam::CUDA];
+pub static ALL: &[&KernelSource] = &[
+    &crate::ops::activation::CUDA,
+    &crate::optim::adam::CUDA,
+    // helper "opt": the remaining optimizers, clipping, EMA, casts.
+    &crate::optim::sgd::CUDA,
+    &crate::optim::adamax::CUDA,
+    &crate::optim::nadam::CUDA,
+    &crate::optim::radam::CUDA,
+    &crate::optim::rmsprop::CUDA,
+    &crate::optim::adagrad::CUDA,
+    &crate::optim::adadelta::CUDA,
+];
 
 /// `ptxas` for the optional assembly check: `ECSTRAIN_PTXAS`, `ptxas` on `PATH`, the toolkit's, or the pip
 /// wheel's `nvidia/cuda_nvcc/bin/ptxas` next to a `nvidia/cuda_nvrtc/lib` on `LD_LIBRARY_PATH`.
