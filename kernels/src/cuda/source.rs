@@ -23,6 +23,8 @@ pub static ALL: &[&KernelSource] = &[
     &crate::optim::rmsprop::CUDA,
     &crate::optim::adagrad::CUDA,
     &crate::optim::adadelta::CUDA,
+    &crate::optim::clip::CUDA,
+    &crate::optim::ema::CUDA,
 ];
 
 /// `ptxas` for the optional assembly check: `ECSTRAIN_PTXAS`, `ptxas` on `PATH`, the toolkit's, or the pip
