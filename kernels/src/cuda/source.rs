@@ -25,6 +25,7 @@ pub static ALL: &[&KernelSource] = &[
     &crate::optim::adadelta::CUDA,
     &crate::optim::clip::CUDA,
     &crate::optim::ema::CUDA,
+    &crate::ops::cast::CUDA,
 ];
 
 /// `ptxas` for the optional assembly check: `ECSTRAIN_PTXAS`, `ptxas` on `PATH`, the toolkit's, or the pip
