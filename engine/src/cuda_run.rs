@@ -58,7 +58,7 @@ pub fn install(world: &mut World, device: Device, capacity: usize) -> Result<(),
 }
 
 /// `engine bench --device cuda[:N]`: the device kernels beside the measured copy bandwidth and cuBLAS rate.
-pub fn bench(device: Device, elements: Option<usize>) -> Result<(), String> {
+pub fn bench(device: Device) -> Result<(), String> {
     let Device::Cuda(ordinal) = device else { return Ok(()) };
     let gpu = Gpu::open(ordinal).map_err(|e| e.to_string())?;
     println!(
@@ -69,5 +69,7 @@ pub fn bench(device: Device, elements: Option<usize>) -> Result<(), String> {
         gpu.info.multiprocessors,
         gpu.info.total_mem as f64 / (1u64 << 30) as f64
     );
-    ecstrain_kernels::cuda::bench::print_benchmarks(&gpu, elements.unwrap_or(64 << 20)).map_err(|e| e.to_string())
+    let rows = ecstrain_kernels::cuda::bench::run_benchmarks(&gpu).map_err(|e| e.to_string())?;
+    print!("{}", ecstrain_kernels::cuda::bench::format_table(&rows));
+    Ok(())
 }

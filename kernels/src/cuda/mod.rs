@@ -8,6 +8,7 @@
 //! architecture (cached on disk by source hash and architecture); [`Gpu`] holds the context, the compute and
 //! copy streams, the cuBLAS handle and the loaded modules.
 
+pub mod bench;
 pub mod compile;
 pub mod gpu;
 pub mod launch;

@@ -33,6 +33,17 @@ pub static ALL: &[&KernelSource] = &[
     &crate::ops::linear_act::CUDA,
     &crate::ops::concat::CUDA,
     &crate::ops::vector_quantize::CUDA,
+    // helper "opt": the remaining optimizers, clipping, EMA, casts.
+    &crate::optim::sgd::CUDA,
+    &crate::optim::adamax::CUDA,
+    &crate::optim::nadam::CUDA,
+    &crate::optim::radam::CUDA,
+    &crate::optim::rmsprop::CUDA,
+    &crate::optim::adagrad::CUDA,
+    &crate::optim::adadelta::CUDA,
+    &crate::optim::clip::CUDA,
+    &crate::optim::ema::CUDA,
+    &crate::ops::cast::CUDA,
 ];
 
 /// `ptxas` for the optional assembly check: `ECSTRAIN_PTXAS`, `ptxas` on `PATH`, the toolkit's, or the pip

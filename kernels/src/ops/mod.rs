@@ -14,6 +14,7 @@ pub mod attention;
 pub mod batch_norm;
 pub mod bias_add;
 pub mod bmm;
+pub mod cast;
 pub mod concat;
 pub mod conv2d;
 pub mod dropout;

@@ -93,6 +93,88 @@ crate::multiversion!(
     fn update<T: Float; const WD: bool>(param: &mut [T], grad: &[T], square_avg: &mut [T], acc_delta: &mut [T], c: Coeffs<T>) => update_body
 );
 
+/// The CUDA kernel of Adadelta (`adadelta.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "adadelta", code: include_str!("adadelta.cu"), kernels: &["adadelta_step_f32"] };
+
+/// Host side of `adadelta.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{AdadeltaConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+
+    /// The segment of elements `start..end` updated with `cfg` (Adadelta does not depend on the step): the
+    /// coefficients [`adadelta_step`](super::adadelta_step) computes, in the same f64 arithmetic.
+    pub fn segment(cfg: &AdadeltaConfig, start: usize, end: usize) -> Segment {
+        let mut c = [0.0f32; 12];
+        c[0] = cfg.weight_decay as f32;
+        c[1] = cfg.rho as f32;
+        c[2] = (1.0 - cfg.rho) as f32;
+        c[3] = cfg.eps as f32;
+        c[4] = (-cfg.lr) as f32;
+        let flags = u32::from(cfg.weight_decay != 0.0);
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded); all buffers hold the arena.
+    pub fn step(
+        gpu: &Gpu,
+        param: &mut CudaViewMut<f32>,
+        grad: &CudaView<f32>,
+        square_avg: &mut CudaViewMut<f32>,
+        acc_delta: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = param.len();
+        assert!(grad.len() == n && square_avg.len() == n && acc_delta.len() == n, "adadelta step: lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "adadelta step: a segment lies outside the arena");
+        let f = gpu.function(&CUDA, "adadelta_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(param).arg(grad).arg(square_avg).arg(acc_delta).arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match adadelta_step_f32's signature (float*, const float*, float*, float*,
+        // const Segment*, int, size_t); every buffer holds n elements and the table nsegs sorted segments
+        // inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::optim::cuda_check::check_fused_bitwise;
+
+        /// Defaults, weight decay, a small rho and a large eps: bitwise the CPU's over several steps.
+        #[test]
+        fn fused_adadelta_matches_cpu_bitwise() {
+            let base = AdadeltaConfig::default();
+            let cfgs = [
+                base,
+                AdadeltaConfig { weight_decay: 0.1, ..base },
+                AdadeltaConfig { lr: 0.5, rho: 0.3, ..base },
+                AdadeltaConfig { lr: 2.0, rho: 0.95, eps: 1e-3, weight_decay: 1e-3 },
+            ];
+            check_fused_bitwise(
+                "fused_adadelta_matches_cpu_bitwise",
+                2,
+                0.0,
+                6,
+                &mut |k, p, g, s, _| {
+                    let [sq, acc] = s else { unreachable!() };
+                    super::super::adadelta_step(p, g, sq, acc, &cfgs[k])
+                },
+                &mut |k, _, a, b| segment(&cfgs[k], a, b),
+                &mut |gpu, p, g, s, table| {
+                    let [sq, acc] = s else { unreachable!() };
+                    let (mut sq, mut acc) = (sq.as_view_mut(), acc.as_view_mut());
+                    step(gpu, &mut p.as_view_mut(), &g.as_view(), &mut sq, &mut acc, table).unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -75,6 +75,83 @@ crate::multiversion!(
     fn update<T: Float; const WD: bool>(param: &mut [T], grad: &[T], sum: &mut [T], c: Coeffs<T>) => update_body
 );
 
+/// The CUDA kernel of Adagrad (`adagrad.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "adagrad", code: include_str!("adagrad.cu"), kernels: &["adagrad_step_f32"] };
+
+/// Host side of `adagrad.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{AdagradConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+
+    /// The segment of elements `start..end` updated with `cfg` at 1-based `step`: the coefficients
+    /// [`adagrad_step`](super::adagrad_step) computes, in the same f64 arithmetic.
+    pub fn segment(cfg: &AdagradConfig, step: u64, start: usize, end: usize) -> Segment {
+        let clr = cfg.lr / (1.0 + (step as f64 - 1.0) * cfg.lr_decay);
+        let mut c = [0.0f32; 12];
+        c[0] = cfg.weight_decay as f32;
+        c[1] = cfg.eps as f32;
+        c[2] = (-clr) as f32;
+        let flags = u32::from(cfg.weight_decay != 0.0);
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded); `sum` starts filled with each
+    /// parameter's `initial_accumulator_value`, as on the CPU. All buffers hold the arena.
+    pub fn step(
+        gpu: &Gpu,
+        param: &mut CudaViewMut<f32>,
+        grad: &CudaView<f32>,
+        sum: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = param.len();
+        assert!(grad.len() == n && sum.len() == n, "adagrad step: arena lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "adagrad step: a segment lies outside the arena");
+        let f = gpu.function(&CUDA, "adagrad_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(param).arg(grad).arg(sum).arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match adagrad_step_f32's signature (float*, const float*, float*,
+        // const Segment*, int, size_t); every buffer holds n elements and the table nsegs sorted segments
+        // inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::optim::cuda_check::check_fused_bitwise;
+
+        /// Defaults, lr decay, weight decay and a large eps, from a non-zero accumulator: bitwise the CPU's.
+        #[test]
+        fn fused_adagrad_matches_cpu_bitwise() {
+            let base = AdagradConfig { initial_accumulator_value: 0.1, ..AdagradConfig::default() };
+            let cfgs = [
+                base,
+                AdagradConfig { lr: 3e-2, lr_decay: 0.05, ..base },
+                AdagradConfig { lr: 1e-2, weight_decay: 0.1, ..base },
+                AdagradConfig { lr: 0.5, eps: 1e-3, lr_decay: 1e-3, weight_decay: 1e-4, ..base },
+            ];
+            check_fused_bitwise(
+                "fused_adagrad_matches_cpu_bitwise",
+                1,
+                0.1,
+                6,
+                &mut |k, p, g, s, t| super::super::adagrad_step(p, g, &mut s[0][..], &cfgs[k], t),
+                &mut |k, t, a, b| segment(&cfgs[k], t, a, b),
+                &mut |gpu, p, g, s, table| {
+                    let [sum] = s else { unreachable!() };
+                    step(gpu, &mut p.as_view_mut(), &g.as_view(), &mut sum.as_view_mut(), table).unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -96,6 +96,96 @@ crate::multiversion!(
     fn update<T: Float; const WD: bool>(param: &mut [T], grad: &[T], exp_avg: &mut [T], exp_inf: &mut [T], c: Coeffs<T>) => update_body
 );
 
+/// The CUDA kernel of Adamax (`adamax.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "adamax", code: include_str!("adamax.cu"), kernels: &["adamax_step_f32"] };
+
+/// Host side of `adamax.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{AdamaxConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+    use crate::optim::LerpWeight;
+
+    /// The segment of elements `start..end` updated with `cfg` at 1-based `step`: the coefficients
+    /// [`adamax_step`](super::adamax_step) computes, in the same f64 arithmetic.
+    pub fn segment(cfg: &AdamaxConfig, step: u64, start: usize, end: usize) -> Segment {
+        let bias_correction = 1.0 - cfg.beta1.powf(step as f64);
+        let lerp = LerpWeight::<f32>::new(1.0 - cfg.beta1);
+        let mut flags = 0;
+        if cfg.weight_decay != 0.0 {
+            flags |= 1;
+        }
+        if lerp.from_start {
+            flags |= 8;
+        }
+        let mut c = [0.0f32; 12];
+        c[0] = cfg.weight_decay as f32;
+        c[1] = lerp.coeff;
+        c[2] = cfg.beta2 as f32;
+        c[3] = cfg.eps as f32;
+        c[4] = (-(cfg.lr / bias_correction)) as f32;
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded); all buffers hold the arena.
+    pub fn step(
+        gpu: &Gpu,
+        param: &mut CudaViewMut<f32>,
+        grad: &CudaView<f32>,
+        exp_avg: &mut CudaViewMut<f32>,
+        exp_inf: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = param.len();
+        assert!(grad.len() == n && exp_avg.len() == n && exp_inf.len() == n, "adamax step: arena lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "adamax step: a segment lies outside the arena");
+        let f = gpu.function(&CUDA, "adamax_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(param).arg(grad).arg(exp_avg).arg(exp_inf).arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match adamax_step_f32's signature (float*, const float*, float*, float*,
+        // const Segment*, int, size_t); every buffer holds n elements and the table nsegs sorted segments
+        // inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::optim::cuda_check::check_fused_bitwise;
+
+        /// Defaults, coupled decay with a lerp weight above 0.5 (lerp from the end), and two more: bitwise.
+        #[test]
+        fn fused_adamax_matches_cpu_bitwise() {
+            let cfgs = [
+                AdamaxConfig::default(),
+                AdamaxConfig { lr: 1e-2, beta1: 0.3, beta2: 0.99, eps: 1e-6, weight_decay: 0.1 },
+                AdamaxConfig { lr: 5e-3, beta1: 0.9, beta2: 0.9, eps: 1e-8, weight_decay: 1e-3 },
+                AdamaxConfig { lr: 0.1, beta1: 0.5, beta2: 0.999, eps: 1e-3, weight_decay: 0.0 },
+            ];
+            check_fused_bitwise(
+                "fused_adamax_matches_cpu_bitwise",
+                2,
+                0.0,
+                6,
+                &mut |k, p, g, s, t| {
+                    let [m, u] = s else { unreachable!() };
+                    super::super::adamax_step(p, g, m, u, &cfgs[k], t)
+                },
+                &mut |k, t, a, b| segment(&cfgs[k], t, a, b),
+                &mut |gpu, p, g, s, table| {
+                    let [m, u] = s else { unreachable!() };
+                    step(gpu, &mut p.as_view_mut(), &g.as_view(), &mut m.as_view_mut(), &mut u.as_view_mut(), table)
+                        .unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -165,6 +165,8 @@ pub(crate) fn maximum<T: Float>(a: T, b: T) -> T {
 }
 
 #[cfg(test)]
+pub(crate) mod cuda_check;
+#[cfg(test)]
 pub(crate) mod test_support;
 
 #[cfg(test)]

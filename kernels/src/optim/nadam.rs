@@ -156,6 +156,117 @@ crate::multiversion!(
     ) => update_body
 );
 
+/// The CUDA kernel of NAdam (`nadam.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "nadam", code: include_str!("nadam.cu"), kernels: &["nadam_step_f32"] };
+
+/// Host side of `nadam.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{mu, NadamConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+    use crate::optim::LerpWeight;
+
+    /// The segment of elements `start..end` updated with `cfg` at 1-based `step`, with `mu_product` the
+    /// running product already advanced to this step ([`advance_mu_product`](super::advance_mu_product), on
+    /// the host, once per step): the coefficients [`nadam_step`](super::nadam_step) computes, in f64.
+    pub fn segment(cfg: &NadamConfig, step: u64, mu_product: f32, start: usize, end: usize) -> Segment {
+        let t = step as f64;
+        let (mu, mu_next) = (mu(cfg, t), mu(cfg, t + 1.0));
+        let mu_product = mu_product as f64;
+        let mu_product_next = mu_product * mu_next;
+        let lerp = LerpWeight::<f32>::new(1.0 - cfg.beta1);
+        let wd = cfg.weight_decay != 0.0;
+        let mut flags = 0;
+        if wd && !cfg.decoupled_weight_decay {
+            flags |= 1;
+        }
+        if wd && cfg.decoupled_weight_decay {
+            flags |= 2;
+        }
+        if lerp.from_start {
+            flags |= 8;
+        }
+        let mut c = [0.0f32; 12];
+        c[0] = (1.0 - cfg.lr * cfg.weight_decay) as f32;
+        c[1] = cfg.weight_decay as f32;
+        c[2] = lerp.coeff;
+        c[3] = cfg.beta2 as f32;
+        c[4] = (1.0 - cfg.beta2) as f32;
+        c[5] = (1.0 - cfg.beta2.powf(t)) as f32;
+        c[6] = cfg.eps as f32;
+        c[7] = (-cfg.lr * (1.0 - mu) / (1.0 - mu_product)) as f32;
+        c[8] = ((-cfg.lr * mu_next) / (1.0 - mu_product_next)) as f32;
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded); all buffers hold the arena.
+    pub fn step(
+        gpu: &Gpu,
+        param: &mut CudaViewMut<f32>,
+        grad: &CudaView<f32>,
+        exp_avg: &mut CudaViewMut<f32>,
+        exp_avg_sq: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = param.len();
+        assert!(grad.len() == n && exp_avg.len() == n && exp_avg_sq.len() == n, "nadam step: arena lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "nadam step: a segment lies outside the arena");
+        let f = gpu.function(&CUDA, "nadam_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(param).arg(grad).arg(exp_avg).arg(exp_avg_sq).arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match nadam_step_f32's signature (float*, const float*, float*, float*,
+        // const Segment*, int, size_t); every buffer holds n elements and the table nsegs sorted segments
+        // inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::optim::advance_mu_product;
+        use crate::optim::cuda_check::{check_fused_bitwise, RANGES};
+
+        /// Defaults, NAdamW, coupled decay and a fast momentum schedule, each with its own mu_product
+        /// advanced on the host once per step as the engine does: bitwise the CPU's.
+        #[test]
+        fn fused_nadam_matches_cpu_bitwise() {
+            let base = NadamConfig::default();
+            let cfgs = [
+                base,
+                NadamConfig { lr: 1e-2, weight_decay: 0.05, decoupled_weight_decay: true, ..base },
+                NadamConfig { lr: 3e-3, beta1: 0.3, beta2: 0.99, weight_decay: 0.1, ..base },
+                NadamConfig { lr: 5e-2, momentum_decay: 0.5, eps: 1e-6, ..base },
+            ];
+            // The product after each step, per segment (segments share a step but not a config here).
+            let mut mu_products = vec![[super::super::MU_PRODUCT_INIT; RANGES.len()]];
+            for t in 1..=6u64 {
+                let prev = *mu_products.last().unwrap();
+                mu_products.push(std::array::from_fn(|k| advance_mu_product(prev[k], &cfgs[k], t)));
+            }
+            check_fused_bitwise(
+                "fused_nadam_matches_cpu_bitwise",
+                2,
+                0.0,
+                6,
+                &mut |k, p, g, s, t| {
+                    let [m, v] = s else { unreachable!() };
+                    super::super::nadam_step(p, g, m, v, &cfgs[k], t, mu_products[t as usize][k])
+                },
+                &mut |k, t, a, b| segment(&cfgs[k], t, mu_products[t as usize][k], a, b),
+                &mut |gpu, p, g, s, table| {
+                    let [m, v] = s else { unreachable!() };
+                    step(gpu, &mut p.as_view_mut(), &g.as_view(), &mut m.as_view_mut(), &mut v.as_view_mut(), table)
+                        .unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -146,6 +146,114 @@ crate::multiversion!(
     ) => update_body
 );
 
+/// The CUDA kernel of RAdam (`radam.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "radam", code: include_str!("radam.cu"), kernels: &["radam_step_f32"] };
+
+/// Host side of `radam.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{rectification, RadamConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+    use crate::optim::LerpWeight;
+
+    /// The segment of elements `start..end` updated with `cfg` at 1-based `step`: the coefficients
+    /// [`radam_step`](super::radam_step) computes in f64, and its rectification switch for this step.
+    pub fn segment(cfg: &RadamConfig, step: u64, start: usize, end: usize) -> Segment {
+        let t = step as f64;
+        let rect = rectification(cfg.beta2, step);
+        let lerp = LerpWeight::<f32>::new(1.0 - cfg.beta1);
+        let wd = cfg.weight_decay != 0.0;
+        let mut flags = 0;
+        if wd && !cfg.decoupled_weight_decay {
+            flags |= 1;
+        }
+        if wd && cfg.decoupled_weight_decay {
+            flags |= 2;
+        }
+        if rect.is_some() {
+            flags |= 4;
+        }
+        if lerp.from_start {
+            flags |= 8;
+        }
+        let mut c = [0.0f32; 12];
+        c[0] = (1.0 - cfg.lr * cfg.weight_decay) as f32;
+        c[1] = cfg.weight_decay as f32;
+        c[2] = lerp.coeff;
+        c[3] = cfg.beta2 as f32;
+        c[4] = (1.0 - cfg.beta2) as f32;
+        c[5] = (1.0 - cfg.beta1.powf(t)) as f32;
+        c[6] = cfg.lr as f32;
+        c[7] = (1.0 - cfg.beta2.powf(t)).powf(0.5) as f32;
+        c[8] = cfg.eps as f32;
+        c[9] = rect.unwrap_or(0.0) as f32;
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded); all buffers hold the arena.
+    pub fn step(
+        gpu: &Gpu,
+        param: &mut CudaViewMut<f32>,
+        grad: &CudaView<f32>,
+        exp_avg: &mut CudaViewMut<f32>,
+        exp_avg_sq: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = param.len();
+        assert!(grad.len() == n && exp_avg.len() == n && exp_avg_sq.len() == n, "radam step: arena lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "radam step: a segment lies outside the arena");
+        let f = gpu.function(&CUDA, "radam_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(param).arg(grad).arg(exp_avg).arg(exp_avg_sq).arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match radam_step_f32's signature (float*, const float*, float*, float*,
+        // const Segment*, int, size_t); every buffer holds n elements and the table nsegs sorted segments
+        // inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::optim::cuda_check::check_fused_bitwise;
+
+        /// Eight steps, so both branches run: with beta2 = 0.9, 0.99 and 0.999 alike the update is
+        /// un-rectified for steps 1..=5 and rectified (rho_t > 5) from step 6; plus RAdamW and coupled decay.
+        #[test]
+        fn fused_radam_matches_cpu_bitwise() {
+            let base = RadamConfig::default();
+            for (beta2, t) in [(0.9, 5u64), (0.999, 5), (0.99, 5)] {
+                assert!(rectification(beta2, t).is_none() && rectification(beta2, t + 1).is_some(), "{beta2}");
+            }
+            let cfgs = [
+                base,
+                RadamConfig { lr: 1e-2, beta2: 0.9, weight_decay: 0.05, decoupled_weight_decay: true, ..base },
+                RadamConfig { lr: 3e-3, beta1: 0.3, beta2: 0.99, weight_decay: 0.1, ..base },
+                RadamConfig { lr: 5e-2, eps: 1e-6, ..base },
+            ];
+            check_fused_bitwise(
+                "fused_radam_matches_cpu_bitwise",
+                2,
+                0.0,
+                8,
+                &mut |k, p, g, s, t| {
+                    let [m, v] = s else { unreachable!() };
+                    super::super::radam_step(p, g, m, v, &cfgs[k], t)
+                },
+                &mut |k, t, a, b| segment(&cfgs[k], t, a, b),
+                &mut |gpu, p, g, s, table| {
+                    let [m, v] = s else { unreachable!() };
+                    step(gpu, &mut p.as_view_mut(), &g.as_view(), &mut m.as_view_mut(), &mut v.as_view_mut(), table)
+                        .unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -159,6 +159,112 @@ crate::multiversion!(
     ) => update_body
 );
 
+/// The CUDA kernel of RMSprop (`rmsprop.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "rmsprop", code: include_str!("rmsprop.cu"), kernels: &["rmsprop_step_f32"] };
+
+/// Host side of `rmsprop.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{RmspropConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+    use crate::optim::LerpWeight;
+
+    /// The segment of elements `start..end` updated with `cfg` (RMSprop does not depend on the step): the
+    /// coefficients [`rmsprop_step`](super::rmsprop_step) computes, in the same f64 arithmetic.
+    pub fn segment(cfg: &RmspropConfig, start: usize, end: usize) -> Segment {
+        let lerp = LerpWeight::<f32>::new(1.0 - cfg.alpha);
+        let mut flags = 0;
+        if cfg.weight_decay != 0.0 {
+            flags |= 1;
+        }
+        if cfg.centered {
+            flags |= 2;
+        }
+        if cfg.momentum > 0.0 {
+            flags |= 4;
+        }
+        if lerp.from_start {
+            flags |= 8;
+        }
+        let mut c = [0.0f32; 12];
+        c[0] = cfg.weight_decay as f32;
+        c[1] = cfg.alpha as f32;
+        c[2] = (1.0 - cfg.alpha) as f32;
+        c[3] = lerp.coeff;
+        c[4] = cfg.eps as f32;
+        c[5] = cfg.momentum as f32;
+        c[6] = (-cfg.lr) as f32;
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded). `grad_avg` is touched only by centered
+    /// segments and `momentum_buffer` only by segments with momentum; when no segment uses one, any buffer
+    /// may be passed for it.
+    pub fn step(
+        gpu: &Gpu,
+        param: &mut CudaViewMut<f32>,
+        grad: &CudaView<f32>,
+        square_avg: &mut CudaViewMut<f32>,
+        grad_avg: &mut CudaViewMut<f32>,
+        momentum_buffer: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = param.len();
+        assert!(grad.len() == n && square_avg.len() == n, "rmsprop step: arena lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "rmsprop step: a segment lies outside the arena");
+        let uses = |bit: u32| table.host.iter().any(|s| s.flags & bit != 0);
+        assert!(!uses(2) || grad_avg.len() == n, "rmsprop step: centered segments need grad_avg");
+        assert!(!uses(4) || momentum_buffer.len() == n, "rmsprop step: momentum needs momentum_buffer");
+        let f = gpu.function(&CUDA, "rmsprop_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(param).arg(grad).arg(square_avg).arg(grad_avg).arg(momentum_buffer);
+        b.arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match rmsprop_step_f32's signature (float*, const float*, float*, float*,
+        // float*, const Segment*, int, size_t); every buffer a segment reads holds n elements and the table
+        // nsegs sorted segments inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::optim::cuda_check::check_fused_bitwise;
+
+        /// Every combination of centered and momentum (one per segment), with and without decay, and an
+        /// alpha below 0.5 (lerp from the end): bitwise the CPU's, and unused buffers stay untouched.
+        #[test]
+        fn fused_rmsprop_matches_cpu_bitwise() {
+            let base = RmspropConfig::default();
+            let cfgs = [
+                RmspropConfig { weight_decay: 1e-2, ..base },
+                RmspropConfig { lr: 1e-3, centered: true, ..base },
+                RmspropConfig { lr: 3e-3, alpha: 0.3, momentum: 0.9, weight_decay: 0.1, ..base },
+                RmspropConfig { lr: 1e-3, alpha: 0.9, eps: 1e-6, momentum: 0.5, centered: true, ..base },
+            ];
+            check_fused_bitwise(
+                "fused_rmsprop_matches_cpu_bitwise",
+                3,
+                0.0,
+                5,
+                &mut |k, p, g, s, _| {
+                    let [sq, ga, buf] = s else { unreachable!() };
+                    super::super::rmsprop_step(p, g, sq, ga, buf, &cfgs[k])
+                },
+                &mut |k, _, a, b| segment(&cfgs[k], a, b),
+                &mut |gpu, p, g, s, table| {
+                    let [sq, ga, buf] = s else { unreachable!() };
+                    let (mut sq, mut ga, mut buf) = (sq.as_view_mut(), ga.as_view_mut(), buf.as_view_mut());
+                    step(gpu, &mut p.as_view_mut(), &g.as_view(), &mut sq, &mut ga, &mut buf, table).unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

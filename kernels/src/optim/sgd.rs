@@ -117,6 +117,97 @@ crate::multiversion!(
     ) => update_body
 );
 
+/// The CUDA kernel of SGD (`sgd.cu`).
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "sgd", code: include_str!("sgd.cu"), kernels: &["sgd_step_f32"] };
+
+/// Host side of `sgd.cu`: one launch updates every segment of the arenas.
+pub mod cuda {
+    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+    use super::{SgdConfig, CUDA};
+    use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
+
+    /// The segment of elements `start..end` updated with `cfg` at 1-based `step`: the coefficients and
+    /// branches [`sgd_step`](super::sgd_step) uses (step 1 initialises the momentum buffer).
+    pub fn segment(cfg: &SgdConfig, step: u64, start: usize, end: usize) -> Segment {
+        let mut flags = 0;
+        if cfg.weight_decay != 0.0 {
+            flags |= 1;
+        }
+        if cfg.momentum != 0.0 {
+            flags |= 2;
+        }
+        if step == 1 {
+            flags |= 4;
+        }
+        if cfg.nesterov {
+            flags |= 8;
+        }
+        let mut c = [0.0f32; 12];
+        c[0] = (-cfg.lr) as f32;
+        c[1] = cfg.weight_decay as f32;
+        c[2] = cfg.momentum as f32;
+        c[3] = (1.0 - cfg.dampening) as f32;
+        Segment { start: start as u64, end: end as u64, coeffs: c, flags, pad: 0 }
+    }
+
+    /// One update of every segment in `table` (already uploaded). `momentum_buf` is read and written only
+    /// by segments with momentum; when none has, any buffer may be passed (it is not touched).
+    pub fn step(
+        gpu: &Gpu,
+        param: &mut CudaViewMut<f32>,
+        grad: &CudaView<f32>,
+        momentum_buf: &mut CudaViewMut<f32>,
+        table: &SegmentTable,
+    ) -> Result<(), GpuError> {
+        let n = param.len();
+        assert_eq!(grad.len(), n, "sgd step: param and grad lengths differ");
+        assert!(table.host.iter().all(|s| s.end as usize <= n), "sgd step: a segment lies outside the arena");
+        let uses_buf = table.host.iter().any(|s| s.flags & 2 != 0);
+        assert!(!uses_buf || momentum_buf.len() == n, "sgd step: momentum needs a buffer of the arena's length");
+        let f = gpu.function(&CUDA, "sgd_step_f32")?;
+        let nsegs = table.host.len() as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(param).arg(grad).arg(momentum_buf).arg(&table.device).arg(&nsegs).arg(&n);
+        // SAFETY: the arguments match sgd_step_f32's signature (float*, const float*, float*, const Segment*,
+        // int, size_t); param and grad hold n elements, momentum_buf too wherever a segment reads it, and the
+        // table holds nsegs sorted segments inside [0, n).
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::optim::cuda_check::check_fused_bitwise;
+
+        /// Plain SGD with decay, momentum with dampening, Nesterov with decay, and heavy-ball momentum on a
+        /// one-element parameter, over several steps (step 1 initialises the buffers): bitwise the CPU's.
+        #[test]
+        fn fused_sgd_matches_cpu_bitwise() {
+            let cfgs = [
+                SgdConfig { lr: 0.1, momentum: 0.0, dampening: 0.0, weight_decay: 1e-2, nesterov: false },
+                SgdConfig { lr: 3e-2, momentum: 0.9, dampening: 0.3, weight_decay: 0.0, nesterov: false },
+                SgdConfig { lr: 1e-2, momentum: 0.95, dampening: 0.0, weight_decay: 5e-4, nesterov: true },
+                SgdConfig { lr: 0.7, momentum: 0.5, dampening: 0.0, weight_decay: 0.0, nesterov: false },
+            ];
+            check_fused_bitwise(
+                "fused_sgd_matches_cpu_bitwise",
+                1,
+                0.0,
+                6,
+                &mut |k, p, g, s, t| super::super::sgd_step(p, g, &mut s[0][..], &cfgs[k], t),
+                &mut |k, t, a, b| segment(&cfgs[k], t, a, b),
+                &mut |gpu, p, g, s, table| {
+                    let [buf] = s else { unreachable!() };
+                    step(gpu, &mut p.as_view_mut(), &g.as_view(), &mut buf.as_view_mut(), table).unwrap()
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -1,0 +1,251 @@
+//! Device benchmarks: achieved bandwidth (GB/s) or throughput (GFLOP/s) of our kernels at large sizes, next
+//! to the device's own ceilings measured the same way (a device-to-device copy for bandwidth, cuBLAS SGEMM
+//! at 4096^3 for arithmetic), so each kernel reads as a fraction of what the GPU can do.
+//!
+//! Timing uses CUDA events on the compute stream around `ITERS` back-to-back launches after one warm-up
+//! launch (which also compiles the kernel), so the figures exclude NVRTC, allocation and host overhead.
+//! Bytes count each buffer read or written once per element, the minimum traffic of the operation.
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{Gemm, GemmConfig};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaSlice;
+
+use super::{Gpu, GpuError, SegmentTable};
+
+/// Elements of the bandwidth benchmarks: 64M f32 (256 MiB per buffer), far beyond any cache.
+pub const BENCH_ELEMENTS: usize = 1 << 26;
+
+/// Timed launches per benchmark (after one warm-up).
+pub const ITERS: u32 = 20;
+
+/// Edge of the square SGEMM that measures the arithmetic ceiling.
+pub const GEMM_N: usize = 4096;
+
+/// What a benchmark's work is counted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Bytes moved to or from device memory per launch; the rate is GB/s (1e9 bytes per second).
+    Bytes(u64),
+    /// Floating-point operations per launch; the rate is GFLOP/s.
+    Flops(u64),
+}
+
+/// One measured benchmark.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchRow {
+    /// What ran, e.g. `adamw_fused_64M`.
+    pub name: String,
+    /// Work of one launch.
+    pub work: Work,
+    /// Mean time of one launch, in milliseconds.
+    pub ms: f64,
+    /// GB/s for [`Work::Bytes`], GFLOP/s for [`Work::Flops`].
+    pub rate: f64,
+    /// `rate` over the matching ceiling row (copy bandwidth or SGEMM), if this is not a ceiling itself.
+    pub of_ceiling: Option<f64>,
+}
+
+impl BenchRow {
+    fn new(name: &str, work: Work, ms: f64) -> BenchRow {
+        let amount = match work {
+            Work::Bytes(b) => b,
+            Work::Flops(f) => f,
+        };
+        BenchRow { name: name.to_string(), work, ms, rate: amount as f64 / (ms * 1e-3) / 1e9, of_ceiling: None }
+    }
+
+    /// The unit of [`BenchRow::rate`].
+    pub fn unit(&self) -> &'static str {
+        match self.work {
+            Work::Bytes(_) => "GB/s",
+            Work::Flops(_) => "GFLOP/s",
+        }
+    }
+}
+
+/// Device time of `iters` calls of `f`, measured with CUDA events recorded on the compute stream before
+/// and after (what `f` issues on other streams is not covered). Waits for the end event.
+pub fn device_time(
+    gpu: &Gpu,
+    iters: u64,
+    mut f: impl FnMut() -> Result<(), GpuError>,
+) -> Result<std::time::Duration, GpuError> {
+    let s = gpu.stream();
+    let start = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    for _ in 0..iters {
+        f()?;
+    }
+    let end = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    Ok(std::time::Duration::from_secs_f64(start.elapsed_ms(&end)? as f64 * 1e-3))
+}
+
+/// Mean milliseconds of one call of `f` over [`ITERS`] calls on the compute stream, after a warm-up call.
+pub fn time_ms(gpu: &Gpu, mut f: impl FnMut() -> Result<(), GpuError>) -> Result<f64, GpuError> {
+    f()?;
+    Ok(device_time(gpu, ITERS as u64, f)?.as_secs_f64() * 1e3 / ITERS as f64)
+}
+
+/// A device buffer of `n` values cycling through a small pattern (uploaded in pieces, so the host never
+/// holds more than one piece of a 256 MiB buffer).
+fn filled(gpu: &Gpu, n: usize, pattern: &[f32]) -> Result<CudaSlice<f32>, GpuError> {
+    const PIECE: usize = 1 << 22;
+    let mut dev = gpu.stream().alloc_zeros::<f32>(n)?;
+    let host: Vec<f32> = (0..PIECE.min(n)).map(|i| pattern[i % pattern.len()]).collect();
+    let mut at = 0;
+    while at < n {
+        let len = PIECE.min(n - at);
+        gpu.stream().memcpy_htod(&host[..len], &mut dev.slice_mut(at..at + len))?;
+        at += len;
+    }
+    Ok(dev)
+}
+
+/// Runs every benchmark once: the two ceilings first (`d2d_copy`, `sgemm_4096`), then the kernels at
+/// [`BENCH_ELEMENTS`] elements: GELU forward, fused AdamW, gradient clipping by norm (sum of squares and the
+/// scale) and its reduction alone, the f32 <-> f16 / bf16 casts, the AMP unscale + check, and the EMA update.
+pub fn run_benchmarks(gpu: &Gpu) -> Result<Vec<BenchRow>, GpuError> {
+    let n = BENCH_ELEMENTS;
+    let f32_bytes = |buffers: u64| Work::Bytes(buffers * 4 * n as u64);
+    let s = gpu.stream().clone();
+    let mut rows = Vec::new();
+
+    // Ceilings.
+    let a = filled(gpu, n, &[0.25, -1.5, 3.0])?;
+    let mut b = filled(gpu, n, &[0.5, 2.0, -0.75, 1e-3])?;
+    rows.push(BenchRow::new("d2d_copy_64M", f32_bytes(2), time_ms(gpu, || Ok(s.memcpy_dtod(&a, &mut b)?))?));
+    {
+        let k = GEMM_N;
+        let (ga, gb) = (filled(gpu, k * k, &[0.01, -0.02, 0.03])?, filled(gpu, k * k, &[0.02, 0.01])?);
+        let mut gc = gpu.stream().alloc_zeros::<f32>(k * k)?;
+        let k32 = k as i32;
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: k32,
+            n: k32,
+            k: k32,
+            alpha: 1.0f32,
+            lda: k32,
+            ldb: k32,
+            beta: 0.0f32,
+            ldc: k32,
+        };
+        let ms = time_ms(gpu, || {
+            // SAFETY: all three matrices are k x k with leading dimension k, as the config states.
+            unsafe { gpu.blas().gemm(cfg, &ga, &gb, &mut gc) }?;
+            Ok(())
+        })?;
+        rows.push(BenchRow::new("sgemm_4096", Work::Flops(2 * (k as u64).pow(3)), ms));
+    }
+
+    // Elementwise: GELU forward (read x, write y).
+    {
+        use crate::ops::activation::{cuda::forward, Activation};
+        let act = Activation::Gelu;
+        let ms = time_ms(gpu, || forward(gpu, act, &mut b.as_view_mut(), &a.as_view()))?;
+        rows.push(BenchRow::new("gelu_forward_64M", f32_bytes(2), ms));
+    }
+
+    // Fused AdamW over one segment: p, m, v read and written, g read.
+    {
+        use crate::optim::adam::{cuda::step, AdamConfig};
+        let cfg = AdamConfig { weight_decay: 0.01, decoupled_weight_decay: true, ..AdamConfig::default() };
+        let mut table = SegmentTable::new(gpu, 1)?;
+        table.host[0] = crate::optim::adam::cuda::segment(&cfg, 10, 0, n);
+        table.upload(gpu)?;
+        let (mut p, g) = (filled(gpu, n, &[0.1, -0.2, 0.3])?, filled(gpu, n, &[1e-3, -2e-3])?);
+        let (mut m, mut v, mut vmax) = (filled(gpu, n, &[0.0])?, filled(gpu, n, &[1e-6])?, filled(gpu, n, &[0.0])?);
+        let ms = time_ms(gpu, || {
+            let (mut pv, mut mv, mut vv, mut xv) =
+                (p.as_view_mut(), m.as_view_mut(), v.as_view_mut(), vmax.as_view_mut());
+            step(gpu, &mut pv, &g.as_view(), &mut mv, &mut vv, &mut xv, &table)
+        })?;
+        rows.push(BenchRow::new("adamw_fused_64M", f32_bytes(7), ms));
+    }
+
+    // Clipping: the reduction alone (read g) and the whole clip by norm (read g twice, write it once).
+    {
+        use crate::optim::clip::cuda::{clip_gradients, segment, sum_of_squares, ClipWorkspace};
+        let mut ws = ClipWorkspace::new(gpu)?;
+        let mut out = gpu.stream().alloc_zeros::<f64>(1)?;
+        let ms =
+            time_ms(gpu, || sum_of_squares(gpu, &a.as_view(), &mut out.as_view_mut(), &mut ws.partials.as_view_mut()))?;
+        rows.push(BenchRow::new("sum_of_squares_64M", f32_bytes(1), ms));
+        let mut table = SegmentTable::new(gpu, 1)?;
+        table.host[0] = segment(0, n);
+        table.upload(gpu)?;
+        // max_norm is huge so the coefficient is 1 and the data stay the same from launch to launch.
+        let ms = time_ms(gpu, || clip_gradients(gpu, &mut b.as_view_mut(), &table, 0.0, 1e30, &mut ws))?;
+        rows.push(BenchRow::new("clip_grad_norm_64M", f32_bytes(3), ms));
+    }
+
+    // Casts: 4 bytes in and 2 out (or the reverse) per element.
+    {
+        use crate::ops::cast::cuda::{bf16_to_f32, f32_to_bf16, f32_to_f16, unscale_and_check};
+        let cast_bytes = Work::Bytes(6 * n as u64);
+        let mut h = gpu.stream().alloc_zeros::<half::f16>(n)?;
+        let ms = time_ms(gpu, || f32_to_f16(gpu, &mut h.as_view_mut(), &a.as_view()))?;
+        rows.push(BenchRow::new("cast_f32_to_f16_64M", cast_bytes, ms));
+        drop(h);
+        let mut bh = gpu.stream().alloc_zeros::<half::bf16>(n)?;
+        let ms = time_ms(gpu, || f32_to_bf16(gpu, &mut bh.as_view_mut(), &a.as_view()))?;
+        rows.push(BenchRow::new("cast_f32_to_bf16_64M", cast_bytes, ms));
+        let ms = time_ms(gpu, || bf16_to_f32(gpu, &mut b.as_view_mut(), &bh.as_view()))?;
+        rows.push(BenchRow::new("cast_bf16_to_f32_64M", cast_bytes, ms));
+        drop(bh);
+        // Unscale by 1 / 1 = 1 would skip the writes; 1.0000001 keeps the data bounded over the iterations.
+        let mut flag = gpu.stream().alloc_zeros::<f32>(1)?;
+        let ms = time_ms(gpu, || unscale_and_check(gpu, &mut b.as_view_mut(), 1.000_000_1, &mut flag.as_view_mut()))?;
+        rows.push(BenchRow::new("amp_unscale_check_64M", f32_bytes(2), ms));
+    }
+
+    // EMA: shadow read and written, value read.
+    {
+        use crate::optim::ema::cuda::ema_update;
+        let ms = time_ms(gpu, || ema_update(gpu, &mut b.as_view_mut(), &a.as_view(), 0.9999))?;
+        rows.push(BenchRow::new("ema_update_64M", f32_bytes(3), ms));
+    }
+
+    let (copy, sgemm) = (rows[0].rate, rows[1].rate);
+    for r in rows.iter_mut().skip(2) {
+        r.of_ceiling = Some(r.rate / if matches!(r.work, Work::Bytes(_)) { copy } else { sgemm });
+    }
+    Ok(rows)
+}
+
+/// The rows as an aligned text table (name, ms, rate, fraction of the ceiling).
+pub fn format_table(rows: &[BenchRow]) -> String {
+    let mut out = format!("{:<24} {:>10} {:>14} {:>10}\n", "benchmark", "ms", "rate", "of ceiling");
+    for r in rows {
+        let frac = r.of_ceiling.map_or("ceiling".to_string(), |f| format!("{:.1}%", f * 100.0));
+        out += &format!("{:<24} {:>10.4} {:>9.1} {:<7} {:>8}\n", r.name, r.ms, r.rate, r.unit(), frac);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rates are work over time in the stated unit, and the table names every row.
+    #[test]
+    fn rows_compute_rates_and_format() {
+        let r = BenchRow::new("x", Work::Bytes(2_000_000_000), 1000.0);
+        assert_eq!((r.rate, r.unit()), (2.0, "GB/s"));
+        let f = BenchRow::new("y", Work::Flops(3_000_000_000), 500.0);
+        assert_eq!((f.rate, f.unit()), (6.0, "GFLOP/s"));
+        let t = format_table(&[r, f]);
+        assert!(t.contains("x ") && t.contains("GFLOP/s") && t.contains("ceiling"));
+    }
+
+    /// On a GPU: every benchmark runs and reports a positive, finite time and rate.
+    #[test]
+    fn benchmarks_run_on_the_device() {
+        let Some(gpu) = super::super::testing::gpu_or_skip("benchmarks_run_on_the_device") else { return };
+        let rows = run_benchmarks(gpu).unwrap();
+        eprintln!("{}", format_table(&rows));
+        assert_eq!(rows.len(), 12);
+        assert!(rows.iter().all(|r| r.ms > 0.0 && r.rate.is_finite() && r.rate > 0.0), "{rows:?}");
+    }
+}

@@ -1,0 +1,61 @@
+// AMP helpers; the CPU twin is ops/cast.rs. Conversions between f32 and f16 / bf16 give the bits of the
+// `half` crate's from_f32 / to_f32: round to nearest even, overflow to infinity, subnormals kept, and NaNs
+// quieted with their payload truncated (f32 -> 16 bits) or widened (16 bits -> f32) exactly as `half` does
+// (the hardware conversions would return a canonical NaN instead). Storage is the raw 16-bit pattern.
+//
+// y, x: [n]. g: [n] gradients; found_inf: [1].
+
+__device__ __forceinline__ unsigned short f32_to_f16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)(((u >> 16) & 0x8000u) | 0x7e00u | ((u & 0x007fffffu) >> 13));
+    return __half_as_ushort(__float2half_rn(x)); // cvt.rn: round to nearest even, exact for subnormals
+}
+
+__device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
+    if ((h & 0x7fffu) > 0x7c00u) return __uint_as_float(((h & 0x8000u) << 16) | 0x7fc00000u | ((h & 0x03ffu) << 13));
+    return __half2float(__ushort_as_half(h)); // exact
+}
+
+// bf16 is the top half of an f32, so the rounding is integer arithmetic on the bits (as `half` does it).
+__device__ __forceinline__ unsigned short f32_to_bf16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x0040u);
+    const unsigned round_bit = 0x00008000u;
+    const unsigned up = ((u & round_bit) != 0 && (u & (3u * round_bit - 1u)) != 0) ? 1u : 0u;
+    return (unsigned short)((u >> 16) + up);
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {
+    const unsigned w = ((h & 0x7fffu) > 0x7f80u) ? (h | 0x0040u) : h;
+    return __uint_as_float(w << 16);
+}
+
+extern "C" __global__ void cast_f32_to_f16(unsigned short *y, const float *x, size_t n) {
+    FOR_EACH(i, n) y[i] = f32_to_f16_bits(x[i]);
+}
+
+extern "C" __global__ void cast_f16_to_f32(float *y, const unsigned short *x, size_t n) {
+    FOR_EACH(i, n) y[i] = f16_bits_to_f32(x[i]);
+}
+
+extern "C" __global__ void cast_f32_to_bf16(unsigned short *y, const float *x, size_t n) {
+    FOR_EACH(i, n) y[i] = f32_to_bf16_bits(x[i]);
+}
+
+extern "C" __global__ void cast_bf16_to_f32(float *y, const unsigned short *x, size_t n) {
+    FOR_EACH(i, n) y[i] = bf16_bits_to_f32(x[i]);
+}
+
+// torch's _amp_foreach_non_finite_check_and_unscale_: found_inf[0] = 1 if any gradient is inf or NaN
+// (checked before unscaling), and every gradient is multiplied by inv_scale unless it is exactly 1. The flag
+// is only ever set, never cleared (the caller zeroes it once per step), so several arenas can share it; the
+// concurrent stores all write the same value.
+extern "C" __global__ void unscale_check_f32(float *g, float inv_scale, float *found_inf, size_t n) {
+    bool found = false;
+    FOR_EACH(i, n) {
+        const float v = g[i];
+        if (!isfinite(v)) found = true;
+        if (inv_scale != 1.0f) g[i] = __fmul_rn(v, inv_scale);
+    }
+    if (found) found_inf[0] = 1.0f;
+}
