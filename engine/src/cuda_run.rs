@@ -25,7 +25,6 @@ pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
     }
     let unsupported = [
         (r.ema, "run.ema"),
-        (r.clip_grad_norm > 0.0 || r.clip_grad_value > 0.0, "run.clip_grad_norm / run.clip_grad_value"),
         (amp_on, "run.amp"),
     ];
     for (on, key) in unsupported {
@@ -52,6 +51,12 @@ pub fn install(world: &mut World, device: Device, capacity: usize) -> Result<(),
         capacity,
     )
     .map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the run's state: {e}"))?;
+    let mut state = state;
+    if world.contains_resource::<ecstrain_systems::optim::clip::GradClip>() {
+        let ranges: Vec<_> =
+            world.query_filtered::<&ParamSlice, Without<Frozen>>().iter(world).map(|s| s.range()).collect();
+        state.enable_clipping(&ranges).map_err(|e| format!("run.device: cuda:{ordinal}: {e}"))?;
+    }
     world.insert_resource(state);
     world.insert_resource(ComputeDevice(device));
     Ok(())

@@ -11,6 +11,7 @@
 
 pub mod acts;
 pub mod exec;
+pub mod optim;
 pub mod state;
 pub mod support;
 pub mod systems;

@@ -32,13 +32,15 @@ pub struct GpuState {
     pub segments: SegmentTable,
     /// Planned activations.
     pub acts: GpuActivations,
+    /// Gradient clipping on the device (`run.clip_grad_*`): the trainable ranges and the reduction buffers.
+    pub clip: Option<(SegmentTable, ecstrain_kernels::optim::clip::cuda::ClipWorkspace)>,
     /// Page-locked staging for the batch input (`[capacity, input_len]`): the copy up runs asynchronously
     /// on the copy stream, overlapping whatever the compute stream still has queued (the previous step's
     /// optimizer); cudarc's per-buffer events order it against the kernels that read the input.
     pub pinned_input: PinnedHostSlice<f32>,
-    /// A one-element buffer for kernel arguments a configuration never reads (AMSGrad's `vmax` without
-    /// AMSGrad), so no step allocates.
-    pub placeholder: CudaSlice<f32>,
+    /// One-element buffers for kernel arguments a configuration never reads (AMSGrad's `vmax` without
+    /// AMSGrad, RMSprop's `grad_avg` / `momentum_buffer` when off), so no step allocates.
+    pub placeholders: [CudaSlice<f32>; 2],
     /// The host arenas changed since the last upload.
     pub device_stale: bool,
     /// The device arenas changed since the last download.
@@ -73,6 +75,7 @@ impl GpuState {
         // SAFETY: the staging buffer is written (the batch copied in) before every copy that reads it.
         let pinned_input = unsafe { gpu.context().alloc_pinned::<f32>(input_len) }?;
         Ok(GpuState {
+            clip: None,
             pinned_input,
             params: s.alloc_zeros(n.max(1))?,
             grads: s.alloc_zeros(n.max(1))?,
@@ -84,7 +87,7 @@ impl GpuState {
                 .collect::<Result<_, GpuError>>()?,
             segments: SegmentTable::new(&gpu, trainable)?,
             acts: GpuActivations::plan(&gpu, graph, capacity)?,
-            placeholder: s.alloc_zeros(1)?,
+            placeholders: [s.alloc_zeros(1)?, s.alloc_zeros(1)?],
             gpu,
             device_stale: true,
             host_stale: false,
@@ -133,6 +136,19 @@ impl GpuState {
         }
         s.synchronize()?;
         self.host_stale = false;
+        Ok(())
+    }
+
+    /// Prepares device gradient clipping over the trainable ranges `ranges` (sorted or not).
+    pub fn enable_clipping(&mut self, ranges: &[std::ops::Range<usize>]) -> Result<(), GpuError> {
+        use ecstrain_kernels::optim::clip::cuda::{segment, ClipWorkspace};
+        let mut table = SegmentTable::new(&self.gpu, ranges.len())?;
+        for (slot, r) in table.host.iter_mut().zip(ranges) {
+            *slot = segment(r.start, r.end);
+        }
+        table.host.sort_unstable_by_key(|s| s.start);
+        table.upload(&self.gpu)?;
+        self.clip = Some((table, ClipWorkspace::new(&self.gpu)?));
         Ok(())
     }
 

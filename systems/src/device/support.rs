@@ -52,8 +52,8 @@ pub fn op_supported(op: &OpKind) -> bool {
     )
 }
 
-/// Optimizers with a fused device update.
-pub const OPTIMIZERS: &[&str] = &["adam", "adamw"];
+/// Optimizers with a fused device update (every built-in one).
+pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw", "adamax", "nadam", "radam", "rmsprop", "adagrad", "adadelta"];
 
 /// `Err` naming the first op of `graph` the device cannot run yet (and where it is), with the ops it can.
 pub fn check_graph(graph: &Graph) -> Result<(), String> {

@@ -7,19 +7,17 @@
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Batch, Buffers, Clock, Frozen, Graph, LearningRate, Mode, OptimizerState, Params, RunFailure, RunSettings,
+    Batch, Buffers, Clock, Graph, Mode, OptimizerState, Params, RunFailure, RunSettings,
 };
 use ecstrain_kernels::cuda::GpuError;
-use ecstrain_kernels::optim::adam::AdamConfig;
 use ecstrain_kernels::rng::Rng;
 
 use super::exec;
 use super::state::GpuState;
 use crate::graph::Activations;
-use crate::optim::{OptimizerSettings, TrainableParam};
 
 /// Records the first device error of the step (later stages are gated on no failure).
-fn fail(failure: &mut RunFailure, what: &str, e: GpuError) {
+pub(super) fn fail(failure: &mut RunFailure, what: &str, e: GpuError) {
     if failure.0.is_none() {
         failure.0 = Some(format!("CUDA {what}: {e}"));
     }
@@ -143,66 +141,30 @@ pub fn gpu_zero_grads(mut gpu: ResMut<GpuState>, mut failure: ResMut<RunFailure>
     }
 }
 
-/// Optimize: one fused Adam / AdamW launch over the arenas (one segment per trainable parameter, with the
-/// host systems' per-parameter learning rate and decay).
-#[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
-pub fn gpu_adam_update(
-    query: Query<TrainableParam, Without<Frozen>>,
+/// Reduce (on accumulation boundaries, with `run.clip_grad_*`): clamps and / or rescales the device
+/// gradients of the trainable parameters, and records their norm for the log (the host system's semantics).
+pub fn gpu_clip_gradients(
     mut gpu: ResMut<GpuState>,
-    mut state: ResMut<OptimizerState>,
-    lr: Res<LearningRate>,
-    settings: Res<OptimizerSettings>,
+    settings: Res<crate::optim::clip::GradClip>,
+    mut norm: ResMut<crate::optim::clip::GradNorm>,
     mut failure: ResMut<RunFailure>,
 ) {
-    let decoupled = state.optimizer == "adamw" || settings.decoupled_weight_decay;
-    state.step += 1;
-    let step = state.step;
     let g = &mut *gpu;
-    let mut k = 0;
-    for (slice, no_decay, bias, scale) in &query {
-        let cfg = AdamConfig {
-            lr: lr.for_param(bias, scale),
-            beta1: lr.momentum,
-            beta2: settings.beta2,
-            eps: settings.eps,
-            weight_decay: if no_decay { 0.0 } else { settings.weight_decay },
-            decoupled_weight_decay: decoupled,
-            amsgrad: settings.amsgrad,
-        };
-        let r = slice.range();
-        g.segments.host[k] = ecstrain_kernels::optim::adam::cuda::segment(&cfg, step, r.start, r.end);
-        k += 1;
-    }
-    debug_assert_eq!(k, g.segments.host.len(), "trainable parameters changed after assembly");
-    g.segments.host.sort_unstable_by_key(|s| s.start);
-    let GpuState { gpu: device, params, grads, opt, segments, placeholder, .. } = g;
-    let mut run = || -> Result<(), GpuError> {
-        segments.upload(device)?;
-        let (mut m, mut v, mut vmax) = (None, None, None);
-        for (name, buf) in opt.iter_mut() {
-            match name.as_str() {
-                "exp_avg" => m = Some(buf),
-                "exp_avg_sq" => v = Some(buf),
-                "max_exp_avg_sq" => vmax = Some(buf),
-                _ => {}
-            }
-        }
-        let (m, v) = (m.expect("adam state has exp_avg"), v.expect("adam state has exp_avg_sq"));
-        // AMSGrad's buffer exists only with amsgrad; without it the kernel never reads `vmax`.
-        let vmax = vmax.unwrap_or(placeholder);
-        let n = params.len();
-        ecstrain_kernels::optim::adam::cuda::step(
+    let GpuState { gpu: device, grads, clip, .. } = g;
+    let Some((table, ws)) = clip.as_mut() else { return };
+    let mut run = || -> Result<f64, GpuError> {
+        ecstrain_kernels::optim::clip::cuda::clip_gradients(
             device,
-            &mut params.slice_mut(..),
-            &grads.slice(..),
-            &mut m.slice_mut(..n),
-            &mut v.slice_mut(..n),
-            &mut vmax.slice_mut(..),
-            segments,
-        )
+            &mut grads.slice_mut(..),
+            table,
+            settings.max_value,
+            settings.max_norm,
+            ws,
+        )?;
+        ws.download_norm(device)
     };
-    if let Err(e) = run() {
-        fail(&mut failure, "optimizer step", e);
+    match run() {
+        Ok(n) => norm.0 = Some(n),
+        Err(e) => fail(&mut failure, "gradient clipping", e),
     }
-    g.host_stale = true;
 }
