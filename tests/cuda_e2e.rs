@@ -50,7 +50,14 @@ fn matches_cpu(name: &str, config: &str, floor: f64) {
     let gpu = train(name, config, "cuda", epochs);
     assert_eq!(cpu.len(), gpu.len(), "{name}: epochs differ");
     for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-        eprintln!("{name} epoch {}: val loss cpu {:.5} cuda {:.5}, accuracy cpu {:.4} cuda {:.4}", e + 1, c.0, g.0, c.1, g.1);
+        eprintln!(
+            "{name} epoch {}: val loss cpu {:.5} cuda {:.5}, accuracy cpu {:.4} cuda {:.4}",
+            e + 1,
+            c.0,
+            g.0,
+            c.1,
+            g.1
+        );
         assert!((c.0 - g.0).abs() <= 0.05 + 0.1 * c.0, "{name} epoch {}: val loss cpu {} vs cuda {}", e + 1, c.0, g.0);
     }
     let best = |r: &[(f64, f64)]| r.iter().map(|x| x.1).fold(0.0, f64::max);

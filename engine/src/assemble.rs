@@ -169,7 +169,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     if device != Device::Cpu {
         crate::cuda_run::check_run(r, amp != AmpMode::Off).map_err(err)?;
         if cfg.model.fuse {
-            return Err(err("model.fuse: the fused linear + activation is CPU-only; set model.fuse: false for run.device: cuda".into()));
+            return Err(err(
+                "model.fuse: the fused linear + activation is CPU-only; set model.fuse: false for run.device: cuda"
+                    .into(),
+            ));
         }
     }
     if amp != AmpMode::Off && device == Device::Cpu {

@@ -99,7 +99,12 @@ pub fn cpu_kernels(n: usize) -> Vec<BenchRow> {
         let t = best_time(5, || ops::activation::activation_forward(act, &mut y, &x));
         rows.push(BenchRow { name: format!("{name} forward [{size}]"), seconds: t, bytes: 8.0 * n as f64, flops: 0.0 });
         let t = best_time(5, || ops::activation::activation_backward(act, &mut y, &g, &x));
-        rows.push(BenchRow { name: format!("{name} backward [{size}]"), seconds: t, bytes: 12.0 * n as f64, flops: 0.0 });
+        rows.push(BenchRow {
+            name: format!("{name} backward [{size}]"),
+            seconds: t,
+            bytes: 12.0 * n as f64,
+            flops: 0.0,
+        });
     }
     let (mut p, mut m, mut v) = (x.clone(), vec![0.0f32; n], vec![0.0f32; n]);
     let cfg = AdamWConfig::default();
@@ -116,7 +121,8 @@ pub fn cpu_kernels(n: usize) -> Vec<BenchRow> {
     let opts = ops::softmax_cross_entropy::CrossEntropyOptions::default();
     let (logits, mut probs) = (&x[..b * classes], vec![0.0f32; b * classes]);
     let t = best_time(5, || {
-        let _ = ops::softmax_cross_entropy::softmax_cross_entropy_forward(&mut probs, logits, &targets, b, classes, &opts);
+        let _ =
+            ops::softmax_cross_entropy::softmax_cross_entropy_forward(&mut probs, logits, &targets, b, classes, &opts);
     });
     rows.push(BenchRow {
         name: format!("softmax+CE forward [{b}, {classes}]"),
@@ -141,7 +147,12 @@ pub fn cpu_kernels(n: usize) -> Vec<BenchRow> {
             1e-5,
         )
     });
-    rows.push(BenchRow { name: format!("layer norm forward [{r}, {dim}]"), seconds: t, bytes: 8.0 * (r * dim) as f64, flops: 0.0 });
+    rows.push(BenchRow {
+        name: format!("layer norm forward [{r}, {dim}]"),
+        seconds: t,
+        bytes: 8.0 * (r * dim) as f64,
+        flops: 0.0,
+    });
     let (bt, c, oc) = (512, 784, 512);
     let (inp, wt) = (vec![0.1f32; bt * c], vec![0.01f32; oc * c]);
     let mut out = vec![0.0f32; bt * oc];
@@ -167,7 +178,11 @@ mod tests {
         assert!(rows.len() >= 7);
         for r in rows.iter().chain([&copy, &gemm]) {
             assert!(r.seconds > 0.0 && r.seconds.is_finite(), "{r:?}");
-            assert!(r.line(copy.gb_per_s(), gemm.gflop_per_s()).contains(if r.flops > 0.0 { "GFLOP/s" } else { "GB/s" }));
+            assert!(r.line(copy.gb_per_s(), gemm.gflop_per_s()).contains(if r.flops > 0.0 {
+                "GFLOP/s"
+            } else {
+                "GB/s"
+            }));
         }
     }
 }

@@ -24,7 +24,9 @@ impl Plugin for CudaPlugin {
                 gpu_upload_batch.in_set(StepSet::Preprocess),
                 gpu_forward.in_set(StepSet::Forward),
                 gpu_backward.in_set(StepSet::Backward),
-                ecstrain_systems::device::optim::gpu_optimizer_update.run_if(optimizer_step_due).in_set(StepSet::Optimize),
+                ecstrain_systems::device::optim::gpu_optimizer_update
+                    .run_if(optimizer_step_due)
+                    .in_set(StepSet::Optimize),
                 gpu_zero_grads.run_if(at_accumulation_boundary).in_set(StepSet::Schedule),
             )
                 .run_if(on_cuda),

@@ -211,7 +211,9 @@ fn with_optional_pair<R>(
     f: impl FnOnce(Option<&mut CudaViewMut<f32>>, Option<&mut CudaViewMut<f32>>) -> R,
 ) -> R {
     match (w, b) {
-        (Some(w), b) => with_weight_and_bias(grads, w.slice.range(), b.map(|b| b.slice.range()), |dw, db| f(Some(dw), db)),
+        (Some(w), b) => {
+            with_weight_and_bias(grads, w.slice.range(), b.map(|b| b.slice.range()), |dw, db| f(Some(dw), db))
+        }
         (None, Some(b)) => f(None, Some(&mut grads.slice_mut(b.slice.range()))),
         (None, None) => f(None, None),
     }
@@ -367,14 +369,14 @@ pub fn backward(
                     Some(dx) => ops::pool::cuda::avg_pool2d_backward(gpu, dx, &dy, &pool_geom(spec, *in_chw, n)),
                     None => Ok(()),
                 }),
-                OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => sink.with(xv, in_len, |dx| {
-                    match dx {
+                OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
+                    sink.with(xv, in_len, |dx| match dx {
                         Some(dx) => {
                             ops::pool::cuda::adaptive_avg_pool2d_backward(gpu, dx, &dy, n, *c, *h, *w, *oh, *ow)
                         }
                         None => Ok(()),
-                    }
-                }),
+                    })
+                }
                 OpKind::GlobalAvgPool { in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| match dx {
                     Some(dx) => ops::pool::cuda::global_avg_pool_backward(gpu, dx, &dy, n, *c, *h, *w),
                     None => Ok(()),

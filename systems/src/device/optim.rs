@@ -133,11 +133,9 @@ fn segment(
             a,
             b,
         ),
-        "adadelta" => k::adadelta::cuda::segment(
-            &k::AdadeltaConfig { lr: param_lr, rho: s.rho, eps: s.eps, weight_decay },
-            a,
-            b,
-        ),
+        "adadelta" => {
+            k::adadelta::cuda::segment(&k::AdadeltaConfig { lr: param_lr, rho: s.rho, eps: s.eps, weight_decay }, a, b)
+        }
         other => unreachable!("assembly checks the optimizer `{other}` has a device update"),
     }
 }
@@ -168,7 +166,9 @@ pub fn gpu_optimizer_update(
             momentum_decay: settings.momentum_decay,
             decoupled_weight_decay: settings.decoupled_weight_decay,
         };
-        let slot = state.scalar_mut(crate::optim::nadam::MU_PRODUCT).expect("nadam: optimizer state has no `mu_product` scalar");
+        let slot = state
+            .scalar_mut(crate::optim::nadam::MU_PRODUCT)
+            .expect("nadam: optimizer state has no `mu_product` scalar");
         mu_product = k::advance_mu_product(*slot as f32, &base, step);
         *slot = mu_product as f64;
     }
@@ -177,7 +177,8 @@ pub fn gpu_optimizer_update(
     let mut count = 0;
     for (slice, no_decay, bias, scale) in &query {
         let wd = if no_decay { 0.0 } else { settings.weight_decay };
-        let seg = segment(&name, &settings, &lr, lr.for_param(bias, scale), wd, step, mu_product, momentum_on, slice.range());
+        let seg =
+            segment(&name, &settings, &lr, lr.for_param(bias, scale), wd, step, mu_product, momentum_on, slice.range());
         if let Some(slot) = g.segments.host.get_mut(count) {
             *slot = seg;
         }
@@ -199,7 +200,15 @@ pub fn gpu_optimizer_update(
             "adam" | "adamw" => {
                 let [m, v, vm] = buffers(opt, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]);
                 let (m, v, vm) = (need(m, "exp_avg"), need(v, "exp_avg_sq"), vm.unwrap_or(ph0));
-                k::adam::cuda::step(device, p, gr, &mut m.slice_mut(..), &mut v.slice_mut(..), &mut vm.slice_mut(..), segments)
+                k::adam::cuda::step(
+                    device,
+                    p,
+                    gr,
+                    &mut m.slice_mut(..),
+                    &mut v.slice_mut(..),
+                    &mut vm.slice_mut(..),
+                    segments,
+                )
             }
             "adamax" => {
                 let [m, u] = buffers(opt, ["exp_avg", "exp_inf"]);

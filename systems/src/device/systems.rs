@@ -6,9 +6,7 @@
 //! like a data error does.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{
-    Batch, Buffers, Clock, Graph, Mode, OptimizerState, Params, RunFailure, RunSettings,
-};
+use ecstrain_components::{Batch, Buffers, Clock, Graph, Mode, OptimizerState, Params, RunFailure, RunSettings};
 use ecstrain_kernels::cuda::GpuError;
 use ecstrain_kernels::rng::Rng;
 
