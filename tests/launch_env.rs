@@ -13,10 +13,7 @@ fn a_multi_process_launch_without_mpi_exits_2() {
     let dir = scratch("launch_env");
     let save = dir.join("run");
     let cfg = write_config(&dir, "c.yaml", &digits_yaml(&save).replace("epochs: 2", "epochs: 1"));
-    for vars in [
-        [("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "2")],
-        [("RANK", "1"), ("WORLD_SIZE", "4")],
-    ] {
+    for vars in [[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "2")], [("RANK", "1"), ("WORLD_SIZE", "4")]] {
         let out = Command::new(env!("CARGO_BIN_EXE_engine"))
             .args(["--config", cfg.to_str().unwrap()])
             .envs(vars)

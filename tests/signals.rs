@@ -113,7 +113,8 @@ fn sigterm_checkpoints_exits_130_and_resumes_exactly() {
     let out = engine(&["--config", cb.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("resuming from"), "{}", text(&out));
-    let (full, resumed) = (load(&a.join("checkpoints/last.safetensors")), load(&b.join("checkpoints/last.safetensors")));
+    let (full, resumed) =
+        (load(&a.join("checkpoints/last.safetensors")), load(&b.join("checkpoints/last.safetensors")));
     assert_eq!(full.tensors, resumed.tensors, "interrupted + resumed run differs from the uninterrupted one");
     assert_eq!(full.metadata["optimizer_step"], resumed.metadata["optimizer_step"]);
     assert_eq!(records(&a), records(&b), "metrics.jsonl differs");

@@ -13,8 +13,8 @@ use crate::config::{load_config, LoadedConfig};
 use crate::error::EngineError;
 use crate::eval::{checkpoint_path, evaluate, Split};
 use crate::launch::{connect, LaunchEnv};
-use ecstrain_systems::parallel::{Collective, Comm};
 use crate::plugins::DefaultPlugins;
+use ecstrain_systems::parallel::{Collective, Comm};
 
 /// A data-oriented, ECS-style deep-learning training engine.
 #[derive(Parser, Debug)]

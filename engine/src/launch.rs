@@ -57,7 +57,9 @@ impl LaunchEnv {
                 None => 0,
             };
             if world == 0 || rank >= world {
-                return Err(format!("{launcher}: {rank_key}={rank} is out of range for {world_key}={world} (valid: 0..{world})"));
+                return Err(format!(
+                    "{launcher}: {rank_key}={rank} is out of range for {world_key}={world} (valid: 0..{world})"
+                ));
             }
             return Ok(LaunchEnv { rank, world, local_rank, launcher });
         }
@@ -122,7 +124,11 @@ mod tests {
     #[test]
     fn reads_each_launcher() {
         assert_eq!(detect(&[]).unwrap(), LaunchEnv::SINGLE);
-        let e = detect(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1")]);
+        let e = detect(&[
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+        ]);
         assert_eq!(e.unwrap(), LaunchEnv { rank: 1, world: 2, local_rank: 1, launcher: "mpirun" });
         let e = detect(&[("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1")]).unwrap();
         assert_eq!((e.rank, e.world, e.local_rank, e.launcher), (3, 4, 1, "torchrun"));

@@ -1,8 +1,8 @@
 //! Logger plugins: `metrics.jsonl`, the terminal, and `summary.json`.
 
 use bevy_ecs::prelude::*;
-use ecstrain_systems::logging::console::{console_epoch_start, console_print, console_tick, Console};
 use ecstrain_components::RunInfo;
+use ecstrain_systems::logging::console::{console_epoch_start, console_print, console_tick, Console};
 use ecstrain_systems::logging::jsonl::{write_jsonl, JsonlLog};
 use ecstrain_systems::logging::summary::write_summary;
 use ecstrain_systems::parallel::is_writer;

@@ -6,9 +6,9 @@ use ecstrain_systems::sets::*;
 
 use super::stop::{at_step_boundary, requested_stop, stop_run};
 use super::{begin, finish, finish_epoch, step};
-use crate::resume::MidEpochResume;
 use crate::app::App;
 use crate::error::EngineError;
+use crate::resume::MidEpochResume;
 
 /// Drives the schedules until the epochs are done or a stop is requested.
 pub fn run_epochs(app: &mut App) -> Result<(), EngineError> {

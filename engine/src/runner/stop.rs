@@ -70,7 +70,10 @@ pub fn stop_run(app: &mut App, stop: Stop, checkpoint: bool) -> Result<(), Engin
     match stop {
         Stop::Signal(name) => {
             let at = match app.world.get_resource::<RunInfo>() {
-                Some(info) => format!(": {} (run.resume: auto continues it)", info.dir.join("checkpoints/last.safetensors").display()),
+                Some(info) => format!(
+                    ": {} (run.resume: auto continues it)",
+                    info.dir.join("checkpoints/last.safetensors").display()
+                ),
                 None => String::new(),
             };
             Err(EngineError::Interrupted(format!("stopped by {name} after step {step}, checkpoint written{at}")))

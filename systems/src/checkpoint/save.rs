@@ -19,8 +19,8 @@ use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Arena, Buffers, Clock, EmaWeights, LearningRate, LossScaler, Meter, Metrics, OptimizerState, ParamInfo,
-    ParamSlice, Params, RunFailure, RunInfo, RunSettings, TrainingState,
+    Arena, Buffers, Clock, EmaWeights, LearningRate, LossScaler, Meter, Metrics, OptimizerState, ParamInfo, ParamSlice,
+    Params, RunFailure, RunInfo, RunSettings, TrainingState,
 };
 
 use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
