@@ -104,6 +104,10 @@ fn sigterm_checkpoints_exits_130_and_resumes_exactly() {
         serde_json::from_str(&std::fs::read_to_string(b.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["stop_reason"], "signal SIGTERM");
     assert_eq!(ck.metadata["optimizer_step"], summary["steps"].to_string(), "checkpoint of another step");
+    // Usually mid-epoch (the resumed run then continues its epoch); at an epoch's end when the signal came
+    // during validation.
+    let mid = ck.metadata.get("mid_epoch").is_some_and(|v| v == "true");
+    println!("stopped after step {} (mid-epoch: {mid}) in {took:?}", summary["steps"]);
     for e in std::fs::read_dir(b.join("checkpoints")).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
         assert!(name.ends_with(".safetensors"), "left over: {name}");
