@@ -33,6 +33,9 @@ pub struct RunSettings {
     pub headless: bool,
     /// This process's part of the training data in a data-parallel run (rank 0 of 1 otherwise).
     pub shard: Shard,
+    /// Wall-clock budget of the run in seconds (`run.time_limit`, given in hours): the run stops cleanly,
+    /// with a checkpoint, after the optimizer step that crosses it.
+    pub time_limit_s: Option<f64>,
 }
 
 /// One process's part of the training data: rank `rank` of `world` processes, split as

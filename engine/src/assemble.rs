@@ -12,6 +12,7 @@ use ecstrain_systems::data::{loader_pool, Loader, TrainLoader, ValLoader};
 use ecstrain_systems::graph::Activations;
 use ecstrain_systems::optim::clip::{GradClip, GradNorm};
 use ecstrain_systems::optim::OptimizerSettings;
+use ecstrain_systems::parallel::Comm;
 use ecstrain_systems::schedule::systems::Scheduler;
 
 use crate::app::App;
@@ -59,7 +60,7 @@ pub fn check_run_section(r: &RunSection) -> Result<(), String> {
     let unit = |v: f64| (0.0..1.0).contains(&v);
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
     let non_negative = |v: f64| v >= 0.0 && v.is_finite();
-    let checks: [(bool, &str, String); 29] = [
+    let checks: [(bool, &str, String); 30] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
         (r.prefetch >= 1, "run.prefetch", "must be at least 1 (batches the background loader keeps ready)".into()),
@@ -116,6 +117,11 @@ pub fn check_run_section(r: &RunSection) -> Result<(), String> {
             clip_ok(r.clip_grad_value),
             "run.clip_grad_value",
             format!("must be >= 0 (0 = off), got {}", r.clip_grad_value),
+        ),
+        (
+            r.time_limit.is_none_or(|t| t > 0.0 && t.is_finite()),
+            "run.time_limit",
+            format!("must be a positive number of hours, got {:?}", r.time_limit.unwrap_or_default()),
         ),
     ];
     for (ok, key, msg) in checks {
@@ -244,8 +250,11 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         Some(o) => return Err(err(format!("run.fitness_mode: unknown mode `{o}`; valid choices: max, min"))),
     };
 
-    // Loaders, clock, schedule. The shard is rank 0 of 1 until a data-parallel launcher sets it.
-    let shard = Shard::default();
+    // Loaders, clock, schedule. A data-parallel run (the launcher's communicator, inserted by the CLI) trains
+    // this rank's shard of every epoch; `run.batch` is per rank, so the global batch is batch x world.
+    let comm = app.world.get_resource_or_init::<Comm>().clone();
+    let shard = Shard::new(comm.0.rank(), comm.0.world()).map_err(err)?;
+    let global_batch = r.batch * shard.world;
     let (train_loader, val_loader) = build_loaders(r, shard, &splits).map_err(err)?;
     let batches = train_loader.batches_per_epoch() as u64;
     // Embedding ids come from the data: every one must be an integer in 0..vocab, checked here so a bad file is
@@ -277,7 +286,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         }
     }
     // Ultralytics: accumulate to the nominal batch and scale the weight decay with it; LAVIS: a fixed count.
-    let accumulate = r.accum_grad_iters.unwrap_or(((r.nbs as f64 / r.batch as f64).round() as u64).max(1));
+    // Both count the global batch, so N ranks of batch b train as one process of batch N x b.
+    let accumulate = r.accum_grad_iters.unwrap_or(((r.nbs as f64 / global_batch as f64).round() as u64).max(1));
     let steps_per_epoch = batches.div_ceil(accumulate);
     // An iteration-based run's schedule spans max_iters, and its "epochs" (warm-up, epoch-based schedules) are
     // inner epochs, as LAVIS's RunnerIters counts them.
@@ -289,7 +299,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let scheduler = (sched_entry.build)(&sched_ctx).map_err(err)?;
     let weight_decay = match r.accum_grad_iters {
         Some(_) => r.weight_decay,
-        None => r.weight_decay * (r.batch as f64 * accumulate as f64) / r.nbs as f64,
+        None => r.weight_decay * (global_batch as f64 * accumulate as f64) / r.nbs as f64,
     };
 
     let targets = splits.train.empty_targets(capacity);
@@ -357,6 +367,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         fitness_maximize,
         headless,
         shard,
+        time_limit_s: r.time_limit.map(|h| h * 3600.0),
     });
     w.insert_resource(Mode::Train);
     w.init_resource::<Metrics>();

@@ -12,7 +12,9 @@ use crate::assemble::assemble;
 use crate::config::{load_config, LoadedConfig};
 use crate::error::EngineError;
 use crate::eval::{checkpoint_path, evaluate, Split};
+use crate::launch::{connect, LaunchEnv};
 use crate::plugins::DefaultPlugins;
+use ecstrain_systems::parallel::{Collective, Comm};
 
 /// A data-oriented, ECS-style deep-learning training engine.
 #[derive(Parser, Debug)]
@@ -96,6 +98,60 @@ fn loaded_assembly(args: &RunArgs) -> Result<crate::assemble::Assembly, EngineEr
     assemble(default_app(), loaded, headless)
 }
 
+/// Training, on one process or as one rank of a data-parallel run: connects to the other ranks (launcher
+/// environment, MPI), assembles, and lets every rank learn whether all assembled, so bad input ends every
+/// rank with exit 2 together, before any of them trains or writes. A failure during a data-parallel run
+/// aborts all ranks (one rank alone would leave the others waiting in a collective).
+fn train(args: &RunArgs) -> Result<(), EngineError> {
+    let env = LaunchEnv::from_env().map_err(crate::error::usage)?;
+    let comm = connect(env).map_err(crate::error::usage)?;
+    let (rank, world) = (comm.rank(), comm.world());
+    let assembled = load_args(args).and_then(|(loaded, headless)| {
+        let mut app = default_app();
+        app.insert_resource(Comm(comm.clone()));
+        assemble(app, loaded, headless)
+    });
+    let mut asm = agree(comm.as_ref(), assembled)?;
+    if world > 1 {
+        asm.notices.push(format!(
+            "data parallel: rank {rank} of {world} (launcher {}, local rank {}) over {}; run.batch is per rank",
+            env.launcher,
+            env.local_rank,
+            comm.backend()
+        ));
+    }
+    match crate::runner::train(asm) {
+        Err(EngineError::Run(m)) if world > 1 => {
+            eprintln!("error: rank {rank}: {m}");
+            comm.abort(1)
+        }
+        r => r.map(|_| ()),
+    }
+}
+
+/// Every rank's assembly outcome, shared: the assembly when all ranks assembled; this rank's own error, or an
+/// error naming the failed ranks, otherwise (exit 2 on every rank). One collective call.
+fn agree(
+    comm: &dyn Collective,
+    assembled: Result<crate::assemble::Assembly, EngineError>,
+) -> Result<crate::assemble::Assembly, EngineError> {
+    if comm.world() == 1 {
+        return assembled;
+    }
+    let mut failed = vec![0.0f64; comm.world()];
+    failed[comm.rank()] = f64::from(u8::from(assembled.is_err()));
+    comm.all_reduce_sum_f64(&mut failed);
+    let bad: Vec<String> = failed.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(r, _)| r.to_string()).collect();
+    match assembled {
+        Err(e) => Err(crate::error::usage(format!("rank {}: {e}", comm.rank()))),
+        Ok(_) if !bad.is_empty() => Err(crate::error::usage(format!(
+            "rank {} rejected the config or data (its message above); every rank stops with exit 2",
+            bad.join(", ")
+        ))),
+        Ok(asm) => Ok(asm),
+    }
+}
+
 /// `engine eval`: assembles as training would (without resuming), evaluates, prints one metric a line.
 fn eval(args: &EvalArgs) -> Result<(), EngineError> {
     let (mut loaded, headless) = load_args(&args.run)?;
@@ -120,8 +176,8 @@ fn eval(args: &EvalArgs) -> Result<(), EngineError> {
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<(), EngineError> {
     match cli.command {
-        None => crate::runner::train(loaded_assembly(&cli.train)?).map(|_| ()),
-        Some(Command::Train(a)) => crate::runner::train(loaded_assembly(&a)?).map(|_| ()),
+        None => train(&cli.train),
+        Some(Command::Train(a)) => train(&a),
         Some(Command::Eval(a)) => eval(&a),
         Some(Command::Check(a)) => {
             let asm = loaded_assembly(&a)?;
@@ -158,6 +214,10 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => 0,
+        Err(EngineError::Interrupted(m)) => {
+            println!("{m}");
+            EngineError::Interrupted(m).exit_code()
+        }
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()

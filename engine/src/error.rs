@@ -1,5 +1,5 @@
 //! Engine errors and their exit codes (design.md): 2 for bad usage, config or data; 1 for a failure
-//! during the run.
+//! during the run; 130 for a run stopped by a signal (after its checkpoint).
 
 /// An error that ends the process.
 #[derive(Debug, thiserror::Error)]
@@ -10,6 +10,9 @@ pub enum EngineError {
     /// A failure while running. Exit code 1.
     #[error("{0}")]
     Run(String),
+    /// Stopped by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint to resume from. Exit code 130.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl EngineError {
@@ -18,6 +21,7 @@ impl EngineError {
         match self {
             EngineError::Usage(_) => 2,
             EngineError::Run(_) => 1,
+            EngineError::Interrupted(_) => crate::signals::INTERRUPTED_EXIT_CODE,
         }
     }
 }

@@ -10,6 +10,9 @@ pub mod cuda_run;
 pub mod data_cmd;
 pub mod error;
 pub mod eval;
+pub mod launch;
+#[cfg(feature = "mpi")]
+pub mod mpi_comm;
 pub mod param_groups;
 pub mod pipelines;
 pub mod plugins;
@@ -17,6 +20,7 @@ pub mod registry;
 pub mod resume;
 pub mod run_dir;
 pub mod runner;
+pub mod signals;
 pub mod summary;
 pub mod weights;
 

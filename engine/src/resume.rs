@@ -1,5 +1,7 @@
-//! Resuming a run from a checkpoint (`run.resume: true` for `<save_dir>/checkpoints/last.safetensors`, or a
-//! path). Restores parameters by name, the optimizer state arenas, scalars and step, the clock and the
+//! Resuming a run from a checkpoint (`run.resume: true` for `<save_dir>/checkpoints/last.safetensors`, `auto`
+//! for the same when it exists (else a fresh run), or a path). A checkpoint written at the end of an epoch
+//! continues with the next one; one written mid-epoch by a stop (signal, time limit) continues that epoch at
+//! its batch, with the epoch's training meters. Restores parameters by name, the optimizer state arenas, scalars and step, the clock and the
 //! fitness tracking, and with `run.ema` the averages and their update count. Every random stream is a pure
 //! function of (seed, epoch / micro-step), so restoring the clock
 //! restores the data order and dropout masks too: the resumed run continues exactly.
@@ -8,19 +10,34 @@ use std::path::{Path, PathBuf};
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Buffers, Clock, EmaWeights, IterPlan, LossScaler, OptimizerState, Params, RunSettings, TrainingState,
+    Buffers, Clock, EmaWeights, IterPlan, LossScaler, Metrics, OptimizerState, Params, RunSettings, TrainingState,
 };
 use ecstrain_systems::checkpoint::safetensors_io::load_safetensors;
-use ecstrain_systems::checkpoint::{decode_scalars, CHECKPOINT_FORMAT, OPTIMIZER_SCALARS_KEY};
+use ecstrain_systems::checkpoint::{
+    decode_meters, decode_scalars, run_loop, CHECKPOINT_FORMAT, MID_EPOCH_KEY, OPTIMIZER_SCALARS_KEY, RUN_LOOP_KEY,
+    TRAIN_METERS_KEY,
+};
 
 use crate::app::App;
 
+/// Marks an app restored from a mid-epoch checkpoint: the epoch runner continues its epoch at this batch
+/// (`Clock::batch_in_epoch`) instead of starting the next one. Taken by the runner.
+#[derive(Resource, Clone, Copy, Debug)]
+pub struct MidEpochResume(pub u64);
+
+/// True for `run.resume: auto`: resume when `<save_dir>/checkpoints/last.safetensors` exists, else start a
+/// fresh run in `save_dir` itself (so a requeued job finds its checkpoint at the same place).
+pub fn is_auto(resume: &serde_json::Value) -> bool {
+    resume.as_str() == Some("auto")
+}
+
 /// The checkpoint a `run.resume` value points at, or `None` for a fresh run.
 pub fn resume_path(resume: &serde_json::Value, save_dir: &Path) -> Result<Option<PathBuf>, String> {
+    let last = save_dir.join("checkpoints").join("last.safetensors");
     match resume {
         serde_json::Value::Null | serde_json::Value::Bool(false) => Ok(None),
-        serde_json::Value::Bool(true) => Ok(Some(save_dir.join("checkpoints").join("last.safetensors"))),
-        serde_json::Value::String(s) if s == "auto" => Ok(Some(save_dir.join("checkpoints").join("last.safetensors"))),
+        serde_json::Value::Bool(true) => Ok(Some(last)),
+        serde_json::Value::String(s) if s == "auto" => Ok(last.is_file().then_some(last)),
         serde_json::Value::String(s) => Ok(Some(PathBuf::from(s))),
         other => Err(format!("run.resume: expected false, true, auto or a checkpoint path, got {other}")),
     }
@@ -107,15 +124,35 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
         .and_then(|c| serde_json::from_str(c).ok())
         .ok_or_else(|| format!("run.resume: {p} has no readable clock"))?;
     let iters = app.world.resource::<RunSettings>().iters;
-    let mut clock = app.world.resource_mut::<Clock>();
+    let clock = app.world.resource::<Clock>();
     if saved.batches_per_epoch != clock.batches_per_epoch || saved.accumulate != clock.accumulate {
         return Err(format!(
             "run.resume: {p} was written with {} batches per epoch and accumulate {}, this run has {} and {} (batch, nbs or data changed)",
             saved.batches_per_epoch, saved.accumulate, clock.batches_per_epoch, clock.accumulate
         ));
     }
-    check_run_kind(&saved, iters).map_err(|m| format!("run.resume: {p} {m}"))?;
-    *clock = Clock { epoch: saved.epoch + 1, ..saved };
+    let mid_epoch = ck.metadata.get(MID_EPOCH_KEY).is_some_and(|v| v == "true");
+    if mid_epoch {
+        // A stop by signal or time limit: continue the same epoch at the saved batch, in the same kind of loop.
+        let this_loop = run_loop(app.world.resource::<RunSettings>());
+        let saved_loop = ck.metadata.get(RUN_LOOP_KEY).cloned().unwrap_or_default();
+        if saved_loop != this_loop {
+            return Err(format!(
+                "run.resume: {p} was written mid-epoch by a run with loop `{saved_loop}`, this run's is `{this_loop}` (run.max_iters / run.iters_per_inner_epoch must match)"
+            ));
+        }
+        let meters = ck
+            .metadata
+            .get(TRAIN_METERS_KEY)
+            .and_then(|t| decode_meters(t))
+            .ok_or_else(|| format!("run.resume: {p}: metadata `{TRAIN_METERS_KEY}` is missing or not readable"))?;
+        app.world.insert_resource(MidEpochResume(saved.batch_in_epoch));
+        *app.world.resource_mut::<Clock>() = saved;
+        app.world.resource_mut::<Metrics>().train = meters;
+    } else {
+        check_run_kind(&saved, iters).map_err(|m| format!("run.resume: {p} {m}"))?;
+        *app.world.resource_mut::<Clock>() = Clock { epoch: saved.epoch + 1, ..saved };
+    }
     // Fitness tracking.
     if let Some(ts) = ck.metadata.get("training_state").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
     {

@@ -11,6 +11,7 @@ pub mod graph;
 pub mod logging;
 pub mod models;
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 pub mod sets;
 pub mod tasks;

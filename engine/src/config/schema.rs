@@ -405,6 +405,10 @@ pub struct RunSection {
     /// Plain log lines instead of a progress bar (also `--headless`, and automatic without a terminal).
     #[serde(default)]
     pub headless: bool,
+    /// Wall-clock budget in hours (Ultralytics' `time`): the run stops after the optimizer step that crosses
+    /// it, writes `last.safetensors` (resumable) and exits 0 with stop reason `time_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<f64>,
 }
 
 impl Default for RunSection {

@@ -11,6 +11,7 @@ pub mod datasets;
 pub mod ema;
 pub mod logging;
 pub mod optimizers;
+pub mod parallel;
 pub mod processors;
 pub mod schedulers;
 
@@ -32,6 +33,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(clipping::GradClipPlugin)
             .add_plugin(ema::EmaPlugin)
             .add_plugin(amp::AmpPlugin)
+            .add_plugin(parallel::DataParallelPlugin)
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)
             .add_plugin(logging::SummaryPlugin)

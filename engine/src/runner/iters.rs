@@ -3,11 +3,13 @@
 //! epoch (validation, checkpoints, early stopping, the epoch record). The training data wraps on its own: every
 //! pass over it gets a fresh seeded order (`Clock::data_epoch`). A pass's last micro-batch still closes the
 //! accumulation window, as in an epoch run, so with `iters_per_inner_epoch` equal to the steps of one pass the
-//! two loops train identically.
+//! two loops train identically. A stop (signal, time limit) between optimizer steps checkpoints the place
+//! in the inner epoch; resuming continues there.
 
 use ecstrain_components::{Clock, IterPlan, RunTimer};
 use ecstrain_systems::sets::*;
 
+use super::stop::{at_step_boundary, requested_stop, stop_run};
 use super::{begin, finish, finish_epoch, step};
 use crate::app::App;
 use crate::error::EngineError;
@@ -15,6 +17,8 @@ use crate::error::EngineError;
 /// Drives the schedules until `plan.max_iters` optimizer steps are done or a stop is requested.
 pub fn run_iters(app: &mut App, plan: IterPlan) -> Result<(), EngineError> {
     let settings = begin(app);
+    // The loop resumes mid inner epoch from the clock alone.
+    app.world.remove_resource::<crate::resume::MidEpochResume>();
     // A fresh run draws the order of its first pass; a resumed one redraws the order of the pass it stopped in
     // (unless it stopped at the end of one: the wrap below starts the next).
     if !data_pass_done(app) {
@@ -34,10 +38,22 @@ pub fn run_iters(app: &mut App, plan: IterPlan) -> Result<(), EngineError> {
                 app.run(DataEpochStart);
             }
             step(app)?;
+            if at_step_boundary(app) {
+                if let Some(stop) = requested_stop(app) {
+                    app.world.resource_mut::<RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
+                    return stop_run(app, stop, true);
+                }
+            }
         }
         app.world.resource_mut::<RunTimer>().train_seconds += t0.elapsed().as_secs_f64();
         if finish_epoch(app, epoch, &settings)? {
             break;
+        }
+        // A stop that came during validation: EpochEnd has just written last.safetensors.
+        if epoch + 1 < plan.inner_epochs() {
+            if let Some(stop) = requested_stop(app) {
+                return stop_run(app, stop, false);
+            }
         }
     }
     finish(app)

@@ -7,6 +7,7 @@
 
 mod epochs;
 mod iters;
+pub mod stop;
 
 pub use epochs::run_epochs;
 pub use iters::run_iters;
@@ -18,6 +19,7 @@ use ecstrain_components::*;
 use ecstrain_systems::data::{class_map_json, Dataset, TrainLoader, ValLoader};
 use ecstrain_systems::logging::jsonl::JsonlLog;
 use ecstrain_systems::logging::write_atomic;
+use ecstrain_systems::parallel::Comm;
 use ecstrain_systems::sets::*;
 
 use crate::app::App;
@@ -120,14 +122,23 @@ fn step(app: &mut App) -> Result<(), EngineError> {
 }
 
 /// Creates the run directory (config.yaml, classes.json when the dataset names its classes, metrics.jsonl,
-/// checkpoints/) and trains.
+/// checkpoints/) and trains. In a data-parallel run only rank 0 writes it (and prints); the other ranks train
+/// without a run directory. SIGTERM, SIGINT and SIGUSR1 stop the run after the current optimizer step with a
+/// checkpoint ([`stop`]).
 pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
     let Assembly { mut app, loaded, resolved_yaml, summary, notices, resumed_from } = assembly;
-    // A resumed run continues in the directory of its checkpoint and appends to its metrics.jsonl.
+    crate::signals::install().map_err(EngineError::Run)?;
+    let run = &loaded.config.run;
+    // A resumed run continues in the directory of its checkpoint and appends to its metrics.jsonl; a fresh
+    // `resume: auto` run uses save_dir itself, where its requeued successor will look.
     let dir = match &resumed_from {
         Some(ck) => crate::resume::run_dir_of(ck),
-        None => choose_run_dir(&loaded.config.run.save_dir, loaded.config.run.exist_ok),
+        None => choose_run_dir(&run.save_dir, run.exist_ok || crate::resume::is_auto(&run.resume)),
     };
+    if !app.world.get_resource_or_init::<Comm>().is_writer() {
+        in_pool(|| self::run(&mut app))?;
+        return Ok(dir);
+    }
     let io = |what: &str, e: std::io::Error| EngineError::Run(format!("cannot {what} in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io("create the run directory", e))?;
     write_atomic(&dir.join("config.yaml"), resolved_yaml.as_bytes()).map_err(|e| io("write config.yaml", e))?;
@@ -158,7 +169,7 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
         println!("note: {n}");
     }
     println!("{summary}run directory: {}", dir.display());
-    in_pool(|| run(&mut app))?;
+    in_pool(|| self::run(&mut app))?;
     Ok(dir)
 }
 

@@ -5,6 +5,7 @@ pub mod safetensors_io;
 pub mod save;
 
 pub use save::{
-    decode_scalars, encode_scalars, save_best, save_last, save_periodic, write_checkpoint, CHECKPOINT_FORMAT,
-    OPTIMIZER_SCALARS_KEY,
+    decode_meters, decode_scalars, encode_meters, encode_scalars, run_loop, save_best, save_last, save_periodic,
+    save_resume_point, write_checkpoint, CHECKPOINT_FORMAT, MID_EPOCH_KEY, OPTIMIZER_SCALARS_KEY, RUN_LOOP_KEY,
+    TRAIN_METERS_KEY,
 };

@@ -19,8 +19,8 @@ use std::path::Path;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{
-    Arena, Buffers, Clock, EmaWeights, LearningRate, LossScaler, OptimizerState, ParamInfo, ParamSlice, Params,
-    RunFailure, RunInfo, RunSettings, TrainingState,
+    Arena, Buffers, Clock, EmaWeights, LearningRate, LossScaler, Meter, Metrics, OptimizerState, ParamInfo, ParamSlice,
+    Params, RunFailure, RunInfo, RunSettings, TrainingState,
 };
 
 use super::safetensors_io::{save_safetensors, CheckpointError, TensorData};
@@ -61,6 +61,7 @@ pub fn write_checkpoint<'a>(
     lr: &LearningRate,
     state: &TrainingState,
     config_yaml: &str,
+    extra: &[(String, String)],
 ) -> Result<(), CheckpointError> {
     let mut entries: Vec<(&ParamInfo, &ParamSlice)> = params_iter.collect();
     entries.sort_by_key(|(_, s)| s.offset);
@@ -124,6 +125,7 @@ pub fn write_checkpoint<'a>(
     let order: Vec<&str> = entries.iter().map(|(i, _)| i.name.as_str()).collect();
     meta.insert("param_order".into(), serde_json::to_string(&order).expect("names serialise"));
     meta.insert("config".into(), config_yaml.to_string());
+    meta.extend(extra.iter().cloned());
     save_safetensors(path, &tensors, &meta)
 }
 
@@ -144,6 +146,10 @@ pub struct CheckpointSources<'w, 's> {
 
 impl CheckpointSources<'_, '_> {
     fn save(&self, file: &str, failure: &mut RunFailure) {
+        self.save_with(file, &[], failure)
+    }
+
+    fn save_with(&self, file: &str, extra: &[(String, String)], failure: &mut RunFailure) {
         let path = self.info.dir.join("checkpoints").join(file);
         let r = write_checkpoint(
             &path,
@@ -157,6 +163,7 @@ impl CheckpointSources<'_, '_> {
             &self.lr,
             &self.state,
             &self.info.resolved_config_yaml,
+            extra,
         );
         if let Err(e) = r {
             failure.0.get_or_insert(format!("cannot write checkpoint: {e}"));
@@ -167,6 +174,63 @@ impl CheckpointSources<'_, '_> {
 /// EpochEnd: `last.safetensors`.
 pub fn save_last(src: CheckpointSources, mut failure: ResMut<RunFailure>) {
     src.save("last.safetensors", &mut failure);
+}
+
+/// Metadata key marking a checkpoint written in the middle of an epoch (a stop by signal or time limit):
+/// resuming continues that epoch at the saved batch instead of starting the next one.
+pub const MID_EPOCH_KEY: &str = "mid_epoch";
+
+/// Metadata key of the training meters of the unfinished epoch (`{"loss": ["sum", "count"]}`, decimal strings
+/// that parse back bit for bit), so the resumed epoch's record is the uninterrupted one's.
+pub const TRAIN_METERS_KEY: &str = "train_meters";
+
+/// Metadata key of the loop a mid-epoch checkpoint belongs to (`epochs`, or `iters <max>/<per inner epoch>`).
+pub const RUN_LOOP_KEY: &str = "run_loop";
+
+/// The [`RUN_LOOP_KEY`] value of a run.
+pub fn run_loop(settings: &RunSettings) -> String {
+    match settings.iters {
+        Some(it) => format!("iters {}/{}", it.max_iters, it.iters_per_inner_epoch),
+        None => "epochs".into(),
+    }
+}
+
+/// `train_meters` metadata of [`Metrics::train`].
+pub fn encode_meters(metrics: &Metrics) -> String {
+    let m: serde_json::Map<String, serde_json::Value> = metrics
+        .train
+        .iter()
+        .map(|(k, m)| (k.clone(), serde_json::json!([format!("{:?}", m.sum), format!("{:?}", m.count)])))
+        .collect();
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Parses [`encode_meters`] back (None when it is not one).
+pub fn decode_meters(text: &str) -> Option<BTreeMap<String, Meter>> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.as_object()?
+        .iter()
+        .map(|(k, p)| {
+            let num = |i: usize| p.get(i)?.as_str()?.parse::<f64>().ok();
+            Some((k.clone(), Meter { sum: num(0)?, count: num(1)? }))
+        })
+        .collect()
+}
+
+/// Run by the runner when a run stops mid-epoch (signal, time limit): `last.safetensors` at this optimizer
+/// step, with the epoch's training meters, so `run.resume` continues exactly.
+pub fn save_resume_point(
+    src: CheckpointSources,
+    metrics: Res<Metrics>,
+    settings: Res<RunSettings>,
+    mut failure: ResMut<RunFailure>,
+) {
+    let extra = [
+        (MID_EPOCH_KEY.to_string(), "true".to_string()),
+        (TRAIN_METERS_KEY.to_string(), encode_meters(&metrics)),
+        (RUN_LOOP_KEY.to_string(), run_loop(&settings)),
+    ];
+    src.save_with("last.safetensors", &extra, &mut failure);
 }
 
 /// ValidationEnd / Checkpoint: `best.safetensors` when the fitness improved.
@@ -197,5 +261,14 @@ mod tests {
             assert_eq!(back[n].to_bits(), v.to_bits(), "{n}");
         }
         assert!(decode_scalars("{\"a\": 1}").is_none() && decode_scalars("nope").is_none());
+    }
+
+    #[test]
+    fn meters_round_trip_bit_for_bit() {
+        let mut m = Metrics::default();
+        m.add_train("loss", 0.1 + 0.2, 3.0);
+        m.add_train("loss", 1.0 / 3.0, 7.0);
+        assert_eq!(decode_meters(&encode_meters(&m)).unwrap(), m.train);
+        assert!(decode_meters("{\"loss\": [1]}").is_none());
     }
 }

@@ -58,6 +58,28 @@ fn fmt_duration(s: f64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
 }
 
+/// The headless line of a train record, `key=value` pairs a log parser splits on spaces: step, epoch (of
+/// all), loss, lr, samples/s, ETA first, then the record's other values.
+/// `step=120 epoch=2/30 loss=0.4123 lr=1.000e-3 samples_per_s=48211 eta=00:01:07 data_wait=1.2e-5 ...`
+pub fn structured_line(e: &MetricEvent, epochs: u64, eta_seconds: f64) -> String {
+    let mut line = format!("step={} epoch={}/{}", e.step, e.epoch + 1, epochs);
+    let get = |k: &str| e.values.get(k).copied();
+    if let Some(v) = get("loss") {
+        line += &format!(" loss={v:.4}");
+    }
+    if let Some(v) = get("lr") {
+        line += &format!(" lr={v:.3e}");
+    }
+    if let Some(v) = get("samples_per_s") {
+        line += &format!(" samples_per_s={v:.0}");
+    }
+    line += &format!(" eta={}", fmt_duration(eta_seconds));
+    for (k, v) in e.values.iter().filter(|(k, _)| !matches!(k.as_str(), "loss" | "lr" | "samples_per_s")) {
+        line += &if *v != 0.0 && v.abs() < 1e-2 { format!(" {k}={v:.2e}") } else { format!(" {k}={v:.4}") };
+    }
+    line
+}
+
 /// Flush: prints records (headless) or updates the bar message and prints epoch summaries (interactive).
 pub fn console_print(
     mut events: MessageReader<MetricEvent>,
@@ -76,14 +98,7 @@ pub fn console_print(
                 };
                 let elapsed = timer.start.elapsed().as_secs_f64();
                 let eta = elapsed / done as f64 * total.saturating_sub(done) as f64;
-                println!(
-                    "step {}  epoch {}/{}  {}  eta {}",
-                    e.step,
-                    e.epoch + 1,
-                    settings.epochs,
-                    fmt_values(e),
-                    fmt_duration(eta)
-                );
+                println!("{}", structured_line(e, settings.epochs, eta));
             }
             ("train", false) => {
                 if let (Some(bar), Some(loss)) = (&console.bar, e.values.get("loss")) {

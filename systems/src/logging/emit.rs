@@ -7,7 +7,16 @@ use ecstrain_components::{
     Clock, DataWait, LearningRate, MetricEvent, Metrics, RunSettings, RunTimer, StopRequest, TrainingState,
 };
 
+use crate::parallel::{reduce_meters, Comm, ReduceTiming};
 use crate::schedule::systems::Scheduler;
+
+/// The training meters over every rank of a data-parallel run (this rank's alone otherwise).
+fn global_train_meters(metrics: &Metrics, comm: Option<&Comm>) -> BTreeMap<String, ecstrain_components::Meter> {
+    match comm {
+        Some(c) => reduce_meters(c.0.as_ref(), &metrics.train),
+        None => metrics.train.clone(),
+    }
+}
 
 /// Records `lr`, and `bias_lr` / `momentum` when the run's schedule drives them (an Ultralytics warm-up,
 /// one-cycle), so a log shows every value the schedule sets.
@@ -51,13 +60,15 @@ fn insert_data_wait(values: &mut BTreeMap<String, f64>, (seconds, steps): (f64, 
     }
 }
 
-/// Log (training): one `train` record with the epoch's running loss, the lr (with the bias lr and momentum
-/// where the schedule drives them) for the next step, and the throughput and data wait since the previous
-/// record.
+/// Log (training): one `train` record with the epoch's running loss (over every rank), the lr (with the bias
+/// lr and momentum where the schedule drives them) for the next step, and the throughput (of all ranks), data
+/// wait and, in a data-parallel run, the all-reduce time per step (`allreduce_s`) since the previous record.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn emit_train_record(
     clock: Res<Clock>,
     metrics: Res<Metrics>,
+    comm: Option<Res<Comm>>,
+    reduce: Option<ResMut<ReduceTiming>>,
     lr: Res<LearningRate>,
     grad_norm: Option<Res<crate::optim::clip::GradNorm>>,
     scaler: Option<Res<ecstrain_components::LossScaler>>,
@@ -70,17 +81,26 @@ pub fn emit_train_record(
     let (t0, s0) = timer.last_log;
     let dt = now.duration_since(t0).as_secs_f64().max(1e-9);
     let mut values = BTreeMap::new();
-    if let Some(m) = metrics.train.get("loss") {
+    if let Some(m) = global_train_meters(&metrics, comm.as_deref()).get("loss") {
         values.insert("loss".to_string(), m.mean());
     }
     insert_schedule_values(&mut values, &lr, scheduler.as_deref());
+    let world = comm.as_ref().map_or(1, |c| c.0.world());
+    if let (true, Some(mut r)) = (world > 1, reduce) {
+        if r.interval_steps > 0 {
+            values.insert("allreduce_s".to_string(), r.interval_seconds / r.interval_steps as f64);
+        }
+        (r.interval_seconds, r.interval_steps) = (0.0, 0);
+    }
     if let Some(g) = grad_norm.and_then(|g| g.0) {
         values.insert("grad_norm".to_string(), g);
     }
     if let Some(s) = scaler {
         values.insert("loss_scale".to_string(), s.scale);
     }
-    values.insert("samples_per_s".to_string(), (clock.samples_seen - s0) as f64 / dt);
+    // Every rank trains on as many samples per step (the sampler pads its share), so the run's throughput is
+    // this rank's times the world.
+    values.insert("samples_per_s".to_string(), (clock.samples_seen - s0) as f64 * world as f64 / dt);
     insert_data_wait(&mut values, std::mem::take(&mut wait.interval), dt);
     timer.last_log = (now, clock.samples_seen);
     out.write(MetricEvent { split: "train".into(), step: clock.step, epoch: clock.epoch, values });
@@ -139,12 +159,14 @@ pub fn update_fitness(
     }
 }
 
-/// EpochEnd: one `epoch` record (training loss of the epoch, latest validation metrics prefixed `val_`, lr
+/// EpochEnd: one `epoch` record (training loss of the epoch over every rank, latest validation metrics prefixed `val_`, lr
 /// (bias lr, momentum) as in the train record, epoch time, the epoch's data wait), then resets the training
 /// meters.
+#[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn emit_epoch_record(
     clock: Res<Clock>,
     mut metrics: ResMut<Metrics>,
+    comm: Option<Res<Comm>>,
     lr: Res<LearningRate>,
     scheduler: Option<Res<Scheduler>>,
     timer: Res<RunTimer>,
@@ -152,7 +174,7 @@ pub fn emit_epoch_record(
     mut out: MessageWriter<MetricEvent>,
 ) {
     let mut values = BTreeMap::new();
-    for (k, m) in &metrics.train {
+    for (k, m) in &global_train_meters(&metrics, comm.as_deref()) {
         values.insert(format!("train_{k}"), m.mean());
     }
     for (k, v) in &metrics.last_val {

@@ -1,0 +1,125 @@
+//! Data parallelism over MPI (feature `mpi`): `mpirun -n 2` on the digits MLP with batch 32 per rank ends
+//! with the parameters of one process with batch 64 over the same data order (within 1e-5), and only rank 0
+//! writes. Bad input stops every rank with exit 2. Prints a SKIPPED line when mpirun is missing.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+/// mpirun on PATH, if any.
+fn mpirun() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("mpirun")).find(|p| p.is_file())
+}
+
+/// `mpirun -n 2 engine args...` (as root too: CI runs as root).
+fn mpirun_engine(mpirun: &Path, args: &[&str]) -> Output {
+    Command::new(mpirun)
+        .args(["-n", "2", "--oversubscribe", "--allow-run-as-root", "--bind-to", "none"])
+        .arg(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .current_dir(repo())
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .output()
+        .expect("mpirun runs")
+}
+
+/// Every file under `dir`, relative, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn yaml(save: &Path, batch: usize) -> String {
+    // drop_last: 1437 samples make 22 full batches of 64, or 22 of 32 per rank over the same positions.
+    digits_yaml(save)
+        .replace("batch: 64", &format!("batch: {batch}\n  nbs: 64\n  drop_last: true"))
+        .replace("epochs: 2", "epochs: 3")
+        + "  seed: 3\n  log_interval: 5\n"
+}
+
+#[test]
+fn two_ranks_of_32_train_as_one_process_of_64() {
+    let Some(mpirun) = mpirun() else {
+        println!("SKIPPED: mpirun not found on PATH (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    };
+    let dir = scratch("mpi_dp");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let c1 = write_config(&dir, "one.yaml", &yaml(&one, 64));
+    let c2 = write_config(&dir, "two.yaml", &yaml(&two, 32));
+    let out = engine(&["--config", c1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = mpirun_engine(&mpirun, &["--config", c2.to_str().unwrap()]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("data parallel: rank 0 of 2"), "{log}");
+    // Only rank 0 printed the run (one summary, one run directory line).
+    assert_eq!(log.matches("run directory:").count(), 1, "{log}");
+
+    // Only rank 0 wrote: the one run directory, with the files of a single-process run and no sibling.
+    let mut entries: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    entries.sort();
+    assert_eq!(entries, ["one", "one.yaml", "two", "two.yaml"], "a rank wrote elsewhere");
+    assert_eq!(files(&one), files(&two), "the data-parallel run wrote other files");
+
+    let load = |p: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(p).unwrap();
+    let (a, b) = (load(&one.join("checkpoints/last.safetensors")), load(&two.join("checkpoints/last.safetensors")));
+    assert_eq!(a.metadata["optimizer_step"], b.metadata["optimizer_step"]);
+    let mut max_err = 0.0f32;
+    for (name, t) in &a.tensors {
+        let (x, y) = (t.data.as_f32().unwrap(), b.tensors[name].data.as_f32().unwrap());
+        for (p, q) in x.iter().zip(y) {
+            max_err = max_err.max((p - q).abs());
+        }
+    }
+    println!("max |param difference| after 3 epochs, 1 x 64 vs 2 x 32 ranks: {max_err:e}");
+    assert!(max_err <= 1e-5, "parameters differ by {max_err}");
+
+    // The logged loss is the global one: the epoch records agree too.
+    let losses = |d: &Path| -> Vec<f64> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["split"] == "epoch")
+            .map(|r| r["train_loss"].as_f64().unwrap())
+            .collect()
+    };
+    for (p, q) in losses(&one).iter().zip(losses(&two)) {
+        assert!((p - q).abs() < 1e-5, "train_loss {p} vs {q}");
+    }
+}
+
+#[test]
+fn bad_input_stops_every_rank_with_exit_2() {
+    let Some(mpirun) = mpirun() else {
+        println!("SKIPPED: mpirun not found on PATH");
+        return;
+    };
+    let dir = scratch("mpi_bad");
+    let save = dir.join("run");
+    let cfg = write_config(&dir, "bad.yaml", &yaml(&save, 32).replace("lr0: 0.001", "lr0: -1"));
+    let out = mpirun_engine(&mpirun, &["--config", cfg.to_str().unwrap()]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert_eq!(log.matches("run.lr0 must be a positive number").count(), 2, "every rank reports: {log}");
+    assert!(!save.exists(), "a rank wrote the run directory");
+}
