@@ -7,7 +7,12 @@ use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
 
 /// `out = a + b` on the GPU (overwrites `out`). out, a, b: [N].
-pub fn add_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, a: &CudaView<f32>, b: &CudaView<f32>) -> Result<(), GpuError> {
+pub fn add_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    a: &CudaView<f32>,
+    b: &CudaView<f32>,
+) -> Result<(), GpuError> {
     let n = out.len();
     assert!(a.len() == n && b.len() == n, "add_forward: out, a and b differ in length");
     if n == 0 {

@@ -16,8 +16,16 @@ use crate::ops::gemm::cuda::{gemm_general, MatMut, MatRef};
 const MAX_ROW_BLOCKS: usize = 1 << 16;
 
 fn rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
+
+/// One input-gradient product of the backward: (which third of dqkv, the [T, T] factor, whether it is
+/// transposed, the [T, D] factor, that factor's row stride).
+type BackwardProduct<'a, 'v> = (usize, &'a CudaView<'v, f32>, bool, &'a CudaView<'v, f32>, usize);
 
 /// Multi-head self-attention forward on the GPU from a fused projection (overwrites `out` and `att`).
 ///
@@ -149,9 +157,8 @@ pub fn attention_fused_backward(
         let p = att.slice(i * h * tt..(i + 1) * h * tt);
         let go = dout.slice(i * t * hd..(i + 1) * t * hd);
         let (q, k) = (qkv.slice(i * item..), qkv.slice(i * item + hd..));
-        // (which third of dqkv, the [T, T] factor (transposed?), the [T, D] factor and its row stride):
         // dq = dS @ k, dk = dS^T @ q, dv = P^T @ dout.
-        let parts: [(usize, &CudaView<f32>, bool, &CudaView<f32>, usize); 3] =
+        let parts: [BackwardProduct<'_, '_>; 3] =
             [(0, &ds, false, &k, 3 * hd), (1, &ds, true, &q, 3 * hd), (2, &p, true, &go, hd)];
         for (which, lhs, lhs_t, rhs, rhs_ld) in parts {
             let mut dst = dqkv.slice_mut(i * item + which * hd..(i + 1) * item);
@@ -189,7 +196,9 @@ mod tests {
     fn attention_fused_matches_cpu() {
         let Some(gpu) = gpu_or_skip("attention_fused_matches_cpu") else { return };
         let mut rng = seeded("attention_fused_matches_cpu");
-        for &(b, h, t, d, causal) in &[(1usize, 1usize, 5usize, 3usize, false), (2, 3, 17, 8, true), (3, 2, 70, 5, false), (1, 4, 65, 16, true)] {
+        for &(b, h, t, d, causal) in
+            &[(1usize, 1usize, 5usize, 3usize, false), (2, 3, 17, 8, true), (3, 2, 70, 5, false), (1, 4, 65, 16, true)]
+        {
             let hd = h * d;
             let qkv = rand_vec(&mut rng, b * t * 3 * hd, -1.0, 1.0);
             let dout = rand_vec(&mut rng, b * t * hd, -1.0, 1.0);
@@ -197,12 +206,34 @@ mod tests {
             super::super::attention_fused_forward(&mut want, &mut want_att, &qkv, b, h, t, d, causal);
             let mut want_dqkv = vec![0.0f32; qkv.len()];
             let mut scratch = vec![0.0f32; attention_backward_scratch_len(b, h, t)];
-            super::super::attention_fused_backward(&mut want_dqkv, &dout, &qkv, &want_att, &mut scratch, b, h, t, d, causal);
+            super::super::attention_fused_backward(
+                &mut want_dqkv,
+                &dout,
+                &qkv,
+                &want_att,
+                &mut scratch,
+                b,
+                h,
+                t,
+                d,
+                causal,
+            );
 
             let what = format!("attention b{b} h{h} t{t} d{d} causal {causal}");
             let (dx, dgo) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
             let (mut out, mut att) = (poisoned(gpu, want.len()).unwrap(), poisoned(gpu, want_att.len()).unwrap());
-            attention_fused_forward(gpu, &mut out.as_view_mut(), &mut att.as_view_mut(), &dx.as_view(), b, h, t, d, causal).unwrap();
+            attention_fused_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut att.as_view_mut(),
+                &dx.as_view(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
             assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want, 1e-5, 1e-4);
             let got_att = gpu.download(&att).unwrap();
             assert_close(&format!("{what} att"), &got_att, &want_att, 1e-5, 1e-4);
@@ -214,8 +245,20 @@ mod tests {
             }
             let (mut dq, mut ds) = (poisoned(gpu, qkv.len()).unwrap(), poisoned(gpu, scratch.len()).unwrap());
             let datt = gpu.upload(&want_att).unwrap();
-            attention_fused_backward(gpu, &mut dq.as_view_mut(), &dgo.as_view(), &dx.as_view(), &datt.as_view(), &mut ds.as_view_mut(), b, h, t, d, causal)
-                .unwrap();
+            attention_fused_backward(
+                gpu,
+                &mut dq.as_view_mut(),
+                &dgo.as_view(),
+                &dx.as_view(),
+                &datt.as_view(),
+                &mut ds.as_view_mut(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
             assert_close(&format!("{what} dqkv"), &gpu.download(&dq).unwrap(), &want_dqkv, 5e-5, 1e-4);
         }
     }

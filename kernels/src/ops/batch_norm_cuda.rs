@@ -29,7 +29,11 @@ fn check(what: &str, c: usize, vecs: &[(&str, Option<usize>)]) {
 }
 
 fn per_channel(c: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (c.clamp(1, MAX_CHANNEL_BLOCKS) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (c.clamp(1, MAX_CHANNEL_BLOCKS) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Batch norm forward in training mode on the GPU: overwrites `out`, `save_mean`, `save_invstd`; updates
@@ -216,7 +220,9 @@ mod tests {
     fn batch_norm_matches_cpu() {
         let Some(gpu) = gpu_or_skip("batch_norm_matches_cpu") else { return };
         let mut rng = seeded("batch_norm_matches_cpu");
-        for &(n, c, hw, affine) in &[(1usize, 3usize, 49usize, true), (16, 5, 1, true), (4, 7, 33, false), (3, 300, 4, true)] {
+        for &(n, c, hw, affine) in
+            &[(1usize, 3usize, 49usize, true), (16, 5, 1, true), (4, 7, 33, false), (3, 300, 4, true)]
+        {
             let len = n * c * hw;
             let x = rand_vec(&mut rng, len, -3.0, 5.0);
             let w = rand_vec(&mut rng, c, 0.5, 1.5);
@@ -232,7 +238,21 @@ mod tests {
 
             let (mut want, mut want_sm, mut want_si, mut want_rm, mut want_rv) =
                 (vec![0.0f32; len], vec![0.0f32; c], vec![0.0f32; c], rm0.clone(), rv0.clone());
-            super::super::batch_norm_forward_train(&mut want, &mut want_sm, &mut want_si, &mut want_rm, &mut want_rv, &x, wo, bo, n, c, hw, eps, mom);
+            super::super::batch_norm_forward_train(
+                &mut want,
+                &mut want_sm,
+                &mut want_si,
+                &mut want_rm,
+                &mut want_rv,
+                &x,
+                wo,
+                bo,
+                n,
+                c,
+                hw,
+                eps,
+                mom,
+            );
             let (dx, dw, db) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
             let (wv, bv) = (dw.as_view(), db.as_view());
             let (wov, bov) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
@@ -240,8 +260,20 @@ mod tests {
             let (mut sm, mut si) = (poisoned(gpu, c).unwrap(), poisoned(gpu, c).unwrap());
             let (mut rm, mut rv) = (gpu.upload(&rm0).unwrap(), gpu.upload(&rv0).unwrap());
             batch_norm_forward_train(
-                gpu, &mut out.as_view_mut(), &mut sm.as_view_mut(), &mut si.as_view_mut(), &mut rm.as_view_mut(), &mut rv.as_view_mut(),
-                &dx.as_view(), wov, bov, n, c, hw, eps, mom,
+                gpu,
+                &mut out.as_view_mut(),
+                &mut sm.as_view_mut(),
+                &mut si.as_view_mut(),
+                &mut rm.as_view_mut(),
+                &mut rv.as_view_mut(),
+                &dx.as_view(),
+                wov,
+                bov,
+                n,
+                c,
+                hw,
+                eps,
+                mom,
             )
             .unwrap();
             assert_close(&format!("{what} save_mean"), &gpu.download(&sm).unwrap(), &want_sm, 1e-7, 1e-6);
@@ -254,7 +286,20 @@ mod tests {
             super::super::batch_norm_forward_eval(&mut want_eval, &x, &rm0, &rv0, wo, bo, n, c, hw, eps);
             let (drm0, drv0) = (gpu.upload(&rm0).unwrap(), gpu.upload(&rv0).unwrap());
             let mut out = poisoned(gpu, len).unwrap();
-            batch_norm_forward_eval(gpu, &mut out.as_view_mut(), &dx.as_view(), &drm0.as_view(), &drv0.as_view(), wov, bov, n, c, hw, eps).unwrap();
+            batch_norm_forward_eval(
+                gpu,
+                &mut out.as_view_mut(),
+                &dx.as_view(),
+                &drm0.as_view(),
+                &drv0.as_view(),
+                wov,
+                bov,
+                n,
+                c,
+                hw,
+                eps,
+            )
+            .unwrap();
             assert_bitwise(&format!("{what} eval out"), &gpu.download(&out).unwrap(), &want_eval);
 
             // Backward from the CPU's saved statistics, so only the reductions differ.
@@ -263,15 +308,33 @@ mod tests {
                 &mut want_dx,
                 affine.then_some(&mut want_dw[..]),
                 affine.then_some(&mut want_db[..]),
-                &dout, &x, &want_sm, &want_si, wo, n, c, hw,
+                &dout,
+                &x,
+                &want_sm,
+                &want_si,
+                wo,
+                n,
+                c,
+                hw,
             );
-            let (dgo, dsm, dsi) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_sm).unwrap(), gpu.upload(&want_si).unwrap());
+            let (dgo, dsm, dsi) =
+                (gpu.upload(&dout).unwrap(), gpu.upload(&want_sm).unwrap(), gpu.upload(&want_si).unwrap());
             let mut ddx = poisoned(gpu, len).unwrap();
             let (mut ddw, mut ddb) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
             let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
             batch_norm_backward(
-                gpu, &mut ddx.as_view_mut(), affine.then_some(&mut ddwv), affine.then_some(&mut ddbv),
-                &dgo.as_view(), &dx.as_view(), &dsm.as_view(), &dsi.as_view(), wov, n, c, hw,
+                gpu,
+                &mut ddx.as_view_mut(),
+                affine.then_some(&mut ddwv),
+                affine.then_some(&mut ddbv),
+                &dgo.as_view(),
+                &dx.as_view(),
+                &dsm.as_view(),
+                &dsi.as_view(),
+                wov,
+                n,
+                c,
+                hw,
             )
             .unwrap();
             // dinp: the per-channel sums (f64, rounded to f32 coefficients) may differ by an ulp; each term is

@@ -44,7 +44,13 @@ pub fn concat_forward(
     let (outer, inner, total) = layout("concat_forward", shapes, axis).unwrap_or_else(|e| panic!("{e}"));
     check_lens("concat_forward", inputs.iter().map(|x| x.len()), shapes).unwrap_or_else(|e| panic!("{e}"));
     let row = total * inner;
-    assert_eq!(out.len(), outer * row, "concat_forward: out holds {} elements, the result needs {}", out.len(), outer * row);
+    assert_eq!(
+        out.len(),
+        outer * row,
+        "concat_forward: out holds {} elements, the result needs {}",
+        out.len(),
+        outer * row
+    );
     let mut off = 0;
     for (x, s) in inputs.iter().zip(shapes) {
         let blk = s[axis] * inner;
@@ -66,7 +72,13 @@ pub fn concat_backward(
     let (outer, inner, total) = layout("concat_backward", shapes, axis).unwrap_or_else(|e| panic!("{e}"));
     check_lens("concat_backward", dinputs.iter().map(|x| x.len()), shapes).unwrap_or_else(|e| panic!("{e}"));
     let row = total * inner;
-    assert_eq!(dout.len(), outer * row, "concat_backward: dout holds {} elements, the result has {}", dout.len(), outer * row);
+    assert_eq!(
+        dout.len(),
+        outer * row,
+        "concat_backward: dout holds {} elements, the result has {}",
+        dout.len(),
+        outer * row
+    );
     let mut off = 0;
     for (dx, s) in dinputs.iter_mut().zip(shapes) {
         let blk = s[axis] * inner;
@@ -101,7 +113,8 @@ mod tests {
             let mut want = vec![0.0f32; n];
             super::super::concat_forward(&mut want, &refs, shapes, axis).unwrap();
             // Device buffers: never empty (an empty piece gets a 1-element buffer viewed as empty).
-            let devs: Vec<_> = xs.iter().map(|x| gpu.upload(if x.is_empty() { &[0.0f32][..] } else { x }).unwrap()).collect();
+            let devs: Vec<_> =
+                xs.iter().map(|x| gpu.upload(if x.is_empty() { &[0.0f32][..] } else { x }).unwrap()).collect();
             let views: Vec<CudaView<f32>> = devs.iter().zip(&xs).map(|(d, x)| d.slice(..x.len())).collect();
             let view_refs: Vec<&CudaView<f32>> = views.iter().collect();
             let mut out = poisoned(gpu, n).unwrap();
@@ -115,7 +128,8 @@ mod tests {
             super::super::concat_backward(&mut want_refs, &g, shapes, axis).unwrap();
             let dg = gpu.upload(&g).unwrap();
             let mut dbufs: Vec<_> = xs.iter().map(|x| poisoned(gpu, x.len().max(1)).unwrap()).collect();
-            let mut dviews: Vec<CudaViewMut<f32>> = dbufs.iter_mut().zip(&xs).map(|(d, x)| d.slice_mut(..x.len())).collect();
+            let mut dviews: Vec<CudaViewMut<f32>> =
+                dbufs.iter_mut().zip(&xs).map(|(d, x)| d.slice_mut(..x.len())).collect();
             let mut drefs: Vec<&mut CudaViewMut<f32>> = dviews.iter_mut().collect();
             concat_backward(gpu, &mut drefs, &dg.as_view(), shapes, axis).unwrap();
             drop(dviews);

@@ -152,12 +152,30 @@ pub fn conv2d_forward(
             let mut o = out.slice_mut(n0 * pl.out_len + gi * pl.gout..);
             if pl.pointwise {
                 let x = inp.slice(n0 * pl.in_len + gi * pl.gin..);
-                gemm_strided_batched(gpu, s, pl.ocg, pl.p, pl.kg, &w_g, false, 0, &x, false, pl.in_len, &mut o, pl.out_len, 1.0, 0.0)?;
+                gemm_strided_batched(
+                    gpu, s, pl.ocg, pl.p, pl.kg, &w_g, false, 0, &x, false, pl.in_len, &mut o, pl.out_len, 1.0, 0.0,
+                )?;
             } else {
                 let x = inp.slice(n0 * pl.in_len..);
                 lower(gpu, "conv_im2col_f32", col, &x, s, gi, &pl, s * pl.kg * pl.p)?;
                 let cv = col.slice(..);
-                gemm_strided_batched(gpu, s, pl.ocg, pl.p, pl.kg, &w_g, false, 0, &cv, false, pl.kg * pl.p, &mut o, pl.out_len, 1.0, 0.0)?;
+                gemm_strided_batched(
+                    gpu,
+                    s,
+                    pl.ocg,
+                    pl.p,
+                    pl.kg,
+                    &w_g,
+                    false,
+                    0,
+                    &cv,
+                    false,
+                    pl.kg * pl.p,
+                    &mut o,
+                    pl.out_len,
+                    1.0,
+                    0.0,
+                )?;
             }
         }
     }
@@ -206,7 +224,8 @@ pub fn conv2d_backward(
     }
     if let Some(dbias) = dbias {
         let f = gpu.function(&CUDA, "conv_bias_grad_f32")?;
-        let cfg = LaunchConfig { grid_dim: (g.oc.min(1 << 16) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (g.oc.min(1 << 16) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(dbias).arg(dout).arg(&g.n).arg(&g.oc).arg(&pl.p);
         // SAFETY: (float*, const float*, size_t, size_t, size_t); dbias holds OC, dout N*OC*P elements.
@@ -237,9 +256,28 @@ pub fn conv2d_backward(
                 let go = dout.slice(n0 * pl.out_len + gi * pl.gout..);
                 if pl.pointwise {
                     let mut dx = dinp.slice_mut(n0 * pl.in_len + gi * pl.gin..);
-                    gemm_strided_batched(gpu, s, pl.kg, pl.p, pl.ocg, &w_g, true, 0, &go, false, pl.out_len, &mut dx, pl.in_len, 1.0, 0.0)?;
+                    gemm_strided_batched(
+                        gpu, s, pl.kg, pl.p, pl.ocg, &w_g, true, 0, &go, false, pl.out_len, &mut dx, pl.in_len, 1.0,
+                        0.0,
+                    )?;
                 } else {
-                    gemm_strided_batched(gpu, s, pl.kg, pl.p, pl.ocg, &w_g, true, 0, &go, false, pl.out_len, col, pl.kg * pl.p, 1.0, 0.0)?;
+                    gemm_strided_batched(
+                        gpu,
+                        s,
+                        pl.kg,
+                        pl.p,
+                        pl.ocg,
+                        &w_g,
+                        true,
+                        0,
+                        &go,
+                        false,
+                        pl.out_len,
+                        col,
+                        pl.kg * pl.p,
+                        1.0,
+                        0.0,
+                    )?;
                     let cv = col.slice(..);
                     let mut dx = dinp.slice_mut(n0 * pl.in_len..);
                     lower(gpu, "conv_col2im_f32", &mut dx, &cv, s, gi, &pl, s * pl.gin)?;
@@ -257,7 +295,18 @@ mod tests {
     use crate::ops::cuda_test_util::*;
 
     #[allow(clippy::too_many_arguments)]
-    fn geom(n: usize, c: usize, h: usize, w: usize, oc: usize, k: (usize, usize), stride: (usize, usize), padding: (usize, usize), dilation: (usize, usize), groups: usize) -> Conv2dGeom {
+    fn geom(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        oc: usize,
+        k: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        dilation: (usize, usize),
+        groups: usize,
+    ) -> Conv2dGeom {
         Conv2dGeom { n, c, h, w, oc, kh: k.0, kw: k.1, stride, padding, dilation, groups }
     }
 
@@ -282,7 +331,8 @@ mod tests {
         ];
         for g in cases {
             let (oh, ow) = g.out_hw().unwrap();
-            let (in_len, out_len, wlen) = (g.n * g.c * g.h * g.w, g.n * g.oc * oh * ow, g.oc * g.c / g.groups * g.kh * g.kw);
+            let (in_len, out_len, wlen) =
+                (g.n * g.c * g.h * g.w, g.n * g.oc * oh * ow, g.oc * g.c / g.groups * g.kh * g.kw);
             let x = rand_vec(&mut rng, in_len, -1.0, 1.0);
             let w = rand_vec(&mut rng, wlen, -1.0, 1.0);
             let bias = rand_vec(&mut rng, g.oc, -1.0, 1.0);
@@ -293,21 +343,54 @@ mod tests {
             let mut want = vec![0.0f32; out_len];
             super::super::conv2d_forward(&mut want, &x, &w, Some(&bias), &mut col, &g);
             let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; in_len], dw0.clone(), db0.clone());
-            super::super::conv2d_backward(Some(&mut want_dx), &mut want_dw, Some(&mut want_db), &dout, &x, &w, &mut col, &g);
+            super::super::conv2d_backward(
+                Some(&mut want_dx),
+                &mut want_dw,
+                Some(&mut want_db),
+                &dout,
+                &x,
+                &w,
+                &mut col,
+                &g,
+            );
 
-            let (dx_in, dw_in, db_in, dgo) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap(), gpu.upload(&dout).unwrap());
+            let (dx_in, dw_in, db_in, dgo) = (
+                gpu.upload(&x).unwrap(),
+                gpu.upload(&w).unwrap(),
+                gpu.upload(&bias).unwrap(),
+                gpu.upload(&dout).unwrap(),
+            );
             let mut dcol = poisoned(gpu, g.col_len()).unwrap();
             let mut out = poisoned(gpu, out_len).unwrap();
             let bv = db_in.as_view();
-            conv2d_forward(gpu, &mut out.as_view_mut(), &dx_in.as_view(), &dw_in.as_view(), Some(&bv), &mut dcol.as_view_mut(), &g).unwrap();
+            conv2d_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &dx_in.as_view(),
+                &dw_in.as_view(),
+                Some(&bv),
+                &mut dcol.as_view_mut(),
+                &g,
+            )
+            .unwrap();
             let what = format!("conv2d {g:?}");
             assert_close(&format!("{what} forward"), &gpu.download(&out).unwrap(), &want, 2e-4, 1e-4);
 
             let mut dx = poisoned(gpu, in_len).unwrap();
             let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
             let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
-            conv2d_backward(gpu, Some(&mut dxv), &mut dw.as_view_mut(), Some(&mut dbv), &dgo.as_view(), &dx_in.as_view(), &dw_in.as_view(), &mut dcol.as_view_mut(), &g)
-                .unwrap();
+            conv2d_backward(
+                gpu,
+                Some(&mut dxv),
+                &mut dw.as_view_mut(),
+                Some(&mut dbv),
+                &dgo.as_view(),
+                &dx_in.as_view(),
+                &dw_in.as_view(),
+                &mut dcol.as_view_mut(),
+                &g,
+            )
+            .unwrap();
             assert_close(&format!("{what} dinp"), &gpu.download(&dx).unwrap(), &want_dx, 2e-4, 1e-4);
             assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
             assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 2e-4, 1e-4);

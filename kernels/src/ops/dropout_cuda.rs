@@ -10,7 +10,13 @@ use crate::cuda::{Gpu, GpuError};
 /// Dropout forward on the GPU: `out[i] = keep(seed, i) ? inp[i] / (1 - p) : 0` (overwrites; `p == 1`
 /// gives zeros). out, inp: [N]. Panics when `p` is outside [0, 1], as the CPU does (configs are checked
 /// at assembly).
-pub fn dropout_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, p: f64, seed: u64) -> Result<(), GpuError> {
+pub fn dropout_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    p: f64,
+    seed: u64,
+) -> Result<(), GpuError> {
     let n = out.len();
     assert_eq!(inp.len(), n, "dropout_forward: out and inp lengths differ");
     let Some(scale) = scale_for::<f32>(p) else {
@@ -31,7 +37,13 @@ pub fn dropout_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32
 
 /// Dropout backward on the GPU: the forward's mask (recomputed from `seed`) applied to `dout`
 /// (overwrites `dinp`). dinp, dout: [N].
-pub fn dropout_backward(gpu: &Gpu, dinp: &mut CudaViewMut<f32>, dout: &CudaView<f32>, p: f64, seed: u64) -> Result<(), GpuError> {
+pub fn dropout_backward(
+    gpu: &Gpu,
+    dinp: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    p: f64,
+    seed: u64,
+) -> Result<(), GpuError> {
     dropout_forward(gpu, dinp, dout, p, seed)
 }
 

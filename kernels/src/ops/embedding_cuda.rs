@@ -80,13 +80,20 @@ mod tests {
             super::super::embedding_forward(&mut want, &ids, &table, vocab, dim).unwrap();
             let mut want_dt = dt0.clone();
             super::super::embedding_backward(&mut want_dt, &dout, &ids, vocab, dim);
-            let (dtab, dids, dgo) = (gpu.upload(&table).unwrap(), gpu.upload(&ids).unwrap(), gpu.upload(&dout).unwrap());
+            let (dtab, dids, dgo) =
+                (gpu.upload(&table).unwrap(), gpu.upload(&ids).unwrap(), gpu.upload(&dout).unwrap());
             let mut out = poisoned(gpu, n * dim).unwrap();
             embedding_forward(gpu, &mut out.as_view_mut(), &dids.as_view(), &dtab.as_view(), vocab, dim).unwrap();
             assert_bitwise(&format!("embedding n{n} v{vocab} d{dim} forward"), &gpu.download(&out).unwrap(), &want);
             let mut dt = gpu.upload(&dt0).unwrap();
             embedding_backward(gpu, &mut dt.as_view_mut(), &dgo.as_view(), &dids.as_view(), vocab, dim).unwrap();
-            assert_close(&format!("embedding n{n} v{vocab} d{dim} backward"), &gpu.download(&dt).unwrap(), &want_dt, 5e-5, 1e-5);
+            assert_close(
+                &format!("embedding n{n} v{vocab} d{dim} backward"),
+                &gpu.download(&dt).unwrap(),
+                &want_dt,
+                5e-5,
+                1e-5,
+            );
         }
         let (dtab, dids) = (gpu.upload(&[1.0f32, 2.0, 3.0, 4.0]).unwrap(), gpu.upload(&[1i64, 2]).unwrap());
         let mut out = poisoned(gpu, 4).unwrap();

@@ -196,7 +196,18 @@ mod tests {
 
     /// CPU reference through the CPU gemm wrapper, with the same transposes expressed as strides.
     #[allow(clippy::too_many_arguments)]
-    fn cpu(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32], alpha: f32, acc: bool) {
+    fn cpu(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        ta: bool,
+        b: &[f32],
+        tb: bool,
+        c: &mut [f32],
+        alpha: f32,
+        acc: bool,
+    ) {
         let am = if ta { Mat::rows_t(a, m) } else { Mat::rows(a, k) };
         let bm = if tb { Mat::rows_t(b, k) } else { Mat::rows(b, n) };
         gemm_strided(m, n, k, c, n, 1, acc, am, bm, alpha, false);
@@ -223,18 +234,55 @@ mod tests {
                         let mut want = c0.clone();
                         for i in 0..batch {
                             let bi = if share_b { &b[..] } else { &b[i * k * n..(i + 1) * k * n] };
-                            cpu(m, n, k, &a[i * m * k..(i + 1) * m * k], ta, bi, tb, &mut want[i * m * n..(i + 1) * m * n], alpha, acc);
+                            cpu(
+                                m,
+                                n,
+                                k,
+                                &a[i * m * k..(i + 1) * m * k],
+                                ta,
+                                bi,
+                                tb,
+                                &mut want[i * m * n..(i + 1) * m * n],
+                                alpha,
+                                acc,
+                            );
                         }
                         let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
                         let mut dc = if acc { gpu.upload(&c0).unwrap() } else { poisoned(gpu, c0.len()).unwrap() };
                         let sb = if share_b { 0 } else { k * n };
                         let beta = if acc { 1.0 } else { 0.0 };
                         if batch == 1 {
-                            gemm(gpu, m, n, k, &da.as_view(), ta, &db.as_view(), tb, &mut dc.as_view_mut(), alpha, beta).unwrap();
+                            gemm(
+                                gpu,
+                                m,
+                                n,
+                                k,
+                                &da.as_view(),
+                                ta,
+                                &db.as_view(),
+                                tb,
+                                &mut dc.as_view_mut(),
+                                alpha,
+                                beta,
+                            )
+                            .unwrap();
                         } else {
                             gemm_strided_batched(
-                                gpu, batch, m, n, k, &da.as_view(), ta, m * k, &db.as_view(), tb, sb,
-                                &mut dc.as_view_mut(), m * n, alpha, beta,
+                                gpu,
+                                batch,
+                                m,
+                                n,
+                                k,
+                                &da.as_view(),
+                                ta,
+                                m * k,
+                                &db.as_view(),
+                                tb,
+                                sb,
+                                &mut dc.as_view_mut(),
+                                m * n,
+                                alpha,
+                                beta,
                             )
                             .unwrap();
                         }

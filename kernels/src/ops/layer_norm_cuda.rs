@@ -15,7 +15,11 @@ const NULL: u64 = 0;
 const MAX_ROW_BLOCKS: usize = 1 << 16;
 
 fn per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Layer norm forward on the GPU (overwrites `out`, `save_mean`, `save_rstd`).
@@ -151,9 +155,21 @@ mod tests {
             let (dx, dw, db) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
             let (wv, bv) = (dw.as_view(), db.as_view());
             let (wov, bov) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
-            let (mut out, mut sm, mut sr) = (poisoned(gpu, len).unwrap(), poisoned(gpu, rows).unwrap(), poisoned(gpu, rows).unwrap());
-            layer_norm_forward(gpu, &mut out.as_view_mut(), &mut sm.as_view_mut(), &mut sr.as_view_mut(), &dx.as_view(), wov, bov, rows, dim, 1e-5)
-                .unwrap();
+            let (mut out, mut sm, mut sr) =
+                (poisoned(gpu, len).unwrap(), poisoned(gpu, rows).unwrap(), poisoned(gpu, rows).unwrap());
+            layer_norm_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut sm.as_view_mut(),
+                &mut sr.as_view_mut(),
+                &dx.as_view(),
+                wov,
+                bov,
+                rows,
+                dim,
+                1e-5,
+            )
+            .unwrap();
             assert_close(&format!("{what} save_mean"), &gpu.download(&sm).unwrap(), &want_sm, 1e-7, 1e-6);
             assert_close(&format!("{what} save_rstd"), &gpu.download(&sr).unwrap(), &want_sr, 0.0, 1e-6);
             assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want, 5e-6, 1e-5);
@@ -163,15 +179,31 @@ mod tests {
                 &mut want_dx,
                 affine.then_some(&mut want_dw[..]),
                 affine.then_some(&mut want_db[..]),
-                &dout, &x, &want_sm, &want_sr, wo, rows, dim,
+                &dout,
+                &x,
+                &want_sm,
+                &want_sr,
+                wo,
+                rows,
+                dim,
             );
-            let (dgo, dsm, dsr) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_sm).unwrap(), gpu.upload(&want_sr).unwrap());
+            let (dgo, dsm, dsr) =
+                (gpu.upload(&dout).unwrap(), gpu.upload(&want_sm).unwrap(), gpu.upload(&want_sr).unwrap());
             let mut ddx = poisoned(gpu, len).unwrap();
             let (mut ddw, mut ddb) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
             let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
             layer_norm_backward(
-                gpu, &mut ddx.as_view_mut(), affine.then_some(&mut ddwv), affine.then_some(&mut ddbv),
-                &dgo.as_view(), &dx.as_view(), &dsm.as_view(), &dsr.as_view(), wov, rows, dim,
+                gpu,
+                &mut ddx.as_view_mut(),
+                affine.then_some(&mut ddwv),
+                affine.then_some(&mut ddbv),
+                &dgo.as_view(),
+                &dx.as_view(),
+                &dsm.as_view(),
+                &dsr.as_view(),
+                wov,
+                rows,
+                dim,
             )
             .unwrap();
             assert_close(&format!("{what} dinp"), &gpu.download(&ddx).unwrap(), &want_dx, 1e-5, 1e-5);

@@ -109,14 +109,39 @@ mod tests {
                 let db0 = rand_vec(&mut rng, oc, -1.0, 1.0);
                 let (mut want_out, mut want_pre) = (vec![0.0f32; b * oc], vec![0.0f32; b * oc]);
                 super::super::linear_act_forward(&mut want_out, &mut want_pre, &inp, &w, Some(&bias), act, b, c, oc);
-                let (mut want_dx, mut want_dw, mut want_db, mut want_d) = (vec![0.0f32; b * c], dw0.clone(), db0.clone(), g.clone());
-                super::super::linear_act_backward(Some(&mut want_dx), &mut want_dw, Some(&mut want_db), &mut want_d, &want_pre, &inp, &w, act, b, c, oc);
+                let (mut want_dx, mut want_dw, mut want_db, mut want_d) =
+                    (vec![0.0f32; b * c], dw0.clone(), db0.clone(), g.clone());
+                super::super::linear_act_backward(
+                    Some(&mut want_dx),
+                    &mut want_dw,
+                    Some(&mut want_db),
+                    &mut want_d,
+                    &want_pre,
+                    &inp,
+                    &w,
+                    act,
+                    b,
+                    c,
+                    oc,
+                );
 
                 let what = format!("linear_act {name} {b}x{c}x{oc}");
                 let (di, dwt, dbs) = (gpu.upload(&inp).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap());
                 let (mut out, mut pre) = (poisoned(gpu, b * oc).unwrap(), poisoned(gpu, b * oc).unwrap());
                 let bv = dbs.as_view();
-                linear_act_forward(gpu, &mut out.as_view_mut(), &mut pre.as_view_mut(), &di.as_view(), &dwt.as_view(), Some(&bv), act, b, c, oc).unwrap();
+                linear_act_forward(
+                    gpu,
+                    &mut out.as_view_mut(),
+                    &mut pre.as_view_mut(),
+                    &di.as_view(),
+                    &dwt.as_view(),
+                    Some(&bv),
+                    act,
+                    b,
+                    c,
+                    oc,
+                )
+                .unwrap();
                 assert_close(&format!("{what} pre"), &gpu.download(&pre).unwrap(), &want_pre, 2e-4, 1e-4);
                 assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want_out, 2e-4, 1e-4);
 
@@ -126,8 +151,18 @@ mod tests {
                 let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
                 let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
                 linear_act_backward(
-                    gpu, Some(&mut dxv), &mut dw.as_view_mut(), Some(&mut dbv), &mut dd.as_view_mut(),
-                    &dpre.as_view(), &di.as_view(), &dwt.as_view(), act, b, c, oc,
+                    gpu,
+                    Some(&mut dxv),
+                    &mut dw.as_view_mut(),
+                    Some(&mut dbv),
+                    &mut dd.as_view_mut(),
+                    &dpre.as_view(),
+                    &di.as_view(),
+                    &dwt.as_view(),
+                    act,
+                    b,
+                    c,
+                    oc,
                 )
                 .unwrap();
                 assert_close(&format!("{what} dpre"), &gpu.download(&dd).unwrap(), &want_d, 1e-6, 1e-5);

@@ -110,16 +110,35 @@ mod tests {
             let dout = rand_vec(&mut rng, b * oc, -1.0, 1.0);
             let dw0 = rand_vec(&mut rng, oc * c, -1.0, 1.0);
             let db0 = rand_vec(&mut rng, oc, -1.0, 1.0);
-            let (d_inp, d_w, d_bias, d_dout) =
-                (gpu.upload(&inp).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap(), gpu.upload(&dout).unwrap());
+            let (d_inp, d_w, d_bias, d_dout) = (
+                gpu.upload(&inp).unwrap(),
+                gpu.upload(&w).unwrap(),
+                gpu.upload(&bias).unwrap(),
+                gpu.upload(&dout).unwrap(),
+            );
             for with_bias in [true, false] {
                 let mut want = vec![0.0f32; b * oc];
                 super::super::linear_forward(&mut want, &inp, &w, with_bias.then_some(&bias[..]), b, c, oc);
                 let mut out = poisoned(gpu, b * oc).unwrap();
                 let bv = d_bias.as_view();
-                linear_forward(gpu, &mut out.as_view_mut(), &d_inp.as_view(), &d_w.as_view(), with_bias.then_some(&bv), b, c, oc)
-                    .unwrap();
-                assert_close(&format!("linear_forward {b}x{c}x{oc} bias {with_bias}"), &gpu.download(&out).unwrap(), &want, 2e-4, 1e-4);
+                linear_forward(
+                    gpu,
+                    &mut out.as_view_mut(),
+                    &d_inp.as_view(),
+                    &d_w.as_view(),
+                    with_bias.then_some(&bv),
+                    b,
+                    c,
+                    oc,
+                )
+                .unwrap();
+                assert_close(
+                    &format!("linear_forward {b}x{c}x{oc} bias {with_bias}"),
+                    &gpu.download(&out).unwrap(),
+                    &want,
+                    2e-4,
+                    1e-4,
+                );
 
                 let (mut want_dinp, mut want_dw, mut want_db) = (vec![0.0f32; b * c], dw0.clone(), db0.clone());
                 super::super::linear_backward(
@@ -165,7 +184,13 @@ mod tests {
                 super::super::matmul(&mut want, &inp, &w, b, c, oc, acc);
                 let mut out = if acc { gpu.upload(&dout).unwrap() } else { poisoned(gpu, b * oc).unwrap() };
                 matmul(gpu, &mut out.as_view_mut(), &d_inp.as_view(), &d_w.as_view(), b, c, oc, acc).unwrap();
-                assert_close(&format!("matmul {b}x{c}x{oc} acc {acc}"), &gpu.download(&out).unwrap(), &want, 2e-4, 1e-4);
+                assert_close(
+                    &format!("matmul {b}x{c}x{oc} acc {acc}"),
+                    &gpu.download(&out).unwrap(),
+                    &want,
+                    2e-4,
+                    1e-4,
+                );
             }
         }
     }

@@ -39,8 +39,11 @@ pub fn mse_backward<T: Float>(dpred: &mut [T], pred: &[T], target: &[T], dloss: 
 }
 
 /// The CUDA kernels of the MSE loss (`mse.cu`).
-pub static CUDA: crate::cuda::KernelSource =
-    crate::cuda::KernelSource { name: "mse", code: include_str!("mse.cu"), kernels: &["mse_forward_f32", "mse_backward_f32"] };
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "mse",
+    code: include_str!("mse.cu"),
+    kernels: &["mse_forward_f32", "mse_backward_f32"],
+};
 
 /// Host side of `mse.cu`.
 #[path = "mse_cuda.rs"]

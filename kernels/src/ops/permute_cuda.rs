@@ -4,7 +4,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
-use super::{check, row_major_strides, MAX_RANK, CUDA};
+use super::{check, row_major_strides, CUDA, MAX_RANK};
 use crate::cuda::{Gpu, GpuError};
 
 /// The gather geometry (`struct PermDims` in permute.cu: same fields, same order).
@@ -20,7 +20,13 @@ pub(crate) struct PermDims {
 unsafe impl DeviceRepr for PermDims {}
 
 /// `out[c] = inp[sum_a c_a * strides[a]]` over the dense `dims`.
-fn gather(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, dims: &[usize], strides: &[usize]) -> Result<(), GpuError> {
+fn gather(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    dims: &[usize],
+    strides: &[usize],
+) -> Result<(), GpuError> {
     let n = out.len();
     if n == 0 {
         return Ok(());
@@ -42,7 +48,13 @@ fn gather(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, dims: &[us
 /// `out = inp.permute(perm)` on the GPU (overwrites). inp: `shape`, out: `permuted_shape(shape, perm)`.
 /// Panics with the CPU's message where the CPU returns an error (a bad permutation or buffer length: the
 /// graph validates permutations at assembly).
-pub fn permute(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, shape: &[usize], perm: &[usize]) -> Result<(), GpuError> {
+pub fn permute(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    shape: &[usize],
+    perm: &[usize],
+) -> Result<(), GpuError> {
     check("permute", out.len(), inp.len(), shape, perm).unwrap_or_else(|e| panic!("{e}"));
     let in_strides = row_major_strides(shape);
     let dims: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
@@ -52,7 +64,13 @@ pub fn permute(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, shape
 
 /// Backward of [`permute`] on the GPU: `dinp = dout` permuted back (overwrites). dout: the permuted shape,
 /// dinp: `shape`. Panics as [`permute`] does.
-pub fn permute_backward(gpu: &Gpu, dinp: &mut CudaViewMut<f32>, dout: &CudaView<f32>, shape: &[usize], perm: &[usize]) -> Result<(), GpuError> {
+pub fn permute_backward(
+    gpu: &Gpu,
+    dinp: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    shape: &[usize],
+    perm: &[usize],
+) -> Result<(), GpuError> {
     check("permute_backward", dinp.len(), dout.len(), shape, perm).unwrap_or_else(|e| panic!("{e}"));
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let out_strides = row_major_strides(&out_shape);
@@ -64,7 +82,13 @@ pub fn permute_backward(gpu: &Gpu, dinp: &mut CudaViewMut<f32>, dout: &CudaView<
 }
 
 /// `out = inp^T` on the GPU. inp: [M, N], out: [N, M].
-pub fn transpose2d(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, m: usize, n: usize) -> Result<(), GpuError> {
+pub fn transpose2d(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    m: usize,
+    n: usize,
+) -> Result<(), GpuError> {
     assert_eq!(inp.len(), m * n, "transpose2d: inp must be [M, N]");
     assert_eq!(out.len(), m * n, "transpose2d: out must be [N, M]");
     gather(gpu, out, inp, &[n, m], &[1, n])

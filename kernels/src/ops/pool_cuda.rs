@@ -63,7 +63,14 @@ impl PoolDims {
 }
 
 /// Launches `kernel(dst, src, d)` over `elems` elements.
-fn launch2(gpu: &Gpu, kernel: &'static str, dst: &mut CudaViewMut<f32>, src: &CudaView<f32>, d: &PoolDims, elems: usize) -> Result<(), GpuError> {
+fn launch2(
+    gpu: &Gpu,
+    kernel: &'static str,
+    dst: &mut CudaViewMut<f32>,
+    src: &CudaView<f32>,
+    d: &PoolDims,
+    elems: usize,
+) -> Result<(), GpuError> {
     if elems == 0 {
         return Ok(());
     }
@@ -127,7 +134,12 @@ pub fn max_pool2d_backward(
 }
 
 /// Average pool forward on the GPU (`count_include_pad=True`, overwrites). out: [N, C, OH, OW], inp: [N, C, H, W].
-pub fn avg_pool2d_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, g: &Pool2dGeom) -> Result<(), GpuError> {
+pub fn avg_pool2d_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    g: &Pool2dGeom,
+) -> Result<(), GpuError> {
     let d = window_dims(g);
     assert_eq!(out.len(), d.out_len(), "avg_pool2d_forward: out must be [N, C, OH, OW]");
     assert_eq!(inp.len(), d.in_len(), "avg_pool2d_forward: inp must be [N, C, H, W]");
@@ -136,7 +148,12 @@ pub fn avg_pool2d_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<
 }
 
 /// Average pool backward on the GPU (overwrites `dinp`). dinp: [N, C, H, W], dout: [N, C, OH, OW].
-pub fn avg_pool2d_backward(gpu: &Gpu, dinp: &mut CudaViewMut<f32>, dout: &CudaView<f32>, g: &Pool2dGeom) -> Result<(), GpuError> {
+pub fn avg_pool2d_backward(
+    gpu: &Gpu,
+    dinp: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    g: &Pool2dGeom,
+) -> Result<(), GpuError> {
     let d = window_dims(g);
     assert_eq!(dinp.len(), d.in_len(), "avg_pool2d_backward: dinp must be [N, C, H, W]");
     assert_eq!(dout.len(), d.out_len(), "avg_pool2d_backward: dout must be [N, C, OH, OW]");
@@ -216,7 +233,15 @@ mod tests {
     use crate::cuda::testing::*;
     use crate::ops::cuda_test_util::*;
 
-    fn geom(n: usize, c: usize, h: usize, w: usize, k: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Pool2dGeom {
+    fn geom(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Pool2dGeom {
         Pool2dGeom { n, c, h, w, kh: k.0, kw: k.1, stride, padding }
     }
 
@@ -281,7 +306,12 @@ mod tests {
     fn adaptive_and_global_pools_match_cpu_bitwise() {
         let Some(gpu) = gpu_or_skip("adaptive_and_global_pools_match_cpu_bitwise") else { return };
         let mut rng = seeded("adaptive_and_global_pools_match_cpu_bitwise");
-        for &(n, c, h, w, oh, ow) in &[(1usize, 3usize, 7usize, 7usize, 3usize, 3usize), (2, 5, 2, 3, 5, 4), (3, 2, 6, 6, 6, 6), (4, 33, 9, 5, 1, 1)] {
+        for &(n, c, h, w, oh, ow) in &[
+            (1usize, 3usize, 7usize, 7usize, 3usize, 3usize),
+            (2, 5, 2, 3, 5, 4),
+            (3, 2, 6, 6, 6, 6),
+            (4, 33, 9, 5, 1, 1),
+        ] {
             let x = rand_vec(&mut rng, n * c * h * w, -2.0, 2.0);
             let dout = rand_vec(&mut rng, n * c * oh * ow, -1.0, 1.0);
             let (dx_in, dgo) = (gpu.upload(&x).unwrap(), gpu.upload(&dout).unwrap());

@@ -60,7 +60,16 @@ pub fn softmax_cross_entropy_forward(
     let f = gpu.function(&CUDA, "sce_loss_f32")?;
     let probs_ro = probs.slice(..);
     let mut l = gpu.stream().launch_builder(&f);
-    l.arg(loss).arg(&probs_ro).arg(logits).arg(targets).arg(&b).arg(&v).arg(&has_ignore).arg(&ignore).arg(&keep).arg(&smooth);
+    l.arg(loss)
+        .arg(&probs_ro)
+        .arg(logits)
+        .arg(targets)
+        .arg(&b)
+        .arg(&v)
+        .arg(&has_ignore)
+        .arg(&ignore)
+        .arg(&keep)
+        .arg(&smooth);
     // SAFETY: (float*, const float*, const float*, const long long*, size_t, size_t, int, long long, float,
     // float) as declared; loss holds 1, probs / logits b*v and targets b elements. An empty batch writes 0.
     unsafe { l.launch(cfg) }?;
@@ -73,8 +82,8 @@ pub fn download_loss(gpu: &Gpu, loss: &CudaSlice<f32>) -> Result<f32, GpuError> 
     Ok(gpu.download(loss)?.first().copied().unwrap_or(0.0))
 }
 
-/// Softmax + cross-entropy backward on the GPU (overwrites `dlogits`): `(p - (1 - eps) one_hot(t) - eps / V)
-/// * dloss / n_valid` for rows not ignored, 0 for ignored rows (and everywhere when all are ignored); the
+/// Softmax + cross-entropy backward on the GPU (overwrites `dlogits`):
+/// `(p - (1 - eps) one_hot(t) - eps / V) * dloss / n_valid` for rows not ignored, 0 for ignored rows (and everywhere when all are ignored); the
 /// CPU's bits for the same probabilities.
 ///
 /// probs: [B, V] (from the forward), targets: [B], dlogits: [B, V], dloss: the upstream gradient. Where
@@ -102,7 +111,16 @@ pub fn softmax_cross_entropy_backward(
     let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
     let f = gpu.function(&CUDA, "sce_backward_f32")?;
     let mut l = gpu.stream().launch_builder(&f);
-    l.arg(dlogits).arg(probs).arg(targets).arg(&b).arg(&v).arg(&has_ignore).arg(&ignore).arg(&keep).arg(&spc).arg(&dloss);
+    l.arg(dlogits)
+        .arg(probs)
+        .arg(targets)
+        .arg(&b)
+        .arg(&v)
+        .arg(&has_ignore)
+        .arg(&ignore)
+        .arg(&keep)
+        .arg(&spc)
+        .arg(&dloss);
     // SAFETY: (float*, const float*, const long long*, size_t, size_t, int, long long, float, float, float);
     // dlogits / probs hold b*v and targets b elements.
     unsafe { l.launch(cfg) }?;
@@ -128,8 +146,14 @@ mod tests {
     fn softmax_cross_entropy_matches_cpu() {
         let Some(gpu) = gpu_or_skip("softmax_cross_entropy_matches_cpu") else { return };
         let mut rng = seeded("softmax_cross_entropy_matches_cpu");
-        let cases: [(usize, usize, Option<i64>, f64); 6] =
-            [(1, 10, None, 0.0), (37, 5, None, 0.0), (64, 1000, Some(-100), 0.0), (19, 301, None, 0.1), (8, 7, Some(3), 0.2), (4, 3, Some(1), 0.0)];
+        let cases: [(usize, usize, Option<i64>, f64); 6] = [
+            (1, 10, None, 0.0),
+            (37, 5, None, 0.0),
+            (64, 1000, Some(-100), 0.0),
+            (19, 301, None, 0.1),
+            (8, 7, Some(3), 0.2),
+            (4, 3, Some(1), 0.0),
+        ];
         for (case, &(b, v, ignore, eps)) in cases.iter().enumerate() {
             let mut logits = rand_vec(&mut rng, b * v, -4.0, 4.0);
             if b > 1 {
@@ -146,11 +170,21 @@ mod tests {
             }
             let opts = CrossEntropyOptions { ignore_index: ignore, label_smoothing: eps };
             let mut want_p = vec![0.0f32; b * v];
-            let want_loss = super::super::softmax_cross_entropy_forward(&mut want_p, &logits, &targets, b, v, &opts).unwrap();
+            let want_loss =
+                super::super::softmax_cross_entropy_forward(&mut want_p, &logits, &targets, b, v, &opts).unwrap();
             let (dl, dt) = (gpu.upload(&logits).unwrap(), gpu.upload(&targets).unwrap());
             let (mut dp, mut dloss) = (poisoned(gpu, b * v).unwrap(), poisoned(gpu, 1).unwrap());
-            softmax_cross_entropy_forward(gpu, &mut dp.as_view_mut(), &dl.as_view(), &dt.as_view(), b, v, &opts, &mut dloss.as_view_mut())
-                .unwrap();
+            softmax_cross_entropy_forward(
+                gpu,
+                &mut dp.as_view_mut(),
+                &dl.as_view(),
+                &dt.as_view(),
+                b,
+                v,
+                &opts,
+                &mut dloss.as_view_mut(),
+            )
+            .unwrap();
             let what = format!("sce b{b} v{v} ignore {ignore:?} eps {eps}");
             assert_close(&format!("{what} probs"), &gpu.download(&dp).unwrap(), &want_p, 1e-6, 1e-5);
             assert_close(&format!("{what} loss"), &[download_loss(gpu, &dloss).unwrap()], &[want_loss], 1e-5, 1e-5);
@@ -159,7 +193,17 @@ mod tests {
             super::super::softmax_cross_entropy_backward(&mut want_d, &want_p, &targets, b, v, &opts, 0.7);
             let dprobs = gpu.upload(&want_p).unwrap();
             let mut dd = poisoned(gpu, b * v).unwrap();
-            softmax_cross_entropy_backward(gpu, &mut dd.as_view_mut(), &dprobs.as_view(), &dt.as_view(), b, v, &opts, 0.7).unwrap();
+            softmax_cross_entropy_backward(
+                gpu,
+                &mut dd.as_view_mut(),
+                &dprobs.as_view(),
+                &dt.as_view(),
+                b,
+                v,
+                &opts,
+                0.7,
+            )
+            .unwrap();
             assert_bitwise(&format!("{what} dlogits"), &gpu.download(&dd).unwrap(), &want_d);
         }
     }
@@ -173,8 +217,17 @@ mod tests {
         let dt = gpu.upload(&[0i64, 4, 1]).unwrap();
         let (mut dp, mut dloss) = (poisoned(gpu, b * v).unwrap(), poisoned(gpu, 1).unwrap());
         let opts = CrossEntropyOptions::default();
-        softmax_cross_entropy_forward(gpu, &mut dp.as_view_mut(), &dl.as_view(), &dt.as_view(), b, v, &opts, &mut dloss.as_view_mut())
-            .unwrap();
+        softmax_cross_entropy_forward(
+            gpu,
+            &mut dp.as_view_mut(),
+            &dl.as_view(),
+            &dt.as_view(),
+            b,
+            v,
+            &opts,
+            &mut dloss.as_view_mut(),
+        )
+        .unwrap();
         assert!(download_loss(gpu, &dloss).unwrap().is_nan());
     }
 }

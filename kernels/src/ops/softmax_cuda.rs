@@ -35,7 +35,11 @@ fn rows_kernel(
         l.arg(b);
     }
     l.arg(&rows).arg(&dim);
-    let cfg = LaunchConfig { grid_dim: (rows.min(MAX_ROW_BLOCKS) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (rows.min(MAX_ROW_BLOCKS) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
     // SAFETY: (float*, const float*, [const float*,] size_t, size_t): the forwards take one input, the
     // backwards two, as passed; every buffer holds rows*dim elements.
     unsafe { l.launch(cfg) }?;
@@ -43,7 +47,13 @@ fn rows_kernel(
 }
 
 /// Softmax over the last axis on the GPU (overwrites `out`). out, inp: [rows, dim].
-pub fn softmax_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, rows: usize, dim: usize) -> Result<(), GpuError> {
+pub fn softmax_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    rows: usize,
+    dim: usize,
+) -> Result<(), GpuError> {
     rows_kernel(gpu, "softmax_forward_f32", out, inp, None, rows, dim)
 }
 
@@ -61,7 +71,13 @@ pub fn softmax_backward(
 }
 
 /// Log-softmax over the last axis on the GPU (overwrites `out`). out, inp: [rows, dim].
-pub fn log_softmax_forward(gpu: &Gpu, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, rows: usize, dim: usize) -> Result<(), GpuError> {
+pub fn log_softmax_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    rows: usize,
+    dim: usize,
+) -> Result<(), GpuError> {
     rows_kernel(gpu, "log_softmax_forward_f32", out, inp, None, rows, dim)
 }
 

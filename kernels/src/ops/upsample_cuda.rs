@@ -84,7 +84,12 @@ mod tests {
     fn upsample_matches_cpu_bitwise() {
         let Some(gpu) = gpu_or_skip("upsample_matches_cpu_bitwise") else { return };
         let mut rng = seeded("upsample_matches_cpu_bitwise");
-        for &(n, c, h, w, sh, sw) in &[(1usize, 1usize, 1usize, 1usize, 2usize, 2usize), (2, 3, 5, 7, 2, 3), (3, 17, 9, 4, 1, 2), (1, 2, 13, 11, 4, 1)] {
+        for &(n, c, h, w, sh, sw) in &[
+            (1usize, 1usize, 1usize, 1usize, 2usize, 2usize),
+            (2, 3, 5, 7, 2, 3),
+            (3, 17, 9, 4, 1, 2),
+            (1, 2, 13, 11, 4, 1),
+        ] {
             let x = rand_vec(&mut rng, n * c * h * w, -1.0, 1.0);
             let g = rand_vec(&mut rng, n * c * h * sh * w * sw, -1.0, 1.0);
             let (dx, dg) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());

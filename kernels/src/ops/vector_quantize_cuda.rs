@@ -132,8 +132,20 @@ mod tests {
             let mut out = poisoned(gpu, z.len()).unwrap();
             let (mut idx, mut cnt) = (gpu.upload(&vec![u32::MAX; n * p]).unwrap(), gpu.upload(&vec![7u32; k]).unwrap());
             let mut stats = poisoned(gpu, 2).unwrap();
-            vq_forward(gpu, &mut out.as_view_mut(), &mut idx.as_view_mut(), &mut cnt.as_view_mut(), &dzv.as_view(), &dcb.as_view(), n, d, p, k, &mut stats.as_view_mut())
-                .unwrap();
+            vq_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut idx.as_view_mut(),
+                &mut cnt.as_view_mut(),
+                &dzv.as_view(),
+                &dcb.as_view(),
+                n,
+                d,
+                p,
+                k,
+                &mut stats.as_view_mut(),
+            )
+            .unwrap();
             assert_eq!(gpu.download(&idx).unwrap(), want_idx, "{what}: indices differ");
             assert_eq!(gpu.download(&cnt).unwrap(), want_cnt, "{what}: counts differ");
             assert_bitwise(&format!("{what} out"), &gpu.download(&out).unwrap(), &want);
@@ -143,8 +155,22 @@ mod tests {
             super::super::vq_backward(&mut want_dz, &mut want_dcb, &dout, &z, &cb, &want_idx, n, d, p, k, 0.25, 0.8);
             let (dgo, didx) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_idx).unwrap());
             let (mut ddz, mut ddcb) = (poisoned(gpu, z.len()).unwrap(), gpu.upload(&dcb0).unwrap());
-            vq_backward(gpu, &mut ddz.as_view_mut(), &mut ddcb.as_view_mut(), &dgo.as_view(), &dzv.as_view(), &dcb.as_view(), &didx.as_view(), n, d, p, k, 0.25, 0.8)
-                .unwrap();
+            vq_backward(
+                gpu,
+                &mut ddz.as_view_mut(),
+                &mut ddcb.as_view_mut(),
+                &dgo.as_view(),
+                &dzv.as_view(),
+                &dcb.as_view(),
+                &didx.as_view(),
+                n,
+                d,
+                p,
+                k,
+                0.25,
+                0.8,
+            )
+            .unwrap();
             assert_bitwise(&format!("{what} dz"), &gpu.download(&ddz).unwrap(), &want_dz);
             assert_bitwise(&format!("{what} dcodebook"), &gpu.download(&ddcb).unwrap(), &want_dcb);
         }
