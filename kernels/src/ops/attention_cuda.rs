@@ -10,7 +10,8 @@ use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use super::{attention_backward_scratch_len, default_scale, CUDA};
 use crate::cuda::launch::BLOCK;
 use crate::cuda::{Gpu, GpuError};
-use crate::ops::gemm::cuda::{gemm_general, MatMut, MatRef};
+use crate::ops::gemm::cuda::{gemm_general, gemm_strided_batched, MatMut, MatRef};
+use crate::ops::permute;
 
 /// Most blocks a per-row kernel is launched with (it loops over further rows).
 const MAX_ROW_BLOCKS: usize = 1 << 16;
@@ -22,6 +23,41 @@ fn rows_cfg(rows: usize) -> LaunchConfig {
         shared_mem_bytes: 0,
     }
 }
+
+/// `att` rows (each `t` long, query `r % t`) become their softmax over the visible keys, in place.
+fn softmax_rows(gpu: &Gpu, att: &mut CudaViewMut<f32>, rows: usize, t: usize, causal: bool) -> Result<(), GpuError> {
+    let causal_i = causal as i32;
+    let f = gpu.function(&CUDA, "attn_softmax_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(att).arg(&rows).arg(&t).arg(&causal_i);
+    // SAFETY: (float*, size_t, size_t, int); the callers checked that att holds rows * t elements.
+    unsafe { l.launch(rows_cfg(rows)) }?;
+    Ok(())
+}
+
+/// `ds = scale * p * (ds - rowsum(p * ds))` in place over the visible keys (0 elsewhere), `p` = `att`.
+fn softmax_rows_backward(
+    gpu: &Gpu,
+    ds: &mut CudaViewMut<f32>,
+    att: &CudaView<f32>,
+    rows: usize,
+    t: usize,
+    causal: bool,
+    scale: f32,
+) -> Result<(), GpuError> {
+    let causal_i = causal as i32;
+    let f = gpu.function(&CUDA, "attn_softmax_backward_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(ds).arg(att).arg(&rows).arg(&t).arg(&causal_i).arg(&scale);
+    // SAFETY: (float*, const float*, size_t, size_t, int, float); the callers checked that ds and att hold
+    // rows * t elements.
+    unsafe { l.launch(rows_cfg(rows)) }?;
+    Ok(())
+}
+
+/// One input-gradient product of the backward: (which third of dqkv, the [T, T] factor, whether it is
+/// transposed, the [T, D] factor, that factor's row stride).
+type BackwardProduct<'a, 'v> = (usize, &'a CudaView<'v, f32>, bool, &'a CudaView<'v, f32>, usize);
 
 /// Multi-head self-attention forward on the GPU from a fused projection (overwrites `out` and `att`).
 ///
@@ -65,13 +101,7 @@ pub fn attention_fused_forward(
             0.0,
         )?;
     }
-    let rows = b * h * t;
-    let causal_i = causal as i32;
-    let f = gpu.function(&CUDA, "attn_softmax_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
-    l.arg(&mut *att).arg(&rows).arg(&t).arg(&causal_i);
-    // SAFETY: (float*, size_t, size_t, int); att holds rows * t elements.
-    unsafe { l.launch(rows_cfg(rows)) }?;
+    softmax_rows(gpu, att, b * h * t, t, causal)?;
     // out[i, :, h*D..] = att[i, h] @ v_h.
     for i in 0..b {
         let p = att.slice(i * h * tt..(i + 1) * h * tt);
@@ -141,21 +171,14 @@ pub fn attention_fused_backward(
         )?;
     }
     // dS = scale * P * (dP - rowsum(P dP)), in place.
-    let rows = b * h * t;
-    let causal_i = causal as i32;
-    let f = gpu.function(&CUDA, "attn_softmax_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
-    l.arg(&mut *scratch).arg(att).arg(&rows).arg(&t).arg(&causal_i).arg(&scale);
-    // SAFETY: (float*, const float*, size_t, size_t, int, float); scratch and att hold rows * t elements.
-    unsafe { l.launch(rows_cfg(rows)) }?;
+    softmax_rows_backward(gpu, scratch, att, b * h * t, t, causal, scale)?;
     for i in 0..b {
         let ds = scratch.slice(i * h * tt..(i + 1) * h * tt);
         let p = att.slice(i * h * tt..(i + 1) * h * tt);
         let go = dout.slice(i * t * hd..(i + 1) * t * hd);
         let (q, k) = (qkv.slice(i * item..), qkv.slice(i * item + hd..));
-        // (which third of dqkv, the [T, T] factor (transposed?), the [T, D] factor and its row stride):
         // dq = dS @ k, dk = dS^T @ q, dv = P^T @ dout.
-        let parts: [(usize, &CudaView<f32>, bool, &CudaView<f32>, usize); 3] =
+        let parts: [BackwardProduct<'_, '_>; 3] =
             [(0, &ds, false, &k, 3 * hd), (1, &ds, true, &q, 3 * hd), (2, &p, true, &go, hd)];
         for (which, lhs, lhs_t, rhs, rhs_ld) in parts {
             let mut dst = dqkv.slice_mut(i * item + which * hd..(i + 1) * item);
@@ -174,6 +197,142 @@ pub fn attention_fused_backward(
         }
     }
     Ok(())
+}
+
+/// Multi-head attention forward on the GPU for heads already split out (overwrites `out` and `att`):
+/// `att = softmax(q @ k^T / sqrt(D))` (lower-triangular when `causal`), `out = att @ v`, one batched
+/// product over all B*H heads for each step.
+///
+/// q, k, v, out: [B, H, T, D]; att: [B, H, T, T]. `D >= 1`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    att: &mut CudaViewMut<f32>,
+    q: &CudaView<f32>,
+    k: &CudaView<f32>,
+    v: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) -> Result<(), GpuError> {
+    let (td, tt, bh) = (t * d, t * t, b * h);
+    assert!(d > 0, "attention_forward: head size D must be at least 1");
+    for (len, name) in [(out.len(), "out"), (q.len(), "q"), (k.len(), "k"), (v.len(), "v")] {
+        assert_eq!(len, bh * td, "attention_forward: {name} must be [B, H, T, D]");
+    }
+    assert_eq!(att.len(), bh * tt, "attention_forward: att must be [B, H, T, T]");
+    if bh * t == 0 {
+        return Ok(());
+    }
+    let scale: f32 = default_scale(d);
+    gemm_strided_batched(gpu, bh, t, t, d, q, false, td, k, true, td, att, tt, scale, 0.0)?;
+    softmax_rows(gpu, att, bh * t, t, causal)?;
+    gemm_strided_batched(gpu, bh, t, d, t, &att.slice(..), false, tt, v, false, td, out, td, 1.0, 0.0)
+}
+
+/// Backward of [`attention_forward`] on the GPU (overwrites `dq`, `dk`, `dv` and `scratch`).
+///
+/// dout, q, k, v, dq, dk, dv: [B, H, T, D]; att: the forward's probabilities [B, H, T, T]; scratch:
+/// [B, H, T, T] (see [`attention_backward_scratch_len`](super::attention_backward_scratch_len)).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    dq: &mut CudaViewMut<f32>,
+    dk: &mut CudaViewMut<f32>,
+    dv: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    q: &CudaView<f32>,
+    k: &CudaView<f32>,
+    v: &CudaView<f32>,
+    att: &CudaView<f32>,
+    scratch: &mut CudaViewMut<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) -> Result<(), GpuError> {
+    let (td, tt, bh) = (t * d, t * t, b * h);
+    assert!(d > 0, "attention_backward: head size D must be at least 1");
+    for (len, name) in [
+        (dq.len(), "dq"),
+        (dk.len(), "dk"),
+        (dv.len(), "dv"),
+        (dout.len(), "dout"),
+        (q.len(), "q"),
+        (k.len(), "k"),
+        (v.len(), "v"),
+    ] {
+        assert_eq!(len, bh * td, "attention_backward: {name} must be [B, H, T, D]");
+    }
+    assert_eq!(att.len(), bh * tt, "attention_backward: att must be [B, H, T, T]");
+    assert_eq!(scratch.len(), attention_backward_scratch_len(b, h, t), "attention_backward: scratch length");
+    if bh * t == 0 {
+        return Ok(());
+    }
+    let scale: f32 = default_scale(d);
+    // dP = dout @ v^T, then dS in place; dq = dS @ k, dk = dS^T @ q, dv = P^T @ dout.
+    gemm_strided_batched(gpu, bh, t, t, d, dout, false, td, v, true, td, scratch, tt, 1.0, 0.0)?;
+    softmax_rows_backward(gpu, scratch, att, bh * t, t, causal, scale)?;
+    let ds = scratch.slice(..);
+    gemm_strided_batched(gpu, bh, t, d, t, &ds, false, tt, k, false, td, dq, td, 1.0, 0.0)?;
+    gemm_strided_batched(gpu, bh, t, d, t, &ds, true, tt, q, false, td, dk, td, 1.0, 0.0)?;
+    gemm_strided_batched(gpu, bh, t, d, t, att, true, tt, dout, false, td, dv, td, 1.0, 0.0)
+}
+
+/// `out = inp.view(B, T, H, D).transpose(1, 2)` on the GPU (overwrites). inp: [B, T, H*D], out: [B, H, T, D].
+pub fn split_heads(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+) -> Result<(), GpuError> {
+    permute::cuda::permute(gpu, out, inp, &[b, t, h, d], &[0, 2, 1, 3])
+}
+
+/// `out = inp.transpose(1, 2).reshape(B, T, H*D)` on the GPU (overwrites). inp: [B, H, T, D], out: [B, T, H*D].
+pub fn merge_heads(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    inp: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+) -> Result<(), GpuError> {
+    permute::cuda::permute(gpu, out, inp, &[b, h, t, d], &[0, 2, 1, 3])
+}
+
+/// Backward of [`split_heads`] on the GPU: `dinp = merge_heads(dout)`. dout: [B, H, T, D], dinp: [B, T, H*D].
+pub fn split_heads_backward(
+    gpu: &Gpu,
+    dinp: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+) -> Result<(), GpuError> {
+    merge_heads(gpu, dinp, dout, b, h, t, d)
+}
+
+/// Backward of [`merge_heads`] on the GPU: `dinp = split_heads(dout)`. dout: [B, T, H*D], dinp: [B, H, T, D].
+pub fn merge_heads_backward(
+    gpu: &Gpu,
+    dinp: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+) -> Result<(), GpuError> {
+    split_heads(gpu, dinp, dout, b, h, t, d)
 }
 
 #[cfg(test)]
@@ -257,6 +416,108 @@ mod tests {
             )
             .unwrap();
             assert_close(&format!("{what} dqkv"), &gpu.download(&dq).unwrap(), &want_dqkv, 5e-5, 1e-4);
+        }
+    }
+
+    /// The split-layout forward / backward and the head reshapes against the CPU, causal and not,
+    /// batch 1 and more; tolerances as for the fused path (the same products in another layout); the
+    /// reshapes are copies (bitwise).
+    #[test]
+    fn attention_split_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("attention_split_matches_cpu") else { return };
+        let mut rng = seeded("attention_split_matches_cpu");
+        for &(b, h, t, d, causal) in
+            &[(1usize, 1usize, 4usize, 3usize, true), (2, 3, 33, 8, false), (3, 2, 65, 5, true)]
+        {
+            let len = b * h * t * d;
+            let (q, k, v, g) = (
+                rand_vec(&mut rng, len, -1.0, 1.0),
+                rand_vec(&mut rng, len, -1.0, 1.0),
+                rand_vec(&mut rng, len, -1.0, 1.0),
+                rand_vec(&mut rng, len, -1.0, 1.0),
+            );
+            let (mut want, mut want_att) = (vec![0.0f32; len], vec![0.0f32; b * h * t * t]);
+            super::super::attention_forward(&mut want, &mut want_att, &q, &k, &v, b, h, t, d, causal);
+            let (mut wq, mut wk, mut wv) = (vec![0.0f32; len], vec![0.0f32; len], vec![0.0f32; len]);
+            let mut scratch = vec![0.0f32; attention_backward_scratch_len(b, h, t)];
+            super::super::attention_backward(
+                &mut wq,
+                &mut wk,
+                &mut wv,
+                &g,
+                &q,
+                &k,
+                &v,
+                &want_att,
+                &mut scratch,
+                b,
+                h,
+                t,
+                d,
+                causal,
+            );
+            let what = format!("attention split b{b} h{h} t{t} d{d} causal {causal}");
+            let (dq_, dk_, dv_, dg) =
+                (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap(), gpu.upload(&v).unwrap(), gpu.upload(&g).unwrap());
+            let (mut out, mut att) = (poisoned(gpu, len).unwrap(), poisoned(gpu, want_att.len()).unwrap());
+            attention_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut att.as_view_mut(),
+                &dq_.as_view(),
+                &dk_.as_view(),
+                &dv_.as_view(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
+            assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want, 1e-5, 1e-4);
+            assert_close(&format!("{what} att"), &gpu.download(&att).unwrap(), &want_att, 1e-5, 1e-4);
+            let datt = gpu.upload(&want_att).unwrap();
+            let (mut gq, mut gk, mut gv, mut ds) = (
+                poisoned(gpu, len).unwrap(),
+                poisoned(gpu, len).unwrap(),
+                poisoned(gpu, len).unwrap(),
+                poisoned(gpu, scratch.len()).unwrap(),
+            );
+            attention_backward(
+                gpu,
+                &mut gq.as_view_mut(),
+                &mut gk.as_view_mut(),
+                &mut gv.as_view_mut(),
+                &dg.as_view(),
+                &dq_.as_view(),
+                &dk_.as_view(),
+                &dv_.as_view(),
+                &datt.as_view(),
+                &mut ds.as_view_mut(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
+            for (name, dev, host) in [("dq", &gq, &wq), ("dk", &gk, &wk), ("dv", &gv, &wv)] {
+                assert_close(&format!("{what} {name}"), &gpu.download(dev).unwrap(), host, 5e-5, 1e-4);
+            }
+            let mut want_split = vec![0.0f32; len];
+            super::super::split_heads(&mut want_split, &q, b, h, t, d);
+            let mut split = poisoned(gpu, len).unwrap();
+            split_heads(gpu, &mut split.as_view_mut(), &dq_.as_view(), b, h, t, d).unwrap();
+            assert_bitwise(&format!("{what} split_heads"), &gpu.download(&split).unwrap(), &want_split);
+            let mut want_merge = vec![0.0f32; len];
+            super::super::merge_heads(&mut want_merge, &q, b, h, t, d);
+            let mut merged = poisoned(gpu, len).unwrap();
+            merge_heads(gpu, &mut merged.as_view_mut(), &dq_.as_view(), b, h, t, d).unwrap();
+            assert_bitwise(&format!("{what} merge_heads"), &gpu.download(&merged).unwrap(), &want_merge);
+            split_heads_backward(gpu, &mut merged.as_view_mut(), &dq_.as_view(), b, h, t, d).unwrap();
+            assert_bitwise(&format!("{what} split_heads_backward"), &gpu.download(&merged).unwrap(), &want_merge);
+            merge_heads_backward(gpu, &mut split.as_view_mut(), &dq_.as_view(), b, h, t, d).unwrap();
+            assert_bitwise(&format!("{what} merge_heads_backward"), &gpu.download(&split).unwrap(), &want_split);
         }
     }
 }

@@ -121,6 +121,10 @@ pub fn bmm_backward<T: Float>(
     }
 }
 
+/// Host side of the batched product on the GPU (cuBLAS strided batches).
+#[path = "bmm_cuda.rs"]
+pub mod cuda;
+
 #[cfg(test)]
 mod tests {
     use super::*;

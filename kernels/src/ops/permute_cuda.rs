@@ -10,7 +10,7 @@ use crate::cuda::{Gpu, GpuError};
 /// The gather geometry (`struct PermDims` in permute.cu: same fields, same order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct PermDims {
+struct PermDims {
     rank: i64,
     dims: [i64; MAX_RANK],
     strides: [i64; MAX_RANK],
@@ -57,9 +57,13 @@ pub fn permute(
 ) -> Result<(), GpuError> {
     check("permute", out.len(), inp.len(), shape, perm).unwrap_or_else(|e| panic!("{e}"));
     let in_strides = row_major_strides(shape);
-    let dims: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    gather(gpu, out, inp, &dims, &strides)
+    // Fixed arrays, not vectors: this runs every step and must not allocate.
+    let (mut dims, mut strides) = ([0usize; MAX_RANK], [0usize; MAX_RANK]);
+    for (a, &p) in perm.iter().enumerate() {
+        dims[a] = shape[p];
+        strides[a] = in_strides[p];
+    }
+    gather(gpu, out, inp, &dims[..perm.len()], &strides[..perm.len()])
 }
 
 /// Backward of [`permute`] on the GPU: `dinp = dout` permuted back (overwrites). dout: the permuted shape,
@@ -72,13 +76,16 @@ pub fn permute_backward(
     perm: &[usize],
 ) -> Result<(), GpuError> {
     check("permute_backward", dinp.len(), dout.len(), shape, perm).unwrap_or_else(|e| panic!("{e}"));
-    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let out_strides = row_major_strides(&out_shape);
-    let mut strides = vec![0usize; perm.len()];
+    let mut out_shape = [0usize; MAX_RANK];
+    for (a, &p) in perm.iter().enumerate() {
+        out_shape[a] = shape[p];
+    }
+    let out_strides = row_major_strides(&out_shape[..perm.len()]);
+    let mut strides = [0usize; MAX_RANK];
     for (a, &p) in perm.iter().enumerate() {
         strides[p] = out_strides[a];
     }
-    gather(gpu, dinp, dout, shape, &strides)
+    gather(gpu, dinp, dout, shape, &strides[..perm.len()])
 }
 
 /// `out = inp^T` on the GPU. inp: [M, N], out: [N, M].

@@ -82,8 +82,8 @@ pub fn download_loss(gpu: &Gpu, loss: &CudaSlice<f32>) -> Result<f32, GpuError> 
     Ok(gpu.download(loss)?.first().copied().unwrap_or(0.0))
 }
 
-/// Softmax + cross-entropy backward on the GPU (overwrites `dlogits`): `(p - (1 - eps) one_hot(t) - eps / V)
-/// * dloss / n_valid` for rows not ignored, 0 for ignored rows (and everywhere when all are ignored); the
+/// Softmax + cross-entropy backward on the GPU (overwrites `dlogits`):
+/// `(p - (1 - eps) one_hot(t) - eps / V) * dloss / n_valid` for rows not ignored, 0 for ignored rows (and everywhere when all are ignored); the
 /// CPU's bits for the same probabilities.
 ///
 /// probs: [B, V] (from the forward), targets: [B], dlogits: [B, V], dloss: the upstream gradient. Where
