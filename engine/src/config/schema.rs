@@ -141,6 +141,8 @@ mod d {
         vq_weight: f64 = 1.0;
         data_range: f64 = 1.0;
         resume: serde_json::Value = serde_json::Value::Bool(false);
+        plots: serde_json::Value = serde_json::Value::String("end".into());
+        yes: bool = true;
     }
 }
 
@@ -405,6 +407,16 @@ pub struct RunSection {
     /// Plain log lines instead of a progress bar (also `--headless`, and automatic without a terminal).
     #[serde(default)]
     pub headless: bool,
+    /// PNG plots in the run directory (losses, validation metrics, lr, confusion matrix): `end` (at the end
+    /// of the run), `true` (also after every epoch's checkpoint), `false` (none).
+    #[serde(default = "d::plots")]
+    pub plots: serde_json::Value,
+    /// Write `results.csv` in the run directory: one row per epoch, Ultralytics-style columns.
+    #[serde(default = "d::yes")]
+    pub results_csv: bool,
+    /// Write a TensorBoard event file in the run directory (`tensorboard --logdir runs/`).
+    #[serde(default = "d::yes")]
+    pub tensorboard: bool,
 }
 
 impl Default for RunSection {
