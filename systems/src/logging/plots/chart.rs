@@ -51,6 +51,21 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
     }
 }
 
+/// An axis label: whole numbers on a wide range (epochs, steps), otherwise about three significant digits, in the
+/// exponent form for very small or large magnitudes (learning rates).
+fn tick(v: f64, span: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if span >= 5.0 && v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else if v.abs() < 1e-2 || v.abs() >= 1e5 {
+        format!("{v:.2e}")
+    } else {
+        let digits = (2 - span.abs().max(1e-12).log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{v:.digits$}")
+    }
+}
+
 pub(super) fn draw_err<E: std::fmt::Debug>(e: E) -> String {
     format!("drawing failed: {e:?}")
 }
@@ -82,11 +97,17 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             .caption(title, ("sans-serif", 26))
             .margin(18)
             .x_label_area_size(52)
-            .y_label_area_size(80)
+            .y_label_area_size(90)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(draw_err)?;
+        let (xs, ys) = (x1 - x0, y1 - y0);
+        let fx = move |v: &f64| tick(*v, xs);
+        let fy = move |v: &f64| tick(*v, ys);
         chart
             .configure_mesh()
+            .x_label_formatter(&fx)
+            .y_label_formatter(&fy)
+            .max_light_lines(2)
             .x_desc(x_label)
             .y_desc(y_label)
             .label_style(("sans-serif", 15))
