@@ -19,6 +19,10 @@ fn documented(doc: &str) -> BTreeMap<String, BTreeSet<String>> {
         if let Some(h) = line.strip_prefix("### ") {
             let kind = h.split_whitespace().next().unwrap_or("");
             section = ticked(h).map(|name| format!("{kind} {name}"));
+            // A heading alone documents an entry without options.
+            if let Some(s) = &section {
+                out.entry(s.clone()).or_default();
+            }
         } else if let Some(h) = line.strip_prefix("## ") {
             section = match h {
                 "Top level" => Some("top".into()),
