@@ -1,7 +1,8 @@
 //! Task `margin_classification`: torch's `nn.MultiMarginLoss` (p = 1) on the model's logits,
 //! `loss_i = sum_{j != y_i} max(0, margin - x_{y_i} + x_j) / classes`, averaged over the batch; validation
-//! reports `loss` and `accuracy` (the fitness). A task is a resource for its state plus a loss system in the
-//! train step and a metric system in the validation step, both in `StepSet::Loss`.
+//! reports `loss` and `accuracy` (the fitness) and fills the engine's [`ConfusionMatrix`], which the plots
+//! draw as `confusion_matrix.png`. A task is a resource for its state plus a loss system in the train step
+//! and a metric system in the validation step, both in `StepSet::Loss`.
 
 use bevy_ecs::prelude::*;
 use ecstrain::components::{Batch, Clock, Graph, Metrics, Targets};
@@ -9,7 +10,8 @@ use ecstrain::engine::registry::{TaskContext, TaskEntry};
 use ecstrain::engine::App;
 use ecstrain::systems::data::TargetSpec;
 use ecstrain::systems::graph::Activations;
-use ecstrain::systems::sets::{StepSet, TrainStep, ValidationStep};
+use ecstrain::systems::sets::{StepSet, TrainStep, ValidationStart, ValidationStep};
+use ecstrain::systems::tasks::classification::{reset_confusion, ConfusionMatrix};
 
 /// The task's settings.
 #[derive(Resource)]
@@ -68,8 +70,15 @@ pub fn margin_train(
     metrics.add_train("loss", loss, n as f64);
 }
 
-/// Validation: loss and accuracy of the batch.
-pub fn margin_eval(graph: Res<Graph>, acts: Res<Activations>, batch: Res<Batch>, task: Res<MarginTask>, mut metrics: ResMut<Metrics>) {
+/// Validation: loss and accuracy of the batch, and its predictions into the confusion matrix.
+pub fn margin_eval(
+    graph: Res<Graph>,
+    acts: Res<Activations>,
+    batch: Res<Batch>,
+    task: Res<MarginTask>,
+    mut metrics: ResMut<Metrics>,
+    mut confusion: ResMut<ConfusionMatrix>,
+) {
     let (n, v) = (batch.size, task.classes);
     if n == 0 {
         return;
@@ -77,6 +86,7 @@ pub fn margin_eval(graph: Res<Graph>, acts: Res<Activations>, batch: Res<Batch>,
     let logits = acts.output(&graph, n);
     let y = labels(&batch);
     let loss = margin_loss(logits, y, &task, None, 1.0);
+    confusion.add(logits, y, n);
     let correct = logits
         .chunks_exact(v)
         .zip(y)
@@ -101,6 +111,9 @@ fn install(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
         }
     }
     app.insert_resource(MarginTask { classes, margin: 1.0 });
+    // The engine's confusion matrix, cleared before every validation pass; the plots draw it.
+    app.insert_resource(ConfusionMatrix::new(classes));
+    app.add_systems(ValidationStart, reset_confusion);
     app.add_systems(TrainStep, margin_train.in_set(StepSet::Loss));
     app.add_systems(ValidationStep, margin_eval.in_set(StepSet::Loss));
     Ok(())
