@@ -82,7 +82,14 @@ fn a_digits_run_writes_results_csv_tensorboard_and_plots() {
     assert_eq!(val_acc.last().unwrap().2, final_acc);
 
     // Plots: every PNG decodes as an image of sensible size.
-    for f in ["loss.png", "train_loss_steps.png", "lr.png", "val_accuracy.png", "val_top5_accuracy.png", "confusion_matrix.png"] {
+    for f in [
+        "loss.png",
+        "train_loss_steps.png",
+        "lr.png",
+        "val_accuracy.png",
+        "val_top5_accuracy.png",
+        "confusion_matrix.png",
+    ] {
         assert!(save.join(f).is_file(), "missing {f}\n{log}");
         check_png(&save.join(f));
     }

@@ -52,12 +52,11 @@ impl MemoryEstimate {
     /// Reads the sizes from the assembled resources of `world`.
     pub fn of(world: &World) -> MemoryEstimate {
         let params = world.get_resource::<Params>().map_or(0, |p| p.0.len() * 4);
-        let optimizer_state = world
-            .get_resource::<OptimizerState>()
-            .map_or(0, |s| s.buffers.iter().map(|(_, a)| a.len() * 4).sum());
-        let (activation_values, activation_all) = world.get_resource::<Activations>().map_or((0, 0), |a| {
-            (4 * a.values.iter().map(Vec::len).sum::<usize>(), a.bytes())
-        });
+        let optimizer_state =
+            world.get_resource::<OptimizerState>().map_or(0, |s| s.buffers.iter().map(|(_, a)| a.len() * 4).sum());
+        let (activation_values, activation_all) = world
+            .get_resource::<Activations>()
+            .map_or((0, 0), |a| (4 * a.values.iter().map(Vec::len).sum::<usize>(), a.bytes()));
         let buffers = world.get_resource::<Buffers>().map_or(0, |b| b.arena.len() * 4);
         let batch = world.get_resource::<Batch>().map_or(0, |b| b.inputs.len() * 4);
         let ema = world.get_resource::<EmaWeights>().map_or(0, |e| (e.params.len() + e.buffers.len()) * 4);
@@ -103,7 +102,8 @@ pub fn model_summary(world: &mut World, graph: &Graph) -> String {
             (node.name.clone(), node.op.label().to_string(), shape(&graph.values[node.output.0].shape), count)
         })
         .collect();
-    let w = |f: fn(&(String, String, String, String)) -> usize, min: usize| rows.iter().map(f).max().unwrap_or(0).max(min);
+    let w =
+        |f: fn(&(String, String, String, String)) -> usize, min: usize| rows.iter().map(f).max().unwrap_or(0).max(min);
     let (wn, wo, ws) = (w(|r| r.0.len(), 5), w(|r| r.1.len(), 2), w(|r| r.2.len(), 6));
     let mut out = format!("model {}\n", graph.arch);
     out.push_str(&format!("{:<wn$}  {:<wo$}  {:<ws$}  {:>12}\n", "layer", "op", "output", "params"));
@@ -134,7 +134,11 @@ pub fn model_summary(world: &mut World, graph: &Graph) -> String {
     let mut lines = vec![
         ("parameters", m.params, String::new()),
         ("gradients", m.grads, String::new()),
-        ("optimizer state", m.optimizer_state, if state_names.is_empty() { String::new() } else { format!("({state_names})") }),
+        (
+            "optimizer state",
+            m.optimizer_state,
+            if state_names.is_empty() { String::new() } else { format!("({state_names})") },
+        ),
         ("activations", m.activation_values, "(forward values)".to_string()),
         ("activation grads", m.activation_other, "(their gradients, saved state, scratch)".to_string()),
     ];
@@ -147,7 +151,7 @@ pub fn model_summary(world: &mut World, graph: &Graph) -> String {
     }
     out.push_str(&format!("memory (f32, batch {batch}): {} in all\n", mib(m.total())));
     for (what, bytes, note) in lines {
-        out.push_str(&format!("  {what:<17} {:>11}  {note}\n", mib(bytes)).trim_end().to_string());
+        out.push_str(format!("  {what:<17} {:>11}  {note}", mib(bytes)).trim_end());
         out.push('\n');
     }
     out

@@ -115,7 +115,8 @@ impl Dataset for Spirals {
 
 /// The builder: options -> train and val splits, or a message naming the bad key.
 fn build(options: &serde_json::Map<String, serde_json::Value>, _root: &Path) -> Result<DatasetSplits, String> {
-    let o: SpiralOptions = serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
+    let o: SpiralOptions =
+        serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
     if o.classes < 2 {
         return Err(format!("classes must be at least 2, got {}", o.classes));
     }
@@ -126,7 +127,8 @@ fn build(options: &serde_json::Map<String, serde_json::Value>, _root: &Path) -> 
         return Err(format!("noise must be >= 0, got {}", o.noise));
     }
     let train = Arc::new(Spirals::generate(&o, o.train_per_class, 0, "spirals/train"));
-    let val = (o.val_per_class > 0).then(|| Arc::new(Spirals::generate(&o, o.val_per_class, 1, "spirals/val")) as Arc<dyn Dataset>);
+    let val = (o.val_per_class > 0)
+        .then(|| Arc::new(Spirals::generate(&o, o.val_per_class, 1, "spirals/val")) as Arc<dyn Dataset>);
     Ok(DatasetSplits::new(train, val))
 }
 

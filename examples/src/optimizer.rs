@@ -24,7 +24,13 @@ pub fn signsgd_update(
         let decay = if no_decay { 1.0 } else { 1.0 - lr * settings.weight_decay as f32 };
         for (p, &g) in params.0.get_mut(*slice).iter_mut().zip(grads.0.get(*slice)) {
             // sign(0) = 0: a parameter without gradient stays where it is.
-            let step = if g > 0.0 { lr } else if g < 0.0 { -lr } else { 0.0 };
+            let step = if g > 0.0 {
+                lr
+            } else if g < 0.0 {
+                -lr
+            } else {
+                0.0
+            };
             *p = *p * decay - step;
         }
     }

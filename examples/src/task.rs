@@ -107,7 +107,12 @@ fn install(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
     for ds in [Some(ctx.train), ctx.val].into_iter().flatten() {
         match ds.target_spec() {
             TargetSpec::Classes { num_classes } if num_classes <= classes => {}
-            other => return Err(format!("margin_classification needs labels below {classes}; {} has {other:?}", ds.describe())),
+            other => {
+                return Err(format!(
+                    "margin_classification needs labels below {classes}; {} has {other:?}",
+                    ds.describe()
+                ))
+            }
         }
     }
     app.insert_resource(MarginTask { classes, margin: 1.0 });
@@ -123,7 +128,11 @@ fn install(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
 pub fn register(app: &mut App) {
     app.registry.register_task(
         "margin_classification",
-        TaskEntry { install, fitness: ("accuracy", true), doc: "multi-class hinge loss (torch MultiMarginLoss); accuracy (ecstrain-examples)" },
+        TaskEntry {
+            install,
+            fitness: ("accuracy", true),
+            doc: "multi-class hinge loss (torch MultiMarginLoss); accuracy (ecstrain-examples)",
+        },
     );
 }
 

@@ -116,7 +116,10 @@ mod tests {
         assert_eq!(keys_in_message(&m).unwrap(), ["a", "b_c", "type"]);
         assert_eq!(keys_in_message(&format!("model: unknown field `{PROBE}`, expected `x`")).unwrap(), ["x"]);
         assert_eq!(keys_in_message(&format!("unknown field `{PROBE}`, expected `x` or `y`")).unwrap(), ["x", "y"]);
-        assert_eq!(keys_in_message(&format!("unknown field `{PROBE}`, there are no fields")).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            keys_in_message(&format!("unknown field `{PROBE}`, there are no fields")).unwrap(),
+            Vec::<String>::new()
+        );
         assert_eq!(keys_in_message("missing field `x`"), None);
     }
 

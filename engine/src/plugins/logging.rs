@@ -7,8 +7,8 @@ use ecstrain_systems::logging::console::{console_epoch_start, console_print, con
 use ecstrain_systems::logging::jsonl::write_jsonl;
 use ecstrain_systems::logging::plots::{plot_at_checkpoint, plot_at_run_end, plots_enabled};
 use ecstrain_systems::logging::results_csv::{results_csv_enabled, write_results_csv, ResultsCsv};
-use ecstrain_systems::logging::tensorboard::{tensorboard_enabled, write_tensorboard, TensorBoardLog};
 use ecstrain_systems::logging::summary::write_summary;
+use ecstrain_systems::logging::tensorboard::{tensorboard_enabled, write_tensorboard, TensorBoardLog};
 use ecstrain_systems::sets::*;
 
 use crate::app::{App, Plugin};

@@ -74,7 +74,8 @@ impl ResultsCsv {
         let cols = self.columns();
         let mut out = cols.join(",") + "\n";
         for row in &self.rows {
-            let cells: Vec<String> = cols.iter().map(|c| row.get(c).map_or(String::new(), |v| format_value(c, *v))).collect();
+            let cells: Vec<String> =
+                cols.iter().map(|c| row.get(c).map_or(String::new(), |v| format_value(c, *v))).collect();
             out.push_str(&cells.join(","));
             out.push('\n');
         }

@@ -25,7 +25,12 @@ fn short(s: &str, n: usize) -> String {
 
 /// Draws the `classes x classes` matrix `counts` (row-major, `[true][predicted]`) with the class `names`;
 /// returns the RGB buffer and its size.
-pub fn confusion_image(counts: &[u64], classes: usize, names: &[String], title: &str) -> Result<(Vec<u8>, (u32, u32)), String> {
+pub fn confusion_image(
+    counts: &[u64],
+    classes: usize,
+    names: &[String],
+    title: &str,
+) -> Result<(Vec<u8>, (u32, u32)), String> {
     ensure_font()?;
     let n = classes.max(1);
     let cell = (640 / n).clamp(6, 64) as i32;

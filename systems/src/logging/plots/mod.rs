@@ -116,7 +116,12 @@ pub fn plots_enabled(settings: Option<Res<OutputSettings>>, info: Option<Res<Run
     info.is_some() && settings.is_some_and(|s| s.plots != PlotMode::Off)
 }
 
-fn draw_now(info: &RunInfo, confusion: Option<&ConfusionMatrix>, loader: Option<&TrainLoader>, failure: &mut RunFailure) {
+fn draw_now(
+    info: &RunInfo,
+    confusion: Option<&ConfusionMatrix>,
+    loader: Option<&TrainLoader>,
+    failure: &mut RunFailure,
+) {
     let names = loader.and_then(|l| l.0.pipeline().class_names()).unwrap_or_default();
     let input = confusion.map(|c| ConfusionInput { counts: &c.counts, classes: c.classes, names: &names });
     if let Err(e) = draw_run_plots(&info.dir, input) {

@@ -82,10 +82,7 @@ impl Event {
             Some(What::Summary(s)) => s
                 .value
                 .iter()
-                .filter_map(|v| match v.value {
-                    Some(Value::SimpleValue(x)) => Some((v.tag.clone(), x)),
-                    None => None,
-                })
+                .filter_map(|v| v.value.as_ref().map(|Value::SimpleValue(x)| (v.tag.clone(), *x)))
                 .collect(),
             _ => Vec::new(),
         }

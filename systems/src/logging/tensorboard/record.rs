@@ -38,7 +38,8 @@ pub fn read_records(mut input: impl Read) -> Result<Vec<Vec<u8>>, String> {
         let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
         let start = pos + 12;
         let data = bytes.get(start..start + len).ok_or_else(|| format!("record {n}: truncated data ({len} bytes)"))?;
-        let data_crc = bytes.get(start + len..start + len + 4).ok_or_else(|| format!("record {n}: no data checksum"))?;
+        let data_crc =
+            bytes.get(start + len..start + len + 4).ok_or_else(|| format!("record {n}: no data checksum"))?;
         if u32::from_le_bytes(data_crc.try_into().expect("4 bytes")) != masked_crc32c(data) {
             return Err(format!("record {n} at byte {pos}: data checksum mismatch"));
         }
