@@ -127,14 +127,21 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
                 chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_err)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(draw_err)?;
+        // One line needs no legend (the title names it). Otherwise the legend goes where the first line is
+        // not at its end: bottom right for a rising curve (accuracy), top right for a falling one (loss).
+        if clean.len() > 1 {
+            let last = clean[0].1.last().map_or(y1, |p| p.1);
+            let corner =
+                if last > (y0 + y1) / 2.0 { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight };
+            chart
+                .configure_series_labels()
+                .label_font(("sans-serif", 16))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(corner)
+                .draw()
+                .map_err(draw_err)?;
+        }
         root.present().map_err(draw_err)?;
     }
     Ok(Some(buf))
