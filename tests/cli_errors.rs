@@ -208,7 +208,7 @@ fn list_and_check_work() {
     let out = engine(&["check", "--config", "configs/digits_mlp.yaml"]);
     let m = text(&out);
     assert_eq!(out.status.code(), Some(0), "{m}");
-    assert!(m.contains("total params 85002") && m.contains("layers.4") && m.contains("config OK"), "{m}");
+    assert!(m.contains("85,002 total, 85,002 trainable") && m.contains("layers.4") && m.contains("config OK"), "{m}");
     let out = engine(&["--bogus-flag"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -1,6 +1,8 @@
 //! A run killed with SIGKILL at a random moment after a checkpoint, then resumed, ends exactly as an
 //! uninterrupted run: the same final parameters and optimizer state bit for bit, and the same metrics.jsonl
-//! records (timing fields aside: samples/s and epoch time are measurements, not results).
+//! records (timing fields aside: samples/s and epoch time are measurements, not results), the same
+//! results.csv rows, and a TensorBoard log that TensorBoard reads as one run (the resumed file's session start
+//! drops what the killed run logged after its checkpoint).
 
 mod common;
 
@@ -9,6 +11,23 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+
+/// results.csv rows as column -> cell, without the wall-clock columns.
+fn csv_rows(dir: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split(','))
+                .filter(|(c, _)| !matches!(**c, "time" | "epoch_time_s" | "data_wait" | "data_wait_frac"))
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
 
 /// metrics.jsonl without the wall-clock fields.
 fn records(dir: &Path) -> Vec<serde_json::Value> {
@@ -70,4 +89,27 @@ fn sigkill_after_a_checkpoint_then_resume_continues_exactly() {
     assert_eq!(full.tensors, resumed.tensors, "killed + resumed run differs from the uninterrupted one");
     assert_eq!(full.metadata["optimizer_step"], resumed.metadata["optimizer_step"]);
     assert_eq!(records(&a), records(&b), "metrics.jsonl differs");
+    assert_eq!(csv_rows(&a), csv_rows(&b), "results.csv differs");
+    assert_eq!(csv_rows(&b).len(), 6);
+
+    // TensorBoard: the resumed run wrote a second file that starts a session after the checkpoint's step.
+    use ecstrain::systems::logging::tensorboard::{event_files, proto, read_events};
+    let files = event_files(&b);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let events = read_events(&files[1]).unwrap();
+    match &events[1].what {
+        Some(proto::What::SessionLog(s)) => assert!(s.status == proto::SESSION_START && events[1].step > 0),
+        other => panic!("the resumed file does not start with a session start: {other:?}"),
+    }
+    // And TensorBoard's own reader, when installed, sees one val/accuracy point per epoch.
+    let python = std::env::var("TENSORBOARD_PYTHON").unwrap_or_else(|_| "python3".into());
+    if Command::new(&python).args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success()) {
+        let out = Command::new(&python)
+            .arg(repo().join("tests/scripts/check_tensorboard.py"))
+            .arg(&b)
+            .arg("6")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "TensorBoard reads the resumed run wrongly:\n{}", text(&out));
+    }
 }

@@ -25,4 +25,7 @@ pub use graph::{
 };
 pub use metrics::{Meter, MetricEvent, Metrics};
 pub use param::{Bias, Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
-pub use run::{DataWait, IterPlan, RunFailure, RunInfo, RunSettings, RunTimer, Shard, StopRequest, TrainingState};
+pub use run::{
+    DataWait, IterPlan, OutputSettings, PlotMode, RunFailure, RunInfo, RunSettings, RunTimer, Shard, StopRequest,
+    TrainingState,
+};

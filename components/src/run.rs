@@ -197,3 +197,33 @@ impl DataWait {
 /// a batch that failed to load, and the runner ends the run after the step.
 #[derive(Resource, Clone, Debug, Default)]
 pub struct RunFailure(pub Option<String>);
+
+/// When the PNG plots of a run are drawn (`run.plots`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PlotMode {
+    /// No plots.
+    Off,
+    /// Once, at the end of the run (the default).
+    #[default]
+    End,
+    /// At the end of the run and after every epoch's checkpoint, so a long run can be watched.
+    EveryCheckpoint,
+}
+
+/// The run-directory outputs beyond `metrics.jsonl` and `summary.json` that the config turns on or off
+/// (`run.results_csv`, `run.tensorboard`, `run.plots`). Their plugins do nothing without it.
+#[derive(Resource, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputSettings {
+    /// Write `results.csv`, one row per epoch.
+    pub results_csv: bool,
+    /// Write a TensorBoard event file.
+    pub tensorboard: bool,
+    /// When to draw the PNG plots.
+    pub plots: PlotMode,
+}
+
+impl Default for OutputSettings {
+    fn default() -> Self {
+        OutputSettings { results_csv: true, tensorboard: true, plots: PlotMode::End }
+    }
+}

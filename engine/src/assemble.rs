@@ -54,6 +54,21 @@ fn parse_amp(v: &serde_json::Value) -> Result<AmpMode, String> {
     }
 }
 
+/// `run.plots`: `end` (the default), `true` (also at every epoch's checkpoint), `false` / `off`.
+pub fn parse_plots(v: &serde_json::Value) -> Result<PlotMode, String> {
+    match v {
+        serde_json::Value::Bool(false) => Ok(PlotMode::Off),
+        serde_json::Value::Bool(true) => Ok(PlotMode::EveryCheckpoint),
+        serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "end" => Ok(PlotMode::End),
+            "true" | "checkpoints" | "epoch" => Ok(PlotMode::EveryCheckpoint),
+            "false" | "off" | "none" => Ok(PlotMode::Off),
+            _ => Err(format!("run.plots: unknown value `{s}`; valid choices: end, true (every checkpoint), false")),
+        },
+        other => Err(format!("run.plots: expected end, true or false, got {other}")),
+    }
+}
+
 /// Checks the `run:` values that serde cannot (ranges, positivity); the message names the key.
 pub fn check_run_section(r: &RunSection) -> Result<(), String> {
     // Half-open unit interval, finite (NaN fails every comparison).
@@ -181,6 +196,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
             ));
         }
     }
+    let plots = parse_plots(&r.plots).map_err(err)?;
     if amp != AmpMode::Off && device == Device::Cpu {
         notices.push(match amp {
             AmpMode::F16 => "run.amp: f16 autocast needs CUDA; on the CPU the run computes in f32 with f16's dynamic loss scaling active".into(),
@@ -369,6 +385,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         shard,
         time_limit_s: r.time_limit.map(|h| h * 3600.0),
     });
+    w.insert_resource(OutputSettings { results_csv: r.results_csv, tensorboard: r.tensorboard, plots });
     w.insert_resource(Mode::Train);
     w.init_resource::<Metrics>();
     w.init_resource::<StopRequest>();

@@ -141,6 +141,8 @@ mod d {
         vq_weight: f64 = 1.0;
         data_range: f64 = 1.0;
         resume: serde_json::Value = serde_json::Value::Bool(false);
+        plots: serde_json::Value = serde_json::Value::String("end".into());
+        yes: bool = true;
     }
 }
 
@@ -409,6 +411,16 @@ pub struct RunSection {
     /// it, writes `last.safetensors` (resumable) and exits 0 with stop reason `time_limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<f64>,
+    /// PNG plots in the run directory (losses, validation metrics, lr, confusion matrix): `end` (at the end
+    /// of the run), `true` (also after every epoch's checkpoint), `false` (none).
+    #[serde(default = "d::plots")]
+    pub plots: serde_json::Value,
+    /// Write `results.csv` in the run directory: one row per epoch, Ultralytics-style columns.
+    #[serde(default = "d::yes")]
+    pub results_csv: bool,
+    /// Write a TensorBoard event file in the run directory (`tensorboard --logdir runs/`).
+    #[serde(default = "d::yes")]
+    pub tensorboard: bool,
 }
 
 impl Default for RunSection {

@@ -5,7 +5,9 @@ use bevy_ecs::prelude::*;
 use ecstrain_systems::data::TargetSpec;
 use ecstrain_systems::models;
 use ecstrain_systems::sets::*;
-use ecstrain_systems::tasks::classification::{classification_eval, classification_loss, ClassificationTask};
+use ecstrain_systems::tasks::classification::{
+    classification_eval, classification_loss, reset_confusion, ClassificationTask, ConfusionMatrix,
+};
 
 use crate::app::{App, Plugin};
 use crate::registry::*;
@@ -102,7 +104,9 @@ fn install_classification(app: &mut App, ctx: &TaskContext) -> Result<(), String
         label_smoothing: r.label_smoothing,
     };
     app.insert_resource(ClassificationTask::new(classes, r.top_k, opts, ctx.capacity));
+    app.insert_resource(ConfusionMatrix::new(classes));
     app.add_systems(TrainStep, classification_loss.in_set(StepSet::Loss));
+    app.add_systems(ValidationStart, reset_confusion);
     app.add_systems(ValidationStep, classification_eval.in_set(StepSet::Loss));
     Ok(())
 }

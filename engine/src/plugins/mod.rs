@@ -37,6 +37,9 @@ impl Plugin for DefaultPlugins {
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)
             .add_plugin(logging::SummaryPlugin)
+            .add_plugin(logging::ResultsCsvPlugin)
+            .add_plugin(logging::TensorBoardPlugin)
+            .add_plugin(logging::PlotsPlugin)
             .add_plugin(checkpoint::CheckpointPlugin);
     }
 }

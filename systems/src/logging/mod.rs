@@ -1,11 +1,17 @@
 //! Logging: systems that turn meters into [`MetricEvent`]s ([`emit`]), and loggers that consume them in the
-//! [`Flush`](crate::sets::Flush) schedule: `metrics.jsonl` ([`jsonl`]), the terminal ([`console`]); and the
-//! end-of-run `summary.json` ([`summary`]).
+//! [`Flush`](crate::sets::Flush) schedule: `metrics.jsonl` ([`jsonl`]), the terminal ([`console`]),
+//! `results.csv` ([`results_csv`]), TensorBoard event files ([`tensorboard`]); the end-of-run `summary.json`
+//! and final terminal summary ([`summary`]) and PNG plots ([`plots`]).
+//!
+//! [`MetricEvent`]: ecstrain_components::MetricEvent
 
 pub mod console;
 pub mod emit;
 pub mod jsonl;
+pub mod plots;
+pub mod results_csv;
 pub mod summary;
+pub mod tensorboard;
 
 use std::io::Write;
 use std::path::Path;

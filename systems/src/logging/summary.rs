@@ -54,25 +54,62 @@ pub fn write_summary(
     if let Err(e) = super::write_atomic(&info.dir.join("summary.json"), text.as_bytes()) {
         failure.0.get_or_insert(format!("cannot write summary.json: {e}"));
     }
-    if let Some(r) = &stop.reason {
-        println!("stopped: {r}");
+    print!("{}", final_summary(&clock, &metrics, &state, &settings, &timer, &info, stop.reason.as_deref()));
+}
+
+/// Metric values as a terminal table cell: 4 decimals, or the exponent form for tiny or huge values.
+fn cell(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) => format!("{v:.3e}"),
+        Some(v) => format!("{v:.4}"),
     }
-    let best = state
-        .best_fitness
-        .map(|f| format!("best {} {f:.4} at epoch {}", settings.fitness_metric, state.best_epoch.map_or(0, |e| e + 1)))
-        .unwrap_or_else(|| "no validation result".into());
-    let fin = metrics
-        .last_val
-        .get(&settings.fitness_metric)
-        .map(|v| format!("final {} {v:.4}", settings.fitness_metric))
-        .unwrap_or_default();
-    println!(
-        "done: {} {}, {} steps in {:.2}s ({:.0} samples/s)  {best}  {fin}\nresults in {}",
+}
+
+/// The final terminal summary: the stop reason, length, wall time and throughput, a table of every
+/// validation metric at the best epoch and at the end, and where the run directory is.
+pub fn final_summary(
+    clock: &Clock,
+    metrics: &Metrics,
+    state: &TrainingState,
+    settings: &RunSettings,
+    timer: &RunTimer,
+    info: &RunInfo,
+    stop_reason: Option<&str>,
+) -> String {
+    let wall = timer.start.elapsed().as_secs_f64();
+    let sps = clock.samples_seen as f64 / timer.train_seconds.max(1e-9);
+    let mut out = String::new();
+    if let Some(r) = stop_reason {
+        out.push_str(&format!("stopped: {r}\n"));
+    }
+    out.push_str(&format!(
+        "done: {} {}, {} steps in {:.2}s (training {:.2}s, {:.0} samples/s)\n",
         clock.epoch,
         settings.epoch_word(),
         clock.step,
         wall,
-        sps,
-        info.dir.display()
-    );
+        timer.train_seconds,
+        sps
+    ));
+    match (state.best_fitness, state.best_epoch) {
+        (Some(f), Some(e)) => {
+            out.push_str(&format!("best {} {f:.4} at epoch {}\n", settings.fitness_metric, e + 1));
+            let names: std::collections::BTreeSet<&String> =
+                metrics.last_val.keys().chain(state.best_metrics.keys()).collect();
+            let width = names.iter().map(|n| n.len()).max().unwrap_or(6).max(6);
+            let best_head = format!("best (epoch {})", e + 1);
+            out.push_str(&format!("  {:<width$}  {:>16}  {:>12}\n", "metric", best_head, "final"));
+            for n in names {
+                out.push_str(&format!(
+                    "  {n:<width$}  {:>16}  {:>12}\n",
+                    cell(state.best_metrics.get(n).copied()),
+                    cell(metrics.last_val.get(n).copied())
+                ));
+            }
+        }
+        _ => out.push_str("no validation result (no val split)\n"),
+    }
+    out.push_str(&format!("results in {}\n", info.dir.display()));
+    out
 }

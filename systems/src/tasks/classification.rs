@@ -28,6 +28,47 @@ impl ClassificationTask {
     }
 }
 
+/// The confusion matrix of the current (or last) validation pass: `counts[true * classes + predicted]`, the
+/// prediction being the arg-max of the logits (the first on ties, as torch's `argmax`). Cleared at the start
+/// of every pass; the plots draw it.
+#[derive(Resource, Clone, Debug, PartialEq)]
+pub struct ConfusionMatrix {
+    /// Number of classes.
+    pub classes: usize,
+    /// Row-major counts.
+    pub counts: Vec<u64>,
+}
+
+impl ConfusionMatrix {
+    /// An empty matrix for `classes` classes.
+    pub fn new(classes: usize) -> Self {
+        ConfusionMatrix { classes, counts: vec![0; classes * classes] }
+    }
+
+    /// Counts the `n` samples of `logits` (`[n, classes]`) against their `targets`.
+    pub fn add(&mut self, logits: &[f32], targets: &[i64], n: usize) {
+        let v = self.classes;
+        for (row, &t) in logits.chunks_exact(v).take(n).zip(targets) {
+            let mut best = 0;
+            for (j, &x) in row.iter().enumerate() {
+                if x > row[best] {
+                    best = j;
+                }
+            }
+            if let Ok(t) = usize::try_from(t) {
+                if t < v {
+                    self.counts[t * v + best] += 1;
+                }
+            }
+        }
+    }
+}
+
+/// ValidationStart: an empty confusion matrix for the pass.
+pub fn reset_confusion(mut cm: ResMut<ConfusionMatrix>) {
+    cm.counts.iter_mut().for_each(|c| *c = 0);
+}
+
 fn classes(batch: &Batch) -> &[i64] {
     match &batch.targets {
         Targets::Classes(c) => c,
@@ -59,13 +100,15 @@ pub fn classification_loss(
     metrics.add_train("loss", loss as f64, n as f64);
 }
 
-/// Validation: loss, accuracy and top-k accuracy of the batch into the validation meters.
+/// Validation: loss, accuracy and top-k accuracy of the batch into the validation meters, and its predictions
+/// into the confusion matrix.
 pub fn classification_eval(
     graph: Res<Graph>,
     acts: Res<Activations>,
     batch: Res<Batch>,
     mut task: ResMut<ClassificationTask>,
     mut metrics: ResMut<Metrics>,
+    confusion: Option<ResMut<ConfusionMatrix>>,
 ) {
     let (n, v) = (batch.size, task.num_classes);
     if n == 0 {
@@ -77,6 +120,9 @@ pub fn classification_eval(
     let loss = softmax_cross_entropy_forward(&mut task.probs[..n * v], logits, targets, n, v, &task.options)
         .expect("labels are checked against the class count when the run is built");
     let top1 = top_k_correct(logits, targets, n, v, 1);
+    if let Some(mut cm) = confusion {
+        cm.add(logits, targets, n);
+    }
     metrics.add_val("loss", loss as f64, n as f64);
     metrics.add_val("accuracy", top1 as f64 / n as f64, n as f64);
     if task.top_k > 1 && task.top_k <= v {
