@@ -3,7 +3,8 @@
 //! Nothing here knows about the ECS. Kernels work on flat, contiguous buffers with the shapes written in
 //! their doc comments (llm.c style); the graph executor in `ecstrain-systems` calls them in order.
 //! Each op lives in its own module under [`ops`] with its CPU kernel and its tests (values, a finite-difference
-//! gradient check and a float64 reference check); CUDA sources will sit next to them.
+//! gradient check and a float64 reference check); its CUDA source (`<op>.cu`) and host wrappers (`<op>::cuda`)
+//! sit next to it, compiled through [`cuda`].
 
 pub mod bench;
 pub mod cuda;
