@@ -28,7 +28,8 @@ fn mpirun_engine(mpirun: &Path, args: &[&str]) -> Output {
         .expect("mpirun runs")
 }
 
-/// Every file under `dir`, relative, sorted.
+/// Every file under `dir`, relative, sorted; TensorBoard event files by their prefix only (their names carry
+/// the second the run started, which differs between the two runs).
 fn files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -38,7 +39,9 @@ fn files(dir: &Path) -> Vec<String> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                let name = p.strip_prefix(dir).unwrap().display().to_string();
+                let tb = "events.out.tfevents.";
+                out.push(if name.starts_with(tb) { tb.to_string() } else { name });
             }
         }
     }
