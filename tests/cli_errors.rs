@@ -260,3 +260,21 @@ fn optimizer_hyper_parameters_out_of_range_name_the_key_and_range() {
     let m = rejected("bool_key", |y| y, &["--set", "run.amsgrad=maybe"]);
     assert!(m.contains("run.amsgrad"), "{m}");
 }
+
+#[test]
+fn bench_rejects_bad_flags_with_exit_2() {
+    for (args, want) in
+        [(vec!["bench", "--device", "tpu"], "--device"), (vec!["bench", "--elements", "0"], "--elements")]
+    {
+        let out = engine(&args);
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {msg}");
+        assert!(msg.contains(want) && !msg.contains("panicked"), "{args:?}: {msg}");
+    }
+    // Without a GPU, asking to benchmark one is a usage error that says why.
+    if ecstrain::kernels::cuda::probe(0).is_err() {
+        let out = engine(&["bench", "--device", "cuda"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains("no CUDA"), "{}", text(&out));
+    }
+}
