@@ -10,13 +10,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use ecstrain::engine::cli::default_app;
 use ecstrain::engine::config::keys;
 
-/// Documented keys by section: `top`, `model`, `dataset`, `run`, `model mlp`, `dataset npy`, `processor resize`.
+/// Documented keys by section: `top`, `model`, `dataset`, `run`, `model mlp`, `dataset npy`, `processor resize`,
+/// and `split npy` (the table under a `#### Split keys` heading inside a dataset's section).
 fn documented(doc: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut section: Option<String> = None;
     for line in doc.lines() {
         let ticked = |l: &str| l.split('`').nth(1).map(str::to_string);
-        if let Some(h) = line.strip_prefix("### ") {
+        if let Some(h) = line.strip_prefix("#### ") {
+            let dataset = section.as_deref().and_then(|s| s.strip_prefix("dataset "));
+            section = match dataset {
+                Some(name) if h.starts_with("Split keys") => Some(format!("split {name}")),
+                _ => None,
+            };
+            if let Some(s) = &section {
+                out.entry(s.clone()).or_default();
+            }
+        } else if let Some(h) = line.strip_prefix("### ") {
             let kind = h.split_whitespace().next().unwrap_or("");
             section = ticked(h).map(|name| format!("{kind} {name}"));
             // A heading alone documents an entry without options.
@@ -49,6 +59,11 @@ fn code_keys() -> BTreeMap<String, BTreeSet<String>> {
     out.insert("dataset".to_string(), set(keys::dataset_common_keys()));
     out.insert("run".to_string(), set(keys::run_keys()));
     let reg = keys::registry_keys(&default_app().registry);
+    for (name, k) in reg.dataset_splits {
+        if let Some(k) = k {
+            out.insert(format!("split {name}"), set(k));
+        }
+    }
     for (kind, entries) in [("model", reg.models), ("dataset", reg.datasets), ("processor", reg.processors)] {
         for (name, k) in entries {
             let k = k.unwrap_or_else(|m| panic!("{kind} {name} did not list its keys: {m}"));
@@ -85,14 +100,22 @@ fn doc_text() -> String {
 
 #[test]
 fn every_config_key_is_documented_and_every_documented_key_exists() {
-    let diff = differences(&documented(&doc_text()), &code_keys());
+    let code = code_keys();
+    for split in ["split npy", "split image_folder", "split annotations", "split csv"] {
+        assert!(code.get(split).is_some_and(|k| !k.is_empty()), "{split}: the code listed no split keys");
+    }
+    let diff = differences(&documented(&doc_text()), &code);
     assert!(diff.is_empty(), "docs/configuration.md is out of date:\n{}", diff.join("\n"));
 }
 
 #[test]
 fn an_undocumented_key_is_reported() {
-    // The check itself: drop the row of `run.lr0` and of the `vit` model's `heads` from the text.
+    // The check itself: drop the row of `run.lr0`, of the `vit` model's `heads` and of the npy split's `extra`.
     let doc = doc_text();
+    let npy_split = doc.find("#### Split keys of `npy`").unwrap();
+    let extra = npy_split + doc[npy_split..].find("| `extra` |").unwrap();
+    let end = extra + doc[extra..].find('\n').unwrap() + 1;
+    let doc = format!("{}{}", &doc[..extra], &doc[end..]);
     let vit_at = doc.find("### model `vit`").unwrap();
     let heads = vit_at + doc[vit_at..].find("| `heads` |").unwrap();
     let end = heads + doc[heads..].find('\n').unwrap() + 1;
@@ -103,7 +126,8 @@ fn an_undocumented_key_is_reported() {
         diff,
         [
             "[model vit] `heads` is accepted by the code but not documented",
-            "[run] `lr0` is accepted by the code but not documented"
+            "[run] `lr0` is accepted by the code but not documented",
+            "[split npy] `extra` is accepted by the code but not documented"
         ]
     );
 }

@@ -84,6 +84,9 @@ pub struct RegistryKeys {
     pub models: BTreeMap<String, Result<Vec<String>, String>>,
     /// `datasets.<name>.<key>` per builder.
     pub datasets: BTreeMap<String, Result<Vec<String>, String>>,
+    /// The keys of a split written as a map (`datasets.<name>.train.<key>`) per builder; `None` for builders
+    /// whose splits are not maps (they did not answer a probe inside `train` with a key list).
+    pub dataset_splits: BTreeMap<String, Option<Vec<String>>>,
     /// Options per processor.
     pub processors: BTreeMap<String, Result<Vec<String>, String>>,
 }
@@ -102,8 +105,16 @@ pub fn registry_keys(registry: &Registry) -> RegistryKeys {
     let models = registry.models.iter().map(|(n, e)| (n.clone(), answer((e.build)(&probe, &[1, 8, 8])))).collect();
     let datasets =
         registry.datasets.iter().map(|(n, e)| (n.clone(), answer((e.build)(&probe_map(), Path::new("."))))).collect();
+    // A probe inside the train split: builders parse their options before opening any file, so a map-form
+    // split answers with its own key list.
+    let split_probe: serde_json::Map<String, Value> = [("train".to_string(), probe.clone())].into_iter().collect();
+    let dataset_splits = registry
+        .datasets
+        .iter()
+        .map(|(n, e)| (n.clone(), answer((e.build)(&split_probe, Path::new("."))).ok()))
+        .collect();
     let processors = registry.processors.iter().map(|(n, e)| (n.clone(), answer((e.build)(&probe)))).collect();
-    RegistryKeys { models, datasets, processors }
+    RegistryKeys { models, datasets, dataset_splits, processors }
 }
 
 #[cfg(test)]

@@ -8,21 +8,25 @@ use std::path::{Path, PathBuf};
 use ecstrain_components::Targets;
 use serde::Deserialize;
 
+use super::path_or_map::path_or_map;
 use super::sample::Sample;
 use super::{DataError, Dataset, TargetSpec};
 
 /// One split: `train: x.csv` or `train: {file: x.csv, target: column, ...}`; keys given here override the
 /// dataset-level ones.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(
-    untagged,
-    expecting = "a CSV file path, or {file: path, target: column, features: [...], classification: bool}"
-)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum CsvSplit {
     /// The file.
     Path(PathBuf),
     /// The file with per-split settings.
     Spec(CsvSplitSpec),
+}
+
+impl<'de> Deserialize<'de> for CsvSplit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let expecting = "a CSV file path, or {file: path, target: column, features: [...], classification: bool}";
+        path_or_map(d, expecting, CsvSplit::Path, CsvSplit::Spec)
+    }
 }
 
 /// `{file, target, features, classification}`.

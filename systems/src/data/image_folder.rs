@@ -8,12 +8,12 @@ use serde::Deserialize;
 
 use super::image_decode::is_image_file;
 use super::image_set::{ImageReadOptions, ImageSet};
+use super::path_or_map::path_or_map;
 use super::sample::Sample;
 use super::{DataError, Dataset, TargetSpec};
 
 /// One split of an image folder: `train: dir` or `train: {path: dir}`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged, expecting = "a directory path, or {path: directory}")]
+#[derive(Clone, Debug, PartialEq)]
 pub enum FolderSplit {
     /// The directory.
     Path(PathBuf),
@@ -27,6 +27,12 @@ pub enum FolderSplit {
 pub struct FolderSpec {
     /// The split's directory (one subfolder per class).
     pub path: PathBuf,
+}
+
+impl<'de> Deserialize<'de> for FolderSplit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        path_or_map(d, "a directory path, or {path: directory}", FolderSplit::Path, FolderSplit::Spec)
+    }
 }
 
 impl FolderSplit {

@@ -13,6 +13,7 @@ pub mod loader;
 pub mod npy;
 pub mod npy_dataset;
 pub mod npy_shards;
+pub mod path_or_map;
 pub mod pipeline;
 pub mod processors;
 pub mod sample;
