@@ -466,7 +466,8 @@ fn malformed_splits_name_their_key() {
     let e = err("npy", serde_json::json!({"train": {"x": 5, "y": "y.npy"}}));
     assert!(e.starts_with("train: ") && e.contains("a list of .npy shard paths"), "{e}");
     let e = err("csv", serde_json::json!({"train": "t.csv", "val": {"file": "v.csv", "colour": 1}}));
-    assert!(e.starts_with("val: ") && e.contains("a CSV file path"), "{e}");
+    // The map form names the bad key and the valid ones (not only "a CSV file path, or ...").
+    assert!(e.starts_with("val: ") && e.contains("unknown field `colour`") && e.contains("`target`"), "{e}");
     let e = err("image_folder", serde_json::json!({"train": "t", "channels": 4}));
     assert!(e.contains("channels: 4") && e.contains("valid choices: 1 (grey), 3 (RGB)"), "{e}");
     let e = err("synthetic", serde_json::json!({"shape": [2], "targets": "dense", "train_samples": 2}));
