@@ -72,6 +72,8 @@ pub enum Command {
     Data(crate::data_cmd::DataCommand),
     /// Kernel throughput on a device beside its measured ceilings (copy bandwidth, GEMM rate).
     Bench(crate::bench_cmd::BenchArgs),
+    /// Write a trained model out: the graph as ONNX, or the weights as safetensors under PyTorch names.
+    Export(crate::export_cmd::ExportArgs),
 }
 
 /// The app `engine` runs: every built-in plugin.
@@ -82,7 +84,7 @@ pub fn default_app() -> App {
 }
 
 /// The config of `args` with its overrides, and whether the console is headless; sizes the thread pool.
-pub(crate) fn load_args(args: &RunArgs) -> Result<(LoadedConfig, bool), EngineError> {
+pub fn load_args(args: &RunArgs) -> Result<(LoadedConfig, bool), EngineError> {
     let path = args.config.clone().ok_or_else(|| crate::error::usage("missing --config <file.yaml>"))?;
     let loaded = load_config(&path, &args.set)?;
     if let Some(n) = loaded.config.run.threads {
@@ -195,6 +197,7 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
         }
         Some(Command::Data(d)) => crate::data_cmd::run(&d),
         Some(Command::Bench(b)) => crate::bench_cmd::run(&b),
+        Some(Command::Export(e)) => crate::export_cmd::run(&e),
         Some(Command::List) => {
             for (kind, entries) in default_app().registry.listing() {
                 println!("{kind}:");

@@ -10,6 +10,7 @@ pub mod cuda_run;
 pub mod data_cmd;
 pub mod error;
 pub mod eval;
+pub mod export_cmd;
 pub mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;

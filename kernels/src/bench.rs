@@ -78,9 +78,9 @@ pub fn cpu_ceilings(n: usize) -> (BenchRow, BenchRow) {
 
 /// `n` as `16M` / `64K` / `1000`.
 fn human(n: usize) -> String {
-    if n % (1 << 20) == 0 {
+    if n.is_multiple_of(1 << 20) {
         format!("{}M", n >> 20)
-    } else if n % (1 << 10) == 0 {
+    } else if n.is_multiple_of(1 << 10) {
         format!("{}K", n >> 10)
     } else {
         n.to_string()
