@@ -14,7 +14,7 @@
 //! [`Grads`]: ecstrain_components::Grads
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Conv2dSpec, Graph, Mode, OpKind, Pool2dSpec, ValueId};
+use ecstrain_components::{Conv2dSpec, Graph, Mode, Node, OpKind, Pool2dSpec, ValueId};
 use ecstrain_kernels::ops;
 use ecstrain_kernels::rng::Rng;
 
@@ -201,6 +201,15 @@ fn value_rows<'a>(graph: &Graph, values: &'a [Vec<f32>], input: &'a [f32], v: Va
     }
 }
 
+/// Computes chosen nodes in place of the float kernels during a forward pass: the int8 kernels of a
+/// quantized model, for instance. The backward knows nothing of it, so an override is for inference (or must
+/// leave the state the float node's backward reads).
+pub trait NodeOverride {
+    /// Writes node `idx`'s output `y` (`[n, ...]`) from its first input `x` and returns true, or returns false
+    /// to let the float kernel run.
+    fn run(&mut self, idx: usize, node: &Node, x: &[f32], y: &mut [f32], n: usize) -> bool;
+}
+
 /// Runs the graph forward on `n` rows of `input` (`[n, numel(input)]`) with parameters `params`; in training
 /// mode batch norms update their running statistics in `buffers`.
 #[allow(clippy::too_many_arguments)] // the buffers of one pass; a struct would only rename them
@@ -214,6 +223,22 @@ pub fn forward(
     mode: Mode,
     seed: u64,
 ) {
+    forward_with(graph, params, buffers, acts, input, n, mode, seed, None)
+}
+
+/// [`forward`] with the nodes `hook` claims computed by it.
+#[allow(clippy::too_many_arguments)] // the buffers of one pass; a struct would only rename them
+pub fn forward_with(
+    graph: &Graph,
+    params: &[f32],
+    buffers: &mut [f32],
+    acts: &mut Activations,
+    input: &[f32],
+    n: usize,
+    mode: Mode,
+    seed: u64,
+    mut hook: Option<&mut dyn NodeOverride>,
+) {
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
     let cap = acts.capacity;
     let input = &input[..n * graph.values[0].numel()];
@@ -226,6 +251,12 @@ pub fn forward(
         let y = &mut out_buf[..n * numel(node.output)];
         let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
         let x = read(0);
+        if let Some(h) = hook.as_deref_mut() {
+            if h.run(idx, node, x, y, n) {
+                values[node.output.0] = out_buf;
+                continue;
+            }
+        }
         match &node.op {
             OpKind::Linear { rows, in_features, out_features, weight, bias, act } => {
                 let b = bias.as_ref().map(p);

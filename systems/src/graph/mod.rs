@@ -11,6 +11,6 @@ pub mod systems;
 mod tests;
 
 pub use builder::{GraphBuilder, GraphError};
-pub use exec::{backward, forward, Activations};
+pub use exec::{backward, forward, forward_with, Activations, NodeOverride};
 pub use fuse::fuse_linear_activation;
 pub use init::Init;
