@@ -11,7 +11,7 @@
 //! - [`fake_quant`]: fake quantization and its straight-through gradient for QAT.
 
 // pub mod calibrate;
-// pub mod conv2d_i8;
+pub mod conv2d_i8;
 // pub mod fake_quant;
 pub mod gemm_i8;
 pub mod linear_i8;
