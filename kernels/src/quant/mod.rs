@@ -10,7 +10,7 @@
 //! - [`linear_i8`], [`conv2d_i8`]: quantized layer forwards;
 //! - [`fake_quant`]: fake quantization and its straight-through gradient for QAT.
 
-// pub mod calibrate;
+pub mod calibrate;
 pub mod conv2d_i8;
 // pub mod fake_quant;
 pub mod gemm_i8;
