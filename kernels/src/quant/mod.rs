@@ -12,7 +12,7 @@
 
 pub mod calibrate;
 pub mod conv2d_i8;
-// pub mod fake_quant;
+pub mod fake_quant;
 pub mod gemm_i8;
 pub mod linear_i8;
 pub mod qparams;
