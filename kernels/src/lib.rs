@@ -14,6 +14,7 @@ pub mod float;
 pub mod metrics;
 pub mod ops;
 pub mod optim;
+pub mod quant;
 pub mod rng;
 #[macro_use]
 pub mod simd;
