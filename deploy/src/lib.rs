@@ -2,3 +2,4 @@
 //! quantization), from the same graph IR, parameter arenas and buffers the trainer uses.
 
 pub mod onnx;
+pub mod quant;

@@ -74,6 +74,8 @@ pub enum Command {
     Bench(crate::bench_cmd::BenchArgs),
     /// Write a trained model out: the graph as ONNX, or the weights as safetensors under PyTorch names.
     Export(crate::export_cmd::ExportArgs),
+    /// Int8 post-training quantization: calibrate, evaluate float vs int8, write a QDQ ONNX model.
+    Quantize(crate::quantize_cmd::QuantizeArgs),
 }
 
 /// The app `engine` runs: every built-in plugin.
@@ -198,6 +200,7 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
         Some(Command::Data(d)) => crate::data_cmd::run(&d),
         Some(Command::Bench(b)) => crate::bench_cmd::run(&b),
         Some(Command::Export(e)) => crate::export_cmd::run(&e),
+        Some(Command::Quantize(q)) => crate::quantize_cmd::run(&q),
         Some(Command::List) => {
             for (kind, entries) in default_app().registry.listing() {
                 println!("{kind}:");

@@ -52,6 +52,20 @@ pub fn checkpoint_path(choice: &str, save_dir: &Path, exist_ok: bool) -> Result<
     Ok(dir.join("checkpoints").join(format!("{choice}.safetensors")))
 }
 
+/// The training samples as validation sees them, in order: the train split through the eval processors (no
+/// augmentation), neither shuffled nor with a partial last batch dropped, in batches of `run.batch`.
+pub fn ordered_train_loader(asm: &Assembly) -> Result<Loader, EngineError> {
+    let app = &asm.app;
+    let (name, ds) = asm.loaded.config.datasets.iter().next().expect("assembly checked one dataset");
+    let key = format!("datasets.{name}.processors.eval");
+    let procs = crate::pipelines::build_processors(&app.registry, &key, &ds.processors.eval).map_err(usage)?;
+    let train = &app.world.resource::<TrainLoader>().0;
+    let seed = asm.loaded.config.run.seed;
+    let pipe =
+        Pipeline::new(train.pipeline().dataset().clone(), procs, seed, 1).map_err(|m| usage(format!("{key}: {m}")))?;
+    Ok(Loader::new(Arc::new(pipe), train.batch_size(), false, false, 0))
+}
+
 /// The result of an evaluation: what ran, and the metrics in name order.
 pub struct Evaluation {
     /// Samples in the evaluated split.
@@ -72,25 +86,16 @@ pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<E
         return Err(usage(format!("--checkpoint: checkpoint not found: {p}{hint}")));
     }
     let ck = load_safetensors(checkpoint).map_err(|e| usage(format!("--checkpoint: {p}: {e}")))?;
-    let app = &mut asm.app;
-    crate::weights::load_model_exact(&mut app.world, &ck, checkpoint, "--checkpoint", "").map_err(usage)?;
+    crate::weights::load_model_exact(&mut asm.app.world, &ck, checkpoint, "--checkpoint", "").map_err(usage)?;
     // The checkpoint's plain names are the model to score (with EMA they already hold the averages): no
     // further swap into averages of this run's fresh weights.
-    app.world.remove_resource::<ecstrain_components::EmaWeights>();
+    asm.app.world.remove_resource::<ecstrain_components::EmaWeights>();
     match split {
         Split::Train => {
-            // The training samples as validation sees them: through the eval processors, no augmentation.
-            let (name, ds) = asm.loaded.config.datasets.iter().next().expect("assembly checked one dataset");
-            let key = format!("datasets.{name}.processors.eval");
-            let procs = crate::pipelines::build_processors(&app.registry, &key, &ds.processors.eval).map_err(usage)?;
-            let train = &app.world.resource::<TrainLoader>().0;
-            let seed = asm.loaded.config.run.seed;
-            let pipe = Pipeline::new(train.pipeline().dataset().clone(), procs, seed, 1)
-                .map_err(|m| usage(format!("{key}: {m}")))?;
-            let loader = Loader::new(Arc::new(pipe), train.batch_size(), false, false, 0);
-            app.world.insert_resource(ValLoader { loader, cursor: 0 });
+            let loader = ordered_train_loader(asm)?;
+            asm.app.world.insert_resource(ValLoader { loader, cursor: 0 });
         }
-        Split::Val if !app.world.contains_resource::<ValLoader>() => {
+        Split::Val if !asm.app.world.contains_resource::<ValLoader>() => {
             let names: Vec<&String> = asm.loaded.config.datasets.keys().collect();
             return Err(usage(format!(
                 "--split val: datasets.{} has no val split; use --split train",
@@ -99,6 +104,7 @@ pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<E
         }
         Split::Val => {}
     }
+    let app = &mut asm.app;
     let samples = app.world.resource::<ValLoader>().loader.pipeline().len();
     in_pool(|| validation_pass(app));
     if let Some(f) = &app.world.resource::<ecstrain_components::RunFailure>().0 {

@@ -17,6 +17,7 @@ pub mod mpi_comm;
 pub mod param_groups;
 pub mod pipelines;
 pub mod plugins;
+pub mod quantize_cmd;
 pub mod registry;
 pub mod resume;
 pub mod run_dir;

@@ -5,7 +5,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{DataWait, MetricEvent, RunTimer};
 use ecstrain_systems::data::loader::{load_train_batch, load_val_batch, shuffle_train};
 use ecstrain_systems::device::on_cpu;
-use ecstrain_systems::graph::systems::{backward_system, forward_system};
+use ecstrain_systems::graph::systems::{backward_system, forward_system, ForwardReplaced};
 use ecstrain_systems::logging::emit::{
     at_log_interval, emit_epoch_record, emit_train_record, summarize_validation, update_fitness,
 };
@@ -44,7 +44,10 @@ impl Plugin for CorePlugin {
         );
         app.add_systems(
             ValidationStep,
-            (load_val_batch.in_set(StepSet::Load), forward_system.run_if(on_cpu).in_set(StepSet::Forward)),
+            (
+                load_val_batch.in_set(StepSet::Load),
+                forward_system.run_if(on_cpu).run_if(not(resource_exists::<ForwardReplaced>)).in_set(StepSet::Forward),
+            ),
         );
         app.add_systems(
             ValidationEnd,

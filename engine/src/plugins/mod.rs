@@ -9,6 +9,7 @@ pub mod core;
 pub mod cuda;
 pub mod datasets;
 pub mod ema;
+pub mod int8;
 pub mod logging;
 pub mod optimizers;
 pub mod parallel;
@@ -33,6 +34,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(clipping::GradClipPlugin)
             .add_plugin(ema::EmaPlugin)
             .add_plugin(amp::AmpPlugin)
+            .add_plugin(int8::Int8Plugin)
             .add_plugin(parallel::DataParallelPlugin)
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)

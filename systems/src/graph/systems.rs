@@ -11,6 +11,11 @@ fn step_seed(settings: &RunSettings, clock: &Clock) -> u64 {
     Rng::derive(settings.seed, &[0x57E9, clock.micro_step]).next_u64()
 }
 
+/// Marker resource: another plugin computes the Forward set (the int8 forward of a quantized model), so the
+/// float [`forward_system`] does not run.
+#[derive(Resource, Debug, Default)]
+pub struct ForwardReplaced;
+
 /// Forward: graph output for the current batch into [`Activations`] (batch-norm running statistics update
 /// in training mode).
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
