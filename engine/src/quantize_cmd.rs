@@ -68,7 +68,7 @@ fn method(args: &QuantizeArgs) -> Result<CalibMethod, EngineError> {
 
 /// Runs the float model over the first `batches` ordered training batches and observes the inputs of the
 /// quantizable nodes. Returns the calibration and the number of batches used.
-fn calibrate(asm: &mut Assembly, batches: usize) -> Result<Calibration, EngineError> {
+pub fn calibrate(asm: &mut Assembly, batches: usize) -> Result<Calibration, EngineError> {
     let mut loader = ordered_train_loader(asm)?;
     let world = &mut asm.app.world;
     let graph = world.resource::<Graph>().clone();
