@@ -263,8 +263,9 @@ impl Calibrator {
                     count += sum(start + nq * merged, end);
                 }
                 let norm = p[s..e].iter().filter(|&&v| v != 0.0).count() as u64;
-                if norm != 0 {
-                    q[s..e].fill((count / norm) as f64);
+                // ORT stores the expansion in an int64 array: the share is truncated.
+                if let Some(share) = count.checked_div(norm) {
+                    q[s..e].fill(share as f64);
                 }
             }
             let kl = if smooth(p) && smooth(q) { kl_divergence(p, q) } else { f64::INFINITY };

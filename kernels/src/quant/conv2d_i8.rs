@@ -145,6 +145,9 @@ fn im2col_rows(col: &mut [i8], x: &[i8], g: &Conv2dGeom, d: &Dims) {
     }
 }
 
+/// One slot's work item: its index and its parts of the output, the patch scratch and the accumulators.
+type SlotItem<'a> = (usize, ((&'a mut [f32], &'a mut [i8]), &'a mut [i32]));
+
 /// Quantized convolution forward (overwrites `out`): `out[n, o, p] = x_scale · w_scale[o] ·
 /// Σ q_w[o, c, ki, kj] · q_x[n, c, ...] + bias[o]`, the f32 convolution of the quantized input and weights.
 ///
@@ -187,7 +190,7 @@ pub fn conv2d_i8_forward(
     let qin = &*qin;
     let sample_in = g.c * g.h * g.w;
     let sample_out = g.oc * d.p;
-    let slot = |(s, ((out, col), acc)): (usize, ((&mut [f32], &mut [i8]), &mut [i32]))| {
+    let slot = |(s, ((out, col), acc)): SlotItem| {
         for (j, out_n) in out.chunks_exact_mut(sample_out).enumerate() {
             let x_n = &qin[(s * d.per_slot + j) * sample_in..][..sample_in];
             for grp in 0..g.groups {
@@ -231,6 +234,7 @@ mod tests {
     use crate::quant::qparams::{amax, quantize_one, scale_from_amax};
     use crate::rng::Rng;
 
+    #[allow(clippy::too_many_arguments)]
     fn geom(
         n: usize,
         c: usize,

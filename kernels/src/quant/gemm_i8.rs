@@ -382,8 +382,8 @@ mod tests {
         // The portable kernel must agree too (on AVX2 machines it is otherwise never run).
         let mut cp = vec![i32::MIN; m * n];
         for (cb, ab) in cp.chunks_mut(MC * n).zip(a.chunks(MC * k.max(1))) {
-            if k > 0 {
-                block_portable(cb, ab, &w, ab.len() / k);
+            if let Some(rows) = ab.len().checked_div(k) {
+                block_portable(cb, ab, &w, rows);
             }
         }
         if k > 0 {

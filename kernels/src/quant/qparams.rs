@@ -41,8 +41,13 @@ pub fn amax(x: &[f32]) -> f32 {
 /// float-to-int cast saturates NaN to 0).
 #[inline(always)]
 pub fn quantize_one(x: f32, scale: f32) -> i8 {
-    // The f32 -> i32 cast saturates (and maps NaN to 0), so clamping the rounded value is enough.
-    ((x / scale).round_ties_even() as i32).clamp(QMIN, QMAX) as i8
+    // Clamp in f32 and map NaN to 0 with a select, then an unchecked conversion: unlike the saturating
+    // `as` cast, this vectorises (roundps, minps / maxps, cvttps2dq), which makes quantization as cheap as
+    // a copy instead of a third of an int8 linear layer's time.
+    let r = (x / scale).round_ties_even().clamp(QMIN as f32, QMAX as f32);
+    let r = if r.is_nan() { 0.0 } else { r };
+    // SAFETY: r is an integer in [-128, 127] (not NaN, not infinite), representable as i32.
+    unsafe { r.to_int_unchecked::<i32>() as i8 }
 }
 
 /// Dequantizes one value: `q * scale` (exact in f32 up to one rounding).
@@ -189,6 +194,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn per_channel_weights_of_a_known_tensor() {
         // Two channels of three: amax 1.27 and 0.254, so scales 0.01 and 0.002 (up to f32 rounding).
         let w = [1.27f32, -0.635, 0.005, 0.254, -0.001, -0.254];
