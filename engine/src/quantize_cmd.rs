@@ -21,7 +21,7 @@ use ecstrain_deploy::quant::systems::ForwardReplaced;
 use ecstrain_deploy::quant::{Calibration, Int8Model};
 use ecstrain_kernels::quant::calibrate::CalibMethod;
 use ecstrain_systems::data::{Dataset, ValLoader};
-use ecstrain_systems::graph::{forward, Activations};
+use ecstrain_systems::graph::{forward, forward_with, Activations};
 
 use crate::assemble::Assembly;
 use crate::cli::RunArgs;
@@ -51,6 +51,33 @@ pub struct QuantizeArgs {
     /// Where to write the int8 QDQ ONNX model.
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
+    /// Also time pure inference (model forward only, one run.batch of val inputs, repeated for about this
+    /// many seconds per model) in float and in int8.
+    #[arg(long, value_name = "SECONDS")]
+    pub bench: Option<f64>,
+}
+
+/// Forward passes per second over one batch of `n` rows, for about `secs` seconds: float, or with `int8`.
+fn inference_rate(asm: &Assembly, x: &[f32], n: usize, int8: Option<&mut Int8Model>, secs: f64) -> f64 {
+    let world = &asm.app.world;
+    let graph = world.resource::<Graph>();
+    let params = &world.resource::<Params>().0.data;
+    let mut buffers = world.resource::<Buffers>().arena.data.clone();
+    let mut acts = Activations::plan(graph, n);
+    let mut int8 = int8;
+    in_pool(|| {
+        let mut pass = || match int8.as_deref_mut() {
+            Some(m) => forward_with(graph, params, &mut buffers, &mut acts, x, n, Mode::Eval, 0, Some(m)),
+            None => forward(graph, params, &mut buffers, &mut acts, x, n, Mode::Eval, 0),
+        };
+        pass(); // warm-up
+        let (t, mut iters) = (Instant::now(), 0u64);
+        while t.elapsed().as_secs_f64() < secs || iters < 3 {
+            pass();
+            iters += 1;
+        }
+        (iters * n as u64) as f64 / t.elapsed().as_secs_f64()
+    })
 }
 
 /// The calibration method the arguments name, or an exit-2 message listing the choices.
@@ -121,6 +148,21 @@ pub fn run(args: &QuantizeArgs) -> Result<(), EngineError> {
     };
     let plan = model.qdq_plan();
     let quantized = model.len();
+    let mut model = model;
+    let bench = match args.bench {
+        Some(secs) => {
+            let mut batch = asm.app.world.resource::<Batch>().clone();
+            asm.app
+                .world
+                .resource_mut::<ValLoader>()
+                .loader
+                .fetch(0, 0, &mut batch)
+                .map_err(|e| EngineError::Run(e.to_string()))?;
+            let (x, n) = (&batch.inputs[..batch.size * batch.input_len], batch.size);
+            Some((n, inference_rate(&asm, x, n, None, secs), inference_rate(&asm, x, n, Some(&mut model), secs)))
+        }
+        None => None,
+    };
     asm.app.world.insert_resource(model);
     asm.app.world.insert_resource(ForwardReplaced);
     let (int8_metrics, int8_rate) = validate(&mut asm)?;
@@ -142,7 +184,10 @@ pub fn run(args: &QuantizeArgs) -> Result<(), EngineError> {
     for ((name, f), (_, q)) in float_metrics.iter().zip(&int8_metrics) {
         println!("{name:<16} {f:>12.6} {q:>12.6} {:>12.6}", q - f);
     }
-    println!("{:<16} {float_rate:>12.1} {int8_rate:>12.1}", "samples/s");
+    println!("{:<16} {float_rate:>12.1} {int8_rate:>12.1}", "val samples/s");
+    if let Some((n, f, q)) = bench {
+        println!("{:<16} {f:>12.1} {q:>12.1} {:>11.2}x", format!("infer/s (b{n})"), q / f);
+    }
     println!("wrote {} (int8 QDQ ONNX, opset {}, {bytes} bytes)", args.out.display(), ecstrain_deploy::onnx::OPSET);
     Ok(())
 }

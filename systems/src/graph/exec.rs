@@ -204,7 +204,7 @@ fn value_rows<'a>(graph: &Graph, values: &'a [Vec<f32>], input: &'a [f32], v: Va
 /// Computes chosen nodes in place of the float kernels during a forward pass: the int8 kernels of a
 /// quantized model, for instance. The backward knows nothing of it, so an override is for inference (or must
 /// leave the state the float node's backward reads).
-pub trait NodeOverride {
+pub trait NodeOverride: Send {
     /// Writes node `idx`'s output `y` (`[n, ...]`) from its first input `x` and returns true, or returns false
     /// to let the float kernel run.
     fn run(&mut self, idx: usize, node: &Node, x: &[f32], y: &mut [f32], n: usize) -> bool;
