@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{engine, repo, scratch, text};
+use common::{engine, onnxruntime_available, python, repo, scratch, text, write_npy};
 use ecstrain::components::{Buffers, Graph, Mode, Params};
 use ecstrain::deploy::quant::Int8Model;
 use ecstrain::engine::cli::RunArgs;
@@ -18,38 +18,6 @@ use ecstrain::engine::quantize_cmd::calibrate;
 use ecstrain::kernels::quant::calibrate::CalibMethod;
 use ecstrain::systems::data::npy::NpyArray;
 use ecstrain::systems::graph::{forward_with, Activations, NodeOverride};
-
-fn python() -> String {
-    std::env::var("ECSTRAIN_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn onnxruntime_available(test: &str) -> bool {
-    let ok = Command::new(python()).args(["-c", "import onnx, onnxruntime"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("ECSTRAIN_REQUIRE_ORT").as_deref() != Ok("1"),
-            "{test}: python `onnx` / `onnxruntime` not importable"
-        );
-        println!("SKIPPED {test} (onnxruntime half): python `onnx` / `onnxruntime` not importable");
-    }
-    ok
-}
-
-/// A float32 C-order .npy file.
-fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).unwrap();
-}
 
 /// `name value` from the `metric float int8 int8-float` table `engine quantize` prints.
 fn table_row(out: &str, metric: &str) -> (f64, f64) {
@@ -192,4 +160,90 @@ fn bad_quantize_input_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("does not match the model"), "{}", text(&out));
     assert!(!target.exists(), "a failed quantize wrote {t}");
+}
+
+/// Quantization-aware training: a float CNN fine-tuned with `run.qat: true` (fake-quantized inputs and
+/// weights, straight-through gradients) keeps its accuracy, `engine quantize` takes the ranges QAT learned
+/// (no calibration), and the int8 model (engine and onnxruntime) is within 1 point of the float model. The
+/// QAT checkpoint holds the learned ranges, so it resumes and evaluates as it was trained.
+#[test]
+fn qat_fine_tune_quantizes_with_its_learned_ranges() {
+    let dir = scratch("int8_qat");
+    let c = repo().join("configs/digits_cnn.yaml").display().to_string();
+    let float_run = format!("run.save_dir={}", dir.join("float").display());
+    let out = engine(&["--config", &c, "--set", "run.epochs=12", "--set", &float_run, "--headless"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let float_best = dir.join("float/checkpoints/best.safetensors").display().to_string();
+    let qat_run = format!("run.save_dir={}", dir.join("qat").display());
+    let pre = format!("model.pretrained={float_best}");
+    let qat_sets = ["--set", "run.qat=true", "--set", &qat_run];
+    let mut args = vec!["--config", &c, "--headless", "--set", "run.epochs=3", "--set", "run.warmup_epochs=0"];
+    args.extend(["--set", "run.lr0=0.0005", "--set", &pre]);
+    args.extend(qat_sets);
+    let out = engine(&args);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("run.qat: fake quantization (int8) on the inputs and weights of 4"), "{log}");
+
+    // The float model's own accuracy, for the comparison.
+    let out = engine(&["eval", "--config", &c, "--set", &float_run, "--checkpoint", "best"]);
+    let float_acc: f64 = text(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+
+    let onnx = dir.join("qat_int8.onnx");
+    let o = onnx.display().to_string();
+    let mut q = vec!["quantize", "--config", &c, "--checkpoint", "best", "--out", &o];
+    q.extend(qat_sets);
+    let out = engine(&q);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("learned by QAT"), "{report}");
+    let (qat_acc, int8_acc) = table_row(&report, "accuracy");
+    println!("qat: float {float_acc:.4}, fake-quantized {qat_acc:.4}, int8 {int8_acc:.4}");
+    assert!(float_acc >= 0.9, "{float_acc}");
+    assert!((int8_acc - float_acc).abs() <= 0.01, "int8 {int8_acc} vs float {float_acc}\n{report}");
+    assert!((int8_acc - qat_acc).abs() <= 0.01, "int8 {int8_acc} vs fake-quantized {qat_acc}\n{report}");
+
+    // The learned ranges are checkpointed: the QAT checkpoint loads exactly (it resumes and evaluates).
+    let ck =
+        ecstrain::systems::checkpoint::safetensors_io::load_safetensors(&dir.join("qat/checkpoints/best.safetensors"))
+            .unwrap();
+    let amax = ck.tensors["features.3.input_quant.amax"].data.as_f32().unwrap()[0];
+    assert!(amax > 0.0, "{amax}");
+    let mut ev = vec!["eval", "--config", &c, "--checkpoint", "best"];
+    ev.extend(qat_sets);
+    let out = engine(&ev);
+    assert!(out.status.success(), "{}", text(&out));
+
+    if onnxruntime_available("qat_fine_tune") {
+        let xs = NpyArray::open(&repo().join("data/digits/val_x.npy")).unwrap();
+        write_npy(&dir.join("input.npy"), xs.shape(), &xs.to_f32_vec());
+        let labels: Vec<f32> = NpyArray::open(&repo().join("data/digits/val_y.npy"))
+            .unwrap()
+            .to_i64_vec()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        write_npy(&dir.join("labels.npy"), &[labels.len()], &labels);
+        // Accuracy only (`-`): the engine-vs-onnxruntime agreement is checked on the calibrated models above.
+        let check = Command::new(python())
+            .arg(repo().join("tests/scripts/check_onnx_int8.py"))
+            .args([
+                onnx.as_os_str(),
+                dir.join("input.npy").as_os_str(),
+                dir.join("labels.npy").as_os_str(),
+                "-".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        let line = text(&check);
+        assert!(line.contains("accuracy="), "{line}");
+        let acc: f64 = line.split_whitespace().find_map(|t| t.strip_prefix("accuracy=")).unwrap().parse().unwrap();
+        println!("qat: onnxruntime int8 accuracy {acc:.4}");
+        assert!((acc - float_acc).abs() <= 0.01, "onnxruntime int8 {acc} vs float {float_acc}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{engine, repo, scratch, text, write_config};
+use common::{engine, onnxruntime_available, python, repo, scratch, text, write_config, write_npy};
 use ecstrain::components::{Buffers, Graph, Mode, Params};
 use ecstrain::engine::assemble::assemble;
 use ecstrain::engine::cli::default_app;
@@ -25,40 +25,6 @@ use ecstrain::systems::graph::{forward, Activations};
 
 /// Relative tolerance of the float export (issue 9).
 const RTOL: f64 = 1e-4;
-
-fn python() -> String {
-    std::env::var("ECSTRAIN_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Whether onnxruntime can be imported; without it the test is skipped with a clear line, or fails when
-/// ECSTRAIN_REQUIRE_ORT=1.
-fn onnxruntime_available(test: &str) -> bool {
-    let ok = Command::new(python()).args(["-c", "import onnx, onnxruntime"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("ECSTRAIN_REQUIRE_ORT").as_deref() != Ok("1"),
-            "{test}: python `onnx` / `onnxruntime` not importable (pip install onnx onnxruntime)"
-        );
-        println!("SKIPPED {test}: python `onnx` / `onnxruntime` not importable (pip install onnx onnxruntime)");
-    }
-    ok
-}
-
-/// A float32 C-order .npy file.
-fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).unwrap();
-}
 
 /// The engine's eval-mode output for the first `n` rows of `x_path`, with the weights of `ckpt`, the model
 /// assembled from `config` + `sets` exactly as `engine export` does.

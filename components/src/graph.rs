@@ -246,6 +246,17 @@ pub enum OpKind {
         /// Weight of the commitment term.
         beta: f64,
     },
+    /// Fake quantization of an activation for quantization-aware training (inserted before the input of
+    /// every linear / conv2d node by `run.qat`): `y = clamp(round(x / s), -128, 127) * s` with `s = amax / 127`,
+    /// and the straight-through gradient (passed where `x / s` rounds inside the int8 range, zero where it
+    /// saturates). In training `amax` follows the batch's max |x| as a moving average (PyTorch's
+    /// `MovingAverageMinMaxObserver`, symmetric); in evaluation it is fixed.
+    FakeQuantize {
+        /// `amax [1]` in the [`Buffers`] arena (checkpointed with the model).
+        amax: ParamSlice,
+        /// Weight of the new batch's max |x| in the moving average (0.01 in PyTorch).
+        averaging: f64,
+    },
 }
 
 impl OpKind {
@@ -316,6 +327,7 @@ impl OpKind {
             OpKind::SelectToken { index } => format!("SelectToken({index})"),
             OpKind::Upsample { factor, .. } => format!("Upsample({factor:?})"),
             OpKind::VectorQuantize { codes, dim, .. } => format!("VectorQuantize({codes}, {dim})"),
+            OpKind::FakeQuantize { .. } => "FakeQuantize(int8)".into(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod ema;
 pub mod graph;
 pub mod metrics;
 pub mod param;
+pub mod qat;
 pub mod run;
 
 pub use amp::{AmpMode, LossScaler};
@@ -25,6 +26,7 @@ pub use graph::{
 };
 pub use metrics::{Meter, MetricEvent, Metrics};
 pub use param::{Bias, Frozen, LrScale, NoDecay, ParamInfo, ParamSlice};
+pub use qat::QatWeights;
 pub use run::{
     DataWait, IterPlan, OutputSettings, PlotMode, RunFailure, RunInfo, RunSettings, RunTimer, Shard, StopRequest,
     TrainingState,

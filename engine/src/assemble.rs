@@ -69,6 +69,19 @@ pub fn parse_plots(v: &serde_json::Value) -> Result<PlotMode, String> {
     }
 }
 
+/// The weight of every linear and conv2d node with its output channels (what QAT fake-quantizes).
+fn qat_weights(graph: &Graph) -> Vec<(ParamSlice, usize)> {
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            OpKind::Linear { weight, out_features, .. } => Some((weight.slice, *out_features)),
+            OpKind::Conv2d { weight, spec, .. } => Some((weight.slice, spec.out_channels)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Checks the `run:` values that serde cannot (ranges, positivity); the message names the key.
 pub fn check_run_section(r: &RunSection) -> Result<(), String> {
     // Half-open unit interval, finite (NaN fails every comparison).
@@ -233,6 +246,16 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     if cfg.model.fuse {
         ecstrain_systems::graph::fuse_linear_activation(&mut graph);
     }
+    if r.qat {
+        if r.ema {
+            return Err(err("run.qat: cannot be combined with run.ema yet; turn one of them off".into()));
+        }
+        let mut buffers = app.world.resource_mut::<Buffers>();
+        let averaging = ecstrain_systems::graph::qat::DEFAULT_AVERAGING;
+        let n = ecstrain_systems::graph::insert_fake_quant(&mut graph, &mut buffers, averaging);
+        notices
+            .push(format!("run.qat: fake quantization (int8) on the inputs and weights of {n} linear / conv2d layers"));
+    }
     if let Some(path) = &cfg.model.pretrained {
         notices.push(crate::weights::load_pretrained(&mut app.world, path, cfg.model.strict).map_err(err)?);
     }
@@ -392,6 +415,12 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     w.init_resource::<TrainingState>();
     w.init_resource::<RunTimer>();
     w.init_resource::<RunFailure>();
+    if r.qat {
+        let weights = qat_weights(&graph);
+        let widest = weights.iter().map(|(_, oc)| *oc).max().unwrap_or(0);
+        let master = app.world.resource::<Params>().0.data.clone();
+        app.world.insert_resource(QatWeights { master, weights, scales: vec![0.0; widest], swapped: false });
+    }
     if r.ema {
         // Tracks every parameter; starts as a copy of the (possibly pretrained) weights, as ModelEMA does.
         let ids: Vec<Entity> = app.world.query_filtered::<Entity, With<ParamSlice>>().iter(&app.world).collect();

@@ -23,7 +23,7 @@ pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
             support::OPTIMIZERS.join(", ")
         ));
     }
-    let unsupported = [(r.ema, "run.ema"), (amp_on, "run.amp")];
+    let unsupported = [(r.ema, "run.ema"), (amp_on, "run.amp"), (r.qat, "run.qat")];
     for (on, key) in unsupported {
         if on {
             return Err(format!("{key}: not yet available with run.device: cuda; turn it off or use run.device: cpu"));

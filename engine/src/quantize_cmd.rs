@@ -18,7 +18,7 @@ use std::time::Instant;
 use clap::Args;
 use ecstrain_components::{Batch, Buffers, Graph, Metrics, Mode, Params, RunFailure};
 use ecstrain_deploy::quant::systems::ForwardReplaced;
-use ecstrain_deploy::quant::{Calibration, Int8Model};
+use ecstrain_deploy::quant::{qat_ranges, Calibration, Int8Model};
 use ecstrain_kernels::quant::calibrate::CalibMethod;
 use ecstrain_systems::data::{Dataset, ValLoader};
 use ecstrain_systems::graph::{forward, forward_with, Activations};
@@ -140,7 +140,17 @@ pub fn run(args: &QuantizeArgs) -> Result<(), EngineError> {
     let cal = calibrate(&mut asm, args.calib_batches)?;
     let (float_metrics, float_rate) = validate(&mut asm)?;
 
-    let amaxes = cal.amaxes(method);
+    let mut amaxes = cal.amaxes(method);
+    // A QAT-trained model brings its own ranges: the ones its fake quantization was trained with.
+    let learned = {
+        let world = &asm.app.world;
+        qat_ranges(world.resource::<Graph>(), &world.resource::<Buffers>().arena.data)
+    };
+    for (i, a) in &learned {
+        if let Some(slot) = amaxes.iter_mut().find(|(j, _)| j == i) {
+            slot.1 = *a;
+        }
+    }
     let capacity = asm.app.world.resource::<Activations>().capacity;
     let model = {
         let world = &asm.app.world;
@@ -178,7 +188,8 @@ pub fn run(args: &QuantizeArgs) -> Result<(), EngineError> {
     {
         let graph = asm.app.world.resource::<Graph>();
         let ranges: Vec<String> = amaxes.iter().map(|(i, a)| format!("{} {a:.4}", graph.nodes[*i].name)).collect();
-        println!("input ranges (amax): {}", ranges.join(", "));
+        let source = if learned.is_empty() { "calibrated" } else { "learned by QAT (run.qat)" };
+        println!("input ranges (amax, {source}): {}", ranges.join(", "));
     }
     println!("{:<16} {:>12} {:>12} {:>12}", "metric", "float", "int8", "int8-float");
     for ((name, f), (_, q)) in float_metrics.iter().zip(&int8_metrics) {

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod models;
 pub mod optim;
 pub mod parallel;
+pub mod qat;
 pub mod schedule;
 pub mod sets;
 pub mod tasks;

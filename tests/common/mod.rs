@@ -63,3 +63,39 @@ pub fn digits_yaml(save_dir: &Path) -> String {
     .join("\n")
         + "\n"
 }
+
+/// The python interpreter of the interoperability checks (ECSTRAIN_PYTHON, else `python3`).
+pub fn python() -> String {
+    std::env::var("ECSTRAIN_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Whether python can import `onnx` and `onnxruntime`. Without them a test prints a SKIPPED line and returns,
+/// unless ECSTRAIN_REQUIRE_ORT=1 (set by .ci/run), where the missing package fails the test.
+pub fn onnxruntime_available(test: &str) -> bool {
+    let ok = Command::new(python()).args(["-c", "import onnx, onnxruntime"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("ECSTRAIN_REQUIRE_ORT").as_deref() != Ok("1"),
+            "{test}: python `onnx` / `onnxruntime` not importable (pip install onnx onnxruntime)"
+        );
+        println!("SKIPPED {test}: python `onnx` / `onnxruntime` not importable (pip install onnx onnxruntime)");
+    }
+    ok
+}
+
+/// Writes a float32 C-order .npy file.
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // The magic, version and length take 10 bytes; the header ends with a newline at a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}

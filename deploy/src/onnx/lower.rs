@@ -38,12 +38,21 @@ struct Lowering<'a, 'v> {
     w: GraphWriter,
     names: Vec<Option<String>>,
     qdq: Option<&'a QdqPlan>,
+    /// Values that are already the output of a QuantizeLinear -> DequantizeLinear pair (a QAT fake
+    /// quantization): a quantized matrix product reads them as they are.
+    quantized: std::collections::HashSet<String>,
 }
 
 /// The whole graph as ONNX nodes and initializers (the caller adds the graph's input and output types).
 pub fn lower_graph(view: &ModelView, qdq: Option<&QdqPlan>) -> Result<GraphProto, ExportError> {
     let g: &Graph = view.graph;
-    let mut l = Lowering { view, w: GraphWriter::default(), names: vec![None; g.values.len()], qdq };
+    let mut l = Lowering {
+        view,
+        w: GraphWriter::default(),
+        names: vec![None; g.values.len()],
+        qdq,
+        quantized: Default::default(),
+    };
     l.w.fresh("input");
     l.w.fresh("output");
     l.names[0] = Some("input".into());
@@ -87,10 +96,20 @@ impl Lowering<'_, '_> {
     /// The input of a matrix-product node: the float value, or its QuantizeLinear -> DequantizeLinear pair.
     fn matmul_input(&mut self, idx: usize, hint: &str, x: &str) -> String {
         let Some(q) = self.qdq.and_then(|p| p.nodes.get(&idx)) else { return x.to_string() };
-        let s = self.scalar(&format!("{hint}.input_scale"), q.input_scale);
+        if self.quantized.contains(x) {
+            return x.to_string();
+        }
+        self.qdq_pair(hint, x, q.input_scale)
+    }
+
+    /// `DequantizeLinear(QuantizeLinear(x))` with a per-tensor int8 scale and zero point 0.
+    fn qdq_pair(&mut self, hint: &str, x: &str, scale: f32) -> String {
+        let s = self.scalar(&format!("{hint}.input_scale"), scale);
         let z = self.w.i8_tensor(&format!("{hint}.input_zero_point"), &[], &[0]);
         let xq = self.w.node("QuantizeLinear", &format!("{hint}.input_q"), &[x, &s, &z], &[]);
-        self.w.node("DequantizeLinear", &format!("{hint}.input_dq"), &[&xq, &s, &z], &[])
+        let out = self.w.node("DequantizeLinear", &format!("{hint}.input_dq"), &[&xq, &s, &z], &[]);
+        self.quantized.insert(out.clone());
+        out
     }
 
     /// The weight of a matrix-product node, optionally transposed to `[in, out]` (a MatMul's right operand):
@@ -342,6 +361,14 @@ impl Lowering<'_, '_> {
                 )
             }
             OpKind::VectorQuantize { codebook, dim, .. } => self.vector_quantize(hint, x, codebook, *dim, &in_shape)?,
+            OpKind::FakeQuantize { amax, .. } => {
+                let a =
+                    self.view.buffers.arena.data.get(amax.range()).and_then(|a| a.first()).ok_or_else(|| {
+                        ExportError::Unsupported(format!("{hint}: its amax is missing from the buffers"))
+                    })?;
+                let scale = ecstrain_kernels::quant::qparams::scale_from_amax(*a);
+                self.qdq_pair(hint, x, scale)
+            }
         })
     }
 

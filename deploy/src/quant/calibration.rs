@@ -17,6 +17,21 @@ pub fn quantizable_nodes(graph: &Graph) -> Vec<usize> {
         .collect()
 }
 
+/// The ranges quantization-aware training learned: `(node index, amax)` of every quantizable node whose input
+/// is the output of a `FakeQuantize` node (its moving-average amax, read from the buffers).
+pub fn qat_ranges(graph: &Graph, buffers: &[f32]) -> Vec<(usize, f32)> {
+    quantizable_nodes(graph)
+        .into_iter()
+        .filter_map(|i| {
+            let input = graph.nodes[i].inputs[0];
+            graph.nodes.iter().find(|n| n.output == input).and_then(|n| match &n.op {
+                OpKind::FakeQuantize { amax, .. } => buffers.get(amax.offset).map(|a| (i, *a)),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
 /// One calibrator per quantizable node's input.
 pub struct Calibration {
     nodes: Vec<(usize, ValueId, Calibrator)>,

@@ -23,6 +23,30 @@ enum Packed {
     Conv(ConvI8Weights),
 }
 
+/// The weight layout of a quantizable node.
+enum Layout {
+    /// `[n, k]`.
+    Linear { n: usize, k: usize },
+    /// `[oc, kg]` with `kg = ic / groups * kh * kw`.
+    Conv { oc: usize, groups: usize, kg: usize },
+}
+
+impl Layout {
+    fn channels(&self) -> usize {
+        match self {
+            Layout::Linear { n, .. } => *n,
+            Layout::Conv { oc, .. } => *oc,
+        }
+    }
+
+    fn pack(&self, q: &[i8], scales: &[f32]) -> Packed {
+        match *self {
+            Layout::Linear { n, k } => Packed::Linear(PackedI8Weights::from_i8(q, scales, n, k)),
+            Layout::Conv { oc, groups, kg } => Packed::Conv(ConvI8Weights::from_i8(q, scales, oc, groups, kg)),
+        }
+    }
+}
+
 /// One quantized node.
 struct QuantNode {
     /// Input scale (`amax / 127`).
@@ -61,7 +85,7 @@ impl Int8Model {
             };
             let w = &params[weight.slice.range()];
             let bias = bias.map(|b| params[b.slice.range()].to_vec());
-            let (oc, packed_from): (usize, Box<dyn Fn(&[i8], &[f32]) -> Packed>) = match &node.op {
+            let layout = match &node.op {
                 OpKind::Linear { rows, in_features, out_features, act, .. } => {
                     let (k, n, r) = (*in_features, *out_features, *rows);
                     q_len = q_len.max(capacity * r * k);
@@ -69,23 +93,23 @@ impl Int8Model {
                     if act.is_some() {
                         pre_len = pre_len.max(out);
                     }
-                    (n, Box::new(move |q, s| Packed::Linear(PackedI8Weights::from_i8(q, s, n, k))))
+                    Layout::Linear { n, k }
                 }
                 OpKind::Conv2d { spec, in_hw, .. } => {
                     let (ql, al) = conv2d_i8_scratch_len(&conv_geom(spec, *in_hw, capacity));
                     q_len = q_len.max(ql);
                     acc_len = acc_len.max(al);
-                    let (oc, groups) = (spec.out_channels, spec.groups);
-                    let kg = w.len() / oc;
-                    (oc, Box::new(move |q, s| Packed::Conv(ConvI8Weights::from_i8(q, s, oc, groups, kg))))
+                    let oc = spec.out_channels;
+                    Layout::Conv { oc, groups: spec.groups, kg: w.len() / oc }
                 }
                 _ => unreachable!("matched above"),
             };
+            let oc = layout.channels();
             let mut scales = vec![0.0f32; oc];
             channel_scales(&mut scales, w, w.len() / oc);
             let mut q = vec![0i8; w.len()];
             quantize_per_channel(&mut q, w, &scales, w.len() / oc);
-            let packed = packed_from(&q, &scales);
+            let packed = layout.pack(&q, &scales);
             nodes.insert(idx, QuantNode { input_scale: scale_from_amax(amax), q, scales, packed, bias });
         }
         Int8Model {

@@ -11,5 +11,5 @@ pub mod calibration;
 pub mod int8_model;
 pub mod systems;
 
-pub use calibration::{quantizable_nodes, Calibration};
+pub use calibration::{qat_ranges, quantizable_nodes, Calibration};
 pub use int8_model::Int8Model;

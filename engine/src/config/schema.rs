@@ -305,6 +305,11 @@ pub struct RunSection {
     /// checkpoint and stop early on it.
     #[serde(default)]
     pub ema: bool,
+    /// Quantization-aware training: fake-quantize (int8, straight-through gradient) the input of every linear
+    /// and conv2d layer and its weights per output channel while training and validating; `engine quantize`
+    /// then takes the learned input ranges. Usually a short fine-tune from `model.pretrained`.
+    #[serde(default)]
+    pub qat: bool,
     /// EMA: asymptotic decay.
     #[serde(default = "d::ema_decay")]
     pub ema_decay: f64,

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod optimizers;
 pub mod parallel;
 pub mod processors;
+pub mod qat;
 pub mod schedulers;
 
 use crate::app::{App, Plugin};
@@ -35,6 +36,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(ema::EmaPlugin)
             .add_plugin(amp::AmpPlugin)
             .add_plugin(int8::Int8Plugin)
+            .add_plugin(qat::QatPlugin)
             .add_plugin(parallel::DataParallelPlugin)
             .add_plugin(logging::JsonlLogPlugin)
             .add_plugin(logging::ConsolePlugin)

@@ -29,6 +29,7 @@ fn op_name(op: &OpKind) -> &'static str {
         OpKind::SelectToken { .. } => "select_token",
         OpKind::Upsample { .. } => "upsample",
         OpKind::VectorQuantize { .. } => "vector_quantize",
+        OpKind::FakeQuantize { .. } => "fake_quantize",
     }
 }
 

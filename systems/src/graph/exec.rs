@@ -90,6 +90,8 @@ impl Activations {
                     scratch = scratch.max(attention_len(*heads, *tokens, capacity));
                 }
                 OpKind::Embedding { .. } => ids[idx] = vec![0; capacity * numel(node.inputs[0])],
+                // The scale the forward used, for the straight-through backward.
+                OpKind::FakeQuantize { .. } => saved[idx] = vec![0.0; 1],
                 OpKind::VectorQuantize { codes, positions, .. } => {
                     indices[idx] = vec![0; capacity * positions + codes];
                     aux[idx] = Some(AuxStats::default());
@@ -380,6 +382,17 @@ pub fn forward_with(
             OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => {
                 ops::upsample::upsample_nearest2d_forward(y, x, n, *c, *h, *w, *fh, *fw)
             }
+            OpKind::FakeQuantize { amax, averaging } => {
+                let a = &mut buffers[amax.range()][0];
+                if mode == Mode::Train {
+                    let batch = ecstrain_kernels::quant::qparams::amax(x);
+                    // The first batch sets the range; later ones move it by the averaging constant.
+                    *a = if *a == 0.0 { batch } else { *a + (*averaging as f32) * (batch - *a) };
+                }
+                let scale = ecstrain_kernels::quant::qparams::scale_from_amax(*a);
+                saved[idx][0] = scale;
+                ecstrain_kernels::quant::fake_quant::fake_quant_per_tensor_forward(y, x, scale);
+            }
             OpKind::VectorQuantize { codebook, codes, dim, positions, beta } => {
                 let (ind, counts) = indices[idx].split_at_mut(cap * positions);
                 let stats = ops::vector_quantize::vq_forward(
@@ -594,6 +607,12 @@ pub fn backward(
                     // The backward reads the forward's output (the probabilities), as PyTorch's does.
                     let y = &values[node.output.0][..dy.len()];
                     ops::softmax::softmax_backward(dx, dy, y, dy.len() / dim, *dim);
+                }
+            }),
+            OpKind::FakeQuantize { .. } => sink.with(xv, in_len, |dx| {
+                if let Some(dx) = dx {
+                    let scale = saved[idx][0];
+                    ecstrain_kernels::quant::fake_quant::fake_quant_per_tensor_backward(dx, dy, x, scale);
                 }
             }),
             OpKind::Activation(act) => sink.with(xv, in_len, |dx| {

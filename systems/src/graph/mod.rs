@@ -6,6 +6,7 @@ pub mod builder;
 pub mod exec;
 pub mod fuse;
 pub mod init;
+pub mod qat;
 pub mod systems;
 #[cfg(test)]
 mod tests;
@@ -14,3 +15,4 @@ pub use builder::{GraphBuilder, GraphError};
 pub use exec::{backward, forward, forward_with, Activations, NodeOverride};
 pub use fuse::fuse_linear_activation;
 pub use init::Init;
+pub use qat::insert_fake_quant;
