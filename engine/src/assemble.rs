@@ -202,12 +202,6 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let amp = parse_amp(&r.amp).map_err(err)?;
     if device != Device::Cpu {
         crate::cuda_run::check_run(r, amp != AmpMode::Off).map_err(err)?;
-        if cfg.model.fuse {
-            return Err(err(
-                "model.fuse: the fused linear + activation is CPU-only; set model.fuse: false for run.device: cuda"
-                    .into(),
-            ));
-        }
     }
     let plots = parse_plots(&r.plots).map_err(err)?;
     if amp != AmpMode::Off && device == Device::Cpu {

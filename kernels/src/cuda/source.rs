@@ -44,6 +44,8 @@ pub static ALL: &[&KernelSource] = &[
     &crate::optim::clip::CUDA,
     &crate::optim::ema::CUDA,
     &crate::ops::cast::CUDA,
+    // the device executor (ViT / VQ-VAE ops)
+    &crate::ops::token_mean::CUDA,
 ];
 
 /// `ptxas` for the optional assembly check: `ECSTRAIN_PTXAS`, `ptxas` on `PATH`, the toolkit's, or the pip

@@ -7,9 +7,11 @@ use super::{check_lens, layout, CUDA};
 use crate::cuda::{Gpu, GpuError};
 
 /// Copies `rows` runs of `blk` elements from `src` (run r at `r * src_ld + src_off`) to `dst` (at
-/// `r * dst_ld + dst_off`).
+/// `r * dst_ld + dst_off`), bit for bit. A `src_ld` of 0 repeats one run into every row (a broadcast).
+/// Also the device executor's gather / scatter of token slices (class token, token selection).
+/// Panics when a run would fall outside either buffer.
 #[allow(clippy::too_many_arguments)]
-fn strided_copy(
+pub fn strided_copy(
     gpu: &Gpu,
     dst: &mut CudaViewMut<f32>,
     src: &CudaView<f32>,

@@ -22,3 +22,17 @@ extern "C" __global__ void embedding_backward_f32(float *dtable, const float *do
         if (id >= 0 && (unsigned long long)id < vocab) atomicAdd(&dtable[(size_t)id * dim + j], dout[e]);
     }
 }
+
+// ids[i] = x[i] as a 64-bit integer, as Rust's `f32 as i64` (the host executor's conversion of float ids):
+// truncation toward zero, saturation at the i64 range, NaN to 0.
+extern "C" __global__ void embedding_ids_from_f32(long long *ids, const float *x, size_t n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        long long id;
+        if (v != v) id = 0;
+        else if (v >= 9223372036854775808.0f) id = 0x7fffffffffffffffLL;
+        else if (v < -9223372036854775808.0f) id = -0x7fffffffffffffffLL - 1;
+        else id = (long long)v;
+        ids[i] = id;
+    }
+}

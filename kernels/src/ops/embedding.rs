@@ -106,11 +106,20 @@ pub fn embedding_backward<T: Float>(dtable: &mut [T], dout: &[T], ids: &[i64], v
     }
 }
 
+/// Token ids from their float encoding in a batch: `ids[i] = x[i] as i64` (truncation toward zero, saturating,
+/// NaN to 0: Rust's `as`), so ids above 2^24 are exact only as far as f32 represents them. ids, x: [N].
+pub fn ids_from_f32(ids: &mut [i64], x: &[f32]) {
+    assert_eq!(ids.len(), x.len(), "ids_from_f32: ids and x differ in length");
+    for (id, &v) in ids.iter_mut().zip(x) {
+        *id = v as i64;
+    }
+}
+
 /// The CUDA kernels of the embedding (`embedding.cu`).
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "embedding",
     code: include_str!("embedding.cu"),
-    kernels: &["embedding_forward_f32", "embedding_backward_f32"],
+    kernels: &["embedding_forward_f32", "embedding_backward_f32", "embedding_ids_from_f32"],
 };
 
 /// Host side of `embedding.cu`.

@@ -57,6 +57,22 @@ pub fn embedding_backward(
     Ok(())
 }
 
+/// Token ids from their float encoding on the GPU (overwrites `ids`): the twin of
+/// [`ids_from_f32`](super::ids_from_f32), Rust's `f32 as i64` (truncation, saturation, NaN to 0). ids, x: [N].
+pub fn ids_from_f32(gpu: &Gpu, ids: &mut CudaViewMut<i64>, x: &CudaView<f32>) -> Result<(), GpuError> {
+    let n = x.len();
+    assert_eq!(ids.len(), n, "ids_from_f32: ids and x differ in length");
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&CUDA, "embedding_ids_from_f32")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(ids).arg(x).arg(&n);
+    // SAFETY: (long long*, const float*, size_t); both buffers hold n elements.
+    unsafe { l.launch(gpu.elementwise(n)) }?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +117,22 @@ mod tests {
         let got = gpu.download(&out).unwrap();
         assert_eq!(&got[..2], &[3.0, 4.0]);
         assert!(got[2].is_nan() && got[3].is_nan(), "an out-of-range id must give a NaN row: {got:?}");
+    }
+
+    /// The float-to-id conversion equals Rust's `as` exactly (integers as stored in a batch, fractions,
+    /// negatives, NaN, values past the i64 range), over an odd length with a sentinel-filled output.
+    #[test]
+    fn ids_from_f32_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("ids_from_f32_matches_cpu") else { return };
+        let mut rng = seeded("ids_from_f32_matches_cpu");
+        let mut x: Vec<f32> = (0..1001).map(|_| rng.below(50_000) as f32).collect();
+        x.extend_from_slice(&[0.0, -0.0, 2.5, -2.5, 0.999, f32::NAN, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY]);
+        x.extend(rand_vec(&mut rng, 37, -100.0, 100.0));
+        let mut want = vec![0i64; x.len()];
+        super::super::ids_from_f32(&mut want, &x);
+        let dx = gpu.upload(&x).unwrap();
+        let mut ids = gpu.upload(&vec![-12345i64; x.len()]).unwrap();
+        ids_from_f32(gpu, &mut ids.as_view_mut(), &dx.as_view()).unwrap();
+        assert_eq!(gpu.download(&ids).unwrap(), want, "ids differ from `as i64`");
     }
 }

@@ -34,6 +34,7 @@ pub mod silu;
 pub mod softmax;
 pub mod softmax_cross_entropy;
 pub mod tanh;
+pub mod token_mean;
 pub mod upsample;
 pub mod vector_quantize;
 

@@ -6,7 +6,7 @@ use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
 use ecstrain_kernels::cuda::{Gpu, GpuError};
 use ecstrain_kernels::ops;
 
-use crate::graph::exec::conv_geom;
+use crate::graph::exec::{attention_len, conv_geom};
 
 /// Planned device buffers of a graph.
 pub struct GpuActivations {
@@ -18,11 +18,18 @@ pub struct GpuActivations {
     pub values: Vec<Option<CudaSlice<f32>>>,
     /// `grads[v]`, same shapes as `values`.
     pub grads: Vec<Option<CudaSlice<f32>>>,
-    /// Per node: float state its backward reads (normalisation statistics).
+    /// Per node: float state its backward reads (normalisation statistics, a fused linear's
+    /// pre-activation, attention probabilities), as the host's `saved`.
     pub saved: Vec<Option<CudaSlice<f32>>>,
-    /// Per node: integer state (max-pool argmax).
+    /// Per node: integer state (max-pool argmax; VQ code indices of `capacity * positions` followed by the
+    /// per-code counts), as the host's `indices`.
     pub indices: Vec<Option<CudaSlice<u32>>>,
-    /// Scratch shared by the ops that need it in turn (convolution columns).
+    /// Per node: an embedding's token ids of the last forward, converted on the device from the float input.
+    pub ids: Vec<Option<CudaSlice<i64>>>,
+    /// Per node: a VQ layer's `[mse, perplexity]` of the last forward, read back by [`super::exec::read_aux`].
+    pub stats: Vec<Option<CudaSlice<f32>>>,
+    /// Scratch shared by the ops that need it in turn (convolution columns, attention score gradients, a
+    /// class token's gathered gradient rows).
     pub scratch: Option<CudaSlice<f32>>,
     /// Gradient staging for values with several consumers.
     pub grad_tmp: CudaSlice<f32>,
@@ -72,11 +79,26 @@ impl GpuActivations {
             (0..graph.values.len()).map(|i| if produced[i] { numel(ValueId(i)) * capacity } else { 0 }).collect();
         let mut saved = Vec::with_capacity(graph.nodes.len());
         let mut indices = Vec::with_capacity(graph.nodes.len());
+        let mut ids = Vec::with_capacity(graph.nodes.len());
+        let mut stats = Vec::with_capacity(graph.nodes.len());
         let mut scratch = 0;
         for node in &graph.nodes {
-            let (mut s, mut ix) = (0, 0);
+            let (mut s, mut ix, mut id, mut st) = (0, 0, 0, 0);
             match &node.op {
                 OpKind::MaxPool2d { .. } => ix = sizes[node.output.0],
+                // A fused activation's input (the pre-activation) is kept for the backward.
+                OpKind::Linear { act: Some(_), .. } => s = sizes[node.output.0],
+                OpKind::Attention { heads, tokens, .. } => {
+                    s = attention_len(*heads, *tokens, capacity);
+                    scratch = scratch.max(s);
+                }
+                OpKind::Embedding { .. } => id = capacity * numel(node.inputs[0]),
+                OpKind::VectorQuantize { codes, positions, .. } => {
+                    ix = capacity * positions + codes;
+                    st = 2;
+                }
+                // The backward gathers the token's gradient rows into a contiguous block for the column sums.
+                OpKind::PrependToken { token } => scratch = scratch.max(capacity * token.slice.len),
                 OpKind::Conv2d { spec, in_hw, .. } => {
                     scratch = scratch.max(conv_col_len(&conv_geom(spec, *in_hw, capacity)))
                 }
@@ -86,6 +108,8 @@ impl GpuActivations {
             }
             saved.push(buffer(gpu, s)?);
             indices.push(buffer(gpu, ix)?);
+            ids.push(buffer(gpu, id)?);
+            stats.push(buffer(gpu, st)?);
         }
         let largest = sizes.iter().copied().max().unwrap_or(0).max(capacity * numel(ValueId(0))).max(1);
         let mut values = Vec::with_capacity(sizes.len());
@@ -101,6 +125,8 @@ impl GpuActivations {
             grads,
             saved,
             indices,
+            ids,
+            stats,
             scratch: buffer(gpu, scratch)?,
             grad_tmp: gpu.stream().alloc_zeros(largest)?,
             written: vec![false; graph.values.len()],
@@ -116,6 +142,8 @@ impl GpuActivations {
             + self.grads.iter().map(f).sum::<usize>()
             + self.saved.iter().map(f).sum::<usize>()
             + self.indices.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
+            + 2 * self.ids.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
+            + self.stats.iter().map(f).sum::<usize>()
             + f(&self.scratch)
             + self.grad_tmp.len())
     }

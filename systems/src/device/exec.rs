@@ -15,7 +15,7 @@ use ecstrain_kernels::cuda::{Gpu, GpuError};
 use ecstrain_kernels::ops;
 
 use super::acts::GpuActivations;
-use crate::graph::exec::{conv_geom, dropout_seed, pool_geom};
+use crate::graph::exec::{attention_len, batched_perm, concat_runs, conv_geom, dropout_seed, pool_geom, AuxStats};
 
 /// The first `n` rows of value `v`: the uploaded batch for value 0, its planned buffer otherwise.
 fn rows<'a>(
@@ -50,7 +50,8 @@ pub fn forward(
     seed: u64,
 ) -> Result<(), GpuError> {
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
-    let GpuActivations { input, values, saved, indices, scratch, ones, .. } = acts;
+    let cap = acts.capacity;
+    let GpuActivations { input, values, saved, indices, ids, stats, scratch, ones, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ParamRef| params.slice(r.slice.range());
     for (idx, node) in graph.nodes.iter().enumerate() {
@@ -171,11 +172,125 @@ pub fn forward(
                     ops::softmax::cuda::softmax_forward(gpu, &mut y, &x, r, *dim)
                 }
                 OpKind::Add => ops::add::cuda::add_forward(gpu, &mut y, &x, &read(1)),
+                OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: Some(a) } => {
+                    let b = bias.as_ref().map(p);
+                    let len = y.len();
+                    let sv = saved[idx].as_mut().expect("fused linears plan the pre-activation");
+                    let mut pre = sv.slice_mut(..len);
+                    ops::linear_act::cuda::linear_act_forward(
+                        gpu,
+                        &mut y,
+                        &mut pre,
+                        &x,
+                        &p(weight),
+                        b.as_ref(),
+                        *a,
+                        n * r,
+                        *in_features,
+                        *out_features,
+                    )
+                }
+                OpKind::Embedding { vocab, dim, weight } => {
+                    // The ids arrive as floats (the batch is f32); converted on the device as the host does.
+                    let mut id = ids[idx].as_mut().expect("embeddings plan their ids").slice_mut(..x.len());
+                    ops::embedding::cuda::ids_from_f32(gpu, &mut id, &x)?;
+                    ops::embedding::cuda::embedding_forward(gpu, &mut y, &id.slice(..), &p(weight), *vocab, *dim)
+                }
+                OpKind::Concat { axis } => {
+                    let (rws, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
+                    let row_len = y.len() / rws.max(1);
+                    let mut at = 0;
+                    for (i, &v) in node.inputs.iter().enumerate() {
+                        let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
+                        ops::concat::cuda::strided_copy(gpu, &mut y, &read(i), rws, run, (row_len, at), (run, 0))?;
+                        at += run;
+                    }
+                    Ok(())
+                }
+                OpKind::Attention { heads, tokens: t, dim: d, causal } => {
+                    // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
+                    let len = attention_len(*heads, *t, n);
+                    let mut att = saved[idx].as_mut().expect("attention plans its probabilities").slice_mut(..len);
+                    ops::attention::cuda::attention_fused_forward(
+                        gpu,
+                        &mut y,
+                        &mut att,
+                        &x,
+                        n,
+                        *heads,
+                        *t,
+                        d / heads,
+                        *causal,
+                    )
+                }
+                OpKind::Permute { in_shape, perm } => {
+                    let (shape, perm, r) = batched_perm(n, in_shape, perm);
+                    ops::permute::cuda::permute(gpu, &mut y, &x, &shape[..r], &perm[..r])
+                }
+                OpKind::PrependToken { token } => {
+                    let (d, per_in) = (token.slice.len, numel(node.inputs[0]));
+                    let w = per_in + d;
+                    // Row r: the token (a source stride of 0 repeats it), then sample r's tokens.
+                    ops::concat::cuda::strided_copy(gpu, &mut y, &p(token), n, d, (w, 0), (0, 0))?;
+                    ops::concat::cuda::strided_copy(gpu, &mut y, &x, n, per_in, (w, d), (per_in, 0))
+                }
+                OpKind::AddParam { param } => {
+                    // x + param broadcast over rows: a copy and a bias add (the host's one f32 addition).
+                    let plen = param.slice.len;
+                    let rws = y.len() / plen;
+                    gpu.stream().memcpy_dtod(&x, &mut y)?;
+                    ops::bias_add::cuda::bias_add_forward(gpu, &mut y, &p(param), rws, plen)
+                }
+                OpKind::TokenMean => {
+                    let d = numel(node.output);
+                    ops::token_mean::cuda::token_mean_forward(gpu, &mut y, &x, n, numel(node.inputs[0]) / d, d)
+                }
+                OpKind::SelectToken { index } => {
+                    let (d, per_in) = (numel(node.output), numel(node.inputs[0]));
+                    ops::concat::cuda::strided_copy(gpu, &mut y, &x, n, d, (d, 0), (per_in, index * d))
+                }
+                OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => {
+                    ops::upsample::cuda::upsample_nearest2d_forward(gpu, &mut y, &x, n, *c, *h, *w, *fh, *fw)
+                }
+                OpKind::VectorQuantize { codebook, codes, dim, positions, .. } => {
+                    let ix = indices[idx].as_mut().expect("VQ plans its indices and counts");
+                    let (mut ind, mut counts) = ix.split_at_mut(cap * positions);
+                    let mut st = stats[idx].as_mut().expect("VQ plans its statistics").slice_mut(..2);
+                    ops::vector_quantize::cuda::vq_forward(
+                        gpu,
+                        &mut y,
+                        &mut ind.slice_mut(..n * positions),
+                        &mut counts,
+                        &x,
+                        &p(codebook),
+                        n,
+                        *dim,
+                        *positions,
+                        *codes,
+                        &mut st,
+                    )
+                }
                 op => unsupported(op),
             }
         })();
         values[node.output.0] = Some(out_buf);
         result?;
+    }
+    Ok(())
+}
+
+/// Copies each VQ layer's statistics of the last forward down into the host's `aux` (per node), filled as
+/// the host executor fills them: loss `(1 + beta) * mse`, the codebook perplexity. A graph without VQ layers
+/// reads nothing; one with them waits for the stream (the step already waits for the output copy).
+pub fn read_aux(gpu: &Gpu, graph: &Graph, acts: &GpuActivations, aux: &mut [Option<AuxStats>]) -> Result<(), GpuError> {
+    for (idx, node) in graph.nodes.iter().enumerate() {
+        if let OpKind::VectorQuantize { beta, .. } = &node.op {
+            let mut st = [0.0f32; 2];
+            let dev = acts.stats[idx].as_ref().expect("VQ plans its statistics");
+            gpu.stream().memcpy_dtoh(dev, &mut st[..])?;
+            gpu.stream().synchronize()?;
+            aux[idx] = Some(AuxStats { loss: (1.0 + beta) * st[0] as f64, perplexity: st[1] as f64 });
+        }
     }
     Ok(())
 }
@@ -298,7 +413,8 @@ impl GradSink<'_> {
 
 /// Runs the graph backward for `n` rows. The gradient of the loss with respect to the output is in
 /// `acts.grads[graph.output]` (copied up from the task); parameter gradients accumulate into `grads`.
-/// `seed` must be the one given to [`forward`] for the same micro-batch.
+/// `seed` must be the one given to [`forward`] for the same micro-batch; `aux_weight` is the weight the task
+/// gives the auxiliary (VQ) losses, the host's `Activations::aux_weight`.
 #[allow(clippy::too_many_arguments)] // the buffers of one pass, as the host executor's
 pub fn backward(
     gpu: &Gpu,
@@ -309,8 +425,9 @@ pub fn backward(
     n: usize,
     mode: Mode,
     seed: u64,
+    aux_weight: f32,
 ) -> Result<(), GpuError> {
-    let GpuActivations { input, values, grads: dvals, saved, indices, scratch, grad_tmp, written, .. } = acts;
+    let GpuActivations { input, values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ParamRef| params.slice(r.slice.range());
     written.fill(false);
@@ -327,6 +444,31 @@ pub fn backward(
                     return sink.pass_through_owned(node.inputs[1], &mut dy_buf, out_len);
                 }
                 _ => {}
+            }
+            if let OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: Some(a) } = &node.op {
+                // The output gradient is read by no other node (its readers ran before this one in the
+                // backward), so the fused kernel turns it into the pre-activation gradient in place.
+                let (xv, x) = (node.inputs[0], rows(graph, values, input, node.inputs[0], n));
+                let pre = saved[idx].as_ref().expect("fused linears plan the pre-activation").slice(..out_len);
+                let mut dy = dy_buf.slice_mut(..out_len);
+                return sink.with(xv, x.len(), |dx| {
+                    with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
+                        ops::linear_act::cuda::linear_act_backward(
+                            gpu,
+                            dx,
+                            dw,
+                            db,
+                            &mut dy,
+                            &pre,
+                            &x,
+                            &p(weight),
+                            *a,
+                            n * r,
+                            *in_features,
+                            *out_features,
+                        )
+                    })
+                });
             }
             let dy = dy_buf.slice(..out_len);
             let (xv, x) = (node.inputs[0], rows(graph, values, input, node.inputs[0], n));
@@ -446,6 +588,114 @@ pub fn backward(
                         )
                     })
                 }),
+                OpKind::Embedding { vocab, dim, weight } => {
+                    // Ids are not differentiable: only the table gets a gradient.
+                    let id = ids[idx].as_ref().expect("embeddings plan their ids").slice(..in_len);
+                    let mut dt = grads.slice_mut(weight.slice.range());
+                    ops::embedding::cuda::embedding_backward(gpu, &mut dt, &dy, &id, *vocab, *dim)
+                }
+                OpKind::Concat { axis } => {
+                    let (rws, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
+                    let row_len = dy.len() / rws.max(1);
+                    let mut at = 0;
+                    for &v in &node.inputs {
+                        let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
+                        sink.with(v, rws * run, |dx| match dx {
+                            Some(dx) => {
+                                ops::concat::cuda::strided_copy(gpu, dx, &dy, rws, run, (run, 0), (row_len, at))
+                            }
+                            None => Ok(()),
+                        })?;
+                        at += run;
+                    }
+                    Ok(())
+                }
+                OpKind::Attention { heads, tokens: t, dim: d, causal } => sink.with_required(xv, in_len, |dx| {
+                    let len = attention_len(*heads, *t, n);
+                    let att = saved[idx].as_ref().expect("attention plans its probabilities").slice(..len);
+                    let mut ds = scratch.as_mut().expect("attention plans scratch").slice_mut(..len);
+                    ops::attention::cuda::attention_fused_backward(
+                        gpu,
+                        dx,
+                        &dy,
+                        &x,
+                        &att,
+                        &mut ds,
+                        n,
+                        *heads,
+                        *t,
+                        d / heads,
+                        *causal,
+                    )
+                }),
+                OpKind::Permute { in_shape, perm } => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => {
+                        let (shape, perm, r) = batched_perm(n, in_shape, perm);
+                        ops::permute::cuda::permute_backward(gpu, dx, &dy, &shape[..r], &perm[..r])
+                    }
+                    None => Ok(()),
+                }),
+                OpKind::PrependToken { token } => {
+                    let (d, per_in) = (token.slice.len, numel(xv));
+                    let w = per_in + d;
+                    // The token's gradient: the column sums of every row's first d entries, gathered into a
+                    // contiguous [n, d] block first (the bias-gradient kernel reads dense rows).
+                    let s = scratch.as_mut().expect("prepend_token plans scratch");
+                    let mut rows_d = s.slice_mut(..n * d);
+                    ops::concat::cuda::strided_copy(gpu, &mut rows_d, &dy, n, d, (d, 0), (w, 0))?;
+                    let mut dt = grads.slice_mut(token.slice.range());
+                    ops::bias_add::cuda::bias_add_backward(gpu, &mut dt, &rows_d.slice(..), n, d)?;
+                    sink.with(xv, in_len, |dx| match dx {
+                        Some(dx) => ops::concat::cuda::strided_copy(gpu, dx, &dy, n, per_in, (per_in, 0), (w, d)),
+                        None => Ok(()),
+                    })
+                }
+                OpKind::AddParam { param } => {
+                    let plen = param.slice.len;
+                    let mut dp = grads.slice_mut(param.slice.range());
+                    ops::bias_add::cuda::bias_add_backward(gpu, &mut dp, &dy, dy.len() / plen, plen)?;
+                    sink.pass_through(xv, &dy)
+                }
+                OpKind::TokenMean => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => {
+                        let d = numel(node.output);
+                        ops::token_mean::cuda::token_mean_backward(gpu, dx, &dy, n, numel(xv) / d, d)
+                    }
+                    None => Ok(()),
+                }),
+                OpKind::SelectToken { index } => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => {
+                        let (d, per_in) = (numel(node.output), numel(xv));
+                        gpu.stream().memset_zeros(dx)?;
+                        ops::concat::cuda::strided_copy(gpu, dx, &dy, n, d, (per_in, index * d), (d, 0))
+                    }
+                    None => Ok(()),
+                }),
+                OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| match dx {
+                    Some(dx) => ops::upsample::cuda::upsample_nearest2d_backward(gpu, dx, &dy, n, *c, *h, *w, *fh, *fw),
+                    None => Ok(()),
+                }),
+                OpKind::VectorQuantize { codebook, codes, dim, positions, beta } => {
+                    sink.with_required(xv, in_len, |dx| {
+                        let ind = indices[idx].as_ref().expect("VQ plans its indices").slice(..n * positions);
+                        let mut dcb = grads.slice_mut(codebook.slice.range());
+                        ops::vector_quantize::cuda::vq_backward(
+                            gpu,
+                            dx,
+                            &mut dcb,
+                            &dy,
+                            &x,
+                            &p(codebook),
+                            &ind,
+                            n,
+                            *dim,
+                            *positions,
+                            *codes,
+                            *beta as f32,
+                            aux_weight,
+                        )
+                    })
+                }
                 op => unsupported(op),
             }
         })();

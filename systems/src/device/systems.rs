@@ -96,7 +96,8 @@ pub fn gpu_forward(
         let dev_out = g.acts.values[out].as_ref().expect("the output is produced").slice(..len);
         device.stream().memcpy_dtoh(&dev_out, &mut acts.values[out][..len])?;
         device.stream().synchronize()?;
-        Ok(())
+        // VQ statistics for the task's loss and metrics, as the host forward leaves them.
+        exec::read_aux(&device, &graph, &g.acts, &mut acts.aux)
     };
     if let Err(e) = run() {
         fail(&mut failure, "forward", e);
@@ -123,7 +124,8 @@ pub fn gpu_backward(
         let len = n * graph.values[out].numel();
         let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
         device.stream().memcpy_htod(&acts.grads[out][..len], &mut dst.slice_mut(..len))?;
-        exec::backward(&device, &graph, &g.params, &mut g.grads, &mut g.acts, n, *mode, step_seed(&settings, &clock))
+        let seed = step_seed(&settings, &clock);
+        exec::backward(&device, &graph, &g.params, &mut g.grads, &mut g.acts, n, *mode, seed, acts.aux_weight)
     };
     if let Err(e) = run() {
         fail(&mut failure, "backward", e);

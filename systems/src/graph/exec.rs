@@ -56,7 +56,7 @@ pub struct Activations {
 }
 
 /// Length of one attention node's saved probabilities (and of its backward scratch) for `n` samples.
-fn attention_len(heads: usize, tokens: usize, n: usize) -> usize {
+pub(crate) fn attention_len(heads: usize, tokens: usize, n: usize) -> usize {
     ops::attention::attention_att_len(n, heads, tokens)
 }
 
@@ -176,7 +176,7 @@ pub fn dropout_seed(run_seed: u64, micro_step: u64, value: usize) -> u64 {
 }
 
 /// The batch-including shape and permutation of a per-sample permute, on the stack.
-fn batched_perm(n: usize, in_shape: &[usize], perm: &[usize]) -> ([usize; 8], [usize; 8], usize) {
+pub(crate) fn batched_perm(n: usize, in_shape: &[usize], perm: &[usize]) -> ([usize; 8], [usize; 8], usize) {
     let r = in_shape.len() + 1;
     assert!(r <= 8, "permute of rank {} (at most 7 per-sample axes)", r - 1);
     let (mut shape, mut p) = ([0usize; 8], [0usize; 8]);
@@ -190,7 +190,7 @@ fn batched_perm(n: usize, in_shape: &[usize], perm: &[usize]) -> ([usize; 8], [u
 
 /// `(outer, inner)` of a concatenation input: rows before the axis (times the batch) and the contiguous run
 /// it contributes to each row.
-fn concat_runs(shape: &[usize], axis: usize, n: usize) -> (usize, usize) {
+pub(crate) fn concat_runs(shape: &[usize], axis: usize, n: usize) -> (usize, usize) {
     (n * shape[..axis].iter().product::<usize>(), shape[axis..].iter().product())
 }
 
@@ -316,9 +316,7 @@ pub fn forward_with(
             OpKind::Softmax { dim } => ops::softmax::softmax_forward(y, x, y.len() / dim, *dim),
             OpKind::Embedding { vocab, dim, weight } => {
                 let ids = &mut ids[idx][..x.len()];
-                for (id, &v) in ids.iter_mut().zip(x) {
-                    *id = v as i64;
-                }
+                ops::embedding::ids_from_f32(ids, x);
                 // Ids from data were checked against the vocabulary when the run was assembled; ids computed
                 // inside a graph would be a model-building error.
                 ops::embedding::embedding_forward(y, ids, p(weight), *vocab, *dim)
@@ -364,13 +362,8 @@ pub fn forward_with(
             OpKind::TokenMean => {
                 let d = numel(node.output);
                 let t = numel(node.inputs[0]) / d;
-                for (ys, xs) in y.chunks_exact_mut(d).zip(x.chunks_exact(t * d)) {
-                    for (j, yv) in ys.iter_mut().enumerate() {
-                        // f64 accumulation: the mean of a few hundred tokens stays exact to f32 rounding.
-                        let sum: f64 = (0..t).map(|i| xs[i * d + j] as f64).sum();
-                        *yv = (sum / t as f64) as f32;
-                    }
-                }
+                // f64 accumulation: the mean of a few hundred tokens stays exact to f32 rounding.
+                ops::token_mean::token_mean_forward(y, x, n, t, d);
             }
             OpKind::SelectToken { index } => {
                 let d = numel(node.output);
@@ -697,13 +690,7 @@ pub fn backward(
             OpKind::TokenMean => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     let d = numel(node.output);
-                    let t = numel(xv) / d;
-                    let inv = 1.0 / t as f32;
-                    for (ys, xs) in dy.chunks_exact(d).zip(dx.chunks_exact_mut(t * d)) {
-                        for row in xs.chunks_exact_mut(d) {
-                            row.iter_mut().zip(ys).for_each(|(g, &gy)| *g = gy * inv);
-                        }
-                    }
+                    ops::token_mean::token_mean_backward(dx, dy, n, numel(xv) / d, d);
                 }
             }),
             OpKind::SelectToken { index } => sink.with(xv, in_len, |dx| {
