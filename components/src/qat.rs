@@ -10,7 +10,8 @@ use crate::ParamSlice;
 /// `master` the float parameters, which the optimizer updates with the straight-through gradient.
 #[derive(Resource, Debug, Clone)]
 pub struct QatWeights {
-    /// Copy of the whole parameter arena taken when the fake-quantized weights were swapped in.
+    /// The float values of the fake-quantized weights, at their arena offsets (an arena-sized buffer; only
+    /// the weights' ranges are used).
     pub master: Vec<f32>,
     /// Each fake-quantized weight (linear `[out, in]`, conv2d `[oc, ic / groups, kh, kw]`) and its number of
     /// output channels.

@@ -16,8 +16,9 @@ pub fn fake_quantize_weights(mut params: ResMut<Params>, mut qat: ResMut<QatWeig
     if *swapped {
         return;
     }
-    master.copy_from_slice(&params.0.data);
+    // Only the quantized weights move (biases, norms and embeddings stay as they are).
     for (slice, oc) in weights.iter() {
+        master[slice.range()].copy_from_slice(&params.0.data[slice.range()]);
         let (w, inner) = (&master[slice.range()], slice.len / oc);
         let s = &mut scales[..*oc];
         channel_scales(s, w, inner);
@@ -29,7 +30,9 @@ pub fn fake_quantize_weights(mut params: ResMut<Params>, mut qat: ResMut<QatWeig
 /// Puts the float master weights back into `Params` (no-op when they are there).
 pub fn restore_float_weights(mut params: ResMut<Params>, mut qat: ResMut<QatWeights>) {
     if qat.swapped {
-        params.0.data.copy_from_slice(&qat.master);
+        for (slice, _) in &qat.weights {
+            params.0.data[slice.range()].copy_from_slice(&qat.master[slice.range()]);
+        }
         qat.swapped = false;
     }
 }
