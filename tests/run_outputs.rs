@@ -122,6 +122,37 @@ fn each_output_turns_off_with_its_run_key() {
         .collect();
     assert!(pngs.is_empty(), "{pngs:?}");
     assert!(save.join("metrics.jsonl").is_file() && save.join("summary.json").is_file());
+    assert!(!save.join("profile.txt").exists(), "profile.txt is written only with run.profile");
+}
+
+/// `run.profile`: the per-op table by kind on the terminal and in `profile.txt`, with every layer of the
+/// model listed by its module path, forward, backward and evaluation times filled in.
+#[test]
+fn run_profile_writes_the_op_table() {
+    let (save, log) = train("outputs_profile", &["run.profile=true"]);
+    let report = std::fs::read_to_string(save.join("profile.txt")).unwrap();
+    // digits_yaml's MLP: Linear(64, 32), ReLU, Linear(32, 10); one forward and one backward per step.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(save.join("summary.json")).unwrap()).unwrap();
+    let steps = summary["steps"].as_u64().unwrap();
+    let head = format!("Graph ops per training step (mean of {steps} forward and {steps} backward passes; evaluation:");
+    assert!(report.starts_with(&head), "{report}");
+    let row = |name: &str| -> Vec<String> {
+        let line = report.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row:\n{report}"));
+        line[name.len()..].split_whitespace().map(str::to_string).collect()
+    };
+    let linear = row("Linear ");
+    assert_eq!(linear[0], "2", "two linear layers: {linear:?}");
+    let ms: Vec<f64> = linear[1..4].iter().map(|v| v.parse().unwrap()).collect();
+    assert!(ms.iter().all(|&v| v > 0.0) && (ms[0] + ms[1] - ms[2]).abs() < 2e-3, "forward + backward = step: {ms:?}");
+    for layer in ["layers.0 Linear(64, 32)", "layers.2 Linear(32, 10)"] {
+        let cells = row(layer);
+        let eval: f64 = cells.last().unwrap().parse().unwrap();
+        assert!(eval > 0.0, "{layer}: validation forward time missing: {cells:?}");
+    }
+    // The kind table is echoed after the summary, pointing at the file for the per-node listing.
+    assert!(log.contains("Graph ops per training step") && log.contains("profile.txt"), "{log}");
+    assert!(!log.contains("Per node, in graph order"), "the per-node listing stays in the file");
 }
 
 #[test]

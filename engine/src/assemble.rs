@@ -337,7 +337,11 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
 
     let targets = splits.train.empty_targets(capacity);
     let w = &mut app.world;
-    w.insert_resource(Activations::plan(&graph, capacity));
+    let mut acts = Activations::plan(&graph, capacity);
+    if r.profile {
+        acts.profile = Some(ecstrain_systems::graph::OpProfile::new(graph.nodes.len()));
+    }
+    w.insert_resource(acts);
     let mut batch = Batch::with_capacity(capacity, input_len, targets);
     batch.extras = Extras::with_capacity(&splits.train.extra_specs(), capacity);
     w.insert_resource(batch);

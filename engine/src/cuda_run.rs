@@ -23,7 +23,7 @@ pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
             support::OPTIMIZERS.join(", ")
         ));
     }
-    let unsupported = [(r.ema, "run.ema"), (amp_on, "run.amp"), (r.qat, "run.qat")];
+    let unsupported = [(r.ema, "run.ema"), (amp_on, "run.amp"), (r.qat, "run.qat"), (r.profile, "run.profile")];
     for (on, key) in unsupported {
         if on {
             return Err(format!("{key}: not yet available with run.device: cuda; turn it off or use run.device: cpu"));
@@ -74,4 +74,25 @@ pub fn bench(device: Device) -> Result<(), String> {
     let rows = ecstrain_kernels::cuda::bench::run_benchmarks(&gpu).map_err(|e| e.to_string())?;
     print!("{}", ecstrain_kernels::cuda::bench::format_table(&rows));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_section(yaml: &str) -> RunSection {
+        crate::config::load::from_yaml(yaml).expect("valid run section")
+    }
+
+    /// Host-only features are refused on cuda with the key named, not silently ignored.
+    #[test]
+    fn host_only_features_are_refused_by_key() {
+        assert!(check_run(&run_section("optimizer: AdamW\n"), false).is_ok());
+        for key in ["ema", "qat", "profile"] {
+            let m = check_run(&run_section(&format!("optimizer: AdamW\n{key}: true\n")), false).unwrap_err();
+            assert!(m.starts_with(&format!("run.{key}: not yet available with run.device: cuda")), "{m}");
+        }
+        let m = check_run(&run_section("optimizer: AdamW\n"), true).unwrap_err();
+        assert!(m.starts_with("run.amp:"), "{m}");
+    }
 }

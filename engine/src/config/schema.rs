@@ -310,6 +310,10 @@ pub struct RunSection {
     /// then takes the learned input ranges. Usually a short fine-tune from `model.pretrained`.
     #[serde(default)]
     pub qat: bool,
+    /// Time every graph op (forward, backward and evaluation forward) and write the table to `profile.txt` in
+    /// the run directory at the end, with the per-op-kind summary on the terminal (CPU only).
+    #[serde(default)]
+    pub profile: bool,
     /// EMA: asymptotic decay.
     #[serde(default = "d::ema_decay")]
     pub ema_decay: f64,

@@ -7,6 +7,7 @@ use ecstrain_components::RunInfo;
 use ecstrain_systems::logging::console::{console_epoch_start, console_print, console_tick, Console};
 use ecstrain_systems::logging::jsonl::{write_jsonl, JsonlLog};
 use ecstrain_systems::logging::plots::{plot_at_checkpoint, plot_at_run_end, plots_enabled};
+use ecstrain_systems::logging::profile_report::{profiling, write_profile};
 use ecstrain_systems::logging::results_csv::{results_csv_enabled, write_results_csv, ResultsCsv};
 use ecstrain_systems::logging::summary::write_summary;
 use ecstrain_systems::logging::tensorboard::{tensorboard_enabled, write_tensorboard, TensorBoardLog};
@@ -43,6 +44,16 @@ pub struct SummaryPlugin;
 impl Plugin for SummaryPlugin {
     fn build(&self, app: &mut App) {
         app.add_systems(RunEnd, write_summary.run_if(resource_exists::<RunInfo>));
+    }
+}
+
+/// `profile.txt` and the per-op-kind table after the summary (`run.profile`).
+pub struct ProfilePlugin;
+
+impl Plugin for ProfilePlugin {
+    fn build(&self, app: &mut App) {
+        let on = resource_exists::<RunInfo>.and_then(profiling);
+        app.add_systems(RunEnd, write_profile.after(write_summary).run_if(on));
     }
 }
 

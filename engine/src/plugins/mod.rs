@@ -44,6 +44,7 @@ impl Plugin for DefaultPlugins {
             .add_plugin(logging::ResultsCsvPlugin)
             .add_plugin(logging::TensorBoardPlugin)
             .add_plugin(logging::PlotsPlugin)
+            .add_plugin(logging::ProfilePlugin)
             .add_plugin(checkpoint::CheckpointPlugin);
     }
 }

@@ -13,10 +13,14 @@
 //!
 //! [`Grads`]: ecstrain_components::Grads
 
+use std::time::Instant;
+
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Conv2dSpec, Graph, Mode, Node, OpKind, Pool2dSpec, ValueId};
 use ecstrain_kernels::ops;
 use ecstrain_kernels::rng::Rng;
+
+use super::profile::OpProfile;
 
 /// Statistics of an op that contributes its own loss term (a VQ layer): read by the task for logging.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -53,6 +57,8 @@ pub struct Activations {
     pub grad_tmp: Vec<f32>,
     /// Per value: whether the current backward has written its gradient yet.
     pub written: Vec<bool>,
+    /// Per-node timings, recorded only when set (`run.profile`).
+    pub profile: Option<OpProfile>,
 }
 
 /// Length of one attention node's saved probabilities (and of its backward scratch) for `n` samples.
@@ -112,6 +118,7 @@ impl Activations {
             scratch: vec![0.0; scratch],
             grad_tmp: vec![0.0; largest],
             written: vec![false; graph.values.len()],
+            profile: None,
         }
     }
 
@@ -244,10 +251,18 @@ pub fn forward_with(
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
     let cap = acts.capacity;
     let input = &input[..n * graph.values[0].numel()];
-    let Activations { values, saved, indices, ids, aux, scratch, .. } = acts;
+    let Activations { values, saved, indices, ids, aux, scratch, profile, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
+    // The node being timed and when it started: closed at the top of the next iteration (so every `continue`
+    // is covered) and after the loop.
+    let mut timing: Option<(usize, Instant)> = None;
     for (idx, node) in graph.nodes.iter().enumerate() {
+        if let Some(prof) = profile.as_mut() {
+            if let Some((i, t)) = timing.replace((idx, Instant::now())) {
+                prof.add_forward(i, mode, t);
+            }
+        }
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
         let mut out_buf = std::mem::take(&mut values[node.output.0]);
         let y = &mut out_buf[..n * numel(node.output)];
@@ -405,6 +420,12 @@ pub fn forward_with(
         }
         values[node.output.0] = out_buf;
     }
+    if let Some(prof) = profile.as_mut() {
+        if let Some((i, t)) = timing {
+            prof.add_forward(i, mode, t);
+        }
+        prof.end_forward(mode);
+    }
 }
 
 /// Two disjoint mutable parameter-gradient slices (a weight and its bias) from one arena.
@@ -514,12 +535,18 @@ pub fn backward(
     seed: u64,
 ) {
     let aux_weight = acts.aux_weight;
-    let Activations { values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, .. } = acts;
+    let Activations { values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, profile, .. } = acts;
     let input = &input[..n * graph.values[0].numel()];
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
     written.fill(false);
+    let mut timing: Option<(usize, Instant)> = None;
     for (idx, node) in graph.nodes.iter().enumerate().rev() {
+        if let Some(prof) = profile.as_mut() {
+            if let Some((i, t)) = timing.replace((idx, Instant::now())) {
+                prof.add_backward(i, t);
+            }
+        }
         let mut dy_buf = std::mem::take(&mut dvals[node.output.0]);
         let out_len = n * numel(node.output);
         // Identity backwards (reshape; the second input of an add) can hand the buffer itself on: the output
@@ -726,5 +753,11 @@ pub fn backward(
             }),
         }
         dvals[node.output.0] = dy_buf;
+    }
+    if let Some(prof) = profile.as_mut() {
+        if let Some((i, t)) = timing {
+            prof.add_backward(i, t);
+        }
+        prof.end_backward();
     }
 }

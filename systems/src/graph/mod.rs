@@ -6,6 +6,7 @@ pub mod builder;
 pub mod exec;
 pub mod fuse;
 pub mod init;
+pub mod profile;
 pub mod qat;
 pub mod systems;
 #[cfg(test)]
@@ -15,4 +16,5 @@ pub use builder::{GraphBuilder, GraphError};
 pub use exec::{backward, forward, forward_with, Activations, NodeOverride};
 pub use fuse::fuse_linear_activation;
 pub use init::Init;
+pub use profile::OpProfile;
 pub use qat::insert_fake_quant;

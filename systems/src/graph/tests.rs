@@ -7,7 +7,7 @@ use bevy_ecs::world::World;
 use ecstrain_components::{Activation, Buffers, Conv2dSpec, Grads, Mode, Params, Pool2dSpec};
 use ecstrain_kernels::rng::Rng;
 
-use super::{backward, forward, Activations, GraphBuilder};
+use super::{backward, forward, Activations, GraphBuilder, OpProfile};
 
 fn tiny_net(world: &mut World, max_pool: bool) -> ecstrain_components::Graph {
     let mut g = GraphBuilder::new("test", &[2 * 6 * 6]);
@@ -351,4 +351,53 @@ fn fusion_folds_only_sole_readers_and_keeps_every_number() {
     let acts = Activations::plan(&g, 4);
     let empty = acts.values.iter().skip(1).filter(|v| v.is_empty()).count();
     assert_eq!(empty, 2);
+}
+
+#[test]
+fn profiling_records_every_node_and_leaves_results_unchanged() {
+    // The same residual net run with and without a profile: identical outputs and gradients, and with it every
+    // node has forward and backward time (including the pass-through backwards of reshape and add), passes
+    // counted per mode.
+    let mut world = World::new();
+    let mut g = GraphBuilder::new("test", &[4]);
+    let x = g.input();
+    let h = g.linear("fc1", x, 4, true).unwrap();
+    let h = g.activation("act", h, Activation::Relu);
+    let r = g.add("res", h, x).unwrap();
+    let r = g.reshape("view", r, &[4]).unwrap();
+    let out = g.linear("head", r, 2, true).unwrap();
+    let graph = g.finish(&mut world, out, 4);
+    let n = 3;
+    let x: Vec<f32> = (0..n * 4).map(|i| (i as f32 * 0.7).cos()).collect();
+    let params = world.resource::<Params>().0.data.clone();
+    let run = |profile: bool| {
+        let mut acts = Activations::plan(&graph, n);
+        if profile {
+            acts.profile = Some(OpProfile::new(graph.nodes.len()));
+        }
+        let mut grads = vec![0.0f32; params.len()];
+        for _ in 0..2 {
+            forward(&graph, &params, &mut Vec::new(), &mut acts, &x, n, Mode::Train, 0);
+            acts.grads[graph.output.0][..n * 2].fill(1.0);
+            backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+        }
+        forward(&graph, &params, &mut Vec::new(), &mut acts, &x, n, Mode::Eval, 0);
+        (acts.output(&graph, n).to_vec(), grads, acts.profile)
+    };
+    let (y0, g0, none) = run(false);
+    let (y1, g1, prof) = run(true);
+    assert!(none.is_none());
+    assert_eq!((y0, g0), (y1, g1));
+    let prof = prof.unwrap();
+    assert_eq!((prof.train_passes, prof.backward_passes, prof.eval_passes), (2, 2, 1));
+    for (i, node) in graph.nodes.iter().enumerate() {
+        assert!(prof.train_forward_ns[i] > 0 && prof.eval_forward_ns[i] > 0, "{}: no forward time", node.name);
+        assert!(prof.backward_ns[i] > 0, "{}: no backward time", node.name);
+    }
+    let kinds: Vec<String> = prof.by_kind(&graph).into_iter().map(|r| format!("{} {}", r.name, r.nodes)).collect();
+    for k in ["Linear 2", "Relu 1", "Add 1", "Reshape 1"] {
+        assert!(kinds.iter().any(|r| r == k), "{k} not in {kinds:?}");
+    }
+    let report = prof.report(&graph);
+    assert!(report.contains("fc1 Linear(4, 4)") && report.contains("head Linear(4, 2)"), "{report}");
 }

@@ -1,7 +1,7 @@
 //! Logging: systems that turn meters into [`MetricEvent`]s ([`emit`]), and loggers that consume them in the
 //! [`Flush`](crate::sets::Flush) schedule: `metrics.jsonl` ([`jsonl`]), the terminal ([`console`]),
 //! `results.csv` ([`results_csv`]), TensorBoard event files ([`tensorboard`]); the end-of-run `summary.json`
-//! and final terminal summary ([`summary`]) and PNG plots ([`plots`]).
+//! and final terminal summary ([`summary`]), PNG plots ([`plots`]) and the op profile ([`profile_report`]).
 //!
 //! [`MetricEvent`]: ecstrain_components::MetricEvent
 
@@ -9,6 +9,7 @@ pub mod console;
 pub mod emit;
 pub mod jsonl;
 pub mod plots;
+pub mod profile_report;
 pub mod results_csv;
 pub mod summary;
 pub mod tensorboard;
