@@ -126,3 +126,51 @@ fn bad_input_stops_every_rank_with_exit_2() {
     assert_eq!(log.matches("run.lr0 must be a positive number").count(), 2, "every rank reports: {log}");
     assert!(!save.exists(), "a rank wrote the run directory");
 }
+
+/// The same equivalence on CUDA: `mpirun -n 2` with 32 per rank on the device ends where one CUDA process
+/// with 64 ends (within 1e-4: the device sums in another order than the host). With the `nccl` feature the
+/// gradients are averaged over NCCL (one GPU per rank, so it needs two GPUs); without it they are staged
+/// through host memory over MPI (both ranks may share GPU 0). SKIPPED without a GPU.
+#[test]
+fn two_ranks_on_cuda_train_as_one_cuda_process() {
+    let Some(mpirun) = mpirun() else {
+        println!("SKIPPED: mpirun not found on PATH");
+        return;
+    };
+    let info = match ecstrain::kernels::cuda::probe(0) {
+        Ok(info) => info,
+        Err(e) => {
+            println!("SKIPPED: no CUDA device ({e})");
+            return;
+        }
+    };
+    let nccl = cfg!(feature = "nccl");
+    if nccl && info.device_count < 2 {
+        println!("SKIPPED: NCCL needs one GPU per rank and this machine has {}", info.device_count);
+        return;
+    }
+    // Each rank takes the GPU of its local rank with a plain `cuda`; with one GPU both ranks share cuda:0.
+    let device = if info.device_count >= 2 { "cuda" } else { "cuda:0" };
+    let dir = scratch("mpi_dp_cuda");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let cuda = |y: String| y + &format!("  device: {device}\n");
+    let c1 = write_config(&dir, "one.yaml", &cuda(yaml(&one, 64)).replace("device: cuda\n", "device: cuda:0\n"));
+    let c2 = write_config(&dir, "two.yaml", &cuda(yaml(&two, 32)));
+    let out = engine(&["--config", c1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = mpirun_engine(&mpirun, &["--config", c2.to_str().unwrap()]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let how = if nccl { "gradients averaged on the device with NCCL" } else { "gradients staged through host memory" };
+    assert!(log.contains(how), "{log}");
+    let load = |p: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(p).unwrap();
+    let (a, b) = (load(&one.join("checkpoints/last.safetensors")), load(&two.join("checkpoints/last.safetensors")));
+    let mut max_err = 0.0f32;
+    for (name, t) in &a.tensors {
+        for (p, q) in t.data.as_f32().unwrap().iter().zip(b.tensors[name].data.as_f32().unwrap()) {
+            max_err = max_err.max((p - q).abs());
+        }
+    }
+    println!("cuda: max |param difference| after 3 epochs, 1 x 64 vs 2 x 32 ranks: {max_err:e}");
+    assert!(max_err <= 1e-4, "parameters differ by {max_err}");
+}

@@ -198,6 +198,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         ));
     }
     let device = Device::parse(&r.device).map_err(|e| err(format!("run.device: {e}")))?;
+    let device = match app.world.get_resource::<crate::device_comm::Launch>() {
+        Some(l) => crate::device_comm::rank_device(&r.device, device, l.0),
+        None => device,
+    };
     device.ensure_available().map_err(|e| err(format!("run.device: {e}")))?;
     let amp = parse_amp(&r.amp).map_err(err)?;
     if device != Device::Cpu {

@@ -113,9 +113,14 @@ fn train(args: &RunArgs) -> Result<(), EngineError> {
     let assembled = load_args(args).and_then(|(loaded, headless)| {
         let mut app = default_app();
         app.insert_resource(Comm(comm.clone()));
+        app.insert_resource(crate::device_comm::Launch(env));
         assemble(app, loaded, headless)
     });
     let mut asm = agree(comm.as_ref(), assembled)?;
+    // Collective on every rank of a data-parallel CUDA run; a failure anywhere stops all of them with exit 2.
+    if let Some(note) = crate::device_comm::connect(&comm, &mut asm.app.world).map_err(crate::error::usage)? {
+        asm.notices.push(note);
+    }
     if world > 1 {
         asm.notices.push(format!(
             "data parallel: rank {rank} of {world} (launcher {}, local rank {}) over {}; run.batch is per rank",

@@ -85,7 +85,7 @@ pub fn connect(env: LaunchEnv) -> Result<Arc<dyn Collective>, String> {
 fn connect_many(env: LaunchEnv) -> Result<Arc<dyn Collective>, String> {
     if env.launcher == "torchrun" {
         return Err(format!(
-            "launched torchrun-style (RANK / WORLD_SIZE, world {}): that rendezvous needs the nccl backend, which is not built yet; on the CPU launch with mpirun or srun instead",
+            "launched torchrun-style (RANK / WORLD_SIZE, world {}): its MASTER_ADDR / MASTER_PORT rendezvous is not supported yet; launch with mpirun or srun (a CUDA run built with --features nccl then averages gradients over NCCL)",
             env.world
         ));
     }

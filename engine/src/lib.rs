@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod cuda_run;
 pub mod data_cmd;
+pub mod device_comm;
 pub mod error;
 pub mod eval;
 pub mod export_cmd;

@@ -1,13 +1,16 @@
 //! Training on a CUDA device: the device twins of forward, backward, gradient zeroing and the optimizer,
 //! plus the copies between host and device arenas, all gated by `on_cuda` (assembly inserts
-//! `ComputeDevice` and `GpuState` for a `run.device: cuda` run). See `ecstrain_systems::device`.
+//! `ComputeDevice` and `GpuState` for a `run.device: cuda` run), and in a data-parallel run the device
+//! gradient average and buffer broadcast. See `ecstrain_systems::device`.
 
 use bevy_ecs::prelude::*;
 use ecstrain_systems::device::on_cuda;
+use ecstrain_systems::device::reduce::{gpu_all_reduce_gradients, gpu_broadcast_buffers};
 use ecstrain_systems::device::systems::*;
 use ecstrain_systems::logging::emit::emit_epoch_record;
 use ecstrain_systems::optim::at_accumulation_boundary;
 use ecstrain_systems::optim::loss_scale::optimizer_step_due;
+use ecstrain_systems::parallel::is_data_parallel;
 use ecstrain_systems::sets::*;
 
 use crate::app::{App, Plugin};
@@ -24,6 +27,11 @@ impl Plugin for CudaPlugin {
                 gpu_upload_batch.in_set(StepSet::Preprocess),
                 gpu_forward.in_set(StepSet::Forward),
                 gpu_backward.in_set(StepSet::Backward),
+                // First in Reduce, so device clipping sees the averaged gradient (as on the CPU).
+                gpu_all_reduce_gradients
+                    .run_if(is_data_parallel.and_then(at_accumulation_boundary))
+                    .in_set(StepSet::Reduce)
+                    .before(gpu_clip_gradients),
                 ecstrain_systems::device::optim::gpu_optimizer_update
                     .run_if(optimizer_step_due)
                     .in_set(StepSet::Optimize),
@@ -40,6 +48,7 @@ impl Plugin for CudaPlugin {
             )
                 .run_if(on_cuda),
         );
+        app.add_systems(ValidationStart, gpu_broadcast_buffers.run_if(on_cuda.and_then(is_data_parallel)));
         // The host reads the arenas in these schedules (checkpoints, the summary): copy them down first.
         app.add_systems(ValidationEnd, gpu_sync_down.run_if(on_cuda).before(ValidationEndSet::Summarize));
         app.add_systems(EpochEnd, gpu_sync_down.run_if(on_cuda).before(emit_epoch_record));

@@ -1,9 +1,11 @@
-//! Data parallelism across processes (active when the assembly inserted a [`Comm`] of more than one rank):
+//! Data parallelism across processes on the CPU (active when the assembly inserted a [`Comm`] of more than one
+//! rank; the CUDA twins are in the CUDA plugin):
 //! the gradient all-reduce first in Reduce, before loss-scale unscaling and clipping, on accumulation
 //! boundaries; rank 0's buffers broadcast before each validation pass. The sampler's sharding is set by the
 //! assembly, the metric reduction is done by the loggers, the agreement on stopping by the runner.
 
 use bevy_ecs::prelude::*;
+use ecstrain_systems::device::on_cpu;
 use ecstrain_systems::optim::at_accumulation_boundary;
 use ecstrain_systems::optim::clip::clip_gradients;
 use ecstrain_systems::optim::ema::swap_ema;
@@ -23,10 +25,11 @@ impl Plugin for DataParallelPlugin {
             TrainStep,
             all_reduce_gradients
                 .run_if(is_data_parallel.and_then(at_accumulation_boundary))
+                .run_if(on_cpu)
                 .in_set(StepSet::Reduce)
                 .before(unscale_gradients)
                 .before(clip_gradients),
         );
-        app.add_systems(ValidationStart, broadcast_buffers.run_if(is_data_parallel).before(swap_ema));
+        app.add_systems(ValidationStart, broadcast_buffers.run_if(is_data_parallel.and_then(on_cpu)).before(swap_ema));
     }
 }

@@ -12,6 +12,8 @@ pub mod bench;
 pub mod compile;
 pub mod gpu;
 pub mod launch;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod probe;
 pub mod segments;
 pub mod source;

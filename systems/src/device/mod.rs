@@ -4,7 +4,8 @@
 //! and metrics (the graph output is copied down and its gradient back up: a `[batch, outputs]` transfer per
 //! step), logging and checkpoints (the arenas are copied down before anything reads them on the host).
 //! What runs on the device: the graph forward and backward ([`exec`]), gradient zeroing and the fused
-//! optimizer update (one launch over the arenas).
+//! optimizer update (one launch over the arenas), and in a data-parallel run the gradient average
+//! ([`reduce`]: NCCL on the device, or staged through the host communicator).
 //!
 //! Every system here runs only when [`on_cuda`] holds; their CPU twins are gated by [`on_cpu`], so one
 //! schedule serves both devices.
@@ -12,6 +13,7 @@
 pub mod acts;
 pub mod exec;
 pub mod optim;
+pub mod reduce;
 pub mod state;
 pub mod support;
 pub mod systems;

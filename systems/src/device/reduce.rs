@@ -1,0 +1,103 @@
+//! The Reduce stage of a data-parallel CUDA run: the device gradient arena averaged over the ranks before
+//! device clipping and the optimizer, as [`all_reduce_gradients`](crate::parallel::all_reduce_gradients)
+//! does for the host arena.
+//!
+//! Two ways, chosen by what the launch provided:
+//! - a [`DeviceComm`] (NCCL, the engine's `nccl` feature): one in-place average on the device, on the compute
+//!   stream, with no host round trip;
+//! - otherwise the host communicator (MPI): the arena is staged through the host [`Grads`] buffer (unused on a
+//!   CUDA run), reduced there exactly as a CPU run reduces it, and copied back up.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bevy_ecs::prelude::*;
+use ecstrain_components::{Grads, RunFailure};
+use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
+use ecstrain_kernels::cuda::GpuError;
+
+use super::state::GpuState;
+use super::systems::fail;
+use crate::parallel::reduce::BUCKET;
+use crate::parallel::{Comm, ReduceTiming};
+
+/// A communication engine that reduces device buffers in place (NCCL).
+pub trait DeviceCollective: Send + Sync {
+    /// `buf` averaged over every rank, in place, ordered on the device's compute stream.
+    fn average_f32(&self, buf: &mut CudaSlice<f32>) -> Result<(), GpuError>;
+    /// The engine, for messages ("NCCL").
+    fn backend(&self) -> String;
+}
+
+/// The run's device communicator, when the launch set one up.
+#[derive(Resource, Clone)]
+pub struct DeviceComm(pub Arc<dyn DeviceCollective>);
+
+/// Reduce (CUDA, data parallel, on accumulation boundaries): the device gradient arena averaged over ranks.
+pub fn gpu_all_reduce_gradients(
+    comm: Res<Comm>,
+    device_comm: Option<Res<DeviceComm>>,
+    mut gpu: ResMut<GpuState>,
+    mut host: ResMut<Grads>,
+    mut timing: ResMut<ReduceTiming>,
+    mut failure: ResMut<RunFailure>,
+) {
+    let t0 = Instant::now();
+    let g = &mut *gpu;
+    let result = match &device_comm {
+        Some(dc) => dc.0.average_f32(&mut g.grads).and_then(|()| g.gpu.synchronize()),
+        None => staged_average(&comm, g, &mut host.0.data),
+    };
+    if let Err(e) = result {
+        fail(&mut failure, "gradient all-reduce", e);
+        return;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    timing.interval_seconds += dt;
+    timing.interval_steps += 1;
+    timing.total_seconds += dt;
+    timing.total_steps += 1;
+}
+
+/// Down, the host all-reduce (the CPU run's arithmetic: a sum per bucket, then `* (1 / world)`), and up.
+fn staged_average(comm: &Comm, g: &mut GpuState, host: &mut [f32]) -> Result<(), GpuError> {
+    let s = g.gpu.stream().clone();
+    let n = host.len();
+    s.memcpy_dtoh(&g.grads.slice(..n), host)?;
+    s.synchronize()?;
+    for bucket in host.chunks_mut(BUCKET) {
+        comm.0.all_reduce_sum_f32(bucket);
+    }
+    let inv = 1.0 / comm.0.world() as f32;
+    host.iter_mut().for_each(|v| *v *= inv);
+    s.memcpy_htod(&*host, &mut g.grads.slice_mut(..n))?;
+    Ok(())
+}
+
+/// ValidationStart (CUDA, data parallel): every rank takes rank 0's device buffers (batch-norm running
+/// statistics), staged through the host [`Buffers`](ecstrain_components::Buffers) arena, as
+/// [`broadcast_buffers`](crate::parallel::broadcast_buffers) does on the CPU.
+pub fn gpu_broadcast_buffers(
+    comm: Res<Comm>,
+    mut gpu: ResMut<GpuState>,
+    mut buffers: ResMut<ecstrain_components::Buffers>,
+    mut failure: ResMut<RunFailure>,
+) {
+    let n = buffers.arena.len();
+    if n == 0 {
+        return;
+    }
+    let g = &mut *gpu;
+    let s = g.gpu.stream().clone();
+    let host = &mut buffers.arena.data[..];
+    let mut run = || -> Result<(), GpuError> {
+        s.memcpy_dtoh(&g.buffers.slice(..n), &mut *host)?;
+        s.synchronize()?;
+        comm.0.broadcast_f32(host);
+        s.memcpy_htod(&*host, &mut g.buffers.slice_mut(..n))?;
+        Ok(())
+    };
+    if let Err(e) = run() {
+        fail(&mut failure, "buffer broadcast", e);
+    }
+}
