@@ -28,9 +28,14 @@ pub fn run(args: &BenchArgs) -> Result<(), EngineError> {
         Device::Cpu => {
             let n = args.elements.unwrap_or(16 << 20);
             println!("device cpu, {} threads, {n} elements per memory-bound kernel", rayon::current_num_threads());
-            let (copy, gemm) = ecstrain_kernels::bench::cpu_ceilings(n);
+            // The ceilings are measured before and after the kernels and the better of each is kept: on a
+            // shared machine a slow spell during one measurement would otherwise put kernels above 100%.
+            let (copy0, gemm0) = ecstrain_kernels::bench::cpu_ceilings(n);
+            let rows = ecstrain_kernels::bench::cpu_kernels(n);
+            let (copy1, gemm1) = ecstrain_kernels::bench::cpu_ceilings(n);
+            let (copy, gemm) = (copy0.best_of(copy1), gemm0.best_of(gemm1));
             println!("ceilings: {:.1} GB/s copy, {:.1} GFLOP/s {}", copy.gb_per_s(), gemm.gflop_per_s(), gemm.name);
-            for row in ecstrain_kernels::bench::cpu_kernels(n) {
+            for row in rows {
                 println!("{}", row.line(copy.gb_per_s(), gemm.gflop_per_s()));
             }
             Ok(())
