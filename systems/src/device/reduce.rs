@@ -18,7 +18,7 @@ use ecstrain_kernels::cuda::GpuError;
 
 use super::state::GpuState;
 use super::systems::fail;
-use crate::parallel::reduce::BUCKET;
+use crate::parallel::reduce::average_over_ranks;
 use crate::parallel::{Comm, ReduceTiming};
 
 /// A communication engine that reduces device buffers in place (NCCL).
@@ -52,11 +52,7 @@ pub fn gpu_all_reduce_gradients(
         fail(&mut failure, "gradient all-reduce", e);
         return;
     }
-    let dt = t0.elapsed().as_secs_f64();
-    timing.interval_seconds += dt;
-    timing.interval_steps += 1;
-    timing.total_seconds += dt;
-    timing.total_steps += 1;
+    timing.record(t0.elapsed().as_secs_f64());
 }
 
 /// Down, the host all-reduce (the CPU run's arithmetic: a sum per bucket, then `* (1 / world)`), and up.
@@ -65,11 +61,7 @@ fn staged_average(comm: &Comm, g: &mut GpuState, host: &mut [f32]) -> Result<(),
     let n = host.len();
     s.memcpy_dtoh(&g.grads.slice(..n), host)?;
     s.synchronize()?;
-    for bucket in host.chunks_mut(BUCKET) {
-        comm.0.all_reduce_sum_f32(bucket);
-    }
-    let inv = 1.0 / comm.0.world() as f32;
-    host.iter_mut().for_each(|v| *v *= inv);
+    average_over_ranks(comm.0.as_ref(), host);
     s.memcpy_htod(&*host, &mut g.grads.slice_mut(..n))?;
     Ok(())
 }

@@ -31,6 +31,16 @@ pub struct ReduceTiming {
     pub total_steps: u64,
 }
 
+impl ReduceTiming {
+    /// Counts one optimizer step's reduction that took `seconds`.
+    pub fn record(&mut self, seconds: f64) {
+        self.interval_seconds += seconds;
+        self.interval_steps += 1;
+        self.total_seconds += seconds;
+        self.total_steps += 1;
+    }
+}
+
 /// Run condition: the run has more than one process.
 pub fn is_data_parallel(comm: Option<Res<Comm>>) -> bool {
     comm.is_some_and(|c| c.0.world() > 1)
@@ -40,17 +50,18 @@ pub fn is_data_parallel(comm: Option<Res<Comm>>) -> bool {
 /// divided by the world size, i.e. the gradient of the mean loss over the global batch.
 pub fn all_reduce_gradients(comm: Res<Comm>, mut grads: ResMut<Grads>, mut timing: ResMut<ReduceTiming>) {
     let t0 = Instant::now();
-    let data = &mut grads.0.data;
+    average_over_ranks(comm.0.as_ref(), &mut grads.0.data);
+    timing.record(t0.elapsed().as_secs_f64());
+}
+
+/// `data` summed over ranks in place (one call per [`BUCKET`]) and divided by the world size: the gradient
+/// of the mean loss over the global batch. Shared by the CPU system and the CUDA one's host staging.
+pub fn average_over_ranks(comm: &dyn Collective, data: &mut [f32]) {
     for bucket in data.chunks_mut(BUCKET) {
-        comm.0.all_reduce_sum_f32(bucket);
+        comm.all_reduce_sum_f32(bucket);
     }
-    let inv = 1.0 / comm.0.world() as f32;
+    let inv = 1.0 / comm.world() as f32;
     data.iter_mut().for_each(|g| *g *= inv);
-    let dt = t0.elapsed().as_secs_f64();
-    timing.interval_seconds += dt;
-    timing.interval_steps += 1;
-    timing.total_seconds += dt;
-    timing.total_steps += 1;
 }
 
 /// ValidationStart (before the EMA swap, data-parallel runs): every rank takes rank 0's buffers (batch-norm
