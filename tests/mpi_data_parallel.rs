@@ -1,6 +1,8 @@
 //! Data parallelism over MPI (feature `mpi`): `mpirun -n 2` on the digits MLP with batch 32 per rank ends
 //! with the parameters of one process with batch 64 over the same data order (within 1e-5), and only rank 0
-//! writes. Bad input stops every rank with exit 2. Prints a SKIPPED line when mpirun is missing.
+//! writes. Bad input stops every rank with exit 2. The same holds for a torchrun-style launch (RANK /
+//! WORLD_SIZE / MASTER_ADDR / MASTER_PORT, no mpirun). Prints a SKIPPED line when mpirun or ompi-server is
+//! missing.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -57,6 +59,37 @@ fn yaml(save: &Path, batch: usize) -> String {
         + "  seed: 3\n  log_interval: 5\n"
 }
 
+/// The two runs' last checkpoints hold the same parameters (within 1e-5) after the same optimizer steps, and
+/// their logged epoch losses agree: the data-parallel run trained as the single process did.
+fn assert_trained_alike(one: &Path, two: &Path, what: &str) {
+    let load = |p: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(p).unwrap();
+    let (a, b) = (load(&one.join("checkpoints/last.safetensors")), load(&two.join("checkpoints/last.safetensors")));
+    assert_eq!(a.metadata["optimizer_step"], b.metadata["optimizer_step"]);
+    let mut max_err = 0.0f32;
+    for (name, t) in &a.tensors {
+        let (x, y) = (t.data.as_f32().unwrap(), b.tensors[name].data.as_f32().unwrap());
+        for (p, q) in x.iter().zip(y) {
+            max_err = max_err.max((p - q).abs());
+        }
+    }
+    println!("max |param difference| after 3 epochs, {what}: {max_err:e}");
+    assert!(max_err <= 1e-5, "parameters differ by {max_err}");
+
+    // The logged loss is the global one: the epoch records agree too.
+    let losses = |d: &Path| -> Vec<f64> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["split"] == "epoch")
+            .map(|r| r["train_loss"].as_f64().unwrap())
+            .collect()
+    };
+    for (p, q) in losses(one).iter().zip(losses(two)) {
+        assert!((p - q).abs() < 1e-5, "train_loss {p} vs {q}");
+    }
+}
+
 #[test]
 fn two_ranks_of_32_train_as_one_process_of_64() {
     let Some(mpirun) = mpirun() else {
@@ -83,32 +116,7 @@ fn two_ranks_of_32_train_as_one_process_of_64() {
     assert_eq!(entries, ["one", "one.yaml", "two", "two.yaml"], "a rank wrote elsewhere");
     assert_eq!(files(&one), files(&two), "the data-parallel run wrote other files");
 
-    let load = |p: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(p).unwrap();
-    let (a, b) = (load(&one.join("checkpoints/last.safetensors")), load(&two.join("checkpoints/last.safetensors")));
-    assert_eq!(a.metadata["optimizer_step"], b.metadata["optimizer_step"]);
-    let mut max_err = 0.0f32;
-    for (name, t) in &a.tensors {
-        let (x, y) = (t.data.as_f32().unwrap(), b.tensors[name].data.as_f32().unwrap());
-        for (p, q) in x.iter().zip(y) {
-            max_err = max_err.max((p - q).abs());
-        }
-    }
-    println!("max |param difference| after 3 epochs, 1 x 64 vs 2 x 32 ranks: {max_err:e}");
-    assert!(max_err <= 1e-5, "parameters differ by {max_err}");
-
-    // The logged loss is the global one: the epoch records agree too.
-    let losses = |d: &Path| -> Vec<f64> {
-        std::fs::read_to_string(d.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|r| r["split"] == "epoch")
-            .map(|r| r["train_loss"].as_f64().unwrap())
-            .collect()
-    };
-    for (p, q) in losses(&one).iter().zip(losses(&two)) {
-        assert!((p - q).abs() < 1e-5, "train_loss {p} vs {q}");
-    }
+    assert_trained_alike(&one, &two, "1 x 64 vs 2 x 32 ranks");
 }
 
 #[test]
@@ -125,6 +133,115 @@ fn bad_input_stops_every_rank_with_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{log}");
     assert_eq!(log.matches("run.lr0 must be a positive number").count(), 2, "every rank reports: {log}");
     assert!(!save.exists(), "a rank wrote the run directory");
+}
+
+/// A free TCP port on this machine (the OS picks; it is released again for the rendezvous to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `world` engine processes started torchrun-style (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+/// MASTER_PORT, no mpirun), all waited for; their outputs in rank order.
+fn torchrun_style(world: usize, port: u16, args: &[&str], extra: &[(&str, &str)]) -> Vec<Output> {
+    let children: Vec<_> = (0..world)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_engine"))
+                .args(args)
+                .current_dir(repo())
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .envs(extra.iter().copied())
+                .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the engine starts")
+        })
+        .collect();
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+}
+
+/// ompi-server on PATH: Open MPI needs it to join processes that mpirun did not start.
+fn ompi_server() -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ompi-server").is_file()))
+}
+
+/// A torchrun-style launch (no mpirun: the ranks meet at MASTER_ADDR:MASTER_PORT and form an MPI world
+/// through ompi-server) trains as the single process does, and only rank 0 writes.
+#[test]
+fn torchrun_style_ranks_train_as_one_process() {
+    if !ompi_server() {
+        println!("SKIPPED: ompi-server not found on PATH (apt-get install openmpi-bin)");
+        return;
+    }
+    let dir = scratch("torchrun_dp");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let c1 = write_config(&dir, "one.yaml", &yaml(&one, 64));
+    let c2 = write_config(&dir, "two.yaml", &yaml(&two, 32));
+    let out = engine(&["--config", c1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let outs = torchrun_style(2, free_port(), &["--config", c2.to_str().unwrap()], &[]);
+    let logs: Vec<String> = outs.iter().map(text).collect();
+    for (rank, out) in outs.iter().enumerate() {
+        assert_eq!(out.status.code(), Some(0), "rank {rank}: {}", logs[rank]);
+    }
+    assert!(logs[0].contains("data parallel: rank 0 of 2 (launcher torchrun, local rank 0) over MPI"), "{}", logs[0]);
+    assert!(!logs[1].contains("run directory:"), "rank 1 printed the run: {}", logs[1]);
+    let mut entries: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    entries.sort();
+    assert_eq!(entries, ["one", "one.yaml", "two", "two.yaml"], "a rank wrote elsewhere");
+    assert_eq!(files(&one), files(&two), "the data-parallel run wrote other files");
+    assert_trained_alike(&one, &two, "1 x 64 vs 2 x 32 torchrun-style ranks");
+}
+
+/// A torchrun-style rank 0 whose peers never come stops with exit 2 after the rendezvous timeout, naming the
+/// missing ranks, and leaves no run directory and no ompi-server behind.
+#[test]
+fn a_torchrun_style_rank_alone_times_out_with_exit_2() {
+    if !ompi_server() {
+        println!("SKIPPED: ompi-server not found on PATH (apt-get install openmpi-bin)");
+        return;
+    }
+    let dir = scratch("torchrun_alone");
+    let save = dir.join("run");
+    let cfg = write_config(&dir, "c.yaml", &yaml(&save, 32));
+    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .current_dir(repo())
+        .envs([("RANK", "0"), ("WORLD_SIZE", "3"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")])
+        .env("MASTER_PORT", free_port().to_string())
+        .env("ECSTRAIN_RENDEZVOUS_TIMEOUT", "1.5")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("ranks 1, 2 did not arrive within"), "{log}");
+    assert!(!save.exists(), "a run directory was written");
+    // The name server rank 0 started went with it: its state directory (named by rank 0's pid) is removed
+    // when the server is stopped.
+    let state = std::env::temp_dir().join(format!("ecstrain-ompi-server-{pid}"));
+    assert!(!state.exists(), "ompi-server was left running: {} exists", state.display());
+
+    // A peer that finds nobody at MASTER_ADDR:MASTER_PORT stops the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .current_dir(repo())
+        .envs([("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1")])
+        .env("MASTER_PORT", free_port().to_string())
+        .env("ECSTRAIN_RENDEZVOUS_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("nothing answered at 127.0.0.1:"), "{log}");
 }
 
 /// The same equivalence on CUDA: `mpirun -n 2` with 32 per rank on the device ends where one CUDA process

@@ -9,8 +9,9 @@
 //!   but is one process.
 //!
 //! A world of one is a plain single-process run. A larger world needs a communication engine: MPI with the
-//! `mpi` feature (the launcher's world must then match MPI's); a build without it refuses to start rather
-//! than train the same model `world` times over.
+//! `mpi` feature. Under mpirun and srun the launcher's world must match MPI's; a torchrun-style launch forms
+//! its MPI world at `MASTER_ADDR:MASTER_PORT` ([`crate::rendezvous`]). A build without the feature refuses to
+//! start rather than train the same model `world` times over.
 
 use std::sync::Arc;
 
@@ -84,10 +85,8 @@ pub fn connect(env: LaunchEnv) -> Result<Arc<dyn Collective>, String> {
 #[cfg(feature = "mpi")]
 fn connect_many(env: LaunchEnv) -> Result<Arc<dyn Collective>, String> {
     if env.launcher == "torchrun" {
-        return Err(format!(
-            "launched torchrun-style (RANK / WORLD_SIZE, world {}): its MASTER_ADDR / MASTER_PORT rendezvous is not supported yet; launch with mpirun or srun (a CUDA run built with --features nccl then averages gradients over NCCL)",
-            env.world
-        ));
+        let addr = crate::rendezvous::StoreAddr::from_env(|k| std::env::var(k).ok())?;
+        return Ok(Arc::new(crate::mpi_comm::MpiCollective::rendezvous(env, &addr)?));
     }
     let comm = crate::mpi_comm::MpiCollective::init()?;
     if comm.world() != env.world || comm.rank() != env.rank {

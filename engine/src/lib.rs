@@ -20,6 +20,7 @@ pub mod pipelines;
 pub mod plugins;
 pub mod quantize_cmd;
 pub mod registry;
+pub mod rendezvous;
 pub mod resume;
 pub mod run_dir;
 pub mod runner;

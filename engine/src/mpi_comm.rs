@@ -20,42 +20,68 @@ struct Inner {
 }
 
 /// MPI's world communicator. Field order matters: the communicator goes before the universe, whose drop
-/// calls `MPI_Finalize`.
+/// calls `MPI_Finalize`, and the name server of a torchrun-style launch goes last.
 pub struct MpiCollective {
     inner: Mutex<Inner>,
     rank: usize,
     size: usize,
     version: String,
     _universe: Universe,
+    _server: Option<crate::rendezvous::OmpiServer>,
 }
 
-// SAFETY: MPI was initialised with MPI_THREAD_SERIALIZED (checked in `init`), which allows calls from any
-// thread as long as no two are concurrent; every call goes through the mutex.
+// SAFETY: MPI was initialised with MPI_THREAD_SERIALIZED (checked in `initialize`), which allows calls from
+// any thread as long as no two are concurrent; every call goes through the mutex.
 unsafe impl Send for MpiCollective {}
 // SAFETY: as above: shared access only reaches MPI through the mutex.
 unsafe impl Sync for MpiCollective {}
 
+/// Initialises MPI (once per process) with the thread support the engine needs.
+pub(crate) fn initialize() -> Result<Universe, String> {
+    let (universe, threading) =
+        mpi::initialize_with_threading(Threading::Serialized).ok_or("MPI was already initialised in this process")?;
+    if threading < Threading::Serialized {
+        return Err(format!(
+            "the MPI library offers thread support {threading:?}; the engine needs Serialized (MPI calls come from a worker thread)"
+        ));
+    }
+    Ok(universe)
+}
+
 impl MpiCollective {
-    /// Initialises MPI (once per process).
+    /// Initialises MPI (once per process) and takes the world mpirun or srun made.
     pub fn init() -> Result<MpiCollective, String> {
-        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or("MPI was already initialised in this process")?;
-        if threading < Threading::Serialized {
-            return Err(format!(
-                "the MPI library offers thread support {threading:?}; the engine needs Serialized (MPI calls come from a worker thread)"
-            ));
-        }
+        let universe = initialize()?;
         let world = universe.world();
+        Ok(MpiCollective::over(universe, world, None))
+    }
+
+    /// The world of a torchrun-style launch, formed at `MASTER_ADDR:MASTER_PORT` (see [`crate::rendezvous`]).
+    pub fn rendezvous(
+        env: crate::launch::LaunchEnv,
+        addr: &crate::rendezvous::StoreAddr,
+    ) -> Result<MpiCollective, String> {
+        let (universe, world, server) = crate::rendezvous::join_world(env, addr)?;
+        Ok(MpiCollective::over(universe, world, server))
+    }
+
+    fn over(
+        universe: Universe,
+        world: SimpleCommunicator,
+        server: Option<crate::rendezvous::OmpiServer>,
+    ) -> MpiCollective {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         let version = mpi::environment::library_version().unwrap_or_default();
-        let version = version.lines().next().unwrap_or("").trim().trim_end_matches(',').to_string();
-        Ok(MpiCollective {
+        // "Open MPI v4.1.4, package: ..., ident: ..." (with a NUL inside): the name and version are enough.
+        let version = version.split([',', '\n', '\0']).next().unwrap_or("").trim().to_string();
+        MpiCollective {
             inner: Mutex::new(Inner { world, scratch: Vec::new(), scratch64: Vec::new() }),
             rank,
             size,
             version,
             _universe: universe,
-        })
+            _server: server,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
