@@ -137,3 +137,89 @@ fn vit_and_vqvae_on_cuda_without_a_driver_name_the_driver() {
         assert!(!dir.join("run").exists(), "{config}: a run directory was written before the error");
     }
 }
+
+/// The parameters of a checkpoint under `prefix` (`""`: the model's names, which hold the EMA averages in an
+/// EMA run; `"train."`: the training weights beside them), flattened in the checkpoint's parameter order.
+fn checkpoint_params(path: &Path, prefix: &str) -> Vec<f32> {
+    let ck = ecstrain::systems::checkpoint::safetensors_io::load_safetensors(path).unwrap();
+    let names: Vec<String> = serde_json::from_str(&ck.metadata["param_order"]).unwrap();
+    names.iter().flat_map(|n| ck.tensors[&format!("{prefix}{n}")].data.as_f32().unwrap().to_vec()).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `run.ema` on CUDA: the device keeps the averages (one update launch per arena after every optimizer
+/// step), validation and the best checkpoint see them, and the checkpoints hold both copies. Against the
+/// CPU run of the same config: the same number of EMA updates, averages and training weights within float
+/// rounding (cuBLAS sums in another order), the averages lagging the weights, val losses within 0.02 + 5%.
+#[test]
+fn ema_on_cuda_matches_cpu() {
+    let name = "ema_on_cuda_matches_cpu";
+    if let Err(why) = ecstrain::kernels::cuda::probe(0) {
+        eprintln!("SKIPPED {name}: no CUDA device ({why})");
+        return;
+    }
+    let dir = scratch(name);
+    let mut runs = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let save = dir.join(device);
+        let yaml = digits_yaml(&save).replace("epochs: 2", "epochs: 3")
+            + &format!("  ema: true\n  ema_decay: 0.9\n  ema_tau: 5\n  seed: 4\n  device: {device}\n");
+        let cfg = write_config(&dir, &format!("{device}.yaml"), &yaml);
+        let out = engine(&["--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{device}:\n{}", text(&out));
+        runs.push(save);
+    }
+    let (cpu, gpu) = (&runs[0], &runs[1]);
+    let last = |d: &Path| d.join("checkpoints/last.safetensors");
+    let meta = |d: &Path| ecstrain::systems::checkpoint::safetensors_io::load_safetensors(&last(d)).unwrap().metadata;
+    assert_eq!(meta(cpu)["ema_updates"], meta(gpu)["ema_updates"], "EMA update counts differ");
+    let (avg_c, avg_g) = (checkpoint_params(&last(cpu), ""), checkpoint_params(&last(gpu), ""));
+    let (w_c, w_g) = (checkpoint_params(&last(cpu), "train."), checkpoint_params(&last(gpu), "train."));
+    let (d_avg, d_w) = (max_abs_diff(&avg_c, &avg_g), max_abs_diff(&w_c, &w_g));
+    eprintln!("{name}: max |cpu - cuda| averages {d_avg:e}, training weights {d_w:e}");
+    assert!(d_avg <= 1e-3 && d_w <= 1e-3, "averages differ by {d_avg}, weights by {d_w}");
+    assert!(max_abs_diff(&avg_g, &w_g) > 1e-3, "on cuda the averages should lag the weights");
+    for (c, g) in val_records(cpu, "accuracy").iter().zip(val_records(gpu, "accuracy")) {
+        assert!((c.0 - g.0).abs() <= 0.02 + 0.05 * c.0, "val loss of the averaged model: cpu {} vs cuda {}", c.0, g.0);
+    }
+}
+
+/// A stop mid-epoch on CUDA (`run.time_limit`, the signal path's checkpoint) saves the device's weights of
+/// that step, not the host's stale copy: the resumed run ends where an uninterrupted CUDA run ends.
+#[test]
+fn a_stop_mid_epoch_on_cuda_resumes_where_it_stopped() {
+    let name = "a_stop_mid_epoch_on_cuda_resumes_where_it_stopped";
+    if let Err(why) = ecstrain::kernels::cuda::probe(0) {
+        eprintln!("SKIPPED {name}: no CUDA device ({why})");
+        return;
+    }
+    let dir = scratch(name);
+    let yaml = |save: &Path| {
+        digits_yaml(save)
+            .replace("hidden_sizes: [32]", "hidden_sizes: [1024, 1024]")
+            .replace("epochs: 2", "epochs: 1000")
+            + "  seed: 7\n  device: cuda\n  scheduler: constant\n  resume: auto\n"
+    };
+    let (full, cut) = (dir.join("full"), dir.join("cut"));
+    let cfg_full = write_config(&dir, "full.yaml", &yaml(&full));
+    let cfg_cut = write_config(&dir, "cut.yaml", &yaml(&cut));
+    let out = engine(&["--config", cfg_full.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // 0.0003 h = 1.08 s of training, a fraction of the 1000 epochs.
+    let out = engine(&["--config", cfg_cut.to_str().unwrap(), "--set", "run.time_limit=0.0003"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["stop_reason"], "time_limit", "the run ended before the limit: {summary}");
+    let out = engine(&["--config", cfg_cut.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("resuming from"), "{}", text(&out));
+    let last = |d: &Path| checkpoint_params(&d.join("checkpoints/last.safetensors"), "");
+    let diff = max_abs_diff(&last(&full), &last(&cut));
+    eprintln!("{name}: stopped after {} steps; max |uninterrupted - resumed| {diff:e}", summary["steps"]);
+    assert!(diff <= 1e-4, "the resumed run ends {diff} away from the uninterrupted one");
+}

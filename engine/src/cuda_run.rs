@@ -23,7 +23,7 @@ pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
             support::OPTIMIZERS.join(", ")
         ));
     }
-    let unsupported = [(r.ema, "run.ema"), (amp_on, "run.amp"), (r.qat, "run.qat"), (r.profile, "run.profile")];
+    let unsupported = [(amp_on, "run.amp"), (r.qat, "run.qat"), (r.profile, "run.profile")];
     for (on, key) in unsupported {
         if on {
             return Err(format!("{key}: not yet available with run.device: cuda; turn it off or use run.device: cpu"));
@@ -53,6 +53,12 @@ pub fn install(world: &mut World, device: Device, capacity: usize) -> Result<(),
         let ranges: Vec<_> =
             world.query_filtered::<&ParamSlice, Without<Frozen>>().iter(world).map(|s| s.range()).collect();
         state.enable_clipping(&ranges).map_err(|e| format!("run.device: cuda:{ordinal}: {e}"))?;
+    }
+    if world.contains_resource::<ecstrain_components::EmaWeights>() {
+        let params = world.query::<&ParamSlice>().iter(world).count();
+        state
+            .enable_ema(world.resource::<Buffers>(), params)
+            .map_err(|e| format!("run.device: cuda:{ordinal}: {e}"))?;
     }
     world.insert_resource(state);
     world.insert_resource(ComputeDevice(device));
@@ -88,7 +94,9 @@ mod tests {
     #[test]
     fn host_only_features_are_refused_by_key() {
         assert!(check_run(&run_section("optimizer: AdamW\n"), false).is_ok());
-        for key in ["ema", "qat", "profile"] {
+        // The model EMA runs on the device.
+        assert!(check_run(&run_section("optimizer: AdamW\nema: true\n"), false).is_ok());
+        for key in ["qat", "profile"] {
             let m = check_run(&run_section(&format!("optimizer: AdamW\n{key}: true\n")), false).unwrap_err();
             assert!(m.starts_with(&format!("run.{key}: not yet available with run.device: cuda")), "{m}");
         }

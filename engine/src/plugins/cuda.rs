@@ -48,7 +48,14 @@ impl Plugin for CudaPlugin {
             )
                 .run_if(on_cuda),
         );
-        app.add_systems(ValidationStart, gpu_broadcast_buffers.run_if(on_cuda.and_then(is_data_parallel)));
+        // Before the EMA swap, as on the CPU: the staging goes through host arenas the swap moves.
+        app.add_systems(
+            ValidationStart,
+            gpu_broadcast_buffers
+                .run_if(on_cuda.and_then(is_data_parallel))
+                .before(ecstrain_systems::optim::ema::swap_ema)
+                .before(ecstrain_systems::device::ema::gpu_swap_ema),
+        );
         // The host reads the arenas in these schedules (checkpoints, the summary): copy them down first.
         app.add_systems(ValidationEnd, gpu_sync_down.run_if(on_cuda).before(ValidationEndSet::Summarize));
         app.add_systems(EpochEnd, gpu_sync_down.run_if(on_cuda).before(emit_epoch_record));

@@ -7,6 +7,8 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Clock, RunInfo, RunSettings, RunTimer, StopRequest};
 use ecstrain_systems::checkpoint::save_resume_point;
+use ecstrain_systems::device::state::GpuState;
+use ecstrain_systems::device::systems::gpu_sync_down;
 use ecstrain_systems::parallel::Comm;
 
 use super::{check_failure, finish};
@@ -60,6 +62,13 @@ pub fn stop_run(app: &mut App, stop: Stop, checkpoint: bool) -> Result<(), Engin
     app.world.resource_mut::<StopRequest>().reason = Some(reason.clone());
     let writer = app.world.contains_resource::<RunInfo>();
     if checkpoint && writer {
+        // On CUDA the host arenas trail the device's mid-epoch: copy them down before they are saved.
+        if app.world.contains_resource::<GpuState>() {
+            app.world
+                .run_system_cached(gpu_sync_down)
+                .map_err(|e| EngineError::Run(format!("cannot copy the model state down: {e}")))?;
+            check_failure(app)?;
+        }
         app.world
             .run_system_cached(save_resume_point)
             .map_err(|e| EngineError::Run(format!("cannot write the resume checkpoint: {e}")))?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Grads, RunFailure};
+use ecstrain_components::{EmaWeights, Grads, RunFailure};
 use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
 use ecstrain_kernels::cuda::GpuError;
 
@@ -66,13 +66,15 @@ fn staged_average(comm: &Comm, g: &mut GpuState, host: &mut [f32]) -> Result<(),
     Ok(())
 }
 
-/// ValidationStart (CUDA, data parallel): every rank takes rank 0's device buffers (batch-norm running
-/// statistics), staged through the host [`Buffers`](ecstrain_components::Buffers) arena, as
+/// ValidationStart (CUDA, data parallel; before the EMA swap): every rank takes rank 0's device buffers
+/// (batch-norm running statistics, and their moving averages with EMA), staged through the host
+/// [`Buffers`](ecstrain_components::Buffers) / [`EmaWeights`] arenas, as
 /// [`broadcast_buffers`](crate::parallel::broadcast_buffers) does on the CPU.
 pub fn gpu_broadcast_buffers(
     comm: Res<Comm>,
     mut gpu: ResMut<GpuState>,
     mut buffers: ResMut<ecstrain_components::Buffers>,
+    mut ema: Option<ResMut<EmaWeights>>,
     mut failure: ResMut<RunFailure>,
 ) {
     let n = buffers.arena.len();
@@ -81,15 +83,18 @@ pub fn gpu_broadcast_buffers(
     }
     let g = &mut *gpu;
     let s = g.gpu.stream().clone();
-    let host = &mut buffers.arena.data[..];
-    let mut run = || -> Result<(), GpuError> {
-        s.memcpy_dtoh(&g.buffers.slice(..n), &mut *host)?;
+    let broadcast = |dev: &mut CudaSlice<f32>, host: &mut [f32]| -> Result<(), GpuError> {
+        s.memcpy_dtoh(&dev.slice(..n), &mut *host)?;
         s.synchronize()?;
         comm.0.broadcast_f32(host);
-        s.memcpy_htod(&*host, &mut g.buffers.slice_mut(..n))?;
+        s.memcpy_htod(&*host, &mut dev.slice_mut(..n))?;
         Ok(())
     };
-    if let Err(e) = run() {
+    let mut result = broadcast(&mut g.buffers, &mut buffers.arena.data[..n]);
+    if let (Some(dev), Some(host)) = (g.ema.as_mut(), ema.as_deref_mut()) {
+        result = result.and_then(|_| broadcast(&mut dev.buffers, &mut host.buffers.data[..n]));
+    }
+    if let Err(e) = result {
         fail(&mut failure, "buffer broadcast", e);
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Buffers, Graph, OptimizerState, Params};
+use ecstrain_components::{Buffers, EmaWeights, Graph, OptimizerState, Params};
 use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
 use ecstrain_kernels::cuda::{Gpu, GpuError, SegmentTable};
 
@@ -38,6 +38,8 @@ pub struct GpuState {
     /// on the copy stream, overlapping whatever the compute stream still has queued (the previous step's
     /// optimizer); cudarc's per-buffer events order it against the kernels that read the input.
     pub pinned_input: PinnedHostSlice<f32>,
+    /// The model EMA's averages on the device (`run.ema`), when the run keeps them.
+    pub ema: Option<GpuEma>,
     /// One-element buffers for kernel arguments a configuration never reads (AMSGrad's `vmax` without
     /// AMSGrad, RMSprop's `grad_avg` / `momentum_buffer` when off), so no step allocates.
     pub placeholders: [CudaSlice<f32>; 2],
@@ -51,6 +53,21 @@ impl std::fmt::Debug for GpuState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuState").field("gpu", &self.gpu).field("params", &self.params.len()).finish_non_exhaustive()
     }
+}
+
+/// The moving averages of a `run.ema` run on the device, laid out as the parameter and buffer arenas (the
+/// host [`EmaWeights`] stays the copy checkpoints read, kept honest by the same two flags).
+pub struct GpuEma {
+    /// Averaged parameters ([`GpuState::params`]' layout). Trades places with it for validation.
+    pub params: CudaSlice<f32>,
+    /// Averaged buffers ([`GpuState::buffers`]' layout).
+    pub buffers: CudaSlice<f32>,
+    /// The tracked parameters (`EmaShadow`), filled on the first update; the rest are copied.
+    pub tracked: SegmentTable,
+    /// Whether [`tracked`](Self::tracked) holds the tracked parameters yet.
+    pub tracked_ready: bool,
+    /// The floating-point buffers (averaged); integer buffers (batch counters) are copied.
+    pub float_buffers: SegmentTable,
 }
 
 /// Elements of the planned input buffer: `[capacity, numel(input)]`, at least one.
@@ -88,17 +105,32 @@ impl GpuState {
             segments: SegmentTable::new(&gpu, trainable)?,
             acts: GpuActivations::plan(&gpu, graph, capacity)?,
             placeholders: [s.alloc_zeros(1)?, s.alloc_zeros(1)?],
+            ema: None,
             gpu,
             device_stale: true,
             host_stale: false,
         })
     }
 
-    /// Copies the host arenas up (gradients are zeroed: a step starts from an empty accumulation window).
-    pub fn upload(&mut self, params: &Params, buffers: &Buffers, opt: &OptimizerState) -> Result<(), GpuError> {
+    /// Copies the host arenas up (gradients are zeroed: a step starts from an empty accumulation window),
+    /// the EMA's too when the run keeps one on the device.
+    pub fn upload(
+        &mut self,
+        params: &Params,
+        buffers: &Buffers,
+        opt: &OptimizerState,
+        ema: Option<&EmaWeights>,
+    ) -> Result<(), GpuError> {
         let s = self.gpu.stream().clone();
         let n = params.0.len();
         s.memcpy_htod(&params.0.data[..], &mut self.params.slice_mut(..n))?;
+        if let (Some(dev), Some(host)) = (self.ema.as_mut(), ema) {
+            s.memcpy_htod(&host.params.data[..], &mut dev.params.slice_mut(..n))?;
+            let nb = host.buffers.len();
+            if nb > 0 {
+                s.memcpy_htod(&host.buffers.data[..], &mut dev.buffers.slice_mut(..nb))?;
+            }
+        }
         s.memset_zeros(&mut self.grads)?;
         let nb = buffers.arena.len();
         if nb > 0 {
@@ -114,16 +146,24 @@ impl GpuState {
         Ok(())
     }
 
-    /// Copies the device arenas down into the host ones (waits for the stream).
+    /// Copies the device arenas down into the host ones (waits for the stream), the EMA's too.
     pub fn download(
         &mut self,
         params: &mut Params,
         buffers: &mut Buffers,
         opt: &mut OptimizerState,
+        ema: Option<&mut EmaWeights>,
     ) -> Result<(), GpuError> {
         let s = self.gpu.stream().clone();
         let n = params.0.len();
         s.memcpy_dtoh(&self.params.slice(..n), &mut params.0.data[..])?;
+        if let (Some(dev), Some(host)) = (self.ema.as_ref(), ema) {
+            s.memcpy_dtoh(&dev.params.slice(..n), &mut host.params.data[..])?;
+            let nb = host.buffers.len();
+            if nb > 0 {
+                s.memcpy_dtoh(&dev.buffers.slice(..nb), &mut host.buffers.data[..])?;
+            }
+        }
         let nb = buffers.arena.len();
         if nb > 0 {
             s.memcpy_dtoh(&self.buffers.slice(..nb), &mut buffers.arena.data[..])?;
@@ -149,6 +189,29 @@ impl GpuState {
         table.host.sort_unstable_by_key(|s| s.start);
         table.upload(&self.gpu)?;
         self.clip = Some((table, ClipWorkspace::new(&self.gpu)?));
+        Ok(())
+    }
+
+    /// Keeps the model EMA on the device: allocates its arenas (uploaded with the others by the next step)
+    /// and the table of `buffers`' floating-point entries; `tracked` is how many parameters it averages.
+    pub fn enable_ema(&mut self, buffers: &Buffers, tracked: usize) -> Result<(), GpuError> {
+        use ecstrain_kernels::cuda::Segment;
+        let s = self.gpu.stream().clone();
+        let floats: Vec<_> = buffers.entries.iter().filter(|e| !e.integer).map(|e| e.slice.range()).collect();
+        let mut float_buffers = SegmentTable::new(&self.gpu, floats.len())?;
+        for (slot, r) in float_buffers.host.iter_mut().zip(&floats) {
+            *slot = Segment { start: r.start as u64, end: r.end as u64, ..Segment::default() };
+        }
+        float_buffers.host.sort_unstable_by_key(|s| s.start);
+        float_buffers.upload(&self.gpu)?;
+        self.ema = Some(GpuEma {
+            params: s.alloc_zeros(self.params.len())?,
+            buffers: s.alloc_zeros(self.buffers.len())?,
+            tracked: SegmentTable::new(&self.gpu, tracked)?,
+            tracked_ready: false,
+            float_buffers,
+        });
+        self.device_stale = true;
         Ok(())
     }
 

@@ -6,7 +6,9 @@
 //! like a data error does.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Batch, Buffers, Clock, Graph, Mode, OptimizerState, Params, RunFailure, RunSettings};
+use ecstrain_components::{
+    Batch, Buffers, Clock, EmaWeights, Graph, Mode, OptimizerState, Params, RunFailure, RunSettings,
+};
 use ecstrain_kernels::cuda::GpuError;
 use ecstrain_kernels::rng::Rng;
 
@@ -32,10 +34,11 @@ pub fn gpu_sync_up(
     params: Res<Params>,
     buffers: Res<Buffers>,
     opt: Res<OptimizerState>,
+    ema: Option<Res<EmaWeights>>,
     mut failure: ResMut<RunFailure>,
 ) {
     if gpu.device_stale {
-        if let Err(e) = gpu.upload(&params, &buffers, &opt) {
+        if let Err(e) = gpu.upload(&params, &buffers, &opt, ema.as_deref()) {
             fail(&mut failure, "upload of the model state", e);
         }
     }
@@ -48,10 +51,11 @@ pub fn gpu_sync_down(
     mut params: ResMut<Params>,
     mut buffers: ResMut<Buffers>,
     mut opt: ResMut<OptimizerState>,
+    mut ema: Option<ResMut<EmaWeights>>,
     mut failure: ResMut<RunFailure>,
 ) {
     if gpu.host_stale {
-        if let Err(e) = gpu.download(&mut params, &mut buffers, &mut opt) {
+        if let Err(e) = gpu.download(&mut params, &mut buffers, &mut opt, ema.as_deref_mut()) {
             fail(&mut failure, "download of the model state", e);
         }
     }
