@@ -205,7 +205,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     device.ensure_available().map_err(|e| err(format!("run.device: {e}")))?;
     let amp = parse_amp(&r.amp).map_err(err)?;
     if device != Device::Cpu {
-        crate::cuda_run::check_run(r, amp != AmpMode::Off).map_err(err)?;
+        crate::cuda_run::check_run(r).map_err(err)?;
     }
     let plots = parse_plots(&r.plots).map_err(err)?;
     if amp != AmpMode::Off && device == Device::Cpu {
@@ -448,7 +448,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         let c = app.world.resource::<Clock>();
         notices.push(format!("resuming from {} at epoch {} (step {})", p.display(), c.epoch + 1, c.step));
     }
-    crate::cuda_run::install(&mut app.world, device, capacity).map_err(err)?;
+    crate::cuda_run::install(&mut app.world, device, capacity, amp).map_err(err)?;
     let resolved = resolved_yaml(cfg);
     Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from })
 }

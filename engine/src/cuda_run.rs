@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Buffers, Frozen, Graph, OptimizerState, ParamSlice, Params};
-use ecstrain_kernels::cuda::Gpu;
+use ecstrain_components::{AmpMode, Buffers, Frozen, Graph, OptimizerState, ParamSlice, Params};
+use ecstrain_kernels::cuda::{Gpu, MatmulPrecision};
 use ecstrain_kernels::Device;
 use ecstrain_systems::device::state::GpuState;
 use ecstrain_systems::device::{support, ComputeDevice};
@@ -14,7 +14,7 @@ use crate::config::RunSection;
 
 /// Config-level checks of a CUDA run: features whose device path is not wired yet are an error, not a
 /// silent fallback.
-pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
+pub fn check_run(r: &RunSection) -> Result<(), String> {
     let opt = r.optimizer.to_ascii_lowercase();
     if !support::OPTIMIZERS.contains(&opt.as_str()) {
         return Err(format!(
@@ -23,7 +23,7 @@ pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
             support::OPTIMIZERS.join(", ")
         ));
     }
-    let unsupported = [(amp_on, "run.amp"), (r.qat, "run.qat"), (r.profile, "run.profile")];
+    let unsupported = [(r.qat, "run.qat"), (r.profile, "run.profile")];
     for (on, key) in unsupported {
         if on {
             return Err(format!("{key}: not yet available with run.device: cuda; turn it off or use run.device: cpu"));
@@ -32,11 +32,17 @@ pub fn check_run(r: &RunSection, amp_on: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`].
-pub fn install(world: &mut World, device: Device, capacity: usize) -> Result<(), String> {
+/// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`]. With
+/// `run.amp` the device's matrix products autocast to f16 / bf16 (f32 master weights and accumulation).
+pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode) -> Result<(), String> {
     let Device::Cuda(ordinal) = device else { return Ok(()) };
     support::check_graph(world.resource::<Graph>()).map_err(|m| format!("run.device: {m}"))?;
     let gpu = Arc::new(Gpu::open(ordinal).map_err(|e| format!("run.device: {e}"))?);
+    gpu.set_matmul_precision(match amp {
+        AmpMode::Off => MatmulPrecision::F32,
+        AmpMode::F16 => MatmulPrecision::F16,
+        AmpMode::Bf16 => MatmulPrecision::Bf16,
+    });
     let trainable = world.query_filtered::<&ParamSlice, Without<Frozen>>().iter(world).count();
     let state = GpuState::new(
         gpu,
@@ -93,14 +99,14 @@ mod tests {
     /// Host-only features are refused on cuda with the key named, not silently ignored.
     #[test]
     fn host_only_features_are_refused_by_key() {
-        assert!(check_run(&run_section("optimizer: AdamW\n"), false).is_ok());
-        // The model EMA runs on the device.
-        assert!(check_run(&run_section("optimizer: AdamW\nema: true\n"), false).is_ok());
+        assert!(check_run(&run_section("optimizer: AdamW\n")).is_ok());
+        // The model EMA and mixed precision run on the device.
+        for on in ["ema: true", "amp: bf16", "amp: f16"] {
+            assert!(check_run(&run_section(&format!("optimizer: AdamW\n{on}\n"))).is_ok(), "{on}");
+        }
         for key in ["qat", "profile"] {
-            let m = check_run(&run_section(&format!("optimizer: AdamW\n{key}: true\n")), false).unwrap_err();
+            let m = check_run(&run_section(&format!("optimizer: AdamW\n{key}: true\n"))).unwrap_err();
             assert!(m.starts_with(&format!("run.{key}: not yet available with run.device: cuda")), "{m}");
         }
-        let m = check_run(&run_section("optimizer: AdamW\n"), true).unwrap_err();
-        assert!(m.starts_with("run.amp:"), "{m}");
     }
 }

@@ -39,6 +39,29 @@ impl From<cudarc::cublas::result::CublasError> for GpuError {
     }
 }
 
+/// The precision of every matrix product on a device (`run.amp`'s autocast): f32 throughout, or inputs
+/// rounded to f16 / bf16 (tensor cores) with f32 accumulation and an f32 result, as `torch.autocast` runs
+/// its matmul-type ops (linear, convolution, bmm and attention products) from f32 master weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// f32 inputs, f32 products (SGEMM).
+    #[default]
+    F32,
+    /// Inputs rounded to IEEE half precision.
+    F16,
+    /// Inputs rounded to bfloat16.
+    Bf16,
+}
+
+/// The products' precision and the half-precision copies of their two inputs (grown on first use to the
+/// largest operand, then reused: no allocation in a steady-state step).
+#[derive(Default)]
+pub(crate) struct MatmulState {
+    pub(crate) precision: MatmulPrecision,
+    pub(crate) f16: [Option<CudaSlice<half::f16>>; 2],
+    pub(crate) bf16: [Option<CudaSlice<half::bf16>>; 2],
+}
+
 /// An opened device. Kernels run on [`Gpu::stream`] in issue order; input copies run on
 /// [`Gpu::copy_stream`] so they overlap compute.
 pub struct Gpu {
@@ -50,6 +73,7 @@ pub struct Gpu {
     blas: CudaBlas,
     /// Loaded entry points by (source name, kernel name); a source is compiled and loaded whole on first use.
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    matmul: Mutex<MatmulState>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -69,7 +93,15 @@ impl Gpu {
         let stream = ctx.new_stream()?;
         let copy_stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
-        Ok(Gpu { info, ctx, stream, copy_stream, blas, functions: Mutex::new(HashMap::new()) })
+        Ok(Gpu {
+            info,
+            ctx,
+            stream,
+            copy_stream,
+            blas,
+            functions: Mutex::new(HashMap::new()),
+            matmul: Mutex::new(MatmulState::default()),
+        })
     }
 
     /// The context.
@@ -106,6 +138,20 @@ impl Gpu {
         map.get(&(src.name, kernel))
             .cloned()
             .ok_or_else(|| CompileFailure::MissingKernel { name: src.name.into(), kernel: kernel.into() }.into())
+    }
+
+    /// Sets the precision of every later matrix product on this device (see [`MatmulPrecision`]).
+    pub fn set_matmul_precision(&self, precision: MatmulPrecision) {
+        self.matmul_state().precision = precision;
+    }
+
+    /// The precision of this device's matrix products.
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.matmul_state().precision
+    }
+
+    pub(crate) fn matmul_state(&self) -> std::sync::MutexGuard<'_, MatmulState> {
+        self.matmul.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A grid-stride launch over `n` elements sized to this device.

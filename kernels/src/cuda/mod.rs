@@ -20,7 +20,7 @@ pub mod source;
 pub mod testing;
 
 pub use cudarc;
-pub use gpu::{Gpu, GpuError};
+pub use gpu::{Gpu, GpuError, MatmulPrecision};
 pub use probe::{probe, GpuInfo};
 pub use segments::{Segment, SegmentTable};
 pub use source::KernelSource;

@@ -5,11 +5,18 @@
 //! cuBLAS is column-major. A row-major `[r, c]` buffer read column-major is its transpose `[c, r]`, so the
 //! row-major product `C[m, n] = op(A)[m, k] @ op(B)[k, n]` is issued as the column-major product
 //! `C^T[n, m] = op(B)^T[n, k] @ op(A)^T[k, m]`: B goes first, A second, and each keeps its own transpose flag.
+//!
+//! Under autocast ([`MatmulPrecision`] F16 / Bf16, `run.amp` on a device) the spans of A and B are first
+//! rounded into half-precision copies with the cast kernels (the same layout: row strides and batch strides
+//! carry over) and the product runs as `cublasGemmStridedBatchedEx` with half inputs, f32 accumulation
+//! (`CUBLAS_COMPUTE_32F`) and the f32 output, so the callers' buffers stay f32.
 
-use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
+use cudarc::cublas::{result as blas, Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
 
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::gpu::MatmulState;
+use crate::cuda::{Gpu, GpuError, MatmulPrecision};
 
 /// Elements a batch of `batch` items of `item` elements each, `stride` apart, spans.
 fn span(batch: usize, stride: usize, item: usize) -> usize {
@@ -169,6 +176,12 @@ pub fn gemm_general(
         beta,
         ldc: int(c.ld.max(1), "ldc"),
     };
+    let spans = (span(batch, a.stride, extent(ar, ac, a.ld)), span(batch, b.stride, extent(br, bc, b.ld)));
+    match gpu.matmul_precision() {
+        MatmulPrecision::F16 => return half_product::<half::f16>(gpu, batch, gemm, &a, &b, c, spans),
+        MatmulPrecision::Bf16 => return half_product::<half::bf16>(gpu, batch, gemm, &a, &b, c, spans),
+        MatmulPrecision::F32 => {}
+    }
     if batch == 1 {
         // SAFETY: the extents of all three operands were checked above against their views; cuBLAS runs on
         // the compute stream the views belong to.
@@ -184,6 +197,98 @@ pub fn gemm_general(
         // SAFETY: as above, for every item of the batch.
         unsafe { gpu.blas().gemm_strided_batched(cfg, b.data, a.data, c.data) }?;
     }
+    Ok(())
+}
+
+/// A half-precision input type of the autocast products: its cuBLAS type, its cast kernel and its pair of
+/// scratch copies in [`MatmulState`].
+trait HalfInput: DeviceRepr + cudarc::driver::ValidAsZeroBits + Sized {
+    const CUDA_TYPE: cudaDataType_t;
+    fn cast(gpu: &Gpu, out: &mut CudaViewMut<Self>, x: &CudaView<f32>) -> Result<(), GpuError>;
+    fn scratch(state: &mut MatmulState) -> &mut [Option<CudaSlice<Self>>; 2];
+}
+
+impl HalfInput for half::f16 {
+    const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_16F;
+    fn cast(gpu: &Gpu, out: &mut CudaViewMut<Self>, x: &CudaView<f32>) -> Result<(), GpuError> {
+        crate::ops::cast::cuda::f32_to_f16(gpu, out, x)
+    }
+    fn scratch(state: &mut MatmulState) -> &mut [Option<CudaSlice<Self>>; 2] {
+        &mut state.f16
+    }
+}
+
+impl HalfInput for half::bf16 {
+    const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_16BF;
+    fn cast(gpu: &Gpu, out: &mut CudaViewMut<Self>, x: &CudaView<f32>) -> Result<(), GpuError> {
+        crate::ops::cast::cuda::f32_to_bf16(gpu, out, x)
+    }
+    fn scratch(state: &mut MatmulState) -> &mut [Option<CudaSlice<Self>>; 2] {
+        &mut state.bf16
+    }
+}
+
+/// The autocast product: A's and B's spans (`spans`, in elements) rounded into the scratch copies, then one
+/// strided-batched GemmEx with half inputs, f32 compute and the f32 output `c`. `cfg` is the column-major
+/// call [`gemm_general`] built (B first).
+fn half_product<H: HalfInput>(
+    gpu: &Gpu,
+    batch: usize,
+    cfg: GemmConfig<f32>,
+    a: &MatRef<'_, '_>,
+    b: &MatRef<'_, '_>,
+    c: MatMut<'_, '_>,
+    (na, nb): (usize, usize),
+) -> Result<(), GpuError> {
+    let mut state = gpu.matmul_state();
+    let [sa, sb] = H::scratch(&mut state);
+    for (slot, need) in [(&mut *sa, na), (&mut *sb, nb)] {
+        if slot.as_ref().is_none_or(|s| s.len() < need) {
+            // Grows to the largest operand seen (the first steps of a run); reused afterwards.
+            *slot = Some(gpu.stream().alloc_zeros::<H>(need.max(1))?);
+        }
+    }
+    let (ha, hb) = (sa.as_mut().expect("allocated above"), sb.as_mut().expect("allocated above"));
+    if na > 0 {
+        H::cast(gpu, &mut ha.slice_mut(..na), &a.data.slice(..na))?;
+    }
+    if nb > 0 {
+        H::cast(gpu, &mut hb.slice_mut(..nb), &b.data.slice(..nb))?;
+    }
+    let stream = gpu.stream();
+    let (pa, _read_a) = ha.device_ptr(stream);
+    let (pb, _read_b) = hb.device_ptr(stream);
+    let (pc, _write_c) = c.data.device_ptr_mut(stream);
+    // SAFETY: the half copies hold the operands' whole spans in their original layout (checked against the
+    // f32 views in gemm_general); c's extent was checked there too; cuBLAS runs on the compute stream, after
+    // the casts, and the guards above order later users of the buffers after it.
+    unsafe {
+        blas::gemm_strided_batched_ex(
+            *gpu.blas().handle(),
+            cfg.transa,
+            cfg.transb,
+            cfg.m,
+            cfg.n,
+            cfg.k,
+            (&cfg.alpha) as *const f32 as *const _,
+            pb as *const _,
+            H::CUDA_TYPE,
+            cfg.lda,
+            b.stride as i64,
+            pa as *const _,
+            H::CUDA_TYPE,
+            cfg.ldb,
+            a.stride as i64,
+            (&cfg.beta) as *const f32 as *const _,
+            pc as *mut _,
+            cudaDataType_t::CUDA_R_32F,
+            cfg.ldc,
+            c.stride as i64,
+            int(batch, "batch"),
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }?;
     Ok(())
 }
 
@@ -288,6 +393,79 @@ mod tests {
                         }
                         let what = format!("gemm m{m} n{n} k{k} ta{ta} tb{tb} batch{batch} acc{acc}");
                         assert_close(&what, &gpu.download(&dc).unwrap(), &want, 1e-4, 1e-4);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Autocast: with the device's products in f16 / bf16 every transpose combination, a strided batch with a
+    /// shared operand, and accumulation match an f64 reference computed from the inputs rounded to that
+    /// precision (with `half`), to f32-accumulation accuracy (|a|, |b| <= 1, K <= 77: 2e-5). The unrounded
+    /// product is about 1e-3 away, so a product that skipped the rounding fails. Uses its own device handle:
+    /// the precision is per device, and the other tests share one.
+    #[test]
+    fn autocast_products_round_their_inputs() {
+        if gpu_or_skip("autocast_products_round_their_inputs").is_none() {
+            return;
+        }
+        let gpu = &Gpu::open(0).unwrap();
+        let mut rng = seeded("autocast_products_round_their_inputs");
+        type Round = fn(f32) -> f64;
+        let rounds: [(MatmulPrecision, Round); 2] = [
+            (MatmulPrecision::F16, |x| f64::from(half::f16::from_f32(x).to_f32())),
+            (MatmulPrecision::Bf16, |x| f64::from(half::bf16::from_f32(x).to_f32())),
+        ];
+        for (precision, round) in rounds {
+            gpu.set_matmul_precision(precision);
+            for &(m, n, k) in &[(1usize, 1usize, 1usize), (5, 7, 3), (33, 17, 77), (64, 2, 9)] {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let batch = 3;
+                    let a = rand_vec(&mut rng, batch * m * k, -1.0, 1.0);
+                    let b = rand_vec(&mut rng, k * n, -1.0, 1.0); // shared by every item (stride 0)
+                    let c0 = rand_vec(&mut rng, batch * m * n, -1.0, 1.0);
+                    for acc in [false, true] {
+                        let alpha = 0.75f32;
+                        let mut want = vec![0f32; batch * m * n];
+                        for i in 0..batch {
+                            for r in 0..m {
+                                for c in 0..n {
+                                    let mut sum = 0f64;
+                                    for p in 0..k {
+                                        let av = if ta { a[i * m * k + p * m + r] } else { a[i * m * k + r * k + p] };
+                                        let bv = if tb { b[c * k + p] } else { b[p * n + c] };
+                                        sum += round(av) * round(bv);
+                                    }
+                                    let o = i * m * n + r * n + c;
+                                    let base = if acc { f64::from(c0[o]) } else { 0.0 };
+                                    want[o] = (f64::from(alpha) * sum + base) as f32;
+                                }
+                            }
+                        }
+                        let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+                        let mut dc = if acc { gpu.upload(&c0).unwrap() } else { poisoned(gpu, c0.len()).unwrap() };
+                        let beta = if acc { 1.0 } else { 0.0 };
+                        let (av, bv) = (da.as_view(), db.as_view());
+                        gemm_strided_batched(
+                            gpu,
+                            batch,
+                            m,
+                            n,
+                            k,
+                            &av,
+                            ta,
+                            m * k,
+                            &bv,
+                            tb,
+                            0,
+                            &mut dc.as_view_mut(),
+                            m * n,
+                            alpha,
+                            beta,
+                        )
+                        .unwrap();
+                        let what = format!("{precision:?} gemm m{m} n{n} k{k} ta{ta} tb{tb} acc{acc}");
+                        assert_close(&what, &gpu.download(&dc).unwrap(), &want, 2e-5, 2e-5);
                     }
                 }
             }

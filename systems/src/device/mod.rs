@@ -11,6 +11,7 @@
 //! schedule serves both devices.
 
 pub mod acts;
+pub mod amp;
 pub mod ema;
 pub mod exec;
 pub mod optim;

@@ -38,6 +38,8 @@ pub struct GpuState {
     /// on the copy stream, overlapping whatever the compute stream still has queued (the previous step's
     /// optimizer); cudarc's per-buffer events order it against the kernels that read the input.
     pub pinned_input: PinnedHostSlice<f32>,
+    /// One-element device flag of f16 loss scaling: set when an unscaled gradient was inf or NaN.
+    pub found_inf: CudaSlice<f32>,
     /// The model EMA's averages on the device (`run.ema`), when the run keeps them.
     pub ema: Option<GpuEma>,
     /// One-element buffers for kernel arguments a configuration never reads (AMSGrad's `vmax` without
@@ -106,6 +108,7 @@ impl GpuState {
             acts: GpuActivations::plan(&gpu, graph, capacity)?,
             placeholders: [s.alloc_zeros(1)?, s.alloc_zeros(1)?],
             ema: None,
+            found_inf: s.alloc_zeros(1)?,
             gpu,
             device_stale: true,
             host_stale: false,
