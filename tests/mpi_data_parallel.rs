@@ -140,17 +140,31 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `world` engine processes started torchrun-style (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+/// The rank variables of a launcher: torchrun-style, or srun's (a job step without PMI for MPI).
+fn rank_vars(launcher: &str, rank: usize, world: usize) -> Vec<(&'static str, String)> {
+    match launcher {
+        "torchrun" => {
+            vec![("RANK", rank.to_string()), ("WORLD_SIZE", world.to_string()), ("LOCAL_RANK", rank.to_string())]
+        }
+        "srun" => vec![
+            ("SLURM_STEP_ID", "0".into()),
+            ("SLURM_PROCID", rank.to_string()),
+            ("SLURM_NTASKS", world.to_string()),
+            ("SLURM_LOCALID", rank.to_string()),
+        ],
+        other => panic!("no such launcher {other}"),
+    }
+}
+
+/// `world` engine processes started as `launcher` would (its rank variables plus MASTER_ADDR /
 /// MASTER_PORT, no mpirun), all waited for; their outputs in rank order.
-fn torchrun_style(world: usize, port: u16, args: &[&str], extra: &[(&str, &str)]) -> Vec<Output> {
+fn launch_style(launcher: &str, world: usize, port: u16, args: &[&str], extra: &[(&str, &str)]) -> Vec<Output> {
     let children: Vec<_> = (0..world)
         .map(|rank| {
             Command::new(env!("CARGO_BIN_EXE_engine"))
                 .args(args)
                 .current_dir(repo())
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("LOCAL_RANK", rank.to_string())
+                .envs(rank_vars(launcher, rank, world))
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", port.to_string())
                 .envs(extra.iter().copied())
@@ -170,32 +184,41 @@ fn ompi_server() -> bool {
 }
 
 /// A torchrun-style launch (no mpirun: the ranks meet at MASTER_ADDR:MASTER_PORT and form an MPI world
-/// through ompi-server) trains as the single process does, and only rank 0 writes.
+/// through ompi-server) trains as the single process does, and only rank 0 writes; so does an srun job step
+/// without PMI for MPI whose script exported MASTER_ADDR / MASTER_PORT.
 #[test]
-fn torchrun_style_ranks_train_as_one_process() {
+fn torchrun_style_and_srun_without_pmi_ranks_train_as_one_process() {
     if !ompi_server() {
         println!("SKIPPED: ompi-server not found on PATH (apt-get install openmpi-bin)");
         return;
     }
     let dir = scratch("torchrun_dp");
-    let (one, two) = (dir.join("one"), dir.join("two"));
+    let one = dir.join("one");
     let c1 = write_config(&dir, "one.yaml", &yaml(&one, 64));
-    let c2 = write_config(&dir, "two.yaml", &yaml(&two, 32));
     let out = engine(&["--config", c1.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let outs = torchrun_style(2, free_port(), &["--config", c2.to_str().unwrap()], &[]);
-    let logs: Vec<String> = outs.iter().map(text).collect();
-    for (rank, out) in outs.iter().enumerate() {
-        assert_eq!(out.status.code(), Some(0), "rank {rank}: {}", logs[rank]);
+    for launcher in ["torchrun", "srun"] {
+        let two = dir.join(launcher);
+        let c2 = write_config(&dir, &format!("{launcher}.yaml"), &yaml(&two, 32));
+        let outs = launch_style(launcher, 2, free_port(), &["--config", c2.to_str().unwrap()], &[]);
+        let logs: Vec<String> = outs.iter().map(text).collect();
+        for (rank, out) in outs.iter().enumerate() {
+            assert_eq!(out.status.code(), Some(0), "{launcher} rank {rank}: {}", logs[rank]);
+        }
+        let note = format!("data parallel: rank 0 of 2 (launcher {launcher}, local rank 0) over MPI");
+        assert!(logs[0].contains(&note), "{}", logs[0]);
+        assert!(!logs[1].contains("run directory:"), "rank 1 printed the run: {}", logs[1]);
+        assert_eq!(files(&one), files(&two), "the data-parallel run wrote other files");
+        assert_trained_alike(&one, &two, &format!("1 x 64 vs 2 x 32 {launcher}-style ranks"));
     }
-    assert!(logs[0].contains("data parallel: rank 0 of 2 (launcher torchrun, local rank 0) over MPI"), "{}", logs[0]);
-    assert!(!logs[1].contains("run directory:"), "rank 1 printed the run: {}", logs[1]);
     let mut entries: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     entries.sort();
-    assert_eq!(entries, ["one", "one.yaml", "two", "two.yaml"], "a rank wrote elsewhere");
-    assert_eq!(files(&one), files(&two), "the data-parallel run wrote other files");
-    assert_trained_alike(&one, &two, "1 x 64 vs 2 x 32 torchrun-style ranks");
+    assert_eq!(
+        entries,
+        ["one", "one.yaml", "srun", "srun.yaml", "torchrun", "torchrun.yaml"],
+        "a rank wrote elsewhere"
+    );
 }
 
 /// A torchrun-style rank 0 whose peers never come stops with exit 2 after the rendezvous timeout, naming the

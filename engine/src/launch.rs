@@ -9,8 +9,9 @@
 //!   but is one process.
 //!
 //! A world of one is a plain single-process run. A larger world needs a communication engine: MPI with the
-//! `mpi` feature. Under mpirun and srun the launcher's world must match MPI's; a torchrun-style launch forms
-//! its MPI world at `MASTER_ADDR:MASTER_PORT` ([`crate::rendezvous`]). A build without the feature refuses to
+//! `mpi` feature. Under mpirun and srun the launcher's world must match MPI's; a torchrun-style launch, and
+//! an srun launch without PMI for MPI but with `MASTER_ADDR` exported, form their MPI world at
+//! `MASTER_ADDR:MASTER_PORT` ([`crate::rendezvous`]). A build without the feature refuses to
 //! start rather than train the same model `world` times over.
 
 use std::sync::Arc;
@@ -82,16 +83,29 @@ pub fn connect(env: LaunchEnv) -> Result<Arc<dyn Collective>, String> {
     connect_many(env)
 }
 
+/// Whether this launch forms its MPI world through the `MASTER_ADDR:MASTER_PORT` rendezvous
+/// ([`crate::rendezvous`]) instead of taking the one the launcher made: always torchrun-style; srun when
+/// it started the ranks without a process-management interface for MPI (no `PMIX_RANK` / `PMI_RANK`: Open
+/// MPI would come up as N singletons) and the job script exported `MASTER_ADDR`.
+pub fn uses_rendezvous(env: &LaunchEnv, get: impl Fn(&str) -> Option<String>) -> bool {
+    match env.launcher {
+        "torchrun" => true,
+        "srun" => get("PMIX_RANK").is_none() && get("PMI_RANK").is_none() && get("MASTER_ADDR").is_some(),
+        _ => false,
+    }
+}
+
 #[cfg(feature = "mpi")]
 fn connect_many(env: LaunchEnv) -> Result<Arc<dyn Collective>, String> {
-    if env.launcher == "torchrun" {
-        let addr = crate::rendezvous::StoreAddr::from_env(|k| std::env::var(k).ok())?;
+    let get = |k: &str| std::env::var(k).ok();
+    if uses_rendezvous(&env, get) {
+        let addr = crate::rendezvous::StoreAddr::from_env(get)?;
         return Ok(Arc::new(crate::mpi_comm::MpiCollective::rendezvous(env, &addr)?));
     }
     let comm = crate::mpi_comm::MpiCollective::init()?;
     if comm.world() != env.world || comm.rank() != env.rank {
         return Err(format!(
-            "{} says rank {} of {}, MPI says rank {} of {}: launch the engine directly with mpirun or srun (srun needs Open MPI's PMIx support)",
+            "{} says rank {} of {}, MPI says rank {} of {}: launch the engine directly with mpirun, or with srun --mpi=pmix, or export MASTER_ADDR and MASTER_PORT (rank 0's host and a free port) for the engine's own rendezvous",
             env.launcher,
             env.rank,
             env.world,
@@ -147,6 +161,22 @@ mod tests {
         assert!(e.contains("RANK=2") && e.contains("valid: 0..2"), "{e}");
         let e = detect(&[("RANK", "x"), ("WORLD_SIZE", "2")]).unwrap_err();
         assert!(e.contains("RANK=\"x\""), "{e}");
+    }
+
+    #[test]
+    fn torchrun_and_srun_without_pmi_meet_at_master_addr() {
+        let torchrun = LaunchEnv { rank: 1, world: 2, local_rank: 1, launcher: "torchrun" };
+        let srun = LaunchEnv { launcher: "srun", ..torchrun };
+        let mpirun = LaunchEnv { launcher: "mpirun", ..torchrun };
+        let vars = |v: &'static [(&'static str, &'static str)]| {
+            move |k: &str| v.iter().find(|(n, _)| *n == k).map(|(_, x)| x.to_string())
+        };
+        assert!(uses_rendezvous(&torchrun, vars(&[])));
+        assert!(uses_rendezvous(&srun, vars(&[("MASTER_ADDR", "n1")])));
+        assert!(!uses_rendezvous(&srun, vars(&[("MASTER_ADDR", "n1"), ("PMIX_RANK", "1")])));
+        assert!(!uses_rendezvous(&srun, vars(&[("MASTER_ADDR", "n1"), ("PMI_RANK", "1")])));
+        assert!(!uses_rendezvous(&srun, vars(&[])));
+        assert!(!uses_rendezvous(&mpirun, vars(&[("MASTER_ADDR", "n1")])));
     }
 
     #[cfg(not(feature = "mpi"))]

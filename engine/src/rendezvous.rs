@@ -1,6 +1,6 @@
 //! The torchrun-style rendezvous: processes started with `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`
-//! and `MASTER_PORT` (torchrun, or any launcher that sets the same variables) find each other and form one
-//! MPI world, so the collectives are still Open MPI's (feature `mpi`) and NCCL's id travels over it as in an
+//! and `MASTER_PORT` (torchrun, or any launcher that sets the same variables; also srun without PMI for MPI
+//! when the job script exports `MASTER_ADDR` / `MASTER_PORT`) find each other and form one MPI world, so the collectives are still Open MPI's (feature `mpi`) and NCCL's id travels over it as in an
 //! mpirun launch.
 //!
 //! Open MPI joins independently started processes with `MPI_Comm_accept` / `MPI_Comm_connect`, which needs an
@@ -35,7 +35,7 @@ impl StoreAddr {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<StoreAddr, String> {
         let need = |key: &str| {
             get(key).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-                format!("launched torchrun-style (RANK / WORLD_SIZE set) but {key} is not set; the ranks meet at MASTER_ADDR:MASTER_PORT (rank 0's host and a free TCP port)")
+                format!("{key} is not set: the ranks of a torchrun-style launch (or of srun without PMI for MPI) meet at MASTER_ADDR:MASTER_PORT (rank 0's host and a free TCP port)")
             })
         };
         let host = need("MASTER_ADDR")?.trim().to_string();
