@@ -63,8 +63,7 @@ fn both_devices(
     metric: &str,
     (abs, rel): (f64, f64),
 ) -> Option<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
-    if let Err(why) = ecstrain::kernels::cuda::probe(0) {
-        eprintln!("SKIPPED {name}: no CUDA device ({why})");
+    if no_gpu(name) {
         return None;
     }
     let cpu = train(name, config, "cpu", epochs, metric);
@@ -82,6 +81,17 @@ fn both_devices(
         assert!((c.0 - g.0).abs() <= abs + rel * c.0, "{name} epoch {}: val loss cpu {} vs cuda {}", e + 1, c.0, g.0);
     }
     Some((cpu, gpu))
+}
+
+/// True (after printing the SKIPPED line) when there is no CUDA device to run test `name` on.
+fn no_gpu(name: &str) -> bool {
+    match ecstrain::kernels::cuda::probe(0) {
+        Ok(_) => false,
+        Err(why) => {
+            eprintln!("SKIPPED {name}: no CUDA device ({why})");
+            true
+        }
+    }
 }
 
 /// Best of a run's metric (higher is better).
@@ -169,8 +179,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn ema_on_cuda_matches_cpu() {
     let name = "ema_on_cuda_matches_cpu";
-    if let Err(why) = ecstrain::kernels::cuda::probe(0) {
-        eprintln!("SKIPPED {name}: no CUDA device ({why})");
+    if no_gpu(name) {
         return;
     }
     let dir = scratch(name);
@@ -204,8 +213,7 @@ fn ema_on_cuda_matches_cpu() {
 #[test]
 fn a_stop_mid_epoch_on_cuda_resumes_where_it_stopped() {
     let name = "a_stop_mid_epoch_on_cuda_resumes_where_it_stopped";
-    if let Err(why) = ecstrain::kernels::cuda::probe(0) {
-        eprintln!("SKIPPED {name}: no CUDA device ({why})");
+    if no_gpu(name) {
         return;
     }
     let dir = scratch(name);
@@ -242,8 +250,7 @@ fn a_stop_mid_epoch_on_cuda_resumes_where_it_stopped() {
 #[test]
 fn digits_mlp_and_cnn_train_under_autocast() {
     let name = "digits_mlp_and_cnn_train_under_autocast";
-    if let Err(why) = ecstrain::kernels::cuda::probe(0) {
-        eprintln!("SKIPPED {name}: no CUDA device ({why})");
+    if no_gpu(name) {
         return;
     }
     for (model, config) in [("mlp", "configs/digits_mlp.yaml"), ("cnn", "configs/digits_cnn.yaml")] {
@@ -276,8 +283,7 @@ fn digits_mlp_and_cnn_train_under_autocast() {
 #[test]
 fn f16_loss_scaling_on_cuda_backs_off_from_overflow() {
     let name = "f16_loss_scaling_on_cuda_backs_off_from_overflow";
-    if let Err(why) = ecstrain::kernels::cuda::probe(0) {
-        eprintln!("SKIPPED {name}: no CUDA device ({why})");
+    if no_gpu(name) {
         return;
     }
     let dir = scratch(name);
