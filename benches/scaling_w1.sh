@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel scaling of W1 (configs/bench_w1_mlp.yaml: 784-512-512-10 MLP, AdamW, global batch 128) on this
 # machine: 1 process with 2 compute threads vs `mpirun -n 2` ranks of 1 thread each (batch 64 per rank, the
-# same global batch: strong scaling), and 2 ranks of batch 128 (weak scaling). Prints samples/s (the run's,
+# same global batch: strong scaling), the same two ranks started torchrun-style (RANK / WORLD_SIZE /
+# MASTER_ADDR / MASTER_PORT, joined through ompi-server), and 2 ranks of batch 128 (weak scaling). Prints samples/s (the run's,
 # from the train records), ms per optimizer step and the all-reduce time per step (`allreduce_s`).
 #   benches/scaling_w1.sh [EPOCHS]        (needs Open MPI; builds the release engine with --features mpi)
 set -euo pipefail
@@ -20,11 +21,19 @@ common=(--config configs/bench_w1_mlp.yaml --headless --set run.epochs="$EPOCHS"
 "${MPIRUN[@]}" "$BIN" "${common[@]}" --set run.threads=1 --set run.batch=128 --set run.nbs=256 \
     --set run.save_dir="$OUT/weak" >/dev/null
 
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+        "$BIN" "${common[@]}" --set run.threads=1 --set run.batch=64 --set run.save_dir="$OUT/torchrun" >/dev/null &
+done
+wait
+
 python3 - "$OUT" <<'PY'
 import json, statistics, sys
 out = sys.argv[1]
 rows = [("1 process x 2 threads, batch 128", "one", 1, 128),
         ("2 ranks x 1 thread, batch 64/rank (global 128)", "strong", 2, 128),
+        ("the same, torchrun-style launch", "torchrun", 2, 128),
         ("2 ranks x 1 thread, batch 128/rank (global 256)", "weak", 2, 256)]
 base = None
 print(f"| run | samples/s | ms / step | all-reduce ms / step | share of step |")
