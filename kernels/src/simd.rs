@@ -7,7 +7,8 @@
 //! the choice of instruction set never changes a training run.
 
 /// Defines `$vis fn $name<generics>(args)` that calls `$body::<generics>(args)` compiled for the best
-/// instruction set available. Generics: type parameters with one bound each, then `; const` parameters.
+/// instruction set available (optionally `-> Ret` after the arguments). Generics: type parameters with one
+/// bound each, then `; const` parameters.
 ///
 /// ```ignore
 /// #[inline(always)]
@@ -17,16 +18,19 @@
 #[macro_export]
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$($g:ident : $b:path),* $(; const $c:ident : $ct:ty)*>($($a:ident : $t:ty),* $(,)?) => $body:ident) => {
+        $crate::multiversion!($(#[$m])* $vis fn $name<$($g: $b),* $(; const $c: $ct)*>($($a: $t),*) -> () => $body);
+    };
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$($g:ident : $b:path),* $(; const $c:ident : $ct:ty)*>($($a:ident : $t:ty),* $(,)?) -> $r:ty => $body:ident) => {
         $(#[$m])*
-        $vis fn $name<$($g: $b),* $(, const $c: $ct)*>($($a: $t),*) {
+        $vis fn $name<$($g: $b),* $(, const $c: $ct)*>($($a: $t),*) -> $r {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn v4<$($g: $b),* $(, const $c: $ct)*>($($a: $t),*) {
+                unsafe fn v4<$($g: $b),* $(, const $c: $ct)*>($($a: $t),*) -> $r {
                     $body::<$($g),* $(, $c)*>($($a),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3<$($g: $b),* $(, const $c: $ct)*>($($a: $t),*) {
+                unsafe fn v3<$($g: $b),* $(, const $c: $ct)*>($($a: $t),*) -> $r {
                     $body::<$($g),* $(, $c)*>($($a),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {

@@ -111,8 +111,9 @@ where
 /// (width `w`). Outputs of a row are independent, so the compare-and-select chains interleave instead of
 /// serialising through one running maximum, and the selects compile branch-free (with AVX-512 masks when the
 /// CPU has them): at the W2 shape with ReLU'd input (half ties at 0) the branchy scan took ~5 ms.
-/// The per-output visiting order stays row-major over the window, so ties go to the first maximum. Only for
-/// planes without NaN (checked by the caller): the NaN test made every select a branch.
+/// The per-output visiting order stays row-major over the window, so ties go to the first maximum. NaN is
+/// not handled (a NaN test in the selects made every select a branch): the row only reports whether it saw
+/// one (an OR kept apart from the selects), and the caller then redoes the plane on the general path.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn max_pool_row_body<T: Float>(
@@ -124,13 +125,17 @@ fn max_pool_row_body<T: Float>(
     sw: usize,
     kh: usize,
     kw: usize,
-) {
+) -> bool {
+    #[allow(clippy::eq_op)]
+    let is_nan = |v: T| v != v;
+    let mut nan = false;
     if kh == 2 && kw == 2 && sw == 2 {
         // The common 2x2 / stride-2 window: all four candidates in registers, no running value in memory.
         let (r0, r1) = (y0 * w, (y0 + 1) * w);
         for (ox, (b, id)) in best.iter_mut().zip(idx.iter_mut()).enumerate() {
             let (i0, i2) = (r0 + 2 * ox, r1 + 2 * ox);
             let (a, bb, c, d) = (x[i0], x[i0 + 1], x[i2], x[i2 + 1]);
+            nan |= is_nan(a) | is_nan(bb) | is_nan(c) | is_nan(d);
             // Row-major order with strict `>`: ties keep the earlier element, as the general path does.
             let (m01, j01) = if bb > a { (bb, i0 + 1) } else { (a, i0) };
             let (m23, j23) = if d > c { (d, i2 + 1) } else { (c, i2) };
@@ -138,7 +143,7 @@ fn max_pool_row_body<T: Float>(
             *b = m;
             *id = j as u32;
         }
-        return;
+        return nan;
     }
     for ky in 0..kh {
         let row = (y0 + ky) * w;
@@ -147,8 +152,9 @@ fn max_pool_row_body<T: Float>(
             for (ox, (b, id)) in best.iter_mut().zip(idx.iter_mut()).enumerate() {
                 let i = row + ox * sw + kx;
                 let v = x[i];
-                // No NaN check here: the caller only takes this path for NaN-free planes (see `plane`). The
-                // index select is integer arithmetic so LLVM cannot turn it into a branch (it did for `if`).
+                nan |= is_nan(v);
+                // No NaN in the selects (see above). The index select is integer arithmetic so LLVM cannot
+                // turn it into a branch (it did for `if`).
                 let (bv, iv) = (*b, *id);
                 let take = first | (v > bv);
                 let m = (take as u32).wrapping_neg();
@@ -157,11 +163,36 @@ fn max_pool_row_body<T: Float>(
             }
         }
     }
+    nan
+}
+
+/// Every output row of one unpadded plane (`out`, `idx`: [OH, OW]) through [`max_pool_row_body`]: one
+/// dispatch per plane rather than per row (a W2 plane of the second pool has 7 rows of 7 outputs, where the
+/// per-row call cost as much as the scan). Returns whether the plane holds a NaN (its outputs are then
+/// not PyTorch's and the caller recomputes them).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn max_pool_plane_body<T: Float>(
+    out: &mut [T],
+    idx: &mut [u32],
+    x: &[T],
+    ow: usize,
+    sh: usize,
+    w: usize,
+    sw: usize,
+    kh: usize,
+    kw: usize,
+) -> bool {
+    let mut nan = false;
+    for (oy, (best, id)) in out.chunks_exact_mut(ow).zip(idx.chunks_exact_mut(ow)).enumerate() {
+        nan |= max_pool_row_body(best, id, x, oy * sh, w, sw, kh, kw);
+    }
+    nan
 }
 
 crate::multiversion!(
     #[allow(clippy::too_many_arguments)]
-    fn max_pool_row<T: Float>(best: &mut [T], idx: &mut [u32], x: &[T], y0: usize, w: usize, sw: usize, kh: usize, kw: usize) => max_pool_row_body
+    fn max_pool_plane<T: Float>(out: &mut [T], idx: &mut [u32], x: &[T], ow: usize, sh: usize, w: usize, sw: usize, kh: usize, kw: usize) -> bool => max_pool_plane_body
 );
 
 /// Max pool forward (overwrites `out` and `argmax`). Padding counts as -inf, so a window only ever picks an
@@ -181,15 +212,9 @@ pub fn max_pool2d_forward<T: Float>(out: &mut [T], argmax: &mut [u32], inp: &[T]
 
     let unpadded = ph == 0 && pw == 0;
     let plane = |o: &mut [T], am: &mut [u32], x: &[T]| {
-        #[allow(clippy::eq_op)]
-        // A non-short-circuiting fold so the NaN scan vectorises (`any` stops early and stays scalar).
-        if unpadded && !x.iter().fold(false, |nan, v| nan | (*v != *v)) {
-            // Without padding no window is clipped: scan one window offset (ky, kx) across a whole output row
-            // at a time (see `max_pool_row_body`).
-            for oy in 0..oh {
-                let (best, idx) = (&mut o[oy * ow..(oy + 1) * ow], &mut am[oy * ow..(oy + 1) * ow]);
-                max_pool_row(best, idx, x, oy * sh, g.w, sw, g.kh, g.kw);
-            }
+        // Without padding no window is clipped: scan one window offset (ky, kx) across a whole output row at a
+        // time (see `max_pool_row_body`); a plane with a NaN is redone below, where a NaN wins as in PyTorch.
+        if unpadded && !max_pool_plane(o, am, x, ow, sh, g.w, sw, g.kh, g.kw) {
             return;
         }
         for oy in 0..oh {
@@ -720,6 +745,29 @@ mod tests {
             assert_eq!(am, ma, "{g:?}: argmax differs from the reference on ties");
             for (a, b) in out.iter().zip(&mo) {
                 assert_eq!(*a as f64, *b);
+            }
+        }
+    }
+
+    /// A NaN in an unpadded plane (the fast row scan, which only reports it) sends that plane to the general
+    /// path: the window holding it outputs NaN with its index, as PyTorch; the other windows and planes are
+    /// unchanged from a NaN-free run.
+    #[test]
+    fn a_nan_wins_its_window_on_the_fast_path() {
+        for g in [geom(2, 3, 8, 6, 2, 2, (2, 2), (0, 0)), geom(1, 2, 7, 7, 3, 3, (2, 2), (0, 0))] {
+            let (oh, ow) = g.out_hw().unwrap();
+            let x: Vec<f32> = uniform(5, g.n * g.c * g.h * g.w, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+            let (mut clean, mut clean_am) = (vec![0.0f32; g.n * g.c * oh * ow], vec![0u32; g.n * g.c * oh * ow]);
+            max_pool2d_forward(&mut clean, &mut clean_am, &x, &g);
+            let (plane, at) = (1, g.w + 1); // input row 1, column 1 of plane 1: inside output window (0, 0)
+            let mut xn = x.clone();
+            xn[plane * g.h * g.w + at] = f32::NAN;
+            let (mut out, mut am) = (vec![0.0f32; clean.len()], vec![0u32; clean.len()]);
+            max_pool2d_forward(&mut out, &mut am, &xn, &g);
+            let j = plane * oh * ow; // output (0, 0) of that plane
+            assert!(out[j].is_nan() && am[j] == at as u32, "{g:?}: the NaN did not win its window");
+            for k in (0..out.len()).filter(|&k| k != j) {
+                assert_eq!((out[k].to_bits(), am[k]), (clean[k].to_bits(), clean_am[k]), "{g:?}: output {k} moved");
             }
         }
     }
