@@ -178,9 +178,31 @@ fn launch_style(launcher: &str, world: usize, port: u16, args: &[&str], extra: &
     children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
 }
 
-/// ompi-server on PATH: Open MPI needs it to join processes that mpirun did not start.
-fn ompi_server() -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ompi-server").is_file()))
+/// True (after printing the SKIPPED line) when ompi-server is not on PATH: Open MPI needs it to join
+/// processes that mpirun did not start.
+fn no_ompi_server() -> bool {
+    let found =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ompi-server").is_file()));
+    if !found {
+        println!("SKIPPED: ompi-server not found on PATH (apt-get install openmpi-bin)");
+    }
+    !found
+}
+
+/// One torchrun-style rank `rank` of `world` alone, meeting at a free local port, waiting `timeout` seconds
+/// for the others; spawned with its output captured.
+fn lone_rank(cfg: &Path, rank: usize, world: usize, timeout: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .current_dir(repo())
+        .envs(rank_vars("torchrun", rank, world))
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port().to_string())
+        .env("ECSTRAIN_RENDEZVOUS_TIMEOUT", timeout)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// A torchrun-style launch (no mpirun: the ranks meet at MASTER_ADDR:MASTER_PORT and form an MPI world
@@ -188,8 +210,7 @@ fn ompi_server() -> bool {
 /// without PMI for MPI whose script exported MASTER_ADDR / MASTER_PORT.
 #[test]
 fn torchrun_style_and_srun_without_pmi_ranks_train_as_one_process() {
-    if !ompi_server() {
-        println!("SKIPPED: ompi-server not found on PATH (apt-get install openmpi-bin)");
+    if no_ompi_server() {
         return;
     }
     let dir = scratch("torchrun_dp");
@@ -225,23 +246,13 @@ fn torchrun_style_and_srun_without_pmi_ranks_train_as_one_process() {
 /// missing ranks, and leaves no run directory and no ompi-server behind.
 #[test]
 fn a_torchrun_style_rank_alone_times_out_with_exit_2() {
-    if !ompi_server() {
-        println!("SKIPPED: ompi-server not found on PATH (apt-get install openmpi-bin)");
+    if no_ompi_server() {
         return;
     }
     let dir = scratch("torchrun_alone");
     let save = dir.join("run");
     let cfg = write_config(&dir, "c.yaml", &yaml(&save, 32));
-    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(["--config", cfg.to_str().unwrap()])
-        .current_dir(repo())
-        .envs([("RANK", "0"), ("WORLD_SIZE", "3"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")])
-        .env("MASTER_PORT", free_port().to_string())
-        .env("ECSTRAIN_RENDEZVOUS_TIMEOUT", "1.5")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = lone_rank(&cfg, 0, 3, "1.5");
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let log = text(&out);
@@ -254,14 +265,7 @@ fn a_torchrun_style_rank_alone_times_out_with_exit_2() {
     assert!(!state.exists(), "ompi-server was left running: {} exists", state.display());
 
     // A peer that finds nobody at MASTER_ADDR:MASTER_PORT stops the same way.
-    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(["--config", cfg.to_str().unwrap()])
-        .current_dir(repo())
-        .envs([("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1")])
-        .env("MASTER_PORT", free_port().to_string())
-        .env("ECSTRAIN_RENDEZVOUS_TIMEOUT", "1")
-        .output()
-        .unwrap();
+    let out = lone_rank(&cfg, 1, 2, "1").wait_with_output().unwrap();
     let log = text(&out);
     assert_eq!(out.status.code(), Some(2), "{log}");
     assert!(log.contains("nothing answered at 127.0.0.1:"), "{log}");
