@@ -11,9 +11,10 @@ fn summary(save: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(save.join("summary.json")).unwrap()).unwrap()
 }
 
-/// Trains `config` into a scratch directory (extra `--set` overrides in `sets`) and returns the save dir.
-fn train(name: &str, config: &str, sets: &[&str]) -> std::path::PathBuf {
-    let save = scratch(name).join("run");
+/// Trains `config` into `<scratch>/run` (extra `--set` overrides in `sets`) and returns the scratch directory.
+fn train(name: &str, config: &str, sets: &[&str]) -> Scratch {
+    let dir = scratch(name);
+    let save = dir.join("run");
     let mut args =
         vec!["--config".to_string(), config.to_string(), "--set".into(), format!("run.save_dir={}", save.display())];
     for s in sets {
@@ -23,12 +24,13 @@ fn train(name: &str, config: &str, sets: &[&str]) -> std::path::PathBuf {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = engine(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    save
+    dir
 }
 
 #[test]
 fn digits_resnet_config_reaches_97_percent() {
-    let save = train("digits_resnet", "configs/digits_resnet.yaml", &[]);
+    let dir = train("digits_resnet", "configs/digits_resnet.yaml", &[]);
+    let save = dir.join("run");
     let best = summary(&save)["best"]["metrics"]["accuracy"].as_f64().unwrap();
     assert!(best >= 0.97, "digits ResNet best val accuracy {best} < 0.97");
     let ck =
@@ -42,7 +44,8 @@ fn digits_resnet_config_reaches_97_percent() {
 
 #[test]
 fn digits_vit_config_reaches_97_percent() {
-    let save = train("digits_vit", "configs/digits_vit.yaml", &[]);
+    let dir = train("digits_vit", "configs/digits_vit.yaml", &[]);
+    let save = dir.join("run");
     let best = summary(&save)["best"]["metrics"]["accuracy"].as_f64().unwrap();
     assert!(best >= 0.97, "digits ViT best val accuracy {best} < 0.97");
 }
@@ -77,7 +80,8 @@ fn resnet_run_resumes_exactly_with_batch_norm_statistics() {
 
 #[test]
 fn digits_autoencoder_config_gains_6_db_psnr_over_its_first_epoch() {
-    let save = train("digits_autoencoder", "configs/digits_autoencoder.yaml", &[]);
+    let dir = train("digits_autoencoder", "configs/digits_autoencoder.yaml", &[]);
+    let save = dir.join("run");
     let psnr: Vec<f64> = std::fs::read_to_string(save.join("metrics.jsonl"))
         .unwrap()
         .lines()
