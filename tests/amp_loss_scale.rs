@@ -35,7 +35,7 @@ fn record(clock: Res<Clock>, params: Res<Params>, scaler: Option<Res<LossScaler>
 }
 
 /// What [`run`] returns: the per-micro-step records, the optimizer steps taken, the run directory.
-type Outcome = (Vec<Record>, u64, std::path::PathBuf);
+type Outcome = (Vec<Record>, u64, RunDir);
 
 fn run(tag: &str, sets: &[&str], inject: bool) -> Outcome {
     SEEN.lock().unwrap().clear();
@@ -56,7 +56,8 @@ fn run(tag: &str, sets: &[&str], inject: bool) -> Outcome {
         ecstrain::systems::checkpoint::safetensors_io::load_safetensors(&save.join("checkpoints/last.safetensors"))
             .unwrap();
     let opt_steps: u64 = ck.metadata["optimizer_step"].parse().unwrap();
-    (SEEN.lock().unwrap().clone(), opt_steps, save)
+    drop(save);
+    (SEEN.lock().unwrap().clone(), opt_steps, dir.into_run())
 }
 
 #[test]

@@ -48,11 +48,11 @@ const PROCESSORS: &str = "      train:
         - center_crop: {size: 8}
         - normalize: {mean: 0.5, std: 0.25}";
 
-fn run(name: &str, processors: &str) -> (std::process::Output, std::path::PathBuf) {
+fn run(name: &str, processors: &str) -> (std::process::Output, RunDir) {
     let dir = scratch(name);
     let save = dir.join("run");
     let cfg = write_config(&dir, "p.yaml", &yaml(&save, processors));
-    (engine(&["--config", cfg.to_str().unwrap()]), save)
+    (engine(&["--config", cfg.to_str().unwrap()]), dir.into_run())
 }
 
 fn final_val(save: &Path) -> serde_json::Value {

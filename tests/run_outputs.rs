@@ -14,7 +14,7 @@ use ecstrain::systems::logging::tensorboard::{event_files, proto::What, read_eve
 
 const EPOCHS: usize = 3;
 
-fn train(tag: &str, extra: &[&str]) -> (std::path::PathBuf, String) {
+fn train(tag: &str, extra: &[&str]) -> (RunDir, String) {
     let dir = scratch(tag);
     let save = dir.join("run");
     let cfg = write_config(&dir, "c.yaml", &digits_yaml(&save));
@@ -26,7 +26,8 @@ fn train(tag: &str, extra: &[&str]) -> (std::path::PathBuf, String) {
     let out = engine(&args);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    (save, log)
+    drop(save);
+    (dir.into_run(), log)
 }
 
 fn check_png(path: &Path) {

@@ -35,6 +35,28 @@ impl Drop for Scratch {
     }
 }
 
+impl Scratch {
+    /// Hands the scratch directory on as its `run` subdirectory (the save_dir the tests use), still removed
+    /// when the returned value is dropped.
+    pub fn into_run(self) -> RunDir {
+        let path = self.0.join("run");
+        RunDir { path, _scratch: self }
+    }
+}
+
+/// `<scratch>/run`, keeping its scratch directory alive.
+pub struct RunDir {
+    path: PathBuf,
+    _scratch: Scratch,
+}
+
+impl std::ops::Deref for RunDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.path
+    }
+}
+
 /// Creates the scratch directory `ecstrain-e2e-<pid>-<name>` under the temp directory, empty.
 pub fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("ecstrain-e2e-{}-{name}", std::process::id()));
