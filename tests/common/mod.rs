@@ -27,6 +27,12 @@ impl AsRef<Path> for Scratch {
     }
 }
 
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         if !std::thread::panicking() {
@@ -48,6 +54,18 @@ impl Scratch {
 pub struct RunDir {
     path: PathBuf,
     _scratch: Scratch,
+}
+
+impl AsRef<Path> for RunDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for RunDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
 }
 
 impl std::ops::Deref for RunDir {
