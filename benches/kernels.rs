@@ -1,6 +1,6 @@
 //! Kernel micro-benchmarks at the W1 shapes (batch 128, 784 -> 512 -> 512 -> 10): linear forward and
 //! backward, ReLU, fused softmax + cross-entropy, and the AdamW update over the whole 669,706-parameter arena;
-//! the W2 convolution and pool; and `gemm_ceiling`: a 512^3 f32 product through the engine's gemm wrapper,
+//! the W2 convolution and pool (and each W2 block as the conv + pool pair against the fused kernel); and `gemm_ceiling`: a 512^3 f32 product through the engine's gemm wrapper,
 //! the machine's GEMM ceiling that train-step throughput is compared with (FLOP/s = elem/s).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -107,6 +107,62 @@ fn conv_pool(c: &mut Criterion) {
     c.bench_function("w2_maxpool1_backward", |bn| bn.iter(|| max_pool2d_backward(&mut dx, &dp, &am, &pg)));
 }
 
+/// The two W2 blocks at batch 128 (Conv 3x3 pad 1, then MaxPool 2), forward and backward, as the unfused pair
+/// of kernels and as the fused `conv2d_maxpool_*` (bit-identical results) side by side.
+fn conv_maxpool_fused(c: &mut Criterion) {
+    use ops::conv2d::{conv2d_backward, conv2d_forward, conv2d_maxpool_backward, conv2d_maxpool_forward, Conv2dGeom};
+    use ops::pool::{max_pool2d_backward, max_pool2d_forward, Pool2dGeom};
+    for (name, ch, oc, hw) in [("w2_block1", 1, 32, 28), ("w2_block2", 32, 64, 14)] {
+        let n = 128;
+        let g = Conv2dGeom {
+            n,
+            c: ch,
+            h: hw,
+            w: hw,
+            oc,
+            kh: 3,
+            kw: 3,
+            stride: (1, 1),
+            padding: (1, 1),
+            dilation: (1, 1),
+            groups: 1,
+        };
+        let pg = Pool2dGeom { n, c: oc, h: hw, w: hw, kh: 2, kw: 2, stride: (2, 2), padding: (0, 0) };
+        let (x, w, b) = (randn(n * ch * hw * hw, 20), randn(oc * ch * 9, 21), randn(oc, 22));
+        let (full, pooled) = (n * oc * hw * hw, n * oc * (hw / 2) * (hw / 2));
+        let (mut y, mut dyf, mut dx) = (vec![0.0f32; full], vec![0.0f32; full], vec![0.0f32; x.len()]);
+        let (mut p, mut am, dp) = (vec![0.0f32; pooled], vec![0u32; pooled], randn(pooled, 23));
+        let (mut dw, mut db) = (vec![0.0f32; w.len()], vec![0.0f32; oc]);
+        let mut scratch = vec![0.0f32; g.maxpool_scratch_len()];
+        // The first block's input gradient is not needed (the model input), the second's is.
+        let wants_dx = ch > 1;
+        let mut group = c.benchmark_group(format!("{name}_conv_maxpool"));
+        group.bench_function("forward/pair", |bn| {
+            bn.iter(|| {
+                conv2d_forward(&mut y, &x, &w, Some(&b), &mut scratch, &g);
+                max_pool2d_forward(&mut p, &mut am, &y, &pg);
+            })
+        });
+        group.bench_function("forward/fused", |bn| {
+            bn.iter(|| conv2d_maxpool_forward(&mut p, &mut am, &x, &w, Some(&b), &mut scratch, &g, &pg))
+        });
+        group.bench_function("backward/pair", |bn| {
+            bn.iter(|| {
+                max_pool2d_backward(&mut dyf, &dp, &am, &pg);
+                let dx = wants_dx.then_some(&mut dx[..]);
+                conv2d_backward(dx, &mut dw, Some(&mut db), &dyf, &x, &w, &mut scratch, &g);
+            })
+        });
+        group.bench_function("backward/fused", |bn| {
+            bn.iter(|| {
+                let dx = wants_dx.then_some(&mut dx[..]);
+                conv2d_maxpool_backward(dx, &mut dw, Some(&mut db), &dp, &am, &x, &w, &mut scratch, &g, &pg)
+            })
+        });
+        group.finish();
+    }
+}
+
 fn gemm_ceiling(c: &mut Criterion) {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(2).build_global();
     let n = 512;
@@ -170,5 +226,15 @@ fn bias_act(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, linear, elementwise, adamw, conv_pool, gemm_ceiling, attention_w3, bias_act);
+criterion_group!(
+    benches,
+    linear,
+    elementwise,
+    adamw,
+    conv_pool,
+    conv_maxpool_fused,
+    gemm_ceiling,
+    attention_w3,
+    bias_act
+);
 criterion_main!(benches);

@@ -28,8 +28,13 @@ use rayon::prelude::*;
 #[path = "conv2d_direct.rs"]
 mod direct;
 
+#[path = "conv2d_maxpool.rs"]
+mod maxpool;
+pub use maxpool::{conv2d_maxpool_backward, conv2d_maxpool_forward};
+
 use super::gemm::{gemm_strided, Mat};
 use super::par::PAR_MIN_ELEMS;
+use super::pool::Pool2dGeom;
 use crate::Float;
 
 /// Most samples processed concurrently, each with its own column buffer in the scratch space. Fixed (not the
@@ -449,8 +454,6 @@ pub fn conv2d_forward<T: Float>(
     if g.n == 0 {
         return;
     }
-    let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
-
     let items = col[..d.slots * d.col_slot]
         .chunks_mut(d.col_slot)
         .zip(out.chunks_mut(d.per_slot * out_len))
@@ -458,37 +461,126 @@ pub fn conv2d_forward<T: Float>(
     let parallel = run_parallel(g, &d);
     for_each_slot(items, parallel, |((col, outs), inps)| {
         for (o, x) in outs.chunks_exact_mut(out_len).zip(inps.chunks_exact(in_len)) {
-            for gi in 0..g.groups {
-                let x_g = &x[gi * gin..(gi + 1) * gin];
-                let o_g = &mut o[gi * gout..(gi + 1) * gout];
-                let w_g = &weight[gi * d.ocg * d.kg..(gi + 1) * d.ocg * d.kg];
-                if d.direct() {
-                    im2col(col, x_g, g, &d);
-                    let b_g = bias.map(|b| &b[gi * d.ocg..(gi + 1) * d.ocg]);
-                    direct::forward(o_g, &col[..d.col_slot], w_g, b_g, d.p, d.kg);
-                    continue;
-                }
-                // Seed every output row with its bias and let the product accumulate onto it (saves a pass).
-                let accumulate = match bias {
-                    Some(bias) => {
-                        for (row, &b) in o_g.chunks_exact_mut(d.p).zip(&bias[gi * d.ocg..(gi + 1) * d.ocg]) {
-                            row.fill(b);
-                        }
-                        true
-                    }
-                    None => false,
-                };
-                let col_g: &[T] = if g.is_pointwise() {
-                    x_g
-                } else {
-                    im2col(col, x_g, g, &d);
-                    &col[..d.col_slot]
-                };
-                let (lhs, rhs) = (Mat::rows(w_g, d.kg), Mat::rows(col_g, d.p));
-                gemm_strided(d.ocg, d.p, d.kg, o_g, d.p, 1, accumulate, lhs, rhs, T::ONE, !parallel);
-            }
+            forward_sample(o, x, weight, bias, col, g, &d, !parallel);
         }
     });
+}
+
+/// One sample of [`conv2d_forward`]: `o[OC, P]` from `x[C, H, W]`, every group through `col` (one slot's
+/// column matrix). `gemm_threads`: let gemm split its products across threads (the slots run serially).
+#[allow(clippy::too_many_arguments)]
+fn forward_sample<T: Float>(
+    o: &mut [T],
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    col: &mut [T],
+    g: &Conv2dGeom,
+    d: &Dims,
+    gemm_threads: bool,
+) {
+    let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
+    for gi in 0..g.groups {
+        let x_g = &x[gi * gin..(gi + 1) * gin];
+        let o_g = &mut o[gi * gout..(gi + 1) * gout];
+        let w_g = &weight[gi * d.ocg * d.kg..(gi + 1) * d.ocg * d.kg];
+        if d.direct() {
+            im2col(col, x_g, g, d);
+            let b_g = bias.map(|b| &b[gi * d.ocg..(gi + 1) * d.ocg]);
+            direct::forward(o_g, &col[..d.col_slot], w_g, b_g, d.p, d.kg);
+            continue;
+        }
+        // Seed every output row with its bias and let the product accumulate onto it (saves a pass).
+        let accumulate = match bias {
+            Some(bias) => {
+                for (row, &b) in o_g.chunks_exact_mut(d.p).zip(&bias[gi * d.ocg..(gi + 1) * d.ocg]) {
+                    row.fill(b);
+                }
+                true
+            }
+            None => false,
+        };
+        let col_g: &[T] = if g.is_pointwise() {
+            x_g
+        } else {
+            im2col(col, x_g, g, d);
+            &col[..d.col_slot]
+        };
+        let (lhs, rhs) = (Mat::rows(w_g, d.kg), Mat::rows(col_g, d.p));
+        gemm_strided(d.ocg, d.p, d.kg, o_g, d.p, 1, accumulate, lhs, rhs, T::ONE, gemm_threads);
+    }
+}
+
+/// One sample's weight (and bias) gradient: `dw (+)= go @ col^T` per group (`accumulate` false: the first
+/// term of a zero-started partial overwrites), `db += ` the row sums of `go` when given.
+/// go: [OC, P], x: [C, H, W], dw: [OC, C/groups, KH, KW], col: one slot's column matrix.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_sample<T: Float>(
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    go: &[T],
+    x: &[T],
+    col: &mut [T],
+    accumulate: bool,
+    g: &Conv2dGeom,
+    d: &Dims,
+    gemm_threads: bool,
+) {
+    let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
+    let gw = d.ocg * d.kg;
+    if let Some(db) = db {
+        direct::row_sums(db, go, d.p);
+    }
+    for gi in 0..g.groups {
+        let (x_g, go_g) = (&x[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
+        let dw_g = &mut dw[gi * gw..(gi + 1) * gw];
+        if d.direct() {
+            if !accumulate {
+                dw_g.fill(T::ZERO);
+            }
+            im2col(col, x_g, g, d);
+            direct::weight_grad(dw_g, go_g, &col[..d.col_slot], d.p, d.kg);
+            continue;
+        }
+        // dW_g[OCg, Kg] (+)= dout_g[OCg, P] @ col^T[P, Kg]: the transpose is a stride (gemm packs it).
+        let col_g: &[T] = if g.is_pointwise() {
+            x_g
+        } else {
+            im2col(col, x_g, g, d);
+            &col[..d.col_slot]
+        };
+        let (lhs, rhs) = (Mat::rows(go_g, d.p), Mat::rows_t(col_g, d.p));
+        gemm_strided(d.ocg, d.kg, d.p, dw_g, d.kg, 1, accumulate, lhs, rhs, T::ONE, gemm_threads);
+    }
+}
+
+/// One sample's input gradient (overwrites `dx[C, H, W]`) from `go[OC, P]`: `dcol = W^T @ go` per group,
+/// then col2im (through `col`, one slot's column matrix).
+fn input_grad_sample<T: Float>(
+    dx: &mut [T],
+    go: &[T],
+    weight: &[T],
+    col: &mut [T],
+    g: &Conv2dGeom,
+    d: &Dims,
+    gemm_threads: bool,
+) {
+    let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
+    let gw = d.ocg * d.kg;
+    for gi in 0..g.groups {
+        let (dx_g, go_g) = (&mut dx[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
+        // dcol[Kg, P] = W_g^T[Kg, OCg] @ dout_g[OCg, P], the transpose again a stride.
+        let lhs = Mat::rows_t(&weight[gi * gw..(gi + 1) * gw], d.kg);
+        let rhs = Mat::rows(go_g, d.p);
+        if g.is_pointwise() {
+            // The column matrix is the input itself: dcol is dx.
+            gemm_strided(d.kg, d.p, d.ocg, dx_g, d.p, 1, false, lhs, rhs, T::ONE, gemm_threads);
+        } else {
+            let dcol = &mut col[..d.col_slot];
+            gemm_strided(d.kg, d.p, d.ocg, dcol, d.p, 1, false, lhs, rhs, T::ONE, gemm_threads);
+            col2im(dx_g, dcol, g, d);
+        }
+    }
 }
 
 /// Convolution backward.
@@ -525,85 +617,121 @@ pub fn conv2d_backward<T: Float>(
     if g.n == 0 {
         return;
     }
-    let parallel = run_parallel(g, &d);
-    let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
-    let gw = d.ocg * d.kg;
+    backward_impl(dinp, dweight, dbias, DoutSource::Full(dout), inp, weight, col, g, &d);
+}
 
-    // Scratch layout: [slots column matrices | bias-gradient partials | weight-gradient partials of slots 1..].
+/// Where a backward pass reads its output gradient from.
+#[derive(Clone, Copy)]
+enum DoutSource<'a, T> {
+    /// The whole `[N, OC, OH, OW]` gradient.
+    Full(&'a [T]),
+    /// The gradient of a max pool over the output (`dy`, `argmax`: `[N, OC, POH, POW]`) and the pool's
+    /// geometry for one sample (`n = 1`): each sample's output gradient is scattered into a slot buffer
+    /// first, while it is still in cache (the fused convolution + pool, `conv2d_maxpool.rs`).
+    Pooled { dy: &'a [T], argmax: &'a [u32], pool: Pool2dGeom },
+}
+
+/// One slot's share of a [`DoutSource`].
+enum SlotDout<'a, T> {
+    Full(&'a [T]),
+    Pooled(&'a [T], &'a [u32]),
+}
+
+/// The slot loop of the backward (shared by [`conv2d_backward`] and the fused convolution + pool): per sample,
+/// the output gradient (read, or unpooled into the slot's buffer), then its weight / bias gradient, then its
+/// input gradient. Buffer lengths are checked by the callers; `scratch` is laid out as
+/// [`Conv2dGeom::col_len`] (plus, for a pooled source, [`Conv2dGeom::maxpool_scratch_len`]'s extra room).
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<T: Float>(
+    dinp: Option<&mut [T]>,
+    dweight: &mut [T],
+    dbias: Option<&mut [T]>,
+    src: DoutSource<'_, T>,
+    inp: &[T],
+    weight: &[T],
+    scratch: &mut [T],
+    g: &Conv2dGeom,
+    d: &Dims,
+) {
+    let (in_len, out_len) = (g.c * g.h * g.w, g.oc * d.p);
+    let parallel = run_parallel(g, d);
+
+    // Scratch layout: [slots column matrices | bias-gradient partials | weight-gradient partials of slots 1..]
+    // then, for a pooled source, [one output-gradient sample per slot | bias partials when they do not fit].
     // Slot 0 accumulates straight into dweight. The bias partials (one per slot, so that dbias gets a single
     // addition, the same bits as one sum over the batch) live in the weight-length gap that col_len reserves
     // for slot 0's (unneeded) weight partial; when they do not fit there (C/groups*KH*KW < slots), the bias
-    // gradient is a separate pass.
-    let (cols, rest) = col[..g.col_len()].split_at_mut(d.slots * d.col_slot);
-    let (db_partials, partials) = rest.split_at_mut(d.wlen);
+    // gradient is a separate pass over the whole output gradient (or, pooled, partials in the extra room).
+    let (base, extra) = scratch.split_at_mut(g.col_len());
+    let (cols, rest) = base.split_at_mut(d.slots * d.col_slot);
+    let (db_gap, partials) = rest.split_at_mut(d.wlen);
+    let (samples, db_extra) = match src {
+        DoutSource::Full(_) => (&mut extra[..0], &mut [][..]),
+        DoutSource::Pooled { .. } => extra.split_at_mut(d.slots * out_len),
+    };
     let fuse_bias = d.slots <= d.kg;
-    let dbias = match dbias {
-        Some(db) if !fuse_bias => {
+    let (dbias, db_partials) = match (dbias, src) {
+        (Some(db), DoutSource::Full(dout)) if !fuse_bias => {
             bias_grad(db, dout, g.n, g.oc, d.p);
-            None
+            (None, db_gap)
         }
-        db => db,
+        (db, _) if fuse_bias => (db, db_gap),
+        (db, _) => (db, &mut db_extra[..d.slots * g.oc]),
     };
     let has_bias = dbias.is_some();
 
     let used = g.n.div_ceil(d.per_slot);
+    // Exactly one of the two is non-empty (no boxed iterator: nothing is allocated in a step).
+    let pout = match src {
+        DoutSource::Pooled { dy, .. } => dy.len() / g.n,
+        DoutSource::Full(_) => 0,
+    };
+    let full = match src {
+        DoutSource::Full(dout) => Some(dout),
+        DoutSource::Pooled { .. } => None,
+    };
+    let pooled = match src {
+        DoutSource::Pooled { dy, argmax, .. } => Some((dy, argmax)),
+        DoutSource::Full(_) => None,
+    };
+    let douts = full.into_iter().flat_map(|dout| dout.chunks(d.per_slot * out_len).map(SlotDout::Full)).chain(
+        pooled.into_iter().flat_map(|(dy, am)| {
+            dy.chunks(d.per_slot * pout).zip(am.chunks(d.per_slot * pout)).map(|(y, a)| SlotDout::Pooled(y, a))
+        }),
+    );
+    let pool = match src {
+        DoutSource::Pooled { pool, .. } => Some(pool),
+        DoutSource::Full(_) => None,
+    };
+    let sample_bufs = samples.chunks_mut(out_len.max(1)).map(Some).chain(std::iter::repeat_with(|| None));
     let dinp_chunks = dinp.map(|di| di.chunks_mut(d.per_slot * in_len)).into_iter().flatten().map(Some);
     let items = cols
         .chunks_mut(d.col_slot)
         .zip(std::iter::once(&mut *dweight).chain(partials.chunks_mut(d.wlen)))
         .zip(db_partials.chunks_mut(g.oc).map(Some).chain(std::iter::repeat_with(|| None)))
         .enumerate()
-        .zip(dout.chunks(d.per_slot * out_len).zip(inp.chunks(d.per_slot * in_len)))
-        .zip(dinp_chunks.chain(std::iter::repeat_with(|| None)));
-    for_each_slot(items, parallel, |(((slot, ((col, dw), db)), (douts, inps)), dinps)| {
+        .zip(douts.zip(inp.chunks(d.per_slot * in_len)))
+        .zip(dinp_chunks.chain(std::iter::repeat_with(|| None)).zip(sample_bufs));
+    for_each_slot(items, parallel, |(((slot, ((col, dw), db)), (dout, inps)), (mut dinps, mut buf))| {
         // Weight and bias gradients of this slot's samples: slot 0 adds onto dweight (it is accumulated
         // anyway), the other weight partials and all bias partials start from zero.
         let mut db = if has_bias { db } else { None };
         if let Some(db) = db.as_deref_mut() {
             db.fill(T::ZERO);
         }
-        for (i, (go, x)) in douts.chunks_exact(out_len).zip(inps.chunks_exact(in_len)).enumerate() {
-            let accumulate = slot == 0 || i > 0;
-            if let Some(db) = db.as_deref_mut() {
-                direct::row_sums(db, go, d.p);
-            }
-            for gi in 0..g.groups {
-                let (x_g, go_g) = (&x[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
-                let dw_g = &mut dw[gi * gw..(gi + 1) * gw];
-                if d.direct() {
-                    if !accumulate {
-                        dw_g.fill(T::ZERO);
-                    }
-                    im2col(col, x_g, g, &d);
-                    direct::weight_grad(dw_g, go_g, &col[..d.col_slot], d.p, d.kg);
-                    continue;
+        for (i, x) in inps.chunks_exact(in_len).enumerate() {
+            let go: &[T] = match &dout {
+                SlotDout::Full(c) => &c[i * out_len..(i + 1) * out_len],
+                SlotDout::Pooled(dy, am) => {
+                    let (pool, buf) = (pool.as_ref().expect("pooled source"), buf.as_deref_mut().expect("slot buffer"));
+                    let range = i * pout..(i + 1) * pout;
+                    super::pool::max_pool2d_backward_serial(buf, &dy[range.clone()], &am[range], pool);
+                    buf
                 }
-                // dW_g[OCg, Kg] (+)= dout_g[OCg, P] @ col^T[P, Kg]: the transpose is a stride (gemm packs it).
-                let col_g: &[T] = if g.is_pointwise() {
-                    x_g
-                } else {
-                    im2col(col, x_g, g, &d);
-                    &col[..d.col_slot]
-                };
-                let (lhs, rhs) = (Mat::rows(go_g, d.p), Mat::rows_t(col_g, d.p));
-                gemm_strided(d.ocg, d.kg, d.p, dw_g, d.kg, 1, accumulate, lhs, rhs, T::ONE, !parallel);
-            }
-        }
-        let Some(dinps) = dinps else { return };
-        for (dx, go) in dinps.chunks_exact_mut(in_len).zip(douts.chunks_exact(out_len)) {
-            for gi in 0..g.groups {
-                let (dx_g, go_g) = (&mut dx[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
-                // dcol[Kg, P] = W_g^T[Kg, OCg] @ dout_g[OCg, P], the transpose again a stride.
-                let lhs = Mat::rows_t(&weight[gi * gw..(gi + 1) * gw], d.kg);
-                let rhs = Mat::rows(go_g, d.p);
-                if g.is_pointwise() {
-                    // The column matrix is the input itself: dcol is dx.
-                    gemm_strided(d.kg, d.p, d.ocg, dx_g, d.p, 1, false, lhs, rhs, T::ONE, !parallel);
-                } else {
-                    let dcol = &mut col[..d.col_slot];
-                    gemm_strided(d.kg, d.p, d.ocg, dcol, d.p, 1, false, lhs, rhs, T::ONE, !parallel);
-                    col2im(dx_g, dcol, g, &d);
-                }
+            };
+            weight_grad_sample(dw, db.as_deref_mut(), go, x, col, slot == 0 || i > 0, g, d, !parallel);
+            if let Some(dinps) = dinps.as_deref_mut() {
+                input_grad_sample(&mut dinps[i * in_len..(i + 1) * in_len], go, weight, col, g, d, !parallel);
             }
         }
     });

@@ -202,68 +202,83 @@ crate::multiversion!(
 /// input plane, PyTorch's `return_indices`), inp: [N, C, H, W].
 /// Panics on an invalid geometry (see [`Pool2dGeom::out_hw`]) or wrong buffer lengths.
 pub fn max_pool2d_forward<T: Float>(out: &mut [T], argmax: &mut [u32], inp: &[T], g: &Pool2dGeom) {
-    let (oh, ow) = g.out_hw_or_panic();
+    let (oh, ow) = check_max_pool(out.len(), argmax.len(), inp.len(), g, "max_pool2d_forward");
     let (plane_in, plane_out) = (g.h * g.w, oh * ow);
-    let planes = g.n * g.c;
-    assert_eq!(out.len(), planes * plane_out, "max_pool2d_forward: out must be [N, C, OH, OW]");
-    assert_eq!(argmax.len(), planes * plane_out, "max_pool2d_forward: argmax must be [N, C, OH, OW]");
-    assert_eq!(inp.len(), planes * plane_in, "max_pool2d_forward: inp must be [N, C, H, W]");
-    let ((sh, sw), (ph, pw)) = (g.stride, g.padding);
-
-    let unpadded = ph == 0 && pw == 0;
-    let plane = |o: &mut [T], am: &mut [u32], x: &[T]| {
-        // Without padding no window is clipped: scan one window offset (ky, kx) across a whole output row at a
-        // time (see `max_pool_row_body`); a plane with a NaN is redone below, where a NaN wins as in PyTorch.
-        if unpadded && !max_pool_plane(o, am, x, ow, sh, g.w, sw, g.kh, g.kw) {
-            return;
-        }
-        for oy in 0..oh {
-            let (_, y0, y1) = window(oy, sh, ph, g.kh, g.h);
-            for ox in 0..ow {
-                let (_, x0, x1) = window(ox, sw, pw, g.kw, g.w);
-                // Start from the first element in the window (never empty: padding <= window / 2); PyTorch
-                // starts from -inf with that same index, which picks the same element.
-                let mut best_i = y0 * g.w + x0;
-                let mut best = x[best_i];
-                for iy in y0..y1 {
-                    for ix in x0..x1 {
-                        let i = iy * g.w + ix;
-                        let v = x[i];
-                        // `v != v` only for a NaN: like PyTorch, a NaN in the window wins. Selects instead of a
-                        // branch: which element wins is data-dependent and a mispredicted branch per visit cost
-                        // more than the whole comparison (max pool was 30% of the W2 step with the branch).
-                        #[allow(clippy::eq_op)]
-                        let take = v > best || v != v;
-                        best = if take { v } else { best };
-                        best_i = if take { i } else { best_i };
-                    }
-                }
-                o[oy * ow + ox] = best;
-                am[oy * ow + ox] = best_i as u32;
-            }
-        }
-    };
     if plane_out == 0 {
         return;
     }
     let work = out.len() * g.kh * g.kw;
-    if planes > 1 && work >= PAR_MIN_ELEMS {
+    if g.n * g.c > 1 && work >= PAR_MIN_ELEMS {
         let per_task = rows_per_task(plane_out * g.kh * g.kw);
         out.par_chunks_mut(per_task * plane_out)
             .zip(argmax.par_chunks_mut(per_task * plane_out))
             .zip(inp.par_chunks(per_task * plane_in))
-            .for_each(|((o, am), x)| {
-                for ((o, am), x) in
-                    o.chunks_exact_mut(plane_out).zip(am.chunks_exact_mut(plane_out)).zip(x.chunks_exact(plane_in))
-                {
-                    plane(o, am, x);
-                }
-            });
+            .for_each(|((o, am), x)| max_pool_planes(o, am, x, g, oh, ow));
     } else {
-        for ((o, am), x) in
-            out.chunks_exact_mut(plane_out).zip(argmax.chunks_exact_mut(plane_out)).zip(inp.chunks_exact(plane_in))
-        {
-            plane(o, am, x);
+        max_pool_planes(out, argmax, inp, g, oh, ow);
+    }
+}
+
+/// [`max_pool2d_forward`] on the calling thread only, for callers that split the work themselves (the fused
+/// convolution + pool runs it per sample inside its own slots). The same results.
+pub(crate) fn max_pool2d_forward_serial<T: Float>(out: &mut [T], argmax: &mut [u32], inp: &[T], g: &Pool2dGeom) {
+    let (oh, ow) = check_max_pool(out.len(), argmax.len(), inp.len(), g, "max_pool2d_forward");
+    if oh * ow > 0 {
+        max_pool_planes(out, argmax, inp, g, oh, ow);
+    }
+}
+
+/// Checks a max pool's buffer lengths (output, argmax, input) against `g`; returns `(OH, OW)`.
+fn check_max_pool(out: usize, argmax: usize, inp: usize, g: &Pool2dGeom, who: &str) -> (usize, usize) {
+    let (oh, ow) = g.out_hw_or_panic();
+    let planes = g.n * g.c;
+    assert_eq!(out, planes * oh * ow, "{who}: out must be [N, C, OH, OW]");
+    assert_eq!(argmax, planes * oh * ow, "{who}: argmax must be [N, C, OH, OW]");
+    assert_eq!(inp, planes * g.h * g.w, "{who}: inp must be [N, C, H, W]");
+    (oh, ow)
+}
+
+/// Max-pools whole planes in order: `out` / `am` hold [planes, OH, OW], `inp` [planes, H, W].
+fn max_pool_planes<T: Float>(out: &mut [T], am: &mut [u32], inp: &[T], g: &Pool2dGeom, oh: usize, ow: usize) {
+    let (plane_in, plane_out) = (g.h * g.w, oh * ow);
+    for ((o, am), x) in
+        out.chunks_exact_mut(plane_out).zip(am.chunks_exact_mut(plane_out)).zip(inp.chunks_exact(plane_in))
+    {
+        max_pool_plane_any(o, am, x, g, oh, ow);
+    }
+}
+
+/// One plane of the max pool, any geometry: `o` / `am` [OH, OW], `x` [H, W].
+fn max_pool_plane_any<T: Float>(o: &mut [T], am: &mut [u32], x: &[T], g: &Pool2dGeom, oh: usize, ow: usize) {
+    let ((sh, sw), (ph, pw)) = (g.stride, g.padding);
+    // Without padding no window is clipped: scan one window offset (ky, kx) across a whole output row at a
+    // time (see `max_pool_row_body`); a plane with a NaN is redone below, where a NaN wins as in PyTorch.
+    if ph == 0 && pw == 0 && !max_pool_plane(o, am, x, ow, sh, g.w, sw, g.kh, g.kw) {
+        return;
+    }
+    for oy in 0..oh {
+        let (_, y0, y1) = window(oy, sh, ph, g.kh, g.h);
+        for ox in 0..ow {
+            let (_, x0, x1) = window(ox, sw, pw, g.kw, g.w);
+            // Start from the first element in the window (never empty: padding <= window / 2); PyTorch
+            // starts from -inf with that same index, which picks the same element.
+            let mut best_i = y0 * g.w + x0;
+            let mut best = x[best_i];
+            for iy in y0..y1 {
+                for ix in x0..x1 {
+                    let i = iy * g.w + ix;
+                    let v = x[i];
+                    // `v != v` only for a NaN: like PyTorch, a NaN in the window wins. Selects instead of a
+                    // branch: which element wins is data-dependent and a mispredicted branch per visit cost
+                    // more than the whole comparison (max pool was 30% of the W2 step with the branch).
+                    #[allow(clippy::eq_op)]
+                    let take = v > best || v != v;
+                    best = if take { v } else { best };
+                    best_i = if take { i } else { best_i };
+                }
+            }
+            o[oy * ow + ox] = best;
+            am[oy * ow + ox] = best_i as u32;
         }
     }
 }
@@ -273,37 +288,38 @@ pub fn max_pool2d_forward<T: Float>(out: &mut [T], argmax: &mut [u32], inp: &[T]
 ///
 /// dinp: [N, C, H, W], dout: [N, C, OH, OW], argmax: [N, C, OH, OW] as written by [`max_pool2d_forward`].
 pub fn max_pool2d_backward<T: Float>(dinp: &mut [T], dout: &[T], argmax: &[u32], g: &Pool2dGeom) {
-    let (oh, ow) = g.out_hw_or_panic();
+    let (oh, ow) = check_max_pool(dout.len(), argmax.len(), dinp.len(), g, "max_pool2d_backward");
     let (plane_in, plane_out) = (g.h * g.w, oh * ow);
-    let planes = g.n * g.c;
-    assert_eq!(dinp.len(), planes * plane_in, "max_pool2d_backward: dinp must be [N, C, H, W]");
-    assert_eq!(dout.len(), planes * plane_out, "max_pool2d_backward: dout must be [N, C, OH, OW]");
-    assert_eq!(argmax.len(), planes * plane_out, "max_pool2d_backward: argmax must be [N, C, OH, OW]");
-
-    let plane = |dx: &mut [T], go: &[T], am: &[u32]| {
-        dx.fill(T::ZERO);
-        for (&gv, &i) in go.iter().zip(am) {
-            dx[i as usize] += gv;
-        }
-    };
     let work = dinp.len() + dout.len();
-    if planes > 1 && work >= PAR_MIN_ELEMS {
+    if g.n * g.c > 1 && work >= PAR_MIN_ELEMS {
         let per_task = rows_per_task(plane_in + plane_out);
         dinp.par_chunks_mut(per_task * plane_in)
             .zip(dout.par_chunks(per_task * plane_out))
             .zip(argmax.par_chunks(per_task * plane_out))
-            .for_each(|((dx, go), am)| {
-                for ((dx, go), am) in
-                    dx.chunks_exact_mut(plane_in).zip(go.chunks_exact(plane_out)).zip(am.chunks_exact(plane_out))
-                {
-                    plane(dx, go, am);
-                }
-            });
+            .for_each(|((dx, go), am)| max_unpool_planes(dx, go, am, plane_in, plane_out));
     } else {
-        for ((dx, go), am) in
-            dinp.chunks_exact_mut(plane_in).zip(dout.chunks_exact(plane_out)).zip(argmax.chunks_exact(plane_out))
-        {
-            plane(dx, go, am);
+        max_unpool_planes(dinp, dout, argmax, plane_in, plane_out);
+    }
+}
+
+/// [`max_pool2d_backward`] on the calling thread only (see [`max_pool2d_forward_serial`]).
+pub(crate) fn max_pool2d_backward_serial<T: Float>(dinp: &mut [T], dout: &[T], argmax: &[u32], g: &Pool2dGeom) {
+    let (oh, ow) = check_max_pool(dout.len(), argmax.len(), dinp.len(), g, "max_pool2d_backward");
+    max_unpool_planes(dinp, dout, argmax, g.h * g.w, oh * ow);
+}
+
+/// Scatters whole planes of output gradients back through their argmax: `dx` [planes, plane_in] is zeroed,
+/// then `dx[am[j]] += go[j]` within each plane.
+fn max_unpool_planes<T: Float>(dx: &mut [T], go: &[T], am: &[u32], plane_in: usize, plane_out: usize) {
+    if plane_out == 0 {
+        dx.fill(T::ZERO);
+        return;
+    }
+    for ((dx, go), am) in dx.chunks_exact_mut(plane_in).zip(go.chunks_exact(plane_out)).zip(am.chunks_exact(plane_out))
+    {
+        dx.fill(T::ZERO);
+        for (&gv, &i) in go.iter().zip(am) {
+            dx[i as usize] += gv;
         }
     }
 }

@@ -59,6 +59,34 @@ pub struct Activations {
     pub written: Vec<bool>,
     /// Per-node timings, recorded only when set (`run.profile`).
     pub profile: Option<OpProfile>,
+    /// `conv_pool[node]`: for a convolution whose only reader is the max pool right after it, that pool's
+    /// node index: the pair runs as one fused kernel (`ops::conv2d::conv2d_maxpool_*`, bit-identical to the
+    /// pair), so the convolution's full-resolution output and its gradient never go through memory (their
+    /// buffers stay planned for a forward with a [`NodeOverride`], which runs the pair unfused). Planned by
+    /// [`Activations::plan`]; clear it to run every node on its own.
+    pub conv_pool: Vec<Option<usize>>,
+    /// Whether the last forward ran the [`Activations::conv_pool`] pairs fused (the backward must match it).
+    pub fused_forward: bool,
+}
+
+/// The convolution + max pool pairs the executor fuses: `pairs[conv] = Some(pool)` when node `conv + 1` is a
+/// max pool over `conv`'s output, nothing else reads that output, and it is not the graph's output.
+pub fn conv_pool_pairs(graph: &Graph) -> Vec<Option<usize>> {
+    let mut readers = vec![0usize; graph.values.len()];
+    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    let mut pairs = vec![None; graph.nodes.len()];
+    for (i, w) in graph.nodes.windows(2).enumerate() {
+        let (conv, pool) = (&w[0], &w[1]);
+        if matches!(conv.op, OpKind::Conv2d { .. })
+            && matches!(pool.op, OpKind::MaxPool2d { .. })
+            && pool.inputs[0] == conv.output
+            && readers[conv.output.0] == 1
+            && conv.output != graph.output
+        {
+            pairs[i] = Some(i + 1);
+        }
+    }
+    pairs
 }
 
 /// Length of one attention node's saved probabilities (and of its backward scratch) for `n` samples.
@@ -81,8 +109,12 @@ impl Activations {
         let mut aux = vec![None; graph.nodes.len()];
         let mut ids = vec![Vec::new(); graph.nodes.len()];
         let mut scratch = 0;
+        let conv_pool = conv_pool_pairs(graph);
         for (idx, node) in graph.nodes.iter().enumerate() {
             match &node.op {
+                OpKind::Conv2d { spec, in_hw, .. } if conv_pool[idx].is_some() => {
+                    scratch = scratch.max(conv_geom(spec, *in_hw, capacity).maxpool_scratch_len())
+                }
                 OpKind::MaxPool2d { .. } => indices[idx] = vec![0; sizes[node.output.0]],
                 // A fused activation's input (the pre-activation) is kept for the backward.
                 OpKind::Linear { act: Some(_), .. } => saved[idx] = vec![0.0; sizes[node.output.0]],
@@ -119,6 +151,8 @@ impl Activations {
             grad_tmp: vec![0.0; largest],
             written: vec![false; graph.values.len()],
             profile: None,
+            conv_pool,
+            fused_forward: false,
         }
     }
 
@@ -251,9 +285,14 @@ pub fn forward_with(
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
     let cap = acts.capacity;
     let input = &input[..n * graph.values[0].numel()];
-    let Activations { values, saved, indices, ids, aux, scratch, profile, .. } = acts;
+    // An override may claim a convolution, so its pool then reads the output the override wrote.
+    let fuse = hook.is_none();
+    acts.fused_forward = fuse;
+    let Activations { values, saved, indices, ids, aux, scratch, profile, conv_pool, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
+    // The pool node of a fused pair, reached after its convolution ran both.
+    let mut skip: Option<usize> = None;
     // The node being timed and when it started: closed at the top of the next iteration (so every `continue`
     // is covered) and after the loop.
     let mut timing: Option<(usize, Instant)> = None;
@@ -262,6 +301,30 @@ pub fn forward_with(
             if let Some((i, t)) = timing.replace((idx, Instant::now())) {
                 prof.add_forward(i, mode, t);
             }
+        }
+        if skip == Some(idx) {
+            continue;
+        }
+        if let (true, Some(pool_idx)) = (fuse, conv_pool[idx]) {
+            let (OpKind::Conv2d { spec, in_hw, weight, bias, .. }, OpKind::MaxPool2d { spec: pspec, in_chw }) =
+                (&node.op, &graph.nodes[pool_idx].op)
+            else {
+                unreachable!("conv_pool pairs a convolution with a max pool")
+            };
+            let pool_out = graph.nodes[pool_idx].output;
+            let mut out_buf = std::mem::take(&mut values[pool_out.0]);
+            let y = &mut out_buf[..n * numel(pool_out)];
+            let x = value_rows(graph, values, input, node.inputs[0], n);
+            let (g, pg) = (conv_geom(spec, *in_hw, n), pool_geom(pspec, *in_chw, n));
+            let am = &mut indices[pool_idx][..y.len()];
+            let s = &mut scratch[..g.maxpool_scratch_len()];
+            ops::conv2d::conv2d_maxpool_forward(y, am, x, p(weight), bias.as_ref().map(p), s, &g, &pg);
+            values[pool_out.0] = out_buf;
+            if let Some(prof) = profile.as_mut() {
+                prof.merged[idx] = Some(pool_idx);
+            }
+            skip = Some(pool_idx);
+            continue;
         }
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
         let mut out_buf = std::mem::take(&mut values[node.output.0]);
@@ -535,7 +598,10 @@ pub fn backward(
     seed: u64,
 ) {
     let aux_weight = acts.aux_weight;
-    let Activations { values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, profile, .. } = acts;
+    let fused = acts.fused_forward;
+    let Activations {
+        values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, profile, conv_pool, ..
+    } = acts;
     let input = &input[..n * graph.values[0].numel()];
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
@@ -545,6 +611,32 @@ pub fn backward(
         if let Some(prof) = profile.as_mut() {
             if let Some((i, t)) = timing.replace((idx, Instant::now())) {
                 prof.add_backward(i, t);
+            }
+        }
+        if fused {
+            // A fused pair's pool is done by its convolution (visited next).
+            if idx > 0 && conv_pool[idx - 1] == Some(idx) {
+                continue;
+            }
+            if let Some(pool_idx) = conv_pool[idx] {
+                let (OpKind::Conv2d { spec, in_hw, weight, bias, .. }, OpKind::MaxPool2d { spec: pspec, in_chw }) =
+                    (&node.op, &graph.nodes[pool_idx].op)
+                else {
+                    unreachable!("conv_pool pairs a convolution with a max pool")
+                };
+                let pool_out = graph.nodes[pool_idx].output;
+                let dy_buf = std::mem::take(&mut dvals[pool_out.0]);
+                let dy = &dy_buf[..n * numel(pool_out)];
+                let (xv, x) = (node.inputs[0], value_rows(graph, values, input, node.inputs[0], n));
+                let (g, pg) = (conv_geom(spec, *in_hw, n), pool_geom(pspec, *in_chw, n));
+                let am = &indices[pool_idx][..dy.len()];
+                GradSink { dvals, tmp: grad_tmp, written }.with(xv, x.len(), |dx| {
+                    let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
+                    let s = &mut scratch[..g.maxpool_scratch_len()];
+                    ops::conv2d::conv2d_maxpool_backward(dx, dw, db, dy, am, x, p(weight), s, &g, &pg);
+                });
+                dvals[pool_out.0] = dy_buf;
+                continue;
             }
         }
         let mut dy_buf = std::mem::take(&mut dvals[node.output.0]);

@@ -24,6 +24,9 @@ pub struct OpProfile {
     pub train_passes: u64,
     /// Backward passes recorded.
     pub backward_passes: u64,
+    /// `merged[node]`: the node whose work this one did as a fused kernel (a convolution's max pool): its
+    /// time is in this node's row, which is labelled with both.
+    pub merged: Vec<Option<usize>>,
     /// Evaluation forward passes recorded.
     pub eval_passes: u64,
 }
@@ -72,6 +75,7 @@ impl OpProfile {
             train_forward_ns: vec![0; nodes],
             backward_ns: vec![0; nodes],
             eval_forward_ns: vec![0; nodes],
+            merged: vec![None; nodes],
             train_passes: 0,
             backward_passes: 0,
             eval_passes: 0,
@@ -117,11 +121,25 @@ impl OpProfile {
         }
     }
 
+    /// Node `i`'s label, `conv label + pool label` when it ran a fused pair.
+    fn label(&self, graph: &Graph, i: usize) -> String {
+        match self.merged.get(i).copied().flatten() {
+            Some(j) => format!("{} + {}", graph.nodes[i].op.label(), graph.nodes[j].op.label()),
+            None => graph.nodes[i].op.label(),
+        }
+    }
+
+    /// Nodes whose work another node did (their rows would be empty).
+    fn absorbed(&self) -> Vec<usize> {
+        self.merged.iter().flatten().copied().collect()
+    }
+
     /// Rows per op kind, slowest training step first.
     pub fn by_kind(&self, graph: &Graph) -> Vec<ProfileRow> {
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, node) in graph.nodes.iter().enumerate() {
-            groups.entry(kind_of(&node.op.label())).or_default().push(i);
+        let absorbed = self.absorbed();
+        for i in (0..graph.nodes.len()).filter(|i| !absorbed.contains(i)) {
+            groups.entry(kind_of(&self.label(graph, i))).or_default().push(i);
         }
         let mut rows: Vec<_> = groups.into_iter().map(|(k, idx)| self.row(k, &idx)).collect();
         rows.sort_by(|a, b| b.train_ms().total_cmp(&a.train_ms()).then(b.eval_ms.total_cmp(&a.eval_ms)));
@@ -130,13 +148,15 @@ impl OpProfile {
 
     /// Rows per node, in graph order.
     pub fn by_node(&self, graph: &Graph) -> Vec<ProfileRow> {
+        let absorbed = self.absorbed();
         graph
             .nodes
             .iter()
             .enumerate()
+            .filter(|(i, _)| !absorbed.contains(i))
             .map(|(i, node)| {
-                let name =
-                    if node.name.is_empty() { node.op.label() } else { format!("{} {}", node.name, node.op.label()) };
+                let label = self.label(graph, i);
+                let name = if node.name.is_empty() { label } else { format!("{} {}", node.name, label) };
                 self.row(name, &[i])
             })
             .collect()

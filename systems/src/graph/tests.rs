@@ -401,3 +401,92 @@ fn profiling_records_every_node_and_leaves_results_unchanged() {
     let report = prof.report(&graph);
     assert!(report.contains("fc1 Linear(4, 4)") && report.contains("head Linear(4, 2)"), "{report}");
 }
+
+/// A conv net with each convolution + max pool case: a pair the executor fuses (twice: the first layer,
+/// whose input is the model input, and a middle one), a convolution whose output a residual add also reads
+/// (not fused), and one with an activation between it and its pool (not fused).
+fn conv_pool_net(world: &mut World) -> ecstrain_components::Graph {
+    let mut g = GraphBuilder::new("test", &[2 * 8 * 8]);
+    let x = g.input();
+    let x = g.reshape("input", x, &[2, 8, 8]).unwrap();
+    let p = Pool2dSpec { kernel: (2, 2), stride: (2, 2), padding: (0, 0) };
+    let x = g.conv2d("conv1", x, conv(2, 4), true).unwrap();
+    let x = g.max_pool2d("pool1", x, p).unwrap();
+    let x = g.activation("act1", x, Activation::Relu);
+    let c = g.conv2d("conv2", x, conv(4, 4), false).unwrap();
+    let y = g.max_pool2d("pool2", c, Pool2dSpec { kernel: (3, 3), stride: (1, 1), padding: (1, 1) }).unwrap();
+    let x = g.add("res", y, c).unwrap();
+    let x = g.conv2d("conv3", x, conv(4, 3), true).unwrap();
+    let x = g.activation("act3", x, Activation::Tanh);
+    let x = g.max_pool2d("pool3", x, p).unwrap();
+    let x = g.conv2d("conv4", x, conv(3, 5), true).unwrap();
+    let x = g.max_pool2d("pool4", x, p).unwrap();
+    let x = g.flatten("flatten", x);
+    let out = g.linear("fc", x, 3, true).unwrap();
+    g.finish(world, out, 13)
+}
+
+#[test]
+fn conv_pool_pairs_fuse_only_sole_readers_and_keep_every_number() {
+    let mut world = World::new();
+    let graph = conv_pool_net(&mut world);
+    let name = |i: Option<usize>| i.map(|i| graph.nodes[i].name.clone());
+    let pairs: Vec<_> = super::exec::conv_pool_pairs(&graph)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.map(|p| (graph.nodes[i].name.clone(), name(Some(p)).unwrap())))
+        .collect();
+    assert_eq!(pairs, [("conv1".to_string(), "pool1".to_string()), ("conv4".into(), "pool4".into())]);
+
+    // Fused (as planned) and unfused (the plan cleared): the same bits, over two batch sizes (one sample
+    // per slot, and more samples than slots).
+    for n in [3, 19] {
+        let run = |fuse: bool| {
+            let mut rng = Rng::new(5);
+            let x: Vec<f32> = (0..n * graph.values[0].numel()).map(|_| rng.normal() as f32).collect();
+            let w: Vec<f32> = (0..n * 3).map(|_| rng.normal() as f32).collect();
+            let mut acts = Activations::plan(&graph, n);
+            if !fuse {
+                acts.conv_pool.fill(None);
+            }
+            let params = world.resource::<Params>().0.data.clone();
+            let mut grads = world.resource::<Grads>().0.data.clone();
+            forward(&graph, &params, &mut Vec::new(), &mut acts, &x, n, Mode::Train, 0);
+            assert!(acts.fused_forward);
+            let out = acts.output(&graph, n).to_vec();
+            acts.grads[graph.output.0][..n * 3].copy_from_slice(&w);
+            backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+            (out, grads)
+        };
+        let (fused, unfused) = (run(true), run(false));
+        assert_eq!(fused.0, unfused.0, "outputs, batch {n}");
+        assert_eq!(fused.1, unfused.1, "parameter gradients, batch {n}");
+    }
+}
+
+/// Two fused conv + max pool pairs with a smooth activation between them (no ReLU kinks, no overlapping
+/// windows), for the finite-difference check.
+fn fused_pairs_net(world: &mut World) -> ecstrain_components::Graph {
+    let mut g = GraphBuilder::new("test", &[2 * 8 * 8]);
+    let x = g.input();
+    let x = g.reshape("input", x, &[2, 8, 8]).unwrap();
+    let p = Pool2dSpec { kernel: (2, 2), stride: (2, 2), padding: (0, 0) };
+    let x = g.conv2d("conv1", x, conv(2, 3), true).unwrap();
+    let x = g.max_pool2d("pool1", x, p).unwrap();
+    let x = g.activation("act1", x, Activation::Tanh);
+    let x = g.conv2d("conv2", x, conv(3, 4), true).unwrap();
+    let x = g.max_pool2d("pool2", x, p).unwrap();
+    let x = g.flatten("flatten", x);
+    let out = g.linear("fc", x, 3, true).unwrap();
+    g.finish(world, out, 17)
+}
+
+#[test]
+fn fused_conv_pool_gradients_match_finite_differences() {
+    let mut world = World::new();
+    let graph = fused_pairs_net(&mut world);
+    assert_eq!(super::exec::conv_pool_pairs(&graph).iter().flatten().count(), 2);
+    // A step small enough that no pool window changes its argmax (the maxima here are pooled raw conv
+    // outputs, closer together than a tanh-squashed input would make them).
+    check_graph(&world, &graph, 2, 3e-4, 1, "conv + max pool pairs");
+}
