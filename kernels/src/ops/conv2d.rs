@@ -675,8 +675,8 @@ fn backward_impl<T: Float>(
             bias_grad(db, dout, g.n, g.oc, d.p);
             (None, db_gap)
         }
-        (db, _) if fuse_bias => (db, db_gap),
-        (db, _) => (db, &mut db_extra[..d.slots * g.oc]),
+        (db, DoutSource::Pooled { .. }) if !fuse_bias => (db, &mut db_extra[..d.slots * g.oc]),
+        (db, _) => (db, db_gap),
     };
     let has_bias = dbias.is_some();
 

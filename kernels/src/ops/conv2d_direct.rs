@@ -10,18 +10,41 @@
 
 use crate::Float;
 
-/// Output elements per register block of one output channel (2 AVX-512 registers of f32).
+/// Lanes of the weight-gradient and bias sums (2 AVX-512 registers of f32): lane `l` sums the columns
+/// `p = l mod B` in order, then the lanes are reduced pairwise, so `B` fixes the summation order and must be
+/// the same on every CPU. How many output channels share a pass is only register blocking.
 const B: usize = 32;
 /// Output channels computed together, so every column load feeds `OB` multiply-adds.
 const OB: usize = 4;
 
-/// `out[o, p] = bias[o] + sum_t w[o, t] * col[t, p]` for `O` output channels.
+/// Whether the CPU has AVX-512 (32 vector registers): the register blocks below are sized for it, and halved
+/// for AVX2's 16 registers, where the AVX-512 blocks spill (the W2 first layer ran at ~17 GFLOP/s).
+fn wide_registers() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[o, p] = bias[o] + sum_t w[o, t] * col[t, p]` for `O` output channels, in blocks of `BL` columns.
+/// Each output is its bias plus the taps in order, so the blocking never changes a result.
 ///
 /// out: [O, P], col: [Kg, P], w: [O, Kg], bias: [O].
 #[inline(always)]
-fn forward_rows_body<T: Float, const O: usize>(out: &mut [T], col: &[T], w: &[T], bias: &[T], p: usize, kg: usize) {
+fn forward_rows_body<T: Float, const O: usize, const BL: usize>(
+    out: &mut [T],
+    col: &[T],
+    w: &[T],
+    bias: &[T],
+    p: usize,
+    kg: usize,
+) {
     let (out, col, w, bias) = (&mut out[..O * p], &col[..kg * p], &w[..O * kg], &bias[..O]);
-    if p < B {
+    if p < BL {
         for jj in 0..p {
             for o in 0..O {
                 let mut a = bias[o];
@@ -33,35 +56,35 @@ fn forward_rows_body<T: Float, const O: usize>(out: &mut [T], col: &[T], w: &[T]
         }
         return;
     }
-    // Blocks of B outputs; a last partial block is recomputed as the (overlapping) block ending at P: the same
+    // Blocks of BL outputs; a last partial block is recomputed as the (overlapping) block ending at P: the same
     // arithmetic, so the overlap is rewritten with identical values.
     let mut j = 0;
     loop {
-        let mut acc = [[T::ZERO; B]; O];
+        let mut acc = [[T::ZERO; BL]; O];
         for (a, &b) in acc.iter_mut().zip(bias) {
-            *a = [b; B];
+            *a = [b; BL];
         }
         for t in 0..kg {
-            let c: &[T; B] = col[t * p + j..][..B].try_into().unwrap();
+            let c: &[T; BL] = col[t * p + j..][..BL].try_into().unwrap();
             for (o, a) in acc.iter_mut().enumerate() {
                 let wt = w[o * kg + t];
-                for l in 0..B {
+                for l in 0..BL {
                     a[l] += wt * c[l];
                 }
             }
         }
         for (o, a) in acc.iter().enumerate() {
-            out[o * p + j..][..B].copy_from_slice(a);
+            out[o * p + j..][..BL].copy_from_slice(a);
         }
-        if j + B == p {
+        if j + BL == p {
             break;
         }
-        j = (j + B).min(p - B);
+        j = (j + BL).min(p - BL);
     }
 }
 
 crate::multiversion!(
-    fn forward_rows<T: Float; const O: usize>(out: &mut [T], col: &[T], w: &[T], bias: &[T], p: usize, kg: usize) => forward_rows_body
+    fn forward_rows<T: Float; const O: usize; const BL: usize>(out: &mut [T], col: &[T], w: &[T], bias: &[T], p: usize, kg: usize) => forward_rows_body
 );
 
 /// `dw[o, t] += sum_p dout[o, p] * col[t, p]` for `O` output channels.
@@ -128,18 +151,20 @@ crate::multiversion!(
 pub(super) fn forward<T: Float>(out: &mut [T], col: &[T], w: &[T], bias: Option<&[T]>, p: usize, kg: usize) {
     let ocg = w.len() / kg;
     let zeros = [T::ZERO; OB];
+    let wide = wide_registers();
     let mut o = 0;
     while o < ocg {
         let bias_at = |o: usize, n: usize| bias.map_or(&zeros[..n], |b| &b[o..o + n]);
         let out_o = &mut out[o * p..];
         let w_o = &w[o * kg..];
-        if o + OB <= ocg {
-            forward_rows::<T, OB>(out_o, col, w_o, bias_at(o, OB), p, kg);
-            o += OB;
-        } else {
-            forward_rows::<T, 1>(out_o, col, w_o, bias_at(o, 1), p, kg);
-            o += 1;
+        // AVX-512: 4 channels x 32 columns (8 zmm accumulators); AVX2: 4 x 16 (8 ymm).
+        match (o + OB <= ocg, wide) {
+            (true, true) => forward_rows::<T, OB, 32>(out_o, col, w_o, bias_at(o, OB), p, kg),
+            (true, false) => forward_rows::<T, OB, 16>(out_o, col, w_o, bias_at(o, OB), p, kg),
+            (false, true) => forward_rows::<T, 1, 32>(out_o, col, w_o, bias_at(o, 1), p, kg),
+            (false, false) => forward_rows::<T, 1, 16>(out_o, col, w_o, bias_at(o, 1), p, kg),
         }
+        o += if o + OB <= ocg { OB } else { 1 };
     }
 }
 
@@ -148,12 +173,18 @@ pub(super) fn forward<T: Float>(out: &mut [T], col: &[T], w: &[T], bias: Option<
 /// dw: [OCg, Kg] (accumulated), dout: [OCg, P], col: [Kg, P].
 pub(super) fn weight_grad<T: Float>(dw: &mut [T], dout: &[T], col: &[T], p: usize, kg: usize) {
     let ocg = dw.len() / kg;
+    // Channels per pass: 4 x 32 lanes on AVX-512 (8 zmm accumulators), 2 x 32 on AVX2 (8 ymm); the lanes,
+    // hence the bits, are the same.
+    let ob = if wide_registers() { OB } else { OB / 2 };
     let mut o = 0;
     while o < ocg {
         let (dw_o, dout_o) = (&mut dw[o * kg..], &dout[o * p..]);
-        if o + OB <= ocg {
+        if o + OB <= ocg && ob == OB {
             weight_grad_rows::<T, OB>(dw_o, dout_o, col, p, kg);
             o += OB;
+        } else if o + OB / 2 <= ocg {
+            weight_grad_rows::<T, { OB / 2 }>(dw_o, dout_o, col, p, kg);
+            o += OB / 2;
         } else {
             weight_grad_rows::<T, 1>(dw_o, dout_o, col, p, kg);
             o += 1;

@@ -196,7 +196,8 @@ mod tests {
 
     /// The shapes the fused path must reproduce: W2's two layers (the first one the direct C = 1 path),
     /// one sample, a batch that fills every slot unevenly, groups, a strided convolution, overlapping and
-    /// padded pools, no bias, and a short weight row (`Kg = 4 < 8` slots: the bias sums per slot).
+    /// padded pools, no bias, and short weight rows (`Kg = 4`, `Kg = 2` < 8 slots: the bias sums per slot; the
+    /// second one without a bias).
     fn cases() -> Vec<Case> {
         vec![
             case(3, 1, (28, 28), 32, 3, 1, 1, 1, (2, 2, 0), true),
@@ -205,6 +206,7 @@ mod tests {
             case(11, 4, (9, 7), 6, 3, 2, 1, 2, (3, 2, 1), false),
             case(10, 3, (8, 8), 5, 3, 1, 0, 1, (3, 1, 1), true),
             case(12, 1, (6, 6), 3, 2, 1, 0, 1, (2, 2, 0), true),
+            case(12, 2, (6, 6), 3, 1, 1, 0, 1, (2, 2, 0), false),
         ]
     }
 

@@ -9,6 +9,9 @@
 use rayon::prelude::*;
 
 use super::par::{rows_per_task, PAR_MIN_ELEMS};
+
+#[path = "pool_2x2_avx2.rs"]
+mod avx2_2x2;
 use crate::Float;
 
 /// Geometry of a fixed-window pool (PyTorch `MaxPool2d` / `AvgPool2d` with `ceil_mode=False`, dilation 1).
@@ -252,9 +255,21 @@ fn max_pool_planes<T: Float>(out: &mut [T], am: &mut [u32], inp: &[T], g: &Pool2
 fn max_pool_plane_any<T: Float>(o: &mut [T], am: &mut [u32], x: &[T], g: &Pool2dGeom, oh: usize, ow: usize) {
     let ((sh, sw), (ph, pw)) = (g.stride, g.padding);
     // Without padding no window is clipped: scan one window offset (ky, kx) across a whole output row at a
-    // time (see `max_pool_row_body`); a plane with a NaN is redone below, where a NaN wins as in PyTorch.
-    if ph == 0 && pw == 0 && !max_pool_plane(o, am, x, ow, sh, g.w, sw, g.kh, g.kw) {
-        return;
+    // time (see `max_pool_row_body`), or for f32 2x2 / stride-2 windows eight outputs per AVX2 step (the same
+    // bits); a plane with a NaN is redone below, where a NaN wins as in PyTorch.
+    if ph == 0 && pw == 0 {
+        let nan = match as_f32_plane(o, x) {
+            Some((o32, x32))
+                if g.kh == 2 && g.kw == 2 && (sh, sw) == (2, 2) && ow >= 8 && x.len() <= i32::MAX as usize =>
+            {
+                // SAFETY: `as_f32_plane` only answers on a CPU with AVX2.
+                unsafe { avx2_2x2::plane(o32, am, x32, g.w, ow) }
+            }
+            _ => max_pool_plane(o, am, x, ow, sh, g.w, sw, g.kh, g.kw),
+        };
+        if !nan {
+            return;
+        }
     }
     for oy in 0..oh {
         let (_, y0, y1) = window(oy, sh, ph, g.kh, g.h);
@@ -280,6 +295,21 @@ fn max_pool_plane_any<T: Float>(o: &mut [T], am: &mut [u32], x: &[T], g: &Pool2d
             o[oy * ow + ox] = best;
             am[oy * ow + ox] = best_i as u32;
         }
+    }
+}
+
+/// `(out, x)` as f32 slices when `T` is f32 and the CPU can run [`avx2_2x2::plane`]; None otherwise.
+#[allow(clippy::type_complexity)]
+fn as_f32_plane<'a, T: Float>(o: &'a mut [T], x: &'a [T]) -> Option<(&'a mut [f32], &'a [f32])> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() || !avx2_2x2::available() {
+        return None;
+    }
+    // SAFETY: T is f32 (checked above), so the slices keep their lengths, alignment and borrows.
+    unsafe {
+        Some((
+            std::slice::from_raw_parts_mut(o.as_mut_ptr() as *mut f32, o.len()),
+            std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()),
+        ))
     }
 }
 
