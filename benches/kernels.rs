@@ -144,7 +144,7 @@ fn conv_maxpool_fused(c: &mut Criterion) {
             })
         });
         group.bench_function("forward/fused", |bn| {
-            bn.iter(|| conv2d_maxpool_forward(&mut p, &mut am, &x, &w, Some(&b), &mut scratch, &g, &pg))
+            bn.iter(|| conv2d_maxpool_forward(&mut p, &mut am, &x, &w, Some(&b), &mut scratch, &g, &pg, false))
         });
         group.bench_function("backward/pair", |bn| {
             bn.iter(|| {
@@ -156,7 +156,7 @@ fn conv_maxpool_fused(c: &mut Criterion) {
         group.bench_function("backward/fused", |bn| {
             bn.iter(|| {
                 let dx = wants_dx.then_some(&mut dx[..]);
-                conv2d_maxpool_backward(dx, &mut dw, Some(&mut db), &dp, &am, &x, &w, &mut scratch, &g, &pg)
+                conv2d_maxpool_backward(dx, &mut dw, Some(&mut db), &dp, &am, None, &x, &w, &mut scratch, &g, &pg)
             })
         });
         group.finish();

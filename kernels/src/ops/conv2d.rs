@@ -628,13 +628,14 @@ enum DoutSource<'a, T> {
     /// The gradient of a max pool over the output (`dy`, `argmax`: `[N, OC, POH, POW]`) and the pool's
     /// geometry for one sample (`n = 1`): each sample's output gradient is scattered into a slot buffer
     /// first, while it is still in cache (the fused convolution + pool, `conv2d_maxpool.rs`).
-    Pooled { dy: &'a [T], argmax: &'a [u32], pool: Pool2dGeom },
+    /// With `relu_out`, a ReLU follows the pool: `dy` is the ReLU output's gradient, masked by `relu_out > 0`.
+    Pooled { dy: &'a [T], argmax: &'a [u32], relu_out: Option<&'a [T]>, pool: Pool2dGeom },
 }
 
 /// One slot's share of a [`DoutSource`].
 enum SlotDout<'a, T> {
     Full(&'a [T]),
-    Pooled(&'a [T], &'a [u32]),
+    Pooled(&'a [T], &'a [u32], Option<&'a [T]>),
 }
 
 /// The slot loop of the backward (shared by [`conv2d_backward`] and the fused convolution + pool): per sample,
@@ -691,12 +692,17 @@ fn backward_impl<T: Float>(
         DoutSource::Pooled { .. } => None,
     };
     let pooled = match src {
-        DoutSource::Pooled { dy, argmax, .. } => Some((dy, argmax)),
+        DoutSource::Pooled { dy, argmax, relu_out, .. } => Some((dy, argmax, relu_out)),
         DoutSource::Full(_) => None,
     };
     let douts = full.into_iter().flat_map(|dout| dout.chunks(d.per_slot * out_len).map(SlotDout::Full)).chain(
-        pooled.into_iter().flat_map(|(dy, am)| {
-            dy.chunks(d.per_slot * pout).zip(am.chunks(d.per_slot * pout)).map(|(y, a)| SlotDout::Pooled(y, a))
+        pooled.into_iter().flat_map(|(dy, am, relu_out)| {
+            // The ReLU outputs split like dy; None for every slot without a ReLU.
+            let masks = relu_out.into_iter().flat_map(|y| y.chunks(d.per_slot * pout).map(Some));
+            dy.chunks(d.per_slot * pout)
+                .zip(am.chunks(d.per_slot * pout))
+                .zip(masks.chain(std::iter::repeat(None)))
+                .map(|((y, a), m)| SlotDout::Pooled(y, a, m))
         }),
     );
     let pool = match src {
@@ -722,10 +728,14 @@ fn backward_impl<T: Float>(
         for (i, x) in inps.chunks_exact(in_len).enumerate() {
             let go: &[T] = match &dout {
                 SlotDout::Full(c) => &c[i * out_len..(i + 1) * out_len],
-                SlotDout::Pooled(dy, am) => {
+                SlotDout::Pooled(dy, am, relu_out) => {
                     let (pool, buf) = (pool.as_ref().expect("pooled source"), buf.as_deref_mut().expect("slot buffer"));
                     let range = i * pout..(i + 1) * pout;
-                    super::pool::max_pool2d_backward_serial(buf, &dy[range.clone()], &am[range], pool);
+                    let (dy, am) = (&dy[range.clone()], &am[range.clone()]);
+                    match relu_out {
+                        Some(y) => super::pool::max_pool2d_backward_relu_serial(buf, dy, &y[range], am, pool),
+                        None => super::pool::max_pool2d_backward_serial(buf, dy, am, pool),
+                    }
                     buf
                 }
             };

@@ -1,6 +1,7 @@
 //! A convolution followed by a max pool over its output (`Conv2d` -> `MaxPool2d`, the stem of most CNNs),
-//! fused: the same results bit for bit as [`conv2d_forward`] then [`max_pool2d_forward`], and as
-//! [`max_pool2d_backward`] then [`conv2d_backward`], without the full-resolution output and its gradient.
+//! fused (optionally with a ReLU after the pool): the same results bit for bit as [`conv2d_forward`] then
+//! [`max_pool2d_forward`] (then `relu_forward`), and as (`relu_backward`,) [`max_pool2d_backward`] then
+//! [`conv2d_backward`], without the full-resolution output and its gradient.
 //!
 //! Why: the unfused pair writes the convolution's `[N, OC, OH, OW]` output to memory, the pool reads it back,
 //! and the backward does the same with its gradient (the pool zeroes and scatters it, the convolution reads
@@ -52,7 +53,9 @@ fn sample_pool(g: &Conv2dGeom, d: &Dims, pool: &Pool2dGeom, who: &str) -> (Pool2
     (Pool2dGeom { n: 1, ..*pool }, g.oc * poh * pow)
 }
 
-/// Fused convolution + max pool forward (overwrites `out` and `argmax`): `out = max_pool(conv(inp))`.
+/// Fused convolution + max pool forward (overwrites `out` and `argmax`): `out = max_pool(conv(inp))`, or with
+/// `relu`, `out = relu(max_pool(conv(inp)))` (a CNN block whose activation runs after the pool: exact for a
+/// monotonic activation, and the ReLU then touches a quarter of the elements).
 ///
 /// out, argmax: `[N, OC, POH, POW]` (the pool's output and its argmax as [`max_pool2d_forward`] writes them),
 /// inp: `[N, C, H, W]`, weight: `[OC, C/groups, KH, KW]`, bias: `[OC]` or None, scratch: at least
@@ -70,6 +73,7 @@ pub fn conv2d_maxpool_forward<T: Float>(
     scratch: &mut [T],
     g: &Conv2dGeom,
     pool: &Pool2dGeom,
+    relu: bool,
 ) {
     let d = g.dims_or_panic();
     let (sample_pool, pout) = sample_pool(g, &d, pool, "conv2d_maxpool_forward");
@@ -100,12 +104,17 @@ pub fn conv2d_maxpool_forward<T: Float>(
         for ((o, am), x) in outs.chunks_exact_mut(pout).zip(ams.chunks_exact_mut(pout)).zip(inps.chunks_exact(in_len)) {
             forward_sample(y, x, weight, bias, col, g, &d, !parallel);
             max_pool2d_forward_serial(o, am, y, &sample_pool);
+            if relu {
+                // In place on the pooled sample, exactly `relu_forward`'s element op.
+                o.iter_mut().for_each(|v| *v = super::super::relu::forward_elem(*v));
+            }
         }
     });
 }
 
 /// Fused convolution + max pool backward: the gradients of `max_pool(conv(inp))` given the pooled output's
-/// gradient `dy` and the forward's `argmax`.
+/// gradient `dy` and the forward's `argmax`. With `relu_out` (the forward's `out` with `relu`), `dy` is the
+/// gradient of the ReLU's output, masked where `relu_out > 0` as `relu_backward` does.
 ///
 /// dy, argmax: `[N, OC, POH, POW]`; inp, weight: as in the forward; dinp: `[N, C, H, W]` (overwritten; None
 /// when the input needs no gradient), dweight: accumulated (`+=`), dbias: `[OC]` accumulated (None without a
@@ -118,6 +127,7 @@ pub fn conv2d_maxpool_backward<T: Float>(
     dbias: Option<&mut [T]>,
     dy: &[T],
     argmax: &[u32],
+    relu_out: Option<&[T]>,
     inp: &[T],
     weight: &[T],
     scratch: &mut [T],
@@ -145,7 +155,10 @@ pub fn conv2d_maxpool_backward<T: Float>(
     if g.n == 0 {
         return;
     }
-    let src = DoutSource::Pooled { dy, argmax, pool: sample_pool };
+    if let Some(y) = relu_out {
+        assert_eq!(y.len(), dy.len(), "conv2d_maxpool_backward: relu_out must be [N, OC, POH, POW]");
+    }
+    let src = DoutSource::Pooled { dy, argmax, relu_out, pool: sample_pool };
     backward_impl(dinp, dweight, dbias, src, inp, weight, &mut scratch[..g.maxpool_scratch_len()], g, &d);
 }
 
@@ -154,6 +167,7 @@ mod tests {
     use super::*;
     use crate::ops::gradcheck::*;
     use crate::ops::pool::{max_pool2d_backward, max_pool2d_forward};
+    use crate::ops::relu::{relu_backward, relu_forward};
 
     /// A convolution and the pool over its output.
     struct Case {
@@ -217,7 +231,7 @@ mod tests {
         (g.n * g.c * g.h * g.w, g.oc * (g.c / g.groups) * g.kh * g.kw, g.n * g.oc * oh * ow, g.n * g.oc * poh * pow)
     }
 
-    /// The unfused pair in `T`: (pooled output, argmax, dinp, dweight, dbias).
+    /// The unfused pair (with `relu`, the three ops) in `T`: (pooled output, argmax, dinp, dweight, dbias).
     #[allow(clippy::type_complexity)]
     fn unfused<T: Float>(
         c: &Case,
@@ -225,6 +239,7 @@ mod tests {
         w: &[T],
         b: Option<&[T]>,
         dy: &[T],
+        relu: bool,
     ) -> (Vec<T>, Vec<u32>, Vec<T>, Vec<T>, Vec<T>) {
         let (nin, nw, nout, npool) = lens(c);
         let mut col = vec![T::ZERO; c.g.col_len()];
@@ -232,8 +247,14 @@ mod tests {
         conv2d_forward(&mut y, x, w, b, &mut col, &c.g);
         let (mut out, mut am) = (vec![T::ZERO; npool], vec![0u32; npool]);
         max_pool2d_forward(&mut out, &mut am, &y, &c.p);
+        let mut dpool = dy.to_vec();
+        if relu {
+            let pooled = out.clone();
+            relu_forward(&mut out, &pooled);
+            relu_backward(&mut dpool, dy, &pooled);
+        }
         let mut dconv = vec![T::ZERO; nout];
-        max_pool2d_backward(&mut dconv, dy, &am, &c.p);
+        max_pool2d_backward(&mut dconv, &dpool, &am, &c.p);
         let (mut dx, mut dw, mut db) = (vec![T::ZERO; nin], vec![T::ONE; nw], vec![T::ONE; c.g.oc]);
         conv2d_backward(Some(&mut dx), &mut dw, b.map(|_| &mut db[..]), &dconv, x, w, &mut col, &c.g);
         (out, am, dx, dw, db)
@@ -247,12 +268,14 @@ mod tests {
         w: &[T],
         b: Option<&[T]>,
         dy: &[T],
+        relu: bool,
     ) -> (Vec<T>, Vec<u32>, Vec<T>, Vec<T>, Vec<T>) {
         let (nin, nw, _, npool) = lens(c);
         let mut scratch = vec![T::from_f64(f64::NAN); c.g.maxpool_scratch_len()];
         let (mut out, mut am) = (vec![T::from_f64(f64::NAN); npool], vec![u32::MAX; npool]);
-        conv2d_maxpool_forward(&mut out, &mut am, x, w, b, &mut scratch, &c.g, &c.p);
+        conv2d_maxpool_forward(&mut out, &mut am, x, w, b, &mut scratch, &c.g, &c.p, relu);
         scratch.fill(T::from_f64(f64::NAN));
+        let relu_out = relu.then_some(&out[..]);
         let (mut dx, mut dw, mut db) = (vec![T::from_f64(f64::NAN); nin], vec![T::ONE; nw], vec![T::ONE; c.g.oc]);
         conv2d_maxpool_backward(
             Some(&mut dx),
@@ -260,6 +283,7 @@ mod tests {
             b.map(|_| &mut db[..]),
             dy,
             &am,
+            relu_out,
             x,
             w,
             &mut scratch,
@@ -281,13 +305,13 @@ mod tests {
 
     #[test]
     fn fused_equals_the_pair_bit_for_bit() {
-        for (i, c) in cases().iter().enumerate() {
+        for ((i, c), relu) in cases().iter().enumerate().flat_map(|ic| [(ic, false), (ic, true)]) {
             let (x, w, b, dy) = inputs(c, 10 * i as u64);
             let (x, w, b, dy) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
             let bias = c.bias.then_some(&b[..]);
-            let want = unfused(c, &x, &w, bias, &dy);
-            let got = fused(c, &x, &w, bias, &dy);
-            let case = format!("case {i} ({:?})", c.g);
+            let want = unfused(c, &x, &w, bias, &dy, relu);
+            let got = fused(c, &x, &w, bias, &dy, relu);
+            let case = format!("case {i} relu {relu} ({:?})", c.g);
             assert_eq!(got.0, want.0, "{case}: pooled output");
             assert_eq!(got.1, want.1, "{case}: argmax");
             assert_eq!(got.2, want.2, "{case}: dinp");
@@ -310,7 +334,7 @@ mod tests {
         let (x, w, b, dy) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
         let run = |threads| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| fused(c, &x, &w, Some(&b), &dy))
+            pool.install(|| fused(c, &x, &w, Some(&b), &dy, true))
         };
         assert_eq!(run(1), run(3));
     }
@@ -321,9 +345,9 @@ mod tests {
         for (i, c) in cases().iter().enumerate() {
             let (x, w, b, dy) = inputs(c, 100 + i as u64);
             let bias = c.bias.then_some(&b[..]);
-            let want = unfused::<f64>(c, &x, &w, bias, &dy);
+            let want = unfused::<f64>(c, &x, &w, bias, &dy, false);
             let (x32, w32, b32, dy32) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
-            let got = fused(c, &x32, &w32, c.bias.then_some(&b32[..]), &dy32);
+            let got = fused(c, &x32, &w32, c.bias.then_some(&b32[..]), &dy32, false);
             let case = format!("case {i}");
             assert_close_scaled(&format!("{case}: out"), &got.0, &want.0, 1e-5);
             // Near-ties may pick another element in f32; count them instead of failing on them.
@@ -345,14 +369,14 @@ mod tests {
         let (x, w, b, dy) = inputs(&c, 41);
         let (_, _, _, npool) = lens(&c);
         let (dx, dw, db) = {
-            let r = fused::<f64>(&c, &x, &w, Some(&b), &dy);
+            let r = fused::<f64>(&c, &x, &w, Some(&b), &dy, false);
             let zero_based = |v: Vec<f64>| v.into_iter().map(|g| g - 1.0).collect::<Vec<_>>();
             (r.2, zero_based(r.3), zero_based(r.4))
         };
         let loss = |x: &[f64], w: &[f64], b: &[f64]| {
             let mut scratch = vec![0.0; c.g.maxpool_scratch_len()];
             let (mut out, mut am) = (vec![0.0; npool], vec![0u32; npool]);
-            conv2d_maxpool_forward(&mut out, &mut am, x, w, Some(b), &mut scratch, &c.g, &c.p);
+            conv2d_maxpool_forward(&mut out, &mut am, x, w, Some(b), &mut scratch, &c.g, &c.p, false);
             dot(&dy, &out)
         };
         let (mut xv, mut wv, mut bv) = (x.clone(), w.clone(), b.clone());
@@ -369,6 +393,16 @@ mod tests {
         let (nin, nw, _, _) = lens(&case(2, 1, (8, 8), 2, 3, 1, 1, 1, (2, 2, 0), true));
         let mut scratch = vec![0.0f32; c.g.maxpool_scratch_len()];
         let (mut out, mut am) = (vec![0.0f32; 2 * 2 * 16], vec![0u32; 2 * 2 * 16]);
-        conv2d_maxpool_forward(&mut out, &mut am, &vec![0.0; nin], &vec![0.0; nw], None, &mut scratch, &c.g, &c.p);
+        conv2d_maxpool_forward(
+            &mut out,
+            &mut am,
+            &vec![0.0; nin],
+            &vec![0.0; nw],
+            None,
+            &mut scratch,
+            &c.g,
+            &c.p,
+            false,
+        );
     }
 }

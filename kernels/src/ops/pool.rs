@@ -338,6 +338,28 @@ pub(crate) fn max_pool2d_backward_serial<T: Float>(dinp: &mut [T], dout: &[T], a
     max_unpool_planes(dinp, dout, argmax, g.h * g.w, oh * ow);
 }
 
+/// [`max_pool2d_backward_serial`] of the gradient behind a ReLU over the pool's output: `relu_out` is that
+/// ReLU's output, and each `dout[j]` counts only where `relu_out[j] > 0`, as `relu_backward` masks it (so the
+/// result is bitwise ReLU backward then pool backward).
+pub(crate) fn max_pool2d_backward_relu_serial<T: Float>(
+    dinp: &mut [T],
+    dout: &[T],
+    relu_out: &[T],
+    argmax: &[u32],
+    g: &Pool2dGeom,
+) {
+    let (oh, ow) = check_max_pool(dout.len(), argmax.len(), dinp.len(), g, "max_pool2d_backward");
+    assert_eq!(relu_out.len(), dout.len(), "max_pool2d_backward: relu_out must be [N, C, OH, OW]");
+    let (plane_in, plane_out) = (g.h * g.w, oh * ow);
+    let planes = dinp.chunks_exact_mut(plane_in).zip(dout.chunks_exact(plane_out));
+    for (((dx, go), y), am) in planes.zip(relu_out.chunks_exact(plane_out)).zip(argmax.chunks_exact(plane_out)) {
+        dx.fill(T::ZERO);
+        for ((&gv, &yv), &i) in go.iter().zip(y).zip(am) {
+            dx[i as usize] += super::relu::backward_elem(gv, yv);
+        }
+    }
+}
+
 /// Scatters whole planes of output gradients back through their argmax: `dx` [planes, plane_in] is zeroed,
 /// then `dx[am[j]] += go[j]` within each plane.
 fn max_unpool_planes<T: Float>(dx: &mut [T], go: &[T], am: &[u32], plane_in: usize, plane_out: usize) {

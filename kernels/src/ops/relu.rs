@@ -8,7 +8,17 @@ use crate::Float;
 /// inp: [N], out: [N] (any shape, flattened).
 pub fn relu_forward<T: Float>(out: &mut [T], inp: &[T]) {
     // `x <= 0 ? 0 : x` rather than `max`: a NaN fails the comparison and passes through.
-    map_unary(out, inp, |x: T| if x <= T::ZERO { T::ZERO } else { x });
+    map_unary(out, inp, forward_elem);
+}
+
+/// One element of [`relu_forward`].
+#[inline(always)]
+pub(crate) fn forward_elem<T: Float>(x: T) -> T {
+    if x <= T::ZERO {
+        T::ZERO
+    } else {
+        x
+    }
 }
 
 /// ReLU backward: `dinp = dout` where `inp > 0`, else 0 (overwrites `dinp`; the subgradient at 0 is 0,

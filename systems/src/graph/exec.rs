@@ -59,34 +59,56 @@ pub struct Activations {
     pub written: Vec<bool>,
     /// Per-node timings, recorded only when set (`run.profile`).
     pub profile: Option<OpProfile>,
-    /// `conv_pool[node]`: for a convolution whose only reader is the max pool right after it, that pool's
-    /// node index: the pair runs as one fused kernel (`ops::conv2d::conv2d_maxpool_*`, bit-identical to the
-    /// pair), so the convolution's full-resolution output and its gradient never go through memory (their
-    /// buffers stay planned for a forward with a [`NodeOverride`], which runs the pair unfused). Planned by
+    /// `conv_pool[node]`: for a convolution whose only reader is the max pool right after it, that pool (and
+    /// the ReLU right after the pool, when it is the pool's only reader): the nodes run as one fused kernel
+    /// (`ops::conv2d::conv2d_maxpool_*`, bit-identical to the separate ops), so the convolution's
+    /// full-resolution output and its gradient never go through memory (the skipped values' buffers stay
+    /// planned for a forward with a [`NodeOverride`], which runs every node on its own). Planned by
     /// [`Activations::plan`]; clear it to run every node on its own.
-    pub conv_pool: Vec<Option<usize>>,
+    pub conv_pool: Vec<Option<ConvPool>>,
     /// Whether the last forward ran the [`Activations::conv_pool`] pairs fused (the backward must match it).
     pub fused_forward: bool,
 }
 
-/// The convolution + max pool pairs the executor fuses: `pairs[conv] = Some(pool)` when node `conv + 1` is a
-/// max pool over `conv`'s output, nothing else reads that output, and it is not the graph's output.
-pub fn conv_pool_pairs(graph: &Graph) -> Vec<Option<usize>> {
+/// The nodes a convolution runs fused ([`Activations::conv_pool`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvPool {
+    /// The max pool over the convolution's output (node `conv + 1`).
+    pub pool: usize,
+    /// The ReLU over the pool's output (node `conv + 2`), when fused too.
+    pub relu: Option<usize>,
+}
+
+/// The convolution + max pool (+ ReLU) groups the executor fuses: `groups[conv] = Some(..)` when node
+/// `conv + 1` is a max pool over `conv`'s output, nothing else reads that output, and it is not the graph's
+/// output; the ReLU at `conv + 2` joins under the same conditions on the pool's output.
+pub fn conv_pool_pairs(graph: &Graph) -> Vec<Option<ConvPool>> {
     let mut readers = vec![0usize; graph.values.len()];
     graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
-    let mut pairs = vec![None; graph.nodes.len()];
+    // `next` reads `prev`'s output and nothing else does.
+    let sole_reader = |prev: &Node, next: &Node| {
+        next.inputs[0] == prev.output && readers[prev.output.0] == 1 && prev.output != graph.output
+    };
+    let mut groups = vec![None; graph.nodes.len()];
     for (i, w) in graph.nodes.windows(2).enumerate() {
         let (conv, pool) = (&w[0], &w[1]);
         if matches!(conv.op, OpKind::Conv2d { .. })
             && matches!(pool.op, OpKind::MaxPool2d { .. })
-            && pool.inputs[0] == conv.output
-            && readers[conv.output.0] == 1
-            && conv.output != graph.output
+            && sole_reader(conv, pool)
         {
-            pairs[i] = Some(i + 1);
+            let relu = graph.nodes.get(i + 2).filter(|r| {
+                matches!(r.op, OpKind::Activation(ecstrain_components::Activation::Relu)) && sole_reader(pool, r)
+            });
+            groups[i] = Some(ConvPool { pool: i + 1, relu: relu.map(|_| i + 2) });
         }
     }
-    pairs
+    groups
+}
+
+/// Whether node `idx` is run by a fused convolution before it (a pool or ReLU of a [`ConvPool`]).
+fn absorbed(conv_pool: &[Option<ConvPool>], idx: usize) -> bool {
+    let by = |back: usize| idx.checked_sub(back).and_then(|c| conv_pool[c]);
+    by(1).is_some_and(|g| g.pool == idx) || by(2).is_some_and(|g| g.relu == Some(idx))
 }
 
 /// Length of one attention node's saved probabilities (and of its backward scratch) for `n` samples.
@@ -291,8 +313,8 @@ pub fn forward_with(
     let Activations { values, saved, indices, ids, aux, scratch, profile, conv_pool, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
-    // The pool node of a fused pair, reached after its convolution ran both.
-    let mut skip: Option<usize> = None;
+    // Nodes before this index were run by a fused convolution.
+    let mut skip_to = 0;
     // The node being timed and when it started: closed at the top of the next iteration (so every `continue`
     // is covered) and after the loop.
     let mut timing: Option<(usize, Instant)> = None;
@@ -302,28 +324,34 @@ pub fn forward_with(
                 prof.add_forward(i, mode, t);
             }
         }
-        if skip == Some(idx) {
+        if idx < skip_to {
             continue;
         }
-        if let (true, Some(pool_idx)) = (fuse, conv_pool[idx]) {
+        if let (true, Some(group)) = (fuse, conv_pool[idx]) {
             let (OpKind::Conv2d { spec, in_hw, weight, bias, .. }, OpKind::MaxPool2d { spec: pspec, in_chw }) =
-                (&node.op, &graph.nodes[pool_idx].op)
+                (&node.op, &graph.nodes[group.pool].op)
             else {
                 unreachable!("conv_pool pairs a convolution with a max pool")
             };
-            let pool_out = graph.nodes[pool_idx].output;
-            let mut out_buf = std::mem::take(&mut values[pool_out.0]);
-            let y = &mut out_buf[..n * numel(pool_out)];
+            // The group's last node's output: the pool's, or the ReLU's.
+            let last = group.relu.unwrap_or(group.pool);
+            let out_v = graph.nodes[last].output;
+            let mut out_buf = std::mem::take(&mut values[out_v.0]);
+            let y = &mut out_buf[..n * numel(out_v)];
             let x = value_rows(graph, values, input, node.inputs[0], n);
             let (g, pg) = (conv_geom(spec, *in_hw, n), pool_geom(pspec, *in_chw, n));
-            let am = &mut indices[pool_idx][..y.len()];
+            let am = &mut indices[group.pool][..y.len()];
             let s = &mut scratch[..g.maxpool_scratch_len()];
-            ops::conv2d::conv2d_maxpool_forward(y, am, x, p(weight), bias.as_ref().map(p), s, &g, &pg);
-            values[pool_out.0] = out_buf;
+            let (w, b, relu) = (p(weight), bias.as_ref().map(p), group.relu.is_some());
+            ops::conv2d::conv2d_maxpool_forward(y, am, x, w, b, s, &g, &pg, relu);
+            values[out_v.0] = out_buf;
             if let Some(prof) = profile.as_mut() {
-                prof.merged[idx] = Some(pool_idx);
+                prof.absorbed_by[group.pool] = Some(idx);
+                if let Some(r) = group.relu {
+                    prof.absorbed_by[r] = Some(idx);
+                }
             }
-            skip = Some(pool_idx);
+            skip_to = last + 1;
             continue;
         }
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
@@ -614,28 +642,30 @@ pub fn backward(
             }
         }
         if fused {
-            // A fused pair's pool is done by its convolution (visited next).
-            if idx > 0 && conv_pool[idx - 1] == Some(idx) {
+            // A fused group's pool and ReLU are done by its convolution (visited after them).
+            if absorbed(conv_pool, idx) {
                 continue;
             }
-            if let Some(pool_idx) = conv_pool[idx] {
+            if let Some(group) = conv_pool[idx] {
                 let (OpKind::Conv2d { spec, in_hw, weight, bias, .. }, OpKind::MaxPool2d { spec: pspec, in_chw }) =
-                    (&node.op, &graph.nodes[pool_idx].op)
+                    (&node.op, &graph.nodes[group.pool].op)
                 else {
                     unreachable!("conv_pool pairs a convolution with a max pool")
                 };
-                let pool_out = graph.nodes[pool_idx].output;
-                let dy_buf = std::mem::take(&mut dvals[pool_out.0]);
-                let dy = &dy_buf[..n * numel(pool_out)];
+                let out_v = graph.nodes[group.relu.unwrap_or(group.pool)].output;
+                let dy_buf = std::mem::take(&mut dvals[out_v.0]);
+                let dy = &dy_buf[..n * numel(out_v)];
+                // With a ReLU, its output masks the gradient (as relu_backward, from the output: y > 0 iff x > 0).
+                let relu_out = group.relu.map(|_| &values[out_v.0][..dy.len()]);
                 let (xv, x) = (node.inputs[0], value_rows(graph, values, input, node.inputs[0], n));
                 let (g, pg) = (conv_geom(spec, *in_hw, n), pool_geom(pspec, *in_chw, n));
-                let am = &indices[pool_idx][..dy.len()];
+                let am = &indices[group.pool][..dy.len()];
                 GradSink { dvals, tmp: grad_tmp, written }.with(xv, x.len(), |dx| {
                     let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
                     let s = &mut scratch[..g.maxpool_scratch_len()];
-                    ops::conv2d::conv2d_maxpool_backward(dx, dw, db, dy, am, x, p(weight), s, &g, &pg);
+                    ops::conv2d::conv2d_maxpool_backward(dx, dw, db, dy, am, relu_out, x, p(weight), s, &g, &pg);
                 });
-                dvals[pool_out.0] = dy_buf;
+                dvals[out_v.0] = dy_buf;
                 continue;
             }
         }

@@ -24,9 +24,9 @@ pub struct OpProfile {
     pub train_passes: u64,
     /// Backward passes recorded.
     pub backward_passes: u64,
-    /// `merged[node]`: the node whose work this one did as a fused kernel (a convolution's max pool): its
-    /// time is in this node's row, which is labelled with both.
-    pub merged: Vec<Option<usize>>,
+    /// `absorbed_by[node]`: the node that did this one's work in a fused kernel (a convolution running its
+    /// max pool and ReLU): this node's time is in that node's row, which is labelled with all of them.
+    pub absorbed_by: Vec<Option<usize>>,
     /// Evaluation forward passes recorded.
     pub eval_passes: u64,
 }
@@ -75,7 +75,7 @@ impl OpProfile {
             train_forward_ns: vec![0; nodes],
             backward_ns: vec![0; nodes],
             eval_forward_ns: vec![0; nodes],
-            merged: vec![None; nodes],
+            absorbed_by: vec![None; nodes],
             train_passes: 0,
             backward_passes: 0,
             eval_passes: 0,
@@ -121,17 +121,20 @@ impl OpProfile {
         }
     }
 
-    /// Node `i`'s label, `conv label + pool label` when it ran a fused pair.
+    /// Node `i`'s label, followed by ` + label` for every node it ran fused.
     fn label(&self, graph: &Graph, i: usize) -> String {
-        match self.merged.get(i).copied().flatten() {
-            Some(j) => format!("{} + {}", graph.nodes[i].op.label(), graph.nodes[j].op.label()),
-            None => graph.nodes[i].op.label(),
+        let mut label = graph.nodes[i].op.label();
+        for (j, by) in self.absorbed_by.iter().enumerate() {
+            if *by == Some(i) {
+                label = format!("{label} + {}", graph.nodes[j].op.label());
+            }
         }
+        label
     }
 
     /// Nodes whose work another node did (their rows would be empty).
     fn absorbed(&self) -> Vec<usize> {
-        self.merged.iter().flatten().copied().collect()
+        (0..self.absorbed_by.len()).filter(|&j| self.absorbed_by[j].is_some()).collect()
     }
 
     /// Rows per op kind, slowest training step first.

@@ -434,9 +434,12 @@ fn conv_pool_pairs_fuse_only_sole_readers_and_keep_every_number() {
     let pairs: Vec<_> = super::exec::conv_pool_pairs(&graph)
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| p.map(|p| (graph.nodes[i].name.clone(), name(Some(p)).unwrap())))
+        .filter_map(|(i, p)| p.map(|p| (graph.nodes[i].name.clone(), name(Some(p.pool)).unwrap(), name(p.relu))))
         .collect();
-    assert_eq!(pairs, [("conv1".to_string(), "pool1".to_string()), ("conv4".into(), "pool4".into())]);
+    assert_eq!(
+        pairs,
+        [("conv1".to_string(), "pool1".to_string(), Some("act1".to_string())), ("conv4".into(), "pool4".into(), None)]
+    );
 
     // Fused (as planned) and unfused (the plan cleared): the same bits, over two batch sizes (one sample
     // per slot, and more samples than slots).
