@@ -203,7 +203,8 @@ impl OpProfile {
             s,
             "{:<44} {:>5} {:>11} {:>11} {:>11.3} {:>7} {:>10.3}",
             "total",
-            graph.nodes.len(),
+            // Rows, not graph nodes: a fused group is one row.
+            kinds.iter().map(|r| r.nodes).sum::<usize>(),
             "",
             "",
             total,

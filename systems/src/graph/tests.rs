@@ -462,6 +462,21 @@ fn conv_pool_pairs_fuse_only_sole_readers_and_keep_every_number() {
             (out, grads)
         };
         let (fused, unfused) = (run(true), run(false));
+        if n == 3 {
+            // A profiled run reports each fused group as one row, and its total counts the rows.
+            let mut acts = Activations::plan(&graph, n);
+            acts.profile = Some(OpProfile::new(graph.nodes.len()));
+            let params = world.resource::<Params>().0.data.clone();
+            let x = vec![0.5f32; n * graph.values[0].numel()];
+            forward(&graph, &params, &mut Vec::new(), &mut acts, &x, n, Mode::Train, 0);
+            let report = acts.profile.as_ref().unwrap().report(&graph);
+            assert!(report.contains("conv1 Conv2d(2, 4, (3, 3)) + MaxPool2d((2, 2)) + Relu"), "{report}");
+            assert!(report.contains("conv4 Conv2d(3, 5, (3, 3)) + MaxPool2d((2, 2))"), "{report}");
+            assert!(!report.contains("pool1 "), "{report}");
+            let total = report.lines().find(|l| l.starts_with("total")).unwrap();
+            let rows = graph.nodes.len() - 3;
+            assert_eq!(total.split_whitespace().nth(1), Some(rows.to_string().as_str()), "{report}");
+        }
         assert_eq!(fused.0, unfused.0, "outputs, batch {n}");
         assert_eq!(fused.1, unfused.1, "parameter gradients, batch {n}");
     }
