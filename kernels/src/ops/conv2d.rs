@@ -30,6 +30,9 @@ mod direct;
 
 #[path = "conv2d_maxpool.rs"]
 mod maxpool;
+
+#[path = "conv2d_winograd.rs"]
+mod winograd;
 pub use maxpool::{conv2d_maxpool_backward, conv2d_maxpool_forward};
 
 use super::gemm::{gemm_strided, Mat};
@@ -97,6 +100,10 @@ struct Dims {
     per_slot: usize,
     /// Slots the scratch space is sized for: min(N, CONV_SLOTS).
     slots: usize,
+    /// Whether f32 forward and input-gradient products take the Winograd path ([`winograd::eligible`]).
+    wino: bool,
+    /// Length of the transformed weights the Winograd path keeps after the slots (0 without it).
+    wino_u: usize,
 }
 
 impl Dims {
@@ -104,6 +111,63 @@ impl Dims {
     /// is only KH*KW long, too short for gemm) rather than gemm. The input gradient always uses gemm.
     fn direct(&self) -> bool {
         self.cg == 1 && self.kg > 1
+    }
+
+    /// Where the Winograd weights start in the scratch space: after the column matrices and the partials.
+    fn wino_offset(&self) -> usize {
+        self.slots * (self.col_slot + self.wlen)
+    }
+}
+
+/// The Winograd shapes of one sample's forward and input gradient (the latter a stride-1 convolution of the
+/// output gradient with padding `2 - pad`).
+fn wino_shapes(g: &Conv2dGeom, oh: usize, ow: usize) -> (winograd::Shape, winograd::Shape) {
+    let fwd = winograd::Shape { cin: g.c, cout: g.oc, h: g.h, w: g.w, pad: g.padding, oh, ow };
+    let bwd = winograd::Shape {
+        cin: g.oc,
+        cout: g.c,
+        h: oh,
+        w: ow,
+        pad: (2 - g.padding.0, 2 - g.padding.1),
+        oh: g.h,
+        ow: g.w,
+    };
+    (fwd, bwd)
+}
+
+/// `v` as f32 when `T` is f32 (the Winograd path is f32-only).
+fn as_f32<T: Float>(v: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32 (checked), so the slice is a slice of f32.
+        .then(|| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) })
+}
+
+/// Mutable twin of [`as_f32`].
+fn as_f32_mut<T: Float>(v: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32 (checked), and the unique borrow moves into the result.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) })
+}
+
+/// Splits the Winograd weights off the end of `base` (the first [`Conv2dGeom::col_len`] elements of a
+/// scratch space) and fills them from `weight` when the Winograd path applies to `T` (`flip`: the input
+/// gradient's weights). Returns the rest of `base` and the weights (empty when the path does not apply).
+fn prepare_wino<'a, T: Float>(
+    base: &'a mut [T],
+    weight: &[T],
+    g: &Conv2dGeom,
+    d: &Dims,
+    flip: bool,
+) -> (&'a mut [T], &'a [T]) {
+    let (head, u) = base.split_at_mut(d.wino_offset());
+    let u = &mut u[..d.wino_u];
+    match (as_f32_mut(u), as_f32(weight)) {
+        (Some(u32s), Some(w32)) if d.wino => {
+            let (cin, cout) = if flip { (g.oc, g.c) } else { (g.c, g.oc) };
+            winograd::transform_weights(u32s, w32, cin, cout, flip);
+            (head, u)
+        }
+        _ => (head, &u[..0]),
     }
 }
 
@@ -165,7 +229,7 @@ impl Conv2dGeom {
     /// panic with the [`Conv2dGeom::out_hw`] error).
     pub fn col_len(&self) -> usize {
         match self.dims() {
-            Ok(d) => d.slots * (d.col_slot + d.wlen),
+            Ok(d) => d.wino_offset() + d.wino_u,
             Err(_) => 0,
         }
     }
@@ -176,6 +240,13 @@ impl Conv2dGeom {
         let kg = cg * self.kh * self.kw;
         let p = oh * ow;
         let slots = self.n.min(CONV_SLOTS);
+        let wino = winograd::eligible(self);
+        let (mut col_slot, mut wino_u) = (kg * p, 0);
+        if wino {
+            let (fwd, bwd) = wino_shapes(self, oh, ow);
+            col_slot = col_slot.max(fwd.workspace_len()).max(bwd.workspace_len());
+            wino_u = winograd::u_len(self.c, self.oc);
+        }
         Ok(Dims {
             oh,
             ow,
@@ -183,10 +254,12 @@ impl Conv2dGeom {
             cg,
             ocg: self.oc / self.groups,
             kg,
-            col_slot: kg * p,
+            col_slot,
             wlen: self.oc * kg,
             per_slot: if slots == 0 { 1 } else { self.n.div_ceil(slots) },
             slots,
+            wino,
+            wino_u,
         })
     }
 
@@ -454,6 +527,7 @@ pub fn conv2d_forward<T: Float>(
     if g.n == 0 {
         return;
     }
+    let (col, wino_u) = prepare_wino(&mut col[..g.col_len()], weight, g, &d, false);
     let items = col[..d.slots * d.col_slot]
         .chunks_mut(d.col_slot)
         .zip(out.chunks_mut(d.per_slot * out_len))
@@ -461,24 +535,34 @@ pub fn conv2d_forward<T: Float>(
     let parallel = run_parallel(g, &d);
     for_each_slot(items, parallel, |((col, outs), inps)| {
         for (o, x) in outs.chunks_exact_mut(out_len).zip(inps.chunks_exact(in_len)) {
-            forward_sample(o, x, weight, bias, col, g, &d, !parallel);
+            forward_sample(o, x, weight, bias, wino_u, col, g, &d, !parallel);
         }
     });
 }
 
 /// One sample of [`conv2d_forward`]: `o[OC, P]` from `x[C, H, W]`, every group through `col` (one slot's
-/// column matrix). `gemm_threads`: let gemm split its products across threads (the slots run serially).
+/// column matrix), or on the Winograd path when `wino_u` holds its transformed weights. `gemm_threads`: let gemm split its products across threads (the slots run serially).
 #[allow(clippy::too_many_arguments)]
 fn forward_sample<T: Float>(
     o: &mut [T],
     x: &[T],
     weight: &[T],
     bias: Option<&[T]>,
+    wino_u: &[T],
     col: &mut [T],
     g: &Conv2dGeom,
     d: &Dims,
     gemm_threads: bool,
 ) {
+    if !wino_u.is_empty() {
+        // Filled only for f32 on the Winograd path (prepare_wino).
+        let cast = (as_f32_mut(o), as_f32(x), as_f32(wino_u), as_f32_mut(col));
+        if let (Some(o), Some(x), Some(u), Some(ws)) = cast {
+            let bias = bias.map(|b| as_f32(b).expect("f32 bias"));
+            winograd::forward_sample(o, x, u, bias, ws, &wino_shapes(g, d.oh, d.ow).0);
+            return;
+        }
+    }
     let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
     for gi in 0..g.groups {
         let x_g = &x[gi * gin..(gi + 1) * gin];
@@ -556,15 +640,26 @@ fn weight_grad_sample<T: Float>(
 
 /// One sample's input gradient (overwrites `dx[C, H, W]`) from `go[OC, P]`: `dcol = W^T @ go` per group,
 /// then col2im (through `col`, one slot's column matrix).
+#[allow(clippy::too_many_arguments)]
 fn input_grad_sample<T: Float>(
     dx: &mut [T],
     go: &[T],
     weight: &[T],
+    wino_u: &[T],
     col: &mut [T],
     g: &Conv2dGeom,
     d: &Dims,
     gemm_threads: bool,
 ) {
+    if !wino_u.is_empty() {
+        // The input gradient of a stride-1 convolution is a convolution of `go` (flipped weights, prepared
+        // by prepare_wino with `flip`).
+        let cast = (as_f32_mut(dx), as_f32(go), as_f32(wino_u), as_f32_mut(col));
+        if let (Some(dx), Some(go), Some(u), Some(ws)) = cast {
+            winograd::forward_sample(dx, go, u, None, ws, &wino_shapes(g, d.oh, d.ow).1);
+            return;
+        }
+    }
     let (gin, gout) = (d.cg * g.h * g.w, d.ocg * d.p);
     let gw = d.ocg * d.kg;
     for gi in 0..g.groups {
@@ -664,6 +759,13 @@ fn backward_impl<T: Float>(
     // for slot 0's (unneeded) weight partial; when they do not fit there (C/groups*KH*KW < slots), the bias
     // gradient is a separate pass over the whole output gradient (or, pooled, partials in the extra room).
     let (base, extra) = scratch.split_at_mut(g.col_len());
+    // The input gradient's Winograd weights, only when it is wanted.
+    let (base, wino_u) = if dinp.is_some() {
+        prepare_wino(base, weight, g, d, true)
+    } else {
+        let (head, _) = base.split_at_mut(d.wino_offset());
+        (head, &[][..])
+    };
     let (cols, rest) = base.split_at_mut(d.slots * d.col_slot);
     let (db_gap, partials) = rest.split_at_mut(d.wlen);
     let (samples, db_extra) = match src {
@@ -741,7 +843,7 @@ fn backward_impl<T: Float>(
             };
             weight_grad_sample(dw, db.as_deref_mut(), go, x, col, slot == 0 || i > 0, g, d, !parallel);
             if let Some(dinps) = dinps.as_deref_mut() {
-                input_grad_sample(&mut dinps[i * in_len..(i + 1) * in_len], go, weight, col, g, d, !parallel);
+                input_grad_sample(&mut dinps[i * in_len..(i + 1) * in_len], go, weight, wino_u, col, g, d, !parallel);
             }
         }
     });

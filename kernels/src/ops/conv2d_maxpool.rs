@@ -93,6 +93,7 @@ pub fn conv2d_maxpool_forward<T: Float>(
         return;
     }
     let (base, extra) = scratch.split_at_mut(g.col_len());
+    let (base, wino_u) = prepare_wino(base, weight, g, &d, false);
     let items = base[..d.slots * d.col_slot]
         .chunks_mut(d.col_slot)
         .zip(extra.chunks_mut(out_len))
@@ -100,16 +101,46 @@ pub fn conv2d_maxpool_forward<T: Float>(
         .zip(argmax.chunks_mut(d.per_slot * pout))
         .zip(inp.chunks(d.per_slot * in_len));
     let parallel = run_parallel(g, &d);
+    // A 2x2 / stride-2 pool of even-sized Winograd outputs: each tile is one pool window, pooled in the
+    // output transform (bitwise the pair).
+    let wino_pool = !wino_u.is_empty()
+        && (pool.kh, pool.kw, pool.stride, pool.padding) == (2, 2, (2, 2), (0, 0))
+        && d.oh.is_multiple_of(2)
+        && d.ow.is_multiple_of(2);
     for_each_slot(items, parallel, |((((col, y), outs), ams), inps)| {
         for ((o, am), x) in outs.chunks_exact_mut(pout).zip(ams.chunks_exact_mut(pout)).zip(inps.chunks_exact(in_len)) {
-            forward_sample(y, x, weight, bias, col, g, &d, !parallel);
-            max_pool2d_forward_serial(o, am, y, &sample_pool);
+            if !(wino_pool && wino_pooled_sample(o, am, x, bias, wino_u, col, g, &d)) {
+                forward_sample(y, x, weight, bias, wino_u, col, g, &d, !parallel);
+                max_pool2d_forward_serial(o, am, y, &sample_pool);
+            }
             if relu {
                 // In place on the pooled sample, exactly `relu_forward`'s element op.
                 o.iter_mut().for_each(|v| *v = super::super::relu::forward_elem(*v));
             }
         }
     });
+}
+
+/// One sample's Winograd convolution pooled in its output transform (`winograd::forward_sample_pooled`);
+/// false when the sample must take the unfused path instead (not f32, or a NaN in a window).
+#[allow(clippy::too_many_arguments)]
+fn wino_pooled_sample<T: Float>(
+    o: &mut [T],
+    am: &mut [u32],
+    x: &[T],
+    bias: Option<&[T]>,
+    wino_u: &[T],
+    col: &mut [T],
+    g: &Conv2dGeom,
+    d: &Dims,
+) -> bool {
+    match (as_f32_mut(o), as_f32(x), as_f32(wino_u), as_f32_mut(col)) {
+        (Some(o), Some(x), Some(u), Some(ws)) => {
+            let bias = bias.map(|b| as_f32(b).expect("f32 bias"));
+            winograd::forward_sample_pooled(o, am, x, u, bias, ws, &wino_shapes(g, d.oh, d.ow).0)
+        }
+        _ => false,
+    }
 }
 
 /// Fused convolution + max pool backward: the gradients of `max_pool(conv(inp))` given the pooled output's
