@@ -24,6 +24,8 @@
 
 /// Lanes of one AVX2 register of f32.
 const L: usize = 8;
+/// Lanes of one AVX-512 register of f32.
+const L16: usize = 16;
 /// Tiles per register block of the product.
 const NJ: usize = 6;
 
@@ -486,7 +488,40 @@ unsafe fn output_transform_pooled(_: &mut [f32], _: &mut [u32], _: &[f32], _: Op
 #[target_feature(enable = "avx2,fma")]
 unsafe fn product(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize, cout: usize) {
     debug_assert!(m.len() == t * cout && u.len() == k * cout && v.len() == t * k);
-    let mut c0 = 0;
+    if avx512_ok() {
+        // SAFETY: AVX-512F is present; the lengths are the caller's, as below.
+        let done = product_avx512(m, u, v, t, k, cout);
+        product_avx2_from(m, u, v, t, k, cout, done);
+    } else {
+        product_avx2_from(m, u, v, t, k, cout, 0);
+    }
+}
+
+/// Whether the CPU has AVX-512F, so [`product`] can use its 16-lane registers (checked once).
+fn avx512_ok() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && !avx512_disabled())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `ECSTRAIN_NO_AVX512=1` keeps the products on AVX2 (to compare the two paths on one machine).
+fn avx512_disabled() -> bool {
+    std::env::var_os("ECSTRAIN_NO_AVX512").is_some_and(|v| v != "0")
+}
+
+/// The output channels `c0..cout` of [`product`] on AVX2 registers: blocks of 16 (or a last 8) channels by 6
+/// tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn product_avx2_from(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize, cout: usize, from: usize) {
+    let mut c0 = from;
     while c0 < cout {
         let two = cout - c0 >= 2 * L;
         let mut t0 = 0;
@@ -521,6 +556,83 @@ unsafe fn product(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize, cout:
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn product(_: &mut [f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize) {
     unreachable!()
+}
+
+/// The leading output channels of [`product`] on AVX-512 registers: blocks of 64 channels by 6 tiles, then
+/// 32 or 16 channels by 12 tiles. Returns the channels done (a multiple of 16); the rest (at most 8) is left
+/// to [`product_avx2_from`]. Each output is the same chain of fused multiply-adds over `k` as on AVX2, so the
+/// two paths agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn product_avx512(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize, cout: usize) -> usize {
+    let mut c0 = 0;
+    while cout - c0 >= L16 {
+        let nv = match cout - c0 {
+            r if r >= 4 * L16 => 4,
+            r if r >= 2 * L16 => 2,
+            _ => 1,
+        };
+        let nj_max = if nv == 4 { 6 } else { 12 };
+        let mut t0 = 0;
+        while t0 < t {
+            let nj = (t - t0).min(nj_max);
+            let (mp, up, vp) = (m.as_mut_ptr().add(t0 * cout + c0), u.as_ptr().add(c0), v.as_ptr().add(t0 * k));
+            // SAFETY: rows t0..t0+nj of m and v, and columns c0..c0+16*nv of m and u, are in bounds.
+            macro_rules! call {
+                ($($nj:literal)*) => {
+                    match (nj, nv) {
+                        $(($nj, 4) => tile512::<$nj, 4>(mp, cout, up, cout, vp, k, k),)*
+                        $(($nj, 2) => tile512::<$nj, 2>(mp, cout, up, cout, vp, k, k),)*
+                        $(($nj, _) => tile512::<$nj, 1>(mp, cout, up, cout, vp, k, k),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            call!(1 2 3 4 5 6 7 8 9 10 11 12);
+            t0 += nj;
+        }
+        c0 += nv * L16;
+    }
+    c0
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn product_avx512(_: &mut [f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize) -> usize {
+    unreachable!()
+}
+
+/// [`tile`] on AVX-512 registers: `c[j, 0..16*NV] = sum_{kk < k} b[j * b_js + kk] * a[kk * a_rs + 0..16*NV]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile512<const NJ_: usize, const NV: usize>(
+    c: *mut f32,
+    c_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    b_js: usize,
+    k: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; NJ_];
+    for kk in 0..k {
+        let mut av = [_mm512_setzero_ps(); NV];
+        for (vi, a_v) in av.iter_mut().enumerate() {
+            *a_v = _mm512_loadu_ps(a.add(kk * a_rs + vi * L16));
+        }
+        for (j, acc_j) in acc.iter_mut().enumerate() {
+            let bv = _mm512_set1_ps(*b.add(j * b_js + kk));
+            for (acc_jv, a_v) in acc_j.iter_mut().zip(&av) {
+                *acc_jv = _mm512_fmadd_ps(*a_v, bv, *acc_jv);
+            }
+        }
+    }
+    for (j, acc_j) in acc.iter().enumerate() {
+        for (vi, acc_jv) in acc_j.iter().enumerate() {
+            _mm512_storeu_ps(c.add(j * c_rs + vi * L16), *acc_jv);
+        }
+    }
 }
 
 /// Register block: `c[j, 0..8*NV] = sum_{kk < k} b[j * b_js + kk] * a[kk * a_rs + 0..8*NV]` for `j < NJ_`,
@@ -623,6 +735,28 @@ mod tests {
             for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
                 assert!((a as f64 - b).abs() <= 1e-6 * scale.sqrt() * (1.0 + b.abs()), "{s:?} [{i}]: {a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn avx512_products_equal_the_avx2_ones_bit_for_bit() {
+        if !cpu_ok() || !avx512_ok() {
+            println!("SKIPPED winograd AVX-512 products: this CPU has no AVX-512F (or ECSTRAIN_NO_AVX512 is set)");
+            return;
+        }
+        let mut rng = Rng::new(13);
+        // (tiles, k, cout): every channel block (64, 32, 16 and the 8-channel AVX2 tail) and tile tails.
+        for &(t, k, cout) in &[(49, 32, 64), (13, 8, 8), (25, 16, 24), (7, 24, 40), (30, 64, 32), (1, 8, 16), (100, 40, 120)] {
+            let u: Vec<f32> = (0..k * cout).map(|_| rng.normal() as f32).collect();
+            let v: Vec<f32> = (0..t * k).map(|_| rng.normal() as f32).collect();
+            let (mut fast, mut avx2) = (vec![f32::NAN; t * cout], vec![f32::NAN; t * cout]);
+            // SAFETY: AVX2, FMA and AVX-512F are present (checked above); the lengths match.
+            unsafe {
+                product(&mut fast, &u, &v, t, k, cout);
+                product_avx2_from(&mut avx2, &u, &v, t, k, cout, 0);
+            }
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&avx2), "t {t}, k {k}, cout {cout}");
         }
     }
 
