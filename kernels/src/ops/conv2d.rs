@@ -8,9 +8,10 @@
 //! - input gradient: `dcol[Kg, P] = W_g^T[Kg, OCg] @ dout_g`, then col2im scatter-adds `dcol` onto the input
 //!   gradient (overlapping patches accumulate).
 //!
-//! On AVX2+FMA, f32 3x3 stride-1 single-group layers with C and OC multiples of 8 run their forward and input
-//! gradient as Winograd F(2x2, 3x3) instead (`conv2d_winograd.rs`: 2.25x fewer multiply-adds; the weight
-//! gradient stays on gemm). Its transformed weights sit after the slots in the scratch space.
+//! On AVX2+FMA, f32 3x3 stride-1 single-group layers with C and OC multiples of 8 run their forward, input
+//! gradient and weight gradient as Winograd F(2x2, 3x3) instead (`conv2d_winograd.rs`: 2.25x fewer
+//! multiply-adds). Its transformed weights and per-slot Winograd-domain weight gradients sit after the slots in
+//! the scratch space.
 //!
 //! Every product goes through the strided gemm wrapper ([`gemm_strided`]): the transposed operands (`col^T`,
 //! `W^T`) are strides, never copies (gemm packs its operands anyway). For stride 1 with `OW == W` (a
@@ -108,6 +109,9 @@ struct Dims {
     wino: bool,
     /// Length of the transformed weights the Winograd path keeps after the slots (0 without it).
     wino_u: usize,
+    /// Length of the Winograd-domain weight gradients, one [16, C, OC] per slot, after the weights (0 without
+    /// the Winograd path).
+    wino_du: usize,
 }
 
 impl Dims {
@@ -229,11 +233,13 @@ impl Conv2dGeom {
     /// Length of the scratch buffer `col` that [`conv2d_forward`] and [`conv2d_backward`] need:
     /// `min(N, CONV_SLOTS) * (Kg*OH*OW + OC*Kg)` with `Kg = C/groups*KH*KW`, i.e. per concurrently processed
     /// sample one column matrix plus one weight-gradient partial (the first slot's partial space holds `W^T`
-    /// instead). The forward pass only uses the column matrices. 0 for an invalid geometry (the kernels then
-    /// panic with the [`Conv2dGeom::out_hw`] error).
+    /// instead); on the Winograd path the slots are at least its workspaces, followed by the transformed
+    /// weights and one Winograd-domain weight gradient per slot. The forward pass only uses the column
+    /// matrices (and the weights). 0 for an invalid geometry (the kernels then panic with the
+    /// [`Conv2dGeom::out_hw`] error).
     pub fn col_len(&self) -> usize {
         match self.dims() {
-            Ok(d) => d.wino_offset() + d.wino_u,
+            Ok(d) => d.wino_offset() + d.wino_u + d.wino_du,
             Err(_) => 0,
         }
     }
@@ -248,9 +254,10 @@ impl Conv2dGeom {
         let (mut col_slot, mut wino_u) = (kg * p, 0);
         if wino {
             let (fwd, bwd) = wino_shapes(self, oh, ow);
-            col_slot = col_slot.max(fwd.workspace_len()).max(bwd.workspace_len());
+            col_slot = col_slot.max(fwd.workspace_len()).max(fwd.wgrad_workspace_len()).max(bwd.workspace_len());
             wino_u = winograd::u_len(self.c, self.oc);
         }
+        let wino_du = slots * wino_u;
         Ok(Dims {
             oh,
             ow,
@@ -264,6 +271,7 @@ impl Conv2dGeom {
             slots,
             wino,
             wino_u,
+            wino_du,
         })
     }
 
@@ -605,6 +613,7 @@ fn forward_sample<T: Float>(
 #[allow(clippy::too_many_arguments)]
 fn weight_grad_sample<T: Float>(
     dw: &mut [T],
+    du: &mut [T],
     db: Option<&mut [T]>,
     go: &[T],
     x: &[T],
@@ -618,6 +627,15 @@ fn weight_grad_sample<T: Float>(
     let gw = d.ocg * d.kg;
     if let Some(db) = db {
         direct::row_sums(db, go, d.p);
+    }
+    if !du.is_empty() {
+        // The Winograd path (f32, see backward_impl): this slot's [16, C, OC] gradient, turned into dW once
+        // after all slots.
+        let cast = (as_f32_mut(du), as_f32(go), as_f32(x), as_f32_mut(col));
+        if let (Some(du), Some(go), Some(x), Some(ws)) = cast {
+            winograd::weight_grad_sample(du, go, x, ws, &wino_shapes(g, d.oh, d.ow).0, accumulate);
+            return;
+        }
     }
     for gi in 0..g.groups {
         let (x_g, go_g) = (&x[gi * gin..(gi + 1) * gin], &go[gi * gout..(gi + 1) * gout]);
@@ -763,6 +781,11 @@ fn backward_impl<T: Float>(
     // for slot 0's (unneeded) weight partial; when they do not fit there (C/groups*KH*KW < slots), the bias
     // gradient is a separate pass over the whole output gradient (or, pooled, partials in the extra room).
     let (base, extra) = scratch.split_at_mut(g.col_len());
+    // The Winograd-domain weight gradients (f32 on the Winograd path only), one per slot, after the weights.
+    let (base, du_all) = base.split_at_mut(d.wino_offset() + d.wino_u);
+    let wino_wgrad = d.wino && as_f32(weight).is_some();
+    let du_all = if wino_wgrad { du_all } else { &mut du_all[..0] };
+    let du_len = winograd::u_len(g.c, g.oc);
     // The input gradient's Winograd weights, only when it is wanted.
     let (base, wino_u) = if dinp.is_some() {
         prepare_wino(base, weight, g, d, true)
@@ -817,14 +840,16 @@ fn backward_impl<T: Float>(
     };
     let sample_bufs = samples.chunks_mut(out_len.max(1)).map(Some).chain(std::iter::repeat_with(|| None));
     let dinp_chunks = dinp.map(|di| di.chunks_mut(d.per_slot * in_len)).into_iter().flatten().map(Some);
+    let mut dw_slots = std::iter::once(&mut *dweight).chain(partials.chunks_mut(d.wlen));
+    let dus = du_all.chunks_mut(du_len.max(1)).chain(std::iter::repeat_with(|| &mut [][..]));
     let items = cols
         .chunks_mut(d.col_slot)
-        .zip(std::iter::once(&mut *dweight).chain(partials.chunks_mut(d.wlen)))
+        .zip(dw_slots.by_ref().zip(dus))
         .zip(db_partials.chunks_mut(g.oc).map(Some).chain(std::iter::repeat_with(|| None)))
         .enumerate()
         .zip(douts.zip(inp.chunks(d.per_slot * in_len)))
         .zip(dinp_chunks.chain(std::iter::repeat_with(|| None)).zip(sample_bufs));
-    for_each_slot(items, parallel, |(((slot, ((col, dw), db)), (dout, inps)), (mut dinps, mut buf))| {
+    for_each_slot(items, parallel, |(((slot, ((col, (dw, du)), db)), (dout, inps)), (mut dinps, mut buf))| {
         // Weight and bias gradients of this slot's samples: slot 0 adds onto dweight (it is accumulated
         // anyway), the other weight partials and all bias partials start from zero.
         let mut db = if has_bias { db } else { None };
@@ -845,7 +870,9 @@ fn backward_impl<T: Float>(
                     buf
                 }
             };
-            weight_grad_sample(dw, db.as_deref_mut(), go, x, col, slot == 0 || i > 0, g, d, !parallel);
+            // The gemm path's slot 0 adds onto dweight; a Winograd slot starts its own gradient from zero.
+            let acc = if du.is_empty() { slot == 0 || i > 0 } else { i > 0 };
+            weight_grad_sample(dw, du, db.as_deref_mut(), go, x, col, acc, g, d, !parallel);
             if let Some(dinps) = dinps.as_deref_mut() {
                 input_grad_sample(&mut dinps[i * in_len..(i + 1) * in_len], go, weight, wino_u, col, g, d, !parallel);
             }
@@ -854,7 +881,16 @@ fn backward_impl<T: Float>(
 
     // Add the partials of slots 1.. in slot order: fixed order, so the same bits on any thread count. They are
     // summed first and added once, so dweight / dbias pick up one rounding at their own magnitude.
-    if used > 1 {
+    if wino_wgrad {
+        // Slot order again, in the Winograd domain, then one transform onto dweight.
+        let (du0, rest) = du_all.split_at_mut(du_len);
+        if used > 1 {
+            add_partials(du0, &rest[..(used - 1) * du_len]);
+        }
+        if let (Some(dw), Some(du)) = (as_f32_mut(dweight), as_f32(du0)) {
+            winograd::add_weight_grad(dw, du, g.c, g.oc);
+        }
+    } else if used > 1 {
         add_partials(dweight, &partials[..(used - 1) * d.wlen]);
     }
     if let Some(dbias) = dbias {

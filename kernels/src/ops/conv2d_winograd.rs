@@ -11,7 +11,10 @@
 //!
 //! The input gradient of a stride-1 convolution is itself a stride-1 convolution of the output gradient (with
 //! the kernel flipped, input and output channels swapped, and padding `2 - pad`), so [`forward_sample`] also
-//! computes it ([`transform_weights`] with `flip`). The weight gradient stays on im2col + gemm.
+//! computes it ([`transform_weights`] with `flip`). The weight gradient is `dU[xi] = sum_t V[xi, t, .]^T dM[xi, t, .]`
+//! with `dM = A dY A^T` ([`weight_grad_sample`], summed over a slot's samples), then `dW = G^T dU G`
+//! ([`add_weight_grad`]). On AVX-512 the products use 16-lane registers, with the same per-output chain of
+//! fused multiply-adds, so the bits do not depend on the instruction set.
 //!
 //! Layouts keep the vectorised axis contiguous: channels run innermost in `V` and `M`, so the transforms
 //! work on 8 channels per AVX2 register and the product is a 16-channel x 6-tile register block (the shape of
@@ -84,6 +87,16 @@ impl Shape {
         let (th, tw) = self.tiles_hw();
         let (gh, gw) = self.grid_hw();
         16 * th * tw * (self.cin + self.cout) + gh * gw * self.cin
+    }
+}
+
+impl Shape {
+    /// Workspace [`weight_grad_sample`] needs: `V` [16, T, Cin], `dM` [16, T, Cout], then the padded input grid
+    /// or (after the input transform) the output gradient's channel-last grid, whichever is longer.
+    pub fn wgrad_workspace_len(&self) -> usize {
+        let (th, tw) = self.tiles_hw();
+        let (gh, gw) = self.grid_hw();
+        16 * th * tw * (self.cin + self.cout) + (gh * gw * self.cin).max(4 * th * tw * self.cout)
     }
 }
 
@@ -167,6 +180,111 @@ pub(super) fn forward_sample_pooled(
     }
 }
 
+/// The weight gradient of one sample in the Winograd domain:
+/// `du[xi, c, co] (+)= sum_t V[xi, t, c] * dM[xi, t, co]`, with `V` the input transform of `x` (as in the
+/// forward) and `dM = A dY A^T` the transform of the output gradient's 2x2 block at tile `t` (0 past the
+/// output's edge). Summed over the samples, [`add_weight_grad`] turns it into the 3x3 gradient.
+///
+/// du: [16, cin, cout] (overwritten, or added onto with `accumulate`), go: [cout, oh, ow], x: [cin, h, w],
+/// ws: at least [`Shape::wgrad_workspace_len`] (clobbered). Same requirements as [`forward_sample`].
+pub(super) fn weight_grad_sample(du: &mut [f32], go: &[f32], x: &[f32], ws: &mut [f32], s: &Shape, accumulate: bool) {
+    check(x, du, None, &ws[..ws.len().min(s.workspace_len())], s);
+    assert!(ws.len() >= s.wgrad_workspace_len(), "winograd: weight-gradient workspace too small");
+    assert_eq!(go.len(), s.cout * s.oh * s.ow);
+    // SAFETY: AVX2 and FMA are present (`check`); every length was checked.
+    unsafe { weight_grad_avx2(du, go, x, ws, s, accumulate) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_grad_avx2(du: &mut [f32], go: &[f32], x: &[f32], ws: &mut [f32], s: &Shape, accumulate: bool) {
+    let (th, tw) = s.tiles_hw();
+    let t = th * tw;
+    let (gh, gw) = s.grid_hw();
+    let (v, rest) = ws.split_at_mut(16 * t * s.cin);
+    let (dm, rest) = rest.split_at_mut(16 * t * s.cout);
+    fill_grid(&mut rest[..gh * gw * s.cin], x, s, gw);
+    input_transform(v, &rest[..gh * gw * s.cin], s, th, tw, gw);
+    // The output gradient, channel-last on a 2*th x 2*tw grid (zero past an odd edge), over the input grid.
+    let ygrid = &mut rest[..4 * t * s.cout];
+    let ys = Shape { cin: s.cout, cout: s.cout, h: s.oh, w: s.ow, pad: (0, 0), oh: s.oh, ow: s.ow };
+    fill_grid(ygrid, go, &ys, 2 * tw);
+    output_grad_transform(dm, ygrid, s.cout, th, tw);
+    for xi in 0..16 {
+        product(
+            &mut du[xi * s.cin * s.cout..(xi + 1) * s.cin * s.cout],
+            &dm[xi * t * s.cout..(xi + 1) * t * s.cout],
+            &v[xi * t * s.cin..(xi + 1) * t * s.cin],
+            Prod { rows: s.cin, k: t, cout: s.cout, b_js: 1, b_ks: s.cin, acc: accumulate },
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn weight_grad_avx2(_: &mut [f32], _: &[f32], _: &[f32], _: &mut [f32], _: &Shape, _: bool) {
+    unreachable!("winograd: eligible() is false off x86_64")
+}
+
+/// `dM[xi, t, c] = (A dY A^T)[xi]` for the 2x2 output-gradient block `dY` of every tile `t`, eight channels
+/// per step, from the channel-last grid `y` ([2*th, 2*tw, c]). A = [[1,0],[1,1],[1,-1],[0,-1]] (the
+/// transpose of the forward's A^T), applied down the columns and then along the rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_grad_transform(dm: &mut [f32], y: &[f32], c: usize, th: usize, tw: usize) {
+    let (t, gw) = (th * tw, 2 * tw);
+    debug_assert!(dm.len() >= 16 * t * c && y.len() >= 4 * t * c);
+    let (yp, dp) = (y.as_ptr(), dm.as_mut_ptr());
+    let zero = _mm256_setzero_ps();
+    for ty in 0..th {
+        for tx in 0..tw {
+            let tile = ty * tw + tx;
+            for c0 in (0..c).step_by(L) {
+                let base = yp.add((2 * ty * gw + 2 * tx) * c + c0);
+                let (y00, y01) = (_mm256_loadu_ps(base), _mm256_loadu_ps(base.add(c)));
+                let (y10, y11) = (_mm256_loadu_ps(base.add(gw * c)), _mm256_loadu_ps(base.add(gw * c + c)));
+                // r[i] = (A dY)[i, 0..2]
+                let r = [
+                    [y00, y01],
+                    [_mm256_add_ps(y00, y10), _mm256_add_ps(y01, y11)],
+                    [_mm256_sub_ps(y00, y10), _mm256_sub_ps(y01, y11)],
+                    [_mm256_sub_ps(zero, y10), _mm256_sub_ps(zero, y11)],
+                ];
+                for (i, [a, b]) in r.into_iter().enumerate() {
+                    let out = |j: usize| dp.add(((i * 4 + j) * t + tile) * c + c0);
+                    _mm256_storeu_ps(out(0), a);
+                    _mm256_storeu_ps(out(1), _mm256_add_ps(a, b));
+                    _mm256_storeu_ps(out(2), _mm256_sub_ps(a, b));
+                    _mm256_storeu_ps(out(3), _mm256_sub_ps(zero, b));
+                }
+            }
+        }
+    }
+}
+
+/// `dw[co, ci] += G^T dU[., ci, co] G` (in f64, rounded once per element): the 3x3 weight gradient from the
+/// Winograd-domain one of [`weight_grad_sample`] (summed over samples). dw: [cout, cin, 3, 3] (the layer's
+/// weight layout), du: [16, cin, cout].
+pub(super) fn add_weight_grad(dw: &mut [f32], du: &[f32], cin: usize, cout: usize) {
+    assert_eq!(du.len(), u_len(cin, cout));
+    assert_eq!(dw.len(), cin * cout * 9);
+    // v G for a row v of 4: G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]].
+    let g = |v: [f64; 4]| [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]];
+    for ci in 0..cin {
+        for co in 0..cout {
+            let at = |xi: usize| du[(xi * cin + ci) * cout + co] as f64;
+            // Rows: (dU G)[i, 0..3]; then columns: G^T (dU G).
+            let rows: [[f64; 3]; 4] = std::array::from_fn(|i| g([at(4 * i), at(4 * i + 1), at(4 * i + 2), at(4 * i + 3)]));
+            for b in 0..3 {
+                let col = g([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+                for (a, &v) in col.iter().enumerate() {
+                    let d = &mut dw[(co * cin + ci) * 9 + a * 3 + b];
+                    *d = (*d as f64 + v) as f32;
+                }
+            }
+        }
+    }
+}
+
 /// The checks every entry point shares.
 fn check(x: &[f32], u: &[f32], bias: Option<&[f32]>, ws: &[f32], s: &Shape) {
     assert!(cpu_ok(), "winograd: needs AVX2 + FMA");
@@ -209,9 +327,7 @@ unsafe fn products<'a>(x: &[f32], u: &[f32], ws: &'a mut [f32], s: &Shape) -> &'
             &mut m[xi * t * s.cout..(xi + 1) * t * s.cout],
             &u[xi * s.cin * s.cout..(xi + 1) * s.cin * s.cout],
             &v[xi * t * s.cin..(xi + 1) * t * s.cin],
-            t,
-            s.cin,
-            s.cout,
+            Prod::forward(t, s.cin, s.cout),
         );
     }
     m
@@ -482,19 +598,41 @@ unsafe fn output_transform_pooled(_: &mut [f32], _: &mut [u32], _: &[f32], _: Op
     unreachable!()
 }
 
-/// `m[t, co] = sum_k v[t, k] * u[k, co]` (one of the 16 products): m [T, Cout], v [T, K], u [K, Cout], with
-/// Cout a multiple of 8. Blocks of 16 (or a last 8) output channels by 6 tiles stay in registers.
+/// One of the 16 small products of a pass, as a register-blocked kernel sees it:
+/// `c[j, co] (+)= sum_{kk < k} b[j * b_js + kk * b_ks] * a[kk * cout + co]` for `j < rows`, `co < cout`, with
+/// `c` [rows, cout] and `a` [k, cout] row-major and `cout` a multiple of 8.
+/// - forward / input gradient: `M[t, co] = sum_c V[t, c] U[c, co]`: rows = T, k = C, b = V (`b_js = C`,
+///   `b_ks = 1`), overwritten;
+/// - weight gradient: `dU[c, co] += sum_t V[t, c] dM[t, co]`: rows = C, k = T, b = V (`b_js = 1`,
+///   `b_ks = C`), accumulated over the samples of a slot.
+#[derive(Clone, Copy, Debug)]
+struct Prod {
+    rows: usize,
+    k: usize,
+    cout: usize,
+    b_js: usize,
+    b_ks: usize,
+    /// Add onto `c` instead of overwriting it.
+    acc: bool,
+}
+
+impl Prod {
+    /// The forward product `M [t, cout] = V [t, k] @ U [k, cout]`.
+    fn forward(t: usize, k: usize, cout: usize) -> Self {
+        Prod { rows: t, k, cout, b_js: k, b_ks: 1, acc: false }
+    }
+}
+
+/// Runs one product ([`Prod`]): `c` [rows, cout], `a` [k, cout], `b` as the descriptor says. AVX-512 when the
+/// CPU has it (16-lane blocks), AVX2 for the rest; each output is the same chain of fused multiply-adds over
+/// `kk` either way, so the result does not depend on which ran.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn product(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize, cout: usize) {
-    debug_assert!(m.len() == t * cout && u.len() == k * cout && v.len() == t * k);
-    if avx512_ok() {
-        // SAFETY: AVX-512F is present; the lengths are the caller's, as below.
-        let done = product_avx512(m, u, v, t, k, cout);
-        product_avx2_from(m, u, v, t, k, cout, done);
-    } else {
-        product_avx2_from(m, u, v, t, k, cout, 0);
-    }
+unsafe fn product(c: &mut [f32], a: &[f32], b: &[f32], p: Prod) {
+    debug_assert!(c.len() >= p.rows * p.cout && a.len() >= p.k * p.cout);
+    debug_assert!(p.rows == 0 || p.k == 0 || b.len() > (p.rows - 1) * p.b_js + (p.k - 1) * p.b_ks);
+    let done = if avx512_ok() { product_avx512(c, a, b, p) } else { 0 };
+    product_avx2_from(c, a, b, p, done);
 }
 
 /// Whether the CPU has AVX-512F, so [`product`] can use its 16-lane registers (checked once).
@@ -516,55 +654,49 @@ fn avx512_disabled() -> bool {
     std::env::var_os("ECSTRAIN_NO_AVX512").is_some_and(|v| v != "0")
 }
 
-/// The output channels `c0..cout` of [`product`] on AVX2 registers: blocks of 16 (or a last 8) channels by 6
-/// tiles.
+/// The output channels `from..cout` of [`product`] on AVX2 registers: blocks of 16 (or a last 8) channels by 6
+/// rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn product_avx2_from(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize, cout: usize, from: usize) {
+unsafe fn product_avx2_from(c: &mut [f32], a: &[f32], b: &[f32], p: Prod, from: usize) {
+    let cout = p.cout;
     let mut c0 = from;
     while c0 < cout {
         let two = cout - c0 >= 2 * L;
-        let mut t0 = 0;
-        while t0 < t {
-            let nj = (t - t0).min(NJ);
-            let (mp, up, vp) = (m.as_mut_ptr().add(t0 * cout + c0), u.as_ptr().add(c0), v.as_ptr().add(t0 * k));
-            // SAFETY: rows t0..t0+nj of m and v, and columns c0..c0+8*NV of m and u, are in bounds (Cout is a
+        let mut r0 = 0;
+        while r0 < p.rows {
+            let nj = (p.rows - r0).min(NJ);
+            let (cp, ap, bp) = (c.as_mut_ptr().add(r0 * cout + c0), a.as_ptr().add(c0), b.as_ptr().add(r0 * p.b_js));
+            // SAFETY: rows r0..r0+nj of c and b, and columns c0..c0+8*NV of c and a, are in bounds (cout is a
             // multiple of 8 and `two` says whether 16 columns remain).
             macro_rules! call {
-                ($nj:literal) => {
-                    if two {
-                        tile::<$nj, 2>(mp, cout, up, cout, vp, k, k)
-                    } else {
-                        tile::<$nj, 1>(mp, cout, up, cout, vp, k, k)
+                ($($nj:literal)*) => {
+                    match (nj, two) {
+                        $(($nj, true) => tile::<$nj, 2>(cp, ap, bp, p),)*
+                        $(($nj, false) => tile::<$nj, 1>(cp, ap, bp, p),)*
+                        _ => unreachable!(),
                     }
                 };
             }
-            match nj {
-                6 => call!(6),
-                5 => call!(5),
-                4 => call!(4),
-                3 => call!(3),
-                2 => call!(2),
-                _ => call!(1),
-            }
-            t0 += nj;
+            call!(1 2 3 4 5 6);
+            r0 += nj;
         }
         c0 += if two { 2 * L } else { L };
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn product(_: &mut [f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize) {
+unsafe fn product(_: &mut [f32], _: &[f32], _: &[f32], _: Prod) {
     unreachable!()
 }
 
-/// The leading output channels of [`product`] on AVX-512 registers: blocks of 64 channels by 6 tiles, then
-/// 32 or 16 channels by 12 tiles. Returns the channels done (a multiple of 16); the rest (at most 8) is left
-/// to [`product_avx2_from`]. Each output is the same chain of fused multiply-adds over `k` as on AVX2, so the
-/// two paths agree bit for bit.
+/// The leading output channels of [`product`] on AVX-512 registers: blocks of 64 channels by 6 rows, then
+/// 32 or 16 channels by 12 rows. Returns the channels done (a multiple of 16); the rest (at most 8) is left
+/// to [`product_avx2_from`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn product_avx512(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize, cout: usize) -> usize {
+unsafe fn product_avx512(c: &mut [f32], a: &[f32], b: &[f32], p: Prod) -> usize {
+    let cout = p.cout;
     let mut c0 = 0;
     while cout - c0 >= L16 {
         let nv = match cout - c0 {
@@ -573,56 +705,49 @@ unsafe fn product_avx512(m: &mut [f32], u: &[f32], v: &[f32], t: usize, k: usize
             _ => 1,
         };
         let nj_max = if nv == 4 { 6 } else { 12 };
-        let mut t0 = 0;
-        while t0 < t {
-            let nj = (t - t0).min(nj_max);
-            let (mp, up, vp) = (m.as_mut_ptr().add(t0 * cout + c0), u.as_ptr().add(c0), v.as_ptr().add(t0 * k));
-            // SAFETY: rows t0..t0+nj of m and v, and columns c0..c0+16*nv of m and u, are in bounds.
+        let mut r0 = 0;
+        while r0 < p.rows {
+            let nj = (p.rows - r0).min(nj_max);
+            let (cp, ap, bp) = (c.as_mut_ptr().add(r0 * cout + c0), a.as_ptr().add(c0), b.as_ptr().add(r0 * p.b_js));
+            // SAFETY: rows r0..r0+nj of c and b, and columns c0..c0+16*nv of c and a, are in bounds.
             macro_rules! call {
                 ($($nj:literal)*) => {
                     match (nj, nv) {
-                        $(($nj, 4) => tile512::<$nj, 4>(mp, cout, up, cout, vp, k, k),)*
-                        $(($nj, 2) => tile512::<$nj, 2>(mp, cout, up, cout, vp, k, k),)*
-                        $(($nj, _) => tile512::<$nj, 1>(mp, cout, up, cout, vp, k, k),)*
+                        $(($nj, 4) => tile512::<$nj, 4>(cp, ap, bp, p),)*
+                        $(($nj, 2) => tile512::<$nj, 2>(cp, ap, bp, p),)*
+                        $(($nj, _) => tile512::<$nj, 1>(cp, ap, bp, p),)*
                         _ => unreachable!(),
                     }
                 };
             }
             call!(1 2 3 4 5 6 7 8 9 10 11 12);
-            t0 += nj;
+            r0 += nj;
         }
         c0 += nv * L16;
     }
     c0
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn product_avx512(_: &mut [f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize) -> usize {
-    unreachable!()
-}
-
-/// [`tile`] on AVX-512 registers: `c[j, 0..16*NV] = sum_{kk < k} b[j * b_js + kk] * a[kk * a_rs + 0..16*NV]`.
+/// [`tile`] on AVX-512 registers: `NJ_` rows by `16 * NV` channels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile512<const NJ_: usize, const NV: usize>(
-    c: *mut f32,
-    c_rs: usize,
-    a: *const f32,
-    a_rs: usize,
-    b: *const f32,
-    b_js: usize,
-    k: usize,
-) {
+unsafe fn tile512<const NJ_: usize, const NV: usize>(c: *mut f32, a: *const f32, b: *const f32, p: Prod) {
     let mut acc = [[_mm512_setzero_ps(); NV]; NJ_];
-    for kk in 0..k {
+    if p.acc {
+        for (j, acc_j) in acc.iter_mut().enumerate() {
+            for (vi, acc_jv) in acc_j.iter_mut().enumerate() {
+                *acc_jv = _mm512_loadu_ps(c.add(j * p.cout + vi * L16));
+            }
+        }
+    }
+    for kk in 0..p.k {
         let mut av = [_mm512_setzero_ps(); NV];
         for (vi, a_v) in av.iter_mut().enumerate() {
-            *a_v = _mm512_loadu_ps(a.add(kk * a_rs + vi * L16));
+            *a_v = _mm512_loadu_ps(a.add(kk * p.cout + vi * L16));
         }
         for (j, acc_j) in acc.iter_mut().enumerate() {
-            let bv = _mm512_set1_ps(*b.add(j * b_js + kk));
+            let bv = _mm512_set1_ps(*b.add(j * p.b_js + kk * p.b_ks));
             for (acc_jv, a_v) in acc_j.iter_mut().zip(&av) {
                 *acc_jv = _mm512_fmadd_ps(*a_v, bv, *acc_jv);
             }
@@ -630,35 +755,32 @@ unsafe fn tile512<const NJ_: usize, const NV: usize>(
     }
     for (j, acc_j) in acc.iter().enumerate() {
         for (vi, acc_jv) in acc_j.iter().enumerate() {
-            _mm512_storeu_ps(c.add(j * c_rs + vi * L16), *acc_jv);
+            _mm512_storeu_ps(c.add(j * p.cout + vi * L16), *acc_jv);
         }
     }
 }
 
-/// Register block: `c[j, 0..8*NV] = sum_{kk < k} b[j * b_js + kk] * a[kk * a_rs + 0..8*NV]` for `j < NJ_`,
-/// row `j` of `c` at `c + j * c_rs`.
+/// Register block of [`product`]: rows `0..NJ_` by channels `0..8*NV` of `c` (the pointers are already
+/// offset to the block), accumulated in registers over the whole reduction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const NJ_: usize, const NV: usize>(
-    c: *mut f32,
-    c_rs: usize,
-    a: *const f32,
-    a_rs: usize,
-    b: *const f32,
-    b_js: usize,
-    k: usize,
-) {
-    use std::arch::x86_64::*;
+unsafe fn tile<const NJ_: usize, const NV: usize>(c: *mut f32, a: *const f32, b: *const f32, p: Prod) {
     let mut acc = [[_mm256_setzero_ps(); NV]; NJ_];
-    for kk in 0..k {
+    if p.acc {
+        for (j, acc_j) in acc.iter_mut().enumerate() {
+            for (vi, acc_jv) in acc_j.iter_mut().enumerate() {
+                *acc_jv = _mm256_loadu_ps(c.add(j * p.cout + vi * L));
+            }
+        }
+    }
+    for kk in 0..p.k {
         let mut av = [_mm256_setzero_ps(); NV];
         for (vi, a_v) in av.iter_mut().enumerate() {
-            *a_v = _mm256_loadu_ps(a.add(kk * a_rs + vi * L));
+            *a_v = _mm256_loadu_ps(a.add(kk * p.cout + vi * L));
         }
         for (j, acc_j) in acc.iter_mut().enumerate() {
-            let bv = _mm256_broadcast_ss(&*b.add(j * b_js + kk));
+            let bv = _mm256_broadcast_ss(&*b.add(j * p.b_js + kk * p.b_ks));
             for (acc_jv, a_v) in acc_j.iter_mut().zip(&av) {
                 *acc_jv = _mm256_fmadd_ps(*a_v, bv, *acc_jv);
             }
@@ -666,7 +788,7 @@ unsafe fn tile<const NJ_: usize, const NV: usize>(
     }
     for (j, acc_j) in acc.iter().enumerate() {
         for (vi, acc_jv) in acc_j.iter().enumerate() {
-            _mm256_storeu_ps(c.add(j * c_rs + vi * L), *acc_jv);
+            _mm256_storeu_ps(c.add(j * p.cout + vi * L), *acc_jv);
         }
     }
 }
@@ -739,6 +861,65 @@ mod tests {
     }
 
     #[test]
+    fn weight_gradient_matches_a_direct_f64_one() {
+        if !cpu_ok() {
+            println!("SKIPPED winograd: this CPU has no AVX2 + FMA");
+            return;
+        }
+        let mut rng = Rng::new(14);
+        for &(cin, cout, h, w, pad) in &[
+            (32, 64, 14, 14, (1, 1)),
+            (8, 8, 5, 7, (1, 1)),
+            (16, 24, 9, 6, (0, 0)),
+            (8, 16, 4, 4, (2, 2)),
+            (24, 8, 7, 3, (1, 2)),
+            (8, 40, 3, 3, (0, 1)),
+        ] {
+            let s = Shape { cin, cout, h, w, pad, oh: h + 2 * pad.0 - 2, ow: w + 2 * pad.1 - 2 };
+            let samples = 3;
+            let xs: Vec<f32> = (0..samples * cin * h * w).map(|_| rng.normal() as f32).collect();
+            let gos: Vec<f32> = (0..samples * cout * s.oh * s.ow).map(|_| rng.normal() as f32).collect();
+            let init: Vec<f32> = (0..cout * cin * 9).map(|_| rng.normal() as f32).collect();
+            let mut du = vec![f32::NAN; u_len(cin, cout)];
+            let mut ws = vec![f32::NAN; s.wgrad_workspace_len()];
+            let (xl, gl) = (cin * h * w, cout * s.oh * s.ow);
+            for i in 0..samples {
+                weight_grad_sample(&mut du, &gos[i * gl..(i + 1) * gl], &xs[i * xl..(i + 1) * xl], &mut ws, &s, i > 0);
+            }
+            let mut dw = init.clone();
+            add_weight_grad(&mut dw, &du, cin, cout);
+            for co in 0..cout {
+                for ci in 0..cin {
+                    for ki in 0..3 {
+                        for kj in 0..3 {
+                            let (mut want, mut mag) = (init[(co * cin + ci) * 9 + ki * 3 + kj] as f64, 0.0);
+                            for i in 0..samples {
+                                for oy in 0..s.oh {
+                                    for ox in 0..s.ow {
+                                        let (iy, ix) = ((oy + ki) as isize - pad.0 as isize, (ox + kj) as isize - pad.1 as isize);
+                                        if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                            continue;
+                                        }
+                                        let term = gos[i * gl + (co * s.oh + oy) * s.ow + ox] as f64
+                                            * xs[i * xl + (ci * h + iy as usize) * w + ix as usize] as f64;
+                                        want += term;
+                                        mag += term.abs();
+                                    }
+                                }
+                            }
+                            let got = dw[(co * cin + ci) * 9 + ki * 3 + kj] as f64;
+                            assert!(
+                                (got - want).abs() <= 4e-6 * (mag + 1.0),
+                                "{s:?} dw[{co}, {ci}, {ki}, {kj}]: {got} vs {want} (sum of |terms| {mag})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn avx512_products_equal_the_avx2_ones_bit_for_bit() {
         if !cpu_ok() || !avx512_ok() {
             println!("SKIPPED winograd AVX-512 products: this CPU has no AVX-512F (or ECSTRAIN_NO_AVX512 is set)");
@@ -752,8 +933,8 @@ mod tests {
             let (mut fast, mut avx2) = (vec![f32::NAN; t * cout], vec![f32::NAN; t * cout]);
             // SAFETY: AVX2, FMA and AVX-512F are present (checked above); the lengths match.
             unsafe {
-                product(&mut fast, &u, &v, t, k, cout);
-                product_avx2_from(&mut avx2, &u, &v, t, k, cout, 0);
+                product(&mut fast, &u, &v, Prod::forward(t, k, cout));
+                product_avx2_from(&mut avx2, &u, &v, Prod::forward(t, k, cout), 0);
             }
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&fast), bits(&avx2), "t {t}, k {k}, cout {cout}");
