@@ -273,7 +273,8 @@ pub(super) fn add_weight_grad(dw: &mut [f32], du: &[f32], cin: usize, cout: usiz
         for co in 0..cout {
             let at = |xi: usize| du[(xi * cin + ci) * cout + co] as f64;
             // Rows: (dU G)[i, 0..3]; then columns: G^T (dU G).
-            let rows: [[f64; 3]; 4] = std::array::from_fn(|i| g([at(4 * i), at(4 * i + 1), at(4 * i + 2), at(4 * i + 3)]));
+            let rows: [[f64; 3]; 4] =
+                std::array::from_fn(|i| g([at(4 * i), at(4 * i + 1), at(4 * i + 2), at(4 * i + 3)]));
             for b in 0..3 {
                 let col = g([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
                 for (a, &v) in col.iter().enumerate() {
@@ -896,7 +897,8 @@ mod tests {
                             for i in 0..samples {
                                 for oy in 0..s.oh {
                                     for ox in 0..s.ow {
-                                        let (iy, ix) = ((oy + ki) as isize - pad.0 as isize, (ox + kj) as isize - pad.1 as isize);
+                                        let (iy, ix) =
+                                            ((oy + ki) as isize - pad.0 as isize, (ox + kj) as isize - pad.1 as isize);
                                         if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
                                             continue;
                                         }
@@ -927,7 +929,9 @@ mod tests {
         }
         let mut rng = Rng::new(13);
         // (tiles, k, cout): every channel block (64, 32, 16 and the 8-channel AVX2 tail) and tile tails.
-        for &(t, k, cout) in &[(49, 32, 64), (13, 8, 8), (25, 16, 24), (7, 24, 40), (30, 64, 32), (1, 8, 16), (100, 40, 120)] {
+        for &(t, k, cout) in
+            &[(49, 32, 64), (13, 8, 8), (25, 16, 24), (7, 24, 40), (30, 64, 32), (1, 8, 16), (100, 40, 120)]
+        {
             let u: Vec<f32> = (0..k * cout).map(|_| rng.normal() as f32).collect();
             let v: Vec<f32> = (0..t * k).map(|_| rng.normal() as f32).collect();
             let (mut fast, mut avx2) = (vec![f32::NAN; t * cout], vec![f32::NAN; t * cout]);
