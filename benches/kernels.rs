@@ -226,6 +226,53 @@ fn bias_act(c: &mut Criterion) {
     g.finish();
 }
 
+/// The W3 ops at their step shapes (batch 64 x 50 tokens = 3,200 rows, width 128): each linear layer's forward
+/// and backward (qkv 128 -> 384, proj 128 -> 128, fc1 128 -> 256, fc2 256 -> 128), the layer norm and the
+/// exact GELU. `benches/w3_ops_torch.py` times PyTorch's ops at the same shapes, for a side-by-side reading.
+fn w3_ops(c: &mut Criterion) {
+    use ecstrain::kernels::ops::gelu::{gelu_backward, gelu_forward, GeluApprox};
+    use ecstrain::kernels::ops::layer_norm::{layer_norm_backward, layer_norm_forward};
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(2).build_global();
+    let rows = 64 * 50;
+    let mut g = c.benchmark_group("w3_ops");
+    for (name, cin, cout) in [("qkv", 128usize, 384usize), ("proj", 128, 128), ("fc1", 128, 256), ("fc2", 256, 128)] {
+        let (x, w, bias, dy) = (randn(rows * cin, 1), randn(cout * cin, 2), randn(cout, 3), randn(rows * cout, 4));
+        let mut y = vec![0.0f32; rows * cout];
+        let (mut dx, mut dw, mut db) = (vec![0.0f32; rows * cin], vec![0.0f32; cout * cin], vec![0.0f32; cout]);
+        g.throughput(Throughput::Elements((2 * rows * cin * cout) as u64));
+        g.bench_function(BenchmarkId::new("linear_forward", name), |bn| {
+            bn.iter(|| ops::linear_forward(&mut y, &x, &w, Some(&bias), rows, cin, cout))
+        });
+        g.throughput(Throughput::Elements((4 * rows * cin * cout) as u64));
+        g.bench_function(BenchmarkId::new("linear_backward", name), |bn| {
+            bn.iter(|| ops::linear_backward(Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, rows, cin, cout))
+        });
+    }
+    let dim = 128;
+    let (x, w, bias, dy) = (randn(rows * dim, 5), randn(dim, 6), randn(dim, 7), randn(rows * dim, 8));
+    let (mut y, mut dx) = (vec![0.0f32; rows * dim], vec![0.0f32; rows * dim]);
+    let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+    let (mut dw, mut db) = (vec![0.0f32; dim], vec![0.0f32; dim]);
+    g.throughput(Throughput::Bytes((2 * 4 * rows * dim) as u64));
+    g.bench_function("layer_norm_forward", |bn| {
+        bn.iter(|| layer_norm_forward(&mut y, &mut mean, &mut rstd, &x, Some(&w), Some(&bias), rows, dim, 1e-5))
+    });
+    g.throughput(Throughput::Bytes((3 * 4 * rows * dim) as u64));
+    g.bench_function("layer_norm_backward", |bn| {
+        bn.iter(|| {
+            layer_norm_backward(&mut dx, Some(&mut dw), Some(&mut db), &dy, &x, &mean, &rstd, Some(&w), rows, dim)
+        })
+    });
+    let n = rows * 256;
+    let (x, dy) = (randn(n, 9), randn(n, 10));
+    let (mut y, mut dx) = (vec![0.0f32; n], vec![0.0f32; n]);
+    g.throughput(Throughput::Bytes((2 * 4 * n) as u64));
+    g.bench_function("gelu_forward", |bn| bn.iter(|| gelu_forward(&mut y, &x, GeluApprox::None)));
+    g.throughput(Throughput::Bytes((3 * 4 * n) as u64));
+    g.bench_function("gelu_backward", |bn| bn.iter(|| gelu_backward(&mut dx, &dy, &x, GeluApprox::None)));
+    g.finish();
+}
+
 criterion_group!(
     benches,
     linear,
@@ -235,6 +282,7 @@ criterion_group!(
     conv_maxpool_fused,
     gemm_ceiling,
     attention_w3,
-    bias_act
+    bias_act,
+    w3_ops
 );
 criterion_main!(benches);
