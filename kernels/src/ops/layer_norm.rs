@@ -24,47 +24,43 @@ type FwdGroup<'a, T> = ((&'a mut [T], &'a [T]), (&'a mut [T], &'a mut [T]));
 type BwdGroup<'a, T> = ((&'a mut [T], &'a [T]), (&'a [T], (&'a [T], &'a [T])));
 
 /// f64 accumulators per row reduction: interleaved so the loop vectorises (a single chain of float adds
-/// cannot be reordered by the compiler); the order is fixed, so results do not depend on the machine.
-const LANES: usize = 8;
+/// cannot be reordered by the compiler; 16 f64 lanes are two AVX-512 registers); the order is fixed, so
+/// results do not depend on the instruction set or the machine.
+const LANES: usize = 16;
 
-/// `sum_j f(j)` for `j < n` over [`LANES`] interleaved f64 accumulators.
+/// `sum_j f(x[j])` over [`LANES`] interleaved f64 accumulators. The loops run over fixed-size chunks, never
+/// indices, so they carry no bounds checks and vectorise.
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+fn lane_sum<T: Float>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
-    let full = n / LANES * LANES;
-    let mut j = 0;
-    while j < full {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(j + l);
+    let chunks = x.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        let c: &[T; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
         }
-        j += LANES;
     }
-    let tail: f64 = (full..n).map(&f).sum();
     acc.iter().sum::<f64>() + tail
 }
 
-/// `(sum_j f(j).0, sum_j f(j).1)` for `j < n`: two sums in one pass, each over [`LANES`] interleaved f64
-/// accumulators.
+/// `sum_j f(a[j], b[j], c[j])` over the common length and [`LANES`] interleaved f64 accumulators: the
+/// three-operand form of [`lane_sum`] (one sum per pass: a loop producing two sums did not vectorise).
 #[inline(always)]
-fn lane_sum2(n: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    let (mut a0, mut a1) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let full = n / LANES * LANES;
-    let mut j = 0;
-    while j < full {
+fn lane_sum3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> f64) -> f64 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES), c[..n].chunks_exact(LANES));
+    let tail: f64 = a.remainder().iter().zip(b.remainder()).zip(c.remainder()).map(|((&x, &y), &z)| f(x, y, z)).sum();
+    let mut acc = [0.0f64; LANES];
+    for ((x, y), z) in a.zip(b).zip(c) {
+        let x: &[T; LANES] = x.try_into().expect("LANES");
+        let y: &[T; LANES] = y.try_into().expect("LANES");
+        let z: &[T; LANES] = z.try_into().expect("LANES");
         for l in 0..LANES {
-            let (x, y) = f(j + l);
-            a0[l] += x;
-            a1[l] += y;
+            acc[l] += f(x[l], y[l], z[l]);
         }
-        j += LANES;
     }
-    let (mut t0, mut t1) = (0.0, 0.0);
-    for j in full..n {
-        let (x, y) = f(j);
-        t0 += x;
-        t1 += y;
-    }
-    (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
+    acc.iter().sum::<f64>() + tail
 }
 
 /// One row of the forward: mean and variance in f64 (two passes), then the normalised, scaled row.
@@ -79,37 +75,36 @@ fn fwd_row_body<T: Float>(
     sr: &mut T,
 ) {
     let dim = x.len().min(y.len());
+    let (x, y) = (&x[..dim], &mut y[..dim]);
     let inv_dim = 1.0 / dim as f64;
-    let mean = lane_sum(dim, |j| x[j].to_f64()) * inv_dim;
-    let var = lane_sum(dim, |j| {
-        let d = x[j].to_f64() - mean;
+    let mean = lane_sum(x, |v| v.to_f64()) * inv_dim;
+    let var = lane_sum(x, |v| {
+        let d = v.to_f64() - mean;
         d * d
     }) * inv_dim;
     let (mean, rstd) = (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()));
     *sm = mean;
     *sr = rstd;
+    let rows = y.iter_mut().zip(x);
     match (weight, bias) {
         (Some(w), Some(b)) => {
-            let (w, b) = (&w[..dim], &b[..dim]);
-            for j in 0..dim {
-                y[j] = (x[j] - mean) * rstd * w[j] + b[j];
+            for ((y, &x), (&w, &b)) in rows.zip(w.iter().zip(b)) {
+                *y = (x - mean) * rstd * w + b;
             }
         }
         (Some(w), None) => {
-            let w = &w[..dim];
-            for j in 0..dim {
-                y[j] = (x[j] - mean) * rstd * w[j];
+            for ((y, &x), &w) in rows.zip(w) {
+                *y = (x - mean) * rstd * w;
             }
         }
         (None, Some(b)) => {
-            let b = &b[..dim];
-            for j in 0..dim {
-                y[j] = (x[j] - mean) * rstd + b[j];
+            for ((y, &x), &b) in rows.zip(b) {
+                *y = (x - mean) * rstd + b;
             }
         }
         (None, None) => {
-            for j in 0..dim {
-                y[j] = (x[j] - mean) * rstd;
+            for (y, &x) in rows {
+                *y = (x - mean) * rstd;
             }
         }
     }
@@ -132,33 +127,31 @@ crate::multiversion!(
 #[inline(always)]
 fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T) {
     let dim = dx.len().min(dy.len()).min(x.len());
+    let (dx, dy, x) = (&mut dx[..dim], &dy[..dim], &x[..dim]);
     let inv_dim = 1.0 / dim as f64;
+    // Two passes over the row (it is in L1): sum g and sum g * xhat, g = dy * w.
+    let xhat = |x: T| ((x - mean) * rstd).to_f64();
     let (s_g, s_gx) = match weight {
-        Some(w) => {
-            let w = &w[..dim];
-            lane_sum2(dim, |j| {
-                let g = (dy[j] * w[j]).to_f64();
-                (g, g * ((x[j] - mean) * rstd).to_f64())
-            })
-        }
-        None => lane_sum2(dim, |j| {
-            let g = dy[j].to_f64();
-            (g, g * ((x[j] - mean) * rstd).to_f64())
-        }),
+        Some(w) => (
+            lane_sum3(dy, w, dy, |dy, w, _| (dy * w).to_f64()),
+            lane_sum3(dy, w, x, |dy, w, x| (dy * w).to_f64() * xhat(x)),
+        ),
+        // The third operand is unused: dy again, so no ones vector is needed.
+        None => (lane_sum(dy, |dy| dy.to_f64()), lane_sum3(dy, x, dy, |dy, x, _| dy.to_f64() * xhat(x))),
     };
     let (mean_g, mean_gx) = (T::from_f64(s_g * inv_dim), T::from_f64(s_gx * inv_dim));
+    let rows = dx.iter_mut().zip(dy).zip(x);
     match weight {
         Some(w) => {
-            let w = &w[..dim];
-            for j in 0..dim {
-                let xhat = (x[j] - mean) * rstd;
-                dx[j] = rstd * (dy[j] * w[j] - mean_g - xhat * mean_gx);
+            for (((dx, &dy), &x), &w) in rows.zip(w) {
+                let xhat = (x - mean) * rstd;
+                *dx = rstd * (dy * w - mean_g - xhat * mean_gx);
             }
         }
         None => {
-            for j in 0..dim {
-                let xhat = (x[j] - mean) * rstd;
-                dx[j] = rstd * (dy[j] - mean_g - xhat * mean_gx);
+            for ((dx, &dy), &x) in rows {
+                let xhat = (x - mean) * rstd;
+                *dx = rstd * (dy - mean_g - xhat * mean_gx);
             }
         }
     }
