@@ -216,13 +216,18 @@ fn head_backward<T: Float>(
         // Softmax backward in place: dS = P * (dP - sum_j P dP), times the score scale so the two products
         // below need no extra pass. Masked (and never written) entries become exactly 0, which the column
         // products below rely on.
-        for i in r0..r1 {
-            let p = &att[i * t..(i + 1) * t];
-            let row = &mut ds[i * t..(i + 1) * t];
-            let visible = if causal { i + 1 } else { t };
-            let (seen, masked) = row.split_at_mut(visible);
-            super::softmax::softmax_backward_in_place(seen, &p[..visible], scale);
-            masked.fill(T::ZERO);
+        if causal {
+            for i in r0..r1 {
+                let p = &att[i * t..(i + 1) * t];
+                let row = &mut ds[i * t..(i + 1) * t];
+                let (seen, masked) = row.split_at_mut(i + 1);
+                super::softmax::softmax_backward_in_place(seen, &p[..i + 1], scale);
+                masked.fill(T::ZERO);
+            }
+        } else {
+            // Every key is visible: the whole block of rows in one call.
+            let rows = r0 * t..r1 * t;
+            super::softmax::softmax_rows_backward_in_place(&mut ds[rows.clone()], &att[rows], t, scale);
         }
         // dq[r0..r1] = dS[r0..r1, 0..kn] @ k[0..kn]
         let (dq, dq_rs) = g.rows(0, r0, d);

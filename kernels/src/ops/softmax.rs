@@ -119,23 +119,40 @@ fn softmax_in_place_body<T: Float>(row: &mut [T]) {
 #[inline(always)]
 fn softmax_backward_in_place_body<T: Float>(ds: &mut [T], p: &[T], scale: T) {
     let n = ds.len().min(p.len());
+    let (ds, p) = (&mut ds[..n], &p[..n]);
+    // Fixed-size chunks, not indices: no bounds checks, so the dot product and the update vectorise.
     let mut acc = [T::ZERO; LANES];
-    let full = n / LANES * LANES;
-    let mut j = 0;
-    while j < full {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += p[j + l] * ds[j + l];
+    let (cd, cp) = (ds.chunks_exact(LANES), p.chunks_exact(LANES));
+    let (td, tp) = (cd.remainder(), cp.remainder());
+    for (d, q) in cd.zip(cp) {
+        let d: &[T; LANES] = d.try_into().expect("LANES");
+        let q: &[T; LANES] = q.try_into().expect("LANES");
+        for l in 0..LANES {
+            acc[l] += q[l] * d[l];
         }
-        j += LANES;
     }
-    let mut dot = acc.iter().fold(T::ZERO, |s, &v| s + v);
-    for j in full..n {
-        dot += p[j] * ds[j];
-    }
-    for j in 0..n {
-        ds[j] = scale * p[j] * (ds[j] - dot);
+    // The lanes in order, then the tail element by element: the order of the index loop this replaced.
+    let dot = td.iter().zip(tp).fold(acc.iter().fold(T::ZERO, |s, &v| s + v), |s, (&d, &q)| s + q * d);
+    for (d, &q) in ds.iter_mut().zip(p) {
+        *d = scale * q * (*d - dot);
     }
 }
+/// [`softmax_backward_in_place_body`] over every `row_len`-long row of `ds` (with the matching rows of `p`):
+/// one dispatch for a block of attention rows instead of one per row.
+#[inline(always)]
+fn softmax_rows_backward_in_place_body<T: Float>(ds: &mut [T], p: &[T], row_len: usize, scale: T) {
+    if row_len == 0 {
+        return;
+    }
+    for (d, q) in ds.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)) {
+        softmax_backward_in_place_body(d, q, scale);
+    }
+}
+crate::multiversion!(
+    /// Softmax backward of each `row_len`-long row of `ds` in place, scaled (see
+    /// [`softmax_backward_in_place`]).
+    pub(crate) fn softmax_rows_backward_in_place<T: Float>(ds: &mut [T], p: &[T], row_len: usize, scale: T) => softmax_rows_backward_in_place_body
+);
 crate::multiversion!(
     /// Softmax backward of one row in place, scaled (the row primitive attention's backward uses).
     pub(crate) fn softmax_backward_in_place<T: Float>(ds: &mut [T], p: &[T], scale: T) => softmax_backward_in_place_body
