@@ -1,6 +1,7 @@
 //! Kernel micro-benchmarks at the W1 shapes (batch 128, 784 -> 512 -> 512 -> 10): linear forward and
 //! backward, ReLU, fused softmax + cross-entropy, and the AdamW update over the whole 669,706-parameter arena;
-//! the W2 convolution and pool (and each W2 block as the conv + pool pair against the fused kernel); and `gemm_ceiling`: a 512^3 f32 product through the engine's gemm wrapper,
+//! the W2 convolution and pool (and each W2 block as the conv + pool pair against the fused kernel); the W3 step's ops at
+//! their shapes (`w3_ops`, next to `benches/w3_ops_torch.py`); and `gemm_ceiling`: a 512^3 f32 product through the engine's gemm wrapper,
 //! the machine's GEMM ceiling that train-step throughput is compared with (FLOP/s = elem/s).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
