@@ -130,6 +130,81 @@ pub fn linear_backward<T: Float>(
     }
 }
 
+/// Fewest rows for which [`linear_backward_split`] splits the batch: the weight gradient's depth is the row
+/// count, and `gemm` runs a long, thin product (e.g. W3's 3,200 x 128 -> 128) better as two halves on two
+/// threads than split across its output blocks.
+pub const SPLIT_MIN_ROWS: usize = 1024;
+
+/// Length of the `scratch` [`linear_backward_split`] needs for a layer of `rows` rows, `c` inputs and `oc`
+/// outputs: `OC * C` when it splits, 0 otherwise.
+pub fn linear_backward_split_scratch_len(rows: usize, c: usize, oc: usize) -> usize {
+    if splits_rows(rows, c, oc) {
+        oc * c
+    } else {
+        0
+    }
+}
+
+fn splits_rows(rows: usize, c: usize, oc: usize) -> bool {
+    rows >= SPLIT_MIN_ROWS && rows.saturating_mul(c).saturating_mul(oc) >= GEMM_PAR_MIN_FLOPS
+}
+
+/// [`linear_backward`] with the rows in two fixed halves on two rayon tasks (from [`SPLIT_MIN_ROWS`] rows and
+/// [`GEMM_PAR_MIN_FLOPS`] multiply-adds; otherwise it is [`linear_backward`]): each half computes its rows of
+/// `dinp` and its part of the weight gradient, the first onto `dweight`, the second into `scratch` (at least
+/// [`linear_backward_split_scratch_len`] long), which is then added. The halves do not depend on the thread
+/// count, so neither does the result. Same arguments and contract as [`linear_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_split<T: Float>(
+    dinp: Option<&mut [T]>,
+    dweight: &mut [T],
+    dbias: Option<&mut [T]>,
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    scratch: &mut [T],
+    b: usize,
+    c: usize,
+    oc: usize,
+) {
+    if !splits_rows(b, c, oc) {
+        linear_backward(dinp, dweight, dbias, dout, inp, weight, b, c, oc);
+        return;
+    }
+    assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
+    assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
+    assert_eq!(weight.len(), oc * c, "linear_backward: weight must be [OC, C]");
+    assert_eq!(dweight.len(), oc * c, "linear_backward: dweight must be [OC, C]");
+    assert!(scratch.len() >= oc * c, "linear_backward_split: scratch must hold OC * C");
+    let part = &mut scratch[..oc * c];
+    let h = b / 2;
+    let (dout0, dout1) = dout.split_at(h * oc);
+    let (inp0, inp1) = inp.split_at(h * c);
+    let (dinp0, dinp1) = match dinp {
+        Some(d) => {
+            assert_eq!(d.len(), b * c, "linear_backward: dinp must be [B, C]");
+            let (x, y) = d.split_at_mut(h * c);
+            (Some(x), Some(y))
+        }
+        None => (None, None),
+    };
+    // One half: dinp rows = dout rows @ weight; dst (+)= dout rows^T @ inp rows.
+    let half = |dinp: Option<&mut [T]>, dst: &mut [T], accumulate: bool, dout: &[T], inp: &[T], rows: usize| {
+        if let Some(dinp) = dinp {
+            gemm_strided(rows, c, oc, dinp, c, 1, false, dout, oc, 1, weight, c, 1);
+        }
+        gemm_strided(oc, c, rows, dst, c, 1, accumulate, dout, 1, oc, inp, c, 1);
+    };
+    rayon::join(|| half(dinp0, dweight, true, dout0, inp0, h), || half(dinp1, part, false, dout1, inp1, b - h));
+    for (d, &p) in dweight.iter_mut().zip(part.iter()) {
+        *d += p;
+    }
+    if let Some(dbias) = dbias {
+        assert_eq!(dbias.len(), oc, "linear_backward: dbias must be [OC]");
+        bias_add_backward(dbias, dout, b, oc);
+    }
+}
+
 /// Host side of the linear layer on the GPU (cuBLAS + the bias kernels).
 #[path = "linear_cuda.rs"]
 pub mod cuda;
@@ -288,6 +363,59 @@ mod tests {
                     one.iter().zip(&other).all(|(x, y)| x.to_bits() == y.to_bits()),
                     "{b}x{c}->{oc}: {threads} threads"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn split_backward_matches_reference_and_is_thread_count_independent() {
+        // Above SPLIT_MIN_ROWS the rows run in two halves: the gradients match the f64 reference (dweight onto
+        // a nonzero initial gradient: it accumulates), any thread count gives the same bits, and below the
+        // threshold it is exactly linear_backward.
+        for (b, c, oc) in [(3200, 128, 384), (1025, 96, 200), (300, 64, 32)] {
+            let (inp, w, dout) =
+                (uniform(8, b * c, -1.0, 1.0), uniform(9, oc * c, -1.0, 1.0), uniform(10, b * oc, -1.0, 1.0));
+            let dw0 = uniform(11, oc * c, -1.0, 1.0);
+            let (want_dinp, mut want_dw, want_db) = ref_backward(&dout, &inp, &w, b, c, oc);
+            want_dw.iter_mut().zip(&dw0).for_each(|(a, b)| *a += b);
+            let (inp, w, dout, dw0) = (to_f32(&inp), to_f32(&w), to_f32(&dout), to_f32(&dw0));
+            let run = |threads: usize, split: bool| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (mut dinp, mut dw, mut db) = (vec![f32::NAN; b * c], dw0.clone(), vec![0.0f32; oc]);
+                let mut scratch = vec![f32::NAN; linear_backward_split_scratch_len(b, c, oc)];
+                pool.install(|| {
+                    if split {
+                        linear_backward_split(
+                            Some(&mut dinp),
+                            &mut dw,
+                            Some(&mut db),
+                            &dout,
+                            &inp,
+                            &w,
+                            &mut scratch,
+                            b,
+                            c,
+                            oc,
+                        )
+                    } else {
+                        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, b, c, oc)
+                    }
+                });
+                [dinp, dw, db]
+            };
+            let one = run(1, true);
+            for (name, got, want) in
+                [("dinp", &one[0], &want_dinp), ("dweight", &one[1], &want_dw), ("dbias", &one[2], &want_db)]
+            {
+                assert_close_scaled(name, got, want, 1e-5);
+            }
+            let bits = |a: &[Vec<f32>; 3], b: &[Vec<f32>; 3]| {
+                a.iter().zip(b).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()))
+            };
+            assert!(bits(&one, &run(3, true)), "{b}x{c}->{oc}: 1 vs 3 threads");
+            assert_eq!(linear_backward_split_scratch_len(b, c, oc) > 0, b >= SPLIT_MIN_ROWS);
+            if b < SPLIT_MIN_ROWS {
+                assert!(bits(&one, &run(1, false)), "below the threshold it is linear_backward");
             }
         }
     }

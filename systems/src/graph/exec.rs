@@ -140,6 +140,12 @@ impl Activations {
                 OpKind::MaxPool2d { .. } => indices[idx] = vec![0; sizes[node.output.0]],
                 // A fused activation's input (the pre-activation) is kept for the backward.
                 OpKind::Linear { act: Some(_), .. } => saved[idx] = vec![0.0; sizes[node.output.0]],
+                // The second half's weight gradient of a row-split backward.
+                OpKind::Linear { rows, in_features, out_features, act: None, .. } => {
+                    let len =
+                        ops::linear::linear_backward_split_scratch_len(capacity * rows, *in_features, *out_features);
+                    scratch = scratch.max(len)
+                }
                 OpKind::Conv2d { spec, in_hw, .. } => {
                     scratch = scratch.max(conv_geom(spec, *in_hw, capacity).col_len())
                 }
@@ -708,7 +714,9 @@ pub fn backward(
             OpKind::Linear { rows, in_features, out_features, weight, bias, act: None } => {
                 sink.with(xv, in_len, |dx| {
                     let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
-                    ops::linear::linear_backward(dx, dw, db, dy, x, p(weight), n * rows, *in_features, *out_features);
+                    let (rows, c, oc) = (n * rows, *in_features, *out_features);
+                    let s = &mut scratch[..ops::linear::linear_backward_split_scratch_len(rows, c, oc)];
+                    ops::linear::linear_backward_split(dx, dw, db, dy, x, p(weight), s, rows, c, oc);
                 })
             }
             OpKind::Linear { act: Some(_), .. } => unreachable!("handled before the match"),
