@@ -48,6 +48,9 @@ fn wrong_type_names_the_line() {
     assert!(m.contains("line 17") && m.contains("invalid u64") && m.contains("batch: sixty-four"), "{m}");
     let m = rejected("wrong_type_set", |y| y, &["--set", "run.lr0=fast"]);
     assert!(m.contains("run.lr0") && m.contains("invalid type"), "{m}");
+    // Model options are the registered builder's: the key is named there too.
+    let m = rejected("wrong_type_model_key", |y| y, &["--set", "model.hidden_sizes=big"]);
+    assert!(m.contains("model.hidden_sizes: invalid type"), "{m}");
 }
 
 #[test]

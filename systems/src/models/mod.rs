@@ -50,9 +50,30 @@ pub fn linear_stack(
     g.linear(&format!("{prefix}.{idx}"), x, output_size, bias).map_err(e)
 }
 
-/// Deserialises builder options, turning serde's message into one that names the section.
+/// Deserialises builder options, turning serde's message into one that names the section and, for a value of
+/// the wrong type or out of range, the key (`model.causal: invalid type: string "maybe", expected a boolean`).
+/// serde_json's own message has no path; the key is the one whose removal takes that error away. Unknown
+/// keys keep serde's `section: unknown field ..., expected ...` form, which already names the key and lists the
+/// valid ones (and which `engine::config::keys` reads).
 pub fn parse_options<T: serde::de::DeserializeOwned>(section: &str, v: &serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(v.clone()).map_err(|e| format!("{section}: {e}"))
+    serde_json::from_value(v.clone()).map_err(|e| {
+        let msg = e.to_string();
+        let culprit = match v.as_object() {
+            Some(obj) if !msg.starts_with("unknown field") => obj.keys().find(|k| {
+                let mut rest = obj.clone();
+                rest.remove(*k);
+                match serde_json::from_value::<T>(serde_json::Value::Object(rest)) {
+                    Ok(_) => true,
+                    Err(e) => e.to_string().starts_with(&format!("missing field `{k}`")),
+                }
+            }),
+            _ => None,
+        };
+        match culprit {
+            Some(k) => format!("{section}.{k}: {msg}"),
+            None => format!("{section}: {msg}"),
+        }
+    })
 }
 
 /// An image model's graph builder, its input viewed as `[C, H, W]`, and `(C, H, W)`.

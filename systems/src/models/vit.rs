@@ -288,5 +288,10 @@ mod tests {
         assert!(e.contains("heads (3) must divide model.dim (128)"), "{e}");
         let e = build(&json!({"output_size": 3, "pool": "max", "input_shape": [1, 8, 8]}), &[64]).err().unwrap();
         assert!(e.contains("cls, mean"), "{e}");
+        // A value of the wrong type names its key.
+        let e = build(&json!({"output_size": 3, "cls_only_last_block": "maybe"}), &[64]).err().unwrap();
+        assert!(e.starts_with("model.cls_only_last_block: invalid type"), "{e}");
+        let e = build(&json!({"output_size": "ten", "causal": true}), &[64]).err().unwrap();
+        assert!(e.starts_with("model.output_size: invalid type"), "{e}");
     }
 }
