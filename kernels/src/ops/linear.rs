@@ -113,21 +113,37 @@ pub fn linear_backward<T: Float>(
     c: usize,
     oc: usize,
 ) {
-    assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
-    assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
-    assert_eq!(weight.len(), oc * c, "linear_backward: weight must be [OC, C]");
-    assert_eq!(dweight.len(), oc * c, "linear_backward: dweight must be [OC, C]");
+    check_backward_shapes(dinp.as_deref(), dweight, dbias.as_deref(), dout, inp, weight, b, c, oc);
     if let Some(dinp) = dinp {
-        assert_eq!(dinp.len(), b * c, "linear_backward: dinp must be [B, C]");
         // dinp[B, C] = dout[B, OC] @ weight[OC, C]
         gemm_strided(b, c, oc, dinp, c, 1, false, dout, oc, 1, weight, c, 1);
     }
     // dweight[OC, C] += dout^T[OC, B] @ inp[B, C]; dout^T element (o, i) is dout[i * OC + o].
     gemm_strided(oc, c, b, dweight, c, 1, true, dout, 1, oc, inp, c, 1);
     if let Some(dbias) = dbias {
-        assert_eq!(dbias.len(), oc, "linear_backward: dbias must be [OC]");
         bias_add_backward(dbias, dout, b, oc);
     }
+}
+
+/// The shape contract of [`linear_backward`] and [`linear_backward_split`], checked once for both.
+#[allow(clippy::too_many_arguments)]
+fn check_backward_shapes<T>(
+    dinp: Option<&[T]>,
+    dweight: &[T],
+    dbias: Option<&[T]>,
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    b: usize,
+    c: usize,
+    oc: usize,
+) {
+    assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
+    assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
+    assert_eq!(weight.len(), oc * c, "linear_backward: weight must be [OC, C]");
+    assert_eq!(dweight.len(), oc * c, "linear_backward: dweight must be [OC, C]");
+    assert!(dinp.is_none_or(|d| d.len() == b * c), "linear_backward: dinp must be [B, C]");
+    assert!(dbias.is_none_or(|d| d.len() == oc), "linear_backward: dbias must be [OC]");
 }
 
 /// Fewest rows for which [`linear_backward_split`] splits the batch: the weight gradient's depth is the row
@@ -171,10 +187,7 @@ pub fn linear_backward_split<T: Float>(
         linear_backward(dinp, dweight, dbias, dout, inp, weight, b, c, oc);
         return;
     }
-    assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
-    assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
-    assert_eq!(weight.len(), oc * c, "linear_backward: weight must be [OC, C]");
-    assert_eq!(dweight.len(), oc * c, "linear_backward: dweight must be [OC, C]");
+    check_backward_shapes(dinp.as_deref(), dweight, dbias.as_deref(), dout, inp, weight, b, c, oc);
     assert!(scratch.len() >= oc * c, "linear_backward_split: scratch must hold OC * C");
     let part = &mut scratch[..oc * c];
     let h = b / 2;
@@ -182,7 +195,6 @@ pub fn linear_backward_split<T: Float>(
     let (inp0, inp1) = inp.split_at(h * c);
     let (dinp0, dinp1) = match dinp {
         Some(d) => {
-            assert_eq!(d.len(), b * c, "linear_backward: dinp must be [B, C]");
             let (x, y) = d.split_at_mut(h * c);
             (Some(x), Some(y))
         }
@@ -200,7 +212,6 @@ pub fn linear_backward_split<T: Float>(
         *d += p;
     }
     if let Some(dbias) = dbias {
-        assert_eq!(dbias.len(), oc, "linear_backward: dbias must be [OC]");
         bias_add_backward(dbias, dout, b, oc);
     }
 }
