@@ -62,6 +62,21 @@ def main():
         F.gelu(x).backward(dy)
 
     print(f"gelu forward {fwd:7.3f} ms  backward {timed(gelu_bwd) - fwd:7.3f} ms")
+    # One attention layer as the W3 twin runs it: heads taken out of the fused qkv projection, SDPA, heads merged.
+    qkv = torch.randn(64, 50, 384, requires_grad=True)
+    dy = torch.randn(64, 50, 128)
+
+    def attn():
+        q, k, v = qkv.reshape(64, 50, 3, 4, 32).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(64, 50, 128)
+
+    fwd = timed(lambda: attn().detach())
+
+    def attn_bwd():
+        qkv.grad = None
+        attn().backward(dy)
+
+    print(f"attention forward {fwd:7.3f} ms  backward {timed(attn_bwd) - fwd:7.3f} ms")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,10 @@ pub trait Float:
     fn powf(self, e: Self) -> Self;
     /// The error function (needed by the exact GELU).
     fn erf(self) -> Self;
+    /// `self * a + b` with one rounding (a fused multiply-add). Correctly rounded on every target, so the
+    /// bits never depend on the instruction set; only fast where the compiled code may use FMA instructions
+    /// (the AVX2 and AVX-512 versions of `multiversion!`), a libm call otherwise.
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 /// Implements [`Float`] for a primitive type, with the given functions for `exp`, `tanh` and `erf` (f32 uses
@@ -109,6 +113,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn erf(self) -> Self {
                 $erf(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
         }
     };

@@ -14,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::attention_small as small;
 use super::bmm::BATCH_PAR_MIN_FLOPS;
 use super::gemm::{gemm_strided, Mat};
 use super::par::{rows_per_task, PAR_MIN_ELEMS};
@@ -62,6 +63,95 @@ struct HeadInputs<'a, T> {
     rs: usize,
 }
 
+/// Softmax in place over rows `r0..r1` of the `[T, T]` scores `att`, over the keys each row can see; the rest
+/// of a causal row (masked, or never written by a block's product) becomes exactly 0.
+fn softmax_block<T: Float>(att: &mut [T], t: usize, r0: usize, r1: usize, causal: bool) {
+    if causal {
+        for i in r0..r1 {
+            let row = &mut att[i * t..(i + 1) * t];
+            let (seen, masked) = row.split_at_mut(i + 1);
+            super::softmax::softmax_in_place(seen);
+            masked.fill(T::ZERO);
+        }
+    } else {
+        // Every key is visible: the whole block of rows in one call.
+        super::softmax::softmax_rows_in_place(&mut att[r0 * t..r1 * t], t);
+    }
+}
+
+/// Softmax backward in place over rows `r0..r1` of `ds` (holding dP = dout @ v^T on entry, with the saved
+/// probabilities `att`): dS = P * (dP - sum_j P dP), times the score `scale` so the products after it need no
+/// extra pass. Masked (and never written) entries become exactly 0, which the key-side products rely on.
+fn softmax_backward_block<T: Float>(ds: &mut [T], att: &[T], t: usize, r0: usize, r1: usize, causal: bool, scale: T) {
+    if causal {
+        for i in r0..r1 {
+            let p = &att[i * t..(i + 1) * t];
+            let row = &mut ds[i * t..(i + 1) * t];
+            let (seen, masked) = row.split_at_mut(i + 1);
+            super::softmax::softmax_backward_in_place(seen, &p[..i + 1], scale);
+            masked.fill(T::ZERO);
+        }
+    } else {
+        // Every key is visible: the whole block of rows in one call.
+        let rows = r0 * t..r1 * t;
+        super::softmax::softmax_rows_backward_in_place(&mut ds[rows.clone()], &att[rows], t, scale);
+    }
+}
+
+/// [`head_forward`] for a head that [`small::fits`] (f32 on AVX-512): the two products through [`small::matmul_packed`]
+/// (k^T, then v, packed on the stack). With the causal mask the scores are computed for every key and the
+/// masked ones dropped by the softmax; the product with v then adds exact zeros for them.
+fn head_forward_small<T: Float>(
+    out: &mut [T],
+    out_rs: usize,
+    att: &mut [T],
+    x: HeadInputs<'_, T>,
+    t: usize,
+    d: usize,
+    causal: bool,
+) {
+    let mut pk = small::Packed::new();
+    pk.transpose_of(x.k, x.rs, d, t);
+    small::matmul_packed(att, t, t, t, small::Strided { data: x.q, rs: x.rs, cs: 1 }, &pk, default_scale::<T>(d));
+    softmax_block(att, t, 0, t, causal);
+    pk.rows_of(x.v, x.rs, t, d);
+    small::matmul_packed(out, out_rs, t, d, small::Strided { data: att, rs: t, cs: 1 }, &pk, T::ONE);
+}
+
+/// [`head_backward`] for a head that [`small::fits`] (which leaves the caller's scratch untouched): dP =
+/// dout @ v^T, the softmax backward, then
+/// dq = dS @ k, dv = P^T @ dout and dk = dS^T @ q, each right-hand side packed on the stack in turn. The
+/// transposed left-hand sides are read in place (column stride `T`).
+#[allow(clippy::too_many_arguments)]
+fn head_backward_small<T: Float>(
+    mut g: HeadGrads<'_, T>,
+    dout: &[T],
+    dout_rs: usize,
+    x: HeadInputs<'_, T>,
+    att: &[T],
+    t: usize,
+    d: usize,
+    causal: bool,
+) {
+    use small::{matmul_packed, Strided};
+    // The score gradient stays on the stack (in cache) instead of going through the [B, H, T, T] scratch.
+    let mut ds_buf = [T::ZERO; small::SQUARE_LEN];
+    let ds = &mut ds_buf[..t * t];
+    let mut pk = small::Packed::new();
+    pk.transpose_of(x.v, x.rs, d, t);
+    matmul_packed(ds, t, t, t, Strided { data: dout, rs: dout_rs, cs: 1 }, &pk, T::ONE);
+    softmax_backward_block(ds, att, t, 0, t, causal, default_scale::<T>(d));
+    let products: [(usize, &[T], usize, &[T]); 3] =
+        [(0, x.k, x.rs, &*ds), (2, dout, dout_rs, att), (1, x.q, x.rs, &*ds)];
+    for (which, rhs, rhs_rs, lhs) in products {
+        pk.rows_of(rhs, rhs_rs, t, d);
+        // dq reads dS by rows; dv and dk read P and dS by columns.
+        let a = if which == 0 { Strided { data: lhs, rs: t, cs: 1 } } else { Strided { data: lhs, rs: 1, cs: t } };
+        let (dst, dst_rs) = g.rows(which, 0, d);
+        matmul_packed(dst, dst_rs, t, d, a, &pk, T::ONE);
+    }
+}
+
 /// Attention forward for one (batch, head): q, k, v as [`HeadInputs`]; `out` row `i` at `out[i * out_rs..]`
 /// (D elements written per row); att: [T, T] (written).
 #[allow(clippy::too_many_arguments)]
@@ -74,6 +164,9 @@ fn head_forward<T: Float>(
     d: usize,
     causal: bool,
 ) {
+    if small::fits::<T>(t, d) {
+        return head_forward_small(out, out_rs, att, x, t, d, causal);
+    }
     let scale = default_scale::<T>(d);
     for (r0, r1) in row_blocks(t, causal) {
         // Keys this block of queries can see.
@@ -92,19 +185,8 @@ fn head_forward<T: Float>(
             scale,
             false,
         );
-        // Softmax in place over the visible keys, while the scores are still in cache; the rest of the row
-        // (masked, or never written by this block's gemm) becomes exactly 0.
-        if causal {
-            for i in r0..r1 {
-                let row = &mut att[i * t..(i + 1) * t];
-                let (seen, masked) = row.split_at_mut(i + 1);
-                super::softmax::softmax_in_place(seen);
-                masked.fill(T::ZERO);
-            }
-        } else {
-            // Every key is visible: the whole block of rows in one call.
-            super::softmax::softmax_rows_in_place(&mut att[r0 * t..r1 * t], t);
-        }
+        // Softmax in place over the visible keys, while the scores are still in cache.
+        softmax_block(att, t, r0, r1, causal);
         // out[r0..r1] = att[r0..r1, 0..kn] @ v[0..kn]
         gemm_strided(
             r1 - r0,
@@ -196,6 +278,9 @@ fn head_backward<T: Float>(
     d: usize,
     causal: bool,
 ) {
+    if small::fits::<T>(t, d) {
+        return head_backward_small(g, dout, dout_rs, x, att, t, d, causal);
+    }
     let scale = default_scale::<T>(d);
     for (r0, r1) in row_blocks(t, causal) {
         let kn = if causal { r1 } else { t };
@@ -213,22 +298,7 @@ fn head_backward<T: Float>(
             T::ONE,
             false,
         );
-        // Softmax backward in place: dS = P * (dP - sum_j P dP), times the score scale so the two products
-        // below need no extra pass. Masked (and never written) entries become exactly 0, which the column
-        // products below rely on.
-        if causal {
-            for i in r0..r1 {
-                let p = &att[i * t..(i + 1) * t];
-                let row = &mut ds[i * t..(i + 1) * t];
-                let (seen, masked) = row.split_at_mut(i + 1);
-                super::softmax::softmax_backward_in_place(seen, &p[..i + 1], scale);
-                masked.fill(T::ZERO);
-            }
-        } else {
-            // Every key is visible: the whole block of rows in one call.
-            let rows = r0 * t..r1 * t;
-            super::softmax::softmax_rows_backward_in_place(&mut ds[rows.clone()], &att[rows], t, scale);
-        }
+        softmax_backward_block(ds, att, t, r0, r1, causal, scale);
         // dq[r0..r1] = dS[r0..r1, 0..kn] @ k[0..kn]
         let (dq, dq_rs) = g.rows(0, r0, d);
         gemm_strided(
@@ -673,7 +743,14 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let (b, h, t, d) = (2, 4, 70, 16);
+        // T = 70 takes the gemm path, T = 50 the small one.
+        for (b, h, t, d) in [(2, 4, 70, 16), (4, 4, 50, 32)] {
+            assert_eq!(small::fits::<f32>(t, d), t == 50 && small::kernel_available::<f32>());
+            thread_count_independent(b, h, t, d);
+        }
+    }
+
+    fn thread_count_independent(b: usize, h: usize, t: usize, d: usize) {
         assert!(split_heads_across_threads(b * h, t, d));
         let n = b * h * t * d;
         let (q, k, v, dout) = (

@@ -158,6 +158,81 @@ crate::multiversion!(
     pub(crate) fn softmax_backward_in_place<T: Float>(ds: &mut [T], p: &[T], scale: T) => softmax_backward_in_place_body
 );
 
+/// Rows up to this long go through [`softmax_short_rows_in_place`].
+const SHORT_ROW: usize = 64;
+
+/// Reduces the lanes pairwise (lane `l` with lane `l + 8`, then `l + 4`, ...): four dependent steps of
+/// vector shuffles instead of a chain of 15 dependent scalar operations.
+#[inline(always)]
+fn tree_reduce<T: Float>(mut lanes: [T; LANES], f: impl Fn(T, T) -> T) -> T {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] = f(lanes[l], lanes[l + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// [`softmax_rows_in_place_body`] for rows of at most [`SHORT_ROW`]: each row is copied into a
+/// `SHORT_ROW`-wide buffer padded with -inf, so the max, the exponentials and the sum run over whole vectors
+/// with no scalar tail (a ViT's 50-key rows would otherwise spend most of their time in tails and
+/// reductions). The padded lanes are set to exactly 0 after the exponential. Rows go in groups of
+/// [`SHORT_GROUP`], whose independent dependency chains (max, exponential, sum) overlap in the CPU.
+#[inline(always)]
+fn softmax_short_rows_in_place<T: Float>(buf: &mut [T], row_len: usize) {
+    let mut groups = buf.chunks_exact_mut(row_len * SHORT_GROUP);
+    for group in &mut groups {
+        softmax_short_group::<T, SHORT_GROUP>(group, row_len);
+    }
+    for row in groups.into_remainder().chunks_exact_mut(row_len) {
+        softmax_short_group::<T, 1>(row, row_len);
+    }
+}
+
+/// Rows of a short softmax processed together (see [`softmax_short_rows_in_place`]).
+const SHORT_GROUP: usize = 4;
+
+/// The softmax of the `G` rows of `row_len <= SHORT_ROW` in `rows`, in place.
+#[inline(always)]
+fn softmax_short_group<T: Float, const G: usize>(rows: &mut [T], row_len: usize) {
+    let neg_inf = T::from_f64(f64::NEG_INFINITY);
+    let mut x = [[neg_inf; SHORT_ROW]; G];
+    for (xg, row) in x.iter_mut().zip(rows.chunks_exact(row_len)) {
+        xg[..row_len].copy_from_slice(row);
+    }
+    let mut m = [neg_inf; G];
+    for (mg, xg) in m.iter_mut().zip(&x) {
+        let mut mx = [neg_inf; LANES];
+        for c in xg.chunks_exact(LANES) {
+            for (a, &v) in mx.iter_mut().zip(c) {
+                *a = a.max(v);
+            }
+        }
+        *mg = tree_reduce(mx, T::max);
+    }
+    let mut inv = [T::ZERO; G];
+    for ((xg, &mg), ig) in x.iter_mut().zip(&m).zip(inv.iter_mut()) {
+        for (j, v) in xg.iter_mut().enumerate() {
+            let e = (*v - mg).exp();
+            *v = if j < row_len { e } else { T::ZERO };
+        }
+        let mut acc = [T::ZERO; LANES];
+        for c in xg.chunks_exact(LANES) {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        *ig = T::ONE / tree_reduce(acc, |a, b| a + b);
+    }
+    for ((row, xg), &ig) in rows.chunks_exact_mut(row_len).zip(&x).zip(&inv) {
+        for (y, &e) in row.iter_mut().zip(xg) {
+            *y = e * ig;
+        }
+    }
+}
+
 /// Softmax of each `row_len`-long row of `buf` in place, with the row sum accumulated in `T` over
 /// [`LANES`] interleaved accumulators: attention's rows (one per query, a few hundred keys at most) need no
 /// f64 sum, and one dispatch for all rows of a head instead of one per row keeps short rows cheap.
@@ -165,6 +240,9 @@ crate::multiversion!(
 fn softmax_rows_in_place_body<T: Float>(buf: &mut [T], row_len: usize) {
     if row_len == 0 {
         return;
+    }
+    if row_len <= SHORT_ROW {
+        return softmax_short_rows_in_place(buf, row_len);
     }
     for row in buf.chunks_exact_mut(row_len) {
         let m = lane_max(row);

@@ -1,0 +1,344 @@
+//! The per-head products of attention for short sequences and small heads, without `gemm` calls.
+//!
+//! A ViT head is tiny (W3: 50 tokens x head size 32, so each product is 50 x 50 x 32 or 50 x 32 x 50, about
+//! 80k multiply-adds). A `gemm` call at that size spends most of its time outside the multiply-adds: its
+//! dispatch, packing and edge handling. One W3 layer makes 1,536 of them (256 (batch, head) pairs, 2 products
+//! forward, 4 backward). Here every product is `C = alpha * A @ B`:
+//! - B is packed into a zero-padded stack buffer of row width a multiple of [`LANES`];
+//! - A is read in place with any row and column strides, one scalar per multiply-add row (a broadcast);
+//! - C is accumulated in registers, [`MR`] rows by two [`LANES`]-wide vectors at a time, with fused
+//!   multiply-adds over the whole inner dimension in order, then scaled once and stored.
+//!
+//! So every output is the same in-order `mul_add` chain whatever the thread count or instruction set
+//! (`mul_add` is correctly rounded everywhere): results are bitwise reproducible.
+//!
+//! Shapes: T (sequence) and D (head size) up to [`SMALL_MAX`]; longer sequences keep the `gemm` path, where
+//! the per-call cost is small next to the work.
+
+use crate::Float;
+
+/// Lanes of one accumulator vector: 16 f32 fill one AVX-512 register.
+const LANES: usize = 16;
+/// Output rows per register tile: 6 rows x 2 vectors = 12 accumulators (enough independent chains to keep
+/// both FMA ports busy), with 2 loads of B and 6 broadcasts of A per step of the inner dimension.
+const MR: usize = 6;
+/// The longest sequence and the largest head size the small path takes. The packed operand (at most
+/// `SMALL_MAX` rows of `SMALL_MAX` padded columns) lives on the stack: 16 KiB in f32, 32 KiB in f64.
+pub(crate) const SMALL_MAX: usize = 64;
+const PACK_LEN: usize = SMALL_MAX * SMALL_MAX;
+/// Room for one `[T, T]` matrix of a head that [`fits`].
+pub(crate) const SQUARE_LEN: usize = SMALL_MAX * SMALL_MAX;
+
+/// Whether a head of `t` tokens and size `d` takes the small path: both at most [`SMALL_MAX`], and the
+/// kernel is available for `T` on this CPU ([`kernel_available`]); everything else goes through `gemm`.
+pub(crate) fn fits<T: Float>(t: usize, d: usize) -> bool {
+    (1..=SMALL_MAX).contains(&t) && (1..=SMALL_MAX).contains(&d) && kernel_available::<T>()
+}
+
+/// `n` rounded up to a multiple of [`LANES`].
+fn padded(n: usize) -> usize {
+    n.div_ceil(LANES) * LANES
+}
+
+/// The right-hand operand of a product, packed: `rows` rows of `width` contiguous elements (`width` a
+/// multiple of [`LANES`]), zero beyond the real columns so the padded lanes add nothing.
+pub(crate) struct Packed<T> {
+    buf: [T; PACK_LEN],
+    rows: usize,
+    width: usize,
+}
+
+impl<T: Float> Packed<T> {
+    /// An empty buffer (on the caller's stack).
+    pub(crate) fn new() -> Self {
+        Self { buf: [T::ZERO; PACK_LEN], rows: 0, width: 0 }
+    }
+
+    /// Packs the `rows x cols` matrix whose row `p` is `src[p * rs .. p * rs + cols]`.
+    pub(crate) fn rows_of(&mut self, src: &[T], rs: usize, rows: usize, cols: usize) {
+        let width = padded(cols);
+        assert!(rows <= SMALL_MAX && width <= SMALL_MAX, "Packed::rows_of: {rows} x {cols} is over the small size");
+        for (p, dst) in self.buf[..rows * width].chunks_exact_mut(width).enumerate() {
+            dst[..cols].copy_from_slice(&src[p * rs..p * rs + cols]);
+            dst[cols..].fill(T::ZERO);
+        }
+        (self.rows, self.width) = (rows, width);
+    }
+
+    /// Packs the transpose of the `cols x rows` matrix whose row `j` is `src[j * rs .. j * rs + rows]`: packed
+    /// row `p`, column `j` is `src[j * rs + p]`.
+    pub(crate) fn transpose_of(&mut self, src: &[T], rs: usize, rows: usize, cols: usize) {
+        let width = padded(cols);
+        assert!(
+            rows <= SMALL_MAX && width <= SMALL_MAX,
+            "Packed::transpose_of: {rows} x {cols} is over the small size"
+        );
+        self.buf[..rows * width].fill(T::ZERO);
+        for j in 0..cols {
+            let col = &src[j * rs..j * rs + rows];
+            for (p, &v) in col.iter().enumerate() {
+                self.buf[p * width + j] = v;
+            }
+        }
+        (self.rows, self.width) = (rows, width);
+    }
+}
+
+/// A strided read-only matrix: element (i, p) at `data[i * rs + p * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `c[i * rs_c + j] = alpha * sum_p a(i, p) * b[p, j]` for `i < m`, `j < n` (overwritten), with the inner
+/// dimension `b.rows` and `n <= b.width`: each output one in-order chain of fused multiply-adds, then scaled.
+/// Only for `T = f32` on a CPU with AVX-512F (see [`fits`]); panics otherwise, and when A or C is too short.
+pub(crate) fn matmul_packed<T: Float>(
+    c: &mut [T],
+    rs_c: usize,
+    m: usize,
+    n: usize,
+    a: Strided<'_, T>,
+    b: &Packed<T>,
+    alpha: T,
+) {
+    assert!(n <= b.width, "matmul_packed: {n} columns but B is packed {} wide", b.width);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= (m - 1) * rs_c + n, "matmul_packed: C is too short");
+    if b.rows > 0 {
+        assert!(a.data.len() > (m - 1) * a.rs + (b.rows - 1) * a.cs, "matmul_packed: A is too short");
+    }
+    assert!(b.rows * b.width <= PACK_LEN && b.width.is_multiple_of(LANES));
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(c), Some(a_data), Some(b_data), Some(alpha)) =
+        (as_f32_mut(c), as_f32(a.data), as_f32(&b.buf), as_f32(std::slice::from_ref(&alpha)))
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let a = Strided { data: a_data, rs: a.rs, cs: a.cs };
+            // SAFETY: AVX-512F is present (checked above), and the extents of A, B and C were checked above.
+            unsafe { avx512::matmul(c, rs_c, m, n, a, b_data, b.width, b.rows, alpha[0]) };
+            return;
+        }
+    }
+    panic!("matmul_packed: needs f32 and AVX-512F (callers check `fits`)");
+}
+
+/// `x` as `&[f32]` when `T` is `f32`.
+fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: `T` is `f32` (same type, so same layout and validity).
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &*(x as *const [T] as *const [f32]) })
+}
+
+/// `x` as `&mut [f32]` when `T` is `f32`.
+fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: `T` is `f32`.
+        Some(unsafe { &mut *(x as *mut [T] as *mut [f32]) })
+    } else {
+        None
+    }
+}
+
+/// Whether this CPU runs the small kernels (AVX-512F), and `T` is what they are written for (f32).
+pub(crate) fn kernel_available<T: Float>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Strided, LANES, MR};
+    use std::arch::x86_64::*;
+
+    /// The mask of the first `n` of 16 lanes.
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= LANES {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// One register tile: rows `i0 .. i0 + R`, columns `j0 .. j0 + NC * 16` of `alpha * A @ B` (B packed,
+    /// row width `width`, `k` rows), of which the first `ncols` columns are stored.
+    ///
+    /// # Safety
+    /// AVX-512F; every A element `(i0 + r) * a.rs + p * a.cs` for `r < R`, `p < k` in range; B's `k` rows of
+    /// `width >= j0 + NC * 16` in range; C's rows `(i0 + r) * rs_c + j0 + ncols` in range.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const NC: usize>(
+        c: *mut f32,
+        rs_c: usize,
+        i0: usize,
+        j0: usize,
+        ncols: usize,
+        a: Strided<'_, f32>,
+        b: *const f32,
+        width: usize,
+        k: usize,
+        alpha: f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NC]; R];
+        let a0 = a.data.as_ptr().add(i0 * a.rs);
+        let mut bp = b.add(j0);
+        for p in 0..k {
+            let mut bv = [_mm512_setzero_ps(); NC];
+            for (cc, v) in bv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(bp.add(cc * LANES));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a0.add(r * a.rs + p * a.cs));
+                for (cc, s) in acc_r.iter_mut().enumerate() {
+                    *s = _mm512_fmadd_ps(av, bv[cc], *s);
+                }
+            }
+            bp = bp.add(width);
+        }
+        let al = _mm512_set1_ps(alpha);
+        for (r, acc_r) in acc.iter().enumerate() {
+            let row = c.add((i0 + r) * rs_c + j0);
+            for (cc, s) in acc_r.iter().enumerate() {
+                let m = lanes(ncols.saturating_sub(cc * LANES));
+                _mm512_mask_storeu_ps(row.add(cc * LANES), m, _mm512_mul_ps(*s, al));
+            }
+        }
+    }
+
+    /// Rows `rows` in `R`-row tiles over every column block of the `n` columns.
+    ///
+    /// # Safety
+    /// As [`matmul`], with `rows.end <= m` and `rows.len()` a multiple of `R`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_tiles<const R: usize>(
+        c: *mut f32,
+        rs_c: usize,
+        rows: std::ops::Range<usize>,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: *const f32,
+        width: usize,
+        k: usize,
+        alpha: f32,
+    ) {
+        for i0 in rows.step_by(R) {
+            let mut j0 = 0;
+            while j0 + 2 * LANES <= width {
+                tile::<R, 2>(c, rs_c, i0, j0, n.saturating_sub(j0).min(2 * LANES), a, b, width, k, alpha);
+                j0 += 2 * LANES;
+            }
+            if j0 < width {
+                tile::<R, 1>(c, rs_c, i0, j0, n.saturating_sub(j0).min(LANES), a, b, width, k, alpha);
+            }
+        }
+    }
+
+    /// `c = alpha * A @ B` over `m x n` (see [`super::matmul_packed`]), B packed `k x width`.
+    ///
+    /// # Safety
+    /// AVX-512F; `c.len() >= (m - 1) * rs_c + n`; `a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs`;
+    /// `b.len() >= k * width`, `width` a multiple of 16 and `n <= width`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn matmul(
+        c: &mut [f32],
+        rs_c: usize,
+        m: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: &[f32],
+        width: usize,
+        k: usize,
+        alpha: f32,
+    ) {
+        let full = m / MR * MR;
+        let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
+        row_tiles::<MR>(cp, rs_c, 0..full, n, a, bp, width, k, alpha);
+        row_tiles::<1>(cp, rs_c, full..m, n, a, bp, width, k, alpha);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every shape class (row tails, one- and two-vector column blocks, partial stores, transposed and
+    /// strided A, both packings) against a plain f64 triple loop, and bitwise against the same in-order
+    /// `mul_add` chain written as a plain loop; C's elements past `n` must stay untouched.
+    #[test]
+    fn products_match_the_f64_reference_and_the_plain_fma_chain() {
+        if !kernel_available::<f32>() {
+            println!("SKIPPED: this CPU has no AVX-512F, so attention never takes the small path here");
+            return;
+        }
+        assert!(!kernel_available::<f64>(), "the small kernels are f32 only");
+        for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (50, 50, 32), (50, 32, 50), (64, 64, 64), (3, 33, 64), (13, 48, 7)] {
+            let (rs_a, rs_c) = (k + 3, n + 2);
+            let a = values(m * rs_a, 1);
+            let bsrc = values(k * n, 2);
+            let alpha = 0.37;
+            let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            let b32: Vec<f32> = bsrc.iter().map(|&v| v as f32).collect();
+            // B^T as a [n][k] matrix, to pack back by transposing.
+            let bt32: Vec<f32> = (0..n * k).map(|q| b32[(q % k) * n + q / k]).collect();
+            for transposed_b in [false, true] {
+                for at in [false, true] {
+                    let (ar, ac) = if at { (1, m) } else { (rs_a, 1) };
+                    let mut pk = Packed::<f32>::new();
+                    if transposed_b {
+                        pk.transpose_of(&bt32, k, k, n);
+                    } else {
+                        pk.rows_of(&b32, n, k, n);
+                    }
+                    let mut c = vec![f32::NAN; m * rs_c];
+                    matmul_packed(&mut c, rs_c, m, n, Strided { data: &a32, rs: ar, cs: ac }, &pk, alpha as f32);
+                    for i in 0..m {
+                        for j in 0..rs_c {
+                            let got = c[i * rs_c + j];
+                            if j >= n {
+                                assert!(got.is_nan(), "({m},{n},{k}): column {j} past n was written");
+                                continue;
+                            }
+                            let av = |p: usize| if at { a[p * m + i] } else { a[i * rs_a + p] };
+                            let want = (0..k).map(|p| av(p) * bsrc[p * n + j]).sum::<f64>() * alpha;
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-6 * k as f64,
+                                "({m},{n},{k}) at ({i},{j}): {got} vs {want}"
+                            );
+                            let chain =
+                                (0..k).fold(0.0f32, |s, p| (av(p) as f32).mul_add(b32[p * n + j], s)) * alpha as f32;
+                            assert_eq!(
+                                got.to_bits(),
+                                chain.to_bits(),
+                                "({m},{n},{k}) at ({i},{j}): not the in-order chain"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
