@@ -82,6 +82,23 @@ fn exp_shift_sum<T: Float>(y: &mut [T], x: &[T], m: T) -> f64 {
     acc.iter().sum::<f64>() + rem.iter().map(|v| v.to_f64()).sum::<f64>()
 }
 
+/// [`softmax_row_body`] that also returns the row's log-sum-exp `m + ln(sum_j e^(x_j - m))` (the sum in f64),
+/// for the fused softmax + cross-entropy.
+#[inline(always)]
+fn softmax_row_lse_body<T: Float>(y: &mut [T], x: &[T]) -> T {
+    let m = lane_max(x);
+    let sum = exp_shift_sum(y, x, m);
+    let inv = T::from_f64(1.0 / sum);
+    for y in y.iter_mut() {
+        *y *= inv;
+    }
+    m + T::from_f64(sum.ln())
+}
+crate::multiversion!(
+    /// Softmax of the non-empty row `x` into `y`, returning its log-sum-exp (see [`softmax_row_lse_body`]).
+    pub(crate) fn softmax_row_lse<T: Float>(y: &mut [T], x: &[T]) -> T => softmax_row_lse_body
+);
+
 #[inline(always)]
 fn softmax_row_body<T: Float>(y: &mut [T], x: &[T]) {
     let m = lane_max(x);

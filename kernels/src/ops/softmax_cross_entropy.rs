@@ -52,25 +52,6 @@ fn count_valid(targets: &[i64], opts: &CrossEntropyOptions) -> usize {
     targets.iter().filter(|&&t| !is_ignored(t, opts)).count()
 }
 
-/// Softmax of one row into `p`; returns the log-sum-exp of the logits.
-#[inline]
-fn softmax_row<T: Float>(p: &mut [T], x: &[T]) -> T {
-    // Subtracting the row max makes every exponent <= 0: no overflow, and the largest term is exactly 1
-    // so the sum is >= 1 and its log is finite.
-    let m = x.iter().fold(x[0], |m, &v| m.max(v));
-    let mut sum = T::ZERO;
-    for (p, &v) in p.iter_mut().zip(x) {
-        let e = (v - m).exp();
-        *p = e;
-        sum += e;
-    }
-    let inv = T::ONE / sum;
-    for p in p.iter_mut() {
-        *p *= inv;
-    }
-    m + sum.ln()
-}
-
 /// Softmax + cross-entropy forward. Writes the softmax probabilities (all rows, ignored ones included) and
 /// returns the loss averaged over the rows that are not ignored:
 /// `loss_i = (1 - eps) * (-log p[i, t_i]) + eps * mean_j(-log p[i, j])`.
@@ -116,7 +97,9 @@ pub fn softmax_cross_entropy_forward<T: Float>(
         for (r, p) in prows.chunks_exact_mut(v).enumerate() {
             let i = first + r;
             let x = &logits[i * v..(i + 1) * v];
-            let lse = softmax_row(p, x);
+            // Max subtracted first (every exponent <= 0, the largest term exactly 1, so the sum is >= 1 and
+            // its log finite); vectorised, with the sum in f64.
+            let lse = super::softmax::softmax_row_lse(p, x);
             let t = targets[i];
             if is_ignored(t, opts) {
                 continue;
