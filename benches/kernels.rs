@@ -177,7 +177,10 @@ fn gemm_ceiling(c: &mut Criterion) {
 
 /// One W3 attention layer (batch 64, 4 heads, 50 tokens, head size 32) on the fused q/k/v layout.
 fn attention_w3(c: &mut Criterion) {
-    use ecstrain::kernels::ops::attention::{attention_fused_backward, attention_fused_forward};
+    use ecstrain::kernels::ops::attention::{
+        attention_fused_backward, attention_fused_backward_queries, attention_fused_forward,
+        attention_fused_forward_queries,
+    };
     let _ = rayon::ThreadPoolBuilder::new().num_threads(2).build_global();
     let (b, h, t, d) = (64, 4, 50, 32);
     let qkv = randn(b * t * 3 * h * d, 9);
@@ -190,6 +193,15 @@ fn attention_w3(c: &mut Criterion) {
     g.throughput(Throughput::Elements((4 * 2 * b * h * t * t * d) as u64));
     g.bench_function("backward", |bn| {
         bn.iter(|| attention_fused_backward(&mut dqkv, &dout, &qkv, &att, &mut scratch, b, h, t, d, false))
+    });
+    // The pruned last block: the class token's query alone (every key and value still read).
+    g.throughput(Throughput::Elements((2 * 2 * b * h * t * d) as u64));
+    g.bench_function("forward_cls_query", |bn| {
+        bn.iter(|| attention_fused_forward_queries(&mut out, &mut att, &qkv, b, h, t, d, false, 1))
+    });
+    g.throughput(Throughput::Elements((4 * 2 * b * h * t * d) as u64));
+    g.bench_function("backward_cls_query", |bn| {
+        bn.iter(|| attention_fused_backward_queries(&mut dqkv, &dout, &qkv, &att, &mut scratch, b, h, t, d, false, 1))
     });
     g.finish();
 }

@@ -42,6 +42,11 @@ fn row_blocks(t: usize, causal: bool) -> impl Iterator<Item = (usize, usize)> {
     (0..t).step_by(step).map(move |r0| (r0, (r0 + step).min(t)))
 }
 
+/// The [`row_blocks`] of the first `nq` query rows only (each block cut at `nq`).
+fn query_blocks(t: usize, nq: usize, causal: bool) -> impl Iterator<Item = (usize, usize)> {
+    row_blocks(t, causal).filter(move |&(r0, _)| r0 < nq).map(move |(r0, r1)| (r0, r1.min(nq)))
+}
+
 /// Whether (batch, head) pairs are worth spreading across rayon threads: more than one of them, and enough
 /// multiply-adds in total (about `B*H*T*T*D` per product) to pay for the fork/join.
 fn split_heads_across_threads(bh: usize, t: usize, d: usize) -> bool {
@@ -101,21 +106,23 @@ fn softmax_backward_block<T: Float>(ds: &mut [T], att: &[T], t: usize, r0: usize
 /// [`head_forward`] for a head that [`small::fits`] (f32 on AVX-512): the two products through [`small::matmul_packed`]
 /// (k^T, then v, packed on the stack). With the causal mask the scores are computed for every key and the
 /// masked ones dropped by the softmax; the product with v then adds exact zeros for them.
+#[allow(clippy::too_many_arguments)]
 fn head_forward_small<T: Float>(
     out: &mut [T],
     out_rs: usize,
     att: &mut [T],
     x: HeadInputs<'_, T>,
     t: usize,
+    nq: usize,
     d: usize,
     causal: bool,
 ) {
     let mut pk = small::Packed::new();
     pk.transpose_of(x.k, x.rs, d, t);
-    small::matmul_packed(att, t, t, t, small::Strided { data: x.q, rs: x.rs, cs: 1 }, &pk, default_scale::<T>(d));
-    softmax_block(att, t, 0, t, causal);
+    small::matmul_packed(att, t, nq, t, small::Strided { data: x.q, rs: x.rs, cs: 1 }, &pk, default_scale::<T>(d));
+    softmax_block(att, t, 0, nq, causal);
     pk.rows_of(x.v, x.rs, t, d);
-    small::matmul_packed(out, out_rs, t, d, small::Strided { data: att, rs: t, cs: 1 }, &pk, T::ONE);
+    small::matmul_packed(out, out_rs, nq, d, small::Strided { data: att, rs: t, cs: 1 }, &pk, T::ONE);
 }
 
 /// [`head_backward`] for a head that [`small::fits`] (which leaves the caller's scratch untouched): dP =
@@ -130,6 +137,7 @@ fn head_backward_small<T: Float>(
     x: HeadInputs<'_, T>,
     att: &[T],
     t: usize,
+    nq: usize,
     d: usize,
     causal: bool,
 ) {
@@ -139,21 +147,30 @@ fn head_backward_small<T: Float>(
     let ds = &mut ds_buf[..t * t];
     let mut pk = small::Packed::new();
     pk.transpose_of(x.v, x.rs, d, t);
-    matmul_packed(ds, t, t, t, Strided { data: dout, rs: dout_rs, cs: 1 }, &pk, T::ONE);
-    softmax_backward_block(ds, att, t, 0, t, causal, default_scale::<T>(d));
-    let products: [(usize, &[T], usize, &[T]); 3] =
-        [(0, x.k, x.rs, &*ds), (2, dout, dout_rs, att), (1, x.q, x.rs, &*ds)];
-    for (which, rhs, rhs_rs, lhs) in products {
-        pk.rows_of(rhs, rhs_rs, t, d);
-        // dq reads dS by rows; dv and dk read P and dS by columns.
-        let a = if which == 0 { Strided { data: lhs, rs: t, cs: 1 } } else { Strided { data: lhs, rs: 1, cs: t } };
+    matmul_packed(ds, t, nq, t, Strided { data: dout, rs: dout_rs, cs: 1 }, &pk, T::ONE);
+    softmax_backward_block(ds, att, t, 0, nq, causal, default_scale::<T>(d));
+    for which in [0, 2, 1] {
+        // The right-hand side, its row stride, its rows (the inner dimension), and the left-hand side.
+        let (rhs, rhs_rs, inner, lhs): (&[T], usize, usize, &[T]) = match which {
+            0 => (x.k, x.rs, t, &*ds),
+            2 => (dout, dout_rs, nq, att),
+            _ => (x.q, x.rs, nq, &*ds),
+        };
+        pk.rows_of(rhs, rhs_rs, inner, d);
+        // dq reads dS by rows (its first nq); dv and dk read P and dS by columns, over the first nq queries.
+        let (a, m) = if which == 0 {
+            (Strided { data: lhs, rs: t, cs: 1 }, nq)
+        } else {
+            (Strided { data: lhs, rs: 1, cs: t }, t)
+        };
         let (dst, dst_rs) = g.rows(which, 0, d);
-        matmul_packed(dst, dst_rs, t, d, a, &pk, T::ONE);
+        matmul_packed(dst, dst_rs, m, d, a, &pk, T::ONE);
     }
+    g.zero_rows(0, nq, t, d);
 }
 
 /// Attention forward for one (batch, head): q, k, v as [`HeadInputs`]; `out` row `i` at `out[i * out_rs..]`
-/// (D elements written per row); att: [T, T] (written).
+/// (D elements written per row); att: [T, T]. Only the first `nq` query rows of `out` and `att` are written.
 #[allow(clippy::too_many_arguments)]
 fn head_forward<T: Float>(
     out: &mut [T],
@@ -161,14 +178,15 @@ fn head_forward<T: Float>(
     att: &mut [T],
     x: HeadInputs<'_, T>,
     t: usize,
+    nq: usize,
     d: usize,
     causal: bool,
 ) {
     if small::fits::<T>(t, d) {
-        return head_forward_small(out, out_rs, att, x, t, d, causal);
+        return head_forward_small(out, out_rs, att, x, t, nq, d, causal);
     }
     let scale = default_scale::<T>(d);
-    for (r0, r1) in row_blocks(t, causal) {
+    for (r0, r1) in query_blocks(t, nq, causal) {
         // Keys this block of queries can see.
         let kn = if causal { r1 } else { t };
         // att[r0..r1, 0..kn] = scale * q[r0..r1] @ k[0..kn]^T (the scale rides on gemm's product factor).
@@ -235,7 +253,7 @@ pub fn attention_forward<T: Float>(
     let per_head = |(i, (out_h, att_h)): (usize, (&mut [T], &mut [T]))| {
         let s = i * td..(i + 1) * td;
         let x = HeadInputs { q: &q[s.clone()], k: &k[s.clone()], v: &v[s], rs: d };
-        head_forward(out_h, d, att_h, x, t, d, causal);
+        head_forward(out_h, d, att_h, x, t, t, d, causal);
     };
     if split_heads_across_threads(b * h, t, d) {
         out.par_chunks_mut(td).zip(att.par_chunks_mut(tt)).enumerate().for_each(per_head);
@@ -262,10 +280,25 @@ impl<T> HeadGrads<'_, T> {
             HeadGrads::Fused { buf, off, rs } => (&mut buf[off[which] + r0 * *rs..], *rs),
         }
     }
+
+    /// Writes 0 into rows `r0..r1` (`D` elements each) of gradient `which`.
+    fn zero_rows(&mut self, which: usize, r0: usize, r1: usize, d: usize)
+    where
+        T: crate::Float,
+    {
+        if r0 >= r1 {
+            return;
+        }
+        let (buf, rs) = self.rows(which, r0, d);
+        for i in 0..r1 - r0 {
+            buf[i * rs..i * rs + d].fill(T::ZERO);
+        }
+    }
 }
 
 /// Attention backward for one (batch, head): `dout` row `i` at `dout[i * dout_rs..]`; q, k, v as
-/// [`HeadInputs`]; att: [T, T] (saved probabilities); ds: [T, T] scratch.
+/// [`HeadInputs`]; att: [T, T] (saved probabilities); ds: [T, T] scratch. Only the first `nq` queries
+/// contribute (their rows of `dout` and `att` are read); dq's other rows are written as 0.
 #[allow(clippy::too_many_arguments)]
 fn head_backward<T: Float>(
     mut g: HeadGrads<'_, T>,
@@ -275,14 +308,15 @@ fn head_backward<T: Float>(
     x: HeadInputs<'_, T>,
     att: &[T],
     t: usize,
+    nq: usize,
     d: usize,
     causal: bool,
 ) {
     if small::fits::<T>(t, d) {
-        return head_backward_small(g, dout, dout_rs, x, att, t, d, causal);
+        return head_backward_small(g, dout, dout_rs, x, att, t, nq, d, causal);
     }
     let scale = default_scale::<T>(d);
-    for (r0, r1) in row_blocks(t, causal) {
+    for (r0, r1) in query_blocks(t, nq, causal) {
         let kn = if causal { r1 } else { t };
         // dP[r0..r1, 0..kn] = dout[r0..r1] @ v[0..kn]^T, into the scratch.
         gemm_strided(
@@ -315,17 +349,25 @@ fn head_backward<T: Float>(
             false,
         );
     }
-    // Key-side gradients by blocks of key columns [c0, c1): only queries i >= c0 can see those keys.
+    g.zero_rows(0, nq, t, d);
+    // Key-side gradients by blocks of key columns [c0, c1): only queries i >= c0 can see those keys (and
+    // only the first nq queries count).
     for (c0, c1) in row_blocks(t, causal) {
         let qs = if causal { c0 } else { 0 };
-        // dv[c0..c1] = P[qs..T, c0..c1]^T @ dout[qs..T]; dk[c0..c1] = dS[qs..T, c0..c1]^T @ q[qs..T].
+        if qs >= nq {
+            // No counted query sees these keys.
+            g.zero_rows(1, c0, c1, d);
+            g.zero_rows(2, c0, c1, d);
+            continue;
+        }
+        // dv[c0..c1] = P[qs..nq, c0..c1]^T @ dout[qs..nq]; dk[c0..c1] = dS[qs..nq, c0..c1]^T @ q[qs..nq].
         let sources: [(usize, &[T], &[T], usize); 2] = [(2, att, dout, dout_rs), (1, &*ds, x.q, x.rs)];
         for (which, probs, rhs, rhs_rs) in sources {
             let (dst, dst_rs) = g.rows(which, c0, d);
             gemm_strided(
                 c1 - c0,
                 d,
-                t - qs,
+                nq - qs,
                 dst,
                 dst_rs,
                 1,
@@ -377,7 +419,7 @@ pub fn attention_backward<T: Float>(
         let g = HeadGrads::Split { dq, dk, dv };
         let att_h = &att[i * tt..(i + 1) * tt];
         let x = HeadInputs { q: &q[s.clone()], k: &k[s.clone()], v: &v[s.clone()], rs: d };
-        head_backward(g, ds, &dout[s], d, x, att_h, t, d, causal);
+        head_backward(g, ds, &dout[s], d, x, att_h, t, t, d, causal);
     };
     if split_heads_across_threads(b * h, t, d) {
         dq.par_chunks_mut(td)
@@ -412,6 +454,28 @@ pub fn attention_fused_forward<T: Float>(
     d: usize,
     causal: bool,
 ) {
+    attention_fused_forward_queries(out, att, qkv, b, h, t, d, causal, t);
+}
+
+/// [`attention_fused_forward`] for the first `queries` query rows of every item only (1 ..= T): a layer
+/// whose output is read only at its leading tokens (a ViT's last block feeding its class token alone to the
+/// head) skips the other rows' scores, softmax and products. Every key and value is still used. Rows
+/// `queries..T` of `out` and of each head's `att` are left as they were; rows below are what the full
+/// forward writes: bit for bit on the small-head path (each output the same sequence of operations), to
+/// rounding on the `gemm` path (gemm picks its kernel by the product's shape).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fused_forward_queries<T: Float>(
+    out: &mut [T],
+    att: &mut [T],
+    qkv: &[T],
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+    queries: usize,
+) {
+    assert!(queries <= t, "attention_fused_forward: {queries} queries of {t} tokens");
     let (hd, tt) = (h * d, t * t);
     assert!(d > 0, "attention_fused_forward: head size D must be at least 1");
     assert_eq!(qkv.len(), b * t * 3 * hd, "attention_fused_forward: qkv must be [B, T, 3, H, D]");
@@ -425,7 +489,7 @@ pub fn attention_fused_forward<T: Float>(
         for (hh, att_h) in att_i.chunks_exact_mut(tt).enumerate() {
             let o = hh * d;
             let x = HeadInputs { q: &x_i[o..], k: &x_i[hd + o..], v: &x_i[2 * hd + o..], rs: 3 * hd };
-            head_forward(&mut out_i[o..], hd, att_h, x, t, d, causal);
+            head_forward(&mut out_i[o..], hd, att_h, x, t, queries, d, causal);
         }
     };
     if split_heads_across_threads(b, t, d * h) {
@@ -450,6 +514,28 @@ pub fn attention_fused_backward<T: Float>(
     d: usize,
     causal: bool,
 ) {
+    attention_fused_backward_queries(dqkv, dout, qkv, att, scratch, b, h, t, d, causal, t);
+}
+
+/// Backward of [`attention_fused_forward_queries`]: as [`attention_fused_backward`] with the gradient
+/// reaching only the first `queries` rows of every item's output (their `dout` and `att` rows are read, the
+/// others never); the q gradient of the other rows is written as 0. Equal to the full backward given a
+/// `dout` that is 0 past those rows (its extra terms are exact zeros): bit for bit on the small-head path.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fused_backward_queries<T: Float>(
+    dqkv: &mut [T],
+    dout: &[T],
+    qkv: &[T],
+    att: &[T],
+    scratch: &mut [T],
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+    queries: usize,
+) {
+    assert!(queries <= t, "attention_fused_backward: {queries} queries of {t} tokens");
     let (hd, tt) = (h * d, t * t);
     assert!(d > 0, "attention_fused_backward: head size D must be at least 1");
     assert_eq!(qkv.len(), b * t * 3 * hd, "attention_fused_backward: qkv must be [B, T, 3, H, D]");
@@ -468,7 +554,7 @@ pub fn attention_fused_backward<T: Float>(
             let x = HeadInputs { q: &x_i[o..], k: &x_i[hd + o..], v: &x_i[2 * hd + o..], rs: 3 * hd };
             let g = HeadGrads::Fused { buf: &mut *dx_i, off: [o, hd + o, 2 * hd + o], rs: 3 * hd };
             let att_h = &att[(i * h + hh) * tt..(i * h + hh + 1) * tt];
-            head_backward(g, ds, &dout_i[o..], hd, x, att_h, t, d, causal);
+            head_backward(g, ds, &dout_i[o..], hd, x, att_h, t, queries, d, causal);
         }
     };
     if split_heads_across_threads(b, t, d * h) {
@@ -917,6 +1003,69 @@ mod tests {
             let mut dqkv = vec![f64::NAN; qkv.len()];
             attention_fused_backward(&mut dqkv, &dout, &qkv, &att2, &mut scratch, b, h, t, d, causal);
             assert_close("fused backward", &dqkv, &want_dqkv, 1e-12, 1e-12);
+        }
+    }
+
+    /// Computing only the first `queries` rows gives the full attention's values on those rows, and the full
+    /// backward's gradients when the output gradient is 0 on the other rows: bit for bit on the small path
+    /// (T = 50), to f32 rounding on the gemm path (T = 70, and 150 in three causal row blocks), where gemm
+    /// picks its kernel by the product's shape.
+    #[test]
+    fn leading_queries_match_the_full_attention() {
+        for (b, h, t, d, causal, queries) in [
+            (4usize, 4usize, 50usize, 32usize, false, 1usize),
+            (4, 4, 50, 32, true, 3),
+            (2, 2, 70, 8, false, 1),
+            (2, 2, 150, 8, true, 70),
+            (2, 2, 150, 8, true, 1),
+        ] {
+            let hd = h * d;
+            let qkv = to_f32(&uniform(41, b * t * 3 * hd, -1.0, 1.0));
+            let mut dout = to_f32(&uniform(42, b * t * hd, -1.0, 1.0));
+            for item in dout.chunks_exact_mut(t * hd) {
+                item[queries * hd..].fill(0.0);
+            }
+            let (mut out, mut att) = (vec![0.0f32; b * t * hd], vec![0.0f32; b * h * t * t]);
+            attention_fused_forward(&mut out, &mut att, &qkv, b, h, t, d, causal);
+            let mut scratch = vec![0.0f32; attention_backward_scratch_len(b, h, t)];
+            let mut dqkv = vec![0.0f32; qkv.len()];
+            attention_fused_backward(&mut dqkv, &dout, &qkv, &att, &mut scratch, b, h, t, d, causal);
+
+            let (mut out_q, mut att_q) = (vec![f32::NAN; out.len()], vec![f32::NAN; att.len()]);
+            attention_fused_forward_queries(&mut out_q, &mut att_q, &qkv, b, h, t, d, causal, queries);
+            let exact = small::fits::<f32>(t, d);
+            let same = |what: &str, got: &[f32], want: &[f32]| {
+                if exact {
+                    assert!(got == want, "({t}, {causal}, {queries}): {what} differ");
+                } else {
+                    let (g, w): (Vec<f64>, Vec<f64>) =
+                        (got.iter().map(|&v| v as f64).collect(), want.iter().map(|&v| v as f64).collect());
+                    assert_close(what, &g, &w, 1e-5, 1e-6);
+                }
+            };
+            for (got, want) in att_q.chunks_exact(t * t).zip(att.chunks_exact(t * t)) {
+                same("probability rows", &got[..queries * t], &want[..queries * t]);
+            }
+            for (i, (got, want)) in out_q.chunks_exact(t * hd).zip(out.chunks_exact(t * hd)).enumerate() {
+                same("output rows", &got[..queries * hd], &want[..queries * hd]);
+                assert!(got[queries * hd..].iter().all(|v| v.is_nan()), "item {i}: rows past the queries written");
+            }
+            let mut dqkv_q = vec![f32::NAN; qkv.len()];
+            let mut scratch_q = vec![0.0f32; scratch.len()];
+            attention_fused_backward_queries(
+                &mut dqkv_q,
+                &dout,
+                &qkv,
+                &att_q,
+                &mut scratch_q,
+                b,
+                h,
+                t,
+                d,
+                causal,
+                queries,
+            );
+            same("q / k / v gradients", &dqkv_q, &dqkv);
         }
     }
 }

@@ -66,8 +66,40 @@ pub struct Activations {
     /// planned for a forward with a [`NodeOverride`], which runs every node on its own). Planned by
     /// [`Activations::plan`]; clear it to run every node on its own.
     pub conv_pool: Vec<Option<ConvPool>>,
+    /// `attention_queries[node]`: for an attention whose output only [`OpKind::SelectToken`] nodes read (a
+    /// ViT's last block feeding its class token to the head), the leading query rows they need: only those
+    /// rows are computed, forward and backward (`ops::attention::attention_fused_forward_queries`; the other
+    /// rows are never read). The token count for every other attention; unused for other nodes. Applied when
+    /// the [`Activations::conv_pool`] fusions are (no [`NodeOverride`]). Planned by [`Activations::plan`].
+    pub attention_queries: Vec<usize>,
     /// Whether the last forward ran the [`Activations::conv_pool`] pairs fused (the backward must match it).
     pub fused_forward: bool,
+}
+
+/// Per node, the leading query rows an attention node must compute (see [`Activations::attention_queries`]);
+/// 0 for other nodes.
+pub fn attention_query_rows(graph: &Graph) -> Vec<usize> {
+    graph
+        .nodes
+        .iter()
+        .map(|node| {
+            let OpKind::Attention { tokens, .. } = node.op else { return 0 };
+            let readers: Vec<&Node> = graph.nodes.iter().filter(|n| n.inputs.contains(&node.output)).collect();
+            let selects: Option<Vec<usize>> = readers
+                .iter()
+                .map(|r| match r.op {
+                    OpKind::SelectToken { index } => Some(index + 1),
+                    _ => None,
+                })
+                .collect();
+            match selects {
+                Some(rows) if node.output != graph.output && !rows.is_empty() => {
+                    rows.into_iter().max().unwrap_or(tokens).min(tokens)
+                }
+                _ => tokens,
+            }
+        })
+        .collect()
 }
 
 /// The nodes a convolution runs fused ([`Activations::conv_pool`]).
@@ -180,6 +212,7 @@ impl Activations {
             written: vec![false; graph.values.len()],
             profile: None,
             conv_pool,
+            attention_queries: attention_query_rows(graph),
             fused_forward: false,
         }
     }
@@ -316,7 +349,7 @@ pub fn forward_with(
     // An override may claim a convolution, so its pool then reads the output the override wrote.
     let fuse = hook.is_none();
     acts.fused_forward = fuse;
-    let Activations { values, saved, indices, ids, aux, scratch, profile, conv_pool, .. } = acts;
+    let Activations { values, saved, indices, ids, aux, scratch, profile, conv_pool, attention_queries, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
     // Nodes before this index were run by a fused convolution.
@@ -451,7 +484,8 @@ pub fn forward_with(
             OpKind::Attention { heads, tokens: t, dim: d, causal } => {
                 // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
                 let att = &mut saved[idx][..attention_len(*heads, *t, n)];
-                ops::attention::attention_fused_forward(y, att, x, n, *heads, *t, d / heads, *causal);
+                let q = if fuse { attention_queries[idx] } else { *t };
+                ops::attention::attention_fused_forward_queries(y, att, x, n, *heads, *t, d / heads, *causal, q);
             }
             OpKind::Permute { in_shape, perm } => {
                 let (shape, perm, r) = batched_perm(n, in_shape, perm);
@@ -634,7 +668,18 @@ pub fn backward(
     let aux_weight = acts.aux_weight;
     let fused = acts.fused_forward;
     let Activations {
-        values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, profile, conv_pool, ..
+        values,
+        grads: dvals,
+        saved,
+        indices,
+        ids,
+        scratch,
+        grad_tmp,
+        written,
+        profile,
+        conv_pool,
+        attention_queries,
+        ..
     } = acts;
     let input = &input[..n * graph.values[0].numel()];
     let numel = |v: ValueId| graph.values[v.0].numel();
@@ -814,7 +859,10 @@ pub fn backward(
             OpKind::Attention { heads, tokens: t, dim: d, causal } => sink.with_required(xv, in_len, |dx| {
                 let len = attention_len(*heads, *t, n);
                 let (att, ds) = (&saved[idx][..len], &mut scratch[..len]);
-                ops::attention::attention_fused_backward(dx, dy, x, att, ds, n, *heads, *t, d / heads, *causal);
+                // As many query rows as the forward computed (the output gradient is 0 on the others).
+                let q = if fused { attention_queries[idx] } else { *t };
+                let hs = d / heads;
+                ops::attention::attention_fused_backward_queries(dx, dy, x, att, ds, n, *heads, *t, hs, *causal, q);
             }),
             OpKind::Permute { in_shape, perm } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {

@@ -240,8 +240,18 @@ mod tests {
         let out = acts.output(&graph, n).to_vec();
         acts.grads[graph.output.0][..outs].copy_from_slice(&w);
         backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
-        let labels =
-            graph.nodes.iter().map(|nd| format!("{} {:?}", nd.name, graph.values[nd.output.0].shape)).collect();
+        // Attention nodes also show how many query rows the executor computes.
+        let labels = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, nd)| match nd.op {
+                ecstrain_components::OpKind::Attention { .. } => {
+                    format!("{} {:?} queries {}", nd.name, graph.values[nd.output.0].shape, acts.attention_queries[i])
+                }
+                _ => format!("{} {:?}", nd.name, graph.values[nd.output.0].shape),
+            })
+            .collect();
         (out, grads, labels)
     }
 
@@ -261,6 +271,10 @@ mod tests {
             assert!(labels_p.iter().any(|l| l == "blocks.1.mlp.fc1 [32]"), "{labels_p:?}");
             assert!(labels_p.iter().any(|l| l == "blocks.0.mlp.fc1 [17, 32]"), "{labels_p:?}");
             assert!(labels_f.iter().any(|l| l == "blocks.1.mlp.fc1 [17, 32]"), "{labels_f:?}");
+            // Only the class token's query row of the pruned block's attention is computed.
+            assert!(labels_p.iter().any(|l| l == "blocks.1.attn [17, 16] queries 1"), "{labels_p:?}");
+            assert!(labels_p.iter().any(|l| l == "blocks.0.attn [17, 16] queries 17"), "{labels_p:?}");
+            assert!(labels_f.iter().any(|l| l == "blocks.1.attn [17, 16] queries 17"), "{labels_f:?}");
             assert_eq!(out_p.len(), out_f.len());
             let scale = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
             let (so, sg) = (scale(&out_f), scale(&grads_f));
