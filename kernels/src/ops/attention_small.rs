@@ -9,11 +9,12 @@
 //! - C is accumulated in registers, [`MR`] rows by two [`LANES`]-wide vectors at a time, with fused
 //!   multiply-adds over the whole inner dimension in order, then scaled once and stored.
 //!
-//! So every output is the same in-order `mul_add` chain whatever the thread count or instruction set
-//! (`mul_add` is correctly rounded everywhere): results are bitwise reproducible.
+//! So every output is the same in-order fused multiply-add chain whatever the thread count (bit for bit a
+//! plain `mul_add` loop, tested): results are bitwise reproducible.
 //!
-//! Shapes: T (sequence) and D (head size) up to [`SMALL_MAX`]; longer sequences keep the `gemm` path, where
-//! the per-call cost is small next to the work.
+//! Scope: f32 on CPUs with AVX-512F (the kernel is written with its intrinsics), T (sequence) and D (head
+//! size) up to [`SMALL_MAX`]. Everything else keeps the `gemm` path: longer sequences, where the per-call
+//! cost is small next to the work, f64 (the reference precision), and CPUs without AVX-512.
 
 use crate::Float;
 
@@ -23,7 +24,7 @@ const LANES: usize = 16;
 /// both FMA ports busy), with 2 loads of B and 6 broadcasts of A per step of the inner dimension.
 const MR: usize = 6;
 /// The longest sequence and the largest head size the small path takes. The packed operand (at most
-/// `SMALL_MAX` rows of `SMALL_MAX` padded columns) lives on the stack: 16 KiB in f32, 32 KiB in f64.
+/// `SMALL_MAX` rows of `SMALL_MAX` padded columns) lives on the stack: 16 KiB in f32.
 pub(crate) const SMALL_MAX: usize = 64;
 const PACK_LEN: usize = SMALL_MAX * SMALL_MAX;
 /// Room for one `[T, T]` matrix of a head that [`fits`].
