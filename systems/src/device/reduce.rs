@@ -52,7 +52,8 @@ pub fn gpu_all_reduce_gradients(
         fail(&mut failure, "gradient all-reduce", e);
         return;
     }
-    timing.record(t0.elapsed().as_secs_f64());
+    let seconds = t0.elapsed().as_secs_f64();
+    timing.record(seconds, seconds);
 }
 
 /// Down, the host all-reduce (the CPU run's arithmetic: a sum per bucket, then `* (1 / world)`), and up.

@@ -665,6 +665,61 @@ pub fn backward(
     mode: Mode,
     seed: u64,
 ) {
+    backward_releasing(graph, params, grads, acts, input, n, mode, seed, None);
+}
+
+/// Per node, the end of the gradient-arena prefix that the backward may still write once it reaches that node:
+/// the largest end offset of the parameters of nodes `0..=idx` (the backward visits nodes in reverse). Everything
+/// past it is final. The arena is laid out in graph order, so the cuts fall node by node from the end.
+pub fn gradient_cuts(graph: &Graph) -> Vec<usize> {
+    let mut end = 0;
+    graph
+        .nodes
+        .iter()
+        .map(|node| {
+            end = node.op.params().iter().map(|p| p.slice.offset + p.slice.len).fold(end, usize::max);
+            end
+        })
+        .collect()
+}
+
+/// Hands each finished part of the gradient arena to a consumer while the backward goes on (the data-parallel
+/// all-reduce overlapped with the backward, [`crate::parallel::overlap`]).
+pub struct Release<'c, 'g> {
+    /// [`gradient_cuts`] of the graph.
+    pub cuts: &'c [usize],
+    /// Called with `grads[cut..previous cut]` as soon as no node left to visit writes there: the pieces come
+    /// from the end of the arena down, each right below the last, and together cover it; the last one, after
+    /// the final node, starts at 0. The backward never touches a piece again.
+    pub on_ready: &'c mut dyn FnMut(&'g mut [f32]),
+}
+
+/// Splits `grads[cut..]` off the part the backward still writes and hands it to `release`.
+fn release_from<'g>(grads: &mut &'g mut [f32], cut: usize, release: &mut Release<'_, 'g>) {
+    if cut < grads.len() {
+        let (head, tail) = std::mem::take(grads).split_at_mut(cut);
+        *grads = head;
+        (release.on_ready)(tail);
+    }
+}
+
+/// [`backward`], handing each part of the gradient arena to `release` as soon as it is final (see [`Release`]).
+/// Only the order in which the gradients are handed out differs: the values are [`backward`]'s.
+#[allow(clippy::too_many_arguments)] // the buffers of one pass; a struct would only rename them
+pub fn backward_releasing<'g>(
+    graph: &Graph,
+    params: &[f32],
+    mut grads: &'g mut [f32],
+    acts: &mut Activations,
+    input: &[f32],
+    n: usize,
+    mode: Mode,
+    seed: u64,
+    mut release: Option<Release<'_, 'g>>,
+) {
+    if let Some(r) = &release {
+        assert_eq!(r.cuts.len(), graph.nodes.len(), "backward_releasing: one gradient cut per node");
+    }
     let aux_weight = acts.aux_weight;
     let fused = acts.fused_forward;
     let Activations {
@@ -687,6 +742,10 @@ pub fn backward(
     written.fill(false);
     let mut timing: Option<(usize, Instant)> = None;
     for (idx, node) in graph.nodes.iter().enumerate().rev() {
+        if let Some(r) = release.as_mut() {
+            // Nodes past idx are done: what only they write is final.
+            release_from(&mut grads, r.cuts[idx], r);
+        }
         if let Some(prof) = profile.as_mut() {
             if let Some((i, t)) = timing.replace((idx, Instant::now())) {
                 prof.add_backward(i, t);
@@ -937,5 +996,8 @@ pub fn backward(
             prof.add_backward(i, t);
         }
         prof.end_backward();
+    }
+    if let Some(r) = release.as_mut() {
+        release_from(&mut grads, 0, r);
     }
 }

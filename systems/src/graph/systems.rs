@@ -4,7 +4,8 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Batch, Buffers, Clock, Grads, Graph, Mode, Params, RunSettings};
 use ecstrain_kernels::rng::Rng;
 
-use super::{backward, forward, Activations};
+use super::{backward, backward_releasing, forward, Activations};
+use crate::parallel::{OverlapReducer, ReduceTiming};
 
 /// Per-micro-batch seed for stochastic ops (dropout): a function of the run seed and the micro-step only.
 fn step_seed(settings: &RunSettings, clock: &Clock) -> u64 {
@@ -41,7 +42,10 @@ pub fn forward_system(
     );
 }
 
-/// Backward: parameter gradients of the current batch, accumulated into [`Grads`].
+/// Backward: parameter gradients of the current batch, accumulated into [`Grads`]. In a data-parallel CPU run
+/// with an [`OverlapReducer`], the micro-batch that ends an accumulation window also averages the gradients over
+/// the ranks, bucket by bucket while the backward goes on (PyTorch DDP's overlap), so they leave this system
+/// averaged and the Reduce set's [`all_reduce_gradients`](crate::parallel::all_reduce_gradients) does not run.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn backward_system(
     graph: Res<Graph>,
@@ -52,15 +56,20 @@ pub fn backward_system(
     mode: Res<Mode>,
     clock: Res<Clock>,
     settings: Res<RunSettings>,
+    reducer: Option<ResMut<OverlapReducer>>,
+    timing: Option<ResMut<ReduceTiming>>,
 ) {
-    backward(
-        &graph,
-        &params.0.data,
-        &mut grads.0.data,
-        &mut acts,
-        &batch.inputs,
-        batch.size,
-        *mode,
-        step_seed(&settings, &clock),
-    );
+    let (n, seed) = (batch.size, step_seed(&settings, &clock));
+    let (params, grads) = (&params.0.data, &mut grads.0.data);
+    match reducer {
+        Some(mut reducer) if clock.at_accumulation_boundary() => {
+            let ((), stats) = reducer.reduce_during(|release| {
+                backward_releasing(&graph, params, grads, &mut acts, &batch.inputs, n, *mode, seed, Some(release))
+            });
+            if let Some(mut t) = timing {
+                t.record(stats.comm_seconds, stats.wait_seconds);
+            }
+        }
+        _ => backward(&graph, params, grads, &mut acts, &batch.inputs, n, *mode, seed),
+    }
 }

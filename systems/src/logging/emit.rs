@@ -62,7 +62,9 @@ fn insert_data_wait(values: &mut BTreeMap<String, f64>, (seconds, steps): (f64, 
 
 /// Log (training): one `train` record with the epoch's running loss (over every rank), the lr (with the bias
 /// lr and momentum where the schedule drives them) for the next step, and the throughput (of all ranks), data
-/// wait and, in a data-parallel run, the all-reduce time per step (`allreduce_s`) since the previous record.
+/// wait and, in a data-parallel run, the all-reduce time per step (`allreduce_s`) and the part of it the training
+/// thread waited for (`allreduce_wait_s`: less when the all-reduce overlaps the backward) since the previous
+/// record.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn emit_train_record(
     clock: Res<Clock>,
@@ -88,9 +90,11 @@ pub fn emit_train_record(
     let world = comm.as_ref().map_or(1, |c| c.0.world());
     if let (true, Some(mut r)) = (world > 1, reduce) {
         if r.interval_steps > 0 {
-            values.insert("allreduce_s".to_string(), r.interval_seconds / r.interval_steps as f64);
+            let steps = r.interval_steps as f64;
+            values.insert("allreduce_s".to_string(), r.interval_seconds / steps);
+            values.insert("allreduce_wait_s".to_string(), r.interval_wait_seconds / steps);
         }
-        (r.interval_seconds, r.interval_steps) = (0.0, 0);
+        (r.interval_seconds, r.interval_wait_seconds, r.interval_steps) = (0.0, 0.0, 0);
     }
     if let Some(g) = grad_norm.and_then(|g| g.0) {
         values.insert("grad_norm".to_string(), g);

@@ -3,7 +3,9 @@
 //! Reduce stage that use it (gradient all-reduce, buffer broadcast before validation, metric reduction).
 
 pub mod collective;
+pub mod overlap;
 pub mod reduce;
 
 pub use collective::{is_writer, Collective, Comm, SingleProcess};
+pub use overlap::{OverlapReducer, OverlapStats};
 pub use reduce::{all_reduce_gradients, broadcast_buffers, is_data_parallel, reduce_meters, ReduceTiming};

@@ -23,20 +23,29 @@ pub const BUCKET: usize = 1 << 28;
 pub struct ReduceTiming {
     /// Seconds in all-reduce calls since the last train record (the logger takes and resets it).
     pub interval_seconds: f64,
+    /// Seconds the training thread waited for the reduction since the last train record: all of
+    /// `interval_seconds` when the all-reduce follows the backward, only what the backward did not hide when they
+    /// overlap ([`crate::parallel::OverlapReducer`]).
+    pub interval_wait_seconds: f64,
     /// Optimizer steps the interval covers.
     pub interval_steps: u64,
     /// Seconds in all-reduce calls over the whole run.
     pub total_seconds: f64,
+    /// Seconds waited for the reduction over the whole run.
+    pub total_wait_seconds: f64,
     /// Optimizer steps reduced over the whole run.
     pub total_steps: u64,
 }
 
 impl ReduceTiming {
-    /// Counts one optimizer step's reduction that took `seconds`.
-    pub fn record(&mut self, seconds: f64) {
+    /// Counts one optimizer step's reduction: `seconds` in all-reduce calls, `wait` of them on the training
+    /// thread.
+    pub fn record(&mut self, seconds: f64, wait: f64) {
         self.interval_seconds += seconds;
+        self.interval_wait_seconds += wait;
         self.interval_steps += 1;
         self.total_seconds += seconds;
+        self.total_wait_seconds += wait;
         self.total_steps += 1;
     }
 }
@@ -46,12 +55,14 @@ pub fn is_data_parallel(comm: Option<Res<Comm>>) -> bool {
     comm.is_some_and(|c| c.0.world() > 1)
 }
 
-/// Reduce (on accumulation boundaries of a data-parallel run): the gradient arena summed over ranks and
-/// divided by the world size, i.e. the gradient of the mean loss over the global batch.
+/// Reduce (on accumulation boundaries of a data-parallel run whose all-reduce does not overlap the backward,
+/// i.e. without an [`OverlapReducer`](crate::parallel::OverlapReducer)): the gradient arena summed over ranks
+/// and divided by the world size, i.e. the gradient of the mean loss over the global batch.
 pub fn all_reduce_gradients(comm: Res<Comm>, mut grads: ResMut<Grads>, mut timing: ResMut<ReduceTiming>) {
     let t0 = Instant::now();
     average_over_ranks(comm.0.as_ref(), &mut grads.0.data);
-    timing.record(t0.elapsed().as_secs_f64());
+    let seconds = t0.elapsed().as_secs_f64();
+    timing.record(seconds, seconds);
 }
 
 /// `data` summed over ranks in place (one call per [`BUCKET`]) and divided by the world size: the gradient
