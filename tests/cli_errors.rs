@@ -147,6 +147,10 @@ fn bad_values_and_devices_are_rejected() {
     assert!(m.contains("run.clip_grad_norm") && m.contains(">= 0"), "{m}");
     let m = rejected("fuse", |y| y, &["--set", "model.fuse=maybe"]);
     assert!(m.contains("fuse"), "{m}");
+    for bad in ["-1", "-0.5"] {
+        let m = rejected("bucket", |y| y, &["--set", &format!("run.bucket_mb={bad}")]);
+        assert!(m.contains("run.bucket_mb") && m.contains(">= 0"), "{bad}: {m}");
+    }
 }
 
 #[test]

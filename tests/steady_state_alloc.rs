@@ -53,8 +53,40 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Two data-parallel ranks simulated in one process: both hold the same values, so an all-reduce doubles them
+/// (without allocating). Lets the data-parallel step (the all-reduce overlapped with the backward, on its own
+/// thread) run under the counting allocator.
+struct Loopback;
+
+impl ecstrain::systems::parallel::Collective for Loopback {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum_f32(&self, data: &mut [f32]) {
+        data.iter_mut().for_each(|x| *x *= 2.0);
+    }
+    fn all_reduce_sum_f64(&self, data: &mut [f64]) {
+        data.iter_mut().for_each(|x| *x *= 2.0);
+    }
+    fn broadcast_f32(&self, _data: &mut [f32]) {}
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+    fn backend(&self) -> String {
+        "loopback".into()
+    }
+}
+
 /// Warms `config` up, then counts the allocations of 8 steps; returns the traces outside gemm and the total.
 fn allocations(config: &str, overrides: &[&str]) -> (Vec<String>, usize) {
+    allocations_with(config, overrides, false)
+}
+
+/// [`allocations`], as rank 0 of two [`Loopback`] ranks when `data_parallel`.
+fn allocations_with(config: &str, overrides: &[&str], data_parallel: bool) -> (Vec<String>, usize) {
     use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::train_step};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(root).unwrap();
@@ -62,7 +94,12 @@ fn allocations(config: &str, overrides: &[&str]) -> (Vec<String>, usize) {
     let mut sets = vec!["run.log_interval=1000000".to_string()];
     sets.extend(overrides.iter().map(|s| s.to_string()));
     let loaded = load_config(&root.join(config), &sets).unwrap();
-    let mut app = assemble(default_app(), loaded, true).unwrap().app;
+    let mut app = default_app();
+    if data_parallel {
+        let comm = ecstrain::systems::parallel::Comm(std::sync::Arc::new(Loopback));
+        app.world.insert_resource(comm);
+    }
+    let mut app = assemble(app, loaded, true).unwrap().app;
     let sink = std::fs::File::create("/dev/null").unwrap();
     app.world.insert_resource(ecstrain::systems::logging::jsonl::JsonlLog(std::io::BufWriter::new(sink)));
     for _ in 0..5 {
@@ -109,6 +146,14 @@ fn training_step_does_not_allocate_after_warm_up() {
             ours[0]
         );
         eprintln!("{config}: {total} allocations in 8 steps, all in gemm's packing workspace or rayon's queue");
+    }
+    // A data-parallel rank: the gradient all-reduce overlapped with the backward (small buckets, so several go
+    // to the communication thread each step), and the one all-reduce after the backward.
+    for bucket in ["run.bucket_mb=0.05", "run.bucket_mb=0"] {
+        let (ours, total) =
+            allocations_with("configs/bench_w1_mlp.yaml", &["datasets.synthetic.train_samples=8192", bucket], true);
+        assert!(ours.is_empty(), "data parallel, {bucket}: {} allocations; first:\n{}", ours.len(), ours[0]);
+        eprintln!("W1 data parallel, {bucket}: {total} allocations in 8 steps, all in gemm or rayon's queue");
     }
     // Every optimizer, with its optional state buffers switched on.
     let optimizers: [&[&str]; 9] = [

@@ -12,7 +12,7 @@ use ecstrain_systems::data::{loader_pool, Loader, TrainLoader, ValLoader};
 use ecstrain_systems::graph::Activations;
 use ecstrain_systems::optim::clip::{GradClip, GradNorm};
 use ecstrain_systems::optim::OptimizerSettings;
-use ecstrain_systems::parallel::Comm;
+use ecstrain_systems::parallel::{Comm, OverlapReducer};
 use ecstrain_systems::schedule::systems::Scheduler;
 
 use crate::app::App;
@@ -203,6 +203,12 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         None => device,
     };
     device.ensure_available().map_err(|e| err(format!("run.device: {e}")))?;
+    if !(r.bucket_mb.is_finite() && r.bucket_mb >= 0.0) {
+        return Err(err(format!(
+            "run.bucket_mb: must be a finite number >= 0 (MiB of gradients per all-reduce bucket; 0: one all-reduce after the backward), got {}",
+            r.bucket_mb
+        )));
+    }
     let amp = parse_amp(&r.amp).map_err(err)?;
     if device != Device::Cpu {
         crate::cuda_run::check_run(r).map_err(err)?;
@@ -441,6 +447,12 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         app.world.insert_resource(ema);
     }
     let summary = model_summary(&mut app.world, &graph);
+    if shard.world > 1 && device == Device::Cpu && r.bucket_mb > 0.0 {
+        // The gradient all-reduce overlaps the backward (DDP's buckets); the CUDA run keeps its own reduction.
+        let elems = ((r.bucket_mb * (1 << 20) as f64 / 4.0).round() as usize).max(1);
+        let cuts = ecstrain_systems::graph::gradient_cuts(&graph);
+        app.world.insert_resource(OverlapReducer::new(comm.0.clone(), elems, cuts));
+    }
     app.world.insert_resource(graph);
     let resumed_from = crate::resume::resume_path(&r.resume, &r.save_dir).map_err(err)?;
     if let Some(p) = &resumed_from {

@@ -99,6 +99,7 @@ mod d {
         ema_decay: f64 = 0.9999;
         ema_tau: f64 = 2000.0;
         prefetch: usize = 2;
+        bucket_mb: f64 = 25.0;
         task: String = "classification".into();
         epochs: u64 = 100;
         batch: usize = 64;
@@ -371,6 +372,12 @@ pub struct RunSection {
     /// With `workers` >= 1: batches the background loader keeps ready (at least 1).
     #[serde(default = "d::prefetch")]
     pub prefetch: usize,
+    /// Data-parallel CPU runs: MiB of gradients per all-reduce bucket (PyTorch DDP's `bucket_cap_mb`; the first
+    /// bucket is capped at 1 MiB, as DDP's is). Buckets are all-reduced on a communication thread as the
+    /// backward finishes them, overlapping the communication with the rest of the backward. 0: one all-reduce
+    /// of the whole gradient arena after the backward.
+    #[serde(default = "d::bucket_mb")]
+    pub bucket_mb: f64,
     /// Compute threads for the CPU kernels (default: all cores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,

@@ -13,7 +13,9 @@ pub mod systems;
 mod tests;
 
 pub use builder::{GraphBuilder, GraphError};
-pub use exec::{backward, backward_releasing, forward, forward_with, gradient_cuts, Activations, NodeOverride, Release};
+pub use exec::{
+    backward, backward_releasing, forward, forward_with, gradient_cuts, Activations, NodeOverride, Release,
+};
 pub use fuse::fuse_linear_activation;
 pub use init::Init;
 pub use profile::OpProfile;

@@ -21,8 +21,8 @@ use std::time::Instant;
 use bevy_ecs::prelude::*;
 
 use super::collective::Collective;
-use crate::graph::exec::Release;
 use super::reduce::BUCKET;
+use crate::graph::exec::Release;
 
 /// DDP's cap on the first bucket (`torch.distributed`'s default first bucket: 1 MiB), in f32 elements.
 pub const FIRST_BUCKET: usize = (1 << 20) / 4;
