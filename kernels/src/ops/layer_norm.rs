@@ -234,6 +234,11 @@ pub fn layer_norm_backward<T: Float>(
         return;
     }
     let parallel = rows * dim >= PAR_MIN_ELEMS;
+    if (dweight.is_some() || dbias.is_some()) && parallel && rows > 1 && dim <= FUSED_MAX_DIM {
+        let ctx = ParamCtx { dout, inp, save_mean, save_rstd, rows, dim };
+        fused_row_ranges(dinp, dweight, dbias, weight, &ctx);
+        return;
+    }
     input_grad(dinp, dout, inp, save_mean, save_rstd, weight, rows, dim, parallel);
     if dweight.is_some() || dbias.is_some() {
         let ctx = ParamCtx { dout, inp, save_mean, save_rstd, rows, dim };
@@ -400,6 +405,73 @@ fn param_grads_row_split<T: Float>(dw: Option<&mut [T]>, db: Option<&mut [T]>, c
     add_block(dw, db, &total);
 }
 
+/// Largest `dim` whose backward computes the parameter gradients in the same pass over the rows as the input
+/// gradient ([`fused_row_ranges`]; the per-range partial sums live on the stack).
+const FUSED_MAX_DIM: usize = 256;
+
+/// f64 partial column sums `(sum dout * xhat, sum dout)` of up to [`FUSED_MAX_DIM`] columns.
+type RowRangeSums = ([f64; FUSED_MAX_DIM], [f64; FUSED_MAX_DIM]);
+
+/// Adds one row's terms to the column sums, each column its own f64 chain (the expression of
+/// [`block_sums_body`], so the same bits for the same row order).
+#[inline(always)]
+fn add_row_body<T: Float>(sums: &mut RowRangeSums, g: &[T], v: &[T], mean: T, rstd: T) {
+    let w = g.len().min(v.len()).min(FUSED_MAX_DIM);
+    let (sw, sb, g, v) = (&mut sums.0[..w], &mut sums.1[..w], &g[..w], &v[..w]);
+    for k in 0..w {
+        sw[k] += (g[k] * ((v[k] - mean) * rstd)).to_f64();
+        sb[k] += g[k].to_f64();
+    }
+}
+crate::multiversion!(
+    fn add_row<T: Float>(sums: &mut RowRangeSums, g: &[T], v: &[T], mean: T, rstd: T) => add_row_body
+);
+
+/// The whole backward for `dim <= FUSED_MAX_DIM`: [`ROW_RANGES`] fixed row ranges in parallel, each computing
+/// its rows' input gradients and, while each row is still in L1, its partial parameter sums; the partials are
+/// then added in range order. One pass over `dout` and `inp` instead of two. The partition is
+/// [`param_grads_row_split`]'s, so for `dim <= COL_BLOCK` the parameter gradients are bitwise that function's;
+/// the ranges are fixed, so nothing depends on the thread count.
+fn fused_row_ranges<T: Float>(
+    dinp: &mut [T],
+    dweight: Option<&mut [T]>,
+    dbias: Option<&mut [T]>,
+    weight: Option<&[T]>,
+    ctx: &ParamCtx<'_, T>,
+) {
+    let (rows, dim) = (ctx.rows, ctx.dim);
+    let per_range = rows.div_ceil(ROW_RANGES);
+    let mut partial = [([0.0f64; FUSED_MAX_DIM], [0.0f64; FUSED_MAX_DIM]); ROW_RANGES];
+    dinp.par_chunks_mut(per_range * dim).zip(partial.par_iter_mut().enumerate()).for_each(|(dx, (k, sums))| {
+        let r0 = k * per_range;
+        for (i, dx) in dx.chunks_exact_mut(dim).enumerate() {
+            let r = r0 + i;
+            let (dy, x) = (&ctx.dout[r * dim..(r + 1) * dim], &ctx.inp[r * dim..(r + 1) * dim]);
+            let (mean, rstd) = (ctx.save_mean[r], ctx.save_rstd[r]);
+            bwd_row(dx, dy, x, weight, mean, rstd);
+            add_row(sums, dy, x, mean, rstd);
+        }
+    });
+    // Ranges past the last row (rows < ROW_RANGES * per_range) stayed zero; adding them changes nothing.
+    let mut total = ([0.0f64; FUSED_MAX_DIM], [0.0f64; FUSED_MAX_DIM]);
+    for p in &partial {
+        for k in 0..dim {
+            total.0[k] += p.0[k];
+            total.1[k] += p.1[k];
+        }
+    }
+    if let Some(dw) = dweight {
+        for (d, &s) in dw.iter_mut().zip(&total.0[..dim]) {
+            *d += T::from_f64(s);
+        }
+    }
+    if let Some(db) = dbias {
+        for (d, &s) in db.iter_mut().zip(&total.1[..dim]) {
+            *d += T::from_f64(s);
+        }
+    }
+}
+
 /// The CUDA kernels of layer normalisation (`layer_norm.cu`).
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "layer_norm",
@@ -506,9 +578,9 @@ mod tests {
 
     #[test]
     fn matches_f64_reference() {
-        // Sequential; 300 x 500 (parallel rows, parallel column blocks); 3000 x 48 (parallel rows, row-split
-        // parameter sums); dim 1 (output = bias).
-        for (rows, d, seed) in [(5usize, 7usize, 1u64), (300, 500, 2), (3000, 48, 3), (4, 1, 4)] {
+        // Sequential; 300 x 500 (parallel rows, parallel column blocks); 3000 x 48 and 3001 x 128 (one fused
+        // pass over fixed row ranges; 3001 leaves the last range short); dim 1 (output = bias).
+        for (rows, d, seed) in [(5usize, 7usize, 1u64), (300, 500, 2), (3000, 48, 3), (3001, 128, 6), (4, 1, 4)] {
             let [x, w, b, dy] = case(seed, rows, d);
             let r = reference(&x, &w, &b, &dy, rows, d);
             let init_w = round_f32(&uniform(seed + 4, d, -1.0, 1.0));
@@ -576,7 +648,7 @@ mod tests {
     fn parameter_gradients_accumulate_and_are_deterministic() {
         // Calling the backward twice doubles the parameter gradients (+=) but leaves dinp as one call's
         // value (=); the row-split and column-block reductions give the same bits on every run.
-        for (rows, d) in [(4usize, 6usize), (3000, 48), (300, 500)] {
+        for (rows, d) in [(4usize, 6usize), (3000, 48), (3001, 128), (300, 500)] {
             let [x, w, b, dy] = case(11, rows, d);
             let (x, w, b, dy) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
             let (mut y, mut m, mut s) = (vec![0.0f32; rows * d], vec![0.0f32; rows], vec![0.0f32; rows]);
@@ -601,6 +673,31 @@ mod tests {
             let mut dx3 = vec![0.0f32; rows * d];
             layer_norm_backward(&mut dx3, None, Some(&mut db3), &dy, &x, &m, &s, Some(&w), rows, d);
             assert_eq!(db3, db1);
+            // The same bits on one thread as on the pool.
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let (mut dw4, mut db4) = (vec![0.0f32; d], vec![0.0f32; d]);
+            let dx4 = one.install(|| run(&mut dw4, &mut db4));
+            assert_eq!((&dx4, &dw4, &db4), (&dx1, &dw1, &db1), "{rows} x {d}: one thread differs");
         }
+    }
+
+    #[test]
+    fn fused_pass_keeps_the_row_split_sums_for_narrow_rows() {
+        // For dim <= COL_BLOCK the fused pass sums each column over the same row ranges in the same order as
+        // param_grads_row_split, so the parameter gradients are bit for bit that function's.
+        let (rows, d) = (3000, 48);
+        let [x, w, b, dy] = case(12, rows, d);
+        let (x, w, b, dy) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
+        let (mut y, mut m, mut s) = (vec![0.0f32; rows * d], vec![0.0f32; rows], vec![0.0f32; rows]);
+        layer_norm_forward(&mut y, &mut m, &mut s, &x, Some(&w), Some(&b), rows, d, EPS);
+        let (mut dw, mut db, mut dx) = (vec![0.5f32; d], vec![0.25f32; d], vec![0.0f32; rows * d]);
+        layer_norm_backward(&mut dx, Some(&mut dw), Some(&mut db), &dy, &x, &m, &s, Some(&w), rows, d);
+        let ctx = ParamCtx { dout: &dy, inp: &x, save_mean: &m, save_rstd: &s, rows, dim: d };
+        let (mut dw2, mut db2) = (vec![0.5f32; d], vec![0.25f32; d]);
+        param_grads_row_split(Some(&mut dw2), Some(&mut db2), &ctx);
+        assert_eq!((dw, db), (dw2, db2));
+        let mut dx2 = vec![0.0f32; rows * d];
+        input_grad(&mut dx2, &dy, &x, &m, &s, Some(&w), rows, d, true);
+        assert_eq!(dx, dx2);
     }
 }
