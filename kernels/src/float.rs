@@ -437,6 +437,32 @@ mod tests {
         assert!(a1.max(a2).max(a3) <= 1e-7, "erf max abs {a1} {a2} {a3}");
     }
 
+    /// Every f32 (every positive one for the odd tanh and erf, whose sign is copied): the figures the doc
+    /// comments state. About a minute in release on two threads; run with
+    /// `cargo test --release -p ecstrain-kernels --lib exhaustive -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn exhaustive_f32_errors() {
+        use rayon::prelude::*;
+        let all = |lo: u32, hi: u32, f: fn(f32) -> f32, reference: fn(f64) -> f64| -> (f64, f64) {
+            (lo..hi)
+                .into_par_iter()
+                .step_by(1 << 20)
+                .map(|start| max_errors((start..(start + (1 << 20)).min(hi)).map(f32::from_bits), f, reference))
+                .reduce(|| (0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+        };
+        let inf = f32::INFINITY.to_bits();
+        let (e_pos, _) = all(0, inf + 1, <f32 as Float>::exp, f64::exp);
+        let (e_neg, _) = all(0x8000_0000, 0x8000_0000 | (inf + 1), <f32 as Float>::exp, f64::exp);
+        let (t_u, t_a) = all(0, inf + 1, <f32 as Float>::tanh, f64::tanh);
+        let (f_u, f_a) = all(0, 4.0f32.to_bits(), <f32 as Float>::erf, erf_f64);
+        println!(
+            "exp max ulp {:.3}; tanh {t_u:.3} ulp, {t_a:.2e} abs; erf on (0, 4) {f_u:.3} ulp, {f_a:.2e} abs",
+            e_pos.max(e_neg)
+        );
+        assert!(e_pos.max(e_neg) < 1.0 && t_u < 1.34 && f_u < 1.24);
+    }
+
     #[test]
     fn f32_special_values() {
         let exp = <f32 as Float>::exp;
