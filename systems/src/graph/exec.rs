@@ -74,6 +74,22 @@ pub struct Activations {
     pub attention_queries: Vec<usize>,
     /// Whether the last forward ran the [`Activations::conv_pool`] pairs fused (the backward must match it).
     pub fused_forward: bool,
+    /// `grad_needed[value]`: whether the backward computes the value's gradient ([`gradient_needed`]): not for
+    /// the model input and what is computed from it alone, as PyTorch's `requires_grad` propagates.
+    pub grad_needed: Vec<bool>,
+}
+
+/// Per value, whether a parameter lies upstream of it, so that its gradient leads to a parameter gradient:
+/// false for the model input and for values computed from it alone (an input reshape, a normalisation without
+/// parameters), whose gradients the backward skips. The graph output always counts as needed (the task writes
+/// its gradient).
+pub fn gradient_needed(graph: &Graph) -> Vec<bool> {
+    let mut needed = vec![false; graph.values.len()];
+    for node in &graph.nodes {
+        needed[node.output.0] = !node.op.params().is_empty() || node.inputs.iter().any(|v| needed[v.0]);
+    }
+    needed[graph.output.0] = true;
+    needed
 }
 
 /// Per node, the leading query rows an attention node must compute (see [`Activations::attention_queries`]);
@@ -214,6 +230,7 @@ impl Activations {
             conv_pool,
             attention_queries: attention_query_rows(graph),
             fused_forward: false,
+            grad_needed: gradient_needed(graph),
         }
     }
 
@@ -601,12 +618,15 @@ struct GradSink<'a> {
     dvals: &'a mut [Vec<f32>],
     tmp: &'a mut [f32],
     written: &'a mut [bool],
+    /// [`Activations::grad_needed`].
+    needed: &'a [bool],
 }
 
 impl GradSink<'_> {
-    /// Calls `f` with the gradient slice of value `v` (`len` elements), or `None` for the model input.
+    /// Calls `f` with the gradient slice of value `v` (`len` elements), or `None` for the model input and
+    /// values whose gradient is not needed.
     fn with(&mut self, v: ValueId, len: usize, f: impl FnOnce(Option<&mut [f32]>)) {
-        if v.0 == 0 {
+        if v.0 == 0 || !self.needed[v.0] {
             f(None);
         } else if self.written[v.0] {
             f(Some(&mut self.tmp[..len]));
@@ -620,7 +640,7 @@ impl GradSink<'_> {
     /// Like [`Self::with`] for kernels that always write an input gradient: the model input's goes to the
     /// staging buffer and is dropped.
     fn with_required(&mut self, v: ValueId, len: usize, f: impl FnOnce(&mut [f32])) {
-        if v.0 == 0 {
+        if v.0 == 0 || !self.needed[v.0] {
             f(&mut self.tmp[..len]);
         } else {
             self.with(v, len, |dx| f(dx.expect("not the input")));
@@ -631,7 +651,7 @@ impl GradSink<'_> {
     /// gradient when `v` has not been written yet and its buffer has the same size: the buffers are swapped
     /// instead of copied (the output's gradient is read by no other node). Otherwise a copy or an add.
     fn pass_through_owned(&mut self, v: ValueId, dy_buf: &mut Vec<f32>, len: usize) {
-        if v.0 != 0 && !self.written[v.0] && self.dvals[v.0].len() == dy_buf.len() {
+        if v.0 != 0 && self.needed[v.0] && !self.written[v.0] && self.dvals[v.0].len() == dy_buf.len() {
             std::mem::swap(&mut self.dvals[v.0], dy_buf);
             self.written[v.0] = true;
         } else {
@@ -641,7 +661,7 @@ impl GradSink<'_> {
 
     /// Routes `dy` unchanged into `v`'s gradient (an identity's backward): a copy or an add, no staging.
     fn pass_through(&mut self, v: ValueId, dy: &[f32]) {
-        if v.0 == 0 {
+        if v.0 == 0 || !self.needed[v.0] {
         } else if self.written[v.0] {
             ops::add::add_assign(&mut self.dvals[v.0][..dy.len()], dy);
         } else {
@@ -734,6 +754,7 @@ pub fn backward_releasing<'g>(
         profile,
         conv_pool,
         attention_queries,
+        grad_needed,
         ..
     } = acts;
     let input = &input[..n * graph.values[0].numel()];
@@ -750,6 +771,10 @@ pub fn backward_releasing<'g>(
             if let Some((i, t)) = timing.replace((idx, Instant::now())) {
                 prof.add_backward(i, t);
             }
+        }
+        if !grad_needed[node.output.0] {
+            // Computed from the input alone: no parameter upstream needs this node's input gradients.
+            continue;
         }
         if fused {
             // A fused group's pool and ReLU are done by its convolution (visited after them).
@@ -770,7 +795,7 @@ pub fn backward_releasing<'g>(
                 let (xv, x) = (node.inputs[0], value_rows(graph, values, input, node.inputs[0], n));
                 let (g, pg) = (conv_geom(spec, *in_hw, n), pool_geom(pspec, *in_chw, n));
                 let am = &indices[group.pool][..dy.len()];
-                GradSink { dvals, tmp: grad_tmp, written }.with(xv, x.len(), |dx| {
+                GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(xv, x.len(), |dx| {
                     let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
                     let s = &mut scratch[..g.maxpool_scratch_len()];
                     ops::conv2d::conv2d_maxpool_backward(dx, dw, db, dy, am, relu_out, x, p(weight), s, &g, &pg);
@@ -786,13 +811,13 @@ pub fn backward_releasing<'g>(
         if let Some(v) = match node.op {
             OpKind::Reshape => Some(node.inputs[0]),
             OpKind::Add => {
-                let mut sink = GradSink { dvals, tmp: grad_tmp, written };
+                let mut sink = GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed };
                 sink.pass_through(node.inputs[0], &dy_buf[..out_len]);
                 Some(node.inputs[1])
             }
             _ => None,
         } {
-            GradSink { dvals, tmp: grad_tmp, written }.pass_through_owned(v, &mut dy_buf, out_len);
+            GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.pass_through_owned(v, &mut dy_buf, out_len);
             dvals[node.output.0] = dy_buf;
             continue;
         }
@@ -801,7 +826,7 @@ pub fn backward_releasing<'g>(
             // so the fused kernel turns it into the pre-activation gradient in place.
             let (xv, x) = (node.inputs[0], value_rows(graph, values, input, node.inputs[0], n));
             let (dy, pre) = (&mut dy_buf[..out_len], &saved[idx][..out_len]);
-            GradSink { dvals, tmp: grad_tmp, written }.with(xv, x.len(), |dx| {
+            GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(xv, x.len(), |dx| {
                 let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
                 let (rows, c, oc) = (n * rows, *in_features, *out_features);
                 ops::linear_act::linear_act_backward(dx, dw, db, dy, pre, x, p(weight), *a, rows, c, oc);
@@ -813,7 +838,7 @@ pub fn backward_releasing<'g>(
         let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
         let (xv, x) = (node.inputs[0], read(0));
         let in_len = x.len();
-        let mut sink = GradSink { dvals, tmp: grad_tmp, written };
+        let mut sink = GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed };
         match &node.op {
             OpKind::Linear { rows, in_features, out_features, weight, bias, act: None } => {
                 sink.with(xv, in_len, |dx| {

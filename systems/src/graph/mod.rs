@@ -14,7 +14,8 @@ mod tests;
 
 pub use builder::{GraphBuilder, GraphError};
 pub use exec::{
-    backward, backward_releasing, forward, forward_with, gradient_cuts, Activations, NodeOverride, Release,
+    backward, backward_releasing, forward, forward_with, gradient_cuts, gradient_needed, Activations, NodeOverride,
+    Release,
 };
 pub use fuse::fuse_linear_activation;
 pub use init::Init;

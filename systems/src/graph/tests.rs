@@ -577,3 +577,40 @@ fn released_gradient_pieces_are_final_and_cover_the_arena() {
         assert_eq!(end, 0, "{what}: the pieces must cover the arena");
     }
 }
+
+/// Values computed from the input alone (the input reshape in front of the first convolution) get no
+/// gradient: the backward skips them and the convolution's input gradient, and every parameter gradient is
+/// bitwise what computing them all gives.
+#[test]
+fn gradients_of_input_only_values_are_skipped() {
+    for (what, build) in [("conv net", tiny_net as fn(&mut World, bool) -> _), ("conv net, avg pool", tiny_net)] {
+        let mut world = World::new();
+        let graph = build(&mut world, what == "conv net");
+        let needed = super::gradient_needed(&graph);
+        let reshaped = graph.nodes[0].output;
+        assert!(matches!(graph.nodes[0].op, ecstrain_components::OpKind::Reshape), "{what}: input reshape first");
+        assert!(!needed[0] && !needed[reshaped.0], "{what}: the input and its reshape need no gradient");
+        assert!(graph.nodes[1..].iter().all(|n| needed[n.output.0]), "{what}: everything after the conv does");
+        let n = 4;
+        let mut rng = Rng::new(8);
+        let x: Vec<f32> = (0..n * graph.values[0].numel()).map(|_| rng.normal() as f32).collect();
+        let outs = n * graph.output_shape().iter().product::<usize>();
+        let w: Vec<f32> = (0..outs).map(|_| rng.normal() as f32).collect();
+        let params = world.resource::<Params>().0.data.clone();
+        let run = |all: bool| {
+            let mut acts = Activations::plan(&graph, n);
+            if all {
+                acts.grad_needed.iter_mut().for_each(|b| *b = true);
+            }
+            let mut buffers = world.resource::<Buffers>().arena.data.clone();
+            forward(&graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
+            acts.grads[graph.output.0][..outs].copy_from_slice(&w);
+            let mut grads = vec![0.0f32; params.len()];
+            backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+            (grads, acts.written[reshaped.0])
+        };
+        let ((skipped, written_skipped), (all, written_all)) = (run(false), run(true));
+        assert_eq!(skipped, all, "{what}: parameter gradients changed");
+        assert!(!written_skipped && written_all, "{what}: the reshape's gradient was computed anyway");
+    }
+}
