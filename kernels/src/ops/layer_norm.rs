@@ -125,7 +125,7 @@ crate::multiversion!(
 /// One row of the input gradient: the two row reductions in f64 (they are differences of O(dim) terms), then
 /// `rstd * (g - mean(g) - xhat * mean(g xhat))`.
 #[inline(always)]
-fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T) {
+fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T, acc: bool) {
     let dim = dx.len().min(dy.len()).min(x.len());
     let (dx, dy, x) = (&mut dx[..dim], &dy[..dim], &x[..dim]);
     let inv_dim = 1.0 / dim as f64;
@@ -141,23 +141,38 @@ fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>,
     };
     let (mean_g, mean_gx) = (T::from_f64(s_g * inv_dim), T::from_f64(s_gx * inv_dim));
     let rows = dx.iter_mut().zip(dy).zip(x);
-    match weight {
-        Some(w) => {
+    // `acc` adds onto `dx` (the value's gradient already holds another reader's part) with the same rounding
+    // as writing the term to a buffer and adding it: `dx + term`. The branch is outside the loops.
+    match (weight, acc) {
+        (Some(w), false) => {
             for (((dx, &dy), &x), &w) in rows.zip(w) {
                 let xhat = (x - mean) * rstd;
                 *dx = rstd * (dy * w - mean_g - xhat * mean_gx);
             }
         }
-        None => {
+        (Some(w), true) => {
+            for (((dx, &dy), &x), &w) in rows.zip(w) {
+                let xhat = (x - mean) * rstd;
+                *dx += rstd * (dy * w - mean_g - xhat * mean_gx);
+            }
+        }
+        (None, false) => {
             for ((dx, &dy), &x) in rows {
                 let xhat = (x - mean) * rstd;
                 *dx = rstd * (dy - mean_g - xhat * mean_gx);
             }
         }
+        (None, true) => {
+            for ((dx, &dy), &x) in rows {
+                let xhat = (x - mean) * rstd;
+                *dx += rstd * (dy - mean_g - xhat * mean_gx);
+            }
+        }
     }
 }
 crate::multiversion!(
-    fn bwd_row<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T) => bwd_row_body
+    fn bwd_row<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T, acc: bool)
+        => bwd_row_body
 );
 
 /// Layer norm forward (overwrites `out`, `save_mean`, `save_rstd`). Mean and variance are accumulated in
@@ -222,6 +237,27 @@ pub fn layer_norm_backward<T: Float>(
     rows: usize,
     dim: usize,
 ) {
+    layer_norm_backward_acc(dinp, false, dweight, dbias, dout, inp, save_mean, save_rstd, weight, rows, dim);
+}
+
+/// [`layer_norm_backward`] that adds the input gradient onto `dinp` when `accumulate` (`dinp += ...`, bitwise
+/// the result of computing it into a separate buffer and adding that) instead of overwriting it. The executor
+/// uses it where the input has another reader whose gradient arrived first (the residual stream of a
+/// pre-norm transformer block), which saves a staging buffer and a pass over it.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_acc<T: Float>(
+    dinp: &mut [T],
+    accumulate: bool,
+    dweight: Option<&mut [T]>,
+    dbias: Option<&mut [T]>,
+    dout: &[T],
+    inp: &[T],
+    save_mean: &[T],
+    save_rstd: &[T],
+    weight: Option<&[T]>,
+    rows: usize,
+    dim: usize,
+) {
     assert_eq!(inp.len(), rows * dim, "layer_norm_backward: inp must be [rows, dim]");
     assert_eq!(dout.len(), rows * dim, "layer_norm_backward: dout must be [rows, dim]");
     assert_eq!(dinp.len(), rows * dim, "layer_norm_backward: dinp must be [rows, dim]");
@@ -236,10 +272,10 @@ pub fn layer_norm_backward<T: Float>(
     let parallel = rows * dim >= PAR_MIN_ELEMS;
     if (dweight.is_some() || dbias.is_some()) && parallel && rows > 1 && dim <= FUSED_MAX_DIM {
         let ctx = ParamCtx { dout, inp, save_mean, save_rstd, rows, dim };
-        fused_row_ranges(dinp, dweight, dbias, weight, &ctx);
+        fused_row_ranges(dinp, accumulate, dweight, dbias, weight, &ctx);
         return;
     }
-    input_grad(dinp, dout, inp, save_mean, save_rstd, weight, rows, dim, parallel);
+    input_grad(dinp, accumulate, dout, inp, save_mean, save_rstd, weight, rows, dim, parallel);
     if dweight.is_some() || dbias.is_some() {
         let ctx = ParamCtx { dout, inp, save_mean, save_rstd, rows, dim };
         if dim <= COL_BLOCK && parallel && rows > 1 {
@@ -254,6 +290,7 @@ pub fn layer_norm_backward<T: Float>(
 #[allow(clippy::too_many_arguments)]
 fn input_grad<T: Float>(
     dinp: &mut [T],
+    acc: bool,
     dout: &[T],
     inp: &[T],
     save_mean: &[T],
@@ -263,7 +300,7 @@ fn input_grad<T: Float>(
     dim: usize,
     parallel: bool,
 ) {
-    let row = |dx: &mut [T], dy: &[T], x: &[T], mean: T, rstd: T| bwd_row(dx, dy, x, weight, mean, rstd);
+    let row = |dx: &mut [T], dy: &[T], x: &[T], mean: T, rstd: T| bwd_row(dx, dy, x, weight, mean, rstd, acc);
     let group = |((dx, dy), (x, (sm, sr))): BwdGroup<'_, T>| {
         let rows = dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim));
         for (((dx, dy), x), (&mean, &rstd)) in rows.zip(sm.iter().zip(sr)) {
@@ -434,6 +471,7 @@ crate::multiversion!(
 /// the ranges are fixed, so nothing depends on the thread count.
 fn fused_row_ranges<T: Float>(
     dinp: &mut [T],
+    acc: bool,
     dweight: Option<&mut [T]>,
     dbias: Option<&mut [T]>,
     weight: Option<&[T]>,
@@ -448,7 +486,7 @@ fn fused_row_ranges<T: Float>(
             let r = r0 + i;
             let (dy, x) = (&ctx.dout[r * dim..(r + 1) * dim], &ctx.inp[r * dim..(r + 1) * dim]);
             let (mean, rstd) = (ctx.save_mean[r], ctx.save_rstd[r]);
-            bwd_row(dx, dy, x, weight, mean, rstd);
+            bwd_row(dx, dy, x, weight, mean, rstd, acc);
             add_row(sums, dy, x, mean, rstd);
         }
     });
@@ -697,7 +735,38 @@ mod tests {
         param_grads_row_split(Some(&mut dw2), Some(&mut db2), &ctx);
         assert_eq!((dw, db), (dw2, db2));
         let mut dx2 = vec![0.0f32; rows * d];
-        input_grad(&mut dx2, &dy, &x, &m, &s, Some(&w), rows, d, true);
+        input_grad(&mut dx2, false, &dy, &x, &m, &s, Some(&w), rows, d, true);
         assert_eq!(dx, dx2);
+    }
+
+    #[test]
+    fn accumulating_input_gradient_is_the_written_one_added() {
+        // `accumulate` must give exactly `base + dinp` (what staging the gradient and adding it gave), on the
+        // fused pass (parameters, many rows), the plain row pass (no parameters; dim over the fused limit)
+        // and serially (few rows), with and without a weight; the parameter gradients do not change.
+        for (rows, d, params, weight) in
+            [(3001, 128, true, true), (3000, 48, true, false), (300, 300, true, true), (5, 7, false, true)]
+        {
+            let [x, w, b, dy] = case(13, rows, d);
+            let (x, w, b, dy) = (to_f32(&x), to_f32(&w), to_f32(&b), to_f32(&dy));
+            let w = weight.then_some(&w[..]);
+            let (mut y, mut m, mut s) = (vec![0.0f32; rows * d], vec![0.0f32; rows], vec![0.0f32; rows]);
+            layer_norm_forward(&mut y, &mut m, &mut s, &x, w, Some(&b), rows, d, EPS);
+            let base: Vec<f32> = to_f32(&uniform(14, rows * d, -1.0, 1.0));
+            let run = |dx: &mut [f32], acc: bool| {
+                let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+                let (dwo, dbo) = if params { (Some(&mut dw[..]), Some(&mut db[..])) } else { (None, None) };
+                layer_norm_backward_acc(dx, acc, dwo, dbo, &dy, &x, &m, &s, w, rows, d);
+                (dw, db)
+            };
+            let mut written = vec![f32::NAN; rows * d];
+            let p1 = run(&mut written, false);
+            let mut added = base.clone();
+            let p2 = run(&mut added, true);
+            let want: Vec<u32> = base.iter().zip(&written).map(|(a, b)| (a + b).to_bits()).collect();
+            let got: Vec<u32> = added.iter().map(|v| v.to_bits()).collect();
+            assert!(got == want, "{rows} x {d}: accumulate is not base + dinp");
+            assert_eq!(p1, p2, "{rows} x {d}: parameter gradients changed");
+        }
     }
 }

@@ -647,6 +647,18 @@ impl GradSink<'_> {
         }
     }
 
+    /// Like [`Self::with_required`] for kernels that add their input gradient onto the buffer themselves when
+    /// asked (`f`'s flag): when another reader's part arrived first, no staging buffer and no separate add
+    /// pass. The sum is the same as staging's: `existing + term`.
+    fn with_accumulating(&mut self, v: ValueId, len: usize, f: impl FnOnce(&mut [f32], bool)) {
+        if v.0 == 0 || !self.needed[v.0] {
+            f(&mut self.tmp[..len], false);
+        } else {
+            f(&mut self.dvals[v.0][..len], self.written[v.0]);
+            self.written[v.0] = true;
+        }
+    }
+
     /// Routes the node's whole output gradient `dy_buf` (first `len` elements valid) unchanged into `v`'s
     /// gradient when `v` has not been written yet and its buffer has the same size: the buffers are swapped
     /// instead of copied (the output's gradient is read by no other node). Otherwise a copy or an add.
@@ -916,12 +928,12 @@ pub fn backward_releasing<'g>(
                 let w = weight.as_ref().map(p);
                 ops::batch_norm::batch_norm_backward(dx, dw, db, dy, x, sm, si, w, n, *c, *hw);
             }),
-            OpKind::LayerNorm { dim, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
+            OpKind::LayerNorm { dim, weight, bias, .. } => sink.with_accumulating(xv, in_len, |dx, acc| {
                 let rows = dy.len() / dim;
                 let (sm, sr) = saved[idx].split_at(saved[idx].len() / 2);
                 let (dw, db) = optional_pair(grads, weight.as_ref(), bias.as_ref());
-                let w = weight.as_ref().map(p);
-                ops::layer_norm::layer_norm_backward(dx, dw, db, dy, x, &sm[..rows], &sr[..rows], w, rows, *dim);
+                let (w, (sm, sr)) = (weight.as_ref().map(p), (&sm[..rows], &sr[..rows]));
+                ops::layer_norm::layer_norm_backward_acc(dx, acc, dw, db, dy, x, sm, sr, w, rows, *dim);
             }),
             OpKind::Concat { axis } => {
                 let (rows, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
