@@ -1184,6 +1184,10 @@ mod tests {
             // 9 samples: uneven slots; a 1x2 kernel has KH*KW = 2 < slots, so the bias gradient is its own pass
             (geom(9, 1, 6, 40, 4, 1, 2, s(1), (0, 1), s(1), 1), true),
             (geom(11, 1, 8, 8, 9, 3, 3, s(1), s(1), s(1), 1), true),
+            // short rows take the tap-vector weight gradient: a ViT patch embedding (4x4, stride 4, 49 patches,
+            // 16 taps, channels not a multiple of its 8-channel block) and a 2x2 patch of a 2-channel depthwise
+            (geom(3, 1, 28, 28, 20, 4, 4, s(4), s(0), s(1), 1), true),
+            (geom(2, 2, 6, 6, 4, 2, 2, s(2), s(0), s(1), 2), false),
         ];
         for (i, (g, bias)) in cases.iter().enumerate() {
             check_against_reference(g, *bias, 300 + 10 * i as u64, true);
@@ -1233,6 +1237,23 @@ mod tests {
         {
             assert!(bits(x) == bits(y), "{name} differs");
         }
+    }
+
+    #[test]
+    fn tap_vector_weight_gradient_does_not_depend_on_the_thread_count() {
+        // The ViT patch embedding at W3's batch: every slot sums its samples' tap-vector chains in order.
+        let g = geom(64, 1, 28, 28, 128, 4, 4, (4, 4), (0, 0), (1, 1), 1);
+        let (il, wl, ol) = lens(&g);
+        let (inp, w, dout) = (uniform(1, il, -1.0, 1.0), uniform(2, wl, -1.0, 1.0), uniform(4, ol, -1.0, 1.0));
+        let bias = uniform(3, g.oc, -1.0, 1.0);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run_kernel::<f32>(&inp, &w, Some(&bias), &dout, &g))
+        };
+        let (a, b) = (run(1), run(3));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&a.2) == bits(&b.2), "dweight differs");
+        assert!(bits(&a.3) == bits(&b.3), "dbias differs");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! (9 for a 3x3 kernel), far too short for a packed gemm to pay off: gemm spends its time packing and in
 //! edge kernels. Here every output row is computed in registers from the (small, cache-resident) column matrix
 //! of one sample: `out[o, p] = bias[o] + sum_t w[o, t] * col[t, p]`, and the weight gradient is `Kg` dot
-//! products per output channel, `dw[o, t] += sum_p dout[o, p] * col[t, p]`.
+//! products per output channel, `dw[o, t] += sum_p dout[o, p] * col[t, p]`; for short rows (a ViT's patch
+//! embedding, small images) the weight gradient instead keeps the taps as vector lanes and runs over `p`.
 //!
 //! Summation order is fixed (taps in order, then a fixed lane reduction), and Rust never contracts to FMA, so
 //! the AVX-512, AVX2 and baseline builds chosen by [`crate::multiversion!`] give identical bits.
@@ -168,10 +169,87 @@ pub(super) fn forward<T: Float>(out: &mut [T], col: &[T], w: &[T], bias: Option<
     }
 }
 
+/// Lanes of the tap-vector weight gradient: up to 16 taps (a 4x4 patch, a 3x3 kernel) share one accumulator
+/// vector of f32 on AVX-512.
+const TAPS: usize = 16;
+/// Output channels of one tap-vector pass: 8 independent accumulator chains, so the adds are not serialised
+/// on one register's latency.
+const TAP_OB: usize = 8;
+/// Longest output row the tap-vector weight gradient takes: its transposed column matrix (`P x 16`) lives on
+/// the stack, 16 KiB in f32.
+const TAPS_MAX_P: usize = 256;
+
+/// Whether the weight gradient takes the tap-vector form ([`weight_grad_taps_rows`]) rather than `Kg` lane
+/// reductions per channel: for short output rows (a ViT's 4x4 patch embedding: 49 columns; an 8x8 image),
+/// where the 32-lane dot products are mostly tail and reduction. The estimate counts vector operations per
+/// output channel: `P` for the tap vectors, about `Kg * (2 * ceil(P / 32) + 8)` for the dot products.
+fn taps_pay(p: usize, kg: usize) -> bool {
+    kg <= TAPS && p <= TAPS_MAX_P && p < kg * (2 * p.div_ceil(B) + 8)
+}
+
+/// `dw[o, t] += sum_p dout[o, p] * colt[p][t]` for `O` output channels, the taps as lanes: each `(o, t)` is one
+/// chain over `p` in order, started from zero and then added to `dw` (so the blocking never changes a result).
+///
+/// dw: [O, Kg], dout: [O, P], colt: [P] rows of [`TAPS`] taps (zero past `Kg`).
+#[inline(always)]
+fn weight_grad_taps_rows_body<T: Float, const O: usize>(
+    dw: &mut [T],
+    dout: &[T],
+    colt: &[[T; TAPS]],
+    p: usize,
+    kg: usize,
+) {
+    let (dw, dout, colt) = (&mut dw[..O * kg], &dout[..O * p], &colt[..p]);
+    let mut acc = [[T::ZERO; TAPS]; O];
+    for (j, c) in colt.iter().enumerate() {
+        for (o, a) in acc.iter_mut().enumerate() {
+            let g = dout[o * p + j];
+            for l in 0..TAPS {
+                a[l] += g * c[l];
+            }
+        }
+    }
+    for (o, a) in acc.iter().enumerate() {
+        for (d, &v) in dw[o * kg..(o + 1) * kg].iter_mut().zip(a) {
+            *d += v;
+        }
+    }
+}
+
+crate::multiversion!(
+    fn weight_grad_taps_rows<T: Float; const O: usize>(dw: &mut [T], dout: &[T], colt: &[[T; TAPS]], p: usize, kg: usize) => weight_grad_taps_rows_body
+);
+
+/// [`weight_grad`] in the tap-vector form: the column matrix transposed onto the stack (`P x 16`, zero past
+/// `Kg`), then [`TAP_OB`] channels per pass.
+fn weight_grad_taps<T: Float>(dw: &mut [T], dout: &[T], col: &[T], p: usize, kg: usize) {
+    let mut colt = [[T::ZERO; TAPS]; TAPS_MAX_P];
+    for t in 0..kg {
+        for (row, &v) in colt.iter_mut().zip(&col[t * p..(t + 1) * p]) {
+            row[t] = v;
+        }
+    }
+    let (ocg, colt) = (dw.len() / kg, &colt[..p]);
+    let mut o = 0;
+    while o < ocg {
+        let (dw_o, dout_o) = (&mut dw[o * kg..], &dout[o * p..]);
+        if o + TAP_OB <= ocg {
+            weight_grad_taps_rows::<T, TAP_OB>(dw_o, dout_o, colt, p, kg);
+            o += TAP_OB;
+        } else {
+            weight_grad_taps_rows::<T, 1>(dw_o, dout_o, colt, p, kg);
+            o += 1;
+        }
+    }
+}
+
 /// Weight gradient of one sample and one group with `Cg = 1`: `dw[o, t] += sum_p dout[o, p] * col[t, p]`.
 ///
 /// dw: [OCg, Kg] (accumulated), dout: [OCg, P], col: [Kg, P].
 pub(super) fn weight_grad<T: Float>(dw: &mut [T], dout: &[T], col: &[T], p: usize, kg: usize) {
+    if taps_pay(p, kg) {
+        return weight_grad_taps(dw, dout, col, p, kg);
+    }
     let ocg = dw.len() / kg;
     // Channels per pass: 4 x 32 lanes on AVX-512 (8 zmm accumulators), 2 x 32 on AVX2 (8 ymm); the lanes,
     // hence the bits, are the same.
