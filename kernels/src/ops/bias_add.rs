@@ -32,6 +32,20 @@ pub fn bias_add_forward<T: Float>(out_inplace: &mut [T], bias: &[T], b: usize, n
     }
 }
 
+/// `out[i, j] += bias[j]` on the calling thread (rows of `bias.len()` columns), compiled per instruction set:
+/// for callers that add the bias to a block of rows they just wrote, while it is in cache.
+#[inline(always)]
+fn add_rows_body<T: Float>(out: &mut [T], bias: &[T]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        for (o, &b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+}
+crate::multiversion!(
+    pub(crate) fn bias_add_rows_serial<T: Float>(out: &mut [T], bias: &[T]) => add_rows_body
+);
+
 /// Sums the rows of `dout` over columns `[lo, lo + dbias_block.len())` into `dbias_block` (accumulating).
 /// Index loops, compiled per instruction set (`multiversion!`): each column keeps its own chain of adds in
 /// row order, so every version gives the same bits.

@@ -38,6 +38,10 @@ fn gemm_strided<T: Float>(
     super::gemm::gemm_strided(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, T::ONE, true);
 }
 
+/// Output bytes the threaded biased forward multiplies before adding the bias (see [`linear_forward`]): about
+/// a fifth of this machine class's 2 MiB L2, so the block is still there when the bias is added.
+const BIAS_CHUNK_BYTES: usize = 400 * 1024;
+
 /// Plain row-major matrix product.
 ///
 /// a: [M, K], b: [K, N], out: [M, N]. `out = a @ b`, or `out += a @ b` when `accumulate`.
@@ -85,12 +89,20 @@ pub fn linear_forward<T: Float>(
     };
     let threads = rayon::current_num_threads();
     if threads > 1 && c <= GEMM_ONE_DEPTH_BLOCK && b >= 2 * threads && b * oc * c >= GEMM_PAR_MIN_FLOPS {
-        // One row block per thread, each seeded and multiplied by its own thread while it is still in cache (a
-        // single seeding pass followed by gemm's own split ran about 20% slower at W3's shapes). With a single
-        // depth block every output is the same in-order chain of multiply-adds however the rows are split, so
-        // the result does not depend on the thread count.
+        // One row block per thread; each multiplies chunks of about `BIAS_CHUNK_BYTES` of output and adds the
+        // bias to a chunk right after, while it is in L2. Seeding the rows with the bias first wrote the
+        // (cold) output once more before gemm read it back: about 10-25% slower at W3's shapes with data out
+        // of cache. With a single depth block gemm adds its whole product to the destination once, so
+        // `product + bias` here is bitwise the seeded `bias + product`, and every output is the same chain
+        // however the rows are split: the result does not depend on the thread count.
         let per = b.div_ceil(threads);
-        out.par_chunks_mut(per * oc).zip(inp.par_chunks(per * c)).for_each(|(o, x)| seeded(o, x, false));
+        let chunk = (BIAS_CHUNK_BYTES / (oc * std::mem::size_of::<T>())).max(1);
+        out.par_chunks_mut(per * oc).zip(inp.par_chunks(per * c)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(chunk * oc).zip(x.chunks(chunk * c)) {
+                product(o, x, o.len() / oc, false, false);
+                super::bias_add::bias_add_rows_serial(o, bias);
+            }
+        });
     } else {
         seeded(out, inp, true);
     }
