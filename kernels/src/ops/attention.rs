@@ -104,7 +104,8 @@ fn softmax_backward_block<T: Float>(ds: &mut [T], att: &[T], t: usize, r0: usize
 }
 
 /// [`head_forward`] for a head that [`small::fits`] (f32 on AVX-512): the two products through [`small::matmul_packed`]
-/// (k^T, then v, packed on the stack). With the causal mask the scores are computed for every key and the
+/// (k^T, then v, packed on the stack); without a mask the scores and the softmax are one kernel
+/// ([`small::scores_softmax_packed`]). With the causal mask the scores are computed for every key and the
 /// masked ones dropped by the softmax; the product with v then adds exact zeros for them.
 #[allow(clippy::too_many_arguments)]
 fn head_forward_small<T: Float>(
@@ -119,8 +120,14 @@ fn head_forward_small<T: Float>(
 ) {
     let mut pk = small::Packed::new();
     pk.transpose_of(x.k, x.rs, d, t);
-    small::matmul_packed(att, t, nq, t, small::Strided { data: x.q, rs: x.rs, cs: 1 }, &pk, default_scale::<T>(d));
-    softmax_block(att, t, 0, nq, causal);
+    let (q, scale) = (small::Strided { data: x.q, rs: x.rs, cs: 1 }, default_scale::<T>(d));
+    if causal {
+        small::matmul_packed(att, t, nq, t, q, &pk, scale);
+        softmax_block(att, t, 0, nq, causal);
+    } else {
+        // The scores never leave the registers before the softmax (bitwise the two steps above).
+        small::scores_softmax_packed(att, t, nq, t, q, &pk, scale);
+    }
     pk.rows_of(x.v, x.rs, t, d);
     small::matmul_packed(out, out_rs, nq, d, small::Strided { data: att, rs: t, cs: 1 }, &pk, T::ONE);
 }

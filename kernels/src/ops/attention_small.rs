@@ -143,6 +143,46 @@ pub(crate) fn matmul_packed<T: Float>(
     panic!("matmul_packed: needs f32 and AVX-512F (callers check `fits`)");
 }
 
+/// The attention probabilities of `m` query rows in one pass: `att[i * rs_att + j] = softmax_j(alpha * (A @ B)[i,
+/// j])` over the `n` keys (`n <= b.width`, every key visible). Each row's scores stay in registers from the
+/// product through the max, the exponentials, the sum and the scaling, instead of being stored by
+/// [`matmul_packed`] and read back by the softmax.
+///
+/// Bit for bit [`matmul_packed`] followed by `softmax::softmax_rows_in_place` (tested): the same fused
+/// multiply-add chain per score, the same lanes and reduction tree for the max and the sum, the exponential's
+/// vector twin (`float::exp16`). Only for `T = f32` on a CPU with AVX-512F (see [`fits`]); panics otherwise.
+pub(crate) fn scores_softmax_packed<T: Float>(
+    att: &mut [T],
+    rs_att: usize,
+    m: usize,
+    n: usize,
+    a: Strided<'_, T>,
+    b: &Packed<T>,
+    alpha: T,
+) {
+    assert!(n <= b.width, "scores_softmax_packed: {n} columns but B is packed {} wide", b.width);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(att.len() >= (m - 1) * rs_att + n, "scores_softmax_packed: att is too short");
+    if b.rows > 0 {
+        assert!(a.data.len() > (m - 1) * a.rs + (b.rows - 1) * a.cs, "scores_softmax_packed: A is too short");
+    }
+    assert!(b.rows * b.width <= PACK_LEN && b.width.is_multiple_of(LANES));
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(att), Some(a_data), Some(b_data), Some(alpha)) =
+        (as_f32_mut(att), as_f32(a.data), as_f32(&b.buf), as_f32(std::slice::from_ref(&alpha)))
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let a = Strided { data: a_data, rs: a.rs, cs: a.cs };
+            // SAFETY: AVX-512F is present (checked above), and the extents of A, B and att were checked above.
+            unsafe { avx512::scores_softmax(att, rs_att, m, n, a, b_data, b.width, b.rows, alpha[0]) };
+            return;
+        }
+    }
+    panic!("scores_softmax_packed: needs f32 and AVX-512F (callers check `fits`)");
+}
+
 /// `x` as `&[f32]` when `T` is `f32`.
 fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
     // SAFETY: `T` is `f32` (same type, so same layout and validity).
@@ -332,6 +372,132 @@ mod avx512 {
         }
     }
 
+    /// The lanes of `v` reduced by `f` in the order of `softmax`'s `tree_reduce`: lane l with lane l + 8, then
+    /// l + 4, l + 2, l + 1 (so the same bits for a non-associative `f`).
+    #[target_feature(enable = "avx512f")]
+    fn tree(v: __m512, f: impl Fn(__m512, __m512) -> __m512) -> f32 {
+        let v = f(v, _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
+        let v = f(v, _mm512_shuffle_f32x4::<0b01_01_01_01>(v, v));
+        let v = f(v, _mm512_shuffle_ps::<0b11_10_11_10>(v, v));
+        let v = f(v, _mm512_shuffle_ps::<0b01_01_01_01>(v, v));
+        _mm512_cvtss_f32(v)
+    }
+
+    /// Rows `i0 .. i0 + R` of [`super::scores_softmax_packed`], the row's `NV * 16 >= n` scores in registers.
+    ///
+    /// # Safety
+    /// As [`tile`] with `NC = NV` and `ncols = n`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn softmax_tile<const R: usize, const NV: usize>(
+        c: *mut f32,
+        rs_c: usize,
+        i0: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: *const f32,
+        width: usize,
+        k: usize,
+        alpha: f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        let a0 = a.data.as_ptr().add(i0 * a.rs);
+        let mut bp = b;
+        for p in 0..k {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (cc, v) in bv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(bp.add(cc * LANES));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a0.add(r * a.rs + p * a.cs));
+                for (cc, s) in acc_r.iter_mut().enumerate() {
+                    *s = _mm512_fmadd_ps(av, bv[cc], *s);
+                }
+            }
+            bp = bp.add(width);
+        }
+        let (al, neg_inf) = (_mm512_set1_ps(alpha), _mm512_set1_ps(f32::NEG_INFINITY));
+        for (r, acc_r) in acc.iter().enumerate() {
+            // The scores, -inf past the last key (softmax's padding).
+            let mut x = [neg_inf; NV];
+            for (cc, (xv, s)) in x.iter_mut().zip(acc_r).enumerate() {
+                *xv = _mm512_mask_blend_ps(lanes(n.saturating_sub(cc * LANES)), neg_inf, _mm512_mul_ps(*s, al));
+            }
+            let mut mx = neg_inf;
+            for xv in &x {
+                mx = _mm512_max_ps(mx, *xv);
+            }
+            let m = _mm512_set1_ps(tree(mx, |a, b| _mm512_max_ps(a, b)));
+            let mut sum = _mm512_setzero_ps();
+            for (cc, xv) in x.iter_mut().enumerate() {
+                *xv = _mm512_maskz_mov_ps(
+                    lanes(n.saturating_sub(cc * LANES)),
+                    crate::float::exp16(_mm512_sub_ps(*xv, m)),
+                );
+                sum = _mm512_add_ps(sum, *xv);
+            }
+            let inv = _mm512_set1_ps(1.0 / tree(sum, |a, b| _mm512_add_ps(a, b)));
+            let row = c.add((i0 + r) * rs_c);
+            for (cc, xv) in x.iter().enumerate() {
+                let keep = lanes(n.saturating_sub(cc * LANES));
+                _mm512_mask_storeu_ps(row.add(cc * LANES), keep, _mm512_mul_ps(*xv, inv));
+            }
+        }
+    }
+
+    /// Every row of [`super::scores_softmax_packed`]: tiles of [`MR`] rows, then single rows.
+    ///
+    /// # Safety
+    /// As [`matmul`], with `c` / `rs_c` the probabilities.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn softmax_rows<const NV: usize>(
+        c: *mut f32,
+        rs_c: usize,
+        m: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: *const f32,
+        width: usize,
+        k: usize,
+        alpha: f32,
+    ) {
+        let full = m / MR * MR;
+        for i0 in (0..full).step_by(MR) {
+            softmax_tile::<MR, NV>(c, rs_c, i0, n, a, b, width, k, alpha);
+        }
+        for i0 in full..m {
+            softmax_tile::<1, NV>(c, rs_c, i0, n, a, b, width, k, alpha);
+        }
+    }
+
+    /// [`super::scores_softmax_packed`] for f32.
+    ///
+    /// # Safety
+    /// As [`matmul`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn scores_softmax(
+        c: &mut [f32],
+        rs_c: usize,
+        m: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: &[f32],
+        width: usize,
+        k: usize,
+        alpha: f32,
+    ) {
+        let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
+        // Registers per row: n.div_ceil(16) score vectors (at most 4: `SMALL_MAX` keys).
+        match n.div_ceil(LANES) {
+            1 => softmax_rows::<1>(cp, rs_c, m, n, a, bp, width, k, alpha),
+            2 => softmax_rows::<2>(cp, rs_c, m, n, a, bp, width, k, alpha),
+            3 => softmax_rows::<3>(cp, rs_c, m, n, a, bp, width, k, alpha),
+            _ => softmax_rows::<4>(cp, rs_c, m, n, a, bp, width, k, alpha),
+        }
+    }
+
     /// `c = alpha * A @ B` over `m x n` (see [`super::matmul_packed`]), B packed `k x width`.
     ///
     /// # Safety
@@ -370,6 +536,39 @@ mod tests {
                 ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// The fused scores + softmax equals the product followed by the softmax bit for bit: every key count
+    /// from 1 to 64 (one to four score vectors, partial last vectors), row tails, strided A, and scores
+    /// large enough that the max matters.
+    #[test]
+    fn fused_scores_softmax_is_the_product_then_the_softmax() {
+        if !kernel_available::<f32>() {
+            println!("SKIPPED: this CPU has no AVX-512F, so attention never takes the small path here");
+            return;
+        }
+        for n in 1..=SMALL_MAX {
+            for &(m, k) in &[(1usize, 32usize), (7, 5), (50, 32), (13, 64)] {
+                let rs_a = k + 1;
+                let a: Vec<f32> = values(m * rs_a, n as u64).iter().map(|&v| (4.0 * v) as f32).collect();
+                let bt: Vec<f32> = values(n * k, 7 + n as u64).iter().map(|&v| (3.0 * v) as f32).collect();
+                let mut pk = Packed::<f32>::new();
+                pk.transpose_of(&bt, k, k, n);
+                let a = Strided { data: &a, rs: rs_a, cs: 1 };
+                let alpha = 1.0 / (k as f32).sqrt();
+                let rs = n + 3;
+                let mut want = vec![f32::NAN; m * rs];
+                matmul_packed(&mut want, rs, m, n, a, &pk, alpha);
+                for row in want.chunks_mut(rs) {
+                    crate::ops::softmax::softmax_rows_in_place(&mut row[..n], n);
+                }
+                let mut got = vec![f32::NAN; m * rs];
+                scores_softmax_packed(&mut got, rs, m, n, a, &pk, alpha);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{m}x{n}x{k} at {i}: {g} vs {w}");
+                }
+            }
+        }
     }
 
     /// The register-transposed packing writes exactly the scalar loop's buffer (zero padding included), over
