@@ -445,7 +445,7 @@ mod avx512 {
         }
     }
 
-    /// Every row of [`super::scores_softmax_packed`]: tiles of [`MR`] rows, then single rows.
+    /// Every row of [`super::scores_softmax_packed`]: tiles of [`MR`] rows, then one tile of the rest.
     ///
     /// # Safety
     /// As [`matmul`], with `c` / `rs_c` the probabilities.
@@ -466,8 +466,14 @@ mod avx512 {
         for i0 in (0..full).step_by(MR) {
             softmax_tile::<MR, NV>(c, rs_c, i0, n, a, b, width, k, alpha);
         }
-        for i0 in full..m {
-            softmax_tile::<1, NV>(c, rs_c, i0, n, a, b, width, k, alpha);
+        // The last rows as one tile (see `matmul`).
+        match m - full {
+            0 => {}
+            1 => softmax_tile::<1, NV>(c, rs_c, full, n, a, b, width, k, alpha),
+            2 => softmax_tile::<2, NV>(c, rs_c, full, n, a, b, width, k, alpha),
+            3 => softmax_tile::<3, NV>(c, rs_c, full, n, a, b, width, k, alpha),
+            4 => softmax_tile::<4, NV>(c, rs_c, full, n, a, b, width, k, alpha),
+            _ => softmax_tile::<5, NV>(c, rs_c, full, n, a, b, width, k, alpha),
         }
     }
 
@@ -519,7 +525,17 @@ mod avx512 {
         let full = m / MR * MR;
         let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
         row_tiles::<MR>(cp, rs_c, 0..full, n, a, bp, width, k, alpha);
-        row_tiles::<1>(cp, rs_c, full..m, n, a, bp, width, k, alpha);
+        // The last rows as one tile of their own height: single-row tiles are one chain of multiply-adds per
+        // vector, bound by the latency (W3's 50 rows leave 2).
+        let tail = full..m;
+        match m - full {
+            0 => {}
+            1 => row_tiles::<1>(cp, rs_c, tail, n, a, bp, width, k, alpha),
+            2 => row_tiles::<2>(cp, rs_c, tail, n, a, bp, width, k, alpha),
+            3 => row_tiles::<3>(cp, rs_c, tail, n, a, bp, width, k, alpha),
+            4 => row_tiles::<4>(cp, rs_c, tail, n, a, bp, width, k, alpha),
+            _ => row_tiles::<5>(cp, rs_c, tail, n, a, bp, width, k, alpha),
+        }
     }
 }
 
@@ -548,7 +564,7 @@ mod tests {
             return;
         }
         for n in 1..=SMALL_MAX {
-            for &(m, k) in &[(1usize, 32usize), (7, 5), (50, 32), (13, 64)] {
+            for &(m, k) in &[(1usize, 32usize), (7, 5), (50, 32), (13, 64), (9, 3), (10, 16), (11, 8)] {
                 let rs_a = k + 1;
                 let a: Vec<f32> = values(m * rs_a, n as u64).iter().map(|&v| (4.0 * v) as f32).collect();
                 let bt: Vec<f32> = values(n * k, 7 + n as u64).iter().map(|&v| (3.0 * v) as f32).collect();
@@ -602,7 +618,17 @@ mod tests {
             return;
         }
         assert!(!kernel_available::<f64>(), "the small kernels are f32 only");
-        for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (50, 50, 32), (50, 32, 50), (64, 64, 64), (3, 33, 64), (13, 48, 7)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (5, 17, 3),
+            (50, 50, 32),
+            (50, 32, 50),
+            (64, 64, 64),
+            (3, 33, 64),
+            (13, 48, 7),
+            (9, 20, 5),
+            (11, 64, 9),
+        ] {
             let (rs_a, rs_c) = (k + 3, n + 2);
             let a = values(m * rs_a, 1);
             let bsrc = values(k * n, 2);
