@@ -77,6 +77,23 @@ pub struct Activations {
     /// `grad_needed[value]`: whether the backward computes the value's gradient ([`gradient_needed`]): not for
     /// the model input and what is computed from it alone, as PyTorch's `requires_grad` propagates.
     pub grad_needed: Vec<bool>,
+    /// `value_source[value]`: the value whose buffer holds this value's data ([`value_sources`]): itself, or
+    /// for a reshape's output the reshape's (resolved) input, which readers then read in place.
+    pub value_source: Vec<usize>,
+}
+
+/// Per value, the value whose buffer holds its data. A reshape changes no element, so its output is read
+/// straight from its input's buffer (resolved through chains of reshapes, down to the model input), and the
+/// reshape itself copies nothing; PyTorch's `view` does the same. The graph output keeps its own buffer
+/// (the task reads it), and so does everything else.
+pub fn value_sources(graph: &Graph) -> Vec<usize> {
+    let mut source: Vec<usize> = (0..graph.values.len()).collect();
+    for node in &graph.nodes {
+        if matches!(node.op, OpKind::Reshape) && node.output != graph.output {
+            source[node.output.0] = source[node.inputs[0].0];
+        }
+    }
+    source
 }
 
 /// Per value, whether a parameter lies upstream of it, so that its gradient leads to a parameter gradient:
@@ -174,6 +191,10 @@ impl Activations {
         graph.nodes.iter().for_each(|n| produced[n.output.0] = true);
         let sizes: Vec<usize> =
             graph.values.iter().enumerate().map(|(i, v)| if produced[i] { v.numel() * capacity } else { 0 }).collect();
+        // A value read from another's buffer needs none of its own (its gradient still has one).
+        let value_source = value_sources(graph);
+        let value_sizes: Vec<usize> =
+            sizes.iter().enumerate().map(|(i, &n)| if value_source[i] == i { n } else { 0 }).collect();
         let mut saved = vec![Vec::new(); graph.nodes.len()];
         let mut indices = vec![Vec::new(); graph.nodes.len()];
         let mut aux = vec![None; graph.nodes.len()];
@@ -216,7 +237,7 @@ impl Activations {
         let largest = sizes.iter().copied().max().unwrap_or(0).max(capacity * numel(ValueId(0)));
         Activations {
             capacity,
-            values: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            values: value_sizes.iter().map(|&n| vec![0.0; n]).collect(),
             grads: sizes.iter().map(|&n| vec![0.0; n]).collect(),
             saved,
             indices,
@@ -231,6 +252,7 @@ impl Activations {
             attention_queries: attention_query_rows(graph),
             fused_forward: false,
             grad_needed: gradient_needed(graph),
+            value_source,
         }
     }
 
@@ -314,11 +336,18 @@ pub(crate) fn concat_runs(shape: &[usize], axis: usize, n: usize) -> (usize, usi
 }
 
 /// The first `n` rows of value `v`: the batch input for value 0, its planned buffer otherwise.
-fn value_rows<'a>(graph: &Graph, values: &'a [Vec<f32>], input: &'a [f32], v: ValueId, n: usize) -> &'a [f32] {
-    if v.0 == 0 {
-        input
-    } else {
-        &values[v.0][..n * graph.values[v.0].numel()]
+fn value_rows<'a>(
+    graph: &Graph,
+    values: &'a [Vec<f32>],
+    source: &[usize],
+    input: &'a [f32],
+    v: ValueId,
+    n: usize,
+) -> &'a [f32] {
+    let len = n * graph.values[v.0].numel();
+    match source[v.0] {
+        0 => &input[..len],
+        s => &values[s][..len],
     }
 }
 
@@ -366,7 +395,19 @@ pub fn forward_with(
     // An override may claim a convolution, so its pool then reads the output the override wrote.
     let fuse = hook.is_none();
     acts.fused_forward = fuse;
-    let Activations { values, saved, indices, ids, aux, scratch, profile, conv_pool, attention_queries, .. } = acts;
+    let Activations {
+        values,
+        saved,
+        indices,
+        ids,
+        aux,
+        scratch,
+        profile,
+        conv_pool,
+        attention_queries,
+        value_source,
+        ..
+    } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
     // Nodes before this index were run by a fused convolution.
@@ -394,7 +435,7 @@ pub fn forward_with(
             let out_v = graph.nodes[last].output;
             let mut out_buf = std::mem::take(&mut values[out_v.0]);
             let y = &mut out_buf[..n * numel(out_v)];
-            let x = value_rows(graph, values, input, node.inputs[0], n);
+            let x = value_rows(graph, values, value_source, input, node.inputs[0], n);
             let (g, pg) = (conv_geom(spec, *in_hw, n), pool_geom(pspec, *in_chw, n));
             let am = &mut indices[group.pool][..y.len()];
             let s = &mut scratch[..g.maxpool_scratch_len()];
@@ -410,10 +451,14 @@ pub fn forward_with(
             skip_to = last + 1;
             continue;
         }
+        // A value read from another's buffer (a reshape's output) needs no work.
+        if value_source[node.output.0] != node.output.0 {
+            continue;
+        }
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
         let mut out_buf = std::mem::take(&mut values[node.output.0]);
         let y = &mut out_buf[..n * numel(node.output)];
-        let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
+        let read = |i: usize| value_rows(graph, values, value_source, input, node.inputs[i], n);
         let x = read(0);
         if let Some(h) = hook.as_deref_mut() {
             if h.run(idx, node, x, y, n) {
@@ -767,6 +812,7 @@ pub fn backward_releasing<'g>(
         conv_pool,
         attention_queries,
         grad_needed,
+        value_source,
         ..
     } = acts;
     let input = &input[..n * graph.values[0].numel()];
@@ -804,7 +850,7 @@ pub fn backward_releasing<'g>(
                 let dy = &dy_buf[..n * numel(out_v)];
                 // With a ReLU, its output masks the gradient (as relu_backward, from the output: y > 0 iff x > 0).
                 let relu_out = group.relu.map(|_| &values[out_v.0][..dy.len()]);
-                let (xv, x) = (node.inputs[0], value_rows(graph, values, input, node.inputs[0], n));
+                let (xv, x) = (node.inputs[0], value_rows(graph, values, value_source, input, node.inputs[0], n));
                 let (g, pg) = (conv_geom(spec, *in_hw, n), pool_geom(pspec, *in_chw, n));
                 let am = &indices[group.pool][..dy.len()];
                 GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(xv, x.len(), |dx| {
@@ -836,7 +882,7 @@ pub fn backward_releasing<'g>(
         if let OpKind::Linear { rows, in_features, out_features, weight, bias, act: Some(a) } = &node.op {
             // The output gradient is read by no other node (its readers ran before this one in the backward),
             // so the fused kernel turns it into the pre-activation gradient in place.
-            let (xv, x) = (node.inputs[0], value_rows(graph, values, input, node.inputs[0], n));
+            let (xv, x) = (node.inputs[0], value_rows(graph, values, value_source, input, node.inputs[0], n));
             let (dy, pre) = (&mut dy_buf[..out_len], &saved[idx][..out_len]);
             GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(xv, x.len(), |dx| {
                 let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
@@ -847,7 +893,7 @@ pub fn backward_releasing<'g>(
             continue;
         }
         let dy = &dy_buf[..out_len];
-        let read = |i: usize| value_rows(graph, values, input, node.inputs[i], n);
+        let read = |i: usize| value_rows(graph, values, value_source, input, node.inputs[i], n);
         let (xv, x) = (node.inputs[0], read(0));
         let in_len = x.len();
         let mut sink = GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed };

@@ -614,3 +614,71 @@ fn gradients_of_input_only_values_are_skipped() {
         assert!(!written_skipped && written_all, "{what}: the reshape's gradient was computed anyway");
     }
 }
+
+/// A reshape's output is read in place from its input's buffer (`value_sources`): the reshape copies nothing
+/// and its output has no buffer, and the outputs and parameter gradients are bitwise those of copying it (an
+/// input reshape, a flatten, and reshapes inside a transformer). A reshape that is the graph output keeps its
+/// buffer (the task reads it).
+#[test]
+fn reshapes_are_read_in_place() {
+    use ecstrain_components::OpKind;
+    type Build = fn(&mut World) -> ecstrain_components::Graph;
+    let nets: [(&str, Build); 3] = [
+        ("conv net", |w| tiny_net(w, true)),
+        ("transformer", |w| transformer(w, false, true)),
+        ("conv + pool net", conv_pool_net),
+    ];
+    for (what, build) in nets {
+        let mut world = World::new();
+        let graph = build(&mut world);
+        let reshapes: Vec<usize> =
+            graph.nodes.iter().filter(|n| matches!(n.op, OpKind::Reshape)).map(|n| n.output.0).collect();
+        assert!(!reshapes.is_empty(), "{what}: has reshapes");
+        let n = 3;
+        let mut rng = Rng::new(11);
+        let x: Vec<f32> = (0..n * graph.values[0].numel()).map(|_| rng.normal() as f32).collect();
+        let outs = n * graph.output_shape().iter().product::<usize>();
+        let w: Vec<f32> = (0..outs).map(|_| rng.normal() as f32).collect();
+        let params = world.resource::<Params>().0.data.clone();
+        let run = |in_place: bool| {
+            let mut acts = Activations::plan(&graph, n);
+            if in_place {
+                for &v in &reshapes {
+                    assert!(acts.values[v].is_empty(), "{what}: reshape output {v} has a buffer");
+                    assert_ne!(acts.value_source[v], v, "{what}: reshape output {v} is not read in place");
+                }
+            } else {
+                // The copying plan: every value in its own buffer.
+                for &v in &reshapes {
+                    acts.values[v] = vec![0.0; n * graph.values[v].numel()];
+                }
+                acts.value_source = (0..graph.values.len()).collect();
+            }
+            let mut buffers = world.resource::<Buffers>().arena.data.clone();
+            forward(&graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
+            let out = acts.output(&graph, n).to_vec();
+            acts.grads[graph.output.0][..outs].copy_from_slice(&w);
+            let mut grads = vec![0.0f32; params.len()];
+            backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+            (out, grads)
+        };
+        let (in_place, copied) = (run(true), run(false));
+        assert!(copied.1.iter().any(|&g| g != 0.0), "{what}: no gradient");
+        assert_eq!(in_place, copied, "{what}: reading in place changed a number");
+    }
+    // A reshape as the graph output keeps its buffer and its copy.
+    let mut world = World::new();
+    let mut g = GraphBuilder::new("test", &[6]);
+    let x = g.input();
+    let x = g.linear("fc", x, 4, true).unwrap();
+    let out = g.reshape("view", x, &[2, 2]).unwrap();
+    let graph = g.finish(&mut world, out, 3);
+    let mut acts = Activations::plan(&graph, 2);
+    assert_eq!(acts.value_source[graph.output.0], graph.output.0);
+    let params = world.resource::<Params>().0.data.clone();
+    let mut buffers = world.resource::<Buffers>().arena.data.clone();
+    let x = [0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75, 1.0, 2.0, -2.0, 0.0, 0.5, 3.0];
+    forward(&graph, &params, &mut buffers, &mut acts, &x, 2, Mode::Train, 0);
+    let fc = graph.nodes[0].output.0;
+    assert_eq!(acts.output(&graph, 2), &acts.values[fc][..8], "the output reshape copies its input");
+}
