@@ -46,3 +46,42 @@ macro_rules! multiversion {
         }
     };
 }
+
+/// The transpose of a 16 x 16 block held as 16 row vectors: `out[c]` lane `r` is `r[r]` lane `c`.
+/// Four rounds of in-lane and 128-bit shuffles (unpack, 2 x 2 blocks, then two rounds of 4 x 4 blocks).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn transpose16(r: &[std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    // t[2i] / t[2i + 1]: rows 2i and 2i + 1 interleaved, from the low / high half of each 128-bit lane.
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4i + c], 128-bit lane L: column 4L + c of rows 4i .. 4i + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        u[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+    }
+    // w[c]: columns c and 8 + c of rows 0..8 (lanes: c 0-3, 8+c 0-3, c 4-7, 8+c 4-7); w[4 + c] the same
+    // for columns 4 + c and 12 + c; w[8 + c], w[12 + c] the same for rows 8..16.
+    let mut w = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        for half in [0, 8] {
+            w[half + c] = _mm512_shuffle_f32x4::<0x88>(u[half + c], u[half + 4 + c]);
+            w[half + 4 + c] = _mm512_shuffle_f32x4::<0xDD>(u[half + c], u[half + 4 + c]);
+        }
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        out[c] = _mm512_shuffle_f32x4::<0x88>(w[c], w[8 + c]);
+        out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(w[c], w[8 + c]);
+        out[4 + c] = _mm512_shuffle_f32x4::<0x88>(w[4 + c], w[12 + c]);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(w[4 + c], w[12 + c]);
+    }
+    out
+}
