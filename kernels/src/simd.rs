@@ -51,6 +51,7 @@ macro_rules! multiversion {
 /// Four rounds of in-lane and 128-bit shuffles (unpack, 2 x 2 blocks, then two rounds of 4 x 4 blocks).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub(crate) fn transpose16(r: &[std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
     // t[2i] / t[2i + 1]: rows 2i and 2i + 1 interleaved, from the low / high half of each 128-bit lane.
