@@ -52,9 +52,7 @@ impl Calibration {
     /// the model input).
     pub fn observe(&mut self, graph: &Graph, acts: &Activations, input: &[f32], n: usize) {
         for (_, v, cal) in &mut self.nodes {
-            let len = n * graph.values[v.0].numel();
-            let x = if v.0 == 0 { &input[..len] } else { &acts.values[v.0][..len] };
-            cal.observe(x);
+            cal.observe(acts.value(graph, input, *v, n));
         }
         self.batches += 1;
     }

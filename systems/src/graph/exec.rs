@@ -267,6 +267,13 @@ impl Activations {
             + self.grad_tmp.len())
     }
 
+    /// The first `n` rows of value `v` from the last forward: the batch `input` for the model input (and
+    /// reshapes of it), otherwise the buffer that holds the value ([`Self::value_source`]: a reshape's output
+    /// lives in its input's buffer). Read values through this, not `values[v]`.
+    pub fn value<'a>(&'a self, graph: &Graph, input: &'a [f32], v: ValueId, n: usize) -> &'a [f32] {
+        value_rows(graph, &self.values, &self.value_source, input, v, n)
+    }
+
     /// The valid part of the graph output for a batch of `n` rows.
     pub fn output<'a>(&'a self, graph: &Graph, n: usize) -> &'a [f32] {
         &self.values[graph.output.0][..n * graph.values[graph.output.0].numel()]
