@@ -374,7 +374,7 @@ mod tests {
             s ^= s << 17;
             f32::from_bits(s as u32)
         }));
-        while xs.len() % 16 != 0 {
+        while !xs.len().is_multiple_of(16) {
             xs.push(1.0);
         }
         for chunk in xs.chunks_exact(16) {
