@@ -108,9 +108,41 @@ pub(crate) struct Strided<'a, T> {
     pub cs: usize,
 }
 
+/// The operands of a packed kernel as f32, after the checks every kernel's unsafe code relies on: C holds
+/// `m` rows of `n <= b.width` at stride `rs_c`, A reaches its last element, B fits its buffer. `None` when
+/// there is nothing to compute. Panics (naming `what`) when a check fails, or when `T` is not f32 or the CPU
+/// has no AVX-512F (callers check [`fits`]).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn f32_operands<'a, T: Float>(
+    what: &str,
+    c: &'a mut [T],
+    rs_c: usize,
+    m: usize,
+    n: usize,
+    a: Strided<'a, T>,
+    b: &'a Packed<T>,
+    alpha: T,
+) -> Option<(&'a mut [f32], Strided<'a, f32>, &'a [f32], f32)> {
+    assert!(n <= b.width, "{what}: {n} columns but B is packed {} wide", b.width);
+    if m == 0 || n == 0 {
+        return None;
+    }
+    assert!(c.len() >= (m - 1) * rs_c + n, "{what}: the output is too short");
+    if b.rows > 0 {
+        assert!(a.data.len() > (m - 1) * a.rs + (b.rows - 1) * a.cs, "{what}: A is too short");
+    }
+    assert!(b.rows * b.width <= PACK_LEN && b.width.is_multiple_of(LANES));
+    let views = (as_f32_mut(c), as_f32(a.data), as_f32(&b.buf), as_f32(std::slice::from_ref(&alpha)));
+    if let (true, (Some(c), Some(a_data), Some(b_data), Some(alpha))) = (kernel_available::<T>(), views) {
+        return Some((c, Strided { data: a_data, rs: a.rs, cs: a.cs }, b_data, alpha[0]));
+    }
+    panic!("{what}: needs f32 and AVX-512F (callers check `fits`)");
+}
+
 /// `c[i * rs_c + j] = alpha * sum_p a(i, p) * b[p, j]` for `i < m`, `j < n` (overwritten), with the inner
 /// dimension `b.rows` and `n <= b.width`: each output one in-order chain of fused multiply-adds, then scaled.
 /// Only for `T = f32` on a CPU with AVX-512F (see [`fits`]); panics otherwise, and when A or C is too short.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) fn matmul_packed<T: Float>(
     c: &mut [T],
     rs_c: usize,
@@ -120,27 +152,14 @@ pub(crate) fn matmul_packed<T: Float>(
     b: &Packed<T>,
     alpha: T,
 ) {
-    assert!(n <= b.width, "matmul_packed: {n} columns but B is packed {} wide", b.width);
-    if m == 0 || n == 0 {
+    let Some((c, a, b_data, alpha)) = f32_operands("matmul_packed", c, rs_c, m, n, a, b, alpha) else {
         return;
-    }
-    assert!(c.len() >= (m - 1) * rs_c + n, "matmul_packed: C is too short");
-    if b.rows > 0 {
-        assert!(a.data.len() > (m - 1) * a.rs + (b.rows - 1) * a.cs, "matmul_packed: A is too short");
-    }
-    assert!(b.rows * b.width <= PACK_LEN && b.width.is_multiple_of(LANES));
+    };
+    // SAFETY: f32_operands found AVX-512F and checked the extents of A, B and C.
     #[cfg(target_arch = "x86_64")]
-    if let (Some(c), Some(a_data), Some(b_data), Some(alpha)) =
-        (as_f32_mut(c), as_f32(a.data), as_f32(&b.buf), as_f32(std::slice::from_ref(&alpha)))
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            let a = Strided { data: a_data, rs: a.rs, cs: a.cs };
-            // SAFETY: AVX-512F is present (checked above), and the extents of A, B and C were checked above.
-            unsafe { avx512::matmul(c, rs_c, m, n, a, b_data, b.width, b.rows, alpha[0]) };
-            return;
-        }
-    }
-    panic!("matmul_packed: needs f32 and AVX-512F (callers check `fits`)");
+    unsafe {
+        avx512::matmul(c, rs_c, m, n, a, b_data, b.width, b.rows, alpha)
+    };
 }
 
 /// The attention probabilities of `m` query rows in one pass: `att[i * rs_att + j] = softmax_j(alpha * (A @ B)[i,
@@ -151,6 +170,7 @@ pub(crate) fn matmul_packed<T: Float>(
 /// Bit for bit [`matmul_packed`] followed by `softmax::softmax_rows_in_place` (tested): the same fused
 /// multiply-add chain per score, the same lanes and reduction tree for the max and the sum, the exponential's
 /// vector twin (`float::exp16`). Only for `T = f32` on a CPU with AVX-512F (see [`fits`]); panics otherwise.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) fn scores_softmax_packed<T: Float>(
     att: &mut [T],
     rs_att: usize,
@@ -160,27 +180,14 @@ pub(crate) fn scores_softmax_packed<T: Float>(
     b: &Packed<T>,
     alpha: T,
 ) {
-    assert!(n <= b.width, "scores_softmax_packed: {n} columns but B is packed {} wide", b.width);
-    if m == 0 || n == 0 {
+    let Some((att, a, b_data, alpha)) = f32_operands("scores_softmax_packed", att, rs_att, m, n, a, b, alpha) else {
         return;
-    }
-    assert!(att.len() >= (m - 1) * rs_att + n, "scores_softmax_packed: att is too short");
-    if b.rows > 0 {
-        assert!(a.data.len() > (m - 1) * a.rs + (b.rows - 1) * a.cs, "scores_softmax_packed: A is too short");
-    }
-    assert!(b.rows * b.width <= PACK_LEN && b.width.is_multiple_of(LANES));
+    };
+    // SAFETY: f32_operands found AVX-512F and checked the extents of A, B and att.
     #[cfg(target_arch = "x86_64")]
-    if let (Some(att), Some(a_data), Some(b_data), Some(alpha)) =
-        (as_f32_mut(att), as_f32(a.data), as_f32(&b.buf), as_f32(std::slice::from_ref(&alpha)))
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            let a = Strided { data: a_data, rs: a.rs, cs: a.cs };
-            // SAFETY: AVX-512F is present (checked above), and the extents of A, B and att were checked above.
-            unsafe { avx512::scores_softmax(att, rs_att, m, n, a, b_data, b.width, b.rows, alpha[0]) };
-            return;
-        }
-    }
-    panic!("scores_softmax_packed: needs f32 and AVX-512F (callers check `fits`)");
+    unsafe {
+        avx512::scores_softmax(att, rs_att, m, n, a, b_data, b.width, b.rows, alpha)
+    };
 }
 
 /// `x` as `&[f32]` when `T` is `f32`.
