@@ -80,7 +80,8 @@ pub fn linear_forward<T: Float>(
     if oc == 0 {
         return;
     }
-    // Seed every row with the bias and let gemm accumulate onto it: saves a second pass over out.
+    // One thread or a deeper product (the branch below otherwise): seed every row with the bias and let gemm
+    // accumulate onto it, which saves a pass over `out` compared with adding the bias after.
     let seeded = |out: &mut [T], inp: &[T], parallel: bool| {
         for row in out.chunks_exact_mut(oc) {
             row.copy_from_slice(bias);

@@ -1,6 +1,6 @@
 //! A linear layer fused with the activation that follows it: `out = act(inp @ weight^T + bias)`.
 //!
-//! Forward: the bias seeds the product (as in [`linear_forward`]), the activation reads the pre-activation,
+//! Forward: the product and its bias as in [`linear_forward`], then the activation reads the pre-activation,
 //! which is kept for the backward. Backward: the output gradient becomes the pre-activation gradient *in
 //! place*, its columns are summed into the bias gradient, and the two matrix products follow; the unfused
 //! pair needs a second `[B, OC]` gradient buffer for the pre-activation (the graph saves one buffer per fused
