@@ -233,6 +233,41 @@ mod avx512 {
         }
     }
 
+    /// The register tile of `A @ B` at rows `i0 .. i0 + R`, columns `j0 .. j0 + NC * 16`: per output, one
+    /// in-order chain of fused multiply-adds over the `k` rows of B (packed, row width `width`). Shared by the
+    /// plain product ([`tile`]) and the fused softmax ([`softmax_tile`]), so both compute the same bits.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn products<const R: usize, const NC: usize>(
+        i0: usize,
+        j0: usize,
+        a: Strided<'_, f32>,
+        b: *const f32,
+        width: usize,
+        k: usize,
+    ) -> [[__m512; NC]; R] {
+        let mut acc = [[_mm512_setzero_ps(); NC]; R];
+        let a0 = a.data.as_ptr().add(i0 * a.rs);
+        let mut bp = b.add(j0);
+        for p in 0..k {
+            let mut bv = [_mm512_setzero_ps(); NC];
+            for (cc, v) in bv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(bp.add(cc * LANES));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a0.add(r * a.rs + p * a.cs));
+                for (cc, s) in acc_r.iter_mut().enumerate() {
+                    *s = _mm512_fmadd_ps(av, bv[cc], *s);
+                }
+            }
+            bp = bp.add(width);
+        }
+        acc
+    }
+
     /// One register tile: rows `i0 .. i0 + R`, columns `j0 .. j0 + NC * 16` of `alpha * A @ B` (B packed,
     /// row width `width`, `k` rows), of which the first `ncols` columns are stored.
     ///
@@ -253,22 +288,7 @@ mod avx512 {
         k: usize,
         alpha: f32,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); NC]; R];
-        let a0 = a.data.as_ptr().add(i0 * a.rs);
-        let mut bp = b.add(j0);
-        for p in 0..k {
-            let mut bv = [_mm512_setzero_ps(); NC];
-            for (cc, v) in bv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(bp.add(cc * LANES));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a0.add(r * a.rs + p * a.cs));
-                for (cc, s) in acc_r.iter_mut().enumerate() {
-                    *s = _mm512_fmadd_ps(av, bv[cc], *s);
-                }
-            }
-            bp = bp.add(width);
-        }
+        let acc = products::<R, NC>(i0, j0, a, b, width, k);
         let al = _mm512_set1_ps(alpha);
         for (r, acc_r) in acc.iter().enumerate() {
             let row = c.add((i0 + r) * rs_c + j0);
@@ -370,22 +390,7 @@ mod avx512 {
         k: usize,
         alpha: f32,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        let a0 = a.data.as_ptr().add(i0 * a.rs);
-        let mut bp = b;
-        for p in 0..k {
-            let mut bv = [_mm512_setzero_ps(); NV];
-            for (cc, v) in bv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(bp.add(cc * LANES));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a0.add(r * a.rs + p * a.cs));
-                for (cc, s) in acc_r.iter_mut().enumerate() {
-                    *s = _mm512_fmadd_ps(av, bv[cc], *s);
-                }
-            }
-            bp = bp.add(width);
-        }
+        let acc = products::<R, NV>(i0, 0, a, b, width, k);
         let (al, neg_inf) = (_mm512_set1_ps(alpha), _mm512_set1_ps(f32::NEG_INFINITY));
         for (r, acc_r) in acc.iter().enumerate() {
             // The scores, -inf past the last key (softmax's padding).
