@@ -32,8 +32,7 @@ pub fn bias_add_forward<T: Float>(out_inplace: &mut [T], bias: &[T], b: usize, n
     }
 }
 
-/// `out[i, j] += bias[j]` on the calling thread (rows of `bias.len()` columns), compiled per instruction set:
-/// for callers that add the bias to a block of rows they just wrote, while it is in cache.
+/// `out[i, j] += bias[j]` on the calling thread (rows of `bias.len()` columns), for the epilogue below.
 #[inline(always)]
 fn add_rows_body<T: Float>(out: &mut [T], bias: &[T]) {
     for row in out.chunks_exact_mut(bias.len()) {
@@ -42,8 +41,31 @@ fn add_rows_body<T: Float>(out: &mut [T], bias: &[T]) {
         }
     }
 }
+
+/// The linear layer's epilogue on rows it just wrote, on the calling thread: `out = (out + bias) + residual`
+/// per element, either term skipped when its slice is empty (`bias` is one row, `residual` as long as `out`).
+/// The additions are the separate ops' (bias add, then the residual add), so the bits are theirs.
+#[inline(always)]
+fn epilogue_rows_body<T: Float>(out: &mut [T], bias: &[T], residual: &[T]) {
+    match (bias.is_empty(), residual.is_empty()) {
+        (false, true) => add_rows_body(out, bias),
+        (true, false) => {
+            for (o, &r) in out.iter_mut().zip(residual) {
+                *o += r;
+            }
+        }
+        (false, false) => {
+            for (row, res) in out.chunks_exact_mut(bias.len()).zip(residual.chunks_exact(bias.len())) {
+                for ((o, &b), &r) in row.iter_mut().zip(bias).zip(res) {
+                    *o = (*o + b) + r;
+                }
+            }
+        }
+        (true, true) => {}
+    }
+}
 crate::multiversion!(
-    pub(crate) fn bias_add_rows_serial<T: Float>(out: &mut [T], bias: &[T]) => add_rows_body
+    pub(crate) fn epilogue_rows_serial<T: Float>(out: &mut [T], bias: &[T], residual: &[T]) => epilogue_rows_body
 );
 
 /// Sums the rows of `dout` over columns `[lo, lo + dbias_block.len())` into `dbias_block` (accumulating).

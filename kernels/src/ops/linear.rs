@@ -64,48 +64,75 @@ pub fn linear_forward<T: Float>(
     c: usize,
     oc: usize,
 ) {
+    forward_onto(out, inp, weight, bias, None, b, c, oc);
+}
+
+/// [`linear_forward`], plus `residual` added to the result when given: `out = residual + (inp @ weight^T +
+/// bias)`, bitwise the linear layer followed by the add (`ops::linear_residual`).
+///
+/// residual: [B, OC] or None.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_onto<T: Float>(
+    out: &mut [T],
+    inp: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    residual: Option<&[T]>,
+    b: usize,
+    c: usize,
+    oc: usize,
+) {
     assert_eq!(out.len(), b * oc, "linear_forward: out must be [B, OC]");
     assert_eq!(inp.len(), b * c, "linear_forward: inp must be [B, C]");
     assert_eq!(weight.len(), oc * c, "linear_forward: weight must be [OC, C]");
+    assert!(bias.is_none_or(|x| x.len() == oc), "linear_forward: bias must be [OC]");
+    assert!(residual.is_none_or(|r| r.len() == b * oc), "linear_forward: residual must be [B, OC]");
     // weight^T as a [C, OC] matrix: element (k, j) is weight[j * C + k], i.e. row stride 1, column stride C.
     let product = |out: &mut [T], inp: &[T], rows: usize, accumulate: bool, parallel: bool| {
         let (lhs, rhs) = (Mat { data: inp, rs: c, cs: 1 }, Mat { data: weight, rs: 1, cs: c });
         super::gemm::gemm_strided(rows, oc, c, out, oc, 1, accumulate, lhs, rhs, T::ONE, parallel);
     };
-    let Some(bias) = bias else {
+    if bias.is_none() && residual.is_none() {
         product(out, inp, b, false, true);
         return;
-    };
-    assert_eq!(bias.len(), oc, "linear_forward: bias must be [OC]");
+    }
     if oc == 0 {
         return;
     }
-    // One thread or a deeper product (the branch below otherwise): seed every row with the bias and let gemm
-    // accumulate onto it, which saves a pass over `out` compared with adding the bias after.
-    let seeded = |out: &mut [T], inp: &[T], parallel: bool| {
-        for row in out.chunks_exact_mut(oc) {
-            row.copy_from_slice(bias);
-        }
-        product(out, inp, out.len() / oc, true, parallel);
-    };
     let threads = rayon::current_num_threads();
     if threads > 1 && c <= GEMM_ONE_DEPTH_BLOCK && b >= 2 * threads && b * oc * c >= GEMM_PAR_MIN_FLOPS {
         // One row block per thread; each multiplies chunks of about `BIAS_CHUNK_BYTES` of output and adds the
-        // bias to a chunk right after, while it is in L2. Seeding the rows with the bias first wrote the
-        // (cold) output once more before gemm read it back: about 10-25% slower at W3's shapes with data out
-        // of cache. With a single depth block gemm adds its whole product to the destination once, so
-        // `product + bias` here is bitwise the seeded `bias + product`, and every output is the same chain
-        // however the rows are split: the result does not depend on the thread count.
+        // bias (and the residual) to a chunk right after, while it is in L2. Seeding the rows with the bias
+        // first wrote the (cold) output once more before gemm read it back: about 10-25% slower at W3's shapes
+        // with data out of cache. With a single depth block gemm adds its whole product to the destination
+        // once, so `product + bias` here is bitwise the seeded `bias + product`, and every output is the same
+        // chain however the rows are split: the result does not depend on the thread count.
         let per = b.div_ceil(threads);
         let chunk = (BIAS_CHUNK_BYTES / (oc * std::mem::size_of::<T>())).max(1);
-        out.par_chunks_mut(per * oc).zip(inp.par_chunks(per * c)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(chunk * oc).zip(x.chunks(chunk * c)) {
+        let empty: &[T] = &[];
+        out.par_chunks_mut(per * oc).zip(inp.par_chunks(per * c)).enumerate().for_each(|(t, (o, x))| {
+            for (i, (o, x)) in o.chunks_mut(chunk * oc).zip(x.chunks(chunk * c)).enumerate() {
                 product(o, x, o.len() / oc, false, false);
-                super::bias_add::bias_add_rows_serial(o, bias);
+                let at = (t * per + i * chunk) * oc;
+                let r = residual.map_or(empty, |r| &r[at..at + o.len()]);
+                super::bias_add::epilogue_rows_serial(o, bias.unwrap_or(empty), r);
             }
         });
-    } else {
-        seeded(out, inp, true);
+        return;
+    }
+    match bias {
+        // One thread or a deeper product: seed every row with the bias and let gemm accumulate onto it, which
+        // saves a pass over `out` compared with adding the bias after.
+        Some(bias) => {
+            for row in out.chunks_exact_mut(oc) {
+                row.copy_from_slice(bias);
+            }
+            product(out, inp, b, true, true);
+        }
+        None => product(out, inp, b, false, true),
+    }
+    if let Some(r) = residual {
+        super::add::add_assign(out, r);
     }
 }
 

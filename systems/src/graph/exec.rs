@@ -80,6 +80,93 @@ pub struct Activations {
     /// `value_source[value]`: the value whose buffer holds this value's data ([`value_sources`]): itself, or
     /// for a reshape's output the reshape's (resolved) input, which readers then read in place.
     pub value_source: Vec<usize>,
+    /// `shares_grad[node]`: whether an [`OpKind::Add`]'s backward may hand its output gradient to its first
+    /// input and let its second input's producer read it from there ([`add_gradient_shares`]). Planned by
+    /// [`Activations::plan`]; clear it to copy instead.
+    pub shares_grad: Vec<bool>,
+    /// `linear_residual[node]`: for a linear layer whose only reader is the add right after it (a residual
+    /// branch's last layer), that add: the forward runs both as one kernel (`ops::linear_residual`, bitwise
+    /// the pair), writing the add's output directly; the linear layer's own output is never written (its
+    /// backward reads only its input, the add's reads nothing). Applied, like [`Activations::conv_pool`],
+    /// when no [`NodeOverride`] runs. Planned by [`Activations::plan`] ([`linear_residual_pairs`]).
+    pub linear_residual: Vec<Option<usize>>,
+    /// `grad_slot[value]`: during a backward, the value whose gradient buffer holds this value's gradient:
+    /// itself, or the first input of the add that shared its gradient with it.
+    pub grad_slot: Vec<usize>,
+}
+
+/// Per node, the add a linear layer runs fused ([`Activations::linear_residual`]): `Some(idx + 1)` when node
+/// `idx` is a linear layer without a fused activation, node `idx + 1` adds its output to another value, nothing
+/// else reads that output, and it is not the graph output.
+pub fn linear_residual_pairs(graph: &Graph) -> Vec<Option<usize>> {
+    let mut readers = vec![0usize; graph.values.len()];
+    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    let mut pairs = vec![None; graph.nodes.len()];
+    for (i, w) in graph.nodes.windows(2).enumerate() {
+        let (lin, add) = (&w[0], &w[1]);
+        let y = lin.output;
+        if matches!(lin.op, OpKind::Linear { act: None, .. })
+            && matches!(add.op, OpKind::Add)
+            && add.inputs.contains(&y)
+            && add.inputs[0] != add.inputs[1]
+            && readers[y.0] == 1
+            && y != graph.output
+        {
+            pairs[i] = Some(i + 1);
+        }
+    }
+    pairs
+}
+
+/// Per node, whether an add `y = x0 + x1` may share its output gradient between its inputs instead of
+/// copying it: the backward moves `dy` into `x0`'s gradient buffer and `x1`'s producer reads it from there
+/// (a residual block's branch, `x0` the residual stream). Both gradients are `dy` at that moment; sharing
+/// is sound when nothing changes `x0`'s gradient before that producer's backward has read it, i.e. when:
+/// - `x1` has no other reader (its gradient is exactly `dy`), is not the graph output, and differs from `x0`;
+/// - its producer's backward only reads its output gradient (ops that rewrite it in place or hand the
+///   buffer on are excluded) and does not read `x0` (it would add into the buffer it reads);
+/// - no node between that producer and the add reads or writes `x0` (their backwards, which run in between,
+///   would add into it).
+///
+/// Whether `x0`'s gradient is still unwritten is checked when the add's backward runs.
+pub fn add_gradient_shares(graph: &Graph) -> Vec<bool> {
+    let mut readers = vec![0usize; graph.values.len()];
+    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    let producer = |v: ValueId| graph.nodes.iter().position(|n| n.output == v);
+    let conv_pool = conv_pool_pairs(graph);
+    // Ops whose backward takes the output gradient as a plain read-only slice.
+    let reads_dy_only = |op: &OpKind| {
+        matches!(
+            op,
+            OpKind::Linear { act: None, .. }
+                | OpKind::Conv2d { .. }
+                | OpKind::Attention { .. }
+                | OpKind::LayerNorm { .. }
+                | OpKind::BatchNorm2d { .. }
+                | OpKind::Activation(_)
+                | OpKind::Dropout { .. }
+                | OpKind::Permute { .. }
+        )
+    };
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(a, node)| {
+            let (OpKind::Add, [x0, x1]) = (&node.op, node.inputs.as_slice()) else { return false };
+            if x0 == x1 || x0.0 == 0 || *x1 == graph.output || *x0 == graph.output || readers[x1.0] != 1 {
+                return false;
+            }
+            let Some(p) = producer(*x1) else { return false };
+            let touches_x0 = |n: &Node| n.output == *x0 || n.inputs.contains(x0);
+            p < a
+                && reads_dy_only(&graph.nodes[p].op)
+                && conv_pool[p].is_none()
+                && !absorbed(&conv_pool, p)
+                && !graph.nodes[p].inputs.contains(x0)
+                && !graph.nodes[p + 1..a].iter().any(touches_x0)
+        })
+        .collect()
 }
 
 /// Per value, the value whose buffer holds its data. A reshape changes no element, so its output is read
@@ -253,6 +340,9 @@ impl Activations {
             fused_forward: false,
             grad_needed: gradient_needed(graph),
             value_source,
+            shares_grad: add_gradient_shares(graph),
+            linear_residual: linear_residual_pairs(graph),
+            grad_slot: (0..graph.values.len()).collect(),
         }
     }
 
@@ -413,6 +503,7 @@ pub fn forward_with(
         conv_pool,
         attention_queries,
         value_source,
+        linear_residual,
         ..
     } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
@@ -460,6 +551,26 @@ pub fn forward_with(
         }
         // A value read from another's buffer (a reshape's output) needs no work.
         if value_source[node.output.0] != node.output.0 {
+            continue;
+        }
+        if let (true, Some(a), OpKind::Linear { rows, in_features, out_features, weight, bias, .. }) =
+            (fuse, linear_residual[idx], &node.op)
+        {
+            // The add's output, written directly: residual + (x @ w^T + b).
+            let add = &graph.nodes[a];
+            let residual_v = if add.inputs[0] == node.output { add.inputs[1] } else { add.inputs[0] };
+            let mut out_buf = std::mem::take(&mut values[add.output.0]);
+            let y = &mut out_buf[..n * numel(add.output)];
+            let x = value_rows(graph, values, value_source, input, node.inputs[0], n);
+            let r = value_rows(graph, values, value_source, input, residual_v, n);
+            let (rows, c, oc) = (n * rows, *in_features, *out_features);
+            let b = bias.as_ref().map(p);
+            ops::linear_residual::linear_residual_forward(y, x, p(weight), b, r, rows, c, oc);
+            values[add.output.0] = out_buf;
+            if let Some(prof) = profile.as_mut() {
+                prof.absorbed_by[a] = Some(idx);
+            }
+            skip_to = a + 1;
             continue;
         }
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
@@ -820,12 +931,15 @@ pub fn backward_releasing<'g>(
         attention_queries,
         grad_needed,
         value_source,
+        shares_grad,
+        grad_slot,
         ..
     } = acts;
     let input = &input[..n * graph.values[0].numel()];
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ecstrain_components::ParamRef| &params[r.slice.range()];
     written.fill(false);
+    grad_slot.iter_mut().enumerate().for_each(|(v, s)| *s = v);
     let mut timing: Option<(usize, Instant)> = None;
     for (idx, node) in graph.nodes.iter().enumerate().rev() {
         if let Some(r) = release.as_mut() {
@@ -853,7 +967,8 @@ pub fn backward_releasing<'g>(
                     unreachable!("conv_pool pairs a convolution with a max pool")
                 };
                 let out_v = graph.nodes[group.relu.unwrap_or(group.pool)].output;
-                let dy_buf = std::mem::take(&mut dvals[out_v.0]);
+                let dy_slot = grad_slot[out_v.0];
+                let dy_buf = std::mem::take(&mut dvals[dy_slot]);
                 let dy = &dy_buf[..n * numel(out_v)];
                 // With a ReLU, its output masks the gradient (as relu_backward, from the output: y > 0 iff x > 0).
                 let relu_out = group.relu.map(|_| &values[out_v.0][..dy.len()]);
@@ -865,12 +980,26 @@ pub fn backward_releasing<'g>(
                     let s = &mut scratch[..g.maxpool_scratch_len()];
                     ops::conv2d::conv2d_maxpool_backward(dx, dw, db, dy, am, relu_out, x, p(weight), s, &g, &pg);
                 });
-                dvals[out_v.0] = dy_buf;
+                dvals[dy_slot] = dy_buf;
                 continue;
             }
         }
-        let mut dy_buf = std::mem::take(&mut dvals[node.output.0]);
+        // A value whose gradient an add shared ([`add_gradient_shares`]) reads it from that add's first input.
+        let dy_slot = grad_slot[node.output.0];
+        let mut dy_buf = std::mem::take(&mut dvals[dy_slot]);
         let out_len = n * numel(node.output);
+        if shares_grad[idx] {
+            let (x0, x1) = (node.inputs[0], node.inputs[1]);
+            if grad_needed[x0.0] && !written[x0.0] && dvals[x0.0].len() == dy_buf.len() {
+                // Both inputs' gradients are dy: move it into x0's buffer and point x1 at it, no copy.
+                std::mem::swap(&mut dvals[x0.0], &mut dy_buf);
+                written[x0.0] = true;
+                grad_slot[x1.0] = x0.0;
+                written[x1.0] = true;
+                dvals[dy_slot] = dy_buf;
+                continue;
+            }
+        }
         // Identity backwards (reshape; the second input of an add) can hand the buffer itself on: the output
         // gradient is read by no other node.
         if let Some(v) = match node.op {
@@ -883,7 +1012,7 @@ pub fn backward_releasing<'g>(
             _ => None,
         } {
             GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.pass_through_owned(v, &mut dy_buf, out_len);
-            dvals[node.output.0] = dy_buf;
+            dvals[dy_slot] = dy_buf;
             continue;
         }
         if let OpKind::Linear { rows, in_features, out_features, weight, bias, act: Some(a) } = &node.op {
@@ -896,7 +1025,7 @@ pub fn backward_releasing<'g>(
                 let (rows, c, oc) = (n * rows, *in_features, *out_features);
                 ops::linear_act::linear_act_backward(dx, dw, db, dy, pre, x, p(weight), *a, rows, c, oc);
             });
-            dvals[node.output.0] = dy_buf;
+            dvals[dy_slot] = dy_buf;
             continue;
         }
         let dy = &dy_buf[..out_len];
@@ -1079,7 +1208,7 @@ pub fn backward_releasing<'g>(
                 );
             }),
         }
-        dvals[node.output.0] = dy_buf;
+        dvals[dy_slot] = dy_buf;
     }
     if let Some(prof) = profile.as_mut() {
         if let Some((i, t)) = timing {

@@ -14,8 +14,8 @@ mod tests;
 
 pub use builder::{GraphBuilder, GraphError};
 pub use exec::{
-    backward, backward_releasing, forward, forward_with, gradient_cuts, gradient_needed, Activations, NodeOverride,
-    Release,
+    add_gradient_shares, backward, backward_releasing, forward, forward_with, gradient_cuts, gradient_needed,
+    linear_residual_pairs, Activations, NodeOverride, Release,
 };
 pub use fuse::fuse_linear_activation;
 pub use init::Init;

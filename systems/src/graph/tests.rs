@@ -682,3 +682,137 @@ fn reshapes_are_read_in_place() {
     let fc = graph.nodes[0].output.0;
     assert_eq!(acts.output(&graph, 2), &acts.values[fc][..8], "the output reshape copies its input");
 }
+
+/// Adds in every position the sharing rule must tell apart: a residual branch that may read the stream's
+/// gradient (`branch`), a branch whose producer reads the stream itself (`self_read`), a stream with a reader
+/// between the branch's producer and the add (`reader_between`), a second input with another reader
+/// (`shared_input`), and a stream whose gradient a later reader writes first (`late_reader`).
+fn tricky_adds(world: &mut World) -> ecstrain_components::Graph {
+    let mut g = GraphBuilder::new("test", &[6]);
+    let x = g.input();
+    let s = g.linear("stem", x, 6, true).unwrap();
+    let h = g.activation("branch.pre", s, Activation::Tanh);
+    let h = g.linear("branch.fc", h, 6, true).unwrap();
+    let s = g.add("branch", s, h).unwrap();
+    let h = g.linear("self_read.fc", s, 6, true).unwrap();
+    let s = g.add("self_read", h, s).unwrap();
+    let h = g.activation("reader_between.pre", s, Activation::Tanh);
+    let h = g.linear("reader_between.fc", h, 6, true).unwrap();
+    let t = g.activation("reader_between.act", s, Activation::Silu);
+    let s = g.add("reader_between", s, h).unwrap();
+    let s = g.add("reader_between.join", s, t).unwrap();
+    let u = g.linear("shared_input.fc", s, 6, true).unwrap();
+    let s = g.add("shared_input", s, u).unwrap();
+    let s = g.add("shared_input.join", s, u).unwrap();
+    let h = g.activation("late_reader.pre", s, Activation::Tanh);
+    let h = g.linear("late_reader.fc", h, 6, true).unwrap();
+    let s5 = g.add("late_reader", s, h).unwrap();
+    let late = g.linear("late_reader.late", s, 6, true).unwrap();
+    let s = g.add("late_reader.join", s5, late).unwrap();
+    let out = g.linear("head", s, 3, true).unwrap();
+    g.finish(world, out, 5)
+}
+
+/// An add shares its output gradient between its inputs only where that is sound (`add_gradient_shares`),
+/// and sharing changes no number: outputs and parameter gradients are bitwise those of copying (the plan
+/// with every share cleared) on residual nets, transformer blocks and the tricky cases above.
+#[test]
+fn residual_adds_share_their_gradient_and_keep_every_number() {
+    use ecstrain_components::OpKind;
+    type Build = fn(&mut World) -> ecstrain_components::Graph;
+    let nets: [(&str, Build, &[&str]); 4] = [
+        ("residual net", residual_net, &["add"]),
+        ("transformer", |w| transformer(w, false, true), &["res1", "res2"]),
+        ("causal transformer", |w| transformer(w, true, false), &["res1", "res2"]),
+        ("tricky adds", tricky_adds, &["branch", "late_reader", "late_reader.join"]),
+    ];
+    for (what, build, expected) in nets {
+        let mut world = World::new();
+        let graph = build(&mut world);
+        let shares = super::add_gradient_shares(&graph);
+        let sharing: Vec<&str> = graph
+            .nodes
+            .iter()
+            .zip(&shares)
+            .filter(|(_, &s)| s)
+            .map(|(node, _)| {
+                assert!(matches!(node.op, OpKind::Add), "{what}: only adds share");
+                node.name.as_str()
+            })
+            .collect();
+        assert_eq!(sharing, expected, "{what}: the adds that share");
+        let n = 3;
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..n * graph.values[0].numel()).map(|_| rng.normal() as f32).collect();
+        let outs = n * graph.output_shape().iter().product::<usize>();
+        let w: Vec<f32> = (0..outs).map(|_| rng.normal() as f32).collect();
+        let params = world.resource::<Params>().0.data.clone();
+        let run = |share: bool| {
+            let mut acts = Activations::plan(&graph, n);
+            if !share {
+                acts.shares_grad.fill(false);
+            }
+            let mut buffers = world.resource::<Buffers>().arena.data.clone();
+            let mut grads = vec![0.0f32; params.len()];
+            // Twice: the second backward starts from the buffers the first one left swapped.
+            for _ in 0..2 {
+                forward(&graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
+                acts.grads[graph.output.0][..outs].copy_from_slice(&w);
+                backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+            }
+            (acts.output(&graph, n).to_vec(), grads)
+        };
+        let (shared, copied) = (run(true), run(false));
+        let zeros = copied.1.iter().filter(|&&g| g == 0.0).count();
+        assert!(zeros * 50 < copied.1.len(), "{what}: {zeros} of {} parameter gradients are 0", copied.1.len());
+        assert_eq!(shared, copied, "{what}: sharing changed a number");
+    }
+}
+
+/// A linear layer whose only reader is the add right after it runs with that add as one kernel
+/// (`linear_residual_pairs`), and the outputs and parameter gradients are bitwise those of running them apart.
+#[test]
+fn linear_residual_pairs_fuse_only_sole_readers_and_keep_every_number() {
+    type Build = fn(&mut World) -> ecstrain_components::Graph;
+    let nets: [(&str, Build, &[&str]); 2] = [
+        ("transformer", |w| transformer(w, false, true), &["proj", "fc2"]),
+        ("tricky adds", tricky_adds, &["branch.fc", "self_read.fc", "late_reader.fc", "late_reader.late"]),
+    ];
+    for (what, build, expected) in nets {
+        let mut world = World::new();
+        let graph = build(&mut world);
+        let pairs = super::linear_residual_pairs(&graph);
+        let fused: Vec<&str> = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, node)| pairs[i].map(|a| (i, a, node)))
+            .map(|(i, a, node)| {
+                assert_eq!(a, i + 1, "{what}: the add right after");
+                node.name.as_str()
+            })
+            .collect();
+        assert_eq!(fused, expected, "{what}: the fused linear layers");
+        let n = 4;
+        let mut rng = Rng::new(21);
+        let x: Vec<f32> = (0..n * graph.values[0].numel()).map(|_| rng.normal() as f32).collect();
+        let outs = n * graph.output_shape().iter().product::<usize>();
+        let w: Vec<f32> = (0..outs).map(|_| rng.normal() as f32).collect();
+        let params = world.resource::<Params>().0.data.clone();
+        let run = |fuse: bool| {
+            let mut acts = Activations::plan(&graph, n);
+            if !fuse {
+                acts.linear_residual.fill(None);
+            }
+            let mut buffers = world.resource::<Buffers>().arena.data.clone();
+            forward(&graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
+            acts.grads[graph.output.0][..outs].copy_from_slice(&w);
+            let mut grads = vec![0.0f32; params.len()];
+            backward(&graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
+            (acts.output(&graph, n).to_vec(), grads)
+        };
+        let (fused, apart) = (run(true), run(false));
+        assert!(apart.1.iter().filter(|&&g| g != 0.0).count() * 50 > apart.1.len() * 49, "{what}: no gradient");
+        assert_eq!(fused, apart, "{what}: fusing changed a number");
+    }
+}
