@@ -144,8 +144,10 @@ fn sigint_and_sigusr1_stop_the_same_way() {
 fn time_limit_stops_cleanly_with_a_checkpoint() {
     let dir = scratch("time_limit");
     let save = dir.join("run");
-    // 0.0003 h = 1.08 s, far less than the run needs.
-    let cfg = write_config(&dir, "c.yaml", &long_yaml(&save).replace("resume: auto", "time_limit: 0.0003"));
+    // 0.0003 h = 1.08 s, far less than the run needs: 500 epochs, so that an optimised build (5 epochs in
+    // about a second) does not finish first.
+    let yaml = long_yaml(&save).replace("resume: auto", "time_limit: 0.0003").replace("epochs: 5", "epochs: 500");
+    let cfg = write_config(&dir, "c.yaml", &yaml);
     let out = engine(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let summary: serde_json::Value =
