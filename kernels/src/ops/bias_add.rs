@@ -92,6 +92,15 @@ crate::multiversion!(
     fn column_sums_block<T: Float>(dbias_block: &mut [T], dout: &[T], lo: usize, n: usize) => column_sums_body
 );
 
+/// [`bias_add_backward`] on the calling thread (the same sums, column block by column block).
+pub(crate) fn bias_add_backward_serial<T: Float>(dbias: &mut [T], dout: &[T], b: usize, n: usize) {
+    assert_eq!(dbias.len(), n, "bias_add_backward: dbias must be [N]");
+    assert_eq!(dout.len(), b * n, "bias_add_backward: dout must be [B, N]");
+    if n > 0 {
+        dbias.chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, d)| column_sums_block(d, dout, blk * COL_BLOCK, n));
+    }
+}
+
 /// Bias gradient: `dbias[j] += sum_i dout[i, j]` (accumulates, it is a parameter gradient).
 ///
 /// dbias: [N], dout: [B, N].

@@ -192,10 +192,10 @@ fn check_backward_shapes<T>(
 pub const SPLIT_MIN_ROWS: usize = 1024;
 
 /// Length of the `scratch` [`linear_backward_split`] needs for a layer of `rows` rows, `c` inputs and `oc`
-/// outputs: `OC * C` when it splits, 0 otherwise.
+/// outputs: `OC * (C + 1)` when it splits (the second half's weight and bias gradients), 0 otherwise.
 pub fn linear_backward_split_scratch_len(rows: usize, c: usize, oc: usize) -> usize {
     if splits_rows(rows, c, oc) {
-        oc * c
+        oc * (c + 1)
     } else {
         0
     }
@@ -214,7 +214,7 @@ fn splits_rows(rows: usize, c: usize, oc: usize) -> bool {
 pub fn linear_backward_split<T: Float>(
     dinp: Option<&mut [T]>,
     dweight: &mut [T],
-    dbias: Option<&mut [T]>,
+    mut dbias: Option<&mut [T]>,
     dout: &[T],
     inp: &[T],
     weight: &[T],
@@ -228,8 +228,15 @@ pub fn linear_backward_split<T: Float>(
         return;
     }
     check_backward_shapes(dinp.as_deref(), dweight, dbias.as_deref(), dout, inp, weight, b, c, oc);
-    assert!(scratch.len() >= oc * c, "linear_backward_split: scratch must hold OC * C");
-    let part = &mut scratch[..oc * c];
+    assert!(scratch.len() >= oc * (c + 1), "linear_backward_split: scratch must hold OC * (C + 1)");
+    let (part, part_bias) = scratch[..oc * (c + 1)].split_at_mut(oc * c);
+    let (dbias0, dbias1) = match dbias.as_deref_mut() {
+        Some(d) => {
+            part_bias.fill(T::ZERO);
+            (Some(d), Some(&mut *part_bias))
+        }
+        None => (None, None),
+    };
     let h = b / 2;
     let (dout0, dout1) = dout.split_at(h * oc);
     let (inp0, inp1) = inp.split_at(h * c);
@@ -245,7 +252,13 @@ pub fn linear_backward_split<T: Float>(
     // (about 4% slower over W3's layers, three interleaved runs), since both threads are already busy. With
     // more threads gemm may use the rest. gemm splits outputs, never the depth, so the bits are the same.
     let nested = rayon::current_num_threads() > 2;
-    let half = |dinp: Option<&mut [T]>, dst: &mut [T], accumulate: bool, dout: &[T], inp: &[T], rows: usize| {
+    // The bias gradient's column sums too, while the half's rows are still in cache from the products.
+    let half = |dinp: Option<&mut [T]>,
+                (dst, dst_bias): (&mut [T], Option<&mut [T]>),
+                accumulate: bool,
+                dout: &[T],
+                inp: &[T],
+                rows: usize| {
         let product = |m, n, k, dst: &mut [T], drs, acc, lhs: Mat<'_, T>, rhs: Mat<'_, T>| {
             super::gemm::gemm_strided(m, n, k, dst, drs, 1, acc, lhs, rhs, T::ONE, nested)
         };
@@ -253,13 +266,21 @@ pub fn linear_backward_split<T: Float>(
             product(rows, c, oc, dinp, c, false, Mat::rows(dout, oc), Mat::rows(weight, c));
         }
         product(oc, c, rows, dst, c, accumulate, Mat::rows_t(dout, oc), Mat::rows(inp, c));
+        if let Some(db) = dst_bias {
+            super::bias_add::bias_add_backward_serial(db, dout, rows, oc);
+        }
     };
-    rayon::join(|| half(dinp0, dweight, true, dout0, inp0, h), || half(dinp1, part, false, dout1, inp1, b - h));
+    rayon::join(
+        || half(dinp0, (dweight, dbias0), true, dout0, inp0, h),
+        || half(dinp1, (part, dbias1), false, dout1, inp1, b - h),
+    );
     for (d, &p) in dweight.iter_mut().zip(part.iter()) {
         *d += p;
     }
     if let Some(dbias) = dbias {
-        bias_add_backward(dbias, dout, b, oc);
+        for (d, &p) in dbias.iter_mut().zip(part_bias.iter()) {
+            *d += p;
+        }
     }
 }
 
@@ -427,19 +448,20 @@ mod tests {
 
     #[test]
     fn split_backward_matches_reference_and_is_thread_count_independent() {
-        // Above SPLIT_MIN_ROWS the rows run in two halves: the gradients match the f64 reference (dweight onto
-        // a nonzero initial gradient: it accumulates), any thread count gives the same bits, and below the
+        // Above SPLIT_MIN_ROWS the rows run in two halves: the gradients match the f64 reference (dweight and
+        // dbias onto nonzero initial gradients: they accumulate), any thread count gives the same bits, and below the
         // threshold it is exactly linear_backward.
         for (b, c, oc) in [(3200, 128, 384), (1025, 96, 200), (300, 64, 32)] {
             let (inp, w, dout) =
                 (uniform(8, b * c, -1.0, 1.0), uniform(9, oc * c, -1.0, 1.0), uniform(10, b * oc, -1.0, 1.0));
-            let dw0 = uniform(11, oc * c, -1.0, 1.0);
-            let (want_dinp, mut want_dw, want_db) = ref_backward(&dout, &inp, &w, b, c, oc);
+            let (dw0, db0) = (uniform(11, oc * c, -1.0, 1.0), uniform(12, oc, -1.0, 1.0));
+            let (want_dinp, mut want_dw, mut want_db) = ref_backward(&dout, &inp, &w, b, c, oc);
             want_dw.iter_mut().zip(&dw0).for_each(|(a, b)| *a += b);
-            let (inp, w, dout, dw0) = (to_f32(&inp), to_f32(&w), to_f32(&dout), to_f32(&dw0));
+            want_db.iter_mut().zip(&db0).for_each(|(a, b)| *a += b);
+            let (inp, w, dout, dw0, db0) = (to_f32(&inp), to_f32(&w), to_f32(&dout), to_f32(&dw0), to_f32(&db0));
             let run = |threads: usize, split: bool| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let (mut dinp, mut dw, mut db) = (vec![f32::NAN; b * c], dw0.clone(), vec![0.0f32; oc]);
+                let (mut dinp, mut dw, mut db) = (vec![f32::NAN; b * c], dw0.clone(), db0.clone());
                 let mut scratch = vec![f32::NAN; linear_backward_split_scratch_len(b, c, oc)];
                 pool.install(|| {
                     if split {
@@ -470,7 +492,9 @@ mod tests {
             let bits = |a: &[Vec<f32>; 3], b: &[Vec<f32>; 3]| {
                 a.iter().zip(b).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()))
             };
-            assert!(bits(&one, &run(3, true)), "{b}x{c}->{oc}: 1 vs 3 threads");
+            for threads in [2, 3] {
+                assert!(bits(&one, &run(threads, true)), "{b}x{c}->{oc}: 1 vs {threads} threads");
+            }
             assert_eq!(linear_backward_split_scratch_len(b, c, oc) > 0, b >= SPLIT_MIN_ROWS);
             if b < SPLIT_MIN_ROWS {
                 assert!(bits(&one, &run(1, false)), "below the threshold it is linear_backward");
