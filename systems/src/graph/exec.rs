@@ -1000,14 +1000,21 @@ pub fn backward_releasing<'g>(
                 continue;
             }
         }
-        // Identity backwards (reshape; the second input of an add) can hand the buffer itself on: the output
-        // gradient is read by no other node.
-        if let Some(v) = match node.op {
+        // Identity backwards (reshape; the second input of an add; the input of a parameter add) can hand the
+        // buffer itself on: the output gradient is read by no other node.
+        if let Some(v) = match &node.op {
             OpKind::Reshape => Some(node.inputs[0]),
             OpKind::Add => {
                 let mut sink = GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed };
                 sink.pass_through(node.inputs[0], &dy_buf[..out_len]);
                 Some(node.inputs[1])
+            }
+            OpKind::AddParam { param } => {
+                let dp = &mut grads[param.slice.range()];
+                for ys in dy_buf[..out_len].chunks_exact(param.slice.len) {
+                    ops::add::add_assign(dp, ys);
+                }
+                Some(node.inputs[0])
             }
             _ => None,
         } {
@@ -1069,7 +1076,7 @@ pub fn backward_releasing<'g>(
                     ops::pool::global_avg_pool_backward(dx, dy, n, *c, *h, *w);
                 }
             }),
-            OpKind::Reshape | OpKind::Add => unreachable!("handled before the match"),
+            OpKind::Reshape | OpKind::Add | OpKind::AddParam { .. } => unreachable!("handled before the match"),
             OpKind::Embedding { vocab, dim, weight } => {
                 // Ids are not differentiable: only the table gets a gradient.
                 let ids = &ids[idx][..in_len];
@@ -1163,28 +1170,31 @@ pub fn backward_releasing<'g>(
                     }
                 });
             }
-            OpKind::AddParam { param } => {
-                let dp = &mut grads[param.slice.range()];
-                for ys in dy.chunks_exact(param.slice.len) {
-                    ops::add::add_assign(dp, ys);
-                }
-                sink.pass_through(xv, dy);
-            }
             OpKind::TokenMean => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     let d = numel(node.output);
                     ops::token_mean::token_mean_backward(dx, dy, n, numel(xv) / d, d);
                 }
             }),
-            OpKind::SelectToken { index } => sink.with(xv, in_len, |dx| {
-                if let Some(dx) = dx {
-                    let d = numel(node.output);
-                    for (ys, xs) in dy.chunks_exact(d).zip(dx.chunks_exact_mut(numel(xv))) {
-                        xs.fill(0.0);
-                        xs[index * d..(index + 1) * d].copy_from_slice(ys);
+            OpKind::SelectToken { index } => {
+                // An attention that computed only its leading query rows reads only those rows of its output
+                // gradient (`attention_queries`): the zeros past them would never be read.
+                let producer = graph.nodes.iter().position(|n| n.output == xv);
+                let rows_read = match producer.map(|i| (&graph.nodes[i].op, attention_queries[i])) {
+                    Some((OpKind::Attention { .. }, q)) if fused => Some(q),
+                    _ => None,
+                };
+                sink.with(xv, in_len, |dx| {
+                    if let Some(dx) = dx {
+                        let d = numel(node.output);
+                        let read = rows_read.map_or(numel(xv), |q| (q * d).max((index + 1) * d).min(numel(xv)));
+                        for (ys, xs) in dy.chunks_exact(d).zip(dx.chunks_exact_mut(numel(xv))) {
+                            xs[..read].fill(0.0);
+                            xs[index * d..(index + 1) * d].copy_from_slice(ys);
+                        }
                     }
-                }
-            }),
+                })
+            }
             OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| {
                 if let Some(dx) = dx {
                     ops::upsample::upsample_nearest2d_backward(dx, dy, n, *c, *h, *w, *fh, *fw);

@@ -128,6 +128,8 @@ fn check_graph(world: &World, graph: &ecstrain_components::Graph, n: usize, h: f
     let mut grads = world.resource::<Grads>().0.data.clone();
     let mut buffers = world.resource::<Buffers>().arena.data.clone();
     forward(graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
+    // Poisoned: a gradient the backward reads before writing it shows as NaN.
+    acts.grads.iter_mut().for_each(|g| g.fill(f32::NAN));
     acts.grads[graph.output.0][..outs].copy_from_slice(&w);
     backward(graph, &params, &mut grads, &mut acts, &x, n, Mode::Train, 0);
     let mut worst = 0.0f64;
@@ -754,7 +756,9 @@ fn residual_adds_share_their_gradient_and_keep_every_number() {
             }
             let mut buffers = world.resource::<Buffers>().arena.data.clone();
             let mut grads = vec![0.0f32; params.len()];
-            // Twice: the second backward starts from the buffers the first one left swapped.
+            // Twice: the second backward starts from the buffers the first one left swapped. Poisoned: a gradient
+            // read before it is written shows as NaN.
+            acts.grads.iter_mut().for_each(|g| g.fill(f32::NAN));
             for _ in 0..2 {
                 forward(&graph, &params, &mut buffers, &mut acts, &x, n, Mode::Train, 0);
                 acts.grads[graph.output.0][..outs].copy_from_slice(&w);
