@@ -133,7 +133,7 @@ fn head_forward_small<T: Float>(
 }
 
 /// [`head_backward`] for a head that [`small::fits`] (which leaves the caller's scratch untouched): dP =
-/// dout @ v^T, the softmax backward, then
+/// dout @ v^T and the softmax backward (one kernel without a mask, [`small::softmax_backward_packed`]), then
 /// dq = dS @ k, dv = P^T @ dout and dk = dS^T @ q, each right-hand side packed on the stack in turn. The
 /// transposed left-hand sides are read in place (column stride `T`).
 #[allow(clippy::too_many_arguments)]
@@ -154,8 +154,14 @@ fn head_backward_small<T: Float>(
     let ds = &mut ds_buf[..t * t];
     let mut pk = small::Packed::new();
     pk.transpose_of(x.v, x.rs, d, t);
-    matmul_packed(ds, t, nq, t, Strided { data: dout, rs: dout_rs, cs: 1 }, &pk, T::ONE);
-    softmax_backward_block(ds, att, t, 0, nq, causal, default_scale::<T>(d));
+    let dout_rows = Strided { data: dout, rs: dout_rs, cs: 1 };
+    if causal {
+        matmul_packed(ds, t, nq, t, dout_rows, &pk, T::ONE);
+        softmax_backward_block(ds, att, t, 0, nq, causal, default_scale::<T>(d));
+    } else {
+        // dP never leaves the registers before the softmax backward (bitwise the two steps above).
+        small::softmax_backward_packed(ds, t, nq, t, dout_rows, &pk, att, t, default_scale::<T>(d));
+    }
     for which in [0, 2, 1] {
         // The right-hand side, its row stride, its rows (the inner dimension), and the left-hand side.
         let (rhs, rhs_rs, inner, lhs): (&[T], usize, usize, &[T]) = match which {

@@ -190,6 +190,43 @@ pub(crate) fn scores_softmax_packed<T: Float>(
     };
 }
 
+/// The score gradient of `m` query rows in one pass: `ds[i * rs_ds + j] = scale * p_ij * (dP_ij - sum_l p_il
+/// dP_il)` with `dP = A @ B` over the `n` keys (`n <= b.width`, every key visible), `p` the probabilities
+/// (row `i` at `p[i * rs_p..]`). Each row of `dP` stays in registers from the product through the dot
+/// product with `p` and the update, instead of being stored by [`matmul_packed`] and read back by the softmax
+/// backward.
+///
+/// Bit for bit [`matmul_packed`] (with `alpha` 1) followed by `softmax::softmax_rows_backward_in_place`
+/// (tested): the same fused multiply-add chain per element of `dP`, the dot product's 16 lane sums (products
+/// then adds), folded in lane order, then the tail elements in order, and the same update expression. Only for
+/// `T = f32` on a CPU with AVX-512F (see [`fits`]); panics otherwise.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub(crate) fn softmax_backward_packed<T: Float>(
+    ds: &mut [T],
+    rs_ds: usize,
+    m: usize,
+    n: usize,
+    a: Strided<'_, T>,
+    b: &Packed<T>,
+    p: &[T],
+    rs_p: usize,
+    scale: T,
+) {
+    if m > 0 && n > 0 {
+        assert!(p.len() >= (m - 1) * rs_p + n, "softmax_backward_packed: the probabilities are too short");
+    }
+    let Some((ds, a, b_data, scale)) = f32_operands("softmax_backward_packed", ds, rs_ds, m, n, a, b, scale) else {
+        return;
+    };
+    let p = as_f32(p).expect("f32 (checked by f32_operands)");
+    // SAFETY: f32_operands found AVX-512F and checked the extents of A, B and ds; p's extent is checked above.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        avx512::softmax_backward(ds, rs_ds, m, n, a, b_data, b.width, b.rows, p, rs_p, scale)
+    };
+}
+
 /// `x` as `&[f32]` when `T` is `f32`.
 fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
     // SAFETY: `T` is `f32` (same type, so same layout and validity).
@@ -452,6 +489,123 @@ mod avx512 {
         }
     }
 
+    /// Rows `i0 .. i0 + R` of [`super::softmax_backward_packed`], the row's `NV * 16 >= n` gradients in
+    /// registers.
+    ///
+    /// # Safety
+    /// As [`tile`] with `NC = NV` and `ncols = n`, and `p`'s rows `(i0 + r) * rs_p + n` in range.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn softmax_backward_tile<const R: usize, const NV: usize>(
+        c: *mut f32,
+        rs_c: usize,
+        i0: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: *const f32,
+        width: usize,
+        k: usize,
+        p: *const f32,
+        rs_p: usize,
+        scale: f32,
+    ) {
+        let acc = products::<R, NV>(i0, 0, a, b, width, k);
+        let full = n / LANES;
+        for (r, dp) in acc.iter().enumerate() {
+            let prow = p.add((i0 + r) * rs_p);
+            let mut q = [_mm512_setzero_ps(); NV];
+            for (cc, v) in q.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(lanes(n.saturating_sub(cc * LANES)), prow.add(cc * LANES));
+            }
+            // The whole vectors' products summed lane-wise (products then adds, as the scalar loop), the lanes
+            // folded in order, then the tail elements in order.
+            let mut lane_sums = _mm512_setzero_ps();
+            for cc in 0..full.min(NV) {
+                lane_sums = _mm512_add_ps(lane_sums, _mm512_mul_ps(q[cc], dp[cc]));
+            }
+            let mut l = [0.0f32; LANES];
+            _mm512_storeu_ps(l.as_mut_ptr(), lane_sums);
+            let mut dot = l.iter().fold(0.0f32, |s, &v| s + v);
+            if full < NV {
+                let (mut pt, mut dt) = ([0.0f32; LANES], [0.0f32; LANES]);
+                _mm512_storeu_ps(pt.as_mut_ptr(), q[full]);
+                _mm512_storeu_ps(dt.as_mut_ptr(), dp[full]);
+                for j in 0..n - full * LANES {
+                    dot += pt[j] * dt[j];
+                }
+            }
+            let (sc, dotv) = (_mm512_set1_ps(scale), _mm512_set1_ps(dot));
+            let row = c.add((i0 + r) * rs_c);
+            for cc in 0..NV {
+                let g = _mm512_mul_ps(_mm512_mul_ps(sc, q[cc]), _mm512_sub_ps(dp[cc], dotv));
+                _mm512_mask_storeu_ps(row.add(cc * LANES), lanes(n.saturating_sub(cc * LANES)), g);
+            }
+        }
+    }
+
+    /// Every row of [`super::softmax_backward_packed`]: tiles of [`MR`] rows, then one tile of the rest.
+    ///
+    /// # Safety
+    /// As [`matmul`], with `c` / `rs_c` the score gradient and `p`'s rows in range.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn softmax_backward_rows<const NV: usize>(
+        c: *mut f32,
+        rs_c: usize,
+        m: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: *const f32,
+        width: usize,
+        k: usize,
+        p: *const f32,
+        rs_p: usize,
+        scale: f32,
+    ) {
+        let full = m / MR * MR;
+        for i0 in (0..full).step_by(MR) {
+            softmax_backward_tile::<MR, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale);
+        }
+        // The last rows as one tile (see `matmul`).
+        let tail = |i0| match m - full {
+            0 => {}
+            1 => softmax_backward_tile::<1, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
+            2 => softmax_backward_tile::<2, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
+            3 => softmax_backward_tile::<3, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
+            4 => softmax_backward_tile::<4, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
+            _ => softmax_backward_tile::<5, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
+        };
+        tail(full);
+    }
+
+    /// [`super::softmax_backward_packed`] for f32.
+    ///
+    /// # Safety
+    /// As [`matmul`], and `p.len() >= (m - 1) * rs_p + n`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn softmax_backward(
+        c: &mut [f32],
+        rs_c: usize,
+        m: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: &[f32],
+        width: usize,
+        k: usize,
+        p: &[f32],
+        rs_p: usize,
+        scale: f32,
+    ) {
+        let (cp, bp, pp) = (c.as_mut_ptr(), b.as_ptr(), p.as_ptr());
+        match n.div_ceil(LANES) {
+            1 => softmax_backward_rows::<1>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
+            2 => softmax_backward_rows::<2>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
+            3 => softmax_backward_rows::<3>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
+            _ => softmax_backward_rows::<4>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
+        }
+    }
+
     /// [`super::scores_softmax_packed`] for f32.
     ///
     /// # Safety
@@ -555,6 +709,45 @@ mod tests {
                 }
                 let mut got = vec![f32::NAN; m * rs];
                 scores_softmax_packed(&mut got, rs, m, n, a, &pk, alpha);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{m}x{n}x{k} at {i}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// The fused score gradient equals the product followed by the softmax backward bit for bit: every key
+    /// count from 1 to 64 (one to four vectors, partial last vectors), row tails, strided A and probabilities,
+    /// and gradients whose sign of zero and rounding depend on the order of the sums.
+    #[test]
+    fn fused_softmax_backward_is_the_product_then_the_softmax_backward() {
+        if !kernel_available::<f32>() {
+            println!("SKIPPED: this CPU has no AVX-512F, so attention never takes the small path here");
+            return;
+        }
+        for n in 1..=SMALL_MAX {
+            for &(m, k) in &[(1usize, 32usize), (7, 5), (50, 32), (13, 64), (9, 3), (10, 16), (11, 8)] {
+                let rs_a = k + 1;
+                let a: Vec<f32> = values(m * rs_a, n as u64).iter().map(|&v| (4.0 * v) as f32).collect();
+                let bt: Vec<f32> = values(n * k, 7 + n as u64).iter().map(|&v| (3.0 * v) as f32).collect();
+                // Probabilities: a softmax of random scores per row, at a row stride wider than n.
+                let rs_p = n + 5;
+                let mut p: Vec<f32> = values(m * rs_p, 11 + n as u64).iter().map(|&v| (5.0 * v) as f32).collect();
+                for row in p.chunks_mut(rs_p) {
+                    crate::ops::softmax::softmax_rows_in_place(&mut row[..n], n);
+                }
+                let mut pk = Packed::<f32>::new();
+                pk.transpose_of(&bt, k, k, n);
+                let a = Strided { data: &a, rs: rs_a, cs: 1 };
+                let scale = 1.0 / (k as f32).sqrt();
+                let rs = n + 3;
+                let mut want = vec![f32::NAN; m * rs];
+                matmul_packed(&mut want, rs, m, n, a, &pk, 1.0);
+                for (row, prow) in want.chunks_mut(rs).zip(p.chunks(rs_p)) {
+                    crate::ops::softmax::softmax_rows_backward_in_place(&mut row[..n], &prow[..n], n, scale);
+                }
+                let mut got = vec![f32::NAN; m * rs];
+                softmax_backward_packed(&mut got, rs, m, n, a, &pk, &p, rs_p, scale);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{m}x{n}x{k} at {i}: {g} vs {w}");
                 }
