@@ -270,26 +270,63 @@ mod avx512 {
         }
     }
 
-    /// The register tile of `A @ B` at rows `i0 .. i0 + R`, columns `j0 .. j0 + NC * 16`: per output, one
-    /// in-order chain of fused multiply-adds over the `k` rows of B (packed, row width `width`). Shared by the
-    /// plain product ([`tile`]) and the fused softmax ([`softmax_tile`]), so both compute the same bits.
-    ///
-    /// # Safety
-    /// As [`tile`].
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn products<const R: usize, const NC: usize>(
-        i0: usize,
-        j0: usize,
-        a: Strided<'_, f32>,
+    /// What every register kernel reads: C (row stride `rs_c`) of which `n` columns are stored, A, and B
+    /// packed (`k` rows of row width `width`).
+    #[derive(Clone, Copy)]
+    struct Operands<'a> {
+        c: *mut f32,
+        rs_c: usize,
+        n: usize,
+        a: Strided<'a, f32>,
         b: *const f32,
         width: usize,
         k: usize,
-    ) -> [[__m512; NC]; R] {
+    }
+
+    /// A register kernel that computes the `R` output rows from `i0`, for any tile height `R` from 1 to [`MR`].
+    trait RowTile {
+        /// # Safety
+        /// AVX-512F; every A element `(i0 + r) * a.rs + p * a.cs` for `r < R`, `p < k` in range; B's `k` rows
+        /// of `width` in range; C's rows `(i0 + r) * rs_c + n` (and the kernel's other rows) in range.
+        unsafe fn rows<const R: usize>(&self, i0: usize);
+    }
+
+    /// Every row of an `m`-row output: tiles of [`MR`] rows, then the rows left as one tile of their own
+    /// height (single-row tiles are one chain of multiply-adds per vector, bound by the latency: W3's 50 rows
+    /// leave 2).
+    ///
+    /// # Safety
+    /// As [`RowTile::rows`] for rows `0 .. m`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn each_row_tile(kernel: &impl RowTile, m: usize) {
+        let full = m / MR * MR;
+        for i0 in (0..full).step_by(MR) {
+            kernel.rows::<MR>(i0);
+        }
+        match m - full {
+            0 => {}
+            1 => kernel.rows::<1>(full),
+            2 => kernel.rows::<2>(full),
+            3 => kernel.rows::<3>(full),
+            4 => kernel.rows::<4>(full),
+            _ => kernel.rows::<5>(full),
+        }
+    }
+
+    /// The register tile of `A @ B` at rows `i0 .. i0 + R`, columns `j0 .. j0 + NC * 16`: per output, one
+    /// in-order chain of fused multiply-adds over the `k` rows of B. Shared by every kernel below, so the plain
+    /// product and the fused ones compute the same bits.
+    ///
+    /// # Safety
+    /// As [`RowTile::rows`], with `j0 + NC * 16 <= width`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn products<const R: usize, const NC: usize>(o: &Operands<'_>, i0: usize, j0: usize) -> [[__m512; NC]; R] {
         let mut acc = [[_mm512_setzero_ps(); NC]; R];
+        let a = o.a;
         let a0 = a.data.as_ptr().add(i0 * a.rs);
-        let mut bp = b.add(j0);
-        for p in 0..k {
+        let mut bp = o.b.add(j0);
+        for p in 0..o.k {
             let mut bv = [_mm512_setzero_ps(); NC];
             for (cc, v) in bv.iter_mut().enumerate() {
                 *v = _mm512_loadu_ps(bp.add(cc * LANES));
@@ -300,67 +337,49 @@ mod avx512 {
                     *s = _mm512_fmadd_ps(av, bv[cc], *s);
                 }
             }
-            bp = bp.add(width);
+            bp = bp.add(o.width);
         }
         acc
     }
 
-    /// One register tile: rows `i0 .. i0 + R`, columns `j0 .. j0 + NC * 16` of `alpha * A @ B` (B packed,
-    /// row width `width`, `k` rows), of which the first `ncols` columns are stored.
-    ///
-    /// # Safety
-    /// AVX-512F; every A element `(i0 + r) * a.rs + p * a.cs` for `r < R`, `p < k` in range; B's `k` rows of
-    /// `width >= j0 + NC * 16` in range; C's rows `(i0 + r) * rs_c + j0 + ncols` in range.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const NC: usize>(
-        c: *mut f32,
-        rs_c: usize,
-        i0: usize,
-        j0: usize,
-        ncols: usize,
-        a: Strided<'_, f32>,
-        b: *const f32,
-        width: usize,
-        k: usize,
+    /// `alpha * A @ B` ([`super::matmul_packed`]): each row tile over every column block.
+    struct Product<'a> {
+        o: Operands<'a>,
         alpha: f32,
-    ) {
-        let acc = products::<R, NC>(i0, j0, a, b, width, k);
-        let al = _mm512_set1_ps(alpha);
-        for (r, acc_r) in acc.iter().enumerate() {
-            let row = c.add((i0 + r) * rs_c + j0);
-            for (cc, s) in acc_r.iter().enumerate() {
-                let m = lanes(ncols.saturating_sub(cc * LANES));
-                _mm512_mask_storeu_ps(row.add(cc * LANES), m, _mm512_mul_ps(*s, al));
+    }
+
+    impl Product<'_> {
+        /// One register tile: rows `i0 .. i0 + R`, columns `j0 .. j0 + NC * 16`, of which the first `ncols`
+        /// columns are stored.
+        ///
+        /// # Safety
+        /// As [`RowTile::rows`], with `j0 + NC * 16 <= width` and `j0 + ncols <= n`.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile<const R: usize, const NC: usize>(&self, i0: usize, j0: usize, ncols: usize) {
+            let o = &self.o;
+            let acc = products::<R, NC>(o, i0, j0);
+            let al = _mm512_set1_ps(self.alpha);
+            for (r, acc_r) in acc.iter().enumerate() {
+                let row = o.c.add((i0 + r) * o.rs_c + j0);
+                for (cc, s) in acc_r.iter().enumerate() {
+                    let m = lanes(ncols.saturating_sub(cc * LANES));
+                    _mm512_mask_storeu_ps(row.add(cc * LANES), m, _mm512_mul_ps(*s, al));
+                }
             }
         }
     }
 
-    /// Rows `rows` in `R`-row tiles over every column block of the `n` columns.
-    ///
-    /// # Safety
-    /// As [`matmul`], with `rows.end <= m` and `rows.len()` a multiple of `R`.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn row_tiles<const R: usize>(
-        c: *mut f32,
-        rs_c: usize,
-        rows: std::ops::Range<usize>,
-        n: usize,
-        a: Strided<'_, f32>,
-        b: *const f32,
-        width: usize,
-        k: usize,
-        alpha: f32,
-    ) {
-        for i0 in rows.step_by(R) {
+    impl RowTile for Product<'_> {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn rows<const R: usize>(&self, i0: usize) {
+            let (n, width) = (self.o.n, self.o.width);
             let mut j0 = 0;
             while j0 + 2 * LANES <= width {
-                tile::<R, 2>(c, rs_c, i0, j0, n.saturating_sub(j0).min(2 * LANES), a, b, width, k, alpha);
+                self.tile::<R, 2>(i0, j0, n.saturating_sub(j0).min(2 * LANES));
                 j0 += 2 * LANES;
             }
             if j0 < width {
-                tile::<R, 1>(c, rs_c, i0, j0, n.saturating_sub(j0).min(LANES), a, b, width, k, alpha);
+                self.tile::<R, 1>(i0, j0, n.saturating_sub(j0).min(LANES));
             }
         }
     }
@@ -410,172 +429,154 @@ mod avx512 {
         _mm512_cvtss_f32(v)
     }
 
-    /// Rows `i0 .. i0 + R` of [`super::scores_softmax_packed`], the row's `NV * 16 >= n` scores in registers.
-    ///
-    /// # Safety
-    /// As [`tile`] with `NC = NV` and `ncols = n`.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn softmax_tile<const R: usize, const NV: usize>(
-        c: *mut f32,
-        rs_c: usize,
-        i0: usize,
-        n: usize,
-        a: Strided<'_, f32>,
-        b: *const f32,
-        width: usize,
-        k: usize,
+    /// The probabilities ([`super::scores_softmax_packed`]), a row's `NV * 16 >= n` scores in registers.
+    struct Softmax<'a, const NV: usize> {
+        o: Operands<'a>,
         alpha: f32,
-    ) {
-        let acc = products::<R, NV>(i0, 0, a, b, width, k);
-        let (al, neg_inf) = (_mm512_set1_ps(alpha), _mm512_set1_ps(f32::NEG_INFINITY));
-        for (r, acc_r) in acc.iter().enumerate() {
-            // The scores, -inf past the last key (softmax's padding).
-            let mut x = [neg_inf; NV];
-            for (cc, (xv, s)) in x.iter_mut().zip(acc_r).enumerate() {
-                *xv = _mm512_mask_blend_ps(lanes(n.saturating_sub(cc * LANES)), neg_inf, _mm512_mul_ps(*s, al));
-            }
-            let mut mx = neg_inf;
-            for xv in &x {
-                mx = _mm512_max_ps(mx, *xv);
-            }
-            let m = _mm512_set1_ps(tree(mx, |a, b| _mm512_max_ps(a, b)));
-            let mut sum = _mm512_setzero_ps();
-            for (cc, xv) in x.iter_mut().enumerate() {
-                *xv = _mm512_maskz_mov_ps(
-                    lanes(n.saturating_sub(cc * LANES)),
-                    crate::float::exp16(_mm512_sub_ps(*xv, m)),
-                );
-                sum = _mm512_add_ps(sum, *xv);
-            }
-            let inv = _mm512_set1_ps(1.0 / tree(sum, |a, b| _mm512_add_ps(a, b)));
-            let row = c.add((i0 + r) * rs_c);
-            for (cc, xv) in x.iter().enumerate() {
-                let keep = lanes(n.saturating_sub(cc * LANES));
-                _mm512_mask_storeu_ps(row.add(cc * LANES), keep, _mm512_mul_ps(*xv, inv));
-            }
-        }
     }
 
-    /// Every row of [`super::scores_softmax_packed`]: tiles of [`MR`] rows, then one tile of the rest.
-    ///
-    /// # Safety
-    /// As [`matmul`], with `c` / `rs_c` the probabilities.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn softmax_rows<const NV: usize>(
-        c: *mut f32,
-        rs_c: usize,
-        m: usize,
-        n: usize,
-        a: Strided<'_, f32>,
-        b: *const f32,
-        width: usize,
-        k: usize,
-        alpha: f32,
-    ) {
-        let full = m / MR * MR;
-        for i0 in (0..full).step_by(MR) {
-            softmax_tile::<MR, NV>(c, rs_c, i0, n, a, b, width, k, alpha);
-        }
-        // The last rows as one tile (see `matmul`).
-        match m - full {
-            0 => {}
-            1 => softmax_tile::<1, NV>(c, rs_c, full, n, a, b, width, k, alpha),
-            2 => softmax_tile::<2, NV>(c, rs_c, full, n, a, b, width, k, alpha),
-            3 => softmax_tile::<3, NV>(c, rs_c, full, n, a, b, width, k, alpha),
-            4 => softmax_tile::<4, NV>(c, rs_c, full, n, a, b, width, k, alpha),
-            _ => softmax_tile::<5, NV>(c, rs_c, full, n, a, b, width, k, alpha),
-        }
-    }
-
-    /// Rows `i0 .. i0 + R` of [`super::softmax_backward_packed`], the row's `NV * 16 >= n` gradients in
-    /// registers.
-    ///
-    /// # Safety
-    /// As [`tile`] with `NC = NV` and `ncols = n`, and `p`'s rows `(i0 + r) * rs_p + n` in range.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn softmax_backward_tile<const R: usize, const NV: usize>(
-        c: *mut f32,
-        rs_c: usize,
-        i0: usize,
-        n: usize,
-        a: Strided<'_, f32>,
-        b: *const f32,
-        width: usize,
-        k: usize,
-        p: *const f32,
-        rs_p: usize,
-        scale: f32,
-    ) {
-        let acc = products::<R, NV>(i0, 0, a, b, width, k);
-        let full = n / LANES;
-        for (r, dp) in acc.iter().enumerate() {
-            let prow = p.add((i0 + r) * rs_p);
-            let mut q = [_mm512_setzero_ps(); NV];
-            for (cc, v) in q.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_ps(lanes(n.saturating_sub(cc * LANES)), prow.add(cc * LANES));
-            }
-            // The whole vectors' products summed lane-wise (products then adds, as the scalar loop), the lanes
-            // folded in order, then the tail elements in order.
-            let mut lane_sums = _mm512_setzero_ps();
-            for cc in 0..full.min(NV) {
-                lane_sums = _mm512_add_ps(lane_sums, _mm512_mul_ps(q[cc], dp[cc]));
-            }
-            let mut l = [0.0f32; LANES];
-            _mm512_storeu_ps(l.as_mut_ptr(), lane_sums);
-            let mut dot = l.iter().fold(0.0f32, |s, &v| s + v);
-            if full < NV {
-                let (mut pt, mut dt) = ([0.0f32; LANES], [0.0f32; LANES]);
-                _mm512_storeu_ps(pt.as_mut_ptr(), q[full]);
-                _mm512_storeu_ps(dt.as_mut_ptr(), dp[full]);
-                for j in 0..n - full * LANES {
-                    dot += pt[j] * dt[j];
+    impl<const NV: usize> RowTile for Softmax<'_, NV> {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn rows<const R: usize>(&self, i0: usize) {
+            let (o, n) = (&self.o, self.o.n);
+            let acc = products::<R, NV>(o, i0, 0);
+            let (al, neg_inf) = (_mm512_set1_ps(self.alpha), _mm512_set1_ps(f32::NEG_INFINITY));
+            for (r, acc_r) in acc.iter().enumerate() {
+                // The scores, -inf past the last key (softmax's padding).
+                let mut x = [neg_inf; NV];
+                for (cc, (xv, s)) in x.iter_mut().zip(acc_r).enumerate() {
+                    *xv = _mm512_mask_blend_ps(lanes(n.saturating_sub(cc * LANES)), neg_inf, _mm512_mul_ps(*s, al));
+                }
+                let mut mx = neg_inf;
+                for xv in &x {
+                    mx = _mm512_max_ps(mx, *xv);
+                }
+                let m = _mm512_set1_ps(tree(mx, |a, b| _mm512_max_ps(a, b)));
+                let mut sum = _mm512_setzero_ps();
+                for (cc, xv) in x.iter_mut().enumerate() {
+                    *xv = _mm512_maskz_mov_ps(
+                        lanes(n.saturating_sub(cc * LANES)),
+                        crate::float::exp16(_mm512_sub_ps(*xv, m)),
+                    );
+                    sum = _mm512_add_ps(sum, *xv);
+                }
+                let inv = _mm512_set1_ps(1.0 / tree(sum, |a, b| _mm512_add_ps(a, b)));
+                let row = o.c.add((i0 + r) * o.rs_c);
+                for (cc, xv) in x.iter().enumerate() {
+                    let keep = lanes(n.saturating_sub(cc * LANES));
+                    _mm512_mask_storeu_ps(row.add(cc * LANES), keep, _mm512_mul_ps(*xv, inv));
                 }
             }
-            let (sc, dotv) = (_mm512_set1_ps(scale), _mm512_set1_ps(dot));
-            let row = c.add((i0 + r) * rs_c);
-            for cc in 0..NV {
-                let g = _mm512_mul_ps(_mm512_mul_ps(sc, q[cc]), _mm512_sub_ps(dp[cc], dotv));
-                _mm512_mask_storeu_ps(row.add(cc * LANES), lanes(n.saturating_sub(cc * LANES)), g);
+        }
+    }
+
+    /// The score gradient ([`super::softmax_backward_packed`]), a row's `NV * 16 >= n` elements of dP in
+    /// registers; the probabilities' row `i` at `p + i * rs_p`.
+    struct SoftmaxBackward<'a, const NV: usize> {
+        o: Operands<'a>,
+        p: *const f32,
+        rs_p: usize,
+        scale: f32,
+    }
+
+    impl<const NV: usize> RowTile for SoftmaxBackward<'_, NV> {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn rows<const R: usize>(&self, i0: usize) {
+            let (o, n) = (&self.o, self.o.n);
+            let acc = products::<R, NV>(o, i0, 0);
+            let full = n / LANES;
+            for (r, dp) in acc.iter().enumerate() {
+                let prow = self.p.add((i0 + r) * self.rs_p);
+                let mut q = [_mm512_setzero_ps(); NV];
+                for (cc, v) in q.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(lanes(n.saturating_sub(cc * LANES)), prow.add(cc * LANES));
+                }
+                // The whole vectors' products summed lane-wise (products then adds, as the scalar loop), the
+                // lanes folded in order, then the tail elements in order.
+                let mut lane_sums = _mm512_setzero_ps();
+                for cc in 0..full.min(NV) {
+                    lane_sums = _mm512_add_ps(lane_sums, _mm512_mul_ps(q[cc], dp[cc]));
+                }
+                let mut l = [0.0f32; LANES];
+                _mm512_storeu_ps(l.as_mut_ptr(), lane_sums);
+                let mut dot = l.iter().fold(0.0f32, |s, &v| s + v);
+                if full < NV {
+                    let (mut pt, mut dt) = ([0.0f32; LANES], [0.0f32; LANES]);
+                    _mm512_storeu_ps(pt.as_mut_ptr(), q[full]);
+                    _mm512_storeu_ps(dt.as_mut_ptr(), dp[full]);
+                    for j in 0..n - full * LANES {
+                        dot += pt[j] * dt[j];
+                    }
+                }
+                let (sc, dotv) = (_mm512_set1_ps(self.scale), _mm512_set1_ps(dot));
+                let row = o.c.add((i0 + r) * o.rs_c);
+                for cc in 0..NV {
+                    let g = _mm512_mul_ps(_mm512_mul_ps(sc, q[cc]), _mm512_sub_ps(dp[cc], dotv));
+                    _mm512_mask_storeu_ps(row.add(cc * LANES), lanes(n.saturating_sub(cc * LANES)), g);
+                }
             }
         }
     }
 
-    /// Every row of [`super::softmax_backward_packed`]: tiles of [`MR`] rows, then one tile of the rest.
+    /// The kernels' operands from the checked slices.
+    fn operands<'a>(
+        c: &mut [f32],
+        rs_c: usize,
+        n: usize,
+        a: Strided<'a, f32>,
+        b: &[f32],
+        width: usize,
+        k: usize,
+    ) -> Operands<'a> {
+        Operands { c: c.as_mut_ptr(), rs_c, n, a, b: b.as_ptr(), width, k }
+    }
+
+    /// `c = alpha * A @ B` over `m x n` (see [`super::matmul_packed`]), B packed `k x width`.
     ///
     /// # Safety
-    /// As [`matmul`], with `c` / `rs_c` the score gradient and `p`'s rows in range.
+    /// AVX-512F; `c.len() >= (m - 1) * rs_c + n`; `a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs`;
+    /// `b.len() >= k * width`, `width` a multiple of 16 and `n <= width`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn softmax_backward_rows<const NV: usize>(
-        c: *mut f32,
+    pub(super) unsafe fn matmul(
+        c: &mut [f32],
         rs_c: usize,
         m: usize,
         n: usize,
         a: Strided<'_, f32>,
-        b: *const f32,
+        b: &[f32],
         width: usize,
         k: usize,
-        p: *const f32,
-        rs_p: usize,
-        scale: f32,
+        alpha: f32,
     ) {
-        let full = m / MR * MR;
-        for i0 in (0..full).step_by(MR) {
-            softmax_backward_tile::<MR, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale);
+        each_row_tile(&Product { o: operands(c, rs_c, n, a, b, width, k), alpha }, m);
+    }
+
+    /// [`super::scores_softmax_packed`] for f32.
+    ///
+    /// # Safety
+    /// As [`matmul`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn scores_softmax(
+        c: &mut [f32],
+        rs_c: usize,
+        m: usize,
+        n: usize,
+        a: Strided<'_, f32>,
+        b: &[f32],
+        width: usize,
+        k: usize,
+        alpha: f32,
+    ) {
+        let o = operands(c, rs_c, n, a, b, width, k);
+        // Registers per row: n.div_ceil(16) score vectors (at most 4: `SMALL_MAX` keys).
+        match n.div_ceil(LANES) {
+            1 => each_row_tile(&Softmax::<1> { o, alpha }, m),
+            2 => each_row_tile(&Softmax::<2> { o, alpha }, m),
+            3 => each_row_tile(&Softmax::<3> { o, alpha }, m),
+            _ => each_row_tile(&Softmax::<4> { o, alpha }, m),
         }
-        // The last rows as one tile (see `matmul`).
-        let tail = |i0| match m - full {
-            0 => {}
-            1 => softmax_backward_tile::<1, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
-            2 => softmax_backward_tile::<2, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
-            3 => softmax_backward_tile::<3, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
-            4 => softmax_backward_tile::<4, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
-            _ => softmax_backward_tile::<5, NV>(c, rs_c, i0, n, a, b, width, k, p, rs_p, scale),
-        };
-        tail(full);
     }
 
     /// [`super::softmax_backward_packed`] for f32.
@@ -597,73 +598,13 @@ mod avx512 {
         rs_p: usize,
         scale: f32,
     ) {
-        let (cp, bp, pp) = (c.as_mut_ptr(), b.as_ptr(), p.as_ptr());
+        let o = operands(c, rs_c, n, a, b, width, k);
+        let p = p.as_ptr();
         match n.div_ceil(LANES) {
-            1 => softmax_backward_rows::<1>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
-            2 => softmax_backward_rows::<2>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
-            3 => softmax_backward_rows::<3>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
-            _ => softmax_backward_rows::<4>(cp, rs_c, m, n, a, bp, width, k, pp, rs_p, scale),
-        }
-    }
-
-    /// [`super::scores_softmax_packed`] for f32.
-    ///
-    /// # Safety
-    /// As [`matmul`].
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn scores_softmax(
-        c: &mut [f32],
-        rs_c: usize,
-        m: usize,
-        n: usize,
-        a: Strided<'_, f32>,
-        b: &[f32],
-        width: usize,
-        k: usize,
-        alpha: f32,
-    ) {
-        let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
-        // Registers per row: n.div_ceil(16) score vectors (at most 4: `SMALL_MAX` keys).
-        match n.div_ceil(LANES) {
-            1 => softmax_rows::<1>(cp, rs_c, m, n, a, bp, width, k, alpha),
-            2 => softmax_rows::<2>(cp, rs_c, m, n, a, bp, width, k, alpha),
-            3 => softmax_rows::<3>(cp, rs_c, m, n, a, bp, width, k, alpha),
-            _ => softmax_rows::<4>(cp, rs_c, m, n, a, bp, width, k, alpha),
-        }
-    }
-
-    /// `c = alpha * A @ B` over `m x n` (see [`super::matmul_packed`]), B packed `k x width`.
-    ///
-    /// # Safety
-    /// AVX-512F; `c.len() >= (m - 1) * rs_c + n`; `a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs`;
-    /// `b.len() >= k * width`, `width` a multiple of 16 and `n <= width`.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn matmul(
-        c: &mut [f32],
-        rs_c: usize,
-        m: usize,
-        n: usize,
-        a: Strided<'_, f32>,
-        b: &[f32],
-        width: usize,
-        k: usize,
-        alpha: f32,
-    ) {
-        let full = m / MR * MR;
-        let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
-        row_tiles::<MR>(cp, rs_c, 0..full, n, a, bp, width, k, alpha);
-        // The last rows as one tile of their own height: single-row tiles are one chain of multiply-adds per
-        // vector, bound by the latency (W3's 50 rows leave 2).
-        let tail = full..m;
-        match m - full {
-            0 => {}
-            1 => row_tiles::<1>(cp, rs_c, tail, n, a, bp, width, k, alpha),
-            2 => row_tiles::<2>(cp, rs_c, tail, n, a, bp, width, k, alpha),
-            3 => row_tiles::<3>(cp, rs_c, tail, n, a, bp, width, k, alpha),
-            4 => row_tiles::<4>(cp, rs_c, tail, n, a, bp, width, k, alpha),
-            _ => row_tiles::<5>(cp, rs_c, tail, n, a, bp, width, k, alpha),
+            1 => each_row_tile(&SoftmaxBackward::<1> { o, p, rs_p, scale }, m),
+            2 => each_row_tile(&SoftmaxBackward::<2> { o, p, rs_p, scale }, m),
+            3 => each_row_tile(&SoftmaxBackward::<3> { o, p, rs_p, scale }, m),
+            _ => each_row_tile(&SoftmaxBackward::<4> { o, p, rs_p, scale }, m),
         }
     }
 }
@@ -683,11 +624,10 @@ mod tests {
             .collect()
     }
 
-    /// The fused scores + softmax equals the product followed by the softmax bit for bit: every key count
-    /// from 1 to 64 (one to four score vectors, partial last vectors), row tails, strided A, and scores
-    /// large enough that the max matters.
-    #[test]
-    fn fused_scores_softmax_is_the_product_then_the_softmax() {
+    /// Runs `check(n, m, k, a, b)` over the shapes the fused kernels are checked on: every key count `n` from 1
+    /// to 64 (one to four vectors, partial last vectors), row tails (`m`), depths `k`, with A strided and B
+    /// packed transposed (as k^T and v^T are). Nothing when this CPU has no AVX-512F (it says so).
+    fn each_fused_case(mut check: impl FnMut(usize, usize, usize, Strided<'_, f32>, &Packed<f32>)) {
         if !kernel_available::<f32>() {
             println!("SKIPPED: this CPU has no AVX-512F, so attention never takes the small path here");
             return;
@@ -699,60 +639,59 @@ mod tests {
                 let bt: Vec<f32> = values(n * k, 7 + n as u64).iter().map(|&v| (3.0 * v) as f32).collect();
                 let mut pk = Packed::<f32>::new();
                 pk.transpose_of(&bt, k, k, n);
-                let a = Strided { data: &a, rs: rs_a, cs: 1 };
-                let alpha = 1.0 / (k as f32).sqrt();
-                let rs = n + 3;
-                let mut want = vec![f32::NAN; m * rs];
-                matmul_packed(&mut want, rs, m, n, a, &pk, alpha);
-                for row in want.chunks_mut(rs) {
-                    crate::ops::softmax::softmax_rows_in_place(&mut row[..n], n);
-                }
-                let mut got = vec![f32::NAN; m * rs];
-                scores_softmax_packed(&mut got, rs, m, n, a, &pk, alpha);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{m}x{n}x{k} at {i}: {g} vs {w}");
-                }
+                check(n, m, k, Strided { data: &a, rs: rs_a, cs: 1 }, &pk);
             }
         }
     }
 
-    /// The fused score gradient equals the product followed by the softmax backward bit for bit: every key
-    /// count from 1 to 64 (one to four vectors, partial last vectors), row tails, strided A and probabilities,
-    /// and gradients whose sign of zero and rounding depend on the order of the sums.
+    /// `got` and `want` bit for bit (NaN matching NaN: the columns past `n` are untouched in both).
+    fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{what} at {i}: {g} vs {w}");
+        }
+    }
+
+    /// The fused scores + softmax equals the product followed by the softmax bit for bit (`each_fused_case`),
+    /// with scores large enough that the max matters.
+    #[test]
+    fn fused_scores_softmax_is_the_product_then_the_softmax() {
+        each_fused_case(|n, m, k, a, pk| {
+            let alpha = 1.0 / (k as f32).sqrt();
+            let rs = n + 3;
+            let mut want = vec![f32::NAN; m * rs];
+            matmul_packed(&mut want, rs, m, n, a, pk, alpha);
+            for row in want.chunks_mut(rs) {
+                crate::ops::softmax::softmax_rows_in_place(&mut row[..n], n);
+            }
+            let mut got = vec![f32::NAN; m * rs];
+            scores_softmax_packed(&mut got, rs, m, n, a, pk, alpha);
+            assert_same_bits(&got, &want, &format!("{m}x{n}x{k}"));
+        });
+    }
+
+    /// The fused score gradient equals the product followed by the softmax backward bit for bit
+    /// (`each_fused_case`), with probabilities at a wider row stride, and gradients whose sign of zero and
+    /// rounding depend on the order of the sums.
     #[test]
     fn fused_softmax_backward_is_the_product_then_the_softmax_backward() {
-        if !kernel_available::<f32>() {
-            println!("SKIPPED: this CPU has no AVX-512F, so attention never takes the small path here");
-            return;
-        }
-        for n in 1..=SMALL_MAX {
-            for &(m, k) in &[(1usize, 32usize), (7, 5), (50, 32), (13, 64), (9, 3), (10, 16), (11, 8)] {
-                let rs_a = k + 1;
-                let a: Vec<f32> = values(m * rs_a, n as u64).iter().map(|&v| (4.0 * v) as f32).collect();
-                let bt: Vec<f32> = values(n * k, 7 + n as u64).iter().map(|&v| (3.0 * v) as f32).collect();
-                // Probabilities: a softmax of random scores per row, at a row stride wider than n.
-                let rs_p = n + 5;
-                let mut p: Vec<f32> = values(m * rs_p, 11 + n as u64).iter().map(|&v| (5.0 * v) as f32).collect();
-                for row in p.chunks_mut(rs_p) {
-                    crate::ops::softmax::softmax_rows_in_place(&mut row[..n], n);
-                }
-                let mut pk = Packed::<f32>::new();
-                pk.transpose_of(&bt, k, k, n);
-                let a = Strided { data: &a, rs: rs_a, cs: 1 };
-                let scale = 1.0 / (k as f32).sqrt();
-                let rs = n + 3;
-                let mut want = vec![f32::NAN; m * rs];
-                matmul_packed(&mut want, rs, m, n, a, &pk, 1.0);
-                for (row, prow) in want.chunks_mut(rs).zip(p.chunks(rs_p)) {
-                    crate::ops::softmax::softmax_rows_backward_in_place(&mut row[..n], &prow[..n], n, scale);
-                }
-                let mut got = vec![f32::NAN; m * rs];
-                softmax_backward_packed(&mut got, rs, m, n, a, &pk, &p, rs_p, scale);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{m}x{n}x{k} at {i}: {g} vs {w}");
-                }
+        each_fused_case(|n, m, k, a, pk| {
+            // Probabilities: a softmax of random scores per row.
+            let rs_p = n + 5;
+            let mut p: Vec<f32> = values(m * rs_p, 11 + n as u64).iter().map(|&v| (5.0 * v) as f32).collect();
+            for row in p.chunks_mut(rs_p) {
+                crate::ops::softmax::softmax_rows_in_place(&mut row[..n], n);
             }
-        }
+            let scale = 1.0 / (k as f32).sqrt();
+            let rs = n + 3;
+            let mut want = vec![f32::NAN; m * rs];
+            matmul_packed(&mut want, rs, m, n, a, pk, 1.0);
+            for (row, prow) in want.chunks_mut(rs).zip(p.chunks(rs_p)) {
+                crate::ops::softmax::softmax_rows_backward_in_place(&mut row[..n], &prow[..n], n, scale);
+            }
+            let mut got = vec![f32::NAN; m * rs];
+            softmax_backward_packed(&mut got, rs, m, n, a, pk, &p, rs_p, scale);
+            assert_same_bits(&got, &want, &format!("{m}x{n}x{k}"));
+        });
     }
 
     /// The register-transposed packing writes exactly the scalar loop's buffer (zero padding included), over
