@@ -37,8 +37,9 @@ mod tests {
     use crate::ops::linear::linear_forward;
 
     /// The fused forward against the pair (linear, then add) bit for bit, and against a float64 reference:
-    /// small shapes (one thread's seeded path), W3's projection and MLP shapes (the threaded chunks, with an
-    /// uneven last chunk), a deep product (gemm's own split), with and without a bias, on 1-3 threads.
+    /// small shapes (one thread's seeded path), W3's projection and MLP shapes and a wider one (the threaded
+    /// row blocks, one chunk or several with an uneven last chunk), a deep product (gemm's own split), with and
+    /// without a bias, on 1-3 threads.
     #[test]
     fn fused_forward_is_the_linear_layer_then_the_add() {
         for (b, c, oc, with_bias) in [
@@ -46,6 +47,7 @@ mod tests {
             (3200, 128, 128, true),
             (3200, 256, 128, true),
             (3200, 128, 128, false),
+            (3200, 128, 384, true),
             (601, 512, 160, true),
             (600, 600, 150, true),
             (600, 600, 150, false),
