@@ -17,6 +17,127 @@ pub const PAR_CHUNK: usize = 1 << 14;
 /// summation order, hence the rounded result, does not depend on the machine or on rayon's scheduling.
 pub const SUM_BLOCKS: usize = 64;
 
+// The loops of the maps below, each compiled for AVX-512F, for AVX2 + FMA and for the baseline, one picked at
+// run time: the closure is inlined into each copy, so its arithmetic vectorises at the widest width the CPU has
+// (compiled once at the baseline, an activation's polynomial ran four lanes at a time). Every copy performs the
+// same operations (Rust never contracts to FMA on its own), so all give the same bits. `multiversion!` does
+// this for named loops; closures need the generic forms here. Index loops: the bounds checks fold away.
+
+/// Which copy of a loop this CPU runs.
+#[derive(Clone, Copy)]
+enum Width {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+#[inline(always)]
+fn width() -> Width {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Width::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Width::Avx2;
+        }
+    }
+    Width::Baseline
+}
+
+#[inline(always)]
+fn unary_body<T, U: Copy, F: Fn(U) -> T>(out: &mut [T], inp: &[U], f: &F) {
+    let n = out.len().min(inp.len());
+    for i in 0..n {
+        out[i] = f(inp[i]);
+    }
+}
+
+#[inline(always)]
+fn binary_body<T, U: Copy, F: Fn(U, U) -> T>(out: &mut [T], a: &[U], b: &[U], f: &F) {
+    let n = out.len().min(a.len()).min(b.len());
+    for i in 0..n {
+        out[i] = f(a[i], b[i]);
+    }
+}
+
+#[inline(always)]
+fn indexed_body<T, U: Copy, F: Fn(usize, U) -> T>(out: &mut [T], inp: &[U], base: usize, f: &F) {
+    let n = out.len().min(inp.len());
+    for i in 0..n {
+        out[i] = f(base + i, inp[i]);
+    }
+}
+
+/// `out[i] = f(inp[i])` on the calling thread, in the widest copy this CPU runs.
+fn unary_loop<T, U: Copy, F: Fn(U) -> T>(out: &mut [T], inp: &[U], f: &F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn v4<T, U: Copy, F: Fn(U) -> T>(out: &mut [T], inp: &[U], f: &F) {
+            unary_body(out, inp, f)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn v3<T, U: Copy, F: Fn(U) -> T>(out: &mut [T], inp: &[U], f: &F) {
+            unary_body(out, inp, f)
+        }
+        match width() {
+            // SAFETY: `width` found the features each copy is compiled for.
+            Width::Avx512 => return unsafe { v4(out, inp, f) },
+            // SAFETY: as above.
+            Width::Avx2 => return unsafe { v3(out, inp, f) },
+            Width::Baseline => {}
+        }
+    }
+    unary_body(out, inp, f)
+}
+
+/// `out[i] = f(a[i], b[i])` on the calling thread, in the widest copy this CPU runs.
+fn binary_loop<T, U: Copy, F: Fn(U, U) -> T>(out: &mut [T], a: &[U], b: &[U], f: &F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn v4<T, U: Copy, F: Fn(U, U) -> T>(out: &mut [T], a: &[U], b: &[U], f: &F) {
+            binary_body(out, a, b, f)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn v3<T, U: Copy, F: Fn(U, U) -> T>(out: &mut [T], a: &[U], b: &[U], f: &F) {
+            binary_body(out, a, b, f)
+        }
+        match width() {
+            // SAFETY: `width` found the features each copy is compiled for.
+            Width::Avx512 => return unsafe { v4(out, a, b, f) },
+            // SAFETY: as above.
+            Width::Avx2 => return unsafe { v3(out, a, b, f) },
+            Width::Baseline => {}
+        }
+    }
+    binary_body(out, a, b, f)
+}
+
+/// `out[i] = f(base + i, inp[i])` on the calling thread, in the widest copy this CPU runs.
+fn indexed_loop<T, U: Copy, F: Fn(usize, U) -> T>(out: &mut [T], inp: &[U], base: usize, f: &F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn v4<T, U: Copy, F: Fn(usize, U) -> T>(out: &mut [T], inp: &[U], base: usize, f: &F) {
+            indexed_body(out, inp, base, f)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn v3<T, U: Copy, F: Fn(usize, U) -> T>(out: &mut [T], inp: &[U], base: usize, f: &F) {
+            indexed_body(out, inp, base, f)
+        }
+        match width() {
+            // SAFETY: `width` found the features each copy is compiled for.
+            Width::Avx512 => return unsafe { v4(out, inp, base, f) },
+            // SAFETY: as above.
+            Width::Avx2 => return unsafe { v3(out, inp, base, f) },
+            Width::Baseline => {}
+        }
+    }
+    indexed_body(out, inp, base, f)
+}
+
 /// `out[i] = f(inp[i])`, in parallel when the buffers are large.
 ///
 /// Panics if the lengths differ.
@@ -28,15 +149,9 @@ where
 {
     assert_eq!(out.len(), inp.len(), "map_unary: out and inp lengths differ");
     if out.len() < PAR_MIN_ELEMS {
-        for (o, &x) in out.iter_mut().zip(inp) {
-            *o = f(x);
-        }
+        unary_loop(out, inp, &f);
     } else {
-        out.par_chunks_mut(PAR_CHUNK).zip(inp.par_chunks(PAR_CHUNK)).for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = f(x);
-            }
-        });
+        out.par_chunks_mut(PAR_CHUNK).zip(inp.par_chunks(PAR_CHUNK)).for_each(|(o, x)| unary_loop(o, x, &f));
     }
 }
 
@@ -53,17 +168,12 @@ where
     assert_eq!(out.len(), a.len(), "map_binary: out and first input lengths differ");
     assert_eq!(out.len(), b.len(), "map_binary: out and second input lengths differ");
     if out.len() < PAR_MIN_ELEMS {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
+        binary_loop(out, a, b, &f);
     } else {
-        out.par_chunks_mut(PAR_CHUNK).zip(a.par_chunks(PAR_CHUNK)).zip(b.par_chunks(PAR_CHUNK)).for_each(
-            |((o, x), y)| {
-                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                    *o = f(x, y);
-                }
-            },
-        );
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(a.par_chunks(PAR_CHUNK))
+            .zip(b.par_chunks(PAR_CHUNK))
+            .for_each(|((o, x), y)| binary_loop(o, x, y, &f));
     }
 }
 
@@ -120,16 +230,12 @@ where
 {
     assert_eq!(out.len(), inp.len(), "map_indexed: out and inp lengths differ");
     if out.len() < PAR_MIN_ELEMS {
-        for (i, (o, &x)) in out.iter_mut().zip(inp).enumerate() {
-            *o = f(i, x);
-        }
+        indexed_loop(out, inp, 0, &f);
     } else {
-        out.par_chunks_mut(PAR_CHUNK).zip(inp.par_chunks(PAR_CHUNK)).enumerate().for_each(|(c, (o, x))| {
-            let base = c * PAR_CHUNK;
-            for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                *o = f(base + j, x);
-            }
-        });
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(inp.par_chunks(PAR_CHUNK))
+            .enumerate()
+            .for_each(|(c, (o, x))| indexed_loop(o, x, c * PAR_CHUNK, &f));
     }
 }
 
@@ -190,6 +296,38 @@ pub fn rows_per_task(row_len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The maps run their closure in the widest copy this CPU has (AVX-512 here): the results are bit for bit a
+    /// plain loop in this test, compiled at the baseline, for closures whose polynomials vectorise (exp, tanh,
+    /// erf, a division), on the sequential and the parallel paths.
+    #[test]
+    fn widest_copies_give_the_baseline_bits() {
+        use crate::Float;
+        let n = PAR_MIN_ELEMS + 3 * PAR_CHUNK + 7;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 20011) as f32 / 1000.0 - 10.0).collect();
+        let y: Vec<f32> = (0..n).map(|i| ((i * 104729) % 3001) as f32 / 1000.0 - 1.5).collect();
+        // Closures, not function pointers: each is inlined into the map's copies.
+        fn unary(what: &str, x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+            for len in [1000, x.len()] {
+                let mut got = vec![f32::NAN; len];
+                map_unary(&mut got, &x[..len], &f);
+                let want: Vec<f32> = x[..len].iter().map(|&v| f(v)).collect();
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}, {len}");
+            }
+        }
+        unary("exp", &x, |v| v.exp());
+        unary("tanh", &x, |v| v.tanh());
+        unary("silu", &x, |v| v / (1.0 + (-v).exp()));
+        let binary = |g: f32, v: f32| g * Float::erf(v * std::f32::consts::FRAC_1_SQRT_2);
+        let mut got = vec![f32::NAN; n];
+        map_binary(&mut got, &y, &x, binary);
+        let want: Vec<f32> = y.iter().zip(&x).map(|(&g, &v)| binary(g, v)).collect();
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "binary");
+        let indexed = |i: usize, v: f32| v * (i % 7) as f32 + (v * 0.5).exp();
+        map_indexed(&mut got, &x, indexed);
+        let want: Vec<f32> = x.iter().enumerate().map(|(i, &v)| indexed(i, v)).collect();
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "indexed");
+    }
 
     #[test]
     fn maps_agree_between_sequential_and_parallel_paths() {
