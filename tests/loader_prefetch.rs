@@ -202,7 +202,7 @@ fn a_read_failure_ends_the_run_at_its_step_without_training_on_a_stale_batch() {
             train.0.order()[5 * 16 + 3]
         };
         let mut app = flaky_app(&dir, Some(bad), workers);
-        assert_eq!(loader_threads() > 0, workers > 0, "workers {workers}: loader threads");
+        assert_eq!(loader_threads_started(workers > 0), workers > 0, "workers {workers}: loader threads");
         let result = runner::in_pool(|| runner::run(&mut app));
         match result {
             Err(EngineError::Run(m)) => assert!(m.contains(&format!("flaky: sample {bad} cannot be read")), "{m}"),
@@ -230,6 +230,19 @@ fn a_read_failure_ends_the_run_at_its_step_without_training_on_a_stale_batch() {
 }
 
 /// Threads of this process named `ecstrain-loader...` (the name is cut to 15 bytes in /proc).
+/// Whether loader threads run in this process. A thread takes its name once it first runs, which on a busy
+/// machine can come a while after it was spawned, so when `expect` is true this waits up to 10 s for one.
+fn loader_threads_started(expect: bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let running = loader_threads() > 0;
+        if running || !expect || std::time::Instant::now() > deadline {
+            return running;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn loader_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| {
