@@ -37,6 +37,7 @@ pub mod softmax;
 pub mod softmax_cross_entropy;
 pub mod tanh;
 pub mod token_mean;
+pub mod token_stem;
 pub mod upsample;
 pub mod vector_quantize;
 

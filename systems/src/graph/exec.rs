@@ -90,9 +90,50 @@ pub struct Activations {
     /// backward reads only its input, the add's reads nothing). Applied, like [`Activations::conv_pool`],
     /// when no [`NodeOverride`] runs. Planned by [`Activations::plan`] ([`linear_residual_pairs`]).
     pub linear_residual: Vec<Option<usize>>,
+    /// `token_stem[node]`: for a 2-D transpose that starts a ViT's token stem (patch features `[C, P]` ->
+    /// tokens `[P, C]`, then the class token prepended, then the position embedding added, each the sole
+    /// reader of the one before), the nodes it runs with ([`token_stems`]): forward, one pass per sample writes
+    /// `[cls; x^T] + pos` into the add's output; backward, the add's output gradient gives the two parameter
+    /// gradients and, transposed, the input's. Bitwise the three nodes (the same adds in the same order, the
+    /// rest copies). Applied, like [`Activations::conv_pool`], when no [`NodeOverride`] runs.
+    pub token_stem: Vec<Option<TokenStem>>,
     /// `grad_slot[value]`: during a backward, the value whose gradient buffer holds this value's gradient:
     /// itself, or the first input of the add that shared its gradient with it.
     pub grad_slot: Vec<usize>,
+}
+
+/// The nodes a token-stem transpose runs ([`Activations::token_stem`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenStem {
+    /// The class-token prepend (node `transpose + 1`).
+    pub prepend: usize,
+    /// The position-embedding add (node `transpose + 2`).
+    pub add: usize,
+}
+
+/// The token stems the executor fuses: `stems[t] = Some(..)` when node `t` transposes a per-sample `[C, P]`
+/// value, node `t + 1` prepends a token to its output, node `t + 2` adds a parameter to that, each reads the
+/// one before and is its only reader, and neither intermediate value is the graph output.
+pub fn token_stems(graph: &Graph) -> Vec<Option<TokenStem>> {
+    let mut readers = vec![0usize; graph.values.len()];
+    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    let sole_reader = |prev: &Node, next: &Node| {
+        next.inputs[0] == prev.output && readers[prev.output.0] == 1 && prev.output != graph.output
+    };
+    let mut stems = vec![None; graph.nodes.len()];
+    for (t, w) in graph.nodes.windows(3).enumerate() {
+        let transpose =
+            matches!(&w[0].op, OpKind::Permute { in_shape, perm } if in_shape.len() == 2 && perm[..] == [1, 0]);
+        if transpose
+            && matches!(w[1].op, OpKind::PrependToken { .. })
+            && matches!(w[2].op, OpKind::AddParam { .. })
+            && sole_reader(&w[0], &w[1])
+            && sole_reader(&w[1], &w[2])
+        {
+            stems[t] = Some(TokenStem { prepend: t + 1, add: t + 2 });
+        }
+    }
+    stems
 }
 
 /// Per node, the add a linear layer runs fused ([`Activations::linear_residual`]): `Some(idx + 1)` when node
@@ -342,6 +383,7 @@ impl Activations {
             value_source,
             shares_grad: add_gradient_shares(graph),
             linear_residual: linear_residual_pairs(graph),
+            token_stem: token_stems(graph),
             grad_slot: (0..graph.values.len()).collect(),
         }
     }
@@ -504,6 +546,7 @@ pub fn forward_with(
         attention_queries,
         value_source,
         linear_residual,
+        token_stem,
         ..
     } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
@@ -551,6 +594,25 @@ pub fn forward_with(
         }
         // A value read from another's buffer (a reshape's output) needs no work.
         if value_source[node.output.0] != node.output.0 {
+            continue;
+        }
+        if let (true, Some(stem), OpKind::Permute { in_shape, .. }) = (fuse, token_stem[idx], &node.op) {
+            let (OpKind::PrependToken { token }, OpKind::AddParam { param }) =
+                (&graph.nodes[stem.prepend].op, &graph.nodes[stem.add].op)
+            else {
+                unreachable!("token_stems pairs a transpose with a prepend and a parameter add")
+            };
+            let out_v = graph.nodes[stem.add].output;
+            let mut out_buf = std::mem::take(&mut values[out_v.0]);
+            let y = &mut out_buf[..n * numel(out_v)];
+            let x = value_rows(graph, values, value_source, input, node.inputs[0], n);
+            ops::token_stem::token_stem_forward(y, x, p(token), p(param), in_shape[0], in_shape[1]);
+            values[out_v.0] = out_buf;
+            if let Some(prof) = profile.as_mut() {
+                prof.absorbed_by[stem.prepend] = Some(idx);
+                prof.absorbed_by[stem.add] = Some(idx);
+            }
+            skip_to = stem.add + 1;
             continue;
         }
         if let (true, Some(a), OpKind::Linear { rows, in_features, out_features, weight, bias, .. }) =
@@ -933,6 +995,7 @@ pub fn backward_releasing<'g>(
         value_source,
         shares_grad,
         grad_slot,
+        token_stem,
         ..
     } = acts;
     let input = &input[..n * graph.values[0].numel()];
@@ -953,6 +1016,38 @@ pub fn backward_releasing<'g>(
         }
         if !grad_needed[node.output.0] {
             // Computed from the input alone: no parameter upstream needs this node's input gradients.
+            continue;
+        }
+        // A token stem's backward runs whole at its parameter add, the first of its nodes the backward visits
+        // (the released gradient pieces must not reach the embedding before it is written); its prepend and
+        // transpose are then done.
+        let stem_at = |back: usize| idx.checked_sub(back).and_then(|t| token_stem[t].map(|s| (t, s)));
+        if stem_at(0).is_some() || stem_at(1).is_some_and(|(_, s)| s.prepend == idx) {
+            continue;
+        }
+        if let Some((t, stem)) = stem_at(2).filter(|(_, s)| s.add == idx) {
+            let (OpKind::Permute { in_shape, .. }, OpKind::PrependToken { token }, OpKind::AddParam { param }) =
+                (&graph.nodes[t].op, &graph.nodes[stem.prepend].op, &node.op)
+            else {
+                unreachable!("token_stems pairs a transpose with a prepend and a parameter add")
+            };
+            let dy_slot = grad_slot[node.output.0];
+            let dy_buf = std::mem::take(&mut dvals[dy_slot]);
+            let dy = &dy_buf[..n * numel(node.output)];
+            let xv = graph.nodes[t].inputs[0];
+            let (token, param) = (token.slice.range(), param.slice.range());
+            GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(xv, n * numel(xv), |dx| {
+                // The two parameters are different entities, so their slices do not overlap.
+                let (dcls, dpos) = if token.start < param.start {
+                    let (lo, hi) = grads.split_at_mut(param.start);
+                    (&mut lo[token], &mut hi[..param.len()])
+                } else {
+                    let (lo, hi) = grads.split_at_mut(token.start);
+                    (&mut hi[..token.len()], &mut lo[param])
+                };
+                ops::token_stem::token_stem_backward(dx, dcls, dpos, dy, in_shape[0], in_shape[1]);
+            });
+            dvals[dy_slot] = dy_buf;
             continue;
         }
         if fused {

@@ -110,8 +110,13 @@ impl OpProfile {
     }
 
     fn row(&self, name: String, nodes: &[usize]) -> ProfileRow {
+        // The nodes' own times and those of the nodes they ran fused (a fused backward may be timed at the
+        // absorbed node it is visited with first).
+        let members: Vec<usize> = (0..self.absorbed_by.len())
+            .filter(|&j| nodes.contains(&j) || self.absorbed_by[j].is_some_and(|by| nodes.contains(&by)))
+            .collect();
         let mean =
-            |v: &[u64], passes: u64| nodes.iter().map(|&i| v[i]).sum::<u64>() as f64 / 1e6 / passes.max(1) as f64;
+            |v: &[u64], passes: u64| members.iter().map(|&i| v[i]).sum::<u64>() as f64 / 1e6 / passes.max(1) as f64;
         ProfileRow {
             name,
             nodes: nodes.len(),

@@ -809,3 +809,35 @@ fn linear_residual_pairs_fuse_only_sole_readers_and_keep_every_number() {
         assert_eq!(fused, apart, "{what}: fusing changed a number");
     }
 }
+
+/// A ViT's token stem (transpose, class token, position embedding) runs as one op (`token_stems`) only where
+/// each node is the sole reader of the one before, and the outputs and parameter gradients are bitwise those of
+/// the three nodes apart.
+#[test]
+fn token_stems_fuse_only_sole_readers_and_keep_every_number() {
+    let mut world = World::new();
+    let graph = transformer(&mut world, false, true);
+    let stems = super::token_stems(&graph);
+    let found: Vec<&str> =
+        graph.nodes.iter().zip(&stems).filter(|(_, s)| s.is_some()).map(|(n, _)| n.name.as_str()).collect();
+    assert_eq!(found, ["tokens"]);
+    let fused = two_steps(&world, &graph, 3, 8, |_| {});
+    let apart = two_steps(&world, &graph, 3, 8, |acts| acts.token_stem.fill(None));
+    assert_eq!(fused, apart, "fusing the token stem changed a number");
+    // Without a class token there is no stem; with a second reader of the tokens neither.
+    let mut world = World::new();
+    assert!(super::token_stems(&transformer(&mut world, true, false)).iter().all(Option::is_none));
+    let mut g = GraphBuilder::new("test", &[8]);
+    let x = g.input();
+    let x = g.reshape("grid", x, &[2, 4]).unwrap();
+    let t = g.permute("tokens", x, &[1, 0]).unwrap();
+    let c = g.prepend_token("cls", "cls_token", t).unwrap();
+    let y = g.add_param("pos", "pos_embed", c, 0.5);
+    let y = g.flatten("flat", y);
+    let t = g.flatten("flat_tokens", t);
+    let y = g.concat("both", &[y, t], 0).unwrap();
+    let out = g.linear("head", y, 2, true).unwrap();
+    let mut world = World::new();
+    let graph = g.finish(&mut world, out, 3);
+    assert!(super::token_stems(&graph).iter().all(Option::is_none), "the tokens have a second reader");
+}
