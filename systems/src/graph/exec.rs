@@ -102,6 +102,19 @@ pub struct Activations {
     pub grad_slot: Vec<usize>,
 }
 
+/// How many node inputs read each value (a node reading a value twice counts twice).
+fn reader_counts(graph: &Graph) -> Vec<usize> {
+    let mut readers = vec![0usize; graph.values.len()];
+    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    readers
+}
+
+/// Whether `next` reads `prev`'s output as its first input and nothing else reads it, and that output is not
+/// the graph output (the task reads it): the condition for running the two as one kernel.
+fn sole_first_reader(graph: &Graph, readers: &[usize], prev: &Node, next: &Node) -> bool {
+    next.inputs[0] == prev.output && readers[prev.output.0] == 1 && prev.output != graph.output
+}
+
 /// The nodes a token-stem transpose runs ([`Activations::token_stem`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenStem {
@@ -115,11 +128,8 @@ pub struct TokenStem {
 /// value, node `t + 1` prepends a token to its output, node `t + 2` adds a parameter to that, each reads the
 /// one before and is its only reader, and neither intermediate value is the graph output.
 pub fn token_stems(graph: &Graph) -> Vec<Option<TokenStem>> {
-    let mut readers = vec![0usize; graph.values.len()];
-    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
-    let sole_reader = |prev: &Node, next: &Node| {
-        next.inputs[0] == prev.output && readers[prev.output.0] == 1 && prev.output != graph.output
-    };
+    let readers = reader_counts(graph);
+    let sole_reader = |prev: &Node, next: &Node| sole_first_reader(graph, &readers, prev, next);
     let mut stems = vec![None; graph.nodes.len()];
     for (t, w) in graph.nodes.windows(3).enumerate() {
         let transpose =
@@ -140,8 +150,7 @@ pub fn token_stems(graph: &Graph) -> Vec<Option<TokenStem>> {
 /// `idx` is a linear layer without a fused activation, node `idx + 1` adds its output to another value, nothing
 /// else reads that output, and it is not the graph output.
 pub fn linear_residual_pairs(graph: &Graph) -> Vec<Option<usize>> {
-    let mut readers = vec![0usize; graph.values.len()];
-    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    let readers = reader_counts(graph);
     let mut pairs = vec![None; graph.nodes.len()];
     for (i, w) in graph.nodes.windows(2).enumerate() {
         let (lin, add) = (&w[0], &w[1]);
@@ -171,8 +180,7 @@ pub fn linear_residual_pairs(graph: &Graph) -> Vec<Option<usize>> {
 ///
 /// Whether `x0`'s gradient is still unwritten is checked when the add's backward runs.
 pub fn add_gradient_shares(graph: &Graph) -> Vec<bool> {
-    let mut readers = vec![0usize; graph.values.len()];
-    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    let readers = reader_counts(graph);
     let producer = |v: ValueId| graph.nodes.iter().position(|n| n.output == v);
     let conv_pool = conv_pool_pairs(graph);
     // Ops whose backward takes the output gradient as a plain read-only slice.
@@ -276,12 +284,9 @@ pub struct ConvPool {
 /// `conv + 1` is a max pool over `conv`'s output, nothing else reads that output, and it is not the graph's
 /// output; the ReLU at `conv + 2` joins under the same conditions on the pool's output.
 pub fn conv_pool_pairs(graph: &Graph) -> Vec<Option<ConvPool>> {
-    let mut readers = vec![0usize; graph.values.len()];
-    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|v| readers[v.0] += 1);
+    let readers = reader_counts(graph);
     // `next` reads `prev`'s output and nothing else does.
-    let sole_reader = |prev: &Node, next: &Node| {
-        next.inputs[0] == prev.output && readers[prev.output.0] == 1 && prev.output != graph.output
-    };
+    let sole_reader = |prev: &Node, next: &Node| sole_first_reader(graph, &readers, prev, next);
     let mut groups = vec![None; graph.nodes.len()];
     for (i, w) in graph.nodes.windows(2).enumerate() {
         let (conv, pool) = (&w[0], &w[1]);
