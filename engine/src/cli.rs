@@ -151,14 +151,21 @@ fn agree(
     failed[comm.rank()] = f64::from(u8::from(assembled.is_err()));
     comm.all_reduce_sum_f64(&mut failed);
     let bad: Vec<String> = failed.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(r, _)| r.to_string()).collect();
-    match assembled {
-        Err(e) => Err(crate::error::usage(format!("rank {}: {e}", comm.rank()))),
-        Ok(_) if !bad.is_empty() => Err(crate::error::usage(format!(
+    let e = match assembled {
+        Err(e) => crate::error::usage(format!("rank {}: {e}", comm.rank())),
+        Ok(_) if !bad.is_empty() => crate::error::usage(format!(
             "rank {} rejected the config or data (its message above); every rank stops with exit 2",
             bad.join(", ")
-        ))),
-        Ok(asm) => Ok(asm),
-    }
+        )),
+        Ok(asm) => return Ok(asm),
+    };
+    // Every rank prints its message, then waits for the others (one more collective) before any exits: the
+    // launcher kills the remaining ranks once one exits with an error, and a rank still printing would be cut
+    // off.
+    eprintln!("error: {e}");
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    comm.all_reduce_sum_f64(&mut [0.0]);
+    Err(EngineError::Reported(e.exit_code()))
 }
 
 /// `engine eval`: assembles as training would (without resuming), evaluates, prints one metric a line.
@@ -229,6 +236,7 @@ pub fn main() -> i32 {
             println!("{m}");
             EngineError::Interrupted(m).exit_code()
         }
+        Err(EngineError::Reported(code)) => code,
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()

@@ -13,6 +13,10 @@ pub enum EngineError {
     /// Stopped by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint to resume from. Exit code 130.
     #[error("{0}")]
     Interrupted(String),
+    /// An error whose message was already printed, ending the process with this exit code: every rank of a
+    /// data-parallel run prints its own before any of them exits (see `cli::agree`).
+    #[error("(reported above)")]
+    Reported(i32),
 }
 
 impl EngineError {
@@ -22,6 +26,7 @@ impl EngineError {
             EngineError::Usage(_) => 2,
             EngineError::Run(_) => 1,
             EngineError::Interrupted(_) => crate::signals::INTERRUPTED_EXIT_CODE,
+            EngineError::Reported(code) => *code,
         }
     }
 }
