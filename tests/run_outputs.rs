@@ -132,21 +132,31 @@ fn each_output_turns_off_with_its_run_key() {
 fn run_profile_writes_the_op_table() {
     let (save, log) = train("outputs_profile", &["run.profile=true"]);
     let report = std::fs::read_to_string(save.join("profile.txt")).unwrap();
-    // digits_yaml's MLP: Linear(64, 32), ReLU, Linear(32, 10); one forward and one backward per step.
+    // digits_yaml's MLP: Linear(64, 32) + ReLU (fused, `model.fuse` is on by default), Linear(32, 10); one
+    // forward and one backward per step.
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(save.join("summary.json")).unwrap()).unwrap();
     let steps = summary["steps"].as_u64().unwrap();
     let head = format!("Graph ops per training step (mean of {steps} forward and {steps} backward passes; evaluation:");
     assert!(report.starts_with(&head), "{report}");
     let row = |name: &str| -> Vec<String> {
-        let line = report.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row:\n{report}"));
+        // The row of exactly this label: its numbers follow it (`Linear ` is not `Linear + Relu`).
+        let is_row = |l: &&str| {
+            l.strip_prefix(name).is_some_and(|rest| rest.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        };
+        let line = report.lines().find(is_row).unwrap_or_else(|| panic!("no {name} row:\n{report}"));
         line[name.len()..].split_whitespace().map(str::to_string).collect()
     };
-    let linear = row("Linear ");
-    assert_eq!(linear[0], "2", "two linear layers: {linear:?}");
-    let ms: Vec<f64> = linear[1..4].iter().map(|v| v.parse().unwrap()).collect();
-    assert!(ms.iter().all(|&v| v > 0.0) && (ms[0] + ms[1] - ms[2]).abs() < 2e-3, "forward + backward = step: {ms:?}");
-    for layer in ["layers.0 Linear(64, 32)", "layers.2 Linear(32, 10)"] {
+    for kind in ["Linear + Relu ", "Linear "] {
+        let cells = row(kind);
+        assert_eq!(cells[0], "1", "one {kind}node: {cells:?}");
+        let ms: Vec<f64> = cells[1..4].iter().map(|v| v.parse().unwrap()).collect();
+        assert!(
+            ms.iter().all(|&v| v > 0.0) && (ms[0] + ms[1] - ms[2]).abs() < 2e-3,
+            "{kind}: fwd + bwd = step: {ms:?}"
+        );
+    }
+    for layer in ["layers.0 Linear(64, 32) + Relu", "layers.2 Linear(32, 10)"] {
         let cells = row(layer);
         let eval: f64 = cells.last().unwrap().parse().unwrap();
         assert!(eval > 0.0, "{layer}: validation forward time missing: {cells:?}");

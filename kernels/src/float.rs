@@ -53,6 +53,9 @@ pub trait Float:
     fn powf(self, e: Self) -> Self;
     /// The error function (needed by the exact GELU).
     fn erf(self) -> Self;
+    /// `(erf(self), e^(-self^2))`: the exact GELU's derivative needs both, and the f32 erf computes the
+    /// Gaussian on its way (the first is bitwise [`Float::erf`]).
+    fn erf_gauss(self) -> (Self, Self);
     /// `self * a + b` with one rounding (a fused multiply-add). Correctly rounded on every target, so the
     /// bits never depend on the instruction set; only fast where the compiled code may use FMA instructions
     /// (the AVX2 and AVX-512 versions of `multiversion!`), a libm call otherwise.
@@ -62,7 +65,7 @@ pub trait Float:
 /// Implements [`Float`] for a primitive type, with the given functions for `exp`, `tanh` and `erf` (f32 uses
 /// the vectorisable approximations below, f64 the exact reference implementations).
 macro_rules! impl_float {
-    ($t:ty, exp: $exp:path, tanh: $tanh:path, erf: $erf:path) => {
+    ($t:ty, exp: $exp:path, tanh: $tanh:path, erf: $erf:path, erf_gauss: $erf_gauss:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -115,14 +118,23 @@ macro_rules! impl_float {
                 $erf(self)
             }
             #[inline(always)]
+            fn erf_gauss(self) -> (Self, Self) {
+                $erf_gauss(self)
+            }
+            #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
                 <$t>::mul_add(self, a, b)
             }
         }
     };
 }
-impl_float!(f32, exp: exp_f32, tanh: tanh_f32, erf: erf_f32);
-impl_float!(f64, exp: f64::exp, tanh: f64::tanh, erf: erf_f64);
+impl_float!(f32, exp: exp_f32, tanh: tanh_f32, erf: erf_f32, erf_gauss: erf_gauss_f32);
+impl_float!(f64, exp: f64::exp, tanh: f64::tanh, erf: erf_f64, erf_gauss: erf_gauss_f64);
+
+/// `(erf(x), e^(-x^2))` in float64.
+fn erf_gauss_f64(x: f64) -> (f64, f64) {
+    (erf_f64(x), (-(x * x)).exp())
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Vectorisable f32 exp / tanh / erf.
@@ -277,6 +289,17 @@ const ERF_Q8: f32 = 0.000_142_869_83;
 /// absolute); the sign is copied from x, |x| >= 3.95 gives exactly +-1, NaN gives NaN.
 #[inline(always)]
 fn erf_f32(x: f32) -> f32 {
+    erf_gauss_f32(x).0
+}
+
+/// `(erf(x), e^(-x^2))` in f32: [`erf_f32`] and the Gaussian its tail branch multiplies by, computed once
+/// (the exact GELU's derivative needs both). The Gaussian is [`exp_f32`] of `-(x * x)` (under 1 ulp; +0 for
+/// |x| > about 10.2). erf clamps |x| to 3.95 for its fit, but not the Gaussian: beyond the clamp
+/// e^(-x^2) Q < 2.4e-8 still rounds `1 - e^(-x^2) Q` to exactly 1, and within it `x * x` is the clamped
+/// square, so erf keeps its bits (checked exhaustively).
+#[inline(always)]
+fn erf_gauss_f32(x: f32) -> (f32, f32) {
+    let gauss = exp_f32(-(x * x));
     let ax = x.abs();
     let ax = if ax > ERF_CLAMP { ERF_CLAMP } else { ax };
     let a2 = ax * ax;
@@ -285,9 +308,9 @@ fn erf_f32(x: f32) -> f32 {
     let q = ERF_Q0
         + t * (ERF_Q1
             + t * (ERF_Q2 + t * (ERF_Q3 + t * (ERF_Q4 + t * (ERF_Q5 + t * (ERF_Q6 + t * (ERF_Q7 + t * ERF_Q8)))))));
-    let big = 1.0 - exp_core_f32(-a2) * q;
+    let big = 1.0 - gauss * q;
     let r = if ax < ERF_SMALL { small } else { big };
-    r.copysign(x)
+    (r.copysign(x), gauss)
 }
 
 /// The error function in float64, to about 1e-15 relative (W. J. Cody's rational approximations, as in
@@ -496,6 +519,41 @@ mod tests {
         println!("erf max ulp {u1:.3} {u2:.3} {u3:.3}, max abs {a1:.3e} {a2:.3e} {a3:.3e}");
         assert!(u1.max(u2).max(u3) <= 1.5, "erf max ulp {u1} {u2} {u3}");
         assert!(a1.max(a2).max(a3) <= 1e-7, "erf max abs {a1} {a2} {a3}");
+    }
+
+    /// The erf that shares its Gaussian ([`erf_gauss_f32`], unclamped) is bitwise the erf it replaced (the
+    /// Gaussian of the clamped argument), on every 61st positive f32 and on every f32 around the clamp; the
+    /// Gaussian itself is e^(-x^2) to within the rounding of `x * x` plus 1.5 ulp.
+    #[test]
+    fn erf_keeps_its_bits_with_the_shared_gaussian() {
+        fn erf_clamped_gauss(x: f32) -> f32 {
+            let ax = x.abs();
+            let ax = if ax > ERF_CLAMP { ERF_CLAMP } else { ax };
+            let a2 = ax * ax;
+            let small =
+                ax + ax * (ERF_S0 + a2 * (ERF_S1 + a2 * (ERF_S2 + a2 * (ERF_S3 + a2 * (ERF_S4 + a2 * ERF_S5)))));
+            let t = ax - 2.0;
+            let q = ERF_Q0
+                + t * (ERF_Q1
+                    + t * (ERF_Q2
+                        + t * (ERF_Q3 + t * (ERF_Q4 + t * (ERF_Q5 + t * (ERF_Q6 + t * (ERF_Q7 + t * ERF_Q8)))))));
+            let big = 1.0 - exp_core_f32(-a2) * q;
+            let r = if ax < ERF_SMALL { small } else { big };
+            r.copysign(x)
+        }
+        let around_clamp = 3.8f32.to_bits()..4.6f32.to_bits();
+        for bits in (0..f32::INFINITY.to_bits()).step_by(61).chain(around_clamp) {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                let (erf, gauss) = erf_gauss_f32(x);
+                assert_eq!(erf.to_bits(), erf_clamped_gauss(x).to_bits(), "erf({x:e})");
+                let want = (-(x as f64) * (x as f64)).exp();
+                let tol = want * (1.5 * f32::EPSILON as f64 + (x as f64) * (x as f64) * f32::EPSILON as f64 / 2.0);
+                // Subnormal results are rounded once to the spacing 2^-149 (1.4e-45).
+                assert!((gauss as f64 - want).abs() <= tol + 2.1e-45, "gauss({x:e}) = {gauss:e}, want {want:e}");
+            }
+        }
+        assert!(erf_gauss_f32(f32::NAN).0.is_nan() && erf_gauss_f32(f32::NAN).1.is_nan());
+        assert_eq!(erf_gauss_f32(f32::INFINITY), (1.0, 0.0));
     }
 
     /// Every f32 (every positive one for the odd tanh and erf, whose sign is copied): the figures the doc

@@ -54,7 +54,7 @@ pub fn model_common_keys() -> Vec<String> {
         pretrained: Some("p".into()),
         strict: true,
         freeze: vec!["f".into()],
-        fuse: true,
+        fuse: false,
         options: Default::default(),
     };
     match serde_json::to_value(full).expect("the model section serialises") {

@@ -36,10 +36,11 @@ pub struct ModelSection {
     /// Name prefixes of parameters to freeze (e.g. `features.` or `layers.0`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
-    /// Run each linear layer and the activation that reads it as one node whose backward works in place (the
-    /// same numbers, one `[batch, features]` gradient buffer fewer per pair). Off by default: on the AVX2 EPYC
-    /// it was measured on, the in-place backward was slower than the separate ops (benches/README.md).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Run each linear layer and the activation that reads it as one node (the same numbers bit for bit): the
+    /// activation runs on each chunk of the product while it is in cache and keeps its derivative for the
+    /// backward, which is then one multiply in place, with no gradient buffer of its own. On by default (W3 4%
+    /// faster on AVX-512, W1 the same; benches/README.md); `false` runs the separate ops.
+    #[serde(default = "d::fuse", skip_serializing_if = "is_true")]
     pub fuse: bool,
     /// Builder options.
     #[serde(flatten)]
@@ -89,8 +90,14 @@ macro_rules! defaults {
     };
 }
 
+/// Whether a flag is on (serde's `skip_serializing_if` for flags that default to on).
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
 mod d {
     defaults! {
+        fuse: bool = true;
         amp: serde_json::Value = serde_json::Value::Bool(false);
         amp_init_scale: f64 = 65536.0;
         amp_growth_interval: u64 = 2000;

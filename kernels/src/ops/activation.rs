@@ -94,17 +94,43 @@ impl Activation {
     }
 }
 
-/// `dout * act'(x)` for one element, the activation chosen at compile time: the same expression each
-/// module's backward evaluates.
+/// `act(x)` for one element, the activation chosen at compile time: the expression each module's forward
+/// evaluates.
 #[inline(always)]
-pub(crate) fn backward_elem<T: Float, const ACT: u8>(g: T, x: T) -> T {
+pub(crate) fn forward_elem<T: Float, const ACT: u8>(x: T) -> T {
     match ACT {
-        RELU => relu::backward_elem(g, x),
-        GELU => gelu::backward_exact_elem(g, x),
-        GELU_TANH => gelu::backward_tanh_elem(g, x),
-        TANH => tanh::backward_elem(g, x),
-        SIGMOID => sigmoid::backward_elem(g, x),
-        _ => silu::backward_elem(g, x),
+        RELU => relu::forward_elem(x),
+        GELU => gelu::gelu_exact(x),
+        GELU_TANH => gelu::gelu_tanh(x),
+        TANH => x.tanh(),
+        SIGMOID => sigmoid::sigmoid(x),
+        _ => silu::forward_elem(x),
+    }
+}
+
+/// `act'(x)` for one element: every backward but ReLU's is `dout * act'(x)` (each module's `backward_elem`), so a kernel
+/// that keeps this from the forward gives the backward's bits with one multiply. ReLU's backward is a mask
+/// (it keeps a NaN gradient out of the inactive units), so for ReLU this is the input itself: callers keep
+/// the pre-activation and mask with [`backward_from_kept`].
+#[inline(always)]
+pub(crate) fn kept_elem<T: Float, const ACT: u8>(x: T) -> T {
+    match ACT {
+        RELU => x,
+        GELU => gelu::gelu_exact_grad(x),
+        GELU_TANH => gelu::gelu_tanh_grad(x),
+        TANH => tanh::grad_elem(x),
+        SIGMOID => sigmoid::grad_elem(x),
+        _ => silu::grad_elem(x),
+    }
+}
+
+/// The backward of one element from what [`kept_elem`] kept: `g * kept` (ReLU: `g` where the kept input is
+/// positive, else 0), bitwise the module's `backward_elem(g, x)`.
+#[inline(always)]
+pub(crate) fn backward_from_kept<T: Float, const ACT: u8>(g: T, kept: T) -> T {
+    match ACT {
+        RELU => relu::backward_elem(g, kept),
+        _ => g * kept,
     }
 }
 

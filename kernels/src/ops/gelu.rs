@@ -22,29 +22,31 @@ const GELU_COEFF: f64 = 0.044715;
 
 /// Exact GELU of one element: `x * Phi(x)`.
 #[inline(always)]
-fn gelu_exact<T: Float>(x: T) -> T {
+pub(crate) fn gelu_exact<T: Float>(x: T) -> T {
     T::from_f64(0.5) * x * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf())
 }
 
 /// Tanh-approximated GELU of one element.
 #[inline(always)]
-fn gelu_tanh<T: Float>(x: T) -> T {
+pub(crate) fn gelu_tanh<T: Float>(x: T) -> T {
     let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_COEFF) * x * x * x);
     T::from_f64(0.5) * x * (T::ONE + u.tanh())
 }
 
-/// d/dx [x Phi(x)] = Phi(x) + x phi(x).
+/// d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi(x) = e^(-z^2) / sqrt(2 pi) for z = x / sqrt 2: the Gaussian
+/// erf(z) computes on its way ([`Float::erf_gauss`]), so one exponential serves both terms, and the fused
+/// linear + GELU forward, which evaluates this beside [`gelu_exact`], shares erf(z) between the two.
 #[inline(always)]
-fn gelu_exact_grad<T: Float>(x: T) -> T {
-    let half = T::from_f64(0.5);
-    let cdf = half * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf());
-    let pdf = T::from_f64(INV_SQRT_2PI) * (-half * x * x).exp();
+pub(crate) fn gelu_exact_grad<T: Float>(x: T) -> T {
+    let (erf, gauss) = (x * T::from_f64(FRAC_1_SQRT_2)).erf_gauss();
+    let cdf = T::from_f64(0.5) * (T::ONE + erf);
+    let pdf = T::from_f64(INV_SQRT_2PI) * gauss;
     cdf + x * pdf
 }
 
 /// d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'.
 #[inline(always)]
-fn gelu_tanh_grad<T: Float>(x: T) -> T {
+pub(crate) fn gelu_tanh_grad<T: Float>(x: T) -> T {
     let half = T::from_f64(0.5);
     let x2 = x * x;
     let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_COEFF) * x2 * x);

@@ -5,6 +5,7 @@
 
 use crate::Float;
 
+use super::activation::Activation;
 use super::bias_add::bias_add_backward;
 
 use super::gemm::Mat;
@@ -66,20 +67,30 @@ pub fn linear_forward<T: Float>(
     c: usize,
     oc: usize,
 ) {
-    forward_onto(out, inp, weight, bias, None, b, c, oc);
+    forward_onto(out, inp, weight, bias, FusedTail::None, b, c, oc);
 }
 
-/// [`linear_forward`], plus `residual` added to the result when given: `out = residual + (inp @ weight^T +
-/// bias)`, bitwise the linear layer followed by the add (`ops::linear_residual`).
-///
-/// residual: [B, OC] or None.
+/// What [`forward_onto`] does to the product besides the bias, fused into the same pass over it.
+pub(crate) enum FusedTail<'a, T> {
+    /// Nothing: the linear layer alone.
+    None,
+    /// `residual + (product + bias)` ([B, OC]): the linear layer followed by an add (`ops::linear_residual`).
+    Residual(&'a [T]),
+    /// `act(product + bias)` in place, keeping what the backward needs in `keep` when given ([B, OC]):
+    /// the linear layer followed by an activation (`ops::linear_act`).
+    Act { act: Activation, keep: Option<&'a mut [T]> },
+}
+
+/// [`linear_forward`] followed by `tail`, bitwise the linear layer followed by the separate op: the tail
+/// runs on each chunk of rows right after the chunk is multiplied (threaded path) or over the whole output
+/// after it (otherwise), with the separate ops' expressions.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_onto<T: Float>(
     out: &mut [T],
     inp: &[T],
     weight: &[T],
     bias: Option<&[T]>,
-    residual: Option<&[T]>,
+    tail: FusedTail<'_, T>,
     b: usize,
     c: usize,
     oc: usize,
@@ -88,13 +99,19 @@ pub(crate) fn forward_onto<T: Float>(
     assert_eq!(inp.len(), b * c, "linear_forward: inp must be [B, C]");
     assert_eq!(weight.len(), oc * c, "linear_forward: weight must be [OC, C]");
     assert!(bias.is_none_or(|x| x.len() == oc), "linear_forward: bias must be [OC]");
+    let (residual, act, keep) = match tail {
+        FusedTail::None => (None, None, None),
+        FusedTail::Residual(r) => (Some(r), None, None),
+        FusedTail::Act { act, keep } => (None, Some(act), keep),
+    };
     assert!(residual.is_none_or(|r| r.len() == b * oc), "linear_forward: residual must be [B, OC]");
+    assert!(keep.as_ref().is_none_or(|k| k.len() == b * oc), "linear_forward: keep must be [B, OC]");
     // weight^T as a [C, OC] matrix: element (k, j) is weight[j * C + k], i.e. row stride 1, column stride C.
     let product = |out: &mut [T], inp: &[T], rows: usize, accumulate: bool, parallel: bool| {
         let (lhs, rhs) = (Mat { data: inp, rs: c, cs: 1 }, Mat { data: weight, rs: 1, cs: c });
         super::gemm::gemm_strided(rows, oc, c, out, oc, 1, accumulate, lhs, rhs, T::ONE, parallel);
     };
-    if bias.is_none() && residual.is_none() {
+    if bias.is_none() && residual.is_none() && act.is_none() {
         product(out, inp, b, false, true);
         return;
     }
@@ -112,14 +129,31 @@ pub(crate) fn forward_onto<T: Float>(
         let per = b.div_ceil(threads);
         let chunk = (BIAS_CHUNK_BYTES / (oc * std::mem::size_of::<T>())).max(1);
         let empty: &[T] = &[];
-        out.par_chunks_mut(per * oc).zip(inp.par_chunks(per * c)).enumerate().for_each(|(t, (o, x))| {
+        let bias = bias.unwrap_or(empty);
+        // Thread `t`'s row block: its output, input and (when kept) its part of `keep`.
+        let block = |t: usize, o: &mut [T], x: &[T], mut k: Option<&mut [T]>| {
             for (i, (o, x)) in o.chunks_mut(chunk * oc).zip(x.chunks(chunk * c)).enumerate() {
                 product(o, x, o.len() / oc, false, false);
-                let at = (t * per + i * chunk) * oc;
-                let r = residual.map_or(empty, |r| &r[at..at + o.len()]);
-                super::bias_add::epilogue_rows_serial(o, bias.unwrap_or(empty), r);
+                let (local, at) = (i * chunk * oc, (t * per + i * chunk) * oc);
+                match act {
+                    Some(a) => {
+                        let k = k.as_deref_mut().map(|k| &mut k[local..local + o.len()]);
+                        super::linear_act::epilogue_serial(a, o, k, bias)
+                    }
+                    None => {
+                        let r = residual.map_or(empty, |r| &r[at..at + o.len()]);
+                        super::bias_add::epilogue_rows_serial(o, bias, r)
+                    }
+                }
             }
-        });
+        };
+        let blocks = out.par_chunks_mut(per * oc).zip(inp.par_chunks(per * c));
+        match keep {
+            Some(k) => {
+                blocks.zip(k.par_chunks_mut(per * oc)).enumerate().for_each(|(t, ((o, x), k))| block(t, o, x, Some(k)))
+            }
+            None => blocks.enumerate().for_each(|(t, (o, x))| block(t, o, x, None)),
+        }
         return;
     }
     match bias {
@@ -135,6 +169,9 @@ pub(crate) fn forward_onto<T: Float>(
     }
     if let Some(r) = residual {
         super::add::add_assign(out, r);
+    }
+    if let Some(a) = act {
+        super::linear_act::epilogue_par(a, out, keep);
     }
 }
 
@@ -155,7 +192,7 @@ pub fn linear_backward<T: Float>(
     c: usize,
     oc: usize,
 ) {
-    check_backward_shapes(dinp.as_deref(), dweight, dbias.as_deref(), dout, inp, weight, b, c, oc);
+    check_backward_shapes(dinp.as_deref(), dweight, dbias.as_deref(), dout.len(), inp, weight, b, c, oc);
     if let Some(dinp) = dinp {
         // dinp[B, C] = dout[B, OC] @ weight[OC, C]
         gemm_strided(b, c, oc, dinp, c, 1, false, dout, oc, 1, weight, c, 1);
@@ -173,14 +210,14 @@ fn check_backward_shapes<T>(
     dinp: Option<&[T]>,
     dweight: &[T],
     dbias: Option<&[T]>,
-    dout: &[T],
+    dout_len: usize,
     inp: &[T],
     weight: &[T],
     b: usize,
     c: usize,
     oc: usize,
 ) {
-    assert_eq!(dout.len(), b * oc, "linear_backward: dout must be [B, OC]");
+    assert_eq!(dout_len, b * oc, "linear_backward: dout must be [B, OC]");
     assert_eq!(inp.len(), b * c, "linear_backward: inp must be [B, C]");
     assert_eq!(weight.len(), oc * c, "linear_backward: weight must be [OC, C]");
     assert_eq!(dweight.len(), oc * c, "linear_backward: dweight must be [OC, C]");
@@ -207,6 +244,54 @@ fn splits_rows(rows: usize, c: usize, oc: usize) -> bool {
     rows >= SPLIT_MIN_ROWS && rows.saturating_mul(c).saturating_mul(oc) >= GEMM_PAR_MIN_FLOPS
 }
 
+/// The output gradient a linear backward reads: as it is, or an activation's output gradient (`dout`, [B, OC])
+/// that is first turned into the pre-activation gradient in place from what the fused forward kept
+/// (`ops::linear_act`).
+pub(crate) enum OutGrad<'a, T> {
+    /// The linear layer's own output gradient.
+    Ready(&'a [T]),
+    /// `dout * act'(pre)` is computed in place (rows by rows, right before they are multiplied).
+    ThroughAct { dout: &'a mut [T], kept: &'a [T], act: Activation },
+}
+
+impl<'a, T: Float> OutGrad<'a, T> {
+    fn len(&self) -> usize {
+        match self {
+            OutGrad::Ready(d) => d.len(),
+            OutGrad::ThroughAct { dout, .. } => dout.len(),
+        }
+    }
+
+    /// The first `mid` elements and the rest.
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        match self {
+            OutGrad::Ready(d) => {
+                let (x, y) = d.split_at(mid);
+                (OutGrad::Ready(x), OutGrad::Ready(y))
+            }
+            OutGrad::ThroughAct { dout, kept, act } => {
+                let ((d0, d1), (k0, k1)) = (dout.split_at_mut(mid), kept.split_at(mid));
+                (OutGrad::ThroughAct { dout: d0, kept: k0, act }, OutGrad::ThroughAct { dout: d1, kept: k1, act })
+            }
+        }
+    }
+
+    /// The gradient to multiply, converted on the calling thread (`parallel`: or across the pool) first.
+    fn ready(self, parallel: bool) -> &'a [T] {
+        match self {
+            OutGrad::Ready(d) => d,
+            OutGrad::ThroughAct { dout, kept, act } => {
+                if parallel {
+                    super::linear_act::grad_in_place(act, dout, kept);
+                } else {
+                    super::linear_act::grad_in_place_serial(act, dout, kept);
+                }
+                dout
+            }
+        }
+    }
+}
+
 /// [`linear_backward`] with the rows in two fixed halves on two rayon tasks (from [`SPLIT_MIN_ROWS`] rows and
 /// [`GEMM_PAR_MIN_FLOPS`] multiply-adds; otherwise it is [`linear_backward`]): each half computes its rows of
 /// `dinp` and its part of the weight gradient, the first onto `dweight`, the second into `scratch` (at least
@@ -216,7 +301,7 @@ fn splits_rows(rows: usize, c: usize, oc: usize) -> bool {
 pub fn linear_backward_split<T: Float>(
     dinp: Option<&mut [T]>,
     dweight: &mut [T],
-    mut dbias: Option<&mut [T]>,
+    dbias: Option<&mut [T]>,
     dout: &[T],
     inp: &[T],
     weight: &[T],
@@ -225,11 +310,30 @@ pub fn linear_backward_split<T: Float>(
     c: usize,
     oc: usize,
 ) {
+    backward_split(dinp, dweight, dbias, OutGrad::Ready(dout), inp, weight, scratch, b, c, oc);
+}
+
+/// [`linear_backward_split`] of an [`OutGrad`]: with [`OutGrad::ThroughAct`], each half first converts its
+/// rows of the output gradient (so they are in cache for its products).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_split<T: Float>(
+    dinp: Option<&mut [T]>,
+    dweight: &mut [T],
+    mut dbias: Option<&mut [T]>,
+    dout: OutGrad<'_, T>,
+    inp: &[T],
+    weight: &[T],
+    scratch: &mut [T],
+    b: usize,
+    c: usize,
+    oc: usize,
+) {
     if !splits_rows(b, c, oc) {
-        linear_backward(dinp, dweight, dbias, dout, inp, weight, b, c, oc);
+        linear_backward(dinp, dweight, dbias, dout.ready(true), inp, weight, b, c, oc);
         return;
     }
-    check_backward_shapes(dinp.as_deref(), dweight, dbias.as_deref(), dout, inp, weight, b, c, oc);
+    check_backward_shapes(dinp.as_deref(), dweight, dbias.as_deref(), dout.len(), inp, weight, b, c, oc);
+    let (dout0, dout1) = dout.split_at(b / 2 * oc);
     assert!(scratch.len() >= oc * (c + 1), "linear_backward_split: scratch must hold OC * (C + 1)");
     let (part, part_bias) = scratch[..oc * (c + 1)].split_at_mut(oc * c);
     let (dbias0, dbias1) = match dbias.as_deref_mut() {
@@ -240,7 +344,6 @@ pub fn linear_backward_split<T: Float>(
         None => (None, None),
     };
     let h = b / 2;
-    let (dout0, dout1) = dout.split_at(h * oc);
     let (inp0, inp1) = inp.split_at(h * c);
     let (dinp0, dinp1) = match dinp {
         Some(d) => {
@@ -258,9 +361,10 @@ pub fn linear_backward_split<T: Float>(
     let half = |dinp: Option<&mut [T]>,
                 (dst, dst_bias): (&mut [T], Option<&mut [T]>),
                 accumulate: bool,
-                dout: &[T],
+                dout: OutGrad<'_, T>,
                 inp: &[T],
                 rows: usize| {
+        let dout = dout.ready(false);
         let product = |m, n, k, dst: &mut [T], drs, acc, lhs: Mat<'_, T>, rhs: Mat<'_, T>| {
             super::gemm::gemm_strided(m, n, k, dst, drs, 1, acc, lhs, rhs, T::ONE, nested)
         };

@@ -1,5 +1,5 @@
 //! GPU twins of [`linear_act_forward`](super::linear_act_forward),
-//! [`linear_act_backward`](super::linear_act_backward) and
+//! [`linear_act_backward`](super::linear_act_backward) (keeping the pre-activation rather than the derivative) and
 //! [`act_backward_with_bias_sums`](super::act_backward_with_bias_sums): the GPU linear layer and
 //! activation kernels, with the pre-activation gradient formed in place in `dout` as on the CPU.
 
@@ -107,19 +107,20 @@ mod tests {
                 let g = rand_vec(&mut rng, b * oc, -1.0, 1.0);
                 let dw0 = rand_vec(&mut rng, oc * c, -1.0, 1.0);
                 let db0 = rand_vec(&mut rng, oc, -1.0, 1.0);
+                // The CPU reference: the unfused ops (the CPU's fused kernel keeps act'(pre), not pre).
                 let (mut want_out, mut want_pre) = (vec![0.0f32; b * oc], vec![0.0f32; b * oc]);
-                super::super::linear_act_forward(&mut want_out, &mut want_pre, &inp, &w, Some(&bias), act, b, c, oc);
-                let (mut want_dx, mut want_dw, mut want_db, mut want_d) =
-                    (vec![0.0f32; b * c], dw0.clone(), db0.clone(), g.clone());
-                super::super::linear_act_backward(
+                crate::ops::linear::linear_forward(&mut want_pre, &inp, &w, Some(&bias), b, c, oc);
+                crate::ops::activation::activation_forward(act, &mut want_out, &want_pre);
+                let mut want_d = vec![0.0f32; b * oc];
+                crate::ops::activation::activation_backward(act, &mut want_d, &g, &want_pre);
+                let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; b * c], dw0.clone(), db0.clone());
+                crate::ops::linear::linear_backward(
                     Some(&mut want_dx),
                     &mut want_dw,
                     Some(&mut want_db),
-                    &mut want_d,
-                    &want_pre,
+                    &want_d,
                     &inp,
                     &w,
-                    act,
                     b,
                     c,
                     oc,

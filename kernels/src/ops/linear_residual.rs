@@ -25,7 +25,7 @@ pub fn linear_residual_forward<T: Float>(
     c: usize,
     oc: usize,
 ) {
-    super::linear::forward_onto(out, inp, weight, bias, Some(residual), b, c, oc);
+    super::linear::forward_onto(out, inp, weight, bias, super::linear::FusedTail::Residual(residual), b, c, oc);
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use crate::Float;
 
 /// Sigmoid in a form that never overflows: `e^-|x|` is at most 1, so no `exp` of a large positive number.
 #[inline(always)]
-fn sigmoid<T: Float>(x: T) -> T {
+pub(crate) fn sigmoid<T: Float>(x: T) -> T {
     if x >= T::ZERO {
         T::ONE / (T::ONE + (-x).exp())
     } else {
@@ -21,7 +21,7 @@ pub fn sigmoid_forward<T: Float>(out: &mut [T], inp: &[T]) {
     map_unary(out, inp, sigmoid);
 }
 
-/// Sigmoid backward: `dinp = dout * s * (1 - s)` with `s = sigmoid(inp)` recomputed from the input
+/// Sigmoid backward: `dinp = dout * (s * (1 - s))` with `s = sigmoid(inp)` recomputed from the input
 /// (overwrites `dinp`).
 ///
 /// dinp, dout, inp: [N].
@@ -32,8 +32,15 @@ pub fn sigmoid_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
 /// One element of [`sigmoid_backward`].
 #[inline(always)]
 pub(crate) fn backward_elem<T: Float>(g: T, x: T) -> T {
+    g * grad_elem(x)
+}
+
+/// s (1 - s) for one element: what [`backward_elem`] multiplies the gradient by (and what the fused linear +
+/// sigmoid keeps from its forward).
+#[inline(always)]
+pub(crate) fn grad_elem<T: Float>(x: T) -> T {
     let s = sigmoid(x);
-    g * s * (T::ONE - s)
+    s * (T::ONE - s)
 }
 
 #[cfg(test)]

@@ -19,10 +19,24 @@ fn sigmoid<T: Float>(x: T) -> T {
 ///
 /// inp: [N], out: [N] (any shape, flattened).
 pub fn silu_forward<T: Float>(out: &mut [T], inp: &[T]) {
-    map_unary(out, inp, |x: T| x * sigmoid(x));
+    map_unary(out, inp, forward_elem);
 }
 
-/// SiLU backward: `dinp = dout * s * (1 + x * (1 - s))` with `s = sigmoid(inp)` recomputed from the input
+/// One element of [`silu_forward`].
+#[inline(always)]
+pub(crate) fn forward_elem<T: Float>(x: T) -> T {
+    x * sigmoid(x)
+}
+
+/// d/dx [x s(x)] = s (1 + x (1 - s)) for one element: what [`backward_elem`] multiplies the gradient by (and what
+/// the fused linear + SiLU keeps from its forward).
+#[inline(always)]
+pub(crate) fn grad_elem<T: Float>(x: T) -> T {
+    let s = sigmoid(x);
+    s * (T::ONE + x * (T::ONE - s))
+}
+
+/// SiLU backward: `dinp = dout * (s * (1 + x * (1 - s)))` with `s = sigmoid(inp)` recomputed from the input
 /// (overwrites `dinp`). This is d/dx [x s(x)] = s + x s (1 - s), factored as PyTorch does.
 ///
 /// dinp, dout, inp: [N].
@@ -33,8 +47,7 @@ pub fn silu_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
 /// One element of [`silu_backward`].
 #[inline(always)]
 pub(crate) fn backward_elem<T: Float>(g: T, x: T) -> T {
-    let s = sigmoid(x);
-    g * s * (T::ONE + x * (T::ONE - s))
+    g * grad_elem(x)
 }
 
 #[cfg(test)]

@@ -21,8 +21,15 @@ pub fn tanh_backward<T: Float>(dinp: &mut [T], dout: &[T], inp: &[T]) {
 /// One element of [`tanh_backward`].
 #[inline(always)]
 pub(crate) fn backward_elem<T: Float>(g: T, x: T) -> T {
+    g * grad_elem(x)
+}
+
+/// 1 - tanh(x)^2 for one element: what [`backward_elem`] multiplies the gradient by (and what the fused
+/// linear + tanh keeps from its forward).
+#[inline(always)]
+pub(crate) fn grad_elem<T: Float>(x: T) -> T {
     let t = x.tanh();
-    g * (T::ONE - t * t)
+    T::ONE - t * t
 }
 
 #[cfg(test)]

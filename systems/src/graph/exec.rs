@@ -340,10 +340,12 @@ impl Activations {
                     scratch = scratch.max(conv_geom(spec, *in_hw, capacity).maxpool_scratch_len())
                 }
                 OpKind::MaxPool2d { .. } => indices[idx] = vec![0; sizes[node.output.0]],
-                // A fused activation's input (the pre-activation) is kept for the backward.
-                OpKind::Linear { act: Some(_), .. } => saved[idx] = vec![0.0; sizes[node.output.0]],
-                // The second half's weight gradient of a row-split backward.
-                OpKind::Linear { rows, in_features, out_features, act: None, .. } => {
+                // The second half's weight gradient of a row-split backward; for a fused activation, what its
+                // backward reads (its derivative, or ReLU's input) is kept too.
+                OpKind::Linear { rows, in_features, out_features, act, .. } => {
+                    if act.is_some() {
+                        saved[idx] = vec![0.0; sizes[node.output.0]];
+                    }
                     let len =
                         ops::linear::linear_backward_split_scratch_len(capacity * rows, *in_features, *out_features);
                     scratch = scratch.max(len)
@@ -658,8 +660,9 @@ pub fn forward_with(
                 match act {
                     None => ops::linear::linear_forward(y, x, p(weight), b, rows, c, oc),
                     Some(a) => {
-                        let pre = &mut saved[idx][..y.len()];
-                        ops::linear_act::linear_act_forward(y, pre, x, p(weight), b, *a, rows, c, oc)
+                        // Only a training forward is followed by a backward that reads what is kept.
+                        let keep = (mode == Mode::Train).then(|| &mut saved[idx][..y.len()]);
+                        ops::linear_act::linear_act_forward(y, keep, x, p(weight), b, *a, rows, c, oc)
                     }
                 }
             }
@@ -1126,11 +1129,12 @@ pub fn backward_releasing<'g>(
             // The output gradient is read by no other node (its readers ran before this one in the backward),
             // so the fused kernel turns it into the pre-activation gradient in place.
             let (xv, x) = (node.inputs[0], value_rows(graph, values, value_source, input, node.inputs[0], n));
-            let (dy, pre) = (&mut dy_buf[..out_len], &saved[idx][..out_len]);
+            let (dy, kept) = (&mut dy_buf[..out_len], &saved[idx][..out_len]);
             GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(xv, x.len(), |dx| {
                 let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
                 let (rows, c, oc) = (n * rows, *in_features, *out_features);
-                ops::linear_act::linear_act_backward(dx, dw, db, dy, pre, x, p(weight), *a, rows, c, oc);
+                let s = &mut scratch[..ops::linear_act::linear_act_backward_scratch_len(rows, c, oc)];
+                ops::linear_act::linear_act_backward(dx, dw, db, dy, kept, x, p(weight), *a, s, rows, c, oc);
             });
             dvals[dy_slot] = dy_buf;
             continue;
