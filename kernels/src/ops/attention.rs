@@ -117,19 +117,20 @@ fn head_forward_small<T: Float>(
     nq: usize,
     d: usize,
     causal: bool,
+    ws: &mut small::HeadScratch<T>,
 ) {
-    let mut pk = small::Packed::new();
+    let pk = &mut ws.pk;
     pk.transpose_of(x.k, x.rs, d, t);
     let (q, scale) = (small::Strided { data: x.q, rs: x.rs, cs: 1 }, default_scale::<T>(d));
     if causal {
-        small::matmul_packed(att, t, nq, t, q, &pk, scale);
+        small::matmul_packed(att, t, nq, t, q, pk, scale);
         softmax_block(att, t, 0, nq, causal);
     } else {
         // The scores never leave the registers before the softmax (bitwise the two steps above).
-        small::scores_softmax_packed(att, t, nq, t, q, &pk, scale);
+        small::scores_softmax_packed(att, t, nq, t, q, pk, scale);
     }
     pk.rows_of(x.v, x.rs, t, d);
-    small::matmul_packed(out, out_rs, nq, d, small::Strided { data: att, rs: t, cs: 1 }, &pk, T::ONE);
+    small::matmul_packed(out, out_rs, nq, d, small::Strided { data: att, rs: t, cs: 1 }, pk, T::ONE);
 }
 
 /// [`head_backward`] for a head that [`small::fits`] (which leaves the caller's scratch untouched): dP =
@@ -147,20 +148,21 @@ fn head_backward_small<T: Float>(
     nq: usize,
     d: usize,
     causal: bool,
+    ws: &mut small::HeadScratch<T>,
 ) {
     use small::{matmul_packed, Strided};
-    // The score gradient stays on the stack (in cache) instead of going through the [B, H, T, T] scratch.
-    let mut ds_buf = [T::ZERO; small::SQUARE_LEN];
-    let ds = &mut ds_buf[..t * t];
-    let mut pk = small::Packed::new();
+    // The score gradient stays in the thread's workspace (in cache) instead of going through the
+    // [B, H, T, T] scratch. Its first `nq` rows, the only ones read, are written first.
+    let small::HeadScratch { pk, ds } = ws;
+    let ds = &mut ds[..t * t];
     pk.transpose_of(x.v, x.rs, d, t);
     let dout_rows = Strided { data: dout, rs: dout_rs, cs: 1 };
     if causal {
-        matmul_packed(ds, t, nq, t, dout_rows, &pk, T::ONE);
+        matmul_packed(ds, t, nq, t, dout_rows, pk, T::ONE);
         softmax_backward_block(ds, att, t, 0, nq, causal, default_scale::<T>(d));
     } else {
         // dP never leaves the registers before the softmax backward (bitwise the two steps above).
-        small::softmax_backward_packed(ds, t, nq, t, dout_rows, &pk, att, t, default_scale::<T>(d));
+        small::softmax_backward_packed(ds, t, nq, t, dout_rows, pk, att, t, default_scale::<T>(d));
     }
     for which in [0, 2, 1] {
         // The right-hand side, its row stride, its rows (the inner dimension), and the left-hand side.
@@ -177,7 +179,7 @@ fn head_backward_small<T: Float>(
             (Strided { data: lhs, rs: 1, cs: t }, t)
         };
         let (dst, dst_rs) = g.rows(which, 0, d);
-        matmul_packed(dst, dst_rs, m, d, a, &pk, T::ONE);
+        matmul_packed(dst, dst_rs, m, d, a, pk, T::ONE);
     }
     g.zero_rows(0, nq, t, d);
 }
@@ -194,9 +196,10 @@ fn head_forward<T: Float>(
     nq: usize,
     d: usize,
     causal: bool,
+    ws: &mut small::HeadScratch<T>,
 ) {
     if small::fits::<T>(t, d) {
-        return head_forward_small(out, out_rs, att, x, t, nq, d, causal);
+        return head_forward_small(out, out_rs, att, x, t, nq, d, causal, ws);
     }
     let scale = default_scale::<T>(d);
     for (r0, r1) in query_blocks(t, nq, causal) {
@@ -263,15 +266,16 @@ pub fn attention_forward<T: Float>(
     if t == 0 {
         return;
     }
-    let per_head = |(i, (out_h, att_h)): (usize, (&mut [T], &mut [T]))| {
+    let per_head = |ws: &mut small::HeadScratch<T>, (i, (out_h, att_h)): (usize, (&mut [T], &mut [T]))| {
         let s = i * td..(i + 1) * td;
         let x = HeadInputs { q: &q[s.clone()], k: &k[s.clone()], v: &v[s], rs: d };
-        head_forward(out_h, d, att_h, x, t, t, d, causal);
+        head_forward(out_h, d, att_h, x, t, t, d, causal, ws);
     };
     if split_heads_across_threads(b * h, t, d) {
-        out.par_chunks_mut(td).zip(att.par_chunks_mut(tt)).enumerate().for_each(per_head);
+        out.par_chunks_mut(td).zip(att.par_chunks_mut(tt)).enumerate().for_each_init(small::HeadScratch::new, per_head);
     } else {
-        out.chunks_mut(td).zip(att.chunks_mut(tt)).enumerate().for_each(per_head);
+        let mut ws = small::HeadScratch::new();
+        out.chunks_mut(td).zip(att.chunks_mut(tt)).enumerate().for_each(|item| per_head(&mut ws, item));
     }
 }
 
@@ -324,9 +328,10 @@ fn head_backward<T: Float>(
     nq: usize,
     d: usize,
     causal: bool,
+    ws: &mut small::HeadScratch<T>,
 ) {
     if small::fits::<T>(t, d) {
-        return head_backward_small(g, dout, dout_rs, x, att, t, nq, d, causal);
+        return head_backward_small(g, dout, dout_rs, x, att, t, nq, d, causal, ws);
     }
     let scale = default_scale::<T>(d);
     for (r0, r1) in query_blocks(t, nq, causal) {
@@ -427,12 +432,12 @@ pub fn attention_backward<T: Float>(
         return;
     }
     type Item<'a, T> = (usize, (((&'a mut [T], &'a mut [T]), &'a mut [T]), &'a mut [T]));
-    let per_head = |(i, (((dq, dk), dv), ds)): Item<'_, T>| {
+    let per_head = |ws: &mut small::HeadScratch<T>, (i, (((dq, dk), dv), ds)): Item<'_, T>| {
         let s = i * td..(i + 1) * td;
         let g = HeadGrads::Split { dq, dk, dv };
         let att_h = &att[i * tt..(i + 1) * tt];
         let x = HeadInputs { q: &q[s.clone()], k: &k[s.clone()], v: &v[s.clone()], rs: d };
-        head_backward(g, ds, &dout[s], d, x, att_h, t, t, d, causal);
+        head_backward(g, ds, &dout[s], d, x, att_h, t, t, d, causal, ws);
     };
     if split_heads_across_threads(b * h, t, d) {
         dq.par_chunks_mut(td)
@@ -440,14 +445,15 @@ pub fn attention_backward<T: Float>(
             .zip(dv.par_chunks_mut(td))
             .zip(scratch.par_chunks_mut(tt))
             .enumerate()
-            .for_each(per_head);
+            .for_each_init(small::HeadScratch::new, per_head);
     } else {
+        let mut ws = small::HeadScratch::new();
         dq.chunks_mut(td)
             .zip(dk.chunks_mut(td))
             .zip(dv.chunks_mut(td))
             .zip(scratch.chunks_mut(tt))
             .enumerate()
-            .for_each(per_head);
+            .for_each(|item| per_head(&mut ws, item));
     }
 }
 
@@ -497,18 +503,20 @@ pub fn attention_fused_forward_queries<T: Float>(
     if t == 0 {
         return;
     }
-    let per_item = |(i, (out_i, att_i)): (usize, (&mut [T], &mut [T]))| {
+    let per_item = |ws: &mut small::HeadScratch<T>, (i, (out_i, att_i)): (usize, (&mut [T], &mut [T]))| {
         let x_i = &qkv[i * t * 3 * hd..(i + 1) * t * 3 * hd];
         for (hh, att_h) in att_i.chunks_exact_mut(tt).enumerate() {
             let o = hh * d;
             let x = HeadInputs { q: &x_i[o..], k: &x_i[hd + o..], v: &x_i[2 * hd + o..], rs: 3 * hd };
-            head_forward(&mut out_i[o..], hd, att_h, x, t, queries, d, causal);
+            head_forward(&mut out_i[o..], hd, att_h, x, t, queries, d, causal, ws);
         }
     };
     if split_heads_across_threads(b, t, d * h) {
-        out.par_chunks_mut(t * hd).zip(att.par_chunks_mut(h * tt)).enumerate().for_each(per_item);
+        let items = out.par_chunks_mut(t * hd).zip(att.par_chunks_mut(h * tt)).enumerate();
+        items.for_each_init(small::HeadScratch::new, per_item);
     } else {
-        out.chunks_mut(t * hd).zip(att.chunks_mut(h * tt)).enumerate().for_each(per_item);
+        let mut ws = small::HeadScratch::new();
+        out.chunks_mut(t * hd).zip(att.chunks_mut(h * tt)).enumerate().for_each(|item| per_item(&mut ws, item));
     }
 }
 
@@ -559,7 +567,7 @@ pub fn attention_fused_backward_queries<T: Float>(
     if t == 0 {
         return;
     }
-    let per_item = |(i, (dx_i, ds_i)): (usize, (&mut [T], &mut [T]))| {
+    let per_item = |ws: &mut small::HeadScratch<T>, (i, (dx_i, ds_i)): (usize, (&mut [T], &mut [T]))| {
         let x_i = &qkv[i * t * 3 * hd..(i + 1) * t * 3 * hd];
         let dout_i = &dout[i * t * hd..(i + 1) * t * hd];
         for (hh, ds) in ds_i.chunks_exact_mut(tt).enumerate() {
@@ -567,13 +575,16 @@ pub fn attention_fused_backward_queries<T: Float>(
             let x = HeadInputs { q: &x_i[o..], k: &x_i[hd + o..], v: &x_i[2 * hd + o..], rs: 3 * hd };
             let g = HeadGrads::Fused { buf: &mut *dx_i, off: [o, hd + o, 2 * hd + o], rs: 3 * hd };
             let att_h = &att[(i * h + hh) * tt..(i * h + hh + 1) * tt];
-            head_backward(g, ds, &dout_i[o..], hd, x, att_h, t, queries, d, causal);
+            head_backward(g, ds, &dout_i[o..], hd, x, att_h, t, queries, d, causal, ws);
         }
     };
     if split_heads_across_threads(b, t, d * h) {
-        dqkv.par_chunks_mut(t * 3 * hd).zip(scratch.par_chunks_mut(h * tt)).enumerate().for_each(per_item);
+        let items = dqkv.par_chunks_mut(t * 3 * hd).zip(scratch.par_chunks_mut(h * tt)).enumerate();
+        items.for_each_init(small::HeadScratch::new, per_item);
     } else {
-        dqkv.chunks_mut(t * 3 * hd).zip(scratch.chunks_mut(h * tt)).enumerate().for_each(per_item);
+        let mut ws = small::HeadScratch::new();
+        let items = dqkv.chunks_mut(t * 3 * hd).zip(scratch.chunks_mut(h * tt)).enumerate();
+        items.for_each(|item| per_item(&mut ws, item));
     }
 }
 

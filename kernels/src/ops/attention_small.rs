@@ -100,6 +100,24 @@ impl<T: Float> Packed<T> {
     }
 }
 
+/// What one thread reuses from head to head on the small path: the packed operand and the score gradient
+/// (`[T, T]`), 32 KiB in f32. Made once per rayon task ([`rayon::iter::ParallelIterator::for_each_init`])
+/// rather than zeroed on the stack for every head: every element a kernel reads is written for that head
+/// first (the packing writes each row's padding too; the backward writes the score-gradient rows it reads).
+pub(crate) struct HeadScratch<T> {
+    /// The right-hand operand of the product in progress.
+    pub(crate) pk: Packed<T>,
+    /// The score gradient of the head in progress.
+    pub(crate) ds: [T; SQUARE_LEN],
+}
+
+impl<T: Float> HeadScratch<T> {
+    /// A zeroed workspace.
+    pub(crate) fn new() -> Self {
+        Self { pk: Packed::new(), ds: [T::ZERO; SQUARE_LEN] }
+    }
+}
+
 /// A strided read-only matrix: element (i, p) at `data[i * rs + p * cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Strided<'a, T> {
