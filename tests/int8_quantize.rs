@@ -114,8 +114,12 @@ fn quantize_and_check(name: &str, config: &str, epochs: usize, extra: &[&str]) {
         };
         assert!((field("accuracy") - float_acc).abs() <= 0.01, "{name} {method}: onnxruntime int8 accuracy: {line}");
         // The same int8 arithmetic as the QDQ graph's definition: outputs agree up to the few activations
-        // that round to the other side of a quantization step.
-        assert!(field("max_rel_err") <= 0.01, "{name} {method}: {line}");
+        // that round to the other side of a quantization step. How many do depends on float rounding
+        // upstream (an erf's last bit moves a GELU output across a step), so the bound is 1% or, when
+        // onnxruntime's own optimized and spec evaluations are farther apart than that, their distance.
+        let bound = 0.01f64.max(field("ort_spread"));
+        assert!(field("max_rel_err") <= bound, "{name} {method}: {line}");
+        assert!(field("max_rel_err").min(field("optimized_rel_err")) <= 0.01, "{name} {method}: {line}");
         assert!(field("argmax_agree") >= 0.99, "{name} {method}: {line}");
     }
     let _ = std::fs::remove_dir_all(&dir);

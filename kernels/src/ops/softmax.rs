@@ -323,17 +323,22 @@ pub fn softmax_backward<T: Float>(dinp: &mut [T], dout: &[T], out: &[T], rows: u
 /// inp: [rows, dim], out: [rows, dim].
 pub fn log_softmax_forward<T: Float>(out: &mut [T], inp: &[T], rows: usize, dim: usize) {
     check_shapes("log_softmax_forward", [out.len(), inp.len(), inp.len()], rows, dim);
-    for_rows(out, inp, inp, rows, dim, |y, x, _| {
-        let m = row_max(x);
-        let sum: f64 = x.iter().map(|&v| (v - m).exp().to_f64()).sum();
-        // (x - m) - ln(sum) rather than x - (m + ln(sum)): x - m is exact for entries near the max, whereas
-        // rounding the full log-sum-exp first would lose the low bits of ln(sum) when |m| is large.
-        let log_sum = T::from_f64(sum.ln());
-        for (y, &v) in y.iter_mut().zip(x) {
-            *y = (v - m) - log_sum;
-        }
-    });
+    for_rows(out, inp, inp, rows, dim, |y, x, _| log_softmax_row(y, x));
 }
+
+#[inline(always)]
+fn log_softmax_row_body<T: Float>(y: &mut [T], x: &[T]) {
+    let m = row_max(x);
+    let sum: f64 = x.iter().map(|&v| (v - m).exp().to_f64()).sum();
+    // (x - m) - ln(sum) rather than x - (m + ln(sum)): x - m is exact for entries near the max, whereas
+    // rounding the full log-sum-exp first would lose the low bits of ln(sum) when |m| is large.
+    let log_sum = T::from_f64(sum.ln());
+    for (y, &v) in y.iter_mut().zip(x) {
+        *y = (v - m) - log_sum;
+    }
+}
+// Per instruction set, like every loop that calls `exp` (its polynomial uses fused multiply-adds).
+crate::multiversion!(fn log_softmax_row<T: Float>(y: &mut [T], x: &[T]) => log_softmax_row_body);
 
 /// Log-softmax backward from the forward output: `dinp = dout - e^y * sum_j dout_j` per row
 /// (overwrites `dinp`; `e^y` is the softmax).
@@ -341,13 +346,19 @@ pub fn log_softmax_forward<T: Float>(out: &mut [T], inp: &[T], rows: usize, dim:
 /// dinp: [rows, dim], dout: [rows, dim], out: [rows, dim] (the output of [`log_softmax_forward`]).
 pub fn log_softmax_backward<T: Float>(dinp: &mut [T], dout: &[T], out: &[T], rows: usize, dim: usize) {
     check_shapes("log_softmax_backward", [dinp.len(), dout.len(), out.len()], rows, dim);
-    for_rows(dinp, dout, out, rows, dim, |dx, dy, y| {
-        let sum = T::from_f64(dy.iter().map(|&g| g.to_f64()).sum::<f64>());
-        for ((dx, &g), &ly) in dx.iter_mut().zip(dy).zip(y) {
-            *dx = g - ly.exp() * sum;
-        }
-    });
+    for_rows(dinp, dout, out, rows, dim, log_softmax_backward_row);
 }
+
+#[inline(always)]
+fn log_softmax_backward_row_body<T: Float>(dx: &mut [T], dy: &[T], y: &[T]) {
+    let sum = T::from_f64(dy.iter().map(|&g| g.to_f64()).sum::<f64>());
+    for ((dx, &g), &ly) in dx.iter_mut().zip(dy).zip(y) {
+        *dx = g - ly.exp() * sum;
+    }
+}
+crate::multiversion!(
+    fn log_softmax_backward_row<T: Float>(dx: &mut [T], dy: &[T], y: &[T]) => log_softmax_backward_row_body
+);
 
 /// The CUDA kernels of softmax and log-softmax (`softmax.cu`).
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
