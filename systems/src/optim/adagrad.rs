@@ -4,6 +4,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 use ecstrain_kernels::optim::adagrad::{adagrad_step, AdagradConfig};
 
+use super::parallel::{par_update, Job};
 use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
 
 /// Adagrad's state: `sum` (PyTorch's state key), filled with `initial_accumulator_value` as torch does.
@@ -19,12 +20,14 @@ pub fn adagrad_update(
     mut state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut jobs: Local<Vec<Job<AdagradConfig>>>,
 ) {
     let state = &mut *state;
     state.step += 1;
     let step = state.step;
     let [sum] = buffers_by_name(&mut state.buffers, ["sum"]);
     let sum = required("adagrad", "sum", sum);
+    jobs.clear();
     for (slice, no_decay, bias, scale) in &query {
         let cfg = AdagradConfig {
             lr: lr.for_param(bias, scale),
@@ -33,6 +36,9 @@ pub fn adagrad_update(
             initial_accumulator_value: settings.initial_accumulator_value,
             eps: settings.eps,
         };
-        adagrad_step(params.0.get_mut(*slice), grads.0.get(*slice), sum.get_mut(*slice), &cfg, step);
+        jobs.push((slice.range(), cfg));
     }
+    par_update(&mut params.0.data, &grads.0.data, [&mut sum.data], &mut jobs, |p, g, [s], cfg| {
+        adagrad_step(p, g, s, cfg, step)
+    });
 }

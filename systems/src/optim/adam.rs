@@ -5,6 +5,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 use ecstrain_kernels::optim::adam::{adam_step, AdamConfig};
 
+use super::parallel::{par_update, Job};
 use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
 
 /// Names of Adam's state arenas (PyTorch's state keys) without AMSGrad.
@@ -32,6 +33,7 @@ pub(super) fn adam_family_update(
     mut state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    jobs: &mut Vec<Job<AdamConfig>>,
 ) {
     let state = &mut *state;
     state.step += 1;
@@ -39,7 +41,11 @@ pub(super) fn adam_family_update(
     let [m, v, vmax] = buffers_by_name(&mut state.buffers, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]);
     let (m, v) = (required(name, "exp_avg", m), required(name, "exp_avg_sq", v));
     // AMSGrad's buffer exists exactly when `amsgrad` is set (see `layout`).
-    let mut vmax = settings.amsgrad.then(|| required(name, "max_exp_avg_sq", vmax));
+    let vmax: &mut [f32] = match settings.amsgrad {
+        true => &mut required(name, "max_exp_avg_sq", vmax).data,
+        false => &mut [],
+    };
+    jobs.clear();
     for (slice, no_decay, bias, scale) in &query {
         let cfg = AdamConfig {
             lr: lr.for_param(bias, scale),
@@ -50,12 +56,12 @@ pub(super) fn adam_family_update(
             decoupled_weight_decay: decoupled || settings.decoupled_weight_decay,
             amsgrad: settings.amsgrad,
         };
-        let vm: &mut [f32] = match &mut vmax {
-            Some(a) => a.get_mut(*slice),
-            None => &mut [],
-        };
-        adam_step(params.0.get_mut(*slice), grads.0.get(*slice), m.get_mut(*slice), v.get_mut(*slice), vm, &cfg, step);
+        jobs.push((slice.range(), cfg));
     }
+    let state = [&mut m.data[..], &mut v.data, vmax];
+    par_update(&mut params.0.data, &grads.0.data, state, jobs, |p, g, [m, v, vm], cfg| {
+        adam_step(p, g, m, v, vm, cfg, step)
+    });
 }
 
 /// Optimize: one Adam step over every trainable parameter.
@@ -66,6 +72,7 @@ pub fn adam_update(
     state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut jobs: Local<Vec<Job<AdamConfig>>>,
 ) {
-    adam_family_update("adam", false, query, params, grads, state, lr, settings);
+    adam_family_update("adam", false, query, params, grads, state, lr, settings, &mut jobs);
 }

@@ -4,6 +4,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 use ecstrain_kernels::optim::adamax::{adamax_step, AdamaxConfig};
 
+use super::parallel::{par_update, Job};
 use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
 
 /// Names of Adamax's state arenas (PyTorch's state keys).
@@ -22,12 +23,14 @@ pub fn adamax_update(
     mut state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut jobs: Local<Vec<Job<AdamaxConfig>>>,
 ) {
     let state = &mut *state;
     state.step += 1;
     let step = state.step;
     let [m, u] = buffers_by_name(&mut state.buffers, ["exp_avg", "exp_inf"]);
     let (m, u) = (required("adamax", "exp_avg", m), required("adamax", "exp_inf", u));
+    jobs.clear();
     for (slice, no_decay, bias, scale) in &query {
         let cfg = AdamaxConfig {
             lr: lr.for_param(bias, scale),
@@ -36,6 +39,9 @@ pub fn adamax_update(
             eps: settings.eps,
             weight_decay: if no_decay { 0.0 } else { settings.weight_decay },
         };
-        adamax_step(params.0.get_mut(*slice), grads.0.get(*slice), m.get_mut(*slice), u.get_mut(*slice), &cfg, step);
+        jobs.push((slice.range(), cfg));
     }
+    par_update(&mut params.0.data, &grads.0.data, [&mut m.data, &mut u.data], &mut jobs, |p, g, [m, u], cfg| {
+        adamax_step(p, g, m, u, cfg, step)
+    });
 }

@@ -4,7 +4,10 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 
+use ecstrain_kernels::optim::adam::AdamConfig;
+
 use super::adam::adam_family_update;
+use super::parallel::Job;
 use super::{OptimizerSettings, TrainableParam};
 
 /// Names of AdamW's state arenas (PyTorch's state keys) without AMSGrad.
@@ -23,6 +26,7 @@ pub fn adamw_update(
     state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut jobs: Local<Vec<Job<AdamConfig>>>,
 ) {
-    adam_family_update("adamw", true, query, params, grads, state, lr, settings);
+    adam_family_update("adamw", true, query, params, grads, state, lr, settings, &mut jobs);
 }

@@ -16,6 +16,7 @@ pub mod clip;
 pub mod ema;
 pub mod loss_scale;
 pub mod nadam;
+pub mod parallel;
 pub mod radam;
 pub mod rmsprop;
 pub mod sgd;

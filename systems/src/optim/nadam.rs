@@ -8,6 +8,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 use ecstrain_kernels::optim::nadam::{advance_mu_product, nadam_step, NadamConfig, MU_PRODUCT_INIT};
 
+use super::parallel::{par_update, Job};
 use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
 
 /// Names of NAdam's state arenas (PyTorch's state keys).
@@ -29,6 +30,7 @@ pub fn nadam_update(
     mut state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut jobs: Local<Vec<Job<NadamConfig>>>,
 ) {
     let state = &mut *state;
     state.step += 1;
@@ -48,13 +50,16 @@ pub fn nadam_update(
     *slot = mu_product as f64;
     let [m, v] = buffers_by_name(&mut state.buffers, ["exp_avg", "exp_avg_sq"]);
     let (m, v) = (required("nadam", "exp_avg", m), required("nadam", "exp_avg_sq", v));
+    jobs.clear();
     for (slice, no_decay, bias, scale) in &query {
         let cfg = NadamConfig {
             lr: lr.for_param(bias, scale),
             weight_decay: if no_decay { 0.0 } else { settings.weight_decay },
             ..base
         };
-        let (p, g) = (params.0.get_mut(*slice), grads.0.get(*slice));
-        nadam_step(p, g, m.get_mut(*slice), v.get_mut(*slice), &cfg, step, mu_product);
+        jobs.push((slice.range(), cfg));
     }
+    par_update(&mut params.0.data, &grads.0.data, [&mut m.data, &mut v.data], &mut jobs, |p, g, [m, v], cfg| {
+        nadam_step(p, g, m, v, cfg, step, mu_product)
+    });
 }

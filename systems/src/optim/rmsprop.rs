@@ -5,6 +5,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 use ecstrain_kernels::optim::rmsprop::{rmsprop_step, RmspropConfig};
 
+use super::parallel::{par_update, Job};
 use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
 
 /// RMSprop's state: `square_avg`, plus `grad_avg` when centered and `momentum_buffer` when `run.momentum`
@@ -28,15 +29,23 @@ pub fn rmsprop_update(
     mut state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut jobs: Local<Vec<Job<RmspropConfig>>>,
 ) {
     let state = &mut *state;
     state.step += 1;
     let [sq, ga, buf] = buffers_by_name(&mut state.buffers, ["square_avg", "grad_avg", "momentum_buffer"]);
     let sq = required("rmsprop", "square_avg", sq);
-    let mut ga = settings.centered.then(|| required("rmsprop", "grad_avg", ga));
+    let ga: &mut [f32] = match settings.centered {
+        true => &mut required("rmsprop", "grad_avg", ga).data,
+        false => &mut [],
+    };
     // Without a buffer (run.momentum 0) there is no momentum, whatever a schedule sets.
     let momentum = if buf.is_some() { lr.momentum } else { 0.0 };
-    let mut buf = buf;
+    let buf: &mut [f32] = match buf {
+        Some(b) => &mut b.data,
+        None => &mut [],
+    };
+    jobs.clear();
     for (slice, no_decay, bias, scale) in &query {
         let cfg = RmspropConfig {
             lr: lr.for_param(bias, scale),
@@ -46,14 +55,9 @@ pub fn rmsprop_update(
             momentum,
             centered: settings.centered,
         };
-        let ga: &mut [f32] = match &mut ga {
-            Some(a) => a.get_mut(*slice),
-            None => &mut [],
-        };
-        let b: &mut [f32] = match &mut buf {
-            Some(a) => a.get_mut(*slice),
-            None => &mut [],
-        };
-        rmsprop_step(params.0.get_mut(*slice), grads.0.get(*slice), sq.get_mut(*slice), ga, b, &cfg);
+        jobs.push((slice.range(), cfg));
     }
+    par_update(&mut params.0.data, &grads.0.data, [&mut sq.data, ga, buf], &mut jobs, |p, g, [s, a, b], cfg| {
+        rmsprop_step(p, g, s, a, b, cfg)
+    });
 }

@@ -4,6 +4,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, Grads, LearningRate, OptimizerState, Params, StateLayout};
 use ecstrain_kernels::optim::sgd::{sgd_step, SgdConfig};
 
+use super::parallel::{par_update, Job};
 use super::{buffers_by_name, required, OptimizerSettings, TrainableParam};
 
 /// Names of SGD's state arenas (PyTorch's state keys). The buffer exists even without momentum, so a
@@ -23,12 +24,14 @@ pub fn sgd_update(
     mut state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut jobs: Local<Vec<Job<SgdConfig>>>,
 ) {
     let state = &mut *state;
     state.step += 1;
     let step = state.step;
     let [buf] = buffers_by_name(&mut state.buffers, ["momentum_buffer"]);
     let buf = required("sgd", "momentum_buffer", buf);
+    jobs.clear();
     for (slice, no_decay, bias, scale) in &query {
         let cfg = SgdConfig {
             lr: lr.for_param(bias, scale),
@@ -37,6 +40,9 @@ pub fn sgd_update(
             weight_decay: if no_decay { 0.0 } else { settings.weight_decay },
             nesterov: settings.nesterov,
         };
-        sgd_step(params.0.get_mut(*slice), grads.0.get(*slice), buf.get_mut(*slice), &cfg, step);
+        jobs.push((slice.range(), cfg));
     }
+    par_update(&mut params.0.data, &grads.0.data, [&mut buf.data], &mut jobs, |p, g, [b], cfg| {
+        sgd_step(p, g, b, cfg, step)
+    });
 }
