@@ -54,6 +54,7 @@ pub use dropout::{dropout_backward, dropout_forward, dropout_keep};
 pub use gelu::{gelu_backward, gelu_forward, GeluApprox};
 pub use linear::{linear_backward, linear_forward, matmul};
 pub use mse::{mse_backward, mse_forward};
+pub use par::fill as par_fill;
 pub use relu::{relu_backward, relu_forward};
 pub use sigmoid::{sigmoid_backward, sigmoid_forward};
 pub use softmax_cross_entropy::{

@@ -69,6 +69,17 @@ fn indexed_body<T, U: Copy, F: Fn(usize, U) -> T>(out: &mut [T], inp: &[U], base
     }
 }
 
+/// `buf[i] = value` for every element, split across the pool from [`PAR_MIN_ELEMS`] elements (a serial fill of
+/// a few MB keeps every other thread waiting: a gradient arena cleared between steps, a gradient buffer
+/// zeroed before a sparse write).
+pub fn fill<T: Copy + Send + Sync>(buf: &mut [T], value: T) {
+    if buf.len() < PAR_MIN_ELEMS {
+        buf.fill(value);
+    } else {
+        buf.par_chunks_mut(PAR_CHUNK).for_each(|c| c.fill(value));
+    }
+}
+
 /// `out[i] = f(inp[i])` on the calling thread, in the widest copy this CPU runs.
 fn unary_loop<T, U: Copy, F: Fn(U) -> T>(out: &mut [T], inp: &[U], f: &F) {
     #[cfg(target_arch = "x86_64")]

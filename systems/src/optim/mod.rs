@@ -119,7 +119,7 @@ pub fn at_accumulation_boundary(clock: Res<Clock>) -> bool {
 
 /// Optimize (after the update): clears the gradient arena for the next accumulation window.
 pub fn zero_grads(mut grads: ResMut<Grads>) {
-    grads.0.data.fill(0.0);
+    ecstrain_kernels::ops::par_fill(&mut grads.0.data, 0.0);
 }
 
 #[cfg(test)]
