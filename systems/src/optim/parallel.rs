@@ -31,7 +31,8 @@ struct Bases<const S: usize> {
 // them in a task covers elements no other task's slices cover (see `par_update`).
 unsafe impl<const S: usize> Sync for Bases<S> {}
 
-/// Applies `update(param, grad, state, cfg)` to every job's range of the arenas: `params` and `grads`, and the
+/// Applies `update(param, grad, state, cfg)` to every job's range of the arenas: `params` (updated in place)
+/// and `grads` (read; the EMA passes its shadow and the parameters in these two places), and the
 /// optimizer's `state` arenas, each as long as `params` or empty (a buffer the optimizer does not keep with
 /// these settings, e.g. AMSGrad's: the update gets an empty slice for it). `update` is called on pieces of a
 /// job's range, and must be element-wise. `jobs` is sorted by start in place; the ranges must not overlap
