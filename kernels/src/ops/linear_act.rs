@@ -309,6 +309,24 @@ mod tests {
         assert_eq!(dinp, [0.0, 2.0]);
     }
 
+    /// The fused forward and backward (zero-initialised accumulators): (out, dinp, dweight, dbias).
+    #[allow(clippy::type_complexity)]
+    fn forward_backward<T: Float>(
+        act: Activation,
+        inp: &[T],
+        w: &[T],
+        bias: &[T],
+        dout: &[T],
+        (b, c, oc): (usize, usize, usize),
+    ) -> (Vec<T>, Vec<T>, Vec<T>, Vec<T>) {
+        let (mut out, mut kept) = (vec![T::ZERO; b * oc], vec![T::ZERO; b * oc]);
+        linear_act_forward(&mut out, Some(&mut kept), inp, w, Some(bias), act, b, c, oc);
+        let (mut dinp, mut dw, mut db) = (vec![T::ZERO; b * c], vec![T::ZERO; oc * c], vec![T::ZERO; oc]);
+        let mut d = dout.to_vec();
+        linear_act_backward(Some(&mut dinp), &mut dw, Some(&mut db), &mut d, &kept, inp, w, act, &mut [], b, c, oc);
+        (out, dinp, dw, db)
+    }
+
     #[test]
     fn matches_f64_reference_for_every_activation() {
         let dims = (6, 9, 70); // 70 outputs: one full column block and a ragged one
@@ -321,51 +339,17 @@ mod tests {
             let dout = round_f32(&uniform(seed + 3, b * oc, -1.0, 1.0));
             let (want, want_dinp, want_dw, want_db) = reference(act, &inp, &w, &bias, &dout, dims);
             let name = format!("{act:?}");
-            // f64 kernel.
-            let (mut out, mut pre) = (vec![0.0f64; b * oc], vec![0.0f64; b * oc]);
-            linear_act_forward(&mut out, Some(&mut pre), &inp, &w, Some(&bias), act, b, c, oc);
-            assert_close_scaled(&format!("{name} f64 out"), &out, &want, 1e-12);
-            let (mut dinp, mut dw, mut db, mut d) = (vec![0.0; b * c], vec![0.0; oc * c], vec![0.0; oc], dout.clone());
-            linear_act_backward(
-                Some(&mut dinp),
-                &mut dw,
-                Some(&mut db),
-                &mut d,
-                &pre,
-                &inp,
-                &w,
-                act,
-                &mut [],
-                b,
-                c,
-                oc,
-            );
-            assert_close_scaled(&format!("{name} f64 dinp"), &dinp, &want_dinp, 1e-12);
-            assert_close_scaled(&format!("{name} f64 dweight"), &dw, &want_dw, 1e-12);
+            // f64 kernel, then f32.
+            let (out, dinp, dw, db) = forward_backward(act, &inp, &w, &bias, &dout, dims);
+            for (what, got, want) in [("out", &out, &want), ("dinp", &dinp, &want_dinp), ("dweight", &dw, &want_dw)] {
+                assert_close_scaled(&format!("{name} f64 {what}"), got, want, 1e-12);
+            }
             assert_close_scaled(&format!("{name} f64 dbias"), &db, &want_db, 1e-12);
-            // f32 kernel.
-            let (inp, w, bias) = (to_f32(&inp), to_f32(&w), to_f32(&bias));
-            let (mut out, mut pre) = (vec![0.0f32; b * oc], vec![0.0f32; b * oc]);
-            linear_act_forward(&mut out, Some(&mut pre), &inp, &w, Some(&bias), act, b, c, oc);
-            assert_close_scaled(&format!("{name} f32 out"), &out, &want, 2e-5);
-            let (mut dinp, mut dw, mut db, mut d) =
-                (vec![0.0f32; b * c], vec![0.0f32; oc * c], vec![0.0f32; oc], to_f32(&dout));
-            linear_act_backward(
-                Some(&mut dinp),
-                &mut dw,
-                Some(&mut db),
-                &mut d,
-                &pre,
-                &inp,
-                &w,
-                act,
-                &mut [],
-                b,
-                c,
-                oc,
-            );
-            assert_close_scaled(&format!("{name} f32 dinp"), &dinp, &want_dinp, 2e-5);
-            assert_close_scaled(&format!("{name} f32 dweight"), &dw, &want_dw, 2e-5);
+            let (inp, w, bias, dout) = (to_f32(&inp), to_f32(&w), to_f32(&bias), to_f32(&dout));
+            let (out, dinp, dw, db) = forward_backward(act, &inp, &w, &bias, &dout, dims);
+            for (what, got, want) in [("out", &out, &want), ("dinp", &dinp, &want_dinp), ("dweight", &dw, &want_dw)] {
+                assert_close_scaled(&format!("{name} f32 {what}"), got, want, 2e-5);
+            }
             assert_close_scaled(&format!("{name} f32 dbias"), &db, &want_db, 2e-5);
         }
     }
