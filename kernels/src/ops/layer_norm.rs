@@ -218,6 +218,28 @@ pub fn layer_norm_forward<T: Float>(
     }
 }
 
+/// [`layer_norm_forward`] of whole rows on the calling thread, row by row with the same row kernel (so the
+/// bits are its bits): for a fused producer that normalises each block of rows right after writing it.
+///
+/// out, inp: [rows, dim]; save_mean, save_rstd: [rows].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_rows_serial<T: Float>(
+    out: &mut [T],
+    save_mean: &mut [T],
+    save_rstd: &mut [T],
+    inp: &[T],
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    dim: usize,
+    eps: f64,
+) {
+    let rows = save_mean.len();
+    assert!(out.len() == rows * dim && inp.len() == rows * dim && save_rstd.len() == rows, "layer norm rows");
+    for (((y, x), sm), sr) in out.chunks_exact_mut(dim).zip(inp.chunks_exact(dim)).zip(save_mean).zip(save_rstd) {
+        fwd_row(y, x, weight, bias, eps, sm, sr);
+    }
+}
+
 /// Layer norm backward. Overwrites `dinp` with
 /// `rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))`, `g = dout * weight`, `xhat = (x - mean) * rstd`;
 /// accumulates `dweight += sum_rows dout * xhat` and `dbias += sum_rows dout` (pass `None` to skip either).

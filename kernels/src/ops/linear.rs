@@ -79,6 +79,33 @@ pub(crate) enum FusedTail<'a, T> {
     /// `act(product + bias)` in place, keeping what the backward needs in `keep` when given ([B, OC]):
     /// the linear layer followed by an activation (`ops::linear_act`).
     Act { act: Activation, keep: Option<&'a mut [T]> },
+    /// `Residual`, then the layer norm of every row of the sum into `norm`: the linear layer, the add and the
+    /// layer norm that reads the add (`ops::linear_residual::linear_residual_norm_forward`).
+    ResidualNorm { residual: &'a [T], norm: NormOut<'a, T> },
+}
+
+/// A layer norm over the rows of a fused producer's output (`OC` wide): its output and saved statistics, and
+/// its parameters.
+pub struct NormOut<'a, T> {
+    /// [B, OC], overwritten.
+    pub out: &'a mut [T],
+    /// [B], overwritten.
+    pub save_mean: &'a mut [T],
+    /// [B], overwritten.
+    pub save_rstd: &'a mut [T],
+    /// [OC] or None.
+    pub weight: Option<&'a [T]>,
+    /// [OC] or None.
+    pub bias: Option<&'a [T]>,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+/// Per-row-block outputs of [`forward_onto`]'s tail besides the product itself.
+enum TailOut<'a, T> {
+    None,
+    Keep(&'a mut [T]),
+    Norm(&'a mut [T], &'a mut [T], &'a mut [T]),
 }
 
 /// [`linear_forward`] followed by `tail`, bitwise the linear layer followed by the separate op: the tail
@@ -99,13 +126,19 @@ pub(crate) fn forward_onto<T: Float>(
     assert_eq!(inp.len(), b * c, "linear_forward: inp must be [B, C]");
     assert_eq!(weight.len(), oc * c, "linear_forward: weight must be [OC, C]");
     assert!(bias.is_none_or(|x| x.len() == oc), "linear_forward: bias must be [OC]");
-    let (residual, act, keep) = match tail {
-        FusedTail::None => (None, None, None),
-        FusedTail::Residual(r) => (Some(r), None, None),
-        FusedTail::Act { act, keep } => (None, Some(act), keep),
+    let (residual, act, keep, norm) = match tail {
+        FusedTail::None => (None, None, None, None),
+        FusedTail::Residual(r) => (Some(r), None, None, None),
+        FusedTail::Act { act, keep } => (None, Some(act), keep, None),
+        FusedTail::ResidualNorm { residual, norm } => (Some(residual), None, None, Some(norm)),
     };
     assert!(residual.is_none_or(|r| r.len() == b * oc), "linear_forward: residual must be [B, OC]");
     assert!(keep.as_ref().is_none_or(|k| k.len() == b * oc), "linear_forward: keep must be [B, OC]");
+    if let Some(n) = &norm {
+        assert!(n.out.len() == b * oc && n.save_mean.len() == b && n.save_rstd.len() == b, "layer norm shapes");
+        assert!(n.weight.is_none_or(|w| w.len() == oc) && n.bias.is_none_or(|x| x.len() == oc), "layer norm params");
+    }
+    let (norm_params, norm_eps) = norm.as_ref().map_or(((None, None), 0.0), |n| ((n.weight, n.bias), n.eps));
     // weight^T as a [C, OC] matrix: element (k, j) is weight[j * C + k], i.e. row stride 1, column stride C.
     let product = |out: &mut [T], inp: &[T], rows: usize, accumulate: bool, parallel: bool| {
         let (lhs, rhs) = (Mat { data: inp, rs: c, cs: 1 }, Mat { data: weight, rs: 1, cs: c });
@@ -130,29 +163,41 @@ pub(crate) fn forward_onto<T: Float>(
         let chunk = (BIAS_CHUNK_BYTES / (oc * std::mem::size_of::<T>())).max(1);
         let empty: &[T] = &[];
         let bias = bias.unwrap_or(empty);
-        // Thread `t`'s row block: its output, input and (when kept) its part of `keep`.
-        let block = |t: usize, o: &mut [T], x: &[T], mut k: Option<&mut [T]>| {
+        // Thread `t`'s row block: its output, input and its part of the tail's other outputs.
+        let block = |t: usize, o: &mut [T], x: &[T], mut extra: TailOut<'_, T>| {
             for (i, (o, x)) in o.chunks_mut(chunk * oc).zip(x.chunks(chunk * c)).enumerate() {
-                product(o, x, o.len() / oc, false, false);
-                let (local, at) = (i * chunk * oc, (t * per + i * chunk) * oc);
-                match act {
-                    Some(a) => {
-                        let k = k.as_deref_mut().map(|k| &mut k[local..local + o.len()]);
-                        super::linear_act::epilogue_serial(a, o, k, bias)
-                    }
-                    None => {
-                        let r = residual.map_or(empty, |r| &r[at..at + o.len()]);
-                        super::bias_add::epilogue_rows_serial(o, bias, r)
-                    }
+                let rows = o.len() / oc;
+                product(o, x, rows, false, false);
+                let (local, at) = (i * chunk, (t * per + i * chunk) * oc);
+                if let Some(a) = act {
+                    let k = match &mut extra {
+                        TailOut::Keep(k) => Some(&mut k[local * oc..local * oc + o.len()]),
+                        _ => None,
+                    };
+                    super::linear_act::epilogue_serial(a, o, k, bias);
+                    continue;
+                }
+                let r = residual.map_or(empty, |r| &r[at..at + o.len()]);
+                super::bias_add::epilogue_rows_serial(o, bias, r);
+                if let TailOut::Norm(y, m, s) = &mut extra {
+                    let (y, m, s) = (&mut y[local * oc..][..o.len()], &mut m[local..][..rows], &mut s[local..][..rows]);
+                    let (w, nb) = norm_params;
+                    super::layer_norm::forward_rows_serial(y, m, s, o, w, nb, oc, norm_eps);
                 }
             }
         };
         let blocks = out.par_chunks_mut(per * oc).zip(inp.par_chunks(per * c));
-        match keep {
-            Some(k) => {
-                blocks.zip(k.par_chunks_mut(per * oc)).enumerate().for_each(|(t, ((o, x), k))| block(t, o, x, Some(k)))
-            }
-            None => blocks.enumerate().for_each(|(t, (o, x))| block(t, o, x, None)),
+        match (keep, norm) {
+            (Some(k), _) => blocks
+                .zip(k.par_chunks_mut(per * oc))
+                .enumerate()
+                .for_each(|(t, ((o, x), k))| block(t, o, x, TailOut::Keep(k))),
+            (None, Some(n)) => blocks
+                .zip(n.out.par_chunks_mut(per * oc))
+                .zip(n.save_mean.par_chunks_mut(per).zip(n.save_rstd.par_chunks_mut(per)))
+                .enumerate()
+                .for_each(|(t, (((o, x), y), (m, s)))| block(t, o, x, TailOut::Norm(y, m, s))),
+            (None, None) => blocks.enumerate().for_each(|(t, (o, x))| block(t, o, x, TailOut::None)),
         }
         return;
     }
@@ -172,6 +217,9 @@ pub(crate) fn forward_onto<T: Float>(
     }
     if let Some(a) = act {
         super::linear_act::epilogue_par(a, out, keep);
+    }
+    if let Some(n) = norm {
+        super::layer_norm::layer_norm_forward(n.out, n.save_mean, n.save_rstd, out, n.weight, n.bias, b, oc, n.eps);
     }
 }
 

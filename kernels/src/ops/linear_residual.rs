@@ -28,13 +28,41 @@ pub fn linear_residual_forward<T: Float>(
     super::linear::forward_onto(out, inp, weight, bias, super::linear::FusedTail::Residual(residual), b, c, oc);
 }
 
+/// [`linear_residual_forward`] followed by the layer norm of each row of its output (`OC` wide) into
+/// `norm`, bitwise that function and then [`super::layer_norm::layer_norm_forward`] on the sum: each block of
+/// rows is normalised right after its sum is written, while it is in cache, so the layer norm does not read
+/// the sum back from memory. A transformer's residual stream feeds the next block's first layer norm so.
+///
+/// inp: [B, C], weight: [OC, C], bias: [OC] or None, residual: [B, OC], out: [B, OC]; the norm's output
+/// [B, OC] and statistics [B] are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_residual_norm_forward<T: Float>(
+    out: &mut [T],
+    norm: super::linear::NormOut<'_, T>,
+    inp: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    residual: &[T],
+    b: usize,
+    c: usize,
+    oc: usize,
+) {
+    let tail = super::linear::FusedTail::ResidualNorm { residual, norm };
+    super::linear::forward_onto(out, inp, weight, bias, tail, b, c, oc);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::add::add_forward;
     use crate::ops::gemm::GEMM_PAR_MIN_FLOPS;
     use crate::ops::gradcheck::*;
-    use crate::ops::linear::linear_forward;
+    use crate::ops::layer_norm::layer_norm_forward;
+    use crate::ops::linear::{linear_forward, NormOut};
+
+    fn same(x: &[f32], y: &[f32]) -> bool {
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+    }
 
     /// The fused forward against the pair (linear, then add) bit for bit, and against a float64 reference:
     /// small shapes (one thread's seeded path), W3's projection and MLP shapes and a wider one (the threaded
@@ -80,8 +108,35 @@ mod tests {
                     (fused, pair)
                 });
                 let what = format!("{b}x{c}->{oc}, bias {with_bias}, {threads} threads");
-                assert!(fused.iter().zip(&pair).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: not the pair");
+                assert!(same(&fused, &pair), "{what}: not the pair");
                 assert_close_scaled(&what, &fused, &want, 1e-5);
+                // With the layer norm of the sum (with and without its affine parameters): the sum and the
+                // norm's output and statistics are bitwise the separate ops'.
+                let (ln_w, ln_b) =
+                    (to_f32(&uniform(seed + 4, oc, 0.5, 1.5)), to_f32(&uniform(seed + 5, oc, -0.5, 0.5)));
+                for affine in [true, false] {
+                    let (w_opt, b_opt) = if affine { (Some(&ln_w[..]), Some(&ln_b[..])) } else { (None, None) };
+                    let (got, want_ln) = pool.install(|| {
+                        let mut sum = vec![f32::NAN; b * oc];
+                        let (mut y, mut m, mut r) = (vec![f32::NAN; b * oc], vec![f32::NAN; b], vec![f32::NAN; b]);
+                        let norm = NormOut {
+                            out: &mut y,
+                            save_mean: &mut m,
+                            save_rstd: &mut r,
+                            weight: w_opt,
+                            bias: b_opt,
+                            eps: 1e-6,
+                        };
+                        linear_residual_norm_forward(&mut sum, norm, &inp, &w, bias, &res, b, c, oc);
+                        let (mut y2, mut m2, mut r2) = (vec![f32::NAN; b * oc], vec![f32::NAN; b], vec![f32::NAN; b]);
+                        layer_norm_forward(&mut y2, &mut m2, &mut r2, &pair, w_opt, b_opt, b, oc, 1e-6);
+                        ((sum, y, m, r), (y2, m2, r2))
+                    });
+                    let what = format!("{what}, layer norm affine {affine}");
+                    assert!(same(&got.0, &pair), "{what}: sum");
+                    assert!(same(&got.1, &want_ln.0), "{what}: norm output");
+                    assert!(same(&got.2, &want_ln.1) && same(&got.3, &want_ln.2), "{what}: statistics");
+                }
             }
         }
         // The shapes above reach the threaded chunks.

@@ -90,6 +90,12 @@ pub struct Activations {
     /// backward reads only its input, the add's reads nothing). Applied, like [`Activations::conv_pool`],
     /// when no [`NodeOverride`] runs. Planned by [`Activations::plan`] ([`linear_residual_pairs`]).
     pub linear_residual: Vec<Option<usize>>,
+    /// `residual_norm[node]`: for a [`Activations::linear_residual`] pair whose add is read by the layer norm
+    /// right after it (a transformer's residual stream entering the next layer norm), that layer norm: the
+    /// fused kernel also normalises each block of rows of the sum while it is in cache
+    /// (`ops::linear_residual::linear_residual_norm_forward`, bitwise the three ops). The sum is still
+    /// written (the stream has other readers). Planned by [`Activations::plan`] ([`residual_norms`]).
+    pub residual_norm: Vec<Option<usize>>,
     /// `token_stem[node]`: for a 2-D transpose that starts a ViT's token stem (patch features `[C, P]` ->
     /// tokens `[P, C]`, then the class token prepended, then the position embedding added, each the sole
     /// reader of the one before), the nodes it runs with ([`token_stems`]): forward, one pass per sample writes
@@ -166,6 +172,23 @@ pub fn linear_residual_pairs(graph: &Graph) -> Vec<Option<usize>> {
         }
     }
     pairs
+}
+
+/// Per node, the layer norm a [`linear_residual_pairs`] pair runs fused ([`Activations::residual_norm`]):
+/// `Some(idx + 2)` when node `idx + 2` is a layer norm of the add's output over its `OC`-wide rows.
+pub fn residual_norms(graph: &Graph) -> Vec<Option<usize>> {
+    let pairs = linear_residual_pairs(graph);
+    let mut norms = vec![None; graph.nodes.len()];
+    for (i, pair) in pairs.iter().enumerate() {
+        let (Some(a), Some(ln)) = (*pair, graph.nodes.get(i + 2)) else { continue };
+        let (OpKind::Linear { out_features, .. }, OpKind::LayerNorm { dim, .. }) = (&graph.nodes[i].op, &ln.op) else {
+            continue;
+        };
+        if ln.inputs.first() == Some(&graph.nodes[a].output) && dim == out_features {
+            norms[i] = Some(i + 2);
+        }
+    }
+    norms
 }
 
 /// Per node, whether an add `y = x0 + x1` may share its output gradient between its inputs instead of
@@ -390,6 +413,7 @@ impl Activations {
             value_source,
             shares_grad: add_gradient_shares(graph),
             linear_residual: linear_residual_pairs(graph),
+            residual_norm: residual_norms(graph),
             token_stem: token_stems(graph),
             grad_slot: (0..graph.values.len()).collect(),
         }
@@ -553,6 +577,7 @@ pub fn forward_with(
         attention_queries,
         value_source,
         linear_residual,
+        residual_norm,
         token_stem,
         ..
     } = acts;
@@ -629,17 +654,46 @@ pub fn forward_with(
             let add = &graph.nodes[a];
             let residual_v = if add.inputs[0] == node.output { add.inputs[1] } else { add.inputs[0] };
             let mut out_buf = std::mem::take(&mut values[add.output.0]);
+            // The layer norm reading the sum, if fused: its output buffer is moved out too.
+            let norm_node = residual_norm[idx];
+            let mut ln_buf = norm_node.map_or_else(Vec::new, |l| std::mem::take(&mut values[graph.nodes[l].output.0]));
             let y = &mut out_buf[..n * numel(add.output)];
             let x = value_rows(graph, values, value_source, input, node.inputs[0], n);
             let r = value_rows(graph, values, value_source, input, residual_v, n);
             let (rows, c, oc) = (n * rows, *in_features, *out_features);
             let b = bias.as_ref().map(p);
-            ops::linear_residual::linear_residual_forward(y, x, p(weight), b, r, rows, c, oc);
+            let mut last = a;
+            match (norm_node, norm_node.map(|l| &graph.nodes[l].op)) {
+                (Some(l), Some(OpKind::LayerNorm { eps, weight: ln_w, bias: ln_b, .. })) => {
+                    // Each block of rows normalised right after its sum is written.
+                    let ln_out = graph.nodes[l].output;
+                    let half = saved[l].len() / 2;
+                    let (sm, sr) = saved[l].split_at_mut(half);
+                    let norm = ops::linear::NormOut {
+                        out: &mut ln_buf[..n * numel(ln_out)],
+                        save_mean: &mut sm[..rows],
+                        save_rstd: &mut sr[..rows],
+                        weight: ln_w.as_ref().map(p),
+                        bias: ln_b.as_ref().map(p),
+                        eps: *eps,
+                    };
+                    ops::linear_residual::linear_residual_norm_forward(y, norm, x, p(weight), b, r, rows, c, oc);
+                    values[ln_out.0] = std::mem::take(&mut ln_buf);
+                    last = l;
+                }
+                _ => {
+                    ops::linear_residual::linear_residual_forward(y, x, p(weight), b, r, rows, c, oc);
+                    if let Some(l) = norm_node {
+                        values[graph.nodes[l].output.0] = ln_buf; // (not reached: the plan picks layer norms)
+                    }
+                }
+            }
             values[add.output.0] = out_buf;
             if let Some(prof) = profile.as_mut() {
                 prof.absorbed_by[a] = Some(idx);
+                prof.absorbed_by[last] = Some(idx);
             }
-            skip_to = a + 1;
+            skip_to = last + 1;
             continue;
         }
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.

@@ -785,11 +785,11 @@ fn residual_adds_share_their_gradient_and_keep_every_number() {
 #[test]
 fn linear_residual_pairs_fuse_only_sole_readers_and_keep_every_number() {
     type Build = fn(&mut World) -> ecstrain_components::Graph;
-    let nets: [(&str, Build, &[&str]); 2] = [
-        ("transformer", |w| transformer(w, false, true), &["proj", "fc2"]),
-        ("tricky adds", tricky_adds, &["branch.fc", "self_read.fc", "late_reader.fc", "late_reader.late"]),
+    let nets: [(&str, Build, &[&str], &[&str]); 2] = [
+        ("transformer", |w| transformer(w, false, true), &["proj", "fc2"], &["norm2"]),
+        ("tricky adds", tricky_adds, &["branch.fc", "self_read.fc", "late_reader.fc", "late_reader.late"], &[]),
     ];
-    for (what, build, expected) in nets {
+    for (what, build, expected, expected_norms) in nets {
         let mut world = World::new();
         let graph = build(&mut world);
         let pairs = super::linear_residual_pairs(&graph);
@@ -804,9 +804,15 @@ fn linear_residual_pairs_fuse_only_sole_readers_and_keep_every_number() {
             })
             .collect();
         assert_eq!(fused, expected, "{what}: the fused linear layers");
+        // The layer norms that read a fused pair's sum, run in the same kernel.
+        let norms = super::residual_norms(&graph);
+        let normed: Vec<&str> = norms.iter().flatten().map(|&l| graph.nodes[l].name.as_str()).collect();
+        assert_eq!(normed, expected_norms, "{what}: the fused layer norms");
         let fused = two_steps(&world, &graph, 4, 21, |_| {});
         let apart = two_steps(&world, &graph, 4, 21, |acts| acts.linear_residual.fill(None));
         assert_eq!(fused, apart, "{what}: fusing changed a number");
+        let without_norms = two_steps(&world, &graph, 4, 21, |acts| acts.residual_norm.fill(None));
+        assert_eq!(fused, without_norms, "{what}: fusing the layer norms changed a number");
     }
 }
 
