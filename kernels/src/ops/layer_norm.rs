@@ -201,12 +201,7 @@ pub fn layer_norm_forward<T: Float>(
     if dim == 0 {
         return;
     }
-    let row = |y: &mut [T], x: &[T], sm: &mut T, sr: &mut T| fwd_row(y, x, weight, bias, eps, sm, sr);
-    let group = |((y, x), (sm, sr)): FwdGroup<'_, T>| {
-        for (((y, x), sm), sr) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(sm).zip(sr) {
-            row(y, x, sm, sr);
-        }
-    };
+    let group = |((y, x), (sm, sr)): FwdGroup<'_, T>| forward_rows_serial(y, sm, sr, x, weight, bias, dim, eps);
     if rows > 1 && rows * dim >= PAR_MIN_ELEMS {
         let r = rows_per_task(dim);
         out.par_chunks_mut(r * dim)
