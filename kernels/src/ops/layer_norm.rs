@@ -28,63 +28,66 @@ type BwdGroup<'a, T> = ((&'a mut [T], &'a [T]), (&'a [T], (&'a [T], &'a [T])));
 /// results do not depend on the instruction set or the machine.
 const LANES: usize = 16;
 
-/// `sum_j f(x[j])` over [`LANES`] interleaved f64 accumulators. The loops run over fixed-size chunks, never
-/// indices, so they carry no bounds checks and vectorise.
+/// Rows the row kernels take at a time. One row's reduction ends in a chain of 16 dependent f64 adds (the
+/// lanes folded in order, about 64 cycles) and the mean feeds the variance, so a row on its own waits on
+/// latencies: about 200 cycles a row at width 128 against about 60 of work. Four rows' chains interleaved
+/// keep the adders busy; each row's arithmetic is unchanged, so the bits are the one-row kernel's.
+const ROW_GROUP: usize = 4;
+
+/// Row `r` of a `[R, dim]` operand, or the shared `[dim]` row.
 #[inline(always)]
-fn lane_sum<T: Float>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for c in chunks {
-        let c: &[T; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v);
-        }
+fn operand_row<T>(x: &[T], per_row: bool, r: usize, dim: usize) -> &[T] {
+    if per_row {
+        &x[r * dim..(r + 1) * dim]
+    } else {
+        &x[..dim]
     }
-    acc.iter().sum::<f64>() + tail
 }
 
-/// `sum_j f(a[j], b[j], c[j])` over the common length and [`LANES`] interleaved f64 accumulators: the
-/// three-operand form of [`lane_sum`] (one sum per pass: a loop producing two sums did not vectorise).
+/// For each of the `R` rows of `a` (`[R, dim]`), `sum_j f(r, a[r, j], b[r, j], c[r, j])` over [`LANES`]
+/// interleaved f64 accumulators, folded in lane order, plus the tail past the last whole chunk in order.
+/// `b` and `c` are `[R, dim]` too, or one `[dim]` row shared by every row (`b_rows` / `c_rows` false). The
+/// rows' loops are interleaved, so their dependency chains overlap; each row's sum is the same whatever `R`.
+/// The loops run over fixed-size chunks, never element indices, so they vectorise.
 #[inline(always)]
-fn lane_sum3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> f64) -> f64 {
-    let n = a.len().min(b.len()).min(c.len());
-    let (a, b, c) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES), c[..n].chunks_exact(LANES));
-    let tail: f64 = a.remainder().iter().zip(b.remainder()).zip(c.remainder()).map(|((&x, &y), &z)| f(x, y, z)).sum();
-    let mut acc = [0.0f64; LANES];
-    for ((x, y), z) in a.zip(b).zip(c) {
-        let x: &[T; LANES] = x.try_into().expect("LANES");
-        let y: &[T; LANES] = y.try_into().expect("LANES");
-        let z: &[T; LANES] = z.try_into().expect("LANES");
-        for l in 0..LANES {
-            acc[l] += f(x[l], y[l], z[l]);
+fn lane_sums<T: Float, const R: usize>(
+    dim: usize,
+    a: &[T],
+    (b, b_rows): (&[T], bool),
+    (c, c_rows): (&[T], bool),
+    f: impl Fn(usize, T, T, T) -> f64,
+) -> [f64; R] {
+    let full = dim / LANES * LANES;
+    // Each row's chunk loop on its own (it vectorises as the one-row loop); the rows do not depend on each
+    // other, so the out-of-order core overlaps one row's chains with the next one's. Plain loops, not
+    // `array::from_fn`: its closure calls are not inlined, and out of line they lose the caller's target
+    // features (the multiversioned kernels ran as baseline SSE2 code).
+    let mut acc = [[0.0f64; LANES]; R];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        let (x, y, z) = (operand_row(a, true, r, dim), operand_row(b, b_rows, r, dim), operand_row(c, c_rows, r, dim));
+        let chunks =
+            x[..full].chunks_exact(LANES).zip(y[..full].chunks_exact(LANES)).zip(z[..full].chunks_exact(LANES));
+        for ((x, y), z) in chunks {
+            let x: &[T; LANES] = x.try_into().expect("LANES");
+            let y: &[T; LANES] = y.try_into().expect("LANES");
+            let z: &[T; LANES] = z.try_into().expect("LANES");
+            for l in 0..LANES {
+                acc[l] += f(r, x[l], y[l], z[l]);
+            }
         }
     }
-    acc.iter().sum::<f64>() + tail
+    let mut sums = [0.0f64; R];
+    for (r, (sum, acc)) in sums.iter_mut().zip(&acc).enumerate() {
+        let (x, y, z) = (operand_row(a, true, r, dim), operand_row(b, b_rows, r, dim), operand_row(c, c_rows, r, dim));
+        let tail: f64 = x[full..].iter().zip(&y[full..]).zip(&z[full..]).map(|((&x, &y), &z)| f(r, x, y, z)).sum();
+        *sum = acc.iter().sum::<f64>() + tail;
+    }
+    sums
 }
 
-/// One row of the forward: mean and variance in f64 (two passes), then the normalised, scaled row.
+/// One row normalised: `(x - mean) * rstd`, scaled and shifted by the affine parameters when present.
 #[inline(always)]
-fn fwd_row_body<T: Float>(
-    y: &mut [T],
-    x: &[T],
-    weight: Option<&[T]>,
-    bias: Option<&[T]>,
-    eps: f64,
-    sm: &mut T,
-    sr: &mut T,
-) {
-    let dim = x.len().min(y.len());
-    let (x, y) = (&x[..dim], &mut y[..dim]);
-    let inv_dim = 1.0 / dim as f64;
-    let mean = lane_sum(x, |v| v.to_f64()) * inv_dim;
-    let var = lane_sum(x, |v| {
-        let d = v.to_f64() - mean;
-        d * d
-    }) * inv_dim;
-    let (mean, rstd) = (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()));
-    *sm = mean;
-    *sr = rstd;
+fn normalize_row<T: Float>(y: &mut [T], x: &[T], weight: Option<&[T]>, bias: Option<&[T]>, mean: T, rstd: T) {
     let rows = y.iter_mut().zip(x);
     match (weight, bias) {
         (Some(w), Some(b)) => {
@@ -109,40 +112,103 @@ fn fwd_row_body<T: Float>(
         }
     }
 }
+
+/// `R` rows of the forward (`y`, `x`: `[R, dim]`; `sm`, `sr`: `[R]`): per row the mean and variance in f64
+/// (two passes), then the normalised, scaled row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fwd_rows_body<T: Float, const R: usize>(
+    y: &mut [T],
+    x: &[T],
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    eps: f64,
+    sm: &mut [T],
+    sr: &mut [T],
+    dim: usize,
+) {
+    let (x, y, sm, sr) = (&x[..R * dim], &mut y[..R * dim], &mut sm[..R], &mut sr[..R]);
+    let inv_dim = 1.0 / dim as f64;
+    let shared = (x, false);
+    let mut mean = lane_sums::<T, R>(dim, x, shared, shared, |_, v, _, _| v.to_f64());
+    mean.iter_mut().for_each(|m| *m *= inv_dim);
+    let var = lane_sums::<T, R>(dim, x, shared, shared, |r, v, _, _| {
+        let d = v.to_f64() - mean[r];
+        d * d
+    });
+    for (r, (y, x)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
+        let (mean, rstd) = (T::from_f64(mean[r]), T::from_f64(1.0 / (var[r] * inv_dim + eps).sqrt()));
+        (sm[r], sr[r]) = (mean, rstd);
+        normalize_row(y, x, weight, bias, mean, rstd);
+    }
+}
 crate::multiversion!(
     #[allow(clippy::too_many_arguments)]
-    fn fwd_row<T: Float>(
+    fn fwd_rows<T: Float; const R: usize>(
         y: &mut [T],
         x: &[T],
         weight: Option<&[T]>,
         bias: Option<&[T]>,
         eps: f64,
-        sm: &mut T,
-        sr: &mut T,
-    ) => fwd_row_body
+        sm: &mut [T],
+        sr: &mut [T],
+        dim: usize,
+    ) => fwd_rows_body
 );
 
-/// One row of the input gradient: the two row reductions in f64 (they are differences of O(dim) terms), then
-/// `rstd * (g - mean(g) - xhat * mean(g xhat))`.
+/// `R` rows of the input gradient (`dx`, `dy`, `x`: `[R, dim]`; `mean`, `rstd`: `[R]`): per row the two row
+/// reductions in f64 (they are differences of O(dim) terms), then `rstd * (g - mean(g) - xhat * mean(g xhat))`.
 #[inline(always)]
-fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T, acc: bool) {
-    let dim = dx.len().min(dy.len()).min(x.len());
-    let (dx, dy, x) = (&mut dx[..dim], &dy[..dim], &x[..dim]);
+#[allow(clippy::too_many_arguments)]
+fn bwd_rows_body<T: Float, const R: usize>(
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
+    weight: Option<&[T]>,
+    mean: &[T],
+    rstd: &[T],
+    acc: bool,
+    dim: usize,
+) {
+    let (dx, dy, x, mean, rstd) = (&mut dx[..R * dim], &dy[..R * dim], &x[..R * dim], &mean[..R], &rstd[..R]);
     let inv_dim = 1.0 / dim as f64;
-    // Two passes over the row (it is in L1): sum g and sum g * xhat, g = dy * w.
-    let xhat = |x: T| ((x - mean) * rstd).to_f64();
+    // Two passes over the rows (they are in L1): sum g and sum g * xhat, g = dy * w.
+    let xhat = |r: usize, x: T| ((x - mean[r]) * rstd[r]).to_f64();
     let (s_g, s_gx) = match weight {
+        // Unused operands are `dy` again, so no ones vector is needed.
         Some(w) => (
-            lane_sum3(dy, w, dy, |dy, w, _| (dy * w).to_f64()),
-            lane_sum3(dy, w, x, |dy, w, x| (dy * w).to_f64() * xhat(x)),
+            lane_sums::<T, R>(dim, dy, (w, false), (dy, true), |_, dy, w, _| (dy * w).to_f64()),
+            lane_sums::<T, R>(dim, dy, (w, false), (x, true), |r, dy, w, x| (dy * w).to_f64() * xhat(r, x)),
         ),
-        // The third operand is unused: dy again, so no ones vector is needed.
-        None => (lane_sum(dy, |dy| dy.to_f64()), lane_sum3(dy, x, dy, |dy, x, _| dy.to_f64() * xhat(x))),
+        None => (
+            lane_sums::<T, R>(dim, dy, (dy, true), (dy, true), |_, dy, _, _| dy.to_f64()),
+            lane_sums::<T, R>(dim, dy, (x, true), (dy, true), |r, dy, x, _| dy.to_f64() * xhat(r, x)),
+        ),
     };
-    let (mean_g, mean_gx) = (T::from_f64(s_g * inv_dim), T::from_f64(s_gx * inv_dim));
+    let rows = dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim));
+    for (r, ((dx, dy), x)) in rows.enumerate() {
+        let (mean_g, mean_gx) = (T::from_f64(s_g[r] * inv_dim), T::from_f64(s_gx[r] * inv_dim));
+        input_grad_row(dx, dy, x, weight, mean[r], rstd[r], mean_g, mean_gx, acc);
+    }
+}
+
+/// One row of the input gradient from its two means: `rstd * (g - mean_g - xhat * mean_gx)`, written, or
+/// added onto `dx` when `acc` (the value's gradient already holds another reader's part) with the same
+/// rounding as writing the term to a buffer and adding it: `dx + term`. The branch is outside the loops.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn input_grad_row<T: Float>(
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
+    weight: Option<&[T]>,
+    mean: T,
+    rstd: T,
+    mean_g: T,
+    mean_gx: T,
+    acc: bool,
+) {
     let rows = dx.iter_mut().zip(dy).zip(x);
-    // `acc` adds onto `dx` (the value's gradient already holds another reader's part) with the same rounding
-    // as writing the term to a buffer and adding it: `dx + term`. The branch is outside the loops.
     match (weight, acc) {
         (Some(w), false) => {
             for (((dx, &dy), &x), &w) in rows.zip(w) {
@@ -171,9 +237,50 @@ fn bwd_row_body<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>,
     }
 }
 crate::multiversion!(
-    fn bwd_row<T: Float>(dx: &mut [T], dy: &[T], x: &[T], weight: Option<&[T]>, mean: T, rstd: T, acc: bool)
-        => bwd_row_body
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_rows<T: Float; const R: usize>(
+        dx: &mut [T],
+        dy: &[T],
+        x: &[T],
+        weight: Option<&[T]>,
+        mean: &[T],
+        rstd: &[T],
+        acc: bool,
+        dim: usize,
+    ) => bwd_rows_body
 );
+
+/// The input gradient of consecutive rows (`dx`, `dy`, `x`: `[rows, dim]`; `mean`, `rstd`: `[rows]`) on
+/// the calling thread: [`ROW_GROUP`] rows at a time, the rest one by one (the same bits either way).
+#[allow(clippy::too_many_arguments)]
+fn bwd_rows_serial<T: Float>(
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
+    weight: Option<&[T]>,
+    mean: &[T],
+    rstd: &[T],
+    acc: bool,
+    dim: usize,
+) {
+    let g = ROW_GROUP * dim;
+    let groups =
+        dx.chunks_mut(g).zip(dy.chunks(g)).zip(x.chunks(g)).zip(mean.chunks(ROW_GROUP).zip(rstd.chunks(ROW_GROUP)));
+    for (((dx, dy), x), (m, s)) in groups {
+        if m.len() == ROW_GROUP {
+            bwd_rows::<T, ROW_GROUP>(dx, dy, x, weight, m, s, acc, dim);
+        } else {
+            for (((dx, dy), x), (m, s)) in dx
+                .chunks_exact_mut(dim)
+                .zip(dy.chunks_exact(dim))
+                .zip(x.chunks_exact(dim))
+                .zip(m.chunks(1).zip(s.chunks(1)))
+            {
+                bwd_rows::<T, 1>(dx, dy, x, weight, m, s, acc, dim);
+            }
+        }
+    }
+}
 
 /// Layer norm forward (overwrites `out`, `save_mean`, `save_rstd`). Mean and variance are accumulated in
 /// f64 (two passes, so no cancellation from `E[x^2] - E[x]^2`). `weight` / `bias` are `None` for
@@ -230,8 +337,18 @@ pub(crate) fn forward_rows_serial<T: Float>(
 ) {
     let rows = save_mean.len();
     assert!(out.len() == rows * dim && inp.len() == rows * dim && save_rstd.len() == rows, "layer norm rows");
-    for (((y, x), sm), sr) in out.chunks_exact_mut(dim).zip(inp.chunks_exact(dim)).zip(save_mean).zip(save_rstd) {
-        fwd_row(y, x, weight, bias, eps, sm, sr);
+    let g = ROW_GROUP * dim;
+    let groups =
+        out.chunks_mut(g).zip(inp.chunks(g)).zip(save_mean.chunks_mut(ROW_GROUP).zip(save_rstd.chunks_mut(ROW_GROUP)));
+    for ((y, x), (sm, sr)) in groups {
+        if sm.len() == ROW_GROUP {
+            fwd_rows::<T, ROW_GROUP>(y, x, weight, bias, eps, sm, sr, dim);
+            continue;
+        }
+        let rows = y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(sm.chunks_mut(1).zip(sr.chunks_mut(1)));
+        for ((y, x), (sm, sr)) in rows {
+            fwd_rows::<T, 1>(y, x, weight, bias, eps, sm, sr, dim);
+        }
     }
 }
 
@@ -317,13 +434,7 @@ fn input_grad<T: Float>(
     dim: usize,
     parallel: bool,
 ) {
-    let row = |dx: &mut [T], dy: &[T], x: &[T], mean: T, rstd: T| bwd_row(dx, dy, x, weight, mean, rstd, acc);
-    let group = |((dx, dy), (x, (sm, sr))): BwdGroup<'_, T>| {
-        let rows = dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim));
-        for (((dx, dy), x), (&mean, &rstd)) in rows.zip(sm.iter().zip(sr)) {
-            row(dx, dy, x, mean, rstd);
-        }
-    };
+    let group = |((dx, dy), (x, (sm, sr))): BwdGroup<'_, T>| bwd_rows_serial(dx, dy, x, weight, sm, sr, acc, dim);
     if parallel && rows > 1 {
         let r = rows_per_task(dim);
         dinp.par_chunks_mut(r * dim)
@@ -498,13 +609,20 @@ fn fused_row_ranges<T: Float>(
     let per_range = rows.div_ceil(ROW_RANGES);
     let mut partial = [([0.0f64; FUSED_MAX_DIM], [0.0f64; FUSED_MAX_DIM]); ROW_RANGES];
     dinp.par_chunks_mut(per_range * dim).zip(partial.par_iter_mut().enumerate()).for_each(|(dx, (k, sums))| {
+        // The range's rows in groups: the input gradients of a group, then its rows' parameter terms in row
+        // order (while the rows are in L1), so the sums are the row-by-row pass's.
         let r0 = k * per_range;
-        for (i, dx) in dx.chunks_exact_mut(dim).enumerate() {
-            let r = r0 + i;
-            let (dy, x) = (&ctx.dout[r * dim..(r + 1) * dim], &ctx.inp[r * dim..(r + 1) * dim]);
-            let (mean, rstd) = (ctx.save_mean[r], ctx.save_rstd[r]);
-            bwd_row(dx, dy, x, weight, mean, rstd, acc);
-            add_row(sums, dy, x, mean, rstd);
+        let rows = dx.len() / dim;
+        let (dy, x) = (&ctx.dout[r0 * dim..(r0 + rows) * dim], &ctx.inp[r0 * dim..(r0 + rows) * dim]);
+        let (sm, sr) = (&ctx.save_mean[r0..r0 + rows], &ctx.save_rstd[r0..r0 + rows]);
+        let (g, step) = (ROW_GROUP * dim, ROW_GROUP);
+        let groups = dx.chunks_mut(g).zip(dy.chunks(g)).zip(x.chunks(g)).zip(sm.chunks(step).zip(sr.chunks(step)));
+        for (((dx, dy), x), (m, s)) in groups {
+            bwd_rows_serial(dx, dy, x, weight, m, s, acc, dim);
+            let rows = dy.chunks_exact(dim).zip(x.chunks_exact(dim)).zip(m.iter().zip(s));
+            for ((dy, x), (&mean, &rstd)) in rows {
+                add_row(sums, dy, x, mean, rstd);
+            }
         }
     });
     // Ranges past the last row (rows < ROW_RANGES * per_range) stayed zero; adding them changes nothing.
@@ -785,5 +903,47 @@ mod tests {
             assert!(got == want, "{rows} x {d}: accumulate is not base + dinp");
             assert_eq!(p1, p2, "{rows} x {d}: parameter gradients changed");
         }
+    }
+
+    /// The rows of a group give the one-row kernel's bits: forward (statistics and output) and input
+    /// gradient (written and accumulated), with and without the affine parameters, for widths with and
+    /// without a tail past the last 16-lane chunk and row counts with and without a partial group.
+    fn groups_case<T: Float + std::fmt::Debug>(to_t: impl Fn(&[f64]) -> Vec<T>) {
+        let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<u64>>();
+        for (rows, d) in [(4, 128), (13, 128), (9, 7), (6, 16), (11, 130), (5, 1), (8, 200)] {
+            let [x, w, b, dy] = case(rows as u64 * 31 + d as u64, rows, d);
+            // Rows far from zero too, where the variance's cancellation matters.
+            let x: Vec<f64> = x.iter().enumerate().map(|(i, v)| v + if (i / d) % 3 == 1 { 1e3 } else { 0.0 }).collect();
+            let (x, w, b, dy) = (to_t(&x), to_t(&w), to_t(&b), to_t(&dy));
+            for (weight, bias) in
+                [(Some(&w[..]), Some(&b[..])), (None, Some(&b[..])), (Some(&w[..]), None), (None, None)]
+            {
+                let (mut y, mut m, mut s) = (vec![T::ZERO; rows * d], vec![T::ZERO; rows], vec![T::ZERO; rows]);
+                forward_rows_serial(&mut y, &mut m, &mut s, &x, weight, bias, d, EPS);
+                let (mut y1, mut m1, mut s1) = (vec![T::ZERO; rows * d], vec![T::ZERO; rows], vec![T::ZERO; rows]);
+                for r in 0..rows {
+                    let (yr, xr) = (&mut y1[r * d..(r + 1) * d], &x[r * d..(r + 1) * d]);
+                    fwd_rows::<T, 1>(yr, xr, weight, bias, EPS, &mut m1[r..r + 1], &mut s1[r..r + 1], d);
+                }
+                assert_eq!((bits(&y), bits(&m), bits(&s)), (bits(&y1), bits(&m1), bits(&s1)), "forward {rows} x {d}");
+                for acc in [false, true] {
+                    let start = to_t(&uniform(15, rows * d, -1.0, 1.0));
+                    let (mut dx, mut dx1) = (start.clone(), start);
+                    bwd_rows_serial(&mut dx, &dy, &x, weight, &m, &s, acc, d);
+                    for r in 0..rows {
+                        let (dxr, dyr, xr) =
+                            (&mut dx1[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d], &x[r * d..(r + 1) * d]);
+                        bwd_rows::<T, 1>(dxr, dyr, xr, weight, &m[r..r + 1], &s[r..r + 1], acc, d);
+                    }
+                    assert_eq!(bits(&dx), bits(&dx1), "input gradient {rows} x {d}, accumulate {acc}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_groups_give_the_one_row_bits() {
+        groups_case::<f32>(to_f32);
+        groups_case::<f64>(|v| v.to_vec());
     }
 }
