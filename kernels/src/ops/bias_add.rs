@@ -110,12 +110,27 @@ pub fn bias_add_backward<T: Float>(dbias: &mut [T], dout: &[T], b: usize, n: usi
     if n == 0 {
         return;
     }
-    // Parallel over column blocks: each task owns a disjoint piece of dbias, so no reduction is needed and
-    // the result is identical to the sequential one.
-    if b * n >= PAR_MIN_ELEMS && n > COL_BLOCK {
-        dbias.par_chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, d)| column_sums_block(d, dout, blk * COL_BLOCK, n));
+    column_sums(dbias, dout, 0, n);
+}
+
+/// `sums[j] += sum_i dout[i, lo + j]` for the columns `[lo, lo + sums.len())` of `dout` (`[B, N]`): the bias
+/// gradient of a column window. Parallel over column blocks: each task owns a disjoint piece of `sums`, so no
+/// reduction is needed and the result is identical to the sequential one.
+pub(crate) fn column_sums<T: Float>(sums: &mut [T], dout: &[T], lo: usize, n: usize) {
+    column_sums_on(sums, dout, lo, n, true);
+}
+
+/// [`column_sums`] on the calling thread when not `parallel` (the same sums, block by block).
+pub(crate) fn column_sums_on<T: Float>(sums: &mut [T], dout: &[T], lo: usize, n: usize, parallel: bool) {
+    assert!(lo + sums.len() <= n && dout.len().is_multiple_of(n.max(1)), "column_sums: columns past the row");
+    if sums.is_empty() {
+        return;
+    }
+    let block = |(blk, d): (usize, &mut [T])| column_sums_block(d, dout, lo + blk * COL_BLOCK, n);
+    if parallel && dout.len() / n * sums.len() >= PAR_MIN_ELEMS && sums.len() > COL_BLOCK {
+        sums.par_chunks_mut(COL_BLOCK).enumerate().for_each(block);
     } else {
-        dbias.chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, d)| column_sums_block(d, dout, blk * COL_BLOCK, n));
+        sums.chunks_mut(COL_BLOCK).enumerate().for_each(block);
     }
 }
 

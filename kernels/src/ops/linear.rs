@@ -288,7 +288,8 @@ pub fn linear_backward_split_scratch_len(rows: usize, c: usize, oc: usize) -> us
     }
 }
 
-fn splits_rows(rows: usize, c: usize, oc: usize) -> bool {
+/// Whether [`linear_backward_split`] splits a layer of `rows` rows, `c` inputs and `oc` outputs.
+pub(crate) fn splits_rows(rows: usize, c: usize, oc: usize) -> bool {
     rows >= SPLIT_MIN_ROWS && rows.saturating_mul(c).saturating_mul(oc) >= GEMM_PAR_MIN_FLOPS
 }
 

@@ -26,6 +26,7 @@ pub mod interpolate;
 pub mod layer_norm;
 pub mod linear;
 pub mod linear_act;
+pub mod linear_lead;
 pub mod linear_residual;
 pub mod mse;
 pub mod permute;

@@ -72,6 +72,12 @@ pub struct Activations {
     /// rows are never read). The token count for every other attention; unused for other nodes. Applied when
     /// the [`Activations::conv_pool`] fusions are (no [`NodeOverride`]). Planned by [`Activations::plan`].
     pub attention_queries: Vec<usize>,
+    /// `linear_lead[node]`: for a linear layer whose only reader is an attention computing fewer query rows
+    /// than it has tokens ([`Activations::attention_queries`]), the outputs that attention reads: the key and
+    /// value columns on every token, the query columns on its leading rows only. Only those are computed,
+    /// forward and backward (`ops::linear_lead`; a third of a ViT's last q/k/v projection is never read).
+    /// Applied when the attention's query rows are. Planned by [`Activations::plan`] ([`linear_lead_columns`]).
+    pub linear_lead: Vec<Option<ops::linear_lead::LeadColumns>>,
     /// Whether the last forward ran the [`Activations::conv_pool`] pairs fused (the backward must match it).
     pub fused_forward: bool,
     /// `grad_needed[value]`: whether the backward computes the value's gradient ([`gradient_needed`]): not for
@@ -294,6 +300,29 @@ pub fn attention_query_rows(graph: &Graph) -> Vec<usize> {
         .collect()
 }
 
+/// Per node, the outputs a linear layer computes when its only reader is an attention that computes fewer
+/// query rows than it has tokens ([`Activations::linear_lead`]): the attention's query columns (the first
+/// `dim` of its `[T, 3 * dim]` input) on its leading query rows only. `None` for every other node.
+pub fn linear_lead_columns(graph: &Graph) -> Vec<Option<ops::linear_lead::LeadColumns>> {
+    let readers = reader_counts(graph);
+    let queries = attention_query_rows(graph);
+    let mut lead = vec![None; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let OpKind::Linear { rows, out_features, act: None, .. } = node.op else { continue };
+        let y = node.output;
+        if readers[y.0] != 1 || y == graph.output {
+            continue;
+        }
+        let Some(a) = graph.nodes.iter().position(|n| n.inputs.contains(&y)) else { continue };
+        if let OpKind::Attention { tokens, dim, .. } = graph.nodes[a].op {
+            if queries[a] < tokens && rows == tokens && out_features == 3 * dim {
+                lead[i] = Some(ops::linear_lead::LeadColumns { cols: dim, rows: queries[a], group: tokens });
+            }
+        }
+    }
+    lead
+}
+
 /// The nodes a convolution runs fused ([`Activations::conv_pool`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvPool {
@@ -408,6 +437,7 @@ impl Activations {
             profile: None,
             conv_pool,
             attention_queries: attention_query_rows(graph),
+            linear_lead: linear_lead_columns(graph),
             fused_forward: false,
             grad_needed: gradient_needed(graph),
             value_source,
@@ -575,6 +605,7 @@ pub fn forward_with(
         profile,
         conv_pool,
         attention_queries,
+        linear_lead,
         value_source,
         linear_residual,
         residual_norm,
@@ -711,9 +742,10 @@ pub fn forward_with(
             OpKind::Linear { rows, in_features, out_features, weight, bias, act } => {
                 let b = bias.as_ref().map(p);
                 let (rows, c, oc) = (n * rows, *in_features, *out_features);
-                match act {
-                    None => ops::linear::linear_forward(y, x, p(weight), b, rows, c, oc),
-                    Some(a) => {
+                match (act, linear_lead[idx].filter(|_| fuse)) {
+                    (None, Some(lead)) => ops::linear_lead::linear_lead_forward(y, x, p(weight), b, lead, rows, c, oc),
+                    (None, None) => ops::linear::linear_forward(y, x, p(weight), b, rows, c, oc),
+                    (Some(a), _) => {
                         // Only a training forward is followed by a backward that reads what is kept.
                         let keep = (mode == Mode::Train).then(|| &mut saved[idx][..y.len()]);
                         ops::linear_act::linear_act_forward(y, keep, x, p(weight), b, *a, rows, c, oc)
@@ -1053,6 +1085,7 @@ pub fn backward_releasing<'g>(
         profile,
         conv_pool,
         attention_queries,
+        linear_lead,
         grad_needed,
         value_source,
         shares_grad,
@@ -1204,6 +1237,11 @@ pub fn backward_releasing<'g>(
                     let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
                     let (rows, c, oc) = (n * rows, *in_features, *out_features);
                     let s = &mut scratch[..ops::linear::linear_backward_split_scratch_len(rows, c, oc)];
+                    // The outputs the forward computed (the attention reading them wrote 0 on the others).
+                    if let Some(lead) = linear_lead[idx].filter(|_| fused) {
+                        ops::linear_lead::linear_lead_backward(dx, dw, db, dy, x, p(weight), s, lead, rows, c, oc);
+                        return;
+                    }
                     ops::linear::linear_backward_split(dx, dw, db, dy, x, p(weight), s, rows, c, oc);
                 })
             }

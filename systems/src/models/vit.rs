@@ -252,6 +252,12 @@ mod tests {
                 ecstrain_components::OpKind::Attention { .. } => {
                     format!("{} {:?} queries {}", nd.name, graph.values[nd.output.0].shape, acts.attention_queries[i])
                 }
+                // Linear layers computing part of their outputs show which.
+                ecstrain_components::OpKind::Linear { .. } if acts.linear_lead[i].is_some() => {
+                    let l = acts.linear_lead[i].unwrap();
+                    let shape = &graph.values[nd.output.0].shape;
+                    format!("{} {shape:?} first {} columns on {} of {} rows", nd.name, l.cols, l.rows, l.group)
+                }
                 _ => format!("{} {:?}", nd.name, graph.values[nd.output.0].shape),
             })
             .collect();
@@ -278,6 +284,11 @@ mod tests {
             assert!(labels_p.iter().any(|l| l == "blocks.1.attn [17, 16] queries 1"), "{labels_p:?}");
             assert!(labels_p.iter().any(|l| l == "blocks.0.attn [17, 16] queries 17"), "{labels_p:?}");
             assert!(labels_f.iter().any(|l| l == "blocks.1.attn [17, 16] queries 17"), "{labels_f:?}");
+            // Its q/k/v projection computes the query columns on the class token only.
+            let lead = "blocks.1.attn.qkv [17, 48] first 16 columns on 1 of 17 rows";
+            assert!(labels_p.iter().any(|l| l == lead), "{labels_p:?}");
+            assert!(labels_p.iter().any(|l| l == "blocks.0.attn.qkv [17, 48]"), "{labels_p:?}");
+            assert!(labels_f.iter().any(|l| l == "blocks.1.attn.qkv [17, 48]"), "{labels_f:?}");
             assert_eq!(out_p.len(), out_f.len());
             let scale = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
             let (so, sg) = (scale(&out_f), scale(&grads_f));
