@@ -129,8 +129,14 @@ fn head_forward_small<T: Float>(
         // The scores never leave the registers before the softmax (bitwise the two steps above).
         small::scores_softmax_packed(att, t, nq, t, q, pk, scale);
     }
-    pk.rows_of(x.v, x.rs, t, d);
-    small::matmul_packed(out, out_rs, nq, d, small::Strided { data: att, rs: t, cs: 1 }, pk, T::ONE);
+    let p = small::Strided { data: att, rs: t, cs: 1 };
+    if small::reads_in_place(d) {
+        // Rows of whole vectors need no padding: v is read where it is.
+        small::matmul_in_place(out, out_rs, nq, d, p, x.v, x.rs, t, T::ONE);
+    } else {
+        pk.rows_of(x.v, x.rs, t, d);
+        small::matmul_packed(out, out_rs, nq, d, p, pk, T::ONE);
+    }
 }
 
 /// [`head_backward`] for a head that [`small::fits`] (which leaves the caller's scratch untouched): dP =
@@ -171,7 +177,6 @@ fn head_backward_small<T: Float>(
             2 => (dout, dout_rs, nq, att),
             _ => (x.q, x.rs, nq, &*ds),
         };
-        pk.rows_of(rhs, rhs_rs, inner, d);
         // dq reads dS by rows (its first nq); dv and dk read P and dS by columns, over the first nq queries.
         let (a, m) = if which == 0 {
             (Strided { data: lhs, rs: t, cs: 1 }, nq)
@@ -179,7 +184,13 @@ fn head_backward_small<T: Float>(
             (Strided { data: lhs, rs: 1, cs: t }, t)
         };
         let (dst, dst_rs) = g.rows(which, 0, d);
-        matmul_packed(dst, dst_rs, m, d, a, pk, T::ONE);
+        if small::reads_in_place(d) {
+            // Rows of whole vectors need no padding: the right-hand side is read where it is.
+            small::matmul_in_place(dst, dst_rs, m, d, a, rhs, rhs_rs, inner, T::ONE);
+        } else {
+            pk.rows_of(rhs, rhs_rs, inner, d);
+            matmul_packed(dst, dst_rs, m, d, a, pk, T::ONE);
+        }
     }
     g.zero_rows(0, nq, t, d);
 }

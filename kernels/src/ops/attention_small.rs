@@ -100,6 +100,23 @@ impl<T: Float> Packed<T> {
     }
 }
 
+impl<T> Packed<T> {
+    /// The packed operand as a right-hand side.
+    fn rhs(&self) -> Rhs<'_, T> {
+        Rhs { data: &self.buf, rows: self.rows, width: self.width, rs: self.width }
+    }
+}
+
+/// A right-hand side as the kernels read it: `rows` rows of `width` elements (a multiple of [`LANES`]), row
+/// `p` at `data[p * rs..]`. A [`Packed`] buffer (`rs == width`), or a matrix read in place.
+#[derive(Clone, Copy)]
+struct Rhs<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    width: usize,
+    rs: usize,
+}
+
 /// What one thread reuses from head to head on the small path: the packed operand and the score gradient
 /// (`[T, T]`), 32 KiB in f32. Made once per rayon task ([`rayon::iter::ParallelIterator::for_each_init`])
 /// rather than zeroed on the stack for every head: every element a kernel reads is written for that head
@@ -138,10 +155,10 @@ fn f32_operands<'a, T: Float>(
     m: usize,
     n: usize,
     a: Strided<'a, T>,
-    b: &'a Packed<T>,
+    b: Rhs<'a, T>,
     alpha: T,
 ) -> Option<(&'a mut [f32], Strided<'a, f32>, &'a [f32], f32)> {
-    assert!(n <= b.width, "{what}: {n} columns but B is packed {} wide", b.width);
+    assert!(n <= b.width, "{what}: {n} columns but B is {} wide", b.width);
     if m == 0 || n == 0 {
         return None;
     }
@@ -149,8 +166,9 @@ fn f32_operands<'a, T: Float>(
     if b.rows > 0 {
         assert!(a.data.len() > (m - 1) * a.rs + (b.rows - 1) * a.cs, "{what}: A is too short");
     }
-    assert!(b.rows * b.width <= PACK_LEN && b.width.is_multiple_of(LANES));
-    let views = (as_f32_mut(c), as_f32(a.data), as_f32(&b.buf), as_f32(std::slice::from_ref(&alpha)));
+    assert!(b.width.is_multiple_of(LANES) && b.width <= SMALL_MAX && b.rows <= SMALL_MAX, "{what}: B's shape");
+    assert!(b.rows == 0 || b.data.len() >= (b.rows - 1) * b.rs + b.width, "{what}: B is too short");
+    let views = (as_f32_mut(c), as_f32(a.data), as_f32(b.data), as_f32(std::slice::from_ref(&alpha)));
     if let (true, (Some(c), Some(a_data), Some(b_data), Some(alpha))) = (kernel_available::<T>(), views) {
         return Some((c, Strided { data: a_data, rs: a.rs, cs: a.cs }, b_data, alpha[0]));
     }
@@ -170,13 +188,52 @@ pub(crate) fn matmul_packed<T: Float>(
     b: &Packed<T>,
     alpha: T,
 ) {
-    let Some((c, a, b_data, alpha)) = f32_operands("matmul_packed", c, rs_c, m, n, a, b, alpha) else {
+    matmul_rhs("matmul_packed", c, rs_c, m, n, a, b.rhs(), alpha);
+}
+
+/// [`matmul_packed`] with B read in place: `k` rows of `n` elements at row stride `b_rs` (row `p` at
+/// `b[p * b_rs..]`), for `n` a whole number of 16-lane vectors (up to [`SMALL_MAX`]): no padding is needed,
+/// so there is nothing to pack. The same bits as packing B and calling [`matmul_packed`] (tested).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_in_place<T: Float>(
+    c: &mut [T],
+    rs_c: usize,
+    m: usize,
+    n: usize,
+    a: Strided<'_, T>,
+    b: &[T],
+    b_rs: usize,
+    k: usize,
+    alpha: T,
+) {
+    matmul_rhs("matmul_in_place", c, rs_c, m, n, a, Rhs { data: b, rows: k, width: n, rs: b_rs }, alpha);
+}
+
+/// Whether [`matmul_in_place`] takes a right-hand side `n` wide.
+pub(crate) fn reads_in_place(n: usize) -> bool {
+    n > 0 && n <= SMALL_MAX && n.is_multiple_of(LANES)
+}
+
+/// [`matmul_packed`] over any [`Rhs`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+#[allow(clippy::too_many_arguments)]
+fn matmul_rhs<T: Float>(
+    what: &str,
+    c: &mut [T],
+    rs_c: usize,
+    m: usize,
+    n: usize,
+    a: Strided<'_, T>,
+    b: Rhs<'_, T>,
+    alpha: T,
+) {
+    let Some((c, a, b_data, alpha)) = f32_operands(what, c, rs_c, m, n, a, b, alpha) else {
         return;
     };
     // SAFETY: f32_operands found AVX-512F and checked the extents of A, B and C.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        avx512::matmul(c, rs_c, m, n, a, b_data, b.width, b.rows, alpha)
+        avx512::matmul(c, rs_c, m, n, a, b_data, b.width, b.rs, b.rows, alpha)
     };
 }
 
@@ -198,7 +255,8 @@ pub(crate) fn scores_softmax_packed<T: Float>(
     b: &Packed<T>,
     alpha: T,
 ) {
-    let Some((att, a, b_data, alpha)) = f32_operands("scores_softmax_packed", att, rs_att, m, n, a, b, alpha) else {
+    let Some((att, a, b_data, alpha)) = f32_operands("scores_softmax_packed", att, rs_att, m, n, a, b.rhs(), alpha)
+    else {
         return;
     };
     // SAFETY: f32_operands found AVX-512F and checked the extents of A, B and att.
@@ -234,7 +292,8 @@ pub(crate) fn softmax_backward_packed<T: Float>(
     if m > 0 && n > 0 {
         assert!(p.len() >= (m - 1) * rs_p + n, "softmax_backward_packed: the probabilities are too short");
     }
-    let Some((ds, a, b_data, scale)) = f32_operands("softmax_backward_packed", ds, rs_ds, m, n, a, b, scale) else {
+    let Some((ds, a, b_data, scale)) = f32_operands("softmax_backward_packed", ds, rs_ds, m, n, a, b.rhs(), scale)
+    else {
         return;
     };
     let p = as_f32(p).expect("f32 (checked by f32_operands)");
@@ -289,7 +348,7 @@ mod avx512 {
     }
 
     /// What every register kernel reads: C (row stride `rs_c`) of which `n` columns are stored, A, and B
-    /// packed (`k` rows of row width `width`).
+    /// (`k` rows of `width` elements, row `p` at `b + p * b_rs`).
     #[derive(Clone, Copy)]
     struct Operands<'a> {
         c: *mut f32,
@@ -298,6 +357,7 @@ mod avx512 {
         a: Strided<'a, f32>,
         b: *const f32,
         width: usize,
+        b_rs: usize,
         k: usize,
     }
 
@@ -355,7 +415,7 @@ mod avx512 {
                     *s = _mm512_fmadd_ps(av, bv[cc], *s);
                 }
             }
-            bp = bp.add(o.width);
+            bp = bp.add(o.b_rs);
         }
         acc
     }
@@ -543,17 +603,17 @@ mod avx512 {
         n: usize,
         a: Strided<'a, f32>,
         b: &[f32],
-        width: usize,
+        (width, b_rs): (usize, usize),
         k: usize,
     ) -> Operands<'a> {
-        Operands { c: c.as_mut_ptr(), rs_c, n, a, b: b.as_ptr(), width, k }
+        Operands { c: c.as_mut_ptr(), rs_c, n, a, b: b.as_ptr(), width, b_rs, k }
     }
 
-    /// `c = alpha * A @ B` over `m x n` (see [`super::matmul_packed`]), B packed `k x width`.
+    /// `c = alpha * A @ B` over `m x n` (see [`super::matmul_packed`]), B `k x width` at row stride `b_rs`.
     ///
     /// # Safety
     /// AVX-512F; `c.len() >= (m - 1) * rs_c + n`; `a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs`;
-    /// `b.len() >= k * width`, `width` a multiple of 16 and `n <= width`.
+    /// `b.len() >= (k - 1) * b_rs + width`, `width` a multiple of 16 and `n <= width`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn matmul(
@@ -564,10 +624,11 @@ mod avx512 {
         a: Strided<'_, f32>,
         b: &[f32],
         width: usize,
+        b_rs: usize,
         k: usize,
         alpha: f32,
     ) {
-        each_row_tile(&Product { o: operands(c, rs_c, n, a, b, width, k), alpha }, m);
+        each_row_tile(&Product { o: operands(c, rs_c, n, a, b, (width, b_rs), k), alpha }, m);
     }
 
     /// [`super::scores_softmax_packed`] for f32.
@@ -587,7 +648,7 @@ mod avx512 {
         k: usize,
         alpha: f32,
     ) {
-        let o = operands(c, rs_c, n, a, b, width, k);
+        let o = operands(c, rs_c, n, a, b, (width, width), k);
         // Registers per row: n.div_ceil(16) score vectors (at most 4: `SMALL_MAX` keys).
         match n.div_ceil(LANES) {
             1 => each_row_tile(&Softmax::<1> { o, alpha }, m),
@@ -616,7 +677,7 @@ mod avx512 {
         rs_p: usize,
         scale: f32,
     ) {
-        let o = operands(c, rs_c, n, a, b, width, k);
+        let o = operands(c, rs_c, n, a, b, (width, width), k);
         let p = p.as_ptr();
         match n.div_ceil(LANES) {
             1 => each_row_tile(&SoftmaxBackward::<1> { o, p, rs_p, scale }, m),
@@ -795,6 +856,36 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// A right-hand side read in place gives the packed product's bits, for every width it takes (one to four
+    /// whole vectors), row strides wider than the rows, A read by rows and by columns, and row tails; other
+    /// widths are refused by `reads_in_place`.
+    #[test]
+    fn in_place_right_hand_side_is_the_packed_product() {
+        if !kernel_available::<f32>() {
+            println!("SKIPPED: this CPU has no AVX-512F, so attention never takes the small path here");
+            return;
+        }
+        assert!(!reads_in_place(0) && !reads_in_place(17) && !reads_in_place(50) && !reads_in_place(80));
+        for n in [16, 32, 48, 64] {
+            assert!(reads_in_place(n));
+            for &(m, k, b_rs) in &[(50usize, 50usize, 384usize), (7, 3, 64), (13, 64, 70), (1, 1, 16)] {
+                let b_rs = b_rs.max(n);
+                let b: Vec<f32> = values((k - 1) * b_rs + n, 3 + n as u64).iter().map(|&v| v as f32).collect();
+                let a: Vec<f32> = values(m * k + m + k, 4).iter().map(|&v| (2.0 * v) as f32).collect();
+                for a_view in [Strided { data: &a, rs: k, cs: 1 }, Strided { data: &a, rs: 1, cs: m }] {
+                    let rs_c = n + 5;
+                    let mut pk = Packed::<f32>::new();
+                    pk.rows_of(&b, b_rs, k, n);
+                    let mut want = vec![f32::NAN; m * rs_c];
+                    matmul_packed(&mut want, rs_c, m, n, a_view, &pk, 0.5);
+                    let mut got = vec![f32::NAN; m * rs_c];
+                    matmul_in_place(&mut got, rs_c, m, n, a_view, &b, b_rs, k, 0.5);
+                    assert_same_bits(&got, &want, &format!("{m} x {n} x {k}, B row stride {b_rs}"));
                 }
             }
         }
