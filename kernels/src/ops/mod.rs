@@ -29,6 +29,7 @@ pub mod linear_act;
 pub mod linear_lead;
 pub mod linear_residual;
 pub mod mse;
+pub mod patch_stem;
 pub mod permute;
 pub mod pool;
 pub mod relu;

@@ -109,6 +109,13 @@ pub struct Activations {
     /// gradients and, transposed, the input's. Bitwise the three nodes (the same adds in the same order, the
     /// rest copies). Applied, like [`Activations::conv_pool`], when no [`NodeOverride`] runs.
     pub token_stem: Vec<Option<TokenStem>>,
+    /// `patch_stem[node]`: for a patch-embedding convolution (kernel equal to the stride, no padding, no
+    /// dilation, one group) whose image needs no gradient and whose output goes through a reshape to
+    /// `[D, P]` into a token stem ([`Activations::token_stem`]), that stem's transpose: the five nodes run as
+    /// one op (`ops::patch_stem`; the patches gathered, one product writing the token rows, one pass for the
+    /// bias, class token and position embedding), forward and backward. Within float rounding of the separate
+    /// nodes. Applied, like [`Activations::conv_pool`], when no [`NodeOverride`] runs ([`patch_stems`]).
+    pub patch_stem: Vec<Option<usize>>,
     /// `grad_slot[value]`: during a backward, the value whose gradient buffer holds this value's gradient:
     /// itself, or the first input of the add that shared its gradient with it.
     pub grad_slot: Vec<usize>,
@@ -323,6 +330,27 @@ pub fn linear_lead_columns(graph: &Graph) -> Vec<Option<ops::linear_lead::LeadCo
     lead
 }
 
+/// The patch embeddings the executor runs with their token stems ([`Activations::patch_stem`]):
+/// `stems[c] = Some(t)` when node `c` is a patch-embedding convolution of an image that needs no gradient,
+/// node `c + 1` reshapes its output (its only reader) and node `t = c + 2` starts a token stem reading that.
+pub fn patch_stems(graph: &Graph) -> Vec<Option<usize>> {
+    let (readers, needed, tokens) = (reader_counts(graph), gradient_needed(graph), token_stems(graph));
+    let mut stems = vec![None; graph.nodes.len()];
+    for (c, w) in graph.nodes.windows(3).enumerate() {
+        let OpKind::Conv2d { spec, in_hw, .. } = &w[0].op else { continue };
+        if ops::patch_stem::is_patch_embedding(&conv_geom(spec, *in_hw, 1))
+            && !needed[w[0].inputs[0].0]
+            && matches!(w[1].op, OpKind::Reshape)
+            && sole_first_reader(graph, &readers, &w[0], &w[1])
+            && sole_first_reader(graph, &readers, &w[1], &w[2])
+            && tokens[c + 2].is_some()
+        {
+            stems[c] = Some(c + 2);
+        }
+    }
+    stems
+}
+
 /// The nodes a convolution runs fused ([`Activations::conv_pool`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvPool {
@@ -403,7 +431,11 @@ impl Activations {
                     scratch = scratch.max(len)
                 }
                 OpKind::Conv2d { spec, in_hw, .. } => {
-                    scratch = scratch.max(conv_geom(spec, *in_hw, capacity).col_len())
+                    let g = conv_geom(spec, *in_hw, capacity);
+                    scratch = scratch.max(g.col_len());
+                    if ops::patch_stem::is_patch_embedding(&g) {
+                        scratch = scratch.max(ops::patch_stem::patch_stem_scratch_len(&g));
+                    }
                 }
                 OpKind::BatchNorm2d { channels, .. } => saved[idx] = vec![0.0; 2 * channels],
                 OpKind::LayerNorm { dim, .. } => saved[idx] = vec![0.0; 2 * capacity * numel(node.output) / dim],
@@ -445,6 +477,7 @@ impl Activations {
             linear_residual: linear_residual_pairs(graph),
             residual_norm: residual_norms(graph),
             token_stem: token_stems(graph),
+            patch_stem: patch_stems(graph),
             grad_slot: (0..graph.values.len()).collect(),
         }
     }
@@ -610,6 +643,7 @@ pub fn forward_with(
         linear_residual,
         residual_norm,
         token_stem,
+        patch_stem,
         ..
     } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
@@ -626,6 +660,29 @@ pub fn forward_with(
             }
         }
         if idx < skip_to {
+            continue;
+        }
+        // (Only while its token stem is planned: clearing that plan runs the nodes apart.)
+        let patch = patch_stem[idx].and_then(|t| token_stem[t]);
+        if let (true, Some(stem), OpKind::Conv2d { spec, in_hw, weight, bias, .. }) = (fuse, patch, &node.op) {
+            let (OpKind::PrependToken { token }, OpKind::AddParam { param }) =
+                (&graph.nodes[stem.prepend].op, &graph.nodes[stem.add].op)
+            else {
+                unreachable!("token_stems pairs a transpose with a prepend and a parameter add")
+            };
+            let out_v = graph.nodes[stem.add].output;
+            let mut out_buf = std::mem::take(&mut values[out_v.0]);
+            let y = &mut out_buf[..n * numel(out_v)];
+            let x = value_rows(graph, values, value_source, input, node.inputs[0], n);
+            let g = conv_geom(spec, *in_hw, n);
+            let s = &mut scratch[..ops::patch_stem::patch_stem_scratch_len(&g)];
+            let b = bias.as_ref().map(p);
+            ops::patch_stem::patch_stem_forward(y, x, p(weight), b, p(token), p(param), s, &g);
+            values[out_v.0] = out_buf;
+            if let Some(prof) = profile.as_mut() {
+                prof.absorbed_by[idx + 1..=stem.add].iter_mut().for_each(|a| *a = Some(idx));
+            }
+            skip_to = stem.add + 1;
             continue;
         }
         if let (true, Some(group)) = (fuse, conv_pool[idx]) {
@@ -1091,6 +1148,7 @@ pub fn backward_releasing<'g>(
         shares_grad,
         grad_slot,
         token_stem,
+        patch_stem,
         ..
     } = acts;
     let input = &input[..n * graph.values[0].numel()];
@@ -1120,6 +1178,11 @@ pub fn backward_releasing<'g>(
         if stem_at(0).is_some() || stem_at(1).is_some_and(|(_, s)| s.prepend == idx) {
             continue;
         }
+        // A fused patch embedding's reshape and convolution are done by its stem's backward.
+        let patch_at = |back: usize| idx.checked_sub(back).and_then(|c| patch_stem[c]).and_then(|t| token_stem[t]);
+        if fused && (patch_at(0).is_some() || patch_at(1).is_some()) {
+            continue;
+        }
         if let Some((t, stem)) = stem_at(2).filter(|(_, s)| s.add == idx) {
             let (OpKind::Permute { in_shape, .. }, OpKind::PrependToken { token }, OpKind::AddParam { param }) =
                 (&graph.nodes[t].op, &graph.nodes[stem.prepend].op, &node.op)
@@ -1129,6 +1192,22 @@ pub fn backward_releasing<'g>(
             let dy_slot = grad_slot[node.output.0];
             let dy_buf = std::mem::take(&mut dvals[dy_slot]);
             let dy = &dy_buf[..n * numel(node.output)];
+            if let (true, Some(c)) = (fused, t.checked_sub(2).filter(|&c| patch_stem[c] == Some(t))) {
+                let OpKind::Conv2d { spec, in_hw, weight, bias, .. } = &graph.nodes[c].op else {
+                    unreachable!("patch_stems starts at a convolution")
+                };
+                let g = conv_geom(spec, *in_hw, n);
+                let x = value_rows(graph, values, value_source, input, graph.nodes[c].inputs[0], n);
+                let s = &mut scratch[..ops::patch_stem::patch_stem_scratch_len(&g)];
+                let bias = bias.map(|b| b.slice.range());
+                let ranges =
+                    [weight.slice.range(), token.slice.range(), param.slice.range(), bias.clone().unwrap_or(0..0)];
+                let [dw, dcls, dpos, db] = grads.get_disjoint_mut(ranges).expect("parameters own disjoint slices");
+                let db = bias.map(|_| db);
+                ops::patch_stem::patch_stem_backward(dw, db, dcls, dpos, dy, x, s, &g);
+                dvals[dy_slot] = dy_buf;
+                continue;
+            }
             let xv = graph.nodes[t].inputs[0];
             let (token, param) = (token.slice.range(), param.slice.range());
             GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(xv, n * numel(xv), |dx| {

@@ -827,8 +827,12 @@ fn token_stems_fuse_only_sole_readers_and_keep_every_number() {
     let found: Vec<&str> =
         graph.nodes.iter().zip(&stems).filter(|(_, s)| s.is_some()).map(|(n, _)| n.name.as_str()).collect();
     assert_eq!(found, ["tokens"]);
-    let fused = two_steps(&world, &graph, 3, 8, |_| {});
-    let apart = two_steps(&world, &graph, 3, 8, |acts| acts.token_stem.fill(None));
+    // (The patch embedding in front runs on its own in both: it is checked by the test below.)
+    let fused = two_steps(&world, &graph, 3, 8, |acts| acts.patch_stem.fill(None));
+    let apart = two_steps(&world, &graph, 3, 8, |acts| {
+        acts.patch_stem.fill(None);
+        acts.token_stem.fill(None)
+    });
     assert_eq!(fused, apart, "fusing the token stem changed a number");
     // Without a class token there is no stem; with a second reader of the tokens neither.
     let mut world = World::new();
@@ -846,4 +850,55 @@ fn token_stems_fuse_only_sole_readers_and_keep_every_number() {
     let mut world = World::new();
     let graph = g.finish(&mut world, out, 3);
     assert!(super::token_stems(&graph).iter().all(Option::is_none), "the tokens have a second reader");
+}
+
+/// A patch embedding in front of a token stem runs with it (`patch_stems`) when its image needs no gradient,
+/// and the outputs and parameter gradients of two training steps stay within float rounding of the nodes run
+/// apart; its finite-difference check passes. No plan without a class token (no stem), when the patches
+/// overlap, or when the image needs a gradient.
+#[test]
+fn patch_stems_run_the_embedding_with_its_stem() {
+    let mut world = World::new();
+    let graph = transformer(&mut world, false, true);
+    let stems = super::patch_stems(&graph);
+    let found: Vec<&str> =
+        graph.nodes.iter().zip(&stems).filter(|(_, s)| s.is_some()).map(|(n, _)| n.name.as_str()).collect();
+    assert_eq!(found, ["patch"]);
+    let (out_f, grads_f) = two_steps(&world, &graph, 3, 8, |_| {});
+    let (out_a, grads_a) = two_steps(&world, &graph, 3, 8, |acts| acts.patch_stem.fill(None));
+    let scale = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let (so, sg) = (scale(&out_a), scale(&grads_a));
+    for (i, (a, b)) in out_f.iter().zip(&out_a).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * so, "output {i}: {a} vs {b}");
+    }
+    for (i, (a, b)) in grads_f.iter().zip(&grads_a).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * sg, "gradient {i}: {a} vs {b}");
+    }
+    assert!(grads_f.iter().zip(&grads_a).any(|(a, b)| a != b), "the fused op never ran (identical bits)");
+    check_graph(&world, &graph, 2, 1e-2, 3, "transformer with a fused patch embedding");
+    // No class token: no token stem, so no patch stem either.
+    let mut world = World::new();
+    assert!(super::patch_stems(&transformer(&mut world, false, false)).iter().all(Option::is_none));
+    // Overlapping patches (stride 1), and an image that needs a gradient (a parameter added first).
+    for overlapping in [true, false] {
+        let mut g = GraphBuilder::new("test", &[16]);
+        let x = g.input();
+        let x = g.reshape("input", x, &[1, 4, 4]).unwrap();
+        let x = if overlapping { x } else { g.add_param("shift", "shift", x, 0.5) };
+        let mut patch = conv(1, 8);
+        (patch.kernel, patch.padding) = ((2, 2), (0, 0));
+        patch.stride = if overlapping { (1, 1) } else { (2, 2) };
+        let x = g.conv2d("patch", x, patch, true).unwrap();
+        let p = if overlapping { 9 } else { 4 };
+        let x = g.reshape("flat", x, &[8, p]).unwrap();
+        let x = g.permute("tokens", x, &[1, 0]).unwrap();
+        let x = g.prepend_token("cls", "cls_token", x).unwrap();
+        let x = g.add_param("pos", "pos_embed", x, 0.5);
+        let x = g.select_token("pool", x, 0).unwrap();
+        let out = g.linear("head", x, 3, true).unwrap();
+        let mut world = World::new();
+        let graph = g.finish(&mut world, out, 3);
+        assert!(super::token_stems(&graph).iter().any(Option::is_some));
+        assert!(super::patch_stems(&graph).iter().all(Option::is_none), "overlapping {overlapping}");
+    }
 }
