@@ -362,8 +362,12 @@ pub fn linear_backward_split<T: Float>(
     backward_split(dinp, dweight, dbias, OutGrad::Ready(dout), inp, weight, scratch, b, c, oc);
 }
 
+/// Widest layer whose split backward sums the bias gradient while converting an [`OutGrad::ThroughAct`]
+/// (the sums live on the stack).
+const FUSED_SUMS_MAX: usize = 1024;
+
 /// [`linear_backward_split`] of an [`OutGrad`]: with [`OutGrad::ThroughAct`], each half first converts its
-/// rows of the output gradient (so they are in cache for its products).
+/// rows of the output gradient (so they are in cache for its products), summing its bias gradient on the way.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_split<T: Float>(
     dinp: Option<&mut [T]>,
@@ -413,7 +417,21 @@ pub(crate) fn backward_split<T: Float>(
                 dout: OutGrad<'_, T>,
                 inp: &[T],
                 rows: usize| {
-        let dout = dout.ready(false);
+        let mut dst_bias = dst_bias;
+        let dout = match (dout, dst_bias.as_deref_mut()) {
+            // The bias gradient's column sums in the same pass as the conversion through the activation
+            // (the same sums in the same order as `bias_add_backward_serial`'s).
+            (OutGrad::ThroughAct { dout, kept, act }, Some(db)) if oc <= FUSED_SUMS_MAX => {
+                let mut sums = [T::ZERO; FUSED_SUMS_MAX];
+                super::linear_act::grad_in_place_serial_sums(act, dout, kept, &mut sums[..oc]);
+                for (d, &s) in db.iter_mut().zip(&sums[..oc]) {
+                    *d += s;
+                }
+                dst_bias = None;
+                &*dout
+            }
+            (dout, _) => dout.ready(false),
+        };
         let product = |m, n, k, dst: &mut [T], drs, acc, lhs: Mat<'_, T>, rhs: Mat<'_, T>| {
             super::gemm::gemm_strided(m, n, k, dst, drs, 1, acc, lhs, rhs, T::ONE, nested)
         };

@@ -141,6 +141,31 @@ fn grad_rows_body<T: Float, const ACT: u8>(d: &mut [T], kept: &[T]) {
 }
 crate::multiversion!(fn grad_rows<T: Float; const ACT: u8>(d: &mut [T], kept: &[T]) => grad_rows_body);
 
+/// [`grad_in_place_serial`] on rows of `sums.len()` that also adds each converted row onto `sums` (column
+/// sums in row order, as the bias gradient's `column_sums` adds them), while the row is in registers: the
+/// bias gradient of the linear layer without a second pass over the gradient.
+pub(crate) fn grad_in_place_serial_sums<T: Float>(act: Activation, d: &mut [T], kept: &[T], sums: &mut [T]) {
+    assert!(d.len() == kept.len() && d.len().is_multiple_of(sums.len().max(1)), "grad_in_place_serial_sums: shapes");
+    by_act!(act, grad_rows_sums::<T>(d, kept, sums))
+}
+
+#[inline(always)]
+fn grad_rows_sums_body<T: Float, const ACT: u8>(d: &mut [T], kept: &[T], sums: &mut [T]) {
+    let w = sums.len();
+    if w == 0 {
+        return;
+    }
+    for (row, k) in d.chunks_exact_mut(w).zip(kept.chunks_exact(w)) {
+        for ((x, &kk), s) in row.iter_mut().zip(k).zip(sums.iter_mut()) {
+            *x = activation::backward_from_kept::<T, ACT>(*x, kk);
+            *s += *x;
+        }
+    }
+}
+crate::multiversion!(
+    fn grad_rows_sums<T: Float; const ACT: u8>(d: &mut [T], kept: &[T], sums: &mut [T]) => grad_rows_sums_body
+);
+
 /// The forward's epilogue on rows the product just wrote, on the calling thread: `pre = out + bias` (rows of
 /// `bias.len()`; no bias when it is empty), `keep = kept_elem(pre)` when `keep` is given, `out = act(pre)`.
 /// `pre = out + bias` is the separate bias epilogue's addition, so the bits are the unfused pair's.
