@@ -116,6 +116,13 @@ pub struct Activations {
     /// bias, class token and position embedding), forward and backward. Within float rounding of the separate
     /// nodes. Applied, like [`Activations::conv_pool`], when no [`NodeOverride`] runs ([`patch_stems`]).
     pub patch_stem: Vec<Option<usize>>,
+    /// `select_after_norm[node]`: a class-token select whose input's only other reader is a layer norm earlier
+    /// in the graph (a ViT's pruned last block reads the residual stream both ways), and that layer norm: the
+    /// select maps to the norm and the norm to the select. The backward visits the select first; instead of
+    /// zeroing the whole input gradient to write its rows (the norm then adding onto it), the select is left
+    /// to the norm, which writes the gradient and then adds the select's rows (the same sums). Planned by
+    /// [`Activations::plan`] ([`select_after_norm`]); clear it to run the select on its own.
+    pub select_after_norm: Vec<Option<usize>>,
     /// `grad_slot[value]`: during a backward, the value whose gradient buffer holds this value's gradient:
     /// itself, or the first input of the add that shared its gradient with it.
     pub grad_slot: Vec<usize>,
@@ -351,6 +358,36 @@ pub fn patch_stems(graph: &Graph) -> Vec<Option<usize>> {
     stems
 }
 
+/// The select / layer-norm pairs whose backward the norm finishes ([`Activations::select_after_norm`]).
+pub fn select_after_norm(graph: &Graph) -> Vec<Option<usize>> {
+    let readers = reader_counts(graph);
+    let mut pairs = vec![None; graph.nodes.len()];
+    for (s, node) in graph.nodes.iter().enumerate() {
+        let v = node.inputs[0];
+        if !matches!(node.op, OpKind::SelectToken { .. }) || v.0 == 0 || v == graph.output || readers[v.0] != 2 {
+            continue;
+        }
+        let norm =
+            graph.nodes[..s].iter().position(|n| n.inputs.contains(&v) && matches!(n.op, OpKind::LayerNorm { .. }));
+        if let Some(l) = norm {
+            (pairs[s], pairs[l]) = (Some(l), Some(s));
+        }
+    }
+    pairs
+}
+
+/// Adds the gradient rows of the class-token select `s` (its output gradient) onto its input's gradient,
+/// which its layer norm has just written ([`Activations::select_after_norm`]).
+fn add_select_rows(graph: &Graph, dvals: &mut [Vec<f32>], grad_slot: &[usize], s: usize, n: usize) {
+    let OpKind::SelectToken { index } = graph.nodes[s].op else { unreachable!("select_after_norm pairs a select") };
+    let (v, o) = (graph.nodes[s].inputs[0], graph.nodes[s].output);
+    let (d, per) = (graph.values[o.0].numel(), graph.values[v.0].numel());
+    let [dx, dy] = dvals.get_disjoint_mut([v.0, grad_slot[o.0]]).expect("a select's input and output differ");
+    for (xs, ys) in dx[..n * per].chunks_exact_mut(per).zip(dy[..n * d].chunks_exact(d)) {
+        ops::add::add_assign(&mut xs[index * d..(index + 1) * d], ys);
+    }
+}
+
 /// The nodes a convolution runs fused ([`Activations::conv_pool`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvPool {
@@ -478,6 +515,7 @@ impl Activations {
             residual_norm: residual_norms(graph),
             token_stem: token_stems(graph),
             patch_stem: patch_stems(graph),
+            select_after_norm: select_after_norm(graph),
             grad_slot: (0..graph.values.len()).collect(),
         }
     }
@@ -1149,6 +1187,7 @@ pub fn backward_releasing<'g>(
         grad_slot,
         token_stem,
         patch_stem,
+        select_after_norm,
         ..
     } = acts;
     let input = &input[..n * graph.values[0].numel()];
@@ -1252,6 +1291,10 @@ pub fn backward_releasing<'g>(
                 dvals[dy_slot] = dy_buf;
                 continue;
             }
+        }
+        // A select whose layer norm adds its rows (visited later).
+        if matches!(node.op, OpKind::SelectToken { .. }) && select_after_norm[idx].is_some() {
+            continue;
         }
         // A value whose gradient an add shared ([`add_gradient_shares`]) reads it from that add's first input.
         let dy_slot = grad_slot[node.output.0];
@@ -1501,6 +1544,9 @@ pub fn backward_releasing<'g>(
             }),
         }
         dvals[dy_slot] = dy_buf;
+        if let (OpKind::LayerNorm { .. }, Some(s)) = (&node.op, select_after_norm[idx]) {
+            add_select_rows(graph, dvals, grad_slot, s, n);
+        }
     }
     if let Some(prof) = profile.as_mut() {
         if let Some((i, t)) = timing {

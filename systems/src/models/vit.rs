@@ -222,6 +222,15 @@ mod tests {
     /// Output and parameter gradients of one training forward + backward of a small ViT on fixed random data
     /// (loss `sum(w * output)` for fixed random `w`), and the graph's node labels with their output shapes.
     fn run_vit(options: serde_json::Value, n: usize) -> (Vec<f32>, Vec<f32>, Vec<String>) {
+        run_vit_with(options, n, |_| {})
+    }
+
+    /// [`run_vit`] with the executor's plan changed by `tweak` first.
+    fn run_vit_with(
+        options: serde_json::Value,
+        n: usize,
+        tweak: impl Fn(&mut crate::graph::Activations),
+    ) -> (Vec<f32>, Vec<f32>, Vec<String>) {
         use crate::graph::{backward, forward, Activations};
         use ecstrain_components::{Buffers, Grads, Mode, Params};
         use ecstrain_kernels::rng::Rng;
@@ -233,6 +242,7 @@ mod tests {
         let outs = n * graph.output_shape().iter().product::<usize>();
         let w: Vec<f32> = (0..outs).map(|_| rng.normal() as f32).collect();
         let mut acts = Activations::plan(&graph, n);
+        tweak(&mut acts);
         let params = world.resource::<Params>().0.data.clone();
         let mut grads = world.resource::<Grads>().0.data.clone();
         let mut buffers = world.resource::<Buffers>().arena.data.clone();
@@ -306,6 +316,29 @@ mod tests {
         mean["pool"] = json!("mean");
         let (_, _, labels) = run_vit(mean, 2);
         assert!(labels.iter().any(|l| l == "blocks.1.mlp.fc1 [16, 32]"), "{labels:?}");
+    }
+
+    /// In the pruned last block the class token's residual select is finished by the block's first layer norm
+    /// (`select_after_norm`): planned there, and every output and parameter gradient bitwise the select run on
+    /// its own.
+    #[test]
+    fn last_block_select_is_finished_by_its_norm() {
+        let opts = json!({"input_shape": [1, 8, 8], "patch": 2, "dim": 16, "depth": 2, "heads": 2, "output_size": 5});
+        let m = build(&opts, &[64]).unwrap();
+        let mut world = bevy_ecs::world::World::new();
+        let graph = m.builder.finish(&mut world, m.output, 3);
+        let pairs = crate::graph::select_after_norm(&graph);
+        let named: Vec<(&str, &str)> = pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|j| (graph.nodes[i].name.as_str(), graph.nodes[j].name.as_str())))
+            .collect();
+        assert_eq!(named, [("blocks.1.norm1", "blocks.1.cls"), ("blocks.1.cls", "blocks.1.norm1")]);
+        let planned = run_vit_with(opts.clone(), 3, |_| {});
+        let apart = run_vit_with(opts, 3, |acts| acts.select_after_norm.fill(None));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&planned.0), bits(&apart.0));
+        assert_eq!(bits(&planned.1), bits(&apart.1), "parameter gradients");
     }
 
     #[test]
