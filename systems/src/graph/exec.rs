@@ -337,6 +337,14 @@ pub fn linear_lead_columns(graph: &Graph) -> Vec<Option<ops::linear_lead::LeadCo
     lead
 }
 
+/// A token stem's class token and position embedding.
+fn stem_params(graph: &Graph, stem: TokenStem) -> (&ecstrain_components::ParamRef, &ecstrain_components::ParamRef) {
+    match (&graph.nodes[stem.prepend].op, &graph.nodes[stem.add].op) {
+        (OpKind::PrependToken { token }, OpKind::AddParam { param }) => (token, param),
+        _ => unreachable!("token_stems pairs a transpose with a prepend and a parameter add"),
+    }
+}
+
 /// The patch embeddings the executor runs with their token stems ([`Activations::patch_stem`]):
 /// `stems[c] = Some(t)` when node `c` is a patch-embedding convolution of an image that needs no gradient,
 /// node `c + 1` reshapes its output (its only reader) and node `t = c + 2` starts a token stem reading that.
@@ -703,11 +711,7 @@ pub fn forward_with(
         // (Only while its token stem is planned: clearing that plan runs the nodes apart.)
         let patch = patch_stem[idx].and_then(|t| token_stem[t]);
         if let (true, Some(stem), OpKind::Conv2d { spec, in_hw, weight, bias, .. }) = (fuse, patch, &node.op) {
-            let (OpKind::PrependToken { token }, OpKind::AddParam { param }) =
-                (&graph.nodes[stem.prepend].op, &graph.nodes[stem.add].op)
-            else {
-                unreachable!("token_stems pairs a transpose with a prepend and a parameter add")
-            };
+            let (token, param) = stem_params(graph, stem);
             let out_v = graph.nodes[stem.add].output;
             let mut out_buf = std::mem::take(&mut values[out_v.0]);
             let y = &mut out_buf[..n * numel(out_v)];
@@ -755,11 +759,7 @@ pub fn forward_with(
             continue;
         }
         if let (true, Some(stem), OpKind::Permute { in_shape, .. }) = (fuse, token_stem[idx], &node.op) {
-            let (OpKind::PrependToken { token }, OpKind::AddParam { param }) =
-                (&graph.nodes[stem.prepend].op, &graph.nodes[stem.add].op)
-            else {
-                unreachable!("token_stems pairs a transpose with a prepend and a parameter add")
-            };
+            let (token, param) = stem_params(graph, stem);
             let out_v = graph.nodes[stem.add].output;
             let mut out_buf = std::mem::take(&mut values[out_v.0]);
             let y = &mut out_buf[..n * numel(out_v)];
