@@ -54,7 +54,7 @@ fn split_heads_across_threads(bh: usize, t: usize, d: usize) -> bool {
 }
 
 /// `1 / sqrt(D)`, computed in f64 and rounded once, like PyTorch's default `scale`.
-fn default_scale<T: Float>(d: usize) -> T {
+pub(crate) fn default_scale<T: Float>(d: usize) -> T {
     T::from_f64(1.0 / (d as f64).sqrt())
 }
 

@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod add;
 pub mod attention;
+pub mod attention_pool;
 mod attention_small;
 pub mod batch_norm;
 pub mod bias_add;
