@@ -173,11 +173,12 @@ pub fn attention_pool_forward<T: Float>(
     }
 }
 
-/// Backward of [`attention_pool_forward`]: `dz` (`[B, T, C]`) overwritten, `dweight` / `dbias` accumulated,
-/// from `dout`'s first `NQ` rows of every sample (the others are not read).
+/// Backward of [`attention_pool_forward`]: `dz` (`[B, T, C]`; `None` when the input needs no gradient)
+/// overwritten, `dweight` / `dbias` accumulated, from `dout`'s first `NQ` rows of every sample (the others are
+/// not read).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_pool_backward<T: Float>(
-    dz: &mut [T],
+    mut dz: Option<&mut [T]>,
     dweight: &mut [T],
     dbias: Option<&mut [T]>,
     dout: &[T],
@@ -189,7 +190,7 @@ pub fn attention_pool_backward<T: Float>(
     s: PoolShape,
 ) {
     check_shapes(&s, dout.len(), z, weight, bias);
-    assert_eq!(dz.len(), z.len(), "attention_pool_backward: dz must be [B, T, C]");
+    assert!(dz.as_ref().is_none_or(|d| d.len() == z.len()), "attention_pool_backward: dz must be [B, T, C]");
     assert_eq!(dweight.len(), weight.len(), "attention_pool_backward: dweight must be [3HD, C]");
     assert_eq!(dbias.is_some(), bias.is_some(), "attention_pool_backward: dbias exactly when there is a bias");
     let (b, t, c, h, d, nq) = (s.samples, s.tokens, s.width, s.heads, s.head_dim, s.queries);
@@ -215,8 +216,7 @@ pub fn attention_pool_backward<T: Float>(
     }
     // Per sample: dp, the softmax backward, da and dz.
     let scale = super::attention::default_scale::<T>(d);
-    let per_sample = dz.par_chunks_mut(t * c).zip(ds.par_chunks_mut(g * t)).zip(da.par_chunks_mut(g * c));
-    per_sample.enumerate().for_each(|(bi, ((dzs, dp), da))| {
+    let sample = |bi: usize, dp: &mut [T], da: &mut [T], dzs: Option<&mut [T]>| {
         let zs = &z[bi * t * c..(bi + 1) * t * c];
         let (p, a) = (&sv.p[bi * g * t..(bi + 1) * g * t], &sv.a[bi * g * c..(bi + 1) * g * c]);
         let dzb = &dzbar[bi * g * c..(bi + 1) * g * c];
@@ -227,9 +227,18 @@ pub fn attention_pool_backward<T: Float>(
         // da [G, C] = dS [G, T] @ z [T, C].
         product(g, c, t, da, c, false, Mat::rows(dsm, t), Mat::rows(zs, c));
         // dz [T, C] = dS^T [T, G] @ a [G, C] + p^T [T, G] @ dzbar [G, C].
-        product(t, c, g, dzs, c, false, Mat::rows_t(dsm, t), Mat::rows(a, c));
-        product(t, c, g, dzs, c, true, Mat::rows_t(p, t), Mat::rows(dzb, c));
-    });
+        if let Some(dzs) = dzs {
+            product(t, c, g, dzs, c, false, Mat::rows_t(dsm, t), Mat::rows(a, c));
+            product(t, c, g, dzs, c, true, Mat::rows_t(p, t), Mat::rows(dzb, c));
+        }
+    };
+    let per_sample = ds.par_chunks_mut(g * t).zip(da.par_chunks_mut(g * c)).enumerate();
+    match dz.as_deref_mut() {
+        Some(dz) => {
+            per_sample.zip(dz.par_chunks_mut(t * c)).for_each(|((bi, (dp, da)), dzs)| sample(bi, dp, da, Some(dzs)))
+        }
+        None => per_sample.for_each(|(bi, (dp, da))| sample(bi, dp, da, None)),
+    }
     // Key side, per head over every (sample, query row): dq = W_k,h da, dW_k,h += q^T da.
     for hh in 0..h {
         let da_h = Mat { data: &da[hh * c..], rs: h * c, cs: 1 };
@@ -242,8 +251,10 @@ pub fn attention_pool_backward<T: Float>(
     for i in 0..nq {
         let (dq_i, z_i) = (&dq[i * hd..], Mat { data: &z[i * c..], rs: t * c, cs: 1 });
         product(hd, c, b, dw_q, c, true, Mat { data: dq_i, rs: 1, cs: nq * hd }, z_i);
-        let lhs = Mat { data: dq_i, rs: nq * hd, cs: 1 };
-        product(b, c, hd, &mut dz[i * c..], t * c, true, lhs, Mat::rows(&weight[..hd * c], c));
+        if let Some(dz) = dz.as_deref_mut() {
+            let lhs = Mat { data: dq_i, rs: nq * hd, cs: 1 };
+            product(b, c, hd, &mut dz[i * c..], t * c, true, lhs, Mat::rows(&weight[..hd * c], c));
+        }
     }
     // Bias gradients in sample order: b_q from dq, b_v from the output rows; b_k gets none.
     if let Some(db) = dbias {
@@ -320,7 +331,7 @@ mod tests {
         let mut dz = vec![T::from_f64(f64::NAN); z.len()];
         let (mut dw, mut db) = (vec![T::ZERO; w.len()], vec![T::ZERO; 3 * hd]);
         let dbias = bias.as_ref().map(|_| &mut db[..]);
-        attention_pool_backward(&mut dz, &mut dw, dbias, &dout, &z, &w, bias.as_deref(), &saved, &mut scratch, s);
+        attention_pool_backward(Some(&mut dz), &mut dw, dbias, &dout, &z, &w, bias.as_deref(), &saved, &mut scratch, s);
         (out, dz, dw, db)
     }
 
@@ -382,6 +393,21 @@ mod tests {
         assert_eq!(bits(&one.1), bits(&two.1), "dz");
         assert_eq!(bits(&one.2), bits(&two.2), "dweight");
         assert_eq!(bits(&one.3), bits(&two.3), "dbias");
+    }
+
+    #[test]
+    fn parameter_gradients_without_the_input_gradient() {
+        let k = case(ODD, true, 70);
+        let (z, w, bias, dout) =
+            (to_f32(&k.z), to_f32(&k.w), to_f32(k.bias.as_ref().expect("a bias")), to_f32(&k.dout));
+        let mut out = vec![0.0f32; dout.len()];
+        let (mut saved, mut scratch) = (vec![0.0f32; ODD.state_len()], vec![0.0f32; ODD.state_len()]);
+        attention_pool_forward(&mut out, &mut saved, &z, &w, Some(&bias), ODD);
+        let (_, _, want_dw, want_db) = pooled::<f32>(&k, to_f32);
+        let (mut dw, mut db) = (vec![0.0f32; w.len()], vec![0.0f32; bias.len()]);
+        attention_pool_backward(None, &mut dw, Some(&mut db), &dout, &z, &w, Some(&bias), &saved, &mut scratch, ODD);
+        assert_eq!(dw, want_dw);
+        assert_eq!(db, want_db);
     }
 
     #[test]

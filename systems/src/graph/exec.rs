@@ -78,6 +78,14 @@ pub struct Activations {
     /// forward and backward (`ops::linear_lead`; a third of a ViT's last q/k/v projection is never read).
     /// Applied when the attention's query rows are. Planned by [`Activations::plan`] ([`linear_lead_columns`]).
     pub linear_lead: Vec<Option<ops::linear_lead::LeadColumns>>,
+    /// `attention_pool[node]`: for an attention computing few query rows ([`Activations::attention_queries`],
+    /// no causal mask) whose q/k/v projection is a [`Activations::linear_lead`] layer, that projection, and
+    /// for the projection that attention: the two run as one op (`ops::attention_pool`: the scores and the
+    /// output computed through the projection's weights, without projecting keys and values on every token),
+    /// forward and backward, when that does less work ([`ops::attention_pool::PoolShape::pays`]). Within
+    /// rounding of the two nodes. Applied when the query rows are. Planned by [`Activations::plan`]
+    /// ([`attention_pools`]).
+    pub attention_pool: Vec<Option<usize>>,
     /// Whether the last forward ran the [`Activations::conv_pool`] pairs fused (the backward must match it).
     pub fused_forward: bool,
     /// `grad_needed[value]`: whether the backward computes the value's gradient ([`gradient_needed`]): not for
@@ -337,6 +345,43 @@ pub fn linear_lead_columns(graph: &Graph) -> Vec<Option<ops::linear_lead::LeadCo
     lead
 }
 
+/// Per node, the pooled attentions and their projections (see [`Activations::attention_pool`]).
+pub fn attention_pools(graph: &Graph) -> Vec<Option<usize>> {
+    let lead = linear_lead_columns(graph);
+    let queries = attention_query_rows(graph);
+    let mut pools = vec![None; graph.nodes.len()];
+    for (l, node) in graph.nodes.iter().enumerate() {
+        if lead[l].is_none() {
+            continue;
+        }
+        // linear_lead_columns picked a projection whose sole reader is an attention.
+        let Some(a) = graph.nodes.iter().position(|n| n.inputs.contains(&node.output)) else { continue };
+        let causal = matches!(graph.nodes[a].op, OpKind::Attention { causal: true, .. });
+        if !causal && pool_shape(graph, a, l, queries[a], 1).pays() {
+            pools[a] = Some(l);
+            pools[l] = Some(a);
+        }
+    }
+    pools
+}
+
+/// The sizes of the pooled attention node `a` over its projection `l`, for `n` samples.
+fn pool_shape(graph: &Graph, a: usize, l: usize, queries: usize, n: usize) -> ops::attention_pool::PoolShape {
+    match (&graph.nodes[a].op, &graph.nodes[l].op) {
+        (OpKind::Attention { heads, tokens, dim, .. }, OpKind::Linear { in_features, .. }) => {
+            ops::attention_pool::PoolShape {
+                samples: n,
+                tokens: *tokens,
+                width: *in_features,
+                heads: *heads,
+                head_dim: dim / heads,
+                queries,
+            }
+        }
+        _ => unreachable!("attention_pools pairs an attention with a linear layer"),
+    }
+}
+
 /// A token stem's class token and position embedding.
 fn stem_params(graph: &Graph, stem: TokenStem) -> (&ecstrain_components::ParamRef, &ecstrain_components::ParamRef) {
     match (&graph.nodes[stem.prepend].op, &graph.nodes[stem.add].op) {
@@ -459,6 +504,7 @@ impl Activations {
         let mut ids = vec![Vec::new(); graph.nodes.len()];
         let mut scratch = 0;
         let conv_pool = conv_pool_pairs(graph);
+        let (attention_pool, queries) = (attention_pools(graph), attention_query_rows(graph));
         for (idx, node) in graph.nodes.iter().enumerate() {
             match &node.op {
                 OpKind::Conv2d { spec, in_hw, .. } if conv_pool[idx].is_some() => {
@@ -485,8 +531,12 @@ impl Activations {
                 OpKind::BatchNorm2d { channels, .. } => saved[idx] = vec![0.0; 2 * channels],
                 OpKind::LayerNorm { dim, .. } => saved[idx] = vec![0.0; 2 * capacity * numel(node.output) / dim],
                 OpKind::Attention { heads, tokens, .. } => {
-                    saved[idx] = vec![0.0; attention_len(*heads, *tokens, capacity)];
-                    scratch = scratch.max(attention_len(*heads, *tokens, capacity));
+                    // Pooled, the same buffers hold its state instead (the unfused forward still needs them).
+                    let pooled = attention_pool[idx]
+                        .map_or(0, |l| pool_shape(graph, idx, l, queries[idx], capacity).state_len());
+                    let len = attention_len(*heads, *tokens, capacity).max(pooled);
+                    saved[idx] = vec![0.0; len];
+                    scratch = scratch.max(len);
                 }
                 OpKind::Embedding { .. } => ids[idx] = vec![0; capacity * numel(node.inputs[0])],
                 // The scale the forward used, for the straight-through backward.
@@ -513,8 +563,9 @@ impl Activations {
             written: vec![false; graph.values.len()],
             profile: None,
             conv_pool,
-            attention_queries: attention_query_rows(graph),
+            attention_queries: queries,
             linear_lead: linear_lead_columns(graph),
+            attention_pool,
             fused_forward: false,
             grad_needed: gradient_needed(graph),
             value_source,
@@ -685,6 +736,7 @@ pub fn forward_with(
         conv_pool,
         attention_queries,
         linear_lead,
+        attention_pool,
         value_source,
         linear_residual,
         residual_norm,
@@ -706,6 +758,13 @@ pub fn forward_with(
             }
         }
         if idx < skip_to {
+            continue;
+        }
+        // A pooled attention's projection is run by the attention (next).
+        if let (true, Some(a), OpKind::Linear { .. }) = (fuse, attention_pool[idx], &node.op) {
+            if let Some(prof) = profile.as_mut() {
+                prof.absorbed_by[idx] = Some(a);
+            }
             continue;
         }
         // (Only while its token stem is planned: clearing that plan runs the nodes apart.)
@@ -914,9 +973,20 @@ pub fn forward_with(
             }
             OpKind::Attention { heads, tokens: t, dim: d, causal } => {
                 // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
-                let att = &mut saved[idx][..attention_len(*heads, *t, n)];
-                let q = if fuse { attention_queries[idx] } else { *t };
-                ops::attention::attention_fused_forward_queries(y, att, x, n, *heads, *t, d / heads, *causal, q);
+                if let Some(l) = attention_pool[idx].filter(|_| fuse) {
+                    // Through the projection's weights, from its input.
+                    let OpKind::Linear { weight, bias, .. } = &graph.nodes[l].op else {
+                        unreachable!("attention_pools pairs an attention with a linear layer")
+                    };
+                    let s = pool_shape(graph, idx, l, attention_queries[idx], n);
+                    let z = value_rows(graph, values, value_source, input, graph.nodes[l].inputs[0], n);
+                    let st = &mut saved[idx][..s.state_len()];
+                    ops::attention_pool::attention_pool_forward(y, st, z, p(weight), bias.as_ref().map(p), s);
+                } else {
+                    let att = &mut saved[idx][..attention_len(*heads, *t, n)];
+                    let q = if fuse { attention_queries[idx] } else { *t };
+                    ops::attention::attention_fused_forward_queries(y, att, x, n, *heads, *t, d / heads, *causal, q);
+                }
             }
             OpKind::Permute { in_shape, perm } => {
                 let (shape, perm, r) = batched_perm(n, in_shape, perm);
@@ -1181,6 +1251,7 @@ pub fn backward_releasing<'g>(
         conv_pool,
         attention_queries,
         linear_lead,
+        attention_pool,
         grad_needed,
         value_source,
         shares_grad,
@@ -1291,6 +1362,36 @@ pub fn backward_releasing<'g>(
                 dvals[dy_slot] = dy_buf;
                 continue;
             }
+        }
+        if let (true, Some(l)) = (fused, attention_pool[idx]) {
+            let OpKind::Linear { weight, bias, .. } = &graph.nodes[l].op else {
+                // The projection: its gradients were computed by the attention (visited before it).
+                continue;
+            };
+            let s = pool_shape(graph, idx, l, attention_queries[idx], n);
+            let dy_slot = grad_slot[node.output.0];
+            let dy_buf = std::mem::take(&mut dvals[dy_slot]);
+            let dy = &dy_buf[..n * numel(node.output)];
+            let zv = graph.nodes[l].inputs[0];
+            let z = value_rows(graph, values, value_source, input, zv, n);
+            GradSink { dvals, tmp: grad_tmp, written, needed: grad_needed }.with(zv, z.len(), |dz| {
+                let (dw, db) = weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()));
+                let (st, sc) = (&saved[idx][..s.state_len()], &mut scratch[..s.state_len()]);
+                ops::attention_pool::attention_pool_backward(
+                    dz,
+                    dw,
+                    db,
+                    dy,
+                    z,
+                    p(weight),
+                    bias.as_ref().map(p),
+                    st,
+                    sc,
+                    s,
+                );
+            });
+            dvals[dy_slot] = dy_buf;
+            continue;
         }
         // A select whose layer norm adds its rows (visited later).
         if matches!(node.op, OpKind::SelectToken { .. }) && select_after_norm[idx].is_some() {

@@ -14,9 +14,9 @@ mod tests;
 
 pub use builder::{GraphBuilder, GraphError};
 pub use exec::{
-    add_gradient_shares, backward, backward_releasing, forward, forward_with, gradient_cuts, gradient_needed,
-    linear_lead_columns, linear_residual_pairs, patch_stems, residual_norms, select_after_norm, token_stems,
-    Activations, NodeOverride, Release, TokenStem,
+    add_gradient_shares, attention_pools, backward, backward_releasing, forward, forward_with, gradient_cuts,
+    gradient_needed, linear_lead_columns, linear_residual_pairs, patch_stems, residual_norms, select_after_norm,
+    token_stems, Activations, NodeOverride, Release, TokenStem,
 };
 pub use fuse::fuse_linear_activation;
 pub use init::Init;
