@@ -1,0 +1,123 @@
+// cuda-emu: the cuBLAS entry points the engine calls (single-precision and mixed-precision GEMM, plain and
+// strided-batched), computed on the CPU with f64 accumulation. Built as libcublas.so.12 next to the
+// emulated driver. Arguments are checked as cuBLAS checks them (sizes, leading dimensions), and C is not
+// read when beta is 0, as in cuBLAS, so a NaN-poisoned output shows whether the caller relies on that.
+
+#include <stdio.h>
+#include <string.h>
+
+#include "emu_kernel.h"
+
+typedef int cublasStatus_t;
+enum : int { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
+enum : int { R_32F = 0, R_16F = 2, R_16BF = 14 };
+
+struct Handle {
+    int pointer_mode; // 0 host, 1 device: both are plain addresses here
+};
+
+static double load(int type, const void *p, long long i) {
+    switch (type) {
+    case R_32F: return ((const float *)p)[i];
+    case R_16F: return __half2float(((const __half *)p)[i]);
+    case R_16BF: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    }
+    return 0.0;
+}
+
+static void store(int type, void *p, long long i, double v) {
+    switch (type) {
+    case R_32F: ((float *)p)[i] = (float)v; break;
+    case R_16F: ((__half *)p)[i] = __float2half_rn((float)v); break;
+    case R_16BF: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn((float)v); break;
+    }
+}
+
+// Column-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, `batch` times with the given strides.
+static cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void *a, int atype, int lda,
+                           long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c,
+                           int ctype, int ldc, long long sc, int batch) {
+    const auto known = [](int t) { return t == R_32F || t == R_16F || t == R_16BF; };
+    if (!known(atype) || !known(btype) || !known(ctype) || ta < 0 || ta > 1 || tb < 0 || tb > 1)
+        return NOT_SUPPORTED;
+    const int arows = ta ? k : m, brows = tb ? n : k;
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < (arows > 1 ? arows : 1) || ldb < (brows > 1 ? brows : 1) ||
+        ldc < (m > 1 ? m : 1)) {
+        fprintf(stderr, "cuda-emu cuBLAS: invalid gemm m=%d n=%d k=%d lda=%d ldb=%d ldc=%d transa=%d transb=%d\n",
+                m, n, k, lda, ldb, ldc, ta, tb);
+        return INVALID_VALUE;
+    }
+    for (int q = 0; q < batch; ++q) {
+        const long long oa = q * sa, ob = q * sb, oc = q * sc;
+        for (int j = 0; j < n; ++j)
+            for (int i = 0; i < m; ++i) {
+                double acc = 0.0;
+                for (int l = 0; l < k; ++l) {
+                    const long long ia = ta ? (long long)i * lda + l : (long long)l * lda + i;
+                    const long long ib = tb ? (long long)l * ldb + j : (long long)j * ldb + l;
+                    acc += load(atype, a, oa + ia) * load(btype, b, ob + ib);
+                }
+                const long long ic = oc + (long long)j * ldc + i;
+                double v = (double)alpha * acc;
+                if (beta != 0.0f) v += (double)beta * load(ctype, c, ic);
+                store(ctype, c, ic, v);
+            }
+    }
+    return OK;
+}
+
+extern "C" {
+
+cublasStatus_t cublasCreate_v2(void **h) {
+    *h = new Handle{0};
+    return OK;
+}
+cublasStatus_t cublasDestroy_v2(void *h) {
+    delete (Handle *)h;
+    return OK;
+}
+cublasStatus_t cublasSetStream_v2(void *, void *) { return OK; }
+cublasStatus_t cublasSetPointerMode_v2(void *h, int mode) {
+    ((Handle *)h)->pointer_mode = mode;
+    return OK;
+}
+cublasStatus_t cublasGetPointerMode_v2(void *h, int *mode) {
+    *mode = ((Handle *)h)->pointer_mode;
+    return OK;
+}
+cublasStatus_t cublasSetMathMode(void *, int) { return OK; }
+cublasStatus_t cublasSetWorkspace_v2(void *, void *, size_t) { return OK; }
+
+cublasStatus_t cublasSgemm_v2(void *, int ta, int tb, int m, int n, int k, const float *alpha, const float *a,
+                              int lda, const float *b, int ldb, const float *beta, float *c, int ldc) {
+    return gemm(ta, tb, m, n, k, *alpha, a, R_32F, lda, 0, b, R_32F, ldb, 0, *beta, c, R_32F, ldc, 0, 1);
+}
+
+cublasStatus_t cublasSgemmStridedBatched(void *, int ta, int tb, int m, int n, int k, const float *alpha,
+                                         const float *a, int lda, long long sa, const float *b, int ldb,
+                                         long long sb, const float *beta, float *c, int ldc, long long sc,
+                                         int batch) {
+    return gemm(ta, tb, m, n, k, *alpha, a, R_32F, lda, sa, b, R_32F, ldb, sb, *beta, c, R_32F, ldc, sc, batch);
+}
+
+// computeType must be one of the 32F kinds (alpha and beta are then f32).
+static bool f32_compute(int t) { return t == 0 || t == 68 || t == 69 || t == 74 || t == 75 || t == 76 || t == 77; }
+
+cublasStatus_t cublasGemmEx(void *, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
+                            int atype, int lda, const void *b, int btype, int ldb, const void *beta, void *c,
+                            int ctype, int ldc, int compute, int) {
+    if (!f32_compute(compute)) return NOT_SUPPORTED;
+    return gemm(ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, 0, b, btype, ldb, 0, *(const float *)beta,
+                c, ctype, ldc, 0, 1);
+}
+
+cublasStatus_t cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, const void *alpha,
+                                          const void *a, int atype, int lda, long long sa, const void *b,
+                                          int btype, int ldb, long long sb, const void *beta, void *c, int ctype,
+                                          int ldc, long long sc, int batch, int compute, int) {
+    if (!f32_compute(compute)) return NOT_SUPPORTED;
+    return gemm(ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, sa, b, btype, ldb, sb,
+                *(const float *)beta, c, ctype, ldc, sc, batch);
+}
+
+} // extern "C"

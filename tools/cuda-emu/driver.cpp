@@ -1,0 +1,547 @@
+// cuda-emu: the subset of the CUDA driver API that cudarc calls for the engine, run on the CPU.
+//
+// Built as libcuda.so.1 (build.sh), it stands in for the NVIDIA driver when its folder is first on
+// LD_LIBRARY_PATH, so the engine's CUDA path (probe, context, streams, NVRTC-compiled modules, launches,
+// copies, events) runs end to end on a machine without a GPU. Kernels are the engine's own .cu sources
+// compiled for the host (gen_kernels.py): a loaded module is matched to its source by the entry points in
+// its PTX, and a launch runs the source's C++ twin block after block, each block's threads as fibers that
+// switch at barriers and warp shuffles. Everything is synchronous: a stream's work is done when the call
+// returns. What it checks that a GPU would not report as clearly: launch geometry limits, barriers reached
+// by only part of a block, shuffles reading an exited lane, and reads past an allocation's end (each
+// allocation ends at a guard page; fresh memory is filled with 0xff bytes, NaN as f32).
+//
+// What it cannot check: the PTX itself (NVRTC still compiles it; CI assembles it with ptxas), timing, and
+// races between threads of a block that a barrier should have ordered (fibers switch only at barriers).
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "emu_kernel.h"
+#include "emu_registry.h"
+
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+typedef int CUdevice;
+
+enum : CUresult {
+    SUCCESS = 0,
+    INVALID_VALUE = 1,
+    NOT_INITIALIZED = 3,
+    INVALID_DEVICE = 101,
+    INVALID_IMAGE = 200,
+    INVALID_HANDLE = 400,
+    NOT_FOUND = 500,
+    LAUNCH_OUT_OF_RESOURCES = 701,
+    NOT_SUPPORTED = 801,
+};
+
+emu::Dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace emu {
+
+[[noreturn]] static void fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cuda-emu: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fflush(stderr);
+    abort();
+}
+
+// ---- fibers ----------------------------------------------------------------------------------------------
+
+enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
+
+struct Fiber {
+    ucontext_t ctx;
+    State state;
+    unsigned char value[8]; // a shuffle's operand, then its result
+    int bytes;
+    int src_lane;
+};
+
+static const size_t STACK = 64 * 1024;
+static const int MAX_THREADS = 1024;
+static char *stacks;               // MAX_THREADS stacks, mapped once
+static Fiber fibers[MAX_THREADS];
+static ucontext_t scheduler;
+static int current = -1;           // the running fiber, -1 outside a fiber-mode block
+static bool running_kernel = false;
+static const KernelEntry *kernel;  // the kernel running now (for messages)
+static void **kernel_args;
+
+static void set_thread_index(unsigned t) {
+    threadIdx = Dim3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+}
+
+unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+static void fiber_main() {
+    kernel->run(kernel_args);
+    fibers[current].state = DONE; // uc_link returns to the scheduler
+}
+
+static void suspend(State s) {
+    if (current < 0)
+        fail("kernel %s (%s) reached a barrier or shuffle, but its source was classified as barrier-free; "
+             "fix gen_kernels.py's SYNC pattern",
+             kernel->name, kernel->source);
+    fibers[current].state = s;
+    swapcontext(&fibers[current].ctx, &scheduler);
+}
+
+void sync_block() { suspend(AT_BLOCK_BARRIER); }
+
+void shfl(void *value, int bytes, int src_lane) {
+    Fiber &f = fibers[current];
+    memcpy(f.value, value, (size_t)bytes);
+    f.bytes = bytes;
+    f.src_lane = src_lane;
+    suspend(AT_WARP_BARRIER);
+    memcpy(value, f.value, (size_t)bytes);
+}
+
+static void run_block_plain(unsigned n) {
+    for (unsigned t = 0; t < n; ++t) {
+        set_thread_index(t);
+        kernel->run(kernel_args);
+    }
+}
+
+static void run_block_fibers(unsigned n) {
+    if (!stacks) {
+        stacks = (char *)mmap(nullptr, STACK * MAX_THREADS, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (stacks == MAP_FAILED) fail("cannot map fiber stacks");
+    }
+    for (unsigned t = 0; t < n; ++t) {
+        Fiber &f = fibers[t];
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = stacks + STACK * t;
+        f.ctx.uc_stack.ss_size = STACK;
+        f.ctx.uc_link = &scheduler;
+        makecontext(&f.ctx, fiber_main, 0);
+        f.state = RUNNABLE;
+    }
+    const unsigned warps = (n + 31) / 32;
+    for (;;) {
+        for (unsigned t = 0; t < n; ++t) {
+            if (fibers[t].state != RUNNABLE) continue;
+            current = (int)t;
+            set_thread_index(t);
+            swapcontext(&scheduler, &fibers[t].ctx);
+        }
+        current = -1;
+        unsigned done = 0, at_block = 0;
+        for (unsigned t = 0; t < n; ++t) {
+            done += fibers[t].state == DONE;
+            at_block += fibers[t].state == AT_BLOCK_BARRIER;
+        }
+        if (done == n) return;
+        bool released = false;
+        for (unsigned w = 0; w < warps; ++w) {
+            const unsigned lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
+            bool all = true, any = false;
+            for (unsigned t = lo; t < hi; ++t) {
+                if (fibers[t].state == DONE) continue;
+                any = true;
+                all = all && fibers[t].state == AT_WARP_BARRIER;
+            }
+            if (!any || !all) continue;
+            unsigned char result[32][8];
+            for (unsigned t = lo; t < hi; ++t) {
+                if (fibers[t].state == DONE) continue;
+                const unsigned src = lo + (unsigned)fibers[t].src_lane;
+                if (src >= hi || fibers[src].state != AT_WARP_BARRIER || fibers[src].bytes != fibers[t].bytes)
+                    fail("kernel %s (%s), block (%u,%u,%u): thread %u shuffles from lane %d, which has exited or "
+                         "is not at the same shuffle",
+                         kernel->name, kernel->source, blockIdx.x, blockIdx.y, blockIdx.z, t, fibers[t].src_lane);
+                memcpy(result[t - lo], fibers[src].value, 8);
+            }
+            for (unsigned t = lo; t < hi; ++t) {
+                if (fibers[t].state == DONE) continue;
+                memcpy(fibers[t].value, result[t - lo], 8);
+                fibers[t].state = RUNNABLE;
+            }
+            released = true;
+        }
+        if (released) continue;
+        if (at_block == n - done) {
+            for (unsigned t = 0; t < n; ++t)
+                if (fibers[t].state == AT_BLOCK_BARRIER) fibers[t].state = RUNNABLE;
+            continue;
+        }
+        fail("kernel %s (%s), block (%u,%u,%u): deadlock: %u threads wait at __syncthreads while others wait at "
+             "a warp shuffle (a barrier or shuffle under a branch that not every thread takes)",
+             kernel->name, kernel->source, blockIdx.x, blockIdx.y, blockIdx.z, at_block);
+    }
+}
+
+// ---- memory ----------------------------------------------------------------------------------------------
+
+struct Allocation {
+    char *base;
+    size_t mapped;
+    size_t size;
+};
+static std::mutex memory_lock;
+static std::map<CUdeviceptr, Allocation> allocations;
+static const size_t PAGE = 4096;
+
+static CUresult allocate(CUdeviceptr *out, size_t size) {
+    const size_t body = (size + PAGE - 1) / PAGE * PAGE;
+    const size_t mapped = body + PAGE;
+    char *base = (char *)mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return 2; // CUDA_ERROR_OUT_OF_MEMORY
+    mprotect(base + body, PAGE, PROT_NONE);
+    // The allocation ends 16-byte aligned just before the guard page, so an overrun faults at once.
+    char *p = base + body - (size + 15) / 16 * 16;
+    memset(base, 0xff, body);
+    std::lock_guard<std::mutex> g(memory_lock);
+    allocations[(CUdeviceptr)p] = Allocation{base, mapped, size};
+    *out = (CUdeviceptr)p;
+    return SUCCESS;
+}
+
+static CUresult release(CUdeviceptr p) {
+    std::lock_guard<std::mutex> g(memory_lock);
+    auto it = allocations.find(p);
+    if (it == allocations.end()) return INVALID_VALUE;
+    munmap(it->second.base, it->second.mapped);
+    allocations.erase(it);
+    return SUCCESS;
+}
+
+// A fault while a kernel runs is reported with the kernel's name; any other fault goes to the handler that
+// was there before (Rust's stack-overflow report).
+static struct sigaction previous_segv;
+static void on_segv(int sig, siginfo_t *info, void *uc) {
+    if (running_kernel) {
+        char msg[512];
+        int len = snprintf(msg, sizeof msg,
+                           "cuda-emu: kernel %s (%s) accessed %p outside its buffers (block (%u,%u,%u), thread "
+                           "(%u,%u,%u))\n",
+                           kernel->name, kernel->source, info->si_addr, blockIdx.x, blockIdx.y, blockIdx.z,
+                           threadIdx.x, threadIdx.y, threadIdx.z);
+        if (len > 0) (void)!write(2, msg, (size_t)len);
+        signal(SIGSEGV, SIG_DFL);
+        abort();
+    }
+    if (previous_segv.sa_flags & SA_SIGINFO)
+        previous_segv.sa_sigaction(sig, info, uc);
+    else if (previous_segv.sa_handler != SIG_DFL && previous_segv.sa_handler != SIG_IGN)
+        previous_segv.sa_handler(sig);
+    else {
+        signal(SIGSEGV, SIG_DFL);
+        raise(SIGSEGV);
+    }
+}
+
+// ---- modules ---------------------------------------------------------------------------------------------
+
+struct Module {
+    std::string source; // the KernelSource name its PTX matched
+};
+struct Function {
+    const KernelEntry *entry;
+};
+static std::mutex module_lock;
+static std::map<std::pair<std::string, std::string>, Function *> functions;
+
+// The PTX's `.entry` names.
+static std::set<std::string> ptx_entries(const char *ptx) {
+    std::set<std::string> names;
+    for (const char *p = strstr(ptx, ".entry"); p; p = strstr(p + 1, ".entry")) {
+        const char *s = p + 6;
+        while (*s == ' ' || *s == '\t') ++s;
+        const char *e = s;
+        while (*e && *e != '(' && *e != ' ' && *e != '\n' && *e != '\r') ++e;
+        names.insert(std::string(s, e));
+    }
+    return names;
+}
+
+
+} // namespace emu
+
+using namespace emu;
+
+// ---- the driver API --------------------------------------------------------------------------------------
+
+extern "C" {
+
+CUresult cuInit(unsigned) {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        if (getenv("CUDA_EMU_NO_SEGV")) return;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_segv;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigaction(SIGSEGV, &sa, &previous_segv);
+    });
+    return SUCCESS;
+}
+
+// NVRTC itself opens libcuda and asks for the driver's private export tables; there are none here, and
+// NVRTC compiles without them.
+CUresult cuGetExportTable(const void **table, const void *) {
+    *table = nullptr;
+    return NOT_SUPPORTED;
+}
+
+CUresult cuDriverGetVersion(int *v) {
+    *v = 12090;
+    return SUCCESS;
+}
+
+CUresult cuDeviceGetCount(int *count) {
+    *count = 1;
+    return SUCCESS;
+}
+
+CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
+    if (ordinal != 0) return INVALID_DEVICE;
+    *dev = 0;
+    return SUCCESS;
+}
+
+CUresult cuDeviceGetName(char *name, int len, CUdevice) {
+    snprintf(name, (size_t)len, "cuda-emu (the engine's kernels on the CPU, not a GPU)");
+    return SUCCESS;
+}
+
+CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice) {
+    *bytes = (size_t)16 << 30;
+    return SUCCESS;
+}
+
+CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
+    *free_bytes = *total = (size_t)16 << 30;
+    return SUCCESS;
+}
+
+// Reported as a 2-multiprocessor compute capability 9.0 device (NVRTC compiles for compute_90).
+CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice) {
+    switch (attr) {
+    case 1: *v = 1024; break;                 // MAX_THREADS_PER_BLOCK
+    case 2: case 3: *v = attr == 2 ? 1024 : 1024; break; // MAX_BLOCK_DIM_X / Y
+    case 4: *v = 64; break;                   // MAX_BLOCK_DIM_Z
+    case 5: *v = 2147483647; break;           // MAX_GRID_DIM_X
+    case 6: case 7: *v = 65535; break;        // MAX_GRID_DIM_Y / Z
+    case 8: *v = 49152; break;                // MAX_SHARED_MEMORY_PER_BLOCK
+    case 10: *v = 32; break;                  // WARP_SIZE
+    case 16: *v = 2; break;                   // MULTIPROCESSOR_COUNT
+    case 75: *v = 9; break;                   // COMPUTE_CAPABILITY_MAJOR
+    case 76: *v = 0; break;                   // COMPUTE_CAPABILITY_MINOR
+    case 115: *v = 1; break;                  // MEMORY_POOLS_SUPPORTED
+    default: *v = 0;
+    }
+    return SUCCESS;
+}
+
+static int primary_context = 1;
+static thread_local void *current_context = nullptr;
+
+CUresult cuDevicePrimaryCtxRetain(void **ctx, CUdevice) {
+    *ctx = &primary_context;
+    return SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return SUCCESS; }
+CUresult cuCtxSetCurrent(void *ctx) {
+    current_context = ctx;
+    return SUCCESS;
+}
+CUresult cuCtxGetCurrent(void **ctx) {
+    *ctx = current_context;
+    return SUCCESS;
+}
+CUresult cuCtxSynchronize() { return SUCCESS; }
+
+CUresult cuGetErrorName(CUresult e, const char **s) {
+    static thread_local char buf[64];
+    snprintf(buf, sizeof buf, "CUDA_ERROR_%d (cuda-emu)", e);
+    *s = buf;
+    return SUCCESS;
+}
+CUresult cuGetErrorString(CUresult e, const char **s) { return cuGetErrorName(e, s); }
+
+// Streams: work is done when the call returns, so a stream is only a handle.
+CUresult cuStreamCreate(void **s, unsigned) {
+    *s = new int(0);
+    return SUCCESS;
+}
+CUresult cuStreamCreateWithPriority(void **s, unsigned, int) { return cuStreamCreate(s, 0); }
+CUresult cuStreamDestroy_v2(void *s) {
+    delete (int *)s;
+    return SUCCESS;
+}
+CUresult cuStreamSynchronize(void *) { return SUCCESS; }
+CUresult cuStreamWaitEvent(void *, void *, unsigned) { return SUCCESS; }
+CUresult cuStreamIsCapturing(void *, int *status) {
+    *status = 0;
+    return SUCCESS;
+}
+CUresult cuLaunchHostFunc(void *, void (*f)(void *), void *data) {
+    f(data);
+    return SUCCESS;
+}
+
+// Events record the host clock.
+struct Event {
+    double ms;
+};
+static double now_ms() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+CUresult cuEventCreate(void **e, unsigned) {
+    *e = new Event{now_ms()};
+    return SUCCESS;
+}
+CUresult cuEventDestroy_v2(void *e) {
+    delete (Event *)e;
+    return SUCCESS;
+}
+CUresult cuEventRecord(void *e, void *) {
+    ((Event *)e)->ms = now_ms();
+    return SUCCESS;
+}
+CUresult cuEventQuery(void *) { return SUCCESS; }
+CUresult cuEventSynchronize(void *) { return SUCCESS; }
+CUresult cuEventElapsedTime(float *ms, void *a, void *b) {
+    *ms = (float)(((Event *)b)->ms - ((Event *)a)->ms);
+    return SUCCESS;
+}
+CUresult cuEventElapsedTime_v2(float *ms, void *a, void *b) { return cuEventElapsedTime(ms, a, b); }
+
+// Memory.
+CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return allocate(p, n); }
+CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, void *) { return allocate(p, n); }
+CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, void *) { return release(p); }
+CUresult cuMemHostAlloc(void **p, size_t n, unsigned) {
+    *p = malloc(n ? n : 1);
+    return *p ? SUCCESS : 2;
+}
+CUresult cuMemAllocHost_v2(void **p, size_t n) { return cuMemHostAlloc(p, n, 0); }
+CUresult cuMemFreeHost(void *p) {
+    free(p);
+    return SUCCESS;
+}
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *h, size_t n) {
+    memcpy((void *)d, h, n);
+    return SUCCESS;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *) { return cuMemcpyHtoD_v2(d, h, n); }
+CUresult cuMemcpyDtoH_v2(void *h, CUdeviceptr d, size_t n) {
+    memcpy(h, (const void *)d, n);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *) { return cuMemcpyDtoH_v2(h, d, n); }
+CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) {
+    memmove((void *)d, (const void *)s, n);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, void *) { return cuMemcpyDtoD_v2(d, s, n); }
+CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
+    memset((void *)d, v, n);
+    return SUCCESS;
+}
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *) { return cuMemsetD8_v2(d, v, n); }
+CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
+    for (size_t i = 0; i < n; ++i) memcpy((char *)d + 4 * i, &v, 4);
+    return SUCCESS;
+}
+CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *) { return cuMemsetD32_v2(d, v, n); }
+
+// Modules: the PTX's entry points name the source it was compiled from.
+CUresult cuModuleLoadData(void **module, const void *image) {
+    const std::set<std::string> entries = ptx_entries((const char *)image);
+    std::map<std::string, std::set<std::string>> by_source;
+    for (int i = 0; i < KERNEL_COUNT; ++i) by_source[KERNELS[i].source].insert(KERNELS[i].name);
+    for (auto &[source, names] : by_source) {
+        if (names != entries) continue;
+        *module = new Module{source};
+        return SUCCESS;
+    }
+    fprintf(stderr, "cuda-emu: a PTX module with %zu entry points matches no kernel source this emulator was "
+                    "built from (rebuild it: tools/cuda-emu/build.sh)\n",
+            entries.size());
+    return INVALID_IMAGE;
+}
+CUresult cuModuleUnload(void *module) {
+    delete (Module *)module;
+    return SUCCESS;
+}
+CUresult cuModuleGetFunction(void **f, void *module, const char *name) {
+    const std::string &source = ((Module *)module)->source;
+    std::lock_guard<std::mutex> g(module_lock);
+    auto key = std::make_pair(source, std::string(name));
+    auto it = functions.find(key);
+    if (it == functions.end()) {
+        const KernelEntry *found = nullptr;
+        for (int i = 0; i < KERNEL_COUNT; ++i)
+            if (source == KERNELS[i].source && strcmp(name, KERNELS[i].name) == 0) found = &KERNELS[i];
+        if (!found) return NOT_FOUND;
+        it = functions.emplace(key, new Function{found}).first;
+    }
+    *f = it->second;
+    return SUCCESS;
+}
+CUresult cuFuncGetAttribute(int *v, int attr, void *) {
+    *v = attr == 0 ? 1024 : 0; // MAX_THREADS_PER_BLOCK
+    return SUCCESS;
+}
+CUresult cuFuncSetAttribute(void *, int, int) { return SUCCESS; }
+CUresult cuFuncSetCacheConfig(void *, int) { return SUCCESS; }
+
+CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shared, void *, void **params, void **extra) {
+    static std::mutex launch_lock; // one kernel at a time: the fiber state is global
+    std::lock_guard<std::mutex> g(launch_lock);
+    const KernelEntry *entry = ((Function *)f)->entry;
+    const unsigned long long threads = (unsigned long long)bx * by * bz;
+    if (gx == 0 || gy == 0 || gz == 0 || threads == 0 || bx > 1024 || by > 1024 || bz > 64 || gy > 65535 ||
+        gz > 65535 || gx > 2147483647u) {
+        fprintf(stderr, "cuda-emu: kernel %s: invalid launch geometry grid (%u,%u,%u) block (%u,%u,%u)\n",
+                entry->name, gx, gy, gz, bx, by, bz);
+        return INVALID_VALUE;
+    }
+    if (threads > 1024) return LAUNCH_OUT_OF_RESOURCES;
+    if (shared > 49152 || extra) return INVALID_VALUE;
+    kernel = entry;
+    kernel_args = params;
+    blockDim = Dim3{bx, by, bz};
+    gridDim = Dim3{gx, gy, gz};
+    running_kernel = true;
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y)
+            for (unsigned x = 0; x < gx; ++x) {
+                blockIdx = Dim3{x, y, z};
+                if (entry->sync)
+                    run_block_fibers((unsigned)threads);
+                else
+                    run_block_plain((unsigned)threads);
+            }
+    running_kernel = false;
+    return SUCCESS;
+}
+
+} // extern "C"
