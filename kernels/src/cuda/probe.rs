@@ -27,6 +27,12 @@ impl GpuInfo {
     pub fn arch(&self) -> String {
         format!("compute_{}{}", self.compute_capability.0, self.compute_capability.1)
     }
+
+    /// Whether this is tools/cuda-emu (the engine's kernels run on the CPU behind a stand-in driver), not a
+    /// GPU: its results check correctness; its timings mean nothing.
+    pub fn is_emulated(&self) -> bool {
+        self.name.starts_with("cuda-emu")
+    }
 }
 
 /// Whether the CUDA driver library (`libcuda.so`) can be loaded.

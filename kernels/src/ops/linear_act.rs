@@ -231,7 +231,16 @@ crate::multiversion!(
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "linear_act",
     code: concat!(include_str!("activation.cu"), "\n", include_str!("linear_act.cu")),
-    kernels: &["act_backward_inplace_f32"],
+    // activation.cu's entry points are compiled into this program too, so they are listed with it.
+    kernels: &[
+        "act_backward_inplace_f32",
+        "activation_forward_f32",
+        "activation_backward_f32",
+        "activation_forward_f16",
+        "activation_backward_f16",
+        "activation_forward_bf16",
+        "activation_backward_bf16",
+    ],
 };
 
 /// Host side of the fused linear + activation on the GPU.
