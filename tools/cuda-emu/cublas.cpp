@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <vector>
+
 #include "emu_kernel.h"
 
 typedef int cublasStatus_t;
@@ -34,6 +36,8 @@ static void store(int type, void *p, long long i, double v) {
 }
 
 // Column-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, `batch` times with the given strides.
+// op(A) is copied row by row and op(B) column by column into f64 panels, so every entry of C is one
+// contiguous dot product, accumulated in f64 and rounded once.
 static cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void *a, int atype, int lda,
                            long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c,
                            int ctype, int ldc, long long sc, int batch) {
@@ -47,16 +51,20 @@ static cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, con
                 m, n, k, lda, ldb, ldc, ta, tb);
         return INVALID_VALUE;
     }
+    std::vector<double> pa((size_t)m * k), pb((size_t)k * n);
     for (int q = 0; q < batch; ++q) {
         const long long oa = q * sa, ob = q * sb, oc = q * sc;
+        for (int i = 0; i < m; ++i)
+            for (int l = 0; l < k; ++l)
+                pa[(size_t)i * k + l] = load(atype, a, oa + (ta ? (long long)i * lda + l : (long long)l * lda + i));
+        for (int j = 0; j < n; ++j)
+            for (int l = 0; l < k; ++l)
+                pb[(size_t)j * k + l] = load(btype, b, ob + (tb ? (long long)l * ldb + j : (long long)j * ldb + l));
         for (int j = 0; j < n; ++j)
             for (int i = 0; i < m; ++i) {
+                const double *x = &pa[(size_t)i * k], *y = &pb[(size_t)j * k];
                 double acc = 0.0;
-                for (int l = 0; l < k; ++l) {
-                    const long long ia = ta ? (long long)i * lda + l : (long long)l * lda + i;
-                    const long long ib = tb ? (long long)l * ldb + j : (long long)j * ldb + l;
-                    acc += load(atype, a, oa + ia) * load(btype, b, ob + ib);
-                }
+                for (int l = 0; l < k; ++l) acc += x[l] * y[l];
                 const long long ic = oc + (long long)j * ldc + i;
                 double v = (double)alpha * acc;
                 if (beta != 0.0f) v += (double)beta * load(ctype, c, ic);

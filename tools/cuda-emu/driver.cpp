@@ -67,8 +67,44 @@ namespace emu {
 
 enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 
+// Switching fibers: on x86-64 a few instructions that save the callee-saved registers on the old stack
+// and restore them from the new one (swapcontext would also save the signal mask, a system call per
+// switch); elsewhere ucontext.
+#if defined(__x86_64__)
+extern "C" void emu_switch(void **save_sp, void *load_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+struct Context {
+    void *sp;
+};
+#else
+struct Context {
+    ucontext_t uc;
+};
+#endif
+
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     State state;
     unsigned char value[8]; // a shuffle's operand, then its result
     int bytes;
@@ -79,7 +115,7 @@ static const size_t STACK = 64 * 1024;
 static const int MAX_THREADS = 1024;
 static char *stacks;               // MAX_THREADS stacks, mapped once
 static Fiber fibers[MAX_THREADS];
-static ucontext_t scheduler;
+static Context scheduler;
 static int current = -1;           // the running fiber, -1 outside a fiber-mode block
 static bool running_kernel = false;
 static const KernelEntry *kernel;  // the kernel running now (for messages)
@@ -91,9 +127,36 @@ static void set_thread_index(unsigned t) {
 
 unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
-static void fiber_main() {
+static void switch_to(Context &save, Context &load) {
+#if defined(__x86_64__)
+    emu_switch(&save.sp, load.sp);
+#else
+    swapcontext(&save.uc, &load.uc);
+#endif
+}
+
+[[noreturn]] static void fiber_main() {
     kernel->run(kernel_args);
-    fibers[current].state = DONE; // uc_link returns to the scheduler
+    fibers[current].state = DONE;
+    switch_to(fibers[current].ctx, scheduler); // never resumed
+    abort();
+}
+
+// A fresh fiber on `stack`: its first switch-in enters fiber_main.
+static void start_fiber(Fiber &f, char *stack) {
+#if defined(__x86_64__)
+    void **top = (void **)(((uintptr_t)(stack + STACK)) & ~(uintptr_t)15);
+    *--top = nullptr;                    // fiber_main's return address: never used
+    *--top = (void *)&fiber_main;        // popped by emu_switch's ret
+    for (int r = 0; r < 6; ++r) *--top = nullptr; // rbp, rbx, r12-r15
+    f.ctx.sp = top;
+#else
+    getcontext(&f.ctx.uc);
+    f.ctx.uc.uc_stack.ss_sp = stack;
+    f.ctx.uc.uc_stack.ss_size = STACK;
+    f.ctx.uc.uc_link = nullptr;
+    makecontext(&f.ctx.uc, (void (*)())fiber_main, 0);
+#endif
 }
 
 static void suspend(State s) {
@@ -102,7 +165,7 @@ static void suspend(State s) {
              "fix gen_kernels.py's SYNC pattern",
              kernel->name, kernel->source);
     fibers[current].state = s;
-    swapcontext(&fibers[current].ctx, &scheduler);
+    switch_to(fibers[current].ctx, scheduler);
 }
 
 void sync_block() { suspend(AT_BLOCK_BARRIER); }
@@ -130,13 +193,8 @@ static void run_block_fibers(unsigned n) {
         if (stacks == MAP_FAILED) fail("cannot map fiber stacks");
     }
     for (unsigned t = 0; t < n; ++t) {
-        Fiber &f = fibers[t];
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = stacks + STACK * t;
-        f.ctx.uc_stack.ss_size = STACK;
-        f.ctx.uc_link = &scheduler;
-        makecontext(&f.ctx, fiber_main, 0);
-        f.state = RUNNABLE;
+        start_fiber(fibers[t], stacks + STACK * t);
+        fibers[t].state = RUNNABLE;
     }
     const unsigned warps = (n + 31) / 32;
     for (;;) {
@@ -144,7 +202,7 @@ static void run_block_fibers(unsigned n) {
             if (fibers[t].state != RUNNABLE) continue;
             current = (int)t;
             set_thread_index(t);
-            swapcontext(&scheduler, &fibers[t].ctx);
+            switch_to(scheduler, fibers[t].ctx);
         }
         current = -1;
         unsigned done = 0, at_block = 0;
