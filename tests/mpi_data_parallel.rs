@@ -330,7 +330,7 @@ fn two_ranks_on_cuda_train_as_one_cuda_process() {
     let info = match ecstrain::kernels::cuda::probe(0) {
         Ok(info) => info,
         Err(e) => {
-            println!("SKIPPED: no CUDA device ({e})");
+            ecstrain::kernels::cuda::testing::skip_without_gpu("two_ranks_on_cuda_train_as_one_cuda_process", &e);
             return;
         }
     };

@@ -106,12 +106,15 @@ struct Context {
 struct Fiber {
     Context ctx;
     State state;
+    Dim3 index;             // threadIdx while this fiber runs
     unsigned char value[8]; // a shuffle's operand, then its result
     int bytes;
     int src_lane;
 };
 
-static const size_t STACK = 64 * 1024;
+// Fiber stacks: 32 KiB each, their tops staggered by 64-byte steps so that 256 fibers' frames do not all
+// fall into the same cache sets.
+static const size_t STACK = 32 * 1024;
 static const int MAX_THREADS = 1024;
 static char *stacks;               // MAX_THREADS stacks, mapped once
 static Fiber fibers[MAX_THREADS];
@@ -121,11 +124,15 @@ static bool running_kernel = false;
 static const KernelEntry *kernel;  // the kernel running now (for messages)
 static void **kernel_args;
 
-static void set_thread_index(unsigned t) {
-    threadIdx = Dim3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+static Dim3 thread_index(unsigned t) {
+    return Dim3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
 }
 
-unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+unsigned linear_tid() {
+    return current >= 0 ? (unsigned)current : threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+
+static unsigned block_threads; // threads of the block running now
 
 static void switch_to(Context &save, Context &load) {
 #if defined(__x86_64__)
@@ -135,17 +142,32 @@ static void switch_to(Context &save, Context &load) {
 #endif
 }
 
+// Leaves the running fiber (whose state the caller has set) for the next runnable fiber of this pass, or
+// for the scheduler once the pass is over: one switch per fiber visited, not two.
+static void yield_fiber() {
+    const int from = current;
+    for (unsigned t = (unsigned)from + 1; t < block_threads; ++t) {
+        if (fibers[t].state != RUNNABLE) continue;
+        current = (int)t;
+        threadIdx = fibers[t].index;
+        switch_to(fibers[from].ctx, fibers[t].ctx);
+        return;
+    }
+    current = -1;
+    switch_to(fibers[from].ctx, scheduler);
+}
+
 [[noreturn]] static void fiber_main() {
     kernel->run(kernel_args);
     fibers[current].state = DONE;
-    switch_to(fibers[current].ctx, scheduler); // never resumed
+    yield_fiber(); // never resumed
     abort();
 }
 
 // A fresh fiber on `stack`: its first switch-in enters fiber_main.
-static void start_fiber(Fiber &f, char *stack) {
+static void start_fiber(Fiber &f, char *stack, unsigned t) {
 #if defined(__x86_64__)
-    void **top = (void **)(((uintptr_t)(stack + STACK)) & ~(uintptr_t)15);
+    void **top = (void **)(((uintptr_t)(stack + STACK - (t % 61) * 64)) & ~(uintptr_t)15);
     *--top = nullptr;                    // fiber_main's return address: never used
     *--top = (void *)&fiber_main;        // popped by emu_switch's ret
     for (int r = 0; r < 6; ++r) *--top = nullptr; // rbp, rbx, r12-r15
@@ -153,7 +175,7 @@ static void start_fiber(Fiber &f, char *stack) {
 #else
     getcontext(&f.ctx.uc);
     f.ctx.uc.uc_stack.ss_sp = stack;
-    f.ctx.uc.uc_stack.ss_size = STACK;
+    f.ctx.uc.uc_stack.ss_size = STACK - (t % 61) * 64;
     f.ctx.uc.uc_link = nullptr;
     makecontext(&f.ctx.uc, (void (*)())fiber_main, 0);
 #endif
@@ -165,7 +187,7 @@ static void suspend(State s) {
              "fix gen_kernels.py's SYNC pattern",
              kernel->name, kernel->source);
     fibers[current].state = s;
-    switch_to(fibers[current].ctx, scheduler);
+    yield_fiber();
 }
 
 void sync_block() { suspend(AT_BLOCK_BARRIER); }
@@ -181,7 +203,7 @@ void shfl(void *value, int bytes, int src_lane) {
 
 static void run_block_plain(unsigned n) {
     for (unsigned t = 0; t < n; ++t) {
-        set_thread_index(t);
+        threadIdx = thread_index(t);
         kernel->run(kernel_args);
     }
 }
@@ -192,17 +214,21 @@ static void run_block_fibers(unsigned n) {
                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (stacks == MAP_FAILED) fail("cannot map fiber stacks");
     }
+    block_threads = n;
     for (unsigned t = 0; t < n; ++t) {
-        start_fiber(fibers[t], stacks + STACK * t);
+        start_fiber(fibers[t], stacks + STACK * t, t);
         fibers[t].state = RUNNABLE;
+        fibers[t].index = thread_index(t);
     }
     const unsigned warps = (n + 31) / 32;
     for (;;) {
+        // One pass: the first runnable fiber runs, and each hands over to the next (yield_fiber).
         for (unsigned t = 0; t < n; ++t) {
             if (fibers[t].state != RUNNABLE) continue;
             current = (int)t;
-            set_thread_index(t);
+            threadIdx = fibers[t].index;
             switch_to(scheduler, fibers[t].ctx);
+            break;
         }
         current = -1;
         unsigned done = 0, at_block = 0;

@@ -12,15 +12,25 @@ use super::gpu::{Gpu, GpuError};
 
 /// The test device (`cuda:0`), opened once per test binary; `None` (after printing why) on a machine
 /// without one. Test bodies start with `let Some(gpu) = gpu_or_skip("name") else { return };`.
+/// With `ECSTRAIN_REQUIRE_GPU=1` (CI's pass over tools/cuda-emu) a missing device fails the test instead.
 pub fn gpu_or_skip(test: &str) -> Option<&'static Gpu> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
     match GPU.get_or_init(|| Gpu::open(0).map_err(|e| e.to_string())) {
         Ok(g) => Some(g),
         Err(why) => {
-            eprintln!("SKIPPED {test}: no CUDA device ({why})");
+            skip_without_gpu(test, why);
             None
         }
     }
+}
+
+/// Prints the SKIPPED line of a GPU test that found no device, or panics if `ECSTRAIN_REQUIRE_GPU=1` (so a
+/// run meant to exercise the device path cannot pass by skipping it).
+pub fn skip_without_gpu(test: &str, why: &str) {
+    if std::env::var("ECSTRAIN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("{test}: ECSTRAIN_REQUIRE_GPU=1 but no CUDA device was found ({why})");
+    }
+    eprintln!("SKIPPED {test}: no CUDA device ({why})");
 }
 
 /// A per-run seed for random test inputs: `ECSTRAIN_TEST_SEED` if set, else the clock; printed.
