@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds cuda-emu: a CPU stand-in for the CUDA driver (libcuda.so.1) and cuBLAS (libcublas.so.12) that runs
+# Builds cuda-emu: a CPU stand-in for the CUDA driver (libcuda.so.1), cuBLAS (libcublas.so.12) and NCCL
+# (libnccl.so.2, between processes on one machine) that runs
 # the engine's own kernel sources, so the GPU tests run on machines without a GPU (see README.md here).
 #
 # usage: tools/cuda-emu/build.sh [OUT_DIR]          (default: target/cuda-emu)
@@ -14,6 +15,8 @@ python3 "$here/gen_kernels.py" "$out/src" "$out/kernels.cpp"
 flags=(-std=c++20 -O2 -g -fPIC -shared -pthread -static-libstdc++ -static-libgcc -ffp-contract=off -fno-fast-math -I"$here/include")
 "${CXX:-g++}" "${flags[@]}" -o "$out/libcuda.so.1" "$here/driver.cpp" "$out/kernels.cpp"
 "${CXX:-g++}" "${flags[@]}" -o "$out/libcublas.so.12" "$here/cublas.cpp"
+"${CXX:-g++}" "${flags[@]}" -o "$out/libnccl.so.2" "$here/nccl.cpp"
 ln -sf libcuda.so.1 "$out/libcuda.so"
 ln -sf libcublas.so.12 "$out/libcublas.so"
+ln -sf libnccl.so.2 "$out/libnccl.so"
 echo "cuda-emu built in $out"

@@ -266,6 +266,12 @@ static void run_block_fibers(unsigned n) {
         }
         if (released) continue;
         if (at_block == n - done) {
+            // CUDA requires every thread of the block to reach the barrier; one that returned early makes
+            // it undefined (it hangs on some GPUs).
+            if (done > 0)
+                fail("kernel %s (%s), block (%u,%u,%u): %u threads wait at __syncthreads after %u others of the "
+                     "block returned (a barrier under a branch that not every thread takes)",
+                     kernel->name, kernel->source, blockIdx.x, blockIdx.y, blockIdx.z, at_block, done);
             for (unsigned t = 0; t < n; ++t)
                 if (fibers[t].state == AT_BLOCK_BARRIER) fibers[t].state = RUNNABLE;
             continue;
@@ -394,14 +400,22 @@ CUresult cuDriverGetVersion(int *v) {
     return SUCCESS;
 }
 
+// One device, or CUDA_EMU_DEVICES of them (the data-parallel NCCL test wants one per rank). They share the
+// process's memory, as one GPU would.
+static int device_count() {
+    const char *v = getenv("CUDA_EMU_DEVICES");
+    const int n = v ? atoi(v) : 1;
+    return n >= 1 && n <= 64 ? n : 1;
+}
+
 CUresult cuDeviceGetCount(int *count) {
-    *count = 1;
+    *count = device_count();
     return SUCCESS;
 }
 
 CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
-    if (ordinal != 0) return INVALID_DEVICE;
-    *dev = 0;
+    if (ordinal < 0 || ordinal >= device_count()) return INVALID_DEVICE;
+    *dev = ordinal;
     return SUCCESS;
 }
 

@@ -1,0 +1,164 @@
+// cuda-emu: the NCCL calls the engine makes (unique id, communicator per rank, all-reduce, broadcast), between
+// processes on one machine through a shared-memory file, so the data-parallel CUDA path (the id broadcast over
+// MPI, ncclCommInitRank, the gradient all-reduce) runs under mpirun without GPUs. Built as libnccl.so.2.
+// Collectives are synchronous: each rank copies its buffer into its slot, waits for the others, and reduces
+// the slots in rank order (the same bits on every rank).
+
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+
+typedef int ncclResult_t;
+enum : int { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, INVALID_USAGE = 5 };
+enum : int { SUM = 0, PROD = 1, MAX = 2, MIN = 3, AVG = 4 };
+enum : int { FLOAT32 = 7, FLOAT64 = 8 };
+
+struct ncclUniqueId {
+    char internal[128];
+};
+
+// Per-rank slot of the shared file: the largest buffer one collective may carry.
+static const size_t SLOT = (size_t)256 << 20;
+static const size_t HEADER = 4096;
+
+struct Header {
+    std::atomic<unsigned> arrived;
+    std::atomic<unsigned> generation;
+};
+
+struct Comm {
+    int rank, nranks;
+    char *base;
+    size_t mapped;
+    Header *header;
+    char *slot(int r) const { return base + HEADER + SLOT * (size_t)r; }
+};
+
+// A barrier of all ranks (sense by generation); gives up after 10 minutes.
+static ncclResult_t barrier(Comm *c) {
+    const unsigned gen = c->header->generation.load();
+    if (c->header->arrived.fetch_add(1) + 1 == (unsigned)c->nranks) {
+        c->header->arrived.store(0);
+        c->header->generation.fetch_add(1);
+        return SUCCESS;
+    }
+    const time_t start = time(nullptr);
+    while (c->header->generation.load() == gen) {
+        sched_yield();
+        if (time(nullptr) - start > 600) {
+            fprintf(stderr, "cuda-emu NCCL: rank %d waited 10 minutes for the other ranks\n", c->rank);
+            return SYSTEM_ERROR;
+        }
+    }
+    return SUCCESS;
+}
+
+static std::string shm_path(const ncclUniqueId &id) {
+    return std::string("/dev/shm/cuda-emu-nccl-") + std::string(id.internal, strnlen(id.internal, 64));
+}
+
+template <class T> static void reduce(const Comm *c, T *recv, size_t count, int op) {
+    for (size_t i = 0; i < count; ++i) {
+        T acc = ((const T *)c->slot(0))[i];
+        for (int r = 1; r < c->nranks; ++r) {
+            const T v = ((const T *)c->slot(r))[i];
+            acc = op == MAX ? (v > acc ? v : acc) : op == MIN ? (v < acc ? v : acc) : op == PROD ? acc * v : acc + v;
+        }
+        recv[i] = op == AVG ? acc / (T)c->nranks : acc;
+    }
+}
+
+extern "C" {
+
+ncclResult_t ncclGetVersion(int *v) {
+    *v = 22605;
+    return SUCCESS;
+}
+
+const char *ncclGetErrorString(ncclResult_t r) { return r == SUCCESS ? "no error" : "cuda-emu NCCL error"; }
+const char *ncclGetLastError(void *) { return ""; }
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
+    memset(id, 0, sizeof *id);
+    unsigned char bytes[12];
+    const int fd = open("/dev/urandom", O_RDONLY);
+    if (fd < 0 || read(fd, bytes, sizeof bytes) != (ssize_t)sizeof bytes) return SYSTEM_ERROR;
+    close(fd);
+    for (size_t i = 0; i < sizeof bytes; ++i) snprintf(id->internal + 2 * i, 3, "%02x", bytes[i]);
+    return SUCCESS;
+}
+
+ncclResult_t ncclCommInitRank(Comm **out, int nranks, ncclUniqueId id, int rank) {
+    if (nranks < 1 || rank < 0 || rank >= nranks || id.internal[0] == 0) return INVALID_ARGUMENT;
+    const std::string path = shm_path(id);
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT, 0600);
+    if (fd < 0) return SYSTEM_ERROR;
+    const size_t size = HEADER + SLOT * (size_t)nranks;
+    if (ftruncate(fd, (off_t)size) != 0) return SYSTEM_ERROR; // the same size from every rank: no data lost
+    char *base = (char *)mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED) return SYSTEM_ERROR;
+    Comm *c = new Comm{rank, nranks, base, size, (Header *)base};
+    if (barrier(c) != SUCCESS) return SYSTEM_ERROR; // every rank has the file open
+    if (rank == 0) unlink(path.c_str());
+    *out = c;
+    return SUCCESS;
+}
+
+static ncclResult_t release(Comm *c) {
+    munmap(c->base, c->mapped);
+    delete c;
+    return SUCCESS;
+}
+ncclResult_t ncclCommDestroy(Comm *c) { return release(c); }
+ncclResult_t ncclCommAbort(Comm *c) { return release(c); }
+ncclResult_t ncclCommFinalize(Comm *) { return SUCCESS; }
+ncclResult_t ncclCommCount(const Comm *c, int *n) {
+    *n = c->nranks;
+    return SUCCESS;
+}
+ncclResult_t ncclCommUserRank(const Comm *c, int *r) {
+    *r = c->rank;
+    return SUCCESS;
+}
+ncclResult_t ncclCommCuDevice(const Comm *c, int *d) {
+    *d = c->rank;
+    return SUCCESS;
+}
+ncclResult_t ncclGroupStart() { return SUCCESS; }
+ncclResult_t ncclGroupEnd() { return SUCCESS; }
+
+ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype, int op, Comm *c, void *) {
+    const size_t width = dtype == FLOAT32 ? 4 : dtype == FLOAT64 ? 8 : 0;
+    if (width == 0 || op < SUM || op > AVG) return INVALID_ARGUMENT;
+    if (count * width > SLOT) {
+        fprintf(stderr, "cuda-emu NCCL: an all-reduce of %zu bytes is over the %zu-byte slot\n", count * width, SLOT);
+        return INVALID_USAGE;
+    }
+    memcpy(c->slot(c->rank), send, count * width);
+    if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
+    if (dtype == FLOAT32)
+        reduce(c, (float *)recv, count, op);
+    else
+        reduce(c, (double *)recv, count, op);
+    return barrier(c); // no rank overwrites its slot before every rank has read it
+}
+
+ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, int dtype, int root, Comm *c, void *) {
+    const size_t width = dtype == FLOAT32 ? 4 : dtype == FLOAT64 ? 8 : 0;
+    if (width == 0 || root < 0 || root >= c->nranks || count * width > SLOT) return INVALID_ARGUMENT;
+    if (c->rank == root) memcpy(c->slot(root), send, count * width);
+    if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
+    memmove(recv, c->slot(root), count * width);
+    return barrier(c);
+}
+
+} // extern "C"
