@@ -20,7 +20,8 @@ fn main() {
     for src in ALL {
         let path = dir.join(format!("{}.cu", src.name));
         let list = dir.join(format!("{}.kernels", src.name));
-        let written = std::fs::write(&path, program_text(src)).and_then(|_| std::fs::write(&list, src.kernels.join("\n")));
+        let written =
+            std::fs::write(&path, program_text(src)).and_then(|_| std::fs::write(&list, src.kernels.join("\n")));
         if let Err(e) = written {
             eprintln!("cuda_sources: cannot write into {}: {e}", dir.display());
             std::process::exit(1);
