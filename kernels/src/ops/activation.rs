@@ -134,19 +134,19 @@ pub(crate) fn backward_from_kept<T: Float, const ACT: u8>(g: T, kept: T) -> T {
     }
 }
 
+/// The entry points of `activation.cu` (also compiled into the fused linear + activation's program).
+pub(crate) const ENTRY_POINTS: [&str; 6] = [
+    "activation_forward_f32",
+    "activation_backward_f32",
+    "activation_forward_f16",
+    "activation_backward_f16",
+    "activation_forward_bf16",
+    "activation_backward_bf16",
+];
+
 /// The CUDA kernels of every activation (`activation.cu`).
-pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
-    name: "activation",
-    code: include_str!("activation.cu"),
-    kernels: &[
-        "activation_forward_f32",
-        "activation_backward_f32",
-        "activation_forward_f16",
-        "activation_backward_f16",
-        "activation_forward_bf16",
-        "activation_backward_bf16",
-    ],
-};
+pub static CUDA: crate::cuda::KernelSource =
+    crate::cuda::KernelSource { name: "activation", code: include_str!("activation.cu"), kernels: &ENTRY_POINTS };
 
 /// Host side of `activation.cu`.
 pub mod cuda {

@@ -231,16 +231,13 @@ crate::multiversion!(
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "linear_act",
     code: concat!(include_str!("activation.cu"), "\n", include_str!("linear_act.cu")),
-    // activation.cu's entry points are compiled into this program too, so they are listed with it.
-    kernels: &[
-        "act_backward_inplace_f32",
-        "activation_forward_f32",
-        "activation_backward_f32",
-        "activation_forward_f16",
-        "activation_backward_f16",
-        "activation_forward_bf16",
-        "activation_backward_bf16",
-    ],
+    kernels: &ENTRY_POINTS,
+};
+
+/// This program's entry points: its own, then activation.cu's, which are compiled into it too.
+const ENTRY_POINTS: [&str; 7] = {
+    let a = super::activation::ENTRY_POINTS;
+    ["act_backward_inplace_f32", a[0], a[1], a[2], a[3], a[4], a[5]]
 };
 
 /// Host side of the fused linear + activation on the GPU.
