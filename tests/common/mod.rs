@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 /// The repository root (configs/ and data/ live there).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // ECSTRAIN_REPO: a prebuilt test binary run from another checkout (tools/gpu-session/run.sh).
+    std::env::var_os("ECSTRAIN_REPO").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// A fresh scratch directory for one test, removed when the test passes (kept when it panics, so a failure
@@ -85,7 +86,13 @@ pub fn scratch(name: &str) -> Scratch {
 
 /// Runs `engine` with `args` from the repository root.
 pub fn engine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engine")).args(args).current_dir(repo()).output().expect("engine runs")
+    Command::new(engine_bin()).args(args).current_dir(repo()).output().expect("engine runs")
+}
+
+/// The engine binary: `ECSTRAIN_ENGINE_BIN` if set (prebuilt binaries carried to another machine), else
+/// the one cargo built with these tests.
+pub fn engine_bin() -> PathBuf {
+    std::env::var_os("ECSTRAIN_ENGINE_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_engine")), PathBuf::from)
 }
 
 /// stdout + stderr as text.

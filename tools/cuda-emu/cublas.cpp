@@ -3,8 +3,11 @@
 // emulated driver. Arguments are checked as cuBLAS checks them (sizes, leading dimensions), and C is not
 // read when beta is 0, as in cuBLAS, so a NaN-poisoned output shows whether the caller relies on that.
 
+#include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
+
+#include <functional>
 
 #include <vector>
 
@@ -16,7 +19,28 @@ enum : int { R_32F = 0, R_16F = 2, R_16BF = 14 };
 
 struct Handle {
     int pointer_mode; // 0 host, 1 device: both are plain addresses here
+    void *stream;     // cublasSetStream's
 };
+
+// A product is queued on the handle's stream through the emulated driver's cuLaunchHostFunc, so it runs in
+// order with the kernels around it; without the driver loaded it runs at once.
+static void run_on(void *stream, std::function<void()> op) {
+    typedef int (*HostFunc)(void *, void (*)(void *), void *);
+    static HostFunc launch_host = [] {
+        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+        return lib ? (HostFunc)dlsym(lib, "cuLaunchHostFunc") : (HostFunc) nullptr;
+    }();
+    if (!launch_host) {
+        op();
+        return;
+    }
+    auto *boxed = new std::function<void()>(std::move(op));
+    launch_host(stream, [](void *p) {
+        auto *f = (std::function<void()> *)p;
+        (*f)();
+        delete f;
+    }, boxed);
+}
 
 static double load(int type, const void *p, long long i) {
     switch (type) {
@@ -38,8 +62,13 @@ static void store(int type, void *p, long long i, double v) {
 // Column-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, `batch` times with the given strides.
 // op(A) is copied row by row and op(B) column by column into f64 panels, so every entry of C is one
 // contiguous dot product, accumulated in f64 and rounded once.
-static cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void *a, int atype, int lda,
-                           long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c,
+static void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *a, int atype, int lda,
+                     long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c, int ctype,
+                     int ldc, long long sc, int batch);
+
+// Checks the arguments now (as cuBLAS does, returning its status) and queues the product on the stream.
+static cublasStatus_t gemm(void *h, int ta, int tb, int m, int n, int k, float alpha, const void *a, int atype,
+                           int lda, long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c,
                            int ctype, int ldc, long long sc, int batch) {
     const auto known = [](int t) { return t == R_32F || t == R_16F || t == R_16BF; };
     if (!known(atype) || !known(btype) || !known(ctype) || ta < 0 || ta > 1 || tb < 0 || tb > 1)
@@ -51,6 +80,15 @@ static cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, con
                 m, n, k, lda, ldb, ldc, ta, tb);
         return INVALID_VALUE;
     }
+    run_on(((Handle *)h)->stream, [=] {
+        gemm_now(ta, tb, m, n, k, alpha, a, atype, lda, sa, b, btype, ldb, sb, beta, c, ctype, ldc, sc, batch);
+    });
+    return OK;
+}
+
+static void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *a, int atype, int lda,
+                     long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c, int ctype,
+                     int ldc, long long sc, int batch) {
     std::vector<double> pa((size_t)m * k), pb((size_t)k * n);
     for (int q = 0; q < batch; ++q) {
         const long long oa = q * sa, ob = q * sb, oc = q * sc;
@@ -71,20 +109,22 @@ static cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, con
                 store(ctype, c, ic, v);
             }
     }
-    return OK;
 }
 
 extern "C" {
 
 cublasStatus_t cublasCreate_v2(void **h) {
-    *h = new Handle{0};
+    *h = new Handle{0, nullptr};
     return OK;
 }
 cublasStatus_t cublasDestroy_v2(void *h) {
     delete (Handle *)h;
     return OK;
 }
-cublasStatus_t cublasSetStream_v2(void *, void *) { return OK; }
+cublasStatus_t cublasSetStream_v2(void *h, void *stream) {
+    ((Handle *)h)->stream = stream;
+    return OK;
+}
 cublasStatus_t cublasSetPointerMode_v2(void *h, int mode) {
     ((Handle *)h)->pointer_mode = mode;
     return OK;
@@ -96,35 +136,35 @@ cublasStatus_t cublasGetPointerMode_v2(void *h, int *mode) {
 cublasStatus_t cublasSetMathMode(void *, int) { return OK; }
 cublasStatus_t cublasSetWorkspace_v2(void *, void *, size_t) { return OK; }
 
-cublasStatus_t cublasSgemm_v2(void *, int ta, int tb, int m, int n, int k, const float *alpha, const float *a,
+cublasStatus_t cublasSgemm_v2(void *h, int ta, int tb, int m, int n, int k, const float *alpha, const float *a,
                               int lda, const float *b, int ldb, const float *beta, float *c, int ldc) {
-    return gemm(ta, tb, m, n, k, *alpha, a, R_32F, lda, 0, b, R_32F, ldb, 0, *beta, c, R_32F, ldc, 0, 1);
+    return gemm(h, ta, tb, m, n, k, *alpha, a, R_32F, lda, 0, b, R_32F, ldb, 0, *beta, c, R_32F, ldc, 0, 1);
 }
 
-cublasStatus_t cublasSgemmStridedBatched(void *, int ta, int tb, int m, int n, int k, const float *alpha,
+cublasStatus_t cublasSgemmStridedBatched(void *h, int ta, int tb, int m, int n, int k, const float *alpha,
                                          const float *a, int lda, long long sa, const float *b, int ldb,
                                          long long sb, const float *beta, float *c, int ldc, long long sc,
                                          int batch) {
-    return gemm(ta, tb, m, n, k, *alpha, a, R_32F, lda, sa, b, R_32F, ldb, sb, *beta, c, R_32F, ldc, sc, batch);
+    return gemm(h, ta, tb, m, n, k, *alpha, a, R_32F, lda, sa, b, R_32F, ldb, sb, *beta, c, R_32F, ldc, sc, batch);
 }
 
 // computeType must be one of the 32F kinds (alpha and beta are then f32).
 static bool f32_compute(int t) { return t == 0 || t == 68 || t == 69 || t == 74 || t == 75 || t == 76 || t == 77; }
 
-cublasStatus_t cublasGemmEx(void *, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
+cublasStatus_t cublasGemmEx(void *h, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
                             int atype, int lda, const void *b, int btype, int ldb, const void *beta, void *c,
                             int ctype, int ldc, int compute, int) {
     if (!f32_compute(compute)) return NOT_SUPPORTED;
-    return gemm(ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, 0, b, btype, ldb, 0, *(const float *)beta,
+    return gemm(h, ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, 0, b, btype, ldb, 0, *(const float *)beta,
                 c, ctype, ldc, 0, 1);
 }
 
-cublasStatus_t cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, const void *alpha,
+cublasStatus_t cublasGemmStridedBatchedEx(void *h, int ta, int tb, int m, int n, int k, const void *alpha,
                                           const void *a, int atype, int lda, long long sa, const void *b,
                                           int btype, int ldb, long long sb, const void *beta, void *c, int ctype,
                                           int ldc, long long sc, int batch, int compute, int) {
     if (!f32_compute(compute)) return NOT_SUPPORTED;
-    return gemm(ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, sa, b, btype, ldb, sb,
+    return gemm(h, ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, sa, b, btype, ldb, sb,
                 *(const float *)beta, c, ctype, ldc, sc, batch);
 }
 

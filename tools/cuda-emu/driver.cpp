@@ -5,13 +5,14 @@
 // copies, events) runs end to end on a machine without a GPU. Kernels are the engine's own .cu sources
 // compiled for the host (gen_kernels.py): a loaded module is matched to its source by the entry points in
 // its PTX, and a launch runs the source's C++ twin block after block, each block's threads as fibers that
-// switch at barriers and warp shuffles. Everything is synchronous: a stream's work is done when the call
-// returns. What it checks that a GPU would not report as clearly: launch geometry limits, barriers reached
-// by only part of a block, shuffles reading an exited lane, and reads past an allocation's end (each
-// allocation ends at a guard page; fresh memory is filled with 0xff bytes, NaN as f32).
+// switch at barriers and warp shuffles. A stream's work is queued and runs only when something waits for it
+// (see "streams"), so a missing dependency between streams shows as stale data. What it checks that a GPU
+// would not report as clearly: launch geometry limits, barriers reached by only part of a block, shuffles
+// reading an exited lane, and reads past an allocation's end (each allocation ends at a guard page; fresh
+// memory is filled with 0xff bytes, NaN as f32).
 //
 // What it cannot check: the PTX itself (NVRTC still compiles it; CI assembles it with ptxas), timing, and
-// races between threads of a block that a barrier should have ordered (fibers switch only at barriers).
+// races that need two things to run at once (threads between barriers, or two streams).
 
 #include <signal.h>
 #include <stdarg.h>
@@ -23,7 +24,10 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -122,7 +126,7 @@ static Context scheduler;
 static int current = -1;           // the running fiber, -1 outside a fiber-mode block
 static bool running_kernel = false;
 static const KernelEntry *kernel;  // the kernel running now (for messages)
-static void **kernel_args;
+static const std::function<void()> *kernel_call; // it, bound to its launch's arguments
 
 static Dim3 thread_index(unsigned t) {
     return Dim3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
@@ -158,7 +162,7 @@ static void yield_fiber() {
 }
 
 [[noreturn]] static void fiber_main() {
-    kernel->run(kernel_args);
+    (*kernel_call)();
     fibers[current].state = DONE;
     yield_fiber(); // never resumed
     abort();
@@ -204,7 +208,7 @@ void shfl(void *value, int bytes, int src_lane) {
 static void run_block_plain(unsigned n) {
     for (unsigned t = 0; t < n; ++t) {
         threadIdx = thread_index(t);
-        kernel->run(kernel_args);
+        (*kernel_call)();
     }
 }
 
@@ -342,6 +346,90 @@ static void on_segv(int sig, siginfo_t *info, void *uc) {
     }
 }
 
+// ---- streams ---------------------------------------------------------------------------------------------
+//
+// Work issued to a stream is queued and runs only when something waits for it (a stream or event
+// synchronisation, another stream's wait on an event, a copy into pageable host memory): as late as CUDA
+// allows, so a missing dependency between streams shows as stale or NaN data instead of passing by luck.
+// CUDA_EMU_SYNC=1 runs everything at the call instead.
+
+struct Stream {
+    std::deque<std::function<void()>> queue;
+    unsigned long long pushed = 0, done = 0; // operations issued / executed
+    bool blocking = true;                    // created without CU_STREAM_NON_BLOCKING
+};
+static Stream legacy_stream; // the null stream
+static std::set<Stream *> streams;
+static std::recursive_mutex stream_lock;
+
+static bool deferred() {
+    static const bool d = [] {
+        const char *v = getenv("CUDA_EMU_SYNC");
+        return !(v && v[0] == '1');
+    }();
+    return d;
+}
+
+// The null stream, CU_STREAM_LEGACY (0x1) and CU_STREAM_PER_THREAD (0x2) all run as the null stream here.
+static Stream *stream_of(void *handle) {
+    return (uintptr_t)handle <= 2 ? &legacy_stream : (Stream *)handle;
+}
+
+static void flush(Stream *s);
+static void flush_blocking();
+
+static void enqueue(void *handle, std::function<void()> op) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    Stream *s = stream_of(handle);
+    ++s->pushed;
+    // The null (legacy) stream waits for every blocking stream; its work runs at once.
+    if (s == &legacy_stream) flush_blocking();
+    if (!deferred() || s == &legacy_stream) {
+        op();
+        ++s->done;
+        return;
+    }
+    s->queue.push_back(std::move(op));
+}
+
+// Runs `s`'s operations until `upto` of them have executed.
+static void flush_to(Stream *s, unsigned long long upto) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    while (s->done < upto && !s->queue.empty()) {
+        std::function<void()> op = std::move(s->queue.front());
+        s->queue.pop_front();
+        op();
+        ++s->done;
+    }
+}
+
+static void flush(Stream *s) { flush_to(s, s->pushed); }
+
+// What a synchronous call (cuMemcpy without Async, a legacy-stream operation) is ordered after.
+static void flush_blocking() {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    flush(&legacy_stream);
+    for (Stream *s : streams)
+        if (s->blocking) flush(s);
+}
+
+static void flush_all() {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    flush(&legacy_stream);
+    for (Stream *s : streams) flush(s);
+}
+
+// Pinned host allocations (cuMemHostAlloc): async copies read or write them when they execute; other host
+// memory is staged at the call, as CUDA does for pageable memory.
+static std::map<uintptr_t, size_t> pinned;
+static bool is_pinned(const void *p) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    auto it = pinned.upper_bound((uintptr_t)p);
+    if (it == pinned.begin()) return false;
+    --it;
+    return (uintptr_t)p < it->first + it->second;
+}
+
 // ---- modules ---------------------------------------------------------------------------------------------
 
 struct Module {
@@ -469,7 +557,6 @@ CUresult cuCtxGetCurrent(void **ctx) {
     *ctx = current_context;
     return SUCCESS;
 }
-CUresult cuCtxSynchronize() { return SUCCESS; }
 
 CUresult cuGetErrorName(CUresult e, const char **s) {
     static thread_local char buf[64];
@@ -479,95 +566,190 @@ CUresult cuGetErrorName(CUresult e, const char **s) {
 }
 CUresult cuGetErrorString(CUresult e, const char **s) { return cuGetErrorName(e, s); }
 
-// Streams: work is done when the call returns, so a stream is only a handle.
-CUresult cuStreamCreate(void **s, unsigned) {
-    *s = new int(0);
+// Streams (see "streams" above).
+CUresult cuStreamCreate(void **s, unsigned flags) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    Stream *stream = new Stream();
+    stream->blocking = (flags & 1u) == 0; // CU_STREAM_NON_BLOCKING
+    streams.insert(stream);
+    *s = stream;
     return SUCCESS;
 }
-CUresult cuStreamCreateWithPriority(void **s, unsigned, int) { return cuStreamCreate(s, 0); }
+CUresult cuStreamCreateWithPriority(void **s, unsigned flags, int) { return cuStreamCreate(s, flags); }
 CUresult cuStreamDestroy_v2(void *s) {
-    delete (int *)s;
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    flush(stream_of(s)); // CUDA finishes a destroyed stream's work
+    streams.erase((Stream *)s);
+    delete (Stream *)s;
     return SUCCESS;
 }
-CUresult cuStreamSynchronize(void *) { return SUCCESS; }
-CUresult cuStreamWaitEvent(void *, void *, unsigned) { return SUCCESS; }
+CUresult cuStreamSynchronize(void *s) {
+    flush(stream_of(s));
+    return SUCCESS;
+}
 CUresult cuStreamIsCapturing(void *, int *status) {
     *status = 0;
     return SUCCESS;
 }
-CUresult cuLaunchHostFunc(void *, void (*f)(void *), void *data) {
-    f(data);
+CUresult cuLaunchHostFunc(void *s, void (*f)(void *), void *data) {
+    enqueue(s, [f, data] { f(data); });
+    return SUCCESS;
+}
+CUresult cuCtxSynchronize() {
+    flush_all();
     return SUCCESS;
 }
 
-// Events record the host clock.
+// Events mark a point in a stream's queue; they record the host clock when that point executes. An event
+// may be destroyed before its marker runs (CUDA allows it), so the marker holds the state, not the handle.
+struct EventState {
+    double ms = 0.0;
+};
 struct Event {
-    double ms;
+    Stream *stream = nullptr;
+    unsigned long long seq = 0; // the stream's operations up to and including the marker
+    std::shared_ptr<EventState> state = std::make_shared<EventState>();
 };
 static double now_ms() {
     timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
+// Runs `s` up to `seq` unless it has been destroyed meanwhile (destroying a stream finishes its work).
+static void flush_if_alive(Stream *s, unsigned long long seq) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    if (s == &legacy_stream || streams.count(s)) flush_to(s, seq);
+}
+static void complete(Event *e) {
+    if (e->stream) flush_if_alive(e->stream, e->seq);
+}
 CUresult cuEventCreate(void **e, unsigned) {
-    *e = new Event{now_ms()};
+    *e = new Event();
     return SUCCESS;
 }
 CUresult cuEventDestroy_v2(void *e) {
     delete (Event *)e;
     return SUCCESS;
 }
-CUresult cuEventRecord(void *e, void *) {
-    ((Event *)e)->ms = now_ms();
+CUresult cuEventRecord(void *e, void *s) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    Event *ev = (Event *)e;
+    std::shared_ptr<EventState> state = ev->state;
+    enqueue(s, [state] { state->ms = now_ms(); });
+    ev->stream = stream_of(s);
+    ev->seq = ev->stream->pushed;
     return SUCCESS;
 }
-CUresult cuEventQuery(void *) { return SUCCESS; }
-CUresult cuEventSynchronize(void *) { return SUCCESS; }
+CUresult cuStreamWaitEvent(void *s, void *e, unsigned) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    Event *ev = (Event *)e;
+    if (ev->stream) {
+        Stream *other = ev->stream;
+        const unsigned long long seq = ev->seq;
+        enqueue(s, [other, seq] { flush_if_alive(other, seq); });
+    }
+    return SUCCESS;
+}
+CUresult cuEventQuery(void *e) {
+    complete((Event *)e);
+    return SUCCESS;
+}
+CUresult cuEventSynchronize(void *e) {
+    complete((Event *)e);
+    return SUCCESS;
+}
 CUresult cuEventElapsedTime(float *ms, void *a, void *b) {
-    *ms = (float)(((Event *)b)->ms - ((Event *)a)->ms);
+    complete((Event *)a);
+    complete((Event *)b);
+    *ms = (float)(((Event *)b)->state->ms - ((Event *)a)->state->ms);
     return SUCCESS;
 }
 CUresult cuEventElapsedTime_v2(float *ms, void *a, void *b) { return cuEventElapsedTime(ms, a, b); }
 
-// Memory.
+// Memory. Synchronous copies run at the call, after the null stream and the blocking streams (the engine's
+// streams are non-blocking: CUDA orders nothing of theirs before a synchronous copy); asynchronous ones are
+// queued on their stream.
 CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return allocate(p, n); }
 CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, void *) { return allocate(p, n); }
-CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
-CUresult cuMemFreeAsync(CUdeviceptr p, void *) { return release(p); }
+CUresult cuMemFree_v2(CUdeviceptr p) {
+    flush_all(); // cuMemFree waits for the device
+    return release(p);
+}
+CUresult cuMemFreeAsync(CUdeviceptr p, void *s) {
+    enqueue(s, [p] { release(p); });
+    return SUCCESS;
+}
 CUresult cuMemHostAlloc(void **p, size_t n, unsigned) {
     *p = malloc(n ? n : 1);
-    return *p ? SUCCESS : 2;
+    if (!*p) return 2;
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    pinned[(uintptr_t)*p] = n ? n : 1;
+    return SUCCESS;
 }
 CUresult cuMemAllocHost_v2(void **p, size_t n) { return cuMemHostAlloc(p, n, 0); }
 CUresult cuMemFreeHost(void *p) {
+    flush_all();
+    {
+        std::lock_guard<std::recursive_mutex> g(stream_lock);
+        pinned.erase((uintptr_t)p);
+    }
     free(p);
     return SUCCESS;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *h, size_t n) {
+    flush_blocking();
     memcpy((void *)d, h, n);
     return SUCCESS;
 }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *) { return cuMemcpyHtoD_v2(d, h, n); }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
+    if (is_pinned(h)) {
+        enqueue(s, [d, h, n] { memcpy((void *)d, h, n); });
+    } else {
+        auto staged = std::make_shared<std::vector<char>>((const char *)h, (const char *)h + n);
+        enqueue(s, [d, staged] { memcpy((void *)d, staged->data(), staged->size()); });
+    }
+    return SUCCESS;
+}
 CUresult cuMemcpyDtoH_v2(void *h, CUdeviceptr d, size_t n) {
+    flush_blocking();
     memcpy(h, (const void *)d, n);
     return SUCCESS;
 }
-CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *) { return cuMemcpyDtoH_v2(h, d, n); }
-CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) {
-    memmove((void *)d, (const void *)s, n);
+CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *s) {
+    if (is_pinned(h)) {
+        enqueue(s, [h, d, n] { memcpy(h, (const void *)d, n); });
+    } else { // into pageable memory the copy returns only once done
+        enqueue(s, [h, d, n] { memcpy(h, (const void *)d, n); });
+        flush(stream_of(s));
+    }
     return SUCCESS;
 }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, void *) { return cuMemcpyDtoD_v2(d, s, n); }
+CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr src, size_t n) {
+    flush_blocking();
+    memmove((void *)d, (const void *)src, n);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
+    enqueue(s, [d, src, n] { memmove((void *)d, (const void *)src, n); });
+    return SUCCESS;
+}
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
+    flush_blocking();
     memset((void *)d, v, n);
     return SUCCESS;
 }
-CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *) { return cuMemsetD8_v2(d, v, n); }
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
+    enqueue(s, [d, v, n] { memset((void *)d, v, n); });
+    return SUCCESS;
+}
 CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
     for (size_t i = 0; i < n; ++i) memcpy((char *)d + 4 * i, &v, 4);
     return SUCCESS;
 }
-CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *) { return cuMemsetD32_v2(d, v, n); }
+CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
+    enqueue(s, [d, v, n] { cuMemsetD32_v2(d, v, n); });
+    return SUCCESS;
+}
 
 // Modules: the PTX's entry points name the source it was compiled from.
 CUresult cuModuleLoadData(void **module, const void *image) {
@@ -610,10 +792,28 @@ CUresult cuFuncGetAttribute(int *v, int attr, void *) {
 CUresult cuFuncSetAttribute(void *, int, int) { return SUCCESS; }
 CUresult cuFuncSetCacheConfig(void *, int) { return SUCCESS; }
 
+// Runs a whole grid now (from a stream's queue).
+static void run_grid(const KernelEntry *entry, const std::function<void()> &call, Dim3 grid, Dim3 block) {
+    kernel = entry;
+    kernel_call = &call;
+    blockDim = block;
+    gridDim = grid;
+    running_kernel = true;
+    const unsigned threads = block.x * block.y * block.z;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx = Dim3{x, y, z};
+                if (entry->sync)
+                    run_block_fibers(threads);
+                else
+                    run_block_plain(threads);
+            }
+    running_kernel = false;
+}
+
 CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned shared, void *, void **params, void **extra) {
-    static std::mutex launch_lock; // one kernel at a time: the fiber state is global
-    std::lock_guard<std::mutex> g(launch_lock);
+                        unsigned shared, void *stream, void **params, void **extra) {
     const KernelEntry *entry = ((Function *)f)->entry;
     const unsigned long long threads = (unsigned long long)bx * by * bz;
     if (gx == 0 || gy == 0 || gz == 0 || threads == 0 || bx > 1024 || by > 1024 || bz > 64 || gy > 65535 ||
@@ -624,21 +824,9 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
     }
     if (threads > 1024) return LAUNCH_OUT_OF_RESOURCES;
     if (shared > 49152 || extra) return INVALID_VALUE;
-    kernel = entry;
-    kernel_args = params;
-    blockDim = Dim3{bx, by, bz};
-    gridDim = Dim3{gx, gy, gz};
-    running_kernel = true;
-    for (unsigned z = 0; z < gz; ++z)
-        for (unsigned y = 0; y < gy; ++y)
-            for (unsigned x = 0; x < gx; ++x) {
-                blockIdx = Dim3{x, y, z};
-                if (entry->sync)
-                    run_block_fibers((unsigned)threads);
-                else
-                    run_block_plain((unsigned)threads);
-            }
-    running_kernel = false;
+    std::function<void()> call = entry->bind(params); // the arguments' values now, as CUDA copies them
+    const Dim3 grid{gx, gy, gz}, block{bx, by, bz};
+    enqueue(stream, [entry, call, grid, block] { run_grid(entry, call, grid, block); });
     return SUCCESS;
 }
 

@@ -4,6 +4,7 @@
 // Collectives are synchronous: each rank copies its buffer into its slot, waits for the others, and reduces
 // the slots in rank order (the same bits on every rank).
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
@@ -59,6 +60,17 @@ static ncclResult_t barrier(Comm *c) {
         }
     }
     return SUCCESS;
+}
+
+// The collective reads the stream's earlier work: the emulated driver queues a stream's operations until
+// something waits for them, so the stream is synchronised first.
+static void sync_stream(void *stream) {
+    typedef int (*Sync)(void *);
+    static Sync sync = [] {
+        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+        return lib ? (Sync)dlsym(lib, "cuStreamSynchronize") : (Sync) nullptr;
+    }();
+    if (sync) sync(stream);
 }
 
 static std::string shm_path(const ncclUniqueId &id) {
@@ -136,13 +148,14 @@ ncclResult_t ncclCommCuDevice(const Comm *c, int *d) {
 ncclResult_t ncclGroupStart() { return SUCCESS; }
 ncclResult_t ncclGroupEnd() { return SUCCESS; }
 
-ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype, int op, Comm *c, void *) {
+ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype, int op, Comm *c, void *stream) {
     const size_t width = dtype == FLOAT32 ? 4 : dtype == FLOAT64 ? 8 : 0;
     if (width == 0 || op < SUM || op > AVG) return INVALID_ARGUMENT;
     if (count * width > SLOT) {
         fprintf(stderr, "cuda-emu NCCL: an all-reduce of %zu bytes is over the %zu-byte slot\n", count * width, SLOT);
         return INVALID_USAGE;
     }
+    sync_stream(stream);
     memcpy(c->slot(c->rank), send, count * width);
     if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
     if (dtype == FLOAT32)
@@ -152,9 +165,10 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype
     return barrier(c); // no rank overwrites its slot before every rank has read it
 }
 
-ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, int dtype, int root, Comm *c, void *) {
+ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, int dtype, int root, Comm *c, void *stream) {
     const size_t width = dtype == FLOAT32 ? 4 : dtype == FLOAT64 ? 8 : 0;
     if (width == 0 || root < 0 || root >= c->nranks || count * width > SLOT) return INVALID_ARGUMENT;
+    sync_stream(stream);
     if (c->rank == root) memcpy(c->slot(root), send, count * width);
     if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
     memmove(recv, c->slot(root), count * width);

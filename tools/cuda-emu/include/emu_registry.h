@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -11,7 +13,9 @@ namespace emu {
 struct KernelEntry {
     const char *source; // the KernelSource's name (one NVRTC program, one loaded module)
     const char *name;   // the entry point's name, as cuModuleGetFunction is asked for it
-    void (*run)(void **args); // calls the kernel with cuLaunchKernel's argument array
+    // Copies cuLaunchKernel's arguments (the array points at the caller's values, which may change once the
+    // call returns) and gives the call of the kernel with them, to run later on each thread.
+    std::function<void()> (*bind)(void **args);
     bool sync;          // the source uses barriers or shuffles: its threads run as fibers
 };
 
@@ -19,15 +23,16 @@ extern const KernelEntry KERNELS[];
 extern const int KERNEL_COUNT;
 
 template <typename... A, std::size_t... I>
-void call_with(void (*f)(A...), void **args, std::index_sequence<I...>) {
-    f(*static_cast<std::remove_cv_t<A> *>(args[I])...);
+std::function<void()> bind_with(void (*f)(A...), void **args, std::index_sequence<I...>) {
+    std::tuple<std::remove_cv_t<A>...> values(*static_cast<std::remove_cv_t<A> *>(args[I])...);
+    return [f, values] { std::apply(f, values); };
 }
 
-template <typename... A> void call(void (*f)(A...), void **args) {
-    call_with(f, args, std::index_sequence_for<A...>{});
+template <typename... A> std::function<void()> bind(void (*f)(A...), void **args) {
+    return bind_with(f, args, std::index_sequence_for<A...>{});
 }
 
-/// cuLaunchKernel passes a pointer to each argument's value; this reads them with the kernel's own types.
-template <auto F> void trampoline(void **args) { call(F, args); }
+/// The kernel `F` bound to a copy of cuLaunchKernel's arguments, read with the kernel's own types.
+template <auto F> std::function<void()> trampoline(void **args) { return bind(F, args); }
 
 } // namespace emu

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""PyTorch eager on CUDA for the W1 / W2 / W3 workloads at batch 512: the baseline of issue 6's GPU target.
+
+The models and optimizers come from the shared CPU baseline's `build()` (its path is the first argument), so
+both sides train exactly the shapes ../shared/bench/README.md defines. Protocol: f32, 8 pre-generated random
+batches on the device cycled through, 20 warm-up steps, then 3 timed repeats of at least 100 steps (raised so
+a repeat lasts >= 1 s), each ended by torch.cuda.synchronize(). A step is zero_grad(set_to_none) + forward +
+cross-entropy + backward + optimizer.step(). Prints one line per workload: RESULT {json}.
+
+usage: torch_cuda_baseline.py PATH/torch_baseline.py [w1_mlp w2_cnn w3_vit] [--batch 512]
+"""
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("baseline")
+    ap.add_argument("workloads", nargs="*", default=["w1_mlp", "w2_cnn", "w3_vit"])
+    ap.add_argument("--batch", type=int, default=512)
+    args = ap.parse_args()
+    spec = importlib.util.spec_from_file_location("torch_baseline", args.baseline)
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    dev = torch.device("cuda")
+    for w in args.workloads:
+        torch.manual_seed(0)
+        model, opt, _, shape = base.build(w)
+        model.to(dev)
+        # The optimizer was built over the CPU parameters; .to() moved them in place, so it still holds them.
+        xs = [torch.randn((args.batch, *shape), device=dev) for _ in range(8)]
+        ys = [torch.randint(0, 10, (args.batch,), device=dev) for _ in range(8)]
+
+        def step(i):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xs[i % 8]), ys[i % 8])
+            loss.backward()
+            opt.step()
+
+        for i in range(20):
+            step(i)
+        torch.cuda.synchronize()
+        n, rates = 100, []
+        for _ in range(3):
+            while True:
+                t0 = time.perf_counter()
+                for i in range(n):
+                    step(i)
+                torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                if dt >= 1.0:
+                    break
+                n *= 2
+            rates.append(n / dt)
+        sps = statistics.median(rates)
+        print("RESULT " + json.dumps({"workload": w, "batch": args.batch, "steps_per_s": sps,
+                                      "samples_per_s": sps * args.batch, "repeats": rates,
+                                      "device": torch.cuda.get_device_name(0), "torch": torch.__version__}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Runs on a lent GPU machine, from the repository root, over the binaries pack.sh built (.gpu/): the GPU op
+# tests, the end-to-end CUDA runs and the device benchmarks, each log into $OUT (or ./gpu-out). One command:
+#
+#   device run  carry: [".gpu"]  command: "tools/gpu-session/run.sh"  timeout_s: 560
+#
+# NVRTC and cuBLAS are found in the CUDA toolkit or in pip's nvidia wheels; unversioned links to them (the
+# names cudarc looks for first) are made in a scratch folder. Each step has its own time limit so one slow
+# step cannot eat the others' device time. STEPS (default "info bench ops e2e criterion sbs") picks steps.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+repo="$PWD"
+out="${OUT:-$repo/gpu-out}"
+mkdir -p "$out"
+bin="$repo/.gpu"
+[ -x "$bin/engine" ] || { echo "no $bin/engine: run tools/gpu-session/pack.sh first and carry .gpu"; exit 2; }
+
+# Libraries: the toolkit's lib64, then every pip nvidia wheel's lib folder.
+links="$(mktemp -d)"
+dirs=(/usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
+site="$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)"
+[ -n "$site" ] && while IFS= read -r d; do dirs+=("$d"); done < <(find "$site/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null)
+for lib in nvrtc cublas cublasLt nccl; do
+    for d in "${dirs[@]}"; do
+        f="$(ls "$d"/lib$lib.so.[0-9]* 2>/dev/null | sort -V | tail -1)"
+        if [ -n "$f" ]; then ln -sf "$f" "$links/lib$lib.so"; break; fi
+    done
+done
+export LD_LIBRARY_PATH="$links:$(IFS=:; echo "${dirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for inc in /usr/local/cuda/include "$site"/nvidia/cuda_runtime/include "$site"/nvidia/cu*/include; do
+    if [ -f "$inc/cuda_fp16.h" ]; then export ECSTRAIN_CUDA_INCLUDE="$inc"; break; fi
+done
+export ECSTRAIN_ENGINE_BIN="$bin/engine" ECSTRAIN_REPO="$repo" ECSTRAIN_REQUIRE_GPU=1 ECSTRAIN_REQUIRE_NVRTC=1
+export ECSTRAIN_KERNEL_CACHE="$(mktemp -d)"
+
+step() { # name seconds command...: runs with a limit, logs to $out/name.log, notes the status
+    local name=$1 secs=$2
+    shift 2
+    echo "=== $name (limit ${secs}s)"
+    local t0=$SECONDS
+    timeout "$secs" "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    echo "$name: exit $rc in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+    tail -5 "$out/$name.log"
+}
+
+# Engine steps/s on the device for one bench config at batch 512: the last epoch's train samples/s / 512.
+engine_sps() { # workload config
+    local dir
+    dir="$(mktemp -d)"
+    timeout 120 "$bin/engine" --config "$2" --set run.device=cuda --set run.batch=512 --set run.nbs=512 --set run.epochs=3 \
+        --set datasets.synthetic.train_samples=$((512 * ${SBS_STEPS:-100})) --set datasets.synthetic.val_samples=512 \
+        --set run.save_dir="$dir" > "$out/sbs_$1_engine.log" 2>&1 || { echo "RESULT_ENGINE $1 failed"; return; }
+    python3 -c "
+import json
+r = [json.loads(l) for l in open('$dir/metrics.jsonl')]
+r = [x for x in r if x.get('split') == 'train' and 'samples_per_s' in x]
+print('RESULT_ENGINE', json.dumps({'workload': '$1', 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
+}
+
+steps="${STEPS:-info bench ops e2e criterion sbs}"
+for s in $steps; do
+    case $s in
+    info)
+        { nvidia-smi || true; echo "links: $(ls -l "$links")"; echo "include: ${ECSTRAIN_CUDA_INCLUDE:-none}"; } \
+            > "$out/info.log" 2>&1
+        head -20 "$out/info.log" ;;
+    bench) step bench 120 "$bin/engine" bench --device cuda ;;
+    ops) step ops 120 "$bin/kernel_tests" cuda --test-threads=1 --nocapture ;;
+    e2e) step e2e 300 "$bin/cuda_e2e" --test-threads=1 --nocapture ;;
+    criterion) step criterion 120 "$bin/cuda_kernels_bench" --bench --noplot ;;
+    sbs) # W1 / W2 / W3 at batch 512: the engine on CUDA, then PyTorch eager on CUDA (pack.sh carries the
+        # shared baseline's model definitions as .gpu/torch_baseline.py).
+        {
+            for w in w1_mlp w2_cnn w3_vit; do engine_sps "$w" "configs/bench_$w.yaml"; done
+            timeout 150 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py"
+        } > "$out/sbs.log" 2>&1
+        grep RESULT "$out/sbs.log" | tee -a "$out/summary.txt" ;;
+    *) echo "unknown step $s" ;;
+    esac
+done
+cat "$out/summary.txt"
