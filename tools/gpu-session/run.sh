@@ -50,10 +50,10 @@ engine_sps() { # workload config
     dir="$(mktemp -d)"
     timeout 120 "$bin/engine" --config "$2" --set run.device=cuda --set run.batch=512 --set run.nbs=512 --set run.epochs=3 \
         --set datasets.synthetic.train_samples=$((512 * ${SBS_STEPS:-100})) --set datasets.synthetic.val_samples=512 \
-        --set run.save_dir="$dir" > "$out/sbs_$1_engine.log" 2>&1 || { echo "RESULT_ENGINE $1 failed"; return; }
+        --set run.save_dir="$dir/run" > "$out/sbs_$1_engine.log" 2>&1 || { echo "RESULT_ENGINE $1 failed"; return; }
     python3 -c "
 import json
-r = [json.loads(l) for l in open('$dir/metrics.jsonl')]
+r = [json.loads(l) for l in open('$dir/run/metrics.jsonl')]
 r = [x for x in r if x.get('split') == 'train' and 'samples_per_s' in x]
 print('RESULT_ENGINE', json.dumps({'workload': '$1', 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
 }
