@@ -742,12 +742,16 @@ CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
     enqueue(s, [d, v, n] { memset((void *)d, v, n); });
     return SUCCESS;
 }
-CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
+static void fill32(CUdeviceptr d, unsigned v, size_t n) {
     for (size_t i = 0; i < n; ++i) memcpy((char *)d + 4 * i, &v, 4);
+}
+CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
+    flush_blocking();
+    fill32(d, v, n);
     return SUCCESS;
 }
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
-    enqueue(s, [d, v, n] { cuMemsetD32_v2(d, v, n); });
+    enqueue(s, [d, v, n] { fill32(d, v, n); });
     return SUCCESS;
 }
 
