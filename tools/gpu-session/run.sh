@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine, from the repository root, over the binaries pack.sh built (.gpu/): the GPU op
-# tests, the end-to-end CUDA runs and the device benchmarks, each log into $OUT (or ./gpu-out). One command:
+# tests, the end-to-end CUDA runs and the device benchmarks, each log into $OUT (or ./gpu-out). A device call
+# may run 600 s and a session has 15 minutes of device time in all, so two calls on the same warm machine:
 #
-#   device run  carry: [".gpu"]  command: "tools/gpu-session/run.sh"  timeout_s: 560
+#   device run  carry: [".gpu"]  command: "STEPS='info ops e2e' tools/gpu-session/run.sh"       timeout_s: 420
+#   device run  carry: [".gpu"]  command: "STEPS='info bench criterion sbs' tools/gpu-session/run.sh"  timeout_s: 420
 #
 # NVRTC and cuBLAS are found in the CUDA toolkit or in pip's nvidia wheels; unversioned links to them (the
 # names cudarc looks for first) are made in a scratch folder. Each step has its own time limit so one slow
@@ -48,7 +50,7 @@ step() { # name seconds command...: runs with a limit, logs to $out/name.log, no
 engine_sps() { # workload config
     local dir
     dir="$(mktemp -d)"
-    timeout 120 "$bin/engine" --config "$2" --set run.device=cuda --set run.batch=512 --set run.nbs=512 --set run.epochs=3 \
+    timeout 60 "$bin/engine" --config "$2" --set run.device=cuda --set run.batch=512 --set run.nbs=512 --set run.epochs=3 \
         --set datasets.synthetic.train_samples=$((512 * ${SBS_STEPS:-100})) --set datasets.synthetic.val_samples=512 \
         --set run.save_dir="$dir/run" > "$out/sbs_$1_engine.log" 2>&1 || { echo "RESULT_ENGINE $1 failed"; return; }
     python3 -c "
@@ -65,15 +67,15 @@ for s in $steps; do
         { nvidia-smi || true; echo "links: $(ls -l "$links")"; echo "include: ${ECSTRAIN_CUDA_INCLUDE:-none}"; } \
             > "$out/info.log" 2>&1
         head -20 "$out/info.log" ;;
-    bench) step bench 120 "$bin/engine" bench --device cuda ;;
-    ops) step ops 120 "$bin/kernel_tests" cuda --test-threads=1 --nocapture ;;
+    bench) step bench 90 "$bin/engine" bench --device cuda ;;
+    ops) step ops 90 "$bin/kernel_tests" cuda --test-threads=1 --nocapture ;;
     e2e) step e2e 300 "$bin/cuda_e2e" --test-threads=1 --nocapture ;;
-    criterion) step criterion 120 "$bin/cuda_kernels_bench" --bench --noplot ;;
+    criterion) step criterion 90 "$bin/cuda_kernels_bench" --bench --noplot ;;
     sbs) # W1 / W2 / W3 at batch 512: the engine on CUDA, then PyTorch eager on CUDA (pack.sh carries the
         # shared baseline's model definitions as .gpu/torch_baseline.py).
         {
             for w in w1_mlp w2_cnn w3_vit; do engine_sps "$w" "configs/bench_$w.yaml"; done
-            timeout 150 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py"
+            timeout 120 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py"
         } > "$out/sbs.log" 2>&1
         grep RESULT "$out/sbs.log" | tee -a "$out/summary.txt" ;;
     *) echo "unknown step $s" ;;
