@@ -459,11 +459,39 @@ static std::set<std::string> ptx_entries(const char *ptx) {
 
 using namespace emu;
 
+// ---- call counts -----------------------------------------------------------------------------------------
+// Every driver entry point notes its own name, and every launch its kernel's ("kernel:<name>"); the cuBLAS
+// stand-in notes its calls here too. Tests read them through `cuda_emu_counts` to state what a training step
+// asks of the driver (launches, synchronisations, allocations); a real driver has no such symbol.
+
+static std::mutex count_lock;
+static std::map<std::string, unsigned long long> call_counts;
+
+extern "C" void cuda_emu_note(const char *name) {
+    std::lock_guard<std::mutex> g(count_lock);
+    ++call_counts[name];
+}
+
+// Writes "name count\n" lines (sorted by name) into `buf` when they fit in `cap` bytes; returns the length
+// they need either way.
+extern "C" size_t cuda_emu_counts(char *buf, size_t cap) {
+    std::string text;
+    {
+        std::lock_guard<std::mutex> g(count_lock);
+        for (auto &[name, n] : call_counts) text += name + " " + std::to_string(n) + "\n";
+    }
+    if (buf && text.size() <= cap) memcpy(buf, text.data(), text.size());
+    return text.size();
+}
+
+#define NOTE() cuda_emu_note(__func__)
+
 // ---- the driver API --------------------------------------------------------------------------------------
 
 extern "C" {
 
 CUresult cuInit(unsigned) {
+    NOTE();
     static std::once_flag once;
     std::call_once(once, [] {
         if (getenv("CUDA_EMU_NO_SEGV")) return;
@@ -479,11 +507,13 @@ CUresult cuInit(unsigned) {
 // NVRTC itself opens libcuda and asks for the driver's private export tables; there are none here, and
 // NVRTC compiles without them.
 CUresult cuGetExportTable(const void **table, const void *) {
+    NOTE();
     *table = nullptr;
     return NOT_SUPPORTED;
 }
 
 CUresult cuDriverGetVersion(int *v) {
+    NOTE();
     *v = 12090;
     return SUCCESS;
 }
@@ -497,33 +527,39 @@ static int device_count() {
 }
 
 CUresult cuDeviceGetCount(int *count) {
+    NOTE();
     *count = device_count();
     return SUCCESS;
 }
 
 CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
+    NOTE();
     if (ordinal < 0 || ordinal >= device_count()) return INVALID_DEVICE;
     *dev = ordinal;
     return SUCCESS;
 }
 
 CUresult cuDeviceGetName(char *name, int len, CUdevice) {
+    NOTE();
     snprintf(name, (size_t)len, "cuda-emu (the engine's kernels on the CPU, not a GPU)");
     return SUCCESS;
 }
 
 CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice) {
+    NOTE();
     *bytes = (size_t)16 << 30;
     return SUCCESS;
 }
 
 CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
+    NOTE();
     *free_bytes = *total = (size_t)16 << 30;
     return SUCCESS;
 }
 
 // Reported as a 2-multiprocessor compute capability 9.0 device (NVRTC compiles for compute_90).
 CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice) {
+    NOTE();
     switch (attr) {
     case 1: *v = 1024; break;                 // MAX_THREADS_PER_BLOCK
     case 2: case 3: *v = attr == 2 ? 1024 : 1024; break; // MAX_BLOCK_DIM_X / Y
@@ -545,29 +581,34 @@ static int primary_context = 1;
 static thread_local void *current_context = nullptr;
 
 CUresult cuDevicePrimaryCtxRetain(void **ctx, CUdevice) {
+    NOTE();
     *ctx = &primary_context;
     return SUCCESS;
 }
-CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return SUCCESS; }
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { NOTE(); return SUCCESS; }
 CUresult cuCtxSetCurrent(void *ctx) {
+    NOTE();
     current_context = ctx;
     return SUCCESS;
 }
 CUresult cuCtxGetCurrent(void **ctx) {
+    NOTE();
     *ctx = current_context;
     return SUCCESS;
 }
 
 CUresult cuGetErrorName(CUresult e, const char **s) {
+    NOTE();
     static thread_local char buf[64];
     snprintf(buf, sizeof buf, "CUDA_ERROR_%d (cuda-emu)", e);
     *s = buf;
     return SUCCESS;
 }
-CUresult cuGetErrorString(CUresult e, const char **s) { return cuGetErrorName(e, s); }
+CUresult cuGetErrorString(CUresult e, const char **s) { NOTE(); return cuGetErrorName(e, s); }
 
 // Streams (see "streams" above).
 CUresult cuStreamCreate(void **s, unsigned flags) {
+    NOTE();
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     Stream *stream = new Stream();
     stream->blocking = (flags & 1u) == 0; // CU_STREAM_NON_BLOCKING
@@ -575,8 +616,9 @@ CUresult cuStreamCreate(void **s, unsigned flags) {
     *s = stream;
     return SUCCESS;
 }
-CUresult cuStreamCreateWithPriority(void **s, unsigned flags, int) { return cuStreamCreate(s, flags); }
+CUresult cuStreamCreateWithPriority(void **s, unsigned flags, int) { NOTE(); return cuStreamCreate(s, flags); }
 CUresult cuStreamDestroy_v2(void *s) {
+    NOTE();
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     flush(stream_of(s)); // CUDA finishes a destroyed stream's work
     streams.erase((Stream *)s);
@@ -584,18 +626,22 @@ CUresult cuStreamDestroy_v2(void *s) {
     return SUCCESS;
 }
 CUresult cuStreamSynchronize(void *s) {
+    NOTE();
     flush(stream_of(s));
     return SUCCESS;
 }
 CUresult cuStreamIsCapturing(void *, int *status) {
+    NOTE();
     *status = 0;
     return SUCCESS;
 }
 CUresult cuLaunchHostFunc(void *s, void (*f)(void *), void *data) {
+    NOTE();
     enqueue(s, [f, data] { f(data); });
     return SUCCESS;
 }
 CUresult cuCtxSynchronize() {
+    NOTE();
     flush_all();
     return SUCCESS;
 }
@@ -624,14 +670,17 @@ static void complete(Event *e) {
     if (e->stream) flush_if_alive(e->stream, e->seq);
 }
 CUresult cuEventCreate(void **e, unsigned) {
+    NOTE();
     *e = new Event();
     return SUCCESS;
 }
 CUresult cuEventDestroy_v2(void *e) {
+    NOTE();
     delete (Event *)e;
     return SUCCESS;
 }
 CUresult cuEventRecord(void *e, void *s) {
+    NOTE();
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     Event *ev = (Event *)e;
     std::shared_ptr<EventState> state = ev->state;
@@ -641,6 +690,7 @@ CUresult cuEventRecord(void *e, void *s) {
     return SUCCESS;
 }
 CUresult cuStreamWaitEvent(void *s, void *e, unsigned) {
+    NOTE();
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     Event *ev = (Event *)e;
     if (ev->stream) {
@@ -651,43 +701,50 @@ CUresult cuStreamWaitEvent(void *s, void *e, unsigned) {
     return SUCCESS;
 }
 CUresult cuEventQuery(void *e) {
+    NOTE();
     complete((Event *)e);
     return SUCCESS;
 }
 CUresult cuEventSynchronize(void *e) {
+    NOTE();
     complete((Event *)e);
     return SUCCESS;
 }
 CUresult cuEventElapsedTime(float *ms, void *a, void *b) {
+    NOTE();
     complete((Event *)a);
     complete((Event *)b);
     *ms = (float)(((Event *)b)->state->ms - ((Event *)a)->state->ms);
     return SUCCESS;
 }
-CUresult cuEventElapsedTime_v2(float *ms, void *a, void *b) { return cuEventElapsedTime(ms, a, b); }
+CUresult cuEventElapsedTime_v2(float *ms, void *a, void *b) { NOTE(); return cuEventElapsedTime(ms, a, b); }
 
 // Memory. Synchronous copies run at the call, after the null stream and the blocking streams (the engine's
 // streams are non-blocking: CUDA orders nothing of theirs before a synchronous copy); asynchronous ones are
 // queued on their stream.
-CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return allocate(p, n); }
-CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, void *) { return allocate(p, n); }
+CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) { NOTE(); return allocate(p, n); }
+CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, void *) { NOTE(); return allocate(p, n); }
 CUresult cuMemFree_v2(CUdeviceptr p) {
+    NOTE();
     flush_all(); // cuMemFree waits for the device
     return release(p);
 }
 CUresult cuMemFreeAsync(CUdeviceptr p, void *s) {
+    NOTE();
     enqueue(s, [p] { release(p); });
     return SUCCESS;
 }
 CUresult cuMemHostAlloc(void **p, size_t n, unsigned) {
+    NOTE();
     *p = malloc(n ? n : 1);
     if (!*p) return 2;
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     pinned[(uintptr_t)*p] = n ? n : 1;
     return SUCCESS;
 }
-CUresult cuMemAllocHost_v2(void **p, size_t n) { return cuMemHostAlloc(p, n, 0); }
+CUresult cuMemAllocHost_v2(void **p, size_t n) { NOTE(); return cuMemHostAlloc(p, n, 0); }
 CUresult cuMemFreeHost(void *p) {
+    NOTE();
     flush_all();
     {
         std::lock_guard<std::recursive_mutex> g(stream_lock);
@@ -697,11 +754,13 @@ CUresult cuMemFreeHost(void *p) {
     return SUCCESS;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *h, size_t n) {
+    NOTE();
     flush_blocking();
     memcpy((void *)d, h, n);
     return SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
+    NOTE();
     if (is_pinned(h)) {
         enqueue(s, [d, h, n] { memcpy((void *)d, h, n); });
     } else {
@@ -711,11 +770,13 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
     return SUCCESS;
 }
 CUresult cuMemcpyDtoH_v2(void *h, CUdeviceptr d, size_t n) {
+    NOTE();
     flush_blocking();
     memcpy(h, (const void *)d, n);
     return SUCCESS;
 }
 CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *s) {
+    NOTE();
     if (is_pinned(h)) {
         enqueue(s, [h, d, n] { memcpy(h, (const void *)d, n); });
     } else { // into pageable memory the copy returns only once done
@@ -725,20 +786,24 @@ CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *s) {
     return SUCCESS;
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr src, size_t n) {
+    NOTE();
     flush_blocking();
     memmove((void *)d, (const void *)src, n);
     return SUCCESS;
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
+    NOTE();
     enqueue(s, [d, src, n] { memmove((void *)d, (const void *)src, n); });
     return SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
+    NOTE();
     flush_blocking();
     memset((void *)d, v, n);
     return SUCCESS;
 }
 CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
+    NOTE();
     enqueue(s, [d, v, n] { memset((void *)d, v, n); });
     return SUCCESS;
 }
@@ -746,17 +811,20 @@ static void fill32(CUdeviceptr d, unsigned v, size_t n) {
     for (size_t i = 0; i < n; ++i) memcpy((char *)d + 4 * i, &v, 4);
 }
 CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
+    NOTE();
     flush_blocking();
     fill32(d, v, n);
     return SUCCESS;
 }
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
+    NOTE();
     enqueue(s, [d, v, n] { fill32(d, v, n); });
     return SUCCESS;
 }
 
 // Modules: the PTX's entry points name the source it was compiled from.
 CUresult cuModuleLoadData(void **module, const void *image) {
+    NOTE();
     const std::set<std::string> entries = ptx_entries((const char *)image);
     std::map<std::string, std::set<std::string>> by_source;
     for (int i = 0; i < KERNEL_COUNT; ++i) by_source[KERNELS[i].source].insert(KERNELS[i].name);
@@ -771,10 +839,12 @@ CUresult cuModuleLoadData(void **module, const void *image) {
     return INVALID_IMAGE;
 }
 CUresult cuModuleUnload(void *module) {
+    NOTE();
     delete (Module *)module;
     return SUCCESS;
 }
 CUresult cuModuleGetFunction(void **f, void *module, const char *name) {
+    NOTE();
     const std::string &source = ((Module *)module)->source;
     std::lock_guard<std::mutex> g(module_lock);
     auto key = std::make_pair(source, std::string(name));
@@ -790,11 +860,12 @@ CUresult cuModuleGetFunction(void **f, void *module, const char *name) {
     return SUCCESS;
 }
 CUresult cuFuncGetAttribute(int *v, int attr, void *) {
+    NOTE();
     *v = attr == 0 ? 1024 : 0; // MAX_THREADS_PER_BLOCK
     return SUCCESS;
 }
-CUresult cuFuncSetAttribute(void *, int, int) { return SUCCESS; }
-CUresult cuFuncSetCacheConfig(void *, int) { return SUCCESS; }
+CUresult cuFuncSetAttribute(void *, int, int) { NOTE(); return SUCCESS; }
+CUresult cuFuncSetCacheConfig(void *, int) { NOTE(); return SUCCESS; }
 
 // Runs a whole grid now (from a stream's queue).
 static void run_grid(const KernelEntry *entry, const std::function<void()> &call, Dim3 grid, Dim3 block) {
@@ -818,6 +889,7 @@ static void run_grid(const KernelEntry *entry, const std::function<void()> &call
 
 CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared, void *stream, void **params, void **extra) {
+    NOTE();
     const KernelEntry *entry = ((Function *)f)->entry;
     const unsigned long long threads = (unsigned long long)bx * by * bz;
     if (gx == 0 || gy == 0 || gz == 0 || threads == 0 || bx > 1024 || by > 1024 || bz > 64 || gy > 65535 ||
@@ -828,6 +900,7 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
     }
     if (threads > 1024) return LAUNCH_OUT_OF_RESOURCES;
     if (shared > 49152 || extra) return INVALID_VALUE;
+    cuda_emu_note((std::string("kernel:") + entry->name).c_str());
     std::function<void()> call = entry->bind(params); // the arguments' values now, as CUDA copies them
     const Dim3 grid{gx, gy, gz}, block{bx, by, bz};
     enqueue(stream, [entry, call, grid, block] { run_grid(entry, call, grid, block); });

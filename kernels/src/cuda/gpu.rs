@@ -7,6 +7,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig};
 
 use super::compile::{compile, CompileFailure};
+use super::launch::Launch;
 use super::probe::{nvrtc_present, probe, GpuInfo};
 use super::source::KernelSource;
 
@@ -90,6 +91,13 @@ impl Gpu {
             return Err(CompileFailure::NoNvrtc.into());
         }
         let ctx = CudaContext::new(ordinal)?;
+        // No per-buffer events: cudarc's tracking would add an event record and stream waits to every launch
+        // (about 6 driver calls per kernel, measured on cuda-emu), and allocate. Kernels and products all run on
+        // the compute stream in issue order; the batch upload, the one copy on another stream, is ordered with
+        // explicit events (`systems::device::systems::gpu_upload_batch`). It must be off before any buffer
+        // exists: a buffer created while it is on keeps its events.
+        // SAFETY: every use of a second stream orders itself against the compute stream (see above).
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
         let copy_stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
@@ -157,6 +165,11 @@ impl Gpu {
     /// A grid-stride launch over `n` elements sized to this device.
     pub fn elementwise(&self, n: usize) -> LaunchConfig {
         super::launch::elementwise(n, self.info.multiprocessors)
+    }
+
+    /// A launch of `f` on the compute stream (arguments added with [`Launch::arg`]).
+    pub fn launch_builder<'a>(&'a self, f: &'a CudaFunction) -> Launch<'a> {
+        Launch::new(&self.stream, f)
     }
 
     /// Copies `host` into a new device buffer (compute stream).

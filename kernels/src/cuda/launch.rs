@@ -16,3 +16,115 @@ pub fn elementwise(n: usize, sms: usize) -> LaunchConfig {
 pub fn per_row(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
+
+/// Most arguments a kernel of ours takes (the optimizers' take 15).
+pub const MAX_ARGS: usize = 24;
+
+/// One kernel argument as the driver receives it: a device address (the builder owns the value the driver
+/// reads) or a pointer to the caller's scalar (borrowed for the launch's lifetime).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub enum Arg<'a> {
+    /// A device address.
+    Device(cudarc::driver::sys::CUdeviceptr),
+    /// A caller's scalar.
+    Value(*const std::ffi::c_void, std::marker::PhantomData<&'a ()>),
+}
+
+/// A kernel launch on one stream, built argument by argument like cudarc's `LaunchArgs` but without its heap
+/// allocations (three vectors per launch) and without its per-buffer events: the device runs with cudarc's
+/// event tracking off ([`Gpu::open`](super::Gpu::open)), every kernel on the compute stream in issue order,
+/// and the one cross-stream dependency (the batch upload) ordered explicitly.
+pub struct Launch<'a> {
+    stream: &'a cudarc::driver::CudaStream,
+    func: &'a cudarc::driver::CudaFunction,
+    args: [Arg<'a>; MAX_ARGS],
+    len: usize,
+}
+
+/// What [`Launch::arg`] accepts: device buffers (slices and views) and scalars of the types our kernels take.
+pub trait KernelArg<'a> {
+    /// The argument as the driver receives it.
+    #[doc(hidden)]
+    fn kernel_arg(self, stream: &cudarc::driver::CudaStream) -> Arg<'a>;
+}
+
+macro_rules! device_arg {
+    ($ty:ty, $method:ident) => {
+        impl<'a, 'c, T> KernelArg<'a> for $ty {
+            #[inline]
+            fn kernel_arg(self, stream: &cudarc::driver::CudaStream) -> Arg<'a> {
+                // The guard records nothing: no buffer carries cudarc events (tracking is off).
+                let (ptr, _guard) = self.$method(stream);
+                Arg::Device(ptr)
+            }
+        }
+    };
+}
+device_arg!(&'a cudarc::driver::CudaSlice<T>, device_ptr);
+device_arg!(&'a mut cudarc::driver::CudaSlice<T>, device_ptr_mut);
+device_arg!(&'a cudarc::driver::CudaView<'c, T>, device_ptr);
+device_arg!(&'a mut cudarc::driver::CudaViewMut<'c, T>, device_ptr_mut);
+
+/// Makes `&T` a by-value kernel argument for each plain type listed (scalars, and `repr(C)` structs whose
+/// layout matches the kernel's parameter).
+macro_rules! value_arg {
+    ($($ty:ty),*) => {$(
+        impl<'a> $crate::cuda::launch::KernelArg<'a> for &'a $ty {
+            #[inline]
+            fn kernel_arg(self, _: &cudarc::driver::CudaStream) -> $crate::cuda::launch::Arg<'a> {
+                $crate::cuda::launch::Arg::Value(self as *const $ty as *const std::ffi::c_void, std::marker::PhantomData)
+            }
+        }
+    )*};
+}
+pub(crate) use value_arg;
+value_arg!(usize, u64, i64, u32, i32, u8, f32, f64);
+
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+impl<'a> Launch<'a> {
+    /// A launch of `func` on `stream` with no arguments yet.
+    pub fn new(stream: &'a cudarc::driver::CudaStream, func: &'a cudarc::driver::CudaFunction) -> Launch<'a> {
+        Launch { stream, func, args: [Arg::Device(0); MAX_ARGS], len: 0 }
+    }
+
+    /// Appends the next kernel argument (in the kernel's parameter order).
+    #[inline]
+    pub fn arg(&mut self, a: impl KernelArg<'a>) -> &mut Self {
+        assert!(self.len < MAX_ARGS, "a kernel launch takes at most {MAX_ARGS} arguments");
+        self.args[self.len] = a.kernel_arg(self.stream);
+        self.len += 1;
+        self
+    }
+
+    /// Queues the kernel on the stream.
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameters in number, order and type, and the kernel must stay
+    /// inside the buffers it is given (the driver checks neither).
+    pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<(), cudarc::driver::DriverError> {
+        // Our systems may run on any thread of the scheduler's pool; the context must be current on it.
+        self.stream.context().bind_to_thread()?;
+        let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
+        for (p, a) in params.iter_mut().zip(&self.args[..self.len]) {
+            *p = match a {
+                // The driver reads the address out of `self.args`, which outlives this call.
+                Arg::Device(ptr) => ptr as *const u64 as *mut std::ffi::c_void,
+                Arg::Value(v, _) => *v as *mut std::ffi::c_void,
+            };
+        }
+        // SAFETY: the caller vouches for the arguments; `params` holds one pointer per argument, each valid
+        // until the driver has copied the values (before cuLaunchKernel returns).
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                self.func.cu_function(),
+                cfg.grid_dim,
+                cfg.block_dim,
+                cfg.shared_mem_bytes,
+                self.stream.cu_stream(),
+                &mut params[..self.len],
+            )
+        }
+    }
+}

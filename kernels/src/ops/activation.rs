@@ -150,7 +150,7 @@ pub static CUDA: crate::cuda::KernelSource =
 
 /// Host side of `activation.cu`.
 pub mod cuda {
-    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::{Activation, CUDA};
     use crate::cuda::{Gpu, GpuError};
@@ -161,7 +161,7 @@ pub mod cuda {
         assert_eq!(y.len(), n, "activation forward: y and x lengths differ");
         let f = gpu.function(&CUDA, "activation_forward_f32")?;
         let code = act.code() as i32;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(y).arg(x).arg(&n).arg(&code);
         // SAFETY: the argument list matches the kernel signature (T*, const T*, size_t, int) and both buffers
         // hold n elements.
@@ -181,7 +181,7 @@ pub mod cuda {
         assert!(dx.len() == n && dy.len() == n, "activation backward: lengths differ");
         let f = gpu.function(&CUDA, "activation_backward_f32")?;
         let code = act.code() as i32;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(dx).arg(dy).arg(x).arg(&n).arg(&code);
         // SAFETY: as in `forward`, for (T*, const T*, const T*, size_t, int).
         unsafe { b.launch(gpu.elementwise(n)) }?;

@@ -1,7 +1,7 @@
 //! Host side of `add.cu`: the GPU twins of [`add_forward`](super::add_forward) and
 //! [`add_assign`](super::add_assign), bit-identical to them.
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -19,7 +19,7 @@ pub fn add_forward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "add_forward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(a).arg(b).arg(&n);
     // SAFETY: (float*, const float*, const float*, size_t); every buffer holds n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;
@@ -34,7 +34,7 @@ pub fn add_assign(gpu: &Gpu, dst: &mut CudaViewMut<f32>, src: &CudaView<f32>) ->
         return Ok(());
     }
     let f = gpu.function(&CUDA, "add_assign_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(&n);
     // SAFETY: (float*, const float*, size_t); both buffers hold n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;

@@ -5,7 +5,7 @@
 //! `attention.cu` for the (causal) softmax and its backward. Same outputs as the CPU: `out` with the heads
 //! merged, `att` the saved probabilities (masked entries exactly 0), `dqkv` overwritten.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::{attention_backward_scratch_len, default_scale, CUDA};
 use crate::cuda::launch::BLOCK;
@@ -28,7 +28,7 @@ fn rows_cfg(rows: usize) -> LaunchConfig {
 fn softmax_rows(gpu: &Gpu, att: &mut CudaViewMut<f32>, rows: usize, t: usize, causal: bool) -> Result<(), GpuError> {
     let causal_i = causal as i32;
     let f = gpu.function(&CUDA, "attn_softmax_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(att).arg(&rows).arg(&t).arg(&causal_i);
     // SAFETY: (float*, size_t, size_t, int); the callers checked that att holds rows * t elements.
     unsafe { l.launch(rows_cfg(rows)) }?;
@@ -47,7 +47,7 @@ fn softmax_rows_backward(
 ) -> Result<(), GpuError> {
     let causal_i = causal as i32;
     let f = gpu.function(&CUDA, "attn_softmax_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(ds).arg(att).arg(&rows).arg(&t).arg(&causal_i).arg(&scale);
     // SAFETY: (float*, const float*, size_t, size_t, int, float); the callers checked that ds and att hold
     // rows * t elements.

@@ -8,7 +8,7 @@
 //! the convolutional layers batch norm follows; a layer with very few channels and a huge batch is bound
 //! by those few blocks.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::launch::BLOCK;
@@ -78,7 +78,7 @@ pub fn batch_norm_forward_train(
     let m = n * hw;
     assert!(m > 1, "{what}: expected more than 1 value per channel when training, got N * HW = {m}");
     let f = gpu.function(&CUDA, "bn_forward_train_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(save_mean).arg(save_invstd).arg(running_mean).arg(running_var).arg(inp);
     match weight {
         Some(w) => l.arg(w),
@@ -129,7 +129,7 @@ pub fn batch_norm_forward_eval(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "bn_forward_eval_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(inp).arg(running_mean).arg(running_var);
     match weight {
         Some(w) => l.arg(w),
@@ -182,7 +182,7 @@ pub fn batch_norm_backward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "bn_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dinp);
     match dweight {
         Some(d) => l.arg(d),

@@ -1,7 +1,7 @@
 //! Host side of `bias_add.cu`: the GPU twins of [`bias_add_forward`](super::bias_add_forward) and
 //! [`bias_add_backward`](super::bias_add_backward), bit-identical to them.
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -20,7 +20,7 @@ pub fn bias_add_forward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "bias_add_forward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out_inplace).arg(bias).arg(&b).arg(&n);
     // SAFETY: (float*, const float*, size_t, size_t) as the kernel declares; out holds b*n, bias n elements.
     unsafe { l.launch(gpu.elementwise(b * n)) }?;
@@ -44,7 +44,7 @@ pub fn bias_add_backward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "bias_add_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dbias).arg(dout).arg(&b).arg(&n);
     // SAFETY: (float*, const float*, size_t, size_t); dbias holds n and dout b*n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;

@@ -61,7 +61,7 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
 
 /// Host side of `cast.cu`.
 pub mod cuda {
-    use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
     use half::{bf16, f16};
 
     use super::CUDA;
@@ -72,7 +72,7 @@ pub mod cuda {
         let n = x.len();
         assert_eq!(out.len(), n, "{kernel}: out and x lengths differ");
         let f = gpu.function(&CUDA, kernel)?;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(out).arg(x).arg(&n);
         // SAFETY: every cast kernel takes (out*, const in*, size_t) with 16-bit storage on the half side
         // (f16 / bf16 are 16-bit plain data), and both buffers hold n elements.
@@ -113,7 +113,7 @@ pub mod cuda {
         assert!(!found_inf.is_empty(), "unscale_and_check: found_inf needs one element");
         let n = grads.len();
         let f = gpu.function(&CUDA, "unscale_check_f32")?;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(grads).arg(&inv_scale).arg(found_inf).arg(&n);
         // SAFETY: (float*, float, float*, size_t); grads holds n elements, found_inf one.
         unsafe { b.launch(gpu.elementwise(n)) }?;

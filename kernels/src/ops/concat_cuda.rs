@@ -1,7 +1,7 @@
 //! Host side of `concat.cu`: the GPU twins of [`concat_forward`](super::concat_forward) and
 //! [`concat_backward`](super::concat_backward), one strided block copy per input (bit-identical).
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{check_lens, layout, CUDA};
 use crate::cuda::{Gpu, GpuError};
@@ -26,7 +26,7 @@ pub fn strided_copy(
     assert!((rows - 1) * dst_ld + dst_off + blk <= dst.len(), "concat: destination too small");
     assert!((rows - 1) * src_ld + src_off + blk <= src.len(), "concat: source too small");
     let f = gpu.function(&CUDA, "strided_copy_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(&rows).arg(&blk).arg(&dst_ld).arg(&dst_off).arg(&src_ld).arg(&src_off);
     // SAFETY: (float*, const float*, size_t x6); both extents were checked above.
     unsafe { l.launch(gpu.elementwise(rows * blk)) }?;

@@ -14,7 +14,7 @@
 //! 1x1 stride-1 unpadded convolutions skip im2col / col2im: the input (or its gradient) is the column
 //! matrix.
 
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::{Conv2dGeom, CUDA};
 use crate::cuda::launch::BLOCK;
@@ -44,8 +44,8 @@ struct ConvDims {
     p: i64,
 }
 
-// SAFETY: plain `repr(C)` i64 fields, the layout of `struct ConvDims` in conv2d.cu.
-unsafe impl DeviceRepr for ConvDims {}
+// Passed by value: plain `repr(C)` i64 fields, the layout of `struct ConvDims` in conv2d.cu.
+crate::cuda::launch::value_arg!(ConvDims);
 
 /// Sizes of one convolution, derived once per call.
 struct Plan {
@@ -115,7 +115,7 @@ fn lower(
 ) -> Result<(), GpuError> {
     let f = gpu.function(&CUDA, kernel)?;
     let gi = gi as i32;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(&samples).arg(&gi).arg(&pl.dims);
     // SAFETY: (float*, const float*, size_t, int, ConvDims) as declared; the caller sliced dst and src to
     // start at the chunk's first sample, and they hold the `samples` samples the kernel indexes.
@@ -183,7 +183,7 @@ pub fn conv2d_forward(
         assert_eq!(bias.len(), g.oc, "conv2d_forward: bias must be [OC]");
         let total = out.len();
         let f = gpu.function(&CUDA, "conv_bias_add_f32")?;
-        let mut l = gpu.stream().launch_builder(&f);
+        let mut l = gpu.launch_builder(&f);
         l.arg(out).arg(bias).arg(&total).arg(&g.oc).arg(&pl.p);
         // SAFETY: (float*, const float*, size_t, size_t, size_t); out holds total = N*OC*P, bias OC elements.
         unsafe { l.launch(gpu.elementwise(total)) }?;
@@ -226,7 +226,7 @@ pub fn conv2d_backward(
         let f = gpu.function(&CUDA, "conv_bias_grad_f32")?;
         let cfg =
             LaunchConfig { grid_dim: (g.oc.min(1 << 16) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        let mut l = gpu.stream().launch_builder(&f);
+        let mut l = gpu.launch_builder(&f);
         l.arg(dbias).arg(dout).arg(&g.n).arg(&g.oc).arg(&pl.p);
         // SAFETY: (float*, const float*, size_t, size_t, size_t); dbias holds OC, dout N*OC*P elements.
         unsafe { l.launch(cfg) }?;

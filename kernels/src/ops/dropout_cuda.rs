@@ -2,7 +2,7 @@
 //! [`dropout_backward`](super::dropout_backward), with the CPU's mask bit for bit (same counter hash) and
 //! the same outputs.
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{scale_for, seed_key, CUDA};
 use crate::cuda::{Gpu, GpuError};
@@ -28,7 +28,7 @@ pub fn dropout_forward(
     }
     let key = seed_key(seed);
     let f = gpu.function(&CUDA, "dropout_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(inp).arg(&n).arg(&key).arg(&p).arg(&scale);
     // SAFETY: (float*, const float*, size_t, unsigned long long, double, float); both buffers hold n.
     unsafe { l.launch(gpu.elementwise(n)) }?;

@@ -1,7 +1,7 @@
 //! Host side of `embedding.cu`: the GPU twins of [`embedding_forward`](super::embedding_forward) and
 //! [`embedding_backward`](super::embedding_backward) (accumulating, with atomicAdd).
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -25,7 +25,7 @@ pub fn embedding_forward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "embedding_forward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(ids).arg(table).arg(&n).arg(&vocab).arg(&dim);
     // SAFETY: (float*, const long long*, const float*, size_t x3); out holds n*dim, ids n, table vocab*dim
     // elements, and the kernel only reads table rows of in-range ids.
@@ -50,7 +50,7 @@ pub fn embedding_backward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "embedding_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dtable).arg(dout).arg(ids).arg(&n).arg(&vocab).arg(&dim);
     // SAFETY: (float*, const float*, const long long*, size_t x3); lengths checked above.
     unsafe { l.launch(gpu.elementwise(n * dim)) }?;
@@ -66,7 +66,7 @@ pub fn ids_from_f32(gpu: &Gpu, ids: &mut CudaViewMut<i64>, x: &CudaView<f32>) ->
         return Ok(());
     }
     let f = gpu.function(&CUDA, "embedding_ids_from_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(ids).arg(x).arg(&n);
     // SAFETY: (long long*, const float*, size_t); both buffers hold n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;

@@ -2,7 +2,7 @@
 //! the saved mean / rstd) and [`layer_norm_backward`](super::layer_norm_backward), with the CPU's
 //! formulas and roundings.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::launch::BLOCK;
@@ -47,7 +47,7 @@ pub fn layer_norm_forward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "ln_forward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(save_mean).arg(save_rstd).arg(inp);
     match weight {
         Some(w) => l.arg(w),
@@ -93,7 +93,7 @@ pub fn layer_norm_backward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "ln_backward_input_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dinp).arg(dout).arg(inp).arg(save_mean).arg(save_rstd);
     match weight {
         Some(w) => l.arg(w),
@@ -106,7 +106,7 @@ pub fn layer_norm_backward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "ln_backward_params_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     match dweight {
         Some(d) => l.arg(d),
         None => l.arg(&NULL),

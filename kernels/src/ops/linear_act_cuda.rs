@@ -3,7 +3,7 @@
 //! [`act_backward_with_bias_sums`](super::act_backward_with_bias_sums): the GPU linear layer and
 //! activation kernels, with the pre-activation gradient formed in place in `dout` as on the CPU.
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -72,7 +72,7 @@ pub fn act_backward_with_bias_sums(
     if len > 0 {
         let f = gpu.function(&CUDA, "act_backward_inplace_f32")?;
         let code = act.code() as i32;
-        let mut l = gpu.stream().launch_builder(&f);
+        let mut l = gpu.launch_builder(&f);
         l.arg(&mut *d).arg(pre).arg(&len).arg(&code);
         // SAFETY: (float*, const float*, size_t, int); d and pre hold len elements.
         unsafe { l.launch(gpu.elementwise(len)) }?;

@@ -1,7 +1,7 @@
 //! Host side of `mse.cu`: the GPU twins of [`mse_forward`](super::mse_forward) (the loss written to a
 //! device scalar) and [`mse_backward`](super::mse_backward) (bit-identical).
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -22,7 +22,7 @@ pub fn mse_forward(
     assert_eq!(loss.len(), 1, "mse_forward: loss must be one device scalar");
     let f = gpu.function(&CUDA, "mse_forward_f32")?;
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(loss).arg(pred).arg(target).arg(&n);
     // SAFETY: (float*, const float*, const float*, size_t); loss holds 1, pred and target n elements.
     unsafe { l.launch(cfg) }?;
@@ -45,7 +45,7 @@ pub fn mse_backward(
     // The CPU's scale, in the CPU's f32 arithmetic.
     let scale = dloss * (2.0 / n as f64) as f32;
     let f = gpu.function(&CUDA, "mse_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&scale);
     // SAFETY: (float*, const float*, const float*, size_t, float); every buffer holds n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;

@@ -2,7 +2,7 @@
 //! [`permute_backward`](super::permute_backward) and [`transpose2d`](super::transpose2d), one strided
 //! gather kernel for all (a copy: bit-identical to the CPU).
 
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{check, row_major_strides, CUDA, MAX_RANK};
 use crate::cuda::{Gpu, GpuError};
@@ -16,8 +16,8 @@ struct PermDims {
     strides: [i64; MAX_RANK],
 }
 
-// SAFETY: plain `repr(C)` i64 fields, the layout of `struct PermDims` in permute.cu.
-unsafe impl DeviceRepr for PermDims {}
+// Passed by value: plain `repr(C)` i64 fields, the layout of `struct PermDims` in permute.cu.
+crate::cuda::launch::value_arg!(PermDims);
 
 /// `out[c] = inp[sum_a c_a * strides[a]]` over the dense `dims`.
 fn gather(
@@ -37,7 +37,7 @@ fn gather(
         d.strides[a] = s as i64;
     }
     let f = gpu.function(&CUDA, "strided_gather_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(inp).arg(&n).arg(&d);
     // SAFETY: (float*, const float*, size_t, PermDims); out holds n = prod(dims) elements and every gathered
     // offset is inside inp (the callers derive dims / strides from inp's shape).

@@ -1,7 +1,7 @@
 //! Host side of `pool.cu`: the GPU twins of the max / average / adaptive / global pools, bit-identical
 //! to the CPU (same comparisons, same additions in the same order; the backward passes are gathers).
 
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{Pool2dGeom, CUDA};
 use crate::cuda::{Gpu, GpuError};
@@ -23,8 +23,8 @@ struct PoolDims {
     ow: i64,
 }
 
-// SAFETY: plain `repr(C)` i64 fields, the layout of `struct PoolDims` in pool.cu.
-unsafe impl DeviceRepr for PoolDims {}
+// Passed by value: plain `repr(C)` i64 fields, the layout of `struct PoolDims` in pool.cu.
+crate::cuda::launch::value_arg!(PoolDims);
 
 /// Dims of a fixed-window pool (panics on an invalid geometry, as the CPU does).
 fn window_dims(g: &Pool2dGeom) -> PoolDims {
@@ -75,7 +75,7 @@ fn launch2(
         return Ok(());
     }
     let f = gpu.function(&CUDA, kernel)?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(d);
     // SAFETY: (float*, const float*, PoolDims) as every such kernel declares; the callers checked that dst
     // and src hold the input / output lengths `d` describes.
@@ -101,7 +101,7 @@ pub fn max_pool2d_forward(
     }
     let f = gpu.function(&CUDA, "max_pool_forward_f32")?;
     let n = out.len();
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(argmax).arg(inp).arg(&d);
     // SAFETY: (float*, unsigned*, const float*, PoolDims); lengths checked above.
     unsafe { l.launch(gpu.elementwise(n)) }?;
@@ -126,7 +126,7 @@ pub fn max_pool2d_backward(
     }
     let f = gpu.function(&CUDA, "max_pool_backward_f32")?;
     let n = dinp.len();
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dinp).arg(dout).arg(argmax).arg(&d);
     // SAFETY: (float*, const float*, const unsigned*, PoolDims); lengths checked above.
     unsafe { l.launch(gpu.elementwise(n)) }?;

@@ -5,7 +5,7 @@
 //! The forward writes the mean loss to a caller-provided device scalar (no host synchronisation); read it
 //! with [`download_loss`] when it is needed on the host.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 
 use super::{CrossEntropyOptions, CUDA};
 use crate::cuda::launch::BLOCK;
@@ -50,7 +50,7 @@ pub fn softmax_cross_entropy_forward(
     let (has_ignore, ignore, keep, smooth, _) = opts_args(opts, v);
     if b * v > 0 {
         let f = gpu.function(&CUDA, "sce_probs_f32")?;
-        let mut l = gpu.stream().launch_builder(&f);
+        let mut l = gpu.launch_builder(&f);
         l.arg(&mut *probs).arg(logits).arg(&b).arg(&v);
         // SAFETY: (float*, const float*, size_t, size_t); probs and logits hold b*v elements.
         unsafe { l.launch(crate::cuda::launch::per_row(b.min(MAX_ROW_BLOCKS))) }?;
@@ -59,7 +59,7 @@ pub fn softmax_cross_entropy_forward(
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
     let f = gpu.function(&CUDA, "sce_loss_f32")?;
     let probs_ro = probs.slice(..);
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(loss)
         .arg(&probs_ro)
         .arg(logits)
@@ -110,7 +110,7 @@ pub fn softmax_cross_entropy_backward(
     let blocks = if has_ignore != 0 { b.min(gpu.info.multiprocessors * 8) } else { b.min(MAX_ROW_BLOCKS) };
     let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
     let f = gpu.function(&CUDA, "sce_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dlogits)
         .arg(probs)
         .arg(targets)

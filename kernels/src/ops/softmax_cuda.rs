@@ -2,7 +2,7 @@
 //! [`softmax_backward`](super::softmax_backward), [`log_softmax_forward`](super::log_softmax_forward) and
 //! [`log_softmax_backward`](super::log_softmax_backward).
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::launch::BLOCK;
@@ -29,7 +29,7 @@ fn rows_kernel(
         return Ok(());
     }
     let f = gpu.function(&CUDA, kernel)?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(a);
     if let Some(b) = b {
         l.arg(b);

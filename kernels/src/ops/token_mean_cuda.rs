@@ -1,7 +1,7 @@
 //! Host side of `token_mean.cu`: the GPU twins of [`token_mean_forward`](super::token_mean_forward) and
 //! [`token_mean_backward`](super::token_mean_backward), bit-identical to them.
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -21,7 +21,7 @@ pub fn token_mean_forward(
         return Ok(());
     }
     let f = gpu.function(&CUDA, "token_mean_forward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(y).arg(x).arg(&n).arg(&t).arg(&d);
     // SAFETY: (float*, const float*, size_t x3); y holds n*d and x n*t*d elements.
     unsafe { l.launch(gpu.elementwise(n * d)) }?;
@@ -46,7 +46,7 @@ pub fn token_mean_backward(
     // The CPU's f32 reciprocal.
     let inv = 1.0 / t as f32;
     let f = gpu.function(&CUDA, "token_mean_backward_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dx).arg(dy).arg(&n).arg(&t).arg(&d).arg(&inv);
     // SAFETY: (float*, const float*, size_t x3, float); dx holds n*t*d and dy n*d elements.
     unsafe { l.launch(gpu.elementwise(n * t * d)) }?;

@@ -2,7 +2,7 @@
 //! [`upsample_nearest2d_forward`](super::upsample_nearest2d_forward) and
 //! [`upsample_nearest2d_backward`](super::upsample_nearest2d_backward), bit-identical to them.
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -23,7 +23,7 @@ fn launch(
         return Ok(());
     }
     let f = gpu.function(&CUDA, kernel)?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(&planes).arg(&hw.0).arg(&hw.1).arg(&s.0).arg(&s.1);
     // SAFETY: (float*, const float*, size_t x5) as both kernels declare; the callers checked the lengths.
     unsafe { l.launch(gpu.elementwise(elems)) }?;

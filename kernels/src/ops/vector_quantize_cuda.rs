@@ -3,7 +3,7 @@
 //! gradients are the CPU's bits; the statistics (MSE, perplexity) go to a two-element device buffer
 //! instead of being returned, so the step does not synchronise.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -43,7 +43,7 @@ pub fn vq_forward(
     if rows > 0 {
         assert!(k > 0, "vq_forward: empty codebook (K = 0)");
         let f = gpu.function(&CUDA, "vq_nearest_f32")?;
-        let mut l = gpu.stream().launch_builder(&f);
+        let mut l = gpu.launch_builder(&f);
         l.arg(indices).arg(&mut *counts).arg(&mut *out).arg(z).arg(codebook).arg(&n).arg(&d).arg(&p).arg(&k);
         // SAFETY: (unsigned*, unsigned*, float*, const float*, const float*, size_t x4); lengths checked.
         unsafe { l.launch(gpu.elementwise(rows)) }?;
@@ -52,7 +52,7 @@ pub fn vq_forward(
     let f = gpu.function(&CUDA, "vq_stats_f32")?;
     let (out_ro, counts_ro) = (out.slice(..), counts.slice(..));
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(stats).arg(z).arg(&out_ro).arg(&counts_ro).arg(&m).arg(&rows).arg(&k);
     // SAFETY: (float*, const float*, const float*, const unsigned*, size_t x3); stats holds 2, z / out m and
     // counts k elements.
@@ -93,12 +93,12 @@ pub fn vq_backward(
     let two_over_m = (2.0 / m as f64) as f32;
     let (zscale, escale) = (vq_weight * beta * two_over_m, vq_weight * two_over_m);
     let f = gpu.function(&CUDA, "vq_backward_dz_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dz).arg(dout).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p).arg(&zscale);
     // SAFETY: (float*, const float* x3, const unsigned*, size_t x3, float); lengths checked.
     unsafe { l.launch(gpu.elementwise(m)) }?;
     let f = gpu.function(&CUDA, "vq_backward_codebook_f32")?;
-    let mut l = gpu.stream().launch_builder(&f);
+    let mut l = gpu.launch_builder(&f);
     l.arg(dcodebook).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p).arg(&k).arg(&escale);
     // SAFETY: (float*, const float* x2, const unsigned*, size_t x4, float); lengths checked.
     unsafe { l.launch(gpu.elementwise(k * d)) }?;

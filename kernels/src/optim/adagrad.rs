@@ -81,7 +81,7 @@ pub static CUDA: crate::cuda::KernelSource =
 
 /// Host side of `adagrad.cu`: one launch updates every segment of the arenas.
 pub mod cuda {
-    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::{AdagradConfig, CUDA};
     use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
@@ -112,7 +112,7 @@ pub mod cuda {
         assert!(table.host.iter().all(|s| s.end as usize <= n), "adagrad step: a segment lies outside the arena");
         let f = gpu.function(&CUDA, "adagrad_step_f32")?;
         let nsegs = table.host.len() as i32;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(param).arg(grad).arg(sum).arg(&table.device).arg(&nsegs).arg(&n);
         // SAFETY: the arguments match adagrad_step_f32's signature (float*, const float*, float*,
         // const Segment*, int, size_t); every buffer holds n elements and the table nsegs sorted segments

@@ -174,7 +174,7 @@ pub static CUDA: crate::cuda::KernelSource =
 
 /// Host side of `adam.cu`: one launch updates every segment of the arenas.
 pub mod cuda {
-    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::{AdamConfig, CUDA};
     use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
@@ -230,7 +230,7 @@ pub mod cuda {
         assert!(!table.host.iter().any(|s| s.flags & 4 != 0) || vmax.len() == n, "adam step: AMSGrad needs vmax");
         let f = gpu.function(&CUDA, "adam_step_f32")?;
         let nsegs = table.host.len() as i32;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(p).arg(g).arg(m).arg(v).arg(vmax).arg(&table.device).arg(&nsegs).arg(&n);
         // SAFETY: the arguments match adam_step_f32's signature; every buffer holds n elements (vmax only
         // where AMSGrad reads it) and the table holds nsegs sorted segments inside [0, n).

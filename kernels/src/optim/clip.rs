@@ -77,7 +77,7 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
 /// Host side of `clip.cu`: the CPU functions on device buffers, and [`clip_gradients`](cuda::clip_gradients),
 /// the whole Reduce-stage clipping of the gradient arena in five launches and no host synchronisation.
 pub mod cuda {
-    use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 
     use super::CUDA;
     use crate::cuda::launch::BLOCK;
@@ -141,7 +141,7 @@ pub mod cuda {
         assert!(!out.is_empty(), "sum of squares: the output needs one element");
         let f = gpu.function(&CUDA, "sum_partials_f64")?;
         let (nparts, sqrt) = (REDUCE_BLOCKS as i32, i32::from(take_sqrt));
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(partials).arg(&nparts).arg(out).arg(&sqrt);
         // SAFETY: (const double*, int, double*, int); partials holds REDUCE_BLOCKS values, out one.
         unsafe { b.launch(one_block()) }?;
@@ -161,7 +161,7 @@ pub mod cuda {
         let n = x.len();
         let f = gpu.function(&CUDA, "sumsq_partials_f32")?;
         {
-            let mut b = gpu.stream().launch_builder(&f);
+            let mut b = gpu.launch_builder(&f);
             b.arg(x).arg(&n).arg(&mut *partials);
             // SAFETY: (const float*, size_t, double*); x holds n elements, partials one per block.
             unsafe { b.launch(reduce_grid()) }?;
@@ -179,7 +179,7 @@ pub mod cuda {
     ) -> Result<(), GpuError> {
         assert!(!total_norm.is_empty() && !coef.is_empty(), "clip coefficient: scalars need one element");
         let f = gpu.function(&CUDA, "clip_coef_f64")?;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(total_norm).arg(&max_norm).arg(coef);
         // SAFETY: (const double*, double, float*); both buffers hold at least one element.
         unsafe { b.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }) }?;
@@ -191,7 +191,7 @@ pub mod cuda {
         assert!(!coef.is_empty(), "scale: the coefficient needs one element");
         let n = x.len();
         let f = gpu.function(&CUDA, "scale_f32")?;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(x).arg(coef).arg(&n);
         // SAFETY: (float*, const float*, size_t); x holds n elements, coef one.
         unsafe { b.launch(gpu.elementwise(n)) }?;
@@ -204,7 +204,7 @@ pub mod cuda {
         let n = x.len();
         let (lo, hi) = ((-max_value) as f32, max_value as f32);
         let f = gpu.function(&CUDA, "clamp_f32")?;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(x).arg(&lo).arg(&hi).arg(&n);
         // SAFETY: (float*, float, float, size_t); x holds n elements.
         unsafe { b.launch(gpu.elementwise(n)) }?;
@@ -226,11 +226,11 @@ pub mod cuda {
         let n = grads.len();
         assert!(table.host.iter().all(|s| s.end as usize <= n), "clip: a segment lies outside the arena");
         let nsegs = table.host.len() as i32;
-        let s = gpu.stream();
+        let _s = gpu.stream();
         if max_value > 0.0 {
             let (lo, hi) = ((-max_value) as f32, max_value as f32);
             let f = gpu.function(&CUDA, "clamp_segments_f32")?;
-            let mut b = s.launch_builder(&f);
+            let mut b = gpu.launch_builder(&f);
             b.arg(&mut *grads).arg(&lo).arg(&hi).arg(&table.device).arg(&nsegs).arg(&n);
             // SAFETY: (float*, float, float, const Segment*, int, size_t); grads holds n elements, the table
             // nsegs sorted segments inside [0, n).
@@ -239,7 +239,7 @@ pub mod cuda {
         {
             let f = gpu.function(&CUDA, "sumsq_partials_segments_f32")?;
             let gv = grads.as_view();
-            let mut b = s.launch_builder(&f);
+            let mut b = gpu.launch_builder(&f);
             b.arg(&gv).arg(&table.device).arg(&nsegs).arg(&n).arg(&mut ws.partials);
             // SAFETY: (const float*, const Segment*, int, size_t, double*); partials holds one value per
             // block.
@@ -249,7 +249,7 @@ pub mod cuda {
         if max_norm > 0.0 {
             clip_coefficient(gpu, &ws.norm.as_view(), max_norm, &mut ws.coef.as_view_mut())?;
             let f = gpu.function(&CUDA, "scale_segments_f32")?;
-            let mut b = s.launch_builder(&f);
+            let mut b = gpu.launch_builder(&f);
             b.arg(&mut *grads).arg(&ws.coef).arg(&table.device).arg(&nsegs).arg(&n);
             // SAFETY: (float*, const float*, const Segment*, int, size_t); as for the clamp, coef one value.
             unsafe { b.launch(gpu.elementwise(n)) }?;

@@ -35,7 +35,7 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
 
 /// Host side of `ema.cu`.
 pub mod cuda {
-    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::CUDA;
     use crate::cuda::{Gpu, GpuError, SegmentTable};
@@ -47,7 +47,7 @@ pub mod cuda {
         assert_eq!(value.len(), n, "ema_update: shadow and value lengths differ");
         let (d32, omd) = (d as f32, (1.0 - d) as f32);
         let f = gpu.function(&CUDA, "ema_update_f32")?;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(shadow).arg(value).arg(&d32).arg(&omd).arg(&n);
         // SAFETY: (float*, const float*, float, float, size_t); both buffers hold n elements.
         unsafe { b.launch(gpu.elementwise(n)) }?;
@@ -70,7 +70,7 @@ pub mod cuda {
         let (d32, omd) = (d as f32, (1.0 - d) as f32);
         let nsegs = table.host.len() as i32;
         let f = gpu.function(&CUDA, "ema_update_segments_f32")?;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(shadow).arg(value).arg(&d32).arg(&omd).arg(&table.device).arg(&nsegs).arg(&n);
         // SAFETY: (float*, const float*, float, float, const Segment*, int, size_t); both buffers hold n
         // elements and the table nsegs sorted segments inside [0, n).

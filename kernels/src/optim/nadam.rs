@@ -162,7 +162,7 @@ pub static CUDA: crate::cuda::KernelSource =
 
 /// Host side of `nadam.cu`: one launch updates every segment of the arenas.
 pub mod cuda {
-    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::{mu, NadamConfig, CUDA};
     use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
@@ -215,7 +215,7 @@ pub mod cuda {
         assert!(table.host.iter().all(|s| s.end as usize <= n), "nadam step: a segment lies outside the arena");
         let f = gpu.function(&CUDA, "nadam_step_f32")?;
         let nsegs = table.host.len() as i32;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(param).arg(grad).arg(exp_avg).arg(exp_avg_sq).arg(&table.device).arg(&nsegs).arg(&n);
         // SAFETY: the arguments match nadam_step_f32's signature (float*, const float*, float*, float*,
         // const Segment*, int, size_t); every buffer holds n elements and the table nsegs sorted segments

@@ -165,7 +165,7 @@ pub static CUDA: crate::cuda::KernelSource =
 
 /// Host side of `rmsprop.cu`: one launch updates every segment of the arenas.
 pub mod cuda {
-    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::{RmspropConfig, CUDA};
     use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
@@ -219,7 +219,7 @@ pub mod cuda {
         assert!(!uses(4) || momentum_buffer.len() == n, "rmsprop step: momentum needs momentum_buffer");
         let f = gpu.function(&CUDA, "rmsprop_step_f32")?;
         let nsegs = table.host.len() as i32;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(param).arg(grad).arg(square_avg).arg(grad_avg).arg(momentum_buffer);
         b.arg(&table.device).arg(&nsegs).arg(&n);
         // SAFETY: the arguments match rmsprop_step_f32's signature (float*, const float*, float*, float*,

@@ -123,7 +123,7 @@ pub static CUDA: crate::cuda::KernelSource =
 
 /// Host side of `sgd.cu`: one launch updates every segment of the arenas.
 pub mod cuda {
-    use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+    use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::{SgdConfig, CUDA};
     use crate::cuda::{Gpu, GpuError, Segment, SegmentTable};
@@ -168,7 +168,7 @@ pub mod cuda {
         assert!(!uses_buf || momentum_buf.len() == n, "sgd step: momentum needs a buffer of the arena's length");
         let f = gpu.function(&CUDA, "sgd_step_f32")?;
         let nsegs = table.host.len() as i32;
-        let mut b = gpu.stream().launch_builder(&f);
+        let mut b = gpu.launch_builder(&f);
         b.arg(param).arg(grad).arg(momentum_buf).arg(&table.device).arg(&nsegs).arg(&n);
         // SAFETY: the arguments match sgd_step_f32's signature (float*, const float*, float*, const Segment*,
         // int, size_t); param and grad hold n elements, momentum_buf too wherever a segment reads it, and the

@@ -19,6 +19,7 @@ pub mod reduce;
 pub mod state;
 pub mod support;
 pub mod systems;
+pub mod upload;
 
 use bevy_ecs::prelude::*;
 use ecstrain_kernels::Device;

@@ -152,7 +152,8 @@ pub fn gpu_optimizer_update(
     let state = &mut *state;
     state.step += 1;
     let step = state.step;
-    let name = state.optimizer.clone();
+    // Taken for the step and put back at its end (a clone would allocate every step).
+    let name = std::mem::take(&mut state.optimizer);
     // NAdam's running product of the momentum schedule advances once per step, on the host, as the host
     // system does (the base config's lr and decay do not enter it).
     let mut mu_product = 0.0f32;
@@ -249,7 +250,9 @@ pub fn gpu_optimizer_update(
             other => unreachable!("assembly checks the optimizer `{other}` has a device update"),
         }
     };
-    if let Err(e) = run() {
+    let result = run();
+    state.optimizer = name;
+    if let Err(e) = result {
         fail(&mut failure, "optimizer step", e);
     }
     g.host_stale = true;

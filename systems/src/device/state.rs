@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Buffers, EmaWeights, Graph, OptimizerState, Params};
-use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
+use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
 use ecstrain_kernels::cuda::{Gpu, GpuError, SegmentTable};
 
 use super::acts::GpuActivations;
+use super::upload::InputUpload;
 
 /// Device copies of the arenas and activations of one run.
 #[derive(Resource)]
@@ -34,10 +35,9 @@ pub struct GpuState {
     pub acts: GpuActivations,
     /// Gradient clipping on the device (`run.clip_grad_*`): the trainable ranges and the reduction buffers.
     pub clip: Option<(SegmentTable, ecstrain_kernels::optim::clip::cuda::ClipWorkspace)>,
-    /// Page-locked staging for the batch input (`[capacity, input_len]`): the copy up runs asynchronously
-    /// on the copy stream, overlapping whatever the compute stream still has queued (the previous step's
-    /// optimizer); cudarc's per-buffer events order it against the kernels that read the input.
-    pub pinned_input: PinnedHostSlice<f32>,
+    /// The batch input's staging, spare device buffer and copy-stream ordering (double-buffered: the next
+    /// batch's copy overlaps the current step's compute).
+    pub upload: InputUpload,
     /// One-element device flag of f16 loss scaling: set when an unscaled gradient was inf or NaN.
     pub found_inf: CudaSlice<f32>,
     /// The model EMA's averages on the device (`run.ema`), when the run keeps them.
@@ -91,11 +91,9 @@ impl GpuState {
         let s = gpu.stream().clone();
         let n = params.0.len();
         let input_len = acts_input_len(graph, capacity);
-        // SAFETY: the staging buffer is written (the batch copied in) before every copy that reads it.
-        let pinned_input = unsafe { gpu.context().alloc_pinned::<f32>(input_len) }?;
         Ok(GpuState {
             clip: None,
-            pinned_input,
+            upload: InputUpload::new(&gpu, input_len)?,
             params: s.alloc_zeros(n.max(1))?,
             grads: s.alloc_zeros(n.max(1))?,
             buffers: s.alloc_zeros(buffers.arena.len().max(1))?,

@@ -61,19 +61,12 @@ pub fn gpu_sync_down(
     }
 }
 
-/// Preprocess: stages the batch's inputs in page-locked memory and copies them up on the copy stream.
+/// Preprocess: stages the batch's inputs in page-locked memory and copies them up on the copy stream, into
+/// the input buffer the previous step did not use ([`InputUpload`](super::upload::InputUpload)).
 pub fn gpu_upload_batch(mut gpu: ResMut<GpuState>, batch: Res<Batch>, mut failure: ResMut<RunFailure>) {
     let len = batch.size * batch.input_len;
-    let g = &mut *gpu;
-    let mut run = || -> Result<(), GpuError> {
-        // Waits for the previous copy out of the staging buffer (long done: a whole step ago).
-        let staging = g.pinned_input.as_mut_slice()?;
-        staging[..len].copy_from_slice(&batch.inputs[..len]);
-        // The whole planned input: rows past the batch are stale and never read.
-        g.gpu.copy_stream().memcpy_htod(&g.pinned_input, &mut g.acts.input)?;
-        Ok(())
-    };
-    if let Err(e) = run() {
+    let GpuState { gpu: device, upload, acts, .. } = &mut *gpu;
+    if let Err(e) = upload.upload(device, &mut acts.input, &batch.inputs[..len]) {
         fail(&mut failure, "batch upload", e);
     }
 }
