@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaViewMut, DeviceRepr, DriverError, LaunchConfig,
+};
 
 use super::compile::{compile, CompileFailure};
 use super::launch::Launch;
@@ -75,6 +77,7 @@ pub struct Gpu {
     /// Loaded entry points by (source name, kernel name); a source is compiled and loaded whole on first use.
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
     matmul: Mutex<MatmulState>,
+    scratch: Mutex<Option<CudaSlice<f32>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -109,6 +112,7 @@ impl Gpu {
             blas,
             functions: Mutex::new(HashMap::new()),
             matmul: Mutex::new(MatmulState::default()),
+            scratch: Mutex::new(None),
         })
     }
 
@@ -160,6 +164,25 @@ impl Gpu {
 
     pub(crate) fn matmul_state(&self) -> std::sync::MutexGuard<'_, MatmulState> {
         self.matmul.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with a device scratch buffer of at least `len` elements, for an op's intermediate results
+    /// within one call (the convolution's per-sample weight-gradient products). The buffer grows on first
+    /// need and is then reused, so a steady-state step allocates nothing; reuse is safe because every op
+    /// runs on the compute stream in issue order, so one op's last use precedes the next op's first write on
+    /// the device. Not re-entrant: `f` must not ask for the scratch again.
+    pub fn with_scratch<R>(
+        &self,
+        len: usize,
+        f: impl FnOnce(&mut CudaViewMut<'_, f32>) -> Result<R, GpuError>,
+    ) -> Result<R, GpuError> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|b| b.len() < len) {
+            // The old buffer is freed in stream order, after the work already queued that reads it.
+            *guard = Some(self.stream.alloc_zeros(len.max(1))?);
+        }
+        let buf = guard.as_mut().expect("allocated above");
+        f(&mut buf.slice_mut(..len))
     }
 
     /// A grid-stride launch over `n` elements sized to this device.

@@ -65,6 +65,7 @@ device_arg!(&'a cudarc::driver::CudaSlice<T>, device_ptr);
 device_arg!(&'a mut cudarc::driver::CudaSlice<T>, device_ptr_mut);
 device_arg!(&'a cudarc::driver::CudaView<'c, T>, device_ptr);
 device_arg!(&'a mut cudarc::driver::CudaViewMut<'c, T>, device_ptr_mut);
+device_arg!(&'a cudarc::driver::CudaViewMut<'c, T>, device_ptr);
 
 /// Makes `&T` a by-value kernel argument for each plain type listed (scalars, and `repr(C)` structs whose
 /// layout matches the kernel's parameter).

@@ -1,7 +1,8 @@
 //! GPU twins of [`attention_fused_forward`](super::attention_fused_forward) and
 //! [`attention_fused_backward`](super::attention_fused_backward): the unfused path, i.e. cuBLAS
-//! strided-batched products over the heads of each batch item (read straight out of the fused
-//! `[B, T, 3, H, D]` projection through row strides, no head copies) and the row kernels of
+//! strided-batched products, one per head over the batch items or one per item over the heads, whichever
+//! makes fewer calls (read straight out of the fused `[B, T, 3, H, D]` projection through row strides, no
+//! head copies) and the row kernels of
 //! `attention.cu` for the (causal) softmax and its backward. Same outputs as the CPU: `out` with the heads
 //! merged, `att` the saved probabilities (masked entries exactly 0), `dqkv` overwritten.
 
@@ -55,9 +56,59 @@ fn softmax_rows_backward(
     Ok(())
 }
 
-/// One input-gradient product of the backward: (which third of dqkv, the [T, T] factor, whether it is
-/// transposed, the [T, D] factor, that factor's row stride).
-type BackwardProduct<'a, 'v> = (usize, &'a CudaView<'v, f32>, bool, &'a CudaView<'v, f32>, usize);
+/// Where the matrix of (sample `i`, head `j`) of a per-head operand starts, `base + i * per_sample + j *
+/// per_head`, its row stride and whether the product reads it transposed.
+#[derive(Clone, Copy)]
+struct Heads {
+    base: usize,
+    per_sample: usize,
+    per_head: usize,
+    ld: usize,
+    trans: bool,
+}
+
+/// `c[i, j] = alpha * op(a[i, j]) @ op(b[i, j])` (`c` overwritten) for every sample `i < nb` and head
+/// `j < nh`: one strided-batched product per value of the smaller of the two indices, batched over the
+/// larger (a ViT at batch 512 with 4 heads: 4 products, not 512).
+#[allow(clippy::too_many_arguments)]
+fn per_head_products(
+    gpu: &Gpu,
+    nb: usize,
+    nh: usize,
+    (m, n, k): (usize, usize, usize),
+    (a, la): (&CudaView<f32>, Heads),
+    (b, lb): (&CudaView<f32>, Heads),
+    (c, lc): (&mut CudaViewMut<f32>, Heads),
+    alpha: f32,
+) -> Result<(), GpuError> {
+    let heads_outer = nh < nb;
+    let (outer, inner) = if heads_outer { (nh, nb) } else { (nb, nh) };
+    // (first element, batch stride) of operand `l` for outer index `o`.
+    let at = |l: Heads, o: usize| {
+        if heads_outer {
+            (l.base + o * l.per_head, l.per_sample)
+        } else {
+            (l.base + o * l.per_sample, l.per_head)
+        }
+    };
+    for o in 0..outer {
+        let ((a0, sa), (b0, sb), (c0, sc)) = (at(la, o), at(lb, o), at(lc, o));
+        let (av, bv, mut cv) = (a.slice(a0..), b.slice(b0..), c.slice_mut(c0..));
+        gemm_general(
+            gpu,
+            inner,
+            m,
+            n,
+            k,
+            MatRef { data: &av, trans: la.trans, ld: la.ld, stride: sa },
+            MatRef { data: &bv, trans: lb.trans, ld: lb.ld, stride: sb },
+            MatMut { data: &mut cv, ld: lc.ld, stride: sc },
+            alpha,
+            0.0,
+        )?;
+    }
+    Ok(())
+}
 
 /// Multi-head self-attention forward on the GPU from a fused projection (overwrites `out` and `att`).
 ///
@@ -83,44 +134,48 @@ pub fn attention_fused_forward(
         return Ok(());
     }
     let scale: f32 = default_scale(d);
-    let item = t * 3 * hd;
-    // Scores: att[i, h] = scale * q_h @ k_h^T, the heads of item i batched (D apart, row stride 3HD).
-    for i in 0..b {
-        let (q, k) = (qkv.slice(i * item..), qkv.slice(i * item + hd..));
-        let mut s = att.slice_mut(i * h * tt..(i + 1) * h * tt);
-        gemm_general(
-            gpu,
-            h,
-            t,
-            t,
-            d,
-            MatRef { data: &q, trans: false, ld: 3 * hd, stride: d },
-            MatRef { data: &k, trans: true, ld: 3 * hd, stride: d },
-            MatMut { data: &mut s, ld: t, stride: tt },
-            scale,
-            0.0,
-        )?;
-    }
+    let l = FusedLayouts::new(h, t, d);
+    // Scores: att[i, j] = scale * q_ij @ k_ij^T (heads D apart in rows of 3HD).
+    per_head_products(gpu, b, h, (t, t, d), (qkv, l.q), (qkv, l.k.t()), (att, l.att), scale)?;
     softmax_rows(gpu, att, b * h * t, t, causal)?;
-    // out[i, :, h*D..] = att[i, h] @ v_h.
-    for i in 0..b {
-        let p = att.slice(i * h * tt..(i + 1) * h * tt);
-        let v = qkv.slice(i * item + 2 * hd..);
-        let mut o = out.slice_mut(i * t * hd..(i + 1) * t * hd);
-        gemm_general(
-            gpu,
-            h,
-            t,
-            d,
-            t,
-            MatRef { data: &p, trans: false, ld: t, stride: tt },
-            MatRef { data: &v, trans: false, ld: 3 * hd, stride: d },
-            MatMut { data: &mut o, ld: hd, stride: d },
-            1.0,
-            0.0,
-        )?;
+    // out[i, :, jD..] = att[i, j] @ v_ij.
+    per_head_products(gpu, b, h, (t, d, t), (&att.slice(..), l.att), (qkv, l.v), (out, l.out), 1.0)
+}
+
+/// The per-head operands of the fused attention: q, k, v inside `[B, T, 3, H, D]`, the probabilities
+/// `[B, H, T, T]` and the merged output `[B, T, H*D]`.
+struct FusedLayouts {
+    q: Heads,
+    k: Heads,
+    v: Heads,
+    att: Heads,
+    out: Heads,
+}
+
+impl Heads {
+    /// The same operand read transposed.
+    fn t(self) -> Heads {
+        Heads { trans: !self.trans, ..self }
     }
-    Ok(())
+    /// The same layout starting `by` elements further.
+    fn shifted(self, by: usize) -> Heads {
+        Heads { base: self.base + by, ..self }
+    }
+}
+
+impl FusedLayouts {
+    fn new(h: usize, t: usize, d: usize) -> FusedLayouts {
+        let hd = h * d;
+        let item = t * 3 * hd;
+        let q = Heads { base: 0, per_sample: item, per_head: d, ld: 3 * hd, trans: false };
+        FusedLayouts {
+            q,
+            k: q.shifted(hd),
+            v: q.shifted(2 * hd),
+            att: Heads { base: 0, per_sample: h * t * t, per_head: t * t, ld: t, trans: false },
+            out: Heads { base: 0, per_sample: t * hd, per_head: d, ld: hd, trans: false },
+        }
+    }
 }
 
 /// Backward of [`attention_fused_forward`] on the GPU: writes the q / k / v gradients into `dqkv`
@@ -151,52 +206,16 @@ pub fn attention_fused_backward(
         return Ok(());
     }
     let scale: f32 = default_scale(d);
-    let item = t * 3 * hd;
-    // dP[i, h] = dout_h @ v_h^T into the scratch.
-    for i in 0..b {
-        let go = dout.slice(i * t * hd..(i + 1) * t * hd);
-        let v = qkv.slice(i * item + 2 * hd..);
-        let mut ds = scratch.slice_mut(i * h * tt..(i + 1) * h * tt);
-        gemm_general(
-            gpu,
-            h,
-            t,
-            t,
-            d,
-            MatRef { data: &go, trans: false, ld: hd, stride: d },
-            MatRef { data: &v, trans: true, ld: 3 * hd, stride: d },
-            MatMut { data: &mut ds, ld: t, stride: tt },
-            1.0,
-            0.0,
-        )?;
-    }
+    let l = FusedLayouts::new(h, t, d);
+    // dP[i, j] = dout_ij @ v_ij^T into the scratch.
+    per_head_products(gpu, b, h, (t, t, d), (dout, l.out), (qkv, l.v.t()), (scratch, l.att), 1.0)?;
     // dS = scale * P * (dP - rowsum(P dP)), in place.
     softmax_rows_backward(gpu, scratch, att, b * h * t, t, causal, scale)?;
-    for i in 0..b {
-        let ds = scratch.slice(i * h * tt..(i + 1) * h * tt);
-        let p = att.slice(i * h * tt..(i + 1) * h * tt);
-        let go = dout.slice(i * t * hd..(i + 1) * t * hd);
-        let (q, k) = (qkv.slice(i * item..), qkv.slice(i * item + hd..));
-        // dq = dS @ k, dk = dS^T @ q, dv = P^T @ dout.
-        let parts: [BackwardProduct<'_, '_>; 3] =
-            [(0, &ds, false, &k, 3 * hd), (1, &ds, true, &q, 3 * hd), (2, &p, true, &go, hd)];
-        for (which, lhs, lhs_t, rhs, rhs_ld) in parts {
-            let mut dst = dqkv.slice_mut(i * item + which * hd..(i + 1) * item);
-            gemm_general(
-                gpu,
-                h,
-                t,
-                d,
-                t,
-                MatRef { data: lhs, trans: lhs_t, ld: t, stride: tt },
-                MatRef { data: rhs, trans: false, ld: rhs_ld, stride: d },
-                MatMut { data: &mut dst, ld: 3 * hd, stride: d },
-                1.0,
-                0.0,
-            )?;
-        }
-    }
-    Ok(())
+    let ds = scratch.slice(..);
+    // dq = dS @ k, dk = dS^T @ q, dv = P^T @ dout.
+    per_head_products(gpu, b, h, (t, d, t), (&ds, l.att), (qkv, l.k), (dqkv, l.q), 1.0)?;
+    per_head_products(gpu, b, h, (t, d, t), (&ds, l.att.t()), (qkv, l.q), (dqkv, l.k), 1.0)?;
+    per_head_products(gpu, b, h, (t, d, t), (att, l.att.t()), (dout, l.out), (dqkv, l.v), 1.0)
 }
 
 /// Multi-head attention forward on the GPU for heads already split out (overwrites `out` and `att`):

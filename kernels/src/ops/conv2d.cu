@@ -63,3 +63,13 @@ extern "C" __global__ void conv_bias_grad_f32(float *dbias, const float *dout, s
         if (threadIdx.x == 0) dbias[o] += acc;
     }
 }
+
+// dweight[e] += sum_i parts[i * len + e] over `items` per-sample weight-gradient products, in sample order
+// (the same order for every launch geometry: deterministic).
+extern "C" __global__ void conv_weight_grad_sum_f32(float *dweight, const float *parts, size_t items, size_t len) {
+    FOR_EACH(e, len) {
+        float acc = 0.0f;
+        for (size_t i = 0; i < items; ++i) acc = __fadd_rn(acc, parts[i * len + e]);
+        dweight[e] = __fadd_rn(dweight[e], acc);
+    }
+}

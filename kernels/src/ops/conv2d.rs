@@ -933,7 +933,13 @@ fn bias_grad<T: Float>(dbias: &mut [T], dout: &[T], n: usize, oc: usize, p: usiz
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "conv2d",
     code: include_str!("conv2d.cu"),
-    kernels: &["conv_im2col_f32", "conv_col2im_f32", "conv_bias_add_f32", "conv_bias_grad_f32"],
+    kernels: &[
+        "conv_im2col_f32",
+        "conv_col2im_f32",
+        "conv_bias_add_f32",
+        "conv_bias_grad_f32",
+        "conv_weight_grad_sum_f32",
+    ],
 };
 
 /// Host side of the convolution on the GPU (cuBLAS + `conv2d.cu`).

@@ -208,6 +208,64 @@ pub fn conv2d_backward(
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
 ) -> Result<(), GpuError> {
+    conv2d_backward_capped(gpu, dinp, dweight, dbias, dout, inp, weight, col, g, PARTIAL_CAP)
+}
+
+/// Most elements of per-sample weight-gradient products held at once (64 MiB of scratch); more samples
+/// are summed in several rounds.
+const PARTIAL_CAP: usize = 16 << 20;
+
+/// `dw += sum_i go[i] @ x[i]^T` over `s` samples: go[i] is `[OCg, P]` at `i * go_stride`, x[i] is `[Kg, P]`
+/// at `i * x_stride`. One strided-batched product writes the per-sample products into the device scratch
+/// (at most `cap` elements: rounds of samples when they do not fit), and one kernel adds them to `dw` in
+/// sample order: two launches where a product per sample made `s`.
+fn weight_grad(
+    gpu: &Gpu,
+    dw: &mut CudaViewMut<f32>,
+    (go, go_stride): (&CudaView<f32>, usize),
+    (x, x_stride): (&CudaView<f32>, usize),
+    s: usize,
+    pl: &Plan,
+    cap: usize,
+) -> Result<(), GpuError> {
+    let wg = pl.ocg * pl.kg;
+    if s == 1 {
+        return gemm_strided_batched(gpu, 1, pl.ocg, pl.kg, pl.p, go, false, 0, x, true, 0, dw, 0, 1.0, 1.0);
+    }
+    let round = (cap / wg.max(1)).clamp(1, s);
+    let f = gpu.function(&CUDA, "conv_weight_grad_sum_f32")?;
+    for i0 in (0..s).step_by(round) {
+        let items = round.min(s - i0);
+        let (go_i, x_i) = (go.slice(i0 * go_stride..), x.slice(i0 * x_stride..));
+        gpu.with_scratch(items * wg, |parts| {
+            gemm_strided_batched(
+                gpu, items, pl.ocg, pl.kg, pl.p, &go_i, false, go_stride, &x_i, true, x_stride, parts, wg, 1.0, 0.0,
+            )?;
+            let mut l = gpu.launch_builder(&f);
+            l.arg(&mut *dw).arg(&*parts).arg(&items).arg(&wg);
+            // SAFETY: (float*, const float*, size_t, size_t); dw holds wg and parts items * wg elements.
+            unsafe { l.launch(gpu.elementwise(wg)) }?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// [`conv2d_backward`] with the weight-gradient scratch capped at `partial_cap` elements (tests force
+/// several rounds with a small cap).
+#[allow(clippy::too_many_arguments)]
+fn conv2d_backward_capped(
+    gpu: &Gpu,
+    dinp: Option<&mut CudaViewMut<f32>>,
+    dweight: &mut CudaViewMut<f32>,
+    dbias: Option<&mut CudaViewMut<f32>>,
+    dout: &CudaView<f32>,
+    inp: &CudaView<f32>,
+    weight: &CudaView<f32>,
+    col: &mut CudaViewMut<f32>,
+    g: &Conv2dGeom,
+    partial_cap: usize,
+) -> Result<(), GpuError> {
     let pl = plan(g, col.len(), "conv2d_backward");
     assert_eq!(dout.len(), g.n * pl.out_len, "conv2d_backward: dout must be [N, OC, OH, OW]");
     assert_eq!(inp.len(), g.n * pl.in_len, "conv2d_backward: inp must be [N, C, H, W]");
@@ -236,20 +294,18 @@ pub fn conv2d_backward(
     for n0 in (0..g.n).step_by(pl.chunk) {
         let s = pl.chunk.min(g.n - n0);
         for gi in 0..g.groups {
-            // Weight gradient: dW_g += dout_g[i] @ col[i]^T, one sample at a time (they all add into dW_g).
+            // Weight gradient: dW_g += sum_i dout_g[i] @ col[i]^T.
             if !pl.pointwise {
                 lower(gpu, "conv_im2col_f32", col, &inp.slice(n0 * pl.in_len..), s, gi, &pl, s * pl.kg * pl.p)?;
             }
             let mut dw_g = dweight.slice_mut(gi * wg..(gi + 1) * wg);
-            for i in 0..s {
-                let go = dout.slice((n0 + i) * pl.out_len + gi * pl.gout..);
-                let x = if pl.pointwise {
-                    inp.slice((n0 + i) * pl.in_len + gi * pl.gin..)
-                } else {
-                    col.slice(i * pl.kg * pl.p..)
-                };
-                gemm_strided_batched(gpu, 1, pl.ocg, pl.kg, pl.p, &go, false, 0, &x, true, 0, &mut dw_g, 0, 1.0, 1.0)?;
-            }
+            let go = dout.slice(n0 * pl.out_len + gi * pl.gout..);
+            let (x, x_stride) = if pl.pointwise {
+                (inp.slice(n0 * pl.in_len + gi * pl.gin..), pl.in_len)
+            } else {
+                (col.slice(..), pl.kg * pl.p)
+            };
+            weight_grad(gpu, &mut dw_g, (&go, pl.out_len), (&x, x_stride), s, &pl, partial_cap)?;
             // Input gradient: dcol[i] = W_g^T @ dout_g[i] (batched), scattered back by col2im.
             if let Some(dinp) = dinp.as_deref_mut() {
                 let w_g = weight.slice(gi * wg..(gi + 1) * wg);
@@ -376,24 +432,34 @@ mod tests {
             let what = format!("conv2d {g:?}");
             assert_close(&format!("{what} forward"), &gpu.download(&out).unwrap(), &want, 2e-4, 1e-4);
 
-            let mut dx = poisoned(gpu, in_len).unwrap();
-            let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
-            let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
-            conv2d_backward(
-                gpu,
-                Some(&mut dxv),
-                &mut dw.as_view_mut(),
-                Some(&mut dbv),
-                &dgo.as_view(),
-                &dx_in.as_view(),
-                &dw_in.as_view(),
-                &mut dcol.as_view_mut(),
-                &g,
-            )
-            .unwrap();
-            assert_close(&format!("{what} dinp"), &gpu.download(&dx).unwrap(), &want_dx, 2e-4, 1e-4);
-            assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
-            assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 2e-4, 1e-4);
+            // The backward with the smallest column scratch (one sample per round), and with the whole batch's
+            // columns and a weight-gradient scratch of two samples (several summing rounds, the last one short
+            // for odd batches).
+            let d = g.dims_or_panic();
+            let batch_col = g.col_len().max(g.n * d.kg * d.p);
+            for (col_len, cap) in [(g.col_len(), PARTIAL_CAP), (batch_col, 2 * d.ocg * d.kg)] {
+                let mut dcol = poisoned(gpu, col_len).unwrap();
+                let mut dx = poisoned(gpu, in_len).unwrap();
+                let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
+                let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
+                conv2d_backward_capped(
+                    gpu,
+                    Some(&mut dxv),
+                    &mut dw.as_view_mut(),
+                    Some(&mut dbv),
+                    &dgo.as_view(),
+                    &dx_in.as_view(),
+                    &dw_in.as_view(),
+                    &mut dcol.as_view_mut(),
+                    &g,
+                    cap,
+                )
+                .unwrap();
+                let what = format!("{what} col {col_len} cap {cap}");
+                assert_close(&format!("{what} dinp"), &gpu.download(&dx).unwrap(), &want_dx, 2e-4, 1e-4);
+                assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
+                assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 2e-4, 1e-4);
+            }
         }
     }
 }

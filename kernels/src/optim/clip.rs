@@ -112,7 +112,10 @@ pub mod cuda {
         /// The norm of the last [`clip_gradients`] (waits for the compute stream: call it when the value is
         /// logged, not every step).
         pub fn download_norm(&self, gpu: &Gpu) -> Result<f64, GpuError> {
-            Ok(gpu.download(&self.norm)?[0])
+            let mut norm = [0.0f64];
+            gpu.stream().memcpy_dtoh(&self.norm, &mut norm[..])?;
+            gpu.synchronize()?;
+            Ok(norm[0])
         }
     }
 

@@ -2,7 +2,7 @@
 //! gradient, per-node saved state, shared scratch; planned once for the largest batch, never reallocated.
 
 use ecstrain_components::{Graph, OpKind, ValueId};
-use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
 use ecstrain_kernels::cuda::{Gpu, GpuError};
 use ecstrain_kernels::ops;
 
@@ -26,8 +26,11 @@ pub struct GpuActivations {
     pub indices: Vec<Option<CudaSlice<u32>>>,
     /// Per node: an embedding's token ids of the last forward, converted on the device from the float input.
     pub ids: Vec<Option<CudaSlice<i64>>>,
-    /// Per node: a VQ layer's `[mse, perplexity]` of the last forward, read back by [`super::exec::read_aux`].
+    /// Per node: a VQ layer's `[mse, perplexity]` of the last forward, read back by [`super::exec::queue_aux`].
     pub stats: Vec<Option<CudaSlice<f32>>>,
+    /// Page-locked host copies of `stats` (same nodes), so their copy down is queued with the output's and
+    /// the step waits for the device once.
+    pub stats_host: Vec<Option<PinnedHostSlice<f32>>>,
     /// Scratch shared by the ops that need it in turn (convolution columns, attention score gradients, a
     /// class token's gathered gradient rows).
     pub scratch: Option<CudaSlice<f32>>,
@@ -126,6 +129,14 @@ impl GpuActivations {
             saved,
             indices,
             ids,
+            stats_host: stats
+                .iter()
+                .map(|st| match st {
+                    // SAFETY: read only after the copy down that fills it has completed (exec::read_aux).
+                    Some(b) => unsafe { gpu.context().alloc_pinned::<f32>(b.len()) }.map(Some).map_err(Into::into),
+                    None => Ok(None),
+                })
+                .collect::<Result<_, GpuError>>()?,
             stats,
             scratch: buffer(gpu, scratch)?,
             grad_tmp: gpu.stream().alloc_zeros(largest)?,

@@ -279,16 +279,23 @@ pub fn forward(
     Ok(())
 }
 
-/// Copies each VQ layer's statistics of the last forward down into the host's `aux` (per node), filled as
-/// the host executor fills them: loss `(1 + beta) * mse`, the codebook perplexity. A graph without VQ layers
-/// reads nothing; one with them waits for the stream (the step already waits for the output copy).
-pub fn read_aux(gpu: &Gpu, graph: &Graph, acts: &GpuActivations, aux: &mut [Option<AuxStats>]) -> Result<(), GpuError> {
+/// Queues the copy of each VQ layer's statistics of the last forward into its page-locked host copy; the
+/// caller synchronises the stream (once, with the output's copy) before [`read_aux`].
+pub fn queue_aux(gpu: &Gpu, acts: &mut GpuActivations) -> Result<(), GpuError> {
+    for (dev, host) in acts.stats.iter().zip(acts.stats_host.iter_mut()) {
+        if let (Some(dev), Some(host)) = (dev, host) {
+            gpu.stream().memcpy_dtoh(dev, host)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills the host's `aux` (per node) from the statistics [`queue_aux`] copied down, as the host executor
+/// fills them: loss `(1 + beta) * mse`, the codebook perplexity.
+pub fn read_aux(graph: &Graph, acts: &GpuActivations, aux: &mut [Option<AuxStats>]) -> Result<(), GpuError> {
     for (idx, node) in graph.nodes.iter().enumerate() {
         if let OpKind::VectorQuantize { beta, .. } = &node.op {
-            let mut st = [0.0f32; 2];
-            let dev = acts.stats[idx].as_ref().expect("VQ plans its statistics");
-            gpu.stream().memcpy_dtoh(dev, &mut st[..])?;
-            gpu.stream().synchronize()?;
+            let st = acts.stats_host[idx].as_ref().expect("VQ plans its statistics").as_slice()?;
             aux[idx] = Some(AuxStats { loss: (1.0 + beta) * st[0] as f64, perplexity: st[1] as f64 });
         }
     }

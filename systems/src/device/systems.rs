@@ -90,11 +90,13 @@ pub fn gpu_forward(
         exec::forward(&device, &graph, &g.params, &mut g.buffers, &mut g.acts, n, *mode, step_seed(&settings, &clock))?;
         let out = graph.output.0;
         let len = n * graph.values[out].numel();
+        // VQ statistics for the task's loss and metrics (queued first: the output's copy into pageable memory
+        // returns only once done, and then so are they).
+        exec::queue_aux(&device, &mut g.acts)?;
         let dev_out = g.acts.values[out].as_ref().expect("the output is produced").slice(..len);
         device.stream().memcpy_dtoh(&dev_out, &mut acts.values[out][..len])?;
         device.stream().synchronize()?;
-        // VQ statistics for the task's loss and metrics, as the host forward leaves them.
-        exec::read_aux(&device, &graph, &g.acts, &mut acts.aux)
+        exec::read_aux(&graph, &g.acts, &mut acts.aux)
     };
     if let Err(e) = run() {
         fail(&mut failure, "forward", e);
@@ -139,29 +141,40 @@ pub fn gpu_zero_grads(mut gpu: ResMut<GpuState>, mut failure: ResMut<RunFailure>
 }
 
 /// Reduce (on accumulation boundaries, with `run.clip_grad_*`): clamps and / or rescales the device
-/// gradients of the trainable parameters, and records their norm for the log (the host system's semantics).
+/// gradients of the trainable parameters (the host system's semantics). The norm stays on the device until
+/// a log record wants it ([`gpu_read_grad_norm`]): reading it every step would make the host wait for the
+/// backward every step.
 pub fn gpu_clip_gradients(
     mut gpu: ResMut<GpuState>,
     settings: Res<crate::optim::clip::GradClip>,
-    mut norm: ResMut<crate::optim::clip::GradNorm>,
     mut failure: ResMut<RunFailure>,
 ) {
     let g = &mut *gpu;
     let GpuState { gpu: device, grads, clip, .. } = g;
     let Some((table, ws)) = clip.as_mut() else { return };
-    let mut run = || -> Result<f64, GpuError> {
-        ecstrain_kernels::optim::clip::cuda::clip_gradients(
-            device,
-            &mut grads.slice_mut(..),
-            table,
-            settings.max_value,
-            settings.max_norm,
-            ws,
-        )?;
-        ws.download_norm(device)
-    };
-    match run() {
+    let result = ecstrain_kernels::optim::clip::cuda::clip_gradients(
+        device,
+        &mut grads.slice_mut(..),
+        table,
+        settings.max_value,
+        settings.max_norm,
+        ws,
+    );
+    if let Err(e) = result {
+        fail(&mut failure, "gradient clipping", e);
+    }
+}
+
+/// Log (at log intervals, with `run.clip_grad_*`, before the train record): the gradient norm of the last
+/// clipping, copied down for the record.
+pub fn gpu_read_grad_norm(
+    gpu: Res<GpuState>,
+    mut norm: ResMut<crate::optim::clip::GradNorm>,
+    mut failure: ResMut<RunFailure>,
+) {
+    let Some((_, ws)) = gpu.clip.as_ref() else { return };
+    match ws.download_norm(&gpu.gpu) {
         Ok(n) => norm.0 = Some(n),
-        Err(e) => fail(&mut failure, "gradient clipping", e),
+        Err(e) => fail(&mut failure, "gradient norm read", e),
     }
 }
