@@ -15,8 +15,9 @@ import re
 import sys
 
 # Barriers and shuffles, directly or through common.cuh's block / warp reductions.
-SYNC = re.compile(r"__syncthreads\s*\(|__shfl\w*\s*\(|\bblock_sum\s*\(|\bblock_max\s*\(|\bwarp_sum\s*\(|\bwarp_max\s*\(")
-DEFINITIONS = re.compile(r"__device__[^;{]*\b(block_sum|block_max|warp_sum|warp_max)\s*\(")
+REDUCTIONS = r"block_sum|block_max|warp_sum|warp_max|column_phase_sum"
+SYNC = re.compile(r"__syncthreads\s*\(|__shfl\w*\s*\(|\b(?:" + REDUCTIONS + r")\s*\(")
+DEFINITIONS = re.compile(r"__device__[^;{]*\b(?:" + REDUCTIONS + r")\s*\(")
 
 
 def main() -> None:

@@ -74,3 +74,19 @@ __device__ __forceinline__ const Segment *find_segment(const Segment *segs, int 
     }
     return nullptr;
 }
+
+// Column sums over [rows, cols] in a fixed order (cuda/launch.rs `column_grid`): block (x, c) covers columns
+// 32x .. 32x+31 and the rows of chunk c; thread t takes column 32x + t % 32 and every 8th row of the chunk
+// from phase t / 32. COLUMN_PHASES partial sums per column meet here and are added in phase order; the
+// result is valid in the threads of phase 0. Every thread of the block must call it. `red`: shared
+// [COLUMN_PHASES][33]. Block size: 32 * COLUMN_PHASES.
+#define COLUMN_PHASES 8
+template <typename T>
+__device__ __forceinline__ T column_phase_sum(T v, T (*red)[33]) {
+    const int col = threadIdx.x & 31, phase = threadIdx.x >> 5;
+    red[phase][col] = v;
+    __syncthreads();
+    T s = red[0][col];
+    for (int k = 1; k < COLUMN_PHASES; ++k) s += red[k][col];
+    return s;
+}

@@ -17,6 +17,28 @@ pub fn per_row(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Row phases of a column-sum block (`COLUMN_PHASES` in common.cuh): BLOCK / 32.
+const COLUMN_PHASES: usize = BLOCK as usize / 32;
+/// Fewest rows per chunk of a column sum: below this a chunk's threads would idle.
+const MIN_CHUNK_ROWS: usize = 64;
+/// Most chunks of a column sum (the second pass adds this many partial sums per column).
+const MAX_CHUNKS: usize = 256;
+
+/// The fixed grid of the column sums over `[rows, cols]` (`column_phase_sum` in common.cuh): rows per chunk,
+/// chunk count and the launch (one block per 32 columns and chunk). It depends on the shape alone, so the
+/// summation order, and the rounded result, is the same on every GPU.
+pub fn column_grid(rows: usize, cols: usize) -> (usize, usize, LaunchConfig) {
+    const _: () = assert!(COLUMN_PHASES == 8, "common.cuh's COLUMN_PHASES");
+    let per = rows.div_ceil(MAX_CHUNKS).max(MIN_CHUNK_ROWS);
+    let chunks = rows.div_ceil(per).max(1);
+    let cfg = LaunchConfig {
+        grid_dim: (cols.div_ceil(32).max(1) as u32, chunks as u32, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (per, chunks, cfg)
+}
+
 /// Most arguments a kernel of ours takes (the optimizers' take 15).
 pub const MAX_ARGS: usize = 24;
 

@@ -6,13 +6,29 @@ extern "C" __global__ void bias_add_forward_f32(float *out, const float *bias, s
     FOR_EACH(i, b * n) out[i] = __fadd_rn(out[i], bias[i % n]);
 }
 
-// dbias[j] += sum_i dout[i, j]: one thread per column sums the rows in order into a zero accumulator and
-// adds once, exactly as the CPU (so the bits agree); neighbouring threads read neighbouring columns, so
-// each row is read coalesced.
-extern "C" __global__ void bias_add_backward_f32(float *dbias, const float *dout, size_t b, size_t n) {
+// dbias[j] += sum_i dout[i, j] in two passes over a fixed grid (deterministic on every GPU, see
+// column_phase_sum): pass 1 sums each chunk of rows per column, straight onto dbias when there is one chunk
+// (`direct`), else into parts[chunk * n + j]; pass 2 adds the chunk sums in chunk order.
+extern "C" __global__ void bias_grad_partials_f32(float *dst, const float *dout, size_t b, size_t n,
+                                                  size_t chunk_rows, int direct) {
+    __shared__ float red[COLUMN_PHASES][33];
+    const size_t j = blockIdx.x * 32 + (threadIdx.x & 31);
+    const size_t r0 = blockIdx.y * chunk_rows, r1 = min(b, r0 + chunk_rows);
+    float acc = 0.0f;
+    if (j < n)
+        for (size_t r = r0 + (threadIdx.x >> 5); r < r1; r += COLUMN_PHASES) acc = __fadd_rn(acc, dout[r * n + j]);
+    const float s = column_phase_sum(acc, red);
+    if ((threadIdx.x >> 5) == 0 && j < n) {
+        if (direct) dst[j] = __fadd_rn(dst[j], s);
+        else dst[blockIdx.y * n + j] = s;
+    }
+}
+
+// dbias[j] += sum_c parts[c * n + j] over `chunks` chunk sums, in chunk order.
+extern "C" __global__ void bias_grad_sum_f32(float *dbias, const float *parts, size_t chunks, size_t n) {
     FOR_EACH(j, n) {
         float acc = 0.0f;
-        for (size_t r = 0; r < b; ++r) acc = __fadd_rn(acc, dout[r * n + j]);
+        for (size_t c = 0; c < chunks; ++c) acc = __fadd_rn(acc, parts[c * n + j]);
         dbias[j] = __fadd_rn(dbias[j], acc);
     }
 }

@@ -1,7 +1,7 @@
 // Layer normalisation over the last dimension; the CPU twin is ops/layer_norm.rs. inp, out, dout, dinp:
 // [rows, dim]; save_mean, save_rstd: [rows]; weight, bias, dweight, dbias: [dim] or null. One block per row
 // for the forward and the input gradient (f64 row reductions in a fixed order, then the row's outputs);
-// one thread per column for the parameter gradients (rows in order, f64, as the CPU's column pass). The
+// chunked column sums for the parameter gradients (f64, as the CPU's column pass, in a fixed order). The
 // element formulas are the CPU's f32 operations in its order (_rn: no contraction).
 
 __device__ __forceinline__ double ln_block_sum(double v, double *shared) {
@@ -72,17 +72,45 @@ extern "C" __global__ void ln_backward_input_f32(float *dinp, const float *dout,
     }
 }
 
-// dweight[j] += sum_r dout[r, j] * xhat[r, j], dbias[j] += sum_r dout[r, j] (either may be null).
-extern "C" __global__ void ln_backward_params_f32(float *dweight, float *dbias, const float *dout, const float *inp,
-                                                  const float *save_mean, const float *save_rstd, size_t rows,
-                                                  size_t dim) {
-    FOR_EACH(j, dim) {
-        double sw = 0.0, sb = 0.0;
-        for (size_t r = 0; r < rows; ++r) {
+// dweight[j] += sum_r dout[r, j] * xhat[r, j], dbias[j] += sum_r dout[r, j] (either may be null), in f64
+// over the fixed column grid (column_phase_sum): pass 1 sums each chunk of rows, straight onto the
+// gradients when there is one chunk (`direct`), else into parts ([2][chunks][dim] doubles: weight sums,
+// then bias sums); pass 2 adds the chunk sums in chunk order. Deterministic on every GPU.
+extern "C" __global__ void ln_params_partials_f32(float *dweight, float *dbias, double *parts, const float *dout,
+                                                  const float *inp, const float *save_mean, const float *save_rstd,
+                                                  size_t rows, size_t dim, size_t chunk_rows, int direct) {
+    __shared__ double red[COLUMN_PHASES][33];
+    const size_t j = blockIdx.x * 32 + (threadIdx.x & 31);
+    const size_t r0 = blockIdx.y * chunk_rows, r1 = min(rows, r0 + chunk_rows);
+    double sw = 0.0, sb = 0.0;
+    if (j < dim)
+        for (size_t r = r0 + (threadIdx.x >> 5); r < r1; r += COLUMN_PHASES) {
             const float g = dout[r * dim + j];
             const float xhat = __fmul_rn(__fsub_rn(inp[r * dim + j], save_mean[r]), save_rstd[r]);
             sw = __dadd_rn(sw, (double)__fmul_rn(g, xhat));
             sb = __dadd_rn(sb, (double)g);
+        }
+    sw = column_phase_sum(sw, red);
+    __syncthreads(); // every thread has read its column of `red` before it is reused
+    sb = column_phase_sum(sb, red);
+    if ((threadIdx.x >> 5) != 0 || j >= dim) return;
+    if (direct) {
+        if (dweight) dweight[j] = __fadd_rn(dweight[j], (float)sw);
+        if (dbias) dbias[j] = __fadd_rn(dbias[j], (float)sb);
+    } else {
+        parts[blockIdx.y * dim + j] = sw;
+        parts[(gridDim.y + blockIdx.y) * dim + j] = sb;
+    }
+}
+
+// Pass 2 of the above: the chunk sums of each column added in chunk order, onto the gradients.
+extern "C" __global__ void ln_params_sum_f32(float *dweight, float *dbias, const double *parts, size_t chunks,
+                                             size_t dim) {
+    FOR_EACH(j, dim) {
+        double sw = 0.0, sb = 0.0;
+        for (size_t c = 0; c < chunks; ++c) {
+            sw = __dadd_rn(sw, parts[c * dim + j]);
+            sb = __dadd_rn(sb, parts[(chunks + c) * dim + j]);
         }
         if (dweight) dweight[j] = __fadd_rn(dweight[j], (float)sw);
         if (dbias) dbias[j] = __fadd_rn(dbias[j], (float)sb);

@@ -2,10 +2,10 @@
 //! the saved mean / rstd) and [`layer_norm_backward`](super::layer_norm_backward), with the CPU's
 //! formulas and roundings.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut, LaunchConfig};
 
 use super::CUDA;
-use crate::cuda::launch::BLOCK;
+use crate::cuda::launch::{column_grid, BLOCK};
 use crate::cuda::{Gpu, GpuError};
 
 /// A null device pointer, for an absent optional buffer (the kernels test for null).
@@ -105,20 +105,30 @@ pub fn layer_norm_backward(
     if dweight.is_none() && dbias.is_none() {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "ln_backward_params_f32")?;
-    let mut l = gpu.launch_builder(&f);
-    match dweight {
-        Some(d) => l.arg(d),
-        None => l.arg(&NULL),
-    };
-    match dbias {
-        Some(d) => l.arg(d),
-        None => l.arg(&NULL),
-    };
-    l.arg(dout).arg(inp).arg(save_mean).arg(save_rstd).arg(&rows).arg(&dim);
-    // SAFETY: (float* x2, const float* x4, size_t, size_t); lengths checked; absent gradients are null.
-    unsafe { l.launch(gpu.elementwise(dim)) }?;
-    Ok(())
+    // The parameter gradients: chunked column sums (see layer_norm.cu), through the device scratch when
+    // there is more than one chunk.
+    let (per, chunks, cfg) = column_grid(rows, dim);
+    let partials = gpu.function(&CUDA, "ln_params_partials_f32")?;
+    let direct = (chunks == 1) as i32;
+    let (dw, db) = (dweight.map(|d| d.device_ptr_mut(gpu.stream()).0), dbias.map(|d| d.device_ptr_mut(gpu.stream()).0));
+    let (dw, db) = (dw.unwrap_or(NULL), db.unwrap_or(NULL));
+    // Doubles: two sums per column and chunk.
+    gpu.with_scratch(if direct == 1 { 0 } else { 4 * chunks * dim }, |parts| {
+        let mut l = gpu.launch_builder(&partials);
+        l.arg(&dw).arg(&db).arg(&mut *parts).arg(dout).arg(inp).arg(save_mean).arg(save_rstd);
+        l.arg(&rows).arg(&dim).arg(&per).arg(&direct);
+        // SAFETY: (float* x2, double*, const float* x4, size_t x3, int); lengths checked; absent gradients are
+        // null; parts (unused when direct) holds 2 * chunks * dim doubles at the scratch's aligned start.
+        unsafe { l.launch(cfg) }?;
+        if direct == 0 {
+            let sum = gpu.function(&CUDA, "ln_params_sum_f32")?;
+            let mut l = gpu.launch_builder(&sum);
+            l.arg(&dw).arg(&db).arg(&*parts).arg(&chunks).arg(&dim);
+            // SAFETY: (float* x2, const double*, size_t, size_t); as above.
+            unsafe { l.launch(gpu.elementwise(dim)) }?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -140,7 +150,9 @@ mod tests {
     fn layer_norm_matches_cpu() {
         let Some(gpu) = gpu_or_skip("layer_norm_matches_cpu") else { return };
         let mut rng = seeded("layer_norm_matches_cpu");
-        for &(rows, dim, affine) in &[(1usize, 8usize, true), (7, 300, true), (33, 5, false), (4, 1025, true)] {
+        // Rows past one chunk of the parameter gradients' column sums (64) and past 256 chunks of 64 too.
+        let cases = [(1usize, 8usize, true), (7, 300, true), (33, 5, false), (4, 1025, true), (200, 40, true), (16500, 3, true)];
+        for &(rows, dim, affine) in &cases {
             let len = rows * dim;
             let x = rand_vec(&mut rng, len, -2.0, 3.0);
             let w = rand_vec(&mut rng, dim, 0.5, 1.5);

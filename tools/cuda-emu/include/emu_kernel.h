@@ -79,6 +79,9 @@ inline float __double2float_rn(double a) { return (float)a; }
 inline float __expf(float a) { return expf(a); }
 inline float __logf(float a) { return logf(a); }
 inline float rsqrtf(float a) { return 1.0f / sqrtf(a); }
+// CUDA's integer min / max overloads (for equal types, as the device code uses them).
+template <typename T> inline T min(T a, T b) { return b < a ? b : a; }
+template <typename T> inline T max(T a, T b) { return a < b ? b : a; }
 
 inline unsigned __float_as_uint(float f) {
     unsigned u;
