@@ -447,11 +447,16 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         app.world.insert_resource(ema);
     }
     let summary = model_summary(&mut app.world, &graph);
-    if shard.world > 1 && device == Device::Cpu && r.bucket_mb > 0.0 {
-        // The gradient all-reduce overlaps the backward (DDP's buckets); the CUDA run keeps its own reduction.
+    if shard.world > 1 && r.bucket_mb > 0.0 {
+        // The gradient all-reduce overlaps the backward (DDP's buckets): on the CPU through a communication
+        // thread, on a GPU on the device communicator's stream (used when NCCL connects, device_comm.rs).
         let elems = ((r.bucket_mb * (1 << 20) as f64 / 4.0).round() as usize).max(1);
         let cuts = ecstrain_systems::graph::gradient_cuts(&graph);
-        app.world.insert_resource(OverlapReducer::new(comm.0.clone(), elems, cuts));
+        if device == Device::Cpu {
+            app.world.insert_resource(OverlapReducer::new(comm.0.clone(), elems, cuts));
+        } else {
+            app.world.insert_resource(ecstrain_systems::device::reduce::DeviceBuckets { cuts: cuts.into(), bucket: elems });
+        }
     }
     app.world.insert_resource(graph);
     let resumed_from = crate::resume::resume_path(&r.resume, &r.save_dir).map_err(err)?;

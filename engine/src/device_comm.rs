@@ -99,9 +99,12 @@ struct Nccl(ecstrain_kernels::cuda::nccl::NcclComm);
 impl ecstrain_systems::device::reduce::DeviceCollective for Nccl {
     fn average_f32(
         &self,
-        buf: &mut ecstrain_kernels::cuda::cudarc::driver::CudaSlice<f32>,
+        buf: &mut ecstrain_kernels::cuda::cudarc::driver::CudaViewMut<f32>,
     ) -> Result<(), ecstrain_kernels::cuda::GpuError> {
         self.0.average_in_place(buf)
+    }
+    fn join(&self) -> Result<(), ecstrain_kernels::cuda::GpuError> {
+        self.0.join()
     }
     fn backend(&self) -> String {
         format!("NCCL (rank {} of {})", self.0.rank(), self.0.world())

@@ -1,8 +1,8 @@
 // cuda-emu: the NCCL calls the engine makes (unique id, communicator per rank, all-reduce, broadcast), between
 // processes on one machine through a shared-memory file, so the data-parallel CUDA path (the id broadcast over
 // MPI, ncclCommInitRank, the gradient all-reduce) runs under mpirun without GPUs. Built as libnccl.so.2.
-// Collectives are synchronous: each rank copies its buffer into its slot, waits for the others, and reduces
-// the slots in rank order (the same bits on every rank).
+// Collectives run in their stream's order (queued like kernels): each rank copies its buffer into its slot,
+// waits for the others, and reduces the slots in rank order (the same bits on every rank).
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <string>
 
 typedef int ncclResult_t;
@@ -62,15 +63,31 @@ static ncclResult_t barrier(Comm *c) {
     return SUCCESS;
 }
 
-// The collective reads the stream's earlier work: the emulated driver queues a stream's operations until
-// something waits for them, so the stream is synchronised first.
-static void sync_stream(void *stream) {
-    typedef int (*Sync)(void *);
-    static Sync sync = [] {
+// A collective runs in its stream's order: queued through the emulated driver's cuLaunchHostFunc, it runs
+// when the driver runs the stream's earlier work (the emulated driver queues a stream's operations until
+// something waits for them), so a consumer that does not wait for the collective's stream reads stale data,
+// as on a GPU. Without the driver loaded it runs at once.
+static void run_on(void *stream, std::function<void()> op) {
+    typedef int (*HostFunc)(void *, void (*)(void *), void *);
+    static HostFunc launch_host = [] {
         void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-        return lib ? (Sync)dlsym(lib, "cuStreamSynchronize") : (Sync) nullptr;
+        return lib ? (HostFunc)dlsym(lib, "cuLaunchHostFunc") : (HostFunc) nullptr;
     }();
-    if (sync) sync(stream);
+    if (!launch_host) {
+        op();
+        return;
+    }
+    auto *boxed = new std::function<void()>(std::move(op));
+    launch_host(stream, [](void *p) {
+        auto *f = (std::function<void()> *)p;
+        (*f)();
+        delete f;
+    }, boxed);
+}
+
+// A queued collective cannot return an error: a rank that never arrives ends the process.
+static void barrier_or_abort(Comm *c) {
+    if (barrier(c) != SUCCESS) abort();
 }
 
 static std::string shm_path(const ncclUniqueId &id) {
@@ -155,24 +172,28 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype
         fprintf(stderr, "cuda-emu NCCL: an all-reduce of %zu bytes is over the %zu-byte slot\n", count * width, SLOT);
         return INVALID_USAGE;
     }
-    sync_stream(stream);
-    memcpy(c->slot(c->rank), send, count * width);
-    if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
-    if (dtype == FLOAT32)
-        reduce(c, (float *)recv, count, op);
-    else
-        reduce(c, (double *)recv, count, op);
-    return barrier(c); // no rank overwrites its slot before every rank has read it
+    run_on(stream, [=] {
+        memcpy(c->slot(c->rank), send, count * width);
+        barrier_or_abort(c);
+        if (dtype == FLOAT32)
+            reduce(c, (float *)recv, count, op);
+        else
+            reduce(c, (double *)recv, count, op);
+        barrier_or_abort(c); // no rank overwrites its slot before every rank has read it
+    });
+    return SUCCESS;
 }
 
 ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, int dtype, int root, Comm *c, void *stream) {
     const size_t width = dtype == FLOAT32 ? 4 : dtype == FLOAT64 ? 8 : 0;
     if (width == 0 || root < 0 || root >= c->nranks || count * width > SLOT) return INVALID_ARGUMENT;
-    sync_stream(stream);
-    if (c->rank == root) memcpy(c->slot(root), send, count * width);
-    if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
-    memmove(recv, c->slot(root), count * width);
-    return barrier(c);
+    run_on(stream, [=] {
+        if (c->rank == root) memcpy(c->slot(root), send, count * width);
+        barrier_or_abort(c);
+        memmove(recv, c->slot(root), count * width);
+        barrier_or_abort(c);
+    });
+    return SUCCESS;
 }
 
 } // extern "C"

@@ -3,13 +3,15 @@
 //!
 //! The engine never implements a collective itself: a [`NcclComm`] is created from a unique id that rank 0
 //! draws ([`unique_id`]) and the launcher's other channel (MPI here) hands to every rank; after that every
-//! gradient all-reduce is one in-place `ncclAllReduce(ncclAvg)` over the device gradient arena on the
-//! compute stream, so it is ordered after the backward's kernels and before the optimizer's without a host
-//! round trip.
+//! gradient average is an in-place `ncclAllReduce(ncclAvg)` over a range of the device gradient arena on the
+//! communicator's own stream: [`NcclComm::average_in_place`] orders it after the compute stream's work so far
+//! (the kernels that wrote the range) without holding the compute stream back, so buckets reduce while the
+//! backward goes on; [`NcclComm::join`] then orders the compute stream (clipping, the optimizer) after every
+//! average. No host round trip either way.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaEvent, CudaStream, CudaViewMut};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 
 use super::{Gpu, GpuError};
@@ -38,9 +40,16 @@ pub fn unique_id() -> Result<[u8; ID_BYTES], GpuError> {
     Ok(id.internal().map(|c| c as u8))
 }
 
-/// One rank's NCCL communicator, bound to the [`Gpu`]'s compute stream.
+/// One rank's NCCL communicator, on a stream of its own beside the [`Gpu`]'s compute stream.
 pub struct NcclComm {
     comm: Mutex<Comm>,
+    /// The GPU's compute stream (what the averages wait for, and what waits for them).
+    compute: Arc<CudaStream>,
+    /// The communicator's stream.
+    stream: Arc<CudaStream>,
+    /// Recorded on the compute stream before each average, on the communicator's stream at each join.
+    ready: CudaEvent,
+    done: CudaEvent,
     rank: usize,
     world: usize,
 }
@@ -64,9 +73,17 @@ impl NcclComm {
             return unique_id().map(|_| unreachable!("unique_id fails without the library"));
         }
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
-        let comm =
-            Comm::from_rank(gpu.stream().clone(), rank, world, id).map_err(|e| nccl_error("ncclCommInitRank", e))?;
-        Ok(NcclComm { comm: Mutex::new(comm), rank, world })
+        let stream = gpu.context().new_stream()?;
+        let comm = Comm::from_rank(stream.clone(), rank, world, id).map_err(|e| nccl_error("ncclCommInitRank", e))?;
+        Ok(NcclComm {
+            comm: Mutex::new(comm),
+            compute: gpu.stream().clone(),
+            stream,
+            ready: gpu.context().new_event(None)?,
+            done: gpu.context().new_event(None)?,
+            rank,
+            world,
+        })
     }
 
     /// This rank.
@@ -79,11 +96,23 @@ impl NcclComm {
         self.world
     }
 
-    /// `buf` averaged over the ranks in place (sum, then divided by the world size), enqueued on the compute
-    /// stream.
-    pub fn average_in_place(&self, buf: &mut CudaSlice<f32>) -> Result<(), GpuError> {
+    /// `buf` averaged over the ranks in place (sum, then divided by the world size) on the communicator's
+    /// stream, after everything issued to the compute stream so far; the compute stream goes on meanwhile
+    /// (it must not write `buf` before [`join`](Self::join)).
+    pub fn average_in_place(&self, buf: &mut CudaViewMut<f32>) -> Result<(), GpuError> {
         let comm = self.comm.lock().unwrap_or_else(|p| p.into_inner());
+        // A stream wait takes the event as last recorded, so one event serves every bucket.
+        self.ready.record(&self.compute)?;
+        self.stream.wait(&self.ready)?;
         comm.all_reduce_in_place(buf, &ReduceOp::Avg).map_err(|e| nccl_error("ncclAllReduce", e))?;
+        Ok(())
+    }
+
+    /// Orders the compute stream's later work after every average issued so far.
+    pub fn join(&self) -> Result<(), GpuError> {
+        let _comm = self.comm.lock().unwrap_or_else(|p| p.into_inner());
+        self.done.record(&self.stream)?;
+        self.compute.wait(&self.done)?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Host side of `bias_add.cu`: the GPU twins of [`bias_add_forward`](super::bias_add_forward) (bit-identical)
 //! and [`bias_add_backward`](super::bias_add_backward) (deterministic, within rounding).
 
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::launch::column_grid;
@@ -46,23 +46,35 @@ pub fn bias_add_backward(
     if n == 0 || b == 0 {
         return Ok(());
     }
-    let (per, chunks, cfg) = column_grid(b, n);
     let partials = gpu.function(&CUDA, "bias_grad_partials_f32")?;
-    if chunks == 1 {
-        let direct = 1i32;
+    column_sums(gpu, dbias, b, n, |dst, per, direct, cfg| {
         let mut l = gpu.launch_builder(&partials);
-        l.arg(&mut *dbias).arg(dout).arg(&b).arg(&n).arg(&per).arg(&direct);
-        // SAFETY: (float*, const float*, size_t, size_t, size_t, int); dbias holds n, dout b*n elements.
+        l.arg(dst).arg(dout).arg(&b).arg(&n).arg(&per).arg(&direct);
+        // SAFETY: (float*, const float*, size_t, size_t, size_t, int); dst holds n elements (direct) or one row
+        // of n per chunk, dout b*n elements.
         unsafe { l.launch(cfg) }?;
-        return Ok(());
+        Ok(())
+    })
+}
+
+/// The two passes of a column sum onto `dbias` ([N]) over `[B, N]` (see `column_grid`): `pass1(dst, rows
+/// per chunk, direct, launch)` queues a `bias_grad_partials_f32`-style kernel that writes each chunk's sums
+/// into `dst`, straight onto `dbias` when `direct` is 1 (one chunk); otherwise `dst` is device scratch of a
+/// row per chunk, and `bias_grad_sum_f32` adds the rows in chunk order.
+pub(crate) fn column_sums(
+    gpu: &Gpu,
+    dbias: &mut CudaViewMut<f32>,
+    b: usize,
+    n: usize,
+    mut pass1: impl FnMut(&mut CudaViewMut<f32>, usize, i32, LaunchConfig) -> Result<(), GpuError>,
+) -> Result<(), GpuError> {
+    let (per, chunks, cfg) = column_grid(b, n);
+    if chunks == 1 {
+        return pass1(dbias, per, 1, cfg);
     }
     let sum = gpu.function(&CUDA, "bias_grad_sum_f32")?;
     gpu.with_scratch(chunks * n, |parts| {
-        let direct = 0i32;
-        let mut l = gpu.launch_builder(&partials);
-        l.arg(&mut *parts).arg(dout).arg(&b).arg(&n).arg(&per).arg(&direct);
-        // SAFETY: as above; parts holds chunks*n elements, one row of sums per chunk.
-        unsafe { l.launch(cfg) }?;
+        pass1(parts, per, 0, cfg)?;
         let mut l = gpu.launch_builder(&sum);
         l.arg(&mut *dbias).arg(&*parts).arg(&chunks).arg(&n);
         // SAFETY: (float*, const float*, size_t, size_t); dbias holds n, parts chunks*n elements.

@@ -226,8 +226,8 @@ crate::multiversion!(
         => epilogue_rows_body
 );
 
-/// The CUDA kernel of the fused backward (`linear_act.cu`, compiled after `activation.cu`, whose device
-/// functions it uses).
+/// The CUDA kernels of the fused layer's element work (`linear_act.cu`, compiled after `activation.cu`, whose
+/// device functions they use).
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "linear_act",
     code: concat!(include_str!("activation.cu"), "\n", include_str!("linear_act.cu")),
@@ -235,9 +235,19 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
 };
 
 /// This program's entry points: its own, then activation.cu's, which are compiled into it too.
-const ENTRY_POINTS: [&str; 7] = {
+const ENTRY_POINTS: [&str; 9] = {
     let a = super::activation::ENTRY_POINTS;
-    ["act_backward_inplace_f32", a[0], a[1], a[2], a[3], a[4], a[5]]
+    [
+        "bias_act_forward_f32",
+        "act_backward_bias_partials_f32",
+        "act_backward_inplace_f32",
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+        a[5],
+    ]
 };
 
 /// Host side of the fused linear + activation on the GPU.

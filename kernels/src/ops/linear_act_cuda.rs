@@ -7,8 +7,9 @@ use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
-use crate::ops::activation::{self, Activation};
+use crate::ops::activation::Activation;
 use crate::ops::{bias_add, linear};
+
 
 /// Fused forward on the GPU: `pre = inp @ weight^T + bias`, `out = act(pre)` (both overwritten).
 /// inp: [B, C], weight: [OC, C], bias: [OC] or None, pre, out: [B, OC].
@@ -26,11 +27,29 @@ pub fn linear_act_forward(
     oc: usize,
 ) -> Result<(), GpuError> {
     assert_eq!(out.len(), b * oc, "linear_act_forward: out must be [B, OC]");
-    linear::cuda::linear_forward(gpu, pre, inp, weight, bias, b, c, oc)?;
+    assert_eq!(pre.len(), b * oc, "linear_act_forward: pre must be [B, OC]");
+    linear::cuda::linear_forward(gpu, pre, inp, weight, None, b, c, oc)?;
     if b * oc == 0 {
         return Ok(());
     }
-    activation::cuda::forward(gpu, act, out, &pre.slice(..))
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), oc, "linear_act_forward: bias must be [OC]");
+    }
+    // Bias and activation in one pass over the product (bitwise the bias add then the activation).
+    let f = gpu.function(&CUDA, "bias_act_forward_f32")?;
+    let code = act.code() as i32;
+    let len = b * oc;
+    let mut l = gpu.launch_builder(&f);
+    l.arg(out).arg(&mut *pre);
+    match bias {
+        Some(bias) => l.arg(bias),
+        None => l.arg(&0u64),
+    };
+    l.arg(&b).arg(&oc).arg(&code);
+    // SAFETY: (float*, float*, const float*, size_t, size_t, int); out and pre hold b*oc elements, the bias
+    // oc (or null).
+    unsafe { l.launch(gpu.elementwise(len)) }?;
+    Ok(())
 }
 
 /// Fused backward on the GPU. `dout` holds the gradient of `out` on entry and that of `pre` on return.
@@ -69,18 +88,28 @@ pub fn act_backward_with_bias_sums(
     assert_eq!(d.len(), b * n, "act_backward_with_bias_sums: d must be [B, N]");
     assert_eq!(pre.len(), b * n, "act_backward_with_bias_sums: pre must be [B, N]");
     let len = b * n;
-    if len > 0 {
+    if len == 0 {
+        return Ok(());
+    }
+    let code = act.code() as i32;
+    let Some(dbias) = dbias else {
         let f = gpu.function(&CUDA, "act_backward_inplace_f32")?;
-        let code = act.code() as i32;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *d).arg(pre).arg(&len).arg(&code);
         // SAFETY: (float*, const float*, size_t, int); d and pre hold len elements.
         unsafe { l.launch(gpu.elementwise(len)) }?;
-    }
-    if let Some(dbias) = dbias {
-        bias_add::cuda::bias_add_backward(gpu, dbias, &d.slice(..), b, n)?;
-    }
-    Ok(())
+        return Ok(());
+    };
+    // The activation backward fused into the bias gradient's first pass.
+    let f = gpu.function(&CUDA, "act_backward_bias_partials_f32")?;
+    bias_add::cuda::column_sums(gpu, dbias, b, n, |dst, per, direct, cfg| {
+        let mut l = gpu.launch_builder(&f);
+        l.arg(&mut *d).arg(pre).arg(dst).arg(&b).arg(&n).arg(&per).arg(&direct).arg(&code);
+        // SAFETY: (float*, const float*, float*, size_t x3, int, int); d and pre hold b*n elements, dst n
+        // (direct) or a row of n per chunk.
+        unsafe { l.launch(cfg) }?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +129,7 @@ mod tests {
         let mut rng = seeded("linear_act_matches_cpu");
         for &name in Activation::NAMES {
             let act = Activation::parse(name).unwrap();
-            for &(b, c, oc) in &[(1usize, 9usize, 5usize), (33, 40, 17)] {
+            for &(b, c, oc) in &[(1usize, 9usize, 5usize), (33, 40, 17), (150, 6, 40)] {
                 let inp = rand_vec(&mut rng, b * c, -1.0, 1.0);
                 let w = rand_vec(&mut rng, oc * c, -1.0, 1.0);
                 let bias = rand_vec(&mut rng, oc, -1.0, 1.0);
@@ -145,6 +174,13 @@ mod tests {
                 .unwrap();
                 assert_close(&format!("{what} pre"), &gpu.download(&pre).unwrap(), &want_pre, 2e-4, 1e-4);
                 assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want_out, 2e-4, 1e-4);
+                // The fused epilogue is the unfused GPU pair's bits: the linear layer, then the activation.
+                let (mut out2, mut pre2) = (poisoned(gpu, b * oc).unwrap(), poisoned(gpu, b * oc).unwrap());
+                linear::cuda::linear_forward(gpu, &mut pre2.as_view_mut(), &di.as_view(), &dwt.as_view(), Some(&bv), b, c, oc)
+                    .unwrap();
+                crate::ops::activation::cuda::forward(gpu, act, &mut out2.as_view_mut(), &pre2.as_view()).unwrap();
+                assert_bitwise(&format!("{what} fused pre"), &gpu.download(&pre).unwrap(), &gpu.download(&pre2).unwrap());
+                assert_bitwise(&format!("{what} fused out"), &gpu.download(&out).unwrap(), &gpu.download(&out2).unwrap());
 
                 // The backward from the CPU's pre-activation, so only the backward's own rounding differs.
                 let dpre = gpu.upload(&want_pre).unwrap();
@@ -167,6 +203,15 @@ mod tests {
                 )
                 .unwrap();
                 assert_close(&format!("{what} dpre"), &gpu.download(&dd).unwrap(), &want_d, 1e-6, 1e-5);
+                // The activation backward fused into the bias gradient's first pass is the unfused GPU pair's
+                // bits (the same column grid and order).
+                let (mut d2, mut db2) = (poisoned(gpu, b * oc).unwrap(), gpu.upload(&db0).unwrap());
+                let gv = gpu.upload(&g).unwrap();
+                crate::ops::activation::cuda::backward(gpu, act, &mut d2.as_view_mut(), &gv.as_view(), &dpre.as_view())
+                    .unwrap();
+                bias_add::cuda::bias_add_backward(gpu, &mut db2.as_view_mut(), &d2.as_view(), b, oc).unwrap();
+                assert_bitwise(&format!("{what} fused dpre"), &gpu.download(&dd).unwrap(), &gpu.download(&d2).unwrap());
+                assert_bitwise(&format!("{what} fused dbias"), &gpu.download(&db).unwrap(), &gpu.download(&db2).unwrap());
                 assert_close(&format!("{what} dinp"), &gpu.download(&dx).unwrap(), &want_dx, 2e-4, 1e-4);
                 assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
                 assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 1e-4, 1e-5);

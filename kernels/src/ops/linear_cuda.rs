@@ -172,8 +172,8 @@ mod tests {
                 assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
                 if with_bias {
                     assert_close(&format!("{what} dinp"), &gpu.download(&dinp).unwrap(), &want_dinp, 2e-4, 1e-4);
-                    // Same column sums as the CPU, in the same order: bitwise.
-                    assert_bitwise(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db);
+                    // The column sums in chunks (bias_add::cuda): within f32 rounding of the CPU's row order.
+                    assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 1e-5, 1e-5);
                 } else {
                     assert_bitwise(&format!("{what} dbias untouched"), &gpu.download(&db).unwrap(), &db0);
                 }

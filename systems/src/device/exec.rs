@@ -434,11 +434,59 @@ pub fn backward(
     seed: u64,
     aux_weight: f32,
 ) -> Result<(), GpuError> {
+    backward_releasing(gpu, graph, params, grads, acts, n, mode, seed, aux_weight, None)
+}
+
+/// Hands buckets of the device gradient arena to a consumer as soon as the backward has issued every kernel
+/// that writes them (the data-parallel average overlapped with the backward, on another stream), as the host
+/// executor's [`Release`](crate::graph::exec::Release) does.
+pub struct DeviceRelease<'c> {
+    /// [`gradient_cuts`](crate::graph::exec::gradient_cuts) of the graph.
+    pub cuts: &'c [usize],
+    /// Elements of the arena (the host [`Params`](ecstrain_components::Params) length).
+    pub len: usize,
+    /// Bucket size in elements: a bucket goes out once the final pieces gathered reach it (the first at most
+    /// [`FIRST_BUCKET`](crate::parallel::overlap::FIRST_BUCKET), as DDP's), the rest after the last node.
+    pub bucket: usize,
+    /// Called with each bucket, from the end of the arena down, each right below the last, all of it in the
+    /// end. The kernels writing a bucket are issued (not necessarily done) when it is called, and none issued
+    /// later writes it.
+    pub on_ready: &'c mut dyn FnMut(&mut CudaViewMut<f32>) -> Result<(), GpuError>,
+}
+
+/// [`backward`], handing each bucket of the gradient arena to `release` once its last writer is issued. The
+/// kernels and their order are [`backward`]'s.
+#[allow(clippy::too_many_arguments)] // the buffers of one pass, as the host executor's
+pub fn backward_releasing(
+    gpu: &Gpu,
+    graph: &Graph,
+    params: &CudaSlice<f32>,
+    grads: &mut CudaSlice<f32>,
+    acts: &mut GpuActivations,
+    n: usize,
+    mode: Mode,
+    seed: u64,
+    aux_weight: f32,
+    mut release: Option<DeviceRelease<'_>>,
+) -> Result<(), GpuError> {
     let GpuActivations { input, values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, .. } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ParamRef| params.slice(r.slice.range());
     written.fill(false);
+    // The start of the released part of the arena (everything from it on is handed out) and the size at which
+    // the next bucket goes.
+    let mut released = release.as_ref().map_or(0, |r| r.len);
+    let mut cap = release.as_ref().map_or(0, |r| crate::parallel::overlap::FIRST_BUCKET.min(r.bucket.max(1)));
     for (idx, node) in graph.nodes.iter().enumerate().rev() {
+        if let Some(r) = release.as_mut() {
+            // Nodes past idx are issued: what only they write is final.
+            let cut = r.cuts[idx];
+            if released.saturating_sub(cut) >= cap {
+                (r.on_ready)(&mut grads.slice_mut(cut..released))?;
+                released = cut;
+                cap = r.bucket.max(1);
+            }
+        }
         let mut dy_buf = dvals[node.output.0].take().expect("every produced value has a gradient buffer");
         let out_len = n * numel(node.output);
         let result = (|| -> Result<(), GpuError> {
@@ -708,6 +756,11 @@ pub fn backward(
         })();
         dvals[node.output.0] = Some(dy_buf);
         result?;
+    }
+    if let Some(r) = release.as_mut() {
+        if released > 0 {
+            (r.on_ready)(&mut grads.slice_mut(..released))?;
+        }
     }
     Ok(())
 }

@@ -3,8 +3,11 @@
 //! does for the host arena.
 //!
 //! Two ways, chosen by what the launch provided:
-//! - a [`DeviceComm`] (NCCL, the engine's `nccl` feature): one in-place average on the device, on the compute
-//!   stream, with no host round trip;
+//! - a [`DeviceComm`] (NCCL, the engine's `nccl` feature): in-place averages on the device, on the
+//!   communicator's stream, with no host round trip. With [`DeviceBuckets`] (`run.bucket_mb` > 0, the default)
+//!   they overlap the backward: `gpu_backward` hands each bucket of the arena over as soon as the kernels
+//!   writing it are issued, and joins the streams after the last one, so this system has nothing left to do;
+//!   without, this system averages the whole arena after the backward;
 //! - otherwise the host communicator (MPI): the arena is staged through the host [`Grads`] buffer (unused on a
 //!   CUDA run), reduced there exactly as a CPU run reduces it, and copied back up.
 
@@ -13,7 +16,7 @@ use std::time::Instant;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{EmaWeights, Grads, RunFailure};
-use ecstrain_kernels::cuda::cudarc::driver::CudaSlice;
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaViewMut};
 use ecstrain_kernels::cuda::GpuError;
 
 use super::state::GpuState;
@@ -23,8 +26,11 @@ use crate::parallel::{Comm, ReduceTiming};
 
 /// A communication engine that reduces device buffers in place (NCCL).
 pub trait DeviceCollective: Send + Sync {
-    /// `buf` averaged over every rank, in place, ordered on the device's compute stream.
-    fn average_f32(&self, buf: &mut CudaSlice<f32>) -> Result<(), GpuError>;
+    /// `buf` averaged over every rank, in place, after the compute stream's work issued so far, without
+    /// holding the compute stream back (which must not write `buf` before [`join`](Self::join)).
+    fn average_f32(&self, buf: &mut CudaViewMut<f32>) -> Result<(), GpuError>;
+    /// Orders the compute stream's later work after every average issued so far.
+    fn join(&self) -> Result<(), GpuError>;
     /// The engine, for messages ("NCCL").
     fn backend(&self) -> String;
 }
@@ -33,19 +39,36 @@ pub trait DeviceCollective: Send + Sync {
 #[derive(Resource, Clone)]
 pub struct DeviceComm(pub Arc<dyn DeviceCollective>);
 
+/// The bucket plan of a data-parallel CUDA run whose gradient average overlaps the backward (`run.bucket_mb`
+/// > 0): the graph's [`gradient_cuts`](crate::graph::exec::gradient_cuts) and the bucket size in elements.
+/// Used when a [`DeviceComm`] exists; the host-staged reduction keeps one average after the backward.
+#[derive(Resource, Clone, Debug)]
+pub struct DeviceBuckets {
+    /// Per node, the end of the arena prefix the backward may still write there.
+    pub cuts: Arc<[usize]>,
+    /// Bucket size in elements.
+    pub bucket: usize,
+}
+
 /// Reduce (CUDA, data parallel, on accumulation boundaries): the device gradient arena averaged over ranks.
 pub fn gpu_all_reduce_gradients(
     comm: Res<Comm>,
     device_comm: Option<Res<DeviceComm>>,
+    buckets: Option<Res<DeviceBuckets>>,
     mut gpu: ResMut<GpuState>,
     mut host: ResMut<Grads>,
     mut timing: ResMut<ReduceTiming>,
     mut failure: ResMut<RunFailure>,
 ) {
+    if device_comm.is_some() && buckets.is_some() {
+        return; // averaged during the backward (gpu_backward)
+    }
     let t0 = Instant::now();
     let g = &mut *gpu;
+    let n = host.0.data.len();
     let result = match &device_comm {
-        Some(dc) => dc.0.average_f32(&mut g.grads).and_then(|()| g.gpu.synchronize()),
+        // Synchronised only to time it for the log; the overlapped path never waits.
+        Some(dc) => dc.0.average_f32(&mut g.grads.slice_mut(..n)).and_then(|()| dc.0.join()).and_then(|()| g.gpu.synchronize()),
         None => staged_average(&comm, g, &mut host.0.data),
     };
     if let Err(e) = result {

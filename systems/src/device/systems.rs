@@ -9,10 +9,12 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{
     Batch, Buffers, Clock, EmaWeights, Graph, Mode, OptimizerState, Params, RunFailure, RunSettings,
 };
+use ecstrain_kernels::cuda::cudarc::driver::CudaViewMut;
 use ecstrain_kernels::cuda::GpuError;
 use ecstrain_kernels::rng::Rng;
 
 use super::exec;
+use super::reduce::{DeviceBuckets, DeviceComm};
 use super::state::GpuState;
 use crate::graph::Activations;
 
@@ -113,18 +115,40 @@ pub fn gpu_backward(
     mode: Res<Mode>,
     clock: Res<Clock>,
     settings: Res<RunSettings>,
+    params_host: Res<ecstrain_components::Params>,
+    device_comm: Option<Res<DeviceComm>>,
+    buckets: Option<Res<DeviceBuckets>>,
     mut failure: ResMut<RunFailure>,
 ) {
     let n = batch.size;
     let g = &mut *gpu;
     let device = g.gpu.clone();
+    let overlap = device_comm.zip(buckets);
+    let host_len = params_host.0.len();
     let mut run = || -> Result<(), GpuError> {
         let out = graph.output.0;
         let len = n * graph.values[out].numel();
         let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
         device.stream().memcpy_htod(&acts.grads[out][..len], &mut dst.slice_mut(..len))?;
         let seed = step_seed(&settings, &clock);
-        exec::backward(&device, &graph, &g.params, &mut g.grads, &mut g.acts, n, *mode, seed, acts.aux_weight)
+        let (params, grads, dacts) = (&g.params, &mut g.grads, &mut g.acts);
+        match (&overlap, clock.at_accumulation_boundary()) {
+            // Data parallel over NCCL: each bucket is averaged on the communicator's stream as soon as its
+            // kernels are issued, and the compute stream waits for the last before anything reads the arena.
+            (Some((dc, buckets)), true) => {
+                let mut on_ready = |bucket: &mut CudaViewMut<f32>| dc.0.average_f32(bucket);
+                let release = exec::DeviceRelease {
+                    cuts: &buckets.cuts,
+                    len: host_len,
+                    bucket: buckets.bucket,
+                    on_ready: &mut on_ready,
+                };
+                let aux = acts.aux_weight;
+                exec::backward_releasing(&device, &graph, params, grads, dacts, n, *mode, seed, aux, Some(release))?;
+                dc.0.join()
+            }
+            _ => exec::backward(&device, &graph, params, grads, dacts, n, *mode, seed, acts.aux_weight),
+        }
     };
     if let Err(e) = run() {
         fail(&mut failure, "backward", e);
