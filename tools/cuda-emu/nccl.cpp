@@ -1,8 +1,8 @@
 // cuda-emu: the NCCL calls the engine makes (unique id, communicator per rank, all-reduce, broadcast), between
 // processes on one machine through a shared-memory file, so the data-parallel CUDA path (the id broadcast over
 // MPI, ncclCommInitRank, the gradient all-reduce) runs under mpirun without GPUs. Built as libnccl.so.2.
-// Collectives run in their stream's order (queued like kernels): each rank copies its buffer into its slot,
-// waits for the others, and reduces the slots in rank order (the same bits on every rank).
+// Each rank copies its buffer into its slot, waits for the others, and reduces the slots in rank order (the
+// same bits on every rank); the result lands in the stream's order (see "deliver").
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -16,7 +16,9 @@
 
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 typedef int ncclResult_t;
 enum : int { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, INVALID_USAGE = 5 };
@@ -63,10 +65,22 @@ static ncclResult_t barrier(Comm *c) {
     return SUCCESS;
 }
 
-// A collective runs in its stream's order: queued through the emulated driver's cuLaunchHostFunc, it runs
-// when the driver runs the stream's earlier work (the emulated driver queues a stream's operations until
-// something waits for them), so a consumer that does not wait for the collective's stream reads stale data,
-// as on a GPU. Without the driver loaded it runs at once.
+// A collective reads its input when it is called, after its stream's earlier work (which includes that
+// stream's waits on other streams: the emulated driver queues a stream's operations until something waits for
+// them, so the stream is synchronised first), and its result lands in the stream's order: the copy into the
+// output is queued on the stream (through the emulated driver's cuLaunchHostFunc). So both missing
+// dependencies show as stale data, as on a GPU where the communicator's stream runs beside the compute
+// stream: a collective not ordered after the kernels writing its input reads their old values, and a
+// consumer not ordered after the collective's stream reads the old output.
+static void sync_stream(void *stream) {
+    typedef int (*Sync)(void *);
+    static Sync sync = [] {
+        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+        return lib ? (Sync)dlsym(lib, "cuStreamSynchronize") : (Sync) nullptr;
+    }();
+    if (sync) sync(stream);
+}
+
 static void run_on(void *stream, std::function<void()> op) {
     typedef int (*HostFunc)(void *, void (*)(void *), void *);
     static HostFunc launch_host = [] {
@@ -85,9 +99,10 @@ static void run_on(void *stream, std::function<void()> op) {
     }, boxed);
 }
 
-// A queued collective cannot return an error: a rank that never arrives ends the process.
-static void barrier_or_abort(Comm *c) {
-    if (barrier(c) != SUCCESS) abort();
+// Queues the copy of a collective's result into `recv`.
+static void deliver(void *stream, void *recv, std::vector<char> result) {
+    auto shared = std::make_shared<std::vector<char>>(std::move(result));
+    run_on(stream, [recv, shared] { memcpy(recv, shared->data(), shared->size()); });
 }
 
 static std::string shm_path(const ncclUniqueId &id) {
@@ -172,27 +187,28 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype
         fprintf(stderr, "cuda-emu NCCL: an all-reduce of %zu bytes is over the %zu-byte slot\n", count * width, SLOT);
         return INVALID_USAGE;
     }
-    run_on(stream, [=] {
-        memcpy(c->slot(c->rank), send, count * width);
-        barrier_or_abort(c);
-        if (dtype == FLOAT32)
-            reduce(c, (float *)recv, count, op);
-        else
-            reduce(c, (double *)recv, count, op);
-        barrier_or_abort(c); // no rank overwrites its slot before every rank has read it
-    });
+    sync_stream(stream);
+    memcpy(c->slot(c->rank), send, count * width);
+    if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
+    std::vector<char> result(count * width);
+    if (dtype == FLOAT32)
+        reduce(c, (float *)result.data(), count, op);
+    else
+        reduce(c, (double *)result.data(), count, op);
+    if (barrier(c) != SUCCESS) return SYSTEM_ERROR; // no rank overwrites its slot before every rank has read it
+    deliver(stream, recv, std::move(result));
     return SUCCESS;
 }
 
 ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, int dtype, int root, Comm *c, void *stream) {
     const size_t width = dtype == FLOAT32 ? 4 : dtype == FLOAT64 ? 8 : 0;
     if (width == 0 || root < 0 || root >= c->nranks || count * width > SLOT) return INVALID_ARGUMENT;
-    run_on(stream, [=] {
-        if (c->rank == root) memcpy(c->slot(root), send, count * width);
-        barrier_or_abort(c);
-        memmove(recv, c->slot(root), count * width);
-        barrier_or_abort(c);
-    });
+    sync_stream(stream);
+    if (c->rank == root) memcpy(c->slot(root), send, count * width);
+    if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
+    std::vector<char> result(c->slot(root), c->slot(root) + count * width);
+    if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
+    deliver(stream, recv, std::move(result));
     return SUCCESS;
 }
 
