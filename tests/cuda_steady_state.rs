@@ -148,7 +148,7 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
     let cases: [(&str, &[&str]); 9] = [
         ("configs/digits_mlp.yaml", &[]),
         ("configs/bench_w1_mlp.yaml", &["run.batch=32", "run.nbs=32"]),
-        ("configs/digits_cnn.yaml", &[]),
+        ("configs/digits_cnn.yaml", &["run.batch=32", "run.nbs=32"]),
         ("configs/digits_vit.yaml", &["run.batch=16", "run.nbs=16"]),
         ("configs/digits_resnet.yaml", &["run.batch=16", "run.nbs=16"]),
         ("configs/digits_autoencoder.yaml", &["run.batch=16", "run.nbs=16"]),
@@ -184,6 +184,28 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
         let all: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {:.2}", *v as f64 / STEPS as f64)).collect();
         eprintln!("  {}", all.join(", "));
         assert_eq!(allocations + frees, 0.0, "{config} {overrides:?}: device memory allocated or freed each step");
+        // cuBLAS calls must not grow with the batch (a product per sample, as the convolution's weight gradient
+        // and attention once made, costs a launch per sample on a GPU): the same step at half the batch makes
+        // as many.
+        if let Some(b) = overrides.iter().find_map(|o| o.strip_prefix("run.batch=")) {
+            let half = (b.parse::<usize>().unwrap() / 2).to_string();
+            let smaller: Vec<String> = overrides
+                .iter()
+                .map(|o| {
+                    if o.starts_with("run.batch=") || o.starts_with("run.nbs=") {
+                        format!("{}={half}", o.split('=').next().unwrap())
+                    } else {
+                        o.to_string()
+                    }
+                })
+                .collect();
+            let smaller: Vec<&str> = smaller.iter().map(String::as_str).collect();
+            let (_, c) = measure(config, &smaller);
+            let c = c.expect("counted above");
+            let half_products = PerStep(&c).of(&["cublas:product"]);
+            eprintln!("  at batch {half}: {half_products:.1} cuBLAS products per step");
+            assert_eq!(half_products, products, "{config}: cuBLAS products per step depend on the batch size");
+        }
         // `train_step` runs one micro-batch. The forward's output comes down for the task's loss: one host wait.
         // f16 loss scaling reads the found-inf flag back to decide between stepping and backing off, as
         // torch's GradScaler does (`.item()` on it every step).

@@ -373,7 +373,8 @@ fn two_ranks_on_cuda_train_as_one_cuda_process() {
     let mut runs = vec![two];
     for (tag, bucket) in [("small_buckets", "0.01"), ("after_backward", "0")] {
         let save = dir.join(tag);
-        let c = write_config(&dir, &format!("{tag}.yaml"), &(cuda(yaml(&save, 32)) + &format!("  bucket_mb: {bucket}\n")));
+        let c =
+            write_config(&dir, &format!("{tag}.yaml"), &(cuda(yaml(&save, 32)) + &format!("  bucket_mb: {bucket}\n")));
         let out = mpirun_engine(&mpirun, &["--config", c.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{tag}: {}", text(&out));
         runs.push(save);

@@ -455,7 +455,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         if device == Device::Cpu {
             app.world.insert_resource(OverlapReducer::new(comm.0.clone(), elems, cuts));
         } else {
-            app.world.insert_resource(ecstrain_systems::device::reduce::DeviceBuckets { cuts: cuts.into(), bucket: elems });
+            app.world
+                .insert_resource(ecstrain_systems::device::reduce::DeviceBuckets { cuts: cuts.into(), bucket: elems });
         }
     }
     app.world.insert_resource(graph);

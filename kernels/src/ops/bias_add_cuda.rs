@@ -103,9 +103,8 @@ mod tests {
             let db0 = rand_vec(&mut rng, n, -1.0, 1.0);
             let mut want = x.clone();
             super::super::bias_add_forward(&mut want, &bias, b, n);
-            let want_db: Vec<f32> = (0..n)
-                .map(|j| (db0[j] as f64 + (0..b).map(|i| x[i * n + j] as f64).sum::<f64>()) as f32)
-                .collect();
+            let want_db: Vec<f32> =
+                (0..n).map(|j| (db0[j] as f64 + (0..b).map(|i| x[i * n + j] as f64).sum::<f64>()) as f32).collect();
 
             let (mut dx, dbias) = (gpu.upload(&x).unwrap(), gpu.upload(&bias).unwrap());
             bias_add_forward(gpu, &mut dx.as_view_mut(), &dbias.as_view(), b, n).unwrap();

@@ -96,7 +96,9 @@ fn plan(g: &Conv2dGeom, col_len: usize, what: &str) -> Plan {
         ocg: d.ocg,
         kg: d.kg,
         p: d.p,
-        chunk: (col_len / d.col_slot.max(1)).clamp(1, g.n.max(1)),
+        // The GPU's columns of one sample and group are kg * p (the CPU's slot also holds Winograd buffers, so
+        // sizing by it split a batch that fits into several chunks, and more products).
+        chunk: (col_len / (d.kg * d.p).max(1)).clamp(1, g.n.max(1)),
         pointwise: g.is_pointwise(),
     }
 }

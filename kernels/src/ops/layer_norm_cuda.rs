@@ -151,7 +151,14 @@ mod tests {
         let Some(gpu) = gpu_or_skip("layer_norm_matches_cpu") else { return };
         let mut rng = seeded("layer_norm_matches_cpu");
         // Rows past one chunk of the parameter gradients' column sums (64) and past 256 chunks of 64 too.
-        let cases = [(1usize, 8usize, true), (7, 300, true), (33, 5, false), (4, 1025, true), (200, 40, true), (16500, 3, true)];
+        let cases = [
+            (1usize, 8usize, true),
+            (7, 300, true),
+            (33, 5, false),
+            (4, 1025, true),
+            (200, 40, true),
+            (16500, 3, true),
+        ];
         for &(rows, dim, affine) in &cases {
             let len = rows * dim;
             let x = rand_vec(&mut rng, len, -2.0, 3.0);

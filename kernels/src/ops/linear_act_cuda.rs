@@ -10,7 +10,6 @@ use crate::cuda::{Gpu, GpuError};
 use crate::ops::activation::Activation;
 use crate::ops::{bias_add, linear};
 
-
 /// Fused forward on the GPU: `pre = inp @ weight^T + bias`, `out = act(pre)` (both overwritten).
 /// inp: [B, C], weight: [OC, C], bias: [OC] or None, pre, out: [B, OC].
 #[allow(clippy::too_many_arguments)]
@@ -176,11 +175,28 @@ mod tests {
                 assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want_out, 2e-4, 1e-4);
                 // The fused epilogue is the unfused GPU pair's bits: the linear layer, then the activation.
                 let (mut out2, mut pre2) = (poisoned(gpu, b * oc).unwrap(), poisoned(gpu, b * oc).unwrap());
-                linear::cuda::linear_forward(gpu, &mut pre2.as_view_mut(), &di.as_view(), &dwt.as_view(), Some(&bv), b, c, oc)
-                    .unwrap();
+                linear::cuda::linear_forward(
+                    gpu,
+                    &mut pre2.as_view_mut(),
+                    &di.as_view(),
+                    &dwt.as_view(),
+                    Some(&bv),
+                    b,
+                    c,
+                    oc,
+                )
+                .unwrap();
                 crate::ops::activation::cuda::forward(gpu, act, &mut out2.as_view_mut(), &pre2.as_view()).unwrap();
-                assert_bitwise(&format!("{what} fused pre"), &gpu.download(&pre).unwrap(), &gpu.download(&pre2).unwrap());
-                assert_bitwise(&format!("{what} fused out"), &gpu.download(&out).unwrap(), &gpu.download(&out2).unwrap());
+                assert_bitwise(
+                    &format!("{what} fused pre"),
+                    &gpu.download(&pre).unwrap(),
+                    &gpu.download(&pre2).unwrap(),
+                );
+                assert_bitwise(
+                    &format!("{what} fused out"),
+                    &gpu.download(&out).unwrap(),
+                    &gpu.download(&out2).unwrap(),
+                );
 
                 // The backward from the CPU's pre-activation, so only the backward's own rounding differs.
                 let dpre = gpu.upload(&want_pre).unwrap();
@@ -211,7 +227,11 @@ mod tests {
                     .unwrap();
                 bias_add::cuda::bias_add_backward(gpu, &mut db2.as_view_mut(), &d2.as_view(), b, oc).unwrap();
                 assert_bitwise(&format!("{what} fused dpre"), &gpu.download(&dd).unwrap(), &gpu.download(&d2).unwrap());
-                assert_bitwise(&format!("{what} fused dbias"), &gpu.download(&db).unwrap(), &gpu.download(&db2).unwrap());
+                assert_bitwise(
+                    &format!("{what} fused dbias"),
+                    &gpu.download(&db).unwrap(),
+                    &gpu.download(&db2).unwrap(),
+                );
                 assert_close(&format!("{what} dinp"), &gpu.download(&dx).unwrap(), &want_dx, 2e-4, 1e-4);
                 assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
                 assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 1e-4, 1e-5);

@@ -68,7 +68,9 @@ pub fn gpu_all_reduce_gradients(
     let n = host.0.data.len();
     let result = match &device_comm {
         // Synchronised only to time it for the log; the overlapped path never waits.
-        Some(dc) => dc.0.average_f32(&mut g.grads.slice_mut(..n)).and_then(|()| dc.0.join()).and_then(|()| g.gpu.synchronize()),
+        Some(dc) => {
+            dc.0.average_f32(&mut g.grads.slice_mut(..n)).and_then(|()| dc.0.join()).and_then(|()| g.gpu.synchronize())
+        }
         None => staged_average(&comm, g, &mut host.0.data),
     };
     if let Err(e) = result {
