@@ -39,8 +39,8 @@ pub trait DeviceCollective: Send + Sync {
 #[derive(Resource, Clone)]
 pub struct DeviceComm(pub Arc<dyn DeviceCollective>);
 
-/// The bucket plan of a data-parallel CUDA run whose gradient average overlaps the backward (`run.bucket_mb`
-/// > 0): the graph's [`gradient_cuts`](crate::graph::exec::gradient_cuts) and the bucket size in elements.
+/// The bucket plan of a data-parallel CUDA run whose gradient average overlaps the backward (a positive
+/// `run.bucket_mb`): the graph's [`gradient_cuts`](crate::graph::exec::gradient_cuts) and the bucket size in elements.
 /// Used when a [`DeviceComm`] exists; the host-staged reduction keeps one average after the backward.
 #[derive(Resource, Clone, Debug)]
 pub struct DeviceBuckets {
