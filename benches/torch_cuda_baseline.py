@@ -7,7 +7,10 @@ batches on the device cycled through, 20 warm-up steps, then 3 timed repeats of 
 a repeat lasts >= 1 s), each ended by torch.cuda.synchronize(). A step is zero_grad(set_to_none) + forward +
 cross-entropy + backward + optimizer.step(). Prints one line per workload: RESULT {json}.
 
-usage: torch_cuda_baseline.py PATH/torch_baseline.py [w1_mlp w2_cnn w3_vit] [--batch 512]
+TF32: PyTorch's defaults unless --cudnn-tf32 off (convolutions then exact f32, like the engine's default;
+matmuls are f32 by default in PyTorch). Each RESULT records both flags.
+
+usage: torch_cuda_baseline.py PATH/torch_baseline.py [w1_mlp w2_cnn w3_vit] [--batch 512] [--cudnn-tf32 off]
 """
 import argparse
 import importlib.util
@@ -24,7 +27,10 @@ def main():
     ap.add_argument("baseline")
     ap.add_argument("workloads", nargs="*", default=["w1_mlp", "w2_cnn", "w3_vit"])
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--cudnn-tf32", choices=["default", "off"], default="default")
     args = ap.parse_args()
+    if args.cudnn_tf32 == "off":
+        torch.backends.cudnn.allow_tf32 = False
     spec = importlib.util.spec_from_file_location("torch_baseline", args.baseline)
     base = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(base)
@@ -61,7 +67,9 @@ def main():
         sps = statistics.median(rates)
         print("RESULT " + json.dumps({"workload": w, "batch": args.batch, "steps_per_s": sps,
                                       "samples_per_s": sps * args.batch, "repeats": rates,
-                                      "device": torch.cuda.get_device_name(0), "torch": torch.__version__}),
+                                      "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                                      "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+                                      "cudnn_tf32": torch.backends.cudnn.allow_tf32}),
               flush=True)
 
 

@@ -266,9 +266,10 @@ fn a_stop_mid_epoch_on_cuda_resumes_where_it_stopped() {
 }
 
 /// Mixed precision on CUDA (`run.amp`: the device's matrix products take f16 / bf16 inputs with f32
-/// accumulation and f32 master weights; f16 with dynamic loss scaling): the digits MLP and CNN still reach
-/// 97% and the CPU's f32 best accuracy within 1.5 points, and every epoch's val loss stays within
-/// 0.05 + 15% of the f32 CPU run's (half-precision rounding of every product's inputs moves it a little).
+/// accumulation and f32 master weights; f16 with dynamic loss scaling) and TF32 products (`run.tf32`): the
+/// digits MLP and CNN still reach 97% and the CPU's f32 best accuracy within 1.5 points, and every epoch's val
+/// loss stays within 0.05 + 15% of the f32 CPU run's (reduced-precision rounding of every product's inputs
+/// moves it a little).
 #[test]
 fn digits_mlp_and_cnn_train_under_autocast() {
     let name = "digits_mlp_and_cnn_train_under_autocast";
@@ -277,9 +278,9 @@ fn digits_mlp_and_cnn_train_under_autocast() {
     }
     for (model, config) in [("mlp", "configs/digits_mlp.yaml"), ("cnn", "configs/digits_cnn.yaml")] {
         let cpu = train(&format!("{name}-{model}"), config, "cpu", 20, "accuracy");
-        for amp in ["bf16", "f16"] {
+        for (amp, set) in [("bf16", "run.amp=bf16"), ("f16", "run.amp=f16"), ("tf32", "run.tf32=true")] {
             let tag = format!("{name}-{model}-{amp}");
-            let gpu = train_with(&tag, config, "cuda", 20, "accuracy", &[&format!("run.amp={amp}")]);
+            let gpu = train_with(&tag, config, "cuda", 20, "accuracy", &[set]);
             assert_eq!(cpu.len(), gpu.len());
             for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
                 eprintln!(

@@ -101,7 +101,10 @@ const STEPS: u64 = 8;
 /// Warms `config` up on `cuda`, then counts what 8 steps do: host allocation traces and driver calls.
 fn measure(config: &str, overrides: &[&str]) -> (Vec<String>, Option<BTreeMap<String, u64>>) {
     use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::train_step};
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // ECSTRAIN_REPO: a prebuilt test binary run from another checkout (tools/gpu-session/run.sh).
+    let root =
+        std::env::var_os("ECSTRAIN_REPO").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
+    let root = root.as_path();
     std::env::set_current_dir(root).unwrap();
     let mut sets = vec!["run.log_interval=1000000".to_string(), "run.device=cuda".to_string()];
     sets.extend(overrides.iter().map(|s| s.to_string()));

@@ -33,12 +33,14 @@ pub fn check_run(r: &RunSection) -> Result<(), String> {
 }
 
 /// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`]. With
-/// `run.amp` the device's matrix products autocast to f16 / bf16 (f32 master weights and accumulation).
-pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode) -> Result<(), String> {
+/// `run.amp` the device's matrix products autocast to f16 / bf16 (f32 master weights and accumulation); with
+/// `run.tf32` (and no autocast) they run on TF32 tensor cores.
+pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode, tf32: bool) -> Result<(), String> {
     let Device::Cuda(ordinal) = device else { return Ok(()) };
     support::check_graph(world.resource::<Graph>()).map_err(|m| format!("run.device: {m}"))?;
     let gpu = Arc::new(Gpu::open(ordinal).map_err(|e| format!("run.device: {e}"))?);
     gpu.set_matmul_precision(match amp {
+        AmpMode::Off if tf32 => MatmulPrecision::Tf32,
         AmpMode::Off => MatmulPrecision::F32,
         AmpMode::F16 => MatmulPrecision::F16,
         AmpMode::Bf16 => MatmulPrecision::Bf16,

@@ -16,6 +16,21 @@
 typedef int cublasStatus_t;
 enum : int { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
 enum : int { R_32F = 0, R_16F = 2, R_16BF = 14 };
+// Not a cuBLAS type: f32 storage read as TF32 (10 mantissa bits, round to nearest even), the inputs of a
+// product with compute type CUBLAS_COMPUTE_32F_FAST_TF32 (77), as tensor cores see them.
+enum : int { R_TF32 = 1000 };
+enum : int { COMPUTE_32F_FAST_TF32 = 77 };
+
+static float to_tf32(float x) {
+    unsigned u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) { // finite: round the 13 dropped bits to nearest even
+        u += 0x0fffu + ((u >> 13) & 1u);
+        u &= 0xffffe000u;
+    }
+    memcpy(&x, &u, 4);
+    return x;
+}
 
 struct Handle {
     int pointer_mode; // 0 host, 1 device: both are plain addresses here
@@ -53,6 +68,7 @@ static double load(int type, const void *p, long long i) {
     case R_32F: return ((const float *)p)[i];
     case R_16F: return __half2float(((const __half *)p)[i]);
     case R_16BF: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    case R_TF32: return to_tf32(((const float *)p)[i]);
     }
     return 0.0;
 }
@@ -77,7 +93,8 @@ static cublasStatus_t gemm(void *h, int ta, int tb, int m, int n, int k, float a
                            int lda, long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c,
                            int ctype, int ldc, long long sc, int batch) {
     const auto known = [](int t) { return t == R_32F || t == R_16F || t == R_16BF; };
-    if (!known(atype) || !known(btype) || !known(ctype) || ta < 0 || ta > 1 || tb < 0 || tb > 1)
+    const auto input = [&](int t) { return known(t) || t == R_TF32; };
+    if (!input(atype) || !input(btype) || !known(ctype) || ta < 0 || ta > 1 || tb < 0 || tb > 1)
         return NOT_SUPPORTED;
     const int arows = ta ? k : m, brows = tb ? n : k;
     if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < (arows > 1 ? arows : 1) || ldb < (brows > 1 ? brows : 1) ||
@@ -157,10 +174,15 @@ cublasStatus_t cublasSgemmStridedBatched(void *h, int ta, int tb, int m, int n, 
 // computeType must be one of the 32F kinds (alpha and beta are then f32).
 static bool f32_compute(int t) { return t == 0 || t == 68 || t == 69 || t == 74 || t == 75 || t == 76 || t == 77; }
 
+// f32 inputs of a TF32 product are read as TF32.
+static int tf32_input(int type, int compute) { return type == R_32F && compute == COMPUTE_32F_FAST_TF32 ? R_TF32 : type; }
+
 cublasStatus_t cublasGemmEx(void *h, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
                             int atype, int lda, const void *b, int btype, int ldb, const void *beta, void *c,
                             int ctype, int ldc, int compute, int) {
     if (!f32_compute(compute)) return NOT_SUPPORTED;
+    atype = tf32_input(atype, compute);
+    btype = tf32_input(btype, compute);
     return gemm(h, ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, 0, b, btype, ldb, 0, *(const float *)beta,
                 c, ctype, ldc, 0, 1);
 }
@@ -170,6 +192,8 @@ cublasStatus_t cublasGemmStridedBatchedEx(void *h, int ta, int tb, int m, int n,
                                           int btype, int ldb, long long sb, const void *beta, void *c, int ctype,
                                           int ldc, long long sc, int batch, int compute, int) {
     if (!f32_compute(compute)) return NOT_SUPPORTED;
+    atype = tf32_input(atype, compute);
+    btype = tf32_input(btype, compute);
     return gemm(h, ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, sa, b, btype, ldb, sb,
                 *(const float *)beta, c, ctype, ldc, sc, batch);
 }

@@ -47,17 +47,18 @@ step() { # name seconds command...: runs with a limit, logs to $out/name.log, no
 }
 
 # Engine steps/s on the device for one bench config at batch 512: the last epoch's train samples/s / 512.
-engine_sps() { # workload config
-    local dir
+engine_sps() { # workload config [tf32]
+    local dir tf32="${3:-false}"
     dir="$(mktemp -d)"
     timeout 60 "$bin/engine" --config "$2" --set run.device=cuda --set run.batch=512 --set run.nbs=512 --set run.epochs=3 \
+        --set run.tf32="$tf32" \
         --set datasets.synthetic.train_samples=$((512 * ${SBS_STEPS:-100})) --set datasets.synthetic.val_samples=512 \
-        --set run.save_dir="$dir/run" > "$out/sbs_$1_engine.log" 2>&1 || { echo "RESULT_ENGINE $1 failed"; return; }
+        --set run.save_dir="$dir/run" > "$out/sbs_$1_$tf32.log" 2>&1 || { echo "RESULT_ENGINE $1 tf32=$tf32 failed"; return; }
     python3 -c "
 import json
 r = [json.loads(l) for l in open('$dir/run/metrics.jsonl')]
 r = [x for x in r if x.get('split') == 'train' and 'samples_per_s' in x]
-print('RESULT_ENGINE', json.dumps({'workload': '$1', 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
+print('RESULT_ENGINE', json.dumps({'workload': '$1', 'tf32': $([ "$tf32" = true ] && echo True || echo False), 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
 }
 
 steps="${STEPS:-info bench ops e2e criterion sbs}"
@@ -68,14 +69,18 @@ for s in $steps; do
             > "$out/info.log" 2>&1
         head -20 "$out/info.log" ;;
     bench) step bench 90 "$bin/engine" bench --device cuda ;;
-    ops) step ops 90 "$bin/kernel_tests" cuda --test-threads=1 --nocapture ;;
+    ops) step ops 90 "$bin/kernel_tests" cuda --test-threads=1 --nocapture
+        step steady 60 "$bin/cuda_steady_state" --nocapture ;;
     e2e) step e2e 300 "$bin/cuda_e2e" --test-threads=1 --nocapture ;;
     criterion) step criterion 90 "$bin/cuda_kernels_bench" --bench --noplot ;;
     sbs) # W1 / W2 / W3 at batch 512: the engine on CUDA, then PyTorch eager on CUDA (pack.sh carries the
         # shared baseline's model definitions as .gpu/torch_baseline.py).
         {
             for w in w1_mlp w2_cnn w3_vit; do engine_sps "$w" "configs/bench_$w.yaml"; done
+            # PyTorch runs its convolutions on TF32 by default (cudnn.allow_tf32): W2 both ways on both sides.
+            engine_sps w2_cnn configs/bench_w2_cnn.yaml true
             timeout 120 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py"
+            timeout 60 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py" w2_cnn --cudnn-tf32 off
         } > "$out/sbs.log" 2>&1
         grep RESULT "$out/sbs.log" | tee -a "$out/summary.txt" ;;
     *) echo "unknown step $s" ;;

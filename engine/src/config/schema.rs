@@ -359,6 +359,11 @@ pub struct RunSection {
     /// needs CUDA; f16's dynamic loss scaling (torch GradScaler) runs on every device.
     #[serde(default = "d::amp")]
     pub amp: serde_json::Value,
+    /// CUDA: f32 matrix products (linear, convolution, attention) on TF32 tensor cores, as PyTorch's
+    /// `torch.backends.cuda.matmul.allow_tf32` and `torch.backends.cudnn.allow_tf32` (the latter on by default
+    /// there). Off by default here: products stay exact f32. Ignored on the CPU and under `amp`.
+    #[serde(default)]
+    pub tf32: bool,
     /// f16 loss scaling: the first scale (torch 2^16).
     #[serde(default = "d::amp_init_scale")]
     pub amp_init_scale: f64,

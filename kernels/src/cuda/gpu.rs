@@ -54,6 +54,9 @@ pub enum MatmulPrecision {
     F16,
     /// Inputs rounded to bfloat16.
     Bf16,
+    /// f32 inputs and output on TF32 tensor cores (`run.tf32`: PyTorch's `allow_tf32` flags; the inputs keep
+    /// 10 mantissa bits inside the product, accumulation is f32).
+    Tf32,
 }
 
 /// The products' precision and the half-precision copies of their two inputs (grown on first use to the

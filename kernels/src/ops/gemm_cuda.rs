@@ -180,6 +180,16 @@ pub fn gemm_general(
     match gpu.matmul_precision() {
         MatmulPrecision::F16 => return half_product::<half::f16>(gpu, batch, gemm, &a, &b, c, spans),
         MatmulPrecision::Bf16 => return half_product::<half::bf16>(gpu, batch, gemm, &a, &b, c, spans),
+        MatmulPrecision::Tf32 => {
+            let stream = gpu.stream();
+            let ((pa, _ra), (pb, _rb)) = (a.data.device_ptr(stream), b.data.device_ptr(stream));
+            let (pc, _wc) = c.data.device_ptr_mut(stream);
+            let inputs = ((pa, a.stride), (pb, b.stride), cudaDataType_t::CUDA_R_32F);
+            // SAFETY: the extents of all three operands were checked above against their views.
+            return unsafe {
+                gemm_ex(gpu, batch, &gemm, inputs, (pc, c.stride), cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)
+            };
+        }
         MatmulPrecision::F32 => {}
     }
     if batch == 1 {
@@ -261,7 +271,34 @@ fn half_product<H: HalfInput>(
     let (pc, _write_c) = c.data.device_ptr_mut(stream);
     // SAFETY: the half copies hold the operands' whole spans in their original layout (checked against the
     // f32 views in gemm_general); c's extent was checked there too; cuBLAS runs on the compute stream, after
-    // the casts, and the guards above order later users of the buffers after it.
+    // the casts.
+    unsafe {
+        gemm_ex(
+            gpu,
+            batch,
+            &cfg,
+            ((pa, a.stride), (pb, b.stride), H::CUDA_TYPE),
+            (pc, c.stride),
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        )
+    }
+}
+
+/// One `cublasGemmStridedBatchedEx` of the column-major call `cfg` ([`gemm_general`]'s: B first): the row-major
+/// A and B at device addresses with their batch strides and element type, the f32 output C and its stride,
+/// alpha and beta f32, and the compute type.
+///
+/// # Safety
+/// The addresses must hold the operands' extents as `cfg` and the strides describe them.
+unsafe fn gemm_ex(
+    gpu: &Gpu,
+    batch: usize,
+    cfg: &GemmConfig<f32>,
+    ((pa, sa), (pb, sb), input): ((u64, usize), (u64, usize), cudaDataType_t),
+    (pc, sc): (u64, usize),
+    compute: cublasComputeType_t,
+) -> Result<(), GpuError> {
+    // SAFETY: the caller vouches for the operands; cuBLAS runs on the compute stream.
     unsafe {
         blas::gemm_strided_batched_ex(
             *gpu.blas().handle(),
@@ -272,20 +309,20 @@ fn half_product<H: HalfInput>(
             cfg.k,
             (&cfg.alpha) as *const f32 as *const _,
             pb as *const _,
-            H::CUDA_TYPE,
+            input,
             cfg.lda,
-            b.stride as i64,
+            sb as i64,
             pa as *const _,
-            H::CUDA_TYPE,
+            input,
             cfg.ldb,
-            a.stride as i64,
+            sa as i64,
             (&cfg.beta) as *const f32 as *const _,
             pc as *mut _,
             cudaDataType_t::CUDA_R_32F,
             cfg.ldc,
-            c.stride as i64,
+            sc as i64,
             int(batch, "batch"),
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            compute,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }?;
@@ -396,6 +433,76 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// TF32 (`run.tf32`): products keep f32 storage but round their inputs to 10 mantissa bits inside the
+    /// tensor cores. Against an exact f64 product every element is within the TF32 bound (each input off by at
+    /// most 2^-10 relative whatever the rounding mode: 2^-9 * sum |a_p b_p|, plus f32 accumulation), and the
+    /// result is not the f32 SGEMM's (so the TF32 path was taken: 64-term sums of 10-bit inputs differ from the
+    /// f32 ones). Strided batch with a shared operand, both transposes. Its own device handle (per-device
+    /// precision).
+    #[test]
+    fn tf32_products_round_inside_the_product() {
+        if gpu_or_skip("tf32_products_round_inside_the_product").is_none() {
+            return;
+        }
+        let gpu = &Gpu::open(0).unwrap();
+        let mut rng = seeded("tf32_products_round_inside_the_product");
+        let (batch, m, n, k) = (3usize, 33usize, 17usize, 64usize);
+        for (ta, tb) in [(false, false), (true, true)] {
+            let a = rand_vec(&mut rng, batch * m * k, -1.0, 1.0);
+            let b = rand_vec(&mut rng, k * n, -1.0, 1.0);
+            let at =
+                |i: usize, r: usize, p: usize| if ta { a[i * m * k + p * m + r] } else { a[i * m * k + r * k + p] };
+            let bt = |p: usize, c: usize| if tb { b[c * k + p] } else { b[p * n + c] };
+            let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+            let run = |precision| {
+                gpu.set_matmul_precision(precision);
+                let mut dc = poisoned(gpu, batch * m * n).unwrap();
+                let (av, bv) = (da.as_view(), db.as_view());
+                gemm_strided_batched(
+                    gpu,
+                    batch,
+                    m,
+                    n,
+                    k,
+                    &av,
+                    ta,
+                    m * k,
+                    &bv,
+                    tb,
+                    0,
+                    &mut dc.as_view_mut(),
+                    m * n,
+                    1.0,
+                    0.0,
+                )
+                .unwrap();
+                gpu.download(&dc).unwrap()
+            };
+            let (tf32, f32s) = (run(MatmulPrecision::Tf32), run(MatmulPrecision::F32));
+            let (mut worst, mut apart) = (0f64, 0f64);
+            for i in 0..batch {
+                for r in 0..m {
+                    for c in 0..n {
+                        let exact: f64 = (0..k).map(|p| f64::from(at(i, r, p)) * f64::from(bt(p, c))).sum();
+                        let size: f64 = (0..k).map(|p| f64::from(at(i, r, p) * bt(p, c)).abs()).sum();
+                        let bound = 2f64.powi(-9) * size + 1e-5;
+                        let o = i * m * n + r * n + c;
+                        let err = (f64::from(tf32[o]) - exact).abs();
+                        assert!(
+                            err <= bound,
+                            "tf32 {ta}/{tb} element {o}: {} vs exact {exact} (bound {bound})",
+                            tf32[o]
+                        );
+                        worst = worst.max(err);
+                        apart = apart.max((tf32[o] - f32s[o]).abs() as f64);
+                    }
+                }
+            }
+            eprintln!("tf32 {ta}/{tb}: max |err| vs exact {worst:.2e}, max |tf32 - f32| {apart:.2e}");
+            assert!(apart > 1e-5, "the TF32 products equal the f32 ones: the TF32 path was not taken");
         }
     }
 
