@@ -22,6 +22,23 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+__device__ __forceinline__ double warp_sum_f64(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The threads that share one row of a row kernel: a warp per row (WARP, for short rows: a block of 256
+// threads then takes 8 rows) or the whole block. Every loop over rows is uniform over the group, so its
+// shuffles and barriers are reached by all of it.
+template <bool WARP> struct RowGroup {
+    __device__ __forceinline__ size_t lanes() const { return WARP ? 32 : blockDim.x; }
+    __device__ __forceinline__ size_t lane() const { return WARP ? (threadIdx.x & 31) : threadIdx.x; }
+    __device__ __forceinline__ size_t first() const {
+        return WARP ? (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5) : blockIdx.x;
+    }
+    __device__ __forceinline__ size_t stride() const { return WARP ? (size_t)gridDim.x * (blockDim.x >> 5) : gridDim.x; }
+};
+
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;

@@ -17,6 +17,22 @@ pub fn per_row(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Longest row a warp-per-row kernel takes (32 elements per lane); longer rows get a block each.
+pub const WARP_ROW_MAX: usize = 1024;
+/// Most blocks a row kernel is launched with (its loop over rows is grid-stride).
+const MAX_ROW_BLOCKS: usize = 1 << 16;
+
+/// The launch of a row kernel (softmax, norms) over `rows` rows of `len` elements: `(warp, config)`. Rows of at
+/// most [`WARP_ROW_MAX`] go a warp each (8 rows per block; `RowGroup<true>` in common.cuh), so short rows
+/// (attention's 50 keys, a 128-wide layer norm) do not leave most of a 256-thread block idle; longer rows a
+/// block each. The choice depends on the shape alone, so results do not depend on the device.
+pub fn row_launch(rows: usize, len: usize) -> (bool, LaunchConfig) {
+    let warp = len <= WARP_ROW_MAX;
+    let per_block = if warp { BLOCK as usize / 32 } else { 1 };
+    let blocks = rows.div_ceil(per_block).clamp(1, MAX_ROW_BLOCKS);
+    (warp, LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
 /// Row phases of a column-sum block (`COLUMN_PHASES` in common.cuh): BLOCK / 32.
 const COLUMN_PHASES: usize = BLOCK as usize / 32;
 /// Fewest rows per chunk of a column sum: below this a chunk's threads would idle.

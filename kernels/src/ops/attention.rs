@@ -669,7 +669,12 @@ pub fn merge_heads_backward<T: Float>(dinp: &mut [T], dout: &[T], b: usize, h: u
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "attention",
     code: include_str!("attention.cu"),
-    kernels: &["attn_softmax_f32", "attn_softmax_backward_f32"],
+    kernels: &[
+        "attn_softmax_f32",
+        "attn_softmax_warp_f32",
+        "attn_softmax_backward_f32",
+        "attn_softmax_backward_warp_f32",
+    ],
 };
 
 /// Host side of attention on the GPU (cuBLAS + `attention.cu`).

@@ -6,33 +6,23 @@
 //! `attention.cu` for the (causal) softmax and its backward. Same outputs as the CPU: `out` with the heads
 //! merged, `att` the saved probabilities (masked entries exactly 0), `dqkv` overwritten.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{attention_backward_scratch_len, default_scale, CUDA};
-use crate::cuda::launch::BLOCK;
+use crate::cuda::launch::row_launch;
 use crate::cuda::{Gpu, GpuError};
 use crate::ops::gemm::cuda::{gemm_general, gemm_strided_batched, MatMut, MatRef};
 use crate::ops::permute;
 
-/// Most blocks a per-row kernel is launched with (it loops over further rows).
-const MAX_ROW_BLOCKS: usize = 1 << 16;
-
-fn rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// `att` rows (each `t` long, query `r % t`) become their softmax over the visible keys, in place.
 fn softmax_rows(gpu: &Gpu, att: &mut CudaViewMut<f32>, rows: usize, t: usize, causal: bool) -> Result<(), GpuError> {
     let causal_i = causal as i32;
-    let f = gpu.function(&CUDA, "attn_softmax_f32")?;
+    let (warp, cfg) = row_launch(rows, t);
+    let f = gpu.function(&CUDA, if warp { "attn_softmax_warp_f32" } else { "attn_softmax_f32" })?;
     let mut l = gpu.launch_builder(&f);
     l.arg(att).arg(&rows).arg(&t).arg(&causal_i);
     // SAFETY: (float*, size_t, size_t, int); the callers checked that att holds rows * t elements.
-    unsafe { l.launch(rows_cfg(rows)) }?;
+    unsafe { l.launch(cfg) }?;
     Ok(())
 }
 
@@ -47,12 +37,13 @@ fn softmax_rows_backward(
     scale: f32,
 ) -> Result<(), GpuError> {
     let causal_i = causal as i32;
-    let f = gpu.function(&CUDA, "attn_softmax_backward_f32")?;
+    let (warp, cfg) = row_launch(rows, t);
+    let f = gpu.function(&CUDA, if warp { "attn_softmax_backward_warp_f32" } else { "attn_softmax_backward_f32" })?;
     let mut l = gpu.launch_builder(&f);
     l.arg(ds).arg(att).arg(&rows).arg(&t).arg(&causal_i).arg(&scale);
     // SAFETY: (float*, const float*, size_t, size_t, int, float); the callers checked that ds and att hold
     // rows * t elements.
-    unsafe { l.launch(rows_cfg(rows)) }?;
+    unsafe { l.launch(cfg) }?;
     Ok(())
 }
 
@@ -371,9 +362,13 @@ mod tests {
     fn attention_fused_matches_cpu() {
         let Some(gpu) = gpu_or_skip("attention_fused_matches_cpu") else { return };
         let mut rng = seeded("attention_fused_matches_cpu");
-        for &(b, h, t, d, causal) in
-            &[(1usize, 1usize, 5usize, 3usize, false), (2, 3, 17, 8, true), (3, 2, 70, 5, false), (1, 4, 65, 16, true)]
-        {
+        for &(b, h, t, d, causal) in &[
+            (1usize, 1usize, 5usize, 3usize, false),
+            (2, 3, 17, 8, true),
+            (3, 2, 70, 5, false),
+            (1, 4, 65, 16, true),
+            (1, 1, 1030, 4, true),
+        ] {
             let hd = h * d;
             let qkv = rand_vec(&mut rng, b * t * 3 * hd, -1.0, 1.0);
             let dout = rand_vec(&mut rng, b * t * hd, -1.0, 1.0);

@@ -1,6 +1,6 @@
 // Layer normalisation over the last dimension; the CPU twin is ops/layer_norm.rs. inp, out, dout, dinp:
-// [rows, dim]; save_mean, save_rstd: [rows]; weight, bias, dweight, dbias: [dim] or null. One block per row
-// for the forward and the input gradient (f64 row reductions in a fixed order, then the row's outputs);
+// [rows, dim]; save_mean, save_rstd: [rows]; weight, bias, dweight, dbias: [dim] or null. A block per row (a
+// warp per row for short rows) for the forward and the input gradient (f64 row reductions in a fixed order, then the row's outputs);
 // chunked column sums for the parameter gradients (f64, as the CPU's column pass, in a fixed order). The
 // element formulas are the CPU's f32 operations in its order (_rn: no contraction).
 
@@ -15,29 +15,34 @@ __device__ __forceinline__ double ln_block_sum(double v, double *shared) {
     return v;
 }
 
-extern "C" __global__ void ln_forward_f32(float *out, float *save_mean, float *save_rstd, const float *inp,
-                                          const float *weight, const float *bias, size_t rows, size_t dim,
-                                          double eps) {
-    __shared__ double red[32];
+// A row's f64 sum over its group (common.cuh's RowGroup): warp shuffles, or the block reduction.
+template <bool WARP> __device__ __forceinline__ double ln_row_sum(double v, double *shared) {
+    return WARP ? warp_sum_f64(v) : ln_block_sum(v, shared);
+}
+
+template <bool WARP>
+__device__ void ln_forward(float *out, float *save_mean, float *save_rstd, const float *inp, const float *weight,
+                           const float *bias, size_t rows, size_t dim, double eps, double *red) {
+    const RowGroup<WARP> g;
     const double inv_dim = 1.0 / (double)dim;
-    for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    for (size_t r = g.first(); r < rows; r += g.stride()) {
         const float *x = inp + r * dim;
         float *y = out + r * dim;
         double s = 0.0;
-        for (size_t j = threadIdx.x; j < dim; j += blockDim.x) s += (double)x[j];
-        const double mean = __dmul_rn(ln_block_sum(s, red), inv_dim);
+        for (size_t j = g.lane(); j < dim; j += g.lanes()) s += (double)x[j];
+        const double mean = __dmul_rn(ln_row_sum<WARP>(s, red), inv_dim);
         double q = 0.0;
-        for (size_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        for (size_t j = g.lane(); j < dim; j += g.lanes()) {
             const double d = (double)x[j] - mean;
             q += d * d;
         }
-        const double var = __dmul_rn(ln_block_sum(q, red), inv_dim);
+        const double var = __dmul_rn(ln_row_sum<WARP>(q, red), inv_dim);
         const float mean_f = (float)mean, rstd = (float)__ddiv_rn(1.0, sqrt(__dadd_rn(var, eps)));
-        if (threadIdx.x == 0) {
+        if (g.lane() == 0) {
             save_mean[r] = mean_f;
             save_rstd[r] = rstd;
         }
-        for (size_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        for (size_t j = g.lane(); j < dim; j += g.lanes()) {
             float t = __fmul_rn(__fsub_rn(x[j], mean_f), rstd);
             if (weight) t = __fmul_rn(t, weight[j]);
             if (bias) t = __fadd_rn(t, bias[j]);
@@ -46,30 +51,54 @@ extern "C" __global__ void ln_forward_f32(float *out, float *save_mean, float *s
     }
 }
 
-extern "C" __global__ void ln_backward_input_f32(float *dinp, const float *dout, const float *inp,
-                                                 const float *save_mean, const float *save_rstd,
-                                                 const float *weight, size_t rows, size_t dim) {
-    __shared__ double red[32];
+template <bool WARP>
+__device__ void ln_backward_input(float *dinp, const float *dout, const float *inp, const float *save_mean,
+                                  const float *save_rstd, const float *weight, size_t rows, size_t dim, double *red) {
+    const RowGroup<WARP> grp;
     const double inv_dim = 1.0 / (double)dim;
-    for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    for (size_t r = grp.first(); r < rows; r += grp.stride()) {
         const float *x = inp + r * dim, *dy = dout + r * dim;
         float *dx = dinp + r * dim;
         const float mean = save_mean[r], rstd = save_rstd[r];
         double sg = 0.0, sgx = 0.0;
-        for (size_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        for (size_t j = grp.lane(); j < dim; j += grp.lanes()) {
             const double g = (double)(weight ? __fmul_rn(dy[j], weight[j]) : dy[j]);
             sg += g;
             sgx += g * (double)__fmul_rn(__fsub_rn(x[j], mean), rstd);
         }
-        sg = ln_block_sum(sg, red);
-        sgx = ln_block_sum(sgx, red);
+        sg = ln_row_sum<WARP>(sg, red);
+        sgx = ln_row_sum<WARP>(sgx, red);
         const float mean_g = (float)__dmul_rn(sg, inv_dim), mean_gx = (float)__dmul_rn(sgx, inv_dim);
-        for (size_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        for (size_t j = grp.lane(); j < dim; j += grp.lanes()) {
             const float xhat = __fmul_rn(__fsub_rn(x[j], mean), rstd);
             const float g = weight ? __fmul_rn(dy[j], weight[j]) : dy[j];
             dx[j] = __fmul_rn(rstd, __fsub_rn(__fsub_rn(g, mean_g), __fmul_rn(xhat, mean_gx)));
         }
     }
+}
+
+// Entry points: a block per row, or (_warp) a warp per row for rows of up to 1024 (layer_norm_cuda.rs picks).
+extern "C" __global__ void ln_forward_f32(float *out, float *save_mean, float *save_rstd, const float *inp,
+                                          const float *weight, const float *bias, size_t rows, size_t dim,
+                                          double eps) {
+    __shared__ double red[32];
+    ln_forward<false>(out, save_mean, save_rstd, inp, weight, bias, rows, dim, eps, red);
+}
+extern "C" __global__ void ln_forward_warp_f32(float *out, float *save_mean, float *save_rstd, const float *inp,
+                                               const float *weight, const float *bias, size_t rows, size_t dim,
+                                               double eps) {
+    ln_forward<true>(out, save_mean, save_rstd, inp, weight, bias, rows, dim, eps, nullptr);
+}
+extern "C" __global__ void ln_backward_input_f32(float *dinp, const float *dout, const float *inp,
+                                                 const float *save_mean, const float *save_rstd,
+                                                 const float *weight, size_t rows, size_t dim) {
+    __shared__ double red[32];
+    ln_backward_input<false>(dinp, dout, inp, save_mean, save_rstd, weight, rows, dim, red);
+}
+extern "C" __global__ void ln_backward_input_warp_f32(float *dinp, const float *dout, const float *inp,
+                                                      const float *save_mean, const float *save_rstd,
+                                                      const float *weight, size_t rows, size_t dim) {
+    ln_backward_input<true>(dinp, dout, inp, save_mean, save_rstd, weight, rows, dim, nullptr);
 }
 
 // dweight[j] += sum_r dout[r, j] * xhat[r, j], dbias[j] += sum_r dout[r, j] (either may be null), in f64

@@ -649,7 +649,14 @@ fn fused_row_ranges<T: Float>(
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "layer_norm",
     code: include_str!("layer_norm.cu"),
-    kernels: &["ln_forward_f32", "ln_backward_input_f32", "ln_params_partials_f32", "ln_params_sum_f32"],
+    kernels: &[
+        "ln_forward_f32",
+        "ln_forward_warp_f32",
+        "ln_backward_input_f32",
+        "ln_backward_input_warp_f32",
+        "ln_params_partials_f32",
+        "ln_params_sum_f32",
+    ],
 };
 
 /// Host side of `layer_norm.cu`.

@@ -2,25 +2,14 @@
 //! the saved mean / rstd) and [`layer_norm_backward`](super::layer_norm_backward), with the CPU's
 //! formulas and roundings.
 
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
 
 use super::CUDA;
-use crate::cuda::launch::{column_grid, BLOCK};
+use crate::cuda::launch::{column_grid, row_launch};
 use crate::cuda::{Gpu, GpuError};
 
 /// A null device pointer, for an absent optional buffer (the kernels test for null).
 const NULL: u64 = 0;
-
-/// Most blocks a per-row kernel is launched with (it loops over further rows).
-const MAX_ROW_BLOCKS: usize = 1 << 16;
-
-fn per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
 
 /// Layer norm forward on the GPU (overwrites `out`, `save_mean`, `save_rstd`).
 /// inp, out: [rows, dim], weight / bias: [dim] or None, save_mean / save_rstd: [rows].
@@ -46,7 +35,8 @@ pub fn layer_norm_forward(
     if dim == 0 || rows == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "ln_forward_f32")?;
+    let (warp, cfg) = row_launch(rows, dim);
+    let f = gpu.function(&CUDA, if warp { "ln_forward_warp_f32" } else { "ln_forward_f32" })?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(save_mean).arg(save_rstd).arg(inp);
     match weight {
@@ -60,7 +50,7 @@ pub fn layer_norm_forward(
     l.arg(&rows).arg(&dim).arg(&eps);
     // SAFETY: (float* x3, const float* x3, size_t, size_t, double) as declared; lengths checked; absent
     // weight / bias are null pointers, which the kernel tests.
-    unsafe { l.launch(per_row(rows)) }?;
+    unsafe { l.launch(cfg) }?;
     Ok(())
 }
 
@@ -92,7 +82,8 @@ pub fn layer_norm_backward(
     if dim == 0 || rows == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "ln_backward_input_f32")?;
+    let (warp, cfg) = row_launch(rows, dim);
+    let f = gpu.function(&CUDA, if warp { "ln_backward_input_warp_f32" } else { "ln_backward_input_f32" })?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dinp).arg(dout).arg(inp).arg(save_mean).arg(save_rstd);
     match weight {
@@ -101,7 +92,7 @@ pub fn layer_norm_backward(
     };
     l.arg(&rows).arg(&dim);
     // SAFETY: (float*, const float* x5, size_t, size_t); lengths checked; an absent weight is null.
-    unsafe { l.launch(per_row(rows)) }?;
+    unsafe { l.launch(cfg) }?;
     if dweight.is_none() && dbias.is_none() {
         return Ok(());
     }
