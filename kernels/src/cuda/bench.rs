@@ -225,6 +225,86 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
         rows.push(BenchRow::new(&name("ema_update"), f32_bytes(3), ms));
     }
 
+    // Row and column kernels at a ViT's shapes (W3: width 128, 50 tokens) and a 1000-class head, over about n
+    // elements each.
+    {
+        use crate::ops::layer_norm::cuda::{layer_norm_backward, layer_norm_forward};
+        let dim = 128;
+        let r = (n / dim).max(1);
+        let len = r * dim;
+        let (w, bias) = (filled(gpu, dim, &[1.0, 0.5])?, filled(gpu, dim, &[0.1, -0.1])?);
+        let (mut mean, mut rstd) = (s.alloc_zeros::<f32>(r)?, s.alloc_zeros::<f32>(r)?);
+        let mut c = filled(gpu, len, &[0.3, -0.7])?;
+        // Forward: read x, write y.
+        let ms = time_ms(gpu, || {
+            let (wv, bv) = (w.as_view(), bias.as_view());
+            let (x, mut y) = (a.slice(..len), b.slice_mut(..len));
+            layer_norm_forward(
+                gpu,
+                &mut y,
+                &mut mean.as_view_mut(),
+                &mut rstd.as_view_mut(),
+                &x,
+                Some(&wv),
+                Some(&bv),
+                r,
+                dim,
+                1e-5,
+            )
+        })?;
+        rows.push(BenchRow::new(&name("layer_norm_forward_d128"), Work::Bytes(8 * len as u64), ms));
+        // Backward: the input gradient reads dy and x and writes dx; the parameter gradients read both again.
+        let (mut dw, mut db) = (s.alloc_zeros::<f32>(dim)?, s.alloc_zeros::<f32>(dim)?);
+        let ms = time_ms(gpu, || {
+            let (wv, mv, rv) = (w.as_view(), mean.as_view(), rstd.as_view());
+            let (mut dx, dy, x) = (c.slice_mut(..len), b.slice(..len), a.slice(..len));
+            let (mut dwv, mut dbv) = (dw.as_view_mut(), db.as_view_mut());
+            layer_norm_backward(gpu, &mut dx, Some(&mut dwv), Some(&mut dbv), &dy, &x, &mv, &rv, Some(&wv), r, dim)
+        })?;
+        rows.push(BenchRow::new(&name("layer_norm_backward_d128"), Work::Bytes(20 * len as u64), ms));
+        // The bias gradient: column sums of [n / 128, 128] (read once).
+        let ms = time_ms(gpu, || {
+            crate::ops::bias_add::cuda::bias_add_backward(gpu, &mut db.as_view_mut(), &a.slice(..len), r, dim)
+        })?;
+        rows.push(BenchRow::new(&name("bias_grad_d128"), Work::Bytes(4 * len as u64), ms));
+    }
+    {
+        use crate::ops::attention::cuda::{softmax_rows, softmax_rows_backward};
+        let t = 50;
+        let r = (n / t).max(1);
+        let len = r * t;
+        // In place: read and write each row (probabilities stay probabilities from launch to launch).
+        let ms = time_ms(gpu, || softmax_rows(gpu, &mut b.slice_mut(..len), r, t, false))?;
+        rows.push(BenchRow::new(&name("attention_softmax_t50"), Work::Bytes(8 * len as u64), ms));
+        let mut ds = filled(gpu, len, &[0.01, -0.02])?;
+        let ms =
+            time_ms(gpu, || softmax_rows_backward(gpu, &mut ds.slice_mut(..len), &b.slice(..len), r, t, false, 1.0))?;
+        rows.push(BenchRow::new(&name("attention_softmax_backward_t50"), Work::Bytes(12 * len as u64), ms));
+    }
+    {
+        use crate::ops::softmax_cross_entropy::cuda::{softmax_cross_entropy_backward, softmax_cross_entropy_forward};
+        use crate::ops::softmax_cross_entropy::CrossEntropyOptions;
+        let v = 1000;
+        let r = (n / v).max(1);
+        let len = r * v;
+        let targets = gpu.upload(&(0..r as i64).map(|i| i % v as i64).collect::<Vec<_>>())?;
+        let mut loss = s.alloc_zeros::<f32>(1)?;
+        let opts = CrossEntropyOptions::default();
+        let mut probs = s.alloc_zeros::<f32>(len)?;
+        // Forward: read the logits, write the probabilities (the loss reads one per row).
+        let ms = time_ms(gpu, || {
+            let (mut pv, lv, tv) = (probs.as_view_mut(), a.slice(..len), targets.as_view());
+            softmax_cross_entropy_forward(gpu, &mut pv, &lv, &tv, r, v, &opts, &mut loss.as_view_mut())
+        })?;
+        rows.push(BenchRow::new(&name("softmax_ce_forward_v1000"), Work::Bytes(8 * len as u64), ms));
+        // Backward: read the probabilities, write the logits' gradient.
+        let ms = time_ms(gpu, || {
+            let (mut dl, pv, tv) = (b.slice_mut(..len), probs.as_view(), targets.as_view());
+            softmax_cross_entropy_backward(gpu, &mut dl, &pv, &tv, r, v, &opts, 1.0)
+        })?;
+        rows.push(BenchRow::new(&name("softmax_ce_backward_v1000"), Work::Bytes(8 * len as u64), ms));
+    }
+
     let (copy, sgemm) = (rows[0].rate, rows[1].rate);
     for r in rows.iter_mut().skip(2) {
         r.of_ceiling = Some(r.rate / if matches!(r.work, Work::Bytes(_)) { copy } else { sgemm });
@@ -234,10 +314,11 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
 
 /// The rows as an aligned text table (name, ms, rate, fraction of the ceiling).
 pub fn format_table(rows: &[BenchRow]) -> String {
-    let mut out = format!("{:<24} {:>10} {:>14} {:>10}\n", "benchmark", "ms", "rate", "of ceiling");
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(9);
+    let mut out = format!("{:<w$} {:>10} {:>14} {:>10}\n", "benchmark", "ms", "rate", "of ceiling");
     for r in rows {
         let frac = r.of_ceiling.map_or("ceiling".to_string(), |f| format!("{:.1}%", f * 100.0));
-        out += &format!("{:<24} {:>10.4} {:>9.1} {:<7} {:>8}\n", r.name, r.ms, r.rate, r.unit(), frac);
+        out += &format!("{:<w$} {:>10.4} {:>9.1} {:<7} {:>8}\n", r.name, r.ms, r.rate, r.unit(), frac);
     }
     out
 }
@@ -265,7 +346,7 @@ mod tests {
         let rows = if gpu.info.is_emulated() { run_benchmarks_sized(gpu, 1 << 12, 64) } else { run_benchmarks(gpu) };
         let rows = rows.unwrap();
         eprintln!("{}", format_table(&rows));
-        assert_eq!(rows.len(), 12);
+        assert_eq!(rows.len(), 19);
         assert!(rows.iter().all(|r| r.ms > 0.0 && r.rate.is_finite() && r.rate > 0.0), "{rows:?}");
     }
 }

@@ -12,11 +12,6 @@ pub fn elementwise(n: usize, sms: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// One block per row for `rows` rows (row reductions: softmax, norms, losses).
-pub fn per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
 /// Longest row a warp-per-row kernel takes (32 elements per lane); longer rows get a block each.
 pub const WARP_ROW_MAX: usize = 1024;
 /// Most blocks a row kernel is launched with (its loop over rows is grid-stride).

@@ -15,7 +15,13 @@ use crate::ops::gemm::cuda::{gemm_general, gemm_strided_batched, MatMut, MatRef}
 use crate::ops::permute;
 
 /// `att` rows (each `t` long, query `r % t`) become their softmax over the visible keys, in place.
-fn softmax_rows(gpu: &Gpu, att: &mut CudaViewMut<f32>, rows: usize, t: usize, causal: bool) -> Result<(), GpuError> {
+pub(crate) fn softmax_rows(
+    gpu: &Gpu,
+    att: &mut CudaViewMut<f32>,
+    rows: usize,
+    t: usize,
+    causal: bool,
+) -> Result<(), GpuError> {
     let causal_i = causal as i32;
     let (warp, cfg) = row_launch(rows, t);
     let f = gpu.function(&CUDA, if warp { "attn_softmax_warp_f32" } else { "attn_softmax_f32" })?;
@@ -27,7 +33,7 @@ fn softmax_rows(gpu: &Gpu, att: &mut CudaViewMut<f32>, rows: usize, t: usize, ca
 }
 
 /// `ds = scale * p * (ds - rowsum(p * ds))` in place over the visible keys (0 elsewhere), `p` = `att`.
-fn softmax_rows_backward(
+pub(crate) fn softmax_rows_backward(
     gpu: &Gpu,
     ds: &mut CudaViewMut<f32>,
     att: &CudaView<f32>,

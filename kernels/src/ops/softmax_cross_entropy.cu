@@ -7,27 +7,36 @@ __device__ __forceinline__ bool sce_ignored(long long t, int has_ignore, long lo
     return has_ignore && t == ignore;
 }
 
-// One block per row (grid-stride over rows): probs = softmax(logits), computed as the CPU does (subtract
-// the row max, exponentiate, multiply by the reciprocal of the sum).
-extern "C" __global__ void sce_probs_f32(float *probs, const float *logits, size_t b, size_t v) {
-    __shared__ float red[32];
-    for (size_t r = blockIdx.x; r < b; r += gridDim.x) {
+// probs = softmax(logits), computed as the CPU does (subtract the row max, exponentiate, multiply by the
+// reciprocal of the sum): a block per row, or (_warp) a warp per row for rows of up to 1024 classes (the host
+// picks, cuda/launch.rs row_launch), grid-stride over rows.
+template <bool WARP> __device__ void sce_probs(float *probs, const float *logits, size_t b, size_t v, float *red) {
+    const RowGroup<WARP> g;
+    for (size_t r = g.first(); r < b; r += g.stride()) {
         const float *x = logits + r * v;
         float *p = probs + r * v;
         float m = -__int_as_float(0x7f800000);
-        for (size_t j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, x[j]);
-        m = block_max(m, red);
+        for (size_t j = g.lane(); j < v; j += g.lanes()) m = fmaxf(m, x[j]);
+        m = WARP ? warp_max(m) : block_max(m, red);
         float s = 0.0f;
-        for (size_t j = threadIdx.x; j < v; j += blockDim.x) {
+        for (size_t j = g.lane(); j < v; j += g.lanes()) {
             float e = expf(x[j] - m);
             p[j] = e;
             s += e;
         }
-        s = block_sum(s, red);
+        s = WARP ? warp_sum(s) : block_sum(s, red);
         const float inv = __fdiv_rn(1.0f, s);
         // Each thread rescales only the entries it wrote itself, so no barrier is needed before this loop.
-        for (size_t j = threadIdx.x; j < v; j += blockDim.x) p[j] = __fmul_rn(p[j], inv);
+        for (size_t j = g.lane(); j < v; j += g.lanes()) p[j] = __fmul_rn(p[j], inv);
     }
+}
+
+extern "C" __global__ void sce_probs_f32(float *probs, const float *logits, size_t b, size_t v) {
+    __shared__ float red[32];
+    sce_probs<false>(probs, logits, b, v, red);
+}
+extern "C" __global__ void sce_probs_warp_f32(float *probs, const float *logits, size_t b, size_t v) {
+    sce_probs<true>(probs, logits, b, v, nullptr);
 }
 
 // The mean loss into loss[0], in ONE block (fixed summation order: the same bits every run, no float

@@ -49,11 +49,12 @@ pub fn softmax_cross_entropy_forward(
     assert_eq!(loss.len(), 1, "softmax_cross_entropy_forward: loss must be one device scalar");
     let (has_ignore, ignore, keep, smooth, _) = opts_args(opts, v);
     if b * v > 0 {
-        let f = gpu.function(&CUDA, "sce_probs_f32")?;
+        let (warp, cfg) = crate::cuda::launch::row_launch(b, v);
+        let f = gpu.function(&CUDA, if warp { "sce_probs_warp_f32" } else { "sce_probs_f32" })?;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *probs).arg(logits).arg(&b).arg(&v);
         // SAFETY: (float*, const float*, size_t, size_t); probs and logits hold b*v elements.
-        unsafe { l.launch(crate::cuda::launch::per_row(b.min(MAX_ROW_BLOCKS))) }?;
+        unsafe { l.launch(cfg) }?;
     }
     // One block of 1024 threads (32 warps, one row per warp at a time) for the deterministic reduction.
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
@@ -146,8 +147,10 @@ mod tests {
     fn softmax_cross_entropy_matches_cpu() {
         let Some(gpu) = gpu_or_skip("softmax_cross_entropy_matches_cpu") else { return };
         let mut rng = seeded("softmax_cross_entropy_matches_cpu");
-        let cases: [(usize, usize, Option<i64>, f64); 6] = [
+        // Rows of up to 1024 classes take a warp each, longer ones a block (1500).
+        let cases: [(usize, usize, Option<i64>, f64); 7] = [
             (1, 10, None, 0.0),
+            (3, 1500, None, 0.0),
             (37, 5, None, 0.0),
             (64, 1000, Some(-100), 0.0),
             (19, 301, None, 0.1),
