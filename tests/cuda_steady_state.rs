@@ -6,49 +6,13 @@
 //! (`cuda_emu_counts`); a real driver has no such symbol, so on a GPU only the host allocations are checked.
 //! Without a device the test prints SKIPPED (CI runs it on the emulator with `ECSTRAIN_REQUIRE_GPU=1`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod alloc_counter;
+
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static TRACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-thread_local! {
-    /// Set while this thread records a trace, so the recording's own allocations are not counted.
-    static RECORDING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn record(size: usize) {
-    if !COUNTING.load(Ordering::Relaxed) || RECORDING.with(Cell::get) {
-        return;
-    }
-    RECORDING.with(|r| r.set(true));
-    let trace = format!("size {size}\n{}", std::backtrace::Backtrace::force_capture());
-    TRACES.lock().unwrap().push(trace);
-    RECORDING.with(|r| r.set(false));
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use alloc_counter::{COUNTING, TRACES};
 
 extern "C" {
     fn dlopen(name: *const c_char, flags: c_int) -> *mut c_void;

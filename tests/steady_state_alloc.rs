@@ -11,47 +11,11 @@
 //! allocates one block per 63 jobs pushed from outside the pool (amortised, a few per hundred parallel
 //! calls), recognised by `crossbeam_deque::deque::Block`. Anything else fails the test.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+mod alloc_counter;
 
-struct Counting;
+use std::sync::atomic::Ordering;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static TRACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-thread_local! {
-    /// Set while this thread records a trace, so the recording's own allocations are not counted.
-    static RECORDING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn record(size: usize) {
-    if !COUNTING.load(Ordering::Relaxed) || RECORDING.with(Cell::get) {
-        return;
-    }
-    RECORDING.with(|r| r.set(true));
-    let trace = format!("size {size}\n{}", std::backtrace::Backtrace::force_capture());
-    TRACES.lock().unwrap().push(trace);
-    RECORDING.with(|r| r.set(false));
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use alloc_counter::{COUNTING, TRACES};
 
 /// Two data-parallel ranks simulated in one process: both hold the same values, so an all-reduce doubles them
 /// (without allocating). Lets the data-parallel step (the all-reduce overlapped with the backward, on its own

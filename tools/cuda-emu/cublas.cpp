@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "emu_kernel.h"
+#include "emu_stream.h"
 
 typedef int cublasStatus_t;
 enum : int { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
@@ -37,30 +38,11 @@ struct Handle {
     void *stream;     // cublasSetStream's
 };
 
-// A product is queued on the handle's stream through the emulated driver's cuLaunchHostFunc, so it runs in
-// order with the kernels around it; without the driver loaded it runs at once.
+// A product is queued on the handle's stream (emu_stream.h), so it runs in order with the kernels around it,
+// and counted with the driver's calls.
 static void run_on(void *stream, std::function<void()> op) {
-    typedef int (*HostFunc)(void *, void (*)(void *), void *);
-    static HostFunc launch_host = [] {
-        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-        return lib ? (HostFunc)dlsym(lib, "cuLaunchHostFunc") : (HostFunc) nullptr;
-    }();
-    typedef void (*Note)(const char *);
-    static Note note = [] {
-        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-        return lib ? (Note)dlsym(lib, "cuda_emu_note") : (Note) nullptr;
-    }();
-    if (note) note("cublas:product"); // counted with the driver's calls (driver.cpp, "call counts")
-    if (!launch_host) {
-        op();
-        return;
-    }
-    auto *boxed = new std::function<void()>(std::move(op));
-    launch_host(stream, [](void *p) {
-        auto *f = (std::function<void()> *)p;
-        (*f)();
-        delete f;
-    }, boxed);
+    emu_stream::note("cublas:product");
+    emu_stream::run_on(stream, std::move(op));
 }
 
 static double load(int type, const void *p, long long i) {

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "emu_stream.h"
+
 typedef int ncclResult_t;
 enum : int { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, INVALID_USAGE = 5 };
 enum : int { SUM = 0, PROD = 1, MAX = 2, MIN = 3, AVG = 4 };
@@ -74,35 +76,14 @@ static ncclResult_t barrier(Comm *c) {
 // consumer not ordered after the collective's stream reads the old output.
 static void sync_stream(void *stream) {
     typedef int (*Sync)(void *);
-    static Sync sync = [] {
-        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-        return lib ? (Sync)dlsym(lib, "cuStreamSynchronize") : (Sync) nullptr;
-    }();
+    static Sync sync = emu_stream::driver_symbol<Sync>("cuStreamSynchronize");
     if (sync) sync(stream);
-}
-
-static void run_on(void *stream, std::function<void()> op) {
-    typedef int (*HostFunc)(void *, void (*)(void *), void *);
-    static HostFunc launch_host = [] {
-        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-        return lib ? (HostFunc)dlsym(lib, "cuLaunchHostFunc") : (HostFunc) nullptr;
-    }();
-    if (!launch_host) {
-        op();
-        return;
-    }
-    auto *boxed = new std::function<void()>(std::move(op));
-    launch_host(stream, [](void *p) {
-        auto *f = (std::function<void()> *)p;
-        (*f)();
-        delete f;
-    }, boxed);
 }
 
 // Queues the copy of a collective's result into `recv`.
 static void deliver(void *stream, void *recv, std::vector<char> result) {
     auto shared = std::make_shared<std::vector<char>>(std::move(result));
-    run_on(stream, [recv, shared] { memcpy(recv, shared->data(), shared->size()); });
+    emu_stream::run_on(stream, [recv, shared] { memcpy(recv, shared->data(), shared->size()); });
 }
 
 static std::string shm_path(const ncclUniqueId &id) {

@@ -1,0 +1,42 @@
+// cuda-emu: for the libraries beside the emulated driver (cuBLAS, NCCL), work queued on a stream of the
+// emulated driver, and the driver's call counts. Each library finds the driver already loaded by the
+// process; without it (a library used alone) work runs at once and nothing is counted.
+#pragma once
+
+#include <dlfcn.h>
+
+#include <functional>
+
+namespace emu_stream {
+
+// The loaded emulated driver's symbol `name`, or null.
+template <typename F> F driver_symbol(const char *name) {
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    return lib ? (F)dlsym(lib, name) : (F) nullptr;
+}
+
+// Queues `op` on `stream` through the driver's cuLaunchHostFunc, so it runs in order with the stream's
+// kernels (when something waits for them).
+inline void run_on(void *stream, std::function<void()> op) {
+    typedef int (*HostFunc)(void *, void (*)(void *), void *);
+    static HostFunc launch_host = driver_symbol<HostFunc>("cuLaunchHostFunc");
+    if (!launch_host) {
+        op();
+        return;
+    }
+    auto *boxed = new std::function<void()>(std::move(op));
+    launch_host(stream, [](void *p) {
+        auto *f = (std::function<void()> *)p;
+        (*f)();
+        delete f;
+    }, boxed);
+}
+
+// Counts one call named `name` with the driver's own (driver.cpp, "call counts").
+inline void note(const char *name) {
+    typedef void (*Note)(const char *);
+    static Note f = driver_symbol<Note>("cuda_emu_note");
+    if (f) f(name);
+}
+
+} // namespace emu_stream
