@@ -141,6 +141,10 @@ fn bad_values_and_devices_are_rejected() {
     assert!(m.contains("patience"), "{m}");
     let m = rejected("amp", |y| y, &["--set", "run.amp=fp8"]);
     assert!(m.contains("run.amp") && m.contains("bf16"), "{m}");
+    let m = rejected("tf32", |y| y, &["--set", "run.tf32=maybe"]);
+    assert!(m.contains("run.tf32") && m.contains("boolean"), "{m}");
+    let m = rejected("tf32_yaml", |y| y.replace("epochs: 2", "epochs: 2\n  tf32: maybe"), &[]);
+    assert!(m.contains("tf32: maybe") && m.contains("true/false"), "{m}");
     let m = rejected("amp_backoff", |y| y, &["--set", "run.amp_backoff=1.5"]);
     assert!(m.contains("run.amp_backoff"), "{m}");
     let m = rejected("clip", |y| y, &["--set", "run.clip_grad_norm=-1"]);
