@@ -31,6 +31,12 @@ fn train(name: &str, config: &str, device: &str, epochs: u32, metric: &str) -> V
 fn train_with(name: &str, config: &str, device: &str, epochs: u32, metric: &str, sets: &[&str]) -> Vec<(f64, f64)> {
     let dir = scratch(&format!("{name}-{}", device.replace(':', "")));
     let save = dir.join("run");
+    run_into(&save, config, device, epochs, sets);
+    val_records(&save, metric)
+}
+
+/// Trains `config` for `epochs` on `device` with `sets` into run directory `save`.
+fn run_into(save: &Path, config: &str, device: &str, epochs: u32, sets: &[&str]) {
     let mut args = vec![
         "--config".to_string(),
         config.to_string(),
@@ -47,8 +53,7 @@ fn train_with(name: &str, config: &str, device: &str, epochs: u32, metric: &str,
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = engine(&args);
-    assert_eq!(out.status.code(), Some(0), "{name} on {device} {sets:?}:\n{}", text(&out));
-    val_records(&save, metric)
+    assert_eq!(out.status.code(), Some(0), "{config} on {device} {sets:?}:\n{}", text(&out));
 }
 
 /// The CPU and CUDA runs of `config` for `epochs`, after checking they have the same epochs and that every
@@ -121,6 +126,89 @@ fn epochs_for(full: u32, short: u32, bar: f64, short_bar: f64) -> (u32, f64) {
         (short, short_bar)
     } else {
         (full, bar)
+    }
+}
+
+/// Every record of `split` in a run directory's metrics.jsonl.
+fn records(dir: &Path, split: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == split)
+        .collect()
+}
+
+/// The training losses run on the device and their values reach the host only when a record reads them. For
+/// each built-in task with a device loss, the train records (every 5 steps, so flushes fall mid-epoch and at
+/// epoch ends) and the epoch records must carry the same running means as the CPU's host task, over the same
+/// steps: a lost, doubled or reordered flush would move a mean by percents. Classification with gradient
+/// accumulation (the loss gradient halved) and label smoothing; regression and embedding (the cosine loss) on
+/// dense targets; the VQ-VAE's reconstruction (the input as target, MSE and L1) with its VQ terms, which the
+/// ring keeps beside the reconstruction loss.
+#[test]
+fn device_losses_on_cuda_fill_the_training_records_as_the_host_tasks_do() {
+    let name = "device_losses_fill_the_training_records";
+    if no_gpu(name) {
+        return;
+    }
+    let dir = scratch(name);
+    write_projection_dataset(&dir, 8);
+    let regression = dir.join("regression.yaml");
+    std::fs::write(&regression, projection_yaml(&dir, &dir.join("unused"), "regression", 8)).unwrap();
+    let embedding = dir.join("embedding.yaml");
+    std::fs::write(&embedding, projection_yaml(&dir, &dir.join("unused"), "embedding", 8)).unwrap();
+    let vq_keys: &[&str] = &["loss", "recon_loss", "vq_loss", "perplexity"];
+    // (task, config, epochs, extra --set overrides, the training meters it keeps)
+    type Case<'a> = (&'a str, &'a str, u32, &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 5] = [
+        ("classification", "configs/digits_mlp.yaml", 2, &["run.nbs=128", "run.label_smoothing=0.1"], &["loss"]),
+        ("regression", regression.to_str().unwrap(), 2, &[], &["loss"]),
+        ("embedding", embedding.to_str().unwrap(), 2, &[], &["loss"]),
+        ("reconstruction", "configs/digits_autoencoder.yaml", 1, &["run.batch=32", "run.nbs=32"], vq_keys),
+        (
+            "reconstruction-l1",
+            "configs/digits_autoencoder.yaml",
+            1,
+            &["run.batch=32", "run.nbs=32", "run.recon_loss=l1"],
+            vq_keys,
+        ),
+    ];
+    for (task, config, epochs, extra, keys) in cases {
+        let mut sets = vec!["run.log_interval=5"];
+        sets.extend_from_slice(extra);
+        let runs = [dir.join(format!("{task}-cpu")), dir.join(format!("{task}-cuda"))];
+        run_into(&runs[0], config, "cpu", epochs, &sets);
+        run_into(&runs[1], config, "cuda", epochs, &sets);
+        for split in ["train", "epoch"] {
+            let (cpu, gpu) = (records(&runs[0], split), records(&runs[1], split));
+            assert!(!cpu.is_empty(), "{task}: no {split} records");
+            assert_eq!(cpu.len(), gpu.len(), "{task}: {split} records");
+            for (c, g) in cpu.iter().zip(&gpu) {
+                assert_eq!(
+                    (&c["step"], &c["epoch"]),
+                    (&g["step"], &g["epoch"]),
+                    "{task}: {split} records at other steps"
+                );
+                // A train record logs the running loss; the epoch record every training meter.
+                let keys: Vec<String> = match split {
+                    "train" => vec!["loss".to_string()],
+                    _ => keys.iter().map(|k| format!("train_{k}")).collect(),
+                };
+                for key in &keys {
+                    let (lc, lg) = (c[key].as_f64(), g[key].as_f64());
+                    let (Some(lc), Some(lg)) = (lc, lg) else {
+                        panic!("{task}: {split} record without {key}: {c} / {g}")
+                    };
+                    eprintln!("{task} {split} step {}: {key} cpu {lc:.7} cuda {lg:.7}", c["step"]);
+                    assert!(
+                        (lc - lg).abs() <= 1e-3 * lc.abs(),
+                        "{task} {split} step {}: {key} cpu {lc} cuda {lg}",
+                        c["step"]
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -271,7 +359,7 @@ fn a_stop_mid_epoch_on_cuda_resumes_where_it_stopped() {
 /// loss stays within 0.05 + 15% of the f32 CPU run's (reduced-precision rounding of every product's inputs
 /// moves it a little).
 #[test]
-fn digits_mlp_and_cnn_train_under_autocast() {
+fn digits_mlp_and_cnn_train_under_autocast_on_cuda() {
     let name = "digits_mlp_and_cnn_train_under_autocast";
     if no_gpu(name) {
         return;

@@ -7,8 +7,13 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{AmpMode, Buffers, Frozen, Graph, OptimizerState, ParamSlice, Params};
 use ecstrain_kernels::cuda::{Gpu, MatmulPrecision};
 use ecstrain_kernels::Device;
+use ecstrain_systems::device::loss::{DeviceLoss, LossKind};
 use ecstrain_systems::device::state::GpuState;
 use ecstrain_systems::device::{support, ComputeDevice};
+use ecstrain_systems::tasks::classification::ClassificationTask;
+use ecstrain_systems::tasks::embedding::EmbeddingTask;
+use ecstrain_systems::tasks::reconstruction::{ReconLoss, ReconTarget, ReconstructionTask};
+use ecstrain_systems::tasks::regression::RegressionTask;
 
 use crate::config::RunSection;
 
@@ -32,7 +37,8 @@ pub fn check_run(r: &RunSection) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`]. With
+/// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`], and
+/// [`DeviceLoss`] where the task's loss runs on the device. With
 /// `run.amp` the device's matrix products autocast to f16 / bf16 (f32 master weights and accumulation); with
 /// `run.tf32` (and no autocast) they run on TF32 tensor cores.
 pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode, tf32: bool) -> Result<(), String> {
@@ -68,9 +74,53 @@ pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode,
             .enable_ema(world.resource::<Buffers>(), params)
             .map_err(|e| format!("run.device: cuda:{ordinal}: {e}"))?;
     }
+    // The built-in tasks' losses run on the device (no host wait per step) where a device kernel exists.
+    if let Some(kind) = device_loss_kind(world) {
+        let dense = match &kind {
+            LossKind::Classification { .. } => None,
+            LossKind::Regression { outputs } => Some(*outputs),
+            LossKind::Embedding { dim, .. } => Some(*dim),
+            LossKind::Reconstruction { numel, from_input, .. } => (!from_input).then_some(*numel),
+        };
+        let gpu = state.gpu.clone();
+        let planned = match dense {
+            None if matches!(kind, LossKind::Classification { .. }) => state.upload.enable_labels(&gpu, capacity),
+            None => Ok(()),
+            Some(len) => state.upload.enable_dense(&gpu, capacity * len),
+        }
+        .and_then(|()| DeviceLoss::new(&gpu, kind, capacity));
+        let dl = planned.map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the loss state: {e}"))?;
+        world.insert_resource(dl);
+    }
     world.insert_resource(state);
     world.insert_resource(ComputeDevice(device));
     Ok(())
+}
+
+/// The device-side loss for the run's task, if it has one: classification, regression and embedding on a
+/// model without VQ layers (their host tasks ignore the VQ losses), and reconstruction.
+fn device_loss_kind(world: &World) -> Option<LossKind> {
+    let graph = world.resource::<Graph>();
+    let vq = LossKind::vq_layers(graph);
+    if let Some(task) = world.get_resource::<ClassificationTask>() {
+        let kind = LossKind::Classification { classes: task.num_classes, options: task.options.clone() };
+        return vq.is_empty().then_some(kind);
+    }
+    if let Some(task) = world.get_resource::<RegressionTask>() {
+        return vq.is_empty().then_some(LossKind::Regression { outputs: task.outputs });
+    }
+    if let Some(task) = world.get_resource::<EmbeddingTask>() {
+        return vq.is_empty().then_some(LossKind::Embedding { dim: task.dim, eps: task.eps });
+    }
+    let task = world.get_resource::<ReconstructionTask>()?;
+    Some(LossKind::Reconstruction {
+        l1: task.loss == ReconLoss::L1,
+        numel: task.numel,
+        from_input: task.target == ReconTarget::Input,
+        recon_weight: task.recon_weight,
+        vq_weight: task.vq_weight,
+        vq,
+    })
 }
 
 /// `engine bench --device cuda[:N]`: the device kernels beside the measured copy bandwidth and cuBLAS rate.

@@ -171,3 +171,56 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
     bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Writes `dir/{train,val}_x.npy` (the digits inputs) and `dir/{train,val}_y.npy` = `x @ P` (f32, `[N, k]`)
+/// for a fixed random `P` of shape `[64, k]`.
+pub fn write_projection_dataset(dir: &Path, k: usize) {
+    let mut rng = ecstrain::kernels::rng::Rng::new(0x7A5C);
+    let p: Vec<f64> = (0..64 * k).map(|_| rng.normal() / 8.0).collect();
+    for split in ["train", "val"] {
+        let x =
+            ecstrain::systems::data::npy::NpyArray::open(&repo().join(format!("data/digits/{split}_x.npy"))).unwrap();
+        let (n, d) = (x.rows(), x.row_len());
+        assert_eq!(d, 64);
+        let xv = x.to_f32_vec();
+        let mut y = vec![0.0f32; n * k];
+        for i in 0..n {
+            for j in 0..k {
+                y[i * k + j] = (0..d).map(|c| xv[i * d + c] as f64 * p[c * k + j]).sum::<f64>() as f32;
+            }
+        }
+        ecstrain::systems::data::npy::write_npy(&dir.join(format!("{split}_x.npy")), &[n, d], &xv).unwrap();
+        ecstrain::systems::data::npy::write_npy(&dir.join(format!("{split}_y.npy")), &[n, k], &y).unwrap();
+    }
+}
+
+/// A config training an MLP 64 -> [64] -> k on the dataset written by [`write_projection_dataset`].
+pub fn projection_yaml(data: &Path, save: &Path, task: &str, k: usize) -> String {
+    let d = data.display();
+    format!(
+        "model:
+  arch: mlp
+  input_size: 64
+  hidden_sizes: [64]
+  output_size: {k}
+datasets:
+  proj:
+    builder: npy
+    train:
+      x: {d}/train_x.npy
+      y: {d}/train_y.npy
+    val:
+      x: {d}/val_x.npy
+      y: {d}/val_y.npy
+run:
+  task: {task}
+  epochs: 10
+  batch: 32
+  optimizer: AdamW
+  lr0: 0.003
+  scheduler: constant
+  save_dir: {}
+",
+        save.display()
+    )
+}

@@ -15,7 +15,7 @@ import re
 import sys
 
 # Barriers and shuffles, directly or through common.cuh's block / warp reductions.
-REDUCTIONS = r"block_sum|block_max|warp_sum|warp_max|column_phase_sum"
+REDUCTIONS = r"block_sum|block_max|warp_sum|warp_max|column_phase_sum|ordered_block_sum_f64"
 SYNC = re.compile(r"__syncthreads\s*\(|__shfl\w*\s*\(|\b(?:" + REDUCTIONS + r")\s*\(")
 DEFINITIONS = re.compile(r"__device__[^;{]*\b(?:" + REDUCTIONS + r")\s*\(")
 

@@ -7,6 +7,7 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::LossScaler;
 use ecstrain_systems::device::amp::gpu_unscale_gradients;
+use ecstrain_systems::device::loss::host_loss;
 use ecstrain_systems::device::systems::{gpu_backward, gpu_clip_gradients};
 use ecstrain_systems::device::{on_cpu, on_cuda};
 use ecstrain_systems::graph::systems::backward_system;
@@ -26,7 +27,12 @@ impl Plugin for AmpPlugin {
         app.add_systems(
             TrainStep,
             (
-                scale_loss_gradient.run_if(on).in_set(StepSet::Backward).before(backward_system).before(gpu_backward),
+                // A device-side loss applies the scale in its gradient kernel.
+                scale_loss_gradient
+                    .run_if(on.and_then(host_loss))
+                    .in_set(StepSet::Backward)
+                    .before(backward_system)
+                    .before(gpu_backward),
                 unscale_gradients
                     .run_if(on.and_then(at_accumulation_boundary).and_then(on_cpu))
                     .in_set(StepSet::Reduce)

@@ -3,6 +3,7 @@
 
 use bevy_ecs::prelude::*;
 use ecstrain_systems::data::TargetSpec;
+use ecstrain_systems::device::loss::host_loss;
 use ecstrain_systems::models;
 use ecstrain_systems::sets::*;
 use ecstrain_systems::tasks::classification::{
@@ -105,7 +106,9 @@ fn install_classification(app: &mut App, ctx: &TaskContext) -> Result<(), String
     };
     app.insert_resource(ClassificationTask::new(classes, r.top_k, opts, ctx.capacity));
     app.insert_resource(ConfusionMatrix::new(classes));
-    app.add_systems(TrainStep, classification_loss.in_set(StepSet::Loss));
+    // On CUDA the device computes it instead (`device::loss::DeviceLoss`, inserted by assembly), as it does
+    // for regression, embedding and reconstruction.
+    app.add_systems(TrainStep, classification_loss.run_if(host_loss).in_set(StepSet::Loss));
     app.add_systems(ValidationStart, reset_confusion);
     app.add_systems(ValidationStep, classification_eval.in_set(StepSet::Loss));
     Ok(())
@@ -199,7 +202,7 @@ fn install_reconstruction(app: &mut App, ctx: &TaskContext) -> Result<(), String
         target,
         ctx.output_shape,
     ));
-    app.add_systems(TrainStep, reconstruction_loss.in_set(StepSet::Loss));
+    app.add_systems(TrainStep, reconstruction_loss.run_if(host_loss).in_set(StepSet::Loss));
     app.add_systems(ValidationStep, reconstruction_eval.in_set(StepSet::Loss));
     Ok(())
 }
@@ -208,7 +211,7 @@ fn install_regression(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
     use ecstrain_systems::tasks::regression::*;
     let outputs = dense_target_len("regression", ctx)?;
     app.insert_resource(RegressionTask::new(outputs));
-    app.add_systems(TrainStep, regression_loss.in_set(StepSet::Loss));
+    app.add_systems(TrainStep, regression_loss.run_if(host_loss).in_set(StepSet::Loss));
     app.add_systems(ValidationStep, regression_eval.in_set(StepSet::Loss));
     app.add_systems(ValidationEnd, regression_r2.before(ValidationEndSet::Summarize));
     Ok(())
@@ -218,7 +221,7 @@ fn install_embedding(app: &mut App, ctx: &TaskContext) -> Result<(), String> {
     use ecstrain_systems::tasks::embedding::*;
     let dim = dense_target_len("embedding", ctx)?;
     app.insert_resource(EmbeddingTask::new(dim));
-    app.add_systems(TrainStep, embedding_loss.in_set(StepSet::Loss));
+    app.add_systems(TrainStep, embedding_loss.run_if(host_loss).in_set(StepSet::Loss));
     app.add_systems(ValidationStep, embedding_eval.in_set(StepSet::Loss));
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! Training on a CUDA device: the device twins of forward, backward, gradient zeroing and the optimizer,
 //! plus the copies between host and device arenas, all gated by `on_cuda` (assembly inserts
-//! `ComputeDevice` and `GpuState` for a `run.device: cuda` run), and in a data-parallel run the device
-//! gradient average and buffer broadcast. See `ecstrain_systems::device`.
+//! `ComputeDevice` and `GpuState` for a `run.device: cuda` run), the device-side task loss (with its
+//! flushes into the training meters), and in a data-parallel run the device gradient average and buffer
+//! broadcast. See `ecstrain_systems::device`.
 
 use bevy_ecs::prelude::*;
+use ecstrain_systems::device::loss::{gpu_flush_train_loss, gpu_task_loss, DeviceLoss};
 use ecstrain_systems::device::on_cuda;
 use ecstrain_systems::device::reduce::{gpu_all_reduce_gradients, gpu_broadcast_buffers};
 use ecstrain_systems::device::systems::*;
-use ecstrain_systems::logging::emit::emit_epoch_record;
+use ecstrain_systems::logging::emit::{at_log_interval, emit_epoch_record, emit_train_record};
 use ecstrain_systems::optim::at_accumulation_boundary;
 use ecstrain_systems::optim::loss_scale::optimizer_step_due;
 use ecstrain_systems::parallel::is_data_parallel;
@@ -26,6 +28,7 @@ impl Plugin for CudaPlugin {
                 gpu_sync_up.in_set(StepSet::Load),
                 gpu_upload_batch.in_set(StepSet::Preprocess),
                 gpu_forward.in_set(StepSet::Forward),
+                gpu_task_loss.run_if(resource_exists::<DeviceLoss>).in_set(StepSet::Loss),
                 gpu_backward.in_set(StepSet::Backward),
                 // First in Reduce, so device clipping sees the averaged gradient (as on the CPU).
                 gpu_all_reduce_gradients
@@ -60,5 +63,11 @@ impl Plugin for CudaPlugin {
         app.add_systems(ValidationEnd, gpu_sync_down.run_if(on_cuda).before(ValidationEndSet::Summarize));
         app.add_systems(EpochEnd, gpu_sync_down.run_if(on_cuda).before(emit_epoch_record));
         app.add_systems(RunEnd, gpu_sync_down.run_if(on_cuda));
+        // A device-side loss: its pending values reach the training meters before anything reads them (the
+        // stop path flushes too, runner/stop.rs).
+        let flush = || gpu_flush_train_loss.run_if(resource_exists::<DeviceLoss>);
+        app.add_systems(TrainStep, flush().run_if(at_log_interval).in_set(StepSet::Log).before(emit_train_record));
+        app.add_systems(EpochEnd, flush().before(emit_epoch_record));
+        app.add_systems(RunEnd, flush());
     }
 }

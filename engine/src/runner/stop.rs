@@ -7,6 +7,7 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Clock, RunInfo, RunSettings, RunTimer, StopRequest};
 use ecstrain_systems::checkpoint::save_resume_point;
+use ecstrain_systems::device::loss::{gpu_flush_train_loss, DeviceLoss};
 use ecstrain_systems::device::state::GpuState;
 use ecstrain_systems::device::systems::gpu_sync_down;
 use ecstrain_systems::parallel::Comm;
@@ -67,6 +68,13 @@ pub fn stop_run(app: &mut App, stop: Stop, checkpoint: bool) -> Result<(), Engin
             app.world
                 .run_system_cached(gpu_sync_down)
                 .map_err(|e| EngineError::Run(format!("cannot copy the model state down: {e}")))?;
+            check_failure(app)?;
+        }
+        // The checkpoint keeps the training meters: a device-side loss adds its pending values first.
+        if app.world.contains_resource::<DeviceLoss>() {
+            app.world
+                .run_system_cached(gpu_flush_train_loss)
+                .map_err(|e| EngineError::Run(format!("cannot read the training loss: {e}")))?;
             check_failure(app)?;
         }
         app.world

@@ -281,6 +281,33 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
             time_ms(gpu, || softmax_rows_backward(gpu, &mut ds.slice_mut(..len), &b.slice(..len), r, t, false, 1.0))?;
         rows.push(BenchRow::new(&name("attention_softmax_backward_t50"), Work::Bytes(12 * len as u64), ms));
     }
+    // Whole attention heads of a ViT (50 tokens, heads of 32 channels, 4 per sample) in one block each, about
+    // n probabilities in all: what the 6 products and 2 row kernels per head of the product path now do.
+    {
+        use crate::ops::attention::cuda::{small_backward, small_forward, Path};
+        let (h, t, d) = (4, 50, 32);
+        debug_assert_eq!(Path::of(t, d), Path::Small);
+        let bs = (n / (h * t * t)).max(1);
+        let (qkv_len, out_len, att_len) = (bs * t * 3 * h * d, bs * t * h * d, bs * h * t * t);
+        let qkv = filled(gpu, qkv_len, &[0.3, -0.2, 0.1])?;
+        let dout = filled(gpu, out_len, &[0.01, -0.02])?;
+        let (mut out, mut att) = (s.alloc_zeros::<f32>(out_len)?, s.alloc_zeros::<f32>(att_len)?);
+        let mut dqkv = s.alloc_zeros::<f32>(qkv_len)?;
+        // Forward: read q, k, v; write the output and the probabilities.
+        let ms = time_ms(gpu, || {
+            let (mut ov, mut av) = (out.as_view_mut(), att.as_view_mut());
+            small_forward(gpu, &mut ov, &mut av, &qkv.as_view(), bs, h, t, d, false)
+        })?;
+        let fwd_bytes = 4 * (qkv_len + out_len + att_len) as u64;
+        rows.push(BenchRow::new(&name("attention_heads_t50_d32"), Work::Bytes(fwd_bytes), ms));
+        // Backward: read q, k, v, the output gradient and the probabilities; write the q / k / v gradients.
+        let ms = time_ms(gpu, || {
+            let (gv, xv, av) = (dout.as_view(), qkv.as_view(), att.as_view());
+            small_backward(gpu, &mut dqkv.as_view_mut(), &gv, &xv, &av, bs, h, t, d, false)
+        })?;
+        let bwd_bytes = 4 * (2 * qkv_len + out_len + att_len) as u64;
+        rows.push(BenchRow::new(&name("attention_heads_backward_t50_d32"), Work::Bytes(bwd_bytes), ms));
+    }
     {
         use crate::ops::softmax_cross_entropy::cuda::{softmax_cross_entropy_backward, softmax_cross_entropy_forward};
         use crate::ops::softmax_cross_entropy::CrossEntropyOptions;
@@ -300,7 +327,7 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
         // Backward: read the probabilities, write the logits' gradient.
         let ms = time_ms(gpu, || {
             let (mut dl, pv, tv) = (b.slice_mut(..len), probs.as_view(), targets.as_view());
-            softmax_cross_entropy_backward(gpu, &mut dl, &pv, &tv, r, v, &opts, 1.0)
+            softmax_cross_entropy_backward(gpu, &mut dl, &pv, &tv, r, v, &opts, 1.0, 1.0)
         })?;
         rows.push(BenchRow::new(&name("softmax_ce_backward_v1000"), Work::Bytes(8 * len as u64), ms));
     }
@@ -346,7 +373,7 @@ mod tests {
         let rows = if gpu.info.is_emulated() { run_benchmarks_sized(gpu, 1 << 12, 64) } else { run_benchmarks(gpu) };
         let rows = rows.unwrap();
         eprintln!("{}", format_table(&rows));
-        assert_eq!(rows.len(), 19);
+        assert_eq!(rows.len(), 21);
         assert!(rows.iter().all(|r| r.ms > 0.0 && r.rate.is_finite() && r.rate > 0.0), "{rows:?}");
     }
 }

@@ -27,6 +27,20 @@ __device__ __forceinline__ double warp_sum_f64(double v) {
     return v;
 }
 
+// The sum of every thread's `acc` over one block in a fixed order: each warp's by shuffles, then thread 0 adds
+// the warps' sums in warp order (the same bits every run, no atomics). The result is valid in thread 0 only;
+// `part` holds at least one double per warp. The one-block losses (MSE, L1, cosine) end with it.
+__device__ __forceinline__ double ordered_block_sum_f64(double acc, double *part) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    acc = warp_sum_f64(acc);
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    double total = 0.0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < warps; ++w) total += part[w];
+    return total;
+}
+
 // The threads that share one row of a row kernel: a warp per row (WARP, for short rows: a block of 256
 // threads then takes 8 rows) or the whole block. Every loop over rows is uniform over the group, so its
 // shuffles and barriers are reached by all of it.

@@ -28,6 +28,34 @@ pub fn row_launch(rows: usize, len: usize) -> (bool, LaunchConfig) {
     (warp, LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
+/// The launch of the one-block loss kernels (MSE, L1, cosine, softmax + CE's loss): one block of 1024 threads
+/// whose fixed summation order (`ordered_block_sum_f64` in common.cuh) gives the same bits every run.
+pub const ONE_BLOCK: LaunchConfig = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+
+/// `loss[0] = kernel(pred, target)` for an elementwise loss kernel `(float *loss, const float *pred, const
+/// float *target, size_t n)` of `source` (MSE, L1), in one block ([`ONE_BLOCK`]). `what` names the caller in
+/// the length checks.
+pub fn elementwise_loss(
+    gpu: &super::Gpu,
+    source: &'static super::KernelSource,
+    kernel: &'static str,
+    what: &str,
+    pred: &cudarc::driver::CudaView<f32>,
+    target: &cudarc::driver::CudaView<f32>,
+    loss: &mut cudarc::driver::CudaViewMut<f32>,
+) -> Result<(), super::GpuError> {
+    let n = pred.len();
+    assert_eq!(target.len(), n, "{what}: pred and target lengths differ");
+    assert_eq!(loss.len(), 1, "{what}: loss must be one device scalar");
+    let f = gpu.function(source, kernel)?;
+    let mut l = gpu.launch_builder(&f);
+    l.arg(loss).arg(pred).arg(target).arg(&n);
+    // SAFETY: (float*, const float*, const float*, size_t) as documented; loss holds 1, pred and target n
+    // elements.
+    unsafe { l.launch(ONE_BLOCK) }?;
+    Ok(())
+}
+
 /// Row phases of a column-sum block (`COLUMN_PHASES` in common.cuh): BLOCK / 32.
 const COLUMN_PHASES: usize = BLOCK as usize / 32;
 /// Fewest rows per chunk of a column sum: below this a chunk's threads would idle.

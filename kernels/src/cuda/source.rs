@@ -20,6 +20,8 @@ pub static ALL: &[&KernelSource] = &[
     &crate::ops::add::CUDA,
     &crate::ops::softmax_cross_entropy::CUDA,
     &crate::ops::mse::CUDA,
+    &crate::ops::cosine_loss::CUDA,
+    &crate::ops::l1_loss::CUDA,
     &crate::ops::conv2d::CUDA,
     &crate::ops::pool::CUDA,
     &crate::ops::batch_norm::CUDA,

@@ -78,3 +78,141 @@ extern "C" __global__ void attn_softmax_backward_warp_f32(float *ds, const float
                                                           int causal, float scale) {
     attn_softmax_backward<true>(ds, att, rows, t, causal, scale, nullptr);
 }
+
+// ---- Whole heads in one block (attention_cuda.rs's small path: T <= 64, D <= 64, and the backward's shared
+// arrays fit). A block takes one (sample, head) of the fused projection qkv [B, T, 3, H, D] at a time
+// (grid-stride), with K and V in shared memory (rows padded to D + 1 floats, so lanes reading different rows
+// hit different banks); a warp takes a query row. The arithmetic is the unfused path's: a score is
+// scale * (D-term dot product), the softmax as attn_softmax (max, expf, f64 sum, one reciprocal), outputs are
+// T-term sums, each element one thread's chain in a fixed order (deterministic). Two launches per layer
+// instead of 6 products per head (or per sample) and two row kernels.
+
+#define AS_TMAX 64
+#define AS_DMAX 64
+#define AS_FWD_SHARED (2 * AS_TMAX * (AS_DMAX + 1))
+#define AS_BWD_SHARED 9216
+
+// K and V of head (bi, hi) into shared memory: k[j * (d + 1) + c], v likewise.
+__device__ __forceinline__ void as_load_kv(float *k, float *v, const float *qkv, size_t bi, size_t hi, size_t t,
+                                           size_t d, size_t hd) {
+    for (size_t idx = threadIdx.x; idx < t * d; idx += blockDim.x) {
+        const size_t j = idx / d, c = idx % d;
+        const float *row = qkv + (bi * t + j) * 3 * hd + hi * d + c;
+        k[j * (d + 1) + c] = row[hd];
+        v[j * (d + 1) + c] = row[2 * hd];
+    }
+}
+
+// out [B, T, H*D] (heads merged), att [B, H, T, T] (the probabilities, saved for the backward).
+extern "C" __global__ void attn_small_forward_f32(float *out, float *att, const float *qkv, size_t b, size_t h,
+                                                  size_t t, size_t d, int causal, float scale) {
+    __shared__ float sm[AS_FWD_SHARED];
+    const size_t hd = h * d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float *k = sm, *v = sm + t * (d + 1);
+    for (size_t head = blockIdx.x; head < b * h; head += gridDim.x) {
+        const size_t bi = head / h, hi = head % h;
+        __syncthreads(); // the previous head's rows are done with K and V
+        as_load_kv(k, v, qkv, bi, hi, t, d, hd);
+        __syncthreads();
+        for (size_t i = warp; i < t; i += warps) { // warp-uniform: every lane of a warp takes the same rows
+            const float *q = qkv + (bi * t + i) * 3 * hd + hi * d;
+            const size_t vis = causal ? i + 1 : t;
+            // Lane `lane` holds keys lane and lane + 32.
+            float s[2];
+            float m = -__int_as_float(0x7f800000);
+            for (int u = 0; u < 2; ++u) {
+                const size_t j = lane + 32 * u;
+                float acc = 0.0f;
+                if (j < vis) {
+                    for (size_t c = 0; c < d; ++c) acc = fmaf(q[c], k[j * (d + 1) + c], acc);
+                    acc = __fmul_rn(scale, acc);
+                    m = fmaxf(m, acc);
+                }
+                s[u] = acc;
+            }
+            m = warp_max(m);
+            double sum = 0.0;
+            for (int u = 0; u < 2; ++u) {
+                const size_t j = lane + 32 * u;
+                s[u] = j < vis ? expf(__fsub_rn(s[u], m)) : 0.0f;
+                sum += (double)s[u];
+            }
+            const float inv = (float)__ddiv_rn(1.0, warp_sum_f64(sum));
+            float *arow = att + (head * t + i) * t;
+            for (int u = 0; u < 2; ++u) {
+                const size_t j = lane + 32 * u;
+                s[u] = j < vis ? __fmul_rn(s[u], inv) : 0.0f;
+                if (j < t) arow[j] = s[u];
+            }
+            // out[i, c] = sum_j p_j v[j, c], lane c (and c + 32); p_j comes from the lane holding it.
+            float o[2] = {0.0f, 0.0f};
+            for (size_t j = 0; j < vis; ++j) {
+                const float pj = __shfl_sync(0xffffffffu, j < 32 ? s[0] : s[1], (int)(j & 31));
+                for (int u = 0; u < 2; ++u) {
+                    const size_t c = lane + 32 * u;
+                    if (c < d) o[u] = fmaf(pj, v[j * (d + 1) + c], o[u]);
+                }
+            }
+            float *orow = out + (bi * t + i) * hd + hi * d;
+            for (int u = 0; u < 2; ++u) {
+                const size_t c = lane + 32 * u;
+                if (c < d) orow[c] = o[u];
+            }
+        }
+    }
+}
+
+// dqkv [B, T, 3, H, D] (overwritten) from dout [B, T, H*D], qkv and the forward's att: dS = scale * P * (dP -
+// rowsum(P dP)) with dP = dout v^T (a warp per row, into shared memory), then dq = dS k, dk = dS^T q,
+// dv = P^T dout, a thread per output element.
+extern "C" __global__ void attn_small_backward_f32(float *dqkv, const float *dout, const float *qkv,
+                                                   const float *att, size_t b, size_t h, size_t t, size_t d,
+                                                   int causal, float scale) {
+    __shared__ float sm[AS_BWD_SHARED];
+    const size_t hd = h * d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float *k = sm, *v = sm + t * (d + 1), *ds = sm + 2 * t * (d + 1); // ds[i * (t + 1) + j]
+    for (size_t head = blockIdx.x; head < b * h; head += gridDim.x) {
+        const size_t bi = head / h, hi = head % h;
+        __syncthreads();
+        as_load_kv(k, v, qkv, bi, hi, t, d, hd);
+        __syncthreads();
+        for (size_t i = warp; i < t; i += warps) {
+            const float *go = dout + (bi * t + i) * hd + hi * d;
+            const float *p = att + (head * t + i) * t;
+            const size_t vis = causal ? i + 1 : t;
+            float dp[2];
+            double s = 0.0;
+            for (int u = 0; u < 2; ++u) {
+                const size_t j = lane + 32 * u;
+                float acc = 0.0f;
+                if (j < vis) {
+                    for (size_t c = 0; c < d; ++c) acc = fmaf(go[c], v[j * (d + 1) + c], acc);
+                    s += (double)p[j] * (double)acc;
+                }
+                dp[u] = acc;
+            }
+            const float dot = (float)warp_sum_f64(s);
+            for (int u = 0; u < 2; ++u) {
+                const size_t j = lane + 32 * u;
+                if (j < t) ds[i * (t + 1) + j] = j < vis ? __fmul_rn(__fmul_rn(scale, p[j]), __fsub_rn(dp[u], dot)) : 0.0f;
+            }
+        }
+        __syncthreads();
+        // Three [T, D] outputs: dq (part 0), dk (part 1), dv (part 2).
+        for (size_t idx = threadIdx.x; idx < 3 * t * d; idx += blockDim.x) {
+            const size_t part = idx / (t * d), r = (idx / d) % t, c = idx % d;
+            float acc = 0.0f;
+            if (part == 0) { // dq[r, c] = sum_j dS[r, j] k[j, c]
+                for (size_t j = 0; j < t; ++j) acc = fmaf(ds[r * (t + 1) + j], k[j * (d + 1) + c], acc);
+            } else if (part == 1) { // dk[r, c] = sum_i dS[i, r] q[i, c]
+                const float *q = qkv + bi * t * 3 * hd + hi * d + c;
+                for (size_t i = 0; i < t; ++i) acc = fmaf(ds[i * (t + 1) + r], q[i * 3 * hd], acc);
+            } else { // dv[r, c] = sum_i P[i, r] dout[i, c]
+                const float *p = att + head * t * t + r;
+                const float *go = dout + bi * t * hd + hi * d + c;
+                for (size_t i = 0; i < t; ++i) acc = fmaf(p[i * t], go[i * hd], acc);
+            }
+            dqkv[(bi * t + r) * 3 * hd + part * hd + hi * d + c] = acc;
+        }
+    }
+}

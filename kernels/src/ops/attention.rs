@@ -665,7 +665,8 @@ pub fn merge_heads_backward<T: Float>(dinp: &mut [T], dout: &[T], b: usize, h: u
     split_heads(dinp, dout, b, h, t, d);
 }
 
-/// The CUDA row kernels of attention (`attention.cu`: the masked softmax and its backward).
+/// The CUDA kernels of attention (`attention.cu`: the masked softmax and its backward for the product path,
+/// and whole small heads in one block, forward and backward).
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "attention",
     code: include_str!("attention.cu"),
@@ -674,6 +675,8 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
         "attn_softmax_warp_f32",
         "attn_softmax_backward_f32",
         "attn_softmax_backward_warp_f32",
+        "attn_small_forward_f32",
+        "attn_small_backward_f32",
     ],
 };
 

@@ -1,12 +1,14 @@
 //! GPU twins of [`attention_fused_forward`](super::attention_fused_forward) and
-//! [`attention_fused_backward`](super::attention_fused_backward): the unfused path, i.e. cuBLAS
+//! [`attention_fused_backward`](super::attention_fused_backward). Heads of at most 64 tokens and 64 channels
+//! (a ViT's 50 x 32) run whole in one block each (`attn_small_*` in attention.cu: one launch for the forward,
+//! one for the backward, whatever the batch and head count). Larger heads take the unfused path, i.e. cuBLAS
 //! strided-batched products, one per head over the batch items or one per item over the heads, whichever
 //! makes fewer calls (read straight out of the fused `[B, T, 3, H, D]` projection through row strides, no
 //! head copies) and the row kernels of
 //! `attention.cu` for the (causal) softmax and its backward. Same outputs as the CPU: `out` with the heads
 //! merged, `att` the saved probabilities (masked entries exactly 0), `dqkv` overwritten.
 
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::{attention_backward_scratch_len, default_scale, CUDA};
 use crate::cuda::launch::row_launch;
@@ -130,6 +132,105 @@ pub fn attention_fused_forward(
     if b * h * t == 0 {
         return Ok(());
     }
+    match Path::of(t, d) {
+        Path::Small => small_forward(gpu, out, att, qkv, b, h, t, d, causal),
+        Path::Products => products_forward(gpu, out, att, qkv, b, h, t, d, causal),
+    }
+}
+
+/// How the fused attention runs for heads of `t` tokens and `d` channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// A block per head (`attn_small_*`): K, V and the score gradients fit the blocks' shared arrays.
+    Small,
+    /// cuBLAS products per head (or per sample) and the softmax row kernels.
+    Products,
+}
+
+/// Shared-array sizes of `attn_small_*` (floats; `AS_FWD_SHARED` / `AS_BWD_SHARED` in attention.cu).
+const SMALL_TMAX: usize = 64;
+const SMALL_DMAX: usize = 64;
+const SMALL_BWD_SHARED: usize = 9216;
+
+impl Path {
+    /// The small path when a lane's two keys / two channels cover the head and the backward's K, V and score
+    /// gradients (rows padded by one float) fit its shared array.
+    pub(crate) fn of(t: usize, d: usize) -> Path {
+        let bwd = 2 * t * (d + 1) + t * (t + 1);
+        if t <= SMALL_TMAX && d <= SMALL_DMAX && bwd <= SMALL_BWD_SHARED {
+            Path::Small
+        } else {
+            Path::Products
+        }
+    }
+}
+
+/// Blocks of the small path: a block per head, at most 32 per SM (more than fit at once; the rest loop).
+fn small_config(gpu: &Gpu, heads: usize) -> LaunchConfig {
+    let blocks = heads.min(gpu.info.multiprocessors * 32).max(1);
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The forward, a block per head (see [`Path::Small`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn small_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    att: &mut CudaViewMut<f32>,
+    qkv: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) -> Result<(), GpuError> {
+    let (scale, causal_i): (f32, i32) = (default_scale(d), causal as i32);
+    let f = gpu.function(&super::CUDA, "attn_small_forward_f32")?;
+    let mut l = gpu.launch_builder(&f);
+    l.arg(out).arg(att).arg(qkv).arg(&b).arg(&h).arg(&t).arg(&d).arg(&causal_i).arg(&scale);
+    // SAFETY: (float*, float*, const float*, size_t x4, int, float) as declared; the caller checked the
+    // lengths ([B, T, H*D], [B, H, T, T], [B, T, 3, H, D]) and Path::of the shared-array bounds.
+    unsafe { l.launch(small_config(gpu, b * h)) }?;
+    Ok(())
+}
+
+/// The backward, a block per head (see [`Path::Small`]); needs no scratch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn small_backward(
+    gpu: &Gpu,
+    dqkv: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    qkv: &CudaView<f32>,
+    att: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) -> Result<(), GpuError> {
+    let (scale, causal_i): (f32, i32) = (default_scale(d), causal as i32);
+    let f = gpu.function(&super::CUDA, "attn_small_backward_f32")?;
+    let mut l = gpu.launch_builder(&f);
+    l.arg(dqkv).arg(dout).arg(qkv).arg(att).arg(&b).arg(&h).arg(&t).arg(&d).arg(&causal_i).arg(&scale);
+    // SAFETY: (float*, const float* x3, size_t x4, int, float) as declared; the caller checked the lengths
+    // and Path::of the shared-array bounds.
+    unsafe { l.launch(small_config(gpu, b * h)) }?;
+    Ok(())
+}
+
+/// The forward through cuBLAS products and the softmax row kernel (see [`Path::Products`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn products_forward(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    att: &mut CudaViewMut<f32>,
+    qkv: &CudaView<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) -> Result<(), GpuError> {
     let scale: f32 = default_scale(d);
     let l = FusedLayouts::new(h, t, d);
     // Scores: att[i, j] = scale * q_ij @ k_ij^T (heads D apart in rows of 3HD).
@@ -202,6 +303,27 @@ pub fn attention_fused_backward(
     if b * h * t == 0 {
         return Ok(());
     }
+    match Path::of(t, d) {
+        Path::Small => small_backward(gpu, dqkv, dout, qkv, att, b, h, t, d, causal),
+        Path::Products => products_backward(gpu, dqkv, dout, qkv, att, scratch, b, h, t, d, causal),
+    }
+}
+
+/// The backward through cuBLAS products and the softmax-backward row kernel (see [`Path::Products`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn products_backward(
+    gpu: &Gpu,
+    dqkv: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    qkv: &CudaView<f32>,
+    att: &CudaView<f32>,
+    scratch: &mut CudaViewMut<f32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) -> Result<(), GpuError> {
     let scale: f32 = default_scale(d);
     let l = FusedLayouts::new(h, t, d);
     // dP[i, j] = dout_ij @ v_ij^T into the scratch.
@@ -358,7 +480,7 @@ mod tests {
     use crate::ops::cuda_test_util::*;
 
     /// Fused forward (out, att) and backward (dqkv) against the CPU, causal and not, batch 1 and more,
-    /// one head and several, odd T and D.
+    /// one head and several, odd T and D, on both paths (a block per head; cuBLAS products).
     ///
     /// Tolerances: the scores are D-term f32 dot products (cuBLAS order / FMA vs the CPU's), softmax with
     /// expf vs the CPU's exp, and the outputs T-term sums of probabilities times values (|v| <= 1): errors
@@ -374,7 +496,15 @@ mod tests {
             (3, 2, 70, 5, false),
             (1, 4, 65, 16, true),
             (1, 1, 1030, 4, true),
+            // A ViT block's heads (W3: 50 tokens, 4 heads of 32), the small path's largest T, a head of 64
+            // channels, and one whose score gradients no longer fit the small path's shared array.
+            (3, 4, 50, 32, false),
+            (2, 2, 64, 32, true),
+            (2, 1, 33, 64, false),
+            (1, 2, 64, 64, true),
         ] {
+            let small = Path::of(t, d) == Path::Small;
+            assert_eq!(small, t <= 64 && 2 * t * (d + 1) + t * (t + 1) <= SMALL_BWD_SHARED, "t {t} d {d}");
             let hd = h * d;
             let qkv = rand_vec(&mut rng, b * t * 3 * hd, -1.0, 1.0);
             let dout = rand_vec(&mut rng, b * t * hd, -1.0, 1.0);
@@ -395,47 +525,37 @@ mod tests {
                 causal,
             );
 
-            let what = format!("attention b{b} h{h} t{t} d{d} causal {causal}");
-            let (dx, dgo) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
-            let (mut out, mut att) = (poisoned(gpu, want.len()).unwrap(), poisoned(gpu, want_att.len()).unwrap());
-            attention_fused_forward(
-                gpu,
-                &mut out.as_view_mut(),
-                &mut att.as_view_mut(),
-                &dx.as_view(),
-                b,
-                h,
-                t,
-                d,
-                causal,
-            )
-            .unwrap();
-            assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want, 1e-5, 1e-4);
-            let got_att = gpu.download(&att).unwrap();
-            assert_close(&format!("{what} att"), &got_att, &want_att, 1e-5, 1e-4);
-            if causal {
-                // Masked probabilities are exactly zero, as on the CPU.
-                for (r, row) in got_att.chunks_exact(t).enumerate() {
-                    assert!(row[r % t + 1..].iter().all(|&p| p == 0.0), "{what}: row {r} leaks past the mask");
+            // Both paths where the small one applies (the public functions pick it), the products otherwise.
+            for path in [Path::Small, Path::Products] {
+                if path == Path::Small && !small {
+                    continue;
                 }
+                let what = format!("attention b{b} h{h} t{t} d{d} causal {causal} {path:?}");
+                let (dx, dgo) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
+                let (mut out, mut att) = (poisoned(gpu, want.len()).unwrap(), poisoned(gpu, want_att.len()).unwrap());
+                let forward = if path == Path::Small { small_forward } else { products_forward };
+                forward(gpu, &mut out.as_view_mut(), &mut att.as_view_mut(), &dx.as_view(), b, h, t, d, causal)
+                    .unwrap();
+                assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want, 1e-5, 1e-4);
+                let got_att = gpu.download(&att).unwrap();
+                assert_close(&format!("{what} att"), &got_att, &want_att, 1e-5, 1e-4);
+                if causal {
+                    // Masked probabilities are exactly zero, as on the CPU.
+                    for (r, row) in got_att.chunks_exact(t).enumerate() {
+                        assert!(row[r % t + 1..].iter().all(|&p| p == 0.0), "{what}: row {r} leaks past the mask");
+                    }
+                }
+                let (mut dq, mut ds) = (poisoned(gpu, qkv.len()).unwrap(), poisoned(gpu, scratch.len()).unwrap());
+                let datt = gpu.upload(&want_att).unwrap();
+                let (gv, xv, av) = (dgo.as_view(), dx.as_view(), datt.as_view());
+                if path == Path::Small {
+                    small_backward(gpu, &mut dq.as_view_mut(), &gv, &xv, &av, b, h, t, d, causal).unwrap();
+                } else {
+                    let mut sv = ds.as_view_mut();
+                    products_backward(gpu, &mut dq.as_view_mut(), &gv, &xv, &av, &mut sv, b, h, t, d, causal).unwrap();
+                }
+                assert_close(&format!("{what} dqkv"), &gpu.download(&dq).unwrap(), &want_dqkv, 5e-5, 1e-4);
             }
-            let (mut dq, mut ds) = (poisoned(gpu, qkv.len()).unwrap(), poisoned(gpu, scratch.len()).unwrap());
-            let datt = gpu.upload(&want_att).unwrap();
-            attention_fused_backward(
-                gpu,
-                &mut dq.as_view_mut(),
-                &dgo.as_view(),
-                &dx.as_view(),
-                &datt.as_view(),
-                &mut ds.as_view_mut(),
-                b,
-                h,
-                t,
-                d,
-                causal,
-            )
-            .unwrap();
-            assert_close(&format!("{what} dqkv"), &gpu.download(&dq).unwrap(), &want_dqkv, 5e-5, 1e-4);
         }
     }
 

@@ -5,25 +5,18 @@
 // in order. The difference is rounded to f32 first, as on the CPU. n == 0 gives 0.
 extern "C" __global__ void mse_forward_f32(float *loss, const float *pred, const float *target, size_t n) {
     __shared__ double part[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     double acc = 0.0;
     for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
         const double d = (double)__fsub_rn(pred[i], target[i]);
         acc += d * d;
     }
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) part[warp] = acc;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double total = 0.0;
-        for (int w = 0; w < warps; ++w) total += part[w];
-        loss[0] = n == 0 ? 0.0f : (float)(total / (double)n);
-    }
+    const double total = ordered_block_sum_f64(acc, part);
+    if (threadIdx.x == 0) loss[0] = n == 0 ? 0.0f : (float)(total / (double)n);
 }
 
 // dpred = (pred - target) * scale with scale = dloss * (2 / n) rounded on the host as the CPU does: the
-// CPU's bits.
+// CPU's bits; then times `post` (an f16 loss scale, 1 for none: the host's later `*= scale`, rounded again).
 extern "C" __global__ void mse_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
-                                            float scale) {
-    FOR_EACH(i, n) dpred[i] = __fmul_rn(__fsub_rn(pred[i], target[i]), scale);
+                                            float scale, float post) {
+    FOR_EACH(i, n) dpred[i] = __fmul_rn(__fmul_rn(__fsub_rn(pred[i], target[i]), scale), post);
 }

@@ -1,7 +1,7 @@
 //! Host side of `mse.cu`: the GPU twins of [`mse_forward`](super::mse_forward) (the loss written to a
 //! device scalar) and [`mse_backward`](super::mse_backward) (bit-identical).
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -17,25 +17,19 @@ pub fn mse_forward(
     target: &CudaView<f32>,
     loss: &mut CudaViewMut<f32>,
 ) -> Result<(), GpuError> {
-    let n = pred.len();
-    assert_eq!(target.len(), n, "mse_forward: pred and target lengths differ");
-    assert_eq!(loss.len(), 1, "mse_forward: loss must be one device scalar");
-    let f = gpu.function(&CUDA, "mse_forward_f32")?;
-    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-    let mut l = gpu.launch_builder(&f);
-    l.arg(loss).arg(pred).arg(target).arg(&n);
-    // SAFETY: (float*, const float*, const float*, size_t); loss holds 1, pred and target n elements.
-    unsafe { l.launch(cfg) }?;
-    Ok(())
+    crate::cuda::launch::elementwise_loss(gpu, &CUDA, "mse_forward_f32", "mse_forward", pred, target, loss)
 }
 
-/// MSE backward on the GPU: `dpred = dloss * 2 (pred - target) / N` (overwrites). dpred, pred, target: [N].
+/// MSE backward on the GPU: `dpred = dloss * 2 (pred - target) / N` (overwrites), then times `post` (an f16
+/// loss scale; 1 for none): the CPU backward followed by the host's `*= scale`, bit for bit. dpred, pred,
+/// target: [N].
 pub fn mse_backward(
     gpu: &Gpu,
     dpred: &mut CudaViewMut<f32>,
     pred: &CudaView<f32>,
     target: &CudaView<f32>,
     dloss: f32,
+    post: f32,
 ) -> Result<(), GpuError> {
     let n = pred.len();
     assert!(target.len() == n && dpred.len() == n, "mse_backward: dpred, pred and target lengths differ");
@@ -46,8 +40,8 @@ pub fn mse_backward(
     let scale = dloss * (2.0 / n as f64) as f32;
     let f = gpu.function(&CUDA, "mse_backward_f32")?;
     let mut l = gpu.launch_builder(&f);
-    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&scale);
-    // SAFETY: (float*, const float*, const float*, size_t, float); every buffer holds n elements.
+    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&scale).arg(&post);
+    // SAFETY: (float*, const float*, const float*, size_t, float, float); every buffer holds n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }
@@ -60,7 +54,8 @@ mod tests {
 
     /// Loss and gradient against the CPU on sizes 1, odd and large. The loss is an f64 sum of the same
     /// f32-rounded squares in another order, rounded to f32 once: within 1 ulp (rtol 2e-7; 1e-6 for
-    /// margin). The gradient is bitwise. An empty input gives a loss of 0 as on the CPU.
+    /// margin). The gradient is bitwise, also with a loss scale applied after it. An empty input gives a loss
+    /// of 0 as on the CPU.
     #[test]
     fn mse_matches_cpu() {
         let Some(gpu) = gpu_or_skip("mse_matches_cpu") else { return };
@@ -83,9 +78,13 @@ mod tests {
             }
             let mut want_d = vec![0.0f32; n];
             super::super::mse_backward(&mut want_d, &p, &t, 1.3);
-            let mut dd = poisoned(gpu, n).unwrap();
-            mse_backward(gpu, &mut dd.as_view_mut(), &pv, &tv, 1.3).unwrap();
-            assert_bitwise(&format!("mse backward n{n}"), &gpu.download(&dd).unwrap(), &want_d);
+            // 1: no loss scale; 3: one that is not a power of two, so the second rounding shows.
+            for post in [1.0f32, 3.0] {
+                let want: Vec<f32> = want_d.iter().map(|&d| d * post).collect();
+                let mut dd = poisoned(gpu, n).unwrap();
+                mse_backward(gpu, &mut dd.as_view_mut(), &pv, &tv, 1.3, post).unwrap();
+                assert_bitwise(&format!("mse backward n{n} x {post}"), &gpu.download(&dd).unwrap(), &want);
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Training on a CUDA device: the model's state and activations live on the GPU, the same graph runs there.
 //!
-//! What stays on the host: the data loader (batches are assembled on the CPU and copied up), the task's loss
-//! and metrics (the graph output is copied down and its gradient back up: a `[batch, outputs]` transfer per
-//! step), logging and checkpoints (the arenas are copied down before anything reads them on the host).
+//! What stays on the host: the data loader (batches are assembled on the CPU and copied up), validation
+//! metrics and the losses without a device kernel (the graph output is copied down and its gradient back up:
+//! a `[batch, outputs]` transfer per step; the built-in tasks' training losses run on the device, [`loss`],
+//! so their steps never wait), logging and checkpoints (the arenas are copied down before anything reads them on the host).
 //! What runs on the device: the graph forward and backward ([`exec`]), gradient zeroing and the fused
 //! optimizer update (one launch over the arenas), and in a data-parallel run the gradient average
 //! ([`reduce`]: NCCL on the device, or staged through the host communicator).
@@ -14,6 +15,7 @@ pub mod acts;
 pub mod amp;
 pub mod ema;
 pub mod exec;
+pub mod loss;
 pub mod optim;
 pub mod reduce;
 pub mod state;

@@ -2,7 +2,9 @@
 //!
 //! A train step on the device: sync up (only when the host arenas changed) -> upload batch -> forward ->
 //! output down to the host [`Activations`] -> the task's loss on the host -> output gradient up -> backward
-//! -> optimizer (one fused launch) -> zero gradients. A device error stops the run through [`RunFailure`]
+//! -> optimizer (one fused launch) -> zero gradients. With a device-side loss ([`super::loss`]) the targets go
+//! up with the batch and the loss and output gradient are computed on the device instead: no copy down, no
+//! host wait. A device error stops the run through [`RunFailure`]
 //! like a data error does.
 
 use bevy_ecs::prelude::*;
@@ -14,6 +16,7 @@ use ecstrain_kernels::cuda::GpuError;
 use ecstrain_kernels::rng::Rng;
 
 use super::exec;
+use super::loss::DeviceLoss;
 use super::reduce::{DeviceBuckets, DeviceComm};
 use super::state::GpuState;
 use crate::graph::Activations;
@@ -65,15 +68,24 @@ pub fn gpu_sync_down(
 
 /// Preprocess: stages the batch's inputs in page-locked memory and copies them up on the copy stream, into
 /// the input buffer the previous step did not use ([`InputUpload`](super::upload::InputUpload)).
-pub fn gpu_upload_batch(mut gpu: ResMut<GpuState>, batch: Res<Batch>, mut failure: ResMut<RunFailure>) {
+/// A training step with a device-side loss takes its targets along.
+pub fn gpu_upload_batch(
+    mut gpu: ResMut<GpuState>,
+    batch: Res<Batch>,
+    mode: Res<Mode>,
+    device_loss: Option<Res<DeviceLoss>>,
+    mut failure: ResMut<RunFailure>,
+) {
     let len = batch.size * batch.input_len;
+    let targets = device_loss.as_ref().filter(|_| *mode == Mode::Train).and_then(|dl| dl.targets(&batch));
     let GpuState { gpu: device, upload, acts, .. } = &mut *gpu;
-    if let Err(e) = upload.upload(device, &mut acts.input, &batch.inputs[..len]) {
+    if let Err(e) = upload.upload(device, &mut acts.input, &batch.inputs[..len], targets) {
         fail(&mut failure, "batch upload", e);
     }
 }
 
-/// Forward on the device; the output rows are copied into the host [`Activations`] for the task.
+/// Forward on the device; the output rows are copied into the host [`Activations`] for the task, except in
+/// a training step whose loss runs on the device ([`DeviceLoss`]): that step does not wait for the device.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn gpu_forward(
     mut gpu: ResMut<GpuState>,
@@ -83,6 +95,7 @@ pub fn gpu_forward(
     mode: Res<Mode>,
     clock: Res<Clock>,
     settings: Res<RunSettings>,
+    device_loss: Option<Res<DeviceLoss>>,
     mut failure: ResMut<RunFailure>,
 ) {
     let n = batch.size;
@@ -90,6 +103,9 @@ pub fn gpu_forward(
     let device = g.gpu.clone();
     let mut run = || -> Result<(), GpuError> {
         exec::forward(&device, &graph, &g.params, &mut g.buffers, &mut g.acts, n, *mode, step_seed(&settings, &clock))?;
+        if device_loss.is_some() && *mode == Mode::Train {
+            return Ok(());
+        }
         let out = graph.output.0;
         let len = n * graph.values[out].numel();
         // VQ statistics for the task's loss and metrics (queued first: the output's copy into pageable memory
@@ -105,7 +121,8 @@ pub fn gpu_forward(
     }
 }
 
-/// Backward on the device, after the task wrote d loss / d output into the host [`Activations`].
+/// Backward on the device, after the task wrote d loss / d output into the host [`Activations`] (copied up
+/// here) or, with a [`DeviceLoss`], into the output's device gradient.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn gpu_backward(
     mut gpu: ResMut<GpuState>,
@@ -118,6 +135,7 @@ pub fn gpu_backward(
     params_host: Res<ecstrain_components::Params>,
     device_comm: Option<Res<DeviceComm>>,
     buckets: Option<Res<DeviceBuckets>>,
+    device_loss: Option<Res<DeviceLoss>>,
     mut failure: ResMut<RunFailure>,
 ) {
     let n = batch.size;
@@ -126,10 +144,12 @@ pub fn gpu_backward(
     let overlap = device_comm.zip(buckets);
     let host_len = params_host.0.len();
     let mut run = || -> Result<(), GpuError> {
-        let out = graph.output.0;
-        let len = n * graph.values[out].numel();
-        let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
-        device.stream().memcpy_htod(&acts.grads[out][..len], &mut dst.slice_mut(..len))?;
+        if device_loss.is_none() {
+            let out = graph.output.0;
+            let len = n * graph.values[out].numel();
+            let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
+            device.stream().memcpy_htod(&acts.grads[out][..len], &mut dst.slice_mut(..len))?;
+        }
         let seed = step_seed(&settings, &clock);
         let (params, grads, dacts) = (&g.params, &mut g.grads, &mut g.acts);
         match (&overlap, clock.at_accumulation_boundary()) {

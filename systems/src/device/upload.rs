@@ -13,15 +13,62 @@
 //!          record released[1 - s]    (everything issued so far, i.e. up to step j-1, the last user of
 //!                                     input[1 - s], which step j+1 overwrites)
 //! ```
+//!
+//! Both `released` events are first recorded right after the buffers are allocated: `alloc_zeros` queues
+//! their zeroing on the compute stream, and a first copy not ordered after it could be zeroed over.
+//!
+//! With a device-side loss ([`super::loss::DeviceLoss`]) the batch's targets (class labels, or dense float
+//! targets) travel the same way, in the same slot and under the same events: one more copy, no more ordering.
 
-use ecstrain_kernels::cuda::cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
+use ecstrain_kernels::cuda::cudarc::driver::{CudaEvent, CudaSlice, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 use ecstrain_kernels::cuda::{Gpu, GpuError};
+
+/// Staging and device buffers of one kind of target, one per slot.
+struct Slots<T> {
+    staging: [PinnedHostSlice<T>; 2],
+    device: [CudaSlice<T>; 2],
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits + Copy> Slots<T> {
+    /// Buffers of `len` values each (at least one).
+    fn new(gpu: &Gpu, len: usize) -> Result<Slots<T>, GpuError> {
+        let (ctx, len) = (gpu.context(), len.max(1));
+        // SAFETY: a staging buffer is written (the targets copied in) before every copy that reads it.
+        let staging = unsafe { [ctx.alloc_pinned::<T>(len)?, ctx.alloc_pinned::<T>(len)?] };
+        Ok(Slots { staging, device: [gpu.stream().alloc_zeros(len)?, gpu.stream().alloc_zeros(len)?] })
+    }
+
+    /// Stages `values` in slot `s` and queues their copy up on `copy` (the caller orders it).
+    fn stage(
+        &mut self,
+        s: usize,
+        copy: &std::sync::Arc<ecstrain_kernels::cuda::cudarc::driver::CudaStream>,
+        values: &[T],
+    ) -> Result<(), GpuError> {
+        self.staging[s].as_mut_slice()?[..values.len()].copy_from_slice(values);
+        copy.memcpy_htod(&self.staging[s], &mut self.device[s])?;
+        Ok(())
+    }
+}
+
+/// A training step's targets for a device-side loss.
+#[derive(Clone, Copy, Debug)]
+pub enum BatchTargets<'a> {
+    /// Class labels `[n]`.
+    Labels(&'a [i64]),
+    /// Dense float targets `[n, len]`.
+    Dense(&'a [f32]),
+}
 
 /// Staging, the spare device input buffer and the events ordering them (see the module doc).
 pub struct InputUpload {
     staging: [PinnedHostSlice<f32>; 2],
     /// The device input buffer not in use by the current step (the other is `GpuActivations::input`).
     spare: CudaSlice<f32>,
+    /// Class labels' buffers, when a classification loss runs on the device.
+    labels: Option<Slots<i64>>,
+    /// Dense targets' buffers, when a regression or reconstruction loss runs on the device.
+    dense: Option<Slots<f32>>,
     copied: [CudaEvent; 2],
     released: [CudaEvent; 2],
     /// The slot the next upload fills.
@@ -40,18 +87,61 @@ impl InputUpload {
         let ctx = gpu.context();
         // SAFETY: a staging buffer is written (the batch copied in) before every copy that reads it.
         let staging = unsafe { [ctx.alloc_pinned::<f32>(len)?, ctx.alloc_pinned::<f32>(len)?] };
-        Ok(InputUpload {
+        let mut upload = InputUpload {
             staging,
             spare: gpu.stream().alloc_zeros(len)?,
+            labels: None,
+            dense: None,
             copied: [ctx.new_event(None)?, ctx.new_event(None)?],
             released: [ctx.new_event(None)?, ctx.new_event(None)?],
             slot: 0,
-        })
+        };
+        upload.released_after_allocation(gpu)?;
+        Ok(upload)
+    }
+
+    /// Orders the first copy into each slot after the zeroing of the buffers allocated so far (queued on the
+    /// compute stream by `alloc_zeros`): without it a copy could land first and be zeroed after it.
+    fn released_after_allocation(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
+        for e in &self.released {
+            e.record(gpu.stream())?;
+        }
+        Ok(())
+    }
+
+    /// Plans label uploads of up to `len` labels per batch (a device-side classification loss).
+    pub fn enable_labels(&mut self, gpu: &Gpu, len: usize) -> Result<(), GpuError> {
+        self.labels = Some(Slots::new(gpu, len)?);
+        self.released_after_allocation(gpu)
+    }
+
+    /// Plans dense-target uploads of up to `len` values per batch (a device-side MSE loss).
+    pub fn enable_dense(&mut self, gpu: &Gpu, len: usize) -> Result<(), GpuError> {
+        self.dense = Some(Slots::new(gpu, len)?);
+        self.released_after_allocation(gpu)
+    }
+
+    /// The class labels of the last upload that carried them: valid for the step that uploaded them, in
+    /// stream order. `None` unless [`enable_labels`](Self::enable_labels) ran.
+    pub fn labels(&self) -> Option<&CudaSlice<i64>> {
+        self.labels.as_ref().map(|t| &t.device[1 - self.slot])
+    }
+
+    /// The dense targets of the last upload that carried them, as [`labels`](Self::labels).
+    pub fn dense(&self) -> Option<&CudaSlice<f32>> {
+        self.dense.as_ref().map(|t| &t.device[1 - self.slot])
     }
 
     /// Copies `batch` into the other input buffer on the copy stream and makes it `input` (the planned
-    /// input the executor reads); the compute stream's later work waits for the copy.
-    pub fn upload(&mut self, gpu: &Gpu, input: &mut CudaSlice<f32>, batch: &[f32]) -> Result<(), GpuError> {
+    /// input the executor reads), and `targets` (a training step's, with a device-side loss) into the same
+    /// slot's target buffer; the compute stream's later work waits for the copies.
+    pub fn upload(
+        &mut self,
+        gpu: &Gpu,
+        input: &mut CudaSlice<f32>,
+        batch: &[f32],
+        targets: Option<BatchTargets<'_>>,
+    ) -> Result<(), GpuError> {
         let s = self.slot;
         std::mem::swap(input, &mut self.spare);
         self.copied[s].synchronize()?;
@@ -62,6 +152,15 @@ impl InputUpload {
         copy.wait(&self.released[s])?;
         // The whole buffer: rows past the batch are stale and never read.
         copy.memcpy_htod(&self.staging[s], input)?;
+        match targets {
+            Some(BatchTargets::Labels(v)) => {
+                self.labels.as_mut().expect("labels are uploaded only after enable_labels").stage(s, copy, v)?
+            }
+            Some(BatchTargets::Dense(v)) => {
+                self.dense.as_mut().expect("dense targets are uploaded only after enable_dense").stage(s, copy, v)?
+            }
+            None => {}
+        }
         self.copied[s].record(copy)?;
         let compute = gpu.stream();
         compute.wait(&self.copied[s])?;

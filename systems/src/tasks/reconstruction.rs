@@ -10,6 +10,7 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Batch, Clock, Graph, Metrics, Targets};
 use ecstrain_kernels::metrics::{psnr_sum, ssim_scratch_len, ssim_sum};
+use ecstrain_kernels::ops::l1_loss::{l1_loss_backward, l1_loss_forward};
 use ecstrain_kernels::ops::mse::{mse_backward, mse_forward};
 use ecstrain_kernels::Float;
 
@@ -48,13 +49,7 @@ pub fn recon_loss<T: Float>(kind: ReconLoss, pred: &[T], target: &[T]) -> f64 {
     assert_eq!(pred.len(), target.len(), "recon_loss: pred and target lengths differ");
     match kind {
         ReconLoss::Mse => mse_forward(pred, target).to_f64(),
-        ReconLoss::L1 => {
-            if pred.is_empty() {
-                return 0.0;
-            }
-            let s: f64 = pred.iter().zip(target).map(|(&p, &t)| (p - t).to_f64().abs()).sum();
-            s / pred.len() as f64
-        }
+        ReconLoss::L1 => l1_loss_forward(pred, target),
     }
 }
 
@@ -65,21 +60,7 @@ pub fn recon_loss_backward<T: Float>(kind: ReconLoss, dpred: &mut [T], pred: &[T
     assert_eq!(dpred.len(), pred.len(), "recon_loss_backward: dpred length");
     match kind {
         ReconLoss::Mse => mse_backward(dpred, pred, target, scale),
-        ReconLoss::L1 => {
-            if pred.is_empty() {
-                return;
-            }
-            let g = scale * T::from_f64(1.0 / pred.len() as f64);
-            for ((d, &p), &t) in dpred.iter_mut().zip(pred).zip(target) {
-                *d = if p > t {
-                    g
-                } else if p < t {
-                    -g
-                } else {
-                    T::ZERO
-                };
-            }
-        }
+        ReconLoss::L1 => l1_loss_backward(dpred, pred, target, scale),
     }
 }
 
