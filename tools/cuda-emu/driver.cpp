@@ -35,6 +35,7 @@
 
 #include "emu_kernel.h"
 #include "emu_registry.h"
+#include "emu_stream.h"
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -761,7 +762,9 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *h, size_t n) {
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
     NOTE();
-    if (is_pinned(h)) {
+    if (emu_stream::no_compute()) { // a DMA transfer on a GPU: no host time
+        enqueue(s, [] {});
+    } else if (is_pinned(h)) {
         enqueue(s, [d, h, n] { memcpy((void *)d, h, n); });
     } else {
         auto staged = std::make_shared<std::vector<char>>((const char *)h, (const char *)h + n);
@@ -793,7 +796,10 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr src, size_t n) {
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
     NOTE();
-    enqueue(s, [d, src, n] { memmove((void *)d, (const void *)src, n); });
+    if (emu_stream::no_compute())
+        enqueue(s, [] {});
+    else
+        enqueue(s, [d, src, n] { memmove((void *)d, (const void *)src, n); });
     return SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
@@ -804,7 +810,10 @@ CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
 }
 CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
     NOTE();
-    enqueue(s, [d, v, n] { memset((void *)d, v, n); });
+    if (emu_stream::no_compute())
+        enqueue(s, [] {});
+    else
+        enqueue(s, [d, v, n] { memset((void *)d, v, n); });
     return SUCCESS;
 }
 static void fill32(CUdeviceptr d, unsigned v, size_t n) {
@@ -818,7 +827,10 @@ CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
 }
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
     NOTE();
-    enqueue(s, [d, v, n] { fill32(d, v, n); });
+    if (emu_stream::no_compute())
+        enqueue(s, [] {});
+    else
+        enqueue(s, [d, v, n] { fill32(d, v, n); });
     return SUCCESS;
 }
 
@@ -902,6 +914,10 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if (shared > 49152 || extra) return INVALID_VALUE;
     cuda_emu_note((std::string("kernel:") + entry->name).c_str());
     std::function<void()> call = entry->bind(params); // the arguments' values now, as CUDA copies them
+    if (emu_stream::no_compute()) {
+        enqueue(stream, [] {});
+        return SUCCESS;
+    }
     const Dim3 grid{gx, gy, gz}, block{bx, by, bz};
     enqueue(stream, [entry, call, grid, block] { run_grid(entry, call, grid, block); });
     return SUCCESS;

@@ -90,7 +90,7 @@ impl Pipeline {
         let len: usize = self.shape.iter().product();
         debug_assert_eq!(out.len(), indices.len() * len);
         if self.processors.is_empty() && self.dataset.fixed_shape() {
-            return self.dataset.read_inputs(indices, out);
+            return self.gather(indices, out, len);
         }
         let one = |(row, &index): (&mut [f32], &usize)| self.fill_row(index, epoch, row);
         if out.len() >= PARALLEL_MIN_VALUES {
@@ -98,6 +98,21 @@ impl Pipeline {
         } else {
             out.chunks_mut(len.max(1)).zip(indices.iter()).try_for_each(one)
         }
+    }
+
+    /// The rows of a dataset without processors, read as they are: for a large batch, in about one run of
+    /// rows per pool thread. A gather of rows scattered over the dataset is bound by memory latency and
+    /// bandwidth, which one core does not saturate, and the pool is idle while the step waits for its batch.
+    fn gather(&self, indices: &[usize], out: &mut [f32], len: usize) -> Result<(), DataError> {
+        let threads = rayon::current_num_threads();
+        if out.len() < PARALLEL_MIN_VALUES || threads < 2 || len == 0 {
+            return self.dataset.read_inputs(indices, out);
+        }
+        let runs = threads.min(out.len() / (PARALLEL_MIN_VALUES / 2)).max(1);
+        let rows = indices.len().div_ceil(runs);
+        out.par_chunks_mut(rows * len)
+            .zip(indices.par_chunks(rows))
+            .try_for_each(|(o, ix)| self.dataset.read_inputs(ix, o))
     }
 
     /// Reads and processes one sample into its batch row.

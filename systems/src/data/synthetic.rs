@@ -158,4 +158,24 @@ mod tests {
         let o = options(serde_json::json!({"shape": [3], "targets": "boxes", "train_samples": 1}));
         assert!(SyntheticDataset::generate(&o, 1, 0).err().unwrap().contains("valid choices: classes, dense"));
     }
+
+    /// A processor-free pipeline gathers a large batch over the pool in runs of rows: the rows must be the
+    /// dataset's, in the batch's order, for any pool size and a batch that does not split evenly.
+    #[test]
+    fn pipeline_gathers_large_batches_in_parallel_exactly() {
+        use crate::data::Pipeline;
+        let o = options(serde_json::json!({"shape": [97], "classes": 3, "train_samples": 700}));
+        let ds = std::sync::Arc::new(SyntheticDataset::generate(&o, 700, 0).unwrap());
+        let pipe = Pipeline::new(ds.clone(), Vec::new(), 0, 0).unwrap();
+        // 509 rows of 97 values: past the parallel threshold, prime so no run count divides it.
+        let indices: Vec<usize> = (0..509).map(|i| (i * 379 + 11) % 700).collect();
+        let mut serial = vec![0.0f32; indices.len() * 97];
+        ds.read_inputs(&indices, &mut serial).unwrap();
+        for threads in [1, 2, 3, 7] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![f32::NAN; serial.len()];
+            pool.install(|| pipe.fill_rows(&indices, 0, &mut out)).unwrap();
+            assert!(out.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+        }
+    }
 }

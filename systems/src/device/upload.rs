@@ -22,6 +22,21 @@
 
 use ecstrain_kernels::cuda::cudarc::driver::{CudaEvent, CudaSlice, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 use ecstrain_kernels::cuda::{Gpu, GpuError};
+use rayon::prelude::*;
+
+/// Values per task of a parallel staging copy (256 KiB of f32): below two of them one thread copies.
+const STAGE_CHUNK: usize = 1 << 16;
+
+/// Copies `src` into page-locked `dst`, over the current rayon pool for a large batch: one core does not
+/// saturate the host's memory bandwidth, and the pool has nothing else to do while the host stages a batch
+/// for the device. Allocates nothing (rayon's fork-join runs on the stack).
+fn stage_copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
+    if src.len() < 2 * STAGE_CHUNK || rayon::current_num_threads() < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    dst.par_chunks_mut(STAGE_CHUNK).zip(src.par_chunks(STAGE_CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
 
 /// Staging and device buffers of one kind of target, one per slot.
 struct Slots<T> {
@@ -29,7 +44,7 @@ struct Slots<T> {
     device: [CudaSlice<T>; 2],
 }
 
-impl<T: DeviceRepr + ValidAsZeroBits + Copy> Slots<T> {
+impl<T: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync> Slots<T> {
     /// Buffers of `len` values each (at least one).
     fn new(gpu: &Gpu, len: usize) -> Result<Slots<T>, GpuError> {
         let (ctx, len) = (gpu.context(), len.max(1));
@@ -45,7 +60,7 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy> Slots<T> {
         copy: &std::sync::Arc<ecstrain_kernels::cuda::cudarc::driver::CudaStream>,
         values: &[T],
     ) -> Result<(), GpuError> {
-        self.staging[s].as_mut_slice()?[..values.len()].copy_from_slice(values);
+        stage_copy(&mut self.staging[s].as_mut_slice()?[..values.len()], values);
         copy.memcpy_htod(&self.staging[s], &mut self.device[s])?;
         Ok(())
     }
@@ -147,7 +162,7 @@ impl InputUpload {
         self.copied[s].synchronize()?;
         // `as_mut_slice` waits on the buffer's own cudarc event, never recorded with tracking off: the wait that
         // matters is `copied[s]` above.
-        self.staging[s].as_mut_slice()?[..batch.len()].copy_from_slice(batch);
+        stage_copy(&mut self.staging[s].as_mut_slice()?[..batch.len()], batch);
         let copy = gpu.copy_stream();
         copy.wait(&self.released[s])?;
         // The whole buffer: rows past the batch are stale and never read.
@@ -167,5 +182,25 @@ impl InputUpload {
         self.released[1 - s].record(compute)?;
         self.slot = 1 - s;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staging copy is exact on either side of its parallel threshold and with a ragged last chunk.
+    #[test]
+    fn stage_copy_copies_every_value_on_any_pool() {
+        for len in [0, 1, STAGE_CHUNK, 2 * STAGE_CHUNK - 1, 2 * STAGE_CHUNK, 5 * STAGE_CHUNK + 3] {
+            let src: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 3.0).collect();
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut dst = vec![f32::NAN; len + 2];
+                pool.install(|| stage_copy(&mut dst[..len], &src));
+                assert_eq!(&dst[..len], &src[..], "len {len}, {threads} threads");
+                assert!(dst[len..].iter().all(|v| v.is_nan()), "wrote past the end");
+            }
+        }
     }
 }

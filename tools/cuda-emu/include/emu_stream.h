@@ -5,9 +5,21 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <functional>
 
 namespace emu_stream {
+
+// CUDA_EMU_NO_COMPUTE=1: kernels, products and asynchronous uploads are queued as no-ops (same order, same
+// counts), so a run measures what the host spends per step, as if the GPU were infinitely fast. Results are
+// meaningless in that mode; it is for timing the host side only (tools/cuda-emu/README.md).
+inline bool no_compute() {
+    static const bool on = [] {
+        const char *v = getenv("CUDA_EMU_NO_COMPUTE");
+        return v && v[0] == '1';
+    }();
+    return on;
+}
 
 // The loaded emulated driver's symbol `name`, or null.
 template <typename F> F driver_symbol(const char *name) {
