@@ -422,3 +422,69 @@ fn f16_loss_scaling_on_cuda_backs_off_from_overflow() {
     let acc = val_records(&save, "accuracy").iter().map(|r| r.1).fold(0.0, f64::max);
     assert!(acc >= 0.97, "best val accuracy {acc} after backing off");
 }
+
+/// `run.device_cache` keeps the train split on the device and gathers each batch's rows there by index. It
+/// must train exactly as uploading every batch does: the same rows in the same order (shuffled, with a
+/// partial last batch: 1437 samples in batches of 64), through a deterministic processor whose output is
+/// what the device keeps, with batches assembled on the training thread or by a prefetching loader (which
+/// then skips the rows). Every training record's loss, every validation record and the final parameters
+/// must agree bit for bit.
+#[test]
+fn device_cache_on_cuda_trains_bit_for_bit_as_uploading_every_batch() {
+    let name = "device_cache_on_cuda";
+    if no_gpu(name) {
+        return;
+    }
+    let dir = scratch(name);
+    let processors = "    processors:\n      train:\n        - normalize: {mean: 8.0, std: 4.0}\n      eval:\n        - normalize: {mean: 8.0, std: 4.0}\n";
+    let yaml = digits_yaml(&dir.join("unused")).replace("    train:\n", &format!("{processors}    train:\n"));
+    let cfg = write_config(&dir, "cache.yaml", &(yaml + "  log_interval: 5\n"));
+    let cfg = cfg.to_str().unwrap();
+    let run = |tag: &str, sets: &[&str]| {
+        let save = dir.join(tag);
+        run_into(&save, cfg, "cuda", 2, sets);
+        let losses: Vec<String> = records(&save, "train").iter().map(|r| r["loss"].to_string()).collect();
+        let val: Vec<String> =
+            records(&save, "val").iter().map(|r| format!("{} {}", r["loss"], r["accuracy"])).collect();
+        (losses, val, checkpoint_params(&save.join("checkpoints/last.safetensors"), ""))
+    };
+    let uploaded = run("uploaded", &[]);
+    assert!(uploaded.0.len() >= 4 && uploaded.1.len() == 2, "records: {uploaded:?}");
+    for (tag, sets) in
+        [("cached", &["run.device_cache=true"][..]), ("cached_prefetch", &["run.device_cache=true", "run.workers=1"])]
+    {
+        let cached = run(tag, sets);
+        assert_eq!(cached.0, uploaded.0, "{tag}: training losses");
+        assert_eq!(cached.1, uploaded.1, "{tag}: validation");
+        let same = cached.2.iter().zip(&uploaded.2).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same && cached.2.len() == uploaded.2.len(), "{tag}: parameters differ");
+    }
+}
+
+/// The train split's rows are kept on the device only if they are the same every epoch: with a random
+/// processor `run.device_cache` is refused (exit 2, naming the key and the processors) before anything is
+/// written. Needs a device: without one, the missing driver is the error reported first.
+#[test]
+fn device_cache_on_cuda_refuses_random_augmentation() {
+    let name = "device_cache_on_cuda_refuses_random_augmentation";
+    if no_gpu(name) {
+        return;
+    }
+    let save = scratch(name).join("run");
+    // The digits as PNG files, trained through random crops and colour jitter.
+    let config = repo().join("configs/digits_images_cnn.yaml");
+    let out = engine(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        "run.device=cuda",
+        "--set",
+        "run.device_cache=true",
+        "--set",
+        &format!("run.save_dir={}", save.display()),
+    ]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(msg.contains("run.device_cache") && msg.contains("color_jitter") && !msg.contains("panicked"), "{msg}");
+    assert!(!save.exists(), "a refused run wrote {}", save.display());
+}

@@ -112,7 +112,7 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
         ecstrain::kernels::cuda::testing::skip_without_gpu("cuda_step_allocates_nothing", &e.to_string());
         return;
     }
-    let cases: [(&str, &[&str]); 9] = [
+    let cases: [(&str, &[&str]); 10] = [
         ("configs/digits_mlp.yaml", &[]),
         ("configs/bench_w1_mlp.yaml", &["run.batch=32", "run.nbs=32"]),
         ("configs/digits_cnn.yaml", &["run.batch=32", "run.nbs=32"]),
@@ -123,7 +123,10 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
         ("configs/digits_mlp.yaml", &["run.amp=f16"]),
         ("configs/digits_mlp.yaml", &["run.clip_grad_norm=1.0", "run.ema=true"]),
         ("configs/digits_mlp.yaml", &["run.optimizer=SGD", "run.nbs=128"]),
+        // The train split kept on the device: a step uploads its rows' indices and gathers the rows there.
+        ("configs/digits_mlp.yaml", &["run.device_cache=true"]),
     ];
+    let mut uploads_uncached = f64::NAN;
     for (config, overrides) in cases {
         let (traces, counts) = measure(config, overrides);
         assert!(
@@ -151,6 +154,16 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
         let all: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {:.2}", *v as f64 / STEPS as f64)).collect();
         eprintln!("  {}", all.join(", "));
         assert_eq!(allocations + frees, 0.0, "{config} {overrides:?}: device memory allocated or freed each step");
+        // With the train split on the device the rows' indices go up instead of the rows (as many uploads as
+        // the same run without it) and one gather kernel writes the input.
+        let up = per.of(&["cuMemcpyHtoDAsync_v2"]);
+        if overrides.is_empty() && config.ends_with("digits_mlp.yaml") {
+            uploads_uncached = up;
+        }
+        if overrides.contains(&"run.device_cache=true") {
+            let gathers = per.of(&["kernel:embedding_forward_f32"]);
+            assert_eq!((gathers, up), (1.0, uploads_uncached), "{overrides:?}: gathers and uploads per step");
+        }
         // cuBLAS calls must not grow with the batch (a product per sample, as the convolution's weight gradient
         // and attention once made, costs a launch per sample on a GPU): the same step at half the batch makes
         // as many.

@@ -298,7 +298,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let comm = app.world.get_resource_or_init::<Comm>().clone();
     let shard = Shard::new(comm.0.rank(), comm.0.world()).map_err(err)?;
     let global_batch = r.batch * shard.world;
-    let (train_loader, val_loader) = build_loaders(r, shard, &splits).map_err(err)?;
+    let device_rows = r.device_cache && device != Device::Cpu;
+    let (train_loader, val_loader) = build_loaders(r, shard, &splits, device_rows).map_err(err)?;
     let batches = train_loader.batches_per_epoch() as u64;
     // Embedding ids come from the data: every one must be an integer in 0..vocab, checked here so a bad file is
     // an error naming it rather than a failure mid-run.
@@ -505,12 +506,27 @@ pub fn open_splits(
 
 /// The train loader (shuffled, `run.drop_last`, this rank's `shard`) and the val loader (in order, whole
 /// split on every rank), both prefetching on one shared pool of `run.workers` threads when it is >= 1.
+/// With `device_rows` (`run.device_cache` on a GPU) training batches carry no input rows: the device keeps
+/// the split's inputs, which its processors must then not change from epoch to epoch.
 pub fn build_loaders(
     r: &RunSection,
     shard: Shard,
     splits: &SplitPipelines,
+    device_rows: bool,
 ) -> Result<(Loader, Option<Loader>), String> {
     let mut train = Loader::new(splits.train.clone(), r.batch, true, r.drop_last, r.seed).with_shard(shard);
+    if device_rows {
+        let random: Vec<&str> = splits.train.processors().iter().filter(|p| p.is_random()).map(|p| p.name()).collect();
+        if !random.is_empty() {
+            return Err(format!(
+                "run.device_cache: the train split's processors include random augmentation ({}), so its inputs \
+                 differ every epoch and cannot be kept on the device; turn run.device_cache off or use only \
+                 deterministic processors for training",
+                random.join(", ")
+            ));
+        }
+        train = train.without_inputs();
+    }
     if train.batches_per_epoch() == 0 {
         let per_rank = match shard.world {
             1 => String::new(),

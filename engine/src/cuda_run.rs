@@ -7,6 +7,7 @@ use bevy_ecs::prelude::*;
 use ecstrain_components::{AmpMode, Buffers, Frozen, Graph, OptimizerState, ParamSlice, Params};
 use ecstrain_kernels::cuda::{Gpu, MatmulPrecision};
 use ecstrain_kernels::Device;
+use ecstrain_systems::data::{Dataset, TrainLoader};
 use ecstrain_systems::device::loss::{DeviceLoss, LossKind};
 use ecstrain_systems::device::state::GpuState;
 use ecstrain_systems::device::{support, ComputeDevice};
@@ -73,6 +74,23 @@ pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode,
         state
             .enable_ema(world.resource::<Buffers>(), params)
             .map_err(|e| format!("run.device: cuda:{ordinal}: {e}"))?;
+    }
+    // `run.device_cache`: the train loader was built without input rows (assemble::build_loaders); the rows
+    // go up once, as the pipeline makes them (no random processor, so the same in every epoch).
+    let train = world.resource::<TrainLoader>().0.pipeline().clone();
+    if !world.resource::<TrainLoader>().0.fills_inputs() {
+        let len: usize = train.sample_shape().iter().product();
+        let gpu = state.gpu.clone();
+        let mut indices = Vec::new();
+        let fill = |first: usize, rows: &mut [f32]| {
+            indices.clear();
+            indices.extend(first..first + rows.len() / len.max(1));
+            train.fill_rows(&indices, 0, rows)
+        };
+        state
+            .upload
+            .enable_device_rows(&gpu, train.len(), len, capacity, fill)
+            .map_err(|m| format!("run.device_cache: cuda:{ordinal}: {m}"))?;
     }
     // The built-in tasks' losses run on the device (no host wait per step) where a device kernel exists.
     if let Some(kind) = device_loss_kind(world) {

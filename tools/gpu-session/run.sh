@@ -47,18 +47,21 @@ step() { # name seconds command...: runs with a limit, logs to $out/name.log, no
 }
 
 # Engine steps/s on the device for one bench config at batch 512: the last epoch's train samples/s / 512.
-engine_sps() { # workload config [tf32]
-    local dir tf32="${3:-false}"
+# The train split on the device unless the 4th argument is false (then every batch is assembled and staged
+# on the host); the host's pool on every core (it splits the staging and gathering copies).
+engine_sps() { # workload config [tf32] [device_cache]
+    local dir tf32="${3:-false}" cache="${4:-true}"
     dir="$(mktemp -d)"
     timeout 60 "$bin/engine" --config "$2" --set run.device=cuda --set run.batch=512 --set run.nbs=512 --set run.epochs=3 \
-        --set run.tf32="$tf32" \
+        --set run.tf32="$tf32" --set run.device_cache="$cache" --set run.threads="$(nproc)" \
         --set datasets.synthetic.train_samples=$((512 * ${SBS_STEPS:-100})) --set datasets.synthetic.val_samples=512 \
-        --set run.save_dir="$dir/run" > "$out/sbs_$1_$tf32.log" 2>&1 || { echo "RESULT_ENGINE $1 tf32=$tf32 failed"; return; }
+        --set run.save_dir="$dir/run" > "$out/sbs_$1_${tf32}_$cache.log" 2>&1 ||
+        { echo "RESULT_ENGINE $1 tf32=$tf32 device_cache=$cache failed"; return; }
     python3 -c "
 import json
 r = [json.loads(l) for l in open('$dir/run/metrics.jsonl')]
 r = [x for x in r if x.get('split') == 'train' and 'samples_per_s' in x]
-print('RESULT_ENGINE', json.dumps({'workload': '$1', 'tf32': $([ "$tf32" = true ] && echo True || echo False), 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
+print('RESULT_ENGINE', json.dumps({'workload': '$1', 'tf32': $([ "$tf32" = true ] && echo True || echo False), 'device_cache': $([ "$cache" = true ] && echo True || echo False), 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
 }
 
 steps="${STEPS:-info bench ops e2e criterion sbs}"
@@ -77,6 +80,9 @@ for s in $steps; do
         # shared baseline's model definitions as .gpu/torch_baseline.py).
         {
             for w in w1_mlp w2_cnn w3_vit; do engine_sps "$w" "configs/bench_$w.yaml"; done
+            # What assembling and staging every batch on the host costs (PyTorch's baseline keeps its batches
+            # on the device, as run.device_cache does).
+            engine_sps w1_mlp configs/bench_w1_mlp.yaml false false
             # PyTorch runs its convolutions on TF32 by default (cudnn.allow_tf32): W2 both ways on both sides.
             engine_sps w2_cnn configs/bench_w2_cnn.yaml true
             timeout 120 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py"

@@ -364,6 +364,12 @@ pub struct RunSection {
     /// there). Off by default here: products stay exact f32. Ignored on the CPU and under `amp`.
     #[serde(default)]
     pub tf32: bool,
+    /// CUDA: keep the train split's processed inputs in device memory. Each step then uploads only its rows'
+    /// indices and gathers the rows on the GPU, so the host neither assembles nor stages input rows. Needs
+    /// train processors without random augmentation (their output would differ every epoch) and room on
+    /// the device for the whole split. Ignored on the CPU.
+    #[serde(default)]
+    pub device_cache: bool,
     /// f16 loss scaling: the first scale (torch 2^16).
     #[serde(default = "d::amp_init_scale")]
     pub amp_init_scale: f64,

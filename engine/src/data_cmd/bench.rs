@@ -70,7 +70,7 @@ pub fn measure(args: &BenchArgs) -> Result<BenchReport, EngineError> {
     let registry = crate::cli::default_app().registry;
     let (_, entry) = dataset_entry(&registry, cfg).map_err(err)?;
     let (splits, _) = open_splits(&registry, cfg, &entry).map_err(err)?;
-    let (mut loader, _) = build_loaders(&cfg.run, Shard::default(), &splits).map_err(err)?;
+    let (mut loader, _) = build_loaders(&cfg.run, Shard::default(), &splits, false).map_err(err)?;
     let per_epoch = loader.batches_per_epoch() as u64;
     let total = args.batches.unwrap_or(per_epoch * args.epochs);
     if total == 0 {

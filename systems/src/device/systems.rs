@@ -19,6 +19,7 @@ use super::exec;
 use super::loss::DeviceLoss;
 use super::reduce::{DeviceBuckets, DeviceComm};
 use super::state::GpuState;
+use super::upload::BatchInputs;
 use crate::graph::Activations;
 
 /// Records the first device error of the step (later stages are gated on no failure).
@@ -67,7 +68,8 @@ pub fn gpu_sync_down(
 }
 
 /// Preprocess: stages the batch's inputs in page-locked memory and copies them up on the copy stream, into
-/// the input buffer the previous step did not use ([`InputUpload`](super::upload::InputUpload)).
+/// the input buffer the previous step did not use ([`InputUpload`](super::upload::InputUpload)); with the
+/// training split on the device (`run.device_cache`), a training batch's row indices instead.
 /// A training step with a device-side loss takes its targets along.
 pub fn gpu_upload_batch(
     mut gpu: ResMut<GpuState>,
@@ -79,7 +81,13 @@ pub fn gpu_upload_batch(
     let len = batch.size * batch.input_len;
     let targets = device_loss.as_ref().filter(|_| *mode == Mode::Train).and_then(|dl| dl.targets(&batch));
     let GpuState { gpu: device, upload, acts, .. } = &mut *gpu;
-    if let Err(e) = upload.upload(device, &mut acts.input, &batch.inputs[..len], targets) {
+    // With `run.device_cache` a training batch carries no rows (its loader skips them): they are on the device.
+    let inputs = if *mode == Mode::Train && upload.has_device_rows() {
+        BatchInputs::Rows(&batch.indices[..batch.size])
+    } else {
+        BatchInputs::Values(&batch.inputs[..len])
+    };
+    if let Err(e) = upload.upload(device, &mut acts.input, inputs, targets) {
         fail(&mut failure, "batch upload", e);
     }
 }

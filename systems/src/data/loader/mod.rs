@@ -22,6 +22,8 @@ use super::{DataError, Dataset, Pipeline};
 pub(crate) struct Walk {
     spec: OrderSpec,
     epoch_matters: bool,
+    /// Whether batches carry their input rows (see [`Loader::without_inputs`]).
+    inputs: bool,
 }
 
 impl Walk {
@@ -41,11 +43,13 @@ impl Walk {
     }
 }
 
-/// Fills `out` with batch `b` of `epoch` (`order` must be that epoch's): indices, rows, targets.
+/// Fills `out` with batch `b` of `epoch` (`order` must be that epoch's): indices, rows (unless `inputs` is
+/// false: then `out.inputs` is left as it is), targets.
 pub(crate) fn fill_batch(
     pipeline: &Pipeline,
     order: &EpochOrder,
     spec: &OrderSpec,
+    inputs: bool,
     epoch: u64,
     b: usize,
     out: &mut Batch,
@@ -61,7 +65,9 @@ pub(crate) fn fill_batch(
     out.indices.clear();
     out.indices.extend_from_slice(idx);
     out.size = idx.len();
-    pipeline.fill_rows(idx, epoch, &mut out.inputs[..need])?;
+    if inputs {
+        pipeline.fill_rows(idx, epoch, &mut out.inputs[..need])?;
+    }
     pipeline.read_targets(idx, &mut out.targets);
     pipeline.read_extras(idx, &mut out.extras)
 }
@@ -85,7 +91,7 @@ impl Loader {
     pub fn new(pipeline: Arc<Pipeline>, batch: usize, shuffle: bool, drop_last: bool, seed: u64) -> Loader {
         let spec =
             OrderSpec { len: pipeline.len(), batch: batch.max(1), shuffle, drop_last, seed, shard: Shard::default() };
-        let walk = Walk { spec, epoch_matters: shuffle || pipeline.is_random() };
+        let walk = Walk { spec, epoch_matters: shuffle || pipeline.is_random(), inputs: true };
         Loader { order: EpochOrder::new(&spec), pipeline, walk, prefetch: None }
     }
 
@@ -96,6 +102,20 @@ impl Loader {
         self.walk.spec.shard = shard;
         self.order = EpochOrder::new(&self.walk.spec);
         self
+    }
+
+    /// This loader with batches that carry indices, targets and extras but no input rows: `Batch::inputs` is
+    /// left as it is. For a device that keeps the split's processed inputs itself and gathers a batch's rows
+    /// by index (`run.device_cache`). Call before [`Loader::with_prefetch`].
+    pub fn without_inputs(mut self) -> Loader {
+        debug_assert!(self.prefetch.is_none(), "choose the batches' contents before starting the producer");
+        self.walk.inputs = false;
+        self
+    }
+
+    /// Whether batches carry their input rows (false after [`Loader::without_inputs`]).
+    pub fn fills_inputs(&self) -> bool {
+        self.walk.inputs
     }
 
     /// This loader with a background producer that keeps up to `depth` (at least 1) batches ready,
@@ -160,7 +180,7 @@ impl Loader {
     /// Fills `out` with batch `b` of the epoch set last, on the calling thread.
     pub fn fill(&self, b: usize, out: &mut Batch) -> Result<(), DataError> {
         let epoch = self.order.epoch().unwrap_or(0);
-        fill_batch(&self.pipeline, &self.order, &self.walk.spec, epoch, b, out)
+        fill_batch(&self.pipeline, &self.order, &self.walk.spec, self.walk.inputs, epoch, b, out)
     }
 
     /// Puts batch `b` of data epoch `epoch` into `out`: assembled here, or (prefetching) taken from the
@@ -171,7 +191,7 @@ impl Loader {
             Some(p) => p.fetch(epoch, b, out),
             None => {
                 self.order.set_epoch(&self.walk.spec, epoch);
-                fill_batch(&self.pipeline, &self.order, &self.walk.spec, epoch, b, out)
+                fill_batch(&self.pipeline, &self.order, &self.walk.spec, self.walk.inputs, epoch, b, out)
             }
         }
     }

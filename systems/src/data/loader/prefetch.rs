@@ -246,9 +246,11 @@ impl Producer {
             drop(st);
 
             self.order.set_epoch(&self.walk.spec, key.epoch);
-            let (pipeline, order, spec) = (&self.pipeline, &self.order, &self.walk.spec);
+            let (pipeline, order, walk) = (&self.pipeline, &self.order, &self.walk);
             // Inside `install` the pipeline's parallel rows run on the loader's pool, not the compute pool.
-            let result = self.pool.install(|| fill_batch(pipeline, order, spec, key.epoch, key.batch, &mut buf));
+            let result = self
+                .pool
+                .install(|| fill_batch(pipeline, order, &walk.spec, walk.inputs, key.epoch, key.batch, &mut buf));
 
             st = shared.lock();
             if key.generation != st.generation {

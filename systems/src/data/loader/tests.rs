@@ -62,6 +62,24 @@ fn prefetching_gives_the_batches_of_the_synchronous_loader() {
     assert_eq!(got[5].0, vec![8, 9]);
 }
 
+/// A loader without inputs (`run.device_cache`) gives the same indices and targets, synchronously and
+/// prefetched, and never writes the rows.
+#[test]
+fn a_loader_without_inputs_gives_the_same_indices_and_targets_and_leaves_the_rows() {
+    let keys = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (0, 1)];
+    let want = batches(&mut Loader::new(synthetic(10), 4, true, false, 7), &keys);
+    let sync = Loader::new(synthetic(10), 4, true, false, 7).without_inputs();
+    assert!(!sync.fills_inputs());
+    let pre = Loader::new(synthetic(10), 4, true, false, 7).without_inputs().with_prefetch(loader_pool(1).unwrap(), 2);
+    for (kind, mut loader) in [("synchronous", sync), ("prefetched", pre.unwrap())] {
+        let got = batches(&mut loader, &keys);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((&g.0, &g.2), (&w.0, &w.2), "{kind}: indices and targets");
+            assert!(g.1.iter().all(|&x| x == 0.0) && w.1.iter().any(|&x| x != 0.0), "{kind}: rows written");
+        }
+    }
+}
+
 #[test]
 fn sharded_loaders_cover_the_epoch_in_equal_parts() {
     let world = 3;
