@@ -35,8 +35,8 @@ fn train_with(name: &str, config: &str, device: &str, epochs: u32, metric: &str,
     val_records(&save, metric)
 }
 
-/// Trains `config` for `epochs` on `device` with `sets` into run directory `save`.
-fn run_into(save: &Path, config: &str, device: &str, epochs: u32, sets: &[&str]) {
+/// Trains `config` for `epochs` on `device` with `sets` into run directory `save`; returns its output.
+fn run_into(save: &Path, config: &str, device: &str, epochs: u32, sets: &[&str]) -> String {
     let mut args = vec![
         "--config".to_string(),
         config.to_string(),
@@ -54,6 +54,7 @@ fn run_into(save: &Path, config: &str, device: &str, epochs: u32, sets: &[&str])
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = engine(&args);
     assert_eq!(out.status.code(), Some(0), "{config} on {device} {sets:?}:\n{}", text(&out));
+    text(&out)
 }
 
 /// The CPU and CUDA runs of `config` for `epochs`, after checking they have the same epochs and that every
@@ -442,7 +443,9 @@ fn device_cache_on_cuda_trains_bit_for_bit_as_uploading_every_batch() {
     let cfg = cfg.to_str().unwrap();
     let run = |tag: &str, sets: &[&str]| {
         let save = dir.join(tag);
-        run_into(&save, cfg, "cuda", 2, sets);
+        let out = run_into(&save, cfg, "cuda", 2, sets);
+        let cached = sets.contains(&"run.device_cache=true");
+        assert_eq!(out.contains("train split on cuda:0: 1437 samples"), cached, "{tag}: the cache's notice:\n{out}");
         let losses: Vec<String> = records(&save, "train").iter().map(|r| r["loss"].to_string()).collect();
         let val: Vec<String> =
             records(&save, "val").iter().map(|r| format!("{} {}", r["loss"], r["accuracy"])).collect();

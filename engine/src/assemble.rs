@@ -467,7 +467,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         let c = app.world.resource::<Clock>();
         notices.push(format!("resuming from {} at epoch {} (step {})", p.display(), c.epoch + 1, c.step));
     }
-    crate::cuda_run::install(&mut app.world, device, capacity, amp, r.tf32).map_err(err)?;
+    notices.extend(crate::cuda_run::install(&mut app.world, device, capacity, amp, r.tf32).map_err(err)?);
     let resolved = resolved_yaml(cfg);
     Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from })
 }

@@ -41,9 +41,16 @@ pub fn check_run(r: &RunSection) -> Result<(), String> {
 /// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`], and
 /// [`DeviceLoss`] where the task's loss runs on the device. With
 /// `run.amp` the device's matrix products autocast to f16 / bf16 (f32 master weights and accumulation); with
-/// `run.tf32` (and no autocast) they run on TF32 tensor cores.
-pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode, tf32: bool) -> Result<(), String> {
-    let Device::Cuda(ordinal) = device else { return Ok(()) };
+/// `run.tf32` (and no autocast) they run on TF32 tensor cores. Returns the start-up notice of the train split
+/// kept on the device (`run.device_cache`), if it is.
+pub fn install(
+    world: &mut World,
+    device: Device,
+    capacity: usize,
+    amp: AmpMode,
+    tf32: bool,
+) -> Result<Option<String>, String> {
+    let Device::Cuda(ordinal) = device else { return Ok(None) };
     support::check_graph(world.resource::<Graph>()).map_err(|m| format!("run.device: {m}"))?;
     let gpu = Arc::new(Gpu::open(ordinal).map_err(|e| format!("run.device: {e}"))?);
     gpu.set_matmul_precision(match amp {
@@ -78,6 +85,7 @@ pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode,
     // `run.device_cache`: the train loader was built without input rows (assemble::build_loaders); the rows
     // go up once, as the pipeline makes them (no random processor, so the same in every epoch).
     let train = world.resource::<TrainLoader>().0.pipeline().clone();
+    let mut notice = None;
     if !world.resource::<TrainLoader>().0.fills_inputs() {
         let len: usize = train.sample_shape().iter().product();
         let gpu = state.gpu.clone();
@@ -87,10 +95,15 @@ pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode,
             indices.extend(first..first + rows.len() / len.max(1));
             train.fill_rows(&indices, 0, rows)
         };
-        state
+        let bytes = state
             .upload
             .enable_device_rows(&gpu, train.len(), len, capacity, fill)
             .map_err(|m| format!("run.device_cache: cuda:{ordinal}: {m}"))?;
+        notice = Some(format!(
+            "train split on cuda:{ordinal}: {} samples, {:.1} MiB (run.device_cache)",
+            train.len(),
+            bytes as f64 / 1048576.0
+        ));
     }
     // The built-in tasks' losses run on the device (no host wait per step) where a device kernel exists.
     if let Some(kind) = device_loss_kind(world) {
@@ -112,7 +125,7 @@ pub fn install(world: &mut World, device: Device, capacity: usize, amp: AmpMode,
     }
     world.insert_resource(state);
     world.insert_resource(ComputeDevice(device));
-    Ok(())
+    Ok(notice)
 }
 
 /// The device-side loss for the run's task, if it has one: classification, regression and embedding on a
