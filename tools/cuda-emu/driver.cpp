@@ -911,6 +911,13 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
         return INVALID_VALUE;
     }
     if (threads > 1024) return LAUNCH_OUT_OF_RESOURCES;
+    if (threads > entry->max_threads) {
+        // A GPU refuses a block larger than the kernel's __launch_bounds__ (its registers were allotted for
+        // that many threads) with the same error.
+        fprintf(stderr, "cuda-emu: kernel %s (%s): a block of %llu threads exceeds its __launch_bounds__(%u)\n",
+                entry->name, entry->source, threads, entry->max_threads);
+        return LAUNCH_OUT_OF_RESOURCES;
+    }
     if (shared > 49152 || extra) return INVALID_VALUE;
     cuda_emu_note((std::string("kernel:") + entry->name).c_str());
     std::function<void()> call = entry->bind(params); // the arguments' values now, as CUDA copies them

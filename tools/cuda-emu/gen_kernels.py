@@ -6,7 +6,9 @@ Input: a folder of `<name>.cu` files as NVRTC compiles them (common.cuh prepende
 Each source goes into a namespace of its own
 with `extern "C"` removed, so sources may share entry points (linear_act embeds activation's). A table maps
 every (source, entry point) to a trampoline that unpacks cuLaunchKernel's argument array, and records
-whether the source synchronises threads (its kernels then run with one fiber per thread).
+whether the source synchronises threads (its kernels then run with one fiber per thread) and the kernel's
+`__launch_bounds__` (the most threads a block may have; every kernel must declare one), which the driver checks
+at every launch.
 
 usage: gen_kernels.py SOURCES_DIR OUT.cpp
 """
@@ -18,6 +20,24 @@ import sys
 REDUCTIONS = r"block_sum|block_max|warp_sum|warp_max|column_phase_sum|ordered_block_sum_f64"
 SYNC = re.compile(r"__syncthreads\s*\(|__shfl\w*\s*\(|\b(?:" + REDUCTIONS + r")\s*\(")
 DEFINITIONS = re.compile(r"__device__[^;{]*\b(?:" + REDUCTIONS + r")\s*\(")
+# A kernel's declared bound and its name; a name built by a macro (`activation_forward_##S`) matches any suffix.
+BOUNDS = re.compile(r"__global__\s+void\s+__launch_bounds__\s*\(([^)]*)\)\s*([\w#]+)\s*\(")
+
+
+def launch_bound(own: str, name: str, cu: pathlib.Path) -> str:
+    """The C++ expression of `name`'s __launch_bounds__ in the op's code (evaluated by the compiler, so
+    common.cuh's BLOCK_THREADS works); a kernel without one stops the build."""
+    declared = BOUNDS.findall(own)
+    for bound, kernel in declared:
+        if kernel == name:
+            return bound
+    for bound, kernel in declared:
+        # A macro's `activation_forward_##S` matches `activation_forward_\w+` (only when no name matches exactly).
+        pattern = "".join(r"\w+" if piece.startswith("##") else re.escape(piece)
+                          for piece in re.split(r"(##\w+)", kernel))
+        if "##" in kernel and re.fullmatch(pattern, name):
+            return bound
+    sys.exit(f"gen_kernels.py: {cu}: kernel {name} declares no __launch_bounds__ (every kernel must)")
 
 
 def main() -> None:
@@ -41,7 +61,8 @@ def main() -> None:
         if not names:
             sys.exit(f"gen_kernels.py: {cu} lists no entry point")
         for name in names:
-            entries.append(f'    {{"{cu.stem}", "{name}", &emu::trampoline<&{ns}::{name}>, {sync}}},')
+            bound = launch_bound(own, name, cu)
+            entries.append(f'    {{"{cu.stem}", "{name}", &emu::trampoline<&{ns}::{name}>, {sync}, (unsigned)({bound})}},')
         body = text.replace('extern "C"', "")
         parts += [f"namespace {ns} {{", body, f"}} // namespace {ns}", ""]
     parts += ["const emu::KernelEntry emu::KERNELS[] = {", *entries, "};",

@@ -45,12 +45,14 @@ __global__ void shuffle_from_exited(float *out) {
 } // namespace cases
 
 const emu::KernelEntry emu::KERNELS[] = {
-    {"selftest", "block_sum", &emu::trampoline<&cases::block_sum>, true},
-    {"selftest", "out_of_bounds", &emu::trampoline<&cases::out_of_bounds>, false},
-    {"selftest", "divergent_barrier", &emu::trampoline<&cases::divergent_barrier>, true},
-    {"selftest", "shuffle_from_exited", &emu::trampoline<&cases::shuffle_from_exited>, true},
+    {"selftest", "block_sum", &emu::trampoline<&cases::block_sum>, true, 1024},
+    {"selftest", "out_of_bounds", &emu::trampoline<&cases::out_of_bounds>, false, 1024},
+    {"selftest", "divergent_barrier", &emu::trampoline<&cases::divergent_barrier>, true, 1024},
+    {"selftest", "shuffle_from_exited", &emu::trampoline<&cases::shuffle_from_exited>, true, 1024},
+    // block_sum again, declared with __launch_bounds__(64).
+    {"selftest", "bounded_block_sum", &emu::trampoline<&cases::block_sum>, true, 64},
 };
-const int emu::KERNEL_COUNT = 4;
+const int emu::KERNEL_COUNT = 5;
 
 extern "C" {
 int cuInit(unsigned);
@@ -64,7 +66,8 @@ int cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, uns
 }
 
 static const char *PTX = ".visible .entry block_sum(\n.visible .entry out_of_bounds(\n"
-                         ".visible .entry divergent_barrier(\n.visible .entry shuffle_from_exited(\n";
+                         ".visible .entry divergent_barrier(\n.visible .entry shuffle_from_exited(\n"
+                         ".visible .entry bounded_block_sum(\n";
 static int failures = 0;
 
 static void check(bool ok, const char *what) {
@@ -132,6 +135,10 @@ int main() {
           "a 2048-thread block is rejected");
     check(cuLaunchKernel(function("block_sum"), 0, 1, 1, 32, 1, 1, 0, nullptr, args, nullptr) != 0,
           "an empty grid is rejected");
+    check(cuLaunchKernel(function("bounded_block_sum"), 1, 1, 1, 128, 1, 1, 0, nullptr, args, nullptr) == 701,
+          "a block larger than the kernel's __launch_bounds__ is refused (out of resources)");
+    check(cuLaunchKernel(function("bounded_block_sum"), 1, 1, 1, 64, 1, 1, 0, nullptr, args, nullptr) == 0,
+          "a block within the kernel's __launch_bounds__ launches");
 
     // Bugs, each in a child process (writing into a buffer of 64 floats).
     unsigned long long d64;

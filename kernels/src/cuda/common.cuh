@@ -6,6 +6,13 @@
 typedef __half f16;
 typedef __nv_bfloat16 bf16;
 
+// The most threads a block of each kernel has (launch.rs: BLOCK, and ONE_BLOCK for the one-block sums). Every
+// kernel declares its bound with __launch_bounds__: ptxas then keeps its registers within what such a block may
+// use (64 per thread at 1024 threads), so a launch can never fail for want of registers on a real GPU, and a
+// launch with a bigger block is refused (cuda-emu checks every launch against the bound).
+#define BLOCK_THREADS 256
+#define ONE_BLOCK_THREADS 1024
+
 __device__ __forceinline__ float ld(const float *p, size_t i) { return p[i]; }
 __device__ __forceinline__ float ld(const f16 *p, size_t i) { return __half2float(p[i]); }
 __device__ __forceinline__ float ld(const bf16 *p, size_t i) { return __bfloat162float(p[i]); }

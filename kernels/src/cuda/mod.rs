@@ -15,6 +15,7 @@ pub mod launch;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod probe;
+pub mod resources;
 pub mod segments;
 pub mod source;
 pub mod testing;

@@ -65,10 +65,10 @@ __device__ void activation_backward(T *dx, const T *dy, const T *x, size_t n, in
 }
 
 #define ACTIVATION(T, S)                                                                                    \
-    extern "C" __global__ void activation_forward_##S(T *y, const T *x, size_t n, int act) {               \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) activation_forward_##S(T *y, const T *x, size_t n, int act) {               \
         activation_forward(y, x, n, act);                                                                    \
     }                                                                                                        \
-    extern "C" __global__ void activation_backward_##S(T *dx, const T *dy, const T *x, size_t n, int act) { \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) activation_backward_##S(T *dx, const T *dy, const T *x, size_t n, int act) { \
         activation_backward(dx, dy, x, n, act);                                                              \
     }
 ACTIVATION(float, f32)

@@ -61,20 +61,20 @@ template <bool WARP> __device__ void attn_softmax_backward(float *ds, const floa
 }
 
 // Entry points: a block per row, or (_warp) a warp per row for rows of up to 1024 keys (attention_cuda.rs picks).
-extern "C" __global__ void attn_softmax_f32(float *att, size_t rows, size_t t, int causal) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_softmax_f32(float *att, size_t rows, size_t t, int causal) {
     __shared__ float redf[32];
     __shared__ double redd[32];
     attn_softmax<false>(att, rows, t, causal, redf, redd);
 }
-extern "C" __global__ void attn_softmax_warp_f32(float *att, size_t rows, size_t t, int causal) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_softmax_warp_f32(float *att, size_t rows, size_t t, int causal) {
     attn_softmax<true>(att, rows, t, causal, nullptr, nullptr);
 }
-extern "C" __global__ void attn_softmax_backward_f32(float *ds, const float *att, size_t rows, size_t t, int causal,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_softmax_backward_f32(float *ds, const float *att, size_t rows, size_t t, int causal,
                                                      float scale) {
     __shared__ double redd[32];
     attn_softmax_backward<false>(ds, att, rows, t, causal, scale, redd);
 }
-extern "C" __global__ void attn_softmax_backward_warp_f32(float *ds, const float *att, size_t rows, size_t t,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_softmax_backward_warp_f32(float *ds, const float *att, size_t rows, size_t t,
                                                           int causal, float scale) {
     attn_softmax_backward<true>(ds, att, rows, t, causal, scale, nullptr);
 }
@@ -104,7 +104,7 @@ __device__ __forceinline__ void as_load_kv(float *k, float *v, const float *qkv,
 }
 
 // out [B, T, H*D] (heads merged), att [B, H, T, T] (the probabilities, saved for the backward).
-extern "C" __global__ void attn_small_forward_f32(float *out, float *att, const float *qkv, size_t b, size_t h,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_forward_f32(float *out, float *att, const float *qkv, size_t b, size_t h,
                                                   size_t t, size_t d, int causal, float scale) {
     __shared__ float sm[AS_FWD_SHARED];
     const size_t hd = h * d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -165,7 +165,7 @@ extern "C" __global__ void attn_small_forward_f32(float *out, float *att, const 
 // dqkv [B, T, 3, H, D] (overwritten) from dout [B, T, H*D], qkv and the forward's att: dS = scale * P * (dP -
 // rowsum(P dP)) with dP = dout v^T (a warp per row, into shared memory), then dq = dS k, dk = dS^T q,
 // dv = P^T dout, a thread per output element.
-extern "C" __global__ void attn_small_backward_f32(float *dqkv, const float *dout, const float *qkv,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_backward_f32(float *dqkv, const float *dout, const float *qkv,
                                                    const float *att, size_t b, size_t h, size_t t, size_t d,
                                                    int causal, float scale) {
     __shared__ float sm[AS_BWD_SHARED];

@@ -26,7 +26,7 @@ __device__ __forceinline__ float bn_affine(float v, float mean, float scale, flo
     return __fadd_rn(__fmul_rn(__fsub_rn(v, mean), scale), shift);
 }
 
-extern "C" __global__ void bn_forward_train_f32(float *out, float *save_mean, float *save_invstd, float *running_mean,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_forward_train_f32(float *out, float *save_mean, float *save_invstd, float *running_mean,
                                                 float *running_var, const float *inp, const float *weight,
                                                 const float *bias, size_t n, size_t c, size_t hw, double eps,
                                                 double momentum) {
@@ -64,7 +64,7 @@ extern "C" __global__ void bn_forward_train_f32(float *out, float *save_mean, fl
     }
 }
 
-extern "C" __global__ void bn_forward_eval_f32(float *out, const float *inp, const float *running_mean,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_forward_eval_f32(float *out, const float *inp, const float *running_mean,
                                                const float *running_var, const float *weight, const float *bias,
                                                size_t n, size_t c, size_t hw, double eps) {
     FOR_EACH(j, n * c * hw) {
@@ -77,7 +77,7 @@ extern "C" __global__ void bn_forward_eval_f32(float *out, const float *inp, con
     }
 }
 
-extern "C" __global__ void bn_backward_f32(float *dinp, float *dweight, float *dbias, const float *dout,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_backward_f32(float *dinp, float *dweight, float *dbias, const float *dout,
                                            const float *inp, const float *save_mean, const float *save_invstd,
                                            const float *weight, size_t n, size_t c, size_t hw) {
     __shared__ double red[32];

@@ -2,14 +2,14 @@
 // out, dout: [b, n] row-major; bias, dbias: [n].
 
 // out[i, j] += bias[j].
-extern "C" __global__ void bias_add_forward_f32(float *out, const float *bias, size_t b, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_add_forward_f32(float *out, const float *bias, size_t b, size_t n) {
     FOR_EACH(i, b * n) out[i] = __fadd_rn(out[i], bias[i % n]);
 }
 
 // dbias[j] += sum_i dout[i, j] in two passes over a fixed grid (deterministic on every GPU, see
 // column_phase_sum): pass 1 sums each chunk of rows per column, straight onto dbias when there is one chunk
 // (`direct`), else into parts[chunk * n + j]; pass 2 adds the chunk sums in chunk order.
-extern "C" __global__ void bias_grad_partials_f32(float *dst, const float *dout, size_t b, size_t n,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_grad_partials_f32(float *dst, const float *dout, size_t b, size_t n,
                                                   size_t chunk_rows, int direct) {
     __shared__ float red[COLUMN_PHASES][33];
     const size_t j = blockIdx.x * 32 + (threadIdx.x & 31);
@@ -25,7 +25,7 @@ extern "C" __global__ void bias_grad_partials_f32(float *dst, const float *dout,
 }
 
 // dbias[j] += sum_c parts[c * n + j] over `chunks` chunk sums, in chunk order.
-extern "C" __global__ void bias_grad_sum_f32(float *dbias, const float *parts, size_t chunks, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_grad_sum_f32(float *dbias, const float *parts, size_t chunks, size_t n) {
     FOR_EACH(j, n) {
         float acc = 0.0f;
         for (size_t c = 0; c < chunks; ++c) acc = __fadd_rn(acc, parts[c * n + j]);

@@ -30,19 +30,19 @@ __device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {
     return __uint_as_float(w << 16);
 }
 
-extern "C" __global__ void cast_f32_to_f16(unsigned short *y, const float *x, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_f32_to_f16(unsigned short *y, const float *x, size_t n) {
     FOR_EACH(i, n) y[i] = f32_to_f16_bits(x[i]);
 }
 
-extern "C" __global__ void cast_f16_to_f32(float *y, const unsigned short *x, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_f16_to_f32(float *y, const unsigned short *x, size_t n) {
     FOR_EACH(i, n) y[i] = f16_bits_to_f32(x[i]);
 }
 
-extern "C" __global__ void cast_f32_to_bf16(unsigned short *y, const float *x, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_f32_to_bf16(unsigned short *y, const float *x, size_t n) {
     FOR_EACH(i, n) y[i] = f32_to_bf16_bits(x[i]);
 }
 
-extern "C" __global__ void cast_bf16_to_f32(float *y, const unsigned short *x, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_bf16_to_f32(float *y, const unsigned short *x, size_t n) {
     FOR_EACH(i, n) y[i] = bf16_bits_to_f32(x[i]);
 }
 
@@ -50,7 +50,7 @@ extern "C" __global__ void cast_bf16_to_f32(float *y, const unsigned short *x, s
 // (checked before unscaling), and every gradient is multiplied by inv_scale unless it is exactly 1. The flag
 // is only ever set, never cleared (the caller zeroes it once per step), so several arenas can share it; the
 // concurrent stores all write the same value.
-extern "C" __global__ void unscale_check_f32(float *g, float inv_scale, float *found_inf, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) unscale_check_f32(float *g, float inv_scale, float *found_inf, size_t n) {
     bool found = false;
     FOR_EACH(i, n) {
         const float v = g[i];

@@ -9,7 +9,7 @@ struct ConvDims {
 
 // col[s, k, p] = inp[s, g*Cg + c, oy*sh + ki*dh - ph, ox*sw + kj*dw - pw] (0 in the padding), for the S
 // samples `inp` starts at and group g.
-extern "C" __global__ void conv_im2col_f32(float *col, const float *inp, size_t samples, int g, ConvDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_im2col_f32(float *col, const float *inp, size_t samples, int g, ConvDims d) {
     const size_t per = (size_t)d.kg * d.p;
     FOR_EACH(i, samples * per) {
         const size_t s = i / per, r = i % per;
@@ -27,7 +27,7 @@ extern "C" __global__ void conv_im2col_f32(float *col, const float *inp, size_t 
 
 // The adjoint of im2col as a gather (no atomics, overwrites): dinp[s, g*Cg + c, iy, ix] = sum of dcol over
 // the taps (ki, kj) whose window position lands on (iy, ix).
-extern "C" __global__ void conv_col2im_f32(float *dinp, const float *dcol, size_t samples, int g, ConvDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_col2im_f32(float *dinp, const float *dcol, size_t samples, int g, ConvDims d) {
     const size_t per = (size_t)d.cg * d.h * d.w;
     FOR_EACH(i, samples * per) {
         const size_t s = i / per, r = i % per;
@@ -48,13 +48,13 @@ extern "C" __global__ void conv_col2im_f32(float *dinp, const float *dcol, size_
 }
 
 // out[n, o, p] += bias[o] over all n*OC*P elements.
-extern "C" __global__ void conv_bias_add_f32(float *out, const float *bias, size_t total, size_t oc, size_t p) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_bias_add_f32(float *out, const float *bias, size_t total, size_t oc, size_t p) {
     FOR_EACH(i, total) out[i] += bias[(i / p) % oc];
 }
 
 // dbias[o] += sum over n and p of dout[n, o, p]: one block per channel (grid-stride over channels), a
 // fixed-order block reduction (deterministic).
-extern "C" __global__ void conv_bias_grad_f32(float *dbias, const float *dout, size_t n, size_t oc, size_t p) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_bias_grad_f32(float *dbias, const float *dout, size_t n, size_t oc, size_t p) {
     __shared__ float red[32];
     for (size_t o = blockIdx.x; o < oc; o += gridDim.x) {
         float acc = 0.0f;
@@ -66,7 +66,7 @@ extern "C" __global__ void conv_bias_grad_f32(float *dbias, const float *dout, s
 
 // dweight[e] += sum_i parts[i * len + e] over `items` per-sample weight-gradient products, in sample order
 // (the same order for every launch geometry: deterministic).
-extern "C" __global__ void conv_weight_grad_sum_f32(float *dweight, const float *parts, size_t items, size_t len) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_weight_grad_sum_f32(float *dweight, const float *parts, size_t items, size_t len) {
     FOR_EACH(e, len) {
         float acc = 0.0f;
         for (size_t i = 0; i < items; ++i) acc = __fadd_rn(acc, parts[i * len + e]);

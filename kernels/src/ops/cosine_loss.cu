@@ -21,7 +21,7 @@ __device__ __forceinline__ void cos_row_sums(const float *x, const float *y, siz
 
 // loss[0] = (n - sum_i cos_i) / n, in ONE block so the sum has a fixed order (the same bits every run): warp w
 // takes rows w, w + warps, ..., then thread 0 adds the warps' sums in order. 0 for n == 0, as on the CPU.
-extern "C" __global__ void cosine_loss_f32(float *loss, const float *pred, const float *target, size_t n, size_t d,
+extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) cosine_loss_f32(float *loss, const float *pred, const float *target, size_t n, size_t d,
                                            double eps) {
     __shared__ double part[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -39,7 +39,7 @@ extern "C" __global__ void cosine_loss_f32(float *loss, const float *pred, const
 
 // dpred = g / (cx cy) * y + (|x| > eps ? -g cos / (cx |x|) : 0) * x per row, g = -scale / n (the host's f64),
 // rounded to f32, then times `post` (an f16 loss scale, 1 for none: the host's later `*= scale`).
-extern "C" __global__ void cosine_loss_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cosine_loss_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
                                                     size_t d, double eps, double g, float post) {
     const RowGroup<true> grp;
     for (size_t r = grp.first(); r < n; r += grp.stride()) {

@@ -2,7 +2,7 @@
 // splitmix64(key ^ i * INDEX_MUL), as a 53-bit uniform in [0, 1), is >= p, where key = splitmix64(seed) is
 // computed on the host. splitmix64(x) = mix64(x + GOLDEN) with common.cuh's mix64. Kept elements are
 // multiplied by scale = 1 / (1 - p) (rounded to f32 on the host, as the CPU does). out, inp: [n].
-extern "C" __global__ void dropout_f32(float *out, const float *inp, size_t n, unsigned long long key, double p,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) dropout_f32(float *out, const float *inp, size_t n, unsigned long long key, double p,
                                        float scale) {
     FOR_EACH(i, n) {
         const unsigned long long bits = mix64((key ^ ((unsigned long long)i * 0xD6E8FEB86659FD93ull)) + 0x9E3779B97F4A7C15ull);

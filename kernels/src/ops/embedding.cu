@@ -3,7 +3,7 @@
 
 // out[i, :] = table[ids[i], :]. An id outside [0, vocab) gives a NaN row (the CPU reports an error; the
 // ids are range-checked at assembly, so this only makes a bug visible).
-extern "C" __global__ void embedding_forward_f32(float *out, const long long *ids, const float *table, size_t n,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) embedding_forward_f32(float *out, const long long *ids, const float *table, size_t n,
                                                  size_t vocab, size_t dim) {
     FOR_EACH(e, n * dim) {
         const size_t i = e / dim, j = e % dim;
@@ -14,7 +14,7 @@ extern "C" __global__ void embedding_forward_f32(float *out, const long long *id
 
 // dtable[ids[i], :] += dout[i, :] with atomicAdd (rows hit by several positions add in an unspecified
 // order: equal to the CPU up to rounding). Out-of-range ids are skipped.
-extern "C" __global__ void embedding_backward_f32(float *dtable, const float *dout, const long long *ids, size_t n,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) embedding_backward_f32(float *dtable, const float *dout, const long long *ids, size_t n,
                                                   size_t vocab, size_t dim) {
     FOR_EACH(e, n * dim) {
         const size_t i = e / dim, j = e % dim;
@@ -25,7 +25,7 @@ extern "C" __global__ void embedding_backward_f32(float *dtable, const float *do
 
 // ids[i] = x[i] as a 64-bit integer, as Rust's `f32 as i64` (the host executor's conversion of float ids):
 // truncation toward zero, saturation at the i64 range, NaN to 0.
-extern "C" __global__ void embedding_ids_from_f32(long long *ids, const float *x, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) embedding_ids_from_f32(long long *ids, const float *x, size_t n) {
     FOR_EACH(i, n) {
         const float v = x[i];
         long long id;

@@ -3,7 +3,7 @@
 // loss[0] = mean |pred - target| in ONE block so the f64 sum has a fixed order (the same bits every run):
 // thread i sums elements i, i + blockDim, ..., then thread 0 adds the warp sums in order. Each difference is
 // rounded to f32 first, as on the CPU; the mean is rounded to f32. n == 0 gives 0.
-extern "C" __global__ void l1_loss_forward_f32(float *loss, const float *pred, const float *target, size_t n) {
+extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) l1_loss_forward_f32(float *loss, const float *pred, const float *target, size_t n) {
     __shared__ double part[32];
     double acc = 0.0;
     for (size_t i = threadIdx.x; i < n; i += blockDim.x) acc += fabs((double)__fsub_rn(pred[i], target[i]));
@@ -13,7 +13,7 @@ extern "C" __global__ void l1_loss_forward_f32(float *loss, const float *pred, c
 
 // dpred = sign(pred - target) * g with g = scale / n rounded on the host as the CPU does (0 where equal): the
 // CPU's bits; then times `post` (an f16 loss scale, 1 for none: the host's later `*= scale`).
-extern "C" __global__ void l1_loss_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) l1_loss_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
                                                 float g, float post) {
     FOR_EACH(i, n) {
         const float p = pred[i], t = target[i];

@@ -78,24 +78,24 @@ __device__ void ln_backward_input(float *dinp, const float *dout, const float *i
 }
 
 // Entry points: a block per row, or (_warp) a warp per row for rows of up to 1024 (layer_norm_cuda.rs picks).
-extern "C" __global__ void ln_forward_f32(float *out, float *save_mean, float *save_rstd, const float *inp,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ln_forward_f32(float *out, float *save_mean, float *save_rstd, const float *inp,
                                           const float *weight, const float *bias, size_t rows, size_t dim,
                                           double eps) {
     __shared__ double red[32];
     ln_forward<false>(out, save_mean, save_rstd, inp, weight, bias, rows, dim, eps, red);
 }
-extern "C" __global__ void ln_forward_warp_f32(float *out, float *save_mean, float *save_rstd, const float *inp,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ln_forward_warp_f32(float *out, float *save_mean, float *save_rstd, const float *inp,
                                                const float *weight, const float *bias, size_t rows, size_t dim,
                                                double eps) {
     ln_forward<true>(out, save_mean, save_rstd, inp, weight, bias, rows, dim, eps, nullptr);
 }
-extern "C" __global__ void ln_backward_input_f32(float *dinp, const float *dout, const float *inp,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ln_backward_input_f32(float *dinp, const float *dout, const float *inp,
                                                  const float *save_mean, const float *save_rstd,
                                                  const float *weight, size_t rows, size_t dim) {
     __shared__ double red[32];
     ln_backward_input<false>(dinp, dout, inp, save_mean, save_rstd, weight, rows, dim, red);
 }
-extern "C" __global__ void ln_backward_input_warp_f32(float *dinp, const float *dout, const float *inp,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ln_backward_input_warp_f32(float *dinp, const float *dout, const float *inp,
                                                       const float *save_mean, const float *save_rstd,
                                                       const float *weight, size_t rows, size_t dim) {
     ln_backward_input<true>(dinp, dout, inp, save_mean, save_rstd, weight, rows, dim, nullptr);
@@ -105,7 +105,7 @@ extern "C" __global__ void ln_backward_input_warp_f32(float *dinp, const float *
 // over the fixed column grid (column_phase_sum): pass 1 sums each chunk of rows, straight onto the
 // gradients when there is one chunk (`direct`), else into parts ([2][chunks][dim] doubles: weight sums,
 // then bias sums); pass 2 adds the chunk sums in chunk order. Deterministic on every GPU.
-extern "C" __global__ void ln_params_partials_f32(float *dweight, float *dbias, double *parts, const float *dout,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ln_params_partials_f32(float *dweight, float *dbias, double *parts, const float *dout,
                                                   const float *inp, const float *save_mean, const float *save_rstd,
                                                   size_t rows, size_t dim, size_t chunk_rows, int direct) {
     __shared__ double red[COLUMN_PHASES][33];
@@ -133,7 +133,7 @@ extern "C" __global__ void ln_params_partials_f32(float *dweight, float *dbias, 
 }
 
 // Pass 2 of the above: the chunk sums of each column added in chunk order, onto the gradients.
-extern "C" __global__ void ln_params_sum_f32(float *dweight, float *dbias, const double *parts, size_t chunks,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ln_params_sum_f32(float *dweight, float *dbias, const double *parts, size_t chunks,
                                              size_t dim) {
     FOR_EACH(j, dim) {
         double sw = 0.0, sb = 0.0;

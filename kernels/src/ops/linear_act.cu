@@ -4,7 +4,7 @@
 
 // The forward's epilogue after the product: pre[i, j] += bias[j] (no bias: null), out = act(pre), one launch
 // for bias_add_forward_f32 then activation_forward_f32. pre, out: [b, n].
-extern "C" __global__ void bias_act_forward_f32(float *out, float *pre, const float *bias, size_t b, size_t n,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_act_forward_f32(float *out, float *pre, const float *bias, size_t b, size_t n,
                                                 int act) {
     FOR_EACH(i, b * n) {
         float x = pre[i];
@@ -24,7 +24,7 @@ __device__ __forceinline__ float act_backward_elem(int act, float g, float x) {
 // the column grid of bias_grad_partials_f32 (bias_add.cu) in its order, so the bias gradient is the
 // unfused pair's bits: onto dbias when `direct` (one chunk), else a row per chunk into parts, which
 // bias_grad_sum_f32 adds. d, pre: [b, n].
-extern "C" __global__ void act_backward_bias_partials_f32(float *d, const float *pre, float *dst, size_t b,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) act_backward_bias_partials_f32(float *d, const float *pre, float *dst, size_t b,
                                                           size_t n, size_t chunk_rows, int direct, int act) {
     __shared__ float red[COLUMN_PHASES][33];
     const size_t j = blockIdx.x * 32 + (threadIdx.x & 31);
@@ -44,7 +44,7 @@ extern "C" __global__ void act_backward_bias_partials_f32(float *d, const float 
 }
 
 // The in-place activation backward without a bias. d, pre: [n].
-extern "C" __global__ void act_backward_inplace_f32(float *d, const float *pre, size_t n, int act) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) act_backward_inplace_f32(float *d, const float *pre, size_t n, int act) {
     FOR_EACH(i, n) {
         d[i] = act_backward_elem(act, d[i], pre[i]);
     }

@@ -6,7 +6,7 @@ struct PermDims {
     long long strides[16];
 };
 
-extern "C" __global__ void strided_gather_f32(float *out, const float *inp, size_t n, PermDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) strided_gather_f32(float *out, const float *inp, size_t n, PermDims d) {
     FOR_EACH(o, n) {
         size_t rem = o, src = 0;
         for (int a = (int)d.rank - 1; a >= 0; --a) {

@@ -33,7 +33,7 @@ __device__ __forceinline__ void covering(long long i, long long s, long long pad
     *last = l < out - 1 ? l : out - 1;
 }
 
-extern "C" __global__ void max_pool_forward_f32(float *out, unsigned int *argmax, const float *inp, PoolDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) max_pool_forward_f32(float *out, unsigned int *argmax, const float *inp, PoolDims d) {
     FOR_EACH(i, d.planes * d.oh * d.ow) {
         const long long plane = i / (d.oh * d.ow), oy = (i / d.ow) % d.oh, ox = i % d.ow;
         long long s, y0, y1, x0, x1;
@@ -56,7 +56,7 @@ extern "C" __global__ void max_pool_forward_f32(float *out, unsigned int *argmax
     }
 }
 
-extern "C" __global__ void max_pool_backward_f32(float *dinp, const float *dout, const unsigned int *argmax, PoolDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) max_pool_backward_f32(float *dinp, const float *dout, const unsigned int *argmax, PoolDims d) {
     FOR_EACH(i, d.planes * d.h * d.w) {
         const long long plane = i / (d.h * d.w), iy = (i / d.w) % d.h, ix = i % d.w;
         const unsigned int self = (unsigned int)(iy * d.w + ix);
@@ -74,7 +74,7 @@ extern "C" __global__ void max_pool_backward_f32(float *dinp, const float *dout,
     }
 }
 
-extern "C" __global__ void avg_pool_forward_f32(float *out, const float *inp, PoolDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_forward_f32(float *out, const float *inp, PoolDims d) {
     FOR_EACH(i, d.planes * d.oh * d.ow) {
         const long long plane = i / (d.oh * d.ow), oy = (i / d.ow) % d.oh, ox = i % d.ow;
         long long ys, y0, y1, xs, x0, x1;
@@ -89,7 +89,7 @@ extern "C" __global__ void avg_pool_forward_f32(float *out, const float *inp, Po
     }
 }
 
-extern "C" __global__ void avg_pool_backward_f32(float *dinp, const float *dout, PoolDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_backward_f32(float *dinp, const float *dout, PoolDims d) {
     FOR_EACH(i, d.planes * d.h * d.w) {
         const long long plane = i / (d.h * d.w), iy = (i / d.w) % d.h, ix = i % d.w;
         long long oy0, oy1, ox0, ox1;
@@ -117,7 +117,7 @@ __device__ __forceinline__ void adaptive_bin(long long o, long long size, long l
     *hi = ((o + 1) * size + out - 1) / out;
 }
 
-extern "C" __global__ void adaptive_avg_pool_forward_f32(float *out, const float *inp, PoolDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adaptive_avg_pool_forward_f32(float *out, const float *inp, PoolDims d) {
     FOR_EACH(i, d.planes * d.oh * d.ow) {
         const long long plane = i / (d.oh * d.ow), oy = (i / d.ow) % d.oh, ox = i % d.ow;
         long long y0, y1, x0, x1;
@@ -131,7 +131,7 @@ extern "C" __global__ void adaptive_avg_pool_forward_f32(float *out, const float
     }
 }
 
-extern "C" __global__ void adaptive_avg_pool_backward_f32(float *dinp, const float *dout, PoolDims d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adaptive_avg_pool_backward_f32(float *dinp, const float *dout, PoolDims d) {
     FOR_EACH(i, d.planes * d.h * d.w) {
         const long long plane = i / (d.h * d.w), iy = (i / d.w) % d.h, ix = i % d.w;
         const size_t base = (size_t)plane * d.oh * d.ow;

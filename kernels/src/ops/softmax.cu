@@ -20,7 +20,7 @@ __device__ __forceinline__ float sm_row_max(const float *x, size_t dim, float *s
     return block_max(m, shared);
 }
 
-extern "C" __global__ void softmax_forward_f32(float *out, const float *inp, size_t rows, size_t dim) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) softmax_forward_f32(float *out, const float *inp, size_t rows, size_t dim) {
     __shared__ float redf[32];
     __shared__ double redd[32];
     for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -39,7 +39,7 @@ extern "C" __global__ void softmax_forward_f32(float *out, const float *inp, siz
 }
 
 // dinp = y * (dout - sum_j dout_j * y_j).
-extern "C" __global__ void softmax_backward_f32(float *dinp, const float *dout, const float *out, size_t rows, size_t dim) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) softmax_backward_f32(float *dinp, const float *dout, const float *out, size_t rows, size_t dim) {
     __shared__ double redd[32];
     for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const float *g = dout + r * dim, *y = out + r * dim;
@@ -51,7 +51,7 @@ extern "C" __global__ void softmax_backward_f32(float *dinp, const float *dout, 
 }
 
 // out = (x - m) - ln(sum_k e^(x_k - m)).
-extern "C" __global__ void log_softmax_forward_f32(float *out, const float *inp, size_t rows, size_t dim) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) log_softmax_forward_f32(float *out, const float *inp, size_t rows, size_t dim) {
     __shared__ float redf[32];
     __shared__ double redd[32];
     for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -65,7 +65,7 @@ extern "C" __global__ void log_softmax_forward_f32(float *out, const float *inp,
 }
 
 // dinp = dout - e^y * sum_j dout_j.
-extern "C" __global__ void log_softmax_backward_f32(float *dinp, const float *dout, const float *out, size_t rows, size_t dim) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) log_softmax_backward_f32(float *dinp, const float *dout, const float *out, size_t rows, size_t dim) {
     __shared__ double redd[32];
     for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const float *g = dout + r * dim, *y = out + r * dim;

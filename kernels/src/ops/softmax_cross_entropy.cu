@@ -31,11 +31,11 @@ template <bool WARP> __device__ void sce_probs(float *probs, const float *logits
     }
 }
 
-extern "C" __global__ void sce_probs_f32(float *probs, const float *logits, size_t b, size_t v) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sce_probs_f32(float *probs, const float *logits, size_t b, size_t v) {
     __shared__ float red[32];
     sce_probs<false>(probs, logits, b, v, red);
 }
-extern "C" __global__ void sce_probs_warp_f32(float *probs, const float *logits, size_t b, size_t v) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sce_probs_warp_f32(float *probs, const float *logits, size_t b, size_t v) {
     sce_probs<true>(probs, logits, b, v, nullptr);
 }
 
@@ -45,7 +45,7 @@ extern "C" __global__ void sce_probs_warp_f32(float *probs, const float *logits,
 // probability is too small to be accurate, and always with smoothing (which needs every logit), the row's
 // log-sum-exp is recomputed from the logits. A target outside [0, v) that is not ignored makes the loss NaN.
 // Every row ignored (or b == 0) gives 0, as on the CPU.
-extern "C" __global__ void sce_loss_f32(float *loss, const float *probs, const float *logits,
+extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) sce_loss_f32(float *loss, const float *probs, const float *logits,
                                         const long long *targets, size_t b, size_t v, int has_ignore,
                                         long long ignore, float keep, float smooth) {
     __shared__ double part[32];
@@ -112,7 +112,7 @@ extern "C" __global__ void sce_loss_f32(float *loss, const float *probs, const f
 // otherwise n_valid = b is passed in. `post` multiplies the result afterwards (f16 loss scaling: the host
 // scales the finished gradient, so this rounds twice as it does; 1 leaves every value unchanged). One block
 // per row, grid-stride over rows.
-extern "C" __global__ void sce_backward_f32(float *dlogits, const float *probs, const long long *targets,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sce_backward_f32(float *dlogits, const float *probs, const long long *targets,
                                             size_t b, size_t v, int has_ignore, long long ignore, float keep,
                                             float spc, float dloss, float post) {
     __shared__ float red[32];

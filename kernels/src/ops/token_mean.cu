@@ -2,7 +2,7 @@
 // y / dy: [n, d].
 
 // y[r, j] = (float)(sum_i (double)x[r, i, j] / t): the CPU's f64 fold from +0.0 in token order, rounded once.
-extern "C" __global__ void token_mean_forward_f32(float *y, const float *x, size_t n, size_t t, size_t d) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) token_mean_forward_f32(float *y, const float *x, size_t n, size_t t, size_t d) {
     FOR_EACH(e, n * d) {
         const size_t r = e / d, j = e % d;
         const float *xs = x + r * t * d + j;
@@ -13,7 +13,7 @@ extern "C" __global__ void token_mean_forward_f32(float *y, const float *x, size
 }
 
 // dx[r, i, j] = dy[r, j] * inv, inv = 1 / t rounded to f32 on the host as the CPU computes it.
-extern "C" __global__ void token_mean_backward_f32(float *dx, const float *dy, size_t n, size_t t, size_t d,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) token_mean_backward_f32(float *dx, const float *dy, size_t n, size_t t, size_t d,
                                                    float inv) {
     FOR_EACH(e, n * t * d) {
         const size_t r = e / (t * d), j = e % d;

@@ -1,7 +1,7 @@
 // Nearest-neighbour 2-D upsampling by integer factors; the CPU twin is ops/upsample.rs.
 // inp / dinp: [planes, h, w], out / dout: [planes, h*sh, w*sw].
 
-extern "C" __global__ void upsample_nearest_forward_f32(float *out, const float *inp, size_t planes, size_t h, size_t w,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) upsample_nearest_forward_f32(float *out, const float *inp, size_t planes, size_t h, size_t w,
                                                          size_t sh, size_t sw) {
     const size_t oh = h * sh, ow = w * sw;
     FOR_EACH(o, planes * oh * ow) {
@@ -12,7 +12,7 @@ extern "C" __global__ void upsample_nearest_forward_f32(float *out, const float 
 
 // dinp[p, i, j] = sum over the sh x sw block it was copied to, block row outer and column inner, from 0:
 // the CPU's additions in the CPU's order (bitwise).
-extern "C" __global__ void upsample_nearest_backward_f32(float *dinp, const float *dout, size_t planes, size_t h,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) upsample_nearest_backward_f32(float *dinp, const float *dout, size_t planes, size_t h,
                                                           size_t w, size_t sh, size_t sw) {
     const size_t oh = h * sh, ow = w * sw;
     FOR_EACH(e, planes * h * w) {

@@ -6,7 +6,7 @@
 // One thread per position: the nearest code by the direct sum of squares over d in ascending order (ties
 // and NaN distances keep the smaller code, as on the CPU), its row gathered into out, its count bumped
 // (integer atomics: exact in any order; counts is zeroed by the host first).
-extern "C" __global__ void vq_nearest_f32(unsigned int *indices, unsigned int *counts, float *out, const float *z,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) vq_nearest_f32(unsigned int *indices, unsigned int *counts, float *out, const float *z,
                                           const float *codebook, size_t n, size_t d, size_t p, size_t k) {
     FOR_EACH(row, n * p) {
         const size_t s = row / p, pos = row % p;
@@ -33,7 +33,7 @@ extern "C" __global__ void vq_nearest_f32(unsigned int *indices, unsigned int *c
 
 // stats[0] = mean (z - out)^2 (differences in f64, as the CPU), stats[1] = perplexity exp(-sum q ln q) of the
 // counts; ONE block, fixed order (deterministic). Empty input: 0 and 1.
-extern "C" __global__ void vq_stats_f32(float *stats, const float *z, const float *out, const unsigned int *counts,
+extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) vq_stats_f32(float *stats, const float *z, const float *out, const unsigned int *counts,
                                         size_t m, size_t rows, size_t k) {
     __shared__ double part[32], ent[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -68,7 +68,7 @@ extern "C" __global__ void vq_stats_f32(float *stats, const float *z, const floa
 }
 
 // dz = dout + zscale * (z - e[k*]) (overwrites).
-extern "C" __global__ void vq_backward_dz_f32(float *dz, const float *dout, const float *z, const float *codebook,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) vq_backward_dz_f32(float *dz, const float *dout, const float *z, const float *codebook,
                                               const unsigned int *indices, size_t n, size_t d, size_t p, float zscale) {
     FOR_EACH(i, n * d * p) {
         const size_t s = i / (d * p), j = (i / p) % d, pos = i % p;
@@ -79,7 +79,7 @@ extern "C" __global__ void vq_backward_dz_f32(float *dz, const float *dout, cons
 
 // dcodebook[c, j] += escale * (e[c, j] - z[n, j, p]) for every position assigned to code c, positions in
 // order, added straight onto the gradient as the CPU does: one thread per codebook element.
-extern "C" __global__ void vq_backward_codebook_f32(float *dcodebook, const float *z, const float *codebook,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) vq_backward_codebook_f32(float *dcodebook, const float *z, const float *codebook,
                                                     const unsigned int *indices, size_t n, size_t d, size_t p,
                                                     size_t k, float escale) {
     FOR_EACH(e, k * d) {

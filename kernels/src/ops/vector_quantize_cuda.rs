@@ -3,7 +3,7 @@
 //! gradients are the CPU's bits; the statistics (MSE, perplexity) go to a two-element device buffer
 //! instead of being returned, so the step does not synchronise.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -51,7 +51,7 @@ pub fn vq_forward(
     let m = n * d * p;
     let f = gpu.function(&CUDA, "vq_stats_f32")?;
     let (out_ro, counts_ro) = (out.slice(..), counts.slice(..));
-    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    let cfg = crate::cuda::launch::ONE_BLOCK;
     let mut l = gpu.launch_builder(&f);
     l.arg(stats).arg(z).arg(&out_ro).arg(&counts_ro).arg(&m).arg(&rows).arg(&k);
     // SAFETY: (float*, const float*, const float*, const unsigned*, size_t x3); stats holds 2, z / out m and

@@ -4,7 +4,7 @@
 // p, g, sq (square_avg), acc (acc_delta): [n]; segs: [nsegs] sorted.
 // Segment coefficients: c0 weight_decay, c1 rho, c2 1 - rho, c3 eps, c4 -lr. Flags: 1 weight decay.
 
-extern "C" __global__ void adadelta_step_f32(float *p, const float *g, float *sq, float *acc,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adadelta_step_f32(float *p, const float *g, float *sq, float *acc,
                                              const Segment *segs, int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

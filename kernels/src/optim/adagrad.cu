@@ -4,7 +4,7 @@
 // p, g, sum (state_sum): [n]; segs: [nsegs] sorted.
 // Segment coefficients: c0 weight_decay, c1 eps, c2 -lr / (1 + (t - 1) * lr_decay). Flags: 1 weight decay.
 
-extern "C" __global__ void adagrad_step_f32(float *p, const float *g, float *sum, const Segment *segs,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adagrad_step_f32(float *p, const float *g, float *sum, const Segment *segs,
                                             int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

@@ -7,7 +7,7 @@
 // c4 1 - beta2, c5 sqrt(bias_correction2), c6 eps, c7 -step_size.
 // Flags: 1 coupled decay (Adam), 2 decoupled decay (AdamW), 4 AMSGrad, 8 lerp from start (else from end).
 
-extern "C" __global__ void adam_step_f32(float *p, const float *g, float *m, float *v, float *vmax,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adam_step_f32(float *p, const float *g, float *m, float *v, float *vmax,
                                          const Segment *segs, int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

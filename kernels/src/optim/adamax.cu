@@ -5,7 +5,7 @@
 // Segment coefficients: c0 weight_decay, c1 lerp coefficient, c2 beta2, c3 eps, c4 -lr / (1 - beta1^t).
 // Flags: 1 coupled weight decay, 8 lerp from start (else from end).
 
-extern "C" __global__ void adamax_step_f32(float *p, const float *g, float *m, float *u, const Segment *segs,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adamax_step_f32(float *p, const float *g, float *m, float *u, const Segment *segs,
                                            int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

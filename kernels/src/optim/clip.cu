@@ -34,17 +34,17 @@ __device__ void sumsq_partials(const float *x, const Segment *segs, int nsegs, s
     if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
-extern "C" __global__ void sumsq_partials_f32(const float *x, size_t n, double *partials) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sumsq_partials_f32(const float *x, size_t n, double *partials) {
     sumsq_partials<false>(x, nullptr, 0, n, partials);
 }
 
-extern "C" __global__ void sumsq_partials_segments_f32(const float *x, const Segment *segs, int nsegs, size_t n,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sumsq_partials_segments_f32(const float *x, const Segment *segs, int nsegs, size_t n,
                                                        double *partials) {
     sumsq_partials<true>(x, segs, nsegs, n, partials);
 }
 
 // Stage 2 (one block): out[0] = the sum of the nparts partials, or its square root when take_sqrt != 0.
-extern "C" __global__ void sum_partials_f64(const double *partials, int nparts, double *out, int take_sqrt) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sum_partials_f64(const double *partials, int nparts, double *out, int take_sqrt) {
     __shared__ double shared[32];
     double acc = 0.0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += partials[i];
@@ -54,7 +54,7 @@ extern "C" __global__ void sum_partials_f64(const double *partials, int nparts, 
 
 // coef[0] = min(max_norm / (total_norm + 1e-6), 1) in f64, then rounded to f32 as the CPU's scale does.
 // fmin returns the other operand for a NaN, as Rust's f64::min.
-extern "C" __global__ void clip_coef_f64(const double *total_norm, double max_norm, float *coef) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) clip_coef_f64(const double *total_norm, double max_norm, float *coef) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         double c = __ddiv_rn(max_norm, __dadd_rn(total_norm[0], 1e-6));
         coef[0] = __double2float_rn(fmin(c, 1.0));
@@ -71,11 +71,11 @@ __device__ void scale_body(float *x, const float *coef, const Segment *segs, int
     }
 }
 
-extern "C" __global__ void scale_f32(float *x, const float *coef, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) scale_f32(float *x, const float *coef, size_t n) {
     scale_body<false>(x, coef, nullptr, 0, n);
 }
 
-extern "C" __global__ void scale_segments_f32(float *x, const float *coef, const Segment *segs, int nsegs,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) scale_segments_f32(float *x, const float *coef, const Segment *segs, int nsegs,
                                               size_t n) {
     scale_body<true>(x, coef, segs, nsegs, n);
 }
@@ -90,11 +90,11 @@ __device__ void clamp_body(float *x, float lo, float hi, const Segment *segs, in
     }
 }
 
-extern "C" __global__ void clamp_f32(float *x, float lo, float hi, size_t n) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) clamp_f32(float *x, float lo, float hi, size_t n) {
     clamp_body<false>(x, lo, hi, nullptr, 0, n);
 }
 
-extern "C" __global__ void clamp_segments_f32(float *x, float lo, float hi, const Segment *segs, int nsegs,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) clamp_segments_f32(float *x, float lo, float hi, const Segment *segs, int nsegs,
                                               size_t n) {
     clamp_body<true>(x, lo, hi, segs, nsegs, n);
 }

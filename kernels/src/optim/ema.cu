@@ -3,14 +3,14 @@
 //
 // shadow, value: [n]; segs: [nsegs] sorted (the tracked parameters).
 
-extern "C" __global__ void ema_update_f32(float *shadow, const float *value, float d, float one_minus_d,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ema_update_f32(float *shadow, const float *value, float d, float one_minus_d,
                                           size_t n) {
     FOR_EACH(i, n) shadow[i] = __fadd_rn(__fmul_rn(shadow[i], d), __fmul_rn(one_minus_d, value[i]));
 }
 
 // Tracked elements (inside a segment) are averaged; every other element is copied, as the EMA system does
 // for untracked parameters and integer buffers.
-extern "C" __global__ void ema_update_segments_f32(float *shadow, const float *value, float d, float one_minus_d,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ema_update_segments_f32(float *shadow, const float *value, float d, float one_minus_d,
                                                    const Segment *segs, int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const float v = value[i];

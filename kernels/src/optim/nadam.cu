@@ -7,7 +7,7 @@
 // c5 1 - beta2^t, c6 eps, c7 gradient step, c8 average step.
 // Flags: 1 coupled decay, 2 decoupled decay, 8 lerp from start (else from end).
 
-extern "C" __global__ void nadam_step_f32(float *p, const float *g, float *m, float *v, const Segment *segs,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) nadam_step_f32(float *p, const float *g, float *m, float *v, const Segment *segs,
                                           int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

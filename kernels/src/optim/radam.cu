@@ -7,7 +7,7 @@
 // c5 1 - beta1^t, c6 lr, c7 sqrt(1 - beta2^t), c8 eps, c9 rectification factor.
 // Flags: 1 coupled decay, 2 decoupled decay, 4 rectified update, 8 lerp from start (else from end).
 
-extern "C" __global__ void radam_step_f32(float *p, const float *g, float *m, float *v, const Segment *segs,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) radam_step_f32(float *p, const float *g, float *m, float *v, const Segment *segs,
                                           int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

@@ -6,7 +6,7 @@
 // c4 eps, c5 momentum, c6 -lr.
 // Flags: 1 weight decay, 2 centered, 4 momentum, 8 lerp from start (else from end).
 
-extern "C" __global__ void rmsprop_step_f32(float *p, const float *g, float *sq, float *ga, float *buf,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) rmsprop_step_f32(float *p, const float *g, float *sq, float *ga, float *buf,
                                             const Segment *segs, int nsegs, size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

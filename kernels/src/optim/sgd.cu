@@ -6,7 +6,7 @@
 // Segment coefficients: c0 -lr, c1 weight_decay, c2 momentum, c3 1 - dampening.
 // Flags: 1 weight decay, 2 momentum buffer, 4 first step (the buffer starts as the gradient), 8 nesterov.
 
-extern "C" __global__ void sgd_step_f32(float *p, const float *g, float *buf, const Segment *segs, int nsegs,
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sgd_step_f32(float *p, const float *g, float *buf, const Segment *segs, int nsegs,
                                         size_t n) {
     FOR_EACH(i, n) {
         const Segment *s = find_segment(segs, nsegs, i);

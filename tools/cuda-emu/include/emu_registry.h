@@ -17,6 +17,7 @@ struct KernelEntry {
     // call returns) and gives the call of the kernel with them, to run later on each thread.
     std::function<void()> (*bind)(void **args);
     bool sync;          // the source uses barriers or shuffles: its threads run as fibers
+    unsigned max_threads; // its __launch_bounds__: a launch with a bigger block fails, as on a GPU
 };
 
 extern const KernelEntry KERNELS[];
