@@ -139,6 +139,20 @@ unsigned linear_tid() {
 
 static unsigned block_threads; // threads of the block running now
 
+// CUDA_EMU_REVERSE=1: a block's threads (between barriers) and a grid's blocks run in descending order. A GPU
+// promises no order, and a kernel that reads another thread's or block's write without a barrier (or a
+// stream order) between them gets the value in one of the two orders only: running the GPU tests both ways
+// turns such races into wrong results.
+// Read at every launch (cheap next to a grid), so a test may set it between launches.
+static bool reverse = false;
+static bool reverse_order() {
+    const char *v = getenv("CUDA_EMU_REVERSE");
+    return v && *v && strcmp(v, "0") != 0;
+}
+// The thread that runs at position `k` of a pass over the block's `n` threads.
+static unsigned thread_at(unsigned k, unsigned n) { return reverse ? n - 1 - k : k; }
+static unsigned position_of(unsigned t, unsigned n) { return reverse ? n - 1 - t : t; }
+
 static void switch_to(Context &save, Context &load) {
 #if defined(__x86_64__)
     emu_switch(&save.sp, load.sp);
@@ -151,7 +165,8 @@ static void switch_to(Context &save, Context &load) {
 // for the scheduler once the pass is over: one switch per fiber visited, not two.
 static void yield_fiber() {
     const int from = current;
-    for (unsigned t = (unsigned)from + 1; t < block_threads; ++t) {
+    for (unsigned k = position_of((unsigned)from, block_threads) + 1; k < block_threads; ++k) {
+        const unsigned t = thread_at(k, block_threads);
         if (fibers[t].state != RUNNABLE) continue;
         current = (int)t;
         threadIdx = fibers[t].index;
@@ -207,8 +222,8 @@ void shfl(void *value, int bytes, int src_lane) {
 }
 
 static void run_block_plain(unsigned n) {
-    for (unsigned t = 0; t < n; ++t) {
-        threadIdx = thread_index(t);
+    for (unsigned k = 0; k < n; ++k) {
+        threadIdx = thread_index(thread_at(k, n));
         (*kernel_call)();
     }
 }
@@ -228,7 +243,8 @@ static void run_block_fibers(unsigned n) {
     const unsigned warps = (n + 31) / 32;
     for (;;) {
         // One pass: the first runnable fiber runs, and each hands over to the next (yield_fiber).
-        for (unsigned t = 0; t < n; ++t) {
+        for (unsigned k = 0; k < n; ++k) {
+            const unsigned t = thread_at(k, n);
             if (fibers[t].state != RUNNABLE) continue;
             current = (int)t;
             threadIdx = fibers[t].index;
@@ -887,15 +903,19 @@ static void run_grid(const KernelEntry *entry, const std::function<void()> &call
     gridDim = grid;
     running_kernel = true;
     const unsigned threads = block.x * block.y * block.z;
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                blockIdx = Dim3{x, y, z};
-                if (entry->sync)
-                    run_block_fibers(threads);
-                else
-                    run_block_plain(threads);
-            }
+    const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
+    reverse = reverse_order();
+    const size_t shared = entry->shared_end - entry->shared_begin;
+    for (unsigned long long k = 0; k < blocks; ++k) {
+        const unsigned long long b = reverse ? blocks - 1 - k : k;
+        blockIdx = Dim3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+        // A block's shared memory starts undefined on a GPU: NaN bytes here, not the previous block's values.
+        if (shared) memset(entry->shared_begin, 0xff, shared);
+        if (entry->sync)
+            run_block_fibers(threads);
+        else
+            run_block_plain(threads);
+    }
     running_kernel = false;
 }
 

@@ -8,7 +8,8 @@ with `extern "C"` removed, so sources may share entry points (linear_act embeds 
 every (source, entry point) to a trampoline that unpacks cuLaunchKernel's argument array, and records
 whether the source synchronises threads (its kernels then run with one fiber per thread) and the kernel's
 `__launch_bounds__` (the most threads a block may have; every kernel must declare one), which the driver checks
-at every launch.
+at every launch. Each source's `__shared__` variables get a linker section of their own, which the driver
+fills with NaN bytes before every block (a GPU's shared memory starts undefined).
 
 usage: gen_kernels.py SOURCES_DIR OUT.cpp
 """
@@ -62,9 +63,16 @@ def main() -> None:
             sys.exit(f"gen_kernels.py: {cu} lists no entry point")
         for name in names:
             bound = launch_bound(own, name, cu)
-            entries.append(f'    {{"{cu.stem}", "{name}", &emu::trampoline<&{ns}::{name}>, {sync}, (unsigned)({bound})}},')
+            entries.append(f'    {{"{cu.stem}", "{name}", &emu::trampoline<&{ns}::{name}>, {sync}, (unsigned)({bound}), '
+                           f'__start_emu_shared_{ns}, __stop_emu_shared_{ns}}},')
         body = text.replace('extern "C"', "")
-        parts += [f"namespace {ns} {{", body, f"}} // namespace {ns}", ""]
+        # The source's __shared__ variables go to a section of their own, whose bounds the linker provides
+        # (__start_<section>, weak: null when the source has none), so the driver can poison them per block.
+        section = f"emu_shared_{ns}"
+        parts += [f"#undef __shared__", f'#define __shared__ static __attribute__((section("{section}")))',
+                  f"extern char __start_{section}[] __attribute__((weak));",
+                  f"extern char __stop_{section}[] __attribute__((weak));",
+                  f"namespace {ns} {{", body, f"}} // namespace {ns}", ""]
     parts += ["const emu::KernelEntry emu::KERNELS[] = {", *entries, "};",
               f"const int emu::KERNEL_COUNT = {len(entries)};", ""]
     out.write_text("\n".join(parts))

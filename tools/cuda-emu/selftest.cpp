@@ -44,6 +44,33 @@ __global__ void shuffle_from_exited(float *out) {
 }
 } // namespace cases
 
+// Kernels with shared memory, in a section of their own as gen_kernels.py places each source's.
+#undef __shared__
+#define __shared__ static __attribute__((section("emu_shared_selftest")))
+extern char __start_emu_shared_selftest[] __attribute__((weak));
+extern char __stop_emu_shared_selftest[] __attribute__((weak));
+namespace shared_cases {
+// out[t] = t - 1 from the left neighbour's slot, with the barrier between the write and the read missing:
+// right when threads run in ascending order, a NaN (the poisoned slot) when they run in descending order.
+__global__ void racy_left_neighbour(float *out) {
+    __shared__ float slot[64];
+    const unsigned t = threadIdx.x;
+    slot[t] = (float)t;
+    out[t] = t == 0 ? -1.0f : slot[t - 1];
+}
+// Every thread writes its slot when `all`, else only thread 0; then out[t] = slot[1]. With `all` = 0 slot 1 is
+// never written in the launch: its value is the poison, not what an earlier launch left there.
+__global__ void reads_slot_one(float *out, int all) {
+    __shared__ float slot[64];
+    const unsigned t = threadIdx.x;
+    if (all || t == 0) slot[t] = 7.0f;
+    __syncthreads();
+    out[t] = slot[1];
+}
+} // namespace shared_cases
+#undef __shared__
+#define __shared__ static
+
 const emu::KernelEntry emu::KERNELS[] = {
     {"selftest", "block_sum", &emu::trampoline<&cases::block_sum>, true, 1024},
     {"selftest", "out_of_bounds", &emu::trampoline<&cases::out_of_bounds>, false, 1024},
@@ -51,8 +78,12 @@ const emu::KernelEntry emu::KERNELS[] = {
     {"selftest", "shuffle_from_exited", &emu::trampoline<&cases::shuffle_from_exited>, true, 1024},
     // block_sum again, declared with __launch_bounds__(64).
     {"selftest", "bounded_block_sum", &emu::trampoline<&cases::block_sum>, true, 64},
+    {"selftest", "racy_left_neighbour", &emu::trampoline<&shared_cases::racy_left_neighbour>, false, 1024,
+     __start_emu_shared_selftest, __stop_emu_shared_selftest},
+    {"selftest", "reads_slot_one", &emu::trampoline<&shared_cases::reads_slot_one>, true, 1024,
+     __start_emu_shared_selftest, __stop_emu_shared_selftest},
 };
-const int emu::KERNEL_COUNT = 5;
+const int emu::KERNEL_COUNT = 7;
 
 extern "C" {
 int cuInit(unsigned);
@@ -67,7 +98,8 @@ int cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, uns
 
 static const char *PTX = ".visible .entry block_sum(\n.visible .entry out_of_bounds(\n"
                          ".visible .entry divergent_barrier(\n.visible .entry shuffle_from_exited(\n"
-                         ".visible .entry bounded_block_sum(\n";
+                         ".visible .entry bounded_block_sum(\n.visible .entry racy_left_neighbour(\n"
+                         ".visible .entry reads_slot_one(\n";
 static int failures = 0;
 
 static void check(bool ok, const char *what) {
@@ -107,6 +139,32 @@ template <class F> static bool aborts_with(F launch, const char *expect) {
     return ok;
 }
 
+// Runs `body` in a child process with CUDA_EMU_REVERSE set to `reverse` (read once per process); the child's
+// exit status.
+template <class F> static int in_child(const char *reverse, F body) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        setenv("CUDA_EMU_REVERSE", reverse, 1);
+        _exit(body());
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
+}
+
+// racy_left_neighbour over one block of 64 threads: 0 if every value is right, 1 if any is not.
+static int left_neighbour_right() {
+    unsigned long long d;
+    cuMemAlloc_v2(&d, 64 * sizeof(float));
+    void *a[] = {&d};
+    if (cuLaunchKernel(function("racy_left_neighbour"), 1, 1, 1, 64, 1, 1, 0, nullptr, a, nullptr) != 0) return 2;
+    float out[64];
+    cuMemcpyDtoH_v2(out, d, sizeof out);
+    for (int t = 0; t < 64; ++t)
+        if (out[t] != (float)t - 1.0f) return 1;
+    return 0;
+}
+
 int main() {
     setvbuf(stdout, nullptr, _IOLBF, 0);
     cuInit(0);
@@ -139,6 +197,26 @@ int main() {
           "a block larger than the kernel's __launch_bounds__ is refused (out of resources)");
     check(cuLaunchKernel(function("bounded_block_sum"), 1, 1, 1, 64, 1, 1, 0, nullptr, args, nullptr) == 0,
           "a block within the kernel's __launch_bounds__ launches");
+
+    // A missing barrier: right in one thread order only, so CUDA_EMU_REVERSE=1 shows it.
+    check(in_child("0", left_neighbour_right) == 0, "a race that ascending order hides goes unseen in that order");
+    check(in_child("1", left_neighbour_right) == 1, "CUDA_EMU_REVERSE=1 turns it into a wrong result");
+
+    // Shared memory starts as poison in every block, not as what the last launch left.
+    {
+        unsigned long long d;
+        cuMemAlloc_v2(&d, 64 * sizeof(float));
+        float out[64];
+        int all = 1;
+        void *a[] = {&d, &all};
+        cuLaunchKernel(function("reads_slot_one"), 1, 1, 1, 64, 1, 1, 0, nullptr, a, nullptr);
+        cuMemcpyDtoH_v2(out, d, sizeof out);
+        const bool written = out[0] == 7.0f;
+        all = 0;
+        cuLaunchKernel(function("reads_slot_one"), 1, 1, 1, 64, 1, 1, 0, nullptr, a, nullptr);
+        cuMemcpyDtoH_v2(out, d, sizeof out);
+        check(written && out[0] != out[0], "a shared slot no thread of the block wrote reads as NaN");
+    }
 
     // Bugs, each in a child process (writing into a buffer of 64 floats).
     unsigned long long d64;

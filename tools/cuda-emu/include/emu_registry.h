@@ -18,6 +18,10 @@ struct KernelEntry {
     std::function<void()> (*bind)(void **args);
     bool sync;          // the source uses barriers or shuffles: its threads run as fibers
     unsigned max_threads; // its __launch_bounds__: a launch with a bigger block fails, as on a GPU
+    // The source's `__shared__` variables (one linker section per source; null when it has none), poisoned
+    // before every block.
+    char *shared_begin;
+    char *shared_end;
 };
 
 extern const KernelEntry KERNELS[];
