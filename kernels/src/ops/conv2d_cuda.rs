@@ -6,8 +6,8 @@
 //! min(N, 8)), so each group's product is one strided-batched GEMM over those samples with the weight shared
 //! (stride 0):
 //! - forward: im2col, then `out_g[s] = W_g @ col[s]`; then the bias is added;
-//! - weight gradient: im2col, then `dW_g += dout_g[s] @ col[s]^T` sample by sample (a sum over samples, so
-//!   one GEMM each, accumulating);
+//! - weight gradient: im2col, then `dW_g += sum_s dout_g[s] @ col[s]^T`: one strided-batched GEMM writes the
+//!   per-sample products into scratch and one kernel adds them in sample order (`weight_grad`);
 //! - input gradient: `dcol[s] = W_g^T @ dout_g[s]` (batched), then col2im gathers it into `dinp` (overwrite);
 //! - bias gradient: one block per channel sums `dout` over samples and pixels.
 //!
