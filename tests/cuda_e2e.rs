@@ -491,3 +491,81 @@ fn device_cache_on_cuda_refuses_random_augmentation() {
     assert!(msg.contains("run.device_cache") && msg.contains("color_jitter") && !msg.contains("panicked"), "{msg}");
     assert!(!save.exists(), "a refused run wrote {}", save.display());
 }
+
+/// The engine binary run with `args` on tools/cuda-emu playing a GPU of compute capability `arch` (`CUDA_EMU_ARCH`)
+/// and with its kernel cache in `cache`.
+fn engine_on_arch(arch: &str, cache: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(engine_bin())
+        .args(args)
+        .current_dir(repo())
+        .env("CUDA_EMU_ARCH", arch)
+        .env("ECSTRAIN_KERNEL_CACHE", cache)
+        .output()
+        .unwrap()
+}
+
+/// A GPU newer than NVRTC knows gets PTX for the newest architecture NVRTC does know (the driver compiles it)
+/// and trains as on a GPU it knows, bit for bit on the emulator; one older than every architecture NVRTC
+/// supports stops with exit 2 naming both, before anything is written. Emulator only: it plays the GPUs.
+#[test]
+fn cuda_kernels_fall_back_to_ptx_for_a_gpu_newer_than_nvrtc_and_refuse_an_older_one() {
+    let name = "cuda_kernels_fall_back_to_ptx_for_a_gpu_newer_than_nvrtc_and_refuse_an_older_one";
+    if no_gpu(name) {
+        return;
+    }
+    if !emulated() {
+        eprintln!("SKIPPED {name}: needs tools/cuda-emu to play other GPUs");
+        return;
+    }
+    let supported = ecstrain::kernels::cuda::compile::supported_archs().expect("NVRTC loads");
+    let newest = *supported.last().unwrap();
+    let dir = scratch("cuda-arch-fallback");
+    let run = |arch: u32, tag: &str| {
+        let (save, cache) = (dir.join(format!("run-{tag}")), dir.join(format!("cache-{tag}")));
+        let save_set = format!("run.save_dir={}", save.display());
+        let args = [
+            "--config",
+            "configs/digits_mlp.yaml",
+            "--set",
+            "run.device=cuda",
+            "--set",
+            "run.epochs=1",
+            "--set",
+            &save_set,
+        ];
+        (engine_on_arch(&arch.to_string(), &cache, &args), save, cache)
+    };
+    let cached = |cache: &Path| -> Vec<String> {
+        std::fs::read_dir(cache)
+            .map(|d| d.filter_map(Result::ok).map(|f| f.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    // The GPU NVRTC knows: machine code.
+    let (out, known, cache) = run(90, "known");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let files = cached(&cache);
+    assert!(!files.is_empty() && files.iter().all(|f| f.contains("-sm_90-") && f.ends_with(".cubin")), "{files:?}");
+    // A later GPU: PTX for the newest known architecture.
+    let (out, later, cache) = run(newest + 10, "later");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let files = cached(&cache);
+    let ptx = format!("-compute_{newest}-");
+    assert!(!files.is_empty() && files.iter().all(|f| f.contains(&ptx) && f.ends_with(".ptx")), "{files:?}");
+    assert_eq!(val_records(&known, "accuracy"), val_records(&later, "accuracy"), "the same kernels, the same run");
+    // A GPU older than NVRTC supports (NVRTC 13 starts at sm_75), or than the kernels' floor of 7.0 (NVRTC 12
+    // starts at sm_50): exit 2 naming why, nothing written.
+    let oldest = supported[0];
+    let older = oldest.max(70) - 1;
+    let (out, save, _) = run(older, "older");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    if oldest > 70 {
+        assert!(
+            t.contains(&format!("sm_{older}")) && t.contains("NVRTC") && t.contains(&format!("sm_{oldest}")),
+            "{t}"
+        );
+    } else {
+        assert!(t.contains("compute capability 6.9") && t.contains("7.0 or newer"), "{t}");
+    }
+    assert!(!save.exists(), "a run directory was written before the error");
+}

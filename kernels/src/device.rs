@@ -52,10 +52,14 @@ impl Device {
             Device::Cpu => Ok(()),
             Device::Cuda(n) => {
                 let unavailable = |reason: String| DeviceError::Unavailable { device: self, reason };
-                crate::cuda::probe(n).map_err(unavailable)?;
+                let info = crate::cuda::probe(n).map_err(unavailable)?;
                 if !crate::cuda::probe::nvrtc_present() {
                     return Err(unavailable(crate::cuda::compile::CompileFailure::NoNvrtc.to_string()));
                 }
+                // An NVRTC that compiles for no architecture this GPU runs stops the run here, not at its first
+                // kernel.
+                crate::cuda::compile::Target::for_device(info.compute_capability)
+                    .map_err(|e| unavailable(e.to_string()))?;
                 Ok(())
             }
         }

@@ -46,6 +46,7 @@ enum : CUresult {
     INVALID_VALUE = 1,
     NOT_INITIALIZED = 3,
     INVALID_DEVICE = 101,
+    NO_BINARY_FOR_GPU = 209,
     INVALID_IMAGE = 200,
     INVALID_HANDLE = 400,
     NOT_FOUND = 500,
@@ -471,6 +472,49 @@ static std::set<std::string> ptx_entries(const char *ptx) {
     return names;
 }
 
+// The architecture the emulated device reports: compute capability 9.0, or CUDA_EMU_ARCH (e.g. 35 or 130) to
+// play a GPU older than NVRTC supports or newer than it knows.
+static unsigned device_arch() {
+    static const unsigned arch = [] {
+        const char *v = getenv("CUDA_EMU_ARCH");
+        return v && atoi(v) > 0 ? (unsigned)atoi(v) : 90u;
+    }();
+    return arch;
+}
+
+// An image as the driver sees it: its entry points and its architecture (0 when it names none), or false when
+// it is neither PTX nor an ELF cubin. A cubin's kernels each have an `.nv.info.<name>` section; its ELF
+// header's flags carry the architecture in their low byte (cubin ABI 7, NVRTC 12).
+static bool image_entries(const void *image, std::set<std::string> &entries, unsigned &arch) {
+    const unsigned char *b = (const unsigned char *)image;
+    arch = 0;
+    if (memcmp(b, "\x7f" "ELF", 4) != 0) {
+        const char *ptx = (const char *)image;
+        entries = ptx_entries(ptx);
+        if (const char *t = strstr(ptx, ".target sm_")) arch = (unsigned)atoi(t + 11);
+        return !entries.empty() || strstr(ptx, ".version") != nullptr;
+    }
+    if (b[4] != 2) return false; // ELFCLASS64
+    uint64_t shoff;
+    uint32_t flags;
+    uint16_t shentsize, shnum, shstrndx;
+    memcpy(&flags, b + 48, 4);
+    memcpy(&shoff, b + 40, 8);
+    memcpy(&shentsize, b + 58, 2);
+    memcpy(&shnum, b + 60, 2);
+    memcpy(&shstrndx, b + 62, 2);
+    if (shstrndx >= shnum) return false;
+    uint64_t names_at;
+    memcpy(&names_at, b + shoff + (uint64_t)shstrndx * shentsize + 24, 8); // sh_offset
+    for (uint16_t i = 0; i < shnum; ++i) {
+        uint32_t name;
+        memcpy(&name, b + shoff + (uint64_t)i * shentsize, 4); // sh_name
+        const char *n = (const char *)b + names_at + name;
+        if (strncmp(n, ".nv.info.", 9) == 0) entries.insert(n + 9);
+    }
+    arch = flags & 0xff;
+    return true;
+}
 
 } // namespace emu
 
@@ -586,8 +630,8 @@ CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice) {
     case 8: *v = 49152; break;                // MAX_SHARED_MEMORY_PER_BLOCK
     case 10: *v = 32; break;                  // WARP_SIZE
     case 16: *v = 2; break;                   // MULTIPROCESSOR_COUNT
-    case 75: *v = 9; break;                   // COMPUTE_CAPABILITY_MAJOR
-    case 76: *v = 0; break;                   // COMPUTE_CAPABILITY_MINOR
+    case 75: *v = device_arch() / 10; break;    // COMPUTE_CAPABILITY_MAJOR
+    case 76: *v = device_arch() % 10; break;    // COMPUTE_CAPABILITY_MINOR
     case 115: *v = 1; break;                  // MEMORY_POOLS_SUPPORTED
     default: *v = 0;
     }
@@ -853,7 +897,16 @@ CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
 // Modules: the PTX's entry points name the source it was compiled from.
 CUresult cuModuleLoadData(void **module, const void *image) {
     NOTE();
-    const std::set<std::string> entries = ptx_entries((const char *)image);
+    std::set<std::string> entries;
+    unsigned arch = 0;
+    if (!image_entries(image, entries, arch)) return INVALID_IMAGE;
+    // Machine code runs on its own architecture only; PTX on its own and later ones (the driver compiles it).
+    const bool cubin = memcmp(image, "\x7f" "ELF", 4) == 0;
+    if (cubin ? arch != device_arch() : arch > device_arch()) {
+        fprintf(stderr, "cuda-emu: a %s for sm_%u cannot run on this sm_%u device\n", cubin ? "cubin" : "PTX module",
+                arch, device_arch());
+        return NO_BINARY_FOR_GPU;
+    }
     std::map<std::string, std::set<std::string>> by_source;
     for (int i = 0; i < KERNEL_COUNT; ++i) by_source[KERNELS[i].source].insert(KERNELS[i].name);
     for (auto &[source, names] : by_source) {
@@ -861,7 +914,7 @@ CUresult cuModuleLoadData(void **module, const void *image) {
         *module = new Module{source};
         return SUCCESS;
     }
-    fprintf(stderr, "cuda-emu: a PTX module with %zu entry points matches no kernel source this emulator was "
+    fprintf(stderr, "cuda-emu: a module with %zu entry points matches no kernel source this emulator was "
                     "built from (rebuild it: tools/cuda-emu/build.sh)\n",
             entries.size());
     return INVALID_IMAGE;

@@ -8,7 +8,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, CudaViewMut, DeviceRepr, DriverError, LaunchConfig,
 };
 
-use super::compile::{compile, CompileFailure};
+use super::compile::{compile, CompileFailure, Target};
 use super::launch::Launch;
 use super::probe::{nvrtc_present, probe, GpuInfo};
 use super::source::KernelSource;
@@ -28,6 +28,23 @@ pub enum GpuError {
     /// A cuBLAS call failed.
     #[error("cuBLAS error: {0:?}")]
     Blas(cudarc::cublas::result::CublasError),
+}
+
+/// A module that the driver would not load, with the way out when the cause is a driver older than NVRTC
+/// (only PTX goes through the driver's JIT: a GPU newer than NVRTC knows).
+fn load_failure(e: DriverError, target: Target) -> GpuError {
+    use cudarc::driver::sys::CUresult;
+    match e.0 {
+        CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION | CUresult::CUDA_ERROR_INVALID_PTX => {
+            let nvrtc = super::compile::nvrtc_version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|| "?".into());
+            GpuError::Unavailable(format!(
+                "the CUDA driver cannot load the kernels' PTX ({}, from NVRTC {nvrtc}): the driver is older than \
+                 NVRTC. Update the driver, or use an NVRTC no newer than the CUDA version nvidia-smi shows",
+                target.arch()
+            ))
+        }
+        _ => GpuError::Driver(e),
+    }
 }
 
 impl From<DriverError> for GpuError {
@@ -145,8 +162,8 @@ impl Gpu {
         if let Some(f) = map.get(&(src.name, kernel)) {
             return Ok(f.clone());
         }
-        let ptx = compile(src, &self.info.arch())?;
-        let module = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
+        let target = Target::for_device(self.info.compute_capability)?;
+        let module = self.ctx.load_module(compile(src, target)?.into_module()).map_err(|e| load_failure(e, target))?;
         for k in src.kernels {
             map.insert((src.name, *k), module.load_function(k)?);
         }
@@ -211,5 +228,55 @@ impl Gpu {
     /// Waits for every kernel issued so far.
     pub fn synchronize(&self) -> Result<(), GpuError> {
         Ok(self.stream.synchronize()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::compile::{compile_image_uncached, supported_archs, Image};
+    use crate::cuda::testing::gpu_or_skip;
+    use crate::ops::activation::{Activation, CUDA as ACTIVATION};
+
+    /// relu over a few values through a module loaded from `image`.
+    fn relu_through(gpu: &Gpu, image: Image) -> Result<Vec<f32>, GpuError> {
+        let module = gpu.ctx.load_module(image.into_module())?;
+        let f = module.load_function("activation_forward_f32")?;
+        let x = gpu.upload(&[-2.0f32, -0.5, 0.0, 0.25, 3.0])?;
+        let mut y = crate::cuda::testing::poisoned(gpu, 5)?;
+        let (n, code) = (5usize, Activation::Relu.code() as i32);
+        let (mut yv, xv) = (y.as_view_mut(), x.as_view());
+        let mut b = gpu.launch_builder(&f);
+        b.arg(&mut yv).arg(&xv).arg(&n).arg(&code);
+        // SAFETY: (float*, const float*, size_t, int) as activation.cu declares; both buffers hold 5 elements.
+        unsafe { b.launch(gpu.elementwise(n)) }?;
+        gpu.download(&y)
+    }
+
+    /// The images a device can get both load and run: machine code for its own architecture (what
+    /// `Target::for_device` picks when NVRTC knows the GPU) and PTX for an older virtual architecture (the
+    /// fallback for a GPU newer than NVRTC, compiled by the driver). A cubin for a later architecture is
+    /// refused, as the driver refuses it.
+    #[test]
+    fn cuda_modules_load_as_machine_code_and_as_older_ptx() {
+        let Some(gpu) = gpu_or_skip("cuda_modules_load_as_machine_code_and_as_older_ptx") else { return };
+        let (major, minor) = gpu.info.compute_capability;
+        let device = (major * 10 + minor) as u32;
+        let supported = supported_archs().expect("NVRTC loads where a GPU test runs");
+        let want = vec![0.0f32, 0.0, 0.0, 0.25, 3.0];
+        if supported.contains(&device) {
+            assert_eq!(Target::for_device((major, minor)).unwrap(), Target::Cubin(device));
+            let cubin = compile_image_uncached(&ACTIVATION, Target::Cubin(device)).unwrap();
+            assert!(matches!(cubin, Image::Cubin(_)));
+            assert_eq!(relu_through(gpu, cubin).unwrap(), want, "sm_{device} cubin");
+        }
+        let older = supported.iter().copied().filter(|&a| a < device).max().expect("an older architecture");
+        let ptx = compile_image_uncached(&ACTIVATION, Target::Ptx(older)).unwrap();
+        assert_eq!(relu_through(gpu, ptx).unwrap(), want, "compute_{older} PTX");
+        if let Some(later) = supported.iter().copied().find(|&a| a / 10 > device / 10) {
+            let cubin = compile_image_uncached(&ACTIVATION, Target::Cubin(later)).unwrap();
+            let refused = relu_through(gpu, cubin);
+            assert!(refused.is_err(), "an sm_{later} cubin ran on sm_{device}");
+        }
     }
 }
