@@ -167,6 +167,11 @@ impl Target {
     }
 }
 
+/// Whether PTX `text` defines entry point `kernel` (`.entry kernel(`).
+fn ptx_defines(text: &str, kernel: &str) -> bool {
+    text.contains(&format!(".entry {kernel}("))
+}
+
 /// A compiled module, as the driver loads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Image {
@@ -181,7 +186,7 @@ impl Image {
     /// cubin (`extern "C"` keeps the names unmangled).
     pub fn defines(&self, kernel: &str) -> bool {
         match self {
-            Image::Ptx(text) => text.contains(&format!(".entry {kernel}(")),
+            Image::Ptx(text) => ptx_defines(text, kernel),
             Image::Cubin(bytes) => {
                 let name = format!(".text.{kernel}\0");
                 bytes.starts_with(b"\x7fELF") && bytes.windows(name.len()).any(|w| w == name.as_bytes())
@@ -272,7 +277,7 @@ fn run_nvrtc(src: &KernelSource, arch: &str) -> Result<(String, Option<Vec<u8>>)
     }?;
     // The PTX names every entry point, whatever the target.
     for k in src.kernels {
-        if !Image::Ptx(out.0.clone()).defines(k) {
+        if !ptx_defines(&out.0, k) {
             return Err(CompileFailure::MissingKernel { name: src.name.into(), kernel: (*k).into() });
         }
     }
