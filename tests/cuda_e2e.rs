@@ -543,11 +543,17 @@ fn cuda_kernels_fall_back_to_ptx_for_a_gpu_newer_than_nvrtc_and_refuse_an_older_
     // The GPU NVRTC knows: machine code.
     let (out, known, cache) = run(90, "known");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("(compute capability 9.0, ")
+            && text(&out).contains("kernels: sm_90 machine code from NVRTC")
+    );
     let files = cached(&cache);
     assert!(!files.is_empty() && files.iter().all(|f| f.contains("-sm_90-") && f.ends_with(".cubin")), "{files:?}");
     // A later GPU: PTX for the newest known architecture.
     let (out, later, cache) = run(newest + 10, "later");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let line = format!("kernels: compute_{newest} PTX from NVRTC");
+    assert!(text(&out).contains(&line) && text(&out).contains("compiled by the driver"), "{}", text(&out));
     let files = cached(&cache);
     let ptx = format!("-compute_{newest}-");
     assert!(!files.is_empty() && files.iter().all(|f| f.contains(&ptx) && f.ends_with(".ptx")), "{files:?}");

@@ -41,18 +41,20 @@ pub fn check_run(r: &RunSection) -> Result<(), String> {
 /// Opens the device and puts the run's state on it: inserts [`ComputeDevice`] and [`GpuState`], and
 /// [`DeviceLoss`] where the task's loss runs on the device. With
 /// `run.amp` the device's matrix products autocast to f16 / bf16 (f32 master weights and accumulation); with
-/// `run.tf32` (and no autocast) they run on TF32 tensor cores. Returns the start-up notice of the train split
-/// kept on the device (`run.device_cache`), if it is.
+/// `run.tf32` (and no autocast) they run on TF32 tensor cores. Returns the start-up notices: the device and
+/// the form its kernels take ([`device_notice`]), and the train split kept on the device
+/// (`run.device_cache`) if it is.
 pub fn install(
     world: &mut World,
     device: Device,
     capacity: usize,
     amp: AmpMode,
     tf32: bool,
-) -> Result<Option<String>, String> {
-    let Device::Cuda(ordinal) = device else { return Ok(None) };
+) -> Result<Vec<String>, String> {
+    let Device::Cuda(ordinal) = device else { return Ok(Vec::new()) };
     support::check_graph(world.resource::<Graph>()).map_err(|m| format!("run.device: {m}"))?;
     let gpu = Arc::new(Gpu::open(ordinal).map_err(|e| format!("run.device: {e}"))?);
+    let mut notices = vec![device_notice(&gpu)];
     gpu.set_matmul_precision(match amp {
         AmpMode::Off if tf32 => MatmulPrecision::Tf32,
         AmpMode::Off => MatmulPrecision::F32,
@@ -85,7 +87,6 @@ pub fn install(
     // `run.device_cache`: the train loader was built without input rows (assemble::build_loaders); the rows
     // go up once, as the pipeline makes them (no random processor, so the same in every epoch).
     let train = world.resource::<TrainLoader>().0.pipeline().clone();
-    let mut notice = None;
     if !world.resource::<TrainLoader>().0.fills_inputs() {
         let len: usize = train.sample_shape().iter().product();
         let gpu = state.gpu.clone();
@@ -99,7 +100,7 @@ pub fn install(
             .upload
             .enable_device_rows(&gpu, train.len(), len, capacity, fill)
             .map_err(|m| format!("run.device_cache: cuda:{ordinal}: {m}"))?;
-        notice = Some(format!(
+        notices.push(format!(
             "train split on cuda:{ordinal}: {} samples, {:.1} MiB (run.device_cache)",
             train.len(),
             bytes as f64 / 1048576.0
@@ -125,7 +126,29 @@ pub fn install(
     }
     world.insert_resource(state);
     world.insert_resource(ComputeDevice(device));
-    Ok(notice)
+    Ok(notices)
+}
+
+/// The start-up line naming the GPU and how its kernels were built, e.g. `cuda:0: NVIDIA H100 80GB HBM3
+/// (compute capability 9.0, 79.1 GiB, 132 SMs); kernels: sm_90 machine code from NVRTC 12.9`, or `compute_121
+/// PTX from NVRTC 12.9, compiled by the driver` for a GPU newer than NVRTC knows.
+pub fn device_notice(gpu: &Gpu) -> String {
+    use ecstrain_kernels::cuda::compile::{nvrtc_version, Target};
+    let i = &gpu.info;
+    let (major, minor) = i.compute_capability;
+    let nvrtc = nvrtc_version().map(|(a, b)| format!("NVRTC {a}.{b}")).unwrap_or_else(|| "NVRTC".into());
+    let kernels = match Target::for_device(i.compute_capability) {
+        Ok(t @ Target::Cubin(_)) => format!("{} machine code from {nvrtc}", t.arch()),
+        Ok(t @ Target::Ptx(_)) => format!("{} PTX from {nvrtc}, compiled by the driver", t.arch()),
+        Err(e) => e.to_string(),
+    };
+    format!(
+        "cuda:{}: {} (compute capability {major}.{minor}, {:.1} GiB, {} SMs); kernels: {kernels}",
+        i.ordinal,
+        i.name,
+        i.total_mem as f64 / (1u64 << 30) as f64,
+        i.multiprocessors
+    )
 }
 
 /// The device-side loss for the run's task, if it has one: classification, regression and embedding on a
