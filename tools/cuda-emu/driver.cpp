@@ -11,8 +11,12 @@
 // reading an exited lane, and reads past an allocation's end (each allocation ends at a guard page; fresh
 // memory is filled with 0xff bytes, NaN as f32).
 //
+// With the kernels built instrumented (build.sh's racecheck driver), racecheck.cpp also reports every pair
+// of accesses within a launch that a GPU could run in either order (race::* calls below tell it of buffers,
+// launches, blocks and barriers).
+//
 // What it cannot check: the PTX itself (NVRTC still compiles it; CI assembles it with ptxas), timing, and
-// races that need two things to run at once (threads between barriers, or two streams).
+// races between two streams' work.
 
 #include <signal.h>
 #include <stdarg.h>
@@ -34,6 +38,7 @@
 #include <vector>
 
 #include "emu_kernel.h"
+#include "emu_racecheck.h"
 #include "emu_registry.h"
 #include "emu_stream.h"
 
@@ -54,7 +59,10 @@ enum : CUresult {
     NOT_SUPPORTED = 801,
 };
 
-emu::Dim3 threadIdx, blockIdx, blockDim, gridDim;
+// The built-in indices, in a section of their own so the race check skips them by one range test
+// (racecheck.cpp): kernels read them more often than anything else.
+#define EMU_BUILTIN __attribute__((section("emu_builtins")))
+EMU_BUILTIN emu::Dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace emu {
 
@@ -296,6 +304,7 @@ static void run_block_fibers(unsigned n) {
                      kernel->name, kernel->source, blockIdx.x, blockIdx.y, blockIdx.z, at_block, done);
             for (unsigned t = 0; t < n; ++t)
                 if (fibers[t].state == AT_BLOCK_BARRIER) fibers[t].state = RUNNABLE;
+            race::barrier();
             continue;
         }
         fail("kernel %s (%s), block (%u,%u,%u): deadlock: %u threads wait at __syncthreads while others wait at "
@@ -324,6 +333,7 @@ static CUresult allocate(CUdeviceptr *out, size_t size) {
     // The allocation ends 16-byte aligned just before the guard page, so an overrun faults at once.
     char *p = base + body - (size + 15) / 16 * 16;
     memset(base, 0xff, body);
+    race::track(p, size);
     std::lock_guard<std::mutex> g(memory_lock);
     allocations[(CUdeviceptr)p] = Allocation{base, mapped, size};
     *out = (CUdeviceptr)p;
@@ -334,6 +344,7 @@ static CUresult release(CUdeviceptr p) {
     std::lock_guard<std::mutex> g(memory_lock);
     auto it = allocations.find(p);
     if (it == allocations.end()) return INVALID_VALUE;
+    race::untrack((const void *)p);
     munmap(it->second.base, it->second.mapped);
     allocations.erase(it);
     return SUCCESS;
@@ -959,9 +970,11 @@ static void run_grid(const KernelEntry *entry, const std::function<void()> &call
     const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
     reverse = reverse_order();
     const size_t shared = entry->shared_end - entry->shared_begin;
+    race::begin_launch(entry);
     for (unsigned long long k = 0; k < blocks; ++k) {
         const unsigned long long b = reverse ? blocks - 1 - k : k;
         blockIdx = Dim3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+        race::begin_block(b);
         // A block's shared memory starts undefined on a GPU: NaN bytes here, not the previous block's values.
         if (shared) memset(entry->shared_begin, 0xff, shared);
         if (entry->sync)
@@ -969,6 +982,7 @@ static void run_grid(const KernelEntry *entry, const std::function<void()> &call
         else
             run_block_plain(threads);
     }
+    race::end_launch();
     running_kernel = false;
 }
 

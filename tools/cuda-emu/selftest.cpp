@@ -8,7 +8,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <math.h>
+
 #include <string>
+#include <vector>
 
 #include "emu_kernel.h"
 #include "emu_registry.h"
@@ -67,9 +70,57 @@ __global__ void reads_slot_one(float *out, int all) {
     __syncthreads();
     out[t] = slot[1];
 }
+// Each thread copies its right neighbour's slot into its own, with no barrier between the read and the
+// write: a write-after-read race in shared memory.
+__global__ void racy_shift(float *out) {
+    __shared__ float slot[64];
+    const unsigned t = threadIdx.x;
+    slot[t] = (float)t;
+    __syncthreads();
+    const float v = slot[(t + 1) % blockDim.x];
+    slot[t] = v;
+    __syncthreads();
+    out[t] = slot[t];
+}
 } // namespace shared_cases
 #undef __shared__
 #define __shared__ static
+
+// Races in device memory, and the right ways to do the same (the race check's cases).
+namespace race_cases {
+// Every block's thread 0 writes out[0]: blocks are never ordered.
+__global__ void blocks_write_one_slot(float *out) {
+    if (threadIdx.x == 0) out[0] = (float)blockIdx.x;
+}
+// Block 1 writes what block 0 reads.
+__global__ void block_reads_anothers_write(float *buf, float *out) {
+    if (threadIdx.x != 0) return;
+    if (blockIdx.x == 1) buf[0] = 5.0f;
+    else out[0] = buf[0];
+}
+// Every thread of every block adds one: atomics do not race.
+__global__ void atomic_count(float *out) { atomicAdd(out, 1.0f); }
+// The same counter, then read plainly in the same launch.
+__global__ void atomic_then_read(float *count, float *out) {
+    atomicAdd(count, 1.0f);
+    out[blockIdx.x * blockDim.x + threadIdx.x] = count[0];
+}
+// torch's found-inf pattern: every thread that sees a NaN sets the flag, plainly (a race) or atomically.
+__global__ void flag_plain(const float *x, float *flag) {
+    if (x[blockIdx.x * blockDim.x + threadIdx.x] != x[blockIdx.x * blockDim.x + threadIdx.x]) flag[0] = 1.0f;
+}
+__global__ void flag_atomic(const float *x, float *flag) {
+    if (x[blockIdx.x * blockDim.x + threadIdx.x] != x[blockIdx.x * blockDim.x + threadIdx.x])
+        atomicExch(flag, 1.0f);
+}
+// Neighbouring threads write neighbouring 2-byte halves: different bytes, no race.
+__global__ void half_per_thread(__half *out) {
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    out[i] = __float2half((float)i);
+}
+// In place: each thread reads and writes only its own element.
+__global__ void scale_in_place(float *x) { x[blockIdx.x * blockDim.x + threadIdx.x] *= 2.0f; }
+} // namespace race_cases
 
 const emu::KernelEntry emu::KERNELS[] = {
     {"selftest", "block_sum", &emu::trampoline<&cases::block_sum>, true, 1024},
@@ -82,8 +133,19 @@ const emu::KernelEntry emu::KERNELS[] = {
      __start_emu_shared_selftest, __stop_emu_shared_selftest},
     {"selftest", "reads_slot_one", &emu::trampoline<&shared_cases::reads_slot_one>, true, 1024,
      __start_emu_shared_selftest, __stop_emu_shared_selftest},
+    {"selftest", "racy_shift", &emu::trampoline<&shared_cases::racy_shift>, true, 1024,
+     __start_emu_shared_selftest, __stop_emu_shared_selftest},
+    {"selftest", "blocks_write_one_slot", &emu::trampoline<&race_cases::blocks_write_one_slot>, false, 1024},
+    {"selftest", "block_reads_anothers_write", &emu::trampoline<&race_cases::block_reads_anothers_write>, false,
+     1024},
+    {"selftest", "atomic_count", &emu::trampoline<&race_cases::atomic_count>, false, 1024},
+    {"selftest", "atomic_then_read", &emu::trampoline<&race_cases::atomic_then_read>, false, 1024},
+    {"selftest", "flag_plain", &emu::trampoline<&race_cases::flag_plain>, false, 1024},
+    {"selftest", "flag_atomic", &emu::trampoline<&race_cases::flag_atomic>, false, 1024},
+    {"selftest", "half_per_thread", &emu::trampoline<&race_cases::half_per_thread>, false, 1024},
+    {"selftest", "scale_in_place", &emu::trampoline<&race_cases::scale_in_place>, false, 1024},
 };
-const int emu::KERNEL_COUNT = 7;
+const int emu::KERNEL_COUNT = sizeof(emu::KERNELS) / sizeof(emu::KERNELS[0]);
 
 extern "C" {
 int cuInit(unsigned);
@@ -99,7 +161,11 @@ int cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, uns
 static const char *PTX = ".visible .entry block_sum(\n.visible .entry out_of_bounds(\n"
                          ".visible .entry divergent_barrier(\n.visible .entry shuffle_from_exited(\n"
                          ".visible .entry bounded_block_sum(\n.visible .entry racy_left_neighbour(\n"
-                         ".visible .entry reads_slot_one(\n";
+                         ".visible .entry reads_slot_one(\n.visible .entry racy_shift(\n"
+                         ".visible .entry blocks_write_one_slot(\n.visible .entry block_reads_anothers_write(\n"
+                         ".visible .entry atomic_count(\n.visible .entry atomic_then_read(\n"
+                         ".visible .entry flag_plain(\n.visible .entry flag_atomic(\n"
+                         ".visible .entry half_per_thread(\n.visible .entry scale_in_place(\n";
 static int failures = 0;
 
 static void check(bool ok, const char *what) {
@@ -165,6 +231,96 @@ static int left_neighbour_right() {
     return 0;
 }
 
+static int launch(const char *name, unsigned blocks, unsigned threads, void **args) {
+    return cuLaunchKernel(function(name), blocks, 1, 1, threads, 1, 1, 0, nullptr, args, nullptr);
+}
+
+static unsigned long long device_floats(size_t n, float value) {
+    unsigned long long d;
+    cuMemAlloc_v2(&d, n * sizeof(float));
+    std::vector<float> v(n, value);
+    cuMemcpyHtoD_v2(d, v.data(), n * sizeof(float));
+    return d;
+}
+
+static float read_float(unsigned long long d, size_t i) {
+    std::vector<float> v(i + 1);
+    cuMemcpyDtoH_v2(v.data(), d, (i + 1) * sizeof(float));
+    return v[i];
+}
+
+// The race check (racecheck.cpp), in the build whose kernels are instrumented: each race is caught with both
+// accesses named, and the right ways to do the same run without a report.
+static void race_checks() {
+    check(aborts_with([] { left_neighbour_right(); },
+                      "race in kernel racy_left_neighbour (selftest): block (0,0,0) thread (1,0,0) reads byte"),
+          "a shared-memory read of another thread's write in the same phase is a race");
+    check(aborts_with(
+              [] {
+                  unsigned long long d = device_floats(64, 0.0f);
+                  void *a[] = {&d};
+                  launch("racy_shift", 1, 64, a);
+              },
+              "race in kernel racy_shift (selftest): block (0,0,0) thread (1,0,0) writes byte"),
+          "a shared-memory write over a slot another thread read in the same phase is a race");
+    check(aborts_with(
+              [] {
+                  unsigned long long d = device_floats(1, 0.0f);
+                  void *a[] = {&d};
+                  launch("blocks_write_one_slot", 2, 32, a);
+              },
+              "race in kernel blocks_write_one_slot (selftest): block (1,0,0) thread (0,0,0) writes byte 0 of a "
+              "4-byte device buffer, which block (0,0,0) thread (0,0,0) wrote in the same launch"),
+          "two blocks writing one element is a race");
+    check(aborts_with(
+              [] {
+                  unsigned long long buf = device_floats(1, 0.0f), out = device_floats(1, 0.0f);
+                  void *a[] = {&buf, &out};
+                  launch("block_reads_anothers_write", 2, 32, a);
+              },
+              "block (1,0,0) thread (0,0,0) writes byte 0 of a 4-byte device buffer, which block (0,0,0) thread "
+              "(0,0,0) read in the same launch"),
+          "a block writing what another block read is a race");
+    check(aborts_with(
+              [] {
+                  unsigned long long count = device_floats(1, 0.0f), out = device_floats(64, 0.0f);
+                  void *a[] = {&count, &out};
+                  launch("atomic_then_read", 2, 32, a);
+              },
+              "thread (1,0,0) atomically updates byte 0 of a 4-byte device buffer, which block (0,0,0) thread "
+              "(0,0,0) read with no __syncthreads between"),
+          "a plain read of an atomically updated counter in the same launch is a race");
+    check(aborts_with(
+              [] {
+                  unsigned long long x = device_floats(64, NAN), flag = device_floats(1, 0.0f);
+                  void *a[] = {&x, &flag};
+                  launch("flag_plain", 2, 32, a);
+              },
+              "race in kernel flag_plain"),
+          "setting a flag from many threads with plain stores is a race, even of one value");
+    {
+        unsigned long long count = device_floats(1, 0.0f);
+        void *a[] = {&count};
+        check(launch("atomic_count", 4, 64, a) == 0 && read_float(count, 0) == 256.0f,
+              "atomicAdd from every thread of 4 blocks: no race, and the count is right");
+        unsigned long long x = device_floats(64, NAN), flag = device_floats(1, 0.0f);
+        void *b[] = {&x, &flag};
+        check(launch("flag_atomic", 2, 32, b) == 0 && read_float(flag, 0) == 1.0f,
+              "setting a flag with atomicExch from many threads is no race");
+        unsigned long long h;
+        cuMemAlloc_v2(&h, 128 * 2);
+        void *c[] = {&h};
+        check(launch("half_per_thread", 2, 64, c) == 0, "threads writing neighbouring halves do not race");
+        unsigned long long y = device_floats(128, 3.0f);
+        void *e[] = {&y};
+        check(launch("scale_in_place", 2, 64, e) == 0 && read_float(y, 127) == 6.0f,
+              "each thread updating its own element in place is no race");
+        // The same launch twice: the second does not race with the first (launches are ordered).
+        check(launch("scale_in_place", 2, 64, e) == 0 && read_float(y, 127) == 12.0f,
+              "a launch does not race with the launch before it");
+    }
+}
+
 int main() {
     setvbuf(stdout, nullptr, _IOLBF, 0);
     cuInit(0);
@@ -198,9 +354,13 @@ int main() {
     check(cuLaunchKernel(function("bounded_block_sum"), 1, 1, 1, 64, 1, 1, 0, nullptr, args, nullptr) == 0,
           "a block within the kernel's __launch_bounds__ launches");
 
+#ifdef EMU_RACECHECK_SELFTEST
+    race_checks();
+#else
     // A missing barrier: right in one thread order only, so CUDA_EMU_REVERSE=1 shows it.
     check(in_child("0", left_neighbour_right) == 0, "a race that ascending order hides goes unseen in that order");
     check(in_child("1", left_neighbour_right) == 1, "CUDA_EMU_REVERSE=1 turns it into a wrong result");
+#endif
 
     // Shared memory starts as poison in every block, not as what the last launch left.
     {

@@ -48,8 +48,10 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_bf16_to_f32(flo
 
 // torch's _amp_foreach_non_finite_check_and_unscale_: found_inf[0] = 1 if any gradient is inf or NaN
 // (checked before unscaling), and every gradient is multiplied by inv_scale unless it is exactly 1. The flag
-// is only ever set, never cleared (the caller zeroes it once per step), so several arenas can share it; the
-// concurrent stores all write the same value.
+// is only ever set, never cleared (the caller zeroes it once per step), so several arenas can share it. Many
+// threads may set it in one launch: plain stores of the same value would be a data race (benign in practice,
+// but undefined in CUDA's memory model, and cuda-emu's race check rejects it), so the store is an atomic
+// exchange; it runs only when a non-finite value was seen.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) unscale_check_f32(float *g, float inv_scale, float *found_inf, size_t n) {
     bool found = false;
     FOR_EACH(i, n) {
@@ -57,5 +59,5 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) unscale_check_f32(fl
         if (!isfinite(v)) found = true;
         if (inv_scale != 1.0f) g[i] = __fmul_rn(v, inv_scale);
     }
-    if (found) found_inf[0] = 1.0f;
+    if (found) atomicExch(found_inf, 1.0f);
 }

@@ -23,6 +23,9 @@ void sync_block();
 void shfl(void *value, int bytes, int src_lane);
 /// The calling thread's linear index within its block.
 unsigned linear_tid();
+/// Race check (racecheck.cpp): the calling thread makes an atomic read-modify-write of `bytes` bytes at `p`.
+/// Atomics do not race with each other, so their bodies are not instrumented as plain accesses.
+void atomic_access(const void *p, int bytes);
 } // namespace emu
 
 extern emu::Dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -51,15 +54,25 @@ template <class T> inline T __shfl_sync(unsigned, T v, int src_lane, int width =
     return v;
 }
 
-// Blocks run one at a time and their threads are fibers on one OS thread: a read-modify-write is atomic.
-template <class T> inline T atomicAdd(T *p, T v) {
+// Blocks run one at a time and their threads are fibers on one OS thread: a read-modify-write is atomic. The
+// race check's instrumentation is off in these bodies (no_sanitize), which tell it of an atomic access instead.
+#define EMU_ATOMIC __attribute__((no_sanitize("thread"))) inline
+template <class T> EMU_ATOMIC T atomicAdd(T *p, T v) {
+    emu::atomic_access(p, (int)sizeof(T));
     T old = *p;
     *p = old + v;
     return old;
 }
-template <class T> inline T atomicMax(T *p, T v) {
+template <class T> EMU_ATOMIC T atomicMax(T *p, T v) {
+    emu::atomic_access(p, (int)sizeof(T));
     T old = *p;
     if (v > old) *p = v;
+    return old;
+}
+template <class T> EMU_ATOMIC T atomicExch(T *p, T v) {
+    emu::atomic_access(p, (int)sizeof(T));
+    T old = *p;
+    *p = v;
     return old;
 }
 

@@ -1,0 +1,328 @@
+// cuda-emu's race check: two accesses to the same byte of device or shared memory, within one launch, at
+// least one a write and not both atomics, that nothing orders.
+//
+// The emulator runs a block's threads one after another between barriers, and blocks one after another, so a
+// kernel that races on a GPU usually still gives the right answer here: a thread's read-modify-write is never
+// interrupted, and a value written by an earlier thread or block is simply there. Reversing the order
+// (CUDA_EMU_REVERSE=1) shows only the races whose outcome depends on that order. This check shows all of
+// them, whatever the values, by recording who touched each byte:
+//
+// - Different blocks of one launch are never ordered (the engine's kernels use no grid-wide synchronisation):
+//   any conflicting pair across blocks is a race.
+// - Two threads of one block are ordered only by a `__syncthreads` between their accesses. Every live thread
+//   of a block passes a barrier together, so the block's barrier count (its "phase") orders them: accesses in
+//   different phases are ordered, in the same phase they are not. Warp shuffles exchange registers and
+//   order no memory here (the sources use no `__syncwarp`).
+// - Atomics (atomicAdd, atomicMax, atomicExch) do not race with each other; an atomic and a plain access do.
+//
+// Records live in a shadow of every device buffer (mapped when the buffer is allocated; pages that are never
+// touched cost nothing) and of the running kernel's shared memory, one record per 2-byte granule (the
+// smallest element the sources store is an f16 / bf16). A record keeps the last writer and the newest reads,
+// which is enough because accesses arrive in a block's phase order and blocks do not interleave.
+//
+// Phases are numbered by one counter over the whole process, advanced at every block's start and every
+// barrier. So one number tells all a record needs: a phase before the launch's first is a previous launch's
+// (void: launches on a stream are ordered), one before the running block's first is another block's of this
+// launch (unordered), the running phase is unordered with other threads, any other is ordered. Nothing is
+// cleared between launches or blocks.
+//
+// The hooks are the ThreadSanitizer ABI that `-fsanitize=thread` compiles calls to; this file provides it
+// instead of ThreadSanitizer's runtime, which is never linked. Accesses outside device buffers and shared
+// memory (the kernel's own stack, its bound arguments) are not device memory and are ignored.
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "emu_racecheck.h"
+
+// The built-in indices' section (threadIdx, blockIdx, blockDim, gridDim; driver.cpp), bounds from the linker.
+extern "C" char __start_emu_builtins[], __stop_emu_builtins[];
+
+namespace emu::race {
+namespace {
+
+// One 2-byte granule's accesses. A field whose phase is before the launch's first (the block's, for shared
+// memory) is void.
+struct Record {
+    uint32_t write_phase;  // the last write
+    uint32_t read_phase;   // the newest read group: plain reads in one phase
+    uint32_t prior_phase;  // a plain read by another block than the newest group's
+    uint16_t write_thread; // thread | ATOMIC
+    uint16_t read_thread;  // the newest group's first reader
+    uint16_t read_second;  // another thread that read in the newest group | SECOND (0: none)
+    uint16_t prior_thread;
+};
+constexpr uint16_t THREAD = 0x03ff; // a thread's linear index in its block (at most 1024 threads)
+constexpr uint16_t ATOMIC = 0x0400; // the last write was an atomic
+constexpr uint16_t SECOND = 0x0800; // read_second holds a thread
+constexpr size_t GRANULE = 2;
+
+// A device buffer and its shadow (one Record per granule).
+struct Buffer {
+    uintptr_t begin, end;
+    Record *shadow;
+};
+
+bool kernels_instrumented = false;
+bool active = false;          // a launch of instrumented kernels is running
+const KernelEntry *kernel;    // the running kernel
+uint32_t phase = 0;           // the running phase (0: none yet; zeroed records are void)
+uint32_t launch_first = 1;    // the running launch's first phase
+uint32_t block_first = 1;     // the running block's first phase
+std::vector<uint32_t> phase_block; // the block (linear) of each phase of the launch, from launch_first
+
+std::mutex buffers_lock;      // cuMemAlloc / cuMemFree run on other threads than a launch
+std::map<uintptr_t, Buffer> buffers;
+uint64_t buffers_version = 0; // counts changes to `buffers`
+// The buffers as the running launch sees them, by address (a launch's arguments were bound when it was
+// issued, so every buffer it can reach is here), the few it touched last (a kernel's arguments), and the last
+// gap between buffers an access fell in (the emulator's variables such as threadIdx). Only the launch's
+// thread uses them, unlocked.
+std::vector<Buffer> snapshot;
+uint64_t snapshot_version = ~0ull;
+constexpr unsigned RECENT = 8;
+Buffer recent[RECENT];
+unsigned recent_next = 0;
+uintptr_t gap_begin = 0, gap_end = 0;
+
+std::vector<Record> shared_shadow;
+
+Dim3 thread_of(unsigned t) {
+    return Dim3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+}
+Dim3 block_of(uint32_t b) {
+    return Dim3{b % gridDim.x, b / gridDim.x % gridDim.y, b / gridDim.x / gridDim.y};
+}
+
+// The granule's record for device address `p`, or null when `p` is in no device buffer; `where` is the buffer.
+inline Record *global_record(uintptr_t p, const Buffer **where) {
+    for (const Buffer &b : recent)
+        if (p - b.begin < b.end - b.begin) {
+            *where = &b;
+            return &b.shadow[(p - b.begin) / GRANULE];
+        }
+    if (p - gap_begin < gap_end - gap_begin) return nullptr;
+    size_t lo = 0, hi = snapshot.size(); // the first buffer beginning after p is at `lo`
+    while (lo < hi) {
+        const size_t mid = (lo + hi) / 2;
+        if (snapshot[mid].begin <= p) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo == 0 || p >= snapshot[lo - 1].end) {
+        gap_begin = lo == 0 ? 0 : snapshot[lo - 1].end;
+        gap_end = lo == snapshot.size() ? UINTPTR_MAX : snapshot[lo].begin;
+        return nullptr;
+    }
+    Buffer &b = recent[recent_next++ % RECENT];
+    b = snapshot[lo - 1];
+    *where = &b;
+    return &b.shadow[(p - b.begin) / GRANULE];
+}
+
+size_t shadow_bytes(size_t size) { return (size / GRANULE + 1) * sizeof(Record); }
+
+enum Kind { READ, WRITE, ATOMIC_RMW };
+
+[[noreturn]] __attribute__((noinline)) void report(Kind kind, uintptr_t p, const Buffer *buffer,
+                                                   uint32_t other_phase, unsigned other_thread,
+                                                   const char *other_what) {
+    const char *what = kind == READ ? "reads" : kind == WRITE ? "writes" : "atomically updates";
+    const uint32_t other_block = phase_block[other_phase - launch_first];
+    const Dim3 b = block_of(phase_block[phase - launch_first]), t = thread_of(linear_tid());
+    const Dim3 ob = block_of(other_block), ot = thread_of(other_thread);
+    char place[160];
+    if (buffer)
+        snprintf(place, sizeof place, "byte %zu of a %zu-byte device buffer",
+                 (size_t)(p - buffer->begin), (size_t)(buffer->end - buffer->begin));
+    else
+        snprintf(place, sizeof place, "byte %zu of the source's __shared__ memory",
+                 (size_t)(p - (uintptr_t)kernel->shared_begin));
+    fprintf(stderr,
+            "cuda-emu: race in kernel %s (%s): block (%u,%u,%u) thread (%u,%u,%u) %s %s, which block (%u,%u,%u) "
+            "thread (%u,%u,%u) %s %s (nothing orders the two on a GPU)\n",
+            kernel->name, kernel->source, b.x, b.y, b.z, t.x, t.y, t.z, what, place, ob.x, ob.y, ob.z, ot.x, ot.y,
+            ot.z, other_what, other_phase < block_first ? "in the same launch" : "with no __syncthreads between");
+    fflush(stderr);
+    abort();
+}
+
+// One access by thread `t` in the running phase to the granule `r` at `p`; `first` is the first phase whose
+// records count (the launch's for device memory, the block's for shared memory).
+inline void check(Record &r, uint32_t first, Kind kind, unsigned t, uintptr_t p, const Buffer *buffer) {
+    if (r.write_phase >= first) {
+        const unsigned w = r.write_thread & THREAD;
+        const bool unordered = r.write_phase < block_first || (r.write_phase == phase && w != t);
+        if (unordered && !(kind == ATOMIC_RMW && (r.write_thread & ATOMIC)))
+            report(kind, p, buffer, r.write_phase, w, (r.write_thread & ATOMIC) ? "atomically updated" : "wrote");
+    }
+    if (kind == READ) {
+        if (r.read_phase != phase) {
+            // A new read group. The old one, if another block's in this launch, is kept as the prior reader.
+            if (r.read_phase >= first && r.read_phase < block_first) {
+                r.prior_phase = r.read_phase;
+                r.prior_thread = r.read_thread;
+            }
+            r.read_phase = phase;
+            r.read_thread = (uint16_t)t;
+            r.read_second = 0;
+        } else if (r.read_thread != t && !r.read_second) {
+            r.read_second = (uint16_t)(t | SECOND);
+        }
+        return;
+    }
+    if (r.read_phase >= first) {
+        if (r.read_phase < block_first) report(kind, p, buffer, r.read_phase, r.read_thread, "read");
+        // The newest group is this block's, so a prior reader of this launch is another block's.
+        if (r.prior_phase >= first) report(kind, p, buffer, r.prior_phase, r.prior_thread, "read");
+        if (r.read_phase == phase) {
+            if (r.read_thread != t) report(kind, p, buffer, phase, r.read_thread, "read");
+            if (r.read_second) report(kind, p, buffer, phase, r.read_second & THREAD, "read");
+        }
+    }
+    r.write_phase = phase;
+    r.write_thread = (uint16_t)(t | (kind == ATOMIC_RMW ? ATOMIC : 0));
+}
+
+inline void access(const void *address, size_t bytes, Kind kind) {
+    const uintptr_t p = (uintptr_t)address;
+    if (p - (uintptr_t)__start_emu_builtins < (uintptr_t)(__stop_emu_builtins - __start_emu_builtins)) return;
+    const uintptr_t shared_begin = (uintptr_t)kernel->shared_begin;
+    if (p - shared_begin < (uintptr_t)kernel->shared_end - shared_begin) {
+        const unsigned t = linear_tid();
+        const uintptr_t end = (uintptr_t)kernel->shared_end;
+        for (uintptr_t q = p & ~(uintptr_t)(GRANULE - 1); q < p + bytes && q < end; q += GRANULE)
+            check(shared_shadow[(q - shared_begin) / GRANULE], block_first, kind, t, q, nullptr);
+        return;
+    }
+    const Buffer *buffer = nullptr;
+    Record *r = global_record(p, &buffer);
+    if (!r) return;
+    const unsigned t = linear_tid();
+    // Buffers start 16-byte aligned, so granules are aligned in them; an access never spans two buffers.
+    for (uintptr_t q = p & ~(uintptr_t)(GRANULE - 1); q < p + bytes; q += GRANULE, ++r)
+        check(*r, launch_first, kind, t, q, buffer);
+}
+
+// Starts a new phase of the running block.
+void next_phase(uint32_t block) {
+    if (phase == UINT32_MAX) {
+        fprintf(stderr, "cuda-emu racecheck: more than 2^32 phases in one process\n");
+        abort();
+    }
+    ++phase;
+    phase_block.push_back(block);
+}
+
+} // namespace
+
+bool instrumented() { return kernels_instrumented; }
+
+void track(const void *p, size_t size) {
+    if (!kernels_instrumented) return;
+    // Zero pages (phase 0: before every launch), only the touched ones ever backed.
+    void *m = mmap(nullptr, shadow_bytes(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (m == MAP_FAILED) {
+        fprintf(stderr, "cuda-emu racecheck: cannot map a shadow for a buffer of %zu bytes\n", size);
+        abort();
+    }
+    std::lock_guard<std::mutex> g(buffers_lock);
+    buffers[(uintptr_t)p] = Buffer{(uintptr_t)p, (uintptr_t)p + size, (Record *)m};
+    ++buffers_version;
+}
+
+void untrack(const void *p) {
+    std::lock_guard<std::mutex> g(buffers_lock);
+    auto it = buffers.find((uintptr_t)p);
+    if (it == buffers.end()) return;
+    munmap(it->second.shadow, shadow_bytes(it->second.end - it->second.begin));
+    buffers.erase(it);
+    ++buffers_version;
+}
+
+void begin_launch(const KernelEntry *k) {
+    if (!kernels_instrumented) return;
+    kernel = k;
+    {
+        std::lock_guard<std::mutex> g(buffers_lock);
+        if (snapshot_version != buffers_version) {
+            snapshot.clear();
+            for (const auto &[begin, b] : buffers) snapshot.push_back(b);
+            snapshot_version = buffers_version;
+        }
+    }
+    for (Buffer &b : recent) b = Buffer{0, 0, nullptr}; // a buffer may have been freed since
+    gap_begin = gap_end = 0;
+    const size_t shared = (size_t)(k->shared_end - k->shared_begin);
+    if (shared_shadow.size() < shared / GRANULE + 1) shared_shadow.resize(shared / GRANULE + 1);
+    phase_block.clear();
+    launch_first = phase + 1;
+    active = true;
+}
+
+void begin_block(unsigned long long linear) {
+    if (!active) return;
+    next_phase((uint32_t)linear);
+    block_first = phase;
+}
+
+void barrier() {
+    if (active) next_phase(phase_block.back());
+}
+
+void end_launch() { active = false; }
+
+} // namespace emu::race
+
+namespace emu {
+void atomic_access(const void *p, int bytes) {
+    if (race::active) race::access(p, (size_t)bytes, race::ATOMIC_RMW);
+}
+} // namespace emu
+
+// ---- the ThreadSanitizer ABI that -fsanitize=thread compiles calls to --------------------------------------
+
+using emu::race::access;
+using emu::race::active;
+using emu::race::READ;
+using emu::race::WRITE;
+
+#define EMU_TSAN_ACCESS(N)                                                                                       \
+    void __tsan_read##N(void *p) {                                                                                \
+        if (active) access(p, N, READ);                                                                           \
+    }                                                                                                             \
+    void __tsan_write##N(void *p) {                                                                               \
+        if (active) access(p, N, WRITE);                                                                          \
+    }                                                                                                             \
+    void __tsan_unaligned_read##N(void *p) {                                                                      \
+        if (active) access(p, N, READ);                                                                           \
+    }                                                                                                             \
+    void __tsan_unaligned_write##N(void *p) {                                                                     \
+        if (active) access(p, N, WRITE);                                                                          \
+    }
+
+extern "C" {
+void __tsan_init() { emu::race::kernels_instrumented = true; }
+void __tsan_func_entry(void *) {}
+void __tsan_func_exit() {}
+EMU_TSAN_ACCESS(1)
+EMU_TSAN_ACCESS(2)
+EMU_TSAN_ACCESS(4)
+EMU_TSAN_ACCESS(8)
+EMU_TSAN_ACCESS(16)
+void __tsan_read_range(void *p, unsigned long n) {
+    if (active) access(p, n, READ);
+}
+void __tsan_write_range(void *p, unsigned long n) {
+    if (active) access(p, n, WRITE);
+}
+void __tsan_vptr_update(void **, void *) {}
+void __tsan_vptr_read(void **) {}
+}
