@@ -970,7 +970,7 @@ static void run_grid(const KernelEntry *entry, const std::function<void()> &call
     const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
     reverse = reverse_order();
     const size_t shared = entry->shared_end - entry->shared_begin;
-    race::begin_launch(entry);
+    race::begin_launch(entry, grid, block);
     for (unsigned long long k = 0; k < blocks; ++k) {
         const unsigned long long b = reverse ? blocks - 1 - k : k;
         blockIdx = Dim3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};

@@ -4,8 +4,8 @@
 // `__tsan_read4(p)`, `__tsan_write8(p)`, ... before every memory access. Those functions are ours
 // (racecheck.cpp), not ThreadSanitizer's runtime: they record, per launch, which CUDA thread (block, thread,
 // barrier phase) read or wrote each byte of device and shared memory, and stop at the first two accesses that
-// a GPU could run in either order. In the plain build nothing calls them and every function here returns at
-// once.
+// a GPU could run in either order. In the plain build nothing calls them (the instrumented kernels' constructor
+// calls `__tsan_init`, which turns the check on) and every function here returns at once.
 #pragma once
 
 #include <cstddef>
@@ -15,15 +15,13 @@
 
 namespace emu::race {
 
-/// True when the kernels were compiled with the race instrumentation (their constructor called
-/// `__tsan_init`): launches are then checked.
-bool instrumented();
 /// Device memory `[p, p + size)` is a buffer accesses are checked against (cuMemAlloc).
 void track(const void *p, size_t size);
 /// The buffer at `p` is freed (cuMemFree): its records go.
 void untrack(const void *p);
-/// A launch of `kernel` starts: records of earlier launches no longer count.
-void begin_launch(const KernelEntry *kernel);
+/// A launch of `kernel` over `grid` x `block` starts: records of earlier launches no longer count. Whether it
+/// is checked at all is sampled per launch shape (racecheck.cpp).
+void begin_launch(const KernelEntry *kernel, Dim3 grid, Dim3 block);
 /// Block `linear` (its index in launch order's numbering, x fastest) starts: barrier phase 0, fresh shared
 /// memory records.
 void begin_block(unsigned long long linear);
