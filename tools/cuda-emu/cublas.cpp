@@ -157,8 +157,27 @@ cublasStatus_t cublasSgemmStridedBatched(void *h, int ta, int tb, int m, int n, 
     return gemm(h, ta, tb, m, n, k, *alpha, a, R_32F, lda, sa, b, R_32F, ldb, sb, *beta, c, R_32F, ldc, sc, batch);
 }
 
-// computeType must be one of the 32F kinds (alpha and beta are then f32).
-static bool f32_compute(int t) { return t == 0 || t == 68 || t == 69 || t == 74 || t == 75 || t == 76 || t == 77; }
+// cuBLAS' table of type combinations for the Ex GEMMs with an f32 compute type (alpha and beta are then f32):
+// CUBLAS_COMPUTE_32F / _PEDANTIC (68, 69; 0 is the pre-11 CUDA_R_32F spelling) take A = B in f32, f16 or bf16
+// with C the same type or f32; the FAST kinds (74 FAST_16F, 75 FAST_16BF, 77 FAST_TF32) take f32 only. Anything else is CUBLAS_STATUS_NOT_SUPPORTED on a GPU, so here too
+// (the f64-accumulating stand-in could compute any mix, and would hide a call that a GPU refuses).
+static bool supported(int atype, int btype, int ctype, int compute) {
+    if (atype != btype) return false;
+    switch (compute) {
+    case 0:
+    case 68:
+    case 69: return (atype == R_32F || atype == R_16F || atype == R_16BF) && (ctype == atype || ctype == R_32F);
+    case 74:
+    case 75:
+    case 77: return atype == R_32F && ctype == R_32F;
+    }
+    return false;
+}
+static cublasStatus_t refuse(const char *call, int atype, int btype, int ctype, int compute) {
+    fprintf(stderr, "cuda-emu cuBLAS: %s: types A=%d B=%d C=%d with compute type %d are not a supported combination\n",
+            call, atype, btype, ctype, compute);
+    return NOT_SUPPORTED;
+}
 
 // f32 inputs of a TF32 product are read as TF32.
 static int tf32_input(int type, int compute) { return type == R_32F && compute == COMPUTE_32F_FAST_TF32 ? R_TF32 : type; }
@@ -166,7 +185,7 @@ static int tf32_input(int type, int compute) { return type == R_32F && compute =
 cublasStatus_t cublasGemmEx(void *h, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
                             int atype, int lda, const void *b, int btype, int ldb, const void *beta, void *c,
                             int ctype, int ldc, int compute, int) {
-    if (!f32_compute(compute)) return NOT_SUPPORTED;
+    if (!supported(atype, btype, ctype, compute)) return refuse("cublasGemmEx", atype, btype, ctype, compute);
     atype = tf32_input(atype, compute);
     btype = tf32_input(btype, compute);
     return gemm(h, ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, 0, b, btype, ldb, 0, *(const float *)beta,
@@ -177,7 +196,8 @@ cublasStatus_t cublasGemmStridedBatchedEx(void *h, int ta, int tb, int m, int n,
                                           const void *a, int atype, int lda, long long sa, const void *b,
                                           int btype, int ldb, long long sb, const void *beta, void *c, int ctype,
                                           int ldc, long long sc, int batch, int compute, int) {
-    if (!f32_compute(compute)) return NOT_SUPPORTED;
+    if (!supported(atype, btype, ctype, compute))
+        return refuse("cublasGemmStridedBatchedEx", atype, btype, ctype, compute);
     atype = tf32_input(atype, compute);
     btype = tf32_input(btype, compute);
     return gemm(h, ta, tb, m, n, k, *(const float *)alpha, a, atype, lda, sa, b, btype, ldb, sb,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds and runs cuda-emu's own test (selftest.cpp): right kernels give right results, and each bug the
-# emulator promises to catch (out-of-bounds access, divergent barrier, shuffle from an exited lane, bad launch
-# geometry, and with instrumented kernels each kind of race) is caught. usage: tools/cuda-emu/selftest.sh [BUILD_DIR]
+# Builds and runs cuda-emu's own tests: right kernels give right results, and each bug the emulator promises
+# to catch (out-of-bounds access, divergent barrier, shuffle from an exited lane, bad launch geometry, and with
+# instrumented kernels each kind of race) is caught (selftest.cpp); its cuBLAS computes the type combinations
+# cuBLAS supports and refuses the rest (selftest_cublas.cpp). usage: tools/cuda-emu/selftest.sh [BUILD_DIR]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$(mktemp -d)}"
@@ -15,3 +16,6 @@ flags=(-std=c++20 -O1 -g -pthread -ffp-contract=off -I"$here/include")
     -c -o "$out/selftest-race.o" "$here/selftest.cpp"
 "$cxx" "${flags[@]}" -o "$out/cuda-emu-selftest-race" "$here/driver.cpp" "$here/racecheck.cpp" "$out/selftest-race.o"
 "$out/cuda-emu-selftest-race"
+# The cuBLAS stand-in alone: supported type combinations compute, the rest are refused as cuBLAS refuses them.
+"$cxx" "${flags[@]}" -o "$out/cuda-emu-selftest-cublas" "$here/cublas.cpp" "$here/selftest_cublas.cpp" -ldl
+"$out/cuda-emu-selftest-cublas"
