@@ -191,11 +191,30 @@ inline void check(Record &r, uint32_t first, Kind kind, unsigned t, uintptr_t p,
     r.write_thread = (uint16_t)(t | (kind == ATOMIC_RMW ? ATOMIC : 0));
 }
 
-inline void access(const void *address, size_t bytes, Kind kind) {
+// A GPU requires every access of a scalar type to be aligned to its size, and faults on one that is not
+// (CUDA_ERROR_MISALIGNED_ADDRESS); x86 does not care, so the emulator says it. `where` is null for shared
+// memory.
+[[noreturn]] __attribute__((noinline)) void misaligned(Kind kind, uintptr_t p, size_t bytes, const Buffer *where) {
+    const Dim3 b = block_of(phase_block[phase - launch_first]), t = thread_of(linear_tid());
+    fprintf(stderr,
+            "cuda-emu: kernel %s (%s): block (%u,%u,%u) thread (%u,%u,%u) %s %zu bytes at byte %zu of %s, not "
+            "aligned to %zu (a GPU faults: CUDA_ERROR_MISALIGNED_ADDRESS)\n",
+            kernel->name, kernel->source, b.x, b.y, b.z, t.x, t.y, t.z,
+            kind == READ ? "reads" : kind == WRITE ? "writes" : "atomically updates", bytes,
+            (size_t)(p - (where ? where->begin : (uintptr_t)kernel->shared_begin)),
+            where ? "a device buffer" : "the source's __shared__ memory", bytes);
+    fflush(stderr);
+    abort();
+}
+
+// One access of `bytes` at `address`; `aligned` when the compiler emitted it as a naturally aligned access
+// (the `__tsan_readN` hooks, atomics), which a GPU would fault on if it were not.
+inline void access(const void *address, size_t bytes, Kind kind, bool aligned) {
     const uintptr_t p = (uintptr_t)address;
     if (p - (uintptr_t)__start_emu_builtins < (uintptr_t)(__stop_emu_builtins - __start_emu_builtins)) return;
     const uintptr_t shared_begin = (uintptr_t)kernel->shared_begin;
     if (p - shared_begin < (uintptr_t)kernel->shared_end - shared_begin) {
+        if (aligned && (p & (bytes - 1))) misaligned(kind, p, bytes, nullptr);
         const unsigned t = linear_tid();
         const uintptr_t end = (uintptr_t)kernel->shared_end;
         for (uintptr_t q = p & ~(uintptr_t)(GRANULE - 1); q < p + bytes && q < end; q += GRANULE)
@@ -205,6 +224,7 @@ inline void access(const void *address, size_t bytes, Kind kind) {
     const Buffer *buffer = nullptr;
     Record *r = global_record(p, &buffer);
     if (!r) return;
+    if (aligned && (p & (bytes - 1))) misaligned(kind, p, bytes, buffer);
     const unsigned t = linear_tid();
     // Buffers start 16-byte aligned, so granules are aligned in them; an access never spans two buffers.
     for (uintptr_t q = p & ~(uintptr_t)(GRANULE - 1); q < p + bytes; q += GRANULE, ++r)
@@ -303,7 +323,7 @@ void end_launch() { active = false; }
 
 namespace emu {
 void atomic_access(const void *p, int bytes) {
-    if (race::active) race::access(p, (size_t)bytes, race::ATOMIC_RMW);
+    if (race::active) race::access(p, (size_t)bytes, race::ATOMIC_RMW, true);
 }
 } // namespace emu
 
@@ -316,16 +336,16 @@ using emu::race::WRITE;
 
 #define EMU_TSAN_ACCESS(N)                                                                                       \
     void __tsan_read##N(void *p) {                                                                                \
-        if (active) access(p, N, READ);                                                                           \
+        if (active) access(p, N, READ, true);                                                                     \
     }                                                                                                             \
     void __tsan_write##N(void *p) {                                                                               \
-        if (active) access(p, N, WRITE);                                                                          \
+        if (active) access(p, N, WRITE, true);                                                                    \
     }                                                                                                             \
     void __tsan_unaligned_read##N(void *p) {                                                                      \
-        if (active) access(p, N, READ);                                                                           \
+        if (active) access(p, N, READ, false);                                                                    \
     }                                                                                                             \
     void __tsan_unaligned_write##N(void *p) {                                                                     \
-        if (active) access(p, N, WRITE);                                                                          \
+        if (active) access(p, N, WRITE, false);                                                                   \
     }
 
 extern "C" {
@@ -338,10 +358,10 @@ EMU_TSAN_ACCESS(4)
 EMU_TSAN_ACCESS(8)
 EMU_TSAN_ACCESS(16)
 void __tsan_read_range(void *p, unsigned long n) {
-    if (active) access(p, n, READ);
+    if (active) access(p, n, READ, false);
 }
 void __tsan_write_range(void *p, unsigned long n) {
-    if (active) access(p, n, WRITE);
+    if (active) access(p, n, WRITE, false);
 }
 void __tsan_vptr_update(void **, void *) {}
 void __tsan_vptr_read(void **) {}

@@ -118,6 +118,10 @@ __global__ void half_per_thread(__half *out) {
     const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
     out[i] = __float2half((float)i);
 }
+// A float read 2 bytes into a buffer: fine on x86, a fault on a GPU.
+__global__ void misaligned_read(float *out, const char *base) {
+    if (threadIdx.x == 0) out[0] = *(const float *)(base + 2);
+}
 // In place: each thread reads and writes only its own element.
 __global__ void scale_in_place(float *x) { x[blockIdx.x * blockDim.x + threadIdx.x] *= 2.0f; }
 } // namespace race_cases
@@ -144,6 +148,7 @@ const emu::KernelEntry emu::KERNELS[] = {
     {"selftest", "flag_atomic", &emu::trampoline<&race_cases::flag_atomic>, false, 1024},
     {"selftest", "half_per_thread", &emu::trampoline<&race_cases::half_per_thread>, false, 1024},
     {"selftest", "scale_in_place", &emu::trampoline<&race_cases::scale_in_place>, false, 1024},
+    {"selftest", "misaligned_read", &emu::trampoline<&race_cases::misaligned_read>, false, 1024},
 };
 const int emu::KERNEL_COUNT = sizeof(emu::KERNELS) / sizeof(emu::KERNELS[0]);
 
@@ -165,7 +170,8 @@ static const char *PTX = ".visible .entry block_sum(\n.visible .entry out_of_bou
                          ".visible .entry blocks_write_one_slot(\n.visible .entry block_reads_anothers_write(\n"
                          ".visible .entry atomic_count(\n.visible .entry atomic_then_read(\n"
                          ".visible .entry flag_plain(\n.visible .entry flag_atomic(\n"
-                         ".visible .entry half_per_thread(\n.visible .entry scale_in_place(\n";
+                         ".visible .entry half_per_thread(\n.visible .entry scale_in_place(\n"
+                         ".visible .entry misaligned_read(\n";
 static int failures = 0;
 
 static void check(bool ok, const char *what) {
@@ -298,6 +304,15 @@ static void race_checks() {
               },
               "race in kernel flag_plain"),
           "setting a flag from many threads with plain stores is a race, even of one value");
+    check(aborts_with(
+              [] {
+                  unsigned long long out = device_floats(1, 0.0f), base = device_floats(4, 1.0f);
+                  void *a[] = {&out, &base};
+                  launch("misaligned_read", 1, 32, a);
+              },
+              "kernel misaligned_read (selftest): block (0,0,0) thread (0,0,0) reads 4 bytes at byte 2 of a device "
+              "buffer, not aligned to 4 (a GPU faults: CUDA_ERROR_MISALIGNED_ADDRESS)"),
+          "a misaligned access is caught, as a GPU faults on it");
     {
         unsigned long long count = device_floats(1, 0.0f);
         void *a[] = {&count};
