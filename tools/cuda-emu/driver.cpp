@@ -8,7 +8,7 @@
 // switch at barriers and warp shuffles. A stream's work is queued and runs only when something waits for it
 // (see "streams"), so a missing dependency between streams shows as stale data. What it checks that a GPU
 // would not report as clearly: launch geometry limits, barriers reached by only part of a block, shuffles
-// reading an exited lane, and reads past an allocation's end (each allocation ends at a guard page; fresh
+// reading an exited lane, and accesses outside an allocation (each allocation sits between guard pages; fresh
 // memory is filled with 0xff bytes, NaN as f32).
 //
 // With the kernels built instrumented (build.sh's racecheck driver), racecheck.cpp also reports every pair
@@ -326,14 +326,17 @@ static const size_t PAGE = 4096;
 
 static CUresult allocate(CUdeviceptr *out, size_t size) {
     const size_t body = (size + PAGE - 1) / PAGE * PAGE;
-    const size_t mapped = body + PAGE;
+    const size_t mapped = PAGE + body + PAGE;
     char *base = (char *)mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return 2; // CUDA_ERROR_OUT_OF_MEMORY
-    mprotect(base + body, PAGE, PROT_NONE);
-    // The allocation ends 16-byte aligned just before the guard page, so an overrun faults at once.
-    char *p = base + body - (size + 15) / 16 * 16;
-    memset(base, 0xff, body);
-    race::track(p, size);
+    // Guard pages on both sides. The allocation ends 16-byte aligned just before the back one, so an overrun
+    // faults at once; an index below zero faults once it passes the poisoned start of the body (the race
+    // checking driver catches both at the first byte).
+    mprotect(base, PAGE, PROT_NONE);
+    mprotect(base + PAGE + body, PAGE, PROT_NONE);
+    char *p = base + PAGE + body - (size + 15) / 16 * 16;
+    memset(base + PAGE, 0xff, body);
+    race::track(p, size, base + PAGE, base + PAGE + body);
     std::lock_guard<std::mutex> g(memory_lock);
     allocations[(CUdeviceptr)p] = Allocation{base, mapped, size};
     *out = (CUdeviceptr)p;

@@ -68,6 +68,7 @@ constexpr size_t GRANULE = 2;
 // A device buffer and its shadow (one Record per granule).
 struct Buffer {
     uintptr_t begin, end;
+    uintptr_t zone_begin, zone_end; // the poisoned bytes around it, its own: any access there is out of bounds
     Record *shadow;
 };
 
@@ -102,7 +103,8 @@ Dim3 block_of(uint32_t b) {
     return Dim3{b % gridDim.x, b / gridDim.x % gridDim.y, b / gridDim.x / gridDim.y};
 }
 
-// The granule's record for device address `p`, or null when `p` is in no device buffer; `where` is the buffer.
+// The granule's record for device address `p`, or null when `p` is in no device buffer; `where` is the buffer
+// (also when null is returned for an address in a buffer's zone: out of bounds).
 inline Record *global_record(uintptr_t p, const Buffer **where) {
     for (const Buffer &b : recent)
         if (p - b.begin < b.end - b.begin) {
@@ -110,19 +112,24 @@ inline Record *global_record(uintptr_t p, const Buffer **where) {
             return &b.shadow[(p - b.begin) / GRANULE];
         }
     if (p - gap_begin < gap_end - gap_begin) return nullptr;
-    size_t lo = 0, hi = snapshot.size(); // the first buffer beginning after p is at `lo`
+    size_t lo = 0, hi = snapshot.size(); // the first zone beginning after p is at `lo`
     while (lo < hi) {
         const size_t mid = (lo + hi) / 2;
-        if (snapshot[mid].begin <= p) lo = mid + 1;
+        if (snapshot[mid].zone_begin <= p) lo = mid + 1;
         else hi = mid;
     }
-    if (lo == 0 || p >= snapshot[lo - 1].end) {
-        gap_begin = lo == 0 ? 0 : snapshot[lo - 1].end;
-        gap_end = lo == snapshot.size() ? UINTPTR_MAX : snapshot[lo].begin;
+    if (lo == 0 || p >= snapshot[lo - 1].zone_end) {
+        gap_begin = lo == 0 ? 0 : snapshot[lo - 1].zone_end;
+        gap_end = lo == snapshot.size() ? UINTPTR_MAX : snapshot[lo].zone_begin;
+        return nullptr;
+    }
+    const Buffer &z = snapshot[lo - 1];
+    if (p - z.begin >= z.end - z.begin) {
+        *where = &z;
         return nullptr;
     }
     Buffer &b = recent[recent_next++ % RECENT];
-    b = snapshot[lo - 1];
+    b = z;
     *where = &b;
     return &b.shadow[(p - b.begin) / GRANULE];
 }
@@ -207,6 +214,26 @@ inline void check(Record &r, uint32_t first, Kind kind, unsigned t, uintptr_t p,
     abort();
 }
 
+// An access outside a buffer but next to it (the driver pads every allocation with poisoned bytes up to its
+// guard pages): a GPU may not fault there, but the access reads or overwrites what is not the kernel's. The
+// plain driver faults only at the guard pages; here the first byte out is caught.
+[[noreturn]] __attribute__((noinline)) void out_of_bounds(Kind kind, uintptr_t p, size_t bytes, const Buffer *b) {
+    const Dim3 bl = block_of(phase_block[phase - launch_first]), t = thread_of(linear_tid());
+    char where[96];
+    if (p < b->begin)
+        snprintf(where, sizeof where, "%zu bytes before the start", (size_t)(b->begin - p));
+    else
+        snprintf(where, sizeof where, "at byte %zu, past the end", (size_t)(p - b->begin));
+    fprintf(stderr,
+            "cuda-emu: kernel %s (%s): block (%u,%u,%u) thread (%u,%u,%u) %s %zu bytes %s of a %zu-byte device buffer "
+            "(out of bounds)\n",
+            kernel->name, kernel->source, bl.x, bl.y, bl.z, t.x, t.y, t.z,
+            kind == READ ? "reads" : kind == WRITE ? "writes" : "atomically updates", bytes, where,
+            (size_t)(b->end - b->begin));
+    fflush(stderr);
+    abort();
+}
+
 // One access of `bytes` at `address`; `aligned` when the compiler emitted it as a naturally aligned access
 // (the `__tsan_readN` hooks, atomics), which a GPU would fault on if it were not.
 inline void access(const void *address, size_t bytes, Kind kind, bool aligned) {
@@ -223,7 +250,11 @@ inline void access(const void *address, size_t bytes, Kind kind, bool aligned) {
     }
     const Buffer *buffer = nullptr;
     Record *r = global_record(p, &buffer);
-    if (!r) return;
+    if (!r) {
+        if (buffer) out_of_bounds(kind, p, bytes, buffer);
+        return;
+    }
+    if (p + bytes > buffer->end) out_of_bounds(kind, p, bytes, buffer);
     if (aligned && (p & (bytes - 1))) misaligned(kind, p, bytes, buffer);
     const unsigned t = linear_tid();
     // Buffers start 16-byte aligned, so granules are aligned in them; an access never spans two buffers.
@@ -243,7 +274,7 @@ void next_phase(uint32_t block) {
 
 } // namespace
 
-void track(const void *p, size_t size) {
+void track(const void *p, size_t size, const void *zone_begin, const void *zone_end) {
     if (!kernels_instrumented) return;
     // Zero pages (phase 0: before every launch), only the touched ones ever backed.
     void *m = mmap(nullptr, shadow_bytes(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
@@ -253,7 +284,8 @@ void track(const void *p, size_t size) {
         abort();
     }
     std::lock_guard<std::mutex> g(buffers_lock);
-    buffers[(uintptr_t)p] = Buffer{(uintptr_t)p, (uintptr_t)p + size, (Record *)m};
+    buffers[(uintptr_t)p] = Buffer{(uintptr_t)p, (uintptr_t)p + size, (uintptr_t)zone_begin, (uintptr_t)zone_end,
+                                   (Record *)m};
     ++buffers_version;
 }
 
@@ -298,7 +330,7 @@ void begin_launch(const KernelEntry *k, Dim3 grid, Dim3 block) {
             snapshot_version = buffers_version;
         }
     }
-    for (Buffer &b : recent) b = Buffer{0, 0, nullptr}; // a buffer may have been freed since
+    for (Buffer &b : recent) b = Buffer{0, 0, 0, 0, nullptr}; // a buffer may have been freed since
     gap_begin = gap_end = 0;
     const size_t shared = (size_t)(k->shared_end - k->shared_begin);
     if (shared_shadow.size() < shared / GRANULE + 1) shared_shadow.resize(shared / GRANULE + 1);

@@ -35,6 +35,10 @@ __global__ void block_sum(float *out, const float *in) {
 }
 // One element past the end of an n-element buffer.
 __global__ void out_of_bounds(float *out, size_t n) { out[n + threadIdx.x] = 1.0f; }
+// Thread 0 writes out[i] (any index, negative too).
+__global__ void write_at(float *out, long long i) {
+    if (threadIdx.x == 0) out[i] = 1.0f;
+}
 // The first warp waits at a barrier, the rest at a shuffle: a GPU would hang.
 __global__ void divergent_barrier(float *out) {
     if (threadIdx.x < 32) __syncthreads();
@@ -129,6 +133,7 @@ __global__ void scale_in_place(float *x) { x[blockIdx.x * blockDim.x + threadIdx
 const emu::KernelEntry emu::KERNELS[] = {
     {"selftest", "block_sum", &emu::trampoline<&cases::block_sum>, true, 1024},
     {"selftest", "out_of_bounds", &emu::trampoline<&cases::out_of_bounds>, false, 1024},
+    {"selftest", "write_at", &emu::trampoline<&cases::write_at>, false, 1024},
     {"selftest", "divergent_barrier", &emu::trampoline<&cases::divergent_barrier>, true, 1024},
     {"selftest", "shuffle_from_exited", &emu::trampoline<&cases::shuffle_from_exited>, true, 1024},
     // block_sum again, declared with __launch_bounds__(64).
@@ -171,7 +176,7 @@ static const char *PTX = ".visible .entry block_sum(\n.visible .entry out_of_bou
                          ".visible .entry atomic_count(\n.visible .entry atomic_then_read(\n"
                          ".visible .entry flag_plain(\n.visible .entry flag_atomic(\n"
                          ".visible .entry half_per_thread(\n.visible .entry scale_in_place(\n"
-                         ".visible .entry misaligned_read(\n";
+                         ".visible .entry misaligned_read(\n.visible .entry write_at(\n";
 static int failures = 0;
 
 static void check(bool ok, const char *what) {
@@ -306,6 +311,25 @@ static void race_checks() {
           "setting a flag from many threads with plain stores is a race, even of one value");
     check(aborts_with(
               [] {
+                  unsigned long long d = device_floats(64, 0.0f);
+                  long long i = -1;
+                  void *a[] = {&d, &i};
+                  launch("write_at", 1, 32, a);
+              },
+              "kernel write_at (selftest): block (0,0,0) thread (0,0,0) writes 4 bytes 4 bytes before the start of "
+              "a 256-byte device buffer (out of bounds)"),
+          "a write one element before a buffer is caught at once");
+    check(aborts_with(
+              [] {
+                  unsigned long long d = device_floats(3, 0.0f); // 12 bytes: 4 bytes of padding before the guard
+                  long long i = 3;
+                  void *a[] = {&d, &i};
+                  launch("write_at", 1, 32, a);
+              },
+              "writes 4 bytes at byte 12, past the end of a 12-byte device buffer (out of bounds)"),
+          "a write one element past a buffer that ends inside its page is caught at once");
+    check(aborts_with(
+              [] {
                   unsigned long long out = device_floats(1, 0.0f), base = device_floats(4, 1.0f);
                   void *a[] = {&out, &base};
                   launch("misaligned_read", 1, 32, a);
@@ -406,6 +430,14 @@ int main() {
               },
               "out_of_bounds (selftest) accessed"),
           "a write past an allocation's end is caught and names the kernel");
+    check(aborts_with(
+              [&] {
+                  long long i = -1100; // 4400 bytes before a 256-byte buffer: the guard page before it
+                  void *a[] = {&d64, &i};
+                  cuLaunchKernel(function("write_at"), 1, 1, 1, 32, 1, 1, 0, nullptr, a, nullptr);
+              },
+              "write_at (selftest) accessed"),
+          "a write far below an allocation's start is caught and names the kernel");
     check(aborts_with(
               [&] {
                   void *a[] = {&d64};
