@@ -828,14 +828,34 @@ CUresult cuMemFreeHost(void *p) {
     free(p);
     return SUCCESS;
 }
+// The driver checks that a copy's or memset's device range lies within one allocation (CUDA_ERROR_INVALID_VALUE
+// otherwise) instead of writing past it; so does this one, naming the call.
+static bool in_one_allocation(const char *call, CUdeviceptr d, size_t n) {
+    if (n == 0) return true;
+    {
+        std::lock_guard<std::mutex> g(memory_lock);
+        auto it = allocations.upper_bound(d);
+        if (it != allocations.begin()) {
+            --it;
+            if (d >= it->first && n <= it->second.size && d - it->first <= it->second.size - n) return true;
+        }
+    }
+    fprintf(stderr, "cuda-emu: %s: %zu bytes at device address 0x%llx are not within one allocation\n", call, n, d);
+    return false;
+}
+#define DEVICE_RANGE(d, n)                                                                                       \
+    if (!in_one_allocation(__func__, d, n)) return INVALID_VALUE
+
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *h, size_t n) {
     NOTE();
+    DEVICE_RANGE(d, n);
     flush_blocking();
     memcpy((void *)d, h, n);
     return SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
     NOTE();
+    DEVICE_RANGE(d, n);
     if (emu_stream::no_compute()) { // a DMA transfer on a GPU: no host time
         enqueue(s, [] {});
     } else if (is_pinned(h)) {
@@ -848,12 +868,14 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
 }
 CUresult cuMemcpyDtoH_v2(void *h, CUdeviceptr d, size_t n) {
     NOTE();
+    DEVICE_RANGE(d, n);
     flush_blocking();
     memcpy(h, (const void *)d, n);
     return SUCCESS;
 }
 CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *s) {
     NOTE();
+    DEVICE_RANGE(d, n);
     if (is_pinned(h)) {
         enqueue(s, [h, d, n] { memcpy(h, (const void *)d, n); });
     } else { // into pageable memory the copy returns only once done
@@ -864,12 +886,16 @@ CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *s) {
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr src, size_t n) {
     NOTE();
+    DEVICE_RANGE(d, n);
+    DEVICE_RANGE(src, n);
     flush_blocking();
     memmove((void *)d, (const void *)src, n);
     return SUCCESS;
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
     NOTE();
+    DEVICE_RANGE(d, n);
+    DEVICE_RANGE(src, n);
     if (emu_stream::no_compute())
         enqueue(s, [] {});
     else
@@ -878,12 +904,14 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s)
 }
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
     NOTE();
+    DEVICE_RANGE(d, n);
     flush_blocking();
     memset((void *)d, v, n);
     return SUCCESS;
 }
 CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
     NOTE();
+    DEVICE_RANGE(d, n);
     if (emu_stream::no_compute())
         enqueue(s, [] {});
     else
@@ -895,12 +923,16 @@ static void fill32(CUdeviceptr d, unsigned v, size_t n) {
 }
 CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
     NOTE();
+    DEVICE_RANGE(d, 4 * n);
+    if (d % 4) return INVALID_VALUE; // D32 needs a 4-byte aligned address
     flush_blocking();
     fill32(d, v, n);
     return SUCCESS;
 }
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
     NOTE();
+    DEVICE_RANGE(d, 4 * n);
+    if (d % 4) return INVALID_VALUE; // D32 needs a 4-byte aligned address
     if (emu_stream::no_compute())
         enqueue(s, [] {});
     else

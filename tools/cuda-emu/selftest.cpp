@@ -162,6 +162,7 @@ int cuInit(unsigned);
 int cuMemAlloc_v2(unsigned long long *, size_t);
 int cuMemcpyHtoD_v2(unsigned long long, const void *, size_t);
 int cuMemcpyDtoH_v2(void *, unsigned long long, size_t);
+int cuMemsetD32_v2(unsigned long long, unsigned, size_t);
 int cuModuleLoadData(void **, const void *);
 int cuModuleGetFunction(void **, void *, const char *);
 int cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **,
@@ -415,6 +416,19 @@ int main() {
         cuLaunchKernel(function("reads_slot_one"), 1, 1, 1, 64, 1, 1, 0, nullptr, a, nullptr);
         cuMemcpyDtoH_v2(out, d, sizeof out);
         check(written && out[0] != out[0], "a shared slot no thread of the block wrote reads as NaN");
+    }
+
+    // Copies and memsets must stay within one allocation, as the driver checks.
+    {
+        unsigned long long d = device_floats(64, 0.0f);
+        std::vector<float> host(65, 1.0f);
+        check(cuMemcpyHtoD_v2(d, host.data(), 64 * sizeof(float)) == 0 &&
+                  cuMemcpyHtoD_v2(d + 4, host.data(), 63 * sizeof(float)) == 0,
+              "copies within an allocation are accepted");
+        check(cuMemcpyHtoD_v2(d, host.data(), 65 * sizeof(float)) == 1 &&
+                  cuMemcpyDtoH_v2(host.data(), d + 8, 63 * sizeof(float)) == 1,
+              "a copy running past an allocation's end is refused (invalid value)");
+        check(cuMemsetD32_v2(d + 2, 0u, 4) == 1, "a 32-bit memset at an unaligned address is refused");
     }
 
     // Bugs, each in a child process (writing into a buffer of 64 floats).
