@@ -37,6 +37,7 @@
 #include <sys/mman.h>
 
 #include <map>
+#include <string>
 #include <tuple>
 #include <mutex>
 #include <vector>
@@ -138,27 +139,40 @@ size_t shadow_bytes(size_t size) { return (size / GRANULE + 1) * sizeof(Record);
 
 enum Kind { READ, WRITE, ATOMIC_RMW };
 
-[[noreturn]] __attribute__((noinline)) void report(Kind kind, uintptr_t p, const Buffer *buffer,
-                                                   uint32_t other_phase, unsigned other_thread,
-                                                   const char *other_what) {
-    const char *what = kind == READ ? "reads" : kind == WRITE ? "writes" : "atomically updates";
-    const uint32_t other_block = phase_block[other_phase - launch_first];
+// Stops the run: "cuda-emu: <prefix>kernel K (source): block (b) thread (t) <verb> " and the rest.
+[[noreturn]] __attribute__((noinline, format(printf, 3, 4))) void stop(const char *prefix, Kind kind,
+                                                                      const char *rest, ...) {
     const Dim3 b = block_of(phase_block[phase - launch_first]), t = thread_of(linear_tid());
-    const Dim3 ob = block_of(other_block), ot = thread_of(other_thread);
-    char place[160];
-    if (buffer)
-        snprintf(place, sizeof place, "byte %zu of a %zu-byte device buffer",
-                 (size_t)(p - buffer->begin), (size_t)(buffer->end - buffer->begin));
-    else
-        snprintf(place, sizeof place, "byte %zu of the source's __shared__ memory",
-                 (size_t)(p - (uintptr_t)kernel->shared_begin));
-    fprintf(stderr,
-            "cuda-emu: race in kernel %s (%s): block (%u,%u,%u) thread (%u,%u,%u) %s %s, which block (%u,%u,%u) "
-            "thread (%u,%u,%u) %s %s (nothing orders the two on a GPU)\n",
-            kernel->name, kernel->source, b.x, b.y, b.z, t.x, t.y, t.z, what, place, ob.x, ob.y, ob.z, ot.x, ot.y,
-            ot.z, other_what, other_phase < block_first ? "in the same launch" : "with no __syncthreads between");
+    fprintf(stderr, "cuda-emu: %skernel %s (%s): block (%u,%u,%u) thread (%u,%u,%u) %s ", prefix, kernel->name,
+            kernel->source, b.x, b.y, b.z, t.x, t.y, t.z,
+            kind == READ ? "reads" : kind == WRITE ? "writes" : "atomically updates");
+    va_list ap;
+    va_start(ap, rest);
+    vfprintf(stderr, rest, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
     fflush(stderr);
     abort();
+}
+
+// Where `p` is, for a message: `buffer` is null for shared memory.
+std::string place(uintptr_t p, const Buffer *buffer) {
+    char text[160];
+    if (buffer)
+        snprintf(text, sizeof text, "byte %zu of a %zu-byte device buffer", (size_t)(p - buffer->begin),
+                 (size_t)(buffer->end - buffer->begin));
+    else
+        snprintf(text, sizeof text, "byte %zu of the source's __shared__ memory",
+                 (size_t)(p - (uintptr_t)kernel->shared_begin));
+    return text;
+}
+
+[[noreturn]] void report(Kind kind, uintptr_t p, const Buffer *buffer, uint32_t other_phase, unsigned other_thread,
+                         const char *other_what) {
+    const Dim3 ob = block_of(phase_block[other_phase - launch_first]), ot = thread_of(other_thread);
+    stop("race in ", kind, "%s, which block (%u,%u,%u) thread (%u,%u,%u) %s %s (nothing orders the two on a GPU)",
+         place(p, buffer).c_str(), ob.x, ob.y, ob.z, ot.x, ot.y, ot.z, other_what,
+         other_phase < block_first ? "in the same launch" : "with no __syncthreads between");
 }
 
 // One access by thread `t` in the running phase to the granule `r` at `p`; `first` is the first phase whose
@@ -199,39 +213,22 @@ inline void check(Record &r, uint32_t first, Kind kind, unsigned t, uintptr_t p,
 }
 
 // A GPU requires every access of a scalar type to be aligned to its size, and faults on one that is not
-// (CUDA_ERROR_MISALIGNED_ADDRESS); x86 does not care, so the emulator says it. `where` is null for shared
+// (CUDA_ERROR_MISALIGNED_ADDRESS); x86 does not care, so the emulator says it. `buffer` is null for shared
 // memory.
-[[noreturn]] __attribute__((noinline)) void misaligned(Kind kind, uintptr_t p, size_t bytes, const Buffer *where) {
-    const Dim3 b = block_of(phase_block[phase - launch_first]), t = thread_of(linear_tid());
-    fprintf(stderr,
-            "cuda-emu: kernel %s (%s): block (%u,%u,%u) thread (%u,%u,%u) %s %zu bytes at byte %zu of %s, not "
-            "aligned to %zu (a GPU faults: CUDA_ERROR_MISALIGNED_ADDRESS)\n",
-            kernel->name, kernel->source, b.x, b.y, b.z, t.x, t.y, t.z,
-            kind == READ ? "reads" : kind == WRITE ? "writes" : "atomically updates", bytes,
-            (size_t)(p - (where ? where->begin : (uintptr_t)kernel->shared_begin)),
-            where ? "a device buffer" : "the source's __shared__ memory", bytes);
-    fflush(stderr);
-    abort();
+[[noreturn]] void misaligned(Kind kind, uintptr_t p, size_t bytes, const Buffer *buffer) {
+    stop("", kind, "%zu bytes at %s, not aligned to %zu (a GPU faults: CUDA_ERROR_MISALIGNED_ADDRESS)", bytes,
+         place(p, buffer).c_str(), bytes);
 }
 
 // An access outside a buffer but next to it (the driver pads every allocation with poisoned bytes up to its
 // guard pages): a GPU may not fault there, but the access reads or overwrites what is not the kernel's. The
 // plain driver faults only at the guard pages; here the first byte out is caught.
-[[noreturn]] __attribute__((noinline)) void out_of_bounds(Kind kind, uintptr_t p, size_t bytes, const Buffer *b) {
-    const Dim3 bl = block_of(phase_block[phase - launch_first]), t = thread_of(linear_tid());
-    char where[96];
+[[noreturn]] void out_of_bounds(Kind kind, uintptr_t p, size_t bytes, const Buffer *b) {
     if (p < b->begin)
-        snprintf(where, sizeof where, "%zu bytes before the start", (size_t)(b->begin - p));
-    else
-        snprintf(where, sizeof where, "at byte %zu, past the end", (size_t)(p - b->begin));
-    fprintf(stderr,
-            "cuda-emu: kernel %s (%s): block (%u,%u,%u) thread (%u,%u,%u) %s %zu bytes %s of a %zu-byte device buffer "
-            "(out of bounds)\n",
-            kernel->name, kernel->source, bl.x, bl.y, bl.z, t.x, t.y, t.z,
-            kind == READ ? "reads" : kind == WRITE ? "writes" : "atomically updates", bytes, where,
-            (size_t)(b->end - b->begin));
-    fflush(stderr);
-    abort();
+        stop("", kind, "%zu bytes %zu bytes before the start of a %zu-byte device buffer (out of bounds)", bytes,
+             (size_t)(b->begin - p), (size_t)(b->end - b->begin));
+    stop("", kind, "%zu bytes at byte %zu, past the end of a %zu-byte device buffer (out of bounds)", bytes,
+         (size_t)(p - b->begin), (size_t)(b->end - b->begin));
 }
 
 // One access of `bytes` at `address`; `aligned` when the compiler emitted it as a naturally aligned access

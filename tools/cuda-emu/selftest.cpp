@@ -335,8 +335,8 @@ static void race_checks() {
                   void *a[] = {&out, &base};
                   launch("misaligned_read", 1, 32, a);
               },
-              "kernel misaligned_read (selftest): block (0,0,0) thread (0,0,0) reads 4 bytes at byte 2 of a device "
-              "buffer, not aligned to 4 (a GPU faults: CUDA_ERROR_MISALIGNED_ADDRESS)"),
+              "kernel misaligned_read (selftest): block (0,0,0) thread (0,0,0) reads 4 bytes at byte 2 of a 16-byte "
+              "device buffer, not aligned to 4 (a GPU faults: CUDA_ERROR_MISALIGNED_ADDRESS)"),
           "a misaligned access is caught, as a GPU faults on it");
     {
         unsigned long long count = device_floats(1, 0.0f);
