@@ -97,7 +97,7 @@ fn human(n: usize) -> String {
 }
 
 /// The memory-bound kernels of a training step over `n` elements: activations, the fused AdamW update,
-/// softmax + cross-entropy, layer norm, and a linear layer's forward GEMM.
+/// softmax + cross-entropy, layer norm, a linear layer's forward GEMM, and W2's second convolution.
 pub fn cpu_kernels(n: usize) -> Vec<BenchRow> {
     let mut rows = Vec::new();
     let x: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) / 125.0).collect();
@@ -172,6 +172,40 @@ pub fn cpu_kernels(n: usize) -> Vec<BenchRow> {
         bytes: 0.0,
         flops: 2.0 * (bt * c * oc) as f64,
     });
+    // The convolution of W2's second layer (32 -> 64 channels, 14x14, 3x3, padding 1) at up to W2's batch of
+    // 128, forward and backward (weight, bias and input gradients), as the GPU bench runs it at batch 512.
+    let (c, hw, oc) = (32, 14, 64);
+    let batch = (n / (c * hw * hw)).clamp(1, 128);
+    let g = ops::conv2d::Conv2dGeom {
+        n: batch,
+        c,
+        h: hw,
+        w: hw,
+        oc,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        padding: (1, 1),
+        dilation: (1, 1),
+        groups: 1,
+    };
+    let (p, kg) = (hw * hw, c * 9);
+    let inp: Vec<f32> = (0..batch * c * p).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
+    let (weight, bias) = (vec![0.01f32; oc * kg], vec![0.1f32; oc]);
+    let (mut out, mut col) = (vec![0.0f32; batch * oc * p], vec![0.0f32; g.col_len()]);
+    let flops = 2.0 * (batch * oc * p * kg) as f64;
+    let t = best_time(3, || ops::conv2d::conv2d_forward(&mut out, &inp, &weight, Some(&bias), &mut col, &g));
+    rows.push(BenchRow { name: format!("conv2d W2 forward [batch {batch}]"), seconds: t, bytes: 0.0, flops });
+    let (mut dinp, mut dweight, mut dbias) = (vec![0.0f32; inp.len()], vec![0.0f32; oc * kg], vec![0.0f32; oc]);
+    let t = best_time(3, || {
+        ops::conv2d::conv2d_backward(Some(&mut dinp), &mut dweight, Some(&mut dbias), &out, &inp, &weight, &mut col, &g)
+    });
+    rows.push(BenchRow {
+        name: format!("conv2d W2 backward [batch {batch}]"),
+        seconds: t,
+        bytes: 0.0,
+        flops: 2.0 * flops,
+    });
     rows
 }
 
@@ -184,7 +218,8 @@ mod tests {
     fn benchmarks_produce_rows() {
         let (copy, gemm) = cpu_ceilings(1 << 16);
         let rows = cpu_kernels(1 << 16);
-        assert!(rows.len() >= 7);
+        assert!(rows.len() >= 9);
+        assert!(rows.iter().any(|r| r.name.starts_with("conv2d W2 backward") && r.flops > 0.0));
         for r in rows.iter().chain([&copy, &gemm]) {
             assert!(r.seconds > 0.0 && r.seconds.is_finite(), "{r:?}");
             assert!(r.line(copy.gb_per_s(), gemm.gflop_per_s()).contains(if r.flops > 0.0 {

@@ -103,7 +103,9 @@ fn filled(gpu: &Gpu, n: usize, pattern: &[f32]) -> Result<CudaSlice<f32>, GpuErr
 
 /// Runs every benchmark once: the two ceilings first (`d2d_copy`, `sgemm_4096`), then the kernels at
 /// [`BENCH_ELEMENTS`] elements: GELU forward, fused AdamW, gradient clipping by norm (sum of squares and the
-/// scale) and its reduction alone, the f32 <-> f16 / bf16 casts, the AMP unscale + check, and the EMA update.
+/// scale) and its reduction alone, the f32 <-> f16 / bf16 casts, the AMP unscale + check, the EMA update,
+/// layer norm, bias gradient, attention softmax and heads at a ViT's shapes, softmax + cross-entropy over 1000
+/// classes, and the convolution of W2's second layer at batch 512.
 pub fn run_benchmarks(gpu: &Gpu) -> Result<Vec<BenchRow>, GpuError> {
     run_benchmarks_sized(gpu, BENCH_ELEMENTS, GEMM_N)
 }
@@ -332,6 +334,49 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
         rows.push(BenchRow::new(&name("softmax_ce_backward_v1000"), Work::Bytes(8 * len as u64), ms));
     }
 
+    // The convolution of W2's second layer (32 -> 64 channels, 14x14, 3x3, padding 1) at up to W2's GPU batch
+    // of 512 samples, with the whole batch's columns in the scratch as the device executor sizes it: im2col,
+    // the product and the bias forward; the weight, bias and input gradients backward. Rated against the
+    // GEMM ceiling, the gap is what im2col's traffic and the smaller products cost.
+    {
+        use crate::ops::conv2d::cuda::{conv2d_backward, conv2d_forward};
+        use crate::ops::conv2d::Conv2dGeom;
+        let (c, hw, oc) = (32, 14, 64);
+        let batch = (n / (c * hw * hw)).clamp(1, 512);
+        let g = Conv2dGeom {
+            n: batch,
+            c,
+            h: hw,
+            w: hw,
+            oc,
+            kh: 3,
+            kw: 3,
+            stride: (1, 1),
+            padding: (1, 1),
+            dilation: (1, 1),
+            groups: 1,
+        };
+        let (p, kg) = (hw * hw, c * 9);
+        let inp = filled(gpu, batch * c * p, &[0.25, -0.5, 1.0])?;
+        let (weight, bias) = (filled(gpu, oc * kg, &[0.01, -0.02, 0.03])?, filled(gpu, oc, &[0.1, -0.1])?);
+        let mut out = s.alloc_zeros::<f32>(batch * oc * p)?;
+        let mut col = s.alloc_zeros::<f32>(g.col_len().max(batch * kg * p))?;
+        let flops = 2 * (batch * oc * p * kg) as u64;
+        let ms = time_ms(gpu, || {
+            let (x, w, b) = (inp.as_view(), weight.as_view(), bias.as_view());
+            conv2d_forward(gpu, &mut out.as_view_mut(), &x, &w, Some(&b), &mut col.as_view_mut(), &g)
+        })?;
+        rows.push(BenchRow::new(&format!("conv2d_w2_forward_b{batch}"), Work::Flops(flops), ms));
+        let (mut dinp, mut dweight, mut dbias) =
+            (s.alloc_zeros::<f32>(batch * c * p)?, s.alloc_zeros::<f32>(oc * kg)?, s.alloc_zeros::<f32>(oc)?);
+        let ms = time_ms(gpu, || {
+            let (dy, x, w) = (out.as_view(), inp.as_view(), weight.as_view());
+            let (mut dx, mut dw, mut db) = (dinp.as_view_mut(), dweight.as_view_mut(), dbias.as_view_mut());
+            conv2d_backward(gpu, Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, &mut col.as_view_mut(), &g)
+        })?;
+        rows.push(BenchRow::new(&format!("conv2d_w2_backward_b{batch}"), Work::Flops(2 * flops), ms));
+    }
+
     let (copy, sgemm) = (rows[0].rate, rows[1].rate);
     for r in rows.iter_mut().skip(2) {
         r.of_ceiling = Some(r.rate / if matches!(r.work, Work::Bytes(_)) { copy } else { sgemm });
@@ -373,7 +418,7 @@ mod tests {
         let rows = if gpu.info.is_emulated() { run_benchmarks_sized(gpu, 1 << 12, 64) } else { run_benchmarks(gpu) };
         let rows = rows.unwrap();
         eprintln!("{}", format_table(&rows));
-        assert_eq!(rows.len(), 21);
+        assert_eq!(rows.len(), 23);
         assert!(rows.iter().all(|r| r.ms > 0.0 && r.rate.is_finite() && r.rate > 0.0), "{rows:?}");
     }
 }
