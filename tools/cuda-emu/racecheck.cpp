@@ -28,7 +28,10 @@
 //
 // The hooks are the ThreadSanitizer ABI that `-fsanitize=thread` compiles calls to; this file provides it
 // instead of ThreadSanitizer's runtime, which is never linked. Accesses outside device buffers and shared
-// memory (the kernel's own stack, its bound arguments) are not device memory and are ignored.
+// memory (the kernel's own stack, its bound arguments) are not device memory and are ignored. Since the hooks
+// see every access's address and size, they also stop at two faults x86 forgives: a scalar access not aligned
+// to its size, and an access to the padding around a buffer. Which launches are checked is sampled per launch
+// shape (`sampled`).
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -37,9 +40,9 @@
 #include <sys/mman.h>
 
 #include <map>
+#include <mutex>
 #include <string>
 #include <tuple>
-#include <mutex>
 #include <vector>
 
 #include "emu_racecheck.h"
