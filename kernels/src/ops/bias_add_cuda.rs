@@ -46,15 +46,10 @@ pub fn bias_add_backward(
     if n == 0 || b == 0 {
         return Ok(());
     }
-    let partials = gpu.function(&CUDA, "bias_grad_partials_f32")?;
-    column_sums(gpu, dbias, b, n, |dst, per, direct, cfg| {
-        let mut l = gpu.launch_builder(&partials);
-        l.arg(dst).arg(dout).arg(&b).arg(&n).arg(&per).arg(&direct);
-        // SAFETY: (float*, const float*, size_t, size_t, size_t, int); dst holds n elements (direct) or one row
-        // of n per chunk, dout b*n elements.
-        unsafe { l.launch(cfg) }?;
-        Ok(())
-    })
+    match column_scratch_len(b, n) {
+        0 => column_sum_of(gpu, dbias, dout, b, n, None),
+        len => gpu.with_scratch(len, |parts| column_sum_of(gpu, dbias, dout, b, n, Some(parts))),
+    }
 }
 
 /// The two passes of a column sum onto `dbias` ([N]) over `[B, N]` (see `column_grid`): `pass1(dst, rows
@@ -66,19 +61,64 @@ pub(crate) fn column_sums(
     dbias: &mut CudaViewMut<f32>,
     b: usize,
     n: usize,
+    pass1: impl FnMut(&mut CudaViewMut<f32>, usize, i32, LaunchConfig) -> Result<(), GpuError>,
+) -> Result<(), GpuError> {
+    match column_scratch_len(b, n) {
+        0 => column_sums_in(gpu, dbias, b, n, None, pass1),
+        len => gpu.with_scratch(len, |parts| column_sums_in(gpu, dbias, b, n, Some(parts), pass1)),
+    }
+}
+
+/// Device scratch that [`column_sums_in`] needs over `[B, N]`: a row of N per chunk, none for one chunk.
+pub(crate) fn column_scratch_len(b: usize, n: usize) -> usize {
+    match column_grid(b, n) {
+        (_, 1, _) => 0,
+        (_, chunks, _) => chunks * n,
+    }
+}
+
+/// [`column_sums`] with the chunk sums in the caller's `parts` (at least [`column_scratch_len`] elements),
+/// for a caller that holds the device scratch already.
+pub(crate) fn column_sums_in(
+    gpu: &Gpu,
+    dbias: &mut CudaViewMut<f32>,
+    b: usize,
+    n: usize,
+    parts: Option<&mut CudaViewMut<f32>>,
     mut pass1: impl FnMut(&mut CudaViewMut<f32>, usize, i32, LaunchConfig) -> Result<(), GpuError>,
 ) -> Result<(), GpuError> {
     let (per, chunks, cfg) = column_grid(b, n);
     if chunks == 1 {
         return pass1(dbias, per, 1, cfg);
     }
+    let parts = parts.expect("column_sums_in: more than one chunk needs the parts scratch");
+    assert!(parts.len() >= chunks * n, "column_sums_in: parts must hold column_scratch_len elements");
     let sum = gpu.function(&CUDA, "bias_grad_sum_f32")?;
-    gpu.with_scratch(chunks * n, |parts| {
-        pass1(parts, per, 0, cfg)?;
-        let mut l = gpu.launch_builder(&sum);
-        l.arg(&mut *dbias).arg(&*parts).arg(&chunks).arg(&n);
-        // SAFETY: (float*, const float*, size_t, size_t); dbias holds n, parts chunks*n elements.
-        unsafe { l.launch(gpu.elementwise(n)) }?;
+    pass1(parts, per, 0, cfg)?;
+    let mut l = gpu.launch_builder(&sum);
+    l.arg(&mut *dbias).arg(&*parts).arg(&chunks).arg(&n);
+    // SAFETY: (float*, const float*, size_t, size_t); dbias holds n, parts at least chunks*n elements.
+    unsafe { l.launch(gpu.elementwise(n)) }?;
+    Ok(())
+}
+
+/// `dbias[j] += sum_i dout[i, j]` as [`bias_add_backward`] computes it, with the chunk sums in the caller's
+/// `parts` (at least [`column_scratch_len`]`(b, n)` elements; None when that is 0).
+pub(crate) fn column_sum_of(
+    gpu: &Gpu,
+    dbias: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    b: usize,
+    n: usize,
+    parts: Option<&mut CudaViewMut<f32>>,
+) -> Result<(), GpuError> {
+    let partials = gpu.function(&CUDA, "bias_grad_partials_f32")?;
+    column_sums_in(gpu, dbias, b, n, parts, |dst, per, direct, cfg| {
+        let mut l = gpu.launch_builder(&partials);
+        l.arg(dst).arg(dout).arg(&b).arg(&n).arg(&per).arg(&direct);
+        // SAFETY: (float*, const float*, size_t, size_t, size_t, int); dst holds n elements (direct) or one row
+        // of n per chunk, dout b*n elements.
+        unsafe { l.launch(cfg) }?;
         Ok(())
     })
 }

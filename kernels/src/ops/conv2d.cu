@@ -52,24 +52,24 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_bias_add_f32(fl
     FOR_EACH(i, total) out[i] += bias[(i / p) % oc];
 }
 
-// dbias[o] += sum over n and p of dout[n, o, p]: one block per channel (grid-stride over channels), a
-// fixed-order block reduction (deterministic).
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_bias_grad_f32(float *dbias, const float *dout, size_t n, size_t oc, size_t p) {
-    __shared__ float red[32];
-    for (size_t o = blockIdx.x; o < oc; o += gridDim.x) {
+// The bias gradient's first pass: sums[r] = sum_q dout[r * p + q] over the P pixels of each (sample, channel)
+// row r < N*OC; conv2d_cuda.rs then adds these [N, OC] sums per channel with the column sums of bias_add.cu.
+// A warp per row (P <= 1024) or a block per row, each in a fixed order: deterministic. (One block per channel
+// over all N*P values, with a 64-bit division per element, left all but OC multiprocessors idle.)
+template <bool WARP> __device__ void conv_bias_rowsum(float *sums, const float *dout, size_t rows, size_t p, float *red) {
+    const RowGroup<WARP> g;
+    for (size_t r = g.first(); r < rows; r += g.stride()) {
+        const float *row = dout + r * p;
         float acc = 0.0f;
-        for (size_t i = threadIdx.x; i < n * p; i += blockDim.x) acc += dout[((i / p) * oc + o) * p + i % p];
-        acc = block_sum(acc, red);
-        if (threadIdx.x == 0) dbias[o] += acc;
+        for (size_t q = g.lane(); q < p; q += g.lanes()) acc = __fadd_rn(acc, row[q]);
+        acc = WARP ? warp_sum(acc) : block_sum(acc, red);
+        if (g.lane() == 0) sums[r] = acc;
     }
 }
-
-// dweight[e] += sum_i parts[i * len + e] over `items` per-sample weight-gradient products, in sample order
-// (the same order for every launch geometry: deterministic).
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_weight_grad_sum_f32(float *dweight, const float *parts, size_t items, size_t len) {
-    FOR_EACH(e, len) {
-        float acc = 0.0f;
-        for (size_t i = 0; i < items; ++i) acc = __fadd_rn(acc, parts[i * len + e]);
-        dweight[e] = __fadd_rn(dweight[e], acc);
-    }
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_bias_rowsum_f32(float *sums, const float *dout, size_t rows, size_t p) {
+    __shared__ float red[32];
+    conv_bias_rowsum<false>(sums, dout, rows, p, red);
+}
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_bias_rowsum_warp_f32(float *sums, const float *dout, size_t rows, size_t p) {
+    conv_bias_rowsum<true>(sums, dout, rows, p, nullptr);
 }

@@ -937,8 +937,8 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
         "conv_im2col_f32",
         "conv_col2im_f32",
         "conv_bias_add_f32",
-        "conv_bias_grad_f32",
-        "conv_weight_grad_sum_f32",
+        "conv_bias_rowsum_f32",
+        "conv_bias_rowsum_warp_f32",
     ],
 };
 

@@ -7,18 +7,23 @@
 //! (stride 0):
 //! - forward: im2col, then `out_g[s] = W_g @ col[s]`; then the bias is added;
 //! - weight gradient: im2col, then `dW_g += sum_s dout_g[s] @ col[s]^T`: one strided-batched GEMM writes the
-//!   per-sample products into scratch and one kernel adds them in sample order (`weight_grad`);
+//!   per-sample products into scratch, and the column sums of `bias_add.cu` add them over samples, chunks of
+//!   samples in parallel and the chunk sums in order (`weight_grad`);
 //! - input gradient: `dcol[s] = W_g^T @ dout_g[s]` (batched), then col2im gathers it into `dinp` (overwrite);
-//! - bias gradient: one block per channel sums `dout` over samples and pixels.
+//! - bias gradient: each (sample, channel) row of pixels summed by a warp, then those sums added per channel
+//!   by the same column sums (`bias_grad`).
+//!
+//! Every reduction runs over a grid fixed by the shape, so results are deterministic.
 //!
 //! 1x1 stride-1 unpadded convolutions skip im2col / col2im: the input (or its gradient) is the column
 //! matrix.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{Conv2dGeom, CUDA};
-use crate::cuda::launch::BLOCK;
+use crate::cuda::launch::row_launch;
 use crate::cuda::{Gpu, GpuError};
+use crate::ops::bias_add::cuda::{column_scratch_len, column_sum_of};
 use crate::ops::gemm::cuda::gemm_strided_batched;
 
 /// The geometry as the kernels read it (`struct ConvDims` in conv2d.cu: same fields, same order).
@@ -219,8 +224,10 @@ const PARTIAL_CAP: usize = 16 << 20;
 
 /// `dw += sum_i go[i] @ x[i]^T` over `s` samples: go[i] is `[OCg, P]` at `i * go_stride`, x[i] is `[Kg, P]`
 /// at `i * x_stride`. One strided-batched product writes the per-sample products into the device scratch
-/// (at most `cap` elements: rounds of samples when they do not fit), and one kernel adds them to `dw` in
-/// sample order: two launches where a product per sample made `s`.
+/// (at most `cap` elements: rounds of samples when they do not fit), and the column sums over `[items, wg]`
+/// add them to `dw` (chunks of samples in parallel, the chunk sums in order): a few launches where a product
+/// per sample made `s`. (A thread per weight summing every sample, as before, ran 18,432 threads over 512
+/// dependent loads each for W2's second layer, and two blocks for its first.)
 fn weight_grad(
     gpu: &Gpu,
     dw: &mut CudaViewMut<f32>,
@@ -235,22 +242,45 @@ fn weight_grad(
         return gemm_strided_batched(gpu, 1, pl.ocg, pl.kg, pl.p, go, false, 0, x, true, 0, dw, 0, 1.0, 1.0);
     }
     let round = (cap / wg.max(1)).clamp(1, s);
-    let f = gpu.function(&CUDA, "conv_weight_grad_sum_f32")?;
     for i0 in (0..s).step_by(round) {
         let items = round.min(s - i0);
         let (go_i, x_i) = (go.slice(i0 * go_stride..), x.slice(i0 * x_stride..));
-        gpu.with_scratch(items * wg, |parts| {
+        // One scratch: the per-sample products, then the column sums' chunk rows.
+        let sums_len = column_scratch_len(items, wg);
+        gpu.with_scratch(items * wg + sums_len, |scratch| {
+            let (mut parts, mut sums) = scratch.split_at_mut(items * wg);
             gemm_strided_batched(
-                gpu, items, pl.ocg, pl.kg, pl.p, &go_i, false, go_stride, &x_i, true, x_stride, parts, wg, 1.0, 0.0,
+                gpu, items, pl.ocg, pl.kg, pl.p, &go_i, false, go_stride, &x_i, true, x_stride, &mut parts, wg, 1.0,
+                0.0,
             )?;
-            let mut l = gpu.launch_builder(&f);
-            l.arg(&mut *dw).arg(&*parts).arg(&items).arg(&wg);
-            // SAFETY: (float*, const float*, size_t, size_t); dw holds wg and parts items * wg elements.
-            unsafe { l.launch(gpu.elementwise(wg)) }?;
-            Ok(())
+            column_sum_of(gpu, dw, &parts.as_view(), items, wg, (sums_len > 0).then_some(&mut sums))
         })?;
     }
     Ok(())
+}
+
+/// `dbias[o] += sum over samples and pixels of dout[n, o, p]`: the sum of each (sample, channel) row of P
+/// pixels (`conv_bias_rowsum`), then those [N, OC] sums added per channel by the column sums of `bias_add.cu`.
+/// Both passes spread over the whole GPU and run in an order fixed by the shape: deterministic.
+fn bias_grad(
+    gpu: &Gpu,
+    dbias: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    g: &Conv2dGeom,
+    p: usize,
+) -> Result<(), GpuError> {
+    let rows = g.n * g.oc;
+    let sums_len = column_scratch_len(g.n, g.oc);
+    let (warp, cfg) = row_launch(rows, p);
+    let f = gpu.function(&CUDA, if warp { "conv_bias_rowsum_warp_f32" } else { "conv_bias_rowsum_f32" })?;
+    gpu.with_scratch(rows + sums_len, |scratch| {
+        let (mut row_sums, mut sums) = scratch.split_at_mut(rows);
+        let mut l = gpu.launch_builder(&f);
+        l.arg(&mut row_sums).arg(dout).arg(&rows).arg(&p);
+        // SAFETY: (float*, const float*, size_t, size_t); row_sums holds N*OC, dout N*OC*P elements.
+        unsafe { l.launch(cfg) }?;
+        column_sum_of(gpu, dbias, &row_sums.as_view(), g.n, g.oc, (sums_len > 0).then_some(&mut sums))
+    })
 }
 
 /// [`conv2d_backward`] with the weight-gradient scratch capped at `partial_cap` elements (tests force
@@ -283,13 +313,7 @@ fn conv2d_backward_capped(
         return Ok(());
     }
     if let Some(dbias) = dbias {
-        let f = gpu.function(&CUDA, "conv_bias_grad_f32")?;
-        let cfg =
-            LaunchConfig { grid_dim: (g.oc.min(1 << 16) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        let mut l = gpu.launch_builder(&f);
-        l.arg(dbias).arg(dout).arg(&g.n).arg(&g.oc).arg(&pl.p);
-        // SAFETY: (float*, const float*, size_t, size_t, size_t); dbias holds OC, dout N*OC*P elements.
-        unsafe { l.launch(cfg) }?;
+        bias_grad(gpu, dbias, dout, g, pl.p)?;
     }
     let wg = pl.ocg * pl.kg;
     let mut dinp = dinp;
@@ -371,7 +395,7 @@ mod tests {
     /// Forward and backward (dinp overwritten, dweight / dbias accumulated onto non-zero values) against
     /// the CPU for 3x3 "same", strided + padded, dilated, grouped, depthwise, pointwise (1x1) and
     /// rectangular kernels; batch 1, small batches and 11 samples (more than one chunk of `col`).
-    /// Tolerance: sums of Kg (<= 72) or N*P (<= 11*49) f32 products in different orders (cuBLAS may use
+    /// Tolerance: sums of Kg (<= 72) or N*P (<= 130*36) f32 products in different orders (cuBLAS may use
     /// FMA): error ~ sqrt(terms) * 6e-8 * sum|terms| < 1e-4 here, so atol 2e-4 + rtol 1e-4; a wrong tap
     /// or index is off by O(0.1).
     #[test]
@@ -386,6 +410,10 @@ mod tests {
             geom(3, 4, 6, 6, 8, (3, 3), (2, 1), (1, 1), (1, 1), 4),
             geom(11, 8, 5, 6, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
             geom(11, 3, 8, 7, 4, (5, 5), (2, 2), (2, 2), (1, 1), 1),
+            // Rows of more than 1024 pixels: the bias row sums take a block per row.
+            geom(2, 1, 33, 33, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+            // More than 64 samples: the bias and weight gradients' column sums run in several chunks.
+            geom(130, 2, 6, 6, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
         ];
         for g in cases {
             let (oh, ow) = g.out_hw().unwrap();
