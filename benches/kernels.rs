@@ -115,19 +115,7 @@ fn conv_maxpool_fused(c: &mut Criterion) {
     use ops::pool::{max_pool2d_backward, max_pool2d_forward, Pool2dGeom};
     for (name, ch, oc, hw) in [("w2_block1", 1, 32, 28), ("w2_block2", 32, 64, 14)] {
         let n = 128;
-        let g = Conv2dGeom {
-            n,
-            c: ch,
-            h: hw,
-            w: hw,
-            oc,
-            kh: 3,
-            kw: 3,
-            stride: (1, 1),
-            padding: (1, 1),
-            dilation: (1, 1),
-            groups: 1,
-        };
+        let g = Conv2dGeom::same_3x3(n, ch, hw, oc);
         let pg = Pool2dGeom { n, c: oc, h: hw, w: hw, kh: 2, kw: 2, stride: (2, 2), padding: (0, 0) };
         let (x, w, b) = (randn(n * ch * hw * hw, 20), randn(oc * ch * 9, 21), randn(oc, 22));
         let (full, pooled) = (n * oc * hw * hw, n * oc * (hw / 2) * (hw / 2));

@@ -176,19 +176,7 @@ pub fn cpu_kernels(n: usize) -> Vec<BenchRow> {
     // 128, forward and backward (weight, bias and input gradients), as the GPU bench runs it at batch 512.
     let (c, hw, oc) = (32, 14, 64);
     let batch = (n / (c * hw * hw)).clamp(1, 128);
-    let g = ops::conv2d::Conv2dGeom {
-        n: batch,
-        c,
-        h: hw,
-        w: hw,
-        oc,
-        kh: 3,
-        kw: 3,
-        stride: (1, 1),
-        padding: (1, 1),
-        dilation: (1, 1),
-        groups: 1,
-    };
+    let g = ops::conv2d::Conv2dGeom::same_3x3(batch, c, hw, oc);
     let (p, kg) = (hw * hw, c * 9);
     let inp: Vec<f32> = (0..batch * c * p).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
     let (weight, bias) = (vec![0.01f32; oc * kg], vec![0.1f32; oc]);

@@ -343,19 +343,7 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
         use crate::ops::conv2d::Conv2dGeom;
         let (c, hw, oc) = (32, 14, 64);
         let batch = (n / (c * hw * hw)).clamp(1, 512);
-        let g = Conv2dGeom {
-            n: batch,
-            c,
-            h: hw,
-            w: hw,
-            oc,
-            kh: 3,
-            kw: 3,
-            stride: (1, 1),
-            padding: (1, 1),
-            dilation: (1, 1),
-            groups: 1,
-        };
+        let g = Conv2dGeom::same_3x3(batch, c, hw, oc);
         let (p, kg) = (hw * hw, c * 9);
         let inp = filled(gpu, batch * c * p, &[0.25, -0.5, 1.0])?;
         let (weight, bias) = (filled(gpu, oc * kg, &[0.01, -0.02, 0.03])?, filled(gpu, oc, &[0.1, -0.1])?);

@@ -190,6 +190,24 @@ fn out_extent(size: usize, k: usize, stride: usize, pad: usize, dil: usize) -> O
 }
 
 impl Conv2dGeom {
+    /// A 3x3 convolution with stride 1 and padding 1 (the output keeps the input's size), no dilation or
+    /// groups, over `n` square `hw` x `hw` images of `c` channels into `oc`: the layers of the W2 CNN.
+    pub fn same_3x3(n: usize, c: usize, hw: usize, oc: usize) -> Conv2dGeom {
+        Conv2dGeom {
+            n,
+            c,
+            h: hw,
+            w: hw,
+            oc,
+            kh: 3,
+            kw: 3,
+            stride: (1, 1),
+            padding: (1, 1),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+
     /// Output spatial size `(OH, OW)`, or why the geometry is invalid: zero channels, kernel, stride,
     /// dilation, groups or input size, channels not divisible by `groups`, or a dilated kernel larger than
     /// the padded input (empty output).
