@@ -75,19 +75,7 @@ fn conv_pool(c: &mut Criterion) {
     use ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dGeom};
     use ops::pool::{max_pool2d_backward, max_pool2d_forward, Pool2dGeom};
     // The first W2 block at batch 128: Conv(1 -> 32, 3x3, pad 1) on 28x28, then MaxPool 2.
-    let g = Conv2dGeom {
-        n: 128,
-        c: 1,
-        h: 28,
-        w: 28,
-        oc: 32,
-        kh: 3,
-        kw: 3,
-        stride: (1, 1),
-        padding: (1, 1),
-        dilation: (1, 1),
-        groups: 1,
-    };
+    let g = Conv2dGeom::same_3x3(128, 1, 28, 32);
     let (x, w, b) = (randn(128 * 28 * 28, 10), randn(32 * 9, 11), randn(32, 12));
     let mut y = vec![0.0f32; 128 * 32 * 28 * 28];
     let mut col = vec![0.0f32; g.col_len()];
