@@ -1,6 +1,7 @@
 //! Mixed-precision state: the dynamic loss scale (torch's `GradScaler`), as a resource saved in checkpoints.
 
 use bevy_ecs::prelude::*;
+use ecstrain_kernels::optim::loss_scale::{update_scale, ScaleState, ScaleUpdate};
 
 /// Which reduced precision `run.amp` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,19 +36,26 @@ pub struct LossScaler {
 }
 
 impl LossScaler {
-    /// torch's update after one optimizer step whose unscaled gradients were all finite (or not).
+    /// torch's update after one optimizer step whose unscaled gradients were all finite (or not): the
+    /// state machine of [`update_scale`], which the device runs too.
     pub fn update(&mut self, finite: bool) {
-        if finite {
-            self.good_steps += 1;
-            if self.good_steps == self.growth_interval {
-                self.scale *= self.growth;
-                self.good_steps = 0;
-            }
-        } else {
-            self.scale *= self.backoff;
-            self.good_steps = 0;
+        let mut state = self.state();
+        update_scale(&mut state, !finite, &self.rule());
+        self.scale = state[0];
+        self.good_steps = state[1] as u64;
+        if !finite {
             self.skipped += 1;
         }
         self.skip_step = !finite;
+    }
+
+    /// `[scale, good_steps]`, the state the device keeps.
+    pub fn state(&self) -> ScaleState {
+        [self.scale, self.good_steps as f64]
+    }
+
+    /// How the scale moves.
+    pub fn rule(&self) -> ScaleUpdate {
+        ScaleUpdate { growth: self.growth, backoff: self.backoff, interval: self.growth_interval }
     }
 }

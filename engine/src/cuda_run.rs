@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{AmpMode, Buffers, Frozen, Graph, OptimizerState, ParamSlice, Params};
+use ecstrain_components::{AmpMode, Buffers, Frozen, Graph, LossScaler, OptimizerState, ParamSlice, Params};
 use ecstrain_kernels::cuda::{Gpu, MatmulPrecision};
 use ecstrain_kernels::Device;
 use ecstrain_systems::data::{Dataset, TrainLoader};
+use ecstrain_systems::device::amp::DeviceScaler;
 use ecstrain_systems::device::loss::{DeviceLoss, LossKind};
 use ecstrain_systems::device::state::GpuState;
 use ecstrain_systems::device::{support, ComputeDevice};
@@ -123,6 +124,13 @@ pub fn install(
         .and_then(|()| DeviceLoss::new(&gpu, kind, capacity));
         let dl = planned.map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the loss state: {e}"))?;
         world.insert_resource(dl);
+    }
+    // f16 loss scaling keeps its scale and decisions on the device (the scale goes up with the arenas).
+    if world.contains_resource::<LossScaler>() {
+        let scalars = world.resource::<OptimizerState>().scalars.len();
+        let scaler = DeviceScaler::new(&state.gpu, scalars)
+            .map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the loss-scale state: {e}"))?;
+        world.insert_resource(scaler);
     }
     world.insert_resource(state);
     world.insert_resource(ComputeDevice(device));

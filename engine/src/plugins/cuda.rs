@@ -11,7 +11,6 @@ use ecstrain_systems::device::reduce::{gpu_all_reduce_gradients, gpu_broadcast_b
 use ecstrain_systems::device::systems::*;
 use ecstrain_systems::logging::emit::{at_log_interval, emit_epoch_record, emit_train_record};
 use ecstrain_systems::optim::at_accumulation_boundary;
-use ecstrain_systems::optim::loss_scale::optimizer_step_due;
 use ecstrain_systems::parallel::is_data_parallel;
 use ecstrain_systems::sets::*;
 
@@ -35,8 +34,9 @@ impl Plugin for CudaPlugin {
                     .run_if(is_data_parallel.and_then(at_accumulation_boundary))
                     .in_set(StepSet::Reduce)
                     .before(gpu_clip_gradients),
+                // Every window's step is launched: under f16 loss scaling the device skips one that overflowed.
                 ecstrain_systems::device::optim::gpu_optimizer_update
-                    .run_if(optimizer_step_due)
+                    .run_if(at_accumulation_boundary)
                     .in_set(StepSet::Optimize),
                 gpu_zero_grads.run_if(at_accumulation_boundary).in_set(StepSet::Schedule),
             )

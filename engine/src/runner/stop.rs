@@ -7,6 +7,7 @@
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Clock, RunInfo, RunSettings, RunTimer, StopRequest};
 use ecstrain_systems::checkpoint::save_resume_point;
+use ecstrain_systems::device::amp::{gpu_settle_loss_scale, DeviceScaler};
 use ecstrain_systems::device::loss::{gpu_flush_train_loss, DeviceLoss};
 use ecstrain_systems::device::state::GpuState;
 use ecstrain_systems::device::systems::gpu_sync_down;
@@ -75,6 +76,13 @@ pub fn stop_run(app: &mut App, stop: Stop, checkpoint: bool) -> Result<(), Engin
             app.world
                 .run_system_cached(gpu_flush_train_loss)
                 .map_err(|e| EngineError::Run(format!("cannot read the training loss: {e}")))?;
+            check_failure(app)?;
+        }
+        // And the f16 loss scale and optimizer step count, which the host learns a window late.
+        if app.world.contains_resource::<DeviceScaler>() {
+            app.world
+                .run_system_cached(gpu_settle_loss_scale)
+                .map_err(|e| EngineError::Run(format!("cannot read the loss scale: {e}")))?;
             check_failure(app)?;
         }
         app.world

@@ -200,7 +200,8 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
 
     // Casts: 4 bytes in and 2 out (or the reverse) per element.
     {
-        use crate::ops::cast::cuda::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, unscale_and_check};
+        use crate::ops::cast::cuda::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+        use crate::optim::loss_scale::cuda::unscale_and_check;
         let cast_bytes = Work::Bytes(6 * n as u64);
         let mut h = gpu.stream().alloc_zeros::<half::f16>(n)?;
         let ms = time_ms(gpu, || f32_to_f16(gpu, &mut h.as_view_mut(), &a.as_view()))?;
@@ -214,9 +215,11 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
         let ms = time_ms(gpu, || bf16_to_f32(gpu, &mut b.as_view_mut(), &bh.as_view()))?;
         rows.push(BenchRow::new(&name("cast_bf16_to_f32"), cast_bytes, ms));
         drop(bh);
-        // Unscale by 1 / 1 = 1 would skip the writes; 1.0000001 keeps the data bounded over the iterations.
+        // Unscale by 1 / 1 = 1 would skip the writes; a factor of 1.0000001 keeps the data bounded over the
+        // iterations.
         let mut flag = gpu.stream().alloc_zeros::<f32>(1)?;
-        let ms = time_ms(gpu, || unscale_and_check(gpu, &mut b.as_view_mut(), 1.000_000_1, &mut flag.as_view_mut()))?;
+        let state = gpu.upload(&[1.0 / 1.000_000_1f64, 0.0])?;
+        let ms = time_ms(gpu, || unscale_and_check(gpu, &mut b.as_view_mut(), &state, &mut flag.as_view_mut()))?;
         rows.push(BenchRow::new(&name("amp_unscale_check"), f32_bytes(2), ms));
     }
 

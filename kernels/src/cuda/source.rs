@@ -46,6 +46,7 @@ pub static ALL: &[&KernelSource] = &[
     &crate::optim::clip::CUDA,
     &crate::optim::ema::CUDA,
     &crate::ops::cast::CUDA,
+    &crate::optim::loss_scale::CUDA,
     // the device executor (ViT / VQ-VAE ops)
     &crate::ops::token_mean::CUDA,
 ];

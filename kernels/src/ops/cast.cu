@@ -1,9 +1,9 @@
-// AMP helpers; the CPU twin is ops/cast.rs. Conversions between f32 and f16 / bf16 give the bits of the
+// AMP casts; the CPU twin is ops/cast.rs. Conversions between f32 and f16 / bf16 give the bits of the
 // `half` crate's from_f32 / to_f32: round to nearest even, overflow to infinity, subnormals kept, and NaNs
 // quieted with their payload truncated (f32 -> 16 bits) or widened (16 bits -> f32) exactly as `half` does
 // (the hardware conversions would return a canonical NaN instead). Storage is the raw 16-bit pattern.
 //
-// y, x: [n]. g: [n] gradients; found_inf: [1].
+// y, x: [n].
 
 __device__ __forceinline__ unsigned short f32_to_f16_bits(float x) {
     const unsigned u = __float_as_uint(x);
@@ -44,20 +44,4 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_f32_to_bf16(uns
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_bf16_to_f32(float *y, const unsigned short *x, size_t n) {
     FOR_EACH(i, n) y[i] = bf16_bits_to_f32(x[i]);
-}
-
-// torch's _amp_foreach_non_finite_check_and_unscale_: found_inf[0] = 1 if any gradient is inf or NaN
-// (checked before unscaling), and every gradient is multiplied by inv_scale unless it is exactly 1. The flag
-// is only ever set, never cleared (the caller zeroes it once per step), so several arenas can share it. Many
-// threads may set it in one launch: plain stores of the same value would be a data race (benign in practice,
-// but undefined in CUDA's memory model, and cuda-emu's race check rejects it), so the store is an atomic
-// exchange; it runs only when a non-finite value was seen.
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) unscale_check_f32(float *g, float inv_scale, float *found_inf, size_t n) {
-    bool found = false;
-    FOR_EACH(i, n) {
-        const float v = g[i];
-        if (!isfinite(v)) found = true;
-        if (inv_scale != 1.0f) g[i] = __fmul_rn(v, inv_scale);
-    }
-    if (found) atomicExch(found_inf, 1.0f);
 }

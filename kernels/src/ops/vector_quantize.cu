@@ -67,9 +67,17 @@ extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) vq_stats_f32(flo
     }
 }
 
-// dz = dout + zscale * (z - e[k*]) (overwrites).
+// The auxiliary losses' weight times the loss scale (the host's `weight * scale as f32`, then `* beta * 2/M`
+// or `* 2/M` in that order): under f16 autocast the scale lives on the device.
+__device__ __forceinline__ float vq_aux_weight(float weight, const double *loss_scale) {
+    return __fmul_rn(weight, (float)loss_scale[0]);
+}
+
+// dz = dout + zscale * (z - e[k*]) (overwrites), zscale = weight * scale * beta * 2/M.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) vq_backward_dz_f32(float *dz, const float *dout, const float *z, const float *codebook,
-                                              const unsigned int *indices, size_t n, size_t d, size_t p, float zscale) {
+                                              const unsigned int *indices, size_t n, size_t d, size_t p, float weight,
+                                              float beta, float two_over_m, const double *loss_scale) {
+    const float zscale = __fmul_rn(__fmul_rn(vq_aux_weight(weight, loss_scale), beta), two_over_m);
     FOR_EACH(i, n * d * p) {
         const size_t s = i / (d * p), j = (i / p) % d, pos = i % p;
         const float e = codebook[(size_t)indices[s * p + pos] * d + j];
@@ -78,10 +86,13 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) vq_backward_dz_f32(f
 }
 
 // dcodebook[c, j] += escale * (e[c, j] - z[n, j, p]) for every position assigned to code c, positions in
-// order, added straight onto the gradient as the CPU does: one thread per codebook element.
+// order, added straight onto the gradient as the CPU does: one thread per codebook element. escale = weight *
+// scale * 2/M.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) vq_backward_codebook_f32(float *dcodebook, const float *z, const float *codebook,
                                                     const unsigned int *indices, size_t n, size_t d, size_t p,
-                                                    size_t k, float escale) {
+                                                    size_t k, float weight, float two_over_m,
+                                                    const double *loss_scale) {
+    const float escale = __fmul_rn(vq_aux_weight(weight, loss_scale), two_over_m);
     FOR_EACH(e, k * d) {
         const size_t c = e / d, j = e % d;
         const float ev = codebook[e];

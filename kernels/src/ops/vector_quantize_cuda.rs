@@ -3,7 +3,7 @@
 //! gradients are the CPU's bits; the statistics (MSE, perplexity) go to a two-element device buffer
 //! instead of being returned, so the step does not synchronise.
 
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 use super::CUDA;
 use crate::cuda::{Gpu, GpuError};
@@ -60,8 +60,10 @@ pub fn vq_forward(
     Ok(())
 }
 
-/// VQ backward on the GPU (straight-through): `dz = dout + vq_weight * beta * 2 (z - e[k*]) / M`
-/// (overwrites), `dcodebook[k*] += vq_weight * 2 (e[k*] - z) / M` (accumulates), M = N*D*P.
+/// VQ backward on the GPU (straight-through): `dz = dout + w * beta * 2 (z - e[k*]) / M` (overwrites),
+/// `dcodebook[k*] += w * 2 (e[k*] - z) / M` (accumulates), M = N*D*P, with `w = vq_weight * loss_scale[0]`
+/// rounded to f32 as the host multiplies the weight by the scale (`loss_scale` is the device
+/// [`ScaleState`](crate::optim::loss_scale::ScaleState): `[1, 0]` outside f16 autocast).
 /// dz, dout, z: [N, D, P]; dcodebook, codebook: [K, D]; indices: [N*P] (in range: the forward wrote them).
 #[allow(clippy::too_many_arguments)]
 pub fn vq_backward(
@@ -78,6 +80,7 @@ pub fn vq_backward(
     k: usize,
     beta: f32,
     vq_weight: f32,
+    loss_scale: &CudaSlice<f64>,
 ) -> Result<(), GpuError> {
     let m = n * d * p;
     assert_eq!(dz.len(), m, "vq_backward: dz must be [N, D, P]");
@@ -89,18 +92,20 @@ pub fn vq_backward(
     if m == 0 {
         return Ok(());
     }
-    // The CPU's f32 scales, in its arithmetic.
+    assert!(!loss_scale.is_empty(), "vq_backward: loss_scale needs the scale");
+    // The CPU's f32 factors, in its arithmetic (the weight times the scale first, in the kernels).
     let two_over_m = (2.0 / m as f64) as f32;
-    let (zscale, escale) = (vq_weight * beta * two_over_m, vq_weight * two_over_m);
     let f = gpu.function(&CUDA, "vq_backward_dz_f32")?;
     let mut l = gpu.launch_builder(&f);
-    l.arg(dz).arg(dout).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p).arg(&zscale);
-    // SAFETY: (float*, const float* x3, const unsigned*, size_t x3, float); lengths checked.
+    l.arg(dz).arg(dout).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p);
+    l.arg(&vq_weight).arg(&beta).arg(&two_over_m).arg(loss_scale);
+    // SAFETY: (float*, const float* x3, const unsigned*, size_t x3, float x3, const double*); lengths checked.
     unsafe { l.launch(gpu.elementwise(m)) }?;
     let f = gpu.function(&CUDA, "vq_backward_codebook_f32")?;
     let mut l = gpu.launch_builder(&f);
-    l.arg(dcodebook).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p).arg(&k).arg(&escale);
-    // SAFETY: (float*, const float* x2, const unsigned*, size_t x4, float); lengths checked.
+    l.arg(dcodebook).arg(z).arg(codebook).arg(indices).arg(&n).arg(&d).arg(&p).arg(&k);
+    l.arg(&vq_weight).arg(&two_over_m).arg(loss_scale);
+    // SAFETY: (float*, const float* x2, const unsigned*, size_t x4, float x2, const double*); lengths checked.
     unsafe { l.launch(gpu.elementwise(k * d)) }?;
     Ok(())
 }
@@ -151,10 +156,15 @@ mod tests {
             assert_bitwise(&format!("{what} out"), &gpu.download(&out).unwrap(), &want);
             assert_close(&format!("{what} stats"), &gpu.download(&stats).unwrap(), &[st.mse, st.perplexity], 0.0, 1e-6);
 
+            // Outside autocast (scale 1), and under f16 loss scaling with the scale on the device (the CPU's
+            // weight is then the host's `weight * scale as f32`).
+            for (weight, scale) in [(0.8f32, 1.0f64), (0.8, 65536.0), (0.3, 1000.1)] {
             let (mut want_dz, mut want_dcb) = (vec![0.0f32; z.len()], dcb0.clone());
-            super::super::vq_backward(&mut want_dz, &mut want_dcb, &dout, &z, &cb, &want_idx, n, d, p, k, 0.25, 0.8);
+            let w = weight * scale as f32;
+            super::super::vq_backward(&mut want_dz, &mut want_dcb, &dout, &z, &cb, &want_idx, n, d, p, k, 0.25, w);
             let (dgo, didx) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_idx).unwrap());
             let (mut ddz, mut ddcb) = (poisoned(gpu, z.len()).unwrap(), gpu.upload(&dcb0).unwrap());
+            let state = gpu.upload(&[scale, 0.0]).unwrap();
             vq_backward(
                 gpu,
                 &mut ddz.as_view_mut(),
@@ -168,11 +178,14 @@ mod tests {
                 p,
                 k,
                 0.25,
-                0.8,
+                weight,
+                &state,
             )
             .unwrap();
+            let what = format!("{what} weight {weight} scale {scale}");
             assert_bitwise(&format!("{what} dz"), &gpu.download(&ddz).unwrap(), &want_dz);
             assert_bitwise(&format!("{what} dcodebook"), &gpu.download(&ddcb).unwrap(), &want_dcb);
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod adamax;
 pub mod adamw;
 pub mod clip;
 pub mod ema;
+pub mod loss_scale;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;

@@ -1,46 +1,155 @@
-//! f16 mixed precision's dynamic loss scaling on the device: the CUDA twin of
-//! [`unscale_gradients`](crate::optim::loss_scale::unscale_gradients).
+//! f16 mixed precision's dynamic loss scaling on the device, with no host wait per step: the CUDA twin of
+//! [`crate::optim::loss_scale`], the way torch's fused optimizers take GradScaler's `found_inf` and scale
+//! as device tensors.
 //!
-//! The loss gradient is scaled on the host before it goes up (the host system serves both devices); the
-//! device gradient arena is unscaled and checked in one launch, the flag copied down (one float: the step
-//! must know whether to skip), and on an overflow the arena is zeroed and the optimizer step skipped, as
-//! torch's GradScaler does.
+//! The scale lives in [`GpuState::loss_scale`] (`[scale, growth tracker]`, f64), and every decision of a
+//! window is taken on the device, in stream order:
+//! - backward: the loss gradient is multiplied by the scale ([`scale_output_gradient`], from `gpu_backward`,
+//!   as the host's `scale_loss_gradient` multiplies the host one), and so is the VQ layers' auxiliary weight
+//!   (inside their kernels);
+//! - reduce ([`gpu_unscale_gradients`]): the gradient arena is unscaled and checked into the `found_inf`
+//!   flag, then one launch zeroes the arena if the flag is set and moves the scale (torch's
+//!   `_amp_update_scale_`); the flag is copied into page-locked memory;
+//! - optimize: after the segment table goes up, a window that overflowed empties it on the device, so the
+//!   fused update changes nothing (`gpu_optimizer_update`).
+//!
+//! The host keeps [`LossScaler`] and the optimizer's step count as the checkpoint and the logs read them,
+//! one window behind: the next window's unscale (a step later, long after the device wrote the flag) reads
+//! the flag and applies it with the host's own arithmetic ([`DeviceScaler::settle`]): the scaler's update,
+//! and for a skipped step the step count and scalars (NAdam's `mu_product`) put back as they were before
+//! it. So the coefficients of every step the device takes are computed from the count of the steps it took.
+//! Before anything else reads them (a log record, validation's checkpoints, the epoch's end, the run's end,
+//! a stop) [`gpu_settle_loss_scale`] brings them up to date.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{LossScaler, RunFailure};
-use ecstrain_kernels::cuda::GpuError;
-use ecstrain_kernels::ops::cast::cuda::unscale_and_check;
+use ecstrain_components::{Graph, LossScaler, OptimizerState, RunFailure};
+use ecstrain_kernels::cuda::cudarc::driver::PinnedHostSlice;
+use ecstrain_kernels::cuda::{Gpu, GpuError};
+use ecstrain_kernels::optim::loss_scale::cuda::{scale_gradient, unscale_and_check, update_scale};
 
 use super::state::GpuState;
 use super::systems::fail;
 
-/// Reduce (CUDA, at accumulation boundaries, after the gradient average and before clipping): unscales the
-/// device gradients, zeroes them when any was inf / NaN, and updates the scaler (which decides whether the
-/// optimizer steps). The whole arena is scanned in one launch, frozen parameters' gradients included (the
-/// CPU twin checks only the trainable ones; a frozen parameter's gradient overflows only when the gradients
-/// flowing through it do, which reach trainable ones too).
+/// The host's side of device loss scaling: where the last window's flag lands, and what its optimizer step
+/// changed on the host (see the module docs).
+#[derive(Resource)]
+pub struct DeviceScaler {
+    /// Page-locked landing place of the last window's `found_inf` flag.
+    flag: PinnedHostSlice<f32>,
+    /// The last window's flag was copied down and is not applied to the host state yet.
+    pending: bool,
+    /// The optimizer ran in the pending window (from the step count and scalars below).
+    stepped: bool,
+    /// The optimizer's step count before the pending window's step.
+    step_before: u64,
+    /// The optimizer's scalars before the pending window's step (same length as `OptimizerState::scalars`,
+    /// so remembering them allocates nothing).
+    scalars_before: Vec<f64>,
+}
+
+impl std::fmt::Debug for DeviceScaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceScaler").field("pending", &self.pending).field("stepped", &self.stepped).finish()
+    }
+}
+
+impl DeviceScaler {
+    /// The landing place for the flag; `scalars` is the number of optimizer scalars.
+    pub fn new(gpu: &Gpu, scalars: usize) -> Result<DeviceScaler, GpuError> {
+        Ok(DeviceScaler {
+            // SAFETY: the host reads the flag only through `as_slice`, which waits for the copy's event.
+            flag: unsafe { gpu.context().alloc_pinned::<f32>(1)? },
+            pending: false,
+            stepped: false,
+            step_before: 0,
+            scalars_before: vec![0.0; scalars],
+        })
+    }
+
+    /// Whether a window's flag is still to be applied to the host state.
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+
+    /// Called by the optimizer before it advances the step count: what to put back if the device skips this
+    /// window's step.
+    pub fn remember(&mut self, opt: &OptimizerState) {
+        self.step_before = opt.step;
+        for (slot, (_, v)) in self.scalars_before.iter_mut().zip(&opt.scalars) {
+            *slot = *v;
+        }
+        self.stepped = true;
+    }
+
+    /// Applies the pending window's flag to the host state (waits for its copy, which the device finished
+    /// long ago unless the host ran more than a window ahead): the scaler's update and, for a skipped step,
+    /// the optimizer's step count and scalars put back.
+    pub fn settle(&mut self, scaler: &mut LossScaler, opt: &mut OptimizerState) -> Result<(), GpuError> {
+        if !self.pending {
+            return Ok(());
+        }
+        let found = self.flag.as_slice()?[0] != 0.0;
+        scaler.update(!found);
+        // The device, not this flag, decides whether a step runs (the flag describes a window already past).
+        scaler.skip_step = false;
+        if found && self.stepped {
+            opt.step = self.step_before;
+            for ((_, v), before) in opt.scalars.iter_mut().zip(&self.scalars_before) {
+                *v = *before;
+            }
+        }
+        self.pending = false;
+        self.stepped = false;
+        Ok(())
+    }
+}
+
+/// Multiplies the first `n` rows of the output's device gradient by the device scale (`gpu_backward` calls
+/// it with a [`DeviceScaler`], after the output gradient is written: unscaled by the device loss, or uploaded
+/// unscaled from the host task).
+pub fn scale_output_gradient(g: &mut GpuState, graph: &Graph, n: usize) -> Result<(), GpuError> {
+    let out = graph.output.0;
+    let len = n * graph.values[out].numel();
+    let dy = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
+    scale_gradient(&g.gpu, &mut dy.slice_mut(..len), &g.loss_scale)
+}
+
+/// Reduce (CUDA, at accumulation boundaries, after the gradient average and before clipping): applies the
+/// previous window's flag to the host state, then unscales and checks the device gradients, zeroes them on
+/// an overflow and moves the device scale, and copies the new flag down without waiting for it.
 pub fn gpu_unscale_gradients(
     mut gpu: ResMut<GpuState>,
+    mut device: ResMut<DeviceScaler>,
     mut scaler: ResMut<LossScaler>,
+    mut opt: ResMut<OptimizerState>,
     mut failure: ResMut<RunFailure>,
 ) {
-    let inv = (1.0 / scaler.scale) as f32;
-    let g = &mut *gpu;
-    let s = g.gpu.stream().clone();
-    let mut run = || -> Result<bool, GpuError> {
+    let (g, d) = (&mut *gpu, &mut *device);
+    let rule = scaler.rule();
+    let mut run = || -> Result<(), GpuError> {
+        d.settle(&mut scaler, &mut opt)?;
+        let s = g.gpu.stream().clone();
         s.memset_zeros(&mut g.found_inf)?;
-        unscale_and_check(&g.gpu, &mut g.grads.as_view_mut(), inv, &mut g.found_inf.as_view_mut())?;
-        let mut flag = [0f32; 1];
-        s.memcpy_dtoh(&g.found_inf, &mut flag[..])?;
-        s.synchronize()?;
-        let found = flag[0] != 0.0;
-        if found {
-            s.memset_zeros(&mut g.grads)?;
-        }
-        Ok(found)
+        unscale_and_check(&g.gpu, &mut g.grads.as_view_mut(), &g.loss_scale, &mut g.found_inf.as_view_mut())?;
+        update_scale(&g.gpu, &mut g.grads.as_view_mut(), &g.found_inf.as_view(), &mut g.loss_scale, &rule)?;
+        s.memcpy_dtoh(&g.found_inf, &mut d.flag)?;
+        d.pending = true;
+        Ok(())
     };
-    match run() {
-        Ok(found) => scaler.update(!found),
-        Err(e) => fail(&mut failure, "gradient unscale", e),
+    if let Err(e) = run() {
+        fail(&mut failure, "gradient unscale", e);
+    }
+}
+
+/// Before the host reads the scaler or the optimizer's step count (log records, validation's checkpoints,
+/// the epoch's and the run's end, a stop): applies the last window's flag.
+pub fn gpu_settle_loss_scale(
+    mut device: ResMut<DeviceScaler>,
+    mut scaler: ResMut<LossScaler>,
+    mut opt: ResMut<OptimizerState>,
+    mut failure: ResMut<RunFailure>,
+) {
+    if let Err(e) = device.settle(&mut scaler, &mut opt) {
+        fail(&mut failure, "loss scale read", e);
     }
 }

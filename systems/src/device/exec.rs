@@ -420,8 +420,8 @@ impl GradSink<'_> {
 
 /// Runs the graph backward for `n` rows. The gradient of the loss with respect to the output is in
 /// `acts.grads[graph.output]` (copied up from the task); parameter gradients accumulate into `grads`.
-/// `seed` must be the one given to [`forward`] for the same micro-batch; `aux_weight` is the weight the task
-/// gives the auxiliary (VQ) losses, the host's `Activations::aux_weight`.
+/// `seed` must be the one given to [`forward`] for the same micro-batch; `aux` is the weight the task gives
+/// the auxiliary (VQ) losses.
 #[allow(clippy::too_many_arguments)] // the buffers of one pass, as the host executor's
 pub fn backward(
     gpu: &Gpu,
@@ -432,9 +432,20 @@ pub fn backward(
     n: usize,
     mode: Mode,
     seed: u64,
-    aux_weight: f32,
+    aux: AuxWeight<'_>,
 ) -> Result<(), GpuError> {
-    backward_releasing(gpu, graph, params, grads, acts, n, mode, seed, aux_weight, None)
+    backward_releasing(gpu, graph, params, grads, acts, n, mode, seed, aux, None)
+}
+
+/// The weight of the auxiliary (VQ) losses' gradients: the host's `Activations::aux_weight` (unscaled),
+/// times the f16 loss scale the device keeps ([`GpuState::loss_scale`](super::state::GpuState::loss_scale),
+/// `[1, 0]` outside f16 autocast), which the kernels multiply in as the host's `scale_loss_gradient` does.
+#[derive(Clone, Copy)]
+pub struct AuxWeight<'a> {
+    /// The task's weight (`vq_weight / accumulate` for a reconstruction).
+    pub weight: f32,
+    /// The device loss-scale state.
+    pub loss_scale: &'a CudaSlice<f64>,
 }
 
 /// Hands buckets of the device gradient arena to a consumer as soon as the backward has issued every kernel
@@ -466,7 +477,7 @@ pub fn backward_releasing(
     n: usize,
     mode: Mode,
     seed: u64,
-    aux_weight: f32,
+    aux: AuxWeight<'_>,
     mut release: Option<DeviceRelease<'_>>,
 ) -> Result<(), GpuError> {
     let GpuActivations { input, values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, .. } = acts;
@@ -747,7 +758,8 @@ pub fn backward_releasing(
                             *positions,
                             *codes,
                             *beta as f32,
-                            aux_weight,
+                            aux.weight,
+                            aux.loss_scale,
                         )
                     })
                 }

@@ -25,7 +25,7 @@
 //! the ring. [`Metrics::last_loss`] is current only after a flush.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Batch, Clock, Graph, LossScaler, Metrics, OpKind, RunFailure, Targets};
+use ecstrain_components::{Batch, Clock, Graph, Metrics, OpKind, RunFailure, Targets};
 use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaView, PinnedHostSlice};
 use ecstrain_kernels::cuda::{Gpu, GpuError};
 use ecstrain_kernels::ops::cosine_loss::cuda::{cosine_loss, cosine_loss_backward};
@@ -223,9 +223,9 @@ fn add_row(kind: &LossKind, row: &[f32], w: f64, metrics: &mut Metrics) {
 }
 
 /// Loss (training, on the device): the micro-batch's loss values into the next ring row and d(loss /
-/// accumulate)/d(output) (times the f16 loss scale, as `scale_loss_gradient` would multiply it) into the
-/// output's device gradient, which the device backward then reads; for a reconstruction, the VQ layers'
-/// gradient weight into [`Activations::aux_weight`] as the host task sets it.
+/// accumulate)/d(output) into the output's device gradient, which the device backward then reads (after
+/// multiplying it by the f16 loss scale, [`super::amp`]); for a reconstruction, the VQ layers' gradient
+/// weight into [`Activations::aux_weight`] as the host task sets it.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn gpu_task_loss(
     mut gpu: ResMut<GpuState>,
@@ -234,16 +234,16 @@ pub fn gpu_task_loss(
     graph: Res<Graph>,
     batch: Res<Batch>,
     clock: Res<Clock>,
-    scaler: Option<Res<LossScaler>>,
     mut metrics: ResMut<Metrics>,
     mut failure: ResMut<RunFailure>,
 ) {
     let n = batch.size;
     let acc = clock.accumulate.max(1);
-    let post = scaler.as_ref().map_or(1.0, |s| s.scale as f32);
+    // The loss kernels' own factor after the gradient; the f16 scale is the backward's to apply.
+    let post = 1.0;
     let (g, dl) = (&mut *gpu, &mut *loss);
     if let LossKind::Reconstruction { vq_weight, .. } = dl.kind {
-        acts.aux_weight = (vq_weight / acc as f64) as f32 * post;
+        acts.aux_weight = (vq_weight / acc as f64) as f32;
     }
     let mut run = || -> Result<(), GpuError> {
         if n == 0 && !matches!(dl.kind, LossKind::Classification { .. }) {
@@ -266,7 +266,7 @@ pub fn gpu_task_loss(
                 let mut probs = dl.probs.slice_mut(..n * v);
                 let mut l = row.slice_mut(..1);
                 softmax_cross_entropy_forward(&g.gpu, &mut probs, &logits, &targets, n, v, options, &mut l)?;
-                // The host task's arithmetic: the gradient of loss / accumulate, then (f16) times the loss scale.
+                // The host task's arithmetic: the gradient of loss / accumulate.
                 let dloss = 1.0 / acc as f32;
                 let (mut dlogits, probs) = (out_grad.slice_mut(..n * v), dl.probs.slice(..n * v));
                 softmax_cross_entropy_backward(&g.gpu, &mut dlogits, &probs, &targets, n, v, options, dloss, post)?;

@@ -4,6 +4,10 @@
 //! coefficients the host system would use for that parameter (its learning rate with the bias / layer-decay
 //! scale, its weight decay), uploads it, and launches the optimizer's arena kernel. The state buffers are the
 //! host layout's, by the same names; scalar state (the step count, NAdam's `mu_product`) stays on the host.
+//!
+//! Under f16 loss scaling the device decides whether the step runs ([`super::amp`]): a window that
+//! overflowed empties the uploaded table before the launch, and the host puts the step count and scalars
+//! back when it reads that window's flag, before the next step's coefficients.
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Frozen, LearningRate, OptimizerState, RunFailure};
@@ -147,9 +151,13 @@ pub fn gpu_optimizer_update(
     mut state: ResMut<OptimizerState>,
     lr: Res<LearningRate>,
     settings: Res<OptimizerSettings>,
+    mut scaler: Option<ResMut<super::amp::DeviceScaler>>,
     mut failure: ResMut<RunFailure>,
 ) {
     let state = &mut *state;
+    if let Some(d) = scaler.as_deref_mut() {
+        d.remember(state);
+    }
     state.step += 1;
     let step = state.step;
     // Taken for the step and put back at its end (a clone would allocate every step).
@@ -187,10 +195,14 @@ pub fn gpu_optimizer_update(
     }
     assert_eq!(count, g.segments.host.len(), "the trainable parameters changed after the run was assembled");
     g.segments.host.sort_unstable_by_key(|s| s.start);
-    let GpuState { gpu: device, params, grads, opt, segments, placeholders, .. } = g;
+    let GpuState { gpu: device, params, grads, opt, segments, placeholders, found_inf, .. } = g;
     let [ph0, ph1] = placeholders;
+    let skippable = scaler.is_some();
     let mut run = || -> Result<(), GpuError> {
         segments.upload(device)?;
+        if skippable {
+            k::loss_scale::cuda::skip_segments_if_found(device, segments, &found_inf.as_view())?;
+        }
         let n = params.len();
         let (p, gr) = (&mut params.slice_mut(..), &grads.slice(..n));
         match name.as_str() {

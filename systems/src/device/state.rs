@@ -40,6 +40,10 @@ pub struct GpuState {
     pub upload: InputUpload,
     /// One-element device flag of f16 loss scaling: set when an unscaled gradient was inf or NaN.
     pub found_inf: CudaSlice<f32>,
+    /// f16 loss scaling's `[scale, growth tracker]` ([`ScaleState`](ecstrain_kernels::optim::loss_scale::ScaleState)),
+    /// kept on the device between steps (see [`super::amp`]); `[1, 0]` outside f16 autocast, where the VQ
+    /// layers' kernels still read it.
+    pub loss_scale: CudaSlice<f64>,
     /// The model EMA's averages on the device (`run.ema`), when the run keeps them.
     pub ema: Option<GpuEma>,
     /// One-element buffers for kernel arguments a configuration never reads (AMSGrad's `vmax` without
@@ -107,6 +111,7 @@ impl GpuState {
             placeholders: [s.alloc_zeros(1)?, s.alloc_zeros(1)?],
             ema: None,
             found_inf: s.alloc_zeros(1)?,
+            loss_scale: s.clone_htod(&[1.0f64, 0.0])?,
             gpu,
             device_stale: true,
             host_stale: false,

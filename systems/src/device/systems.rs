@@ -34,17 +34,28 @@ fn step_seed(settings: &RunSettings, clock: &Clock) -> u64 {
     Rng::derive(settings.seed, &[0x57E9, clock.micro_step]).next_u64()
 }
 
-/// Load (first): uploads the host arenas when they changed (a new run, a resume, loaded weights).
+/// Load (first): uploads the host arenas when they changed (a new run, a resume, loaded weights), and the
+/// f16 loss scale with them.
 pub fn gpu_sync_up(
     mut gpu: ResMut<GpuState>,
     params: Res<Params>,
     buffers: Res<Buffers>,
     opt: Res<OptimizerState>,
     ema: Option<Res<EmaWeights>>,
+    scaler: Option<Res<ecstrain_components::LossScaler>>,
     mut failure: ResMut<RunFailure>,
 ) {
     if gpu.device_stale {
-        if let Err(e) = gpu.upload(&params, &buffers, &opt, ema.as_deref()) {
+        let g = &mut *gpu;
+        let mut run = || -> Result<(), GpuError> {
+            g.upload(&params, &buffers, &opt, ema.as_deref())?;
+            // f16 loss scaling: the scale the run starts (or resumes) with.
+            if let Some(s) = &scaler {
+                g.gpu.stream().memcpy_htod(&s.state()[..], &mut g.loss_scale)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
             fail(&mut failure, "upload of the model state", e);
         }
     }
@@ -144,6 +155,7 @@ pub fn gpu_backward(
     device_comm: Option<Res<DeviceComm>>,
     buckets: Option<Res<DeviceBuckets>>,
     device_loss: Option<Res<DeviceLoss>>,
+    scaler: Option<Res<super::amp::DeviceScaler>>,
     mut failure: ResMut<RunFailure>,
 ) {
     let n = batch.size;
@@ -158,8 +170,12 @@ pub fn gpu_backward(
             let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
             device.stream().memcpy_htod(&acts.grads[out][..len], &mut dst.slice_mut(..len))?;
         }
+        if scaler.is_some() {
+            super::amp::scale_output_gradient(g, &graph, n)?;
+        }
         let seed = step_seed(&settings, &clock);
         let (params, grads, dacts) = (&g.params, &mut g.grads, &mut g.acts);
+        let aux = exec::AuxWeight { weight: acts.aux_weight, loss_scale: &g.loss_scale };
         match (&overlap, clock.at_accumulation_boundary()) {
             // Data parallel over NCCL: each bucket is averaged on the communicator's stream as soon as its
             // kernels are issued, and the compute stream waits for the last before anything reads the arena.
@@ -171,11 +187,10 @@ pub fn gpu_backward(
                     bucket: buckets.bucket,
                     on_ready: &mut on_ready,
                 };
-                let aux = acts.aux_weight;
                 exec::backward_releasing(&device, &graph, params, grads, dacts, n, *mode, seed, aux, Some(release))?;
                 dc.0.join()
             }
-            _ => exec::backward(&device, &graph, params, grads, dacts, n, *mode, seed, acts.aux_weight),
+            _ => exec::backward(&device, &graph, params, grads, dacts, n, *mode, seed, aux),
         }
     };
     if let Err(e) = run() {
