@@ -424,6 +424,90 @@ fn f16_loss_scaling_on_cuda_backs_off_from_overflow() {
     assert!(acc >= 0.97, "best val accuracy {acc} after backing off");
 }
 
+/// The checkpoint's metadata entry `key`, parsed as JSON.
+fn checkpoint_meta(path: &Path, key: &str) -> serde_json::Value {
+    let ck = ecstrain::systems::checkpoint::safetensors_io::load_safetensors(path).unwrap();
+    serde_json::from_str(&ck.metadata[key]).unwrap()
+}
+
+/// f16 loss scaling on CUDA decides on the device (scale, overflow check, skipped step) and the host learns
+/// each window's outcome a window later. Starting at 2^40 with growth every 3 finite windows, the scale first
+/// backs off, then keeps probing upwards and overflowing, so about a quarter of the steps are skipped.
+/// - Every train record (one per step) shows the scale after its own window, and the sequence follows the
+///   state machine: halved, doubled after exactly 3 finite windows, or unchanged. The checkpoint's scaler
+///   (scale, growth tracker, skipped windows) is where that sequence ends, and the optimizer counted only the
+///   steps the device took (NAdam's, with its running `mu_product` put back on each skip).
+/// - A run stopped mid-epoch (the time limit, the signal path's checkpoint) and resumed ends where the
+///   uninterrupted run ends: the same scaler state, step count and weights.
+#[test]
+fn f16_loss_scaling_on_cuda_is_settled_for_records_checkpoints_and_resume() {
+    let name = "f16_loss_scaling_on_cuda_is_settled_for_records_checkpoints_and_resume";
+    if no_gpu(name) {
+        return;
+    }
+    let dir = scratch(name);
+    // As in the stop test above: a run of about 10 s either way.
+    let (epochs, hidden) = if emulated() { (60, "[32]") } else { (1000, "[1024, 1024]") };
+    let yaml = |save: &Path| {
+        digits_yaml(save)
+            .replace("hidden_sizes: [32]", &format!("hidden_sizes: {hidden}"))
+            .replace("epochs: 2", &format!("epochs: {epochs}"))
+            .replace("optimizer: AdamW", "optimizer: NAdam")
+            + "  seed: 7\n  device: cuda\n  scheduler: constant\n  resume: auto\n  nbs: 64\n  log_interval: 1\n"
+            + "  amp: f16\n  amp_init_scale: 1099511627776\n  amp_growth_interval: 3\n"
+    };
+    let (full, cut) = (dir.join("full"), dir.join("cut"));
+    let cfg_full = write_config(&dir, "full.yaml", &yaml(&full));
+    let cfg_cut = write_config(&dir, "cut.yaml", &yaml(&cut));
+    let out = engine(&["--config", cfg_full.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The records against the state machine (growth 2, backoff 0.5, interval 3).
+    let train = records(&full, "train");
+    let (mut scale, mut tracker, mut skipped) = (2f64.powi(40), 0u64, 0u64);
+    for r in &train {
+        let (step, now) = (r["step"].as_u64().unwrap(), r["loss_scale"].as_f64().unwrap());
+        if now == scale * 0.5 {
+            (skipped, tracker) = (skipped + 1, 0);
+        } else if now == scale * 2.0 {
+            assert_eq!(tracker, 2, "step {step}: the scale grew after {} finite windows, not 3", tracker + 1);
+            tracker = 0;
+        } else {
+            assert_eq!(now, scale, "step {step}: the scale moved from {scale} to {now}");
+            tracker += 1;
+            assert!(tracker < 3, "step {step}: 3 finite windows in a row and no growth");
+        }
+        scale = now;
+    }
+    let steps = train.len() as u64;
+    assert_eq!(train.last().unwrap()["step"].as_u64(), Some(steps), "one record per step");
+    let last = full.join("checkpoints/last.safetensors");
+    let scaler = checkpoint_meta(&last, "loss_scaler");
+    let taken: u64 = checkpoint_meta(&last, "optimizer_step").as_u64().unwrap();
+    eprintln!("{name}: {steps} windows, {skipped} skipped, {taken} optimizer steps; scaler {scaler}");
+    assert!(skipped >= 10 && skipped * 10 < steps * 4, "{skipped} of {steps} windows skipped");
+    assert_eq!(scaler, serde_json::json!({"scale": scale, "good_steps": tracker, "skipped": skipped}));
+    assert_eq!(taken, steps - skipped, "the optimizer's step count must leave out the skipped windows");
+
+    // Stopped after about a second of training, then resumed. Records every 7th step, so the stop (not a
+    // record's read) must bring the host's scaler and step count up to date before the checkpoint.
+    let cut_args = ["--config", cfg_cut.to_str().unwrap(), "--set", "run.log_interval=7"];
+    let out = engine(&[&cut_args[..], &["--set", "run.time_limit=0.0003"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["stop_reason"], "time_limit", "the run ended before the limit: {summary}");
+    let out = engine(&cut_args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("resuming from"), "{}", text(&out));
+    let cut_last = cut.join("checkpoints/last.safetensors");
+    assert_eq!(checkpoint_meta(&cut_last, "loss_scaler"), scaler, "the resumed run's scaler");
+    assert_eq!(checkpoint_meta(&cut_last, "optimizer_step").as_u64(), Some(taken), "the resumed run's steps");
+    let diff = max_abs_diff(&checkpoint_params(&last, ""), &checkpoint_params(&cut_last, ""));
+    eprintln!("{name}: stopped after {} steps; max |uninterrupted - resumed| {diff:e}", summary["steps"]);
+    assert!(diff <= 1e-4, "the resumed run ends {diff} away from the uninterrupted one");
+}
+
 /// `run.device_cache` keeps the train split on the device and gathers each batch's rows there by index. It
 /// must train exactly as uploading every batch does: the same rows in the same order (shuffled, with a
 /// partial last batch: 1437 samples in batches of 64), through a deterministic processor whose output is

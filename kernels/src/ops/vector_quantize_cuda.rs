@@ -159,32 +159,32 @@ mod tests {
             // Outside autocast (scale 1), and under f16 loss scaling with the scale on the device (the CPU's
             // weight is then the host's `weight * scale as f32`).
             for (weight, scale) in [(0.8f32, 1.0f64), (0.8, 65536.0), (0.3, 1000.1)] {
-            let (mut want_dz, mut want_dcb) = (vec![0.0f32; z.len()], dcb0.clone());
-            let w = weight * scale as f32;
-            super::super::vq_backward(&mut want_dz, &mut want_dcb, &dout, &z, &cb, &want_idx, n, d, p, k, 0.25, w);
-            let (dgo, didx) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_idx).unwrap());
-            let (mut ddz, mut ddcb) = (poisoned(gpu, z.len()).unwrap(), gpu.upload(&dcb0).unwrap());
-            let state = gpu.upload(&[scale, 0.0]).unwrap();
-            vq_backward(
-                gpu,
-                &mut ddz.as_view_mut(),
-                &mut ddcb.as_view_mut(),
-                &dgo.as_view(),
-                &dzv.as_view(),
-                &dcb.as_view(),
-                &didx.as_view(),
-                n,
-                d,
-                p,
-                k,
-                0.25,
-                weight,
-                &state,
-            )
-            .unwrap();
-            let what = format!("{what} weight {weight} scale {scale}");
-            assert_bitwise(&format!("{what} dz"), &gpu.download(&ddz).unwrap(), &want_dz);
-            assert_bitwise(&format!("{what} dcodebook"), &gpu.download(&ddcb).unwrap(), &want_dcb);
+                let (mut want_dz, mut want_dcb) = (vec![0.0f32; z.len()], dcb0.clone());
+                let w = weight * scale as f32;
+                super::super::vq_backward(&mut want_dz, &mut want_dcb, &dout, &z, &cb, &want_idx, n, d, p, k, 0.25, w);
+                let (dgo, didx) = (gpu.upload(&dout).unwrap(), gpu.upload(&want_idx).unwrap());
+                let (mut ddz, mut ddcb) = (poisoned(gpu, z.len()).unwrap(), gpu.upload(&dcb0).unwrap());
+                let state = gpu.upload(&[scale, 0.0]).unwrap();
+                vq_backward(
+                    gpu,
+                    &mut ddz.as_view_mut(),
+                    &mut ddcb.as_view_mut(),
+                    &dgo.as_view(),
+                    &dzv.as_view(),
+                    &dcb.as_view(),
+                    &didx.as_view(),
+                    n,
+                    d,
+                    p,
+                    k,
+                    0.25,
+                    weight,
+                    &state,
+                )
+                .unwrap();
+                let what = format!("{what} weight {weight} scale {scale}");
+                assert_bitwise(&format!("{what} dz"), &gpu.download(&ddz).unwrap(), &want_dz);
+                assert_bitwise(&format!("{what} dcodebook"), &gpu.download(&ddcb).unwrap(), &want_dcb);
             }
         }
     }

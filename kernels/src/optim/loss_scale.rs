@@ -322,8 +322,12 @@ pub mod cuda {
                 let flag = gpu.upload(&[found]).unwrap();
                 skip_segments_if_found(gpu, &mut table, &flag.as_view()).unwrap();
                 let segs: Vec<Segment> = gpu.download(&table.device).unwrap();
-                let (mut dp, dg, mut dm, mut dv) =
-                    (gpu.upload(&p).unwrap(), gpu.upload(&g).unwrap(), gpu.upload(&m).unwrap(), gpu.upload(&v).unwrap());
+                let (mut dp, dg, mut dm, mut dv) = (
+                    gpu.upload(&p).unwrap(),
+                    gpu.upload(&g).unwrap(),
+                    gpu.upload(&m).unwrap(),
+                    gpu.upload(&v).unwrap(),
+                );
                 let mut vmax = gpu.upload(&v).unwrap();
                 adam::step(
                     gpu,

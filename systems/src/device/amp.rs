@@ -23,7 +23,7 @@
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Graph, LossScaler, OptimizerState, RunFailure};
-use ecstrain_kernels::cuda::cudarc::driver::PinnedHostSlice;
+use ecstrain_kernels::cuda::cudarc::driver::{CudaEvent, PinnedHostSlice};
 use ecstrain_kernels::cuda::{Gpu, GpuError};
 use ecstrain_kernels::optim::loss_scale::cuda::{scale_gradient, unscale_and_check, update_scale};
 
@@ -36,6 +36,10 @@ use super::systems::fail;
 pub struct DeviceScaler {
     /// Page-locked landing place of the last window's `found_inf` flag.
     flag: PinnedHostSlice<f32>,
+    /// Recorded after the flag's copy: the read waits for it. (The slice's own event orders nothing here:
+    /// the engine turns cudarc's event tracking off, so a copy into it records no event, and reading it
+    /// without this one could see the window before's flag, or a half-written one.)
+    copied: CudaEvent,
     /// The last window's flag was copied down and is not applied to the host state yet.
     pending: bool,
     /// The optimizer ran in the pending window (from the step count and scalars below).
@@ -49,7 +53,8 @@ pub struct DeviceScaler {
 
 impl std::fmt::Debug for DeviceScaler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceScaler").field("pending", &self.pending).field("stepped", &self.stepped).finish()
+        let mut d = f.debug_struct("DeviceScaler");
+        d.field("pending", &self.pending).field("stepped", &self.stepped).finish_non_exhaustive()
     }
 }
 
@@ -59,6 +64,7 @@ impl DeviceScaler {
         Ok(DeviceScaler {
             // SAFETY: the host reads the flag only through `as_slice`, which waits for the copy's event.
             flag: unsafe { gpu.context().alloc_pinned::<f32>(1)? },
+            copied: gpu.context().new_event(None)?,
             pending: false,
             stepped: false,
             step_before: 0,
@@ -88,6 +94,7 @@ impl DeviceScaler {
         if !self.pending {
             return Ok(());
         }
+        self.copied.synchronize()?;
         let found = self.flag.as_slice()?[0] != 0.0;
         scaler.update(!found);
         // The device, not this flag, decides whether a step runs (the flag describes a window already past).
@@ -133,6 +140,7 @@ pub fn gpu_unscale_gradients(
         unscale_and_check(&g.gpu, &mut g.grads.as_view_mut(), &g.loss_scale, &mut g.found_inf.as_view_mut())?;
         update_scale(&g.gpu, &mut g.grads.as_view_mut(), &g.found_inf.as_view(), &mut g.loss_scale, &rule)?;
         s.memcpy_dtoh(&g.found_inf, &mut d.flag)?;
+        d.copied.record(&s)?;
         d.pending = true;
         Ok(())
     };
