@@ -161,3 +161,63 @@ pub fn gpu_settle_loss_scale(
         fail(&mut failure, "loss scale read", e);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecstrain_kernels::cuda::testing::gpu_or_skip;
+
+    fn scaler() -> LossScaler {
+        LossScaler {
+            scale: 1024.0,
+            growth: 2.0,
+            backoff: 0.5,
+            growth_interval: 2,
+            good_steps: 1,
+            skip_step: false,
+            skipped: 0,
+        }
+    }
+
+    /// A window's flag as the unscale leaves it: copied down, its event recorded.
+    fn flag_window(gpu: &Gpu, d: &mut DeviceScaler, found: f32) {
+        let s = gpu.stream().clone();
+        let dev = gpu.upload(&[found]).unwrap();
+        s.memcpy_dtoh(&dev, &mut d.flag).unwrap();
+        d.copied.record(&s).unwrap();
+        d.pending = true;
+    }
+
+    /// Settling applies each window's flag once: an overflowed window's step is taken back (the count and
+    /// NAdam's `mu_product` as they were before it) and the scale backs off; a finite one keeps the step and
+    /// counts towards growth; with nothing pending, nothing changes.
+    #[test]
+    fn settle_applies_each_flag_once_and_takes_back_a_skipped_step() {
+        let Some(gpu) = gpu_or_skip("settle_applies_each_flag_once_and_takes_back_a_skipped_step") else { return };
+        let mut opt = OptimizerState {
+            optimizer: "nadam".into(),
+            buffers: Vec::new(),
+            scalars: vec![("mu_product".into(), 0.75)],
+            step: 4,
+        };
+        let (mut sc, mut d) = (scaler(), DeviceScaler::new(gpu, 1).unwrap());
+        // An overflowed window whose step the optimizer launched (the device emptied its table).
+        d.remember(&opt);
+        (opt.step, opt.scalars[0].1) = (5, 0.5);
+        flag_window(gpu, &mut d, 1.0);
+        d.settle(&mut sc, &mut opt).unwrap();
+        assert_eq!((opt.step, opt.scalars[0].1), (4, 0.75), "the skipped step is taken back");
+        assert_eq!((sc.scale, sc.good_steps, sc.skipped, sc.skip_step), (512.0, 0, 1, false));
+        d.settle(&mut sc, &mut opt).unwrap();
+        assert_eq!((opt.step, sc.scale, sc.skipped), (4, 512.0, 1), "a flag is applied once");
+        // Two finite windows: the steps stay and the scale grows after the second.
+        for (step, mu) in [(5u64, 0.5), (6, 0.25)] {
+            d.remember(&opt);
+            (opt.step, opt.scalars[0].1) = (step, mu);
+            flag_window(gpu, &mut d, 0.0);
+            d.settle(&mut sc, &mut opt).unwrap();
+            assert_eq!((opt.step, opt.scalars[0].1), (step, mu), "a finite window keeps its step");
+        }
+        assert_eq!((sc.scale, sc.good_steps, sc.skipped), (1024.0, 0, 1));
+    }
+}
