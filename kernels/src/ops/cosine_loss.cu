@@ -38,9 +38,9 @@ extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) cosine_loss_f32(
 }
 
 // dpred = g / (cx cy) * y + (|x| > eps ? -g cos / (cx |x|) : 0) * x per row, g = -scale / n (the host's f64),
-// rounded to f32, then times `post` (an f16 loss scale, 1 for none: the host's later `*= scale`).
+// rounded to f32.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cosine_loss_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
-                                                    size_t d, double eps, double g, float post) {
+                                                    size_t d, double eps, double g) {
     const RowGroup<true> grp;
     for (size_t r = grp.first(); r < n; r += grp.stride()) {
         const float *x = pred + r * d, *y = target + r * d;
@@ -54,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cosine_loss_backward
         float *o = dpred + r * d;
         for (size_t j = grp.lane(); j < d; j += 32) {
             const double v = __dadd_rn(__dmul_rn(a, (double)y[j]), __dmul_rn(b, (double)x[j]));
-            o[j] = __fmul_rn((float)v, post);
+            o[j] = (float)v;
         }
     }
 }

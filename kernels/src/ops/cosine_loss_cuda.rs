@@ -31,8 +31,7 @@ pub fn cosine_loss(
 }
 
 /// Cosine loss backward on the GPU: the gradient of `scale * cosine_loss` with respect to `pred`
-/// (overwrites `dpred`), then times `post` (an f16 loss scale; 1 for none, as the host's later multiply).
-/// The CPU's f64 formula; its sums in another order, so within an f32 rounding of the CPU's values.
+/// (overwrites `dpred`). The CPU's f64 formula; its sums in another order, so within an f32 rounding of the CPU's values.
 #[allow(clippy::too_many_arguments)]
 pub fn cosine_loss_backward(
     gpu: &Gpu,
@@ -43,7 +42,6 @@ pub fn cosine_loss_backward(
     d: usize,
     eps: f64,
     scale: f32,
-    post: f32,
 ) -> Result<(), GpuError> {
     assert!(
         pred.len() == n * d && target.len() == n * d && dpred.len() == n * d,
@@ -58,9 +56,9 @@ pub fn cosine_loss_backward(
     let (_, cfg) = row_launch(n, 1);
     let f = gpu.function(&CUDA, "cosine_loss_backward_f32")?;
     let mut l = gpu.launch_builder(&f);
-    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&d).arg(&eps).arg(&g).arg(&post);
-    // SAFETY: (float*, const float*, const float*, size_t, size_t, double, double, float); every buffer holds
-    // n * d elements.
+    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&d).arg(&eps).arg(&g);
+    // SAFETY: (float*, const float*, const float*, size_t, size_t, double, double); every buffer holds n * d
+    // elements.
     unsafe { l.launch(cfg) }?;
     Ok(())
 }
@@ -93,19 +91,9 @@ mod tests {
             assert_close(&format!("cosine loss n{n} d{d}"), &gpu.download(&loss).unwrap(), &[want], 0.0, 1e-6);
             let mut want_d = vec![0.0f32; n * d];
             super::super::cosine_loss_backward(&mut want_d, &p, &t, n, d, eps, 0.7);
-            for post in [1.0f32, 3.0] {
-                let want: Vec<f32> = want_d.iter().map(|&g| g * post).collect();
-                let mut dd = poisoned(gpu, n * d).unwrap();
-                cosine_loss_backward(gpu, &mut dd.as_view_mut(), &dp.as_view(), &dt.as_view(), n, d, eps, 0.7, post)
-                    .unwrap();
-                assert_close(
-                    &format!("cosine backward n{n} d{d} x {post}"),
-                    &gpu.download(&dd).unwrap(),
-                    &want,
-                    1e-12,
-                    1e-6,
-                );
-            }
+            let mut dd = poisoned(gpu, n * d).unwrap();
+            cosine_loss_backward(gpu, &mut dd.as_view_mut(), &dp.as_view(), &dt.as_view(), n, d, eps, 0.7).unwrap();
+            assert_close(&format!("cosine backward n{n} d{d}"), &gpu.download(&dd).unwrap(), &want_d, 1e-12, 1e-6);
         }
     }
 }

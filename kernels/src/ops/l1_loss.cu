@@ -12,12 +12,12 @@ extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) l1_loss_forward_
 }
 
 // dpred = sign(pred - target) * g with g = scale / n rounded on the host as the CPU does (0 where equal): the
-// CPU's bits; then times `post` (an f16 loss scale, 1 for none: the host's later `*= scale`).
+// CPU's bits.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) l1_loss_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
-                                                float g, float post) {
+                                                float g) {
     FOR_EACH(i, n) {
         const float p = pred[i], t = target[i];
         const float v = p > t ? g : (p < t ? -g : 0.0f);
-        dpred[i] = __fmul_rn(v, post);
+        dpred[i] = v;
     }
 }

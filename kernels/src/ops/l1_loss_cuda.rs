@@ -17,15 +17,13 @@ pub fn l1_loss_forward(
     crate::cuda::launch::elementwise_loss(gpu, &CUDA, "l1_loss_forward_f32", "l1_loss_forward", pred, target, loss)
 }
 
-/// L1 backward on the GPU: `dpred = scale * sign(pred - target) / N` (overwrites), then times `post` (an f16
-/// loss scale; 1 for none): the CPU backward followed by the host's `*= scale`, bit for bit.
+/// L1 backward on the GPU: `dpred = scale * sign(pred - target) / N` (overwrites), the CPU's bits.
 pub fn l1_loss_backward(
     gpu: &Gpu,
     dpred: &mut CudaViewMut<f32>,
     pred: &CudaView<f32>,
     target: &CudaView<f32>,
     scale: f32,
-    post: f32,
 ) -> Result<(), GpuError> {
     let n = pred.len();
     assert!(target.len() == n && dpred.len() == n, "l1_loss_backward: dpred, pred and target lengths differ");
@@ -36,8 +34,8 @@ pub fn l1_loss_backward(
     let g = scale * (1.0 / n as f64) as f32;
     let f = gpu.function(&CUDA, "l1_loss_backward_f32")?;
     let mut l = gpu.launch_builder(&f);
-    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&g).arg(&post);
-    // SAFETY: (float*, const float*, const float*, size_t, float, float); every buffer holds n elements.
+    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&g);
+    // SAFETY: (float*, const float*, const float*, size_t, float); every buffer holds n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }
@@ -66,12 +64,9 @@ mod tests {
             assert_close(&format!("l1 loss n{n}"), &gpu.download(&loss).unwrap(), &[want], 0.0, 1e-6);
             let mut want_d = vec![0.0f32; n];
             super::super::l1_loss_backward(&mut want_d, &p, &t, 1.3);
-            for post in [1.0f32, 3.0] {
-                let want: Vec<f32> = want_d.iter().map(|&d| d * post).collect();
-                let mut dd = poisoned(gpu, n).unwrap();
-                l1_loss_backward(gpu, &mut dd.as_view_mut(), &dp.as_view(), &dt.as_view(), 1.3, post).unwrap();
-                assert_bitwise(&format!("l1 backward n{n} x {post}"), &gpu.download(&dd).unwrap(), &want);
-            }
+            let mut dd = poisoned(gpu, n).unwrap();
+            l1_loss_backward(gpu, &mut dd.as_view_mut(), &dp.as_view(), &dt.as_view(), 1.3).unwrap();
+            assert_bitwise(&format!("l1 backward n{n}"), &gpu.download(&dd).unwrap(), &want_d);
         }
     }
 }

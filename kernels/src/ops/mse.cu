@@ -15,8 +15,8 @@ extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) mse_forward_f32(
 }
 
 // dpred = (pred - target) * scale with scale = dloss * (2 / n) rounded on the host as the CPU does: the
-// CPU's bits; then times `post` (an f16 loss scale, 1 for none: the host's later `*= scale`, rounded again).
+// CPU's bits.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) mse_backward_f32(float *dpred, const float *pred, const float *target, size_t n,
-                                            float scale, float post) {
-    FOR_EACH(i, n) dpred[i] = __fmul_rn(__fmul_rn(__fsub_rn(pred[i], target[i]), scale), post);
+                                            float scale) {
+    FOR_EACH(i, n) dpred[i] = __fmul_rn(__fsub_rn(pred[i], target[i]), scale);
 }

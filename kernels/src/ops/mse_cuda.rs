@@ -20,16 +20,14 @@ pub fn mse_forward(
     crate::cuda::launch::elementwise_loss(gpu, &CUDA, "mse_forward_f32", "mse_forward", pred, target, loss)
 }
 
-/// MSE backward on the GPU: `dpred = dloss * 2 (pred - target) / N` (overwrites), then times `post` (an f16
-/// loss scale; 1 for none): the CPU backward followed by the host's `*= scale`, bit for bit. dpred, pred,
-/// target: [N].
+/// MSE backward on the GPU: `dpred = dloss * 2 (pred - target) / N` (overwrites), the CPU's bits. dpred,
+/// pred, target: [N].
 pub fn mse_backward(
     gpu: &Gpu,
     dpred: &mut CudaViewMut<f32>,
     pred: &CudaView<f32>,
     target: &CudaView<f32>,
     dloss: f32,
-    post: f32,
 ) -> Result<(), GpuError> {
     let n = pred.len();
     assert!(target.len() == n && dpred.len() == n, "mse_backward: dpred, pred and target lengths differ");
@@ -40,8 +38,8 @@ pub fn mse_backward(
     let scale = dloss * (2.0 / n as f64) as f32;
     let f = gpu.function(&CUDA, "mse_backward_f32")?;
     let mut l = gpu.launch_builder(&f);
-    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&scale).arg(&post);
-    // SAFETY: (float*, const float*, const float*, size_t, float, float); every buffer holds n elements.
+    l.arg(dpred).arg(pred).arg(target).arg(&n).arg(&scale);
+    // SAFETY: (float*, const float*, const float*, size_t, float); every buffer holds n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }
@@ -78,13 +76,9 @@ mod tests {
             }
             let mut want_d = vec![0.0f32; n];
             super::super::mse_backward(&mut want_d, &p, &t, 1.3);
-            // 1: no loss scale; 3: one that is not a power of two, so the second rounding shows.
-            for post in [1.0f32, 3.0] {
-                let want: Vec<f32> = want_d.iter().map(|&d| d * post).collect();
-                let mut dd = poisoned(gpu, n).unwrap();
-                mse_backward(gpu, &mut dd.as_view_mut(), &pv, &tv, 1.3, post).unwrap();
-                assert_bitwise(&format!("mse backward n{n} x {post}"), &gpu.download(&dd).unwrap(), &want);
-            }
+            let mut dd = poisoned(gpu, n).unwrap();
+            mse_backward(gpu, &mut dd.as_view_mut(), &pv, &tv, 1.3).unwrap();
+            assert_bitwise(&format!("mse backward n{n}"), &gpu.download(&dd).unwrap(), &want_d);
         }
     }
 }

@@ -109,12 +109,10 @@ extern "C" __global__ void __launch_bounds__(ONE_BLOCK_THREADS) sce_loss_f32(flo
 // rows get 0. The same f32 operations as the CPU in the same order (_rn: no contraction), so equal
 // probabilities give equal bits. With an ignore index every block first counts the valid rows itself (a
 // pass over the targets, which stay in L2) so no host synchronisation or scratch buffer is needed;
-// otherwise n_valid = b is passed in. `post` multiplies the result afterwards (f16 loss scaling: the host
-// scales the finished gradient, so this rounds twice as it does; 1 leaves every value unchanged). One block
-// per row, grid-stride over rows.
+// otherwise n_valid = b is passed in. One block per row, grid-stride over rows.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sce_backward_f32(float *dlogits, const float *probs, const long long *targets,
                                             size_t b, size_t v, int has_ignore, long long ignore, float keep,
-                                            float spc, float dloss, float post) {
+                                            float spc, float dloss) {
     __shared__ float red[32];
     unsigned long long n_valid = b;
     if (has_ignore) {
@@ -136,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) sce_backward_f32(flo
             float g = __fmul_rn(__fsub_rn(p[j], spc), scale);
             if (!ok) g = __int_as_float(0x7fc00000); // a bad target (the forward reported it): NaN row
             else if (j == (size_t)t) g = __fsub_rn(g, __fmul_rn(keep, scale));
-            d[j] = __fmul_rn(g, post);
+            d[j] = g;
         }
     }
 }

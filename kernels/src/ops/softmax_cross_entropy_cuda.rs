@@ -87,10 +87,8 @@ pub fn download_loss(gpu: &Gpu, loss: &CudaSlice<f32>) -> Result<f32, GpuError> 
 /// `(p - (1 - eps) one_hot(t) - eps / V) * dloss / n_valid` for rows not ignored, 0 for ignored rows (and everywhere when all are ignored); the
 /// CPU's bits for the same probabilities.
 ///
-/// probs: [B, V] (from the forward), targets: [B], dlogits: [B, V], dloss: the upstream gradient. `post`
-/// multiplies the finished gradient (an f16 loss scale; 1 for none): the CPU backward followed by the host's
-/// `*= scale`, bit for bit, whatever the scale. Where the CPU panics on a target outside `[0, V)`, this
-/// writes a NaN row.
+/// probs: [B, V] (from the forward), targets: [B], dlogits: [B, V], dloss: the upstream gradient. Where the
+/// CPU panics on a target outside `[0, V)`, this writes a NaN row.
 #[allow(clippy::too_many_arguments)]
 pub fn softmax_cross_entropy_backward(
     gpu: &Gpu,
@@ -101,7 +99,6 @@ pub fn softmax_cross_entropy_backward(
     v: usize,
     opts: &CrossEntropyOptions,
     dloss: f32,
-    post: f32,
 ) -> Result<(), GpuError> {
     assert_eq!(dlogits.len(), b * v, "softmax_cross_entropy_backward: dlogits must be [B, V]");
     assert_eq!(probs.len(), b * v, "softmax_cross_entropy_backward: probs must be [B, V]");
@@ -124,8 +121,7 @@ pub fn softmax_cross_entropy_backward(
         .arg(&ignore)
         .arg(&keep)
         .arg(&spc)
-        .arg(&dloss)
-        .arg(&post);
+        .arg(&dloss);
     // SAFETY: (float*, const float*, const long long*, size_t, size_t, int, long long, float, float, float,
     // float);
     // dlogits / probs hold b*v and targets b elements.
@@ -201,25 +197,19 @@ mod tests {
             let mut want_d = vec![0.0f32; b * v];
             super::super::softmax_cross_entropy_backward(&mut want_d, &want_p, &targets, b, v, &opts, 0.7);
             let dprobs = gpu.upload(&want_p).unwrap();
-            // 1: no loss scale; 3: a scale that is not a power of two, so the two roundings (the gradient,
-            // then the host's `*= scale`) are visible.
-            for post in [1.0f32, 3.0] {
-                let want: Vec<f32> = want_d.iter().map(|&d| d * post).collect();
-                let mut dd = poisoned(gpu, b * v).unwrap();
-                softmax_cross_entropy_backward(
-                    gpu,
-                    &mut dd.as_view_mut(),
-                    &dprobs.as_view(),
-                    &dt.as_view(),
-                    b,
-                    v,
-                    &opts,
-                    0.7,
-                    post,
-                )
-                .unwrap();
-                assert_bitwise(&format!("{what} dlogits x {post}"), &gpu.download(&dd).unwrap(), &want);
-            }
+            let mut dd = poisoned(gpu, b * v).unwrap();
+            softmax_cross_entropy_backward(
+                gpu,
+                &mut dd.as_view_mut(),
+                &dprobs.as_view(),
+                &dt.as_view(),
+                b,
+                v,
+                &opts,
+                0.7,
+            )
+            .unwrap();
+            assert_bitwise(&format!("{what} dlogits"), &gpu.download(&dd).unwrap(), &want_d);
         }
     }
 

@@ -192,8 +192,8 @@ mod tests {
     /// NAdam's `mu_product` as they were before it) and the scale backs off; a finite one keeps the step and
     /// counts towards growth; with nothing pending, nothing changes.
     #[test]
-    fn settle_applies_each_flag_once_and_takes_back_a_skipped_step() {
-        let Some(gpu) = gpu_or_skip("settle_applies_each_flag_once_and_takes_back_a_skipped_step") else { return };
+    fn cuda_settle_applies_each_flag_once_and_takes_back_a_skipped_step() {
+        let Some(gpu) = gpu_or_skip("cuda_settle_applies_each_flag_once_and_takes_back_a_skipped_step") else { return };
         let mut opt = OptimizerState {
             optimizer: "nadam".into(),
             buffers: Vec::new(),

@@ -239,8 +239,6 @@ pub fn gpu_task_loss(
 ) {
     let n = batch.size;
     let acc = clock.accumulate.max(1);
-    // The loss kernels' own factor after the gradient; the f16 scale is the backward's to apply.
-    let post = 1.0;
     let (g, dl) = (&mut *gpu, &mut *loss);
     if let LossKind::Reconstruction { vq_weight, .. } = dl.kind {
         acts.aux_weight = (vq_weight / acc as f64) as f32;
@@ -269,14 +267,14 @@ pub fn gpu_task_loss(
                 // The host task's arithmetic: the gradient of loss / accumulate.
                 let dloss = 1.0 / acc as f32;
                 let (mut dlogits, probs) = (out_grad.slice_mut(..n * v), dl.probs.slice(..n * v));
-                softmax_cross_entropy_backward(&g.gpu, &mut dlogits, &probs, &targets, n, v, options, dloss, post)?;
+                softmax_cross_entropy_backward(&g.gpu, &mut dlogits, &probs, &targets, n, v, options, dloss)?;
             }
             LossKind::Regression { outputs } => {
                 let len = n * outputs;
                 let target = g.upload.dense().expect("assembly enables dense uploads").slice(..len);
                 let pred = output.slice(..len);
                 mse_forward(&g.gpu, &pred, &target, &mut row.slice_mut(..1))?;
-                mse_backward(&g.gpu, &mut out_grad.slice_mut(..len), &pred, &target, 1.0 / acc as f32, post)?;
+                mse_backward(&g.gpu, &mut out_grad.slice_mut(..len), &pred, &target, 1.0 / acc as f32)?;
             }
             LossKind::Embedding { dim, eps } => {
                 let len = n * dim;
@@ -284,7 +282,7 @@ pub fn gpu_task_loss(
                 let pred = output.slice(..len);
                 cosine_loss(&g.gpu, &pred, &target, n, *dim, *eps, &mut row.slice_mut(..1))?;
                 let mut dpred = out_grad.slice_mut(..len);
-                cosine_loss_backward(&g.gpu, &mut dpred, &pred, &target, n, *dim, *eps, 1.0 / acc as f32, post)?;
+                cosine_loss_backward(&g.gpu, &mut dpred, &pred, &target, n, *dim, *eps, 1.0 / acc as f32)?;
             }
             LossKind::Reconstruction { l1, numel, from_input, recon_weight, vq, .. } => {
                 let len = n * numel;
@@ -305,9 +303,9 @@ pub fn gpu_task_loss(
                 }
                 let (dloss, mut dpred) = ((recon_weight / acc as f64) as f32, out_grad.slice_mut(..len));
                 if *l1 {
-                    l1_loss_backward(&g.gpu, &mut dpred, &pred, &target, dloss, post)?;
+                    l1_loss_backward(&g.gpu, &mut dpred, &pred, &target, dloss)?;
                 } else {
-                    mse_backward(&g.gpu, &mut dpred, &pred, &target, dloss, post)?;
+                    mse_backward(&g.gpu, &mut dpred, &pred, &target, dloss)?;
                 }
             }
         }
