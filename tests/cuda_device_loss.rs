@@ -1,7 +1,8 @@
-//! The device-side loss's ring on its own: when more micro-batches pass than it holds, it flushes itself into
-//! the training meters and loses nothing. Run in process with a ring of 3 rows against the CPU's host task
-//! over the same 10 steps of the digits MLP. Without a CUDA device the test prints SKIPPED (CI runs it on
-//! tools/cuda-emu with `ECSTRAIN_REQUIRE_GPU=1`).
+//! The device-side loss in process, against the host task's path on the same device: its ring on its own
+//! (when more micro-batches pass than it holds, it flushes itself into the training meters and loses
+//! nothing), and f16 loss scaling, which multiplies the output gradient on the device whichever path wrote
+//! it. Without a CUDA device the tests print SKIPPED (CI runs them on tools/cuda-emu with
+//! `ECSTRAIN_REQUIRE_GPU=1`).
 
 use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::train_step};
 use ecstrain::systems::device::loss::{gpu_flush_train_loss, DeviceLoss};
@@ -9,9 +10,15 @@ use ecstrain::systems::device::state::GpuState;
 
 /// The digits MLP on `device`, assembled in process (no log record before step 10^6).
 fn app(device: &str) -> ecstrain::engine::app::App {
+    app_with(device, &[])
+}
+
+/// [`app`] with more `--set` overrides.
+fn app_with(device: &str, more: &[&str]) -> ecstrain::engine::app::App {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(&root).unwrap();
-    let sets = ["run.log_interval=1000000".to_string(), format!("run.device={device}")];
+    let mut sets = vec!["run.log_interval=1000000".to_string(), format!("run.device={device}")];
+    sets.extend(more.iter().map(|s| s.to_string()));
     let loaded = load_config(&root.join("configs/digits_mlp.yaml"), &sets).unwrap();
     let mut app = assemble(default_app(), loaded, true).unwrap().app;
     let sink = std::fs::File::create("/dev/null").unwrap();
@@ -62,4 +69,48 @@ fn device_loss_ring_on_cuda_flushes_itself_when_full() {
     eprintln!("after {STEPS} steps: loss meter cpu {sc} / {nc}, cuda {sg} / {ng}");
     assert_eq!(nc, ng, "samples counted");
     assert!((sc - sg).abs() <= 1e-5 * sc.abs(), "weighted loss sums: cpu {sc}, cuda {sg}");
+}
+
+/// f16 loss scaling on CUDA from 2^40: the device multiplies the output gradient by its scale whether the
+/// device loss wrote it or the host task did (a plugin's task keeps the host path), so both paths overflow,
+/// skip and back off in the same windows and end with the same scaler state and step count, and weights
+/// within the two losses' rounding (the device's softmax uses CUDA's `expf`).
+#[test]
+fn f16_loss_scaling_on_cuda_scales_the_host_tasks_gradient_too() {
+    if let Err(e) = ecstrain::kernels::Device::Cuda(0).ensure_available() {
+        ecstrain::kernels::cuda::testing::skip_without_gpu(
+            "f16_loss_scaling_on_cuda_scales_the_host_tasks_gradient_too",
+            &e.to_string(),
+        );
+        return;
+    }
+    use ecstrain::components::{LossScaler, OptimizerState};
+    use ecstrain::systems::device::amp::gpu_settle_loss_scale;
+    use ecstrain::systems::device::systems::gpu_sync_down;
+    const STEPS: usize = 40;
+    let sets = ["run.amp=f16", "run.amp_init_scale=1099511627776", "run.amp_growth_interval=4"];
+    let mut device_loss = app_with("cuda", &sets);
+    let mut host_loss = app_with("cuda", &sets);
+    host_loss.world.remove_resource::<DeviceLoss>();
+    let mut ends = Vec::new();
+    for app in [&mut device_loss, &mut host_loss] {
+        for _ in 0..STEPS {
+            train_step(app);
+        }
+        let failure = app.world.resource::<ecstrain::components::RunFailure>().0.clone();
+        assert!(failure.is_none(), "the CUDA step failed: {failure:?}");
+        app.world.run_system_cached(gpu_settle_loss_scale).unwrap();
+        app.world.run_system_cached(gpu_sync_down).unwrap();
+        let scaler = app.world.resource::<LossScaler>().clone();
+        let step = app.world.resource::<OptimizerState>().step;
+        let params = app.world.resource::<ecstrain::components::Params>().0.data.clone();
+        ends.push((scaler, step, params));
+    }
+    let [(sd, td, pd), (sh, th, ph)] = [ends.remove(0), ends.remove(0)];
+    eprintln!("after {STEPS} steps: device loss {sd:?}, {td} steps; host loss {sh:?}, {th} steps");
+    assert!(sd.skipped >= 10 && (sd.skipped as usize) < STEPS, "{} of {STEPS} windows skipped", sd.skipped);
+    assert_eq!((sd.scale, sd.good_steps, sd.skipped), (sh.scale, sh.good_steps, sh.skipped), "scaler states");
+    assert_eq!((td, th), (STEPS as u64 - sd.skipped, STEPS as u64 - sh.skipped), "optimizer steps");
+    let diff = pd.iter().zip(&ph).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 1e-4, "weights {diff} apart");
 }
