@@ -353,10 +353,16 @@ static CUresult release(CUdeviceptr p) {
     return SUCCESS;
 }
 
-// A fault while a kernel runs is reported with the kernel's name; any other fault goes to the handler that
-// was there before (Rust's stack-overflow report).
+// A fault while a kernel runs is reported with the kernel's name, a host access to page-locked memory that a
+// queued copy still uses with the copy's direction; any other fault goes to the handler that was there before
+// (Rust's stack-overflow report).
 static struct sigaction previous_segv;
+static bool pinned_fault(const void *addr); // page-locked memory an asynchronous copy has not finished with
 static void on_segv(int sig, siginfo_t *info, void *uc) {
+    if (!running_kernel && pinned_fault(info->si_addr)) {
+        signal(SIGSEGV, SIG_DFL);
+        abort();
+    }
     if (running_kernel) {
         char msg[512];
         int len = snprintf(msg, sizeof msg,
@@ -453,13 +459,71 @@ static void flush_all() {
 
 // Pinned host allocations (cuMemHostAlloc): async copies read or write them when they execute; other host
 // memory is staged at the call, as CUDA does for pageable memory.
-static std::map<uintptr_t, size_t> pinned;
+//
+// Each allocation is a mapping of its own, and while a queued copy still has to read it (an upload from it)
+// the host may not write it, and while one still has to write it (a download into it) the host may not touch
+// it: its pages are write- or read-and-write-protected until the copy runs, so the host's access faults and
+// the run stops naming it. On a GPU the copy runs at some point after it is issued, so such an access sees or
+// leaves whatever the DMA engine got to first; only an event or stream wait orders the host after it (cudarc's
+// own per-slice events order nothing when its event tracking is off, as in the engine).
+struct Pinned {
+    size_t size = 0, mapped = 0;
+    unsigned reads = 0, writes = 0; // queued uploads from it, downloads into it
+};
+static std::map<uintptr_t, Pinned> pinned;
+
+// The allocation holding `p`, or null (caller holds stream_lock).
+static std::pair<const uintptr_t, Pinned> *pinned_at(const void *p) {
+    auto it = pinned.upper_bound((uintptr_t)p);
+    if (it == pinned.begin()) return nullptr;
+    --it;
+    return (uintptr_t)p < it->first + it->second.size ? &*it : nullptr;
+}
+
 static bool is_pinned(const void *p) {
     std::lock_guard<std::recursive_mutex> g(stream_lock);
-    auto it = pinned.upper_bound((uintptr_t)p);
+    return pinned_at(p) != nullptr;
+}
+
+static void protect(uintptr_t base, const Pinned &a) {
+    const int prot = a.writes ? PROT_NONE : a.reads ? PROT_READ : PROT_READ | PROT_WRITE;
+    mprotect((void *)base, a.mapped, prot);
+}
+
+// Queues `copy` (which reads the pinned memory at `h` if `download` is false, writes it if true) on stream `s`;
+// the host keeps off it until the copy has run.
+static void enqueue_pinned(void *s, const void *h, bool download, std::function<void()> copy) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    const uintptr_t base = pinned_at(h)->first;
+    Pinned &a = pinned[base];
+    (download ? a.writes : a.reads) += 1;
+    protect(base, a);
+    enqueue(s, [base, download, copy] {
+        std::lock_guard<std::recursive_mutex> g(stream_lock);
+        Pinned &a = pinned[base];
+        mprotect((void *)base, a.mapped, PROT_READ | PROT_WRITE);
+        copy();
+        (download ? a.writes : a.reads) -= 1;
+        protect(base, a);
+    });
+}
+
+// In the SIGSEGV handler: a host access to protected page-locked memory is reported (no lock: the run stops).
+static bool pinned_fault(const void *addr) {
+    auto it = pinned.upper_bound((uintptr_t)addr);
     if (it == pinned.begin()) return false;
     --it;
-    return (uintptr_t)p < it->first + it->second;
+    const Pinned &a = it->second;
+    if ((uintptr_t)addr >= it->first + a.mapped || (a.reads == 0 && a.writes == 0)) return false;
+    char msg[600];
+    const int len = snprintf(
+        msg, sizeof msg,
+        "cuda-emu: the host touched page-locked memory at %p (byte %zu of a %zu-byte cuMemHostAlloc buffer) while "
+        "an asynchronous copy still %s it (%u queued upload(s) from it, %u download(s) into it): nothing orders "
+        "this access after the copy; wait for an event recorded after the copy, or synchronize its stream, first\n",
+        addr, (size_t)((uintptr_t)addr - it->first), a.size, a.writes ? "writes" : "reads", a.reads, a.writes);
+    if (len > 0) (void)!write(2, msg, (size_t)len);
+    return true;
 }
 
 // ---- modules ---------------------------------------------------------------------------------------------
@@ -811,21 +875,29 @@ CUresult cuMemFreeAsync(CUdeviceptr p, void *s) {
 }
 CUresult cuMemHostAlloc(void **p, size_t n, unsigned) {
     NOTE();
-    *p = malloc(n ? n : 1);
-    if (!*p) return 2;
+    const size_t size = n ? n : 1, mapped = (size + PAGE - 1) / PAGE * PAGE;
+    void *m = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return 2;
+    *p = m;
     std::lock_guard<std::recursive_mutex> g(stream_lock);
-    pinned[(uintptr_t)*p] = n ? n : 1;
+    Pinned &a = pinned[(uintptr_t)m];
+    a.size = size;
+    a.mapped = mapped;
     return SUCCESS;
 }
 CUresult cuMemAllocHost_v2(void **p, size_t n) { NOTE(); return cuMemHostAlloc(p, n, 0); }
 CUresult cuMemFreeHost(void *p) {
     NOTE();
     flush_all();
+    size_t mapped = 0;
     {
         std::lock_guard<std::recursive_mutex> g(stream_lock);
-        pinned.erase((uintptr_t)p);
+        auto it = pinned.find((uintptr_t)p);
+        if (it == pinned.end()) return INVALID_VALUE;
+        mapped = it->second.mapped;
+        pinned.erase(it);
     }
-    free(p);
+    munmap(p, mapped);
     return SUCCESS;
 }
 // The driver checks that a copy's or memset's device range lies within one allocation (CUDA_ERROR_INVALID_VALUE
@@ -859,7 +931,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
     if (emu_stream::no_compute()) { // a DMA transfer on a GPU: no host time
         enqueue(s, [] {});
     } else if (is_pinned(h)) {
-        enqueue(s, [d, h, n] { memcpy((void *)d, h, n); });
+        enqueue_pinned(s, h, false, [d, h, n] { memcpy((void *)d, h, n); });
     } else {
         auto staged = std::make_shared<std::vector<char>>((const char *)h, (const char *)h + n);
         enqueue(s, [d, staged] { memcpy((void *)d, staged->data(), staged->size()); });
@@ -877,7 +949,7 @@ CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *s) {
     NOTE();
     DEVICE_RANGE(d, n);
     if (is_pinned(h)) {
-        enqueue(s, [h, d, n] { memcpy(h, (const void *)d, n); });
+        enqueue_pinned(s, h, true, [h, d, n] { memcpy(h, (const void *)d, n); });
     } else { // into pageable memory the copy returns only once done
         enqueue(s, [h, d, n] { memcpy(h, (const void *)d, n); });
         flush(stream_of(s));

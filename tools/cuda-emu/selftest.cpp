@@ -167,6 +167,15 @@ int cuModuleLoadData(void **, const void *);
 int cuModuleGetFunction(void **, void *, const char *);
 int cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **,
                    void **);
+int cuStreamCreate(void **, unsigned);
+int cuStreamSynchronize(void *);
+int cuEventCreate(void **, unsigned);
+int cuEventRecord(void *, void *);
+int cuEventSynchronize(void *);
+int cuMemHostAlloc(void **, size_t, unsigned);
+int cuMemFreeHost(void *);
+int cuMemcpyHtoDAsync_v2(unsigned long long, const void *, size_t, void *);
+int cuMemcpyDtoHAsync_v2(void *, unsigned long long, size_t, void *);
 }
 
 static const char *PTX = ".visible .entry block_sum(\n.visible .entry out_of_bounds(\n"
@@ -429,6 +438,35 @@ int main() {
                   cuMemcpyDtoH_v2(host.data(), d + 8, 63 * sizeof(float)) == 1,
               "a copy running past an allocation's end is refused (invalid value)");
         check(cuMemsetD32_v2(d + 2, 0u, 4) == 1, "a 32-bit memset at an unaligned address is refused");
+    }
+
+    // Page-locked host memory and asynchronous copies on a non-blocking stream: the host may read what a
+    // download wrote, or rewrite what an upload read, only once a wait orders it after the copy.
+    {
+        void *stream = nullptr, *event = nullptr;
+        cuStreamCreate(&stream, 1); // CU_STREAM_NON_BLOCKING
+        cuEventCreate(&event, 0);
+        unsigned long long d = device_floats(3, 5.0f);
+        float *host = nullptr;
+        cuMemHostAlloc((void **)&host, 3 * sizeof(float), 0);
+        host[0] = 1.0f;
+        check(cuMemcpyDtoHAsync_v2(host, d, 3 * sizeof(float), stream) == 0, "a download into pinned memory queues");
+        check(aborts_with([&] { printf("%f\n", (double)host[2]); },
+                          "the host touched page-locked memory"),
+              "reading pinned memory before its download is waited for stops the run");
+        cuEventRecord(event, stream);
+        cuEventSynchronize(event);
+        check(host[0] == 5.0f && host[2] == 5.0f, "after an event wait the host reads the downloaded values");
+        host[1] = 9.0f;
+        check(cuMemcpyHtoDAsync_v2(d, host, 3 * sizeof(float), stream) == 0, "an upload from pinned memory queues");
+        const float seen = host[1];
+        check(seen == 9.0f, "the host may read pinned memory an upload reads");
+        check(aborts_with([&] { host[1] = 2.0f; }, "an asynchronous copy still reads it"),
+              "rewriting pinned memory before its upload is waited for stops the run");
+        cuStreamSynchronize(stream);
+        host[1] = 3.0f; // the upload has run: the host owns the buffer again
+        check(read_float(d, 1) == 9.0f, "the upload carried the value staged before it");
+        check(cuMemFreeHost(host) == 0, "pinned memory is freed");
     }
 
     // Bugs, each in a child process (writing into a buffer of 64 floats).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs cuda-emu's own tests: right kernels give right results, and each bug the emulator promises
-# to catch (out-of-bounds access, divergent barrier, shuffle from an exited lane, bad launch geometry, and with
+# to catch (out-of-bounds access, divergent barrier, shuffle from an exited lane, bad launch geometry, a host
+# access to pinned memory a queued copy still uses, and with
 # instrumented kernels each kind of race) is caught (selftest.cpp); its cuBLAS computes the type combinations
 # cuBLAS supports and refuses the rest (selftest_cublas.cpp). usage: tools/cuda-emu/selftest.sh [BUILD_DIR]
 set -euo pipefail
