@@ -1,7 +1,7 @@
 //! The device-side loss in process, against the host task's path on the same device: its ring on its own
 //! (when more micro-batches pass than it holds, it flushes itself into the training meters and loses
 //! nothing), and f16 loss scaling, which multiplies the output gradient on the device whichever path wrote
-//! it. Without a CUDA device the tests print SKIPPED (CI runs them on tools/cuda-emu with
+//! it, and the VQ layers' auxiliary losses too. Without a CUDA device the tests print SKIPPED (CI runs them on tools/cuda-emu with
 //! `ECSTRAIN_REQUIRE_GPU=1`).
 
 use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::train_step};
@@ -15,11 +15,16 @@ fn app(device: &str) -> ecstrain::engine::app::App {
 
 /// [`app`] with more `--set` overrides.
 fn app_with(device: &str, more: &[&str]) -> ecstrain::engine::app::App {
+    app_of("configs/digits_mlp.yaml", device, more)
+}
+
+/// `config` on `device` with `more` overrides, assembled in process (no log record before step 10^6).
+fn app_of(config: &str, device: &str, more: &[&str]) -> ecstrain::engine::app::App {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(&root).unwrap();
     let mut sets = vec!["run.log_interval=1000000".to_string(), format!("run.device={device}")];
     sets.extend(more.iter().map(|s| s.to_string()));
-    let loaded = load_config(&root.join("configs/digits_mlp.yaml"), &sets).unwrap();
+    let loaded = load_config(&root.join(config), &sets).unwrap();
     let mut app = assemble(default_app(), loaded, true).unwrap().app;
     let sink = std::fs::File::create("/dev/null").unwrap();
     app.world.insert_resource(ecstrain::systems::logging::jsonl::JsonlLog(std::io::BufWriter::new(sink)));
@@ -113,4 +118,47 @@ fn f16_loss_scaling_on_cuda_scales_the_host_tasks_gradient_too() {
     assert_eq!((td, th), (STEPS as u64 - sd.skipped, STEPS as u64 - sh.skipped), "optimizer steps");
     let diff = pd.iter().zip(&ph).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff <= 1e-4, "weights {diff} apart");
+}
+
+/// Under f16 loss scaling the VQ layers' auxiliary losses (codebook and commitment) are scaled on the device
+/// with the output gradient, so after the unscale their gradients have their true size. With plain SGD (whose
+/// steps scale with the gradient, unlike Adam's) the VQ-VAE's codebook moves as far in 10 steps under f16 as
+/// in f32, within the half-precision products' rounding; an unscaled auxiliary weight would leave it at
+/// 1/65536 of that.
+#[test]
+fn f16_loss_scaling_on_cuda_scales_the_vq_losses_too() {
+    if let Err(e) = ecstrain::kernels::Device::Cuda(0).ensure_available() {
+        ecstrain::kernels::cuda::testing::skip_without_gpu(
+            "f16_loss_scaling_on_cuda_scales_the_vq_losses_too",
+            &e.to_string(),
+        );
+        return;
+    }
+    use ecstrain::components::{ParamInfo, ParamSlice, Params};
+    use ecstrain::systems::device::systems::gpu_sync_down;
+    const STEPS: usize = 10;
+    let mut moved = Vec::new();
+    for amp in ["run.amp=off", "run.amp=f16"] {
+        let sets = [amp, "run.optimizer=SGD", "run.lr0=0.5", "run.warmup_epochs=0", "run.nbs=64"];
+        let mut app = app_of("configs/digits_autoencoder.yaml", "cuda", &sets);
+        let slice = {
+            let mut q = app.world.query::<(&ParamInfo, &ParamSlice)>();
+            let found = q.iter(&app.world).find(|(i, _)| i.name == "quantizer.embedding.weight");
+            *found.expect("the VQ-VAE has a codebook").1
+        };
+        let before = app.world.resource::<Params>().0.get(slice).to_vec();
+        for _ in 0..STEPS {
+            train_step(&mut app);
+        }
+        let failure = app.world.resource::<ecstrain::components::RunFailure>().0.clone();
+        assert!(failure.is_none(), "{amp}: the CUDA step failed: {failure:?}");
+        app.world.run_system_cached(gpu_sync_down).unwrap();
+        let after = app.world.resource::<Params>().0.get(slice).to_vec();
+        let dist = before.iter().zip(&after).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        eprintln!("{amp}: the codebook moved {dist:e} in {STEPS} steps");
+        moved.push(dist);
+    }
+    assert!(moved[0] > 0.0, "the f32 run's codebook did not move");
+    let ratio = moved[1] / moved[0];
+    assert!((0.8..1.25).contains(&ratio), "f16 moved the codebook {ratio} times as far as f32");
 }
