@@ -10,7 +10,12 @@ cross-entropy + backward + optimizer.step(). Prints one line per workload: RESUL
 TF32: PyTorch's defaults unless --cudnn-tf32 off (convolutions then exact f32, like the engine's default;
 matmuls are f32 by default in PyTorch). Each RESULT records both flags.
 
+--amp f16 / bf16: the forward and loss under torch.autocast, f32 master weights; f16 adds a GradScaler, whose
+step reads its found-inf flag on the host (`.item()`) unless the optimizer is a fused one. The engine's
+`run.amp=f16` keeps that decision on the device. Each RESULT records the mode.
+
 usage: torch_cuda_baseline.py PATH/torch_baseline.py [w1_mlp w2_cnn w3_vit] [--batch 512] [--cudnn-tf32 off]
+       [--amp off|f16|bf16]
 """
 import argparse
 import importlib.util
@@ -28,7 +33,9 @@ def main():
     ap.add_argument("workloads", nargs="*", default=["w1_mlp", "w2_cnn", "w3_vit"])
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--cudnn-tf32", choices=["default", "off"], default="default")
+    ap.add_argument("--amp", choices=["off", "f16", "bf16"], default="off")
     args = ap.parse_args()
+    dtype = {"f16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
     if args.cudnn_tf32 == "off":
         torch.backends.cudnn.allow_tf32 = False
     spec = importlib.util.spec_from_file_location("torch_baseline", args.baseline)
@@ -43,11 +50,19 @@ def main():
         xs = [torch.randn((args.batch, *shape), device=dev) for _ in range(8)]
         ys = [torch.randint(0, 10, (args.batch,), device=dev) for _ in range(8)]
 
+        scaler = torch.amp.GradScaler("cuda") if args.amp == "f16" else None
+
         def step(i):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xs[i % 8]), ys[i % 8])
-            loss.backward()
-            opt.step()
+            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = F.cross_entropy(model(xs[i % 8]), ys[i % 8])
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
 
         for i in range(20):
             step(i)
@@ -69,7 +84,7 @@ def main():
                                       "samples_per_s": sps * args.batch, "repeats": rates,
                                       "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                                       "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
-                                      "cudnn_tf32": torch.backends.cudnn.allow_tf32}),
+                                      "cudnn_tf32": torch.backends.cudnn.allow_tf32, "amp": args.amp}),
               flush=True)
 
 

@@ -20,7 +20,9 @@ fn app_with(device: &str, more: &[&str]) -> ecstrain::engine::app::App {
 
 /// `config` on `device` with `more` overrides, assembled in process (no log record before step 10^6).
 fn app_of(config: &str, device: &str, more: &[&str]) -> ecstrain::engine::app::App {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // ECSTRAIN_REPO: the checkout when the binary runs elsewhere (tools/gpu-session).
+    let root =
+        std::env::var_os("ECSTRAIN_REPO").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
     std::env::set_current_dir(&root).unwrap();
     let mut sets = vec!["run.log_interval=1000000".to_string(), format!("run.device={device}")];
     sets.extend(more.iter().map(|s| s.to_string()));

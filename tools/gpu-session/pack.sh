@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, everything a lent GPU machine runs (it has no Rust toolchain), stripped into .gpu/ (ignored by
 # git, carried with `carry: [".gpu"]`): the engine, the kernel crate's tests (every CUDA op against its CPU
-# twin), tests/cuda_e2e.rs, tests/cuda_steady_state.rs and the criterion CUDA benchmarks. Then one device call runs run.sh.
+# twin), tests/cuda_e2e.rs, tests/cuda_steady_state.rs, tests/cuda_device_loss.rs and the criterion CUDA
+# benchmarks. Then one device call runs run.sh.
 #
 # usage: tools/gpu-session/pack.sh        (from anywhere; writes <repo>/.gpu)
 set -euo pipefail
@@ -36,6 +37,9 @@ cargo test --release --no-run --test cuda_e2e --message-format=json | built | wh
 done
 cargo test --release --no-run --test cuda_steady_state --message-format=json | built | while IFS=$'\t' read -r name path; do
     [ "$name" = cuda_steady_state ] && take cuda_steady_state "$path"
+done
+cargo test --release --no-run --test cuda_device_loss --message-format=json | built | while IFS=$'\t' read -r name path; do
+    [ "$name" = cuda_device_loss ] && take cuda_device_loss "$path"
 done
 cargo bench --no-run --bench cuda_kernels --message-format=json | built | while IFS=$'\t' read -r name path; do
     [ "$name" = cuda_kernels ] && take cuda_kernels_bench "$path"

@@ -49,19 +49,19 @@ step() { # name seconds command...: runs with a limit, logs to $out/name.log, no
 # Engine steps/s on the device for one bench config at batch 512: the last epoch's train samples/s / 512.
 # The train split on the device unless the 4th argument is false (then every batch is assembled and staged
 # on the host); the host's pool on every core (it splits the staging and gathering copies).
-engine_sps() { # workload config [tf32] [device_cache]
-    local dir tf32="${3:-false}" cache="${4:-true}"
+engine_sps() { # workload config [tf32] [device_cache] [amp]
+    local dir tf32="${3:-false}" cache="${4:-true}" amp="${5:-off}"
     dir="$(mktemp -d)"
     timeout 60 "$bin/engine" --config "$2" --set run.device=cuda --set run.batch=512 --set run.nbs=512 --set run.epochs=3 \
-        --set run.tf32="$tf32" --set run.device_cache="$cache" --set run.threads="$(nproc)" \
+        --set run.tf32="$tf32" --set run.device_cache="$cache" --set run.amp="$amp" --set run.threads="$(nproc)" \
         --set datasets.synthetic.train_samples=$((512 * ${SBS_STEPS:-100})) --set datasets.synthetic.val_samples=512 \
-        --set run.save_dir="$dir/run" > "$out/sbs_$1_${tf32}_$cache.log" 2>&1 ||
-        { echo "RESULT_ENGINE $1 tf32=$tf32 device_cache=$cache failed"; return; }
+        --set run.save_dir="$dir/run" > "$out/sbs_$1_${tf32}_${cache}_$amp.log" 2>&1 ||
+        { echo "RESULT_ENGINE $1 tf32=$tf32 device_cache=$cache amp=$amp failed"; return; }
     python3 -c "
 import json
 r = [json.loads(l) for l in open('$dir/run/metrics.jsonl')]
 r = [x for x in r if x.get('split') == 'train' and 'samples_per_s' in x]
-print('RESULT_ENGINE', json.dumps({'workload': '$1', 'tf32': $([ "$tf32" = true ] && echo True || echo False), 'device_cache': $([ "$cache" = true ] && echo True || echo False), 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
+print('RESULT_ENGINE', json.dumps({'workload': '$1', 'tf32': $([ "$tf32" = true ] && echo True || echo False), 'device_cache': $([ "$cache" = true ] && echo True || echo False), 'amp': '$amp', 'steps_per_s': r[-1]['samples_per_s'] / 512}))"
 }
 
 steps="${STEPS:-info bench ops e2e criterion sbs}"
@@ -73,7 +73,8 @@ for s in $steps; do
         head -20 "$out/info.log" ;;
     bench) step bench 90 "$bin/engine" bench --device cuda ;;
     ops) step ops 90 "$bin/kernel_tests" cuda --test-threads=1 --nocapture
-        step steady 60 "$bin/cuda_steady_state" --nocapture ;;
+        step steady 60 "$bin/cuda_steady_state" --nocapture
+        step loss 60 "$bin/cuda_device_loss" --test-threads=1 --nocapture ;;
     e2e) step e2e 300 "$bin/cuda_e2e" --test-threads=1 --nocapture ;;
     criterion) step criterion 90 "$bin/cuda_kernels_bench" --bench --noplot ;;
     sbs) # W1 / W2 / W3 at batch 512: the engine on CUDA, then PyTorch eager on CUDA (pack.sh carries the
@@ -85,8 +86,13 @@ for s in $steps; do
             engine_sps w1_mlp configs/bench_w1_mlp.yaml false false
             # PyTorch runs its convolutions on TF32 by default (cudnn.allow_tf32): W2 both ways on both sides.
             engine_sps w2_cnn configs/bench_w2_cnn.yaml true
+            # f16 autocast with dynamic loss scaling: the engine decides each step's skip on the device, torch's
+            # GradScaler (non-fused AdamW) on the host.
+            engine_sps w1_mlp configs/bench_w1_mlp.yaml false true f16
+            engine_sps w3_vit configs/bench_w3_vit.yaml false true f16
             timeout 120 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py"
             timeout 60 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py" w2_cnn --cudnn-tf32 off
+            timeout 60 python3 benches/torch_cuda_baseline.py "$bin/torch_baseline.py" w1_mlp w3_vit --amp f16
         } > "$out/sbs.log" 2>&1
         grep RESULT "$out/sbs.log" | tee -a "$out/summary.txt" ;;
     *) echo "unknown step $s" ;;
