@@ -22,10 +22,11 @@ link=(-shared -static-libstdc++ -static-libgcc -Wl,-z,defs)
 race=(-fsanitize=thread --param=tsan-instrument-func-entry-exit=0)
 "$cxx" "${common[@]}" -c -o "$out/driver.o" "$here/driver.cpp" &
 "$cxx" "${common[@]}" -c -o "$out/racecheck.o" "$here/racecheck.cpp" &
+"$cxx" "${common[@]}" -c -o "$out/order.o" "$here/order.cpp" &
 "$cxx" "${common[@]}" -c -o "$out/kernels.o" "$out/kernels.cpp" &
 "$cxx" "${common[@]}" "${race[@]}" -c -o "$out/kernels-race.o" "$out/kernels.cpp" &
 wait
-"$cxx" "${common[@]}" "${link[@]}" -o "$out/libcuda.so.1" "$out/driver.o" "$out/racecheck.o" "$out/kernels.o"
+"$cxx" "${common[@]}" "${link[@]}" -o "$out/libcuda.so.1" "$out/driver.o" "$out/racecheck.o" "$out/order.o" "$out/kernels.o"
 "$cxx" "${common[@]}" "${link[@]}" -o "$out/libcublas.so.12" "$here/cublas.cpp"
 "$cxx" "${common[@]}" "${link[@]}" -o "$out/libnccl.so.2" "$here/nccl.cpp"
 ln -sf libcuda.so.1 "$out/libcuda.so"
@@ -34,7 +35,7 @@ ln -sf libnccl.so.2 "$out/libnccl.so"
 # OUT/racecheck: the same libraries with the race-checking driver (tools/cuda-emu/README.md, "Races").
 mkdir -p "$out/racecheck"
 "$cxx" "${common[@]}" "${link[@]}" -o "$out/racecheck/libcuda.so.1" "$out/driver.o" "$out/racecheck.o" \
-    "$out/kernels-race.o"
+    "$out/order.o" "$out/kernels-race.o"
 ln -sf libcuda.so.1 "$out/racecheck/libcuda.so"
 for lib in libcublas.so.12 libcublas.so libnccl.so.2 libnccl.so; do ln -sf "../$lib" "$out/racecheck/$lib"; done
 echo "cuda-emu built in $out (race-checking driver in $out/racecheck)"

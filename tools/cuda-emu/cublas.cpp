@@ -95,12 +95,29 @@ static cublasStatus_t gemm(void *h, int ta, int tb, int m, int n, int k, float a
     return OK;
 }
 
+static size_t type_bytes(int type) { return type == R_16F || type == R_16BF ? 2 : 4; }
+
+// Tells the race check (emu_stream::access) of the column-major matrix [rows, cols] with leading dimension
+// `ld` at element `offset` of `p`: one span per column, so the gaps between columns count as untouched.
+static void declare(const void *p, int type, long long offset, int rows, int cols, int ld, bool write) {
+    if (rows == 0 || cols == 0) return;
+    const size_t es = type_bytes(type);
+    for (int j = 0; j < cols; ++j)
+        emu_stream::access((const char *)p + (size_t)(offset + (long long)j * ld) * es, (size_t)rows * es, write,
+                           "a cuBLAS product");
+}
+
 static void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *a, int atype, int lda,
                      long long sa, const void *b, int btype, int ldb, long long sb, float beta, void *c, int ctype,
                      int ldc, long long sc, int batch) {
     std::vector<double> pa((size_t)m * k), pb((size_t)k * n);
     for (int q = 0; q < batch; ++q) {
         const long long oa = q * sa, ob = q * sb, oc = q * sc;
+        if (k > 0) {
+            declare(a, atype, oa, ta ? k : m, ta ? m : k, lda, false);
+            declare(b, btype, ob, tb ? n : k, tb ? k : n, ldb, false);
+        }
+        declare(c, ctype, oc, m, n, ldc, true);
         for (int i = 0; i < m; ++i)
             for (int l = 0; l < k; ++l)
                 pa[(size_t)i * k + l] = load(atype, a, oa + (ta ? (long long)i * lda + l : (long long)l * lda + i));

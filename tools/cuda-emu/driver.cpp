@@ -15,8 +15,10 @@
 // of accesses within a launch that a GPU could run in either order (race::* calls below tell it of buffers,
 // launches, blocks and barriers).
 //
-// What it cannot check: the PTX itself (NVRTC still compiles it; CI assembles it with ptxas), timing, and
-// races between two streams' work.
+// The same driver also reports every pair of accesses on two streams that nothing orders (an event wait or a
+// host synchronisation; emu_order.h tracks them): order::* calls below tell it of streams, events and waits.
+//
+// What it cannot check: the PTX itself (NVRTC still compiles it; CI assembles it with ptxas) and timing.
 
 #include <signal.h>
 #include <stdarg.h>
@@ -38,6 +40,7 @@
 #include <vector>
 
 #include "emu_kernel.h"
+#include "emu_order.h"
 #include "emu_racecheck.h"
 #include "emu_registry.h"
 #include "emu_stream.h"
@@ -395,6 +398,7 @@ struct Stream {
     std::deque<std::function<void()>> queue;
     unsigned long long pushed = 0, done = 0; // operations issued / executed
     bool blocking = true;                    // created without CU_STREAM_NON_BLOCKING
+    uint32_t index = 0;                      // its number for the race check (emu_order.h; 0: the null stream)
 };
 static Stream legacy_stream; // the null stream
 static std::set<Stream *> streams;
@@ -416,10 +420,19 @@ static Stream *stream_of(void *handle) {
 static void flush(Stream *s);
 static void flush_blocking();
 
-static void enqueue(void *handle, std::function<void()> op) {
+// Queues `op` on the stream; `what` names it (or `kernel`) for the race check's reports, which also learns
+// what orders it (emu_order.h).
+static void enqueue(void *handle, std::function<void()> op, const char *what,
+                    const KernelEntry *kernel = nullptr) {
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     Stream *s = stream_of(handle);
     ++s->pushed;
+    const order::Issued issued = order::issue(s->index, what, kernel);
+    if (issued.op)
+        op = [issued, inner = std::move(op)] {
+            order::Running running(issued);
+            inner();
+        };
     // The null (legacy) stream waits for every blocking stream; its work runs at once.
     if (s == &legacy_stream) flush_blocking();
     if (!deferred() || s == &legacy_stream) {
@@ -428,6 +441,14 @@ static void enqueue(void *handle, std::function<void()> op) {
         return;
     }
     s->queue.push_back(std::move(op));
+}
+
+// A synchronous call's work (a cuMemcpy without Async, a cuMemset without Async): ordered as the null stream's
+// and run now; the host returns once it is done.
+static void run_synchronously(std::function<void()> op, const char *what) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    enqueue(nullptr, std::move(op), what);
+    order::host_waits_stream(0);
 }
 
 // Runs `s`'s operations until `upto` of them have executed.
@@ -492,7 +513,7 @@ static void protect(uintptr_t base, const Pinned &a) {
 
 // Queues `copy` (which reads the pinned memory at `h` if `download` is false, writes it if true) on stream `s`;
 // the host keeps off it until the copy has run.
-static void enqueue_pinned(void *s, const void *h, bool download, std::function<void()> copy) {
+static void enqueue_pinned(void *s, const void *h, bool download, std::function<void()> copy, const char *what) {
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     const uintptr_t base = pinned_at(h)->first;
     Pinned &a = pinned[base];
@@ -505,7 +526,7 @@ static void enqueue_pinned(void *s, const void *h, bool download, std::function<
         copy();
         (download ? a.writes : a.reads) -= 1;
         protect(base, a);
-    });
+    }, what);
 }
 
 // In the SIGSEGV handler: a host access to protected page-locked memory is reported (no lock: the run stops).
@@ -624,6 +645,20 @@ extern "C" size_t cuda_emu_counts(char *buf, size_t cap) {
 }
 
 #define NOTE() cuda_emu_note(__func__)
+
+// ---- for the libraries beside the driver (emu_stream.h) ----------------------------------------------------
+
+// The running stream operation (a cuBLAS product or an NCCL collective, queued as a host function) reads or
+// writes `bytes` of device memory at `p`: the race check's view of it. `what` names the operation.
+extern "C" void cuda_emu_access(const void *p, size_t bytes, int write, const char *what) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
+    order::name_current(what);
+    race::range(p, bytes, write != 0);
+}
+
+// Runs a stream's queued work now, for a library that must read its input at the call (NCCL's collectives).
+// Unlike cuStreamSynchronize it orders nothing after the work: the host did not wait for it.
+extern "C" void cuda_emu_run_stream(void *stream) { flush(stream_of(stream)); }
 
 // ---- the driver API --------------------------------------------------------------------------------------
 
@@ -751,6 +786,7 @@ CUresult cuStreamCreate(void **s, unsigned flags) {
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     Stream *stream = new Stream();
     stream->blocking = (flags & 1u) == 0; // CU_STREAM_NON_BLOCKING
+    stream->index = order::new_stream(stream->blocking);
     streams.insert(stream);
     *s = stream;
     return SUCCESS;
@@ -760,13 +796,16 @@ CUresult cuStreamDestroy_v2(void *s) {
     NOTE();
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     flush(stream_of(s)); // CUDA finishes a destroyed stream's work
+    order::destroy_stream(((Stream *)s)->index);
     streams.erase((Stream *)s);
     delete (Stream *)s;
     return SUCCESS;
 }
 CUresult cuStreamSynchronize(void *s) {
     NOTE();
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
     flush(stream_of(s));
+    order::host_waits_stream(stream_of(s)->index);
     return SUCCESS;
 }
 CUresult cuStreamIsCapturing(void *, int *status) {
@@ -776,12 +815,14 @@ CUresult cuStreamIsCapturing(void *, int *status) {
 }
 CUresult cuLaunchHostFunc(void *s, void (*f)(void *), void *data) {
     NOTE();
-    enqueue(s, [f, data] { f(data); });
+    enqueue(s, [f, data] { f(data); }, "a host function");
     return SUCCESS;
 }
 CUresult cuCtxSynchronize() {
     NOTE();
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
     flush_all();
+    order::host_waits_all();
     return SUCCESS;
 }
 
@@ -794,6 +835,7 @@ struct Event {
     Stream *stream = nullptr;
     unsigned long long seq = 0; // the stream's operations up to and including the marker
     std::shared_ptr<EventState> state = std::make_shared<EventState>();
+    order::Mark mark; // what a wait for it is ordered after (the race check)
 };
 static double now_ms() {
     timespec t;
@@ -805,8 +847,11 @@ static void flush_if_alive(Stream *s, unsigned long long seq) {
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     if (s == &legacy_stream || streams.count(s)) flush_to(s, seq);
 }
+// The host waits for the event.
 static void complete(Event *e) {
+    std::lock_guard<std::recursive_mutex> g(stream_lock);
     if (e->stream) flush_if_alive(e->stream, e->seq);
+    order::host_waits_mark(e->mark);
 }
 CUresult cuEventCreate(void **e, unsigned) {
     NOTE();
@@ -823,9 +868,10 @@ CUresult cuEventRecord(void *e, void *s) {
     std::lock_guard<std::recursive_mutex> g(stream_lock);
     Event *ev = (Event *)e;
     std::shared_ptr<EventState> state = ev->state;
-    enqueue(s, [state] { state->ms = now_ms(); });
+    enqueue(s, [state] { state->ms = now_ms(); }, "an event marker");
     ev->stream = stream_of(s);
     ev->seq = ev->stream->pushed;
+    ev->mark = order::record(ev->stream->index);
     return SUCCESS;
 }
 CUresult cuStreamWaitEvent(void *s, void *e, unsigned) {
@@ -835,7 +881,8 @@ CUresult cuStreamWaitEvent(void *s, void *e, unsigned) {
     if (ev->stream) {
         Stream *other = ev->stream;
         const unsigned long long seq = ev->seq;
-        enqueue(s, [other, seq] { flush_if_alive(other, seq); });
+        order::wait(stream_of(s)->index, ev->mark);
+        enqueue(s, [other, seq] { flush_if_alive(other, seq); }, "an event wait");
     }
     return SUCCESS;
 }
@@ -865,12 +912,16 @@ CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) { NOTE(); return allocate(p, n)
 CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, void *) { NOTE(); return allocate(p, n); }
 CUresult cuMemFree_v2(CUdeviceptr p) {
     NOTE();
-    flush_all(); // cuMemFree waits for the device
+    {
+        std::lock_guard<std::recursive_mutex> g(stream_lock);
+        flush_all(); // cuMemFree waits for the device
+        order::host_waits_all();
+    }
     return release(p);
 }
 CUresult cuMemFreeAsync(CUdeviceptr p, void *s) {
     NOTE();
-    enqueue(s, [p] { release(p); });
+    enqueue(s, [p] { release(p); }, "an asynchronous free");
     return SUCCESS;
 }
 CUresult cuMemHostAlloc(void **p, size_t n, unsigned) {
@@ -888,10 +939,11 @@ CUresult cuMemHostAlloc(void **p, size_t n, unsigned) {
 CUresult cuMemAllocHost_v2(void **p, size_t n) { NOTE(); return cuMemHostAlloc(p, n, 0); }
 CUresult cuMemFreeHost(void *p) {
     NOTE();
-    flush_all();
     size_t mapped = 0;
     {
         std::lock_guard<std::recursive_mutex> g(stream_lock);
+        flush_all();
+        order::host_waits_all();
         auto it = pinned.find((uintptr_t)p);
         if (it == pinned.end()) return INVALID_VALUE;
         mapped = it->second.mapped;
@@ -918,41 +970,63 @@ static bool in_one_allocation(const char *call, CUdeviceptr d, size_t n) {
 #define DEVICE_RANGE(d, n)                                                                                       \
     if (!in_one_allocation(__func__, d, n)) return INVALID_VALUE
 
+// A copy or memset's device accesses, for the race check (racecheck.cpp), as it runs.
+static void device_reads(CUdeviceptr d, size_t n) { race::range((const void *)d, n, false); }
+static void device_writes(CUdeviceptr d, size_t n) { race::range((const void *)d, n, true); }
+
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *h, size_t n) {
     NOTE();
     DEVICE_RANGE(d, n);
-    flush_blocking();
-    memcpy((void *)d, h, n);
+    run_synchronously([d, h, n] {
+        device_writes(d, n);
+        memcpy((void *)d, h, n);
+    }, "a synchronous copy to the device");
     return SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, void *s) {
     NOTE();
     DEVICE_RANGE(d, n);
+    const char *what = "an asynchronous copy to the device";
     if (emu_stream::no_compute()) { // a DMA transfer on a GPU: no host time
-        enqueue(s, [] {});
+        enqueue(s, [] {}, what);
     } else if (is_pinned(h)) {
-        enqueue_pinned(s, h, false, [d, h, n] { memcpy((void *)d, h, n); });
+        enqueue_pinned(s, h, false, [d, h, n] {
+            device_writes(d, n);
+            memcpy((void *)d, h, n);
+        }, what);
     } else {
         auto staged = std::make_shared<std::vector<char>>((const char *)h, (const char *)h + n);
-        enqueue(s, [d, staged] { memcpy((void *)d, staged->data(), staged->size()); });
+        enqueue(s, [d, staged] {
+            device_writes(d, staged->size());
+            memcpy((void *)d, staged->data(), staged->size());
+        }, what);
     }
     return SUCCESS;
 }
 CUresult cuMemcpyDtoH_v2(void *h, CUdeviceptr d, size_t n) {
     NOTE();
     DEVICE_RANGE(d, n);
-    flush_blocking();
-    memcpy(h, (const void *)d, n);
+    run_synchronously([h, d, n] {
+        device_reads(d, n);
+        memcpy(h, (const void *)d, n);
+    }, "a synchronous copy to the host");
     return SUCCESS;
 }
 CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, void *s) {
     NOTE();
     DEVICE_RANGE(d, n);
+    const char *what = "an asynchronous copy to the host";
+    const auto copy = [h, d, n] {
+        device_reads(d, n);
+        memcpy(h, (const void *)d, n);
+    };
     if (is_pinned(h)) {
-        enqueue_pinned(s, h, true, [h, d, n] { memcpy(h, (const void *)d, n); });
+        enqueue_pinned(s, h, true, copy, what);
     } else { // into pageable memory the copy returns only once done
-        enqueue(s, [h, d, n] { memcpy(h, (const void *)d, n); });
+        std::lock_guard<std::recursive_mutex> g(stream_lock);
+        enqueue(s, copy, what);
         flush(stream_of(s));
+        order::host_waits_stream(stream_of(s)->index);
     }
     return SUCCESS;
 }
@@ -960,55 +1034,70 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr src, size_t n) {
     NOTE();
     DEVICE_RANGE(d, n);
     DEVICE_RANGE(src, n);
-    flush_blocking();
-    memmove((void *)d, (const void *)src, n);
+    run_synchronously([d, src, n] {
+        device_reads(src, n);
+        device_writes(d, n);
+        memmove((void *)d, (const void *)src, n);
+    }, "a synchronous device-to-device copy");
     return SUCCESS;
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
     NOTE();
     DEVICE_RANGE(d, n);
     DEVICE_RANGE(src, n);
+    const char *what = "an asynchronous device-to-device copy";
     if (emu_stream::no_compute())
-        enqueue(s, [] {});
+        enqueue(s, [] {}, what);
     else
-        enqueue(s, [d, src, n] { memmove((void *)d, (const void *)src, n); });
+        enqueue(s, [d, src, n] {
+            device_reads(src, n);
+            device_writes(d, n);
+            memmove((void *)d, (const void *)src, n);
+        }, what);
     return SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
     NOTE();
     DEVICE_RANGE(d, n);
-    flush_blocking();
-    memset((void *)d, v, n);
+    run_synchronously([d, v, n] {
+        device_writes(d, n);
+        memset((void *)d, v, n);
+    }, "a synchronous memset");
     return SUCCESS;
 }
 CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
     NOTE();
     DEVICE_RANGE(d, n);
+    const char *what = "an asynchronous memset";
     if (emu_stream::no_compute())
-        enqueue(s, [] {});
+        enqueue(s, [] {}, what);
     else
-        enqueue(s, [d, v, n] { memset((void *)d, v, n); });
+        enqueue(s, [d, v, n] {
+            device_writes(d, n);
+            memset((void *)d, v, n);
+        }, what);
     return SUCCESS;
 }
 static void fill32(CUdeviceptr d, unsigned v, size_t n) {
+    device_writes(d, 4 * n);
     for (size_t i = 0; i < n; ++i) memcpy((char *)d + 4 * i, &v, 4);
 }
 CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
     NOTE();
     DEVICE_RANGE(d, 4 * n);
     if (d % 4) return INVALID_VALUE; // D32 needs a 4-byte aligned address
-    flush_blocking();
-    fill32(d, v, n);
+    run_synchronously([d, v, n] { fill32(d, v, n); }, "a synchronous memset");
     return SUCCESS;
 }
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
     NOTE();
     DEVICE_RANGE(d, 4 * n);
     if (d % 4) return INVALID_VALUE; // D32 needs a 4-byte aligned address
+    const char *what = "an asynchronous memset";
     if (emu_stream::no_compute())
-        enqueue(s, [] {});
+        enqueue(s, [] {}, what);
     else
-        enqueue(s, [d, v, n] { fill32(d, v, n); });
+        enqueue(s, [d, v, n] { fill32(d, v, n); }, what);
     return SUCCESS;
 }
 
@@ -1116,11 +1205,11 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
     cuda_emu_note((std::string("kernel:") + entry->name).c_str());
     std::function<void()> call = entry->bind(params); // the arguments' values now, as CUDA copies them
     if (emu_stream::no_compute()) {
-        enqueue(stream, [] {});
+        enqueue(stream, [] {}, nullptr, entry);
         return SUCCESS;
     }
     const Dim3 grid{gx, gy, gz}, block{bx, by, bz};
-    enqueue(stream, [entry, call, grid, block] { run_grid(entry, call, grid, block); });
+    enqueue(stream, [entry, call, grid, block] { run_grid(entry, call, grid, block); }, nullptr, entry);
     return SUCCESS;
 }
 

@@ -74,16 +74,24 @@ static ncclResult_t barrier(Comm *c) {
 // dependencies show as stale data, as on a GPU where the communicator's stream runs beside the compute
 // stream: a collective not ordered after the kernels writing its input reads their old values, and a
 // consumer not ordered after the collective's stream reads the old output.
-static void sync_stream(void *stream) {
-    typedef int (*Sync)(void *);
-    static Sync sync = emu_stream::driver_symbol<Sync>("cuStreamSynchronize");
-    if (sync) sync(stream);
+//
+// For the race check, the read is an operation of its own on the stream (a host function run at once) and so is
+// the delivery; each tells the driver what it touches. Running the stream orders nothing after it on the host.
+static void read_input(void *stream, void *into, const void *send, size_t bytes, const char *what) {
+    emu_stream::run_on(stream, [=] {
+        emu_stream::access(send, bytes, false, what);
+        memcpy(into, send, bytes);
+    });
+    emu_stream::run_stream(stream);
 }
 
 // Queues the copy of a collective's result into `recv`.
-static void deliver(void *stream, void *recv, std::vector<char> result) {
+static void deliver(void *stream, void *recv, std::vector<char> result, const char *what) {
     auto shared = std::make_shared<std::vector<char>>(std::move(result));
-    emu_stream::run_on(stream, [recv, shared] { memcpy(recv, shared->data(), shared->size()); });
+    emu_stream::run_on(stream, [recv, shared, what] {
+        emu_stream::access(recv, shared->size(), true, what);
+        memcpy(recv, shared->data(), shared->size());
+    });
 }
 
 static std::string shm_path(const ncclUniqueId &id) {
@@ -168,8 +176,7 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype
         fprintf(stderr, "cuda-emu NCCL: an all-reduce of %zu bytes is over the %zu-byte slot\n", count * width, SLOT);
         return INVALID_USAGE;
     }
-    sync_stream(stream);
-    memcpy(c->slot(c->rank), send, count * width);
+    read_input(stream, c->slot(c->rank), send, count * width, "an NCCL all-reduce");
     if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
     std::vector<char> result(count * width);
     if (dtype == FLOAT32)
@@ -177,19 +184,21 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int dtype
     else
         reduce(c, (double *)result.data(), count, op);
     if (barrier(c) != SUCCESS) return SYSTEM_ERROR; // no rank overwrites its slot before every rank has read it
-    deliver(stream, recv, std::move(result));
+    deliver(stream, recv, std::move(result), "an NCCL all-reduce");
     return SUCCESS;
 }
 
 ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, int dtype, int root, Comm *c, void *stream) {
     const size_t width = dtype == FLOAT32 ? 4 : dtype == FLOAT64 ? 8 : 0;
     if (width == 0 || root < 0 || root >= c->nranks || count * width > SLOT) return INVALID_ARGUMENT;
-    sync_stream(stream);
-    if (c->rank == root) memcpy(c->slot(root), send, count * width);
+    if (c->rank == root)
+        read_input(stream, c->slot(root), send, count * width, "an NCCL broadcast");
+    else
+        emu_stream::run_stream(stream);
     if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
     std::vector<char> result(c->slot(root), c->slot(root) + count * width);
     if (barrier(c) != SUCCESS) return SYSTEM_ERROR;
-    deliver(stream, recv, std::move(result));
+    deliver(stream, recv, std::move(result), "an NCCL broadcast");
     return SUCCESS;
 }
 

@@ -39,12 +39,14 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "emu_order.h"
 #include "emu_racecheck.h"
 
 // The built-in indices' section (threadIdx, blockIdx, blockDim, gridDim; driver.cpp), bounds from the linker.
@@ -63,6 +65,9 @@ struct Record {
     uint16_t read_thread;  // the newest group's first reader
     uint16_t read_second;  // another thread that read in the newest group | SECOND (0: none)
     uint16_t prior_thread;
+    // Across streams (order.cpp): the operation that last wrote the granule, the newest that read it since,
+    // and an older reader that the newest is not ordered after (0: none).
+    order::Op op_write, op_read, op_read_other;
 };
 constexpr uint16_t THREAD = 0x03ff; // a thread's linear index in its block (at most 1024 threads)
 constexpr uint16_t ATOMIC = 0x0400; // the last write was an atomic
@@ -215,6 +220,49 @@ inline void check(Record &r, uint32_t first, Kind kind, unsigned t, uintptr_t p,
     r.write_thread = (uint16_t)(t | (kind == ATOMIC_RMW ? ATOMIC : 0));
 }
 
+// Two operations on different streams touched one granule, at least one writing, and nothing orders them
+// (order.cpp): on a GPU they may run at the same time. `other` is the earlier one, `what` its access.
+[[noreturn]] __attribute__((noinline)) void stream_race(Kind kind, uintptr_t p, const Buffer *buffer, order::Op other,
+                                                       const char *what) {
+    std::string who = order::describe(order::current());
+    if (active) { // a kernel's access: which thread
+        const Dim3 b = block_of(phase_block[phase - launch_first]), t = thread_of(linear_tid());
+        char at[96];
+        snprintf(at, sizeof at, ", block (%u,%u,%u) thread (%u,%u,%u),", b.x, b.y, b.z, t.x, t.y, t.z);
+        who += at;
+    }
+    fprintf(stderr,
+            "cuda-emu: race between streams: %s %s %s, which %s %s: nothing orders the two on a GPU (record an "
+            "event after the first and make the second's stream wait for it, or synchronize between them)\n",
+            who.c_str(), kind == READ ? "reads" : "writes", place(p, buffer).c_str(), order::describe(other).c_str(),
+            what);
+    fflush(stderr);
+    abort();
+}
+
+// One access by the running stream operation (a kernel's, a copy's, a library's) to the granule `r` at `p`,
+// checked against the other streams' operations that touched it before. Within one operation the launch
+// check above decides.
+inline void check_streams(Record &r, order::Op me, Kind kind, uintptr_t p, const Buffer *buffer) {
+    if (r.op_write && r.op_write != me && !order::before_current(r.op_write))
+        stream_race(kind, p, buffer, r.op_write, "wrote");
+    if (kind == READ) {
+        if (r.op_read != me) {
+            // A reader the new one is not ordered after may still race with a later write: keep it.
+            if (r.op_read && !order::before_current(r.op_read)) r.op_read_other = r.op_read;
+            r.op_read = me;
+        }
+        return;
+    }
+    if (r.op_read && r.op_read != me && !order::before_current(r.op_read))
+        stream_race(kind, p, buffer, r.op_read, "read");
+    if (r.op_read_other && r.op_read_other != me && !order::before_current(r.op_read_other))
+        stream_race(kind, p, buffer, r.op_read_other, "read");
+    // Whatever is ordered after this write is ordered after those reads.
+    r.op_write = me;
+    r.op_read = r.op_read_other = 0;
+}
+
 // A GPU requires every access of a scalar type to be aligned to its size, and faults on one that is not
 // (CUDA_ERROR_MISALIGNED_ADDRESS); x86 does not care, so the emulator says it. `buffer` is null for shared
 // memory.
@@ -257,9 +305,12 @@ inline void access(const void *address, size_t bytes, Kind kind, bool aligned) {
     if (p + bytes > buffer->end) out_of_bounds(kind, p, bytes, buffer);
     if (aligned && (p & (bytes - 1))) misaligned(kind, p, bytes, buffer);
     const unsigned t = linear_tid();
+    const order::Op me = order::current();
     // Buffers start 16-byte aligned, so granules are aligned in them; an access never spans two buffers.
-    for (uintptr_t q = p & ~(uintptr_t)(GRANULE - 1); q < p + bytes; q += GRANULE, ++r)
+    for (uintptr_t q = p & ~(uintptr_t)(GRANULE - 1); q < p + bytes; q += GRANULE, ++r) {
         check(*r, launch_first, kind, t, q, buffer);
+        check_streams(*r, me, kind, q, buffer);
+    }
 }
 
 // Starts a new phase of the running block.
@@ -296,6 +347,26 @@ void untrack(const void *p) {
     munmap(it->second.shadow, shadow_bytes(it->second.end - it->second.begin));
     buffers.erase(it);
     ++buffers_version;
+}
+
+bool instrumented() { return kernels_instrumented; }
+
+void range(const void *p, size_t bytes, bool write) {
+    if (!kernels_instrumented || bytes == 0 || !order::current()) return;
+    Buffer b;
+    {
+        std::lock_guard<std::mutex> g(buffers_lock);
+        auto it = buffers.upper_bound((uintptr_t)p);
+        if (it == buffers.begin()) return;
+        b = std::prev(it)->second;
+    }
+    const uintptr_t begin = (uintptr_t)p;
+    if (begin < b.begin || begin >= b.end) return; // not device memory: the driver checked the range already
+    const uintptr_t end = std::min(begin + bytes, b.end);
+    const order::Op me = order::current();
+    Record *r = &b.shadow[(begin - b.begin) / GRANULE];
+    for (uintptr_t q = begin & ~(uintptr_t)(GRANULE - 1); q < end; q += GRANULE, ++r)
+        check_streams(*r, me, write ? WRITE : READ, q, &b);
 }
 
 namespace {

@@ -168,6 +168,7 @@ int cuModuleGetFunction(void **, void *, const char *);
 int cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **,
                    void **);
 int cuStreamCreate(void **, unsigned);
+int cuStreamWaitEvent(void *, void *, unsigned);
 int cuStreamSynchronize(void *);
 int cuEventCreate(void **, unsigned);
 int cuEventRecord(void *, void *);
@@ -370,6 +371,98 @@ static void race_checks() {
     }
 }
 
+// The race check between streams (order.cpp): two non-blocking streams and one buffer of 64 floats. Work on
+// two streams with nothing ordering it is caught whichever order the emulator runs it in; an event wait or a
+// host synchronisation between them, or disjoint bytes, pass.
+static std::vector<float> ones(64, 1.0f);
+static void stream_race_checks() {
+    struct Two {
+        void *copy = nullptr, *compute = nullptr, *event = nullptr;
+        unsigned long long d = device_floats(64, 0.0f), out = device_floats(1, 0.0f);
+        Two() {
+            cuStreamCreate(&copy, 1); // CU_STREAM_NON_BLOCKING
+            cuStreamCreate(&compute, 1);
+            cuEventCreate(&event, 0);
+        }
+        void upload(size_t first = 0, size_t count = 64) {
+            cuMemcpyHtoDAsync_v2(d + 4 * first, ones.data(), 4 * count, copy);
+        }
+        void launch_on_compute(const char *name) {
+            void *scale[] = {&d}, *sum[] = {&out, &d};
+            const bool reads_only = strcmp(name, "block_sum") == 0;
+            cuLaunchKernel(function(name), 1, 1, 1, reads_only ? 64 : 32, 1, 1, 0, compute, reads_only ? sum : scale,
+                           nullptr);
+        }
+    };
+    check(aborts_with(
+              [] {
+                  Two t;
+                  t.upload();
+                  t.launch_on_compute("scale_in_place");
+                  cuStreamSynchronize(t.copy); // the upload runs first here; on a GPU either may
+                  cuStreamSynchronize(t.compute);
+              },
+              "cuda-emu: race between streams: kernel scale_in_place (selftest) on stream"),
+          "a kernel reading what an upload on another stream writes, with no wait between, is a race");
+    check(aborts_with(
+              [] {
+                  Two t;
+                  t.upload();
+                  t.launch_on_compute("scale_in_place");
+                  cuStreamSynchronize(t.copy);
+                  cuStreamSynchronize(t.compute);
+              },
+              ", block (0,0,0) thread (0,0,0), reads byte 0 of a 256-byte device buffer, which an asynchronous copy "
+              "to the device on stream"),
+          "the report names the kernel's thread, the byte and the copy");
+    check(aborts_with(
+              [] {
+                  Two t;
+                  t.launch_on_compute("block_sum");
+                  t.upload();
+                  cuStreamSynchronize(t.compute); // the kernel reads first here
+                  cuStreamSynchronize(t.copy);
+              },
+              "an asynchronous copy to the device on stream"),
+          "an upload overwriting what a kernel on another stream reads, with no wait between, is a race");
+    check(aborts_with(
+              [] {
+                  Two t;
+                  t.launch_on_compute("block_sum");
+                  t.upload();
+                  cuStreamSynchronize(t.compute);
+                  cuStreamSynchronize(t.copy);
+              },
+              "writes byte 0 of a 256-byte device buffer, which kernel block_sum (selftest) on stream"),
+          "the write-after-read report names the reading kernel");
+    {
+        Two t;
+        t.upload();
+        cuEventRecord(t.event, t.copy);
+        cuStreamWaitEvent(t.compute, t.event, 0);
+        t.launch_on_compute("scale_in_place");
+        cuStreamSynchronize(t.compute);
+        check(read_float(t.d, 0) == 2.0f, "an event wait orders a kernel after an upload on another stream");
+        t.launch_on_compute("block_sum");
+        cuEventRecord(t.event, t.compute);
+        cuStreamWaitEvent(t.copy, t.event, 0);
+        t.upload();
+        cuStreamSynchronize(t.copy);
+        check(read_float(t.d, 0) == 1.0f, "an event wait orders an upload after a kernel reading the buffer");
+        t.upload();
+        cuStreamSynchronize(t.copy);
+        t.launch_on_compute("scale_in_place");
+        cuStreamSynchronize(t.compute);
+        check(read_float(t.d, 0) == 2.0f, "a host synchronisation orders work issued after it");
+        t.launch_on_compute("scale_in_place"); // elements 0..31
+        t.upload(32, 32);
+        cuStreamSynchronize(t.copy);
+        cuStreamSynchronize(t.compute);
+        check(read_float(t.d, 0) == 4.0f && read_float(t.d, 32) == 1.0f,
+              "two streams writing disjoint parts of one buffer at once do not race");
+    }
+}
+
 int main() {
     setvbuf(stdout, nullptr, _IOLBF, 0);
     cuInit(0);
@@ -405,6 +498,7 @@ int main() {
 
 #ifdef EMU_RACECHECK_SELFTEST
     race_checks();
+    stream_race_checks();
 #else
     // A missing barrier: right in one thread order only, so CUDA_EMU_REVERSE=1 shows it.
     check(in_child("0", left_neighbour_right) == 0, "a race that ascending order hides goes unseen in that order");

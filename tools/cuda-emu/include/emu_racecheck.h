@@ -31,5 +31,11 @@ void begin_block(unsigned long long linear);
 void barrier();
 /// The launch is over.
 void end_launch();
+/// Whether the kernels are instrumented (the race-checking driver): only then are accesses recorded.
+bool instrumented();
+/// The running stream operation (a copy, a memset, a library's product) reads or writes `bytes` of device
+/// memory at `p`: checked against the other streams' accesses (emu_order.h). Kernels' accesses come
+/// through the instrumentation instead. Addresses outside device buffers are ignored.
+void range(const void *p, size_t bytes, bool write);
 
 } // namespace emu::race

@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <functional>
 
@@ -42,6 +43,22 @@ inline void run_on(void *stream, std::function<void()> op) {
         (*f)();
         delete f;
     }, boxed);
+}
+
+// The running stream operation reads (`write` false) or writes `bytes` of device memory at `p`; `what` names it
+// ("a cuBLAS product"). The race-checking driver checks it against other streams' accesses (emu_order.h).
+inline void access(const void *p, size_t bytes, bool write, const char *what) {
+    typedef void (*Access)(const void *, size_t, int, const char *);
+    static Access f = driver_symbol<Access>("cuda_emu_access");
+    if (f) f(p, bytes, write ? 1 : 0, what);
+}
+
+// Runs `stream`'s queued work now without ordering the host after it (a library reading its input at the
+// call).
+inline void run_stream(void *stream) {
+    typedef void (*Run)(void *);
+    static Run f = driver_symbol<Run>("cuda_emu_run_stream");
+    if (f) f(stream);
 }
 
 // Counts one call named `name` with the driver's own (driver.cpp, "call counts").
