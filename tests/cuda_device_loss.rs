@@ -5,6 +5,7 @@
 //! `ECSTRAIN_REQUIRE_GPU=1`).
 
 use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::train_step};
+use ecstrain::kernels::cuda::testing::no_gpu;
 use ecstrain::systems::device::loss::{gpu_flush_train_loss, DeviceLoss};
 use ecstrain::systems::device::state::GpuState;
 
@@ -41,11 +42,7 @@ fn loss_meter(app: &ecstrain::engine::app::App) -> (f64, f64) {
 
 #[test]
 fn device_loss_ring_on_cuda_flushes_itself_when_full() {
-    if let Err(e) = ecstrain::kernels::Device::Cuda(0).ensure_available() {
-        ecstrain::kernels::cuda::testing::skip_without_gpu(
-            "device_loss_ring_on_cuda_flushes_itself_when_full",
-            &e.to_string(),
-        );
+    if no_gpu("device_loss_ring_on_cuda_flushes_itself_when_full") {
         return;
     }
     const STEPS: usize = 10;
@@ -84,11 +81,7 @@ fn device_loss_ring_on_cuda_flushes_itself_when_full() {
 /// within the two losses' rounding (the device's softmax uses CUDA's `expf`).
 #[test]
 fn f16_loss_scaling_on_cuda_scales_the_host_tasks_gradient_too() {
-    if let Err(e) = ecstrain::kernels::Device::Cuda(0).ensure_available() {
-        ecstrain::kernels::cuda::testing::skip_without_gpu(
-            "f16_loss_scaling_on_cuda_scales_the_host_tasks_gradient_too",
-            &e.to_string(),
-        );
+    if no_gpu("f16_loss_scaling_on_cuda_scales_the_host_tasks_gradient_too") {
         return;
     }
     use ecstrain::components::{LossScaler, OptimizerState};
@@ -129,11 +122,7 @@ fn f16_loss_scaling_on_cuda_scales_the_host_tasks_gradient_too() {
 /// 1/65536 of that.
 #[test]
 fn f16_loss_scaling_on_cuda_scales_the_vq_losses_too() {
-    if let Err(e) = ecstrain::kernels::Device::Cuda(0).ensure_available() {
-        ecstrain::kernels::cuda::testing::skip_without_gpu(
-            "f16_loss_scaling_on_cuda_scales_the_vq_losses_too",
-            &e.to_string(),
-        );
+    if no_gpu("f16_loss_scaling_on_cuda_scales_the_vq_losses_too") {
         return;
     }
     use ecstrain::components::{ParamInfo, ParamSlice, Params};

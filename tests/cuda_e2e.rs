@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use ecstrain::kernels::cuda::testing::no_gpu;
 
 /// Per-epoch validation (loss, `metric`) of a run directory.
 fn val_records(dir: &Path, metric: &str) -> Vec<(f64, f64)> {
@@ -87,17 +88,6 @@ fn both_devices(
         assert!((c.0 - g.0).abs() <= abs + rel * c.0, "{name} epoch {}: val loss cpu {} vs cuda {}", e + 1, c.0, g.0);
     }
     Some((cpu, gpu))
-}
-
-/// True (after printing the SKIPPED line) when there is no CUDA device to run test `name` on.
-fn no_gpu(name: &str) -> bool {
-    match ecstrain::kernels::cuda::probe(0) {
-        Ok(_) => false,
-        Err(why) => {
-            ecstrain::kernels::cuda::testing::skip_without_gpu(name, &why);
-            true
-        }
-    }
 }
 
 /// Whether cuda:0 is tools/cuda-emu (the kernels on the CPU), where the heaviest runs are shortened.

@@ -33,6 +33,19 @@ pub fn skip_without_gpu(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: no CUDA device ({why})");
 }
 
+/// True (after printing the SKIPPED line, or panicking under `ECSTRAIN_REQUIRE_GPU=1`) when `cuda:0` cannot run
+/// the engine's kernels (no driver, no device, or no NVRTC for it) for the end-to-end test `test`; such tests open the device through the engine, not through
+/// [`gpu_or_skip`]. Test bodies start with `if no_gpu("name") { return; }`.
+pub fn no_gpu(test: &str) -> bool {
+    match crate::Device::Cuda(0).ensure_available() {
+        Ok(()) => false,
+        Err(why) => {
+            skip_without_gpu(test, &why.to_string());
+            true
+        }
+    }
+}
+
 /// A per-run seed for random test inputs: `ECSTRAIN_TEST_SEED` if set, else the clock; printed.
 pub fn test_seed(test: &str) -> u64 {
     let seed = std::env::var("ECSTRAIN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {

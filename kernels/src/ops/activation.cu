@@ -52,16 +52,18 @@ __device__ __forceinline__ float act_grad(int act, float x) {
 
 template <typename T>
 __device__ void activation_forward(T *y, const T *x, size_t n, int act) {
-    FOR_EACH(i, n) st(y, i, act_forward(act, ld(x, i)));
+    map_rounds(n, [&](size_t i) { return ld(x, i); }, [&](size_t i, float v) { st(y, i, act_forward(act, v)); });
 }
 
 template <typename T>
 __device__ void activation_backward(T *dx, const T *dy, const T *x, size_t n, int act) {
-    FOR_EACH(i, n) {
-        // relu passes the gradient through untouched (no multiply by 1), as the CPU does.
-        float g = ld(dy, i), xi = ld(x, i);
-        st(dx, i, act == 0 ? (xi > 0.0f ? g : 0.0f) : g * act_grad(act, xi));
-    }
+    map_rounds(
+        n, [&](size_t i) { return Loaded2{ld(dy, i), ld(x, i)}; },
+        [&](size_t i, Loaded2 v) {
+            // relu passes the gradient through untouched (no multiply by 1), as the CPU does.
+            const float g = v.a, xi = v.b;
+            st(dx, i, act == 0 ? (xi > 0.0f ? g : 0.0f) : g * act_grad(act, xi));
+        });
 }
 
 #define ACTIVATION(T, S)                                                                                    \

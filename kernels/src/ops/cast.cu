@@ -31,17 +31,17 @@ __device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_f32_to_f16(unsigned short *y, const float *x, size_t n) {
-    FOR_EACH(i, n) y[i] = f32_to_f16_bits(x[i]);
+    map_rounds(n, [&](size_t i) { return x[i]; }, [&](size_t i, float v) { y[i] = f32_to_f16_bits(v); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_f16_to_f32(float *y, const unsigned short *x, size_t n) {
-    FOR_EACH(i, n) y[i] = f16_bits_to_f32(x[i]);
+    map_rounds(n, [&](size_t i) { return x[i]; }, [&](size_t i, unsigned short v) { y[i] = f16_bits_to_f32(v); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_f32_to_bf16(unsigned short *y, const float *x, size_t n) {
-    FOR_EACH(i, n) y[i] = f32_to_bf16_bits(x[i]);
+    map_rounds(n, [&](size_t i) { return x[i]; }, [&](size_t i, float v) { y[i] = f32_to_bf16_bits(v); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) cast_bf16_to_f32(float *y, const unsigned short *x, size_t n) {
-    FOR_EACH(i, n) y[i] = bf16_bits_to_f32(x[i]);
+    map_rounds(n, [&](size_t i) { return x[i]; }, [&](size_t i, unsigned short v) { y[i] = bf16_bits_to_f32(v); });
 }

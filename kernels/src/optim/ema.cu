@@ -5,7 +5,8 @@
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) ema_update_f32(float *shadow, const float *value, float d, float one_minus_d,
                                           size_t n) {
-    FOR_EACH(i, n) shadow[i] = __fadd_rn(__fmul_rn(shadow[i], d), __fmul_rn(one_minus_d, value[i]));
+    map_rounds(n, [&](size_t i) { return Loaded2{shadow[i], value[i]}; },
+               [&](size_t i, Loaded2 v) { shadow[i] = __fadd_rn(__fmul_rn(v.a, d), __fmul_rn(one_minus_d, v.b)); });
 }
 
 // Tracked elements (inside a segment) are averaged; every other element is copied, as the EMA system does

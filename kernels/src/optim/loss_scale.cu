@@ -9,7 +9,7 @@
 // The loss gradient times the scale, rounded as the host's `g *= scale as f32`.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) loss_scale_mul_f32(float *g, const double *state, size_t n) {
     const float s = (float)state[0];
-    FOR_EACH(i, n) g[i] = __fmul_rn(g[i], s);
+    map_rounds(n, [&](size_t i) { return g[i]; }, [&](size_t i, float v) { g[i] = __fmul_rn(v, s); });
 }
 
 // torch's _amp_foreach_non_finite_check_and_unscale_ with the scale read from the state: every gradient is
@@ -19,11 +19,11 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) loss_scale_unscale_c
                                                                                        float *found_inf, size_t n) {
     const float inv = (float)(1.0 / state[0]);
     bool found = false;
-    FOR_EACH(i, n) {
-        const float v = g[i];
-        if (!isfinite(v)) found = true;
-        if (inv != 1.0f) g[i] = __fmul_rn(v, inv);
-    }
+    map_rounds(n, [&](size_t i) { return g[i]; },
+               [&](size_t i, float v) {
+                   if (!isfinite(v)) found = true;
+                   if (inv != 1.0f) g[i] = __fmul_rn(v, inv);
+               });
     if (found) atomicExch(found_inf, 1.0f);
 }
 
