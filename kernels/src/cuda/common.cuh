@@ -26,10 +26,10 @@ __device__ __forceinline__ void st(bf16 *p, size_t i, float v) { p[i] = __float2
 
 // The memory-bound element-wise kernels' loop: grid-stride, in rounds of MAP_UNROLL elements per thread whose
 // loads (`load(i)`, returning what element i reads) are all issued before the round's first store (`store(i,
-// loaded)`). A plain grid-stride loop has one load per thread in flight: at full occupancy about 1 MiB on an
-// H100, half of what its bandwidth times its memory latency asks for (Little's law), so such a kernel stalls
-// well below the copy bandwidth; four in flight cover it. Each element keeps its own arithmetic, so the
-// results are the plain loop's bits. Element i's loads may only meet element i's stores (in-place updates),
+// loaded)`). A plain grid-stride loop has one load per thread in flight: at full occupancy about 1 MiB of f32
+// on an H100, no more than its bandwidth times its memory latency (Little's law), and less once a kernel's
+// registers cut its occupancy, so the loop runs at the edge of stalling on memory; four in flight leave it
+// room. Each element keeps its own arithmetic, so the results are the plain loop's bits. Element i's loads may only meet element i's stores (in-place updates),
 // never another element's.
 #define MAP_UNROLL 4
 template <typename Load, typename Store>
