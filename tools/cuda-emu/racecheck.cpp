@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -340,10 +341,40 @@ void track(const void *p, size_t size, const void *zone_begin, const void *zone_
     ++buffers_version;
 }
 
+namespace {
+
+// A buffer freed by a stream operation (cuMemFreeAsync) while an access of another stream is not ordered
+// before the free: on a GPU the stream-ordered allocator may hand the memory to a new allocation while that
+// access still runs. Only the shadow's resident pages can hold records, so the others are skipped.
+void check_free(const Buffer &b) {
+    const order::Op me = order::current();
+    const size_t granules = (b.end - b.begin) / GRANULE + 1, page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t bytes = shadow_bytes(b.end - b.begin), pages = (bytes + page - 1) / page;
+    std::vector<unsigned char> resident(pages);
+    if (mincore(b.shadow, bytes, resident.data()) != 0) resident.assign(pages, 1);
+    for (size_t k = 0; k < granules; ++k) {
+        if (!(resident[k * sizeof(Record) / page] & 1)) continue;
+        const Record &r = b.shadow[k];
+        for (const auto &[op, what] : {std::pair{r.op_write, "wrote"}, {r.op_read, "read"}, {r.op_read_other, "read"}}) {
+            if (!op || op == me || order::before_current(op)) continue;
+            fprintf(stderr,
+                    "cuda-emu: race between streams: %s frees a %zu-byte device buffer whose byte %zu %s %s: nothing "
+                    "orders the two on a GPU (the memory may be reused while the other stream still uses it)\n",
+                    order::describe(me).c_str(), (size_t)(b.end - b.begin), k * GRANULE, order::describe(op).c_str(),
+                    what);
+            fflush(stderr);
+            abort();
+        }
+    }
+}
+
+} // namespace
+
 void untrack(const void *p) {
     std::lock_guard<std::mutex> g(buffers_lock);
     auto it = buffers.find((uintptr_t)p);
     if (it == buffers.end()) return;
+    if (order::current()) check_free(it->second);
     munmap(it->second.shadow, shadow_bytes(it->second.end - it->second.begin));
     buffers.erase(it);
     ++buffers_version;

@@ -169,6 +169,7 @@ int cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, uns
                    void **);
 int cuStreamCreate(void **, unsigned);
 int cuStreamWaitEvent(void *, void *, unsigned);
+int cuMemFreeAsync(unsigned long long, void *);
 int cuStreamSynchronize(void *);
 int cuEventCreate(void **, unsigned);
 int cuEventRecord(void *, void *);
@@ -435,6 +436,25 @@ static void stream_race_checks() {
               },
               "writes byte 0 of a 256-byte device buffer, which kernel block_sum (selftest) on stream"),
           "the write-after-read report names the reading kernel");
+    check(aborts_with(
+              [] {
+                  Two t;
+                  t.upload();
+                  cuMemFreeAsync(t.d, t.compute);
+                  cuStreamSynchronize(t.copy);
+                  cuStreamSynchronize(t.compute);
+              },
+              "an asynchronous free on stream"),
+          "freeing on one stream a buffer that another stream's upload writes, with no wait between, is a race");
+    {
+        Two t;
+        t.upload();
+        cuEventRecord(t.event, t.copy);
+        cuStreamWaitEvent(t.compute, t.event, 0);
+        cuMemFreeAsync(t.d, t.compute);
+        cuStreamSynchronize(t.compute);
+        check(true, "freeing a buffer on a stream that waited for the other stream's upload passes");
+    }
     {
         Two t;
         t.upload();

@@ -18,7 +18,8 @@ namespace emu::race {
 /// Device memory `[p, p + size)` is a buffer accesses are checked against (cuMemAlloc); the rest of
 /// `[zone_begin, zone_end)` around it is padding that no access may touch.
 void track(const void *p, size_t size, const void *zone_begin, const void *zone_end);
-/// The buffer at `p` is freed (cuMemFree): its records go.
+/// The buffer at `p` is freed (cuMemFree): its records go. Freed by a stream operation (cuMemFreeAsync), it is
+/// first checked for accesses of other streams that nothing orders before the free.
 void untrack(const void *p);
 /// A launch of `kernel` over `grid` x `block` starts: records of earlier launches no longer count. Whether it
 /// is checked at all is sampled per launch shape (racecheck.cpp).
