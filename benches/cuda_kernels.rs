@@ -4,7 +4,7 @@
 //! only. On a machine without a CUDA device it prints SKIPPED and exits successfully.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use ecstrain::kernels::cuda::bench::{device_time, format_table, run_benchmarks, BENCH_ELEMENTS};
+use ecstrain::kernels::cuda::bench::{device_time, format_table, run_benchmarks, target_report, BENCH_ELEMENTS};
 use ecstrain::kernels::cuda::{Gpu, GpuError, SegmentTable};
 use ecstrain::kernels::optim::adam::{cuda as adam, AdamConfig};
 use ecstrain::kernels::optim::clip::cuda as clip;
@@ -52,7 +52,9 @@ fn main() {
         }
     };
     match run_benchmarks(&gpu) {
-        Ok(rows) => println!("{} ({})\n{}", gpu.info.name, gpu.info.arch(), format_table(&rows)),
+        Ok(rows) => {
+            println!("{} ({})\n{}{}", gpu.info.name, gpu.info.arch(), format_table(&rows), target_report(&rows))
+        }
         Err(e) => {
             eprintln!("cuda_kernels: {e}");
             std::process::exit(1);

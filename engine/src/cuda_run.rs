@@ -199,6 +199,7 @@ pub fn bench(device: Device) -> Result<(), String> {
     );
     let rows = ecstrain_kernels::cuda::bench::run_benchmarks(&gpu).map_err(|e| e.to_string())?;
     print!("{}", ecstrain_kernels::cuda::bench::format_table(&rows));
+    print!("{}", ecstrain_kernels::cuda::bench::target_report(&rows));
     Ok(())
 }
 
