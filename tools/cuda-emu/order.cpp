@@ -56,7 +56,6 @@ std::vector<StreamState> streams(1); // [0]: the null stream
 std::vector<OpInfo> ops(1);          // [0]: none
 Clock host;
 uint64_t host_version = 0;
-Op running = 0;
 const Clock *running_clock = nullptr;
 
 uint64_t at(const Clock &c, uint32_t stream) {
@@ -94,6 +93,8 @@ void join_host(const Clock &c) {
 }
 
 } // namespace
+
+Op running_op = 0;
 
 bool enabled() { return race::instrumented(); }
 
@@ -172,27 +173,27 @@ void host_waits_all() {
         if (streams[s].alive) join_host(whole(s));
 }
 
-Running::Running(const Issued &issued) : previous_op(running), previous_clock(running_clock) {
-    running = issued.op;
+Running::Running(const Issued &issued) : previous_op(running_op), previous_clock(running_clock) {
+    running_op = issued.op;
     running_clock = issued.clock.get();
 }
 
 Running::~Running() {
-    running = previous_op;
+    running_op = previous_op;
     running_clock = previous_clock;
 }
 
-Op current() { return running; }
-
 bool before_current(Op a) {
-    const OpInfo &x = ops[a], &me = ops[running];
+    const OpInfo &x = ops[a], &me = ops[running_op];
     if (x.stream == me.stream || !streams[x.stream].alive) return true;
     return at(*running_clock, x.stream) >= x.seq;
 }
 
 void name_current(const char *what) {
-    if (running) ops[running].what = what;
+    if (running_op) ops[running_op].what = what;
 }
+
+const char *what(Op a) { return ops[a].what; }
 
 std::string describe(Op a) {
     const OpInfo &x = ops[a];

@@ -241,23 +241,39 @@ inline void check(Record &r, uint32_t first, Kind kind, unsigned t, uintptr_t p,
     abort();
 }
 
+// `order::before_current` for the running operation, remembered: one launch meets few earlier operations (the
+// writers and readers of its buffers) at millions of accesses, and the answer cannot change while it runs.
+struct OrderedCache {
+    order::Op me = 0;
+    order::Op op[16] = {};
+    bool before[16] = {};
+} ordered_cache;
+
+inline bool ordered(order::Op a, order::Op me) {
+    if (ordered_cache.me != me) ordered_cache = OrderedCache{me};
+    const unsigned slot = a & 15u;
+    if (ordered_cache.op[slot] != a) {
+        ordered_cache.op[slot] = a;
+        ordered_cache.before[slot] = order::before_current(a);
+    }
+    return ordered_cache.before[slot];
+}
+
 // One access by the running stream operation (a kernel's, a copy's, a library's) to the granule `r` at `p`,
 // checked against the other streams' operations that touched it before. Within one operation the launch
 // check above decides.
 inline void check_streams(Record &r, order::Op me, Kind kind, uintptr_t p, const Buffer *buffer) {
-    if (r.op_write && r.op_write != me && !order::before_current(r.op_write))
-        stream_race(kind, p, buffer, r.op_write, "wrote");
+    if (r.op_write && r.op_write != me && !ordered(r.op_write, me)) stream_race(kind, p, buffer, r.op_write, "wrote");
     if (kind == READ) {
         if (r.op_read != me) {
             // A reader the new one is not ordered after may still race with a later write: keep it.
-            if (r.op_read && !order::before_current(r.op_read)) r.op_read_other = r.op_read;
+            if (r.op_read && !ordered(r.op_read, me)) r.op_read_other = r.op_read;
             r.op_read = me;
         }
         return;
     }
-    if (r.op_read && r.op_read != me && !order::before_current(r.op_read))
-        stream_race(kind, p, buffer, r.op_read, "read");
-    if (r.op_read_other && r.op_read_other != me && !order::before_current(r.op_read_other))
+    if (r.op_read && r.op_read != me && !ordered(r.op_read, me)) stream_race(kind, p, buffer, r.op_read, "read");
+    if (r.op_read_other && r.op_read_other != me && !ordered(r.op_read_other, me))
         stream_race(kind, p, buffer, r.op_read_other, "read");
     // Whatever is ordered after this write is ordered after those reads.
     r.op_write = me;
@@ -382,8 +398,28 @@ void untrack(const void *p) {
 
 bool instrumented() { return kernels_instrumented; }
 
+namespace {
+bool checked_occurrence(uint64_t n);
+
+// Whether the running stream operation's declared ranges (a copy's, a memset's, a library's) are checked:
+// sampled per site as launches are, the site being what the operation is and its first range (a memset of the
+// gradients, one product's first operand column), decided at that first range. Every declared byte costs a
+// record update, and a step's memsets and products declare whole buffers.
+bool range_sampled(order::Op me, const void *p, size_t bytes) {
+    static order::Op decided_op = 0;
+    static bool decided = false;
+    if (me != decided_op) {
+        static std::map<std::tuple<const char *, const void *, size_t>, uint64_t> sites;
+        decided_op = me;
+        decided = checked_occurrence(sites[{order::what(me), p, bytes}]++);
+    }
+    return decided;
+}
+} // namespace
+
 void range(const void *p, size_t bytes, bool write) {
     if (!kernels_instrumented || bytes == 0 || !order::current()) return;
+    if (!range_sampled(order::current(), p, bytes)) return;
     Buffer b;
     {
         std::lock_guard<std::mutex> g(buffers_lock);
@@ -402,21 +438,25 @@ void range(const void *p, size_t bytes, bool write) {
 
 namespace {
 
-// Whether this launch is checked. A race is a property of the kernel and its launch shape far more than of
-// the data, and a training run repeats the same launches thousands of times: each (kernel, grid, block) is
-// checked at its first FULL launches and then at every SAMPLE-th, which keeps a whole run's check within a
-// small factor of an unchecked one. CUDA_EMU_RACECHECK_ALL=1 checks every launch.
-bool sampled(const KernelEntry *k, Dim3 grid, Dim3 block) {
+// Whether the `n`-th (from 0) occurrence of something is checked. A race is a property of the kernel and its
+// launch shape (or of a copy's site) far more than of the data, and a training run repeats the same work
+// thousands of times: each is checked at its first FULL occurrences and then at every SAMPLE-th, which keeps
+// a whole run's check within a small factor of an unchecked one. CUDA_EMU_RACECHECK_ALL=1 checks everything.
+bool checked_occurrence(uint64_t n) {
     static const bool all = [] {
         const char *v = getenv("CUDA_EMU_RACECHECK_ALL");
         return v && v[0] == '1';
     }();
     constexpr uint64_t FULL = 8, SAMPLE = 32;
+    return all || n < FULL || n % SAMPLE == 0;
+}
+
+// Whether this launch is checked, per (kernel, grid, block).
+bool sampled(const KernelEntry *k, Dim3 grid, Dim3 block) {
     static std::map<std::tuple<const KernelEntry *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned>,
                     uint64_t>
         launches;
-    const uint64_t n = launches[{k, grid.x, grid.y, grid.z, block.x, block.y, block.z}]++;
-    return all || n < FULL || n % SAMPLE == 0;
+    return checked_occurrence(launches[{k, grid.x, grid.y, grid.z, block.x, block.y, block.z}]++);
 }
 
 } // namespace

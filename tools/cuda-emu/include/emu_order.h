@@ -72,13 +72,17 @@ class Running {
     const Clock *previous_clock;
 };
 
-/// The operation running now (0: none).
-Op current();
+/// The operation running now (0: none); read through `current()`.
+extern Op running_op;
+/// The operation running now (0: none). Inline: the race check asks at every access.
+inline Op current() { return running_op; }
 /// Whether operation `a` happens before the running one: the same stream, a destroyed stream, or an event
 /// wait or host synchronisation between them.
 bool before_current(Op a);
 /// Names the running operation (a library's work queued as a host function: "a cuBLAS product").
 void name_current(const char *what);
+/// What operation `a` is ("an asynchronous memset"; null for a kernel).
+const char *what(Op a);
 /// "kernel K (source) on stream 3", for a report.
 std::string describe(Op a);
 
