@@ -18,6 +18,7 @@ pub mod probe;
 pub mod resources;
 pub mod segments;
 pub mod source;
+pub mod store;
 pub mod testing;
 
 pub use cudarc;
@@ -25,3 +26,4 @@ pub use gpu::{Gpu, GpuError, MatmulPrecision};
 pub use probe::{probe, GpuInfo};
 pub use segments::{Segment, SegmentTable};
 pub use source::KernelSource;
+pub use store::{AnyBuf, AnyView, AnyViewMut, Store, StoreKind};

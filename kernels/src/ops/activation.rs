@@ -153,13 +153,21 @@ pub mod cuda {
     use cudarc::driver::{CudaView, CudaViewMut};
 
     use super::{Activation, CUDA};
-    use crate::cuda::{Gpu, GpuError};
+    use crate::cuda::{Gpu, GpuError, Store};
 
-    /// `y = act(x)` on the GPU (f32). y, x: [n].
-    pub fn forward(gpu: &Gpu, act: Activation, y: &mut CudaViewMut<f32>, x: &CudaView<f32>) -> Result<(), GpuError> {
+    /// `y = act(x)` on the GPU. y, x: [n], stored in `T` (math in f32, a half output rounded once).
+    pub fn forward<T: Store>(
+        gpu: &Gpu,
+        act: Activation,
+        y: &mut CudaViewMut<T>,
+        x: &CudaView<T>,
+    ) -> Result<(), GpuError> {
         let n = x.len();
         assert_eq!(y.len(), n, "activation forward: y and x lengths differ");
-        let f = gpu.function(&CUDA, "activation_forward_f32")?;
+        let f = gpu.function(
+            &CUDA,
+            T::pick(["activation_forward_f32", "activation_forward_f16", "activation_forward_bf16"]),
+        )?;
         let code = act.code() as i32;
         let mut b = gpu.launch_builder(&f);
         b.arg(y).arg(x).arg(&n).arg(&code);
@@ -169,17 +177,18 @@ pub mod cuda {
         Ok(())
     }
 
-    /// `dx = dy * act'(x)` on the GPU (f32, overwrites dx). dx, dy, x: [n].
-    pub fn backward(
+    /// `dx = dy * act'(x)` on the GPU (overwrites dx). dx, dy, x: [n], stored in `T`.
+    pub fn backward<T: Store>(
         gpu: &Gpu,
         act: Activation,
-        dx: &mut CudaViewMut<f32>,
-        dy: &CudaView<f32>,
-        x: &CudaView<f32>,
+        dx: &mut CudaViewMut<T>,
+        dy: &CudaView<T>,
+        x: &CudaView<T>,
     ) -> Result<(), GpuError> {
         let n = x.len();
         assert!(dx.len() == n && dy.len() == n, "activation backward: lengths differ");
-        let f = gpu.function(&CUDA, "activation_backward_f32")?;
+        let names = ["activation_backward_f32", "activation_backward_f16", "activation_backward_bf16"];
+        let f = gpu.function(&CUDA, T::pick(names))?;
         let code = act.code() as i32;
         let mut b = gpu.launch_builder(&f);
         b.arg(dx).arg(dy).arg(x).arg(&n).arg(&code);

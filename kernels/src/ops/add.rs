@@ -32,7 +32,14 @@ pub fn add_assign<T: Float>(dst: &mut [T], src: &[T]) {
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "add",
     code: include_str!("add.cu"),
-    kernels: &["add_forward_f32", "add_assign_f32"],
+    kernels: &[
+        "add_forward_f32",
+        "add_assign_f32",
+        "add_forward_f16",
+        "add_assign_f16",
+        "add_forward_bf16",
+        "add_assign_bf16",
+    ],
 };
 
 /// Host side of `add.cu`.

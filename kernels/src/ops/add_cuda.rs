@@ -4,39 +4,40 @@
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 
-/// `out = a + b` on the GPU (overwrites `out`). out, a, b: [N].
-pub fn add_forward(
+/// `out = a + b` on the GPU (overwrites `out`). out, a, b: [N], stored in `T` (a half sum is the f32 sum
+/// rounded once).
+pub fn add_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    a: &CudaView<f32>,
-    b: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
 ) -> Result<(), GpuError> {
     let n = out.len();
     assert!(a.len() == n && b.len() == n, "add_forward: out, a and b differ in length");
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "add_forward_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["add_forward_f32", "add_forward_f16", "add_forward_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(a).arg(b).arg(&n);
-    // SAFETY: (float*, const float*, const float*, size_t); every buffer holds n elements.
+    // SAFETY: (T*, const T*, const T*, size_t); every buffer holds n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }
 
-/// `dst += src` on the GPU. dst, src: [N].
-pub fn add_assign(gpu: &Gpu, dst: &mut CudaViewMut<f32>, src: &CudaView<f32>) -> Result<(), GpuError> {
+/// `dst += src` on the GPU. dst, src: [N], stored in `T`.
+pub fn add_assign<T: Store>(gpu: &Gpu, dst: &mut CudaViewMut<T>, src: &CudaView<T>) -> Result<(), GpuError> {
     let n = dst.len();
     assert_eq!(src.len(), n, "add_assign: dst and src differ in length");
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "add_assign_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["add_assign_f32", "add_assign_f16", "add_assign_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(&n);
-    // SAFETY: (float*, const float*, size_t); both buffers hold n elements.
+    // SAFETY: (T*, const T*, size_t); both buffers hold n elements.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }

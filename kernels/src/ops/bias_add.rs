@@ -138,7 +138,15 @@ pub(crate) fn column_sums_on<T: Float>(sums: &mut [T], dout: &[T], lo: usize, n:
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "bias_add",
     code: include_str!("bias_add.cu"),
-    kernels: &["bias_add_forward_f32", "bias_grad_partials_f32", "bias_grad_sum_f32"],
+    kernels: &[
+        "bias_add_forward_f32",
+        "bias_grad_partials_f32",
+        "bias_grad_sum_f32",
+        "bias_add_forward_f16",
+        "bias_grad_partials_f16",
+        "bias_add_forward_bf16",
+        "bias_grad_partials_bf16",
+    ],
 };
 
 /// Host side of `bias_add.cu`.

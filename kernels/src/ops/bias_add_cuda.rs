@@ -5,12 +5,12 @@ use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::launch::column_grid;
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 
-/// Adds `bias` to every row of `out_inplace` on the GPU. out_inplace: [B, N], bias: [N].
-pub fn bias_add_forward(
+/// Adds `bias` to every row of `out_inplace` on the GPU. out_inplace: [B, N] (stored in `T`), bias: [N].
+pub fn bias_add_forward<T: Store>(
     gpu: &Gpu,
-    out_inplace: &mut CudaViewMut<f32>,
+    out_inplace: &mut CudaViewMut<T>,
     bias: &CudaView<f32>,
     b: usize,
     n: usize,
@@ -20,24 +20,24 @@ pub fn bias_add_forward(
     if b * n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "bias_add_forward_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["bias_add_forward_f32", "bias_add_forward_f16", "bias_add_forward_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out_inplace).arg(bias).arg(&b).arg(&n);
-    // SAFETY: (float*, const float*, size_t, size_t) as the kernel declares; out holds b*n, bias n elements.
+    // SAFETY: (T*, const float*, size_t, size_t) as the kernel declares; out holds b*n, bias n elements.
     unsafe { l.launch(gpu.elementwise(b * n)) }?;
     Ok(())
 }
 
-/// `dbias[j] += sum_i dout[i, j]` on the GPU (accumulates). dbias: [N], dout: [B, N].
+/// `dbias[j] += sum_i dout[i, j]` on the GPU (accumulates). dbias: [N], dout: [B, N] (stored in `T`).
 ///
 /// Chunks of rows are summed in parallel and the chunk sums added in order (two launches; one up to 64
 /// rows), over a grid fixed by the shape: deterministic, within rounding of the CPU's sum in row order. A
 /// thread per column summing every row, as the CPU does, leaves a GPU idle and waits on one long dependency
 /// chain (a ViT's 25,600 token rows at batch 512).
-pub fn bias_add_backward(
+pub fn bias_add_backward<T: Store>(
     gpu: &Gpu,
     dbias: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dout: &CudaView<T>,
     b: usize,
     n: usize,
 ) -> Result<(), GpuError> {
@@ -104,19 +104,20 @@ pub(crate) fn column_sums_in(
 
 /// `dbias[j] += sum_i dout[i, j]` as [`bias_add_backward`] computes it, with the chunk sums in the caller's
 /// `parts` (at least [`column_scratch_len`]`(b, n)` elements; None when that is 0).
-pub(crate) fn column_sum_of(
+pub(crate) fn column_sum_of<T: Store>(
     gpu: &Gpu,
     dbias: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dout: &CudaView<T>,
     b: usize,
     n: usize,
     parts: Option<&mut CudaViewMut<f32>>,
 ) -> Result<(), GpuError> {
-    let partials = gpu.function(&CUDA, "bias_grad_partials_f32")?;
+    let names = ["bias_grad_partials_f32", "bias_grad_partials_f16", "bias_grad_partials_bf16"];
+    let partials = gpu.function(&CUDA, T::pick(names))?;
     column_sums_in(gpu, dbias, b, n, parts, |dst, per, direct, cfg| {
         let mut l = gpu.launch_builder(&partials);
         l.arg(dst).arg(dout).arg(&b).arg(&n).arg(&per).arg(&direct);
-        // SAFETY: (float*, const float*, size_t, size_t, size_t, int); dst holds n elements (direct) or one row
+        // SAFETY: (float*, const T*, size_t, size_t, size_t, int); dst holds n elements (direct) or one row
         // of n per chunk, dout b*n elements.
         unsafe { l.launch(cfg) }?;
         Ok(())

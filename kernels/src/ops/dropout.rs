@@ -82,8 +82,11 @@ pub fn dropout_backward<T: Float>(dinp: &mut [T], dout: &[T], p: f64, seed: u64)
 }
 
 /// The CUDA kernel of dropout (`dropout.cu`).
-pub static CUDA: crate::cuda::KernelSource =
-    crate::cuda::KernelSource { name: "dropout", code: include_str!("dropout.cu"), kernels: &["dropout_f32"] };
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "dropout",
+    code: include_str!("dropout.cu"),
+    kernels: &["dropout_f32", "dropout_f16", "dropout_bf16"],
+};
 
 /// Host side of `dropout.cu`.
 #[path = "dropout_cuda.rs"]

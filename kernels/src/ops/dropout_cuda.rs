@@ -5,15 +5,15 @@
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{scale_for, seed_key, CUDA};
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 
 /// Dropout forward on the GPU: `out[i] = keep(seed, i) ? inp[i] / (1 - p) : 0` (overwrites; `p == 1`
 /// gives zeros). out, inp: [N]. Panics when `p` is outside [0, 1], as the CPU does (configs are checked
-/// at assembly).
-pub fn dropout_forward(
+/// at assembly). Stored in `T` (a half output is the f32 product rounded once).
+pub fn dropout_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    inp: &CudaView<T>,
     p: f64,
     seed: u64,
 ) -> Result<(), GpuError> {
@@ -27,20 +27,20 @@ pub fn dropout_forward(
         return Ok(());
     }
     let key = seed_key(seed);
-    let f = gpu.function(&CUDA, "dropout_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["dropout_f32", "dropout_f16", "dropout_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(inp).arg(&n).arg(&key).arg(&p).arg(&scale);
-    // SAFETY: (float*, const float*, size_t, unsigned long long, double, float); both buffers hold n.
+    // SAFETY: (T*, const T*, size_t, unsigned long long, double, float); both buffers hold n.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }
 
 /// Dropout backward on the GPU: the forward's mask (recomputed from `seed`) applied to `dout`
-/// (overwrites `dinp`). dinp, dout: [N].
-pub fn dropout_backward(
+/// (overwrites `dinp`). dinp, dout: [N], stored in `T`.
+pub fn dropout_backward<T: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dinp: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
     p: f64,
     seed: u64,
 ) -> Result<(), GpuError> {

@@ -13,9 +13,10 @@
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
 use cudarc::cublas::{result as blas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use crate::cuda::gpu::MatmulState;
+use crate::cuda::store::{as_f32, as_f32_mut, Store, StoreKind};
 use crate::cuda::{Gpu, GpuError, MatmulPrecision};
 
 /// Elements a batch of `batch` items of `item` elements each, `stride` apart, spans.
@@ -37,18 +38,18 @@ fn int(v: usize, what: &str) -> i32 {
 ///
 /// a: [M, K] (or [K, M] when `trans_a`), b: [K, N] (or [N, K] when `trans_b`), c: [M, N]. With `beta == 0`
 /// `c` is not read (cuBLAS's contract), so it may hold garbage, NaN included. K = 0 gives `c = beta * c`.
-/// Runs on the compute stream. Panics when a buffer is too small.
+/// Runs on the compute stream. Panics when a buffer is too small. Storage types as in [`gemm_general`].
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(
+pub fn gemm<A: Store, B: Store, C: Store>(
     gpu: &Gpu,
     m: usize,
     n: usize,
     k: usize,
-    a: &CudaView<f32>,
+    a: &CudaView<A>,
     trans_a: bool,
-    b: &CudaView<f32>,
+    b: &CudaView<B>,
     trans_b: bool,
-    c: &mut CudaViewMut<f32>,
+    c: &mut CudaViewMut<C>,
     alpha: f32,
     beta: f32,
 ) -> Result<(), GpuError> {
@@ -60,20 +61,21 @@ pub fn gemm(
 ///
 /// Items as in [`gemm`]: a[i]: [M, K] (or [K, M] when `trans_a`), b[i]: [K, N] (or [N, K]), c[i]: [M, N];
 /// every item is dense row-major. The output items must not overlap (`stride_c >= M*N` unless batch is 1).
+/// Each operand may be stored in f32 or in the autocast half type ([`gemm_general`]).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_strided_batched(
+pub fn gemm_strided_batched<A: Store, B: Store, C: Store>(
     gpu: &Gpu,
     batch: usize,
     m: usize,
     n: usize,
     k: usize,
-    a: &CudaView<f32>,
+    a: &CudaView<A>,
     trans_a: bool,
     stride_a: usize,
-    b: &CudaView<f32>,
+    b: &CudaView<B>,
     trans_b: bool,
     stride_b: usize,
-    c: &mut CudaViewMut<f32>,
+    c: &mut CudaViewMut<C>,
     stride_c: usize,
     alpha: f32,
     beta: f32,
@@ -85,9 +87,9 @@ pub fn gemm_strided_batched(
 
 /// A row-major input operand of [`gemm_general`]: its buffer, whether `op` transposes it, the row stride
 /// of the stored matrix (`ld`, at least its column count) and the distance between batch items.
-pub struct MatRef<'a, 'v> {
+pub struct MatRef<'a, 'v, T = f32> {
     /// The buffer; item `i` starts at `i * stride`.
-    pub data: &'a CudaView<'v, f32>,
+    pub data: &'a CudaView<'v, T>,
     /// Whether the stored matrix is the transpose of the operand.
     pub trans: bool,
     /// Row stride of the stored matrix in elements.
@@ -97,9 +99,9 @@ pub struct MatRef<'a, 'v> {
 }
 
 /// The row-major output operand of [`gemm_general`]: buffer, row stride (at least N) and batch stride.
-pub struct MatMut<'a, 'v> {
+pub struct MatMut<'a, 'v, T = f32> {
     /// The buffer; item `i` starts at `i * stride`.
-    pub data: &'a mut CudaViewMut<'v, f32>,
+    pub data: &'a mut CudaViewMut<'v, T>,
     /// Row stride in elements.
     pub ld: usize,
     /// Batch stride in elements.
@@ -119,16 +121,21 @@ fn extent(rows: usize, cols: usize, ld: usize) -> usize {
 /// row strides, for operands that are row blocks of wider buffers (e.g. one head of a fused `[T, 3HD]`
 /// projection: row stride 3HD, the heads D apart). Shapes as in [`gemm_strided_batched`]; panics when an
 /// operand does not fit its buffer or a row stride is shorter than its row.
+///
+/// Storage: all-f32 operands run at the device's [`MatmulPrecision`]. Operands stored in half precision
+/// (activations under autocast) take part as they are, so the product runs in their type: f32 operands
+/// beside them (weights) are rounded into that type first, accumulation is f32, and C is written in its own
+/// type (f32 or that half type). f16 and bf16 operands cannot meet in one product.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_general(
+pub fn gemm_general<A: Store, B: Store, C: Store>(
     gpu: &Gpu,
     batch: usize,
     m: usize,
     n: usize,
     k: usize,
-    a: MatRef<'_, '_>,
-    b: MatRef<'_, '_>,
-    c: MatMut<'_, '_>,
+    a: MatRef<'_, '_, A>,
+    b: MatRef<'_, '_, B>,
+    c: MatMut<'_, '_, C>,
     alpha: f32,
     beta: f32,
 ) -> Result<(), GpuError> {
@@ -177,25 +184,42 @@ pub fn gemm_general(
         ldc: int(c.ld.max(1), "ldc"),
     };
     let spans = (span(batch, a.stride, extent(ar, ac, a.ld)), span(batch, b.stride, extent(br, bc, b.ld)));
-    match gpu.matmul_precision() {
-        MatmulPrecision::F16 => return half_product::<half::f16>(gpu, batch, gemm, &a, &b, c, spans),
-        MatmulPrecision::Bf16 => return half_product::<half::bf16>(gpu, batch, gemm, &a, &b, c, spans),
-        MatmulPrecision::Tf32 => {
-            let stream = gpu.stream();
-            let ((pa, _ra), (pb, _rb)) = (a.data.device_ptr(stream), b.data.device_ptr(stream));
-            let (pc, _wc) = c.data.device_ptr_mut(stream);
-            let inputs = ((pa, a.stride), (pb, b.stride), cudaDataType_t::CUDA_R_32F);
-            // SAFETY: the extents of all three operands were checked above against their views.
-            return unsafe {
-                gemm_ex(gpu, batch, &gemm, inputs, (pc, c.stride), cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)
-            };
-        }
-        MatmulPrecision::F32 => {}
+    let stored: Vec<StoreKind> = [A::KIND, B::KIND, C::KIND].into_iter().filter(|&s| s != StoreKind::F32).collect();
+    assert!(stored.windows(2).all(|w| w[0] == w[1]), "gemm: f16 and bf16 operands in one product");
+    let precision = match stored.first() {
+        Some(StoreKind::F16) => MatmulPrecision::F16,
+        Some(_) => MatmulPrecision::Bf16,
+        None => gpu.matmul_precision(),
+    };
+    match precision {
+        MatmulPrecision::F16 => return half_product::<half::f16, _, _, _>(gpu, batch, gemm, &a, &b, c, spans),
+        MatmulPrecision::Bf16 => return half_product::<half::bf16, _, _, _>(gpu, batch, gemm, &a, &b, c, spans),
+        _ => {}
+    }
+    // Every operand is f32 from here on.
+    let f32_operands = (as_f32(a.data), as_f32(b.data), as_f32_mut(c.data));
+    let (Some(av), Some(bv), Some(mut cv)) = f32_operands else { unreachable!("no half operand") };
+    if precision == MatmulPrecision::Tf32 {
+        let stream = gpu.stream();
+        let ((pa, _ra), (pb, _rb)) = (av.device_ptr(stream), bv.device_ptr(stream));
+        let (pc, _wc) = cv.device_ptr_mut(stream);
+        let inputs = ((pa, a.stride), (pb, b.stride), cudaDataType_t::CUDA_R_32F);
+        // SAFETY: the extents of all three operands were checked above against their views.
+        return unsafe {
+            gemm_ex(
+                gpu,
+                batch,
+                &gemm,
+                inputs,
+                (pc, c.stride, cudaDataType_t::CUDA_R_32F),
+                cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            )
+        };
     }
     if batch == 1 {
         // SAFETY: the extents of all three operands were checked above against their views; cuBLAS runs on
         // the compute stream the views belong to.
-        unsafe { gpu.blas().gemm(gemm, b.data, a.data, c.data) }?;
+        unsafe { gpu.blas().gemm(gemm, &bv, &av, &mut cv) }?;
     } else {
         let cfg = StridedBatchedConfig {
             gemm,
@@ -205,21 +229,19 @@ pub fn gemm_general(
             stride_c: c.stride as i64,
         };
         // SAFETY: as above, for every item of the batch.
-        unsafe { gpu.blas().gemm_strided_batched(cfg, b.data, a.data, c.data) }?;
+        unsafe { gpu.blas().gemm_strided_batched(cfg, &bv, &av, &mut cv) }?;
     }
     Ok(())
 }
 
-/// A half-precision input type of the autocast products: its cuBLAS type, its cast kernel and its pair of
-/// scratch copies in [`MatmulState`].
-trait HalfInput: DeviceRepr + cudarc::driver::ValidAsZeroBits + Sized {
-    const CUDA_TYPE: cudaDataType_t;
+/// A half-precision input type of the autocast products: its cast kernel and its pair of scratch copies in
+/// [`MatmulState`].
+trait HalfInput: Store {
     fn cast(gpu: &Gpu, out: &mut CudaViewMut<Self>, x: &CudaView<f32>) -> Result<(), GpuError>;
     fn scratch(state: &mut MatmulState) -> &mut [Option<CudaSlice<Self>>; 2];
 }
 
 impl HalfInput for half::f16 {
-    const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_16F;
     fn cast(gpu: &Gpu, out: &mut CudaViewMut<Self>, x: &CudaView<f32>) -> Result<(), GpuError> {
         crate::ops::cast::cuda::f32_to_f16(gpu, out, x)
     }
@@ -229,7 +251,6 @@ impl HalfInput for half::f16 {
 }
 
 impl HalfInput for half::bf16 {
-    const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_16BF;
     fn cast(gpu: &Gpu, out: &mut CudaViewMut<Self>, x: &CudaView<f32>) -> Result<(), GpuError> {
         crate::ops::cast::cuda::f32_to_bf16(gpu, out, x)
     }
@@ -238,55 +259,73 @@ impl HalfInput for half::bf16 {
     }
 }
 
-/// The autocast product: A's and B's spans (`spans`, in elements) rounded into the scratch copies, then one
-/// strided-batched GemmEx with half inputs, f32 compute and the f32 output `c`. `cfg` is the column-major
-/// call [`gemm_general`] built (B first).
-fn half_product<H: HalfInput>(
+/// The device address of input operand `x` (spanning `need` elements) in the half type `H`: its own when it
+/// is stored in `H`, else that of its span rounded into `slot` (grown to the largest operand seen, in the
+/// first steps of a run, and reused afterwards). The guard keeps the operand's stream bookkeeping alive.
+fn half_operand<'s, H: HalfInput, T: Store>(
+    gpu: &'s Gpu,
+    x: &'s CudaView<'_, T>,
+    need: usize,
+    slot: &'s mut Option<CudaSlice<H>>,
+) -> Result<(u64, SyncOnDrop<'s>), GpuError> {
+    let stream = gpu.stream();
+    if T::KIND == H::KIND {
+        let (p, guard) = x.device_ptr(stream);
+        return Ok((p, guard));
+    }
+    let x = as_f32(x).expect("an operand not in the product's half type is f32");
+    if slot.as_ref().is_none_or(|s| s.len() < need) {
+        *slot = Some(stream.alloc_zeros::<H>(need.max(1))?);
+    }
+    let h = slot.as_mut().expect("allocated above");
+    if need > 0 {
+        H::cast(gpu, &mut h.slice_mut(..need), &x.slice(..need))?;
+    }
+    let (p, guard) = h.device_ptr(stream);
+    Ok((p, guard))
+}
+
+/// The product with half inputs: A and B in `H` (an f32 operand's span, `spans` in elements, is rounded into
+/// a scratch copy first, with the layout kept: row strides and batch strides carry over), f32 compute, C in
+/// its own type. `cfg` is the column-major call [`gemm_general`] built (B first).
+fn half_product<H: HalfInput, A: Store, B: Store, C: Store>(
     gpu: &Gpu,
     batch: usize,
     cfg: GemmConfig<f32>,
-    a: &MatRef<'_, '_>,
-    b: &MatRef<'_, '_>,
-    c: MatMut<'_, '_>,
+    a: &MatRef<'_, '_, A>,
+    b: &MatRef<'_, '_, B>,
+    c: MatMut<'_, '_, C>,
     (na, nb): (usize, usize),
 ) -> Result<(), GpuError> {
+    assert!(
+        C::KIND == StoreKind::F32 || C::KIND == H::KIND,
+        "gemm: a {} output from {} inputs",
+        C::KIND.name(),
+        H::KIND.name()
+    );
     let mut state = gpu.matmul_state();
     let [sa, sb] = H::scratch(&mut state);
-    for (slot, need) in [(&mut *sa, na), (&mut *sb, nb)] {
-        if slot.as_ref().is_none_or(|s| s.len() < need) {
-            // Grows to the largest operand seen (the first steps of a run); reused afterwards.
-            *slot = Some(gpu.stream().alloc_zeros::<H>(need.max(1))?);
-        }
-    }
-    let (ha, hb) = (sa.as_mut().expect("allocated above"), sb.as_mut().expect("allocated above"));
-    if na > 0 {
-        H::cast(gpu, &mut ha.slice_mut(..na), &a.data.slice(..na))?;
-    }
-    if nb > 0 {
-        H::cast(gpu, &mut hb.slice_mut(..nb), &b.data.slice(..nb))?;
-    }
-    let stream = gpu.stream();
-    let (pa, _read_a) = ha.device_ptr(stream);
-    let (pb, _read_b) = hb.device_ptr(stream);
-    let (pc, _write_c) = c.data.device_ptr_mut(stream);
-    // SAFETY: the half copies hold the operands' whole spans in their original layout (checked against the
-    // f32 views in gemm_general); c's extent was checked there too; cuBLAS runs on the compute stream, after
-    // the casts.
+    let (pa, _read_a) = half_operand::<H, A>(gpu, a.data, na, sa)?;
+    let (pb, _read_b) = half_operand::<H, B>(gpu, b.data, nb, sb)?;
+    let (pc, _write_c) = c.data.device_ptr_mut(gpu.stream());
+    // SAFETY: the operands (or their half copies) hold their whole spans in their original layout (checked
+    // against the views in gemm_general); c's extent was checked there too; cuBLAS runs on the compute
+    // stream, after the casts.
     unsafe {
         gemm_ex(
             gpu,
             batch,
             &cfg,
             ((pa, a.stride), (pb, b.stride), H::CUDA_TYPE),
-            (pc, c.stride),
+            (pc, c.stride, C::CUDA_TYPE),
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
         )
     }
 }
 
 /// One `cublasGemmStridedBatchedEx` of the column-major call `cfg` ([`gemm_general`]'s: B first): the row-major
-/// A and B at device addresses with their batch strides and element type, the f32 output C and its stride,
-/// alpha and beta f32, and the compute type.
+/// A and B at device addresses with their batch strides and element type, the output C with its stride and
+/// element type, alpha and beta f32, and the compute type.
 ///
 /// # Safety
 /// The addresses must hold the operands' extents as `cfg` and the strides describe them.
@@ -295,7 +334,7 @@ unsafe fn gemm_ex(
     batch: usize,
     cfg: &GemmConfig<f32>,
     ((pa, sa), (pb, sb), input): ((u64, usize), (u64, usize), cudaDataType_t),
-    (pc, sc): (u64, usize),
+    (pc, sc, output): (u64, usize, cudaDataType_t),
     compute: cublasComputeType_t,
 ) -> Result<(), GpuError> {
     // SAFETY: the caller vouches for the operands; cuBLAS runs on the compute stream.
@@ -318,7 +357,7 @@ unsafe fn gemm_ex(
             sa as i64,
             (&cfg.beta) as *const f32 as *const _,
             pc as *mut _,
-            cudaDataType_t::CUDA_R_32F,
+            output,
             cfg.ldc,
             sc as i64,
             int(batch, "batch"),

@@ -235,12 +235,18 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
 };
 
 /// This program's entry points: its own, then activation.cu's, which are compiled into it too.
-const ENTRY_POINTS: [&str; 9] = {
+const ENTRY_POINTS: [&str; 15] = {
     let a = super::activation::ENTRY_POINTS;
     [
         "bias_act_forward_f32",
         "act_backward_bias_partials_f32",
         "act_backward_inplace_f32",
+        "bias_act_forward_f16",
+        "act_backward_bias_partials_f16",
+        "act_backward_inplace_f16",
+        "bias_act_forward_bf16",
+        "act_backward_bias_partials_bf16",
+        "act_backward_inplace_bf16",
         a[0],
         a[1],
         a[2],

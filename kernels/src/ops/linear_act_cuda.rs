@@ -6,18 +6,19 @@
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::CUDA;
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 use crate::ops::activation::Activation;
 use crate::ops::{bias_add, linear};
 
 /// Fused forward on the GPU: `pre = inp @ weight^T + bias`, `out = act(pre)` (both overwritten).
-/// inp: [B, C], weight: [OC, C], bias: [OC] or None, pre, out: [B, OC].
+/// inp: [B, C], weight: [OC, C], bias: [OC] or None, pre, out: [B, OC]. Activations may be stored in half
+/// precision (autocast): pre and out in `Y`, each stored value rounded once from f32.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_act_forward(
+pub fn linear_act_forward<X: Store, Y: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    pre: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<Y>,
+    pre: &mut CudaViewMut<Y>,
+    inp: &CudaView<X>,
     weight: &CudaView<f32>,
     bias: Option<&CudaView<f32>>,
     act: Activation,
@@ -35,7 +36,7 @@ pub fn linear_act_forward(
         assert_eq!(bias.len(), oc, "linear_act_forward: bias must be [OC]");
     }
     // Bias and activation in one pass over the product (bitwise the bias add then the activation).
-    let f = gpu.function(&CUDA, "bias_act_forward_f32")?;
+    let f = gpu.function(&CUDA, Y::pick(["bias_act_forward_f32", "bias_act_forward_f16", "bias_act_forward_bf16"]))?;
     let code = act.code() as i32;
     let len = b * oc;
     let mut l = gpu.launch_builder(&f);
@@ -45,24 +46,25 @@ pub fn linear_act_forward(
         None => l.arg(&0u64),
     };
     l.arg(&b).arg(&oc).arg(&code);
-    // SAFETY: (float*, float*, const float*, size_t, size_t, int); out and pre hold b*oc elements, the bias
-    // oc (or null).
+    // SAFETY: (T*, T*, const float*, size_t, size_t, int); out and pre hold b*oc elements, the bias oc (or
+    // null).
     unsafe { l.launch(gpu.elementwise(len)) }?;
     Ok(())
 }
 
 /// Fused backward on the GPU. `dout` holds the gradient of `out` on entry and that of `pre` on return.
 /// `dinp` is overwritten (None: not needed); `dweight` and `dbias` accumulate.
-/// dout, pre: [B, OC], inp: [B, C], weight: [OC, C]; dinp: [B, C], dweight: [OC, C], dbias: [OC].
+/// dout, pre: [B, OC], inp: [B, C], weight: [OC, C]; dinp: [B, C], dweight: [OC, C], dbias: [OC]. dout and
+/// pre are stored in `Y`, inp and dinp in `X` (f32 or the autocast half type); parameter gradients in f32.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_act_backward(
+pub fn linear_act_backward<X: Store, Y: Store>(
     gpu: &Gpu,
-    dinp: Option<&mut CudaViewMut<f32>>,
+    dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
     dbias: Option<&mut CudaViewMut<f32>>,
-    dout: &mut CudaViewMut<f32>,
-    pre: &CudaView<f32>,
-    inp: &CudaView<f32>,
+    dout: &mut CudaViewMut<Y>,
+    pre: &CudaView<Y>,
+    inp: &CudaView<X>,
     weight: &CudaView<f32>,
     act: Activation,
     b: usize,
@@ -74,12 +76,12 @@ pub fn linear_act_backward(
 }
 
 /// `d = d * act'(pre)` in place on the GPU, then `dbias += column sums of d` (when given).
-/// d, pre: [B, N], dbias: [N] or None.
-pub fn act_backward_with_bias_sums(
+/// d, pre: [B, N] (stored in `T`), dbias: [N] or None.
+pub fn act_backward_with_bias_sums<T: Store>(
     gpu: &Gpu,
     act: Activation,
-    d: &mut CudaViewMut<f32>,
-    pre: &CudaView<f32>,
+    d: &mut CudaViewMut<T>,
+    pre: &CudaView<T>,
     dbias: Option<&mut CudaViewMut<f32>>,
     b: usize,
     n: usize,
@@ -92,20 +94,22 @@ pub fn act_backward_with_bias_sums(
     }
     let code = act.code() as i32;
     let Some(dbias) = dbias else {
-        let f = gpu.function(&CUDA, "act_backward_inplace_f32")?;
+        let names = ["act_backward_inplace_f32", "act_backward_inplace_f16", "act_backward_inplace_bf16"];
+        let f = gpu.function(&CUDA, T::pick(names))?;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *d).arg(pre).arg(&len).arg(&code);
-        // SAFETY: (float*, const float*, size_t, int); d and pre hold len elements.
+        // SAFETY: (T*, const T*, size_t, int); d and pre hold len elements.
         unsafe { l.launch(gpu.elementwise(len)) }?;
         return Ok(());
     };
     // The activation backward fused into the bias gradient's first pass.
-    let f = gpu.function(&CUDA, "act_backward_bias_partials_f32")?;
+    let names = ["act_backward_bias_partials_f32", "act_backward_bias_partials_f16", "act_backward_bias_partials_bf16"];
+    let f = gpu.function(&CUDA, T::pick(names))?;
     bias_add::cuda::column_sums(gpu, dbias, b, n, |dst, per, direct, cfg| {
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *d).arg(pre).arg(dst).arg(&b).arg(&n).arg(&per).arg(&direct).arg(&code);
-        // SAFETY: (float*, const float*, float*, size_t x3, int, int); d and pre hold b*n elements, dst n
-        // (direct) or a row of n per chunk.
+        // SAFETY: (T*, const T*, float*, size_t x3, int, int); d and pre hold b*n elements, dst n (direct)
+        // or a row of n per chunk.
         unsafe { l.launch(cfg) }?;
         Ok(())
     })

@@ -4,7 +4,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut};
 
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 use crate::ops::bias_add::cuda as bias;
 use crate::ops::gemm::cuda::gemm;
 
@@ -28,12 +28,14 @@ pub fn matmul(
 
 /// Linear forward on the GPU: `out = inp @ weight^T + bias` (overwrites `out`).
 ///
-/// inp: [B, C], weight: [OC, C], bias: [OC] or None, out: [B, OC].
+/// inp: [B, C], weight: [OC, C], bias: [OC] or None, out: [B, OC]. The input and output may be stored in half
+/// precision (autocast; see [`gemm_general`](crate::ops::gemm::cuda::gemm_general)); a half output is the
+/// product rounded, then the sum with the bias rounded.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_forward(
+pub fn linear_forward<X: Store, Y: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<Y>,
+    inp: &CudaView<X>,
     weight: &CudaView<f32>,
     bias: Option<&CudaView<f32>>,
     b: usize,
@@ -56,15 +58,16 @@ pub fn linear_forward(
 ///
 /// dout: [B, OC], inp: [B, C], weight: [OC, C]; dinp: [B, C] (overwritten; None when not needed),
 /// dweight: [OC, C] (accumulated: `+= dout^T @ inp`), dbias: [OC] (accumulated column sums of dout; None
-/// without a bias).
+/// without a bias). The activations and their gradients may be stored in half precision (dinp in its input's
+/// type); the parameter gradients are f32.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward(
+pub fn linear_backward<D: Store, X: Store>(
     gpu: &Gpu,
-    dinp: Option<&mut CudaViewMut<f32>>,
+    dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
     dbias: Option<&mut CudaViewMut<f32>>,
-    dout: &CudaView<f32>,
-    inp: &CudaView<f32>,
+    dout: &CudaView<D>,
+    inp: &CudaView<X>,
     weight: &CudaView<f32>,
     b: usize,
     c: usize,
