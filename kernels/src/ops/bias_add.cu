@@ -36,12 +36,10 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_grad_sum_f32(fl
 }
 
 #define BIAS_ADD(T, S)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                              \
-        bias_add_forward_##S(T *out, const float *bias, size_t b, size_t n) {                                \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_add_forward_##S(T *out, const float *bias, size_t b, size_t n) { \
         bias_add_forward(out, bias, b, n);                                                                   \
     }                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                              \
-        bias_grad_partials_##S(float *dst, const T *dout, size_t b, size_t n, size_t chunk_rows, int direct) { \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_grad_partials_##S(float *dst, const T *dout, size_t b, size_t n, size_t chunk_rows, int direct) { \
         bias_grad_partials(dst, dout, b, n, chunk_rows, direct);                                             \
     }
 BIAS_ADD(float, f32)

@@ -12,8 +12,7 @@ template <typename T> __device__ void dropout(T *out, const T *inp, size_t n, un
 }
 
 #define DROPOUT(T, S)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                              \
-        dropout_##S(T *out, const T *inp, size_t n, unsigned long long key, double p, float scale) {         \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) dropout_##S(T *out, const T *inp, size_t n, unsigned long long key, double p, float scale) { \
         dropout(out, inp, n, key, p, scale);                                                                 \
     }
 DROPOUT(float, f32)

@@ -60,16 +60,13 @@ template <typename T> __device__ void act_backward_inplace(T *d, const T *pre, s
 }
 
 #define LINEAR_ACT(T, S)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                              \
-        bias_act_forward_##S(T *out, T *pre, const float *bias, size_t b, size_t n, int act) {               \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bias_act_forward_##S(T *out, T *pre, const float *bias, size_t b, size_t n, int act) { \
         bias_act_forward(out, pre, bias, b, n, act);                                                         \
     }                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) act_backward_bias_partials_##S(              \
-        T *d, const T *pre, float *dst, size_t b, size_t n, size_t chunk_rows, int direct, int act) {        \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) act_backward_bias_partials_##S(T *d, const T *pre, float *dst, size_t b, size_t n, size_t chunk_rows, int direct, int act) { \
         act_backward_bias_partials(d, pre, dst, b, n, chunk_rows, direct, act);                              \
     }                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                              \
-        act_backward_inplace_##S(T *d, const T *pre, size_t n, int act) {                                    \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) act_backward_inplace_##S(T *d, const T *pre, size_t n, int act) { \
         act_backward_inplace(d, pre, n, act);                                                                \
     }
 LINEAR_ACT(float, f32)
