@@ -225,5 +225,42 @@ pub mod cuda {
                 assert_close(&format!("{name} backward"), &gpu.download(&dx).unwrap(), &want_dx, 1e-6, 1e-5);
             }
         }
+
+        /// Half storage: the CPU activation (forward, backward) of the stored inputs, rounded once into the
+        /// storage type; CUDA's libm and the CPU's differ by ~1e-6 relative, which may move a value across
+        /// a rounding boundary, so the tolerance is one unit in the last place of the type.
+        fn half_case<T: crate::ops::cuda_test_util::TestStore>(gpu: &Gpu, rng: &mut Rng) {
+            use crate::ops::cuda_test_util::{download_f32, poisoned_as, upload_as};
+            let n = 20_011;
+            let (dx_dev, x) =
+                upload_as::<T>(gpu, &(0..n).map(|_| rng.next_f64() as f32 * 8.0 - 4.0).collect::<Vec<_>>());
+            let (dg_dev, g) =
+                upload_as::<T>(gpu, &(0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect::<Vec<_>>());
+            // One unit in the last place relative to the value: 2^-10 (f16), 2^-7 (bf16).
+            let ulp = if T::KIND == crate::cuda::StoreKind::F16 { 1.0 / 1024.0 } else { 1.0 / 128.0 };
+            for &name in Activation::NAMES {
+                let act = Activation::parse(name).unwrap();
+                let (mut want_y, mut want_dx) = (vec![0.0; n], vec![0.0; n]);
+                super::super::activation_forward(act, &mut want_y, &x);
+                super::super::activation_backward(act, &mut want_dx, &g, &x);
+                want_y.iter_mut().chain(want_dx.iter_mut()).for_each(|v| *v = T::round(*v));
+                let mut y = poisoned_as::<T>(gpu, n);
+                forward(gpu, act, &mut y.as_view_mut(), &dx_dev.as_view()).unwrap();
+                let what = format!("{name} forward {}", T::KIND.name());
+                assert_close(&what, &download_f32(gpu, &y), &want_y, 1e-6, ulp);
+                let mut dx = poisoned_as::<T>(gpu, n);
+                backward(gpu, act, &mut dx.as_view_mut(), &dg_dev.as_view(), &dx_dev.as_view()).unwrap();
+                let what = format!("{name} backward {}", T::KIND.name());
+                assert_close(&what, &download_f32(gpu, &dx), &want_dx, 1e-6, ulp);
+            }
+        }
+
+        #[test]
+        fn activations_in_half_storage_match_the_rounded_cpu() {
+            let Some(gpu) = gpu_or_skip("activations_in_half_storage_match_the_rounded_cpu") else { return };
+            let mut rng = Rng::new(test_seed("activations_in_half_storage_match_the_rounded_cpu"));
+            half_case::<half::f16>(gpu, &mut rng);
+            half_case::<half::bf16>(gpu, &mut rng);
+        }
     }
 }

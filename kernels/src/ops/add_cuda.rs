@@ -70,4 +70,29 @@ mod tests {
             assert_bitwise(&format!("add_assign n{n}"), &gpu.download(&dacc).unwrap(), &acc);
         }
     }
+
+    /// Half storage (autocast activations): both ops are the f32 sum of the stored values rounded once into
+    /// the storage type, bit for bit.
+    fn half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        for n in [1usize, 255, 100_003] {
+            let (da, a) = upload_as::<T>(gpu, &rand_vec(rng, n, -3.0, 3.0));
+            let (db, b) = upload_as::<T>(gpu, &rand_vec(rng, n, -3.0, 3.0));
+            let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| T::round(x + y)).collect();
+            let mut out = poisoned_as::<T>(gpu, n);
+            add_forward(gpu, &mut out.as_view_mut(), &da.as_view(), &db.as_view()).unwrap();
+            let what = format!("add_forward {} n{n}", T::KIND.name());
+            assert_bitwise(&what, &download_f32(gpu, &out), &want);
+            let (mut dacc, _) = upload_as::<T>(gpu, &a);
+            add_assign(gpu, &mut dacc.as_view_mut(), &db.as_view()).unwrap();
+            assert_bitwise(&format!("add_assign {} n{n}", T::KIND.name()), &download_f32(gpu, &dacc), &want);
+        }
+    }
+
+    #[test]
+    fn add_in_half_storage_rounds_the_f32_sum_once() {
+        let Some(gpu) = gpu_or_skip("add_in_half_storage_rounds_the_f32_sum_once") else { return };
+        let mut rng = seeded("add_in_half_storage_rounds_the_f32_sum_once");
+        half_case::<half::f16>(gpu, &mut rng);
+        half_case::<half::bf16>(gpu, &mut rng);
+    }
 }

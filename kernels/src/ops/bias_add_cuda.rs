@@ -163,4 +163,38 @@ mod tests {
             assert_bitwise(&format!("bias_add_backward {b}x{n} rerun"), &runs[1], &runs[0]);
         }
     }
+
+    /// Half storage of the activations (the bias and its gradient stay f32): the forward is the f32 sum of
+    /// the stored value and the bias rounded once, bit for bit; the backward sums the stored values (f64
+    /// reference, f32 accumulation tolerance).
+    fn half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        for &(b, n) in &[(1usize, 300usize), (65, 32), (1000, 3)] {
+            let (dx, x) = upload_as::<T>(gpu, &rand_vec(rng, b * n, -2.0, 2.0));
+            let bias = rand_vec(rng, n, -1.0, 1.0);
+            let db0 = rand_vec(rng, n, -1.0, 1.0);
+            let mut want = x.clone();
+            super::super::bias_add_forward(&mut want, &bias, b, n);
+            want.iter_mut().for_each(|v| *v = T::round(*v));
+            let dbias = gpu.upload(&bias).unwrap();
+            let mut out = dx.clone();
+            bias_add_forward(gpu, &mut out.as_view_mut(), &dbias.as_view(), b, n).unwrap();
+            let what = format!("bias_add_forward {} {b}x{n}", T::KIND.name());
+            assert_bitwise(&what, &download_f32(gpu, &out), &want);
+            let want_db: Vec<f32> =
+                (0..n).map(|j| (db0[j] as f64 + (0..b).map(|i| x[i * n + j] as f64).sum::<f64>()) as f32).collect();
+            let mut ddb = gpu.upload(&db0).unwrap();
+            bias_add_backward(gpu, &mut ddb.as_view_mut(), &dx.as_view(), b, n).unwrap();
+            let atol = 1e-6 + 4.0 * b as f32 * f32::EPSILON;
+            let what = format!("bias_add_backward {} {b}x{n}", T::KIND.name());
+            assert_close(&what, &gpu.download(&ddb).unwrap(), &want_db, atol, 1e-6);
+        }
+    }
+
+    #[test]
+    fn bias_add_in_half_storage_matches_the_rounded_cpu() {
+        let Some(gpu) = gpu_or_skip("bias_add_in_half_storage_matches_the_rounded_cpu") else { return };
+        let mut rng = seeded("bias_add_in_half_storage_matches_the_rounded_cpu");
+        half_case::<half::f16>(gpu, &mut rng);
+        half_case::<half::bf16>(gpu, &mut rng);
+    }
 }

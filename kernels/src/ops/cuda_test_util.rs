@@ -21,3 +21,60 @@ pub fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
     }
     eprintln!("{what}: bitwise equal ({} elements)", got.len());
 }
+
+/// A storage type in the GPU op tests: conversions to and from f32 as the `half` crate rounds (round to
+/// nearest even, as the kernels' `st` does).
+pub trait TestStore: crate::cuda::Store {
+    /// `x` rounded into this type.
+    fn from_f32(x: f32) -> Self;
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+    /// `x` as this type stores it.
+    fn round(x: f32) -> f32 {
+        Self::from_f32(x).to_f32()
+    }
+}
+
+impl TestStore for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl TestStore for half::f16 {
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl TestStore for half::bf16 {
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+/// `xs` stored in `T` on the device, and the stored values read back as f32 on the host.
+pub fn upload_as<T: TestStore>(gpu: &crate::cuda::Gpu, xs: &[f32]) -> (cudarc::driver::CudaSlice<T>, Vec<f32>) {
+    let stored: Vec<T> = xs.iter().map(|&x| T::from_f32(x)).collect();
+    let back = stored.iter().map(|&x| x.to_f32()).collect();
+    (gpu.upload(&stored).unwrap(), back)
+}
+
+/// `n` NaNs stored in `T` on the device: an output the kernel must overwrite entirely.
+pub fn poisoned_as<T: TestStore>(gpu: &crate::cuda::Gpu, n: usize) -> cudarc::driver::CudaSlice<T> {
+    gpu.upload(&vec![T::from_f32(f32::NAN); n]).unwrap()
+}
+
+/// A device buffer in `T` read back as f32.
+pub fn download_f32<T: TestStore>(gpu: &crate::cuda::Gpu, buf: &cudarc::driver::CudaSlice<T>) -> Vec<f32> {
+    gpu.download(buf).unwrap().into_iter().map(T::to_f32).collect()
+}

@@ -77,4 +77,29 @@ mod tests {
             }
         }
     }
+
+    /// Half storage: the CPU's mask and f32 product on the stored inputs, rounded once into the storage type,
+    /// bit for bit.
+    fn half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        for n in [1usize, 100_003] {
+            let (dx, x) = upload_as::<T>(gpu, &rand_vec(rng, n, -2.0, 2.0));
+            for p in [0.0, 0.3, 1.0] {
+                let seed = rng.next_u64();
+                let mut want = vec![0.0f32; n];
+                super::super::dropout_forward(&mut want, &x, p, seed);
+                want.iter_mut().for_each(|v| *v = T::round(*v));
+                let mut out = poisoned_as::<T>(gpu, n);
+                dropout_forward(gpu, &mut out.as_view_mut(), &dx.as_view(), p, seed).unwrap();
+                assert_bitwise(&format!("dropout {} n{n} p{p}", T::KIND.name()), &download_f32(gpu, &out), &want);
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_in_half_storage_matches_the_rounded_cpu() {
+        let Some(gpu) = gpu_or_skip("dropout_in_half_storage_matches_the_rounded_cpu") else { return };
+        let mut rng = seeded("dropout_in_half_storage_matches_the_rounded_cpu");
+        half_case::<half::f16>(gpu, &mut rng);
+        half_case::<half::bf16>(gpu, &mut rng);
+    }
 }

@@ -242,4 +242,108 @@ mod tests {
             }
         }
     }
+
+    /// Half storage (`Y` for pre, out and the gradients, `X` for the input): the fused kernels give the
+    /// unfused GPU ops' bits in the same storage (the half linear layer and activation, each checked against
+    /// a rounded reference in its own module): forward pre and out; backward's pre-activation gradient,
+    /// bias gradient, input and weight gradients.
+    fn half_case<X: TestStore, Y: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        for &name in &["relu", "gelu"] {
+            let act = Activation::parse(name).unwrap();
+            let (b, c, oc) = (70usize, 24usize, 40usize);
+            let (di, _) = upload_as::<X>(gpu, &rand_vec(rng, b * c, -1.0, 1.0));
+            let (dg, _) = upload_as::<Y>(gpu, &rand_vec(rng, b * oc, -1.0, 1.0));
+            let (dwt, dbs) = (
+                gpu.upload(&rand_vec(rng, oc * c, -1.0, 1.0)).unwrap(),
+                gpu.upload(&rand_vec(rng, oc, -1.0, 1.0)).unwrap(),
+            );
+            let what = format!("linear_act {name} {} -> {}", X::KIND.name(), Y::KIND.name());
+            let bv = dbs.as_view();
+            let (mut out, mut pre) = (poisoned_as::<Y>(gpu, b * oc), poisoned_as::<Y>(gpu, b * oc));
+            linear_act_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut pre.as_view_mut(),
+                &di.as_view(),
+                &dwt.as_view(),
+                Some(&bv),
+                act,
+                b,
+                c,
+                oc,
+            )
+            .unwrap();
+            let (mut out2, mut pre2) = (poisoned_as::<Y>(gpu, b * oc), poisoned_as::<Y>(gpu, b * oc));
+            linear::cuda::linear_forward(
+                gpu,
+                &mut pre2.as_view_mut(),
+                &di.as_view(),
+                &dwt.as_view(),
+                Some(&bv),
+                b,
+                c,
+                oc,
+            )
+            .unwrap();
+            crate::ops::activation::cuda::forward(gpu, act, &mut out2.as_view_mut(), &pre2.as_view()).unwrap();
+            assert_bitwise(&format!("{what} fused pre"), &download_f32(gpu, &pre), &download_f32(gpu, &pre2));
+            assert_bitwise(&format!("{what} fused out"), &download_f32(gpu, &out), &download_f32(gpu, &out2));
+
+            // Fused backward on a copy of the output gradient; unfused: activation backward, then the
+            // linear backward with its bias gradient.
+            let mut d = dg.clone();
+            let mut dx = poisoned_as::<X>(gpu, b * c);
+            let (mut dw, mut db) = (gpu.upload(&vec![0.0f32; oc * c]).unwrap(), gpu.upload(&vec![0.0f32; oc]).unwrap());
+            let (mut dx_v, mut db_v) = (dx.as_view_mut(), db.as_view_mut());
+            linear_act_backward(
+                gpu,
+                Some(&mut dx_v),
+                &mut dw.as_view_mut(),
+                Some(&mut db_v),
+                &mut d.as_view_mut(),
+                &pre.as_view(),
+                &di.as_view(),
+                &dwt.as_view(),
+                act,
+                b,
+                c,
+                oc,
+            )
+            .unwrap();
+            let mut d2 = poisoned_as::<Y>(gpu, b * oc);
+            crate::ops::activation::cuda::backward(gpu, act, &mut d2.as_view_mut(), &dg.as_view(), &pre.as_view())
+                .unwrap();
+            let mut dx2 = poisoned_as::<X>(gpu, b * c);
+            let (mut dw2, mut db2) =
+                (gpu.upload(&vec![0.0f32; oc * c]).unwrap(), gpu.upload(&vec![0.0f32; oc]).unwrap());
+            let (mut dx2_v, mut db2_v) = (dx2.as_view_mut(), db2.as_view_mut());
+            linear::cuda::linear_backward(
+                gpu,
+                Some(&mut dx2_v),
+                &mut dw2.as_view_mut(),
+                Some(&mut db2_v),
+                &d2.as_view(),
+                &di.as_view(),
+                &dwt.as_view(),
+                b,
+                c,
+                oc,
+            )
+            .unwrap();
+            assert_bitwise(&format!("{what} fused dpre"), &download_f32(gpu, &d), &download_f32(gpu, &d2));
+            assert_bitwise(&format!("{what} fused dbias"), &gpu.download(&db).unwrap(), &gpu.download(&db2).unwrap());
+            assert_bitwise(&format!("{what} fused dinp"), &download_f32(gpu, &dx), &download_f32(gpu, &dx2));
+            assert_bitwise(&format!("{what} fused dweight"), &gpu.download(&dw).unwrap(), &gpu.download(&dw2).unwrap());
+        }
+    }
+
+    #[test]
+    fn linear_act_in_half_storage_is_the_unfused_pair() {
+        let Some(gpu) = gpu_or_skip("linear_act_in_half_storage_is_the_unfused_pair") else { return };
+        let mut rng = seeded("linear_act_in_half_storage_is_the_unfused_pair");
+        half_case::<half::f16, half::f16>(gpu, &mut rng);
+        half_case::<f32, half::f16>(gpu, &mut rng);
+        half_case::<half::bf16, half::bf16>(gpu, &mut rng);
+        half_case::<f32, half::bf16>(gpu, &mut rng);
+    }
 }

@@ -197,4 +197,99 @@ mod tests {
             }
         }
     }
+
+    /// `x[r, :] . w[o, :]` over `c` terms in f64 for every (r, o): [rows, oc].
+    pub(crate) fn dots(x: &[f32], w: &[f32], rows: usize, c: usize, oc: usize) -> Vec<f64> {
+        let mut out = vec![0.0; rows * oc];
+        for r in 0..rows {
+            for o in 0..oc {
+                out[r * oc + o] = (0..c).map(|p| f64::from(x[r * c + p]) * f64::from(w[o * c + p])).sum();
+            }
+        }
+        out
+    }
+
+    /// `a^T @ x` over `rows`: a [rows, m], x [rows, n] -> [m, n], f64.
+    pub(crate) fn t_dots(a: &[f32], x: &[f32], rows: usize, m: usize, n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for r in 0..rows {
+            for i in 0..m {
+                for j in 0..n {
+                    out[i * n + j] += f64::from(a[r * m + i]) * f64::from(x[r * n + j]);
+                }
+            }
+        }
+        out
+    }
+
+    /// One storage combination of the half-precision path: input stored in `X`, output (and its gradient)
+    /// in `Y`, the weight rounded into the half type by the product. The reference is f64 on the stored
+    /// inputs and the rounded weight, rounded where the kernels store (the product, then the sum with the
+    /// bias). Tolerance: f32 accumulation and a libm-free epilogue leave the GPU within ~1e-6 relative of
+    /// the reference before rounding, which can move a value to the next representable one: one unit in the
+    /// last place of the half type (2^-10 relative for f16, 2^-7 for bf16) plus an absolute 1e-4.
+    pub(crate) fn half_case<X: TestStore, Y: TestStore, H: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        let ulp = if H::KIND == crate::cuda::StoreKind::F16 { 1.0 / 1024.0 } else { 1.0 / 128.0 };
+        let what = format!("linear {} -> {}", X::KIND.name(), Y::KIND.name());
+        for &(b, c, oc) in &[(1usize, 37usize, 10usize), (33, 300, 129)] {
+            let (d_inp, inp) = upload_as::<X>(gpu, &rand_vec(rng, b * c, -1.0, 1.0));
+            let w = rand_vec(rng, oc * c, -1.0, 1.0);
+            let w_h: Vec<f32> = w.iter().map(|&v| H::round(v)).collect();
+            let inp_h: Vec<f32> = inp.iter().map(|&v| H::round(v)).collect();
+            let bias = rand_vec(rng, oc, -1.0, 1.0);
+            let (d_dout, dout) = upload_as::<Y>(gpu, &rand_vec(rng, b * oc, -1.0, 1.0));
+            let dout_h: Vec<f32> = dout.iter().map(|&v| H::round(v)).collect();
+            let (d_w, d_bias) = (gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap());
+
+            let prod = dots(&inp_h, &w_h, b, c, oc);
+            let want: Vec<f32> =
+                prod.iter().enumerate().map(|(i, &p)| Y::round(Y::round(p as f32) + bias[i % oc])).collect();
+            let mut out = poisoned_as::<Y>(gpu, b * oc);
+            let bv = d_bias.as_view();
+            linear_forward(gpu, &mut out.as_view_mut(), &d_inp.as_view(), &d_w.as_view(), Some(&bv), b, c, oc).unwrap();
+            assert_close(&format!("{what} forward {b}x{c}x{oc}"), &download_f32(gpu, &out), &want, 1e-4, ulp);
+
+            // dinp = dout @ w (stored in X), dweight += dout^T @ inp, dbias += column sums of dout (f32).
+            let w_t: Vec<f32> = (0..c * oc).map(|i| w_h[(i % oc) * c + i / oc]).collect(); // [C, OC]
+            let want_dinp: Vec<f32> = dots(&dout_h, &w_t, b, oc, c).iter().map(|&v| X::round(v as f32)).collect();
+            let want_dw: Vec<f32> = t_dots(&dout_h, &inp_h, b, oc, c).iter().map(|&v| v as f32).collect();
+            let want_db: Vec<f32> =
+                (0..oc).map(|j| (0..b).map(|i| f64::from(dout[i * oc + j])).sum::<f64>() as f32).collect();
+            let mut dinp = poisoned_as::<X>(gpu, b * c);
+            let (mut dw, mut db) = (gpu.upload(&vec![0.0f32; oc * c]).unwrap(), gpu.upload(&vec![0.0f32; oc]).unwrap());
+            let (mut dinp_v, mut db_v) = (dinp.as_view_mut(), db.as_view_mut());
+            linear_backward(
+                gpu,
+                Some(&mut dinp_v),
+                &mut dw.as_view_mut(),
+                Some(&mut db_v),
+                &d_dout.as_view(),
+                &d_inp.as_view(),
+                &d_w.as_view(),
+                b,
+                c,
+                oc,
+            )
+            .unwrap();
+            let what = format!("{what} backward {b}x{c}x{oc}");
+            assert_close(&format!("{what} dinp"), &download_f32(gpu, &dinp), &want_dinp, 1e-4, ulp);
+            assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 1e-4, 1e-4);
+            assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 1e-4, 1e-5);
+        }
+    }
+
+    /// Autocast storage: half activations in and out, and the mixed layers at either end of a network (an
+    /// f32 input to a half output; a half input to an f32 output), for f16 and bf16.
+    #[test]
+    fn linear_in_half_storage_matches_the_rounded_reference() {
+        let Some(gpu) = gpu_or_skip("linear_in_half_storage_matches_the_rounded_reference") else { return };
+        let mut rng = seeded("linear_in_half_storage_matches_the_rounded_reference");
+        use half::{bf16, f16};
+        half_case::<f16, f16, f16>(gpu, &mut rng);
+        half_case::<f32, f16, f16>(gpu, &mut rng);
+        half_case::<f16, f32, f16>(gpu, &mut rng);
+        half_case::<bf16, bf16, bf16>(gpu, &mut rng);
+        half_case::<f32, bf16, bf16>(gpu, &mut rng);
+        half_case::<bf16, f32, bf16>(gpu, &mut rng);
+    }
 }
