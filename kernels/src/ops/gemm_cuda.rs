@@ -184,9 +184,11 @@ pub fn gemm_general<A: Store, B: Store, C: Store>(
         ldc: int(c.ld.max(1), "ldc"),
     };
     let spans = (span(batch, a.stride, extent(ar, ac, a.ld)), span(batch, b.stride, extent(br, bc, b.ld)));
-    let stored: Vec<StoreKind> = [A::KIND, B::KIND, C::KIND].into_iter().filter(|&s| s != StoreKind::F32).collect();
-    assert!(stored.windows(2).all(|w| w[0] == w[1]), "gemm: f16 and bf16 operands in one product");
-    let precision = match stored.first() {
+    // The half type of the half-stored operands (no allocation: this runs in every step).
+    let mut stored = [A::KIND, B::KIND, C::KIND].into_iter().filter(|&s| s != StoreKind::F32);
+    let first = stored.next();
+    assert!(stored.all(|s| Some(s) == first), "gemm: f16 and bf16 operands in one product");
+    let precision = match first {
         Some(StoreKind::F16) => MatmulPrecision::F16,
         Some(_) => MatmulPrecision::Bf16,
         None => gpu.matmul_precision(),

@@ -1,10 +1,13 @@
 //! Device twin of [`Activations`](crate::graph::Activations): one buffer per produced value and per value
 //! gradient, per-node saved state, shared scratch; planned once for the largest batch, never reallocated.
+//! Under autocast some values (and their gradients) are stored in half precision ([`storage_plan`]).
 
 use ecstrain_components::{Graph, OpKind, ValueId};
 use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
-use ecstrain_kernels::cuda::{Gpu, GpuError};
+use ecstrain_kernels::cuda::{AnyBuf, Gpu, GpuError, MatmulPrecision, StoreKind};
 use ecstrain_kernels::ops;
+
+use super::storage::storage_plan;
 
 use crate::graph::exec::{attention_len, conv_geom};
 
@@ -14,13 +17,15 @@ pub struct GpuActivations {
     pub capacity: usize,
     /// The batch input `[capacity, numel(input)]`, copied up each step.
     pub input: CudaSlice<f32>,
+    /// The storage type of each value and its gradient ([`storage_plan`] at the device's autocast type).
+    pub kinds: Vec<StoreKind>,
     /// `values[v]`; `None` for the input and for values no node writes.
-    pub values: Vec<Option<CudaSlice<f32>>>,
-    /// `grads[v]`, same shapes as `values`.
-    pub grads: Vec<Option<CudaSlice<f32>>>,
-    /// Per node: float state its backward reads (normalisation statistics, a fused linear's
-    /// pre-activation, attention probabilities), as the host's `saved`.
-    pub saved: Vec<Option<CudaSlice<f32>>>,
+    pub values: Vec<Option<AnyBuf>>,
+    /// `grads[v]`, same shapes and types as `values`.
+    pub grads: Vec<Option<AnyBuf>>,
+    /// Per node: float state its backward reads (normalisation statistics, attention probabilities, in f32;
+    /// a fused linear's pre-activation, in its output's type), as the host's `saved`.
+    pub saved: Vec<Option<AnyBuf>>,
     /// Per node: integer state (max-pool argmax; VQ code indices of `capacity * positions` followed by the
     /// per-code counts), as the host's `indices`.
     pub indices: Vec<Option<CudaSlice<u32>>>,
@@ -36,6 +41,8 @@ pub struct GpuActivations {
     pub scratch: Option<CudaSlice<f32>>,
     /// Gradient staging for values with several consumers.
     pub grad_tmp: CudaSlice<f32>,
+    /// The same for values stored in half precision (`None` when none is).
+    pub grad_tmp_half: Option<AnyBuf>,
     /// Per value: whether the current backward has written its gradient yet.
     pub written: Vec<bool>,
     /// A single 1.0 (the increment of batch norm's `num_batches_tracked`).
@@ -60,6 +67,15 @@ where
     }
 }
 
+/// A zeroed device buffer of `n` elements of type `kind`, `None` when `n` is 0.
+fn any_buffer(gpu: &Gpu, kind: StoreKind, n: usize) -> Result<Option<AnyBuf>, GpuError> {
+    if n == 0 {
+        Ok(None)
+    } else {
+        Ok(Some(AnyBuf::zeros(gpu.stream(), kind, n)?))
+    }
+}
+
 /// Scratch of a convolution on the device: the column matrices of the whole batch when they fit in 64M
 /// elements (one batched GEMM per group instead of one per couple of samples), never less than the CPU
 /// kernel's minimum [`Conv2dGeom::col_len`](ops::conv2d::Conv2dGeom::col_len).
@@ -73,8 +89,15 @@ pub fn conv_col_len(g: &ops::conv2d::Conv2dGeom) -> usize {
 }
 
 impl GpuActivations {
-    /// Plans device buffers for batches of up to `capacity` samples (the same plan as the host's).
+    /// Plans device buffers for batches of up to `capacity` samples (the same plan as the host's), with the
+    /// storage types autocast at the device's matmul precision asks for.
     pub fn plan(gpu: &Gpu, graph: &Graph, capacity: usize) -> Result<GpuActivations, GpuError> {
+        let half = match gpu.matmul_precision() {
+            MatmulPrecision::F16 => Some(StoreKind::F16),
+            MatmulPrecision::Bf16 => Some(StoreKind::Bf16),
+            MatmulPrecision::F32 | MatmulPrecision::Tf32 => None,
+        };
+        let kinds = storage_plan(graph, half);
         let numel = |v: ValueId| graph.values[v.0].numel();
         let mut produced = vec![false; graph.values.len()];
         graph.nodes.iter().for_each(|n| produced[n.output.0] = true);
@@ -87,10 +110,15 @@ impl GpuActivations {
         let mut scratch = 0;
         for node in &graph.nodes {
             let (mut s, mut ix, mut id, mut st) = (0, 0, 0, 0);
+            // Saved state is f32 but for a fused linear's pre-activation, kept in its output's type.
+            let mut saved_kind = StoreKind::F32;
             match &node.op {
                 OpKind::MaxPool2d { .. } => ix = sizes[node.output.0],
                 // A fused activation's input (the pre-activation) is kept for the backward.
-                OpKind::Linear { act: Some(_), .. } => s = sizes[node.output.0],
+                OpKind::Linear { act: Some(_), .. } => {
+                    s = sizes[node.output.0];
+                    saved_kind = kinds[node.output.0];
+                }
                 OpKind::Attention { heads, tokens, .. } => {
                     s = attention_len(*heads, *tokens, capacity);
                     scratch = scratch.max(s);
@@ -109,7 +137,7 @@ impl GpuActivations {
                 OpKind::LayerNorm { dim, .. } => s = 2 * capacity * numel(node.output) / dim,
                 _ => {}
             }
-            saved.push(buffer(gpu, s)?);
+            saved.push(any_buffer(gpu, saved_kind, s)?);
             indices.push(buffer(gpu, ix)?);
             ids.push(buffer(gpu, id)?);
             stats.push(buffer(gpu, st)?);
@@ -117,12 +145,19 @@ impl GpuActivations {
         let largest = sizes.iter().copied().max().unwrap_or(0).max(capacity * numel(ValueId(0))).max(1);
         let mut values = Vec::with_capacity(sizes.len());
         let mut grads = Vec::with_capacity(sizes.len());
-        for &n in &sizes {
-            values.push(buffer(gpu, n)?);
-            grads.push(buffer(gpu, n)?);
+        for (&n, &kind) in sizes.iter().zip(&kinds) {
+            values.push(any_buffer(gpu, kind, n)?);
+            grads.push(any_buffer(gpu, kind, n)?);
         }
+        let largest_half = sizes.iter().zip(&kinds).filter(|(_, &k)| k != StoreKind::F32).map(|(&n, _)| n).max();
+        let grad_tmp_half = match (largest_half, half) {
+            (Some(n), Some(h)) => any_buffer(gpu, h, n)?,
+            _ => None,
+        };
         Ok(GpuActivations {
             capacity,
+            kinds,
+            grad_tmp_half,
             input: gpu.stream().alloc_zeros(capacity * numel(ValueId(0)).max(1))?,
             values,
             grads,
@@ -148,14 +183,21 @@ impl GpuActivations {
     /// Device bytes held by the plan.
     pub fn bytes(&self) -> usize {
         let f = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |s| s.len());
-        4 * (self.input.len()
-            + self.values.iter().map(f).sum::<usize>()
-            + self.grads.iter().map(f).sum::<usize>()
-            + self.saved.iter().map(f).sum::<usize>()
-            + self.indices.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
-            + 2 * self.ids.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
-            + self.stats.iter().map(f).sum::<usize>()
-            + f(&self.scratch)
-            + self.grad_tmp.len())
+        let any = |b: &Option<AnyBuf>| b.as_ref().map_or(0, AnyBuf::bytes);
+        self.activation_bytes()
+            + self.saved.iter().map(any).sum::<usize>()
+            + any(&self.grad_tmp_half)
+            + 4 * (self.input.len()
+                + self.indices.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
+                + 2 * self.ids.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
+                + self.stats.iter().map(f).sum::<usize>()
+                + f(&self.scratch)
+                + self.grad_tmp.len())
+    }
+
+    /// Device bytes of the value and value-gradient buffers alone (what half storage halves).
+    pub fn activation_bytes(&self) -> usize {
+        let any = |b: &Option<AnyBuf>| b.as_ref().map_or(0, AnyBuf::bytes);
+        self.values.iter().map(any).sum::<usize>() + self.grads.iter().map(any).sum::<usize>()
     }
 }

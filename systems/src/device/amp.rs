@@ -117,7 +117,7 @@ impl DeviceScaler {
 pub fn scale_output_gradient(g: &mut GpuState, graph: &Graph, n: usize) -> Result<(), GpuError> {
     let out = graph.output.0;
     let len = n * graph.values[out].numel();
-    let dy = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
+    let dy = g.acts.grads[out].as_mut().expect("the output has a gradient buffer").f32_mut();
     scale_gradient(&g.gpu, &mut dy.slice_mut(..len), &g.loss_scale)
 }
 

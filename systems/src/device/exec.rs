@@ -10,9 +10,9 @@
 use std::ops::Range;
 
 use ecstrain_components::{Graph, Mode, OpKind, ParamRef, ValueId};
-use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
-use ecstrain_kernels::cuda::{Gpu, GpuError};
-use ecstrain_kernels::ops;
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaViewMut};
+use ecstrain_kernels::cuda::{AnyBuf, AnyView, AnyViewMut, Gpu, GpuError, StoreKind};
+use ecstrain_kernels::{any_view, ops};
 
 use super::acts::GpuActivations;
 use crate::graph::exec::{attention_len, batched_perm, concat_runs, conv_geom, dropout_seed, pool_geom, AuxStats};
@@ -20,16 +20,98 @@ use crate::graph::exec::{attention_len, batched_perm, concat_runs, conv_geom, dr
 /// The first `n` rows of value `v`: the uploaded batch for value 0, its planned buffer otherwise.
 fn rows<'a>(
     graph: &Graph,
-    values: &'a [Option<CudaSlice<f32>>],
+    values: &'a [Option<AnyBuf>],
     input: &'a CudaSlice<f32>,
     v: ValueId,
     n: usize,
-) -> CudaView<'a, f32> {
+) -> AnyView<'a> {
     let len = n * graph.values[v.0].numel();
     match v.0 {
-        0 => input.slice(..len),
-        i => values[i].as_ref().expect("every value a node reads was produced and planned").slice(..len),
+        0 => AnyView::F32(input.slice(..len)),
+        i => values[i].as_ref().expect("every value a node reads was produced and planned").view(len),
     }
+}
+
+/// Expands `$body` for the storage type two views share, `$x` and `$y` bound to their typed views. The
+/// storage plan keeps an element-wise op's operands in one type, so differing types are a bug.
+macro_rules! same_kind {
+    ($ta:ident, $a:expr, $tb:ident, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            ($ta::F32($x), $tb::F32($y)) => $body,
+            ($ta::F16($x), $tb::F16($y)) => $body,
+            ($ta::Bf16($x), $tb::Bf16($y)) => $body,
+            _ => unreachable!("the storage plan keeps an element-wise op's operands in one type"),
+        }
+    };
+}
+
+/// [`same_kind!`] for three views.
+macro_rules! same_kind3 {
+    ($ta:ident, $a:expr, $tb:ident, $b:expr, $tc:ident, $c:expr, |$x:ident, $y:ident, $z:ident| $body:expr) => {
+        match ($a, $b, $c) {
+            ($ta::F32($x), $tb::F32($y), $tc::F32($z)) => $body,
+            ($ta::F16($x), $tb::F16($y), $tc::F16($z)) => $body,
+            ($ta::Bf16($x), $tb::Bf16($y), $tc::Bf16($z)) => $body,
+            _ => unreachable!("the storage plan keeps an element-wise op's operands in one type"),
+        }
+    };
+}
+
+/// Expands `$body` for the storage type of the mutable view `$e`, `$v` bound to its typed view.
+macro_rules! any_mut {
+    ($e:expr, |$v:ident| $body:expr) => {
+        match $e {
+            AnyViewMut::F32($v) => $body,
+            AnyViewMut::F16($v) => $body,
+            AnyViewMut::Bf16($v) => $body,
+        }
+    };
+}
+
+/// The forward of the ops that run in any storage type (the linear layers, whose input and output types
+/// may differ, and the element-wise ops that keep their input's type); `None` for the other ops, which run
+/// on f32 values.
+#[allow(clippy::too_many_arguments)] // one node's buffers
+fn forward_any_storage(
+    gpu: &Gpu,
+    node: &ecstrain_components::Node,
+    params: &CudaSlice<f32>,
+    x: &AnyView<'_>,
+    y: &mut AnyViewMut<'_>,
+    saved: Option<&mut AnyBuf>,
+    n: usize,
+    mode: Mode,
+    seed: u64,
+) -> Option<Result<(), GpuError>> {
+    let p = |r: &ParamRef| params.slice(r.slice.range());
+    Some(match &node.op {
+        OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
+            let b = bias.as_ref().map(p);
+            let (w, b) = (p(weight), b.as_ref());
+            let (rws, inf, outf) = (n * r, *in_features, *out_features);
+            any_view!(x, |x| any_mut!(y, |y| ops::linear::cuda::linear_forward(gpu, y, x, &w, b, rws, inf, outf)))
+        }
+        OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: Some(a) } => {
+            let b = bias.as_ref().map(p);
+            let (w, b) = (p(weight), b.as_ref());
+            let (rws, inf, outf) = (n * r, *in_features, *out_features);
+            let mut pre = saved.expect("fused linears plan the pre-activation").view_mut(y.len());
+            any_view!(x, |x| same_kind!(AnyViewMut, &mut *y, AnyViewMut, &mut pre, |y, pre| {
+                ops::linear_act::cuda::linear_act_forward(gpu, y, pre, x, &w, b, *a, rws, inf, outf)
+            }))
+        }
+        OpKind::Activation(act) => {
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| ops::activation::cuda::forward(gpu, *act, y, x))
+        }
+        OpKind::Dropout { p: prob } if mode == Mode::Train && *prob > 0.0 => {
+            let s = dropout_seed(seed, 0, node.output.0);
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| ops::dropout::cuda::dropout_forward(gpu, y, x, *prob, s))
+        }
+        OpKind::Reshape | OpKind::Dropout { .. } => {
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| gpu.stream().memcpy_dtod(x, y).map_err(GpuError::from))
+        }
+        _ => return None,
+    })
 }
 
 fn unsupported(op: &OpKind) -> ! {
@@ -58,23 +140,27 @@ pub fn forward(
         // The output buffer is moved out while the node runs, so the inputs can be borrowed from `values`.
         let mut out_buf = values[node.output.0].take().expect("every produced value has a buffer");
         let result = (|| -> Result<(), GpuError> {
-            let mut y = out_buf.slice_mut(..n * numel(node.output));
+            let len = n * numel(node.output);
             let read = |i: usize| rows(graph, values, input, node.inputs[i], n);
-            let x = read(0);
+            let xa = read(0);
+            let any = forward_any_storage(
+                gpu,
+                node,
+                params,
+                &xa,
+                &mut out_buf.view_mut(len),
+                saved[idx].as_mut(),
+                n,
+                mode,
+                seed,
+            );
+            if let Some(result) = any {
+                return result;
+            }
+            // The other ops run on f32 values (the storage plan keeps their inputs and outputs f32).
+            let mut y = out_buf.f32_mut().slice_mut(..len);
+            let x = xa.f32();
             match &node.op {
-                OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
-                    let b = bias.as_ref().map(p);
-                    ops::linear::cuda::linear_forward(
-                        gpu,
-                        &mut y,
-                        &x,
-                        &p(weight),
-                        b.as_ref(),
-                        n * r,
-                        *in_features,
-                        *out_features,
-                    )
-                }
                 OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
                     let g = conv_geom(spec, *in_hw, n);
                     let b = bias.as_ref().map(p);
@@ -96,23 +182,13 @@ pub fn forward(
                 OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
                     ops::pool::cuda::adaptive_avg_pool2d_forward(gpu, &mut y, &x, n, *c, *h, *w, *oh, *ow)
                 }
-                OpKind::Reshape => Ok(gpu.stream().memcpy_dtod(&x, &mut y)?),
-                OpKind::Activation(act) => ops::activation::cuda::forward(gpu, *act, &mut y, &x),
-                OpKind::Dropout { p: prob } => {
-                    if mode == Mode::Train && *prob > 0.0 {
-                        let s = dropout_seed(seed, 0, node.output.0);
-                        ops::dropout::cuda::dropout_forward(gpu, &mut y, &x, *prob, s)
-                    } else {
-                        Ok(gpu.stream().memcpy_dtod(&x, &mut y)?)
-                    }
-                }
                 OpKind::BatchNorm2d { channels: c, hw, eps, momentum, weight, bias, stats } => {
                     let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
                     let mut st = buffers.slice_mut(stats.range());
                     let (mut rm, mut rest) = st.split_at_mut(*c);
                     let (mut rv, mut tracked) = rest.split_at_mut(*c);
                     if mode == Mode::Train {
-                        let sv = saved[idx].as_mut().expect("batch norms plan saved statistics");
+                        let sv = saved[idx].as_mut().expect("batch norms plan saved statistics").f32_mut();
                         let (mut sm, mut si) = sv.split_at_mut(*c);
                         ops::batch_norm::cuda::batch_norm_forward_train(
                             gpu,
@@ -150,7 +226,7 @@ pub fn forward(
                 }
                 OpKind::LayerNorm { dim, eps, weight, bias } => {
                     let r = y.len() / dim;
-                    let sv = saved[idx].as_mut().expect("layer norms plan saved statistics");
+                    let sv = saved[idx].as_mut().expect("layer norms plan saved statistics").f32_mut();
                     let half = sv.len() / 2;
                     let (mut sm, mut sr) = sv.split_at_mut(half);
                     let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
@@ -171,25 +247,7 @@ pub fn forward(
                     let r = y.len() / dim;
                     ops::softmax::cuda::softmax_forward(gpu, &mut y, &x, r, *dim)
                 }
-                OpKind::Add => ops::add::cuda::add_forward(gpu, &mut y, &x, &read(1)),
-                OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: Some(a) } => {
-                    let b = bias.as_ref().map(p);
-                    let len = y.len();
-                    let sv = saved[idx].as_mut().expect("fused linears plan the pre-activation");
-                    let mut pre = sv.slice_mut(..len);
-                    ops::linear_act::cuda::linear_act_forward(
-                        gpu,
-                        &mut y,
-                        &mut pre,
-                        &x,
-                        &p(weight),
-                        b.as_ref(),
-                        *a,
-                        n * r,
-                        *in_features,
-                        *out_features,
-                    )
-                }
+                OpKind::Add => ops::add::cuda::add_forward(gpu, &mut y, x, read(1).f32()),
                 OpKind::Embedding { vocab, dim, weight } => {
                     // The ids arrive as floats (the batch is f32); converted on the device as the host does.
                     let mut id = ids[idx].as_mut().expect("embeddings plan their ids").slice_mut(..x.len());
@@ -202,7 +260,7 @@ pub fn forward(
                     let mut at = 0;
                     for (i, &v) in node.inputs.iter().enumerate() {
                         let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
-                        ops::concat::cuda::strided_copy(gpu, &mut y, &read(i), rws, run, (row_len, at), (run, 0))?;
+                        ops::concat::cuda::strided_copy(gpu, &mut y, read(i).f32(), rws, run, (row_len, at), (run, 0))?;
                         at += run;
                     }
                     Ok(())
@@ -210,7 +268,8 @@ pub fn forward(
                 OpKind::Attention { heads, tokens: t, dim: d, causal } => {
                     // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
                     let len = attention_len(*heads, *t, n);
-                    let mut att = saved[idx].as_mut().expect("attention plans its probabilities").slice_mut(..len);
+                    let sv = saved[idx].as_mut().expect("attention plans its probabilities").f32_mut();
+                    let mut att = sv.slice_mut(..len);
                     ops::attention::cuda::attention_fused_forward(
                         gpu,
                         &mut y,
@@ -238,7 +297,7 @@ pub fn forward(
                     // x + param broadcast over rows: a copy and a bias add (the host's one f32 addition).
                     let plen = param.slice.len;
                     let rws = y.len() / plen;
-                    gpu.stream().memcpy_dtod(&x, &mut y)?;
+                    gpu.stream().memcpy_dtod(x, &mut y)?;
                     ops::bias_add::cuda::bias_add_forward(gpu, &mut y, &p(param), rws, plen)
                 }
                 OpKind::TokenMean => {
@@ -341,34 +400,59 @@ fn with_optional_pair<R>(
     }
 }
 
-/// Where an input's gradient goes during the backward (the host's `GradSink`, on device buffers).
+/// Where an input's gradient goes during the backward (the host's `GradSink`, on device buffers). A
+/// value's gradient has the value's storage type.
 struct GradSink<'a> {
     gpu: &'a Gpu,
-    dvals: &'a mut [Option<CudaSlice<f32>>],
+    dvals: &'a mut [Option<AnyBuf>],
     tmp: &'a mut CudaSlice<f32>,
+    tmp_half: &'a mut Option<AnyBuf>,
     written: &'a mut [bool],
 }
 
 impl GradSink<'_> {
-    /// Calls `f` with the gradient view of value `v` (`len` elements), or `None` for the model input.
+    /// Calls `f` with the gradient view of value `v` (`len` elements, in `v`'s storage type), or `None` for
+    /// the model input.
+    fn with_any(
+        &mut self,
+        v: ValueId,
+        len: usize,
+        f: impl FnOnce(Option<&mut AnyViewMut<'_>>) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        if v.0 == 0 {
+            return f(None);
+        }
+        let dst = self.dvals[v.0].as_mut().expect("planned gradient");
+        if !self.written[v.0] {
+            f(Some(&mut dst.view_mut(len)))?;
+            self.written[v.0] = true;
+            return Ok(());
+        }
+        // A later reader's share: staged, then added.
+        let gpu = self.gpu;
+        match dst.kind() {
+            StoreKind::F32 => {
+                f(Some(&mut AnyViewMut::F32(self.tmp.slice_mut(..len))))?;
+                ops::add::cuda::add_assign(gpu, &mut dst.f32_mut().slice_mut(..len), &self.tmp.slice(..len))
+            }
+            _ => {
+                let tmp = self.tmp_half.as_mut().expect("half values plan half staging");
+                f(Some(&mut tmp.view_mut(len)))?;
+                same_kind!(AnyViewMut, &mut dst.view_mut(len), AnyView, &tmp.view(len), |d, t| {
+                    ops::add::cuda::add_assign(gpu, d, t)
+                })
+            }
+        }
+    }
+
+    /// [`Self::with_any`] for a value the storage plan keeps in f32.
     fn with(
         &mut self,
         v: ValueId,
         len: usize,
         f: impl FnOnce(Option<&mut CudaViewMut<f32>>) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
-        if v.0 == 0 {
-            f(None)
-        } else if self.written[v.0] {
-            f(Some(&mut self.tmp.slice_mut(..len)))?;
-            let dst = self.dvals[v.0].as_mut().expect("planned gradient");
-            ops::add::cuda::add_assign(self.gpu, &mut dst.slice_mut(..len), &self.tmp.slice(..len))
-        } else {
-            let dst = self.dvals[v.0].as_mut().expect("planned gradient");
-            f(Some(&mut dst.slice_mut(..len)))?;
-            self.written[v.0] = true;
-            Ok(())
-        }
+        self.with_any(v, len, |dx| f(dx.map(|d| d.f32())))
     }
 
     /// Like [`Self::with`] for kernels that always write an input gradient: the model input's goes to the
@@ -387,35 +471,90 @@ impl GradSink<'_> {
     }
 
     /// Routes `dy` unchanged into `v`'s gradient (an identity's backward): a copy or an add.
-    fn pass_through(&mut self, v: ValueId, dy: &CudaView<f32>) -> Result<(), GpuError> {
+    fn pass_through(&mut self, v: ValueId, dy: &AnyView<'_>) -> Result<(), GpuError> {
         if v.0 == 0 {
             return Ok(());
         }
         let len = dy.len();
+        let gpu = self.gpu;
         let dst = self.dvals[v.0].as_mut().expect("planned gradient");
-        if self.written[v.0] {
-            ops::add::cuda::add_assign(self.gpu, &mut dst.slice_mut(..len), dy)
-        } else {
-            self.gpu.stream().memcpy_dtod(dy, &mut dst.slice_mut(..len))?;
-            self.written[v.0] = true;
-            Ok(())
-        }
+        let written = std::mem::replace(&mut self.written[v.0], true);
+        same_kind!(AnyViewMut, &mut dst.view_mut(len), AnyView, dy, |d, dy| {
+            if written {
+                ops::add::cuda::add_assign(gpu, d, dy)
+            } else {
+                gpu.stream().memcpy_dtod(dy, d).map_err(GpuError::from)
+            }
+        })
     }
 
     /// Hands the whole output gradient buffer on to `v` when `v` has none written yet and the buffers have
-    /// the same size (a swap instead of a copy); otherwise a copy or an add.
-    fn pass_through_owned(&mut self, v: ValueId, dy_buf: &mut CudaSlice<f32>, len: usize) -> Result<(), GpuError> {
+    /// the same size and type (a swap instead of a copy); otherwise a copy or an add.
+    fn pass_through_owned(&mut self, v: ValueId, dy_buf: &mut AnyBuf, len: usize) -> Result<(), GpuError> {
         if v.0 != 0 && !self.written[v.0] {
             if let Some(dst) = self.dvals[v.0].as_mut() {
-                if dst.len() == dy_buf.len() {
+                if dst.len() == dy_buf.len() && dst.kind() == dy_buf.kind() {
                     std::mem::swap(dst, dy_buf);
                     self.written[v.0] = true;
                     return Ok(());
                 }
             }
         }
-        self.pass_through(v, &dy_buf.slice(..len))
+        self.pass_through(v, &dy_buf.view(len))
     }
+}
+
+/// The backward of the ops that run in any storage type ([`forward_any_storage`]'s), but for the fused
+/// linear + activation, which [`backward_releasing`] runs itself; `None` for the other ops.
+#[allow(clippy::too_many_arguments)] // one node's buffers
+fn backward_any_storage(
+    gpu: &Gpu,
+    node: &ecstrain_components::Node,
+    params: &CudaSlice<f32>,
+    grads: &mut CudaSlice<f32>,
+    sink: &mut GradSink<'_>,
+    x: &AnyView<'_>,
+    dy: &AnyView<'_>,
+    n: usize,
+    mode: Mode,
+    seed: u64,
+) -> Option<Result<(), GpuError>> {
+    let p = |r: &ParamRef| params.slice(r.slice.range());
+    let xv = node.inputs[0];
+    Some(match &node.op {
+        OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
+            let (w, rws, inf, outf) = (p(weight), n * r, *in_features, *out_features);
+            sink.with_any(xv, x.len(), |dx| {
+                with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
+                    any_view!(dy, |dy| match dx {
+                        None => any_view!(x, |x| {
+                            ops::linear::cuda::linear_backward(gpu, None, dw, db, dy, x, &w, rws, inf, outf)
+                        }),
+                        Some(dx) => same_kind!(AnyViewMut, dx, AnyView, x, |dx, x| {
+                            ops::linear::cuda::linear_backward(gpu, Some(dx), dw, db, dy, x, &w, rws, inf, outf)
+                        }),
+                    })
+                })
+            })
+        }
+        OpKind::Activation(act) => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => same_kind3!(AnyViewMut, dx, AnyView, dy, AnyView, x, |dx, dy, x| {
+                ops::activation::cuda::backward(gpu, *act, dx, dy, x)
+            }),
+            None => Ok(()),
+        }),
+        OpKind::Dropout { p: prob } if mode == Mode::Train && *prob > 0.0 => {
+            let s = dropout_seed(seed, 0, node.output.0);
+            sink.with_any(xv, x.len(), |dx| match dx {
+                Some(dx) => same_kind!(AnyViewMut, dx, AnyView, dy, |dx, dy| {
+                    ops::dropout::cuda::dropout_backward(gpu, dx, dy, *prob, s)
+                }),
+                None => Ok(()),
+            })
+        }
+        OpKind::Dropout { .. } => sink.pass_through(xv, dy),
+        _ => return None,
+    })
 }
 
 /// Runs the graph backward for `n` rows. The gradient of the loss with respect to the output is in
@@ -480,7 +619,19 @@ pub fn backward_releasing(
     aux: AuxWeight<'_>,
     mut release: Option<DeviceRelease<'_>>,
 ) -> Result<(), GpuError> {
-    let GpuActivations { input, values, grads: dvals, saved, indices, ids, scratch, grad_tmp, written, .. } = acts;
+    let GpuActivations {
+        input,
+        values,
+        grads: dvals,
+        saved,
+        indices,
+        ids,
+        scratch,
+        grad_tmp,
+        grad_tmp_half,
+        written,
+        ..
+    } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ParamRef| params.slice(r.slice.range());
     written.fill(false);
@@ -501,12 +652,12 @@ pub fn backward_releasing(
         let mut dy_buf = dvals[node.output.0].take().expect("every produced value has a gradient buffer");
         let out_len = n * numel(node.output);
         let result = (|| -> Result<(), GpuError> {
-            let mut sink = GradSink { gpu, dvals, tmp: grad_tmp, written };
+            let mut sink = GradSink { gpu, dvals, tmp: grad_tmp, tmp_half: grad_tmp_half, written };
             // Identity backwards hand the buffer itself on: the output gradient is read by no other node.
             match node.op {
                 OpKind::Reshape => return sink.pass_through_owned(node.inputs[0], &mut dy_buf, out_len),
                 OpKind::Add => {
-                    sink.pass_through(node.inputs[0], &dy_buf.slice(..out_len))?;
+                    sink.pass_through(node.inputs[0], &dy_buf.view(out_len))?;
                     return sink.pass_through_owned(node.inputs[1], &mut dy_buf, out_len);
                 }
                 _ => {}
@@ -515,49 +666,48 @@ pub fn backward_releasing(
                 // The output gradient is read by no other node (its readers ran before this one in the
                 // backward), so the fused kernel turns it into the pre-activation gradient in place.
                 let (xv, x) = (node.inputs[0], rows(graph, values, input, node.inputs[0], n));
-                let pre = saved[idx].as_ref().expect("fused linears plan the pre-activation").slice(..out_len);
-                let mut dy = dy_buf.slice_mut(..out_len);
-                return sink.with(xv, x.len(), |dx| {
+                let pre = saved[idx].as_ref().expect("fused linears plan the pre-activation").view(out_len);
+                let mut dy = dy_buf.view_mut(out_len);
+                let (w, rws, inf, outf) = (p(weight), n * r, *in_features, *out_features);
+                return sink.with_any(xv, x.len(), |dx| {
                     with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                        ops::linear_act::cuda::linear_act_backward(
-                            gpu,
-                            dx,
-                            dw,
-                            db,
-                            &mut dy,
-                            &pre,
-                            &x,
-                            &p(weight),
-                            *a,
-                            n * r,
-                            *in_features,
-                            *out_features,
-                        )
+                        same_kind!(AnyViewMut, &mut dy, AnyView, &pre, |dy, pre| match dx {
+                            None => any_view!(&x, |x| {
+                                ops::linear_act::cuda::linear_act_backward(
+                                    gpu, None, dw, db, dy, pre, x, &w, *a, rws, inf, outf,
+                                )
+                            }),
+                            Some(dx) => same_kind!(AnyViewMut, dx, AnyView, &x, |dx, x| {
+                                ops::linear_act::cuda::linear_act_backward(
+                                    gpu,
+                                    Some(dx),
+                                    dw,
+                                    db,
+                                    dy,
+                                    pre,
+                                    x,
+                                    &w,
+                                    *a,
+                                    rws,
+                                    inf,
+                                    outf,
+                                )
+                            }),
+                        })
                     })
                 });
             }
-            let dy = dy_buf.slice(..out_len);
-            let (xv, x) = (node.inputs[0], rows(graph, values, input, node.inputs[0], n));
+            let xa = rows(graph, values, input, node.inputs[0], n);
+            let any =
+                backward_any_storage(gpu, node, params, grads, &mut sink, &xa, &dy_buf.view(out_len), n, mode, seed);
+            if let Some(result) = any {
+                return result;
+            }
+            // The other ops run on f32 values and gradients (the storage plan keeps them f32).
+            let dy = dy_buf.f32().slice(..out_len);
+            let (xv, x) = (node.inputs[0], xa.f32());
             let in_len = x.len();
             match &node.op {
-                OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
-                    sink.with(xv, in_len, |dx| {
-                        with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                            ops::linear::cuda::linear_backward(
-                                gpu,
-                                dx,
-                                dw,
-                                db,
-                                &dy,
-                                &x,
-                                &p(weight),
-                                n * r,
-                                *in_features,
-                                *out_features,
-                            )
-                        })
-                    })
-                }
                 OpKind::Conv2d { spec, in_hw, weight, bias, .. } => sink.with(xv, in_len, |dx| {
                     let g = conv_geom(spec, *in_hw, n);
                     let s = scratch.as_mut().expect("convolutions plan scratch");
@@ -592,28 +742,13 @@ pub fn backward_releasing(
                 OpKind::Softmax { dim } => sink.with(xv, in_len, |dx| match dx {
                     Some(dx) => {
                         // The backward reads the forward's output (the probabilities), as PyTorch's does.
-                        let y = values[node.output.0].as_ref().expect("planned value").slice(..dy.len());
+                        let y = values[node.output.0].as_ref().expect("planned value").f32().slice(..dy.len());
                         ops::softmax::cuda::softmax_backward(gpu, dx, &dy, &y, dy.len() / dim, *dim)
                     }
                     None => Ok(()),
                 }),
-                OpKind::Activation(act) => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => ops::activation::cuda::backward(gpu, *act, dx, &dy, &x),
-                    None => Ok(()),
-                }),
-                OpKind::Dropout { p: prob } => {
-                    if mode == Mode::Train && *prob > 0.0 {
-                        let s = dropout_seed(seed, 0, node.output.0);
-                        sink.with(xv, in_len, |dx| match dx {
-                            Some(dx) => ops::dropout::cuda::dropout_backward(gpu, dx, &dy, *prob, s),
-                            None => Ok(()),
-                        })
-                    } else {
-                        sink.pass_through(xv, &dy)
-                    }
-                }
                 OpKind::BatchNorm2d { channels: c, hw, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
-                    let sv = saved[idx].as_ref().expect("batch norms plan saved statistics");
+                    let sv = saved[idx].as_ref().expect("batch norms plan saved statistics").f32();
                     let (sm, si) = sv.split_at(*c);
                     let w = weight.as_ref().map(p);
                     with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
@@ -635,7 +770,7 @@ pub fn backward_releasing(
                 }),
                 OpKind::LayerNorm { dim, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
                     let r = dy.len() / dim;
-                    let sv = saved[idx].as_ref().expect("layer norms plan saved statistics");
+                    let sv = saved[idx].as_ref().expect("layer norms plan saved statistics").f32();
                     let (sm, sr) = sv.split_at(sv.len() / 2);
                     let w = weight.as_ref().map(p);
                     with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
@@ -678,7 +813,7 @@ pub fn backward_releasing(
                 }
                 OpKind::Attention { heads, tokens: t, dim: d, causal } => sink.with_required(xv, in_len, |dx| {
                     let len = attention_len(*heads, *t, n);
-                    let att = saved[idx].as_ref().expect("attention plans its probabilities").slice(..len);
+                    let att = saved[idx].as_ref().expect("attention plans its probabilities").f32().slice(..len);
                     let mut ds = scratch.as_mut().expect("attention plans scratch").slice_mut(..len);
                     ops::attention::cuda::attention_fused_backward(
                         gpu,
@@ -720,7 +855,7 @@ pub fn backward_releasing(
                     let plen = param.slice.len;
                     let mut dp = grads.slice_mut(param.slice.range());
                     ops::bias_add::cuda::bias_add_backward(gpu, &mut dp, &dy, dy.len() / plen, plen)?;
-                    sink.pass_through(xv, &dy)
+                    sink.pass_through(xv, &AnyView::F32(dy))
                 }
                 OpKind::TokenMean => sink.with(xv, in_len, |dx| match dx {
                     Some(dx) => {

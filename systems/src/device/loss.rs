@@ -254,8 +254,8 @@ pub fn gpu_task_loss(
         let out = graph.output.0;
         let stream = g.gpu.stream().clone();
         let mut row = dl.ring.slice_mut(slot * w..(slot + 1) * w);
-        let out_grad = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
-        let output = g.acts.values[out].as_ref().expect("the output is produced");
+        let out_grad = g.acts.grads[out].as_mut().expect("the output has a gradient buffer").f32_mut();
+        let output = g.acts.values[out].as_ref().expect("the output is produced").f32();
         match &dl.kind {
             LossKind::Classification { classes: v, options } => {
                 let v = *v;

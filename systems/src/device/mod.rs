@@ -19,6 +19,7 @@ pub mod loss;
 pub mod optim;
 pub mod reduce;
 pub mod state;
+pub mod storage;
 pub mod support;
 pub mod systems;
 pub mod upload;

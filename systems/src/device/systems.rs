@@ -130,7 +130,7 @@ pub fn gpu_forward(
         // VQ statistics for the task's loss and metrics (queued first: the output's copy into pageable memory
         // returns only once done, and then so are they).
         exec::queue_aux(&device, &mut g.acts)?;
-        let dev_out = g.acts.values[out].as_ref().expect("the output is produced").slice(..len);
+        let dev_out = g.acts.values[out].as_ref().expect("the output is produced").f32().slice(..len);
         device.stream().memcpy_dtoh(&dev_out, &mut acts.values[out][..len])?;
         device.stream().synchronize()?;
         exec::read_aux(&graph, &g.acts, &mut acts.aux)
@@ -167,7 +167,7 @@ pub fn gpu_backward(
         if device_loss.is_none() {
             let out = graph.output.0;
             let len = n * graph.values[out].numel();
-            let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
+            let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer").f32_mut();
             device.stream().memcpy_htod(&acts.grads[out][..len], &mut dst.slice_mut(..len))?;
         }
         if scaler.is_some() {

@@ -1,0 +1,54 @@
+//! Which values of the graph the device stores in half precision under autocast (`run.amp`), following
+//! `torch.autocast`'s policy: matrix-product ops (linear layers) write their outputs in the autocast type;
+//! element-wise ops that keep their input's type (activations, dropout, reshapes) follow their input;
+//! everything else (normalisation, softmax, pooling, residual sums with f32 streams, the losses) runs in f32,
+//! as autocast's f32 list and type promotion put it.
+//!
+//! A value is stored in half only where every op that reads it has a half-storage kernel (the linear layers
+//! read either type; the element-wise ops need their input and output in the same type), so the plan never
+//! asks a kernel for a type it lacks: ops without half kernels read f32 values, and the graph's output and
+//! its input stay f32. Parameters, their gradients and optimizer state are f32 whatever the plan.
+
+use ecstrain_components::{Graph, OpKind};
+use ecstrain_kernels::cuda::StoreKind;
+
+/// Whether an op's output follows its input's storage type.
+fn follows_input(op: &OpKind) -> bool {
+    matches!(op, OpKind::Activation(_) | OpKind::Dropout { .. } | OpKind::Reshape)
+}
+
+/// The storage type of every value of `graph` (indexed by value id) when the products autocast to `half`
+/// (`None` or [`StoreKind::F32`]: every value f32). A value's gradient is stored in the value's type.
+pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
+    let mut kinds = vec![StoreKind::F32; graph.values.len()];
+    let Some(h) = half.filter(|&k| k != StoreKind::F32) else { return kinds };
+    // Per value: may it be stored in half as far as its readers go? Decided from the last node back, so a
+    // reader's own output is decided before its input (an element-wise reader keeps one type on both sides).
+    let mut half_ok = vec![false; graph.values.len()];
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        node.inputs.iter().for_each(|v| readers[v.0].push(i));
+    }
+    for node in graph.nodes.iter().rev() {
+        let v = node.output.0;
+        half_ok[v] = v != graph.output.0
+            && readers[v].iter().all(|&r| {
+                let reader = &graph.nodes[r];
+                match &reader.op {
+                    OpKind::Linear { .. } => true,
+                    op if follows_input(op) => half_ok[reader.output.0],
+                    _ => false,
+                }
+            });
+    }
+    for node in &graph.nodes {
+        let v = node.output.0;
+        kinds[v] = match &node.op {
+            _ if !half_ok[v] => StoreKind::F32,
+            OpKind::Linear { .. } => h,
+            op if follows_input(op) => kinds[node.inputs[0].0],
+            _ => StoreKind::F32,
+        };
+    }
+    kinds
+}
