@@ -1,0 +1,126 @@
+//! Half-precision activation storage under autocast (`run.amp`): the storage plan over the shipped models'
+//! graphs (no GPU needed), and on a device the planned buffers it gives (the GPU part prints SKIPPED without
+//! one; CI runs it on tools/cuda-emu with `ECSTRAIN_REQUIRE_GPU=1`). Training under autocast with these
+//! buffers is `cuda_e2e`'s `digits_mlp_and_cnn_train_under_autocast_on_cuda`; every half kernel is checked
+//! against its rounded CPU reference in its op's module.
+
+use ecstrain::components::{Graph, OpKind, ValueId};
+use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config};
+use ecstrain::kernels::cuda::testing::no_gpu;
+use ecstrain::kernels::cuda::StoreKind;
+use ecstrain::systems::device::state::GpuState;
+use ecstrain::systems::device::storage::storage_plan;
+
+/// `config` on `device` with `more` overrides, assembled in process.
+fn app_of(config: &str, device: &str, more: &[&str]) -> ecstrain::engine::app::App {
+    let root =
+        std::env::var_os("ECSTRAIN_REPO").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
+    std::env::set_current_dir(&root).unwrap();
+    let mut sets = vec!["run.log_interval=1000000".to_string(), format!("run.device={device}")];
+    sets.extend(more.iter().map(|s| s.to_string()));
+    let loaded = load_config(&root.join(config), &sets).unwrap();
+    assemble(default_app(), loaded, true).unwrap().app
+}
+
+/// Whether `op` has kernels for half storage in the executor (inputs and output).
+fn half_capable(op: &OpKind) -> bool {
+    matches!(op, OpKind::Linear { .. } | OpKind::Activation(_) | OpKind::Dropout { .. } | OpKind::Reshape)
+}
+
+/// The plan's rules, checked value by value: the input and the output stay f32; a half value is written by
+/// a linear layer, or by an element-wise op from a half input; every reader of a half value runs in half
+/// storage, an element-wise reader with its output in the same type.
+fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
+    assert_eq!(kinds[0], StoreKind::F32, "{config}: the input is stored f32");
+    assert_eq!(kinds[graph.output.0], StoreKind::F32, "{config}: the output is stored f32");
+    for node in &graph.nodes {
+        let out = kinds[node.output.0];
+        assert!(out == StoreKind::F32 || out == h, "{config}: a {} value under {} autocast", out.name(), h.name());
+        if out == h {
+            let from_half = matches!(node.op, OpKind::Linear { .. })
+                || (half_capable(&node.op) && kinds[node.inputs[0].0] == h);
+            assert!(from_half, "{config}: {:?} writes a half value", node.op);
+        }
+        for v in &node.inputs {
+            if kinds[v.0] == h {
+                assert!(half_capable(&node.op), "{config}: {:?} reads a half value", node.op);
+                if !matches!(node.op, OpKind::Linear { .. }) {
+                    assert_eq!(out, h, "{config}: {:?} reads half and writes f32", node.op);
+                }
+            }
+        }
+    }
+}
+
+/// The plan over the shipped models: its rules hold, nothing is half without autocast, and the values
+/// each model should store in half are: the MLP's and CNN's hidden linear outputs, the ViT's MLP hidden
+/// layers (its residual stream and normalised values stay f32, as `torch.autocast` keeps them).
+#[test]
+fn storage_plan_stores_the_autocast_policy_half_values() {
+    let expect_half: [(&str, usize); 6] = [
+        ("configs/digits_mlp.yaml", 2),
+        ("configs/bench_w1_mlp.yaml", 2),
+        ("configs/digits_cnn.yaml", 1),
+        ("configs/digits_vit.yaml", 0),
+        ("configs/digits_resnet.yaml", 0),
+        ("configs/digits_autoencoder.yaml", 0),
+    ];
+    for (config, _) in expect_half {
+        let app = app_of(config, "cpu", &[]);
+        let graph = app.world.resource::<Graph>();
+        assert!(storage_plan(graph, None).iter().all(|&k| k == StoreKind::F32), "{config}: half without autocast");
+        for h in [StoreKind::F16, StoreKind::Bf16] {
+            let kinds = storage_plan(graph, Some(h));
+            check_plan(config, graph, &kinds, h);
+            let half: Vec<ValueId> = (0..kinds.len()).filter(|&v| kinds[v] == h).map(ValueId).collect();
+            eprintln!("{config} {}: {} of {} values stored half", h.name(), half.len(), kinds.len());
+        }
+    }
+    for (config, want) in expect_half {
+        let app = app_of(config, "cpu", &[]);
+        let graph = app.world.resource::<Graph>();
+        let half = storage_plan(graph, Some(StoreKind::Bf16)).iter().filter(|&&k| k == StoreKind::Bf16).count();
+        assert!(half >= want, "{config}: {half} half values, expected at least {want}");
+    }
+}
+
+/// On the device the activation buffers follow the plan: under f16 and bf16 autocast the half values (and
+/// their gradients) take two bytes an element, so the value and gradient buffers shrink by exactly the
+/// half values' share; without autocast, and under TF32, they are f32.
+#[test]
+fn device_activation_buffers_follow_the_storage_plan() {
+    if no_gpu("device_activation_buffers_follow_the_storage_plan") {
+        return;
+    }
+    for config in ["configs/digits_mlp.yaml", "configs/digits_cnn.yaml"] {
+        let f32_app = app_of(config, "cuda", &[]);
+        let (f32_bytes, capacity) = {
+            let g = f32_app.world.resource::<GpuState>();
+            assert!(g.acts.kinds.iter().all(|&k| k == StoreKind::F32), "{config}: half storage without autocast");
+            (g.acts.activation_bytes(), g.acts.capacity)
+        };
+        let tf32 = app_of(config, "cuda", &["run.tf32=true"]);
+        assert_eq!(tf32.world.resource::<GpuState>().acts.activation_bytes(), f32_bytes, "{config}: TF32 storage");
+        for (amp, h) in [("f16", StoreKind::F16), ("bf16", StoreKind::Bf16)] {
+            let app = app_of(config, "cuda", &[&format!("run.amp={amp}")]);
+            let graph = app.world.resource::<Graph>();
+            let g = app.world.resource::<GpuState>();
+            let kinds = storage_plan(graph, Some(h));
+            assert_eq!(g.acts.kinds, kinds, "{config} {amp}: the device plan is the storage plan");
+            let half_elems: usize =
+                (0..kinds.len()).filter(|&v| kinds[v] == h).map(|v| graph.values[v].numel() * capacity).sum();
+            assert!(half_elems > 0, "{config} {amp}: no value stored half");
+            for (v, kind) in kinds.iter().enumerate() {
+                let buf_kind = |b: &Option<ecstrain::kernels::cuda::AnyBuf>| b.as_ref().map(|b| b.kind());
+                if let Some(k) = buf_kind(&g.acts.values[v]) {
+                    assert_eq!(k, *kind, "{config} {amp}: value {v}'s buffer");
+                    assert_eq!(buf_kind(&g.acts.grads[v]), Some(*kind), "{config} {amp}: gradient {v}'s buffer");
+                }
+            }
+            // Each half value and its gradient: 2 bytes an element instead of 4.
+            let bytes = g.acts.activation_bytes();
+            eprintln!("{config} {amp}: activation buffers {bytes} bytes (f32 storage {f32_bytes})");
+            assert_eq!(bytes, f32_bytes - 2 * 2 * half_elems, "{config} {amp}: activation bytes");
+        }
+    }
+}
