@@ -37,8 +37,8 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
         let out = kinds[node.output.0];
         assert!(out == StoreKind::F32 || out == h, "{config}: a {} value under {} autocast", out.name(), h.name());
         if out == h {
-            let from_half = matches!(node.op, OpKind::Linear { .. })
-                || (half_capable(&node.op) && kinds[node.inputs[0].0] == h);
+            let from_half =
+                matches!(node.op, OpKind::Linear { .. }) || (half_capable(&node.op) && kinds[node.inputs[0].0] == h);
             assert!(from_half, "{config}: {:?} writes a half value", node.op);
         }
         for v in &node.inputs {

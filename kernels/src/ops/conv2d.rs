@@ -957,6 +957,16 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
         "conv_bias_add_f32",
         "conv_bias_rowsum_f32",
         "conv_bias_rowsum_warp_f32",
+        "conv_im2col_f16",
+        "conv_col2im_f16",
+        "conv_bias_add_f16",
+        "conv_bias_rowsum_f16",
+        "conv_bias_rowsum_warp_f16",
+        "conv_im2col_bf16",
+        "conv_col2im_bf16",
+        "conv_bias_add_bf16",
+        "conv_bias_rowsum_bf16",
+        "conv_bias_rowsum_warp_bf16",
     ],
 };
 

@@ -17,12 +17,17 @@
 //!
 //! 1x1 stride-1 unpadded convolutions skip im2col / col2im: the input (or its gradient) is the column
 //! matrix.
+//!
+//! Under autocast the activations may be stored in half precision (the input and its gradient in `X`, the
+//! output and its gradient in `Y`): the column matrices then hold the input's type (the caller's f32 `col`
+//! scratch is reinterpreted: a half column matrix takes half its bytes), and the products take half operands
+//! ([`gemm_general`](crate::ops::gemm::cuda::gemm_general)). Weights and their gradients stay f32.
 
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{Conv2dGeom, CUDA};
 use crate::cuda::launch::row_launch;
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 use crate::ops::bias_add::cuda::{column_scratch_len, column_sum_of};
 use crate::ops::gemm::cuda::gemm_strided_batched;
 
@@ -108,13 +113,27 @@ fn plan(g: &Conv2dGeom, col_len: usize, what: &str) -> Plan {
     }
 }
 
+/// The im2col entry points by storage type.
+const IM2COL: [&str; 3] = ["conv_im2col_f32", "conv_im2col_f16", "conv_im2col_bf16"];
+/// The col2im entry points by the input gradient's storage type (the column gradients are f32).
+const COL2IM: [&str; 3] = ["conv_col2im_f32", "conv_col2im_f16", "conv_col2im_bf16"];
+
+/// The caller's f32 column scratch as column matrices of type `T` (as many elements: a half type uses half
+/// the bytes).
+fn col_as<'a, T: Store>(col: &'a mut CudaViewMut<'_, f32>) -> CudaViewMut<'a, T> {
+    let len = col.len();
+    // SAFETY: the scratch is plain device memory the call owns; T is at most 4 bytes, so `len` elements of T
+    // fit in `len` f32s, and every element is written (im2col, a product) before it is read.
+    unsafe { col.transmute_mut::<T>(len) }.expect("T is no wider than f32")
+}
+
 /// Launches `kernel` (im2col or col2im) over `elems` elements for `samples` samples of group `gi`.
 #[allow(clippy::too_many_arguments)]
-fn lower(
+fn lower<D: Store, S: Store>(
     gpu: &Gpu,
     kernel: &'static str,
-    dst: &mut CudaViewMut<f32>,
-    src: &CudaView<f32>,
+    dst: &mut CudaViewMut<D>,
+    src: &CudaView<S>,
     samples: usize,
     gi: usize,
     pl: &Plan,
@@ -124,7 +143,7 @@ fn lower(
     let gi = gi as i32;
     let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(&samples).arg(&gi).arg(&pl.dims);
-    // SAFETY: (float*, const float*, size_t, int, ConvDims) as declared; the caller sliced dst and src to
+    // SAFETY: (D*, const S*, size_t, int, ConvDims) as declared; the caller sliced dst and src to
     // start at the chunk's first sample, and they hold the `samples` samples the kernel indexes.
     unsafe { l.launch(gpu.elementwise(elems)) }?;
     Ok(())
@@ -134,17 +153,18 @@ fn lower(
 ///
 /// out: [N, OC, OH, OW], inp: [N, C, H, W], weight: [OC, C/groups, KH, KW], bias: `[OC]` or None, col:
 /// scratch of at least [`Conv2dGeom::col_len`](super::Conv2dGeom::col_len) elements (clobbered). Panics on
-/// an invalid geometry or wrong lengths, as the CPU does.
-pub fn conv2d_forward(
+/// an invalid geometry or wrong lengths, as the CPU does. Storage types as in the module's notes.
+pub fn conv2d_forward<X: Store, Y: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<Y>,
+    inp: &CudaView<X>,
     weight: &CudaView<f32>,
     bias: Option<&CudaView<f32>>,
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
 ) -> Result<(), GpuError> {
     let pl = plan(g, col.len(), "conv2d_forward");
+    let col = &mut col_as::<X>(col);
     assert_eq!(out.len(), g.n * pl.out_len, "conv2d_forward: out must be [N, OC, OH, OW]");
     assert_eq!(inp.len(), g.n * pl.in_len, "conv2d_forward: inp must be [N, C, H, W]");
     assert_eq!(weight.len(), g.oc * pl.kg, "conv2d_forward: weight must be [OC, C/groups, KH, KW]");
@@ -164,7 +184,7 @@ pub fn conv2d_forward(
                 )?;
             } else {
                 let x = inp.slice(n0 * pl.in_len..);
-                lower(gpu, "conv_im2col_f32", col, &x, s, gi, &pl, s * pl.kg * pl.p)?;
+                lower(gpu, X::pick(IM2COL), col, &x, s, gi, &pl, s * pl.kg * pl.p)?;
                 let cv = col.slice(..);
                 gemm_strided_batched(
                     gpu,
@@ -189,10 +209,10 @@ pub fn conv2d_forward(
     if let Some(bias) = bias {
         assert_eq!(bias.len(), g.oc, "conv2d_forward: bias must be [OC]");
         let total = out.len();
-        let f = gpu.function(&CUDA, "conv_bias_add_f32")?;
+        let f = gpu.function(&CUDA, Y::pick(["conv_bias_add_f32", "conv_bias_add_f16", "conv_bias_add_bf16"]))?;
         let mut l = gpu.launch_builder(&f);
         l.arg(out).arg(bias).arg(&total).arg(&g.oc).arg(&pl.p);
-        // SAFETY: (float*, const float*, size_t, size_t, size_t); out holds total = N*OC*P, bias OC elements.
+        // SAFETY: (T*, const float*, size_t, size_t, size_t); out holds total = N*OC*P, bias OC elements.
         unsafe { l.launch(gpu.elementwise(total)) }?;
     }
     Ok(())
@@ -203,14 +223,15 @@ pub fn conv2d_forward(
 /// dout: [N, OC, OH, OW], inp: [N, C, H, W], weight: [OC, C/groups, KH, KW]; dinp: [N, C, H, W]
 /// (overwritten; None when not needed), dweight (accumulated `+=`), dbias: `[OC]` (accumulated; None
 /// without a bias), col: scratch of at least [`Conv2dGeom::col_len`](super::Conv2dGeom::col_len) elements.
+/// Storage types as in the module's notes (dinp in its input's type).
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward(
+pub fn conv2d_backward<D: Store, X: Store>(
     gpu: &Gpu,
-    dinp: Option<&mut CudaViewMut<f32>>,
+    dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
     dbias: Option<&mut CudaViewMut<f32>>,
-    dout: &CudaView<f32>,
-    inp: &CudaView<f32>,
+    dout: &CudaView<D>,
+    inp: &CudaView<X>,
     weight: &CudaView<f32>,
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
@@ -228,11 +249,11 @@ const PARTIAL_CAP: usize = 16 << 20;
 /// add them to `dw` (chunks of samples in parallel, the chunk sums in order): a few launches where a product
 /// per sample made `s`. (A thread per weight summing every sample, as before, ran 18,432 threads over 512
 /// dependent loads each for W2's second layer, and two blocks for its first.)
-fn weight_grad(
+fn weight_grad<D: Store, X: Store>(
     gpu: &Gpu,
     dw: &mut CudaViewMut<f32>,
-    (go, go_stride): (&CudaView<f32>, usize),
-    (x, x_stride): (&CudaView<f32>, usize),
+    (go, go_stride): (&CudaView<D>, usize),
+    (x, x_stride): (&CudaView<X>, usize),
     s: usize,
     pl: &Plan,
     cap: usize,
@@ -262,22 +283,27 @@ fn weight_grad(
 /// `dbias[o] += sum over samples and pixels of dout[n, o, p]`: the sum of each (sample, channel) row of P
 /// pixels (`conv_bias_rowsum`), then those [N, OC] sums added per channel by the column sums of `bias_add.cu`.
 /// Both passes spread over the whole GPU and run in an order fixed by the shape: deterministic.
-fn bias_grad(
+fn bias_grad<D: Store>(
     gpu: &Gpu,
     dbias: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dout: &CudaView<D>,
     g: &Conv2dGeom,
     p: usize,
 ) -> Result<(), GpuError> {
     let rows = g.n * g.oc;
     let sums_len = column_scratch_len(g.n, g.oc);
     let (warp, cfg) = row_launch(rows, p);
-    let f = gpu.function(&CUDA, if warp { "conv_bias_rowsum_warp_f32" } else { "conv_bias_rowsum_f32" })?;
+    let names = if warp {
+        ["conv_bias_rowsum_warp_f32", "conv_bias_rowsum_warp_f16", "conv_bias_rowsum_warp_bf16"]
+    } else {
+        ["conv_bias_rowsum_f32", "conv_bias_rowsum_f16", "conv_bias_rowsum_bf16"]
+    };
+    let f = gpu.function(&CUDA, D::pick(names))?;
     gpu.with_scratch(rows + sums_len, |scratch| {
         let (mut row_sums, mut sums) = scratch.split_at_mut(rows);
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut row_sums).arg(dout).arg(&rows).arg(&p);
-        // SAFETY: (float*, const float*, size_t, size_t); row_sums holds N*OC, dout N*OC*P elements.
+        // SAFETY: (float*, const T*, size_t, size_t); row_sums holds N*OC, dout N*OC*P elements.
         unsafe { l.launch(cfg) }?;
         column_sum_of(gpu, dbias, &row_sums.as_view(), g.n, g.oc, (sums_len > 0).then_some(&mut sums))
     })
@@ -286,13 +312,13 @@ fn bias_grad(
 /// [`conv2d_backward`] with the weight-gradient scratch capped at `partial_cap` elements (tests force
 /// several rounds with a small cap).
 #[allow(clippy::too_many_arguments)]
-fn conv2d_backward_capped(
+fn conv2d_backward_capped<D: Store, X: Store>(
     gpu: &Gpu,
-    dinp: Option<&mut CudaViewMut<f32>>,
+    dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
     dbias: Option<&mut CudaViewMut<f32>>,
-    dout: &CudaView<f32>,
-    inp: &CudaView<f32>,
+    dout: &CudaView<D>,
+    inp: &CudaView<X>,
     weight: &CudaView<f32>,
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
@@ -320,18 +346,19 @@ fn conv2d_backward_capped(
     for n0 in (0..g.n).step_by(pl.chunk) {
         let s = pl.chunk.min(g.n - n0);
         for gi in 0..g.groups {
-            // Weight gradient: dW_g += sum_i dout_g[i] @ col[i]^T.
-            if !pl.pointwise {
-                lower(gpu, "conv_im2col_f32", col, &inp.slice(n0 * pl.in_len..), s, gi, &pl, s * pl.kg * pl.p)?;
-            }
+            // Weight gradient: dW_g += sum_i dout_g[i] @ col[i]^T, the columns in the input's type.
             let mut dw_g = dweight.slice_mut(gi * wg..(gi + 1) * wg);
             let go = dout.slice(n0 * pl.out_len + gi * pl.gout..);
-            let (x, x_stride) = if pl.pointwise {
-                (inp.slice(n0 * pl.in_len + gi * pl.gin..), pl.in_len)
+            if pl.pointwise {
+                let x = inp.slice(n0 * pl.in_len + gi * pl.gin..);
+                weight_grad(gpu, &mut dw_g, (&go, pl.out_len), (&x, pl.in_len), s, &pl, partial_cap)?;
             } else {
-                (col.slice(..), pl.kg * pl.p)
-            };
-            weight_grad(gpu, &mut dw_g, (&go, pl.out_len), (&x, x_stride), s, &pl, partial_cap)?;
+                let mut cx = col_as::<X>(col);
+                let x = inp.slice(n0 * pl.in_len..);
+                lower(gpu, X::pick(IM2COL), &mut cx, &x, s, gi, &pl, s * pl.kg * pl.p)?;
+                let x = cx.slice(..);
+                weight_grad(gpu, &mut dw_g, (&go, pl.out_len), (&x, pl.kg * pl.p), s, &pl, partial_cap)?;
+            }
             // Input gradient: dcol[i] = W_g^T @ dout_g[i] (batched), scattered back by col2im.
             if let Some(dinp) = dinp.as_deref_mut() {
                 let w_g = weight.slice(gi * wg..(gi + 1) * wg);
@@ -362,7 +389,7 @@ fn conv2d_backward_capped(
                     )?;
                     let cv = col.slice(..);
                     let mut dx = dinp.slice_mut(n0 * pl.in_len..);
-                    lower(gpu, "conv_col2im_f32", &mut dx, &cv, s, gi, &pl, s * pl.gin)?;
+                    lower(gpu, X::pick(COL2IM), &mut dx, &cv, s, gi, &pl, s * pl.gin)?;
                 }
             }
         }
@@ -490,6 +517,107 @@ mod tests {
                 assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
                 assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 2e-4, 1e-4);
             }
+        }
+    }
+
+    /// One storage combination under autocast: input (and its gradient) in `X`, output (and its gradient) in
+    /// `Y`, products in the half type `H`. Reference: the CPU convolution on the stored input and gradient
+    /// and the weight rounded into `H` (their products are exact in f32), rounded where the kernels store:
+    /// the forward's product and its sum with the bias, the input gradient. Tolerance: one unit in the last
+    /// place of `H` (f32 sums in another order may cross a rounding boundary) plus 1e-4; the f32 weight and
+    /// bias gradients as in `conv2d_matches_cpu`.
+    fn half_case<X: TestStore, Y: TestStore, H: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng, g: Conv2dGeom) {
+        let ulp = if H::KIND == crate::cuda::StoreKind::F16 { 1.0 / 1024.0 } else { 1.0 / 128.0 };
+        gpu.set_matmul_precision(match H::KIND {
+            crate::cuda::StoreKind::F16 => crate::cuda::MatmulPrecision::F16,
+            _ => crate::cuda::MatmulPrecision::Bf16,
+        });
+        let (oh, ow) = g.out_hw().unwrap();
+        let (in_len, out_len, wlen) =
+            (g.n * g.c * g.h * g.w, g.n * g.oc * oh * ow, g.oc * g.c / g.groups * g.kh * g.kw);
+        let (dx_in, x) = upload_as::<X>(gpu, &rand_vec(rng, in_len, -1.0, 1.0));
+        let (dgo, dout) = upload_as::<Y>(gpu, &rand_vec(rng, out_len, -1.0, 1.0));
+        let w = rand_vec(rng, wlen, -1.0, 1.0);
+        let bias = rand_vec(rng, g.oc, -1.0, 1.0);
+        let h = |v: &[f32]| v.iter().map(|&e| H::round(e)).collect::<Vec<f32>>();
+        let (x_h, w_h, dout_h) = (h(&x), h(&w), h(&dout));
+        let mut col = vec![0.0f32; g.col_len()];
+        let mut prod = vec![0.0f32; out_len];
+        super::super::conv2d_forward(&mut prod, &x_h, &w_h, None, &mut col, &g);
+        let p = oh * ow;
+        let want: Vec<f32> =
+            prod.iter().enumerate().map(|(i, &v)| Y::round(Y::round(v) + bias[(i / p) % g.oc])).collect();
+        let (mut want_dx, mut want_dw) = (vec![0.0f32; in_len], vec![0.0f32; wlen]);
+        super::super::conv2d_backward(Some(&mut want_dx), &mut want_dw, None, &dout_h, &x_h, &w_h, &mut col, &g);
+        want_dx.iter_mut().for_each(|v| *v = X::round(*v));
+        // The bias gradient sums the stored output gradient (not rounded into H: no product reads it).
+        let want_db: Vec<f32> = (0..g.oc)
+            .map(|o| {
+                (0..g.n).map(|s| (0..p).map(|q| f64::from(dout[(s * g.oc + o) * p + q])).sum::<f64>()).sum::<f64>()
+                    as f32
+            })
+            .collect();
+
+        let (dw_in, db_in) = (gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap());
+        let mut dcol = poisoned(gpu, g.col_len()).unwrap();
+        let mut out = poisoned_as::<Y>(gpu, out_len);
+        let bv = db_in.as_view();
+        conv2d_forward(
+            gpu,
+            &mut out.as_view_mut(),
+            &dx_in.as_view(),
+            &dw_in.as_view(),
+            Some(&bv),
+            &mut dcol.as_view_mut(),
+            &g,
+        )
+        .unwrap();
+        let what = format!("conv2d {} -> {} {g:?}", X::KIND.name(), Y::KIND.name());
+        assert_close(&format!("{what} forward"), &download_f32(gpu, &out), &want, 1e-4, ulp);
+
+        let mut dx = poisoned_as::<X>(gpu, in_len);
+        let (mut dw, mut db) = (gpu.upload(&vec![0.0f32; wlen]).unwrap(), gpu.upload(&vec![0.0f32; g.oc]).unwrap());
+        let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
+        conv2d_backward(
+            gpu,
+            Some(&mut dxv),
+            &mut dw.as_view_mut(),
+            Some(&mut dbv),
+            &dgo.as_view(),
+            &dx_in.as_view(),
+            &dw_in.as_view(),
+            &mut dcol.as_view_mut(),
+            &g,
+        )
+        .unwrap();
+        assert_close(&format!("{what} dinp"), &download_f32(gpu, &dx), &want_dx, 1e-4, ulp);
+        assert_close(&format!("{what} dweight"), &gpu.download(&dw).unwrap(), &want_dw, 2e-4, 1e-4);
+        assert_close(&format!("{what} dbias"), &gpu.download(&db).unwrap(), &want_db, 2e-4, 1e-4);
+    }
+
+    /// Autocast storage: half in and out, and the mixed ends (f32 input to a half output, half input to an
+    /// f32 output), f16 and bf16, on a padded 3x3, a strided grouped and a pointwise convolution.
+    #[test]
+    fn conv2d_in_half_storage_matches_the_rounded_reference() {
+        if gpu_or_skip("conv2d_in_half_storage_matches_the_rounded_reference").is_none() {
+            return;
+        }
+        // Its own device handle, its products autocast as a run's are (the precision is per device, and the
+        // other tests share one): the all-f32 products of a mixed layer round their inputs too.
+        let gpu = &Gpu::open(0).unwrap();
+        let mut rng = seeded("conv2d_in_half_storage_matches_the_rounded_reference");
+        use half::{bf16, f16};
+        for g in [
+            geom(3, 4, 9, 8, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+            geom(3, 4, 6, 6, 8, (3, 3), (2, 1), (1, 1), (1, 1), 2),
+            geom(5, 8, 5, 6, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+        ] {
+            half_case::<f16, f16, f16>(gpu, &mut rng, g);
+            half_case::<f32, f16, f16>(gpu, &mut rng, g);
+            half_case::<f16, f32, f16>(gpu, &mut rng, g);
+            half_case::<bf16, bf16, bf16>(gpu, &mut rng, g);
+            half_case::<f32, bf16, bf16>(gpu, &mut rng, g);
+            half_case::<bf16, f32, bf16>(gpu, &mut rng, g);
         }
     }
 }
