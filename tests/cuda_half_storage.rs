@@ -24,7 +24,20 @@ fn app_of(config: &str, device: &str, more: &[&str]) -> ecstrain::engine::app::A
 
 /// Whether `op` has kernels for half storage in the executor (inputs and output).
 fn half_capable(op: &OpKind) -> bool {
-    matches!(op, OpKind::Linear { .. } | OpKind::Activation(_) | OpKind::Dropout { .. } | OpKind::Reshape)
+    matches!(
+        op,
+        OpKind::Linear { .. }
+            | OpKind::Conv2d { .. }
+            | OpKind::Activation(_)
+            | OpKind::Dropout { .. }
+            | OpKind::Reshape
+            | OpKind::MaxPool2d { .. }
+    )
+}
+
+/// Whether `op` is a product (reads either type, writes the autocast type).
+fn product(op: &OpKind) -> bool {
+    matches!(op, OpKind::Linear { .. } | OpKind::Conv2d { .. })
 }
 
 /// The plan's rules, checked value by value: the input and the output stay f32; a half value is written by
@@ -37,14 +50,13 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
         let out = kinds[node.output.0];
         assert!(out == StoreKind::F32 || out == h, "{config}: a {} value under {} autocast", out.name(), h.name());
         if out == h {
-            let from_half =
-                matches!(node.op, OpKind::Linear { .. }) || (half_capable(&node.op) && kinds[node.inputs[0].0] == h);
+            let from_half = product(&node.op) || (half_capable(&node.op) && kinds[node.inputs[0].0] == h);
             assert!(from_half, "{config}: {:?} writes a half value", node.op);
         }
         for v in &node.inputs {
             if kinds[v.0] == h {
                 assert!(half_capable(&node.op), "{config}: {:?} reads a half value", node.op);
-                if !matches!(node.op, OpKind::Linear { .. }) {
+                if !product(&node.op) {
                     assert_eq!(out, h, "{config}: {:?} reads half and writes f32", node.op);
                 }
             }
@@ -53,14 +65,15 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
 }
 
 /// The plan over the shipped models: its rules hold, nothing is half without autocast, and the values
-/// each model should store in half are: the MLP's and CNN's hidden linear outputs, the ViT's MLP hidden
-/// layers (its residual stream and normalised values stay f32, as `torch.autocast` keeps them).
+/// each model should store in half are there: the MLP's hidden linear outputs, the CNN's whole feature
+/// path (convolutions, activations, pools, the flattening and the hidden linear), the ViT's MLP hidden layers
+/// (its residual stream and normalised values stay f32, as `torch.autocast` keeps them).
 #[test]
 fn storage_plan_stores_the_autocast_policy_half_values() {
     let expect_half: [(&str, usize); 6] = [
         ("configs/digits_mlp.yaml", 2),
         ("configs/bench_w1_mlp.yaml", 2),
-        ("configs/digits_cnn.yaml", 1),
+        ("configs/digits_cnn.yaml", 7),
         ("configs/digits_vit.yaml", 0),
         ("configs/digits_resnet.yaml", 0),
         ("configs/digits_autoencoder.yaml", 0),

@@ -111,7 +111,7 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
     if ecstrain::kernels::cuda::testing::no_gpu("cuda_step_allocates_nothing") {
         return;
     }
-    let cases: [(&str, &[&str]); 10] = [
+    let cases: [(&str, &[&str]); 11] = [
         ("configs/digits_mlp.yaml", &[]),
         ("configs/bench_w1_mlp.yaml", &["run.batch=32", "run.nbs=32"]),
         ("configs/digits_cnn.yaml", &["run.batch=32", "run.nbs=32"]),
@@ -120,6 +120,8 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
         ("configs/digits_autoencoder.yaml", &["run.batch=16", "run.nbs=16"]),
         // f16 autocast with dynamic loss scaling (the unscale's found-inf flag), gradient clipping and the EMA.
         ("configs/digits_mlp.yaml", &["run.amp=f16"]),
+        // bf16 autocast with the CNN's activations stored half (convolutions, pools, the hidden linear).
+        ("configs/digits_cnn.yaml", &["run.batch=32", "run.nbs=32", "run.amp=bf16"]),
         ("configs/digits_mlp.yaml", &["run.clip_grad_norm=1.0", "run.ema=true"]),
         ("configs/digits_mlp.yaml", &["run.optimizer=SGD", "run.nbs=128"]),
         // The train split kept on the device: a step uploads its rows' indices and gathers the rows there.

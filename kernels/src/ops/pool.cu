@@ -33,30 +33,32 @@ __device__ __forceinline__ void covering(long long i, long long s, long long pad
     *last = l < out - 1 ? l : out - 1;
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) max_pool_forward_f32(float *out, unsigned int *argmax, const float *inp, PoolDims d) {
+// Max pooling stores in T (f32, or f16 / bf16 under autocast: the maximum of the stored values is stored as it
+// is, exactly; the backward's sums are f32, rounded once).
+template <typename T> __device__ void max_pool_forward(T *out, unsigned int *argmax, const T *inp, PoolDims d) {
     FOR_EACH(i, d.planes * d.oh * d.ow) {
         const long long plane = i / (d.oh * d.ow), oy = (i / d.ow) % d.oh, ox = i % d.ow;
         long long s, y0, y1, x0, x1;
         pool_window(oy, d.sh, d.ph, d.kh, d.h, &s, &y0, &y1);
         pool_window(ox, d.sw, d.pw, d.kw, d.w, &s, &x0, &x1);
-        const float *x = inp + plane * d.h * d.w;
+        const T *x = inp + plane * d.h * d.w;
         long long best_i = y0 * d.w + x0;
-        float best = x[best_i];
+        float best = ld(x, best_i);
         for (long long iy = y0; iy < y1; ++iy)
             for (long long ix = x0; ix < x1; ++ix) {
                 const long long j = iy * d.w + ix;
-                const float v = x[j];
+                const float v = ld(x, j);
                 if (v > best || v != v) { // a NaN wins, as in PyTorch
                     best = v;
                     best_i = j;
                 }
             }
-        out[i] = best;
+        st(out, i, best);
         argmax[i] = (unsigned int)best_i;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) max_pool_backward_f32(float *dinp, const float *dout, const unsigned int *argmax, PoolDims d) {
+template <typename T> __device__ void max_pool_backward(T *dinp, const T *dout, const unsigned int *argmax, PoolDims d) {
     FOR_EACH(i, d.planes * d.h * d.w) {
         const long long plane = i / (d.h * d.w), iy = (i / d.w) % d.h, ix = i % d.w;
         const unsigned int self = (unsigned int)(iy * d.w + ix);
@@ -68,11 +70,22 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) max_pool_backward_f3
         for (long long oy = oy0; oy <= oy1; ++oy)
             for (long long ox = ox0; ox <= ox1; ++ox) {
                 const size_t j = base + oy * d.ow + ox;
-                if (argmax[j] == self) acc = __fadd_rn(acc, dout[j]);
+                if (argmax[j] == self) acc = __fadd_rn(acc, ld(dout, j));
             }
-        dinp[i] = acc;
+        st(dinp, i, acc);
     }
 }
+
+#define MAX_POOL(T, S) \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) max_pool_forward_##S(T *out, unsigned int *argmax, const T *inp, PoolDims d) { \
+        max_pool_forward(out, argmax, inp, d); \
+    } \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) max_pool_backward_##S(T *dinp, const T *dout, const unsigned int *argmax, PoolDims d) { \
+        max_pool_backward(dinp, dout, argmax, d); \
+    }
+MAX_POOL(float, f32)
+MAX_POOL(f16, f16)
+MAX_POOL(bf16, bf16)
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_forward_f32(float *out, const float *inp, PoolDims d) {
     FOR_EACH(i, d.planes * d.oh * d.ow) {

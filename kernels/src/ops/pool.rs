@@ -550,6 +550,10 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     kernels: &[
         "max_pool_forward_f32",
         "max_pool_backward_f32",
+        "max_pool_forward_f16",
+        "max_pool_backward_f16",
+        "max_pool_forward_bf16",
+        "max_pool_backward_bf16",
         "avg_pool_forward_f32",
         "avg_pool_backward_f32",
         "adaptive_avg_pool_forward_f32",

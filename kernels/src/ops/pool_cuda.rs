@@ -4,7 +4,7 @@
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{Pool2dGeom, CUDA};
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 
 /// The geometry as the kernels read it (`struct PoolDims` in pool.cu: same fields, same order).
 #[repr(C)]
@@ -84,12 +84,12 @@ fn launch2(
 }
 
 /// Max pool forward on the GPU (overwrites `out` and `argmax`, PyTorch's `return_indices`: flat index within
-/// the input plane). out, argmax: [N, C, OH, OW], inp: [N, C, H, W].
-pub fn max_pool2d_forward(
+/// the input plane). out, argmax: [N, C, OH, OW], inp: [N, C, H, W]; out and inp stored in `T`.
+pub fn max_pool2d_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<T>,
     argmax: &mut CudaViewMut<u32>,
-    inp: &CudaView<f32>,
+    inp: &CudaView<T>,
     g: &Pool2dGeom,
 ) -> Result<(), GpuError> {
     let d = window_dims(g);
@@ -99,21 +99,22 @@ pub fn max_pool2d_forward(
     if out.is_empty() {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "max_pool_forward_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["max_pool_forward_f32", "max_pool_forward_f16", "max_pool_forward_bf16"]))?;
     let n = out.len();
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(argmax).arg(inp).arg(&d);
-    // SAFETY: (float*, unsigned*, const float*, PoolDims); lengths checked above.
+    // SAFETY: (T*, unsigned*, const T*, PoolDims); lengths checked above.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }
 
 /// Max pool backward on the GPU (overwrites `dinp`): each input element receives the sum, in output order,
-/// of the output gradients whose argmax is that element. dinp: [N, C, H, W], dout, argmax: [N, C, OH, OW].
-pub fn max_pool2d_backward(
+/// of the output gradients whose argmax is that element. dinp: [N, C, H, W], dout, argmax: [N, C, OH, OW];
+/// dinp and dout stored in `T` (f32 sums, rounded once).
+pub fn max_pool2d_backward<T: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dinp: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
     argmax: &CudaView<u32>,
     g: &Pool2dGeom,
 ) -> Result<(), GpuError> {
@@ -124,11 +125,12 @@ pub fn max_pool2d_backward(
     if dinp.is_empty() {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "max_pool_backward_f32")?;
+    let names = ["max_pool_backward_f32", "max_pool_backward_f16", "max_pool_backward_bf16"];
+    let f = gpu.function(&CUDA, T::pick(names))?;
     let n = dinp.len();
     let mut l = gpu.launch_builder(&f);
     l.arg(dinp).arg(dout).arg(argmax).arg(&d);
-    // SAFETY: (float*, const float*, const unsigned*, PoolDims); lengths checked above.
+    // SAFETY: (T*, const T*, const unsigned*, PoolDims); lengths checked above.
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
 }
@@ -335,5 +337,38 @@ mod tests {
                 assert_bitwise(&format!("{what} global backward"), &gpu.download(&dx).unwrap(), &want_dx);
             }
         }
+    }
+
+    /// Max pooling in half storage: the CPU pool of the stored values (the maximum is one of them, stored
+    /// exactly; same argmax), and its backward's f32 sums of the stored gradients rounded once, bit for bit.
+    fn max_half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        for g in [geom(2, 3, 8, 8, (2, 2), (2, 2), (0, 0)), geom(3, 5, 11, 9, (3, 3), (2, 2), (1, 1))] {
+            let (oh, ow) = g.out_hw().unwrap();
+            let (in_len, out_len) = (g.n * g.c * g.h * g.w, g.n * g.c * oh * ow);
+            let (dx_in, x) = upload_as::<T>(gpu, &rand_vec(rng, in_len, -2.0, 2.0));
+            let (dgo, dout) = upload_as::<T>(gpu, &rand_vec(rng, out_len, -1.0, 1.0));
+            let what = format!("max pool {} {g:?}", T::KIND.name());
+            let (mut want, mut want_am) = (vec![0.0f32; out_len], vec![0u32; out_len]);
+            super::super::max_pool2d_forward(&mut want, &mut want_am, &x, &g);
+            let mut out = poisoned_as::<T>(gpu, out_len);
+            let mut am = gpu.upload(&vec![u32::MAX; out_len]).unwrap();
+            max_pool2d_forward(gpu, &mut out.as_view_mut(), &mut am.as_view_mut(), &dx_in.as_view(), &g).unwrap();
+            assert_bitwise(&format!("{what} forward"), &download_f32(gpu, &out), &want);
+            assert_eq!(gpu.download(&am).unwrap(), want_am, "{what}: argmax differs");
+            let mut want_dx = vec![0.0f32; in_len];
+            super::super::max_pool2d_backward(&mut want_dx, &dout, &want_am, &g);
+            want_dx.iter_mut().for_each(|v| *v = T::round(*v));
+            let mut dx = poisoned_as::<T>(gpu, in_len);
+            max_pool2d_backward(gpu, &mut dx.as_view_mut(), &dgo.as_view(), &am.as_view(), &g).unwrap();
+            assert_bitwise(&format!("{what} backward"), &download_f32(gpu, &dx), &want_dx);
+        }
+    }
+
+    #[test]
+    fn max_pool_in_half_storage_matches_the_cpu_on_stored_values() {
+        let Some(gpu) = gpu_or_skip("max_pool_in_half_storage_matches_the_cpu_on_stored_values") else { return };
+        let mut rng = seeded("max_pool_in_half_storage_matches_the_cpu_on_stored_values");
+        max_half_case::<half::f16>(gpu, &mut rng);
+        max_half_case::<half::bf16>(gpu, &mut rng);
     }
 }

@@ -78,13 +78,25 @@ fn forward_any_storage(
     params: &CudaSlice<f32>,
     x: &AnyView<'_>,
     y: &mut AnyViewMut<'_>,
-    saved: Option<&mut AnyBuf>,
+    (saved, indices, scratch): (Option<&mut AnyBuf>, Option<&mut CudaSlice<u32>>, Option<&mut CudaSlice<f32>>),
     n: usize,
     mode: Mode,
     seed: u64,
 ) -> Option<Result<(), GpuError>> {
     let p = |r: &ParamRef| params.slice(r.slice.range());
     Some(match &node.op {
+        OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
+            let g = conv_geom(spec, *in_hw, n);
+            let b = bias.as_ref().map(p);
+            let (w, b) = (p(weight), b.as_ref());
+            let mut col = scratch.expect("convolutions plan scratch").slice_mut(..super::acts::conv_col_len(&g));
+            any_view!(x, |x| any_mut!(y, |y| ops::conv2d::cuda::conv2d_forward(gpu, y, x, &w, b, &mut col, &g)))
+        }
+        OpKind::MaxPool2d { spec, in_chw } => {
+            let mut am = indices.expect("max pools plan argmax").slice_mut(..y.len());
+            let g = pool_geom(spec, *in_chw, n);
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| ops::pool::cuda::max_pool2d_forward(gpu, y, &mut am, x, &g))
+        }
         OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
             let b = bias.as_ref().map(p);
             let (w, b) = (p(weight), b.as_ref());
@@ -149,7 +161,7 @@ pub fn forward(
                 params,
                 &xa,
                 &mut out_buf.view_mut(len),
-                saved[idx].as_mut(),
+                (saved[idx].as_mut(), indices[idx].as_mut(), scratch.as_mut()),
                 n,
                 mode,
                 seed,
@@ -161,18 +173,6 @@ pub fn forward(
             let mut y = out_buf.f32_mut().slice_mut(..len);
             let x = xa.f32();
             match &node.op {
-                OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
-                    let g = conv_geom(spec, *in_hw, n);
-                    let b = bias.as_ref().map(p);
-                    let s = scratch.as_mut().expect("convolutions plan scratch");
-                    let mut col = s.slice_mut(..super::acts::conv_col_len(&g));
-                    ops::conv2d::cuda::conv2d_forward(gpu, &mut y, &x, &p(weight), b.as_ref(), &mut col, &g)
-                }
-                OpKind::MaxPool2d { spec, in_chw } => {
-                    let len = y.len();
-                    let mut am = indices[idx].as_mut().expect("max pools plan argmax").slice_mut(..len);
-                    ops::pool::cuda::max_pool2d_forward(gpu, &mut y, &mut am, &x, &pool_geom(spec, *in_chw, n))
-                }
                 OpKind::AvgPool2d { spec, in_chw } => {
                     ops::pool::cuda::avg_pool2d_forward(gpu, &mut y, &x, &pool_geom(spec, *in_chw, n))
                 }
@@ -515,6 +515,7 @@ fn backward_any_storage(
     sink: &mut GradSink<'_>,
     x: &AnyView<'_>,
     dy: &AnyView<'_>,
+    (indices, scratch): (Option<&CudaSlice<u32>>, Option<&mut CudaSlice<f32>>),
     n: usize,
     mode: Mode,
     seed: u64,
@@ -522,6 +523,33 @@ fn backward_any_storage(
     let p = |r: &ParamRef| params.slice(r.slice.range());
     let xv = node.inputs[0];
     Some(match &node.op {
+        OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
+            let g = conv_geom(spec, *in_hw, n);
+            let w = p(weight);
+            let mut col = scratch.expect("convolutions plan scratch").slice_mut(..super::acts::conv_col_len(&g));
+            sink.with_any(xv, x.len(), |dx| {
+                with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
+                    any_view!(dy, |dy| match dx {
+                        None => any_view!(x, |x| {
+                            ops::conv2d::cuda::conv2d_backward(gpu, None, dw, db, dy, x, &w, &mut col, &g)
+                        }),
+                        Some(dx) => same_kind!(AnyViewMut, dx, AnyView, x, |dx, x| {
+                            ops::conv2d::cuda::conv2d_backward(gpu, Some(dx), dw, db, dy, x, &w, &mut col, &g)
+                        }),
+                    })
+                })
+            })
+        }
+        OpKind::MaxPool2d { spec, in_chw } => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => {
+                let am = indices.expect("max pools plan argmax").slice(..dy.len());
+                let g = pool_geom(spec, *in_chw, n);
+                same_kind!(AnyViewMut, dx, AnyView, dy, |dx, dy| {
+                    ops::pool::cuda::max_pool2d_backward(gpu, dx, dy, &am, &g)
+                })
+            }
+            None => Ok(()),
+        }),
         OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
             let (w, rws, inf, outf) = (p(weight), n * r, *in_features, *out_features);
             sink.with_any(xv, x.len(), |dx| {
@@ -698,8 +726,19 @@ pub fn backward_releasing(
                 });
             }
             let xa = rows(graph, values, input, node.inputs[0], n);
-            let any =
-                backward_any_storage(gpu, node, params, grads, &mut sink, &xa, &dy_buf.view(out_len), n, mode, seed);
+            let any = backward_any_storage(
+                gpu,
+                node,
+                params,
+                grads,
+                &mut sink,
+                &xa,
+                &dy_buf.view(out_len),
+                (indices[idx].as_ref(), scratch.as_mut()),
+                n,
+                mode,
+                seed,
+            );
             if let Some(result) = any {
                 return result;
             }
@@ -708,21 +747,6 @@ pub fn backward_releasing(
             let (xv, x) = (node.inputs[0], xa.f32());
             let in_len = x.len();
             match &node.op {
-                OpKind::Conv2d { spec, in_hw, weight, bias, .. } => sink.with(xv, in_len, |dx| {
-                    let g = conv_geom(spec, *in_hw, n);
-                    let s = scratch.as_mut().expect("convolutions plan scratch");
-                    let mut col = s.slice_mut(..super::acts::conv_col_len(&g));
-                    with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                        ops::conv2d::cuda::conv2d_backward(gpu, dx, dw, db, &dy, &x, &p(weight), &mut col, &g)
-                    })
-                }),
-                OpKind::MaxPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => {
-                        let am = indices[idx].as_ref().expect("max pools plan argmax").slice(..dy.len());
-                        ops::pool::cuda::max_pool2d_backward(gpu, dx, &dy, &am, &pool_geom(spec, *in_chw, n))
-                    }
-                    None => Ok(()),
-                }),
                 OpKind::AvgPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| match dx {
                     Some(dx) => ops::pool::cuda::avg_pool2d_backward(gpu, dx, &dy, &pool_geom(spec, *in_chw, n)),
                     None => Ok(()),

@@ -1,20 +1,25 @@
 //! Which values of the graph the device stores in half precision under autocast (`run.amp`), following
-//! `torch.autocast`'s policy: matrix-product ops (linear layers) write their outputs in the autocast type;
-//! element-wise ops that keep their input's type (activations, dropout, reshapes) follow their input;
+//! `torch.autocast`'s policy: matrix-product ops (linear layers, convolutions) write their outputs in the
+//! autocast type; ops that keep their input's type (activations, dropout, reshapes, max pooling) follow it;
 //! everything else (normalisation, softmax, pooling, residual sums with f32 streams, the losses) runs in f32,
 //! as autocast's f32 list and type promotion put it.
 //!
-//! A value is stored in half only where every op that reads it has a half-storage kernel (the linear layers
-//! read either type; the element-wise ops need their input and output in the same type), so the plan never
+//! A value is stored in half only where every op that reads it has a half-storage kernel (the products read
+//! either type; the type-following ops need their input and output in the same type), so the plan never
 //! asks a kernel for a type it lacks: ops without half kernels read f32 values, and the graph's output and
 //! its input stay f32. Parameters, their gradients and optimizer state are f32 whatever the plan.
 
 use ecstrain_components::{Graph, OpKind};
 use ecstrain_kernels::cuda::StoreKind;
 
-/// Whether an op's output follows its input's storage type.
-fn follows_input(op: &OpKind) -> bool {
-    matches!(op, OpKind::Activation(_) | OpKind::Dropout { .. } | OpKind::Reshape)
+/// Whether an op's output follows its input's storage type (in half, these ops have kernels for it).
+pub fn follows_input(op: &OpKind) -> bool {
+    matches!(op, OpKind::Activation(_) | OpKind::Dropout { .. } | OpKind::Reshape | OpKind::MaxPool2d { .. })
+}
+
+/// Whether an op is a matrix product that writes the autocast type and reads its input in either type.
+pub fn is_product(op: &OpKind) -> bool {
+    matches!(op, OpKind::Linear { .. } | OpKind::Conv2d { .. })
 }
 
 /// The storage type of every value of `graph` (indexed by value id) when the products autocast to `half`
@@ -35,7 +40,7 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
             && readers[v].iter().all(|&r| {
                 let reader = &graph.nodes[r];
                 match &reader.op {
-                    OpKind::Linear { .. } => true,
+                    op if is_product(op) => true,
                     op if follows_input(op) => half_ok[reader.output.0],
                     _ => false,
                 }
@@ -45,7 +50,7 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
         let v = node.output.0;
         kinds[v] = match &node.op {
             _ if !half_ok[v] => StoreKind::F32,
-            OpKind::Linear { .. } => h,
+            op if is_product(op) => h,
             op if follows_input(op) => kinds[node.inputs[0].0],
             _ => StoreKind::F32,
         };
