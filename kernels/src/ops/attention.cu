@@ -92,21 +92,25 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_softmax_backwar
 #define AS_FWD_SHARED (2 * AS_TMAX * (AS_DMAX + 1))
 #define AS_BWD_SHARED 9216
 
+// qkv, out, dout and dqkv are stored in T (f32, or f16 / bf16 under autocast: loaded to f32, every output
+// element rounded once); the probabilities att stay f32 (the backward reads them back).
+
 // K and V of head (bi, hi) into shared memory: k[j * (d + 1) + c], v likewise.
-__device__ __forceinline__ void as_load_kv(float *k, float *v, const float *qkv, size_t bi, size_t hi, size_t t,
+template <typename T>
+__device__ __forceinline__ void as_load_kv(float *k, float *v, const T *qkv, size_t bi, size_t hi, size_t t,
                                            size_t d, size_t hd) {
     for (size_t idx = threadIdx.x; idx < t * d; idx += blockDim.x) {
         const size_t j = idx / d, c = idx % d;
-        const float *row = qkv + (bi * t + j) * 3 * hd + hi * d + c;
-        k[j * (d + 1) + c] = row[hd];
-        v[j * (d + 1) + c] = row[2 * hd];
+        const T *row = qkv + (bi * t + j) * 3 * hd + hi * d + c;
+        k[j * (d + 1) + c] = ld(row, hd);
+        v[j * (d + 1) + c] = ld(row, 2 * hd);
     }
 }
 
 // out [B, T, H*D] (heads merged), att [B, H, T, T] (the probabilities, saved for the backward).
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_forward_f32(float *out, float *att, const float *qkv, size_t b, size_t h,
-                                                  size_t t, size_t d, int causal, float scale) {
-    __shared__ float sm[AS_FWD_SHARED];
+template <typename T>
+__device__ void attn_small_forward(T *out, float *att, const T *qkv, size_t b, size_t h, size_t t, size_t d, int causal,
+                                   float scale, float *sm) {
     const size_t hd = h * d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     float *k = sm, *v = sm + t * (d + 1);
     for (size_t head = blockIdx.x; head < b * h; head += gridDim.x) {
@@ -115,7 +119,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_forward_f
         as_load_kv(k, v, qkv, bi, hi, t, d, hd);
         __syncthreads();
         for (size_t i = warp; i < t; i += warps) { // warp-uniform: every lane of a warp takes the same rows
-            const float *q = qkv + (bi * t + i) * 3 * hd + hi * d;
+            const T *q = qkv + (bi * t + i) * 3 * hd + hi * d;
             const size_t vis = causal ? i + 1 : t;
             // Lane `lane` holds keys lane and lane + 32.
             float s[2];
@@ -124,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_forward_f
                 const size_t j = lane + 32 * u;
                 float acc = 0.0f;
                 if (j < vis) {
-                    for (size_t c = 0; c < d; ++c) acc = fmaf(q[c], k[j * (d + 1) + c], acc);
+                    for (size_t c = 0; c < d; ++c) acc = fmaf(ld(q, c), k[j * (d + 1) + c], acc);
                     acc = __fmul_rn(scale, acc);
                     m = fmaxf(m, acc);
                 }
@@ -153,10 +157,10 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_forward_f
                     if (c < d) o[u] = fmaf(pj, v[j * (d + 1) + c], o[u]);
                 }
             }
-            float *orow = out + (bi * t + i) * hd + hi * d;
+            T *orow = out + (bi * t + i) * hd + hi * d;
             for (int u = 0; u < 2; ++u) {
                 const size_t c = lane + 32 * u;
-                if (c < d) orow[c] = o[u];
+                if (c < d) st(orow, c, o[u]);
             }
         }
     }
@@ -165,10 +169,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_forward_f
 // dqkv [B, T, 3, H, D] (overwritten) from dout [B, T, H*D], qkv and the forward's att: dS = scale * P * (dP -
 // rowsum(P dP)) with dP = dout v^T (a warp per row, into shared memory), then dq = dS k, dk = dS^T q,
 // dv = P^T dout, a thread per output element.
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_backward_f32(float *dqkv, const float *dout, const float *qkv,
-                                                   const float *att, size_t b, size_t h, size_t t, size_t d,
-                                                   int causal, float scale) {
-    __shared__ float sm[AS_BWD_SHARED];
+template <typename T>
+__device__ void attn_small_backward(T *dqkv, const T *dout, const T *qkv, const float *att, size_t b, size_t h, size_t t,
+                                    size_t d, int causal, float scale, float *sm) {
     const size_t hd = h * d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     float *k = sm, *v = sm + t * (d + 1), *ds = sm + 2 * t * (d + 1); // ds[i * (t + 1) + j]
     for (size_t head = blockIdx.x; head < b * h; head += gridDim.x) {
@@ -177,7 +180,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_backward_
         as_load_kv(k, v, qkv, bi, hi, t, d, hd);
         __syncthreads();
         for (size_t i = warp; i < t; i += warps) {
-            const float *go = dout + (bi * t + i) * hd + hi * d;
+            const T *go = dout + (bi * t + i) * hd + hi * d;
             const float *p = att + (head * t + i) * t;
             const size_t vis = causal ? i + 1 : t;
             float dp[2];
@@ -186,7 +189,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_backward_
                 const size_t j = lane + 32 * u;
                 float acc = 0.0f;
                 if (j < vis) {
-                    for (size_t c = 0; c < d; ++c) acc = fmaf(go[c], v[j * (d + 1) + c], acc);
+                    for (size_t c = 0; c < d; ++c) acc = fmaf(ld(go, c), v[j * (d + 1) + c], acc);
                     s += (double)p[j] * (double)acc;
                 }
                 dp[u] = acc;
@@ -205,14 +208,27 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_backward_
             if (part == 0) { // dq[r, c] = sum_j dS[r, j] k[j, c]
                 for (size_t j = 0; j < t; ++j) acc = fmaf(ds[r * (t + 1) + j], k[j * (d + 1) + c], acc);
             } else if (part == 1) { // dk[r, c] = sum_i dS[i, r] q[i, c]
-                const float *q = qkv + bi * t * 3 * hd + hi * d + c;
-                for (size_t i = 0; i < t; ++i) acc = fmaf(ds[i * (t + 1) + r], q[i * 3 * hd], acc);
+                const T *q = qkv + bi * t * 3 * hd + hi * d + c;
+                for (size_t i = 0; i < t; ++i) acc = fmaf(ds[i * (t + 1) + r], ld(q, i * 3 * hd), acc);
             } else { // dv[r, c] = sum_i P[i, r] dout[i, c]
                 const float *p = att + head * t * t + r;
-                const float *go = dout + bi * t * hd + hi * d + c;
-                for (size_t i = 0; i < t; ++i) acc = fmaf(p[i * t], go[i * hd], acc);
+                const T *go = dout + bi * t * hd + hi * d + c;
+                for (size_t i = 0; i < t; ++i) acc = fmaf(p[i * t], ld(go, i * hd), acc);
             }
-            dqkv[(bi * t + r) * 3 * hd + part * hd + hi * d + c] = acc;
+            st(dqkv, (bi * t + r) * 3 * hd + part * hd + hi * d + c, acc);
         }
     }
 }
+
+#define ATTN_SMALL(T, S) \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_forward_##S(T *out, float *att, const T *qkv, size_t b, size_t h, size_t t, size_t d, int causal, float scale) { \
+        __shared__ float sm[AS_FWD_SHARED]; \
+        attn_small_forward(out, att, qkv, b, h, t, d, causal, scale, sm); \
+    } \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attn_small_backward_##S(T *dqkv, const T *dout, const T *qkv, const float *att, size_t b, size_t h, size_t t, size_t d, int causal, float scale) { \
+        __shared__ float sm[AS_BWD_SHARED]; \
+        attn_small_backward(dqkv, dout, qkv, att, b, h, t, d, causal, scale, sm); \
+    }
+ATTN_SMALL(float, f32)
+ATTN_SMALL(f16, f16)
+ATTN_SMALL(bf16, bf16)

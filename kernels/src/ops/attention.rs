@@ -677,6 +677,10 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
         "attn_softmax_backward_warp_f32",
         "attn_small_forward_f32",
         "attn_small_backward_f32",
+        "attn_small_forward_f16",
+        "attn_small_backward_f16",
+        "attn_small_forward_bf16",
+        "attn_small_backward_bf16",
     ],
 };
 

@@ -7,12 +7,15 @@
 //! head copies) and the row kernels of
 //! `attention.cu` for the (causal) softmax and its backward. Same outputs as the CPU: `out` with the heads
 //! merged, `att` the saved probabilities (masked entries exactly 0), `dqkv` overwritten.
+//!
+//! The fused attention also runs on activations stored in half precision (autocast): `qkv`, `out`, `dout` and
+//! `dqkv` in `T`, the probabilities and score gradients in f32, every product accumulating in f32.
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::{attention_backward_scratch_len, default_scale, CUDA};
 use crate::cuda::launch::row_launch;
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 use crate::ops::gemm::cuda::{gemm_general, gemm_strided_batched, MatMut, MatRef};
 use crate::ops::permute;
 
@@ -70,14 +73,14 @@ struct Heads {
 /// `j < nh`: one strided-batched product per value of the smaller of the two indices, batched over the
 /// larger (a ViT at batch 512 with 4 heads: 4 products, not 512).
 #[allow(clippy::too_many_arguments)]
-fn per_head_products(
+fn per_head_products<A: Store, B: Store, C: Store>(
     gpu: &Gpu,
     nb: usize,
     nh: usize,
     (m, n, k): (usize, usize, usize),
-    (a, la): (&CudaView<f32>, Heads),
-    (b, lb): (&CudaView<f32>, Heads),
-    (c, lc): (&mut CudaViewMut<f32>, Heads),
+    (a, la): (&CudaView<A>, Heads),
+    (b, lb): (&CudaView<B>, Heads),
+    (c, lc): (&mut CudaViewMut<C>, Heads),
     alpha: f32,
 ) -> Result<(), GpuError> {
     let heads_outer = nh < nb;
@@ -111,13 +114,14 @@ fn per_head_products(
 
 /// Multi-head self-attention forward on the GPU from a fused projection (overwrites `out` and `att`).
 ///
-/// qkv: [B, T, 3, H, D], out: [B, T, H*D], att: [B, H, T, T] (saved for the backward). `D >= 1`.
+/// qkv: [B, T, 3, H, D], out: [B, T, H*D] (both stored in `T`), att: [B, H, T, T] (f32, saved for the
+/// backward). `D >= 1`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_fused_forward(
+pub fn attention_fused_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<T>,
     att: &mut CudaViewMut<f32>,
-    qkv: &CudaView<f32>,
+    qkv: &CudaView<T>,
     b: usize,
     h: usize,
     t: usize,
@@ -173,11 +177,11 @@ fn small_config(gpu: &Gpu, heads: usize) -> LaunchConfig {
 
 /// The forward, a block per head (see [`Path::Small`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn small_forward(
+pub(crate) fn small_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<T>,
     att: &mut CudaViewMut<f32>,
-    qkv: &CudaView<f32>,
+    qkv: &CudaView<T>,
     b: usize,
     h: usize,
     t: usize,
@@ -185,10 +189,11 @@ pub(crate) fn small_forward(
     causal: bool,
 ) -> Result<(), GpuError> {
     let (scale, causal_i): (f32, i32) = (default_scale(d), causal as i32);
-    let f = gpu.function(&super::CUDA, "attn_small_forward_f32")?;
+    let names = ["attn_small_forward_f32", "attn_small_forward_f16", "attn_small_forward_bf16"];
+    let f = gpu.function(&super::CUDA, T::pick(names))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(att).arg(qkv).arg(&b).arg(&h).arg(&t).arg(&d).arg(&causal_i).arg(&scale);
-    // SAFETY: (float*, float*, const float*, size_t x4, int, float) as declared; the caller checked the
+    // SAFETY: (T*, float*, const T*, size_t x4, int, float) as declared; the caller checked the
     // lengths ([B, T, H*D], [B, H, T, T], [B, T, 3, H, D]) and Path::of the shared-array bounds.
     unsafe { l.launch(small_config(gpu, b * h)) }?;
     Ok(())
@@ -196,11 +201,11 @@ pub(crate) fn small_forward(
 
 /// The backward, a block per head (see [`Path::Small`]); needs no scratch.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn small_backward(
+pub(crate) fn small_backward<T: Store>(
     gpu: &Gpu,
-    dqkv: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
-    qkv: &CudaView<f32>,
+    dqkv: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
+    qkv: &CudaView<T>,
     att: &CudaView<f32>,
     b: usize,
     h: usize,
@@ -209,10 +214,11 @@ pub(crate) fn small_backward(
     causal: bool,
 ) -> Result<(), GpuError> {
     let (scale, causal_i): (f32, i32) = (default_scale(d), causal as i32);
-    let f = gpu.function(&super::CUDA, "attn_small_backward_f32")?;
+    let names = ["attn_small_backward_f32", "attn_small_backward_f16", "attn_small_backward_bf16"];
+    let f = gpu.function(&super::CUDA, T::pick(names))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dqkv).arg(dout).arg(qkv).arg(att).arg(&b).arg(&h).arg(&t).arg(&d).arg(&causal_i).arg(&scale);
-    // SAFETY: (float*, const float* x3, size_t x4, int, float) as declared; the caller checked the lengths
+    // SAFETY: (T*, const T* x2, const float*, size_t x4, int, float) as declared; the caller checked the lengths
     // and Path::of the shared-array bounds.
     unsafe { l.launch(small_config(gpu, b * h)) }?;
     Ok(())
@@ -220,11 +226,11 @@ pub(crate) fn small_backward(
 
 /// The forward through cuBLAS products and the softmax row kernel (see [`Path::Products`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn products_forward(
+pub(crate) fn products_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<T>,
     att: &mut CudaViewMut<f32>,
-    qkv: &CudaView<f32>,
+    qkv: &CudaView<T>,
     b: usize,
     h: usize,
     t: usize,
@@ -278,13 +284,14 @@ impl FusedLayouts {
 
 /// Backward of [`attention_fused_forward`] on the GPU: writes the q / k / v gradients into `dqkv`
 /// ([B, T, 3, H, D], overwritten) from `dout` ([B, T, H*D]); att: the forward's probabilities; scratch:
-/// [B, H, T, T] (see [`attention_backward_scratch_len`](super::attention_backward_scratch_len)).
+/// [B, H, T, T] (see [`attention_backward_scratch_len`](super::attention_backward_scratch_len)). dqkv,
+/// dout and qkv are stored in `T`; att and scratch are f32.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_fused_backward(
+pub fn attention_fused_backward<T: Store>(
     gpu: &Gpu,
-    dqkv: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
-    qkv: &CudaView<f32>,
+    dqkv: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
+    qkv: &CudaView<T>,
     att: &CudaView<f32>,
     scratch: &mut CudaViewMut<f32>,
     b: usize,
@@ -311,11 +318,11 @@ pub fn attention_fused_backward(
 
 /// The backward through cuBLAS products and the softmax-backward row kernel (see [`Path::Products`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn products_backward(
+pub(crate) fn products_backward<T: Store>(
     gpu: &Gpu,
-    dqkv: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
-    qkv: &CudaView<f32>,
+    dqkv: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
+    qkv: &CudaView<T>,
     att: &CudaView<f32>,
     scratch: &mut CudaViewMut<f32>,
     b: usize,
@@ -659,5 +666,112 @@ mod tests {
             merge_heads_backward(gpu, &mut split.as_view_mut(), &dq_.as_view(), b, h, t, d).unwrap();
             assert_bitwise(&format!("{what} merge_heads_backward"), &gpu.download(&split).unwrap(), &want_split);
         }
+    }
+
+    /// Half storage (`T` for qkv, out, dout and dqkv; f32 probabilities), against the f32 kernels on the
+    /// stored inputs (checked against the CPU in `attention_fused_matches_cpu`). The small path computes in
+    /// f32 from the loaded values, so its outputs are the f32 kernel's rounded once, bit for bit, and its
+    /// probabilities are the f32 kernel's. The product path also rounds the probabilities into `T` for the
+    /// `att @ v` product (and the score gradients for theirs), so it is held to the type's precision: two
+    /// units in the last place plus 2e-3 absolute.
+    fn half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        let ulp = if T::KIND == crate::cuda::StoreKind::F16 { 1.0 / 1024.0 } else { 1.0 / 128.0 };
+        for &(b, h, t, d, causal) in
+            &[(2usize, 3usize, 17usize, 8usize, false), (1, 2, 9, 5, true), (2, 2, 70, 8, true)]
+        {
+            let small = Path::of(t, d) == Path::Small;
+            let (qkv_dev, qkv) = upload_as::<T>(gpu, &rand_vec(rng, b * t * 3 * h * d, -1.0, 1.0));
+            let (dout_dev, dout) = upload_as::<T>(gpu, &rand_vec(rng, b * t * h * d, -1.0, 1.0));
+            let (q32, g32) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
+            let what = format!("attention {} b{b} h{h} t{t} d{d} causal {causal}", T::KIND.name());
+            let (mut out32, mut att32) = (poisoned(gpu, b * t * h * d).unwrap(), poisoned(gpu, b * h * t * t).unwrap());
+            attention_fused_forward(
+                gpu,
+                &mut out32.as_view_mut(),
+                &mut att32.as_view_mut(),
+                &q32.as_view(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
+            let (mut out, mut att) = (poisoned_as::<T>(gpu, b * t * h * d), poisoned(gpu, b * h * t * t).unwrap());
+            attention_fused_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut att.as_view_mut(),
+                &qkv_dev.as_view(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
+            let want: Vec<f32> = gpu.download(&out32).unwrap().iter().map(|&v| T::round(v)).collect();
+            let mut scratch = poisoned(gpu, b * h * t * t).unwrap();
+            let mut dq32 = poisoned(gpu, b * t * 3 * h * d).unwrap();
+            attention_fused_backward(
+                gpu,
+                &mut dq32.as_view_mut(),
+                &g32.as_view(),
+                &q32.as_view(),
+                &att32.as_view(),
+                &mut scratch.as_view_mut(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
+            let mut dq = poisoned_as::<T>(gpu, b * t * 3 * h * d);
+            attention_fused_backward(
+                gpu,
+                &mut dq.as_view_mut(),
+                &dout_dev.as_view(),
+                &qkv_dev.as_view(),
+                &att.as_view(),
+                &mut scratch.as_view_mut(),
+                b,
+                h,
+                t,
+                d,
+                causal,
+            )
+            .unwrap();
+            let want_dq: Vec<f32> = gpu.download(&dq32).unwrap().iter().map(|&v| T::round(v)).collect();
+            if small {
+                assert_bitwise(&format!("{what} out"), &download_f32(gpu, &out), &want);
+                assert_bitwise(&format!("{what} att"), &gpu.download(&att).unwrap(), &gpu.download(&att32).unwrap());
+                assert_bitwise(&format!("{what} dqkv"), &download_f32(gpu, &dq), &want_dq);
+            } else {
+                assert_close(&format!("{what} out"), &download_f32(gpu, &out), &want, 2e-3, 2.0 * ulp);
+                assert_close(
+                    &format!("{what} att"),
+                    &gpu.download(&att).unwrap(),
+                    &gpu.download(&att32).unwrap(),
+                    1e-5,
+                    1e-3,
+                );
+                assert_close(&format!("{what} dqkv"), &download_f32(gpu, &dq), &want_dq, 2e-3, 2.0 * ulp);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_in_half_storage_matches_the_f32_kernels_on_stored_values() {
+        if gpu_or_skip("attention_in_half_storage_matches_the_f32_kernels_on_stored_values").is_none() {
+            return;
+        }
+        // Its own device handle: the product path's f32 products run at the autocast precision, as in a run.
+        let gpu = &Gpu::open(0).unwrap();
+        let mut rng = seeded("attention_in_half_storage_matches_the_f32_kernels_on_stored_values");
+        gpu.set_matmul_precision(crate::cuda::MatmulPrecision::F16);
+        half_case::<half::f16>(gpu, &mut rng);
+        gpu.set_matmul_precision(crate::cuda::MatmulPrecision::Bf16);
+        half_case::<half::bf16>(gpu, &mut rng);
     }
 }
