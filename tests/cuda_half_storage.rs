@@ -32,6 +32,8 @@ fn half_capable(op: &OpKind) -> bool {
             | OpKind::Dropout { .. }
             | OpKind::Reshape
             | OpKind::MaxPool2d { .. }
+            | OpKind::Attention { .. }
+            | OpKind::Add
     )
 }
 
@@ -50,13 +52,14 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
         let out = kinds[node.output.0];
         assert!(out == StoreKind::F32 || out == h, "{config}: a {} value under {} autocast", out.name(), h.name());
         if out == h {
-            let from_half = product(&node.op) || (half_capable(&node.op) && kinds[node.inputs[0].0] == h);
+            let from_half =
+                product(&node.op) || (half_capable(&node.op) && node.inputs.iter().all(|v| kinds[v.0] == h));
             assert!(from_half, "{config}: {:?} writes a half value", node.op);
         }
         for v in &node.inputs {
             if kinds[v.0] == h {
                 assert!(half_capable(&node.op), "{config}: {:?} reads a half value", node.op);
-                if !product(&node.op) {
+                if !product(&node.op) && !matches!(node.op, OpKind::Add) {
                     assert_eq!(out, h, "{config}: {:?} reads half and writes f32", node.op);
                 }
             }
@@ -66,17 +69,19 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
 
 /// The plan over the shipped models: its rules hold, nothing is half without autocast, and the values
 /// each model should store in half are there: the MLP's hidden linear outputs, the CNN's whole feature
-/// path (convolutions, activations, pools, the flattening and the hidden linear), the ViT's MLP hidden layers
-/// (its residual stream and normalised values stay f32, as `torch.autocast` keeps them).
+/// path (convolutions, activations, pools, the flattening and the hidden linear), the ViT's attention (its
+/// fused projection and output), output projections and MLP layers (its residual stream and normalised values
+/// stay f32, as `torch.autocast` keeps them), the autoencoder's convolutions; the ResNet's batch norms keep it
+/// f32 throughout.
 #[test]
 fn storage_plan_stores_the_autocast_policy_half_values() {
     let expect_half: [(&str, usize); 6] = [
         ("configs/digits_mlp.yaml", 2),
         ("configs/bench_w1_mlp.yaml", 2),
-        ("configs/digits_cnn.yaml", 7),
-        ("configs/digits_vit.yaml", 0),
+        ("configs/digits_cnn.yaml", 8),
+        ("configs/digits_vit.yaml", 8),
         ("configs/digits_resnet.yaml", 0),
-        ("configs/digits_autoencoder.yaml", 0),
+        ("configs/digits_autoencoder.yaml", 6),
     ];
     for (config, _) in expect_half {
         let app = app_of(config, "cpu", &[]);
@@ -105,7 +110,7 @@ fn device_activation_buffers_follow_the_storage_plan() {
     if no_gpu("device_activation_buffers_follow_the_storage_plan") {
         return;
     }
-    for config in ["configs/digits_mlp.yaml", "configs/digits_cnn.yaml"] {
+    for config in ["configs/digits_mlp.yaml", "configs/digits_cnn.yaml", "configs/digits_vit.yaml"] {
         let f32_app = app_of(config, "cuda", &[]);
         let (f32_bytes, capacity) = {
             let g = f32_app.world.resource::<GpuState>();

@@ -39,6 +39,14 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
         "add_assign_f16",
         "add_forward_bf16",
         "add_assign_bf16",
+        "add_mixed_f32_f16_f32",
+        "add_mixed_f16_f32_f32",
+        "add_mixed_f16_f16_f32",
+        "add_assign_f16_f32",
+        "add_mixed_f32_bf16_f32",
+        "add_mixed_bf16_f32_f32",
+        "add_mixed_bf16_bf16_f32",
+        "add_assign_bf16_f32",
     ],
 };
 

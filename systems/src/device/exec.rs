@@ -92,6 +92,16 @@ fn forward_any_storage(
             let mut col = scratch.expect("convolutions plan scratch").slice_mut(..super::acts::conv_col_len(&g));
             any_view!(x, |x| any_mut!(y, |y| ops::conv2d::cuda::conv2d_forward(gpu, y, x, &w, b, &mut col, &g)))
         }
+        OpKind::Attention { heads, tokens: t, dim: d, causal } => {
+            // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
+            let len = attention_len(*heads, *t, n);
+            let sv = saved.expect("attention plans its probabilities").f32_mut();
+            let mut att = sv.slice_mut(..len);
+            let (h, t, dh, causal) = (*heads, *t, d / heads, *causal);
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| {
+                ops::attention::cuda::attention_fused_forward(gpu, y, &mut att, x, n, h, t, dh, causal)
+            })
+        }
         OpKind::MaxPool2d { spec, in_chw } => {
             let mut am = indices.expect("max pools plan argmax").slice_mut(..y.len());
             let g = pool_geom(spec, *in_chw, n);
@@ -168,6 +178,14 @@ pub fn forward(
             );
             if let Some(result) = any {
                 return result;
+            }
+            if let OpKind::Add = node.op {
+                // Autocast's promotion: a half and an f32 operand (a residual branch joining an f32 stream)
+                // add into f32; two half ones into the planned type.
+                let (b, mut y) = (read(1), out_buf.view_mut(len));
+                return any_view!(&xa, |a| any_view!(&b, |b| any_mut!(&mut y, |y| {
+                    ops::add::cuda::add_forward_mixed(gpu, y, a, b)
+                })));
             }
             // The other ops run on f32 values (the storage plan keeps their inputs and outputs f32).
             let mut y = out_buf.f32_mut().slice_mut(..len);
@@ -247,7 +265,6 @@ pub fn forward(
                     let r = y.len() / dim;
                     ops::softmax::cuda::softmax_forward(gpu, &mut y, &x, r, *dim)
                 }
-                OpKind::Add => ops::add::cuda::add_forward(gpu, &mut y, x, read(1).f32()),
                 OpKind::Embedding { vocab, dim, weight } => {
                     // The ids arrive as floats (the batch is f32); converted on the device as the host does.
                     let mut id = ids[idx].as_mut().expect("embeddings plan their ids").slice_mut(..x.len());
@@ -264,23 +281,6 @@ pub fn forward(
                         at += run;
                     }
                     Ok(())
-                }
-                OpKind::Attention { heads, tokens: t, dim: d, causal } => {
-                    // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
-                    let len = attention_len(*heads, *t, n);
-                    let sv = saved[idx].as_mut().expect("attention plans its probabilities").f32_mut();
-                    let mut att = sv.slice_mut(..len);
-                    ops::attention::cuda::attention_fused_forward(
-                        gpu,
-                        &mut y,
-                        &mut att,
-                        &x,
-                        n,
-                        *heads,
-                        *t,
-                        d / heads,
-                        *causal,
-                    )
                 }
                 OpKind::Permute { in_shape, perm } => {
                     let (shape, perm, r) = batched_perm(n, in_shape, perm);
@@ -445,6 +445,21 @@ impl GradSink<'_> {
         }
     }
 
+    /// Like [`Self::with_any`] for kernels that always write an input gradient: the model input's (f32, as
+    /// the plan keeps the input) goes to the staging buffer and is dropped.
+    fn with_any_required(
+        &mut self,
+        v: ValueId,
+        len: usize,
+        f: impl FnOnce(&mut AnyViewMut<'_>) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        if v.0 == 0 {
+            f(&mut AnyViewMut::F32(self.tmp.slice_mut(..len)))
+        } else {
+            self.with_any(v, len, |dx| f(dx.expect("not the input")))
+        }
+    }
+
     /// [`Self::with_any`] for a value the storage plan keeps in f32.
     fn with(
         &mut self,
@@ -479,7 +494,17 @@ impl GradSink<'_> {
         let gpu = self.gpu;
         let dst = self.dvals[v.0].as_mut().expect("planned gradient");
         let written = std::mem::replace(&mut self.written[v.0], true);
-        same_kind!(AnyViewMut, &mut dst.view_mut(len), AnyView, dy, |d, dy| {
+        let mut d = dst.view_mut(len);
+        if d.kind() != dy.kind() {
+            // An f32 gradient reaching a half value (a sum that promoted it): rounded into its type.
+            return match (&mut d, dy) {
+                (d, AnyView::F32(s)) if written => any_mut!(d, |d| ops::add::cuda::add_assign_mixed(gpu, d, s)),
+                (AnyViewMut::F16(d), AnyView::F32(s)) => ops::cast::cuda::f32_to_f16(gpu, d, s),
+                (AnyViewMut::Bf16(d), AnyView::F32(s)) => ops::cast::cuda::f32_to_bf16(gpu, d, s),
+                _ => unreachable!("only an f32 gradient reaches a value of another type"),
+            };
+        }
+        same_kind!(AnyViewMut, &mut d, AnyView, dy, |d, dy| {
             if written {
                 ops::add::cuda::add_assign(gpu, d, dy)
             } else {
@@ -515,7 +540,7 @@ fn backward_any_storage(
     sink: &mut GradSink<'_>,
     x: &AnyView<'_>,
     dy: &AnyView<'_>,
-    (indices, scratch): (Option<&CudaSlice<u32>>, Option<&mut CudaSlice<f32>>),
+    (saved, indices, scratch): (Option<&AnyBuf>, Option<&CudaSlice<u32>>, Option<&mut CudaSlice<f32>>),
     n: usize,
     mode: Mode,
     seed: u64,
@@ -540,6 +565,15 @@ fn backward_any_storage(
                 })
             })
         }
+        OpKind::Attention { heads, tokens: t, dim: d, causal } => sink.with_any_required(xv, x.len(), |dx| {
+            let len = attention_len(*heads, *t, n);
+            let att = saved.expect("attention plans its probabilities").f32().slice(..len);
+            let mut ds = scratch.expect("attention plans scratch").slice_mut(..len);
+            let (h, t, dh, causal) = (*heads, *t, d / heads, *causal);
+            same_kind3!(AnyViewMut, dx, AnyView, dy, AnyView, x, |dx, dy, x| {
+                ops::attention::cuda::attention_fused_backward(gpu, dx, dy, x, &att, &mut ds, n, h, t, dh, causal)
+            })
+        }),
         OpKind::MaxPool2d { spec, in_chw } => sink.with_any(xv, x.len(), |dx| match dx {
             Some(dx) => {
                 let am = indices.expect("max pools plan argmax").slice(..dy.len());
@@ -734,7 +768,7 @@ pub fn backward_releasing(
                 &mut sink,
                 &xa,
                 &dy_buf.view(out_len),
-                (indices[idx].as_ref(), scratch.as_mut()),
+                (saved[idx].as_ref(), indices[idx].as_ref(), scratch.as_mut()),
                 n,
                 mode,
                 seed,
@@ -835,24 +869,6 @@ pub fn backward_releasing(
                     }
                     Ok(())
                 }
-                OpKind::Attention { heads, tokens: t, dim: d, causal } => sink.with_required(xv, in_len, |dx| {
-                    let len = attention_len(*heads, *t, n);
-                    let att = saved[idx].as_ref().expect("attention plans its probabilities").f32().slice(..len);
-                    let mut ds = scratch.as_mut().expect("attention plans scratch").slice_mut(..len);
-                    ops::attention::cuda::attention_fused_backward(
-                        gpu,
-                        dx,
-                        &dy,
-                        &x,
-                        &att,
-                        &mut ds,
-                        n,
-                        *heads,
-                        *t,
-                        d / heads,
-                        *causal,
-                    )
-                }),
                 OpKind::Permute { in_shape, perm } => sink.with(xv, in_len, |dx| match dx {
                     Some(dx) => {
                         let (shape, perm, r) = batched_perm(n, in_shape, perm);

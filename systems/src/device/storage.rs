@@ -1,8 +1,10 @@
 //! Which values of the graph the device stores in half precision under autocast (`run.amp`), following
 //! `torch.autocast`'s policy: matrix-product ops (linear layers, convolutions) write their outputs in the
-//! autocast type; ops that keep their input's type (activations, dropout, reshapes, max pooling) follow it;
-//! everything else (normalisation, softmax, pooling, residual sums with f32 streams, the losses) runs in f32,
-//! as autocast's f32 list and type promotion put it.
+//! autocast type; ops that keep their input's type (activations, dropout, reshapes, max pooling, attention
+//! over a fused projection) follow it;
+//! a sum is half when both operands are and f32 otherwise (type promotion: a half residual branch joins an
+//! f32 stream in f32); everything else (normalisation, softmax, average pooling, the losses) runs in f32, as
+//! autocast's f32 list puts it.
 //!
 //! A value is stored in half only where every op that reads it has a half-storage kernel (the products read
 //! either type; the type-following ops need their input and output in the same type), so the plan never
@@ -14,7 +16,14 @@ use ecstrain_kernels::cuda::StoreKind;
 
 /// Whether an op's output follows its input's storage type (in half, these ops have kernels for it).
 pub fn follows_input(op: &OpKind) -> bool {
-    matches!(op, OpKind::Activation(_) | OpKind::Dropout { .. } | OpKind::Reshape | OpKind::MaxPool2d { .. })
+    matches!(
+        op,
+        OpKind::Activation(_)
+            | OpKind::Dropout { .. }
+            | OpKind::Reshape
+            | OpKind::MaxPool2d { .. }
+            | OpKind::Attention { .. }
+    )
 }
 
 /// Whether an op is a matrix product that writes the autocast type and reads its input in either type.
@@ -40,7 +49,8 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
             && readers[v].iter().all(|&r| {
                 let reader = &graph.nodes[r];
                 match &reader.op {
-                    op if is_product(op) => true,
+                    // A sum reads either type (autocast promotes a half operand beside an f32 one).
+                    op if is_product(op) || matches!(op, OpKind::Add) => true,
                     op if follows_input(op) => half_ok[reader.output.0],
                     _ => false,
                 }
@@ -51,6 +61,7 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
         kinds[v] = match &node.op {
             _ if !half_ok[v] => StoreKind::F32,
             op if is_product(op) => h,
+            OpKind::Add if node.inputs.iter().all(|i| kinds[i.0] == h) => h,
             op if follows_input(op) => kinds[node.inputs[0].0],
             _ => StoreKind::F32,
         };
