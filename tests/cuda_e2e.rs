@@ -381,14 +381,15 @@ fn digits_mlp_and_cnn_train_under_autocast_on_cuda() {
 /// The ViT under autocast, whose attention, projections and MLP layers then store their activations in half
 /// precision while its residual stream and layer norms stay f32 (`device/storage.rs`): bf16 and f16 (with
 /// loss scaling) keep every epoch's val loss within 0.05 + 15% of the f32 CPU run's and the best accuracy
-/// within 3 points of it, over the config's 30 epochs on a GPU (3 on tools/cuda-emu).
+/// within 3 points of it, over the config's 30 epochs on a GPU (2 on tools/cuda-emu, where the storage
+/// types, not convergence, are what this checks beyond `digits_vit_on_cuda_matches_cpu`).
 #[test]
 fn digits_vit_trains_under_autocast_on_cuda() {
     let name = "digits_vit_trains_under_autocast";
     if no_gpu(name) {
         return;
     }
-    let (epochs, _) = epochs_for(30, 3, 0.97, 0.8);
+    let (epochs, _) = epochs_for(30, 2, 0.97, 0.8);
     let cpu = train(name, "configs/digits_vit.yaml", "cpu", epochs, "accuracy");
     for amp in ["bf16", "f16"] {
         let tag = format!("{name}-{amp}");
