@@ -45,6 +45,10 @@ pub struct GpuActivations {
     pub grad_tmp_half: Option<AnyBuf>,
     /// Per value: whether the current backward has written its gradient yet.
     pub written: Vec<bool>,
+    /// Per value: whether the backward computes its gradient at all
+    /// ([`gradient_needed`](crate::graph::exec::gradient_needed): not for values computed from the input
+    /// alone, as the host skips them).
+    pub needed: Vec<bool>,
     /// A single 1.0 (the increment of batch norm's `num_batches_tracked`).
     pub ones: CudaSlice<f32>,
 }
@@ -176,6 +180,7 @@ impl GpuActivations {
             scratch: buffer(gpu, scratch)?,
             grad_tmp: gpu.stream().alloc_zeros(largest)?,
             written: vec![false; graph.values.len()],
+            needed: crate::graph::exec::gradient_needed(graph),
             ones: gpu.upload(&[1.0f32])?,
         })
     }

@@ -408,18 +408,20 @@ struct GradSink<'a> {
     tmp: &'a mut CudaSlice<f32>,
     tmp_half: &'a mut Option<AnyBuf>,
     written: &'a mut [bool],
+    /// [`GpuActivations::needed`].
+    needed: &'a [bool],
 }
 
 impl GradSink<'_> {
     /// Calls `f` with the gradient view of value `v` (`len` elements, in `v`'s storage type), or `None` for
-    /// the model input.
+    /// the model input and values whose gradient is not needed.
     fn with_any(
         &mut self,
         v: ValueId,
         len: usize,
         f: impl FnOnce(Option<&mut AnyViewMut<'_>>) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
-        if v.0 == 0 {
+        if v.0 == 0 || !self.needed[v.0] {
             return f(None);
         }
         let dst = self.dvals[v.0].as_mut().expect("planned gradient");
@@ -446,15 +448,18 @@ impl GradSink<'_> {
     }
 
     /// Like [`Self::with_any`] for kernels that always write an input gradient: the model input's (f32, as
-    /// the plan keeps the input) goes to the staging buffer and is dropped.
+    /// the plan keeps the input) and an unneeded one go to the staging buffer of their type and are dropped.
     fn with_any_required(
         &mut self,
         v: ValueId,
         len: usize,
         f: impl FnOnce(&mut AnyViewMut<'_>) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
-        if v.0 == 0 {
+        let f32_value = v.0 == 0 || self.dvals[v.0].as_ref().is_none_or(|d| d.kind() == StoreKind::F32);
+        if (v.0 == 0 || !self.needed[v.0]) && f32_value {
             f(&mut AnyViewMut::F32(self.tmp.slice_mut(..len)))
+        } else if !self.needed[v.0] {
+            f(&mut self.tmp_half.as_mut().expect("half values plan half staging").view_mut(len))
         } else {
             self.with_any(v, len, |dx| f(dx.expect("not the input")))
         }
@@ -478,7 +483,7 @@ impl GradSink<'_> {
         len: usize,
         f: impl FnOnce(&mut CudaViewMut<f32>) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
-        if v.0 == 0 {
+        if v.0 == 0 || !self.needed[v.0] {
             f(&mut self.tmp.slice_mut(..len))
         } else {
             self.with(v, len, |dx| f(dx.expect("not the input")))
@@ -487,7 +492,7 @@ impl GradSink<'_> {
 
     /// Routes `dy` unchanged into `v`'s gradient (an identity's backward): a copy or an add.
     fn pass_through(&mut self, v: ValueId, dy: &AnyView<'_>) -> Result<(), GpuError> {
-        if v.0 == 0 {
+        if v.0 == 0 || !self.needed[v.0] {
             return Ok(());
         }
         let len = dy.len();
@@ -516,7 +521,7 @@ impl GradSink<'_> {
     /// Hands the whole output gradient buffer on to `v` when `v` has none written yet and the buffers have
     /// the same size and type (a swap instead of a copy); otherwise a copy or an add.
     fn pass_through_owned(&mut self, v: ValueId, dy_buf: &mut AnyBuf, len: usize) -> Result<(), GpuError> {
-        if v.0 != 0 && !self.written[v.0] {
+        if v.0 != 0 && self.needed[v.0] && !self.written[v.0] {
             if let Some(dst) = self.dvals[v.0].as_mut() {
                 if dst.len() == dy_buf.len() && dst.kind() == dy_buf.kind() {
                     std::mem::swap(dst, dy_buf);
@@ -692,6 +697,7 @@ pub fn backward_releasing(
         grad_tmp,
         grad_tmp_half,
         written,
+        needed,
         ..
     } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
@@ -711,10 +717,14 @@ pub fn backward_releasing(
                 cap = r.bucket.max(1);
             }
         }
+        if !needed[node.output.0] {
+            // Computed from the input alone: no parameter upstream needs this node's input gradients.
+            continue;
+        }
         let mut dy_buf = dvals[node.output.0].take().expect("every produced value has a gradient buffer");
         let out_len = n * numel(node.output);
         let result = (|| -> Result<(), GpuError> {
-            let mut sink = GradSink { gpu, dvals, tmp: grad_tmp, tmp_half: grad_tmp_half, written };
+            let mut sink = GradSink { gpu, dvals, tmp: grad_tmp, tmp_half: grad_tmp_half, written, needed };
             // Identity backwards hand the buffer itself on: the output gradient is read by no other node.
             match node.op {
                 OpKind::Reshape => return sink.pass_through_owned(node.inputs[0], &mut dy_buf, out_len),
