@@ -186,6 +186,15 @@ impl AnyBuf {
         }
     }
 
+    /// The elements in `range`.
+    pub fn view_range(&self, range: std::ops::Range<usize>) -> AnyView<'_> {
+        match self {
+            AnyBuf::F32(s) => AnyView::F32(s.slice(range)),
+            AnyBuf::F16(s) => AnyView::F16(s.slice(range)),
+            AnyBuf::Bf16(s) => AnyView::Bf16(s.slice(range)),
+        }
+    }
+
     /// The first `len` elements, mutably.
     pub fn view_mut(&mut self, len: usize) -> AnyViewMut<'_> {
         match self {

@@ -154,11 +154,11 @@ fn lower<D: Store, S: Store>(
 /// out: [N, OC, OH, OW], inp: [N, C, H, W], weight: [OC, C/groups, KH, KW], bias: `[OC]` or None, col:
 /// scratch of at least [`Conv2dGeom::col_len`](super::Conv2dGeom::col_len) elements (clobbered). Panics on
 /// an invalid geometry or wrong lengths, as the CPU does. Storage types as in the module's notes.
-pub fn conv2d_forward<X: Store, Y: Store>(
+pub fn conv2d_forward<X: Store, Y: Store, W: Store>(
     gpu: &Gpu,
     out: &mut CudaViewMut<Y>,
     inp: &CudaView<X>,
-    weight: &CudaView<f32>,
+    weight: &CudaView<W>,
     bias: Option<&CudaView<f32>>,
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
@@ -225,14 +225,14 @@ pub fn conv2d_forward<X: Store, Y: Store>(
 /// without a bias), col: scratch of at least [`Conv2dGeom::col_len`](super::Conv2dGeom::col_len) elements.
 /// Storage types as in the module's notes (dinp in its input's type).
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward<D: Store, X: Store>(
+pub fn conv2d_backward<D: Store, X: Store, W: Store>(
     gpu: &Gpu,
     dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
     dbias: Option<&mut CudaViewMut<f32>>,
     dout: &CudaView<D>,
     inp: &CudaView<X>,
-    weight: &CudaView<f32>,
+    weight: &CudaView<W>,
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
 ) -> Result<(), GpuError> {
@@ -312,14 +312,14 @@ fn bias_grad<D: Store>(
 /// [`conv2d_backward`] with the weight-gradient scratch capped at `partial_cap` elements (tests force
 /// several rounds with a small cap).
 #[allow(clippy::too_many_arguments)]
-fn conv2d_backward_capped<D: Store, X: Store>(
+fn conv2d_backward_capped<D: Store, X: Store, W: Store>(
     gpu: &Gpu,
     dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
     dbias: Option<&mut CudaViewMut<f32>>,
     dout: &CudaView<D>,
     inp: &CudaView<X>,
-    weight: &CudaView<f32>,
+    weight: &CudaView<W>,
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
     partial_cap: usize,

@@ -14,12 +14,12 @@ use crate::ops::{bias_add, linear};
 /// inp: [B, C], weight: [OC, C], bias: [OC] or None, pre, out: [B, OC]. Activations may be stored in half
 /// precision (autocast): pre and out in `Y`, each stored value rounded once from f32.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_act_forward<X: Store, Y: Store>(
+pub fn linear_act_forward<X: Store, Y: Store, W: Store>(
     gpu: &Gpu,
     out: &mut CudaViewMut<Y>,
     pre: &mut CudaViewMut<Y>,
     inp: &CudaView<X>,
-    weight: &CudaView<f32>,
+    weight: &CudaView<W>,
     bias: Option<&CudaView<f32>>,
     act: Activation,
     b: usize,
@@ -57,7 +57,7 @@ pub fn linear_act_forward<X: Store, Y: Store>(
 /// dout, pre: [B, OC], inp: [B, C], weight: [OC, C]; dinp: [B, C], dweight: [OC, C], dbias: [OC]. dout and
 /// pre are stored in `Y`, inp and dinp in `X` (f32 or the autocast half type); parameter gradients in f32.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_act_backward<X: Store, Y: Store>(
+pub fn linear_act_backward<X: Store, Y: Store, W: Store>(
     gpu: &Gpu,
     dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
@@ -65,7 +65,7 @@ pub fn linear_act_backward<X: Store, Y: Store>(
     dout: &mut CudaViewMut<Y>,
     pre: &CudaView<Y>,
     inp: &CudaView<X>,
-    weight: &CudaView<f32>,
+    weight: &CudaView<W>,
     act: Activation,
     b: usize,
     c: usize,

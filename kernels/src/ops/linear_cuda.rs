@@ -30,13 +30,14 @@ pub fn matmul(
 ///
 /// inp: [B, C], weight: [OC, C], bias: [OC] or None, out: [B, OC]. The input and output may be stored in half
 /// precision (autocast; see [`gemm_general`](crate::ops::gemm::cuda::gemm_general)); a half output is the
-/// product rounded, then the sum with the bias rounded.
+/// product rounded, then the sum with the bias rounded. The weight may be an autocast copy already rounded
+/// into the half type (`W`).
 #[allow(clippy::too_many_arguments)]
-pub fn linear_forward<X: Store, Y: Store>(
+pub fn linear_forward<X: Store, Y: Store, W: Store>(
     gpu: &Gpu,
     out: &mut CudaViewMut<Y>,
     inp: &CudaView<X>,
-    weight: &CudaView<f32>,
+    weight: &CudaView<W>,
     bias: Option<&CudaView<f32>>,
     b: usize,
     c: usize,
@@ -61,14 +62,14 @@ pub fn linear_forward<X: Store, Y: Store>(
 /// without a bias). The activations and their gradients may be stored in half precision (dinp in its input's
 /// type); the parameter gradients are f32.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward<D: Store, X: Store>(
+pub fn linear_backward<D: Store, X: Store, W: Store>(
     gpu: &Gpu,
     dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
     dbias: Option<&mut CudaViewMut<f32>>,
     dout: &CudaView<D>,
     inp: &CudaView<X>,
-    weight: &CudaView<f32>,
+    weight: &CudaView<W>,
     b: usize,
     c: usize,
     oc: usize,

@@ -49,6 +49,10 @@ pub struct GpuActivations {
     /// ([`gradient_needed`](crate::graph::exec::gradient_needed): not for values computed from the input
     /// alone, as the host skips them).
     pub needed: Vec<bool>,
+    /// Under autocast: the parameter arena rounded into the half type once per forward (torch's autocast
+    /// weight cache), which the products read their weights from instead of rounding each weight at each
+    /// use; `None` otherwise.
+    pub params_half: Option<AnyBuf>,
     /// A single 1.0 (the increment of batch norm's `num_batches_tracked`).
     pub ones: CudaSlice<f32>,
 }
@@ -158,10 +162,17 @@ impl GpuActivations {
             (Some(n), Some(h)) => any_buffer(gpu, h, n)?,
             _ => None,
         };
+        // The arena's extent the graph's parameters reach.
+        let param_end = graph.nodes.iter().flat_map(|n| n.op.params()).map(|r| r.slice.offset + r.slice.len).max();
+        let params_half = match (param_end, half) {
+            (Some(n), Some(h)) => any_buffer(gpu, h, n)?,
+            _ => None,
+        };
         Ok(GpuActivations {
             capacity,
             kinds,
             grad_tmp_half,
+            params_half,
             input: gpu.stream().alloc_zeros(capacity * numel(ValueId(0)).max(1))?,
             values,
             grads,
@@ -192,6 +203,7 @@ impl GpuActivations {
         self.activation_bytes()
             + self.saved.iter().map(any).sum::<usize>()
             + any(&self.grad_tmp_half)
+            + any(&self.params_half)
             + 4 * (self.input.len()
                 + self.indices.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()
                 + 2 * self.ids.iter().map(|b| b.as_ref().map_or(0, |s| s.len())).sum::<usize>()

@@ -68,6 +68,30 @@ macro_rules! any_mut {
     };
 }
 
+/// A product's weight: its slice of the autocast copy of the arena when there is one (rounded once per
+/// forward, [`refresh_half_params`]), of the f32 arena otherwise.
+fn weight_view<'a>(params: &'a CudaSlice<f32>, params_half: Option<&'a AnyBuf>, r: &ParamRef) -> AnyView<'a> {
+    match params_half {
+        Some(h) => h.view_range(r.slice.range()),
+        None => AnyView::F32(params.slice(r.slice.range())),
+    }
+}
+
+/// Rounds the parameter arena into its autocast copy (one launch), so every product of this forward and of
+/// its backward reads its weight in the half type without rounding it again (torch's autocast weight cache).
+/// Done at each forward: the weights cannot change between a forward and its backward, and whatever changed
+/// them before (an optimizer step, an upload, a checkpoint, evaluation on other weights) is caught.
+fn refresh_half_params(gpu: &Gpu, params: &CudaSlice<f32>, params_half: &mut Option<AnyBuf>) -> Result<(), GpuError> {
+    let Some(h) = params_half.as_mut() else { return Ok(()) };
+    let len = h.len();
+    let src = params.slice(..len);
+    match h {
+        AnyBuf::F16(d) => ops::cast::cuda::f32_to_f16(gpu, &mut d.slice_mut(..), &src),
+        AnyBuf::Bf16(d) => ops::cast::cuda::f32_to_bf16(gpu, &mut d.slice_mut(..), &src),
+        AnyBuf::F32(_) => unreachable!("the autocast copy is half"),
+    }
+}
+
 /// The forward of the ops that run in any storage type (the linear layers, whose input and output types
 /// may differ, and the element-wise ops that keep their input's type); `None` for the other ops, which run
 /// on f32 values.
@@ -75,7 +99,7 @@ macro_rules! any_mut {
 fn forward_any_storage(
     gpu: &Gpu,
     node: &ecstrain_components::Node,
-    params: &CudaSlice<f32>,
+    (params, params_half): (&CudaSlice<f32>, Option<&AnyBuf>),
     x: &AnyView<'_>,
     y: &mut AnyViewMut<'_>,
     (saved, indices, scratch): (Option<&mut AnyBuf>, Option<&mut CudaSlice<u32>>, Option<&mut CudaSlice<f32>>),
@@ -88,9 +112,11 @@ fn forward_any_storage(
         OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
             let g = conv_geom(spec, *in_hw, n);
             let b = bias.as_ref().map(p);
-            let (w, b) = (p(weight), b.as_ref());
+            let (w, b) = (weight_view(params, params_half, weight), b.as_ref());
             let mut col = scratch.expect("convolutions plan scratch").slice_mut(..super::acts::conv_col_len(&g));
-            any_view!(x, |x| any_mut!(y, |y| ops::conv2d::cuda::conv2d_forward(gpu, y, x, &w, b, &mut col, &g)))
+            any_view!(&w, |w| any_view!(x, |x| any_mut!(y, |y| {
+                ops::conv2d::cuda::conv2d_forward(gpu, y, x, w, b, &mut col, &g)
+            })))
         }
         OpKind::Attention { heads, tokens: t, dim: d, causal } => {
             // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
@@ -109,18 +135,20 @@ fn forward_any_storage(
         }
         OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
             let b = bias.as_ref().map(p);
-            let (w, b) = (p(weight), b.as_ref());
+            let (w, b) = (weight_view(params, params_half, weight), b.as_ref());
             let (rws, inf, outf) = (n * r, *in_features, *out_features);
-            any_view!(x, |x| any_mut!(y, |y| ops::linear::cuda::linear_forward(gpu, y, x, &w, b, rws, inf, outf)))
+            any_view!(&w, |w| any_view!(x, |x| any_mut!(y, |y| {
+                ops::linear::cuda::linear_forward(gpu, y, x, w, b, rws, inf, outf)
+            })))
         }
         OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: Some(a) } => {
             let b = bias.as_ref().map(p);
-            let (w, b) = (p(weight), b.as_ref());
+            let (w, b) = (weight_view(params, params_half, weight), b.as_ref());
             let (rws, inf, outf) = (n * r, *in_features, *out_features);
             let mut pre = saved.expect("fused linears plan the pre-activation").view_mut(y.len());
-            any_view!(x, |x| same_kind!(AnyViewMut, &mut *y, AnyViewMut, &mut pre, |y, pre| {
-                ops::linear_act::cuda::linear_act_forward(gpu, y, pre, x, &w, b, *a, rws, inf, outf)
-            }))
+            any_view!(&w, |w| any_view!(x, |x| same_kind!(AnyViewMut, &mut *y, AnyViewMut, &mut pre, |y, pre| {
+                ops::linear_act::cuda::linear_act_forward(gpu, y, pre, x, w, b, *a, rws, inf, outf)
+            })))
         }
         OpKind::Activation(act) => {
             same_kind!(AnyView, x, AnyViewMut, y, |x, y| ops::activation::cuda::forward(gpu, *act, y, x))
@@ -155,7 +183,9 @@ pub fn forward(
 ) -> Result<(), GpuError> {
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
     let cap = acts.capacity;
-    let GpuActivations { input, values, saved, indices, ids, stats, scratch, ones, .. } = acts;
+    let GpuActivations { input, values, saved, indices, ids, stats, scratch, ones, params_half, .. } = acts;
+    refresh_half_params(gpu, params, params_half)?;
+    let params_half = params_half.as_ref();
     let numel = |v: ValueId| graph.values[v.0].numel();
     let p = |r: &ParamRef| params.slice(r.slice.range());
     for (idx, node) in graph.nodes.iter().enumerate() {
@@ -168,7 +198,7 @@ pub fn forward(
             let any = forward_any_storage(
                 gpu,
                 node,
-                params,
+                (params, params_half),
                 &xa,
                 &mut out_buf.view_mut(len),
                 (saved[idx].as_mut(), indices[idx].as_mut(), scratch.as_mut()),
@@ -540,7 +570,7 @@ impl GradSink<'_> {
 fn backward_any_storage(
     gpu: &Gpu,
     node: &ecstrain_components::Node,
-    params: &CudaSlice<f32>,
+    (params, params_half): (&CudaSlice<f32>, Option<&AnyBuf>),
     grads: &mut CudaSlice<f32>,
     sink: &mut GradSink<'_>,
     x: &AnyView<'_>,
@@ -550,23 +580,22 @@ fn backward_any_storage(
     mode: Mode,
     seed: u64,
 ) -> Option<Result<(), GpuError>> {
-    let p = |r: &ParamRef| params.slice(r.slice.range());
     let xv = node.inputs[0];
     Some(match &node.op {
         OpKind::Conv2d { spec, in_hw, weight, bias, .. } => {
             let g = conv_geom(spec, *in_hw, n);
-            let w = p(weight);
+            let w = weight_view(params, params_half, weight);
             let mut col = scratch.expect("convolutions plan scratch").slice_mut(..super::acts::conv_col_len(&g));
             sink.with_any(xv, x.len(), |dx| {
                 with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                    any_view!(dy, |dy| match dx {
+                    any_view!(&w, |w| any_view!(dy, |dy| match dx {
                         None => any_view!(x, |x| {
-                            ops::conv2d::cuda::conv2d_backward(gpu, None, dw, db, dy, x, &w, &mut col, &g)
+                            ops::conv2d::cuda::conv2d_backward(gpu, None, dw, db, dy, x, w, &mut col, &g)
                         }),
-                        Some(dx) => same_kind!(AnyViewMut, dx, AnyView, x, |dx, x| {
-                            ops::conv2d::cuda::conv2d_backward(gpu, Some(dx), dw, db, dy, x, &w, &mut col, &g)
+                        Some(dx) => same_kind!(AnyViewMut, &mut *dx, AnyView, x, |dx, x| {
+                            ops::conv2d::cuda::conv2d_backward(gpu, Some(dx), dw, db, dy, x, w, &mut col, &g)
                         }),
-                    })
+                    }))
                 })
             })
         }
@@ -590,17 +619,17 @@ fn backward_any_storage(
             None => Ok(()),
         }),
         OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: None } => {
-            let (w, rws, inf, outf) = (p(weight), n * r, *in_features, *out_features);
+            let (w, rws, inf, outf) = (weight_view(params, params_half, weight), n * r, *in_features, *out_features);
             sink.with_any(xv, x.len(), |dx| {
                 with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                    any_view!(dy, |dy| match dx {
+                    any_view!(&w, |w| any_view!(dy, |dy| match dx {
                         None => any_view!(x, |x| {
-                            ops::linear::cuda::linear_backward(gpu, None, dw, db, dy, x, &w, rws, inf, outf)
+                            ops::linear::cuda::linear_backward(gpu, None, dw, db, dy, x, w, rws, inf, outf)
                         }),
-                        Some(dx) => same_kind!(AnyViewMut, dx, AnyView, x, |dx, x| {
-                            ops::linear::cuda::linear_backward(gpu, Some(dx), dw, db, dy, x, &w, rws, inf, outf)
+                        Some(dx) => same_kind!(AnyViewMut, &mut *dx, AnyView, x, |dx, x| {
+                            ops::linear::cuda::linear_backward(gpu, Some(dx), dw, db, dy, x, w, rws, inf, outf)
                         }),
-                    })
+                    }))
                 })
             })
         }
@@ -698,6 +727,7 @@ pub fn backward_releasing(
         grad_tmp_half,
         written,
         needed,
+        params_half,
         ..
     } = acts;
     let numel = |v: ValueId| graph.values[v.0].numel();
@@ -740,16 +770,17 @@ pub fn backward_releasing(
                 let (xv, x) = (node.inputs[0], rows(graph, values, input, node.inputs[0], n));
                 let pre = saved[idx].as_ref().expect("fused linears plan the pre-activation").view(out_len);
                 let mut dy = dy_buf.view_mut(out_len);
-                let (w, rws, inf, outf) = (p(weight), n * r, *in_features, *out_features);
+                let w = weight_view(params, params_half.as_ref(), weight);
+                let (rws, inf, outf) = (n * r, *in_features, *out_features);
                 return sink.with_any(xv, x.len(), |dx| {
                     with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                        same_kind!(AnyViewMut, &mut dy, AnyView, &pre, |dy, pre| match dx {
+                        any_view!(&w, |w| same_kind!(AnyViewMut, &mut dy, AnyView, &pre, |dy, pre| match dx {
                             None => any_view!(&x, |x| {
                                 ops::linear_act::cuda::linear_act_backward(
-                                    gpu, None, dw, db, dy, pre, x, &w, *a, rws, inf, outf,
+                                    gpu, None, dw, db, dy, pre, x, w, *a, rws, inf, outf,
                                 )
                             }),
-                            Some(dx) => same_kind!(AnyViewMut, dx, AnyView, &x, |dx, x| {
+                            Some(dx) => same_kind!(AnyViewMut, &mut *dx, AnyView, &x, |dx, x| {
                                 ops::linear_act::cuda::linear_act_backward(
                                     gpu,
                                     Some(dx),
@@ -758,14 +789,14 @@ pub fn backward_releasing(
                                     dy,
                                     pre,
                                     x,
-                                    &w,
+                                    w,
                                     *a,
                                     rws,
                                     inf,
                                     outf,
                                 )
                             }),
-                        })
+                        }))
                     })
                 });
             }
@@ -773,7 +804,7 @@ pub fn backward_releasing(
             let any = backward_any_storage(
                 gpu,
                 node,
-                params,
+                (params, params_half.as_ref()),
                 grads,
                 &mut sink,
                 &xa,
