@@ -222,13 +222,13 @@ pub fn forward(
             let x = xa.f32();
             match &node.op {
                 OpKind::AvgPool2d { spec, in_chw } => {
-                    ops::pool::cuda::avg_pool2d_forward(gpu, &mut y, &x, &pool_geom(spec, *in_chw, n))
+                    ops::pool::cuda::avg_pool2d_forward(gpu, &mut y, x, &pool_geom(spec, *in_chw, n))
                 }
                 OpKind::GlobalAvgPool { in_chw: (c, h, w) } => {
-                    ops::pool::cuda::global_avg_pool_forward(gpu, &mut y, &x, n, *c, *h, *w)
+                    ops::pool::cuda::global_avg_pool_forward(gpu, &mut y, x, n, *c, *h, *w)
                 }
                 OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
-                    ops::pool::cuda::adaptive_avg_pool2d_forward(gpu, &mut y, &x, n, *c, *h, *w, *oh, *ow)
+                    ops::pool::cuda::adaptive_avg_pool2d_forward(gpu, &mut y, x, n, *c, *h, *w, *oh, *ow)
                 }
                 OpKind::BatchNorm2d { channels: c, hw, eps, momentum, weight, bias, stats } => {
                     let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
@@ -245,7 +245,7 @@ pub fn forward(
                             &mut si,
                             &mut rm,
                             &mut rv,
-                            &x,
+                            x,
                             w.as_ref(),
                             b.as_ref(),
                             n,
@@ -260,7 +260,7 @@ pub fn forward(
                         ops::batch_norm::cuda::batch_norm_forward_eval(
                             gpu,
                             &mut y,
-                            &x,
+                            x,
                             &rm.slice(..),
                             &rv.slice(..),
                             w.as_ref(),
@@ -283,7 +283,7 @@ pub fn forward(
                         &mut y,
                         &mut sm.slice_mut(..r),
                         &mut sr.slice_mut(..r),
-                        &x,
+                        x,
                         w.as_ref(),
                         b.as_ref(),
                         r,
@@ -293,12 +293,12 @@ pub fn forward(
                 }
                 OpKind::Softmax { dim } => {
                     let r = y.len() / dim;
-                    ops::softmax::cuda::softmax_forward(gpu, &mut y, &x, r, *dim)
+                    ops::softmax::cuda::softmax_forward(gpu, &mut y, x, r, *dim)
                 }
                 OpKind::Embedding { vocab, dim, weight } => {
                     // The ids arrive as floats (the batch is f32); converted on the device as the host does.
                     let mut id = ids[idx].as_mut().expect("embeddings plan their ids").slice_mut(..x.len());
-                    ops::embedding::cuda::ids_from_f32(gpu, &mut id, &x)?;
+                    ops::embedding::cuda::ids_from_f32(gpu, &mut id, x)?;
                     ops::embedding::cuda::embedding_forward(gpu, &mut y, &id.slice(..), &p(weight), *vocab, *dim)
                 }
                 OpKind::Concat { axis } => {
@@ -314,14 +314,14 @@ pub fn forward(
                 }
                 OpKind::Permute { in_shape, perm } => {
                     let (shape, perm, r) = batched_perm(n, in_shape, perm);
-                    ops::permute::cuda::permute(gpu, &mut y, &x, &shape[..r], &perm[..r])
+                    ops::permute::cuda::permute(gpu, &mut y, x, &shape[..r], &perm[..r])
                 }
                 OpKind::PrependToken { token } => {
                     let (d, per_in) = (token.slice.len, numel(node.inputs[0]));
                     let w = per_in + d;
                     // Row r: the token (a source stride of 0 repeats it), then sample r's tokens.
                     ops::concat::cuda::strided_copy(gpu, &mut y, &p(token), n, d, (w, 0), (0, 0))?;
-                    ops::concat::cuda::strided_copy(gpu, &mut y, &x, n, per_in, (w, d), (per_in, 0))
+                    ops::concat::cuda::strided_copy(gpu, &mut y, x, n, per_in, (w, d), (per_in, 0))
                 }
                 OpKind::AddParam { param } => {
                     // x + param broadcast over rows: a copy and a bias add (the host's one f32 addition).
@@ -332,14 +332,14 @@ pub fn forward(
                 }
                 OpKind::TokenMean => {
                     let d = numel(node.output);
-                    ops::token_mean::cuda::token_mean_forward(gpu, &mut y, &x, n, numel(node.inputs[0]) / d, d)
+                    ops::token_mean::cuda::token_mean_forward(gpu, &mut y, x, n, numel(node.inputs[0]) / d, d)
                 }
                 OpKind::SelectToken { index } => {
                     let (d, per_in) = (numel(node.output), numel(node.inputs[0]));
-                    ops::concat::cuda::strided_copy(gpu, &mut y, &x, n, d, (d, 0), (per_in, index * d))
+                    ops::concat::cuda::strided_copy(gpu, &mut y, x, n, d, (d, 0), (per_in, index * d))
                 }
                 OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => {
-                    ops::upsample::cuda::upsample_nearest2d_forward(gpu, &mut y, &x, n, *c, *h, *w, *fh, *fw)
+                    ops::upsample::cuda::upsample_nearest2d_forward(gpu, &mut y, x, n, *c, *h, *w, *fh, *fw)
                 }
                 OpKind::VectorQuantize { codebook, codes, dim, positions, .. } => {
                     let ix = indices[idx].as_mut().expect("VQ plans its indices and counts");
@@ -350,7 +350,7 @@ pub fn forward(
                         &mut y,
                         &mut ind.slice_mut(..n * positions),
                         &mut counts,
-                        &x,
+                        x,
                         &p(codebook),
                         n,
                         *dim,
@@ -857,7 +857,7 @@ pub fn backward_releasing(
                             dw,
                             db,
                             &dy,
-                            &x,
+                            x,
                             &sm,
                             &si.slice(..*c),
                             w.as_ref(),
@@ -879,7 +879,7 @@ pub fn backward_releasing(
                             dw,
                             db,
                             &dy,
-                            &x,
+                            x,
                             &sm.slice(..r),
                             &sr.slice(..r),
                             w.as_ref(),
@@ -966,7 +966,7 @@ pub fn backward_releasing(
                             dx,
                             &mut dcb,
                             &dy,
-                            &x,
+                            x,
                             &p(codebook),
                             &ind,
                             n,
