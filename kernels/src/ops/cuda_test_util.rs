@@ -78,3 +78,24 @@ pub fn poisoned_as<T: TestStore>(gpu: &crate::cuda::Gpu, n: usize) -> cudarc::dr
 pub fn download_f32<T: TestStore>(gpu: &crate::cuda::Gpu, buf: &cudarc::driver::CudaSlice<T>) -> Vec<f32> {
     gpu.download(buf).unwrap().into_iter().map(T::to_f32).collect()
 }
+
+/// Asserts a half-precision output stored in two roundings (a product rounded into the storage type, then its
+/// sum with a bias rounded again) is within them of the reference: `|got - want| <= ulp * (|product| +
+/// |want|) + 1e-4` per element, `ulp` the type's unit in the last place relative to 1. The GPU sums the
+/// product in another order than the reference, so a product near a tie of the type may round the other way,
+/// moving the output by one unit of the *product's* magnitude, and the sum by one of the output's. NaN fails.
+pub fn assert_within_two_roundings(what: &str, got: &[f32], want: &[f32], product: &[f32], ulp: f32) {
+    assert!(got.len() == want.len() && want.len() == product.len(), "{what}: lengths differ");
+    let mut worst = 0.0f32;
+    for i in 0..got.len() {
+        let (g, w) = (got[i], want[i]);
+        let bound = ulp * (product[i].abs() + w.abs()) + 1e-4;
+        let err = (g - w).abs();
+        // Written so that a NaN (in either) fails.
+        if !(err <= bound) {
+            panic!("{what}: element {i}: got {g}, want {w} (product {}, |err| {err}, bound {bound})", product[i]);
+        }
+        worst = worst.max(err / bound);
+    }
+    eprintln!("{what}: within two roundings (worst {worst:.2} of the bound)");
+}
