@@ -4,7 +4,10 @@
 //! it, and the VQ layers' auxiliary losses too. Without a CUDA device the tests print SKIPPED (CI runs them on tools/cuda-emu with
 //! `ECSTRAIN_REQUIRE_GPU=1`).
 
-use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config, runner::train_step};
+mod common;
+
+use common::app_of;
+use ecstrain::engine::runner::train_step;
 use ecstrain::kernels::cuda::testing::no_gpu;
 use ecstrain::systems::device::loss::{gpu_flush_train_loss, DeviceLoss};
 use ecstrain::systems::device::state::GpuState;
@@ -17,21 +20,6 @@ fn app(device: &str) -> ecstrain::engine::app::App {
 /// [`app`] with more `--set` overrides.
 fn app_with(device: &str, more: &[&str]) -> ecstrain::engine::app::App {
     app_of("configs/digits_mlp.yaml", device, more)
-}
-
-/// `config` on `device` with `more` overrides, assembled in process (no log record before step 10^6).
-fn app_of(config: &str, device: &str, more: &[&str]) -> ecstrain::engine::app::App {
-    // ECSTRAIN_REPO: the checkout when the binary runs elsewhere (tools/gpu-session).
-    let root =
-        std::env::var_os("ECSTRAIN_REPO").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
-    std::env::set_current_dir(&root).unwrap();
-    let mut sets = vec!["run.log_interval=1000000".to_string(), format!("run.device={device}")];
-    sets.extend(more.iter().map(|s| s.to_string()));
-    let loaded = load_config(&root.join(config), &sets).unwrap();
-    let mut app = assemble(default_app(), loaded, true).unwrap().app;
-    let sink = std::fs::File::create("/dev/null").unwrap();
-    app.world.insert_resource(ecstrain::systems::logging::jsonl::JsonlLog(std::io::BufWriter::new(sink)));
-    app
 }
 
 /// The training loss meter's (weighted sum, samples).

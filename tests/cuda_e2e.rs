@@ -411,6 +411,39 @@ fn digits_vit_trains_under_autocast_on_cuda() {
     }
 }
 
+/// The ResNet (batch norms with running statistics, residual sums, global pooling) on CUDA in f32 and under
+/// bf16 / f16 autocast, where it is stored half from its stem to its head (`device/storage.rs`): every
+/// epoch's val loss within 0.05 + 15% of the f32 CPU run's, the best accuracy within 1.5 points of it, over
+/// the config's 20 epochs on a GPU (1 on tools/cuda-emu, where the storage types and the batch-norm kernels,
+/// not convergence, are what this checks).
+#[test]
+fn digits_resnet_trains_in_f32_and_under_autocast_on_cuda() {
+    let name = "digits_resnet_trains_in_f32_and_under_autocast";
+    if no_gpu(name) {
+        return;
+    }
+    let (epochs, _) = epochs_for(20, 1, 0.97, 0.8);
+    let cpu = train(name, "configs/digits_resnet.yaml", "cpu", epochs, "accuracy");
+    for (amp, set) in [("f32", "run.amp=false"), ("bf16", "run.amp=bf16"), ("f16", "run.amp=f16")] {
+        let tag = format!("{name}-{amp}");
+        let gpu = train_with(&tag, "configs/digits_resnet.yaml", "cuda", epochs, "accuracy", &[set]);
+        assert_eq!(cpu.len(), gpu.len());
+        for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            eprintln!(
+                "resnet {amp} epoch {}: val loss cpu {:.5} cuda {:.5}, acc {:.4} / {:.4}",
+                e + 1,
+                c.0,
+                g.0,
+                c.1,
+                g.1
+            );
+            assert!((c.0 - g.0).abs() <= 0.05 + 0.15 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
+        }
+        let (bc, bg) = (best(&cpu), best(&gpu));
+        assert!(bg >= bc - 0.015, "{tag}: best val accuracy cuda {bg}, cpu {bc}");
+    }
+}
+
 /// f16 autocast's dynamic loss scaling on the device: with a first scale of 2^40 the scaled gradients
 /// overflow f16 in the products, so the device check finds inf, the optimizer skips those steps and the
 /// scale halves until the gradients fit, then training proceeds to 97%. (The CPU computes in f32 and

@@ -4,23 +4,14 @@
 //! buffers is `cuda_e2e`'s `digits_mlp_and_cnn_train_under_autocast_on_cuda`; every half kernel is checked
 //! against its rounded CPU reference in its op's module.
 
+mod common;
+
+use common::app_of;
 use ecstrain::components::{Graph, OpKind, ValueId};
-use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config};
 use ecstrain::kernels::cuda::testing::no_gpu;
 use ecstrain::kernels::cuda::StoreKind;
 use ecstrain::systems::device::state::GpuState;
 use ecstrain::systems::device::storage::storage_plan;
-
-/// `config` on `device` with `more` overrides, assembled in process.
-fn app_of(config: &str, device: &str, more: &[&str]) -> ecstrain::engine::app::App {
-    let root =
-        std::env::var_os("ECSTRAIN_REPO").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
-    std::env::set_current_dir(&root).unwrap();
-    let mut sets = vec!["run.log_interval=1000000".to_string(), format!("run.device={device}")];
-    sets.extend(more.iter().map(|s| s.to_string()));
-    let loaded = load_config(&root.join(config), &sets).unwrap();
-    assemble(default_app(), loaded, true).unwrap().app
-}
 
 /// Whether `op` has kernels for half storage in the executor (inputs and output).
 fn half_capable(op: &OpKind) -> bool {
@@ -32,8 +23,16 @@ fn half_capable(op: &OpKind) -> bool {
             | OpKind::Dropout { .. }
             | OpKind::Reshape
             | OpKind::MaxPool2d { .. }
+            | OpKind::AvgPool2d { .. }
+            | OpKind::GlobalAvgPool { .. }
+            | OpKind::AdaptiveAvgPool2d { .. }
+            | OpKind::BatchNorm2d { .. }
             | OpKind::Attention { .. }
             | OpKind::Add
+            | OpKind::LayerNorm { .. }
+            | OpKind::Permute { .. }
+            | OpKind::SelectToken { .. }
+            | OpKind::PrependToken { .. }
     )
 }
 
@@ -42,9 +41,24 @@ fn product(op: &OpKind) -> bool {
     matches!(op, OpKind::Linear { .. } | OpKind::Conv2d { .. })
 }
 
+/// Whether `op` reads either type and writes either (layer norm: f32 arithmetic, rounded on store; the token
+/// and axis shuffles: copies, rounded on store).
+fn converts(op: &OpKind) -> bool {
+    matches!(
+        op,
+        OpKind::LayerNorm { .. } | OpKind::Permute { .. } | OpKind::SelectToken { .. } | OpKind::PrependToken { .. }
+    )
+}
+
+/// Whether a converting `op` keeps a half input half (the shuffles without arithmetic or an f32 operand).
+fn keeps_type(op: &OpKind) -> bool {
+    matches!(op, OpKind::Permute { .. } | OpKind::SelectToken { .. })
+}
+
 /// The plan's rules, checked value by value: the input and the output stay f32; a half value is written by
-/// a linear layer, or by an element-wise op from a half input; every reader of a half value runs in half
-/// storage, an element-wise reader with its output in the same type.
+/// a product, by a converting op (layer norm, the shuffles) whose every reader is a product, or from a half
+/// input by an element-wise op or a shuffle; every reader of a half value runs in half storage, an element-wise reader with its output
+/// in the same type.
 fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
     assert_eq!(kinds[0], StoreKind::F32, "{config}: the input is stored f32");
     assert_eq!(kinds[graph.output.0], StoreKind::F32, "{config}: the output is stored f32");
@@ -52,14 +66,19 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
         let out = kinds[node.output.0];
         assert!(out == StoreKind::F32 || out == h, "{config}: a {} value under {} autocast", out.name(), h.name());
         if out == h {
-            let from_half =
-                product(&node.op) || (half_capable(&node.op) && node.inputs.iter().all(|v| kinds[v.0] == h));
+            let for_products = converts(&node.op)
+                && graph.nodes.iter().filter(|r| r.inputs.contains(&node.output)).all(|r| product(&r.op));
+            let all_half = node.inputs.iter().all(|v| kinds[v.0] == h);
+            let from_half = product(&node.op)
+                || for_products
+                || (keeps_type(&node.op) && all_half)
+                || (half_capable(&node.op) && !converts(&node.op) && all_half);
             assert!(from_half, "{config}: {:?} writes a half value", node.op);
         }
         for v in &node.inputs {
             if kinds[v.0] == h {
                 assert!(half_capable(&node.op), "{config}: {:?} reads a half value", node.op);
-                if !product(&node.op) && !matches!(node.op, OpKind::Add) {
+                if !product(&node.op) && !converts(&node.op) && !matches!(node.op, OpKind::Add) {
                     assert_eq!(out, h, "{config}: {:?} reads half and writes f32", node.op);
                 }
             }
@@ -70,17 +89,19 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
 /// The plan over the shipped models: its rules hold, nothing is half without autocast, and the values
 /// each model should store in half are there: the MLP's hidden linear outputs, the CNN's whole feature
 /// path (convolutions, activations, pools, the flattening and the hidden linear), the ViT's attention (its
-/// fused projection and output), output projections and MLP layers (its residual stream and normalised values
-/// stay f32, as `torch.autocast` keeps them), the autoencoder's convolutions; the ResNet's batch norms keep it
-/// f32 throughout.
+/// fused projection and output, the last block's through its class-token selection), output projections and
+/// MLP layers, its patch stem up to the class token (its residual stream stays f32, as `torch.autocast` keeps
+/// it) and every layer norm output (each read only by a product: the attention's fused projection, the
+/// first MLP layer, the head), the autoencoder's convolutions, and all of the ResNet from its stem to its
+/// head (batch norms, residual sums and the pooling keep a half input's type, as torch's do).
 #[test]
 fn storage_plan_stores_the_autocast_policy_half_values() {
     let expect_half: [(&str, usize); 6] = [
         ("configs/digits_mlp.yaml", 2),
         ("configs/bench_w1_mlp.yaml", 2),
         ("configs/digits_cnn.yaml", 8),
-        ("configs/digits_vit.yaml", 8),
-        ("configs/digits_resnet.yaml", 0),
+        ("configs/digits_vit.yaml", 19),
+        ("configs/digits_resnet.yaml", 29),
         ("configs/digits_autoencoder.yaml", 6),
     ];
     for (config, _) in expect_half {
@@ -92,6 +113,32 @@ fn storage_plan_stores_the_autocast_policy_half_values() {
             check_plan(config, graph, &kinds, h);
             let half: Vec<ValueId> = (0..kinds.len()).filter(|&v| kinds[v] == h).map(ValueId).collect();
             eprintln!("{config} {}: {} of {} values stored half", h.name(), half.len(), kinds.len());
+        }
+    }
+    for config in ["configs/digits_vit.yaml", "configs/bench_w3_vit.yaml"] {
+        let app = app_of(config, "cpu", &[]);
+        let graph = app.world.resource::<Graph>();
+        let kinds = storage_plan(graph, Some(StoreKind::F16));
+        let norms: Vec<_> = graph.nodes.iter().filter(|n| matches!(n.op, OpKind::LayerNorm { .. })).collect();
+        assert!(!norms.is_empty(), "{config}: no layer norm");
+        for node in norms {
+            assert_eq!(kinds[node.output.0], StoreKind::F16, "{config}: layer norm output {}", node.output.0);
+            assert_eq!(kinds[node.inputs[0].0], StoreKind::F32, "{config}: the residual stream is f32");
+        }
+        // The attention of every block (the last one's too, read through its class-token selection) and the
+        // patch stem up to the class token, which joins the f32 stream.
+        for node in &graph.nodes {
+            let out = kinds[node.output.0];
+            match node.op {
+                OpKind::Attention { .. } | OpKind::Conv2d { .. } | OpKind::Permute { .. } => {
+                    assert_eq!(out, StoreKind::F16, "{config}: {:?} output", node.op)
+                }
+                OpKind::PrependToken { .. } => {
+                    assert_eq!(kinds[node.inputs[0].0], StoreKind::F16, "{config}: the patch tokens");
+                    assert_eq!(out, StoreKind::F32, "{config}: the class token joins the f32 stream");
+                }
+                _ => {}
+            }
         }
     }
     for (config, want) in expect_half {
@@ -110,7 +157,9 @@ fn device_activation_buffers_follow_the_storage_plan() {
     if no_gpu("device_activation_buffers_follow_the_storage_plan") {
         return;
     }
-    for config in ["configs/digits_mlp.yaml", "configs/digits_cnn.yaml", "configs/digits_vit.yaml"] {
+    for config in
+        ["configs/digits_mlp.yaml", "configs/digits_cnn.yaml", "configs/digits_vit.yaml", "configs/digits_resnet.yaml"]
+    {
         let f32_app = app_of(config, "cuda", &[]);
         let (f32_bytes, capacity) = {
             let g = f32_app.world.resource::<GpuState>();

@@ -224,3 +224,19 @@ run:
         save.display()
     )
 }
+
+/// `config` (a path under the repository) on `device` with `more` overrides, assembled in this process (for
+/// tests that look into the world or step it themselves); its log goes to /dev/null. Changes the current
+/// directory to the repository, as the engine resolves data paths against it.
+pub fn app_of(config: &str, device: &str, more: &[&str]) -> ecstrain::engine::app::App {
+    use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config};
+    let root = repo();
+    std::env::set_current_dir(&root).unwrap();
+    let mut sets = vec!["run.log_interval=1000000".to_string(), format!("run.device={device}")];
+    sets.extend(more.iter().map(|s| s.to_string()));
+    let loaded = load_config(&root.join(config), &sets).unwrap();
+    let mut app = assemble(default_app(), loaded, true).unwrap().app;
+    let sink = std::fs::File::create("/dev/null").unwrap();
+    app.world.insert_resource(ecstrain::systems::logging::jsonl::JsonlLog(std::io::BufWriter::new(sink)));
+    app
+}

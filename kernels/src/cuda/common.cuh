@@ -20,6 +20,18 @@ __device__ __forceinline__ void st(float *p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(f16 *p, size_t i, float v) { p[i] = __float2half_rn(v); }
 __device__ __forceinline__ void st(bf16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
 
+// Instantiates M(X, XS, Y, YS) for each (input, output) storage pair an op converting between types serves:
+// both f32, or one or both in one half type (a value's type, its name in entry points). f16 beside bf16 is
+// never planned. store.rs's `pick_pair` lists the same pairs in the same order.
+#define FOR_STORE_PAIRS(M)                                                                                    \
+    M(float, f32, float, f32)                                                                                 \
+    M(float, f32, f16, f16)                                                                                   \
+    M(f16, f16, float, f32)                                                                                   \
+    M(f16, f16, f16, f16)                                                                                     \
+    M(float, f32, bf16, bf16)                                                                                 \
+    M(bf16, bf16, float, f32)                                                                                 \
+    M(bf16, bf16, bf16, bf16)
+
 // A grid-stride loop over [0, n): launches size the grid to the device, not to n (launch.rs).
 #define FOR_EACH(i, n) \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)blockDim.x * gridDim.x)

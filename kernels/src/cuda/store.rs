@@ -69,6 +69,44 @@ impl Store for bf16 {
     const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_16BF;
 }
 
+/// The names of a converting kernel's `FOR_STORE_PAIRS` instantiations, in [`pick_pair`]'s order:
+/// `store_pairs!("ln_forward")` is `["ln_forward_f32_f32", "ln_forward_f32_f16", ...]`.
+#[macro_export]
+macro_rules! store_pairs {
+    ($base:literal) => {
+        [
+            concat!($base, "_f32_f32"),
+            concat!($base, "_f32_f16"),
+            concat!($base, "_f16_f32"),
+            concat!($base, "_f16_f16"),
+            concat!($base, "_f32_bf16"),
+            concat!($base, "_bf16_f32"),
+            concat!($base, "_bf16_bf16"),
+        ]
+    };
+}
+
+/// The entry point of a kernel converting between storage types, for input type `X` and output type `Y`,
+/// among its instantiations in common.cuh's `FOR_STORE_PAIRS` order: `[f32→f32, f32→f16, f16→f32,
+/// f16→f16, f32→bf16, bf16→f32, bf16→bf16]`.
+///
+/// # Panics
+/// On an f16 beside a bf16: one autocast type is in force at a time, so the storage plan never pairs them.
+pub fn pick_pair<X: Store, Y: Store>(names: [&'static str; 7]) -> &'static str {
+    use StoreKind::{Bf16, F16, F32};
+    let i = match (X::KIND, Y::KIND) {
+        (F32, F32) => 0,
+        (F32, F16) => 1,
+        (F16, F32) => 2,
+        (F16, F16) => 3,
+        (F32, Bf16) => 4,
+        (Bf16, F32) => 5,
+        (Bf16, Bf16) => 6,
+        (x, y) => panic!("no kernel converts {} storage to {}: one autocast type at a time", x.name(), y.name()),
+    };
+    names[i]
+}
+
 /// `v` as the f32 view it is when `T` is f32 (`None` otherwise): lets generic code hand an f32-typed
 /// operand to an f32-only routine.
 pub fn as_f32<'a, T: Store>(v: &'a CudaView<'_, T>) -> Option<CudaView<'a, f32>> {

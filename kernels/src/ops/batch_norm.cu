@@ -4,7 +4,9 @@
 // channel in f64 (fixed order: deterministic) and then writes the channel's outputs itself, so the
 // statistics never leave the block and no scratch buffer is needed. Per-channel coefficients and the
 // element formulas use the CPU's roundings (f64 where it uses f64, _rn f32 operations in its order).
-// weight / bias / dweight / dbias may be null (affine=False, or a gradient not wanted).
+// weight / bias / dweight / dbias may be null (affine=False, or a gradient not wanted). The input, output and
+// their gradients are stored in T (f32, or f16 / bf16 under autocast: torch's batch norm gives a half input's
+// type); the statistics, the parameters and all arithmetic are f32 / f64 whatever the storage.
 
 __device__ __forceinline__ double bn_block_sum(double v, double *shared) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -26,20 +28,19 @@ __device__ __forceinline__ float bn_affine(float v, float mean, float scale, flo
     return __fadd_rn(__fmul_rn(__fsub_rn(v, mean), scale), shift);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_forward_train_f32(float *out, float *save_mean, float *save_invstd, float *running_mean,
-                                                float *running_var, const float *inp, const float *weight,
-                                                const float *bias, size_t n, size_t c, size_t hw, double eps,
-                                                double momentum) {
-    __shared__ double red[32];
+template <typename T>
+__device__ void bn_forward_train(T *out, float *save_mean, float *save_invstd, float *running_mean, float *running_var,
+                                 const T *inp, const float *weight, const float *bias, size_t n, size_t c, size_t hw,
+                                 double eps, double momentum, double *red) {
     const size_t m = n * hw;
     const double mf = (double)m;
     for (size_t ch = blockIdx.x; ch < c; ch += gridDim.x) {
         double s = 0.0;
-        for (size_t i = threadIdx.x; i < m; i += blockDim.x) s += (double)inp[bn_index(i, ch, c, hw)];
+        for (size_t i = threadIdx.x; i < m; i += blockDim.x) s += (double)ld(inp, bn_index(i, ch, c, hw));
         const double mean = __ddiv_rn(bn_block_sum(s, red), mf);
         double q = 0.0;
         for (size_t i = threadIdx.x; i < m; i += blockDim.x) {
-            const double d = (double)inp[bn_index(i, ch, c, hw)] - mean;
+            const double d = (double)ld(inp, bn_index(i, ch, c, hw)) - mean;
             q += d * d;
         }
         const double var = __ddiv_rn(bn_block_sum(q, red), mf);
@@ -59,28 +60,27 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_forward_train_f32
         const float shift = bias ? bias[ch] : 0.0f;
         for (size_t i = threadIdx.x; i < m; i += blockDim.x) {
             const size_t j = bn_index(i, ch, c, hw);
-            out[j] = bn_affine(inp[j], mean_f, scale, shift);
+            st(out, j, bn_affine(ld(inp, j), mean_f, scale, shift));
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_forward_eval_f32(float *out, const float *inp, const float *running_mean,
-                                               const float *running_var, const float *weight, const float *bias,
-                                               size_t n, size_t c, size_t hw, double eps) {
+template <typename T>
+__device__ void bn_forward_eval(T *out, const T *inp, const float *running_mean, const float *running_var,
+                                const float *weight, const float *bias, size_t n, size_t c, size_t hw, double eps) {
     FOR_EACH(j, n * c * hw) {
         const size_t ch = (j / hw) % c;
         const double invstd = __ddiv_rn(1.0, sqrt(__dadd_rn((double)running_var[ch], eps)));
         const double w = weight ? (double)weight[ch] : 1.0;
         const float scale = (float)__dmul_rn(invstd, w);
         const float shift = bias ? bias[ch] : 0.0f;
-        out[j] = bn_affine(inp[j], running_mean[ch], scale, shift);
+        st(out, j, bn_affine(ld(inp, j), running_mean[ch], scale, shift));
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_backward_f32(float *dinp, float *dweight, float *dbias, const float *dout,
-                                           const float *inp, const float *save_mean, const float *save_invstd,
-                                           const float *weight, size_t n, size_t c, size_t hw) {
-    __shared__ double red[32];
+template <typename T>
+__device__ void bn_backward(T *dinp, float *dweight, float *dbias, const T *dout, const T *inp, const float *save_mean,
+                            const float *save_invstd, const float *weight, size_t n, size_t c, size_t hw, double *red) {
     const size_t m = n * hw;
     const double mf = (double)m;
     for (size_t ch = blockIdx.x; ch < c; ch += gridDim.x) {
@@ -88,9 +88,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_backward_f32(floa
         double sdy = 0.0, sdyx = 0.0;
         for (size_t i = threadIdx.x; i < m; i += blockDim.x) {
             const size_t j = bn_index(i, ch, c, hw);
-            const double g = (double)dout[j];
+            const double g = (double)ld(dout, j);
             sdy += g;
-            sdyx += g * ((double)inp[j] - mean);
+            sdyx += g * ((double)ld(inp, j) - mean);
         }
         sdy = bn_block_sum(sdy, red);
         sdyx = __dmul_rn(bn_block_sum(sdyx, red), invstd);
@@ -105,8 +105,24 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_backward_f32(floa
         const float mean_f = save_mean[ch];
         for (size_t i = threadIdx.x; i < m; i += blockDim.x) {
             const size_t j = bn_index(i, ch, c, hw);
-            const float t = __fsub_rn(__fsub_rn(dout[j], mean_dy), __fmul_rn(__fsub_rn(inp[j], mean_f), k));
-            dinp[j] = __fmul_rn(a, t);
+            const float t = __fsub_rn(__fsub_rn(ld(dout, j), mean_dy), __fmul_rn(__fsub_rn(ld(inp, j), mean_f), k));
+            st(dinp, j, __fmul_rn(a, t));
         }
     }
 }
+
+#define BN(T, S) \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_forward_train_##S(T *out, float *save_mean, float *save_invstd, float *running_mean, float *running_var, const T *inp, const float *weight, const float *bias, size_t n, size_t c, size_t hw, double eps, double momentum) { \
+        __shared__ double red[32];                                                                            \
+        bn_forward_train(out, save_mean, save_invstd, running_mean, running_var, inp, weight, bias, n, c, hw, eps, momentum, red); \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_forward_eval_##S(T *out, const T *inp, const float *running_mean, const float *running_var, const float *weight, const float *bias, size_t n, size_t c, size_t hw, double eps) { \
+        bn_forward_eval(out, inp, running_mean, running_var, weight, bias, n, c, hw, eps);                    \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) bn_backward_##S(T *dinp, float *dweight, float *dbias, const T *dout, const T *inp, const float *save_mean, const float *save_invstd, const float *weight, size_t n, size_t c, size_t hw) { \
+        __shared__ double red[32];                                                                            \
+        bn_backward(dinp, dweight, dbias, dout, inp, save_mean, save_invstd, weight, n, c, hw, red);          \
+    }
+BN(float, f32)
+BN(f16, f16)
+BN(bf16, bf16)

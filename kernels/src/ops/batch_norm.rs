@@ -330,7 +330,17 @@ pub fn batch_norm_backward<T: Float>(
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "batch_norm",
     code: include_str!("batch_norm.cu"),
-    kernels: &["bn_forward_train_f32", "bn_forward_eval_f32", "bn_backward_f32"],
+    kernels: &[
+        "bn_forward_train_f32",
+        "bn_forward_eval_f32",
+        "bn_backward_f32",
+        "bn_forward_train_f16",
+        "bn_forward_eval_f16",
+        "bn_backward_f16",
+        "bn_forward_train_bf16",
+        "bn_forward_eval_bf16",
+        "bn_backward_bf16",
+    ],
 };
 
 /// Host side of `batch_norm.cu`.

@@ -2,7 +2,9 @@
 //! [`batch_norm_forward_train`](super::batch_norm_forward_train),
 //! [`batch_norm_forward_eval`](super::batch_norm_forward_eval) and
 //! [`batch_norm_backward`](super::batch_norm_backward), with the same outputs (saved mean / invstd, running
-//! statistics updated with momentum, unbiased running variance) and the same roundings.
+//! statistics updated with momentum, unbiased running variance) and the same roundings. The input, output
+//! and their gradients are stored in `T` (f32, or one half type under autocast, as torch's batch norm keeps
+//! a half input's type); statistics and parameters are f32.
 //!
 //! The training kernels run one block per channel (reduce, then write the channel): C blocks, plenty for
 //! the convolutional layers batch norm follows; a layer with very few channels and a huge batch is bound
@@ -12,7 +14,7 @@ use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
 use crate::cuda::launch::BLOCK;
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::{Gpu, GpuError, Store};
 
 /// A null device pointer, for an absent optional buffer (the kernels test for null).
 const NULL: u64 = 0;
@@ -41,14 +43,14 @@ fn per_channel(c: usize) -> LaunchConfig {
 /// variance). inp, out: [N, C, HW]; the rest: [C]; weight / bias None for `affine=False`.
 /// Panics if `N * HW <= 1`, as the CPU does.
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_forward_train(
+pub fn batch_norm_forward_train<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<T>,
     save_mean: &mut CudaViewMut<f32>,
     save_invstd: &mut CudaViewMut<f32>,
     running_mean: &mut CudaViewMut<f32>,
     running_var: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    inp: &CudaView<T>,
     weight: Option<&CudaView<f32>>,
     bias: Option<&CudaView<f32>>,
     n: usize,
@@ -77,7 +79,7 @@ pub fn batch_norm_forward_train(
     }
     let m = n * hw;
     assert!(m > 1, "{what}: expected more than 1 value per channel when training, got N * HW = {m}");
-    let f = gpu.function(&CUDA, "bn_forward_train_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["bn_forward_train_f32", "bn_forward_train_f16", "bn_forward_train_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(save_mean).arg(save_invstd).arg(running_mean).arg(running_var).arg(inp);
     match weight {
@@ -89,7 +91,7 @@ pub fn batch_norm_forward_train(
         None => l.arg(&NULL),
     };
     l.arg(&n).arg(&c).arg(&hw).arg(&eps).arg(&momentum);
-    // SAFETY: (float* x5, const float* x3, size_t x3, double x2) as declared; the lengths were checked; an
+    // SAFETY: (T*, float* x4, const T*, const float* x2, size_t x3, double x2) as declared for T; the lengths were checked; an
     // absent weight / bias is a null pointer, which the kernel tests.
     unsafe { l.launch(per_channel(c)) }?;
     Ok(())
@@ -98,10 +100,10 @@ pub fn batch_norm_forward_train(
 /// Batch norm forward in eval mode on the GPU (running statistics; overwrites `out`).
 /// inp, out: [N, C, HW]; running_mean, running_var, weight, bias: [C].
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_forward_eval(
+pub fn batch_norm_forward_eval<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    inp: &CudaView<T>,
     running_mean: &CudaView<f32>,
     running_var: &CudaView<f32>,
     weight: Option<&CudaView<f32>>,
@@ -128,7 +130,7 @@ pub fn batch_norm_forward_eval(
     if total == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "bn_forward_eval_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["bn_forward_eval_f32", "bn_forward_eval_f16", "bn_forward_eval_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(inp).arg(running_mean).arg(running_var);
     match weight {
@@ -140,7 +142,7 @@ pub fn batch_norm_forward_eval(
         None => l.arg(&NULL),
     };
     l.arg(&n).arg(&c).arg(&hw).arg(&eps);
-    // SAFETY: (float*, const float* x5, size_t x3, double); lengths checked, absent buffers are null.
+    // SAFETY: (T*, const T*, const float* x4, size_t x3, double) for T; lengths checked, absent buffers are null.
     unsafe { l.launch(gpu.elementwise(total)) }?;
     Ok(())
 }
@@ -149,13 +151,13 @@ pub fn batch_norm_forward_eval(
 /// accumulates `dweight += sum(dout * xhat)` and `dbias += sum(dout)` (None skips either).
 /// dout, inp, dinp: [N, C, HW]; save_mean, save_invstd, weight, dweight, dbias: [C].
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_backward(
+pub fn batch_norm_backward<T: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
+    dinp: &mut CudaViewMut<T>,
     dweight: Option<&mut CudaViewMut<f32>>,
     dbias: Option<&mut CudaViewMut<f32>>,
-    dout: &CudaView<f32>,
-    inp: &CudaView<f32>,
+    dout: &CudaView<T>,
+    inp: &CudaView<T>,
     save_mean: &CudaView<f32>,
     save_invstd: &CudaView<f32>,
     weight: Option<&CudaView<f32>>,
@@ -181,7 +183,7 @@ pub fn batch_norm_backward(
     if c == 0 || n * hw == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, "bn_backward_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["bn_backward_f32", "bn_backward_f16", "bn_backward_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dinp);
     match dweight {
@@ -198,7 +200,7 @@ pub fn batch_norm_backward(
         None => l.arg(&NULL),
     };
     l.arg(&n).arg(&c).arg(&hw);
-    // SAFETY: (float* x3, const float* x5, size_t x3) as declared; lengths checked, absent buffers null.
+    // SAFETY: (T*, float* x2, const T* x2, const float* x3, size_t x3) as declared for T; lengths checked, absent buffers null.
     unsafe { l.launch(per_channel(c)) }?;
     Ok(())
 }
@@ -343,5 +345,137 @@ mod tests {
             assert_close(&format!("{what} dweight"), &gpu.download(&ddw).unwrap(), &want_dw, 1e-6, 1e-6);
             assert_close(&format!("{what} dbias"), &gpu.download(&ddb).unwrap(), &want_db, 1e-6, 1e-6);
         }
+    }
+
+    /// One storage type of the half path: input, output and their gradients stored in `T`. The reference is
+    /// the CPU's on the stored input and output gradient, its outputs rounded into `T` where the kernels
+    /// store them. Tolerance: the f32 test's, plus one unit in the last place of `T` (a reference value
+    /// within it of a rounding boundary may round the other way); the evaluation output, the CPU's f32
+    /// formula rounded once, is bitwise.
+    fn half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        for &(n, c, hw, affine) in &[(4usize, 7usize, 33usize, true), (16, 5, 1, false), (3, 300, 4, true)] {
+            let len = n * c * hw;
+            let (d_x, x) = upload_as::<T>(gpu, &rand_vec(rng, len, -3.0, 5.0));
+            let (w, b) = (rand_vec(rng, c, 0.5, 1.5), rand_vec(rng, c, -1.0, 1.0));
+            let (rm0, rv0) = (rand_vec(rng, c, -0.5, 0.5), rand_vec(rng, c, 0.5, 2.0));
+            let (d_dout, dout) = upload_as::<T>(gpu, &rand_vec(rng, len, -1.0, 1.0));
+            let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
+            let (eps, mom) = (1e-5, 0.1);
+            let what = format!("batch_norm {} n{n} c{c} hw{hw} affine {affine}", T::KIND.name());
+            let round = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&x| T::round(x)).collect() };
+
+            let (mut want, mut sm, mut si, mut want_rm, mut want_rv) =
+                (vec![0.0f32; len], vec![0.0f32; c], vec![0.0f32; c], rm0.clone(), rv0.clone());
+            super::super::batch_norm_forward_train(
+                &mut want,
+                &mut sm,
+                &mut si,
+                &mut want_rm,
+                &mut want_rv,
+                &x,
+                wo,
+                bo,
+                n,
+                c,
+                hw,
+                eps,
+                mom,
+            );
+            let (dw, db) = (gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
+            let (wv, bv) = (dw.as_view(), db.as_view());
+            let (wov, bov) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
+            let mut out = poisoned_as::<T>(gpu, len);
+            let (mut gsm, mut gsi) = (poisoned(gpu, c).unwrap(), poisoned(gpu, c).unwrap());
+            let (mut rm, mut rv) = (gpu.upload(&rm0).unwrap(), gpu.upload(&rv0).unwrap());
+            let (mut gsmv, mut gsiv, mut rmv, mut rvv) =
+                (gsm.as_view_mut(), gsi.as_view_mut(), rm.as_view_mut(), rv.as_view_mut());
+            let xv = d_x.as_view();
+            batch_norm_forward_train(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut gsmv,
+                &mut gsiv,
+                &mut rmv,
+                &mut rvv,
+                &xv,
+                wov,
+                bov,
+                n,
+                c,
+                hw,
+                eps,
+                mom,
+            )
+            .unwrap();
+            assert_close(&format!("{what} save_mean"), &gpu.download(&gsm).unwrap(), &sm, 1e-7, 1e-6);
+            assert_close(&format!("{what} running_var"), &gpu.download(&rv).unwrap(), &want_rv, 0.0, 1e-6);
+            assert_close(&format!("{what} train out"), &download_f32(gpu, &out), &round(want), 5e-6, 1e-5 + T::ULP);
+
+            let mut want_eval = vec![0.0f32; len];
+            super::super::batch_norm_forward_eval(&mut want_eval, &x, &rm0, &rv0, wo, bo, n, c, hw, eps);
+            let (drm0, drv0) = (gpu.upload(&rm0).unwrap(), gpu.upload(&rv0).unwrap());
+            let mut out = poisoned_as::<T>(gpu, len);
+            batch_norm_forward_eval(
+                gpu,
+                &mut out.as_view_mut(),
+                &xv,
+                &drm0.as_view(),
+                &drv0.as_view(),
+                wov,
+                bov,
+                n,
+                c,
+                hw,
+                eps,
+            )
+            .unwrap();
+            assert_bitwise(&format!("{what} eval out"), &download_f32(gpu, &out), &round(want_eval));
+
+            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], vec![0.0f32; c], vec![0.0f32; c]);
+            super::super::batch_norm_backward(
+                &mut want_dx,
+                affine.then_some(&mut want_dw[..]),
+                affine.then_some(&mut want_db[..]),
+                &dout,
+                &x,
+                &sm,
+                &si,
+                wo,
+                n,
+                c,
+                hw,
+            );
+            let (dsm, dsi) = (gpu.upload(&sm).unwrap(), gpu.upload(&si).unwrap());
+            let mut ddx = poisoned_as::<T>(gpu, len);
+            let (mut ddw, mut ddb) = (gpu.upload(&vec![0.0f32; c]).unwrap(), gpu.upload(&vec![0.0f32; c]).unwrap());
+            let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
+            batch_norm_backward(
+                gpu,
+                &mut ddx.as_view_mut(),
+                affine.then_some(&mut ddwv),
+                affine.then_some(&mut ddbv),
+                &d_dout.as_view(),
+                &xv,
+                &dsm.as_view(),
+                &dsi.as_view(),
+                wov,
+                n,
+                c,
+                hw,
+            )
+            .unwrap();
+            assert_close(&format!("{what} dinp"), &download_f32(gpu, &ddx), &round(want_dx), 1e-5, 1e-5 + T::ULP);
+            assert_close(&format!("{what} dweight"), &gpu.download(&ddw).unwrap(), &want_dw, 1e-6, 1e-6);
+            assert_close(&format!("{what} dbias"), &gpu.download(&ddb).unwrap(), &want_db, 1e-6, 1e-6);
+        }
+    }
+
+    /// Batch norm in half storage (the ResNet's under autocast), f16 and bf16.
+    #[test]
+    fn batch_norm_in_half_storage_matches_the_rounded_reference() {
+        let Some(gpu) = gpu_or_skip("batch_norm_in_half_storage_matches_the_rounded_reference") else { return };
+        let mut rng = seeded("batch_norm_in_half_storage_matches_the_rounded_reference");
+        half_case::<half::f16>(gpu, &mut rng);
+        half_case::<half::bf16>(gpu, &mut rng);
     }
 }

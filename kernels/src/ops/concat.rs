@@ -135,8 +135,20 @@ pub fn concat_backward<T: Float>(
 }
 
 /// The CUDA kernel of concatenation (`concat.cu`: a strided block copy).
-pub static CUDA: crate::cuda::KernelSource =
-    crate::cuda::KernelSource { name: "concat", code: include_str!("concat.cu"), kernels: &["strided_copy_f32"] };
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "concat",
+    code: include_str!("concat.cu"),
+    // Per (input, output) storage pair, in common.cuh's FOR_STORE_PAIRS order.
+    kernels: &[
+        "strided_copy_f32_f32",
+        "strided_copy_f32_f16",
+        "strided_copy_f16_f32",
+        "strided_copy_f16_f16",
+        "strided_copy_f32_bf16",
+        "strided_copy_bf16_f32",
+        "strided_copy_bf16_bf16",
+    ],
+};
 
 /// Host side of `concat.cu`.
 #[path = "concat_cuda.rs"]

@@ -4,17 +4,20 @@
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{check_lens, layout, CUDA};
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::store::pick_pair;
+use crate::cuda::{Gpu, GpuError, Store};
+use crate::store_pairs;
 
 /// Copies `rows` runs of `blk` elements from `src` (run r at `r * src_ld + src_off`) to `dst` (at
 /// `r * dst_ld + dst_off`), bit for bit. A `src_ld` of 0 repeats one run into every row (a broadcast).
-/// Also the device executor's gather / scatter of token slices (class token, token selection).
-/// Panics when a run would fall outside either buffer.
+/// Also the device executor's gather / scatter of token slices (class token, token selection). The source
+/// is stored in `X`, the destination in `Y` (f32 or one half type each; between types each element is
+/// rounded on store, as a cast). Panics when a run would fall outside either buffer.
 #[allow(clippy::too_many_arguments)]
-pub fn strided_copy(
+pub fn strided_copy<X: Store, Y: Store>(
     gpu: &Gpu,
-    dst: &mut CudaViewMut<f32>,
-    src: &CudaView<f32>,
+    dst: &mut CudaViewMut<Y>,
+    src: &CudaView<X>,
     rows: usize,
     blk: usize,
     (dst_ld, dst_off): (usize, usize),
@@ -25,10 +28,10 @@ pub fn strided_copy(
     }
     assert!((rows - 1) * dst_ld + dst_off + blk <= dst.len(), "concat: destination too small");
     assert!((rows - 1) * src_ld + src_off + blk <= src.len(), "concat: source too small");
-    let f = gpu.function(&CUDA, "strided_copy_f32")?;
+    let f = gpu.function(&CUDA, pick_pair::<X, Y>(store_pairs!("strided_copy")))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(&rows).arg(&blk).arg(&dst_ld).arg(&dst_off).arg(&src_ld).arg(&src_off);
-    // SAFETY: (float*, const float*, size_t x6); both extents were checked above.
+    // SAFETY: (Y*, const X*, size_t x6) for this pair; both extents were checked above.
     unsafe { l.launch(gpu.elementwise(rows * blk)) }?;
     Ok(())
 }
@@ -139,5 +142,47 @@ mod tests {
                 assert_bitwise(&format!("{what} backward {i}"), &gpu.download(d).unwrap()[..w.len()], w);
             }
         }
+    }
+
+    /// One storage pair of the strided copy: runs gathered with a stride, a broadcast run (source stride 0)
+    /// and a scatter into an offset, each element of the `X`-stored source read and rounded once into `Y`.
+    fn copy_case<X: TestStore, Y: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        let what = format!("strided_copy {} -> {}", X::KIND.name(), Y::KIND.name());
+        // (rows, blk, (dst_ld, dst_off), (src_ld, src_off)).
+        let cases = [
+            (5usize, 7usize, (7usize, 0usize), (20usize, 3usize)),
+            (4, 6, (10, 4), (0, 2)),
+            (1, 300, (300, 0), (300, 0)),
+        ];
+        for (rows, blk, (dld, doff), (sld, soff)) in cases {
+            let src_len = (rows - 1) * sld + soff + blk;
+            let dst_len = (rows - 1) * dld + doff + blk;
+            let (d_src, src) = upload_as::<X>(gpu, &rand_vec(rng, src_len, -3.0, 3.0));
+            let mut dst = poisoned_as::<Y>(gpu, dst_len);
+            strided_copy(gpu, &mut dst.as_view_mut(), &d_src.as_view(), rows, blk, (dld, doff), (sld, soff)).unwrap();
+            let got = download_f32(gpu, &dst);
+            for r in 0..rows {
+                for j in 0..blk {
+                    let (g, w) = (got[r * dld + doff + j], Y::round(src[r * sld + soff + j]));
+                    assert_eq!(g.to_bits(), w.to_bits(), "{what} rows{rows} blk{blk}: row {r} element {j}");
+                }
+            }
+        }
+        eprintln!("{what}: every copied element the stored source rounded once");
+    }
+
+    /// The strided copy between storage types: exact within one type, one rounding across (the token ops'
+    /// forward and backward under autocast).
+    #[test]
+    fn strided_copy_in_half_storage_rounds_once() {
+        use half::{bf16, f16};
+        let Some(gpu) = gpu_or_skip("strided_copy_in_half_storage_rounds_once") else { return };
+        let mut rng = seeded("strided_copy_in_half_storage_rounds_once");
+        copy_case::<f32, f16>(gpu, &mut rng);
+        copy_case::<f16, f32>(gpu, &mut rng);
+        copy_case::<f16, f16>(gpu, &mut rng);
+        copy_case::<f32, bf16>(gpu, &mut rng);
+        copy_case::<bf16, f32>(gpu, &mut rng);
+        copy_case::<bf16, bf16>(gpu, &mut rng);
     }
 }

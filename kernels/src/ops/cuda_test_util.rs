@@ -25,6 +25,9 @@ pub fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
 /// A storage type in the GPU op tests: conversions to and from f32 as the `half` crate rounds (round to
 /// nearest even, as the kernels' `st` does).
 pub trait TestStore: crate::cuda::Store {
+    /// The type's unit in the last place relative to 1 (its rounding moves a value by at most half of this
+    /// times its magnitude, outside the subnormals).
+    const ULP: f32;
     /// `x` rounded into this type.
     fn from_f32(x: f32) -> Self;
     /// The value as f32 (exact).
@@ -36,6 +39,7 @@ pub trait TestStore: crate::cuda::Store {
 }
 
 impl TestStore for f32 {
+    const ULP: f32 = f32::EPSILON;
     fn from_f32(x: f32) -> Self {
         x
     }
@@ -45,6 +49,7 @@ impl TestStore for f32 {
 }
 
 impl TestStore for half::f16 {
+    const ULP: f32 = 1.0 / 1024.0;
     fn from_f32(x: f32) -> Self {
         half::f16::from_f32(x)
     }
@@ -54,6 +59,7 @@ impl TestStore for half::f16 {
 }
 
 impl TestStore for half::bf16 {
+    const ULP: f32 = 1.0 / 128.0;
     fn from_f32(x: f32) -> Self {
         half::bf16::from_f32(x)
     }
@@ -91,8 +97,8 @@ pub fn assert_within_two_roundings(what: &str, got: &[f32], want: &[f32], produc
         let (g, w) = (got[i], want[i]);
         let bound = ulp * (product[i].abs() + w.abs()) + 1e-4;
         let err = (g - w).abs();
-        // Written so that a NaN (in either) fails.
-        if !(err <= bound) {
+        // A NaN in either makes `err` NaN, which fails.
+        if err.is_nan() || err > bound {
             panic!("{what}: element {i}: got {g}, want {w} (product {}, |err| {err}, bound {bound})", product[i]);
         }
         worst = worst.max(err / bound);

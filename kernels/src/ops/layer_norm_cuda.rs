@@ -1,12 +1,15 @@
 //! Host side of `layer_norm.cu`: the GPU twins of [`layer_norm_forward`](super::layer_norm_forward) (with
 //! the saved mean / rstd) and [`layer_norm_backward`](super::layer_norm_backward), with the CPU's
-//! formulas and roundings.
+//! formulas and roundings. The input (and its gradient) is stored in `X`, the output (and its gradient) in
+//! `Y`, each f32 or one half type (see `layer_norm.cu`); the statistics and parameters are f32.
 
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
 
 use super::CUDA;
 use crate::cuda::launch::{column_grid, row_launch};
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::store::pick_pair;
+use crate::cuda::{Gpu, GpuError, Store};
+use crate::store_pairs;
 
 /// A null device pointer, for an absent optional buffer (the kernels test for null).
 const NULL: u64 = 0;
@@ -14,12 +17,12 @@ const NULL: u64 = 0;
 /// Layer norm forward on the GPU (overwrites `out`, `save_mean`, `save_rstd`).
 /// inp, out: [rows, dim], weight / bias: [dim] or None, save_mean / save_rstd: [rows].
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_forward(
+pub fn layer_norm_forward<X: Store, Y: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<Y>,
     save_mean: &mut CudaViewMut<f32>,
     save_rstd: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    inp: &CudaView<X>,
     weight: Option<&CudaView<f32>>,
     bias: Option<&CudaView<f32>>,
     rows: usize,
@@ -36,7 +39,8 @@ pub fn layer_norm_forward(
         return Ok(());
     }
     let (warp, cfg) = row_launch(rows, dim);
-    let f = gpu.function(&CUDA, if warp { "ln_forward_warp_f32" } else { "ln_forward_f32" })?;
+    let names = if warp { store_pairs!("ln_forward_warp") } else { store_pairs!("ln_forward") };
+    let f = gpu.function(&CUDA, pick_pair::<X, Y>(names))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(save_mean).arg(save_rstd).arg(inp);
     match weight {
@@ -48,8 +52,8 @@ pub fn layer_norm_forward(
         None => l.arg(&NULL),
     };
     l.arg(&rows).arg(&dim).arg(&eps);
-    // SAFETY: (float* x3, const float* x3, size_t, size_t, double) as declared; lengths checked; absent
-    // weight / bias are null pointers, which the kernel tests.
+    // SAFETY: (Y*, float* x2, const X*, const float* x2, size_t, size_t, double) as declared for this pair;
+    // lengths checked; absent weight / bias are null pointers, which the kernel tests.
     unsafe { l.launch(cfg) }?;
     Ok(())
 }
@@ -58,13 +62,13 @@ pub fn layer_norm_forward(
 /// `dbias += sum_rows dout` (None skips either). dout, inp, dinp: [rows, dim]; save_mean, save_rstd:
 /// [rows]; weight, dweight, dbias: [dim].
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_backward(
+pub fn layer_norm_backward<X: Store, Y: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
+    dinp: &mut CudaViewMut<X>,
     dweight: Option<&mut CudaViewMut<f32>>,
     dbias: Option<&mut CudaViewMut<f32>>,
-    dout: &CudaView<f32>,
-    inp: &CudaView<f32>,
+    dout: &CudaView<Y>,
+    inp: &CudaView<X>,
     save_mean: &CudaView<f32>,
     save_rstd: &CudaView<f32>,
     weight: Option<&CudaView<f32>>,
@@ -83,7 +87,8 @@ pub fn layer_norm_backward(
         return Ok(());
     }
     let (warp, cfg) = row_launch(rows, dim);
-    let f = gpu.function(&CUDA, if warp { "ln_backward_input_warp_f32" } else { "ln_backward_input_f32" })?;
+    let names = if warp { store_pairs!("ln_backward_input_warp") } else { store_pairs!("ln_backward_input") };
+    let f = gpu.function(&CUDA, pick_pair::<X, Y>(names))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dinp).arg(dout).arg(inp).arg(save_mean).arg(save_rstd);
     match weight {
@@ -91,7 +96,8 @@ pub fn layer_norm_backward(
         None => l.arg(&NULL),
     };
     l.arg(&rows).arg(&dim);
-    // SAFETY: (float*, const float* x5, size_t, size_t); lengths checked; an absent weight is null.
+    // SAFETY: (X*, const Y*, const X*, const float* x3, size_t, size_t) for this pair; lengths checked; an
+    // absent weight is null.
     unsafe { l.launch(cfg) }?;
     if dweight.is_none() && dbias.is_none() {
         return Ok(());
@@ -99,7 +105,7 @@ pub fn layer_norm_backward(
     // The parameter gradients: chunked column sums (see layer_norm.cu), through the device scratch when
     // there is more than one chunk.
     let (per, chunks, cfg) = column_grid(rows, dim);
-    let partials = gpu.function(&CUDA, "ln_params_partials_f32")?;
+    let partials = gpu.function(&CUDA, pick_pair::<X, Y>(store_pairs!("ln_params_partials")))?;
     let direct = (chunks == 1) as i32;
     let (dw, db) = (dweight.map(|d| d.device_ptr_mut(gpu.stream()).0), dbias.map(|d| d.device_ptr_mut(gpu.stream()).0));
     let (dw, db) = (dw.unwrap_or(NULL), db.unwrap_or(NULL));
@@ -108,8 +114,8 @@ pub fn layer_norm_backward(
         let mut l = gpu.launch_builder(&partials);
         l.arg(&dw).arg(&db).arg(&mut *parts).arg(dout).arg(inp).arg(save_mean).arg(save_rstd);
         l.arg(&rows).arg(&dim).arg(&per).arg(&direct);
-        // SAFETY: (float* x2, double*, const float* x4, size_t x3, int); lengths checked; absent gradients are
-        // null; parts (unused when direct) holds 2 * chunks * dim doubles at the scratch's aligned start.
+        // SAFETY: (float* x2, double*, const Y*, const X*, const float* x2, size_t x3, int); lengths checked;
+        // absent gradients are null; parts (unused when direct) holds 2 * chunks * dim doubles at the scratch's aligned start.
         unsafe { l.launch(cfg) }?;
         if direct == 0 {
             let sum = gpu.function(&CUDA, "ln_params_sum_f32")?;
@@ -220,5 +226,98 @@ mod tests {
             assert_close(&format!("{what} dweight"), &gpu.download(&ddw).unwrap(), &want_dw, 1e-6, 1e-6);
             assert_close(&format!("{what} dbias"), &gpu.download(&ddb).unwrap(), &want_db, 1e-6, 1e-6);
         }
+    }
+
+    /// One storage pair: the input stored in `X`, the output and its gradient in `Y`. The reference is the
+    /// CPU's on the stored (rounded) input and output gradient, its output and input gradient then rounded
+    /// where the kernels store them. Tolerance: the f32 tolerances above, plus one unit in the last place of
+    /// the storage type (a reference value within them of a rounding boundary may round the other way).
+    fn half_case<X: TestStore, Y: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        let what = format!("layer_norm {} -> {}", X::KIND.name(), Y::KIND.name());
+        // Warp rows, block rows, no affine parameters, and more than one chunk of the column sums.
+        for &(rows, dim, affine) in &[(7usize, 300usize, true), (200, 40, true), (33, 5, false), (4, 1025, true)] {
+            let len = rows * dim;
+            let (d_x, x) = upload_as::<X>(gpu, &rand_vec(rng, len, -2.0, 3.0));
+            let (w, b) = (rand_vec(rng, dim, 0.5, 1.5), rand_vec(rng, dim, -1.0, 1.0));
+            let (d_dout, dout) = upload_as::<Y>(gpu, &rand_vec(rng, len, -1.0, 1.0));
+            let (dw0, db0) = (rand_vec(rng, dim, -1.0, 1.0), rand_vec(rng, dim, -1.0, 1.0));
+            let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
+            let (mut want, mut sm, mut sr) = (vec![0.0f32; len], vec![0.0f32; rows], vec![0.0f32; rows]);
+            super::super::layer_norm_forward(&mut want, &mut sm, &mut sr, &x, wo, bo, rows, dim, 1e-5);
+            let want: Vec<f32> = want.iter().map(|&v| Y::round(v)).collect();
+            let (dw, db) = (gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
+            let (wv, bv) = (dw.as_view(), db.as_view());
+            let (wov, bov) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
+            let mut out = poisoned_as::<Y>(gpu, len);
+            let (mut gsm, mut gsr) = (poisoned(gpu, rows).unwrap(), poisoned(gpu, rows).unwrap());
+            let (mut gsmv, mut gsrv) = (gsm.as_view_mut(), gsr.as_view_mut());
+            layer_norm_forward(
+                gpu,
+                &mut out.as_view_mut(),
+                &mut gsmv,
+                &mut gsrv,
+                &d_x.as_view(),
+                wov,
+                bov,
+                rows,
+                dim,
+                1e-5,
+            )
+            .unwrap();
+            let case = format!("{what} rows{rows} dim{dim} affine {affine}");
+            assert_close(&format!("{case} save_mean"), &gpu.download(&gsm).unwrap(), &sm, 1e-7, 1e-6);
+            assert_close(&format!("{case} out"), &download_f32(gpu, &out), &want, 5e-6, 1e-5 + Y::ULP);
+
+            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], dw0.clone(), db0.clone());
+            super::super::layer_norm_backward(
+                &mut want_dx,
+                affine.then_some(&mut want_dw[..]),
+                affine.then_some(&mut want_db[..]),
+                &dout,
+                &x,
+                &sm,
+                &sr,
+                wo,
+                rows,
+                dim,
+            );
+            let want_dx: Vec<f32> = want_dx.iter().map(|&v| X::round(v)).collect();
+            let (dsm, dsr) = (gpu.upload(&sm).unwrap(), gpu.upload(&sr).unwrap());
+            let mut ddx = poisoned_as::<X>(gpu, len);
+            let (mut ddw, mut ddb) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
+            let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
+            layer_norm_backward(
+                gpu,
+                &mut ddx.as_view_mut(),
+                affine.then_some(&mut ddwv),
+                affine.then_some(&mut ddbv),
+                &d_dout.as_view(),
+                &d_x.as_view(),
+                &dsm.as_view(),
+                &dsr.as_view(),
+                wov,
+                rows,
+                dim,
+            )
+            .unwrap();
+            assert_close(&format!("{case} dinp"), &download_f32(gpu, &ddx), &want_dx, 1e-5, 1e-5 + X::ULP);
+            assert_close(&format!("{case} dweight"), &gpu.download(&ddw).unwrap(), &want_dw, 1e-6, 1e-6);
+            assert_close(&format!("{case} dbias"), &gpu.download(&ddb).unwrap(), &want_db, 1e-6, 1e-6);
+        }
+    }
+
+    /// Layer norm in half storage: a half input read as autocast's f32 op reads it, an output rounded once
+    /// into the half type a product would round it to, and both (every pair the storage plan can ask for).
+    #[test]
+    fn layer_norm_in_half_storage_matches_the_rounded_reference() {
+        use half::{bf16, f16};
+        let Some(gpu) = gpu_or_skip("layer_norm_in_half_storage_matches_the_rounded_reference") else { return };
+        let mut rng = seeded("layer_norm_in_half_storage_matches_the_rounded_reference");
+        half_case::<f32, f16>(gpu, &mut rng);
+        half_case::<f16, f32>(gpu, &mut rng);
+        half_case::<f16, f16>(gpu, &mut rng);
+        half_case::<f32, bf16>(gpu, &mut rng);
+        half_case::<bf16, f32>(gpu, &mut rng);
+        half_case::<bf16, bf16>(gpu, &mut rng);
     }
 }

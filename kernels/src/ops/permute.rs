@@ -252,8 +252,20 @@ fn gather_rows<T: Float>(out: &mut [T], first_row: usize, inp: &[T], dims: &[usi
 }
 
 /// The CUDA kernel of the permutations (`permute.cu`: a strided gather).
-pub static CUDA: crate::cuda::KernelSource =
-    crate::cuda::KernelSource { name: "permute", code: include_str!("permute.cu"), kernels: &["strided_gather_f32"] };
+pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
+    name: "permute",
+    code: include_str!("permute.cu"),
+    // Per (input, output) storage pair, in common.cuh's FOR_STORE_PAIRS order.
+    kernels: &[
+        "strided_gather_f32_f32",
+        "strided_gather_f32_f16",
+        "strided_gather_f16_f32",
+        "strided_gather_f16_f16",
+        "strided_gather_f32_bf16",
+        "strided_gather_bf16_f32",
+        "strided_gather_bf16_bf16",
+    ],
+};
 
 /// Host side of `permute.cu`.
 #[path = "permute_cuda.rs"]

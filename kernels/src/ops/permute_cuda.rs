@@ -1,11 +1,14 @@
 //! Host side of `permute.cu`: the GPU twins of [`permute`](super::permute),
 //! [`permute_backward`](super::permute_backward) and [`transpose2d`](super::transpose2d), one strided
-//! gather kernel for all (a copy: bit-identical to the CPU).
+//! gather kernel for all (a copy: bit-identical to the CPU). The input is stored in `X` and the output in
+//! `Y` (f32 or one half type each; between types each element is rounded on store, as a cast).
 
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{check, row_major_strides, CUDA, MAX_RANK};
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::store::pick_pair;
+use crate::cuda::{Gpu, GpuError, Store};
+use crate::store_pairs;
 
 /// The gather geometry (`struct PermDims` in permute.cu: same fields, same order).
 #[repr(C)]
@@ -20,10 +23,10 @@ struct PermDims {
 crate::cuda::launch::value_arg!(PermDims);
 
 /// `out[c] = inp[sum_a c_a * strides[a]]` over the dense `dims`.
-fn gather(
+fn gather<X: Store, Y: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<Y>,
+    inp: &CudaView<X>,
     dims: &[usize],
     strides: &[usize],
 ) -> Result<(), GpuError> {
@@ -36,10 +39,10 @@ fn gather(
         d.dims[a] = dim as i64;
         d.strides[a] = s as i64;
     }
-    let f = gpu.function(&CUDA, "strided_gather_f32")?;
+    let f = gpu.function(&CUDA, pick_pair::<X, Y>(store_pairs!("strided_gather")))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(out).arg(inp).arg(&n).arg(&d);
-    // SAFETY: (float*, const float*, size_t, PermDims); out holds n = prod(dims) elements and every gathered
+    // SAFETY: (Y*, const X*, size_t, PermDims) for this pair; out holds n = prod(dims) elements and every gathered
     // offset is inside inp (the callers derive dims / strides from inp's shape).
     unsafe { l.launch(gpu.elementwise(n)) }?;
     Ok(())
@@ -48,10 +51,10 @@ fn gather(
 /// `out = inp.permute(perm)` on the GPU (overwrites). inp: `shape`, out: `permuted_shape(shape, perm)`.
 /// Panics with the CPU's message where the CPU returns an error (a bad permutation or buffer length: the
 /// graph validates permutations at assembly).
-pub fn permute(
+pub fn permute<X: Store, Y: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<Y>,
+    inp: &CudaView<X>,
     shape: &[usize],
     perm: &[usize],
 ) -> Result<(), GpuError> {
@@ -68,10 +71,10 @@ pub fn permute(
 
 /// Backward of [`permute`] on the GPU: `dinp = dout` permuted back (overwrites). dout: the permuted shape,
 /// dinp: `shape`. Panics as [`permute`] does.
-pub fn permute_backward(
+pub fn permute_backward<X: Store, Y: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dinp: &mut CudaViewMut<Y>,
+    dout: &CudaView<X>,
     shape: &[usize],
     perm: &[usize],
 ) -> Result<(), GpuError> {
@@ -89,10 +92,10 @@ pub fn permute_backward(
 }
 
 /// `out = inp^T` on the GPU. inp: [M, N], out: [N, M].
-pub fn transpose2d(
+pub fn transpose2d<X: Store, Y: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<Y>,
+    inp: &CudaView<X>,
     m: usize,
     n: usize,
 ) -> Result<(), GpuError> {
@@ -145,5 +148,43 @@ mod tests {
             transpose2d(gpu, &mut out.as_view_mut(), &dx.as_view(), m, n).unwrap();
             assert_bitwise(&format!("transpose2d {m}x{n}"), &gpu.download(&out).unwrap(), &want);
         }
+    }
+
+    /// One storage pair of the permutation and its backward: the `X`-stored input gathered and rounded once
+    /// into `Y`, bitwise against the CPU's permutation of the stored values.
+    fn half_case<X: TestStore, Y: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        let what = format!("permute {} -> {}", X::KIND.name(), Y::KIND.name());
+        let cases: [(&[usize], &[usize]); 2] = [(&[2, 16, 3, 3], &[0, 2, 3, 1]), (&[4, 64, 49], &[0, 2, 1])];
+        for (shape, perm) in cases {
+            let n: usize = shape.iter().product();
+            let (d_x, x) = upload_as::<X>(gpu, &rand_vec(rng, n, -3.0, 3.0));
+            let mut want = vec![0.0f32; n];
+            super::super::permute(&mut want, &x, shape, perm).unwrap();
+            let want: Vec<f32> = want.iter().map(|&v| Y::round(v)).collect();
+            let mut out = poisoned_as::<Y>(gpu, n);
+            permute(gpu, &mut out.as_view_mut(), &d_x.as_view(), shape, perm).unwrap();
+            assert_bitwise(&format!("{what} {shape:?} {perm:?}"), &download_f32(gpu, &out), &want);
+            let mut want_b = vec![0.0f32; n];
+            super::super::permute_backward(&mut want_b, &x, shape, perm).unwrap();
+            let want_b: Vec<f32> = want_b.iter().map(|&v| Y::round(v)).collect();
+            let mut back = poisoned_as::<Y>(gpu, n);
+            permute_backward(gpu, &mut back.as_view_mut(), &d_x.as_view(), shape, perm).unwrap();
+            assert_bitwise(&format!("{what} backward {shape:?} {perm:?}"), &download_f32(gpu, &back), &want_b);
+        }
+    }
+
+    /// The permutation between storage types (the patch stem's under autocast): exact within one type, one
+    /// rounding across.
+    #[test]
+    fn permute_in_half_storage_rounds_once() {
+        use half::{bf16, f16};
+        let Some(gpu) = gpu_or_skip("permute_in_half_storage_rounds_once") else { return };
+        let mut rng = seeded("permute_in_half_storage_rounds_once");
+        half_case::<f32, f16>(gpu, &mut rng);
+        half_case::<f16, f32>(gpu, &mut rng);
+        half_case::<f16, f16>(gpu, &mut rng);
+        half_case::<f32, bf16>(gpu, &mut rng);
+        half_case::<bf16, f32>(gpu, &mut rng);
+        half_case::<bf16, bf16>(gpu, &mut rng);
     }
 }

@@ -87,22 +87,23 @@ MAX_POOL(float, f32)
 MAX_POOL(f16, f16)
 MAX_POOL(bf16, bf16)
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_forward_f32(float *out, const float *inp, PoolDims d) {
+// The average pools: stored in T (torch's average pools keep a half input's type), summed in f32.
+template <typename T> __device__ void avg_pool_forward(T *out, const T *inp, PoolDims d) {
     FOR_EACH(i, d.planes * d.oh * d.ow) {
         const long long plane = i / (d.oh * d.ow), oy = (i / d.ow) % d.oh, ox = i % d.ow;
         long long ys, y0, y1, xs, x0, x1;
         pool_window(oy, d.sh, d.ph, d.kh, d.h, &ys, &y0, &y1);
         pool_window(ox, d.sw, d.pw, d.kw, d.w, &xs, &x0, &x1);
-        const float *x = inp + plane * d.h * d.w;
+        const T *x = inp + plane * d.h * d.w;
         float s = 0.0f;
         for (long long iy = y0; iy < y1; ++iy)
-            for (long long ix = x0; ix < x1; ++ix) s = __fadd_rn(s, x[iy * d.w + ix]);
+            for (long long ix = x0; ix < x1; ++ix) s = __fadd_rn(s, ld(x, iy * d.w + ix));
         const long long count = avg_divisor(ys, d.kh, d.h, d.ph) * avg_divisor(xs, d.kw, d.w, d.pw);
-        out[i] = __fdiv_rn(s, (float)count);
+        st(out, i, __fdiv_rn(s, (float)count));
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_backward_f32(float *dinp, const float *dout, PoolDims d) {
+template <typename T> __device__ void avg_pool_backward(T *dinp, const T *dout, PoolDims d) {
     FOR_EACH(i, d.planes * d.h * d.w) {
         const long long plane = i / (d.h * d.w), iy = (i / d.w) % d.h, ix = i % d.w;
         long long oy0, oy1, ox0, ox1;
@@ -117,10 +118,10 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_backward_f3
                 long long xs;
                 pool_window(ox, d.sw, d.pw, d.kw, d.w, &xs, &lo, &hi);
                 const long long count = avg_divisor(ys, d.kh, d.h, d.ph) * avg_divisor(xs, d.kw, d.w, d.pw);
-                acc = __fadd_rn(acc, __fdiv_rn(dout[base + oy * d.ow + ox], (float)count));
+                acc = __fadd_rn(acc, __fdiv_rn(ld(dout, base + oy * d.ow + ox), (float)count));
             }
         }
-        dinp[i] = acc;
+        st(dinp, i, acc);
     }
 }
 
@@ -130,21 +131,21 @@ __device__ __forceinline__ void adaptive_bin(long long o, long long size, long l
     *hi = ((o + 1) * size + out - 1) / out;
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adaptive_avg_pool_forward_f32(float *out, const float *inp, PoolDims d) {
+template <typename T> __device__ void adaptive_avg_pool_forward(T *out, const T *inp, PoolDims d) {
     FOR_EACH(i, d.planes * d.oh * d.ow) {
         const long long plane = i / (d.oh * d.ow), oy = (i / d.ow) % d.oh, ox = i % d.ow;
         long long y0, y1, x0, x1;
         adaptive_bin(oy, d.h, d.oh, &y0, &y1);
         adaptive_bin(ox, d.w, d.ow, &x0, &x1);
-        const float *x = inp + plane * d.h * d.w;
+        const T *x = inp + plane * d.h * d.w;
         float s = 0.0f;
         for (long long iy = y0; iy < y1; ++iy)
-            for (long long ix = x0; ix < x1; ++ix) s = __fadd_rn(s, x[iy * d.w + ix]);
-        out[i] = __fdiv_rn(s, (float)((y1 - y0) * (x1 - x0)));
+            for (long long ix = x0; ix < x1; ++ix) s = __fadd_rn(s, ld(x, iy * d.w + ix));
+        st(out, i, __fdiv_rn(s, (float)((y1 - y0) * (x1 - x0))));
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adaptive_avg_pool_backward_f32(float *dinp, const float *dout, PoolDims d) {
+template <typename T> __device__ void adaptive_avg_pool_backward(T *dinp, const T *dout, PoolDims d) {
     FOR_EACH(i, d.planes * d.h * d.w) {
         const long long plane = i / (d.h * d.w), iy = (i / d.w) % d.h, ix = i % d.w;
         const size_t base = (size_t)plane * d.oh * d.ow;
@@ -158,9 +159,18 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adaptive_avg_pool_ba
                 adaptive_bin(ox, d.w, d.ow, &x0, &x1);
                 if (ix < x0 || ix >= x1) continue;
                 const float area = (float)((y1 - y0) * (x1 - x0));
-                acc = __fadd_rn(acc, __fdiv_rn(dout[base + oy * d.ow + ox], area));
+                acc = __fadd_rn(acc, __fdiv_rn(ld(dout, base + oy * d.ow + ox), area));
             }
         }
-        dinp[i] = acc;
+        st(dinp, i, acc);
     }
 }
+
+#define AVG_POOL(T, S) \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_forward_##S(T *out, const T *inp, PoolDims d) { avg_pool_forward(out, inp, d); } \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) avg_pool_backward_##S(T *dinp, const T *dout, PoolDims d) { avg_pool_backward(dinp, dout, d); } \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adaptive_avg_pool_forward_##S(T *out, const T *inp, PoolDims d) { adaptive_avg_pool_forward(out, inp, d); } \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) adaptive_avg_pool_backward_##S(T *dinp, const T *dout, PoolDims d) { adaptive_avg_pool_backward(dinp, dout, d); }
+AVG_POOL(float, f32)
+AVG_POOL(f16, f16)
+AVG_POOL(bf16, bf16)

@@ -558,6 +558,14 @@ pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
         "avg_pool_backward_f32",
         "adaptive_avg_pool_forward_f32",
         "adaptive_avg_pool_backward_f32",
+        "avg_pool_forward_f16",
+        "avg_pool_backward_f16",
+        "adaptive_avg_pool_forward_f16",
+        "adaptive_avg_pool_backward_f16",
+        "avg_pool_forward_bf16",
+        "avg_pool_backward_bf16",
+        "adaptive_avg_pool_forward_bf16",
+        "adaptive_avg_pool_backward_bf16",
     ],
 };
 

@@ -62,22 +62,23 @@ impl PoolDims {
     }
 }
 
-/// Launches `kernel(dst, src, d)` over `elems` elements.
-fn launch2(
+/// Launches the `T` instantiation of `kernels` (`[f32, f16, bf16]`) as `kernel(dst, src, d)` over `elems`
+/// elements.
+fn launch2<T: Store>(
     gpu: &Gpu,
-    kernel: &'static str,
-    dst: &mut CudaViewMut<f32>,
-    src: &CudaView<f32>,
+    kernels: [&'static str; 3],
+    dst: &mut CudaViewMut<T>,
+    src: &CudaView<T>,
     d: &PoolDims,
     elems: usize,
 ) -> Result<(), GpuError> {
     if elems == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CUDA, kernel)?;
+    let f = gpu.function(&CUDA, T::pick(kernels))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dst).arg(src).arg(d);
-    // SAFETY: (float*, const float*, PoolDims) as every such kernel declares; the callers checked that dst
+    // SAFETY: (T*, const T*, PoolDims) as every such kernel declares for T; the callers checked that dst
     // and src hold the input / output lengths `d` describes.
     unsafe { l.launch(gpu.elementwise(elems)) }?;
     Ok(())
@@ -136,39 +137,40 @@ pub fn max_pool2d_backward<T: Store>(
 }
 
 /// Average pool forward on the GPU (`count_include_pad=True`, overwrites). out: [N, C, OH, OW], inp: [N, C, H, W].
-pub fn avg_pool2d_forward(
+/// The average pools store their input, output and gradients in `T` (summed in f32, the result rounded once).
+pub fn avg_pool2d_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    inp: &CudaView<T>,
     g: &Pool2dGeom,
 ) -> Result<(), GpuError> {
     let d = window_dims(g);
     assert_eq!(out.len(), d.out_len(), "avg_pool2d_forward: out must be [N, C, OH, OW]");
     assert_eq!(inp.len(), d.in_len(), "avg_pool2d_forward: inp must be [N, C, H, W]");
     let n = out.len();
-    launch2(gpu, "avg_pool_forward_f32", out, inp, &d, n)
+    launch2(gpu, ["avg_pool_forward_f32", "avg_pool_forward_f16", "avg_pool_forward_bf16"], out, inp, &d, n)
 }
 
 /// Average pool backward on the GPU (overwrites `dinp`). dinp: [N, C, H, W], dout: [N, C, OH, OW].
-pub fn avg_pool2d_backward(
+pub fn avg_pool2d_backward<T: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dinp: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
     g: &Pool2dGeom,
 ) -> Result<(), GpuError> {
     let d = window_dims(g);
     assert_eq!(dinp.len(), d.in_len(), "avg_pool2d_backward: dinp must be [N, C, H, W]");
     assert_eq!(dout.len(), d.out_len(), "avg_pool2d_backward: dout must be [N, C, OH, OW]");
     let n = dinp.len();
-    launch2(gpu, "avg_pool_backward_f32", dinp, dout, &d, n)
+    launch2(gpu, ["avg_pool_backward_f32", "avg_pool_backward_f16", "avg_pool_backward_bf16"], dinp, dout, &d, n)
 }
 
 /// Adaptive average pool forward on the GPU (overwrites; PyTorch's bins). out: [N, C, OH, OW], inp: [N, C, H, W].
 #[allow(clippy::too_many_arguments)]
-pub fn adaptive_avg_pool2d_forward(
+pub fn adaptive_avg_pool2d_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    inp: &CudaView<T>,
     n: usize,
     c: usize,
     h: usize,
@@ -180,15 +182,22 @@ pub fn adaptive_avg_pool2d_forward(
     assert_eq!(out.len(), d.out_len(), "adaptive_avg_pool2d_forward: out must be [N, C, OH, OW]");
     assert_eq!(inp.len(), d.in_len(), "adaptive_avg_pool2d_forward: inp must be [N, C, H, W]");
     let len = out.len();
-    launch2(gpu, "adaptive_avg_pool_forward_f32", out, inp, &d, len)
+    launch2(
+        gpu,
+        ["adaptive_avg_pool_forward_f32", "adaptive_avg_pool_forward_f16", "adaptive_avg_pool_forward_bf16"],
+        out,
+        inp,
+        &d,
+        len,
+    )
 }
 
 /// Adaptive average pool backward on the GPU (overwrites `dinp`). dinp: [N, C, H, W], dout: [N, C, OH, OW].
 #[allow(clippy::too_many_arguments)]
-pub fn adaptive_avg_pool2d_backward(
+pub fn adaptive_avg_pool2d_backward<T: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dinp: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
     n: usize,
     c: usize,
     h: usize,
@@ -200,14 +209,21 @@ pub fn adaptive_avg_pool2d_backward(
     assert_eq!(dinp.len(), d.in_len(), "adaptive_avg_pool2d_backward: dinp must be [N, C, H, W]");
     assert_eq!(dout.len(), d.out_len(), "adaptive_avg_pool2d_backward: dout must be [N, C, OH, OW]");
     let len = dinp.len();
-    launch2(gpu, "adaptive_avg_pool_backward_f32", dinp, dout, &d, len)
+    launch2(
+        gpu,
+        ["adaptive_avg_pool_backward_f32", "adaptive_avg_pool_backward_f16", "adaptive_avg_pool_backward_bf16"],
+        dinp,
+        dout,
+        &d,
+        len,
+    )
 }
 
 /// Global average pool forward on the GPU (the adaptive pool to 1x1, as on the CPU). out: [N, C], inp: [N, C, H, W].
-pub fn global_avg_pool_forward(
+pub fn global_avg_pool_forward<T: Store>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    inp: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    inp: &CudaView<T>,
     n: usize,
     c: usize,
     h: usize,
@@ -217,10 +233,10 @@ pub fn global_avg_pool_forward(
 }
 
 /// Global average pool backward on the GPU (overwrites `dinp`). dinp: [N, C, H, W], dout: [N, C].
-pub fn global_avg_pool_backward(
+pub fn global_avg_pool_backward<T: Store>(
     gpu: &Gpu,
-    dinp: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
+    dinp: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
     n: usize,
     c: usize,
     h: usize,
@@ -370,5 +386,61 @@ mod tests {
         let mut rng = seeded("max_pool_in_half_storage_matches_the_cpu_on_stored_values");
         max_half_case::<half::f16>(gpu, &mut rng);
         max_half_case::<half::bf16>(gpu, &mut rng);
+    }
+
+    /// The average pools in half storage: the CPU's f32 sums (same order) of the stored values, rounded once
+    /// into `T`, bit for bit; window (padded, overlapping), adaptive and global.
+    fn avg_half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+        let round = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&x| T::round(x)).collect() };
+        let g = geom(3, 5, 11, 9, (3, 3), (2, 2), (1, 1));
+        let (oh, ow) = g.out_hw().unwrap();
+        let (in_len, out_len) = (g.n * g.c * g.h * g.w, g.n * g.c * oh * ow);
+        let (dx_in, x) = upload_as::<T>(gpu, &rand_vec(rng, in_len, -2.0, 2.0));
+        let (dgo, dout) = upload_as::<T>(gpu, &rand_vec(rng, out_len, -1.0, 1.0));
+        let what = format!("avg pool {} {g:?}", T::KIND.name());
+        let mut want = vec![0.0f32; out_len];
+        super::super::avg_pool2d_forward(&mut want, &x, &g);
+        let mut out = poisoned_as::<T>(gpu, out_len);
+        avg_pool2d_forward(gpu, &mut out.as_view_mut(), &dx_in.as_view(), &g).unwrap();
+        assert_bitwise(&format!("{what} forward"), &download_f32(gpu, &out), &round(want));
+        let mut want_dx = vec![0.0f32; in_len];
+        super::super::avg_pool2d_backward(&mut want_dx, &dout, &g);
+        let mut dx = poisoned_as::<T>(gpu, in_len);
+        avg_pool2d_backward(gpu, &mut dx.as_view_mut(), &dgo.as_view(), &g).unwrap();
+        assert_bitwise(&format!("{what} backward"), &download_f32(gpu, &dx), &round(want_dx));
+
+        for &(n, c, h, w, oh, ow) in &[(2usize, 5usize, 7usize, 7usize, 3usize, 3usize), (4, 33, 9, 5, 1, 1)] {
+            let (dx_in, x) = upload_as::<T>(gpu, &rand_vec(rng, n * c * h * w, -2.0, 2.0));
+            let (dgo, dout) = upload_as::<T>(gpu, &rand_vec(rng, n * c * oh * ow, -1.0, 1.0));
+            let what = format!("adaptive {} {n}x{c}x{h}x{w} -> {oh}x{ow}", T::KIND.name());
+            let mut want = vec![0.0f32; n * c * oh * ow];
+            super::super::adaptive_avg_pool2d_forward(&mut want, &x, n, c, h, w, oh, ow);
+            let want = round(want);
+            let mut out = poisoned_as::<T>(gpu, want.len());
+            adaptive_avg_pool2d_forward(gpu, &mut out.as_view_mut(), &dx_in.as_view(), n, c, h, w, oh, ow).unwrap();
+            assert_bitwise(&format!("{what} forward"), &download_f32(gpu, &out), &want);
+            let mut want_dx = vec![0.0f32; x.len()];
+            super::super::adaptive_avg_pool2d_backward(&mut want_dx, &dout, n, c, h, w, oh, ow);
+            let want_dx = round(want_dx);
+            let mut dx = poisoned_as::<T>(gpu, x.len());
+            adaptive_avg_pool2d_backward(gpu, &mut dx.as_view_mut(), &dgo.as_view(), n, c, h, w, oh, ow).unwrap();
+            assert_bitwise(&format!("{what} backward"), &download_f32(gpu, &dx), &want_dx);
+            if (oh, ow) == (1, 1) {
+                let mut out = poisoned_as::<T>(gpu, n * c);
+                global_avg_pool_forward(gpu, &mut out.as_view_mut(), &dx_in.as_view(), n, c, h, w).unwrap();
+                assert_bitwise(&format!("{what} global forward"), &download_f32(gpu, &out), &want);
+                let mut dx = poisoned_as::<T>(gpu, x.len());
+                global_avg_pool_backward(gpu, &mut dx.as_view_mut(), &dgo.as_view(), n, c, h, w).unwrap();
+                assert_bitwise(&format!("{what} global backward"), &download_f32(gpu, &dx), &want_dx);
+            }
+        }
+    }
+
+    #[test]
+    fn average_pools_in_half_storage_round_the_cpu_sums_once() {
+        let Some(gpu) = gpu_or_skip("average_pools_in_half_storage_round_the_cpu_sums_once") else { return };
+        let mut rng = seeded("average_pools_in_half_storage_round_the_cpu_sums_once");
+        avg_half_case::<half::f16>(gpu, &mut rng);
+        avg_half_case::<half::bf16>(gpu, &mut rng);
     }
 }

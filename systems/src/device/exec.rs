@@ -150,6 +150,62 @@ fn forward_any_storage(
                 ops::linear_act::cuda::linear_act_forward(gpu, y, pre, x, w, b, *a, rws, inf, outf)
             })))
         }
+        OpKind::LayerNorm { dim, eps, weight, bias } => {
+            // Reads either type (autocast's f32 op reads a half input) and writes the planned one (half only
+            // where every reader is a product, which would round it on load anyway).
+            let r = y.len() / dim;
+            let sv = saved.expect("layer norms plan saved statistics").f32_mut();
+            let half = sv.len() / 2;
+            let (mut sm, mut sr) = sv.split_at_mut(half);
+            let (mut sm, mut sr) = (sm.slice_mut(..r), sr.slice_mut(..r));
+            let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
+            any_view!(x, |x| any_mut!(y, |y| {
+                ops::layer_norm::cuda::layer_norm_forward(
+                    gpu,
+                    y,
+                    &mut sm,
+                    &mut sr,
+                    x,
+                    w.as_ref(),
+                    b.as_ref(),
+                    r,
+                    *dim,
+                    *eps,
+                )
+            }))
+        }
+        OpKind::Permute { in_shape, perm } => {
+            let (shape, perm, r) = batched_perm(n, in_shape, perm);
+            any_view!(x, |x| any_mut!(y, |y| ops::permute::cuda::permute(gpu, y, x, &shape[..r], &perm[..r])))
+        }
+        OpKind::PrependToken { token } => {
+            let (d, per_in) = (token.slice.len, x.len() / n.max(1));
+            let w = per_in + d;
+            // Row r: the token (a source stride of 0 repeats it), then sample r's tokens.
+            any_mut!(y, |y| {
+                ops::concat::cuda::strided_copy(gpu, y, &p(token), n, d, (w, 0), (0, 0)).and_then(|()| {
+                    any_view!(x, |x| ops::concat::cuda::strided_copy(gpu, y, x, n, per_in, (w, d), (per_in, 0)))
+                })
+            })
+        }
+        OpKind::SelectToken { index } => {
+            let (d, per_in) = (y.len() / n.max(1), x.len() / n.max(1));
+            any_view!(x, |x| any_mut!(y, |y| {
+                ops::concat::cuda::strided_copy(gpu, y, x, n, d, (d, 0), (per_in, index * d))
+            }))
+        }
+        OpKind::AvgPool2d { spec, in_chw } => {
+            let g = pool_geom(spec, *in_chw, n);
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| ops::pool::cuda::avg_pool2d_forward(gpu, y, x, &g))
+        }
+        OpKind::GlobalAvgPool { in_chw: (c, h, w) } => same_kind!(AnyView, x, AnyViewMut, y, |x, y| {
+            ops::pool::cuda::global_avg_pool_forward(gpu, y, x, n, *c, *h, *w)
+        }),
+        OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| {
+                ops::pool::cuda::adaptive_avg_pool2d_forward(gpu, y, x, n, *c, *h, *w, *oh, *ow)
+            })
+        }
         OpKind::Activation(act) => {
             same_kind!(AnyView, x, AnyViewMut, y, |x, y| ops::activation::cuda::forward(gpu, *act, y, x))
         }
@@ -217,20 +273,11 @@ pub fn forward(
                     ops::add::cuda::add_forward_mixed(gpu, y, a, b)
                 })));
             }
-            // The other ops run on f32 values (the storage plan keeps their inputs and outputs f32).
-            let mut y = out_buf.f32_mut().slice_mut(..len);
-            let x = xa.f32();
-            match &node.op {
-                OpKind::AvgPool2d { spec, in_chw } => {
-                    ops::pool::cuda::avg_pool2d_forward(gpu, &mut y, x, &pool_geom(spec, *in_chw, n))
-                }
-                OpKind::GlobalAvgPool { in_chw: (c, h, w) } => {
-                    ops::pool::cuda::global_avg_pool_forward(gpu, &mut y, x, n, *c, *h, *w)
-                }
-                OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
-                    ops::pool::cuda::adaptive_avg_pool2d_forward(gpu, &mut y, x, n, *c, *h, *w, *oh, *ow)
-                }
-                OpKind::BatchNorm2d { channels: c, hw, eps, momentum, weight, bias, stats } => {
+            if let OpKind::BatchNorm2d { channels: c, hw, eps, momentum, weight, bias, stats } = &node.op {
+                // Input and output in one storage type (torch's batch norm keeps a half input's type); the
+                // statistics, running buffers and parameters are f32.
+                let mut y = out_buf.view_mut(len);
+                return same_kind!(AnyView, &xa, AnyViewMut, &mut y, |x, y| {
                     let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
                     let mut st = buffers.slice_mut(stats.range());
                     let (mut rm, mut rest) = st.split_at_mut(*c);
@@ -240,7 +287,7 @@ pub fn forward(
                         let (mut sm, mut si) = sv.split_at_mut(*c);
                         ops::batch_norm::cuda::batch_norm_forward_train(
                             gpu,
-                            &mut y,
+                            y,
                             &mut sm,
                             &mut si,
                             &mut rm,
@@ -259,7 +306,7 @@ pub fn forward(
                     } else {
                         ops::batch_norm::cuda::batch_norm_forward_eval(
                             gpu,
-                            &mut y,
+                            y,
                             x,
                             &rm.slice(..),
                             &rv.slice(..),
@@ -271,26 +318,12 @@ pub fn forward(
                             *eps,
                         )
                     }
-                }
-                OpKind::LayerNorm { dim, eps, weight, bias } => {
-                    let r = y.len() / dim;
-                    let sv = saved[idx].as_mut().expect("layer norms plan saved statistics").f32_mut();
-                    let half = sv.len() / 2;
-                    let (mut sm, mut sr) = sv.split_at_mut(half);
-                    let (w, b) = (weight.as_ref().map(p), bias.as_ref().map(p));
-                    ops::layer_norm::cuda::layer_norm_forward(
-                        gpu,
-                        &mut y,
-                        &mut sm.slice_mut(..r),
-                        &mut sr.slice_mut(..r),
-                        x,
-                        w.as_ref(),
-                        b.as_ref(),
-                        r,
-                        *dim,
-                        *eps,
-                    )
-                }
+                });
+            }
+            // The other ops run on f32 values (the storage plan keeps their inputs and outputs f32).
+            let mut y = out_buf.f32_mut().slice_mut(..len);
+            let x = xa.f32();
+            match &node.op {
                 OpKind::Softmax { dim } => {
                     let r = y.len() / dim;
                     ops::softmax::cuda::softmax_forward(gpu, &mut y, x, r, *dim)
@@ -312,17 +345,6 @@ pub fn forward(
                     }
                     Ok(())
                 }
-                OpKind::Permute { in_shape, perm } => {
-                    let (shape, perm, r) = batched_perm(n, in_shape, perm);
-                    ops::permute::cuda::permute(gpu, &mut y, x, &shape[..r], &perm[..r])
-                }
-                OpKind::PrependToken { token } => {
-                    let (d, per_in) = (token.slice.len, numel(node.inputs[0]));
-                    let w = per_in + d;
-                    // Row r: the token (a source stride of 0 repeats it), then sample r's tokens.
-                    ops::concat::cuda::strided_copy(gpu, &mut y, &p(token), n, d, (w, 0), (0, 0))?;
-                    ops::concat::cuda::strided_copy(gpu, &mut y, x, n, per_in, (w, d), (per_in, 0))
-                }
                 OpKind::AddParam { param } => {
                     // x + param broadcast over rows: a copy and a bias add (the host's one f32 addition).
                     let plen = param.slice.len;
@@ -333,10 +355,6 @@ pub fn forward(
                 OpKind::TokenMean => {
                     let d = numel(node.output);
                     ops::token_mean::cuda::token_mean_forward(gpu, &mut y, x, n, numel(node.inputs[0]) / d, d)
-                }
-                OpKind::SelectToken { index } => {
-                    let (d, per_in) = (numel(node.output), numel(node.inputs[0]));
-                    ops::concat::cuda::strided_copy(gpu, &mut y, x, n, d, (d, 0), (per_in, index * d))
                 }
                 OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => {
                     ops::upsample::cuda::upsample_nearest2d_forward(gpu, &mut y, x, n, *c, *h, *w, *fh, *fw)
@@ -633,6 +651,90 @@ fn backward_any_storage(
                 })
             })
         }
+        OpKind::LayerNorm { dim, weight, bias, .. } => sink.with_any_required(xv, x.len(), |dx| {
+            let r = dy.len() / dim;
+            let sv = saved.expect("layer norms plan saved statistics").f32();
+            let (sm, sr) = sv.split_at(sv.len() / 2);
+            let (sm, sr) = (sm.slice(..r), sr.slice(..r));
+            let w = weight.as_ref().map(|r| params.slice(r.slice.range()));
+            with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
+                same_kind!(AnyViewMut, dx, AnyView, x, |dx, x| any_view!(dy, |dy| {
+                    ops::layer_norm::cuda::layer_norm_backward(gpu, dx, dw, db, dy, x, &sm, &sr, w.as_ref(), r, *dim)
+                }))
+            })
+        }),
+        OpKind::Permute { in_shape, perm } => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => {
+                let (shape, perm, r) = batched_perm(n, in_shape, perm);
+                any_mut!(dx, |dx| any_view!(dy, |dy| {
+                    ops::permute::cuda::permute_backward(gpu, dx, dy, &shape[..r], &perm[..r])
+                }))
+            }
+            None => Ok(()),
+        }),
+        OpKind::PrependToken { token } => {
+            let (d, per_in) = (token.slice.len, x.len() / n.max(1));
+            let w = per_in + d;
+            // The token's gradient: the column sums of every row's first d entries, gathered into a
+            // contiguous f32 [n, d] block first (the bias-gradient kernel reads dense f32 rows).
+            let s = scratch.expect("prepend_token plans scratch");
+            let mut rows_d = s.slice_mut(..n * d);
+            any_view!(dy, |dy| ops::concat::cuda::strided_copy(gpu, &mut rows_d, dy, n, d, (d, 0), (w, 0)))
+                .and_then(|()| {
+                    let mut dt = grads.slice_mut(token.slice.range());
+                    ops::bias_add::cuda::bias_add_backward(gpu, &mut dt, &rows_d.slice(..), n, d)
+                })
+                .and_then(|()| {
+                    sink.with_any(xv, x.len(), |dx| match dx {
+                        Some(dx) => any_mut!(dx, |dx| any_view!(dy, |dy| {
+                            ops::concat::cuda::strided_copy(gpu, dx, dy, n, per_in, (per_in, 0), (w, d))
+                        })),
+                        None => Ok(()),
+                    })
+                })
+        }
+        OpKind::SelectToken { index } => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => {
+                let (d, per_in) = (dy.len() / n.max(1), x.len() / n.max(1));
+                any_mut!(dx, |dx| {
+                    gpu.stream().memset_zeros(dx)?;
+                    any_view!(dy, |dy| ops::concat::cuda::strided_copy(gpu, dx, dy, n, d, (per_in, index * d), (d, 0)))
+                })
+            }
+            None => Ok(()),
+        }),
+        OpKind::AvgPool2d { spec, in_chw } => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => {
+                let g = pool_geom(spec, *in_chw, n);
+                same_kind!(AnyViewMut, dx, AnyView, dy, |dx, dy| ops::pool::cuda::avg_pool2d_backward(gpu, dx, dy, &g))
+            }
+            None => Ok(()),
+        }),
+        OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
+            sink.with_any(xv, x.len(), |dx| match dx {
+                Some(dx) => same_kind!(AnyViewMut, dx, AnyView, dy, |dx, dy| {
+                    ops::pool::cuda::adaptive_avg_pool2d_backward(gpu, dx, dy, n, *c, *h, *w, *oh, *ow)
+                }),
+                None => Ok(()),
+            })
+        }
+        OpKind::GlobalAvgPool { in_chw: (c, h, w) } => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => same_kind!(AnyViewMut, dx, AnyView, dy, |dx, dy| {
+                ops::pool::cuda::global_avg_pool_backward(gpu, dx, dy, n, *c, *h, *w)
+            }),
+            None => Ok(()),
+        }),
+        OpKind::BatchNorm2d { channels: c, hw, weight, bias, .. } => sink.with_any_required(xv, x.len(), |dx| {
+            let sv = saved.expect("batch norms plan saved statistics").f32();
+            let (sm, si) = sv.split_at(*c);
+            let si = si.slice(..*c);
+            let w = weight.as_ref().map(|r| params.slice(r.slice.range()));
+            with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
+                same_kind3!(AnyViewMut, dx, AnyView, dy, AnyView, x, |dx, dy, x| {
+                    ops::batch_norm::cuda::batch_norm_backward(gpu, dx, dw, db, dy, x, &sm, &si, w.as_ref(), n, *c, *hw)
+                })
+            })
+        }),
         OpKind::Activation(act) => sink.with_any(xv, x.len(), |dx| match dx {
             Some(dx) => same_kind3!(AnyViewMut, dx, AnyView, dy, AnyView, x, |dx, dy, x| {
                 ops::activation::cuda::backward(gpu, *act, dx, dy, x)
@@ -822,22 +924,6 @@ pub fn backward_releasing(
             let (xv, x) = (node.inputs[0], xa.f32());
             let in_len = x.len();
             match &node.op {
-                OpKind::AvgPool2d { spec, in_chw } => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => ops::pool::cuda::avg_pool2d_backward(gpu, dx, &dy, &pool_geom(spec, *in_chw, n)),
-                    None => Ok(()),
-                }),
-                OpKind::AdaptiveAvgPool2d { in_chw: (c, h, w), out_hw: (oh, ow) } => {
-                    sink.with(xv, in_len, |dx| match dx {
-                        Some(dx) => {
-                            ops::pool::cuda::adaptive_avg_pool2d_backward(gpu, dx, &dy, n, *c, *h, *w, *oh, *ow)
-                        }
-                        None => Ok(()),
-                    })
-                }
-                OpKind::GlobalAvgPool { in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => ops::pool::cuda::global_avg_pool_backward(gpu, dx, &dy, n, *c, *h, *w),
-                    None => Ok(()),
-                }),
                 OpKind::Softmax { dim } => sink.with(xv, in_len, |dx| match dx {
                     Some(dx) => {
                         // The backward reads the forward's output (the probabilities), as PyTorch's does.
@@ -845,48 +931,6 @@ pub fn backward_releasing(
                         ops::softmax::cuda::softmax_backward(gpu, dx, &dy, &y, dy.len() / dim, *dim)
                     }
                     None => Ok(()),
-                }),
-                OpKind::BatchNorm2d { channels: c, hw, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
-                    let sv = saved[idx].as_ref().expect("batch norms plan saved statistics").f32();
-                    let (sm, si) = sv.split_at(*c);
-                    let w = weight.as_ref().map(p);
-                    with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
-                        ops::batch_norm::cuda::batch_norm_backward(
-                            gpu,
-                            dx,
-                            dw,
-                            db,
-                            &dy,
-                            x,
-                            &sm,
-                            &si.slice(..*c),
-                            w.as_ref(),
-                            n,
-                            *c,
-                            *hw,
-                        )
-                    })
-                }),
-                OpKind::LayerNorm { dim, weight, bias, .. } => sink.with_required(xv, in_len, |dx| {
-                    let r = dy.len() / dim;
-                    let sv = saved[idx].as_ref().expect("layer norms plan saved statistics").f32();
-                    let (sm, sr) = sv.split_at(sv.len() / 2);
-                    let w = weight.as_ref().map(p);
-                    with_optional_pair(grads, weight.as_ref(), bias.as_ref(), |dw, db| {
-                        ops::layer_norm::cuda::layer_norm_backward(
-                            gpu,
-                            dx,
-                            dw,
-                            db,
-                            &dy,
-                            x,
-                            &sm.slice(..r),
-                            &sr.slice(..r),
-                            w.as_ref(),
-                            r,
-                            *dim,
-                        )
-                    })
                 }),
                 OpKind::Embedding { vocab, dim, weight } => {
                     // Ids are not differentiable: only the table gets a gradient.
@@ -910,28 +954,6 @@ pub fn backward_releasing(
                     }
                     Ok(())
                 }
-                OpKind::Permute { in_shape, perm } => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => {
-                        let (shape, perm, r) = batched_perm(n, in_shape, perm);
-                        ops::permute::cuda::permute_backward(gpu, dx, &dy, &shape[..r], &perm[..r])
-                    }
-                    None => Ok(()),
-                }),
-                OpKind::PrependToken { token } => {
-                    let (d, per_in) = (token.slice.len, numel(xv));
-                    let w = per_in + d;
-                    // The token's gradient: the column sums of every row's first d entries, gathered into a
-                    // contiguous [n, d] block first (the bias-gradient kernel reads dense rows).
-                    let s = scratch.as_mut().expect("prepend_token plans scratch");
-                    let mut rows_d = s.slice_mut(..n * d);
-                    ops::concat::cuda::strided_copy(gpu, &mut rows_d, &dy, n, d, (d, 0), (w, 0))?;
-                    let mut dt = grads.slice_mut(token.slice.range());
-                    ops::bias_add::cuda::bias_add_backward(gpu, &mut dt, &rows_d.slice(..), n, d)?;
-                    sink.with(xv, in_len, |dx| match dx {
-                        Some(dx) => ops::concat::cuda::strided_copy(gpu, dx, &dy, n, per_in, (per_in, 0), (w, d)),
-                        None => Ok(()),
-                    })
-                }
                 OpKind::AddParam { param } => {
                     let plen = param.slice.len;
                     let mut dp = grads.slice_mut(param.slice.range());
@@ -942,14 +964,6 @@ pub fn backward_releasing(
                     Some(dx) => {
                         let d = numel(node.output);
                         ops::token_mean::cuda::token_mean_backward(gpu, dx, &dy, n, numel(xv) / d, d)
-                    }
-                    None => Ok(()),
-                }),
-                OpKind::SelectToken { index } => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => {
-                        let (d, per_in) = (numel(node.output), numel(xv));
-                        gpu.stream().memset_zeros(dx)?;
-                        ops::concat::cuda::strided_copy(gpu, dx, &dy, n, d, (per_in, index * d), (d, 0))
                     }
                     None => Ok(()),
                 }),

@@ -1,15 +1,21 @@
 //! Which values of the graph the device stores in half precision under autocast (`run.amp`), following
 //! `torch.autocast`'s policy: matrix-product ops (linear layers, convolutions) write their outputs in the
-//! autocast type; ops that keep their input's type (activations, dropout, reshapes, max pooling, attention
-//! over a fused projection) follow it;
+//! autocast type; ops that keep their input's type (activations, dropout, reshapes, max and average pooling,
+//! batch norm, attention over a fused projection) follow it;
 //! a sum is half when both operands are and f32 otherwise (type promotion: a half residual branch joins an
-//! f32 stream in f32); everything else (normalisation, softmax, average pooling, the losses) runs in f32, as
-//! autocast's f32 list puts it.
+//! f32 stream in f32); everything else (layer norm, softmax, the losses) runs in f32, as autocast's f32
+//! list puts it.
 //!
-//! A value is stored in half only where every op that reads it has a half-storage kernel (the products read
-//! either type; the type-following ops need their input and output in the same type), so the plan never
-//! asks a kernel for a type it lacks: ops without half kernels read f32 values, and the graph's output and
-//! its input stay f32. Parameters, their gradients and optimizer state are f32 whatever the plan.
+//! One step past torch: an op that converts on store ([`converts_on_store`]: layer norm, the token and axis
+//! shuffles) writes its output in half when every reader of it is a product. The products would round it on load anyway, so the forward is
+//! the same bits; the copy rounded for the forward's products and again for their weight gradients is saved,
+//! and the output gradient is rounded into half as torch's does when it flows back through autocast's cast.
+//!
+//! A value is stored in half only where every op that reads it has a half-storage kernel (the products and
+//! the converting ops read either type; the type-following ops need their input and output in the same
+//! type), so the plan never asks a kernel for a type it lacks: ops without half kernels read f32 values, and
+//! the graph's output and its input stay f32. Parameters, their gradients and optimizer state are f32
+//! whatever the plan.
 
 use ecstrain_components::{Graph, OpKind};
 use ecstrain_kernels::cuda::StoreKind;
@@ -22,6 +28,10 @@ pub fn follows_input(op: &OpKind) -> bool {
             | OpKind::Dropout { .. }
             | OpKind::Reshape
             | OpKind::MaxPool2d { .. }
+            | OpKind::AvgPool2d { .. }
+            | OpKind::GlobalAvgPool { .. }
+            | OpKind::AdaptiveAvgPool2d { .. }
+            | OpKind::BatchNorm2d { .. }
             | OpKind::Attention { .. }
     )
 }
@@ -29,6 +39,23 @@ pub fn follows_input(op: &OpKind) -> bool {
 /// Whether an op is a matrix product that writes the autocast type and reads its input in either type.
 pub fn is_product(op: &OpKind) -> bool {
     matches!(op, OpKind::Linear { .. } | OpKind::Conv2d { .. })
+}
+
+/// Whether an op reads its input in either type and writes its output in either (an f32 computation or a
+/// copy, rounded on store): layer norm, and the token and axis shuffles. The plan stores its output in half
+/// when every reader is a product, or when it [`keeps_type`] and its input is half.
+pub fn converts_on_store(op: &OpKind) -> bool {
+    matches!(
+        op,
+        OpKind::LayerNorm { .. } | OpKind::Permute { .. } | OpKind::SelectToken { .. } | OpKind::PrependToken { .. }
+    )
+}
+
+/// Whether a converting op keeps a half input's type where its readers allow (a permutation or a token
+/// selection moves values without arithmetic, as torch's views keep their dtype). Layer norm computes in f32
+/// and the class token is an f32 parameter (torch promotes the concatenation), so theirs do not.
+pub fn keeps_type(op: &OpKind) -> bool {
+    matches!(op, OpKind::Permute { .. } | OpKind::SelectToken { .. })
 }
 
 /// The storage type of every value of `graph` (indexed by value id) when the products autocast to `half`
@@ -50,17 +77,20 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
                 let reader = &graph.nodes[r];
                 match &reader.op {
                     // A sum reads either type (autocast promotes a half operand beside an f32 one).
-                    op if is_product(op) || matches!(op, OpKind::Add) => true,
+                    op if is_product(op) || converts_on_store(op) || matches!(op, OpKind::Add) => true,
                     op if follows_input(op) => half_ok[reader.output.0],
                     _ => false,
                 }
             });
     }
+    let only_products = |v: usize| !readers[v].is_empty() && readers[v].iter().all(|&r| is_product(&graph.nodes[r].op));
     for node in &graph.nodes {
         let v = node.output.0;
         kinds[v] = match &node.op {
             _ if !half_ok[v] => StoreKind::F32,
             op if is_product(op) => h,
+            op if converts_on_store(op) && only_products(v) => h,
+            op if keeps_type(op) && kinds[node.inputs[0].0] == h => h,
             OpKind::Add if node.inputs.iter().all(|i| kinds[i.0] == h) => h,
             op if follows_input(op) => kinds[node.inputs[0].0],
             _ => StoreKind::F32,
