@@ -27,6 +27,8 @@ fn half_capable(op: &OpKind) -> bool {
             | OpKind::GlobalAvgPool { .. }
             | OpKind::AdaptiveAvgPool2d { .. }
             | OpKind::BatchNorm2d { .. }
+            | OpKind::Upsample { .. }
+            | OpKind::TokenMean
             | OpKind::Attention { .. }
             | OpKind::Add
             | OpKind::LayerNorm { .. }
@@ -92,7 +94,7 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
 /// fused projection and output, the last block's through its class-token selection), output projections and
 /// MLP layers, its patch stem up to the class token (its residual stream stays f32, as `torch.autocast` keeps
 /// it) and every layer norm output (each read only by a product: the attention's fused projection, the
-/// first MLP layer, the head), the autoencoder's convolutions, and all of the ResNet from its stem to its
+/// first MLP layer, the head), the autoencoder's convolutions and its decoder's upsampling, and all of the ResNet from its stem to its
 /// head (batch norms, residual sums and the pooling keep a half input's type, as torch's do).
 #[test]
 fn storage_plan_stores_the_autocast_policy_half_values() {
@@ -102,7 +104,7 @@ fn storage_plan_stores_the_autocast_policy_half_values() {
         ("configs/digits_cnn.yaml", 8),
         ("configs/digits_vit.yaml", 19),
         ("configs/digits_resnet.yaml", 29),
-        ("configs/digits_autoencoder.yaml", 6),
+        ("configs/digits_autoencoder.yaml", 12),
     ];
     for (config, _) in expect_half {
         let app = app_of(config, "cpu", &[]);

@@ -111,7 +111,7 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
     if ecstrain::kernels::cuda::testing::no_gpu("cuda_step_allocates_nothing") {
         return;
     }
-    let cases: [(&str, &[&str]); 13] = [
+    let cases: [(&str, &[&str]); 14] = [
         ("configs/digits_mlp.yaml", &[]),
         ("configs/bench_w1_mlp.yaml", &["run.batch=32", "run.nbs=32"]),
         ("configs/digits_cnn.yaml", &["run.batch=32", "run.nbs=32"]),
@@ -126,6 +126,8 @@ fn cuda_step_allocates_nothing_and_counts_its_driver_calls() {
         ("configs/digits_vit.yaml", &["run.batch=16", "run.nbs=16", "run.amp=f16"]),
         // bf16 with the ResNet stored half through its batch norms, residual sums and pooling.
         ("configs/digits_resnet.yaml", &["run.batch=16", "run.nbs=16", "run.amp=bf16"]),
+        // bf16 with the VQ-VAE's decoder (convolutions, upsampling) stored half around its f32 quantizer.
+        ("configs/digits_autoencoder.yaml", &["run.batch=16", "run.nbs=16", "run.amp=bf16"]),
         ("configs/digits_mlp.yaml", &["run.clip_grad_norm=1.0", "run.ema=true"]),
         ("configs/digits_mlp.yaml", &["run.optimizer=SGD", "run.nbs=128"]),
         // The train split kept on the device: a step uploads its rows' indices and gathers the rows there.

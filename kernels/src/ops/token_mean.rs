@@ -45,7 +45,14 @@ pub fn token_mean_backward(dx: &mut [f32], dy: &[f32], n: usize, t: usize, d: us
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "token_mean",
     code: include_str!("token_mean.cu"),
-    kernels: &["token_mean_forward_f32", "token_mean_backward_f32"],
+    kernels: &[
+        "token_mean_forward_f32",
+        "token_mean_backward_f32",
+        "token_mean_forward_f16",
+        "token_mean_backward_f16",
+        "token_mean_forward_bf16",
+        "token_mean_backward_bf16",
+    ],
 };
 
 /// Host side of `token_mean.cu`.

@@ -108,7 +108,14 @@ pub fn upsample_nearest2d_backward<T: Float>(
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "upsample",
     code: include_str!("upsample.cu"),
-    kernels: &["upsample_nearest_forward_f32", "upsample_nearest_backward_f32"],
+    kernels: &[
+        "upsample_nearest_forward_f32",
+        "upsample_nearest_backward_f32",
+        "upsample_nearest_forward_f16",
+        "upsample_nearest_backward_f16",
+        "upsample_nearest_forward_bf16",
+        "upsample_nearest_backward_bf16",
+    ],
 };
 
 /// Host side of `upsample.cu`.

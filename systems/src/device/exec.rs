@@ -206,6 +206,15 @@ fn forward_any_storage(
                 ops::pool::cuda::adaptive_avg_pool2d_forward(gpu, y, x, n, *c, *h, *w, *oh, *ow)
             })
         }
+        OpKind::TokenMean => {
+            let (d, per_in) = (y.len() / n.max(1), x.len() / n.max(1));
+            same_kind!(AnyView, x, AnyViewMut, y, |x, y| {
+                ops::token_mean::cuda::token_mean_forward(gpu, y, x, n, per_in / d.max(1), d)
+            })
+        }
+        OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => same_kind!(AnyView, x, AnyViewMut, y, |x, y| {
+            ops::upsample::cuda::upsample_nearest2d_forward(gpu, y, x, n, *c, *h, *w, *fh, *fw)
+        }),
         OpKind::Activation(act) => {
             same_kind!(AnyView, x, AnyViewMut, y, |x, y| ops::activation::cuda::forward(gpu, *act, y, x))
         }
@@ -351,13 +360,6 @@ pub fn forward(
                     let rws = y.len() / plen;
                     gpu.stream().memcpy_dtod(x, &mut y)?;
                     ops::bias_add::cuda::bias_add_forward(gpu, &mut y, &p(param), rws, plen)
-                }
-                OpKind::TokenMean => {
-                    let d = numel(node.output);
-                    ops::token_mean::cuda::token_mean_forward(gpu, &mut y, x, n, numel(node.inputs[0]) / d, d)
-                }
-                OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => {
-                    ops::upsample::cuda::upsample_nearest2d_forward(gpu, &mut y, x, n, *c, *h, *w, *fh, *fw)
                 }
                 OpKind::VectorQuantize { codebook, codes, dim, positions, .. } => {
                     let ix = indices[idx].as_mut().expect("VQ plans its indices and counts");
@@ -735,6 +737,21 @@ fn backward_any_storage(
                 })
             })
         }),
+        OpKind::TokenMean => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => {
+                let (d, per_in) = (dy.len() / n.max(1), x.len() / n.max(1));
+                same_kind!(AnyViewMut, dx, AnyView, dy, |dx, dy| {
+                    ops::token_mean::cuda::token_mean_backward(gpu, dx, dy, n, per_in / d.max(1), d)
+                })
+            }
+            None => Ok(()),
+        }),
+        OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => sink.with_any(xv, x.len(), |dx| match dx {
+            Some(dx) => same_kind!(AnyViewMut, dx, AnyView, dy, |dx, dy| {
+                ops::upsample::cuda::upsample_nearest2d_backward(gpu, dx, dy, n, *c, *h, *w, *fh, *fw)
+            }),
+            None => Ok(()),
+        }),
         OpKind::Activation(act) => sink.with_any(xv, x.len(), |dx| match dx {
             Some(dx) => same_kind3!(AnyViewMut, dx, AnyView, dy, AnyView, x, |dx, dy, x| {
                 ops::activation::cuda::backward(gpu, *act, dx, dy, x)
@@ -960,17 +977,6 @@ pub fn backward_releasing(
                     ops::bias_add::cuda::bias_add_backward(gpu, &mut dp, &dy, dy.len() / plen, plen)?;
                     sink.pass_through(xv, &AnyView::F32(dy))
                 }
-                OpKind::TokenMean => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => {
-                        let d = numel(node.output);
-                        ops::token_mean::cuda::token_mean_backward(gpu, dx, &dy, n, numel(xv) / d, d)
-                    }
-                    None => Ok(()),
-                }),
-                OpKind::Upsample { factor: (fh, fw), in_chw: (c, h, w) } => sink.with(xv, in_len, |dx| match dx {
-                    Some(dx) => ops::upsample::cuda::upsample_nearest2d_backward(gpu, dx, &dy, n, *c, *h, *w, *fh, *fw),
-                    None => Ok(()),
-                }),
                 OpKind::VectorQuantize { codebook, codes, dim, positions, beta } => {
                     sink.with_required(xv, in_len, |dx| {
                         let ind = indices[idx].as_ref().expect("VQ plans its indices").slice(..n * positions);

@@ -1,7 +1,7 @@
 //! Which values of the graph the device stores in half precision under autocast (`run.amp`), following
 //! `torch.autocast`'s policy: matrix-product ops (linear layers, convolutions) write their outputs in the
 //! autocast type; ops that keep their input's type (activations, dropout, reshapes, max and average pooling,
-//! batch norm, attention over a fused projection) follow it;
+//! batch norm, nearest upsampling, the token mean, attention over a fused projection) follow it;
 //! a sum is half when both operands are and f32 otherwise (type promotion: a half residual branch joins an
 //! f32 stream in f32); everything else (layer norm, softmax, the losses) runs in f32, as autocast's f32
 //! list puts it.
@@ -32,6 +32,8 @@ pub fn follows_input(op: &OpKind) -> bool {
             | OpKind::GlobalAvgPool { .. }
             | OpKind::AdaptiveAvgPool2d { .. }
             | OpKind::BatchNorm2d { .. }
+            | OpKind::Upsample { .. }
+            | OpKind::TokenMean
             | OpKind::Attention { .. }
     )
 }
