@@ -273,6 +273,38 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
         })?;
         rows.push(BenchRow::new(&name("bias_grad_d128"), Work::Bytes(4 * len as u64), ms));
     }
+    // Half storage under autocast (named `bf16_...`, apart from the f32 rows the targets judge): GELU on bf16
+    // activations (2 bytes in, 2 out), and the layer norm whose readers are all products, reading the f32
+    // stream and writing bf16 (4 in, 2 out), with its backward from a bf16 output gradient (the input
+    // gradient reads dy and x and writes an f32 dx; the parameter gradients read both again).
+    {
+        use crate::ops::activation::{cuda::forward, Activation};
+        use crate::ops::layer_norm::cuda::{layer_norm_backward, layer_norm_forward};
+        let (mut h, mut hy) = (s.alloc_zeros::<half::bf16>(n)?, s.alloc_zeros::<half::bf16>(n)?);
+        crate::ops::cast::cuda::f32_to_bf16(gpu, &mut h.as_view_mut(), &a.as_view())?;
+        let ms = time_ms(gpu, || forward(gpu, Activation::Gelu, &mut hy.as_view_mut(), &h.as_view()))?;
+        rows.push(BenchRow::new(&name("bf16_gelu_forward"), Work::Bytes(4 * n as u64), ms));
+        let dim = 128;
+        let r = (n / dim).max(1);
+        let len = r * dim;
+        let (w, bias) = (filled(gpu, dim, &[1.0, 0.5])?, filled(gpu, dim, &[0.1, -0.1])?);
+        let (mut mean, mut rstd) = (s.alloc_zeros::<f32>(r)?, s.alloc_zeros::<f32>(r)?);
+        let ms = time_ms(gpu, || {
+            let (wv, bv) = (w.as_view(), bias.as_view());
+            let (x, mut y) = (a.slice(..len), hy.slice_mut(..len));
+            let (mut mv, mut rv) = (mean.as_view_mut(), rstd.as_view_mut());
+            layer_norm_forward(gpu, &mut y, &mut mv, &mut rv, &x, Some(&wv), Some(&bv), r, dim, 1e-5)
+        })?;
+        rows.push(BenchRow::new(&name("bf16_layer_norm_forward_d128"), Work::Bytes(6 * len as u64), ms));
+        let (mut dw, mut db) = (s.alloc_zeros::<f32>(dim)?, s.alloc_zeros::<f32>(dim)?);
+        let ms = time_ms(gpu, || {
+            let (wv, mv, rv) = (w.as_view(), mean.as_view(), rstd.as_view());
+            let (mut dx, dy, x) = (b.slice_mut(..len), h.slice(..len), a.slice(..len));
+            let (mut dwv, mut dbv) = (dw.as_view_mut(), db.as_view_mut());
+            layer_norm_backward(gpu, &mut dx, Some(&mut dwv), Some(&mut dbv), &dy, &x, &mv, &rv, Some(&wv), r, dim)
+        })?;
+        rows.push(BenchRow::new(&name("bf16_layer_norm_backward_d128"), Work::Bytes(16 * len as u64), ms));
+    }
     {
         use crate::ops::attention::cuda::{softmax_rows, softmax_rows_backward};
         let t = 50;
@@ -469,7 +501,7 @@ mod tests {
         let rows = if gpu.info.is_emulated() { run_benchmarks_sized(gpu, 1 << 12, 64) } else { run_benchmarks(gpu) };
         let rows = rows.unwrap();
         eprintln!("{}\n{}", format_table(&rows), target_report(&rows));
-        assert_eq!(rows.len(), 23);
+        assert_eq!(rows.len(), 26);
         // Every targeted kernel is among the rows, so the report on a GPU judges all of them.
         assert!(target_report(&rows).contains(&format!("of {} measured", MEMORY_BOUND_TARGETED.len())));
         assert!(rows.iter().all(|r| r.ms > 0.0 && r.rate.is_finite() && r.rate > 0.0), "{rows:?}");
