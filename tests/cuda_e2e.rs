@@ -344,6 +344,25 @@ fn a_stop_mid_epoch_on_cuda_resumes_where_it_stopped() {
     assert!(diff <= 1e-4, "the resumed run ends {diff} away from the uninterrupted one");
 }
 
+/// `config` trained on CUDA under each of `runs` (a label and its `--set`) against one f32 CPU run of
+/// `epochs`: every epoch's val loss within 0.05 + 15% of the CPU's, the best val accuracy within `slack` of
+/// the CPU's best and at least `floor`. Autocast rounds the products and the half activations, so the runs
+/// follow the CPU's curve, not its bits.
+fn trains_like_cpu(name: &str, config: &str, epochs: u32, runs: &[(&str, &str)], slack: f64, floor: f64) {
+    let cpu = train(name, config, "cpu", epochs, "accuracy");
+    for (label, set) in runs {
+        let tag = format!("{name}-{label}");
+        let gpu = train_with(&tag, config, "cuda", epochs, "accuracy", &[set]);
+        assert_eq!(cpu.len(), gpu.len());
+        for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            eprintln!("{tag} epoch {}: val loss cpu {:.5} cuda {:.5}, acc {:.4} / {:.4}", e + 1, c.0, g.0, c.1, g.1);
+            assert!((c.0 - g.0).abs() <= 0.05 + 0.15 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
+        }
+        let (bc, bg) = (best(&cpu), best(&gpu));
+        assert!(bg >= floor && bg >= bc - slack, "{tag}: best val accuracy cuda {bg}, cpu {bc}");
+    }
+}
+
 /// Mixed precision on CUDA (`run.amp`: the device's matrix products take f16 / bf16 inputs with f32
 /// accumulation and f32 master weights; f16 with dynamic loss scaling) and TF32 products (`run.tf32`): the
 /// digits MLP and CNN still reach 97% and the CPU's f32 best accuracy within 1.5 points, and every epoch's val
@@ -355,31 +374,14 @@ fn digits_mlp_and_cnn_train_under_autocast_on_cuda() {
     if no_gpu(name) {
         return;
     }
-    for (model, config) in [("mlp", "configs/digits_mlp.yaml"), ("cnn", "configs/digits_cnn.yaml")] {
-        let cpu = train(&format!("{name}-{model}"), config, "cpu", 20, "accuracy");
-        for (amp, set) in [("bf16", "run.amp=bf16"), ("f16", "run.amp=f16"), ("tf32", "run.tf32=true")] {
-            let tag = format!("{name}-{model}-{amp}");
-            let gpu = train_with(&tag, config, "cuda", 20, "accuracy", &[set]);
-            assert_eq!(cpu.len(), gpu.len());
-            for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-                eprintln!(
-                    "{model} {amp} epoch {}: val loss cpu {:.5} cuda {:.5}, acc {:.4} / {:.4}",
-                    e + 1,
-                    c.0,
-                    g.0,
-                    c.1,
-                    g.1
-                );
-                assert!((c.0 - g.0).abs() <= 0.05 + 0.15 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
-            }
-            let (bc, bg) = (best(&cpu), best(&gpu));
-            assert!(bg >= 0.97 && bg >= bc - 0.015, "{tag}: best val accuracy cuda {bg}, cpu {bc}");
-        }
-    }
+    let runs = [("bf16", "run.amp=bf16"), ("f16", "run.amp=f16"), ("tf32", "run.tf32=true")];
+    trains_like_cpu(&format!("{name}-mlp"), "configs/digits_mlp.yaml", 20, &runs, 0.015, 0.97);
+    trains_like_cpu(&format!("{name}-cnn"), "configs/digits_cnn.yaml", 20, &runs, 0.015, 0.97);
 }
 
-/// The ViT under autocast, whose attention, projections and MLP layers then store their activations in half
-/// precision while its residual stream and layer norms stay f32 (`device/storage.rs`): bf16 and f16 (with
+/// The ViT under autocast, whose attention, projections, MLP layers and layer norms (each read only by
+/// products) then store their activations in half precision while its residual stream stays f32
+/// (`device/storage.rs`): bf16 and f16 (with
 /// loss scaling) keep every epoch's val loss within 0.05 + 15% of the f32 CPU run's and the best accuracy
 /// within 3 points of it, over the config's 30 epochs on a GPU (2 on tools/cuda-emu, where the storage
 /// types, not convergence, are what this checks beyond `digits_vit_on_cuda_matches_cpu`).
@@ -390,25 +392,8 @@ fn digits_vit_trains_under_autocast_on_cuda() {
         return;
     }
     let (epochs, _) = epochs_for(30, 2, 0.97, 0.8);
-    let cpu = train(name, "configs/digits_vit.yaml", "cpu", epochs, "accuracy");
-    for amp in ["bf16", "f16"] {
-        let tag = format!("{name}-{amp}");
-        let gpu = train_with(&tag, "configs/digits_vit.yaml", "cuda", epochs, "accuracy", &[&format!("run.amp={amp}")]);
-        assert_eq!(cpu.len(), gpu.len());
-        for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-            eprintln!(
-                "vit {amp} epoch {}: val loss cpu {:.5} cuda {:.5}, acc {:.4} / {:.4}",
-                e + 1,
-                c.0,
-                g.0,
-                c.1,
-                g.1
-            );
-            assert!((c.0 - g.0).abs() <= 0.05 + 0.15 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
-        }
-        let (bc, bg) = (best(&cpu), best(&gpu));
-        assert!(bg >= bc - 0.03, "{tag}: best val accuracy cuda {bg}, cpu {bc}");
-    }
+    let runs = [("bf16", "run.amp=bf16"), ("f16", "run.amp=f16")];
+    trains_like_cpu(name, "configs/digits_vit.yaml", epochs, &runs, 0.03, 0.0);
 }
 
 /// The ResNet (batch norms with running statistics, residual sums, global pooling) on CUDA in f32 and under
@@ -423,25 +408,8 @@ fn digits_resnet_trains_in_f32_and_under_autocast_on_cuda() {
         return;
     }
     let (epochs, _) = epochs_for(20, 1, 0.97, 0.8);
-    let cpu = train(name, "configs/digits_resnet.yaml", "cpu", epochs, "accuracy");
-    for (amp, set) in [("f32", "run.amp=false"), ("bf16", "run.amp=bf16"), ("f16", "run.amp=f16")] {
-        let tag = format!("{name}-{amp}");
-        let gpu = train_with(&tag, "configs/digits_resnet.yaml", "cuda", epochs, "accuracy", &[set]);
-        assert_eq!(cpu.len(), gpu.len());
-        for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-            eprintln!(
-                "resnet {amp} epoch {}: val loss cpu {:.5} cuda {:.5}, acc {:.4} / {:.4}",
-                e + 1,
-                c.0,
-                g.0,
-                c.1,
-                g.1
-            );
-            assert!((c.0 - g.0).abs() <= 0.05 + 0.15 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
-        }
-        let (bc, bg) = (best(&cpu), best(&gpu));
-        assert!(bg >= bc - 0.015, "{tag}: best val accuracy cuda {bg}, cpu {bc}");
-    }
+    let runs = [("f32", "run.amp=false"), ("bf16", "run.amp=bf16"), ("f16", "run.amp=f16")];
+    trains_like_cpu(name, "configs/digits_resnet.yaml", epochs, &runs, 0.015, 0.0);
 }
 
 /// f16 autocast's dynamic loss scaling on the device: with a first scale of 2^40 the scaled gradients

@@ -14,32 +14,12 @@ pub fn add_forward<T: Store>(
     a: &CudaView<T>,
     b: &CudaView<T>,
 ) -> Result<(), GpuError> {
-    let n = out.len();
-    assert!(a.len() == n && b.len() == n, "add_forward: out, a and b differ in length");
-    if n == 0 {
-        return Ok(());
-    }
-    let f = gpu.function(&CUDA, T::pick(["add_forward_f32", "add_forward_f16", "add_forward_bf16"]))?;
-    let mut l = gpu.launch_builder(&f);
-    l.arg(out).arg(a).arg(b).arg(&n);
-    // SAFETY: (T*, const T*, const T*, size_t); every buffer holds n elements.
-    unsafe { l.launch(gpu.elementwise(n)) }?;
-    Ok(())
+    add_forward_mixed(gpu, out, a, b)
 }
 
 /// `dst += src` on the GPU. dst, src: [N], stored in `T`.
 pub fn add_assign<T: Store>(gpu: &Gpu, dst: &mut CudaViewMut<T>, src: &CudaView<T>) -> Result<(), GpuError> {
-    let n = dst.len();
-    assert_eq!(src.len(), n, "add_assign: dst and src differ in length");
-    if n == 0 {
-        return Ok(());
-    }
-    let f = gpu.function(&CUDA, T::pick(["add_assign_f32", "add_assign_f16", "add_assign_bf16"]))?;
-    let mut l = gpu.launch_builder(&f);
-    l.arg(dst).arg(src).arg(&n);
-    // SAFETY: (T*, const T*, size_t); both buffers hold n elements.
-    unsafe { l.launch(gpu.elementwise(n)) }?;
-    Ok(())
+    add_assign_mixed(gpu, dst, src)
 }
 
 /// The entry point adding an `a`-typed and a `b`-typed operand into a `y`-typed output: the same-type sums

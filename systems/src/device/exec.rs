@@ -274,6 +274,23 @@ pub fn forward(
             if let Some(result) = any {
                 return result;
             }
+            if let OpKind::Concat { axis } = &node.op {
+                // Each piece copied into its columns, rounded on store where its type differs from the
+                // output's (half only when every piece is half, as torch's cat promotes).
+                let mut y = out_buf.view_mut(len);
+                let (rws, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
+                let row_len = len / rws.max(1);
+                let mut at = 0;
+                for (i, &v) in node.inputs.iter().enumerate() {
+                    let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
+                    let x = read(i);
+                    any_view!(&x, |x| any_mut!(&mut y, |y| {
+                        ops::concat::cuda::strided_copy(gpu, y, x, rws, run, (row_len, at), (run, 0))
+                    }))?;
+                    at += run;
+                }
+                return Ok(());
+            }
             if let OpKind::Add = node.op {
                 // Autocast's promotion: a half and an f32 operand (a residual branch joining an f32 stream)
                 // add into f32; two half ones into the planned type.
@@ -342,17 +359,6 @@ pub fn forward(
                     let mut id = ids[idx].as_mut().expect("embeddings plan their ids").slice_mut(..x.len());
                     ops::embedding::cuda::ids_from_f32(gpu, &mut id, x)?;
                     ops::embedding::cuda::embedding_forward(gpu, &mut y, &id.slice(..), &p(weight), *vocab, *dim)
-                }
-                OpKind::Concat { axis } => {
-                    let (rws, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
-                    let row_len = y.len() / rws.max(1);
-                    let mut at = 0;
-                    for (i, &v) in node.inputs.iter().enumerate() {
-                        let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
-                        ops::concat::cuda::strided_copy(gpu, &mut y, read(i).f32(), rws, run, (row_len, at), (run, 0))?;
-                        at += run;
-                    }
-                    Ok(())
                 }
                 OpKind::AddParam { param } => {
                     // x + param broadcast over rows: a copy and a bias add (the host's one f32 addition).
@@ -936,6 +942,24 @@ pub fn backward_releasing(
             if let Some(result) = any {
                 return result;
             }
+            if let OpKind::Concat { axis } = &node.op {
+                // Each input's gradient copied out of its columns, in the input's type.
+                let (rws, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
+                let dy = dy_buf.view(out_len);
+                let row_len = out_len / rws.max(1);
+                let mut at = 0;
+                for &v in &node.inputs {
+                    let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
+                    sink.with_any(v, rws * run, |dx| match dx {
+                        Some(dx) => any_mut!(dx, |dx| any_view!(&dy, |dy| {
+                            ops::concat::cuda::strided_copy(gpu, dx, dy, rws, run, (run, 0), (row_len, at))
+                        })),
+                        None => Ok(()),
+                    })?;
+                    at += run;
+                }
+                return Ok(());
+            }
             // The other ops run on f32 values and gradients (the storage plan keeps them f32).
             let dy = dy_buf.f32().slice(..out_len);
             let (xv, x) = (node.inputs[0], xa.f32());
@@ -954,22 +978,6 @@ pub fn backward_releasing(
                     let id = ids[idx].as_ref().expect("embeddings plan their ids").slice(..in_len);
                     let mut dt = grads.slice_mut(weight.slice.range());
                     ops::embedding::cuda::embedding_backward(gpu, &mut dt, &dy, &id, *vocab, *dim)
-                }
-                OpKind::Concat { axis } => {
-                    let (rws, _) = concat_runs(&graph.values[node.output.0].shape, *axis, n);
-                    let row_len = dy.len() / rws.max(1);
-                    let mut at = 0;
-                    for &v in &node.inputs {
-                        let (_, run) = concat_runs(&graph.values[v.0].shape, *axis, n);
-                        sink.with(v, rws * run, |dx| match dx {
-                            Some(dx) => {
-                                ops::concat::cuda::strided_copy(gpu, dx, &dy, rws, run, (run, 0), (row_len, at))
-                            }
-                            None => Ok(()),
-                        })?;
-                        at += run;
-                    }
-                    Ok(())
                 }
                 OpKind::AddParam { param } => {
                     let plen = param.slice.len;

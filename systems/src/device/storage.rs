@@ -2,8 +2,8 @@
 //! `torch.autocast`'s policy: matrix-product ops (linear layers, convolutions) write their outputs in the
 //! autocast type; ops that keep their input's type (activations, dropout, reshapes, max and average pooling,
 //! batch norm, nearest upsampling, the token mean, attention over a fused projection) follow it;
-//! a sum is half when both operands are and f32 otherwise (type promotion: a half residual branch joins an
-//! f32 stream in f32); everything else (layer norm, softmax, the losses) runs in f32, as autocast's f32
+//! a sum or a concatenation is half when all its inputs are and f32 otherwise (type promotion: a half
+//! residual branch joins an f32 stream in f32); everything else (layer norm, softmax, the losses) runs in f32, as autocast's f32
 //! list puts it.
 //!
 //! One step past torch: an op that converts on store ([`converts_on_store`]: layer norm, the token and axis
@@ -43,6 +43,12 @@ pub fn is_product(op: &OpKind) -> bool {
     matches!(op, OpKind::Linear { .. } | OpKind::Conv2d { .. })
 }
 
+/// Whether an op combines several inputs of any types as torch promotes them: half only when every input is
+/// half, f32 otherwise (a sum, a concatenation).
+pub fn promotes(op: &OpKind) -> bool {
+    matches!(op, OpKind::Add | OpKind::Concat { .. })
+}
+
 /// Whether an op reads its input in either type and writes its output in either (an f32 computation or a
 /// copy, rounded on store): layer norm, and the token and axis shuffles. The plan stores its output in half
 /// when every reader is a product, or when it [`keeps_type`] and its input is half.
@@ -79,7 +85,7 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
                 let reader = &graph.nodes[r];
                 match &reader.op {
                     // A sum reads either type (autocast promotes a half operand beside an f32 one).
-                    op if is_product(op) || converts_on_store(op) || matches!(op, OpKind::Add) => true,
+                    op if is_product(op) || converts_on_store(op) || promotes(op) => true,
                     op if follows_input(op) => half_ok[reader.output.0],
                     _ => false,
                 }
@@ -93,7 +99,7 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
             op if is_product(op) => h,
             op if converts_on_store(op) && only_products(v) => h,
             op if keeps_type(op) && kinds[node.inputs[0].0] == h => h,
-            OpKind::Add if node.inputs.iter().all(|i| kinds[i.0] == h) => h,
+            op if promotes(op) && node.inputs.iter().all(|i| kinds[i.0] == h) => h,
             op if follows_input(op) => kinds[node.inputs[0].0],
             _ => StoreKind::F32,
         };
