@@ -52,21 +52,69 @@ pub trait Store: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + Sync + 'st
     fn pick(names: [&'static str; 3]) -> &'static str {
         names[Self::KIND as usize]
     }
+
+    /// `v`'s typed view when it holds this type.
+    fn of<'b, 'a>(v: &'b AnyView<'a>) -> Option<&'b CudaView<'a, Self>>;
+
+    /// `v`'s typed view when it holds this type, mutably.
+    fn of_mut<'b, 'a>(v: &'b mut AnyViewMut<'a>) -> Option<&'b mut CudaViewMut<'a, Self>>;
 }
 
 impl Store for f32 {
     const KIND: StoreKind = StoreKind::F32;
     const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_32F;
+
+    fn of<'b, 'a>(v: &'b AnyView<'a>) -> Option<&'b CudaView<'a, Self>> {
+        match v {
+            AnyView::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn of_mut<'b, 'a>(v: &'b mut AnyViewMut<'a>) -> Option<&'b mut CudaViewMut<'a, Self>> {
+        match v {
+            AnyViewMut::F32(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl Store for f16 {
     const KIND: StoreKind = StoreKind::F16;
     const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_16F;
+
+    fn of<'b, 'a>(v: &'b AnyView<'a>) -> Option<&'b CudaView<'a, Self>> {
+        match v {
+            AnyView::F16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn of_mut<'b, 'a>(v: &'b mut AnyViewMut<'a>) -> Option<&'b mut CudaViewMut<'a, Self>> {
+        match v {
+            AnyViewMut::F16(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl Store for bf16 {
     const KIND: StoreKind = StoreKind::Bf16;
     const CUDA_TYPE: cudaDataType_t = cudaDataType_t::CUDA_R_16BF;
+
+    fn of<'b, 'a>(v: &'b AnyView<'a>) -> Option<&'b CudaView<'a, Self>> {
+        match v {
+            AnyView::Bf16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn of_mut<'b, 'a>(v: &'b mut AnyViewMut<'a>) -> Option<&'b mut CudaViewMut<'a, Self>> {
+        match v {
+            AnyViewMut::Bf16(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// The names of a converting kernel's `FOR_STORE_PAIRS` instantiations, in [`pick_pair`]'s order:

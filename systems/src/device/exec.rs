@@ -10,8 +10,8 @@
 use std::ops::Range;
 
 use ecstrain_components::{Graph, Mode, OpKind, ParamRef, ValueId};
-use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaViewMut};
-use ecstrain_kernels::cuda::{AnyBuf, AnyView, AnyViewMut, Gpu, GpuError, StoreKind};
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use ecstrain_kernels::cuda::{AnyBuf, AnyView, AnyViewMut, Gpu, GpuError, Store, StoreKind};
 use ecstrain_kernels::{any_view, ops};
 
 use super::acts::GpuActivations;
@@ -68,6 +68,50 @@ macro_rules! any_mut {
     };
 }
 
+/// Expands `$body` for the storage types a product's weight and two activation operands can have together:
+/// all f32 (no autocast), or the weight in the autocast type beside operands each in f32 or that type. Nine
+/// arms instead of every combination of three types: each product kernel is instantiated for these alone.
+macro_rules! product_kinds {
+    ($tw:ident, $w:expr, $ta:ident, $a:expr, $tb:ident, $b:expr, |$wv:ident, $av:ident, $bv:ident| $body:expr) => {
+        match ($w, $a, $b) {
+            ($tw::F32($wv), $ta::F32($av), $tb::F32($bv)) => $body,
+            ($tw::F16($wv), $ta::F32($av), $tb::F32($bv)) => $body,
+            ($tw::F16($wv), $ta::F16($av), $tb::F32($bv)) => $body,
+            ($tw::F16($wv), $ta::F32($av), $tb::F16($bv)) => $body,
+            ($tw::F16($wv), $ta::F16($av), $tb::F16($bv)) => $body,
+            ($tw::Bf16($wv), $ta::F32($av), $tb::F32($bv)) => $body,
+            ($tw::Bf16($wv), $ta::Bf16($av), $tb::F32($bv)) => $body,
+            ($tw::Bf16($wv), $ta::F32($av), $tb::Bf16($bv)) => $body,
+            ($tw::Bf16($wv), $ta::Bf16($av), $tb::Bf16($bv)) => $body,
+            _ => unreachable!("a product's operands are f32, or the autocast type's weight beside f32 or that type"),
+        }
+    };
+}
+
+/// The storage type of a typed view, for [`like`] and [`like_mut`].
+trait Typed {
+    /// The element type.
+    type T: Store;
+}
+
+impl<T: Store> Typed for CudaView<'_, T> {
+    type T = T;
+}
+
+impl<T: Store> Typed for CudaViewMut<'_, T> {
+    type T = T;
+}
+
+/// `v` as a typed view in `_of`'s storage type: a saved pre-activation has its output's type.
+fn like<'b, 'a, V: Typed>(_of: &V, v: &'b AnyView<'a>) -> &'b CudaView<'a, V::T> {
+    V::T::of(v).expect("the storage plan gives a saved value its value's type")
+}
+
+/// `v` as a typed mutable view in `_of`'s storage type: a gradient has its value's type.
+fn like_mut<'b, 'a, V: Typed>(_of: &V, v: &'b mut AnyViewMut<'a>) -> &'b mut CudaViewMut<'a, V::T> {
+    V::T::of_mut(v).expect("the storage plan gives a gradient its value's type")
+}
+
 /// A product's weight: its slice of the autocast copy of the arena when there is one (rounded once per
 /// forward, [`refresh_half_params`]), of the f32 arena otherwise.
 fn weight_view<'a>(params: &'a CudaSlice<f32>, params_half: Option<&'a AnyBuf>, r: &ParamRef) -> AnyView<'a> {
@@ -114,9 +158,9 @@ fn forward_any_storage(
             let b = bias.as_ref().map(p);
             let (w, b) = (weight_view(params, params_half, weight), b.as_ref());
             let mut col = scratch.expect("convolutions plan scratch").slice_mut(..super::acts::conv_col_len(&g));
-            any_view!(&w, |w| any_view!(x, |x| any_mut!(y, |y| {
+            product_kinds!(AnyView, &w, AnyView, x, AnyViewMut, y, |w, x, y| {
                 ops::conv2d::cuda::conv2d_forward(gpu, y, x, w, b, &mut col, &g)
-            })))
+            })
         }
         OpKind::Attention { heads, tokens: t, dim: d, causal } => {
             // Heads are read straight out of the fused [T, 3, H, D/H] projection and written merged.
@@ -137,18 +181,19 @@ fn forward_any_storage(
             let b = bias.as_ref().map(p);
             let (w, b) = (weight_view(params, params_half, weight), b.as_ref());
             let (rws, inf, outf) = (n * r, *in_features, *out_features);
-            any_view!(&w, |w| any_view!(x, |x| any_mut!(y, |y| {
+            product_kinds!(AnyView, &w, AnyView, x, AnyViewMut, y, |w, x, y| {
                 ops::linear::cuda::linear_forward(gpu, y, x, w, b, rws, inf, outf)
-            })))
+            })
         }
         OpKind::Linear { rows: r, in_features, out_features, weight, bias, act: Some(a) } => {
             let b = bias.as_ref().map(p);
             let (w, b) = (weight_view(params, params_half, weight), b.as_ref());
             let (rws, inf, outf) = (n * r, *in_features, *out_features);
             let mut pre = saved.expect("fused linears plan the pre-activation").view_mut(y.len());
-            any_view!(&w, |w| any_view!(x, |x| same_kind!(AnyViewMut, &mut *y, AnyViewMut, &mut pre, |y, pre| {
+            product_kinds!(AnyView, &w, AnyView, x, AnyViewMut, y, |w, x, y| {
+                let pre = like_mut(&*y, &mut pre);
                 ops::linear_act::cuda::linear_act_forward(gpu, y, pre, x, w, b, *a, rws, inf, outf)
-            })))
+            })
         }
         OpKind::LayerNorm { dim, eps, weight, bias } => {
             // Reads either type (autocast's f32 op reads a half input) and writes the planned one (half only
@@ -614,14 +659,10 @@ fn backward_any_storage(
             let mut col = scratch.expect("convolutions plan scratch").slice_mut(..super::acts::conv_col_len(&g));
             sink.with_any(xv, x.len(), |dx| {
                 with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                    any_view!(&w, |w| any_view!(dy, |dy| match dx {
-                        None => any_view!(x, |x| {
-                            ops::conv2d::cuda::conv2d_backward(gpu, None, dw, db, dy, x, w, &mut col, &g)
-                        }),
-                        Some(dx) => same_kind!(AnyViewMut, &mut *dx, AnyView, x, |dx, x| {
-                            ops::conv2d::cuda::conv2d_backward(gpu, Some(dx), dw, db, dy, x, w, &mut col, &g)
-                        }),
-                    }))
+                    product_kinds!(AnyView, &w, AnyView, dy, AnyView, x, |w, dy, x| {
+                        let dx = dx.map(|dx| like_mut(x, dx));
+                        ops::conv2d::cuda::conv2d_backward(gpu, dx, dw, db, dy, x, w, &mut col, &g)
+                    })
                 })
             })
         }
@@ -648,14 +689,10 @@ fn backward_any_storage(
             let (w, rws, inf, outf) = (weight_view(params, params_half, weight), n * r, *in_features, *out_features);
             sink.with_any(xv, x.len(), |dx| {
                 with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                    any_view!(&w, |w| any_view!(dy, |dy| match dx {
-                        None => any_view!(x, |x| {
-                            ops::linear::cuda::linear_backward(gpu, None, dw, db, dy, x, w, rws, inf, outf)
-                        }),
-                        Some(dx) => same_kind!(AnyViewMut, &mut *dx, AnyView, x, |dx, x| {
-                            ops::linear::cuda::linear_backward(gpu, Some(dx), dw, db, dy, x, w, rws, inf, outf)
-                        }),
-                    }))
+                    product_kinds!(AnyView, &w, AnyView, dy, AnyView, x, |w, dy, x| {
+                        let dx = dx.map(|dx| like_mut(x, dx));
+                        ops::linear::cuda::linear_backward(gpu, dx, dw, db, dy, x, w, rws, inf, outf)
+                    })
                 })
             })
         }
@@ -899,29 +936,12 @@ pub fn backward_releasing(
                 let (rws, inf, outf) = (n * r, *in_features, *out_features);
                 return sink.with_any(xv, x.len(), |dx| {
                     with_weight_and_bias(grads, weight.slice.range(), bias.map(|b| b.slice.range()), |dw, db| {
-                        any_view!(&w, |w| same_kind!(AnyViewMut, &mut dy, AnyView, &pre, |dy, pre| match dx {
-                            None => any_view!(&x, |x| {
-                                ops::linear_act::cuda::linear_act_backward(
-                                    gpu, None, dw, db, dy, pre, x, w, *a, rws, inf, outf,
-                                )
-                            }),
-                            Some(dx) => same_kind!(AnyViewMut, &mut *dx, AnyView, &x, |dx, x| {
-                                ops::linear_act::cuda::linear_act_backward(
-                                    gpu,
-                                    Some(dx),
-                                    dw,
-                                    db,
-                                    dy,
-                                    pre,
-                                    x,
-                                    w,
-                                    *a,
-                                    rws,
-                                    inf,
-                                    outf,
-                                )
-                            }),
-                        }))
+                        product_kinds!(AnyView, &w, AnyViewMut, &mut dy, AnyView, &x, |w, dy, x| {
+                            let (pre, dx) = (like(&*dy, &pre), dx.map(|dx| like_mut(x, dx)));
+                            ops::linear_act::cuda::linear_act_backward(
+                                gpu, dx, dw, db, dy, pre, x, w, *a, rws, inf, outf,
+                            )
+                        })
                     })
                 });
             }
