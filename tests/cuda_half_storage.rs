@@ -1,6 +1,7 @@
 //! Half-precision activation storage under autocast (`run.amp`): the storage plan over the shipped models'
 //! graphs (no GPU needed), and on a device the planned buffers it gives (the GPU part prints SKIPPED without
-//! one; CI runs it on tools/cuda-emu with `ECSTRAIN_REQUIRE_GPU=1`). Training under autocast with these
+//! one; CI runs it on tools/cuda-emu with `ECSTRAIN_REQUIRE_GPU=1`, selecting tests by `cuda` in their names,
+//! so every device test here has it). Training under autocast with these
 //! buffers is `cuda_e2e`'s `digits_mlp_and_cnn_train_under_autocast_on_cuda`; every half kernel is checked
 //! against its rounded CPU reference in its op's module.
 
@@ -157,8 +158,8 @@ fn storage_plan_stores_the_autocast_policy_half_values() {
 /// their gradients) take two bytes an element, so the value and gradient buffers shrink by exactly the
 /// half values' share; without autocast, and under TF32, they are f32.
 #[test]
-fn device_activation_buffers_follow_the_storage_plan() {
-    if no_gpu("device_activation_buffers_follow_the_storage_plan") {
+fn cuda_activation_buffers_follow_the_storage_plan() {
+    if no_gpu("cuda_activation_buffers_follow_the_storage_plan") {
         return;
     }
     for config in
@@ -268,7 +269,7 @@ fn mean_loss_after(app: &mut ecstrain::engine::app::App, steps: usize) -> f64 {
 /// f32 (the plan); on the device the concatenations run in those types, forward and backward (the f32 run
 /// matches the CPU's losses to 1e-5, bf16 and f16 stay within 2% of them over 40 steps of training).
 #[test]
-fn concatenation_promotes_as_torch_cat_and_trains_in_half_storage() {
+fn concatenation_promotes_as_torch_cat_and_trains_on_cuda_in_half_storage() {
     let cpu = branches_app("cpu", &[]);
     let graph = cpu.world.resource::<Graph>();
     let kinds = storage_plan(graph, Some(StoreKind::Bf16));
@@ -281,7 +282,7 @@ fn concatenation_promotes_as_torch_cat_and_trains_in_half_storage() {
     assert_eq!(by_name("mixed"), StoreKind::F32, "an f32 piece promotes the concatenation to f32");
     assert_eq!(by_name("b"), StoreKind::Bf16, "a half piece of an f32 concatenation stays half");
     drop(cpu);
-    if no_gpu("concatenation_promotes_as_torch_cat_and_trains_in_half_storage") {
+    if no_gpu("concatenation_promotes_as_torch_cat_and_trains_on_cuda_in_half_storage") {
         return;
     }
     const STEPS: usize = 40;
