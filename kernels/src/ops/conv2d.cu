@@ -1,8 +1,10 @@
 // 2-D convolution helpers around the cuBLAS products (conv2d_cuda.rs); the CPU twin is ops/conv2d.rs.
 // Layouts: inp / dinp [N, C, H, W], out / dout [N, OC, OH, OW], col [S, Kg, P] for S samples of one group
 // (row k = (c*KH + ki)*KW + kj, column p = oy*OW + ox), P = OH*OW, Kg = Cg*KH*KW.
-// Activations, their gradients and the column matrices are stored in T (f32, or f16 / bf16 under autocast:
-// loaded to f32, sums in f32, each stored value rounded once); bias and its gradient sums are f32.
+// Activations and their gradients are stored in T (f32, or f16 / bf16 under autocast: loaded to f32, sums in
+// f32, each stored value rounded once); bias and its gradient sums are f32. The column matrices are stored in
+// the products' type C: an f32 input (the image) is rounded into half columns as im2col writes them, so the
+// products read half operands without a cast of their own.
 
 // The geometry, passed by value (conv2d_cuda.rs `ConvDims`, same field order).
 struct ConvDims {
@@ -10,8 +12,8 @@ struct ConvDims {
 };
 
 // col[s, k, p] = inp[s, g*Cg + c, oy*sh + ki*dh - ph, ox*sw + kj*dw - pw] (0 in the padding), for the S
-// samples `inp` starts at and group g.
-template <typename T> __device__ void conv_im2col(T *col, const T *inp, size_t samples, int g, ConvDims d) {
+// samples `inp` starts at and group g; a copy, rounded once when C is narrower than X.
+template <typename X, typename C> __device__ void conv_im2col(C *col, const X *inp, size_t samples, int g, ConvDims d) {
     const size_t per = (size_t)d.kg * d.p;
     FOR_EACH(i, samples * per) {
         const size_t s = i / per, r = i % per;
@@ -70,10 +72,12 @@ template <bool WARP, typename T> __device__ void conv_bias_rowsum(float *sums, c
         if (g.lane() == 0) sums[r] = acc;
     }
 }
-#define CONV(T, S) \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_im2col_##S(T *col, const T *inp, size_t samples, int g, ConvDims d) { \
+#define IM2COL(X, XS, C, CS) \
+    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_im2col_##XS##_##CS(C *col, const X *inp, size_t samples, int g, ConvDims d) { \
         conv_im2col(col, inp, samples, g, d); \
-    } \
+    }
+FOR_STORE_PAIRS(IM2COL)
+#define CONV(T, S) \
     extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv_col2im_##S(T *dinp, const float *dcol, size_t samples, int g, ConvDims d) { \
         conv_col2im(dinp, dcol, samples, g, d); \
     } \

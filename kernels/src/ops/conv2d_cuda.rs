@@ -19,15 +19,19 @@
 //! matrix.
 //!
 //! Under autocast the activations may be stored in half precision (the input and its gradient in `X`, the
-//! output and its gradient in `Y`): the column matrices then hold the input's type (the caller's f32 `col`
-//! scratch is reinterpreted: a half column matrix takes half its bytes), and the products take half operands
-//! ([`gemm_general`](crate::ops::gemm::cuda::gemm_general)). Weights and their gradients stay f32.
+//! output and its gradient in `Y`), and the weight is the autocast copy in the half type `W`. The column
+//! matrices then hold `W`'s type (the caller's f32 `col` scratch is reinterpreted: a half column matrix takes
+//! half its bytes): an f32 input (the image, or a value an f32-only op wrote) is rounded as im2col writes its
+//! columns, once, where the product would otherwise round a copy of the f32 columns in the forward and again
+//! in the weight gradient. The products take half operands
+//! ([`gemm_general`](crate::ops::gemm::cuda::gemm_general)). Weight gradients stay f32.
 
 use cudarc::driver::{CudaView, CudaViewMut};
 
 use super::{Conv2dGeom, CUDA};
 use crate::cuda::launch::row_launch;
-use crate::cuda::{Gpu, GpuError, Store};
+use crate::cuda::store::pick_pair;
+use crate::cuda::{Gpu, GpuError, Store, StoreKind};
 use crate::ops::bias_add::cuda::{column_scratch_len, column_sum_of};
 use crate::ops::gemm::cuda::gemm_strided_batched;
 
@@ -113,8 +117,8 @@ fn plan(g: &Conv2dGeom, col_len: usize, what: &str) -> Plan {
     }
 }
 
-/// The im2col entry points by storage type.
-const IM2COL: [&str; 3] = ["conv_im2col_f32", "conv_im2col_f16", "conv_im2col_bf16"];
+/// The im2col entry points by (input, column) storage type.
+const IM2COL: [&str; 7] = crate::store_pairs!("conv_im2col");
 /// The col2im entry points by the input gradient's storage type (the column gradients are f32).
 const COL2IM: [&str; 3] = ["conv_col2im_f32", "conv_col2im_f16", "conv_col2im_bf16"];
 
@@ -163,8 +167,31 @@ pub fn conv2d_forward<X: Store, Y: Store, W: Store>(
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
 ) -> Result<(), GpuError> {
+    if columns_in_weight_type::<X, W>() {
+        forward_lowered::<X, Y, W, W>(gpu, out, inp, weight, bias, col, g)
+    } else {
+        forward_lowered::<X, Y, W, X>(gpu, out, inp, weight, bias, col, g)
+    }
+}
+
+/// Whether the column matrices take the weight's type rather than the input's: a half weight (the autocast
+/// copy) beside an input of another type (f32), which im2col then rounds into the products' type.
+fn columns_in_weight_type<X: Store, W: Store>() -> bool {
+    W::KIND != StoreKind::F32 && X::KIND != W::KIND
+}
+
+/// [`conv2d_forward`] with the column matrices in `C`.
+fn forward_lowered<X: Store, Y: Store, W: Store, C: Store>(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<Y>,
+    inp: &CudaView<X>,
+    weight: &CudaView<W>,
+    bias: Option<&CudaView<f32>>,
+    col: &mut CudaViewMut<f32>,
+    g: &Conv2dGeom,
+) -> Result<(), GpuError> {
     let pl = plan(g, col.len(), "conv2d_forward");
-    let col = &mut col_as::<X>(col);
+    let col = &mut col_as::<C>(col);
     assert_eq!(out.len(), g.n * pl.out_len, "conv2d_forward: out must be [N, OC, OH, OW]");
     assert_eq!(inp.len(), g.n * pl.in_len, "conv2d_forward: inp must be [N, C, H, W]");
     assert_eq!(weight.len(), g.oc * pl.kg, "conv2d_forward: weight must be [OC, C/groups, KH, KW]");
@@ -184,7 +211,7 @@ pub fn conv2d_forward<X: Store, Y: Store, W: Store>(
                 )?;
             } else {
                 let x = inp.slice(n0 * pl.in_len..);
-                lower(gpu, X::pick(IM2COL), col, &x, s, gi, &pl, s * pl.kg * pl.p)?;
+                lower(gpu, pick_pair::<X, C>(IM2COL), col, &x, s, gi, &pl, s * pl.kg * pl.p)?;
                 let cv = col.slice(..);
                 gemm_strided_batched(
                     gpu,
@@ -236,7 +263,11 @@ pub fn conv2d_backward<D: Store, X: Store, W: Store>(
     col: &mut CudaViewMut<f32>,
     g: &Conv2dGeom,
 ) -> Result<(), GpuError> {
-    conv2d_backward_capped(gpu, dinp, dweight, dbias, dout, inp, weight, col, g, PARTIAL_CAP)
+    if columns_in_weight_type::<X, W>() {
+        conv2d_backward_capped::<D, X, W, W>(gpu, dinp, dweight, dbias, dout, inp, weight, col, g, PARTIAL_CAP)
+    } else {
+        conv2d_backward_capped::<D, X, W, X>(gpu, dinp, dweight, dbias, dout, inp, weight, col, g, PARTIAL_CAP)
+    }
 }
 
 /// Most elements of per-sample weight-gradient products held at once (64 MiB of scratch); more samples
@@ -309,10 +340,10 @@ fn bias_grad<D: Store>(
     })
 }
 
-/// [`conv2d_backward`] with the weight-gradient scratch capped at `partial_cap` elements (tests force
-/// several rounds with a small cap).
+/// [`conv2d_backward`] with the column matrices in `C` and the weight-gradient scratch capped at
+/// `partial_cap` elements (tests force several rounds with a small cap).
 #[allow(clippy::too_many_arguments)]
-fn conv2d_backward_capped<D: Store, X: Store, W: Store>(
+fn conv2d_backward_capped<D: Store, X: Store, W: Store, C: Store>(
     gpu: &Gpu,
     dinp: Option<&mut CudaViewMut<X>>,
     dweight: &mut CudaViewMut<f32>,
@@ -346,16 +377,16 @@ fn conv2d_backward_capped<D: Store, X: Store, W: Store>(
     for n0 in (0..g.n).step_by(pl.chunk) {
         let s = pl.chunk.min(g.n - n0);
         for gi in 0..g.groups {
-            // Weight gradient: dW_g += sum_i dout_g[i] @ col[i]^T, the columns in the input's type.
+            // Weight gradient: dW_g += sum_i dout_g[i] @ col[i]^T, the columns in the products' type.
             let mut dw_g = dweight.slice_mut(gi * wg..(gi + 1) * wg);
             let go = dout.slice(n0 * pl.out_len + gi * pl.gout..);
             if pl.pointwise {
                 let x = inp.slice(n0 * pl.in_len + gi * pl.gin..);
                 weight_grad(gpu, &mut dw_g, (&go, pl.out_len), (&x, pl.in_len), s, &pl, partial_cap)?;
             } else {
-                let mut cx = col_as::<X>(col);
+                let mut cx = col_as::<C>(col);
                 let x = inp.slice(n0 * pl.in_len..);
-                lower(gpu, X::pick(IM2COL), &mut cx, &x, s, gi, &pl, s * pl.kg * pl.p)?;
+                lower(gpu, pick_pair::<X, C>(IM2COL), &mut cx, &x, s, gi, &pl, s * pl.kg * pl.p)?;
                 let x = cx.slice(..);
                 weight_grad(gpu, &mut dw_g, (&go, pl.out_len), (&x, pl.kg * pl.p), s, &pl, partial_cap)?;
             }
@@ -499,7 +530,7 @@ mod tests {
                 let mut dx = poisoned(gpu, in_len).unwrap();
                 let (mut dw, mut db) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
                 let (mut dxv, mut dbv) = (dx.as_view_mut(), db.as_view_mut());
-                conv2d_backward_capped(
+                conv2d_backward_capped::<f32, f32, f32, f32>(
                     gpu,
                     Some(&mut dxv),
                     &mut dw.as_view_mut(),
@@ -521,8 +552,8 @@ mod tests {
     }
 
     /// One storage combination under autocast: input (and its gradient) in `X`, output (and its gradient) in
-    /// `Y`, products in the half type `H`. Reference: the CPU convolution on the stored input and gradient
-    /// and the weight rounded into `H` (their products are exact in f32), rounded where the kernels store:
+    /// `Y`, the weight (the autocast copy) and the products in the half type `H`. Reference: the CPU
+    /// convolution on the stored input and gradient and the weight rounded into `H` (their products are exact in f32), rounded where the kernels store:
     /// the forward's product and its sum with the bias, the input gradient. Tolerance: one unit in the last
     /// place of `H` (f32 sums in another order may cross a rounding boundary) plus 1e-4, for the forward one
     /// of the product's and one of the output's (`assert_within_two_roundings`); the f32 weight and bias
@@ -559,7 +590,9 @@ mod tests {
             })
             .collect();
 
-        let (dw_in, db_in) = (gpu.upload(&w).unwrap(), gpu.upload(&bias).unwrap());
+        // The weight in H, as the executor's autocast copy holds it: an f32 input is then rounded into half
+        // columns by im2col.
+        let ((dw_in, _), db_in) = (upload_as::<H>(gpu, &w), gpu.upload(&bias).unwrap());
         let mut dcol = poisoned(gpu, g.col_len()).unwrap();
         let mut out = poisoned_as::<Y>(gpu, out_len);
         let bv = db_in.as_view();
