@@ -364,7 +364,7 @@ pub fn run_benchmarks_sized(gpu: &Gpu, n: usize, gemm_n: usize) -> Result<Vec<Be
         // Backward: read the probabilities, write the logits' gradient.
         let ms = time_ms(gpu, || {
             let (mut dl, pv, tv) = (b.slice_mut(..len), probs.as_view(), targets.as_view());
-            softmax_cross_entropy_backward(gpu, &mut dl, &pv, &tv, r, v, &opts, 1.0)
+            softmax_cross_entropy_backward(gpu, &mut dl, &pv, &tv, r, v, &opts, 1.0, None)
         })?;
         rows.push(BenchRow::new(&name("softmax_ce_backward_v1000"), Work::Bytes(8 * len as u64), ms));
     }

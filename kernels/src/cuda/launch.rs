@@ -32,25 +32,28 @@ pub fn row_launch(rows: usize, len: usize) -> (bool, LaunchConfig) {
 /// whose fixed summation order (`ordered_block_sum_f64` in common.cuh) gives the same bits every run.
 pub const ONE_BLOCK: LaunchConfig = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
 
-/// `loss[0] = kernel(pred, target)` for an elementwise loss kernel `(float *loss, const float *pred, const
-/// float *target, size_t n)` of `source` (MSE, L1), in one block ([`ONE_BLOCK`]). `what` names the caller in
-/// the length checks.
-pub fn elementwise_loss(
+/// A null device pointer, passed for an absent optional buffer (the kernels test for null).
+pub const NULL: u64 = 0;
+
+/// `loss[0] = kernel(pred, target)` for an elementwise loss kernel `(float *loss, const T *pred, const float
+/// *target, size_t n)` of `source` (MSE, L1), in one block ([`ONE_BLOCK`]); `kernels` are its entry points by
+/// the prediction's storage type (`[f32, f16, bf16]`). `what` names the caller in the length checks.
+pub fn elementwise_loss<T: super::Store>(
     gpu: &super::Gpu,
     source: &'static super::KernelSource,
-    kernel: &'static str,
+    kernels: [&'static str; 3],
     what: &str,
-    pred: &cudarc::driver::CudaView<f32>,
+    pred: &cudarc::driver::CudaView<T>,
     target: &cudarc::driver::CudaView<f32>,
     loss: &mut cudarc::driver::CudaViewMut<f32>,
 ) -> Result<(), super::GpuError> {
     let n = pred.len();
     assert_eq!(target.len(), n, "{what}: pred and target lengths differ");
     assert_eq!(loss.len(), 1, "{what}: loss must be one device scalar");
-    let f = gpu.function(source, kernel)?;
+    let f = gpu.function(source, T::pick(kernels))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(loss).arg(pred).arg(target).arg(&n);
-    // SAFETY: (float*, const float*, const float*, size_t) as documented; loss holds 1, pred and target n
+    // SAFETY: (float*, const T*, const float*, size_t) as documented; loss holds 1, pred and target n
     // elements.
     unsafe { l.launch(ONE_BLOCK) }?;
     Ok(())

@@ -13,11 +13,8 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 use super::CUDA;
-use crate::cuda::launch::BLOCK;
+use crate::cuda::launch::{BLOCK, NULL};
 use crate::cuda::{Gpu, GpuError, Store};
-
-/// A null device pointer, for an absent optional buffer (the kernels test for null).
-const NULL: u64 = 0;
 
 /// Most blocks a per-channel kernel is launched with (it loops over further channels).
 const MAX_CHANNEL_BLOCKS: usize = 1 << 16;

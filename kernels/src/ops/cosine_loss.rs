@@ -81,7 +81,14 @@ pub fn cosine_loss_backward<T: Float>(
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "cosine_loss",
     code: include_str!("cosine_loss.cu"),
-    kernels: &["cosine_loss_f32", "cosine_loss_backward_f32"],
+    kernels: &[
+        "cosine_loss_f32",
+        "cosine_loss_backward_f32",
+        "cosine_loss_f16",
+        "cosine_loss_backward_f16",
+        "cosine_loss_bf16",
+        "cosine_loss_backward_bf16",
+    ],
 };
 
 /// Host side of `cosine_loss.cu`.

@@ -37,7 +37,14 @@ pub fn l1_loss_backward<T: Float>(dpred: &mut [T], pred: &[T], target: &[T], sca
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "l1_loss",
     code: include_str!("l1_loss.cu"),
-    kernels: &["l1_loss_forward_f32", "l1_loss_backward_f32"],
+    kernels: &[
+        "l1_loss_forward_f32",
+        "l1_loss_backward_f32",
+        "l1_loss_forward_f16",
+        "l1_loss_backward_f16",
+        "l1_loss_forward_bf16",
+        "l1_loss_backward_bf16",
+    ],
 };
 
 /// Host side of `l1_loss.cu`.

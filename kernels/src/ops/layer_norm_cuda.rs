@@ -6,13 +6,10 @@
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut};
 
 use super::CUDA;
-use crate::cuda::launch::{column_grid, row_launch};
+use crate::cuda::launch::{column_grid, row_launch, NULL};
 use crate::cuda::store::pick_pair;
 use crate::cuda::{Gpu, GpuError, Store};
 use crate::store_pairs;
-
-/// A null device pointer, for an absent optional buffer (the kernels test for null).
-const NULL: u64 = 0;
 
 /// Layer norm forward on the GPU (overwrites `out`, `save_mean`, `save_rstd`).
 /// inp, out: [rows, dim], weight / bias: [dim] or None, save_mean / save_rstd: [rows].

@@ -43,7 +43,7 @@ pub fn linear_act_forward<X: Store, Y: Store, W: Store>(
     l.arg(out).arg(&mut *pre);
     match bias {
         Some(bias) => l.arg(bias),
-        None => l.arg(&0u64),
+        None => l.arg(&crate::cuda::launch::NULL),
     };
     l.arg(&b).arg(&oc).arg(&code);
     // SAFETY: (T*, T*, const float*, size_t, size_t, int); out and pre hold b*oc elements, the bias oc (or

@@ -42,7 +42,14 @@ pub fn mse_backward<T: Float>(dpred: &mut [T], pred: &[T], target: &[T], dloss: 
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "mse",
     code: include_str!("mse.cu"),
-    kernels: &["mse_forward_f32", "mse_backward_f32"],
+    kernels: &[
+        "mse_forward_f32",
+        "mse_backward_f32",
+        "mse_forward_f16",
+        "mse_backward_f16",
+        "mse_forward_bf16",
+        "mse_backward_bf16",
+    ],
 };
 
 /// Host side of `mse.cu`.

@@ -212,7 +212,20 @@ pub fn top_k_correct<T: Float>(logits: &[T], targets: &[i64], b: usize, v: usize
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "softmax_cross_entropy",
     code: include_str!("softmax_cross_entropy.cu"),
-    kernels: &["sce_probs_f32", "sce_probs_warp_f32", "sce_loss_f32", "sce_backward_f32"],
+    kernels: &[
+        "sce_probs_f32",
+        "sce_probs_warp_f32",
+        "sce_loss_f32",
+        "sce_backward_f32",
+        "sce_probs_f16",
+        "sce_probs_warp_f16",
+        "sce_loss_f16",
+        "sce_backward_f16",
+        "sce_probs_bf16",
+        "sce_probs_warp_bf16",
+        "sce_loss_bf16",
+        "sce_backward_bf16",
+    ],
 };
 
 /// Host side of `softmax_cross_entropy.cu`.

@@ -4,12 +4,16 @@
 //!
 //! The forward writes the mean loss to a caller-provided device scalar (no host synchronisation); read it
 //! with [`download_loss`] when it is needed on the host.
+//!
+//! The logits and their gradient may be stored in half precision (`T`, under autocast): read exactly into
+//! f32, the same arithmetic as for f32 logits, the gradient rounded once as it is stored. The backward takes
+//! the f16 loss-scale state and multiplies the gradient by it before that rounding.
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 
 use super::{CrossEntropyOptions, CUDA};
-use crate::cuda::launch::BLOCK;
-use crate::cuda::{Gpu, GpuError};
+use crate::cuda::launch::{BLOCK, NULL};
+use crate::cuda::{Gpu, GpuError, Store};
 
 /// Grid-stride row kernels never need more blocks than this (the rows loop inside the kernel).
 const MAX_ROW_BLOCKS: usize = 1 << 16;
@@ -28,15 +32,15 @@ fn opts_args(opts: &CrossEntropyOptions, v: usize) -> (i32, i64, f32, f32, f32) 
 /// Softmax + cross-entropy forward on the GPU: writes the probabilities (every row) and the mean loss over
 /// the rows that are not ignored into `loss[0]` (a device scalar: `loss` holds exactly one element).
 ///
-/// logits, probs: [B, V], targets: [B] (class ids). As on the CPU every row ignored gives a loss of 0. The
+/// logits (f32 or half), probs (f32): [B, V], targets: [B] (class ids). As on the CPU every row ignored gives a loss of 0. The
 /// CPU's target check would need the targets on the host, so here a target outside `[0, V)` (and not the
 /// ignore index) makes the loss NaN instead (assembly range-checks the labels first). The loss is summed
 /// in f64 in one block in a fixed order: the same bits every run.
 #[allow(clippy::too_many_arguments)]
-pub fn softmax_cross_entropy_forward(
+pub fn softmax_cross_entropy_forward<T: Store>(
     gpu: &Gpu,
     probs: &mut CudaViewMut<f32>,
-    logits: &CudaView<f32>,
+    logits: &CudaView<T>,
     targets: &CudaView<i64>,
     b: usize,
     v: usize,
@@ -50,15 +54,20 @@ pub fn softmax_cross_entropy_forward(
     let (has_ignore, ignore, keep, smooth, _) = opts_args(opts, v);
     if b * v > 0 {
         let (warp, cfg) = crate::cuda::launch::row_launch(b, v);
-        let f = gpu.function(&CUDA, if warp { "sce_probs_warp_f32" } else { "sce_probs_f32" })?;
+        let names = if warp {
+            ["sce_probs_warp_f32", "sce_probs_warp_f16", "sce_probs_warp_bf16"]
+        } else {
+            ["sce_probs_f32", "sce_probs_f16", "sce_probs_bf16"]
+        };
+        let f = gpu.function(&CUDA, T::pick(names))?;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *probs).arg(logits).arg(&b).arg(&v);
-        // SAFETY: (float*, const float*, size_t, size_t); probs and logits hold b*v elements.
+        // SAFETY: (float*, const T*, size_t, size_t); probs and logits hold b*v elements.
         unsafe { l.launch(cfg) }?;
     }
     // One block of 1024 threads (32 warps, one row per warp at a time) for the deterministic reduction.
     let cfg = crate::cuda::launch::ONE_BLOCK;
-    let f = gpu.function(&CUDA, "sce_loss_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["sce_loss_f32", "sce_loss_f16", "sce_loss_bf16"]))?;
     let probs_ro = probs.slice(..);
     let mut l = gpu.launch_builder(&f);
     l.arg(loss)
@@ -71,7 +80,7 @@ pub fn softmax_cross_entropy_forward(
         .arg(&ignore)
         .arg(&keep)
         .arg(&smooth);
-    // SAFETY: (float*, const float*, const float*, const long long*, size_t, size_t, int, long long, float,
+    // SAFETY: (float*, const float*, const T*, const long long*, size_t, size_t, int, long long, float,
     // float) as declared; loss holds 1, probs / logits b*v and targets b elements. An empty batch writes 0.
     unsafe { l.launch(cfg) }?;
     Ok(())
@@ -84,21 +93,24 @@ pub fn download_loss(gpu: &Gpu, loss: &CudaSlice<f32>) -> Result<f32, GpuError> 
 }
 
 /// Softmax + cross-entropy backward on the GPU (overwrites `dlogits`):
-/// `(p - (1 - eps) one_hot(t) - eps / V) * dloss / n_valid` for rows not ignored, 0 for ignored rows (and everywhere when all are ignored); the
-/// CPU's bits for the same probabilities.
+/// `(p - (1 - eps) one_hot(t) - eps / V) * dloss / n_valid` for rows not ignored, 0 for ignored rows (and
+/// everywhere when all are ignored), times `loss_scale[0]` when given (the f16 loss-scale state, read on the
+/// device); the CPU's bits for the same probabilities, then `*= scale as f32` as the host scales them, then
+/// rounded into `T`.
 ///
 /// probs: [B, V] (from the forward), targets: [B], dlogits: [B, V], dloss: the upstream gradient. Where the
 /// CPU panics on a target outside `[0, V)`, this writes a NaN row.
 #[allow(clippy::too_many_arguments)]
-pub fn softmax_cross_entropy_backward(
+pub fn softmax_cross_entropy_backward<T: Store>(
     gpu: &Gpu,
-    dlogits: &mut CudaViewMut<f32>,
+    dlogits: &mut CudaViewMut<T>,
     probs: &CudaView<f32>,
     targets: &CudaView<i64>,
     b: usize,
     v: usize,
     opts: &CrossEntropyOptions,
     dloss: f32,
+    loss_scale: Option<&CudaView<f64>>,
 ) -> Result<(), GpuError> {
     assert_eq!(dlogits.len(), b * v, "softmax_cross_entropy_backward: dlogits must be [B, V]");
     assert_eq!(probs.len(), b * v, "softmax_cross_entropy_backward: probs must be [B, V]");
@@ -110,7 +122,7 @@ pub fn softmax_cross_entropy_backward(
     // With an ignore index every block recounts the valid rows, so keep the grid to what fills the device.
     let blocks = if has_ignore != 0 { b.min(gpu.info.multiprocessors * 8) } else { b.min(MAX_ROW_BLOCKS) };
     let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-    let f = gpu.function(&CUDA, "sce_backward_f32")?;
+    let f = gpu.function(&CUDA, T::pick(["sce_backward_f32", "sce_backward_f16", "sce_backward_bf16"]))?;
     let mut l = gpu.launch_builder(&f);
     l.arg(dlogits)
         .arg(probs)
@@ -122,9 +134,12 @@ pub fn softmax_cross_entropy_backward(
         .arg(&keep)
         .arg(&spc)
         .arg(&dloss);
-    // SAFETY: (float*, const float*, const long long*, size_t, size_t, int, long long, float, float, float,
-    // float);
-    // dlogits / probs hold b*v and targets b elements.
+    match loss_scale {
+        Some(ls) => l.arg(ls),
+        None => l.arg(&NULL),
+    };
+    // SAFETY: (T*, const float*, const long long*, size_t, size_t, int, long long, float, float, float,
+    // const double*); dlogits / probs hold b*v and targets b elements, the loss scale (or null) one or more.
     unsafe { l.launch(cfg) }?;
     Ok(())
 }
@@ -197,19 +212,76 @@ mod tests {
             let mut want_d = vec![0.0f32; b * v];
             super::super::softmax_cross_entropy_backward(&mut want_d, &want_p, &targets, b, v, &opts, 0.7);
             let dprobs = gpu.upload(&want_p).unwrap();
-            let mut dd = poisoned(gpu, b * v).unwrap();
-            softmax_cross_entropy_backward(
+            let scale = gpu.upload(&[16384.0f64, 0.0]).unwrap();
+            for (ls, k) in [(None, 1.0f32), (Some(scale.as_view()), 16384.0)] {
+                let mut dd = poisoned(gpu, b * v).unwrap();
+                softmax_cross_entropy_backward(
+                    gpu,
+                    &mut dd.as_view_mut(),
+                    &dprobs.as_view(),
+                    &dt.as_view(),
+                    b,
+                    v,
+                    &opts,
+                    0.7,
+                    ls.as_ref(),
+                )
+                .unwrap();
+                let want: Vec<f32> = want_d.iter().map(|&g| g * k).collect();
+                assert_bitwise(&format!("{what} dlogits (loss scale {k})"), &gpu.download(&dd).unwrap(), &want);
+            }
+        }
+    }
+
+    /// Logits (and their gradient) stored in f16 / bf16, as under autocast: the forward matches the CPU on
+    /// the stored logits with the f32 tolerances of `softmax_cross_entropy_matches_cpu` (the arithmetic is
+    /// f32); the backward, fed the CPU's probabilities with a loss scale of 2^10, is the CPU's gradient
+    /// times the scale rounded once into the storage type, bit for bit.
+    #[test]
+    fn softmax_cross_entropy_of_half_logits_matches_the_rounded_reference() {
+        let name = "softmax_cross_entropy_of_half_logits_matches_the_rounded_reference";
+        let Some(gpu) = gpu_or_skip(name) else { return };
+        let mut rng = seeded(name);
+        fn case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng, b: usize, v: usize, eps: f64) {
+            let (dl, logits) = upload_as::<T>(gpu, &rand_vec(rng, b * v, -4.0, 4.0));
+            let targets: Vec<i64> = (0..b).map(|_| rng.below(v as u64) as i64).collect();
+            let opts = CrossEntropyOptions { ignore_index: None, label_smoothing: eps };
+            let mut want_p = vec![0.0f32; b * v];
+            let want_loss =
+                super::super::softmax_cross_entropy_forward(&mut want_p, &logits, &targets, b, v, &opts).unwrap();
+            let dt = gpu.upload(&targets).unwrap();
+            let (mut dp, mut dloss) = (poisoned(gpu, b * v).unwrap(), poisoned(gpu, 1).unwrap());
+            let mut lv = dloss.as_view_mut();
+            softmax_cross_entropy_forward(
                 gpu,
-                &mut dd.as_view_mut(),
-                &dprobs.as_view(),
+                &mut dp.as_view_mut(),
+                &dl.as_view(),
                 &dt.as_view(),
                 b,
                 v,
                 &opts,
-                0.7,
+                &mut lv,
             )
             .unwrap();
-            assert_bitwise(&format!("{what} dlogits"), &gpu.download(&dd).unwrap(), &want_d);
+            let what = format!("sce {} b{b} v{v} eps {eps}", T::KIND.name());
+            assert_close(&format!("{what} probs"), &gpu.download(&dp).unwrap(), &want_p, 1e-6, 1e-5);
+            assert_close(&format!("{what} loss"), &[download_loss(gpu, &dloss).unwrap()], &[want_loss], 1e-5, 1e-5);
+            let mut want_d = vec![0.0f32; b * v];
+            super::super::softmax_cross_entropy_backward(&mut want_d, &want_p, &targets, b, v, &opts, 0.7);
+            let want: Vec<f32> = want_d.iter().map(|&g| T::round(g * 1024.0)).collect();
+            let (dprobs, scale) = (gpu.upload(&want_p).unwrap(), gpu.upload(&[1024.0f64, 0.0]).unwrap());
+            let mut dd = poisoned_as::<T>(gpu, b * v);
+            let mut dv = dd.as_view_mut();
+            let sv = scale.as_view();
+            softmax_cross_entropy_backward(gpu, &mut dv, &dprobs.as_view(), &dt.as_view(), b, v, &opts, 0.7, Some(&sv))
+                .unwrap();
+            assert_bitwise(&format!("{what} dlogits"), &download_f32(gpu, &dd), &want);
+        }
+        // Warp rows (10, 301 classes) and block rows (1500), with and without label smoothing (which recomputes
+        // the row's log-sum-exp from the stored logits).
+        for (b, v, eps) in [(37usize, 10usize, 0.0), (19, 301, 0.1), (3, 1500, 0.0)] {
+            case::<half::f16>(gpu, &mut rng, b, v, eps);
+            case::<half::bf16>(gpu, &mut rng, b, v, eps);
         }
     }
 

@@ -3,7 +3,7 @@
 //! Under autocast some values (and their gradients) are stored in half precision ([`storage_plan`]).
 
 use ecstrain_components::{Graph, OpKind, ValueId};
-use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PinnedHostSlice};
 use ecstrain_kernels::cuda::{AnyBuf, Gpu, GpuError, MatmulPrecision, StoreKind};
 use ecstrain_kernels::ops;
 
@@ -217,4 +217,55 @@ impl GpuActivations {
         let any = |b: &Option<AnyBuf>| b.as_ref().map_or(0, AnyBuf::bytes);
         self.values.iter().map(any).sum::<usize>() + self.grads.iter().map(any).sum::<usize>()
     }
+}
+
+/// The first `len` values of the graph's output as f32, for the host task: its own buffer when it is f32;
+/// a half output (autocast) widened exactly into `staging` (one launch: an evaluation, or a plugin task's
+/// loss on the host).
+pub fn output_as_f32<'a>(
+    gpu: &Gpu,
+    out: &'a AnyBuf,
+    staging: &'a mut CudaSlice<f32>,
+    len: usize,
+) -> Result<CudaView<'a, f32>, GpuError> {
+    let mut wide = staging.slice_mut(..len);
+    match out {
+        AnyBuf::F32(b) => return Ok(b.slice(..len)),
+        AnyBuf::F16(b) => ops::cast::cuda::f16_to_f32(gpu, &mut wide, &b.slice(..len))?,
+        AnyBuf::Bf16(b) => ops::cast::cuda::bf16_to_f32(gpu, &mut wide, &b.slice(..len))?,
+    }
+    Ok(staging.slice(..len))
+}
+
+/// A host task's output gradient (`host`, f32) into the output's device gradient `dst`: copied up, multiplied
+/// by the f16 loss scale when `loss_scale` is given (the state `[scale, ..]`, read on the device), and for a
+/// half output rounded into its type after the scaling, through `staging`, as the device loss kernels do.
+pub fn upload_output_gradient(
+    gpu: &Gpu,
+    host: &[f32],
+    dst: &mut AnyBuf,
+    staging: &mut CudaSlice<f32>,
+    loss_scale: Option<&CudaSlice<f64>>,
+) -> Result<(), GpuError> {
+    use ecstrain_kernels::optim::loss_scale::cuda::scale_gradient;
+    let len = host.len();
+    let scaled = |wide: &mut CudaViewMut<f32>| -> Result<(), GpuError> {
+        gpu.stream().memcpy_htod(host, wide)?;
+        match loss_scale {
+            Some(scale) => scale_gradient(gpu, wide, scale),
+            None => Ok(()),
+        }
+    };
+    match dst {
+        AnyBuf::F32(d) => scaled(&mut d.slice_mut(..len))?,
+        AnyBuf::F16(d) => {
+            scaled(&mut staging.slice_mut(..len))?;
+            ops::cast::cuda::f32_to_f16(gpu, &mut d.slice_mut(..len), &staging.slice(..len))?
+        }
+        AnyBuf::Bf16(d) => {
+            scaled(&mut staging.slice_mut(..len))?;
+            ops::cast::cuda::f32_to_bf16(gpu, &mut d.slice_mut(..len), &staging.slice(..len))?
+        }
+    }
+    Ok(())
 }

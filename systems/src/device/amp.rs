@@ -4,9 +4,11 @@
 //!
 //! The scale lives in [`GpuState::loss_scale`] (`[scale, growth tracker]`, f64), and every decision of a
 //! window is taken on the device, in stream order:
-//! - backward: the loss gradient is multiplied by the scale ([`scale_output_gradient`], from `gpu_backward`,
-//!   as the host's `scale_loss_gradient` multiplies the host one), and so is the VQ layers' auxiliary weight
-//!   (inside their kernels);
+//! - backward: the loss gradient is multiplied by the scale, as the host's `scale_loss_gradient` multiplies
+//!   the host one, in f32 before a half output's gradient is rounded (inside the device loss kernels,
+//!   [`super::loss`]; for a host task's gradient, as it goes up in `gpu_backward`,
+//!   [`super::acts::upload_output_gradient`]), and so is the VQ layers' auxiliary weight (inside their
+//!   kernels);
 //! - reduce ([`gpu_unscale_gradients`]): the gradient arena is unscaled and checked into the `found_inf`
 //!   flag, then one launch zeroes the arena if the flag is set and moves the scale (torch's
 //!   `_amp_update_scale_`); the flag is copied into page-locked memory;
@@ -22,10 +24,10 @@
 //! a stop) [`gpu_settle_loss_scale`] brings them up to date.
 
 use bevy_ecs::prelude::*;
-use ecstrain_components::{Graph, LossScaler, OptimizerState, RunFailure};
+use ecstrain_components::{LossScaler, OptimizerState, RunFailure};
 use ecstrain_kernels::cuda::cudarc::driver::{CudaEvent, PinnedHostSlice};
 use ecstrain_kernels::cuda::{Gpu, GpuError};
-use ecstrain_kernels::optim::loss_scale::cuda::{scale_gradient, unscale_and_check, update_scale};
+use ecstrain_kernels::optim::loss_scale::cuda::{unscale_and_check, update_scale};
 
 use super::state::GpuState;
 use super::systems::fail;
@@ -109,16 +111,6 @@ impl DeviceScaler {
         self.stepped = false;
         Ok(())
     }
-}
-
-/// Multiplies the first `n` rows of the output's device gradient by the device scale (`gpu_backward` calls
-/// it with a [`DeviceScaler`], after the output gradient is written: unscaled by the device loss, or uploaded
-/// unscaled from the host task).
-pub fn scale_output_gradient(g: &mut GpuState, graph: &Graph, n: usize) -> Result<(), GpuError> {
-    let out = graph.output.0;
-    let len = n * graph.values[out].numel();
-    let dy = g.acts.grads[out].as_mut().expect("the output has a gradient buffer").f32_mut();
-    scale_gradient(&g.gpu, &mut dy.slice_mut(..len), &g.loss_scale)
 }
 
 /// Reduce (CUDA, at accumulation boundaries, after the gradient average and before clipping): applies the

@@ -26,8 +26,8 @@
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Batch, Clock, Graph, Metrics, OpKind, RunFailure, Targets};
-use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaView, PinnedHostSlice};
-use ecstrain_kernels::cuda::{Gpu, GpuError};
+use ecstrain_kernels::cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PinnedHostSlice};
+use ecstrain_kernels::cuda::{AnyView, AnyViewMut, Gpu, GpuError, Store};
 use ecstrain_kernels::ops::cosine_loss::cuda::{cosine_loss, cosine_loss_backward};
 use ecstrain_kernels::ops::l1_loss::cuda::{l1_loss_backward, l1_loss_forward};
 use ecstrain_kernels::ops::mse::cuda::{mse_backward, mse_forward};
@@ -252,61 +252,40 @@ pub fn gpu_task_loss(
         }
         let (w, slot) = (dl.kind.width(), dl.pending.len());
         let out = graph.output.0;
-        let stream = g.gpu.stream().clone();
+        let len = n * graph.values[out].numel();
         let mut row = dl.ring.slice_mut(slot * w..(slot + 1) * w);
-        let out_grad = g.acts.grads[out].as_mut().expect("the output has a gradient buffer").f32_mut();
-        let output = g.acts.values[out].as_ref().expect("the output is produced").f32();
-        match &dl.kind {
-            LossKind::Classification { classes: v, options } => {
-                let v = *v;
-                let targets = g.upload.labels().expect("assembly enables label uploads").slice(..n);
-                let logits = output.slice(..n * v);
-                let mut probs = dl.probs.slice_mut(..n * v);
-                let mut l = row.slice_mut(..1);
-                softmax_cross_entropy_forward(&g.gpu, &mut probs, &logits, &targets, n, v, options, &mut l)?;
-                // The host task's arithmetic: the gradient of loss / accumulate.
-                let dloss = 1.0 / acc as f32;
-                let (mut dlogits, probs) = (out_grad.slice_mut(..n * v), dl.probs.slice(..n * v));
-                softmax_cross_entropy_backward(&g.gpu, &mut dlogits, &probs, &targets, n, v, options, dloss)?;
+        let target = match &dl.kind {
+            LossKind::Classification { .. } => None,
+            LossKind::Reconstruction { from_input: true, .. } => Some(g.acts.input.slice(..len)),
+            _ => Some(g.upload.dense().expect("assembly enables dense uploads").slice(..len)),
+        };
+        let labels = match dl.kind {
+            LossKind::Classification { .. } => {
+                Some(g.upload.labels().expect("assembly enables label uploads").slice(..n))
             }
-            LossKind::Regression { outputs } => {
-                let len = n * outputs;
-                let target = g.upload.dense().expect("assembly enables dense uploads").slice(..len);
-                let pred = output.slice(..len);
-                mse_forward(&g.gpu, &pred, &target, &mut row.slice_mut(..1))?;
-                mse_backward(&g.gpu, &mut out_grad.slice_mut(..len), &pred, &target, 1.0 / acc as f32)?;
+            _ => None,
+        };
+        let inputs = LossInputs { n, acc, labels, target, loss_scale: g.loss_scale.as_view() };
+        let output = g.acts.values[out].as_ref().expect("the output is produced").view(len);
+        let out_grad = g.acts.grads[out].as_mut().expect("the output has a gradient buffer").view_mut(len);
+        // The output in its planned type (half under autocast when its producer writes half, as torch's
+        // logits are); the kernels read it exactly and round its gradient once.
+        match (output, out_grad) {
+            (AnyView::F32(p), AnyViewMut::F32(mut d)) => {
+                loss_kernels(&g.gpu, &dl.kind, &mut dl.probs, &mut row, &p, &mut d, &inputs)
             }
-            LossKind::Embedding { dim, eps } => {
-                let len = n * dim;
-                let target = g.upload.dense().expect("assembly enables dense uploads").slice(..len);
-                let pred = output.slice(..len);
-                cosine_loss(&g.gpu, &pred, &target, n, *dim, *eps, &mut row.slice_mut(..1))?;
-                let mut dpred = out_grad.slice_mut(..len);
-                cosine_loss_backward(&g.gpu, &mut dpred, &pred, &target, n, *dim, *eps, 1.0 / acc as f32)?;
+            (AnyView::F16(p), AnyViewMut::F16(mut d)) => {
+                loss_kernels(&g.gpu, &dl.kind, &mut dl.probs, &mut row, &p, &mut d, &inputs)
             }
-            LossKind::Reconstruction { l1, numel, from_input, recon_weight, vq, .. } => {
-                let len = n * numel;
-                let target: CudaView<f32> = if *from_input {
-                    g.acts.input.slice(..len)
-                } else {
-                    g.upload.dense().expect("assembly enables dense uploads").slice(..len)
-                };
-                let pred = output.slice(..len);
-                if *l1 {
-                    l1_loss_forward(&g.gpu, &pred, &target, &mut row.slice_mut(..1))?;
-                } else {
-                    mse_forward(&g.gpu, &pred, &target, &mut row.slice_mut(..1))?;
-                }
-                for (k, &(node, _)) in vq.iter().enumerate() {
-                    let stats = g.acts.stats[node].as_ref().expect("VQ plans its statistics");
-                    stream.memcpy_dtod(&stats.slice(..2), &mut row.slice_mut(1 + 2 * k..3 + 2 * k))?;
-                }
-                let (dloss, mut dpred) = ((recon_weight / acc as f64) as f32, out_grad.slice_mut(..len));
-                if *l1 {
-                    l1_loss_backward(&g.gpu, &mut dpred, &pred, &target, dloss)?;
-                } else {
-                    mse_backward(&g.gpu, &mut dpred, &pred, &target, dloss)?;
-                }
+            (AnyView::Bf16(p), AnyViewMut::Bf16(mut d)) => {
+                loss_kernels(&g.gpu, &dl.kind, &mut dl.probs, &mut row, &p, &mut d, &inputs)
+            }
+            _ => unreachable!("a value's gradient has the value's type"),
+        }?;
+        if let LossKind::Reconstruction { vq, .. } = &dl.kind {
+            for (k, &(node, _)) in vq.iter().enumerate() {
+                let stats = g.acts.stats[node].as_ref().expect("VQ plans its statistics");
+                g.gpu.stream().memcpy_dtod(&stats.slice(..2), &mut row.slice_mut(1 + 2 * k..3 + 2 * k))?;
             }
         }
         dl.pending.push(n);
@@ -315,6 +294,66 @@ pub fn gpu_task_loss(
     if let Err(e) = run() {
         fail(&mut failure, "loss", e);
     }
+}
+
+/// What the loss kernels read beside the prediction, for one micro-batch of `n` samples.
+struct LossInputs<'a> {
+    n: usize,
+    /// Micro-batches per optimizer step (the loss is divided by it, as the host task's is).
+    acc: u64,
+    /// The class labels (classification).
+    labels: Option<CudaView<'a, i64>>,
+    /// The dense target, or the input (an autoencoder's reconstruction).
+    target: Option<CudaView<'a, f32>>,
+    /// The f16 loss-scale state (`[1, 0]` outside f16 autocast): the gradient kernels multiply it in before
+    /// rounding into the output's type, so no separate scaling pass runs.
+    loss_scale: CudaView<'a, f64>,
+}
+
+/// The loss into `row[0]` and d(loss / accumulate)/d(output), times the loss scale, into `dpred`, for an
+/// output stored in `T` (`probs`: the softmax kept for a classification's gradient).
+fn loss_kernels<T: Store>(
+    gpu: &Gpu,
+    kind: &LossKind,
+    probs: &mut CudaSlice<f32>,
+    row: &mut CudaViewMut<f32>,
+    pred: &CudaView<T>,
+    dpred: &mut CudaViewMut<T>,
+    inp: &LossInputs,
+) -> Result<(), GpuError> {
+    let (n, acc, ls) = (inp.n, inp.acc as f32, Some(&inp.loss_scale));
+    let loss = &mut row.slice_mut(..1);
+    match kind {
+        LossKind::Classification { classes: v, options } => {
+            let (v, targets) = (*v, inp.labels.as_ref().expect("classification uploads labels"));
+            softmax_cross_entropy_forward(gpu, &mut probs.slice_mut(..n * v), pred, targets, n, v, options, loss)?;
+            // The host task's arithmetic: the gradient of loss / accumulate.
+            let probs = probs.slice(..n * v);
+            softmax_cross_entropy_backward(gpu, dpred, &probs, targets, n, v, options, 1.0 / acc, ls)?;
+        }
+        LossKind::Regression { .. } => {
+            let target = inp.target.as_ref().expect("regression uploads dense targets");
+            mse_forward(gpu, pred, target, loss)?;
+            mse_backward(gpu, dpred, pred, target, 1.0 / acc, ls)?;
+        }
+        LossKind::Embedding { dim, eps } => {
+            let target = inp.target.as_ref().expect("embedding uploads dense targets");
+            cosine_loss(gpu, pred, target, n, *dim, *eps, loss)?;
+            cosine_loss_backward(gpu, dpred, pred, target, n, *dim, *eps, 1.0 / acc, ls)?;
+        }
+        LossKind::Reconstruction { l1, recon_weight, .. } => {
+            let target = inp.target.as_ref().expect("a reconstruction has a target");
+            let dloss = (recon_weight / inp.acc as f64) as f32;
+            if *l1 {
+                l1_loss_forward(gpu, pred, target, loss)?;
+                l1_loss_backward(gpu, dpred, pred, target, dloss, ls)?;
+            } else {
+                mse_forward(gpu, pred, target, loss)?;
+                mse_backward(gpu, dpred, pred, target, dloss, ls)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Before anything reads the training meters (log and epoch records, checkpoints, the summary): the

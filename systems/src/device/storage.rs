@@ -14,8 +14,11 @@
 //! A value is stored in half only where every op that reads it has a half-storage kernel (the products and
 //! the converting ops read either type; the type-following ops need their input and output in the same
 //! type), so the plan never asks a kernel for a type it lacks: ops without half kernels read f32 values, and
-//! the graph's output and its input stay f32. Parameters, their gradients and optimizer state are f32
-//! whatever the plan.
+//! the graph's input stays f32. The graph's output is stored as its producer writes it (a classifier's
+//! logits in half, as torch's are under autocast): the device loss kernels read it in either type and round
+//! its gradient once, after the f16 loss scale (autocast's f32 losses: the cast up is exact, the gradient
+//! is rounded as it flows back through the cast); a host task gets it widened to f32. Parameters, their
+//! gradients and optimizer state are f32 whatever the plan.
 
 use ecstrain_components::{Graph, OpKind};
 use ecstrain_kernels::cuda::StoreKind;
@@ -80,16 +83,15 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
     }
     for node in graph.nodes.iter().rev() {
         let v = node.output.0;
-        half_ok[v] = v != graph.output.0
-            && readers[v].iter().all(|&r| {
-                let reader = &graph.nodes[r];
-                match &reader.op {
-                    // A sum reads either type (autocast promotes a half operand beside an f32 one).
-                    op if is_product(op) || converts_on_store(op) || promotes(op) => true,
-                    op if follows_input(op) => half_ok[reader.output.0],
-                    _ => false,
-                }
-            });
+        half_ok[v] = readers[v].iter().all(|&r| {
+            let reader = &graph.nodes[r];
+            match &reader.op {
+                // A sum reads either type (autocast promotes a half operand beside an f32 one).
+                op if is_product(op) || converts_on_store(op) || promotes(op) => true,
+                op if follows_input(op) => half_ok[reader.output.0],
+                _ => false,
+            }
+        });
     }
     let only_products = |v: usize| !readers[v].is_empty() && readers[v].iter().all(|&r| is_product(&graph.nodes[r].op));
     for node in &graph.nodes {

@@ -130,8 +130,9 @@ pub fn gpu_forward(
         // VQ statistics for the task's loss and metrics (queued first: the output's copy into pageable memory
         // returns only once done, and then so are they).
         exec::queue_aux(&device, &mut g.acts)?;
-        let dev_out = g.acts.values[out].as_ref().expect("the output is produced").f32().slice(..len);
-        device.stream().memcpy_dtoh(&dev_out, &mut acts.values[out][..len])?;
+        let dev_out = g.acts.values[out].as_ref().expect("the output is produced");
+        let staged = super::acts::output_as_f32(&device, dev_out, &mut g.acts.grad_tmp, len)?;
+        device.stream().memcpy_dtoh(&staged, &mut acts.values[out][..len])?;
         device.stream().synchronize()?;
         exec::read_aux(&graph, &g.acts, &mut acts.aux)
     };
@@ -164,14 +165,14 @@ pub fn gpu_backward(
     let overlap = device_comm.zip(buckets);
     let host_len = params_host.0.len();
     let mut run = || -> Result<(), GpuError> {
+        // The device loss wrote the output gradient already, scaled; the host task's goes up and is scaled
+        // here (in f32, before a half output's rounding).
         if device_loss.is_none() {
             let out = graph.output.0;
             let len = n * graph.values[out].numel();
-            let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer").f32_mut();
-            device.stream().memcpy_htod(&acts.grads[out][..len], &mut dst.slice_mut(..len))?;
-        }
-        if scaler.is_some() {
-            super::amp::scale_output_gradient(g, &graph, n)?;
+            let scale = scaler.is_some().then_some(&g.loss_scale);
+            let dst = g.acts.grads[out].as_mut().expect("the output has a gradient buffer");
+            super::acts::upload_output_gradient(&device, &acts.grads[out][..len], dst, &mut g.acts.grad_tmp, scale)?;
         }
         let seed = step_seed(&settings, &clock);
         let (params, grads, dacts) = (&g.params, &mut g.grads, &mut g.acts);
