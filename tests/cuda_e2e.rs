@@ -237,6 +237,34 @@ fn digits_vqvae_on_cuda_matches_cpu() {
     assert!(bg >= gpu[0].1 + gain, "{name}: best val PSNR cuda {bg} dB vs {} dB after epoch 1", gpu[0].1);
 }
 
+/// The VQ-VAE under bf16 and f16 autocast, where its convolutions, vector quantizer, upsampling and output
+/// are stored in half precision and its MSE reads the half output (`device/storage.rs`), against the f32 CPU
+/// run: every epoch's val loss within 0.02 + 25% of the CPU's (a code assignment flipped by the half
+/// rounding moves it more than f32's reduction order does), best PSNR within 1.5 dB of the CPU's, over the
+/// config's 30 epochs on a GPU (2 on tools/cuda-emu, where the storage types, not convergence, are what this
+/// checks beyond `digits_vqvae_on_cuda_matches_cpu`).
+#[test]
+fn digits_vqvae_trains_under_autocast_on_cuda() {
+    let name = "digits_vqvae_trains_under_autocast";
+    if no_gpu(name) {
+        return;
+    }
+    let (epochs, _) = epochs_for(30, 2, 0.0, 0.0);
+    let config = "configs/digits_autoencoder.yaml";
+    let cpu = train(name, config, "cpu", epochs, "psnr");
+    for (label, set) in [("bf16", "run.amp=bf16"), ("f16", "run.amp=f16")] {
+        let tag = format!("{name}-{label}");
+        let gpu = train_with(&tag, config, "cuda", epochs, "psnr", &[set]);
+        assert_eq!(cpu.len(), gpu.len());
+        for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            eprintln!("{tag} epoch {}: val loss cpu {:.5} cuda {:.5}, psnr {:.3} / {:.3}", e + 1, c.0, g.0, c.1, g.1);
+            assert!((c.0 - g.0).abs() <= 0.02 + 0.25 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
+        }
+        let (bc, bg) = (best(&cpu), best(&gpu));
+        assert!((bg - bc).abs() <= 1.5, "{tag}: best val PSNR cuda {bg} dB, cpu {bc} dB");
+    }
+}
+
 /// Without a driver, the ViT and VQ-VAE configs on `run.device=cuda` exit 2 with the driver message: the
 /// driver probe comes before the graph's op check, and the op check accepts these models anyway.
 #[test]

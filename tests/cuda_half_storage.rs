@@ -37,6 +37,7 @@ fn half_capable(op: &OpKind) -> bool {
             | OpKind::Permute { .. }
             | OpKind::SelectToken { .. }
             | OpKind::PrependToken { .. }
+            | OpKind::VectorQuantize { .. }
     )
 }
 
@@ -45,12 +46,16 @@ fn product(op: &OpKind) -> bool {
     matches!(op, OpKind::Linear { .. } | OpKind::Conv2d { .. })
 }
 
-/// Whether `op` reads either type and writes either (layer norm: f32 arithmetic, rounded on store; the token
-/// and axis shuffles: copies, rounded on store).
+/// Whether `op` reads either type and writes either (layer norm and vector quantization: f32 arithmetic,
+/// rounded on store; the token and axis shuffles: copies, rounded on store).
 fn converts(op: &OpKind) -> bool {
     matches!(
         op,
-        OpKind::LayerNorm { .. } | OpKind::Permute { .. } | OpKind::SelectToken { .. } | OpKind::PrependToken { .. }
+        OpKind::LayerNorm { .. }
+            | OpKind::Permute { .. }
+            | OpKind::SelectToken { .. }
+            | OpKind::PrependToken { .. }
+            | OpKind::VectorQuantize { .. }
     )
 }
 
@@ -101,7 +106,7 @@ fn check_plan(config: &str, graph: &Graph, kinds: &[StoreKind], h: StoreKind) {
 /// fused projection and output, the last block's through its class-token selection), output projections and
 /// MLP layers, its patch stem up to the class token (its residual stream stays f32, as `torch.autocast` keeps
 /// it) and every layer norm output (each read only by a product: the attention's fused projection, the
-/// first MLP layer, the head), the autoencoder's convolutions and its decoder's upsampling, and all of the ResNet from its stem to its
+/// first MLP layer, the head), the autoencoder's convolutions, its vector quantizer and its decoder's upsampling, and all of the ResNet from its stem to its
 /// head (batch norms, residual sums and the pooling keep a half input's type, as torch's do).
 #[test]
 fn storage_plan_stores_the_autocast_policy_half_values() {
@@ -111,7 +116,7 @@ fn storage_plan_stores_the_autocast_policy_half_values() {
         ("configs/digits_cnn.yaml", 9),
         ("configs/digits_vit.yaml", 20),
         ("configs/digits_resnet.yaml", 30),
-        ("configs/digits_autoencoder.yaml", 14),
+        ("configs/digits_autoencoder.yaml", 16),
     ];
     for (config, _) in expect_half {
         let app = app_of(config, "cpu", &[]);
@@ -166,9 +171,13 @@ fn cuda_activation_buffers_follow_the_storage_plan() {
     if no_gpu("cuda_activation_buffers_follow_the_storage_plan") {
         return;
     }
-    for config in
-        ["configs/digits_mlp.yaml", "configs/digits_cnn.yaml", "configs/digits_vit.yaml", "configs/digits_resnet.yaml"]
-    {
+    for config in [
+        "configs/digits_mlp.yaml",
+        "configs/digits_cnn.yaml",
+        "configs/digits_vit.yaml",
+        "configs/digits_resnet.yaml",
+        "configs/digits_autoencoder.yaml",
+    ] {
         let f32_app = app_of(config, "cuda", &[]);
         let (f32_bytes, capacity) = {
             let g = f32_app.world.resource::<GpuState>();

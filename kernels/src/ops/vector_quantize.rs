@@ -266,7 +266,28 @@ pub fn vq_backward<T: Float>(
 pub static CUDA: crate::cuda::KernelSource = crate::cuda::KernelSource {
     name: "vector_quantize",
     code: include_str!("vector_quantize.cu"),
-    kernels: &["vq_nearest_f32", "vq_stats_f32", "vq_backward_dz_f32", "vq_backward_codebook_f32"],
+    kernels: &[
+        "vq_nearest_f32_f32",
+        "vq_nearest_f32_f16",
+        "vq_nearest_f16_f32",
+        "vq_nearest_f16_f16",
+        "vq_nearest_f32_bf16",
+        "vq_nearest_bf16_f32",
+        "vq_nearest_bf16_bf16",
+        "vq_backward_dz_f32_f32",
+        "vq_backward_dz_f32_f16",
+        "vq_backward_dz_f16_f32",
+        "vq_backward_dz_f16_f16",
+        "vq_backward_dz_f32_bf16",
+        "vq_backward_dz_bf16_f32",
+        "vq_backward_dz_bf16_bf16",
+        "vq_stats_f32",
+        "vq_stats_f16",
+        "vq_stats_bf16",
+        "vq_backward_codebook_f32",
+        "vq_backward_codebook_f16",
+        "vq_backward_codebook_bf16",
+    ],
 };
 
 /// Host side of `vector_quantize.cu`.

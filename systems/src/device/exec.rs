@@ -391,6 +391,19 @@ pub fn forward(
                     }
                 });
             }
+            if let OpKind::VectorQuantize { codebook, codes, dim, positions, .. } = &node.op {
+                // Reads either type and writes the planned one (half where every reader is a product, as
+                // layer norm); the codebook, the distances and the statistics are f32.
+                let ix = indices[idx].as_mut().expect("VQ plans its indices and counts");
+                let (mut ind, mut counts) = ix.split_at_mut(cap * positions);
+                let mut ind = ind.slice_mut(..n * positions);
+                let mut st = stats[idx].as_mut().expect("VQ plans its statistics").slice_mut(..2);
+                let (cb, mut y) = (p(codebook), out_buf.view_mut(len));
+                return any_view!(&xa, |x| any_mut!(&mut y, |y| {
+                    let (d, pos, k) = (*dim, *positions, *codes);
+                    ops::vector_quantize::cuda::vq_forward(gpu, y, &mut ind, &mut counts, x, &cb, n, d, pos, k, &mut st)
+                }));
+            }
             // The other ops run on f32 values (the storage plan keeps their inputs and outputs f32).
             let mut y = out_buf.f32_mut().slice_mut(..len);
             let x = xa.f32();
@@ -411,24 +424,6 @@ pub fn forward(
                     let rws = y.len() / plen;
                     gpu.stream().memcpy_dtod(x, &mut y)?;
                     ops::bias_add::cuda::bias_add_forward(gpu, &mut y, &p(param), rws, plen)
-                }
-                OpKind::VectorQuantize { codebook, codes, dim, positions, .. } => {
-                    let ix = indices[idx].as_mut().expect("VQ plans its indices and counts");
-                    let (mut ind, mut counts) = ix.split_at_mut(cap * positions);
-                    let mut st = stats[idx].as_mut().expect("VQ plans its statistics").slice_mut(..2);
-                    ops::vector_quantize::cuda::vq_forward(
-                        gpu,
-                        &mut y,
-                        &mut ind.slice_mut(..n * positions),
-                        &mut counts,
-                        x,
-                        &p(codebook),
-                        n,
-                        *dim,
-                        *positions,
-                        *codes,
-                        &mut st,
-                    )
                 }
                 op => unsupported(op),
             }
@@ -574,21 +569,6 @@ impl GradSink<'_> {
         f: impl FnOnce(Option<&mut CudaViewMut<f32>>) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
         self.with_any(v, len, |dx| f(dx.map(|d| d.f32())))
-    }
-
-    /// Like [`Self::with`] for kernels that always write an input gradient: the model input's goes to the
-    /// staging buffer and is dropped.
-    fn with_required(
-        &mut self,
-        v: ValueId,
-        len: usize,
-        f: impl FnOnce(&mut CudaViewMut<f32>) -> Result<(), GpuError>,
-    ) -> Result<(), GpuError> {
-        if v.0 == 0 || !self.needed[v.0] {
-            f(&mut self.tmp.slice_mut(..len))
-        } else {
-            self.with(v, len, |dx| f(dx.expect("not the input")))
-        }
     }
 
     /// Routes `dy` unchanged into `v`'s gradient (an identity's backward): a copy or an add.
@@ -980,6 +960,33 @@ pub fn backward_releasing(
                 }
                 return Ok(());
             }
+            if let OpKind::VectorQuantize { codebook, codes, dim, positions, beta } = &node.op {
+                // z and its gradient in one type, the output gradient in its own (the forward's pair).
+                let (xv, dy) = (node.inputs[0], dy_buf.view(out_len));
+                return sink.with_any_required(xv, xa.len(), |dx| {
+                    let ind = indices[idx].as_ref().expect("VQ plans its indices").slice(..n * positions);
+                    let mut dcb = grads.slice_mut(codebook.slice.range());
+                    let (cb, (d, pos, k)) = (p(codebook), (*dim, *positions, *codes));
+                    same_kind!(AnyViewMut, dx, AnyView, &xa, |dx, x| any_view!(&dy, |dy| {
+                        ops::vector_quantize::cuda::vq_backward(
+                            gpu,
+                            dx,
+                            &mut dcb,
+                            dy,
+                            x,
+                            &cb,
+                            &ind,
+                            n,
+                            d,
+                            pos,
+                            k,
+                            *beta as f32,
+                            aux.weight,
+                            aux.loss_scale,
+                        )
+                    }))
+                });
+            }
             // The other ops run on f32 values and gradients (the storage plan keeps them f32).
             let dy = dy_buf.f32().slice(..out_len);
             let (xv, x) = (node.inputs[0], xa.f32());
@@ -1004,28 +1011,6 @@ pub fn backward_releasing(
                     let mut dp = grads.slice_mut(param.slice.range());
                     ops::bias_add::cuda::bias_add_backward(gpu, &mut dp, &dy, dy.len() / plen, plen)?;
                     sink.pass_through(xv, &AnyView::F32(dy))
-                }
-                OpKind::VectorQuantize { codebook, codes, dim, positions, beta } => {
-                    sink.with_required(xv, in_len, |dx| {
-                        let ind = indices[idx].as_ref().expect("VQ plans its indices").slice(..n * positions);
-                        let mut dcb = grads.slice_mut(codebook.slice.range());
-                        ops::vector_quantize::cuda::vq_backward(
-                            gpu,
-                            dx,
-                            &mut dcb,
-                            &dy,
-                            x,
-                            &p(codebook),
-                            &ind,
-                            n,
-                            *dim,
-                            *positions,
-                            *codes,
-                            *beta as f32,
-                            aux.weight,
-                            aux.loss_scale,
-                        )
-                    })
                 }
                 op => unsupported(op),
             }

@@ -6,8 +6,8 @@
 //! residual branch joins an f32 stream in f32); everything else (layer norm, softmax, the losses) runs in f32, as autocast's f32
 //! list puts it.
 //!
-//! One step past torch: an op that converts on store ([`converts_on_store`]: layer norm, the token and axis
-//! shuffles) writes its output in half when every reader of it is a product. The products would round it on load anyway, so the forward is
+//! One step past torch: an op that converts on store ([`converts_on_store`]: layer norm, vector quantization,
+//! the token and axis shuffles) writes its output in half when every reader of it is a product. The products would round it on load anyway, so the forward is
 //! the same bits; the copy rounded for the forward's products and again for their weight gradients is saved,
 //! and the output gradient is rounded into half as torch's does when it flows back through autocast's cast.
 //!
@@ -53,12 +53,17 @@ pub fn promotes(op: &OpKind) -> bool {
 }
 
 /// Whether an op reads its input in either type and writes its output in either (an f32 computation or a
-/// copy, rounded on store): layer norm, and the token and axis shuffles. The plan stores its output in half
+/// copy, rounded on store): layer norm, vector quantization (f32 distances; its output rows are f32 codebook
+/// entries), and the token and axis shuffles. The plan stores its output in half
 /// when every reader is a product, or when it [`keeps_type`] and its input is half.
 pub fn converts_on_store(op: &OpKind) -> bool {
     matches!(
         op,
-        OpKind::LayerNorm { .. } | OpKind::Permute { .. } | OpKind::SelectToken { .. } | OpKind::PrependToken { .. }
+        OpKind::LayerNorm { .. }
+            | OpKind::Permute { .. }
+            | OpKind::SelectToken { .. }
+            | OpKind::PrependToken { .. }
+            | OpKind::VectorQuantize { .. }
     )
 }
 
