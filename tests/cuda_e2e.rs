@@ -250,16 +250,9 @@ fn digits_vqvae_trains_under_autocast_on_cuda() {
         return;
     }
     let (epochs, _) = epochs_for(30, 2, 0.0, 0.0);
-    let config = "configs/digits_autoencoder.yaml";
-    let cpu = train(name, config, "cpu", epochs, "psnr");
-    for (label, set) in [("bf16", "run.amp=bf16"), ("f16", "run.amp=f16")] {
-        let tag = format!("{name}-{label}");
-        let gpu = train_with(&tag, config, "cuda", epochs, "psnr", &[set]);
-        assert_eq!(cpu.len(), gpu.len());
-        for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-            eprintln!("{tag} epoch {}: val loss cpu {:.5} cuda {:.5}, psnr {:.3} / {:.3}", e + 1, c.0, g.0, c.1, g.1);
-            assert!((c.0 - g.0).abs() <= 0.02 + 0.25 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
-        }
+    let runs = [("bf16", "run.amp=bf16"), ("f16", "run.amp=f16")];
+    let (cpu, gpus) = runs_beside_cpu(name, "configs/digits_autoencoder.yaml", epochs, "psnr", &runs, (0.02, 0.25));
+    for (tag, gpu) in gpus {
         let (bc, bg) = (best(&cpu), best(&gpu));
         assert!((bg - bc).abs() <= 1.5, "{tag}: best val PSNR cuda {bg} dB, cpu {bc} dB");
     }
@@ -373,19 +366,46 @@ fn a_stop_mid_epoch_on_cuda_resumes_where_it_stopped() {
 }
 
 /// `config` trained on CUDA under each of `runs` (a label and its `--set`) against one f32 CPU run of
-/// `epochs`: every epoch's val loss within 0.05 + 15% of the CPU's, the best val accuracy within `slack` of
-/// the CPU's best and at least `floor`. Autocast rounds the products and the half activations, so the runs
-/// follow the CPU's curve, not its bits.
-fn trains_like_cpu(name: &str, config: &str, epochs: u32, runs: &[(&str, &str)], slack: f64, floor: f64) {
-    let cpu = train(name, config, "cpu", epochs, "accuracy");
+/// `epochs`, after checking that every epoch's val loss is within `abs + rel * cpu` of the CPU's: the CPU's
+/// (val loss, `metric`) records, and each run's label and records. Autocast rounds the products and the half
+/// activations, so the runs follow the CPU's curve, not its bits.
+#[allow(clippy::type_complexity)]
+fn runs_beside_cpu(
+    name: &str,
+    config: &str,
+    epochs: u32,
+    metric: &str,
+    runs: &[(&str, &str)],
+    (abs, rel): (f64, f64),
+) -> (Vec<(f64, f64)>, Vec<(String, Vec<(f64, f64)>)>) {
+    let cpu = train(name, config, "cpu", epochs, metric);
+    let mut out = Vec::new();
     for (label, set) in runs {
         let tag = format!("{name}-{label}");
-        let gpu = train_with(&tag, config, "cuda", epochs, "accuracy", &[set]);
+        let gpu = train_with(&tag, config, "cuda", epochs, metric, &[set]);
         assert_eq!(cpu.len(), gpu.len());
         for (e, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-            eprintln!("{tag} epoch {}: val loss cpu {:.5} cuda {:.5}, acc {:.4} / {:.4}", e + 1, c.0, g.0, c.1, g.1);
-            assert!((c.0 - g.0).abs() <= 0.05 + 0.15 * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
+            eprintln!(
+                "{tag} epoch {}: val loss cpu {:.5} cuda {:.5}, {metric} {:.4} / {:.4}",
+                e + 1,
+                c.0,
+                g.0,
+                c.1,
+                g.1
+            );
+            assert!((c.0 - g.0).abs() <= abs + rel * c.0, "{tag} epoch {}: val loss {} vs {}", e + 1, c.0, g.0);
         }
+        out.push((tag, gpu));
+    }
+    (cpu, out)
+}
+
+/// A classifier under each of `runs` beside the f32 CPU run ([`runs_beside_cpu`]): every epoch's val loss
+/// within 0.05 + 15% of the CPU's, the best val accuracy within `slack` of the CPU's best and at least
+/// `floor`.
+fn trains_like_cpu(name: &str, config: &str, epochs: u32, runs: &[(&str, &str)], slack: f64, floor: f64) {
+    let (cpu, gpus) = runs_beside_cpu(name, config, epochs, "accuracy", runs, (0.05, 0.15));
+    for (tag, gpu) in gpus {
         let (bc, bg) = (best(&cpu), best(&gpu));
         assert!(bg >= floor && bg >= bc - slack, "{tag}: best val accuracy cuda {bg}, cpu {bc}");
     }
