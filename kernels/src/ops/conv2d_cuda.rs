@@ -640,18 +640,12 @@ mod tests {
         // other tests share one): the all-f32 products of a mixed layer round their inputs too.
         let gpu = &Gpu::open(0).unwrap();
         let mut rng = seeded("conv2d_in_half_storage_matches_the_rounded_reference");
-        use half::{bf16, f16};
         for g in [
             geom(3, 4, 9, 8, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1),
             geom(3, 4, 6, 6, 8, (3, 3), (2, 1), (1, 1), (1, 1), 2),
             geom(5, 8, 5, 6, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
         ] {
-            half_case::<f16, f16, f16>(gpu, &mut rng, g);
-            half_case::<f32, f16, f16>(gpu, &mut rng, g);
-            half_case::<f16, f32, f16>(gpu, &mut rng, g);
-            half_case::<bf16, bf16, bf16>(gpu, &mut rng, g);
-            half_case::<f32, bf16, bf16>(gpu, &mut rng, g);
-            half_case::<bf16, f32, bf16>(gpu, &mut rng, g);
+            for_each_half_pair!(products: half_case(gpu, &mut rng, g));
         }
     }
 }

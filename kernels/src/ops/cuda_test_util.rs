@@ -105,3 +105,28 @@ pub fn assert_within_two_roundings(what: &str, got: &[f32], want: &[f32], produc
     }
     eprintln!("{what}: within two roundings (worst {worst:.2} of the bound)");
 }
+
+/// Calls a test case generic over an (input, output) storage pair for each pair autocast mixes: half to
+/// half, f32 to half and half to f32, in f16 and in bf16 (the f32 pair has its own test). The `products:`
+/// form adds the products' half type as a third parameter.
+macro_rules! for_each_half_pair {
+    ($case:ident($($arg:expr),* $(,)?)) => {{
+        use half::{bf16, f16};
+        $case::<f16, f16>($($arg),*);
+        $case::<f32, f16>($($arg),*);
+        $case::<f16, f32>($($arg),*);
+        $case::<bf16, bf16>($($arg),*);
+        $case::<f32, bf16>($($arg),*);
+        $case::<bf16, f32>($($arg),*);
+    }};
+    (products: $case:ident($($arg:expr),* $(,)?)) => {{
+        use half::{bf16, f16};
+        $case::<f16, f16, f16>($($arg),*);
+        $case::<f32, f16, f16>($($arg),*);
+        $case::<f16, f32, f16>($($arg),*);
+        $case::<bf16, bf16, bf16>($($arg),*);
+        $case::<f32, bf16, bf16>($($arg),*);
+        $case::<bf16, f32, bf16>($($arg),*);
+    }};
+}
+pub(crate) use for_each_half_pair;

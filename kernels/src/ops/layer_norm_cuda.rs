@@ -307,14 +307,8 @@ mod tests {
     /// into the half type a product would round it to, and both (every pair the storage plan can ask for).
     #[test]
     fn layer_norm_in_half_storage_matches_the_rounded_reference() {
-        use half::{bf16, f16};
         let Some(gpu) = gpu_or_skip("layer_norm_in_half_storage_matches_the_rounded_reference") else { return };
         let mut rng = seeded("layer_norm_in_half_storage_matches_the_rounded_reference");
-        half_case::<f32, f16>(gpu, &mut rng);
-        half_case::<f16, f32>(gpu, &mut rng);
-        half_case::<f16, f16>(gpu, &mut rng);
-        half_case::<f32, bf16>(gpu, &mut rng);
-        half_case::<bf16, f32>(gpu, &mut rng);
-        half_case::<bf16, bf16>(gpu, &mut rng);
+        for_each_half_pair!(half_case(gpu, &mut rng));
     }
 }

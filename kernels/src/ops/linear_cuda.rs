@@ -297,12 +297,6 @@ mod tests {
         // other tests share one): the all-f32 products of a mixed layer round their inputs too.
         let gpu = &Gpu::open(0).unwrap();
         let mut rng = seeded("linear_in_half_storage_matches_the_rounded_reference");
-        use half::{bf16, f16};
-        half_case::<f16, f16, f16>(gpu, &mut rng);
-        half_case::<f32, f16, f16>(gpu, &mut rng);
-        half_case::<f16, f32, f16>(gpu, &mut rng);
-        half_case::<bf16, bf16, bf16>(gpu, &mut rng);
-        half_case::<f32, bf16, bf16>(gpu, &mut rng);
-        half_case::<bf16, f32, bf16>(gpu, &mut rng);
+        for_each_half_pair!(products: half_case(gpu, &mut rng));
     }
 }

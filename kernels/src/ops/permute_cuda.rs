@@ -177,14 +177,8 @@ mod tests {
     /// rounding across.
     #[test]
     fn permute_in_half_storage_rounds_once() {
-        use half::{bf16, f16};
         let Some(gpu) = gpu_or_skip("permute_in_half_storage_rounds_once") else { return };
         let mut rng = seeded("permute_in_half_storage_rounds_once");
-        half_case::<f32, f16>(gpu, &mut rng);
-        half_case::<f16, f32>(gpu, &mut rng);
-        half_case::<f16, f16>(gpu, &mut rng);
-        half_case::<f32, bf16>(gpu, &mut rng);
-        half_case::<bf16, f32>(gpu, &mut rng);
-        half_case::<bf16, bf16>(gpu, &mut rng);
+        for_each_half_pair!(half_case(gpu, &mut rng));
     }
 }

@@ -249,14 +249,8 @@ mod tests {
         let name = "vector_quantize_in_half_storage_matches_the_rounded_reference";
         let Some(gpu) = gpu_or_skip(name) else { return };
         let mut rng = seeded(name);
-        use half::{bf16, f16};
         for shape in [(1usize, 3usize, 5usize, 4usize), (3, 8, 49, 17)] {
-            half_case::<f16, f16>(gpu, &mut rng, shape);
-            half_case::<f32, f16>(gpu, &mut rng, shape);
-            half_case::<f16, f32>(gpu, &mut rng, shape);
-            half_case::<bf16, bf16>(gpu, &mut rng, shape);
-            half_case::<f32, bf16>(gpu, &mut rng, shape);
-            half_case::<bf16, f32>(gpu, &mut rng, shape);
+            for_each_half_pair!(half_case(gpu, &mut rng, shape));
         }
     }
 }
