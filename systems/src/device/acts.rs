@@ -19,7 +19,8 @@ pub struct GpuActivations {
     pub input: CudaSlice<f32>,
     /// The storage type of each value and its gradient ([`storage_plan`] at the device's autocast type).
     pub kinds: Vec<StoreKind>,
-    /// `values[v]`; `None` for the input and for values no node writes.
+    /// `values[v]`; `None` for values no node writes, and for the input unless the plan keeps it in half
+    /// (then its half copy, written from [`Self::input`] at each forward).
     pub values: Vec<Option<AnyBuf>>,
     /// `grads[v]`, same shapes and types as `values`.
     pub grads: Vec<Option<AnyBuf>>,
@@ -156,6 +157,11 @@ impl GpuActivations {
         for (&n, &kind) in sizes.iter().zip(&kinds) {
             values.push(any_buffer(gpu, kind, n)?);
             grads.push(any_buffer(gpu, kind, n)?);
+        }
+        // A half input (read only by linear layers): its half copy, cast from `input` by each forward; the
+        // input has no gradient.
+        if kinds[0] != StoreKind::F32 {
+            values[0] = any_buffer(gpu, kinds[0], capacity * numel(ValueId(0)))?;
         }
         let largest_half = sizes.iter().zip(&kinds).filter(|(_, &k)| k != StoreKind::F32).map(|(&n, _)| n).max();
         let grad_tmp_half = match (largest_half, half) {

@@ -26,9 +26,23 @@ fn rows<'a>(
     n: usize,
 ) -> AnyView<'a> {
     let len = n * graph.values[v.0].numel();
-    match v.0 {
-        0 => AnyView::F32(input.slice(..len)),
-        i => values[i].as_ref().expect("every value a node reads was produced and planned").view(len),
+    match (v.0, &values[v.0]) {
+        (_, Some(buf)) => buf.view(len),
+        (0, None) => AnyView::F32(input.slice(..len)),
+        _ => unreachable!("every value a node reads was produced and planned"),
+    }
+}
+
+/// The batch input rounded into its half copy, when the storage plan keeps one (an input read only by
+/// linear layers): one launch, which every product of the step then reads instead of rounding the input
+/// itself.
+fn round_input(gpu: &Gpu, graph: &Graph, acts: &mut GpuActivations, n: usize) -> Result<(), GpuError> {
+    let len = n * graph.values[0].numel();
+    let src = acts.input.slice(..len);
+    match acts.values[0].as_mut() {
+        Some(AnyBuf::F16(d)) => ops::cast::cuda::f32_to_f16(gpu, &mut d.slice_mut(..len), &src),
+        Some(AnyBuf::Bf16(d)) => ops::cast::cuda::f32_to_bf16(gpu, &mut d.slice_mut(..len), &src),
+        Some(AnyBuf::F32(_)) | None => Ok(()),
     }
 }
 
@@ -293,6 +307,7 @@ pub fn forward(
 ) -> Result<(), GpuError> {
     assert!(n <= acts.capacity, "batch of {n} exceeds the planned capacity {}", acts.capacity);
     let cap = acts.capacity;
+    round_input(gpu, graph, acts, n)?;
     let GpuActivations { input, values, saved, indices, ids, stats, scratch, ones, params_half, .. } = acts;
     refresh_half_params(gpu, params, params_half)?;
     let params_half = params_half.as_ref();

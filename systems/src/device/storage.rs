@@ -13,8 +13,11 @@
 //!
 //! A value is stored in half only where every op that reads it has a half-storage kernel (the products and
 //! the converting ops read either type; the type-following ops need their input and output in the same
-//! type), so the plan never asks a kernel for a type it lacks: ops without half kernels read f32 values, and
-//! the graph's input stays f32. The graph's output is stored as its producer writes it (a classifier's
+//! type), so the plan never asks a kernel for a type it lacks: ops without half kernels read f32 values. The
+//! graph's input arrives in f32; when every reader of it is a linear layer it is also kept in half (one
+//! cast per forward, which the forward's products and the backward's weight gradients then read, as torch's
+//! autocast casts it once and saves the half copy for the backward), where a convolution rounds it as its
+//! im2col reads it anyway. The graph's output is stored as its producer writes it (a classifier's
 //! logits in half, as torch's are under autocast): the device loss kernels read it in either type and round
 //! its gradient once, after the f16 loss scale (autocast's f32 losses: the cast up is exact, the gradient
 //! is rounded as it flows back through the cast); a host task gets it widened to f32. Parameters, their
@@ -99,6 +102,11 @@ pub fn storage_plan(graph: &Graph, half: Option<StoreKind>) -> Vec<StoreKind> {
         });
     }
     let only_products = |v: usize| !readers[v].is_empty() && readers[v].iter().all(|&r| is_product(&graph.nodes[r].op));
+    let only_linear =
+        !readers[0].is_empty() && readers[0].iter().all(|&r| matches!(graph.nodes[r].op, OpKind::Linear { .. }));
+    if only_linear {
+        kinds[0] = h;
+    }
     for node in &graph.nodes {
         let v = node.output.0;
         kinds[v] = match &node.op {
