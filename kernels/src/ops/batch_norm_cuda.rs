@@ -209,153 +209,27 @@ mod tests {
     use crate::ops::cuda_test_util::*;
 
     /// Training forward (outputs, saved statistics, running statistics), eval forward and backward against
-    /// the CPU, affine and not, BatchNorm1d (HW = 1) and 2d shapes, batch 1 (with HW > 1) and more.
+    /// the CPU, affine and not, BatchNorm1d (HW = 1) and 2d shapes, batch 1 (with HW > 1) and more, with the
+    /// input, output and their gradients stored in `T` (f32, or f16 / bf16 under autocast). The reference is
+    /// the CPU's on the stored input and output gradient, its outputs rounded into `T` where the kernels
+    /// store them (no rounding for f32).
     ///
     /// Tolerances: the statistics are f64 sums in another order, rounded to f32: equal or 1 ulp apart
     /// (rtol 2e-7, so 1e-6). Outputs are the CPU's f32 formula on those statistics; a 1-ulp difference in
     /// mean / invstd moves an output by ~|x - mean| * invstd * 1.2e-7 <= ~1e-6 for these inputs (|xhat|
-    /// <= ~4), hence atol 5e-6 + rtol 1e-5. The eval forward is bitwise (no reduction).
-    #[test]
-    fn batch_norm_matches_cpu() {
-        let Some(gpu) = gpu_or_skip("batch_norm_matches_cpu") else { return };
-        let mut rng = seeded("batch_norm_matches_cpu");
-        for &(n, c, hw, affine) in
-            &[(1usize, 3usize, 49usize, true), (16, 5, 1, true), (4, 7, 33, false), (3, 300, 4, true)]
-        {
-            let len = n * c * hw;
-            let x = rand_vec(&mut rng, len, -3.0, 5.0);
-            let w = rand_vec(&mut rng, c, 0.5, 1.5);
-            let b = rand_vec(&mut rng, c, -1.0, 1.0);
-            let rm0 = rand_vec(&mut rng, c, -0.5, 0.5);
-            let rv0 = rand_vec(&mut rng, c, 0.5, 2.0);
-            let dout = rand_vec(&mut rng, len, -1.0, 1.0);
-            let dw0 = rand_vec(&mut rng, c, -1.0, 1.0);
-            let db0 = rand_vec(&mut rng, c, -1.0, 1.0);
-            let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
-            let (eps, mom) = (1e-5, 0.1);
-            let what = format!("batch_norm n{n} c{c} hw{hw} affine {affine}");
-
-            let (mut want, mut want_sm, mut want_si, mut want_rm, mut want_rv) =
-                (vec![0.0f32; len], vec![0.0f32; c], vec![0.0f32; c], rm0.clone(), rv0.clone());
-            super::super::batch_norm_forward_train(
-                &mut want,
-                &mut want_sm,
-                &mut want_si,
-                &mut want_rm,
-                &mut want_rv,
-                &x,
-                wo,
-                bo,
-                n,
-                c,
-                hw,
-                eps,
-                mom,
-            );
-            let (dx, dw, db) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
-            let (wv, bv) = (dw.as_view(), db.as_view());
-            let (wov, bov) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
-            let mut out = poisoned(gpu, len).unwrap();
-            let (mut sm, mut si) = (poisoned(gpu, c).unwrap(), poisoned(gpu, c).unwrap());
-            let (mut rm, mut rv) = (gpu.upload(&rm0).unwrap(), gpu.upload(&rv0).unwrap());
-            batch_norm_forward_train(
-                gpu,
-                &mut out.as_view_mut(),
-                &mut sm.as_view_mut(),
-                &mut si.as_view_mut(),
-                &mut rm.as_view_mut(),
-                &mut rv.as_view_mut(),
-                &dx.as_view(),
-                wov,
-                bov,
-                n,
-                c,
-                hw,
-                eps,
-                mom,
-            )
-            .unwrap();
-            assert_close(&format!("{what} save_mean"), &gpu.download(&sm).unwrap(), &want_sm, 1e-7, 1e-6);
-            assert_close(&format!("{what} save_invstd"), &gpu.download(&si).unwrap(), &want_si, 0.0, 1e-6);
-            assert_close(&format!("{what} running_mean"), &gpu.download(&rm).unwrap(), &want_rm, 1e-7, 1e-6);
-            assert_close(&format!("{what} running_var"), &gpu.download(&rv).unwrap(), &want_rv, 0.0, 1e-6);
-            assert_close(&format!("{what} train out"), &gpu.download(&out).unwrap(), &want, 5e-6, 1e-5);
-
-            let mut want_eval = vec![0.0f32; len];
-            super::super::batch_norm_forward_eval(&mut want_eval, &x, &rm0, &rv0, wo, bo, n, c, hw, eps);
-            let (drm0, drv0) = (gpu.upload(&rm0).unwrap(), gpu.upload(&rv0).unwrap());
-            let mut out = poisoned(gpu, len).unwrap();
-            batch_norm_forward_eval(
-                gpu,
-                &mut out.as_view_mut(),
-                &dx.as_view(),
-                &drm0.as_view(),
-                &drv0.as_view(),
-                wov,
-                bov,
-                n,
-                c,
-                hw,
-                eps,
-            )
-            .unwrap();
-            assert_bitwise(&format!("{what} eval out"), &gpu.download(&out).unwrap(), &want_eval);
-
-            // Backward from the CPU's saved statistics, so only the reductions differ.
-            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], dw0.clone(), db0.clone());
-            super::super::batch_norm_backward(
-                &mut want_dx,
-                affine.then_some(&mut want_dw[..]),
-                affine.then_some(&mut want_db[..]),
-                &dout,
-                &x,
-                &want_sm,
-                &want_si,
-                wo,
-                n,
-                c,
-                hw,
-            );
-            let (dgo, dsm, dsi) =
-                (gpu.upload(&dout).unwrap(), gpu.upload(&want_sm).unwrap(), gpu.upload(&want_si).unwrap());
-            let mut ddx = poisoned(gpu, len).unwrap();
-            let (mut ddw, mut ddb) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
-            let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
-            batch_norm_backward(
-                gpu,
-                &mut ddx.as_view_mut(),
-                affine.then_some(&mut ddwv),
-                affine.then_some(&mut ddbv),
-                &dgo.as_view(),
-                &dx.as_view(),
-                &dsm.as_view(),
-                &dsi.as_view(),
-                wov,
-                n,
-                c,
-                hw,
-            )
-            .unwrap();
-            // dinp: the per-channel sums (f64, rounded to f32 coefficients) may differ by an ulp; each term is
-            // O(invstd * |dout|) <= ~2, so atol 1e-5 + rtol 1e-5.
-            assert_close(&format!("{what} dinp"), &gpu.download(&ddx).unwrap(), &want_dx, 1e-5, 1e-5);
-            assert_close(&format!("{what} dweight"), &gpu.download(&ddw).unwrap(), &want_dw, 1e-6, 1e-6);
-            assert_close(&format!("{what} dbias"), &gpu.download(&ddb).unwrap(), &want_db, 1e-6, 1e-6);
-        }
-    }
-
-    /// One storage type of the half path: input, output and their gradients stored in `T`. The reference is
-    /// the CPU's on the stored input and output gradient, its outputs rounded into `T` where the kernels
-    /// store them. Tolerance: the f32 test's, plus one unit in the last place of `T` (a reference value
-    /// within it of a rounding boundary may round the other way); the evaluation output, the CPU's f32
-    /// formula rounded once, is bitwise.
-    fn half_case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
-        for &(n, c, hw, affine) in &[(4usize, 7usize, 33usize, true), (16, 5, 1, false), (3, 300, 4, true)] {
+    /// <= ~4), hence atol 5e-6 + rtol 1e-5, plus one unit in the last place of `T` (a reference value within
+    /// it of a rounding boundary may round the other way). The eval forward is bitwise (no reduction: the
+    /// CPU's f32 formula rounded once). The input gradient: the per-channel sums (f64, rounded to f32
+    /// coefficients) may differ by an ulp; each term is O(invstd * |dout|) <= ~2, so atol 1e-5 + rtol 1e-5
+    /// (+ `T`'s ulp); the parameter gradients (accumulated onto nonzero values) 1e-6.
+    fn case<T: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng, shapes: &[(usize, usize, usize, bool)]) {
+        for &(n, c, hw, affine) in shapes {
             let len = n * c * hw;
             let (d_x, x) = upload_as::<T>(gpu, &rand_vec(rng, len, -3.0, 5.0));
             let (w, b) = (rand_vec(rng, c, 0.5, 1.5), rand_vec(rng, c, -1.0, 1.0));
             let (rm0, rv0) = (rand_vec(rng, c, -0.5, 0.5), rand_vec(rng, c, 0.5, 2.0));
             let (d_dout, dout) = upload_as::<T>(gpu, &rand_vec(rng, len, -1.0, 1.0));
+            let (dw0, db0) = (rand_vec(rng, c, -1.0, 1.0), rand_vec(rng, c, -1.0, 1.0));
             let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
             let (eps, mom) = (1e-5, 0.1);
             let what = format!("batch_norm {} n{n} c{c} hw{hw} affine {affine}", T::KIND.name());
@@ -405,6 +279,8 @@ mod tests {
             )
             .unwrap();
             assert_close(&format!("{what} save_mean"), &gpu.download(&gsm).unwrap(), &sm, 1e-7, 1e-6);
+            assert_close(&format!("{what} save_invstd"), &gpu.download(&gsi).unwrap(), &si, 0.0, 1e-6);
+            assert_close(&format!("{what} running_mean"), &gpu.download(&rm).unwrap(), &want_rm, 1e-7, 1e-6);
             assert_close(&format!("{what} running_var"), &gpu.download(&rv).unwrap(), &want_rv, 0.0, 1e-6);
             assert_close(&format!("{what} train out"), &download_f32(gpu, &out), &round(want), 5e-6, 1e-5 + T::ULP);
 
@@ -428,7 +304,8 @@ mod tests {
             .unwrap();
             assert_bitwise(&format!("{what} eval out"), &download_f32(gpu, &out), &round(want_eval));
 
-            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], vec![0.0f32; c], vec![0.0f32; c]);
+            // Backward from the CPU's saved statistics, so only the reductions differ.
+            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], dw0.clone(), db0.clone());
             super::super::batch_norm_backward(
                 &mut want_dx,
                 affine.then_some(&mut want_dw[..]),
@@ -444,7 +321,7 @@ mod tests {
             );
             let (dsm, dsi) = (gpu.upload(&sm).unwrap(), gpu.upload(&si).unwrap());
             let mut ddx = poisoned_as::<T>(gpu, len);
-            let (mut ddw, mut ddb) = (gpu.upload(&vec![0.0f32; c]).unwrap(), gpu.upload(&vec![0.0f32; c]).unwrap());
+            let (mut ddw, mut ddb) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
             let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
             batch_norm_backward(
                 gpu,
@@ -467,12 +344,21 @@ mod tests {
         }
     }
 
-    /// Batch norm in half storage (the ResNet's under autocast), f16 and bf16.
+    /// [`case`] in f32.
+    #[test]
+    fn batch_norm_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("batch_norm_matches_cpu") else { return };
+        let mut rng = seeded("batch_norm_matches_cpu");
+        case::<f32>(gpu, &mut rng, &[(1, 3, 49, true), (16, 5, 1, true), (4, 7, 33, false), (3, 300, 4, true)]);
+    }
+
+    /// [`case`] in half storage (the ResNet's under autocast), f16 and bf16.
     #[test]
     fn batch_norm_in_half_storage_matches_the_rounded_reference() {
         let Some(gpu) = gpu_or_skip("batch_norm_in_half_storage_matches_the_rounded_reference") else { return };
         let mut rng = seeded("batch_norm_in_half_storage_matches_the_rounded_reference");
-        half_case::<half::f16>(gpu, &mut rng);
-        half_case::<half::bf16>(gpu, &mut rng);
+        let shapes = [(4, 7, 33, true), (16, 5, 1, false), (3, 300, 4, true)];
+        case::<half::f16>(gpu, &mut rng, &shapes);
+        case::<half::bf16>(gpu, &mut rng, &shapes);
     }
 }
