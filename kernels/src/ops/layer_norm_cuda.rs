@@ -132,107 +132,21 @@ mod tests {
     use crate::ops::cuda_test_util::*;
 
     /// Forward (outputs and saved statistics) and backward (dinp; dweight / dbias accumulated onto
-    /// non-zero values) against the CPU, with and without affine parameters, one row and many, widths
-    /// below and above the block.
+    /// non-zero values) against the CPU, with and without affine parameters, with the input (and its
+    /// gradient) stored in `X` and the output (and its gradient) in `Y` (f32, or f16 / bf16 under autocast).
+    /// The reference is the CPU's on the stored input and output gradient, its output and input gradient
+    /// rounded where the kernels store them (no rounding for f32).
     ///
     /// Tolerances: the row statistics are f64 sums in another order rounded to f32 (equal or 1 ulp: rtol
     /// 1e-6); outputs use the CPU's f32 formula on them, so a 1-ulp statistic moves |xhat| <= ~4 outputs by
     /// <= ~1e-6 (atol 5e-6 + rtol 1e-5). The backward is fed the CPU's saved statistics; its row sums are
     /// f64 in another order (atol 1e-5 + rtol 1e-5 for dinp, whose terms are O(rstd)); the parameter
-    /// gradients are the CPU's column sums in row order (1e-6).
-    #[test]
-    fn layer_norm_matches_cpu() {
-        let Some(gpu) = gpu_or_skip("layer_norm_matches_cpu") else { return };
-        let mut rng = seeded("layer_norm_matches_cpu");
-        // Rows past one chunk of the parameter gradients' column sums (64) and past 256 chunks of 64 too.
-        let cases = [
-            (1usize, 8usize, true),
-            (7, 300, true),
-            (33, 5, false),
-            (4, 1025, true),
-            (200, 40, true),
-            (16500, 3, true),
-        ];
-        for &(rows, dim, affine) in &cases {
-            let len = rows * dim;
-            let x = rand_vec(&mut rng, len, -2.0, 3.0);
-            let w = rand_vec(&mut rng, dim, 0.5, 1.5);
-            let b = rand_vec(&mut rng, dim, -1.0, 1.0);
-            let dout = rand_vec(&mut rng, len, -1.0, 1.0);
-            let dw0 = rand_vec(&mut rng, dim, -1.0, 1.0);
-            let db0 = rand_vec(&mut rng, dim, -1.0, 1.0);
-            let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
-            let what = format!("layer_norm rows{rows} dim{dim} affine {affine}");
-            let (mut want, mut want_sm, mut want_sr) = (vec![0.0f32; len], vec![0.0f32; rows], vec![0.0f32; rows]);
-            super::super::layer_norm_forward(&mut want, &mut want_sm, &mut want_sr, &x, wo, bo, rows, dim, 1e-5);
-            let (dx, dw, db) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
-            let (wv, bv) = (dw.as_view(), db.as_view());
-            let (wov, bov) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
-            let (mut out, mut sm, mut sr) =
-                (poisoned(gpu, len).unwrap(), poisoned(gpu, rows).unwrap(), poisoned(gpu, rows).unwrap());
-            layer_norm_forward(
-                gpu,
-                &mut out.as_view_mut(),
-                &mut sm.as_view_mut(),
-                &mut sr.as_view_mut(),
-                &dx.as_view(),
-                wov,
-                bov,
-                rows,
-                dim,
-                1e-5,
-            )
-            .unwrap();
-            assert_close(&format!("{what} save_mean"), &gpu.download(&sm).unwrap(), &want_sm, 1e-7, 1e-6);
-            assert_close(&format!("{what} save_rstd"), &gpu.download(&sr).unwrap(), &want_sr, 0.0, 1e-6);
-            assert_close(&format!("{what} out"), &gpu.download(&out).unwrap(), &want, 5e-6, 1e-5);
-
-            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], dw0.clone(), db0.clone());
-            super::super::layer_norm_backward(
-                &mut want_dx,
-                affine.then_some(&mut want_dw[..]),
-                affine.then_some(&mut want_db[..]),
-                &dout,
-                &x,
-                &want_sm,
-                &want_sr,
-                wo,
-                rows,
-                dim,
-            );
-            let (dgo, dsm, dsr) =
-                (gpu.upload(&dout).unwrap(), gpu.upload(&want_sm).unwrap(), gpu.upload(&want_sr).unwrap());
-            let mut ddx = poisoned(gpu, len).unwrap();
-            let (mut ddw, mut ddb) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
-            let (mut ddwv, mut ddbv) = (ddw.as_view_mut(), ddb.as_view_mut());
-            layer_norm_backward(
-                gpu,
-                &mut ddx.as_view_mut(),
-                affine.then_some(&mut ddwv),
-                affine.then_some(&mut ddbv),
-                &dgo.as_view(),
-                &dx.as_view(),
-                &dsm.as_view(),
-                &dsr.as_view(),
-                wov,
-                rows,
-                dim,
-            )
-            .unwrap();
-            assert_close(&format!("{what} dinp"), &gpu.download(&ddx).unwrap(), &want_dx, 1e-5, 1e-5);
-            assert_close(&format!("{what} dweight"), &gpu.download(&ddw).unwrap(), &want_dw, 1e-6, 1e-6);
-            assert_close(&format!("{what} dbias"), &gpu.download(&ddb).unwrap(), &want_db, 1e-6, 1e-6);
-        }
-    }
-
-    /// One storage pair: the input stored in `X`, the output and its gradient in `Y`. The reference is the
-    /// CPU's on the stored (rounded) input and output gradient, its output and input gradient then rounded
-    /// where the kernels store them. Tolerance: the f32 tolerances above, plus one unit in the last place of
-    /// the storage type (a reference value within them of a rounding boundary may round the other way).
-    fn half_case<X: TestStore, Y: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng) {
+    /// gradients are the CPU's column sums in row order (1e-6). A stored output or input gradient adds one
+    /// unit in the last place of its type (a reference value within the tolerance of a rounding boundary may
+    /// round the other way).
+    fn case<X: TestStore, Y: TestStore>(gpu: &Gpu, rng: &mut crate::rng::Rng, shapes: &[(usize, usize, bool)]) {
         let what = format!("layer_norm {} -> {}", X::KIND.name(), Y::KIND.name());
-        // Warp rows, block rows, no affine parameters, and more than one chunk of the column sums.
-        for &(rows, dim, affine) in &[(7usize, 300usize, true), (200, 40, true), (33, 5, false), (4, 1025, true)] {
+        for &(rows, dim, affine) in shapes {
             let len = rows * dim;
             let (d_x, x) = upload_as::<X>(gpu, &rand_vec(rng, len, -2.0, 3.0));
             let (w, b) = (rand_vec(rng, dim, 0.5, 1.5), rand_vec(rng, dim, -1.0, 1.0));
@@ -263,6 +177,7 @@ mod tests {
             .unwrap();
             let case = format!("{what} rows{rows} dim{dim} affine {affine}");
             assert_close(&format!("{case} save_mean"), &gpu.download(&gsm).unwrap(), &sm, 1e-7, 1e-6);
+            assert_close(&format!("{case} save_rstd"), &gpu.download(&gsr).unwrap(), &sr, 0.0, 1e-6);
             assert_close(&format!("{case} out"), &download_f32(gpu, &out), &want, 5e-6, 1e-5 + Y::ULP);
 
             let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0f32; len], dw0.clone(), db0.clone());
@@ -303,12 +218,24 @@ mod tests {
         }
     }
 
+    /// [`case`] in f32: one row and many, widths below and above the block, rows past one chunk of the
+    /// parameter gradients' column sums (64) and past 256 chunks of 64 too.
+    #[test]
+    fn layer_norm_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("layer_norm_matches_cpu") else { return };
+        let mut rng = seeded("layer_norm_matches_cpu");
+        let shapes = [(1, 8, true), (7, 300, true), (33, 5, false), (4, 1025, true), (200, 40, true), (16500, 3, true)];
+        case::<f32, f32>(gpu, &mut rng, &shapes);
+    }
+
     /// Layer norm in half storage: a half input read as autocast's f32 op reads it, an output rounded once
     /// into the half type a product would round it to, and both (every pair the storage plan can ask for).
     #[test]
     fn layer_norm_in_half_storage_matches_the_rounded_reference() {
         let Some(gpu) = gpu_or_skip("layer_norm_in_half_storage_matches_the_rounded_reference") else { return };
         let mut rng = seeded("layer_norm_in_half_storage_matches_the_rounded_reference");
-        for_each_half_pair!(half_case(gpu, &mut rng));
+        // Warp rows, block rows, no affine parameters, and more than one chunk of the column sums.
+        let shapes = [(7, 300, true), (200, 40, true), (33, 5, false), (4, 1025, true)];
+        for_each_half_pair!(case(gpu, &mut rng, &shapes));
     }
 }
