@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, everything a lent GPU machine runs (it has no Rust toolchain), stripped into .gpu/ (ignored by
 # git, carried with `carry: [".gpu"]`): the engine, the kernel crate's tests (every CUDA op against its CPU
-# twin), tests/cuda_e2e.rs, tests/cuda_steady_state.rs, tests/cuda_device_loss.rs and the criterion CUDA
-# benchmarks. Then one device call runs run.sh.
+# twin), tests/cuda_e2e.rs, tests/cuda_steady_state.rs, tests/cuda_device_loss.rs, tests/cuda_half_storage.rs
+# and the criterion CUDA benchmarks, each stripped and gzipped. Then device calls run run.sh.
 #
 # usage: tools/gpu-session/pack.sh        (from anywhere; writes <repo>/.gpu)
 set -euo pipefail
@@ -21,9 +21,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["target"]["name"] + "\t" + m["executable"])'
 }
-take() { # name path: strip a copy into .gpu/
+take() { # name path: a stripped, gzipped copy into .gpu/ (the carry limit is 64 MiB; every test binary
+    # links the whole engine, ~12 MiB stripped, ~4 compressed); run.sh unpacks them
     strip -o "$out/$1" "$2"
-    echo "packed $1 ($(du -h "$out/$1" | cut -f1))"
+    gzip -9 -n "$out/$1"
+    echo "packed $1 ($(du -h "$out/$1.gz" | cut -f1) gzipped)"
 }
 
 cargo build --release --bin engine --message-format=json | built | while IFS=$'\t' read -r name path; do
@@ -40,6 +42,9 @@ cargo test --release --no-run --test cuda_steady_state --message-format=json | b
 done
 cargo test --release --no-run --test cuda_device_loss --message-format=json | built | while IFS=$'\t' read -r name path; do
     [ "$name" = cuda_device_loss ] && take cuda_device_loss "$path"
+done
+cargo test --release --no-run --test cuda_half_storage --message-format=json | built | while IFS=$'\t' read -r name path; do
+    [ "$name" = cuda_half_storage ] && take cuda_half_storage "$path"
 done
 cargo bench --no-run --bench cuda_kernels --message-format=json | built | while IFS=$'\t' read -r name path; do
     [ "$name" = cuda_kernels ] && take cuda_kernels_bench "$path"

@@ -14,8 +14,15 @@ cd "$(dirname "$0")/../.."
 repo="$PWD"
 out="${OUT:-$repo/gpu-out}"
 mkdir -p "$out"
-bin="$repo/.gpu"
-[ -x "$bin/engine" ] || { echo "no $bin/engine: run tools/gpu-session/pack.sh first and carry .gpu"; exit 2; }
+packed="$repo/.gpu"
+[ -f "$packed/engine.gz" ] || { echo "no $packed/engine.gz: run tools/gpu-session/pack.sh first and carry .gpu"; exit 2; }
+# pack.sh gzips the binaries (the carry limit): unpacked into a scratch folder, with the baseline's models.
+bin="$(mktemp -d)"
+for f in "$packed"/*.gz; do
+    name="$(basename "$f" .gz)"
+    gunzip -c "$f" > "$bin/$name" && chmod +x "$bin/$name"
+done
+cp "$packed"/*.py "$bin/" 2>/dev/null || true
 
 # Libraries: the toolkit's lib64, then every pip nvidia wheel's lib folder.
 links="$(mktemp -d)"
@@ -74,7 +81,8 @@ for s in $steps; do
     bench) step bench 90 "$bin/engine" bench --device cuda ;;
     ops) step ops 90 "$bin/kernel_tests" cuda --test-threads=1 --nocapture
         step steady 60 "$bin/cuda_steady_state" --nocapture
-        step loss 60 "$bin/cuda_device_loss" --test-threads=1 --nocapture ;;
+        step loss 60 "$bin/cuda_device_loss" --test-threads=1 --nocapture
+        step half 60 "$bin/cuda_half_storage" --test-threads=1 --nocapture ;;
     e2e) step e2e 300 "$bin/cuda_e2e" --test-threads=1 --nocapture ;;
     criterion) step criterion 90 "$bin/cuda_kernels_bench" --bench --noplot ;;
     sbs) # W1 / W2 / W3 at batch 512: the engine on CUDA, then PyTorch eager on CUDA (pack.sh carries the
