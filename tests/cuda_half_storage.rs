@@ -319,3 +319,35 @@ fn concatenation_promotes_as_torch_cat_and_trains_on_cuda_in_half_storage() {
         assert!((got - want).abs() <= 0.02 * want, "cuda {amp} {got} vs cpu {want}");
     }
 }
+
+/// Under autocast the start-up notices say what the storage plan keeps in half precision (as Lightning
+/// names its precision plugin): for the digits MLP under bf16 and f16, the buffers the plan stores in the
+/// half type out of all it plans, and their bytes beside those of f32 storage; without autocast, no such line.
+#[test]
+fn cuda_autocast_states_its_half_storage_at_start_up() {
+    if no_gpu("cuda_autocast_states_its_half_storage_at_start_up") {
+        return;
+    }
+    use ecstrain::engine::{assemble::assemble, cli::default_app, config::load_config};
+    let config = common::repo().join("configs/digits_mlp.yaml");
+    for (amp, h) in [("off", None), ("bf16", Some(StoreKind::Bf16)), ("f16", Some(StoreKind::F16))] {
+        let sets = ["run.device=cuda".to_string(), format!("run.amp={amp}")];
+        let built = assemble(default_app(), load_config(&config, &sets).unwrap(), true).unwrap();
+        let line = built.notices.iter().find(|n| n.starts_with("autocast "));
+        let Some(h) = h else {
+            assert!(line.is_none(), "amp off: {line:?}");
+            continue;
+        };
+        let line = line.unwrap_or_else(|| panic!("amp {amp}: no autocast notice in {:?}", built.notices));
+        let g = built.app.world.resource::<GpuState>();
+        let graph = built.app.world.resource::<Graph>();
+        // The plan's half values (the logits, the hidden layers' outputs, the input's copy) among the
+        // buffers planned: every value a node writes, and the input's copy.
+        let in_half = storage_plan(graph, Some(h)).iter().filter(|&&k| k == h).count();
+        let planned = graph.nodes.len() + 1;
+        let mib = g.acts.activation_bytes() as f64 / 1048576.0;
+        let want = format!("autocast {amp}: {in_half} of {planned} activation buffers in {amp}, {mib:.1} MiB");
+        eprintln!("{line}");
+        assert!(line.starts_with(&want), "amp {amp}: {line:?}, expected it to start with {want:?}");
+    }
+}

@@ -43,8 +43,9 @@ pub fn check_run(r: &RunSection) -> Result<(), String> {
 /// [`DeviceLoss`] where the task's loss runs on the device. With
 /// `run.amp` the device's matrix products autocast to f16 / bf16 (f32 master weights and accumulation); with
 /// `run.tf32` (and no autocast) they run on TF32 tensor cores. Returns the start-up notices: the device and
-/// the form its kernels take ([`device_notice`]), and the train split kept on the device
-/// (`run.device_cache`) if it is.
+/// the form its kernels take ([`device_notice`]), what autocast stores in half
+/// ([`GpuActivations::autocast_notice`](ecstrain_systems::device::acts::GpuActivations::autocast_notice)),
+/// and the train split kept on the device (`run.device_cache`) if it is.
 pub fn install(
     world: &mut World,
     device: Device,
@@ -73,6 +74,7 @@ pub fn install(
         capacity,
     )
     .map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the run's state: {e}"))?;
+    notices.extend(state.acts.autocast_notice());
     let mut state = state;
     if world.contains_resource::<ecstrain_systems::optim::clip::GradClip>() {
         let ranges: Vec<_> =

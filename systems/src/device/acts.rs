@@ -218,6 +218,28 @@ impl GpuActivations {
                 + self.grad_tmp.len())
     }
 
+    /// Under autocast, the start-up line saying what the storage plan keeps in half, e.g. `autocast bf16:
+    /// 16 of 18 activation buffers in bf16, 2.6 MiB with their gradients (5.2 MiB in f32)`; `None` when
+    /// every buffer is f32.
+    pub fn autocast_notice(&self) -> Option<String> {
+        let half = self.kinds.iter().copied().find(|&k| k != StoreKind::F32)?;
+        let planned: Vec<&AnyBuf> = self.values.iter().flatten().collect();
+        let in_half = planned.iter().filter(|b| b.kind() == half).count();
+        // What the same buffers (and their gradients) would take in f32.
+        let f32_bytes = 4
+            * (planned.iter().map(|b| b.len()).sum::<usize>()
+                + self.grads.iter().flatten().map(AnyBuf::len).sum::<usize>());
+        let mib = |b: usize| b as f64 / 1048576.0;
+        Some(format!(
+            "autocast {}: {in_half} of {} activation buffers in {}, {:.1} MiB with their gradients ({:.1} MiB in f32)",
+            half.name(),
+            planned.len(),
+            half.name(),
+            mib(self.activation_bytes()),
+            mib(f32_bytes)
+        ))
+    }
+
     /// Device bytes of the value and value-gradient buffers alone (what half storage halves).
     pub fn activation_bytes(&self) -> usize {
         let any = |b: &Option<AnyBuf>| b.as_ref().map_or(0, AnyBuf::bytes);
