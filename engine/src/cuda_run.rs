@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{AmpMode, Buffers, Frozen, Graph, LossScaler, OptimizerState, ParamSlice, Params};
-use ecstrain_kernels::cuda::{Gpu, MatmulPrecision};
+use ecstrain_kernels::cuda::memory::{human_bytes, out_of_memory_advice};
+use ecstrain_kernels::cuda::{Gpu, GpuError, MatmulPrecision};
 use ecstrain_kernels::Device;
 use ecstrain_systems::data::{Dataset, TrainLoader};
 use ecstrain_systems::device::amp::DeviceScaler;
 use ecstrain_systems::device::loss::{DeviceLoss, LossKind};
 use ecstrain_systems::device::state::GpuState;
-use ecstrain_systems::device::{support, ComputeDevice};
+use ecstrain_systems::device::{support, ComputeDevice, DeviceMemory};
 use ecstrain_systems::tasks::classification::ClassificationTask;
 use ecstrain_systems::tasks::embedding::EmbeddingTask;
 use ecstrain_systems::tasks::reconstruction::{ReconLoss, ReconTarget, ReconstructionTask};
@@ -64,6 +65,7 @@ pub fn install(
         AmpMode::Bf16 => MatmulPrecision::Bf16,
     });
     let trainable = world.query_filtered::<&ParamSlice, Without<Frozen>>().iter(world).count();
+    let gpu_for_errors = gpu.clone();
     let state = GpuState::new(
         gpu,
         world.resource::<Graph>(),
@@ -73,19 +75,21 @@ pub fn install(
         trainable,
         capacity,
     )
-    .map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the run's state: {e}"))?;
+    .map_err(|e| setup_error(&gpu_for_errors, "the run's state", e, capacity, amp))?;
     notices.extend(state.acts.autocast_notice());
     let mut state = state;
     if world.contains_resource::<ecstrain_systems::optim::clip::GradClip>() {
         let ranges: Vec<_> =
             world.query_filtered::<&ParamSlice, Without<Frozen>>().iter(world).map(|s| s.range()).collect();
-        state.enable_clipping(&ranges).map_err(|e| format!("run.device: cuda:{ordinal}: {e}"))?;
+        state
+            .enable_clipping(&ranges)
+            .map_err(|e| setup_error(&gpu_for_errors, "gradient clipping's buffers", e, capacity, amp))?;
     }
     if world.contains_resource::<ecstrain_components::EmaWeights>() {
         let params = world.query::<&ParamSlice>().iter(world).count();
         state
             .enable_ema(world.resource::<Buffers>(), params)
-            .map_err(|e| format!("run.device: cuda:{ordinal}: {e}"))?;
+            .map_err(|e| setup_error(&gpu_for_errors, "the EMA weights", e, capacity, amp))?;
     }
     // `run.device_cache`: the train loader was built without input rows (assemble::build_loaders); the rows
     // go up once, as the pipeline makes them (no random processor, so the same in every epoch).
@@ -124,19 +128,47 @@ pub fn install(
             Some(len) => state.upload.enable_dense(&gpu, capacity * len),
         }
         .and_then(|()| DeviceLoss::new(&gpu, kind, capacity));
-        let dl = planned.map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the loss state: {e}"))?;
+        let dl = planned.map_err(|e| setup_error(&gpu, "the loss state", e, capacity, amp))?;
         world.insert_resource(dl);
     }
     // f16 loss scaling keeps its scale and decisions on the device (the scale goes up with the arenas).
     if world.contains_resource::<LossScaler>() {
         let scalars = world.resource::<OptimizerState>().scalars.len();
         let scaler = DeviceScaler::new(&state.gpu, scalars)
-            .map_err(|e| format!("run.device: cuda:{ordinal}: could not allocate the loss-scale state: {e}"))?;
+            .map_err(|e| setup_error(&state.gpu, "the loss-scale state", e, capacity, amp))?;
         world.insert_resource(scaler);
     }
+    // A first step's worth of work now: what grows on first use grows here, so a batch that does not fit
+    // fails before anything is written.
+    let graph = world.resource::<Graph>();
+    state.warm_up(graph).map_err(|e| setup_error(&gpu_for_errors, "a first step's buffers", e, capacity, amp))?;
+    if let Ok(m) = state.gpu.memory() {
+        notices.push(format!(
+            "cuda:{ordinal}: the run holds {} on the device ({} of {} free)",
+            human_bytes(m.held),
+            human_bytes(m.free),
+            human_bytes(m.total)
+        ));
+    }
+    world.insert_resource(DeviceMemory(state.gpu.clone()));
     world.insert_resource(state);
     world.insert_resource(ComputeDevice(device));
     Ok(notices)
+}
+
+/// A failure to set the run up on the device. Running out of memory is the batch's fault, not the device's:
+/// the message names `run.batch`, says how full the device is, and which keys make the run smaller.
+fn setup_error(gpu: &Gpu, what: &str, e: GpuError, batch: usize, amp: AmpMode) -> String {
+    let ordinal = gpu.info.ordinal;
+    if e.is_out_of_memory() {
+        return format!(
+            "run.batch: a batch of {batch} does not fit on cuda:{ordinal}: out of memory while allocating {what}: \
+             {}; {}",
+            gpu.memory_report(),
+            out_of_memory_advice(batch, amp != AmpMode::Off)
+        );
+    }
+    format!("run.device: cuda:{ordinal}: could not allocate {what}: {e}")
 }
 
 /// The start-up line naming the GPU and how its kernels were built, e.g. `cuda:0: NVIDIA H100 80GB HBM3

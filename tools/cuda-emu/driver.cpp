@@ -326,12 +326,43 @@ struct Allocation {
 static std::mutex memory_lock;
 static std::map<CUdeviceptr, Allocation> allocations;
 static const size_t PAGE = 4096;
+static size_t bytes_allocated = 0; // under memory_lock
+
+// The device's memory: 16 GiB, or CUDA_EMU_MEMORY bytes (a k / m / g suffix multiplies by 1024^n), so a test
+// can make an allocation fail as a full GPU does (CUDA_ERROR_OUT_OF_MEMORY) and free memory drop as a GPU
+// reports it. Each allocation counts its size rounded up to 512 bytes, cuMemAlloc's alignment.
+static size_t memory_capacity() {
+    static const size_t capacity = [] {
+        const char *v = getenv("CUDA_EMU_MEMORY");
+        if (!v || !*v) return (size_t)16 << 30;
+        char *end = nullptr;
+        size_t n = strtoull(v, &end, 10);
+        switch (end ? *end : 0) {
+        case 'k': case 'K': n <<= 10; break;
+        case 'm': case 'M': n <<= 20; break;
+        case 'g': case 'G': n <<= 30; break;
+        default: break;
+        }
+        return n;
+    }();
+    return capacity;
+}
+static size_t charged(size_t size) { return (size + 511) / 512 * 512; }
 
 static CUresult allocate(CUdeviceptr *out, size_t size) {
+    {
+        std::lock_guard<std::mutex> g(memory_lock);
+        if (bytes_allocated + charged(size) > memory_capacity()) return 2; // CUDA_ERROR_OUT_OF_MEMORY
+        bytes_allocated += charged(size);
+    }
     const size_t body = (size + PAGE - 1) / PAGE * PAGE;
     const size_t mapped = PAGE + body + PAGE;
     char *base = (char *)mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) return 2; // CUDA_ERROR_OUT_OF_MEMORY
+    if (base == MAP_FAILED) {
+        std::lock_guard<std::mutex> g(memory_lock);
+        bytes_allocated -= charged(size);
+        return 2; // CUDA_ERROR_OUT_OF_MEMORY
+    }
     // Guard pages on both sides. The allocation ends 16-byte aligned just before the back one, so an overrun
     // faults at once; an index below zero faults once it passes the poisoned start of the body (the race
     // checking driver catches both at the first byte).
@@ -351,6 +382,7 @@ static CUresult release(CUdeviceptr p) {
     auto it = allocations.find(p);
     if (it == allocations.end()) return INVALID_VALUE;
     race::untrack((const void *)p);
+    bytes_allocated -= charged(it->second.size);
     munmap(it->second.base, it->second.mapped);
     allocations.erase(it);
     return SUCCESS;
@@ -721,13 +753,15 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice) {
 
 CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice) {
     NOTE();
-    *bytes = (size_t)16 << 30;
+    *bytes = memory_capacity();
     return SUCCESS;
 }
 
 CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
     NOTE();
-    *free_bytes = *total = (size_t)16 << 30;
+    std::lock_guard<std::mutex> g(memory_lock);
+    *total = memory_capacity();
+    *free_bytes = *total - bytes_allocated;
     return SUCCESS;
 }
 

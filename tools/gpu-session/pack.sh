@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, everything a lent GPU machine runs (it has no Rust toolchain), stripped into .gpu/ (ignored by
 # git, carried with `carry: [".gpu"]`): the engine, the kernel crate's tests (every CUDA op against its CPU
-# twin), tests/cuda_e2e.rs, tests/cuda_steady_state.rs, tests/cuda_device_loss.rs, tests/cuda_half_storage.rs
-# and the criterion CUDA benchmarks, each stripped and gzipped. Then device calls run run.sh.
+# twin), tests/cuda_e2e.rs, tests/cuda_steady_state.rs, tests/cuda_device_loss.rs, tests/cuda_half_storage.rs,
+# tests/cuda_memory.rs and the criterion CUDA benchmarks, each stripped and gzipped. Then device calls run run.sh.
 #
 # usage: tools/gpu-session/pack.sh        (from anywhere; writes <repo>/.gpu)
 set -euo pipefail
@@ -34,17 +34,10 @@ done
 cargo test --release --no-run -p ecstrain-kernels --lib --message-format=json | built | while IFS=$'\t' read -r _ path; do
     take kernel_tests "$path"
 done
-cargo test --release --no-run --test cuda_e2e --message-format=json | built | while IFS=$'\t' read -r name path; do
-    [ "$name" = cuda_e2e ] && take cuda_e2e "$path"
-done
-cargo test --release --no-run --test cuda_steady_state --message-format=json | built | while IFS=$'\t' read -r name path; do
-    [ "$name" = cuda_steady_state ] && take cuda_steady_state "$path"
-done
-cargo test --release --no-run --test cuda_device_loss --message-format=json | built | while IFS=$'\t' read -r name path; do
-    [ "$name" = cuda_device_loss ] && take cuda_device_loss "$path"
-done
-cargo test --release --no-run --test cuda_half_storage --message-format=json | built | while IFS=$'\t' read -r name path; do
-    [ "$name" = cuda_half_storage ] && take cuda_half_storage "$path"
+for t in cuda_e2e cuda_steady_state cuda_device_loss cuda_half_storage cuda_memory; do
+    cargo test --release --no-run --test "$t" --message-format=json | built | while IFS=$'\t' read -r name path; do
+        [ "$name" = "$t" ] && take "$t" "$path"
+    done
 done
 cargo bench --no-run --bench cuda_kernels --message-format=json | built | while IFS=$'\t' read -r name path; do
     [ "$name" = cuda_kernels ] && take cuda_kernels_bench "$path"

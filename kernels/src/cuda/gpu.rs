@@ -98,6 +98,11 @@ pub struct Gpu {
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
     matmul: Mutex<MatmulState>,
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// Free device memory right after the context and streams were made: what the run takes is measured
+    /// from here ([`Gpu::memory`](super::memory)).
+    pub(super) free_at_open: usize,
+    /// The most memory the run was seen holding.
+    pub(super) peak_held: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -123,6 +128,8 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
         let copy_stream = ctx.new_stream()?;
+        // Before cuBLAS's handle, so its workspace counts as the run's.
+        let (free_at_open, _) = ctx.mem_get_info()?;
         let blas = CudaBlas::new(stream.clone())?;
         Ok(Gpu {
             info,
@@ -133,6 +140,8 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             matmul: Mutex::new(MatmulState::default()),
             scratch: Mutex::new(None),
+            free_at_open,
+            peak_held: Default::default(),
         })
     }
 

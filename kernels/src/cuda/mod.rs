@@ -12,6 +12,7 @@ pub mod bench;
 pub mod compile;
 pub mod gpu;
 pub mod launch;
+pub mod memory;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod probe;
@@ -23,6 +24,7 @@ pub mod testing;
 
 pub use cudarc;
 pub use gpu::{Gpu, GpuError, MatmulPrecision};
+pub use memory::MemoryUse;
 pub use probe::{probe, GpuInfo};
 pub use segments::{Segment, SegmentTable};
 pub use source::KernelSource;

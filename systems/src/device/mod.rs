@@ -27,6 +27,19 @@ pub mod upload;
 use bevy_ecs::prelude::*;
 use ecstrain_kernels::Device;
 
+/// The GPU whose memory a CUDA run's records report (`gpu_mem`: GiB this run holds on it, read when a record is
+/// written; `gpu_mem_peak` in `summary.json`), inserted by assembly.
+#[derive(Resource, Clone, Debug)]
+pub struct DeviceMemory(pub std::sync::Arc<ecstrain_kernels::cuda::Gpu>);
+
+impl DeviceMemory {
+    /// GiB the run holds on the device now and at most so far; `None` if the driver cannot say.
+    pub fn gib(&self) -> Option<(f64, f64)> {
+        use ecstrain_kernels::cuda::memory::gib;
+        self.0.memory().ok().map(|m| (gib(m.held), gib(m.peak)))
+    }
+}
+
 /// The device a run computes on (`run.device`), inserted by assembly.
 #[derive(Resource, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ComputeDevice(pub Device);

@@ -221,6 +221,30 @@ impl GpuState {
         Ok(())
     }
 
+    /// One training forward and backward and one evaluation forward over a full batch of the (zeroed) input
+    /// buffer, before the run starts. The buffers that grow on first use (the shared scratch, the products'
+    /// half-precision operand copies) reach their steady size and the kernel modules load here, so a batch
+    /// too large for the device fails at start-up, before the run directory exists, instead of in the first
+    /// step, and [`Gpu::memory`] then reports what the run will hold. The state it touches is put back:
+    /// the gradients are zeroed, and the arenas (batch norm's running statistics moved) go up again with the
+    /// next step's upload (`device_stale`). The losses are left out: their buffers are planned whole, and a
+    /// loss would leave a training-loss row behind.
+    pub fn warm_up(&mut self, graph: &Graph) -> Result<(), GpuError> {
+        use ecstrain_components::Mode;
+        use ecstrain_kernels::cuda::cudarc::driver::CudaSlice as Slice;
+        let n = self.acts.capacity;
+        let gpu = self.gpu.clone();
+        let loss_scale: &Slice<f64> = &self.loss_scale;
+        super::exec::forward(&gpu, graph, &self.params, &mut self.buffers, &mut self.acts, n, Mode::Train, 0)?;
+        let aux = super::exec::AuxWeight { weight: 0.0, loss_scale };
+        super::exec::backward(&gpu, graph, &self.params, &mut self.grads, &mut self.acts, n, Mode::Train, 0, aux)?;
+        super::exec::forward(&gpu, graph, &self.params, &mut self.buffers, &mut self.acts, n, Mode::Eval, 0)?;
+        gpu.stream().memset_zeros(&mut self.grads)?;
+        gpu.stream().synchronize()?;
+        self.device_stale = true;
+        Ok(())
+    }
+
     /// The optimizer state buffer called `name`.
     pub fn opt_buffer(&mut self, name: &str) -> Option<&mut CudaSlice<f32>> {
         self.opt.iter_mut().find(|(n, _)| n == name).map(|(_, b)| b)

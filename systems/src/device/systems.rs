@@ -22,11 +22,22 @@ use super::state::GpuState;
 use super::upload::BatchInputs;
 use crate::graph::Activations;
 
-/// Records the first device error of the step (later stages are gated on no failure).
+/// Records the first device error of the step (later stages are gated on no failure). Running out of memory
+/// is said in words with the way out: start-up's warm-up step ([`GpuState::warm_up`]) sized the run's
+/// buffers, so it most likely means something else took the device's memory during the run.
 pub(super) fn fail(failure: &mut RunFailure, what: &str, e: GpuError) {
-    if failure.0.is_none() {
-        failure.0 = Some(format!("CUDA {what}: {e}"));
+    if failure.0.is_some() {
+        return;
     }
+    failure.0 = Some(if e.is_out_of_memory() {
+        format!(
+            "CUDA {what}: out of device memory ({}; start-up already sized the run's buffers, so another \
+             process may be using this GPU); lower run.batch or set run.amp to need less",
+            ecstrain_kernels::cuda::memory::current_device_report()
+        )
+    } else {
+        format!("CUDA {what}: {e}")
+    });
 }
 
 /// Per-micro-batch seed of stochastic ops: the host executor's, so dropout masks match the CPU's.

@@ -182,7 +182,13 @@ impl InputUpload {
         let stream = gpu.stream();
         let bytes = samples * len * std::mem::size_of::<f32>();
         let mut table = stream.alloc_zeros::<f32>((samples * len).max(1)).map_err(|e| {
-            format!("the training split's inputs ({:.1} MiB) do not fit on the device: {e}", bytes as f64 / 1048576.0)
+            let why = if GpuError::from(e).is_out_of_memory() { "out of memory".to_string() } else { e.to_string() };
+            format!(
+                "the training split's inputs ({:.1} MiB) do not fit on the device ({why}; {}); turn it off to upload \
+                 each batch instead",
+                bytes as f64 / 1048576.0,
+                gpu.memory_report()
+            )
         })?;
         // About 16 MiB of host rows at a time: a large split never needs a second copy of itself on the host.
         let chunk = ((1 << 22) / len.max(1)).clamp(1, samples.max(1));

@@ -7,6 +7,7 @@ use ecstrain_components::{
     Clock, DataWait, LearningRate, MetricEvent, Metrics, RunSettings, RunTimer, StopRequest, TrainingState,
 };
 
+use crate::device::DeviceMemory;
 use crate::parallel::{reduce_meters, Comm, ReduceTiming};
 use crate::schedule::systems::Scheduler;
 
@@ -60,11 +61,18 @@ fn insert_data_wait(values: &mut BTreeMap<String, f64>, (seconds, steps): (f64, 
     }
 }
 
+/// `gpu_mem`: GiB a CUDA run holds on its device (Ultralytics' `GPU_mem` column); nothing on the CPU.
+fn insert_device_memory(values: &mut BTreeMap<String, f64>, memory: Option<&DeviceMemory>) {
+    if let Some((held, _)) = memory.and_then(DeviceMemory::gib) {
+        values.insert("gpu_mem".to_string(), held);
+    }
+}
+
 /// Log (training): one `train` record with the epoch's running loss (over every rank), the lr (with the bias
 /// lr and momentum where the schedule drives them) for the next step, and the throughput (of all ranks), data
 /// wait and, in a data-parallel run, the all-reduce time per step (`allreduce_s`) and the part of it the training
 /// thread waited for (`allreduce_wait_s`: less when the all-reduce overlaps the backward) since the previous
-/// record.
+/// record, and on CUDA the device memory the run holds (`gpu_mem`, GiB).
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn emit_train_record(
     clock: Res<Clock>,
@@ -75,6 +83,7 @@ pub fn emit_train_record(
     grad_norm: Option<Res<crate::optim::clip::GradNorm>>,
     scaler: Option<Res<ecstrain_components::LossScaler>>,
     scheduler: Option<Res<Scheduler>>,
+    device_memory: Option<Res<DeviceMemory>>,
     mut timer: ResMut<RunTimer>,
     mut wait: ResMut<DataWait>,
     mut out: MessageWriter<MetricEvent>,
@@ -106,6 +115,7 @@ pub fn emit_train_record(
     // this rank's times the world.
     values.insert("samples_per_s".to_string(), (clock.samples_seen - s0) as f64 * world as f64 / dt);
     insert_data_wait(&mut values, std::mem::take(&mut wait.interval), dt);
+    insert_device_memory(&mut values, device_memory.as_deref());
     timer.last_log = (now, clock.samples_seen);
     out.write(MetricEvent { split: "train".into(), step: clock.step, epoch: clock.epoch, values });
 }
@@ -164,8 +174,8 @@ pub fn update_fitness(
 }
 
 /// EpochEnd: one `epoch` record (training loss of the epoch over every rank, latest validation metrics prefixed `val_`, lr
-/// (bias lr, momentum) as in the train record, epoch time, the epoch's data wait), then resets the training
-/// meters.
+/// (bias lr, momentum) as in the train record, epoch time, the epoch's data wait, `gpu_mem` on CUDA), then
+/// resets the training meters.
 #[allow(clippy::too_many_arguments)] // a system's parameters are its data dependencies
 pub fn emit_epoch_record(
     clock: Res<Clock>,
@@ -174,6 +184,7 @@ pub fn emit_epoch_record(
     lr: Res<LearningRate>,
     scheduler: Option<Res<Scheduler>>,
     timer: Res<RunTimer>,
+    device_memory: Option<Res<DeviceMemory>>,
     mut wait: ResMut<DataWait>,
     mut out: MessageWriter<MetricEvent>,
 ) {
@@ -188,6 +199,7 @@ pub fn emit_epoch_record(
     let epoch_time = timer.epoch_start.elapsed().as_secs_f64();
     values.insert("epoch_time_s".into(), epoch_time);
     insert_data_wait(&mut values, std::mem::take(&mut wait.epoch), epoch_time);
+    insert_device_memory(&mut values, device_memory.as_deref());
     for m in metrics.train.values_mut() {
         m.reset();
     }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::{Clock, Metrics, RunFailure, RunInfo, RunSettings, RunTimer, StopRequest, TrainingState};
+use ecstrain_kernels::cuda::memory::human_bytes;
 use serde_json::json;
 
 fn finite_map(m: &BTreeMap<String, f64>) -> serde_json::Value {
@@ -24,6 +25,7 @@ pub fn write_summary(
     timer: Res<RunTimer>,
     info: Res<RunInfo>,
     stop: Res<StopRequest>,
+    device_memory: Option<Res<crate::device::DeviceMemory>>,
     mut failure: ResMut<RunFailure>,
 ) {
     let wall = timer.start.elapsed().as_secs_f64();
@@ -46,6 +48,10 @@ pub fn write_summary(
         "stop_reason": stop.reason,
         "run_dir": info.dir.display().to_string(),
     });
+    let gpu_mem_peak = device_memory.as_deref().and_then(crate::device::DeviceMemory::gib).map(|(_, peak)| peak);
+    if let Some(peak) = gpu_mem_peak {
+        summary["gpu_mem_peak"] = peak.into();
+    }
     if let Some(it) = settings.iters {
         summary["max_iters"] = it.max_iters.into();
         summary["iters_per_inner_epoch"] = it.iters_per_inner_epoch.into();
@@ -54,7 +60,8 @@ pub fn write_summary(
     if let Err(e) = super::write_atomic(&info.dir.join("summary.json"), text.as_bytes()) {
         failure.0.get_or_insert(format!("cannot write summary.json: {e}"));
     }
-    print!("{}", final_summary(&clock, &metrics, &state, &settings, &timer, &info, stop.reason.as_deref()));
+    let ends = RunEnds { stop_reason: stop.reason.as_deref(), gpu_mem_peak };
+    print!("{}", final_summary(&clock, &metrics, &state, &settings, &timer, &info, ends));
 }
 
 /// Metric values as a terminal table cell: 4 decimals, or the exponent form for tiny or huge values.
@@ -66,8 +73,19 @@ fn cell(v: Option<f64>) -> String {
     }
 }
 
-/// The final terminal summary: the stop reason, length, wall time and throughput, a table of every
-/// validation metric at the best epoch and at the end, and where the run directory is.
+/// How a run ended, beside its clock and metrics: why it stopped early (if it did) and, on CUDA, the most
+/// device memory it held (GiB).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunEnds<'a> {
+    /// The stop reason (early stopping, a time limit, a signal); `None` for a run that ran its length.
+    pub stop_reason: Option<&'a str>,
+    /// Peak GiB held on the GPU.
+    pub gpu_mem_peak: Option<f64>,
+}
+
+/// The final terminal summary: the stop reason, length, wall time and throughput (and the peak GPU memory of
+/// a CUDA run), a table of every validation metric at the best epoch and at the end, and where the run
+/// directory is.
 pub fn final_summary(
     clock: &Clock,
     metrics: &Metrics,
@@ -75,8 +93,9 @@ pub fn final_summary(
     settings: &RunSettings,
     timer: &RunTimer,
     info: &RunInfo,
-    stop_reason: Option<&str>,
+    ends: RunEnds,
 ) -> String {
+    let RunEnds { stop_reason, gpu_mem_peak } = ends;
     let wall = timer.start.elapsed().as_secs_f64();
     let sps = clock.samples_seen as f64 / timer.train_seconds.max(1e-9);
     let mut out = String::new();
@@ -84,13 +103,16 @@ pub fn final_summary(
         out.push_str(&format!("stopped: {r}\n"));
     }
     out.push_str(&format!(
-        "done: {} {}, {} steps in {:.2}s (training {:.2}s, {:.0} samples/s)\n",
+        "done: {} {}, {} steps in {:.2}s (training {:.2}s, {:.0} samples/s{})\n",
         clock.epoch,
         settings.epoch_word(),
         clock.step,
         wall,
         timer.train_seconds,
-        sps
+        sps,
+        gpu_mem_peak
+            .map(|g| format!(", peak GPU memory {}", human_bytes((g * (1u64 << 30) as f64) as usize)))
+            .unwrap_or_default()
     ));
     match (state.best_fitness, state.best_epoch) {
         (Some(f), Some(e)) => {
