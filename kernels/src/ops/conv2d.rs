@@ -395,12 +395,15 @@ fn im2col_shift<T: Float>(col: &mut [T], x: &[T], g: &Conv2dGeom, d: &Dims) {
                 // Clip so that p + off stays inside the plane; the clipped entries are padding taps.
                 let lo_c = lo.max((-off).max(0) as usize).min(hi);
                 let hi_c = hi.min((hw as isize - off).max(0) as usize).max(lo_c);
-                row[..lo_c].fill(T::ZERO);
-                row[hi_c..].fill(T::ZERO);
-                if x0 >= x1 {
-                    row[lo_c..hi_c].fill(T::ZERO);
+                // A tap whose every row or column lies in the padding (a kernel more than twice the input's
+                // size): all zeros. Checked before the copy, whose source offset is only valid when some
+                // output reads the input through this tap.
+                if x0 >= x1 || y0 >= y1 {
+                    row.fill(T::ZERO);
                     continue;
                 }
+                row[..lo_c].fill(T::ZERO);
+                row[hi_c..].fill(T::ZERO);
                 let src = (lo_c as isize + off) as usize;
                 row[lo_c..hi_c].copy_from_slice(&plane[src..src + (hi_c - lo_c)]);
                 if x0 > 0 || x1 < d.ow {
@@ -1245,6 +1248,11 @@ mod tests {
             (geom(2, 2, 5, 6, 3, 1, 3, s(1), (0, 1), s(1), 1), true),
             (geom(2, 2, 6, 1, 3, 3, 1, s(1), (1, 0), s(1), 1), true),
             (geom(10, 3, 5, 5, 4, 3, 3, s(1), s(1), s(1), 1), true),
+            // Kernels more than twice the input (an 8x8 digit under a 9x9 or 17x17 "same" kernel): whole
+            // kernel rows and columns see only padding.
+            (geom(2, 2, 8, 8, 3, 9, 9, s(1), s(4), s(1), 1), true),
+            (geom(2, 1, 8, 8, 2, 17, 17, s(1), s(8), s(1), 1), true),
+            (geom(2, 1, 3, 4, 2, 11, 9, s(1), (5, 4), s(1), 1), false),
         ];
         for (i, (g, bias)) in cases.iter().enumerate() {
             let (_, ow) = g.out_hw().unwrap();
@@ -1252,7 +1260,11 @@ mod tests {
             check_against_reference(g, *bias, 500 + 10 * i as u64, true);
         }
         // Finite differences through the shifted planes (gemm path) and the direct path.
-        for g in [geom(2, 2, 5, 4, 3, 3, 3, s(1), s(2), s(2), 1), geom(2, 1, 5, 6, 3, 3, 3, s(1), s(1), s(1), 1)] {
+        for g in [
+            geom(2, 2, 5, 4, 3, 3, 3, s(1), s(2), s(2), 1),
+            geom(2, 1, 5, 6, 3, 3, 3, s(1), s(1), s(1), 1),
+            geom(2, 1, 3, 3, 2, 9, 9, s(1), s(4), s(1), 1),
+        ] {
             check_finite_differences(&g);
         }
     }
