@@ -293,3 +293,40 @@ fn bench_rejects_bad_flags_with_exit_2() {
         assert!(text(&out).contains("no CUDA"), "{}", text(&out));
     }
 }
+
+#[test]
+fn sizes_the_machine_cannot_hold_are_config_errors_not_aborts() {
+    // Overflowing shapes name the parameter; holdable-but-huge ones the memory they need.
+    let m = rejected("overflowing_layer", |y| y, &["--set", "model.hidden_sizes=[18446744073709551615]"]);
+    assert!(m.contains("model: layers.0.weight") && m.contains("too large to hold"), "{m}");
+    let m = rejected("huge_model", |y| y, &["--set", "model.hidden_sizes=[1000000, 1000000]"]);
+    assert!(m.contains("model: 1000076000010 parameters need at least") && m.contains("of memory"), "{m}");
+    let m = rejected("threads", |y| y, &["--set", "run.threads=10000"]);
+    assert!(m.contains("run.threads must be at most 1024"), "{m}");
+    let m = rejected("workers", |y| y, &["--set", "run.workers=18446744073709551615"]);
+    assert!(m.contains("run.workers must be at most 1024"), "{m}");
+    let m = rejected("prefetch", |y| y, &["--set", "run.workers=1", "--set", "run.prefetch=100000"]);
+    assert!(m.contains("run.prefetch must be in 1..=1024"), "{m}");
+    let m = rejected("layer_decay", |y| y, &["--set", "run.layer_decay=0"]);
+    assert!(m.contains("run.layer_decay must be in (0, 1], got 0") && !m.contains("Some("), "{m}");
+}
+
+#[test]
+fn a_batch_larger_than_the_dataset_is_planned_for_the_dataset() {
+    // No loader fills more rows than the largest split has, so the buffers are sized for that many: a run.batch
+    // of 2^64 - 1 trains (it once overflowed allocating for every row it named).
+    let dir = scratch("batch_past_dataset");
+    let save = dir.join("run");
+    let cfg = write_config(&dir, "big.yaml", &digits_yaml(&save));
+    let out = engine(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "run.batch=18446744073709551615",
+        "--set",
+        "run.epochs=1",
+    ]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{msg}");
+    assert!(msg.contains("memory (f32, batch 1437)"), "{msg}");
+}

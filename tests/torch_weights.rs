@@ -102,3 +102,17 @@ fn vit_position_embedding_is_interpolated_to_a_larger_grid_like_blip2() {
         assert!((g - w).abs() <= 1e-6, "pos_embed[{i}] = {g}, PyTorch {w}");
     }
 }
+
+#[test]
+fn position_embeddings_without_a_common_grid_are_a_shape_mismatch_not_a_resize() {
+    // The fixture is a class-token ViT (1 + 4x4 tokens); a mean-pooled model has 4x4 tokens and no class
+    // token: no extra-token count leaves a square grid in both, so loading names the mismatch (it once took
+    // 16 extra tokens and an empty grid for a match, and panicked resizing it).
+    let mut o = vit_options(8);
+    o["pool"] = json!("mean");
+    let m = models::vit::build(&o, &[64]).unwrap();
+    let mut world = World::new();
+    m.builder.finish(&mut world, m.output, 0);
+    let e = load_pretrained(&mut world, &fixture("torch_vit.safetensors"), false).unwrap_err();
+    assert!(e.contains("pos_embed") && e.contains("16"), "{e}");
+}

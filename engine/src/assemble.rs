@@ -82,16 +82,34 @@ fn qat_weights(graph: &Graph) -> Vec<(ParamSlice, usize)> {
         .collect()
 }
 
+/// The most threads (`run.threads`, `run.workers`) and queued batches (`run.prefetch`) a run may ask for: far
+/// past any machine's use, and short of the thousands of threads that left a mistyped value hanging.
+pub const MAX_THREADS: usize = 1024;
+
 /// Checks the `run:` values that serde cannot (ranges, positivity); the message names the key.
 pub fn check_run_section(r: &RunSection) -> Result<(), String> {
     // Half-open unit interval, finite (NaN fails every comparison).
     let unit = |v: f64| (0.0..1.0).contains(&v);
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
     let non_negative = |v: f64| v >= 0.0 && v.is_finite();
-    let checks: [(bool, &str, String); 30] = [
+    let checks: [(bool, &str, String); 32] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
-        (r.prefetch >= 1, "run.prefetch", "must be at least 1 (batches the background loader keeps ready)".into()),
+        (
+            (1..=MAX_THREADS).contains(&r.prefetch),
+            "run.prefetch",
+            format!("must be in 1..={MAX_THREADS} (batches the background loader keeps ready), got {}", r.prefetch),
+        ),
+        (
+            r.workers <= MAX_THREADS,
+            "run.workers",
+            format!("must be at most {MAX_THREADS} data-loading threads, got {}", r.workers),
+        ),
+        (
+            r.threads.is_none_or(|t| t <= MAX_THREADS),
+            "run.threads",
+            format!("must be at most {MAX_THREADS} compute threads, got {}", r.threads.unwrap_or_default()),
+        ),
         (r.lr0 > 0.0 && r.lr0.is_finite(), "run.lr0", format!("must be a positive number, got {}", r.lr0)),
         (r.lrf >= 0.0 && r.lrf.is_finite(), "run.lrf", format!("must be >= 0, got {}", r.lrf)),
         (unit(r.momentum), "run.momentum", format!("must be in [0, 1), got {}", r.momentum)),
@@ -121,7 +139,7 @@ pub fn check_run_section(r: &RunSection) -> Result<(), String> {
         (
             r.layer_decay.is_none_or(|d| d > 0.0 && d <= 1.0),
             "run.layer_decay",
-            format!("must be in (0, 1], got {:?}", r.layer_decay),
+            format!("must be in (0, 1], got {}", r.layer_decay.unwrap_or_default()),
         ),
         (r.accum_grad_iters.is_none_or(|a| a >= 1), "run.accum_grad_iters", "must be at least 1".into()),
         (
@@ -246,6 +264,11 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
 
     // Model.
     let built = (model_entry.build)(&serde_json::Value::Object(options), splits.train.sample_shape()).map_err(err)?;
+    // Sizes first: a model or batch the machine cannot hold is a config error, not an allocation failure.
+    let footprint = built.builder.footprint().map_err(|e| err(format!("model: {e}")))?;
+    let capacity =
+        crate::memory_check::batch_capacity(r.batch, splits.train.len(), splits.val.as_ref().map(|v| v.len()));
+    crate::memory_check::check(&footprint, capacity, crate::memory_check::host_memory()).map_err(err)?;
     let mut graph = built.builder.finish(&mut app.world, built.output, r.seed);
     if cfg.model.fuse {
         ecstrain_systems::graph::fuse_linear_activation(&mut graph);
@@ -272,7 +295,6 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
         notices.push(format!("layer-wise lr decay {decay} on {n} parameters (run.layer_decay)"));
     }
     let n_params = app.world.resource::<Params>().0.len();
-    let capacity = r.batch;
     let input_len: usize = splits.train.sample_shape().iter().product();
 
     // Task.
@@ -297,7 +319,7 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     // this rank's shard of every epoch; `run.batch` is per rank, so the global batch is batch x world.
     let comm = app.world.get_resource_or_init::<Comm>().clone();
     let shard = Shard::new(comm.0.rank(), comm.0.world()).map_err(err)?;
-    let global_batch = r.batch * shard.world;
+    let global_batch = r.batch.saturating_mul(shard.world);
     let device_rows = r.device_cache && device != Device::Cpu;
     let (train_loader, val_loader) = build_loaders(r, shard, &splits, device_rows).map_err(err)?;
     let batches = train_loader.batches_per_epoch() as u64;

@@ -90,6 +90,14 @@ pub fn load_args(args: &RunArgs) -> Result<(LoadedConfig, bool), EngineError> {
     let path = args.config.clone().ok_or_else(|| crate::error::usage("missing --config <file.yaml>"))?;
     let loaded = load_config(&path, &args.set)?;
     if let Some(n) = loaded.config.run.threads {
+        // Checked here, before the pool exists: thousands of threads would hang the start.
+        let max = crate::assemble::MAX_THREADS;
+        if n > max {
+            let at = path.display();
+            return Err(crate::error::usage(format!(
+                "{at}: run.threads must be at most {max} compute threads, got {n}"
+            )));
+        }
         // Only the first call in a process can size the global pool; later runs keep it.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
     }

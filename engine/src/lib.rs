@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod export_cmd;
 pub mod launch;
+pub mod memory_check;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
 pub mod param_groups;

@@ -153,8 +153,11 @@ fn interpolate_pos_embed(
     if !name.ends_with("pos_embed") || t_old == t_new || d_old != d {
         return None;
     }
-    // Extra tokens: whatever the model's token count has beyond a square grid (0 or 1 for a class token).
-    let extra = (0..=t_new.min(t_old)).find(|&e| grid_side(t_new - e).is_some() && grid_side(t_old - e).is_some())?;
+    // Extra tokens: whatever the model's token count has beyond a square grid (0 or 1 for a class token), the
+    // same in both, with a grid of at least one token on each side (an empty grid would make any two counts
+    // "match": a class-token checkpoint for a mean-pooled model is a plain shape mismatch instead).
+    let square = |t: usize| grid_side(t).filter(|&s| s > 0);
+    let extra = (0..=t_new.min(t_old)).find(|&e| square(t_new - e).is_some() && square(t_old - e).is_some())?;
     let (old, new) = (grid_side(t_old - extra)?, grid_side(t_new - extra)?);
     let Some(src) = t.data.as_f32() else {
         return Some(Err(format!("`{name}` is {} where float32 is expected", t.data.dtype_name())));

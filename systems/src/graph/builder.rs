@@ -55,11 +55,32 @@ struct BufferSpec {
 type PoolShapes = ((usize, usize, usize), usize, usize);
 
 /// Output size of a convolution or pooling window along one axis (PyTorch floor mode), or `None` when the
-/// window does not fit.
+/// window does not fit (or its sizes overflow).
 fn window_out(size: usize, kernel: usize, stride: usize, padding: usize, dilation: usize) -> Option<usize> {
-    let span = dilation * (kernel.checked_sub(1)?) + 1;
-    let padded = size + 2 * padding;
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    let padded = size.checked_add(padding.checked_mul(2)?)?;
     (stride > 0 && kernel > 0 && padded >= span).then(|| (padded - span) / stride + 1)
+}
+
+/// The most elements one run may hold in any one of its arenas or per-sample activations: beyond this the
+/// f32 bytes would not fit a Rust allocation (`isize::MAX`), whatever the machine.
+pub const MAX_ELEMENTS: usize = (isize::MAX as usize) / 8;
+
+/// Elements of a tensor of `shape`, or `None` past [`MAX_ELEMENTS`] (or on overflow).
+fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS)
+}
+
+/// What a built model holds, in elements: checked, so a config with absurd sizes is an error instead of an
+/// allocation failure (see [`GraphBuilder::footprint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Parameter elements (the arena; gradients and optimizer state have the same layout).
+    pub params: usize,
+    /// Buffer elements (batch-norm statistics).
+    pub buffers: usize,
+    /// Elements of every value of one sample (input included), the activations a batch holds per sample.
+    pub activations_per_sample: usize,
 }
 
 /// Accumulates values, ops and parameters; see the module docs.
@@ -69,6 +90,12 @@ pub struct GraphBuilder {
     nodes: Vec<Node>,
     params: Vec<ParamSpec>,
     buffers: Vec<BufferSpec>,
+    /// Running totals of `params` / `buffers` elements (the next offsets; summing at each declaration made
+    /// building a deep model quadratic).
+    param_total: usize,
+    buffer_total: usize,
+    /// The first parameter, buffer or value too large to hold ([`Self::footprint`] reports it).
+    too_large: Option<GraphError>,
 }
 
 impl GraphBuilder {
@@ -80,7 +107,48 @@ impl GraphBuilder {
             nodes: Vec::new(),
             params: Vec::new(),
             buffers: Vec::new(),
+            param_total: 0,
+            buffer_total: 0,
+            too_large: None,
         }
+    }
+
+    /// The elements of `shape` for `what`, recording the first one past [`MAX_ELEMENTS`] (0 then, so
+    /// building can go on to the end and report it).
+    fn numel_or_note(&mut self, what: &str, shape: &[usize], total: Option<usize>) -> usize {
+        match checked_numel(shape)
+            .filter(|&n| total.is_none_or(|t| t.checked_add(n).is_some_and(|s| s <= MAX_ELEMENTS)))
+        {
+            Some(n) => n,
+            None => {
+                self.too_large.get_or_insert_with(|| GraphError::Invalid {
+                    node: what.to_string(),
+                    message: format!(
+                        "shape {shape:?} is too large to hold (more than {MAX_ELEMENTS} elements with the rest of \
+                         the model); check the model's sizes"
+                    ),
+                });
+                0
+            }
+        }
+    }
+
+    /// What the model holds so far, or the error naming the first parameter, buffer or value whose size
+    /// cannot be held. Assembly checks this before [`Self::finish`] allocates the arenas.
+    pub fn footprint(&self) -> Result<Footprint, GraphError> {
+        if let Some(e) = &self.too_large {
+            return Err(e.clone());
+        }
+        let activations_per_sample = self
+            .values
+            .iter()
+            .try_fold(0usize, |sum, v| sum.checked_add(checked_numel(&v.shape)?))
+            .filter(|&n| n <= MAX_ELEMENTS)
+            .ok_or_else(|| GraphError::Invalid {
+                node: self.arch.clone(),
+                message: format!("the activations of one sample are more than {MAX_ELEMENTS} elements"),
+            })?;
+        Ok(Footprint { params: self.param_total, buffers: self.buffer_total, activations_per_sample })
     }
 
     /// The model input.
@@ -102,15 +170,18 @@ impl GraphBuilder {
     /// [`Self::param`] with an explicit weight-decay choice (ViT class tokens and position embeddings are
     /// excluded from decay by timm, although they are not 1-d).
     pub fn param_with_decay(&mut self, name: &str, shape: &[usize], init: Init, decay: bool) -> ParamRef {
-        let slice = ParamSlice { offset: self.num_params(), len: shape.iter().product() };
+        let len = self.numel_or_note(name, shape, Some(self.param_total));
+        let slice = ParamSlice { offset: self.param_total, len };
+        self.param_total += len;
         self.params.push(ParamSpec { name: name.to_string(), shape: shape.to_vec(), init, no_decay: !decay });
         ParamRef { entity: Entity::PLACEHOLDER, slice }
     }
 
     /// Declares a non-trainable buffer filled with `init` (batch-norm running statistics).
     pub fn buffer(&mut self, name: &str, shape: &[usize], init: f32, integer: bool) -> ParamSlice {
-        let offset = self.buffers.iter().map(|b| b.entry.slice.len).sum();
-        let slice = ParamSlice { offset, len: shape.iter().product() };
+        let (offset, len) = (self.buffer_total, self.numel_or_note(name, shape, Some(self.buffer_total)));
+        self.buffer_total += len;
+        let slice = ParamSlice { offset, len };
         let entry = BufferEntry { name: name.to_string(), shape: shape.to_vec(), slice, integer };
         self.buffers.push(BufferSpec { entry, init });
         slice
@@ -118,6 +189,7 @@ impl GraphBuilder {
 
     /// Appends a node computing `op` from `inputs` into a new value of per-sample shape `out_shape`.
     pub fn push_op(&mut self, name: &str, op: OpKind, inputs: &[ValueId], out_shape: Vec<usize>) -> ValueId {
+        self.numel_or_note(name, &out_shape, None);
         self.values.push(ValueInfo { shape: out_shape });
         let output = ValueId(self.values.len() - 1);
         self.nodes.push(Node { name: name.to_string(), op, inputs: inputs.to_vec(), output });
@@ -183,6 +255,9 @@ impl GraphBuilder {
                 spec.groups, spec.out_channels
             )));
         }
+        if spec.dilation.0 == 0 || spec.dilation.1 == 0 || spec.stride.0 == 0 || spec.stride.1 == 0 {
+            return Err(invalid(format!("stride {:?} and dilation {:?} must be >= 1", spec.stride, spec.dilation)));
+        }
         let oh = window_out(h, spec.kernel.0, spec.stride.0, spec.padding.0, spec.dilation.0);
         let ow = window_out(w, spec.kernel.1, spec.stride.1, spec.padding.1, spec.dilation.1);
         let (Some(oh), Some(ow)) = (oh, ow) else {
@@ -205,7 +280,8 @@ impl GraphBuilder {
     fn pool_out(&self, name: &str, x: ValueId, spec: Pool2dSpec) -> Result<PoolShapes, GraphError> {
         let (c, h, w) = self.chw(name, x)?;
         let invalid = |message: String| GraphError::Invalid { node: name.into(), message };
-        if 2 * spec.padding.0 > spec.kernel.0 || 2 * spec.padding.1 > spec.kernel.1 {
+        // `p > k / 2` is `2p > k` without the overflow a huge padding would cause.
+        if spec.padding.0 > spec.kernel.0 / 2 || spec.padding.1 > spec.kernel.1 / 2 {
             return Err(invalid(format!(
                 "padding {:?} must be at most half the kernel {:?}",
                 spec.padding, spec.kernel
@@ -258,10 +334,13 @@ impl GraphBuilder {
     /// Reinterprets a sample as `shape` (same element count).
     pub fn reshape(&mut self, name: &str, x: ValueId, shape: &[usize]) -> Result<ValueId, GraphError> {
         let have = self.shape(x).to_vec();
-        if have.iter().product::<usize>() != shape.iter().product::<usize>() {
+        let Some(want) = checked_numel(shape) else {
+            return Err(Self::invalid(name, format!("shape {shape:?} is too large to hold")));
+        };
+        if checked_numel(&have) != Some(want) {
             return Err(GraphError::Shape {
                 node: name.into(),
-                expected: format!("{} elements to reshape into {shape:?}", shape.iter().product::<usize>()),
+                expected: format!("{want} elements to reshape into {shape:?}"),
                 got: have,
             });
         }
@@ -461,7 +540,10 @@ impl GraphBuilder {
         if factor.0 == 0 || factor.1 == 0 {
             return Err(Self::invalid(name, format!("scale factors must be >= 1, got {factor:?}")));
         }
-        let out = vec![in_chw.0, in_chw.1 * factor.0, in_chw.2 * factor.1];
+        let (Some(oh), Some(ow)) = (in_chw.1.checked_mul(factor.0), in_chw.2.checked_mul(factor.1)) else {
+            return Err(Self::invalid(name, format!("scale factors {factor:?} overflow the output size")));
+        };
+        let out = vec![in_chw.0, oh, ow];
         Ok(self.push(name, OpKind::Upsample { factor, in_chw }, x, out))
     }
 
@@ -483,12 +565,16 @@ impl GraphBuilder {
 
     /// Total parameter elements declared so far.
     pub fn num_params(&self) -> usize {
-        self.params.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+        self.param_total
     }
 
     /// Spawns parameter entities, allocates and initialises the [`Params`], [`Grads`] and [`Buffers`] arenas,
-    /// and returns the graph with `output` as the value the task reads.
+    /// and returns the graph with `output` as the value the task reads. The sizes must be holdable
+    /// ([`Self::footprint`] is `Ok`; assembly checks it with the config's keys in the message).
     pub fn finish(self, world: &mut World, output: ValueId, seed: u64) -> Graph {
+        if let Err(e) = self.footprint() {
+            panic!("GraphBuilder::finish on a model too large to hold (check footprint() first): {e}");
+        }
         let total = self.num_params();
         let mut params = Arena::zeros(total);
         let mut rng = Rng::derive(seed, &[0x1A17]);

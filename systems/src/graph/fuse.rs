@@ -5,7 +5,7 @@
 //! graph is executed: parameter names, shapes and
 //! every computed number stay the same (the fused kernels are bit-identical to the pairs they replace).
 
-use ecstrain_components::{Graph, OpKind, ValueId};
+use ecstrain_components::{Graph, OpKind};
 
 /// Folds every activation that is the only reader of a linear layer's output into that linear node
 /// (`OpKind::Linear { act: Some(..) }`, run by `ops::linear_act`). The linear's own output value is left
@@ -14,34 +14,31 @@ use ecstrain_components::{Graph, OpKind, ValueId};
 /// A linear output that is also the graph's output, or is read by more than one node (a residual branch),
 /// keeps its node as it is: its value is needed as such.
 pub fn fuse_linear_activation(graph: &mut Graph) -> usize {
+    // Pairs found on the graph as built (one pass over a reader index: the rewrite does not change who reads
+    // a linear's output, it only removes activations that were such sole readers), then applied in one go.
+    let readers = super::exec::readers_of(graph);
+    let mut removed = vec![false; graph.nodes.len()];
     let mut fused = 0;
-    let mut i = 0;
-    while i < graph.nodes.len() {
+    for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
-        let candidate = matches!(node.op, OpKind::Linear { act: None, .. }) && node.output != graph.output;
-        if candidate {
-            let v = node.output;
-            if let Some(j) = sole_reader(graph, v) {
-                if let OpKind::Activation(a) = graph.nodes[j].op {
-                    let act_out = graph.nodes[j].output;
-                    graph.nodes.remove(j);
-                    let node = &mut graph.nodes[i];
-                    if let OpKind::Linear { act, .. } = &mut node.op {
-                        *act = Some(a);
-                    }
-                    node.output = act_out;
-                    fused += 1;
-                }
-            }
+        if !matches!(node.op, OpKind::Linear { act: None, .. }) || node.output == graph.output {
+            continue;
         }
-        i += 1;
+        let [j] = readers[node.output.0][..] else { continue };
+        let OpKind::Activation(a) = graph.nodes[j].op else { continue };
+        let act_out = graph.nodes[j].output;
+        removed[j] = true;
+        let node = &mut graph.nodes[i];
+        if let OpKind::Linear { act, .. } = &mut node.op {
+            *act = Some(a);
+        }
+        node.output = act_out;
+        fused += 1;
     }
+    let mut index = 0;
+    graph.nodes.retain(|_| {
+        index += 1;
+        !removed[index - 1]
+    });
     fused
-}
-
-/// The index of the one node that reads `v`, if exactly one does.
-fn sole_reader(graph: &Graph, v: ValueId) -> Option<usize> {
-    let mut readers = graph.nodes.iter().enumerate().filter(|(_, n)| n.inputs.contains(&v));
-    let (first, _) = readers.next()?;
-    readers.next().is_none().then_some(first)
 }

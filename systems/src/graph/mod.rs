@@ -12,7 +12,7 @@ pub mod systems;
 #[cfg(test)]
 mod tests;
 
-pub use builder::{GraphBuilder, GraphError};
+pub use builder::{Footprint, GraphBuilder, GraphError};
 pub use exec::{
     add_gradient_shares, attention_pools, backward, backward_releasing, forward, forward_with, gradient_cuts,
     gradient_needed, linear_lead_columns, linear_residual_pairs, patch_stems, residual_norms, select_after_norm,

@@ -53,6 +53,10 @@ fn one_usize() -> usize {
 }
 
 /// One layer of a `sequential` model; `type` selects the variant.
+///
+/// The layers without options are empty struct variants (`Relu {}`), not unit variants: serde's internally
+/// tagged unit variants accept and drop any other key, so `{type: relu, negative_slope: 0.2}` was taken for a
+/// plain ReLU; an empty struct variant refuses it (`deny_unknown_fields`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Layer {
@@ -109,33 +113,33 @@ pub enum Layer {
         padding: Pair,
     },
     /// Global average pooling `[C, H, W]` -> `[C]`.
-    GlobalAvgPool,
+    GlobalAvgPool {},
     /// `nn.AdaptiveAvgPool2d(output_size)`: `[C, H, W]` -> `[C, OH, OW]`.
     AdaptiveAvgPool2d {
         /// Output size (one number or `[h, w]`).
         output_size: Pair,
     },
     /// `nn.Flatten()`.
-    Flatten,
+    Flatten {},
     /// View the sample as `shape`.
     Reshape {
         /// New per-sample shape.
         shape: Vec<usize>,
     },
     /// `nn.ReLU`.
-    Relu,
+    Relu {},
     /// `nn.GELU()` (erf form).
-    Gelu,
+    Gelu {},
     /// `nn.GELU(approximate="tanh")`.
-    GeluTanh,
+    GeluTanh {},
     /// `nn.Tanh`.
-    Tanh,
+    Tanh {},
     /// `nn.Sigmoid`.
-    Sigmoid,
+    Sigmoid {},
     /// `nn.SiLU`.
-    Silu,
+    Silu {},
     /// `nn.Softmax(dim=-1)`: softmax over the last dimension.
-    Softmax,
+    Softmax {},
     /// `nn.Embedding(num_embeddings, embedding_dim)` on a `[T]` sample of integer token ids.
     Embedding {
         /// Vocabulary size.
@@ -144,7 +148,7 @@ pub enum Layer {
         embedding_dim: usize,
     },
     /// Mean over tokens: `[T, D]` -> `[D]`.
-    TokenMean,
+    TokenMean {},
     /// `x.permute(0, *[1 + d for d in dims])`: reorders the per-sample axes.
     Permute {
         /// New order of the per-sample axes (a permutation of 0..rank).
@@ -207,7 +211,8 @@ pub struct SequentialOptions {
 
 /// Builds the layer list for samples of `data_shape`.
 pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltModel, String> {
-    let o: SequentialOptions = parse_options("model", options)?;
+    let o: SequentialOptions = parse_options("model", options)
+        .map_err(|e| options.get("layers").and_then(|l| locate_bad_layer(l, "model.layers")).unwrap_or(e))?;
     if o.layers.is_empty() {
         return Err("model.layers: a sequential model needs at least one layer".into());
     }
@@ -215,6 +220,21 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
     let x = g.input();
     let out = append_layers(&mut g, x, &o.layers, "layers", "model.layers")?;
     Ok(BuiltModel { builder: g, output: out })
+}
+
+/// `{path}[i]: <serde's message>` for the first layer of `layers` (depth first through residual blocks)
+/// that does not parse, so an unknown or misspelt option names its layer; `None` when every layer parses.
+fn locate_bad_layer(layers: &serde_json::Value, path: &str) -> Option<String> {
+    for (i, v) in layers.as_array()?.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        if let Some(inner) = v.get("layers").and_then(|l| locate_bad_layer(l, &format!("{here}.layers"))) {
+            return Some(inner);
+        }
+        if let Err(e) = serde_json::from_value::<Layer>(v.clone()) {
+            return Some(format!("{here}: {e}"));
+        }
+    }
+    None
 }
 
 /// Appends `layers` to `x`, naming layer `i` `{prefix}.{i}` and reporting errors as `{path}[i]`.
@@ -256,21 +276,21 @@ fn append_layers(
                     Pool2dSpec { kernel: kernel.hw(), stride: stride.unwrap_or(*kernel).hw(), padding: padding.hw() };
                 g.avg_pool2d(&name, x, spec).map_err(e)?
             }
-            Layer::GlobalAvgPool => g.global_avg_pool(&name, x).map_err(e)?,
+            Layer::GlobalAvgPool {} => g.global_avg_pool(&name, x).map_err(e)?,
             Layer::AdaptiveAvgPool2d { output_size } => g.adaptive_avg_pool2d(&name, x, output_size.hw()).map_err(e)?,
-            Layer::Flatten => g.flatten(&name, x),
+            Layer::Flatten {} => g.flatten(&name, x),
             Layer::Reshape { shape } => g.reshape(&name, x, shape).map_err(e)?,
-            Layer::Relu => act(g, Activation::Relu),
-            Layer::Gelu => act(g, Activation::Gelu),
-            Layer::GeluTanh => act(g, Activation::GeluTanh),
-            Layer::Tanh => act(g, Activation::Tanh),
-            Layer::Sigmoid => act(g, Activation::Sigmoid),
-            Layer::Silu => act(g, Activation::Silu),
-            Layer::Softmax => g.softmax(&name, x).map_err(e)?,
+            Layer::Relu {} => act(g, Activation::Relu),
+            Layer::Gelu {} => act(g, Activation::Gelu),
+            Layer::GeluTanh {} => act(g, Activation::GeluTanh),
+            Layer::Tanh {} => act(g, Activation::Tanh),
+            Layer::Sigmoid {} => act(g, Activation::Sigmoid),
+            Layer::Silu {} => act(g, Activation::Silu),
+            Layer::Softmax {} => g.softmax(&name, x).map_err(e)?,
             Layer::Embedding { num_embeddings, embedding_dim } => {
                 g.embedding(&name, x, *num_embeddings, *embedding_dim).map_err(e)?
             }
-            Layer::TokenMean => g.token_mean(&name, x).map_err(e)?,
+            Layer::TokenMean {} => g.token_mean(&name, x).map_err(e)?,
             Layer::Permute { dims } => g.permute(&name, x, dims).map_err(e)?,
             Layer::Dropout { p } => g.dropout(&name, x, *p).map_err(e)?,
             Layer::BatchNorm2d { eps, momentum, affine } => {
@@ -333,6 +353,35 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("layers[1]") && e.contains("keep the shape [1, 8, 8]"), "{e}");
+        // Layers without options refuse options too (serde drops extra keys on tagged unit variants).
+        let e = build(&json!({"layers": [{"type": "relu", "negative_slope": 0.2}]}), &[64]).err().unwrap();
+        assert!(e.contains("layers[0]") && e.contains("negative_slope"), "{e}");
+        let e = build(&json!({"layers": [{"type": "flatten", "start_dim": 5}]}), &[64]).err().unwrap();
+        assert!(e.contains("start_dim"), "{e}");
+        let nested = json!({"layers": [{"type": "residual", "layers": [{"type": "relu"}, {"type": "gelu", "x": 1}]}]});
+        let e = build(&nested, &[64]).err().unwrap();
+        assert!(e.starts_with("model.layers[0].layers[1]: unknown field `x`"), "{e}");
+        // Sizes that overflow or cannot be held are errors naming the layer, not panics.
+        let conv = |extra: serde_json::Value| {
+            let mut c = json!({"type": "conv2d", "out_channels": 4, "kernel": 3});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            json!({"layers": [{"type": "reshape", "shape": [1, 8, 8]}, c, {"type": "flatten"}]})
+        };
+        let e = build(&conv(json!({"dilation": 0})), &[64]).err().unwrap();
+        assert!(e.contains("layers[1]") && e.contains("dilation (0, 0) must be >= 1"), "{e}");
+        let e = build(&conv(json!({"padding": usize::MAX})), &[64]).err().unwrap();
+        assert!(e.contains("layers[1]") && e.contains("does not fit"), "{e}");
+        let up =
+            json!({"layers": [{"type": "reshape", "shape": [1, 8, 8]}, {"type": "upsample", "scale": usize::MAX}]});
+        let e = build(&up, &[64]).err().unwrap();
+        assert!(e.contains("layers[1]") && e.contains("overflow"), "{e}");
+        let e = build(&json!({"layers": [{"type": "reshape", "shape": [1usize << 32, 1usize << 32]}]}), &[64])
+            .err()
+            .unwrap();
+        assert!(e.contains("layers[0]") && e.contains("too large"), "{e}");
+        let m = build(&json!({"layers": [{"type": "linear", "out_features": usize::MAX}]}), &[64]).unwrap();
+        let e = m.builder.footprint().unwrap_err().to_string();
+        assert!(e.contains("layers.0.weight") && e.contains("too large to hold"), "{e}");
     }
 
     #[test]
