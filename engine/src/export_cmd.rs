@@ -6,7 +6,8 @@
 //! - `safetensors`: the weights only, under PyTorch's names (batch-norm counters as int64), loadable into the
 //!   model's PyTorch twin with `load_state_dict`.
 //!
-//! The file is written beside its destination and renamed into place, so a failed export leaves nothing.
+//! The file is written beside its destination and renamed into place, so a failed export leaves nothing; an
+//! existing `--out` must be a regular file (a device or FIFO there is refused, never replaced).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,12 +15,13 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use ecstrain_components::{Buffers, Graph, ParamInfo, ParamSlice, Params};
 use ecstrain_deploy::onnx::{export_model, ModelView, QdqPlan};
-use ecstrain_systems::checkpoint::safetensors_io::{load_safetensors, save_safetensors, TensorData};
+use ecstrain_systems::checkpoint::safetensors_io::{encode_safetensors, load_safetensors, TensorData};
 
 use crate::assemble::{assemble, Assembly};
 use crate::cli::{default_app, load_args, RunArgs};
 use crate::error::{usage, EngineError};
 use crate::eval::checkpoint_path;
+use crate::out_path::{location_error, out_file, NewDirs};
 
 /// The file formats of `engine export`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,22 +92,39 @@ pub fn write_onnx(asm: &mut Assembly, qdq: Option<&QdqPlan>, out: &Path) -> Resu
     Ok(bytes.len())
 }
 
-/// `bytes` to `out` through `<out>.tmp` and a rename; parent directories are created.
+/// `bytes` to the file `out` (`--out`): a temporary file beside it, fsync, and a rename, so a failed write
+/// leaves nothing. Missing parent directories are created (and removed again when the write fails). `out`
+/// must be a new path or a regular file ([`out_file`]: a symbolic link writes to its target); a location that
+/// cannot be written (under a file, read-only, /proc) is exit 2, a failure while writing exit 1.
 pub fn write_atomically(out: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let o = out.display();
-    if out.is_dir() {
-        return Err(usage(format!("--out: {o} is a directory; give a file path")));
-    }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| usage(format!("--out: cannot create {}: {e}", parent.display())))?;
-    }
-    let tmp = out.with_extension(format!("{}.tmp", out.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let write = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, out));
-    write.map_err(|e| {
+    let target = out_file("--out", out)?;
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dirs = NewDirs::create(parent).map_err(|e| location_error("--out", "create the directory", parent, e))?;
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Named by the process: two exports never share it, and create_new never opens something already there.
+    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| location_error("--out", "write", out, e))?;
+    let written = write_and_rename(file, bytes, &tmp, &target);
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        EngineError::Run(format!("--out: cannot write {o}: {e}"))
-    })
+        return Err(EngineError::Run(format!("--out: cannot write {}: {e}", out.display())));
+    }
+    dirs.keep();
+    Ok(())
+}
+
+/// Writes `bytes` into `file` (open at `tmp`), flushes it to disk, and renames `tmp` over `target`.
+fn write_and_rename(mut file: std::fs::File, bytes: &[u8], tmp: &Path, target: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    file.write_all(bytes)?;
+    // On disk before the rename makes it visible: a crash must not leave an empty file under the final name.
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(tmp, target)
 }
 
 /// The model's weights (parameters, then buffers) under their names, as safetensors.
@@ -127,16 +146,15 @@ fn write_weights(asm: &mut Assembly, out: &Path) -> Result<usize, EngineError> {
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "ecstrain-weights".to_string());
     meta.insert("arch".to_string(), world.resource::<Graph>().arch.clone());
-    let n = tensors.len();
-    if out.is_dir() {
-        return Err(usage(format!("--out: {} is a directory; give a file path", out.display())));
-    }
-    save_safetensors(out, &tensors, &meta).map_err(|e| EngineError::Run(format!("--out: {e}")))?;
-    Ok(n)
+    let bytes = encode_safetensors(out, &tensors, &meta).map_err(|e| EngineError::Run(format!("--out: {e}")))?;
+    write_atomically(out, &bytes)?;
+    Ok(tensors.len())
 }
 
 /// Runs `engine export`.
 pub fn run(args: &ExportArgs) -> Result<(), EngineError> {
+    // A --out that can never be written fails before the model is built.
+    out_file("--out", &args.out)?;
     let (mut asm, ckpt) = assemble_trained(&args.run, &args.checkpoint)?;
     let arch = asm.app.world.resource::<Graph>().arch.clone();
     match args.format {

@@ -16,6 +16,7 @@ pub mod launch;
 pub mod memory_check;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
+pub mod out_path;
 pub mod param_groups;
 pub mod pipelines;
 pub mod plugins;

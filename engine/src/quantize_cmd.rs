@@ -131,6 +131,8 @@ pub fn run(args: &QuantizeArgs) -> Result<(), EngineError> {
     if args.calib_batches == 0 {
         return Err(usage("--calib-batches: must be at least 1 (calibration needs data to set the activation ranges)"));
     }
+    // A --out that can never be written fails now, not after calibration and validation.
+    crate::out_path::out_file("--out", &args.out)?;
     let (mut asm, ckpt) = assemble_trained(&args.run, &args.checkpoint)?;
     asm.app.world.remove_resource::<ecstrain_components::EmaWeights>();
     if !asm.app.world.contains_resource::<ValLoader>() {

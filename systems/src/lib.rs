@@ -13,6 +13,7 @@ pub mod models;
 pub mod optim;
 pub mod parallel;
 pub mod qat;
+pub mod replace;
 pub mod schedule;
 pub mod sets;
 pub mod tasks;

@@ -268,7 +268,8 @@ fn temp_path(path: &Path) -> Result<PathBuf, CheckpointError> {
 /// Parent directories are created as needed. The file is first written to `<path>.tmp` in the same
 /// directory, synced, renamed over `path`, and then the directory is synced, so that `path` always
 /// holds either the previous checkpoint or the complete new one. Two saves to the same path must not
-/// run concurrently (they share the temporary name).
+/// run concurrently (they share the temporary name). An existing `path` that is not a regular file (a
+/// directory, device, FIFO or socket) is refused rather than replaced.
 ///
 /// Names must be unique and each shape's product must equal its data length; otherwise
 /// [`CheckpointError::InvalidTensor`] is returned before anything is written.
@@ -277,6 +278,17 @@ pub fn save_safetensors(
     tensors: &[(String, Vec<usize>, TensorData<'_>)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), CheckpointError> {
+    let bytes = encode_safetensors(path, tensors, metadata)?;
+    write_replacing(path, &bytes)
+}
+
+/// The safetensors file of `tensors` and `metadata`, in memory, checked as [`save_safetensors`] checks it;
+/// `path` only names the file in errors. For writers that put the bytes in place themselves.
+pub fn encode_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, TensorData<'_>)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, CheckpointError> {
     let invalid = |name: &str, reason: String| CheckpointError::InvalidTensor {
         path: path.to_path_buf(),
         name: name.to_string(),
@@ -309,11 +321,17 @@ pub fn save_safetensors(
     // replace a good checkpoint with one that does not load.
     SafeTensors::read_metadata(&bytes)
         .map_err(|e| format(format!("the encoded checkpoint does not parse back: {e}")))?;
+    Ok(bytes)
+}
 
+/// `bytes` to `path` through `<path>.tmp`, fsync and a rename, then the directory is synced. An existing
+/// `path` that is not a regular file is refused, not replaced.
+fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let io_err = |path: &Path, op: &'static str| {
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, op, source }
     };
+    crate::replace::check_replaceable(path).map_err(io_err(path, "checking the file to replace"))?;
     let tmp = temp_path(path)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -323,7 +341,7 @@ pub fn save_safetensors(
 
     let written = (|| {
         let mut file = File::create(&tmp).map_err(io_err(&tmp, "creating the temporary file"))?;
-        file.write_all(&bytes).map_err(io_err(&tmp, "writing the temporary file"))?;
+        file.write_all(bytes).map_err(io_err(&tmp, "writing the temporary file"))?;
         // The data must be on disk before the rename makes it visible under the final name;
         // otherwise a power loss can leave a renamed but empty file.
         file.sync_all().map_err(io_err(&tmp, "flushing the temporary file to disk"))?;
