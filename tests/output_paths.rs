@@ -96,3 +96,33 @@ fn unwritable_out_locations_exit_2_and_leave_nothing() {
     exits_2("long name", &deploy("export", &run, &long, &[]), &["--out"]);
     assert_eq!(listing(&dir), ["file", "mlp.yaml", "run"]);
 }
+
+#[test]
+fn run_directories_that_cannot_be_made_exit_2_and_leave_nothing() {
+    let dir = scratch("out_save_dir");
+    let cfg = write_config(&dir, "mlp.yaml", &digits_yaml(&dir.join("unused")));
+    std::fs::write(dir.join("file"), b"x").unwrap();
+    let long = dir.join("new").join("n".repeat(300));
+    for save in [dir.join("file/run"), long, PathBuf::from("/proc/ecstrain-run")] {
+        let set = format!("run.save_dir={}", save.display());
+        let out = engine(&["--config", cfg.to_str().unwrap(), "--set", &set, "--set", "run.epochs=1", "--headless"]);
+        exits_2(&set, &out, &["run.save_dir", &save.display().to_string()]);
+    }
+    assert_eq!(listing(&dir), ["file", "mlp.yaml"]);
+}
+
+#[test]
+fn an_empty_save_dir_is_rejected_instead_of_writing_into_the_working_directory() {
+    let dir = scratch("out_empty_save_dir");
+    let cfg = write_config(&dir, "mlp.yaml", &digits_yaml(&dir.join("unused")));
+    for empty in ["run.save_dir=''", "run.save_dir='  '"] {
+        // Run from the scratch directory: without the check the run would land in the working directory.
+        let out = Command::new(engine_bin())
+            .args(["--config", cfg.to_str().unwrap(), "--set", empty, "--set", "run.epochs=1", "--headless"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        exits_2(empty, &out, &["mlp.yaml", "run.save_dir", "empty"]);
+        assert_eq!(listing(&dir), ["mlp.yaml"], "{empty}: something was written");
+    }
+}

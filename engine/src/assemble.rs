@@ -92,9 +92,15 @@ pub fn check_run_section(r: &RunSection) -> Result<(), String> {
     let unit = |v: f64| (0.0..1.0).contains(&v);
     let clip_ok = |v: f64| v.is_finite() && v >= 0.0;
     let non_negative = |v: f64| v >= 0.0 && v.is_finite();
-    let checks: [(bool, &str, String); 32] = [
+    let checks: [(bool, &str, String); 33] = [
         (r.epochs >= 1, "run.epochs", "must be at least 1".into()),
         (r.batch >= 1, "run.batch", "must be at least 1".into()),
+        // An empty path would put config.yaml, checkpoints/ and metrics.jsonl into the working directory.
+        (
+            !r.save_dir.as_os_str().to_string_lossy().trim().is_empty(),
+            "run.save_dir",
+            "must name a directory (e.g. runs/train), got an empty path".into(),
+        ),
         (
             (1..=MAX_THREADS).contains(&r.prefetch),
             "run.prefetch",

@@ -138,9 +138,10 @@ fn train(args: &RunArgs) -> Result<(), EngineError> {
         ));
     }
     match crate::runner::train(asm) {
-        Err(EngineError::Run(m)) if world > 1 => {
-            eprintln!("error: rank {rank}: {m}");
-            comm.abort(1)
+        // Only rank 0 writes, so only it can find the run directory unusable (exit 2): it, too, ends them all.
+        Err(e @ (EngineError::Run(_) | EngineError::Usage(_))) if world > 1 => {
+            eprintln!("error: rank {rank}: {e}");
+            comm.abort(e.exit_code())
         }
         r => r.map(|_| ()),
     }

@@ -25,6 +25,7 @@ use ecstrain_systems::sets::*;
 use crate::app::App;
 use crate::assemble::Assembly;
 use crate::error::EngineError;
+use crate::out_path::{location_error, NewDirs};
 use crate::run_dir::choose_run_dir;
 
 fn flush(app: &mut App) {
@@ -140,8 +141,13 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
         return Ok(dir);
     }
     let io = |what: &str, e: std::io::Error| EngineError::Run(format!("cannot {what} in {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io("create the run directory", e))?;
-    write_atomic(&dir.join("config.yaml"), resolved_yaml.as_bytes()).map_err(|e| io("write config.yaml", e))?;
+    // A run directory that cannot be made (under a regular file, no permission) is bad input: exit 2, and the
+    // directories made on the way are removed again.
+    let dirs = NewDirs::create(&dir.join("checkpoints"))
+        .map_err(|e| location_error("run.save_dir", "create the run directory", &dir, e))?;
+    write_atomic(&dir.join("config.yaml"), resolved_yaml.as_bytes())
+        .map_err(|e| location_error("run.save_dir", "write config.yaml in", &dir, e))?;
+    dirs.keep();
     // The class-to-index map, so predictions can be named without the dataset (torchvision's class_to_idx).
     let names = app.world.get_resource::<TrainLoader>().and_then(|l| l.0.pipeline().class_names());
     if let Some(names) = names {
