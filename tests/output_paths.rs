@@ -126,3 +126,66 @@ fn an_empty_save_dir_is_rejected_instead_of_writing_into_the_working_directory()
         assert_eq!(listing(&dir), ["mlp.yaml"], "{empty}: something was written");
     }
 }
+
+/// `engine data pack --src src --out out` plus `extra`.
+fn pack(src: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (s, o) = (src.display().to_string(), out.display().to_string());
+    let mut args = vec!["data", "pack", "--src", &s, "--out", &o];
+    args.extend_from_slice(extra);
+    engine(&args)
+}
+
+/// The CRC-32 of PNG chunks (ISO 3309, reflected polynomial 0xEDB88320).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A PNG whose header claims `w` x `h` RGB pixels, with no pixel data behind it (its one IDAT chunk is the
+/// zlib stream of nothing).
+fn lying_png(path: &Path, w: u32, h: u32) {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let body: Vec<u8> = [kind, data].concat();
+        [&(data.len() as u32).to_be_bytes()[..], &body, &crc32(&body).to_be_bytes()].concat()
+    };
+    let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+    let png = [
+        &b"\x89PNG\r\n\x1a\n"[..],
+        &chunk(b"IHDR", &ihdr),
+        &chunk(b"IDAT", &[0x78, 0x9C, 3, 0, 0, 0, 0, 1]),
+        &chunk(b"IEND", &[]),
+    ]
+    .concat();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, png).unwrap();
+}
+
+#[test]
+fn pack_rejects_sizes_it_cannot_hold_and_leaves_nothing() {
+    let dir = scratch("out_pack");
+    let digits = repo().join("data/digits_images");
+    let out = dir.join("outx/p");
+    // 3 x 2^32 x 2^32 bytes per image overflows; 3 x 100000^2 is 30 GB per image.
+    let m = exits_2("overflow", &pack(&digits, &out, &["--size", "4294967296"]), &["--size", "2 GiB"]);
+    assert!(m.contains("more than 2^64"), "{m}");
+    exits_2("huge", &pack(&digits, &out, &["--size", "100000", "100000"]), &["--size 100000 100000", "2 GiB"]);
+    // Under the per-image limit, but a shard of 1437 such images is terabytes.
+    exits_2("shard", &pack(&digits, &out, &["--size", "26000", "26000", "--splits", "train"]), &["--shard-size"]);
+    // An image header claiming 100000 x 100000: named, before any buffer for it is allocated.
+    let lying = dir.join("lying");
+    lying_png(&lying.join("a/0.png"), 100_000, 100_000);
+    lying_png(&lying.join("b/0.png"), 100_000, 100_000);
+    exits_2("header", &pack(&lying, &out, &[]), &["a/0.png", "100000x100000", "--size"]);
+    // With --size the decoder's limit (the one the image_folder dataset reads with) refuses it.
+    exits_2("decode", &pack(&lying, &out, &["--size", "8"]), &["0.png", "limit"]);
+    // An output under a regular file.
+    std::fs::write(dir.join("file"), b"x").unwrap();
+    exits_2("under a file", &pack(&lying, &dir.join("file/p"), &["--size", "8"]), &["--out", "file"]);
+    assert_eq!(listing(&dir), ["file", "lying"], "a refused pack left something behind");
+}

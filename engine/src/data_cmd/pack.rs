@@ -1,6 +1,8 @@
 //! `engine data pack`: image folder -> .npy shards (uint8 `[n, C, H, W]` images and int64 `[n]` labels per
 //! split, plus `classes.json`) for memory-mapped training with the `npy` dataset. Everything is written into
 //! a temporary sibling directory that is renamed to `--out` at the end, so a failure leaves nothing behind.
+//! The image size is checked before anything is allocated or written: one packed image at most
+//! [`MAX_IMAGE_BYTES`], one shard's buffer at most half the machine's memory.
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +14,14 @@ use ecstrain_systems::data::npy::write_npy;
 use rayon::prelude::*;
 
 use crate::error::{usage, EngineError};
+use crate::out_path::{location_error, NewDirs};
 
 /// The split folders looked for when `--splits` is not given.
 const DEFAULT_SPLITS: [&str; 3] = ["train", "val", "test"];
+
+/// The most bytes one packed image (`C * H * W`) may take, 2 GiB: a size beyond it is a typo or an image header
+/// that lies, and a shard of such images would not fit in memory anyway.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 31;
 
 /// Options of `engine data pack`.
 #[derive(Args, Debug, Clone)]
@@ -84,14 +91,32 @@ fn scan_splits(args: &PackArgs) -> Result<Vec<Split>, String> {
     Ok(splits)
 }
 
-/// The output `(height, width)`: `--size`, or the one size every image has (read from the headers).
+/// The output `(height, width)`: `--size`, or the one size every image has (read from the headers); either
+/// way one packed image fits in [`MAX_IMAGE_BYTES`].
 fn output_size(args: &PackArgs, splits: &[Split]) -> Result<(usize, usize), String> {
-    match args.size.as_deref() {
-        Some(&[s]) if s > 0 => return Ok((s, s)),
-        Some(&[h, w]) if h > 0 && w > 0 => return Ok((h, w)),
+    let hw = match args.size.as_deref() {
+        Some(&[s]) if s > 0 => (s, s),
+        Some(&[h, w]) if h > 0 && w > 0 => (h, w),
         Some(other) => return Err(format!("--size: sizes must be >= 1, got {other:?}")),
-        None => {}
-    }
+        None => return header_size(splits, args.channels),
+    };
+    check_image_bytes(args.channels, hw)
+        .map_err(|m| format!("--size {} {}: {m}; give a smaller --size", hw.0, hw.1))?;
+    Ok(hw)
+}
+
+/// The bytes of one packed image of `channels` x `h` x `w`, or why it is too large (more than
+/// [`MAX_IMAGE_BYTES`], or past what a 64-bit count holds).
+fn check_image_bytes(channels: usize, (h, w): (usize, usize)) -> Result<u64, String> {
+    let bytes = (channels as u64).checked_mul(h as u64).and_then(|b| b.checked_mul(w as u64));
+    bytes.filter(|&b| b <= MAX_IMAGE_BYTES).ok_or_else(|| {
+        let b = bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string());
+        format!("{channels} x {h} x {w} = {b} bytes per packed image, more than the limit of {MAX_IMAGE_BYTES} (2 GiB)")
+    })
+}
+
+/// The one size every image has, read from the headers (nothing is decoded).
+fn header_size(splits: &[Split], channels: usize) -> Result<(usize, usize), String> {
     let files: Vec<&PathBuf> = splits.iter().flat_map(|s| &s.folder.files).collect();
     let sizes: Vec<(usize, usize)> = files.par_iter().map(|p| image_size(p)).collect::<Result<_, _>>()?;
     if let Some(k) = sizes.iter().position(|&s| s != sizes[0]) {
@@ -106,13 +131,56 @@ fn output_size(args: &PackArgs, splits: &[Split]) -> Result<(usize, usize), Stri
             sizes[k].1
         ));
     }
+    // A header can claim any size; checked before a shard buffer for it is allocated.
+    check_image_bytes(channels, sizes[0]).map_err(|m| {
+        let (f, (h, w)) = (files[0].display(), sizes[0]);
+        format!("{f} is {h}x{w} (height x width): {m}; pass --size H W (or --size S) to resize the images")
+    })?;
     Ok(sizes[0])
 }
 
-/// Decodes (and resizes) `files` in parallel into one `[n, C, H, W]` buffer.
+/// The machine's memory in bytes (`MemTotal` of /proc/meminfo), where the system says.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Checks that the buffer of one shard (`--shard-size` images, fewer when no split has that many) fits in half
+/// the machine's memory: decoding fills all of it, and the decoded images and the file writes need room beside.
+fn check_shard_memory(args: &PackArgs, splits: &[Split], size: (usize, usize)) -> Result<(), String> {
+    let image = check_image_bytes(args.channels, size)?;
+    let largest = splits.iter().map(|s| s.folder.files.len()).max().unwrap_or(0);
+    let shard = image.saturating_mul(args.shard_size.min(largest) as u64);
+    let Some(memory) = physical_memory() else { return Ok(()) };
+    if shard > memory / 2 {
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        return Err(format!(
+            "--shard-size {}: a shard of {}x{}x{} images takes {:.1} GiB, more than half of this machine's memory \
+             ({:.1} GiB); give a smaller --shard-size or --size",
+            args.shard_size,
+            args.channels,
+            size.0,
+            size.1,
+            gib(shard),
+            gib(memory)
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes (and resizes) `files` in parallel into one `[n, C, H, W]` buffer. The images go through
+/// `decode_image` with its decoder limits, as the `image_folder` dataset reads them; a buffer the allocator
+/// refuses is an error, not an abort.
 fn decode_shard(files: &[PathBuf], channels: usize, (h, w): (usize, usize)) -> Result<Vec<u8>, String> {
     let len = channels * h * w;
-    let mut out = vec![0u8; files.len() * len];
+    let total = files.len() * len;
+    let mut out = Vec::new();
+    out.try_reserve_exact(total).map_err(|e| {
+        format!("cannot allocate a shard of {total} bytes ({e}); give a smaller --shard-size or --size")
+    })?;
+    out.resize(total, 0u8);
     out.par_chunks_mut(len).zip(files.par_iter()).try_for_each(|(dst, path)| {
         let img = decode_image(path, channels)?;
         let img = resize_bilinear(&img, h, w);
@@ -173,41 +241,74 @@ fn yaml_snippet(out: &Path, listing: &[PackedSplit]) -> String {
     y
 }
 
-/// Runs `engine data pack`.
-pub fn run(args: &PackArgs) -> Result<(), EngineError> {
+/// The temporary output directory: removed with everything in it when dropped before [`Partial::commit`], so
+/// no error and no panic leaves it behind.
+struct Partial {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Partial {
+    /// Creates `path` afresh (a leftover of a killed pack with the same process id is removed first).
+    fn create(path: PathBuf) -> std::io::Result<Partial> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path)?;
+        Ok(Partial { path, committed: false })
+    }
+
+    /// Renames the finished directory to `to`.
+    fn commit(mut self, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, to)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Checks the flags that need no file: channels, shard size, and an `--out` that does not exist yet.
+fn check_flags(args: &PackArgs) -> Result<(), EngineError> {
     if !matches!(args.channels, 1 | 3) {
         return Err(usage(format!("--channels: {} is not supported; valid choices: 1, 3", args.channels)));
     }
     if args.shard_size == 0 {
         return Err(usage("--shard-size: must be >= 1"));
     }
-    if args.out.exists() {
+    // symlink_metadata: a dangling link is there too, and the rename would replace it.
+    if std::fs::symlink_metadata(&args.out).is_ok() {
         return Err(usage(format!("--out {}: already exists; choose a new directory", args.out.display())));
     }
+    Ok(())
+}
+
+/// Runs `engine data pack`.
+pub fn run(args: &PackArgs) -> Result<(), EngineError> {
+    check_flags(args)?;
     let splits = scan_splits(args).map_err(usage)?;
     let size = output_size(args, &splits).map_err(usage)?;
+    check_shard_memory(args, &splits, size).map_err(usage)?;
     let name = args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
     let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let run_err = |m: String| EngineError::Run(m);
-    std::fs::create_dir_all(parent).map_err(|e| run_err(format!("{}: cannot create: {e}", parent.display())))?;
+    // Created directories and the partial output are removed on every failure (their guards' drops).
+    let dirs = NewDirs::create(parent).map_err(|e| location_error("--out", "create", parent, e))?;
     // A sibling of the output, so the final rename stays on one file system.
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let written = write_all(args, &splits, size, &tmp);
-    let listing = match written {
-        Ok(l) => l,
-        Err(f) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(match f {
-                Failure::Input(m) => usage(m),
-                Failure::Output(m) => run_err(m),
-            });
-        }
-    };
-    std::fs::rename(&tmp, &args.out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp);
-        run_err(format!("cannot move {} to {}: {e}", tmp.display(), args.out.display()))
+    let partial = Partial::create(tmp).map_err(|e| location_error("--out", "write into", parent, e))?;
+    let listing = write_all(args, &splits, size, &partial.path).map_err(|f| match f {
+        Failure::Input(m) => usage(m),
+        Failure::Output(m) => EngineError::Run(m),
     })?;
+    let tmp = partial.path.clone();
+    partial
+        .commit(&args.out)
+        .map_err(|e| EngineError::Run(format!("cannot move {} to {}: {e}", tmp.display(), args.out.display())))?;
+    dirs.keep();
     let total: usize = splits.iter().map(|s| s.folder.files.len()).sum();
     println!(
         "packed {total} images of {} classes at {}x{}x{} into {}",
