@@ -278,9 +278,11 @@ fn optimizer_hyper_parameters_out_of_range_name_the_key_and_range() {
 
 #[test]
 fn bench_rejects_bad_flags_with_exit_2() {
-    for (args, want) in
-        [(vec!["bench", "--device", "tpu"], "--device"), (vec!["bench", "--elements", "0"], "--elements")]
-    {
+    for (args, want) in [
+        (vec!["bench", "--device", "tpu"], "--device"),
+        (vec!["bench", "--elements", "0"], "--elements"),
+        (vec!["bench", "--elements", "18446744073709551615"], "--elements must be at most"),
+    ] {
         let out = engine(&args);
         let msg = text(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {msg}");
@@ -329,4 +331,14 @@ fn a_batch_larger_than_the_dataset_is_planned_for_the_dataset() {
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(0), "{msg}");
     assert!(msg.contains("memory (f32, batch 1437)"), "{msg}");
+}
+
+#[test]
+fn target_errors_name_the_targets_file() {
+    // The labels live in y: a message about them names y, not the inputs' x.
+    let m = rejected("labels_past_outputs", |y| y.replace("output_size: 10", "output_size: 5"), &[]);
+    assert!(m.contains("train labels (") && m.contains("train_y.npy) go up to 9"), "{m}");
+    let m = rejected("labels_for_regression", |y| y, &["--set", "run.task=regression"]);
+    assert!(m.contains("targets of") && m.contains("train_y.npy are integer class labels"), "{m}");
+    assert!(!m.contains("train_x.npy"), "{m}");
 }

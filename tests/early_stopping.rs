@@ -37,3 +37,20 @@ fn patience_stops_on_a_min_metric_and_keeps_the_best_epoch() {
     let ts: serde_json::Value = serde_json::from_str(&ck.metadata["training_state"]).unwrap();
     assert_eq!(ts["best_epoch"].as_u64().unwrap() as usize + 1, best);
 }
+
+#[test]
+fn a_fitness_metric_the_validation_does_not_produce_ends_the_run_at_its_first_validation() {
+    // Misspelt (or another task's metric): no epoch would ever be "best", so the run stops at once, naming the
+    // metrics it could use, instead of training on without a best checkpoint.
+    let dir = scratch("unknown_fitness");
+    let save = dir.join("run");
+    let yaml = digits_yaml(&save).replace("epochs: 2", "epochs: 5") + "  fitness: acuracy\n";
+    let cfg = write_config(&dir, "c.yaml", &yaml);
+    let out = engine(&["--config", cfg.to_str().unwrap()]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(msg.contains("run.fitness: `acuracy` is not a validation metric of this run"), "{msg}");
+    assert!(msg.contains("valid choices: accuracy, loss, top5_accuracy"), "{msg}");
+    let epochs = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap().matches("\"split\":\"val\"").count();
+    assert_eq!(epochs, 1, "validations before the stop");
+}

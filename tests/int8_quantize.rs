@@ -147,8 +147,10 @@ fn bad_quantize_input_exits_2() {
     let target: PathBuf = dir.join("q.onnx");
     let t = target.display().to_string();
     let base = ["quantize", "--config", &mlp, "--set", &run, "--checkpoint", "last", "--out", &t];
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--calib-batches", "0"], "--calib-batches: must be at least 1"),
+        (&["--bench", "inf"], "--bench: seconds per model must be in (0, 3600], got inf"),
+        (&["--bench", "NaN"], "--bench: seconds per model must be in (0, 3600], got NaN"),
         (&["--method", "minmaxx"], "valid choices: max, percentile, entropy, mse"),
         (&["--method", "percentile", "--percentile", "120"], "--percentile: percentile must be in (0, 100]"),
     ];

@@ -24,6 +24,12 @@ pub fn run(args: &BenchArgs) -> Result<(), EngineError> {
     if args.elements == Some(0) {
         return Err(usage("--elements must be at least 1".into()));
     }
+    // Each kernel holds a few buffers of this many f32 (and the GPU's its own): a sixteenth of the machine's
+    // memory per buffer leaves room for them all.
+    let most = crate::memory_check::host_memory().map_or(1 << 28, |m| (m / 64) as usize);
+    if let Some(n) = args.elements.filter(|&n| n > most) {
+        return Err(usage(format!("--elements must be at most {most} on this machine (several f32 buffers of that many elements per kernel), got {n}")));
+    }
     match device {
         Device::Cpu => {
             let n = args.elements.unwrap_or(16 << 20);

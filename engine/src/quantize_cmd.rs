@@ -102,7 +102,8 @@ pub fn calibrate(asm: &mut Assembly, batches: usize) -> Result<Calibration, Engi
     let params = world.resource::<Params>().0.data.clone();
     let mut buffers = world.resource::<Buffers>().arena.data.clone();
     let mut batch = world.resource::<Batch>().clone();
-    let mut acts = Activations::plan(&graph, loader.batch_size());
+    // Rows a batch can have: run.batch, at most the split (as assembly plans the training buffers).
+    let mut acts = Activations::plan(&graph, loader.batch_size().min(loader.pipeline().len().max(1)));
     let mut cal = Calibration::new(&graph);
     for b in 0..batches.min(loader.batches_per_epoch()) {
         loader.fetch(0, b, &mut batch).map_err(|e| EngineError::Run(format!("calibration batch {b}: {e}")))?;
@@ -125,11 +126,17 @@ fn validate(asm: &mut Assembly) -> Result<(Vec<(String, f64)>, f64), EngineError
     Ok((metrics, samples as f64 / secs.max(1e-9)))
 }
 
+/// The longest `--bench` timing per model: an hour, past any use (infinity or 1e300 ran forever).
+pub const MAX_BENCH_SECONDS: f64 = 3600.0;
+
 /// Runs `engine quantize`.
 pub fn run(args: &QuantizeArgs) -> Result<(), EngineError> {
     let method = method(args)?;
     if args.calib_batches == 0 {
         return Err(usage("--calib-batches: must be at least 1 (calibration needs data to set the activation ranges)"));
+    }
+    if let Some(s) = args.bench.filter(|s| !(s.is_finite() && *s > 0.0 && *s <= MAX_BENCH_SECONDS)) {
+        return Err(usage(format!("--bench: seconds per model must be in (0, {MAX_BENCH_SECONDS}], got {s}")));
     }
     // A --out that can never be written fails now, not after calibration and validation.
     crate::out_path::out_file("--out", &args.out)?;

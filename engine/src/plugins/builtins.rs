@@ -83,7 +83,7 @@ fn install_classification(app: &mut App, ctx: &TaskContext) -> Result<(), String
             TargetSpec::Classes { num_classes } if num_classes > classes => {
                 return Err(format!(
                     "{split} labels ({}) go up to {} but the model has {classes} outputs",
-                    ds.describe(),
+                    ds.describe_targets(),
                     num_classes - 1
                 ))
             }
@@ -91,7 +91,7 @@ fn install_classification(app: &mut App, ctx: &TaskContext) -> Result<(), String
             TargetSpec::Dense { .. } => {
                 return Err(format!(
                     "task classification needs integer class labels (a 1-d int64 or uint8 array); {split} targets of {} are not",
-                    ds.describe()
+                    ds.describe_targets()
                 ))
             }
         }
@@ -125,14 +125,14 @@ fn dense_target_len(task: &str, ctx: &TaskContext) -> Result<usize, String> {
             TargetSpec::Dense { len } => {
                 return Err(format!(
                     "task {task}: {split} targets of {} have shape [{len}] per sample but the model output has shape {:?} ({numel} values); they must have the same number of values",
-                    ds.describe(),
+                    ds.describe_targets(),
                     ctx.output_shape
                 ))
             }
             TargetSpec::Classes { .. } => {
                 return Err(format!(
                     "task {task} needs float targets (a float32 or float64 array of shape [N, {numel}]); {split} targets of {} are integer class labels",
-                    ds.describe()
+                    ds.describe_targets()
                 ))
             }
         }

@@ -45,7 +45,11 @@ fn check_agrees(train: &dyn Dataset, other: &dyn Dataset, key: &str) -> Result<(
     };
     let (a, b) = (kind(train.target_spec()), kind(other.target_spec()));
     if a != b {
-        return Err(format!("{key} ({}) has {b} but train ({}) has {a}", other.describe(), train.describe()));
+        return Err(format!(
+            "{key} ({}) has {b} but train ({}) has {a}",
+            other.describe_targets(),
+            train.describe_targets()
+        ));
     }
     if train.extra_specs() != other.extra_specs() {
         return Err(format!(
@@ -160,6 +164,11 @@ fn build_csv(options: &Options, root: &Path) -> Result<DatasetSplits, String> {
 fn build_synthetic(options: &Options, _root: &Path) -> Result<DatasetSplits, String> {
     let o: SyntheticOptions =
         serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
+    for (key, n) in
+        [("train_samples", o.train_samples), ("val_samples", o.val_samples), ("test_samples", o.test_samples)]
+    {
+        SyntheticDataset::check_size(&o, n).map_err(|e| format!("{key}: {e}"))?;
+    }
     let train = SyntheticDataset::generate(&o, o.train_samples, 0)?;
     let val = (o.val_samples > 0).then(|| SyntheticDataset::generate(&o, o.val_samples, 1)).transpose()?;
     let test = (o.test_samples > 0).then(|| SyntheticDataset::generate(&o, o.test_samples, 2)).transpose()?;

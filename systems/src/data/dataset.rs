@@ -27,6 +27,11 @@ pub enum TargetSpec {
 pub trait Dataset: Send + Sync {
     /// Human-readable origin for messages (a file path, a dataset name).
     fn describe(&self) -> String;
+    /// The origin of the targets, for messages about them: the labels' own file where it is not the inputs'
+    /// (the `npy` dataset's `y`); [`Dataset::describe`] by default.
+    fn describe_targets(&self) -> String {
+        self.describe()
+    }
     /// Number of samples.
     fn len(&self) -> usize;
     /// True when there are no samples.

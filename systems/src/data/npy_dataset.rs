@@ -68,6 +68,8 @@ pub struct NpyDataset {
     dense: Option<ShardedArray>,
     extras: Vec<(String, ShardedArray)>,
     class_names: Option<Vec<String>>,
+    /// The `y` file(s), named by messages about the targets.
+    targets_origin: String,
 }
 
 /// "x (a.npy) has 10 samples but y (b.npy) has 9": the message for arrays of different lengths.
@@ -100,6 +102,7 @@ impl NpyDataset {
             extras.push((name.clone(), a));
         }
         let sample_shape = x.row_shape().to_vec();
+        let targets_origin = y.describe();
         let (labels, num_classes, dense) = if y.row_shape().is_empty() && y.is_integer() {
             let labels = y.to_i64_vec()?;
             if let Some((row, &bad)) = labels.iter().enumerate().find(|(_, &l)| l < 0) {
@@ -110,18 +113,18 @@ impl NpyDataset {
         } else {
             (None, 0, Some(y))
         };
-        Ok(NpyDataset { x, sample_shape, labels, num_classes, dense, extras, class_names: None })
+        Ok(NpyDataset { x, sample_shape, labels, num_classes, dense, extras, class_names: None, targets_origin })
     }
 
     /// Names the classes (from a `classes.json`); every label must have a name.
     pub fn with_class_names(mut self, names: Vec<String>) -> Result<NpyDataset, DataError> {
         if self.labels.is_none() {
-            return Err(format!("{}: class names given but the targets are not class labels", self.describe()));
+            return Err(format!("{}: class names given but the targets are not class labels", self.targets_origin));
         }
         if self.num_classes > names.len() {
             return Err(format!(
                 "{}: labels go up to {} but only {} class names are given",
-                self.describe(),
+                self.targets_origin,
                 self.num_classes - 1,
                 names.len()
             ));
@@ -164,6 +167,9 @@ pub fn class_map_json(names: &[String]) -> String {
 impl Dataset for NpyDataset {
     fn describe(&self) -> String {
         self.x.describe()
+    }
+    fn describe_targets(&self) -> String {
+        self.targets_origin.clone()
     }
     fn len(&self) -> usize {
         self.x.rows()

@@ -143,6 +143,9 @@ impl Dataset for Pipeline {
     fn describe(&self) -> String {
         self.dataset.describe()
     }
+    fn describe_targets(&self) -> String {
+        self.dataset.describe_targets()
+    }
     fn len(&self) -> usize {
         self.dataset.len()
     }

@@ -53,12 +53,32 @@ enum SyntheticTargets {
     Dense { len: usize, values: Vec<f32> },
 }
 
+/// The most f32 values (inputs and targets) one synthetic split generates: 8 GiB.
+pub const MAX_VALUES: usize = 1 << 31;
+
 impl SyntheticDataset {
+    /// Every value is generated into memory: `samples` samples of `o`'s shape and targets must stay within
+    /// [`MAX_VALUES`] (sizes that overflow included).
+    pub fn check_size(o: &SyntheticOptions, samples: usize) -> Result<(), String> {
+        let per_sample = o.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let targets_len = if o.targets == "dense" { o.target_len } else { 1 };
+        let total = per_sample.and_then(|p| p.checked_add(targets_len)).and_then(|p| p.checked_mul(samples));
+        if total.is_none_or(|t| t > MAX_VALUES) {
+            return Err(format!(
+                "{samples} samples of shape {:?} are more than the synthetic dataset generates in memory ({MAX_VALUES} \
+                 values, 8 GiB); use fewer samples or a smaller shape",
+                o.shape
+            ));
+        }
+        Ok(())
+    }
+
     /// Generates `samples` samples; `stream` separates the train and val splits.
     pub fn generate(o: &SyntheticOptions, samples: usize, stream: u64) -> Result<SyntheticDataset, String> {
         if o.shape.is_empty() || o.shape.contains(&0) {
             return Err(format!("shape: must be non-empty with sizes >= 1, got {:?}", o.shape));
         }
+        Self::check_size(o, samples)?;
         let len: usize = o.shape.iter().product();
         let mut rng = Rng::derive(o.seed, &[0x5E7, stream]);
         let inputs = (0..samples * len).map(|_| rng.normal() as f32).collect();
@@ -130,6 +150,19 @@ mod tests {
 
     fn options(yaml_like: serde_json::Value) -> SyntheticOptions {
         serde_json::from_value(yaml_like).unwrap()
+    }
+
+    #[test]
+    fn sizes_past_memory_are_refused_before_generating() {
+        for (shape, samples) in [(serde_json::json!([usize::MAX]), 2usize), (serde_json::json!([64]), usize::MAX)] {
+            let o = options(serde_json::json!({"shape": shape, "classes": 4, "train_samples": 1}));
+            let e = SyntheticDataset::generate(&o, samples, 0).err().unwrap();
+            assert!(e.contains("more than the synthetic dataset generates in memory"), "{e}");
+        }
+        let dense = serde_json::json!({"shape": [4], "targets": "dense", "target_len": usize::MAX, "train_samples": 1});
+        assert!(SyntheticDataset::check_size(&options(dense), 1).is_err());
+        let small = options(serde_json::json!({"shape": [4], "classes": 2, "train_samples": 1}));
+        assert!(SyntheticDataset::check_size(&small, 1000).is_ok());
     }
 
     #[test]

@@ -131,16 +131,28 @@ pub fn summarize_validation(clock: Res<Clock>, mut metrics: ResMut<Metrics>, mut
 }
 
 /// ValidationEnd / Fitness: tracks the best fitness and requests a stop after `patience` validations without
-/// improvement (Ultralytics' EarlyStopping; one validation per epoch or inner epoch by default).
+/// improvement (Ultralytics' EarlyStopping; one validation per epoch or inner epoch by default). A fitness
+/// metric that the validation does not produce (`run.fitness` misspelt, or a metric of another task) ends
+/// the run at its first validation with the metrics it could have named: training on would never keep a
+/// best checkpoint.
 pub fn update_fitness(
     clock: Res<Clock>,
     metrics: Res<Metrics>,
     settings: Res<RunSettings>,
     mut state: ResMut<TrainingState>,
     mut stop: ResMut<StopRequest>,
+    mut failure: ResMut<ecstrain_components::RunFailure>,
 ) {
     let Some(&f) = metrics.last_val.get(&settings.fitness_metric) else {
         state.improved = false;
+        if !metrics.last_val.is_empty() && failure.0.is_none() {
+            let names: Vec<&str> = metrics.last_val.keys().map(String::as_str).collect();
+            failure.0 = Some(format!(
+                "run.fitness: `{}` is not a validation metric of this run; valid choices: {}",
+                settings.fitness_metric,
+                names.join(", ")
+            ));
+        }
         return;
     };
     let better = match state.best_fitness {
