@@ -342,3 +342,36 @@ fn target_errors_name_the_targets_file() {
     assert!(m.contains("targets of") && m.contains("train_y.npy are integer class labels"), "{m}");
     assert!(!m.contains("train_x.npy"), "{m}");
 }
+
+/// A `.npy` of int64 labels (the digits' y format), for splits built in a test.
+fn write_labels(path: &std::path::Path, labels: &[i64]) {
+    let mut header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}", labels.len());
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    labels.iter().for_each(|l| bytes.extend_from_slice(&l.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn an_empty_val_split_is_refused() {
+    // Validating on nothing gives NaN metrics and no best checkpoint; leaving `val` out is how to skip it.
+    let data = scratch("empty_val_data");
+    let (x, y) = (data.join("x.npy"), data.join("y.npy"));
+    write_npy(&x, &[0, 64], &[]);
+    write_labels(&y, &[]);
+    let m = rejected(
+        "empty_val",
+        |yaml| {
+            let r = repo().display().to_string();
+            yaml.replace(&format!("{r}/data/digits/val_x.npy"), &x.display().to_string())
+                .replace(&format!("{r}/data/digits/val_y.npy"), &y.display().to_string())
+        },
+        &[],
+    );
+    assert!(m.contains("the val split") && m.contains("has no samples") && m.contains("leave `val` out"), "{m}");
+}

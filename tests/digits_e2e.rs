@@ -182,3 +182,41 @@ fn digits_sequential_config_written_in_yaml_trains() {
     assert_eq!(ck.tensors["layers.1.weight"].shape, vec![16, 1, 3, 3]);
     assert_eq!(ck.tensors["layers.11.weight"].shape, vec![10, 64]);
 }
+
+#[test]
+fn a_checkpoint_with_unreadable_resume_state_is_refused() {
+    use ecstrain::systems::checkpoint::safetensors_io::{load_safetensors, save_safetensors, LoadedData, TensorData};
+    // A resume that silently dropped these would restart the optimizer's bias corrections or forget the best
+    // epoch; it must say which key is broken instead.
+    let dir = scratch("digits_resume_corrupt");
+    let save = dir.join("run");
+    let cfg = write_config(&dir, "c.yaml", &digits_yaml(&save));
+    let out = engine(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ck = load_safetensors(&save.join("checkpoints/last.safetensors")).unwrap();
+    for (key, value, want) in [
+        ("optimizer_step", "-5", "metadata `optimizer_step` is not a step count"),
+        ("training_state", "{]", "metadata `training_state` is not readable JSON"),
+    ] {
+        let mut meta = ck.metadata.clone();
+        meta.insert(key.into(), value.into());
+        let tensors: Vec<(String, Vec<usize>, TensorData<'_>)> = ck
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let data = match &t.data {
+                    LoadedData::F32(v) => TensorData::F32(v),
+                    LoadedData::F64(v) => TensorData::F64(v),
+                    LoadedData::I64(v) => TensorData::I64(v),
+                };
+                (n.clone(), t.shape.clone(), data)
+            })
+            .collect();
+        let bad = dir.join(format!("bad_{key}.safetensors"));
+        save_safetensors(&bad, &tensors, &meta).unwrap();
+        let resume = format!("run.resume={}", bad.display());
+        let out = engine(&["--config", cfg.to_str().unwrap(), "--set", &resume, "--set", "run.epochs=3"]);
+        assert_eq!(out.status.code(), Some(2), "{key}: {}", text(&out));
+        assert!(text(&out).contains(want), "{key}: {}", text(&out));
+    }
+}

@@ -514,8 +514,8 @@ pub fn dataset_entry(registry: &Registry, cfg: &Config) -> Result<(String, Datas
     Ok((name.clone(), entry))
 }
 
-/// Opens the run's dataset with `entry` and chains its splits with their processors; the train split must
-/// have samples.
+/// Opens the run's dataset with `entry` and chains its splits with their processors; the train split, and the
+/// val split when there is one, must have samples.
 pub fn open_splits(
     registry: &Registry,
     cfg: &Config,
@@ -528,6 +528,15 @@ pub fn open_splits(
     let splits = build_pipelines(registry, &format!("datasets.{name}"), &raw, &ds.processors, cfg.run.seed)?;
     if splits.train.is_empty() {
         return Err(format!("datasets.{name}: the train split ({}) has no samples", splits.train.describe()));
+    }
+    // An empty val split would validate on nothing: every metric NaN, no best checkpoint, early stopping
+    // blind. Leaving the split out is how a run says it has no validation.
+    if let Some(val) = splits.val.as_ref().filter(|v| v.is_empty()) {
+        return Err(format!(
+            "datasets.{name}: the val split ({}) has no samples; give it data, or leave `val` out to train without \
+             validation",
+            val.describe()
+        ));
     }
     Ok((splits, notices))
 }

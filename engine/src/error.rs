@@ -56,12 +56,32 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
 /// "unknown X `name`" with a suggestion and the valid choices.
 pub fn unknown_name(what: &str, key: &str, name: &str, valid: &[&str]) -> String {
     let hint = did_you_mean(name, valid.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-    format!("{key}: unknown {what} `{name}`{hint}; registered: {}", valid.join(", "))
+    format!("{key}: unknown {what} `{}`{hint}; registered: {}", shortened(name), valid.join(", "))
+}
+
+/// `text` as a message quotes it: whole up to 80 characters, else its first 80 and how many more (a value
+/// pasted by mistake, megabytes long, would otherwise bury the message).
+pub fn shortened(text: &str) -> String {
+    const KEEP: usize = 80;
+    match text.char_indices().nth(KEEP) {
+        None => text.to_string(),
+        Some((cut, _)) => format!("{}... ({} more characters)", &text[..cut], text[cut..].chars().count()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_quoted_shortened() {
+        let long = "x".repeat(10_000_000);
+        let m = unknown_name("task", "run.task", &long, &["classification"]);
+        assert!(m.len() < 300 && m.contains("(9999920 more characters)"), "{}", &m[..300.min(m.len())]);
+        assert_eq!(shortened("short"), "short");
+        let accented = "é".repeat(81);
+        assert_eq!(shortened(&accented), format!("{}... (1 more characters)", "é".repeat(80)));
+    }
 
     #[test]
     fn suggests_close_names_only() {

@@ -115,7 +115,14 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
                 .ok_or_else(|| format!("run.resume: {p} has no optimizer scalar `{name}` ({OPTIMIZER_SCALARS_KEY})"))?;
         }
     }
-    opt.step = ck.metadata.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
+    // Absent in a checkpoint of a run that never stepped its optimizer; present, it must be a step count (a
+    // wrong one would restart bias corrections and schedules silently).
+    opt.step = match ck.metadata.get("optimizer_step") {
+        None => 0,
+        Some(s) => {
+            s.parse().map_err(|_| format!("run.resume: {p}: metadata `optimizer_step` is not a step count: `{s}`"))?
+        }
+    };
     // Clock: the checkpoint was written at the end of epoch `clock.epoch`; continue with the next one, at the
     // saved place in the data (an iteration-based run stops mid-pass; an epoch runner starts each pass anew).
     let saved: Clock = ck
@@ -154,8 +161,11 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
         *app.world.resource_mut::<Clock>() = Clock { epoch: saved.epoch + 1, ..saved };
     }
     // Fitness tracking.
-    if let Some(ts) = ck.metadata.get("training_state").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-    {
+    let training_state = ck.metadata.get("training_state").map(|t| {
+        serde_json::from_str::<serde_json::Value>(t)
+            .map_err(|e| format!("run.resume: {p}: metadata `training_state` is not readable JSON: {e}"))
+    });
+    if let Some(ts) = training_state.transpose()? {
         let mut state = app.world.resource_mut::<TrainingState>();
         state.best_fitness = ts["best_fitness"].as_f64();
         state.best_epoch = ts["best_epoch"].as_u64();

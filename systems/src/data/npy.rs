@@ -210,6 +210,10 @@ impl NpyArray {
     fn open_impl(path: &Path, bf16_bits: bool) -> Result<NpyArray, NpyError> {
         let io_err = |source| NpyError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io_err)?;
+        // A directory opens on Linux; mapping it would fail with "No such device", which says nothing useful.
+        if file.metadata().map_err(io_err)?.is_dir() {
+            return Err(io_err(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory, not a .npy file")));
+        }
         // SAFETY: the map is read-only. Mapping is only unsound if another process truncates or
         // rewrites the file while it is mapped; data files are not modified during training, which is
         // the same assumption every mmap-based loader (numpy.memmap included) makes.
@@ -1319,12 +1323,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_file() {
+    fn missing_file_and_a_directory() {
         let dir = TempDir::new("missing");
         let path = dir.path("does-not-exist.npy");
         let err = NpyArray::open(&path).unwrap_err();
         assert!(matches!(&err, NpyError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound), "{err}");
         assert_message(&err, &path, &["cannot read file"]);
+        let dir = std::env::temp_dir();
+        let err = NpyArray::open(&dir).err().unwrap();
+        assert_message(&err, &dir, &["cannot read file", "it is a directory, not a .npy file"]);
     }
 }
 

@@ -152,7 +152,10 @@ pub fn build(options: &serde_json::Value, data_shape: &[usize]) -> Result<BuiltM
         return Err(format!("model.heads ({}) must divide model.dim ({})", o.heads, o.dim));
     }
     if o.mlp_ratio.is_nan() || o.mlp_ratio <= 0.0 || (o.dim as f64 * o.mlp_ratio).round() < 1.0 {
-        return Err(format!("model.mlp_ratio must be > 0, got {}", o.mlp_ratio));
+        return Err(format!(
+            "model.mlp_ratio must give an MLP of at least one unit (dim {} x mlp_ratio, rounded, >= 1), got {}",
+            o.dim, o.mlp_ratio
+        ));
     }
     let (mut g, x, (c, h, w)) = super::image_input("vit", o.input_shape.as_deref(), data_shape)?;
     if !h.is_multiple_of(o.patch) || !w.is_multiple_of(o.patch) {
@@ -388,6 +391,8 @@ mod tests {
         assert!(e.contains("heads (3) must divide model.dim (128)"), "{e}");
         let e = build(&json!({"output_size": 3, "pool": "max", "input_shape": [1, 8, 8]}), &[64]).err().unwrap();
         assert!(e.contains("cls, mean"), "{e}");
+        let e = build(&json!({"output_size": 3, "mlp_ratio": 0.001, "input_shape": [1, 8, 8]}), &[64]).err().unwrap();
+        assert!(e.contains("model.mlp_ratio must give an MLP of at least one unit (dim 128"), "{e}");
         // A value of the wrong type names its key.
         let e = build(&json!({"output_size": 3, "cls_only_last_block": "maybe"}), &[64]).err().unwrap();
         assert!(e.starts_with("model.cls_only_last_block: invalid type"), "{e}");
