@@ -161,6 +161,17 @@ fn bad_quantize_input_exits_2() {
         assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", text(&out));
         assert!(text(&out).contains(want), "{extra:?}: {}", text(&out));
     }
+    // Calibration data with a NaN: the ranges would be meaningless, so the data is named instead.
+    let nan_x = dir.join("nan_x.npy");
+    let mut x = vec![0.5f32; 1437 * 64];
+    x[64 * 3 + 5] = f32::NAN;
+    write_npy(&nan_x, &[1437, 64], &x);
+    let set_x = format!("datasets.digits.train.x={}", nan_x.display());
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--set", &set_x]);
+    let out = engine(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("has a non-finite input value"), "{}", text(&out));
     let cnn = repo().join("configs/digits_cnn.yaml").display().to_string();
     let out = engine(&["quantize", "--config", &cnn, "--set", &run, "--checkpoint", "last", "--out", &t]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

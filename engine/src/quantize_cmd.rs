@@ -107,6 +107,16 @@ pub fn calibrate(asm: &mut Assembly, batches: usize) -> Result<Calibration, Engi
     let mut cal = Calibration::new(&graph);
     for b in 0..batches.min(loader.batches_per_epoch()) {
         loader.fetch(0, b, &mut batch).map_err(|e| EngineError::Run(format!("calibration batch {b}: {e}")))?;
+        // Ranges observed on NaN or infinite inputs are meaningless (they came out as 0, a model that
+        // quantizes everything to zero): the data is at fault, and says so.
+        if let Some(i) = batch.inputs[..batch.size * batch.input_len].iter().position(|v| !v.is_finite()) {
+            let sample = batch.indices[i / batch.input_len.max(1)];
+            return Err(usage(format!(
+                "calibration: train sample {sample} ({}) has a non-finite input value; int8 ranges cannot be \
+                 calibrated on NaN or infinity",
+                loader.pipeline().describe()
+            )));
+        }
         in_pool(|| forward(&graph, &params, &mut buffers, &mut acts, &batch.inputs, batch.size, Mode::Eval, 0));
         cal.observe(&graph, &acts, &batch.inputs, batch.size);
     }

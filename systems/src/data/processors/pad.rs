@@ -68,15 +68,22 @@ pub struct Padding {
     pub bottom: usize,
 }
 
+/// The most pixels one side may be padded by: far past any image, and small enough that padded sizes never
+/// overflow (a padding of 2^63 wrapped round to a tiny image in the messages).
+pub const MAX_PADDING: usize = 1 << 20;
+
 impl TryFrom<Value> for Padding {
     type Error = String;
     /// torchvision's spellings: one number for all sides, `[left/right, top/bottom]`, or
     /// `[left, top, right, bottom]`.
     fn try_from(v: Value) -> Result<Padding, String> {
         let bad = || {
-            format!("must be a non-negative integer, [left/right, top/bottom] or [left, top, right, bottom], got {v}")
+            format!(
+                "must be a non-negative integer (at most {MAX_PADDING} pixels), [left/right, top/bottom] or [left, \
+                 top, right, bottom], got {v}"
+            )
         };
-        let n = |x: &Value| x.as_u64().map(|n| n as usize).ok_or_else(bad);
+        let n = |x: &Value| x.as_u64().filter(|&n| n <= MAX_PADDING as u64).map(|n| n as usize).ok_or_else(bad);
         let p = |l, t, r, b| Padding { left: l, top: t, right: r, bottom: b };
         match &v {
             Value::Array(a) => match a.len() {
@@ -182,6 +189,9 @@ mod tests {
         assert_eq!(p(json!([1, 2])).unwrap(), Padding { left: 1, top: 2, right: 1, bottom: 2 });
         assert_eq!(p(json!([1, 2, 3, 4])).unwrap(), Padding { left: 1, top: 2, right: 3, bottom: 4 });
         assert!(p(json!([1, 2, 3])).is_err() && p(json!(-1)).is_err());
+        assert!(p(json!(MAX_PADDING)).is_ok());
+        let e = p(json!([1, i64::MAX])).unwrap_err();
+        assert!(e.contains("at most 1048576 pixels"), "{e}");
         let four = Padding { left: 4, top: 0, right: 0, bottom: 0 };
         assert!(four.check(PaddingMode::Reflect, 5, 4).is_err());
         assert!(four.check(PaddingMode::Symmetric, 5, 4).is_ok());
