@@ -46,11 +46,18 @@ fn unknown_key_lists_valid_keys() {
 fn wrong_type_names_the_line() {
     let m = rejected("wrong_type", |y| y.replace("batch: 64", "batch: sixty-four"), &[]);
     assert!(m.contains("line 17") && m.contains("invalid u64") && m.contains("batch: sixty-four"), "{m}");
+    // serde-saphyr's user wording, not its advice to developers about parser options.
+    let m = rejected("duplicate_key", |y| y.replace("epochs: 2", "epochs: 2\n  epochs: 3"), &[]);
+    assert!(m.contains("duplicate mapping key `epochs`") && !m.contains("Policy"), "{m}");
+    let m = rejected("null_value", |y| y.replace("arch: mlp", "arch:"), &[]);
+    assert!(m.contains("null is not allowed here") && !m.contains("Option<"), "{m}");
     let m = rejected("wrong_type_set", |y| y, &["--set", "run.lr0=fast"]);
     assert!(m.contains("run.lr0") && m.contains("invalid type"), "{m}");
-    // Model options are the registered builder's: the key is named there too.
+    // Model and dataset options are the registered builders': the key is named there too.
     let m = rejected("wrong_type_model_key", |y| y, &["--set", "model.hidden_sizes=big"]);
     assert!(m.contains("model.hidden_sizes: invalid type"), "{m}");
+    let m = rejected("wrong_type_dataset_key", |y| y, &["--set", "datasets.digits.dtype=3"]);
+    assert!(m.contains("datasets.digits: dtype: invalid type"), "{m}");
 }
 
 #[test]

@@ -125,3 +125,43 @@ fn resnet_with_ema_resumes_exactly() {
     assert_eq!(full.tensors, resumed.tensors, "2 + 1 resumed epochs with EMA differ from 3 uninterrupted epochs");
     assert_eq!(full.metadata["ema_updates"], resumed.metadata["ema_updates"]);
 }
+
+#[test]
+fn resuming_across_an_ema_change_says_what_happens_to_the_averages() {
+    let dir = scratch("ema_switch");
+    let run = |save: &Path, extra: &[&str]| {
+        let mut args = vec!["--config".to_string(), "configs/digits_mlp.yaml".to_string()];
+        let save_dir = format!("run.save_dir={}", save.display());
+        for s in ["run.exist_ok=true", save_dir.as_str()].iter().chain(extra) {
+            args.push("--set".into());
+            args.push(s.to_string());
+        }
+        let out = engine(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        text(&out)
+    };
+    let steps_per_epoch = |ck: &Checkpoint| -> u64 {
+        let clock: serde_json::Value = serde_json::from_str(&ck.metadata["clock"]).unwrap();
+        clock["step"].as_u64().unwrap() / (clock["epoch"].as_u64().unwrap() + 1)
+    };
+    // Without EMA, then resumed with it: the averages start from the resumed weights and count from zero.
+    let a = dir.join("a");
+    run(&a, &["run.epochs=1"]);
+    let log = run(&a, &["run.epochs=2", "run.resume=true", "run.ema=true"]);
+    assert!(log.contains("holds no EMA averages") && log.contains("start afresh"), "{log}");
+    let ck = load_safetensors(&a.join("checkpoints/last.safetensors")).unwrap();
+    assert!(ck.tensors.contains_key("train.layers.0.weight"));
+    assert_eq!(ck.metadata["ema_updates"], steps_per_epoch(&ck).to_string(), "only the resumed epoch's updates");
+    // With EMA, then resumed without: the averages are dropped and training continues from the training weights.
+    let b = dir.join("b");
+    run(&b, &["run.epochs=1", "run.ema=true"]);
+    let before = load_safetensors(&b.join("checkpoints/last.safetensors")).unwrap();
+    let log = run(&b, &["run.epochs=1", "run.resume=true", "run.epochs=2"]);
+    assert!(log.contains("holds EMA averages") && log.contains("drops"), "{log}");
+    let after = load_safetensors(&b.join("checkpoints/last.safetensors")).unwrap();
+    assert!(!after.tensors.keys().any(|k| k.starts_with("train.")));
+    assert!(before.tensors.contains_key("train.layers.0.weight"));
+    // Resuming without a change says nothing about EMA.
+    let log = run(&a, &["run.epochs=3", "run.resume=true", "run.ema=true"]);
+    assert!(!log.contains("run.ema:"), "{log}");
+}

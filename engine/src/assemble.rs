@@ -491,9 +491,10 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     app.world.insert_resource(graph);
     let resumed_from = crate::resume::resume_path(&r.resume, &r.save_dir).map_err(err)?;
     if let Some(p) = &resumed_from {
-        crate::resume::restore(&mut app, p).map_err(err)?;
+        let resume_notices = crate::resume::restore(&mut app, p).map_err(err)?;
         let c = app.world.resource::<Clock>();
         notices.push(format!("resuming from {} at epoch {} (step {})", p.display(), c.epoch + 1, c.step));
+        notices.extend(resume_notices);
     }
     notices.extend(crate::cuda_run::install(&mut app.world, device, capacity, amp, r.tf32).map_err(err)?);
     let resolved = resolved_yaml(cfg);

@@ -48,8 +48,11 @@ pub fn run_dir_of(checkpoint: &Path) -> PathBuf {
     checkpoint.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Loads `path` into the assembled app; every mismatch with the model or optimizer is an error message.
-pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
+/// Loads `path` into the assembled app; every mismatch with the model or optimizer is an error message. Returns
+/// notices for what the checkpoint and the run disagree on without an error (EMA averages started afresh or
+/// dropped).
+pub fn restore(app: &mut App, path: &Path) -> Result<Vec<String>, String> {
+    let mut notices = Vec::new();
     if !path.is_file() {
         return Err(format!("run.resume: checkpoint not found: {}", path.display()));
     }
@@ -63,7 +66,17 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
     // An EMA run saved the averages under the plain names and the training weights under `train.`.
     let saved_with_ema = ck.tensors.keys().any(|k| k.starts_with("train."));
     let updates = ck.metadata.get("ema_updates").and_then(|u| u.parse().ok()).unwrap_or(0);
-    if app.world.contains_resource::<EmaWeights>() {
+    let run_has_ema = app.world.contains_resource::<EmaWeights>();
+    if run_has_ema && !saved_with_ema {
+        notices.push(format!(
+            "run.ema: {p} holds no EMA averages (its run had run.ema off); the averages start afresh from its weights"
+        ));
+    } else if !run_has_ema && saved_with_ema {
+        notices.push(format!(
+            "run.ema: {p} holds EMA averages, which this run (run.ema off) drops; training continues from its training weights"
+        ));
+    }
+    if run_has_ema {
         let (params, buffers) =
             (app.world.resource::<Params>().0.clone(), app.world.resource::<Buffers>().arena.clone());
         let mut ema = app.world.resource_mut::<EmaWeights>();
@@ -174,7 +187,7 @@ pub fn restore(app: &mut App, path: &Path) -> Result<(), String> {
             state.best_metrics = m.iter().filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect();
         }
     }
-    Ok(())
+    Ok(notices)
 }
 
 /// A checkpoint continues exactly only in a run of its own kind: an epoch-based run resumes at the end of a

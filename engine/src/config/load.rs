@@ -27,6 +27,12 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_
     serde_saphyr::from_str_with_options(text, yaml_options())
 }
 
+/// A YAML error as a user should read it: serde-saphyr's user-facing wording ("duplicate mapping key `epochs`
+/// is not allowed here", "null is not allowed here"), not its default developer advice about parser options.
+pub fn yaml_error(e: &serde_saphyr::Error) -> String {
+    e.render_with_formatter(&serde_saphyr::UserMessageFormatter)
+}
+
 /// Adds "did you mean `x`?" to serde's "unknown field `y`, expected one of a, b, ..." messages.
 pub fn with_suggestion(msg: String) -> String {
     let Some(start) = msg.find("unknown field `") else { return msg };
@@ -54,7 +60,7 @@ pub fn parse_override(s: &str) -> Result<(Vec<String>, serde_json::Value), Engin
     let value: serde_json::Value = if value.trim().is_empty() {
         serde_json::Value::String(String::new())
     } else {
-        from_yaml(value).map_err(|e| usage(format!("--set {s}: cannot parse the value: {e}")))?
+        from_yaml(value).map_err(|e| usage(format!("--set {s}: cannot parse the value: {}", yaml_error(&e))))?
     };
     Ok((path, value))
 }
@@ -88,8 +94,8 @@ pub fn load_config(path: &Path, overrides: &[String]) -> Result<LoadedConfig, En
             usage(format!("cannot read config file {}: {e}", path.display()))
         }
     })?;
-    let mut config: Config =
-        from_yaml(&text).map_err(|e| usage(with_suggestion(format!("{}: invalid config: {e}", path.display()))))?;
+    let mut config: Config = from_yaml(&text)
+        .map_err(|e| usage(with_suggestion(format!("{}: invalid config: {}", path.display(), yaml_error(&e)))))?;
     if !overrides.is_empty() {
         let mut value = serde_json::to_value(&config).expect("a parsed config serialises");
         for raw in overrides {

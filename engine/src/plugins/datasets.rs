@@ -9,6 +9,7 @@ use ecstrain_systems::data::annotations::{AnnotationDataset, AnnotationOptions, 
 use ecstrain_systems::data::csv_table::{CsvOptions, CsvSplit, CsvTable};
 use ecstrain_systems::data::image_folder::{check_same_classes, FolderSplit, ImageFolderDataset, ImageFolderOptions};
 use ecstrain_systems::data::npy_dataset::read_class_map;
+use ecstrain_systems::data::processors::options::culprit;
 use ecstrain_systems::data::{
     Dataset, NpyDataset, NpyOptions, NpySplitFiles, SyntheticDataset, SyntheticOptions, TargetSpec,
 };
@@ -33,7 +34,22 @@ fn parse<T: DeserializeOwned, S: DeserializeOwned>(options: &Options) -> Result<
             serde_json::from_value::<S>(v.clone()).map_err(|e| format!("{key}: {e}"))?;
         }
     }
-    serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())
+    parse_options(options)
+}
+
+/// Parses a builder's options; a wrong value's message names its key (`seed: invalid value: integer `-1`,
+/// expected u64`), which serde_json's alone does not.
+fn parse_options<T: DeserializeOwned>(options: &Options) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+            return msg;
+        }
+        match culprit::<T>(options) {
+            Some((key, m)) => format!("{key}: {m}"),
+            None => msg,
+        }
+    })
 }
 
 /// Checks what the loaders and the shared batch need a val / test split to share with train: the kind of
@@ -162,8 +178,7 @@ fn build_csv(options: &Options, root: &Path) -> Result<DatasetSplits, String> {
 }
 
 fn build_synthetic(options: &Options, _root: &Path) -> Result<DatasetSplits, String> {
-    let o: SyntheticOptions =
-        serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| e.to_string())?;
+    let o: SyntheticOptions = parse_options(options)?;
     for (key, n) in
         [("train_samples", o.train_samples), ("val_samples", o.val_samples), ("test_samples", o.test_samples)]
     {

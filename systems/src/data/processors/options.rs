@@ -18,17 +18,20 @@ pub fn parse<T: DeserializeOwned>(options: &Value) -> Result<T, String> {
         if msg.starts_with("unknown field") || msg.starts_with("missing field") {
             return msg;
         }
-        // Find the culprit: the key whose value alone reproduces a failure that is not a missing field.
-        for (key, value) in map {
-            let alone = Value::Object([(key.clone(), value.clone())].into_iter().collect());
-            if let Err(e) = serde_json::from_value::<T>(alone) {
-                let m = e.to_string();
-                if !m.starts_with("missing field") {
-                    return format!("option `{key}`: {m}");
-                }
-            }
+        match culprit::<T>(map) {
+            Some((key, m)) => format!("option `{key}`: {m}"),
+            None => msg,
         }
-        msg
+    })
+}
+
+/// The key of `map` whose value alone fails to parse as `T` for a reason other than a missing field, with
+/// that failure: serde_json's messages for a wrong value do not name the key, so the caller adds it.
+pub fn culprit<T: DeserializeOwned>(map: &serde_json::Map<String, Value>) -> Option<(String, String)> {
+    map.iter().find_map(|(key, value)| {
+        let alone = Value::Object([(key.clone(), value.clone())].into_iter().collect());
+        let m = serde_json::from_value::<T>(alone).err()?.to_string();
+        (!m.starts_with("missing field")).then(|| (key.clone(), m))
     })
 }
 
