@@ -163,3 +163,31 @@ fn time_limit_stops_cleanly_with_a_checkpoint() {
         assert!(text(&out).contains("run.time_limit must be a positive number of hours"), "{}", text(&out));
     }
 }
+
+#[test]
+fn sigint_during_data_pack_leaves_nothing_behind() {
+    let dir = scratch("pack_signal");
+    let out = dir.join("packed");
+    // Upscaling every digit image to 1024x1024 takes seconds, so the signal lands mid-pack.
+    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["data", "pack", "--src", "data/digits_images", "--size", "1024", "1024", "--shard-size", "16"])
+        .arg("--out")
+        .arg(&out)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial =
+        || std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".partial"));
+    let t0 = Instant::now();
+    while !partial() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the pack never started writing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    send(&child, "INT");
+    let (code, _, log) = wait(child, Duration::from_secs(60));
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("data pack stopped by SIGINT; nothing was written"), "{log}");
+    assert!(!out.exists() && !partial(), "the pack left output behind: {:?}", std::fs::read_dir(&dir).unwrap().count());
+}

@@ -173,19 +173,23 @@ fn check_shard_memory(args: &PackArgs, splits: &[Split], size: (usize, usize)) -
 /// Decodes (and resizes) `files` in parallel into one `[n, C, H, W]` buffer. The images go through
 /// `decode_image` with its decoder limits, as the `image_folder` dataset reads them; a buffer the allocator
 /// refuses is an error, not an abort.
-fn decode_shard(files: &[PathBuf], channels: usize, (h, w): (usize, usize)) -> Result<Vec<u8>, String> {
+fn decode_shard(files: &[PathBuf], channels: usize, (h, w): (usize, usize)) -> Result<Vec<u8>, Failure> {
     let len = channels * h * w;
     let total = files.len() * len;
     let mut out = Vec::new();
     out.try_reserve_exact(total).map_err(|e| {
-        format!("cannot allocate a shard of {total} bytes ({e}); give a smaller --shard-size or --size")
+        Failure::Input(format!("cannot allocate a shard of {total} bytes ({e}); give a smaller --shard-size or --size"))
     })?;
     out.resize(total, 0u8);
     out.par_chunks_mut(len).zip(files.par_iter()).try_for_each(|(dst, path)| {
-        let img = decode_image(path, channels)?;
+        // A stop signal ends the pack between images; the caller's guard removes the partial output.
+        if let Some(signal) = crate::signals::pending() {
+            return Err(Failure::Interrupted(signal));
+        }
+        let img = decode_image(path, channels).map_err(Failure::Input)?;
         let img = resize_bilinear(&img, h, w);
         dst.copy_from_slice(&img.data);
-        Ok::<_, String>(())
+        Ok(())
     })?;
     Ok(out)
 }
@@ -201,6 +205,8 @@ struct PackedSplit {
 enum Failure {
     Input(String),
     Output(String),
+    /// A stop signal (its name) arrived while packing.
+    Interrupted(&'static str),
 }
 
 /// Writes every split's shards and `classes.json` into `dir`; returns each split's shard file names.
@@ -214,7 +220,7 @@ fn write_all(args: &PackArgs, splits: &[Split], size: (usize, usize), dir: &Path
         for (k, (files, labels)) in
             s.folder.files.chunks(args.shard_size).zip(s.folder.labels.chunks(args.shard_size)).enumerate()
         {
-            let pixels = decode_shard(files, args.channels, size).map_err(Failure::Input)?;
+            let pixels = decode_shard(files, args.channels, size)?;
             let (x, y) = (format!("images_{k:05}.npy"), format!("labels_{k:05}.npy"));
             let shape = [files.len(), args.channels, size.0, size.1];
             write_npy(&split_dir.join(&x), &shape, &pixels).map_err(|e| out_err(&split_dir.join(&x), e))?;
@@ -290,6 +296,8 @@ fn check_flags(args: &PackArgs) -> Result<(), EngineError> {
 /// Runs `engine data pack`.
 pub fn run(args: &PackArgs) -> Result<(), EngineError> {
     check_flags(args)?;
+    // SIGINT / SIGTERM stop the pack cleanly (the partial output removed) instead of killing it mid-write.
+    crate::signals::install().map_err(EngineError::Run)?;
     let splits = scan_splits(args).map_err(usage)?;
     let size = output_size(args, &splits).map_err(usage)?;
     check_shard_memory(args, &splits, size).map_err(usage)?;
@@ -303,6 +311,10 @@ pub fn run(args: &PackArgs) -> Result<(), EngineError> {
     let listing = write_all(args, &splits, size, &partial.path).map_err(|f| match f {
         Failure::Input(m) => usage(m),
         Failure::Output(m) => EngineError::Run(m),
+        Failure::Interrupted(signal) => EngineError::Interrupted(format!(
+            "data pack stopped by {signal}; nothing was written to {}",
+            args.out.display()
+        )),
     })?;
     let tmp = partial.path.clone();
     partial
