@@ -112,6 +112,42 @@ fn run_directories_that_cannot_be_made_exit_2_and_leave_nothing() {
 }
 
 #[test]
+fn a_reused_run_directory_with_special_files_at_output_names_exits_2_untouched() {
+    let dir = scratch("out_reused_run_dir");
+    let save = dir.join("run");
+    std::fs::create_dir_all(save.join("checkpoints/best.safetensors")).unwrap();
+    let cfg = write_config(&dir, "mlp.yaml", &digits_yaml(&save));
+    let set = "run.exist_ok=true";
+    for (name, kind) in [("metrics.jsonl", "FIFO"), ("checkpoints/best.safetensors", "directory")] {
+        if kind == "FIFO" {
+            fifo(&save.join(name));
+        }
+        // Spawned with a deadline: opening the FIFO for writing would block forever.
+        let mut child = Command::new(engine_bin())
+            .args(["--config", cfg.to_str().unwrap(), "--set", set, "--set", "run.epochs=1", "--headless"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("{name}: the run blocked on the {kind}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        exits_2(name, &out, &["run.save_dir", &save.join(name).display().to_string(), kind]);
+        assert_eq!(listing(&save), ["checkpoints", "metrics.jsonl"], "{name}: the run wrote into the directory");
+        if kind == "FIFO" {
+            std::fs::remove_file(save.join(name)).unwrap();
+            std::fs::write(save.join(name), b"").unwrap();
+        }
+    }
+}
+
+#[test]
 fn an_empty_save_dir_is_rejected_instead_of_writing_into_the_working_directory() {
     let dir = scratch("out_empty_save_dir");
     let cfg = write_config(&dir, "mlp.yaml", &digits_yaml(&dir.join("unused")));

@@ -104,8 +104,7 @@ mod joined {
             let exe = on_path("ompi-server").ok_or(
                 "a torchrun-style launch needs Open MPI's ompi-server on PATH to join the ranks (apt-get install openmpi-bin)",
             )?;
-            let dir = std::env::temp_dir().join(format!("ecstrain-ompi-server-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let dir = private_temp_dir("ecstrain-ompi-server")?;
             let (uri_file, log_file) = (dir.join("uri"), dir.join("stderr"));
             let log =
                 std::fs::File::create(&log_file).map_err(|e| format!("cannot create {}: {e}", log_file.display()))?;
@@ -139,6 +138,31 @@ mod joined {
             let _ = self.child.wait();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    /// A new directory only this user can enter, under the temporary directory. Made with `create_dir` (never
+    /// reusing an entry that is already there, which on a shared /tmp another user could have planted as a link
+    /// to redirect the server's files), under a name that differs on each try.
+    fn private_temp_dir(prefix: &str) -> Result<PathBuf, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        let pid = std::process::id();
+        let mut last = None;
+        for attempt in 0..64u32 {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+            let dir = base.join(format!("{prefix}-{pid}-{nanos:08x}{attempt}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(dir),
+                Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+            }
+        }
+        Err(format!(
+            "cannot create a private directory under {}: names such as {} are taken",
+            base.display(),
+            last.map_or_else(String::new, |d| d.display().to_string())
+        ))
     }
 
     /// The server gets SIGTERM if rank 0 dies without dropping it (a kill, an abort), so no orphan stays.

@@ -122,6 +122,19 @@ fn step(app: &mut App) -> Result<(), EngineError> {
     check_failure(app)
 }
 
+/// The files a run writes at fixed names in its directory (the plots and TensorBoard files aside: those are
+/// written under new or per-metric names).
+const RUN_FILES: [&str; 8] = [
+    "config.yaml",
+    "classes.json",
+    "metrics.jsonl",
+    "results.csv",
+    "summary.json",
+    "profile.txt",
+    "checkpoints/last.safetensors",
+    "checkpoints/best.safetensors",
+];
+
 /// Creates the run directory (config.yaml, classes.json when the dataset names its classes, metrics.jsonl,
 /// checkpoints/) and trains. In a data-parallel run only rank 0 writes it (and prints); the other ranks train
 /// without a run directory. SIGTERM, SIGINT and SIGUSR1 stop the run after the current optimizer step with a
@@ -141,6 +154,11 @@ pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
         return Ok(dir);
     }
     let io = |what: &str, e: std::io::Error| EngineError::Run(format!("cannot {what} in {}: {e}", dir.display()));
+    // In a reused directory (exist_ok, resume) every file the run writes must be a regular file or absent: a
+    // FIFO at metrics.jsonl would block the run, a directory at a checkpoint would fail it an epoch in.
+    for name in RUN_FILES {
+        crate::out_path::out_file("run.save_dir", &dir.join(name))?;
+    }
     // A run directory that cannot be made (under a regular file, no permission) is bad input: exit 2, and the
     // directories made on the way are removed again.
     let dirs = NewDirs::create(&dir.join("checkpoints"))
