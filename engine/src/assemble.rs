@@ -4,11 +4,12 @@
 
 use ecstrain_systems::data::Dataset;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
 use ecstrain_components::*;
 use ecstrain_kernels::Device;
-use ecstrain_systems::data::{loader_pool, Loader, TrainLoader, ValLoader};
+use ecstrain_systems::data::{loader_pool, Loader, Pipeline, TrainLoader, ValLoader};
 use ecstrain_systems::graph::Activations;
 use ecstrain_systems::optim::clip::{GradClip, GradNorm};
 use ecstrain_systems::optim::OptimizerSettings;
@@ -37,6 +38,9 @@ pub struct Assembly {
     pub notices: Vec<String>,
     /// The checkpoint this run resumed from, if any.
     pub resumed_from: Option<PathBuf>,
+    /// The dataset's test split through its eval processors, when it has one (read by `engine eval` and
+    /// `engine predict`, never by training).
+    pub test: Option<Arc<Pipeline>>,
 }
 
 /// `run.amp`: false / off, true / f16 (Ultralytics' `amp: True`), bf16.
@@ -331,14 +335,9 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     let batches = train_loader.batches_per_epoch() as u64;
     // Embedding ids come from the data: every one must be an integer in 0..vocab, checked here so a bad file is
     // an error naming it rather than a failure mid-run.
-    for node in &graph.nodes {
-        if let ecstrain_components::OpKind::Embedding { vocab, .. } = node.op {
-            for (split, ds) in [("train", Some(&splits.train)), ("val", splits.val.as_ref())] {
-                let Some(ds) = ds else { continue };
-                check_token_ids(ds.as_ref(), vocab).map_err(|m| {
-                    err(format!("{}: {split} data {}: {m} (valid ids: 0..{vocab})", node.name, ds.describe()))
-                })?;
-            }
+    for (split, ds) in [("train", Some(&splits.train)), ("val", splits.val.as_ref()), ("test", splits.test.as_ref())] {
+        if let Some(ds) = ds {
+            check_embedding_ids(&graph, split, ds.as_ref()).map_err(err)?;
         }
     }
     // Batch norm in training needs more than one value per channel (PyTorch raises otherwise): a last batch of
@@ -498,7 +497,8 @@ pub fn assemble(mut app: App, loaded: LoadedConfig, headless: bool) -> Result<As
     }
     notices.extend(crate::cuda_run::install(&mut app.world, device, capacity, amp, r.tf32).map_err(err)?);
     let resolved = resolved_yaml(cfg);
-    Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from })
+    let test = splits.test.clone();
+    Ok(Assembly { app, loaded, resolved_yaml: resolved, summary, notices, resumed_from, test })
 }
 
 /// The run's one dataset: its name under `datasets:` and its registry entry (looked up before any data is read).
@@ -587,6 +587,18 @@ pub fn build_loaders(
 }
 
 /// Checks that every input value of `ds` is an integer id in `0..vocab`; the message names the first bad one.
+/// Checks that every input an embedding layer of `graph` reads from `ds` (the `split` named in the message) is
+/// an integer id below its vocabulary.
+pub fn check_embedding_ids(graph: &Graph, split: &str, ds: &dyn Dataset) -> Result<(), String> {
+    for node in &graph.nodes {
+        if let ecstrain_components::OpKind::Embedding { vocab, .. } = node.op {
+            check_token_ids(ds, vocab)
+                .map_err(|m| format!("{}: {split} data {}: {m} (valid ids: 0..{vocab})", node.name, ds.describe()))?;
+        }
+    }
+    Ok(())
+}
+
 fn check_token_ids(ds: &dyn ecstrain_systems::data::Dataset, vocab: usize) -> Result<(), String> {
     let per: usize = ds.sample_shape().iter().product();
     let chunk = 1024.min(ds.len()).max(1);

@@ -1,5 +1,5 @@
 //! The command line: `engine --config x.yaml [--set k=v ...] [--headless]` trains; `engine eval` runs one
-//! validation pass of a checkpoint; `engine check` validates and prints the resolved config and model summary;
+//! validation pass of a checkpoint; `engine predict` writes a checkpoint's outputs on new inputs; `engine check` validates and prints the resolved config and model summary;
 //! `engine list` prints the registry.
 
 use std::io::IsTerminal;
@@ -76,6 +76,8 @@ pub enum Command {
     Export(crate::export_cmd::ExportArgs),
     /// Int8 post-training quantization: calibrate, evaluate float vs int8, write a QDQ ONNX model.
     Quantize(crate::quantize_cmd::QuantizeArgs),
+    /// Run a checkpoint on new inputs (a .npy array, images) or a split; write its predictions as CSV or .npy.
+    Predict(crate::predict_cmd::PredictArgs),
 }
 
 /// The app `engine` runs: every built-in plugin.
@@ -222,6 +224,7 @@ pub fn run(cli: Cli) -> Result<(), EngineError> {
         Some(Command::Bench(b)) => crate::bench_cmd::run(&b),
         Some(Command::Export(e)) => crate::export_cmd::run(&e),
         Some(Command::Quantize(q)) => crate::quantize_cmd::run(&q),
+        Some(Command::Predict(p)) => crate::predict_cmd::run(&p),
         Some(Command::List) => {
             for (kind, entries) in default_app().registry.listing() {
                 println!("{kind}:");

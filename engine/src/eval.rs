@@ -24,6 +24,8 @@ pub enum Split {
     Val,
     /// The train split, in order, without shuffling or dropping a last partial batch.
     Train,
+    /// The dataset's test split (through the eval processors, in order), which training never reads.
+    Test,
 }
 
 impl Split {
@@ -32,6 +34,7 @@ impl Split {
         match self {
             Split::Val => "val",
             Split::Train => "train",
+            Split::Test => "test",
         }
     }
 }
@@ -74,8 +77,10 @@ pub struct Evaluation {
     pub metrics: Vec<(String, f64)>,
 }
 
-/// Loads `checkpoint` into the assembled app and runs one validation pass over `split`.
-pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<Evaluation, EngineError> {
+/// Loads the model's parameters and buffers from `checkpoint` into the assembled app (`--checkpoint`; names
+/// and shapes must match the model). The checkpoint's plain names are the model to run: with EMA they already
+/// hold the averages, so this run's own EMA is removed and never swaps in.
+pub fn load_checkpoint(asm: &mut Assembly, checkpoint: &Path) -> Result<(), EngineError> {
     let p = checkpoint.display();
     if !checkpoint.is_file() {
         let hint = if checkpoint.ends_with("best.safetensors") {
@@ -87,23 +92,49 @@ pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<E
     }
     let ck = load_safetensors(checkpoint).map_err(|e| usage(format!("--checkpoint: {p}: {e}")))?;
     crate::weights::load_model_exact(&mut asm.app.world, &ck, checkpoint, "--checkpoint", "").map_err(usage)?;
-    // The checkpoint's plain names are the model to score (with EMA they already hold the averages): no
-    // further swap into averages of this run's fresh weights.
     asm.app.world.remove_resource::<ecstrain_components::EmaWeights>();
-    match split {
-        Split::Train => {
-            let loader = ordered_train_loader(asm)?;
-            asm.app.world.insert_resource(ValLoader { loader, cursor: 0 });
+    Ok(())
+}
+
+/// The dataset's name under `datasets:`, for messages.
+fn dataset_name(asm: &Assembly) -> &str {
+    asm.loaded.config.datasets.keys().next().map_or("?", |n| n.as_str())
+}
+
+/// Makes `split` the one the validation schedule reads: the val loader as training built it, or an ordered
+/// loader over the train or test split in batches the run's buffers hold.
+pub fn use_split(asm: &mut Assembly, split: Split) -> Result<(), EngineError> {
+    let loader = match split {
+        Split::Val if asm.app.world.contains_resource::<ValLoader>() => return Ok(()),
+        Split::Val => {
+            let name = dataset_name(asm);
+            return Err(usage(format!("--split val: datasets.{name} has no val split; use --split train")));
         }
-        Split::Val if !asm.app.world.contains_resource::<ValLoader>() => {
-            let names: Vec<&String> = asm.loaded.config.datasets.keys().collect();
-            return Err(usage(format!(
-                "--split val: datasets.{} has no val split; use --split train",
-                names.first().map_or("?", |n| n.as_str())
-            )));
+        Split::Train => ordered_train_loader(asm)?,
+        Split::Test => {
+            let Some(test) = asm.test.clone() else {
+                let name = dataset_name(asm);
+                return Err(usage(format!(
+                    "--split test: datasets.{name} has no test split; add `test:` to it, or use --split val or train"
+                )));
+            };
+            Loader::new(test, batch_rows(asm), false, false, 0)
         }
-        Split::Val => {}
-    }
+    };
+    asm.app.world.insert_resource(ValLoader { loader, cursor: 0 });
+    Ok(())
+}
+
+/// The rows the run's batch buffers were planned for (`run.batch`, capped at the largest split of training).
+pub fn batch_rows(asm: &Assembly) -> usize {
+    let batch = asm.app.world.resource::<ecstrain_components::Batch>();
+    (batch.inputs.len() / batch.input_len.max(1)).max(1)
+}
+
+/// Loads `checkpoint` into the assembled app and runs one validation pass over `split`.
+pub fn evaluate(asm: &mut Assembly, checkpoint: &Path, split: Split) -> Result<Evaluation, EngineError> {
+    load_checkpoint(asm, checkpoint)?;
+    use_split(asm, split)?;
     let app = &mut asm.app;
     let samples = app.world.resource::<ValLoader>().loader.pipeline().len();
     in_pool(|| validation_pass(app));

@@ -20,6 +20,7 @@ pub mod out_path;
 pub mod param_groups;
 pub mod pipelines;
 pub mod plugins;
+pub mod predict_cmd;
 pub mod quantize_cmd;
 pub mod registry;
 pub mod rendezvous;

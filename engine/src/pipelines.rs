@@ -8,12 +8,14 @@ use ecstrain_systems::data::{Dataset, Pipeline, Processor};
 use crate::config::SplitProcessors;
 use crate::registry::{DatasetSplits, Registry};
 
-/// The train pipeline and the validation pipeline, if the dataset has a val split.
+/// The train pipeline, and the validation and test pipelines of the splits the dataset has.
 pub struct SplitPipelines {
     /// Training samples through `processors.train`.
     pub train: Arc<Pipeline>,
     /// Validation samples through `processors.eval`.
     pub val: Option<Arc<Pipeline>>,
+    /// Test samples through `processors.eval` (`engine eval / predict --split test`; training never reads them).
+    pub test: Option<Arc<Pipeline>>,
 }
 
 /// Builds the processors of one list; `key` is its config path (`datasets.d.processors.train`).
@@ -46,23 +48,24 @@ pub fn build_pipelines(
     let train_p = build_processors(registry, &format!("{ds_key}.processors.train"), &processors.train)?;
     let train =
         Pipeline::new(splits.train.clone(), train_p, seed, 0).map_err(|m| format!("{ds_key}.processors.train: {m}"))?;
-    let val = match &splits.val {
-        None => None,
-        Some(v) => {
-            let p = build_processors(registry, &format!("{ds_key}.processors.eval"), &processors.eval)?;
-            let pipe = Pipeline::new(v.clone(), p, seed, 1).map_err(|m| format!("{ds_key}.processors.eval: {m}"))?;
-            if pipe.sample_shape() != train.sample_shape() {
-                return Err(format!(
-                    "{ds_key}: processed val samples have shape {:?} ({}) but processed train samples have shape {:?} ({}); \
-                     the eval processors must produce what the train processors do",
-                    pipe.sample_shape(),
-                    pipe.describe(),
-                    train.sample_shape(),
-                    train.describe()
-                ));
-            }
-            Some(Arc::new(pipe))
+    // Val and test samples go through the eval processors and must come out as the train samples do.
+    let eval_split = |split: &Option<Arc<dyn Dataset>>, name: &str| -> Result<Option<Arc<Pipeline>>, String> {
+        let Some(v) = split else { return Ok(None) };
+        let p = build_processors(registry, &format!("{ds_key}.processors.eval"), &processors.eval)?;
+        let pipe = Pipeline::new(v.clone(), p, seed, 1).map_err(|m| format!("{ds_key}.processors.eval: {m}"))?;
+        if pipe.sample_shape() != train.sample_shape() {
+            return Err(format!(
+                "{ds_key}: processed {name} samples have shape {:?} ({}) but processed train samples have shape {:?} ({}); \
+                 the eval processors must produce what the train processors do",
+                pipe.sample_shape(),
+                pipe.describe(),
+                train.sample_shape(),
+                train.describe()
+            ));
         }
+        Ok(Some(Arc::new(pipe)))
     };
-    Ok(SplitPipelines { train: Arc::new(train), val })
+    let val = eval_split(&splits.val, "val")?;
+    let test = eval_split(&splits.test, "test")?;
+    Ok(SplitPipelines { train: Arc::new(train), val, test })
 }

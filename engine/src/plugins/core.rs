@@ -12,10 +12,12 @@ use ecstrain_systems::logging::emit::{
 use ecstrain_systems::optim::{at_accumulation_boundary, zero_grads};
 use ecstrain_systems::schedule::systems::{advance_clock, update_lr};
 use ecstrain_systems::sets::*;
+use ecstrain_systems::tasks::outputs::{collect_outputs, CollectedOutputs};
 
 use crate::app::{App, Plugin};
 
-/// Load -> Forward -> Backward -> Schedule for training; Load -> Forward for validation; fitness tracking.
+/// Load -> Forward -> Backward -> Schedule for training; Load -> Forward for validation (and the outputs kept
+/// when [`CollectedOutputs`] is present); fitness tracking.
 /// Tasks add the Loss stage, optimizers the Optimize stage.
 pub struct CorePlugin;
 
@@ -47,6 +49,8 @@ impl Plugin for CorePlugin {
             (
                 load_val_batch.in_set(StepSet::Load),
                 forward_system.run_if(on_cpu).run_if(not(resource_exists::<ForwardReplaced>)).in_set(StepSet::Forward),
+                // `engine predict` keeps the outputs (after the forward of either device).
+                collect_outputs.run_if(resource_exists::<CollectedOutputs>).in_set(StepSet::Loss),
             ),
         );
         app.add_systems(

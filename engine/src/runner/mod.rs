@@ -140,7 +140,7 @@ const RUN_FILES: [&str; 8] = [
 /// without a run directory. SIGTERM, SIGINT and SIGUSR1 stop the run after the current optimizer step with a
 /// checkpoint ([`stop`]).
 pub fn train(assembly: Assembly) -> Result<std::path::PathBuf, EngineError> {
-    let Assembly { mut app, loaded, resolved_yaml, summary, notices, resumed_from } = assembly;
+    let Assembly { mut app, loaded, resolved_yaml, summary, notices, resumed_from, .. } = assembly;
     crate::signals::install().map_err(EngineError::Run)?;
     let run = &loaded.config.run;
     // A resumed run continues in the directory of its checkpoint and appends to its metrics.jsonl; a fresh

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod processors;
 pub mod sample;
 pub mod synthetic;
+pub mod unlabeled;
 
 pub use annotations::{AnnotationDataset, AnnotationOptions};
 pub use csv_table::{CsvOptions, CsvTable};
@@ -30,3 +31,4 @@ pub use pipeline::Pipeline;
 pub use processors::Processor;
 pub use sample::{Sample, ShapeInfo};
 pub use synthetic::{SyntheticDataset, SyntheticOptions};
+pub use unlabeled::Unlabeled;

@@ -867,6 +867,15 @@ fn encode_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     unreachable!("a version 2.0 header always fits")
 }
 
+/// The bytes of a C-ordered, little-endian `.npy` file of `data` with `shape` (as [`write_npy`] writes it),
+/// for callers that write atomically. `data.len()` must be the product of `shape`.
+pub fn npy_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy_bytes: shape {shape:?} and data length differ");
+    let mut out = encode_header(T::DESCR, shape);
+    T::extend_le_bytes(data, &mut out);
+    out
+}
+
 /// Writes `data` with the given `shape` to `path` as a C-ordered, little-endian `.npy` file
 /// (format version 1.0, header padded to a multiple of 64 bytes).
 ///

@@ -3,5 +3,6 @@
 
 pub mod classification;
 pub mod embedding;
+pub mod outputs;
 pub mod reconstruction;
 pub mod regression;
