@@ -135,9 +135,11 @@ pub fn run(args: &PredictArgs) -> Result<(), EngineError> {
         }
         None => {
             use std::io::Write;
-            std::io::stdout()
-                .write_all(&bytes)
-                .map_err(|e| EngineError::Run(format!("cannot write to stdout: {e}")))?;
+            match std::io::stdout().write_all(&bytes).and_then(|()| std::io::stdout().flush()) {
+                // A reader that stopped early (`| head`) is not a failure.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                r => r.map_err(|e| EngineError::Run(format!("cannot write to stdout: {e}")))?,
+            }
             eprintln!("predicted {samples} samples of {source} with {}", ckpt.display());
         }
     }
