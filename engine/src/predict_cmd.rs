@@ -297,7 +297,7 @@ fn field(s: &str) -> String {
 /// values otherwise.
 fn csv(out: &CollectedOutputs, sample: &dyn Fn(usize) -> String, classes: Option<&[String]>, top_k: usize) -> String {
     let n = out.indices.len();
-    let row_len = if n == 0 { 0 } else { out.values.len() / n };
+    let row_len = out.values.len().checked_div(n).unwrap_or(0);
     let mut text = String::new();
     match classes {
         Some(names) => {

@@ -33,7 +33,7 @@ pub struct DatasetSplits {
     pub train: Arc<dyn Dataset>,
     /// Validation split, if configured.
     pub val: Option<Arc<dyn Dataset>>,
-    /// Test split, if configured: opened and checked, not used by the runner yet.
+    /// Test split, if configured: read by `engine eval` / `engine predict --split test`, never by training.
     pub test: Option<Arc<dyn Dataset>>,
     /// Messages for the run's output (`note: ...`), e.g. the corrupt images a split skipped.
     pub notices: Vec<String>,

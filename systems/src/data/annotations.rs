@@ -37,7 +37,7 @@ pub struct AnnotationOptions {
     /// Validation split.
     #[serde(default)]
     pub val: Option<AnnotationSplit>,
-    /// Test split (opened and checked; not used by the runner yet).
+    /// Test split, through the eval processors: read by `engine eval --split test` and `engine predict --split test`, never by training.
     #[serde(default)]
     pub test: Option<AnnotationSplit>,
     /// Channels: 1 (grey) or 3 (RGB).

@@ -55,7 +55,7 @@ pub struct CsvOptions {
     /// Validation split (same columns as train).
     #[serde(default)]
     pub val: Option<CsvSplit>,
-    /// Test split (opened and checked; not used by the runner yet).
+    /// Test split, through the eval processors: read by `engine eval --split test` and `engine predict --split test`, never by training.
     #[serde(default)]
     pub test: Option<CsvSplit>,
     /// Target column (for every split that does not name its own).

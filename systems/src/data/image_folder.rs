@@ -58,7 +58,7 @@ pub struct ImageFolderOptions {
     /// Validation split (must have the train split's classes).
     #[serde(default)]
     pub val: Option<FolderSplit>,
-    /// Test split (opened and checked; not used by the runner yet).
+    /// Test split, through the eval processors: read by `engine eval --split test` and `engine predict --split test`, never by training.
     #[serde(default)]
     pub test: Option<FolderSplit>,
     /// Channels: 1 (grey) or 3 (RGB).

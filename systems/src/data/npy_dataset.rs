@@ -20,7 +20,7 @@ pub struct NpyOptions {
     /// Validation split.
     #[serde(default)]
     pub val: Option<NpySplitFiles>,
-    /// Test split (opened and checked; not used by the runner yet).
+    /// Test split, through the eval processors: read by `engine eval --split test` and `engine predict --split test`, never by training.
     #[serde(default)]
     pub test: Option<NpySplitFiles>,
     /// Element type of the inputs when the file cannot name it: `bfloat16` reads `<u2` / `<i2` / `|V2`

@@ -28,7 +28,7 @@ pub struct SyntheticOptions {
     /// Samples in the validation split (0 = no validation split).
     #[serde(default)]
     pub val_samples: usize,
-    /// Samples in the test split (0 = none; not used by the runner yet).
+    /// Samples in the test split (0 = none; read by `engine eval / predict --split test`, never by training).
     #[serde(default)]
     pub test_samples: usize,
     /// Seed of the generator (independent of `run.seed`).
