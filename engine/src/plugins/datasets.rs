@@ -9,7 +9,7 @@ use ecstrain_systems::data::annotations::{AnnotationDataset, AnnotationOptions, 
 use ecstrain_systems::data::csv_table::{CsvOptions, CsvSplit, CsvTable};
 use ecstrain_systems::data::image_folder::{check_same_classes, FolderSplit, ImageFolderDataset, ImageFolderOptions};
 use ecstrain_systems::data::npy_dataset::read_class_map;
-use ecstrain_systems::data::processors::options::culprit;
+use ecstrain_systems::data::processors::options::parse_map;
 use ecstrain_systems::data::{
     Dataset, NpyDataset, NpyOptions, NpySplitFiles, SyntheticDataset, SyntheticOptions, TargetSpec,
 };
@@ -40,16 +40,7 @@ fn parse<T: DeserializeOwned, S: DeserializeOwned>(options: &Options) -> Result<
 /// Parses a builder's options; a wrong value's message names its key (`seed: invalid value: integer `-1`,
 /// expected u64`), which serde_json's alone does not.
 fn parse_options<T: DeserializeOwned>(options: &Options) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| {
-        let msg = e.to_string();
-        if msg.starts_with("unknown field") || msg.starts_with("missing field") {
-            return msg;
-        }
-        match culprit::<T>(options) {
-            Some((key, m)) => format!("{key}: {m}"),
-            None => msg,
-        }
-    })
+    parse_map(options, |key, m| format!("{key}: {m}"))
 }
 
 /// Checks what the loaders and the shared batch need a val / test split to share with train: the kind of

@@ -13,13 +13,22 @@ pub fn parse<T: DeserializeOwned>(options: &Value) -> Result<T, String> {
     let Value::Object(map) = &options else {
         return Err(format!("options must be a map of keys, got {options}"));
     };
-    serde_json::from_value::<T>(options.clone()).map_err(|e| {
+    parse_map(map, |key, m| format!("option `{key}`: {m}"))
+}
+
+/// Parses `map` as `T`. Unknown and missing fields keep serde's message (which lists the valid keys); a wrong
+/// value's message is `named(key, serde's message)` for the key at fault ([`culprit`]).
+pub fn parse_map<T: DeserializeOwned>(
+    map: &serde_json::Map<String, Value>,
+    named: impl Fn(&str, &str) -> String,
+) -> Result<T, String> {
+    serde_json::from_value::<T>(Value::Object(map.clone())).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("unknown field") || msg.starts_with("missing field") {
             return msg;
         }
         match culprit::<T>(map) {
-            Some((key, m)) => format!("option `{key}`: {m}"),
+            Some((key, m)) => named(&key, &m),
             None => msg,
         }
     })
