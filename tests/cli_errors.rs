@@ -151,11 +151,11 @@ fn bad_values_and_devices_are_rejected() {
     let m = rejected("tf32", |y| y, &["--set", "run.tf32=maybe"]);
     assert!(m.contains("run.tf32") && m.contains("boolean"), "{m}");
     let m = rejected("tf32_yaml", |y| y.replace("epochs: 2", "epochs: 2\n  tf32: maybe"), &[]);
-    assert!(m.contains("tf32: maybe") && m.contains("true/false"), "{m}");
+    assert!(m.contains("tf32: maybe") && m.contains("true or false"), "{m}");
     let m = rejected("device_cache", |y| y, &["--set", "run.device_cache=maybe"]);
     assert!(m.contains("run.device_cache") && m.contains("boolean"), "{m}");
     let m = rejected("device_cache_yaml", |y| y.replace("epochs: 2", "epochs: 2\n  device_cache: maybe"), &[]);
-    assert!(m.contains("device_cache: maybe") && m.contains("true/false"), "{m}");
+    assert!(m.contains("device_cache: maybe") && m.contains("true or false"), "{m}");
     let m = rejected("amp_backoff", |y| y, &["--set", "run.amp_backoff=1.5"]);
     assert!(m.contains("run.amp_backoff"), "{m}");
     let m = rejected("clip", |y| y, &["--set", "run.clip_grad_norm=-1"]);
