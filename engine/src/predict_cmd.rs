@@ -21,7 +21,7 @@ use ecstrain_components::{Mode, RunFailure};
 use ecstrain_systems::data::image_decode::is_image_file;
 use ecstrain_systems::data::image_set::ImageReadOptions;
 use ecstrain_systems::data::npy::npy_bytes;
-use ecstrain_systems::data::{Dataset, Loader, Pipeline, TargetSpec, TrainLoader, Unlabeled, ValLoader};
+use ecstrain_systems::data::{Dataset, Loader, Pipeline, TrainLoader, Unlabeled, ValLoader};
 use ecstrain_systems::sets::{ValidationStart, ValidationStep};
 use ecstrain_systems::tasks::outputs::{top_classes, CollectedOutputs};
 
@@ -96,11 +96,7 @@ pub fn run(args: &PredictArgs) -> Result<(), EngineError> {
     load_checkpoint(&mut asm, &ckpt)?;
     let names: Box<dyn Fn(usize) -> String> = match (&args.source, args.split) {
         (Some(source), _) => {
-            let (data, notice) = open_source(&asm, source)?;
-            if let Some(n) = notice {
-                eprintln!("note: {n}");
-            }
-            let data = Arc::new(data);
+            let data = Arc::new(open_source(&asm, source)?);
             let loader = source_loader(&asm, source, data.clone())?;
             asm.app.world.insert_resource(ValLoader { loader, cursor: 0 });
             Box::new(move |i| data.sample_name(i))
@@ -161,14 +157,11 @@ fn classification_names(asm: &Assembly) -> Option<Vec<String>> {
 }
 
 /// The inputs `--source` names, read as the training data is read: the model's kind of target as
-/// placeholders, images with the channels of the training images. Returns a notice for skipped images.
-fn open_source(asm: &Assembly, source: &Path) -> Result<(Unlabeled, Option<String>), EngineError> {
+/// placeholders, images with the channels of the training images (a corrupt image is an error naming it).
+fn open_source(asm: &Assembly, source: &Path) -> Result<Unlabeled, EngineError> {
     let train = asm.app.world.resource::<TrainLoader>().0.pipeline().clone();
     let raw = train.dataset();
-    let targets = match raw.target_spec() {
-        TargetSpec::Classes { num_classes } => TargetSpec::Classes { num_classes },
-        dense => dense,
-    };
+    let targets = raw.target_spec();
     if !raw.extra_specs().is_empty() {
         let extras: Vec<String> = raw.extra_specs().into_iter().map(|(n, _)| n).collect();
         return Err(usage(format!(
@@ -179,7 +172,7 @@ fn open_source(asm: &Assembly, source: &Path) -> Result<(Unlabeled, Option<Strin
     let s = source.display();
     let is_npy = source.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"));
     if source.is_file() && is_npy {
-        return Ok((Unlabeled::npy(source, targets).map_err(|m| usage(format!("--source: {m}")))?, None));
+        return Unlabeled::npy(source, targets).map_err(|m| usage(format!("--source: {m}")));
     }
     let paths = if source.is_dir() {
         let mut found = Vec::new();
@@ -211,9 +204,8 @@ fn open_source(asm: &Assembly, source: &Path) -> Result<(Unlabeled, Option<Strin
         }
     };
     let options = ImageReadOptions { channels, ..ImageReadOptions::default() };
-    let (data, _skipped) =
-        Unlabeled::images(paths, &options, targets, source).map_err(|m| usage(format!("--source: {m}")))?;
-    Ok((data, None))
+    let (data, _) = Unlabeled::images(paths, &options, targets, source).map_err(|m| usage(format!("--source: {m}")))?;
+    Ok(data)
 }
 
 /// Image files under `dir`, recursively (hidden entries skipped).
