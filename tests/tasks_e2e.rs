@@ -161,4 +161,49 @@ fn vq_autoencoder_reports_image_and_codebook_metrics() {
     assert!((-1.0..=1.0).contains(&metric(v, "ssim")) && metric(v, "perplexity") >= 1.0, "{v}");
     let epoch = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
     assert!(epoch.contains("\"train_vq_loss\"") && epoch.contains("\"train_perplexity\""), "{epoch}");
+
+    // val_reconstructions.png: the first 8 val images over their reconstructions, each column on the joint
+    // min-max scale of its pair, tiles of 8x8 enlarged 8 times with 4-pixel gaps. The reconstructions are the
+    // final weights' outputs, which `engine predict` reproduces (same batches, so the same bits).
+    let recon = dir.join("recon.npy");
+    let save_set = format!("run.save_dir={}", save.display());
+    let out = engine(&[
+        "predict",
+        "--config",
+        "configs/digits_autoencoder.yaml",
+        "--set",
+        &save_set,
+        "--checkpoint",
+        "last",
+        "--split",
+        "val",
+        "--out",
+        recon.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let outputs = ecstrain::systems::data::npy::NpyArray::open(&recon).unwrap();
+    assert_eq!(outputs.shape(), &[360, 1, 8, 8]);
+    let outputs = outputs.to_f32_vec();
+    let inputs =
+        ecstrain::systems::data::npy::NpyArray::open(&repo().join("data/digits/val_x.npy")).unwrap().to_f32_vec();
+    let png = image::open(save.join("val_reconstructions.png")).unwrap().to_rgb8();
+    let (gap, f) = (4u32, 8u32);
+    assert_eq!(png.dimensions(), (gap + 8 * (8 * f + gap), gap + 2 * (8 * f + gap)));
+    for col in 0..8usize {
+        let (t, o) = (&inputs[col * 64..(col + 1) * 64], &outputs[col * 64..(col + 1) * 64]);
+        let lo = t.iter().chain(o).fold(f32::INFINITY, |a, &b| a.min(b));
+        let hi = t.iter().chain(o).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        for (row, tile) in [t, o].into_iter().enumerate() {
+            for p in 0..64u32 {
+                let want = ((tile[p as usize] - lo) / (hi - lo) * 255.0).round() as i32;
+                let x = gap + col as u32 * (8 * f + gap) + (p % 8) * f + f / 2;
+                let y = gap + row as u32 * (8 * f + gap) + (p / 8) * f + f / 2;
+                let got = png.get_pixel(x, y).0;
+                assert!(
+                    (i32::from(got[0]) - want).abs() <= 1 && got[0] == got[2],
+                    "column {col} row {row} pixel {p}: {got:?} vs {want}"
+                );
+            }
+        }
+    }
 }

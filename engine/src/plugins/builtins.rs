@@ -194,14 +194,15 @@ fn install_reconstruction(app: &mut App, ctx: &TaskContext) -> Result<(), String
             ReconTarget::Input
         }
     };
-    app.insert_resource(ReconstructionTask::new(
-        loss,
-        r.recon_weight,
-        r.vq_weight,
-        r.data_range,
-        target,
-        ctx.output_shape,
-    ));
+    let task = ReconstructionTask::new(loss, r.recon_weight, r.vq_weight, r.data_range, target, ctx.output_shape);
+    // Image outputs (grey or RGB): the first samples of every validation pass, for val_reconstructions.png.
+    if let Some(image @ (1 | 3, _, _)) = task.image {
+        use ecstrain_systems::logging::plots::samples::ReconstructionSamples;
+        app.insert_resource(ReconstructionSamples::new(image));
+        app.add_systems(ValidationStart, reset_reconstruction_samples);
+        app.add_systems(ValidationStep, keep_reconstruction_samples.in_set(StepSet::Loss));
+    }
+    app.insert_resource(task);
     app.add_systems(TrainStep, reconstruction_loss.run_if(host_loss).in_set(StepSet::Loss));
     app.add_systems(ValidationStep, reconstruction_eval.in_set(StepSet::Loss));
     Ok(())

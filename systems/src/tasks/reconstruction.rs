@@ -16,6 +16,7 @@ use ecstrain_kernels::Float;
 
 use crate::graph::exec::AuxStats;
 use crate::graph::Activations;
+use crate::logging::plots::samples::ReconstructionSamples;
 
 /// The elementwise reconstruction loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +215,25 @@ pub fn reconstruction_eval(
     if let Some((vq, perplexity)) = aux {
         metrics.add_val("vq_loss", vq, w);
         metrics.add_val("perplexity", perplexity, w);
+    }
+}
+
+/// ValidationStart: a new pass keeps its own first samples.
+pub fn reset_reconstruction_samples(mut samples: ResMut<ReconstructionSamples>) {
+    samples.kept = 0;
+}
+
+/// Validation: keeps the first samples of the pass and their reconstructions (`val_reconstructions.png`).
+pub fn keep_reconstruction_samples(
+    graph: Res<Graph>,
+    acts: Res<Activations>,
+    batch: Res<Batch>,
+    task: Res<ReconstructionTask>,
+    mut samples: ResMut<ReconstructionSamples>,
+) {
+    let n = batch.size;
+    if samples.kept == 0 && n > 0 {
+        samples.keep_first(target(&batch, task.target, task.numel), acts.output(&graph, n), n);
     }
 }
 

@@ -8,12 +8,14 @@
 //! | `lr.png` | the learning rate (and the bias lr where the schedule drives it) against optimizer step |
 //! | `val_<metric>.png` | every other validation metric against epoch |
 //! | `confusion_matrix.png` | classification: the last validation pass's confusion matrix |
+//! | `val_reconstructions.png` | reconstruction of images: the last validation pass's first samples over their reconstructions |
 //!
 //! Drawing takes a few tens of milliseconds per image, so it only happens at those points, never per step.
 
 pub mod chart;
 pub mod confusion;
 pub mod history;
+pub mod samples;
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,7 @@ use crate::data::{Dataset, TrainLoader};
 use crate::tasks::classification::ConfusionMatrix;
 use chart::{encode_png, line_chart, Series, SIZE};
 use history::{read_metrics, series, val_metrics, Record};
+use samples::{reconstruction_grid, ReconstructionSamples};
 
 /// A confusion matrix to draw: row-major counts `[true][predicted]`, the class count and names.
 pub struct ConfusionInput<'a> {
@@ -116,27 +119,31 @@ pub fn plots_enabled(settings: Option<Res<OutputSettings>>, info: Option<Res<Run
     info.is_some() && settings.is_some_and(|s| s.plots != PlotMode::Off)
 }
 
-fn draw_now(
-    info: &RunInfo,
-    confusion: Option<&ConfusionMatrix>,
-    loader: Option<&TrainLoader>,
-    failure: &mut RunFailure,
-) {
-    let names = loader.and_then(|l| l.0.pipeline().class_names()).unwrap_or_default();
-    let input = confusion.map(|c| ConfusionInput { counts: &c.counts, classes: c.classes, names: &names });
-    if let Err(e) = draw_run_plots(&info.dir, input) {
+/// What the plots read besides `metrics.jsonl`: the task's resources, when present.
+#[derive(bevy_ecs::system::SystemParam)]
+pub struct PlotSources<'w> {
+    confusion: Option<Res<'w, ConfusionMatrix>>,
+    samples: Option<Res<'w, ReconstructionSamples>>,
+    loader: Option<Res<'w, TrainLoader>>,
+}
+
+fn draw_now(info: &RunInfo, sources: &PlotSources, failure: &mut RunFailure) {
+    let names = sources.loader.as_ref().and_then(|l| l.0.pipeline().class_names()).unwrap_or_default();
+    let input =
+        sources.confusion.as_ref().map(|c| ConfusionInput { counts: &c.counts, classes: c.classes, names: &names });
+    let drawn =
+        draw_run_plots(&info.dir, input).and_then(|_| match sources.samples.as_deref().and_then(reconstruction_grid) {
+            Some((rgb, size)) => save(&info.dir, "val_reconstructions.png", &rgb, size, &mut Vec::new()),
+            None => Ok(()),
+        });
+    if let Err(e) = drawn {
         failure.0.get_or_insert(format!("plots: {e}"));
     }
 }
 
 /// RunEnd: draws every plot.
-pub fn plot_at_run_end(
-    info: Res<RunInfo>,
-    confusion: Option<Res<ConfusionMatrix>>,
-    loader: Option<Res<TrainLoader>>,
-    mut failure: ResMut<RunFailure>,
-) {
-    draw_now(&info, confusion.as_deref(), loader.as_deref(), &mut failure);
+pub fn plot_at_run_end(info: Res<RunInfo>, sources: PlotSources, mut failure: ResMut<RunFailure>) {
+    draw_now(&info, &sources, &mut failure);
 }
 
 /// Flush (after `metrics.jsonl` is written): with `run.plots: true`, redraws every plot when an epoch record
@@ -145,12 +152,11 @@ pub fn plot_at_checkpoint(
     mut events: MessageReader<MetricEvent>,
     settings: Res<OutputSettings>,
     info: Res<RunInfo>,
-    confusion: Option<Res<ConfusionMatrix>>,
-    loader: Option<Res<TrainLoader>>,
+    sources: PlotSources,
     mut failure: ResMut<RunFailure>,
 ) {
     let epoch_ended = events.read().filter(|e| e.split == "epoch").count() > 0;
     if epoch_ended && settings.plots == PlotMode::EveryCheckpoint {
-        draw_now(&info, confusion.as_deref(), loader.as_deref(), &mut failure);
+        draw_now(&info, &sources, &mut failure);
     }
 }
