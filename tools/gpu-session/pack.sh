@@ -2,7 +2,7 @@
 # Builds, here, everything a lent GPU machine runs (it has no Rust toolchain), stripped into .gpu/ (ignored by
 # git, carried with `carry: [".gpu"]`): the engine, the kernel crate's tests (every CUDA op against its CPU
 # twin), tests/cuda_e2e.rs, tests/cuda_steady_state.rs, tests/cuda_device_loss.rs, tests/cuda_half_storage.rs,
-# tests/cuda_memory.rs and the criterion CUDA benchmarks, each stripped and gzipped. Then device calls run run.sh.
+# tests/cuda_memory.rs, tests/predict_e2e.rs (its CUDA case) and the criterion CUDA benchmarks, each stripped and gzipped. Then device calls run run.sh.
 #
 # usage: tools/gpu-session/pack.sh        (from anywhere; writes <repo>/.gpu)
 set -euo pipefail
@@ -34,7 +34,7 @@ done
 cargo test --release --no-run -p ecstrain-kernels --lib --message-format=json | built | while IFS=$'\t' read -r _ path; do
     take kernel_tests "$path"
 done
-for t in cuda_e2e cuda_steady_state cuda_device_loss cuda_half_storage cuda_memory; do
+for t in cuda_e2e cuda_steady_state cuda_device_loss cuda_half_storage cuda_memory predict_e2e; do
     cargo test --release --no-run --test "$t" --message-format=json | built | while IFS=$'\t' read -r name path; do
         [ "$name" = "$t" ] && take "$t" "$path"
     done

@@ -83,7 +83,8 @@ for s in $steps; do
         step steady 60 "$bin/cuda_steady_state" --nocapture
         step loss 60 "$bin/cuda_device_loss" --test-threads=1 --nocapture
         step half 60 "$bin/cuda_half_storage" --test-threads=1 --nocapture
-        step memory 60 "$bin/cuda_memory" --test-threads=1 --nocapture ;;
+        step memory 60 "$bin/cuda_memory" --test-threads=1 --nocapture
+        step predict 60 "$bin/predict_e2e" cuda --test-threads=1 --nocapture ;;
     e2e) step e2e 300 "$bin/cuda_e2e" --test-threads=1 --nocapture ;;
     criterion) step criterion 90 "$bin/cuda_kernels_bench" --bench --noplot ;;
     sbs) # W1 / W2 / W3 at batch 512: the engine on CUDA, then PyTorch eager on CUDA (pack.sh carries the
