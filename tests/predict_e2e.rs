@@ -114,7 +114,10 @@ fn bad_predict_input_exits_2_and_writes_nothing() {
     let y = repo().join("data/digits/val_y.npy");
     let images = repo().join("data/digits_images/val");
     let json = dir.join("out.json");
-    let cases: [(&[&str], &str); 7] = [
+    let empty = dir.join("empty.npy");
+    ecstrain::systems::data::npy::write_npy(&empty, &[0, 64], &[] as &[f32]).unwrap();
+    let cases: [(&[&str], &str); 8] = [
+        (&["--source", empty.to_str().unwrap(), "--out", o], "has no samples"),
         (&["--source", "/nonexistent/x.npy", "--out", o], "no such file"),
         (&["--source", y.to_str().unwrap(), "--out", o], "shape [1], but the model takes [64]"),
         (&["--source", images.to_str().unwrap(), "--out", o], "not images"),

@@ -228,6 +228,9 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// The source's samples through the dataset's eval processors, in order, in batches the run's buffers hold;
 /// they must come out shaped as the model's training samples.
 fn source_loader(asm: &Assembly, source: &Path, data: Arc<Unlabeled>) -> Result<Loader, EngineError> {
+    if data.is_empty() {
+        return Err(usage(format!("--source {}: has no samples", source.display())));
+    }
     let (name, ds) = asm.loaded.config.datasets.iter().next().expect("assembly checked one dataset");
     let key = format!("datasets.{name}.processors.eval");
     let procs = crate::pipelines::build_processors(&asm.app.registry, &key, &ds.processors.eval).map_err(usage)?;
