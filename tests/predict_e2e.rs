@@ -94,6 +94,14 @@ fn images_are_predicted_as_the_training_images_were_read() {
     // The folder of each image is its class: the CSV's names score as eval scored the val split.
     let right = table[1..].iter().filter(|r| Path::new(&r[0]).parent().unwrap().ends_with(&r[2])).count();
     assert_eq!(right as f64 / (table.len() - 1) as f64, accuracy);
+    // The config's val split (the same files) names its samples by their files too, and predicts the same.
+    let split = rows(&ok(&[&base[..], &["--split", "val"]].concat()));
+    assert_eq!(split.len(), table.len());
+    for (a, b) in split[1..].iter().zip(&table[1..]) {
+        let rel = Path::new(&b[0]).strip_prefix(repo().join("data/digits_images")).unwrap();
+        assert!(Path::new(&a[0]).ends_with(rel), "{} vs {}", a[0], b[0]);
+        assert_eq!(a[1..], b[1..]);
+    }
     // One image alone gives its row of the folder's predictions (to float rounding: a batch of one takes
     // other GEMM paths than a batch of 64).
     let one = &table[5];

@@ -8,7 +8,8 @@
 //! (stdout without `--out`):
 //! - `.csv`: one row per sample. A classification model gives `sample,class,name,confidence` (softmax
 //!   probability; `--top-k K` adds `class_2,name_2,confidence_2` ... up to K), any other model its output
-//!   values `sample,out_0,out_1,...`. `sample` is the image file or the row index.
+//!   values `sample,out_0,out_1,...`. `sample` is the image file where the data has one
+//!   (`Dataset::sample_name`), else the sample's index.
 //! - `.npy`: the raw outputs (logits for a classifier), `[samples, ...output shape]` float32.
 //!
 //! The file is written beside its destination and renamed into place, as `engine export` writes.
@@ -94,19 +95,18 @@ pub fn run(args: &PredictArgs) -> Result<(), EngineError> {
         eprintln!("note: {n}");
     }
     load_checkpoint(&mut asm, &ckpt)?;
-    let names: Box<dyn Fn(usize) -> String> = match (&args.source, args.split) {
+    match (&args.source, args.split) {
         (Some(source), _) => {
             let data = Arc::new(open_source(&asm, source)?);
-            let loader = source_loader(&asm, source, data.clone())?;
+            let loader = source_loader(&asm, source, data)?;
             asm.app.world.insert_resource(ValLoader { loader, cursor: 0 });
-            Box::new(move |i| data.sample_name(i))
         }
-        (None, Some(split)) => {
-            use_split(&mut asm, split)?;
-            Box::new(|i: usize| i.to_string())
-        }
+        (None, Some(split)) => use_split(&mut asm, split)?,
         (None, None) => return Err(usage("give --source PATH or --split val|train|test")),
-    };
+    }
+    // Samples are named by their image file where the data has one, else by their index.
+    let pipeline = asm.app.world.resource::<ValLoader>().loader.pipeline().clone();
+    let names = move |i: usize| pipeline.sample_name(i).unwrap_or_else(|| i.to_string());
     let outputs = predict(&mut asm)?;
     let samples = outputs.indices.len();
     let bytes = match format {
@@ -117,7 +117,7 @@ pub fn run(args: &PredictArgs) -> Result<(), EngineError> {
         }
         OutFormat::Csv => {
             let classes = classification_names(&asm);
-            csv(&outputs, &*names, classes.as_deref(), args.top_k).into_bytes()
+            csv(&outputs, &names, classes.as_deref(), args.top_k).into_bytes()
         }
     };
     let source = args

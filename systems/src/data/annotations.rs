@@ -277,6 +277,9 @@ impl Dataset for AnnotationDataset {
     fn caption(&self, index: usize) -> Option<&str> {
         self.captions.get(index).and_then(|c| c.as_deref())
     }
+    fn sample_name(&self, index: usize) -> Option<String> {
+        Some(self.images.path(index).display().to_string())
+    }
     fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), DataError> {
         self.images.read(index, out)
     }

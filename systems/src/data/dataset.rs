@@ -83,6 +83,12 @@ pub trait Dataset: Send + Sync {
         let _ = (indices, out);
         Ok(())
     }
+    /// What names sample `index` for a person (its image file), when the dataset knows more than the index;
+    /// `engine predict` writes it beside the sample's prediction.
+    fn sample_name(&self, index: usize) -> Option<String> {
+        let _ = index;
+        None
+    }
     /// The caption of sample `index`, when the dataset has captions (annotation records with `caption`).
     /// Captions are kept for tasks that want them; no built-in task reads them.
     fn caption(&self, index: usize) -> Option<&str> {

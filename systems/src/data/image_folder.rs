@@ -242,6 +242,9 @@ impl Dataset for ImageFolderDataset {
     fn class_names(&self) -> Option<Vec<String>> {
         Some(self.classes.clone())
     }
+    fn sample_name(&self, index: usize) -> Option<String> {
+        Some(self.images.path(index).display().to_string())
+    }
     fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), DataError> {
         self.images.read(index, out)
     }

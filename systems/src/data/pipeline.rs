@@ -183,4 +183,7 @@ impl Dataset for Pipeline {
     fn caption(&self, index: usize) -> Option<&str> {
         self.dataset.caption(index)
     }
+    fn sample_name(&self, index: usize) -> Option<String> {
+        self.dataset.sample_name(index)
+    }
 }

@@ -57,14 +57,6 @@ impl Unlabeled {
             skipped,
         ))
     }
-
-    /// What names sample `index` in the predictions: its image file, or its row of the array.
-    pub fn sample_name(&self, index: usize) -> String {
-        match &self.inputs {
-            Inputs::Npy(_) => index.to_string(),
-            Inputs::Images(set) => set.path(index).display().to_string(),
-        }
-    }
 }
 
 impl Dataset for Unlabeled {
@@ -88,6 +80,12 @@ impl Dataset for Unlabeled {
     }
     fn target_spec(&self) -> TargetSpec {
         self.targets.clone()
+    }
+    fn sample_name(&self, index: usize) -> Option<String> {
+        match &self.inputs {
+            Inputs::Npy(_) => None,
+            Inputs::Images(set) => Some(set.path(index).display().to_string()),
+        }
     }
     fn read_sample(&self, index: usize, out: &mut Sample) -> Result<(), DataError> {
         match &self.inputs {
@@ -134,7 +132,7 @@ mod tests {
         let mut t = ds.empty_targets(2);
         ds.read_targets(&[2, 0], &mut t);
         assert!(matches!(t, Targets::Dense { ref values, target_len: 3 } if values == &[0.0; 6]));
-        assert_eq!(ds.sample_name(1), "1");
+        assert_eq!(ds.sample_name(1), None, "rows are named by their index");
         // A vector of scalars is one value per sample.
         write_npy(&p, &[4], &[1.0f32, 2., 3., 4.]).unwrap();
         let ds = Unlabeled::npy(&p, TargetSpec::Classes { num_classes: 2 }).unwrap();
